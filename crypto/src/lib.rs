@@ -1,0 +1,36 @@
+//! All of SMVS's cryptography, and the only crate that may use `unsafe`.
+//!
+//! Every primitive comes from libsodium (through `libsodium-sys-stable`, which builds its own
+//! bundled copy) except the Noise transport state machine, which is `snow`. Nothing here invents a
+//! primitive: each function is a thin, checked wrapper around one documented libsodium call, and
+//! the few compositions (domain-separated signatures, identity bundles, fingerprints) are
+//! spelled out where they are defined.
+//!
+//! Data flow: callers hand in bytes and typed keys; secrets stay inside zeroizing types whose
+//! `Debug` prints `[REDACTED]`; every non-zero libsodium return becomes a [`CryptoError`].
+
+mod aead;
+mod error;
+mod fingerprint;
+mod hash;
+mod identity;
+mod keys;
+pub mod noise;
+mod sealed;
+mod sodium;
+
+pub use aead::{aead_decrypt, aead_encrypt, AeadKey, AEAD_NONCE_LEN, AEAD_TAG_LEN};
+pub use error::CryptoError;
+pub use fingerprint::{fingerprint, safety_number};
+pub use hash::{blake2b, blake2b_256, hkdf_sha256, hkdf_sha256_expand, hkdf_sha256_extract, Prk};
+pub use identity::{IdentityBundle, IdentityKeys};
+pub use keys::{
+    AgreementKeyPair, AgreementPublicKey, SharedSecret, SignContext, Signature, SigningKeyPair,
+    SigningPublicKey, SigningSeed, AGREEMENT_KEY_LEN, SIGNATURE_LEN, SIGNING_KEY_LEN,
+};
+pub use sealed::{seal, SEAL_OVERHEAD};
+pub use sodium::{constant_time_eq, init, random_array, random_bytes};
+
+/// Re-exported so that callers can name the wrapper types without depending on the crates.
+pub use secrecy::{ExposeSecret, SecretBox};
+pub use zeroize::Zeroizing;
