@@ -1,0 +1,34 @@
+@0xe2c71bf1eb908ab3;
+# Types shared by every SMVS protocol.
+# Evolution rule for every schema here: fields and methods are only ever added, with the next
+# free number; a number is never reused or renumbered.
+
+struct IdentityBundle {
+  # The public half of a user's identity.
+  signingKey @0 :Data;          # Ed25519 public key, 32 bytes.
+  agreementKey @1 :Data;        # X25519 public key, 32 bytes.
+  agreementSignature @2 :Data;  # signingKey's signature (context identity-agreement-key) over agreementKey.
+}
+
+struct TransportKey {
+  # The static X25519 key of a host's Noise transport, vouched for by the user's identity.
+  key @0 :Data;                 # 32 bytes.
+  certificate @1 :Data;         # identity signature (context transport-certificate), see smvs-schema::canonical.
+}
+
+struct DirectoryRecord {
+  # What a directory says about one user. Always carried inside a SignedRecord.
+  formatVersion @0 :UInt16;     # 1
+  username @1 :Text;
+  identity @2 :IdentityBundle;
+  transport @3 :TransportKey;
+  hostAddress @4 :Text;         # "host:port"; the host may be a name, an address or a proxy/onion name.
+  serial @5 :UInt64;            # grows with every change of this user's record, never goes back.
+  issuedAt @6 :Int64;           # Unix time in milliseconds at which the directory signed this answer.
+  directoryKey @7 :Data;        # Ed25519 public key of the directory that signed it.
+}
+
+struct SignedRecord {
+  record @0 :Data;              # A DirectoryRecord serialized as a single-segment Cap'n Proto message.
+  signature @1 :Data;           # The directory's signature (context directory-record) over `record`.
+}

@@ -1,0 +1,47 @@
+@0x950e4046f41a7041;
+# The directory protocol (smvs-directory), spoken over the Noise transport on port 7420.
+# Errors come back as Cap'n Proto exceptions whose description starts with a stable code:
+# "invalid-username:", "taken:", "not-found:", "auth-failed:", "rate-limited:", "bad-signature:",
+# "bad-request:", "stale:", "internal:".
+
+using Common = import "common.capnp";
+
+interface Directory {
+  register @0 (request :RegisterRequest) -> (record :Common.SignedRecord);
+  # Creates a record. Only a username and keys are asked: no phone, no e-mail.
+
+  lookup @1 (username :Text) -> (record :Common.SignedRecord);
+
+  challenge @2 (username :Text) -> (sealedToken :Data);
+  # A fresh single-use token sealed to the user's X25519 identity key. Unknown users get a
+  # sealed box of the same size (to a throw-away key), so the answer does not reveal existence.
+
+  authenticate @3 (username :Text, token :Data) -> (session :Session);
+  # Hand back the opened token (within 60 s, once) for a capability to act as that user.
+
+  info @4 () -> (directoryKey :Data, serverVersion :Text, time :Int64);
+}
+
+struct RegisterRequest {
+  username @0 :Text;
+  identity @1 :Common.IdentityBundle;
+  transport @2 :Common.TransportKey;
+  hostAddress @3 :Text;
+  timestamp @4 :Int64;          # Unix ms; requests more than 5 minutes off the directory's clock are refused.
+  signature @5 :Data;           # identity signature (context directory-registration), see smvs-schema::canonical.
+}
+
+interface Session {
+  # The rights of one authenticated user, for as long as the connection lasts.
+  updateHostAddress @0 (hostAddress :Text) -> (record :Common.SignedRecord);
+  rotateKeys @1 (request :RotateRequest) -> (record :Common.SignedRecord);
+  deregister @2 () -> ();
+  # Deletes the record (a real delete, not a flag). The session is useless afterwards.
+}
+
+struct RotateRequest {
+  identity @0 :Common.IdentityBundle;   # the new identity
+  transport @1 :Common.TransportKey;    # the new transport key, certified by the new identity
+  timestamp @2 :Int64;
+  signature @3 :Data;                   # the OLD identity's signature (context key-rotation).
+}

@@ -1,0 +1,138 @@
+//! The exact bytes that get signed. Each is a fixed sequence of fields, variable-length fields
+//! prefixed with their length as a big-endian u16, so two different requests can never encode
+//! to the same bytes. The signing context (see `smvs_crypto::SignContext`) is added by the
+//! crypto crate on top.
+
+use smvs_crypto::{AgreementPublicKey, IdentityBundle, SigningPublicKey};
+
+use crate::types::{HostAddress, Username};
+
+struct Canon(Vec<u8>);
+
+impl Canon {
+    fn new() -> Self {
+        Canon(Vec::with_capacity(256))
+    }
+    fn fixed(mut self, bytes: &[u8]) -> Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+    fn var(mut self, bytes: &[u8]) -> Self {
+        // Every variable field here is a name or an address, far below 64 KiB.
+        let len = u16::try_from(bytes.len()).unwrap_or(u16::MAX);
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(&bytes[..usize::from(len)]);
+        self
+    }
+    fn int(self, value: i64) -> Self {
+        self.fixed(&value.to_be_bytes())
+    }
+}
+
+/// What an identity signs to vouch for its host's transport key.
+pub fn transport_certificate(username: &Username, transport_key: &AgreementPublicKey) -> Vec<u8> {
+    Canon::new()
+        .var(username.as_str().as_bytes())
+        .fixed(transport_key.as_bytes())
+        .0
+}
+
+/// The fields of a registration or a key rotation that the (old) identity signs.
+pub struct RegistrationFields<'a> {
+    pub directory_key: &'a SigningPublicKey,
+    pub username: &'a Username,
+    pub identity: &'a IdentityBundle,
+    pub transport_key: &'a AgreementPublicKey,
+    pub transport_certificate: &'a [u8],
+    pub host_address: Option<&'a HostAddress>,
+    pub timestamp: i64,
+}
+
+impl RegistrationFields<'_> {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        Canon::new()
+            .fixed(self.directory_key.as_bytes())
+            .var(self.username.as_str().as_bytes())
+            .fixed(&self.identity.to_bytes())
+            .fixed(self.transport_key.as_bytes())
+            .var(self.transport_certificate)
+            .var(
+                self.host_address
+                    .map(|h| h.as_str())
+                    .unwrap_or("")
+                    .as_bytes(),
+            )
+            .int(self.timestamp)
+            .0
+    }
+}
+
+/// The plaintext of a directory's authentication token, sealed to the user's X25519 key. It names
+/// the directory and the user, so a token can only be spent where and by whom it was meant.
+pub fn auth_token_plaintext(
+    directory_key: &SigningPublicKey,
+    username: &Username,
+    expires_at: i64,
+    token: &[u8; 32],
+) -> Vec<u8> {
+    Canon::new()
+        .fixed(b"smvs-auth-token-v1")
+        .fixed(directory_key.as_bytes())
+        .var(username.as_str().as_bytes())
+        .int(expires_at)
+        .fixed(token)
+        .0
+}
+
+/// Splits a token plaintext made by [`auth_token_plaintext`], checking that it names this
+/// directory and this user. Returns `(expires_at, token)`.
+pub fn parse_auth_token(
+    plaintext: &[u8],
+    directory_key: &SigningPublicKey,
+    username: &Username,
+) -> Option<(i64, [u8; 32])> {
+    let name = username.as_str().as_bytes();
+    let prefix = Canon::new()
+        .fixed(b"smvs-auth-token-v1")
+        .fixed(directory_key.as_bytes())
+        .var(name)
+        .0;
+    let rest = plaintext.strip_prefix(prefix.as_slice())?;
+    if rest.len() != 8 + 32 {
+        return None;
+    }
+    let expires_at = i64::from_be_bytes(rest[..8].try_into().ok()?);
+    let token: [u8; 32] = rest[8..].try_into().ok()?;
+    Some((expires_at, token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smvs_crypto::SigningKeyPair;
+
+    #[test]
+    fn auth_token_round_trip_and_binding() {
+        let dir = SigningKeyPair::generate().unwrap().public();
+        let other_dir = SigningKeyPair::generate().unwrap().public();
+        let alice = Username::parse("alice").unwrap();
+        let bob = Username::parse("bob").unwrap();
+        let token = [7u8; 32];
+        let pt = auth_token_plaintext(&dir, &alice, 42, &token);
+        assert_eq!(parse_auth_token(&pt, &dir, &alice), Some((42, token)));
+        assert_eq!(parse_auth_token(&pt, &other_dir, &alice), None);
+        assert_eq!(parse_auth_token(&pt, &dir, &bob), None);
+        assert_eq!(parse_auth_token(&pt[..pt.len() - 1], &dir, &alice), None);
+    }
+
+    #[test]
+    fn variable_fields_cannot_be_shifted() {
+        let u1 = Username::parse("abc").unwrap();
+        let u2 = Username::parse("abcd").unwrap();
+        let key = smvs_crypto::AgreementKeyPair::generate().unwrap().public();
+        assert_ne!(
+            transport_certificate(&u1, &key),
+            transport_certificate(&u2, &key)
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! Handshake and the two pumps of an established channel.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use smvs_crypto::noise::{Handshake, NoiseReceiver, NoiseSender, MAX_MESSAGE_LEN, MAX_PAYLOAD_LEN};
+use smvs_crypto::{constant_time_eq, AgreementKeyPair, AgreementPublicKey};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+use crate::TransportError;
+
+/// How long a peer may take (by default) to complete the handshake before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Size of the in-memory pipe between the pumps and the RPC layer, per direction.
+const PIPE_BYTES: usize = 256 * 1024;
+
+/// An established, authenticated, encrypted link: a plaintext byte stream to the peer.
+pub struct SecureChannel {
+    /// The peer's static Noise key, as proven by the handshake.
+    pub remote_key: AgreementPublicKey,
+    pub peer: SocketAddr,
+    /// Reads give what the peer sent; writes are encrypted and sent.
+    pub stream: DuplexStream,
+}
+
+/// Connects to `addr`, runs the handshake as initiator and, if `expected` is given, refuses any
+/// other remote static key.
+pub async fn connect(
+    addr: impl ToSocketAddrs + std::fmt::Display,
+    local: &AgreementKeyPair,
+    prologue: &[u8],
+    expected: Option<&AgreementPublicKey>,
+) -> Result<SecureChannel, TransportError> {
+    let shown = addr.to_string();
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|source| TransportError::Io {
+            peer: shown.clone(),
+            action: "connecting to",
+            source,
+        })?;
+    let peer = tcp.peer_addr().map_err(|source| TransportError::Io {
+        peer: shown,
+        action: "reading the address of",
+        source,
+    })?;
+    let handshake =
+        Handshake::initiator(local, prologue).map_err(|e| TransportError::Handshake {
+            peer,
+            reason: e.to_string(),
+        })?;
+    let channel = establish(tcp, peer, handshake, HANDSHAKE_TIMEOUT).await?;
+    if let Some(expected) = expected {
+        if !constant_time_eq(channel.remote_key.as_bytes(), expected.as_bytes()) {
+            return Err(TransportError::KeyMismatch {
+                peer,
+                presented: channel.remote_key.to_hex(),
+                expected: expected.to_hex(),
+            });
+        }
+    }
+    Ok(channel)
+}
+
+/// Runs the handshake as responder on an accepted connection. The caller checks
+/// `remote_key` against whatever it trusts.
+pub async fn accept(
+    tcp: TcpStream,
+    local: &AgreementKeyPair,
+    prologue: &[u8],
+    timeout: Duration,
+) -> Result<SecureChannel, TransportError> {
+    let peer = tcp.peer_addr().map_err(|source| TransportError::Io {
+        peer: "an accepted connection".into(),
+        action: "reading the address of",
+        source,
+    })?;
+    let handshake =
+        Handshake::responder(local, prologue).map_err(|e| TransportError::Handshake {
+            peer,
+            reason: e.to_string(),
+        })?;
+    establish(tcp, peer, handshake, timeout).await
+}
+
+async fn establish(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mut handshake: Handshake,
+    timeout: Duration,
+) -> Result<SecureChannel, TransportError> {
+    // Small RPC messages must leave at once; the writer pump already coalesces.
+    let _ = tcp.set_nodelay(true);
+    let (read, mut write) = tcp.into_split();
+    let mut read = BufReader::new(read);
+    let fail = |reason: String| TransportError::Handshake { peer, reason };
+
+    let run = async {
+        while !handshake.is_finished() {
+            if handshake.is_my_turn() {
+                let msg = handshake.write_message().map_err(|e| fail(e.to_string()))?;
+                write_frame(&mut write, &msg)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+            } else {
+                let msg = read_frame(&mut read)
+                    .await
+                    .map_err(|e| fail(e.to_string()))?;
+                handshake
+                    .read_message(&msg)
+                    .map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        Ok::<(), TransportError>(())
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| TransportError::HandshakeTimeout {
+            peer,
+            secs: timeout.as_secs(),
+        })??;
+
+    let (remote_key, sender, receiver) = handshake
+        .into_transport()
+        .map_err(|e| fail(e.to_string()))?;
+    let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
+    let (pipe_read, pipe_write) = tokio::io::split(theirs);
+    tokio::spawn(reader_pump(read, receiver, pipe_write, peer));
+    tokio::spawn(writer_pump(pipe_read, sender, write, peer));
+    Ok(SecureChannel {
+        remote_key,
+        peer,
+        stream: ours,
+    })
+}
+
+async fn read_frame(read: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Vec<u8>> {
+    let len = usize::from(read.read_u16().await?);
+    let mut buf = vec![0u8; len];
+    read.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+async fn write_frame(write: &mut OwnedWriteHalf, msg: &[u8]) -> std::io::Result<()> {
+    let len = u16::try_from(msg.len()).map_err(|_| std::io::Error::other("frame too large"))?;
+    let mut out = Vec::with_capacity(2 + msg.len());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(msg);
+    write.write_all(&out).await
+}
+
+/// TCP → decrypt → pipe. Any bad frame ends the connection: Noise nonces make a lost or altered
+/// frame unrecoverable, and a peer that sends one is not worth talking to.
+async fn reader_pump(
+    mut read: BufReader<OwnedReadHalf>,
+    mut receiver: NoiseReceiver,
+    mut pipe: tokio::io::WriteHalf<DuplexStream>,
+    peer: SocketAddr,
+) {
+    let mut plain = Vec::with_capacity(MAX_MESSAGE_LEN);
+    loop {
+        let frame = match read_frame(&mut read).await {
+            Ok(frame) => frame,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                    tracing::debug!(%peer, error = %e, "link read ended");
+                }
+                break;
+            }
+        };
+        plain.clear();
+        if receiver.decrypt(&frame, &mut plain).is_err() {
+            tracing::warn!(%peer, "dropping link: a frame failed to decrypt");
+            break;
+        }
+        if pipe.write_all(&plain).await.is_err() {
+            break;
+        }
+    }
+    let _ = pipe.shutdown().await;
+}
+
+/// pipe → encrypt → TCP. Each read takes whatever the RPC layer has written so far (up to one
+/// pipe's worth), so many small messages leave in few TCP writes.
+async fn writer_pump(
+    mut pipe: tokio::io::ReadHalf<DuplexStream>,
+    mut sender: NoiseSender,
+    mut write: OwnedWriteHalf,
+    peer: SocketAddr,
+) {
+    let mut plain = vec![0u8; PIPE_BYTES];
+    let mut wire = Vec::with_capacity(PIPE_BYTES + 1024);
+    loop {
+        let n = match pipe.read(&mut plain).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        wire.clear();
+        for chunk in plain[..n].chunks(MAX_PAYLOAD_LEN) {
+            let len_at = wire.len();
+            wire.extend_from_slice(&[0, 0]);
+            if sender.encrypt(chunk, &mut wire).is_err() {
+                tracing::warn!(%peer, "dropping link: encryption failed");
+                return;
+            }
+            let frame_len = u16::try_from(wire.len() - len_at - 2).unwrap_or(u16::MAX);
+            wire[len_at..len_at + 2].copy_from_slice(&frame_len.to_be_bytes());
+        }
+        if let Err(e) = write.write_all(&wire).await {
+            tracing::debug!(%peer, error = %e, "link write ended");
+            break;
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn pair(
+        pinned: Option<AgreementPublicKey>,
+    ) -> (
+        Result<SecureChannel, TransportError>,
+        Result<SecureChannel, TransportError>,
+        AgreementKeyPair,
+        AgreementKeyPair,
+    ) {
+        let server_key = AgreementKeyPair::generate().unwrap();
+        let client_key = AgreementKeyPair::generate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let expected = pinned.unwrap_or(server_key.public());
+        let (server, client) = tokio::join!(
+            async {
+                let (tcp, _) = listener.accept().await.unwrap();
+                accept(tcp, &server_key, b"test", HANDSHAKE_TIMEOUT).await
+            },
+            connect(addr, &client_key, b"test", Some(&expected))
+        );
+        (server, client, server_key, client_key)
+    }
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_and_keys_are_seen() {
+        let (server, client, server_key, client_key) = pair(None).await;
+        let mut server = server.unwrap();
+        let mut client = client.unwrap();
+        assert_eq!(server.remote_key, client_key.public());
+        assert_eq!(client.remote_key, server_key.public());
+        let big = vec![7u8; 200_000];
+        client.stream.write_all(&big).await.unwrap();
+        let mut got = vec![0u8; big.len()];
+        server.stream.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, big);
+        server.stream.write_all(b"pong").await.unwrap();
+        let mut pong = [0u8; 4];
+        client.stream.read_exact(&mut pong).await.unwrap();
+        assert_eq!(&pong, b"pong");
+    }
+
+    #[tokio::test]
+    async fn a_pinned_key_that_differs_is_refused() {
+        let other = AgreementKeyPair::generate().unwrap().public();
+        let (_server, client, _, _) = pair(Some(other)).await;
+        assert!(matches!(client, Err(TransportError::KeyMismatch { .. })));
+    }
+
+    #[tokio::test]
+    async fn garbage_and_silence_fail_the_handshake() {
+        let server_key = AgreementKeyPair::generate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut garbage = TcpStream::connect(addr).await.unwrap();
+        garbage
+            .write_all(&[0x00, 0x05, 1, 2, 3, 4, 5])
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let err = accept(tcp, &server_key, b"test", HANDSHAKE_TIMEOUT)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
+
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let err = accept(tcp, &server_key, b"test", Duration::from_millis(200))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, TransportError::HandshakeTimeout { .. }),
+            "{err}"
+        );
+    }
+}
