@@ -1,0 +1,274 @@
+//! The directory client a host uses: look-ups checked against the pinned directory key,
+//! registration, sealed-token login, and the authenticated session operations.
+//!
+//! RPC capabilities are `!Send`: use a client inside a `tokio::task::LocalSet`.
+
+use smvs_crypto::{AgreementKeyPair, AgreementPublicKey, CryptoError, IdentityBundle, IdentityKeys, SignContext, Signature, SigningPublicKey};
+use smvs_schema::canonical::{self, RegistrationFields};
+use smvs_schema::common_capnp::signed_record;
+use smvs_schema::directory_capnp::{directory, session};
+use smvs_schema::{HostAddress, Username};
+use zeroize::Zeroizing;
+
+use crate::error::ClientError;
+use crate::record::{verify_record, write_identity, write_transport, VerifiedRecord};
+
+/// A registration request, signed by the identity it registers.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub username: Username,
+    pub identity: IdentityBundle,
+    pub transport_key: AgreementPublicKey,
+    pub transport_certificate: Signature,
+    pub host_address: HostAddress,
+    pub timestamp: i64,
+    pub signature: Signature,
+}
+
+impl Registration {
+    /// The bytes the identity must sign (context `DirectoryRegistration`); smvsd has keyguard
+    /// sign them.
+    pub fn signed_bytes(&self, directory_key: &SigningPublicKey) -> Vec<u8> {
+        RegistrationFields {
+            directory_key,
+            username: &self.username,
+            identity: &self.identity,
+            transport_key: &self.transport_key,
+            transport_certificate: self.transport_certificate.as_bytes(),
+            host_address: Some(&self.host_address),
+            timestamp: self.timestamp,
+        }
+        .to_bytes()
+    }
+
+    /// Builds and signs a registration with identity keys held in this process (tests, demo,
+    /// benchmarks).
+    pub fn sign_locally(
+        directory_key: &SigningPublicKey,
+        username: Username,
+        identity: &IdentityKeys,
+        transport_key: AgreementPublicKey,
+        host_address: HostAddress,
+        timestamp: i64,
+    ) -> Registration {
+        let transport_certificate = identity.signing.sign(
+            SignContext::TransportCertificate,
+            &canonical::transport_certificate(&username, &transport_key),
+        );
+        let bundle = identity.bundle();
+        let bytes = RegistrationFields {
+            directory_key,
+            username: &username,
+            identity: &bundle,
+            transport_key: &transport_key,
+            transport_certificate: transport_certificate.as_bytes(),
+            host_address: Some(&host_address),
+            timestamp,
+        }
+        .to_bytes();
+        Registration {
+            signature: identity.signing.sign(SignContext::DirectoryRegistration, &bytes),
+            username,
+            identity: bundle,
+            transport_key,
+            transport_certificate,
+            host_address,
+            timestamp,
+        }
+    }
+}
+
+/// A key rotation request, signed by the identity being replaced.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub identity: IdentityBundle,
+    pub transport_key: AgreementPublicKey,
+    pub transport_certificate: Signature,
+    pub timestamp: i64,
+    pub signature: Signature,
+}
+
+impl Rotation {
+    pub fn sign_locally(
+        directory_key: &SigningPublicKey,
+        username: &Username,
+        old: &IdentityKeys,
+        new: &IdentityKeys,
+        transport_key: AgreementPublicKey,
+        timestamp: i64,
+    ) -> Rotation {
+        let transport_certificate = new.signing.sign(
+            SignContext::TransportCertificate,
+            &canonical::transport_certificate(username, &transport_key),
+        );
+        let identity = new.bundle();
+        let bytes = RegistrationFields {
+            directory_key,
+            username,
+            identity: &identity,
+            transport_key: &transport_key,
+            transport_certificate: transport_certificate.as_bytes(),
+            host_address: None,
+            timestamp,
+        }
+        .to_bytes();
+        Rotation {
+            identity,
+            transport_key,
+            transport_certificate,
+            timestamp,
+            signature: old.signing.sign(SignContext::KeyRotation, &bytes),
+        }
+    }
+}
+
+/// A connection to one directory whose key is pinned.
+pub struct DirectoryClient {
+    directory: directory::Client,
+    directory_key: SigningPublicKey,
+}
+
+fn check(
+    signed: capnp::Result<signed_record::Reader<'_>>,
+    key: &SigningPublicKey,
+    expected: Option<&Username>,
+) -> Result<VerifiedRecord, ClientError> {
+    verify_record(signed?, key, expected).map_err(ClientError::Verification)
+}
+
+impl DirectoryClient {
+    /// Connects to `addr` and proves, in the Noise handshake, that the server holds the private
+    /// half of `directory_key`. `local` is this side's Noise static key (a host's transport key).
+    pub async fn connect(
+        addr: &str,
+        directory_key: SigningPublicKey,
+        local: &AgreementKeyPair,
+    ) -> Result<DirectoryClient, ClientError> {
+        let expected = directory_key
+            .to_agreement_public()
+            .map_err(|e| ClientError::Local(format!("pinned directory key: {e}")))?;
+        let channel = smvs_transport::connect(addr, local, smvs_transport::DIRECTORY_PROLOGUE, Some(&expected)).await?;
+        let (system, directory) = smvs_transport::rpc::client::<directory::Client>(channel);
+        tokio::task::spawn_local(async move {
+            if let Err(e) = system.await {
+                tracing::debug!(error = %e, "directory connection ended");
+            }
+        });
+        Ok(DirectoryClient {
+            directory,
+            directory_key,
+        })
+    }
+
+    pub fn directory_key(&self) -> SigningPublicKey {
+        self.directory_key
+    }
+
+    /// The directory's key and clock, as it states them.
+    pub async fn info(&self) -> Result<(SigningPublicKey, i64), ClientError> {
+        let response = self.directory.info_request().send().promise.await?;
+        let r = response.get()?;
+        let key = SigningPublicKey::from_bytes(r.get_directory_key()?)
+            .map_err(|e| ClientError::Verification(e.to_string()))?;
+        Ok((key, r.get_time()))
+    }
+
+    pub async fn register(&self, reg: &Registration) -> Result<VerifiedRecord, ClientError> {
+        let mut request = self.directory.register_request();
+        {
+            let mut r = request.get().init_request();
+            r.set_username(reg.username.as_str());
+            write_identity(r.reborrow().init_identity(), &reg.identity);
+            write_transport(r.reborrow().init_transport(), &reg.transport_key, &reg.transport_certificate);
+            r.set_host_address(reg.host_address.as_str());
+            r.set_timestamp(reg.timestamp);
+            r.set_signature(reg.signature.as_bytes());
+        }
+        let response = request.send().promise.await?;
+        check(response.get()?.get_record(), &self.directory_key, Some(&reg.username))
+    }
+
+    /// The signed record of `username`, checked against the pinned key.
+    pub async fn lookup(&self, username: &Username) -> Result<VerifiedRecord, ClientError> {
+        let mut request = self.directory.lookup_request();
+        request.get().set_username(username.as_str());
+        let response = request.send().promise.await?;
+        check(response.get()?.get_record(), &self.directory_key, Some(username))
+    }
+
+    /// Asks for a sealed token (step one of logging in).
+    pub async fn challenge(&self, username: &str) -> Result<Vec<u8>, ClientError> {
+        let mut request = self.directory.challenge_request();
+        request.get().set_username(username);
+        let response = request.send().promise.await?;
+        Ok(response.get()?.get_sealed_token()?.to_vec())
+    }
+
+    /// Hands a token back (step two).
+    pub async fn authenticate(&self, username: &str, token: &[u8]) -> Result<DirectorySession, ClientError> {
+        let mut request = self.directory.authenticate_request();
+        request.get().set_username(username);
+        request.get().set_token(token);
+        let response = request.send().promise.await?;
+        let session = response.get()?.get_session()?;
+        let username = Username::parse(username).map_err(|e| ClientError::Local(e.to_string()))?;
+        Ok(DirectorySession {
+            session,
+            username,
+            directory_key: self.directory_key,
+        })
+    }
+
+    /// The whole login: challenge, open the sealed token with `open` (keyguard in smvsd), check
+    /// that it names this directory and user, and hand it back.
+    pub async fn login(
+        &self,
+        username: &Username,
+        open: impl FnOnce(&[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError>,
+    ) -> Result<DirectorySession, ClientError> {
+        let sealed = self.challenge(username.as_str()).await?;
+        let plaintext = open(&sealed)
+            .map_err(|_| ClientError::Verification("the token is not sealed to this identity".into()))?;
+        let (_, token) = canonical::parse_auth_token(&plaintext, &self.directory_key, username)
+            .ok_or_else(|| ClientError::Verification("the token names another directory or user".into()))?;
+        self.authenticate(username.as_str(), &token).await
+    }
+}
+
+/// What an authenticated user may do.
+pub struct DirectorySession {
+    session: session::Client,
+    username: Username,
+    directory_key: SigningPublicKey,
+}
+
+impl DirectorySession {
+    pub fn username(&self) -> &Username {
+        &self.username
+    }
+
+    pub async fn update_host_address(&self, host: &HostAddress) -> Result<VerifiedRecord, ClientError> {
+        let mut request = self.session.update_host_address_request();
+        request.get().set_host_address(host.as_str());
+        let response = request.send().promise.await?;
+        check(response.get()?.get_record(), &self.directory_key, Some(&self.username))
+    }
+
+    pub async fn rotate_keys(&self, rotation: &Rotation) -> Result<VerifiedRecord, ClientError> {
+        let mut request = self.session.rotate_keys_request();
+        {
+            let mut r = request.get().init_request();
+            write_identity(r.reborrow().init_identity(), &rotation.identity);
+            write_transport(r.reborrow().init_transport(), &rotation.transport_key, &rotation.transport_certificate);
+            r.set_timestamp(rotation.timestamp);
+            r.set_signature(rotation.signature.as_bytes());
+        }
+        let response = request.send().promise.await?;
+        check(response.get()?.get_record(), &self.directory_key, Some(&self.username))
+    }
+
+    pub async fn deregister(&self) -> Result<(), ClientError> {
+        self.session.deregister_request().send().promise.await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,169 @@
+//! Directory records: how the server signs an answer and how a host checks one.
+//!
+//! A `SignedRecord` carries the record as serialized Cap'n Proto bytes plus the directory's
+//! signature over exactly those bytes, so the check never depends on re-encoding.
+
+use smvs_crypto::{AgreementPublicKey, IdentityBundle, SignContext, Signature, SigningKeyPair, SigningPublicKey};
+use smvs_schema::canonical;
+use smvs_schema::common_capnp::{directory_record, identity_bundle, signed_record, transport_key};
+use smvs_schema::{HostAddress, Username};
+
+/// The record format this code writes and accepts.
+pub const RECORD_FORMAT: u16 = 1;
+
+/// What the directory knows about one user (and all it knows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub username: Username,
+    pub identity: IdentityBundle,
+    pub transport_key: AgreementPublicKey,
+    pub transport_certificate: Signature,
+    pub host_address: HostAddress,
+    pub serial: u64,
+}
+
+/// A record whose directory signature, identity binding and transport certificate have all
+/// been checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedRecord {
+    pub user: UserRecord,
+    pub issued_at: i64,
+    pub directory_key: SigningPublicKey,
+    /// The signed bytes and signature, to show to others or store as evidence.
+    pub record_bytes: Vec<u8>,
+    pub signature: Signature,
+}
+
+pub(crate) fn write_identity(mut b: identity_bundle::Builder<'_>, id: &IdentityBundle) {
+    b.set_signing_key(id.signing_key.as_bytes());
+    b.set_agreement_key(id.agreement_key.as_bytes());
+    b.set_agreement_signature(id.agreement_signature.as_bytes());
+}
+
+pub(crate) fn read_identity(r: identity_bundle::Reader<'_>) -> Result<IdentityBundle, String> {
+    IdentityBundle::from_parts(
+        r.get_signing_key().map_err(|e| e.to_string())?,
+        r.get_agreement_key().map_err(|e| e.to_string())?,
+        r.get_agreement_signature().map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())
+}
+
+pub(crate) fn write_transport(mut b: transport_key::Builder<'_>, key: &AgreementPublicKey, cert: &Signature) {
+    b.set_key(key.as_bytes());
+    b.set_certificate(cert.as_bytes());
+}
+
+/// Checks that `identity` vouches for `key` as `username`'s transport key.
+pub fn verify_transport_certificate(
+    username: &Username,
+    identity: &IdentityBundle,
+    key: &AgreementPublicKey,
+    cert: &Signature,
+) -> Result<(), smvs_crypto::CryptoError> {
+    identity
+        .signing_key
+        .verify(SignContext::TransportCertificate, &canonical::transport_certificate(username, key), cert)
+}
+
+/// Serializes and signs `user` as issued now.
+pub fn sign_record(
+    key: &SigningKeyPair,
+    user: &UserRecord,
+    issued_at: i64,
+    out: signed_record::Builder<'_>,
+) {
+    let mut message = capnp::message::Builder::new_default();
+    {
+        let mut r = message.init_root::<directory_record::Builder<'_>>();
+        r.set_format_version(RECORD_FORMAT);
+        r.set_username(user.username.as_str());
+        write_identity(r.reborrow().init_identity(), &user.identity);
+        write_transport(r.reborrow().init_transport(), &user.transport_key, &user.transport_certificate);
+        r.set_host_address(user.host_address.as_str());
+        r.set_serial(user.serial);
+        r.set_issued_at(issued_at);
+        r.set_directory_key(key.public().as_bytes());
+    }
+    let bytes = capnp::serialize::write_message_to_words(&message);
+    let signature = key.sign(SignContext::DirectoryRecord, &bytes);
+    let mut out = out;
+    out.set_record(&bytes);
+    out.set_signature(signature.as_bytes());
+}
+
+/// Checks a signed record against the pinned directory key and the name that was asked for.
+pub fn verify_record(
+    signed: signed_record::Reader<'_>,
+    directory_key: &SigningPublicKey,
+    expected: Option<&Username>,
+) -> Result<VerifiedRecord, String> {
+    let bytes = signed.get_record().map_err(|e| e.to_string())?;
+    let signature = Signature::from_bytes(signed.get_signature().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    directory_key
+        .verify(SignContext::DirectoryRecord, bytes, &signature)
+        .map_err(|_| "the record is not signed by the pinned directory key".to_string())?;
+    let mut slice = bytes;
+    let message = capnp::serialize::read_message_from_flat_slice(&mut slice, smvs_schema::reader_options())
+        .map_err(|e| e.to_string())?;
+    let r = message.get_root::<directory_record::Reader<'_>>().map_err(|e| e.to_string())?;
+    if r.get_format_version() != RECORD_FORMAT {
+        return Err(format!("unknown record format {}", r.get_format_version()));
+    }
+    let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, String> {
+        t.map_err(|e| e.to_string())?.to_string().map_err(|e| e.to_string())
+    };
+    let username = Username::parse(&text(r.get_username())?).map_err(|e| e.to_string())?;
+    if let Some(expected) = expected {
+        if &username != expected {
+            return Err(format!("asked for {expected}, got a record for {username}"));
+        }
+    }
+    let signer = SigningPublicKey::from_bytes(r.get_directory_key().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    if &signer != directory_key {
+        return Err("the record names another directory".into());
+    }
+    let identity = read_identity(r.get_identity().map_err(|e| e.to_string())?)?;
+    let transport = r.get_transport().map_err(|e| e.to_string())?;
+    let transport_key = AgreementPublicKey::from_bytes(transport.get_key().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let transport_certificate =
+        Signature::from_bytes(transport.get_certificate().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    verify_transport_certificate(&username, &identity, &transport_key, &transport_certificate)
+        .map_err(|_| "the transport key is not certified by the identity".to_string())?;
+    let host_address = HostAddress::parse(&text(r.get_host_address())?).map_err(|e| e.to_string())?;
+    Ok(VerifiedRecord {
+        user: UserRecord {
+            username,
+            identity,
+            transport_key,
+            transport_certificate,
+            host_address,
+            serial: r.get_serial(),
+        },
+        issued_at: r.get_issued_at(),
+        directory_key: *directory_key,
+        record_bytes: bytes.to_vec(),
+        signature,
+    })
+}
+
+impl VerifiedRecord {
+    /// A JSON view for people and scripts (`smvs-demo`, `smvsctl --json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "username": self.user.username.as_str(),
+            "signing_key": self.user.identity.signing_key.to_hex(),
+            "agreement_key": self.user.identity.agreement_key.to_hex(),
+            "transport_key": self.user.transport_key.to_hex(),
+            "host_address": self.user.host_address.as_str(),
+            "serial": self.user.serial,
+            "issued_at_ms": self.issued_at,
+            "directory_key": self.directory_key.to_hex(),
+            "record_signature": hex_sig(&self.signature),
+        })
+    }
+}
+
+fn hex_sig(s: &Signature) -> String {
+    s.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,358 @@
+//! The directory's RPC objects: `DirectoryRpc` (one per connection, anonymous) and `SessionRpc`
+//! (the capability an authenticated user gets). Each method checks its limits, parses its
+//! input into validated types, asks the store, and signs what it answers.
+
+use std::cell::Cell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smvs_crypto::{
+    blake2b_256, random_array, seal, AgreementKeyPair, AgreementPublicKey, IdentityBundle, SignContext,
+    Signature,
+};
+use smvs_schema::canonical::{self, RegistrationFields};
+use smvs_schema::directory_capnp::{directory, register_request, rotate_request, session};
+use smvs_schema::{HostAddress, Username};
+
+use crate::clock::now_ms;
+use crate::error::{ErrorCode, Refusal};
+use crate::record::{read_identity, sign_record, verify_transport_certificate, UserRecord};
+use crate::server::Shared;
+use crate::store::{NewKeys, StoreError};
+
+/// How long a sealed token may be spent.
+pub const TOKEN_LIFETIME_MS: i64 = 60_000;
+/// How far a signed request's timestamp may be from the directory's clock.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60_000;
+/// How long a session capability stays usable.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(600);
+
+fn text<'a>(what: &str, t: capnp::Result<capnp::text::Reader<'a>>) -> Result<&'a str, Refusal> {
+    t.map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("{what}: {e}")))?
+        .to_str()
+        .map_err(|_| Refusal::new(ErrorCode::BadRequest, format!("{what} is not UTF-8")))
+}
+
+fn data<'a>(what: &str, d: capnp::Result<&'a [u8]>) -> Result<&'a [u8], Refusal> {
+    d.map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("{what}: {e}")))
+}
+
+fn username(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<Username, Refusal> {
+    Username::parse(text("username", t)?).map_err(|e| Refusal::new(ErrorCode::InvalidUsername, e.to_string()))
+}
+
+fn host_address(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<HostAddress, Refusal> {
+    HostAddress::parse(text("host address", t)?).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))
+}
+
+fn store_refusal(e: StoreError) -> Refusal {
+    match e {
+        StoreError::Taken => Refusal::new(ErrorCode::Taken, "username is already registered"),
+        other => Refusal::internal(other),
+    }
+}
+
+fn check_timestamp(timestamp: i64) -> Result<(), Refusal> {
+    if (now_ms() - timestamp).abs() > MAX_CLOCK_SKEW_MS {
+        return Err(Refusal::new(
+            ErrorCode::Stale,
+            "request timestamp is more than 5 minutes from the directory's clock",
+        ));
+    }
+    Ok(())
+}
+
+/// The keys of a registration or rotation request, each checked against the identity.
+fn read_keys(
+    name: &Username,
+    identity: capnp::Result<smvs_schema::common_capnp::identity_bundle::Reader<'_>>,
+    transport: capnp::Result<smvs_schema::common_capnp::transport_key::Reader<'_>>,
+) -> Result<(IdentityBundle, AgreementPublicKey, Signature), Refusal> {
+    let identity = identity.map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("identity: {e}")))?;
+    let identity = read_identity(identity)
+        .map_err(|e| Refusal::new(ErrorCode::BadSignature, format!("identity keys do not verify: {e}")))?;
+    let transport = transport.map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("transport key: {e}")))?;
+    let transport_key = AgreementPublicKey::from_bytes(data("transport key", transport.get_key())?)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+    let certificate = Signature::from_bytes(data("transport certificate", transport.get_certificate())?)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+    verify_transport_certificate(name, &identity, &transport_key, &certificate).map_err(|_| {
+        Refusal::new(ErrorCode::BadSignature, "transport key is not certified by the identity")
+    })?;
+    Ok((identity, transport_key, certificate))
+}
+
+pub(crate) struct DirectoryRpc {
+    shared: Arc<Shared>,
+    peer: IpAddr,
+}
+
+impl DirectoryRpc {
+    pub fn new(shared: Arc<Shared>, peer: IpAddr) -> Self {
+        DirectoryRpc { shared, peer }
+    }
+
+    fn check_registration(&self, req: register_request::Reader<'_>) -> Result<UserRecord, Refusal> {
+        let name = username(req.get_username())?;
+        let host = host_address(req.get_host_address())?;
+        let (identity, transport_key, certificate) = read_keys(&name, req.get_identity(), req.get_transport())?;
+        let timestamp = req.get_timestamp();
+        check_timestamp(timestamp)?;
+        let signature = Signature::from_bytes(data("signature", req.get_signature())?)
+            .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+        let fields = RegistrationFields {
+            directory_key: &self.shared.key.public(),
+            username: &name,
+            identity: &identity,
+            transport_key: &transport_key,
+            transport_certificate: certificate.as_bytes(),
+            host_address: Some(&host),
+            timestamp,
+        };
+        identity
+            .signing_key
+            .verify(SignContext::DirectoryRegistration, &fields.to_bytes(), &signature)
+            .map_err(|_| Refusal::new(ErrorCode::BadSignature, "registration is not signed by the identity"))?;
+        Ok(UserRecord {
+            username: name,
+            identity,
+            transport_key,
+            transport_certificate: certificate,
+            host_address: host,
+            serial: 0,
+        })
+    }
+}
+
+impl directory::Server for DirectoryRpc {
+    async fn register(
+        self: Rc<Self>,
+        params: directory::RegisterParams,
+        mut results: directory::RegisterResults,
+    ) -> Result<(), capnp::Error> {
+        self.shared.limits.request(self.peer)?;
+        let user = {
+            let params = params.get()?;
+            let req = params.get_request()?;
+            self.check_registration(req)?
+        };
+        self.shared.limits.registration(self.peer)?;
+        let stored = self.shared.store.insert_user(user).await.map_err(store_refusal)?;
+        tracing::debug!(username = %stored.username, "registered");
+        sign_record(&self.shared.key, &stored, now_ms(), results.get().init_record());
+        Ok(())
+    }
+
+    async fn lookup(
+        self: Rc<Self>,
+        params: directory::LookupParams,
+        mut results: directory::LookupResults,
+    ) -> Result<(), capnp::Error> {
+        self.shared.limits.request(self.peer)?;
+        let name = username(params.get()?.get_username())?;
+        let user = self
+            .shared
+            .store
+            .get_user(&name)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no user named {name}")))?;
+        sign_record(&self.shared.key, &user, now_ms(), results.get().init_record());
+        Ok(())
+    }
+
+    async fn challenge(
+        self: Rc<Self>,
+        params: directory::ChallengeParams,
+        mut results: directory::ChallengeResults,
+    ) -> Result<(), capnp::Error> {
+        self.shared.limits.request(self.peer)?;
+        let name = username(params.get()?.get_username())?;
+        self.shared.limits.auth(name.as_str())?;
+        let now = now_ms();
+        let expires_at = now + TOKEN_LIFETIME_MS;
+        let token: [u8; 32] = random_array();
+        let plaintext = canonical::auth_token_plaintext(&self.shared.key.public(), &name, expires_at, &token);
+        let user = self.shared.store.get_user(&name).await.map_err(store_refusal)?;
+        // An unknown user gets the same shape of answer after the same amount of work: a sealed
+        // box of the same length (to a throw-away key) and one store round trip.
+        let sealed = match user {
+            Some(user) => {
+                self.shared
+                    .store
+                    .put_token(blake2b_256(&token), &name, expires_at, now)
+                    .await
+                    .map_err(store_refusal)?;
+                seal(&user.identity.agreement_key, &plaintext)
+            }
+            None => {
+                let _ = self.shared.store.take_token(random_array(), &name, now).await;
+                let throwaway = AgreementKeyPair::generate().map_err(Refusal::internal)?;
+                seal(&throwaway.public(), &plaintext)
+            }
+        }
+        .map_err(Refusal::internal)?;
+        results.get().set_sealed_token(&sealed);
+        Ok(())
+    }
+
+    async fn authenticate(
+        self: Rc<Self>,
+        params: directory::AuthenticateParams,
+        mut results: directory::AuthenticateResults,
+    ) -> Result<(), capnp::Error> {
+        self.shared.limits.request(self.peer)?;
+        let failed = || Refusal::new(ErrorCode::AuthFailed, "authentication failed");
+        let (name, token) = {
+            let params = params.get()?;
+            let name = username(params.get_username())?;
+            let token: [u8; 32] = params.get_token()?.try_into().map_err(|_| failed())?;
+            (name, token)
+        };
+        let valid = self
+            .shared
+            .store
+            .take_token(blake2b_256(&token), &name, now_ms())
+            .await
+            .map_err(store_refusal)?;
+        if !valid {
+            return Err(failed().into());
+        }
+        let session = SessionRpc {
+            shared: self.shared.clone(),
+            username: name,
+            peer: self.peer,
+            alive: Cell::new(true),
+            expires: Instant::now() + SESSION_LIFETIME,
+        };
+        results.get().set_session(capnp_rpc::new_client(session));
+        Ok(())
+    }
+
+    async fn info(
+        self: Rc<Self>,
+        _: directory::InfoParams,
+        mut results: directory::InfoResults,
+    ) -> Result<(), capnp::Error> {
+        self.shared.limits.request(self.peer)?;
+        let mut r = results.get();
+        r.set_directory_key(self.shared.key.public().as_bytes());
+        r.set_server_version(env!("CARGO_PKG_VERSION"));
+        r.set_time(now_ms());
+        Ok(())
+    }
+}
+
+/// The rights of one authenticated user on one connection.
+struct SessionRpc {
+    shared: Arc<Shared>,
+    username: Username,
+    peer: IpAddr,
+    alive: Cell<bool>,
+    expires: Instant,
+}
+
+impl SessionRpc {
+    fn check(&self) -> Result<(), Refusal> {
+        self.shared.limits.request(self.peer)?;
+        if !self.alive.get() || Instant::now() > self.expires {
+            return Err(Refusal::new(ErrorCode::AuthFailed, "session has ended; authenticate again"));
+        }
+        Ok(())
+    }
+
+    fn gone(&self) -> Refusal {
+        self.alive.set(false);
+        Refusal::new(ErrorCode::AuthFailed, "the account no longer exists")
+    }
+
+    async fn check_rotation(&self, req: rotate_request::Reader<'_>) -> Result<NewKeys, Refusal> {
+        let (identity, transport_key, certificate) =
+            read_keys(&self.username, req.get_identity(), req.get_transport())?;
+        let timestamp = req.get_timestamp();
+        check_timestamp(timestamp)?;
+        let signature = Signature::from_bytes(data("signature", req.get_signature())?)
+            .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+        let old = self
+            .shared
+            .store
+            .get_user(&self.username)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| self.gone())?;
+        let fields = RegistrationFields {
+            directory_key: &self.shared.key.public(),
+            username: &self.username,
+            identity: &identity,
+            transport_key: &transport_key,
+            transport_certificate: certificate.as_bytes(),
+            host_address: None,
+            timestamp,
+        };
+        old.identity
+            .signing_key
+            .verify(SignContext::KeyRotation, &fields.to_bytes(), &signature)
+            .map_err(|_| Refusal::new(ErrorCode::BadSignature, "rotation is not signed by the current identity"))?;
+        Ok(NewKeys {
+            identity,
+            transport_key,
+            transport_certificate: certificate,
+        })
+    }
+}
+
+impl session::Server for SessionRpc {
+    async fn update_host_address(
+        self: Rc<Self>,
+        params: session::UpdateHostAddressParams,
+        mut results: session::UpdateHostAddressResults,
+    ) -> Result<(), capnp::Error> {
+        self.check()?;
+        let host = host_address(params.get()?.get_host_address())?;
+        let user = self
+            .shared
+            .store
+            .update_host(&self.username, &host)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| self.gone())?;
+        sign_record(&self.shared.key, &user, now_ms(), results.get().init_record());
+        Ok(())
+    }
+
+    async fn rotate_keys(
+        self: Rc<Self>,
+        params: session::RotateKeysParams,
+        mut results: session::RotateKeysResults,
+    ) -> Result<(), capnp::Error> {
+        self.check()?;
+        let keys = {
+            let params = params.get()?;
+            self.check_rotation(params.get_request()?).await?
+        };
+        let user = self
+            .shared
+            .store
+            .replace_keys(&self.username, keys)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| self.gone())?;
+        tracing::info!(username = %self.username, "identity keys rotated");
+        sign_record(&self.shared.key, &user, now_ms(), results.get().init_record());
+        Ok(())
+    }
+
+    async fn deregister(
+        self: Rc<Self>,
+        _: session::DeregisterParams,
+        _: session::DeregisterResults,
+    ) -> Result<(), capnp::Error> {
+        self.check()?;
+        self.shared.store.delete_user(&self.username).await.map_err(store_refusal)?;
+        self.alive.set(false);
+        tracing::debug!(username = %self.username, "deregistered");
+        Ok(())
+    }
+}

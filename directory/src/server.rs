@@ -1,0 +1,279 @@
+//! The directory server's lifecycle: `bind`, then `shutdown` and `join`.
+//!
+//! ```text
+//!             ┌── worker 0: runtime + LocalSet ── accept ─► Noise handshake ─► RPC objects ─┐
+//! listener ───┤── worker 1: …                                                               ├─► Store
+//!             └── (one worker per core; the kernel spreads accepts between them)            ┘
+//! ```
+//!
+//! Cap'n Proto RPC objects are `!Send`, so each connection lives entirely on the worker that
+//! accepted it. What workers share (`Shared`) is `Send + Sync`: the store handle, the keys, the
+//! rate limiters and the connection budget.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smvs_crypto::{AgreementKeyPair, SigningKeyPair, SigningPublicKey, SigningSeed};
+use thiserror::Error;
+use tokio::sync::{watch, Semaphore};
+
+use crate::limits::{LimitConfig, Limits};
+use crate::rpc::DirectoryRpc;
+use crate::store::{Store, StoreError};
+
+/// Everything `smvs-directory` can be told.
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    pub listen: SocketAddr,
+    /// `sqlite:PATH` or `postgres://…`.
+    pub db: String,
+    pub key_file: PathBuf,
+    pub limits: LimitConfig,
+    pub handshake_timeout: Duration,
+    /// Connections served at once; further ones are closed at once.
+    pub max_connections: usize,
+    /// Worker threads (0: one per core).
+    pub workers: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("directory key: {0}")]
+    Key(#[from] smvs_service::keyfile::KeyFileError),
+    #[error("directory key: {0}")]
+    Crypto(#[from] smvs_crypto::CryptoError),
+    #[error("database {db}: {source}")]
+    Store {
+        db: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start a worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Loads the directory's signing key from `path`, creating it (0600) when absent.
+pub fn load_key(path: &std::path::Path) -> Result<SigningKeyPair, ServerError> {
+    let (seed, created) = smvs_service::keyfile::load_or_create(path, 32, || {
+        zeroize::Zeroizing::new(SigningSeed::generate().expose().to_vec())
+    })?;
+    if created {
+        tracing::info!(path = %path.display(), "created a new directory key");
+    }
+    Ok(SigningKeyPair::from_seed(&SigningSeed::from_bytes(&seed)?)?)
+}
+
+pub(crate) struct Shared {
+    pub store: Store,
+    pub key: SigningKeyPair,
+    pub noise_key: AgreementKeyPair,
+    pub limits: Limits,
+    pub connections: Arc<Semaphore>,
+    pub handshake_timeout: Duration,
+}
+
+/// A running directory.
+pub struct DirectoryServer {
+    local_addr: SocketAddr,
+    public_key: SigningPublicKey,
+    stop: watch::Sender<bool>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl DirectoryServer {
+    /// Opens the key and the database and starts listening. When this returns, the socket is
+    /// bound and accepting: announce readiness then.
+    pub async fn bind(config: DirectoryConfig) -> Result<DirectoryServer, ServerError> {
+        smvs_crypto::init()?;
+        let key = load_key(&config.key_file)?;
+        let noise_key = key.to_agreement_keypair()?;
+        let store = Store::open(&config.db).await.map_err(|source| ServerError::Store {
+            db: redact_db_url(&config.db),
+            source,
+        })?;
+        let listener = std::net::TcpListener::bind(config.listen).map_err(|source| ServerError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+        let public_key = key.public();
+        let shared = Arc::new(Shared {
+            store,
+            key,
+            noise_key,
+            limits: Limits::new(config.limits),
+            connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
+            handshake_timeout: config.handshake_timeout,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let count = if config.workers == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            config.workers
+        };
+        let mut workers = Vec::with_capacity(count);
+        for index in 0..count {
+            let listener = listener.try_clone().map_err(ServerError::Thread)?;
+            let shared = shared.clone();
+            let stopped = stopped.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("directory-worker-{index}"))
+                .spawn(move || worker(index, listener, shared, stopped))
+                .map_err(ServerError::Thread)?;
+            workers.push(handle);
+        }
+        tracing::info!(listen = %local_addr, key = %public_key.to_hex(), workers = count, "directory serving");
+        Ok(DirectoryServer {
+            local_addr,
+            public_key,
+            stop,
+            workers,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn public_key(&self) -> SigningPublicKey {
+        self.public_key
+    }
+
+    /// Stops accepting and closes every connection. Requests already handed to the store
+    /// complete (the store replies only after committing), so nothing acknowledged is lost.
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits for every worker to finish.
+    pub async fn join(self) {
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Shows a database URL without its password.
+pub fn redact_db_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, worker = index, "cannot start a worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, worker = index, "cannot use the listening socket");
+                return;
+            }
+        };
+        if index == 0 {
+            let shared = shared.clone();
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    tick.tick().await;
+                    shared.limits.forget_idle();
+                }
+            });
+        }
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+                            tracing::warn!(%peer, "connection limit reached; closing a new connection");
+                            continue;
+                        };
+                        let shared = shared.clone();
+                        let stopped = stopped.clone();
+                        tokio::task::spawn_local(async move {
+                            serve_connection(tcp, peer, shared, stopped).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly rather than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    });
+}
+
+async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let channel = match smvs_transport::accept(
+        tcp,
+        &shared.noise_key,
+        smvs_transport::DIRECTORY_PROLOGUE,
+        shared.handshake_timeout,
+    )
+    .await
+    {
+        Ok(channel) => channel,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "handshake failed");
+            return;
+        }
+    };
+    let service: smvs_schema::directory_capnp::directory::Client =
+        capnp_rpc::new_client(DirectoryRpc::new(shared, peer.ip()));
+    let system = smvs_transport::rpc::serve(channel, service.client);
+    tokio::select! {
+        result = system => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        _ = stopped.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_db_url;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(redact_db_url("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(redact_db_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_db_url("sqlite:/x"), "sqlite:/x");
+    }
+}

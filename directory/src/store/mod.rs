@@ -1,0 +1,177 @@
+//! The directory's storage: one set of operations, two backends.
+//!
+//! - SQLite (`sqlite:PATH`), the embedded default: one connection owned by its own thread; each
+//!   batch of queued requests runs in one transaction (group commit), and replies go out only
+//!   after the commit.
+//! - PostgreSQL (`postgres://…`), for directories that outgrow one machine: several stateless
+//!   `smvs-directory` processes share one database. Tokens live in the database too, so a
+//!   challenge from one process can be answered at another.
+//!
+//! Both keep exactly what `UserRecord` holds, plus pending authentication tokens (as BLAKE2b
+//! digests, never the tokens themselves). Deregistration deletes the row.
+
+mod postgres;
+mod sqlite;
+
+use smvs_crypto::{AgreementPublicKey, IdentityBundle, Signature};
+use smvs_schema::{HostAddress, Username};
+use thiserror::Error;
+
+use crate::record::UserRecord;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("username is already registered")]
+    Taken,
+    #[error("database URL must be sqlite:PATH or postgres://…, got {0:?}")]
+    BadUrl(String),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("stored row is corrupt: {0}")]
+    Corrupt(String),
+    #[error("storage thread has stopped")]
+    Stopped,
+    #[error("database schema version {found} is newer than this program knows ({known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+/// A storage backend, chosen by URL.
+#[derive(Clone)]
+pub enum Store {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+/// Which database a URL names.
+pub fn parse_url(url: &str) -> Result<DbUrl, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        if path.is_empty() {
+            return Err(StoreError::BadUrl(url.into()));
+        }
+        Ok(DbUrl::Sqlite(path.into()))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(DbUrl::Postgres(url.into()))
+    } else {
+        Err(StoreError::BadUrl(url.into()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum DbUrl {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the database at `url`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        match parse_url(url)? {
+            DbUrl::Sqlite(path) => Ok(Store::Sqlite(sqlite::SqliteStore::open(&path)?)),
+            DbUrl::Postgres(url) => Ok(Store::Postgres(postgres::PgStore::open(&url).await?)),
+        }
+    }
+
+    pub async fn insert_user(&self, user: UserRecord) -> Result<UserRecord, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.insert_user(user).await,
+            Store::Postgres(s) => s.insert_user(user).await,
+        }
+    }
+
+    pub async fn get_user(&self, name: &Username) -> Result<Option<UserRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get_user(name).await,
+            Store::Postgres(s) => s.get_user(name).await,
+        }
+    }
+
+    pub async fn update_host(&self, name: &Username, host: &HostAddress) -> Result<Option<UserRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.update_host(name, host).await,
+            Store::Postgres(s) => s.update_host(name, host).await,
+        }
+    }
+
+    pub async fn replace_keys(&self, name: &Username, keys: NewKeys) -> Result<Option<UserRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.replace_keys(name, keys).await,
+            Store::Postgres(s) => s.replace_keys(name, keys).await,
+        }
+    }
+
+    /// Deletes the user's record and pending tokens. Returns whether there was one.
+    pub async fn delete_user(&self, name: &Username) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.delete_user(name).await,
+            Store::Postgres(s) => s.delete_user(name).await,
+        }
+    }
+
+    /// Remembers a token digest for `name` until `expires_at` (Unix ms); drops expired ones.
+    pub async fn put_token(&self, digest: [u8; 32], name: &Username, expires_at: i64, now: i64) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.put_token(digest, name, expires_at, now).await,
+            Store::Postgres(s) => s.put_token(digest, name, expires_at, now).await,
+        }
+    }
+
+    /// Spends a token: true when it existed for `name` and had not expired. Either way it is
+    /// gone afterwards (single use).
+    pub async fn take_token(&self, digest: [u8; 32], name: &Username, now: i64) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.take_token(digest, name, now).await,
+            Store::Postgres(s) => s.take_token(digest, name, now).await,
+        }
+    }
+
+    /// Counts rows, for tests and the demo: (users, pending tokens).
+    pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.counts().await,
+            Store::Postgres(s) => s.counts().await,
+        }
+    }
+}
+
+/// Replacement keys for a rotation.
+#[derive(Debug, Clone)]
+pub struct NewKeys {
+    pub identity: IdentityBundle,
+    pub transport_key: AgreementPublicKey,
+    pub transport_certificate: Signature,
+}
+
+/// The next serial: strictly above the old one and never below the clock, so serials keep
+/// growing even across a deregistration and a new registration of the same name.
+pub(crate) fn next_serial(old: Option<u64>, now_ms: i64) -> u64 {
+    let clock = u64::try_from(now_ms).unwrap_or(0);
+    match old {
+        Some(old) => clock.max(old.saturating_add(1)),
+        None => clock,
+    }
+}
+
+/// Rebuilds a record from stored columns, re-checking what the types guarantee.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn row_to_record(
+    username: &str,
+    signing_key: &[u8],
+    agreement_key: &[u8],
+    agreement_signature: &[u8],
+    transport_key: &[u8],
+    transport_certificate: &[u8],
+    host_address: &str,
+    serial: i64,
+) -> Result<UserRecord, StoreError> {
+    let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{username}: {e}"));
+    Ok(UserRecord {
+        username: Username::parse(username).map_err(|e| corrupt(&e))?,
+        identity: IdentityBundle::from_parts(signing_key, agreement_key, agreement_signature).map_err(|e| corrupt(&e))?,
+        transport_key: AgreementPublicKey::from_bytes(transport_key).map_err(|e| corrupt(&e))?,
+        transport_certificate: Signature::from_bytes(transport_certificate).map_err(|e| corrupt(&e))?,
+        host_address: HostAddress::parse(host_address).map_err(|e| corrupt(&e))?,
+        serial: u64::try_from(serial).map_err(|e| corrupt(&e))?,
+    })
+}

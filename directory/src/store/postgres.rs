@@ -1,0 +1,280 @@
+//! PostgreSQL backend, for several stateless directory processes sharing one database.
+//!
+//! A small set of connections, driven by one background thread of their own ("directory-pg"),
+//! is shared round-robin by every worker. Each operation is one statement or one short
+//! transaction, so nothing holds a connection across an await of anything else.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use smvs_schema::{HostAddress, Username};
+use tokio_postgres::{Client, NoTls};
+
+use super::{next_serial, row_to_record, NewKeys, StoreError};
+use crate::record::UserRecord;
+
+const CONNECTIONS: usize = 4;
+
+#[derive(Clone)]
+pub struct PgStore {
+    clients: Arc<Vec<Client>>,
+    next: Arc<AtomicUsize>,
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: users and pending authentication tokens.
+    "CREATE TABLE users (
+        username TEXT PRIMARY KEY,
+        signing_key BYTEA NOT NULL,
+        agreement_key BYTEA NOT NULL,
+        agreement_signature BYTEA NOT NULL,
+        transport_key BYTEA NOT NULL,
+        transport_certificate BYTEA NOT NULL,
+        host_address TEXT NOT NULL,
+        serial BIGINT NOT NULL
+    );
+    CREATE TABLE auth_tokens (
+        digest BYTEA PRIMARY KEY,
+        username TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX auth_tokens_expiry ON auth_tokens (expires_at);
+    CREATE TABLE serial_floor (username TEXT PRIMARY KEY, serial BIGINT NOT NULL);",
+];
+
+/// Arbitrary constant naming the advisory lock that serialises migrations between processes.
+const MIGRATION_LOCK: i64 = 0x534d_5653_4449_5201;
+
+impl PgStore {
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let url = url.to_owned();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // The connections' I/O futures run on this thread's runtime, so the store works from
+        // any worker thread and outlives none of them by surprise.
+        std::thread::Builder::new()
+            .name("directory-pg".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = tx.send(Err(StoreError::Corrupt(format!("cannot start the postgres runtime: {e}"))));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let mut clients = Vec::with_capacity(CONNECTIONS);
+                    let mut drivers = Vec::with_capacity(CONNECTIONS);
+                    for _ in 0..CONNECTIONS {
+                        match tokio_postgres::connect(&url, NoTls).await {
+                            Ok((client, connection)) => {
+                                clients.push(client);
+                                drivers.push(tokio::spawn(connection));
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e.into()));
+                                return;
+                            }
+                        }
+                    }
+                    let _ = tx.send(Ok(clients));
+                    for driver in drivers {
+                        if let Ok(Err(e)) = driver.await {
+                            tracing::error!(error = %e, "postgres connection lost");
+                        }
+                    }
+                });
+            })
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the postgres thread: {e}")))?;
+        let clients = rx.await.map_err(|_| StoreError::Stopped)??;
+        let store = PgStore {
+            clients: Arc::new(clients),
+            next: Arc::new(AtomicUsize::new(0)),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    fn client(&self) -> &Client {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        &self.clients[i]
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let c = self.client();
+        c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        let result = async {
+            c.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").await?;
+            let version: i64 = match c.query_opt("SELECT version FROM schema_version", &[]).await? {
+                Some(row) => row.get(0),
+                None => {
+                    c.execute("INSERT INTO schema_version VALUES (0)", &[]).await?;
+                    0
+                }
+            };
+            let known = MIGRATIONS.len() as i64;
+            if version > known {
+                return Err(StoreError::TooNew { found: version, known });
+            }
+            for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+                c.batch_execute("BEGIN").await?;
+                let step = async {
+                    c.batch_execute(sql).await?;
+                    c.execute("UPDATE schema_version SET version = $1", &[&(i as i64 + 1)]).await?;
+                    Ok::<(), tokio_postgres::Error>(())
+                }
+                .await;
+                match step {
+                    Ok(()) => c.batch_execute("COMMIT").await?,
+                    Err(e) => {
+                        let _ = c.batch_execute("ROLLBACK").await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+        result
+    }
+
+    pub async fn insert_user(&self, user: UserRecord) -> Result<UserRecord, StoreError> {
+        let c = self.client();
+        let floor: Option<i64> = c
+            .query_opt("SELECT serial FROM serial_floor WHERE username = $1", &[&user.username.as_str()])
+            .await?
+            .map(|r| r.get(0));
+        let serial = next_serial(floor.map(|s| s as u64), crate::clock::now_ms());
+        let inserted = c
+            .execute(
+                "INSERT INTO users VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (username) DO NOTHING",
+                &[
+                    &user.username.as_str(),
+                    &&user.identity.signing_key.as_bytes()[..],
+                    &&user.identity.agreement_key.as_bytes()[..],
+                    &&user.identity.agreement_signature.as_bytes()[..],
+                    &&user.transport_key.as_bytes()[..],
+                    &&user.transport_certificate.as_bytes()[..],
+                    &user.host_address.as_str(),
+                    &(serial as i64),
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(StoreError::Taken);
+        }
+        Ok(UserRecord { serial, ..user })
+    }
+
+    pub async fn get_user(&self, name: &Username) -> Result<Option<UserRecord>, StoreError> {
+        let row = self
+            .client()
+            .query_opt(
+                "SELECT username, signing_key, agreement_key, agreement_signature, transport_key,
+                        transport_certificate, host_address, serial FROM users WHERE username = $1",
+                &[&name.as_str()],
+            )
+            .await?;
+        row.map(|r| {
+            row_to_record(
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+                r.get(7),
+            )
+        })
+        .transpose()
+    }
+
+    pub async fn update_host(&self, name: &Username, host: &HostAddress) -> Result<Option<UserRecord>, StoreError> {
+        let now = crate::clock::now_ms();
+        // The serial rule of next_serial, done in one statement so concurrent updates from
+        // several processes cannot hand out the same serial.
+        let row = self
+            .client()
+            .query_opt(
+                "UPDATE users SET host_address = $2, serial = GREATEST(serial + 1, $3) WHERE username = $1 RETURNING serial",
+                &[&name.as_str(), &host.as_str(), &now],
+            )
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(_) => self.get_user(name).await,
+        }
+    }
+
+    pub async fn replace_keys(&self, name: &Username, keys: NewKeys) -> Result<Option<UserRecord>, StoreError> {
+        let now = crate::clock::now_ms();
+        let row = self
+            .client()
+            .query_opt(
+                "UPDATE users SET signing_key = $2, agreement_key = $3, agreement_signature = $4,
+                    transport_key = $5, transport_certificate = $6, serial = GREATEST(serial + 1, $7)
+                 WHERE username = $1 RETURNING serial",
+                &[
+                    &name.as_str(),
+                    &&keys.identity.signing_key.as_bytes()[..],
+                    &&keys.identity.agreement_key.as_bytes()[..],
+                    &&keys.identity.agreement_signature.as_bytes()[..],
+                    &&keys.transport_key.as_bytes()[..],
+                    &&keys.transport_certificate.as_bytes()[..],
+                    &now,
+                ],
+            )
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(_) => self.get_user(name).await,
+        }
+    }
+
+    pub async fn delete_user(&self, name: &Username) -> Result<bool, StoreError> {
+        let c = self.client();
+        // One statement: delete the row, keep only its serial as the floor, drop its tokens.
+        let row = c
+            .query_opt(
+                "WITH gone AS (DELETE FROM users WHERE username = $1 RETURNING username, serial),
+                      floor AS (INSERT INTO serial_floor SELECT username, serial FROM gone
+                                ON CONFLICT (username) DO UPDATE SET serial = excluded.serial),
+                      tokens AS (DELETE FROM auth_tokens WHERE username = $1)
+                 SELECT count(*) FROM gone",
+                &[&name.as_str()],
+            )
+            .await?;
+        Ok(row.is_some_and(|r| r.get::<_, i64>(0) > 0))
+    }
+
+    pub async fn put_token(&self, digest: [u8; 32], name: &Username, expires_at: i64, now: i64) -> Result<(), StoreError> {
+        let c = self.client();
+        c.execute("DELETE FROM auth_tokens WHERE expires_at < $1", &[&now]).await?;
+        c.execute(
+            "INSERT INTO auth_tokens VALUES ($1, $2, $3)",
+            &[&&digest[..], &name.as_str(), &expires_at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn take_token(&self, digest: [u8; 32], name: &Username, now: i64) -> Result<bool, StoreError> {
+        let row = self
+            .client()
+            .query_opt(
+                "DELETE FROM auth_tokens WHERE digest = $1 AND username = $2 RETURNING expires_at",
+                &[&&digest[..], &name.as_str()],
+            )
+            .await?;
+        Ok(row.is_some_and(|r| r.get::<_, i64>(0) >= now))
+    }
+
+    pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
+        let row = self
+            .client()
+            .query_one("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM auth_tokens)", &[])
+            .await?;
+        Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
+    }
+}

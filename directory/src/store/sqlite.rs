@@ -1,0 +1,289 @@
+//! SQLite backend. The connection lives on its own thread ("directory-sqlite"); async callers
+//! send it jobs over a bounded channel and await a oneshot reply.
+//!
+//! ```text
+//!  worker threads ──job──► [bounded queue] ──► sqlite thread: BEGIN; job; job; …; COMMIT ──► replies
+//! ```
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use smvs_schema::{HostAddress, Username};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{next_serial, row_to_record, NewKeys, StoreError};
+use crate::record::UserRecord;
+
+const QUEUE_DEPTH: usize = 4096;
+const MAX_BATCH: usize = 512;
+
+/// A queued request: runs against the connection and returns whether it succeeded plus the
+/// reply to send once the batch is committed.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Box<dyn FnOnce() + Send>) + Send>;
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: users and pending authentication tokens.
+    "CREATE TABLE users (
+        username TEXT PRIMARY KEY NOT NULL,
+        signing_key BLOB NOT NULL,
+        agreement_key BLOB NOT NULL,
+        agreement_signature BLOB NOT NULL,
+        transport_key BLOB NOT NULL,
+        transport_certificate BLOB NOT NULL,
+        host_address TEXT NOT NULL,
+        serial INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE auth_tokens (
+        digest BLOB PRIMARY KEY NOT NULL,
+        username TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX auth_tokens_expiry ON auth_tokens (expires_at);
+    CREATE TABLE serial_floor (username TEXT PRIMARY KEY NOT NULL, serial INTEGER NOT NULL) STRICT;",
+];
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew { found: version, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        std::thread::Builder::new()
+            .name("directory-sqlite".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the storage thread: {e}")))?;
+        Ok(SqliteStore { jobs: tx })
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let send: Box<dyn FnOnce() + Send> = Box::new(move || {
+                let _ = reply.send(result);
+            });
+            (ok, send)
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Stopped)?;
+        answer.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    pub async fn insert_user(&self, user: UserRecord) -> Result<UserRecord, StoreError> {
+        self.call(move |c| {
+            let floor: Option<i64> = c
+                .query_row("SELECT serial FROM serial_floor WHERE username = ?1", [user.username.as_str()], |r| r.get(0))
+                .optional()?;
+            let serial = next_serial(floor.map(|s| s as u64), now_ms());
+            let inserted = c.execute(
+                "INSERT INTO users VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (username) DO NOTHING",
+                params![
+                    user.username.as_str(),
+                    &user.identity.signing_key.as_bytes()[..],
+                    &user.identity.agreement_key.as_bytes()[..],
+                    &user.identity.agreement_signature.as_bytes()[..],
+                    &user.transport_key.as_bytes()[..],
+                    &user.transport_certificate.as_bytes()[..],
+                    user.host_address.as_str(),
+                    serial as i64,
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(StoreError::Taken);
+            }
+            Ok(UserRecord { serial, ..user })
+        })
+        .await
+    }
+
+    pub async fn get_user(&self, name: &Username) -> Result<Option<UserRecord>, StoreError> {
+        let name = name.clone();
+        self.call(move |c| get(c, &name)).await
+    }
+
+    pub async fn update_host(&self, name: &Username, host: &HostAddress) -> Result<Option<UserRecord>, StoreError> {
+        let (name, host) = (name.clone(), host.clone());
+        self.call(move |c| {
+            let Some(old) = get(c, &name)? else { return Ok(None) };
+            let serial = next_serial(Some(old.serial), now_ms());
+            c.execute(
+                "UPDATE users SET host_address = ?2, serial = ?3 WHERE username = ?1",
+                params![name.as_str(), host.as_str(), serial as i64],
+            )?;
+            Ok(Some(UserRecord { host_address: host, serial, ..old }))
+        })
+        .await
+    }
+
+    pub async fn replace_keys(&self, name: &Username, keys: NewKeys) -> Result<Option<UserRecord>, StoreError> {
+        let name = name.clone();
+        self.call(move |c| {
+            let Some(old) = get(c, &name)? else { return Ok(None) };
+            let serial = next_serial(Some(old.serial), now_ms());
+            c.execute(
+                "UPDATE users SET signing_key = ?2, agreement_key = ?3, agreement_signature = ?4,
+                    transport_key = ?5, transport_certificate = ?6, serial = ?7 WHERE username = ?1",
+                params![
+                    name.as_str(),
+                    &keys.identity.signing_key.as_bytes()[..],
+                    &keys.identity.agreement_key.as_bytes()[..],
+                    &keys.identity.agreement_signature.as_bytes()[..],
+                    &keys.transport_key.as_bytes()[..],
+                    &keys.transport_certificate.as_bytes()[..],
+                    serial as i64,
+                ],
+            )?;
+            Ok(Some(UserRecord {
+                identity: keys.identity,
+                transport_key: keys.transport_key,
+                transport_certificate: keys.transport_certificate,
+                serial,
+                ..old
+            }))
+        })
+        .await
+    }
+
+    pub async fn delete_user(&self, name: &Username) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.call(move |c| {
+            let Some(old) = get(c, &name)? else { return Ok(false) };
+            // Only the serial survives (no key, no address), so a later registration of the
+            // same name still gets a higher serial and stale answers stay detectable.
+            c.execute(
+                "INSERT INTO serial_floor VALUES (?1, ?2) ON CONFLICT (username) DO UPDATE SET serial = excluded.serial",
+                params![name.as_str(), old.serial as i64],
+            )?;
+            c.execute("DELETE FROM users WHERE username = ?1", [name.as_str()])?;
+            c.execute("DELETE FROM auth_tokens WHERE username = ?1", [name.as_str()])?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub async fn put_token(&self, digest: [u8; 32], name: &Username, expires_at: i64, now: i64) -> Result<(), StoreError> {
+        let name = name.clone();
+        self.call(move |c| {
+            c.execute("DELETE FROM auth_tokens WHERE expires_at < ?1", [now])?;
+            c.execute(
+                "INSERT INTO auth_tokens VALUES (?1, ?2, ?3)",
+                params![&digest[..], name.as_str(), expires_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn take_token(&self, digest: [u8; 32], name: &Username, now: i64) -> Result<bool, StoreError> {
+        let name = name.clone();
+        self.call(move |c| {
+            let expires: Option<i64> = c
+                .query_row(
+                    "DELETE FROM auth_tokens WHERE digest = ?1 AND username = ?2 RETURNING expires_at",
+                    params![&digest[..], name.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(expires.is_some_and(|e| e >= now))
+        })
+        .await
+    }
+
+    pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
+        self.call(|c| {
+            let users: i64 = c.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+            let tokens: i64 = c.query_row("SELECT count(*) FROM auth_tokens", [], |r| r.get(0))?;
+            Ok((users as u64, tokens as u64))
+        })
+        .await
+    }
+}
+
+fn get(c: &Connection, name: &Username) -> Result<Option<UserRecord>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT username, signing_key, agreement_key, agreement_signature, transport_key,
+                transport_certificate, host_address, serial FROM users WHERE username = ?1",
+    )?;
+    let row = stmt
+        .query_row([name.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })
+        .optional()?;
+    row.map(|(u, sk, ak, asig, tk, tc, h, s)| row_to_record(&u, &sk, &ak, &asig, &tk, &tc, &h, s))
+        .transpose()
+}
+
+fn now_ms() -> i64 {
+    crate::clock::now_ms()
+}
+
+/// The storage thread: takes a batch of queued jobs, runs them in one transaction, commits,
+/// then replies. A job that fails is rolled back to its own savepoint; the others still commit.
+fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "directory database: cannot begin a transaction");
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            let _ = conn.execute_batch("SAVEPOINT job");
+            let (ok, reply) = job(&conn);
+            // A job that failed half-way is undone to its savepoint; the batch goes on.
+            let _ = conn.execute_batch(if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" });
+            replies.push(reply);
+        }
+        if let Err(e) = conn.execute_batch("COMMIT") {
+            tracing::error!(error = %e, "directory database: commit failed; the batch is lost");
+            let _ = conn.execute_batch("ROLLBACK");
+            // Replies for a failed commit are dropped: callers see StoreError::Stopped-like
+            // failure through their closed oneshot rather than a false success.
+            continue;
+        }
+        for reply in replies {
+            reply();
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! What every SMVS daemon does the same way: tell systemd (or a test) when it is ready, stop on
+//! SIGTERM/SIGINT, log for operators, and keep its key files private.
+
+pub mod keyfile;
+pub mod logging;
+pub mod notify;
+pub mod signals;
