@@ -29,8 +29,10 @@ test: deps build
 demo: deps build
 	$(CARGO) run -q $(LOCKED) -p smvs-tests --bin smvs-demo
 
+# The benchmark spawns the release binaries, so build them first.
 bench: deps
-	bash scripts/with-postgres.sh $(CARGO) run --release $(LOCKED) -p smvs-tests --bin smvs-bench
+	$(CARGO) build --release --workspace --bins $(LOCKED)
+	bash scripts/with-postgres.sh $(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -3,7 +3,10 @@
 //!
 //! RPC capabilities are `!Send`: use a client inside a `tokio::task::LocalSet`.
 
-use smvs_crypto::{AgreementKeyPair, AgreementPublicKey, CryptoError, IdentityBundle, IdentityKeys, SignContext, Signature, SigningPublicKey};
+use smvs_crypto::{
+    AgreementKeyPair, AgreementPublicKey, CryptoError, IdentityBundle, IdentityKeys, SignContext,
+    Signature, SigningPublicKey,
+};
 use smvs_schema::canonical::{self, RegistrationFields};
 use smvs_schema::common_capnp::signed_record;
 use smvs_schema::directory_capnp::{directory, session};
@@ -67,7 +70,9 @@ impl Registration {
         }
         .to_bytes();
         Registration {
-            signature: identity.signing.sign(SignContext::DirectoryRegistration, &bytes),
+            signature: identity
+                .signing
+                .sign(SignContext::DirectoryRegistration, &bytes),
             username,
             identity: bundle,
             transport_key,
@@ -147,7 +152,13 @@ impl DirectoryClient {
         let expected = directory_key
             .to_agreement_public()
             .map_err(|e| ClientError::Local(format!("pinned directory key: {e}")))?;
-        let channel = smvs_transport::connect(addr, local, smvs_transport::DIRECTORY_PROLOGUE, Some(&expected)).await?;
+        let channel = smvs_transport::connect(
+            addr,
+            local,
+            smvs_transport::DIRECTORY_PROLOGUE,
+            Some(&expected),
+        )
+        .await?;
         let (system, directory) = smvs_transport::rpc::client::<directory::Client>(channel);
         tokio::task::spawn_local(async move {
             if let Err(e) = system.await {
@@ -179,13 +190,21 @@ impl DirectoryClient {
             let mut r = request.get().init_request();
             r.set_username(reg.username.as_str());
             write_identity(r.reborrow().init_identity(), &reg.identity);
-            write_transport(r.reborrow().init_transport(), &reg.transport_key, &reg.transport_certificate);
+            write_transport(
+                r.reborrow().init_transport(),
+                &reg.transport_key,
+                &reg.transport_certificate,
+            );
             r.set_host_address(reg.host_address.as_str());
             r.set_timestamp(reg.timestamp);
             r.set_signature(reg.signature.as_bytes());
         }
         let response = request.send().promise.await?;
-        check(response.get()?.get_record(), &self.directory_key, Some(&reg.username))
+        check(
+            response.get()?.get_record(),
+            &self.directory_key,
+            Some(&reg.username),
+        )
     }
 
     /// The signed record of `username`, checked against the pinned key.
@@ -193,7 +212,11 @@ impl DirectoryClient {
         let mut request = self.directory.lookup_request();
         request.get().set_username(username.as_str());
         let response = request.send().promise.await?;
-        check(response.get()?.get_record(), &self.directory_key, Some(username))
+        check(
+            response.get()?.get_record(),
+            &self.directory_key,
+            Some(username),
+        )
     }
 
     /// Asks for a sealed token (step one of logging in).
@@ -205,7 +228,11 @@ impl DirectoryClient {
     }
 
     /// Hands a token back (step two).
-    pub async fn authenticate(&self, username: &str, token: &[u8]) -> Result<DirectorySession, ClientError> {
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        token: &[u8],
+    ) -> Result<DirectorySession, ClientError> {
         let mut request = self.directory.authenticate_request();
         request.get().set_username(username);
         request.get().set_token(token);
@@ -227,10 +254,13 @@ impl DirectoryClient {
         open: impl FnOnce(&[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError>,
     ) -> Result<DirectorySession, ClientError> {
         let sealed = self.challenge(username.as_str()).await?;
-        let plaintext = open(&sealed)
-            .map_err(|_| ClientError::Verification("the token is not sealed to this identity".into()))?;
+        let plaintext = open(&sealed).map_err(|_| {
+            ClientError::Verification("the token is not sealed to this identity".into())
+        })?;
         let (_, token) = canonical::parse_auth_token(&plaintext, &self.directory_key, username)
-            .ok_or_else(|| ClientError::Verification("the token names another directory or user".into()))?;
+            .ok_or_else(|| {
+                ClientError::Verification("the token names another directory or user".into())
+            })?;
         self.authenticate(username.as_str(), &token).await
     }
 }
@@ -247,11 +277,18 @@ impl DirectorySession {
         &self.username
     }
 
-    pub async fn update_host_address(&self, host: &HostAddress) -> Result<VerifiedRecord, ClientError> {
+    pub async fn update_host_address(
+        &self,
+        host: &HostAddress,
+    ) -> Result<VerifiedRecord, ClientError> {
         let mut request = self.session.update_host_address_request();
         request.get().set_host_address(host.as_str());
         let response = request.send().promise.await?;
-        check(response.get()?.get_record(), &self.directory_key, Some(&self.username))
+        check(
+            response.get()?.get_record(),
+            &self.directory_key,
+            Some(&self.username),
+        )
     }
 
     pub async fn rotate_keys(&self, rotation: &Rotation) -> Result<VerifiedRecord, ClientError> {
@@ -259,12 +296,20 @@ impl DirectorySession {
         {
             let mut r = request.get().init_request();
             write_identity(r.reborrow().init_identity(), &rotation.identity);
-            write_transport(r.reborrow().init_transport(), &rotation.transport_key, &rotation.transport_certificate);
+            write_transport(
+                r.reborrow().init_transport(),
+                &rotation.transport_key,
+                &rotation.transport_certificate,
+            );
             r.set_timestamp(rotation.timestamp);
             r.set_signature(rotation.signature.as_bytes());
         }
         let response = request.send().promise.await?;
-        check(response.get()?.get_record(), &self.directory_key, Some(&self.username))
+        check(
+            response.get()?.get_record(),
+            &self.directory_key,
+            Some(&self.username),
+        )
     }
 
     pub async fn deregister(&self) -> Result<(), ClientError> {

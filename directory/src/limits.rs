@@ -50,7 +50,8 @@ impl Limits {
             .allow_burst(nz(config.requests_per_second.saturating_mul(3)));
         let registrations = Quota::per_hour(nz(config.registrations_per_hour))
             .allow_burst(nz(config.registrations_per_hour.min(10)));
-        let auth = Quota::per_minute(nz(config.auth_per_minute)).allow_burst(nz(config.auth_per_minute));
+        let auth =
+            Quota::per_minute(nz(config.auth_per_minute)).allow_burst(nz(config.auth_per_minute));
         Limits {
             requests: RateLimiter::keyed(requests),
             registrations: RateLimiter::keyed(registrations),
@@ -61,7 +62,10 @@ impl Limits {
 
     fn refuse(&self, wait: Duration) -> Refusal {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        Refusal::new(ErrorCode::RateLimited, format!("rate limited, retry after {} s", secs.max(1)))
+        Refusal::new(
+            ErrorCode::RateLimited,
+            format!("rate limited, retry after {} s", secs.max(1)),
+        )
     }
 
     pub fn request(&self, ip: IpAddr) -> Result<(), Refusal> {
@@ -108,7 +112,12 @@ mod tests {
         }
         let refusal = limits.request(ip).unwrap_err();
         assert_eq!(refusal.code, ErrorCode::RateLimited);
-        assert!(refusal.to_string().starts_with("rate-limited: rate limited, retry after "), "{refusal}");
+        assert!(
+            refusal
+                .to_string()
+                .starts_with("rate-limited: rate limited, retry after "),
+            "{refusal}"
+        );
         // Another address is not affected.
         limits.request("127.0.0.10".parse().unwrap()).unwrap();
         limits.auth("alice").unwrap();

@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use smvs_directory::{DirectoryConfig, DirectoryServer, LimitConfig};
 
 #[derive(Parser)]
-#[command(name = "smvs-directory", version, about = "The SMVS directory: usernames to signed public records")]
+#[command(
+    name = "smvs-directory",
+    version,
+    about = "The SMVS directory: usernames to signed public records"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -70,7 +74,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Pubkey { key_file, json }) = cli.command {
         let key = smvs_directory::load_key(&key_file.unwrap_or(cli.key_file))?;
         if json {
-            println!("{}", serde_json::json!({ "directory_key": key.public().to_hex() }));
+            println!(
+                "{}",
+                serde_json::json!({ "directory_key": key.public().to_hex() })
+            );
         } else {
             println!("{}", key.public().to_hex());
         }
@@ -89,12 +96,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         max_connections: cli.max_connections,
         workers: cli.workers,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         // Listen for stop signals before saying READY, so an early SIGTERM is not missed.
         let stop = smvs_service::signals::stop_signal()?;
         let server = DirectoryServer::bind(config).await?;
-        smvs_service::notify::ready();
+        smvs_service::notify::ready_with_status(&format!("listening on {}", server.local_addr()));
         let signal = stop.await;
         tracing::info!(signal, "stopping");
         smvs_service::notify::stopping();

@@ -3,7 +3,9 @@
 //! A `SignedRecord` carries the record as serialized Cap'n Proto bytes plus the directory's
 //! signature over exactly those bytes, so the check never depends on re-encoding.
 
-use smvs_crypto::{AgreementPublicKey, IdentityBundle, SignContext, Signature, SigningKeyPair, SigningPublicKey};
+use smvs_crypto::{
+    AgreementPublicKey, IdentityBundle, SignContext, Signature, SigningKeyPair, SigningPublicKey,
+};
 use smvs_schema::canonical;
 use smvs_schema::common_capnp::{directory_record, identity_bundle, signed_record, transport_key};
 use smvs_schema::{HostAddress, Username};
@@ -49,7 +51,11 @@ pub(crate) fn read_identity(r: identity_bundle::Reader<'_>) -> Result<IdentityBu
     .map_err(|e| e.to_string())
 }
 
-pub(crate) fn write_transport(mut b: transport_key::Builder<'_>, key: &AgreementPublicKey, cert: &Signature) {
+pub(crate) fn write_transport(
+    mut b: transport_key::Builder<'_>,
+    key: &AgreementPublicKey,
+    cert: &Signature,
+) {
     b.set_key(key.as_bytes());
     b.set_certificate(cert.as_bytes());
 }
@@ -61,9 +67,11 @@ pub fn verify_transport_certificate(
     key: &AgreementPublicKey,
     cert: &Signature,
 ) -> Result<(), smvs_crypto::CryptoError> {
-    identity
-        .signing_key
-        .verify(SignContext::TransportCertificate, &canonical::transport_certificate(username, key), cert)
+    identity.signing_key.verify(
+        SignContext::TransportCertificate,
+        &canonical::transport_certificate(username, key),
+        cert,
+    )
 }
 
 /// Serializes and signs `user` as issued now.
@@ -79,7 +87,11 @@ pub fn sign_record(
         r.set_format_version(RECORD_FORMAT);
         r.set_username(user.username.as_str());
         write_identity(r.reborrow().init_identity(), &user.identity);
-        write_transport(r.reborrow().init_transport(), &user.transport_key, &user.transport_certificate);
+        write_transport(
+            r.reborrow().init_transport(),
+            &user.transport_key,
+            &user.transport_certificate,
+        );
         r.set_host_address(user.host_address.as_str());
         r.set_serial(user.serial);
         r.set_issued_at(issued_at);
@@ -99,19 +111,25 @@ pub fn verify_record(
     expected: Option<&Username>,
 ) -> Result<VerifiedRecord, String> {
     let bytes = signed.get_record().map_err(|e| e.to_string())?;
-    let signature = Signature::from_bytes(signed.get_signature().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let signature = Signature::from_bytes(signed.get_signature().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     directory_key
         .verify(SignContext::DirectoryRecord, bytes, &signature)
         .map_err(|_| "the record is not signed by the pinned directory key".to_string())?;
     let mut slice = bytes;
-    let message = capnp::serialize::read_message_from_flat_slice(&mut slice, smvs_schema::reader_options())
+    let message =
+        capnp::serialize::read_message_from_flat_slice(&mut slice, smvs_schema::reader_options())
+            .map_err(|e| e.to_string())?;
+    let r = message
+        .get_root::<directory_record::Reader<'_>>()
         .map_err(|e| e.to_string())?;
-    let r = message.get_root::<directory_record::Reader<'_>>().map_err(|e| e.to_string())?;
     if r.get_format_version() != RECORD_FORMAT {
         return Err(format!("unknown record format {}", r.get_format_version()));
     }
     let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, String> {
-        t.map_err(|e| e.to_string())?.to_string().map_err(|e| e.to_string())
+        t.map_err(|e| e.to_string())?
+            .to_string()
+            .map_err(|e| e.to_string())
     };
     let username = Username::parse(&text(r.get_username())?).map_err(|e| e.to_string())?;
     if let Some(expected) = expected {
@@ -119,18 +137,23 @@ pub fn verify_record(
             return Err(format!("asked for {expected}, got a record for {username}"));
         }
     }
-    let signer = SigningPublicKey::from_bytes(r.get_directory_key().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let signer = SigningPublicKey::from_bytes(r.get_directory_key().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     if &signer != directory_key {
         return Err("the record names another directory".into());
     }
     let identity = read_identity(r.get_identity().map_err(|e| e.to_string())?)?;
     let transport = r.get_transport().map_err(|e| e.to_string())?;
-    let transport_key = AgreementPublicKey::from_bytes(transport.get_key().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let transport_key =
+        AgreementPublicKey::from_bytes(transport.get_key().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     let transport_certificate =
-        Signature::from_bytes(transport.get_certificate().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        Signature::from_bytes(transport.get_certificate().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     verify_transport_certificate(&username, &identity, &transport_key, &transport_certificate)
         .map_err(|_| "the transport key is not certified by the identity".to_string())?;
-    let host_address = HostAddress::parse(&text(r.get_host_address())?).map_err(|e| e.to_string())?;
+    let host_address =
+        HostAddress::parse(&text(r.get_host_address())?).map_err(|e| e.to_string())?;
     Ok(VerifiedRecord {
         user: UserRecord {
             username,

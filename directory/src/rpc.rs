@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smvs_crypto::{
-    blake2b_256, random_array, seal, AgreementKeyPair, AgreementPublicKey, IdentityBundle, SignContext,
-    Signature,
+    blake2b_256, random_array, seal, AgreementKeyPair, AgreementPublicKey, IdentityBundle,
+    SignContext, Signature,
 };
 use smvs_schema::canonical::{self, RegistrationFields};
 use smvs_schema::directory_capnp::{directory, register_request, rotate_request, session};
@@ -40,11 +40,13 @@ fn data<'a>(what: &str, d: capnp::Result<&'a [u8]>) -> Result<&'a [u8], Refusal>
 }
 
 fn username(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<Username, Refusal> {
-    Username::parse(text("username", t)?).map_err(|e| Refusal::new(ErrorCode::InvalidUsername, e.to_string()))
+    Username::parse(text("username", t)?)
+        .map_err(|e| Refusal::new(ErrorCode::InvalidUsername, e.to_string()))
 }
 
 fn host_address(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<HostAddress, Refusal> {
-    HostAddress::parse(text("host address", t)?).map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))
+    HostAddress::parse(text("host address", t)?)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))
 }
 
 fn store_refusal(e: StoreError) -> Refusal {
@@ -70,16 +72,26 @@ fn read_keys(
     identity: capnp::Result<smvs_schema::common_capnp::identity_bundle::Reader<'_>>,
     transport: capnp::Result<smvs_schema::common_capnp::transport_key::Reader<'_>>,
 ) -> Result<(IdentityBundle, AgreementPublicKey, Signature), Refusal> {
-    let identity = identity.map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("identity: {e}")))?;
-    let identity = read_identity(identity)
-        .map_err(|e| Refusal::new(ErrorCode::BadSignature, format!("identity keys do not verify: {e}")))?;
-    let transport = transport.map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("transport key: {e}")))?;
+    let identity =
+        identity.map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("identity: {e}")))?;
+    let identity = read_identity(identity).map_err(|e| {
+        Refusal::new(
+            ErrorCode::BadSignature,
+            format!("identity keys do not verify: {e}"),
+        )
+    })?;
+    let transport = transport
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("transport key: {e}")))?;
     let transport_key = AgreementPublicKey::from_bytes(data("transport key", transport.get_key())?)
         .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
-    let certificate = Signature::from_bytes(data("transport certificate", transport.get_certificate())?)
-        .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+    let certificate =
+        Signature::from_bytes(data("transport certificate", transport.get_certificate())?)
+            .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
     verify_transport_certificate(name, &identity, &transport_key, &certificate).map_err(|_| {
-        Refusal::new(ErrorCode::BadSignature, "transport key is not certified by the identity")
+        Refusal::new(
+            ErrorCode::BadSignature,
+            "transport key is not certified by the identity",
+        )
     })?;
     Ok((identity, transport_key, certificate))
 }
@@ -97,7 +109,8 @@ impl DirectoryRpc {
     fn check_registration(&self, req: register_request::Reader<'_>) -> Result<UserRecord, Refusal> {
         let name = username(req.get_username())?;
         let host = host_address(req.get_host_address())?;
-        let (identity, transport_key, certificate) = read_keys(&name, req.get_identity(), req.get_transport())?;
+        let (identity, transport_key, certificate) =
+            read_keys(&name, req.get_identity(), req.get_transport())?;
         let timestamp = req.get_timestamp();
         check_timestamp(timestamp)?;
         let signature = Signature::from_bytes(data("signature", req.get_signature())?)
@@ -113,8 +126,17 @@ impl DirectoryRpc {
         };
         identity
             .signing_key
-            .verify(SignContext::DirectoryRegistration, &fields.to_bytes(), &signature)
-            .map_err(|_| Refusal::new(ErrorCode::BadSignature, "registration is not signed by the identity"))?;
+            .verify(
+                SignContext::DirectoryRegistration,
+                &fields.to_bytes(),
+                &signature,
+            )
+            .map_err(|_| {
+                Refusal::new(
+                    ErrorCode::BadSignature,
+                    "registration is not signed by the identity",
+                )
+            })?;
         Ok(UserRecord {
             username: name,
             identity,
@@ -139,9 +161,19 @@ impl directory::Server for DirectoryRpc {
             self.check_registration(req)?
         };
         self.shared.limits.registration(self.peer)?;
-        let stored = self.shared.store.insert_user(user).await.map_err(store_refusal)?;
+        let stored = self
+            .shared
+            .store
+            .insert_user(user)
+            .await
+            .map_err(store_refusal)?;
         tracing::debug!(username = %stored.username, "registered");
-        sign_record(&self.shared.key, &stored, now_ms(), results.get().init_record());
+        sign_record(
+            &self.shared.key,
+            &stored,
+            now_ms(),
+            results.get().init_record(),
+        );
         Ok(())
     }
 
@@ -159,7 +191,12 @@ impl directory::Server for DirectoryRpc {
             .await
             .map_err(store_refusal)?
             .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no user named {name}")))?;
-        sign_record(&self.shared.key, &user, now_ms(), results.get().init_record());
+        sign_record(
+            &self.shared.key,
+            &user,
+            now_ms(),
+            results.get().init_record(),
+        );
         Ok(())
     }
 
@@ -174,8 +211,14 @@ impl directory::Server for DirectoryRpc {
         let now = now_ms();
         let expires_at = now + TOKEN_LIFETIME_MS;
         let token: [u8; 32] = random_array();
-        let plaintext = canonical::auth_token_plaintext(&self.shared.key.public(), &name, expires_at, &token);
-        let user = self.shared.store.get_user(&name).await.map_err(store_refusal)?;
+        let plaintext =
+            canonical::auth_token_plaintext(&self.shared.key.public(), &name, expires_at, &token);
+        let user = self
+            .shared
+            .store
+            .get_user(&name)
+            .await
+            .map_err(store_refusal)?;
         // An unknown user gets the same shape of answer after the same amount of work: a sealed
         // box of the same length (to a throw-away key) and one store round trip.
         let sealed = match user {
@@ -188,7 +231,11 @@ impl directory::Server for DirectoryRpc {
                 seal(&user.identity.agreement_key, &plaintext)
             }
             None => {
-                let _ = self.shared.store.take_token(random_array(), &name, now).await;
+                let _ = self
+                    .shared
+                    .store
+                    .take_token(random_array(), &name, now)
+                    .await;
                 let throwaway = AgreementKeyPair::generate().map_err(Refusal::internal)?;
                 seal(&throwaway.public(), &plaintext)
             }
@@ -258,7 +305,10 @@ impl SessionRpc {
     fn check(&self) -> Result<(), Refusal> {
         self.shared.limits.request(self.peer)?;
         if !self.alive.get() || Instant::now() > self.expires {
-            return Err(Refusal::new(ErrorCode::AuthFailed, "session has ended; authenticate again"));
+            return Err(Refusal::new(
+                ErrorCode::AuthFailed,
+                "session has ended; authenticate again",
+            ));
         }
         Ok(())
     }
@@ -294,7 +344,12 @@ impl SessionRpc {
         old.identity
             .signing_key
             .verify(SignContext::KeyRotation, &fields.to_bytes(), &signature)
-            .map_err(|_| Refusal::new(ErrorCode::BadSignature, "rotation is not signed by the current identity"))?;
+            .map_err(|_| {
+                Refusal::new(
+                    ErrorCode::BadSignature,
+                    "rotation is not signed by the current identity",
+                )
+            })?;
         Ok(NewKeys {
             identity,
             transport_key,
@@ -318,7 +373,12 @@ impl session::Server for SessionRpc {
             .await
             .map_err(store_refusal)?
             .ok_or_else(|| self.gone())?;
-        sign_record(&self.shared.key, &user, now_ms(), results.get().init_record());
+        sign_record(
+            &self.shared.key,
+            &user,
+            now_ms(),
+            results.get().init_record(),
+        );
         Ok(())
     }
 
@@ -340,7 +400,12 @@ impl session::Server for SessionRpc {
             .map_err(store_refusal)?
             .ok_or_else(|| self.gone())?;
         tracing::info!(username = %self.username, "identity keys rotated");
-        sign_record(&self.shared.key, &user, now_ms(), results.get().init_record());
+        sign_record(
+            &self.shared.key,
+            &user,
+            now_ms(),
+            results.get().init_record(),
+        );
         Ok(())
     }
 
@@ -350,7 +415,11 @@ impl session::Server for SessionRpc {
         _: session::DeregisterResults,
     ) -> Result<(), capnp::Error> {
         self.check()?;
-        self.shared.store.delete_user(&self.username).await.map_err(store_refusal)?;
+        self.shared
+            .store
+            .delete_user(&self.username)
+            .await
+            .map_err(store_refusal)?;
         self.alive.set(false);
         tracing::debug!(username = %self.username, "deregistered");
         Ok(())

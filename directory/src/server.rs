@@ -95,20 +95,29 @@ impl DirectoryServer {
         smvs_crypto::init()?;
         let key = load_key(&config.key_file)?;
         let noise_key = key.to_agreement_keypair()?;
-        let store = Store::open(&config.db).await.map_err(|source| ServerError::Store {
-            db: redact_db_url(&config.db),
-            source,
-        })?;
-        let listener = std::net::TcpListener::bind(config.listen).map_err(|source| ServerError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        let store = Store::open(&config.db)
+            .await
+            .map_err(|source| ServerError::Store {
+                db: redact_db_url(&config.db),
+                source,
+            })?;
+        let listener =
+            std::net::TcpListener::bind(config.listen).map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
         listener
             .set_nonblocking(true)
-            .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
         let local_addr = listener
             .local_addr()
-            .map_err(|source| ServerError::Listen { addr: config.listen, source })?;
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
         let public_key = key.public();
         let shared = Arc::new(Shared {
             store,
@@ -120,7 +129,9 @@ impl DirectoryServer {
         });
         let (stop, stopped) = watch::channel(false);
         let count = if config.workers == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             config.workers
         };
@@ -184,8 +195,16 @@ pub fn redact_db_url(url: &str) -> String {
     }
 }
 
-fn worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+fn worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, worker = index, "cannot start a worker runtime");
@@ -238,7 +257,12 @@ fn worker(index: usize, listener: std::net::TcpListener, shared: Arc<Shared>, mu
     });
 }
 
-async fn serve_connection(tcp: tokio::net::TcpStream, peer: SocketAddr, shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
     let channel = match smvs_transport::accept(
         tcp,
         &shared.noise_key,
@@ -272,7 +296,10 @@ mod tests {
 
     #[test]
     fn passwords_are_not_shown() {
-        assert_eq!(redact_db_url("postgres://u:secret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(
+            redact_db_url("postgres://u:secret@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
         assert_eq!(redact_db_url("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact_db_url("sqlite:/x"), "sqlite:/x");
     }

@@ -18,7 +18,9 @@ pub enum KeyFileError {
         #[source]
         source: std::io::Error,
     },
-    #[error("key file {path} is readable or writable by others (mode {mode:o}); run `chmod 600 {path}`")]
+    #[error(
+        "key file {path} is readable or writable by others (mode {mode:o}); run `chmod 600 {path}`"
+    )]
     TooOpen { path: PathBuf, mode: u32 },
     #[error("key file {path} is owned by uid {owner}, not by this process (uid {me})")]
     WrongOwner { path: PathBuf, owner: u32, me: u32 },
@@ -72,7 +74,11 @@ pub fn load_or_create(
             file.sync_all().map_err(|e| io("syncing", e))?;
             fs::rename(&tmp, path).map_err(|e| io("renaming into place", e))?;
             if let Some(dir) = path.parent() {
-                if let Ok(d) = fs::File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
+                if let Ok(d) = fs::File::open(if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                }) {
                     let _ = d.sync_all();
                 }
             }
@@ -104,7 +110,9 @@ fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), KeyFileError> {
 fn current_uid() -> u32 {
     // The owner of /proc/self is this process's effective uid; no libc call (and no unsafe)
     // needed.
-    fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
+    fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
@@ -117,15 +125,26 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("k.key");
-        let (first, created) = load_or_create(&path, 4, || Zeroizing::new(vec![1, 2, 3, 4])).unwrap();
+        let (first, created) =
+            load_or_create(&path, 4, || Zeroizing::new(vec![1, 2, 3, 4])).unwrap();
         assert!(created);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let (again, created) = load_or_create(&path, 4, || Zeroizing::new(vec![9, 9, 9, 9])).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let (again, created) =
+            load_or_create(&path, 4, || Zeroizing::new(vec![9, 9, 9, 9])).unwrap();
         assert!(!created);
         assert_eq!(*first, *again);
-        assert!(matches!(load_or_create(&path, 5, || Zeroizing::new(vec![])), Err(KeyFileError::WrongSize { .. })));
+        assert!(matches!(
+            load_or_create(&path, 5, || Zeroizing::new(vec![])),
+            Err(KeyFileError::WrongSize { .. })
+        ));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(load_or_create(&path, 4, || Zeroizing::new(vec![])), Err(KeyFileError::TooOpen { .. })));
+        assert!(matches!(
+            load_or_create(&path, 4, || Zeroizing::new(vec![])),
+            Err(KeyFileError::TooOpen { .. })
+        ));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

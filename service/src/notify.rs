@@ -30,6 +30,12 @@ pub fn ready() -> bool {
     notify("READY=1")
 }
 
+/// Says the daemon is ready, with a one-line status (shown by `systemctl status`). Daemons put
+/// their bound addresses here, which is how tests learn an OS-chosen port.
+pub fn ready_with_status(status: &str) -> bool {
+    notify(&format!("READY=1\nSTATUS={status}"))
+}
+
 /// Says the daemon is stopping.
 pub fn stopping() -> bool {
     notify("STOPPING=1")

@@ -87,14 +87,22 @@ impl Store {
         }
     }
 
-    pub async fn update_host(&self, name: &Username, host: &HostAddress) -> Result<Option<UserRecord>, StoreError> {
+    pub async fn update_host(
+        &self,
+        name: &Username,
+        host: &HostAddress,
+    ) -> Result<Option<UserRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.update_host(name, host).await,
             Store::Postgres(s) => s.update_host(name, host).await,
         }
     }
 
-    pub async fn replace_keys(&self, name: &Username, keys: NewKeys) -> Result<Option<UserRecord>, StoreError> {
+    pub async fn replace_keys(
+        &self,
+        name: &Username,
+        keys: NewKeys,
+    ) -> Result<Option<UserRecord>, StoreError> {
         match self {
             Store::Sqlite(s) => s.replace_keys(name, keys).await,
             Store::Postgres(s) => s.replace_keys(name, keys).await,
@@ -110,7 +118,13 @@ impl Store {
     }
 
     /// Remembers a token digest for `name` until `expires_at` (Unix ms); drops expired ones.
-    pub async fn put_token(&self, digest: [u8; 32], name: &Username, expires_at: i64, now: i64) -> Result<(), StoreError> {
+    pub async fn put_token(
+        &self,
+        digest: [u8; 32],
+        name: &Username,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.put_token(digest, name, expires_at, now).await,
             Store::Postgres(s) => s.put_token(digest, name, expires_at, now).await,
@@ -119,7 +133,12 @@ impl Store {
 
     /// Spends a token: true when it existed for `name` and had not expired. Either way it is
     /// gone afterwards (single use).
-    pub async fn take_token(&self, digest: [u8; 32], name: &Username, now: i64) -> Result<bool, StoreError> {
+    pub async fn take_token(
+        &self,
+        digest: [u8; 32],
+        name: &Username,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => s.take_token(digest, name, now).await,
             Store::Postgres(s) => s.take_token(digest, name, now).await,
@@ -168,9 +187,11 @@ pub(crate) fn row_to_record(
     let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{username}: {e}"));
     Ok(UserRecord {
         username: Username::parse(username).map_err(|e| corrupt(&e))?,
-        identity: IdentityBundle::from_parts(signing_key, agreement_key, agreement_signature).map_err(|e| corrupt(&e))?,
+        identity: IdentityBundle::from_parts(signing_key, agreement_key, agreement_signature)
+            .map_err(|e| corrupt(&e))?,
         transport_key: AgreementPublicKey::from_bytes(transport_key).map_err(|e| corrupt(&e))?,
-        transport_certificate: Signature::from_bytes(transport_certificate).map_err(|e| corrupt(&e))?,
+        transport_certificate: Signature::from_bytes(transport_certificate)
+            .map_err(|e| corrupt(&e))?,
         host_address: HostAddress::parse(host_address).map_err(|e| corrupt(&e))?,
         serial: u64::try_from(serial).map_err(|e| corrupt(&e))?,
     })

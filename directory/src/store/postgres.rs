@@ -54,10 +54,15 @@ impl PgStore {
         std::thread::Builder::new()
             .name("directory-pg".into())
             .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = tx.send(Err(StoreError::Corrupt(format!("cannot start the postgres runtime: {e}"))));
+                        let _ = tx.send(Err(StoreError::Corrupt(format!(
+                            "cannot start the postgres runtime: {e}"
+                        ))));
                         return;
                     }
                 };
@@ -101,25 +106,35 @@ impl PgStore {
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let c = self.client();
-        c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
         let result = async {
-            c.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").await?;
-            let version: i64 = match c.query_opt("SELECT version FROM schema_version", &[]).await? {
+            c.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+                .await?;
+            let version: i64 = match c
+                .query_opt("SELECT version FROM schema_version", &[])
+                .await?
+            {
                 Some(row) => row.get(0),
                 None => {
-                    c.execute("INSERT INTO schema_version VALUES (0)", &[]).await?;
+                    c.execute("INSERT INTO schema_version VALUES (0)", &[])
+                        .await?;
                     0
                 }
             };
             let known = MIGRATIONS.len() as i64;
             if version > known {
-                return Err(StoreError::TooNew { found: version, known });
+                return Err(StoreError::TooNew {
+                    found: version,
+                    known,
+                });
             }
             for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
                 c.batch_execute("BEGIN").await?;
                 let step = async {
                     c.batch_execute(sql).await?;
-                    c.execute("UPDATE schema_version SET version = $1", &[&(i as i64 + 1)]).await?;
+                    c.execute("UPDATE schema_version SET version = $1", &[&(i as i64 + 1)])
+                        .await?;
                     Ok::<(), tokio_postgres::Error>(())
                 }
                 .await;
@@ -134,14 +149,19 @@ impl PgStore {
             Ok(())
         }
         .await;
-        let _ = c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await;
+        let _ = c
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await;
         result
     }
 
     pub async fn insert_user(&self, user: UserRecord) -> Result<UserRecord, StoreError> {
         let c = self.client();
         let floor: Option<i64> = c
-            .query_opt("SELECT serial FROM serial_floor WHERE username = $1", &[&user.username.as_str()])
+            .query_opt(
+                "SELECT serial FROM serial_floor WHERE username = $1",
+                &[&user.username.as_str()],
+            )
             .await?
             .map(|r| r.get(0));
         let serial = next_serial(floor.map(|s| s as u64), crate::clock::now_ms());
@@ -190,7 +210,11 @@ impl PgStore {
         .transpose()
     }
 
-    pub async fn update_host(&self, name: &Username, host: &HostAddress) -> Result<Option<UserRecord>, StoreError> {
+    pub async fn update_host(
+        &self,
+        name: &Username,
+        host: &HostAddress,
+    ) -> Result<Option<UserRecord>, StoreError> {
         let now = crate::clock::now_ms();
         // The serial rule of next_serial, done in one statement so concurrent updates from
         // several processes cannot hand out the same serial.
@@ -207,7 +231,11 @@ impl PgStore {
         }
     }
 
-    pub async fn replace_keys(&self, name: &Username, keys: NewKeys) -> Result<Option<UserRecord>, StoreError> {
+    pub async fn replace_keys(
+        &self,
+        name: &Username,
+        keys: NewKeys,
+    ) -> Result<Option<UserRecord>, StoreError> {
         let now = crate::clock::now_ms();
         let row = self
             .client()
@@ -248,9 +276,16 @@ impl PgStore {
         Ok(row.is_some_and(|r| r.get::<_, i64>(0) > 0))
     }
 
-    pub async fn put_token(&self, digest: [u8; 32], name: &Username, expires_at: i64, now: i64) -> Result<(), StoreError> {
+    pub async fn put_token(
+        &self,
+        digest: [u8; 32],
+        name: &Username,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let c = self.client();
-        c.execute("DELETE FROM auth_tokens WHERE expires_at < $1", &[&now]).await?;
+        c.execute("DELETE FROM auth_tokens WHERE expires_at < $1", &[&now])
+            .await?;
         c.execute(
             "INSERT INTO auth_tokens VALUES ($1, $2, $3)",
             &[&&digest[..], &name.as_str(), &expires_at],
@@ -259,7 +294,12 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn take_token(&self, digest: [u8; 32], name: &Username, now: i64) -> Result<bool, StoreError> {
+    pub async fn take_token(
+        &self,
+        digest: [u8; 32],
+        name: &Username,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let row = self
             .client()
             .query_opt(
@@ -273,7 +313,10 @@ impl PgStore {
     pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
         let row = self
             .client()
-            .query_one("SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM auth_tokens)", &[])
+            .query_one(
+                "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM auth_tokens)",
+                &[],
+            )
             .await?;
         Ok((row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64))
     }

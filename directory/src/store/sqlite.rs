@@ -51,7 +51,10 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        return Err(StoreError::TooNew { found: version, known });
+        return Err(StoreError::TooNew {
+            found: version,
+            known,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction()?;
@@ -128,21 +131,35 @@ impl SqliteStore {
         self.call(move |c| get(c, &name)).await
     }
 
-    pub async fn update_host(&self, name: &Username, host: &HostAddress) -> Result<Option<UserRecord>, StoreError> {
+    pub async fn update_host(
+        &self,
+        name: &Username,
+        host: &HostAddress,
+    ) -> Result<Option<UserRecord>, StoreError> {
         let (name, host) = (name.clone(), host.clone());
         self.call(move |c| {
-            let Some(old) = get(c, &name)? else { return Ok(None) };
+            let Some(old) = get(c, &name)? else {
+                return Ok(None);
+            };
             let serial = next_serial(Some(old.serial), now_ms());
             c.execute(
                 "UPDATE users SET host_address = ?2, serial = ?3 WHERE username = ?1",
                 params![name.as_str(), host.as_str(), serial as i64],
             )?;
-            Ok(Some(UserRecord { host_address: host, serial, ..old }))
+            Ok(Some(UserRecord {
+                host_address: host,
+                serial,
+                ..old
+            }))
         })
         .await
     }
 
-    pub async fn replace_keys(&self, name: &Username, keys: NewKeys) -> Result<Option<UserRecord>, StoreError> {
+    pub async fn replace_keys(
+        &self,
+        name: &Username,
+        keys: NewKeys,
+    ) -> Result<Option<UserRecord>, StoreError> {
         let name = name.clone();
         self.call(move |c| {
             let Some(old) = get(c, &name)? else { return Ok(None) };
@@ -188,7 +205,13 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn put_token(&self, digest: [u8; 32], name: &Username, expires_at: i64, now: i64) -> Result<(), StoreError> {
+    pub async fn put_token(
+        &self,
+        digest: [u8; 32],
+        name: &Username,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let name = name.clone();
         self.call(move |c| {
             c.execute("DELETE FROM auth_tokens WHERE expires_at < ?1", [now])?;
@@ -201,7 +224,12 @@ impl SqliteStore {
         .await
     }
 
-    pub async fn take_token(&self, digest: [u8; 32], name: &Username, now: i64) -> Result<bool, StoreError> {
+    pub async fn take_token(
+        &self,
+        digest: [u8; 32],
+        name: &Username,
+        now: i64,
+    ) -> Result<bool, StoreError> {
         let name = name.clone();
         self.call(move |c| {
             let expires: Option<i64> = c
@@ -272,7 +300,11 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
             let _ = conn.execute_batch("SAVEPOINT job");
             let (ok, reply) = job(&conn);
             // A job that failed half-way is undone to its savepoint; the batch goes on.
-            let _ = conn.execute_batch(if ok { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" });
+            let _ = conn.execute_batch(if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            });
             replies.push(reply);
         }
         if let Err(e) = conn.execute_batch("COMMIT") {

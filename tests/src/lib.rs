@@ -1,0 +1,10 @@
+//! Test harness shared by the integration tests, the demo and the benchmarks: real binaries
+//! started as processes on loopback ports the OS picks, readiness learned from the same
+//! `NOTIFY_SOCKET` protocol systemd uses (never a sleep), logs kept and shown on failure.
+
+pub mod daemon;
+pub mod directory;
+pub mod postgres;
+
+pub use daemon::Daemon;
+pub use directory::{Backend, DirectoryProcess, TestUser};
