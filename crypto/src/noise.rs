@@ -173,18 +173,14 @@ impl NoiseReceiver {
 mod tests {
     use super::*;
 
+    type Ends = (AgreementPublicKey, NoiseSender, NoiseReceiver);
+
     fn handshake(
         a: &AgreementKeyPair,
         b: &AgreementKeyPair,
         pa: &[u8],
         pb: &[u8],
-    ) -> Result<
-        (
-            (AgreementPublicKey, NoiseSender, NoiseReceiver),
-            (AgreementPublicKey, NoiseSender, NoiseReceiver),
-        ),
-        CryptoError,
-    > {
+    ) -> Result<(Ends, Ends), CryptoError> {
         let mut i = Handshake::initiator(a, pa)?;
         let mut r = Handshake::responder(b, pb)?;
         while !(i.is_finished() && r.is_finished()) {

@@ -185,17 +185,29 @@ impl DirectoryClient {
     }
 
     pub async fn register(&self, reg: &Registration) -> Result<VerifiedRecord, ClientError> {
+        self.register_unchecked(reg, reg.username.as_str(), reg.host_address.as_str())
+            .await
+    }
+
+    /// Sends `reg` with the username and host address given as raw strings, unparsed. For
+    /// testing the directory's own checks; use [`DirectoryClient::register`].
+    pub async fn register_unchecked(
+        &self,
+        reg: &Registration,
+        username: &str,
+        host_address: &str,
+    ) -> Result<VerifiedRecord, ClientError> {
         let mut request = self.directory.register_request();
         {
             let mut r = request.get().init_request();
-            r.set_username(reg.username.as_str());
+            r.set_username(username);
             write_identity(r.reborrow().init_identity(), &reg.identity);
             write_transport(
                 r.reborrow().init_transport(),
                 &reg.transport_key,
                 &reg.transport_certificate,
             );
-            r.set_host_address(reg.host_address.as_str());
+            r.set_host_address(host_address);
             r.set_timestamp(reg.timestamp);
             r.set_signature(reg.signature.as_bytes());
         }

@@ -64,7 +64,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("smvs-directory: {e:#}");
+            // Our errors carry their causes in their own message: one line, no repeated chain.
+            eprintln!("smvs-directory: {e}");
             ExitCode::from(1)
         }
     }

@@ -93,6 +93,11 @@ impl DirectoryServer {
     /// bound and accepting: announce readiness then.
     pub async fn bind(config: DirectoryConfig) -> Result<DirectoryServer, ServerError> {
         smvs_crypto::init()?;
+        // Check the cheap things first, so a typo creates no key file.
+        crate::store::parse_url(&config.db).map_err(|source| ServerError::Store {
+            db: redact_db_url(&config.db),
+            source,
+        })?;
         let key = load_key(&config.key_file)?;
         let noise_key = key.to_agreement_keypair()?;
         let store = Store::open(&config.db)

@@ -2,6 +2,8 @@
 //! (default `info`). Rules: error = someone must act, warn = actionable, info = rare; never a
 //! key, a token or a message body.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 pub fn init() {
@@ -10,5 +12,6 @@ pub fn init() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }

@@ -1,0 +1,468 @@
+//! smvs-directory as a real process on 127.0.0.1, through its real client, on both backends.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use smvs_crypto::{AgreementKeyPair, IdentityKeys, Signature};
+use smvs_directory::store::Store;
+use smvs_directory::{ErrorCode, Registration, Rotation};
+use smvs_schema::{HostAddress, Username};
+use smvs_tests::{Backend, DirectoryProcess, TestUser};
+
+fn run<F: Future<Output = ()>>(f: F) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f);
+}
+
+/// Each scenario runs once per backend.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite { $( #[test] fn $name() { super::run(super::$name(super::Backend::Sqlite)); } )* }
+        mod postgres { $( #[test] fn $name() { super::run(super::$name(super::Backend::Postgres)); } )* }
+    };
+}
+
+both_backends!(
+    register_and_lookup,
+    login_update_rotate_deregister,
+    tokens_are_single_use_and_bound_to_the_user,
+    bad_registrations_change_nothing,
+    garbage_on_the_wire_does_not_disturb_others,
+    rate_limits_say_when_to_retry,
+);
+
+fn code<T>(r: Result<T, smvs_directory::ClientError>) -> ErrorCode {
+    match r {
+        Ok(_) => panic!("expected a refusal"),
+        Err(e) => e.code().unwrap_or_else(|| panic!("not a refusal: {e}")),
+    }
+}
+
+async fn register_and_lookup(backend: Backend) {
+    let dir = DirectoryProcess::start(backend, &[]).await.unwrap();
+    let client = dir.client().await.unwrap();
+    let (key, _) = client.info().await.unwrap();
+    assert_eq!(key, dir.key);
+    let alice = TestUser::new("alice", "127.0.0.1:7421").unwrap();
+    let bob = TestUser::new("bob.b-2_x", "[::1]:7421").unwrap();
+    let a = client
+        .register(&alice.registration(&dir.key))
+        .await
+        .unwrap();
+    client.register(&bob.registration(&dir.key)).await.unwrap();
+    assert_eq!(a.user.identity, alice.identity.bundle());
+
+    // Another client (another connection) sees the same, signed by the pinned key.
+    let other = dir.client().await.unwrap();
+    let found = other.lookup(&alice.username).await.unwrap();
+    assert_eq!(found.user.identity, alice.identity.bundle());
+    assert_eq!(found.user.transport_key, alice.transport.public());
+    assert_eq!(found.user.host_address, alice.host);
+    assert_eq!(found.user.serial, a.user.serial);
+    assert_eq!(found.directory_key, dir.key);
+    assert_eq!(
+        other.lookup(&bob.username).await.unwrap().user.host_address,
+        bob.host
+    );
+
+    // Duplicate registration, even with other keys: refused, the first record unchanged.
+    let imposter = TestUser::new("alice", "127.0.0.9:7421").unwrap();
+    assert_eq!(
+        code(client.register(&imposter.registration(&dir.key)).await),
+        ErrorCode::Taken
+    );
+    assert_eq!(
+        other.lookup(&alice.username).await.unwrap().user.identity,
+        alice.identity.bundle()
+    );
+
+    let nobody = Username::parse("nobody").unwrap();
+    assert_eq!(code(other.lookup(&nobody).await), ErrorCode::NotFound);
+
+    // A client that pins another key refuses to talk to this directory at all.
+    let wrong = smvs_crypto::SigningKeyPair::generate().unwrap().public();
+    let err = smvs_directory::DirectoryClient::connect(
+        &dir.addr.to_string(),
+        wrong,
+        &AgreementKeyPair::generate().unwrap(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("not the pinned key"), "{err}");
+
+    let (users, _) = Store::open(&dir.db).await.unwrap().counts().await.unwrap();
+    assert_eq!(users, 2);
+    let status = dir.daemon.stop().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+async fn login_update_rotate_deregister(backend: Backend) {
+    let dir = DirectoryProcess::start(backend, &[]).await.unwrap();
+    let client = dir.client().await.unwrap();
+    let alice = TestUser::new("alice", "127.0.0.1:7421").unwrap();
+    let first = client
+        .register(&alice.registration(&dir.key))
+        .await
+        .unwrap();
+
+    let session = alice.login(&client).await.unwrap();
+    let new_host = HostAddress::parse("127.0.0.1:17421").unwrap();
+    let moved = session.update_host_address(&new_host).await.unwrap();
+    assert_eq!(moved.user.host_address, new_host);
+    assert!(moved.user.serial > first.user.serial, "serial must grow");
+
+    // A rotation signed by the wrong (new) key is refused; one signed by the old key is taken.
+    let new_identity = IdentityKeys::generate().unwrap();
+    let new_transport = AgreementKeyPair::generate().unwrap();
+    let now = smvs_directory::clock::now_ms();
+    let forged = Rotation::sign_locally(
+        &dir.key,
+        &alice.username,
+        &new_identity,
+        &new_identity,
+        new_transport.public(),
+        now,
+    );
+    assert_eq!(
+        code(session.rotate_keys(&forged).await),
+        ErrorCode::BadSignature
+    );
+    let rotation = Rotation::sign_locally(
+        &dir.key,
+        &alice.username,
+        &alice.identity,
+        &new_identity,
+        new_transport.public(),
+        now,
+    );
+    let rotated = session.rotate_keys(&rotation).await.unwrap();
+    assert_eq!(rotated.user.identity, new_identity.bundle());
+    assert!(rotated.user.serial > moved.user.serial);
+    let seen = client.lookup(&alice.username).await.unwrap();
+    assert_eq!(seen.user.identity, new_identity.bundle());
+    assert_eq!(seen.user.transport_key, new_transport.public());
+    assert_eq!(seen.user.host_address, new_host);
+
+    // The old identity can no longer log in: the token is sealed to the new key.
+    let err = alice.login(&client).await.err().unwrap();
+    assert!(
+        format!("{err:#}").contains("not sealed to this identity"),
+        "{err:#}"
+    );
+
+    session.deregister().await.unwrap();
+    assert_eq!(
+        code(client.lookup(&alice.username).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(session.update_host_address(&new_host).await),
+        ErrorCode::AuthFailed
+    );
+    // Deleted, not flagged: no row and no token remain.
+    assert_eq!(
+        Store::open(&dir.db).await.unwrap().counts().await.unwrap(),
+        (0, 0)
+    );
+
+    // The name can be registered again, and its serial still grows (stale answers stay
+    // detectable).
+    let again = TestUser::new("alice", "127.0.0.1:7421").unwrap();
+    let fresh = client
+        .register(&again.registration(&dir.key))
+        .await
+        .unwrap();
+    assert!(fresh.user.serial > rotated.user.serial);
+    dir.daemon.stop().unwrap();
+}
+
+async fn tokens_are_single_use_and_bound_to_the_user(backend: Backend) {
+    let dir = DirectoryProcess::start(backend, &[]).await.unwrap();
+    let client = dir.client().await.unwrap();
+    let alice = TestUser::new("alice", "127.0.0.1:7421").unwrap();
+    let bob = TestUser::new("bob", "127.0.0.2:7421").unwrap();
+    client
+        .register(&alice.registration(&dir.key))
+        .await
+        .unwrap();
+    client.register(&bob.registration(&dir.key)).await.unwrap();
+
+    let sealed = client.challenge("alice").await.unwrap();
+    let plaintext = alice.identity.agreement.open_sealed(&sealed).unwrap();
+    let (expires, token) =
+        smvs_schema::canonical::parse_auth_token(&plaintext, &dir.key, &alice.username).unwrap();
+    let now = smvs_directory::clock::now_ms();
+    assert!(
+        expires > now && expires <= now + 61_000,
+        "token must expire within 60 s"
+    );
+    // Bob cannot open it; presenting it as bob fails and also spends nothing of alice's.
+    assert!(bob.identity.agreement.open_sealed(&sealed).is_err());
+    assert_eq!(
+        code(client.authenticate("bob", &token).await),
+        ErrorCode::AuthFailed
+    );
+    // Alice's own use works once; the replay fails.
+    client.authenticate("alice", &token).await.unwrap();
+    assert_eq!(
+        code(client.authenticate("alice", &token).await),
+        ErrorCode::AuthFailed
+    );
+
+    // Unknown users: the same shape of answer (a sealed box of the same length) and the same
+    // error as a wrong token.
+    let unknown = client.challenge("zelda").await.unwrap();
+    let known = client.challenge("bobby").await;
+    assert_eq!(
+        unknown.len(),
+        client.challenge("alice").await.unwrap().len()
+    );
+    assert!(known.is_ok());
+    assert_eq!(
+        code(client.authenticate("zelda", &[0u8; 32]).await),
+        ErrorCode::AuthFailed
+    );
+    assert_eq!(
+        code(client.authenticate("alice", &[0u8; 32]).await),
+        ErrorCode::AuthFailed
+    );
+    assert_eq!(
+        code(client.authenticate("alice", b"short").await),
+        ErrorCode::AuthFailed
+    );
+
+    // Expired tokens are refused at the store (the 60 s clock is not waited for here).
+    let store = Store::open(&dir.db).await.unwrap();
+    let name = Username::parse("alice").unwrap();
+    let digest = smvs_crypto::blake2b_256(b"an old token");
+    store
+        .put_token(digest, &name, now - 1, now - 60_000)
+        .await
+        .unwrap();
+    assert!(!store.take_token(digest, &name, now).await.unwrap());
+    dir.daemon.stop().unwrap();
+}
+
+async fn bad_registrations_change_nothing(backend: Backend) {
+    let dir = DirectoryProcess::start(backend, &[]).await.unwrap();
+    let client = dir.client().await.unwrap();
+    let alice = TestUser::new("alice", "127.0.0.1:7421").unwrap();
+    let good = alice.registration(&dir.key);
+
+    // Bad usernames: refused before anything else is looked at.
+    for bad in [
+        "ab",
+        "Alice",
+        "al ice",
+        "x".repeat(33).as_str(),
+        "ali\u{e7}e",
+        "",
+    ] {
+        let refused = client
+            .register_unchecked(&good, bad, good.host_address.as_str())
+            .await;
+        assert_eq!(code(refused), ErrorCode::InvalidUsername, "{bad:?}");
+    }
+    // A tampered request (the host address changed after signing).
+    let mut tampered = good.clone();
+    tampered.host_address = HostAddress::parse("127.0.0.66:7421").unwrap();
+    assert_eq!(
+        code(client.register(&tampered).await),
+        ErrorCode::BadSignature
+    );
+    // Signed for another directory.
+    let other_dir = smvs_crypto::SigningKeyPair::generate().unwrap().public();
+    assert_eq!(
+        code(client.register(&alice.registration(&other_dir)).await),
+        ErrorCode::BadSignature
+    );
+    // A transport certificate made by someone else.
+    let mut stolen = good.clone();
+    stolen.transport_certificate = Signature::from_bytes(&[7u8; 64]).unwrap();
+    assert_eq!(
+        code(client.register(&stolen).await),
+        ErrorCode::BadSignature
+    );
+    // An identity bundle whose X25519 key is not vouched for.
+    let mut swapped = good.clone();
+    swapped.identity.agreement_key = AgreementKeyPair::generate().unwrap().public();
+    assert_eq!(
+        code(client.register(&swapped).await),
+        ErrorCode::BadSignature
+    );
+    // A replay from long ago.
+    let old = Registration::sign_locally(
+        &dir.key,
+        alice.username.clone(),
+        &alice.identity,
+        alice.transport.public(),
+        alice.host.clone(),
+        smvs_directory::clock::now_ms() - 3_600_000,
+    );
+    assert_eq!(code(client.register(&old).await), ErrorCode::Stale);
+    // A bad host address.
+    let refused = client
+        .register_unchecked(&good, "alice", "no-port-here")
+        .await;
+    assert_eq!(code(refused), ErrorCode::BadRequest);
+
+    // Nothing was written by any of them; the good one still works afterwards.
+    let store = Store::open(&dir.db).await.unwrap();
+    assert_eq!(store.counts().await.unwrap().0, 0);
+    client.register(&good).await.unwrap();
+    assert_eq!(store.counts().await.unwrap().0, 1);
+    dir.daemon.stop().unwrap();
+}
+
+async fn garbage_on_the_wire_does_not_disturb_others(backend: Backend) {
+    let dir = DirectoryProcess::start(backend, &["--handshake-timeout", "1"])
+        .await
+        .unwrap();
+    let client = dir.client().await.unwrap();
+    let alice = TestUser::new("alice", "127.0.0.1:7421").unwrap();
+    client
+        .register(&alice.registration(&dir.key))
+        .await
+        .unwrap();
+    let addr = dir.addr;
+
+    let rogue = tokio::task::spawn_blocking(move || {
+        // Plain garbage instead of a handshake.
+        let mut s = TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(b"\x00\x20GET / HTTP/1.1\r\nHost: x\r\n\r\n....");
+        let mut buf = [0u8; 16];
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(
+            matches!(s.read(&mut buf), Ok(0) | Err(_)),
+            "server must hang up"
+        );
+        // A frame that announces 64 KiB and never sends it, and a peer that never speaks:
+        // both are dropped after the handshake timeout.
+        let mut slow = TcpStream::connect(addr).unwrap();
+        let _ = slow.write_all(&[0xff, 0xff, 1, 2, 3]);
+        let silent = TcpStream::connect(addr).unwrap();
+        for mut s in [slow, silent] {
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            assert!(
+                matches!(s.read(&mut buf), Ok(0) | Err(_)),
+                "server must hang up"
+            );
+        }
+    });
+
+    // A completed handshake followed by bytes that are not Cap'n Proto.
+    let channel = smvs_transport::connect(
+        addr,
+        &AgreementKeyPair::generate().unwrap(),
+        smvs_transport::DIRECTORY_PROLOGUE,
+        Some(&dir.key.to_agreement_public().unwrap()),
+    )
+    .await
+    .unwrap();
+    let mut stream = channel.stream;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A segment table that claims 2^31 words: far past the 4 MiB reader limit.
+    stream
+        .write_all(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f])
+        .await
+        .unwrap();
+    stream.write_all(&[0u8; 64]).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf))
+        .await
+        .unwrap();
+
+    // An oversized but well-formed request: a 5 MiB username.
+    let big = "a".repeat(5 * 1024 * 1024);
+    let other = dir.client().await.unwrap();
+    assert!(other.challenge(&big).await.is_err());
+
+    rogue.await.unwrap();
+    // Everyone else is still served, on the old connection and on new ones.
+    assert_eq!(
+        client.lookup(&alice.username).await.unwrap().user.username,
+        alice.username
+    );
+    let fresh = dir.client().await.unwrap();
+    assert_eq!(
+        fresh.lookup(&alice.username).await.unwrap().user.username,
+        alice.username
+    );
+    assert_eq!(
+        Store::open(&dir.db)
+            .await
+            .unwrap()
+            .counts()
+            .await
+            .unwrap()
+            .0,
+        1
+    );
+    assert!(dir.daemon.stop().unwrap().success());
+}
+
+async fn rate_limits_say_when_to_retry(backend: Backend) {
+    let dir = DirectoryProcess::start(backend, &["--rate-per-ip", "2", "--auth-per-minute", "2"])
+        .await
+        .unwrap();
+    let client = dir.client().await.unwrap();
+    let name = Username::parse("nobody").unwrap();
+    // The burst is three seconds' worth (6); the 7th request within the second is refused.
+    let mut refusal = None;
+    for _ in 0..20 {
+        if let Err(e) = client.lookup(&name).await {
+            if e.code() == Some(ErrorCode::RateLimited) {
+                refusal = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("requests past the limit must be refused");
+    assert!(refusal.contains("rate limited, retry after "), "{refusal}");
+    assert!(refusal.trim_end().ends_with(" s"), "{refusal}");
+    dir.daemon.stop().unwrap();
+}
+
+#[test]
+fn two_directory_processes_share_one_postgres() {
+    run(async {
+        let first = DirectoryProcess::start(Backend::Postgres, &[])
+            .await
+            .unwrap();
+        // A second, stateless process on the same database and key.
+        let dir2 = tempfile::Builder::new()
+            .prefix("smvs-dir-")
+            .tempdir()
+            .unwrap();
+        std::fs::copy(&first.key_file, dir2.path().join("directory.key")).unwrap();
+        let second = DirectoryProcess::start_with(dir2, first.db.clone(), &[]).unwrap();
+        assert_eq!(first.key, second.key);
+        let a = first.client().await.unwrap();
+        let b = second.client().await.unwrap();
+        let alice = TestUser::new("alice", "127.0.0.1:7421").unwrap();
+        a.register(&alice.registration(&first.key)).await.unwrap();
+        assert_eq!(
+            b.lookup(&alice.username).await.unwrap().user.identity,
+            alice.identity.bundle()
+        );
+        // A challenge issued by one process is answered at the other.
+        let sealed = a.challenge("alice").await.unwrap();
+        let plaintext = alice.identity.agreement.open_sealed(&sealed).unwrap();
+        let (_, token) =
+            smvs_schema::canonical::parse_auth_token(&plaintext, &first.key, &alice.username)
+                .unwrap();
+        let session = b.authenticate("alice", &token).await.unwrap();
+        session.deregister().await.unwrap();
+        assert_eq!(code(a.lookup(&alice.username).await), ErrorCode::NotFound);
+        second.daemon.stop().unwrap();
+        first.daemon.stop().unwrap();
+    });
+}
