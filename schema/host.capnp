@@ -1,6 +1,8 @@
 @0xa2e6cb3c5932ebdd;
 # Host to host (smvsd to smvsd), spoken over the Noise transport on port 7421. The connecting
-# host's Noise static key must match the transport key in the sender's directory record.
+# host's Noise static key must equal the transport key in the sender's directory record.
+# Errors: Cap'n Proto exceptions starting with "refused:" (permanent: do not retry this
+# envelope), anything else is temporary.
 
 interface HostLink {
   deliver @0 (envelope :Envelope) -> (receipt :Receipt);
@@ -13,13 +15,31 @@ struct Envelope {
   sender @2 :Text;
   recipient @3 :Text;
   sessionVersion @4 :UInt16;    # which session-layer construction sealed `sealed`.
-  sealed @5 :Data;              # session-layer ciphertext of the inner message, padded to a size bucket.
-  signature @6 :Data;           # sender identity's signature (context envelope) over all fields above.
+  sealed @5 :Data;              # session-layer ciphertext of an InnerMessage, padded to a size bucket.
+  signature @6 :Data;           # reserved for session versions that sign; empty in version 1,
+                                # whose AEAD key only the two identities can derive.
 }
 
 struct Receipt {
   id @0 :Data;                  # the envelope's id
   recipient @1 :Text;
   storedAt @2 :Int64;           # Unix ms
-  signature @3 :Data;           # recipient identity's signature (context receipt).
+  signature @3 :Data;           # session-layer authenticator over (id, recipient, storedAt).
+}
+
+struct InnerMessage {
+  # What the session layer seals. Only the two hosts ever see it in clear.
+  id @0 :Data;
+  from @1 :Text;
+  to @2 :Text;
+  time @3 :Int64;
+  prevHash @4 :Data;            # hash of the sender's previous message in this conversation (empty: first)
+  union {
+    text @5 :Text;
+    delete @6 :DeleteRequest;
+    expire @7 :UInt32;          # disappearing-messages setting, seconds (0: off)
+  }
+  struct DeleteRequest {
+    ids @0 :List(Data);         # empty: the whole conversation
+  }
 }

@@ -196,3 +196,9 @@ pub(crate) fn row_to_record(
         serial: u64::try_from(serial).map_err(|e| corrupt(&e))?,
     })
 }
+
+impl From<smvs_sqlite::WorkerGone> for StoreError {
+    fn from(_: smvs_sqlite::WorkerGone) -> Self {
+        StoreError::Stopped
+    }
+}

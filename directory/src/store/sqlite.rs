@@ -1,29 +1,21 @@
-//! SQLite backend. The connection lives on its own thread ("directory-sqlite"); async callers
-//! send it jobs over a bounded channel and await a oneshot reply.
-//!
-//! ```text
-//!  worker threads ──job──► [bounded queue] ──► sqlite thread: BEGIN; job; job; …; COMMIT ──► replies
-//! ```
+//! SQLite backend. The connection lives on its own thread ("directory-sqlite", see
+//! `smvs-sqlite`): requests queue there, run in batches of one transaction each, and are
+//! answered only after their batch commits.
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use smvs_schema::{HostAddress, Username};
-use tokio::sync::{mpsc, oneshot};
+use smvs_sqlite::SqliteWorker;
 
 use super::{next_serial, row_to_record, NewKeys, StoreError};
 use crate::record::UserRecord;
 
 const QUEUE_DEPTH: usize = 4096;
-const MAX_BATCH: usize = 512;
-
-/// A queued request: runs against the connection and returns whether it succeeded plus the
-/// reply to send once the batch is committed.
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Box<dyn FnOnce() + Send>) + Send>;
 
 #[derive(Clone)]
 pub struct SqliteStore {
-    jobs: mpsc::Sender<Job>,
+    worker: SqliteWorker,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -47,24 +39,6 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE serial_floor (username TEXT PRIMARY KEY NOT NULL, serial INTEGER NOT NULL) STRICT;",
 ];
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let known = MIGRATIONS.len() as i64;
-    if version > known {
-        return Err(StoreError::TooNew {
-            found: version,
-            known,
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i as i64 + 1)?;
-        tx.commit()?;
-    }
-    Ok(())
-}
-
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
@@ -73,30 +47,22 @@ impl SqliteStore {
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        migrate(&mut conn)?;
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        std::thread::Builder::new()
-            .name("directory-sqlite".into())
-            .spawn(move || run(conn, rx))
+        smvs_sqlite::migrate(&mut conn, MIGRATIONS).map_err(|e| match e {
+            smvs_sqlite::MigrationError::Sqlite(e) => StoreError::Sqlite(e),
+            smvs_sqlite::MigrationError::TooNew { found, known } => {
+                StoreError::TooNew { found, known }
+            }
+        })?;
+        let worker = SqliteWorker::start(conn, "directory-sqlite", QUEUE_DEPTH)
             .map_err(|e| StoreError::Corrupt(format!("cannot start the storage thread: {e}")))?;
-        Ok(SqliteStore { jobs: tx })
+        Ok(SqliteStore { worker })
     }
 
     async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            let result = f(conn);
-            let ok = result.is_ok();
-            let send: Box<dyn FnOnce() + Send> = Box::new(move || {
-                let _ = reply.send(result);
-            });
-            (ok, send)
-        });
-        self.jobs.send(job).await.map_err(|_| StoreError::Stopped)?;
-        answer.await.map_err(|_| StoreError::Stopped)?
+        self.worker.call(f).await
     }
 
     pub async fn insert_user(&self, user: UserRecord) -> Result<UserRecord, StoreError> {
@@ -279,43 +245,4 @@ fn get(c: &Connection, name: &Username) -> Result<Option<UserRecord>, StoreError
 
 fn now_ms() -> i64 {
     crate::clock::now_ms()
-}
-
-/// The storage thread: takes a batch of queued jobs, runs them in one transaction, commits,
-/// then replies. A job that fails is rolled back to its own savepoint; the others still commit.
-fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-            tracing::error!(error = %e, "directory database: cannot begin a transaction");
-        }
-        let mut replies = Vec::with_capacity(batch.len());
-        for job in batch {
-            let _ = conn.execute_batch("SAVEPOINT job");
-            let (ok, reply) = job(&conn);
-            // A job that failed half-way is undone to its savepoint; the batch goes on.
-            let _ = conn.execute_batch(if ok {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
-            });
-            replies.push(reply);
-        }
-        if let Err(e) = conn.execute_batch("COMMIT") {
-            tracing::error!(error = %e, "directory database: commit failed; the batch is lost");
-            let _ = conn.execute_batch("ROLLBACK");
-            // Replies for a failed commit are dropped: callers see StoreError::Stopped-like
-            // failure through their closed oneshot rather than a false success.
-            continue;
-        }
-        for reply in replies {
-            reply();
-        }
-    }
 }

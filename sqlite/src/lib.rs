@@ -1,0 +1,228 @@
+//! The storage actor of SMVS daemons: one SQLite connection owned by one thread.
+//!
+//! ```text
+//!  async callers ──job + reply channel──► [bounded queue] ──► storage thread:
+//!                                              BEGIN IMMEDIATE; SAVEPOINT; job; RELEASE; … COMMIT
+//!  async callers ◄────────────── replies, sent only after COMMIT ◄──┘
+//! ```
+//!
+//! Every queued job that arrives while a batch is being written joins the next batch, so one
+//! fsync covers many requests (group commit) and nobody is told "done" before the data is on
+//! disk. A job that fails is rolled back to its own savepoint; the rest of the batch commits.
+//! The thread ends when every handle is dropped.
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most jobs one transaction takes.
+pub const MAX_BATCH: usize = 512;
+
+type Reply = Box<dyn FnOnce() + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
+/// The storage thread stopped, or could not commit (the caller must treat the request as not
+/// done).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerGone;
+
+impl std::fmt::Display for WorkerGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the storage thread stopped or could not commit")
+    }
+}
+
+impl std::error::Error for WorkerGone {}
+
+/// A handle to the storage thread. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteWorker {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl SqliteWorker {
+    /// Moves `conn` to a new thread named `name`, with room for `queue` waiting jobs.
+    pub fn start(conn: Connection, name: &str, queue: usize) -> std::io::Result<SqliteWorker> {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || run(conn, rx))?;
+        Ok(SqliteWorker { jobs: tx })
+    }
+
+    /// Runs `f` on the storage thread inside the current batch's transaction and returns its
+    /// result once that transaction has committed. Waits for room when the queue is full.
+    pub async fn call<T, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<WorkerGone> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let send: Reply = Box::new(move || {
+                let _ = reply.send(result);
+            });
+            (ok, send)
+        });
+        self.jobs.send(job).await.map_err(|_| E::from(WorkerGone))?;
+        answer.await.map_err(|_| E::from(WorkerGone))?
+    }
+}
+
+fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, "database: cannot begin a transaction; dropping a batch");
+            continue;
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        for job in batch {
+            let _ = conn.execute_batch("SAVEPOINT job");
+            let (ok, reply) = job(&conn);
+            let _ = conn.execute_batch(if ok {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            });
+            replies.push(reply);
+        }
+        if let Err(e) = conn.execute_batch("COMMIT") {
+            tracing::error!(error = %e, "database: commit failed; the batch is not stored");
+            let _ = conn.execute_batch("ROLLBACK");
+            // Dropping the replies tells every caller WorkerGone: nothing claims success.
+            continue;
+        }
+        for reply in replies {
+            reply();
+        }
+    }
+}
+
+/// Applies `migrations` in order, recording progress in `PRAGMA user_version`. Each migration
+/// runs in its own transaction. Fails when the file is newer than this program.
+pub fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<(), MigrationError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = i64::try_from(migrations.len()).unwrap_or(i64::MAX);
+    if version > known {
+        return Err(MigrationError::TooNew {
+            found: version,
+            known,
+        });
+    }
+    for (i, sql) in migrations
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+pub enum MigrationError {
+    Sqlite(rusqlite::Error),
+    TooNew { found: i64, known: i64 },
+}
+
+impl std::fmt::Display for MigrationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MigrationError::Sqlite(e) => write!(f, "{e}"),
+            MigrationError::TooNew { found, known } => {
+                write!(
+                    f,
+                    "database schema version {found} is newer than this program knows ({known})"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for MigrationError {}
+
+impl From<rusqlite::Error> for MigrationError {
+    fn from(e: rusqlite::Error) -> Self {
+        MigrationError::Sqlite(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    enum E {
+        Gone,
+        Sql(rusqlite::Error),
+    }
+    impl From<WorkerGone> for E {
+        fn from(_: WorkerGone) -> Self {
+            E::Gone
+        }
+    }
+    impl From<rusqlite::Error> for E {
+        fn from(e: rusqlite::Error) -> Self {
+            E::Sql(e)
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_jobs_roll_back_alone() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn, &["CREATE TABLE t (x INTEGER PRIMARY KEY)"]).unwrap();
+        let w = SqliteWorker::start(conn, "test-sqlite", 16).unwrap();
+        let mut calls = Vec::new();
+        for i in 0..20i64 {
+            let w = w.clone();
+            calls.push(tokio::spawn(async move {
+                w.call(move |c| -> Result<(), E> {
+                    c.execute("INSERT INTO t VALUES (?1)", [i])?;
+                    if i % 2 == 1 {
+                        // Changed something, then failed: must be undone.
+                        c.execute("INSERT INTO t VALUES (?1)", [i])?;
+                    }
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        let mut failed = 0;
+        for c in calls {
+            if c.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        assert_eq!(failed, 10);
+        let n: i64 = w
+            .call(|c| -> Result<i64, E> {
+                Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 10);
+        assert!(matches!(
+            w.call(|c| -> Result<(), E> { Ok(c.execute_batch("SELECT * FROM nope")?) })
+                .await,
+            Err(E::Sql(_))
+        ));
+    }
+}
