@@ -18,7 +18,14 @@ use tokio::sync::{mpsc, oneshot};
 pub const MAX_BATCH: usize = 512;
 
 type Reply = Box<dyn FnOnce() + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+type Work = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
+struct Job {
+    work: Work,
+    /// Runs alone, outside any transaction (e.g. `PRAGMA wal_checkpoint`), after the batch
+    /// before it has committed.
+    alone: bool,
+}
 
 /// The storage thread stopped, or could not commit (the caller must treat the request as not
 /// done).
@@ -51,16 +58,31 @@ impl SqliteWorker {
 
     /// Runs `f` on the storage thread inside the current batch's transaction and returns its
     /// result once that transaction has committed. Waits for room when the queue is full.
-    pub async fn call<T, E>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-    ) -> Result<T, E>
+    pub async fn call<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<WorkerGone> + Send + 'static,
+    {
+        self.submit(f, false).await
+    }
+
+    /// Runs `f` on its own, outside any transaction: for statements SQLite refuses inside one,
+    /// such as `PRAGMA wal_checkpoint(TRUNCATE)` or `VACUUM`.
+    pub async fn call_alone<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<WorkerGone> + Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    async fn submit<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static, alone: bool) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<WorkerGone> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let work: Work = Box::new(move |conn| {
             let result = f(conn);
             let ok = result.is_ok();
             let send: Reply = Box::new(move || {
@@ -68,17 +90,34 @@ impl SqliteWorker {
             });
             (ok, send)
         });
-        self.jobs.send(job).await.map_err(|_| E::from(WorkerGone))?;
+        self.jobs.send(Job { work, alone }).await.map_err(|_| E::from(WorkerGone))?;
         answer.await.map_err(|_| E::from(WorkerGone))?
     }
 }
 
 fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
-    while let Some(first) = jobs.blocking_recv() {
-        let mut batch = vec![first];
+    let mut waiting: Option<Job> = None;
+    loop {
+        let first = match waiting.take() {
+            Some(job) => job,
+            None => match jobs.blocking_recv() {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        if first.alone {
+            let (_, reply) = (first.work)(&conn);
+            reply();
+            continue;
+        }
+        let mut batch = vec![first.work];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) if job.alone => {
+                    waiting = Some(job);
+                    break;
+                }
+                Ok(job) => batch.push(job.work),
                 Err(_) => break,
             }
         }
