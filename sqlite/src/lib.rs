@@ -58,25 +58,52 @@ impl SqliteWorker {
 
     /// Runs `f` on the storage thread inside the current batch's transaction and returns its
     /// result once that transaction has committed. Waits for room when the queue is full.
-    pub async fn call<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static) -> Result<T, E>
+    pub async fn call<T, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<WorkerGone> + Send + 'static,
     {
-        self.submit(f, false).await
+        self.submit(f, false, || ()).await
+    }
+
+    /// Like [`SqliteWorker::call`], and calls `queued` as soon as the job has its place in the
+    /// queue (before it runs). Callers use it to release an ordering lock early: jobs run in
+    /// queue order, so whatever is queued under the lock keeps its order without holding the
+    /// lock across the commit.
+    pub async fn call_then<T, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        queued: impl FnOnce(),
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<WorkerGone> + Send + 'static,
+    {
+        self.submit(f, false, queued).await
     }
 
     /// Runs `f` on its own, outside any transaction: for statements SQLite refuses inside one,
     /// such as `PRAGMA wal_checkpoint(TRUNCATE)` or `VACUUM`.
-    pub async fn call_alone<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static) -> Result<T, E>
+    pub async fn call_alone<T, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<WorkerGone> + Send + 'static,
     {
-        self.submit(f, true).await
+        self.submit(f, true, || ()).await
     }
 
-    async fn submit<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static, alone: bool) -> Result<T, E>
+    async fn submit<T, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        alone: bool,
+        queued: impl FnOnce(),
+    ) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<WorkerGone> + Send + 'static,
@@ -90,7 +117,11 @@ impl SqliteWorker {
             });
             (ok, send)
         });
-        self.jobs.send(Job { work, alone }).await.map_err(|_| E::from(WorkerGone))?;
+        self.jobs
+            .send(Job { work, alone })
+            .await
+            .map_err(|_| E::from(WorkerGone))?;
+        queued();
         answer.await.map_err(|_| E::from(WorkerGone))?
     }
 }

@@ -1,0 +1,53 @@
+//! Configuration: a TOML file (`--config`), every key overridable by a flag.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use smvs_crypto::SigningPublicKey;
+use smvs_schema::HostAddress;
+
+/// The `smvsd.toml` file. Every field is optional; flags win over the file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub public_address: Option<String>,
+    pub directory: Option<String>,
+    pub directory_key: Option<String>,
+    pub keyguard_socket: Option<PathBuf>,
+    pub dbus: Option<String>,
+    pub allowed_uids: Option<Vec<u32>>,
+    pub retry_max_seconds: Option<u64>,
+    pub honour_remote_delete: Option<bool>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// The settled configuration of a running host.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub listen: SocketAddr,
+    /// The address published in the directory (default: the listen address).
+    pub public_address: Option<HostAddress>,
+    pub directory: String,
+    pub directory_key: SigningPublicKey,
+    pub keyguard_socket: PathBuf,
+    /// Local uids allowed on the socket (root and the daemon's own uid always are).
+    pub allowed_uids: Vec<u32>,
+    /// The longest wait between two delivery attempts to an unreachable host.
+    pub retry_max: Duration,
+    /// Whether a peer's "delete everywhere" request deletes here too.
+    pub honour_remote_delete: bool,
+}

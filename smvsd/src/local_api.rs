@@ -1,0 +1,505 @@
+//! The local API: Cap'n Proto `Host` (schema/local.capnp) on a Unix socket, for devices.
+//!
+//! Who may connect is decided twice: the socket's directory and file modes, and the peer's uid
+//! (SO_PEERCRED) checked against the allowed list on every accept. Requests that change
+//! anything go to the router; reads go straight to storage. Event subscriptions get a bounded
+//! queue from the device hub and a task that forwards it to the device's `EventSink`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::rc::Rc;
+
+use actix::Addr;
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{twoparty, RpcSystem};
+use smvs_schema::local_capnp::{event, event_sink, host, message, subscription};
+use smvs_schema::Username;
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::devices::{DeviceHub, Subscribe, DEVICE_QUEUE};
+use crate::error::HostError;
+use crate::host::HostCore;
+use crate::model::{HostEvent, Integrity, MessageId, Payload, Status, StoredMessage};
+use crate::router::{Delete, Expire, Register, Router, SendText, SetBlocked, Verify};
+
+/// Local clients served at once.
+pub const MAX_LOCAL_CLIENTS: usize = 256;
+
+/// Creates the socket's directory (0700 when new), replaces a stale socket, binds, and sets
+/// the socket to 0660 (the uid check decides the rest).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path)?;
+        } else {
+            return Err(std::io::Error::other(format!(
+                "{} exists and is not a socket",
+                path.display()
+            )));
+        }
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+pub struct LocalApi {
+    pub core: Rc<HostCore>,
+    pub router: Addr<Router>,
+    pub hub: Addr<DeviceHub>,
+    pub allowed_uids: Vec<u32>,
+}
+
+impl LocalApi {
+    pub async fn serve(self, listener: UnixListener) {
+        let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_LOCAL_CLIENTS));
+        let me = Rc::new(self);
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a local client failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let cred = match stream.peer_cred() {
+                Ok(cred) => cred,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a local client's credentials; closing it");
+                    continue;
+                }
+            };
+            if !me.allowed_uids.contains(&cred.uid()) {
+                tracing::warn!(
+                    uid = cred.uid(),
+                    pid = cred.pid().unwrap_or(0),
+                    security_event = "local-client-refused",
+                    "refused a local client whose uid is not allowed"
+                );
+                continue;
+            }
+            let Ok(permit) = budget.clone().try_acquire_owned() else {
+                tracing::warn!("local client limit reached; closing a new client");
+                continue;
+            };
+            let api = me.clone();
+            tokio::task::spawn_local(async move {
+                let (read, write) = tokio::io::split(stream);
+                let network = twoparty::VatNetwork::new(
+                    futures::io::BufReader::new(read.compat()),
+                    write.compat_write(),
+                    Side::Server,
+                    smvs_schema::reader_options(),
+                );
+                let host: host::Client = capnp_rpc::new_client(HostRpc {
+                    core: api.core.clone(),
+                    router: api.router.clone(),
+                    hub: api.hub.clone(),
+                });
+                if let Err(e) = RpcSystem::new(Box::new(network), Some(host.client)).await {
+                    tracing::debug!(error = %e, "local client connection ended");
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+struct HostRpc {
+    core: Rc<HostCore>,
+    router: Addr<Router>,
+    hub: Addr<DeviceHub>,
+}
+
+fn text<'a>(t: capnp::Result<capnp::text::Reader<'a>>) -> Result<&'a str, capnp::Error> {
+    t?.to_str()
+        .map_err(|_| HostError::bad_request("text is not UTF-8").into())
+}
+
+fn user(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<Username, capnp::Error> {
+    Username::parse(text(t)?).map_err(|e| HostError::bad_request(e.to_string()).into())
+}
+
+fn mailbox<T>(r: Result<T, actix::MailboxError>) -> Result<T, capnp::Error> {
+    r.map_err(|_| HostError::new("internal", "the host is shutting down").into())
+}
+
+fn status_of(s: Status) -> message::Status {
+    match s {
+        Status::Queued => message::Status::Queued,
+        Status::Sent => message::Status::Sent,
+        Status::Delivered => message::Status::Delivered,
+        Status::Received => message::Status::Received,
+        Status::Failed => message::Status::Failed,
+        Status::Held => message::Status::Held,
+    }
+}
+
+fn write_message(mut b: message::Builder<'_>, m: &StoredMessage) {
+    b.set_id(&m.id.0);
+    b.set_from(m.from.as_str());
+    b.set_to(m.to.as_str());
+    b.set_time(m.time);
+    if let Payload::Text(t) = &m.payload {
+        b.set_body(t);
+    }
+    b.set_status(status_of(m.status));
+    b.set_integrity(match m.integrity {
+        Integrity::Ok => message::Integrity::Ok,
+        Integrity::Gap => message::Integrity::Gap,
+        Integrity::OutOfOrder => message::Integrity::OutOfOrder,
+        Integrity::Unchecked => message::Integrity::Unchecked,
+    });
+}
+
+impl HostRpc {
+    async fn fill_status(
+        &self,
+        mut s: smvs_schema::local_capnp::host_status::Builder<'_>,
+    ) -> Result<(), capnp::Error> {
+        let queued = self
+            .core
+            .storage
+            .queued_count()
+            .await
+            .map_err(HostError::from)?;
+        let me = self.core.me.borrow().clone();
+        s.set_queued(queued);
+        s.set_directory(&self.core.config.directory);
+        s.set_version(env!("CARGO_PKG_VERSION"));
+        let address = match &self.core.config.public_address {
+            Some(a) => a.to_string(),
+            None => self.core.config.listen.to_string(),
+        };
+        s.set_host_address(&address);
+        if let Some(me) = me {
+            s.set_username(me.username.as_str());
+            s.set_registered(true);
+            s.set_fingerprint(
+                &smvs_crypto::fingerprint(me.username.as_str(), &me.identity).unwrap_or_default(),
+            );
+        }
+        Ok(())
+    }
+}
+
+impl host::Server for HostRpc {
+    async fn status(
+        self: Rc<Self>,
+        _: host::StatusParams,
+        mut results: host::StatusResults,
+    ) -> Result<(), capnp::Error> {
+        self.fill_status(results.get().init_status()).await
+    }
+
+    async fn register(
+        self: Rc<Self>,
+        params: host::RegisterParams,
+        mut results: host::RegisterResults,
+    ) -> Result<(), capnp::Error> {
+        let name = text(params.get()?.get_username())?.to_owned();
+        mailbox(self.router.send(Register(name)).await)??;
+        self.fill_status(results.get().init_status()).await
+    }
+
+    async fn send(
+        self: Rc<Self>,
+        params: host::SendParams,
+        mut results: host::SendResults,
+    ) -> Result<(), capnp::Error> {
+        let (to, body) = {
+            let p = params.get()?;
+            (text(p.get_to())?.to_owned(), text(p.get_body())?.to_owned())
+        };
+        let stored = mailbox(self.router.send(SendText { to, body }).await)??;
+        results.get().set_id(&stored.id.0);
+        Ok(())
+    }
+
+    async fn history(
+        self: Rc<Self>,
+        params: host::HistoryParams,
+        mut results: host::HistoryResults,
+    ) -> Result<(), capnp::Error> {
+        let (peer, limit) = {
+            let p = params.get()?;
+            (user(p.get_peer())?, p.get_limit())
+        };
+        let messages = self
+            .core
+            .storage
+            .history(&peer, limit)
+            .await
+            .map_err(HostError::from)?;
+        let mut list = results
+            .get()
+            .init_messages(u32::try_from(messages.len()).unwrap_or(u32::MAX));
+        for (i, m) in messages.iter().enumerate() {
+            write_message(list.reborrow().get(u32::try_from(i).unwrap_or(0)), m);
+        }
+        Ok(())
+    }
+
+    async fn message(
+        self: Rc<Self>,
+        params: host::MessageParams,
+        mut results: host::MessageResults,
+    ) -> Result<(), capnp::Error> {
+        let (peer, id) = {
+            let p = params.get()?;
+            let id = MessageId::from_slice(p.get_id()?)
+                .ok_or_else(|| HostError::bad_request("a message id is 16 bytes"))?;
+            (user(p.get_peer())?, id)
+        };
+        let m = self
+            .core
+            .storage
+            .message(&peer, id)
+            .await
+            .map_err(HostError::from)?
+            .ok_or_else(|| HostError::new("not-found", format!("no message {id} with {peer}")))?;
+        write_message(results.get().init_message(), &m);
+        Ok(())
+    }
+
+    async fn subscribe(
+        self: Rc<Self>,
+        params: host::SubscribeParams,
+        mut results: host::SubscribeResults,
+    ) -> Result<(), capnp::Error> {
+        let sink = params.get()?.get_sink()?;
+        let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
+        mailbox(self.hub.send(Subscribe(tx)).await)?;
+        let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+        tokio::task::spawn_local(forward_events(rx, sink, cancelled));
+        results
+            .get()
+            .set_subscription(capnp_rpc::new_client(SubscriptionRpc { _cancel: cancel }));
+        Ok(())
+    }
+
+    async fn conversations(
+        self: Rc<Self>,
+        _: host::ConversationsParams,
+        mut results: host::ConversationsResults,
+    ) -> Result<(), capnp::Error> {
+        let all = self
+            .core
+            .storage
+            .conversations()
+            .await
+            .map_err(HostError::from)?;
+        let mut list = results
+            .get()
+            .init_conversations(u32::try_from(all.len()).unwrap_or(0));
+        for (i, c) in all.iter().enumerate() {
+            let mut b = list.reborrow().get(u32::try_from(i).unwrap_or(0));
+            b.set_peer(c.peer.as_str());
+            b.set_messages(c.messages);
+            b.set_last_time(c.last_time);
+            b.set_expire_seconds(c.expire_seconds);
+        }
+        Ok(())
+    }
+
+    async fn contacts(
+        self: Rc<Self>,
+        _: host::ContactsParams,
+        mut results: host::ContactsResults,
+    ) -> Result<(), capnp::Error> {
+        let all = self
+            .core
+            .storage
+            .contacts()
+            .await
+            .map_err(HostError::from)?;
+        let mut list = results
+            .get()
+            .init_contacts(u32::try_from(all.len()).unwrap_or(0));
+        for (i, c) in all.iter().enumerate() {
+            let mut b = list.reborrow().get(u32::try_from(i).unwrap_or(0));
+            b.set_username(&c.username);
+            if let Ok(identity) = c.identity() {
+                b.set_fingerprint(
+                    &smvs_crypto::fingerprint(&c.username, &identity).unwrap_or_default(),
+                );
+            }
+            b.set_blocked(c.blocked);
+            b.set_key_changed(c.pending_identity.is_some());
+            b.set_request(c.request);
+        }
+        Ok(())
+    }
+
+    async fn block(
+        self: Rc<Self>,
+        params: host::BlockParams,
+        _: host::BlockResults,
+    ) -> Result<(), capnp::Error> {
+        let user = text(params.get()?.get_user())?.to_owned();
+        mailbox(
+            self.router
+                .send(SetBlocked {
+                    user,
+                    blocked: true,
+                })
+                .await,
+        )??;
+        Ok(())
+    }
+
+    async fn unblock(
+        self: Rc<Self>,
+        params: host::UnblockParams,
+        _: host::UnblockResults,
+    ) -> Result<(), capnp::Error> {
+        let user = text(params.get()?.get_user())?.to_owned();
+        mailbox(
+            self.router
+                .send(SetBlocked {
+                    user,
+                    blocked: false,
+                })
+                .await,
+        )??;
+        Ok(())
+    }
+
+    async fn verify(
+        self: Rc<Self>,
+        params: host::VerifyParams,
+        mut results: host::VerifyResults,
+    ) -> Result<(), capnp::Error> {
+        let (user, accept_new_key) = {
+            let p = params.get()?;
+            (text(p.get_user())?.to_owned(), p.get_accept_new_key())
+        };
+        let v = mailbox(
+            self.router
+                .send(Verify {
+                    user,
+                    accept_new_key,
+                })
+                .await,
+        )??;
+        let mut b = results.get().init_verification();
+        b.set_safety_number(&v.safety_number);
+        b.set_transcript_hash(&v.transcript_hash);
+        b.set_key_changed(v.key_changed);
+        b.set_accepted(v.accepted);
+        Ok(())
+    }
+
+    async fn delete(
+        self: Rc<Self>,
+        params: host::DeleteParams,
+        mut results: host::DeleteResults,
+    ) -> Result<(), capnp::Error> {
+        let (peer, id, everywhere) = {
+            let p = params.get()?;
+            let raw = p.get_id()?;
+            let id = if raw.is_empty() {
+                None
+            } else {
+                Some(
+                    MessageId::from_slice(raw)
+                        .ok_or_else(|| HostError::bad_request("a message id is 16 bytes"))?,
+                )
+            };
+            (text(p.get_peer())?.to_owned(), id, p.get_everywhere())
+        };
+        let n = mailbox(
+            self.router
+                .send(Delete {
+                    peer,
+                    id,
+                    everywhere,
+                })
+                .await,
+        )??;
+        results.get().set_deleted(n);
+        Ok(())
+    }
+
+    async fn expire(
+        self: Rc<Self>,
+        params: host::ExpireParams,
+        _: host::ExpireResults,
+    ) -> Result<(), capnp::Error> {
+        let (peer, seconds) = {
+            let p = params.get()?;
+            (text(p.get_peer())?.to_owned(), p.get_seconds())
+        };
+        mailbox(self.router.send(Expire { peer, seconds }).await)??;
+        Ok(())
+    }
+}
+
+struct SubscriptionRpc {
+    /// Dropped (when the device releases its subscription) to stop the forwarder.
+    _cancel: tokio::sync::oneshot::Sender<()>,
+}
+
+impl subscription::Server for SubscriptionRpc {}
+
+async fn forward_events(
+    mut rx: mpsc::Receiver<HostEvent>,
+    sink: event_sink::Client,
+    mut cancelled: tokio::sync::oneshot::Receiver<()>,
+) {
+    loop {
+        let event = tokio::select! {
+            event = rx.recv() => match event { Some(e) => e, None => return },
+            _ = &mut cancelled => return,
+        };
+        let mut request = sink.event_request();
+        write_event(request.get().init_event(), &event);
+        if request.send().promise.await.is_err() {
+            return;
+        }
+    }
+}
+
+fn write_event(b: event::Builder<'_>, e: &HostEvent) {
+    match e {
+        HostEvent::MessageReceived { id, peer, time } => {
+            let mut r = b.init_message_received();
+            r.set_id(&id.0);
+            r.set_peer(peer.as_str());
+            r.set_time(*time);
+        }
+        HostEvent::IntegrityProblem { id, peer, time } => {
+            let mut r = b.init_integrity_problem();
+            r.set_id(&id.0);
+            r.set_peer(peer.as_str());
+            r.set_time(*time);
+        }
+        HostEvent::MessageStatus { id, peer, status } => {
+            let mut r = b.init_message_status();
+            r.set_id(&id.0);
+            r.set_peer(peer.as_str());
+            r.set_status(status_of(*status));
+        }
+        HostEvent::KeyChanged { peer } => {
+            let mut b = b;
+            b.set_key_changed(peer.as_str());
+        }
+        HostEvent::Deleted { id, peer } => {
+            let mut r = b.init_deleted();
+            if let Some(id) = id {
+                r.set_id(&id.0);
+            }
+            r.set_peer(peer.as_str());
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Peer links: getting the outbox to other hosts.
+//!
+//! ```text
+//!  Kick(peer) ──► PeerLinks ──(first time)──► delivery task for peer (on this thread)
+//!                                              loop: outbox ─► connect (pinned transport key)
+//!                                                    ─► deliver × N, pipelined ─► receipts
+//!                                                    ─► statuses: sent, delivered / failed
+//!                                              on failure: back off (exponential, jitter)
+//! ```
+//!
+//! The outbox lives in storage, so a restart loses nothing: at start-up every peer with queued
+//! messages gets a kick. Many envelopes travel at once on one connection; Cap'n Proto delivers
+//! calls on one capability in order, and the receiving host queues them for storage in that
+//! order, so a conversation arrives in the order it was written.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::{Actor, Context, Handler, Message};
+use backon::{BackoffBuilder, ExponentialBuilder};
+use smvs_schema::host_capnp::host_link;
+use smvs_schema::Username;
+use tokio::sync::Notify;
+
+use crate::error::HostError;
+use crate::host::HostCore;
+use crate::model::{HostEvent, MessageId, Status, StoredMessage};
+use crate::session::{self, Header};
+
+/// Envelopes in flight on one link at a time.
+pub const WINDOW: u32 = 512;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Kick(pub Username);
+
+pub struct PeerLinks {
+    core: Rc<HostCore>,
+    links: HashMap<Username, Rc<Notify>>,
+}
+
+impl PeerLinks {
+    pub fn new(core: Rc<HostCore>) -> PeerLinks {
+        PeerLinks {
+            core,
+            links: HashMap::new(),
+        }
+    }
+}
+
+impl Actor for PeerLinks {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(8192);
+    }
+}
+
+impl Handler<Kick> for PeerLinks {
+    type Result = ();
+    fn handle(&mut self, Kick(peer): Kick, _: &mut Self::Context) {
+        if let Some(wake) = self.links.get(&peer) {
+            wake.notify_one();
+            return;
+        }
+        let wake = Rc::new(Notify::new());
+        self.links.insert(peer.clone(), wake.clone());
+        tokio::task::spawn_local(delivery_task(self.core.clone(), peer, wake));
+    }
+}
+
+fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Why a delivery round ended early.
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error("{0}")]
+    Host(#[from] HostError),
+    #[error("link: {0}")]
+    Link(#[from] smvs_transport::TransportError),
+    #[error("rpc: {0}")]
+    Rpc(#[from] capnp::Error),
+    #[error("the peer's receipt does not check out")]
+    BadReceipt,
+}
+
+async fn delivery_task(core: Rc<HostCore>, peer: Username, wake: Rc<Notify>) {
+    let mut link: Option<host_link::Client> = None;
+    let mut delays = backoff(core.config.retry_max);
+    loop {
+        let batch = match core.storage.outbox(&peer, WINDOW).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the outbox");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            // Idle: wait for new work (or look again now and then).
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+            continue;
+        }
+        match deliver(&core, &peer, &mut link, &batch).await {
+            Ok(()) => delays = backoff(core.config.retry_max),
+            Err(e) => {
+                link = None;
+                let delay = delays.next().unwrap_or(core.config.retry_max);
+                tracing::debug!(%peer, error = %e, ?delay, "delivery failed; will retry");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn connect(core: &HostCore, peer: &Username) -> Result<host_link::Client, DeliveryError> {
+    let (contact, _) = core.trusted_contact(peer).await?;
+    let key = HostCore::contact_transport_key(&contact)?;
+    let channel = smvs_transport::connect(
+        contact.host_address.as_str(),
+        &core.transport,
+        smvs_transport::HOST_PROLOGUE,
+        Some(&key),
+    )
+    .await?;
+    let (system, client) = smvs_transport::rpc::client::<host_link::Client>(channel);
+    tokio::task::spawn_local(async move {
+        if let Err(e) = system.await {
+            tracing::debug!(error = %e, "host link ended");
+        }
+    });
+    Ok(client)
+}
+
+async fn deliver(
+    core: &HostCore,
+    peer: &Username,
+    link: &mut Option<host_link::Client>,
+    batch: &[StoredMessage],
+) -> Result<(), DeliveryError> {
+    let me = core.me()?;
+    let (contact, _) = core.trusted_contact(peer).await?;
+    let identity = contact.identity().map_err(HostError::from)?;
+    let keys = core.session_keys(peer, &identity).await?;
+    let client = match link {
+        Some(client) => client.clone(),
+        None => {
+            let client = connect(core, peer).await?;
+            *link = Some(client.clone());
+            client
+        }
+    };
+
+    let mut in_flight = Vec::with_capacity(batch.len());
+    for message in batch {
+        let inner = session::Inner {
+            id: message.id,
+            from: me.username.clone(),
+            to: peer.clone(),
+            time: message.time,
+            prev_hash: message.prev_hash.clone(),
+            payload: message.payload.clone(),
+        };
+        let header = Header {
+            id: &message.id,
+            sender: &me.username,
+            recipient: peer,
+        };
+        let sealed = session::seal(&keys, &header, &session::encode_inner(&inner))
+            .map_err(HostError::internal)?;
+        let mut request = client.deliver_request();
+        {
+            let mut e = request.get().init_envelope();
+            e.set_format_version(session::ENVELOPE_FORMAT);
+            e.set_id(&message.id.0);
+            e.set_sender(me.username.as_str());
+            e.set_recipient(peer.as_str());
+            e.set_session_version(session::SESSION_V1);
+            e.set_sealed(&sealed);
+        }
+        in_flight.push((message.id, request.send().promise));
+    }
+
+    let queued: Vec<MessageId> = batch
+        .iter()
+        .filter(|m| m.status == Status::Queued)
+        .map(|m| m.id)
+        .collect();
+    if !queued.is_empty() {
+        let changed = core
+            .storage
+            .set_outgoing_status(peer, queued, Status::Sent)
+            .await
+            .map_err(HostError::from)?;
+        publish_all(core, peer, changed, Status::Sent);
+    }
+
+    let mut delivered = Vec::with_capacity(in_flight.len());
+    let mut failed = Vec::new();
+    let mut first_error = None;
+    for (id, promise) in in_flight {
+        match promise.await {
+            Ok(response) => match check_receipt(&keys, &id, peer, response) {
+                Ok(()) => delivered.push(id),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            },
+            Err(e) if e.extra.contains("refused: ") => {
+                tracing::warn!(%peer, id = %id, reason = %e.extra, "the peer's host refused a message; it will not be retried");
+                failed.push(id);
+            }
+            Err(e) => {
+                first_error.get_or_insert(DeliveryError::Rpc(e));
+            }
+        }
+    }
+    let changed = core
+        .storage
+        .set_outgoing_status(peer, delivered, Status::Delivered)
+        .await
+        .map_err(HostError::from)?;
+    publish_all(core, peer, changed, Status::Delivered);
+    if !failed.is_empty() {
+        let changed = core
+            .storage
+            .set_outgoing_status(peer, failed, Status::Failed)
+            .await
+            .map_err(HostError::from)?;
+        publish_all(core, peer, changed, Status::Failed);
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn check_receipt(
+    keys: &session::SessionKeys,
+    id: &MessageId,
+    peer: &Username,
+    response: capnp::capability::Response<host_link::deliver_results::Owned>,
+) -> Result<(), DeliveryError> {
+    let receipt = response.get()?.get_receipt()?;
+    let recipient = receipt
+        .get_recipient()?
+        .to_str()
+        .map_err(|_| DeliveryError::BadReceipt)?;
+    let expected = session::receipt_tag(keys, id, peer, receipt.get_stored_at());
+    if receipt.get_id()? != id.0
+        || recipient != peer.as_str()
+        || !smvs_crypto::constant_time_eq(receipt.get_signature()?, &expected)
+    {
+        return Err(DeliveryError::BadReceipt);
+    }
+    Ok(())
+}
+
+fn publish_all(core: &HostCore, peer: &Username, ids: Vec<MessageId>, status: Status) {
+    for id in ids {
+        core.publish(HostEvent::MessageStatus {
+            id,
+            peer: peer.clone(),
+            status,
+        });
+    }
+}

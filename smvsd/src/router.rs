@@ -1,0 +1,478 @@
+//! The router: every message in and out passes here.
+//!
+//! ```text
+//!  local API ──SendText──► Router ──► storage (outbox, durable) ──► PeerLinks::Kick(peer)
+//!  host link ──Incoming──► Router ──► checks ─► session open ─► storage ─► receipt
+//!                                  └──► DeviceHub (events)
+//! ```
+//!
+//! The actor's mailbox is the bounded entry point; the work itself runs on the shared
+//! [`HostCore`], one future per message, on the daemon's main thread.
+
+use std::rc::Rc;
+
+use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
+use smvs_crypto::{AgreementPublicKey, IdentityBundle};
+use smvs_schema::Username;
+
+use crate::error::{HostError, IncomingError};
+use crate::host::HostCore;
+use crate::model::{Direction, HostEvent, Integrity, MessageId, Payload, Status, StoredMessage};
+use crate::peers::{Kick, PeerLinks};
+use crate::session::{self, Header, MAX_TEXT_BYTES};
+use crate::storage::{bundle_to_hex, Arrival, Contact};
+
+/// Requests waiting for the router before senders are made to wait.
+pub const ROUTER_MAILBOX: usize = 8192;
+
+pub struct Router {
+    core: Rc<HostCore>,
+    peers: Addr<PeerLinks>,
+}
+
+impl Router {
+    pub fn new(core: Rc<HostCore>, peers: Addr<PeerLinks>) -> Router {
+        Router { core, peers }
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(ROUTER_MAILBOX);
+    }
+}
+
+/// A device asks to send a text.
+#[derive(Message)]
+#[rtype(result = "Result<StoredMessage, HostError>")]
+pub struct SendText {
+    pub to: String,
+    pub body: String,
+}
+
+impl Handler<SendText> for Router {
+    type Result = ResponseFuture<Result<StoredMessage, HostError>>;
+    fn handle(&mut self, msg: SendText, _: &mut Self::Context) -> Self::Result {
+        let (core, peers) = (self.core.clone(), self.peers.clone());
+        Box::pin(async move {
+            let to = parse_user(&msg.to)?;
+            if msg.body.len() > MAX_TEXT_BYTES {
+                return Err(HostError::new(
+                    "too-large",
+                    format!(
+                        "a message may hold at most {MAX_TEXT_BYTES} bytes; this one has {}",
+                        msg.body.len()
+                    ),
+                ));
+            }
+            queue(&core, &peers, &to, Payload::Text(msg.body)).await
+        })
+    }
+}
+
+fn parse_user(name: &str) -> Result<Username, HostError> {
+    Username::parse(name).map_err(|e| HostError::bad_request(e.to_string()))
+}
+
+/// Puts a payload for `to` in the outbox and wakes its link.
+async fn queue(
+    core: &HostCore,
+    peers: &Addr<PeerLinks>,
+    to: &Username,
+    payload: Payload,
+) -> Result<StoredMessage, HostError> {
+    let me = core.me()?;
+    if to == &me.username {
+        return Err(HostError::bad_request(
+            "you cannot send messages to yourself",
+        ));
+    }
+    if let Some(contact) = core.contact(to).await? {
+        if contact.blocked {
+            return Err(HostError::new(
+                "blocked",
+                format!("{to} is blocked; `smvsctl unblock {to}` first"),
+            ));
+        }
+        if contact.pending_identity.is_some() {
+            return Err(HostError::new(
+                "key-changed",
+                format!("{to}'s identity key changed; compare safety numbers with `smvsctl verify {to}` and accept with `--accept-new-key`"),
+            ));
+        }
+    }
+    let stored = core
+        .storage
+        .queue_outgoing(&me.username, to, payload)
+        .await?;
+    core.publish(HostEvent::MessageStatus {
+        id: stored.id,
+        peer: to.clone(),
+        status: Status::Queued,
+    });
+    peers.do_send(Kick(to.clone()));
+    Ok(stored)
+}
+
+/// An envelope as it arrived on a host link, as plain owned data.
+#[derive(Debug, Clone)]
+pub struct EnvelopeData {
+    pub format: u16,
+    pub id: Vec<u8>,
+    pub sender: String,
+    pub recipient: String,
+    pub session_version: u16,
+    pub sealed: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiptData {
+    pub id: MessageId,
+    pub recipient: Username,
+    pub stored_at: i64,
+    pub tag: Vec<u8>,
+}
+
+/// An envelope from the host whose Noise key is `remote_key`.
+#[derive(Message)]
+#[rtype(result = "Result<ReceiptData, IncomingError>")]
+pub struct Incoming {
+    pub remote_key: AgreementPublicKey,
+    pub envelope: EnvelopeData,
+}
+
+/// The most a sealed envelope may be: the largest bucket plus nonce and tag.
+const MAX_SEALED: usize = 131072 + 24 + 16;
+
+impl Handler<Incoming> for Router {
+    type Result = ResponseFuture<Result<ReceiptData, IncomingError>>;
+    fn handle(&mut self, msg: Incoming, _: &mut Self::Context) -> Self::Result {
+        let core = self.core.clone();
+        Box::pin(async move { accept_envelope(&core, msg.remote_key, msg.envelope).await })
+    }
+}
+
+fn refused(why: impl Into<String>) -> IncomingError {
+    IncomingError::Refused(why.into())
+}
+
+async fn accept_envelope(
+    core: &HostCore,
+    remote_key: AgreementPublicKey,
+    env: EnvelopeData,
+) -> Result<ReceiptData, IncomingError> {
+    let me = core.me().map_err(|_| refused("this host has no user"))?;
+    if env.format != session::ENVELOPE_FORMAT || env.session_version != session::SESSION_V1 {
+        return Err(refused("unsupported envelope or session version"));
+    }
+    if env.sealed.len() > MAX_SEALED {
+        return Err(refused("envelope too large"));
+    }
+    if env.recipient != me.username.as_str() {
+        return Err(refused("wrong recipient"));
+    }
+    let sender = Username::parse(&env.sender).map_err(|e| refused(e.to_string()))?;
+    let id = MessageId::from_slice(&env.id).ok_or_else(|| refused("bad message id"))?;
+    // Envelopes from one sender are checked and queued for storage in arrival order.
+    let turn = core.arrival_turn(&sender).await;
+
+    // Blocked senders are turned away before anything is decrypted or stored. The answer does
+    // not say why.
+    if let Some(contact) = core
+        .contact(&sender)
+        .await
+        .map_err(|e| IncomingError::Later(e.to_string()))?
+    {
+        if contact.blocked {
+            tracing::debug!(peer = %sender, "refused an envelope from a blocked contact");
+            return Err(refused("not accepted"));
+        }
+    }
+    let (contact, record) = match core.trusted_contact(&sender).await {
+        Ok(pair) => pair,
+        Err(e) if e.code == "key-changed" => {
+            return Err(IncomingError::Later(
+                "the sender's identity key changed and is not accepted yet".into(),
+            ))
+        }
+        Err(e) if e.code == "unknown-user" => return Err(refused("unknown sender")),
+        Err(e) => return Err(IncomingError::Later(e.to_string())),
+    };
+    if record.user.transport_key != remote_key {
+        tracing::warn!(peer = %sender, "refused an envelope: the sending host's key is not the sender's");
+        return Err(refused(
+            "the sending host's key does not match the sender's directory record",
+        ));
+    }
+    let identity = contact.identity()?;
+    let keys = core
+        .session_keys(&sender, &identity)
+        .await
+        .map_err(|e| IncomingError::Later(e.to_string()))?;
+    let header = Header {
+        id: &id,
+        sender: &sender,
+        recipient: &me.username,
+    };
+    let content = session::open(&keys, &header, &env.sealed).map_err(|e| refused(e.to_string()))?;
+    let inner = session::decode_inner(&content).map_err(|e| refused(e.to_string()))?;
+    if inner.id != id || inner.from != sender || inner.to != me.username {
+        return Err(refused("envelope header and content disagree"));
+    }
+    let message = StoredMessage {
+        id,
+        peer: sender.clone(),
+        from: sender.clone(),
+        to: me.username.clone(),
+        time: inner.time,
+        payload: inner.payload.clone(),
+        prev_hash: inner.prev_hash,
+        status: Status::Received,
+        integrity: Integrity::Unchecked,
+        direction: Direction::In,
+    };
+    let arrival = core
+        .storage
+        .store_incoming(message, move || drop(turn))
+        .await?;
+    if let Arrival::Stored(integrity) = arrival {
+        match &inner.payload {
+            Payload::Text(_) => {
+                core.publish(HostEvent::MessageReceived {
+                    id,
+                    peer: sender.clone(),
+                    time: inner.time,
+                });
+                if matches!(integrity, Integrity::Gap | Integrity::OutOfOrder) {
+                    tracing::warn!(peer = %sender, ?integrity, "conversation integrity problem");
+                    core.publish(HostEvent::IntegrityProblem {
+                        id,
+                        peer: sender.clone(),
+                        time: inner.time,
+                    });
+                }
+            }
+            Payload::Delete(ids) => {
+                if core.config.honour_remote_delete {
+                    apply_delete(core, &sender, ids).await?;
+                }
+            }
+            Payload::Expire(seconds) => core.storage.set_expiry(&sender, *seconds).await?,
+        }
+    }
+    let stored_at = crate::model::now_ms();
+    Ok(ReceiptData {
+        id,
+        recipient: me.username.clone(),
+        stored_at,
+        tag: session::receipt_tag(&keys, &id, &me.username, stored_at),
+    })
+}
+
+async fn apply_delete(
+    core: &HostCore,
+    peer: &Username,
+    ids: &[MessageId],
+) -> Result<(), IncomingError> {
+    if ids.is_empty() {
+        core.storage.delete(peer, None).await?;
+        core.publish(HostEvent::Deleted {
+            id: None,
+            peer: peer.clone(),
+        });
+    } else {
+        for id in ids {
+            core.storage.delete(peer, Some(*id)).await?;
+            core.publish(HostEvent::Deleted {
+                id: Some(*id),
+                peer: peer.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `verify USER [--accept-new-key]`.
+#[derive(Message)]
+#[rtype(result = "Result<Verification, HostError>")]
+pub struct Verify {
+    pub user: String,
+    pub accept_new_key: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub safety_number: String,
+    pub transcript_hash: String,
+    pub key_changed: bool,
+    pub accepted: bool,
+}
+
+impl Handler<Verify> for Router {
+    type Result = ResponseFuture<Result<Verification, HostError>>;
+    fn handle(&mut self, msg: Verify, _: &mut Self::Context) -> Self::Result {
+        let (core, peers) = (self.core.clone(), self.peers.clone());
+        Box::pin(async move {
+            let peer = parse_user(&msg.user)?;
+            let me = core.me()?;
+            // Refresh from the directory, so a key change is noticed here too.
+            let _ = core.lookup(&peer, true).await;
+            let mut contact = match core.trusted_contact(&peer).await {
+                Ok((contact, _)) => contact,
+                Err(e) if e.code == "key-changed" => core
+                    .storage
+                    .contact(&peer)
+                    .await?
+                    .ok_or_else(|| HostError::internal("changed key without a contact"))?,
+                Err(e) => return Err(e),
+            };
+            let key_changed = contact.pending_identity.is_some();
+            let mut accepted = false;
+            if key_changed && msg.accept_new_key {
+                accept_pending(&mut contact);
+                core.put_contact(contact.clone()).await?;
+                core.forget_session(&peer);
+                accepted = true;
+                tracing::info!(peer = %peer, "accepted a contact's new identity key");
+                peers.do_send(Kick(peer.clone()));
+            }
+            let shown: IdentityBundle = if key_changed && !accepted {
+                contact.pending()?.unwrap_or(contact.identity()?)
+            } else {
+                contact.identity()?
+            };
+            let safety_number = smvs_crypto::safety_number(
+                me.username.as_str(),
+                &me.identity,
+                peer.as_str(),
+                &shown,
+            )
+            .map_err(HostError::internal)?;
+            let transcript = core.storage.transcript_hash(&peer).await?;
+            Ok(Verification {
+                safety_number,
+                transcript_hash: hex::encode(transcript),
+                key_changed: key_changed && !accepted,
+                accepted,
+            })
+        })
+    }
+}
+
+fn accept_pending(contact: &mut Contact) {
+    if let Some(identity) = contact.pending_identity.take() {
+        contact.identity = identity;
+    }
+    if let Some(key) = contact.pending_transport_key.take() {
+        contact.transport_key = key;
+    }
+    // The next look-up refreshes host address and serial.
+    contact.serial = 0;
+}
+
+/// `block USER` / `unblock USER`: blocking pins the user's current key, so the block holds for
+/// that key even if they never wrote before.
+#[derive(Message)]
+#[rtype(result = "Result<(), HostError>")]
+pub struct SetBlocked {
+    pub user: String,
+    pub blocked: bool,
+}
+
+impl Handler<SetBlocked> for Router {
+    type Result = ResponseFuture<Result<(), HostError>>;
+    fn handle(&mut self, msg: SetBlocked, _: &mut Self::Context) -> Self::Result {
+        let core = self.core.clone();
+        Box::pin(async move {
+            let peer = parse_user(&msg.user)?;
+            let mut contact = match core.contact(&peer).await? {
+                Some(c) => c,
+                None => {
+                    let record = core.lookup(&peer, true).await?;
+                    Contact {
+                        username: peer.to_string(),
+                        identity: bundle_to_hex(&record.user.identity),
+                        transport_key: record.user.transport_key.to_hex(),
+                        host_address: record.user.host_address.to_string(),
+                        serial: record.user.serial,
+                        blocked: false,
+                        pending_identity: None,
+                        pending_transport_key: None,
+                        request: false,
+                    }
+                }
+            };
+            contact.blocked = msg.blocked;
+            core.put_contact(contact).await?;
+            tracing::info!(peer = %peer, blocked = msg.blocked, "contact block changed");
+            Ok(())
+        })
+    }
+}
+
+/// `delete USER [--id ID] [--everywhere]`.
+#[derive(Message)]
+#[rtype(result = "Result<u32, HostError>")]
+pub struct Delete {
+    pub peer: String,
+    pub id: Option<MessageId>,
+    pub everywhere: bool,
+}
+
+impl Handler<Delete> for Router {
+    type Result = ResponseFuture<Result<u32, HostError>>;
+    fn handle(&mut self, msg: Delete, _: &mut Self::Context) -> Self::Result {
+        let (core, peers) = (self.core.clone(), self.peers.clone());
+        Box::pin(async move {
+            let peer = parse_user(&msg.peer)?;
+            let n = core.storage.delete(&peer, msg.id).await?;
+            core.publish(HostEvent::Deleted {
+                id: msg.id,
+                peer: peer.clone(),
+            });
+            if msg.everywhere {
+                let ids = msg.id.into_iter().collect();
+                queue(&core, &peers, &peer, Payload::Delete(ids)).await?;
+            }
+            Ok(n)
+        })
+    }
+}
+
+/// `expire USER SECONDS`.
+#[derive(Message)]
+#[rtype(result = "Result<(), HostError>")]
+pub struct Expire {
+    pub peer: String,
+    pub seconds: u32,
+}
+
+impl Handler<Expire> for Router {
+    type Result = ResponseFuture<Result<(), HostError>>;
+    fn handle(&mut self, msg: Expire, _: &mut Self::Context) -> Self::Result {
+        let (core, peers) = (self.core.clone(), self.peers.clone());
+        Box::pin(async move {
+            let peer = parse_user(&msg.peer)?;
+            core.storage.set_expiry(&peer, msg.seconds).await?;
+            queue(&core, &peers, &peer, Payload::Expire(msg.seconds)).await?;
+            Ok(())
+        })
+    }
+}
+
+/// `register USERNAME`.
+#[derive(Message)]
+#[rtype(result = "Result<(), HostError>")]
+pub struct Register(pub String);
+
+impl Handler<Register> for Router {
+    type Result = ResponseFuture<Result<(), HostError>>;
+    fn handle(&mut self, msg: Register, _: &mut Self::Context) -> Self::Result {
+        let core = self.core.clone();
+        Box::pin(async move {
+            let name = parse_user(&msg.0)?;
+            core.register(name).await.map(|_| ())
+        })
+    }
+}

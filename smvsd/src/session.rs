@@ -1,0 +1,341 @@
+//! The session layer: how an envelope's content is sealed between two identities.
+//!
+//! Version 1 is a static construction, the same idea as libsodium's `crypto_box`:
+//! both hosts ask their keyguard once per contact for
+//! `K = HKDF-SHA256(salt = the two identity X25519 keys in sorted order,
+//!                  X25519(own identity secret, peer identity public), "smvs-session-v1")`,
+//! then split K with HKDF into an AEAD key and a receipt key. Each envelope is XChaCha20-Poly1305
+//! under a random nonce, with the envelope header (format, id, sender, recipient, session
+//! version) as associated data, so only the two identities can read it and a box cannot be
+//! replayed under another header. Because only alice and bob can derive K, a box that opens
+//! for bob came from alice (or bob himself, which the header's sender field rules out for
+//! routing). Keyguard stays off the per-message path. This version is not forward-secret: a
+//! later version (a ratchet) replaces this module behind the `session_version` field without
+//! touching routing, storage or transport.
+//!
+//! Before sealing, content is padded (ISO/IEC 7816-4: 0x80 then zeros) to the next of a few
+//! size buckets, so the wire shows only the bucket, not the length of what was written.
+
+use smvs_crypto::{AeadKey, CryptoError, IdentityBundle, Zeroizing};
+use smvs_schema::host_capnp::inner_message;
+use smvs_schema::Username;
+
+use crate::model::{MessageId, Payload};
+
+pub const ENVELOPE_FORMAT: u16 = 1;
+pub const SESSION_V1: u16 = 1;
+/// The largest text a message may carry.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Sealed sizes on the wire (before the AEAD's nonce and tag).
+const BUCKETS: [usize; 5] = [512, 2048, 8192, 32768, 131072];
+/// The info string of the keyguard agreement for session version 1.
+pub const AGREEMENT_INFO: &[u8] = b"smvs-session-v1";
+
+/// The per-contact keys of session version 1.
+pub struct SessionKeys {
+    seal: AeadKey,
+    receipt: Zeroizing<Vec<u8>>,
+}
+
+impl SessionKeys {
+    /// Splits the keyguard-derived contact key.
+    pub fn from_shared(shared: &AeadKey) -> Result<SessionKeys, CryptoError> {
+        let seal = smvs_crypto::hkdf_sha256(b"smvs-session-v1", shared.expose(), b"envelope", 32)?;
+        let receipt =
+            smvs_crypto::hkdf_sha256(b"smvs-session-v1", shared.expose(), b"receipt", 32)?;
+        Ok(SessionKeys {
+            seal: AeadKey::from_bytes(&seal)?,
+            receipt,
+        })
+    }
+}
+
+/// The salt both sides pass to keyguard: the two identity X25519 keys, lower first.
+pub fn agreement_salt(a: &IdentityBundle, b: &IdentityBundle) -> Vec<u8> {
+    let (x, y) = (a.agreement_key.as_bytes(), b.agreement_key.as_bytes());
+    if x <= y {
+        [&x[..], &y[..]].concat()
+    } else {
+        [&y[..], &x[..]].concat()
+    }
+}
+
+/// The clear part of an envelope, bound into the AEAD as associated data.
+pub struct Header<'a> {
+    pub id: &'a MessageId,
+    pub sender: &'a Username,
+    pub recipient: &'a Username,
+}
+
+impl Header<'_> {
+    fn associated_data(&self) -> Vec<u8> {
+        let mut ad = Vec::with_capacity(96);
+        ad.extend_from_slice(&ENVELOPE_FORMAT.to_be_bytes());
+        ad.extend_from_slice(&SESSION_V1.to_be_bytes());
+        ad.extend_from_slice(&self.id.0);
+        for name in [self.sender, self.recipient] {
+            ad.push(u8::try_from(name.as_str().len()).unwrap_or(u8::MAX));
+            ad.extend_from_slice(name.as_str().as_bytes());
+        }
+        ad
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SessionError {
+    #[error("content of {0} bytes is larger than the largest envelope")]
+    TooLarge(usize),
+    #[error("envelope does not open: wrong key, altered or replayed under another header")]
+    Open,
+    #[error("envelope padding is malformed")]
+    Padding,
+    #[error("envelope content is malformed: {0}")]
+    Content(String),
+    #[error("crypto: {0}")]
+    Crypto(#[from] CryptoError),
+}
+
+fn pad(content: &[u8]) -> Result<Zeroizing<Vec<u8>>, SessionError> {
+    let bucket = BUCKETS
+        .iter()
+        .copied()
+        .find(|b| *b > content.len())
+        .ok_or(SessionError::TooLarge(content.len()))?;
+    let mut out = Zeroizing::new(Vec::with_capacity(bucket));
+    out.extend_from_slice(content);
+    out.push(0x80);
+    out.resize(bucket, 0);
+    Ok(out)
+}
+
+fn unpad(mut padded: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, SessionError> {
+    if !BUCKETS.contains(&padded.len()) {
+        return Err(SessionError::Padding);
+    }
+    let end = padded
+        .iter()
+        .rposition(|b| *b != 0)
+        .ok_or(SessionError::Padding)?;
+    if padded[end] != 0x80 {
+        return Err(SessionError::Padding);
+    }
+    padded.truncate(end);
+    Ok(padded)
+}
+
+/// Seals `content` for the envelope described by `header`.
+pub fn seal(
+    keys: &SessionKeys,
+    header: &Header<'_>,
+    content: &[u8],
+) -> Result<Vec<u8>, SessionError> {
+    let padded = pad(content)?;
+    Ok(keys.seal.seal(&header.associated_data(), &padded)?)
+}
+
+/// Opens what [`seal`] made, for the same header.
+pub fn open(
+    keys: &SessionKeys,
+    header: &Header<'_>,
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, SessionError> {
+    let padded = keys
+        .seal
+        .open(&header.associated_data(), sealed)
+        .map_err(|_| SessionError::Open)?;
+    unpad(padded)
+}
+
+/// The receipt authenticator: BLAKE2b keyed with the receipt key over (id, recipient, time).
+pub fn receipt_tag(
+    keys: &SessionKeys,
+    id: &MessageId,
+    recipient: &Username,
+    stored_at: i64,
+) -> Vec<u8> {
+    smvs_crypto::blake2b(
+        32,
+        Some(&keys.receipt),
+        &[
+            b"smvs-receipt-v1",
+            &id.0,
+            recipient.as_str().as_bytes(),
+            &stored_at.to_be_bytes(),
+        ],
+    )
+    .unwrap_or_default()
+}
+
+/// The decoded inner message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inner {
+    pub id: MessageId,
+    pub from: Username,
+    pub to: Username,
+    pub time: i64,
+    pub prev_hash: Vec<u8>,
+    pub payload: Payload,
+}
+
+pub fn encode_inner(inner: &Inner) -> Zeroizing<Vec<u8>> {
+    let mut message = capnp::message::Builder::new_default();
+    {
+        let mut m = message.init_root::<inner_message::Builder<'_>>();
+        m.set_id(&inner.id.0);
+        m.set_from(inner.from.as_str());
+        m.set_to(inner.to.as_str());
+        m.set_time(inner.time);
+        m.set_prev_hash(&inner.prev_hash);
+        match &inner.payload {
+            Payload::Text(t) => m.set_text(t),
+            Payload::Delete(ids) => {
+                let mut list = m
+                    .init_delete()
+                    .init_ids(u32::try_from(ids.len()).unwrap_or(0));
+                for (i, id) in ids.iter().enumerate() {
+                    list.set(u32::try_from(i).unwrap_or(0), &id.0);
+                }
+            }
+            Payload::Expire(s) => m.set_expire(*s),
+        }
+    }
+    Zeroizing::new(capnp::serialize::write_message_to_words(&message))
+}
+
+pub fn decode_inner(bytes: &[u8]) -> Result<Inner, SessionError> {
+    let bad = |e: capnp::Error| SessionError::Content(e.to_string());
+    let mut slice = bytes;
+    let message =
+        capnp::serialize::read_message_from_flat_slice(&mut slice, smvs_schema::reader_options())
+            .map_err(bad)?;
+    let m = message
+        .get_root::<inner_message::Reader<'_>>()
+        .map_err(bad)?;
+    let name = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<Username, SessionError> {
+        let t = t
+            .map_err(bad)?
+            .to_str()
+            .map_err(|_| SessionError::Content("name is not UTF-8".into()))?;
+        Username::parse(t).map_err(|e| SessionError::Content(e.to_string()))
+    };
+    let payload = match m
+        .which()
+        .map_err(|_| SessionError::Content("unknown payload kind".into()))?
+    {
+        inner_message::Which::Text(t) => {
+            let t = t
+                .map_err(bad)?
+                .to_string()
+                .map_err(|_| SessionError::Content("text is not UTF-8".into()))?;
+            if t.len() > MAX_TEXT_BYTES {
+                return Err(SessionError::TooLarge(t.len()));
+            }
+            Payload::Text(t)
+        }
+        inner_message::Which::Delete(d) => {
+            let ids = d.map_err(bad)?.get_ids().map_err(bad)?;
+            let mut out = Vec::with_capacity(ids.len() as usize);
+            for id in ids.iter() {
+                out.push(
+                    MessageId::from_slice(id.map_err(bad)?)
+                        .ok_or_else(|| SessionError::Content("bad id".into()))?,
+                );
+            }
+            Payload::Delete(out)
+        }
+        inner_message::Which::Expire(s) => Payload::Expire(s),
+    };
+    Ok(Inner {
+        id: MessageId::from_slice(m.get_id().map_err(bad)?)
+            .ok_or_else(|| SessionError::Content("bad id".into()))?,
+        from: name(m.get_from())?,
+        to: name(m.get_to())?,
+        time: m.get_time(),
+        prev_hash: m.get_prev_hash().map_err(bad)?.to_vec(),
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> SessionKeys {
+        SessionKeys::from_shared(&AeadKey::generate()).unwrap()
+    }
+
+    #[test]
+    fn round_trip_and_header_binding() {
+        let k = keys();
+        let id = MessageId::random();
+        let (a, b) = (
+            Username::parse("alice").unwrap(),
+            Username::parse("bob").unwrap(),
+        );
+        let h = Header {
+            id: &id,
+            sender: &a,
+            recipient: &b,
+        };
+        let inner = Inner {
+            id,
+            from: a.clone(),
+            to: b.clone(),
+            time: 5,
+            prev_hash: vec![1; 32],
+            payload: Payload::Text("hi".into()),
+        };
+        let sealed = seal(&k, &h, &encode_inner(&inner)).unwrap();
+        assert_eq!(
+            decode_inner(&open(&k, &h, &sealed).unwrap()).unwrap(),
+            inner
+        );
+        // Reflected (sender and recipient swapped) or re-labelled: does not open.
+        let reflected = Header {
+            id: &id,
+            sender: &b,
+            recipient: &a,
+        };
+        assert_eq!(
+            open(&k, &reflected, &sealed).unwrap_err(),
+            SessionError::Open
+        );
+        let other_id = MessageId::random();
+        assert_eq!(
+            open(
+                &k,
+                &Header {
+                    id: &other_id,
+                    sender: &a,
+                    recipient: &b
+                },
+                &sealed
+            )
+            .unwrap_err(),
+            SessionError::Open
+        );
+        assert_eq!(open(&keys(), &h, &sealed).unwrap_err(), SessionError::Open);
+    }
+
+    #[test]
+    fn sizes_only_show_the_bucket() {
+        let k = keys();
+        let id = MessageId::random();
+        let (a, b) = (
+            Username::parse("alice").unwrap(),
+            Username::parse("bob").unwrap(),
+        );
+        let h = Header {
+            id: &id,
+            sender: &a,
+            recipient: &b,
+        };
+        let short = seal(&k, &h, b"x").unwrap();
+        let longer = seal(&k, &h, &[7u8; 400]).unwrap();
+        assert_eq!(short.len(), longer.len());
+        assert!(seal(&k, &h, &vec![0u8; 131072]).is_err());
+        let mut bad = pad(b"abc").unwrap();
+        bad[3] = 0x81;
+        assert_eq!(unpad(bad).unwrap_err(), SessionError::Padding);
+    }
+}

@@ -1,0 +1,100 @@
+//! Encryption at rest. Nothing a person wrote, and no contact's name, is stored in clear:
+//!
+//! - a conversation is found by its *tag*, a keyed BLAKE2b of the peer's name;
+//! - each conversation has its own random key, stored only wrapped by the storage key (which
+//!   comes from smvs-keyguard at start-up and is never written by smvsd); deleting the wrapped
+//!   key destroys the conversation (crypto-shredding);
+//! - message rows, contact rows and settings are XChaCha20-Poly1305 boxes whose associated data
+//!   names what they are and where they belong, so a row moved elsewhere does not open.
+
+use smvs_crypto::{AeadKey, CryptoError, Zeroizing};
+use smvs_schema::Username;
+
+/// The keys derived from the storage key.
+pub struct AtRest {
+    storage: AeadKey,
+    tag_key: Zeroizing<Vec<u8>>,
+}
+
+impl AtRest {
+    pub fn new(storage: AeadKey) -> Result<AtRest, CryptoError> {
+        let tag_key = smvs_crypto::hkdf_sha256(
+            b"smvs-storage-v1",
+            storage.expose(),
+            b"conversation tags",
+            32,
+        )?;
+        Ok(AtRest { storage, tag_key })
+    }
+
+    /// The conversation tag of `peer` (16 bytes).
+    pub fn tag(&self, peer: &Username) -> Result<Vec<u8>, CryptoError> {
+        smvs_crypto::blake2b(16, Some(&self.tag_key), &[peer.as_str().as_bytes()])
+    }
+
+    fn ad(kind: &str, tag: &[u8], extra: &[u8]) -> Vec<u8> {
+        let mut ad = Vec::with_capacity(kind.len() + tag.len() + extra.len() + 2);
+        ad.extend_from_slice(kind.as_bytes());
+        ad.push(0);
+        ad.extend_from_slice(tag);
+        ad.push(0);
+        ad.extend_from_slice(extra);
+        ad
+    }
+
+    /// Seals a value under the storage key itself (peer names, wrapped keys, contacts, settings).
+    pub fn seal(&self, kind: &str, tag: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.storage.seal(&Self::ad(kind, tag, &[]), plaintext)
+    }
+
+    pub fn open(
+        &self,
+        kind: &str,
+        tag: &[u8],
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.storage.open(&Self::ad(kind, tag, &[]), sealed)
+    }
+
+    /// A fresh conversation key and its wrapped form.
+    pub fn new_conversation_key(&self, tag: &[u8]) -> Result<(AeadKey, Vec<u8>), CryptoError> {
+        let key = AeadKey::generate();
+        let wrapped = self.seal("conversation-key", tag, key.expose())?;
+        Ok((key, wrapped))
+    }
+
+    pub fn unwrap_conversation_key(
+        &self,
+        tag: &[u8],
+        wrapped: &[u8],
+    ) -> Result<AeadKey, CryptoError> {
+        AeadKey::from_bytes(&self.open("conversation-key", tag, wrapped)?)
+    }
+
+    /// Seals a message row under its conversation key.
+    pub fn seal_message(
+        key: &AeadKey,
+        tag: &[u8],
+        id: &[u8],
+        direction: i64,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        key.seal(
+            &Self::ad("message", tag, &[id, &direction.to_be_bytes()].concat()),
+            plaintext,
+        )
+    }
+
+    pub fn open_message(
+        key: &AeadKey,
+        tag: &[u8],
+        id: &[u8],
+        direction: i64,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        key.open(
+            &Self::ad("message", tag, &[id, &direction.to_be_bytes()].concat()),
+            sealed,
+        )
+    }
+}

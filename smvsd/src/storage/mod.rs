@@ -1,0 +1,788 @@
+//! The storage actor: the host's encrypted SQLite database, owned by one thread
+//! (`smvs-sqlite`), reached through the cheap, cloneable [`Storage`] handle.
+//!
+//! ```text
+//!  router / peer links / local API ──► Storage::method() ──job──► storage thread (group commit)
+//! ```
+//!
+//! What is on disk (see `crypt` for how): conversations (tag, sealed peer name, wrapped key,
+//! hash-chain heads, expiry), messages (tag, id, direction, status, integrity, sealed content),
+//! contacts (tag, sealed record), settings (sealed). The outbox is the set of outgoing messages
+//! whose status is queued or sent. WAL mode, `synchronous=FULL`, `secure_delete=ON`.
+
+mod crypt;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use smvs_crypto::{AeadKey, IdentityBundle, Zeroizing};
+use smvs_schema::Username;
+use smvs_sqlite::SqliteWorker;
+use thiserror::Error;
+
+pub use crypt::AtRest;
+
+use crate::model::{message_hash, Direction, Integrity, MessageId, Payload, Status, StoredMessage};
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored data does not decrypt: {0}")]
+    Crypto(#[from] smvs_crypto::CryptoError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the storage thread stopped or could not commit")]
+    Gone,
+    #[error("database: {0}")]
+    Migration(String),
+}
+
+impl From<smvs_sqlite::WorkerGone> for StorageError {
+    fn from(_: smvs_sqlite::WorkerGone) -> Self {
+        StorageError::Gone
+    }
+}
+
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE settings (name TEXT PRIMARY KEY NOT NULL, sealed BLOB NOT NULL) STRICT;
+    CREATE TABLE conversations (
+        tag BLOB PRIMARY KEY NOT NULL,
+        sealed_peer BLOB NOT NULL,
+        wrapped_key BLOB NOT NULL,
+        expire_seconds INTEGER NOT NULL DEFAULT 0,
+        last_sent_hash BLOB NOT NULL DEFAULT x'',
+        last_recv_hash BLOB NOT NULL DEFAULT x''
+    ) STRICT;
+    CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        tag BLOB NOT NULL REFERENCES conversations (tag) ON DELETE CASCADE,
+        id BLOB NOT NULL,
+        direction INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        integrity INTEGER NOT NULL,
+        stored_at INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        sealed BLOB NOT NULL,
+        UNIQUE (tag, id, direction)
+    ) STRICT;
+    CREATE INDEX messages_outbox ON messages (tag, seq) WHERE direction = 0 AND status IN (0, 1);
+    CREATE TABLE contacts (tag BLOB PRIMARY KEY NOT NULL, sealed BLOB NOT NULL) STRICT;
+"];
+
+/// The sealed content of a message row.
+#[derive(Serialize, Deserialize)]
+struct Content {
+    from: String,
+    to: String,
+    time: i64,
+    prev: String,
+    #[serde(flatten)]
+    payload: ContentPayload,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum ContentPayload {
+    Text { text: String },
+    Delete { ids: Vec<String> },
+    Expire { seconds: u32 },
+}
+
+impl From<&Payload> for ContentPayload {
+    fn from(p: &Payload) -> Self {
+        match p {
+            Payload::Text(t) => ContentPayload::Text { text: t.clone() },
+            Payload::Delete(ids) => ContentPayload::Delete {
+                ids: ids.iter().map(|i| i.to_hex()).collect(),
+            },
+            Payload::Expire(s) => ContentPayload::Expire { seconds: *s },
+        }
+    }
+}
+
+impl ContentPayload {
+    fn into_payload(self) -> Result<Payload, StorageError> {
+        Ok(match self {
+            ContentPayload::Text { text } => Payload::Text(text),
+            ContentPayload::Delete { ids } => Payload::Delete(
+                ids.iter()
+                    .map(|h| {
+                        hex::decode(h)
+                            .ok()
+                            .and_then(|b| MessageId::from_slice(&b))
+                            .ok_or_else(|| StorageError::Corrupt("message id".into()))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            ContentPayload::Expire { seconds } => Payload::Expire(seconds),
+        })
+    }
+}
+
+/// What the host knows about another user: the pinned identity and where their host is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Contact {
+    pub username: String,
+    /// The pinned identity (IdentityBundle bytes, hex).
+    pub identity: String,
+    pub transport_key: String,
+    pub host_address: String,
+    pub serial: u64,
+    pub blocked: bool,
+    /// A different identity the directory now shows, not yet accepted by the user.
+    pub pending_identity: Option<String>,
+    pub pending_transport_key: Option<String>,
+    /// Not a contact yet: first heard from while contacts-only mode was on.
+    pub request: bool,
+}
+
+impl Contact {
+    pub fn identity(&self) -> Result<IdentityBundle, StorageError> {
+        bundle_from_hex(&self.identity)
+    }
+
+    pub fn pending(&self) -> Result<Option<IdentityBundle>, StorageError> {
+        self.pending_identity
+            .as_deref()
+            .map(bundle_from_hex)
+            .transpose()
+    }
+}
+
+pub fn bundle_to_hex(b: &IdentityBundle) -> String {
+    hex::encode(b.to_bytes())
+}
+
+fn bundle_from_hex(h: &str) -> Result<IdentityBundle, StorageError> {
+    let bytes = hex::decode(h).map_err(|_| StorageError::Corrupt("identity".into()))?;
+    if bytes.len() != IdentityBundle::ENCODED_LEN {
+        return Err(StorageError::Corrupt("identity length".into()));
+    }
+    Ok(IdentityBundle::from_parts(
+        &bytes[..32],
+        &bytes[32..64],
+        &bytes[64..],
+    )?)
+}
+
+/// What happened to an incoming message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    Stored(Integrity),
+    Duplicate,
+}
+
+/// A summary line of `conversations`.
+#[derive(Debug, Clone)]
+pub struct ConversationSummary {
+    pub peer: Username,
+    pub messages: u32,
+    pub last_time: i64,
+    pub expire_seconds: u32,
+}
+
+#[derive(Clone)]
+pub struct Storage {
+    worker: SqliteWorker,
+    keys: Arc<AtRest>,
+}
+
+type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+impl Storage {
+    /// Opens (creating and migrating) the database at `path`, whose rows are sealed under
+    /// `storage_key`.
+    pub fn open(path: &Path, storage_key: AeadKey) -> Result<Storage> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        smvs_sqlite::migrate(&mut conn, MIGRATIONS)
+            .map_err(|e| StorageError::Migration(e.to_string()))?;
+        let worker = SqliteWorker::start(conn, "smvsd-storage", 8192)
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        Ok(Storage {
+            worker,
+            keys: Arc::new(AtRest::new(storage_key)?),
+        })
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &AtRest) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let keys = self.keys.clone();
+        self.worker.call(move |c| f(c, &keys)).await
+    }
+
+    // ----- settings -----
+
+    pub async fn setting(&self, name: &'static str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        self.call(move |c, k| {
+            let sealed: Option<Vec<u8>> = c
+                .query_row("SELECT sealed FROM settings WHERE name = ?1", [name], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            Ok(sealed
+                .map(|s| k.open("setting", name.as_bytes(), &s))
+                .transpose()?)
+        })
+        .await
+    }
+
+    pub async fn set_setting(&self, name: &'static str, value: Vec<u8>) -> Result<()> {
+        self.call(move |c, k| {
+            let sealed = k.seal("setting", name.as_bytes(), &value)?;
+            c.execute(
+                "INSERT INTO settings VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed",
+                params![name, sealed],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    // ----- contacts -----
+
+    pub async fn contact(&self, peer: &Username) -> Result<Option<Contact>> {
+        let peer = peer.clone();
+        self.call(move |c, k| get_contact(c, k, &peer)).await
+    }
+
+    pub async fn put_contact(&self, contact: Contact) -> Result<()> {
+        self.call(move |c, k| put_contact(c, k, &contact)).await
+    }
+
+    pub async fn contacts(&self) -> Result<Vec<Contact>> {
+        self.call(|c, k| {
+            let mut stmt = c.prepare("SELECT tag, sealed FROM contacts")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (tag, sealed) = row?;
+                let plain = k.open("contact", &tag, &sealed)?;
+                out.push(
+                    serde_json::from_slice(&plain)
+                        .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+                );
+            }
+            out.sort_by(|a: &Contact, b| a.username.cmp(&b.username));
+            Ok(out)
+        })
+        .await
+    }
+
+    // ----- messages -----
+
+    /// Puts an outgoing message in the outbox (status queued) and returns once it is on disk.
+    pub async fn queue_outgoing(
+        &self,
+        me: &Username,
+        peer: &Username,
+        payload: Payload,
+    ) -> Result<StoredMessage> {
+        let (me, peer) = (me.clone(), peer.clone());
+        self.call(move |c, k| {
+            let (tag, key) = conversation(c, k, &peer, true)?
+                .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
+            let prev: Vec<u8> = c.query_row(
+                "SELECT last_sent_hash FROM conversations WHERE tag = ?1",
+                [&tag],
+                |r| r.get(0),
+            )?;
+            let msg = StoredMessage {
+                id: MessageId::random(),
+                peer: peer.clone(),
+                from: me.clone(),
+                to: peer.clone(),
+                time: crate::model::now_ms(),
+                payload,
+                prev_hash: prev,
+                status: Status::Queued,
+                integrity: Integrity::Unchecked,
+                direction: Direction::Out,
+            };
+            let hash = insert_message(c, &tag, &key, &msg)?;
+            c.execute(
+                "UPDATE conversations SET last_sent_hash = ?2 WHERE tag = ?1",
+                params![tag, hash],
+            )?;
+            Ok(msg)
+        })
+        .await
+    }
+
+    /// The outbox of `peer`, oldest first.
+    pub async fn outbox(&self, peer: &Username, limit: u32) -> Result<Vec<StoredMessage>> {
+        let peer = peer.clone();
+        self.call(move |c, k| {
+            let Some((tag, key)) = conversation(c, k, &peer, false)? else {
+                return Ok(Vec::new());
+            };
+            read_messages(
+                c,
+                &key,
+                &tag,
+                &peer,
+                "SELECT id, direction, status, integrity, sealed FROM messages
+                 WHERE tag = ?1 AND direction = 0 AND status IN (0, 1) ORDER BY seq LIMIT ?2",
+                i64::from(limit),
+            )
+        })
+        .await
+    }
+
+    /// Every peer with something in the outbox.
+    pub async fn peers_with_outbox(&self) -> Result<Vec<Username>> {
+        self.call(|c, k| {
+            let mut stmt = c.prepare(
+                "SELECT DISTINCT c.tag, c.sealed_peer FROM conversations c JOIN messages m ON m.tag = c.tag
+                 WHERE m.direction = 0 AND m.status IN (0, 1)",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (tag, sealed) = row?;
+                out.push(peer_name(k, &tag, &sealed)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn queued_count(&self) -> Result<u32> {
+        self.call(|c, _| {
+            let n: i64 = c.query_row(
+                "SELECT count(*) FROM messages WHERE direction = 0 AND status IN (0, 1)",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    /// Sets the status of outgoing messages. Returns the ids whose status changed.
+    pub async fn set_outgoing_status(
+        &self,
+        peer: &Username,
+        ids: Vec<MessageId>,
+        status: Status,
+    ) -> Result<Vec<MessageId>> {
+        let peer = peer.clone();
+        self.call(move |c, k| {
+            let tag = k.tag(&peer)?;
+            let mut changed = Vec::new();
+            let mut stmt = c.prepare_cached(
+                "UPDATE messages SET status = ?3 WHERE tag = ?1 AND id = ?2 AND direction = 0 AND status != ?3 AND status != 2",
+            )?;
+            for id in ids {
+                if stmt.execute(params![tag, &id.0[..], status as i64])? > 0 {
+                    changed.push(id);
+                }
+            }
+            Ok(changed)
+        })
+        .await
+    }
+
+    /// Stores an incoming message unless it is already there (de-duplication by id), and
+    /// checks it against the sender's hash chain. `queued` runs once the job has its place in
+    /// the storage queue (see `SqliteWorker::call_then`).
+    pub async fn store_incoming(
+        &self,
+        msg: StoredMessage,
+        queued: impl FnOnce(),
+    ) -> Result<Arrival> {
+        let keys = self.keys.clone();
+        self.worker
+            .call_then(
+                move |c| {
+                    let k: &AtRest = &keys;
+                    let (tag, key) = conversation(c, k, &msg.peer, true)?
+                        .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
+                    let exists: Option<i64> = c
+                        .query_row(
+                            "SELECT seq FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 1",
+                            params![tag, &msg.id.0[..]],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if exists.is_some() {
+                        return Ok(Arrival::Duplicate);
+                    }
+                    let last: Vec<u8> = c.query_row(
+                        "SELECT last_recv_hash FROM conversations WHERE tag = ?1",
+                        [&tag],
+                        |r| r.get(0),
+                    )?;
+                    let integrity = if msg.prev_hash == last {
+                        if last.is_empty() {
+                            Integrity::Unchecked
+                        } else {
+                            Integrity::Ok
+                        }
+                    } else {
+                        // Is the predecessor something we already have (an older message arriving
+                        // late) or something we never saw (a gap)?
+                        let known: Option<i64> = c
+                    .query_row(
+                        "SELECT seq FROM messages WHERE tag = ?1 AND direction = 1 AND hash = ?2",
+                        params![tag, msg.prev_hash],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                        if known.is_some() {
+                            Integrity::OutOfOrder
+                        } else {
+                            Integrity::Gap
+                        }
+                    };
+                    let stored = StoredMessage { integrity, ..msg };
+                    let hash = insert_message(c, &tag, &key, &stored)?;
+                    if integrity != Integrity::OutOfOrder {
+                        c.execute(
+                            "UPDATE conversations SET last_recv_hash = ?2 WHERE tag = ?1",
+                            params![tag, hash],
+                        )?;
+                    }
+                    Ok(Arrival::Stored(integrity))
+                },
+                queued,
+            )
+            .await
+    }
+
+    /// The last `limit` messages with `peer` (0: all), oldest first. Control messages
+    /// (deletions, expiry settings) are not part of history.
+    pub async fn history(&self, peer: &Username, limit: u32) -> Result<Vec<StoredMessage>> {
+        let peer = peer.clone();
+        self.call(move |c, k| {
+            let Some((tag, key)) = conversation(c, k, &peer, false)? else {
+                return Ok(Vec::new());
+            };
+            let limit = if limit == 0 { i64::MAX } else { i64::from(limit) };
+            let mut all = read_messages(
+                c,
+                &key,
+                &tag,
+                &peer,
+                "SELECT id, direction, status, integrity, sealed FROM messages WHERE tag = ?1 ORDER BY seq DESC",
+                i64::MAX,
+            )?;
+            all.retain(|m| matches!(m.payload, Payload::Text(_)));
+            all.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            all.reverse();
+            Ok(all)
+        })
+        .await
+    }
+
+    pub async fn message(&self, peer: &Username, id: MessageId) -> Result<Option<StoredMessage>> {
+        let peer = peer.clone();
+        self.call(move |c, k| {
+            let Some((tag, key)) = conversation(c, k, &peer, false)? else {
+                return Ok(None);
+            };
+            let mut stmt = c.prepare("SELECT id, direction, status, integrity, sealed FROM messages WHERE tag = ?1 AND id = ?2")?;
+            let rows = stmt.query_map(params![tag, &id.0[..]], row_tuple)?;
+            for row in rows {
+                return Ok(Some(decode_row(&key, &tag, &peer, row?)?));
+            }
+            Ok(None)
+        })
+        .await
+    }
+
+    pub async fn conversations(&self) -> Result<Vec<ConversationSummary>> {
+        self.call(|c, k| {
+            let mut stmt = c.prepare(
+                "SELECT c.tag, c.sealed_peer, c.expire_seconds,
+                        (SELECT count(*) FROM messages m WHERE m.tag = c.tag),
+                        (SELECT max(stored_at) FROM messages m WHERE m.tag = c.tag)
+                 FROM conversations c",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (tag, sealed, expire, count, last) = row?;
+                out.push(ConversationSummary {
+                    peer: peer_name(k, &tag, &sealed)?,
+                    messages: u32::try_from(count).unwrap_or(u32::MAX),
+                    last_time: last.unwrap_or(0),
+                    expire_seconds: u32::try_from(expire).unwrap_or(0),
+                });
+            }
+            out.sort_by(|a, b| b.last_time.cmp(&a.last_time));
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes one message (`Some(id)`) or the whole conversation (`None`: its key is
+    /// destroyed). Then the WAL is checkpointed and truncated so no old page survives there.
+    /// Returns how many messages went.
+    pub async fn delete(&self, peer: &Username, id: Option<MessageId>) -> Result<u32> {
+        let peer = peer.clone();
+        let n = self
+            .call(move |c, k| {
+                let tag = k.tag(&peer)?;
+                let n = match id {
+                    Some(id) => c.execute(
+                        "DELETE FROM messages WHERE tag = ?1 AND id = ?2",
+                        params![tag, &id.0[..]],
+                    )?,
+                    None => {
+                        let n = c.execute("DELETE FROM messages WHERE tag = ?1", [&tag])?;
+                        c.execute("DELETE FROM conversations WHERE tag = ?1", [&tag])?;
+                        n
+                    }
+                };
+                Ok(u32::try_from(n).unwrap_or(u32::MAX))
+            })
+            .await?;
+        self.checkpoint().await?;
+        Ok(n)
+    }
+
+    /// Copies the WAL into the database and truncates it to zero bytes.
+    pub async fn checkpoint(&self) -> Result<()> {
+        self.worker
+            .call_alone(|c| -> Result<()> {
+                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+                Ok(())
+            })
+            .await
+    }
+
+    pub async fn set_expiry(&self, peer: &Username, seconds: u32) -> Result<()> {
+        let peer = peer.clone();
+        self.call(move |c, k| {
+            let (tag, _) = conversation(c, k, &peer, true)?
+                .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
+            c.execute(
+                "UPDATE conversations SET expire_seconds = ?2 WHERE tag = ?1",
+                params![tag, i64::from(seconds)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes every message older than its conversation's expiry. Returns how many went.
+    pub async fn expire(&self, now: i64) -> Result<u32> {
+        let n = self
+            .call(move |c, _| {
+                let n = c.execute(
+                    "DELETE FROM messages WHERE seq IN (
+                        SELECT m.seq FROM messages m JOIN conversations c ON c.tag = m.tag
+                        WHERE c.expire_seconds > 0 AND m.stored_at + c.expire_seconds * 1000 <= ?1
+                          AND NOT (m.direction = 0 AND m.status IN (0, 1)))",
+                    [now],
+                )?;
+                Ok(u32::try_from(n).unwrap_or(u32::MAX))
+            })
+            .await?;
+        if n > 0 {
+            self.checkpoint().await?;
+        }
+        Ok(n)
+    }
+
+    /// A hash of the conversation's text messages that both sides compute alike when they saw
+    /// the same messages: BLAKE2b over the sorted message hashes.
+    pub async fn transcript_hash(&self, peer: &Username) -> Result<[u8; 32]> {
+        let history = self.history(peer, 0).await?;
+        let mut hashes: Vec<[u8; 32]> = history
+            .iter()
+            .map(|m| message_hash(&m.id, &m.from, &m.to, m.time, &m.prev_hash, &m.payload))
+            .collect();
+        hashes.sort_unstable();
+        Ok(smvs_crypto::blake2b_256(&hashes.concat()))
+    }
+}
+
+fn peer_name(k: &AtRest, tag: &[u8], sealed: &[u8]) -> Result<Username> {
+    let plain = k.open("peer", tag, sealed)?;
+    let text =
+        std::str::from_utf8(&plain).map_err(|_| StorageError::Corrupt("peer name".into()))?;
+    Username::parse(text).map_err(|e| StorageError::Corrupt(e.to_string()))
+}
+
+/// The tag and key of the conversation with `peer`, created when `create` is set.
+fn conversation(
+    c: &Connection,
+    k: &AtRest,
+    peer: &Username,
+    create: bool,
+) -> Result<Option<(Vec<u8>, AeadKey)>> {
+    let tag = k.tag(peer)?;
+    let wrapped: Option<Vec<u8>> = c
+        .query_row(
+            "SELECT wrapped_key FROM conversations WHERE tag = ?1",
+            [&tag],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match wrapped {
+        Some(w) => {
+            let key = k.unwrap_conversation_key(&tag, &w)?;
+            Ok(Some((tag, key)))
+        }
+        None if create => {
+            let (key, wrapped) = k.new_conversation_key(&tag)?;
+            let sealed_peer = k.seal("peer", &tag, peer.as_str().as_bytes())?;
+            c.execute(
+                "INSERT INTO conversations (tag, sealed_peer, wrapped_key) VALUES (?1, ?2, ?3)",
+                params![tag, sealed_peer, wrapped],
+            )?;
+            Ok(Some((tag, key)))
+        }
+        None => Ok(None),
+    }
+}
+
+fn insert_message(
+    c: &Connection,
+    tag: &[u8],
+    key: &AeadKey,
+    msg: &StoredMessage,
+) -> Result<[u8; 32]> {
+    let content = Content {
+        from: msg.from.to_string(),
+        to: msg.to.to_string(),
+        time: msg.time,
+        prev: hex::encode(&msg.prev_hash),
+        payload: ContentPayload::from(&msg.payload),
+    };
+    let plain = Zeroizing::new(
+        serde_json::to_vec(&content).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+    );
+    let direction = msg.direction as i64;
+    let sealed = AtRest::seal_message(key, tag, &msg.id.0, direction, &plain)?;
+    let hash = message_hash(
+        &msg.id,
+        &msg.from,
+        &msg.to,
+        msg.time,
+        &msg.prev_hash,
+        &msg.payload,
+    );
+    c.prepare_cached(
+        "INSERT INTO messages (tag, id, direction, status, integrity, stored_at, hash, sealed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        tag,
+        &msg.id.0[..],
+        direction,
+        msg.status as i64,
+        msg.integrity as i64,
+        crate::model::now_ms(),
+        &hash[..],
+        sealed
+    ])?;
+    Ok(hash)
+}
+
+type RowTuple = (Vec<u8>, i64, i64, i64, Vec<u8>);
+
+fn row_tuple(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowTuple> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
+fn decode_row(
+    key: &AeadKey,
+    tag: &[u8],
+    peer: &Username,
+    (id, direction, status, integrity, sealed): RowTuple,
+) -> Result<StoredMessage> {
+    let plain = AtRest::open_message(key, tag, &id, direction, &sealed)?;
+    let content: Content =
+        serde_json::from_slice(&plain).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    let name = |s: &str| Username::parse(s).map_err(|e| StorageError::Corrupt(e.to_string()));
+    Ok(StoredMessage {
+        id: MessageId::from_slice(&id).ok_or_else(|| StorageError::Corrupt("id".into()))?,
+        peer: peer.clone(),
+        from: name(&content.from)?,
+        to: name(&content.to)?,
+        time: content.time,
+        payload: content.payload.into_payload()?,
+        prev_hash: hex::decode(&content.prev)
+            .map_err(|_| StorageError::Corrupt("prev hash".into()))?,
+        status: Status::from_i64(status),
+        integrity: Integrity::from_i64(integrity),
+        direction: if direction == 0 {
+            Direction::Out
+        } else {
+            Direction::In
+        },
+    })
+}
+
+fn read_messages(
+    c: &Connection,
+    key: &AeadKey,
+    tag: &[u8],
+    peer: &Username,
+    sql: &str,
+    limit: i64,
+) -> Result<Vec<StoredMessage>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = if sql.contains("?2") {
+        stmt.query_map(params![tag, limit], row_tuple)?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    } else {
+        stmt.query_map(params![tag], row_tuple)?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    rows.into_iter()
+        .map(|row| decode_row(key, tag, peer, row))
+        .collect()
+}
+
+fn get_contact(c: &Connection, k: &AtRest, peer: &Username) -> Result<Option<Contact>> {
+    let tag = k.tag(peer)?;
+    let sealed: Option<Vec<u8>> = c
+        .query_row("SELECT sealed FROM contacts WHERE tag = ?1", [&tag], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    sealed
+        .map(|s| {
+            let plain = k.open("contact", &tag, &s)?;
+            serde_json::from_slice(&plain).map_err(|e| StorageError::Corrupt(e.to_string()))
+        })
+        .transpose()
+}
+
+fn put_contact(c: &Connection, k: &AtRest, contact: &Contact) -> Result<()> {
+    let name =
+        Username::parse(&contact.username).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    let tag = k.tag(&name)?;
+    let plain = Zeroizing::new(
+        serde_json::to_vec(contact).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+    );
+    let sealed = k.seal("contact", &tag, &plain)?;
+    c.execute(
+        "INSERT INTO contacts VALUES (?1, ?2) ON CONFLICT (tag) DO UPDATE SET sealed = excluded.sealed",
+        params![tag, sealed],
+    )?;
+    Ok(())
+}
