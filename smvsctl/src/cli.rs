@@ -1,0 +1,348 @@
+//! The command line (DESIGN.md §7). Arguments are parsed into their types here (usernames,
+//! message ids), so a bad one is a usage error (exit 2) before anything talks to smvsd.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use smvs_schema::Username;
+
+use crate::client::MessageId;
+
+/// Where smvsd listens when nothing else says: the system service's socket.
+pub const SYSTEM_SOCKET: &str = "/run/smvs/smvsd.sock";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "smvsctl",
+    version,
+    about = "Talk to your SMVS host (smvsd): register, send and read messages, verify contacts",
+    after_help = "Examples:\n  smvsctl register alice\n  smvsctl send bob 'see you at eight'\n  smvsctl --json history bob --limit 20\n\nThe socket is --socket, else $SMVS_SOCKET, else $XDG_RUNTIME_DIR/smvs/smvsd.sock if it \
+                  exists, else /run/smvs/smvsd.sock.\nExit status: 0 success, 1 the operation \
+                  failed, 2 bad usage."
+)]
+pub struct Cli {
+    /// smvsd's Unix socket [default: $SMVS_SOCKET, else $XDG_RUNTIME_DIR/smvs/smvsd.sock if it
+    /// exists, else /run/smvs/smvsd.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Print JSON for programs instead of text (one object per command; one per line for watch)
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Create your identity (keys made in keyguard) and register USERNAME at the directory
+    #[command(after_help = "Example:\n  smvsctl register alice")]
+    Register {
+        /// 3 to 32 characters of a-z 0-9 . _ -
+        username: Username,
+    },
+
+    /// Print your username and the fingerprint of your identity key
+    #[command(after_help = "Example:\n  smvsctl whoami")]
+    Whoami,
+
+    /// Show the host's state: user, fingerprint, addresses, queued messages, version
+    #[command(after_help = "Example:\n  smvsctl --json status")]
+    Status,
+
+    /// Send TEXT to USER; prints the message id once it is durably queued
+    #[command(
+        after_help = "Examples:\n  smvsctl send bob 'see you at eight'\n  echo 'from a pipe' | smvsctl send bob -\n\nWith TEXT '-' the message is read from stdin (one trailing newline is dropped)."
+    )]
+    Send {
+        /// The recipient
+        user: Username,
+        /// The message; '-' reads it from stdin
+        text: String,
+    },
+
+    /// Show the messages exchanged with USER, oldest first
+    #[command(after_help = "Example:\n  smvsctl history bob --limit 20")]
+    History {
+        /// The other user of the conversation
+        user: Username,
+        /// Only the last N messages (0: all)
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        limit: u32,
+    },
+
+    /// List conversations: peer, message count, last message, disappearing-message timer
+    #[command(after_help = "Example:\n  smvsctl conversations")]
+    Conversations,
+
+    /// Print events (new messages, status changes, key changes, deletions) as they happen
+    #[command(
+        after_help = "Examples:\n  smvsctl watch\n  smvsctl --json watch --count 1\n\nOne line per event. Runs until SIGINT/SIGTERM (exit 0), until --count events were \
+                      printed (exit 0), or until smvsd closes the connection (exit 1)."
+    )]
+    Watch {
+        /// Exit after N events
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
+    },
+
+    /// Delete the conversation with USER (its key is destroyed), or one message with --id
+    #[command(
+        after_help = "Examples:\n  smvsctl delete bob --id 00112233445566778899aabbccddeeff\n  smvsctl delete bob --everywhere"
+    )]
+    Delete {
+        /// The other user of the conversation
+        user: Username,
+        /// Delete only this message (32 hex digits, as `send` and `history` print it)
+        #[arg(long, value_name = "ID")]
+        id: Option<MessageId>,
+        /// Ask USER's host to delete it too
+        #[arg(long)]
+        everywhere: bool,
+    },
+
+    /// Block USER: their messages are no longer accepted
+    #[command(after_help = "Example:\n  smvsctl block mallory")]
+    Block {
+        /// The user to block
+        user: Username,
+    },
+
+    /// Unblock USER
+    #[command(after_help = "Example:\n  smvsctl unblock mallory")]
+    Unblock {
+        /// The user to unblock
+        user: Username,
+    },
+
+    /// List contacts: fingerprint, blocked, changed key, message request
+    #[command(after_help = "Example:\n  smvsctl contacts")]
+    Contacts,
+
+    /// Show the safety number with USER; --accept-new-key accepts a changed identity key
+    #[command(
+        after_help = "Examples:\n  smvsctl verify bob\n  smvsctl verify bob --accept-new-key\n\nCompare the safety number with USER in person or over another channel; only then \
+                      accept a changed key."
+    )]
+    Verify {
+        /// The contact to verify
+        user: Username,
+        /// Accept USER's new identity key after it changed
+        #[arg(long)]
+        accept_new_key: bool,
+    },
+
+    /// Make messages with USER disappear SECONDS after they are sent (0 turns it off)
+    #[command(after_help = "Examples:\n  smvsctl expire bob 86400\n  smvsctl expire bob 0")]
+    Expire {
+        /// The other user of the conversation
+        user: Username,
+        /// Lifetime of each message in seconds; 0 turns disappearing messages off
+        seconds: u32,
+    },
+}
+
+impl Cli {
+    /// The socket to connect to: `--socket`, or the default (see [`default_socket`]).
+    pub fn socket_path(&self) -> PathBuf {
+        match &self.socket {
+            Some(path) => path.clone(),
+            None => default_socket(),
+        }
+    }
+}
+
+/// `$SMVS_SOCKET`, else the per-user service's socket if it exists, else the system service's.
+pub fn default_socket() -> PathBuf {
+    resolve_default_socket(
+        std::env::var_os("SMVS_SOCKET"),
+        std::env::var_os("XDG_RUNTIME_DIR"),
+        |path| path.exists(),
+    )
+}
+
+/// [`default_socket`] with its inputs passed in, for tests. Empty variables count as unset.
+pub fn resolve_default_socket(
+    smvs_socket: Option<OsString>,
+    xdg_runtime_dir: Option<OsString>,
+    exists: impl Fn(&Path) -> bool,
+) -> PathBuf {
+    if let Some(path) = smvs_socket.filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    if let Some(dir) = xdg_runtime_dir.filter(|d| !d.is_empty()) {
+        let user_socket = Path::new(&dir).join("smvs").join("smvsd.sock");
+        if exists(&user_socket) {
+            return user_socket;
+        }
+    }
+    PathBuf::from(SYSTEM_SOCKET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("smvsctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn commands_parse() {
+        let cli = parse(&["--json", "send", "bob", "hello there"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(
+            cli.command,
+            Command::Send {
+                user: Username::parse("bob").unwrap(),
+                text: "hello there".into()
+            }
+        );
+        // Global flags work after the command too.
+        let cli = parse(&[
+            "history", "bob", "--limit", "5", "--json", "--socket", "/tmp/s",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.socket_path(), PathBuf::from("/tmp/s"));
+        assert!(matches!(cli.command, Command::History { limit: 5, .. }));
+        let cli = parse(&["history", "bob"]).unwrap();
+        assert!(matches!(cli.command, Command::History { limit: 0, .. }));
+        let cli = parse(&["verify", "bob", "--accept-new-key"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Verify {
+                accept_new_key: true,
+                ..
+            }
+        ));
+        let cli = parse(&["expire", "bob", "0"]).unwrap();
+        assert!(matches!(cli.command, Command::Expire { seconds: 0, .. }));
+        let cli = parse(&["watch", "--count", "3"]).unwrap();
+        assert_eq!(cli.command, Command::Watch { count: Some(3) });
+        for simple in ["whoami", "status", "conversations", "contacts"] {
+            assert!(parse(&[simple]).is_ok(), "{simple}");
+        }
+    }
+
+    #[test]
+    fn bad_usernames_are_usage_errors() {
+        for bad in ["Bob", "b", "bob smith", "bob/../x", &"x".repeat(33), ""] {
+            for args in [
+                vec!["send", bad, "hi"],
+                vec!["register", bad],
+                vec!["history", bad],
+                vec!["verify", bad],
+                vec!["block", bad],
+            ] {
+                let e = parse(&args).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::ValueValidation, "{args:?}");
+                assert_eq!(e.exit_code(), 2);
+            }
+        }
+    }
+
+    #[test]
+    fn ids_are_hex() {
+        let cli = parse(&["delete", "bob", "--id", "00112233445566778899aabbccddeeff"]).unwrap();
+        let Command::Delete {
+            id: Some(id),
+            everywhere: false,
+            ..
+        } = cli.command
+        else {
+            panic!("unexpected {:?}", cli.command);
+        };
+        assert_eq!(id.to_hex(), "00112233445566778899aabbccddeeff");
+        for bad in ["xyz", "0011", "00112233445566778899aabbccddeeff00"] {
+            let e = parse(&["delete", "bob", "--id", bad]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::ValueValidation);
+            assert_eq!(e.exit_code(), 2);
+        }
+        let cli = parse(&["delete", "bob", "--everywhere"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Delete {
+                id: None,
+                everywhere: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn other_usage_errors_exit_2() {
+        for args in [
+            vec![],
+            vec!["frobnicate"],
+            vec!["send", "bob"],
+            vec!["watch", "--count", "0"],
+            vec!["expire", "bob", "-1"],
+            vec!["history", "bob", "--limit", "many"],
+        ] {
+            let e = parse(&args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn every_command_has_help_with_an_example() {
+        use clap::CommandFactory;
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            assert!(sub.get_about().is_some(), "{}", sub.get_name());
+            let after = sub
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(
+                after.contains(&format!("smvsctl {}", sub.get_name()))
+                    || after.contains(&format!("--json {}", sub.get_name())),
+                "{}: {after}",
+                sub.get_name()
+            );
+        }
+        let e = parse(&["send", "--help"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::DisplayHelp);
+        assert_eq!(e.exit_code(), 0);
+    }
+
+    #[test]
+    fn the_default_socket_follows_the_environment() {
+        let never = |_: &Path| false;
+        let always = |_: &Path| true;
+        assert_eq!(
+            resolve_default_socket(
+                Some("/tmp/x.sock".into()),
+                Some("/run/user/1000".into()),
+                always
+            ),
+            PathBuf::from("/tmp/x.sock")
+        );
+        assert_eq!(
+            resolve_default_socket(None, Some("/run/user/1000".into()), always),
+            PathBuf::from("/run/user/1000/smvs/smvsd.sock")
+        );
+        assert_eq!(
+            resolve_default_socket(None, Some("/run/user/1000".into()), never),
+            PathBuf::from(SYSTEM_SOCKET)
+        );
+        assert_eq!(
+            resolve_default_socket(Some("".into()), None, always),
+            PathBuf::from(SYSTEM_SOCKET)
+        );
+        assert_eq!(
+            resolve_default_socket(None, Some("".into()), always),
+            PathBuf::from(SYSTEM_SOCKET)
+        );
+    }
+}

@@ -1,0 +1,704 @@
+//! The connection to smvsd and typed calls over it.
+//!
+//! [`connect`] opens smvsd's Unix socket and runs plain Cap'n Proto two-party RPC over it (no
+//! Noise: on a local socket, file permissions and smvsd's `SO_PEERCRED` check decide who may
+//! talk). The RPC system is driven by a task spawned with `spawn_local`, so everything here must
+//! run inside a `tokio::task::LocalSet` on one thread; [`HostClient`] is `!Send`.
+//!
+//! Each method of [`HostClient`] makes one call of `schema/local.capnp`'s `Host` interface and
+//! turns the answer into plain owned Rust values (the `*View` types and [`HostStatus`]), checked
+//! on the way in: usernames are parsed, ids must be 16 bytes, enums must be known. Output never
+//! sees a Cap'n Proto reader.
+//!
+//! Events flow the other way: [`HostClient::subscribe`] hands smvsd an `EventSink` served here;
+//! each event smvsd calls it with is parsed into an [`EventView`] and put on a bounded channel.
+//! The sink's call returns only once the event is queued, so a slow reader slows smvsd's calls
+//! to this sink instead of growing a queue.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{twoparty, RpcSystem};
+use serde::{Serialize, Serializer};
+use smvs_schema::local_capnp::{event, event_sink, host, message, subscription};
+use smvs_schema::Username;
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::error::CtlError;
+
+/// How many parsed events may wait for the watcher before the sink stops answering smvsd.
+pub const EVENT_QUEUE: usize = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Message ids
+
+/// A message's id: 16 bytes, shown as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId([u8; MessageId::LEN]);
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("a message id is 32 hex digits (16 bytes); got {0:?}")]
+pub struct MessageIdError(String);
+
+impl MessageId {
+    pub const LEN: usize = 16;
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<MessageId> {
+        <[u8; MessageId::LEN]>::try_from(bytes).ok().map(MessageId)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; MessageId::LEN] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = MessageIdError;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let mut bytes = [0u8; MessageId::LEN];
+        hex::decode_to_slice(text, &mut bytes)
+            .map_err(|_| MessageIdError(text.chars().take(40).collect()))?;
+        Ok(MessageId(bytes))
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", self.to_hex())
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Views: what smvsd answered, as plain values
+
+/// Serializes a value by its `Display` form (usernames).
+fn as_display<T: fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(value)
+}
+
+/// The host's state, from `status` and `register`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostStatus {
+    /// `None` until a user is registered on this host.
+    pub username: Option<String>,
+    pub registered: bool,
+    /// Of our own identity; `None` before registration.
+    pub fingerprint: Option<String>,
+    /// As published in the directory; `None` before registration.
+    pub host_address: Option<String>,
+    pub directory: String,
+    /// Outgoing messages not yet delivered.
+    pub queued: u32,
+    pub version: String,
+}
+
+/// Where a message stands (`Message.Status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    Queued,
+    Sent,
+    Delivered,
+    Received,
+    Failed,
+    Held,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Queued => "queued",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Received => "received",
+            MessageStatus::Failed => "failed",
+            MessageStatus::Held => "held",
+        }
+    }
+}
+
+/// Whether a message fits the chain of its sender's messages (`Message.Integrity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Integrity {
+    Ok,
+    Gap,
+    OutOfOrder,
+    Unchecked,
+}
+
+impl Integrity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Integrity::Ok => "ok",
+            Integrity::Gap => "gap",
+            Integrity::OutOfOrder => "out_of_order",
+            Integrity::Unchecked => "unchecked",
+        }
+    }
+}
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageView {
+    pub id: MessageId,
+    #[serde(serialize_with = "as_display")]
+    pub from: Username,
+    #[serde(serialize_with = "as_display")]
+    pub to: Username,
+    /// Unix milliseconds, as the sender stated it.
+    pub time: i64,
+    pub status: MessageStatus,
+    pub integrity: Integrity,
+    pub body: String,
+}
+
+/// One conversation in the list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConversationView {
+    #[serde(serialize_with = "as_display")]
+    pub peer: Username,
+    pub messages: u32,
+    /// Unix milliseconds of the newest message.
+    pub last_time: i64,
+    /// 0: messages do not expire.
+    pub expire_seconds: u32,
+}
+
+/// One contact (a user whose identity key this host has pinned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContactView {
+    #[serde(serialize_with = "as_display")]
+    pub username: Username,
+    pub fingerprint: String,
+    pub blocked: bool,
+    /// The directory now shows another key; sends are refused until it is accepted.
+    pub key_changed: bool,
+    /// Not a contact yet: their messages are held.
+    pub request: bool,
+}
+
+/// The answer of `verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerificationView {
+    /// Whom this verification is about (the request's user).
+    #[serde(serialize_with = "as_display")]
+    pub user: Username,
+    /// 60 digits, the same on both sides.
+    pub safety_number: String,
+    /// Hex; the same on both sides when both saw the same history.
+    pub transcript_hash: String,
+    pub key_changed: bool,
+    /// A changed key was accepted by this call.
+    pub accepted: bool,
+}
+
+/// One event from a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventView {
+    MessageReceived {
+        id: MessageId,
+        #[serde(serialize_with = "as_display")]
+        peer: Username,
+        time: i64,
+    },
+    MessageStatus {
+        id: MessageId,
+        #[serde(serialize_with = "as_display")]
+        peer: Username,
+        status: MessageStatus,
+    },
+    KeyChanged {
+        #[serde(serialize_with = "as_display")]
+        peer: Username,
+    },
+    IntegrityProblem {
+        id: MessageId,
+        #[serde(serialize_with = "as_display")]
+        peer: Username,
+        time: i64,
+    },
+    /// `id: None`: the whole conversation was deleted.
+    Deleted {
+        id: Option<MessageId>,
+        #[serde(serialize_with = "as_display")]
+        peer: Username,
+        time: i64,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading answers
+
+fn text(what: &str, t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, CtlError> {
+    t?.to_string()
+        .map_err(|_| CtlError::Protocol(format!("{what} is not UTF-8")))
+}
+
+fn optional_text(
+    what: &str,
+    t: capnp::Result<capnp::text::Reader<'_>>,
+) -> Result<Option<String>, CtlError> {
+    let t = text(what, t)?;
+    Ok((!t.is_empty()).then_some(t))
+}
+
+fn username(what: &str, t: capnp::Result<capnp::text::Reader<'_>>) -> Result<Username, CtlError> {
+    let t = text(what, t)?;
+    Username::parse(&t).map_err(|e| CtlError::Protocol(format!("{what}: {e}")))
+}
+
+fn message_id(what: &str, d: capnp::Result<&[u8]>) -> Result<MessageId, CtlError> {
+    let d = d?;
+    MessageId::from_bytes(d).ok_or_else(|| {
+        CtlError::Protocol(format!(
+            "{what} is {} bytes, not {}",
+            d.len(),
+            MessageId::LEN
+        ))
+    })
+}
+
+fn unknown(what: &str, e: capnp::NotInSchema) -> CtlError {
+    CtlError::Protocol(format!(
+        "unknown {what} {} (is smvsctl older than smvsd?)",
+        e.0
+    ))
+}
+
+fn read_status(s: Result<message::Status, capnp::NotInSchema>) -> Result<MessageStatus, CtlError> {
+    Ok(match s.map_err(|e| unknown("message status", e))? {
+        message::Status::Queued => MessageStatus::Queued,
+        message::Status::Sent => MessageStatus::Sent,
+        message::Status::Delivered => MessageStatus::Delivered,
+        message::Status::Received => MessageStatus::Received,
+        message::Status::Failed => MessageStatus::Failed,
+        message::Status::Held => MessageStatus::Held,
+    })
+}
+
+fn read_integrity(
+    i: Result<message::Integrity, capnp::NotInSchema>,
+) -> Result<Integrity, CtlError> {
+    Ok(match i.map_err(|e| unknown("integrity state", e))? {
+        message::Integrity::Ok => Integrity::Ok,
+        message::Integrity::Gap => Integrity::Gap,
+        message::Integrity::OutOfOrder => Integrity::OutOfOrder,
+        message::Integrity::Unchecked => Integrity::Unchecked,
+    })
+}
+
+impl HostStatus {
+    pub fn read(r: smvs_schema::local_capnp::host_status::Reader<'_>) -> Result<Self, CtlError> {
+        Ok(HostStatus {
+            username: optional_text("username", r.get_username())?,
+            registered: r.get_registered(),
+            fingerprint: optional_text("fingerprint", r.get_fingerprint())?,
+            host_address: optional_text("host address", r.get_host_address())?,
+            directory: text("directory", r.get_directory())?,
+            queued: r.get_queued(),
+            version: text("version", r.get_version())?,
+        })
+    }
+}
+
+impl MessageView {
+    pub fn read(r: message::Reader<'_>) -> Result<Self, CtlError> {
+        Ok(MessageView {
+            id: message_id("message id", r.get_id())?,
+            from: username("sender", r.get_from())?,
+            to: username("recipient", r.get_to())?,
+            time: r.get_time(),
+            status: read_status(r.get_status())?,
+            integrity: read_integrity(r.get_integrity())?,
+            body: text("message body", r.get_body())?,
+        })
+    }
+}
+
+impl ConversationView {
+    pub fn read(r: smvs_schema::local_capnp::conversation::Reader<'_>) -> Result<Self, CtlError> {
+        Ok(ConversationView {
+            peer: username("conversation peer", r.get_peer())?,
+            messages: r.get_messages(),
+            last_time: r.get_last_time(),
+            expire_seconds: r.get_expire_seconds(),
+        })
+    }
+}
+
+impl ContactView {
+    pub fn read(r: smvs_schema::local_capnp::contact::Reader<'_>) -> Result<Self, CtlError> {
+        Ok(ContactView {
+            username: username("contact", r.get_username())?,
+            fingerprint: text("fingerprint", r.get_fingerprint())?,
+            blocked: r.get_blocked(),
+            key_changed: r.get_key_changed(),
+            request: r.get_request(),
+        })
+    }
+}
+
+impl VerificationView {
+    pub fn read(
+        user: Username,
+        r: smvs_schema::local_capnp::verification::Reader<'_>,
+    ) -> Result<Self, CtlError> {
+        Ok(VerificationView {
+            user,
+            safety_number: text("safety number", r.get_safety_number())?,
+            transcript_hash: text("transcript hash", r.get_transcript_hash())?,
+            key_changed: r.get_key_changed(),
+            accepted: r.get_accepted(),
+        })
+    }
+}
+
+impl EventView {
+    /// Parses one event. `Ok(None)`: a kind of event this smvsctl does not know (a newer smvsd);
+    /// it is skipped rather than ending the watch.
+    pub fn read(r: event::Reader<'_>) -> Result<Option<Self>, CtlError> {
+        let Ok(which) = r.which() else {
+            return Ok(None);
+        };
+        Ok(Some(match which {
+            event::MessageReceived(m) => {
+                let m = m?;
+                EventView::MessageReceived {
+                    id: message_id("message id", m.get_id())?,
+                    peer: username("peer", m.get_peer())?,
+                    time: m.get_time(),
+                }
+            }
+            event::MessageStatus(s) => {
+                let s = s?;
+                EventView::MessageStatus {
+                    id: message_id("message id", s.get_id())?,
+                    peer: username("peer", s.get_peer())?,
+                    status: read_status(s.get_status())?,
+                }
+            }
+            event::KeyChanged(peer) => EventView::KeyChanged {
+                peer: username("peer", peer)?,
+            },
+            event::IntegrityProblem(m) => {
+                let m = m?;
+                EventView::IntegrityProblem {
+                    id: message_id("message id", m.get_id())?,
+                    peer: username("peer", m.get_peer())?,
+                    time: m.get_time(),
+                }
+            }
+            event::Deleted(m) => {
+                let m = m?;
+                let id = m.get_id()?;
+                EventView::Deleted {
+                    id: if id.is_empty() {
+                        None
+                    } else {
+                        Some(message_id("message id", Ok(id))?)
+                    },
+                    peer: username("peer", m.get_peer())?,
+                    time: m.get_time(),
+                }
+            }
+        }))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The connection
+
+/// A connection to smvsd. Lives on the `LocalSet` it was made on.
+pub struct HostClient {
+    host: host::Client,
+    path: PathBuf,
+    /// Becomes `Some(reason)` when the RPC system stops (smvsd closed the connection, or it broke).
+    closed: watch::Receiver<Option<String>>,
+}
+
+/// Connects to smvsd at `path`. Must be called inside a `tokio::task::LocalSet`: the RPC system
+/// is spawned on it with `spawn_local`.
+pub async fn connect(path: &Path) -> Result<HostClient, CtlError> {
+    let stream = tokio::net::UnixStream::connect(path)
+        .await
+        .map_err(|source| CtlError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+    let (read, write) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        futures::io::BufReader::new(read.compat()),
+        write.compat_write(),
+        Side::Client,
+        smvs_schema::reader_options(),
+    );
+    let mut system = RpcSystem::new(Box::new(network), None);
+    let host: host::Client = system.bootstrap(Side::Server);
+    let (closed_tx, closed) = watch::channel(None);
+    tokio::task::spawn_local(async move {
+        let reason = match system.await {
+            Err(e) if e.kind != capnp::ErrorKind::Disconnected => e.to_string(),
+            _ => "smvsd closed the connection".to_string(),
+        };
+        // Nobody may be waiting for the reason any more; that is fine.
+        let _ = closed_tx.send(Some(reason));
+    });
+    Ok(HostClient {
+        host,
+        path: path.to_owned(),
+        closed,
+    })
+}
+
+/// Keeps a subscription alive; dropping it ends the subscription (smvsd stops calling the sink).
+pub struct Subscription {
+    _subscription: subscription::Client,
+}
+
+/// The `EventSink` smvsd calls: parses each event and queues it for the watcher.
+struct Sink {
+    events: mpsc::Sender<Result<EventView, CtlError>>,
+}
+
+impl event_sink::Server for Sink {
+    async fn event(
+        self: capnp::capability::Rc<Self>,
+        params: event_sink::EventParams,
+        _results: event_sink::EventResults,
+    ) -> Result<(), capnp::Error> {
+        // A malformed event still reaches the watcher, as an error, so it can say what broke.
+        let parsed = params
+            .get()
+            .and_then(|p| p.get_event())
+            .map_err(CtlError::from)
+            .and_then(EventView::read)
+            .transpose();
+        let Some(parsed) = parsed else {
+            return Ok(());
+        };
+        self.events
+            .send(parsed)
+            .await
+            .map_err(|_| capnp::Error::failed("the watcher has stopped".to_string()))
+    }
+}
+
+impl HostClient {
+    /// The socket this client is connected to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Resolves, with the reason, once the connection to smvsd has ended.
+    pub async fn closed(&self) -> String {
+        let mut closed = self.closed.clone();
+        let reason = match closed.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        reason.unwrap_or_else(|| "smvsd closed the connection".to_string())
+    }
+
+    pub async fn status(&self) -> Result<HostStatus, CtlError> {
+        let answer = self.host.status_request().send().promise.await?;
+        HostStatus::read(answer.get()?.get_status()?)
+    }
+
+    /// Makes keys in keyguard and registers `username` at the directory.
+    pub async fn register(&self, username: &Username) -> Result<HostStatus, CtlError> {
+        let mut request = self.host.register_request();
+        request.get().set_username(username.as_str());
+        let answer = request.send().promise.await?;
+        HostStatus::read(answer.get()?.get_status()?)
+    }
+
+    /// Returns once the message is durably queued.
+    pub async fn send(&self, to: &Username, body: &str) -> Result<MessageId, CtlError> {
+        let mut request = self.host.send_request();
+        {
+            let mut params = request.get();
+            params.set_to(to.as_str());
+            params.set_body(body);
+        }
+        let answer = request.send().promise.await?;
+        message_id("message id", answer.get()?.get_id())
+    }
+
+    /// Oldest first; the last `limit` messages (0: all).
+    pub async fn history(&self, peer: &Username, limit: u32) -> Result<Vec<MessageView>, CtlError> {
+        let mut request = self.host.history_request();
+        {
+            let mut params = request.get();
+            params.set_peer(peer.as_str());
+            params.set_limit(limit);
+        }
+        let answer = request.send().promise.await?;
+        answer
+            .get()?
+            .get_messages()?
+            .iter()
+            .map(MessageView::read)
+            .collect()
+    }
+
+    /// One message.
+    pub async fn message(&self, peer: &Username, id: &MessageId) -> Result<MessageView, CtlError> {
+        let mut request = self.host.message_request();
+        {
+            let mut params = request.get();
+            params.set_peer(peer.as_str());
+            params.set_id(id.as_bytes());
+        }
+        let answer = request.send().promise.await?;
+        MessageView::read(answer.get()?.get_message()?)
+    }
+
+    /// Subscribes to events: each one arrives on `events` (a malformed one as an error). Events
+    /// flow until the returned [`Subscription`] is dropped or the connection ends.
+    pub async fn subscribe(
+        &self,
+        events: mpsc::Sender<Result<EventView, CtlError>>,
+    ) -> Result<Subscription, CtlError> {
+        let sink: event_sink::Client = capnp_rpc::new_client(Sink { events });
+        let mut request = self.host.subscribe_request();
+        request.get().set_sink(sink);
+        let answer = request.send().promise.await?;
+        Ok(Subscription {
+            _subscription: answer.get()?.get_subscription()?,
+        })
+    }
+
+    pub async fn conversations(&self) -> Result<Vec<ConversationView>, CtlError> {
+        let answer = self.host.conversations_request().send().promise.await?;
+        answer
+            .get()?
+            .get_conversations()?
+            .iter()
+            .map(ConversationView::read)
+            .collect()
+    }
+
+    pub async fn contacts(&self) -> Result<Vec<ContactView>, CtlError> {
+        let answer = self.host.contacts_request().send().promise.await?;
+        answer
+            .get()?
+            .get_contacts()?
+            .iter()
+            .map(ContactView::read)
+            .collect()
+    }
+
+    pub async fn block(&self, user: &Username) -> Result<(), CtlError> {
+        let mut request = self.host.block_request();
+        request.get().set_user(user.as_str());
+        request.send().promise.await?;
+        Ok(())
+    }
+
+    pub async fn unblock(&self, user: &Username) -> Result<(), CtlError> {
+        let mut request = self.host.unblock_request();
+        request.get().set_user(user.as_str());
+        request.send().promise.await?;
+        Ok(())
+    }
+
+    /// The safety number with `user`; with `accept_new_key`, accepts a changed identity key.
+    pub async fn verify(
+        &self,
+        user: &Username,
+        accept_new_key: bool,
+    ) -> Result<VerificationView, CtlError> {
+        let mut request = self.host.verify_request();
+        {
+            let mut params = request.get();
+            params.set_user(user.as_str());
+            params.set_accept_new_key(accept_new_key);
+        }
+        let answer = request.send().promise.await?;
+        VerificationView::read(user.clone(), answer.get()?.get_verification()?)
+    }
+
+    /// Deletes one message (`id`) or, with `None`, the whole conversation (its key is
+    /// destroyed); `everywhere` asks the peer's host to delete too. Returns how many messages
+    /// were deleted.
+    pub async fn delete(
+        &self,
+        peer: &Username,
+        id: Option<&MessageId>,
+        everywhere: bool,
+    ) -> Result<u32, CtlError> {
+        let mut request = self.host.delete_request();
+        {
+            let mut params = request.get();
+            params.set_peer(peer.as_str());
+            params.set_id(id.map(|id| &id.as_bytes()[..]).unwrap_or(&[]));
+            params.set_everywhere(everywhere);
+        }
+        let answer = request.send().promise.await?;
+        Ok(answer.get()?.get_deleted())
+    }
+
+    /// Disappearing messages for the conversation with `peer`, on both hosts; 0 turns it off.
+    pub async fn expire(&self, peer: &Username, seconds: u32) -> Result<(), CtlError> {
+        let mut request = self.host.expire_request();
+        {
+            let mut params = request.get();
+            params.set_peer(peer.as_str());
+            params.set_seconds(seconds);
+        }
+        request.send().promise.await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_ids_parse_from_hex() {
+        let id: MessageId = "00112233445566778899AABBCCDDEEFF".parse().unwrap();
+        assert_eq!(id.to_hex(), "00112233445566778899aabbccddeeff");
+        assert_eq!(id.to_string(), id.to_hex());
+        assert_eq!(MessageId::from_bytes(id.as_bytes()), Some(id));
+        assert!("0011".parse::<MessageId>().is_err());
+        assert!("zz112233445566778899aabbccddeeff"
+            .parse::<MessageId>()
+            .is_err());
+        assert!("00112233445566778899aabbccddeeff00"
+            .parse::<MessageId>()
+            .is_err());
+        assert_eq!(MessageId::from_bytes(&[0; 15]), None);
+    }
+
+    #[test]
+    fn message_ids_serialize_as_hex() {
+        let id = MessageId([0xab; 16]);
+        assert_eq!(
+            serde_json::to_string(&id).unwrap(),
+            format!("\"{}\"", "ab".repeat(16))
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! One function per command: ask smvsd through [`HostClient`], render with [`crate::output`],
+//! write to `out`. Nothing here parses arguments (that is [`crate::cli`]) or formats by hand.
+
+use std::future::Future;
+use std::io::{Read, Write};
+
+use smvs_schema::Username;
+use tokio::sync::mpsc;
+
+use crate::cli::Command;
+use crate::client::{HostClient, MessageId, EVENT_QUEUE};
+use crate::error::{CtlError, ErrorCode};
+use crate::output::{self, Format};
+
+/// The largest message body read from stdin; smvsd refuses far smaller ones (`too-large`), this
+/// only bounds what smvsctl holds in memory.
+pub const MAX_STDIN_BODY: usize = smvs_schema::MAX_MESSAGE_BYTES;
+
+/// Writes one rendered answer and a newline, and flushes, so a reader on a pipe sees each line
+/// as soon as it is complete.
+fn emit(out: &mut dyn Write, text: &str) -> Result<(), CtlError> {
+    writeln!(out, "{text}").map_err(CtlError::output)?;
+    out.flush().map_err(CtlError::output)
+}
+
+/// The body of `send`: TEXT itself, or with `-` everything on `stdin` (UTF-8, at most
+/// [`MAX_STDIN_BODY`] bytes) minus one trailing newline, the one `echo` adds.
+pub fn read_body(text: &str, stdin: impl Read) -> Result<String, CtlError> {
+    if text != "-" {
+        return Ok(text.to_string());
+    }
+    let mut bytes = Vec::new();
+    stdin
+        .take(MAX_STDIN_BODY as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| CtlError::Io {
+            what: "cannot read the message from stdin",
+            source,
+        })?;
+    if bytes.len() > MAX_STDIN_BODY {
+        return Err(CtlError::Local(format!(
+            "the message on stdin is larger than {} MiB",
+            MAX_STDIN_BODY / (1024 * 1024)
+        )));
+    }
+    let mut body = String::from_utf8(bytes)
+        .map_err(|_| CtlError::Local("the message on stdin is not UTF-8".to_string()))?;
+    if body.ends_with('\n') {
+        body.pop();
+        if body.ends_with('\r') {
+            body.pop();
+        }
+    }
+    Ok(body)
+}
+
+/// Runs one command. `Send`'s text is the message itself: resolve `-` with [`read_body`] first.
+/// `stop` ends `watch` (the caller passes the SIGINT/SIGTERM future); other commands ignore it.
+pub async fn execute(
+    host: &HostClient,
+    command: &Command,
+    format: Format,
+    out: &mut dyn Write,
+    stop: impl Future<Output = ()>,
+) -> Result<(), CtlError> {
+    match command {
+        Command::Register { username } => register(host, format, out, username).await,
+        Command::Whoami => whoami(host, format, out).await,
+        Command::Status => status(host, format, out).await,
+        Command::Send { user, text } => send(host, format, out, user, text).await,
+        Command::History { user, limit } => history(host, format, out, user, *limit).await,
+        Command::Conversations => conversations(host, format, out).await,
+        Command::Watch { count } => watch(host, format, out, *count, stop).await,
+        Command::Delete {
+            user,
+            id,
+            everywhere,
+        } => delete(host, format, out, user, id.as_ref(), *everywhere).await,
+        Command::Block { user } => block(host, format, out, user, true).await,
+        Command::Unblock { user } => block(host, format, out, user, false).await,
+        Command::Contacts => contacts(host, format, out).await,
+        Command::Verify {
+            user,
+            accept_new_key,
+        } => verify(host, format, out, user, *accept_new_key).await,
+        Command::Expire { user, seconds } => expire(host, format, out, user, *seconds).await,
+    }
+}
+
+pub async fn register(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+    username: &Username,
+) -> Result<(), CtlError> {
+    let status = host.register(username).await?;
+    emit(
+        out,
+        &output::render(format, &status, output::register_text)?,
+    )
+}
+
+pub async fn whoami(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let status = host.status().await?;
+    let (Some(username), true) = (status.username.as_deref(), status.registered) else {
+        return Err(CtlError::Refused {
+            code: Some(ErrorCode::NotRegistered),
+            message: "no user is registered on this host; run: smvsctl register USERNAME"
+                .to_string(),
+        });
+    };
+    let fingerprint = status.fingerprint.as_deref().unwrap_or("");
+    let text = match format {
+        Format::Text => output::whoami_text(username, fingerprint),
+        Format::Json => output::to_json(&output::whoami_json(username, fingerprint))?,
+    };
+    emit(out, &text)
+}
+
+pub async fn status(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let status = host.status().await?;
+    emit(out, &output::render(format, &status, output::status_text)?)
+}
+
+pub async fn send(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+    to: &Username,
+    body: &str,
+) -> Result<(), CtlError> {
+    let id = host.send(to, body).await?;
+    let text = match format {
+        Format::Text => output::send_text(&id),
+        Format::Json => output::to_json(&output::send_json(to.as_str(), &id))?,
+    };
+    emit(out, &text)
+}
+
+pub async fn history(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+    peer: &Username,
+    limit: u32,
+) -> Result<(), CtlError> {
+    let messages = host.history(peer, limit).await?;
+    emit(
+        out,
+        &output::render(format, messages.as_slice(), |m| {
+            output::history_text(peer.as_str(), m)
+        })?,
+    )
+}
+
+pub async fn conversations(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let conversations = host.conversations().await?;
+    emit(
+        out,
+        &output::render(format, conversations.as_slice(), output::conversations_text)?,
+    )
+}
+
+/// Prints events as they come, one line each, until `count` were printed, `stop` resolves (both
+/// exit 0), or the connection ends (an error: whoever relies on the stream must know it broke).
+pub async fn watch(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+    count: Option<u64>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), CtlError> {
+    let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
+    // Held until we return: dropping it ends the subscription.
+    let _subscription = host.subscribe(events_tx).await?;
+    tokio::pin!(stop);
+    let mut printed = 0u64;
+    while count.is_none_or(|n| printed < n) {
+        tokio::select! {
+            // Events already queued are printed before a stop or a close is noticed.
+            biased;
+            event = events.recv() => {
+                let Some(event) = event else {
+                    return Err(CtlError::Disconnected("smvsd ended the subscription".to_string()));
+                };
+                let event = event?;
+                let line = match format {
+                    Format::Text => output::event_text(&event),
+                    Format::Json => output::to_json(&event)?,
+                };
+                emit(out, &line)?;
+                printed += 1;
+            }
+            () = &mut stop => return Ok(()),
+            reason = host.closed() => return Err(CtlError::Disconnected(reason)),
+        }
+    }
+    Ok(())
+}
+
+pub async fn delete(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+    peer: &Username,
+    id: Option<&MessageId>,
+    everywhere: bool,
+) -> Result<(), CtlError> {
+    let deleted = host.delete(peer, id, everywhere).await?;
+    let text = match format {
+        Format::Text => output::delete_text(peer.as_str(), id, everywhere, deleted),
+        Format::Json => {
+            output::to_json(&output::delete_json(peer.as_str(), id, everywhere, deleted))?
+        }
+    };
+    emit(out, &text)
+}
+
+/// `block` (`blocked: true`) and `unblock`.
+pub async fn block(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+    user: &Username,
+    blocked: bool,
+) -> Result<(), CtlError> {
+    if blocked {
+        host.block(user).await?;
+    } else {
+        host.unblock(user).await?;
+    }
+    let text = match format {
+        Format::Text => output::block_text(user.as_str(), blocked),
+        Format::Json => output::to_json(&output::block_json(user.as_str(), blocked))?,
+    };
+    emit(out, &text)
+}
+
+pub async fn contacts(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let contacts = host.contacts().await?;
+    emit(
+        out,
+        &output::render(format, contacts.as_slice(), output::contacts_text)?,
+    )
+}
+
+pub async fn verify(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+    user: &Username,
+    accept_new_key: bool,
+) -> Result<(), CtlError> {
+    let verification = host.verify(user, accept_new_key).await?;
+    emit(
+        out,
+        &output::render(format, &verification, output::verification_text)?,
+    )
+}
+
+pub async fn expire(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+    peer: &Username,
+    seconds: u32,
+) -> Result<(), CtlError> {
+    host.expire(peer, seconds).await?;
+    let text = match format {
+        Format::Text => output::expire_text(peer.as_str(), seconds),
+        Format::Json => output::to_json(&output::expire_json(peer.as_str(), seconds))?,
+    };
+    emit(out, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_come_from_the_argument_or_stdin() {
+        assert_eq!(read_body("hello", &b"ignored"[..]).unwrap(), "hello");
+        assert_eq!(read_body("-", &b"from stdin\n"[..]).unwrap(), "from stdin");
+        assert_eq!(read_body("-", &b"crlf\r\n"[..]).unwrap(), "crlf");
+        assert_eq!(read_body("-", &b"two\n\n"[..]).unwrap(), "two\n");
+        assert_eq!(read_body("-", &b"no newline"[..]).unwrap(), "no newline");
+        let e = read_body("-", &b"\xff\xfe"[..]).unwrap_err();
+        assert_eq!(e.to_string(), "the message on stdin is not UTF-8");
+        let big = vec![b'a'; MAX_STDIN_BODY + 1];
+        let e = read_body("-", big.as_slice()).unwrap_err();
+        assert!(e.to_string().contains("larger than 4 MiB"));
+    }
+}
