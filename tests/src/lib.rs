@@ -4,7 +4,9 @@
 
 pub mod daemon;
 pub mod directory;
+pub mod keyguard;
 pub mod postgres;
 
 pub use daemon::Daemon;
 pub use directory::{Backend, DirectoryProcess, TestUser};
+pub use keyguard::KeyguardProcess;

@@ -1,0 +1,292 @@
+//! The keyguard client: what smvsd uses to have its identity sign, open sealed boxes and derive
+//! keys, and what `smvs-keyguard check` uses to test access.
+//!
+//! Cap'n Proto capabilities are `!Send`: create and use a [`KeyguardClient`] inside a
+//! `tokio::task::LocalSet` (the connection is driven by a task spawned there), and keep it on
+//! that thread. Other threads talk to it through owned messages.
+//!
+//! Every answer is checked before it is handed back: bundles must verify, keys and signatures
+//! must have their exact lengths.
+
+use std::path::{Path, PathBuf};
+
+use capnp_rpc::rpc_twoparty_capnp::Side;
+use capnp_rpc::{twoparty, RpcSystem};
+use smvs_crypto::{AeadKey, AgreementPublicKey, IdentityBundle, SignContext, Signature, Zeroizing};
+use smvs_schema::common_capnp::identity_bundle;
+use smvs_schema::keyguard_capnp::keyguard;
+use thiserror::Error;
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+use crate::purpose::purpose_for;
+
+/// What can go wrong talking to keyguard. Every variant says which keyguard (its socket) and,
+/// once connected, which operation.
+#[derive(Debug, Error)]
+pub enum KeyguardError {
+    #[error("cannot connect to keyguard at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Keyguard answered with an error (for example "no identity: register first").
+    #[error("keyguard at {path} refused {operation}: {message}")]
+    Refused {
+        path: PathBuf,
+        operation: &'static str,
+        message: String,
+    },
+    /// The connection ended, typically because keyguard does not serve this uid.
+    #[error(
+        "keyguard at {path} closed the connection during {operation} ({detail}); is this uid \
+         among its --allow-uid?"
+    )]
+    Disconnected {
+        path: PathBuf,
+        operation: &'static str,
+        detail: String,
+    },
+    #[error("keyguard at {path}: {operation} failed: {detail}")]
+    Rpc {
+        path: PathBuf,
+        operation: &'static str,
+        detail: String,
+    },
+    #[error("keyguard at {path} answered {operation} with {what}")]
+    BadAnswer {
+        path: PathBuf,
+        operation: &'static str,
+        what: String,
+    },
+    /// Refused locally: keyguard never signs for this context (see `purpose_for`).
+    #[error("keyguard does not sign for context {context}")]
+    UnsupportedContext { context: &'static str },
+}
+
+/// A connection to keyguard.
+pub struct KeyguardClient {
+    keyguard: keyguard::Client,
+    path: PathBuf,
+}
+
+impl KeyguardClient {
+    /// Connects to the keyguard socket at `path`. Must be called inside a `LocalSet`.
+    ///
+    /// Connecting succeeds even for a uid keyguard does not serve (it closes the connection
+    /// right after accepting it): the first request then fails with
+    /// [`KeyguardError::Disconnected`].
+    pub async fn connect(path: &Path) -> Result<KeyguardClient, KeyguardError> {
+        let stream = tokio::net::UnixStream::connect(path)
+            .await
+            .map_err(|source| KeyguardError::Connect {
+                path: path.to_owned(),
+                source,
+            })?;
+        let (read, write) = stream.into_split();
+        let network = twoparty::VatNetwork::new(
+            futures::io::BufReader::new(read.compat()),
+            write.compat_write(),
+            Side::Client,
+            smvs_schema::reader_options(),
+        );
+        let mut system = RpcSystem::new(Box::new(network), None);
+        let keyguard: keyguard::Client = system.bootstrap(Side::Server);
+        tokio::task::spawn_local(async move {
+            if let Err(e) = system.await {
+                tracing::debug!(error = %e, "keyguard connection ended");
+            }
+        });
+        Ok(KeyguardClient {
+            keyguard,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The socket this client is connected to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The raw capability, for tools and tests that must send requests the typed methods would
+    /// refuse to build.
+    pub fn capability(&self) -> keyguard::Client {
+        self.keyguard.clone()
+    }
+
+    /// The identity's public keys, or `None` when no identity has been created yet.
+    pub async fn public_keys(&self) -> Result<Option<IdentityBundle>, KeyguardError> {
+        const OP: &str = "publicKeys";
+        let response = self
+            .keyguard
+            .public_keys_request()
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let r = response.get().map_err(|e| self.rpc_error(OP, e))?;
+        if !r.get_exists() {
+            return Ok(None);
+        }
+        let bundle = r.get_identity().map_err(|e| self.rpc_error(OP, e))?;
+        self.read_bundle(OP, bundle).map(Some)
+    }
+
+    /// Creates the identity if there is none yet; returns the existing one otherwise.
+    pub async fn create_identity(&self) -> Result<IdentityBundle, KeyguardError> {
+        const OP: &str = "createIdentity";
+        let response = self
+            .keyguard
+            .create_identity_request()
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let bundle = response
+            .get()
+            .and_then(|r| r.get_identity())
+            .map_err(|e| self.rpc_error(OP, e))?;
+        self.read_bundle(OP, bundle)
+    }
+
+    /// Has the identity sign `message` for `context`. Contexts keyguard never signs for
+    /// (`IdentityAgreementKey`, `DirectoryRecord`) are refused here, without a request.
+    pub async fn sign(
+        &self,
+        context: SignContext,
+        message: &[u8],
+    ) -> Result<Signature, KeyguardError> {
+        const OP: &str = "sign";
+        let purpose = purpose_for(context).ok_or(KeyguardError::UnsupportedContext {
+            context: context.label(),
+        })?;
+        let mut request = self.keyguard.sign_request();
+        request.get().set_purpose(purpose);
+        request.get().set_message(message);
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let bytes = response
+            .get()
+            .and_then(|r| r.get_signature())
+            .map_err(|e| self.rpc_error(OP, e))?;
+        Signature::from_bytes(bytes).map_err(|e| self.bad_answer(OP, e))
+    }
+
+    /// Opens a sealed box addressed to the identity's agreement key.
+    pub async fn open_sealed(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyguardError> {
+        const OP: &str = "openSealed";
+        let mut request = self.keyguard.open_sealed_request();
+        request.get().set_sealed(sealed);
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let plaintext = response
+            .get()
+            .and_then(|r| r.get_plaintext())
+            .map_err(|e| self.rpc_error(OP, e))?;
+        Ok(Zeroizing::new(plaintext.to_vec()))
+    }
+
+    /// HKDF-SHA256(salt, X25519(identity agreement secret, `peer`), info): a 32-byte key.
+    /// Keyguard refuses an empty `info`, a salt or info over 1 KiB and a low-order `peer`.
+    pub async fn derive_shared_key(
+        &self,
+        peer: &AgreementPublicKey,
+        salt: &[u8],
+        info: &[u8],
+    ) -> Result<AeadKey, KeyguardError> {
+        const OP: &str = "deriveSharedKey";
+        let mut request = self.keyguard.derive_shared_key_request();
+        {
+            let mut r = request.get();
+            r.set_peer_agreement_key(peer.as_bytes());
+            r.set_salt(salt);
+            r.set_info(info);
+        }
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let key = response
+            .get()
+            .and_then(|r| r.get_key())
+            .map_err(|e| self.rpc_error(OP, e))?;
+        AeadKey::from_bytes(key).map_err(|e| self.bad_answer(OP, e))
+    }
+
+    /// The key that wraps smvsd's per-conversation storage keys. The same on every call and
+    /// across restarts of keyguard, for as long as its key directory is kept.
+    pub async fn derive_storage_key(&self) -> Result<AeadKey, KeyguardError> {
+        const OP: &str = "deriveStorageKey";
+        let response = self
+            .keyguard
+            .derive_storage_key_request()
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let key = response
+            .get()
+            .and_then(|r| r.get_key())
+            .map_err(|e| self.rpc_error(OP, e))?;
+        AeadKey::from_bytes(key).map_err(|e| self.bad_answer(OP, e))
+    }
+
+    fn read_bundle(
+        &self,
+        operation: &'static str,
+        bundle: identity_bundle::Reader<'_>,
+    ) -> Result<IdentityBundle, KeyguardError> {
+        let rpc = |e| self.rpc_error(operation, e);
+        IdentityBundle::from_parts(
+            bundle.get_signing_key().map_err(rpc)?,
+            bundle.get_agreement_key().map_err(rpc)?,
+            bundle.get_agreement_signature().map_err(rpc)?,
+        )
+        .map_err(|e| self.bad_answer(operation, format!("an identity that does not verify ({e})")))
+    }
+
+    fn bad_answer(&self, operation: &'static str, what: impl ToString) -> KeyguardError {
+        KeyguardError::BadAnswer {
+            path: self.path.clone(),
+            operation,
+            what: what.to_string(),
+        }
+    }
+
+    fn rpc_error(&self, operation: &'static str, e: capnp::Error) -> KeyguardError {
+        let path = self.path.clone();
+        match e.kind {
+            capnp::ErrorKind::Disconnected | capnp::ErrorKind::PrematureEndOfFile => {
+                KeyguardError::Disconnected {
+                    path,
+                    operation,
+                    detail: e.extra,
+                }
+            }
+            // Keyguard's own refusals arrive as remote exceptions; a local I/O failure is also
+            // of kind Failed, so the prefix tells the two apart.
+            capnp::ErrorKind::Failed if e.extra.starts_with(REMOTE_PREFIX) => {
+                KeyguardError::Refused {
+                    path,
+                    operation,
+                    message: e.extra[REMOTE_PREFIX.len()..].to_owned(),
+                }
+            }
+            _ => KeyguardError::Rpc {
+                path,
+                operation,
+                detail: e.to_string(),
+            },
+        }
+    }
+}
+
+/// How capnp-rpc prefixes an exception thrown by the other side.
+const REMOTE_PREFIX: &str = "remote exception: ";

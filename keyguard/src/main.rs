@@ -1,0 +1,115 @@
+//! `smvs-keyguard`: hold a user's identity keys for smvsd, or check access to a running one.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use smvs_keyguard::{KeyguardClient, KeyguardConfig, KeyguardServer, DEFAULT_MAX_CONNECTIONS};
+
+#[derive(Parser)]
+#[command(
+    name = "smvs-keyguard",
+    version,
+    about = "The SMVS key guard: holds identity secret keys, serves only smvsd's uid",
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Directory of the secret key files (created 0700 when absent).
+    #[arg(long, required = true)]
+    key_dir: Option<PathBuf>,
+    /// Unix socket to serve on.
+    #[arg(long, required = true)]
+    socket: Option<PathBuf>,
+    /// A uid allowed to connect (smvsd's); repeat for more.
+    #[arg(long = "allow-uid", value_name = "UID", required = true)]
+    allow_uids: Vec<u32>,
+    /// Connections served at once.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to a running keyguard as this uid and print whether an identity exists.
+    Check {
+        #[arg(long)]
+        socket: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    smvs_service::logging::init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smvs-keyguard: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let local = tokio::task::LocalSet::new();
+    if let Some(Command::Check { socket, json }) = cli.command {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return local.block_on(&runtime, check(&socket, json));
+    }
+    // Before anything else, and above all before any key is read.
+    smvs_keyguard::harden::harden_process()?;
+    let (Some(key_dir), Some(socket)) = (cli.key_dir, cli.socket) else {
+        anyhow::bail!("--key-dir and --socket are required");
+    };
+    let config = KeyguardConfig {
+        key_dir,
+        socket,
+        allowed_uids: cli.allow_uids,
+        max_connections: cli.max_connections,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    local.block_on(&runtime, async {
+        // Listen for stop signals before saying READY, so an early SIGTERM is not missed.
+        let stop = smvs_service::signals::stop_signal()?;
+        let server = KeyguardServer::bind(config).await?;
+        let status = format!("listening on {}", server.socket_path().display());
+        smvs_service::notify::ready_with_status(&status);
+        let signal = stop.await;
+        tracing::info!(signal, "stopping");
+        smvs_service::notify::stopping();
+        server.shutdown();
+        server.join().await;
+        Ok(())
+    })
+}
+
+async fn check(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let client = KeyguardClient::connect(socket).await?;
+    let identity = client.public_keys().await?;
+    match (identity, json) {
+        (Some(id), false) => println!(
+            "identity: present\nsigning key: {}\nagreement key: {}",
+            id.signing_key.to_hex(),
+            id.agreement_key.to_hex()
+        ),
+        (None, false) => println!("identity: none yet (smvsctl register creates it)"),
+        (Some(id), true) => println!(
+            "{}",
+            serde_json::json!({
+                "exists": true,
+                "signing_key": id.signing_key.to_hex(),
+                "agreement_key": id.agreement_key.to_hex(),
+            })
+        ),
+        (None, true) => println!("{}", serde_json::json!({ "exists": false })),
+    }
+    Ok(())
+}

@@ -1,0 +1,240 @@
+//! The `Keyguard` RPC object (one per connection) over the `Vault` (one per process).
+//!
+//! Everything runs on one thread. No handler awaits between reading the vault and changing it,
+//! so two `createIdentity` calls, even on two connections, can never both see "no identity"
+//! and create two: the second finds the first's.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::rc::Rc;
+
+use smvs_crypto::{hkdf_sha256, AeadKey, AgreementPublicKey, IdentityBundle, IdentityKeys};
+use smvs_schema::common_capnp::identity_bundle;
+use smvs_schema::keyguard_capnp::keyguard;
+
+use crate::keydir::{KeyDir, KeyDirError};
+use crate::purpose::context_for;
+
+/// HKDF salt and info for the storage key. Changing either changes every user's storage key.
+const STORAGE_KEY_SALT: &[u8] = b"smvs-storage-key-v1";
+const STORAGE_KEY_INFO: &[u8] = b"storage";
+/// The largest salt and info `deriveSharedKey` takes. Real callers use a few dozen bytes.
+pub(crate) const MAX_SALT_LEN: usize = 1024;
+pub(crate) const MAX_INFO_LEN: usize = 1024;
+
+/// The identity, with its public bundle computed once.
+struct Identity {
+    keys: IdentityKeys,
+    bundle: IdentityBundle,
+}
+
+impl Identity {
+    fn new(keys: IdentityKeys) -> Identity {
+        let bundle = keys.bundle();
+        Identity { keys, bundle }
+    }
+}
+
+/// The process's secrets: the key directory, the identity once it exists, and the storage key
+/// (the storage secret itself is dropped, and zeroed, as soon as the key is derived).
+pub(crate) struct Vault {
+    dir: KeyDir,
+    identity: RefCell<Option<Identity>>,
+    storage_key: AeadKey,
+}
+
+impl Vault {
+    pub(crate) fn open(dir: KeyDir) -> Result<Vault, KeyDirError> {
+        let secret = dir.storage_secret()?;
+        let storage_key = hkdf_sha256(STORAGE_KEY_SALT, &secret[..], STORAGE_KEY_INFO, 32)
+            .and_then(|bytes| AeadKey::from_bytes(&bytes))
+            .map_err(|source| KeyDirError::BadKey {
+                path: dir.path().join(crate::keydir::STORAGE_FILE),
+                source,
+            })?;
+        drop(secret);
+        let identity = dir.load_identity()?.map(Identity::new);
+        Ok(Vault {
+            dir,
+            identity: RefCell::new(identity),
+            storage_key,
+        })
+    }
+
+    pub(crate) fn bundle(&self) -> Option<IdentityBundle> {
+        self.identity.borrow().as_ref().map(|id| id.bundle)
+    }
+
+    /// The identity's bundle, and whether this call created it.
+    fn create_identity(&self) -> Result<(IdentityBundle, bool), KeyDirError> {
+        if let Some(bundle) = self.bundle() {
+            return Ok((bundle, false));
+        }
+        let identity = Identity::new(self.dir.create_identity()?);
+        let bundle = identity.bundle;
+        *self.identity.borrow_mut() = Some(identity);
+        Ok((bundle, true))
+    }
+
+    fn with_identity<T>(&self, f: impl FnOnce(&IdentityKeys) -> T) -> Result<T, capnp::Error> {
+        match self.identity.borrow().as_ref() {
+            Some(identity) => Ok(f(&identity.keys)),
+            None => Err(refuse("no identity: register first")),
+        }
+    }
+}
+
+/// Who is on the other end of a connection, from SO_PEERCRED.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer {
+    pub uid: u32,
+    /// 0 when unknown, as the kernel reports a peer in another pid namespace.
+    pub pid: i32,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "uid {} pid {}", self.uid, self.pid)
+    }
+}
+
+fn refuse(text: impl Into<String>) -> capnp::Error {
+    capnp::Error::failed(text.into())
+}
+
+fn write_bundle(mut b: identity_bundle::Builder<'_>, bundle: &IdentityBundle) {
+    b.set_signing_key(bundle.signing_key.as_bytes());
+    b.set_agreement_key(bundle.agreement_key.as_bytes());
+    b.set_agreement_signature(bundle.agreement_signature.as_bytes());
+}
+
+pub(crate) struct KeyguardRpc {
+    vault: Rc<Vault>,
+    peer: Peer,
+}
+
+impl KeyguardRpc {
+    pub(crate) fn new(vault: Rc<Vault>, peer: Peer) -> KeyguardRpc {
+        KeyguardRpc { vault, peer }
+    }
+}
+
+impl keyguard::Server for KeyguardRpc {
+    async fn public_keys(
+        self: Rc<Self>,
+        _: keyguard::PublicKeysParams,
+        mut results: keyguard::PublicKeysResults,
+    ) -> Result<(), capnp::Error> {
+        let mut r = results.get();
+        match self.vault.bundle() {
+            Some(bundle) => {
+                write_bundle(r.reborrow().init_identity(), &bundle);
+                r.set_exists(true);
+            }
+            None => r.set_exists(false),
+        }
+        Ok(())
+    }
+
+    async fn create_identity(
+        self: Rc<Self>,
+        _: keyguard::CreateIdentityParams,
+        mut results: keyguard::CreateIdentityResults,
+    ) -> Result<(), capnp::Error> {
+        let (bundle, created) = self.vault.create_identity().map_err(|e| {
+            tracing::error!(error = %e, "cannot create the identity");
+            refuse(format!("cannot create the identity: {e}"))
+        })?;
+        if created {
+            tracing::info!(
+                signing_key = %bundle.signing_key.to_hex(),
+                uid = self.peer.uid,
+                pid = self.peer.pid,
+                "created the identity"
+            );
+        }
+        write_bundle(results.get().init_identity(), &bundle);
+        Ok(())
+    }
+
+    async fn sign(
+        self: Rc<Self>,
+        params: keyguard::SignParams,
+        mut results: keyguard::SignResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let purpose = params
+            .get_purpose()
+            .map_err(|_| refuse("unknown signing purpose"))?;
+        let message = params.get_message()?;
+        let context = context_for(purpose);
+        let signature = self
+            .vault
+            .with_identity(|id| id.signing.sign(context, message))?;
+        tracing::debug!(peer = %self.peer, context = context.label(), "signed");
+        results.get().set_signature(signature.as_bytes());
+        Ok(())
+    }
+
+    async fn open_sealed(
+        self: Rc<Self>,
+        params: keyguard::OpenSealedParams,
+        mut results: keyguard::OpenSealedResults,
+    ) -> Result<(), capnp::Error> {
+        let sealed = params.get()?.get_sealed()?;
+        let plaintext = self
+            .vault
+            .with_identity(|id| id.agreement.open_sealed(sealed))?
+            .map_err(|e| refuse(format!("cannot open the sealed box: {e}")))?;
+        results.get().set_plaintext(&plaintext);
+        Ok(())
+    }
+
+    async fn derive_shared_key(
+        self: Rc<Self>,
+        params: keyguard::DeriveSharedKeyParams,
+        mut results: keyguard::DeriveSharedKeyResults,
+    ) -> Result<(), capnp::Error> {
+        let params = params.get()?;
+        let salt = params.get_salt()?;
+        let info = params.get_info()?;
+        if info.is_empty() {
+            return Err(refuse(
+                "info must not be empty: it names what the derived key is for",
+            ));
+        }
+        if info.len() > MAX_INFO_LEN {
+            return Err(refuse(format!(
+                "info is {} bytes; at most {MAX_INFO_LEN} are allowed",
+                info.len()
+            )));
+        }
+        if salt.len() > MAX_SALT_LEN {
+            return Err(refuse(format!(
+                "salt is {} bytes; at most {MAX_SALT_LEN} are allowed",
+                salt.len()
+            )));
+        }
+        let peer = AgreementPublicKey::from_bytes(params.get_peer_agreement_key()?)
+            .map_err(|e| refuse(format!("peer agreement key: {e}")))?;
+        let shared = self
+            .vault
+            .with_identity(|id| id.agreement.agree(&peer))?
+            .map_err(|e| refuse(format!("peer agreement key: {e}")))?;
+        let key = hkdf_sha256(salt, shared.expose(), info, 32).map_err(|e| {
+            tracing::error!(error = %e, "HKDF failed");
+            refuse("key derivation failed")
+        })?;
+        results.get().set_key(&key);
+        Ok(())
+    }
+
+    async fn derive_storage_key(
+        self: Rc<Self>,
+        _: keyguard::DeriveStorageKeyParams,
+        mut results: keyguard::DeriveStorageKeyResults,
+    ) -> Result<(), capnp::Error> {
+        results.get().set_key(self.vault.storage_key.expose());
+        Ok(())
+    }
+}

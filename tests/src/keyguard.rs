@@ -1,0 +1,111 @@
+//! A real `smvs-keyguard` process with its own temporary key directory and socket, serving the
+//! uid the tests run as.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use smvs_keyguard::KeyguardClient;
+use tempfile::TempDir;
+
+use crate::daemon::{binary, Daemon};
+
+/// A keyguard process. Its temporary directory holds the key directory (`keys/`, made 0700 by
+/// keyguard), the socket and the log.
+pub struct KeyguardProcess {
+    pub daemon: Daemon,
+    pub dir: TempDir,
+    pub key_dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl KeyguardProcess {
+    /// Starts keyguard in a fresh temporary directory.
+    pub fn start(extra: &[&str]) -> anyhow::Result<KeyguardProcess> {
+        Self::start_in(temp_dir()?, extra)
+    }
+
+    /// Starts keyguard on the key directory and socket in `dir` (a restart, or a directory a
+    /// test prepared).
+    pub fn start_in(dir: TempDir, extra: &[&str]) -> anyhow::Result<KeyguardProcess> {
+        let key_dir = dir.path().join("keys");
+        let socket = dir.path().join("keyguard.sock");
+        let mut args = server_args(&key_dir, &socket);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = dir.path().join(format!(
+            "keyguard-{}.log",
+            smvs_crypto::random_array::<3>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ));
+        let daemon = Daemon::start("smvs-keyguard", &binary("smvs-keyguard")?, &args, &log, &[])?;
+        let expected = format!("listening on {}", socket.display());
+        if daemon.status != expected {
+            bail!("unexpected status {:?}, wanted {expected:?}", daemon.status);
+        }
+        Ok(KeyguardProcess {
+            daemon,
+            dir,
+            key_dir,
+            socket,
+        })
+    }
+
+    /// Stops keyguard with SIGTERM (which must succeed and remove the socket) and starts it
+    /// again on the same key directory.
+    pub fn restart(self, extra: &[&str]) -> anyhow::Result<KeyguardProcess> {
+        let KeyguardProcess {
+            daemon,
+            dir,
+            socket,
+            ..
+        } = self;
+        let status = daemon.stop()?;
+        if !status.success() {
+            bail!("keyguard did not stop cleanly: {status}");
+        }
+        if socket.exists() {
+            bail!("keyguard left its socket {} behind", socket.display());
+        }
+        Self::start_in(dir, extra)
+    }
+
+    /// A client connected as the test's own uid. Call inside a `LocalSet`.
+    pub async fn client(&self) -> anyhow::Result<KeyguardClient> {
+        KeyguardClient::connect(&self.socket)
+            .await
+            .context("connecting to keyguard")
+    }
+
+    /// `smvs-keyguard check --socket …`, ready to be given a uid or more arguments.
+    pub fn check_command(&self) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(binary("smvs-keyguard")?);
+        cmd.arg("check")
+            .arg("--socket")
+            .arg(&self.socket)
+            .env_remove("RUST_LOG");
+        Ok(cmd)
+    }
+}
+
+/// A temporary directory another uid can pass through (0711) but not list, so that only the
+/// socket's own checks decide who gets in; the key directory inside stays 0700.
+pub fn temp_dir() -> anyhow::Result<TempDir> {
+    let dir = tempfile::Builder::new().prefix("smvs-kg-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    Ok(dir)
+}
+
+/// The arguments that serve `socket` from `key_dir` to the current uid.
+pub fn server_args(key_dir: &Path, socket: &Path) -> Vec<String> {
+    vec![
+        "--key-dir".into(),
+        key_dir.display().to_string(),
+        "--socket".into(),
+        socket.display().to_string(),
+        "--allow-uid".into(),
+        nix::unistd::geteuid().as_raw().to_string(),
+    ]
+}

@@ -1,0 +1,515 @@
+//! smvs-keyguard as a real process: identities, signatures, sealed boxes and derived keys through
+//! its real client; refusals of other uids, loose permissions and malformed input; hardening.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use smvs_crypto::{hkdf_sha256, seal, AgreementKeyPair, AgreementPublicKey, SignContext};
+use smvs_keyguard::keydir::{AGREEMENT_FILE, SIGNING_FILE, STORAGE_FILE};
+use smvs_keyguard::KeyguardError;
+use smvs_tests::daemon::binary;
+use smvs_tests::keyguard::{server_args, temp_dir};
+use smvs_tests::KeyguardProcess;
+
+/// The uid and gid of `nobody` on Debian.
+const NOBODY: u32 = 65534;
+
+const SIGNED_CONTEXTS: [SignContext; 5] = [
+    SignContext::TransportCertificate,
+    SignContext::DirectoryRegistration,
+    SignContext::KeyRotation,
+    SignContext::Envelope,
+    SignContext::Receipt,
+];
+
+const ALL_CONTEXTS: [SignContext; 7] = [
+    SignContext::IdentityAgreementKey,
+    SignContext::TransportCertificate,
+    SignContext::DirectoryRegistration,
+    SignContext::DirectoryRecord,
+    SignContext::KeyRotation,
+    SignContext::Envelope,
+    SignContext::Receipt,
+];
+
+fn run<F: Future<Output = ()>>(f: F) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f);
+}
+
+fn refused<T: std::fmt::Debug>(result: Result<T, KeyguardError>, wanted: &str) {
+    match result {
+        Err(e @ KeyguardError::Refused { .. }) => {
+            assert!(e.to_string().contains(wanted), "{e} (wanted {wanted:?})")
+        }
+        other => panic!("expected a refusal containing {wanted:?}, got {other:?}"),
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn identity_is_made_once_and_its_keys_work() {
+    run(async {
+        let kg = KeyguardProcess::start(&[]).unwrap();
+        let client = kg.client().await.unwrap();
+        assert_eq!(client.public_keys().await.unwrap(), None);
+
+        // Nothing that needs the identity works before it exists; the storage key does.
+        refused(
+            client.sign(SignContext::Envelope, b"m").await,
+            "no identity: register first",
+        );
+        refused(
+            client.open_sealed(&[0u8; 64]).await,
+            "no identity: register first",
+        );
+        let stranger = AgreementKeyPair::generate().unwrap();
+        refused(
+            client
+                .derive_shared_key(&stranger.public(), b"", b"info")
+                .await,
+            "no identity: register first",
+        );
+        let storage_key = client.derive_storage_key().await.unwrap();
+        assert!(!kg.key_dir.join(SIGNING_FILE).exists());
+        assert!(!kg.key_dir.join(AGREEMENT_FILE).exists());
+
+        // Two connections asking at once get one identity.
+        let other = kg.client().await.unwrap();
+        let (a, b) = tokio::join!(client.create_identity(), other.create_identity());
+        let bundle = a.unwrap();
+        assert_eq!(b.unwrap(), bundle);
+        bundle.verify().unwrap();
+        assert_eq!(client.create_identity().await.unwrap(), bundle);
+        assert_eq!(other.public_keys().await.unwrap(), Some(bundle));
+
+        // Signatures verify under their own context and no other.
+        for context in SIGNED_CONTEXTS {
+            let signature = client.sign(context, b"the message").await.unwrap();
+            bundle
+                .signing_key
+                .verify(context, b"the message", &signature)
+                .unwrap();
+            assert!(bundle
+                .signing_key
+                .verify(context, b"the messagE", &signature)
+                .is_err());
+            for wrong in ALL_CONTEXTS.into_iter().filter(|c| *c != context) {
+                assert!(
+                    bundle
+                        .signing_key
+                        .verify(wrong, b"the message", &signature)
+                        .is_err(),
+                    "a {context:?} signature verified as {wrong:?}"
+                );
+            }
+        }
+        // The identity never vouches for another key, and never signs as a directory.
+        for context in [
+            SignContext::IdentityAgreementKey,
+            SignContext::DirectoryRecord,
+        ] {
+            assert!(matches!(
+                client.sign(context, b"x").await,
+                Err(KeyguardError::UnsupportedContext { .. })
+            ));
+        }
+
+        // Sealed boxes to the identity open; boxes to another key do not.
+        let sealed = seal(&bundle.agreement_key, b"sealed token").unwrap();
+        assert_eq!(
+            &client.open_sealed(&sealed).await.unwrap()[..],
+            b"sealed token"
+        );
+        let elsewhere = seal(&stranger.public(), b"not for keyguard").unwrap();
+        refused(
+            client.open_sealed(&elsewhere).await,
+            "cannot open the sealed box",
+        );
+
+        // The shared key is what the peer computes on its side.
+        let peer = AgreementKeyPair::generate().unwrap();
+        let salt = b"conversation salt";
+        let info = b"smvs session v1";
+        let ours = client
+            .derive_shared_key(&peer.public(), salt, info)
+            .await
+            .unwrap();
+        let theirs = hkdf_sha256(
+            salt,
+            peer.agree(&bundle.agreement_key).unwrap().expose(),
+            info,
+            32,
+        )
+        .unwrap();
+        assert_eq!(ours.expose()[..], theirs[..]);
+        let other_info = client
+            .derive_shared_key(&peer.public(), salt, b"another purpose")
+            .await
+            .unwrap();
+        assert_ne!(other_info.expose(), ours.expose());
+
+        // What deriveSharedKey refuses.
+        refused(
+            client.derive_shared_key(&peer.public(), salt, b"").await,
+            "info must not be empty",
+        );
+        refused(
+            client
+                .derive_shared_key(&peer.public(), &[7u8; 1025], info)
+                .await,
+            "salt is 1025 bytes",
+        );
+        let low_order = AgreementPublicKey::from_bytes(&[0u8; 32]).unwrap();
+        refused(
+            client.derive_shared_key(&low_order, salt, info).await,
+            "weak shared secret",
+        );
+        // A key of the wrong length cannot be built with the typed client; send it raw.
+        let mut request = client.capability().derive_shared_key_request();
+        request.get().set_peer_agreement_key(&[9u8; 31]);
+        request.get().set_info(info);
+        let err = request.send().promise.await.err().unwrap();
+        assert!(
+            err.to_string().contains("must be 32 bytes, got 31"),
+            "{err}"
+        );
+
+        // A restart keeps the identity and the storage key.
+        drop((client, other));
+        let kg = kg.restart(&[]).unwrap();
+        let client = kg.client().await.unwrap();
+        assert_eq!(client.public_keys().await.unwrap(), Some(bundle));
+        let again = client.derive_storage_key().await.unwrap();
+        assert_eq!(again.expose(), storage_key.expose());
+        let resigned = client.sign(SignContext::Receipt, b"r").await.unwrap();
+        bundle
+            .signing_key
+            .verify(SignContext::Receipt, b"r", &resigned)
+            .unwrap();
+
+        // No answer is a key file's content; every key file is private.
+        let mut files = 0;
+        for entry in std::fs::read_dir(&kg.key_dir).unwrap() {
+            let entry = entry.unwrap();
+            let content = std::fs::read(entry.path()).unwrap();
+            assert_eq!(content.len(), 32);
+            assert_ne!(content[..], storage_key.expose()[..]);
+            assert_ne!(content[..], ours.expose()[..]);
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", entry.path().display());
+            files += 1;
+        }
+        assert_eq!(files, 3, "identity.sign, identity.agree, storage.secret");
+        let dir_mode = std::fs::metadata(&kg.key_dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(dir_mode, 0o700);
+
+        let status = kg.daemon.stop().unwrap();
+        assert_eq!(status.code(), Some(0), "SIGTERM must stop cleanly");
+        assert!(!kg.socket.exists(), "the socket file is removed on stop");
+    });
+}
+
+#[test]
+fn check_prints_the_public_keys_to_an_allowed_uid() {
+    run(async {
+        let kg = KeyguardProcess::start(&[]).unwrap();
+        let out = kg.check_command().unwrap().arg("--json").output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["exists"], false);
+
+        let bundle = kg.client().await.unwrap().create_identity().await.unwrap();
+        let out = kg.check_command().unwrap().arg("--json").output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["exists"], true);
+        assert_eq!(v["signing_key"], bundle.signing_key.to_hex());
+        assert_eq!(v["agreement_key"], bundle.agreement_key.to_hex());
+        let out = kg.check_command().unwrap().output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(text.contains(&bundle.signing_key.to_hex()), "{text}");
+    });
+}
+
+#[test]
+fn another_uid_is_refused_and_logged() {
+    if !is_root() {
+        eprintln!("skipped: running a client as uid {NOBODY} needs root");
+        return;
+    }
+    let kg = KeyguardProcess::start(&[]).unwrap();
+    let out = kg
+        .check_command()
+        .unwrap()
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("closed the connection"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(out.stdout.is_empty());
+    // The log line is written before the connection is closed, so it is there now.
+    let log = kg.daemon.log_text();
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("refused a connection"))
+        .unwrap_or_else(|| panic!("no refusal in the log:\n{log}"));
+    assert!(refusal.contains("WARN"), "{refusal}");
+    assert!(refusal.contains(&format!("uid={NOBODY}")), "{refusal}");
+    assert!(refusal.contains("pid="), "{refusal}");
+
+    // The allowed uid is still served.
+    let out = kg.check_command().unwrap().output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    kg.daemon.stop().unwrap();
+}
+
+#[test]
+fn loose_permissions_stop_start_up_with_the_fix() {
+    // A key directory others can read.
+    let dir = temp_dir().unwrap();
+    let keys = dir.path().join("keys");
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&keys)
+        .unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = KeyguardProcess::start_in(dir, &[])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("exit status: 1"), "{err}");
+    assert!(err.contains("chmod 700"), "{err}");
+    assert!(err.contains("keys"), "{err}");
+
+    // A key file others can read, whichever it is.
+    for name in [STORAGE_FILE, SIGNING_FILE, AGREEMENT_FILE] {
+        let kg = KeyguardProcess::start(&[]).unwrap();
+        run(async {
+            kg.client().await.unwrap().create_identity().await.unwrap();
+        });
+        let KeyguardProcess {
+            daemon,
+            dir,
+            key_dir,
+            socket,
+        } = kg;
+        assert!(daemon.stop().unwrap().success());
+        let file = key_dir.join(name);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = KeyguardProcess::start_in(dir, &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("exit status: 1"), "{name}: {err}");
+        assert!(
+            err.contains(&format!("run `chmod 600 {}`", file.display())),
+            "{name}: {err}"
+        );
+        assert!(!socket.exists(), "nothing is served when start-up fails");
+    }
+}
+
+#[test]
+fn bad_sockets_and_bad_usage() {
+    let bin = binary("smvs-keyguard").unwrap();
+    // Usage errors exit 2.
+    for args in [
+        vec![],
+        vec!["--key-dir", "/nonexistent", "--socket", "/nonexistent.sock"],
+        vec![
+            "--key-dir",
+            "/x",
+            "--socket",
+            "/y",
+            "--allow-uid",
+            "not-a-uid",
+        ],
+        vec!["check"],
+    ] {
+        let out = Command::new(&bin).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+
+    // Something that is not a socket in the socket's place is left alone.
+    let dir = temp_dir().unwrap();
+    let not_a_socket = dir.path().join("keyguard.sock");
+    std::fs::write(&not_a_socket, b"precious").unwrap();
+    let err = KeyguardProcess::start_in(dir, &[])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("exit status: 1"), "{err}");
+    assert!(err.contains("is not a socket"), "{err}");
+
+    // A live keyguard's socket is not taken over; a dead one's is.
+    let kg = KeyguardProcess::start(&[]).unwrap();
+    let second = temp_dir().unwrap();
+    let out = Command::new(&bin)
+        .args(server_args(&second.path().join("keys"), &kg.socket))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use"), "{stderr}");
+    kg.daemon.signal(Signal::SIGKILL).unwrap();
+    let KeyguardProcess {
+        daemon,
+        dir,
+        socket,
+        ..
+    } = kg;
+    let _ = daemon.stop();
+    assert!(socket.exists(), "a killed keyguard leaves its socket");
+    let kg = KeyguardProcess::start_in(dir, &[]).unwrap();
+    assert_eq!(
+        kg.check_command().unwrap().output().unwrap().status.code(),
+        Some(0)
+    );
+
+    // A second keyguard on the same key directory is refused (it could make a second identity).
+    let other_socket = temp_dir().unwrap();
+    let out = Command::new(&bin)
+        .args(server_args(
+            &kg.key_dir,
+            &other_socket.path().join("other.sock"),
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in use by another smvs-keyguard"),
+        "{stderr}"
+    );
+    kg.daemon.stop().unwrap();
+}
+
+/// Reads until the server hangs up and returns what it said first (an abort message naming
+/// the problem, for malformed input); fails if it does not hang up within 10 s.
+fn assert_hung_up(mut stream: UnixStream, what: &str) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut said = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return said,
+            Ok(n) => said.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return said,
+            Err(e) => panic!("{what}: server did not hang up: {e}"),
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn garbage_and_oversized_frames_do_not_crash_it() {
+    run(async {
+        let kg = KeyguardProcess::start(&["--max-connections", "3"]).unwrap();
+        let socket = kg.socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut garbage = UnixStream::connect(&socket).unwrap();
+            let _ = garbage.write_all(b"GET / HTTP/1.1\r\nHost: keyguard\r\n\r\n");
+            assert_hung_up(garbage, "garbage");
+
+            // One segment that claims 2^31 words (16 GiB): far past the 4 MiB reader limit.
+            let mut huge = UnixStream::connect(&socket).unwrap();
+            let _ = huge.write_all(&[0, 0, 0, 0, 0, 0, 0, 0x80]);
+            let said = assert_hung_up(huge, "oversized segment");
+            assert!(
+                contains(&said, "which is too large"),
+                "{}",
+                String::from_utf8_lossy(&said)
+            );
+
+            // A segment table that claims 2^29 segments.
+            let mut many = UnixStream::connect(&socket).unwrap();
+            let _ = many.write_all(&[0xff, 0xff, 0xff, 0x1f, 1, 0, 0, 0]);
+            let said = assert_hung_up(many, "oversized segment table");
+            assert!(
+                contains(&said, "Too many segments"),
+                "{}",
+                String::from_utf8_lossy(&said)
+            );
+        })
+        .await
+        .unwrap();
+
+        // Still up, and still answering a proper client.
+        let client = kg.client().await.unwrap();
+        let bundle = client.create_identity().await.unwrap();
+        bundle.verify().unwrap();
+
+        // The connection budget: the client above and two silent connections fill it; a fourth
+        // connection is closed at once while the others keep working.
+        let socket = kg.socket.clone();
+        let silent = tokio::task::spawn_blocking(move || {
+            let silent: Vec<UnixStream> = (0..2)
+                .map(|_| UnixStream::connect(&socket).unwrap())
+                .collect();
+            // The server accepts in order, so the fourth is the one over the limit.
+            let said = assert_hung_up(UnixStream::connect(&socket).unwrap(), "over the limit");
+            assert!(said.is_empty(), "closed without a word");
+            silent
+        })
+        .await
+        .unwrap();
+        assert_eq!(client.public_keys().await.unwrap(), Some(bundle));
+        assert!(kg.daemon.log_text().contains("connection limit reached"));
+        drop(silent);
+
+        let log = kg.daemon.log_text();
+        assert!(!log.contains("panicked"), "{log}");
+        assert_eq!(kg.daemon.stop().unwrap().code(), Some(0));
+    });
+}
+
+#[test]
+fn the_process_is_hardened() {
+    let kg = KeyguardProcess::start(&[]).unwrap();
+    let pid = kg.daemon.pid().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    // "Max core file size  <soft>  <hard>  bytes"
+    assert_eq!(fields[4..6], ["0", "0"], "{core}");
+
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let locked_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    if is_root() {
+        // Root has CAP_IPC_LOCK here, so current and future memory is locked.
+        assert!(locked_kb > 0, "nothing locked:\n{status}");
+        assert!(!kg.daemon.log_text().contains("cannot lock memory"));
+    }
+    kg.daemon.stop().unwrap();
+}
