@@ -220,7 +220,7 @@ impl directory::Server for DirectoryRpc {
             .await
             .map_err(store_refusal)?;
         // An unknown user gets the same shape of answer after the same amount of work: a sealed
-        // box of the same length (to a throw-away key) and one store round trip.
+        // box of the same length (to a throw-away key) and one store write.
         let sealed = match user {
             Some(user) => {
                 self.shared
@@ -231,11 +231,13 @@ impl directory::Server for DirectoryRpc {
                 seal(&user.identity.agreement_key, &plaintext)
             }
             None => {
-                let _ = self
-                    .shared
+                // The same write as for a real user (so the same commit and about the same
+                // time): the digest of a token nobody will ever see, which expires unused.
+                self.shared
                     .store
-                    .take_token(random_array(), &name, now)
-                    .await;
+                    .put_token(blake2b_256(&random_array::<32>()), &name, expires_at, now)
+                    .await
+                    .map_err(store_refusal)?;
                 let throwaway = AgreementKeyPair::generate().map_err(Refusal::internal)?;
                 seal(&throwaway.public(), &plaintext)
             }

@@ -180,7 +180,17 @@ impl HostCore {
         &self,
         peer: &Username,
     ) -> Result<(Contact, VerifiedRecord), HostError> {
-        let record = self.lookup(peer, false).await?;
+        self.trusted_contact_with(peer, false).await
+    }
+
+    /// As [`HostCore::trusted_contact`]; `fresh` skips the look-up cache (used when what a
+    /// peer presents disagrees with the cached record).
+    pub async fn trusted_contact_with(
+        &self,
+        peer: &Username,
+        fresh: bool,
+    ) -> Result<(Contact, VerifiedRecord), HostError> {
+        let record = self.lookup(peer, fresh).await?;
         let stored = self.contact(peer).await?;
         let identity_hex = bundle_to_hex(&record.user.identity);
         let contact = match stored {

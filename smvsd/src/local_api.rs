@@ -186,7 +186,7 @@ impl HostRpc {
             s.set_username(me.username.as_str());
             s.set_registered(true);
             s.set_fingerprint(
-                &smvs_crypto::fingerprint(me.username.as_str(), &me.identity).unwrap_or_default(),
+                smvs_crypto::fingerprint(me.username.as_str(), &me.identity).unwrap_or_default(),
             );
         }
         Ok(())
@@ -331,7 +331,7 @@ impl host::Server for HostRpc {
             b.set_username(&c.username);
             if let Ok(identity) = c.identity() {
                 b.set_fingerprint(
-                    &smvs_crypto::fingerprint(&c.username, &identity).unwrap_or_default(),
+                    smvs_crypto::fingerprint(&c.username, &identity).unwrap_or_default(),
                 );
             }
             b.set_blocked(c.blocked);

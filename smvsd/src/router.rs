@@ -189,22 +189,12 @@ async fn accept_envelope(
             return Err(refused("not accepted"));
         }
     }
-    let (contact, record) = match core.trusted_contact(&sender).await {
-        Ok(pair) => pair,
-        Err(e) if e.code == "key-changed" => {
-            return Err(IncomingError::Later(
-                "the sender's identity key changed and is not accepted yet".into(),
-            ))
-        }
-        Err(e) if e.code == "unknown-user" => return Err(refused("unknown sender")),
-        Err(e) => return Err(IncomingError::Later(e.to_string())),
-    };
-    if record.user.transport_key != remote_key {
-        tracing::warn!(peer = %sender, "refused an envelope: the sending host's key is not the sender's");
-        return Err(refused(
-            "the sending host's key does not match the sender's directory record",
-        ));
+    // The cached record may predate a move or a new key: on a mismatch, ask again.
+    let mut checked = check_sender(core, &sender, &remote_key, false).await;
+    if matches!(checked, Err(IncomingError::Refused(_))) {
+        checked = check_sender(core, &sender, &remote_key, true).await;
     }
+    let contact = checked?;
     let identity = contact.identity()?;
     let keys = core
         .session_keys(&sender, &identity)
@@ -268,6 +258,35 @@ async fn accept_envelope(
         stored_at,
         tag: session::receipt_tag(&keys, &id, &me.username, stored_at),
     })
+}
+
+/// The sender's pinned contact, provided the directory's record for the sender names the host
+/// key this envelope came with.
+async fn check_sender(
+    core: &HostCore,
+    sender: &Username,
+    remote_key: &AgreementPublicKey,
+    fresh: bool,
+) -> Result<Contact, IncomingError> {
+    let (contact, record) = match core.trusted_contact_with(sender, fresh).await {
+        Ok(pair) => pair,
+        Err(e) if e.code == "key-changed" => {
+            return Err(IncomingError::Later(
+                "the sender's identity key changed and is not accepted yet".into(),
+            ))
+        }
+        Err(e) if e.code == "unknown-user" => return Err(refused("unknown sender")),
+        Err(e) => return Err(IncomingError::Later(e.to_string())),
+    };
+    if &record.user.transport_key != remote_key {
+        if fresh {
+            tracing::warn!(peer = %sender, "refused an envelope: the sending host's key is not the sender's");
+        }
+        return Err(refused(
+            "the sending host's key does not match the sender's directory record",
+        ));
+    }
+    Ok(contact)
 }
 
 async fn apply_delete(

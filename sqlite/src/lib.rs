@@ -242,7 +242,7 @@ mod tests {
     #[derive(Debug)]
     enum E {
         Gone,
-        Sql(rusqlite::Error),
+        Sql(#[allow(dead_code)] rusqlite::Error),
     }
     impl From<WorkerGone> for E {
         fn from(_: WorkerGone) -> Self {

@@ -130,6 +130,15 @@ impl Daemon {
         Ok(())
     }
 
+    /// SIGKILL, as a crash or the OOM killer would, and waits for the process to be gone.
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
     /// SIGTERM, then waits (up to 30 s) for the exit status.
     pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
         self.signal(Signal::SIGTERM)?;

@@ -4,9 +4,11 @@
 
 pub mod daemon;
 pub mod directory;
+pub mod host;
 pub mod keyguard;
 pub mod postgres;
 
 pub use daemon::Daemon;
 pub use directory::{Backend, DirectoryProcess, TestUser};
+pub use host::HostProcess;
 pub use keyguard::KeyguardProcess;

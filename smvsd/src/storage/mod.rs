@@ -494,10 +494,11 @@ impl Storage {
             };
             let mut stmt = c.prepare("SELECT id, direction, status, integrity, sealed FROM messages WHERE tag = ?1 AND id = ?2")?;
             let rows = stmt.query_map(params![tag, &id.0[..]], row_tuple)?;
-            for row in rows {
-                return Ok(Some(decode_row(&key, &tag, &peer, row?)?));
-            }
-            Ok(None)
+            let mut rows = rows;
+            rows.next()
+                .transpose()?
+                .map(|row| decode_row(&key, &tag, &peer, row))
+                .transpose()
         })
         .await
     }
@@ -529,7 +530,7 @@ impl Storage {
                     expire_seconds: u32::try_from(expire).unwrap_or(0),
                 });
             }
-            out.sort_by(|a, b| b.last_time.cmp(&a.last_time));
+            out.sort_by_key(|c| std::cmp::Reverse(c.last_time));
             Ok(out)
         })
         .await

@@ -1,0 +1,232 @@
+//! A user's host as the product runs it: a real `smvs-keyguard` and a real `smvsd`, with its
+//! own temporary state, driven through the real `smvsctl`.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use tempfile::TempDir;
+
+use crate::daemon::{binary, Daemon};
+use crate::directory::DirectoryProcess;
+use crate::keyguard::KeyguardProcess;
+
+pub struct HostProcess {
+    pub name: String,
+    daemon: Option<Daemon>,
+    pub keyguard: KeyguardProcess,
+    pub root: TempDir,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    /// Fixed after the first start, so the address in the directory stays right across restarts.
+    pub listen: SocketAddr,
+    directory: String,
+    directory_key: String,
+    extra: Vec<String>,
+    starts: u32,
+}
+
+impl HostProcess {
+    /// Starts keyguard and smvsd for `name`, listening on `ip` (a 127.0.0.0/8 address) with a
+    /// port the OS picks.
+    pub fn start(
+        name: &str,
+        directory: &DirectoryProcess,
+        ip: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<HostProcess> {
+        let keyguard = KeyguardProcess::start(&[])?;
+        let root = tempfile::Builder::new()
+            .prefix(&format!("smvs-host-{name}-"))
+            .tempdir()?;
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711))?;
+        let mut host = HostProcess {
+            name: name.to_owned(),
+            daemon: None,
+            keyguard,
+            state_dir: root.path().join("state"),
+            socket: root.path().join("run").join("smvsd.sock"),
+            root,
+            listen: format!("{ip}:0").parse()?,
+            directory: directory.addr.to_string(),
+            directory_key: directory.key.to_hex(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            starts: 0,
+        };
+        host.start_again()?;
+        Ok(host)
+    }
+
+    /// Starts smvsd again on the same state (after `stop` or `kill`).
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.daemon.is_some() {
+            bail!("{} is already running", self.name);
+        }
+        let mut args: Vec<String> = vec![
+            "--state-dir".into(),
+            self.state_dir.display().to_string(),
+            "--socket".into(),
+            self.socket.display().to_string(),
+            "--listen".into(),
+            self.listen.to_string(),
+            "--directory".into(),
+            self.directory.clone(),
+            "--directory-key".into(),
+            self.directory_key.clone(),
+            "--keyguard-socket".into(),
+            self.keyguard.socket.display().to_string(),
+            "--retry-max-seconds".into(),
+            "1".into(),
+        ];
+        args.extend(self.extra.iter().cloned());
+        self.starts += 1;
+        let log = self.root.path().join(format!("smvsd-{}.log", self.starts));
+        let daemon = Daemon::start(
+            &format!("smvsd ({})", self.name),
+            &binary("smvsd")?,
+            &args,
+            &log,
+            &[],
+        )?;
+        let addr = daemon
+            .status
+            .strip_prefix("listening on ")
+            .and_then(|s| s.split(';').next())
+            .ok_or_else(|| anyhow!("unexpected status {:?}", daemon.status))?;
+        self.listen = addr.parse()?;
+        self.daemon = Some(daemon);
+        Ok(())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.daemon.is_some()
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        let daemon = self
+            .daemon
+            .take()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        daemon.stop()
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let daemon = self
+            .daemon
+            .take()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        daemon.kill()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().and_then(|d| d.pid())
+    }
+
+    /// All logs of this host's smvsd runs.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 1..=self.starts {
+            out.push_str(
+                &std::fs::read_to_string(self.root.path().join(format!("smvsd-{i}.log")))
+                    .unwrap_or_default(),
+            );
+        }
+        out
+    }
+
+    /// `smvsctl --socket … ARGS`.
+    pub fn ctl_command(&self, args: &[&str]) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(binary("smvsctl")?);
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("RUST_LOG");
+        Ok(cmd)
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {
+        Ok(self.ctl_command(args)?.output()?)
+    }
+
+    /// Runs smvsctl and returns stdout, failing with stderr when it exits non-zero.
+    pub fn ctl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.ctl(args)?;
+        if !out.status.success() {
+            bail!(
+                "smvsctl {} on {} failed ({}): {}",
+                args.join(" "),
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Runs `smvsctl --json ARGS` and parses its output.
+    pub fn ctl_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ctl_ok(&all)?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {text:?}"))
+    }
+
+    /// `register NAME`.
+    pub fn register(&self) -> anyhow::Result<()> {
+        self.ctl_ok(&["register", &self.name]).map(|_| ())
+    }
+
+    /// `send TO TEXT`, returning the message id.
+    pub fn send(&self, to: &str, text: &str) -> anyhow::Result<String> {
+        let v = self.ctl_json(&["send", to, text])?;
+        v["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no id in {v}"))
+    }
+
+    /// `history PEER` as JSON messages.
+    pub fn history(&self, peer: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+        let v = self.ctl_json(&["history", peer])?;
+        v.as_array()
+            .cloned()
+            .ok_or_else(|| anyhow!("history is not a list: {v}"))
+    }
+
+    /// Waits (up to `limit`) until `check` holds for `history PEER`.
+    pub fn wait_history(
+        &self,
+        peer: &str,
+        limit: Duration,
+        check: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> anyhow::Result<Vec<serde_json::Value>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let history = self.history(peer)?;
+            if check(&history) {
+                return Ok(history);
+            }
+            if Instant::now() > deadline {
+                bail!("{}: history with {peer} did not reach the expected state within {limit:?}: {history:?}\n{}", self.name, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- smvsd logs of {} -----\n{}\n-----",
+                self.name,
+                self.logs()
+            );
+        }
+    }
+}
