@@ -1,0 +1,378 @@
+//! What another host may send to smvsd's peer port, and what happens to the bad ones: the test
+//! plays alice's host itself (with her transport key and her keyguard) and talks raw
+//! `HostLink` to bob's host.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use smvs_crypto::{AeadKey, AgreementKeyPair, AgreementPublicKey};
+use smvs_schema::host_capnp::host_link;
+use smvs_schema::Username;
+use smvs_tests::{Backend, DirectoryProcess, HostProcess};
+use smvsd::model::{MessageId, Payload};
+use smvsd::session::{self, Header, Inner, SessionKeys};
+
+struct Raw {
+    id: MessageId,
+    sender: String,
+    recipient: String,
+    sealed: Vec<u8>,
+}
+
+fn seal(keys: &SessionKeys, id: MessageId, from: &str, to: &str, text: &str) -> Vec<u8> {
+    let (from, to) = (Username::parse(from).unwrap(), Username::parse(to).unwrap());
+    let inner = Inner {
+        id,
+        from: from.clone(),
+        to: to.clone(),
+        time: 1,
+        prev_hash: Vec::new(),
+        payload: Payload::Text(text.into()),
+    };
+    session::seal(
+        keys,
+        &Header {
+            id: &id,
+            sender: &from,
+            recipient: &to,
+        },
+        &session::encode_inner(&inner),
+    )
+    .unwrap()
+}
+
+async fn connect(
+    bob: &HostProcess,
+    key: &AgreementKeyPair,
+    bob_transport: &AgreementPublicKey,
+) -> host_link::Client {
+    let channel = smvs_transport::connect(
+        bob.listen,
+        key,
+        smvs_transport::HOST_PROLOGUE,
+        Some(bob_transport),
+    )
+    .await
+    .unwrap();
+    let (system, client) = smvs_transport::rpc::client::<host_link::Client>(channel);
+    tokio::task::spawn_local(async move {
+        let _ = system.await;
+    });
+    client
+}
+
+async fn deliver(link: &host_link::Client, raw: &Raw) -> Result<Vec<u8>, String> {
+    let mut request = link.deliver_request();
+    {
+        let mut e = request.get().init_envelope();
+        e.set_format_version(session::ENVELOPE_FORMAT);
+        e.set_id(&raw.id.0);
+        e.set_sender(&raw.sender);
+        e.set_recipient(&raw.recipient);
+        e.set_session_version(session::SESSION_V1);
+        e.set_sealed(&raw.sealed);
+    }
+    match request.send().promise.await {
+        Ok(response) => Ok(response
+            .get()
+            .unwrap()
+            .get_receipt()
+            .unwrap()
+            .get_signature()
+            .unwrap()
+            .to_vec()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[test]
+fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    alice.send("bob", "hello").unwrap();
+    bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+    alice.stop().unwrap();
+    let transport_secret = std::fs::read(alice.state_dir.join("transport.key")).unwrap();
+    let alice_transport = AgreementKeyPair::from_secret_bytes(&transport_secret).unwrap();
+
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let directory = dir.client().await.unwrap();
+        let bob_record = directory
+            .lookup(&Username::parse("bob").unwrap())
+            .await
+            .unwrap();
+        let alice_record = directory
+            .lookup(&Username::parse("alice").unwrap())
+            .await
+            .unwrap();
+        let keyguard = alice.keyguard.client().await.unwrap();
+        let salt = session::agreement_salt(&alice_record.user.identity, &bob_record.user.identity);
+        let shared = keyguard
+            .derive_shared_key(
+                &bob_record.user.identity.agreement_key,
+                &salt,
+                session::AGREEMENT_INFO,
+            )
+            .await
+            .unwrap();
+        let keys = SessionKeys::from_shared(&shared).unwrap();
+        let link = connect(&bob, &alice_transport, &bob_record.user.transport_key).await;
+
+        // A well-formed envelope is accepted, and its receipt checks out.
+        let id = MessageId::random();
+        let good = Raw {
+            id,
+            sender: "alice".into(),
+            recipient: "bob".into(),
+            sealed: seal(&keys, id, "alice", "bob", "raw hello"),
+        };
+        let receipt = deliver(&link, &good).await.unwrap();
+        assert_eq!(receipt.len(), 32);
+        // Replayed: acknowledged again (the sender may not have seen the first receipt) but
+        // stored once.
+        deliver(&link, &good).await.unwrap();
+
+        let refused = |r: Result<Vec<u8>, String>| {
+            let e = r.expect_err("must be refused");
+            assert!(e.contains("refused:"), "{e}");
+        };
+        // Tampered ciphertext.
+        let mut tampered = Raw {
+            id: MessageId::random(),
+            ..Raw {
+                id,
+                sender: "alice".into(),
+                recipient: "bob".into(),
+                sealed: Vec::new(),
+            }
+        };
+        tampered.sealed = seal(&keys, tampered.id, "alice", "bob", "tampered");
+        let last = tampered.sealed.len() - 1;
+        tampered.sealed[last] ^= 0x40;
+        refused(deliver(&link, &tampered).await);
+        // Re-labelled: sealed for one id, sent under another.
+        let other = MessageId::random();
+        refused(
+            deliver(
+                &link,
+                &Raw {
+                    id: other,
+                    sender: "alice".into(),
+                    recipient: "bob".into(),
+                    sealed: seal(&keys, MessageId::random(), "alice", "bob", "moved"),
+                },
+            )
+            .await,
+        );
+        // Sealed with a key alice's identity does not have ("wrongly signed").
+        let forged_keys = SessionKeys::from_shared(&AeadKey::generate()).unwrap();
+        let fid = MessageId::random();
+        refused(
+            deliver(
+                &link,
+                &Raw {
+                    id: fid,
+                    sender: "alice".into(),
+                    recipient: "bob".into(),
+                    sealed: seal(&forged_keys, fid, "alice", "bob", "forged"),
+                },
+            )
+            .await,
+        );
+        // Addressed to someone else.
+        let cid = MessageId::random();
+        refused(
+            deliver(
+                &link,
+                &Raw {
+                    id: cid,
+                    sender: "alice".into(),
+                    recipient: "carol".into(),
+                    sealed: seal(&keys, cid, "alice", "carol", "misrouted"),
+                },
+            )
+            .await,
+        );
+        // Oversized (past the largest bucket).
+        let oid = MessageId::random();
+        refused(
+            deliver(
+                &link,
+                &Raw {
+                    id: oid,
+                    sender: "alice".into(),
+                    recipient: "bob".into(),
+                    sealed: vec![0u8; 300_000],
+                },
+            )
+            .await,
+        );
+        // An unknown sender.
+        let uid = MessageId::random();
+        refused(
+            deliver(
+                &link,
+                &Raw {
+                    id: uid,
+                    sender: "nobody".into(),
+                    recipient: "bob".into(),
+                    sealed: seal(&keys, uid, "nobody", "bob", "who?"),
+                },
+            )
+            .await,
+        );
+        // Far past Cap'n Proto's 4 MiB reader limit: the link is dropped, nothing else.
+        let huge = Raw {
+            id: MessageId::random(),
+            sender: "alice".into(),
+            recipient: "bob".into(),
+            sealed: vec![0u8; 5 * 1024 * 1024],
+        };
+        assert!(deliver(&link, &huge).await.is_err());
+
+        // A host that is not alice's (another Noise key) cannot speak for alice, even with a
+        // correctly sealed envelope.
+        let mallory = AgreementKeyPair::generate().unwrap();
+        let mlink = connect(&bob, &mallory, &bob_record.user.transport_key).await;
+        let mid = MessageId::random();
+        refused(
+            deliver(
+                &mlink,
+                &Raw {
+                    id: mid,
+                    sender: "alice".into(),
+                    recipient: "bob".into(),
+                    sealed: seal(&keys, mid, "alice", "bob", "impostor"),
+                },
+            )
+            .await,
+        );
+    });
+
+    let history = bob.history("alice").unwrap();
+    let bodies: Vec<&str> = history
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        bodies,
+        vec!["hello", "raw hello"],
+        "only the good envelope, once"
+    );
+}
+
+#[test]
+fn garbage_on_the_socket_and_the_peer_port_never_crashes_the_host() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    bob.register().unwrap();
+
+    let mut buf = [0u8; 64];
+    // Local socket: text, a segment table claiming 2^31 words, a message cut short.
+    for junk in [
+        &b"hello smvsd\n"[..],
+        &[0, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f, 1, 2, 3][..],
+        &[0, 0, 0, 0, 4, 0, 0, 0][..],
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(&bob.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(junk);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let _ = s.read(&mut buf);
+    }
+    // Peer port: garbage instead of a handshake, and a silent peer.
+    let mut s = std::net::TcpStream::connect(bob.listen).unwrap();
+    let _ = s.write_all(b"\x00\x10GET / HTTP/1.0\r\n\r\n");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    // After a completed handshake: bytes that are not Cap'n Proto.
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let record = dir
+            .client()
+            .await
+            .unwrap()
+            .lookup(&Username::parse("bob").unwrap())
+            .await
+            .unwrap();
+        let channel = smvs_transport::connect(
+            bob.listen,
+            &AgreementKeyPair::generate().unwrap(),
+            smvs_transport::HOST_PROLOGUE,
+            Some(&record.user.transport_key),
+        )
+        .await
+        .unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = channel.stream;
+        stream
+            .write_all(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f])
+            .await
+            .unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut sink))
+            .await
+            .unwrap();
+    });
+    // Still serving.
+    assert_eq!(bob.ctl_json(&["status"]).unwrap()["username"], "bob");
+}
+
+#[test]
+fn the_local_socket_refuses_a_uid_that_is_not_allowed() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    // Open the file modes wide, so only the SO_PEERCRED check stands in the way.
+    std::fs::set_permissions(
+        bob.socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bob.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    use std::os::unix::process::CommandExt;
+    let out = bob
+        .ctl_command(&["status"])
+        .unwrap()
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        bob.logs().contains("refused a local client"),
+        "{}",
+        bob.logs()
+    );
+    assert!(bob.logs().contains("uid=65534"));
+    // The allowed uid is still served.
+    assert!(bob.ctl_json(&["status"]).is_ok());
+}
