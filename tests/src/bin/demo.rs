@@ -1,52 +1,54 @@
-//! `make demo`: start a directory, register alice and bob, look them up, print their signed
-//! records, stop everything.
+//! `make demo`: the main job on loopback. A directory, and two users each with their own host
+//! (smvs-keyguard + smvsd); alice and bob register, write to each other both ways, and their
+//! histories are printed as `smvsctl` shows them. Everything is stopped at the end.
 
-use smvs_tests::{Backend, DirectoryProcess, TestUser};
+use std::time::Duration;
+
+use smvs_tests::{Backend, DirectoryProcess, HostProcess};
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, demo())
-}
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let directory = runtime.block_on(DirectoryProcess::start(Backend::Sqlite, &[]))?;
+    println!("directory  listening on {}, key {}", directory.addr, directory.key.to_hex());
 
-async fn demo() -> anyhow::Result<()> {
-    let directory = DirectoryProcess::start(Backend::Sqlite, &[]).await?;
-    println!(
-        "directory: listening on {} with key {}",
-        directory.addr,
-        directory.key.to_hex()
-    );
-    let client = directory.client().await?;
-    let alice = TestUser::new("alice", "127.0.0.1:7421")?;
-    let bob = TestUser::new("bob", "127.0.0.2:7421")?;
-    for user in [&alice, &bob] {
-        let record = client.register(&user.registration(&directory.key)).await?;
-        println!(
-            "registered {} (serial {})",
-            record.user.username, record.user.serial
-        );
-    }
-    // Log in as alice with the sealed token and move her host, as a host does when its
-    // address changes.
-    let session = alice.login(&client).await?;
-    session
-        .update_host_address(&smvs_schema::HostAddress::parse("127.0.0.1:17421")?)
-        .await?;
-    println!("alice logged in with her sealed token and updated her host address");
+    let alice = HostProcess::start("alice", &directory, "127.0.0.1", &[])?;
+    let bob = HostProcess::start("bob", &directory, "127.0.0.2", &[])?;
+    println!("alice's host listening on {} (keyguard and smvsd)", alice.listen);
+    println!("bob's host   listening on {} (keyguard and smvsd)", bob.listen);
 
-    for user in [&alice, &bob] {
-        let record = client.lookup(&user.username).await?;
-        println!(
-            "\nsigned record of {} (verified against the pinned directory key):\n{}",
-            user.username,
-            serde_json::to_string_pretty(&record.to_json())?
-        );
-        let safety = smvs_crypto::fingerprint(user.username.as_str(), &record.user.identity)?;
-        println!("fingerprint of {}: {safety}", user.username);
+    println!("\n$ smvsctl register alice   (on alice's host)");
+    print!("{}", alice.ctl_ok(&["register", "alice"])?);
+    println!("$ smvsctl register bob     (on bob's host)");
+    print!("{}", bob.ctl_ok(&["register", "bob"])?);
+
+    let lines = [
+        (&alice, "bob", "Hi Bob! This message is end-to-end encrypted."),
+        (&bob, "alice", "Hi Alice, got it. Only our two hosts can read it."),
+        (&alice, "bob", "And it was stored encrypted on both sides."),
+    ];
+    for (from, to, text) in lines {
+        println!("\n$ smvsctl send {to} {text:?}   (on {}'s host)", from.name);
+        print!("{}", from.ctl_ok(&["send", to, text])?);
     }
-    let status = directory.daemon.stop()?;
-    println!("\ndirectory stopped ({status})");
+    // Wait until every message is delivered (the receipt came back) before showing history.
+    alice.wait_history("bob", Duration::from_secs(30), |h| {
+        h.len() == 3 && h.iter().all(|m| m["status"] == "delivered" || m["status"] == "received")
+    })?;
+    bob.wait_history("alice", Duration::from_secs(30), |h| {
+        h.len() == 3 && h.iter().all(|m| m["status"] == "delivered" || m["status"] == "received")
+    })?;
+
+    println!("\n$ smvsctl history bob      (on alice's host)");
+    print!("{}", alice.ctl_ok(&["history", "bob"])?);
+    println!("\n$ smvsctl history alice    (on bob's host)");
+    print!("{}", bob.ctl_ok(&["history", "alice"])?);
+    println!("\n$ smvsctl verify bob       (on alice's host: compare with bob's, out of band)");
+    print!("{}", alice.ctl_ok(&["verify", "bob"])?);
+    println!("\n$ smvsctl verify alice     (on bob's host)");
+    print!("{}", bob.ctl_ok(&["verify", "alice"])?);
+
+    let (mut alice, mut bob) = (alice, bob);
+    println!("\nstopping: alice's smvsd {}, bob's smvsd {}", alice.stop()?, bob.stop()?);
+    println!("stopping: directory {}", directory.daemon.stop()?);
     Ok(())
 }
