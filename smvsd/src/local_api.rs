@@ -452,11 +452,16 @@ struct SubscriptionRpc {
 
 impl subscription::Server for SubscriptionRpc {}
 
+/// Events a device may have unanswered before the forwarder waits for it. Calls on one
+/// capability arrive in order, so pipelining keeps the order and saves a round trip per event.
+const EVENTS_IN_FLIGHT: usize = 64;
+
 async fn forward_events(
     mut rx: mpsc::Receiver<HostEvent>,
     sink: event_sink::Client,
     mut cancelled: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let mut in_flight = std::collections::VecDeque::with_capacity(EVENTS_IN_FLIGHT);
     loop {
         let event = tokio::select! {
             event = rx.recv() => match event { Some(e) => e, None => return },
@@ -464,8 +469,23 @@ async fn forward_events(
         };
         let mut request = sink.event_request();
         write_event(request.get().init_event(), &event);
-        if request.send().promise.await.is_err() {
-            return;
+        in_flight.push_back(request.send().promise);
+        if in_flight.len() >= EVENTS_IN_FLIGHT {
+            if let Some(oldest) = in_flight.pop_front() {
+                if oldest.await.is_err() {
+                    return;
+                }
+            }
+        }
+        // Reap answers that are already in, so a dead device is noticed early.
+        while in_flight.len() > 1 {
+            match futures::FutureExt::now_or_never(&mut in_flight[0]) {
+                Some(Ok(_)) => {
+                    in_flight.pop_front();
+                }
+                Some(Err(_)) => return,
+                None => break,
+            }
         }
     }
 }

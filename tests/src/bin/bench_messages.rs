@@ -1,0 +1,164 @@
+//! `make bench`, part two: messages between two hosts on loopback, durable on both sides.
+//!
+//! A directory and two hosts (keyguard + smvsd each) run as real release processes. The bench
+//! is a device of alice's host on its Unix socket, like smvsctl, and measures:
+//! - throughput: N messages sent with many requests in flight, from the first send until
+//!   alice's host holds a receipt for every one (bob's host stored each, alice's host recorded
+//!   the receipt);
+//! - latency: one message in flight, send → `delivered` event, p50 and p99.
+//! Then it runs the XMPP peer (`shared/peers/prosody-bench.sh`, prosody with its SQLite
+//! archive) in the same session and prints the ratio.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use smvs_schema::Username;
+use smvs_tests::{Backend, DirectoryProcess, HostProcess};
+use smvsctl::client::{EventView, HostClient, MessageStatus};
+
+const THROUGHPUT_MESSAGES: usize = 20_000;
+const IN_FLIGHT: usize = 512;
+const LATENCY_MESSAGES: usize = 2_000;
+const WARMUP: usize = 200;
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let directory = runtime.block_on(DirectoryProcess::start(Backend::Sqlite, &[]))?;
+    let alice = HostProcess::start("alice", &directory, "127.0.0.1", &[])?;
+    let bob = HostProcess::start("bob", &directory, "127.0.0.2", &[])?;
+    alice.register()?;
+    bob.register()?;
+    println!("SMVS messages: alice's host -> bob's host on loopback, release build, SQLite WAL synchronous=FULL on both hosts");
+    println!("machine: {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu_model());
+
+    let local = tokio::task::LocalSet::new();
+    let (rate, p50, p99) = local.block_on(&runtime, measure(&alice))?;
+    println!("throughput: {THROUGHPUT_MESSAGES} messages, {IN_FLIGHT} in flight: {rate:.0} messages/s (send -> receipt, durable on both hosts)");
+    println!("latency, one in flight ({LATENCY_MESSAGES} messages): p50 {p50:.3} ms, p99 {p99:.3} ms");
+    println!(
+        "json {}",
+        serde_json::json!({"system": "smvs", "messages_per_s": rate, "p50_ms": p50, "p99_ms": p99,
+            "messages": THROUGHPUT_MESSAGES, "in_flight": IN_FLIGHT})
+    );
+    let got = bob.history("alice")?.len();
+    if got != THROUGHPUT_MESSAGES + LATENCY_MESSAGES + WARMUP {
+        bail!("bob has {got} messages, expected {}", THROUGHPUT_MESSAGES + LATENCY_MESSAGES + WARMUP);
+    }
+    drop((alice, bob, directory));
+
+    match peer_script() {
+        Some(script) => {
+            println!("\nXMPP peer in the same session: {}", script.display());
+            let out = std::process::Command::new("bash")
+                .arg(&script)
+                .env("VARIANTS", "mam-sqlite-wal")
+                .env("MODES", "window:1,blast")
+                .env("N", "10000")
+                .output()
+                .context("running the prosody peer")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let result = text.lines().find(|l| l.starts_with("RESULT")).map(str::to_owned);
+            match result.as_deref().and_then(|l| field(l, "msgs_per_s")) {
+                Some(peer_rate) => {
+                    println!("{}", result.as_deref().unwrap_or(""));
+                    println!("ratio: SMVS {rate:.0} / prosody {peer_rate:.0} messages/s = {:.1}x", rate / peer_rate);
+                    if let Some(peer_p50) = result.as_deref().and_then(|l| field(l, "p50_ms")) {
+                        println!("one in flight: SMVS p50 {p50:.3} ms vs prosody p50 {peer_p50:.3} ms");
+                    }
+                }
+                None => println!("the peer printed no RESULT line:\n{text}\n{}", String::from_utf8_lossy(&out.stderr)),
+            }
+        }
+        None => println!("\nXMPP peer not found (shared/peers/prosody-bench.sh beside the repository); no ratio"),
+    }
+    Ok(())
+}
+
+fn field(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .and_then(|v| v.parse().ok())
+}
+
+fn peer_script() -> Option<PathBuf> {
+    let here = std::env::current_dir().ok()?;
+    [here.join("../shared/peers/prosody-bench.sh"), here.join("shared/peers/prosody-bench.sh")]
+        .into_iter()
+        .find(|p| p.exists())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default()
+}
+
+async fn measure(alice: &HostProcess) -> anyhow::Result<(f64, f64, f64)> {
+    let client = Rc::new(smvsctl::client::connect(&alice.socket).await?);
+    let bob = Username::parse("bob")?;
+    for i in 0..WARMUP {
+        client.send(&bob, &format!("warm-up {i}")).await?;
+    }
+    wait_drained(&client).await?;
+
+    // Throughput: keep IN_FLIGHT sends outstanding on one connection.
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..THROUGHPUT_MESSAGES {
+        let (client, bob) = (client.clone(), bob.clone());
+        pending.push_back(tokio::task::spawn_local(async move { client.send(&bob, &format!("bench message {i}")).await }));
+        if pending.len() >= IN_FLIGHT {
+            if let Some(first) = pending.pop_front() {
+                first.await??;
+            }
+        }
+    }
+    for p in pending {
+        p.await??;
+    }
+    wait_drained(&client).await?;
+    let rate = THROUGHPUT_MESSAGES as f64 / started.elapsed().as_secs_f64();
+
+    // Latency: one message in flight, until its `delivered` event.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+    let _subscription = client.subscribe(tx).await?;
+    let mut samples = Vec::with_capacity(LATENCY_MESSAGES);
+    for i in 0..LATENCY_MESSAGES {
+        let t0 = Instant::now();
+        let id = client.send(&bob, &format!("latency {i}")).await?;
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .context("no delivered event within 30 s")?
+                .context("event stream ended")??;
+            if let EventView::MessageStatus { id: got, status: MessageStatus::Delivered, .. } = event {
+                if got == id {
+                    break;
+                }
+            }
+        }
+        samples.push(t0.elapsed());
+    }
+    samples.sort_unstable();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let p50 = ms(samples[samples.len() / 2]);
+    let p99 = ms(samples[(samples.len() * 99) / 100]);
+    Ok((rate, p50, p99))
+}
+
+/// Waits until alice's outbox is empty: every message has its receipt.
+async fn wait_drained(client: &HostClient) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if client.status().await?.queued == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the outbox did not drain within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
