@@ -23,6 +23,8 @@ pub struct FileConfig {
     pub allowed_uids: Option<Vec<u32>>,
     pub retry_max_seconds: Option<u64>,
     pub honour_remote_delete: Option<bool>,
+    pub socks5_proxy: Option<String>,
+    pub contacts_only: Option<bool>,
 }
 
 impl FileConfig {
@@ -50,4 +52,9 @@ pub struct Config {
     pub retry_max: Duration,
     /// Whether a peer's "delete everywhere" request deletes here too.
     pub honour_remote_delete: bool,
+    /// Connect to other hosts through this SOCKS5 proxy (e.g. Tor's 127.0.0.1:9050); the
+    /// proxy resolves host names, so onion addresses work.
+    pub socks5_proxy: Option<String>,
+    /// Hold messages from users who are not contacts yet as requests.
+    pub contacts_only: bool,
 }

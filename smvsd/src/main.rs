@@ -49,6 +49,12 @@ struct Cli {
     /// Do not honour peers' "delete everywhere" requests.
     #[arg(long)]
     refuse_remote_delete: bool,
+    /// Reach other hosts through this SOCKS5 proxy, HOST:PORT (e.g. Tor at 127.0.0.1:9050).
+    #[arg(long)]
+    socks5_proxy: Option<String>,
+    /// Hold messages from users who are not contacts yet, as requests.
+    #[arg(long)]
+    contacts_only: bool,
 }
 
 fn settle(cli: Cli) -> Result<Config, String> {
@@ -103,6 +109,8 @@ fn settle(cli: Cli) -> Result<Config, String> {
         ),
         honour_remote_delete: !cli.refuse_remote_delete
             && file.honour_remote_delete.unwrap_or(true),
+        socks5_proxy: cli.socks5_proxy.or(file.socks5_proxy),
+        contacts_only: cli.contacts_only || file.contacts_only.unwrap_or(false),
     })
 }
 

@@ -126,13 +126,39 @@ async fn delivery_task(core: Rc<HostCore>, peer: Username, wake: Rc<Notify>) {
 async fn connect(core: &HostCore, peer: &Username) -> Result<host_link::Client, DeliveryError> {
     let (contact, _) = core.trusted_contact(peer).await?;
     let key = HostCore::contact_transport_key(&contact)?;
-    let channel = smvs_transport::connect(
-        contact.host_address.as_str(),
-        &core.transport,
-        smvs_transport::HOST_PROLOGUE,
-        Some(&key),
-    )
-    .await?;
+    let address = contact.host_address.as_str();
+    let channel = match &core.config.socks5_proxy {
+        None => {
+            smvs_transport::connect(
+                address,
+                &core.transport,
+                smvs_transport::HOST_PROLOGUE,
+                Some(&key),
+            )
+            .await?
+        }
+        Some(proxy) => {
+            // The proxy resolves the name (an onion address, say); we only hand it the text.
+            let (host, port) = split_address(address)?;
+            let tcp = tokio_socks::tcp::Socks5Stream::connect(proxy.as_str(), (host, port))
+                .await
+                .map_err(|e| {
+                    HostError::new(
+                        "proxy",
+                        format!("SOCKS5 proxy {proxy} cannot reach {address}: {e}"),
+                    )
+                })?
+                .into_inner();
+            smvs_transport::connect_over(
+                tcp,
+                address,
+                &core.transport,
+                smvs_transport::HOST_PROLOGUE,
+                Some(&key),
+            )
+            .await?
+        }
+    };
     let (system, client) = smvs_transport::rpc::client::<host_link::Client>(channel);
     tokio::task::spawn_local(async move {
         if let Err(e) = system.await {
@@ -140,6 +166,15 @@ async fn connect(core: &HostCore, peer: &Username) -> Result<host_link::Client, 
         }
     });
     Ok(client)
+}
+
+/// Splits a host address into host (without IPv6 brackets) and port.
+fn split_address(address: &str) -> Result<(&str, u16), HostError> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| HostError::internal(format!("stored host address {address} has no port")))?;
+    let port = port.parse().map_err(HostError::internal)?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
 async fn deliver(

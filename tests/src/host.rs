@@ -60,6 +60,11 @@ impl HostProcess {
         Ok(host)
     }
 
+    /// Adds flags for the next `start_again`.
+    pub fn add_flags(&mut self, flags: &[&str]) {
+        self.extra.extend(flags.iter().map(|s| s.to_string()));
+    }
+
     /// Starts smvsd again on the same state (after `stop` or `kill`).
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         if self.daemon.is_some() {

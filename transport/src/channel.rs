@@ -42,8 +42,20 @@ pub async fn connect(
             action: "connecting to",
             source,
         })?;
+    connect_over(tcp, &shown, local, prologue, expected).await
+}
+
+/// Runs the initiator's handshake over a TCP stream that is already connected (for example
+/// through a SOCKS5 proxy); `shown` names the peer in errors.
+pub async fn connect_over(
+    tcp: TcpStream,
+    shown: &str,
+    local: &AgreementKeyPair,
+    prologue: &[u8],
+    expected: Option<&AgreementPublicKey>,
+) -> Result<SecureChannel, TransportError> {
     let peer = tcp.peer_addr().map_err(|source| TransportError::Io {
-        peer: shown,
+        peer: shown.to_owned(),
         action: "reading the address of",
         source,
     })?;

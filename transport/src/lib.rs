@@ -15,7 +15,7 @@ mod channel;
 mod error;
 pub mod rpc;
 
-pub use channel::{accept, connect, SecureChannel, HANDSHAKE_TIMEOUT};
+pub use channel::{accept, connect, connect_over, SecureChannel, HANDSHAKE_TIMEOUT};
 pub use error::TransportError;
 
 /// Prologue of directory links: both sides must agree on it or the handshake fails.
