@@ -24,19 +24,29 @@ const LATENCY_MESSAGES: usize = 2_000;
 const WARMUP: usize = 200;
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let directory = runtime.block_on(DirectoryProcess::start(Backend::Sqlite, &[]))?;
     let alice = HostProcess::start("alice", &directory, "127.0.0.1", &[])?;
     let bob = HostProcess::start("bob", &directory, "127.0.0.2", &[])?;
     alice.register()?;
     bob.register()?;
     println!("SMVS messages: alice's host -> bob's host on loopback, release build, SQLite WAL synchronous=FULL on both hosts");
-    println!("machine: {} cores, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu_model());
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        cpu_model()
+    );
 
     let local = tokio::task::LocalSet::new();
     let (rate, p50, p99) = local.block_on(&runtime, measure(&alice))?;
     println!("throughput: {THROUGHPUT_MESSAGES} messages, {IN_FLIGHT} in flight: {rate:.0} messages/s (send -> receipt, durable on both hosts)");
-    println!("latency, one in flight ({LATENCY_MESSAGES} messages): p50 {p50:.3} ms, p99 {p99:.3} ms");
+    println!(
+        "latency, one in flight ({LATENCY_MESSAGES} messages): p50 {p50:.3} ms, p99 {p99:.3} ms"
+    );
     println!(
         "json {}",
         serde_json::json!({"system": "smvs", "messages_per_s": rate, "p50_ms": p50, "p99_ms": p99,
@@ -44,7 +54,10 @@ fn main() -> anyhow::Result<()> {
     );
     let got = bob.history("alice")?.len();
     if got != THROUGHPUT_MESSAGES + LATENCY_MESSAGES + WARMUP {
-        bail!("bob has {got} messages, expected {}", THROUGHPUT_MESSAGES + LATENCY_MESSAGES + WARMUP);
+        bail!(
+            "bob has {got} messages, expected {}",
+            THROUGHPUT_MESSAGES + LATENCY_MESSAGES + WARMUP
+        );
     }
     drop((alice, bob, directory));
 
@@ -59,19 +72,32 @@ fn main() -> anyhow::Result<()> {
                 .output()
                 .context("running the prosody peer")?;
             let text = String::from_utf8_lossy(&out.stdout);
-            let result = text.lines().find(|l| l.starts_with("RESULT")).map(str::to_owned);
+            let result = text
+                .lines()
+                .find(|l| l.starts_with("RESULT"))
+                .map(str::to_owned);
             match result.as_deref().and_then(|l| field(l, "msgs_per_s")) {
                 Some(peer_rate) => {
                     println!("{}", result.as_deref().unwrap_or(""));
-                    println!("ratio: SMVS {rate:.0} / prosody {peer_rate:.0} messages/s = {:.1}x", rate / peer_rate);
+                    println!(
+                        "ratio: SMVS {rate:.0} / prosody {peer_rate:.0} messages/s = {:.1}x",
+                        rate / peer_rate
+                    );
                     if let Some(peer_p50) = result.as_deref().and_then(|l| field(l, "p50_ms")) {
-                        println!("one in flight: SMVS p50 {p50:.3} ms vs prosody p50 {peer_p50:.3} ms");
+                        println!(
+                            "one in flight: SMVS p50 {p50:.3} ms vs prosody p50 {peer_p50:.3} ms"
+                        );
                     }
                 }
-                None => println!("the peer printed no RESULT line:\n{text}\n{}", String::from_utf8_lossy(&out.stderr)),
+                None => println!(
+                    "the peer printed no RESULT line:\n{text}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
             }
         }
-        None => println!("\nXMPP peer not found (shared/peers/prosody-bench.sh beside the repository); no ratio"),
+        None => println!(
+            "\nXMPP peer not found (shared/peers/prosody-bench.sh beside the repository); no ratio"
+        ),
     }
     Ok(())
 }
@@ -84,15 +110,22 @@ fn field(line: &str, key: &str) -> Option<f64> {
 
 fn peer_script() -> Option<PathBuf> {
     let here = std::env::current_dir().ok()?;
-    [here.join("../shared/peers/prosody-bench.sh"), here.join("shared/peers/prosody-bench.sh")]
-        .into_iter()
-        .find(|p| p.exists())
+    [
+        here.join("../shared/peers/prosody-bench.sh"),
+        here.join("shared/peers/prosody-bench.sh"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
 }
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default()
 }
 
@@ -109,7 +142,9 @@ async fn measure(alice: &HostProcess) -> anyhow::Result<(f64, f64, f64)> {
     let mut pending = std::collections::VecDeque::new();
     for i in 0..THROUGHPUT_MESSAGES {
         let (client, bob) = (client.clone(), bob.clone());
-        pending.push_back(tokio::task::spawn_local(async move { client.send(&bob, &format!("bench message {i}")).await }));
+        pending.push_back(tokio::task::spawn_local(async move {
+            client.send(&bob, &format!("bench message {i}")).await
+        }));
         if pending.len() >= IN_FLIGHT {
             if let Some(first) = pending.pop_front() {
                 first.await??;
@@ -134,7 +169,12 @@ async fn measure(alice: &HostProcess) -> anyhow::Result<(f64, f64, f64)> {
                 .await
                 .context("no delivered event within 30 s")?
                 .context("event stream ended")??;
-            if let EventView::MessageStatus { id: got, status: MessageStatus::Delivered, .. } = event {
+            if let EventView::MessageStatus {
+                id: got,
+                status: MessageStatus::Delivered,
+                ..
+            } = event
+            {
                 if got == id {
                     break;
                 }

@@ -7,14 +7,26 @@ use std::time::Duration;
 use smvs_tests::{Backend, DirectoryProcess, HostProcess};
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let directory = runtime.block_on(DirectoryProcess::start(Backend::Sqlite, &[]))?;
-    println!("directory  listening on {}, key {}", directory.addr, directory.key.to_hex());
+    println!(
+        "directory  listening on {}, key {}",
+        directory.addr,
+        directory.key.to_hex()
+    );
 
     let alice = HostProcess::start("alice", &directory, "127.0.0.1", &[])?;
     let bob = HostProcess::start("bob", &directory, "127.0.0.2", &[])?;
-    println!("alice's host listening on {} (keyguard and smvsd)", alice.listen);
-    println!("bob's host   listening on {} (keyguard and smvsd)", bob.listen);
+    println!(
+        "alice's host listening on {} (keyguard and smvsd)",
+        alice.listen
+    );
+    println!(
+        "bob's host   listening on {} (keyguard and smvsd)",
+        bob.listen
+    );
 
     println!("\n$ smvsctl register alice   (on alice's host)");
     print!("{}", alice.ctl_ok(&["register", "alice"])?);
@@ -22,8 +34,16 @@ fn main() -> anyhow::Result<()> {
     print!("{}", bob.ctl_ok(&["register", "bob"])?);
 
     let lines = [
-        (&alice, "bob", "Hi Bob! This message is end-to-end encrypted."),
-        (&bob, "alice", "Hi Alice, got it. Only our two hosts can read it."),
+        (
+            &alice,
+            "bob",
+            "Hi Bob! This message is end-to-end encrypted.",
+        ),
+        (
+            &bob,
+            "alice",
+            "Hi Alice, got it. Only our two hosts can read it.",
+        ),
         (&alice, "bob", "And it was stored encrypted on both sides."),
     ];
     for (from, to, text) in lines {
@@ -32,10 +52,14 @@ fn main() -> anyhow::Result<()> {
     }
     // Wait until every message is delivered (the receipt came back) before showing history.
     alice.wait_history("bob", Duration::from_secs(30), |h| {
-        h.len() == 3 && h.iter().all(|m| m["status"] == "delivered" || m["status"] == "received")
+        h.len() == 3
+            && h.iter()
+                .all(|m| m["status"] == "delivered" || m["status"] == "received")
     })?;
     bob.wait_history("alice", Duration::from_secs(30), |h| {
-        h.len() == 3 && h.iter().all(|m| m["status"] == "delivered" || m["status"] == "received")
+        h.len() == 3
+            && h.iter()
+                .all(|m| m["status"] == "delivered" || m["status"] == "received")
     })?;
 
     println!("\n$ smvsctl history bob      (on alice's host)");
@@ -48,7 +72,11 @@ fn main() -> anyhow::Result<()> {
     print!("{}", bob.ctl_ok(&["verify", "alice"])?);
 
     let (mut alice, mut bob) = (alice, bob);
-    println!("\nstopping: alice's smvsd {}, bob's smvsd {}", alice.stop()?, bob.stop()?);
+    println!(
+        "\nstopping: alice's smvsd {}, bob's smvsd {}",
+        alice.stop()?,
+        bob.stop()?
+    );
     println!("stopping: directory {}", directory.daemon.stop()?);
     Ok(())
 }
