@@ -2,8 +2,8 @@
 //!
 //! - a conversation is found by its *tag*, a keyed BLAKE2b of the peer's name;
 //! - each conversation has its own random key, stored only wrapped by the storage key (which
-//!   comes from smvs-keyguard at start-up and is never written by smvsd); deleting the wrapped
-//!   key destroys the conversation (crypto-shredding);
+//!   comes from smvs-keyguard at start-up and is never written by smvsd); deleting or
+//!   overwriting the wrapped key destroys the conversation (crypto-shredding);
 //! - message rows, contact rows and settings are XChaCha20-Poly1305 boxes whose associated data
 //!   names what they are and where they belong, so a row moved elsewhere does not open.
 

@@ -6,9 +6,10 @@
 //! ```
 //!
 //! What is on disk (see `crypt` for how): conversations (tag, sealed peer name, wrapped key,
-//! hash-chain heads, expiry), messages (tag, id, direction, status, integrity, sealed content),
-//! contacts (tag, sealed record), settings (sealed). The outbox is the set of outgoing messages
-//! whose status is queued or sent. WAL mode, `synchronous=FULL`, `secure_delete=ON`.
+//! hash-chain heads, expiry), messages (tag, id, direction, status, integrity, whether it is a
+//! control message, sealed content), contacts (tag, sealed record), settings (sealed). The
+//! outbox is the set of outgoing messages whose status is queued or sent. WAL mode,
+//! `synchronous=FULL`, `secure_delete=ON`.
 
 mod crypt;
 
@@ -46,7 +47,8 @@ impl From<smvs_sqlite::WorkerGone> for StorageError {
     }
 }
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE settings (name TEXT PRIMARY KEY NOT NULL, sealed BLOB NOT NULL) STRICT;
     CREATE TABLE conversations (
         tag BLOB PRIMARY KEY NOT NULL,
@@ -70,7 +72,13 @@ const MIGRATIONS: &[&str] = &["
     ) STRICT;
     CREATE INDEX messages_outbox ON messages (tag, seq) WHERE direction = 0 AND status IN (0, 1);
     CREATE TABLE contacts (tag BLOB PRIMARY KEY NOT NULL, sealed BLOB NOT NULL) STRICT;
-"];
+",
+    "
+    -- 1: control messages (delete requests, expiry settings) are rows too, but not messages a
+    -- person wrote: they are not counted. Rows from before this migration count as text.
+    ALTER TABLE messages ADD COLUMN control INTEGER NOT NULL DEFAULT 0;
+",
+];
 
 /// The sealed content of a message row.
 #[derive(Serialize, Deserialize)]
@@ -431,8 +439,10 @@ impl Storage {
                             Integrity::Ok
                         }
                     } else {
-                        // Is the predecessor something we already have (an older message arriving
-                        // late) or something we never saw (a gap)?
+                        // Is the predecessor something we already have, or does a stored
+                        // message name this one as its predecessor (an older message arriving
+                        // late), or is it something we never saw (a gap)? Only a gap moves the
+                        // head; a late message must not pull the chain back.
                         let known: Option<i64> = c
                     .query_row(
                         "SELECT seq FROM messages WHERE tag = ?1 AND direction = 1 AND hash = ?2",
@@ -440,7 +450,7 @@ impl Storage {
                         |r| r.get(0),
                     )
                     .optional()?;
-                        if known.is_some() {
+                        if known.is_some() || named_by_a_gap(c, &key, &tag, &msg)? {
                             Integrity::OutOfOrder
                         } else {
                             Integrity::Gap
@@ -505,11 +515,15 @@ impl Storage {
 
     pub async fn conversations(&self) -> Result<Vec<ConversationSummary>> {
         self.call(|c, k| {
+            // A conversation with neither messages nor a setting (deleted, or only control
+            // messages so far) is not shown.
             let mut stmt = c.prepare(
-                "SELECT c.tag, c.sealed_peer, c.expire_seconds,
-                        (SELECT count(*) FROM messages m WHERE m.tag = c.tag),
-                        (SELECT max(stored_at) FROM messages m WHERE m.tag = c.tag)
-                 FROM conversations c",
+                "SELECT tag, sealed_peer, expire_seconds, n, last_at FROM (
+                    SELECT c.tag, c.sealed_peer, c.expire_seconds,
+                        (SELECT count(*) FROM messages m WHERE m.tag = c.tag AND m.control = 0) AS n,
+                        (SELECT max(stored_at) FROM messages m WHERE m.tag = c.tag AND m.control = 0) AS last_at
+                    FROM conversations c)
+                 WHERE n > 0 OR expire_seconds > 0",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -536,22 +550,44 @@ impl Storage {
         .await
     }
 
-    /// Deletes one message (`Some(id)`) or the whole conversation (`None`: its key is
-    /// destroyed). Then the WAL is checkpointed and truncated so no old page survives there.
-    /// Returns how many messages went.
+    /// Deletes one message (`Some(id)`) or the whole conversation (`None`: every message, and
+    /// its key is destroyed). Then the WAL is checkpointed and truncated so no old page survives
+    /// there. Returns how many messages (not counting control messages) went.
     pub async fn delete(&self, peer: &Username, id: Option<MessageId>) -> Result<u32> {
         let peer = peer.clone();
         let n = self
             .call(move |c, k| {
                 let tag = k.tag(&peer)?;
-                let n = match id {
-                    Some(id) => c.execute(
-                        "DELETE FROM messages WHERE tag = ?1 AND id = ?2",
-                        params![tag, &id.0[..]],
-                    )?,
+                let n: i64 = match id {
+                    Some(id) => {
+                        let n = c.query_row(
+                            "SELECT count(*) FROM messages WHERE tag = ?1 AND id = ?2 AND control = 0",
+                            params![tag, &id.0[..]],
+                            |r| r.get(0),
+                        )?;
+                        c.execute(
+                            "DELETE FROM messages WHERE tag = ?1 AND id = ?2",
+                            params![tag, &id.0[..]],
+                        )?;
+                        n
+                    }
                     None => {
-                        let n = c.execute("DELETE FROM messages WHERE tag = ?1", [&tag])?;
-                        c.execute("DELETE FROM conversations WHERE tag = ?1", [&tag])?;
+                        let n = c.query_row(
+                            "SELECT count(*) FROM messages WHERE tag = ?1 AND control = 0",
+                            [&tag],
+                            |r| r.get(0),
+                        )?;
+                        c.execute("DELETE FROM messages WHERE tag = ?1", [&tag])?;
+                        // The key is destroyed by overwriting it with a new one, but the row
+                        // stays: its hash-chain heads belong to the two users' chains, not to
+                        // the history. Dropping them made our next message look like a first
+                        // one to the peer and theirs like a gap to us, an integrity alarm
+                        // caused by a deletion. (The expiry setting stays too.)
+                        let (_, wrapped) = k.new_conversation_key(&tag)?;
+                        c.execute(
+                            "UPDATE conversations SET wrapped_key = ?2 WHERE tag = ?1",
+                            params![tag, wrapped],
+                        )?;
                         n
                     }
                 };
@@ -617,6 +653,39 @@ impl Storage {
         hashes.sort_unstable();
         Ok(smvs_crypto::blake2b_256(&hashes.concat()))
     }
+}
+
+/// How many of the conversation's latest gap messages [`named_by_a_gap`] looks at.
+const GAP_LOOKBACK: i64 = 1024;
+
+/// Whether a stored incoming message names `msg` as its predecessor, i.e. `msg` arrived after
+/// its successor: out of order, even when its own predecessor never arrived either.
+///
+/// Without this, such a message counted as a gap and moved the chain head back to itself; the
+/// in-order messages after it (whose predecessors are stored) then all counted as out of order.
+/// Only gap messages need looking at: a message that names one not yet stored was a gap itself
+/// when it arrived (its predecessor was unknown). They are few, and only this path (a message
+/// that does not follow the head and whose predecessor is unknown) opens them.
+fn named_by_a_gap(c: &Connection, key: &AeadKey, tag: &[u8], msg: &StoredMessage) -> Result<bool> {
+    let hash = message_hash(
+        &msg.id,
+        &msg.from,
+        &msg.to,
+        msg.time,
+        &msg.prev_hash,
+        &msg.payload,
+    );
+    let mut stmt = c.prepare_cached(
+        "SELECT id, direction, status, integrity, sealed FROM messages
+         WHERE tag = ?1 AND direction = 1 AND integrity = ?2 ORDER BY seq DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![tag, Integrity::Gap as i64, GAP_LOOKBACK], row_tuple)?;
+    for row in rows {
+        if decode_row(key, tag, &msg.peer, row?)?.prev_hash == hash {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn peer_name(k: &AtRest, tag: &[u8], sealed: &[u8]) -> Result<Username> {
@@ -686,8 +755,8 @@ fn insert_message(
         &msg.payload,
     );
     c.prepare_cached(
-        "INSERT INTO messages (tag, id, direction, status, integrity, stored_at, hash, sealed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO messages (tag, id, direction, status, integrity, stored_at, hash, sealed, control)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         tag,
@@ -697,7 +766,8 @@ fn insert_message(
         msg.integrity as i64,
         crate::model::now_ms(),
         &hash[..],
-        sealed
+        sealed,
+        !matches!(msg.payload, Payload::Text(_))
     ])?;
     Ok(hash)
 }
