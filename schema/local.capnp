@@ -94,8 +94,9 @@ interface Host {
   register @1 (username :Text) -> (status :HostStatus);
   send @2 (to :Text, body :Text) -> (id :Data);
   # Returns once the message is durably queued.
-  history @3 (peer :Text, limit :UInt32) -> (messages :List(Message));
-  # Oldest first; the last `limit` messages (0: all).
+  history @3 (peer :Text, limit :UInt32) -> (messages :List(Message), more :Bool);
+  # Oldest first; the last `limit` messages (0: as many as fit). One answer carries at most
+  # about 3 MiB of text: `more` says older messages were left out.
   subscribe @4 (sink :EventSink) -> (subscription :Subscription);
   conversations @5 () -> (conversations :List(Conversation));
   contacts @6 () -> (contacts :List(Contact));

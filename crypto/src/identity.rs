@@ -63,6 +63,18 @@ impl IdentityBundle {
         Ok(bundle)
     }
 
+    /// Rebuilds a bundle from [`IdentityBundle::to_bytes`] without checking its signature.
+    /// Only for bytes that were verified before and come back from authenticated storage
+    /// (an AEAD-sealed row): a verification costs an Ed25519 check on every message otherwise.
+    pub fn from_verified_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        crate::error::check_len("identity bundle", bytes, Self::ENCODED_LEN)?;
+        Ok(IdentityBundle {
+            signing_key: SigningPublicKey::from_bytes(&bytes[..32])?,
+            agreement_key: AgreementPublicKey::from_bytes(&bytes[32..64])?,
+            agreement_signature: Signature::from_bytes(&bytes[64..])?,
+        })
+    }
+
     /// Checks that the signing key vouches for the agreement key.
     pub fn verify(&self) -> Result<(), CryptoError> {
         self.signing_key.verify(
@@ -103,6 +115,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(again, bundle);
+        assert_eq!(
+            IdentityBundle::from_verified_bytes(&bundle.to_bytes()).unwrap(),
+            bundle
+        );
         assert_eq!(bundle.to_bytes().len(), IdentityBundle::ENCODED_LEN);
     }
 }

@@ -555,8 +555,14 @@ impl HostClient {
             params.set_limit(limit);
         }
         let answer = request.send().promise.await?;
+        let answer = answer.get()?;
+        if answer.get_more() {
+            // The daemon caps one answer (about 3 MiB of text); say so rather than pretend.
+            eprintln!(
+                "smvsctl: older messages were left out; use --limit to choose how many to show"
+            );
+        }
         answer
-            .get()?
             .get_messages()?
             .iter()
             .map(MessageView::read)

@@ -26,6 +26,8 @@ use crate::router::{Delete, Expire, Register, Router, SendText, SetBlocked, Veri
 
 /// Local clients served at once.
 pub const MAX_LOCAL_CLIENTS: usize = 256;
+/// The most message text one `history` answer carries.
+const HISTORY_ANSWER_BYTES: usize = 3 * 1024 * 1024;
 
 /// Creates the socket's directory (0700 when new), replaces a stale socket, binds, and sets
 /// the socket to 0660 (the uid check decides the rest).
@@ -235,15 +237,32 @@ impl host::Server for HostRpc {
             let p = params.get()?;
             (user(p.get_peer())?, p.get_limit())
         };
-        let messages = self
+        let mut messages = self
             .core
             .storage
             .history(&peer, limit)
             .await
             .map_err(HostError::from)?;
-        let mut list = results
-            .get()
-            .init_messages(u32::try_from(messages.len()).unwrap_or(u32::MAX));
+        // Keep the newest messages that fit in one answer (well under the 4 MiB reader limit).
+        let mut budget = HISTORY_ANSWER_BYTES;
+        let keep = messages
+            .iter()
+            .rev()
+            .take_while(|m| {
+                let size = 128
+                    + match &m.payload {
+                        Payload::Text(t) => t.len(),
+                        _ => 0,
+                    };
+                budget = budget.saturating_sub(size);
+                budget > 0
+            })
+            .count();
+        let more = keep < messages.len();
+        messages.drain(..messages.len() - keep);
+        let mut r = results.get();
+        r.set_more(more);
+        let mut list = r.init_messages(u32::try_from(messages.len()).unwrap_or(u32::MAX));
         for (i, m) in messages.iter().enumerate() {
             write_message(list.reborrow().get(u32::try_from(i).unwrap_or(0)), m);
         }

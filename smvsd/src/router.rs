@@ -88,6 +88,22 @@ async fn queue(
             "you cannot send messages to yourself",
         ));
     }
+    check_can_send(core, to).await?;
+    let stored = core
+        .storage
+        .queue_outgoing(&me.username, to, payload)
+        .await?;
+    core.publish(HostEvent::MessageStatus {
+        id: stored.id,
+        peer: to.clone(),
+        status: Status::Queued,
+    });
+    peers.do_send(Kick(to.clone()));
+    Ok(stored)
+}
+
+/// Refuses sending to a blocked contact or one whose changed key is not accepted yet.
+async fn check_can_send(core: &HostCore, to: &Username) -> Result<(), HostError> {
     if let Some(contact) = core.contact(to).await? {
         if contact.blocked {
             return Err(HostError::new(
@@ -102,17 +118,7 @@ async fn queue(
             ));
         }
     }
-    let stored = core
-        .storage
-        .queue_outgoing(&me.username, to, payload)
-        .await?;
-    core.publish(HostEvent::MessageStatus {
-        id: stored.id,
-        peer: to.clone(),
-        status: Status::Queued,
-    });
-    peers.do_send(Kick(to.clone()));
-    Ok(stored)
+    Ok(())
 }
 
 /// An envelope as it arrived on a host link, as plain owned data.
@@ -295,14 +301,14 @@ async fn apply_delete(
     ids: &[MessageId],
 ) -> Result<(), IncomingError> {
     if ids.is_empty() {
-        core.storage.delete(peer, None).await?;
+        core.storage.delete(peer, None, false).await?;
         core.publish(HostEvent::Deleted {
             id: None,
             peer: peer.clone(),
         });
     } else {
         for id in ids {
-            core.storage.delete(peer, Some(*id)).await?;
+            core.storage.delete(peer, Some(*id), true).await?;
             core.publish(HostEvent::Deleted {
                 id: Some(*id),
                 peer: peer.clone(),
@@ -445,7 +451,13 @@ impl Handler<Delete> for Router {
         let (core, peers) = (self.core.clone(), self.peers.clone());
         Box::pin(async move {
             let peer = parse_user(&msg.peer)?;
-            let n = core.storage.delete(&peer, msg.id).await?;
+            // If the request cannot go (blocked, changed key), nothing is deleted and the user
+            // is told why. It is queued after the local delete, which would otherwise remove it
+            // from the outbox along with the conversation.
+            if msg.everywhere {
+                check_can_send(&core, &peer).await?;
+            }
+            let n = core.storage.delete(&peer, msg.id, false).await?;
             core.publish(HostEvent::Deleted {
                 id: msg.id,
                 peer: peer.clone(),

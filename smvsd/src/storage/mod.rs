@@ -164,16 +164,10 @@ pub fn bundle_to_hex(b: &IdentityBundle) -> String {
     hex::encode(b.to_bytes())
 }
 
-fn bundle_from_hex(h: &str) -> Result<IdentityBundle, StorageError> {
+fn bundle_from_hex(h: &str) -> Result<IdentityBundle> {
     let bytes = hex::decode(h).map_err(|_| StorageError::Corrupt("identity".into()))?;
-    if bytes.len() != IdentityBundle::ENCODED_LEN {
-        return Err(StorageError::Corrupt("identity length".into()));
-    }
-    Ok(IdentityBundle::from_parts(
-        &bytes[..32],
-        &bytes[32..64],
-        &bytes[64..],
-    )?)
+    // Verified when it was pinned; the row it comes from is sealed (authenticated) at rest.
+    Ok(IdentityBundle::from_verified_bytes(&bytes)?)
 }
 
 /// What happened to an incoming message.
@@ -553,21 +547,28 @@ impl Storage {
     /// Deletes one message (`Some(id)`) or the whole conversation (`None`: every message, and
     /// its key is destroyed). Then the WAL is checkpointed and truncated so no old page survives
     /// there. Returns how many messages (not counting control messages) went.
-    pub async fn delete(&self, peer: &Username, id: Option<MessageId>) -> Result<u32> {
+    pub async fn delete(
+        &self,
+        peer: &Username,
+        id: Option<MessageId>,
+        only_theirs: bool,
+    ) -> Result<u32> {
         let peer = peer.clone();
         let n = self
             .call(move |c, k| {
                 let tag = k.tag(&peer)?;
                 let n: i64 = match id {
                     Some(id) => {
+                        // A peer's request may only remove what the peer wrote (direction 1).
+                        let lowest = if only_theirs { 1 } else { 0 };
                         let n = c.query_row(
-                            "SELECT count(*) FROM messages WHERE tag = ?1 AND id = ?2 AND control = 0",
-                            params![tag, &id.0[..]],
+                            "SELECT count(*) FROM messages WHERE tag = ?1 AND id = ?2 AND control = 0 AND direction >= ?3",
+                            params![tag, &id.0[..], lowest],
                             |r| r.get(0),
                         )?;
                         c.execute(
-                            "DELETE FROM messages WHERE tag = ?1 AND id = ?2",
-                            params![tag, &id.0[..]],
+                            "DELETE FROM messages WHERE tag = ?1 AND id = ?2 AND direction >= ?3",
+                            params![tag, &id.0[..], lowest],
                         )?;
                         n
                     }

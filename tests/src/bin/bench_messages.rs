@@ -23,6 +23,26 @@ const IN_FLIGHT: usize = 512;
 const LATENCY_MESSAGES: usize = 2_000;
 const WARMUP: usize = 200;
 
+fn throughput_messages() -> usize {
+    count("SMVS_BENCH_MESSAGES", THROUGHPUT_MESSAGES)
+}
+
+fn latency_messages() -> usize {
+    count("SMVS_BENCH_LATENCY_MESSAGES", LATENCY_MESSAGES)
+}
+
+fn skip_peer() -> bool {
+    std::env::var_os("SMVS_BENCH_NO_PEER").is_some()
+}
+
+/// A count from the environment (for quick local runs), or the default.
+fn count(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -43,25 +63,28 @@ fn main() -> anyhow::Result<()> {
 
     let local = tokio::task::LocalSet::new();
     let (rate, p50, p99) = local.block_on(&runtime, measure(&alice))?;
-    println!("throughput: {THROUGHPUT_MESSAGES} messages, {IN_FLIGHT} in flight: {rate:.0} messages/s (send -> receipt, durable on both hosts)");
+    println!("throughput: {} messages, {IN_FLIGHT} in flight: {rate:.0} messages/s (send -> receipt, durable on both hosts)", throughput_messages());
     println!(
-        "latency, one in flight ({LATENCY_MESSAGES} messages): p50 {p50:.3} ms, p99 {p99:.3} ms"
+        "latency, one in flight ({} messages): p50 {p50:.3} ms, p99 {p99:.3} ms",
+        latency_messages()
     );
     println!(
         "json {}",
         serde_json::json!({"system": "smvs", "messages_per_s": rate, "p50_ms": p50, "p99_ms": p99,
-            "messages": THROUGHPUT_MESSAGES, "in_flight": IN_FLIGHT})
+            "messages": throughput_messages(), "in_flight": IN_FLIGHT})
     );
-    let got = bob.history("alice")?.len();
-    if got != THROUGHPUT_MESSAGES + LATENCY_MESSAGES + WARMUP {
+    let got = bob.ctl_json(&["conversations"])?[0]["messages"]
+        .as_u64()
+        .unwrap_or(0) as usize;
+    if got != throughput_messages() + latency_messages() + WARMUP {
         bail!(
             "bob has {got} messages, expected {}",
-            THROUGHPUT_MESSAGES + LATENCY_MESSAGES + WARMUP
+            throughput_messages() + latency_messages() + WARMUP
         );
     }
     drop((alice, bob, directory));
 
-    match peer_script() {
+    match peer_script().filter(|_| !skip_peer()) {
         Some(script) => {
             println!("\nXMPP peer in the same session: {}", script.display());
             let out = std::process::Command::new("bash")
@@ -140,7 +163,7 @@ async fn measure(alice: &HostProcess) -> anyhow::Result<(f64, f64, f64)> {
     // Throughput: keep IN_FLIGHT sends outstanding on one connection.
     let started = Instant::now();
     let mut pending = std::collections::VecDeque::new();
-    for i in 0..THROUGHPUT_MESSAGES {
+    for i in 0..throughput_messages() {
         let (client, bob) = (client.clone(), bob.clone());
         pending.push_back(tokio::task::spawn_local(async move {
             client.send(&bob, &format!("bench message {i}")).await
@@ -155,13 +178,13 @@ async fn measure(alice: &HostProcess) -> anyhow::Result<(f64, f64, f64)> {
         p.await??;
     }
     wait_drained(&client).await?;
-    let rate = THROUGHPUT_MESSAGES as f64 / started.elapsed().as_secs_f64();
+    let rate = throughput_messages() as f64 / started.elapsed().as_secs_f64();
 
     // Latency: one message in flight, until its `delivered` event.
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
     let _subscription = client.subscribe(tx).await?;
-    let mut samples = Vec::with_capacity(LATENCY_MESSAGES);
-    for i in 0..LATENCY_MESSAGES {
+    let mut samples = Vec::with_capacity(latency_messages());
+    for i in 0..latency_messages() {
         let t0 = Instant::now();
         let id = client.send(&bob, &format!("latency {i}")).await?;
         loop {
