@@ -18,7 +18,7 @@ use smvs_schema::{canonical, HostAddress, Username};
 
 use crate::config::Config;
 use crate::error::HostError;
-use crate::model::HostEvent;
+use crate::model::{HostEvent, MessageId};
 use crate::session::{self, SessionKeys};
 use crate::storage::{bundle_to_hex, Contact, Storage};
 
@@ -43,6 +43,10 @@ pub struct HostCore {
     records: RefCell<HashMap<Username, (VerifiedRecord, Instant)>>,
     sessions: RefCell<HashMap<Username, (IdentityBundle, Rc<SessionKeys>)>>,
     contacts: RefCell<HashMap<Username, Contact>>,
+    /// Outgoing messages handed to the peer's host and waiting for a receipt. "Sent" is a
+    /// passing state, so it lives here rather than costing a disk write per message; after a
+    /// restart such messages read as queued again, which is what they are until the receipt.
+    sent: RefCell<std::collections::HashSet<MessageId>>,
     /// One FIFO lock per sender: incoming envelopes from one host keep their order up to the
     /// moment they are queued for storage.
     arrival_order: RefCell<HashMap<Username, std::sync::Arc<tokio::sync::Mutex<()>>>>,
@@ -67,6 +71,7 @@ impl HostCore {
             records: RefCell::new(HashMap::new()),
             sessions: RefCell::new(HashMap::new()),
             contacts: RefCell::new(HashMap::new()),
+            sent: RefCell::new(std::collections::HashSet::new()),
             arrival_order: RefCell::new(HashMap::new()),
             events: RefCell::new(None),
         }
@@ -102,6 +107,23 @@ impl HostCore {
         self.storage.put_contact(contact.clone()).await?;
         self.contacts.borrow_mut().insert(name, contact);
         Ok(())
+    }
+
+    /// Records that these messages are on their way (status "sent").
+    pub fn mark_sent(&self, ids: &[MessageId]) {
+        self.sent.borrow_mut().extend(ids.iter().copied());
+    }
+
+    /// Forgets the "sent" state of these messages (delivered, failed, or the link broke).
+    pub fn unmark_sent(&self, ids: &[MessageId]) {
+        let mut sent = self.sent.borrow_mut();
+        for id in ids {
+            sent.remove(id);
+        }
+    }
+
+    pub fn is_sent(&self, id: &MessageId) -> bool {
+        self.sent.borrow().contains(id)
     }
 
     /// Waits for this sender's turn (first come, first served).

@@ -147,7 +147,7 @@ fn status_of(s: Status) -> message::Status {
     }
 }
 
-fn write_message(mut b: message::Builder<'_>, m: &StoredMessage) {
+fn write_message(mut b: message::Builder<'_>, m: &StoredMessage, core: &HostCore) {
     b.set_id(&m.id.0);
     b.set_from(m.from.as_str());
     b.set_to(m.to.as_str());
@@ -155,7 +155,13 @@ fn write_message(mut b: message::Builder<'_>, m: &StoredMessage) {
     if let Payload::Text(t) = &m.payload {
         b.set_body(t);
     }
-    b.set_status(status_of(m.status));
+    // "Sent" lives in memory only (see HostCore::mark_sent).
+    let status = if m.status == Status::Queued && core.is_sent(&m.id) {
+        Status::Sent
+    } else {
+        m.status
+    };
+    b.set_status(status_of(status));
     b.set_integrity(match m.integrity {
         Integrity::Ok => message::Integrity::Ok,
         Integrity::Gap => message::Integrity::Gap,
@@ -264,7 +270,11 @@ impl host::Server for HostRpc {
         r.set_more(more);
         let mut list = r.init_messages(u32::try_from(messages.len()).unwrap_or(u32::MAX));
         for (i, m) in messages.iter().enumerate() {
-            write_message(list.reborrow().get(u32::try_from(i).unwrap_or(0)), m);
+            write_message(
+                list.reborrow().get(u32::try_from(i).unwrap_or(0)),
+                m,
+                &self.core,
+            );
         }
         Ok(())
     }
@@ -287,7 +297,7 @@ impl host::Server for HostRpc {
             .await
             .map_err(HostError::from)?
             .ok_or_else(|| HostError::new("not-found", format!("no message {id} with {peer}")))?;
-        write_message(results.get().init_message(), &m);
+        write_message(results.get().init_message(), &m, &self.core);
         Ok(())
     }
 

@@ -13,7 +13,7 @@
 //! calls on one capability in order, and the receiving host queues them for storage in that
 //! order, so a conversation arrives in the order it was written.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use crate::model::{HostEvent, MessageId, Status, StoredMessage};
 use crate::session::{self, Header};
 
 /// Envelopes in flight on one link at a time.
-pub const WINDOW: u32 = 512;
+pub const WINDOW: u32 = 2048;
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -92,27 +92,19 @@ enum DeliveryError {
 }
 
 async fn delivery_task(core: Rc<HostCore>, peer: Username, wake: Rc<Notify>) {
-    let mut link: Option<host_link::Client> = None;
     let mut delays = backoff(core.config.retry_max);
+    // The link stays up between bursts; a failure drops it and the next round reconnects.
+    let mut link: Option<host_link::Client> = None;
     loop {
-        let batch = match core.storage.outbox(&peer, WINDOW).await {
-            Ok(batch) => batch,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the outbox");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+        match stream_outbox(&core, &peer, &mut link).await {
+            Ok(()) => {
+                delays = backoff(core.config.retry_max);
+                // The outbox is empty: wait for new work (or look again now and then).
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
             }
-        };
-        if batch.is_empty() {
-            // Idle: wait for new work (or look again now and then).
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-            }
-            continue;
-        }
-        match deliver(&core, &peer, &mut link, &batch).await {
-            Ok(()) => delays = backoff(core.config.retry_max),
             Err(e) => {
                 link = None;
                 let delay = delays.next().unwrap_or(core.config.retry_max);
@@ -177,12 +169,23 @@ fn split_address(address: &str) -> Result<(&str, u16), HostError> {
     Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
-async fn deliver(
-    core: &HostCore,
+/// Connects to the peer's host and streams the outbox to it until the outbox is empty:
+/// up to [`WINDOW`] envelopes in flight, topped up from storage as receipts come back, so the
+/// link never idles between batches. Statuses are written off the critical path.
+async fn stream_outbox(
+    core: &Rc<HostCore>,
     peer: &Username,
     link: &mut Option<host_link::Client>,
-    batch: &[StoredMessage],
 ) -> Result<(), DeliveryError> {
+    let mut pending: VecDeque<(i64, StoredMessage)> = core
+        .storage
+        .outbox(peer, 0, WINDOW)
+        .await
+        .map_err(HostError::from)?
+        .into();
+    if pending.is_empty() {
+        return Ok(());
+    }
     let me = core.me()?;
     let (contact, _) = core.trusted_contact(peer).await?;
     let identity = contact.identity().map_err(HostError::from)?;
@@ -196,88 +199,144 @@ async fn deliver(
         }
     };
 
-    let mut in_flight = Vec::with_capacity(batch.len());
-    for message in batch {
-        let inner = session::Inner {
-            id: message.id,
-            from: me.username.clone(),
-            to: peer.clone(),
-            time: message.time,
-            prev_hash: message.prev_hash.clone(),
-            payload: message.payload.clone(),
-        };
-        let header = Header {
-            id: &message.id,
-            sender: &me.username,
-            recipient: peer,
-        };
-        let sealed = session::seal(&keys, &header, &session::encode_inner(&inner))
-            .map_err(HostError::internal)?;
-        let mut request = client.deliver_request();
-        {
-            let mut e = request.get().init_envelope();
-            e.set_format_version(session::ENVELOPE_FORMAT);
-            e.set_id(&message.id.0);
-            e.set_sender(me.username.as_str());
-            e.set_recipient(peer.as_str());
-            e.set_session_version(session::SESSION_V1);
-            e.set_sealed(&sealed);
+    let mut in_flight = VecDeque::with_capacity(WINDOW as usize);
+    let mut last_seq = 0;
+    let mut delivered = Vec::new();
+    loop {
+        let mut sent_now = Vec::new();
+        while in_flight.len() < WINDOW as usize {
+            let Some((seq, message)) = pending.pop_front() else {
+                break;
+            };
+            last_seq = seq;
+            if message.status == Status::Queued {
+                sent_now.push(message.id);
+            }
+            in_flight.push_back((
+                message.id,
+                send_envelope(&client, &keys, &me.username, peer, &message)?,
+            ));
         }
-        in_flight.push((message.id, request.send().promise));
-    }
-
-    let queued: Vec<MessageId> = batch
-        .iter()
-        .filter(|m| m.status == Status::Queued)
-        .map(|m| m.id)
-        .collect();
-    if !queued.is_empty() {
-        let changed = core
-            .storage
-            .set_outgoing_status(peer, queued, Status::Sent)
-            .await
-            .map_err(HostError::from)?;
-        publish_all(core, peer, changed, Status::Sent);
-    }
-
-    let mut delivered = Vec::with_capacity(in_flight.len());
-    let mut failed = Vec::new();
-    let mut first_error = None;
-    for (id, promise) in in_flight {
+        if !sent_now.is_empty() {
+            core.mark_sent(&sent_now);
+            publish_all(core, peer, sent_now, Status::Sent);
+        }
+        if pending.is_empty() && in_flight.len() < WINDOW as usize / 2 {
+            let room = WINDOW - u32::try_from(in_flight.len()).unwrap_or(WINDOW);
+            let more = core
+                .storage
+                .outbox(peer, last_seq, room)
+                .await
+                .map_err(HostError::from)?;
+            if !more.is_empty() {
+                pending.extend(more);
+                continue;
+            }
+        }
+        let Some((id, promise)) = in_flight.pop_front() else {
+            record_status(
+                core,
+                peer,
+                std::mem::take(&mut delivered),
+                Status::Delivered,
+            );
+            return Ok(());
+        };
         match promise.await {
             Ok(response) => match check_receipt(&keys, &id, peer, response) {
                 Ok(()) => delivered.push(id),
                 Err(e) => {
-                    first_error.get_or_insert(e);
+                    record_status(core, peer, delivered, Status::Delivered);
+                    give_up_round(core, id, &in_flight);
+                    return Err(e);
                 }
             },
             Err(e) if e.extra.contains("refused: ") => {
                 tracing::warn!(%peer, id = %id, reason = %e.extra, "the peer's host refused a message; it will not be retried");
-                failed.push(id);
+                record_status(core, peer, vec![id], Status::Failed);
             }
             Err(e) => {
-                first_error.get_or_insert(DeliveryError::Rpc(e));
+                record_status(core, peer, delivered, Status::Delivered);
+                give_up_round(core, id, &in_flight);
+                return Err(DeliveryError::Rpc(e));
             }
         }
+        if delivered.len() >= WINDOW as usize / 2 {
+            record_status(
+                core,
+                peer,
+                std::mem::take(&mut delivered),
+                Status::Delivered,
+            );
+        }
     }
-    let changed = core
-        .storage
-        .set_outgoing_status(peer, delivered, Status::Delivered)
-        .await
-        .map_err(HostError::from)?;
-    publish_all(core, peer, changed, Status::Delivered);
-    if !failed.is_empty() {
-        let changed = core
-            .storage
-            .set_outgoing_status(peer, failed, Status::Failed)
-            .await
-            .map_err(HostError::from)?;
-        publish_all(core, peer, changed, Status::Failed);
+}
+
+type Pending = capnp::capability::RemotePromise<host_link::deliver_results::Owned>;
+
+fn send_envelope(
+    client: &host_link::Client,
+    keys: &session::SessionKeys,
+    me: &Username,
+    peer: &Username,
+    message: &StoredMessage,
+) -> Result<
+    capnp::capability::Promise<
+        capnp::capability::Response<host_link::deliver_results::Owned>,
+        capnp::Error,
+    >,
+    DeliveryError,
+> {
+    let inner = session::Inner {
+        id: message.id,
+        from: me.clone(),
+        to: peer.clone(),
+        time: message.time,
+        prev_hash: message.prev_hash.clone(),
+        payload: message.payload.clone(),
+    };
+    let header = Header {
+        id: &message.id,
+        sender: me,
+        recipient: peer,
+    };
+    let sealed = session::seal(keys, &header, &session::encode_inner(&inner))
+        .map_err(HostError::internal)?;
+    let mut request = client.deliver_request();
+    {
+        let mut e = request.get().init_envelope();
+        e.set_format_version(session::ENVELOPE_FORMAT);
+        e.set_id(&message.id.0);
+        e.set_sender(me.as_str());
+        e.set_recipient(peer.as_str());
+        e.set_session_version(session::SESSION_V1);
+        e.set_sealed(&sealed);
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(()),
+    let sent: Pending = request.send();
+    Ok(sent.promise)
+}
+
+/// The link broke: what was on its way is back to "queued" (it is resent on the next round).
+fn give_up_round<T>(core: &HostCore, current: MessageId, in_flight: &VecDeque<(MessageId, T)>) {
+    let mut ids: Vec<MessageId> = in_flight.iter().map(|(id, _)| *id).collect();
+    ids.push(current);
+    core.unmark_sent(&ids);
+}
+
+/// Writes statuses and tells devices, without holding up the link. Storage runs jobs in the
+/// order they are queued, and a delivered message is never set back to sent.
+fn record_status(core: &Rc<HostCore>, peer: &Username, ids: Vec<MessageId>, status: Status) {
+    if ids.is_empty() {
+        return;
     }
+    core.unmark_sent(&ids);
+    let (core, peer) = (core.clone(), peer.clone());
+    tokio::task::spawn_local(async move {
+        match core.storage.set_outgoing_status(&peer, ids, status).await {
+            Ok(changed) => publish_all(&core, &peer, changed, status),
+            Err(e) => tracing::error!(error = %e, "recording delivery statuses failed"),
+        }
+    });
 }
 
 fn check_receipt(

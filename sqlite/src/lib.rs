@@ -15,7 +15,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most jobs one transaction takes.
-pub const MAX_BATCH: usize = 512;
+pub const MAX_BATCH: usize = 2048;
 
 type Reply = Box<dyn FnOnce() + Send>;
 type Work = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;

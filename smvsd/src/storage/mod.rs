@@ -203,6 +203,10 @@ impl Storage {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // 32 MiB of page cache: the hot pages of a busy conversation stay in memory instead of
+        // being read back from the file on every message.
+        conn.pragma_update(None, "cache_size", -32768)?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         smvs_sqlite::migrate(&mut conn, MIGRATIONS)
             .map_err(|e| StorageError::Migration(e.to_string()))?;
@@ -226,11 +230,13 @@ impl Storage {
 
     pub async fn setting(&self, name: &'static str) -> Result<Option<Zeroizing<Vec<u8>>>> {
         self.call(move |c, k| {
-            let sealed: Option<Vec<u8>> = c
-                .query_row("SELECT sealed FROM settings WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()?;
+            let sealed: Option<Vec<u8>> = cached_row(
+                c,
+                "SELECT sealed FROM settings WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?;
             Ok(sealed
                 .map(|s| k.open("setting", name.as_bytes(), &s))
                 .transpose()?)
@@ -241,7 +247,7 @@ impl Storage {
     pub async fn set_setting(&self, name: &'static str, value: Vec<u8>) -> Result<()> {
         self.call(move |c, k| {
             let sealed = k.seal("setting", name.as_bytes(), &value)?;
-            c.execute(
+            cached_exec(c,
                 "INSERT INTO settings VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET sealed = excluded.sealed",
                 params![name, sealed],
             )?;
@@ -263,7 +269,7 @@ impl Storage {
 
     pub async fn contacts(&self) -> Result<Vec<Contact>> {
         self.call(|c, k| {
-            let mut stmt = c.prepare("SELECT tag, sealed FROM contacts")?;
+            let mut stmt = c.prepare_cached("SELECT tag, sealed FROM contacts")?;
             let rows = stmt.query_map([], |r| {
                 Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?))
             })?;
@@ -295,7 +301,8 @@ impl Storage {
         self.call(move |c, k| {
             let (tag, key) = conversation(c, k, &peer, true)?
                 .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
-            let prev: Vec<u8> = c.query_row(
+            let prev: Vec<u8> = cached_row(
+                c,
                 "SELECT last_sent_hash FROM conversations WHERE tag = ?1",
                 [&tag],
                 |r| r.get(0),
@@ -313,7 +320,8 @@ impl Storage {
                 direction: Direction::Out,
             };
             let hash = insert_message(c, &tag, &key, &msg)?;
-            c.execute(
+            cached_exec(
+                c,
                 "UPDATE conversations SET last_sent_hash = ?2 WHERE tag = ?1",
                 params![tag, hash],
             )?;
@@ -322,22 +330,35 @@ impl Storage {
         .await
     }
 
-    /// The outbox of `peer`, oldest first.
-    pub async fn outbox(&self, peer: &Username, limit: u32) -> Result<Vec<StoredMessage>> {
+    /// The outbox of `peer` after position `after_seq` (0: from the start), oldest first,
+    /// with each message's position.
+    pub async fn outbox(
+        &self,
+        peer: &Username,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, StoredMessage)>> {
         let peer = peer.clone();
         self.call(move |c, k| {
             let Some((tag, key)) = conversation(c, k, &peer, false)? else {
                 return Ok(Vec::new());
             };
-            read_messages(
-                c,
-                &key,
-                &tag,
-                &peer,
-                "SELECT id, direction, status, integrity, sealed FROM messages
-                 WHERE tag = ?1 AND direction = 0 AND status IN (0, 1) ORDER BY seq LIMIT ?2",
-                i64::from(limit),
-            )
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, id, direction, status, integrity, sealed FROM messages
+                 WHERE tag = ?1 AND direction = 0 AND status IN (0, 1) AND seq > ?2
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(params![tag, after_seq, i64::from(limit)], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<(i64, RowTuple)>>>()?;
+            rows.into_iter()
+                .map(|(seq, row)| Ok((seq, decode_row(&key, &tag, &peer, row)?)))
+                .collect()
         })
         .await
     }
@@ -345,7 +366,7 @@ impl Storage {
     /// Every peer with something in the outbox.
     pub async fn peers_with_outbox(&self) -> Result<Vec<Username>> {
         self.call(|c, k| {
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT DISTINCT c.tag, c.sealed_peer FROM conversations c JOIN messages m ON m.tag = c.tag
                  WHERE m.direction = 0 AND m.status IN (0, 1)",
             )?;
@@ -362,7 +383,8 @@ impl Storage {
 
     pub async fn queued_count(&self) -> Result<u32> {
         self.call(|c, _| {
-            let n: i64 = c.query_row(
+            let n: i64 = cached_row(
+                c,
                 "SELECT count(*) FROM messages WHERE direction = 0 AND status IN (0, 1)",
                 [],
                 |r| r.get(0),
@@ -411,17 +433,18 @@ impl Storage {
                     let k: &AtRest = &keys;
                     let (tag, key) = conversation(c, k, &msg.peer, true)?
                         .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
-                    let exists: Option<i64> = c
-                        .query_row(
-                            "SELECT seq FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 1",
-                            params![tag, &msg.id.0[..]],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
+                    let exists: Option<i64> = cached_row(
+                        c,
+                        "SELECT seq FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 1",
+                        params![tag, &msg.id.0[..]],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
                     if exists.is_some() {
                         return Ok(Arrival::Duplicate);
                     }
-                    let last: Vec<u8> = c.query_row(
+                    let last: Vec<u8> = cached_row(
+                        c,
                         "SELECT last_recv_hash FROM conversations WHERE tag = ?1",
                         [&tag],
                         |r| r.get(0),
@@ -437,8 +460,7 @@ impl Storage {
                         // message name this one as its predecessor (an older message arriving
                         // late), or is it something we never saw (a gap)? Only a gap moves the
                         // head; a late message must not pull the chain back.
-                        let known: Option<i64> = c
-                    .query_row(
+                        let known: Option<i64> = cached_row(c,
                         "SELECT seq FROM messages WHERE tag = ?1 AND direction = 1 AND hash = ?2",
                         params![tag, msg.prev_hash],
                         |r| r.get(0),
@@ -453,7 +475,8 @@ impl Storage {
                     let stored = StoredMessage { integrity, ..msg };
                     let hash = insert_message(c, &tag, &key, &stored)?;
                     if integrity != Integrity::OutOfOrder {
-                        c.execute(
+                        cached_exec(
+                            c,
                             "UPDATE conversations SET last_recv_hash = ?2 WHERE tag = ?1",
                             params![tag, hash],
                         )?;
@@ -496,7 +519,7 @@ impl Storage {
             let Some((tag, key)) = conversation(c, k, &peer, false)? else {
                 return Ok(None);
             };
-            let mut stmt = c.prepare("SELECT id, direction, status, integrity, sealed FROM messages WHERE tag = ?1 AND id = ?2")?;
+            let mut stmt = c.prepare_cached("SELECT id, direction, status, integrity, sealed FROM messages WHERE tag = ?1 AND id = ?2")?;
             let rows = stmt.query_map(params![tag, &id.0[..]], row_tuple)?;
             let mut rows = rows;
             rows.next()
@@ -511,7 +534,7 @@ impl Storage {
         self.call(|c, k| {
             // A conversation with neither messages nor a setting (deleted, or only control
             // messages so far) is not shown.
-            let mut stmt = c.prepare(
+            let mut stmt = c.prepare_cached(
                 "SELECT tag, sealed_peer, expire_seconds, n, last_at FROM (
                     SELECT c.tag, c.sealed_peer, c.expire_seconds,
                         (SELECT count(*) FROM messages m WHERE m.tag = c.tag AND m.control = 0) AS n,
@@ -561,31 +584,31 @@ impl Storage {
                     Some(id) => {
                         // A peer's request may only remove what the peer wrote (direction 1).
                         let lowest = if only_theirs { 1 } else { 0 };
-                        let n = c.query_row(
+                        let n = cached_row(c,
                             "SELECT count(*) FROM messages WHERE tag = ?1 AND id = ?2 AND control = 0 AND direction >= ?3",
                             params![tag, &id.0[..], lowest],
                             |r| r.get(0),
                         )?;
-                        c.execute(
+                        cached_exec(c,
                             "DELETE FROM messages WHERE tag = ?1 AND id = ?2 AND direction >= ?3",
                             params![tag, &id.0[..], lowest],
                         )?;
                         n
                     }
                     None => {
-                        let n = c.query_row(
+                        let n = cached_row(c,
                             "SELECT count(*) FROM messages WHERE tag = ?1 AND control = 0",
                             [&tag],
                             |r| r.get(0),
                         )?;
-                        c.execute("DELETE FROM messages WHERE tag = ?1", [&tag])?;
+                        cached_exec(c, "DELETE FROM messages WHERE tag = ?1", [&tag])?;
                         // The key is destroyed by overwriting it with a new one, but the row
                         // stays: its hash-chain heads belong to the two users' chains, not to
                         // the history. Dropping them made our next message look like a first
                         // one to the peer and theirs like a gap to us, an integrity alarm
                         // caused by a deletion. (The expiry setting stays too.)
                         let (_, wrapped) = k.new_conversation_key(&tag)?;
-                        c.execute(
+                        cached_exec(c,
                             "UPDATE conversations SET wrapped_key = ?2 WHERE tag = ?1",
                             params![tag, wrapped],
                         )?;
@@ -603,7 +626,7 @@ impl Storage {
     pub async fn checkpoint(&self) -> Result<()> {
         self.worker
             .call_alone(|c| -> Result<()> {
-                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+                cached_row(c, "PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
                 Ok(())
             })
             .await
@@ -614,7 +637,8 @@ impl Storage {
         self.call(move |c, k| {
             let (tag, _) = conversation(c, k, &peer, true)?
                 .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
-            c.execute(
+            cached_exec(
+                c,
                 "UPDATE conversations SET expire_seconds = ?2 WHERE tag = ?1",
                 params![tag, i64::from(seconds)],
             )?;
@@ -627,7 +651,8 @@ impl Storage {
     pub async fn expire(&self, now: i64) -> Result<u32> {
         let n = self
             .call(move |c, _| {
-                let n = c.execute(
+                let n = cached_exec(
+                    c,
                     "DELETE FROM messages WHERE seq IN (
                         SELECT m.seq FROM messages m JOIN conversations c ON c.tag = m.tag
                         WHERE c.expire_seconds > 0 AND m.stored_at + c.expire_seconds * 1000 <= ?1
@@ -704,13 +729,13 @@ fn conversation(
     create: bool,
 ) -> Result<Option<(Vec<u8>, AeadKey)>> {
     let tag = k.tag(peer)?;
-    let wrapped: Option<Vec<u8>> = c
-        .query_row(
-            "SELECT wrapped_key FROM conversations WHERE tag = ?1",
-            [&tag],
-            |r| r.get(0),
-        )
-        .optional()?;
+    let wrapped: Option<Vec<u8>> = cached_row(
+        c,
+        "SELECT wrapped_key FROM conversations WHERE tag = ?1",
+        [&tag],
+        |r| r.get(0),
+    )
+    .optional()?;
     match wrapped {
         Some(w) => {
             let key = k.unwrap_conversation_key(&tag, &w)?;
@@ -719,7 +744,8 @@ fn conversation(
         None if create => {
             let (key, wrapped) = k.new_conversation_key(&tag)?;
             let sealed_peer = k.seal("peer", &tag, peer.as_str().as_bytes())?;
-            c.execute(
+            cached_exec(
+                c,
                 "INSERT INTO conversations (tag, sealed_peer, wrapped_key) VALUES (?1, ?2, ?3)",
                 params![tag, sealed_peer, wrapped],
             )?;
@@ -831,11 +857,13 @@ fn read_messages(
 
 fn get_contact(c: &Connection, k: &AtRest, peer: &Username) -> Result<Option<Contact>> {
     let tag = k.tag(peer)?;
-    let sealed: Option<Vec<u8>> = c
-        .query_row("SELECT sealed FROM contacts WHERE tag = ?1", [&tag], |r| {
-            r.get(0)
-        })
-        .optional()?;
+    let sealed: Option<Vec<u8>> = cached_row(
+        c,
+        "SELECT sealed FROM contacts WHERE tag = ?1",
+        [&tag],
+        |r| r.get(0),
+    )
+    .optional()?;
     sealed
         .map(|s| {
             let plain = k.open("contact", &tag, &s)?;
@@ -852,9 +880,29 @@ fn put_contact(c: &Connection, k: &AtRest, contact: &Contact) -> Result<()> {
         serde_json::to_vec(contact).map_err(|e| StorageError::Corrupt(e.to_string()))?,
     );
     let sealed = k.seal("contact", &tag, &plain)?;
-    c.execute(
+    cached_exec(c,
         "INSERT INTO contacts VALUES (?1, ?2) ON CONFLICT (tag) DO UPDATE SET sealed = excluded.sealed",
         params![tag, sealed],
     )?;
     Ok(())
+}
+
+/// `Connection::query_row` through the statement cache: every statement here runs again and
+/// again, and parsing SQL each time showed up in the profile.
+fn cached_row<T, P: rusqlite::Params>(
+    c: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(params, f)
+}
+
+/// `Connection::execute` through the statement cache.
+fn cached_exec<P: rusqlite::Params>(
+    c: &Connection,
+    sql: &str,
+    params: P,
+) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
 }

@@ -19,7 +19,7 @@ use smvs_tests::{Backend, DirectoryProcess, HostProcess};
 use smvsctl::client::{EventView, HostClient, MessageStatus};
 
 const THROUGHPUT_MESSAGES: usize = 20_000;
-const IN_FLIGHT: usize = 512;
+const IN_FLIGHT: usize = 2048;
 const LATENCY_MESSAGES: usize = 2_000;
 const WARMUP: usize = 200;
 
