@@ -6,6 +6,7 @@
 //!   alice's host holds a receipt for every one (bob's host stored each, alice's host recorded
 //!   the receipt);
 //! - latency: one message in flight, send → `delivered` event, p50 and p99.
+//!
 //! Then it runs the XMPP peer (`shared/peers/prosody-bench.sh`, prosody with its SQLite
 //! archive) in the same session and prints the ratio.
 
