@@ -89,6 +89,7 @@ async fn queue(
         ));
     }
     check_can_send(core, to).await?;
+    accept_request(core, to).await?;
     let stored = core
         .storage
         .queue_outgoing(&me.username, to, payload)
@@ -100,6 +101,29 @@ async fn queue(
     });
     peers.do_send(Kick(to.clone()));
     Ok(stored)
+}
+
+/// Writing to someone who wrote first (in contacts-only mode) accepts them: their held
+/// messages become ordinary received ones.
+async fn accept_request(core: &HostCore, peer: &Username) -> Result<(), HostError> {
+    let Some(mut contact) = core.contact(peer).await? else {
+        return Ok(());
+    };
+    if !contact.request {
+        return Ok(());
+    }
+    contact.request = false;
+    core.put_contact(contact).await?;
+    let released = core.storage.release_held(peer).await?;
+    tracing::debug!(peer = %peer, released = released.len(), "accepted a message request");
+    for id in released {
+        core.publish(HostEvent::MessageStatus {
+            id,
+            peer: peer.clone(),
+            status: Status::Received,
+        });
+    }
+    Ok(())
 }
 
 /// Refuses sending to a blocked contact or one whose changed key is not accepted yet.
@@ -185,22 +209,28 @@ async fn accept_envelope(
 
     // Blocked senders are turned away before anything is decrypted or stored. The answer does
     // not say why.
-    if let Some(contact) = core
+    let known = core
         .contact(&sender)
         .await
-        .map_err(|e| IncomingError::Later(e.to_string()))?
-    {
-        if contact.blocked {
-            tracing::debug!(peer = %sender, "refused an envelope from a blocked contact");
-            return Err(refused("not accepted"));
-        }
+        .map_err(|e| IncomingError::Later(e.to_string()))?;
+    if known.as_ref().is_some_and(|c| c.blocked) {
+        tracing::debug!(peer = %sender, "refused an envelope from a blocked contact");
+        return Err(refused("not accepted"));
     }
+    // In contacts-only mode, someone we never wrote to is a request: held until we answer.
+    let request = core.config.contacts_only && known.as_ref().is_none_or(|c| c.request);
     // The cached record may predate a move or a new key: on a mismatch, ask again.
     let mut checked = check_sender(core, &sender, &remote_key, false).await;
     if matches!(checked, Err(IncomingError::Refused(_))) {
         checked = check_sender(core, &sender, &remote_key, true).await;
     }
-    let contact = checked?;
+    let mut contact = checked?;
+    if request && !contact.request {
+        contact.request = true;
+        core.put_contact(contact.clone())
+            .await
+            .map_err(|e| IncomingError::Later(e.to_string()))?;
+    }
     let identity = contact.identity()?;
     let keys = core
         .session_keys(&sender, &identity)
@@ -224,7 +254,11 @@ async fn accept_envelope(
         time: inner.time,
         payload: inner.payload.clone(),
         prev_hash: inner.prev_hash,
-        status: Status::Received,
+        status: if request {
+            Status::Held
+        } else {
+            Status::Received
+        },
         integrity: Integrity::Unchecked,
         direction: Direction::In,
     };

@@ -676,3 +676,77 @@ fn transcript_hashes_agree_until_one_side_holds_a_message_the_other_does_not() {
     assert_eq!(h[2]["integrity"], "ok", "{h:?}");
     assert_ne!(transcript(&alice, "bob"), transcript(&bob, "alice"));
 }
+
+#[test]
+fn contacts_only_mode_holds_strangers_as_requests_until_answered() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &["--contacts-only"]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+
+    let first = alice.send("bob", "hi, we have not met").unwrap();
+    let held = bob
+        .wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+    assert_eq!(held[0]["id"], first.as_str());
+    assert_eq!(
+        held[0]["status"], "held",
+        "a stranger's message is a request"
+    );
+    let contacts = bob.ctl_json(&["contacts"]).unwrap();
+    assert_eq!(contacts[0]["username"], "alice");
+    assert_eq!(contacts[0]["request"], true);
+    // The sender still gets its receipt: the message is stored, just not accepted yet.
+    alice
+        .wait_history("bob", Duration::from_secs(30), |h| {
+            h[0]["status"] == "delivered"
+        })
+        .unwrap();
+
+    // Answering accepts the request: what was held becomes an ordinary received message.
+    bob.send("alice", "hello, stranger").unwrap();
+    let h = bob.history("alice").unwrap();
+    assert_eq!(h[0]["status"], "received");
+    assert_eq!(bob.ctl_json(&["contacts"]).unwrap()[0]["request"], false);
+    alice.send("bob", "thanks").unwrap();
+    let h = bob
+        .wait_history("alice", Duration::from_secs(30), |h| h.len() == 3)
+        .unwrap();
+    assert_eq!(h[2]["status"], "received");
+}
+
+#[test]
+fn a_peer_cannot_delete_what_the_other_side_wrote() {
+    let dir = directory();
+    let (alice, bob) = alice_and_bob(&dir, &[]);
+    alice.send("bob", "mine").unwrap();
+    bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+    let bobs = bob.send("alice", "bob's words").unwrap();
+    alice
+        .wait_history("bob", Duration::from_secs(30), |h| h.len() == 2)
+        .unwrap();
+    // Alice asks both hosts to delete bob's message: it goes from her host only.
+    alice
+        .ctl_ok(&["delete", "bob", "--id", &bobs, "--everywhere"])
+        .unwrap();
+    assert_eq!(alice.history("bob").unwrap().len(), 1);
+    // Envelopes arrive in order: once "after" is there, the request was handled before it.
+    alice.send("bob", "after").unwrap();
+    let h = bob
+        .wait_history("alice", Duration::from_secs(30), |h| {
+            h.iter().any(|m| m["body"] == "after")
+        })
+        .unwrap();
+    assert!(
+        h.iter().any(|m| m["id"] == bobs.as_str()),
+        "bob keeps what he wrote: {h:?}"
+    );
+}

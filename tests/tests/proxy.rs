@@ -108,5 +108,8 @@ fn messages_reach_an_onion_style_address_through_a_socks5_proxy() {
         })
         .unwrap();
     // The proxy was asked for the name, not an address: resolution happened at the proxy.
-    assert_eq!(seen.lock().unwrap().as_slice(), std::slice::from_ref(&onion));
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        std::slice::from_ref(&onion)
+    );
 }

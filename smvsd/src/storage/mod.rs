@@ -394,6 +394,23 @@ impl Storage {
         .await
     }
 
+    /// Turns the held messages from `peer` (a message request) into received ones. Returns
+    /// their ids.
+    pub async fn release_held(&self, peer: &Username) -> Result<Vec<MessageId>> {
+        let peer = peer.clone();
+        self.call(move |c, k| {
+            let tag = k.tag(&peer)?;
+            let mut stmt = c.prepare_cached(
+                "UPDATE messages SET status = 3 WHERE tag = ?1 AND direction = 1 AND status = 5 RETURNING id",
+            )?;
+            let ids = stmt
+                .query_map([&tag], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(ids.iter().filter_map(|id| MessageId::from_slice(id)).collect())
+        })
+        .await
+    }
+
     /// Sets the status of outgoing messages. Returns the ids whose status changed.
     pub async fn set_outgoing_status(
         &self,
