@@ -33,6 +33,7 @@ demo: deps build
 bench: deps
 	$(CARGO) build --release --workspace --bins $(LOCKED)
 	bash scripts/with-postgres.sh $(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench
+	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-messages
 
 lint: deps
 	$(CARGO) fmt --all -- --check
