@@ -9,6 +9,7 @@
 //! envelopes are sealed), [`host_link`] (the peer port), [`local_api`] (the Unix socket),
 //! [`config`], [`model`], [`error`].
 
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod devices;

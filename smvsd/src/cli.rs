@@ -1,0 +1,117 @@
+//! The command line of `smvsd`, in the library so that man pages and shell completions can be
+//! generated from it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use smvs_crypto::SigningPublicKey;
+
+use crate::{Config, FileConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "smvsd",
+    version,
+    about = "The SMVS host: encrypts, stores and delivers your messages"
+)]
+pub struct Cli {
+    /// TOML configuration file; flags override its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where the host keeps its database and transport key (0700).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// The local API socket for devices (smvsctl).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Address other hosts connect to.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Address published in the directory, if not the listen address (a proxy or onion name).
+    #[arg(long)]
+    pub public_address: Option<String>,
+    /// The directory's address, HOST:PORT.
+    #[arg(long)]
+    pub directory: Option<String>,
+    /// The directory's public key (hex), as `smvs-directory pubkey` prints it.
+    #[arg(long)]
+    pub directory_key: Option<String>,
+    /// smvs-keyguard's socket.
+    #[arg(long)]
+    pub keyguard_socket: Option<PathBuf>,
+    /// A local uid allowed on the socket besides root and the daemon's own (repeatable).
+    #[arg(long = "allow-uid")]
+    pub allow_uid: Vec<u32>,
+    /// The longest wait between delivery attempts to an unreachable host, in seconds.
+    #[arg(long)]
+    pub retry_max_seconds: Option<u64>,
+    /// Do not honour peers' "delete everywhere" requests.
+    #[arg(long)]
+    pub refuse_remote_delete: bool,
+    /// Reach other hosts through this SOCKS5 proxy, HOST:PORT (e.g. Tor at 127.0.0.1:9050).
+    #[arg(long)]
+    socks5_proxy: Option<String>,
+    /// Hold messages from users who are not contacts yet, as requests.
+    #[arg(long)]
+    pub contacts_only: bool,
+}
+
+/// Merges the flags with the config file they name.
+pub fn settle(cli: Cli) -> Result<Config, String> {
+    let file = match &cli.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let need = |what: &str| {
+        format!(
+            "--{what} is required (or `{}` in the config file)",
+            what.replace('-', "_")
+        )
+    };
+    let directory_key = cli
+        .directory_key
+        .or(file.directory_key)
+        .ok_or_else(|| need("directory-key"))?;
+    let public_address = cli
+        .public_address
+        .or(file.public_address)
+        .map(|a| smvs_schema::HostAddress::parse(&a).map_err(|e| e.to_string()))
+        .transpose()?;
+    let mut allowed = file.allowed_uids.unwrap_or_default();
+    allowed.extend(cli.allow_uid);
+    Ok(Config {
+        state_dir: cli
+            .state_dir
+            .or(file.state_dir)
+            .ok_or_else(|| need("state-dir"))?,
+        socket: cli.socket.or(file.socket).ok_or_else(|| need("socket"))?,
+        listen: cli
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7421))),
+        public_address,
+        directory: cli
+            .directory
+            .or(file.directory)
+            .ok_or_else(|| need("directory"))?,
+        directory_key: SigningPublicKey::from_hex(&directory_key)
+            .map_err(|e| format!("--directory-key: {e}"))?,
+        keyguard_socket: cli
+            .keyguard_socket
+            .or(file.keyguard_socket)
+            .ok_or_else(|| need("keyguard-socket"))?,
+        allowed_uids: allowed,
+        retry_max: Duration::from_secs(
+            cli.retry_max_seconds
+                .or(file.retry_max_seconds)
+                .unwrap_or(60)
+                .max(1),
+        ),
+        honour_remote_delete: !cli.refuse_remote_delete
+            && file.honour_remote_delete.unwrap_or(true),
+        socks5_proxy: cli.socks5_proxy.or(file.socks5_proxy),
+        contacts_only: cli.contacts_only || file.contacts_only.unwrap_or(false),
+    })
+}
