@@ -8,8 +8,9 @@
 //!
 //! Modules: [`server`] (lifecycle and workers), `rpc` (the protocol's handlers), [`store`]
 //! (SQLite or PostgreSQL), [`limits`] (rate limits), [`record`] (signing and checking records),
-//! [`client`] (what hosts use), [`error`].
+//! [`client`] (what hosts use), [`error`], [`cli`] (the binary's command line).
 
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod error;

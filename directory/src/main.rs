@@ -1,62 +1,11 @@
 //! `smvs-directory`: run a directory, or print its public key.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use smvs_directory::cli::{Cli, Command};
 use smvs_directory::{DirectoryConfig, DirectoryServer, LimitConfig};
-
-#[derive(Parser)]
-#[command(
-    name = "smvs-directory",
-    version,
-    about = "The SMVS directory: usernames to signed public records"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:7420")]
-    listen: SocketAddr,
-    /// Database: sqlite:PATH or postgres://USER@HOST:PORT/DB
-    #[arg(long, default_value = "sqlite:/var/lib/smvs-directory/directory.db")]
-    db: String,
-    /// The directory's signing key (created 0600 when absent).
-    #[arg(long, default_value = "/var/lib/smvs-directory/directory.key")]
-    key_file: PathBuf,
-    /// Requests per second allowed from one source address.
-    #[arg(long, default_value_t = LimitConfig::default().requests_per_second)]
-    rate_per_ip: u32,
-    /// Registrations per hour allowed from one source address.
-    #[arg(long, default_value_t = LimitConfig::default().registrations_per_hour)]
-    registrations_per_hour: u32,
-    /// Authentication attempts per minute allowed for one account.
-    #[arg(long, default_value_t = LimitConfig::default().auth_per_minute)]
-    auth_per_minute: u32,
-    /// Seconds a client may take to finish the encrypted handshake.
-    #[arg(long, default_value_t = 10)]
-    handshake_timeout: u64,
-    /// Connections served at once.
-    #[arg(long, default_value_t = 4096)]
-    max_connections: usize,
-    /// Worker threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    workers: usize,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Print the directory's public key (hosts pin it), creating the key file if absent.
-    Pubkey {
-        #[arg(long)]
-        key_file: Option<PathBuf>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -401,7 +401,12 @@ impl session::Server for SessionRpc {
             .await
             .map_err(store_refusal)?
             .ok_or_else(|| self.gone())?;
-        tracing::info!(username = %self.username, "identity keys rotated");
+        smvs_service::security_event!(
+            info,
+            smvs_service::logging::KEY_CHANGED,
+            username = %self.username,
+            "identity keys rotated"
+        );
         sign_record(
             &self.shared.key,
             &user,

@@ -16,10 +16,12 @@
 //! - [`KeyguardServer`]: binds the socket and serves the `Keyguard` interface of
 //!   `schema/keyguard.capnp` on the caller's `LocalSet` (`bind`, `shutdown`, `join`).
 //! - [`client::KeyguardClient`]: what smvsd (and `smvs-keyguard check`) uses to talk to it.
+//! - [`cli`]: the command line of the `smvs-keyguard` binary.
 //!
 //! No operation returns a secret key: callers get public keys, signatures, opened plaintexts and
 //! keys derived through HKDF. The secrets stay in smvs-crypto's zeroizing types in this process.
 
+pub mod cli;
 pub mod client;
 pub mod harden;
 pub mod keydir;

@@ -1,46 +1,11 @@
 //! `smvs-keyguard`: hold a user's identity keys for smvsd, or check access to a running one.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use smvs_keyguard::{KeyguardClient, KeyguardConfig, KeyguardServer, DEFAULT_MAX_CONNECTIONS};
-
-#[derive(Parser)]
-#[command(
-    name = "smvs-keyguard",
-    version,
-    about = "The SMVS key guard: holds identity secret keys, serves only smvsd's uid",
-    subcommand_negates_reqs = true
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Option<Command>,
-    /// Directory of the secret key files (created 0700 when absent).
-    #[arg(long, required = true)]
-    key_dir: Option<PathBuf>,
-    /// Unix socket to serve on.
-    #[arg(long, required = true)]
-    socket: Option<PathBuf>,
-    /// A uid allowed to connect (smvsd's); repeat for more.
-    #[arg(long = "allow-uid", value_name = "UID", required = true)]
-    allow_uids: Vec<u32>,
-    /// Connections served at once.
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNECTIONS)]
-    max_connections: usize,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Connect to a running keyguard as this uid and print whether an identity exists.
-    Check {
-        #[arg(long)]
-        socket: PathBuf,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
+use clap::Parser;
+use smvs_keyguard::cli::{Cli, Command};
+use smvs_keyguard::{KeyguardClient, KeyguardConfig, KeyguardServer};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -67,10 +32,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let (Some(key_dir), Some(socket)) = (cli.key_dir, cli.socket) else {
         anyhow::bail!("--key-dir and --socket are required");
     };
+    let mut allowed_uids = cli.allow_uids;
+    for name in &cli.allow_users {
+        match nix::unistd::User::from_name(name)? {
+            Some(user) => allowed_uids.push(user.uid.as_raw()),
+            None => anyhow::bail!("--allow-user {name}: no such user"),
+        }
+    }
     let config = KeyguardConfig {
         key_dir,
         socket,
-        allowed_uids: cli.allow_uids,
+        allowed_uids,
         max_connections: cli.max_connections,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -234,7 +234,9 @@ impl AcceptLoop {
             pid: cred.pid().unwrap_or(0),
         };
         if !self.allowed_uids.contains(&peer.uid) {
-            tracing::warn!(
+            smvs_service::security_event!(
+                warn,
+                smvs_service::logging::KEYGUARD_REFUSAL,
                 uid = peer.uid,
                 pid = peer.pid,
                 "refused a connection from a uid that is not allowed (see --allow-uid)"

@@ -273,6 +273,16 @@ fn another_uid_is_refused_and_logged() {
     assert!(refusal.contains("WARN"), "{refusal}");
     assert!(refusal.contains(&format!("uid={NOBODY}")), "{refusal}");
     assert!(refusal.contains("pid="), "{refusal}");
+    // Tagged as a security event, with the journal MESSAGE_ID operators filter on (spelled out:
+    // it must never change).
+    assert!(
+        refusal.contains("security_event=\"keyguard-refusal\""),
+        "{refusal}"
+    );
+    assert!(
+        refusal.contains("message_id=\"f9e6df5480374246a49fe1dd7171def4\""),
+        "{refusal}"
+    );
 
     // The allowed uid is still served.
     let out = kg.check_command().unwrap().output().unwrap();
@@ -324,6 +334,38 @@ fn loose_permissions_stop_start_up_with_the_fix() {
         );
         assert!(!socket.exists(), "nothing is served when start-up fails");
     }
+}
+
+#[test]
+fn allowed_users_are_named_or_refused_at_start() {
+    let bin = binary("smvs-keyguard").unwrap();
+    let dir = temp_dir().unwrap();
+    let mut args = server_args(&dir.path().join("keys"), &dir.path().join("kg.sock"));
+    args.extend(["--allow-user".into(), "no-such-smvs-user".into()]);
+    let out = Command::new(&bin).args(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--allow-user no-such-smvs-user: no such user"),
+        "{stderr}"
+    );
+
+    if !is_root() {
+        eprintln!("skipped: running a client as uid {NOBODY} needs root");
+        return;
+    }
+    // `--allow-user nobody` serves uid 65534, as the system unit's `--allow-user smvsd` does.
+    let kg = KeyguardProcess::start(&["--allow-user", "nobody"]).unwrap();
+    let out = kg
+        .check_command()
+        .unwrap()
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    kg.daemon.stop().unwrap();
 }
 
 #[test]

@@ -1,0 +1,59 @@
+//! The command line of `smvs-directory`, in the library so that man pages and shell completions
+//! can be generated from it (`smvs-dist-gen`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::LimitConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "smvs-directory",
+    version,
+    about = "The SMVS directory: usernames to signed public records"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    pub listen: SocketAddr,
+    /// Database: sqlite:PATH or postgres://USER@HOST:PORT/DB
+    #[arg(long, default_value = "sqlite:/var/lib/smvs-directory/directory.db")]
+    pub db: String,
+    /// The directory's signing key (created 0600 when absent).
+    #[arg(long, default_value = "/var/lib/smvs-directory/directory.key")]
+    pub key_file: PathBuf,
+    /// Requests per second allowed from one source address.
+    #[arg(long, default_value_t = LimitConfig::default().requests_per_second)]
+    pub rate_per_ip: u32,
+    /// Registrations per hour allowed from one source address.
+    #[arg(long, default_value_t = LimitConfig::default().registrations_per_hour)]
+    pub registrations_per_hour: u32,
+    /// Authentication attempts per minute allowed for one account.
+    #[arg(long, default_value_t = LimitConfig::default().auth_per_minute)]
+    pub auth_per_minute: u32,
+    /// Seconds a client may take to finish the encrypted handshake.
+    #[arg(long, default_value_t = 10)]
+    pub handshake_timeout: u64,
+    /// Connections served at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Worker threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Print the directory's public key (hosts pin it), creating the key file if absent.
+    Pubkey {
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
