@@ -4,8 +4,18 @@
 #   make test   build the binaries, then run the whole workspace test suite
 #               against a throw-away PostgreSQL server (scripts/with-postgres.sh)
 #
-# Other targets: build (default), deps, bench, lint, clean.
+# Other targets: build (default), deps, bench, lint, clean, release, install, uninstall.
 # System packages are installed by scripts/deps.sh (needs root if any are missing).
+#
+#   make release && sudo make install    [PREFIX=/usr/local] [DESTDIR=] [BUILD=release|debug]
+#   sudo make uninstall                  (same PREFIX and DESTDIR: removes what install wrote)
+#
+# install copies the binaries already in target/$(BUILD) (it builds them only when absent, so
+# run `make release` after changing the code), the systemd units, sysusers.d and tmpfiles.d
+# files, dist/dbus/, man pages and shell completions, and the default configs into
+# $(DESTDIR)$(SYSCONFDIR)/smvs (never over existing ones). It records every file and directory
+# it makes in $(PREFIX)/share/smvs/install-manifest, which is what uninstall removes (an edited
+# config is kept). See scripts/install.sh.
 
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
@@ -13,8 +23,31 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 # Only pass --locked when there is a lock file to honour.
 LOCKED := $(if $(wildcard Cargo.lock),--locked,)
 
+PREFIX ?= /usr/local
+DESTDIR ?=
+BUILD ?= release
+BINDIR ?= $(PREFIX)/bin
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+USERUNITDIR ?= $(PREFIX)/lib/systemd/user
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+TMPFILESDIR ?= $(PREFIX)/lib/tmpfiles.d
+DBUSDIR ?= $(PREFIX)/share/dbus-1
+# The system bus reads policies from /usr/share/dbus-1/system.d and /etc/dbus-1/system.d only.
+DBUSPOLICYDIR ?= $(if $(filter /usr,$(PREFIX)),$(DBUSDIR)/system.d,$(SYSCONFDIR)/dbus-1/system.d)
+MANDIR ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+ZSHCOMPDIR ?= $(PREFIX)/share/zsh/site-functions
+FISHCOMPDIR ?= $(PREFIX)/share/fish/vendor_completions.d
+INSTALL_VARS = DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BUILD='$(BUILD)' BINDIR='$(BINDIR)' \
+	SYSCONFDIR='$(SYSCONFDIR)' UNITDIR='$(UNITDIR)' USERUNITDIR='$(USERUNITDIR)' \
+	SYSUSERSDIR='$(SYSUSERSDIR)' TMPFILESDIR='$(TMPFILESDIR)' DBUSDIR='$(DBUSDIR)' \
+	DBUSPOLICYDIR='$(DBUSPOLICYDIR)' \
+	MANDIR='$(MANDIR)' BASHCOMPDIR='$(BASHCOMPDIR)' ZSHCOMPDIR='$(ZSHCOMPDIR)' \
+	FISHCOMPDIR='$(FISHCOMPDIR)' CARGO='$(CARGO)'
+
 .DEFAULT_GOAL := build
-.PHONY: deps build test demo bench lint clean
+.PHONY: deps build test demo bench lint clean release install uninstall
 
 deps:
 	bash scripts/deps.sh
@@ -22,9 +55,21 @@ deps:
 build: deps
 	$(CARGO) build --workspace --bins $(LOCKED)
 
-# Integration tests spawn the built binaries as processes, so build first.
+release:
+	$(CARGO) build --release --workspace --bins $(LOCKED)
+
+install:
+	$(INSTALL_VARS) bash scripts/install.sh install
+
+uninstall:
+	$(INSTALL_VARS) bash scripts/install.sh uninstall
+
+# Integration tests spawn the built binaries as processes, so build first. Then the installed
+# layout: install/uninstall into a temp DESTDIR, and the systemd units (verify, exposure).
 test: deps build
 	bash scripts/with-postgres.sh $(CARGO) test --workspace $(LOCKED)
+	MAKE='$(MAKE)' bash scripts/check-install.sh
+	MAKE='$(MAKE)' bash scripts/check-units.sh
 
 demo: deps build
 	$(CARGO) run -q $(LOCKED) -p smvs-tests --bin smvs-demo
