@@ -88,6 +88,21 @@ pub enum Command {
         count: Option<u64>,
     },
 
+    /// Run in your desktop session: turn smvsd's D-Bus signals into desktop notifications
+    #[command(
+        after_help = "Examples:\n  smvsctl agent\n  smvsctl agent --preview\n\nListens on the system bus (DBUS_SYSTEM_BUS_ADDRESS, or --bus session for a per-user smvsd) for \
+                      org.smvs.Daemon1's MessageReceived and KeyChanged, and raises org.freedesktop.Notifications on the session \
+                      bus. Runs until SIGINT/SIGTERM. Installed as the systemd --user unit smvsctl-agent.service."
+    )]
+    Agent {
+        /// Show the start of each message (fetched with GetMessage, which the bus policy guards)
+        #[arg(long)]
+        preview: bool,
+        /// Where smvsd's D-Bus service is: system (a system service) or session
+        #[arg(long, default_value = "system", value_parser = ["system", "session"])]
+        bus: String,
+    },
+
     /// Delete the conversation with USER (its key is destroyed), or one message with --id
     #[command(
         after_help = "Examples:\n  smvsctl delete bob --id 00112233445566778899aabbccddeeff\n  smvsctl delete bob --everywhere"

@@ -71,6 +71,10 @@ pub async fn execute(
         Command::History { user, limit } => history(host, format, out, user, *limit).await,
         Command::Conversations => conversations(host, format, out).await,
         Command::Watch { count } => watch(host, format, out, *count, stop).await,
+        // The agent speaks D-Bus, not the socket; `run` starts it before connecting here.
+        Command::Agent { preview, bus } => {
+            crate::agent::run(*preview, bus == "session", stop).await
+        }
         Command::Delete {
             user,
             id,

@@ -56,6 +56,12 @@ pub struct Cli {
     /// Hold messages from users who are not contacts yet, as requests.
     #[arg(long)]
     pub contacts_only: bool,
+    /// Serve org.smvs.Daemon1 on the system bus, the session bus, or not at all.
+    #[arg(long, value_parser = ["system", "session", "none"])]
+    pub dbus: Option<String>,
+    /// Desktop notifications for incoming messages (session bus only): off, sender or preview.
+    #[arg(long, value_parser = ["off", "sender", "preview"])]
+    pub notifications: Option<String>,
 }
 
 /// Merges the flags with the config file they name.
@@ -113,5 +119,25 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
             && file.honour_remote_delete.unwrap_or(true),
         socks5_proxy: cli.socks5_proxy.or(file.socks5_proxy),
         contacts_only: cli.contacts_only || file.contacts_only.unwrap_or(false),
+        dbus: match cli.dbus.or(file.dbus).as_deref() {
+            None | Some("none") => None,
+            Some("system") => Some(crate::dbus::BusKind::System),
+            Some("session") => Some(crate::dbus::BusKind::Session),
+            Some(other) => {
+                return Err(format!(
+                    "dbus must be system, session or none, not {other:?}"
+                ))
+            }
+        },
+        notifications: match cli.notifications.or(file.notifications).as_deref() {
+            None | Some("sender") => crate::dbus::NotifyMode::Sender,
+            Some("off") => crate::dbus::NotifyMode::Off,
+            Some("preview") => crate::dbus::NotifyMode::Preview,
+            Some(other) => {
+                return Err(format!(
+                    "notifications must be off, sender or preview, not {other:?}"
+                ))
+            }
+        },
     })
 }

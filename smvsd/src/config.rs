@@ -25,6 +25,7 @@ pub struct FileConfig {
     pub honour_remote_delete: Option<bool>,
     pub socks5_proxy: Option<String>,
     pub contacts_only: Option<bool>,
+    pub notifications: Option<String>,
 }
 
 impl FileConfig {
@@ -57,4 +58,8 @@ pub struct Config {
     pub socks5_proxy: Option<String>,
     /// Hold messages from users who are not contacts yet as requests.
     pub contacts_only: bool,
+    /// Serve `org.smvs.Daemon1` on this bus (None: no D-Bus).
+    pub dbus: Option<crate::dbus::BusKind>,
+    /// Desktop notifications raised by the daemon itself (session bus only).
+    pub notifications: crate::dbus::NotifyMode,
 }

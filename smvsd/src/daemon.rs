@@ -53,6 +53,8 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Inconsistent(String),
+    #[error("D-Bus: {0}")]
+    Dbus(String),
 }
 
 /// Runs the host until `stop` resolves. Call inside an actix `System`.
@@ -157,6 +159,7 @@ pub async fn run(
     allowed.push(0);
     allowed.push(nix::unistd::geteuid().as_raw());
 
+    let (dbus, notifications) = (config.dbus, config.notifications);
     let core = Rc::new(HostCore::new(
         config,
         storage.clone(),
@@ -166,6 +169,7 @@ pub async fn run(
     ));
     let hub = DeviceHub::default().start();
     core.set_event_sink(hub.clone().recipient());
+    let hub_for_dbus = hub.clone();
     let peers = PeerLinks::new(core.clone()).start();
     let router = Router::new(core.clone(), peers.clone()).start();
 
@@ -187,12 +191,35 @@ pub async fn run(
         peers.do_send(Kick(peer));
     }
     tokio::task::spawn_local(expire_loop(storage.clone()));
+    // Kept for as long as the daemon runs: dropping the connection leaves the bus.
+    let _bus = match dbus {
+        Some(kind) => Some(
+            crate::dbus::start(kind, notifications, router.clone(), hub_for_dbus)
+                .await
+                .map_err(DaemonError::Dbus)?,
+        ),
+        None => None,
+    };
 
     smvs_service::notify::ready_with_status(&format!(
         "listening on {peer_addr}; socket {}",
         socket_path.display()
     ));
     tracing::info!(listen = %peer_addr, socket = %socket_path.display(), "host serving");
+    if let Some(every) = smvs_service::notify::watchdog_interval() {
+        // systemd's watchdog (WatchdogSec=): the ping goes through the storage thread, so a
+        // wedged database stops it and systemd restarts the host.
+        let storage = storage.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if storage.queued_count().await.is_ok() {
+                    smvs_service::notify::watchdog_ping();
+                }
+            }
+        });
+    }
     let signal = stop.await;
     tracing::info!(signal, "stopping");
     smvs_service::notify::stopping();

@@ -155,7 +155,7 @@ impl HostCore {
             .await
             .map_err(|e| {
                 if matches!(e, smvs_directory::ClientError::Transport(smvs_transport::TransportError::KeyMismatch { .. })) {
-                    tracing::error!(directory = %self.config.directory, "directory key mismatch: the directory is not the one pinned in the config");
+                    smvs_service::security_event!(error, smvs_service::logging::DIRECTORY_KEY_MISMATCH, directory = %self.config.directory, "directory key mismatch: the directory is not the one pinned in the config");
                 }
                 HostError::new("directory", format!("cannot reach the directory at {}: {e}", self.config.directory))
             })?;
@@ -212,6 +212,17 @@ impl HostCore {
         peer: &Username,
         fresh: bool,
     ) -> Result<(Contact, VerifiedRecord), HostError> {
+        self.trusted_contact_as(peer, fresh, false).await
+    }
+
+    /// As [`HostCore::trusted_contact_with`]; a contact created now is marked as a message
+    /// request when `request` is set (in the same write).
+    pub async fn trusted_contact_as(
+        &self,
+        peer: &Username,
+        fresh: bool,
+        request: bool,
+    ) -> Result<(Contact, VerifiedRecord), HostError> {
         let record = self.lookup(peer, fresh).await?;
         let stored = self.contact(peer).await?;
         let identity_hex = bundle_to_hex(&record.user.identity);
@@ -226,7 +237,7 @@ impl HostCore {
                     blocked: false,
                     pending_identity: None,
                     pending_transport_key: None,
-                    request: false,
+                    request,
                 };
                 self.put_contact(contact.clone()).await?;
                 contact
@@ -237,7 +248,7 @@ impl HostCore {
                         contact.pending_identity = Some(identity_hex);
                         contact.pending_transport_key = Some(record.user.transport_key.to_hex());
                         self.put_contact(contact.clone()).await?;
-                        tracing::warn!(peer = %peer, "a contact's identity key changed; refusing until accepted");
+                        smvs_service::security_event!(warn, smvs_service::logging::KEY_CHANGED, peer = %peer, "a contact's identity key changed; refusing until accepted");
                         self.publish(HostEvent::KeyChanged { peer: peer.clone() });
                     }
                     return Err(HostError::new(

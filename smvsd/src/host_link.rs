@@ -2,6 +2,7 @@
 //! envelopes. Each connection's Noise key is handed to the router with every envelope, which
 //! checks it against the sender's directory record.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -11,11 +12,17 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::host::HostCore;
-use crate::router::{EnvelopeData, Incoming, Router};
+use crate::router::{EnvelopeData, Incoming, Router, MAX_SEALED};
 
 /// Peer connections served at once.
 pub const MAX_PEER_CONNECTIONS: usize = 1024;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest message a host link accepts: the largest envelope and then some.
+const MAX_LINK_MESSAGE: usize = 512 * 1024;
+/// Envelopes one link may have in handling at once (a sender's window is 2048).
+const MAX_ENVELOPES_IN_FLIGHT: usize = 4096;
+/// Sealed bytes one link may have in handling at once.
+const MAX_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
 
 pub async fn serve(listener: TcpListener, core: Rc<HostCore>, router: Addr<Router>) {
     let budget = std::sync::Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
@@ -44,9 +51,15 @@ pub async fn serve(listener: TcpListener, core: Rc<HostCore>, router: Addr<Route
             {
                 Ok(channel) => {
                     let remote_key = channel.remote_key;
-                    let link: host_link::Client =
-                        capnp_rpc::new_client(HostLinkRpc { router, remote_key });
-                    if let Err(e) = smvs_transport::rpc::serve(channel, link.client).await {
+                    let link: host_link::Client = capnp_rpc::new_client(HostLinkRpc {
+                        router,
+                        remote_key,
+                        in_flight: Cell::new((0, 0)),
+                    });
+                    if let Err(e) =
+                        smvs_transport::rpc::serve_limited(channel, link.client, MAX_LINK_MESSAGE)
+                            .await
+                    {
                         tracing::debug!(%peer, error = %e, "peer connection ended");
                     }
                 }
@@ -60,6 +73,21 @@ pub async fn serve(listener: TcpListener, core: Rc<HostCore>, router: Addr<Route
 struct HostLinkRpc {
     router: Addr<Router>,
     remote_key: smvs_crypto::AgreementPublicKey,
+    /// Envelopes (count, sealed bytes) of this link being handled right now. Cap'n Proto
+    /// keeps reading calls whatever we do, so a link past its budget is answered "later" at
+    /// once instead of being queued without bound.
+    in_flight: Cell<(usize, usize)>,
+}
+
+/// Releases a link's budget when an envelope's handling ends, however it ends.
+struct Budget<'a>(&'a Cell<(usize, usize)>, usize);
+
+impl Drop for Budget<'_> {
+    fn drop(&mut self) {
+        let (n, bytes) = self.0.get();
+        self.0
+            .set((n.saturating_sub(1), bytes.saturating_sub(self.1)));
+    }
 }
 
 impl host_link::Server for HostLinkRpc {
@@ -70,6 +98,10 @@ impl host_link::Server for HostLinkRpc {
     ) -> Result<(), capnp::Error> {
         let envelope = {
             let e = params.get()?.get_envelope()?;
+            let size = e.get_sealed()?.len();
+            if size > MAX_SEALED {
+                return Err(capnp::Error::failed("refused: envelope too large".into()));
+            }
             let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, capnp::Error> {
                 t?.to_string()
                     .map_err(|_| capnp::Error::failed("refused: a name is not UTF-8".into()))
@@ -83,6 +115,15 @@ impl host_link::Server for HostLinkRpc {
                 sealed: e.get_sealed()?.to_vec(),
             }
         };
+        let size = envelope.sealed.len();
+        let (n, bytes) = self.in_flight.get();
+        if n >= MAX_ENVELOPES_IN_FLIGHT || bytes + size > MAX_BYTES_IN_FLIGHT {
+            return Err(capnp::Error::failed(
+                "later: too many envelopes in flight on this link".into(),
+            ));
+        }
+        self.in_flight.set((n + 1, bytes + size));
+        let _budget = Budget(&self.in_flight, size);
         let receipt = self
             .router
             .send(Incoming {

@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dbus;
 pub mod devices;
 pub mod error;
 pub mod host;

@@ -82,10 +82,11 @@ impl LocalApi {
                 }
             };
             if !me.allowed_uids.contains(&cred.uid()) {
-                tracing::warn!(
+                smvs_service::security_event!(
+                    warn,
+                    smvs_service::logging::LOCAL_CLIENT_REFUSED,
                     uid = cred.uid(),
                     pid = cred.pid().unwrap_or(0),
-                    security_event = "local-client-refused",
                     "refused a local client whose uid is not allowed"
                 );
                 continue;

@@ -234,12 +234,16 @@ async fn stream_outbox(
             }
         }
         let Some((id, promise)) = in_flight.pop_front() else {
-            record_status(
-                core,
-                peer,
-                std::mem::take(&mut delivered),
-                Status::Delivered,
-            );
+            // Awaited, not spawned: the next round reads the outbox, and must not see these
+            // again as undelivered (they would be sent twice).
+            let ids = std::mem::take(&mut delivered);
+            core.unmark_sent(&ids);
+            let changed = core
+                .storage
+                .set_outgoing_status(peer, ids, Status::Delivered)
+                .await
+                .map_err(HostError::from)?;
+            publish_all(core, peer, changed, Status::Delivered);
             return Ok(());
         };
         match promise.await {

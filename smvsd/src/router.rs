@@ -173,7 +173,7 @@ pub struct Incoming {
 }
 
 /// The most a sealed envelope may be: the largest bucket plus nonce and tag.
-const MAX_SEALED: usize = 131072 + 24 + 16;
+pub const MAX_SEALED: usize = 131072 + 24 + 16;
 
 impl Handler<Incoming> for Router {
     type Result = ResponseFuture<Result<ReceiptData, IncomingError>>;
@@ -220,9 +220,9 @@ async fn accept_envelope(
     // In contacts-only mode, someone we never wrote to is a request: held until we answer.
     let request = core.config.contacts_only && known.as_ref().is_none_or(|c| c.request);
     // The cached record may predate a move or a new key: on a mismatch, ask again.
-    let mut checked = check_sender(core, &sender, &remote_key, false).await;
+    let mut checked = check_sender(core, &sender, &remote_key, false, request).await;
     if matches!(checked, Err(IncomingError::Refused(_))) {
-        checked = check_sender(core, &sender, &remote_key, true).await;
+        checked = check_sender(core, &sender, &remote_key, true, request).await;
     }
     let mut contact = checked?;
     if request && !contact.request {
@@ -285,10 +285,15 @@ async fn accept_envelope(
             }
             Payload::Delete(ids) => {
                 if core.config.honour_remote_delete {
-                    apply_delete(core, &sender, ids).await?;
+                    apply_delete(core, &sender, ids, id).await?;
                 }
             }
-            Payload::Expire(seconds) => core.storage.set_expiry(&sender, *seconds).await?,
+            Payload::Expire(seconds) => {
+                // Expiry deletes history too, so it obeys the same switch as remote deletes.
+                if core.config.honour_remote_delete {
+                    core.storage.set_expiry(&sender, *seconds).await?
+                }
+            }
         }
     }
     let stored_at = crate::model::now_ms();
@@ -307,42 +312,53 @@ async fn check_sender(
     sender: &Username,
     remote_key: &AgreementPublicKey,
     fresh: bool,
+    request: bool,
 ) -> Result<Contact, IncomingError> {
-    let (contact, record) = match core.trusted_contact_with(sender, fresh).await {
-        Ok(pair) => pair,
-        Err(e) if e.code == "key-changed" => {
+    // The link's key is checked against the directory before anything is pinned or stored, so
+    // a host that merely claims a name leaves no trace.
+    let record = match core.lookup(sender, fresh).await {
+        Ok(record) => record,
+        Err(e) if e.code == "unknown-user" => return Err(refused("unknown sender")),
+        Err(_) => {
             return Err(IncomingError::Later(
-                "the sender's identity key changed and is not accepted yet".into(),
+                "the sender cannot be looked up now".into(),
             ))
         }
-        Err(e) if e.code == "unknown-user" => return Err(refused("unknown sender")),
-        Err(e) => return Err(IncomingError::Later(e.to_string())),
     };
     if &record.user.transport_key != remote_key {
         if fresh {
-            tracing::warn!(peer = %sender, "refused an envelope: the sending host's key is not the sender's");
+            smvs_service::security_event!(warn, smvs_service::logging::PEER_REFUSED, peer = %sender, "refused an envelope: the sending host's key is not the sender's");
         }
         return Err(refused(
             "the sending host's key does not match the sender's directory record",
         ));
     }
-    Ok(contact)
+    match core.trusted_contact_as(sender, false, request).await {
+        Ok((contact, _)) => Ok(contact),
+        Err(e) if e.code == "key-changed" => Err(IncomingError::Later(
+            "the sender's identity key changed and is not accepted yet".into(),
+        )),
+        Err(_) => Err(IncomingError::Later(
+            "the sender cannot be checked now".into(),
+        )),
+    }
 }
 
 async fn apply_delete(
     core: &HostCore,
     peer: &Username,
     ids: &[MessageId],
+    request: MessageId,
 ) -> Result<(), IncomingError> {
     if ids.is_empty() {
-        core.storage.delete(peer, None, false).await?;
+        core.storage.delete(peer, None, Some(request)).await?;
         core.publish(HostEvent::Deleted {
             id: None,
             peer: peer.clone(),
         });
     } else {
         for id in ids {
-            core.storage.delete(peer, Some(*id), true).await?;
+            core.storage.delete(peer, Some(*id), Some(request)).await?;
             core.publish(HostEvent::Deleted {
                 id: Some(*id),
                 peer: peer.clone(),
@@ -491,7 +507,7 @@ impl Handler<Delete> for Router {
             if msg.everywhere {
                 check_can_send(&core, &peer).await?;
             }
-            let n = core.storage.delete(&peer, msg.id, false).await?;
+            let n = core.storage.delete(&peer, msg.id, None).await?;
             core.publish(HostEvent::Deleted {
                 id: msg.id,
                 peer: peer.clone(),
@@ -538,6 +554,94 @@ impl Handler<Register> for Router {
         Box::pin(async move {
             let name = parse_user(&msg.0)?;
             core.register(name).await.map(|_| ())
+        })
+    }
+}
+
+/// Reads for interfaces whose handlers must be `Send` (D-Bus): they ask the router, which owns
+/// the `!Send` core, and get plain data back.
+#[derive(Message)]
+#[rtype(result = "Result<HostSnapshot, HostError>")]
+pub struct Snapshot;
+
+/// The host's state as devices see it.
+#[derive(Debug, Clone, Default)]
+pub struct HostSnapshot {
+    pub username: Option<String>,
+    pub fingerprint: String,
+    pub host_address: String,
+    pub queued: u32,
+}
+
+impl Handler<Snapshot> for Router {
+    type Result = ResponseFuture<Result<HostSnapshot, HostError>>;
+    fn handle(&mut self, _: Snapshot, _: &mut Self::Context) -> Self::Result {
+        let core = self.core.clone();
+        Box::pin(async move {
+            let me = core.me.borrow().clone();
+            Ok(HostSnapshot {
+                fingerprint: me
+                    .as_ref()
+                    .and_then(|m| smvs_crypto::fingerprint(m.username.as_str(), &m.identity).ok())
+                    .unwrap_or_default(),
+                username: me.map(|m| m.username.to_string()),
+                host_address: core
+                    .config
+                    .public_address
+                    .as_ref()
+                    .map(|a| a.to_string())
+                    .unwrap_or_else(|| core.config.listen.to_string()),
+                queued: core.storage.queued_count().await?,
+            })
+        })
+    }
+}
+
+/// The last `limit` messages with a peer (0: all), oldest first, with live statuses.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<StoredMessage>, HostError>")]
+pub struct History {
+    pub peer: String,
+    pub limit: u32,
+    /// Only this message (by id), when set.
+    pub only: Option<MessageId>,
+}
+
+impl Handler<History> for Router {
+    type Result = ResponseFuture<Result<Vec<StoredMessage>, HostError>>;
+    fn handle(&mut self, msg: History, _: &mut Self::Context) -> Self::Result {
+        let core = self.core.clone();
+        Box::pin(async move {
+            let peer = parse_user(&msg.peer)?;
+            let mut messages = match msg.only {
+                Some(id) => core.storage.message(&peer, id).await?.into_iter().collect(),
+                None => core.storage.history(&peer, msg.limit).await?,
+            };
+            for m in &mut messages {
+                if m.status == Status::Queued && core.is_sent(&m.id) {
+                    m.status = Status::Sent;
+                }
+            }
+            Ok(messages)
+        })
+    }
+}
+
+/// Conversations and contacts, for listing.
+#[derive(Message)]
+#[rtype(result = "Result<(Vec<crate::storage::ConversationSummary>, Vec<Contact>), HostError>")]
+pub struct Listing;
+
+impl Handler<Listing> for Router {
+    type Result =
+        ResponseFuture<Result<(Vec<crate::storage::ConversationSummary>, Vec<Contact>), HostError>>;
+    fn handle(&mut self, _: Listing, _: &mut Self::Context) -> Self::Result {
+        let core = self.core.clone();
+        Box::pin(async move {
+            Ok((
+                core.storage.conversations().await?,
+                core.storage.contacts().await?,
+            ))
         })
     }
 }

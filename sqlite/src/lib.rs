@@ -166,6 +166,16 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
                 "ROLLBACK TO job; RELEASE job"
             });
             replies.push(reply);
+            if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back (disk full, I/O error): nothing of
+                // this batch so far is stored, so none of it may be reported as done. Dropping
+                // the replies tells those callers "gone"; the rest of the batch starts afresh.
+                tracing::error!(
+                    "database: a transaction was rolled back by SQLite; failing its requests"
+                );
+                replies.clear();
+                let _ = conn.execute_batch("BEGIN IMMEDIATE");
+            }
         }
         if let Err(e) = conn.execute_batch("COMMIT") {
             tracing::error!(error = %e, "database: commit failed; the batch is not stored");

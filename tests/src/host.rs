@@ -26,6 +26,7 @@ pub struct HostProcess {
     directory: String,
     directory_key: String,
     extra: Vec<String>,
+    env: Vec<(String, String)>,
     starts: u32,
 }
 
@@ -54,10 +55,16 @@ impl HostProcess {
             directory: directory.addr.to_string(),
             directory_key: directory.key.to_hex(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             starts: 0,
         };
         host.start_again()?;
         Ok(host)
+    }
+
+    /// Sets an environment variable for the next `start_again`.
+    pub fn add_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     /// Adds flags for the next `start_again`.
@@ -89,12 +96,17 @@ impl HostProcess {
         args.extend(self.extra.iter().cloned());
         self.starts += 1;
         let log = self.root.path().join(format!("smvsd-{}.log", self.starts));
+        let env: Vec<(&str, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
         let daemon = Daemon::start(
             &format!("smvsd ({})", self.name),
             &binary("smvsd")?,
             &args,
             &log,
-            &[],
+            &env,
         )?;
         let addr = daemon
             .status

@@ -3,6 +3,7 @@
 //! `NOTIFY_SOCKET` protocol systemd uses (never a sleep), logs kept and shown on failure.
 
 pub mod daemon;
+pub mod dbus;
 pub mod directory;
 pub mod host;
 pub mod keyguard;

@@ -585,34 +585,61 @@ impl Storage {
     }
 
     /// Deletes one message (`Some(id)`) or the whole conversation (`None`: every message, and
-    /// its key is destroyed). Then the WAL is checkpointed and truncated so no old page survives
+    /// its key is destroyed) on the user's own request (`request: None`), or what a peer's
+    /// delete request (the id of the control message that carried it) may remove. Then the WAL is checkpointed and truncated so no old page survives
     /// there. Returns how many messages (not counting control messages) went.
     pub async fn delete(
         &self,
         peer: &Username,
         id: Option<MessageId>,
-        only_theirs: bool,
+        request: Option<MessageId>,
     ) -> Result<u32> {
         let peer = peer.clone();
         let n = self
             .call(move |c, k| {
                 let tag = k.tag(&peer)?;
-                let n: i64 = match id {
-                    Some(id) => {
-                        // A peer's request may only remove what the peer wrote (direction 1).
-                        let lowest = if only_theirs { 1 } else { 0 };
+                let n: i64 = match (id, request) {
+                    (Some(id), None) => {
                         let n = cached_row(c,
-                            "SELECT count(*) FROM messages WHERE tag = ?1 AND id = ?2 AND control = 0 AND direction >= ?3",
-                            params![tag, &id.0[..], lowest],
+                            "SELECT count(*) FROM messages WHERE tag = ?1 AND id = ?2 AND control = 0",
+                            params![tag, &id.0[..]],
+                            |r| r.get(0),
+                        )?;
+                        cached_exec(c, "DELETE FROM messages WHERE tag = ?1 AND id = ?2", params![tag, &id.0[..]])?;
+                        n
+                    }
+                    (Some(id), Some(_)) => {
+                        // A peer's request may only remove what the peer wrote (direction 1).
+                        let n = cached_row(c,
+                            "SELECT count(*) FROM messages WHERE tag = ?1 AND id = ?2 AND control = 0 AND direction = 1",
+                            params![tag, &id.0[..]],
                             |r| r.get(0),
                         )?;
                         cached_exec(c,
-                            "DELETE FROM messages WHERE tag = ?1 AND id = ?2 AND direction >= ?3",
-                            params![tag, &id.0[..], lowest],
+                            "DELETE FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 1",
+                            params![tag, &id.0[..]],
                         )?;
                         n
                     }
-                    None => {
+                    (None, Some(request)) => {
+                        // A peer's request for the whole conversation covers what came before
+                        // the request (a message that arrived after it, and was acknowledged,
+                        // stays), and never our own outbox (messages we accepted to send). The
+                        // request's own row stays too, so a replay of it is still a duplicate.
+                        const BEFORE: &str = "tag = ?1 AND seq < (SELECT seq FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 1)
+                             AND NOT (direction = 0 AND status IN (0, 1))";
+                        let n = cached_row(c,
+                            &format!("SELECT count(*) FROM messages WHERE control = 0 AND {BEFORE}"),
+                            params![tag, &request.0[..]],
+                            |r| r.get(0),
+                        )?;
+                        cached_exec(c,
+                            &format!("DELETE FROM messages WHERE {BEFORE}"),
+                            params![tag, &request.0[..]],
+                        )?;
+                        n
+                    }
+                    (None, None) => {
                         let n = cached_row(c,
                             "SELECT count(*) FROM messages WHERE tag = ?1 AND control = 0",
                             [&tag],

@@ -1,0 +1,128 @@
+//! A private `dbus-daemon` for tests, configured like Debian's system bus (default deny) plus
+//! the policy SMVS ships in `dist/dbus/`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{anyhow, Context};
+use tempfile::TempDir;
+
+pub struct TestBus {
+    child: Child,
+    pub dir: TempDir,
+    /// `unix:path=…`, for `busctl --address=` and `DBUS_SYSTEM_BUS_ADDRESS`.
+    pub address: String,
+}
+
+/// The repository's root (for `dist/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+impl TestBus {
+    /// A system-like bus: everything not allowed is denied, then `dist/dbus/org.smvs.Daemon1.conf`,
+    /// then `extra_policy` (e.g. letting root own the name, since tests run smvsd as root).
+    pub fn system_like(extra_policy: &str) -> anyhow::Result<TestBus> {
+        let dir = tempfile::Builder::new().prefix("smvs-bus-").tempdir()?;
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )?;
+        let socket = dir.path().join("bus");
+        let shipped = repo_root()
+            .join("dist/dbus/org.smvs.Daemon1.conf")
+            .canonicalize()?;
+        let config = format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <include>{shipped}</include>
+  {extra_policy}
+</busconfig>
+"#,
+            socket = socket.display(),
+            shipped = shipped.display(),
+        );
+        Self::start(dir, &config, &socket)
+    }
+
+    /// A session-like bus that allows everything (for a fake notification server).
+    pub fn session_like() -> anyhow::Result<TestBus> {
+        let dir = tempfile::Builder::new().prefix("smvs-sbus-").tempdir()?;
+        let socket = dir.path().join("bus");
+        let config = format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow send_destination="*"/>
+    <allow own="*"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+  </policy>
+</busconfig>
+"#,
+            socket = socket.display()
+        );
+        Self::start(dir, &config, &socket)
+    }
+
+    fn start(dir: TempDir, config: &str, socket: &Path) -> anyhow::Result<TestBus> {
+        let config_path = dir.path().join("bus.conf");
+        std::fs::write(&config_path, config)?;
+        let mut child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", config_path.display()))
+            .args(["--nofork", "--nopidfile", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("bus.log"))?)
+            .spawn()
+            .context("starting dbus-daemon (Debian package dbus-daemon)")?;
+        // The daemon prints its address once it listens: that is the readiness signal.
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim().is_empty() {
+            let _ = child.kill();
+            anyhow::bail!("dbus-daemon did not start");
+        }
+        let _ =
+            std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        Ok(TestBus {
+            child,
+            dir,
+            address: format!("unix:path={}", socket.display()),
+        })
+    }
+}
+
+impl Drop for TestBus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,436 @@
+//! D-Bus: smvsd serves org.smvs.Daemon1 on private dbus-daemons configured like a system bus
+//! (default deny + the shipped policy in dist/dbus/).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+use std::process::Command;
+use std::time::Duration;
+
+use futures::StreamExt;
+use smvs_tests::dbus::{repo_root, TestBus};
+use smvs_tests::{Backend, DirectoryProcess, HostProcess};
+
+/// Tests run smvsd as root, so root may own the name on the test buses (in production the
+/// policy lets only the user smvsd own it).
+const ROOT_OWNS: &str = r#"<policy user="root"><allow own="org.smvs.Daemon1"/></policy>"#;
+
+fn busctl(address: &str, args: &[&str]) -> std::process::Output {
+    Command::new("busctl")
+        .arg(format!("--address={address}"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn call(address: &str, method: &str, signature: &str, args: &[&str]) -> std::process::Output {
+    let mut all = vec![
+        "call",
+        "org.smvs.Daemon1",
+        "/org/smvs/Daemon1",
+        "org.smvs.Daemon1",
+        method,
+    ];
+    if !signature.is_empty() {
+        all.push(signature);
+    }
+    all.extend_from_slice(args);
+    busctl(address, &all)
+}
+
+/// The daemon's user must exist for the shipped policy to mean anything (make install's
+/// sysusers.d creates it on a real system).
+fn ensure_daemon_user() {
+    if Command::new("id")
+        .arg("smvsd")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        let _ = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "smvsd",
+            ])
+            .status();
+    }
+}
+
+fn host_on_bus(name: &str, dir: &DirectoryProcess, ip: &str, bus: &TestBus) -> HostProcess {
+    let mut host = HostProcess::start(name, dir, ip, &[]).unwrap();
+    host.stop().unwrap();
+    host.add_flags(&["--dbus", "system"]);
+    host.add_env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address);
+    host.start_again().unwrap();
+    host
+}
+
+/// A user in group `smvs`, and one outside it, for the policy checks.
+fn ensure_users() -> (&'static str, &'static str) {
+    let _ = Command::new("groupadd").args(["-f", "smvs"]).status();
+    if Command::new("id")
+        .arg("smvs-dbustest")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
+        let _ = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "-G",
+                "smvs",
+                "smvs-dbustest",
+            ])
+            .status();
+    }
+    ("smvs-dbustest", "nobody")
+}
+
+fn as_user(user: &str, address: &str, args: &[&str]) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", user, "--", "busctl"])
+        .arg(format!("--address={address}"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn busctl_send_on_alices_bus_raises_message_received_on_bobs_bus() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    ensure_daemon_user();
+    let alice_bus = TestBus::system_like(ROOT_OWNS).unwrap();
+    let bob_bus = TestBus::system_like(ROOT_OWNS).unwrap();
+    let alice = host_on_bus("alice", &dir, "127.0.0.1", &alice_bus);
+    let bob = host_on_bus("bob", &dir, "127.0.0.2", &bob_bus);
+    let out = call(&alice_bus.address, "Register", "s", &["alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bob.register().unwrap();
+
+    rt.block_on(async {
+        let connection = zbus::connection::Builder::address(bob_bus.address.as_str())
+            .build()
+            .await
+            .unwrap();
+        let proxy = zbus::Proxy::new(
+            &connection,
+            "org.smvs.Daemon1",
+            "/org/smvs/Daemon1",
+            "org.smvs.Daemon1",
+        )
+        .await
+        .unwrap();
+        let mut received = proxy.receive_signal("MessageReceived").await.unwrap();
+
+        let out = call(
+            &alice_bus.address,
+            "Send",
+            "ss",
+            &["bob", "hello over D-Bus"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sent_id = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .trim_start_matches("s ")
+            .trim_matches('"')
+            .to_owned();
+        assert_eq!(sent_id.len(), 32, "{sent_id}");
+
+        let signal = tokio::time::timeout(Duration::from_secs(30), received.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let (id, sender, _time): (String, String, i64) = signal.body().deserialize().unwrap();
+        assert_eq!(id, sent_id);
+        assert_eq!(sender, "alice");
+        // The signal carries no text; the text comes from a method call the policy guards.
+        let (_, from, to, _, body, status, _): (
+            String,
+            String,
+            String,
+            i64,
+            String,
+            String,
+            String,
+        ) = proxy
+            .call("GetMessage", &("alice", id.as_str()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (from.as_str(), to.as_str(), body.as_str(), status.as_str()),
+            ("alice", "bob", "hello over D-Bus", "received")
+        );
+        // Errors have D-Bus names.
+        let err = proxy
+            .call::<_, _, String>("Send", &("no such user!", "x"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("org.smvs.Daemon1.Error.BadRequest"),
+            "{err}"
+        );
+    });
+    // Properties are there for busctl too.
+    let out = busctl(
+        &bob_bus.address,
+        &[
+            "get-property",
+            "org.smvs.Daemon1",
+            "/org/smvs/Daemon1",
+            "org.smvs.Daemon1",
+            "Username",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "s \"bob\"");
+    drop(alice);
+}
+
+#[test]
+fn the_policy_lets_group_smvs_in_and_keeps_everyone_else_out() {
+    let (member, outsider) = ensure_users();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    ensure_daemon_user();
+    let bus = TestBus::system_like(ROOT_OWNS).unwrap();
+    let bob = host_on_bus("bob", &dir, "127.0.0.2", &bus);
+    bob.register().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    alice.register().unwrap();
+
+    let denied = ["Status", "Conversations", "Contacts"];
+    for method in denied {
+        let out = as_user(
+            outsider,
+            &bus.address,
+            &[
+                "call",
+                "org.smvs.Daemon1",
+                "/org/smvs/Daemon1",
+                "org.smvs.Daemon1",
+                method,
+            ],
+        );
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("Access denied") || err.contains("AccessDenied"),
+            "{method}: {err}"
+        );
+    }
+    let out = as_user(
+        outsider,
+        &bus.address,
+        &[
+            "call",
+            "org.smvs.Daemon1",
+            "/org/smvs/Daemon1",
+            "org.smvs.Daemon1",
+            "Send",
+            "ss",
+            "alice",
+            "x",
+        ],
+    );
+    assert!(!out.status.success());
+    // A member of group smvs can send.
+    let out = as_user(
+        member,
+        &bus.address,
+        &[
+            "call",
+            "org.smvs.Daemon1",
+            "/org/smvs/Daemon1",
+            "org.smvs.Daemon1",
+            "Send",
+            "ss",
+            "alice",
+            "from a member",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    alice
+        .wait_history("bob", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+}
+
+#[test]
+fn the_live_interface_matches_the_shipped_introspection_xml() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    ensure_daemon_user();
+    let bus = TestBus::system_like(ROOT_OWNS).unwrap();
+    let _bob = host_on_bus("bob", &dir, "127.0.0.2", &bus);
+    let out = busctl(
+        &bus.address,
+        &[
+            "introspect",
+            "--xml-interface",
+            "org.smvs.Daemon1",
+            "/org/smvs/Daemon1",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let live = interface_element(&String::from_utf8_lossy(&out.stdout));
+    let contract_path = repo_root().join("dist/dbus/org.smvs.Daemon1.xml");
+    let contract = interface_element(&std::fs::read_to_string(&contract_path).unwrap());
+    assert_eq!(
+        live,
+        contract,
+        "the live org.smvs.Daemon1 differs from {}",
+        contract_path.display()
+    );
+}
+
+/// The `<interface name="org.smvs.Daemon1">` element, with whitespace between tags removed.
+fn interface_element(xml: &str) -> String {
+    let start = xml
+        .find(r#"<interface name="org.smvs.Daemon1">"#)
+        .expect("interface element");
+    let end =
+        start + xml[start..].find("</interface>").expect("end of interface") + "</interface>".len();
+    xml[start..end]
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("<!--"))
+        .collect::<Vec<_>>()
+        .join("")
+}
+
+/// A stand-in for the desktop's notification daemon: records every Notify.
+struct FakeNotifications {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+#[zbus::interface(name = "org.freedesktop.Notifications")]
+impl FakeNotifications {
+    #[allow(clippy::too_many_arguments)]
+    fn notify(
+        &self,
+        _app_name: String,
+        _replaces_id: u32,
+        _app_icon: String,
+        summary: String,
+        body: String,
+        _actions: Vec<String>,
+        _hints: std::collections::HashMap<String, zbus::OwnedVariant>,
+        _expire_timeout: i32,
+    ) -> u32 {
+        let mut seen = self.seen.lock().unwrap();
+        seen.push((summary, body));
+        seen.len() as u32
+    }
+}
+
+#[test]
+fn smvsctl_agent_turns_message_received_into_a_desktop_notification() {
+    use std::io::BufRead;
+    ensure_daemon_user();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    let system = TestBus::system_like(ROOT_OWNS).unwrap();
+    let session = TestBus::session_like().unwrap();
+    let bob = host_on_bus("bob", &dir, "127.0.0.2", &system);
+    bob.register().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    alice.register().unwrap();
+
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let _server = rt
+        .block_on(
+            zbus::connection::Builder::address(session.address.as_str())
+                .name("org.freedesktop.Notifications")
+                .serve_at(
+                    "/org/freedesktop/Notifications",
+                    FakeNotifications { seen: seen.clone() },
+                )
+                .build(),
+        )
+        .unwrap();
+
+    let agent = Command::new(smvs_tests::daemon::binary("smvsctl").unwrap())
+        .args(["agent", "--preview"])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &system.address)
+        .env("DBUS_SESSION_BUS_ADDRESS", &session.address)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut agent = KillOnDrop(agent);
+    // The agent says when it has subscribed; only then does alice write.
+    let mut ready = String::new();
+    std::io::BufReader::new(agent.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.contains("relaying"), "{ready:?}");
+
+    alice.send("bob", "see you at eight").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        if let Some(n) = seen.lock().unwrap().first().cloned() {
+            break n;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no notification within 30 s"
+        );
+        if let Some(status) = agent.0.try_wait().unwrap() {
+            panic!("smvsctl agent exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(found.0, "SMVS");
+    assert_eq!(found.1, "alice: see you at eight");
+}
+
+/// Kills a child process when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
