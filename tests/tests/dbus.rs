@@ -434,3 +434,39 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[test]
+fn a_per_user_smvsd_raises_notifications_itself_on_the_session_bus() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dir = rt.block_on(DirectoryProcess::start(Backend::Sqlite, &[])).unwrap();
+    let session = TestBus::session_like().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let _server = rt
+        .block_on(
+            zbus::connection::Builder::address(session.address.as_str())
+                .name("org.freedesktop.Notifications")
+                .serve_at("/org/freedesktop/Notifications", FakeNotifications { seen: seen.clone() })
+                .build(),
+        )
+        .unwrap();
+    let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    bob.stop().unwrap();
+    // Sender only: the notification must not show the text.
+    bob.add_flags(&["--dbus", "session", "--notifications", "sender"]);
+    bob.add_env("DBUS_SESSION_BUS_ADDRESS", &session.address);
+    bob.start_again().unwrap();
+    bob.register().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    alice.register().unwrap();
+    alice.send("bob", "a secret plan").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        if let Some(n) = seen.lock().unwrap().first().cloned() {
+            break n;
+        }
+        assert!(std::time::Instant::now() < deadline, "no notification within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(found.1, "New message from alice");
+    assert!(!found.1.contains("secret"));
+}
