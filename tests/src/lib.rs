@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod dbus;
 pub mod directory;
 pub mod host;
+pub mod impersonate;
 pub mod keyguard;
 pub mod postgres;
 

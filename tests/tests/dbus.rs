@@ -437,15 +437,24 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn a_per_user_smvsd_raises_notifications_itself_on_the_session_bus() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let dir = rt.block_on(DirectoryProcess::start(Backend::Sqlite, &[])).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
     let session = TestBus::session_like().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let _server = rt
         .block_on(
             zbus::connection::Builder::address(session.address.as_str())
                 .name("org.freedesktop.Notifications")
-                .serve_at("/org/freedesktop/Notifications", FakeNotifications { seen: seen.clone() })
+                .serve_at(
+                    "/org/freedesktop/Notifications",
+                    FakeNotifications { seen: seen.clone() },
+                )
                 .build(),
         )
         .unwrap();
@@ -464,7 +473,10 @@ fn a_per_user_smvsd_raises_notifications_itself_on_the_session_bus() {
         if let Some(n) = seen.lock().unwrap().first().cloned() {
             break n;
         }
-        assert!(std::time::Instant::now() < deadline, "no notification within 30 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no notification within 30 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(found.1, "New message from alice");

@@ -13,9 +13,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use smvs_crypto::{AgreementKeyPair, AgreementPublicKey};
 use smvs_schema::host_capnp::host_link;
 use smvs_schema::Username;
+use smvs_tests::impersonate::{link, play_host};
 use smvs_tests::{Backend, DirectoryProcess, HostProcess};
 use smvsd::model::{message_hash, MessageId, Payload};
 use smvsd::session::{self, Header, Inner, SessionKeys};
@@ -467,26 +467,6 @@ fn name(s: &str) -> Username {
     Username::parse(s).unwrap()
 }
 
-async fn connect(
-    bob: &HostProcess,
-    key: &AgreementKeyPair,
-    bob_transport: &AgreementPublicKey,
-) -> host_link::Client {
-    let channel = smvs_transport::connect(
-        bob.listen,
-        key,
-        smvs_transport::HOST_PROLOGUE,
-        Some(bob_transport),
-    )
-    .await
-    .unwrap();
-    let (system, client) = smvs_transport::rpc::client::<host_link::Client>(channel);
-    tokio::task::spawn_local(async move {
-        let _ = system.await;
-    });
-    client
-}
-
 /// Delivers `link` as alice's host would; panics unless bob's host returns a receipt.
 async fn deliver(client: &host_link::Client, keys: &SessionKeys, link: &Link) {
     let mut request = client.deliver_request();
@@ -539,8 +519,6 @@ fn the_hash_chain_marks_gaps_and_late_messages() {
     let (mut alice, bob) = alice_and_bob(&dir, &[]);
     // The test is alice's host from here on.
     alice.stop().unwrap();
-    let secret = std::fs::read(alice.state_dir.join("transport.key")).unwrap();
-    let alice_transport = AgreementKeyPair::from_secret_bytes(&secret).unwrap();
     let mut bob_watch = Watch::start(&bob);
 
     let t = smvsd::model::now_ms();
@@ -557,25 +535,15 @@ fn the_hash_chain_marks_gaps_and_late_messages() {
     let m9 = Link::new("m9", &m8.hash(), t + 8);
 
     tokio::task::LocalSet::new().block_on(&rt, async {
-        let directory = dir.client().await.unwrap();
-        let bob_record = directory.lookup(&name("bob")).await.unwrap();
-        let alice_record = directory.lookup(&name("alice")).await.unwrap();
-        let keyguard = alice.keyguard.client().await.unwrap();
-        let salt = session::agreement_salt(&alice_record.user.identity, &bob_record.user.identity);
-        let shared = keyguard
-            .derive_shared_key(
-                &bob_record.user.identity.agreement_key,
-                &salt,
-                session::AGREEMENT_INFO,
-            )
+        let played = play_host(&dir, &alice, &bob).await.unwrap();
+        let keys = &played.keys;
+        let client = link(&bob, &played.transport, &played.peer_transport)
             .await
             .unwrap();
-        let keys = SessionKeys::from_shared(&shared).unwrap();
-        let client = connect(&bob, &alice_transport, &bob_record.user.transport_key).await;
 
         // m1 → m2 → m4: m3 is missing.
         for link in [&m1, &m2, &m4] {
-            deliver(&client, &keys, link).await;
+            deliver(&client, keys, link).await;
         }
         assert_eq!(
             verdicts(&bob, &[&m1, &m2, &m4]),
@@ -594,8 +562,8 @@ fn the_hash_chain_marks_gaps_and_late_messages() {
 
         // m3 arrives after m4, which named it as its predecessor: out of order. The chain goes
         // on from m4: m5 is in order.
-        deliver(&client, &keys, &m3).await;
-        deliver(&client, &keys, &m5).await;
+        deliver(&client, keys, &m3).await;
+        deliver(&client, keys, &m5).await;
         assert_eq!(
             verdicts(&bob, &[&m1, &m2, &m4, &m3, &m5]),
             ["unchecked", "ok", "gap", "out_of_order", "ok"]
@@ -607,9 +575,9 @@ fn the_hash_chain_marks_gaps_and_late_messages() {
 
         // m8 (a hole: m6 and m7 missing), then m7 late, whose own predecessor m6 never comes.
         // m8 names m7, so m7 is out of order; and m9, which follows m8, must still be in order.
-        deliver(&client, &keys, &m8).await;
-        deliver(&client, &keys, &m7).await;
-        deliver(&client, &keys, &m9).await;
+        deliver(&client, keys, &m8).await;
+        deliver(&client, keys, &m7).await;
+        deliver(&client, keys, &m9).await;
         assert_eq!(
             verdicts(&bob, &[&m8, &m7, &m9]),
             ["gap", "out_of_order", "ok"],

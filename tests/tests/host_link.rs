@@ -8,9 +8,10 @@ use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use smvs_crypto::{AeadKey, AgreementKeyPair, AgreementPublicKey};
+use smvs_crypto::{AeadKey, AgreementKeyPair};
 use smvs_schema::host_capnp::host_link;
 use smvs_schema::Username;
+use smvs_tests::impersonate::{link, play_host};
 use smvs_tests::{Backend, DirectoryProcess, HostProcess};
 use smvsd::model::{MessageId, Payload};
 use smvsd::session::{self, Header, Inner, SessionKeys};
@@ -42,26 +43,6 @@ fn seal(keys: &SessionKeys, id: MessageId, from: &str, to: &str, text: &str) -> 
         &session::encode_inner(&inner),
     )
     .unwrap()
-}
-
-async fn connect(
-    bob: &HostProcess,
-    key: &AgreementKeyPair,
-    bob_transport: &AgreementPublicKey,
-) -> host_link::Client {
-    let channel = smvs_transport::connect(
-        bob.listen,
-        key,
-        smvs_transport::HOST_PROLOGUE,
-        Some(bob_transport),
-    )
-    .await
-    .unwrap();
-    let (system, client) = smvs_transport::rpc::client::<host_link::Client>(channel);
-    tokio::task::spawn_local(async move {
-        let _ = system.await;
-    });
-    client
 }
 
 async fn deliver(link: &host_link::Client, raw: &Raw) -> Result<Vec<u8>, String> {
@@ -105,31 +86,11 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
     bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
         .unwrap();
     alice.stop().unwrap();
-    let transport_secret = std::fs::read(alice.state_dir.join("transport.key")).unwrap();
-    let alice_transport = AgreementKeyPair::from_secret_bytes(&transport_secret).unwrap();
-
     tokio::task::LocalSet::new().block_on(&rt, async {
-        let directory = dir.client().await.unwrap();
-        let bob_record = directory
-            .lookup(&Username::parse("bob").unwrap())
-            .await
-            .unwrap();
-        let alice_record = directory
-            .lookup(&Username::parse("alice").unwrap())
-            .await
-            .unwrap();
-        let keyguard = alice.keyguard.client().await.unwrap();
-        let salt = session::agreement_salt(&alice_record.user.identity, &bob_record.user.identity);
-        let shared = keyguard
-            .derive_shared_key(
-                &bob_record.user.identity.agreement_key,
-                &salt,
-                session::AGREEMENT_INFO,
-            )
-            .await
-            .unwrap();
-        let keys = SessionKeys::from_shared(&shared).unwrap();
-        let link = connect(&bob, &alice_transport, &bob_record.user.transport_key).await;
+        let played = play_host(&dir, &alice, &bob).await.unwrap();
+        let (keys, alice_transport) = (&played.keys, &played.transport);
+        let bob_transport = played.peer_transport;
+        let link = link(&bob, alice_transport, &bob_transport).await.unwrap();
 
         // A well-formed envelope is accepted, and its receipt checks out.
         let id = MessageId::random();
@@ -137,7 +98,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
             id,
             sender: "alice".into(),
             recipient: "bob".into(),
-            sealed: seal(&keys, id, "alice", "bob", "raw hello"),
+            sealed: seal(keys, id, "alice", "bob", "raw hello"),
         };
         let receipt = deliver(&link, &good).await.unwrap();
         assert_eq!(receipt.len(), 32);
@@ -159,7 +120,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
                 sealed: Vec::new(),
             }
         };
-        tampered.sealed = seal(&keys, tampered.id, "alice", "bob", "tampered");
+        tampered.sealed = seal(keys, tampered.id, "alice", "bob", "tampered");
         let last = tampered.sealed.len() - 1;
         tampered.sealed[last] ^= 0x40;
         refused(deliver(&link, &tampered).await);
@@ -172,7 +133,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
                     id: other,
                     sender: "alice".into(),
                     recipient: "bob".into(),
-                    sealed: seal(&keys, MessageId::random(), "alice", "bob", "moved"),
+                    sealed: seal(keys, MessageId::random(), "alice", "bob", "moved"),
                 },
             )
             .await,
@@ -201,7 +162,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
                     id: cid,
                     sender: "alice".into(),
                     recipient: "carol".into(),
-                    sealed: seal(&keys, cid, "alice", "carol", "misrouted"),
+                    sealed: seal(keys, cid, "alice", "carol", "misrouted"),
                 },
             )
             .await,
@@ -229,7 +190,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
                     id: uid,
                     sender: "nobody".into(),
                     recipient: "bob".into(),
-                    sealed: seal(&keys, uid, "nobody", "bob", "who?"),
+                    sealed: seal(keys, uid, "nobody", "bob", "who?"),
                 },
             )
             .await,
@@ -246,7 +207,9 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         // A host that is not alice's (another Noise key) cannot speak for alice, even with a
         // correctly sealed envelope.
         let mallory = AgreementKeyPair::generate().unwrap();
-        let mlink = connect(&bob, &mallory, &bob_record.user.transport_key).await;
+        let mlink = smvs_tests::impersonate::link(&bob, &mallory, &bob_transport)
+            .await
+            .unwrap();
         let mid = MessageId::random();
         refused(
             deliver(
@@ -255,7 +218,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
                     id: mid,
                     sender: "alice".into(),
                     recipient: "bob".into(),
-                    sealed: seal(&keys, mid, "alice", "bob", "impostor"),
+                    sealed: seal(keys, mid, "alice", "bob", "impostor"),
                 },
             )
             .await,
