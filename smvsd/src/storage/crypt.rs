@@ -14,6 +14,7 @@ use smvs_schema::Username;
 pub struct AtRest {
     storage: AeadKey,
     tag_key: Zeroizing<Vec<u8>>,
+    chain_key: Zeroizing<Vec<u8>>,
 }
 
 impl AtRest {
@@ -24,7 +25,13 @@ impl AtRest {
             b"conversation tags",
             32,
         )?;
-        Ok(AtRest { storage, tag_key })
+        let chain_key =
+            smvs_crypto::hkdf_sha256(b"smvs-storage-v1", storage.expose(), b"chain hashes", 32)?;
+        Ok(AtRest {
+            storage,
+            tag_key,
+            chain_key,
+        })
     }
 
     /// The conversation tag of `peer` (16 bytes).
@@ -54,6 +61,31 @@ impl AtRest {
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         self.storage.open(&Self::ad(kind, tag, &[]), sealed)
+    }
+
+    /// A message's chain hash as it is stored for look-ups: keyed, so that whoever holds the
+    /// database file cannot test a guessed text against it (the plain hash covers the text).
+    /// The empty hash (no predecessor) stays empty.
+    pub fn chain_tag(&self, raw: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if raw.is_empty() {
+            return Ok(Vec::new());
+        }
+        smvs_crypto::blake2b(32, Some(&self.chain_key), &[raw])
+    }
+
+    /// A conversation's chain head (the last hash sent or received), sealed at rest.
+    pub fn seal_head(&self, tag: &[u8], raw: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if raw.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.seal("chain-head", tag, raw)
+    }
+
+    pub fn open_head(&self, tag: &[u8], sealed: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if sealed.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.open("chain-head", tag, sealed)?.to_vec())
     }
 
     /// A fresh conversation key and its wrapped form.

@@ -301,12 +301,13 @@ impl Storage {
         self.call(move |c, k| {
             let (tag, key) = conversation(c, k, &peer, true)?
                 .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
-            let prev: Vec<u8> = cached_row(
+            let sealed_prev: Vec<u8> = cached_row(
                 c,
                 "SELECT last_sent_hash FROM conversations WHERE tag = ?1",
                 [&tag],
                 |r| r.get(0),
             )?;
+            let prev = k.open_head(&tag, &sealed_prev)?;
             let msg = StoredMessage {
                 id: MessageId::random(),
                 peer: peer.clone(),
@@ -319,11 +320,11 @@ impl Storage {
                 integrity: Integrity::Unchecked,
                 direction: Direction::Out,
             };
-            let hash = insert_message(c, &tag, &key, &msg)?;
+            let hash = insert_message(c, k, &tag, &key, &msg)?;
             cached_exec(
                 c,
                 "UPDATE conversations SET last_sent_hash = ?2 WHERE tag = ?1",
-                params![tag, hash],
+                params![tag, k.seal_head(&tag, &hash)?],
             )?;
             Ok(msg)
         })
@@ -460,12 +461,13 @@ impl Storage {
                     if exists.is_some() {
                         return Ok(Arrival::Duplicate);
                     }
-                    let last: Vec<u8> = cached_row(
+                    let sealed_last: Vec<u8> = cached_row(
                         c,
                         "SELECT last_recv_hash FROM conversations WHERE tag = ?1",
                         [&tag],
                         |r| r.get(0),
                     )?;
+                    let last = k.open_head(&tag, &sealed_last)?;
                     let integrity = if msg.prev_hash == last {
                         if last.is_empty() {
                             Integrity::Unchecked
@@ -479,7 +481,7 @@ impl Storage {
                         // head; a late message must not pull the chain back.
                         let known: Option<i64> = cached_row(c,
                         "SELECT seq FROM messages WHERE tag = ?1 AND direction = 1 AND hash = ?2",
-                        params![tag, msg.prev_hash],
+                        params![tag, k.chain_tag(&msg.prev_hash)?],
                         |r| r.get(0),
                     )
                     .optional()?;
@@ -490,12 +492,12 @@ impl Storage {
                         }
                     };
                     let stored = StoredMessage { integrity, ..msg };
-                    let hash = insert_message(c, &tag, &key, &stored)?;
+                    let hash = insert_message(c, k, &tag, &key, &stored)?;
                     if integrity != Integrity::OutOfOrder {
                         cached_exec(
                             c,
                             "UPDATE conversations SET last_recv_hash = ?2 WHERE tag = ?1",
-                            params![tag, hash],
+                            params![tag, k.seal_head(&tag, &hash)?],
                         )?;
                     }
                     Ok(Arrival::Stored(integrity))
@@ -801,6 +803,7 @@ fn conversation(
 
 fn insert_message(
     c: &Connection,
+    k: &AtRest,
     tag: &[u8],
     key: &AeadKey,
     msg: &StoredMessage,
@@ -836,7 +839,7 @@ fn insert_message(
         msg.status as i64,
         msg.integrity as i64,
         crate::model::now_ms(),
-        &hash[..],
+        k.chain_tag(&hash)?,
         sealed,
         !matches!(msg.payload, Payload::Text(_))
     ])?;
