@@ -22,6 +22,8 @@ use crate::model::{HostEvent, MessageId};
 use crate::session::{self, SessionKeys};
 use crate::storage::{bundle_to_hex, Contact, Storage};
 
+/// How long a directory call may take before the link is considered dead.
+const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a directory answer is reused before asking again.
 const RECORD_TTL: Duration = Duration::from_secs(30);
 
@@ -151,8 +153,19 @@ impl HostCore {
         if let Some(d) = self.directory.borrow().as_ref() {
             return Ok(d.clone());
         }
-        let client = DirectoryClient::connect(&self.config.directory, self.config.directory_key, &self.transport)
+        let connecting = DirectoryClient::connect(
+            &self.config.directory,
+            self.config.directory_key,
+            &self.transport,
+        );
+        let client = tokio::time::timeout(DIRECTORY_TIMEOUT, connecting)
             .await
+            .map_err(|_| {
+                HostError::new(
+                    "directory",
+                    format!("cannot reach the directory at {}: no answer within {} s", self.config.directory, DIRECTORY_TIMEOUT.as_secs()),
+                )
+            })?
             .map_err(|e| {
                 if matches!(e, smvs_directory::ClientError::Transport(smvs_transport::TransportError::KeyMismatch { .. })) {
                     smvs_service::security_event!(error, smvs_service::logging::DIRECTORY_KEY_MISMATCH, directory = %self.config.directory, "directory key mismatch: the directory is not the one pinned in the config");
@@ -181,7 +194,22 @@ impl HostCore {
             }
         }
         let directory = self.directory().await?;
-        match directory.lookup(peer).await {
+        // A link that silently died would otherwise hold the caller until TCP gives up.
+        let answer = match tokio::time::timeout(DIRECTORY_TIMEOUT, directory.lookup(peer)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                *self.directory.borrow_mut() = None;
+                return Err(HostError::new(
+                    "directory",
+                    format!(
+                        "the directory at {} did not answer within {} s",
+                        self.config.directory,
+                        DIRECTORY_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+        };
+        match answer {
             Ok(record) => {
                 self.records
                     .borrow_mut()

@@ -535,6 +535,8 @@ impl Handler<Expire> for Router {
         let (core, peers) = (self.core.clone(), self.peers.clone());
         Box::pin(async move {
             let peer = parse_user(&msg.peer)?;
+            // Refuse before changing anything if the setting cannot reach the peer.
+            check_can_send(&core, &peer).await?;
             core.storage.set_expiry(&peer, msg.seconds).await?;
             queue(&core, &peers, &peer, Payload::Expire(msg.seconds)).await?;
             Ok(())
