@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use smvs_crypto::{
     blake2b_256, random_array, seal, AgreementKeyPair, AgreementPublicKey, IdentityBundle,
-    SignContext, Signature,
+    SignContext, Signature, SigningPublicKey,
 };
 use smvs_schema::canonical::{self, RegistrationFields};
 use smvs_schema::directory_capnp::{directory, register_request, rotate_request, session};
@@ -269,9 +269,17 @@ impl directory::Server for DirectoryRpc {
         if !valid {
             return Err(failed().into());
         }
+        let user = self
+            .shared
+            .store
+            .get_user(&name)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(failed)?;
         let session = SessionRpc {
             shared: self.shared.clone(),
             username: name,
+            identity: Cell::new(user.identity.signing_key),
             peer: self.peer,
             alive: Cell::new(true),
             expires: Instant::now() + SESSION_LIFETIME,
@@ -298,19 +306,32 @@ impl directory::Server for DirectoryRpc {
 struct SessionRpc {
     shared: Arc<Shared>,
     username: Username,
+    /// The identity that logged in. A session speaks for that identity only: if the name is
+    /// deregistered and registered again by someone else, the old session is worthless.
+    identity: Cell<SigningPublicKey>,
     peer: IpAddr,
     alive: Cell<bool>,
     expires: Instant,
 }
 
 impl SessionRpc {
-    fn check(&self) -> Result<(), Refusal> {
+    async fn check(&self) -> Result<(), Refusal> {
         self.shared.limits.request(self.peer)?;
         if !self.alive.get() || Instant::now() > self.expires {
             return Err(Refusal::new(
                 ErrorCode::AuthFailed,
                 "session has ended; authenticate again",
             ));
+        }
+        let current = self
+            .shared
+            .store
+            .get_user(&self.username)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| self.gone())?;
+        if current.identity.signing_key != self.identity.get() {
+            return Err(self.gone());
         }
         Ok(())
     }
@@ -366,7 +387,7 @@ impl session::Server for SessionRpc {
         params: session::UpdateHostAddressParams,
         mut results: session::UpdateHostAddressResults,
     ) -> Result<(), capnp::Error> {
-        self.check()?;
+        self.check().await?;
         let host = host_address(params.get()?.get_host_address())?;
         let user = self
             .shared
@@ -389,7 +410,7 @@ impl session::Server for SessionRpc {
         params: session::RotateKeysParams,
         mut results: session::RotateKeysResults,
     ) -> Result<(), capnp::Error> {
-        self.check()?;
+        self.check().await?;
         let keys = {
             let params = params.get()?;
             self.check_rotation(params.get_request()?).await?
@@ -401,6 +422,8 @@ impl session::Server for SessionRpc {
             .await
             .map_err(store_refusal)?
             .ok_or_else(|| self.gone())?;
+        // The session now speaks for the new identity.
+        self.identity.set(user.identity.signing_key);
         smvs_service::security_event!(
             info,
             smvs_service::logging::KEY_CHANGED,
@@ -421,7 +444,7 @@ impl session::Server for SessionRpc {
         _: session::DeregisterParams,
         _: session::DeregisterResults,
     ) -> Result<(), capnp::Error> {
-        self.check()?;
+        self.check().await?;
         self.shared
             .store
             .delete_user(&self.username)

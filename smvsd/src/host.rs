@@ -106,8 +106,16 @@ impl HostCore {
 
     pub async fn put_contact(&self, contact: Contact) -> Result<(), HostError> {
         let name = Username::parse(&contact.username).map_err(HostError::internal)?;
-        self.storage.put_contact(contact.clone()).await?;
-        self.contacts.borrow_mut().insert(name, contact);
+        // The cache first: a reader that runs while the write is on its way must see the new
+        // state (a block in progress must not be overwritten by a stale copy). Storage runs
+        // writes in the order they are queued, so disk ends in the same state.
+        self.contacts
+            .borrow_mut()
+            .insert(name.clone(), contact.clone());
+        if let Err(e) = self.storage.put_contact(contact).await {
+            self.contacts.borrow_mut().remove(&name);
+            return Err(e.into());
+        }
         Ok(())
     }
 

@@ -225,6 +225,10 @@ async fn accept_envelope(
         checked = check_sender(core, &sender, &remote_key, true, request).await;
     }
     let mut contact = checked?;
+    // Checked again: a block may have landed while the sender was being looked up.
+    if contact.blocked {
+        return Err(refused("not accepted"));
+    }
     if request && !contact.request {
         contact.request = true;
         core.put_contact(contact.clone())

@@ -36,6 +36,7 @@ both_backends!(
     bad_registrations_change_nothing,
     garbage_on_the_wire_does_not_disturb_others,
     rate_limits_say_when_to_retry,
+    a_session_dies_with_the_identity_that_opened_it,
 );
 
 fn code<T>(r: Result<T, smvs_directory::ClientError>) -> ErrorCode {
@@ -465,4 +466,46 @@ fn two_directory_processes_share_one_postgres() {
         second.daemon.stop().unwrap();
         first.daemon.stop().unwrap();
     });
+}
+
+async fn a_session_dies_with_the_identity_that_opened_it(backend: Backend) {
+    let dir = DirectoryProcess::start(backend, &[]).await.unwrap();
+    let client = dir.client().await.unwrap();
+    let old = TestUser::new("alice", "127.0.0.1:7421").unwrap();
+    client.register(&old.registration(&dir.key)).await.unwrap();
+    let stale = old.login(&client).await.unwrap();
+    let other = old.login(&client).await.unwrap();
+    other.deregister().await.unwrap();
+    // Someone else registers the freed name; the old owner's remaining session cannot touch it.
+    let new = TestUser::new("alice", "127.0.0.5:7421").unwrap();
+    client.register(&new.registration(&dir.key)).await.unwrap();
+    let moved = HostAddress::parse("127.0.0.66:7421").unwrap();
+    assert_eq!(
+        code(stale.update_host_address(&moved).await),
+        ErrorCode::AuthFailed
+    );
+    assert_eq!(code(stale.deregister().await), ErrorCode::AuthFailed);
+    assert_eq!(
+        client
+            .lookup(&new.username)
+            .await
+            .unwrap()
+            .user
+            .host_address,
+        new.host
+    );
+    // A rotation inside a session keeps that session usable for the new identity.
+    let session = new.login(&client).await.unwrap();
+    let next = IdentityKeys::generate().unwrap();
+    let rotation = Rotation::sign_locally(
+        &dir.key,
+        &new.username,
+        &new.identity,
+        &next,
+        AgreementKeyPair::generate().unwrap().public(),
+        smvs_directory::clock::now_ms(),
+    );
+    session.rotate_keys(&rotation).await.unwrap();
+    session.update_host_address(&moved).await.unwrap();
+    dir.daemon.stop().unwrap();
 }
