@@ -39,6 +39,14 @@ impl DirectoryProcess {
         Self::start_with(dir, db, extra)
     }
 
+    /// [`DirectoryProcess::start`] with SQLite, for callers outside any runtime.
+    pub fn start_sqlite_blocking() -> anyhow::Result<DirectoryProcess> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(Self::start(Backend::Sqlite, &[]))
+    }
+
     /// Starts a directory on an existing database and key (a second process behind one
     /// PostgreSQL, or a restart).
     pub fn start_with(

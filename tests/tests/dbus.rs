@@ -37,25 +37,32 @@ fn call(address: &str, method: &str, signature: &str, args: &[&str]) -> std::pro
     busctl(address, &all)
 }
 
-/// The daemon's user must exist for the shipped policy to mean anything (make install's
-/// sysusers.d creates it on a real system).
-fn ensure_daemon_user() {
-    if Command::new("id")
-        .arg("smvsd")
+/// Creates the system user `name` (in `groups`, if any) unless it exists. The daemon's user
+/// must exist for the shipped policy to mean anything (make install's sysusers.d creates it on
+/// a real system); the policy tests also need a member of group `smvs`.
+fn ensure_system_user(name: &str, groups: Option<&str>) {
+    let exists = Command::new("id")
+        .arg(name)
         .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        let _ = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "smvsd",
-            ])
-            .status();
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !exists {
+        let mut useradd = Command::new("useradd");
+        useradd.args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ]);
+        if let Some(groups) = groups {
+            useradd.args(["-G", groups]);
+        }
+        let _ = useradd.arg(name).status();
     }
+}
+
+fn ensure_daemon_user() {
+    ensure_system_user("smvsd", None);
 }
 
 fn host_on_bus(name: &str, dir: &DirectoryProcess, ip: &str, bus: &TestBus) -> HostProcess {
@@ -70,24 +77,7 @@ fn host_on_bus(name: &str, dir: &DirectoryProcess, ip: &str, bus: &TestBus) -> H
 /// A user in group `smvs`, and one outside it, for the policy checks.
 fn ensure_users() -> (&'static str, &'static str) {
     let _ = Command::new("groupadd").args(["-f", "smvs"]).status();
-    if Command::new("id")
-        .arg("smvs-dbustest")
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        let _ = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "-G",
-                "smvs",
-                "smvs-dbustest",
-            ])
-            .status();
-    }
+    ensure_system_user("smvs-dbustest", Some("smvs"));
     ("smvs-dbustest", "nobody")
 }
 

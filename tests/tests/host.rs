@@ -5,15 +5,10 @@
 
 use std::time::Duration;
 
-use smvs_tests::{Backend, DirectoryProcess, HostProcess};
+use smvs_tests::{DirectoryProcess, HostProcess};
 
 fn directory() -> DirectoryProcess {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap()
+    DirectoryProcess::start_sqlite_blocking().unwrap()
 }
 
 fn body(m: &serde_json::Value) -> &str {

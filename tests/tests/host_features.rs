@@ -23,12 +23,7 @@ use smvsd::session::{self, Header, Inner, SessionKeys};
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn directory() -> DirectoryProcess {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap()
+    DirectoryProcess::start_sqlite_blocking().unwrap()
 }
 
 /// alice on 127.0.0.1 and bob on 127.0.0.2 (with `bob_extra` flags), both registered.
