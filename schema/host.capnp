@@ -38,8 +38,31 @@ struct InnerMessage {
     text @5 :Text;
     delete @6 :DeleteRequest;
     expire @7 :UInt32;          # disappearing-messages setting, seconds (0: off)
+    call @8 :CallSignal;        # call signalling: handed to the call manager, never stored
   }
   struct DeleteRequest {
     ids @0 :List(Data);         # empty: the whole conversation
+  }
+}
+
+struct CallSignal {
+  # One step of a call's set-up or end, from one host to the other inside a sealed envelope
+  # (so it is authenticated as coming from the sender's identity and read by no one else).
+  callId @0 :Data;              # 16 random bytes chosen by the caller
+  kind @1 :Kind;
+  media @2 :Media;              # set on offer and answer
+  enum Kind {
+    offer @0;                   # caller -> callee: ring
+    answer @1;                  # callee -> caller: picked up
+    decline @2;                 # callee -> caller: refused by the user
+    busy @3;                    # callee -> caller: already in a call
+    hangup @4;                  # either way: the call is over
+    noAnswer @5;                # caller -> callee: rang for 30 s without an answer
+  }
+  struct Media {
+    publicKey @0 :Data;         # the endpoint's fresh X25519 key for this call (32 bytes)
+    address @1 :Text;           # IP:port where the endpoint receives its media (UDP)
+    video @2 :Bool;             # it sends video
+    audio @3 :Bool;             # it sends audio
   }
 }

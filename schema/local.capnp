@@ -2,7 +2,8 @@
 # The local API of smvsd, served on its Unix socket to devices (smvsctl, agents).
 # Errors are Cap'n Proto exceptions whose text starts with a stable code:
 # "bad-request:", "not-registered:", "already-registered:", "unknown-user:", "key-changed:",
-# "blocked:", "too-large:", "directory:", "keyguard:", "not-found:", "internal:".
+# "blocked:", "too-large:", "directory:", "keyguard:", "not-found:", "internal:", and for calls
+# "busy:", "offline:", "refused:", "no-device:".
 
 struct Message {
   id @0 :Data;                  # 16 bytes
@@ -69,6 +70,8 @@ struct Event {
     keyChanged @2 :Text;        # the contact whose key changed
     integrityProblem @3 :MessageRef;
     deleted @4 :MessageRef;     # id empty: the whole conversation
+    callIncoming @5 :CallEvent; # a call rings (answer with answerCall, refuse with hangupCall)
+    callState @6 :CallEvent;    # a call became active or ended
   }
   struct MessageRef {
     id @0 :Data;
@@ -80,6 +83,61 @@ struct Event {
     peer @1 :Text;
     status @2 :Message.Status;
   }
+}
+
+enum CallState {
+  ringing @0;
+  active @1;
+  ended @2;
+}
+
+struct CallEvent {
+  id @0 :Data;                  # 16 bytes
+  peer @1 :Text;
+  state @2 :CallState;
+  reason @3 :Text;              # why it ended: hangup, remote-hangup, declined, busy, no-answer,
+                                # missed, refused, offline, device-gone, failed
+  video @4 :Bool;               # what the caller offered
+  audio @5 :Bool;
+  outgoing @6 :Bool;
+}
+
+struct CallMedia {
+  publicKey @0 :Data;           # the device's fresh X25519 key for this call (32 bytes)
+  address @1 :Text;             # IP:port where the device receives the call's media (UDP)
+  video @2 :Bool;               # the device sends video
+  audio @3 :Bool;               # the device sends audio
+}
+
+struct CallInfo {
+  id @0 :Data;                  # 16 bytes
+  peer @1 :Text;
+  outgoing @2 :Bool;
+  state @3 :CallState;
+  reason @4 :Text;              # set once ended
+  callerIdentity @5 :Data;      # both identity bundles, bound into the media keys
+  calleeIdentity @6 :Data;
+  peerMedia @7 :CallMedia;      # the other endpoint's offer or answer, once known
+  hasPeerMedia @8 :Bool;
+  since @9 :Int64;              # Unix ms the call entered its state
+}
+
+interface CallDevice {
+  # The device running a call's media hears here what happens to the call.
+  answered @0 (media :CallMedia) -> ();   # the callee picked up: start the media
+  ended @1 (reason :Text) -> ();
+}
+
+interface CallControl {
+  hangup @0 () -> ();
+  # Dropping the capability (or losing the connection) hangs up too.
+}
+
+interface CallAgent {
+  # A device that runs calls on behalf of others (smvsctl agent in the user's session): D-Bus
+  # PlaceCall and AnswerCall are handed to it, and it places or answers through this same API.
+  place @0 (peer :Text, video :Bool, audio :Bool) -> (id :Data);
+  answer @1 (id :Data) -> ();
 }
 
 interface EventSink {
@@ -109,4 +167,17 @@ interface Host {
   # Disappearing messages for this conversation, on both hosts; 0 turns it off.
   message @12 (peer :Text, id :Data) -> (message :Message);
   # One message, e.g. after a MessageReceived event.
+  placeCall @13 (peer :Text, media :CallMedia, device :CallDevice)
+      -> (call :CallInfo, control :CallControl);
+  # Rings the peer; returns once the peer's host has the offer (state ringing). The answer or
+  # the end comes to `device`.
+  answerCall @14 (id :Data, media :CallMedia, device :CallDevice)
+      -> (call :CallInfo, control :CallControl);
+  # Picks up a ringing incoming call (id empty: the one that rings); `call.peerMedia` is the
+  # caller's offer.
+  hangupCall @15 (id :Data) -> ();
+  # Ends a call (id empty: the current one); a ringing incoming call is declined.
+  calls @16 () -> (calls :List(CallInfo));
+  registerCallAgent @17 (agent :CallAgent) -> (registration :Subscription);
+  # While registered, D-Bus PlaceCall/AnswerCall are handed to this agent.
 }

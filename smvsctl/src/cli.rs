@@ -92,7 +92,9 @@ pub enum Command {
     #[command(
         after_help = "Examples:\n  smvsctl agent\n  smvsctl agent --preview\n\nListens on the system bus (DBUS_SYSTEM_BUS_ADDRESS, or --bus session for a per-user smvsd) for \
                       org.smvs.Daemon1's MessageReceived and KeyChanged, and raises org.freedesktop.Notifications on the session \
-                      bus. Runs until SIGINT/SIGTERM. Installed as the systemd --user unit smvsctl-agent.service."
+                      bus. It is also the device that runs calls placed or answered over D-Bus (PlaceCall, AnswerCall): it registers with smvsd's socket \
+                      and runs their media here (camera, microphone and window by default). Runs until SIGINT/SIGTERM. Installed as the systemd --user unit \
+                      smvsctl-agent.service."
     )]
     Agent {
         /// Show the start of each message (fetched with GetMessage, which the bus policy guards)
@@ -101,6 +103,9 @@ pub enum Command {
         /// Where smvsd's D-Bus service is: system (a system service) or session
         #[arg(long, default_value = "system", value_parser = ["system", "session"])]
         bus: String,
+        /// How calls placed or answered over D-Bus run here
+        #[command(flatten)]
+        media: MediaArgs,
     },
 
     /// Delete the conversation with USER (its key is destroyed), or one message with --id
@@ -149,6 +154,48 @@ pub enum Command {
         accept_new_key: bool,
     },
 
+    /// Call USER: video and audio straight between your device and theirs, end-to-end encrypted
+    #[command(
+        after_help = "Examples:\n  smvsctl call bob\n  smvsctl call bob --video none --audio mic\n  smvsctl call bob --video test --audio test --sink null --duration 5 --stats\n\nRings for up to 30 s. \
+                      The call runs in this process until --duration passes, SIGINT/SIGTERM (hangs up), or the other side hangs up. \
+                      The media goes directly between the two devices (UDP), so each side learns the other's IP address. \
+                      --stats prints the call's statistics as JSON when it ends."
+    )]
+    Call {
+        /// The user to call
+        user: Username,
+        #[command(flatten)]
+        media: MediaArgs,
+    },
+
+    /// Answer a ringing call (CALL_ID, or the one that rings) and run its media here
+    #[command(
+        after_help = "Examples:\n  smvsctl answer\n  smvsctl answer 00112233445566778899aabbccddeeff --video none\n  smvsctl answer --wait 30 --video test --audio test --sink null --stats\n\n\
+                      Without --wait, a call must already be ringing."
+    )]
+    Answer {
+        /// The call to answer (32 hex digits, as `calls` and `watch` print it)
+        call_id: Option<MessageId>,
+        /// Wait up to SECS for a call to ring
+        #[arg(long, value_name = "SECS", default_value_t = 0)]
+        wait: u64,
+        #[command(flatten)]
+        media: MediaArgs,
+    },
+
+    /// Hang up a call (CALL_ID, or the current one); a ringing incoming call is declined
+    #[command(
+        after_help = "Examples:\n  smvsctl hangup\n  smvsctl hangup 00112233445566778899aabbccddeeff"
+    )]
+    Hangup {
+        /// The call to end (32 hex digits)
+        call_id: Option<MessageId>,
+    },
+
+    /// List the calls that ring or are active
+    #[command(after_help = "Example:\n  smvsctl --json calls")]
+    Calls,
+
     /// Make messages with USER disappear SECONDS after they are sent (0 turns it off)
     #[command(after_help = "Examples:\n  smvsctl expire bob 86400\n  smvsctl expire bob 0")]
     Expire {
@@ -157,6 +204,80 @@ pub enum Command {
         /// Lifetime of each message in seconds; 0 turns disappearing messages off
         seconds: u32,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VideoArg {
+    /// A moving test pattern
+    Test,
+    /// The camera (v4l2)
+    Camera,
+    /// Send no video
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AudioArg {
+    /// A test tone
+    Test,
+    /// The microphone
+    Mic,
+    /// Send no audio
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SinkArg {
+    /// Show the other side's video in a window and play their audio
+    Window,
+    /// Decode and discard (tests, measurements)
+    Null,
+}
+
+/// How a device runs a call's media.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct MediaArgs {
+    /// What video to send
+    #[arg(long, value_enum, default_value = "camera")]
+    pub video: VideoArg,
+    /// What audio to send
+    #[arg(long, value_enum, default_value = "mic")]
+    pub audio: AudioArg,
+    /// Where the other side's media goes
+    #[arg(long, value_enum, default_value = "window")]
+    pub sink: SinkArg,
+    /// Hang up after SECS seconds of conversation
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub duration: Option<u64>,
+    /// Print the call's statistics as JSON when it ends
+    #[arg(long)]
+    pub stats: bool,
+    /// The IP address to receive media on [default: the IP of this host's published address]
+    #[arg(long, value_name = "IP")]
+    pub media_address: Option<std::net::IpAddr>,
+    /// Video size to send, WIDTHxHEIGHT
+    #[arg(long, value_name = "WxH", default_value = "640x480", value_parser = parse_size)]
+    pub size: (u32, u32),
+    /// Video frames per second to send
+    #[arg(long, value_name = "N", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=60))]
+    pub fps: u32,
+    /// Stamp a time code into the top rows of the video sent, and read it from the video
+    /// received: glass-to-glass latency in --stats, valid when both ends share a clock
+    #[arg(long)]
+    pub latency_probe: bool,
+}
+
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once('x')
+        .ok_or_else(|| format!("{text:?} is not WIDTHxHEIGHT"))?;
+    let parse = |v: &str| -> Result<u32, String> {
+        v.parse::<u32>()
+            .ok()
+            .filter(|v| (16..=4096).contains(v) && v % 2 == 0)
+            .ok_or_else(|| format!("{v:?} is not an even size from 16 to 4096"))
+    };
+    Ok((parse(w)?, parse(h)?))
 }
 
 impl Cli {

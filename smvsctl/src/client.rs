@@ -22,7 +22,10 @@ use std::str::FromStr;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, RpcSystem};
 use serde::{Serialize, Serializer};
-use smvs_schema::local_capnp::{event, event_sink, host, message, subscription};
+use smvs_schema::local_capnp::{
+    call_agent, call_control, call_device, call_event, call_info, call_media, event, event_sink,
+    host, message, subscription,
+};
 use smvs_schema::Username;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
@@ -92,7 +95,10 @@ impl Serialize for MessageId {
 // Views: what smvsd answered, as plain values
 
 /// Serializes a value by its `Display` form (usernames).
-fn as_display<T: fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn as_display<T: fmt::Display, S: Serializer>(
+    value: &T,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.collect_str(value)
 }
 
@@ -246,6 +252,126 @@ pub enum EventView {
         peer: Username,
         time: i64,
     },
+    /// A call rings here.
+    CallIncoming(CallEventView),
+    /// A call rings at the peer, became active, or ended (`reason` says why).
+    CallState(CallEventView),
+}
+
+/// A call's id: 16 bytes, shown as 32 hex digits (the same form as a message id).
+pub type CallId = MessageId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallState {
+    Ringing,
+    Active,
+    Ended,
+}
+
+impl CallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Ringing => "ringing",
+            CallState::Active => "active",
+            CallState::Ended => "ended",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallEventView {
+    pub id: CallId,
+    #[serde(serialize_with = "as_display")]
+    pub peer: Username,
+    pub state: CallState,
+    /// Why it ended; empty while it lasts.
+    pub reason: String,
+    pub video: bool,
+    pub audio: bool,
+    pub outgoing: bool,
+}
+
+/// One endpoint's media set-up: its fresh call key and where it receives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallMediaView {
+    #[serde(serialize_with = "as_hex")]
+    pub public_key: [u8; 32],
+    pub address: std::net::SocketAddr,
+    pub video: bool,
+    pub audio: bool,
+}
+
+/// A call as smvsd describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallView {
+    pub id: CallId,
+    #[serde(serialize_with = "as_display")]
+    pub peer: Username,
+    pub outgoing: bool,
+    pub state: CallState,
+    pub reason: String,
+    #[serde(skip)]
+    pub caller_identity: Vec<u8>,
+    #[serde(skip)]
+    pub callee_identity: Vec<u8>,
+    #[serde(skip)]
+    pub peer_media: Option<CallMediaView>,
+    pub since: i64,
+}
+
+fn as_hex<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(bytes))
+}
+
+/// What smvsd tells the device running a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallNotice {
+    Answered(CallMediaView),
+    Ended(String),
+}
+
+/// The `CallDevice` smvsd calls: queues each notice for the call's runner.
+struct Device {
+    notices: mpsc::UnboundedSender<CallNotice>,
+}
+
+impl call_device::Server for Device {
+    async fn answered(
+        self: capnp::capability::Rc<Self>,
+        params: call_device::AnsweredParams,
+        _: call_device::AnsweredResults,
+    ) -> Result<(), capnp::Error> {
+        let media = CallMediaView::read(params.get()?.get_media()?)
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let _ = self.notices.send(CallNotice::Answered(media));
+        Ok(())
+    }
+
+    async fn ended(
+        self: capnp::capability::Rc<Self>,
+        params: call_device::EndedParams,
+        _: call_device::EndedResults,
+    ) -> Result<(), capnp::Error> {
+        let reason = params.get()?.get_reason()?.to_string().unwrap_or_default();
+        let _ = self.notices.send(CallNotice::Ended(reason));
+        Ok(())
+    }
+}
+
+/// A call this device runs: its description, the notices smvsd sends about it, and the
+/// control that hangs it up (dropping it hangs up too).
+pub struct DeviceCall {
+    pub call: CallView,
+    pub notices: mpsc::UnboundedReceiver<CallNotice>,
+    pub control: call_control::Client,
+}
+
+impl DeviceCall {
+    pub async fn hangup(&self) -> Result<(), CtlError> {
+        self.control.hangup_request().send().promise.await?;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -375,6 +501,76 @@ impl VerificationView {
     }
 }
 
+impl CallMediaView {
+    pub fn read(r: call_media::Reader<'_>) -> Result<Self, CtlError> {
+        let key = r.get_public_key()?;
+        let public_key: [u8; 32] = key.try_into().map_err(|_| {
+            CtlError::Protocol(format!("a call key is {} bytes, not 32", key.len()))
+        })?;
+        let address = text("media address", r.get_address())?;
+        Ok(CallMediaView {
+            public_key,
+            address: address.parse().map_err(|_| {
+                CtlError::Protocol(format!("media address {address:?} is not IP:port"))
+            })?,
+            video: r.get_video(),
+            audio: r.get_audio(),
+        })
+    }
+
+    fn write(&self, mut b: call_media::Builder<'_>) {
+        b.set_public_key(&self.public_key);
+        b.set_address(self.address.to_string());
+        b.set_video(self.video);
+        b.set_audio(self.audio);
+    }
+}
+
+fn read_call_state(
+    s: Result<smvs_schema::local_capnp::CallState, capnp::NotInSchema>,
+) -> Result<CallState, CtlError> {
+    use smvs_schema::local_capnp::CallState as S;
+    Ok(match s.map_err(|e| unknown("call state", e))? {
+        S::Ringing => CallState::Ringing,
+        S::Active => CallState::Active,
+        S::Ended => CallState::Ended,
+    })
+}
+
+impl CallView {
+    pub fn read(r: call_info::Reader<'_>) -> Result<Self, CtlError> {
+        Ok(CallView {
+            id: message_id("call id", r.get_id())?,
+            peer: username("peer", r.get_peer())?,
+            outgoing: r.get_outgoing(),
+            state: read_call_state(r.get_state())?,
+            reason: text("reason", r.get_reason())?,
+            caller_identity: r.get_caller_identity()?.to_vec(),
+            callee_identity: r.get_callee_identity()?.to_vec(),
+            peer_media: if r.get_has_peer_media() {
+                Some(CallMediaView::read(r.get_peer_media()?)?)
+            } else {
+                None
+            },
+            since: r.get_since(),
+        })
+    }
+}
+
+impl CallEventView {
+    pub fn read(r: call_event::Reader<'_>) -> Result<Self, CtlError> {
+        Ok(CallEventView {
+            id: message_id("call id", r.get_id())?,
+            peer: username("peer", r.get_peer())?,
+            state: read_call_state(r.get_state())?,
+            reason: text("reason", r.get_reason())?,
+            video: r.get_video(),
+            audio: r.get_audio(),
+            outgoing: r.get_outgoing(),
+        })
+    }
+}
+
 impl EventView {
     /// Parses one event. `Ok(None)`: a kind of event this smvsctl does not know (a newer smvsd);
     /// it is skipped rather than ending the watch.
@@ -423,6 +619,8 @@ impl EventView {
                     time: m.get_time(),
                 }
             }
+            event::CallIncoming(c) => EventView::CallIncoming(CallEventView::read(c?)?),
+            event::CallState(c) => EventView::CallState(CallEventView::read(c?)?),
         }))
     }
 }
@@ -664,6 +862,91 @@ impl HostClient {
         }
         let answer = request.send().promise.await?;
         Ok(answer.get()?.get_deleted())
+    }
+
+    /// Rings `peer`; returns once the peer's host has the offer. Answers and the end come as
+    /// notices on the returned call.
+    pub async fn place_call(
+        &self,
+        peer: &Username,
+        media: &CallMediaView,
+    ) -> Result<DeviceCall, CtlError> {
+        let (tx, notices) = mpsc::unbounded_channel();
+        let device: call_device::Client = capnp_rpc::new_client(Device { notices: tx });
+        let mut request = self.host.place_call_request();
+        {
+            let mut params = request.get();
+            params.set_peer(peer.as_str());
+            media.write(params.reborrow().init_media());
+            params.set_device(device);
+        }
+        let answer = request.send().promise.await?;
+        let answer = answer.get()?;
+        Ok(DeviceCall {
+            call: CallView::read(answer.get_call()?)?,
+            notices,
+            control: answer.get_control()?,
+        })
+    }
+
+    /// Picks up a ringing call (`None`: the one that rings); the answer's `peer_media` is the
+    /// caller's offer.
+    pub async fn answer_call(
+        &self,
+        id: Option<&CallId>,
+        media: &CallMediaView,
+    ) -> Result<DeviceCall, CtlError> {
+        let (tx, notices) = mpsc::unbounded_channel();
+        let device: call_device::Client = capnp_rpc::new_client(Device { notices: tx });
+        let mut request = self.host.answer_call_request();
+        {
+            let mut params = request.get();
+            params.set_id(id.map(|id| &id.as_bytes()[..]).unwrap_or(&[]));
+            media.write(params.reborrow().init_media());
+            params.set_device(device);
+        }
+        let answer = request.send().promise.await?;
+        let answer = answer.get()?;
+        Ok(DeviceCall {
+            call: CallView::read(answer.get_call()?)?,
+            notices,
+            control: answer.get_control()?,
+        })
+    }
+
+    /// Ends a call (`None`: the current one); a ringing incoming call is declined.
+    pub async fn hangup_call(&self, id: Option<&CallId>) -> Result<(), CtlError> {
+        let mut request = self.host.hangup_call_request();
+        request
+            .get()
+            .set_id(id.map(|id| &id.as_bytes()[..]).unwrap_or(&[]));
+        request.send().promise.await?;
+        Ok(())
+    }
+
+    /// The calls ringing or active.
+    pub async fn calls(&self) -> Result<Vec<CallView>, CtlError> {
+        let answer = self.host.calls_request().send().promise.await?;
+        answer
+            .get()?
+            .get_calls()?
+            .iter()
+            .map(CallView::read)
+            .collect()
+    }
+
+    /// Registers `agent` to run the calls placed and answered over D-Bus; it stays registered
+    /// while the returned subscription is held.
+    pub async fn register_call_agent(
+        &self,
+        agent: call_agent::Client,
+    ) -> Result<Subscription, CtlError> {
+        let mut request = self.host.register_call_agent_request();
+        request.get().set_agent(agent);
+        let answer = request.send().promise.await?;
+        Ok(Subscription {
+            _subscription: answer.get()?.get_registration()?,
+        })
     }
 
     /// Disappearing messages for the conversation with `peer`, on both hosts; 0 turns it off.

@@ -72,9 +72,11 @@ pub async fn execute(
         Command::Conversations => conversations(host, format, out).await,
         Command::Watch { count } => watch(host, format, out, *count, stop).await,
         // The agent speaks D-Bus, not the socket; `run` starts it before connecting here.
-        Command::Agent { preview, bus } => {
-            crate::agent::run(*preview, bus == "session", stop).await
-        }
+        Command::Agent {
+            preview,
+            bus,
+            media,
+        } => crate::agent::run(*preview, bus == "session", host.path(), media, stop).await,
         Command::Delete {
             user,
             id,
@@ -88,6 +90,16 @@ pub async fn execute(
             accept_new_key,
         } => verify(host, format, out, user, *accept_new_key).await,
         Command::Expire { user, seconds } => expire(host, format, out, user, *seconds).await,
+        Command::Call { user, media } => {
+            crate::call::place(host, user, media, format, out, stop).await
+        }
+        Command::Answer {
+            call_id,
+            wait,
+            media,
+        } => crate::call::answer(host, call_id.as_ref(), *wait, media, format, out, stop).await,
+        Command::Hangup { call_id } => hangup(host, format, out, call_id.as_ref()).await,
+        Command::Calls => calls(host, format, out).await,
     }
 }
 
@@ -291,6 +303,28 @@ pub async fn expire(
         Format::Json => output::to_json(&output::expire_json(peer.as_str(), seconds))?,
     };
     emit(out, &text)
+}
+
+pub async fn hangup(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+    id: Option<&MessageId>,
+) -> Result<(), CtlError> {
+    host.hangup_call(id).await?;
+    let text = match format {
+        Format::Text => "hung up".to_string(),
+        Format::Json => output::to_json(&serde_json::json!({ "hung_up": id.map(|i| i.to_hex()) }))?,
+    };
+    emit(out, &text)
+}
+
+pub async fn calls(host: &HostClient, format: Format, out: &mut dyn Write) -> Result<(), CtlError> {
+    let calls = host.calls().await?;
+    emit(
+        out,
+        &output::render(format, &calls, |c| output::calls_text(c))?,
+    )
 }
 
 #[cfg(test)]

@@ -23,10 +23,14 @@ pub enum ErrorCode {
     Keyguard,
     NotFound,
     Internal,
+    Busy,
+    Offline,
+    Refused,
+    NoDevice,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::BadRequest,
         ErrorCode::NotRegistered,
         ErrorCode::AlreadyRegistered,
@@ -38,6 +42,10 @@ impl ErrorCode {
         ErrorCode::Keyguard,
         ErrorCode::NotFound,
         ErrorCode::Internal,
+        ErrorCode::Busy,
+        ErrorCode::Offline,
+        ErrorCode::Refused,
+        ErrorCode::NoDevice,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +61,10 @@ impl ErrorCode {
             ErrorCode::Keyguard => "keyguard",
             ErrorCode::NotFound => "not-found",
             ErrorCode::Internal => "internal",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Offline => "offline",
+            ErrorCode::Refused => "refused",
+            ErrorCode::NoDevice => "no-device",
         }
     }
 }

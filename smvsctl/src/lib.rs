@@ -11,6 +11,7 @@
 //! `schema/local.capnp` and a human message; `main` prints `smvsctl: MESSAGE` and exits 1.
 
 pub mod agent;
+pub mod call;
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -47,24 +48,33 @@ pub fn run(mut cli: Cli) -> Result<(), CtlError> {
     let mut out = stdout.lock();
     local.block_on(&runtime, async {
         let stop = stop_signal(&cli.command)?;
-        if let Command::Agent { preview, bus } = &cli.command {
-            return agent::run(*preview, bus == "session", stop).await;
+        if let Command::Agent {
+            preview,
+            bus,
+            media,
+        } = &cli.command
+        {
+            return agent::run(*preview, bus == "session", &socket, media, stop).await;
         }
         let host = client::connect(&socket).await?;
         commands::execute(&host, &cli.command, format, &mut out, stop).await
     })
 }
 
-/// For `watch`, SIGINT and SIGTERM end the command cleanly; they are caught from before the
+/// For `watch`, `agent`, `call` and `answer`, SIGINT and SIGTERM end the command cleanly (a
+/// call is hung up); they are caught from before the
 /// subscription starts, so none is lost. Other commands keep the default (the signal kills).
 fn stop_signal(command: &Command) -> Result<impl Future<Output = ()>, CtlError> {
     let signal = match command {
-        Command::Watch { .. } | Command::Agent { .. } => Some(
-            smvs_service::signals::stop_signal().map_err(|source| CtlError::Io {
+        Command::Watch { .. }
+        | Command::Agent { .. }
+        | Command::Call { .. }
+        | Command::Answer { .. } => Some(smvs_service::signals::stop_signal().map_err(
+            |source| CtlError::Io {
                 what: "cannot listen for SIGINT/SIGTERM",
                 source,
-            })?,
-        ),
+            },
+        )?),
         _ => None,
     };
     Ok(async move {

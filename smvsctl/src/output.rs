@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::client::{
-    ContactView, ConversationView, EventView, HostStatus, Integrity, MessageId, MessageView,
-    VerificationView,
+    CallState, CallView, ContactView, ConversationView, EventView, HostStatus, Integrity,
+    MessageId, MessageView, VerificationView,
 };
 use crate::error::CtlError;
 
@@ -378,6 +378,61 @@ pub fn event_text(e: &EventView) -> String {
         EventView::Deleted { id: None, peer, .. } => {
             format!("deleted {peer} (the whole conversation)")
         }
+        EventView::CallIncoming(c) => format!(
+            "call-incoming {} {} ({}; answer: smvsctl answer {})",
+            c.peer,
+            c.id,
+            media_kind(c.video, c.audio),
+            c.id
+        ),
+        EventView::CallState(c) if c.state == CallState::Ended => {
+            format!("call-ended {} {} {}", c.peer, c.id, c.reason)
+        }
+        EventView::CallState(c) => format!("call-{} {} {}", c.state.as_str(), c.peer, c.id),
+    }
+}
+
+fn media_kind(video: bool, audio: bool) -> &'static str {
+    match (video, audio) {
+        (true, true) => "video and audio",
+        (true, false) => "video only",
+        (false, true) => "audio only",
+        (false, false) => "no media",
+    }
+}
+
+/// `calls`: one line per call.
+pub fn calls_text(calls: &[CallView]) -> String {
+    if calls.is_empty() {
+        return "no calls".to_string();
+    }
+    calls
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {} {} {} since {}",
+                c.id,
+                c.peer,
+                if c.outgoing { "outgoing" } else { "incoming" },
+                c.state.as_str(),
+                rfc3339_utc(c.since)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Why a call ended, as a sentence.
+pub fn call_end_text(peer: &str, reason: &str) -> String {
+    match reason {
+        "declined" => format!("{peer} declined the call"),
+        "busy" => format!("{peer} is busy in another call"),
+        "no-answer" => format!("{peer} did not answer"),
+        "missed" => format!("the call from {peer} was missed"),
+        "remote-hangup" => format!("{peer} hung up"),
+        "hangup" => format!("the call with {peer} was hung up"),
+        "offline" => format!("{peer} cannot be reached"),
+        other => format!("the call with {peer} ended ({other})"),
     }
 }
 

@@ -47,6 +47,9 @@ pub struct Cli {
     /// The longest wait between delivery attempts to an unreachable host, in seconds.
     #[arg(long)]
     pub retry_max_seconds: Option<u64>,
+    /// How long an outgoing call rings before it ends unanswered, in seconds [default: 30].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub ring_seconds: Option<u64>,
     /// Do not honour peers' "delete everywhere" requests.
     #[arg(long)]
     pub refuse_remote_delete: bool,
@@ -114,6 +117,12 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
                 .or(file.retry_max_seconds)
                 .unwrap_or(60)
                 .max(1),
+        ),
+        ring_timeout: Duration::from_secs(
+            cli.ring_seconds
+                .or(file.ring_seconds)
+                .unwrap_or(30)
+                .clamp(1, 600),
         ),
         honour_remote_delete: !cli.refuse_remote_delete
             && file.honour_remote_delete.unwrap_or(true),

@@ -171,7 +171,8 @@ pub async fn run(
     core.set_event_sink(hub.clone().recipient());
     let hub_for_dbus = hub.clone();
     let peers = PeerLinks::new(core.clone()).start();
-    let router = Router::new(core.clone(), peers.clone()).start();
+    let calls = crate::calls::CallManager::new(core.clone()).start();
+    let router = Router::new(core.clone(), peers.clone(), calls.clone()).start();
 
     tokio::task::spawn_local(crate::host_link::serve(
         peer_listener,
@@ -182,6 +183,7 @@ pub async fn run(
         LocalApi {
             core: core.clone(),
             router: router.clone(),
+            calls: calls.clone(),
             hub,
             allowed_uids: allowed,
         }
@@ -194,9 +196,15 @@ pub async fn run(
     // Kept for as long as the daemon runs: dropping the connection leaves the bus.
     let _bus = match dbus {
         Some(kind) => Some(
-            crate::dbus::start(kind, notifications, router.clone(), hub_for_dbus)
-                .await
-                .map_err(DaemonError::Dbus)?,
+            crate::dbus::start(
+                kind,
+                notifications,
+                router.clone(),
+                calls.clone(),
+                hub_for_dbus,
+            )
+            .await
+            .map_err(DaemonError::Dbus)?,
         ),
         None => None,
     };

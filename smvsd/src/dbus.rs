@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 use zbus::object_server::SignalEmitter;
 use zbus::{interface, DBusError};
 
+use crate::calls::{CallId, CallInfo, CallManager, CallState, Hangup, ListCalls, ViaAgent};
 use crate::devices::{DeviceHub, Subscribe, DEVICE_QUEUE};
 use crate::error::HostError;
 use crate::model::{HostEvent, Integrity, MessageId, Payload, StoredMessage};
@@ -66,6 +67,10 @@ pub enum Daemon1Error {
     Keyguard(String),
     Proxy(String),
     NotFound(String),
+    Busy(String),
+    Offline(String),
+    Refused(String),
+    NoDevice(String),
     Internal(String),
 }
 
@@ -85,6 +90,10 @@ impl From<HostError> for Daemon1Error {
             "keyguard" => Daemon1Error::Keyguard(m),
             "proxy" => Daemon1Error::Proxy(m),
             "not-found" => Daemon1Error::NotFound(m),
+            "busy" => Daemon1Error::Busy(m),
+            "offline" => Daemon1Error::Offline(m),
+            "refused" => Daemon1Error::Refused(m),
+            "no-device" => Daemon1Error::NoDevice(m),
             _ => Daemon1Error::Internal(m),
         }
     }
@@ -129,9 +138,37 @@ fn parse_id(id: &str) -> Result<MessageId, Daemon1Error> {
         })
 }
 
+fn parse_call_id(id: &str) -> Result<Option<CallId>, Daemon1Error> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    hex::decode(id)
+        .ok()
+        .and_then(|b| CallId::from_slice(&b))
+        .map(Some)
+        .ok_or_else(|| Daemon1Error::BadRequest(format!("{id:?} is not a call id (32 hex digits)")))
+}
+
+/// A call on D-Bus: (id, peer, outgoing, state, reason, video, audio, since in Unix ms).
+pub type CallTuple = (String, String, bool, String, String, bool, bool, i64);
+
+fn call_tuple(c: &CallInfo) -> CallTuple {
+    (
+        c.id.to_hex(),
+        c.peer.to_string(),
+        c.outgoing,
+        c.state.as_str().to_owned(),
+        c.reason.clone(),
+        c.video,
+        c.audio,
+        c.since,
+    )
+}
+
 /// The object served at `/org/smvs/Daemon1`.
 pub struct Daemon1 {
     router: Addr<Router>,
+    calls: Addr<CallManager>,
     state: Arc<Mutex<HostSnapshot>>,
 }
 
@@ -291,6 +328,63 @@ impl Daemon1 {
         ))
     }
 
+    /// Calls `user`; the media runs in the registered call device (`smvsctl agent`). Returns
+    /// the call's id once it rings.
+    async fn place_call(
+        &self,
+        user: String,
+        video: bool,
+        audio: bool,
+    ) -> Result<String, Daemon1Error> {
+        let id = self
+            .calls
+            .send(ViaAgent {
+                place: Some((user, video, audio)),
+                answer: None,
+            })
+            .await??;
+        Ok(id.to_hex())
+    }
+
+    /// Picks up a ringing call (`id` empty: the one that rings) on the registered call device.
+    async fn answer_call(&self, id: String) -> Result<(), Daemon1Error> {
+        let id = match parse_call_id(&id)? {
+            Some(id) => id,
+            None => self
+                .calls
+                .send(ListCalls)
+                .await?
+                .into_iter()
+                .find(|c| !c.outgoing && c.state == CallState::Ringing)
+                .map(|c| c.id)
+                .ok_or_else(|| Daemon1Error::NotFound("no call is ringing".into()))?,
+        };
+        self.calls
+            .send(ViaAgent {
+                place: None,
+                answer: Some(id),
+            })
+            .await??;
+        Ok(())
+    }
+
+    /// Ends a call (`id` empty: the current one); a ringing incoming call is declined.
+    async fn hangup_call(&self, id: String) -> Result<(), Daemon1Error> {
+        let id = parse_call_id(&id)?;
+        Ok(self.calls.send(Hangup { id, token: None }).await??)
+    }
+
+    /// The calls ringing or active.
+    async fn calls(&self) -> Result<Vec<CallTuple>, Daemon1Error> {
+        Ok(self
+            .calls
+            .send(ListCalls)
+            .await?
+            .iter()
+            .map(call_tuple)
+            .collect())
+    }
+
     #[zbus(property)]
     async fn username(&self) -> String {
         self.state().username.unwrap_or_default()
@@ -338,6 +432,24 @@ impl Daemon1 {
     ) -> zbus::Result<()>;
 
     #[zbus(signal)]
+    async fn call_incoming(
+        emitter: &SignalEmitter<'_>,
+        id: &str,
+        peer: &str,
+        video: bool,
+        audio: bool,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
+    async fn call_state_changed(
+        emitter: &SignalEmitter<'_>,
+        id: &str,
+        peer: &str,
+        state: &str,
+        reason: &str,
+    ) -> zbus::Result<()>;
+
+    #[zbus(signal)]
     async fn message_deleted(emitter: &SignalEmitter<'_>, id: &str, peer: &str)
         -> zbus::Result<()>;
 }
@@ -348,6 +460,7 @@ pub async fn start(
     kind: BusKind,
     notify: NotifyMode,
     router: Addr<Router>,
+    calls: Addr<CallManager>,
     hub: Addr<DeviceHub>,
 ) -> Result<zbus::Connection, String> {
     let snapshot = router
@@ -358,6 +471,7 @@ pub async fn start(
     let state = Arc::new(Mutex::new(snapshot));
     let object = Daemon1 {
         router: router.clone(),
+        calls,
         state: state.clone(),
     };
     let builder = match kind {
@@ -434,6 +548,30 @@ async fn forward(
             HostEvent::Deleted { id, peer } => {
                 let id = id.map(|i| i.to_hex()).unwrap_or_default();
                 Daemon1::message_deleted(&emitter, &id, peer.as_str()).await
+            }
+            HostEvent::CallIncoming(call) => {
+                if notify != NotifyMode::Off {
+                    let body = format!("{} is calling", call.peer);
+                    desktop_notify(&connection, "SMVS call", &body).await;
+                }
+                Daemon1::call_incoming(
+                    &emitter,
+                    &call.id.to_hex(),
+                    call.peer.as_str(),
+                    call.video,
+                    call.audio,
+                )
+                .await
+            }
+            HostEvent::CallState(call) => {
+                Daemon1::call_state_changed(
+                    &emitter,
+                    &call.id.to_hex(),
+                    call.peer.as_str(),
+                    call.state.as_str(),
+                    &call.reason,
+                )
+                .await
             }
         };
         if let Err(e) = sent {

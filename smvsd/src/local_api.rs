@@ -12,15 +12,17 @@ use std::rc::Rc;
 use actix::Addr;
 use capnp_rpc::rpc_twoparty_capnp::Side;
 use capnp_rpc::{twoparty, RpcSystem};
-use smvs_schema::local_capnp::{event, event_sink, host, message, subscription};
+use smvs_schema::local_capnp::{call_event, event, event_sink, host, message, subscription};
 use smvs_schema::Username;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
+use crate::calls::{CallInfo, CallManager};
 use crate::devices::{DeviceHub, Subscribe, DEVICE_QUEUE};
 use crate::error::HostError;
 use crate::host::HostCore;
+use crate::local_calls;
 use crate::model::{HostEvent, Integrity, MessageId, Payload, Status, StoredMessage};
 use crate::router::{Delete, Expire, Register, Router, SendText, SetBlocked, Verify};
 
@@ -57,6 +59,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 pub struct LocalApi {
     pub core: Rc<HostCore>,
     pub router: Addr<Router>,
+    pub calls: Addr<CallManager>,
     pub hub: Addr<DeviceHub>,
     pub allowed_uids: Vec<u32>,
 }
@@ -107,6 +110,7 @@ impl LocalApi {
                 let host: host::Client = capnp_rpc::new_client(HostRpc {
                     core: api.core.clone(),
                     router: api.router.clone(),
+                    calls: api.calls.clone(),
                     hub: api.hub.clone(),
                 });
                 if let Err(e) = RpcSystem::new(Box::new(network), Some(host.client)).await {
@@ -121,6 +125,7 @@ impl LocalApi {
 struct HostRpc {
     core: Rc<HostCore>,
     router: Addr<Router>,
+    calls: Addr<CallManager>,
     hub: Addr<DeviceHub>,
 }
 
@@ -473,6 +478,46 @@ impl host::Server for HostRpc {
         mailbox(self.router.send(Expire { peer, seconds }).await)??;
         Ok(())
     }
+
+    async fn place_call(
+        self: Rc<Self>,
+        params: host::PlaceCallParams,
+        results: host::PlaceCallResults,
+    ) -> Result<(), capnp::Error> {
+        local_calls::place(&self.calls, params, results).await
+    }
+
+    async fn answer_call(
+        self: Rc<Self>,
+        params: host::AnswerCallParams,
+        results: host::AnswerCallResults,
+    ) -> Result<(), capnp::Error> {
+        local_calls::answer(&self.calls, params, results).await
+    }
+
+    async fn hangup_call(
+        self: Rc<Self>,
+        params: host::HangupCallParams,
+        _: host::HangupCallResults,
+    ) -> Result<(), capnp::Error> {
+        local_calls::hangup(&self.calls, params).await
+    }
+
+    async fn calls(
+        self: Rc<Self>,
+        _: host::CallsParams,
+        results: host::CallsResults,
+    ) -> Result<(), capnp::Error> {
+        local_calls::list(&self.calls, results).await
+    }
+
+    async fn register_call_agent(
+        self: Rc<Self>,
+        params: host::RegisterCallAgentParams,
+        results: host::RegisterCallAgentResults,
+    ) -> Result<(), capnp::Error> {
+        local_calls::register_agent(&self.calls, params, results).await
+    }
 }
 
 struct SubscriptionRpc {
@@ -551,5 +596,17 @@ fn write_event(b: event::Builder<'_>, e: &HostEvent) {
             }
             r.set_peer(peer.as_str());
         }
+        HostEvent::CallIncoming(info) => write_call_event(b.init_call_incoming(), info),
+        HostEvent::CallState(info) => write_call_event(b.init_call_state(), info),
     }
+}
+
+fn write_call_event(mut r: call_event::Builder<'_>, info: &CallInfo) {
+    r.set_id(&info.id.0);
+    r.set_peer(info.peer.as_str());
+    r.set_state(local_calls::call_state(info.state));
+    r.set_reason(&info.reason);
+    r.set_video(info.video);
+    r.set_audio(info.audio);
+    r.set_outgoing(info.outgoing);
 }

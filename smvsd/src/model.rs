@@ -184,6 +184,10 @@ pub enum HostEvent {
         id: Option<MessageId>,
         peer: Username,
     },
+    /// A call rings here.
+    CallIncoming(crate::calls::CallInfo),
+    /// A call rings at the peer (outgoing), became active, or ended.
+    CallState(crate::calls::CallInfo),
 }
 
 pub fn now_ms() -> i64 {

@@ -80,7 +80,7 @@ fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
 
 /// Why a delivery round ended early.
 #[derive(Debug, thiserror::Error)]
-enum DeliveryError {
+pub(crate) enum DeliveryError {
     #[error("{0}")]
     Host(#[from] HostError),
     #[error("link: {0}")]
@@ -116,6 +116,22 @@ async fn delivery_task(core: Rc<HostCore>, peer: Username, wake: Rc<Notify>) {
 }
 
 async fn connect(core: &HostCore, peer: &Username) -> Result<host_link::Client, DeliveryError> {
+    let channel = open_channel(core, peer).await?;
+    let (system, client) = smvs_transport::rpc::client::<host_link::Client>(channel);
+    tokio::task::spawn_local(async move {
+        if let Err(e) = system.await {
+            tracing::debug!(error = %e, "host link ended");
+        }
+    });
+    Ok(client)
+}
+
+/// An authenticated channel to `peer`'s host: its pinned transport key, directly or through
+/// the SOCKS5 proxy.
+pub(crate) async fn open_channel(
+    core: &HostCore,
+    peer: &Username,
+) -> Result<smvs_transport::SecureChannel, DeliveryError> {
     let (contact, _) = core.trusted_contact(peer).await?;
     let key = HostCore::contact_transport_key(&contact)?;
     let address = contact.host_address.as_str();
@@ -151,13 +167,7 @@ async fn connect(core: &HostCore, peer: &Username) -> Result<host_link::Client, 
             .await?
         }
     };
-    let (system, client) = smvs_transport::rpc::client::<host_link::Client>(channel);
-    tokio::task::spawn_local(async move {
-        if let Err(e) = system.await {
-            tracing::debug!(error = %e, "host link ended");
-        }
-    });
-    Ok(client)
+    Ok(channel)
 }
 
 /// Splits a host address into host (without IPv6 brackets) and port.
@@ -297,7 +307,7 @@ fn send_envelope(
         to: peer.clone(),
         time: message.time,
         prev_hash: message.prev_hash.clone(),
-        payload: message.payload.clone(),
+        content: session::Content::Message(message.payload.clone()),
     };
     let header = Header {
         id: &message.id,
@@ -343,7 +353,7 @@ fn record_status(core: &Rc<HostCore>, peer: &Username, ids: Vec<MessageId>, stat
     });
 }
 
-fn check_receipt(
+pub(crate) fn check_receipt(
     keys: &session::SessionKeys,
     id: &MessageId,
     peer: &Username,

@@ -15,11 +15,12 @@ use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
 use smvs_crypto::{AgreementPublicKey, IdentityBundle};
 use smvs_schema::Username;
 
+use crate::calls::{CallManager, SignalIn};
 use crate::error::{HostError, IncomingError};
 use crate::host::HostCore;
 use crate::model::{Direction, HostEvent, Integrity, MessageId, Payload, Status, StoredMessage};
 use crate::peers::{Kick, PeerLinks};
-use crate::session::{self, Header, MAX_TEXT_BYTES};
+use crate::session::{self, Content, Header, MAX_TEXT_BYTES};
 use crate::storage::{bundle_to_hex, Arrival, Contact};
 
 /// Requests waiting for the router before senders are made to wait.
@@ -28,11 +29,12 @@ pub const ROUTER_MAILBOX: usize = 8192;
 pub struct Router {
     core: Rc<HostCore>,
     peers: Addr<PeerLinks>,
+    calls: Addr<CallManager>,
 }
 
 impl Router {
-    pub fn new(core: Rc<HostCore>, peers: Addr<PeerLinks>) -> Router {
-        Router { core, peers }
+    pub fn new(core: Rc<HostCore>, peers: Addr<PeerLinks>, calls: Addr<CallManager>) -> Router {
+        Router { core, peers, calls }
     }
 }
 
@@ -178,8 +180,8 @@ pub const MAX_SEALED: usize = 131072 + 24 + 16;
 impl Handler<Incoming> for Router {
     type Result = ResponseFuture<Result<ReceiptData, IncomingError>>;
     fn handle(&mut self, msg: Incoming, _: &mut Self::Context) -> Self::Result {
-        let core = self.core.clone();
-        Box::pin(async move { accept_envelope(&core, msg.remote_key, msg.envelope).await })
+        let (core, calls) = (self.core.clone(), self.calls.clone());
+        Box::pin(async move { accept_envelope(&core, &calls, msg.remote_key, msg.envelope).await })
     }
 }
 
@@ -189,6 +191,7 @@ fn refused(why: impl Into<String>) -> IncomingError {
 
 async fn accept_envelope(
     core: &HostCore,
+    calls: &Addr<CallManager>,
     remote_key: AgreementPublicKey,
     env: EnvelopeData,
 ) -> Result<ReceiptData, IncomingError> {
@@ -250,13 +253,33 @@ async fn accept_envelope(
     if inner.id != id || inner.from != sender || inner.to != me.username {
         return Err(refused("envelope header and content disagree"));
     }
+    let payload = match inner.content {
+        Content::Message(payload) => payload,
+        Content::Call(signal) => {
+            drop(turn);
+            // Someone we never answered does not get to ring us.
+            if request {
+                return Err(refused("not accepted"));
+            }
+            calls
+                .send(SignalIn {
+                    from: sender.clone(),
+                    from_identity: identity.to_bytes().to_vec(),
+                    time: inner.time,
+                    signal,
+                })
+                .await
+                .map_err(|_| IncomingError::Later("the host is shutting down".into()))??;
+            return Ok(receipt(&keys, id, &me.username));
+        }
+    };
     let message = StoredMessage {
         id,
         peer: sender.clone(),
         from: sender.clone(),
         to: me.username.clone(),
         time: inner.time,
-        payload: inner.payload.clone(),
+        payload: payload.clone(),
         prev_hash: inner.prev_hash,
         status: if request {
             Status::Held
@@ -271,7 +294,7 @@ async fn accept_envelope(
         .store_incoming(message, move || drop(turn))
         .await?;
     if let Arrival::Stored(integrity) = arrival {
-        match &inner.payload {
+        match &payload {
             Payload::Text(_) => {
                 core.publish(HostEvent::MessageReceived {
                     id,
@@ -300,13 +323,17 @@ async fn accept_envelope(
             }
         }
     }
+    Ok(receipt(&keys, id, &me.username))
+}
+
+fn receipt(keys: &session::SessionKeys, id: MessageId, me: &Username) -> ReceiptData {
     let stored_at = crate::model::now_ms();
-    Ok(ReceiptData {
+    ReceiptData {
         id,
-        recipient: me.username.clone(),
+        recipient: me.clone(),
         stored_at,
-        tag: session::receipt_tag(&keys, &id, &me.username, stored_at),
-    })
+        tag: session::receipt_tag(keys, &id, me, stored_at),
+    }
 }
 
 /// The sender's pinned contact, provided the directory's record for the sender names the host

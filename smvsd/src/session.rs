@@ -20,6 +20,7 @@ use smvs_crypto::{AeadKey, CryptoError, IdentityBundle, Zeroizing};
 use smvs_schema::host_capnp::inner_message;
 use smvs_schema::Username;
 
+use crate::calls::CallSignal;
 use crate::model::{MessageId, Payload};
 
 pub const ENVELOPE_FORMAT: u16 = 1;
@@ -174,7 +175,14 @@ pub struct Inner {
     pub to: Username,
     pub time: i64,
     pub prev_hash: Vec<u8>,
-    pub payload: Payload,
+    pub content: Content,
+}
+
+/// What an envelope carries: a message the host stores, or a call signal it never stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    Message(Payload),
+    Call(CallSignal),
 }
 
 pub fn encode_inner(inner: &Inner) -> Zeroizing<Vec<u8>> {
@@ -186,9 +194,9 @@ pub fn encode_inner(inner: &Inner) -> Zeroizing<Vec<u8>> {
         m.set_to(inner.to.as_str());
         m.set_time(inner.time);
         m.set_prev_hash(&inner.prev_hash);
-        match &inner.payload {
-            Payload::Text(t) => m.set_text(t),
-            Payload::Delete(ids) => {
+        match &inner.content {
+            Content::Message(Payload::Text(t)) => m.set_text(t),
+            Content::Message(Payload::Delete(ids)) => {
                 let mut list = m
                     .init_delete()
                     .init_ids(u32::try_from(ids.len()).unwrap_or(0));
@@ -196,7 +204,8 @@ pub fn encode_inner(inner: &Inner) -> Zeroizing<Vec<u8>> {
                     list.set(u32::try_from(i).unwrap_or(0), &id.0);
                 }
             }
-            Payload::Expire(s) => m.set_expire(*s),
+            Content::Message(Payload::Expire(s)) => m.set_expire(*s),
+            Content::Call(signal) => signal.write(m.init_call()),
         }
     }
     Zeroizing::new(capnp::serialize::write_message_to_words(&message))
@@ -218,7 +227,7 @@ pub fn decode_inner(bytes: &[u8]) -> Result<Inner, SessionError> {
             .map_err(|_| SessionError::Content("name is not UTF-8".into()))?;
         Username::parse(t).map_err(|e| SessionError::Content(e.to_string()))
     };
-    let payload = match m
+    let content = match m
         .which()
         .map_err(|_| SessionError::Content("unknown payload kind".into()))?
     {
@@ -230,7 +239,7 @@ pub fn decode_inner(bytes: &[u8]) -> Result<Inner, SessionError> {
             if t.len() > MAX_TEXT_BYTES {
                 return Err(SessionError::TooLarge(t.len()));
             }
-            Payload::Text(t)
+            Content::Message(Payload::Text(t))
         }
         inner_message::Which::Delete(d) => {
             let ids = d.map_err(bad)?.get_ids().map_err(bad)?;
@@ -241,9 +250,12 @@ pub fn decode_inner(bytes: &[u8]) -> Result<Inner, SessionError> {
                         .ok_or_else(|| SessionError::Content("bad id".into()))?,
                 );
             }
-            Payload::Delete(out)
+            Content::Message(Payload::Delete(out))
         }
-        inner_message::Which::Expire(s) => Payload::Expire(s),
+        inner_message::Which::Expire(s) => Content::Message(Payload::Expire(s)),
+        inner_message::Which::Call(c) => {
+            Content::Call(CallSignal::read(c.map_err(bad)?).map_err(SessionError::Content)?)
+        }
     };
     Ok(Inner {
         id: MessageId::from_slice(m.get_id().map_err(bad)?)
@@ -252,7 +264,7 @@ pub fn decode_inner(bytes: &[u8]) -> Result<Inner, SessionError> {
         to: name(m.get_to())?,
         time: m.get_time(),
         prev_hash: m.get_prev_hash().map_err(bad)?.to_vec(),
-        payload,
+        content,
     })
 }
 
@@ -283,7 +295,7 @@ mod tests {
             to: b.clone(),
             time: 5,
             prev_hash: vec![1; 32],
-            payload: Payload::Text("hi".into()),
+            content: Content::Message(Payload::Text("hi".into())),
         };
         let sealed = seal(&k, &h, &encode_inner(&inner)).unwrap();
         assert_eq!(

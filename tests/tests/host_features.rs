@@ -443,7 +443,7 @@ impl Link {
             to: to.clone(),
             time: self.time,
             prev_hash: self.prev.clone(),
-            payload: Payload::Text(self.text.clone()),
+            content: session::Content::Message(Payload::Text(self.text.clone())),
         };
         session::seal(
             keys,

@@ -31,7 +31,7 @@ fn seal(keys: &SessionKeys, id: MessageId, from: &str, to: &str, text: &str) -> 
         to: to.clone(),
         time: 1,
         prev_hash: Vec::new(),
-        payload: Payload::Text(text.into()),
+        content: session::Content::Message(Payload::Text(text.into())),
     };
     session::seal(
         keys,

@@ -276,6 +276,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dropping_one_end_closes_the_other() {
+        let (server, client, _, _) = pair(None).await;
+        let mut server = server.unwrap();
+        drop(client.unwrap());
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            server.stream.read(&mut buf),
+        )
+        .await
+        .expect("the server sees the end")
+        .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[tokio::test]
     async fn a_pinned_key_that_differs_is_refused() {
         let other = AgreementKeyPair::generate().unwrap().public();
         let (_server, client, _, _) = pair(Some(other)).await;

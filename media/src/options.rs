@@ -1,0 +1,112 @@
+//! What a call's media consists of: sources, sinks, format and bitrates.
+
+use crate::MediaError;
+
+/// Where outgoing video comes from. `None` sends no video (what the peer sends is still shown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VideoSource {
+    /// `videotestsrc`, a moving test pattern.
+    Test,
+    /// The default V4L2 camera (`v4l2src`).
+    Camera,
+    None,
+}
+
+/// Where outgoing audio comes from. `None` sends no audio (what the peer sends is still played).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AudioSource {
+    /// `audiotestsrc`, a sine tone.
+    Test,
+    /// The default microphone (`autoaudiosrc`).
+    Mic,
+    None,
+}
+
+/// Where received media goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sink {
+    /// A video window (the first of `xvimagesink`, `glimagesink`, `waylandsink`, `ximagesink`
+    /// that opens) and the speakers (`autoaudiosink`).
+    Window,
+    /// Decoded and discarded (`fakesink`): tests and benchmarks.
+    Null,
+}
+
+/// The media of one call.
+#[derive(Clone, Debug)]
+pub struct MediaOptions {
+    pub video: VideoSource,
+    pub audio: AudioSource,
+    pub sink: Sink,
+    /// Outgoing video size and frame rate.
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    /// VP8 target bitrate (constant bitrate).
+    pub video_kbps: u32,
+    /// Opus bitrate (constant bitrate, 20 ms frames, so packet sizes do not follow speech).
+    pub audio_kbps: u32,
+    /// Stamp outgoing frames with the wall clock and read the peer's stamps to measure
+    /// glass-to-glass latency (meaningful only when both ends share a clock, i.e. run on the
+    /// same machine; see [`crate::probe`]). Overwrites the top 16 rows of outgoing video.
+    pub latency_probe: bool,
+    /// Seal every packet (always true in a real call). `false` exists only so the benchmark can
+    /// measure the same pipeline without the AEAD: packets then travel in clear, unauthenticated.
+    #[doc(hidden)]
+    pub encrypt: bool,
+}
+
+impl Default for MediaOptions {
+    /// Test video and audio into null sinks, 640x480 at 30 fps, VP8 at 1000 kbit/s, Opus at
+    /// 32 kbit/s CBR, no latency probe, encrypted.
+    fn default() -> Self {
+        MediaOptions {
+            video: VideoSource::Test,
+            audio: AudioSource::Test,
+            sink: Sink::Null,
+            width: 640,
+            height: 480,
+            fps: 30,
+            video_kbps: 1000,
+            audio_kbps: 32,
+            latency_probe: false,
+            encrypt: true,
+        }
+    }
+}
+
+impl MediaOptions {
+    pub(crate) fn validate(&self) -> Result<(), MediaError> {
+        let bad = |what: String| Err(MediaError::Options(what));
+        if self.video != VideoSource::None {
+            if !(16..=7680).contains(&self.width) || !(16..=4320).contains(&self.height) {
+                return bad(format!(
+                    "video size {}x{} is out of range",
+                    self.width, self.height
+                ));
+            }
+            if self.width % 2 != 0 || self.height % 2 != 0 {
+                return bad(format!(
+                    "video size {}x{} must be even",
+                    self.width, self.height
+                ));
+            }
+            if !(1..=120).contains(&self.fps) {
+                return bad(format!("frame rate {} is out of range 1..=120", self.fps));
+            }
+            if !(50..=50_000).contains(&self.video_kbps) {
+                return bad(format!(
+                    "video bitrate {} kbit/s is out of range 50..=50000",
+                    self.video_kbps
+                ));
+            }
+        }
+        if self.audio != AudioSource::None && !(6..=510).contains(&self.audio_kbps) {
+            return bad(format!(
+                "audio bitrate {} kbit/s is out of range 6..=510",
+                self.audio_kbps
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! The GStreamer pipeline description of a call, built from [`MediaOptions`].
+//!
+//! ```text
+//! send:  videotestsrc|v4l2src -> I420 WxH@fps (latency stamp) -> vp8enc -> rtpvp8pay pt=96
+//!            -> rtpbin.send_rtp_sink_0 ; send_rtp_src_0 -> appsink "vrtp_out"
+//!        audiotestsrc|autoaudiosrc -> 48 kHz mono -> opusenc CBR 20 ms -> rtpopuspay pt=111
+//!            -> rtpbin.send_rtp_sink_1 ; send_rtp_src_1 -> appsink "artp_out"
+//!        rtpbin.send_rtcp_src_{0,1} -> appsink "vrtcp_out" / "artcp_out"
+//! recv:  appsrc "vrtp_in"/"vrtcp_in"/"artp_in"/"artcp_in" -> rtpbin.recv_rtp(c)p_sink_{0,1}
+//!        rtpbin recv_rtp_src_0_* -> rtpvp8depay -> vp8dec -> videoconvert -> sink
+//!        rtpbin recv_rtp_src_1_* -> rtpopusdepay -> opusdec -> audioconvert -> audioresample -> sink
+//! ```
+//! Session 0 is video, session 1 audio. The appsinks and appsrcs are where [`crate::session`]
+//! seals and opens packets.
+
+use crate::options::{AudioSource, MediaOptions, Sink, VideoSource};
+use crate::stats::JITTER_BUFFER_MS;
+
+pub(crate) const VIDEO_PT: u32 = 96;
+pub(crate) const AUDIO_PT: u32 = 111;
+pub(crate) const VIDEO_CLOCK_RATE: i32 = 90_000;
+pub(crate) const AUDIO_CLOCK_RATE: i32 = 48_000;
+/// RTP packet size limit: sealed datagrams stay well under a 1280-byte IPv6 minimum MTU path
+/// once the 26 bytes of framing and tag and the IP/UDP headers are added.
+pub(crate) const RTP_MTU: u32 = 1200;
+
+/// Encoder threads as libwebrtc's VP8 wrapper picks them from picture size and core count.
+pub(crate) fn vp8_threads(width: u32, height: u32, cores: usize) -> usize {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels >= 1920 * 1080 && cores > 8 {
+        8
+    } else if pixels > 1280 * 960 && cores >= 6 {
+        3
+    } else if pixels > 640 * 480 && cores >= 3 {
+        2
+    } else {
+        1
+    }
+}
+
+fn appsrc(name: &str, caps: &str) -> String {
+    format!(
+        "appsrc name={name} is-live=true format=time do-timestamp=true block=false \
+         max-bytes=2000000 caps=\"{caps}\""
+    )
+}
+
+fn appsink(name: &str) -> String {
+    format!("appsink name={name} sync=false async=false emit-signals=false")
+}
+
+/// `window_sink` is the video sink element used when `options.sink` is [`Sink::Window`].
+pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
+    let (w, h, fps) = (options.width, options.height, options.fps);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // AVPF: receivers ask for a keyframe (RTCP PLI) when packets are lost, instead of waiting
+    // up to two seconds for the next one.
+    let mut d = vec![format!(
+        "rtpbin name=rtpbin latency={JITTER_BUFFER_MS} rtp-profile=avpf"
+    )];
+
+    // Receive: four appsrcs into rtpbin, depayload+decode chains linked on pad-added.
+    d.push(format!(
+        "{} ! rtpbin.recv_rtp_sink_0",
+        appsrc(
+            "vrtp_in",
+            &format!(
+                "application/x-rtp,media=(string)video,clock-rate=(int){VIDEO_CLOCK_RATE},\
+                 encoding-name=(string)VP8,payload=(int){VIDEO_PT}"
+            )
+        )
+    ));
+    d.push(format!(
+        "{} ! rtpbin.recv_rtcp_sink_0",
+        appsrc("vrtcp_in", "application/x-rtcp")
+    ));
+    d.push(format!(
+        "{} ! rtpbin.recv_rtp_sink_1",
+        appsrc(
+            "artp_in",
+            &format!(
+                "application/x-rtp,media=(string)audio,clock-rate=(int){AUDIO_CLOCK_RATE},\
+                 encoding-name=(string)OPUS,payload=(int){AUDIO_PT}"
+            )
+        )
+    ));
+    d.push(format!(
+        "{} ! rtpbin.recv_rtcp_sink_1",
+        appsrc("artcp_in", "application/x-rtcp")
+    ));
+    d.push(format!("rtpbin.send_rtcp_src_0 ! {}", appsink("vrtcp_out")));
+    d.push(format!("rtpbin.send_rtcp_src_1 ! {}", appsink("artcp_out")));
+
+    let (vsink, asink) = match options.sink {
+        Sink::Window => (window_sink, "autoaudiosink"),
+        Sink::Null => (
+            "fakesink sync=false async=false",
+            "fakesink sync=false async=false",
+        ),
+    };
+    // The decoder's output is forced to I420 so the latency probe can read it.
+    d.push(format!(
+        "rtpvp8depay name=vdepay request-keyframe=true wait-for-keyframe=true ! vp8dec name=vdec ! capsfilter caps=video/x-raw,format=I420 \
+         ! videoconvert ! {vsink}"
+    ));
+    d.push(format!(
+        "rtpopusdepay name=adepay ! opusdec name=adec ! audioconvert ! audioresample ! {asink}"
+    ));
+
+    // Send video.
+    let vsrc = match options.video {
+        VideoSource::Test => Some(
+            // A scrolling pattern so the encoder has motion to code, as with a real camera.
+            "videotestsrc is-live=true pattern=smpte horizontal-speed=2".to_string(),
+        ),
+        VideoSource::Camera => Some("v4l2src ! videoconvert ! videoscale ! videorate".to_string()),
+        VideoSource::None => None,
+    };
+    if let Some(vsrc) = vsrc {
+        let threads = vp8_threads(w, h, cores);
+        let partitions = match threads {
+            1 => 0,
+            2 => 1,
+            _ => 2,
+        };
+        d.push(format!(
+            "{vsrc} ! capsfilter name=vcaps caps=\"video/x-raw,format=I420,width={w},height={h},\
+             framerate={fps}/1\" \
+             ! vp8enc name=venc deadline=1 cpu-used=-6 end-usage=cbr target-bitrate={vbps} \
+               error-resilient=default keyframe-max-dist={kf} lag-in-frames=0 threads={threads} \
+               token-partitions={partitions} buffer-size=1000 buffer-initial-size=500 \
+               buffer-optimal-size=600 undershoot=100 overshoot=15 min-quantizer=2 max-quantizer=56 \
+             ! rtpvp8pay name=vpay pt={VIDEO_PT} mtu={RTP_MTU} picture-id-mode=15-bit \
+             ! rtpbin.send_rtp_sink_0 \
+             rtpbin.send_rtp_src_0 ! {sink}",
+            vbps = u64::from(options.video_kbps) * 1000,
+            kf = 2 * fps,
+            sink = appsink("vrtp_out"),
+        ));
+    }
+
+    // Send audio.
+    let asrc = match options.audio {
+        AudioSource::Test => {
+            Some("audiotestsrc is-live=true wave=sine freq=440 samplesperbuffer=960")
+        }
+        AudioSource::Mic => Some("autoaudiosrc"),
+        AudioSource::None => None,
+    };
+    if let Some(asrc) = asrc {
+        d.push(format!(
+            "{asrc} ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=1 \
+             ! opusenc name=aenc bitrate={abps} bitrate-type=cbr frame-size=20 audio-type=voice dtx=false \
+             ! rtpopuspay name=apay pt={AUDIO_PT} mtu={RTP_MTU} \
+             ! rtpbin.send_rtp_sink_1 \
+             rtpbin.send_rtp_src_1 ! {sink}",
+            abps = u64::from(options.audio_kbps) * 1000,
+            sink = appsink("artp_out"),
+        ));
+    }
+    d.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_follow_libwebrtc() {
+        assert_eq!(vp8_threads(640, 480, 2), 1);
+        assert_eq!(vp8_threads(1280, 720, 4), 2);
+        assert_eq!(vp8_threads(1280, 720, 2), 1);
+        assert_eq!(vp8_threads(1920, 1080, 16), 8);
+    }
+
+    #[test]
+    fn none_sources_leave_out_their_send_branch() {
+        let d = describe(
+            &MediaOptions {
+                video: VideoSource::None,
+                audio: AudioSource::None,
+                ..MediaOptions::default()
+            },
+            "ximagesink",
+        );
+        assert!(!d.contains("vp8enc") && !d.contains("opusenc"));
+        assert!(d.contains("vp8dec") && d.contains("opusdec"));
+        let d = describe(&MediaOptions::default(), "ximagesink");
+        assert!(!d.contains("ximagesink"));
+        assert!(d.contains("vp8enc") && d.contains("bitrate-type=cbr"));
+    }
+}

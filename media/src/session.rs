@@ -1,0 +1,545 @@
+//! A running call's media: the GStreamer pipeline, the send callbacks that seal each RTP/RTCP
+//! packet and send it from the streaming thread, and the receive thread that opens datagrams,
+//! drops replays and feeds the pipeline.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::glib;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+use smvs_crypto::AeadKey;
+
+use crate::options::MediaOptions;
+use crate::pipeline::{describe, AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE};
+use crate::probe;
+use crate::stats::{add, bump, rtp_session_stats, CallStats, Counters};
+use crate::wire::{self, Replay, ReplayWindow, Stream, WireError};
+use crate::{MediaError, MediaKeys};
+
+/// How long the receive thread blocks in `recv_from`, i.e. the longest `stop` waits for it.
+const RECV_TIMEOUT: Duration = Duration::from_millis(100);
+/// RTCP report interval floor (RFC 3550 allows a reduced minimum; 5 s would leave a short call
+/// without a round-trip time).
+const RTCP_MIN_INTERVAL_NS: u64 = 1_000_000_000;
+const MAX_DATAGRAM: usize = 65_536;
+
+/// State shared with the streaming threads and the receive thread.
+#[derive(Debug, Default)]
+struct Shared {
+    counters: Counters,
+    error: Mutex<Option<String>>,
+    latency_changed: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// The sending half: what every appsink callback needs.
+struct Sender {
+    socket: Arc<UdpSocket>,
+    peer: SocketAddr,
+    key: Option<AeadKey>,
+    seq: AtomicU64,
+    shared: Arc<Shared>,
+}
+
+impl Sender {
+    fn send(&self, stream: Stream, packet: &[u8]) {
+        let c = &self.shared.counters;
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let sealed = wire::seal(self.key.as_ref(), seq, stream, packet);
+        add(&c.seal_ns, started.elapsed().as_nanos() as u64);
+        let Ok(datagram) = sealed else {
+            bump(&c.send_errors);
+            return;
+        };
+        match self.socket.send_to(&datagram, self.peer) {
+            Ok(n) => {
+                bump(&c.packets_sent);
+                add(&c.bytes_sent, n as u64);
+            }
+            // The peer may not be listening yet or any more (ICMP unreachable): count and go on.
+            Err(_) => bump(&c.send_errors),
+        }
+    }
+}
+
+/// One endpoint's media for one call.
+pub struct MediaSession {
+    pipeline: gst::Pipeline,
+    rtpbin: gst::Element,
+    shared: Arc<Shared>,
+    receiver: Option<JoinHandle<()>>,
+    started: Instant,
+    options: MediaOptions,
+    stopped: bool,
+}
+
+impl std::fmt::Debug for MediaSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaSession")
+            .field("options", &self.options)
+            .field("started", &self.started)
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
+    }
+}
+
+fn element(bin: &gst::Pipeline, name: &str) -> Result<gst::Element, MediaError> {
+    bin.by_name(name).ok_or_else(|| {
+        MediaError::Pipeline(format!("element `{name}` is missing from the pipeline"))
+    })
+}
+
+fn app_src(bin: &gst::Pipeline, name: &str) -> Result<gst_app::AppSrc, MediaError> {
+    element(bin, name)?
+        .downcast::<gst_app::AppSrc>()
+        .map_err(|_| MediaError::Pipeline(format!("`{name}` is not an appsrc")))
+}
+
+fn pad(element: &gst::Element, name: &str) -> Result<gst::Pad, MediaError> {
+    element
+        .static_pad(name)
+        .ok_or_else(|| MediaError::Pipeline(format!("`{}` has no pad `{name}`", element.name())))
+}
+
+/// Counts every buffer (or every buffer of a list) crossing `pad`.
+fn count_buffers(pad: &gst::Pad, shared: &Arc<Shared>, counter: fn(&Counters) -> &AtomicU64) {
+    let shared = Arc::clone(shared);
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+        move |_, info| {
+            let n = match &info.data {
+                Some(gst::PadProbeData::Buffer(_)) => 1,
+                Some(gst::PadProbeData::BufferList(list)) => list.len() as u64,
+                _ => 0,
+            };
+            add(counter(&shared.counters), n);
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
+fn frame_size(pad: &gst::Pad) -> Option<(u32, u32)> {
+    let caps = pad.current_caps()?;
+    let s = caps.structure(0)?;
+    if s.get::<&str>("format").ok()? != "I420" {
+        return None;
+    }
+    let w = u32::try_from(s.get::<i32>("width").ok()?).ok()?;
+    let h = u32::try_from(s.get::<i32>("height").ok()?).ok()?;
+    Some((w, h))
+}
+
+/// Sender side of the latency probe: stamp raw frames before the encoder.
+fn stamp_frames(pad: &gst::Pad) {
+    pad.add_probe(gst::PadProbeType::BUFFER, |pad, info| {
+        let Some((w, h)) = frame_size(pad) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        if let Some(gst::PadProbeData::Buffer(buffer)) = &mut info.data {
+            let buffer = buffer.make_mut();
+            if let Ok(mut map) = buffer.map_writable() {
+                probe::stamp_i420(map.as_mut_slice(), w, h, probe::now_ms32());
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Receiver side of the latency probe: read the stamps after the decoder.
+fn read_stamps(pad: &gst::Pad, shared: &Arc<Shared>) {
+    let shared = Arc::clone(shared);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some((w, h)) = frame_size(pad) else {
+            return gst::PadProbeReturn::Ok;
+        };
+        if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data {
+            if let Ok(map) = buffer.map_readable() {
+                let now = probe::now_ms32();
+                if let Some(ms) =
+                    probe::read_i420(map.as_slice(), w, h).and_then(|s| probe::latency_ms(s, now))
+                {
+                    if let Ok(mut hist) = shared.counters.latency.lock() {
+                        hist.record(ms);
+                    }
+                }
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+fn message_text(msg: &gst::MessageRef) -> Option<String> {
+    let src = msg
+        .src()
+        .map(|s| s.path_string().to_string())
+        .unwrap_or_else(|| "pipeline".to_string());
+    match msg.view() {
+        gst::MessageView::Error(e) => Some(format!("{src}: {}", e.error())),
+        _ => None,
+    }
+}
+
+impl MediaSession {
+    /// Starts the call's media.
+    ///
+    /// `socket` is already bound (its local address was advertised to the peer); `peer` is
+    /// where to send. Every packet is sealed with `keys` (unless `options.encrypt` is false).
+    pub fn start(
+        socket: UdpSocket,
+        peer: SocketAddr,
+        keys: MediaKeys,
+        options: MediaOptions,
+    ) -> Result<MediaSession, MediaError> {
+        options.validate()?;
+        crate::plugins::check_plugins(&options)?;
+        socket
+            .set_read_timeout(Some(RECV_TIMEOUT))
+            .map_err(|source| MediaError::Socket {
+                what: "given a read timeout",
+                source,
+            })?;
+        socket
+            .set_nonblocking(false)
+            .map_err(|source| MediaError::Socket {
+                what: "made blocking",
+                source,
+            })?;
+        let socket = Arc::new(socket);
+        let MediaKeys { send, recv } = keys;
+        let (send_key, recv_key) = if options.encrypt {
+            (Some(send), Some(recv))
+        } else {
+            (None, None)
+        };
+
+        let window_sink = match options.sink {
+            crate::Sink::Window => crate::plugins::pick_video_sink()?,
+            crate::Sink::Null => "fakesink",
+        };
+        let pipeline = gst::parse::launch(&describe(&options, window_sink))
+            .map_err(|e| MediaError::Pipeline(e.to_string()))?
+            .downcast::<gst::Pipeline>()
+            .map_err(|_| MediaError::Pipeline("the description did not give a pipeline".into()))?;
+        let shared = Arc::new(Shared::default());
+        let rtpbin = element(&pipeline, "rtpbin")?;
+
+        let session = MediaSession {
+            pipeline: pipeline.clone(),
+            rtpbin: rtpbin.clone(),
+            shared: Arc::clone(&shared),
+            receiver: None,
+            started: Instant::now(),
+            options: options.clone(),
+            stopped: false,
+        };
+        // From here on, dropping `session` on an error tears the pipeline down.
+        session.wire_up(&socket, peer, send_key)?;
+        let mut session = session;
+
+        let bus = pipeline
+            .bus()
+            .ok_or_else(|| MediaError::Pipeline("the pipeline has no bus".into()))?;
+        {
+            let shared = Arc::clone(&shared);
+            bus.set_sync_handler(move |_, msg| {
+                match msg.view() {
+                    gst::MessageView::Error(_) => {
+                        if let (Some(text), Ok(mut slot)) = (message_text(msg), shared.error.lock())
+                        {
+                            slot.get_or_insert(text);
+                        }
+                    }
+                    gst::MessageView::Latency(_) => {
+                        shared.latency_changed.store(true, Ordering::Relaxed)
+                    }
+                    _ => {}
+                }
+                // Nobody pops this bus: drop every message so none accumulate.
+                gst::BusSyncReply::Drop
+            });
+        }
+
+        let inputs = Inputs {
+            vrtp: app_src(&pipeline, "vrtp_in")?,
+            vrtcp: app_src(&pipeline, "vrtcp_in")?,
+            artp: app_src(&pipeline, "artp_in")?,
+            artcp: app_src(&pipeline, "artcp_in")?,
+        };
+        let receiver = Receiver {
+            socket,
+            key: recv_key,
+            window: ReplayWindow::new(),
+            inputs,
+            shared: Arc::clone(&shared),
+            pipeline: pipeline.downgrade(),
+        };
+        session.receiver = Some(
+            std::thread::Builder::new()
+                .name("smvs-media-rx".into())
+                .spawn(move || receiver.run())
+                .map_err(MediaError::Thread)?,
+        );
+
+        if pipeline.set_state(gst::State::Playing).is_err() {
+            let why = session
+                .error()
+                .unwrap_or_else(|| "an element refused to start (no further detail)".into());
+            return Err(MediaError::Start(why));
+        }
+        session.started = Instant::now();
+        Ok(session)
+    }
+
+    /// Appsink callbacks, pad probes, rtpbin's dynamic pads and session settings.
+    fn wire_up(
+        &self,
+        socket: &Arc<UdpSocket>,
+        peer: SocketAddr,
+        key: Option<AeadKey>,
+    ) -> Result<(), MediaError> {
+        let pipeline = &self.pipeline;
+        let shared = &self.shared;
+        let sender = Arc::new(Sender {
+            socket: Arc::clone(socket),
+            peer,
+            key,
+            seq: AtomicU64::new(0),
+            shared: Arc::clone(shared),
+        });
+        for (name, stream) in [
+            ("vrtp_out", Stream::VideoRtp),
+            ("vrtcp_out", Stream::VideoRtcp),
+            ("artp_out", Stream::AudioRtp),
+            ("artcp_out", Stream::AudioRtcp),
+        ] {
+            let Some(found) = pipeline.by_name(name) else {
+                continue; // that direction's send branch is left out
+            };
+            let sink = found
+                .downcast::<gst_app::AppSink>()
+                .map_err(|_| MediaError::Pipeline(format!("`{name}` is not an appsink")))?;
+            let sender = Arc::clone(&sender);
+            sink.set_callbacks(
+                gst_app::AppSinkCallbacks::builder()
+                    .new_sample(move |sink| {
+                        let sample = sink.pull_sample().map_err(|_| gst::FlowError::Flushing)?;
+                        if let Some(list) = sample.buffer_list() {
+                            for buffer in list.iter() {
+                                if let Ok(map) = buffer.map_readable() {
+                                    sender.send(stream, map.as_slice());
+                                }
+                            }
+                        }
+                        if let Some(buffer) = sample.buffer() {
+                            if let Ok(map) = buffer.map_readable() {
+                                sender.send(stream, map.as_slice());
+                            }
+                        }
+                        Ok(gst::FlowSuccess::Ok)
+                    })
+                    .build(),
+            );
+        }
+
+        // Counters.
+        if let Some(venc) = pipeline.by_name("venc") {
+            count_buffers(&pad(&venc, "src")?, shared, |c| &c.video_frames_sent);
+        }
+        if let Some(aenc) = pipeline.by_name("aenc") {
+            count_buffers(&pad(&aenc, "src")?, shared, |c| &c.audio_packets_sent);
+        }
+        count_buffers(&pad(&element(pipeline, "vdepay")?, "src")?, shared, |c| {
+            &c.video_frames_received
+        });
+        let vdec = element(pipeline, "vdec")?;
+        count_buffers(&pad(&vdec, "src")?, shared, |c| &c.video_frames_decoded);
+        count_buffers(&pad(&element(pipeline, "adec")?, "src")?, shared, |c| {
+            &c.audio_packets_decoded
+        });
+
+        // Latency probe.
+        if self.options.latency_probe {
+            if let Some(vcaps) = pipeline.by_name("vcaps") {
+                stamp_frames(&pad(&vcaps, "src")?);
+            }
+            read_stamps(&pad(&vdec, "src")?, shared);
+        }
+
+        // The peer's streams appear as rtpbin pads once their first packets arrive.
+        let vdepay = element(pipeline, "vdepay")?.downgrade();
+        let adepay = element(pipeline, "adepay")?.downgrade();
+        self.rtpbin.connect_pad_added(move |_, new_pad| {
+            let name = new_pad.name();
+            let target = if name.starts_with("recv_rtp_src_0_") {
+                vdepay.upgrade()
+            } else if name.starts_with("recv_rtp_src_1_") {
+                adepay.upgrade()
+            } else {
+                None
+            };
+            let Some(sink) = target.and_then(|e| e.static_pad("sink")) else {
+                return;
+            };
+            if !sink.is_linked() {
+                // A failure leaves that stream undecoded; the counters show it.
+                let _ = new_pad.link(&sink);
+            }
+        });
+
+        for id in 0u32..2 {
+            if glib::subclass::signal::SignalId::lookup("get-internal-session", self.rtpbin.type_())
+                .is_some()
+            {
+                if let Some(session) = self
+                    .rtpbin
+                    .emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
+                {
+                    if session.find_property("rtcp-min-interval").is_some() {
+                        session.set_property("rtcp-min-interval", RTCP_MIN_INTERVAL_NS);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A live snapshot of the call's statistics.
+    pub fn stats(&self) -> CallStats {
+        let video = rtp_session_stats(&self.rtpbin, 0, VIDEO_CLOCK_RATE);
+        let audio = rtp_session_stats(&self.rtpbin, 1, AUDIO_CLOCK_RATE);
+        self.shared
+            .counters
+            .snapshot(self.started.elapsed(), self.options.encrypt, video, audio)
+    }
+
+    /// The first error any pipeline element reported (e.g. no display for the video window),
+    /// for the caller to report and end the call.
+    pub fn error(&self) -> Option<String> {
+        self.shared.error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Stops the media: pipeline to NULL, receive thread joined, socket and pipeline released.
+    /// Returns the final statistics.
+    pub fn stop(mut self) -> CallStats {
+        let video = rtp_session_stats(&self.rtpbin, 0, VIDEO_CLOCK_RATE);
+        let audio = rtp_session_stats(&self.rtpbin, 1, AUDIO_CLOCK_RATE);
+        let elapsed = self.started.elapsed();
+        self.shutdown();
+        self.shared
+            .counters
+            .snapshot(elapsed, self.options.encrypt, video, audio)
+    }
+
+    fn shutdown(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let _ = self.pipeline.set_state(gst::State::Null);
+        self.shared.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.receiver.take() {
+            let _ = handle.join();
+        }
+        if let Some(bus) = self.pipeline.bus() {
+            bus.unset_sync_handler();
+        }
+        for name in ["vrtp_out", "vrtcp_out", "artp_out", "artcp_out"] {
+            if let Some(sink) = self
+                .pipeline
+                .by_name(name)
+                .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+            {
+                // Drops the callbacks and with them the last reference to the socket.
+                sink.set_callbacks(gst_app::AppSinkCallbacks::builder().build());
+            }
+        }
+    }
+}
+
+// smvsctl moves sessions between threads.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<MediaSession>();
+    send_sync::<CallStats>();
+};
+
+impl Drop for MediaSession {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+struct Inputs {
+    vrtp: gst_app::AppSrc,
+    vrtcp: gst_app::AppSrc,
+    artp: gst_app::AppSrc,
+    artcp: gst_app::AppSrc,
+}
+
+/// The receive thread's state.
+struct Receiver {
+    socket: Arc<UdpSocket>,
+    key: Option<AeadKey>,
+    window: ReplayWindow,
+    inputs: Inputs,
+    shared: Arc<Shared>,
+    pipeline: glib::WeakRef<gst::Pipeline>,
+}
+
+impl Receiver {
+    fn run(mut self) {
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            if self.shared.latency_changed.swap(false, Ordering::Relaxed) {
+                if let Some(p) = self.pipeline.upgrade() {
+                    let _ = p.recalculate_latency();
+                }
+            }
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, _from)) => {
+                    if let Some(datagram) = buf.get(..n) {
+                        self.handle(datagram);
+                    }
+                }
+                // Timeouts (to notice `stop`), ICMP errors from a peer not yet listening.
+                Err(_) => continue,
+            }
+        }
+    }
+
+    fn handle(&mut self, datagram: &[u8]) {
+        let c = &self.shared.counters;
+        let seq = match wire::sequence(datagram) {
+            Ok(seq) => seq,
+            Err(_) => return bump(&c.malformed),
+        };
+        if let Err(Replay::Duplicate | Replay::TooOld) = self.window.check(seq) {
+            return bump(&c.replayed);
+        }
+        let started = Instant::now();
+        let opened = wire::open(self.key.as_ref(), datagram);
+        add(&c.open_ns, started.elapsed().as_nanos() as u64);
+        let opened = match opened {
+            Ok(o) => o,
+            Err(WireError::AuthFailed) => return bump(&c.auth_failed),
+            Err(WireError::Malformed(_)) => return bump(&c.malformed),
+        };
+        self.window.accept(seq);
+        bump(&c.packets_received);
+        add(&c.bytes_received, datagram.len() as u64);
+        let input = match opened.stream {
+            Stream::VideoRtp => &self.inputs.vrtp,
+            Stream::VideoRtcp => &self.inputs.vrtcp,
+            Stream::AudioRtp => &self.inputs.artp,
+            Stream::AudioRtcp => &self.inputs.artcp,
+        };
+        // Flushing (stopping) or a full queue: the packet is lost, as on the network.
+        let _ = input.push_buffer(gst::Buffer::from_mut_slice(opened.packet));
+    }
+}

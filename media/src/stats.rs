@@ -1,0 +1,227 @@
+//! Call statistics: counters updated by the pipeline's pad probes, the send callbacks and the
+//! receive thread, plus RTCP-derived figures read from `rtpbin`'s sessions.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use gstreamer as gst;
+use gstreamer::glib;
+use gstreamer::prelude::*;
+
+use crate::probe::{GlassToGlass, Histogram};
+
+/// The jitter buffer latency configured on `rtpbin`, in milliseconds.
+pub const JITTER_BUFFER_MS: u32 = 50;
+
+/// Lock-free counters shared by the streaming threads and the receive thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub video_frames_sent: AtomicU64,
+    pub video_frames_received: AtomicU64,
+    pub video_frames_decoded: AtomicU64,
+    pub audio_packets_sent: AtomicU64,
+    pub audio_packets_decoded: AtomicU64,
+    pub packets_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub packets_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub auth_failed: AtomicU64,
+    pub replayed: AtomicU64,
+    pub malformed: AtomicU64,
+    pub seal_ns: AtomicU64,
+    pub open_ns: AtomicU64,
+    pub latency: Mutex<Histogram>,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+fn get(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// RTCP view of what the peer sends us on one RTP session (video or audio).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RtpStreamStats {
+    /// RTP packets received from the peer's source(s) on this session.
+    pub packets_received: u64,
+    /// Packets the jitter buffer expected but never got (RFC 3550 cumulative loss; the negative
+    /// values RFC 3550 allows for duplicates read as 0).
+    pub packets_lost: i64,
+    /// Interarrival jitter of the peer's stream, in milliseconds.
+    pub jitter_ms: Option<f64>,
+    /// Round-trip time from the peer's receiver reports about our stream; None until one
+    /// arrived (the first RTCP reports go out about a second into the call).
+    pub rtt_ms: Option<f64>,
+}
+
+/// A snapshot of one endpoint's call. `serde_json::to_string_pretty` gives a readable object.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CallStats {
+    /// Seconds since the media started.
+    pub duration_s: f64,
+    /// Whether packets were sealed (false only in the benchmark's baseline).
+    pub encrypted: bool,
+    /// VP8 frames out of our encoder.
+    pub video_frames_sent: u64,
+    /// VP8 frames reassembled from the peer's packets (out of the depayloader).
+    pub video_frames_received: u64,
+    /// Frames out of our VP8 decoder.
+    pub video_frames_decoded: u64,
+    pub video_fps_decoded: f64,
+    /// Opus packets out of our encoder.
+    pub audio_packets_sent: u64,
+    /// Audio buffers out of our Opus decoder.
+    pub audio_packets_decoded: u64,
+    /// Datagrams and their bytes (framing and tag included) sent to the peer.
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    /// Datagrams that could not be sent (socket errors).
+    pub send_errors: u64,
+    /// Datagrams accepted from the peer, and their bytes.
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    pub bitrate_sent_kbps: f64,
+    pub bitrate_received_kbps: f64,
+    /// Datagrams dropped: failed authentication (wrong key, tampered, not ours).
+    pub auth_failed: u64,
+    /// Datagrams dropped: already accepted, or older than the replay window.
+    pub replayed: u64,
+    /// Datagrams dropped: not our framing at all.
+    pub malformed: u64,
+    /// RTCP figures of the video (session 0) and audio (session 1) streams.
+    pub video: RtpStreamStats,
+    pub audio: RtpStreamStats,
+    /// Round-trip time (video session's, else audio's), ms.
+    pub rtt_ms: Option<f64>,
+    /// An estimate, not a measurement: `rtt_ms / 2 + jitter buffer latency` (50 ms). It leaves
+    /// out capture, encoding, decoding and display time; see `glass_to_glass_ms` for those.
+    pub one_way_latency_estimate_ms: Option<f64>,
+    /// Measured capture-to-decoded latency of the peer's frames, when the latency probe is on
+    /// at both ends. Valid only if both endpoints share a clock (same machine).
+    pub glass_to_glass_ms: Option<GlassToGlass>,
+    /// Time spent sealing and opening datagrams, in nanoseconds (framing copies included).
+    pub seal_ns: u64,
+    pub open_ns: u64,
+}
+
+fn kbps(bytes: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        bytes as f64 * 8.0 / secs / 1000.0
+    } else {
+        0.0
+    }
+}
+
+impl Counters {
+    pub(crate) fn snapshot(
+        &self,
+        elapsed: Duration,
+        encrypted: bool,
+        video: RtpStreamStats,
+        audio: RtpStreamStats,
+    ) -> CallStats {
+        let secs = elapsed.as_secs_f64();
+        let decoded = get(&self.video_frames_decoded);
+        let rtt_ms = video.rtt_ms.or(audio.rtt_ms);
+        let glass = self.latency.lock().ok().and_then(|h| h.summary());
+        CallStats {
+            duration_s: secs,
+            encrypted,
+            video_frames_sent: get(&self.video_frames_sent),
+            video_frames_received: get(&self.video_frames_received),
+            video_frames_decoded: decoded,
+            video_fps_decoded: if secs > 0.0 {
+                decoded as f64 / secs
+            } else {
+                0.0
+            },
+            audio_packets_sent: get(&self.audio_packets_sent),
+            audio_packets_decoded: get(&self.audio_packets_decoded),
+            packets_sent: get(&self.packets_sent),
+            bytes_sent: get(&self.bytes_sent),
+            send_errors: get(&self.send_errors),
+            packets_received: get(&self.packets_received),
+            bytes_received: get(&self.bytes_received),
+            bitrate_sent_kbps: kbps(get(&self.bytes_sent), secs),
+            bitrate_received_kbps: kbps(get(&self.bytes_received), secs),
+            auth_failed: get(&self.auth_failed),
+            replayed: get(&self.replayed),
+            malformed: get(&self.malformed),
+            video,
+            audio,
+            rtt_ms,
+            one_way_latency_estimate_ms: rtt_ms.map(|rtt| rtt / 2.0 + f64::from(JITTER_BUFFER_MS)),
+            glass_to_glass_ms: glass,
+            seal_ns: get(&self.seal_ns),
+            open_ns: get(&self.open_ns),
+        }
+    }
+}
+
+/// Reads session `id`'s source statistics from `rtpbin`.
+pub(crate) fn rtp_session_stats(
+    rtpbin: &gst::Element,
+    id: u32,
+    default_clock_rate: i32,
+) -> RtpStreamStats {
+    let mut out = RtpStreamStats::default();
+    if glib::subclass::signal::SignalId::lookup("get-internal-session", rtpbin.type_()).is_none() {
+        return out;
+    }
+    let Some(session) = rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
+    else {
+        return out;
+    };
+    if session.find_property("stats").is_none() {
+        return out;
+    }
+    let Ok(stats) = session.property_value("stats").get::<gst::Structure>() else {
+        return out;
+    };
+    let Ok(sources) = stats.get::<glib::ValueArray>("source-stats") else {
+        return out;
+    };
+    let mut jitter_max: Option<f64> = None;
+    for value in sources.iter() {
+        let Ok(s) = value.get::<gst::Structure>() else {
+            continue;
+        };
+        // Receiver-report blocks about our own stream show up on the peer's source (GStreamer
+        // 1.22) or on our internal one (older releases): take the round trip from either.
+        if s.get::<bool>("have-rb").unwrap_or(false) {
+            if let Ok(rt) = s.get::<u32>("rb-round-trip") {
+                if rt > 0 {
+                    out.rtt_ms = Some(f64::from(rt) * 1000.0 / 65536.0);
+                }
+            }
+        }
+        if s.get::<bool>("internal").unwrap_or(false) {
+            continue;
+        }
+        let received = s.get::<u64>("packets-received").unwrap_or(0);
+        if received == 0 {
+            continue;
+        }
+        out.packets_received += received;
+        out.packets_lost += i64::from(s.get::<i32>("packets-lost").unwrap_or(0).max(0));
+        let rate = s
+            .get::<i32>("clock-rate")
+            .ok()
+            .filter(|r| *r > 0)
+            .unwrap_or(default_clock_rate);
+        if let (Ok(j), true) = (s.get::<u32>("jitter"), rate > 0) {
+            let ms = f64::from(j) * 1000.0 / f64::from(rate);
+            jitter_max = Some(jitter_max.map_or(ms, |m: f64| m.max(ms)));
+        }
+    }
+    out.jitter_ms = jitter_max;
+    out
+}

@@ -1,0 +1,44 @@
+//! Two endpoints in one process, 5 s of test video and audio both ways over 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use smvs_media::{check_plugins, MediaOptions};
+
+#[test]
+fn two_sessions_exchange_video_and_audio_both_ways() {
+    let opts = MediaOptions {
+        latency_probe: true,
+        ..MediaOptions::default()
+    };
+    check_plugins(&opts).unwrap();
+    let (a, b) = common::call(opts.clone(), opts, b"call-1", 5.0);
+    eprintln!("caller: {}", serde_json::to_string_pretty(&a).unwrap());
+    eprintln!("callee: {}", serde_json::to_string_pretty(&b).unwrap());
+    for (name, rx, tx) in [("callee", &b, &a), ("caller", &a, &b)] {
+        assert!(
+            tx.video_frames_sent > 100,
+            "{name}'s peer sent only {} frames",
+            tx.video_frames_sent
+        );
+        assert!(
+            rx.video_frames_decoded as f64 >= 0.9 * tx.video_frames_sent as f64,
+            "{name} decoded {} of {} frames sent",
+            rx.video_frames_decoded,
+            tx.video_frames_sent
+        );
+        assert!(rx.audio_packets_decoded > 0, "{name} decoded no audio");
+        assert!(tx.audio_packets_sent > 100);
+        assert_eq!(
+            (rx.auth_failed, rx.replayed, rx.malformed),
+            (0, 0, 0),
+            "{name}"
+        );
+        assert!(rx.encrypted);
+        assert!(rx.seal_ns > 0 && rx.open_ns > 0);
+        // Same machine: the probe's stamps give a real glass-to-glass figure.
+        let g = rx.glass_to_glass_ms.expect("latency probe samples");
+        assert!(g.samples > 50, "{name}: {g:?}");
+        assert!(g.p50 < 1000, "{name}: {g:?}");
+    }
+}

@@ -1,0 +1,388 @@
+//! Calls: this process as the device that runs a call's media.
+//!
+//! ```text
+//!  call USER ─► check plugins ─► bind UDP, fresh X25519 ─► placeCall (smvsd rings the peer)
+//!            ◄─ answered(peer's key, address) ◄─ smvsd ◄─ peer's host
+//!            ─► media keys (HKDF over the X25519 of the two call keys, bound to the call id and
+//!               both identities) ─► smvs-media: VP8/Opus RTP, sealed per packet, UDP to the peer
+//!            ─► until --duration, SIGINT/SIGTERM or the peer's hang-up ─► stats
+//!  answer    ─► the same, with the caller's offer from the ringing call
+//! ```
+//!
+//! smvsd carries only the two endpoints' call keys and addresses; the media never passes
+//! through it, the directory or the message path.
+
+use std::future::Future;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use smvs_crypto::AgreementKeyPair;
+use smvs_media::{
+    AudioSource, KeyInputs, MediaKeys, MediaOptions, MediaSession, Role, Sink, VideoSource,
+};
+use smvs_schema::Username;
+use tokio::sync::mpsc;
+
+use crate::cli::{AudioArg, MediaArgs, SinkArg, VideoArg};
+use crate::client::{
+    CallId, CallMediaView, CallNotice, CallState, DeviceCall, EventView, HostClient,
+};
+use crate::error::CtlError;
+use crate::output::{self, Format};
+
+/// How often the runner looks at the pipeline for errors.
+const MEDIA_CHECK: Duration = Duration::from_millis(200);
+
+pub fn media_options(args: &MediaArgs) -> MediaOptions {
+    MediaOptions {
+        video: match args.video {
+            VideoArg::Test => VideoSource::Test,
+            VideoArg::Camera => VideoSource::Camera,
+            VideoArg::None => VideoSource::None,
+        },
+        audio: match args.audio {
+            AudioArg::Test => AudioSource::Test,
+            AudioArg::Mic => AudioSource::Mic,
+            AudioArg::None => AudioSource::None,
+        },
+        sink: match args.sink {
+            SinkArg::Window => Sink::Window,
+            SinkArg::Null => Sink::Null,
+        },
+        width: args.size.0,
+        height: args.size.1,
+        fps: args.fps,
+        latency_probe: args.latency_probe,
+        ..MediaOptions::default()
+    }
+}
+
+/// A device ready to take part in a call: its socket, its call key, and what it tells the peer.
+pub struct Endpoint {
+    socket: UdpSocket,
+    key: AgreementKeyPair,
+    media: CallMediaView,
+    options: MediaOptions,
+}
+
+/// Checks the GStreamer elements first (a missing plugin is reported before anyone rings),
+/// then binds the media socket and makes the call key.
+async fn endpoint(host: &HostClient, args: &MediaArgs) -> Result<Endpoint, CtlError> {
+    let options = media_options(args);
+    smvs_media::check_plugins(&options).map_err(|e| CtlError::Local(e.to_string()))?;
+    let ip = match args.media_address {
+        Some(ip) => ip,
+        None => {
+            let status = host.status().await?;
+            let published = status.host_address.clone().unwrap_or_default();
+            published
+                .parse::<SocketAddr>()
+                .map(|a| a.ip())
+                .ok()
+                .filter(|ip: &IpAddr| !ip.is_unspecified())
+                .ok_or_else(|| {
+                    CtlError::Local(format!(
+                        "this host's published address {published:?} is not an IP address; say where to receive media with --media-address IP"
+                    ))
+                })?
+        }
+    };
+    let socket = UdpSocket::bind((ip, 0)).map_err(|source| CtlError::Io {
+        what: "cannot open a UDP socket for the call's media",
+        source,
+    })?;
+    let address = socket.local_addr().map_err(|source| CtlError::Io {
+        what: "cannot read the media socket's address",
+        source,
+    })?;
+    let key = AgreementKeyPair::generate().map_err(|e| CtlError::Local(e.to_string()))?;
+    Ok(Endpoint {
+        media: CallMediaView {
+            public_key: *key.public().as_bytes(),
+            address,
+            video: options.video != VideoSource::None,
+            audio: options.audio != AudioSource::None,
+        },
+        socket,
+        key,
+        options,
+    })
+}
+
+fn keys(
+    endpoint: &Endpoint,
+    call: &DeviceCall,
+    role: Role,
+    peer: &CallMediaView,
+) -> Result<MediaKeys, CtlError> {
+    let theirs = smvs_crypto::AgreementPublicKey::from_bytes(&peer.public_key)
+        .map_err(|e| CtlError::Protocol(format!("the peer's call key: {e}")))?;
+    let ours = endpoint.key.public();
+    let (caller_public, callee_public) = match role {
+        Role::Caller => (&ours, &theirs),
+        Role::Callee => (&theirs, &ours),
+    };
+    smvs_media::derive_media_keys(
+        &endpoint.key,
+        role,
+        &KeyInputs {
+            call_id: call.call.id.as_bytes(),
+            caller_identity: &call.call.caller_identity,
+            callee_identity: &call.call.callee_identity,
+            caller_public,
+            callee_public,
+        },
+    )
+    .map_err(|e| CtlError::Local(format!("cannot derive the call's media keys: {e}")))
+}
+
+fn ended(peer: &Username, reason: &str) -> CtlError {
+    CtlError::Local(output::call_end_text(peer.as_str(), reason))
+}
+
+/// `smvsctl call USER`.
+pub async fn place(
+    host: &HostClient,
+    user: &Username,
+    args: &MediaArgs,
+    format: Format,
+    out: &mut dyn Write,
+    stop: impl Future<Output = ()>,
+) -> Result<(), CtlError> {
+    tokio::pin!(stop);
+    let (mut call, endpoint) = ring(host, user, args).await?;
+    if format == Format::Text && !args.stats {
+        eprintln!("smvsctl: ringing {user} (call {})", call.call.id);
+    }
+    let peer_media = tokio::select! {
+        answered = wait_answer(&mut call, user) => answered?,
+        _ = &mut stop => {
+            let _ = call.hangup().await;
+            return Err(CtlError::Local(format!("cancelled; the call to {user} was hung up")));
+        }
+        reason = host.closed() => return Err(CtlError::Disconnected(reason)),
+    };
+    run(
+        call,
+        endpoint,
+        peer_media,
+        Role::Caller,
+        args,
+        format,
+        out,
+        stop,
+    )
+    .await
+}
+
+/// Prepares this device and rings `user`; returns once the peer's host has the offer.
+pub async fn ring(
+    host: &HostClient,
+    user: &Username,
+    args: &MediaArgs,
+) -> Result<(DeviceCall, Endpoint), CtlError> {
+    let endpoint = endpoint(host, args).await?;
+    let call = host.place_call(user, &endpoint.media).await?;
+    Ok((call, endpoint))
+}
+
+/// Waits until the callee picks up (their media set-up) or the call ends (an error saying why).
+pub async fn wait_answer(
+    call: &mut DeviceCall,
+    user: &Username,
+) -> Result<CallMediaView, CtlError> {
+    match call.notices.recv().await {
+        Some(CallNotice::Answered(media)) => Ok(media),
+        Some(CallNotice::Ended(reason)) => Err(ended(user, &reason)),
+        None => Err(CtlError::Disconnected("smvsd dropped the call".into())),
+    }
+}
+
+/// Prepares this device and picks up the ringing call `id`; returns the caller's media set-up.
+pub async fn pick_up(
+    host: &HostClient,
+    id: &CallId,
+    args: &MediaArgs,
+) -> Result<(DeviceCall, Endpoint, CallMediaView), CtlError> {
+    let endpoint = endpoint(host, args).await?;
+    let call = host.answer_call(Some(id), &endpoint.media).await?;
+    let peer_media = call
+        .call
+        .peer_media
+        .clone()
+        .ok_or_else(|| CtlError::Protocol("the answered call carries no offer".into()))?;
+    Ok((call, endpoint, peer_media))
+}
+
+/// `smvsctl answer [CALL_ID]`.
+pub async fn answer(
+    host: &HostClient,
+    id: Option<&CallId>,
+    wait: u64,
+    args: &MediaArgs,
+    format: Format,
+    out: &mut dyn Write,
+    stop: impl Future<Output = ()>,
+) -> Result<(), CtlError> {
+    tokio::pin!(stop);
+    let id = tokio::select! {
+        found = ringing(host, id, Duration::from_secs(wait)) => found?,
+        _ = &mut stop => return Err(CtlError::Local("cancelled".into())),
+    };
+    let (call, endpoint, peer_media) = pick_up(host, &id, args).await?;
+    run(
+        call,
+        endpoint,
+        peer_media,
+        Role::Callee,
+        args,
+        format,
+        out,
+        stop,
+    )
+    .await
+}
+
+/// The id of a ringing incoming call (`id`, or the one that rings), waiting up to `wait`.
+async fn ringing(
+    host: &HostClient,
+    id: Option<&CallId>,
+    wait: Duration,
+) -> Result<CallId, CtlError> {
+    let wanted = |peer_id: &CallId| id.is_none_or(|id| id == peer_id);
+    // Subscribed before looking, so a call that starts ringing in between is not missed.
+    let (tx, mut events) = mpsc::channel(crate::client::EVENT_QUEUE);
+    let _subscription = if wait.is_zero() {
+        None
+    } else {
+        Some(host.subscribe(tx).await?)
+    };
+    if let Some(call) = host
+        .calls()
+        .await?
+        .into_iter()
+        .find(|c| !c.outgoing && c.state == CallState::Ringing && wanted(&c.id))
+    {
+        return Ok(call.id);
+    }
+    let none = || match id {
+        Some(id) => CtlError::Refused {
+            code: Some(crate::error::ErrorCode::NotFound),
+            message: format!("no call {id} is ringing"),
+        },
+        None => CtlError::Refused {
+            code: Some(crate::error::ErrorCode::NotFound),
+            message: "no call is ringing".into(),
+        },
+    };
+    if wait.is_zero() {
+        return Err(none());
+    }
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return Err(none()),
+            event = events.recv() => match event {
+                Some(Ok(EventView::CallIncoming(c))) if wanted(&c.id) => return Ok(c.id),
+                Some(_) => continue,
+                None => return Err(CtlError::Disconnected("smvsd ended the subscription".into())),
+            },
+        }
+    }
+}
+
+/// What `--stats` prints (and `--json` without it, minus the statistics).
+#[derive(Debug, Serialize)]
+struct CallReport {
+    call_id: CallId,
+    #[serde(serialize_with = "crate::client::as_display")]
+    peer: Username,
+    outgoing: bool,
+    /// hangup (we ended it), remote-hangup, failed, or what smvsd said
+    ended: String,
+    duration_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<smvs_media::CallStats>,
+}
+
+/// Runs the media of an answered call until `--duration`, `stop`, the peer's hang-up or a media
+/// failure; hangs up if the end is ours; prints the report.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    mut call: DeviceCall,
+    endpoint: Endpoint,
+    peer_media: CallMediaView,
+    role: Role,
+    args: &MediaArgs,
+    format: Format,
+    out: &mut dyn Write,
+    stop: impl Future<Output = ()>,
+) -> Result<(), CtlError> {
+    tokio::pin!(stop);
+    let keys = keys(&endpoint, &call, role, &peer_media)?;
+    let peer = call.call.peer.clone();
+    let session = MediaSession::start(endpoint.socket, peer_media.address, keys, endpoint.options)
+        .map_err(|e| CtlError::Local(format!("cannot start the call's media: {e}")))?;
+    if format == Format::Text && !args.stats {
+        eprintln!("smvsctl: in a call with {peer} (call {})", call.call.id);
+    }
+    let started = Instant::now();
+    let duration = args
+        .duration
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::MAX / 4);
+    let deadline = tokio::time::sleep(duration);
+    tokio::pin!(deadline);
+    let mut check = tokio::time::interval(MEDIA_CHECK);
+    let mut failure = None;
+    let (reason, ours) = loop {
+        tokio::select! {
+            _ = &mut deadline => break ("hangup".to_string(), true),
+            _ = &mut stop => break ("hangup".to_string(), true),
+            notice = call.notices.recv() => match notice {
+                Some(CallNotice::Ended(reason)) => break (reason, false),
+                Some(CallNotice::Answered(_)) => continue,
+                None => break ("disconnected".to_string(), false),
+            },
+            _ = check.tick() => {
+                if let Some(error) = session.error() {
+                    failure = Some(error);
+                    break ("failed".to_string(), true);
+                }
+            }
+        }
+    };
+    if ours {
+        // The call may already be over on smvsd's side; that is fine.
+        let _ = call.hangup().await;
+    }
+    let duration_s = started.elapsed().as_secs_f64();
+    // Stopping joins the media threads; a fraction of a second at most.
+    let stats = session.stop();
+    let report = CallReport {
+        call_id: call.call.id,
+        peer: peer.clone(),
+        outgoing: call.call.outgoing,
+        ended: reason.clone(),
+        duration_s,
+        stats: args.stats.then_some(stats),
+    };
+    if args.stats || format == Format::Json {
+        writeln!(out, "{}", output::to_json(&report)?).map_err(CtlError::output)?;
+    } else {
+        let why = match reason.as_str() {
+            "hangup" => "hung up".to_string(),
+            other => output::call_end_text(peer.as_str(), other),
+        };
+        writeln!(out, "call with {peer} ended after {duration_s:.1} s: {why}")
+            .map_err(CtlError::output)?;
+    }
+    out.flush().map_err(CtlError::output)?;
+    match failure {
+        Some(error) => Err(CtlError::Local(format!("the call's media failed: {error}"))),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,668 @@
+//! The call manager: every call's state, and its signalling with the peer's host.
+//!
+//! ```text
+//!  device ──placeCall──► CallManager ──offer──► signal::send ──► peer host ─► its CallManager
+//!                           │  ▲                                               │ rings (event)
+//!  device ◄──answered/ended─┘  └──────────── Router ◄── answer/decline/busy/hangup ─┘
+//! ```
+//!
+//! A host has at most one call at a time: a second offer is answered "busy". A call rings for
+//! `--ring-seconds` (30 s by default); then the caller's host ends it ("no-answer") and tells the callee's host.
+//! Signals are sealed envelopes between the two identities (see [`signal`]); they are never
+//! stored. The media itself runs in the devices and never passes through here: the host only
+//! carries each device's fresh X25519 key and UDP address to the other side.
+//!
+//! The call table is shared by the actor's futures (`Rc<RefCell<_>>`, one thread); no borrow is
+//! held across an `.await`.
+
+pub mod signal;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use actix::{Actor, Context, Handler, Message, ResponseFuture};
+use smvs_schema::Username;
+use tokio::sync::{mpsc, oneshot};
+
+pub use signal::{CallId, CallSignal, Media, SignalKind};
+
+use crate::error::{HostError, IncomingError};
+use crate::host::HostCore;
+use crate::model::{now_ms, HostEvent};
+use signal::SendFailure;
+
+/// The callee's host rings a little longer than its own `--ring-seconds`, so the caller's
+/// "no answer" normally ends it; if that never comes, the callee's host ends it and says so.
+const CALLEE_GRACE: Duration = Duration::from_secs(5);
+/// Signals whose stated time is further than this from ours are refused as stale (or replayed).
+const SIGNAL_MAX_SKEW_MS: i64 = 120_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    Ringing,
+    Active,
+    Ended,
+}
+
+impl CallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Ringing => "ringing",
+            CallState::Active => "active",
+            CallState::Ended => "ended",
+        }
+    }
+}
+
+/// What devices and D-Bus are told about a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallInfo {
+    pub id: CallId,
+    pub peer: Username,
+    pub outgoing: bool,
+    pub state: CallState,
+    /// Why it ended (empty while it lasts).
+    pub reason: String,
+    /// Both identity bundles (caller's, callee's), which the devices bind into the media keys.
+    pub caller_identity: Vec<u8>,
+    pub callee_identity: Vec<u8>,
+    /// The other endpoint's offer or answer, once known.
+    pub peer_media: Option<Media>,
+    /// What the caller offered.
+    pub video: bool,
+    pub audio: bool,
+    /// Unix ms the call entered its state.
+    pub since: i64,
+}
+
+/// What the device running a call's media hears.
+#[derive(Debug, Clone)]
+pub enum DeviceNotice {
+    Answered(Media),
+    Ended(String),
+}
+
+/// A request handed to the registered call agent (D-Bus PlaceCall / AnswerCall).
+pub enum AgentRequest {
+    Place {
+        peer: Username,
+        video: bool,
+        audio: bool,
+        reply: oneshot::Sender<Result<CallId, HostError>>,
+    },
+    Answer {
+        id: CallId,
+        reply: oneshot::Sender<Result<CallId, HostError>>,
+    },
+}
+
+struct Call {
+    info: CallInfo,
+    /// The device running this call's media, and its token (so a device that left cannot end
+    /// a call another device took over).
+    device: Option<(u64, mpsc::UnboundedSender<DeviceNotice>)>,
+}
+
+#[derive(Default)]
+struct Table {
+    calls: HashMap<CallId, Call>,
+    next_token: u64,
+    agent: Option<(u64, mpsc::UnboundedSender<AgentRequest>)>,
+}
+
+impl Table {
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    /// The call that is ringing or active, if any.
+    fn current(&self) -> Option<&Call> {
+        self.calls
+            .values()
+            .find(|c| c.info.state != CallState::Ended)
+    }
+}
+
+pub struct CallManager {
+    core: Rc<HostCore>,
+    table: Rc<RefCell<Table>>,
+}
+
+impl CallManager {
+    pub fn new(core: Rc<HostCore>) -> CallManager {
+        CallManager {
+            core,
+            table: Rc::new(RefCell::new(Table::default())),
+        }
+    }
+}
+
+impl Actor for CallManager {
+    type Context = Context<Self>;
+}
+
+/// Ends a call here: takes it out of the table, tells its device and everyone listening.
+fn end(core: &HostCore, table: &RefCell<Table>, id: &CallId, reason: &str) -> Option<CallInfo> {
+    let call = table.borrow_mut().calls.remove(id)?;
+    let mut info = call.info;
+    info.state = CallState::Ended;
+    info.reason = reason.to_string();
+    info.since = now_ms();
+    if let Some((_, device)) = call.device {
+        let _ = device.send(DeviceNotice::Ended(reason.to_string()));
+    }
+    tracing::info!(call = %id, peer = %info.peer, reason, "call ended");
+    core.publish(HostEvent::CallState(info.clone()));
+    Some(info)
+}
+
+/// Sends a signal in the background; a failure only matters to the log (the call is over here).
+fn send_later(core: &Rc<HostCore>, peer: &Username, signal: CallSignal) {
+    let (core, peer) = (core.clone(), peer.clone());
+    tokio::task::spawn_local(async move {
+        if let Err(e) = signal::send(&core, &peer, signal).await {
+            tracing::debug!(%peer, error = %e, "a call signal did not reach the peer's host");
+        }
+    });
+}
+
+fn user(name: &str) -> Result<Username, HostError> {
+    Username::parse(name).map_err(|e| HostError::bad_request(e.to_string()))
+}
+
+fn failure(peer: &Username, e: SendFailure) -> HostError {
+    match e {
+        SendFailure::Offline(why) => {
+            HostError::new("offline", format!("{peer} cannot be reached: {why}"))
+        }
+        SendFailure::Refused(_) => {
+            HostError::new("refused", format!("{peer}'s host refused the call"))
+        }
+        SendFailure::Local(e) => e,
+    }
+}
+
+/// A device places a call.
+#[derive(Message)]
+#[rtype(result = "Result<(CallInfo, u64), HostError>")]
+pub struct PlaceCall {
+    pub peer: String,
+    pub media: Media,
+    pub device: mpsc::UnboundedSender<DeviceNotice>,
+}
+
+impl Handler<PlaceCall> for CallManager {
+    type Result = ResponseFuture<Result<(CallInfo, u64), HostError>>;
+    fn handle(&mut self, msg: PlaceCall, _: &mut Self::Context) -> Self::Result {
+        let (core, table) = (self.core.clone(), self.table.clone());
+        Box::pin(async move {
+            let peer = user(&msg.peer)?;
+            let me = core.me()?;
+            if peer == me.username {
+                return Err(HostError::bad_request("you cannot call yourself"));
+            }
+            if let Some(current) = table.borrow().current() {
+                return Err(HostError::new(
+                    "busy",
+                    format!("already in a call with {}", current.info.peer),
+                ));
+            }
+            let (contact, _) = core.trusted_contact(&peer).await?;
+            if contact.blocked {
+                return Err(HostError::new(
+                    "blocked",
+                    format!("you blocked {peer}; unblock them to call"),
+                ));
+            }
+            let callee = contact.identity().map_err(HostError::internal)?;
+            let id = CallId::random();
+            let info = CallInfo {
+                id,
+                peer: peer.clone(),
+                outgoing: true,
+                state: CallState::Ringing,
+                reason: String::new(),
+                caller_identity: me.identity.to_bytes().to_vec(),
+                callee_identity: callee.to_bytes().to_vec(),
+                peer_media: None,
+                video: msg.media.video,
+                audio: msg.media.audio,
+                since: now_ms(),
+            };
+            let token = {
+                let mut t = table.borrow_mut();
+                // Checked again: another call may have started during the look-up.
+                if let Some(current) = t.current() {
+                    return Err(HostError::new(
+                        "busy",
+                        format!("already in a call with {}", current.info.peer),
+                    ));
+                }
+                let token = t.token();
+                t.calls.insert(
+                    id,
+                    Call {
+                        info: info.clone(),
+                        device: Some((token, msg.device)),
+                    },
+                );
+                token
+            };
+            let offer = CallSignal {
+                call_id: id,
+                kind: SignalKind::Offer,
+                media: Some(msg.media),
+            };
+            if let Err(e) = signal::send(&core, &peer, offer).await {
+                table.borrow_mut().calls.remove(&id);
+                tracing::info!(call = %id, %peer, error = %e, "a call could not ring");
+                return Err(failure(&peer, e));
+            }
+            if !table.borrow().calls.contains_key(&id) {
+                // Hung up (or the device left) while the offer was on its way.
+                return Err(HostError::new("ended", "the call ended before it rang"));
+            }
+            tracing::info!(call = %id, %peer, "calling");
+            core.publish(HostEvent::CallState(info.clone()));
+            let (core2, table2) = (core.clone(), table.clone());
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(core2.config.ring_timeout).await;
+                let ringing = table2
+                    .borrow()
+                    .calls
+                    .get(&id)
+                    .is_some_and(|c| c.info.state == CallState::Ringing);
+                if ringing {
+                    if let Some(info) = end(&core2, &table2, &id, "no-answer") {
+                        send_later(
+                            &core2,
+                            &info.peer,
+                            CallSignal {
+                                call_id: id,
+                                kind: SignalKind::NoAnswer,
+                                media: None,
+                            },
+                        );
+                    }
+                }
+            });
+            Ok((info, token))
+        })
+    }
+}
+
+/// A device picks up a ringing call (`None`: the one that rings).
+#[derive(Message)]
+#[rtype(result = "Result<(CallInfo, u64), HostError>")]
+pub struct AnswerCall {
+    pub id: Option<CallId>,
+    pub media: Media,
+    pub device: mpsc::UnboundedSender<DeviceNotice>,
+}
+
+impl Handler<AnswerCall> for CallManager {
+    type Result = ResponseFuture<Result<(CallInfo, u64), HostError>>;
+    fn handle(&mut self, msg: AnswerCall, _: &mut Self::Context) -> Self::Result {
+        let (core, table) = (self.core.clone(), self.table.clone());
+        Box::pin(async move {
+            let (info, token) = {
+                let mut t = table.borrow_mut();
+                let token = t.token();
+                let call = t
+                    .calls
+                    .values_mut()
+                    .find(|c| {
+                        !c.info.outgoing
+                            && c.info.state == CallState::Ringing
+                            && msg.id.is_none_or(|id| id == c.info.id)
+                    })
+                    .ok_or_else(|| match msg.id {
+                        Some(id) => HostError::new("not-found", format!("no call {id} is ringing")),
+                        None => HostError::new("not-found", "no call is ringing"),
+                    })?;
+                call.info.state = CallState::Active;
+                call.info.since = now_ms();
+                call.device = Some((token, msg.device));
+                (call.info.clone(), token)
+            };
+            let answer = CallSignal {
+                call_id: info.id,
+                kind: SignalKind::Answer,
+                media: Some(msg.media),
+            };
+            if let Err(e) = signal::send(&core, &info.peer, answer).await {
+                let reason = match &e {
+                    SendFailure::Offline(_) => "offline",
+                    _ => "failed",
+                };
+                end(&core, &table, &info.id, reason);
+                return Err(failure(&info.peer, e));
+            }
+            if !table.borrow().calls.contains_key(&info.id) {
+                return Err(HostError::new("ended", "the caller hung up"));
+            }
+            tracing::info!(call = %info.id, peer = %info.peer, "call answered");
+            core.publish(HostEvent::CallState(info.clone()));
+            Ok((info, token))
+        })
+    }
+}
+
+/// Ends a call (`id` None: the current one). From a device's control (`token` set: only if
+/// that device still runs the call), the local API or D-Bus.
+#[derive(Message)]
+#[rtype(result = "Result<(), HostError>")]
+pub struct Hangup {
+    pub id: Option<CallId>,
+    pub token: Option<u64>,
+}
+
+impl Handler<Hangup> for CallManager {
+    type Result = Result<(), HostError>;
+    fn handle(&mut self, msg: Hangup, _: &mut Self::Context) -> Self::Result {
+        let found = {
+            let t = self.table.borrow();
+            let call = match msg.id {
+                Some(id) => t.calls.get(&id),
+                None => t.current(),
+            };
+            call.filter(|c| {
+                msg.token
+                    .is_none_or(|token| c.device.as_ref().is_some_and(|(d, _)| *d == token))
+            })
+            .map(|c| (c.info.id, c.info.outgoing, c.info.state))
+        };
+        let Some((id, outgoing, state)) = found else {
+            if msg.token.is_some() {
+                return Ok(()); // that device's call is already over
+            }
+            return Err(HostError::new("not-found", "no such call"));
+        };
+        let (kind, reason) = if !outgoing && state == CallState::Ringing {
+            (SignalKind::Decline, "declined")
+        } else {
+            (SignalKind::Hangup, "hangup")
+        };
+        if let Some(info) = end(&self.core, &self.table, &id, reason) {
+            send_later(
+                &self.core,
+                &info.peer,
+                CallSignal {
+                    call_id: id,
+                    kind,
+                    media: None,
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// All calls ringing or active.
+#[derive(Message)]
+#[rtype(result = "Vec<CallInfo>")]
+pub struct ListCalls;
+
+impl Handler<ListCalls> for CallManager {
+    type Result = Vec<CallInfo>;
+    fn handle(&mut self, _: ListCalls, _: &mut Self::Context) -> Self::Result {
+        self.table
+            .borrow()
+            .calls
+            .values()
+            .map(|c| c.info.clone())
+            .collect()
+    }
+}
+
+/// A signal from `from`'s host, already opened and checked by the router (the link's key is
+/// `from`'s, the box opened under `from`'s identity, `from` is not blocked).
+#[derive(Message)]
+#[rtype(result = "Result<(), IncomingError>")]
+pub struct SignalIn {
+    pub from: Username,
+    /// `from`'s identity bundle (the caller's, for an offer).
+    pub from_identity: Vec<u8>,
+    /// The time the sender put on the envelope.
+    pub time: i64,
+    pub signal: CallSignal,
+}
+
+impl Handler<SignalIn> for CallManager {
+    type Result = Result<(), IncomingError>;
+    fn handle(&mut self, msg: SignalIn, _: &mut Self::Context) -> Self::Result {
+        if (now_ms() - msg.time).abs() > SIGNAL_MAX_SKEW_MS {
+            return Err(IncomingError::Refused("stale call signal".into()));
+        }
+        let SignalIn {
+            from,
+            from_identity,
+            signal,
+            ..
+        } = msg;
+        let (core, table) = (&self.core, &self.table);
+        let id = signal.call_id;
+        if signal.kind == SignalKind::Offer {
+            return self.offered(from, from_identity, signal);
+        }
+        let call = table
+            .borrow()
+            .calls
+            .get(&id)
+            .filter(|c| c.info.peer == from)
+            .map(|c| (c.info.outgoing, c.info.state));
+        let Some((outgoing, state)) = call else {
+            // Unknown or already over: nothing to do (signals may cross on the wire).
+            return Ok(());
+        };
+        match signal.kind {
+            SignalKind::Offer => Ok(()),
+            SignalKind::Answer => {
+                let (Some(media), true, CallState::Ringing) = (signal.media, outgoing, state)
+                else {
+                    return Err(IncomingError::Refused("unexpected answer".into()));
+                };
+                let info = {
+                    let mut t = table.borrow_mut();
+                    let Some(call) = t.calls.get_mut(&id) else {
+                        return Ok(());
+                    };
+                    call.info.state = CallState::Active;
+                    call.info.since = now_ms();
+                    call.info.peer_media = Some(media.clone());
+                    if let Some((_, device)) = &call.device {
+                        let _ = device.send(DeviceNotice::Answered(media));
+                    }
+                    call.info.clone()
+                };
+                tracing::info!(call = %id, peer = %from, "call picked up");
+                core.publish(HostEvent::CallState(info));
+                Ok(())
+            }
+            SignalKind::Decline | SignalKind::Busy if outgoing => {
+                let reason = if signal.kind == SignalKind::Busy {
+                    "busy"
+                } else {
+                    "declined"
+                };
+                end(core, table, &id, reason);
+                Ok(())
+            }
+            SignalKind::NoAnswer if !outgoing => {
+                end(core, table, &id, "missed");
+                Ok(())
+            }
+            SignalKind::Hangup => {
+                let reason = match (outgoing, state) {
+                    (false, CallState::Ringing) => "missed",
+                    (true, CallState::Ringing) => "no-answer",
+                    _ => "remote-hangup",
+                };
+                end(core, table, &id, reason);
+                Ok(())
+            }
+            _ => Err(IncomingError::Refused("unexpected call signal".into())),
+        }
+    }
+}
+
+impl CallManager {
+    /// An offer: ring, or answer "busy".
+    fn offered(
+        &self,
+        from: Username,
+        from_identity: Vec<u8>,
+        signal: CallSignal,
+    ) -> Result<(), IncomingError> {
+        let id = signal.call_id;
+        let Some(media) = signal.media else {
+            return Err(IncomingError::Refused("an offer without media".into()));
+        };
+        let me = self
+            .core
+            .me()
+            .map_err(|_| IncomingError::Refused("this host has no user".into()))?;
+        let busy = {
+            let t = self.table.borrow();
+            if t.calls.contains_key(&id) {
+                return Ok(()); // the same offer again
+            }
+            t.current().is_some()
+        };
+        let info = CallInfo {
+            id,
+            peer: from.clone(),
+            outgoing: false,
+            state: CallState::Ringing,
+            reason: String::new(),
+            caller_identity: from_identity,
+            callee_identity: me.identity.to_bytes().to_vec(),
+            video: media.video,
+            audio: media.audio,
+            peer_media: Some(media),
+            since: now_ms(),
+        };
+        if busy {
+            tracing::info!(call = %id, peer = %from, "a call came in during another; answered busy");
+            let mut missed = info;
+            missed.state = CallState::Ended;
+            missed.reason = "busy".into();
+            self.core.publish(HostEvent::CallState(missed));
+            send_later(
+                &self.core,
+                &from,
+                CallSignal {
+                    call_id: id,
+                    kind: SignalKind::Busy,
+                    media: None,
+                },
+            );
+            return Ok(());
+        }
+        self.table.borrow_mut().calls.insert(
+            id,
+            Call {
+                info: info.clone(),
+                device: None,
+            },
+        );
+        tracing::info!(call = %id, peer = %from, "incoming call");
+        self.core.publish(HostEvent::CallIncoming(info));
+        let (core, table) = (self.core.clone(), self.table.clone());
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(core.config.ring_timeout + CALLEE_GRACE).await;
+            let ringing = table
+                .borrow()
+                .calls
+                .get(&id)
+                .is_some_and(|c| c.info.state == CallState::Ringing);
+            if ringing {
+                if let Some(info) = end(&core, &table, &id, "missed") {
+                    send_later(
+                        &core,
+                        &info.peer,
+                        CallSignal {
+                            call_id: id,
+                            kind: SignalKind::Hangup,
+                            media: None,
+                        },
+                    );
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Registers the device that runs calls started from D-Bus; returns its token.
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct RegisterAgent(pub mpsc::UnboundedSender<AgentRequest>);
+
+impl Handler<RegisterAgent> for CallManager {
+    type Result = u64;
+    fn handle(&mut self, msg: RegisterAgent, _: &mut Self::Context) -> u64 {
+        let mut t = self.table.borrow_mut();
+        let token = t.token();
+        t.agent = Some((token, msg.0));
+        token
+    }
+}
+
+/// The agent with this token left.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct UnregisterAgent(pub u64);
+
+impl Handler<UnregisterAgent> for CallManager {
+    type Result = ();
+    fn handle(&mut self, msg: UnregisterAgent, _: &mut Self::Context) {
+        let mut t = self.table.borrow_mut();
+        if t.agent.as_ref().is_some_and(|(token, _)| *token == msg.0) {
+            t.agent = None;
+        }
+    }
+}
+
+/// D-Bus asks the registered agent to place or answer a call.
+#[derive(Message)]
+#[rtype(result = "Result<CallId, HostError>")]
+pub struct ViaAgent {
+    pub place: Option<(String, bool, bool)>,
+    pub answer: Option<CallId>,
+}
+
+impl Handler<ViaAgent> for CallManager {
+    type Result = ResponseFuture<Result<CallId, HostError>>;
+    fn handle(&mut self, msg: ViaAgent, _: &mut Self::Context) -> Self::Result {
+        let agent = self.table.borrow().agent.as_ref().map(|(_, a)| a.clone());
+        Box::pin(async move {
+            let agent = agent.ok_or_else(|| {
+                HostError::new(
+                    "no-device",
+                    "no device runs calls for this host; start `smvsctl agent` in your session",
+                )
+            })?;
+            let (reply, answer) = oneshot::channel();
+            let request = match (msg.place, msg.answer) {
+                (Some((peer, video, audio)), _) => AgentRequest::Place {
+                    peer: user(&peer)?,
+                    video,
+                    audio,
+                    reply,
+                },
+                (None, Some(id)) => AgentRequest::Answer { id, reply },
+                (None, None) => return Err(HostError::bad_request("nothing to do")),
+            };
+            agent
+                .send(request)
+                .map_err(|_| HostError::new("no-device", "the call agent left"))?;
+            answer
+                .await
+                .map_err(|_| HostError::new("no-device", "the call agent left"))?
+        })
+    }
+}

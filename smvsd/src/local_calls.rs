@@ -1,0 +1,297 @@
+//! The call part of the local API: placing, answering and ending calls for a device, and the
+//! call agent that runs calls started over D-Bus.
+//!
+//! A device that places or answers a call passes a `CallDevice` capability; a task here forwards
+//! the call manager's notices (answered, ended) to it. The device gets back a `CallControl`;
+//! when the device lets it go — or its connection drops — the call is hung up.
+
+use std::rc::Rc;
+
+use actix::Addr;
+use smvs_schema::local_capnp::{
+    call_agent, call_control, call_device, call_info, call_media, host,
+};
+use tokio::sync::mpsc;
+
+use crate::calls::{
+    AgentRequest, AnswerCall, CallId, CallInfo, CallManager, CallState, DeviceNotice, Hangup,
+    Media, PlaceCall, RegisterAgent, UnregisterAgent,
+};
+use crate::error::HostError;
+
+fn mailbox<T>(r: Result<T, actix::MailboxError>) -> Result<T, capnp::Error> {
+    r.map_err(|_| HostError::new("internal", "the host is shutting down").into())
+}
+
+pub fn read_media(m: call_media::Reader<'_>) -> Result<Media, capnp::Error> {
+    let address = m
+        .get_address()?
+        .to_str()
+        .map_err(|_| HostError::bad_request("media address is not UTF-8"))?;
+    Media::parse(m.get_public_key()?, address, m.get_video(), m.get_audio())
+        .map_err(|e| HostError::bad_request(e).into())
+}
+
+fn write_media(mut b: call_media::Builder<'_>, m: &Media) {
+    b.set_public_key(&m.public_key);
+    b.set_address(m.address.to_string());
+    b.set_video(m.video);
+    b.set_audio(m.audio);
+}
+
+pub fn call_state(s: CallState) -> smvs_schema::local_capnp::CallState {
+    match s {
+        CallState::Ringing => smvs_schema::local_capnp::CallState::Ringing,
+        CallState::Active => smvs_schema::local_capnp::CallState::Active,
+        CallState::Ended => smvs_schema::local_capnp::CallState::Ended,
+    }
+}
+
+pub fn write_info(mut b: call_info::Builder<'_>, info: &CallInfo) {
+    b.set_id(&info.id.0);
+    b.set_peer(info.peer.as_str());
+    b.set_outgoing(info.outgoing);
+    b.set_state(call_state(info.state));
+    b.set_reason(&info.reason);
+    b.set_caller_identity(&info.caller_identity);
+    b.set_callee_identity(&info.callee_identity);
+    b.set_since(info.since);
+    if let Some(media) = &info.peer_media {
+        b.set_has_peer_media(true);
+        write_media(b.init_peer_media(), media);
+    }
+}
+
+fn call_id(raw: &[u8]) -> Result<Option<CallId>, capnp::Error> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    CallId::from_slice(raw)
+        .map(Some)
+        .ok_or_else(|| HostError::bad_request("a call id is 16 bytes").into())
+}
+
+/// Forwards the call manager's notices to the device, in order, until the call ends.
+fn forward_notices(mut rx: mpsc::UnboundedReceiver<DeviceNotice>, device: call_device::Client) {
+    tokio::task::spawn_local(async move {
+        while let Some(notice) = rx.recv().await {
+            let done = matches!(notice, DeviceNotice::Ended(_));
+            let sent = match notice {
+                DeviceNotice::Answered(media) => {
+                    let mut request = device.answered_request();
+                    write_media(request.get().init_media(), &media);
+                    request.send().promise.await.map(drop)
+                }
+                DeviceNotice::Ended(reason) => {
+                    let mut request = device.ended_request();
+                    request.get().set_reason(&reason);
+                    request.send().promise.await.map(drop)
+                }
+            };
+            if sent.is_err() || done {
+                return;
+            }
+        }
+    });
+}
+
+struct CallControlRpc {
+    calls: Addr<CallManager>,
+    id: CallId,
+    token: u64,
+}
+
+impl call_control::Server for CallControlRpc {
+    async fn hangup(
+        self: Rc<Self>,
+        _: call_control::HangupParams,
+        _: call_control::HangupResults,
+    ) -> Result<(), capnp::Error> {
+        mailbox(
+            self.calls
+                .send(Hangup {
+                    id: Some(self.id),
+                    token: Some(self.token),
+                })
+                .await,
+        )??;
+        Ok(())
+    }
+}
+
+impl Drop for CallControlRpc {
+    fn drop(&mut self) {
+        // The device let go of its call (or its connection dropped): the call is over.
+        self.calls.do_send(Hangup {
+            id: Some(self.id),
+            token: Some(self.token),
+        });
+    }
+}
+
+pub async fn place(
+    calls: &Addr<CallManager>,
+    params: host::PlaceCallParams,
+    mut results: host::PlaceCallResults,
+) -> Result<(), capnp::Error> {
+    let (peer, media, device) = {
+        let p = params.get()?;
+        let peer = p
+            .get_peer()?
+            .to_str()
+            .map_err(|_| HostError::bad_request("text is not UTF-8"))?
+            .to_owned();
+        (peer, read_media(p.get_media()?)?, p.get_device()?)
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (info, token) = mailbox(
+        calls
+            .send(PlaceCall {
+                peer,
+                media,
+                device: tx,
+            })
+            .await,
+    )??;
+    forward_notices(rx, device);
+    let mut r = results.get();
+    write_info(r.reborrow().init_call(), &info);
+    r.set_control(capnp_rpc::new_client(CallControlRpc {
+        calls: calls.clone(),
+        id: info.id,
+        token,
+    }));
+    Ok(())
+}
+
+pub async fn answer(
+    calls: &Addr<CallManager>,
+    params: host::AnswerCallParams,
+    mut results: host::AnswerCallResults,
+) -> Result<(), capnp::Error> {
+    let (id, media, device) = {
+        let p = params.get()?;
+        (
+            call_id(p.get_id()?)?,
+            read_media(p.get_media()?)?,
+            p.get_device()?,
+        )
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (info, token) = mailbox(
+        calls
+            .send(AnswerCall {
+                id,
+                media,
+                device: tx,
+            })
+            .await,
+    )??;
+    forward_notices(rx, device);
+    let mut r = results.get();
+    write_info(r.reborrow().init_call(), &info);
+    r.set_control(capnp_rpc::new_client(CallControlRpc {
+        calls: calls.clone(),
+        id: info.id,
+        token,
+    }));
+    Ok(())
+}
+
+pub async fn hangup(
+    calls: &Addr<CallManager>,
+    params: host::HangupCallParams,
+) -> Result<(), capnp::Error> {
+    let id = call_id(params.get()?.get_id()?)?;
+    mailbox(calls.send(Hangup { id, token: None }).await)??;
+    Ok(())
+}
+
+pub async fn list(
+    calls: &Addr<CallManager>,
+    mut results: host::CallsResults,
+) -> Result<(), capnp::Error> {
+    let all = mailbox(calls.send(crate::calls::ListCalls).await)?;
+    let mut list = results
+        .get()
+        .init_calls(u32::try_from(all.len()).unwrap_or(0));
+    for (i, info) in all.iter().enumerate() {
+        write_info(list.reborrow().get(u32::try_from(i).unwrap_or(0)), info);
+    }
+    Ok(())
+}
+
+struct AgentRegistration {
+    calls: Addr<CallManager>,
+    token: u64,
+}
+
+impl smvs_schema::local_capnp::subscription::Server for AgentRegistration {}
+
+impl Drop for AgentRegistration {
+    fn drop(&mut self) {
+        self.calls.do_send(UnregisterAgent(self.token));
+    }
+}
+
+pub async fn register_agent(
+    calls: &Addr<CallManager>,
+    params: host::RegisterCallAgentParams,
+    mut results: host::RegisterCallAgentResults,
+) -> Result<(), capnp::Error> {
+    let agent = params.get()?.get_agent()?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<AgentRequest>();
+    let token = mailbox(calls.send(RegisterAgent(tx)).await)?;
+    tokio::task::spawn_local(async move {
+        while let Some(request) = rx.recv().await {
+            let agent = agent.clone();
+            // Each request on its own: placing a call waits for the peer's host.
+            tokio::task::spawn_local(async move {
+                let refused = |e: capnp::Error| HostError::new("no-device", e.extra);
+                match request {
+                    AgentRequest::Place {
+                        peer,
+                        video,
+                        audio,
+                        reply,
+                    } => {
+                        let mut r = agent.place_request();
+                        r.get().set_peer(peer.as_str());
+                        r.get().set_video(video);
+                        r.get().set_audio(audio);
+                        let result = match r.send().promise.await {
+                            Ok(answer) => answer
+                                .get()
+                                .and_then(|a| a.get_id())
+                                .map_err(refused)
+                                .and_then(|id| {
+                                    CallId::from_slice(id).ok_or_else(|| {
+                                        HostError::new("no-device", "the agent sent a bad call id")
+                                    })
+                                }),
+                            Err(e) => Err(refused(e)),
+                        };
+                        let _ = reply.send(result);
+                    }
+                    AgentRequest::Answer { id, reply } => {
+                        let mut r = agent.answer_request();
+                        r.get().set_id(&id.0);
+                        let result = r.send().promise.await.map(|_| id).map_err(refused);
+                        let _ = reply.send(result);
+                    }
+                }
+            });
+        }
+    });
+    results
+        .get()
+        .set_registration(capnp_rpc::new_client(AgentRegistration {
+            calls: calls.clone(),
+            token,
+        }));
+    Ok(())
+}
+
+// Silences "unused" for the agent's client type when only requests are built.
+#[allow(dead_code)]
+type Agent = call_agent::Client;
