@@ -486,3 +486,253 @@ fn a_per_user_smvsd_raises_notifications_itself_on_the_session_bus() {
     assert_eq!(found.1, "New message from alice");
     assert!(!found.1.contains("secret"));
 }
+
+/// The calls of `org.smvs.Daemon1` with the agent as the device that runs them: PlaceCall,
+/// AnswerCall and HangupCall over busctl, CallIncoming and CallStateChanged on the bus, and
+/// the agent's descriptors and threads after several calls.
+#[test]
+fn calls_over_dbus_run_in_the_agent() {
+    use std::io::BufRead;
+    ensure_daemon_user();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    let system = TestBus::system_like(ROOT_OWNS).unwrap();
+    let session = TestBus::session_like().unwrap();
+    let alice = host_on_bus("alice", &dir, "127.0.0.1", &system);
+    alice.register().unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    bob.register().unwrap();
+    alice.send("bob", "hello").unwrap();
+    bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+
+    // Without an agent there is no device to run a call.
+    let out = call(
+        &system.address,
+        "PlaceCall",
+        "sbb",
+        &["bob", "true", "true"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("smvsctl agent"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every call signal on alice's bus, in order.
+    let signals = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Vec<String>)>::new()));
+    let recorded = signals.clone();
+    let address = system.address.clone();
+    let listening = rt.block_on(async move {
+        let connection = zbus::connection::Builder::address(address.as_str())
+            .build()
+            .await
+            .unwrap();
+        let proxy = zbus::Proxy::new(
+            &connection,
+            "org.smvs.Daemon1",
+            "/org/smvs/Daemon1",
+            "org.smvs.Daemon1",
+        )
+        .await
+        .unwrap();
+        let mut states = proxy.receive_signal("CallStateChanged").await.unwrap();
+        let mut rings = proxy.receive_signal("CallIncoming").await.unwrap();
+        tokio::spawn(async move {
+            let _keep = connection;
+            loop {
+                let entry = tokio::select! {
+                    Some(s) = states.next() => {
+                        let (id, peer, state, reason): (String, String, String, String) =
+                            s.body().deserialize().unwrap();
+                        ("CallStateChanged".to_string(), vec![id, peer, state, reason])
+                    }
+                    Some(s) = rings.next() => {
+                        let (id, peer, _video, _audio): (String, String, bool, bool) =
+                            s.body().deserialize().unwrap();
+                        ("CallIncoming".to_string(), vec![id, peer])
+                    }
+                    else => return,
+                };
+                recorded.lock().unwrap().push(entry);
+            }
+        })
+    });
+
+    let agent = Command::new(smvs_tests::daemon::binary("smvsctl").unwrap())
+        .arg("--socket")
+        .arg(&alice.socket)
+        .args([
+            "agent", "--video", "test", "--audio", "test", "--sink", "null",
+        ])
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &system.address)
+        .env("DBUS_SESSION_BUS_ADDRESS", &session.address)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut agent = KillOnDrop(agent);
+    let mut ready = String::new();
+    std::io::BufReader::new(agent.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(ready.contains("relaying"), "{ready:?}");
+    let agent_pid = agent.0.id();
+    let resources = || {
+        let count = |what: &str| {
+            std::fs::read_dir(format!("/proc/{agent_pid}/{what}"))
+                .unwrap()
+                .count()
+        };
+        (count("fd"), count("task"))
+    };
+    let media = ["--video", "test", "--audio", "test", "--sink", "null"];
+    let spawn_bob = |args: &[&str]| {
+        bob.ctl_command(args)
+            .unwrap()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let bob_json = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "bob: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let wait_for = |what: &dyn Fn(&[(String, Vec<String>)]) -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !what(&signals.lock().unwrap()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "signals: {:?}",
+                signals.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let ended_calls = |s: &[(String, Vec<String>)]| {
+        s.iter()
+            .filter(|(name, args)| name == "CallStateChanged" && args[2] == "ended")
+            .count()
+    };
+
+    // 1. PlaceCall: the agent rings bob, bob picks up and hangs up after 3 s.
+    let mut args = vec!["answer", "--wait", "30", "--duration", "3", "--stats"];
+    args.extend(media);
+    let answering = spawn_bob(&args);
+    let out = call(
+        &system.address,
+        "PlaceCall",
+        "sbb",
+        &["bob", "true", "true"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("s ")
+        .trim_matches('"')
+        .to_string();
+    assert_eq!(id.len(), 32, "{id}");
+    let answered = bob_json(answering);
+    assert!(
+        answered["stats"]["video_frames_decoded"].as_u64().unwrap() >= 60,
+        "{answered}"
+    );
+    assert!(
+        answered["stats"]["audio_packets_decoded"].as_u64().unwrap() > 100,
+        "{answered}"
+    );
+    wait_for(&|s| ended_calls(s) == 1);
+    {
+        let s = signals.lock().unwrap();
+        let states: Vec<(&str, &str)> = s
+            .iter()
+            .filter(|(name, args)| name == "CallStateChanged" && args[0] == id)
+            .map(|(_, a)| (a[2].as_str(), a[3].as_str()))
+            .collect();
+        assert_eq!(
+            states,
+            [("ringing", ""), ("active", ""), ("ended", "remote-hangup")]
+        );
+    }
+    // The agent's media is gone: give it a moment, then take its measure.
+    std::thread::sleep(Duration::from_millis(500));
+    let after_first = resources();
+
+    // 2. bob calls alice: CallIncoming on alice's bus; AnswerCall runs it in the agent.
+    let mut args = vec!["call", "alice", "--duration", "3", "--stats"];
+    args.extend(media);
+    let calling = spawn_bob(&args);
+    wait_for(&|s| s.iter().any(|(name, _)| name == "CallIncoming"));
+    let out = call(&system.address, "AnswerCall", "s", &[""]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let called = bob_json(calling);
+    assert_eq!(called["ended"], "hangup");
+    assert!(
+        called["stats"]["video_frames_decoded"].as_u64().unwrap() >= 60,
+        "{called}"
+    );
+    wait_for(&|s| ended_calls(s) == 2);
+
+    // 3. HangupCall ends a call the agent runs, on both sides.
+    let mut args = vec!["answer", "--wait", "30", "--stats"];
+    args.extend(media);
+    let answering = spawn_bob(&args);
+    let out = call(
+        &system.address,
+        "PlaceCall",
+        "sbb",
+        &["bob", "false", "true"],
+    );
+    assert!(out.status.success());
+    wait_for(&|s| {
+        s.iter()
+            .filter(|(name, a)| name == "CallStateChanged" && a[2] == "active")
+            .count()
+            == 3
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let out = call(&system.address, "HangupCall", "s", &[""]);
+    assert!(out.status.success());
+    let answered = bob_json(answering);
+    assert_eq!(answered["ended"], "remote-hangup");
+    assert!(answered["stats"]["audio_packets_decoded"].as_u64().unwrap() > 0);
+    // PlaceCall asked for audio only: the agent sent no video.
+    assert_eq!(answered["stats"]["video_frames_received"], 0, "{answered}");
+    wait_for(&|s| ended_calls(s) == 3);
+
+    // Two more calls left the agent holding no more descriptors or threads than one did.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = resources();
+        if now.0 <= after_first.0 && now.1 <= after_first.1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent fds/threads {now:?} after three calls, {after_first:?} after one"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent.0.try_wait().unwrap().is_none(), "the agent exited");
+    listening.abort();
+}
