@@ -79,6 +79,7 @@ bench: deps
 	$(CARGO) build --release --workspace --bins $(LOCKED)
 	bash scripts/with-postgres.sh $(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-messages
+	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-calls
 
 lint: deps
 	$(CARGO) fmt --all -- --check

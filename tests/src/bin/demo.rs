@@ -1,6 +1,7 @@
 //! `make demo`: the main job on loopback. A directory, and two users each with their own host
-//! (smvs-keyguard + smvsd); alice and bob register, write to each other both ways, and their
-//! histories are printed as `smvsctl` shows them. Everything is stopped at the end.
+//! (smvs-keyguard + smvsd); alice and bob register, write to each other both ways, their
+//! histories are printed as `smvsctl` shows them, and they make a 3-second video call with test
+//! sources (the media runs in the two smvsctl processes). Everything is stopped at the end.
 
 use std::time::Duration;
 
@@ -70,6 +71,39 @@ fn main() -> anyhow::Result<()> {
     print!("{}", alice.ctl_ok(&["verify", "bob"])?);
     println!("\n$ smvsctl verify alice     (on bob's host)");
     print!("{}", bob.ctl_ok(&["verify", "alice"])?);
+
+    let media = ["--video", "test", "--audio", "test", "--sink", "null"];
+    println!("\n$ smvsctl answer --wait 30 --video test --audio test --sink null --stats   (on bob's host, waits)");
+    let mut answer = vec!["answer", "--wait", "30", "--stats"];
+    answer.extend(media);
+    let answering = bob
+        .ctl_command(&answer)?
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    println!("$ smvsctl call bob --video test --audio test --sink null --duration 3 --stats   (on alice's host)");
+    let mut call = vec!["call", "bob", "--duration", "3", "--stats"];
+    call.extend(media);
+    let called = alice.ctl_ok(&call)?;
+    let answered = answering.wait_with_output()?;
+    for (who, text) in [
+        ("alice", called),
+        ("bob", String::from_utf8(answered.stdout)?),
+    ] {
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let s = &v["stats"];
+        println!(
+            "{who}: call with {} ended ({}) after {:.1} s: sent {} frames, decoded {} of the other's, {} audio packets decoded, {:.0} kbit/s in, rtt {} ms, {} packets refused",
+            v["peer"].as_str().unwrap_or("?"),
+            v["ended"].as_str().unwrap_or("?"),
+            v["duration_s"].as_f64().unwrap_or(0.0),
+            s["video_frames_sent"],
+            s["video_frames_decoded"],
+            s["audio_packets_decoded"],
+            s["bitrate_received_kbps"].as_f64().unwrap_or(0.0),
+            s["rtt_ms"].as_f64().map(|r| format!("{r:.1}")).unwrap_or_else(|| "?".into()),
+            s["auth_failed"].as_u64().unwrap_or(0) + s["replayed"].as_u64().unwrap_or(0),
+        );
+    }
 
     let (mut alice, mut bob) = (alice, bob);
     println!(
