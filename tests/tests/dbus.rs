@@ -487,6 +487,9 @@ fn a_per_user_smvsd_raises_notifications_itself_on_the_session_bus() {
     assert!(!found.1.contains("secret"));
 }
 
+/// A signal seen on the bus: its name and its arguments as text.
+type Signal = (String, Vec<String>);
+
 /// The calls of `org.smvs.Daemon1` with the agent as the device that runs them: PlaceCall,
 /// AnswerCall and HangupCall over busctl, CallIncoming and CallStateChanged on the bus, and
 /// the agent's descriptors and threads after several calls.
@@ -527,9 +530,11 @@ fn calls_over_dbus_run_in_the_agent() {
     );
 
     // Every call signal on alice's bus, in order.
-    let signals = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Vec<String>)>::new()));
+    let signals = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Signal>::new()));
     let recorded = signals.clone();
     let address = system.address.clone();
+    // The block subscribes, then hands back the task that goes on recording.
+    #[allow(clippy::async_yields_async)]
     let listening = rt.block_on(async move {
         let connection = zbus::connection::Builder::address(address.as_str())
             .build()
@@ -545,7 +550,8 @@ fn calls_over_dbus_run_in_the_agent() {
         .unwrap();
         let mut states = proxy.receive_signal("CallStateChanged").await.unwrap();
         let mut rings = proxy.receive_signal("CallIncoming").await.unwrap();
-        tokio::spawn(async move {
+        // Subscribed once this returns; the recording runs on.
+        let recorder = async move {
             let _keep = connection;
             loop {
                 let entry = tokio::select! {
@@ -563,7 +569,8 @@ fn calls_over_dbus_run_in_the_agent() {
                 };
                 recorded.lock().unwrap().push(entry);
             }
-        })
+        };
+        tokio::spawn(recorder)
     });
 
     let agent = Command::new(smvs_tests::daemon::binary("smvsctl").unwrap())
@@ -610,7 +617,7 @@ fn calls_over_dbus_run_in_the_agent() {
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    let wait_for = |what: &dyn Fn(&[(String, Vec<String>)]) -> bool| {
+    let wait_for = |what: &dyn Fn(&[Signal]) -> bool| {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !what(&signals.lock().unwrap()) {
             assert!(
@@ -621,7 +628,7 @@ fn calls_over_dbus_run_in_the_agent() {
             std::thread::sleep(Duration::from_millis(20));
         }
     };
-    let ended_calls = |s: &[(String, Vec<String>)]| {
+    let ended_calls = |s: &[Signal]| {
         s.iter()
             .filter(|(name, args)| name == "CallStateChanged" && args[2] == "ended")
             .count()
