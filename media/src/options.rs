@@ -48,7 +48,9 @@ pub struct MediaOptions {
     pub audio_kbps: u32,
     /// Stamp outgoing frames with the wall clock and read the peer's stamps to measure
     /// glass-to-glass latency (meaningful only when both ends share a clock, i.e. run on the
-    /// same machine; see [`crate::probe`]). Overwrites the top 16 rows of outgoing video.
+    /// same machine; see [`crate::probe`]). Overwrites the top 16 rows of outgoing video. With
+    /// [`Sink::Null`] it also makes the video sink wait for each frame's presentation time, as
+    /// a display does (without the probe a null sink discards frames on arrival).
     pub latency_probe: bool,
     /// Seal every packet (always true in a real call). `false` exists only so the benchmark can
     /// measure the same pipeline without the AEAD: packets then travel in clear, unauthenticated.

@@ -7,7 +7,7 @@
 //!            -> rtpbin.send_rtp_sink_1 ; send_rtp_src_1 -> appsink "artp_out"
 //!        rtpbin.send_rtcp_src_{0,1} -> appsink "vrtcp_out" / "artcp_out"
 //! recv:  appsrc "vrtp_in"/"vrtcp_in"/"artp_in"/"artcp_in" -> rtpbin.recv_rtp(c)p_sink_{0,1}
-//!        rtpbin recv_rtp_src_0_* -> rtpvp8depay -> vp8dec -> videoconvert -> sink
+//!        rtpbin recv_rtp_src_0_* -> rtpvp8depay -> vp8dec -> I420 [-> queue] -> videoconvert -> "vsink"
 //!        rtpbin recv_rtp_src_1_* -> rtpopusdepay -> opusdec -> audioconvert -> audioresample -> sink
 //! ```
 //! Session 0 is video, session 1 audio. The appsinks and appsrcs are where [`crate::session`]
@@ -17,6 +17,9 @@ use crate::options::{AudioSource, MediaOptions, Sink, VideoSource};
 use crate::stats::JITTER_BUFFER_MS;
 
 pub(crate) const VIDEO_PT: u32 = 96;
+/// The receive video branch's sink and the converter in front of it.
+pub(crate) const VIDEO_SINK: &str = "vsink";
+pub(crate) const VIDEO_CONVERT: &str = "vconvert";
 pub(crate) const AUDIO_PT: u32 = 111;
 pub(crate) const VIDEO_CLOCK_RATE: i32 = 90_000;
 pub(crate) const AUDIO_CLOCK_RATE: i32 = 48_000;
@@ -92,16 +95,34 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
     d.push(format!("rtpbin.send_rtcp_src_1 ! {}", appsink("artcp_out")));
 
     let (vsink, asink) = match options.sink {
-        Sink::Window => (window_sink, "autoaudiosink"),
+        Sink::Window => (format!("{window_sink} name={VIDEO_SINK}"), "autoaudiosink"),
+        // With the latency probe the video sink behaves as a display: it holds each frame until
+        // its running time plus the pipeline latency (sync=true) and renders it then, where the
+        // probe reads the stamp (handoff). It has no QoS, so late frames are rendered late, not
+        // dropped: they count in the latency and nothing feeds back to the decoder. Without the
+        // probe it renders on arrival, as before.
         Sink::Null => (
-            "fakesink sync=false async=false",
+            format!(
+                "fakesink name={VIDEO_SINK} sync={probe} async=false signal-handoffs={probe}",
+                probe = options.latency_probe
+            ),
             "fakesink sync=false async=false",
         ),
+    };
+    // A sink that syncs blocks its streaming thread until each frame's presentation time; a
+    // queue in front of it keeps the decoder on its own thread, decoding frames as they arrive
+    // rather than one presentation interval late. Bounded by time only (250 ms, well above the
+    // ~70 ms a frame waits), so frame size does not matter; when a sink falls that far behind
+    // the decoder waits for it, as without the queue.
+    let vqueue = if options.sink == Sink::Window || options.latency_probe {
+        "! queue name=vqueue max-size-buffers=0 max-size-bytes=0 max-size-time=250000000 "
+    } else {
+        ""
     };
     // The decoder's output is forced to I420 so the latency probe can read it.
     d.push(format!(
         "rtpvp8depay name=vdepay request-keyframe=true wait-for-keyframe=true ! vp8dec name=vdec ! capsfilter caps=video/x-raw,format=I420 \
-         ! videoconvert ! {vsink}"
+         {vqueue}! videoconvert name={VIDEO_CONVERT} ! {vsink}"
     ));
     d.push(format!(
         "rtpopusdepay name=adepay ! opusdec name=adec ! audioconvert ! audioresample ! {asink}"
@@ -188,5 +209,32 @@ mod tests {
         let d = describe(&MediaOptions::default(), "ximagesink");
         assert!(!d.contains("ximagesink"));
         assert!(d.contains("vp8enc") && d.contains("bitrate-type=cbr"));
+    }
+
+    #[test]
+    fn probe_makes_the_null_video_sink_wait_for_presentation() {
+        let d = describe(&MediaOptions::default(), "ximagesink");
+        assert!(d.contains("fakesink name=vsink sync=false async=false signal-handoffs=false"));
+        assert!(!d.contains("queue"));
+        let d = describe(
+            &MediaOptions {
+                latency_probe: true,
+                ..MediaOptions::default()
+            },
+            "ximagesink",
+        );
+        assert!(d.contains("fakesink name=vsink sync=true async=false signal-handoffs=true"));
+        assert!(d.contains("I420 ! queue name=vqueue"));
+        // The audio sink is untouched.
+        assert!(d.contains("audioresample ! fakesink sync=false async=false"));
+        let d = describe(
+            &MediaOptions {
+                sink: Sink::Window,
+                latency_probe: true,
+                ..MediaOptions::default()
+            },
+            "ximagesink",
+        );
+        assert!(d.contains("videoconvert name=vconvert ! ximagesink name=vsink"));
     }
 }

@@ -52,6 +52,9 @@ pub(crate) fn needed_elements(options: &MediaOptions) -> Vec<&'static str> {
         Sink::Window => e.push("autoaudiosink"),
         Sink::Null => e.push("fakesink"),
     }
+    if options.sink == Sink::Window || options.latency_probe {
+        e.push("queue"); // in front of the video sink that syncs
+    }
     match options.video {
         VideoSource::Test => e.push("videotestsrc"),
         VideoSource::Camera => e.extend(["v4l2src", "videoscale", "videorate"]),

@@ -4,16 +4,24 @@
 //! (milliseconds since the Unix epoch, low 32 bits, from `SystemTime`) as a row of black and
 //! white luma blocks along the top of the picture: four marker blocks `1010`, then the 32 bits,
 //! most significant first. Blocks are 16x16 pixels (smaller, down to 4x4, when the picture is
-//! narrower than 36 blocks). The receiver, after the decoder, averages the centre of each block
-//! (threshold 128), checks the marker, and subtracts the stamp from its own wall clock.
+//! narrower than 36 blocks). The receiver averages the centre of each block (threshold 128),
+//! checks the marker, and subtracts the stamp from its own wall clock, twice:
 //!
-//! The difference is the latency from the sender's capture to the receiver's decoded picture
-//! only when both endpoints read the same clock, i.e. run on the same machine (as the tests and
-//! the benchmark do). Between machines it also contains their clock offset.
+//! * when the frame is presented (`glass_to_glass_ms`): a null video sink then syncs to the
+//!   pipeline clock as a display does, holding each frame until its running time plus the
+//!   pipeline latency (jitter buffer, 50 ms, and the sink's processing deadline, 20 ms), and
+//!   the stamp is read when it renders the frame; for a window sink, whose rendering cannot be
+//!   observed, the time recorded is its clock deadline for the frame (the window's own display
+//!   delay is not included);
+//! * when the frame leaves the decoder (`decode_latency_ms`).
+//!
+//! The differences are latencies from the sender's capture only when both endpoints read the
+//! same clock, i.e. run on the same machine (as the tests and the benchmark do). Between
+//! machines they also contain the clocks' offset.
 //!
 //! Frames are read only when their memory has GStreamer's default I420 layout (no padding),
-//! which is what `videotestsrc` produces and what `vp8dec` hands to a `fakesink`; any other
-//! layout is skipped rather than misread.
+//! which is what `videotestsrc` produces and what `vp8dec` hands on; any other layout is
+//! skipped rather than misread.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -112,7 +120,7 @@ pub fn latency_ms(stamp: u32, now: u32) -> Option<u32> {
     (d < MAX_LATENCY_MS).then_some(d)
 }
 
-/// Glass-to-glass latency summary.
+/// A latency summary in milliseconds (of `glass_to_glass_ms` or `decode_latency_ms`).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct GlassToGlass {
     pub samples: u64,

@@ -14,10 +14,10 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use smvs_crypto::AeadKey;
 
-use crate::options::MediaOptions;
-use crate::pipeline::{describe, AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE};
-use crate::probe;
-use crate::stats::{add, bump, rtp_session_stats, CallStats, Counters};
+use crate::options::{MediaOptions, Sink};
+use crate::pipeline::{describe, AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, VIDEO_CONVERT, VIDEO_SINK};
+use crate::probe::{self, Histogram};
+use crate::stats::{add, bump, frames_rendered, rtp_session_stats, CallStats, Counters};
 use crate::wire::{self, Replay, ReplayWindow, Stream, WireError};
 use crate::{MediaError, MediaKeys};
 
@@ -151,24 +151,153 @@ fn stamp_frames(pad: &gst::Pad) {
     });
 }
 
-/// Receiver side of the latency probe: read the stamps after the decoder.
-fn read_stamps(pad: &gst::Pad, shared: &Arc<Shared>) {
+/// Records into `hist` the latency of the stamped frame in `buffer` (caps from `pad`), as seen
+/// at wall-clock time `seen_ms` (see [`probe::now_ms32`]).
+fn record_stamp(pad: &gst::Pad, buffer: &gst::BufferRef, seen_ms: u32, hist: &Mutex<Histogram>) {
+    let Some((w, h)) = frame_size(pad) else {
+        return;
+    };
+    let Ok(map) = buffer.map_readable() else {
+        return;
+    };
+    if let Some(ms) =
+        probe::read_i420(map.as_slice(), w, h).and_then(|s| probe::latency_ms(s, seen_ms))
+    {
+        if let Ok(mut hist) = hist.lock() {
+            hist.record(ms);
+        }
+    }
+}
+
+/// Receiver side of the latency probe, decode time: read the stamps after the decoder.
+fn read_stamps_decoded(pad: &gst::Pad, shared: &Arc<Shared>) {
     let shared = Arc::clone(shared);
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-        let Some((w, h)) = frame_size(pad) else {
+        if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data {
+            let now = probe::now_ms32();
+            record_stamp(pad, buffer, now, &shared.counters.decoded_latency);
+        }
+        gst::PadProbeReturn::Ok
+    });
+}
+
+/// Receiver side of the latency probe, presentation time, null sink: the `fakesink` (sync=true,
+/// signal-handoffs=true) emits `handoff` when it renders a frame, i.e. after waiting on the
+/// clock for the frame's presentation time; read the stamp then.
+fn read_stamps_rendered(sink: &gst::Element, shared: &Arc<Shared>) -> Result<(), MediaError> {
+    if glib::subclass::signal::SignalId::lookup("handoff", sink.type_()).is_none() {
+        return Err(MediaError::Pipeline(format!(
+            "`{}` has no handoff signal",
+            sink.name()
+        )));
+    }
+    let shared = Arc::clone(shared);
+    sink.connect("handoff", false, move |args| {
+        let now = probe::now_ms32();
+        let buffer = args.get(1).and_then(|v| v.get::<gst::Buffer>().ok());
+        let pad = args.get(2).and_then(|v| v.get::<gst::Pad>().ok());
+        if let (Some(buffer), Some(pad)) = (buffer, pad) {
+            record_stamp(&pad, &buffer, now, &shared.counters.presented_latency);
+        }
+        None
+    });
+    Ok(())
+}
+
+fn int_property<T: for<'a> glib::value::FromValue<'a> + 'static>(
+    element: &gst::Element,
+    name: &str,
+) -> Option<T> {
+    element.find_property(name)?;
+    element.property_value(name).get::<T>().ok()
+}
+
+/// How long from now `sink` (a `GstBaseSink` with sync=true) will hold `buffer`, which is on
+/// its way to it through `pad`, before rendering it: as `GstBaseSink` computes its clock
+/// deadline, the buffer's running time + the pipeline latency + `ts-offset` - `render-delay`,
+/// less the clock's running time now; zero when the buffer is already late. None when any of
+/// those is unknown (no clock yet, no segment, no timestamp).
+fn presentation_wait(
+    sink: &gst::Element,
+    pad: &gst::Pad,
+    buffer: &gst::BufferRef,
+    latency: gst::ClockTime,
+) -> Option<Duration> {
+    let segment = pad.sticky_event::<gst::event::Segment>(0)?;
+    let segment = segment.segment().downcast_ref::<gst::ClockTime>()?;
+    let running = segment.to_running_time(buffer.pts()?)?;
+    let clock = sink.clock()?;
+    let now = clock.time().checked_sub(sink.base_time()?)?;
+    let ts_offset = int_property::<i64>(sink, "ts-offset").unwrap_or(0);
+    let render_delay = int_property::<u64>(sink, "render-delay").unwrap_or(0);
+    let mut deadline = running.nseconds().saturating_add(latency.nseconds());
+    deadline = if ts_offset < 0 {
+        deadline.saturating_sub(ts_offset.unsigned_abs())
+    } else {
+        deadline.saturating_add(ts_offset.unsigned_abs())
+    };
+    deadline = deadline.saturating_sub(render_delay);
+    Some(Duration::from_nanos(
+        deadline.saturating_sub(now.nseconds()),
+    ))
+}
+
+/// The latency the pipeline configures on its sinks: the largest minimum latency of its sinks
+/// (what `GstBin` distributes), or the latency set on the pipeline when that is larger.
+fn pipeline_latency(pipeline: &gst::Pipeline) -> Option<gst::ClockTime> {
+    let mut query = gst::query::Latency::new();
+    if !pipeline.query(&mut query) {
+        return None;
+    }
+    let (_live, min, _max) = query.result();
+    Some(pipeline.latency().map_or(min, |set| set.max(min)))
+}
+
+/// How often the window probe asks the pipeline for its latency.
+const LATENCY_REFRESH: Duration = Duration::from_secs(1);
+
+/// Receiver side of the latency probe, presentation time, window sink. A window sink renders
+/// in its own code, with no signal after its clock wait, so the stamp is read on `pad` (in
+/// front of the converter before the sink, where frames are still I420) and the latency
+/// recorded is to the moment the sink is scheduled to show the frame: its clock deadline (see
+/// [`presentation_wait`]), or now when the frame is already late. Not included: the
+/// converter's time for a frame that reaches the window after its deadline, and the window's
+/// own display delay (compositor, vertical sync, panel).
+fn read_stamps_scheduled(
+    pad: &gst::Pad,
+    sink: &gst::Element,
+    pipeline: &gst::Pipeline,
+    shared: &Arc<Shared>,
+) {
+    let shared = Arc::clone(shared);
+    let sink = sink.downgrade();
+    let pipeline = pipeline.downgrade();
+    let cached: Mutex<Option<(Instant, gst::ClockTime)>> = Mutex::new(None);
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let Some(gst::PadProbeData::Buffer(buffer)) = &info.data else {
             return gst::PadProbeReturn::Ok;
         };
-        if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data {
-            if let Ok(map) = buffer.map_readable() {
-                let now = probe::now_ms32();
-                if let Some(ms) =
-                    probe::read_i420(map.as_slice(), w, h).and_then(|s| probe::latency_ms(s, now))
-                {
-                    if let Ok(mut hist) = shared.counters.latency.lock() {
-                        hist.record(ms);
-                    }
+        let now = probe::now_ms32();
+        let latency = cached.lock().ok().and_then(|mut cached| {
+            if cached.is_none_or(|(at, _)| at.elapsed() >= LATENCY_REFRESH) {
+                if let Some(l) = pipeline.upgrade().and_then(|p| pipeline_latency(&p)) {
+                    *cached = Some((Instant::now(), l));
                 }
             }
+            *cached
+        });
+        let wait = match (sink.upgrade(), latency) {
+            (Some(sink), Some((_, l))) => presentation_wait(&sink, pad, buffer, l),
+            _ => None,
+        };
+        if let Some(wait) = wait {
+            let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+            record_stamp(
+                pad,
+                buffer,
+                now.wrapping_add(wait_ms),
+                &shared.counters.presented_latency,
+            );
         }
         gst::PadProbeReturn::Ok
     });
@@ -219,8 +348,8 @@ impl MediaSession {
         };
 
         let window_sink = match options.sink {
-            crate::Sink::Window => crate::plugins::pick_video_sink()?,
-            crate::Sink::Null => "fakesink",
+            Sink::Window => crate::plugins::pick_video_sink()?,
+            Sink::Null => "fakesink",
         };
         let pipeline = gst::parse::launch(&describe(&options, window_sink))
             .map_err(|e| MediaError::Pipeline(e.to_string()))?
@@ -368,7 +497,16 @@ impl MediaSession {
             if let Some(vcaps) = pipeline.by_name("vcaps") {
                 stamp_frames(&pad(&vcaps, "src")?);
             }
-            read_stamps(&pad(&vdec, "src")?, shared);
+            read_stamps_decoded(&pad(&vdec, "src")?, shared);
+            match self.options.sink {
+                Sink::Null => read_stamps_rendered(&element(pipeline, VIDEO_SINK)?, shared)?,
+                Sink::Window => read_stamps_scheduled(
+                    &pad(&element(pipeline, VIDEO_CONVERT)?, "sink")?,
+                    &element(pipeline, VIDEO_SINK)?,
+                    pipeline,
+                    shared,
+                ),
+            }
         }
 
         // The peer's streams appear as rtpbin pads once their first packets arrive.
@@ -413,9 +551,19 @@ impl MediaSession {
     pub fn stats(&self) -> CallStats {
         let video = rtp_session_stats(&self.rtpbin, 0, VIDEO_CLOCK_RATE);
         let audio = rtp_session_stats(&self.rtpbin, 1, AUDIO_CLOCK_RATE);
-        self.shared
-            .counters
-            .snapshot(self.started.elapsed(), self.options.encrypt, video, audio)
+        self.shared.counters.snapshot(
+            self.started.elapsed(),
+            self.options.encrypt,
+            video,
+            audio,
+            self.frames_presented(),
+        )
+    }
+
+    fn frames_presented(&self) -> u64 {
+        self.pipeline
+            .by_name(VIDEO_SINK)
+            .map_or(0, |sink| frames_rendered(&sink))
     }
 
     /// The first error any pipeline element reported (e.g. no display for the video window),
@@ -429,11 +577,12 @@ impl MediaSession {
     pub fn stop(mut self) -> CallStats {
         let video = rtp_session_stats(&self.rtpbin, 0, VIDEO_CLOCK_RATE);
         let audio = rtp_session_stats(&self.rtpbin, 1, AUDIO_CLOCK_RATE);
+        let presented = self.frames_presented();
         let elapsed = self.started.elapsed();
         self.shutdown();
         self.shared
             .counters
-            .snapshot(elapsed, self.options.encrypt, video, audio)
+            .snapshot(elapsed, self.options.encrypt, video, audio, presented)
     }
 
     fn shutdown(&mut self) {
@@ -541,5 +690,100 @@ impl Receiver {
         };
         // Flushing (stopping) or a full queue: the packet is lost, as on the network.
         let _ = input.push_buffer(gst::Buffer::from_mut_slice(opened.packet));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::collections::HashMap;
+
+    /// The window probe's predicted presentation time agrees with the moment a synced sink
+    /// actually renders the frame (a `fakesink`'s handoff).
+    #[test]
+    fn predicted_presentation_matches_a_synced_sink() {
+        crate::plugins::init().unwrap();
+        let pipeline = gst::parse::launch(
+            "videotestsrc is-live=true num-buffers=45 \
+             ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 \
+             ! videoconvert name=vconvert ! fakesink name=vsink sync=true signal-handoffs=true",
+        )
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let sink = pipeline.by_name("vsink").unwrap();
+        let pad = pipeline
+            .by_name("vconvert")
+            .unwrap()
+            .static_pad("sink")
+            .unwrap();
+        type Times = Arc<Mutex<HashMap<u64, (Instant, Duration)>>>;
+        let predicted: Times = Arc::default();
+        let rendered: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+        {
+            let predicted = Arc::clone(&predicted);
+            let (sink, pipeline) = (sink.downgrade(), pipeline.downgrade());
+            pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+                if let (Some(gst::PadProbeData::Buffer(b)), Some(sink), Some(p)) =
+                    (&info.data, sink.upgrade(), pipeline.upgrade())
+                {
+                    let latency = pipeline_latency(&p).unwrap();
+                    if let Some(wait) = presentation_wait(&sink, pad, b, latency) {
+                        let pts = b.pts().unwrap().nseconds();
+                        let now = Instant::now();
+                        predicted.lock().unwrap().insert(pts, (now + wait, wait));
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
+        {
+            let rendered = Arc::clone(&rendered);
+            sink.connect("handoff", false, move |args| {
+                let b = args[1].get::<gst::Buffer>().unwrap();
+                let pts = b.pts().unwrap().nseconds();
+                rendered.lock().unwrap().insert(pts, Instant::now());
+                None
+            });
+        }
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let bus = pipeline.bus().unwrap();
+        let msg = bus.timed_pop_filtered(
+            gst::ClockTime::from_seconds(10),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        );
+        assert!(matches!(
+            msg.map(|m| m.type_()),
+            Some(gst::MessageType::Eos)
+        ));
+        assert_eq!(frames_rendered(&sink), 45);
+        let _ = pipeline.set_state(gst::State::Null);
+
+        let predicted = predicted.lock().unwrap();
+        let rendered = rendered.lock().unwrap();
+        let mut errors: Vec<f64> = Vec::new();
+        let mut waits: Vec<Duration> = Vec::new();
+        for (pts, (at, wait)) in predicted.iter() {
+            let actual = rendered
+                .get(pts)
+                .expect("every predicted frame was rendered");
+            let err = if *actual > *at {
+                (*actual - *at).as_secs_f64()
+            } else {
+                -(*at - *actual).as_secs_f64()
+            };
+            errors.push(err * 1000.0);
+            waits.push(*wait);
+        }
+        assert!(errors.len() >= 40, "{} frames", errors.len());
+        errors.sort_by(f64::total_cmp);
+        waits.sort();
+        let median = errors[errors.len() / 2];
+        // The live source's one-frame latency (33 ms) is what the sink waits for.
+        let wait = waits[waits.len() / 2];
+        eprintln!("prediction error median {median:.2} ms, waits median {wait:?}");
+        assert!(median.abs() < 3.0, "prediction errors (ms): {errors:?}");
+        assert!(wait > Duration::from_millis(15), "{waits:?}");
     }
 }

@@ -32,7 +32,10 @@ pub(crate) struct Counters {
     pub malformed: AtomicU64,
     pub seal_ns: AtomicU64,
     pub open_ns: AtomicU64,
-    pub latency: Mutex<Histogram>,
+    /// Capture to presentation (the video sink's clock deadline): `glass_to_glass_ms`.
+    pub presented_latency: Mutex<Histogram>,
+    /// Capture to decoded picture (out of `vp8dec`): `decode_latency_ms`.
+    pub decoded_latency: Mutex<Histogram>,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -76,6 +79,11 @@ pub struct CallStats {
     /// Frames out of our VP8 decoder.
     pub video_frames_decoded: u64,
     pub video_fps_decoded: f64,
+    /// Frames our video sink rendered (its `stats` "rendered" count). A null sink drops none
+    /// (it has no QoS), so this trails `video_frames_decoded` only by the frames still waiting
+    /// for their presentation time when the call ended; a window sink may also drop frames
+    /// that reach it too late to be shown.
+    pub video_frames_presented: u64,
     /// Opus packets out of our encoder.
     pub audio_packets_sent: u64,
     /// Audio buffers out of our Opus decoder.
@@ -104,9 +112,22 @@ pub struct CallStats {
     /// An estimate, not a measurement: `rtt_ms / 2 + jitter buffer latency` (50 ms). It leaves
     /// out capture, encoding, decoding and display time; see `glass_to_glass_ms` for those.
     pub one_way_latency_estimate_ms: Option<f64>,
-    /// Measured capture-to-decoded latency of the peer's frames, when the latency probe is on
-    /// at both ends. Valid only if both endpoints share a clock (same machine).
+    /// Measured glass-to-glass latency of the peer's frames, from capture (the stamp written
+    /// before our peer's encoder) to the moment our video sink presents the frame, when the
+    /// latency probe is on at both ends. Valid only if both endpoints share a clock (same
+    /// machine); see [`crate::probe`].
+    ///
+    /// With [`crate::Sink::Null`] the probe's sink syncs to the pipeline clock as a display
+    /// does, each frame waiting for its running time plus the pipeline latency (the 50 ms
+    /// jitter buffer and the decoder's latency), and the stamp is read when the sink renders
+    /// the frame. With [`crate::Sink::Window`] it is the time the window sink is scheduled to
+    /// show the frame (its clock deadline, or the frame's arrival when later); the window's
+    /// own display delay (compositor, vertical sync, panel) is not included.
     pub glass_to_glass_ms: Option<GlassToGlass>,
+    /// Capture to decoded picture (out of our VP8 decoder), same probe and same caveats: what
+    /// `glass_to_glass_ms` measured before it waited for the presentation time. The difference
+    /// between the two is the time a frame waits for its display deadline.
+    pub decode_latency_ms: Option<GlassToGlass>,
     /// Time spent sealing and opening datagrams, in nanoseconds (framing copies included).
     pub seal_ns: u64,
     pub open_ns: u64,
@@ -127,11 +148,12 @@ impl Counters {
         encrypted: bool,
         video: RtpStreamStats,
         audio: RtpStreamStats,
+        video_frames_presented: u64,
     ) -> CallStats {
         let secs = elapsed.as_secs_f64();
         let decoded = get(&self.video_frames_decoded);
         let rtt_ms = video.rtt_ms.or(audio.rtt_ms);
-        let glass = self.latency.lock().ok().and_then(|h| h.summary());
+        let summary = |h: &Mutex<Histogram>| h.lock().ok().and_then(|h| h.summary());
         CallStats {
             duration_s: secs,
             encrypted,
@@ -143,6 +165,7 @@ impl Counters {
             } else {
                 0.0
             },
+            video_frames_presented,
             audio_packets_sent: get(&self.audio_packets_sent),
             audio_packets_decoded: get(&self.audio_packets_decoded),
             packets_sent: get(&self.packets_sent),
@@ -159,11 +182,25 @@ impl Counters {
             audio,
             rtt_ms,
             one_way_latency_estimate_ms: rtt_ms.map(|rtt| rtt / 2.0 + f64::from(JITTER_BUFFER_MS)),
-            glass_to_glass_ms: glass,
+            glass_to_glass_ms: summary(&self.presented_latency),
+            decode_latency_ms: summary(&self.decoded_latency),
             seal_ns: get(&self.seal_ns),
             open_ns: get(&self.open_ns),
         }
     }
+}
+
+/// Frames `sink` rendered so far, from the `stats` property every `GstBaseSink` has; 0 when
+/// it has none.
+pub(crate) fn frames_rendered(sink: &gst::Element) -> u64 {
+    if sink.find_property("stats").is_none() {
+        return 0;
+    }
+    sink.property_value("stats")
+        .get::<gst::Structure>()
+        .ok()
+        .and_then(|s| s.get::<u64>("rendered").ok())
+        .unwrap_or(0)
 }
 
 /// Reads session `id`'s source statistics from `rtpbin`.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use smvs_media::{check_plugins, MediaOptions};
+use smvs_media::{check_plugins, MediaOptions, JITTER_BUFFER_MS};
 
 #[test]
 fn two_sessions_exchange_video_and_audio_both_ways() {
@@ -36,9 +36,24 @@ fn two_sessions_exchange_video_and_audio_both_ways() {
         );
         assert!(rx.encrypted);
         assert!(rx.seal_ns > 0 && rx.open_ns > 0);
-        // Same machine: the probe's stamps give a real glass-to-glass figure.
+        // The probe's null video sink syncs like a display but drops nothing (no QoS): all but
+        // the frames still waiting for their presentation time at the end are presented.
+        assert!(
+            rx.video_frames_presented as f64 >= 0.9 * tx.video_frames_sent as f64,
+            "{name} presented {} of {} frames sent",
+            rx.video_frames_presented,
+            tx.video_frames_sent
+        );
+        assert!(rx.video_frames_presented <= rx.video_frames_decoded);
+        // Same machine: the probe's stamps give a real glass-to-glass figure, to presentation,
+        // which waits out at least the jitter buffer's latency, and a decode-time one.
         let g = rx.glass_to_glass_ms.expect("latency probe samples");
-        assert!(g.samples > 50, "{name}: {g:?}");
+        let d = rx
+            .decode_latency_ms
+            .expect("latency probe samples, decoded");
+        assert!(g.samples > 50 && d.samples > 50, "{name}: {g:?} {d:?}");
         assert!(g.p50 < 1000, "{name}: {g:?}");
+        assert!(g.p50 >= JITTER_BUFFER_MS, "{name}: {g:?}");
+        assert!(g.p50 > d.p50, "{name}: presented {g:?}, decoded {d:?}");
     }
 }

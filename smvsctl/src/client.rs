@@ -367,7 +367,27 @@ pub struct DeviceCall {
     pub control: call_control::Client,
 }
 
+impl Device {
+    /// The capability to hand smvsd, and where its notices arrive.
+    fn channel() -> (call_device::Client, mpsc::UnboundedReceiver<CallNotice>) {
+        let (tx, notices) = mpsc::unbounded_channel();
+        (capnp_rpc::new_client(Device { notices: tx }), notices)
+    }
+}
+
 impl DeviceCall {
+    fn read(
+        call: call_info::Reader<'_>,
+        control: call_control::Client,
+        notices: mpsc::UnboundedReceiver<CallNotice>,
+    ) -> Result<DeviceCall, CtlError> {
+        Ok(DeviceCall {
+            call: CallView::read(call)?,
+            notices,
+            control,
+        })
+    }
+
     pub async fn hangup(&self) -> Result<(), CtlError> {
         self.control.hangup_request().send().promise.await?;
         Ok(())
@@ -871,8 +891,7 @@ impl HostClient {
         peer: &Username,
         media: &CallMediaView,
     ) -> Result<DeviceCall, CtlError> {
-        let (tx, notices) = mpsc::unbounded_channel();
-        let device: call_device::Client = capnp_rpc::new_client(Device { notices: tx });
+        let (device, notices) = Device::channel();
         let mut request = self.host.place_call_request();
         {
             let mut params = request.get();
@@ -882,11 +901,7 @@ impl HostClient {
         }
         let answer = request.send().promise.await?;
         let answer = answer.get()?;
-        Ok(DeviceCall {
-            call: CallView::read(answer.get_call()?)?,
-            notices,
-            control: answer.get_control()?,
-        })
+        DeviceCall::read(answer.get_call()?, answer.get_control()?, notices)
     }
 
     /// Picks up a ringing call (`None`: the one that rings); the answer's `peer_media` is the
@@ -896,8 +911,7 @@ impl HostClient {
         id: Option<&CallId>,
         media: &CallMediaView,
     ) -> Result<DeviceCall, CtlError> {
-        let (tx, notices) = mpsc::unbounded_channel();
-        let device: call_device::Client = capnp_rpc::new_client(Device { notices: tx });
+        let (device, notices) = Device::channel();
         let mut request = self.host.answer_call_request();
         {
             let mut params = request.get();
@@ -907,11 +921,7 @@ impl HostClient {
         }
         let answer = request.send().promise.await?;
         let answer = answer.get()?;
-        Ok(DeviceCall {
-            call: CallView::read(answer.get_call()?)?,
-            notices,
-            control: answer.get_control()?,
-        })
+        DeviceCall::read(answer.get_call()?, answer.get_control()?, notices)
     }
 
     /// Ends a call (`None`: the current one); a ringing incoming call is declined.

@@ -129,6 +129,15 @@ impl Drop for CallControlRpc {
     }
 }
 
+/// The device's handle on its call (see [`CallControlRpc`]).
+fn control(calls: &Addr<CallManager>, info: &CallInfo, token: u64) -> call_control::Client {
+    capnp_rpc::new_client(CallControlRpc {
+        calls: calls.clone(),
+        id: info.id,
+        token,
+    })
+}
+
 pub async fn place(
     calls: &Addr<CallManager>,
     params: host::PlaceCallParams,
@@ -156,11 +165,7 @@ pub async fn place(
     forward_notices(rx, device);
     let mut r = results.get();
     write_info(r.reborrow().init_call(), &info);
-    r.set_control(capnp_rpc::new_client(CallControlRpc {
-        calls: calls.clone(),
-        id: info.id,
-        token,
-    }));
+    r.set_control(control(calls, &info, token));
     Ok(())
 }
 
@@ -190,11 +195,7 @@ pub async fn answer(
     forward_notices(rx, device);
     let mut r = results.get();
     write_info(r.reborrow().init_call(), &info);
-    r.set_control(capnp_rpc::new_client(CallControlRpc {
-        calls: calls.clone(),
-        id: info.id,
-        token,
-    }));
+    r.set_control(control(calls, &info, token));
     Ok(())
 }
 

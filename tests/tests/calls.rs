@@ -127,6 +127,17 @@ fn resources(pid: u32) -> (usize, usize) {
     )
 }
 
+/// bob waits with `answer`, alice calls for 5 s; both with test sources and `--stats`.
+/// Returns (caller, callee).
+fn five_second_call(alice: &HostProcess, bob: &HostProcess) -> (Child, Child) {
+    let mut answer_args = vec!["answer", "--wait", "30", "--stats"];
+    answer_args.extend(TEST_MEDIA);
+    let callee = spawn(bob, &answer_args);
+    let mut call_args = vec!["call", "bob", "--duration", "5", "--stats"];
+    call_args.extend(TEST_MEDIA);
+    (spawn(alice, &call_args), callee)
+}
+
 /// Each side decoded at least 90% of the frames the other sent, and heard the other.
 fn check_media_both_ways(caller: &Value, callee: &Value) {
     for (from, to, name) in [
@@ -166,12 +177,7 @@ fn a_five_second_call_both_ways_while_messages_flow() {
         resources(bob.pid().unwrap()),
     ];
 
-    let mut answer_args = vec!["answer", "--wait", "30", "--stats"];
-    answer_args.extend(TEST_MEDIA);
-    let callee = spawn(bob, &answer_args);
-    let mut call_args = vec!["call", "bob", "--duration", "5", "--stats"];
-    call_args.extend(TEST_MEDIA);
-    let caller = spawn(alice, &call_args);
+    let (caller, callee) = five_second_call(alice, bob);
 
     // Messages both ways while the call runs.
     wait_call(alice, "active");
@@ -337,12 +343,7 @@ fn media_on_the_wire_is_sealed_and_altered_or_replayed_packets_are_dropped() {
     let (alice, bob) = (&hs[0], &hs[1]);
     let capture = Capture::start(a_ip, b_ip);
 
-    let mut answer_args = vec!["answer", "--wait", "30", "--stats"];
-    answer_args.extend(TEST_MEDIA);
-    let callee = spawn(bob, &answer_args);
-    let mut call_args = vec!["call", "bob", "--duration", "5", "--stats"];
-    call_args.extend(TEST_MEDIA);
-    let caller = spawn(alice, &call_args);
+    let (caller, callee) = five_second_call(alice, bob);
     wait_call(alice, "active");
     std::thread::sleep(Duration::from_secs(2));
 

@@ -367,14 +367,7 @@ impl FakeNotifications {
 fn smvsctl_agent_turns_message_received_into_a_desktop_notification() {
     use std::io::BufRead;
     ensure_daemon_user();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory();
     let system = TestBus::system_like(ROOT_OWNS).unwrap();
     let session = TestBus::session_like().unwrap();
     let bob = host_on_bus("bob", &dir, "127.0.0.2", &system);
@@ -429,6 +422,19 @@ fn smvsctl_agent_turns_message_received_into_a_desktop_notification() {
     assert_eq!(found.1, "alice: see you at eight");
 }
 
+/// A runtime for the test's own bus clients, and a directory.
+fn runtime_and_directory() -> (tokio::runtime::Runtime, DirectoryProcess) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    (rt, dir)
+}
+
 /// Kills a child process when the test ends, however it ends.
 struct KillOnDrop(std::process::Child);
 
@@ -441,14 +447,7 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn a_per_user_smvsd_raises_notifications_itself_on_the_session_bus() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory();
     let session = TestBus::session_like().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let _server = rt
@@ -497,14 +496,7 @@ type Signal = (String, Vec<String>);
 fn calls_over_dbus_run_in_the_agent() {
     use std::io::BufRead;
     ensure_daemon_user();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory();
     let system = TestBus::system_like(ROOT_OWNS).unwrap();
     let session = TestBus::session_like().unwrap();
     let alice = host_on_bus("alice", &dir, "127.0.0.1", &system);
