@@ -25,6 +25,9 @@ pub enum MediaError {
     /// GStreamer refused the pipeline description or one of its elements is not what we built.
     #[error("the media pipeline could not be built: {0}")]
     Pipeline(String),
+    /// A device the call needs (camera, microphone, display) cannot be opened.
+    #[error("{0}")]
+    Device(String),
     /// The pipeline did not go to PLAYING.
     #[error("the media pipeline could not start: {0}")]
     Start(String),

@@ -23,7 +23,7 @@ pub mod wire;
 pub use error::MediaError;
 pub use keys::{derive_media_keys, KeyInputs, MediaKeys, Role};
 pub use options::{AudioSource, MediaOptions, Sink, VideoSource};
-pub use plugins::{check_plugins, debian_package, gstreamer_version};
+pub use plugins::{check_devices, check_plugins, debian_package, gstreamer_version};
 pub use probe::GlassToGlass;
 pub use session::MediaSession;
 pub use stats::{CallStats, RtpStreamStats, JITTER_BUFFER_MS};

@@ -125,6 +125,48 @@ pub(crate) fn pick_video_sink() -> Result<&'static str, MediaError> {
     )))
 }
 
+/// Opens the devices these options need and closes them again — the camera, the microphone,
+/// a window — so a call that cannot have them fails before anyone's phone rings.
+pub fn check_devices(options: &MediaOptions) -> Result<(), MediaError> {
+    init()?;
+    if options.sink == Sink::Window {
+        pick_video_sink().map_err(|e| match e {
+            MediaError::Start(why) => MediaError::Device(why),
+            other => other,
+        })?;
+    }
+    if options.video == VideoSource::Camera {
+        open_source(
+            "v4l2src",
+            "no camera could be opened (v4l2src, /dev/video0)",
+        )?;
+    }
+    if options.audio == AudioSource::Mic {
+        open_source(
+            "autoaudiosrc",
+            "no microphone could be opened (autoaudiosrc)",
+        )?;
+    }
+    Ok(())
+}
+
+/// Takes a source element to READY (where it opens its device) and back.
+fn open_source(name: &'static str, what: &str) -> Result<(), MediaError> {
+    use gstreamer::prelude::*;
+    let source =
+        gstreamer::ElementFactory::make(name)
+            .build()
+            .map_err(|_| MediaError::MissingPlugin {
+                element: name,
+                package: debian_package(name),
+            })?;
+    let opened = source.set_state(gstreamer::State::Ready);
+    let _ = source.set_state(gstreamer::State::Null);
+    opened
+        .map(drop)
+        .map_err(|_| MediaError::Device(what.to_string()))
+}
+
 /// The version of the GStreamer library in use, e.g. "GStreamer 1.22.0".
 pub fn gstreamer_version() -> String {
     gstreamer::version_string().to_string()

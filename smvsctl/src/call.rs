@@ -67,11 +67,12 @@ pub struct Endpoint {
     options: MediaOptions,
 }
 
-/// Checks the GStreamer elements first (a missing plugin is reported before anyone rings),
-/// then binds the media socket and makes the call key.
+/// Checks the GStreamer elements and opens the devices first (a missing plugin, camera or
+/// display is reported before anyone rings), then binds the media socket and makes the call key.
 async fn endpoint(host: &HostClient, args: &MediaArgs) -> Result<Endpoint, CtlError> {
     let options = media_options(args);
     smvs_media::check_plugins(&options).map_err(|e| CtlError::Local(e.to_string()))?;
+    smvs_media::check_devices(&options).map_err(|e| CtlError::Local(e.to_string()))?;
     let ip = match args.media_address {
         Some(ip) => ip,
         None => {

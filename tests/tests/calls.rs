@@ -518,6 +518,31 @@ fn calls_end_with_clear_reasons() {
     );
     assert!(no_calls(bob));
 
+    // No display for a window, no camera: said before anything rings.
+    for (flags, expected) in [
+        (
+            ["--video", "none", "--audio", "test", "--sink", "window"],
+            "no video window could be opened",
+        ),
+        (
+            ["--video", "camera", "--audio", "test", "--sink", "null"],
+            "no camera could be opened",
+        ),
+    ] {
+        let mut args = vec!["call", "bob"];
+        args.extend(flags);
+        let out = alice
+            .ctl_command(&args)
+            .unwrap()
+            .env_remove("DISPLAY")
+            .env_remove("WAYLAND_DISPLAY")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+        assert!(no_calls(bob));
+    }
+
     // Offline: bob's host is down.
     hs[1].stop().unwrap();
     let out = finish(call(&hs[0], "bob", &[]), LIMIT);
