@@ -50,6 +50,10 @@ pub struct Cli {
     /// How long an outgoing call rings before it ends unanswered, in seconds [default: 30].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub ring_seconds: Option<u64>,
+    /// Close a peer host's connection after this many seconds with nothing to deliver
+    /// [default: 300].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub peer_idle_seconds: Option<u64>,
     /// Do not honour peers' "delete everywhere" requests.
     #[arg(long)]
     pub refuse_remote_delete: bool,
@@ -123,6 +127,12 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
                 .or(file.ring_seconds)
                 .unwrap_or(30)
                 .clamp(1, 600),
+        ),
+        peer_idle: Duration::from_secs(
+            cli.peer_idle_seconds
+                .or(file.peer_idle_seconds)
+                .unwrap_or(300)
+                .max(1),
         ),
         honour_remote_delete: !cli.refuse_remote_delete
             && file.honour_remote_delete.unwrap_or(true),

@@ -23,6 +23,7 @@ pub struct FileConfig {
     pub allowed_uids: Option<Vec<u32>>,
     pub retry_max_seconds: Option<u64>,
     pub ring_seconds: Option<u64>,
+    pub peer_idle_seconds: Option<u64>,
     pub honour_remote_delete: Option<bool>,
     pub socks5_proxy: Option<String>,
     pub contacts_only: Option<bool>,
@@ -54,6 +55,8 @@ pub struct Config {
     pub retry_max: Duration,
     /// How long an outgoing call rings before it ends unanswered.
     pub ring_timeout: Duration,
+    /// A peer host's connection with nothing to deliver for this long is closed.
+    pub peer_idle: Duration,
     /// Whether a peer's "delete everywhere" request deletes here too.
     pub honour_remote_delete: bool,
     /// Connect to other hosts through this SOCKS5 proxy (e.g. Tor's 127.0.0.1:9050); the

@@ -1,10 +1,17 @@
 //! The peer port: other hosts connect here (Noise, then Cap'n Proto `HostLink`) to deliver
 //! envelopes. Each connection's Noise key is handed to the router with every envelope, which
 //! checks it against the sender's directory record.
+//!
+//! Limits: [`MAX_PEER_CONNECTIONS`] at once, [`MAX_CONNECTIONS_PER_ADDRESS`] from one IP
+//! address, a handshake within [`HANDSHAKE_TIMEOUT`], and a link with nothing in handling for
+//! the configured idle time (`--peer-idle-seconds`) is closed; the sending host reconnects
+//! when it has something to send.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use smvs_schema::host_capnp::host_link;
@@ -16,6 +23,11 @@ use crate::router::{EnvelopeData, Incoming, Router, MAX_SEALED};
 
 /// Peer connections served at once.
 pub const MAX_PEER_CONNECTIONS: usize = 1024;
+/// Peer connections one IP address may hold at once (a sending host keeps one, plus one per
+/// call signal for a moment).
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
+/// How often an idle link is looked at.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest message a host link accepts: the largest envelope and then some.
 const MAX_LINK_MESSAGE: usize = 512 * 1024;
@@ -26,6 +38,7 @@ const MAX_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
 
 pub async fn serve(listener: TcpListener, core: Rc<HostCore>, router: Addr<Router>) {
     let budget = std::sync::Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
+    let per_address: Rc<RefCell<HashMap<IpAddr, usize>>> = Rc::default();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -37,6 +50,10 @@ pub async fn serve(listener: TcpListener, core: Rc<HostCore>, router: Addr<Route
         };
         let Ok(permit) = budget.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "peer connection limit reached; closing a new connection");
+            continue;
+        };
+        let Some(address_slot) = AddressSlot::take(&per_address, peer.ip()) else {
+            tracing::warn!(%peer, "too many connections from one address; closing a new one");
             continue;
         };
         let (core, router) = (core.clone(), router.clone());
@@ -51,32 +68,96 @@ pub async fn serve(listener: TcpListener, core: Rc<HostCore>, router: Addr<Route
             {
                 Ok(channel) => {
                     let remote_key = channel.remote_key;
+                    let activity = Rc::new(Activity {
+                        in_flight: Cell::new((0, 0)),
+                        last: Cell::new(Instant::now()),
+                    });
                     let link: host_link::Client = capnp_rpc::new_client(HostLinkRpc {
                         router,
                         remote_key,
-                        in_flight: Cell::new((0, 0)),
+                        activity: activity.clone(),
                     });
-                    if let Err(e) =
-                        smvs_transport::rpc::serve_limited(channel, link.client, MAX_LINK_MESSAGE)
-                            .await
-                    {
-                        tracing::debug!(%peer, error = %e, "peer connection ended");
+                    let system =
+                        smvs_transport::rpc::serve_limited(channel, link.client, MAX_LINK_MESSAGE);
+                    let disconnect = system.get_disconnector();
+                    let idle_limit = core.config.peer_idle;
+                    let idle = async {
+                        loop {
+                            tokio::time::sleep(IDLE_CHECK).await;
+                            if activity.in_flight.get().0 == 0
+                                && activity.last.get().elapsed() >= idle_limit
+                            {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        ended = system => if let Err(e) = ended {
+                            tracing::debug!(%peer, error = %e, "peer connection ended");
+                        },
+                        _ = idle => {
+                            tracing::debug!(%peer, "closing an idle peer connection");
+                            // Disconnecting (not just dropping) lets capnp-rpc release the
+                            // connection.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), disconnect).await;
+                        }
                     }
                 }
                 Err(e) => tracing::debug!(%peer, error = %e, "peer handshake failed"),
             }
+            drop(address_slot);
             drop(permit);
         });
     }
 }
 
-struct HostLinkRpc {
-    router: Addr<Router>,
-    remote_key: smvs_crypto::AgreementPublicKey,
+/// One connection's count against its address's limit, given back when dropped.
+struct AddressSlot {
+    table: Rc<RefCell<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(table: &Rc<RefCell<HashMap<IpAddr, usize>>>, address: IpAddr) -> Option<AddressSlot> {
+        let mut t = table.borrow_mut();
+        let n = t.entry(address).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: table.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.borrow_mut();
+        if let Some(n) = t.get_mut(&self.address) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// What a link is doing, for its budget and its idle check.
+struct Activity {
     /// Envelopes (count, sealed bytes) of this link being handled right now. Cap'n Proto
     /// keeps reading calls whatever we do, so a link past its budget is answered "later" at
     /// once instead of being queued without bound.
     in_flight: Cell<(usize, usize)>,
+    /// When the last envelope arrived (or the link opened).
+    last: Cell<Instant>,
+}
+
+struct HostLinkRpc {
+    router: Addr<Router>,
+    remote_key: smvs_crypto::AgreementPublicKey,
+    activity: Rc<Activity>,
 }
 
 /// Releases a link's budget when an envelope's handling ends, however it ends.
@@ -116,14 +197,15 @@ impl host_link::Server for HostLinkRpc {
             }
         };
         let size = envelope.sealed.len();
-        let (n, bytes) = self.in_flight.get();
+        self.activity.last.set(Instant::now());
+        let (n, bytes) = self.activity.in_flight.get();
         if n >= MAX_ENVELOPES_IN_FLIGHT || bytes + size > MAX_BYTES_IN_FLIGHT {
             return Err(capnp::Error::failed(
                 "later: too many envelopes in flight on this link".into(),
             ));
         }
-        self.in_flight.set((n + 1, bytes + size));
-        let _budget = Budget(&self.in_flight, size);
+        self.activity.in_flight.set((n + 1, bytes + size));
+        let _budget = Budget(&self.activity.in_flight, size);
         let receipt = self
             .router
             .send(Incoming {

@@ -339,3 +339,69 @@ fn the_local_socket_refuses_a_uid_that_is_not_allowed() {
     // The allowed uid is still served.
     assert!(bob.ctl_json(&["status"]).is_ok());
 }
+
+#[test]
+fn idle_links_are_closed_and_one_address_cannot_take_every_slot() {
+    use tokio::io::AsyncReadExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &["--peer-idle-seconds", "1"]).unwrap();
+    // Default idle time (minutes): its links stay while the test counts them.
+    let carol = HostProcess::start("carol", &dir, "127.0.0.3", &[]).unwrap();
+    let key = AgreementKeyPair::generate().unwrap();
+    let handshake_from = |ip: &'static str, bob: &HostProcess| {
+        let key = &key;
+        let listen = bob.listen;
+        async move {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+            let tcp = socket.connect(listen).await.unwrap();
+            smvs_transport::connect_over(
+                tcp,
+                &listen.to_string(),
+                key,
+                smvs_transport::HOST_PROLOGUE,
+                None,
+            )
+            .await
+        }
+    };
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        // A link that says nothing after its handshake is closed once it has been idle.
+        let started = std::time::Instant::now();
+        let mut silent = handshake_from("127.0.0.8", &bob).await.unwrap().stream;
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut rest))
+            .await
+            .expect("the idle link is closed")
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(1));
+
+        // One address gets at most 32 connections at once; the next is turned away before
+        // its handshake, while another address still gets in.
+        let mut held = Vec::new();
+        for _ in 0..smvsd::host_link::MAX_CONNECTIONS_PER_ADDRESS {
+            held.push(handshake_from("127.0.0.9", &carol).await.unwrap());
+        }
+        assert!(handshake_from("127.0.0.9", &carol).await.is_err());
+        let other = handshake_from("127.0.0.10", &carol).await;
+        assert!(other.is_ok());
+        // Once they are gone, that address gets in again.
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while handshake_from("127.0.0.9", &carol).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the address stays locked out"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert!(bob.ctl_json(&["status"]).is_ok());
+    assert!(carol.ctl_json(&["status"]).is_ok());
+}
