@@ -53,6 +53,10 @@ pub struct HostCore {
     /// moment they are queued for storage.
     arrival_order: RefCell<HashMap<Username, std::sync::Arc<tokio::sync::Mutex<()>>>>,
     events: RefCell<Option<actix::Recipient<crate::devices::Publish>>>,
+    /// The changed identity (hex) each contact's safety number was last shown for: only that
+    /// identity may be accepted, so a key that changes again between `verify` and
+    /// `verify --accept-new-key` is not accepted unseen.
+    shown_pending: RefCell<HashMap<Username, String>>,
 }
 
 impl HostCore {
@@ -76,6 +80,7 @@ impl HostCore {
             sent: RefCell::new(std::collections::HashSet::new()),
             arrival_order: RefCell::new(HashMap::new()),
             events: RefCell::new(None),
+            shown_pending: RefCell::new(HashMap::new()),
         }
     }
 
@@ -329,6 +334,19 @@ impl HostCore {
             .borrow_mut()
             .insert(peer.clone(), (*identity, keys.clone()));
         Ok(keys)
+    }
+
+    /// Records that the safety number for `peer`'s changed identity `pending` was shown.
+    pub fn showed_pending(&self, peer: &Username, pending: &str) {
+        self.shown_pending
+            .borrow_mut()
+            .insert(peer.clone(), pending.to_owned());
+    }
+
+    /// Whether `pending` is the changed identity of `peer` whose safety number was shown last;
+    /// forgets it either way.
+    pub fn take_shown_pending(&self, peer: &Username, pending: &str) -> bool {
+        self.shown_pending.borrow_mut().remove(peer).as_deref() == Some(pending)
     }
 
     pub fn forget_session(&self, peer: &Username) {

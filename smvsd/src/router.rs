@@ -435,7 +435,14 @@ impl Handler<Verify> for Router {
             };
             let key_changed = contact.pending_identity.is_some();
             let mut accepted = false;
-            if key_changed && msg.accept_new_key {
+            if let (Some(pending), true) = (contact.pending_identity.clone(), msg.accept_new_key) {
+                // Only the key whose safety number the user was shown (and compared).
+                if !core.take_shown_pending(&peer, &pending) {
+                    return Err(HostError::new(
+                        "key-changed",
+                        format!("{peer}'s new key has not been shown to you, or it changed again since: compare the safety number of `smvsctl verify {peer}` with {peer}, then accept"),
+                    ));
+                }
                 accept_pending(&mut contact);
                 core.put_contact(contact.clone()).await?;
                 core.forget_session(&peer);
@@ -444,6 +451,9 @@ impl Handler<Verify> for Router {
                 peers.do_send(Kick(peer.clone()));
             }
             let shown: IdentityBundle = if key_changed && !accepted {
+                if let Some(pending) = &contact.pending_identity {
+                    core.showed_pending(&peer, pending);
+                }
                 contact.pending()?.unwrap_or(contact.identity()?)
             } else {
                 contact.identity()?

@@ -273,6 +273,14 @@ fn blocked_senders_and_changed_keys_are_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Accepting a key whose safety number was never shown is refused.
+    let out = bob.ctl(&["verify", "alice", "--accept-new-key"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has not been shown to you"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = bob.ctl_json(&["verify", "alice"]).unwrap();
     assert_eq!(v["key_changed"], true);
     let v = bob
