@@ -395,15 +395,27 @@ impl HostCore {
         let directory = self.directory().await?;
         if let Err(e) = directory.register(&registration).await {
             self.directory_failed(&e);
-            return Err(match e.code() {
+            match e.code() {
                 Some(smvs_directory::ErrorCode::Taken) => {
-                    HostError::new("taken", format!("the name {username} is taken"))
+                    // Taken by ourselves, if the record holds our identity and our transport
+                    // key: the directory took an earlier registration and this host stopped
+                    // before saving it. Then finish that registration here.
+                    let ours = self.lookup(&username, true).await.is_ok_and(|r| {
+                        r.user.identity == identity && r.user.transport_key == transport_key
+                    });
+                    if !ours {
+                        return Err(HostError::new(
+                            "taken",
+                            format!("the name {username} is taken"),
+                        ));
+                    }
+                    tracing::info!(%username, "the directory already holds our registration");
                 }
                 Some(smvs_directory::ErrorCode::InvalidUsername) => {
-                    HostError::bad_request(e.to_string())
+                    return Err(HostError::bad_request(e.to_string()))
                 }
-                _ => e.into(),
-            });
+                _ => return Err(e.into()),
+            }
         }
         self.storage
             .set_setting("me", username.as_str().as_bytes().to_vec())

@@ -400,3 +400,29 @@ fn message_text_never_reaches_the_disk_in_clear() {
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[test]
+fn a_registration_the_directory_took_but_the_host_never_saved_is_finished_on_retry() {
+    let dir = directory();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    alice.register().unwrap();
+    // The host loses what it saved (as if it had stopped between the directory's answer and
+    // its own write); keyguard keeps the identity.
+    alice.stop().unwrap();
+    for file in ["host.db", "host.db-wal", "host.db-shm"] {
+        let _ = std::fs::remove_file(alice.state_dir.join(file));
+    }
+    alice.start_again().unwrap();
+    assert_eq!(alice.ctl_json(&["status"]).unwrap()["registered"], false);
+    alice.register().unwrap();
+    assert_eq!(alice.ctl_json(&["whoami"]).unwrap()["username"], "alice");
+    // Someone else still cannot take the name.
+    let mallory = HostProcess::start("mallory", &dir, "127.0.0.2", &[]).unwrap();
+    let out = mallory.ctl(&["register", "alice"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("taken"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
