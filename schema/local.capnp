@@ -2,8 +2,8 @@
 # The local API of smvsd, served on its Unix socket to devices (smvsctl, agents).
 # Errors are Cap'n Proto exceptions whose text starts with a stable code:
 # "bad-request:", "not-registered:", "already-registered:", "unknown-user:", "key-changed:",
-# "blocked:", "too-large:", "directory:", "keyguard:", "not-found:", "internal:", and for calls
-# "busy:", "offline:", "refused:", "no-device:".
+# "blocked:", "too-large:", "directory:", "keyguard:", "not-found:", "internal:", "taken:",
+# "proxy:", and for calls "busy:", "offline:", "refused:", "no-device:", "ended:".
 
 struct Message {
   id @0 :Data;                  # 16 bytes

@@ -27,10 +27,13 @@ pub enum ErrorCode {
     Offline,
     Refused,
     NoDevice,
+    Taken,
+    Proxy,
+    Ended,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::NotRegistered,
         ErrorCode::AlreadyRegistered,
@@ -46,6 +49,9 @@ impl ErrorCode {
         ErrorCode::Offline,
         ErrorCode::Refused,
         ErrorCode::NoDevice,
+        ErrorCode::Taken,
+        ErrorCode::Proxy,
+        ErrorCode::Ended,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +71,9 @@ impl ErrorCode {
             ErrorCode::Offline => "offline",
             ErrorCode::Refused => "refused",
             ErrorCode::NoDevice => "no-device",
+            ErrorCode::Taken => "taken",
+            ErrorCode::Proxy => "proxy",
+            ErrorCode::Ended => "ended",
         }
     }
 }

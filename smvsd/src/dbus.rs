@@ -71,6 +71,7 @@ pub enum Daemon1Error {
     Offline(String),
     Refused(String),
     NoDevice(String),
+    Ended(String),
     Internal(String),
 }
 
@@ -94,6 +95,7 @@ impl From<HostError> for Daemon1Error {
             "offline" => Daemon1Error::Offline(m),
             "refused" => Daemon1Error::Refused(m),
             "no-device" => Daemon1Error::NoDevice(m),
+            "ended" => Daemon1Error::Ended(m),
             _ => Daemon1Error::Internal(m),
         }
     }
@@ -371,7 +373,14 @@ impl Daemon1 {
     /// Ends a call (`id` empty: the current one); a ringing incoming call is declined.
     async fn hangup_call(&self, id: String) -> Result<(), Daemon1Error> {
         let id = parse_call_id(&id)?;
-        Ok(self.calls.send(Hangup { id, token: None }).await??)
+        Ok(self
+            .calls
+            .send(Hangup {
+                id,
+                token: None,
+                device_gone: false,
+            })
+            .await??)
     }
 
     /// The calls ringing or active.

@@ -112,6 +112,7 @@ impl call_control::Server for CallControlRpc {
                 .send(Hangup {
                     id: Some(self.id),
                     token: Some(self.token),
+                    device_gone: false,
                 })
                 .await,
         )??;
@@ -125,6 +126,7 @@ impl Drop for CallControlRpc {
         self.calls.do_send(Hangup {
             id: Some(self.id),
             token: Some(self.token),
+            device_gone: false,
         });
     }
 }
@@ -204,7 +206,15 @@ pub async fn hangup(
     params: host::HangupCallParams,
 ) -> Result<(), capnp::Error> {
     let id = call_id(params.get()?.get_id()?)?;
-    mailbox(calls.send(Hangup { id, token: None }).await)??;
+    mailbox(
+        calls
+            .send(Hangup {
+                id,
+                token: None,
+                device_gone: false,
+            })
+            .await,
+    )??;
     Ok(())
 }
 

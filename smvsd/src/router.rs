@@ -107,7 +107,7 @@ async fn queue(
 
 /// Writing to someone who wrote first (in contacts-only mode) accepts them: their held
 /// messages become ordinary received ones.
-async fn accept_request(core: &HostCore, peer: &Username) -> Result<(), HostError> {
+pub(crate) async fn accept_request(core: &HostCore, peer: &Username) -> Result<(), HostError> {
     let Some(mut contact) = core.contact(peer).await? else {
         return Ok(());
     };
@@ -257,8 +257,9 @@ async fn accept_envelope(
         Content::Message(payload) => payload,
         Content::Call(signal) => {
             drop(turn);
-            // Someone we never answered does not get to ring us.
-            if request {
+            // Someone we never answered does not get to ring us (their answer to our own call
+            // is fine: calling them accepted their request).
+            if request && signal.kind == crate::calls::SignalKind::Offer {
                 return Err(refused("not accepted"));
             }
             calls
@@ -499,7 +500,7 @@ pub struct SetBlocked {
 impl Handler<SetBlocked> for Router {
     type Result = ResponseFuture<Result<(), HostError>>;
     fn handle(&mut self, msg: SetBlocked, _: &mut Self::Context) -> Self::Result {
-        let core = self.core.clone();
+        let (core, calls) = (self.core.clone(), self.calls.clone());
         Box::pin(async move {
             let peer = parse_user(&msg.user)?;
             let mut contact = match core.contact(&peer).await? {
@@ -522,6 +523,9 @@ impl Handler<SetBlocked> for Router {
             contact.blocked = msg.blocked;
             core.put_contact(contact).await?;
             tracing::info!(peer = %peer, blocked = msg.blocked, "contact block changed");
+            if msg.blocked {
+                calls.do_send(crate::calls::PeerBlocked(peer));
+            }
             Ok(())
         })
     }

@@ -482,6 +482,36 @@ fn calls_end_with_clear_reasons() {
     assert!(b.status.success(), "{}", stderr(&b));
     assert!(String::from_utf8_lossy(&b.stdout).contains("alice hung up"));
 
+    // A caller that dies while it rings: its host ends the call, and bob's ringing stops.
+    let mut dying = call(alice, "bob", &[]);
+    wait_call(bob, "ringing");
+    dying.kill().unwrap();
+    let _ = dying.wait();
+    let deadline = Instant::now() + LIMIT;
+    while !no_calls(bob) || !no_calls(alice) {
+        assert!(Instant::now() < deadline, "the call outlived its device");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Blocking someone during a call ends it on both sides.
+    let mut answer_args = vec!["answer", "--wait", "30"];
+    answer_args.extend(audio_only);
+    let bob_device = spawn(bob, &answer_args);
+    let alice_device = call(alice, "bob", &[]);
+    wait_call(bob, "active");
+    bob.ctl_ok(&["block", "alice"]).unwrap();
+    let a = finish(alice_device, LIMIT);
+    let b = finish(bob_device, LIMIT);
+    assert!(
+        String::from_utf8_lossy(&a.stdout).contains("bob hung up"),
+        "{a:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&b.stdout).contains("(blocked)"),
+        "{b:?}"
+    );
+    bob.ctl_ok(&["unblock", "alice"]).unwrap();
+
     // Blocked: bob blocked carol, so her call never rings at bob.
     bob.ctl_ok(&["block", "carol"]).unwrap();
     let out = finish(call(carol, "bob", &[]), LIMIT);

@@ -18,11 +18,11 @@
 pub mod signal;
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use actix::{Actor, Context, Handler, Message, ResponseFuture};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, ResponseFuture};
 use smvs_schema::Username;
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,7 +37,11 @@ use signal::SendFailure;
 /// "no answer" normally ends it; if that never comes, the callee's host ends it and says so.
 const CALLEE_GRACE: Duration = Duration::from_secs(5);
 /// Signals whose stated time is further than this from ours are refused as stale (or replayed).
-const SIGNAL_MAX_SKEW_MS: i64 = 120_000;
+const SIGNAL_MAX_SKEW_MS: u64 = 120_000;
+/// One peer may ring this host at most [`RINGS_PER_WINDOW`] times per [`RING_WINDOW`]; more
+/// offers are refused (ringing raises notifications, and every answer costs a look-up).
+const RINGS_PER_WINDOW: usize = 10;
+const RING_WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallState {
@@ -110,6 +114,8 @@ struct Table {
     calls: HashMap<CallId, Call>,
     next_token: u64,
     agent: Option<(u64, mpsc::UnboundedSender<AgentRequest>)>,
+    /// When each peer rang lately (within [`RING_WINDOW`]).
+    rings: HashMap<Username, VecDeque<Instant>>,
 }
 
 impl Table {
@@ -124,6 +130,45 @@ impl Table {
             .values()
             .find(|c| c.info.state != CallState::Ended)
     }
+
+    /// Counts a ring from `peer`; false when it rang too often lately.
+    fn may_ring(&mut self, peer: &Username) -> bool {
+        let now = Instant::now();
+        self.rings.retain(|_, times| {
+            while times
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > RING_WINDOW)
+            {
+                times.pop_front();
+            }
+            !times.is_empty()
+        });
+        let times = self.rings.entry(peer.clone()).or_default();
+        if times.len() >= RINGS_PER_WINDOW {
+            return false;
+        }
+        times.push_back(now);
+        true
+    }
+}
+
+/// Ends the call when its device goes away without hanging up (its connection dropped while
+/// the call was being set up, or later): the notices' receiver is gone.
+fn watch_device(
+    manager: Addr<CallManager>,
+    device: &mpsc::UnboundedSender<DeviceNotice>,
+    id: CallId,
+    token: u64,
+) {
+    let device = device.clone();
+    tokio::task::spawn_local(async move {
+        device.closed().await;
+        manager.do_send(Hangup {
+            id: Some(id),
+            token: Some(token),
+            device_gone: true,
+        });
+    });
 }
 
 pub struct CallManager {
@@ -178,6 +223,15 @@ fn failure(peer: &Username, e: SendFailure) -> HostError {
         SendFailure::Offline(why) => {
             HostError::new("offline", format!("{peer} cannot be reached: {why}"))
         }
+        SendFailure::Refused(why) if why.starts_with("busy") => {
+            HostError::new("busy", format!("{peer} is busy in another call"))
+        }
+        SendFailure::Refused(why) if why.starts_with("too many calls") => HostError::new(
+            "refused",
+            format!(
+                "{peer}'s host refused the call: too many calls lately; try again in a few seconds"
+            ),
+        ),
         SendFailure::Refused(_) => {
             HostError::new("refused", format!("{peer}'s host refused the call"))
         }
@@ -196,8 +250,8 @@ pub struct PlaceCall {
 
 impl Handler<PlaceCall> for CallManager {
     type Result = ResponseFuture<Result<(CallInfo, u64), HostError>>;
-    fn handle(&mut self, msg: PlaceCall, _: &mut Self::Context) -> Self::Result {
-        let (core, table) = (self.core.clone(), self.table.clone());
+    fn handle(&mut self, msg: PlaceCall, ctx: &mut Self::Context) -> Self::Result {
+        let (core, table, manager) = (self.core.clone(), self.table.clone(), ctx.address());
         Box::pin(async move {
             let peer = user(&msg.peer)?;
             let me = core.me()?;
@@ -216,6 +270,10 @@ impl Handler<PlaceCall> for CallManager {
                     "blocked",
                     format!("you blocked {peer}; unblock them to call"),
                 ));
+            }
+            if contact.request {
+                // Calling someone answers their message request, as writing to them does.
+                crate::router::accept_request(&core, &peer).await?;
             }
             let callee = contact.identity().map_err(HostError::internal)?;
             let id = CallId::random();
@@ -242,6 +300,7 @@ impl Handler<PlaceCall> for CallManager {
                     ));
                 }
                 let token = t.token();
+                watch_device(manager, &msg.device, id, token);
                 t.calls.insert(
                     id,
                     Call {
@@ -256,17 +315,35 @@ impl Handler<PlaceCall> for CallManager {
                 kind: SignalKind::Offer,
                 media: Some(msg.media),
             };
+            let hangup = CallSignal {
+                call_id: id,
+                kind: SignalKind::Hangup,
+                media: None,
+            };
             if let Err(e) = signal::send(&core, &peer, offer).await {
                 table.borrow_mut().calls.remove(&id);
                 tracing::info!(call = %id, %peer, error = %e, "a call could not ring");
+                if matches!(e, SendFailure::Offline(_)) {
+                    // The offer may have arrived even so (a late answer): make sure it stops.
+                    send_later(&core, &peer, hangup);
+                }
                 return Err(failure(&peer, e));
             }
-            if !table.borrow().calls.contains_key(&id) {
-                // Hung up (or the device left) while the offer was on its way.
-                return Err(HostError::new("ended", "the call ended before it rang"));
+            let state = table.borrow().calls.get(&id).map(|c| c.info.state);
+            match state {
+                None => {
+                    // Hung up (or the device left) while the offer was on its way; that hang-up
+                    // may have overtaken the offer, so say it again.
+                    send_later(&core, &peer, hangup);
+                    return Err(HostError::new("ended", "the call ended before it rang"));
+                }
+                Some(CallState::Ringing) => {
+                    tracing::info!(call = %id, %peer, "calling");
+                    core.publish(HostEvent::CallState(info.clone()));
+                }
+                // Answered before the receipt came back: "active" is already published.
+                Some(_) => {}
             }
-            tracing::info!(call = %id, %peer, "calling");
-            core.publish(HostEvent::CallState(info.clone()));
             let (core2, table2) = (core.clone(), table.clone());
             tokio::task::spawn_local(async move {
                 tokio::time::sleep(core2.config.ring_timeout).await;
@@ -305,8 +382,8 @@ pub struct AnswerCall {
 
 impl Handler<AnswerCall> for CallManager {
     type Result = ResponseFuture<Result<(CallInfo, u64), HostError>>;
-    fn handle(&mut self, msg: AnswerCall, _: &mut Self::Context) -> Self::Result {
-        let (core, table) = (self.core.clone(), self.table.clone());
+    fn handle(&mut self, msg: AnswerCall, ctx: &mut Self::Context) -> Self::Result {
+        let (core, table, manager) = (self.core.clone(), self.table.clone(), ctx.address());
         Box::pin(async move {
             let (info, token) = {
                 let mut t = table.borrow_mut();
@@ -325,6 +402,7 @@ impl Handler<AnswerCall> for CallManager {
                     })?;
                 call.info.state = CallState::Active;
                 call.info.since = now_ms();
+                watch_device(manager, &msg.device, call.info.id, token);
                 call.device = Some((token, msg.device));
                 (call.info.clone(), token)
             };
@@ -334,12 +412,19 @@ impl Handler<AnswerCall> for CallManager {
                 media: Some(msg.media),
             };
             if let Err(e) = signal::send(&core, &info.peer, answer).await {
-                let reason = match &e {
-                    SendFailure::Offline(_) => "offline",
-                    _ => "failed",
+                let (reason, error) = match e {
+                    SendFailure::Refused(_) => (
+                        "remote-hangup",
+                        HostError::new(
+                            "ended",
+                            format!("{} hung up before the answer arrived", info.peer),
+                        ),
+                    ),
+                    SendFailure::Offline(_) => ("offline", failure(&info.peer, e)),
+                    SendFailure::Local(_) => ("failed", failure(&info.peer, e)),
                 };
                 end(&core, &table, &info.id, reason);
-                return Err(failure(&info.peer, e));
+                return Err(error);
             }
             if !table.borrow().calls.contains_key(&info.id) {
                 return Err(HostError::new("ended", "the caller hung up"));
@@ -358,6 +443,8 @@ impl Handler<AnswerCall> for CallManager {
 pub struct Hangup {
     pub id: Option<CallId>,
     pub token: Option<u64>,
+    /// The device went away without hanging up.
+    pub device_gone: bool,
 }
 
 impl Handler<Hangup> for CallManager {
@@ -383,6 +470,8 @@ impl Handler<Hangup> for CallManager {
         };
         let (kind, reason) = if !outgoing && state == CallState::Ringing {
             (SignalKind::Decline, "declined")
+        } else if msg.device_gone {
+            (SignalKind::Hangup, "device-gone")
         } else {
             (SignalKind::Hangup, "hangup")
         };
@@ -434,7 +523,7 @@ pub struct SignalIn {
 impl Handler<SignalIn> for CallManager {
     type Result = Result<(), IncomingError>;
     fn handle(&mut self, msg: SignalIn, _: &mut Self::Context) -> Self::Result {
-        if (now_ms() - msg.time).abs() > SIGNAL_MAX_SKEW_MS {
+        if now_ms().abs_diff(msg.time) > SIGNAL_MAX_SKEW_MS {
             return Err(IncomingError::Refused("stale call signal".into()));
         }
         let SignalIn {
@@ -455,7 +544,11 @@ impl Handler<SignalIn> for CallManager {
             .filter(|c| c.info.peer == from)
             .map(|c| (c.info.outgoing, c.info.state));
         let Some((outgoing, state)) = call else {
-            // Unknown or already over: nothing to do (signals may cross on the wire).
+            if signal.kind == SignalKind::Answer {
+                // The callee must not think it is connected to a call that is gone.
+                return Err(IncomingError::Refused("no such call".into()));
+            }
+            // Over already: nothing to do (signals may cross on the wire).
             return Ok(());
         };
         match signal.kind {
@@ -526,9 +619,13 @@ impl CallManager {
             .me()
             .map_err(|_| IncomingError::Refused("this host has no user".into()))?;
         let busy = {
-            let t = self.table.borrow();
+            let mut t = self.table.borrow_mut();
             if t.calls.contains_key(&id) {
                 return Ok(()); // the same offer again
+            }
+            if !t.may_ring(&from) {
+                tracing::info!(peer = %from, "refused a call: too many calls from this peer lately");
+                return Err(IncomingError::Refused("too many calls".into()));
             }
             t.current().is_some()
         };
@@ -551,16 +648,8 @@ impl CallManager {
             missed.state = CallState::Ended;
             missed.reason = "busy".into();
             self.core.publish(HostEvent::CallState(missed));
-            send_later(
-                &self.core,
-                &from,
-                CallSignal {
-                    call_id: id,
-                    kind: SignalKind::Busy,
-                    media: None,
-                },
-            );
-            return Ok(());
+            // Answered in the refusal itself: no connection of ours to the caller's host.
+            return Err(IncomingError::Refused("busy".into()));
         }
         self.table.borrow_mut().calls.insert(
             id,
@@ -664,5 +753,65 @@ impl Handler<ViaAgent> for CallManager {
                 .await
                 .map_err(|_| HostError::new("no-device", "the call agent left"))?
         })
+    }
+}
+
+/// The user blocked this peer: a call with them ends.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct PeerBlocked(pub Username);
+
+impl Handler<PeerBlocked> for CallManager {
+    type Result = ();
+    fn handle(&mut self, msg: PeerBlocked, _: &mut Self::Context) {
+        let ids: Vec<CallId> = self
+            .table
+            .borrow()
+            .calls
+            .values()
+            .filter(|c| c.info.peer == msg.0)
+            .map(|c| c.info.id)
+            .collect();
+        for id in ids {
+            if let Some(info) = end(&self.core, &self.table, &id, "blocked") {
+                send_later(
+                    &self.core,
+                    &info.peer,
+                    CallSignal {
+                        call_id: id,
+                        kind: SignalKind::Hangup,
+                        media: None,
+                    },
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn one_peer_rings_at_most_ten_times_in_ten_seconds() {
+        let mut t = Table::default();
+        let (mallory, alice) = (
+            Username::parse("mallory").unwrap(),
+            Username::parse("alice").unwrap(),
+        );
+        for _ in 0..RINGS_PER_WINDOW {
+            assert!(t.may_ring(&mallory));
+        }
+        assert!(!t.may_ring(&mallory));
+        assert!(t.may_ring(&alice), "others still get through");
+        // Old rings age out of the window.
+        for times in t.rings.values_mut() {
+            for at in times.iter_mut() {
+                *at -= RING_WINDOW + Duration::from_secs(1);
+            }
+        }
+        assert!(t.may_ring(&mallory));
+        assert_eq!(t.rings.len(), 1, "aged-out peers are forgotten");
     }
 }
