@@ -81,7 +81,14 @@ impl Media {
         let address: SocketAddr = address
             .parse()
             .map_err(|_| format!("media address {address:?} is not IP:port"))?;
-        if address.port() == 0 || address.ip().is_unspecified() || address.ip().is_multicast() {
+        // An IPv4 address written as IPv6 (::ffff:a.b.c.d) is judged as the IPv4 it is.
+        let address = SocketAddr::new(address.ip().to_canonical(), address.port());
+        let broadcast = matches!(address.ip(), std::net::IpAddr::V4(v4) if v4.is_broadcast());
+        if address.port() == 0
+            || address.ip().is_unspecified()
+            || address.ip().is_multicast()
+            || broadcast
+        {
             return Err(format!("media address {address} cannot receive media"));
         }
         Ok(Media {
@@ -267,5 +274,31 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn media_addresses_that_cannot_be_a_device_are_refused() {
+        let key = [7u8; 32];
+        for bad in [
+            "0.0.0.0:5000",
+            "224.0.0.1:5000",
+            "[::ffff:224.0.0.1]:5000",
+            "255.255.255.255:5000",
+            "[::]:5000",
+            "127.0.0.1:0",
+            "example.org:5000",
+        ] {
+            assert!(Media::parse(&key, bad, true, true).is_err(), "{bad}");
+        }
+        let mapped = Media::parse(&key, "[::ffff:192.0.2.1]:5000", true, true).unwrap();
+        assert_eq!(mapped.address.to_string(), "192.0.2.1:5000");
+        assert!(Media::parse(&key, "127.0.0.2:5000", false, true).is_ok());
+        assert!(Media::parse(&[7u8; 31], "127.0.0.2:5000", false, true).is_err());
     }
 }
