@@ -8,8 +8,10 @@
 //!   live statistics and [`MediaSession::stop`] tears everything down.
 //!
 //! The wire format and replay protection are in [`wire`]; the glass-to-glass latency probe in
-//! [`probe`].
+//! [`probe`]. No media goes to the peer's address before the peer has shown that it receives
+//! there (a challenge echoed in a sealed hello, see [`wire::Hello`]).
 
+mod consent;
 mod error;
 mod keys;
 mod options;

@@ -41,10 +41,14 @@ pub(crate) fn vp8_threads(width: u32, height: u32, cores: usize) -> usize {
     }
 }
 
+/// The receive thread must never block on a full input queue, and without a leaky type an
+/// appsrc that does not block keeps queuing past max-bytes: the receive thread drops what
+/// would not fit (see `session.rs`), and leaky-type drops the oldest should anything else
+/// overfill it.
 fn appsrc(name: &str, caps: &str) -> String {
     format!(
         "appsrc name={name} is-live=true format=time do-timestamp=true block=false \
-         max-bytes=2000000 caps=\"{caps}\""
+         max-bytes=2000000 leaky-type=downstream caps=\"{caps}\""
     )
 }
 
@@ -209,6 +213,8 @@ mod tests {
         let d = describe(&MediaOptions::default(), "ximagesink");
         assert!(!d.contains("ximagesink"));
         assert!(d.contains("vp8enc") && d.contains("bitrate-type=cbr"));
+        // The four receive queues drop rather than grow past max-bytes.
+        assert_eq!(d.matches("leaky-type=downstream").count(), 4);
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! A running call's media: the GStreamer pipeline, the send callbacks that seal each RTP/RTCP
 //! packet and send it from the streaming thread, and the receive thread that opens datagrams,
 //! drops replays and feeds the pipeline.
+//!
+//! Nothing but hellos goes to the peer's address until the peer has echoed our challenge
+//! ([`crate::consent`]): until then the send callbacks hold RTP back and drop RTCP, and the
+//! receive thread, which also runs the hello schedule, flushes the held RTP when consent comes.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -14,11 +18,12 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use smvs_crypto::AeadKey;
 
+use crate::consent::{Consent, Held};
 use crate::options::{MediaOptions, Sink};
 use crate::pipeline::{describe, AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, VIDEO_CONVERT, VIDEO_SINK};
 use crate::probe::{self, Histogram};
 use crate::stats::{add, bump, frames_rendered, rtp_session_stats, CallStats, Counters};
-use crate::wire::{self, Replay, ReplayWindow, Stream, WireError};
+use crate::wire::{self, Hello, Replay, ReplayWindow, Stream, WireError};
 use crate::{MediaError, MediaKeys};
 
 /// How long the receive thread blocks in `recv_from`, i.e. the longest `stop` waits for it.
@@ -35,18 +40,76 @@ struct Shared {
     error: Mutex<Option<String>>,
     latency_changed: AtomicBool,
     stop: AtomicBool,
+    /// When the peer first gave consent.
+    consent_at: Mutex<Option<Instant>>,
 }
 
-/// The sending half: what every appsink callback needs.
+/// The sending half: what every appsink callback needs, and the receive thread for hellos and
+/// consent.
 struct Sender {
     socket: Arc<UdpSocket>,
     peer: SocketAddr,
     key: Option<AeadKey>,
     seq: AtomicU64,
     shared: Arc<Shared>,
+    /// The peer consents to receive media. Set and cleared with `held` locked.
+    consented: AtomicBool,
+    /// RTP waiting for consent. Packets are sealed when they are sent, so sequence numbers
+    /// stay in sending order.
+    held: Mutex<Held>,
 }
 
 impl Sender {
+    /// An RTP or RTCP packet from the pipeline: sent if the peer consents, else RTP is held and
+    /// RTCP dropped.
+    fn send_media(&self, stream: Stream, packet: &[u8]) {
+        if self.consented.load(Ordering::Acquire) {
+            return self.send(stream, packet);
+        }
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.consented.load(Ordering::Acquire) {
+            // Consent came while we waited for the lock; what was held has been sent.
+            drop(held);
+            return self.send(stream, packet);
+        }
+        let c = &self.shared.counters;
+        if stream.is_rtp() {
+            bump(&c.held_packets);
+            add(
+                &c.held_dropped,
+                held.push(Instant::now(), stream, packet.to_vec()),
+            );
+        } else {
+            bump(&c.rtcp_withheld);
+        }
+    }
+
+    /// The peer consents: send what was held, in order, then everything as it comes.
+    fn grant(&self) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        if let Ok(mut at) = self.shared.consent_at.lock() {
+            at.get_or_insert(now);
+        }
+        let (fresh, stale) = held.drain(now);
+        add(&self.shared.counters.held_dropped, stale);
+        for (stream, packet) in fresh {
+            self.send(stream, &packet);
+        }
+        self.consented.store(true, Ordering::Release);
+    }
+
+    /// Consent lapsed: hold media again.
+    fn revoke(&self) {
+        let _held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        self.consented.store(false, Ordering::Release);
+    }
+
+    fn hello(&self, hello: &Hello) {
+        bump(&self.shared.counters.hellos_sent);
+        self.send(Stream::Hello, &hello.encode());
+    }
+
     fn send(&self, stream: Stream, packet: &[u8]) {
         let c = &self.shared.counters;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
@@ -319,6 +382,9 @@ impl MediaSession {
     ///
     /// `socket` is already bound (its local address was advertised to the peer); `peer` is
     /// where to send. Every packet is sealed with `keys` (unless `options.encrypt` is false).
+    /// Only small hellos go to `peer` until the peer there answers one (see
+    /// [`crate::wire::Hello`]); the media produced meanwhile is held, up to about two seconds
+    /// of it, and sent then.
     pub fn start(
         socket: UdpSocket,
         peer: SocketAddr,
@@ -368,7 +434,7 @@ impl MediaSession {
             stopped: false,
         };
         // From here on, dropping `session` on an error tears the pipeline down.
-        session.wire_up(&socket, peer, send_key)?;
+        let sender = session.wire_up(&socket, peer, send_key)?;
         let mut session = session;
 
         let bus = pipeline
@@ -400,21 +466,6 @@ impl MediaSession {
             artp: app_src(&pipeline, "artp_in")?,
             artcp: app_src(&pipeline, "artcp_in")?,
         };
-        let receiver = Receiver {
-            socket,
-            key: recv_key,
-            window: ReplayWindow::new(),
-            inputs,
-            shared: Arc::clone(&shared),
-            pipeline: pipeline.downgrade(),
-        };
-        session.receiver = Some(
-            std::thread::Builder::new()
-                .name("smvs-media-rx".into())
-                .spawn(move || receiver.run())
-                .map_err(MediaError::Thread)?,
-        );
-
         if pipeline.set_state(gst::State::Playing).is_err() {
             let why = session
                 .error()
@@ -422,16 +473,38 @@ impl MediaSession {
             return Err(MediaError::Start(why));
         }
         session.started = Instant::now();
+        // The receive thread starts once the appsrcs run: it sends the first hello, and the
+        // peer's answer may bring its held media (first keyframe included) right away, which
+        // appsrcs still stopped would refuse. Datagrams that came earlier wait in the socket.
+        let receiver = Receiver {
+            socket,
+            key: recv_key,
+            window: ReplayWindow::new(),
+            inputs,
+            shared: Arc::clone(&shared),
+            pipeline: pipeline.downgrade(),
+            consent: Consent::new(session.started),
+            sender,
+            ssrc: [None; 2],
+            read_timeout: RECV_TIMEOUT,
+        };
+        session.receiver = Some(
+            std::thread::Builder::new()
+                .name("smvs-media-rx".into())
+                .spawn(move || receiver.run())
+                .map_err(MediaError::Thread)?,
+        );
         Ok(session)
     }
 
-    /// Appsink callbacks, pad probes, rtpbin's dynamic pads and session settings.
+    /// Appsink callbacks, pad probes, rtpbin's dynamic pads and session settings. Returns the
+    /// sender the callbacks share, for the receive thread.
     fn wire_up(
         &self,
         socket: &Arc<UdpSocket>,
         peer: SocketAddr,
         key: Option<AeadKey>,
-    ) -> Result<(), MediaError> {
+    ) -> Result<Arc<Sender>, MediaError> {
         let pipeline = &self.pipeline;
         let shared = &self.shared;
         let sender = Arc::new(Sender {
@@ -440,6 +513,8 @@ impl MediaSession {
             key,
             seq: AtomicU64::new(0),
             shared: Arc::clone(shared),
+            consented: AtomicBool::new(false),
+            held: Mutex::new(Held::default()),
         });
         for (name, stream) in [
             ("vrtp_out", Stream::VideoRtp),
@@ -461,13 +536,13 @@ impl MediaSession {
                         if let Some(list) = sample.buffer_list() {
                             for buffer in list.iter() {
                                 if let Ok(map) = buffer.map_readable() {
-                                    sender.send(stream, map.as_slice());
+                                    sender.send_media(stream, map.as_slice());
                                 }
                             }
                         }
                         if let Some(buffer) = sample.buffer() {
                             if let Ok(map) = buffer.map_readable() {
-                                sender.send(stream, map.as_slice());
+                                sender.send_media(stream, map.as_slice());
                             }
                         }
                         Ok(gst::FlowSuccess::Ok)
@@ -544,7 +619,7 @@ impl MediaSession {
                 }
             }
         }
-        Ok(())
+        Ok(sender)
     }
 
     /// A live snapshot of the call's statistics.
@@ -557,7 +632,13 @@ impl MediaSession {
             video,
             audio,
             self.frames_presented(),
+            self.consent_ms(),
         )
+    }
+
+    fn consent_ms(&self) -> Option<f64> {
+        let at = (*self.shared.consent_at.lock().ok()?)?;
+        Some(at.saturating_duration_since(self.started).as_secs_f64() * 1000.0)
     }
 
     fn frames_presented(&self) -> u64 {
@@ -580,9 +661,15 @@ impl MediaSession {
         let presented = self.frames_presented();
         let elapsed = self.started.elapsed();
         self.shutdown();
-        self.shared
-            .counters
-            .snapshot(elapsed, self.options.encrypt, video, audio, presented)
+        let consent_ms = self.consent_ms();
+        self.shared.counters.snapshot(
+            elapsed,
+            self.options.encrypt,
+            video,
+            audio,
+            presented,
+            consent_ms,
+        )
     }
 
     fn shutdown(&mut self) {
@@ -639,6 +726,20 @@ struct Receiver {
     inputs: Inputs,
     shared: Arc<Shared>,
     pipeline: glib::WeakRef<gst::Pipeline>,
+    consent: Consent,
+    sender: Arc<Sender>,
+    /// The SSRC of the peer's video and audio RTP: the first one seen on each stream.
+    ssrc: [Option<u32>; 2],
+    read_timeout: Duration,
+}
+
+/// The SSRC of an RTP packet (version 2, at least a fixed header).
+fn rtp_ssrc(packet: &[u8]) -> Option<u32> {
+    if packet.first()? >> 6 != 2 {
+        return None;
+    }
+    let bytes: [u8; 4] = packet.get(8..12)?.try_into().ok()?;
+    Some(u32::from_be_bytes(bytes))
 }
 
 impl Receiver {
@@ -650,15 +751,37 @@ impl Receiver {
                     let _ = p.recalculate_latency();
                 }
             }
+            self.consent_tick();
             match self.socket.recv_from(&mut buf) {
                 Ok((n, _from)) => {
                     if let Some(datagram) = buf.get(..n) {
                         self.handle(datagram);
                     }
                 }
-                // Timeouts (to notice `stop`), ICMP errors from a peer not yet listening.
+                // Timeouts (to notice `stop`, send hellos), ICMP errors from a peer not yet
+                // listening.
                 Err(_) => continue,
             }
+        }
+    }
+
+    /// Consent upkeep: withdraws it after the peer's silence, sends the hello due, and wakes
+    /// the thread in time for the next one.
+    fn consent_tick(&mut self) {
+        let now = Instant::now();
+        if self.consent.expire(now) {
+            self.sender.revoke();
+            bump(&self.shared.counters.consent_lost);
+        }
+        if let Some(hello) = self.consent.hello_to_send(now) {
+            self.sender.hello(&hello);
+        }
+        let timeout = self.consent.next_hello().map_or(RECV_TIMEOUT, |due| {
+            due.saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), RECV_TIMEOUT)
+        });
+        if timeout != self.read_timeout && self.socket.set_read_timeout(Some(timeout)).is_ok() {
+            self.read_timeout = timeout;
         }
     }
 
@@ -682,13 +805,46 @@ impl Receiver {
         self.window.accept(seq);
         bump(&c.packets_received);
         add(&c.bytes_received, datagram.len() as u64);
-        let input = match opened.stream {
-            Stream::VideoRtp => &self.inputs.vrtp,
-            Stream::VideoRtcp => &self.inputs.vrtcp,
-            Stream::AudioRtp => &self.inputs.artp,
-            Stream::AudioRtcp => &self.inputs.artcp,
+        self.consent.heard(Instant::now());
+        let (input, pin) = match opened.stream {
+            Stream::VideoRtp => (&self.inputs.vrtp, Some(0)),
+            Stream::VideoRtcp => (&self.inputs.vrtcp, None),
+            Stream::AudioRtp => (&self.inputs.artp, Some(1)),
+            Stream::AudioRtcp => (&self.inputs.artcp, None),
+            Stream::Hello => {
+                bump(&c.hellos_received);
+                match Hello::decode(&opened.packet) {
+                    Ok(hello) => {
+                        if self.consent.hello(&hello) {
+                            self.sender.grant();
+                        }
+                    }
+                    Err(_) => bump(&c.malformed),
+                }
+                return;
+            }
         };
-        // Flushing (stopping) or a full queue: the packet is lost, as on the network.
+        // rtpbin would build a receive chain (jitter buffer, depayloader pad) for every new
+        // SSRC: keep to the first one seen on each stream.
+        if let Some(i) = pin {
+            let Some(ssrc) = rtp_ssrc(&opened.packet) else {
+                return bump(&c.malformed);
+            };
+            match self.ssrc.get_mut(i) {
+                Some(slot @ None) => *slot = Some(ssrc),
+                Some(Some(pinned)) if *pinned == ssrc => {}
+                _ => return bump(&c.ssrc_rejected),
+            }
+        }
+        // The appsrcs do not block (this thread must keep reading) and would queue past
+        // max-bytes: a packet that does not fit is dropped here and counted, as the network
+        // would lose it. (leaky-type=downstream bounds the queue as well, should anything else
+        // push.) A push fails only while the pipeline stops.
+        let len = opened.packet.len() as u64;
+        let max = input.max_bytes();
+        if max > 0 && input.current_level_bytes().saturating_add(len) > max {
+            return bump(&c.receive_queue_dropped);
+        }
         let _ = input.push_buffer(gst::Buffer::from_mut_slice(opened.packet));
     }
 }
@@ -698,6 +854,139 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use std::collections::HashMap;
+
+    fn load(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    fn rtp(ssrc: u32, seq: u16, len: usize) -> Vec<u8> {
+        let mut p = vec![0x80, 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 1]);
+        p.extend_from_slice(&ssrc.to_be_bytes());
+        p.resize(len, 0xab);
+        p
+    }
+
+    /// The receive thread's handling of one datagram, on appsrcs that are started but not
+    /// drained (a live source in PAUSED queues what it is given): consent and the flush of
+    /// held RTP, SSRC pinning, the input queue bound.
+    #[test]
+    fn receiver_gives_consent_pins_ssrcs_and_bounds_its_queues() {
+        crate::plugins::init().unwrap();
+        let pipeline = gst::parse::launch(
+            "appsrc name=vrtp_in is-live=true format=time block=false max-bytes=100 ! fakesink \
+             appsrc name=vrtcp_in is-live=true format=time block=false ! fakesink \
+             appsrc name=artp_in is-live=true format=time block=false ! fakesink \
+             appsrc name=artcp_in is-live=true format=time block=false ! fakesink",
+        )
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let _ = pipeline.set_state(gst::State::Paused);
+        let inputs = Inputs {
+            vrtp: app_src(&pipeline, "vrtp_in").unwrap(),
+            vrtcp: app_src(&pipeline, "vrtcp_in").unwrap(),
+            artp: app_src(&pipeline, "artp_in").unwrap(),
+            artcp: app_src(&pipeline, "artcp_in").unwrap(),
+        };
+        let ours = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let send_key = AeadKey::from_bytes(&[1; 32]).unwrap();
+        let recv_key = AeadKey::from_bytes(&[2; 32]).unwrap();
+        let shared = Arc::new(Shared::default());
+        let sender = Arc::new(Sender {
+            socket: Arc::clone(&ours),
+            peer: peer.local_addr().unwrap(),
+            key: Some(AeadKey::from_bytes(&[1; 32]).unwrap()),
+            seq: AtomicU64::new(0),
+            shared: Arc::clone(&shared),
+            consented: AtomicBool::new(false),
+            held: Mutex::new(Held::default()),
+        });
+        let mut rx = Receiver {
+            socket: ours,
+            key: Some(AeadKey::from_bytes(&[2; 32]).unwrap()),
+            window: ReplayWindow::new(),
+            inputs,
+            shared: Arc::clone(&shared),
+            pipeline: pipeline.downgrade(),
+            consent: Consent::new(Instant::now()),
+            sender: Arc::clone(&sender),
+            ssrc: [None; 2],
+            read_timeout: RECV_TIMEOUT,
+        };
+        let c = &shared.counters;
+        let mut seq = 0;
+        let mut deliver = |rx: &mut Receiver, stream: Stream, packet: &[u8]| {
+            seq += 1;
+            rx.handle(&wire::seal(Some(&recv_key), seq, stream, packet).unwrap());
+        };
+
+        // Before consent: RTP held, RTCP dropped, nothing on the wire.
+        sender.send_media(Stream::VideoRtp, &rtp(7, 1, 40));
+        sender.send_media(Stream::VideoRtcp, &[0x80, 200, 0, 1, 0, 0, 0, 7]);
+        sender.send_media(Stream::AudioRtp, &rtp(8, 1, 30));
+        assert_eq!(load(&c.held_packets), 2);
+        assert_eq!(load(&c.rtcp_withheld), 1);
+        assert_eq!(load(&c.packets_sent), 0);
+        // Authenticated media from the peer gives no consent.
+        deliver(&mut rx, Stream::AudioRtp, &rtp(99, 1, 30));
+        assert!(!sender.consented.load(Ordering::Relaxed));
+        // A hello echoing the wrong challenge neither.
+        let mut hello = Hello {
+            seeking: true,
+            challenge: [5; wire::CHALLENGE_LEN],
+            echo: Some([6; wire::CHALLENGE_LEN]),
+        };
+        deliver(&mut rx, Stream::Hello, &hello.encode());
+        assert!(!sender.consented.load(Ordering::Relaxed));
+        // The echo does: what was held goes out, in order, then the rest as it comes.
+        hello.echo = Some(rx.consent.challenge());
+        deliver(&mut rx, Stream::Hello, &hello.encode());
+        assert!(sender.consented.load(Ordering::Relaxed));
+        sender.send_media(Stream::VideoRtcp, &[0x80, 200, 0, 1, 0, 0, 0, 7]);
+        let opener = |d: &[u8]| wire::open(Some(&send_key), d).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let (n, _) = peer.recv_from(&mut buf).unwrap();
+            let o = opener(&buf[..n]);
+            got.push((o.seq, o.stream, o.packet));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (0, Stream::VideoRtp, rtp(7, 1, 40)),
+                (1, Stream::AudioRtp, rtp(8, 1, 30)),
+                (2, Stream::VideoRtcp, vec![0x80, 200, 0, 1, 0, 0, 0, 7]),
+            ]
+        );
+        assert!(shared.consent_at.lock().unwrap().is_some());
+        assert_eq!(load(&c.hellos_received), 2);
+
+        // SSRC pinning: audio pinned to 99 above; video to the first one seen.
+        let before = rx.inputs.artp.current_level_bytes();
+        deliver(&mut rx, Stream::AudioRtp, &rtp(100, 2, 30));
+        assert_eq!(load(&c.ssrc_rejected), 1);
+        assert_eq!(rx.inputs.artp.current_level_bytes(), before);
+        deliver(&mut rx, Stream::VideoRtp, &rtp(42, 1, 60));
+        assert_eq!(rx.inputs.vrtp.current_level_bytes(), 60);
+        deliver(&mut rx, Stream::VideoRtp, &rtp(43, 2, 20));
+        assert_eq!(load(&c.ssrc_rejected), 2);
+        // The video input holds 100 bytes at most: a second 60-byte packet is dropped.
+        deliver(&mut rx, Stream::VideoRtp, &rtp(42, 2, 60));
+        assert_eq!(load(&c.receive_queue_dropped), 1);
+        assert_eq!(rx.inputs.vrtp.current_level_bytes(), 60);
+        deliver(&mut rx, Stream::VideoRtp, &rtp(42, 3, 40));
+        assert_eq!(rx.inputs.vrtp.current_level_bytes(), 100);
+        // Not RTP at all on an RTP stream.
+        deliver(&mut rx, Stream::VideoRtp, &[0u8; 20]);
+        assert_eq!(load(&c.malformed), 1);
+        let _ = pipeline.set_state(gst::State::Null);
+    }
 
     /// The window probe's predicted presentation time agrees with the moment a synced sink
     /// actually renders the frame (a `fakesink`'s handoff).

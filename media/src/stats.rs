@@ -32,6 +32,14 @@ pub(crate) struct Counters {
     pub malformed: AtomicU64,
     pub seal_ns: AtomicU64,
     pub open_ns: AtomicU64,
+    pub hellos_sent: AtomicU64,
+    pub hellos_received: AtomicU64,
+    pub held_packets: AtomicU64,
+    pub held_dropped: AtomicU64,
+    pub rtcp_withheld: AtomicU64,
+    pub consent_lost: AtomicU64,
+    pub ssrc_rejected: AtomicU64,
+    pub receive_queue_dropped: AtomicU64,
     /// Capture to presentation (the video sink's clock deadline): `glass_to_glass_ms`.
     pub presented_latency: Mutex<Histogram>,
     /// Capture to decoded picture (out of `vp8dec`): `decode_latency_ms`.
@@ -104,6 +112,27 @@ pub struct CallStats {
     pub replayed: u64,
     /// Datagrams dropped: not our framing at all.
     pub malformed: u64,
+    /// Milliseconds from the start of the media (as `duration_s`) until the peer first echoed
+    /// our hello's challenge, i.e. until we could send it media; None while it never has.
+    pub consent_ms: Option<f64>,
+    /// Consent hellos sent and authenticated hellos received (counted in `packets_sent` and
+    /// `packets_received` too).
+    pub hellos_sent: u64,
+    pub hellos_received: u64,
+    /// RTP packets held back for lack of consent (sent once it came, unless dropped), and
+    /// those dropped: the oldest beyond 512 packets or older than 2 s.
+    pub held_packets: u64,
+    pub held_dropped: u64,
+    /// RTCP packets not sent for lack of consent.
+    pub rtcp_withheld: u64,
+    /// Times consent lapsed (10 s without an authenticated datagram from the peer).
+    pub consent_lost: u64,
+    /// Authenticated RTP packets dropped for an SSRC other than the first one seen on their
+    /// stream (video or audio).
+    pub ssrc_rejected: u64,
+    /// Authenticated packets dropped because the pipeline's input queue for their stream was
+    /// full (the pipeline is not keeping up).
+    pub receive_queue_dropped: u64,
     /// RTCP figures of the video (session 0) and audio (session 1) streams.
     pub video: RtpStreamStats,
     pub audio: RtpStreamStats,
@@ -149,6 +178,7 @@ impl Counters {
         video: RtpStreamStats,
         audio: RtpStreamStats,
         video_frames_presented: u64,
+        consent_ms: Option<f64>,
     ) -> CallStats {
         let secs = elapsed.as_secs_f64();
         let decoded = get(&self.video_frames_decoded);
@@ -178,6 +208,15 @@ impl Counters {
             auth_failed: get(&self.auth_failed),
             replayed: get(&self.replayed),
             malformed: get(&self.malformed),
+            consent_ms,
+            hellos_sent: get(&self.hellos_sent),
+            hellos_received: get(&self.hellos_received),
+            held_packets: get(&self.held_packets),
+            held_dropped: get(&self.held_dropped),
+            rtcp_withheld: get(&self.rtcp_withheld),
+            consent_lost: get(&self.consent_lost),
+            ssrc_rejected: get(&self.ssrc_rejected),
+            receive_queue_dropped: get(&self.receive_queue_dropped),
             video,
             audio,
             rtt_ms,

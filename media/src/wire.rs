@@ -6,8 +6,9 @@
 //!                                                    plaintext = [stream] || RTP/RTCP packet)
 //! ```
 //!
-//! `stream` is 0 video RTP, 1 video RTCP, 2 audio RTP, 3 audio RTCP, so which stream a packet
-//! belongs to is hidden along with its contents. The key is unique per call and direction and
+//! `stream` is 0 video RTP, 1 video RTCP, 2 audio RTP, 3 audio RTCP, 4 hello (the consent
+//! handshake, see [`Hello`]), so which stream a packet belongs to is hidden along with its
+//! contents. The key is unique per call and direction and
 //! `seq` never repeats under it, so the nonce never repeats. With `encrypt: false` (the
 //! benchmark's baseline only) the same framing carries the plaintext in clear and no tag.
 //!
@@ -23,25 +24,99 @@ pub const HEADER_LEN: usize = 9;
 /// Bytes a sealed datagram adds to the RTP/RTCP packet it carries.
 pub const SEALED_OVERHEAD: usize = HEADER_LEN + 1 + AEAD_TAG_LEN;
 
-/// Which of the call's four packet streams a packet belongs to.
+/// Which of the call's packet streams a packet belongs to: the four RTP/RTCP streams, and the
+/// endpoints' [`Hello`]s.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stream {
     VideoRtp = 0,
     VideoRtcp = 1,
     AudioRtp = 2,
     AudioRtcp = 3,
+    /// A [`Hello`]: consent to receive media, never handed to the pipeline.
+    Hello = 4,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 4] = [
+    pub const ALL: [Stream; 5] = [
         Stream::VideoRtp,
         Stream::VideoRtcp,
         Stream::AudioRtp,
         Stream::AudioRtcp,
+        Stream::Hello,
     ];
 
     fn from_byte(byte: u8) -> Option<Stream> {
         Stream::ALL.get(usize::from(byte)).copied()
+    }
+
+    /// Video or audio RTP (media, as opposed to RTCP reports and hellos).
+    pub fn is_rtp(self) -> bool {
+        matches!(self, Stream::VideoRtp | Stream::AudioRtp)
+    }
+}
+
+/// Length of a [`Hello`]'s challenge.
+pub const CHALLENGE_LEN: usize = 16;
+/// Length of an encoded [`Hello`]: flags, challenge, echo.
+pub const HELLO_LEN: usize = 1 + 2 * CHALLENGE_LEN;
+const HELLO_SEEKING: u8 = 0x01;
+const HELLO_ECHO: u8 = 0x02;
+
+/// The consent handshake's message (stream 4), sealed like every other packet. An endpoint
+/// sends no media to the peer's address until a hello from the peer echoes the random
+/// challenge it sent there, which proves that the address is the peer's and that the peer
+/// wants the media: only whoever receives our datagrams at that address learns the challenge,
+/// and only the peer can seal a reply. The crate's `consent` module says when hellos are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The sender has no consent yet and asks for a hello echoing `challenge`.
+    pub seeking: bool,
+    /// The sender's random challenge, fixed for the session.
+    pub challenge: [u8; CHALLENGE_LEN],
+    /// The latest challenge the sender received from us, if any.
+    pub echo: Option<[u8; CHALLENGE_LEN]>,
+}
+
+impl Hello {
+    /// `[flags][challenge][echo or zeros]`, flags bit 0 seeking, bit 1 echo present.
+    pub fn encode(&self) -> [u8; HELLO_LEN] {
+        let mut out = [0u8; HELLO_LEN];
+        let mut flags = 0;
+        if self.seeking {
+            flags |= HELLO_SEEKING;
+        }
+        if let Some(echo) = &self.echo {
+            flags |= HELLO_ECHO;
+            out[1 + CHALLENGE_LEN..].copy_from_slice(echo);
+        }
+        out[0] = flags;
+        out[1..1 + CHALLENGE_LEN].copy_from_slice(&self.challenge);
+        out
+    }
+
+    pub fn decode(packet: &[u8]) -> Result<Hello, WireError> {
+        let Some((&flags, rest)) = packet.split_first() else {
+            return Err(WireError::Malformed("empty hello"));
+        };
+        if packet.len() != HELLO_LEN {
+            return Err(WireError::Malformed("hello of the wrong length"));
+        }
+        if flags & !(HELLO_SEEKING | HELLO_ECHO) != 0 {
+            return Err(WireError::Malformed("unknown hello flags"));
+        }
+        let (challenge, echo) = rest.split_at(CHALLENGE_LEN);
+        let mut c = [0u8; CHALLENGE_LEN];
+        c.copy_from_slice(challenge);
+        let echo = (flags & HELLO_ECHO != 0).then(|| {
+            let mut e = [0u8; CHALLENGE_LEN];
+            e.copy_from_slice(echo);
+            e
+        });
+        Ok(Hello {
+            seeking: flags & HELLO_SEEKING != 0,
+            challenge: c,
+            echo,
+        })
     }
 }
 
@@ -348,5 +423,51 @@ mod tests {
             open(Some(&k), &[0x02; 64]),
             Err(WireError::Malformed(_))
         ));
+        // A stream byte past the hello is not ours.
+        let mut head = vec![WIRE_VERSION];
+        head.extend_from_slice(&3u64.to_be_bytes());
+        let sealed = aead_encrypt(&k, &nonce(3), &head, &[5, 1, 2, 3]).unwrap();
+        head.extend_from_slice(&sealed);
+        assert_eq!(
+            open(Some(&k), &head).unwrap_err(),
+            WireError::Malformed("unknown stream")
+        );
+    }
+
+    #[test]
+    fn hello_round_trip() {
+        let k = key();
+        for hello in [
+            Hello {
+                seeking: true,
+                challenge: [1; CHALLENGE_LEN],
+                echo: None,
+            },
+            Hello {
+                seeking: false,
+                challenge: [2; CHALLENGE_LEN],
+                echo: Some([3; CHALLENGE_LEN]),
+            },
+        ] {
+            let d = seal(Some(&k), 1, Stream::Hello, &hello.encode()).unwrap();
+            assert_eq!(d.len(), HELLO_LEN + SEALED_OVERHEAD);
+            let o = open(Some(&k), &d).unwrap();
+            assert_eq!(o.stream, Stream::Hello);
+            assert_eq!(Hello::decode(&o.packet).unwrap(), hello);
+        }
+        let good = Hello {
+            seeking: true,
+            challenge: [9; CHALLENGE_LEN],
+            echo: Some([8; CHALLENGE_LEN]),
+        }
+        .encode();
+        assert!(Hello::decode(&good[..HELLO_LEN - 1]).is_err());
+        assert!(Hello::decode(&[]).is_err());
+        let mut long = good.to_vec();
+        long.push(0);
+        assert!(Hello::decode(&long).is_err());
+        let mut flags = good;
+        flags[0] |= 0x80;
+        assert!(Hello::decode(&flags).is_err());
     }
 }

@@ -35,6 +35,16 @@ fn two_sessions_exchange_video_and_audio_both_ways() {
             "{name}"
         );
         assert!(rx.encrypted);
+        // Each side gave the other consent within moments of the start, and what was held
+        // until then was sent, not dropped.
+        let consent = rx.consent_ms.expect("consent");
+        assert!(consent < 500.0, "{name}: consent after {consent} ms");
+        assert_eq!(rx.held_dropped, 0, "{name}");
+        assert_eq!(
+            (rx.ssrc_rejected, rx.receive_queue_dropped, rx.consent_lost),
+            (0, 0, 0),
+            "{name}"
+        );
         assert!(rx.seal_ns > 0 && rx.open_ns > 0);
         // The probe's null video sink syncs like a display but drops nothing (no QoS): all but
         // the frames still waiting for their presentation time at the end are presented.

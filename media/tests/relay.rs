@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use smvs_media::wire::{Stream, WIRE_VERSION};
+use smvs_media::wire::{Hello, Stream, WIRE_VERSION};
 use smvs_media::{MediaSession, Role};
 
 struct Relay {
@@ -171,6 +171,7 @@ fn the_wire_carries_only_sealed_packets_and_tampering_and_replays_are_dropped() 
     let opener = keys.derive(Role::Callee, b"call-1");
     let mut seqs = std::collections::HashSet::new();
     let mut rtp_seen = 0;
+    let mut hellos = 0;
     for d in &recorded {
         assert_eq!(d[0], WIRE_VERSION, "not our framing");
         assert!(!is_rtp(d, &[96, 111]), "an RTP header in clear at offset 0");
@@ -190,6 +191,10 @@ fn the_wire_carries_only_sealed_packets_and_tampering_and_replays_are_dropped() 
             Stream::VideoRtcp | Stream::AudioRtcp => {
                 assert!(p[0] >> 6 == 2 && (200..=207).contains(&p[1]))
             }
+            Stream::Hello => {
+                Hello::decode(p).expect("a well-formed hello");
+                hellos += 1;
+            }
         }
         if matches!(opened.stream, Stream::VideoRtp | Stream::AudioRtp) {
             rtp_seen += 1;
@@ -207,4 +212,12 @@ fn the_wire_carries_only_sealed_packets_and_tampering_and_replays_are_dropped() 
         }
     }
     assert!(rtp_seen > 100);
+    // The consent handshake: A's first datagram is a hello, and it stopped saying hello once
+    // B had answered.
+    assert_eq!(
+        opener.open_received(&recorded[0]).unwrap().stream,
+        Stream::Hello
+    );
+    assert!((1..=6).contains(&hellos), "{hellos} hellos");
+    assert!(sa.consent_ms.is_some() && sb.consent_ms.is_some());
 }

@@ -112,6 +112,18 @@ async fn endpoint(host: &HostClient, args: &MediaArgs) -> Result<Endpoint, CtlEr
     })
 }
 
+/// A peer may only name a loopback address for its media when we are on loopback too: else it
+/// would point our media at a service on this machine.
+fn check_peer_address(endpoint: &Endpoint, peer: &CallMediaView) -> Result<(), CtlError> {
+    if peer.address.ip().is_loopback() && !endpoint.media.address.ip().is_loopback() {
+        return Err(CtlError::Protocol(format!(
+            "the other side asked for media at {}, an address on this machine; refused",
+            peer.address
+        )));
+    }
+    Ok(())
+}
+
 fn keys(
     endpoint: &Endpoint,
     call: &DeviceCall,
@@ -323,6 +335,10 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> Result<(), CtlError> {
     tokio::pin!(stop);
+    if let Err(e) = check_peer_address(&endpoint, &peer_media) {
+        let _ = call.hangup().await;
+        return Err(e);
+    }
     let keys = keys(&endpoint, &call, role, &peer_media)?;
     let peer = call.call.peer.clone();
     let session = MediaSession::start(endpoint.socket, peer_media.address, keys, endpoint.options)
