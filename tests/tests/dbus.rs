@@ -113,18 +113,7 @@ fn busctl_send_on_alices_bus_raises_message_received_on_bobs_bus() {
     bob.register().unwrap();
 
     rt.block_on(async {
-        let connection = zbus::connection::Builder::address(bob_bus.address.as_str())
-            .build()
-            .await
-            .unwrap();
-        let proxy = zbus::Proxy::new(
-            &connection,
-            "org.smvs.Daemon1",
-            "/org/smvs/Daemon1",
-            "org.smvs.Daemon1",
-        )
-        .await
-        .unwrap();
+        let (_connection, proxy) = daemon_proxy(&bob_bus.address).await;
         let mut received = proxy.receive_signal("MessageReceived").await.unwrap();
 
         let out = call(
@@ -422,6 +411,23 @@ fn smvsctl_agent_turns_message_received_into_a_desktop_notification() {
     assert_eq!(found.1, "alice: see you at eight");
 }
 
+/// A connection to the bus at `address` and a proxy for smvsd's object on it.
+async fn daemon_proxy(address: &str) -> (zbus::Connection, zbus::Proxy<'static>) {
+    let connection = zbus::connection::Builder::address(address)
+        .build()
+        .await
+        .unwrap();
+    let proxy = zbus::Proxy::new(
+        &connection,
+        "org.smvs.Daemon1",
+        "/org/smvs/Daemon1",
+        "org.smvs.Daemon1",
+    )
+    .await
+    .unwrap();
+    (connection, proxy)
+}
+
 /// A runtime for the test's own bus clients, and a directory.
 fn runtime_and_directory() -> (tokio::runtime::Runtime, DirectoryProcess) {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -528,18 +534,7 @@ fn calls_over_dbus_run_in_the_agent() {
     // The block subscribes, then hands back the task that goes on recording.
     #[allow(clippy::async_yields_async)]
     let listening = rt.block_on(async move {
-        let connection = zbus::connection::Builder::address(address.as_str())
-            .build()
-            .await
-            .unwrap();
-        let proxy = zbus::Proxy::new(
-            &connection,
-            "org.smvs.Daemon1",
-            "/org/smvs/Daemon1",
-            "org.smvs.Daemon1",
-        )
-        .await
-        .unwrap();
+        let (connection, proxy) = daemon_proxy(&address).await;
         let mut states = proxy.receive_signal("CallStateChanged").await.unwrap();
         let mut rings = proxy.receive_signal("CallIncoming").await.unwrap();
         // Subscribed once this returns; the recording runs on.
