@@ -389,10 +389,11 @@ async fn apply_delete(
             peer: peer.clone(),
         });
     } else {
-        for id in ids {
-            core.storage.delete(peer, Some(*id), Some(request)).await?;
+        // All in one storage job and one checkpoint, however many ids the request names; only
+        // what was here is announced.
+        for id in core.storage.delete_from_peer(peer, ids.to_vec()).await? {
             core.publish(HostEvent::Deleted {
-                id: Some(*id),
+                id: Some(id),
                 peer: peer.clone(),
             });
         }

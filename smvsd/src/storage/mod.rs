@@ -668,6 +668,39 @@ impl Storage {
         Ok(n)
     }
 
+    /// A peer's request (the control message `request`) to delete these messages it wrote, in
+    /// one transaction and one checkpoint however many ids it names. Returns the ids that were
+    /// here and are now gone.
+    pub async fn delete_from_peer(
+        &self,
+        peer: &Username,
+        ids: Vec<MessageId>,
+    ) -> Result<Vec<MessageId>> {
+        let peer = peer.clone();
+        let deleted = self
+            .call(move |c, k| {
+                let tag = k.tag(&peer)?;
+                let mut deleted = Vec::new();
+                for id in ids {
+                    // Only what the peer wrote (direction 1), never a control message.
+                    let n = cached_exec(
+                        c,
+                        "DELETE FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 1 AND control = 0",
+                        params![tag, &id.0[..]],
+                    )?;
+                    if n > 0 {
+                        deleted.push(id);
+                    }
+                }
+                Ok(deleted)
+            })
+            .await?;
+        if !deleted.is_empty() {
+            self.checkpoint().await?;
+        }
+        Ok(deleted)
+    }
+
     /// Copies the WAL into the database and truncates it to zero bytes.
     pub async fn checkpoint(&self) -> Result<()> {
         self.worker
