@@ -105,6 +105,11 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         // Replayed: acknowledged again (the sender may not have seen the first receipt) but
         // stored once.
         deliver(&link, &good).await.unwrap();
+        assert_eq!(bob.history("alice").unwrap().len(), 2);
+        // Deleted, then resent: acknowledged, and it does not come back.
+        bob.ctl_ok(&["delete", "alice", "--id", &id.to_hex()])
+            .unwrap();
+        deliver(&link, &good).await.unwrap();
 
         let refused = |r: Result<Vec<u8>, String>| {
             let e = r.expect_err("must be refused");
@@ -232,8 +237,8 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         .collect();
     assert_eq!(
         bodies,
-        vec!["hello", "raw hello"],
-        "only the good envelope, once"
+        vec!["hello"],
+        "only the good envelope, once, and gone once deleted"
     );
 }
 

@@ -76,9 +76,29 @@ const MIGRATIONS: &[&str] = &[
     "
     -- 1: control messages (delete requests, expiry settings) are rows too, but not messages a
     -- person wrote: they are not counted. Rows from before this migration count as text.
-    ALTER TABLE messages ADD COLUMN control INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE messages ADD COLUMN control INTEGER NOT NULL DEFAULT 0;
+",
+    "
+    -- 2: the ids of received messages that were deleted or expired, so a late resend of one
+    -- (its sender never saw our receipt) is a duplicate, not a new message. Kept for
+    -- TOMBSTONE_DAYS (the id is random and the tag keyed: they say a message was there, not
+    -- what or from whom).
+    CREATE TABLE tombstones (
+        tag BLOB NOT NULL,
+        id BLOB NOT NULL,
+        deleted_at INTEGER NOT NULL,
+        PRIMARY KEY (tag, id)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TRIGGER messages_tombstone AFTER DELETE ON messages WHEN OLD.direction = 1
+    BEGIN
+        INSERT OR IGNORE INTO tombstones (tag, id, deleted_at)
+        VALUES (OLD.tag, OLD.id, CAST(strftime('%s', 'now') AS INTEGER) * 1000);
+    END;
 ",
 ];
+
+/// How long the id of a deleted received message is remembered (see migration 2).
+const TOMBSTONE_DAYS: i64 = 7;
 
 /// The sealed content of a message row.
 #[derive(Serialize, Deserialize)]
@@ -461,6 +481,16 @@ impl Storage {
                     if exists.is_some() {
                         return Ok(Arrival::Duplicate);
                     }
+                    let deleted: Option<i64> = cached_row(
+                        c,
+                        "SELECT 1 FROM tombstones WHERE tag = ?1 AND id = ?2",
+                        params![tag, &msg.id.0[..]],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                    if deleted.is_some() {
+                        return Ok(Arrival::Duplicate);
+                    }
                     let sealed_last: Vec<u8> = cached_row(
                         c,
                         "SELECT last_recv_hash FROM conversations WHERE tag = ?1",
@@ -737,6 +767,11 @@ impl Storage {
                         WHERE c.expire_seconds > 0 AND m.stored_at + c.expire_seconds * 1000 <= ?1
                           AND NOT (m.direction = 0 AND m.status IN (0, 1)))",
                     [now],
+                )?;
+                cached_exec(
+                    c,
+                    "DELETE FROM tombstones WHERE deleted_at < ?1",
+                    [now - TOMBSTONE_DAYS * 24 * 3600 * 1000],
                 )?;
                 Ok(u32::try_from(n).unwrap_or(u32::MAX))
             })
