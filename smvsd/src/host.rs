@@ -24,6 +24,8 @@ use crate::storage::{bundle_to_hex, Contact, Storage};
 
 /// How long a directory call may take before the link is considered dead.
 const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Per-sender arrival locks kept before unused ones are dropped.
+const ARRIVAL_LOCKS_KEPT: usize = 1024;
 /// How long a directory answer is reused before asking again.
 const RECORD_TTL: Duration = Duration::from_secs(30);
 
@@ -143,12 +145,18 @@ impl HostCore {
 
     /// Waits for this sender's turn (first come, first served).
     pub async fn arrival_turn(&self, sender: &Username) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self
-            .arrival_order
-            .borrow_mut()
-            .entry(sender.clone())
-            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Mutex::new(())))
-            .clone();
+        let lock = {
+            let mut order = self.arrival_order.borrow_mut();
+            // Any name can arrive (the key check comes later), so the table is kept small:
+            // a lock nobody holds or waits for is only in the table, and can go.
+            if order.len() >= ARRIVAL_LOCKS_KEPT {
+                order.retain(|_, lock| std::sync::Arc::strong_count(lock) > 1);
+            }
+            order
+                .entry(sender.clone())
+                .or_insert_with(|| std::sync::Arc::new(tokio::sync::Mutex::new(())))
+                .clone()
+        };
         lock.lock_owned().await
     }
 
