@@ -24,6 +24,11 @@ use crate::storage::{bundle_to_hex, Contact, Storage};
 
 /// How long a directory call may take before the link is considered dead.
 const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a sender name the directory did not know is answered "later" without asking the
+/// directory again (envelopes under made-up names must not spend our directory budget).
+const UNKNOWN_SENDER_TTL: Duration = Duration::from_secs(30);
+/// Unknown sender names remembered at most.
+const UNKNOWN_SENDERS_KEPT: usize = 4096;
 /// Per-sender arrival locks kept before unused ones are dropped.
 const ARRIVAL_LOCKS_KEPT: usize = 1024;
 /// How long a directory answer is reused before asking again.
@@ -59,6 +64,8 @@ pub struct HostCore {
     /// identity may be accepted, so a key that changes again between `verify` and
     /// `verify --accept-new-key` is not accepted unseen.
     shown_pending: RefCell<HashMap<Username, String>>,
+    /// Sender names the directory did not know, and when it said so.
+    unknown_senders: RefCell<HashMap<Username, Instant>>,
 }
 
 impl HostCore {
@@ -83,6 +90,7 @@ impl HostCore {
             arrival_order: RefCell::new(HashMap::new()),
             events: RefCell::new(None),
             shown_pending: RefCell::new(HashMap::new()),
+            unknown_senders: RefCell::new(HashMap::new()),
         }
     }
 
@@ -342,6 +350,25 @@ impl HostCore {
             .borrow_mut()
             .insert(peer.clone(), (*identity, keys.clone()));
         Ok(keys)
+    }
+
+    /// Whether the directory said lately that it does not know `sender`.
+    pub fn recently_unknown(&self, sender: &Username) -> bool {
+        self.unknown_senders
+            .borrow()
+            .get(sender)
+            .is_some_and(|at| at.elapsed() < UNKNOWN_SENDER_TTL)
+    }
+
+    /// Remembers that the directory does not know `sender` (for a while, and only so many).
+    pub fn note_unknown(&self, sender: &Username) {
+        let mut unknown = self.unknown_senders.borrow_mut();
+        if unknown.len() >= UNKNOWN_SENDERS_KEPT {
+            unknown.retain(|_, at| at.elapsed() < UNKNOWN_SENDER_TTL);
+        }
+        if unknown.len() < UNKNOWN_SENDERS_KEPT {
+            unknown.insert(sender.clone(), Instant::now());
+        }
     }
 
     /// Records that the safety number for `peer`'s changed identity `pending` was shown.

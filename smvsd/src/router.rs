@@ -224,7 +224,8 @@ async fn accept_envelope(
     let request = core.config.contacts_only && known.as_ref().is_none_or(|c| c.request);
     // The cached record may predate a move or a new key: on a mismatch, ask again.
     let mut checked = check_sender(core, &sender, &remote_key, false, request).await;
-    if matches!(checked, Err(IncomingError::Refused(_))) {
+    // (An unknown sender came from the directory just now: asking again would not help.)
+    if matches!(&checked, Err(IncomingError::Refused(why)) if why != UNKNOWN_SENDER) {
         checked = check_sender(core, &sender, &remote_key, true, request).await;
     }
     let mut contact = checked?;
@@ -337,6 +338,8 @@ fn receipt(keys: &session::SessionKeys, id: MessageId, me: &Username) -> Receipt
     }
 }
 
+const UNKNOWN_SENDER: &str = "unknown sender";
+
 /// The sender's pinned contact, provided the directory's record for the sender names the host
 /// key this envelope came with.
 async fn check_sender(
@@ -348,9 +351,18 @@ async fn check_sender(
 ) -> Result<Contact, IncomingError> {
     // The link's key is checked against the directory before anything is pinned or stored, so
     // a host that merely claims a name leaves no trace.
+    if core.recently_unknown(sender) {
+        // Not refused: the name may have been registered since (its host will retry).
+        return Err(IncomingError::Later(
+            "the sender was not in the directory a moment ago".into(),
+        ));
+    }
     let record = match core.lookup(sender, fresh).await {
         Ok(record) => record,
-        Err(e) if e.code == "unknown-user" => return Err(refused("unknown sender")),
+        Err(e) if e.code == "unknown-user" => {
+            core.note_unknown(sender);
+            return Err(refused(UNKNOWN_SENDER));
+        }
         Err(_) => {
             return Err(IncomingError::Later(
                 "the sender cannot be looked up now".into(),

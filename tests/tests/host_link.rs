@@ -200,6 +200,21 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
             )
             .await,
         );
+        // The same made-up name again at once: "later", without asking the directory again
+        // (the name might be registered since; a real host would retry).
+        let again = MessageId::random();
+        let e = deliver(
+            &link,
+            &Raw {
+                id: again,
+                sender: "nobody".into(),
+                recipient: "bob".into(),
+                sealed: seal(keys, again, "nobody", "bob", "who?"),
+            },
+        )
+        .await
+        .expect_err("not accepted");
+        assert!(e.contains("later:"), "{e}");
         // Far past Cap'n Proto's 4 MiB reader limit: the link is dropped, nothing else.
         let huge = Raw {
             id: MessageId::random(),
