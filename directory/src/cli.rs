@@ -32,7 +32,7 @@ pub struct Cli {
     /// Registrations per hour allowed from one source address.
     #[arg(long, default_value_t = LimitConfig::default().registrations_per_hour)]
     pub registrations_per_hour: u32,
-    /// Authentication attempts per minute allowed for one account.
+    /// Authentication attempts per minute allowed for one account from one source address.
     #[arg(long, default_value_t = LimitConfig::default().auth_per_minute)]
     pub auth_per_minute: u32,
     /// Seconds a client may take to finish the encrypted handshake.

@@ -1,5 +1,7 @@
 //! Rate limits (governor's GCRA): per source address for every request, a tighter one per source
-//! address for registrations, and one per account for authentication attempts. A refused request
+//! address for registrations, and one per account and source address for authentication
+//! attempts (per account alone, anyone could use up a user's attempts and lock them out; a
+//! challenge is sealed to the account's key, so there is nothing to guess). A refused request
 //! is told how long to wait. Limits are per process: several directory processes behind one
 //! address each count on their own.
 
@@ -19,7 +21,7 @@ pub struct LimitConfig {
     pub requests_per_second: u32,
     /// Registrations per hour per source address.
     pub registrations_per_hour: u32,
-    /// Authentication attempts (challenges) per minute per account.
+    /// Authentication attempts (challenges) per minute per account and source address.
     pub auth_per_minute: u32,
 }
 
@@ -36,7 +38,7 @@ impl Default for LimitConfig {
 pub struct Limits {
     requests: DefaultKeyedRateLimiter<IpAddr>,
     registrations: DefaultKeyedRateLimiter<IpAddr>,
-    auth: DefaultKeyedRateLimiter<String>,
+    auth: DefaultKeyedRateLimiter<(IpAddr, String)>,
     clock: DefaultClock,
 }
 
@@ -80,9 +82,9 @@ impl Limits {
             .map_err(|n| self.refuse(n.wait_time_from(self.clock.now())))
     }
 
-    pub fn auth(&self, account: &str) -> Result<(), Refusal> {
+    pub fn auth(&self, ip: IpAddr, account: &str) -> Result<(), Refusal> {
         self.auth
-            .check_key(&account.to_owned())
+            .check_key(&(ip, account.to_owned()))
             .map_err(|n| self.refuse(n.wait_time_from(self.clock.now())))
     }
 
@@ -120,8 +122,10 @@ mod tests {
         );
         // Another address is not affected.
         limits.request("127.0.0.10".parse().unwrap()).unwrap();
-        limits.auth("alice").unwrap();
-        assert!(limits.auth("alice").is_err());
-        limits.auth("bob").unwrap();
+        limits.auth(ip, "alice").unwrap();
+        assert!(limits.auth(ip, "alice").is_err());
+        limits.auth(ip, "bob").unwrap();
+        // Someone else using up alice's attempts from their address does not lock her out.
+        limits.auth("127.0.0.10".parse().unwrap(), "alice").unwrap();
     }
 }

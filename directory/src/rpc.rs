@@ -207,7 +207,7 @@ impl directory::Server for DirectoryRpc {
     ) -> Result<(), capnp::Error> {
         self.shared.limits.request(self.peer)?;
         let name = username(params.get()?.get_username())?;
-        self.shared.limits.auth(name.as_str())?;
+        self.shared.limits.auth(self.peer, name.as_str())?;
         let now = now_ms();
         let expires_at = now + TOKEN_LIFETIME_MS;
         let token: [u8; 32] = random_array();
