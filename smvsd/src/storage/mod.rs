@@ -471,24 +471,15 @@ impl Storage {
                     let k: &AtRest = &keys;
                     let (tag, key) = conversation(c, k, &msg.peer, true)?
                         .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
-                    let exists: Option<i64> = cached_row(
+                    // Already here, or here once and deleted since (a tombstone).
+                    let seen: bool = cached_row(
                         c,
-                        "SELECT seq FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 1",
+                        "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 1)
+                             OR EXISTS (SELECT 1 FROM tombstones WHERE tag = ?1 AND id = ?2)",
                         params![tag, &msg.id.0[..]],
                         |r| r.get(0),
-                    )
-                    .optional()?;
-                    if exists.is_some() {
-                        return Ok(Arrival::Duplicate);
-                    }
-                    let deleted: Option<i64> = cached_row(
-                        c,
-                        "SELECT 1 FROM tombstones WHERE tag = ?1 AND id = ?2",
-                        params![tag, &msg.id.0[..]],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                    if deleted.is_some() {
+                    )?;
+                    if seen {
                         return Ok(Arrival::Duplicate);
                     }
                     let sealed_last: Vec<u8> = cached_row(
