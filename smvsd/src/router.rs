@@ -185,6 +185,13 @@ impl Handler<Incoming> for Router {
     }
 }
 
+/// A local failure while taking an envelope: the peer hears "later" and no more (our storage
+/// or keyguard errors are nobody else's business); the log has the details.
+fn busy_here(e: HostError) -> IncomingError {
+    tracing::warn!(error = %e, "could not take an envelope now");
+    IncomingError::Later("the host cannot take it now".into())
+}
+
 fn refused(why: impl Into<String>) -> IncomingError {
     IncomingError::Refused(why.into())
 }
@@ -212,10 +219,7 @@ async fn accept_envelope(
 
     // Blocked senders are turned away before anything is decrypted or stored. The answer does
     // not say why.
-    let known = core
-        .contact(&sender)
-        .await
-        .map_err(|e| IncomingError::Later(e.to_string()))?;
+    let known = core.contact(&sender).await.map_err(busy_here)?;
     if known.as_ref().is_some_and(|c| c.blocked) {
         tracing::debug!(peer = %sender, "refused an envelope from a blocked contact");
         return Err(refused("not accepted"));
@@ -235,15 +239,13 @@ async fn accept_envelope(
     }
     if request && !contact.request {
         contact.request = true;
-        core.put_contact(contact.clone())
-            .await
-            .map_err(|e| IncomingError::Later(e.to_string()))?;
+        core.put_contact(contact.clone()).await.map_err(busy_here)?;
     }
     let identity = contact.identity()?;
     let keys = core
         .session_keys(&sender, &identity)
         .await
-        .map_err(|e| IncomingError::Later(e.to_string()))?;
+        .map_err(busy_here)?;
     let header = Header {
         id: &id,
         sender: &sender,
