@@ -10,13 +10,10 @@
 
 use std::path::{Path, PathBuf};
 
-use capnp_rpc::rpc_twoparty_capnp::Side;
-use capnp_rpc::{twoparty, RpcSystem};
 use smvs_crypto::{AeadKey, AgreementPublicKey, IdentityBundle, SignContext, Signature, Zeroizing};
 use smvs_schema::common_capnp::identity_bundle;
 use smvs_schema::keyguard_capnp::keyguard;
 use thiserror::Error;
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::purpose::purpose_for;
 
@@ -83,15 +80,7 @@ impl KeyguardClient {
                 path: path.to_owned(),
                 source,
             })?;
-        let (read, write) = stream.into_split();
-        let network = twoparty::VatNetwork::new(
-            futures::io::BufReader::new(read.compat()),
-            write.compat_write(),
-            Side::Client,
-            smvs_schema::reader_options(),
-        );
-        let mut system = RpcSystem::new(Box::new(network), None);
-        let keyguard: keyguard::Client = system.bootstrap(Side::Server);
+        let (system, keyguard) = smvs_transport::rpc::local_client::<keyguard::Client>(stream);
         tokio::task::spawn_local(async move {
             if let Err(e) = system.await {
                 tracing::debug!(error = %e, "keyguard connection ended");

@@ -18,14 +18,11 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use capnp_rpc::rpc_twoparty_capnp::Side;
-use capnp_rpc::{twoparty, RpcSystem};
 use smvs_schema::keyguard_capnp::keyguard;
 use thiserror::Error;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::keydir::{KeyDir, KeyDirError};
 use crate::rpc::{KeyguardRpc, Peer, Vault};
@@ -263,15 +260,8 @@ async fn serve(
     _permit: OwnedSemaphorePermit,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let (read, write) = stream.into_split();
-    let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::new(read.compat()),
-        write.compat_write(),
-        Side::Server,
-        smvs_schema::reader_options(),
-    );
     let bootstrap: keyguard::Client = capnp_rpc::new_client(rpc);
-    let system = RpcSystem::new(Box::new(network), Some(bootstrap.client));
+    let system = smvs_transport::rpc::local_server(stream, bootstrap.client);
     tokio::select! {
         result = system => match result {
             Ok(()) => tracing::debug!(%peer, "connection closed"),

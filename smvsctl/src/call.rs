@@ -347,11 +347,12 @@ pub async fn run(
         eprintln!("smvsctl: in a call with {peer} (call {})", call.call.id);
     }
     let started = Instant::now();
-    let duration = args
-        .duration
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::MAX / 4);
-    let deadline = tokio::time::sleep(duration);
+    let deadline = async {
+        match args.duration {
+            Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::pin!(deadline);
     let mut check = tokio::time::interval(MEDIA_CHECK);
     let mut failure = None;

@@ -19,8 +19,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use capnp_rpc::rpc_twoparty_capnp::Side;
-use capnp_rpc::{twoparty, RpcSystem};
 use serde::{Serialize, Serializer};
 use smvs_schema::local_capnp::{
     call_agent, call_control, call_device, call_event, call_info, call_media, event, event_sink,
@@ -29,7 +27,6 @@ use smvs_schema::local_capnp::{
 use smvs_schema::Username;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::error::CtlError;
 
@@ -665,15 +662,7 @@ pub async fn connect(path: &Path) -> Result<HostClient, CtlError> {
             path: path.to_owned(),
             source,
         })?;
-    let (read, write) = stream.into_split();
-    let network = twoparty::VatNetwork::new(
-        futures::io::BufReader::new(read.compat()),
-        write.compat_write(),
-        Side::Client,
-        smvs_schema::reader_options(),
-    );
-    let mut system = RpcSystem::new(Box::new(network), None);
-    let host: host::Client = system.bootstrap(Side::Server);
+    let (system, host) = smvs_transport::rpc::local_client::<host::Client>(stream);
     let (closed_tx, closed) = watch::channel(None);
     tokio::task::spawn_local(async move {
         let reason = match system.await {

@@ -13,13 +13,10 @@ use std::process::{Command as Process, Stdio};
 use std::rc::Rc;
 
 use capnp::capability::Rc as CapRc;
-use capnp_rpc::rpc_twoparty_capnp::Side;
-use capnp_rpc::{twoparty, RpcSystem};
 use smvs_schema::local_capnp::{event, event_sink, host, message, subscription};
 use smvs_schema::Username;
 use smvsctl::{commands, CtlError, ErrorCode, Format, MessageId};
 use tokio::sync::Notify;
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 const SENT_ID: [u8; 16] = [0xab; 16];
 const INCOMING_ID: [u8; 16] = [0x01; 16];
@@ -217,14 +214,7 @@ impl host::Server for FakeHost {
 /// ended early when `hangup` is notified.
 async fn serve(listener: tokio::net::UnixListener, host: host::Client, hangup: Rc<Notify>) {
     while let Ok((stream, _)) = listener.accept().await {
-        let (read, write) = stream.into_split();
-        let network = twoparty::VatNetwork::new(
-            futures::io::BufReader::new(read.compat()),
-            write.compat_write(),
-            Side::Server,
-            smvs_schema::reader_options(),
-        );
-        let system = RpcSystem::new(Box::new(network), Some(host.clone().client));
+        let system = smvs_transport::rpc::local_server(stream, host.clone().client);
         let hangup = hangup.clone();
         tokio::task::spawn_local(async move {
             tokio::select! {

@@ -10,13 +10,10 @@ use std::path::Path;
 use std::rc::Rc;
 
 use actix::Addr;
-use capnp_rpc::rpc_twoparty_capnp::Side;
-use capnp_rpc::{twoparty, RpcSystem};
 use smvs_schema::local_capnp::{call_event, event, event_sink, host, message, subscription};
 use smvs_schema::Username;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
-use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
 use crate::calls::{CallInfo, CallManager};
 use crate::devices::{DeviceHub, Subscribe, DEVICE_QUEUE};
@@ -100,20 +97,13 @@ impl LocalApi {
             };
             let api = me.clone();
             tokio::task::spawn_local(async move {
-                let (read, write) = tokio::io::split(stream);
-                let network = twoparty::VatNetwork::new(
-                    futures::io::BufReader::new(read.compat()),
-                    write.compat_write(),
-                    Side::Server,
-                    smvs_schema::reader_options(),
-                );
                 let host: host::Client = capnp_rpc::new_client(HostRpc {
                     core: api.core.clone(),
                     router: api.router.clone(),
                     calls: api.calls.clone(),
                     hub: api.hub.clone(),
                 });
-                if let Err(e) = RpcSystem::new(Box::new(network), Some(host.client)).await {
+                if let Err(e) = smvs_transport::rpc::local_server(stream, host.client).await {
                     tracing::debug!(error = %e, "local client connection ended");
                 }
                 drop(permit);
@@ -177,6 +167,11 @@ fn write_message(mut b: message::Builder<'_>, m: &StoredMessage, core: &HostCore
 }
 
 impl HostRpc {
+    async fn set_blocked(&self, user: String, blocked: bool) -> Result<(), capnp::Error> {
+        mailbox(self.router.send(SetBlocked { user, blocked }).await)??;
+        Ok(())
+    }
+
     async fn fill_status(
         &self,
         mut s: smvs_schema::local_capnp::host_status::Builder<'_>,
@@ -382,15 +377,7 @@ impl host::Server for HostRpc {
         _: host::BlockResults,
     ) -> Result<(), capnp::Error> {
         let user = text(params.get()?.get_user())?.to_owned();
-        mailbox(
-            self.router
-                .send(SetBlocked {
-                    user,
-                    blocked: true,
-                })
-                .await,
-        )??;
-        Ok(())
+        self.set_blocked(user, true).await
     }
 
     async fn unblock(
@@ -399,15 +386,7 @@ impl host::Server for HostRpc {
         _: host::UnblockResults,
     ) -> Result<(), capnp::Error> {
         let user = text(params.get()?.get_user())?.to_owned();
-        mailbox(
-            self.router
-                .send(SetBlocked {
-                    user,
-                    blocked: false,
-                })
-                .await,
-        )??;
-        Ok(())
+        self.set_blocked(user, false).await
     }
 
     async fn verify(

@@ -8,9 +8,7 @@
 use std::rc::Rc;
 
 use actix::Addr;
-use smvs_schema::local_capnp::{
-    call_agent, call_control, call_device, call_info, call_media, host,
-};
+use smvs_schema::local_capnp::{call_control, call_device, call_info, call_media, host};
 use tokio::sync::mpsc;
 
 use crate::calls::{
@@ -302,7 +300,3 @@ pub async fn register_agent(
         }));
     Ok(())
 }
-
-// Silences "unused" for the agent's client type when only requests are built.
-#[allow(dead_code)]
-type Agent = call_agent::Client;

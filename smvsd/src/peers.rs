@@ -94,7 +94,7 @@ pub(crate) enum DeliveryError {
 async fn delivery_task(core: Rc<HostCore>, peer: Username, wake: Rc<Notify>) {
     let mut delays = backoff(core.config.retry_max);
     // The link stays up between bursts; a failure drops it and the next round reconnects.
-    let mut link: Option<host_link::Client> = None;
+    let mut link: Option<Link> = None;
     loop {
         match stream_outbox(&core, &peer, &mut link).await {
             Ok(()) => {
@@ -115,20 +115,17 @@ async fn delivery_task(core: Rc<HostCore>, peer: Username, wake: Rc<Notify>) {
     }
 }
 
-async fn connect(core: &HostCore, peer: &Username) -> Result<host_link::Client, DeliveryError> {
-    let channel = open_channel(core, peer).await?;
-    let (system, client) = smvs_transport::rpc::client::<host_link::Client>(channel);
-    tokio::task::spawn_local(async move {
-        if let Err(e) = system.await {
-            tracing::debug!(error = %e, "host link ended");
-        }
-    });
-    Ok(client)
+/// A connection to another host's `HostLink`, closed when dropped.
+pub(crate) type Link = smvs_transport::rpc::Link<host_link::Client>;
+
+/// Opens a link to `peer`'s host.
+pub(crate) async fn connect(core: &HostCore, peer: &Username) -> Result<Link, DeliveryError> {
+    Ok(Link::open(open_channel(core, peer).await?))
 }
 
 /// An authenticated channel to `peer`'s host: its pinned transport key, directly or through
 /// the SOCKS5 proxy.
-pub(crate) async fn open_channel(
+async fn open_channel(
     core: &HostCore,
     peer: &Username,
 ) -> Result<smvs_transport::SecureChannel, DeliveryError> {
@@ -185,7 +182,7 @@ fn split_address(address: &str) -> Result<(&str, u16), HostError> {
 async fn stream_outbox(
     core: &Rc<HostCore>,
     peer: &Username,
-    link: &mut Option<host_link::Client>,
+    link: &mut Option<Link>,
 ) -> Result<(), DeliveryError> {
     let mut pending: VecDeque<(i64, StoredMessage)> = core
         .storage
@@ -201,12 +198,8 @@ async fn stream_outbox(
     let identity = contact.identity().map_err(HostError::from)?;
     let keys = core.session_keys(peer, &identity).await?;
     let client = match link {
-        Some(client) => client.clone(),
-        None => {
-            let client = connect(core, peer).await?;
-            *link = Some(client.clone());
-            client
-        }
+        Some(open) => open.client().clone(),
+        None => link.insert(connect(core, peer).await?).client().clone(),
     };
 
     let mut in_flight = VecDeque::with_capacity(WINDOW as usize);
@@ -286,7 +279,11 @@ async fn stream_outbox(
     }
 }
 
-type Pending = capnp::capability::RemotePromise<host_link::deliver_results::Owned>;
+/// The answer to one `deliver`: the peer's receipt, or why not.
+pub(crate) type Delivery = capnp::capability::Promise<
+    capnp::capability::Response<host_link::deliver_results::Owned>,
+    capnp::Error,
+>;
 
 fn send_envelope(
     client: &host_link::Client,
@@ -294,13 +291,7 @@ fn send_envelope(
     me: &Username,
     peer: &Username,
     message: &StoredMessage,
-) -> Result<
-    capnp::capability::Promise<
-        capnp::capability::Response<host_link::deliver_results::Owned>,
-        capnp::Error,
-    >,
-    DeliveryError,
-> {
+) -> Result<Delivery, DeliveryError> {
     let inner = session::Inner {
         id: message.id,
         from: me.clone(),
@@ -309,25 +300,34 @@ fn send_envelope(
         prev_hash: message.prev_hash.clone(),
         content: session::Content::Message(message.payload.clone()),
     };
+    Ok(deliver(client, keys, &inner)?)
+}
+
+/// Seals `inner` (from us to its recipient) into an envelope and hands it to the peer's host.
+pub(crate) fn deliver(
+    client: &host_link::Client,
+    keys: &session::SessionKeys,
+    inner: &session::Inner,
+) -> Result<Delivery, HostError> {
+    let (me, peer) = (&inner.from, &inner.to);
     let header = Header {
-        id: &message.id,
+        id: &inner.id,
         sender: me,
         recipient: peer,
     };
-    let sealed = session::seal(keys, &header, &session::encode_inner(&inner))
-        .map_err(HostError::internal)?;
+    let sealed =
+        session::seal(keys, &header, &session::encode_inner(inner)).map_err(HostError::internal)?;
     let mut request = client.deliver_request();
     {
         let mut e = request.get().init_envelope();
         e.set_format_version(session::ENVELOPE_FORMAT);
-        e.set_id(&message.id.0);
+        e.set_id(&inner.id.0);
         e.set_sender(me.as_str());
         e.set_recipient(peer.as_str());
         e.set_session_version(session::SESSION_V1);
         e.set_sealed(&sealed);
     }
-    let sent: Pending = request.send();
-    Ok(sent.promise)
+    Ok(request.send().promise)
 }
 
 /// The link broke: what was on its way is back to "queued" (it is resent on the next round).

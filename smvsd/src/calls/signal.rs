@@ -5,14 +5,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use smvs_schema::host_capnp::{call_signal, host_link};
+use smvs_schema::host_capnp::call_signal;
 use smvs_schema::Username;
 
 use crate::error::HostError;
 use crate::host::HostCore;
 use crate::model::MessageId;
 use crate::peers::{self, DeliveryError};
-use crate::session::{self, Content, Header};
+use crate::session::{self, Content};
 
 /// How long reaching the peer's host and handing it a signal may take.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -221,40 +221,14 @@ async fn send_now(core: &HostCore, peer: &Username, signal: CallSignal) -> Resul
         prev_hash: Vec::new(),
         content: Content::Call(signal),
     };
-    let header = Header {
-        id: &id,
-        sender: &me.username,
-        recipient: peer,
-    };
-    let sealed = session::seal(&keys, &header, &session::encode_inner(&inner))
-        .map_err(|e| SendFailure::Local(HostError::internal(e)))?;
-    let channel = peers::open_channel(core, peer).await.map_err(|e| match e {
+    // One connection per signal, closed (the link dropped) once the signal is answered or
+    // timed out: calls are rare, and a link kept open would outlive the call for nothing.
+    let link = peers::connect(core, peer).await.map_err(|e| match e {
         DeliveryError::Host(e) if e.code != "proxy" => SendFailure::Local(e),
         other => SendFailure::Offline(format!("cannot reach {peer}'s host: {other}")),
     })?;
-    // One connection per signal, closed once the signal is answered: calls are rare, and a
-    // link kept open would outlive the call for nothing.
-    let (system, client) = smvs_transport::rpc::client::<host_link::Client>(channel);
-    let disconnect = system.get_disconnector();
-    // Dropping the RPC system (aborting its task) ends the connection even if the signal timed
-    // out; an answered signal also disconnects cleanly first (which breaks capnp-rpc's internal
-    // references so the connection can actually close).
-    let _link = AbortOnDrop(tokio::task::spawn_local(async move {
-        if let Err(e) = system.await {
-            tracing::debug!(error = %e, "call signal link ended");
-        }
-    }));
-    let mut request = client.deliver_request();
-    {
-        let mut e = request.get().init_envelope();
-        e.set_format_version(session::ENVELOPE_FORMAT);
-        e.set_id(&id.0);
-        e.set_sender(me.username.as_str());
-        e.set_recipient(peer.as_str());
-        e.set_session_version(session::SESSION_V1);
-        e.set_sealed(&sealed);
-    }
-    let result = match request.send().promise.await {
+    let sent = peers::deliver(link.client(), &keys, &inner).map_err(SendFailure::Local)?;
+    match sent.await {
         Ok(response) => peers::check_receipt(&keys, &id, peer, response)
             .map_err(|e| SendFailure::Offline(format!("{peer}'s host answered badly: {e}"))),
         Err(e) => Err(match e.extra.split("refused: ").nth(1) {
@@ -263,17 +237,6 @@ async fn send_now(core: &HostCore, peer: &Username, signal: CallSignal) -> Resul
                 SendFailure::Offline(format!("{peer}'s host did not take the call: {}", e.extra))
             }
         }),
-    };
-    drop(client);
-    let _ = tokio::time::timeout(Duration::from_secs(1), disconnect).await;
-    result
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
