@@ -1,12 +1,21 @@
 @0xa2e6cb3c5932ebdd;
 # Host to host (smvsd to smvsd), spoken over the Noise transport on port 7421. The connecting
 # host's Noise static key must equal the transport key in the sender's directory record.
-# Errors: Cap'n Proto exceptions starting with "refused:" (permanent: do not retry this
-# envelope), anything else is temporary.
+# A refusal and a "try later" are typed answers (DeliveryOutcome); a Cap'n Proto exception means
+# the link itself failed and the envelope is resent on the next link.
 
 interface HostLink {
-  deliver @0 (envelope :Envelope) -> (receipt :Receipt);
-  # Returns only once the receiving host has stored the envelope durably (or already had it).
+  deliver @0 (envelope :Envelope) -> (outcome :DeliveryOutcome);
+  # Returns a receipt only once the receiving host has stored the envelope durably (or already
+  # had it).
+}
+
+struct DeliveryOutcome {
+  union {
+    receipt @0 :Receipt;        # stored: the sender marks it delivered
+    refused @1 :Text;           # never retry this envelope (why, for the sender's log)
+    later @2 :Text;             # not now (directory unreachable, busy, key change pending, …)
+  }
 }
 
 struct Envelope {

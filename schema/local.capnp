@@ -1,9 +1,10 @@
 @0xc15a29f419453a3e;
 # The local API of smvsd, served on its Unix socket to devices (smvsctl, agents).
-# Errors are Cap'n Proto exceptions whose text starts with a stable code:
-# "bad-request:", "not-registered:", "already-registered:", "unknown-user:", "key-changed:",
-# "blocked:", "too-large:", "directory:", "keyguard:", "not-found:", "internal:", "taken:",
-# "proxy:", and for calls "busy:", "offline:", "refused:", "no-device:", "ended:".
+# Errors are Cap'n Proto exceptions whose text starts with a stable code and a colon: the codes
+# are smvs_schema::ErrorCode (schema/src/vocab.rs), which smvsd, smvsctl and the D-Bus error
+# names share: bad-request, not-registered, already-registered, taken, unknown-user,
+# key-changed, blocked, too-large, directory, keyguard, proxy, not-found, busy, offline,
+# refused, no-device, ended, storage, internal.
 
 struct Message {
   id @0 :Data;                  # 16 bytes
@@ -13,6 +14,9 @@ struct Message {
   body @4 :Text;
   status @5 :Status;
   integrity @6 :Integrity;
+  reason @7 :Text;              # why it failed, as a code: "unknown-user" (the directory does
+                                # not know the recipient), "refused" (their host refused it);
+                                # empty unless failed
 
   enum Status {
     queued @0;                  # durable in the outbox, not yet accepted by the peer's host

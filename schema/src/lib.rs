@@ -2,12 +2,14 @@
 //!
 //! - The Cap'n Proto schemas in this folder and the Rust generated from them (`*_capnp`).
 //! - [`types`]: names that are parsed once at the edge (`Username`, `HostAddress`).
+//! - [`vocab`]: what the host, the command line and D-Bus share: ids, statuses, error codes.
 //! - [`canonical`]: the exact byte strings that identities and directories sign, so that a
 //!   signature never depends on how a Cap'n Proto message happened to be laid out.
 //! - [`reader_options`]: the tightened limits every peer-facing reader uses.
 
 pub mod canonical;
 pub mod types;
+pub mod vocab;
 
 /// Includes the code `capnpc` generated for one schema. Generated code is not ours to lint.
 macro_rules! generated {
@@ -32,6 +34,7 @@ generated!(keyguard_capnp, "keyguard_capnp.rs");
 generated!(local_capnp, "local_capnp.rs");
 
 pub use types::{HostAddress, NameError, Username};
+pub use vocab::{CallId, CallState, ErrorCode, IdError, Integrity, MessageId, Status};
 
 /// The most a single incoming Cap'n Proto message may make a reader walk: 4 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

@@ -222,7 +222,7 @@ impl call_agent::Server for CallAgent {
         params: call_agent::AnswerParams,
         _: call_agent::AnswerResults,
     ) -> Result<(), capnp::Error> {
-        let id = CallId::from_bytes(params.get()?.get_id()?)
+        let id = CallId::from_slice(params.get()?.get_id()?)
             .ok_or_else(|| capnp::Error::failed("bad-request: a call id is 16 bytes".into()))?;
         let call = self
             .host

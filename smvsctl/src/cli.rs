@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use smvs_schema::Username;
 
-use crate::client::MessageId;
+use crate::client::{CallId, MessageId};
 
 /// Where smvsd listens when nothing else says: the system service's socket.
 pub const SYSTEM_SOCKET: &str = "/run/smvs/smvsd.sock";
@@ -175,7 +175,7 @@ pub enum Command {
     )]
     Answer {
         /// The call to answer (32 hex digits, as `calls` and `watch` print it)
-        call_id: Option<MessageId>,
+        call_id: Option<CallId>,
         /// Wait up to SECS for a call to ring
         #[arg(long, value_name = "SECS", default_value_t = 0)]
         wait: u64,
@@ -189,7 +189,7 @@ pub enum Command {
     )]
     Hangup {
         /// The call to end (32 hex digits)
-        call_id: Option<MessageId>,
+        call_id: Option<CallId>,
     },
 
     /// List the calls that ring or are active

@@ -17,7 +17,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde::{Serialize, Serializer};
 use smvs_schema::local_capnp::{
@@ -25,7 +24,6 @@ use smvs_schema::local_capnp::{
     host, message, subscription,
 };
 use smvs_schema::Username;
-use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use crate::error::CtlError;
@@ -34,59 +32,9 @@ use crate::error::CtlError;
 pub const EVENT_QUEUE: usize = 64;
 
 // ---------------------------------------------------------------------------------------------
-// Message ids
+// Ids, statuses and call states: smvsd's own words (smvs_schema::vocab), so they cannot drift.
 
-/// A message's id: 16 bytes, shown as 32 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId([u8; MessageId::LEN]);
-
-#[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[error("a message id is 32 hex digits (16 bytes); got {0:?}")]
-pub struct MessageIdError(String);
-
-impl MessageId {
-    pub const LEN: usize = 16;
-
-    pub fn from_bytes(bytes: &[u8]) -> Option<MessageId> {
-        <[u8; MessageId::LEN]>::try_from(bytes).ok().map(MessageId)
-    }
-
-    pub fn as_bytes(&self) -> &[u8; MessageId::LEN] {
-        &self.0
-    }
-
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl FromStr for MessageId {
-    type Err = MessageIdError;
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let mut bytes = [0u8; MessageId::LEN];
-        hex::decode_to_slice(text, &mut bytes)
-            .map_err(|_| MessageIdError(text.chars().take(40).collect()))?;
-        Ok(MessageId(bytes))
-    }
-}
-
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MessageId({})", self.to_hex())
-    }
-}
-
-impl Serialize for MessageId {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
+pub use smvs_schema::{CallId, CallState, IdError, Integrity, MessageId, Status as MessageStatus};
 
 // ---------------------------------------------------------------------------------------------
 // Views: what smvsd answered, as plain values
@@ -115,52 +63,6 @@ pub struct HostStatus {
     pub version: String,
 }
 
-/// Where a message stands (`Message.Status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MessageStatus {
-    Queued,
-    Sent,
-    Delivered,
-    Received,
-    Failed,
-    Held,
-}
-
-impl MessageStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageStatus::Queued => "queued",
-            MessageStatus::Sent => "sent",
-            MessageStatus::Delivered => "delivered",
-            MessageStatus::Received => "received",
-            MessageStatus::Failed => "failed",
-            MessageStatus::Held => "held",
-        }
-    }
-}
-
-/// Whether a message fits the chain of its sender's messages (`Message.Integrity`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Integrity {
-    Ok,
-    Gap,
-    OutOfOrder,
-    Unchecked,
-}
-
-impl Integrity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Integrity::Ok => "ok",
-            Integrity::Gap => "gap",
-            Integrity::OutOfOrder => "out_of_order",
-            Integrity::Unchecked => "unchecked",
-        }
-    }
-}
-
 /// One stored message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MessageView {
@@ -172,6 +74,8 @@ pub struct MessageView {
     /// Unix milliseconds, as the sender stated it.
     pub time: i64,
     pub status: MessageStatus,
+    /// Why a failed message failed (a code such as `unknown-user`); empty otherwise.
+    pub reason: String,
     pub integrity: Integrity,
     pub body: String,
 }
@@ -253,27 +157,6 @@ pub enum EventView {
     CallIncoming(CallEventView),
     /// A call rings at the peer, became active, or ended (`reason` says why).
     CallState(CallEventView),
-}
-
-/// A call's id: 16 bytes, shown as 32 hex digits (the same form as a message id).
-pub type CallId = MessageId;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CallState {
-    Ringing,
-    Active,
-    Ended,
-}
-
-impl CallState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallState::Ringing => "ringing",
-            CallState::Active => "active",
-            CallState::Ended => "ended",
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -414,12 +297,19 @@ fn username(what: &str, t: capnp::Result<capnp::text::Reader<'_>>) -> Result<Use
 
 fn message_id(what: &str, d: capnp::Result<&[u8]>) -> Result<MessageId, CtlError> {
     let d = d?;
-    MessageId::from_bytes(d).ok_or_else(|| {
+    MessageId::from_slice(d).ok_or_else(|| {
         CtlError::Protocol(format!(
             "{what} is {} bytes, not {}",
             d.len(),
             MessageId::LEN
         ))
+    })
+}
+
+fn call_id(what: &str, d: capnp::Result<&[u8]>) -> Result<CallId, CtlError> {
+    let d = d?;
+    CallId::from_slice(d).ok_or_else(|| {
+        CtlError::Protocol(format!("{what} is {} bytes, not {}", d.len(), CallId::LEN))
     })
 }
 
@@ -474,6 +364,7 @@ impl MessageView {
             to: username("recipient", r.get_to())?,
             time: r.get_time(),
             status: read_status(r.get_status())?,
+            reason: text("failure reason", r.get_reason())?,
             integrity: read_integrity(r.get_integrity())?,
             body: text("message body", r.get_body())?,
         })
@@ -557,7 +448,7 @@ fn read_call_state(
 impl CallView {
     pub fn read(r: call_info::Reader<'_>) -> Result<Self, CtlError> {
         Ok(CallView {
-            id: message_id("call id", r.get_id())?,
+            id: call_id("call id", r.get_id())?,
             peer: username("peer", r.get_peer())?,
             outgoing: r.get_outgoing(),
             state: read_call_state(r.get_state())?,
@@ -577,7 +468,7 @@ impl CallView {
 impl CallEventView {
     pub fn read(r: call_event::Reader<'_>) -> Result<Self, CtlError> {
         Ok(CallEventView {
-            id: message_id("call id", r.get_id())?,
+            id: call_id("call id", r.get_id())?,
             peer: username("peer", r.get_peer())?,
             state: read_call_state(r.get_state())?,
             reason: text("reason", r.get_reason())?,
@@ -970,7 +861,7 @@ mod tests {
         let id: MessageId = "00112233445566778899AABBCCDDEEFF".parse().unwrap();
         assert_eq!(id.to_hex(), "00112233445566778899aabbccddeeff");
         assert_eq!(id.to_string(), id.to_hex());
-        assert_eq!(MessageId::from_bytes(id.as_bytes()), Some(id));
+        assert_eq!(MessageId::from_slice(id.as_bytes()), Some(id));
         assert!("0011".parse::<MessageId>().is_err());
         assert!("zz112233445566778899aabbccddeeff"
             .parse::<MessageId>()
@@ -978,7 +869,7 @@ mod tests {
         assert!("00112233445566778899aabbccddeeff00"
             .parse::<MessageId>()
             .is_err());
-        assert_eq!(MessageId::from_bytes(&[0; 15]), None);
+        assert_eq!(MessageId::from_slice(&[0; 15]), None);
     }
 
     #[test]

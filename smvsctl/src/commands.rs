@@ -8,7 +8,7 @@ use smvs_schema::Username;
 use tokio::sync::mpsc;
 
 use crate::cli::Command;
-use crate::client::{HostClient, MessageId, EVENT_QUEUE};
+use crate::client::{CallId, HostClient, MessageId, EVENT_QUEUE};
 use crate::error::{CtlError, ErrorCode};
 use crate::output::{self, Format};
 
@@ -309,7 +309,7 @@ pub async fn hangup(
     host: &HostClient,
     format: Format,
     out: &mut dyn Write,
-    id: Option<&MessageId>,
+    id: Option<&CallId>,
 ) -> Result<(), CtlError> {
     host.hangup_call(id).await?;
     let text = match format {

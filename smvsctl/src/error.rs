@@ -1,7 +1,7 @@
 //! What can go wrong in `smvsctl`, and how smvsd's refusals are read back.
 //!
 //! smvsd refuses a request with a Cap'n Proto exception whose text starts with a stable code
-//! (`schema/local.capnp` lists them). By the time it reaches us, capnp-rpc has wrapped it:
+//! ([`ErrorCode`], shared with smvsd and the D-Bus error names). By the time it reaches us, capnp-rpc has wrapped it:
 //! `remote exception: key-changed: bob's identity key changed; …`. [`CtlError::from`] strips the
 //! wrapping and the code, keeps the code as data, and leaves the human part for the user.
 
@@ -9,74 +9,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-/// The stable error codes of smvsd's local API, as listed at the top of `schema/local.capnp`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    BadRequest,
-    NotRegistered,
-    AlreadyRegistered,
-    UnknownUser,
-    KeyChanged,
-    Blocked,
-    TooLarge,
-    Directory,
-    Keyguard,
-    NotFound,
-    Internal,
-    Busy,
-    Offline,
-    Refused,
-    NoDevice,
-    Taken,
-    Proxy,
-    Ended,
-}
-
-impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
-        ErrorCode::BadRequest,
-        ErrorCode::NotRegistered,
-        ErrorCode::AlreadyRegistered,
-        ErrorCode::UnknownUser,
-        ErrorCode::KeyChanged,
-        ErrorCode::Blocked,
-        ErrorCode::TooLarge,
-        ErrorCode::Directory,
-        ErrorCode::Keyguard,
-        ErrorCode::NotFound,
-        ErrorCode::Internal,
-        ErrorCode::Busy,
-        ErrorCode::Offline,
-        ErrorCode::Refused,
-        ErrorCode::NoDevice,
-        ErrorCode::Taken,
-        ErrorCode::Proxy,
-        ErrorCode::Ended,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadRequest => "bad-request",
-            ErrorCode::NotRegistered => "not-registered",
-            ErrorCode::AlreadyRegistered => "already-registered",
-            ErrorCode::UnknownUser => "unknown-user",
-            ErrorCode::KeyChanged => "key-changed",
-            ErrorCode::Blocked => "blocked",
-            ErrorCode::TooLarge => "too-large",
-            ErrorCode::Directory => "directory",
-            ErrorCode::Keyguard => "keyguard",
-            ErrorCode::NotFound => "not-found",
-            ErrorCode::Internal => "internal",
-            ErrorCode::Busy => "busy",
-            ErrorCode::Offline => "offline",
-            ErrorCode::Refused => "refused",
-            ErrorCode::NoDevice => "no-device",
-            ErrorCode::Taken => "taken",
-            ErrorCode::Proxy => "proxy",
-            ErrorCode::Ended => "ended",
-        }
-    }
-}
+pub use smvs_schema::ErrorCode;
 
 /// Everything `smvsctl` reports. Each message is one line, ready to follow `smvsctl: `.
 #[derive(Debug, Error)]
@@ -149,15 +82,7 @@ const REMOTE_PREFIX: &str = "remote exception: ";
 /// Splits `text` (an exception's text, wrapping already removed) into its stable code and the
 /// human part. The code must open the text; a code word later in a sentence is not a code.
 pub fn split_code(text: &str) -> (Option<ErrorCode>, &str) {
-    for code in ErrorCode::ALL {
-        if let Some(rest) = text
-            .strip_prefix(code.as_str())
-            .and_then(|rest| rest.strip_prefix(':'))
-        {
-            return (Some(code), rest.trim_start());
-        }
-    }
-    (None, text)
+    ErrorCode::split(text)
 }
 
 /// Removes every layer of capnp-rpc's `remote exception: ` wrapping (an exception relayed by a
@@ -228,7 +153,7 @@ mod tests {
 
     #[test]
     fn every_code_is_recognised() {
-        for code in ErrorCode::ALL {
+        for &code in ErrorCode::ALL {
             let e = CtlError::from(remote(
                 capnp::ErrorKind::Failed,
                 &format!("{}: what happened", code.as_str()),

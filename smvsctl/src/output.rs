@@ -188,6 +188,15 @@ pub fn message_text(m: &MessageView) -> String {
         )),
         Integrity::Ok | Integrity::Unchecked => {}
     }
+    match m.reason.as_str() {
+        "" => {}
+        "unknown-user" => out.push_str(&format!(
+            "\n  ! not delivered: the directory does not know {} (not registered, or deregistered)",
+            m.to
+        )),
+        "refused" => out.push_str(&format!("\n  ! not delivered: {}'s host refused it", m.to)),
+        other => out.push_str(&format!("\n  ! not delivered: {}", clean(other))),
+    }
     if m.body.is_empty() {
         out.push_str("\n    (empty)");
     }
@@ -459,7 +468,7 @@ mod tests {
     }
 
     fn id(byte: u8) -> MessageId {
-        MessageId::from_bytes(&[byte; 16]).unwrap()
+        MessageId::from_slice(&[byte; 16]).unwrap()
     }
 
     fn message() -> MessageView {
@@ -469,6 +478,7 @@ mod tests {
             to: name("bob"),
             time: 1_700_000_000_123,
             status: MessageStatus::Delivered,
+            reason: String::new(),
             integrity: Integrity::Ok,
             body: "hello\nsecond line".to_string(),
         }
@@ -615,6 +625,13 @@ mod tests {
             ..message()
         };
         assert!(message_text(&empty).ends_with("\n    (empty)"));
+        let failed = MessageView {
+            status: MessageStatus::Failed,
+            reason: "unknown-user".into(),
+            ..message()
+        };
+        assert!(message_text(&failed)
+            .contains("[failed, integrity ok]  id 0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f\n  ! not delivered: the directory does not know bob"));
     }
 
     #[test]
@@ -627,7 +644,8 @@ mod tests {
             json_value(&to_json(&[m]).unwrap()),
             json!([{
                 "id": "0f".repeat(16), "from": "alice", "to": "bob", "time": 1_700_000_000_123_i64,
-                "status": "delivered", "integrity": "out_of_order", "body": "hello\nsecond line"
+                "status": "delivered", "reason": "", "integrity": "out_of_order",
+                "body": "hello\nsecond line"
             }])
         );
     }

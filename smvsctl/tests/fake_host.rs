@@ -299,7 +299,7 @@ async fn send_returns_the_id_and_history_renders_it() {
         assert_eq!(host.path(), path.as_path());
 
         let id = host.send(&name("bob"), "see you at eight").await.unwrap();
-        assert_eq!(id, MessageId::from_bytes(&SENT_ID).unwrap());
+        assert_eq!(id, MessageId::from_slice(&SENT_ID).unwrap());
 
         let mut out = Vec::new();
         commands::send(&host, Format::Text, &mut out, &name("bob"), "again")
@@ -352,7 +352,7 @@ async fn send_returns_the_id_and_history_renders_it() {
             list[0],
             serde_json::json!({
                 "id": "01".repeat(16), "from": "bob", "to": "alice", "time": 1_700_000_000_123_i64,
-                "status": "received", "integrity": "ok", "body": "hi alice"
+                "status": "received", "reason": "", "integrity": "ok", "body": "hi alice"
             })
         );
     })

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use smvs_crypto::SigningPublicKey;
 
-use crate::{Config, FileConfig};
+use crate::config::{Config, FileConfig};
 
 #[derive(Parser)]
 #[command(
@@ -140,8 +140,8 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         contacts_only: cli.contacts_only || file.contacts_only.unwrap_or(false),
         dbus: match cli.dbus.or(file.dbus).as_deref() {
             None | Some("none") => None,
-            Some("system") => Some(crate::dbus::BusKind::System),
-            Some("session") => Some(crate::dbus::BusKind::Session),
+            Some("system") => Some(crate::config::BusKind::System),
+            Some("session") => Some(crate::config::BusKind::Session),
             Some(other) => {
                 return Err(format!(
                     "dbus must be system, session or none, not {other:?}"
@@ -149,9 +149,9 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
             }
         },
         notifications: match cli.notifications.or(file.notifications).as_deref() {
-            None | Some("sender") => crate::dbus::NotifyMode::Sender,
-            Some("off") => crate::dbus::NotifyMode::Off,
-            Some("preview") => crate::dbus::NotifyMode::Preview,
+            None | Some("sender") => crate::config::NotifyMode::Sender,
+            Some("off") => crate::config::NotifyMode::Off,
+            Some("preview") => crate::config::NotifyMode::Preview,
             Some(other) => {
                 return Err(format!(
                     "notifications must be off, sender or preview, not {other:?}"

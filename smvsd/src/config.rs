@@ -65,7 +65,24 @@ pub struct Config {
     /// Hold messages from users who are not contacts yet as requests.
     pub contacts_only: bool,
     /// Serve `org.smvs.Daemon1` on this bus (None: no D-Bus).
-    pub dbus: Option<crate::dbus::BusKind>,
+    pub dbus: Option<BusKind>,
     /// Desktop notifications raised by the daemon itself (session bus only).
-    pub notifications: crate::dbus::NotifyMode,
+    pub notifications: NotifyMode,
+}
+
+/// Which bus to serve `org.smvs.Daemon1` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusKind {
+    System,
+    Session,
+}
+
+/// What a desktop notification for an incoming message shows (session mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyMode {
+    Off,
+    /// "New message from alice".
+    Sender,
+    /// The sender and the start of the text.
+    Preview,
 }

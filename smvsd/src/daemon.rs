@@ -1,10 +1,13 @@
-//! The host's lifecycle: open everything, start the actors, listen, say READY, stop.
+//! The wiring: [`Host::bind`] opens everything and starts the owners and the edges,
+//! [`Host::shutdown`] stops accepting, [`Host::join`] drains in order. [`run`] is the whole
+//! lifecycle (bind, READY, wait for a stop signal, shut down, join) for `main.rs`.
 //!
 //! ```text
-//!  keyguard ──storage key──► Storage (thread) ◄──┬── Router (actor) ◄── local API (Unix socket)
-//!                                                 ├── PeerLinks (actor) ──► other hosts
-//!                                                 └── host link server ◄── other hosts
-//!  DeviceHub (actor) ◄── events from all of them ──► subscribed devices
+//!  keyguard ──storage key──► Storage (thread)
+//!  Trust, Sessions ──► Outbox (delivery tasks) ──► other hosts
+//!  api::peer ◄── other hosts ──► Inbox ──► CallManager (actor)
+//!  api::local, api::dbus ──► Commands (actor, the façade) ──► the owners above
+//!  DeviceHub (actor) ◄── events from the owners ──► subscribed devices
 //! ```
 //!
 //! Everything but the storage thread runs on one actix arbiter (the main thread), because the
@@ -21,13 +24,16 @@ use smvs_keyguard::client::KeyguardClient;
 use smvs_schema::Username;
 use thiserror::Error;
 
+use crate::api::local::LocalApi;
+use crate::calls::{CallContext, CallManager};
+use crate::commands::{Commands, Owners};
 use crate::config::Config;
-use crate::devices::DeviceHub;
-use crate::host::{HostCore, Me};
-use crate::local_api::LocalApi;
-use crate::peers::{Kick, PeerLinks};
-use crate::router::Router;
+use crate::events::{DeviceHub, Events};
+use crate::inbox::{Inbox, InboxSettings};
+use crate::outbox::{Outbox, OutboxSettings};
+use crate::sessions::Sessions;
 use crate::storage::Storage;
+use crate::trust::{DirectoryConfig, Me, Trust};
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -57,183 +63,276 @@ pub enum DaemonError {
     Dbus(String),
 }
 
-/// Runs the host until `stop` resolves. Call inside an actix `System`.
+/// A running host: its listeners, owners and tasks, all on the current (actix) thread.
+pub struct Host {
+    peer_addr: std::net::SocketAddr,
+    socket_path: std::path::PathBuf,
+    storage: Storage,
+    /// The accept loops and timers; aborted by [`Host::shutdown`].
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Kept for as long as the host runs: dropping the connection leaves the bus.
+    bus: Option<zbus::Connection>,
+}
+
+impl Host {
+    /// Opens the state directory, keyguard and storage, starts the owners, binds the peer port
+    /// and the local socket, and joins D-Bus. Call inside an actix `System`. The host serves
+    /// from here on; say READY after this returns.
+    pub async fn bind(config: Config) -> Result<Host, DaemonError> {
+        smvs_crypto::init().map_err(|e| DaemonError::TransportKey(e.to_string()))?;
+        let state = config.state_dir.clone();
+        open_state_dir(&state)?;
+        let (secret, _) =
+            smvs_service::keyfile::load_or_create(&state.join("transport.key"), 32, || {
+                zeroize::Zeroizing::new(smvs_crypto::random_array::<32>().to_vec())
+            })
+            .map_err(|e| DaemonError::TransportKey(e.to_string()))?;
+        let transport = Rc::new(
+            AgreementKeyPair::from_secret_bytes(&secret)
+                .map_err(|e| DaemonError::TransportKey(e.to_string()))?,
+        );
+
+        let kg_path = config.keyguard_socket.display().to_string();
+        let kg_err = |e: smvs_keyguard::client::KeyguardError| DaemonError::Keyguard {
+            path: kg_path.clone(),
+            message: e.to_string(),
+        };
+        let keyguard = KeyguardClient::connect(&config.keyguard_socket)
+            .await
+            .map_err(kg_err)?;
+        // The storage key exists only in memory here; keyguard derives it anew at every start.
+        let storage_key = keyguard.derive_storage_key().await.map_err(kg_err)?;
+        let storage = Storage::open(&state.join("host.db"), storage_key)?;
+        let me = registered_user(&storage, &keyguard, &config).await?;
+        let keyguard = Rc::new(keyguard);
+
+        let listen_error = |what: String| move |source| DaemonError::Listen { what, source };
+        let peer_listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(listen_error(config.listen.to_string()))?;
+        let peer_addr = peer_listener
+            .local_addr()
+            .map_err(listen_error(config.listen.to_string()))?;
+        let local_listener = crate::api::local::bind(&config.socket)
+            .map_err(listen_error(config.socket.display().to_string()))?;
+        // An OS-chosen port is only known now.
+        let host_address = match &config.public_address {
+            Some(a) => a.clone(),
+            None => smvs_schema::HostAddress::parse(&peer_addr.to_string())
+                .map_err(|e| DaemonError::Inconsistent(e.to_string()))?,
+        };
+        let mut allowed = config.allowed_uids.clone();
+        allowed.push(0);
+        allowed.push(nix::unistd::geteuid().as_raw());
+
+        // The owners, bottom up.
+        let hub = DeviceHub::default().start();
+        let events = Events::new(hub.clone().recipient());
+        let trust = Rc::new(Trust::new(
+            DirectoryConfig {
+                address: config.directory.clone(),
+                key: config.directory_key,
+            },
+            transport.clone(),
+            keyguard.clone(),
+            storage.clone(),
+            events.clone(),
+            me,
+        ));
+        let sessions = Rc::new(Sessions::new(keyguard));
+        let outbox = Outbox::new(
+            trust.clone(),
+            sessions.clone(),
+            storage.clone(),
+            events.clone(),
+            transport.clone(),
+            OutboxSettings {
+                retry_max: config.retry_max,
+                socks5_proxy: config.socks5_proxy.clone(),
+            },
+        );
+        let calls = CallManager::new(CallContext {
+            trust: trust.clone(),
+            outbox: outbox.clone(),
+            events: events.clone(),
+            ring_timeout: config.ring_timeout,
+        })
+        .start();
+        let inbox = Rc::new(Inbox::new(
+            trust.clone(),
+            sessions.clone(),
+            storage.clone(),
+            events.clone(),
+            calls.clone(),
+            InboxSettings {
+                contacts_only: config.contacts_only,
+                honour_remote_delete: config.honour_remote_delete,
+            },
+        ));
+        let commands = Commands::new(Owners {
+            trust,
+            sessions,
+            outbox: outbox.clone(),
+            storage: storage.clone(),
+            calls,
+            events,
+            host_address,
+        })
+        .start();
+
+        // The edges.
+        let mut tasks = vec![
+            tokio::task::spawn_local(crate::api::peer::serve(
+                peer_listener,
+                transport,
+                inbox,
+                config.peer_idle,
+            )),
+            tokio::task::spawn_local(
+                LocalApi {
+                    commands: commands.clone(),
+                    hub: hub.clone(),
+                    allowed_uids: allowed.clone(),
+                }
+                .serve(local_listener),
+            ),
+            tokio::task::spawn_local(expire_loop(storage.clone())),
+        ];
+        for peer in storage.peers_with_outbox().await? {
+            outbox.kick(&peer);
+        }
+        let bus = match config.dbus {
+            Some(kind) => Some(
+                crate::api::dbus::start(kind, config.notifications, commands, hub, allowed)
+                    .await
+                    .map_err(DaemonError::Dbus)?,
+            ),
+            None => None,
+        };
+        if let Some(every) = smvs_service::notify::watchdog_interval() {
+            // systemd's watchdog (WatchdogSec=): the ping goes through the storage thread, so
+            // a wedged database stops it and systemd restarts the host.
+            let storage = storage.clone();
+            tasks.push(tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if storage.queued_count().await.is_ok() {
+                        smvs_service::notify::watchdog_ping();
+                    }
+                }
+            }));
+        }
+        tracing::info!(listen = %peer_addr, socket = %config.socket.display(), "host serving");
+        Ok(Host {
+            peer_addr,
+            socket_path: config.socket,
+            storage,
+            tasks,
+            bus,
+        })
+    }
+
+    /// The peer port's address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.peer_addr
+    }
+
+    /// What systemd's status line says while the host serves.
+    pub fn status(&self) -> String {
+        format!(
+            "listening on {}; socket {}",
+            self.peer_addr,
+            self.socket_path.display()
+        )
+    }
+
+    /// Stage 1 of the drain: stop accepting (peer port, local socket, D-Bus) and stop the
+    /// timers. Connections already open finish what they are doing while [`Host::join`] runs.
+    pub fn shutdown(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.bus = None;
+        let _ = std::fs::remove_file(&self.socket_path);
+    }
+
+    /// Stages 2 and 3 of the drain. Stage 2 waits for the storage jobs already queued
+    /// (envelopes being stored, messages being queued, statuses being written): a checkpoint
+    /// runs after all of them, in order. Stage 3 is that checkpoint itself, which leaves the
+    /// database whole in its main file. Deliveries still waiting for a receipt are not waited
+    /// for: their messages are still queued on disk and go out again after the restart, and the
+    /// peer's host recognises what it already has. Nothing that was acknowledged is lost.
+    pub async fn join(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Err(e) = self.storage.checkpoint().await {
+            tracing::warn!(error = %e, "the last checkpoint failed; the WAL is replayed at the next start");
+        }
+    }
+}
+
+/// Creates the state directory (0700) or checks that nobody else can reach into it.
+fn open_state_dir(state: &std::path::Path) -> Result<(), DaemonError> {
+    let shown = state.display().to_string();
+    let err = |source| DaemonError::StateDir {
+        path: shown.clone(),
+        source,
+    };
+    if !state.exists() {
+        std::fs::create_dir_all(state).map_err(err)?;
+        std::fs::set_permissions(state, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    let mode = std::fs::metadata(state).map_err(err)?.permissions().mode();
+    if mode & 0o007 != 0 {
+        return Err(DaemonError::StateDirOpen(shown));
+    }
+    Ok(())
+}
+
+/// The user this host was registered as, with its identity from keyguard.
+async fn registered_user(
+    storage: &Storage,
+    keyguard: &KeyguardClient,
+    config: &Config,
+) -> Result<Option<Me>, DaemonError> {
+    let Some(name) = storage.setting("me").await? else {
+        return Ok(None);
+    };
+    let username = std::str::from_utf8(&name)
+        .ok()
+        .and_then(|n| Username::parse(n).ok())
+        .ok_or_else(|| DaemonError::Inconsistent("the stored user name is corrupt".into()))?;
+    let identity = keyguard
+        .public_keys()
+        .await
+        .map_err(|e| DaemonError::Keyguard {
+            path: config.keyguard_socket.display().to_string(),
+            message: e.to_string(),
+        })?
+        .ok_or_else(|| {
+            DaemonError::Inconsistent(format!(
+                "this host is registered as {username} but keyguard at {} has no identity",
+                config.keyguard_socket.display()
+            ))
+        })?;
+    Ok(Some(Me { username, identity }))
+}
+
+/// Runs the host until `stop` resolves: bind, READY=1, wait, STOPPING=1, shutdown, join.
+/// Call inside an actix `System`.
 pub async fn run(
     config: Config,
     stop: impl Future<Output = &'static str>,
 ) -> Result<(), DaemonError> {
-    smvs_crypto::init().map_err(|e| DaemonError::TransportKey(e.to_string()))?;
-    let state = config.state_dir.clone();
-    let shown = state.display().to_string();
-    if !state.exists() {
-        std::fs::create_dir_all(&state).map_err(|source| DaemonError::StateDir {
-            path: shown.clone(),
-            source,
-        })?;
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).map_err(
-            |source| DaemonError::StateDir {
-                path: shown.clone(),
-                source,
-            },
-        )?;
-    }
-    let mode = std::fs::metadata(&state)
-        .map_err(|source| DaemonError::StateDir {
-            path: shown.clone(),
-            source,
-        })?
-        .permissions()
-        .mode();
-    if mode & 0o007 != 0 {
-        return Err(DaemonError::StateDirOpen(shown));
-    }
-
-    let (secret, _) =
-        smvs_service::keyfile::load_or_create(&state.join("transport.key"), 32, || {
-            zeroize::Zeroizing::new(smvs_crypto::random_array::<32>().to_vec())
-        })
-        .map_err(|e| DaemonError::TransportKey(e.to_string()))?;
-    let transport = AgreementKeyPair::from_secret_bytes(&secret)
-        .map_err(|e| DaemonError::TransportKey(e.to_string()))?;
-
-    let kg_path = config.keyguard_socket.display().to_string();
-    let kg_err = |e: smvs_keyguard::client::KeyguardError| DaemonError::Keyguard {
-        path: kg_path.clone(),
-        message: e.to_string(),
-    };
-    let keyguard = KeyguardClient::connect(&config.keyguard_socket)
-        .await
-        .map_err(kg_err)?;
-    // The storage key exists only in memory here; keyguard derives it anew at every start.
-    let storage_key = keyguard.derive_storage_key().await.map_err(kg_err)?;
-    let storage = Storage::open(&state.join("host.db"), storage_key)?;
-
-    let me = match storage.setting("me").await? {
-        None => None,
-        Some(name) => {
-            let username = std::str::from_utf8(&name)
-                .ok()
-                .and_then(|n| Username::parse(n).ok())
-                .ok_or_else(|| {
-                    DaemonError::Inconsistent("the stored user name is corrupt".into())
-                })?;
-            let identity = keyguard
-                .public_keys()
-                .await
-                .map_err(kg_err)?
-                .ok_or_else(|| {
-                    DaemonError::Inconsistent(format!(
-                        "this host is registered as {username} but keyguard at {} has no identity",
-                        config.keyguard_socket.display()
-                    ))
-                })?;
-            Some(Me { username, identity })
-        }
-    };
-
-    let peer_listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| DaemonError::Listen {
-            what: config.listen.to_string(),
-            source,
-        })?;
-    let peer_addr = peer_listener
-        .local_addr()
-        .map_err(|source| DaemonError::Listen {
-            what: config.listen.to_string(),
-            source,
-        })?;
-    let local_listener =
-        crate::local_api::bind(&config.socket).map_err(|source| DaemonError::Listen {
-            what: config.socket.display().to_string(),
-            source,
-        })?;
-
-    let mut config = config;
-    if config.public_address.is_none() {
-        // An OS-chosen port is only known now.
-        config.public_address = smvs_schema::HostAddress::parse(&peer_addr.to_string()).ok();
-    }
-    let socket_path = config.socket.clone();
-    let mut allowed = config.allowed_uids.clone();
-    allowed.push(0);
-    allowed.push(nix::unistd::geteuid().as_raw());
-
-    let (dbus, notifications) = (config.dbus, config.notifications);
-    let core = Rc::new(HostCore::new(
-        config,
-        storage.clone(),
-        keyguard,
-        transport,
-        me,
-    ));
-    let hub = DeviceHub::default().start();
-    core.set_event_sink(hub.clone().recipient());
-    let hub_for_dbus = hub.clone();
-    let peers = PeerLinks::new(core.clone()).start();
-    let calls = crate::calls::CallManager::new(core.clone()).start();
-    let router = Router::new(core.clone(), peers.clone(), calls.clone()).start();
-
-    tokio::task::spawn_local(crate::host_link::serve(
-        peer_listener,
-        core.clone(),
-        router.clone(),
-    ));
-    tokio::task::spawn_local(
-        LocalApi {
-            core: core.clone(),
-            router: router.clone(),
-            calls: calls.clone(),
-            hub,
-            allowed_uids: allowed,
-        }
-        .serve(local_listener),
-    );
-    for peer in storage.peers_with_outbox().await? {
-        peers.do_send(Kick(peer));
-    }
-    tokio::task::spawn_local(expire_loop(storage.clone()));
-    // Kept for as long as the daemon runs: dropping the connection leaves the bus.
-    let _bus = match dbus {
-        Some(kind) => Some(
-            crate::dbus::start(
-                kind,
-                notifications,
-                router.clone(),
-                calls.clone(),
-                hub_for_dbus,
-            )
-            .await
-            .map_err(DaemonError::Dbus)?,
-        ),
-        None => None,
-    };
-
-    smvs_service::notify::ready_with_status(&format!(
-        "listening on {peer_addr}; socket {}",
-        socket_path.display()
-    ));
-    tracing::info!(listen = %peer_addr, socket = %socket_path.display(), "host serving");
-    if let Some(every) = smvs_service::notify::watchdog_interval() {
-        // systemd's watchdog (WatchdogSec=): the ping goes through the storage thread, so a
-        // wedged database stops it and systemd restarts the host.
-        let storage = storage.clone();
-        tokio::task::spawn_local(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                if storage.queued_count().await.is_ok() {
-                    smvs_service::notify::watchdog_ping();
-                }
-            }
-        });
-    }
+    let mut host = Host::bind(config).await?;
+    smvs_service::notify::ready_with_status(&host.status());
     let signal = stop.await;
     tracing::info!(signal, "stopping");
     smvs_service::notify::stopping();
-    // Everything acknowledged is already committed; in-flight deliveries are retried by their
-    // senders. Leave no stale socket behind.
-    let _ = std::fs::remove_file(&socket_path);
+    host.shutdown();
+    host.join().await;
     Ok(())
 }
 

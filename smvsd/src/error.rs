@@ -1,20 +1,24 @@
 //! Errors of the host, as local clients and peer hosts see them.
 //!
-//! Local API errors start with a stable code (listed in `schema/local.capnp`); host-link errors
-//! start with `refused:` when the sending host must not retry that envelope.
+//! [`HostError`] is what a device hears: an [`ErrorCode`] (shared with smvsctl and the D-Bus
+//! error names, so they cannot drift) and a sentence for a person. On the Unix socket it
+//! travels as an exception whose text starts with the code; on D-Bus as the error named after
+//! it. [`IncomingError`] is what a peer host hears about an envelope: refused (never retry) or
+//! later, which `host.capnp` carries as typed fields.
 
+use smvs_schema::ErrorCode;
 use thiserror::Error;
 
 /// A failed local request. The code is what scripts branch on.
-#[derive(Debug, Error)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[error("{code}: {message}")]
 pub struct HostError {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl HostError {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         HostError {
             code,
             message: message.into(),
@@ -22,24 +26,37 @@ impl HostError {
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
-        HostError::new("bad-request", message)
+        HostError::new(ErrorCode::BadRequest, message)
     }
 
+    /// Something that should not happen: the details go to the log, the device hears only that
+    /// it happened.
     pub fn internal(what: impl std::fmt::Display) -> Self {
         tracing::error!(error = %what, "internal error");
-        HostError::new("internal", "internal error; see the daemon's log")
+        HostError::new(ErrorCode::Internal, "internal error; see the daemon's log")
+    }
+
+    pub fn shutting_down() -> Self {
+        HostError::new(ErrorCode::Internal, "the host is shutting down")
     }
 }
 
 impl From<crate::storage::StorageError> for HostError {
     fn from(e: crate::storage::StorageError) -> Self {
+        if e.is_disk_full() {
+            tracing::error!(error = %e, "storage is full");
+            return HostError::new(
+                ErrorCode::Storage,
+                "the host's disk is full; nothing was stored (free some space and try again)",
+            );
+        }
         HostError::internal(e)
     }
 }
 
 impl From<smvs_keyguard::client::KeyguardError> for HostError {
     fn from(e: smvs_keyguard::client::KeyguardError) -> Self {
-        HostError::new("keyguard", e.to_string())
+        HostError::new(ErrorCode::Keyguard, e.to_string())
     }
 }
 
@@ -47,9 +64,9 @@ impl From<smvs_directory::ClientError> for HostError {
     fn from(e: smvs_directory::ClientError) -> Self {
         match e.code() {
             Some(smvs_directory::ErrorCode::NotFound) => {
-                HostError::new("unknown-user", e.to_string())
+                HostError::new(ErrorCode::UnknownUser, e.to_string())
             }
-            _ => HostError::new("directory", e.to_string()),
+            _ => HostError::new(ErrorCode::Directory, e.to_string()),
         }
     }
 }
@@ -61,7 +78,7 @@ impl From<HostError> for capnp::Error {
 }
 
 /// Why an incoming envelope was not accepted.
-#[derive(Debug, Error)]
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum IncomingError {
     /// Never retry this envelope: it will never be accepted.
     #[error("refused: {0}")]
@@ -69,12 +86,6 @@ pub enum IncomingError {
     /// Try again later (directory unreachable, key change not yet accepted, …).
     #[error("later: {0}")]
     Later(String),
-}
-
-impl From<IncomingError> for capnp::Error {
-    fn from(e: IncomingError) -> Self {
-        capnp::Error::failed(e.to_string())
-    }
 }
 
 impl From<crate::storage::StorageError> for IncomingError {

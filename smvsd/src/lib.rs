@@ -2,28 +2,52 @@
 //!
 //! It keeps the user's messages (encrypted at rest), delivers them to other users' hosts over
 //! Noise + Cap'n Proto, keeps them while those hosts are away, and serves the user's devices on
-//! a Unix socket. The identity's secret keys stay in smvs-keyguard.
+//! a Unix socket and D-Bus. The identity's secret keys stay in smvs-keyguard.
 //!
-//! Modules: [`daemon`] (lifecycle and wiring), [`router`], [`peers`], [`devices`], [`calls`] (the actors),
-//! [`storage`] (the storage thread), [`host`] (state shared by the actors), [`session`] (how
-//! envelopes are sealed), [`host_link`] (the peer port), [`local_api`] (the Unix socket),
-//! [`config`], [`model`], [`error`].
+//! Layers (bottom to top): model, error | config | cli, session, storage, events, trust, sessions, outbox, calls, inbox, commands, api, daemon
+//!
+//! Each module names only modules below it (a test in `smvs-tests` checks this line against the
+//! imports, and fails on an import that points up or sideways):
+//! - [`model`]: the vocabulary — ids, statuses, contacts, calls, events. Plain data.
+//! - [`error`], [`config`], [`cli`]: errors as devices and peers see them; settings.
+//! - [`session`]: pure sealing and opening of envelopes, and the inner message's wire codec.
+//! - [`storage`]: the encrypted database, on its own thread.
+//! - [`events`]: the device hub, and the handle owners publish through.
+//! - The owners, each the only one to change its state: [`trust`] (our user, the directory,
+//!   pinned contacts), [`sessions`] (session keys), [`outbox`] (delivery and "sent"),
+//!   [`calls`] (the call table; an actor), [`inbox`] (arrival order of incoming envelopes).
+//!   Owners other than the actors are single-threaded objects on the main arbiter: a method
+//!   call is the message, and their state is private to them.
+//! - [`commands`]: the one façade every device request goes through.
+//! - [`api`]: the edges (Unix socket, D-Bus, peer port), which only translate.
+//! - [`daemon`]: the wiring and the lifecycle (`Host::bind / shutdown / join`).
 
-pub mod calls;
+pub mod model;
+
 pub mod cli;
 pub mod config;
-pub mod daemon;
-pub mod dbus;
-pub mod devices;
 pub mod error;
-pub mod host;
-pub mod host_link;
-pub mod local_api;
-pub mod local_calls;
-pub mod model;
-pub mod peers;
-pub mod router;
+
 pub mod session;
+
 pub mod storage;
+
+pub mod events;
+
+pub mod trust;
+
+pub mod sessions;
+
+pub mod outbox;
+
+pub mod calls;
+
+pub mod inbox;
+
+pub mod commands;
+
+pub mod api;
+
+pub mod daemon;
 
 pub use config::{Config, FileConfig};

@@ -66,8 +66,24 @@ fn ensure_daemon_user() {
 }
 
 fn host_on_bus(name: &str, dir: &DirectoryProcess, ip: &str, bus: &TestBus) -> HostProcess {
+    host_on_bus_allowing(name, dir, ip, bus, &[])
+}
+
+/// As [`host_on_bus`], with these users allowed besides root (smvsd holds D-Bus callers to
+/// the same allowed uids as its socket).
+fn host_on_bus_allowing(
+    name: &str,
+    dir: &DirectoryProcess,
+    ip: &str,
+    bus: &TestBus,
+    users: &[&str],
+) -> HostProcess {
     let mut host = HostProcess::start(name, dir, ip, &[]).unwrap();
     host.stop().unwrap();
+    for user in users {
+        let uid = nix::unistd::User::from_name(user).unwrap().unwrap().uid;
+        host.add_flags(&["--allow-uid", &uid.to_string()]);
+    }
     host.add_flags(&["--dbus", "system"]);
     host.add_env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address);
     host.start_again().unwrap();
@@ -196,7 +212,7 @@ fn the_policy_lets_group_smvs_in_and_keeps_everyone_else_out() {
         .unwrap();
     ensure_daemon_user();
     let bus = TestBus::system_like(ROOT_OWNS).unwrap();
-    let bob = host_on_bus("bob", &dir, "127.0.0.2", &bus);
+    let bob = host_on_bus_allowing("bob", &dir, "127.0.0.2", &bus, &[member]);
     bob.register().unwrap();
     let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     alice.register().unwrap();
@@ -729,4 +745,218 @@ fn calls_over_dbus_run_in_the_agent() {
     }
     assert!(agent.0.try_wait().unwrap().is_none(), "the agent exited");
     listening.abort();
+}
+
+/// The command façade answers the Unix socket and D-Bus alike: the same refused request gives
+/// the same error code on both (the socket's `code:` prefix, D-Bus's error name).
+#[test]
+fn the_socket_and_dbus_refuse_the_same_request_with_the_same_code() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    ensure_daemon_user();
+    let bus = TestBus::system_like(ROOT_OWNS).unwrap();
+    let alice = host_on_bus("alice", &dir, "127.0.0.1", &bus);
+    alice.register().unwrap();
+    let name = |n: &str| smvs_schema::Username::parse(n).unwrap();
+    let unknown_id = smvs_schema::MessageId::random();
+    let too_large = "x".repeat(64 * 1024 + 1);
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let socket = smvsctl::client::connect(&alice.socket).await.unwrap();
+        let (_connection, proxy) = daemon_proxy(&bus.address).await;
+        // (what, the socket's refusal, D-Bus's refusal)
+        let cases = [
+            (
+                "send to a name nobody registered",
+                socket.send(&name("nosuchuser"), "hello?").await.map(drop),
+                proxy
+                    .call::<_, _, String>("Send", &("nosuchuser", "hello?"))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "send to ourselves",
+                socket.send(&name("alice"), "me").await.map(drop),
+                proxy
+                    .call::<_, _, String>("Send", &("alice", "me"))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "send more than 64 KiB",
+                socket.send(&name("bob"), &too_large).await.map(drop),
+                proxy
+                    .call::<_, _, String>("Send", &("bob", too_large.as_str()))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "a message that is not there",
+                socket.message(&name("bob"), &unknown_id).await.map(drop),
+                proxy
+                    .call::<_, _, (String, String, String, i64, String, String, String)>(
+                        "GetMessage",
+                        &("bob", unknown_id.to_hex().as_str()),
+                    )
+                    .await
+                    .map(drop),
+            ),
+            (
+                "verify a name nobody registered",
+                socket.verify(&name("nosuchuser"), false).await.map(drop),
+                proxy
+                    .call::<_, _, (String, String, bool, bool)>("Verify", &("nosuchuser", false))
+                    .await
+                    .map(drop),
+            ),
+        ];
+        let mut codes = Vec::new();
+        for (what, on_socket, on_dbus) in cases {
+            let code = on_socket
+                .expect_err(what)
+                .code()
+                .unwrap_or_else(|| panic!("{what}: the socket's refusal has no code"));
+            let dbus = on_dbus.expect_err(what).to_string();
+            let name = format!("org.smvs.Daemon1.Error.{}", code.dbus_name());
+            assert!(
+                dbus.contains(&name),
+                "{what}: socket said {code}, D-Bus said {dbus}"
+            );
+            codes.push(code.as_str());
+        }
+        assert_eq!(
+            codes,
+            [
+                "unknown-user",
+                "bad-request",
+                "too-large",
+                "not-found",
+                "unknown-user"
+            ]
+        );
+    });
+    // Nothing was queued by any of it.
+    let status = alice.ctl_json(&["status"]).unwrap();
+    assert_eq!(status["queued"], 0, "{status}");
+}
+
+/// Runs `smvs-bus-listen` as `user` (a copy in a directory every user can enter, so a clone
+/// in a private folder works too); returns the child once it has subscribed.
+fn listen_as(user: &str, address: &str, seconds: u64) -> (tempfile::TempDir, std::process::Child) {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("smvs-bin-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.path().join("smvs-bus-listen");
+    std::fs::copy(
+        smvs_tests::daemon::binary("smvs-bus-listen").unwrap(),
+        &copy,
+    )
+    .unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = Command::new("runuser")
+        .args(["-u", user, "--"])
+        .arg(&copy)
+        .args([address, &seconds.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut first).unwrap();
+    assert_eq!(
+        first.trim(),
+        "ready",
+        "the listener as {user} did not subscribe"
+    );
+    child.stdout = Some(out.into_inner());
+    (dir, child)
+}
+
+/// What a listener heard, once it has run out its time.
+fn heard(child: std::process::Child) -> Vec<String> {
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Review finding 1: smvsd's signals (who wrote, when, key changes, calls, property changes)
+/// reach root and group `smvs` only; a local user outside the group who subscribes to every
+/// signal on the system bus hears none of them. Review finding 2: D-Bus callers are held to
+/// smvsd's allowed_uids, as the socket's callers are, even when the bus policy lets them in.
+#[test]
+fn signals_reach_only_the_group_and_callers_are_held_to_allowed_uids() {
+    let (member, outsider) = ensure_users();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    ensure_daemon_user();
+    let bus = TestBus::system_like(ROOT_OWNS).unwrap();
+    let bob = host_on_bus("bob", &dir, "127.0.0.2", &bus);
+    bob.register().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    alice.register().unwrap();
+
+    let (_d1, outsider_ears) = listen_as(outsider, &bus.address, 6);
+    let (_d2, member_ears) = listen_as(member, &bus.address, 6);
+    alice.send("bob", "who is listening?").unwrap();
+    bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+    bob.ctl_ok(&["send", "alice", "hello back"]).unwrap();
+    let member_heard = heard(member_ears);
+    let outsider_heard = heard(outsider_ears);
+    assert!(
+        member_heard.iter().any(|s| s == "MessageReceived"),
+        "a member of group smvs hears smvsd: {member_heard:?}"
+    );
+    assert!(
+        outsider_heard.is_empty(),
+        "a user outside group smvs heard: {outsider_heard:?}"
+    );
+
+    // The member may reach the name (bus policy) but is not in bob's allowed_uids: refused by
+    // smvsd itself, for methods and properties alike.
+    let out = as_user(
+        member,
+        &bus.address,
+        &[
+            "call",
+            "org.smvs.Daemon1",
+            "/org/smvs/Daemon1",
+            "org.smvs.Daemon1",
+            "Conversations",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "Conversations was answered");
+    assert!(err.contains("may not use this host"), "{err}");
+    let out = as_user(
+        member,
+        &bus.address,
+        &[
+            "get-property",
+            "org.smvs.Daemon1",
+            "/org/smvs/Daemon1",
+            "org.smvs.Daemon1",
+            "Username",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the Username property was answered");
+    assert!(err.contains("Access denied"), "{err}");
+    assert!(bob.logs().contains("refused a D-Bus caller"));
 }

@@ -56,15 +56,25 @@ async fn deliver(link: &host_link::Client, raw: &Raw) -> Result<Vec<u8>, String>
         e.set_session_version(session::SESSION_V1);
         e.set_sealed(&raw.sealed);
     }
+    // A refusal and a "later" are typed answers; they read here as "refused: …" / "later: …".
+    use smvs_schema::host_capnp::delivery_outcome;
     match request.send().promise.await {
-        Ok(response) => Ok(response
+        Ok(response) => match response
             .get()
             .unwrap()
-            .get_receipt()
+            .get_outcome()
             .unwrap()
-            .get_signature()
+            .which()
             .unwrap()
-            .to_vec()),
+        {
+            delivery_outcome::Receipt(r) => Ok(r.unwrap().get_signature().unwrap().to_vec()),
+            delivery_outcome::Refused(why) => {
+                Err(format!("refused: {}", why.unwrap().to_str().unwrap()))
+            }
+            delivery_outcome::Later(why) => {
+                Err(format!("later: {}", why.unwrap().to_str().unwrap()))
+            }
+        },
         Err(e) => Err(e.to_string()),
     }
 }
@@ -405,7 +415,7 @@ fn idle_links_are_closed_and_one_address_cannot_take_every_slot() {
         // One address gets at most 32 connections at once; the next is turned away before
         // its handshake, while another address still gets in.
         let mut held = Vec::new();
-        for _ in 0..smvsd::host_link::MAX_CONNECTIONS_PER_ADDRESS {
+        for _ in 0..smvsd::api::peer::MAX_CONNECTIONS_PER_ADDRESS {
             held.push(handshake_from("127.0.0.9", &carol).await.unwrap());
         }
         assert!(handshake_from("127.0.0.9", &carol).await.is_err());

@@ -18,14 +18,17 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use smvs_crypto::{AeadKey, IdentityBundle, Zeroizing};
-use smvs_schema::Username;
+use smvs_crypto::{AeadKey, AgreementPublicKey, IdentityBundle, Zeroizing};
+use smvs_schema::{HostAddress, Username};
 use smvs_sqlite::SqliteWorker;
 use thiserror::Error;
 
 pub use crypt::AtRest;
 
-use crate::model::{message_hash, Direction, Integrity, MessageId, Payload, Status, StoredMessage};
+use crate::model::{
+    message_hash, Contact, Direction, FailReason, Integrity, MessageId, Payload, PendingKey,
+    Status, StoredMessage,
+};
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -39,6 +42,14 @@ pub enum StorageError {
     Gone,
     #[error("database: {0}")]
     Migration(String),
+}
+
+impl StorageError {
+    /// The disk (or the database's quota) is full: nothing of the job was written.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DiskFull)
+    }
 }
 
 impl From<smvs_sqlite::WorkerGone> for StorageError {
@@ -95,6 +106,10 @@ const MIGRATIONS: &[&str] = &[
         VALUES (OLD.tag, OLD.id, CAST(strftime('%s', 'now') AS INTEGER) * 1000);
     END;
 ",
+    "
+    -- 3: why an outgoing message failed (a FailReason code; empty unless failed).
+    ALTER TABLE messages ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+",
 ];
 
 /// How long the id of a deleted received message is remembered (see migration 2).
@@ -150,44 +165,71 @@ impl ContentPayload {
     }
 }
 
-/// What the host knows about another user: the pinned identity and where their host is.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Contact {
-    pub username: String,
-    /// The pinned identity (IdentityBundle bytes, hex).
-    pub identity: String,
-    pub transport_key: String,
-    pub host_address: String,
-    pub serial: u64,
-    pub blocked: bool,
-    /// A different identity the directory now shows, not yet accepted by the user.
-    pub pending_identity: Option<String>,
-    pub pending_transport_key: Option<String>,
-    /// Not a contact yet: first heard from while contacts-only mode was on.
-    pub request: bool,
+/// A contact as it is sealed on disk (JSON of hex strings; the format of every version so far).
+#[derive(Serialize, Deserialize)]
+struct ContactRecord {
+    username: String,
+    identity: String,
+    transport_key: String,
+    host_address: String,
+    serial: u64,
+    blocked: bool,
+    pending_identity: Option<String>,
+    pending_transport_key: Option<String>,
+    request: bool,
 }
 
-impl Contact {
-    pub fn identity(&self) -> Result<IdentityBundle, StorageError> {
-        bundle_from_hex(&self.identity)
+impl ContactRecord {
+    fn from_contact(c: &Contact) -> ContactRecord {
+        ContactRecord {
+            username: c.username.to_string(),
+            identity: hex::encode(c.identity.to_bytes()),
+            transport_key: c.transport_key.to_hex(),
+            host_address: c.host_address.to_string(),
+            serial: c.serial,
+            blocked: c.blocked,
+            pending_identity: c
+                .pending
+                .as_ref()
+                .map(|p| hex::encode(p.identity.to_bytes())),
+            pending_transport_key: c.pending.as_ref().map(|p| p.transport_key.to_hex()),
+            request: c.request,
+        }
     }
 
-    pub fn pending(&self) -> Result<Option<IdentityBundle>, StorageError> {
-        self.pending_identity
-            .as_deref()
-            .map(bundle_from_hex)
-            .transpose()
+    fn into_contact(self) -> Result<Contact> {
+        let corrupt = |what: &str| StorageError::Corrupt(format!("contact {what}"));
+        let pending = match (self.pending_identity, self.pending_transport_key) {
+            (Some(identity), Some(key)) => Some(PendingKey {
+                identity: bundle_from_hex(&identity)?,
+                transport_key: key_from_hex(&key)?,
+            }),
+            (None, None) => None,
+            _ => return Err(corrupt("pending key")),
+        };
+        Ok(Contact {
+            username: Username::parse(&self.username).map_err(|_| corrupt("name"))?,
+            identity: bundle_from_hex(&self.identity)?,
+            transport_key: key_from_hex(&self.transport_key)?,
+            host_address: HostAddress::parse(&self.host_address)
+                .map_err(|_| corrupt("host address"))?,
+            serial: self.serial,
+            blocked: self.blocked,
+            pending,
+            request: self.request,
+        })
     }
-}
-
-pub fn bundle_to_hex(b: &IdentityBundle) -> String {
-    hex::encode(b.to_bytes())
 }
 
 fn bundle_from_hex(h: &str) -> Result<IdentityBundle> {
     let bytes = hex::decode(h).map_err(|_| StorageError::Corrupt("identity".into()))?;
     // Verified when it was pinned; the row it comes from is sealed (authenticated) at rest.
     Ok(IdentityBundle::from_verified_bytes(&bytes)?)
+}
+
+fn key_from_hex(h: &str) -> Result<AgreementPublicKey> {
+    let bytes = hex::decode(h).map_err(|_| StorageError::Corrupt("transport key".into()))?;
+    Ok(AgreementPublicKey::from_bytes(&bytes)?)
 }
 
 /// What happened to an incoming message.
@@ -297,10 +339,9 @@ impl Storage {
             for row in rows {
                 let (tag, sealed) = row?;
                 let plain = k.open("contact", &tag, &sealed)?;
-                out.push(
-                    serde_json::from_slice(&plain)
-                        .map_err(|e| StorageError::Corrupt(e.to_string()))?,
-                );
+                let record: ContactRecord = serde_json::from_slice(&plain)
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                out.push(record.into_contact()?);
             }
             out.sort_by(|a: &Contact, b| a.username.cmp(&b.username));
             Ok(out)
@@ -337,6 +378,7 @@ impl Storage {
                 payload,
                 prev_hash: prev,
                 status: Status::Queued,
+                reason: FailReason::None,
                 integrity: Integrity::Unchecked,
                 direction: Direction::Out,
             };
@@ -365,7 +407,7 @@ impl Storage {
                 return Ok(Vec::new());
             };
             let mut stmt = c.prepare_cached(
-                "SELECT seq, id, direction, status, integrity, sealed FROM messages
+                "SELECT seq, id, direction, status, integrity, sealed, reason FROM messages
                  WHERE tag = ?1 AND direction = 0 AND status IN (0, 1) AND seq > ?2
                  ORDER BY seq LIMIT ?3",
             )?;
@@ -373,7 +415,14 @@ impl Storage {
                 .query_map(params![tag, after_seq, i64::from(limit)], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
-                        (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
+                        (
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                        ),
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<(i64, RowTuple)>>>()?;
@@ -410,6 +459,7 @@ impl Storage {
                 [],
                 |r| r.get(0),
             )?;
+            // More than 4 billion queued messages reads as u32::MAX (a count for display).
             Ok(u32::try_from(n).unwrap_or(u32::MAX))
         })
         .await
@@ -427,7 +477,9 @@ impl Storage {
             let ids = stmt
                 .query_map([&tag], |r| r.get::<_, Vec<u8>>(0))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(ids.iter().filter_map(|id| MessageId::from_slice(id)).collect())
+            ids.iter()
+                .map(|id| MessageId::from_slice(id).ok_or_else(|| StorageError::Corrupt("id".into())))
+                .collect()
         })
         .await
     }
@@ -439,15 +491,56 @@ impl Storage {
         ids: Vec<MessageId>,
         status: Status,
     ) -> Result<Vec<MessageId>> {
+        self.fail_or_set(peer, ids, status, FailReason::None).await
+    }
+
+    /// Marks outgoing messages failed, for `reason`. Returns the ids whose status changed.
+    pub async fn set_failed(
+        &self,
+        peer: &Username,
+        ids: Vec<MessageId>,
+        reason: FailReason,
+    ) -> Result<Vec<MessageId>> {
+        self.fail_or_set(peer, ids, Status::Failed, reason).await
+    }
+
+    /// Marks everything in `peer`'s outbox failed, for `reason`. Returns the ids.
+    pub async fn fail_outbox(&self, peer: &Username, reason: FailReason) -> Result<Vec<MessageId>> {
+        let peer = peer.clone();
+        self.call(move |c, k| {
+            let tag = k.tag(&peer)?;
+            let mut stmt = c.prepare_cached(
+                "UPDATE messages SET status = 4, reason = ?2
+                 WHERE tag = ?1 AND direction = 0 AND status IN (0, 1) RETURNING id",
+            )?;
+            let ids = stmt
+                .query_map(params![tag, reason.as_str()], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            ids.iter()
+                .map(|id| {
+                    MessageId::from_slice(id).ok_or_else(|| StorageError::Corrupt("id".into()))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn fail_or_set(
+        &self,
+        peer: &Username,
+        ids: Vec<MessageId>,
+        status: Status,
+        reason: FailReason,
+    ) -> Result<Vec<MessageId>> {
         let peer = peer.clone();
         self.call(move |c, k| {
             let tag = k.tag(&peer)?;
             let mut changed = Vec::new();
             let mut stmt = c.prepare_cached(
-                "UPDATE messages SET status = ?3 WHERE tag = ?1 AND id = ?2 AND direction = 0 AND status != ?3 AND status != 2",
+                "UPDATE messages SET status = ?3, reason = ?4 WHERE tag = ?1 AND id = ?2 AND direction = 0 AND status != ?3 AND status != 2",
             )?;
             for id in ids {
-                if stmt.execute(params![tag, &id.0[..], status as i64])? > 0 {
+                if stmt.execute(params![tag, &id.0[..], status as i64, reason.as_str()])? > 0 {
                     changed.push(id);
                 }
             }
@@ -542,7 +635,7 @@ impl Storage {
                 &key,
                 &tag,
                 &peer,
-                "SELECT id, direction, status, integrity, sealed FROM messages WHERE tag = ?1 ORDER BY seq DESC",
+                "SELECT id, direction, status, integrity, sealed, reason FROM messages WHERE tag = ?1 ORDER BY seq DESC",
                 i64::MAX,
             )?;
             all.retain(|m| matches!(m.payload, Payload::Text(_)));
@@ -559,7 +652,7 @@ impl Storage {
             let Some((tag, key)) = conversation(c, k, &peer, false)? else {
                 return Ok(None);
             };
-            let mut stmt = c.prepare_cached("SELECT id, direction, status, integrity, sealed FROM messages WHERE tag = ?1 AND id = ?2")?;
+            let mut stmt = c.prepare_cached("SELECT id, direction, status, integrity, sealed, reason FROM messages WHERE tag = ?1 AND id = ?2")?;
             let rows = stmt.query_map(params![tag, &id.0[..]], row_tuple)?;
             let mut rows = rows;
             rows.next()
@@ -682,7 +775,8 @@ impl Storage {
                         n
                     }
                 };
-                Ok(u32::try_from(n).unwrap_or(u32::MAX))
+                // More than 4 billion queued messages reads as u32::MAX (a count for display).
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
             })
             .await?;
         self.checkpoint().await?;
@@ -764,6 +858,7 @@ impl Storage {
                     "DELETE FROM tombstones WHERE deleted_at < ?1",
                     [now - TOMBSTONE_DAYS * 24 * 3600 * 1000],
                 )?;
+                // More than 4 billion queued messages reads as u32::MAX (a count for display).
                 Ok(u32::try_from(n).unwrap_or(u32::MAX))
             })
             .await?;
@@ -807,7 +902,7 @@ fn named_by_a_gap(c: &Connection, key: &AeadKey, tag: &[u8], msg: &StoredMessage
         &msg.payload,
     );
     let mut stmt = c.prepare_cached(
-        "SELECT id, direction, status, integrity, sealed FROM messages
+        "SELECT id, direction, status, integrity, sealed, reason FROM messages
          WHERE tag = ?1 AND direction = 1 AND integrity = ?2 ORDER BY seq DESC LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![tag, Integrity::Gap as i64, GAP_LOOKBACK], row_tuple)?;
@@ -905,17 +1000,24 @@ fn insert_message(
     Ok(hash)
 }
 
-type RowTuple = (Vec<u8>, i64, i64, i64, Vec<u8>);
+type RowTuple = (Vec<u8>, i64, i64, i64, Vec<u8>, String);
 
 fn row_tuple(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowTuple> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
 fn decode_row(
     key: &AeadKey,
     tag: &[u8],
     peer: &Username,
-    (id, direction, status, integrity, sealed): RowTuple,
+    (id, direction, status, integrity, sealed, reason): RowTuple,
 ) -> Result<StoredMessage> {
     let plain = AtRest::open_message(key, tag, &id, direction, &sealed)?;
     let content: Content =
@@ -930,8 +1032,12 @@ fn decode_row(
         payload: content.payload.into_payload()?,
         prev_hash: hex::decode(&content.prev)
             .map_err(|_| StorageError::Corrupt("prev hash".into()))?,
-        status: Status::from_i64(status),
-        integrity: Integrity::from_i64(integrity),
+        status: Status::from_i64(status)
+            .ok_or_else(|| StorageError::Corrupt(format!("unknown message status {status}")))?,
+        reason: FailReason::parse(&reason)
+            .ok_or_else(|| StorageError::Corrupt(format!("unknown failure reason {reason:?}")))?,
+        integrity: Integrity::from_i64(integrity)
+            .ok_or_else(|| StorageError::Corrupt(format!("unknown integrity {integrity}")))?,
         direction: if direction == 0 {
             Direction::Out
         } else {
@@ -973,17 +1079,18 @@ fn get_contact(c: &Connection, k: &AtRest, peer: &Username) -> Result<Option<Con
     sealed
         .map(|s| {
             let plain = k.open("contact", &tag, &s)?;
-            serde_json::from_slice(&plain).map_err(|e| StorageError::Corrupt(e.to_string()))
+            let record: ContactRecord =
+                serde_json::from_slice(&plain).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            record.into_contact()
         })
         .transpose()
 }
 
 fn put_contact(c: &Connection, k: &AtRest, contact: &Contact) -> Result<()> {
-    let name =
-        Username::parse(&contact.username).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    let tag = k.tag(&name)?;
+    let tag = k.tag(&contact.username)?;
     let plain = Zeroizing::new(
-        serde_json::to_vec(contact).map_err(|e| StorageError::Corrupt(e.to_string()))?,
+        serde_json::to_vec(&ContactRecord::from_contact(contact))
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?,
     );
     let sealed = k.seal("contact", &tag, &plain)?;
     cached_exec(c,

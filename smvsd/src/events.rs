@@ -1,9 +1,13 @@
-//! The device hub: fans host events out to every subscribed local device.
+//! Events: the device hub, which fans host events out to every subscribed device (local
+//! socket subscribers, D-Bus), and [`Events`], the handle every owner publishes through.
 //!
 //! ```text
-//!  router / peer links ──Publish(event)──► DeviceHub ──try_send──► one bounded queue per device
-//!                                                                   └─► local API task ─► EventSink
+//!  trust / outbox / inbox / calls ──Events::publish──► DeviceHub ──try_send──► one bounded queue per device
+//!                                                                              └─► api task ─► EventSink / D-Bus
 //! ```
+//!
+//! Owns: the list of subscribers. Serializes: by being an actor (one mailbox, handled in order),
+//! so every device sees the events in the order they were published.
 //!
 //! A device that stops draining its queue is dropped rather than allowed to hold the host
 //! back. Events carry ids and names, never message text.
@@ -56,5 +60,24 @@ impl Handler<Publish> for DeviceHub {
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
+    }
+}
+
+/// Where owners publish events. Cheap to clone; never blocks.
+#[derive(Clone)]
+pub struct Events {
+    hub: actix::Recipient<Publish>,
+}
+
+impl Events {
+    pub fn new(hub: actix::Recipient<Publish>) -> Events {
+        Events { hub }
+    }
+
+    /// Tells devices. A full hub drops the event (and says so) rather than hold the host up.
+    pub fn publish(&self, event: HostEvent) {
+        if self.hub.try_send(Publish(event)).is_err() {
+            tracing::warn!("device hub is full; an event was dropped");
+        }
     }
 }

@@ -1,93 +1,14 @@
-//! The host's vocabulary: message ids, statuses, and the plain data that actors pass around.
+//! The host's vocabulary: message ids, statuses, contacts, calls, events: the plain data that
+//! every layer above passes around. It names nothing else in the crate.
 
-use std::fmt;
+pub mod calls;
+pub mod contact;
 
 use smvs_schema::Username;
 
-/// A message id: 16 random bytes chosen by the sender, unique per sender.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(pub [u8; 16]);
-
-impl MessageId {
-    pub fn random() -> Self {
-        MessageId(smvs_crypto::random_array())
-    }
-
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        bytes.try_into().ok().map(MessageId)
-    }
-
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl fmt::Debug for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MessageId({})", self.to_hex())
-    }
-}
-
-impl fmt::Display for MessageId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-/// Where a message is in its life. The numbers are stored on disk and match `local.capnp`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Queued = 0,
-    Sent = 1,
-    Delivered = 2,
-    Received = 3,
-    Failed = 4,
-    Held = 5,
-}
-
-impl Status {
-    pub fn from_i64(v: i64) -> Status {
-        match v {
-            0 => Status::Queued,
-            1 => Status::Sent,
-            2 => Status::Delivered,
-            3 => Status::Received,
-            5 => Status::Held,
-            _ => Status::Failed,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Sent => "sent",
-            Status::Delivered => "delivered",
-            Status::Received => "received",
-            Status::Failed => "failed",
-            Status::Held => "held",
-        }
-    }
-}
-
-/// What the conversation's hash chain says about an incoming message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Integrity {
-    Ok = 0,
-    Gap = 1,
-    OutOfOrder = 2,
-    Unchecked = 3,
-}
-
-impl Integrity {
-    pub fn from_i64(v: i64) -> Integrity {
-        match v {
-            0 => Integrity::Ok,
-            1 => Integrity::Gap,
-            2 => Integrity::OutOfOrder,
-            _ => Integrity::Unchecked,
-        }
-    }
-}
+pub use calls::{CallId, CallInfo, CallSignal, CallState, Media, SignalKind};
+pub use contact::{Contact, PendingKey};
+pub use smvs_schema::{Integrity, MessageId, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -116,8 +37,51 @@ pub struct StoredMessage {
     pub payload: Payload,
     pub prev_hash: Vec<u8>,
     pub status: Status,
+    /// Why a failed message failed (empty otherwise).
+    pub reason: FailReason,
     pub integrity: Integrity,
     pub direction: Direction,
+}
+
+/// Why an outgoing message was given up. Stored with the message, as its code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailReason {
+    None,
+    /// The directory does not know the recipient (never registered, or deregistered since).
+    UnknownUser,
+    /// The recipient's host refused it and said never to retry.
+    Refused,
+}
+
+impl FailReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::None => "",
+            FailReason::UnknownUser => "unknown-user",
+            FailReason::Refused => "refused",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<FailReason> {
+        [
+            FailReason::None,
+            FailReason::UnknownUser,
+            FailReason::Refused,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+    }
+
+    /// What a person reads.
+    pub fn explain(self) -> &'static str {
+        match self {
+            FailReason::None => "",
+            FailReason::UnknownUser => {
+                "the directory does not know the recipient (not registered, or deregistered)"
+            }
+            FailReason::Refused => "the recipient's host refused it",
+        }
+    }
 }
 
 /// The hash that chains a sender's messages in a conversation (BLAKE2b-256 over the fields in a
@@ -185,9 +149,9 @@ pub enum HostEvent {
         peer: Username,
     },
     /// A call rings here.
-    CallIncoming(crate::calls::CallInfo),
+    CallIncoming(CallInfo),
     /// A call rings at the peer (outgoing), became active, or ended.
-    CallState(crate::calls::CallInfo),
+    CallState(CallInfo),
 }
 
 pub fn now_ms() -> i64 {

@@ -1,6 +1,8 @@
 //! The call part of the local API: placing, answering and ending calls for a device, and the
 //! call agent that runs calls started over D-Bus.
 //!
+//! It translates only: each request becomes one of the façade's call commands.
+//!
 //! A device that places or answers a call passes a `CallDevice` capability; a task here forwards
 //! the call manager's notices (answered, ended) to it. The device gets back a `CallControl`;
 //! when the device lets it go — or its connection drops — the call is hung up.
@@ -11,14 +13,17 @@ use actix::Addr;
 use smvs_schema::local_capnp::{call_control, call_device, call_info, call_media, host};
 use tokio::sync::mpsc;
 
-use crate::calls::{
-    AgentRequest, AnswerCall, CallId, CallInfo, CallManager, CallState, DeviceNotice, Hangup,
-    Media, PlaceCall, RegisterAgent, UnregisterAgent,
+use smvs_schema::ErrorCode;
+
+use crate::calls::{AgentRequest, DeviceNotice};
+use crate::commands::{
+    parse_user, AnswerCall, Commands, Hangup, ListCalls, PlaceCall, RegisterAgent, UnregisterAgent,
 };
 use crate::error::HostError;
+use crate::model::{CallId, CallInfo, CallState, Media};
 
 fn mailbox<T>(r: Result<T, actix::MailboxError>) -> Result<T, capnp::Error> {
-    r.map_err(|_| HostError::new("internal", "the host is shutting down").into())
+    r.map_err(|_| HostError::shutting_down().into())
 }
 
 pub fn read_media(m: call_media::Reader<'_>) -> Result<Media, capnp::Error> {
@@ -94,7 +99,7 @@ fn forward_notices(mut rx: mpsc::UnboundedReceiver<DeviceNotice>, device: call_d
 }
 
 struct CallControlRpc {
-    calls: Addr<CallManager>,
+    calls: Addr<Commands>,
     id: CallId,
     token: u64,
 }
@@ -130,7 +135,7 @@ impl Drop for CallControlRpc {
 }
 
 /// The device's handle on its call (see [`CallControlRpc`]).
-fn control(calls: &Addr<CallManager>, info: &CallInfo, token: u64) -> call_control::Client {
+fn control(calls: &Addr<Commands>, info: &CallInfo, token: u64) -> call_control::Client {
     capnp_rpc::new_client(CallControlRpc {
         calls: calls.clone(),
         id: info.id,
@@ -139,17 +144,17 @@ fn control(calls: &Addr<CallManager>, info: &CallInfo, token: u64) -> call_contr
 }
 
 pub async fn place(
-    calls: &Addr<CallManager>,
+    calls: &Addr<Commands>,
     params: host::PlaceCallParams,
     mut results: host::PlaceCallResults,
 ) -> Result<(), capnp::Error> {
     let (peer, media, device) = {
         let p = params.get()?;
-        let peer = p
-            .get_peer()?
-            .to_str()
-            .map_err(|_| HostError::bad_request("text is not UTF-8"))?
-            .to_owned();
+        let peer = parse_user(
+            p.get_peer()?
+                .to_str()
+                .map_err(|_| HostError::bad_request("text is not UTF-8"))?,
+        )?;
         (peer, read_media(p.get_media()?)?, p.get_device()?)
     };
     let (tx, rx) = mpsc::unbounded_channel();
@@ -170,7 +175,7 @@ pub async fn place(
 }
 
 pub async fn answer(
-    calls: &Addr<CallManager>,
+    calls: &Addr<Commands>,
     params: host::AnswerCallParams,
     mut results: host::AnswerCallResults,
 ) -> Result<(), capnp::Error> {
@@ -200,7 +205,7 @@ pub async fn answer(
 }
 
 pub async fn hangup(
-    calls: &Addr<CallManager>,
+    calls: &Addr<Commands>,
     params: host::HangupCallParams,
 ) -> Result<(), capnp::Error> {
     let id = call_id(params.get()?.get_id()?)?;
@@ -217,21 +222,19 @@ pub async fn hangup(
 }
 
 pub async fn list(
-    calls: &Addr<CallManager>,
+    calls: &Addr<Commands>,
     mut results: host::CallsResults,
 ) -> Result<(), capnp::Error> {
-    let all = mailbox(calls.send(crate::calls::ListCalls).await)?;
-    let mut list = results
-        .get()
-        .init_calls(u32::try_from(all.len()).unwrap_or(0));
-    for (i, info) in all.iter().enumerate() {
-        write_info(list.reborrow().get(u32::try_from(i).unwrap_or(0)), info);
+    let all = mailbox(calls.send(ListCalls).await)??;
+    let mut list = results.get().init_calls(super::list_len(all.len())?);
+    for (i, info) in (0..).zip(all.iter()) {
+        write_info(list.reborrow().get(i), info);
     }
     Ok(())
 }
 
 struct AgentRegistration {
-    calls: Addr<CallManager>,
+    calls: Addr<Commands>,
     token: u64,
 }
 
@@ -244,19 +247,19 @@ impl Drop for AgentRegistration {
 }
 
 pub async fn register_agent(
-    calls: &Addr<CallManager>,
+    calls: &Addr<Commands>,
     params: host::RegisterCallAgentParams,
     mut results: host::RegisterCallAgentResults,
 ) -> Result<(), capnp::Error> {
     let agent = params.get()?.get_agent()?;
     let (tx, mut rx) = mpsc::unbounded_channel::<AgentRequest>();
-    let token = mailbox(calls.send(RegisterAgent(tx)).await)?;
+    let token = mailbox(calls.send(RegisterAgent(tx)).await)??;
     tokio::task::spawn_local(async move {
         while let Some(request) = rx.recv().await {
             let agent = agent.clone();
             // Each request on its own: placing a call waits for the peer's host.
             tokio::task::spawn_local(async move {
-                let refused = |e: capnp::Error| HostError::new("no-device", e.extra);
+                let refused = |e: capnp::Error| HostError::new(ErrorCode::NoDevice, e.extra);
                 match request {
                     AgentRequest::Place {
                         peer,
@@ -275,7 +278,10 @@ pub async fn register_agent(
                                 .map_err(refused)
                                 .and_then(|id| {
                                     CallId::from_slice(id).ok_or_else(|| {
-                                        HostError::new("no-device", "the agent sent a bad call id")
+                                        HostError::new(
+                                            ErrorCode::NoDevice,
+                                            "the agent sent a bad call id",
+                                        )
                                     })
                                 }),
                             Err(e) => Err(refused(e)),

@@ -13,15 +13,22 @@
 //! later version (a ratchet) replaces this module behind the `session_version` field without
 //! touching routing, storage or transport.
 //!
+//! This module is pure: no I/O, no state, nothing above `model` in the crate. [`codec`] writes
+//! and reads the inner message (texts, deletions, expiry settings and call signals).
+//!
 //! Before sealing, content is padded (ISO/IEC 7816-4: 0x80 then zeros) to the next of a few
 //! size buckets, so the wire shows only the bucket, not the length of what was written.
 
+mod codec;
+
 use smvs_crypto::{AeadKey, CryptoError, IdentityBundle, Zeroizing};
-use smvs_schema::host_capnp::inner_message;
 use smvs_schema::Username;
 
-use crate::calls::CallSignal;
-use crate::model::{MessageId, Payload};
+pub use codec::{decode_inner, encode_inner, Content, Inner};
+
+use crate::model::MessageId;
+#[cfg(test)]
+use crate::model::Payload;
 
 pub const ENVELOPE_FORMAT: u16 = 1;
 pub const SESSION_V1: u16 = 1;
@@ -75,6 +82,7 @@ impl Header<'_> {
         ad.extend_from_slice(&SESSION_V1.to_be_bytes());
         ad.extend_from_slice(&self.id.0);
         for name in [self.sender, self.recipient] {
+            // A Username is at most 32 bytes, so its length always fits.
             ad.push(u8::try_from(name.as_str().len()).unwrap_or(u8::MAX));
             ad.extend_from_slice(name.as_str().as_bytes());
         }
@@ -153,8 +161,8 @@ pub fn receipt_tag(
     id: &MessageId,
     recipient: &Username,
     stored_at: i64,
-) -> Vec<u8> {
-    smvs_crypto::blake2b(
+) -> Result<Vec<u8>, SessionError> {
+    Ok(smvs_crypto::blake2b(
         32,
         Some(&keys.receipt),
         &[
@@ -163,109 +171,7 @@ pub fn receipt_tag(
             recipient.as_str().as_bytes(),
             &stored_at.to_be_bytes(),
         ],
-    )
-    .unwrap_or_default()
-}
-
-/// The decoded inner message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inner {
-    pub id: MessageId,
-    pub from: Username,
-    pub to: Username,
-    pub time: i64,
-    pub prev_hash: Vec<u8>,
-    pub content: Content,
-}
-
-/// What an envelope carries: a message the host stores, or a call signal it never stores.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Content {
-    Message(Payload),
-    Call(CallSignal),
-}
-
-pub fn encode_inner(inner: &Inner) -> Zeroizing<Vec<u8>> {
-    let mut message = capnp::message::Builder::new_default();
-    {
-        let mut m = message.init_root::<inner_message::Builder<'_>>();
-        m.set_id(&inner.id.0);
-        m.set_from(inner.from.as_str());
-        m.set_to(inner.to.as_str());
-        m.set_time(inner.time);
-        m.set_prev_hash(&inner.prev_hash);
-        match &inner.content {
-            Content::Message(Payload::Text(t)) => m.set_text(t),
-            Content::Message(Payload::Delete(ids)) => {
-                let mut list = m
-                    .init_delete()
-                    .init_ids(u32::try_from(ids.len()).unwrap_or(0));
-                for (i, id) in ids.iter().enumerate() {
-                    list.set(u32::try_from(i).unwrap_or(0), &id.0);
-                }
-            }
-            Content::Message(Payload::Expire(s)) => m.set_expire(*s),
-            Content::Call(signal) => signal.write(m.init_call()),
-        }
-    }
-    Zeroizing::new(capnp::serialize::write_message_to_words(&message))
-}
-
-pub fn decode_inner(bytes: &[u8]) -> Result<Inner, SessionError> {
-    let bad = |e: capnp::Error| SessionError::Content(e.to_string());
-    let mut slice = bytes;
-    let message =
-        capnp::serialize::read_message_from_flat_slice(&mut slice, smvs_schema::reader_options())
-            .map_err(bad)?;
-    let m = message
-        .get_root::<inner_message::Reader<'_>>()
-        .map_err(bad)?;
-    let name = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<Username, SessionError> {
-        let t = t
-            .map_err(bad)?
-            .to_str()
-            .map_err(|_| SessionError::Content("name is not UTF-8".into()))?;
-        Username::parse(t).map_err(|e| SessionError::Content(e.to_string()))
-    };
-    let content = match m
-        .which()
-        .map_err(|_| SessionError::Content("unknown payload kind".into()))?
-    {
-        inner_message::Which::Text(t) => {
-            let t = t
-                .map_err(bad)?
-                .to_string()
-                .map_err(|_| SessionError::Content("text is not UTF-8".into()))?;
-            if t.len() > MAX_TEXT_BYTES {
-                return Err(SessionError::TooLarge(t.len()));
-            }
-            Content::Message(Payload::Text(t))
-        }
-        inner_message::Which::Delete(d) => {
-            let ids = d.map_err(bad)?.get_ids().map_err(bad)?;
-            let mut out = Vec::with_capacity(ids.len() as usize);
-            for id in ids.iter() {
-                out.push(
-                    MessageId::from_slice(id.map_err(bad)?)
-                        .ok_or_else(|| SessionError::Content("bad id".into()))?,
-                );
-            }
-            Content::Message(Payload::Delete(out))
-        }
-        inner_message::Which::Expire(s) => Content::Message(Payload::Expire(s)),
-        inner_message::Which::Call(c) => {
-            Content::Call(CallSignal::read(c.map_err(bad)?).map_err(SessionError::Content)?)
-        }
-    };
-    Ok(Inner {
-        id: MessageId::from_slice(m.get_id().map_err(bad)?)
-            .ok_or_else(|| SessionError::Content("bad id".into()))?,
-        from: name(m.get_from())?,
-        to: name(m.get_to())?,
-        time: m.get_time(),
-        prev_hash: m.get_prev_hash().map_err(bad)?.to_vec(),
-        content,
-    })
+    )?)
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! The local API: Cap'n Proto `Host` (schema/local.capnp) on a Unix socket, for devices.
 //!
 //! Who may connect is decided twice: the socket's directory and file modes, and the peer's uid
-//! (SO_PEERCRED) checked against the allowed list on every accept. Requests that change
-//! anything go to the router; reads go straight to storage. Event subscriptions get a bounded
-//! queue from the device hub and a task that forwards it to the device's `EventSink`.
+//! (SO_PEERCRED) checked against the allowed list on every accept. Every request is translated
+//! into one of the command façade's messages and its answer written back; nothing here reads
+//! or changes state itself. Event subscriptions get a bounded queue from the device hub and a
+//! task that forwards it to the device's `EventSink`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -15,13 +16,14 @@ use smvs_schema::Username;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
-use crate::calls::{CallInfo, CallManager};
-use crate::devices::{DeviceHub, Subscribe, DEVICE_QUEUE};
+use super::local_calls;
+use crate::commands::{
+    parse_user, Commands, Contacts, Conversations, Delete, Expire, GetMessage, History, HostStatus,
+    Register, SendText, SetBlocked, Verify,
+};
 use crate::error::HostError;
-use crate::host::HostCore;
-use crate::local_calls;
-use crate::model::{HostEvent, Integrity, MessageId, Payload, Status, StoredMessage};
-use crate::router::{Delete, Expire, Register, Router, SendText, SetBlocked, Verify};
+use crate::events::{DeviceHub, Subscribe, DEVICE_QUEUE};
+use crate::model::{CallInfo, HostEvent, Integrity, MessageId, Payload, Status, StoredMessage};
 
 /// Local clients served at once.
 pub const MAX_LOCAL_CLIENTS: usize = 256;
@@ -54,9 +56,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 pub struct LocalApi {
-    pub core: Rc<HostCore>,
-    pub router: Addr<Router>,
-    pub calls: Addr<CallManager>,
+    pub commands: Addr<Commands>,
     pub hub: Addr<DeviceHub>,
     pub allowed_uids: Vec<u32>,
 }
@@ -98,9 +98,7 @@ impl LocalApi {
             let api = me.clone();
             tokio::task::spawn_local(async move {
                 let host: host::Client = capnp_rpc::new_client(HostRpc {
-                    core: api.core.clone(),
-                    router: api.router.clone(),
-                    calls: api.calls.clone(),
+                    commands: api.commands.clone(),
                     hub: api.hub.clone(),
                 });
                 if let Err(e) = smvs_transport::rpc::local_server(stream, host.client).await {
@@ -113,9 +111,7 @@ impl LocalApi {
 }
 
 struct HostRpc {
-    core: Rc<HostCore>,
-    router: Addr<Router>,
-    calls: Addr<CallManager>,
+    commands: Addr<Commands>,
     hub: Addr<DeviceHub>,
 }
 
@@ -125,11 +121,16 @@ fn text<'a>(t: capnp::Result<capnp::text::Reader<'a>>) -> Result<&'a str, capnp:
 }
 
 fn user(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<Username, capnp::Error> {
-    Username::parse(text(t)?).map_err(|e| HostError::bad_request(e.to_string()).into())
+    Ok(parse_user(text(t)?)?)
+}
+
+fn id(raw: &[u8]) -> Result<MessageId, capnp::Error> {
+    MessageId::from_slice(raw)
+        .ok_or_else(|| HostError::bad_request("a message id is 16 bytes").into())
 }
 
 fn mailbox<T>(r: Result<T, actix::MailboxError>) -> Result<T, capnp::Error> {
-    r.map_err(|_| HostError::new("internal", "the host is shutting down").into())
+    r.map_err(|_| HostError::shutting_down().into())
 }
 
 fn status_of(s: Status) -> message::Status {
@@ -143,7 +144,7 @@ fn status_of(s: Status) -> message::Status {
     }
 }
 
-fn write_message(mut b: message::Builder<'_>, m: &StoredMessage, core: &HostCore) {
+fn write_message(mut b: message::Builder<'_>, m: &StoredMessage) {
     b.set_id(&m.id.0);
     b.set_from(m.from.as_str());
     b.set_to(m.to.as_str());
@@ -151,13 +152,8 @@ fn write_message(mut b: message::Builder<'_>, m: &StoredMessage, core: &HostCore
     if let Payload::Text(t) = &m.payload {
         b.set_body(t);
     }
-    // "Sent" lives in memory only (see HostCore::mark_sent).
-    let status = if m.status == Status::Queued && core.is_sent(&m.id) {
-        Status::Sent
-    } else {
-        m.status
-    };
-    b.set_status(status_of(status));
+    b.set_status(status_of(m.status));
+    b.set_reason(m.reason.as_str());
     b.set_integrity(match m.integrity {
         Integrity::Ok => message::Integrity::Ok,
         Integrity::Gap => message::Integrity::Gap,
@@ -167,38 +163,23 @@ fn write_message(mut b: message::Builder<'_>, m: &StoredMessage, core: &HostCore
 }
 
 impl HostRpc {
-    async fn set_blocked(&self, user: String, blocked: bool) -> Result<(), capnp::Error> {
-        mailbox(self.router.send(SetBlocked { user, blocked }).await)??;
+    async fn set_blocked(&self, user: Username, blocked: bool) -> Result<(), capnp::Error> {
+        mailbox(self.commands.send(SetBlocked { user, blocked }).await)??;
         Ok(())
     }
+}
 
-    async fn fill_status(
-        &self,
-        mut s: smvs_schema::local_capnp::host_status::Builder<'_>,
-    ) -> Result<(), capnp::Error> {
-        let queued = self
-            .core
-            .storage
-            .queued_count()
-            .await
-            .map_err(HostError::from)?;
-        let me = self.core.me.borrow().clone();
-        s.set_queued(queued);
-        s.set_directory(&self.core.config.directory);
-        s.set_version(env!("CARGO_PKG_VERSION"));
-        let address = match &self.core.config.public_address {
-            Some(a) => a.to_string(),
-            None => self.core.config.listen.to_string(),
-        };
-        s.set_host_address(&address);
-        if let Some(me) = me {
-            s.set_username(me.username.as_str());
-            s.set_registered(true);
-            s.set_fingerprint(
-                smvs_crypto::fingerprint(me.username.as_str(), &me.identity).unwrap_or_default(),
-            );
-        }
-        Ok(())
+fn write_status(mut s: smvs_schema::local_capnp::host_status::Builder<'_>, status: &HostStatus) {
+    s.set_queued(status.queued);
+    s.set_directory(&status.directory);
+    s.set_version(status.version);
+    s.set_host_address(&status.host_address);
+    if let Some(name) = &status.username {
+        s.set_username(name.as_str());
+        s.set_registered(true);
+    }
+    if let Some(fingerprint) = &status.fingerprint {
+        s.set_fingerprint(fingerprint);
     }
 }
 
@@ -208,7 +189,9 @@ impl host::Server for HostRpc {
         _: host::StatusParams,
         mut results: host::StatusResults,
     ) -> Result<(), capnp::Error> {
-        self.fill_status(results.get().init_status()).await
+        let status = mailbox(self.commands.send(crate::commands::Status).await)??;
+        write_status(results.get().init_status(), &status);
+        Ok(())
     }
 
     async fn register(
@@ -216,9 +199,10 @@ impl host::Server for HostRpc {
         params: host::RegisterParams,
         mut results: host::RegisterResults,
     ) -> Result<(), capnp::Error> {
-        let name = text(params.get()?.get_username())?.to_owned();
-        mailbox(self.router.send(Register(name)).await)??;
-        self.fill_status(results.get().init_status()).await
+        let name = user(params.get()?.get_username())?;
+        let status = mailbox(self.commands.send(Register(name)).await)??;
+        write_status(results.get().init_status(), &status);
+        Ok(())
     }
 
     async fn send(
@@ -228,10 +212,10 @@ impl host::Server for HostRpc {
     ) -> Result<(), capnp::Error> {
         let (to, body) = {
             let p = params.get()?;
-            (text(p.get_to())?.to_owned(), text(p.get_body())?.to_owned())
+            (user(p.get_to())?, text(p.get_body())?.to_owned())
         };
-        let stored = mailbox(self.router.send(SendText { to, body }).await)??;
-        results.get().set_id(&stored.id.0);
+        let id = mailbox(self.commands.send(SendText { to, body }).await)??;
+        results.get().set_id(&id.0);
         Ok(())
     }
 
@@ -244,12 +228,7 @@ impl host::Server for HostRpc {
             let p = params.get()?;
             (user(p.get_peer())?, p.get_limit())
         };
-        let mut messages = self
-            .core
-            .storage
-            .history(&peer, limit)
-            .await
-            .map_err(HostError::from)?;
+        let mut messages = mailbox(self.commands.send(History { peer, limit }).await)??;
         // Keep the newest messages that fit in one answer (well under the 4 MiB reader limit).
         let mut budget = HISTORY_ANSWER_BYTES;
         let keep = messages
@@ -269,13 +248,9 @@ impl host::Server for HostRpc {
         messages.drain(..messages.len() - keep);
         let mut r = results.get();
         r.set_more(more);
-        let mut list = r.init_messages(u32::try_from(messages.len()).unwrap_or(u32::MAX));
-        for (i, m) in messages.iter().enumerate() {
-            write_message(
-                list.reborrow().get(u32::try_from(i).unwrap_or(0)),
-                m,
-                &self.core,
-            );
+        let mut list = r.init_messages(super::list_len(messages.len())?);
+        for (i, m) in (0..).zip(messages.iter()) {
+            write_message(list.reborrow().get(i), m);
         }
         Ok(())
     }
@@ -287,18 +262,10 @@ impl host::Server for HostRpc {
     ) -> Result<(), capnp::Error> {
         let (peer, id) = {
             let p = params.get()?;
-            let id = MessageId::from_slice(p.get_id()?)
-                .ok_or_else(|| HostError::bad_request("a message id is 16 bytes"))?;
-            (user(p.get_peer())?, id)
+            (user(p.get_peer())?, id(p.get_id()?)?)
         };
-        let m = self
-            .core
-            .storage
-            .message(&peer, id)
-            .await
-            .map_err(HostError::from)?
-            .ok_or_else(|| HostError::new("not-found", format!("no message {id} with {peer}")))?;
-        write_message(results.get().init_message(), &m, &self.core);
+        let m = mailbox(self.commands.send(GetMessage { peer, id }).await)??;
+        write_message(results.get().init_message(), &m);
         Ok(())
     }
 
@@ -323,17 +290,12 @@ impl host::Server for HostRpc {
         _: host::ConversationsParams,
         mut results: host::ConversationsResults,
     ) -> Result<(), capnp::Error> {
-        let all = self
-            .core
-            .storage
-            .conversations()
-            .await
-            .map_err(HostError::from)?;
+        let all = mailbox(self.commands.send(Conversations).await)??;
         let mut list = results
             .get()
-            .init_conversations(u32::try_from(all.len()).unwrap_or(0));
-        for (i, c) in all.iter().enumerate() {
-            let mut b = list.reborrow().get(u32::try_from(i).unwrap_or(0));
+            .init_conversations(super::list_len(all.len())?);
+        for (i, c) in (0..).zip(all.iter()) {
+            let mut b = list.reborrow().get(i);
             b.set_peer(c.peer.as_str());
             b.set_messages(c.messages);
             b.set_last_time(c.last_time);
@@ -347,25 +309,14 @@ impl host::Server for HostRpc {
         _: host::ContactsParams,
         mut results: host::ContactsResults,
     ) -> Result<(), capnp::Error> {
-        let all = self
-            .core
-            .storage
-            .contacts()
-            .await
-            .map_err(HostError::from)?;
-        let mut list = results
-            .get()
-            .init_contacts(u32::try_from(all.len()).unwrap_or(0));
-        for (i, c) in all.iter().enumerate() {
-            let mut b = list.reborrow().get(u32::try_from(i).unwrap_or(0));
-            b.set_username(&c.username);
-            if let Ok(identity) = c.identity() {
-                b.set_fingerprint(
-                    smvs_crypto::fingerprint(&c.username, &identity).unwrap_or_default(),
-                );
-            }
+        let all = mailbox(self.commands.send(Contacts).await)??;
+        let mut list = results.get().init_contacts(super::list_len(all.len())?);
+        for (i, c) in (0..).zip(all.iter()) {
+            let mut b = list.reborrow().get(i);
+            b.set_username(c.username.as_str());
+            b.set_fingerprint(c.fingerprint());
             b.set_blocked(c.blocked);
-            b.set_key_changed(c.pending_identity.is_some());
+            b.set_key_changed(c.pending.is_some());
             b.set_request(c.request);
         }
         Ok(())
@@ -376,7 +327,7 @@ impl host::Server for HostRpc {
         params: host::BlockParams,
         _: host::BlockResults,
     ) -> Result<(), capnp::Error> {
-        let user = text(params.get()?.get_user())?.to_owned();
+        let user = user(params.get()?.get_user())?;
         self.set_blocked(user, true).await
     }
 
@@ -385,7 +336,7 @@ impl host::Server for HostRpc {
         params: host::UnblockParams,
         _: host::UnblockResults,
     ) -> Result<(), capnp::Error> {
-        let user = text(params.get()?.get_user())?.to_owned();
+        let user = user(params.get()?.get_user())?;
         self.set_blocked(user, false).await
     }
 
@@ -396,10 +347,10 @@ impl host::Server for HostRpc {
     ) -> Result<(), capnp::Error> {
         let (user, accept_new_key) = {
             let p = params.get()?;
-            (text(p.get_user())?.to_owned(), p.get_accept_new_key())
+            (user(p.get_user())?, p.get_accept_new_key())
         };
         let v = mailbox(
-            self.router
+            self.commands
                 .send(Verify {
                     user,
                     accept_new_key,
@@ -422,18 +373,11 @@ impl host::Server for HostRpc {
         let (peer, id, everywhere) = {
             let p = params.get()?;
             let raw = p.get_id()?;
-            let id = if raw.is_empty() {
-                None
-            } else {
-                Some(
-                    MessageId::from_slice(raw)
-                        .ok_or_else(|| HostError::bad_request("a message id is 16 bytes"))?,
-                )
-            };
-            (text(p.get_peer())?.to_owned(), id, p.get_everywhere())
+            let id = if raw.is_empty() { None } else { Some(id(raw)?) };
+            (user(p.get_peer())?, id, p.get_everywhere())
         };
         let n = mailbox(
-            self.router
+            self.commands
                 .send(Delete {
                     peer,
                     id,
@@ -452,9 +396,9 @@ impl host::Server for HostRpc {
     ) -> Result<(), capnp::Error> {
         let (peer, seconds) = {
             let p = params.get()?;
-            (text(p.get_peer())?.to_owned(), p.get_seconds())
+            (user(p.get_peer())?, p.get_seconds())
         };
-        mailbox(self.router.send(Expire { peer, seconds }).await)??;
+        mailbox(self.commands.send(Expire { peer, seconds }).await)??;
         Ok(())
     }
 
@@ -463,7 +407,7 @@ impl host::Server for HostRpc {
         params: host::PlaceCallParams,
         results: host::PlaceCallResults,
     ) -> Result<(), capnp::Error> {
-        local_calls::place(&self.calls, params, results).await
+        local_calls::place(&self.commands, params, results).await
     }
 
     async fn answer_call(
@@ -471,7 +415,7 @@ impl host::Server for HostRpc {
         params: host::AnswerCallParams,
         results: host::AnswerCallResults,
     ) -> Result<(), capnp::Error> {
-        local_calls::answer(&self.calls, params, results).await
+        local_calls::answer(&self.commands, params, results).await
     }
 
     async fn hangup_call(
@@ -479,7 +423,7 @@ impl host::Server for HostRpc {
         params: host::HangupCallParams,
         _: host::HangupCallResults,
     ) -> Result<(), capnp::Error> {
-        local_calls::hangup(&self.calls, params).await
+        local_calls::hangup(&self.commands, params).await
     }
 
     async fn calls(
@@ -487,7 +431,7 @@ impl host::Server for HostRpc {
         _: host::CallsParams,
         results: host::CallsResults,
     ) -> Result<(), capnp::Error> {
-        local_calls::list(&self.calls, results).await
+        local_calls::list(&self.commands, results).await
     }
 
     async fn register_call_agent(
@@ -495,7 +439,7 @@ impl host::Server for HostRpc {
         params: host::RegisterCallAgentParams,
         results: host::RegisterCallAgentResults,
     ) -> Result<(), capnp::Error> {
-        local_calls::register_agent(&self.calls, params, results).await
+        local_calls::register_agent(&self.commands, params, results).await
     }
 }
 

@@ -3,7 +3,7 @@
 //! desktop notifications itself).
 //!
 //! ```text
-//!  busctl / desktop ──method call──► Daemon1 (zbus, Send) ──actix message──► Router ──► core
+//!  busctl / desktop ──method call──► Daemon1 (zbus, Send) ──actix message──► Commands (façade)
 //!  DeviceHub ──events──► forwarder task ──► signals, PropertiesChanged, Notify (session bus)
 //! ```
 //!
@@ -17,37 +17,23 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use tokio::sync::mpsc;
+use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
 use zbus::{interface, DBusError};
 
-use crate::calls::{CallId, CallInfo, CallManager, CallState, Hangup, ListCalls, ViaAgent};
-use crate::devices::{DeviceHub, Subscribe, DEVICE_QUEUE};
-use crate::error::HostError;
-use crate::model::{HostEvent, Integrity, MessageId, Payload, StoredMessage};
-use crate::router::{
-    Delete, History, HostSnapshot, Listing, Register, Router, SendText, SetBlocked, Snapshot,
-    Verify,
+use smvs_schema::ErrorCode;
+
+use crate::commands::{
+    parse_user, AnswerViaAgent, Commands, Contacts, Conversations, Delete, GetMessage, Hangup,
+    History, HostStatus, ListCalls, PlaceViaAgent, Register, SendText, SetBlocked, Status, Verify,
 };
+use crate::config::{BusKind, NotifyMode};
+use crate::error::HostError;
+use crate::events::{DeviceHub, Subscribe, DEVICE_QUEUE};
+use crate::model::{CallId, CallInfo, HostEvent, MessageId, Payload, StoredMessage};
 
 pub const BUS_NAME: &str = "org.smvs.Daemon1";
 pub const OBJECT_PATH: &str = "/org/smvs/Daemon1";
-
-/// Which bus to serve on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BusKind {
-    System,
-    Session,
-}
-
-/// What a desktop notification for an incoming message shows (session mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotifyMode {
-    Off,
-    /// "New message from alice".
-    Sender,
-    /// The sender and the start of the text.
-    Preview,
-}
 
 /// Errors as D-Bus names them: `org.smvs.Daemon1.Error.KeyChanged` and so on.
 #[derive(DBusError, Debug)]
@@ -72,38 +58,44 @@ pub enum Daemon1Error {
     Refused(String),
     NoDevice(String),
     Ended(String),
+    Storage(String),
+    NotAllowed(String),
     Internal(String),
 }
 
 impl From<HostError> for Daemon1Error {
     fn from(e: HostError) -> Self {
         let m = e.message;
+        // Exhaustive: a new code does not build until it has a D-Bus name (a test checks the
+        // names match `ErrorCode::dbus_name`).
         match e.code {
-            "bad-request" => Daemon1Error::BadRequest(m),
-            "not-registered" => Daemon1Error::NotRegistered(m),
-            "already-registered" => Daemon1Error::AlreadyRegistered(m),
-            "taken" => Daemon1Error::Taken(m),
-            "unknown-user" => Daemon1Error::UnknownUser(m),
-            "key-changed" => Daemon1Error::KeyChanged(m),
-            "blocked" => Daemon1Error::Blocked(m),
-            "too-large" => Daemon1Error::TooLarge(m),
-            "directory" => Daemon1Error::Directory(m),
-            "keyguard" => Daemon1Error::Keyguard(m),
-            "proxy" => Daemon1Error::Proxy(m),
-            "not-found" => Daemon1Error::NotFound(m),
-            "busy" => Daemon1Error::Busy(m),
-            "offline" => Daemon1Error::Offline(m),
-            "refused" => Daemon1Error::Refused(m),
-            "no-device" => Daemon1Error::NoDevice(m),
-            "ended" => Daemon1Error::Ended(m),
-            _ => Daemon1Error::Internal(m),
+            ErrorCode::BadRequest => Daemon1Error::BadRequest(m),
+            ErrorCode::NotRegistered => Daemon1Error::NotRegistered(m),
+            ErrorCode::AlreadyRegistered => Daemon1Error::AlreadyRegistered(m),
+            ErrorCode::Taken => Daemon1Error::Taken(m),
+            ErrorCode::UnknownUser => Daemon1Error::UnknownUser(m),
+            ErrorCode::KeyChanged => Daemon1Error::KeyChanged(m),
+            ErrorCode::Blocked => Daemon1Error::Blocked(m),
+            ErrorCode::TooLarge => Daemon1Error::TooLarge(m),
+            ErrorCode::Directory => Daemon1Error::Directory(m),
+            ErrorCode::Keyguard => Daemon1Error::Keyguard(m),
+            ErrorCode::Proxy => Daemon1Error::Proxy(m),
+            ErrorCode::NotFound => Daemon1Error::NotFound(m),
+            ErrorCode::Busy => Daemon1Error::Busy(m),
+            ErrorCode::Offline => Daemon1Error::Offline(m),
+            ErrorCode::Refused => Daemon1Error::Refused(m),
+            ErrorCode::NoDevice => Daemon1Error::NoDevice(m),
+            ErrorCode::Ended => Daemon1Error::Ended(m),
+            ErrorCode::Storage => Daemon1Error::Storage(m),
+            ErrorCode::NotAllowed => Daemon1Error::NotAllowed(m),
+            ErrorCode::Internal => Daemon1Error::Internal(m),
         }
     }
 }
 
 impl From<actix::MailboxError> for Daemon1Error {
     fn from(_: actix::MailboxError) -> Self {
-        Daemon1Error::Internal("the host is shutting down".into())
+        HostError::shutting_down().into()
     }
 }
 
@@ -121,34 +113,26 @@ fn tuple(m: &StoredMessage) -> MessageTuple {
             _ => String::new(),
         },
         m.status.as_str().to_owned(),
-        match m.integrity {
-            Integrity::Ok => "ok",
-            Integrity::Gap => "gap",
-            Integrity::OutOfOrder => "out_of_order",
-            Integrity::Unchecked => "unchecked",
-        }
-        .to_owned(),
+        m.integrity.as_str().to_owned(),
     )
 }
 
 fn parse_id(id: &str) -> Result<MessageId, Daemon1Error> {
-    hex::decode(id)
-        .ok()
-        .and_then(|b| MessageId::from_slice(&b))
-        .ok_or_else(|| {
-            Daemon1Error::BadRequest(format!("{id:?} is not a message id (32 hex digits)"))
-        })
+    id.parse()
+        .map_err(|e: smvs_schema::IdError| HostError::bad_request(e.to_string()).into())
 }
 
 fn parse_call_id(id: &str) -> Result<Option<CallId>, Daemon1Error> {
     if id.is_empty() {
         return Ok(None);
     }
-    hex::decode(id)
-        .ok()
-        .and_then(|b| CallId::from_slice(&b))
+    id.parse()
         .map(Some)
-        .ok_or_else(|| Daemon1Error::BadRequest(format!("{id:?} is not a call id (32 hex digits)")))
+        .map_err(|e: smvs_schema::IdError| HostError::bad_request(e.to_string()).into())
+}
+
+fn user(name: &str) -> Result<smvs_schema::Username, Daemon1Error> {
+    Ok(parse_user(name)?)
 }
 
 /// A call on D-Bus: (id, peer, outgoing, state, reason, video, audio, since in Unix ms).
@@ -169,13 +153,65 @@ fn call_tuple(c: &CallInfo) -> CallTuple {
 
 /// The object served at `/org/smvs/Daemon1`.
 pub struct Daemon1 {
-    router: Addr<Router>,
-    calls: Addr<CallManager>,
-    state: Arc<Mutex<HostSnapshot>>,
+    commands: Addr<Commands>,
+    state: Arc<Mutex<HostStatus>>,
+    /// The uids the Unix socket lets in; D-Bus callers are held to the same list (the bus
+    /// policy lets a whole group reach the name, which is wider).
+    allowed_uids: Arc<Vec<u32>>,
 }
 
 impl Daemon1 {
-    fn state(&self) -> HostSnapshot {
+    /// Refuses a caller whose uid is not allowed, as the Unix socket does on accept.
+    async fn check_caller(
+        &self,
+        bus: &zbus::Connection,
+        header: Option<&Header<'_>>,
+    ) -> Result<(), Daemon1Error> {
+        let sender = header.and_then(|h| h.sender()).ok_or_else(|| {
+            HostError::new(
+                ErrorCode::NotAllowed,
+                "a call without a sender is not allowed",
+            )
+        })?;
+        let dbus = zbus::fdo::DBusProxy::new(bus)
+            .await
+            .map_err(|e| HostError::internal(format!("D-Bus: {e}")))?;
+        let uid = dbus
+            .get_connection_unix_user(sender.clone().into())
+            .await
+            .map_err(|e| HostError::internal(format!("D-Bus: the caller's uid: {e}")))?;
+        if self.allowed_uids.contains(&uid) {
+            return Ok(());
+        }
+        smvs_service::security_event!(
+            warn,
+            smvs_service::logging::LOCAL_CLIENT_REFUSED,
+            uid,
+            "refused a D-Bus caller whose uid is not allowed"
+        );
+        Err(HostError::new(
+            ErrorCode::NotAllowed,
+            format!("uid {uid} may not use this host (allowed_uids)"),
+        )
+        .into())
+    }
+
+    /// [`Daemon1::check_caller`] for a property read. A read with no header is the object
+    /// reading its own property (to send PropertiesChanged), which the signal policy guards.
+    async fn check_property(
+        &self,
+        bus: &zbus::Connection,
+        header: Option<&Header<'_>>,
+    ) -> zbus::fdo::Result<()> {
+        if header.is_none() {
+            return Ok(());
+        }
+        self.check_caller(bus, header)
+            .await
+            .map_err(|e| zbus::fdo::Error::AccessDenied(e.to_string()))
+    }
+
+    fn state(&self) -> HostStatus {
         self.state.lock().map(|s| s.clone()).unwrap_or_default()
     }
 }
@@ -183,44 +219,55 @@ impl Daemon1 {
 #[interface(name = "org.smvs.Daemon1")]
 impl Daemon1 {
     /// Queues a text for `to`; returns its id once it is durably queued.
-    async fn send(&self, to: String, text: String) -> Result<String, Daemon1Error> {
-        let stored = self.router.send(SendText { to, body: text }).await??;
-        Ok(stored.id.to_hex())
+    async fn send(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        to: String,
+        text: String,
+    ) -> Result<String, Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let to = user(&to)?;
+        let id = self.commands.send(SendText { to, body: text }).await??;
+        Ok(id.to_hex())
     }
 
     /// The last `limit` messages with `peer` (0: all), oldest first.
-    async fn history(&self, peer: String, limit: u32) -> Result<Vec<MessageTuple>, Daemon1Error> {
-        let messages = self
-            .router
-            .send(History {
-                peer,
-                limit,
-                only: None,
-            })
-            .await??;
+    async fn history(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        peer: String,
+        limit: u32,
+    ) -> Result<Vec<MessageTuple>, Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let peer = user(&peer)?;
+        let messages = self.commands.send(History { peer, limit }).await??;
         Ok(messages.iter().map(tuple).collect())
     }
 
     /// One message, text included (signals never carry text).
-    async fn get_message(&self, peer: String, id: String) -> Result<MessageTuple, Daemon1Error> {
-        let id = parse_id(&id)?;
-        let found = self
-            .router
-            .send(History {
-                peer: peer.clone(),
-                limit: 0,
-                only: Some(id),
-            })
-            .await??;
-        found
-            .first()
-            .map(tuple)
-            .ok_or_else(|| Daemon1Error::NotFound(format!("no message {id} with {peer}")))
+    async fn get_message(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        peer: String,
+        id: String,
+    ) -> Result<MessageTuple, Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let (peer, id) = (user(&peer)?, parse_id(&id)?);
+        let found = self.commands.send(GetMessage { peer, id }).await??;
+        Ok(tuple(&found))
     }
 
     /// (peer, messages, last time in Unix ms, expiry seconds) for each conversation.
-    async fn conversations(&self) -> Result<Vec<(String, u32, i64, u32)>, Daemon1Error> {
-        let (conversations, _) = self.router.send(Listing).await??;
+    async fn conversations(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+    ) -> Result<Vec<(String, u32, i64, u32)>, Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let conversations = self.commands.send(Conversations).await??;
         Ok(conversations
             .into_iter()
             .map(|c| {
@@ -235,25 +282,39 @@ impl Daemon1 {
     }
 
     /// (username, fingerprint, blocked, key changed, request) for each contact.
-    async fn contacts(&self) -> Result<Vec<(String, String, bool, bool, bool)>, Daemon1Error> {
-        let (_, contacts) = self.router.send(Listing).await??;
+    async fn contacts(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+    ) -> Result<Vec<(String, String, bool, bool, bool)>, Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let contacts = self.commands.send(Contacts).await??;
         Ok(contacts
             .into_iter()
             .map(|c| {
-                let fingerprint = c
-                    .identity()
-                    .ok()
-                    .and_then(|i| smvs_crypto::fingerprint(&c.username, &i).ok())
-                    .unwrap_or_default();
-                let changed = c.pending_identity.is_some();
-                (c.username, fingerprint, c.blocked, changed, c.request)
+                let fingerprint = c.fingerprint();
+                let changed = c.pending.is_some();
+                (
+                    c.username.to_string(),
+                    fingerprint,
+                    c.blocked,
+                    changed,
+                    c.request,
+                )
             })
             .collect())
     }
 
-    async fn block(&self, user: String) -> Result<(), Daemon1Error> {
+    async fn block(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        user: String,
+    ) -> Result<(), Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let user = self::user(&user)?;
         Ok(self
-            .router
+            .commands
             .send(SetBlocked {
                 user,
                 blocked: true,
@@ -261,9 +322,16 @@ impl Daemon1 {
             .await??)
     }
 
-    async fn unblock(&self, user: String) -> Result<(), Daemon1Error> {
+    async fn unblock(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        user: String,
+    ) -> Result<(), Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let user = self::user(&user)?;
         Ok(self
-            .router
+            .commands
             .send(SetBlocked {
                 user,
                 blocked: false,
@@ -274,11 +342,15 @@ impl Daemon1 {
     /// (safety number, transcript hash, key changed, accepted).
     async fn verify(
         &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
         user: String,
         accept_new_key: bool,
     ) -> Result<(String, String, bool, bool), Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let user = self::user(&user)?;
         let v = self
-            .router
+            .commands
             .send(Verify {
                 user,
                 accept_new_key,
@@ -295,17 +367,21 @@ impl Daemon1 {
     /// Deletes one message (`id`) or the whole conversation (`id` empty); returns how many.
     async fn delete(
         &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
         peer: String,
         id: String,
         everywhere: bool,
     ) -> Result<u32, Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let peer = user(&peer)?;
         let id = if id.is_empty() {
             None
         } else {
             Some(parse_id(&id)?)
         };
         Ok(self
-            .router
+            .commands
             .send(Delete {
                 peer,
                 id,
@@ -314,19 +390,35 @@ impl Daemon1 {
             .await??)
     }
 
-    async fn register(&self, username: String) -> Result<(), Daemon1Error> {
-        Ok(self.router.send(Register(username)).await??)
+    async fn register(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        username: String,
+    ) -> Result<(), Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let username = user(&username)?;
+        self.commands.send(Register(username)).await??;
+        Ok(())
     }
 
     /// (username, registered, queued, host address, fingerprint).
-    async fn status(&self) -> Result<(String, bool, u32, String, String), Daemon1Error> {
-        let s = self.router.send(Snapshot).await??;
+    async fn status(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+    ) -> Result<(String, bool, u32, String, String), Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let s = self.commands.send(Status).await??;
         Ok((
-            s.username.clone().unwrap_or_default(),
+            s.username
+                .as_ref()
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
             s.username.is_some(),
             s.queued,
             s.host_address,
-            s.fingerprint,
+            s.fingerprint.unwrap_or_default(),
         ))
     }
 
@@ -334,47 +426,45 @@ impl Daemon1 {
     /// the call's id once it rings.
     async fn place_call(
         &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
         user: String,
         video: bool,
         audio: bool,
     ) -> Result<String, Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let peer = self::user(&user)?;
         let id = self
-            .calls
-            .send(ViaAgent {
-                place: Some((user, video, audio)),
-                answer: None,
-            })
+            .commands
+            .send(PlaceViaAgent { peer, video, audio })
             .await??;
         Ok(id.to_hex())
     }
 
     /// Picks up a ringing call (`id` empty: the one that rings) on the registered call device.
-    async fn answer_call(&self, id: String) -> Result<(), Daemon1Error> {
-        let id = match parse_call_id(&id)? {
-            Some(id) => id,
-            None => self
-                .calls
-                .send(ListCalls)
-                .await?
-                .into_iter()
-                .find(|c| !c.outgoing && c.state == CallState::Ringing)
-                .map(|c| c.id)
-                .ok_or_else(|| Daemon1Error::NotFound("no call is ringing".into()))?,
-        };
-        self.calls
-            .send(ViaAgent {
-                place: None,
-                answer: Some(id),
-            })
-            .await??;
+    async fn answer_call(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        id: String,
+    ) -> Result<(), Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let id = parse_call_id(&id)?;
+        self.commands.send(AnswerViaAgent(id)).await??;
         Ok(())
     }
 
     /// Ends a call (`id` empty: the current one); a ringing incoming call is declined.
-    async fn hangup_call(&self, id: String) -> Result<(), Daemon1Error> {
+    async fn hangup_call(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        id: String,
+    ) -> Result<(), Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
         let id = parse_call_id(&id)?;
         Ok(self
-            .calls
+            .commands
             .send(Hangup {
                 id,
                 token: None,
@@ -384,34 +474,63 @@ impl Daemon1 {
     }
 
     /// The calls ringing or active.
-    async fn calls(&self) -> Result<Vec<CallTuple>, Daemon1Error> {
+    async fn calls(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+    ) -> Result<Vec<CallTuple>, Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
         Ok(self
-            .calls
+            .commands
             .send(ListCalls)
-            .await?
+            .await??
             .iter()
             .map(call_tuple)
             .collect())
     }
 
     #[zbus(property)]
-    async fn username(&self) -> String {
-        self.state().username.unwrap_or_default()
+    async fn username(
+        &self,
+        #[zbus(header)] header: Option<Header<'_>>,
+        #[zbus(connection)] bus: &zbus::Connection,
+    ) -> zbus::fdo::Result<String> {
+        self.check_property(bus, header.as_ref()).await?;
+        Ok(self
+            .state()
+            .username
+            .map(|u| u.to_string())
+            .unwrap_or_default())
     }
 
     #[zbus(property)]
-    async fn registered(&self) -> bool {
-        self.state().username.is_some()
+    async fn registered(
+        &self,
+        #[zbus(header)] header: Option<Header<'_>>,
+        #[zbus(connection)] bus: &zbus::Connection,
+    ) -> zbus::fdo::Result<bool> {
+        self.check_property(bus, header.as_ref()).await?;
+        Ok(self.state().username.is_some())
     }
 
     #[zbus(property)]
-    async fn queued(&self) -> u32 {
-        self.state().queued
+    async fn queued(
+        &self,
+        #[zbus(header)] header: Option<Header<'_>>,
+        #[zbus(connection)] bus: &zbus::Connection,
+    ) -> zbus::fdo::Result<u32> {
+        self.check_property(bus, header.as_ref()).await?;
+        Ok(self.state().queued)
     }
 
     #[zbus(property)]
-    async fn fingerprint(&self) -> String {
-        self.state().fingerprint
+    async fn fingerprint(
+        &self,
+        #[zbus(header)] header: Option<Header<'_>>,
+        #[zbus(connection)] bus: &zbus::Connection,
+    ) -> zbus::fdo::Result<String> {
+        self.check_property(bus, header.as_ref()).await?;
+        Ok(self.state().fingerprint.unwrap_or_default())
     }
 
     #[zbus(signal)]
@@ -468,20 +587,20 @@ impl Daemon1 {
 pub async fn start(
     kind: BusKind,
     notify: NotifyMode,
-    router: Addr<Router>,
-    calls: Addr<CallManager>,
+    commands: Addr<Commands>,
     hub: Addr<DeviceHub>,
+    allowed_uids: Vec<u32>,
 ) -> Result<zbus::Connection, String> {
-    let snapshot = router
-        .send(Snapshot)
+    let snapshot = commands
+        .send(Status)
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     let state = Arc::new(Mutex::new(snapshot));
     let object = Daemon1 {
-        router: router.clone(),
-        calls,
+        commands: commands.clone(),
         state: state.clone(),
+        allowed_uids: Arc::new(allowed_uids),
     };
     let builder = match kind {
         BusKind::System => zbus::connection::Builder::system(),
@@ -500,7 +619,7 @@ pub async fn start(
     } else {
         NotifyMode::Off
     };
-    tokio::spawn(forward(connection.clone(), rx, router, state, notify));
+    tokio::spawn(forward(connection.clone(), rx, commands, state, notify));
     Ok(connection)
 }
 
@@ -510,8 +629,8 @@ const PROPERTY_REFRESH: Duration = Duration::from_millis(200);
 async fn forward(
     connection: zbus::Connection,
     mut events: mpsc::Receiver<HostEvent>,
-    router: Addr<Router>,
-    state: Arc<Mutex<HostSnapshot>>,
+    commands: Addr<Commands>,
+    state: Arc<Mutex<HostStatus>>,
     notify: NotifyMode,
 ) {
     let iface = match connection
@@ -531,7 +650,7 @@ async fn forward(
         let sent = match &event {
             HostEvent::MessageReceived { id, peer, time } => {
                 if notify != NotifyMode::Off {
-                    notify_message(&connection, &router, notify, peer.as_str(), *id).await;
+                    notify_message(&connection, &commands, notify, peer, *id).await;
                 }
                 Daemon1::message_received(&emitter, &id.to_hex(), peer.as_str(), *time).await
             }
@@ -588,7 +707,7 @@ async fn forward(
         }
         if refreshed.elapsed() >= PROPERTY_REFRESH {
             refreshed = Instant::now();
-            if let Ok(Ok(fresh)) = router.send(Snapshot).await {
+            if let Ok(Ok(fresh)) = commands.send(Status).await {
                 let before = state.lock().map(|s| s.clone()).unwrap_or_default();
                 if let Ok(mut s) = state.lock() {
                     *s = fresh.clone();
@@ -609,22 +728,21 @@ async fn forward(
 
 async fn notify_message(
     connection: &zbus::Connection,
-    router: &Addr<Router>,
+    commands: &Addr<Commands>,
     mode: NotifyMode,
-    peer: &str,
+    peer: &smvs_schema::Username,
     id: MessageId,
 ) {
     let mut body = format!("New message from {peer}");
     if mode == NotifyMode::Preview {
-        if let Ok(Ok(found)) = router
-            .send(History {
-                peer: peer.to_owned(),
-                limit: 0,
-                only: Some(id),
+        if let Ok(Ok(found)) = commands
+            .send(GetMessage {
+                peer: peer.clone(),
+                id,
             })
             .await
         {
-            if let Some(Payload::Text(text)) = found.first().map(|m| &m.payload) {
+            if let Payload::Text(text) = &found.payload {
                 let preview: String = text.chars().take(120).collect();
                 body = format!("{peer}: {preview}");
             }

@@ -1,21 +1,22 @@
 //! The call manager: every call's state, and its signalling with the peer's host.
 //!
 //! ```text
-//!  device ──placeCall──► CallManager ──offer──► signal::send ──► peer host ─► its CallManager
+//!  device ──placeCall──► CallManager ──offer──► Outbox::send_now ──► peer host ─► its CallManager
 //!                           │  ▲                                               │ rings (event)
-//!  device ◄──answered/ended─┘  └──────────── Router ◄── answer/decline/busy/hangup ─┘
+//!  device ◄──answered/ended─┘  └──────────── Inbox ◄── answer/decline/busy/hangup ─┘
 //! ```
 //!
 //! A host has at most one call at a time: a second offer is answered "busy". A call rings for
 //! `--ring-seconds` (30 s by default); then the caller's host ends it ("no-answer") and tells the callee's host.
-//! Signals are sealed envelopes between the two identities (see [`signal`]); they are never
-//! stored. The media itself runs in the devices and never passes through here: the host only
+//! Signals are sealed envelopes between the two identities (`session::codec`), sent at once
+//! through [`Outbox::send_now`]; they are never stored. The media itself runs in the devices and never passes through here: the host only
 //! carries each device's fresh X25519 key and UDP address to the other side.
 //!
-//! The call table is shared by the actor's futures (`Rc<RefCell<_>>`, one thread); no borrow is
-//! held across an `.await`.
-
-pub mod signal;
+//! Owns: the call table (every call ringing or active, the device running each, the registered
+//! call agent, recent rings per peer). Who may ask: devices through the command façade (place,
+//! answer, hang up, list, register an agent), the inbox (signals from peers), and the façade
+//! when a contact is blocked. Serializes: it is an actor; the table is shared only by its own
+//! futures (`Rc<RefCell<_>>`, one thread), and no borrow is held across an `.await`.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -26,12 +27,13 @@ use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, ResponseFuture
 use smvs_schema::Username;
 use tokio::sync::{mpsc, oneshot};
 
-pub use signal::{CallId, CallSignal, Media, SignalKind};
+use smvs_schema::ErrorCode;
 
 use crate::error::{HostError, IncomingError};
-use crate::host::HostCore;
-use crate::model::{now_ms, HostEvent};
-use signal::SendFailure;
+use crate::events::Events;
+use crate::model::{now_ms, CallId, CallInfo, CallSignal, CallState, HostEvent, Media, SignalKind};
+use crate::outbox::{Outbox, SendFailure};
+use crate::trust::Trust;
 
 /// The callee's host rings a little longer than its own `--ring-seconds`, so the caller's
 /// "no answer" normally ends it; if that never comes, the callee's host ends it and says so.
@@ -43,42 +45,14 @@ const SIGNAL_MAX_SKEW_MS: u64 = 120_000;
 const RINGS_PER_WINDOW: usize = 10;
 const RING_WINDOW: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallState {
-    Ringing,
-    Active,
-    Ended,
-}
-
-impl CallState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallState::Ringing => "ringing",
-            CallState::Active => "active",
-            CallState::Ended => "ended",
-        }
-    }
-}
-
-/// What devices and D-Bus are told about a call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CallInfo {
-    pub id: CallId,
-    pub peer: Username,
-    pub outgoing: bool,
-    pub state: CallState,
-    /// Why it ended (empty while it lasts).
-    pub reason: String,
-    /// Both identity bundles (caller's, callee's), which the devices bind into the media keys.
-    pub caller_identity: Vec<u8>,
-    pub callee_identity: Vec<u8>,
-    /// The other endpoint's offer or answer, once known.
-    pub peer_media: Option<Media>,
-    /// What the caller offered.
-    pub video: bool,
-    pub audio: bool,
-    /// Unix ms the call entered its state.
-    pub since: i64,
+/// What the call manager works with.
+pub struct CallContext {
+    pub trust: Rc<Trust>,
+    /// Signals go out through it, at once (never queued).
+    pub outbox: Outbox,
+    pub events: Events,
+    /// How long an outgoing call rings before it ends unanswered.
+    pub ring_timeout: Duration,
 }
 
 /// What the device running a call's media hears.
@@ -172,14 +146,14 @@ fn watch_device(
 }
 
 pub struct CallManager {
-    core: Rc<HostCore>,
+    core: Rc<CallContext>,
     table: Rc<RefCell<Table>>,
 }
 
 impl CallManager {
-    pub fn new(core: Rc<HostCore>) -> CallManager {
+    pub fn new(core: CallContext) -> CallManager {
         CallManager {
-            core,
+            core: Rc::new(core),
             table: Rc::new(RefCell::new(Table::default())),
         }
     }
@@ -190,7 +164,7 @@ impl Actor for CallManager {
 }
 
 /// Ends a call here: takes it out of the table, tells its device and everyone listening.
-fn end(core: &HostCore, table: &RefCell<Table>, id: &CallId, reason: &str) -> Option<CallInfo> {
+fn end(core: &CallContext, table: &RefCell<Table>, id: &CallId, reason: &str) -> Option<CallInfo> {
     let call = table.borrow_mut().calls.remove(id)?;
     let mut info = call.info;
     info.state = CallState::Ended;
@@ -200,41 +174,39 @@ fn end(core: &HostCore, table: &RefCell<Table>, id: &CallId, reason: &str) -> Op
         let _ = device.send(DeviceNotice::Ended(reason.to_string()));
     }
     tracing::info!(call = %id, peer = %info.peer, reason, "call ended");
-    core.publish(HostEvent::CallState(info.clone()));
+    core.events.publish(HostEvent::CallState(info.clone()));
     Some(info)
 }
 
 /// Sends a signal in the background; a failure only matters to the log (the call is over here).
-fn send_later(core: &Rc<HostCore>, peer: &Username, signal: CallSignal) {
+fn send_later(core: &Rc<CallContext>, peer: &Username, signal: CallSignal) {
     let (core, peer) = (core.clone(), peer.clone());
     tokio::task::spawn_local(async move {
-        if let Err(e) = signal::send(&core, &peer, signal).await {
+        if let Err(e) = core.outbox.send_now(&peer, signal).await {
             tracing::debug!(%peer, error = %e, "a call signal did not reach the peer's host");
         }
     });
 }
 
-fn user(name: &str) -> Result<Username, HostError> {
-    Username::parse(name).map_err(|e| HostError::bad_request(e.to_string()))
-}
-
 fn failure(peer: &Username, e: SendFailure) -> HostError {
     match e {
-        SendFailure::Offline(why) => {
-            HostError::new("offline", format!("{peer} cannot be reached: {why}"))
-        }
+        SendFailure::Offline(why) => HostError::new(
+            ErrorCode::Offline,
+            format!("{peer} cannot be reached: {why}"),
+        ),
         SendFailure::Refused(why) if why.starts_with("busy") => {
-            HostError::new("busy", format!("{peer} is busy in another call"))
+            HostError::new(ErrorCode::Busy, format!("{peer} is busy in another call"))
         }
         SendFailure::Refused(why) if why.starts_with("too many calls") => HostError::new(
-            "refused",
+            ErrorCode::Refused,
             format!(
                 "{peer}'s host refused the call: too many calls lately; try again in a few seconds"
             ),
         ),
-        SendFailure::Refused(_) => {
-            HostError::new("refused", format!("{peer}'s host refused the call"))
-        }
+        SendFailure::Refused(_) => HostError::new(
+            ErrorCode::Refused,
+            format!("{peer}'s host refused the call"),
+        ),
         SendFailure::Local(e) => e,
     }
 }
@@ -243,7 +215,7 @@ fn failure(peer: &Username, e: SendFailure) -> HostError {
 #[derive(Message)]
 #[rtype(result = "Result<(CallInfo, u64), HostError>")]
 pub struct PlaceCall {
-    pub peer: String,
+    pub peer: Username,
     pub media: Media,
     pub device: mpsc::UnboundedSender<DeviceNotice>,
 }
@@ -253,29 +225,29 @@ impl Handler<PlaceCall> for CallManager {
     fn handle(&mut self, msg: PlaceCall, ctx: &mut Self::Context) -> Self::Result {
         let (core, table, manager) = (self.core.clone(), self.table.clone(), ctx.address());
         Box::pin(async move {
-            let peer = user(&msg.peer)?;
-            let me = core.me()?;
+            let peer = msg.peer;
+            let me = core.trust.me()?;
             if peer == me.username {
                 return Err(HostError::bad_request("you cannot call yourself"));
             }
             if let Some(current) = table.borrow().current() {
                 return Err(HostError::new(
-                    "busy",
+                    ErrorCode::Busy,
                     format!("already in a call with {}", current.info.peer),
                 ));
             }
-            let (contact, _) = core.trusted_contact(&peer).await?;
+            let (contact, _) = core.trust.trusted_contact(&peer, false, false).await?;
             if contact.blocked {
                 return Err(HostError::new(
-                    "blocked",
+                    ErrorCode::Blocked,
                     format!("you blocked {peer}; unblock them to call"),
                 ));
             }
             if contact.request {
                 // Calling someone answers their message request, as writing to them does.
-                crate::router::accept_request(&core, &peer).await?;
+                core.trust.accept_request(&peer).await?;
             }
-            let callee = contact.identity().map_err(HostError::internal)?;
+            let callee = contact.identity;
             let id = CallId::random();
             let info = CallInfo {
                 id,
@@ -295,7 +267,7 @@ impl Handler<PlaceCall> for CallManager {
                 // Checked again: another call may have started during the look-up.
                 if let Some(current) = t.current() {
                     return Err(HostError::new(
-                        "busy",
+                        ErrorCode::Busy,
                         format!("already in a call with {}", current.info.peer),
                     ));
                 }
@@ -320,7 +292,7 @@ impl Handler<PlaceCall> for CallManager {
                 kind: SignalKind::Hangup,
                 media: None,
             };
-            if let Err(e) = signal::send(&core, &peer, offer).await {
+            if let Err(e) = core.outbox.send_now(&peer, offer).await {
                 table.borrow_mut().calls.remove(&id);
                 tracing::info!(call = %id, %peer, error = %e, "a call could not ring");
                 if matches!(e, SendFailure::Offline(_)) {
@@ -335,18 +307,21 @@ impl Handler<PlaceCall> for CallManager {
                     // Hung up (or the device left) while the offer was on its way; that hang-up
                     // may have overtaken the offer, so say it again.
                     send_later(&core, &peer, hangup);
-                    return Err(HostError::new("ended", "the call ended before it rang"));
+                    return Err(HostError::new(
+                        ErrorCode::Ended,
+                        "the call ended before it rang",
+                    ));
                 }
                 Some(CallState::Ringing) => {
                     tracing::info!(call = %id, %peer, "calling");
-                    core.publish(HostEvent::CallState(info.clone()));
+                    core.events.publish(HostEvent::CallState(info.clone()));
                 }
                 // Answered before the receipt came back: "active" is already published.
                 Some(_) => {}
             }
             let (core2, table2) = (core.clone(), table.clone());
             tokio::task::spawn_local(async move {
-                tokio::time::sleep(core2.config.ring_timeout).await;
+                tokio::time::sleep(core2.ring_timeout).await;
                 let ringing = table2
                     .borrow()
                     .calls
@@ -397,8 +372,10 @@ impl Handler<AnswerCall> for CallManager {
                             && msg.id.is_none_or(|id| id == c.info.id)
                     })
                     .ok_or_else(|| match msg.id {
-                        Some(id) => HostError::new("not-found", format!("no call {id} is ringing")),
-                        None => HostError::new("not-found", "no call is ringing"),
+                        Some(id) => {
+                            HostError::new(ErrorCode::NotFound, format!("no call {id} is ringing"))
+                        }
+                        None => HostError::new(ErrorCode::NotFound, "no call is ringing"),
                     })?;
                 call.info.state = CallState::Active;
                 call.info.since = now_ms();
@@ -411,12 +388,12 @@ impl Handler<AnswerCall> for CallManager {
                 kind: SignalKind::Answer,
                 media: Some(msg.media),
             };
-            if let Err(e) = signal::send(&core, &info.peer, answer).await {
+            if let Err(e) = core.outbox.send_now(&info.peer, answer).await {
                 let (reason, error) = match e {
                     SendFailure::Refused(_) => (
                         "remote-hangup",
                         HostError::new(
-                            "ended",
+                            ErrorCode::Ended,
                             format!("{} hung up before the answer arrived", info.peer),
                         ),
                     ),
@@ -427,10 +404,10 @@ impl Handler<AnswerCall> for CallManager {
                 return Err(error);
             }
             if !table.borrow().calls.contains_key(&info.id) {
-                return Err(HostError::new("ended", "the caller hung up"));
+                return Err(HostError::new(ErrorCode::Ended, "the caller hung up"));
             }
             tracing::info!(call = %info.id, peer = %info.peer, "call answered");
-            core.publish(HostEvent::CallState(info.clone()));
+            core.events.publish(HostEvent::CallState(info.clone()));
             Ok((info, token))
         })
     }
@@ -466,7 +443,7 @@ impl Handler<Hangup> for CallManager {
             if msg.token.is_some() {
                 return Ok(()); // that device's call is already over
             }
-            return Err(HostError::new("not-found", "no such call"));
+            return Err(HostError::new(ErrorCode::NotFound, "no such call"));
         };
         let (kind, reason) = if !outgoing && state == CallState::Ringing {
             (SignalKind::Decline, "declined")
@@ -572,7 +549,7 @@ impl Handler<SignalIn> for CallManager {
                     call.info.clone()
                 };
                 tracing::info!(call = %id, peer = %from, "call picked up");
-                core.publish(HostEvent::CallState(info));
+                core.events.publish(HostEvent::CallState(info));
                 Ok(())
             }
             SignalKind::Decline | SignalKind::Busy if outgoing => {
@@ -616,6 +593,7 @@ impl CallManager {
         };
         let me = self
             .core
+            .trust
             .me()
             .map_err(|_| IncomingError::Refused("this host has no user".into()))?;
         let busy = {
@@ -647,7 +625,7 @@ impl CallManager {
             let mut missed = info;
             missed.state = CallState::Ended;
             missed.reason = "busy".into();
-            self.core.publish(HostEvent::CallState(missed));
+            self.core.events.publish(HostEvent::CallState(missed));
             // Answered in the refusal itself: no connection of ours to the caller's host.
             return Err(IncomingError::Refused("busy".into()));
         }
@@ -659,10 +637,10 @@ impl CallManager {
             },
         );
         tracing::info!(call = %id, peer = %from, "incoming call");
-        self.core.publish(HostEvent::CallIncoming(info));
+        self.core.events.publish(HostEvent::CallIncoming(info));
         let (core, table) = (self.core.clone(), self.table.clone());
         tokio::task::spawn_local(async move {
-            tokio::time::sleep(core.config.ring_timeout + CALLEE_GRACE).await;
+            tokio::time::sleep(core.ring_timeout + CALLEE_GRACE).await;
             let ringing = table
                 .borrow()
                 .calls
@@ -720,7 +698,7 @@ impl Handler<UnregisterAgent> for CallManager {
 #[derive(Message)]
 #[rtype(result = "Result<CallId, HostError>")]
 pub struct ViaAgent {
-    pub place: Option<(String, bool, bool)>,
+    pub place: Option<(Username, bool, bool)>,
     pub answer: Option<CallId>,
 }
 
@@ -731,14 +709,14 @@ impl Handler<ViaAgent> for CallManager {
         Box::pin(async move {
             let agent = agent.ok_or_else(|| {
                 HostError::new(
-                    "no-device",
+                    ErrorCode::NoDevice,
                     "no device runs calls for this host; start `smvsctl agent` in your session",
                 )
             })?;
             let (reply, answer) = oneshot::channel();
             let request = match (msg.place, msg.answer) {
                 (Some((peer, video, audio)), _) => AgentRequest::Place {
-                    peer: user(&peer)?,
+                    peer,
                     video,
                     audio,
                     reply,
@@ -748,10 +726,10 @@ impl Handler<ViaAgent> for CallManager {
             };
             agent
                 .send(request)
-                .map_err(|_| HostError::new("no-device", "the call agent left"))?;
+                .map_err(|_| HostError::new(ErrorCode::NoDevice, "the call agent left"))?;
             answer
                 .await
-                .map_err(|_| HostError::new("no-device", "the call agent left"))?
+                .map_err(|_| HostError::new(ErrorCode::NoDevice, "the call agent left"))?
         })
     }
 }

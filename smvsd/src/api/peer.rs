@@ -1,6 +1,8 @@
 //! The peer port: other hosts connect here (Noise, then Cap'n Proto `HostLink`) to deliver
-//! envelopes. Each connection's Noise key is handed to the router with every envelope, which
-//! checks it against the sender's directory record.
+//! envelopes. Each connection's Noise key is handed to the inbox with every envelope, which
+//! checks it against the sender's directory record. This module only translates (and keeps
+//! each link within its budget): the inbox decides, and a refusal or "later" goes back as the
+//! typed `DeliveryOutcome` of `host.capnp`.
 //!
 //! Limits: [`MAX_PEER_CONNECTIONS`] at once, [`MAX_CONNECTIONS_PER_ADDRESS`] from one IP
 //! address, a handshake within [`HANDSHAKE_TIMEOUT`], and a link with nothing in handling for
@@ -13,13 +15,13 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use actix::Addr;
-use smvs_schema::host_capnp::host_link;
+use smvs_crypto::AgreementKeyPair;
+use smvs_schema::host_capnp::{delivery_outcome, host_link};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::host::HostCore;
-use crate::router::{EnvelopeData, Incoming, Router, MAX_SEALED};
+use crate::error::IncomingError;
+use crate::inbox::{EnvelopeData, Inbox, MAX_SEALED};
 
 /// Peer connections served at once.
 pub const MAX_PEER_CONNECTIONS: usize = 1024;
@@ -36,7 +38,14 @@ const MAX_ENVELOPES_IN_FLIGHT: usize = 4096;
 /// Sealed bytes one link may have in handling at once.
 const MAX_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
 
-pub async fn serve(listener: TcpListener, core: Rc<HostCore>, router: Addr<Router>) {
+/// Serves the peer port until the task is dropped. `transport` is the host's Noise key;
+/// a link with nothing in handling for `idle_limit` is closed.
+pub async fn serve(
+    listener: TcpListener,
+    transport: Rc<AgreementKeyPair>,
+    inbox: Rc<Inbox>,
+    idle_limit: Duration,
+) {
     let budget = std::sync::Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
     let per_address: Rc<RefCell<HashMap<IpAddr, usize>>> = Rc::default();
     loop {
@@ -56,11 +65,11 @@ pub async fn serve(listener: TcpListener, core: Rc<HostCore>, router: Addr<Route
             tracing::warn!(%peer, "too many connections from one address; closing a new one");
             continue;
         };
-        let (core, router) = (core.clone(), router.clone());
+        let (transport, inbox) = (transport.clone(), inbox.clone());
         tokio::task::spawn_local(async move {
             match smvs_transport::accept(
                 tcp,
-                &core.transport,
+                &transport,
                 smvs_transport::HOST_PROLOGUE,
                 HANDSHAKE_TIMEOUT,
             )
@@ -73,14 +82,13 @@ pub async fn serve(listener: TcpListener, core: Rc<HostCore>, router: Addr<Route
                         last: Cell::new(Instant::now()),
                     });
                     let link: host_link::Client = capnp_rpc::new_client(HostLinkRpc {
-                        router,
+                        inbox,
                         remote_key,
                         activity: activity.clone(),
                     });
                     let system =
                         smvs_transport::rpc::serve_limited(channel, link.client, MAX_LINK_MESSAGE);
                     let disconnect = system.get_disconnector();
-                    let idle_limit = core.config.peer_idle;
                     let idle = async {
                         loop {
                             tokio::time::sleep(IDLE_CHECK).await;
@@ -155,7 +163,7 @@ struct Activity {
 }
 
 struct HostLinkRpc {
-    router: Addr<Router>,
+    inbox: Rc<Inbox>,
     remote_key: smvs_crypto::AgreementPublicKey,
     activity: Rc<Activity>,
 }
@@ -171,54 +179,83 @@ impl Drop for Budget<'_> {
     }
 }
 
+/// Writes the typed answer to one envelope.
+fn answer(
+    outcome: delivery_outcome::Builder<'_>,
+    result: Result<crate::inbox::ReceiptData, IncomingError>,
+) {
+    match result {
+        Ok(receipt) => {
+            let mut r = outcome.init_receipt();
+            r.set_id(&receipt.id.0);
+            r.set_recipient(receipt.recipient.as_str());
+            r.set_stored_at(receipt.stored_at);
+            r.set_signature(&receipt.tag);
+        }
+        Err(IncomingError::Refused(why)) => {
+            let mut o = outcome;
+            o.set_refused(why);
+        }
+        Err(IncomingError::Later(why)) => {
+            let mut o = outcome;
+            o.set_later(why);
+        }
+    }
+}
+
 impl host_link::Server for HostLinkRpc {
     async fn deliver(
         self: Rc<Self>,
         params: host_link::DeliverParams,
         mut results: host_link::DeliverResults,
     ) -> Result<(), capnp::Error> {
-        let envelope = {
-            let e = params.get()?.get_envelope()?;
-            let size = e.get_sealed()?.len();
-            if size > MAX_SEALED {
-                return Err(capnp::Error::failed("refused: envelope too large".into()));
-            }
-            let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, capnp::Error> {
-                t?.to_string()
-                    .map_err(|_| capnp::Error::failed("refused: a name is not UTF-8".into()))
-            };
-            EnvelopeData {
-                format: e.get_format_version(),
-                id: e.get_id()?.to_vec(),
-                sender: text(e.get_sender())?,
-                recipient: text(e.get_recipient())?,
-                session_version: e.get_session_version(),
-                sealed: e.get_sealed()?.to_vec(),
-            }
-        };
+        let result = self.take(params).await;
+        answer(results.get().init_outcome(), result);
+        Ok(())
+    }
+}
+
+impl HostLinkRpc {
+    /// One envelope through the link's budget to the inbox.
+    async fn take(
+        &self,
+        params: host_link::DeliverParams,
+    ) -> Result<crate::inbox::ReceiptData, IncomingError> {
+        let envelope = read_envelope(params)?;
         let size = envelope.sealed.len();
         self.activity.last.set(Instant::now());
         let (n, bytes) = self.activity.in_flight.get();
         if n >= MAX_ENVELOPES_IN_FLIGHT || bytes + size > MAX_BYTES_IN_FLIGHT {
-            return Err(capnp::Error::failed(
-                "later: too many envelopes in flight on this link".into(),
+            return Err(IncomingError::Later(
+                "too many envelopes in flight on this link".into(),
             ));
         }
         self.activity.in_flight.set((n + 1, bytes + size));
         let _budget = Budget(&self.activity.in_flight, size);
-        let receipt = self
-            .router
-            .send(Incoming {
-                remote_key: self.remote_key,
-                envelope,
-            })
-            .await
-            .map_err(|_| capnp::Error::failed("later: the host is shutting down".into()))??;
-        let mut r = results.get().init_receipt();
-        r.set_id(&receipt.id.0);
-        r.set_recipient(receipt.recipient.as_str());
-        r.set_stored_at(receipt.stored_at);
-        r.set_signature(&receipt.tag);
-        Ok(())
+        self.inbox.accept(self.remote_key, envelope).await
     }
+}
+
+/// The envelope as plain data, or why it is refused as it stands.
+fn read_envelope(params: host_link::DeliverParams) -> Result<EnvelopeData, IncomingError> {
+    let malformed = |e: capnp::Error| IncomingError::Refused(format!("malformed envelope: {e}"));
+    let params = params.get().map_err(malformed)?;
+    let e = params.get_envelope().map_err(malformed)?;
+    let sealed = e.get_sealed().map_err(malformed)?;
+    if sealed.len() > MAX_SEALED {
+        return Err(IncomingError::Refused("envelope too large".into()));
+    }
+    let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, IncomingError> {
+        t.map_err(malformed)?
+            .to_string()
+            .map_err(|_| IncomingError::Refused("a name is not UTF-8".into()))
+    };
+    Ok(EnvelopeData {
+        format: e.get_format_version(),
+        id: e.get_id().map_err(malformed)?.to_vec(),
+        sender: text(e.get_sender())?,
+        recipient: text(e.get_recipient())?,
+        session_version: e.get_session_version(),
+        sealed: sealed.to_vec(),
+    })
 }

@@ -1,0 +1,404 @@
+//! The command façade: every operation a device can ask for, whichever way it arrives (the
+//! Unix socket, D-Bus, soon a linked device's port), is one typed request handled here, with a
+//! typed reply or a [`HostError`] whose code is shared with smvsctl and the D-Bus error names.
+//!
+//! ```text
+//!  api::local ──┐                       ┌──► trust (contacts, verify, block, register)
+//!  api::dbus ───┼──► Commands (actor) ──┼──► outbox (send, delete/expire everywhere, "sent")
+//!  (device port)┘                       ├──► storage (history, conversations)
+//!                                       └──► CallManager (calls)
+//! ```
+//!
+//! The adapters only translate: they parse names and ids at the edge (with [`parse_user`]),
+//! send one of the messages below, and write the answer in their own format. Status and the
+//! "sent" overlay exist only here.
+//!
+//! Owns: nothing but handles to the owners. Serializes: nothing itself (each request runs as its
+//! own future on the main thread); ordering lives with the owners.
+
+use std::rc::Rc;
+
+use actix::{Actor, Addr, Context, Handler, Message, ResponseFuture};
+use smvs_schema::{ErrorCode, HostAddress, Username};
+use tokio::sync::mpsc;
+
+use crate::calls::{self, AgentRequest, CallManager, DeviceNotice};
+use crate::error::HostError;
+use crate::events::Events;
+use crate::model::{
+    CallId, CallInfo, Contact, HostEvent, Media, MessageId, Payload, StoredMessage,
+};
+use crate::outbox::Outbox;
+use crate::session::MAX_TEXT_BYTES;
+use crate::sessions::Sessions;
+use crate::storage::{ConversationSummary, Storage};
+use crate::trust::{Trust, Verification};
+
+/// Requests waiting for the façade before senders are made to wait.
+pub const MAILBOX: usize = 8192;
+
+/// A user name from a device, parsed at the edge.
+pub fn parse_user(name: &str) -> Result<Username, HostError> {
+    Username::parse(name).map_err(|e| HostError::bad_request(e.to_string()))
+}
+
+/// The owners the façade asks.
+pub struct Owners {
+    pub trust: Rc<Trust>,
+    pub sessions: Rc<Sessions>,
+    pub outbox: Outbox,
+    pub storage: Storage,
+    pub calls: Addr<CallManager>,
+    pub events: Events,
+    /// The address published in the directory.
+    pub host_address: HostAddress,
+}
+
+pub struct Commands {
+    owners: Rc<Owners>,
+}
+
+impl Commands {
+    pub fn new(owners: Owners) -> Commands {
+        Commands {
+            owners: Rc::new(owners),
+        }
+    }
+}
+
+impl Actor for Commands {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX);
+    }
+}
+
+/// Each command: the message, its reply type, and its body (an async block over `o`, the
+/// owners).
+macro_rules! command {
+    ($msg:ident => $reply:ty, |$o:ident, $m:pat_param| $body:block) => {
+        impl Handler<$msg> for Commands {
+            type Result = ResponseFuture<Result<$reply, HostError>>;
+            fn handle(&mut self, msg: $msg, _: &mut Self::Context) -> Self::Result {
+                let $o = self.owners.clone();
+                let $m = msg;
+                Box::pin(async move { $body })
+            }
+        }
+    };
+}
+
+// ----- the host -----
+
+/// The host's state as devices see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostStatus {
+    pub username: Option<Username>,
+    pub fingerprint: Option<String>,
+    pub host_address: String,
+    pub directory: String,
+    pub queued: u32,
+    pub version: &'static str,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<HostStatus, HostError>")]
+pub struct Status;
+
+async fn status(o: &Owners) -> Result<HostStatus, HostError> {
+    let me = o.trust.registered();
+    Ok(HostStatus {
+        fingerprint: me.as_ref().map(|m| {
+            // A Username is at most 32 bytes, the only input that could make this fail.
+            smvs_crypto::fingerprint(m.username.as_str(), &m.identity).unwrap_or_default()
+        }),
+        username: me.map(|m| m.username),
+        host_address: o.host_address.to_string(),
+        directory: o.trust.directory_address().to_owned(),
+        queued: o.storage.queued_count().await?,
+        version: env!("CARGO_PKG_VERSION"),
+    })
+}
+
+command!(Status => HostStatus, |o, _m| { status(&o).await });
+
+/// `register USERNAME`.
+#[derive(Message)]
+#[rtype(result = "Result<HostStatus, HostError>")]
+pub struct Register(pub Username);
+
+command!(Register => HostStatus, |o, Register(name)| {
+    o.trust.register(name, o.host_address.clone()).await?;
+    status(&o).await
+});
+
+// ----- messages -----
+
+/// A device asks to send a text; the reply is its id once it is durably queued.
+#[derive(Message)]
+#[rtype(result = "Result<MessageId, HostError>")]
+pub struct SendText {
+    pub to: Username,
+    pub body: String,
+}
+
+command!(SendText => MessageId, |o, m| {
+    if m.body.len() > MAX_TEXT_BYTES {
+        return Err(HostError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "a message may hold at most {MAX_TEXT_BYTES} bytes; this one has {}",
+                m.body.len()
+            ),
+        ));
+    }
+    Ok(o.outbox.queue(&m.to, Payload::Text(m.body)).await?.id)
+});
+
+/// The last `limit` messages with a peer (0: all), oldest first, with live statuses.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<StoredMessage>, HostError>")]
+pub struct History {
+    pub peer: Username,
+    pub limit: u32,
+}
+
+command!(History => Vec<StoredMessage>, |o, m| {
+    let mut messages = o.storage.history(&m.peer, m.limit).await?;
+    o.outbox.overlay(&mut messages);
+    Ok(messages)
+});
+
+/// One message, text included (events never carry text).
+#[derive(Message)]
+#[rtype(result = "Result<StoredMessage, HostError>")]
+pub struct GetMessage {
+    pub peer: Username,
+    pub id: MessageId,
+}
+
+command!(GetMessage => StoredMessage, |o, m| {
+    let found = o.storage.message(&m.peer, m.id).await?;
+    let mut found: Vec<StoredMessage> = found.into_iter().collect();
+    o.outbox.overlay(&mut found);
+    found.pop().ok_or_else(|| {
+        HostError::new(ErrorCode::NotFound, format!("no message {} with {}", m.id, m.peer))
+    })
+});
+
+/// Every conversation.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<ConversationSummary>, HostError>")]
+pub struct Conversations;
+
+command!(Conversations => Vec<ConversationSummary>, |o, _m| {
+    Ok(o.storage.conversations().await?)
+});
+
+/// `delete USER [--id ID] [--everywhere]`: how many messages were deleted here.
+#[derive(Message)]
+#[rtype(result = "Result<u32, HostError>")]
+pub struct Delete {
+    pub peer: Username,
+    pub id: Option<MessageId>,
+    pub everywhere: bool,
+}
+
+command!(Delete => u32, |o, m| {
+    // If the request cannot go (blocked, changed key), nothing is deleted and the user is told
+    // why. It is queued after the local delete, which would otherwise remove it from the
+    // outbox along with the conversation.
+    if m.everywhere {
+        o.trust.check_can_send(&m.peer).await?;
+    }
+    let n = o.storage.delete(&m.peer, m.id, None).await?;
+    o.events.publish(HostEvent::Deleted {
+        id: m.id,
+        peer: m.peer.clone(),
+    });
+    if m.everywhere {
+        let ids = m.id.into_iter().collect();
+        o.outbox.queue(&m.peer, Payload::Delete(ids)).await?;
+    }
+    Ok(n)
+});
+
+/// `expire USER SECONDS`: disappearing messages, on both hosts.
+#[derive(Message)]
+#[rtype(result = "Result<(), HostError>")]
+pub struct Expire {
+    pub peer: Username,
+    pub seconds: u32,
+}
+
+command!(Expire => (), |o, m| {
+    // Refuse before changing anything if the setting cannot reach the peer.
+    o.trust.check_can_send(&m.peer).await?;
+    o.storage.set_expiry(&m.peer, m.seconds).await?;
+    o.outbox.queue(&m.peer, Payload::Expire(m.seconds)).await?;
+    Ok(())
+});
+
+// ----- contacts -----
+
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Contact>, HostError>")]
+pub struct Contacts;
+
+command!(Contacts => Vec<Contact>, |o, _m| { o.trust.contacts().await });
+
+/// `block USER` / `unblock USER`.
+#[derive(Message)]
+#[rtype(result = "Result<(), HostError>")]
+pub struct SetBlocked {
+    pub user: Username,
+    pub blocked: bool,
+}
+
+command!(SetBlocked => (), |o, m| {
+    o.trust.set_blocked(&m.user, m.blocked).await?;
+    if m.blocked {
+        o.calls.do_send(calls::PeerBlocked(m.user));
+    }
+    Ok(())
+});
+
+/// `verify USER [--accept-new-key]`.
+#[derive(Message)]
+#[rtype(result = "Result<Verification, HostError>")]
+pub struct Verify {
+    pub user: Username,
+    pub accept_new_key: bool,
+}
+
+command!(Verify => Verification, |o, m| {
+    let transcript = o.storage.transcript_hash(&m.user).await?;
+    let v = o.trust.verify(&m.user, m.accept_new_key, transcript).await?;
+    if v.accepted {
+        o.sessions.forget(&m.user);
+        o.outbox.kick(&m.user);
+    }
+    Ok(v)
+});
+
+// ----- calls (the call manager owns them; these are its requests as devices make them) -----
+
+/// A device places a call; the reply is the call and the device's token.
+#[derive(Message)]
+#[rtype(result = "Result<(CallInfo, u64), HostError>")]
+pub struct PlaceCall {
+    pub peer: Username,
+    pub media: Media,
+    pub device: mpsc::UnboundedSender<DeviceNotice>,
+}
+
+command!(PlaceCall => (CallInfo, u64), |o, m| {
+    o.calls
+        .send(calls::PlaceCall { peer: m.peer, media: m.media, device: m.device })
+        .await
+        .map_err(|_| HostError::shutting_down())?
+});
+
+/// A device picks up a ringing call (`None`: the one that rings).
+#[derive(Message)]
+#[rtype(result = "Result<(CallInfo, u64), HostError>")]
+pub struct AnswerCall {
+    pub id: Option<CallId>,
+    pub media: Media,
+    pub device: mpsc::UnboundedSender<DeviceNotice>,
+}
+
+command!(AnswerCall => (CallInfo, u64), |o, m| {
+    o.calls
+        .send(calls::AnswerCall { id: m.id, media: m.media, device: m.device })
+        .await
+        .map_err(|_| HostError::shutting_down())?
+});
+
+/// Ends a call (`None`: the current one); a ringing incoming call is declined. From a
+/// device's control, `token` names the device (only its own call is ended).
+#[derive(Message)]
+#[rtype(result = "Result<(), HostError>")]
+pub struct Hangup {
+    pub id: Option<CallId>,
+    pub token: Option<u64>,
+    pub device_gone: bool,
+}
+
+command!(Hangup => (), |o, m| {
+    o.calls
+        .send(calls::Hangup { id: m.id, token: m.token, device_gone: m.device_gone })
+        .await
+        .map_err(|_| HostError::shutting_down())?
+});
+
+/// The calls ringing or active.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<CallInfo>, HostError>")]
+pub struct ListCalls;
+
+command!(ListCalls => Vec<CallInfo>, |o, _m| {
+    o.calls.send(calls::ListCalls).await.map_err(|_| HostError::shutting_down())
+});
+
+/// The call that rings here, if any (`AnswerCall` with no id picks it up).
+pub fn ringing(calls: &[CallInfo]) -> Option<CallId> {
+    calls
+        .iter()
+        .find(|c| !c.outgoing && c.state == crate::model::CallState::Ringing)
+        .map(|c| c.id)
+}
+
+/// Registers the device that runs calls started from D-Bus; the reply is its token.
+#[derive(Message)]
+#[rtype(result = "Result<u64, HostError>")]
+pub struct RegisterAgent(pub mpsc::UnboundedSender<AgentRequest>);
+
+command!(RegisterAgent => u64, |o, RegisterAgent(agent)| {
+    o.calls.send(calls::RegisterAgent(agent)).await.map_err(|_| HostError::shutting_down())
+});
+
+/// The agent with this token left.
+#[derive(Message)]
+#[rtype(result = "Result<(), HostError>")]
+pub struct UnregisterAgent(pub u64);
+
+command!(UnregisterAgent => (), |o, UnregisterAgent(token)| {
+    o.calls.send(calls::UnregisterAgent(token)).await.map_err(|_| HostError::shutting_down())
+});
+
+/// Places a call through the registered call agent (D-Bus `PlaceCall`).
+#[derive(Message)]
+#[rtype(result = "Result<CallId, HostError>")]
+pub struct PlaceViaAgent {
+    pub peer: Username,
+    pub video: bool,
+    pub audio: bool,
+}
+
+command!(PlaceViaAgent => CallId, |o, m| {
+    o.calls
+        .send(calls::ViaAgent { place: Some((m.peer, m.video, m.audio)), answer: None })
+        .await
+        .map_err(|_| HostError::shutting_down())?
+});
+
+/// Answers a ringing call through the registered call agent (D-Bus `AnswerCall`; `None`: the
+/// one that rings).
+#[derive(Message)]
+#[rtype(result = "Result<CallId, HostError>")]
+pub struct AnswerViaAgent(pub Option<CallId>);
+
+command!(AnswerViaAgent => CallId, |o, AnswerViaAgent(id)| {
+    let id = match id {
+        Some(id) => id,
+        None => {
+            let calls = o.calls.send(calls::ListCalls).await.map_err(|_| HostError::shutting_down())?;
+            ringing(&calls).ok_or_else(|| HostError::new(ErrorCode::NotFound, "no call is ringing"))?
+        }
+    };
+    o.calls
+        .send(calls::ViaAgent { place: None, answer: Some(id) })
+        .await
+        .map_err(|_| HostError::shutting_down())?
+});

@@ -1,0 +1,415 @@
+//! The inbox: envelopes from other hosts, checked, opened and stored in the order they came.
+//!
+//! ```text
+//!  peer port ──Envelope──► Inbox ──► blocked? ─► sender's record (trust): link key must match
+//!                                 ─► session open (sessions) ─► storage (dedupe, hash chain)
+//!                                 ─► receipt                  └─► events
+//!                                 └─ call signals ─► CallManager (never stored)
+//! ```
+//!
+//! Owns: one FIFO lock per sender (arrival order) and the sender names the directory said it
+//! does not know (answered "later" for a while without asking again, so envelopes under
+//! made-up names cannot spend our directory budget).
+//!
+//! Serializes: envelopes from one sender take that sender's lock when they arrive and hold it
+//! until their storage job has its place in the storage queue, so one sender's messages are
+//! stored (and their hash chain checked) in the order the sending host sent them. Different
+//! senders do not wait for each other.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use smvs_crypto::AgreementPublicKey;
+use smvs_schema::{ErrorCode, Username};
+
+use crate::calls::{CallManager, SignalIn};
+use crate::error::{HostError, IncomingError};
+use crate::events::Events;
+use crate::model::{
+    Contact, Direction, FailReason, HostEvent, Integrity, MessageId, Payload, SignalKind, Status,
+    StoredMessage,
+};
+use crate::session::{self, Content, Header};
+use crate::sessions::Sessions;
+use crate::storage::{Arrival, Storage};
+use crate::trust::Trust;
+
+/// How long a sender name the directory did not know is answered "later" without asking the
+/// directory again.
+const UNKNOWN_SENDER_TTL: Duration = Duration::from_secs(30);
+/// Unknown sender names remembered at most.
+const UNKNOWN_SENDERS_KEPT: usize = 4096;
+/// Per-sender arrival locks kept before unused ones are dropped.
+const ARRIVAL_LOCKS_KEPT: usize = 1024;
+/// The most a sealed envelope may be: the largest bucket plus nonce and tag.
+pub const MAX_SEALED: usize = 131072 + 24 + 16;
+
+/// An envelope as it arrived on a host link, as plain owned data.
+#[derive(Debug, Clone)]
+pub struct EnvelopeData {
+    pub format: u16,
+    pub id: Vec<u8>,
+    pub sender: String,
+    pub recipient: String,
+    pub session_version: u16,
+    pub sealed: Vec<u8>,
+}
+
+/// What the receiving host signs for the sender.
+#[derive(Debug, Clone)]
+pub struct ReceiptData {
+    pub id: MessageId,
+    pub recipient: Username,
+    pub stored_at: i64,
+    pub tag: Vec<u8>,
+}
+
+/// The rules the inbox applies.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxSettings {
+    /// Hold messages from users who are not contacts yet as requests.
+    pub contacts_only: bool,
+    /// Whether a peer's "delete everywhere" (and expiry) requests delete here too.
+    pub honour_remote_delete: bool,
+}
+
+pub struct Inbox {
+    trust: Rc<Trust>,
+    sessions: Rc<Sessions>,
+    storage: Storage,
+    events: Events,
+    calls: Addr<CallManager>,
+    settings: InboxSettings,
+    arrival_order: RefCell<HashMap<Username, Arc<tokio::sync::Mutex<()>>>>,
+    unknown_senders: RefCell<HashMap<Username, Instant>>,
+}
+
+/// A local failure while taking an envelope: the peer hears "later" and no more (our storage
+/// or keyguard errors are nobody else's business); the log has the details.
+fn busy_here(e: HostError) -> IncomingError {
+    tracing::warn!(error = %e, "could not take an envelope now");
+    IncomingError::Later("the host cannot take it now".into())
+}
+
+fn refused(why: impl Into<String>) -> IncomingError {
+    IncomingError::Refused(why.into())
+}
+
+/// Why a sender did not check out.
+enum SenderCheck {
+    /// The directory does not know the name: asking again at once would not help.
+    Unknown,
+    /// The link's key is not the one in the sender's record (possibly a stale cached record).
+    WrongKey,
+    Other(IncomingError),
+}
+
+impl Inbox {
+    pub fn new(
+        trust: Rc<Trust>,
+        sessions: Rc<Sessions>,
+        storage: Storage,
+        events: Events,
+        calls: Addr<CallManager>,
+        settings: InboxSettings,
+    ) -> Inbox {
+        Inbox {
+            trust,
+            sessions,
+            storage,
+            events,
+            calls,
+            settings,
+            arrival_order: RefCell::new(HashMap::new()),
+            unknown_senders: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Waits for this sender's turn (first come, first served).
+    async fn arrival_turn(&self, sender: &Username) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut order = self.arrival_order.borrow_mut();
+            // Any name can arrive (the key check comes later), so the table is kept small:
+            // a lock nobody holds or waits for is only in the table, and can go.
+            if order.len() >= ARRIVAL_LOCKS_KEPT {
+                order.retain(|_, lock| Arc::strong_count(lock) > 1);
+            }
+            order
+                .entry(sender.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+                .clone()
+        };
+        lock.lock_owned().await
+    }
+
+    /// Whether the directory said lately that it does not know `sender`.
+    fn recently_unknown(&self, sender: &Username) -> bool {
+        self.unknown_senders
+            .borrow()
+            .get(sender)
+            .is_some_and(|at| at.elapsed() < UNKNOWN_SENDER_TTL)
+    }
+
+    /// Remembers that the directory does not know `sender` (for a while, and only so many).
+    fn note_unknown(&self, sender: &Username) {
+        let mut unknown = self.unknown_senders.borrow_mut();
+        if unknown.len() >= UNKNOWN_SENDERS_KEPT {
+            unknown.retain(|_, at| at.elapsed() < UNKNOWN_SENDER_TTL);
+        }
+        if unknown.len() < UNKNOWN_SENDERS_KEPT {
+            unknown.insert(sender.clone(), Instant::now());
+        }
+    }
+
+    /// Takes one envelope from the host whose Noise key is `remote_key`: stores it (or hands
+    /// a call signal on) and returns the receipt, or says why not.
+    pub async fn accept(
+        &self,
+        remote_key: AgreementPublicKey,
+        env: EnvelopeData,
+    ) -> Result<ReceiptData, IncomingError> {
+        let me = self
+            .trust
+            .me()
+            .map_err(|_| refused("this host has no user"))?;
+        if env.format != session::ENVELOPE_FORMAT || env.session_version != session::SESSION_V1 {
+            return Err(refused("unsupported envelope or session version"));
+        }
+        if env.sealed.len() > MAX_SEALED {
+            return Err(refused("envelope too large"));
+        }
+        if env.recipient != me.username.as_str() {
+            return Err(refused("wrong recipient"));
+        }
+        let sender = Username::parse(&env.sender).map_err(|e| refused(e.to_string()))?;
+        let id = MessageId::from_slice(&env.id).ok_or_else(|| refused("bad message id"))?;
+        // Envelopes from one sender are checked and queued for storage in arrival order.
+        let turn = self.arrival_turn(&sender).await;
+
+        // Blocked senders are turned away before anything is decrypted or stored. The answer
+        // does not say why.
+        let known = self.trust.contact(&sender).await.map_err(busy_here)?;
+        if known.as_ref().is_some_and(|c| c.blocked) {
+            tracing::debug!(peer = %sender, "refused an envelope from a blocked contact");
+            return Err(refused("not accepted"));
+        }
+        // In contacts-only mode, someone we never wrote to is a request: held until we answer.
+        let request = self.settings.contacts_only && known.as_ref().is_none_or(|c| c.request);
+        // The cached record may predate a move or a new key: on a mismatch, ask again.
+        let checked = match self
+            .check_sender(&sender, &remote_key, false, request)
+            .await
+        {
+            Err(SenderCheck::WrongKey) => {
+                self.check_sender(&sender, &remote_key, true, request).await
+            }
+            other => other,
+        };
+        let mut contact = checked.map_err(|e| match e {
+            SenderCheck::Unknown => refused("unknown sender"),
+            SenderCheck::WrongKey => {
+                smvs_service::security_event!(warn, smvs_service::logging::PEER_REFUSED, peer = %sender, "refused an envelope: the sending host's key is not the sender's");
+                refused("the sending host's key does not match the sender's directory record")
+            }
+            SenderCheck::Other(e) => e,
+        })?;
+        // Checked again: a block may have landed while the sender was being looked up.
+        if contact.blocked {
+            return Err(refused("not accepted"));
+        }
+        if request {
+            self.trust
+                .mark_request(&mut contact)
+                .await
+                .map_err(busy_here)?;
+        }
+        let keys = self
+            .sessions
+            .keys(&me.identity, &sender, &contact.identity)
+            .await
+            .map_err(busy_here)?;
+        let header = Header {
+            id: &id,
+            sender: &sender,
+            recipient: &me.username,
+        };
+        let content =
+            session::open(&keys, &header, &env.sealed).map_err(|e| refused(e.to_string()))?;
+        let inner = session::decode_inner(&content).map_err(|e| refused(e.to_string()))?;
+        if inner.id != id || inner.from != sender || inner.to != me.username {
+            return Err(refused("envelope header and content disagree"));
+        }
+        let receipt = |keys: &session::SessionKeys| -> Result<ReceiptData, IncomingError> {
+            let stored_at = crate::model::now_ms();
+            let tag = session::receipt_tag(keys, &id, &me.username, stored_at)
+                .map_err(|e| busy_here(HostError::internal(e)))?;
+            Ok(ReceiptData {
+                id,
+                recipient: me.username.clone(),
+                stored_at,
+                tag,
+            })
+        };
+        let payload = match inner.content {
+            Content::Message(payload) => payload,
+            Content::Call(signal) => {
+                drop(turn);
+                // Someone we never answered does not get to ring us (their answer to our own
+                // call is fine: calling them accepted their request).
+                if request && signal.kind == SignalKind::Offer {
+                    return Err(refused("not accepted"));
+                }
+                self.calls
+                    .send(SignalIn {
+                        from: sender.clone(),
+                        from_identity: contact.identity.to_bytes().to_vec(),
+                        time: inner.time,
+                        signal,
+                    })
+                    .await
+                    .map_err(|_| IncomingError::Later("the host is shutting down".into()))??;
+                return receipt(&keys);
+            }
+        };
+        let message = StoredMessage {
+            id,
+            peer: sender.clone(),
+            from: sender.clone(),
+            to: me.username.clone(),
+            time: inner.time,
+            payload: payload.clone(),
+            prev_hash: inner.prev_hash,
+            status: if request {
+                Status::Held
+            } else {
+                Status::Received
+            },
+            reason: FailReason::None,
+            integrity: Integrity::Unchecked,
+            direction: Direction::In,
+        };
+        let arrival = self
+            .storage
+            .store_incoming(message, move || drop(turn))
+            .await?;
+        if let Arrival::Stored(integrity) = arrival {
+            self.stored(&sender, id, inner.time, &payload, integrity)
+                .await?;
+        }
+        receipt(&keys)
+    }
+
+    /// What follows a newly stored message: events, and what a control message asks for.
+    async fn stored(
+        &self,
+        sender: &Username,
+        id: MessageId,
+        time: i64,
+        payload: &Payload,
+        integrity: Integrity,
+    ) -> Result<(), IncomingError> {
+        match payload {
+            Payload::Text(_) => {
+                self.events.publish(HostEvent::MessageReceived {
+                    id,
+                    peer: sender.clone(),
+                    time,
+                });
+                if matches!(integrity, Integrity::Gap | Integrity::OutOfOrder) {
+                    tracing::warn!(peer = %sender, ?integrity, "conversation integrity problem");
+                    self.events.publish(HostEvent::IntegrityProblem {
+                        id,
+                        peer: sender.clone(),
+                        time,
+                    });
+                }
+            }
+            Payload::Delete(ids) => {
+                if self.settings.honour_remote_delete {
+                    self.apply_delete(sender, ids, id).await?;
+                }
+            }
+            Payload::Expire(seconds) => {
+                // Expiry deletes history too, so it obeys the same switch as remote deletes.
+                if self.settings.honour_remote_delete {
+                    self.storage.set_expiry(sender, *seconds).await?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The sender's pinned contact, provided the directory's record for the sender names the
+    /// host key this envelope came with. The link's key is checked against the directory
+    /// before anything is pinned or stored, so a host that merely claims a name leaves no
+    /// trace.
+    async fn check_sender(
+        &self,
+        sender: &Username,
+        remote_key: &AgreementPublicKey,
+        fresh: bool,
+        request: bool,
+    ) -> Result<Contact, SenderCheck> {
+        if self.recently_unknown(sender) {
+            // Not refused: the name may have been registered since (its host will retry).
+            return Err(SenderCheck::Other(IncomingError::Later(
+                "the sender was not in the directory a moment ago".into(),
+            )));
+        }
+        let record = match self.trust.lookup(sender, fresh).await {
+            Ok(record) => record,
+            Err(e) if e.code == ErrorCode::UnknownUser => {
+                self.note_unknown(sender);
+                return Err(SenderCheck::Unknown);
+            }
+            Err(_) => {
+                return Err(SenderCheck::Other(IncomingError::Later(
+                    "the sender cannot be looked up now".into(),
+                )))
+            }
+        };
+        if &record.user.transport_key != remote_key {
+            return Err(SenderCheck::WrongKey);
+        }
+        match self.trust.trusted_contact(sender, false, request).await {
+            Ok((contact, _)) => Ok(contact),
+            Err(e) if e.code == ErrorCode::KeyChanged => {
+                Err(SenderCheck::Other(IncomingError::Later(
+                    "the sender's identity key changed and is not accepted yet".into(),
+                )))
+            }
+            Err(_) => Err(SenderCheck::Other(IncomingError::Later(
+                "the sender cannot be checked now".into(),
+            ))),
+        }
+    }
+
+    async fn apply_delete(
+        &self,
+        peer: &Username,
+        ids: &[MessageId],
+        request: MessageId,
+    ) -> Result<(), IncomingError> {
+        if ids.is_empty() {
+            self.storage.delete(peer, None, Some(request)).await?;
+            self.events.publish(HostEvent::Deleted {
+                id: None,
+                peer: peer.clone(),
+            });
+        } else {
+            // All in one storage job and one checkpoint, however many ids the request names;
+            // only what was here is announced.
+            for id in self.storage.delete_from_peer(peer, ids.to_vec()).await? {
+                self.events.publish(HostEvent::Deleted {
+                    id: Some(id),
+                    peer: peer.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,118 @@
+//! Calls as plain data: what a call signal says, one endpoint's media set-up, and what devices
+//! are told about a call. The wire codec is in `session::codec`; the state machine is in
+//! `calls`.
+
+use std::net::SocketAddr;
+
+use smvs_schema::Username;
+
+pub use smvs_schema::{CallId, CallState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalKind {
+    Offer,
+    Answer,
+    Decline,
+    Busy,
+    Hangup,
+    NoAnswer,
+}
+
+/// One step of a call's set-up or end, from one host to the other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallSignal {
+    pub call_id: CallId,
+    pub kind: SignalKind,
+    /// Set on offer and answer.
+    pub media: Option<Media>,
+}
+
+/// One endpoint's half of the media set-up: where it listens and its fresh call key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    pub public_key: [u8; 32],
+    pub address: SocketAddr,
+    pub video: bool,
+    pub audio: bool,
+}
+
+impl Media {
+    /// Checks what a device or a peer sent: a 32-byte key and a literal IP:port (no names to
+    /// resolve, no port 0).
+    pub fn parse(
+        public_key: &[u8],
+        address: &str,
+        video: bool,
+        audio: bool,
+    ) -> Result<Media, String> {
+        let public_key: [u8; 32] = public_key
+            .try_into()
+            .map_err(|_| "a call key is 32 bytes".to_string())?;
+        let address: SocketAddr = address
+            .parse()
+            .map_err(|_| format!("media address {address:?} is not IP:port"))?;
+        // An IPv4 address written as IPv6 (::ffff:a.b.c.d) is judged as the IPv4 it is.
+        let address = SocketAddr::new(address.ip().to_canonical(), address.port());
+        let broadcast = matches!(address.ip(), std::net::IpAddr::V4(v4) if v4.is_broadcast());
+        if address.port() == 0
+            || address.ip().is_unspecified()
+            || address.ip().is_multicast()
+            || broadcast
+        {
+            return Err(format!("media address {address} cannot receive media"));
+        }
+        Ok(Media {
+            public_key,
+            address,
+            video,
+            audio,
+        })
+    }
+}
+
+/// What devices and D-Bus are told about a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallInfo {
+    pub id: CallId,
+    pub peer: Username,
+    pub outgoing: bool,
+    pub state: CallState,
+    /// Why it ended (empty while it lasts).
+    pub reason: String,
+    /// Both identity bundles (caller's, callee's), which the devices bind into the media keys.
+    pub caller_identity: Vec<u8>,
+    pub callee_identity: Vec<u8>,
+    /// The other endpoint's offer or answer, once known.
+    pub peer_media: Option<Media>,
+    /// What the caller offered.
+    pub video: bool,
+    pub audio: bool,
+    /// Unix ms the call entered its state.
+    pub since: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn media_addresses_that_cannot_be_a_device_are_refused() {
+        let key = [7u8; 32];
+        for bad in [
+            "0.0.0.0:5000",
+            "224.0.0.1:5000",
+            "[::ffff:224.0.0.1]:5000",
+            "255.255.255.255:5000",
+            "[::]:5000",
+            "127.0.0.1:0",
+            "example.org:5000",
+        ] {
+            assert!(Media::parse(&key, bad, true, true).is_err(), "{bad}");
+        }
+        let mapped = Media::parse(&key, "[::ffff:192.0.2.1]:5000", true, true).unwrap();
+        assert_eq!(mapped.address.to_string(), "192.0.2.1:5000");
+        assert!(Media::parse(&key, "127.0.0.2:5000", false, true).is_ok());
+        assert!(Media::parse(&[7u8; 31], "127.0.0.2:5000", false, true).is_err());
+    }
+}

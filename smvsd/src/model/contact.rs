@@ -1,0 +1,52 @@
+//! A contact: another user as this host knows them, typed (no hex to re-parse).
+
+use smvs_crypto::{AgreementPublicKey, IdentityBundle};
+use smvs_directory::VerifiedRecord;
+use smvs_schema::{HostAddress, Username};
+
+/// What the host knows about another user: the pinned identity and where their host is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    pub username: Username,
+    /// The pinned identity.
+    pub identity: IdentityBundle,
+    /// The key their host must present on a link (certified by the identity).
+    pub transport_key: AgreementPublicKey,
+    pub host_address: HostAddress,
+    /// The directory record's serial this was learnt from (only ever grows).
+    pub serial: u64,
+    pub blocked: bool,
+    /// A different identity the directory now shows, not yet accepted by the user.
+    pub pending: Option<PendingKey>,
+    /// Not a contact yet: first heard from while contacts-only mode was on.
+    pub request: bool,
+}
+
+/// A changed identity (and the host key that came with it), waiting for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingKey {
+    pub identity: IdentityBundle,
+    pub transport_key: AgreementPublicKey,
+}
+
+impl Contact {
+    /// A contact pinned from a directory record (trust on first use).
+    pub fn from_record(record: &VerifiedRecord, request: bool) -> Contact {
+        Contact {
+            username: record.user.username.clone(),
+            identity: record.user.identity,
+            transport_key: record.user.transport_key,
+            host_address: record.user.host_address.clone(),
+            serial: record.user.serial,
+            blocked: false,
+            pending: None,
+            request,
+        }
+    }
+
+    /// The user's fingerprint of this contact's pinned identity. (It fails only for a name of
+    /// more than 255 bytes, which a `Username` cannot be.)
+    pub fn fingerprint(&self) -> String {
+        smvs_crypto::fingerprint(self.username.as_str(), &self.identity).unwrap_or_default()
+    }
+}

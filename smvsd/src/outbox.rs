@@ -1,0 +1,612 @@
+//! The outbox: getting messages to other hosts, and knowing where each one is.
+//!
+//! ```text
+//!  commands ──queue──► Outbox ──► storage (durable, status queued) ──kick──► delivery task for peer
+//!                                                                          loop: outbox rows ─► trust (pinned contact)
+//!                                                                                ─► sessions (keys) ─► seal
+//!                                                                                ─► link (pinned transport key)
+//!                                                                                ─► deliver × N, pipelined
+//!                                                                                ─► receipts ─► delivered / failed
+//!                                                                          on a broken link: back off (exponential, jitter)
+//!  calls ──send_now──► Outbox ──► one fresh link, one envelope, its receipt (never stored)
+//! ```
+//!
+//! Owns: one delivery task per peer (woken by [`Outbox::kick`]) and the set of messages that are
+//! "sent" (handed to the peer's host, no receipt yet). "Sent" is a passing state, so it lives in
+//! memory rather than costing a disk write per message; after a restart such messages read as
+//! queued again, which is what they are until the receipt. Readers apply it with
+//! [`Outbox::overlay`]; nobody else changes it.
+//!
+//! Serializes: one task per peer, so a peer's messages go out in the order they were queued.
+//! Many envelopes travel at once on one connection; Cap'n Proto delivers calls on one
+//! capability in order, and the receiving host queues them for storage in that order. The
+//! outbox lives in storage, so a restart loses nothing: at start-up every peer with queued
+//! messages gets a kick.
+//!
+//! Nothing is retried for ever: a recipient the directory does not know (never registered, or
+//! deregistered since) fails everything queued for them, with that reason; an envelope the
+//! peer's host refuses fails with "refused". Everything else (a host that is away, a directory
+//! that cannot be reached) is temporary and retried with backoff.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use smvs_crypto::AgreementKeyPair;
+use smvs_schema::host_capnp::{delivery_outcome, host_link};
+use smvs_schema::{ErrorCode, Username};
+use tokio::sync::Notify;
+
+use crate::error::HostError;
+use crate::events::Events;
+use crate::model::{
+    now_ms, CallSignal, FailReason, HostEvent, MessageId, Payload, Status, StoredMessage,
+};
+use crate::session::{self, Content, Header, Inner, SessionKeys};
+use crate::sessions::Sessions;
+use crate::storage::Storage;
+use crate::trust::Trust;
+
+/// Envelopes in flight on one link at a time.
+pub const WINDOW: u32 = 2048;
+/// How long reaching the peer's host and handing it a call signal may take.
+const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the outbox reaches other hosts.
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    /// The longest wait between two delivery attempts to an unreachable host.
+    pub retry_max: Duration,
+    /// Connect through this SOCKS5 proxy (which resolves names, so onion addresses work).
+    pub socks5_proxy: Option<String>,
+}
+
+/// The outbox's handle; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Rc<OutboxState>,
+}
+
+struct OutboxState {
+    trust: Rc<Trust>,
+    sessions: Rc<Sessions>,
+    storage: Storage,
+    events: Events,
+    transport: Rc<AgreementKeyPair>,
+    settings: OutboxSettings,
+    /// The wake-up of each peer's delivery task.
+    links: RefCell<HashMap<Username, Rc<Notify>>>,
+    /// Outgoing messages handed to the peer's host and waiting for a receipt.
+    sent: RefCell<HashSet<MessageId>>,
+}
+
+/// Why a call signal did not reach the peer's host.
+#[derive(Debug)]
+pub enum SendFailure {
+    /// The peer's host cannot be reached (or did not answer in time).
+    Offline(String),
+    /// The peer's host will not take it (blocked, not a contact, busy, stale).
+    Refused(String),
+    /// Our side cannot send it (not registered, key changed, directory).
+    Local(HostError),
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendFailure::Offline(why) => write!(f, "offline: {why}"),
+            SendFailure::Refused(why) => write!(f, "refused: {why}"),
+            SendFailure::Local(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Why a delivery round ended early.
+#[derive(Debug, thiserror::Error)]
+enum DeliveryError {
+    #[error("{0}")]
+    Host(#[from] HostError),
+    #[error("link: {0}")]
+    Link(#[from] smvs_transport::TransportError),
+    #[error("rpc: {0}")]
+    Rpc(#[from] capnp::Error),
+    #[error("the peer's receipt does not check out")]
+    BadReceipt,
+    #[error("the peer's host said later: {0}")]
+    Later(String),
+}
+
+/// What the peer's host answered to one envelope.
+enum Answer {
+    Stored,
+    Refused(String),
+    Later(String),
+}
+
+impl Outbox {
+    pub fn new(
+        trust: Rc<Trust>,
+        sessions: Rc<Sessions>,
+        storage: Storage,
+        events: Events,
+        transport: Rc<AgreementKeyPair>,
+        settings: OutboxSettings,
+    ) -> Outbox {
+        Outbox {
+            inner: Rc::new(OutboxState {
+                trust,
+                sessions,
+                storage,
+                events,
+                transport,
+                settings,
+                links: RefCell::new(HashMap::new()),
+                sent: RefCell::new(HashSet::new()),
+            }),
+        }
+    }
+
+    /// Puts a payload for `to` in the outbox (durably) and wakes its delivery task.
+    ///
+    /// A recipient we never wrote to is looked up first: a name the directory does not know
+    /// is refused now (`unknown-user`) rather than queued for nobody. When the directory cannot
+    /// be reached, the message is queued anyway and the look-up is tried again on delivery.
+    pub async fn queue(&self, to: &Username, payload: Payload) -> Result<StoredMessage, HostError> {
+        let me = self.inner.trust.me()?;
+        if to == &me.username {
+            return Err(HostError::bad_request(
+                "you cannot send messages to yourself",
+            ));
+        }
+        let trust = &self.inner.trust;
+        if trust.contact(to).await?.is_none() {
+            match trust.trusted_contact(to, false, false).await {
+                Ok(_) => {}
+                Err(e) if e.code == ErrorCode::UnknownUser => {
+                    return Err(HostError::new(
+                        ErrorCode::UnknownUser,
+                        format!("there is no user {to} at the directory"),
+                    ))
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %to, error = %e, "queueing for a new contact without a look-up")
+                }
+            }
+        }
+        trust.check_can_send(to).await?;
+        trust.accept_request(to).await?;
+        let stored = self
+            .inner
+            .storage
+            .queue_outgoing(&me.username, to, payload)
+            .await?;
+        self.inner.events.publish(HostEvent::MessageStatus {
+            id: stored.id,
+            peer: to.clone(),
+            status: Status::Queued,
+        });
+        self.kick(to);
+        Ok(stored)
+    }
+
+    /// Wakes `peer`'s delivery task (starting it the first time).
+    pub fn kick(&self, peer: &Username) {
+        if let Some(wake) = self.inner.links.borrow().get(peer) {
+            wake.notify_one();
+            return;
+        }
+        let wake = Rc::new(Notify::new());
+        self.inner
+            .links
+            .borrow_mut()
+            .insert(peer.clone(), wake.clone());
+        tokio::task::spawn_local(delivery_task(self.inner.clone(), peer.clone(), wake));
+    }
+
+    /// Shows messages that are on their way as "sent" (the status disk holds is "queued").
+    pub fn overlay(&self, messages: &mut [StoredMessage]) {
+        let sent = self.inner.sent.borrow();
+        for m in messages {
+            if m.status == Status::Queued && sent.contains(&m.id) {
+                m.status = Status::Sent;
+            }
+        }
+    }
+
+    /// Seals `signal` for `peer` and hands it to the peer's host on a fresh link; returns once
+    /// the peer's host has accepted it (its receipt checks out). Signals are never stored and
+    /// never wait in the outbox: a ring that arrives an hour late is worse than none.
+    pub async fn send_now(&self, peer: &Username, signal: CallSignal) -> Result<(), SendFailure> {
+        match tokio::time::timeout(SIGNAL_TIMEOUT, self.send_signal(peer, signal)).await {
+            Ok(result) => result,
+            Err(_) => Err(SendFailure::Offline(format!(
+                "{peer}'s host did not answer within {} s",
+                SIGNAL_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn send_signal(&self, peer: &Username, signal: CallSignal) -> Result<(), SendFailure> {
+        let inner = &self.inner;
+        let me = inner.trust.me().map_err(SendFailure::Local)?;
+        let (contact, _) = inner
+            .trust
+            .trusted_contact(peer, false, false)
+            .await
+            .map_err(SendFailure::Local)?;
+        let keys = inner
+            .sessions
+            .keys(&me.identity, peer, &contact.identity)
+            .await
+            .map_err(SendFailure::Local)?;
+        let message = Inner {
+            id: MessageId::random(),
+            from: me.username.clone(),
+            to: peer.clone(),
+            time: now_ms(),
+            prev_hash: Vec::new(),
+            content: Content::Call(signal),
+        };
+        // One connection per signal, closed (the link dropped) once the signal is answered or
+        // timed out: calls are rare, and a link kept open would outlive the call for nothing.
+        let link = connect(inner, &contact).await.map_err(|e| match e {
+            DeliveryError::Host(e) if e.code != ErrorCode::Proxy => SendFailure::Local(e),
+            other => SendFailure::Offline(format!("cannot reach {peer}'s host: {other}")),
+        })?;
+        let sent = deliver(link.client(), &keys, &message).map_err(SendFailure::Local)?;
+        let response = sent.await.map_err(|e| {
+            SendFailure::Offline(format!("{peer}'s host did not take the call: {}", e.extra))
+        })?;
+        match read_answer(&keys, &message.id, peer, &response) {
+            Ok(Answer::Stored) => Ok(()),
+            Ok(Answer::Refused(why)) => Err(SendFailure::Refused(why)),
+            Ok(Answer::Later(why)) => Err(SendFailure::Offline(format!(
+                "{peer}'s host cannot take the call now: {why}"
+            ))),
+            Err(e) => Err(SendFailure::Offline(format!(
+                "{peer}'s host answered badly: {e}"
+            ))),
+        }
+    }
+}
+
+fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn delivery_task(outbox: Rc<OutboxState>, peer: Username, wake: Rc<Notify>) {
+    let retry_max = outbox.settings.retry_max;
+    let mut delays = backoff(retry_max);
+    // The link stays up between bursts; a failure drops it and the next round reconnects.
+    let mut link: Option<Link> = None;
+    loop {
+        match stream_outbox(&outbox, &peer, &mut link).await {
+            Ok(()) => {
+                delays = backoff(retry_max);
+                // The outbox is empty: wait for new work (or look again now and then).
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+            }
+            Err(e) => {
+                link = None;
+                let delay = delays.next().unwrap_or(retry_max);
+                tracing::debug!(%peer, error = %e, ?delay, "delivery failed; will retry");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// A connection to another host's `HostLink`, closed when dropped.
+type Link = smvs_transport::rpc::Link<host_link::Client>;
+
+/// Opens a link to `contact`'s host: its pinned transport key, directly or through the
+/// SOCKS5 proxy.
+async fn connect(
+    outbox: &OutboxState,
+    contact: &crate::model::Contact,
+) -> Result<Link, DeliveryError> {
+    let key = contact.transport_key;
+    let address = contact.host_address.as_str();
+    let transport = &outbox.transport;
+    let channel = match &outbox.settings.socks5_proxy {
+        None => {
+            smvs_transport::connect(
+                address,
+                transport,
+                smvs_transport::HOST_PROLOGUE,
+                Some(&key),
+            )
+            .await?
+        }
+        Some(proxy) => {
+            // The proxy resolves the name (an onion address, say); we only hand it the text.
+            let (host, port) = split_address(address)?;
+            let tcp = tokio_socks::tcp::Socks5Stream::connect(proxy.as_str(), (host, port))
+                .await
+                .map_err(|e| {
+                    HostError::new(
+                        ErrorCode::Proxy,
+                        format!("SOCKS5 proxy {proxy} cannot reach {address}: {e}"),
+                    )
+                })?
+                .into_inner();
+            smvs_transport::connect_over(
+                tcp,
+                address,
+                transport,
+                smvs_transport::HOST_PROLOGUE,
+                Some(&key),
+            )
+            .await?
+        }
+    };
+    Ok(Link::open(channel))
+}
+
+/// Splits a host address into host (without IPv6 brackets) and port.
+fn split_address(address: &str) -> Result<(&str, u16), HostError> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| HostError::internal(format!("stored host address {address} has no port")))?;
+    let port = port.parse().map_err(HostError::internal)?;
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
+/// Connects to the peer's host and streams the outbox to it until the outbox is empty:
+/// up to [`WINDOW`] envelopes in flight, topped up from storage as receipts come back, so the
+/// link never idles between batches. Statuses are written off the critical path.
+async fn stream_outbox(
+    outbox: &Rc<OutboxState>,
+    peer: &Username,
+    link: &mut Option<Link>,
+) -> Result<(), DeliveryError> {
+    let storage = &outbox.storage;
+    let mut pending: VecDeque<(i64, StoredMessage)> = storage
+        .outbox(peer, 0, WINDOW)
+        .await
+        .map_err(HostError::from)?
+        .into();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let me = outbox.trust.me()?;
+    let contact = match outbox.trust.trusted_contact(peer, false, false).await {
+        Ok((contact, _)) => contact,
+        Err(e) if e.code == ErrorCode::UnknownUser => {
+            // Never registered, or deregistered since: nobody will ever take these.
+            let failed = storage
+                .fail_outbox(peer, FailReason::UnknownUser)
+                .await
+                .map_err(HostError::from)?;
+            tracing::info!(%peer, failed = failed.len(), "the directory does not know the recipient; their queued messages failed");
+            forget_sent(outbox, &failed);
+            publish_all(outbox, peer, failed, Status::Failed);
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let keys = outbox
+        .sessions
+        .keys(&me.identity, peer, &contact.identity)
+        .await?;
+    let client = match link {
+        Some(open) => open.client().clone(),
+        None => link
+            .insert(connect(outbox, &contact).await?)
+            .client()
+            .clone(),
+    };
+
+    let mut in_flight = VecDeque::with_capacity(WINDOW as usize);
+    let mut last_seq = 0;
+    let mut delivered = Vec::new();
+    loop {
+        let mut sent_now = Vec::new();
+        while in_flight.len() < WINDOW as usize {
+            let Some((seq, message)) = pending.pop_front() else {
+                break;
+            };
+            last_seq = seq;
+            if message.status == Status::Queued {
+                sent_now.push(message.id);
+            }
+            let envelope = Inner {
+                id: message.id,
+                from: me.username.clone(),
+                to: peer.clone(),
+                time: message.time,
+                prev_hash: message.prev_hash.clone(),
+                content: Content::Message(message.payload.clone()),
+            };
+            in_flight.push_back((message.id, deliver(&client, &keys, &envelope)?));
+        }
+        if !sent_now.is_empty() {
+            outbox.sent.borrow_mut().extend(sent_now.iter().copied());
+            publish_all(outbox, peer, sent_now, Status::Sent);
+        }
+        if pending.is_empty() && in_flight.len() < WINDOW as usize / 2 {
+            let room = WINDOW - u32::try_from(in_flight.len()).unwrap_or(WINDOW);
+            let more = storage
+                .outbox(peer, last_seq, room)
+                .await
+                .map_err(HostError::from)?;
+            if !more.is_empty() {
+                pending.extend(more);
+                continue;
+            }
+        }
+        let Some((id, promise)) = in_flight.pop_front() else {
+            // Awaited, not spawned: the next round reads the outbox, and must not see these
+            // again as undelivered (they would be sent twice).
+            let ids = std::mem::take(&mut delivered);
+            forget_sent(outbox, &ids);
+            let changed = storage
+                .set_outgoing_status(peer, ids, Status::Delivered)
+                .await
+                .map_err(HostError::from)?;
+            publish_all(outbox, peer, changed, Status::Delivered);
+            return Ok(());
+        };
+        let answer = match promise.await {
+            Ok(response) => read_answer(&keys, &id, peer, &response),
+            Err(e) => Err(DeliveryError::Rpc(e)),
+        };
+        match answer {
+            Ok(Answer::Stored) => delivered.push(id),
+            Ok(Answer::Refused(why)) => {
+                tracing::warn!(%peer, id = %id, reason = %why, "the peer's host refused a message; it will not be retried");
+                record_status(outbox, peer, vec![id], Status::Failed, FailReason::Refused);
+            }
+            Ok(Answer::Later(why)) => {
+                record_status(outbox, peer, delivered, Status::Delivered, FailReason::None);
+                give_up_round(outbox, id, &in_flight);
+                return Err(DeliveryError::Later(why));
+            }
+            Err(e) => {
+                record_status(outbox, peer, delivered, Status::Delivered, FailReason::None);
+                give_up_round(outbox, id, &in_flight);
+                return Err(e);
+            }
+        }
+        if delivered.len() >= WINDOW as usize / 2 {
+            record_status(
+                outbox,
+                peer,
+                std::mem::take(&mut delivered),
+                Status::Delivered,
+                FailReason::None,
+            );
+        }
+    }
+}
+
+/// The answer to one `deliver`.
+type Delivery = capnp::capability::Promise<
+    capnp::capability::Response<host_link::deliver_results::Owned>,
+    capnp::Error,
+>;
+
+/// Seals `inner` (from us to its recipient) into an envelope and hands it to the peer's host.
+fn deliver(
+    client: &host_link::Client,
+    keys: &SessionKeys,
+    inner: &Inner,
+) -> Result<Delivery, HostError> {
+    let (me, peer) = (&inner.from, &inner.to);
+    let header = Header {
+        id: &inner.id,
+        sender: me,
+        recipient: peer,
+    };
+    let sealed =
+        session::seal(keys, &header, &session::encode_inner(inner)).map_err(HostError::internal)?;
+    let mut request = client.deliver_request();
+    {
+        let mut e = request.get().init_envelope();
+        e.set_format_version(session::ENVELOPE_FORMAT);
+        e.set_id(&inner.id.0);
+        e.set_sender(me.as_str());
+        e.set_recipient(peer.as_str());
+        e.set_session_version(session::SESSION_V1);
+        e.set_sealed(&sealed);
+    }
+    Ok(request.send().promise)
+}
+
+/// Reads the peer's answer: a receipt that must check out, a refusal, or "later".
+fn read_answer(
+    keys: &SessionKeys,
+    id: &MessageId,
+    peer: &Username,
+    response: &capnp::capability::Response<host_link::deliver_results::Owned>,
+) -> Result<Answer, DeliveryError> {
+    let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, DeliveryError> {
+        // The peer's words, for our log only; cut short.
+        let why = t?.to_string().unwrap_or_else(|_| "(not UTF-8)".into());
+        Ok(why.chars().take(200).collect())
+    };
+    let receipt = match response.get()?.get_outcome()?.which() {
+        Ok(delivery_outcome::Receipt(receipt)) => receipt?,
+        Ok(delivery_outcome::Refused(why)) => return Ok(Answer::Refused(text(why)?)),
+        Ok(delivery_outcome::Later(why)) => return Ok(Answer::Later(text(why)?)),
+        Err(_) => return Err(DeliveryError::BadReceipt),
+    };
+    let recipient = receipt
+        .get_recipient()?
+        .to_str()
+        .map_err(|_| DeliveryError::BadReceipt)?;
+    let expected = session::receipt_tag(keys, id, peer, receipt.get_stored_at())
+        .map_err(HostError::internal)?;
+    if receipt.get_id()? != id.0
+        || recipient != peer.as_str()
+        || !smvs_crypto::constant_time_eq(receipt.get_signature()?, &expected)
+    {
+        return Err(DeliveryError::BadReceipt);
+    }
+    Ok(Answer::Stored)
+}
+
+fn forget_sent(outbox: &OutboxState, ids: &[MessageId]) {
+    let mut sent = outbox.sent.borrow_mut();
+    for id in ids {
+        sent.remove(id);
+    }
+}
+
+/// The link broke: what was on its way is back to "queued" (it is resent on the next round).
+fn give_up_round<T>(
+    outbox: &OutboxState,
+    current: MessageId,
+    in_flight: &VecDeque<(MessageId, T)>,
+) {
+    let mut ids: Vec<MessageId> = in_flight.iter().map(|(id, _)| *id).collect();
+    ids.push(current);
+    forget_sent(outbox, &ids);
+}
+
+/// Writes statuses and tells devices, without holding up the link. Storage runs jobs in the
+/// order they are queued, and a delivered message is never set back to sent.
+fn record_status(
+    outbox: &Rc<OutboxState>,
+    peer: &Username,
+    ids: Vec<MessageId>,
+    status: Status,
+    reason: FailReason,
+) {
+    if ids.is_empty() {
+        return;
+    }
+    forget_sent(outbox, &ids);
+    let (outbox, peer) = (outbox.clone(), peer.clone());
+    tokio::task::spawn_local(async move {
+        let written = if status == Status::Failed {
+            outbox.storage.set_failed(&peer, ids, reason).await
+        } else {
+            outbox.storage.set_outgoing_status(&peer, ids, status).await
+        };
+        match written {
+            Ok(changed) => publish_all(&outbox, &peer, changed, status),
+            Err(e) => tracing::error!(error = %e, "recording delivery statuses failed"),
+        }
+    });
+}
+
+fn publish_all(outbox: &OutboxState, peer: &Username, ids: Vec<MessageId>, status: Status) {
+    for id in ids {
+        outbox.events.publish(HostEvent::MessageStatus {
+            id,
+            peer: peer.clone(),
+            status,
+        });
+    }
+}

@@ -1,0 +1,169 @@
+//! The inner message: what the session layer seals, written and read as Cap'n Proto
+//! (`host.capnp`'s `InnerMessage`), call signals included.
+
+use smvs_crypto::Zeroizing;
+use smvs_schema::host_capnp::{call_signal, inner_message};
+use smvs_schema::Username;
+
+use super::{SessionError, MAX_TEXT_BYTES};
+use crate::model::{CallId, CallSignal, Media, MessageId, Payload, SignalKind};
+
+/// The decoded inner message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inner {
+    pub id: MessageId,
+    pub from: Username,
+    pub to: Username,
+    pub time: i64,
+    pub prev_hash: Vec<u8>,
+    pub content: Content,
+}
+
+/// What an envelope carries: a message the host stores, or a call signal it never stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    Message(Payload),
+    Call(CallSignal),
+}
+
+pub fn encode_inner(inner: &Inner) -> Zeroizing<Vec<u8>> {
+    let mut message = capnp::message::Builder::new_default();
+    {
+        let mut m = message.init_root::<inner_message::Builder<'_>>();
+        m.set_id(&inner.id.0);
+        m.set_from(inner.from.as_str());
+        m.set_to(inner.to.as_str());
+        m.set_time(inner.time);
+        m.set_prev_hash(&inner.prev_hash);
+        match &inner.content {
+            Content::Message(Payload::Text(t)) => m.set_text(t),
+            Content::Message(Payload::Delete(ids)) => {
+                // A delete request fits one envelope (at most 128 KiB), so far fewer than 2^32
+                // ids; saturating here cannot be reached.
+                let mut list = m
+                    .init_delete()
+                    .init_ids(u32::try_from(ids.len()).unwrap_or(u32::MAX));
+                for (i, id) in (0..).zip(ids.iter()) {
+                    list.set(i, &id.0);
+                }
+            }
+            Content::Message(Payload::Expire(s)) => m.set_expire(*s),
+            Content::Call(signal) => write_signal(signal, m.init_call()),
+        }
+    }
+    Zeroizing::new(capnp::serialize::write_message_to_words(&message))
+}
+
+pub fn decode_inner(bytes: &[u8]) -> Result<Inner, SessionError> {
+    let bad = |e: capnp::Error| SessionError::Content(e.to_string());
+    let mut slice = bytes;
+    let message =
+        capnp::serialize::read_message_from_flat_slice(&mut slice, smvs_schema::reader_options())
+            .map_err(bad)?;
+    let m = message
+        .get_root::<inner_message::Reader<'_>>()
+        .map_err(bad)?;
+    let name = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<Username, SessionError> {
+        let t = t
+            .map_err(bad)?
+            .to_str()
+            .map_err(|_| SessionError::Content("name is not UTF-8".into()))?;
+        Username::parse(t).map_err(|e| SessionError::Content(e.to_string()))
+    };
+    let content = match m
+        .which()
+        .map_err(|_| SessionError::Content("unknown payload kind".into()))?
+    {
+        inner_message::Which::Text(t) => {
+            let t = t
+                .map_err(bad)?
+                .to_string()
+                .map_err(|_| SessionError::Content("text is not UTF-8".into()))?;
+            if t.len() > MAX_TEXT_BYTES {
+                return Err(SessionError::TooLarge(t.len()));
+            }
+            Content::Message(Payload::Text(t))
+        }
+        inner_message::Which::Delete(d) => {
+            let ids = d.map_err(bad)?.get_ids().map_err(bad)?;
+            let mut out = Vec::with_capacity(ids.len() as usize);
+            for id in ids.iter() {
+                out.push(
+                    MessageId::from_slice(id.map_err(bad)?)
+                        .ok_or_else(|| SessionError::Content("bad id".into()))?,
+                );
+            }
+            Content::Message(Payload::Delete(out))
+        }
+        inner_message::Which::Expire(s) => Content::Message(Payload::Expire(s)),
+        inner_message::Which::Call(c) => {
+            Content::Call(read_signal(c.map_err(bad)?).map_err(SessionError::Content)?)
+        }
+    };
+    Ok(Inner {
+        id: MessageId::from_slice(m.get_id().map_err(bad)?)
+            .ok_or_else(|| SessionError::Content("bad id".into()))?,
+        from: name(m.get_from())?,
+        to: name(m.get_to())?,
+        time: m.get_time(),
+        prev_hash: m.get_prev_hash().map_err(bad)?.to_vec(),
+        content,
+    })
+}
+
+fn write_signal(signal: &CallSignal, mut b: call_signal::Builder<'_>) {
+    b.set_call_id(&signal.call_id.0);
+    b.set_kind(match signal.kind {
+        SignalKind::Offer => call_signal::Kind::Offer,
+        SignalKind::Answer => call_signal::Kind::Answer,
+        SignalKind::Decline => call_signal::Kind::Decline,
+        SignalKind::Busy => call_signal::Kind::Busy,
+        SignalKind::Hangup => call_signal::Kind::Hangup,
+        SignalKind::NoAnswer => call_signal::Kind::NoAnswer,
+    });
+    if let Some(media) = &signal.media {
+        let mut m = b.init_media();
+        m.set_public_key(&media.public_key);
+        m.set_address(media.address.to_string());
+        m.set_video(media.video);
+        m.set_audio(media.audio);
+    }
+}
+
+fn read_signal(r: call_signal::Reader<'_>) -> Result<CallSignal, String> {
+    let bad = |e: capnp::Error| e.to_string();
+    let call_id = CallId::from_slice(r.get_call_id().map_err(bad)?)
+        .ok_or_else(|| "a call id is 16 bytes".to_string())?;
+    let kind = match r
+        .get_kind()
+        .map_err(|_| "unknown call signal".to_string())?
+    {
+        call_signal::Kind::Offer => SignalKind::Offer,
+        call_signal::Kind::Answer => SignalKind::Answer,
+        call_signal::Kind::Decline => SignalKind::Decline,
+        call_signal::Kind::Busy => SignalKind::Busy,
+        call_signal::Kind::Hangup => SignalKind::Hangup,
+        call_signal::Kind::NoAnswer => SignalKind::NoAnswer,
+    };
+    let media = if matches!(kind, SignalKind::Offer | SignalKind::Answer) {
+        let m = r.get_media().map_err(bad)?;
+        let address = m
+            .get_address()
+            .map_err(bad)?
+            .to_str()
+            .map_err(|_| "media address is not UTF-8".to_string())?;
+        Some(Media::parse(
+            m.get_public_key().map_err(bad)?,
+            address,
+            m.get_video(),
+            m.get_audio(),
+        )?)
+    } else {
+        None
+    };
+    Ok(CallSignal {
+        call_id,
+        kind,
+        media,
+    })
+}

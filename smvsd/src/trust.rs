@@ -1,0 +1,648 @@
+//! Trust: who we are, what the directory says about others, and which identity we pinned for
+//! each of them.
+//!
+//! ```text
+//!  commands / outbox / inbox / calls ──► Trust ──► directory (signed records, cached briefly)
+//!                                          └────► storage (contacts, sealed)
+//! ```
+//!
+//! Owns: this host's user ([`Me`]), the directory link, the record cache, the contacts cache
+//! (written through to storage), and which changed key's safety number the user was shown.
+//! Nobody else changes a contact: block, accept a request, accept a changed key and pin on
+//! first contact are all methods here, so the rules are written once:
+//! - trust on first use pins the identity the directory shows;
+//! - a different identity later is recorded as pending, raises `KeyChanged` once, and every
+//!   send to that contact is refused until the user accepts it (after seeing its safety number);
+//! - a blocked contact is refused before anything of theirs is decrypted.
+//!
+//! Serializes: it lives on the main thread; each method finishes its cache change before it
+//! awaits storage, so a reader that runs meanwhile sees the new state (storage runs writes in
+//! the order they are queued, so the disk ends in the same state). No borrow is held across an
+//! `.await`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use smvs_crypto::{AgreementKeyPair, IdentityBundle, SignContext, SigningPublicKey};
+use smvs_directory::{DirectoryClient, Registration, VerifiedRecord};
+use smvs_keyguard::client::KeyguardClient;
+use smvs_schema::{canonical, ErrorCode, HostAddress, Username};
+
+use crate::error::HostError;
+use crate::events::Events;
+use crate::model::{Contact, HostEvent, PendingKey, Status};
+use crate::storage::Storage;
+
+/// How long a directory call may take before the link is considered dead.
+const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a directory answer is reused before asking again.
+const RECORD_TTL: Duration = Duration::from_secs(30);
+
+/// This host's own user, once registered.
+#[derive(Debug, Clone)]
+pub struct Me {
+    pub username: Username,
+    pub identity: IdentityBundle,
+}
+
+/// Where the directory is and which key it must present.
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    pub address: String,
+    pub key: SigningPublicKey,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub safety_number: String,
+    pub transcript_hash: String,
+    pub key_changed: bool,
+    pub accepted: bool,
+}
+
+pub struct Trust {
+    directory_config: DirectoryConfig,
+    /// The host's Noise key: certified at registration, and what directory links present.
+    transport: Rc<AgreementKeyPair>,
+    keyguard: Rc<KeyguardClient>,
+    storage: Storage,
+    events: Events,
+    me: RefCell<Option<Me>>,
+    directory: RefCell<Option<Rc<DirectoryClient>>>,
+    records: RefCell<HashMap<Username, (VerifiedRecord, Instant)>>,
+    contacts: RefCell<HashMap<Username, Contact>>,
+    /// The changed identity each contact's safety number was last shown for: only that
+    /// identity may be accepted, so a key that changes again between `verify` and
+    /// `verify --accept-new-key` is not accepted unseen.
+    shown_pending: RefCell<HashMap<Username, IdentityBundle>>,
+}
+
+fn key_changed(peer: &Username) -> HostError {
+    HostError::new(
+        ErrorCode::KeyChanged,
+        format!("{peer}'s identity key changed; compare safety numbers with `smvsctl verify {peer}` and accept with `--accept-new-key`"),
+    )
+}
+
+/// Whether we may write to `to`, given what we know of them: not if they are blocked, nor
+/// while their changed key is not accepted. Someone we never wrote to may be written to.
+pub fn may_send(to: &Username, contact: Option<&Contact>) -> Result<(), HostError> {
+    if let Some(contact) = contact {
+        if contact.blocked {
+            return Err(HostError::new(
+                ErrorCode::Blocked,
+                format!("{to} is blocked; `smvsctl unblock {to}` first"),
+            ));
+        }
+        if contact.pending.is_some() {
+            return Err(key_changed(to));
+        }
+    }
+    Ok(())
+}
+
+/// What a directory record means for what we pinned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Judgement {
+    /// First contact: pin the identity the directory shows (trust on first use).
+    Pin(Contact),
+    /// Same identity, nothing new.
+    Unchanged(Contact),
+    /// Same identity at a newer serial: a new host address or transport key, certified by it.
+    Update(Contact),
+    /// Another identity than the pinned one: recorded as pending; refused until the user
+    /// accepts it. `first_seen` is false when that same change is already pending (nothing to
+    /// write, no second alarm).
+    KeyChanged { contact: Contact, first_seen: bool },
+}
+
+/// The trust rules, as a pure function of what we stored and what the directory says.
+pub fn judge(stored: Option<Contact>, record: &VerifiedRecord, request: bool) -> Judgement {
+    let Some(mut contact) = stored else {
+        return Judgement::Pin(Contact::from_record(record, request));
+    };
+    let user = &record.user;
+    if contact.identity != user.identity {
+        let first_seen = contact
+            .pending
+            .as_ref()
+            .is_none_or(|p| p.identity != user.identity);
+        if first_seen {
+            contact.pending = Some(PendingKey {
+                identity: user.identity,
+                transport_key: user.transport_key,
+            });
+        }
+        return Judgement::KeyChanged {
+            contact,
+            first_seen,
+        };
+    }
+    // A record older than what we pinned (a replay, or a lagging directory) changes nothing.
+    if user.serial > contact.serial {
+        contact.transport_key = user.transport_key;
+        contact.host_address = user.host_address.clone();
+        contact.serial = user.serial;
+        contact.pending = None;
+        return Judgement::Update(contact);
+    }
+    Judgement::Unchanged(contact)
+}
+
+impl Trust {
+    pub fn new(
+        directory_config: DirectoryConfig,
+        transport: Rc<AgreementKeyPair>,
+        keyguard: Rc<KeyguardClient>,
+        storage: Storage,
+        events: Events,
+        me: Option<Me>,
+    ) -> Trust {
+        Trust {
+            directory_config,
+            transport,
+            keyguard,
+            storage,
+            events,
+            me: RefCell::new(me),
+            directory: RefCell::new(None),
+            records: RefCell::new(HashMap::new()),
+            contacts: RefCell::new(HashMap::new()),
+            shown_pending: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn me(&self) -> Result<Me, HostError> {
+        self.me.borrow().clone().ok_or_else(|| {
+            HostError::new(
+                ErrorCode::NotRegistered,
+                "this host has no user yet; run `smvsctl register NAME`",
+            )
+        })
+    }
+
+    /// This host's user, if registered.
+    pub fn registered(&self) -> Option<Me> {
+        self.me.borrow().clone()
+    }
+
+    pub fn directory_address(&self) -> &str {
+        &self.directory_config.address
+    }
+
+    // ----- contacts -----
+
+    /// The stored contact for `peer` (cached; the cache is written through).
+    pub async fn contact(&self, peer: &Username) -> Result<Option<Contact>, HostError> {
+        if let Some(c) = self.contacts.borrow().get(peer) {
+            return Ok(Some(c.clone()));
+        }
+        let stored = self.storage.contact(peer).await?;
+        if let Some(c) = &stored {
+            self.contacts.borrow_mut().insert(peer.clone(), c.clone());
+        }
+        Ok(stored)
+    }
+
+    pub async fn contacts(&self) -> Result<Vec<Contact>, HostError> {
+        Ok(self.storage.contacts().await?)
+    }
+
+    async fn put_contact(&self, contact: Contact) -> Result<(), HostError> {
+        let name = contact.username.clone();
+        // The cache first: a reader that runs while the write is on its way must see the new
+        // state (a block in progress must not be overwritten by a stale copy).
+        let before = self
+            .contacts
+            .borrow_mut()
+            .insert(name.clone(), contact.clone());
+        if let Err(e) = self.storage.put_contact(contact).await {
+            let mut cache = self.contacts.borrow_mut();
+            match before {
+                Some(old) => cache.insert(name, old),
+                None => cache.remove(&name),
+            };
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Refuses sending to a blocked contact or one whose changed key is not accepted yet.
+    pub async fn check_can_send(&self, to: &Username) -> Result<(), HostError> {
+        may_send(to, self.contact(to).await?.as_ref())
+    }
+
+    /// Writing to (or calling) someone who wrote first in contacts-only mode accepts them:
+    /// their held messages become ordinary received ones.
+    pub async fn accept_request(&self, peer: &Username) -> Result<(), HostError> {
+        let Some(mut contact) = self.contact(peer).await? else {
+            return Ok(());
+        };
+        if !contact.request {
+            return Ok(());
+        }
+        contact.request = false;
+        self.put_contact(contact).await?;
+        let released = self.storage.release_held(peer).await?;
+        tracing::debug!(peer = %peer, released = released.len(), "accepted a message request");
+        for id in released {
+            self.events.publish(HostEvent::MessageStatus {
+                id,
+                peer: peer.clone(),
+                status: Status::Received,
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks `peer` as a message request (contacts-only mode), if it is not one already.
+    pub async fn mark_request(&self, contact: &mut Contact) -> Result<(), HostError> {
+        if !contact.request {
+            contact.request = true;
+            self.put_contact(contact.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// `block USER` / `unblock USER`: blocking pins the user's current key, so the block holds
+    /// for that key even if they never wrote before.
+    pub async fn set_blocked(&self, peer: &Username, blocked: bool) -> Result<(), HostError> {
+        let mut contact = match self.contact(peer).await? {
+            Some(c) => c,
+            None => Contact::from_record(&self.lookup(peer, true).await?, false),
+        };
+        contact.blocked = blocked;
+        self.put_contact(contact).await?;
+        tracing::info!(peer = %peer, blocked, "contact block changed");
+        Ok(())
+    }
+
+    // ----- the directory -----
+
+    /// The directory connection, made on first use and again after a failure.
+    async fn directory(&self) -> Result<Rc<DirectoryClient>, HostError> {
+        if let Some(d) = self.directory.borrow().as_ref() {
+            return Ok(d.clone());
+        }
+        let address = &self.directory_config.address;
+        let connecting =
+            DirectoryClient::connect(address, self.directory_config.key, &self.transport);
+        let client = tokio::time::timeout(DIRECTORY_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                HostError::new(
+                    ErrorCode::Directory,
+                    format!("cannot reach the directory at {address}: no answer within {} s", DIRECTORY_TIMEOUT.as_secs()),
+                )
+            })?
+            .map_err(|e| {
+                if matches!(e, smvs_directory::ClientError::Transport(smvs_transport::TransportError::KeyMismatch { .. })) {
+                    smvs_service::security_event!(error, smvs_service::logging::DIRECTORY_KEY_MISMATCH, directory = %address, "directory key mismatch: the directory is not the one pinned in the config");
+                }
+                HostError::new(ErrorCode::Directory, format!("cannot reach the directory at {address}: {e}"))
+            })?;
+        let client = Rc::new(client);
+        *self.directory.borrow_mut() = Some(client.clone());
+        Ok(client)
+    }
+
+    fn directory_failed(&self, e: &smvs_directory::ClientError) {
+        if e.code().is_none() {
+            // A broken link, not a refusal: reconnect next time.
+            *self.directory.borrow_mut() = None;
+        }
+    }
+
+    /// The directory's signed record for `peer` (cached briefly unless `fresh`).
+    pub async fn lookup(&self, peer: &Username, fresh: bool) -> Result<VerifiedRecord, HostError> {
+        if !fresh {
+            if let Some((record, at)) = self.records.borrow().get(peer) {
+                if at.elapsed() < RECORD_TTL {
+                    return Ok(record.clone());
+                }
+            }
+        }
+        let directory = self.directory().await?;
+        // A link that silently died would otherwise hold the caller until TCP gives up.
+        let answer = match tokio::time::timeout(DIRECTORY_TIMEOUT, directory.lookup(peer)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                *self.directory.borrow_mut() = None;
+                return Err(HostError::new(
+                    ErrorCode::Directory,
+                    format!(
+                        "the directory at {} did not answer within {} s",
+                        self.directory_config.address,
+                        DIRECTORY_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+        };
+        match answer {
+            Ok(record) => {
+                self.records
+                    .borrow_mut()
+                    .insert(peer.clone(), (record.clone(), Instant::now()));
+                Ok(record)
+            }
+            Err(e) => {
+                self.directory_failed(&e);
+                if e.code() == Some(smvs_directory::ErrorCode::NotFound) {
+                    self.records.borrow_mut().remove(peer);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The pinned contact for `peer`, checked against the directory's current record (cached
+    /// unless `fresh`). First contact pins the identity (trust on first use), marked as a
+    /// message request when `request` is set. A different identity is recorded as pending,
+    /// raises a KeyChanged event once, and is an error until accepted.
+    pub async fn trusted_contact(
+        &self,
+        peer: &Username,
+        fresh: bool,
+        request: bool,
+    ) -> Result<(Contact, VerifiedRecord), HostError> {
+        let record = self.lookup(peer, fresh).await?;
+        let stored = self.contact(peer).await?;
+        let contact = match judge(stored, &record, request) {
+            Judgement::Unchanged(contact) => contact,
+            Judgement::Pin(contact) | Judgement::Update(contact) => {
+                self.put_contact(contact.clone()).await?;
+                contact
+            }
+            Judgement::KeyChanged {
+                contact,
+                first_seen,
+            } => {
+                if first_seen {
+                    self.put_contact(contact).await?;
+                    smvs_service::security_event!(warn, smvs_service::logging::KEY_CHANGED, peer = %peer, "a contact's identity key changed; refusing until accepted");
+                    self.events
+                        .publish(HostEvent::KeyChanged { peer: peer.clone() });
+                }
+                return Err(key_changed(peer));
+            }
+        };
+        Ok((contact, record))
+    }
+
+    // ----- verification -----
+
+    /// `verify USER [--accept-new-key]`: the safety number of the identity to compare (the
+    /// changed one, while a change is pending), and, when asked, accepts the changed key whose
+    /// safety number was shown last. The caller drops the session keys of an accepted change.
+    pub async fn verify(
+        &self,
+        peer: &Username,
+        accept_new_key: bool,
+        transcript_hash: [u8; 32],
+    ) -> Result<Verification, HostError> {
+        let me = self.me()?;
+        // Refresh from the directory, so a key change is noticed here too.
+        let mut contact = match self.trusted_contact(peer, true, false).await {
+            Ok((contact, _)) => contact,
+            Err(e) if e.code == ErrorCode::KeyChanged => self
+                .contact(peer)
+                .await?
+                .ok_or_else(|| HostError::internal("changed key without a contact"))?,
+            Err(e) => return Err(e),
+        };
+        let mut accepted = false;
+        if let (Some(pending), true) = (contact.pending.clone(), accept_new_key) {
+            // Only the key whose safety number the user was shown (and compared).
+            let shown = self.shown_pending.borrow_mut().remove(peer);
+            if shown != Some(pending.identity) {
+                return Err(HostError::new(
+                    ErrorCode::KeyChanged,
+                    format!("{peer}'s new key has not been shown to you, or it changed again since: compare the safety number of `smvsctl verify {peer}` with {peer}, then accept"),
+                ));
+            }
+            contact.identity = pending.identity;
+            contact.transport_key = pending.transport_key;
+            contact.pending = None;
+            // The next look-up refreshes host address and serial.
+            contact.serial = 0;
+            self.put_contact(contact.clone()).await?;
+            self.records.borrow_mut().remove(peer);
+            accepted = true;
+            tracing::info!(peer = %peer, "accepted a contact's new identity key");
+        }
+        let shown = match &contact.pending {
+            Some(pending) => {
+                self.shown_pending
+                    .borrow_mut()
+                    .insert(peer.clone(), pending.identity);
+                pending.identity
+            }
+            None => contact.identity,
+        };
+        let safety_number =
+            smvs_crypto::safety_number(me.username.as_str(), &me.identity, peer.as_str(), &shown)
+                .map_err(HostError::internal)?;
+        Ok(Verification {
+            safety_number,
+            transcript_hash: hex::encode(transcript_hash),
+            key_changed: contact.pending.is_some(),
+            accepted,
+        })
+    }
+
+    // ----- registration -----
+
+    /// Registers `username` at the directory: keyguard makes the identity, certifies our
+    /// transport key and signs the request.
+    pub async fn register(
+        &self,
+        username: Username,
+        host_address: HostAddress,
+    ) -> Result<Me, HostError> {
+        if let Some(me) = self.me.borrow().as_ref() {
+            return Err(HostError::new(
+                ErrorCode::AlreadyRegistered,
+                format!("this host is already registered as {}", me.username),
+            ));
+        }
+        let identity = self.keyguard.create_identity().await?;
+        let transport_key = self.transport.public();
+        let certificate = self
+            .keyguard
+            .sign(
+                SignContext::TransportCertificate,
+                &canonical::transport_certificate(&username, &transport_key),
+            )
+            .await?;
+        let mut registration = Registration {
+            username: username.clone(),
+            identity,
+            transport_key,
+            transport_certificate: certificate,
+            host_address,
+            timestamp: crate::model::now_ms(),
+            signature: certificate,
+        };
+        let bytes = registration.signed_bytes(&self.directory_config.key);
+        registration.signature = self
+            .keyguard
+            .sign(SignContext::DirectoryRegistration, &bytes)
+            .await?;
+        let directory = self.directory().await?;
+        if let Err(e) = directory.register(&registration).await {
+            self.directory_failed(&e);
+            match e.code() {
+                Some(smvs_directory::ErrorCode::Taken) => {
+                    // Taken by ourselves, if the record holds our identity and our transport
+                    // key: the directory took an earlier registration and this host stopped
+                    // before saving it. Then finish that registration here.
+                    let ours = self.lookup(&username, true).await.is_ok_and(|r| {
+                        r.user.identity == identity && r.user.transport_key == transport_key
+                    });
+                    if !ours {
+                        return Err(HostError::new(
+                            ErrorCode::Taken,
+                            format!("the name {username} is taken"),
+                        ));
+                    }
+                    tracing::info!(%username, "the directory already holds our registration");
+                }
+                Some(smvs_directory::ErrorCode::InvalidUsername) => {
+                    return Err(HostError::bad_request(e.to_string()))
+                }
+                _ => return Err(e.into()),
+            }
+        }
+        self.storage
+            .set_setting("me", username.as_str().as_bytes().to_vec())
+            .await?;
+        let me = Me { username, identity };
+        *self.me.borrow_mut() = Some(me.clone());
+        tracing::info!(username = %me.username, "registered");
+        Ok(me)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use smvs_crypto::{IdentityKeys, Signature, SigningKeyPair};
+    use smvs_directory::UserRecord;
+
+    use super::*;
+
+    fn record(name: &str, identity: IdentityBundle, serial: u64, address: &str) -> VerifiedRecord {
+        let transport = AgreementKeyPair::generate().unwrap().public();
+        VerifiedRecord {
+            user: UserRecord {
+                username: Username::parse(name).unwrap(),
+                identity,
+                transport_key: transport,
+                transport_certificate: Signature::from_bytes(&[0; 64]).unwrap(),
+                host_address: HostAddress::parse(address).unwrap(),
+                serial,
+            },
+            issued_at: 0,
+            directory_key: SigningKeyPair::generate().unwrap().public(),
+            record_bytes: Vec::new(),
+            signature: Signature::from_bytes(&[0; 64]).unwrap(),
+        }
+    }
+
+    fn identity() -> IdentityBundle {
+        IdentityKeys::generate().unwrap().bundle()
+    }
+
+    #[test]
+    fn first_contact_pins_what_the_directory_shows() {
+        let r = record("bob", identity(), 3, "127.0.0.2:7421");
+        let Judgement::Pin(c) = judge(None, &r, true) else {
+            panic!("first contact must pin")
+        };
+        assert_eq!(
+            (c.identity, c.serial, c.request),
+            (r.user.identity, 3, true)
+        );
+        assert_eq!(c.transport_key, r.user.transport_key);
+        assert!(c.pending.is_none() && !c.blocked);
+    }
+
+    #[test]
+    fn a_newer_record_of_the_same_identity_moves_the_host_and_an_older_one_changes_nothing() {
+        let id = identity();
+        let pinned = Contact::from_record(&record("bob", id, 3, "127.0.0.2:7421"), false);
+        let moved = record("bob", id, 4, "127.0.0.9:7000");
+        let Judgement::Update(c) = judge(Some(pinned.clone()), &moved, false) else {
+            panic!("a newer serial updates")
+        };
+        assert_eq!(c.host_address.as_str(), "127.0.0.9:7000");
+        assert_eq!((c.serial, c.transport_key), (4, moved.user.transport_key));
+        let replayed = record("bob", id, 2, "10.9.9.9:1");
+        assert_eq!(
+            judge(Some(pinned.clone()), &replayed, false),
+            Judgement::Unchanged(pinned)
+        );
+    }
+
+    #[test]
+    fn another_identity_is_pending_and_alarms_once() {
+        let pinned = Contact::from_record(&record("bob", identity(), 3, "127.0.0.2:7421"), false);
+        let changed = record("bob", identity(), 4, "127.0.0.2:7421");
+        let Judgement::KeyChanged {
+            contact,
+            first_seen: true,
+        } = judge(Some(pinned.clone()), &changed, false)
+        else {
+            panic!("a new identity is a key change")
+        };
+        // The pinned identity stays; the new one waits for the user.
+        assert_eq!(contact.identity, pinned.identity);
+        let pending = contact.pending.clone().unwrap();
+        assert_eq!(pending.identity, changed.user.identity);
+        assert!(may_send(&contact.username, Some(&contact)).is_err());
+        // The same change again: no second alarm, nothing to write.
+        let again = judge(Some(contact.clone()), &changed, false);
+        assert_eq!(
+            again,
+            Judgement::KeyChanged {
+                contact: contact.clone(),
+                first_seen: false
+            }
+        );
+        // Yet another identity while one is pending: a new alarm for the newest.
+        let third = record("bob", identity(), 5, "127.0.0.2:7421");
+        let Judgement::KeyChanged {
+            contact: c,
+            first_seen: true,
+        } = judge(Some(contact), &third, false)
+        else {
+            panic!("a third identity alarms again")
+        };
+        assert_eq!(c.pending.unwrap().identity, third.user.identity);
+    }
+
+    #[test]
+    fn blocked_contacts_and_unaccepted_keys_cannot_be_written_to() {
+        let bob = Username::parse("bob").unwrap();
+        assert!(may_send(&bob, None).is_ok(), "a stranger may be written to");
+        let mut c = Contact::from_record(&record("bob", identity(), 1, "127.0.0.2:7421"), false);
+        assert!(may_send(&bob, Some(&c)).is_ok());
+        c.blocked = true;
+        assert_eq!(
+            may_send(&bob, Some(&c)).unwrap_err().code,
+            ErrorCode::Blocked
+        );
+        c.blocked = false;
+        c.pending = Some(PendingKey {
+            identity: identity(),
+            transport_key: AgreementKeyPair::generate().unwrap().public(),
+        });
+        assert_eq!(
+            may_send(&bob, Some(&c)).unwrap_err().code,
+            ErrorCode::KeyChanged
+        );
+    }
+}
