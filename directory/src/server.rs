@@ -165,6 +165,22 @@ impl DirectoryServer {
     }
 }
 
+/// How [`smvs_service::lifecycle`] runs a directory (`smvs-directory`'s main).
+impl smvs_service::lifecycle::Server for DirectoryServer {
+    /// Tests read the OS-chosen port from this line.
+    fn status(&self) -> String {
+        format!("listening on {}", self.local_addr)
+    }
+
+    fn shutdown(&self) {
+        DirectoryServer::shutdown(self)
+    }
+
+    async fn join(self) {
+        DirectoryServer::join(self).await
+    }
+}
+
 /// Shows a database URL without its password.
 pub fn redact_db_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
