@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::LimitConfig;
+use crate::config::LimitConfig;
 
 #[derive(Parser)]
 #[command(

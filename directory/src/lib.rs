@@ -6,23 +6,44 @@
 //! proposal's sealed token: the directory seals a random single-use token to the user's X25519
 //! key, and whoever hands it back within 60 s gets a session capability.
 //!
-//! Modules: [`server`] (lifecycle and workers), `rpc` (the protocol's handlers), [`store`]
-//! (SQLite or PostgreSQL), [`limits`] (rate limits), [`record`] (signing and checking records),
-//! [`client`] (what hosts use), [`error`], [`cli`] (the binary's command line).
+//! The crate is two things: the client a host uses, and the server. Only the client is built
+//! without the `server` feature (on by default), so a host (`smvsd`) links no database driver
+//! and no rate limiter.
+//!
+//! Modules, bottom to top; a module names only modules above it in this list:
+//!
+//! - vocabulary, always built: [`clock`] (wall-clock milliseconds), [`error`] (the error codes
+//!   both sides share), [`record`] (signing and checking records), [`config`] (what a directory
+//!   can be told);
+//! - the client side, always built: [`client`] (what hosts use), [`cli`] (the binary's command
+//!   line, here so man pages can be generated without the server);
+//! - the server side, with `server`: [`limits`] (rate limits) and [`store`] (SQLite or
+//!   PostgreSQL), then `state` (what the workers share: store, keys, limits), then `rpc` (the
+//!   protocol's handlers), and on top [`server`] (lifecycle and workers).
 
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod config;
 pub mod error;
-pub mod limits;
 pub mod record;
+
+#[cfg(feature = "server")]
+pub mod limits;
+#[cfg(feature = "server")]
 mod rpc;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+mod state;
+#[cfg(feature = "server")]
 pub mod store;
 
 pub use client::{DirectoryClient, DirectorySession, Registration, Rotation};
+pub use config::{DirectoryConfig, LimitConfig};
 pub use error::{ClientError, ErrorCode, Refusal};
-pub use limits::LimitConfig;
 pub use record::{UserRecord, VerifiedRecord};
+#[cfg(feature = "server")]
 pub use rpc::{MAX_CLOCK_SKEW_MS, SESSION_LIFETIME, TOKEN_LIFETIME_MS};
-pub use server::{load_key, DirectoryConfig, DirectoryServer, ServerError};
+#[cfg(feature = "server")]
+pub use server::{load_key, DirectoryServer, ServerError};

@@ -12,29 +12,10 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::config::LimitConfig;
 use crate::error::{ErrorCode, Refusal};
 
-/// Limits as configured (flags of `smvs-directory`).
-#[derive(Debug, Clone, Copy)]
-pub struct LimitConfig {
-    /// Requests per second per source address (any kind), with a burst of three seconds' worth.
-    pub requests_per_second: u32,
-    /// Registrations per hour per source address.
-    pub registrations_per_hour: u32,
-    /// Authentication attempts (challenges) per minute per account and source address.
-    pub auth_per_minute: u32,
-}
-
-impl Default for LimitConfig {
-    fn default() -> Self {
-        LimitConfig {
-            requests_per_second: 50,
-            registrations_per_hour: 30,
-            auth_per_minute: 10,
-        }
-    }
-}
-
+/// The live rate limiters of one directory process (shared by its workers).
 pub struct Limits {
     requests: DefaultKeyedRateLimiter<IpAddr>,
     registrations: DefaultKeyedRateLimiter<IpAddr>,

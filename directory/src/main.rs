@@ -49,16 +49,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        // Listen for stop signals before saying READY, so an early SIGTERM is not missed.
-        let stop = smvs_service::signals::stop_signal()?;
-        let server = DirectoryServer::bind(config).await?;
-        smvs_service::notify::ready_with_status(&format!("listening on {}", server.local_addr()));
-        let signal = stop.await;
-        tracing::info!(signal, "stopping");
-        smvs_service::notify::stopping();
-        server.shutdown();
-        server.join().await;
-        Ok(())
-    })
+    // One thread is enough here: the server runs its own worker threads.
+    runtime.block_on(smvs_service::lifecycle::run_until_stopped(
+        DirectoryServer::bind(config),
+    ))?;
+    Ok(())
 }

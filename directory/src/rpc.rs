@@ -19,7 +19,7 @@ use smvs_schema::{HostAddress, Username};
 use crate::clock::now_ms;
 use crate::error::{ErrorCode, Refusal};
 use crate::record::{read_identity, sign_record, verify_transport_certificate, UserRecord};
-use crate::server::Shared;
+use crate::state::Shared;
 use crate::store::{NewKeys, StoreError};
 
 /// How long a sealed token may be spent.

@@ -7,36 +7,24 @@
 //! ```
 //!
 //! Cap'n Proto RPC objects are `!Send`, so each connection lives entirely on the worker that
-//! accepted it. What workers share (`Shared`) is `Send + Sync`: the store handle, the keys, the
-//! rate limiters and the connection budget.
+//! accepted it. What workers share ([`Shared`](crate::state::Shared), one module down) is
+//! `Send + Sync`: the store handle, the keys, the rate limiters and the connection budget.
+//! This module is the top of the crate: it names `rpc`, `state`, `store` and `limits`, and
+//! none of them names it.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smvs_crypto::{AgreementKeyPair, SigningKeyPair, SigningPublicKey, SigningSeed};
+use smvs_crypto::{SigningKeyPair, SigningPublicKey, SigningSeed};
 use thiserror::Error;
 use tokio::sync::{watch, Semaphore};
 
-use crate::limits::{LimitConfig, Limits};
+use crate::config::DirectoryConfig;
+use crate::limits::Limits;
 use crate::rpc::DirectoryRpc;
+use crate::state::Shared;
 use crate::store::{Store, StoreError};
-
-/// Everything `smvs-directory` can be told.
-#[derive(Debug, Clone)]
-pub struct DirectoryConfig {
-    pub listen: SocketAddr,
-    /// `sqlite:PATH` or `postgres://…`.
-    pub db: String,
-    pub key_file: PathBuf,
-    pub limits: LimitConfig,
-    pub handshake_timeout: Duration,
-    /// Connections served at once; further ones are closed at once.
-    pub max_connections: usize,
-    /// Worker threads (0: one per core).
-    pub workers: usize,
-}
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -69,15 +57,6 @@ pub fn load_key(path: &std::path::Path) -> Result<SigningKeyPair, ServerError> {
         tracing::info!(path = %path.display(), "created a new directory key");
     }
     Ok(SigningKeyPair::from_seed(&SigningSeed::from_bytes(&seed)?)?)
-}
-
-pub(crate) struct Shared {
-    pub store: Store,
-    pub key: SigningKeyPair,
-    pub noise_key: AgreementKeyPair,
-    pub limits: Limits,
-    pub connections: Arc<Semaphore>,
-    pub handshake_timeout: Duration,
 }
 
 /// A running directory.
@@ -183,6 +162,22 @@ impl DirectoryServer {
             }
         })
         .await;
+    }
+}
+
+/// How [`smvs_service::lifecycle`] runs a directory (`smvs-directory`'s main).
+impl smvs_service::lifecycle::Server for DirectoryServer {
+    /// Tests read the OS-chosen port from this line.
+    fn status(&self) -> String {
+        format!("listening on {}", self.local_addr)
+    }
+
+    fn shutdown(&self) {
+        DirectoryServer::shutdown(self)
+    }
+
+    async fn join(self) {
+        DirectoryServer::join(self).await
     }
 }
 

@@ -48,19 +48,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    local.block_on(&runtime, async {
-        // Listen for stop signals before saying READY, so an early SIGTERM is not missed.
-        let stop = smvs_service::signals::stop_signal()?;
-        let server = KeyguardServer::bind(config).await?;
-        let status = format!("listening on {}", server.socket_path().display());
-        smvs_service::notify::ready_with_status(&status);
-        let signal = stop.await;
-        tracing::info!(signal, "stopping");
-        smvs_service::notify::stopping();
-        server.shutdown();
-        server.join().await;
-        Ok(())
-    })
+    // `bind` spawns the accept loop with `spawn_local`, hence the LocalSet.
+    local.block_on(
+        &runtime,
+        smvs_service::lifecycle::run_until_stopped(KeyguardServer::bind(config)),
+    )?;
+    Ok(())
 }
 
 async fn check(socket: &Path, json: bool) -> anyhow::Result<()> {

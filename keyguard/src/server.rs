@@ -141,6 +141,21 @@ impl KeyguardServer {
     }
 }
 
+/// How [`smvs_service::lifecycle`] runs a key guard (`smvs-keyguard`'s main).
+impl smvs_service::lifecycle::Server for KeyguardServer {
+    fn status(&self) -> String {
+        format!("listening on {}", self.socket.display())
+    }
+
+    fn shutdown(&self) {
+        KeyguardServer::shutdown(self)
+    }
+
+    async fn join(self) {
+        KeyguardServer::join(self).await
+    }
+}
+
 /// Removes a socket file left behind by a keyguard that did not stop cleanly. Refuses a file
 /// that is not a socket, and a socket some process still answers on.
 fn remove_stale_socket(path: &Path) -> Result<(), ServerError> {

@@ -1119,3 +1119,6 @@ fn cached_exec<P: rusqlite::Params>(
 ) -> rusqlite::Result<usize> {
     c.prepare_cached(sql)?.execute(params)
 }
+
+#[cfg(test)]
+mod tests;

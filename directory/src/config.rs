@@ -1,0 +1,43 @@
+//! What a directory can be told: plain data, filled in by the command line (`cli`) and read by
+//! the server. It lives below everything else and needs no server dependency, so the command
+//! line (and the man pages generated from it) builds without the `server` feature.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything `smvs-directory` can be told.
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    pub listen: SocketAddr,
+    /// `sqlite:PATH` or `postgres://…`.
+    pub db: String,
+    pub key_file: PathBuf,
+    pub limits: LimitConfig,
+    pub handshake_timeout: Duration,
+    /// Connections served at once; further ones are closed at once.
+    pub max_connections: usize,
+    /// Worker threads (0: one per core).
+    pub workers: usize,
+}
+
+/// Limits as configured (flags of `smvs-directory`).
+#[derive(Debug, Clone, Copy)]
+pub struct LimitConfig {
+    /// Requests per second per source address (any kind), with a burst of three seconds' worth.
+    pub requests_per_second: u32,
+    /// Registrations per hour per source address.
+    pub registrations_per_hour: u32,
+    /// Authentication attempts (challenges) per minute per account and source address.
+    pub auth_per_minute: u32,
+}
+
+impl Default for LimitConfig {
+    fn default() -> Self {
+        LimitConfig {
+            requests_per_second: 50,
+            registrations_per_hour: 30,
+            auth_per_minute: 10,
+        }
+    }
+}

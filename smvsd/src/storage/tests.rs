@@ -1,0 +1,527 @@
+//! The storage actor on a real SQLite file in a temporary directory: duplicates and tombstones,
+//! the hash chain's verdicts, crypto-shredding on delete (checked in the raw bytes of the
+//! database and its WAL), expiry, the outbox, and held message requests.
+//!
+//! Everything comes in through `super::*` (the storage module's own imports), so these tests
+//! need no path into the rest of the crate.
+
+use super::*;
+
+const DAY_MS: i64 = 24 * 3600 * 1000;
+
+/// Wall-clock milliseconds, the clock `stored_at` and tombstones are stamped with.
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+fn name(s: &str) -> Username {
+    Username::parse(s).unwrap()
+}
+
+/// A fresh database under a fresh storage key. Keep the `TempDir`: dropping it deletes the
+/// files.
+fn open() -> (tempfile::TempDir, Storage) {
+    let dir = tempfile::TempDir::new().unwrap();
+    let storage = Storage::open(&dir.path().join("host.db"), AeadKey::generate()).unwrap();
+    (dir, storage)
+}
+
+/// Runs a test body on the kind of runtime smvsd's actors use (one thread).
+fn run<F: std::future::Future<Output = ()>>(f: F) {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f);
+}
+
+/// A message `from` wrote to `to`, as it arrives (`prev`: the sender's previous message, for
+/// the hash chain; empty for the first).
+fn incoming(from: &str, to: &str, time: i64, text: &str, prev: &[u8]) -> StoredMessage {
+    StoredMessage {
+        id: MessageId::random(),
+        peer: name(from),
+        from: name(from),
+        to: name(to),
+        time,
+        payload: Payload::Text(text.into()),
+        prev_hash: prev.to_vec(),
+        status: Status::Received,
+        integrity: Integrity::Unchecked,
+        direction: Direction::In,
+    }
+}
+
+/// The chain hash of `m`, which its successor names as `prev_hash`.
+fn hash(m: &StoredMessage) -> Vec<u8> {
+    message_hash(&m.id, &m.from, &m.to, m.time, &m.prev_hash, &m.payload).to_vec()
+}
+
+async fn arrive(storage: &Storage, m: &StoredMessage) -> Arrival {
+    storage.store_incoming(m.clone(), || {}).await.unwrap()
+}
+
+fn texts(history: &[StoredMessage]) -> Vec<String> {
+    history
+        .iter()
+        .map(|m| match &m.payload {
+            Payload::Text(t) => t.clone(),
+            other => panic!("not a text: {other:?}"),
+        })
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The raw bytes of the database file and its WAL (absent: empty).
+fn on_disk(dir: &tempfile::TempDir) -> Vec<u8> {
+    let mut bytes = std::fs::read(dir.path().join("host.db")).unwrap();
+    if let Ok(wal) = std::fs::read(dir.path().join("host.db-wal")) {
+        bytes.extend_from_slice(&wal);
+    }
+    bytes
+}
+
+/// One column of one table, read past the storage actor (a second, read-only connection).
+fn raw_column(dir: &tempfile::TempDir, sql: &str) -> Vec<Vec<u8>> {
+    let c = Connection::open_with_flags(
+        dir.path().join("host.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stmt = c.prepare(sql).unwrap();
+    let rows = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap();
+    rows
+}
+
+#[test]
+fn the_same_incoming_id_is_stored_once() {
+    run(async {
+        let (_dir, s) = open();
+        let m = incoming("bob", "alice", 1, "hello", &[]);
+        assert_eq!(arrive(&s, &m).await, Arrival::Stored(Integrity::Unchecked));
+        assert_eq!(arrive(&s, &m).await, Arrival::Duplicate);
+        // The same id with other content (a replay with a changed body) is a duplicate too.
+        let replay = StoredMessage {
+            payload: Payload::Text("changed".into()),
+            ..m.clone()
+        };
+        assert_eq!(arrive(&s, &replay).await, Arrival::Duplicate);
+        let history = s.history(&name("bob"), 0).await.unwrap();
+        assert_eq!(texts(&history), ["hello"]);
+        // Ids are per conversation: carol may use the same id.
+        let from_carol = StoredMessage {
+            peer: name("carol"),
+            from: name("carol"),
+            ..m
+        };
+        assert_eq!(
+            arrive(&s, &from_carol).await,
+            Arrival::Stored(Integrity::Unchecked)
+        );
+    });
+}
+
+#[test]
+fn a_deleted_message_sent_again_is_a_duplicate_until_its_tombstone_is_pruned() {
+    run(async {
+        let (_dir, s) = open();
+        let bob = name("bob");
+        let deleted_by_us = incoming("bob", "alice", 1, "one", &[]);
+        let deleted_by_bob = incoming("bob", "alice", 2, "two", &hash(&deleted_by_us));
+        arrive(&s, &deleted_by_us).await;
+        arrive(&s, &deleted_by_bob).await;
+
+        assert_eq!(
+            s.delete(&bob, Some(deleted_by_us.id), None).await.unwrap(),
+            1
+        );
+        assert_eq!(
+            s.delete_from_peer(&bob, vec![deleted_by_bob.id])
+                .await
+                .unwrap(),
+            [deleted_by_bob.id]
+        );
+        assert!(s.history(&bob, 0).await.unwrap().is_empty());
+
+        // The sender never saw our receipt and sends both again: not back from the dead.
+        assert_eq!(arrive(&s, &deleted_by_us).await, Arrival::Duplicate);
+        assert_eq!(arrive(&s, &deleted_by_bob).await, Arrival::Duplicate);
+        assert!(s.history(&bob, 0).await.unwrap().is_empty());
+
+        // Tombstones are kept for 7 days (pruned by `expire`)...
+        let now = now_ms();
+        s.expire(now + 6 * DAY_MS).await.unwrap();
+        assert_eq!(arrive(&s, &deleted_by_us).await, Arrival::Duplicate);
+        // ...and no longer: after that the id is new again.
+        s.expire(now + 8 * DAY_MS).await.unwrap();
+        assert!(matches!(
+            arrive(&s, &deleted_by_us).await,
+            Arrival::Stored(_)
+        ));
+        assert_eq!(texts(&s.history(&bob, 0).await.unwrap()), ["one"]);
+    });
+}
+
+#[test]
+fn the_hash_chain_says_ok_gap_and_out_of_order() {
+    run(async {
+        let (_dir, s) = open();
+        let m1 = incoming("bob", "alice", 1, "m1", &[]);
+        let m2 = incoming("bob", "alice", 2, "m2", &hash(&m1));
+        let m3 = incoming("bob", "alice", 3, "m3", &hash(&m2));
+        let m4 = incoming("bob", "alice", 4, "m4", &hash(&m3));
+        let m5 = incoming("bob", "alice", 5, "m5", &hash(&m4));
+
+        // The first message has nothing to chain to.
+        assert_eq!(arrive(&s, &m1).await, Arrival::Stored(Integrity::Unchecked));
+        assert_eq!(arrive(&s, &m2).await, Arrival::Stored(Integrity::Ok));
+        // m3 is missing: m4 names a message we never saw.
+        assert_eq!(arrive(&s, &m4).await, Arrival::Stored(Integrity::Gap));
+        // The gap moved the head: m5 follows m4.
+        assert_eq!(arrive(&s, &m5).await, Arrival::Stored(Integrity::Ok));
+        // m3 comes late: its predecessor is known, and it must not pull the head back.
+        assert_eq!(
+            arrive(&s, &m3).await,
+            Arrival::Stored(Integrity::OutOfOrder)
+        );
+        let m6 = incoming("bob", "alice", 6, "m6", &hash(&m5));
+        assert_eq!(arrive(&s, &m6).await, Arrival::Stored(Integrity::Ok));
+
+        let history = s.history(&name("bob"), 0).await.unwrap();
+        let verdicts: Vec<(String, Integrity)> = history
+            .iter()
+            .map(|m| (texts(std::slice::from_ref(m))[0].clone(), m.integrity))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("m1".to_string(), Integrity::Unchecked),
+                ("m2".to_string(), Integrity::Ok),
+                ("m4".to_string(), Integrity::Gap),
+                ("m5".to_string(), Integrity::Ok),
+                ("m3".to_string(), Integrity::OutOfOrder),
+                ("m6".to_string(), Integrity::Ok),
+            ]
+        );
+    });
+}
+
+#[test]
+fn a_message_whose_successor_came_first_is_out_of_order_not_a_gap() {
+    run(async {
+        let (_dir, s) = open();
+        let m1 = incoming("bob", "alice", 1, "m1", &[]);
+        let m2 = incoming("bob", "alice", 2, "m2", &hash(&m1));
+        let m3 = incoming("bob", "alice", 3, "m3", &hash(&m2));
+        let m4 = incoming("bob", "alice", 4, "m4", &hash(&m3));
+        arrive(&s, &m1).await;
+        // m2 and m3 are both late; m4 is a gap.
+        assert_eq!(arrive(&s, &m4).await, Arrival::Stored(Integrity::Gap));
+        // m3's own predecessor is unknown, but m4 names m3: late, not a new gap.
+        assert_eq!(
+            arrive(&s, &m3).await,
+            Arrival::Stored(Integrity::OutOfOrder)
+        );
+        assert_eq!(
+            arrive(&s, &m2).await,
+            Arrival::Stored(Integrity::OutOfOrder)
+        );
+    });
+}
+
+#[test]
+fn deleting_a_conversation_destroys_its_key_and_leaves_nothing_on_disk() {
+    run(async {
+        let (dir, s) = open();
+        let (alice, bob) = (name("alice"), name("bob"));
+        const MARKER: &str = "MARKER-quetzalcoatl-7731";
+        let m1 = incoming("bob", "alice", 1, &format!("{MARKER} from bob"), &[]);
+        arrive(&s, &m1).await;
+        let sent = s
+            .queue_outgoing(&alice, &bob, Payload::Text(format!("{MARKER} to bob")))
+            .await
+            .unwrap();
+        s.set_outgoing_status(&bob, vec![sent.id], Status::Delivered)
+            .await
+            .unwrap();
+        // Another conversation, which must survive.
+        let from_carol = incoming("carol", "alice", 1, "carol stays", &[]);
+        arrive(&s, &from_carol).await;
+
+        // What would betray the conversation if it stayed: the sealed rows and the wrapped
+        // key. Check first that they are on disk now, so finding nothing later means
+        // something.
+        let sealed = raw_column(&dir, "SELECT sealed FROM messages");
+        let wrapped = raw_column(&dir, "SELECT wrapped_key FROM conversations");
+        assert_eq!(sealed.len(), 3);
+        assert_eq!(wrapped.len(), 2);
+        let before = on_disk(&dir);
+        for secret in sealed.iter().chain(&wrapped) {
+            assert!(contains(&before, secret), "not on disk before the delete");
+        }
+        assert!(
+            !contains(&before, MARKER.as_bytes()),
+            "a body is stored in clear"
+        );
+
+        assert_eq!(s.delete(&bob, None, None).await.unwrap(), 2);
+
+        // Nothing of the conversation can be read through the API...
+        assert!(s.history(&bob, 0).await.unwrap().is_empty());
+        assert_eq!(s.message(&bob, m1.id).await.unwrap(), None);
+        assert_eq!(s.message(&bob, sent.id).await.unwrap(), None);
+        assert!(s.outbox(&bob, 0, 100).await.unwrap().is_empty());
+        let listed: Vec<Username> = s
+            .conversations()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.peer)
+            .collect();
+        assert_eq!(listed, [name("carol")]);
+        assert_eq!(
+            texts(&s.history(&name("carol"), 0).await.unwrap()),
+            ["carol stays"]
+        );
+
+        // ...and none of its bytes is left in the database file or the WAL.
+        let after = on_disk(&dir);
+        assert!(!contains(&after, MARKER.as_bytes()));
+        let carol_rows = raw_column(&dir, "SELECT sealed FROM messages");
+        assert_eq!(carol_rows.len(), 1);
+        for secret in sealed.iter().filter(|s| !carol_rows.contains(s)) {
+            assert!(
+                !contains(&after, secret),
+                "a deleted sealed row is still on disk"
+            );
+        }
+        let wrapped_now = raw_column(&dir, "SELECT wrapped_key FROM conversations");
+        let destroyed: Vec<&Vec<u8>> = wrapped
+            .iter()
+            .filter(|w| !wrapped_now.contains(w))
+            .collect();
+        assert_eq!(destroyed.len(), 1, "exactly bob's key is replaced");
+        assert!(
+            !contains(&after, destroyed[0]),
+            "the old wrapped key is still on disk"
+        );
+
+        // The conversation goes on under its new key, and the deleted message stays a
+        // duplicate.
+        assert_eq!(arrive(&s, &m1).await, Arrival::Duplicate);
+        let again = incoming("bob", "alice", 2, "after the delete", &hash(&m1));
+        assert!(matches!(arrive(&s, &again).await, Arrival::Stored(_)));
+        assert_eq!(
+            texts(&s.history(&bob, 0).await.unwrap()),
+            ["after the delete"]
+        );
+    });
+}
+
+#[test]
+fn expire_removes_what_is_older_than_the_conversations_expiry() {
+    run(async {
+        let (_dir, s) = open();
+        let (alice, bob, carol) = (name("alice"), name("bob"), name("carol"));
+        s.set_expiry(&bob, 60).await.unwrap();
+        let m = incoming("bob", "alice", 1, "disappears", &[]);
+        arrive(&s, &m).await;
+        let delivered = s
+            .queue_outgoing(&alice, &bob, Payload::Text("delivered, disappears".into()))
+            .await
+            .unwrap();
+        s.set_outgoing_status(&bob, vec![delivered.id], Status::Delivered)
+            .await
+            .unwrap();
+        let queued = s
+            .queue_outgoing(&alice, &bob, Payload::Text("still to send".into()))
+            .await
+            .unwrap();
+        arrive(&s, &incoming("carol", "alice", 1, "no expiry here", &[])).await;
+
+        let now = now_ms();
+        // Younger than 60 s: nothing goes.
+        assert_eq!(s.expire(now).await.unwrap(), 0);
+        assert_eq!(s.history(&bob, 0).await.unwrap().len(), 3);
+
+        // Past 60 s: bob's received and delivered messages go; what is still in the outbox
+        // stays (we accepted to send it); carol's conversation has no expiry.
+        assert_eq!(s.expire(now + 61_000).await.unwrap(), 2);
+        let left = s.history(&bob, 0).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, queued.id);
+        assert_eq!(
+            texts(&s.history(&carol, 0).await.unwrap()),
+            ["no expiry here"]
+        );
+        // An expired message sent again is a duplicate (it left a tombstone).
+        assert_eq!(arrive(&s, &m).await, Arrival::Duplicate);
+
+        // Once delivered, it expires too.
+        s.set_outgoing_status(&bob, vec![queued.id], Status::Delivered)
+            .await
+            .unwrap();
+        assert_eq!(s.expire(now + 61_000).await.unwrap(), 1);
+        assert!(s.history(&bob, 0).await.unwrap().is_empty());
+    });
+}
+
+#[test]
+fn the_outbox_keeps_order_and_follows_statuses() {
+    run(async {
+        let (_dir, s) = open();
+        let (alice, bob) = (name("alice"), name("bob"));
+        let mut ids = Vec::new();
+        for text in ["first", "second", "third"] {
+            let m = s
+                .queue_outgoing(&alice, &bob, Payload::Text(text.into()))
+                .await
+                .unwrap();
+            assert_eq!(m.status, Status::Queued);
+            ids.push(m.id);
+        }
+        // Each outgoing message chains to the one before.
+        let history = s.history(&bob, 0).await.unwrap();
+        assert!(history[0].prev_hash.is_empty());
+        assert_eq!(history[1].prev_hash, hash(&history[0]));
+        assert_eq!(history[2].prev_hash, hash(&history[1]));
+
+        let outbox = s.outbox(&bob, 0, 100).await.unwrap();
+        assert_eq!(
+            outbox.iter().map(|(_, m)| m.id).collect::<Vec<_>>(),
+            ids,
+            "oldest first"
+        );
+        assert!(outbox.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(s.queued_count().await.unwrap(), 3);
+        assert_eq!(
+            s.peers_with_outbox().await.unwrap(),
+            std::slice::from_ref(&bob)
+        );
+        // Paging: after the first position, the other two; a limit is a limit.
+        let rest = s.outbox(&bob, outbox[0].0, 100).await.unwrap();
+        assert_eq!(rest.iter().map(|(_, m)| m.id).collect::<Vec<_>>(), ids[1..]);
+        assert_eq!(s.outbox(&bob, 0, 1).await.unwrap().len(), 1);
+
+        // Sent stays in the outbox (no receipt yet); setting it twice changes nothing.
+        assert_eq!(
+            s.set_outgoing_status(&bob, vec![ids[0]], Status::Sent)
+                .await
+                .unwrap(),
+            [ids[0]]
+        );
+        assert!(s
+            .set_outgoing_status(&bob, vec![ids[0]], Status::Sent)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            s.outbox(&bob, 0, 100).await.unwrap()[0].1.status,
+            Status::Sent
+        );
+        assert_eq!(s.queued_count().await.unwrap(), 3);
+
+        // Delivered and failed leave the outbox; delivered is final.
+        s.set_outgoing_status(&bob, vec![ids[0]], Status::Delivered)
+            .await
+            .unwrap();
+        s.set_outgoing_status(&bob, vec![ids[1]], Status::Failed)
+            .await
+            .unwrap();
+        assert!(s
+            .set_outgoing_status(&bob, vec![ids[0]], Status::Sent)
+            .await
+            .unwrap()
+            .is_empty());
+        let outbox = s.outbox(&bob, 0, 100).await.unwrap();
+        assert_eq!(
+            outbox.iter().map(|(_, m)| m.id).collect::<Vec<_>>(),
+            [ids[2]]
+        );
+        assert_eq!(s.queued_count().await.unwrap(), 1);
+        let statuses: Vec<Status> = s
+            .history(&bob, 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.status)
+            .collect();
+        assert_eq!(
+            statuses,
+            [Status::Delivered, Status::Failed, Status::Queued]
+        );
+
+        // The status of someone else's message cannot be set through ours.
+        let theirs = incoming("bob", "alice", 1, "hi", &[]);
+        arrive(&s, &theirs).await;
+        assert!(s
+            .set_outgoing_status(&bob, vec![theirs.id], Status::Delivered)
+            .await
+            .unwrap()
+            .is_empty());
+
+        s.set_outgoing_status(&bob, vec![ids[2]], Status::Delivered)
+            .await
+            .unwrap();
+        assert!(s.peers_with_outbox().await.unwrap().is_empty());
+        assert_eq!(s.queued_count().await.unwrap(), 0);
+    });
+}
+
+#[test]
+fn held_messages_are_released_as_received() {
+    run(async {
+        let (_dir, s) = open();
+        let stranger = name("stranger");
+        let first = StoredMessage {
+            status: Status::Held,
+            ..incoming("stranger", "alice", 1, "may I?", &[])
+        };
+        let second = StoredMessage {
+            status: Status::Held,
+            ..incoming("stranger", "alice", 2, "please", &hash(&first))
+        };
+        arrive(&s, &first).await;
+        arrive(&s, &second).await;
+        // Someone else's held message is not released with the stranger's.
+        let other = StoredMessage {
+            status: Status::Held,
+            ..incoming("other", "alice", 1, "me too", &[])
+        };
+        arrive(&s, &other).await;
+        assert!(s
+            .history(&stranger, 0)
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.status == Status::Held));
+
+        let mut released = s.release_held(&stranger).await.unwrap();
+        released.sort();
+        let mut expected = vec![first.id, second.id];
+        expected.sort();
+        assert_eq!(released, expected);
+        assert!(s
+            .history(&stranger, 0)
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.status == Status::Received));
+        // Released once: a second release finds nothing.
+        assert!(s.release_held(&stranger).await.unwrap().is_empty());
+        assert_eq!(
+            s.history(&name("other"), 0).await.unwrap()[0].status,
+            Status::Held
+        );
+    });
+}
