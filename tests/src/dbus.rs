@@ -3,16 +3,20 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use tempfile::TempDir;
+
+use crate::other_uid::{Access, OtherUid};
 
 pub struct TestBus {
     child: Child,
     pub dir: TempDir,
     /// `unix:path=…`, for `busctl --address=` and `DBUS_SYSTEM_BUS_ADDRESS`.
     pub address: String,
+    /// The bus's socket (the path in `address`).
+    pub socket: PathBuf,
 }
 
 /// The repository's root (for `dist/`).
@@ -110,13 +114,39 @@ impl TestBus {
             let _ = child.kill();
             anyhow::bail!("dbus-daemon did not start");
         }
-        let _ =
-            std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o666));
+        // Every user may connect; the bus's policy decides what each may do.
+        std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .with_context(|| format!("opening {} to every user", socket.display()))?;
         Ok(TestBus {
             child,
             dir,
             address: format!("unix:path={}", socket.display()),
+            socket: socket.to_path_buf(),
         })
+    }
+
+    /// `busctl --address=… ARGS` run as the system user `user` (with its groups, through
+    /// `runuser`). Fails, saying so, when `user` cannot reach the bus socket or `busctl` could
+    /// not be started as `user`: either would otherwise look like a refusal by the policy.
+    pub fn busctl_as(&self, user: &str, args: &[&str]) -> anyhow::Result<Output> {
+        let who = OtherUid::user(user)?;
+        who.check_can(&self.socket, Access::ReadWrite)
+            .context("the test means this user to reach the bus")?;
+        let out = Command::new("runuser")
+            .args(["-u", user, "--", "busctl"])
+            .arg(format!("--address={}", self.address))
+            .args(args)
+            .output()
+            .context("starting runuser (Debian package util-linux)")?;
+        // runuser's own failures: 126 (could not execute), 127 (not found), 1 with its name.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if matches!(out.status.code(), Some(126 | 127)) || stderr.starts_with("runuser:") {
+            bail!(
+                "busctl did not run as {user} ({}): {stderr}; the test did not run",
+                out.status
+            );
+        }
+        Ok(out)
     }
 }
 

@@ -13,6 +13,7 @@ use tempfile::TempDir;
 use crate::daemon::{binary, Daemon};
 use crate::directory::DirectoryProcess;
 use crate::keyguard::KeyguardProcess;
+use crate::other_uid::{CommandAs, OtherUid};
 
 pub struct HostProcess {
     pub name: String,
@@ -159,6 +160,18 @@ impl HostProcess {
     /// `smvsctl --socket … ARGS`.
     pub fn ctl_command(&self, args: &[&str]) -> anyhow::Result<Command> {
         let mut cmd = Command::new(binary("smvsctl")?);
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("RUST_LOG");
+        Ok(cmd)
+    }
+
+    /// `smvsctl --socket … ARGS` run as `who`, from a copy of smvsctl `who` can execute. The
+    /// socket's own mode and directories are left as they are: check them with
+    /// [`OtherUid::check_can`] when the test means `who` to reach the socket.
+    pub fn ctl_command_as(&self, who: &OtherUid, args: &[&str]) -> anyhow::Result<CommandAs> {
+        let mut cmd = CommandAs::new("smvsctl", who)?;
         cmd.arg("--socket")
             .arg(&self.socket)
             .args(args)

@@ -8,6 +8,7 @@ pub mod directory;
 pub mod host;
 pub mod impersonate;
 pub mod keyguard;
+pub mod other_uid;
 pub mod postgres;
 
 pub use daemon::Daemon;

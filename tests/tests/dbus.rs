@@ -81,13 +81,8 @@ fn ensure_users() -> (&'static str, &'static str) {
     ("smvs-dbustest", "nobody")
 }
 
-fn as_user(user: &str, address: &str, args: &[&str]) -> std::process::Output {
-    Command::new("runuser")
-        .args(["-u", user, "--", "busctl"])
-        .arg(format!("--address={address}"))
-        .args(args)
-        .output()
-        .unwrap()
+fn as_user(user: &str, bus: &TestBus, args: &[&str]) -> std::process::Output {
+    bus.busctl_as(user, args).unwrap()
 }
 
 #[test]
@@ -205,7 +200,7 @@ fn the_policy_lets_group_smvs_in_and_keeps_everyone_else_out() {
     for method in denied {
         let out = as_user(
             outsider,
-            &bus.address,
+            &bus,
             &[
                 "call",
                 "org.smvs.Daemon1",
@@ -223,7 +218,7 @@ fn the_policy_lets_group_smvs_in_and_keeps_everyone_else_out() {
     }
     let out = as_user(
         outsider,
-        &bus.address,
+        &bus,
         &[
             "call",
             "org.smvs.Daemon1",
@@ -239,7 +234,7 @@ fn the_policy_lets_group_smvs_in_and_keeps_everyone_else_out() {
     // A member of group smvs can send.
     let out = as_user(
         member,
-        &bus.address,
+        &bus,
         &[
             "call",
             "org.smvs.Daemon1",

@@ -12,6 +12,7 @@ use smvs_crypto::{AeadKey, AgreementKeyPair};
 use smvs_schema::host_capnp::host_link;
 use smvs_schema::Username;
 use smvs_tests::impersonate::{link, play_host};
+use smvs_tests::other_uid::{Access, OtherUid};
 use smvs_tests::{Backend, DirectoryProcess, HostProcess};
 use smvsd::model::{MessageId, Payload};
 use smvsd::session::{self, Header, Inner, SessionKeys};
@@ -336,12 +337,11 @@ fn the_local_socket_refuses_a_uid_that_is_not_allowed() {
     )
     .unwrap();
     std::fs::set_permissions(&bob.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    use std::os::unix::process::CommandExt;
+    let nobody = OtherUid::nobody();
+    nobody.check_can(&bob.socket, Access::ReadWrite).unwrap();
     let out = bob
-        .ctl_command(&["status"])
+        .ctl_command_as(&nobody, &["status"])
         .unwrap()
-        .uid(65534)
-        .gid(65534)
         .output()
         .unwrap();
     assert_eq!(

@@ -7,7 +7,6 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use smvs_keyguard::keydir::{AGREEMENT_FILE, SIGNING_FILE, STORAGE_FILE};
 use smvs_keyguard::KeyguardError;
 use smvs_tests::daemon::binary;
 use smvs_tests::keyguard::{server_args, temp_dir};
+use smvs_tests::other_uid::{is_root, OtherUid};
 use smvs_tests::KeyguardProcess;
 
 /// The uid and gid of `nobody` on Debian.
@@ -55,10 +55,6 @@ fn refused<T: std::fmt::Debug>(result: Result<T, KeyguardError>, wanted: &str) {
         }
         other => panic!("expected a refusal containing {wanted:?}, got {other:?}"),
     }
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 #[test]
@@ -253,10 +249,8 @@ fn another_uid_is_refused_and_logged() {
     }
     let kg = KeyguardProcess::start(&[]).unwrap();
     let out = kg
-        .check_command()
+        .check_command_as(&OtherUid::nobody())
         .unwrap()
-        .uid(NOBODY)
-        .gid(NOBODY)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -357,10 +351,8 @@ fn allowed_users_are_named_or_refused_at_start() {
     // `--allow-user nobody` serves uid 65534, as the system unit's `--allow-user smvsd` does.
     let kg = KeyguardProcess::start(&["--allow-user", "nobody"]).unwrap();
     let out = kg
-        .check_command()
+        .check_command_as(&OtherUid::nobody())
         .unwrap()
-        .uid(NOBODY)
-        .gid(NOBODY)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
