@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -177,6 +177,16 @@ impl HostProcess {
             .args(args)
             .env_remove("RUST_LOG");
         Ok(cmd)
+    }
+
+    /// `smvsctl --socket … ARGS` started with its stdout and stderr piped: a device that runs
+    /// while the test goes on (see [`crate::child::finish`]).
+    pub fn ctl_spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Ok(self
+            .ctl_command(args)?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
     }
 
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {

@@ -2,6 +2,7 @@
 //! started as processes on loopback ports the OS picks, readiness learned from the same
 //! `NOTIFY_SOCKET` protocol systemd uses (never a sleep), logs kept and shown on failure.
 
+pub mod child;
 pub mod daemon;
 pub mod dbus;
 pub mod directory;
@@ -10,6 +11,7 @@ pub mod impersonate;
 pub mod keyguard;
 pub mod other_uid;
 pub mod postgres;
+pub mod runtime;
 
 pub use daemon::Daemon;
 pub use directory::{Backend, DirectoryProcess, TestUser};

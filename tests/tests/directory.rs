@@ -2,7 +2,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -11,21 +10,14 @@ use smvs_crypto::{AgreementKeyPair, IdentityKeys, Signature};
 use smvs_directory::store::Store;
 use smvs_directory::{ErrorCode, Registration, Rotation};
 use smvs_schema::{HostAddress, Username};
+use smvs_tests::runtime::run_local;
 use smvs_tests::{Backend, DirectoryProcess, TestUser};
-
-fn run<F: Future<Output = ()>>(f: F) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, f);
-}
 
 /// Each scenario runs once per backend.
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
-        mod sqlite { $( #[test] fn $name() { super::run(super::$name(super::Backend::Sqlite)); } )* }
-        mod postgres { $( #[test] fn $name() { super::run(super::$name(super::Backend::Postgres)); } )* }
+        mod sqlite { $( #[test] fn $name() { super::run_local(super::$name(super::Backend::Sqlite)).unwrap(); } )* }
+        mod postgres { $( #[test] fn $name() { super::run_local(super::$name(super::Backend::Postgres)).unwrap(); } )* }
     };
 }
 
@@ -434,7 +426,7 @@ async fn rate_limits_say_when_to_retry(backend: Backend) {
 
 #[test]
 fn two_directory_processes_share_one_postgres() {
-    run(async {
+    run_local(async {
         let first = DirectoryProcess::start(Backend::Postgres, &[])
             .await
             .unwrap();
@@ -465,7 +457,8 @@ fn two_directory_processes_share_one_postgres() {
         assert_eq!(code(a.lookup(&alice.username).await), ErrorCode::NotFound);
         second.daemon.stop().unwrap();
         first.daemon.stop().unwrap();
-    });
+    })
+    .unwrap();
 }
 
 async fn a_session_dies_with_the_identity_that_opened_it(backend: Backend) {

@@ -7,17 +7,11 @@ use std::process::Command;
 
 use smvs_tests::daemon::binary;
 use smvs_tests::directory::pubkey;
-use smvs_tests::{Backend, DirectoryProcess};
+use smvs_tests::runtime::runtime_and_directory;
 
 #[test]
 fn key_file_is_made_private_and_pubkey_matches_the_server() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory().unwrap();
     let mode = std::fs::metadata(&dir.key_file)
         .unwrap()
         .permissions()

@@ -5,11 +5,9 @@
 
 use std::time::Duration;
 
+use smvs_tests::child::finish;
+use smvs_tests::runtime::run_local;
 use smvs_tests::{DirectoryProcess, HostProcess};
-
-fn directory() -> DirectoryProcess {
-    DirectoryProcess::start_sqlite_blocking().unwrap()
-}
 
 fn body(m: &serde_json::Value) -> &str {
     m["body"].as_str().unwrap()
@@ -17,7 +15,7 @@ fn body(m: &serde_json::Value) -> &str {
 
 #[test]
 fn alice_and_bob_exchange_messages_both_ways() {
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     alice.register().unwrap();
@@ -73,7 +71,7 @@ fn alice_and_bob_exchange_messages_both_ways() {
 
 #[test]
 fn a_host_that_was_down_gets_all_100_messages_once_in_order() {
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     alice.register().unwrap();
@@ -112,7 +110,7 @@ fn a_host_that_was_down_gets_all_100_messages_once_in_order() {
 fn sigkill_of_the_sender_loses_nothing_and_duplicates_nothing() {
     use std::sync::{Arc, Mutex};
 
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     alice.register().unwrap();
@@ -201,11 +199,7 @@ fn sigkill_of_the_sender_loses_nothing_and_duplicates_nothing() {
 /// Logs `host`'s user in at the directory with its keyguard and deletes the record, as if the
 /// user had lost the device and started over.
 fn deregister_at_directory(dir: &DirectoryProcess, host: &HostProcess) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, async {
+    run_local(async {
         let client = dir.client().await.unwrap();
         let keyguard = host.keyguard.client().await.unwrap();
         let name = smvs_schema::Username::parse(&host.name).unwrap();
@@ -214,12 +208,13 @@ fn deregister_at_directory(dir: &DirectoryProcess, host: &HostProcess) {
         let (_, token) = smvs_schema::canonical::parse_auth_token(&plain, &dir.key, &name).unwrap();
         let session = client.authenticate(name.as_str(), &token).await.unwrap();
         session.deregister().await.unwrap();
-    });
+    })
+    .unwrap();
 }
 
 #[test]
 fn blocked_senders_and_changed_keys_are_refused() {
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     alice.register().unwrap();
@@ -258,7 +253,7 @@ fn blocked_senders_and_changed_keys_are_refused() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300)); // let the watcher subscribe
     let held = alice2.send("bob", "from my new key").unwrap();
-    let event = wait_or_kill(watch, Duration::from_secs(30));
+    let event = finish(watch, Duration::from_secs(30)).unwrap();
     let event: serde_json::Value = serde_json::from_slice(&event.stdout).unwrap();
     assert!(
         event.to_string().contains("key_changed") && event.to_string().contains("alice"),
@@ -306,19 +301,6 @@ fn blocked_senders_and_changed_keys_are_refused() {
     );
 }
 
-/// Waits for a child with a deadline, so a missing event fails the test instead of hanging it.
-fn wait_or_kill(mut child: std::process::Child, limit: Duration) -> std::process::Output {
-    let deadline = std::time::Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("{:?} did not finish within {limit:?}", child);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
-}
-
 /// Every file under `dirs` that contains `needle`.
 fn files_containing(dirs: &[&std::path::Path], needle: &[u8]) -> Vec<String> {
     let mut found = Vec::new();
@@ -343,7 +325,7 @@ fn files_containing(dirs: &[&std::path::Path], needle: &[u8]) -> Vec<String> {
 
 #[test]
 fn message_text_never_reaches_the_disk_in_clear() {
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     alice.register().unwrap();
@@ -403,7 +385,7 @@ fn hex_of(bytes: &[u8]) -> String {
 
 #[test]
 fn a_registration_the_directory_took_but_the_host_never_saved_is_finished_on_retry() {
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     alice.register().unwrap();
     // The host loses what it saved (as if it had stopped between the directory's answer and

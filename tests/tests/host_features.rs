@@ -15,16 +15,13 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use smvs_schema::host_capnp::host_link;
 use smvs_schema::Username;
-use smvs_tests::impersonate::{link, play_host};
-use smvs_tests::{Backend, DirectoryProcess, HostProcess};
+use smvs_tests::impersonate::{self, link, play_host, text_message, RawEnvelope};
+use smvs_tests::runtime::runtime_and_directory;
+use smvs_tests::{DirectoryProcess, HostProcess};
 use smvsd::model::{message_hash, MessageId, Payload};
-use smvsd::session::{self, Header, Inner, SessionKeys};
+use smvsd::session::SessionKeys;
 
 const LIMIT: Duration = Duration::from_secs(30);
-
-fn directory() -> DirectoryProcess {
-    DirectoryProcess::start_sqlite_blocking().unwrap()
-}
 
 /// alice on 127.0.0.1 and bob on 127.0.0.2 (with `bob_extra` flags), both registered.
 fn alice_and_bob(dir: &DirectoryProcess, bob_extra: &[&str]) -> (HostProcess, HostProcess) {
@@ -195,7 +192,7 @@ fn control_delivered(known: &HashSet<String>) -> impl Fn(&Value) -> bool + '_ {
 
 #[test]
 fn delete_everywhere_removes_the_message_and_then_the_conversation_on_both_hosts() {
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let (alice, bob) = alice_and_bob(&dir, &[]);
     let [a1, b1, a2] = exchange_three(&alice, &bob);
     let mut known: HashSet<String> = [&a1, &b1, &a2].into_iter().cloned().collect();
@@ -265,7 +262,7 @@ fn delete_everywhere_removes_the_message_and_then_the_conversation_on_both_hosts
 
 #[test]
 fn a_host_that_refuses_remote_deletes_keeps_its_messages() {
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let (alice, bob) = alice_and_bob(&dir, &["--refuse-remote-delete"]);
     let [a1, b1, a2] = exchange_three(&alice, &bob);
     let mut known: HashSet<String> = [&a1, &b1, &a2].into_iter().cloned().collect();
@@ -317,7 +314,7 @@ fn wait_gone(host: &HostProcess, peer: &str, gone: &str, limit: Duration) -> Ins
 
 #[test]
 fn disappearing_messages_vanish_on_both_hosts_but_never_from_the_outbox() {
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let (alice, mut bob) = alice_and_bob(&dir, &[]);
     let expiry = Duration::from_secs(2);
     let limit = Duration::from_secs(15);
@@ -436,25 +433,9 @@ impl Link {
     }
 
     fn sealed(&self, keys: &SessionKeys) -> Vec<u8> {
-        let (from, to) = (name("alice"), name("bob"));
-        let inner = Inner {
-            id: self.id,
-            from: from.clone(),
-            to: to.clone(),
-            time: self.time,
-            prev_hash: self.prev.clone(),
-            content: session::Content::Message(Payload::Text(self.text.clone())),
-        };
-        session::seal(
-            keys,
-            &Header {
-                id: &self.id,
-                sender: &from,
-                recipient: &to,
-            },
-            &session::encode_inner(&inner),
-        )
-        .unwrap()
+        let inner =
+            text_message(self.id, "alice", "bob", self.time, &self.prev, &self.text).unwrap();
+        impersonate::seal(keys, &inner).unwrap()
     }
 }
 
@@ -464,19 +445,14 @@ fn name(s: &str) -> Username {
 
 /// Delivers `link` as alice's host would; panics unless bob's host returns a receipt.
 async fn deliver(client: &host_link::Client, keys: &SessionKeys, link: &Link) {
-    let mut request = client.deliver_request();
-    {
-        let mut e = request.get().init_envelope();
-        e.set_format_version(session::ENVELOPE_FORMAT);
-        e.set_id(&link.id.0);
-        e.set_sender("alice");
-        e.set_recipient("bob");
-        e.set_session_version(session::SESSION_V1);
-        e.set_sealed(&link.sealed(keys));
-    }
-    let response = request.send().promise.await.unwrap();
-    let receipt = response.get().unwrap().get_receipt().unwrap();
-    assert_eq!(receipt.get_id().unwrap(), link.id.0);
+    let envelope = RawEnvelope {
+        id: link.id,
+        sender: "alice".into(),
+        recipient: "bob".into(),
+        sealed: link.sealed(keys),
+    };
+    let receipt = impersonate::deliver(client, &envelope).await.unwrap();
+    assert_eq!(receipt.id, link.id.0);
 }
 
 /// Bob's integrity verdict on each of `links`, in history order.
@@ -504,13 +480,7 @@ fn problem_ids(events: &[Value]) -> Vec<String> {
 
 #[test]
 fn the_hash_chain_marks_gaps_and_late_messages() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory().unwrap();
     let (mut alice, bob) = alice_and_bob(&dir, &[]);
     // The test is alice's host from here on.
     alice.stop().unwrap();
@@ -617,7 +587,7 @@ fn the_hash_chain_marks_gaps_and_late_messages() {
 
 #[test]
 fn transcript_hashes_agree_until_one_side_holds_a_message_the_other_does_not() {
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let (alice, bob) = alice_and_bob(&dir, &[]);
     let [a1, _, _] = exchange_three(&alice, &bob);
     let transcript = |host: &HostProcess, peer: &str| -> String {
@@ -656,13 +626,7 @@ fn transcript_hashes_agree_until_one_side_holds_a_message_the_other_does_not() {
 
 #[test]
 fn contacts_only_mode_holds_strangers_as_requests_until_answered() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &["--contacts-only"]).unwrap();
     alice.register().unwrap();
@@ -701,7 +665,7 @@ fn contacts_only_mode_holds_strangers_as_requests_until_answered() {
 
 #[test]
 fn a_peer_cannot_delete_what_the_other_side_wrote() {
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let (alice, bob) = alice_and_bob(&dir, &[]);
     alice.send("bob", "mine").unwrap();
     bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)

@@ -9,76 +9,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use smvs_crypto::{AeadKey, AgreementKeyPair};
-use smvs_schema::host_capnp::host_link;
 use smvs_schema::Username;
-use smvs_tests::impersonate::{link, play_host};
+use smvs_tests::impersonate::{self, deliver, link, play_host, text_message, RawEnvelope, Receipt};
 use smvs_tests::other_uid::{Access, OtherUid};
-use smvs_tests::{Backend, DirectoryProcess, HostProcess};
-use smvsd::model::{MessageId, Payload};
-use smvsd::session::{self, Header, Inner, SessionKeys};
+use smvs_tests::runtime::runtime_and_directory;
+use smvs_tests::{DirectoryProcess, HostProcess};
+use smvsd::model::MessageId;
+use smvsd::session::SessionKeys;
 
-struct Raw {
-    id: MessageId,
-    sender: String,
-    recipient: String,
-    sealed: Vec<u8>,
-}
-
+/// A text message from `from` to `to`, sealed with `keys` (whether or not they are the keys
+/// `from` and `to` share).
 fn seal(keys: &SessionKeys, id: MessageId, from: &str, to: &str, text: &str) -> Vec<u8> {
-    let (from, to) = (Username::parse(from).unwrap(), Username::parse(to).unwrap());
-    let inner = Inner {
-        id,
-        from: from.clone(),
-        to: to.clone(),
-        time: 1,
-        prev_hash: Vec::new(),
-        content: session::Content::Message(Payload::Text(text.into())),
-    };
-    session::seal(
-        keys,
-        &Header {
-            id: &id,
-            sender: &from,
-            recipient: &to,
-        },
-        &session::encode_inner(&inner),
-    )
-    .unwrap()
-}
-
-async fn deliver(link: &host_link::Client, raw: &Raw) -> Result<Vec<u8>, String> {
-    let mut request = link.deliver_request();
-    {
-        let mut e = request.get().init_envelope();
-        e.set_format_version(session::ENVELOPE_FORMAT);
-        e.set_id(&raw.id.0);
-        e.set_sender(&raw.sender);
-        e.set_recipient(&raw.recipient);
-        e.set_session_version(session::SESSION_V1);
-        e.set_sealed(&raw.sealed);
-    }
-    match request.send().promise.await {
-        Ok(response) => Ok(response
-            .get()
-            .unwrap()
-            .get_receipt()
-            .unwrap()
-            .get_signature()
-            .unwrap()
-            .to_vec()),
-        Err(e) => Err(e.to_string()),
-    }
+    impersonate::seal(keys, &text_message(id, from, to, 1, &[], text).unwrap()).unwrap()
 }
 
 #[test]
 fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory().unwrap();
     let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     alice.register().unwrap();
@@ -95,14 +42,14 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
 
         // A well-formed envelope is accepted, and its receipt checks out.
         let id = MessageId::random();
-        let good = Raw {
+        let good = RawEnvelope {
             id,
             sender: "alice".into(),
             recipient: "bob".into(),
             sealed: seal(keys, id, "alice", "bob", "raw hello"),
         };
         let receipt = deliver(&link, &good).await.unwrap();
-        assert_eq!(receipt.len(), 32);
+        assert_eq!(receipt.signature.len(), 32);
         // Replayed: acknowledged again (the sender may not have seen the first receipt) but
         // stored once.
         deliver(&link, &good).await.unwrap();
@@ -112,14 +59,14 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
             .unwrap();
         deliver(&link, &good).await.unwrap();
 
-        let refused = |r: Result<Vec<u8>, String>| {
-            let e = r.expect_err("must be refused");
+        let refused = |r: Result<Receipt, capnp::Error>| {
+            let e = r.expect_err("must be refused").to_string();
             assert!(e.contains("refused:"), "{e}");
         };
         // Tampered ciphertext.
-        let mut tampered = Raw {
+        let mut tampered = RawEnvelope {
             id: MessageId::random(),
-            ..Raw {
+            ..RawEnvelope {
                 id,
                 sender: "alice".into(),
                 recipient: "bob".into(),
@@ -135,7 +82,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         refused(
             deliver(
                 &link,
-                &Raw {
+                &RawEnvelope {
                     id: other,
                     sender: "alice".into(),
                     recipient: "bob".into(),
@@ -150,7 +97,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         refused(
             deliver(
                 &link,
-                &Raw {
+                &RawEnvelope {
                     id: fid,
                     sender: "alice".into(),
                     recipient: "bob".into(),
@@ -164,7 +111,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         refused(
             deliver(
                 &link,
-                &Raw {
+                &RawEnvelope {
                     id: cid,
                     sender: "alice".into(),
                     recipient: "carol".into(),
@@ -178,7 +125,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         refused(
             deliver(
                 &link,
-                &Raw {
+                &RawEnvelope {
                     id: oid,
                     sender: "alice".into(),
                     recipient: "bob".into(),
@@ -192,7 +139,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         refused(
             deliver(
                 &link,
-                &Raw {
+                &RawEnvelope {
                     id: uid,
                     sender: "nobody".into(),
                     recipient: "bob".into(),
@@ -206,7 +153,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         let again = MessageId::random();
         let e = deliver(
             &link,
-            &Raw {
+            &RawEnvelope {
                 id: again,
                 sender: "nobody".into(),
                 recipient: "bob".into(),
@@ -214,10 +161,11 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
             },
         )
         .await
-        .expect_err("not accepted");
+        .expect_err("not accepted")
+        .to_string();
         assert!(e.contains("later:"), "{e}");
         // Far past Cap'n Proto's 4 MiB reader limit: the link is dropped, nothing else.
-        let huge = Raw {
+        let huge = RawEnvelope {
             id: MessageId::random(),
             sender: "alice".into(),
             recipient: "bob".into(),
@@ -235,7 +183,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         refused(
             deliver(
                 &mlink,
-                &Raw {
+                &RawEnvelope {
                     id: mid,
                     sender: "alice".into(),
                     recipient: "bob".into(),
@@ -260,13 +208,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
 
 #[test]
 fn garbage_on_the_socket_and_the_peer_port_never_crashes_the_host() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory().unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     bob.register().unwrap();
 
@@ -322,13 +264,7 @@ fn garbage_on_the_socket_and_the_peer_port_never_crashes_the_host() {
 
 #[test]
 fn the_local_socket_refuses_a_uid_that_is_not_allowed() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     // Open the file modes wide, so only the SO_PEERCRED check stands in the way.
     std::fs::set_permissions(
@@ -363,13 +299,7 @@ fn the_local_socket_refuses_a_uid_that_is_not_allowed() {
 #[test]
 fn idle_links_are_closed_and_one_address_cannot_take_every_slot() {
     use tokio::io::AsyncReadExt;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory().unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &["--peer-idle-seconds", "1"]).unwrap();
     // Default idle time (minutes): its links stay while the test counts them.
     let carol = HostProcess::start("carol", &dir, "127.0.0.3", &[]).unwrap();

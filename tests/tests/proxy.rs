@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smvs_tests::{Backend, DirectoryProcess, HostProcess};
+use smvs_tests::runtime::runtime_and_directory;
+use smvs_tests::HostProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -64,14 +65,7 @@ async fn socks5_proxy(listener: TcpListener, hidden: SocketAddr, seen: Arc<Mutex
 
 #[test]
 fn messages_reach_an_onion_style_address_through_a_socks5_proxy() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory().unwrap();
     // Bob's host publishes a name that only the proxy resolves.
     let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     let onion = format!("bobhiddenservice.onion:{}", bob.listen.port());
