@@ -3,6 +3,7 @@
 //! `NOTIFY_SOCKET` protocol systemd uses (never a sleep), logs kept and shown on failure.
 
 pub mod child;
+pub mod conversation;
 pub mod daemon;
 pub mod dbus;
 pub mod directory;
@@ -12,6 +13,7 @@ pub mod keyguard;
 pub mod other_uid;
 pub mod postgres;
 pub mod runtime;
+pub mod watch;
 
 pub use daemon::Daemon;
 pub use directory::{Backend, DirectoryProcess, TestUser};

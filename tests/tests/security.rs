@@ -1,6 +1,8 @@
-//! What another host may send to smvsd's peer port, and what happens to the bad ones: the test
-//! plays alice's host itself (with her transport key and her keyguard) and talks raw
-//! `HostLink` to bob's host.
+//! What a hostile peer, another local user or someone who reads the disk cannot do: forged,
+//! tampered, replayed and oversized envelopes change nothing (the test plays alice's host and
+//! talks raw `HostLink` to bob's); garbage on the local socket and the peer port never crashes
+//! the host; idle links are closed and one address cannot take every slot; the local socket
+//! refuses a uid that is not allowed; message text never reaches the disk in clear.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use smvs_crypto::{AeadKey, AgreementKeyPair};
 use smvs_schema::Username;
+use smvs_tests::conversation::body;
 use smvs_tests::impersonate::{self, deliver, link, play_host, text_message, RawEnvelope, Receipt};
 use smvs_tests::other_uid::{Access, OtherUid};
 use smvs_tests::runtime::runtime_and_directory;
@@ -263,40 +266,6 @@ fn garbage_on_the_socket_and_the_peer_port_never_crashes_the_host() {
 }
 
 #[test]
-fn the_local_socket_refuses_a_uid_that_is_not_allowed() {
-    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
-    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
-    // Open the file modes wide, so only the SO_PEERCRED check stands in the way.
-    std::fs::set_permissions(
-        bob.socket.parent().unwrap(),
-        std::fs::Permissions::from_mode(0o711),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bob.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let nobody = OtherUid::nobody();
-    nobody.check_can(&bob.socket, Access::ReadWrite).unwrap();
-    let out = bob
-        .ctl_command_as(&nobody, &["status"])
-        .unwrap()
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        bob.logs().contains("refused a local client"),
-        "{}",
-        bob.logs()
-    );
-    assert!(bob.logs().contains("uid=65534"));
-    // The allowed uid is still served.
-    assert!(bob.ctl_json(&["status"]).is_ok());
-}
-
-#[test]
 fn idle_links_are_closed_and_one_address_cannot_take_every_slot() {
     use tokio::io::AsyncReadExt;
     let (rt, dir) = runtime_and_directory().unwrap();
@@ -354,4 +323,120 @@ fn idle_links_are_closed_and_one_address_cannot_take_every_slot() {
     });
     assert!(bob.ctl_json(&["status"]).is_ok());
     assert!(carol.ctl_json(&["status"]).is_ok());
+}
+
+#[test]
+fn the_local_socket_refuses_a_uid_that_is_not_allowed() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    // Open the file modes wide, so only the SO_PEERCRED check stands in the way.
+    std::fs::set_permissions(
+        bob.socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bob.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let nobody = OtherUid::nobody();
+    nobody.check_can(&bob.socket, Access::ReadWrite).unwrap();
+    let out = bob
+        .ctl_command_as(&nobody, &["status"])
+        .unwrap()
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        bob.logs().contains("refused a local client"),
+        "{}",
+        bob.logs()
+    );
+    assert!(bob.logs().contains("uid=65534"));
+    // The allowed uid is still served.
+    assert!(bob.ctl_json(&["status"]).is_ok());
+}
+
+/// Every file under `dirs` that contains `needle`.
+fn files_containing(dirs: &[&std::path::Path], needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack: Vec<std::path::PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        } else if meta.is_file() {
+            let data = std::fs::read(&path).unwrap();
+            if data.windows(needle.len()).any(|w| w == needle) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn message_text_never_reaches_the_disk_in_clear() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    let marker = format!("MARKER-{}", hex_of(&smvs_crypto::random_array::<8>()));
+    alice
+        .send("bob", &format!("the secret is {marker}"))
+        .unwrap();
+    bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+    bob.send("alice", &format!("{marker} received")).unwrap();
+    alice
+        .wait_history("bob", Duration::from_secs(30), |h| {
+            h.len() == 2
+                && h.iter()
+                    .all(|m| m["status"] != "sent" && m["status"] != "queued")
+        })
+        .unwrap();
+    // The text is really there (the search works), just not on disk.
+    assert!(body(&bob.history("alice").unwrap()[0]).contains(&marker));
+    let dirs = [
+        alice.root.path(),
+        bob.root.path(),
+        alice.keyguard.dir.path(),
+        bob.keyguard.dir.path(),
+    ];
+    assert_eq!(
+        files_containing(&dirs, marker.as_bytes()),
+        Vec::<String>::new()
+    );
+    // Nor the names of the contacts, in the databases.
+    let db_dirs = [alice.state_dir.as_path(), bob.state_dir.as_path()];
+    assert_eq!(files_containing(&db_dirs, b"alice"), Vec::<String>::new());
+
+    alice.ctl_ok(&["delete", "bob"]).unwrap();
+    bob.ctl_ok(&["delete", "alice"]).unwrap();
+    assert!(alice.history("bob").unwrap().is_empty());
+    assert_eq!(
+        files_containing(&dirs, marker.as_bytes()),
+        Vec::<String>::new()
+    );
+    // The WAL was checkpointed and truncated.
+    for state in db_dirs {
+        let wal = state.join("host.db-wal");
+        assert_eq!(
+            std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0),
+            0,
+            "{}",
+            wal.display()
+        );
+    }
 }
