@@ -10,6 +10,7 @@ pub mod directory;
 pub mod host;
 pub mod impersonate;
 pub mod keyguard;
+pub mod layering;
 pub mod other_uid;
 pub mod postgres;
 pub mod runtime;
