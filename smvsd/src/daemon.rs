@@ -61,6 +61,8 @@ pub enum DaemonError {
     Inconsistent(String),
     #[error("D-Bus: {0}")]
     Dbus(String),
+    #[error("cannot listen for stop signals: {0}")]
+    Signals(std::io::Error),
 }
 
 /// A running host: its listeners, owners and tasks, all on the current (actix) thread.
@@ -71,7 +73,7 @@ pub struct Host {
     /// The accept loops and timers; aborted by [`Host::shutdown`].
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Kept for as long as the host runs: dropping the connection leaves the bus.
-    bus: Option<zbus::Connection>,
+    bus: std::cell::RefCell<Option<zbus::Connection>>,
 }
 
 impl Host {
@@ -229,7 +231,7 @@ impl Host {
             socket_path: config.socket,
             storage,
             tasks,
-            bus,
+            bus: std::cell::RefCell::new(bus),
         })
     }
 
@@ -249,11 +251,11 @@ impl Host {
 
     /// Stage 1 of the drain: stop accepting (peer port, local socket, D-Bus) and stop the
     /// timers. Connections already open finish what they are doing while [`Host::join`] runs.
-    pub fn shutdown(&mut self) {
+    pub fn shutdown(&self) {
         for task in &self.tasks {
             task.abort();
         }
-        self.bus = None;
+        self.bus.borrow_mut().take();
         let _ = std::fs::remove_file(&self.socket_path);
     }
 
@@ -320,20 +322,31 @@ async fn registered_user(
     Ok(Some(Me { username, identity }))
 }
 
-/// Runs the host until `stop` resolves: bind, READY=1, wait, STOPPING=1, shutdown, join.
-/// Call inside an actix `System`.
+impl smvs_service::lifecycle::Server for Host {
+    fn status(&self) -> String {
+        Host::status(self)
+    }
+
+    fn shutdown(&self) {
+        Host::shutdown(self)
+    }
+
+    async fn join(self) {
+        Host::join(self).await
+    }
+}
+
+/// Runs the host until `stop` resolves, through the lifecycle every SMVS daemon shares (bind,
+/// READY=1, wait, STOPPING=1, shutdown, join). Call inside an actix `System`.
 pub async fn run(
     config: Config,
     stop: impl Future<Output = &'static str>,
 ) -> Result<(), DaemonError> {
-    let mut host = Host::bind(config).await?;
-    smvs_service::notify::ready_with_status(&host.status());
-    let signal = stop.await;
-    tracing::info!(signal, "stopping");
-    smvs_service::notify::stopping();
-    host.shutdown();
-    host.join().await;
-    Ok(())
+    match smvs_service::lifecycle::run_until(Host::bind(config), stop).await {
+        Ok(_) => Ok(()),
+        Err(smvs_service::lifecycle::RunError::Bind(e)) => Err(e),
+        Err(smvs_service::lifecycle::RunError::Signals(e)) => Err(DaemonError::Signals(e)),
+    }
 }
 
 /// Disappearing messages: removes what has outlived its conversation's expiry.

@@ -41,19 +41,6 @@ impl HostError {
     }
 }
 
-impl From<crate::storage::StorageError> for HostError {
-    fn from(e: crate::storage::StorageError) -> Self {
-        if e.is_disk_full() {
-            tracing::error!(error = %e, "storage is full");
-            return HostError::new(
-                ErrorCode::Storage,
-                "the host's disk is full; nothing was stored (free some space and try again)",
-            );
-        }
-        HostError::internal(e)
-    }
-}
-
 impl From<smvs_keyguard::client::KeyguardError> for HostError {
     fn from(e: smvs_keyguard::client::KeyguardError) -> Self {
         HostError::new(ErrorCode::Keyguard, e.to_string())
@@ -86,11 +73,4 @@ pub enum IncomingError {
     /// Try again later (directory unreachable, key change not yet accepted, …).
     #[error("later: {0}")]
     Later(String),
-}
-
-impl From<crate::storage::StorageError> for IncomingError {
-    fn from(e: crate::storage::StorageError) -> Self {
-        tracing::error!(error = %e, "storage failed while accepting an envelope");
-        IncomingError::Later("storage failure".into())
-    }
 }

@@ -4,12 +4,12 @@
 //! Noise + Cap'n Proto, keeps them while those hosts are away, and serves the user's devices on
 //! a Unix socket and D-Bus. The identity's secret keys stay in smvs-keyguard.
 //!
-//! Layers (bottom to top): model, error | config | cli, session, storage, events, trust, sessions, outbox, calls, inbox, commands, api, daemon
+//! Layers (bottom to top): model, error | config, cli, session, storage, events, trust, sessions, outbox, calls, inbox, commands, api, daemon
 //!
 //! Each module names only modules below it (a test in `smvs-tests` checks this line against the
 //! imports, and fails on an import that points up or sideways):
 //! - [`model`]: the vocabulary — ids, statuses, contacts, calls, events. Plain data.
-//! - [`error`], [`config`], [`cli`]: errors as devices and peers see them; settings.
+//! - [`error`], [`config`]: errors as devices and peers see them; settings. [`cli`] above them.
 //! - [`session`]: pure sealing and opening of envelopes, and the inner message's wire codec.
 //! - [`storage`]: the encrypted database, on its own thread.
 //! - [`events`]: the device hub, and the handle owners publish through.

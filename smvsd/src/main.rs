@@ -15,10 +15,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The host's objects are !Send: they live on the actix System's one thread.
     let result = actix::System::new().block_on(async move {
-        let stop = smvs_service::signals::stop_signal().map_err(|e| e.to_string())?;
-        smvsd::daemon::run(config, stop)
+        smvs_service::lifecycle::run_until_stopped(smvsd::daemon::Host::bind(config))
             .await
+            .map(drop)
             .map_err(|e| e.to_string())
     });
     match result {

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -13,6 +13,7 @@ use tempfile::TempDir;
 use crate::daemon::{binary, Daemon};
 use crate::directory::DirectoryProcess;
 use crate::keyguard::KeyguardProcess;
+use crate::other_uid::{CommandAs, OtherUid};
 
 pub struct HostProcess {
     pub name: String,
@@ -31,6 +32,23 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
+    /// Logs this host's user in at `dir` with its keyguard and deletes the record, as if the
+    /// user had lost the device and started over (or left).
+    pub fn deregister_at(&self, dir: &DirectoryProcess) -> anyhow::Result<()> {
+        crate::runtime::run_local(async {
+            let client = dir.client().await?;
+            let keyguard = self.keyguard.client().await?;
+            let name = smvs_schema::Username::parse(&self.name)?;
+            let sealed = client.challenge(name.as_str()).await?;
+            let plain = keyguard.open_sealed(&sealed).await?;
+            let (_, token) = smvs_schema::canonical::parse_auth_token(&plain, &dir.key, &name)
+                .ok_or_else(|| anyhow!("the directory's login token does not parse"))?;
+            let session = client.authenticate(name.as_str(), &token).await?;
+            session.deregister().await?;
+            anyhow::Ok(())
+        })?
+    }
+
     /// Starts keyguard and smvsd for `name`, listening on `ip` (a 127.0.0.0/8 address) with a
     /// port the OS picks.
     pub fn start(
@@ -164,6 +182,28 @@ impl HostProcess {
             .args(args)
             .env_remove("RUST_LOG");
         Ok(cmd)
+    }
+
+    /// `smvsctl --socket … ARGS` run as `who`, from a copy of smvsctl `who` can execute. The
+    /// socket's own mode and directories are left as they are: check them with
+    /// [`OtherUid::check_can`] when the test means `who` to reach the socket.
+    pub fn ctl_command_as(&self, who: &OtherUid, args: &[&str]) -> anyhow::Result<CommandAs> {
+        let mut cmd = CommandAs::new("smvsctl", who)?;
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("RUST_LOG");
+        Ok(cmd)
+    }
+
+    /// `smvsctl --socket … ARGS` started with its stdout and stderr piped: a device that runs
+    /// while the test goes on (see [`crate::child::finish`]).
+    pub fn ctl_spawn(&self, args: &[&str]) -> anyhow::Result<Child> {
+        Ok(self
+            .ctl_command(args)?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?)
     }
 
     pub fn ctl(&self, args: &[&str]) -> anyhow::Result<Output> {

@@ -1,12 +1,14 @@
 //! Playing a user's host from a test: with the host's transport key (read from its state
 //! directory) and its keyguard, a test can speak raw `HostLink` to another host, as that user's
-//! host would, and send envelopes the real smvsd never would.
+//! host would, and send envelopes the real smvsd never would: sealed as the test likes
+//! ([`text_message`], [`seal`]) and delivered as they are ([`deliver`]).
 
 use anyhow::Context;
 use smvs_crypto::{AgreementKeyPair, AgreementPublicKey};
-use smvs_schema::host_capnp::host_link;
+use smvs_schema::host_capnp::{delivery_outcome, host_link};
 use smvs_schema::Username;
-use smvsd::session::{self, SessionKeys};
+use smvsd::model::{MessageId, Payload};
+use smvsd::session::{self, Header, Inner, SessionKeys};
 
 use crate::directory::DirectoryProcess;
 use crate::host::HostProcess;
@@ -70,4 +72,87 @@ pub async fn link(
         let _ = system.await;
     });
     Ok(client)
+}
+
+/// The inside of a text message, as a host seals it: `prev_hash` is the hash of the sender's
+/// previous message (empty for the first).
+pub fn text_message(
+    id: MessageId,
+    from: &str,
+    to: &str,
+    time: i64,
+    prev_hash: &[u8],
+    text: &str,
+) -> anyhow::Result<Inner> {
+    Ok(Inner {
+        id,
+        from: Username::parse(from)?,
+        to: Username::parse(to)?,
+        time,
+        prev_hash: prev_hash.to_vec(),
+        content: session::Content::Message(Payload::Text(text.into())),
+    })
+}
+
+/// `inner` sealed with `keys`, under the header its own id, sender and recipient make.
+pub fn seal(keys: &SessionKeys, inner: &Inner) -> anyhow::Result<Vec<u8>> {
+    Ok(session::seal(
+        keys,
+        &Header {
+            id: &inner.id,
+            sender: &inner.from,
+            recipient: &inner.to,
+        },
+        &session::encode_inner(inner),
+    )?)
+}
+
+/// An envelope as it goes on the wire, whatever it claims.
+#[derive(Debug, Clone)]
+pub struct RawEnvelope {
+    pub id: MessageId,
+    pub sender: String,
+    pub recipient: String,
+    pub sealed: Vec<u8>,
+}
+
+/// What a host answers to an envelope it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub id: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// Delivers `envelope` over `link` as it is (current format and session versions). The error
+/// is the peer's typed answer, rendered as text for the tests' assertions (`refused: …`,
+/// `later: …`), or the broken link.
+pub async fn deliver(
+    link: &host_link::Client,
+    envelope: &RawEnvelope,
+) -> Result<Receipt, capnp::Error> {
+    let mut request = link.deliver_request();
+    {
+        let mut e = request.get().init_envelope();
+        e.set_format_version(session::ENVELOPE_FORMAT);
+        e.set_id(&envelope.id.0);
+        e.set_sender(&envelope.sender);
+        e.set_recipient(&envelope.recipient);
+        e.set_session_version(session::SESSION_V1);
+        e.set_sealed(&envelope.sealed);
+    }
+    let response = request.send().promise.await?;
+    let receipt = match response.get()?.get_outcome()?.which() {
+        Ok(delivery_outcome::Receipt(receipt)) => receipt?,
+        Ok(delivery_outcome::Refused(why)) => {
+            return Err(capnp::Error::failed(format!("refused: {}", why?.to_str()?)))
+        }
+        Ok(delivery_outcome::Later(why)) => {
+            return Err(capnp::Error::failed(format!("later: {}", why?.to_str()?)))
+        }
+        Err(e) => return Err(capnp::Error::failed(format!("unknown outcome {}", e.0))),
+    };
+    Ok(Receipt {
+        id: receipt.get_id()?.to_vec(),
+        signature: receipt.get_signature()?.to_vec(),
+    })
 }

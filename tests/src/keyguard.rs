@@ -10,6 +10,7 @@ use smvs_keyguard::KeyguardClient;
 use tempfile::TempDir;
 
 use crate::daemon::{binary, Daemon};
+use crate::other_uid::{Access, CommandAs, OtherUid};
 
 /// A keyguard process. Its temporary directory holds the key directory (`keys/`, made 0700 by
 /// keyguard), the socket and the log.
@@ -82,6 +83,20 @@ impl KeyguardProcess {
     /// `smvs-keyguard check --socket …`, ready to be given a uid or more arguments.
     pub fn check_command(&self) -> anyhow::Result<Command> {
         let mut cmd = Command::new(binary("smvs-keyguard")?);
+        cmd.arg("check")
+            .arg("--socket")
+            .arg(&self.socket)
+            .env_remove("RUST_LOG");
+        Ok(cmd)
+    }
+
+    /// `smvs-keyguard check --socket …` run as `who`, from a copy `who` can execute. Fails
+    /// unless `who` can reach the socket through its directories and connect to it, so that
+    /// only keyguard's own peer check decides whether `who` is served.
+    pub fn check_command_as(&self, who: &OtherUid) -> anyhow::Result<CommandAs> {
+        who.check_can(&self.socket, Access::ReadWrite)
+            .context("the test means this uid to reach keyguard's socket")?;
+        let mut cmd = CommandAs::new("smvs-keyguard", who)?;
         cmd.arg("check")
             .arg("--socket")
             .arg(&self.socket)

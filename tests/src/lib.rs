@@ -2,13 +2,19 @@
 //! started as processes on loopback ports the OS picks, readiness learned from the same
 //! `NOTIFY_SOCKET` protocol systemd uses (never a sleep), logs kept and shown on failure.
 
+pub mod child;
+pub mod conversation;
 pub mod daemon;
 pub mod dbus;
 pub mod directory;
 pub mod host;
 pub mod impersonate;
 pub mod keyguard;
+pub mod layering;
+pub mod other_uid;
 pub mod postgres;
+pub mod runtime;
+pub mod watch;
 
 pub use daemon::Daemon;
 pub use directory::{Backend, DirectoryProcess, TestUser};

@@ -8,21 +8,18 @@
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use smvs_tests::child::finish;
 use smvs_tests::{DirectoryProcess, HostProcess};
 
 const LIMIT: Duration = Duration::from_secs(30);
 /// Media flags for a device with test sources and no window.
 const TEST_MEDIA: [&str; 6] = ["--video", "test", "--audio", "test", "--sink", "null"];
-
-fn directory() -> DirectoryProcess {
-    DirectoryProcess::start_sqlite_blocking().unwrap()
-}
 
 /// Registered hosts, one per (name, ip), that have exchanged a message with the first one (so
 /// each knows the other).
@@ -45,29 +42,7 @@ fn hosts(dir: &DirectoryProcess, who: &[(&str, &str, &[&str])]) -> Vec<HostProce
 }
 
 fn spawn(host: &HostProcess, args: &[&str]) -> Child {
-    host.ctl_command(args)
-        .unwrap()
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits for a child (killing it after `limit`) and returns its output.
-fn finish(mut child: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "smvsctl did not finish within {limit:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    host.ctl_spawn(args).unwrap()
 }
 
 fn json(out: &Output, who: &str) -> Value {
@@ -162,7 +137,7 @@ fn check_media_both_ways(caller: &Value, callee: &Value) {
 
 #[test]
 fn a_five_second_call_both_ways_while_messages_flow() {
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let hs = hosts(
         &dir,
         &[("alice", "127.0.0.1", &[]), ("bob", "127.0.0.2", &[])],
@@ -187,8 +162,8 @@ fn a_five_second_call_both_ways_while_messages_flow() {
         sent.push(bob.send("alice", &format!("and back {i}")).unwrap());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let caller = json(&finish(caller, LIMIT), "caller");
-    let callee = json(&finish(callee, LIMIT), "callee");
+    let caller = json(&finish(caller, LIMIT).unwrap(), "caller");
+    let callee = json(&finish(callee, LIMIT).unwrap(), "callee");
 
     assert_eq!(caller["peer"], "bob");
     assert_eq!(caller["ended"], "hangup", "{caller}");
@@ -335,7 +310,7 @@ fn chi_square(bytes: &[u8]) -> f64 {
 fn media_on_the_wire_is_sealed_and_altered_or_replayed_packets_are_dropped() {
     // Addresses of their own, so the capture sees only this call.
     let (a_ip, b_ip) = (Ipv4Addr::new(127, 0, 0, 41), Ipv4Addr::new(127, 0, 0, 42));
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let hs = hosts(
         &dir,
         &[("alice", "127.0.0.41", &[]), ("bob", "127.0.0.42", &[])],
@@ -370,8 +345,8 @@ fn media_on_the_wire_is_sealed_and_altered_or_replayed_packets_are_dropped() {
     attacker.send_to(&altered, to_bob).unwrap();
     attacker.send_to(&original, to_bob).unwrap();
 
-    let caller = json(&finish(caller, LIMIT), "caller");
-    let callee = json(&finish(callee, LIMIT), "callee");
+    let caller = json(&finish(caller, LIMIT).unwrap(), "caller");
+    let callee = json(&finish(callee, LIMIT).unwrap(), "callee");
     let packets = capture.stop();
 
     // Nothing decodable on the wire: no RTP header (version 2) opens any datagram, and the
@@ -409,7 +384,7 @@ fn media_on_the_wire_is_sealed_and_altered_or_replayed_packets_are_dropped() {
 
 #[test]
 fn calls_end_with_clear_reasons() {
-    let dir = directory();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let mut hs = hosts(
         &dir,
         &[
@@ -433,7 +408,7 @@ fn calls_end_with_clear_reasons() {
     assert_eq!(incoming["peer"], "alice");
     assert_eq!(incoming["outgoing"], false);
     bob.ctl_ok(&["hangup"]).unwrap();
-    let out = finish(ringing, LIMIT);
+    let out = finish(ringing, LIMIT).unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("bob declined the call"),
@@ -443,7 +418,7 @@ fn calls_end_with_clear_reasons() {
 
     // No answer: alice's host gives up after its 3 s; bob's ringing ends as missed.
     let started = Instant::now();
-    let out = finish(call(alice, "bob", &[]), LIMIT);
+    let out = finish(call(alice, "bob", &[]), LIMIT).unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("bob did not answer"),
@@ -463,11 +438,11 @@ fn calls_end_with_clear_reasons() {
     let bob_device = spawn(bob, &answer_args);
     let alice_device = call(alice, "bob", &["--duration", "20"]);
     wait_call(bob, "active");
-    let out = finish(call(carol, "bob", &[]), LIMIT);
+    let out = finish(call(carol, "bob", &[]), LIMIT).unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("bob is busy"), "{}", stderr(&out));
     // A second call from a busy host is refused before it rings.
-    let out = finish(call(alice, "carol", &[]), LIMIT);
+    let out = finish(call(alice, "carol", &[]), LIMIT).unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("already in a call"),
@@ -476,8 +451,8 @@ fn calls_end_with_clear_reasons() {
     );
     // Hanging up from another smvsctl ends the call on both devices.
     alice.ctl_ok(&["hangup"]).unwrap();
-    let a = finish(alice_device, LIMIT);
-    let b = finish(bob_device, LIMIT);
+    let a = finish(alice_device, LIMIT).unwrap();
+    let b = finish(bob_device, LIMIT).unwrap();
     assert!(a.status.success(), "{}", stderr(&a));
     assert!(b.status.success(), "{}", stderr(&b));
     assert!(String::from_utf8_lossy(&b.stdout).contains("alice hung up"));
@@ -500,8 +475,8 @@ fn calls_end_with_clear_reasons() {
     let alice_device = call(alice, "bob", &[]);
     wait_call(bob, "active");
     bob.ctl_ok(&["block", "alice"]).unwrap();
-    let a = finish(alice_device, LIMIT);
-    let b = finish(bob_device, LIMIT);
+    let a = finish(alice_device, LIMIT).unwrap();
+    let b = finish(bob_device, LIMIT).unwrap();
     assert!(
         String::from_utf8_lossy(&a.stdout).contains("bob hung up"),
         "{a:?}"
@@ -514,7 +489,7 @@ fn calls_end_with_clear_reasons() {
 
     // Blocked: bob blocked carol, so her call never rings at bob.
     bob.ctl_ok(&["block", "carol"]).unwrap();
-    let out = finish(call(carol, "bob", &[]), LIMIT);
+    let out = finish(call(carol, "bob", &[]), LIMIT).unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("refused the call"),
@@ -524,7 +499,7 @@ fn calls_end_with_clear_reasons() {
     assert!(no_calls(bob));
     // And a contact carol blocked herself cannot be called until unblocked.
     carol.ctl_ok(&["block", "alice"]).unwrap();
-    let out = finish(call(carol, "alice", &[]), LIMIT);
+    let out = finish(call(carol, "alice", &[]), LIMIT).unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("unblock"), "{}", stderr(&out));
 
@@ -575,7 +550,7 @@ fn calls_end_with_clear_reasons() {
 
     // Offline: bob's host is down.
     hs[1].stop().unwrap();
-    let out = finish(call(&hs[0], "bob", &[]), LIMIT);
+    let out = finish(call(&hs[0], "bob", &[]), LIMIT).unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("bob cannot be reached"),

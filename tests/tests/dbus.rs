@@ -7,8 +7,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
-use smvs_tests::dbus::{repo_root, TestBus};
-use smvs_tests::{Backend, DirectoryProcess, HostProcess};
+use smvs_tests::child::KillOnDrop;
+use smvs_tests::dbus::{repo_root, NotificationServer, TestBus};
+use smvs_tests::runtime::runtime_and_directory;
+use smvs_tests::{DirectoryProcess, HostProcess};
 
 /// Tests run smvsd as root, so root may own the name on the test buses (in production the
 /// policy lets only the user smvsd own it).
@@ -97,24 +99,13 @@ fn ensure_users() -> (&'static str, &'static str) {
     ("smvs-dbustest", "nobody")
 }
 
-fn as_user(user: &str, address: &str, args: &[&str]) -> std::process::Output {
-    Command::new("runuser")
-        .args(["-u", user, "--", "busctl"])
-        .arg(format!("--address={address}"))
-        .args(args)
-        .output()
-        .unwrap()
+fn as_user(user: &str, bus: &TestBus, args: &[&str]) -> std::process::Output {
+    bus.busctl_as(user, args).unwrap()
 }
 
 #[test]
 fn busctl_send_on_alices_bus_raises_message_received_on_bobs_bus() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory().unwrap();
     ensure_daemon_user();
     let alice_bus = TestBus::system_like(ROOT_OWNS).unwrap();
     let bob_bus = TestBus::system_like(ROOT_OWNS).unwrap();
@@ -203,13 +194,7 @@ fn busctl_send_on_alices_bus_raises_message_received_on_bobs_bus() {
 #[test]
 fn the_policy_lets_group_smvs_in_and_keeps_everyone_else_out() {
     let (member, outsider) = ensure_users();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     ensure_daemon_user();
     let bus = TestBus::system_like(ROOT_OWNS).unwrap();
     let bob = host_on_bus_allowing("bob", &dir, "127.0.0.2", &bus, &[member]);
@@ -221,7 +206,7 @@ fn the_policy_lets_group_smvs_in_and_keeps_everyone_else_out() {
     for method in denied {
         let out = as_user(
             outsider,
-            &bus.address,
+            &bus,
             &[
                 "call",
                 "org.smvs.Daemon1",
@@ -239,7 +224,7 @@ fn the_policy_lets_group_smvs_in_and_keeps_everyone_else_out() {
     }
     let out = as_user(
         outsider,
-        &bus.address,
+        &bus,
         &[
             "call",
             "org.smvs.Daemon1",
@@ -255,7 +240,7 @@ fn the_policy_lets_group_smvs_in_and_keeps_everyone_else_out() {
     // A member of group smvs can send.
     let out = as_user(
         member,
-        &bus.address,
+        &bus,
         &[
             "call",
             "org.smvs.Daemon1",
@@ -279,13 +264,7 @@ fn the_policy_lets_group_smvs_in_and_keeps_everyone_else_out() {
 
 #[test]
 fn the_live_interface_matches_the_shipped_introspection_xml() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     ensure_daemon_user();
     let bus = TestBus::system_like(ROOT_OWNS).unwrap();
     let _bob = host_on_bus("bob", &dir, "127.0.0.2", &bus);
@@ -343,36 +322,11 @@ fn interface_element(xml: &str) -> String {
         .join("")
 }
 
-/// A stand-in for the desktop's notification daemon: records every Notify.
-struct FakeNotifications {
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
-}
-
-#[zbus::interface(name = "org.freedesktop.Notifications")]
-impl FakeNotifications {
-    #[allow(clippy::too_many_arguments)]
-    fn notify(
-        &self,
-        _app_name: String,
-        _replaces_id: u32,
-        _app_icon: String,
-        summary: String,
-        body: String,
-        _actions: Vec<String>,
-        _hints: std::collections::HashMap<String, zbus::OwnedVariant>,
-        _expire_timeout: i32,
-    ) -> u32 {
-        let mut seen = self.seen.lock().unwrap();
-        seen.push((summary, body));
-        seen.len() as u32
-    }
-}
-
 #[test]
 fn smvsctl_agent_turns_message_received_into_a_desktop_notification() {
     use std::io::BufRead;
     ensure_daemon_user();
-    let (rt, dir) = runtime_and_directory();
+    let (rt, dir) = runtime_and_directory().unwrap();
     let system = TestBus::system_like(ROOT_OWNS).unwrap();
     let session = TestBus::session_like().unwrap();
     let bob = host_on_bus("bob", &dir, "127.0.0.2", &system);
@@ -380,18 +334,7 @@ fn smvsctl_agent_turns_message_received_into_a_desktop_notification() {
     let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     alice.register().unwrap();
 
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let _server = rt
-        .block_on(
-            zbus::connection::Builder::address(session.address.as_str())
-                .name("org.freedesktop.Notifications")
-                .serve_at(
-                    "/org/freedesktop/Notifications",
-                    FakeNotifications { seen: seen.clone() },
-                )
-                .build(),
-        )
-        .unwrap();
+    let notifications = rt.block_on(NotificationServer::start(&session)).unwrap();
 
     let agent = Command::new(smvs_tests::daemon::binary("smvsctl").unwrap())
         .args(["agent", "--preview"])
@@ -409,20 +352,12 @@ fn smvsctl_agent_turns_message_received_into_a_desktop_notification() {
     assert!(ready.contains("relaying"), "{ready:?}");
 
     alice.send("bob", "see you at eight").unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let found = loop {
-        if let Some(n) = seen.lock().unwrap().first().cloned() {
-            break n;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no notification within 30 s"
-        );
-        if let Some(status) = agent.0.try_wait().unwrap() {
-            panic!("smvsctl agent exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let found = notifications
+        .wait_first(Duration::from_secs(30), || match agent.0.try_wait()? {
+            Some(status) => anyhow::bail!("smvsctl agent exited early: {status}"),
+            None => Ok(()),
+        })
+        .unwrap();
     assert_eq!(found.0, "SMVS");
     assert_eq!(found.1, "alice: see you at eight");
 }
@@ -444,45 +379,11 @@ async fn daemon_proxy(address: &str) -> (zbus::Connection, zbus::Proxy<'static>)
     (connection, proxy)
 }
 
-/// A runtime for the test's own bus clients, and a directory.
-fn runtime_and_directory() -> (tokio::runtime::Runtime, DirectoryProcess) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
-    (rt, dir)
-}
-
-/// Kills a child process when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_per_user_smvsd_raises_notifications_itself_on_the_session_bus() {
-    let (rt, dir) = runtime_and_directory();
+    let (rt, dir) = runtime_and_directory().unwrap();
     let session = TestBus::session_like().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let _server = rt
-        .block_on(
-            zbus::connection::Builder::address(session.address.as_str())
-                .name("org.freedesktop.Notifications")
-                .serve_at(
-                    "/org/freedesktop/Notifications",
-                    FakeNotifications { seen: seen.clone() },
-                )
-                .build(),
-        )
-        .unwrap();
+    let notifications = rt.block_on(NotificationServer::start(&session)).unwrap();
     let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     bob.stop().unwrap();
     // Sender only: the notification must not show the text.
@@ -493,17 +394,9 @@ fn a_per_user_smvsd_raises_notifications_itself_on_the_session_bus() {
     let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     alice.register().unwrap();
     alice.send("bob", "a secret plan").unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let found = loop {
-        if let Some(n) = seen.lock().unwrap().first().cloned() {
-            break n;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no notification within 30 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let found = notifications
+        .wait_first(Duration::from_secs(30), || Ok(()))
+        .unwrap();
     assert_eq!(found.1, "New message from alice");
     assert!(!found.1.contains("secret"));
 }
@@ -518,7 +411,7 @@ type Signal = (String, Vec<String>);
 fn calls_over_dbus_run_in_the_agent() {
     use std::io::BufRead;
     ensure_daemon_user();
-    let (rt, dir) = runtime_and_directory();
+    let (rt, dir) = runtime_and_directory().unwrap();
     let system = TestBus::system_like(ROOT_OWNS).unwrap();
     let session = TestBus::session_like().unwrap();
     let alice = host_on_bus("alice", &dir, "127.0.0.1", &system);
@@ -603,14 +496,7 @@ fn calls_over_dbus_run_in_the_agent() {
         (count("fd"), count("task"))
     };
     let media = ["--video", "test", "--audio", "test", "--sink", "null"];
-    let spawn_bob = |args: &[&str]| {
-        bob.ctl_command(args)
-            .unwrap()
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let spawn_bob = |args: &[&str]| bob.ctl_spawn(args).unwrap();
     let bob_json = |child: std::process::Child| {
         let out = child.wait_with_output().unwrap();
         assert!(
@@ -751,13 +637,7 @@ fn calls_over_dbus_run_in_the_agent() {
 /// the same error code on both (the socket's `code:` prefix, D-Bus's error name).
 #[test]
 fn the_socket_and_dbus_refuse_the_same_request_with_the_same_code() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory().unwrap();
     ensure_daemon_user();
     let bus = TestBus::system_like(ROOT_OWNS).unwrap();
     let alice = host_on_bus("alice", &dir, "127.0.0.1", &bus);
@@ -897,13 +777,7 @@ fn heard(child: std::process::Child) -> Vec<String> {
 #[test]
 fn signals_reach_only_the_group_and_callers_are_held_to_allowed_uids() {
     let (member, outsider) = ensure_users();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (_rt, dir) = runtime_and_directory().unwrap();
     ensure_daemon_user();
     let bus = TestBus::system_like(ROOT_OWNS).unwrap();
     let bob = host_on_bus("bob", &dir, "127.0.0.2", &bus);
@@ -932,7 +806,7 @@ fn signals_reach_only_the_group_and_callers_are_held_to_allowed_uids() {
     // smvsd itself, for methods and properties alike.
     let out = as_user(
         member,
-        &bus.address,
+        &bus,
         &[
             "call",
             "org.smvs.Daemon1",
@@ -946,7 +820,7 @@ fn signals_reach_only_the_group_and_callers_are_held_to_allowed_uids() {
     assert!(err.contains("may not use this host"), "{err}");
     let out = as_user(
         member,
-        &bus.address,
+        &bus,
         &[
             "get-property",
             "org.smvs.Daemon1",

@@ -3,11 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,6 +15,8 @@ use smvs_keyguard::keydir::{AGREEMENT_FILE, SIGNING_FILE, STORAGE_FILE};
 use smvs_keyguard::KeyguardError;
 use smvs_tests::daemon::binary;
 use smvs_tests::keyguard::{server_args, temp_dir};
+use smvs_tests::other_uid::{is_root, OtherUid};
+use smvs_tests::runtime::run_local;
 use smvs_tests::KeyguardProcess;
 
 /// The uid and gid of `nobody` on Debian.
@@ -40,14 +40,6 @@ const ALL_CONTEXTS: [SignContext; 7] = [
     SignContext::Receipt,
 ];
 
-fn run<F: Future<Output = ()>>(f: F) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, f);
-}
-
 fn refused<T: std::fmt::Debug>(result: Result<T, KeyguardError>, wanted: &str) {
     match result {
         Err(e @ KeyguardError::Refused { .. }) => {
@@ -57,13 +49,9 @@ fn refused<T: std::fmt::Debug>(result: Result<T, KeyguardError>, wanted: &str) {
     }
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 #[test]
 fn identity_is_made_once_and_its_keys_work() {
-    run(async {
+    run_local(async {
         let kg = KeyguardProcess::start(&[]).unwrap();
         let client = kg.client().await.unwrap();
         assert_eq!(client.public_keys().await.unwrap(), None);
@@ -221,12 +209,13 @@ fn identity_is_made_once_and_its_keys_work() {
         let status = kg.daemon.stop().unwrap();
         assert_eq!(status.code(), Some(0), "SIGTERM must stop cleanly");
         assert!(!kg.socket.exists(), "the socket file is removed on stop");
-    });
+    })
+    .unwrap();
 }
 
 #[test]
 fn check_prints_the_public_keys_to_an_allowed_uid() {
-    run(async {
+    run_local(async {
         let kg = KeyguardProcess::start(&[]).unwrap();
         let out = kg.check_command().unwrap().arg("--json").output().unwrap();
         assert_eq!(out.status.code(), Some(0));
@@ -242,7 +231,8 @@ fn check_prints_the_public_keys_to_an_allowed_uid() {
         let out = kg.check_command().unwrap().output().unwrap();
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.contains(&bundle.signing_key.to_hex()), "{text}");
-    });
+    })
+    .unwrap();
 }
 
 #[test]
@@ -253,10 +243,8 @@ fn another_uid_is_refused_and_logged() {
     }
     let kg = KeyguardProcess::start(&[]).unwrap();
     let out = kg
-        .check_command()
+        .check_command_as(&OtherUid::nobody())
         .unwrap()
-        .uid(NOBODY)
-        .gid(NOBODY)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -311,9 +299,10 @@ fn loose_permissions_stop_start_up_with_the_fix() {
     // A key file others can read, whichever it is.
     for name in [STORAGE_FILE, SIGNING_FILE, AGREEMENT_FILE] {
         let kg = KeyguardProcess::start(&[]).unwrap();
-        run(async {
+        run_local(async {
             kg.client().await.unwrap().create_identity().await.unwrap();
-        });
+        })
+        .unwrap();
         let KeyguardProcess {
             daemon,
             dir,
@@ -357,10 +346,8 @@ fn allowed_users_are_named_or_refused_at_start() {
     // `--allow-user nobody` serves uid 65534, as the system unit's `--allow-user smvsd` does.
     let kg = KeyguardProcess::start(&["--allow-user", "nobody"]).unwrap();
     let out = kg
-        .check_command()
+        .check_command_as(&OtherUid::nobody())
         .unwrap()
-        .uid(NOBODY)
-        .gid(NOBODY)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -469,7 +456,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[test]
 fn garbage_and_oversized_frames_do_not_crash_it() {
-    run(async {
+    run_local(async {
         let kg = KeyguardProcess::start(&["--max-connections", "3"]).unwrap();
         let socket = kg.socket.clone();
         tokio::task::spawn_blocking(move || {
@@ -526,7 +513,8 @@ fn garbage_and_oversized_frames_do_not_crash_it() {
         let log = kg.daemon.log_text();
         assert!(!log.contains("panicked"), "{log}");
         assert_eq!(kg.daemon.stop().unwrap().code(), Some(0));
-    });
+    })
+    .unwrap();
 }
 
 #[test]

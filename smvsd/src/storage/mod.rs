@@ -19,12 +19,14 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use smvs_crypto::{AeadKey, AgreementPublicKey, IdentityBundle, Zeroizing};
+use smvs_schema::ErrorCode;
 use smvs_schema::{HostAddress, Username};
 use smvs_sqlite::SqliteWorker;
 use thiserror::Error;
 
 pub use crypt::AtRest;
 
+use crate::error::{HostError, IncomingError};
 use crate::model::{
     message_hash, Contact, Direction, FailReason, Integrity, MessageId, Payload, PendingKey,
     Status, StoredMessage,
@@ -42,6 +44,29 @@ pub enum StorageError {
     Gone,
     #[error("database: {0}")]
     Migration(String),
+}
+
+/// What a device hears when storage fails: a full disk is said plainly (`storage`); anything
+/// else is internal, with the details in the log.
+impl From<StorageError> for HostError {
+    fn from(e: StorageError) -> Self {
+        if e.is_disk_full() {
+            tracing::error!(error = %e, "storage is full");
+            return HostError::new(
+                ErrorCode::Storage,
+                "the host's disk is full; nothing was stored (free some space and try again)",
+            );
+        }
+        HostError::internal(e)
+    }
+}
+
+/// What a peer host hears when storage fails: "later", and nothing of our error.
+impl From<StorageError> for IncomingError {
+    fn from(e: StorageError) -> Self {
+        tracing::error!(error = %e, "storage failed while accepting an envelope");
+        IncomingError::Later("storage failure".into())
+    }
 }
 
 impl StorageError {

@@ -50,6 +50,7 @@ fn incoming(from: &str, to: &str, time: i64, text: &str, prev: &[u8]) -> StoredM
         payload: Payload::Text(text.into()),
         prev_hash: prev.to_vec(),
         status: Status::Received,
+        reason: FailReason::None,
         integrity: Integrity::Unchecked,
         direction: Direction::In,
     }
@@ -522,6 +523,61 @@ fn held_messages_are_released_as_received() {
         assert_eq!(
             s.history(&name("other"), 0).await.unwrap()[0].status,
             Status::Held
+        );
+    });
+}
+
+#[test]
+fn failed_messages_keep_their_reason_and_unknown_stored_values_are_errors() {
+    run(async {
+        let dir = tempfile::TempDir::new().unwrap();
+        let key = || AeadKey::from_bytes(&[7; 32]).unwrap();
+        let storage = Storage::open(&dir.path().join("host.db"), key()).unwrap();
+        let (alice, bob) = (name("alice"), name("bob"));
+        let mut ids = Vec::new();
+        for i in 0..3 {
+            let m = storage
+                .queue_outgoing(&alice, &bob, Payload::Text(format!("m{i}")))
+                .await
+                .unwrap();
+            ids.push(m.id);
+        }
+        // One refused by bob's host, then the rest because the directory forgot bob.
+        let refused = storage
+            .set_failed(&bob, vec![ids[0]], FailReason::Refused)
+            .await
+            .unwrap();
+        assert_eq!(refused, vec![ids[0]]);
+        let mut gone = storage
+            .fail_outbox(&bob, FailReason::UnknownUser)
+            .await
+            .unwrap();
+        gone.sort();
+        let mut rest = vec![ids[1], ids[2]];
+        rest.sort();
+        assert_eq!(gone, rest, "only what was still queued");
+        assert!(storage.outbox(&bob, 0, 10).await.unwrap().is_empty());
+        assert_eq!(storage.queued_count().await.unwrap(), 0);
+        let history = storage.history(&bob, 0).await.unwrap();
+        let reasons: Vec<(Status, FailReason)> =
+            history.iter().map(|m| (m.status, m.reason)).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                (Status::Failed, FailReason::Refused),
+                (Status::Failed, FailReason::UnknownUser),
+                (Status::Failed, FailReason::UnknownUser),
+            ]
+        );
+        // A status no version ever wrote is an error when read, not a guess.
+        let db = Connection::open(dir.path().join("host.db")).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        db.execute("UPDATE messages SET status = 9", []).unwrap();
+        drop(db);
+        let err = storage.history(&bob, 0).await.unwrap_err();
+        assert!(
+            err.to_string().contains("unknown message status 9"),
+            "{err}"
         );
     });
 }

@@ -1,31 +1,29 @@
-//! smvs-directory as a real process on 127.0.0.1, through its real client, on both backends.
+//! Registration and the directory: smvs-directory as a real process on 127.0.0.1, through its
+//! real client, on both backends (SQLite and PostgreSQL); its command line; the storage suite
+//! both backends pass; and a host finishing a registration it never saved.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 use std::time::Duration;
 
-use smvs_crypto::{AgreementKeyPair, IdentityKeys, Signature};
-use smvs_directory::store::Store;
-use smvs_directory::{ErrorCode, Registration, Rotation};
-use smvs_schema::{HostAddress, Username};
-use smvs_tests::{Backend, DirectoryProcess, TestUser};
-
-fn run<F: Future<Output = ()>>(f: F) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, f);
-}
+use smvs_crypto::{AgreementKeyPair, IdentityKeys, SignContext, Signature};
+use smvs_directory::store::{NewKeys, Store, StoreError};
+use smvs_directory::{ErrorCode, Registration, Rotation, UserRecord};
+use smvs_schema::{canonical, HostAddress, Username};
+use smvs_tests::daemon::binary;
+use smvs_tests::directory::pubkey;
+use smvs_tests::runtime::{run_local, runtime_and_directory};
+use smvs_tests::{Backend, DirectoryProcess, HostProcess, TestUser};
 
 /// Each scenario runs once per backend.
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
-        mod sqlite { $( #[test] fn $name() { super::run(super::$name(super::Backend::Sqlite)); } )* }
-        mod postgres { $( #[test] fn $name() { super::run(super::$name(super::Backend::Postgres)); } )* }
+        mod sqlite { $( #[test] fn $name() { super::run_local(super::$name(super::Backend::Sqlite)).unwrap(); } )* }
+        mod postgres { $( #[test] fn $name() { super::run_local(super::$name(super::Backend::Postgres)).unwrap(); } )* }
     };
 }
 
@@ -434,7 +432,7 @@ async fn rate_limits_say_when_to_retry(backend: Backend) {
 
 #[test]
 fn two_directory_processes_share_one_postgres() {
-    run(async {
+    run_local(async {
         let first = DirectoryProcess::start(Backend::Postgres, &[])
             .await
             .unwrap();
@@ -465,7 +463,8 @@ fn two_directory_processes_share_one_postgres() {
         assert_eq!(code(a.lookup(&alice.username).await), ErrorCode::NotFound);
         second.daemon.stop().unwrap();
         first.daemon.stop().unwrap();
-    });
+    })
+    .unwrap();
 }
 
 async fn a_session_dies_with_the_identity_that_opened_it(backend: Backend) {
@@ -508,4 +507,222 @@ async fn a_session_dies_with_the_identity_that_opened_it(backend: Backend) {
     session.rotate_keys(&rotation).await.unwrap();
     session.update_host_address(&moved).await.unwrap();
     dir.daemon.stop().unwrap();
+}
+
+#[test]
+fn key_file_is_made_private_and_pubkey_matches_the_server() {
+    let (rt, dir) = runtime_and_directory().unwrap();
+    let mode = std::fs::metadata(&dir.key_file)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    // The key the server proves in its handshake is the one `pubkey` prints (the harness
+    // pinned it and connected).
+    rt.block_on(async {
+        tokio::task::LocalSet::new()
+            .run_until(async { dir.client().await.unwrap().info().await.unwrap() })
+            .await
+    });
+    assert_eq!(pubkey(&dir.key_file).unwrap(), dir.key);
+    let json = Command::new(binary("smvs-directory").unwrap())
+        .args(["pubkey", "--json", "--key-file"])
+        .arg(&dir.key_file)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["directory_key"], dir.key.to_hex());
+    let status = dir.daemon.stop().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM must stop cleanly");
+}
+
+#[test]
+fn a_key_file_others_can_read_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("k.key");
+    pubkey(&key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = Command::new(binary("smvs-directory").unwrap())
+        .args(["--listen", "127.0.0.1:0", "--db"])
+        .arg(format!("sqlite:{}", tmp.path().join("d.db").display()))
+        .arg("--key-file")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+    assert!(
+        !tmp.path().join("d.db").exists(),
+        "nothing is created when start-up fails"
+    );
+}
+
+#[test]
+fn bad_usage_exits_2_and_bad_config_exits_1() {
+    let bin = binary("smvs-directory").unwrap();
+    let out = Command::new(&bin)
+        .args(["--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(&bin)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--db",
+            "mysql://nope",
+            "--key-file",
+        ])
+        .arg(tmp.path().join("k"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sqlite:PATH or postgres://"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
+}
+
+fn user(name: &str) -> UserRecord {
+    let username = Username::parse(name).unwrap();
+    let identity = IdentityKeys::generate().unwrap();
+    let transport = AgreementKeyPair::generate().unwrap().public();
+    UserRecord {
+        transport_certificate: identity.signing.sign(
+            SignContext::TransportCertificate,
+            &canonical::transport_certificate(&username, &transport),
+        ),
+        username,
+        identity: identity.bundle(),
+        transport_key: transport,
+        host_address: HostAddress::parse("127.0.0.1:7421").unwrap(),
+        serial: 0,
+    }
+}
+
+async fn suite(store: Store) {
+    let alice = user("alice");
+    let name = alice.username.clone();
+    let stored = store.insert_user(alice.clone()).await.unwrap();
+    assert!(stored.serial > 0);
+    assert!(matches!(
+        store.insert_user(user("alice")).await,
+        Err(StoreError::Taken)
+    ));
+    let got = store.get_user(&name).await.unwrap().unwrap();
+    assert_eq!(got, stored);
+    assert!(store
+        .get_user(&Username::parse("nobody").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+
+    let host = HostAddress::parse("[::1]:9").unwrap();
+    let moved = store.update_host(&name, &host).await.unwrap().unwrap();
+    assert_eq!(moved.host_address, host);
+    assert!(moved.serial > stored.serial);
+
+    let fresh = user("alice");
+    let keys = NewKeys {
+        identity: fresh.identity,
+        transport_key: fresh.transport_key,
+        transport_certificate: fresh.transport_certificate,
+    };
+    let rotated = store.replace_keys(&name, keys).await.unwrap().unwrap();
+    assert_eq!(rotated.identity, fresh.identity);
+    assert_eq!(rotated.host_address, host);
+    assert!(rotated.serial > moved.serial);
+
+    // Tokens: single use, bound to the user, expiry honoured.
+    let now = smvs_directory::clock::now_ms();
+    let t = smvs_crypto::blake2b_256(b"token");
+    store.put_token(t, &name, now + 60_000, now).await.unwrap();
+    assert!(!store
+        .take_token(t, &Username::parse("bob").unwrap(), now)
+        .await
+        .unwrap());
+    // Presented for the wrong user it is refused and stays for its owner.
+    assert!(store.take_token(t, &name, now).await.unwrap());
+    assert!(!store.take_token(t, &name, now).await.unwrap());
+    let old = smvs_crypto::blake2b_256(b"old");
+    store
+        .put_token(old, &name, now - 1, now - 61_000)
+        .await
+        .unwrap();
+    assert!(!store.take_token(old, &name, now).await.unwrap());
+    store
+        .put_token(
+            smvs_crypto::blake2b_256(b"pending"),
+            &name,
+            now + 60_000,
+            now,
+        )
+        .await
+        .unwrap();
+
+    assert!(store.delete_user(&name).await.unwrap());
+    assert!(!store.delete_user(&name).await.unwrap());
+    assert_eq!(store.counts().await.unwrap(), (0, 0));
+    assert!(store.update_host(&name, &host).await.unwrap().is_none());
+    let again = store.insert_user(user("alice")).await.unwrap();
+    assert!(
+        again.serial > rotated.serial,
+        "serials never go back, even after deletion"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("d.db").display());
+    suite(Store::open(&url).await.unwrap()).await;
+    // Reopening runs no migration twice and keeps the data.
+    let reopened = Store::open(&url).await.unwrap();
+    assert_eq!(reopened.counts().await.unwrap().0, 1);
+}
+
+#[tokio::test]
+async fn postgres_store() {
+    let url = smvs_tests::postgres::fresh_database().await.unwrap();
+    suite(Store::open(&url).await.unwrap()).await;
+    let reopened = Store::open(&url).await.unwrap();
+    assert_eq!(reopened.counts().await.unwrap().0, 1);
+}
+
+#[tokio::test]
+async fn bad_database_urls_are_refused() {
+    for bad in ["", "mysql://x", "sqlite:", "/tmp/x.db"] {
+        assert!(
+            matches!(Store::open(bad).await, Err(StoreError::BadUrl(_))),
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn a_registration_the_directory_took_but_the_host_never_saved_is_finished_on_retry() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    alice.register().unwrap();
+    // The host loses what it saved (as if it had stopped between the directory's answer and
+    // its own write); keyguard keeps the identity.
+    alice.stop().unwrap();
+    for file in ["host.db", "host.db-wal", "host.db-shm"] {
+        let _ = std::fs::remove_file(alice.state_dir.join(file));
+    }
+    alice.start_again().unwrap();
+    assert_eq!(alice.ctl_json(&["status"]).unwrap()["registered"], false);
+    alice.register().unwrap();
+    assert_eq!(alice.ctl_json(&["whoami"]).unwrap()["username"], "alice");
+    // Someone else still cannot take the name.
+    let mallory = HostProcess::start("mallory", &dir, "127.0.0.2", &[]).unwrap();
+    let out = mallory.ctl(&["register", "alice"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("taken"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

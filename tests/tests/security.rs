@@ -1,6 +1,8 @@
-//! What another host may send to smvsd's peer port, and what happens to the bad ones: the test
-//! plays alice's host itself (with her transport key and her keyguard) and talks raw
-//! `HostLink` to bob's host.
+//! What a hostile peer, another local user or someone who reads the disk cannot do: forged,
+//! tampered, replayed and oversized envelopes change nothing (the test plays alice's host and
+//! talks raw `HostLink` to bob's); garbage on the local socket and the peer port never crashes
+//! the host; idle links are closed and one address cannot take every slot; the local socket
+//! refuses a uid that is not allowed; message text never reaches the disk in clear.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
@@ -9,85 +11,24 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use smvs_crypto::{AeadKey, AgreementKeyPair};
-use smvs_schema::host_capnp::host_link;
 use smvs_schema::Username;
-use smvs_tests::impersonate::{link, play_host};
-use smvs_tests::{Backend, DirectoryProcess, HostProcess};
-use smvsd::model::{MessageId, Payload};
-use smvsd::session::{self, Header, Inner, SessionKeys};
+use smvs_tests::conversation::body;
+use smvs_tests::impersonate::{self, deliver, link, play_host, text_message, RawEnvelope, Receipt};
+use smvs_tests::other_uid::{Access, OtherUid};
+use smvs_tests::runtime::runtime_and_directory;
+use smvs_tests::{DirectoryProcess, HostProcess};
+use smvsd::model::MessageId;
+use smvsd::session::SessionKeys;
 
-struct Raw {
-    id: MessageId,
-    sender: String,
-    recipient: String,
-    sealed: Vec<u8>,
-}
-
+/// A text message from `from` to `to`, sealed with `keys` (whether or not they are the keys
+/// `from` and `to` share).
 fn seal(keys: &SessionKeys, id: MessageId, from: &str, to: &str, text: &str) -> Vec<u8> {
-    let (from, to) = (Username::parse(from).unwrap(), Username::parse(to).unwrap());
-    let inner = Inner {
-        id,
-        from: from.clone(),
-        to: to.clone(),
-        time: 1,
-        prev_hash: Vec::new(),
-        content: session::Content::Message(Payload::Text(text.into())),
-    };
-    session::seal(
-        keys,
-        &Header {
-            id: &id,
-            sender: &from,
-            recipient: &to,
-        },
-        &session::encode_inner(&inner),
-    )
-    .unwrap()
-}
-
-async fn deliver(link: &host_link::Client, raw: &Raw) -> Result<Vec<u8>, String> {
-    let mut request = link.deliver_request();
-    {
-        let mut e = request.get().init_envelope();
-        e.set_format_version(session::ENVELOPE_FORMAT);
-        e.set_id(&raw.id.0);
-        e.set_sender(&raw.sender);
-        e.set_recipient(&raw.recipient);
-        e.set_session_version(session::SESSION_V1);
-        e.set_sealed(&raw.sealed);
-    }
-    // A refusal and a "later" are typed answers; they read here as "refused: …" / "later: …".
-    use smvs_schema::host_capnp::delivery_outcome;
-    match request.send().promise.await {
-        Ok(response) => match response
-            .get()
-            .unwrap()
-            .get_outcome()
-            .unwrap()
-            .which()
-            .unwrap()
-        {
-            delivery_outcome::Receipt(r) => Ok(r.unwrap().get_signature().unwrap().to_vec()),
-            delivery_outcome::Refused(why) => {
-                Err(format!("refused: {}", why.unwrap().to_str().unwrap()))
-            }
-            delivery_outcome::Later(why) => {
-                Err(format!("later: {}", why.unwrap().to_str().unwrap()))
-            }
-        },
-        Err(e) => Err(e.to_string()),
-    }
+    impersonate::seal(keys, &text_message(id, from, to, 1, &[], text).unwrap()).unwrap()
 }
 
 #[test]
 fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory().unwrap();
     let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     alice.register().unwrap();
@@ -104,14 +45,14 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
 
         // A well-formed envelope is accepted, and its receipt checks out.
         let id = MessageId::random();
-        let good = Raw {
+        let good = RawEnvelope {
             id,
             sender: "alice".into(),
             recipient: "bob".into(),
             sealed: seal(keys, id, "alice", "bob", "raw hello"),
         };
         let receipt = deliver(&link, &good).await.unwrap();
-        assert_eq!(receipt.len(), 32);
+        assert_eq!(receipt.signature.len(), 32);
         // Replayed: acknowledged again (the sender may not have seen the first receipt) but
         // stored once.
         deliver(&link, &good).await.unwrap();
@@ -121,14 +62,14 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
             .unwrap();
         deliver(&link, &good).await.unwrap();
 
-        let refused = |r: Result<Vec<u8>, String>| {
-            let e = r.expect_err("must be refused");
+        let refused = |r: Result<Receipt, capnp::Error>| {
+            let e = r.expect_err("must be refused").to_string();
             assert!(e.contains("refused:"), "{e}");
         };
         // Tampered ciphertext.
-        let mut tampered = Raw {
+        let mut tampered = RawEnvelope {
             id: MessageId::random(),
-            ..Raw {
+            ..RawEnvelope {
                 id,
                 sender: "alice".into(),
                 recipient: "bob".into(),
@@ -144,7 +85,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         refused(
             deliver(
                 &link,
-                &Raw {
+                &RawEnvelope {
                     id: other,
                     sender: "alice".into(),
                     recipient: "bob".into(),
@@ -159,7 +100,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         refused(
             deliver(
                 &link,
-                &Raw {
+                &RawEnvelope {
                     id: fid,
                     sender: "alice".into(),
                     recipient: "bob".into(),
@@ -173,7 +114,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         refused(
             deliver(
                 &link,
-                &Raw {
+                &RawEnvelope {
                     id: cid,
                     sender: "alice".into(),
                     recipient: "carol".into(),
@@ -187,7 +128,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         refused(
             deliver(
                 &link,
-                &Raw {
+                &RawEnvelope {
                     id: oid,
                     sender: "alice".into(),
                     recipient: "bob".into(),
@@ -201,7 +142,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         refused(
             deliver(
                 &link,
-                &Raw {
+                &RawEnvelope {
                     id: uid,
                     sender: "nobody".into(),
                     recipient: "bob".into(),
@@ -215,7 +156,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         let again = MessageId::random();
         let e = deliver(
             &link,
-            &Raw {
+            &RawEnvelope {
                 id: again,
                 sender: "nobody".into(),
                 recipient: "bob".into(),
@@ -223,10 +164,11 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
             },
         )
         .await
-        .expect_err("not accepted");
+        .expect_err("not accepted")
+        .to_string();
         assert!(e.contains("later:"), "{e}");
         // Far past Cap'n Proto's 4 MiB reader limit: the link is dropped, nothing else.
-        let huge = Raw {
+        let huge = RawEnvelope {
             id: MessageId::random(),
             sender: "alice".into(),
             recipient: "bob".into(),
@@ -244,7 +186,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         refused(
             deliver(
                 &mlink,
-                &Raw {
+                &RawEnvelope {
                     id: mid,
                     sender: "alice".into(),
                     recipient: "bob".into(),
@@ -269,13 +211,7 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
 
 #[test]
 fn garbage_on_the_socket_and_the_peer_port_never_crashes_the_host() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory().unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     bob.register().unwrap();
 
@@ -330,56 +266,9 @@ fn garbage_on_the_socket_and_the_peer_port_never_crashes_the_host() {
 }
 
 #[test]
-fn the_local_socket_refuses_a_uid_that_is_not_allowed() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
-    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
-    // Open the file modes wide, so only the SO_PEERCRED check stands in the way.
-    std::fs::set_permissions(
-        bob.socket.parent().unwrap(),
-        std::fs::Permissions::from_mode(0o711),
-    )
-    .unwrap();
-    std::fs::set_permissions(&bob.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    use std::os::unix::process::CommandExt;
-    let out = bob
-        .ctl_command(&["status"])
-        .unwrap()
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        bob.logs().contains("refused a local client"),
-        "{}",
-        bob.logs()
-    );
-    assert!(bob.logs().contains("uid=65534"));
-    // The allowed uid is still served.
-    assert!(bob.ctl_json(&["status"]).is_ok());
-}
-
-#[test]
 fn idle_links_are_closed_and_one_address_cannot_take_every_slot() {
     use tokio::io::AsyncReadExt;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let (rt, dir) = runtime_and_directory().unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &["--peer-idle-seconds", "1"]).unwrap();
     // Default idle time (minutes): its links stay while the test counts them.
     let carol = HostProcess::start("carol", &dir, "127.0.0.3", &[]).unwrap();
@@ -434,4 +323,120 @@ fn idle_links_are_closed_and_one_address_cannot_take_every_slot() {
     });
     assert!(bob.ctl_json(&["status"]).is_ok());
     assert!(carol.ctl_json(&["status"]).is_ok());
+}
+
+#[test]
+fn the_local_socket_refuses_a_uid_that_is_not_allowed() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    // Open the file modes wide, so only the SO_PEERCRED check stands in the way.
+    std::fs::set_permissions(
+        bob.socket.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o711),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bob.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let nobody = OtherUid::nobody();
+    nobody.check_can(&bob.socket, Access::ReadWrite).unwrap();
+    let out = bob
+        .ctl_command_as(&nobody, &["status"])
+        .unwrap()
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        bob.logs().contains("refused a local client"),
+        "{}",
+        bob.logs()
+    );
+    assert!(bob.logs().contains("uid=65534"));
+    // The allowed uid is still served.
+    assert!(bob.ctl_json(&["status"]).is_ok());
+}
+
+/// Every file under `dirs` that contains `needle`.
+fn files_containing(dirs: &[&std::path::Path], needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack: Vec<std::path::PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    while let Some(path) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                stack.push(entry.unwrap().path());
+            }
+        } else if meta.is_file() {
+            let data = std::fs::read(&path).unwrap();
+            if data.windows(needle.len()).any(|w| w == needle) {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn message_text_never_reaches_the_disk_in_clear() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    let marker = format!("MARKER-{}", hex_of(&smvs_crypto::random_array::<8>()));
+    alice
+        .send("bob", &format!("the secret is {marker}"))
+        .unwrap();
+    bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+    bob.send("alice", &format!("{marker} received")).unwrap();
+    alice
+        .wait_history("bob", Duration::from_secs(30), |h| {
+            h.len() == 2
+                && h.iter()
+                    .all(|m| m["status"] != "sent" && m["status"] != "queued")
+        })
+        .unwrap();
+    // The text is really there (the search works), just not on disk.
+    assert!(body(&bob.history("alice").unwrap()[0]).contains(&marker));
+    let dirs = [
+        alice.root.path(),
+        bob.root.path(),
+        alice.keyguard.dir.path(),
+        bob.keyguard.dir.path(),
+    ];
+    assert_eq!(
+        files_containing(&dirs, marker.as_bytes()),
+        Vec::<String>::new()
+    );
+    // Nor the names of the contacts, in the databases.
+    let db_dirs = [alice.state_dir.as_path(), bob.state_dir.as_path()];
+    assert_eq!(files_containing(&db_dirs, b"alice"), Vec::<String>::new());
+
+    alice.ctl_ok(&["delete", "bob"]).unwrap();
+    bob.ctl_ok(&["delete", "alice"]).unwrap();
+    assert!(alice.history("bob").unwrap().is_empty());
+    assert_eq!(
+        files_containing(&dirs, marker.as_bytes()),
+        Vec::<String>::new()
+    );
+    // The WAL was checkpointed and truncated.
+    for state in db_dirs {
+        let wal = state.join("host.db-wal");
+        assert_eq!(
+            std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0),
+            0,
+            "{}",
+            wal.display()
+        );
+    }
 }

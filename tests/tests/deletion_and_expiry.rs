@@ -1,0 +1,284 @@
+//! Deleting messages and conversations on one host or on both, a host that refuses remote
+//! deletes, and disappearing messages (which never disappear from the outbox). Real
+//! smvs-directory, smvs-keyguard, smvsd and smvsctl processes on 127.0.0.x; events are read
+//! from `smvsctl watch` (`smvs_tests::watch`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use smvs_tests::conversation::{alice_and_bob, exchange_three, ids};
+use smvs_tests::watch::{Watch, LIMIT};
+use smvs_tests::{DirectoryProcess, HostProcess};
+
+/// A `message_status` event saying an id outside `known` (a control message: delete requests
+/// and expiry settings are not part of history) was delivered.
+fn control_delivered(known: &HashSet<String>) -> impl Fn(&Value) -> bool + '_ {
+    move |e| {
+        e["event"] == "message_status"
+            && e["status"] == "delivered"
+            && e["peer"] == "bob"
+            && !known.contains(e["id"].as_str().unwrap_or_default())
+    }
+}
+
+#[test]
+fn delete_everywhere_removes_the_message_and_then_the_conversation_on_both_hosts() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let (alice, bob) = alice_and_bob(&dir, &[]).unwrap();
+    let [a1, b1, a2] = exchange_three(&alice, &bob).unwrap();
+    let mut known: HashSet<String> = [&a1, &b1, &a2].into_iter().cloned().collect();
+    let mut alice_watch = Watch::start(&alice).unwrap();
+    let mut bob_watch = Watch::start(&bob).unwrap();
+
+    // One message, by id.
+    let out = alice
+        .ctl_json(&["delete", "bob", "--id", &a1, "--everywhere"])
+        .unwrap();
+    assert_eq!(out["deleted"], 1, "{out}");
+    assert_eq!(ids(&alice.history("bob").unwrap()), [b1.as_str(), &a2]);
+    // The request's receipt is the confirmation: once it is delivered, bob's host has deleted.
+    let request = alice_watch
+        .wait_for("the delete request delivered", control_delivered(&known))
+        .unwrap();
+    known.insert(request["id"].as_str().unwrap().to_owned());
+    assert_eq!(
+        ids(&bob.history("alice").unwrap()),
+        [b1.as_str(), &a2],
+        "gone at bob's as soon as the request is delivered; the others stay"
+    );
+    bob_watch
+        .wait_for("deleted (one message)", |e| {
+            e["event"] == "deleted" && e["peer"] == "alice" && e["id"] == a1.as_str()
+        })
+        .unwrap();
+
+    // The whole conversation.
+    let out = alice.ctl_json(&["delete", "bob", "--everywhere"]).unwrap();
+    assert_eq!(out["deleted"], 2, "{out}");
+    assert!(alice.history("bob").unwrap().is_empty());
+    let request = alice_watch
+        .wait_for(
+            "the delete-conversation request delivered",
+            control_delivered(&known),
+        )
+        .unwrap();
+    known.insert(request["id"].as_str().unwrap().to_owned());
+    assert_eq!(bob.history("alice").unwrap(), Vec::<Value>::new());
+    bob_watch
+        .wait_for("deleted (the whole conversation)", |e| {
+            e["event"] == "deleted" && e["peer"] == "alice" && e["id"].is_null()
+        })
+        .unwrap();
+    for host in [&alice, &bob] {
+        let convs = host.ctl_json(&["conversations"]).unwrap();
+        assert_eq!(convs, serde_json::json!([]), "{}", host.name);
+    }
+
+    // The conversation can start again, and nothing about the deletion looks like tampering:
+    // the next message is not a "gap" and raises no integrity problem on either side.
+    let a3 = alice.send("bob", "starting over").unwrap();
+    bob_watch
+        .wait_for("the new message", |e| {
+            e["event"] == "message_received" && e["id"] == a3.as_str()
+        })
+        .unwrap();
+    let events = bob_watch.everything_so_far(&bob).unwrap();
+    let problems: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "integrity_problem")
+        .collect();
+    let h = bob.history("alice").unwrap();
+    assert_eq!(ids(&h), [a3.as_str()]);
+    assert!(
+        problems.is_empty() && h[0]["integrity"] == "ok",
+        "a deleted conversation looks like a broken chain at bob's: {h:?}, events {problems:?}"
+    );
+    let b2 = bob.send("alice", "welcome back").unwrap();
+    let h = alice
+        .wait_history("bob", LIMIT, |h| h.iter().any(|m| m["id"] == b2.as_str()))
+        .unwrap();
+    assert_eq!(ids(&h), [a3.as_str(), &b2]);
+    assert_eq!(h[1]["integrity"], "ok", "{h:?}");
+}
+
+#[test]
+fn a_host_that_refuses_remote_deletes_keeps_its_messages() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let (alice, bob) = alice_and_bob(&dir, &["--refuse-remote-delete"]).unwrap();
+    let [a1, b1, a2] = exchange_three(&alice, &bob).unwrap();
+    let mut known: HashSet<String> = [&a1, &b1, &a2].into_iter().cloned().collect();
+    let mut alice_watch = Watch::start(&alice).unwrap();
+    let mut bob_watch = Watch::start(&bob).unwrap();
+
+    alice
+        .ctl_ok(&["delete", "bob", "--id", &a1, "--everywhere"])
+        .unwrap();
+    let request = alice_watch
+        .wait_for("the delete request delivered", control_delivered(&known))
+        .unwrap();
+    known.insert(request["id"].as_str().unwrap().to_owned());
+    alice.ctl_ok(&["delete", "bob", "--everywhere"]).unwrap();
+    alice_watch
+        .wait_for(
+            "the delete-conversation request delivered",
+            control_delivered(&known),
+        )
+        .unwrap();
+    assert!(alice.history("bob").unwrap().is_empty());
+
+    // Both requests reached bob's host (their receipts say so) and changed nothing there.
+    let h = bob.history("alice").unwrap();
+    assert_eq!(ids(&h), [a1.as_str(), &b1, &a2]);
+    let deleted: Vec<Value> = bob_watch
+        .everything_so_far(&bob)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e["event"] == "deleted" && e["peer"] == "alice")
+        .collect();
+    assert!(deleted.is_empty(), "{deleted:?}");
+}
+
+#[test]
+fn a_peer_cannot_delete_what_the_other_side_wrote() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let (alice, bob) = alice_and_bob(&dir, &[]).unwrap();
+    alice.send("bob", "mine").unwrap();
+    bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+    let bobs = bob.send("alice", "bob's words").unwrap();
+    alice
+        .wait_history("bob", Duration::from_secs(30), |h| h.len() == 2)
+        .unwrap();
+    // Alice asks both hosts to delete bob's message: it goes from her host only.
+    alice
+        .ctl_ok(&["delete", "bob", "--id", &bobs, "--everywhere"])
+        .unwrap();
+    assert_eq!(alice.history("bob").unwrap().len(), 1);
+    // Envelopes arrive in order: once "after" is there, the request was handled before it.
+    alice.send("bob", "after").unwrap();
+    let h = bob
+        .wait_history("alice", Duration::from_secs(30), |h| {
+            h.iter().any(|m| m["body"] == "after")
+        })
+        .unwrap();
+    assert!(
+        h.iter().any(|m| m["id"] == bobs.as_str()),
+        "bob keeps what he wrote: {h:?}"
+    );
+}
+
+fn expire_seconds(host: &HostProcess, peer: &str) -> Option<u64> {
+    let convs = host.ctl_json(&["conversations"]).unwrap();
+    convs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["peer"] == peer)
+        .map(|c| c["expire_seconds"].as_u64().unwrap())
+}
+
+/// Polls `history PEER` until `gone` is no longer in it; returns when that was seen.
+fn wait_gone(host: &HostProcess, peer: &str, gone: &str, limit: Duration) -> Instant {
+    host.wait_history(peer, limit, |h| h.iter().all(|m| m["id"] != gone))
+        .unwrap();
+    Instant::now()
+}
+
+#[test]
+fn disappearing_messages_vanish_on_both_hosts_but_never_from_the_outbox() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let (alice, mut bob) = alice_and_bob(&dir, &[]).unwrap();
+    let expiry = Duration::from_secs(2);
+    let limit = Duration::from_secs(15);
+    let mut alice_watch = Watch::start(&alice).unwrap();
+
+    let out = alice.ctl_json(&["expire", "bob", "2"]).unwrap();
+    assert_eq!(out["expire_seconds"], 2, "{out}");
+    assert_eq!(expire_seconds(&alice, "bob"), Some(2));
+    let convs = alice.ctl_json(&["conversations"]).unwrap();
+    assert_eq!(
+        convs[0]["messages"], 0,
+        "a setting is not a message: {convs}"
+    );
+    // The setting travels to bob's host.
+    let deadline = Instant::now() + limit;
+    while expire_seconds(&bob, "alice") != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "bob's host never took the setting: {}",
+            bob.ctl_json(&["conversations"]).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Messages both ways arrive, then vanish from both histories, no sooner than the expiry.
+    let mut bob_watch = Watch::start(&bob).unwrap();
+    let start = Instant::now();
+    let a1 = alice.send("bob", "this will self-destruct").unwrap();
+    let b1 = bob.send("alice", "so will this").unwrap();
+    bob_watch
+        .wait_for("alice's message", |e| {
+            e["event"] == "message_received" && e["id"] == a1.as_str()
+        })
+        .unwrap();
+    alice_watch
+        .wait_for("bob's message", |e| {
+            e["event"] == "message_received" && e["id"] == b1.as_str()
+        })
+        .unwrap();
+    alice_watch
+        .wait_for("alice's message delivered", |e| {
+            e["event"] == "message_status" && e["id"] == a1.as_str() && e["status"] == "delivered"
+        })
+        .unwrap();
+    for (host, peer) in [(&alice, "bob"), (&bob, "alice")] {
+        for id in [&a1, &b1] {
+            let at = wait_gone(host, peer, id, limit);
+            assert!(
+                at - start >= expiry,
+                "{id} left {}'s history after {:?}, before it expired",
+                host.name,
+                at - start
+            );
+        }
+    }
+    assert_eq!(alice.history("bob").unwrap(), Vec::<Value>::new());
+    assert_eq!(bob.history("alice").unwrap(), Vec::<Value>::new());
+
+    // A message waiting in the outbox does not expire: bob's host is down for longer than the
+    // expiry, and the message still arrives when it is back.
+    drop(bob_watch);
+    assert!(bob.stop().unwrap().success());
+    let queued_at = Instant::now();
+    let waiting = alice.send("bob", "sent while you were away").unwrap();
+    while queued_at.elapsed() < expiry * 2 {
+        let h = alice.history("bob").unwrap();
+        assert!(
+            h.iter()
+                .any(|m| m["id"] == waiting.as_str() && m["status"] != "delivered"),
+            "a message in the outbox expired: {h:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(alice.ctl_json(&["status"]).unwrap()["queued"], 1);
+    bob.start_again().unwrap();
+    alice_watch
+        .wait_for("the waiting message delivered", |e| {
+            e["event"] == "message_status"
+                && e["id"] == waiting.as_str()
+                && e["status"] == "delivered"
+        })
+        .unwrap();
+    let h = bob
+        .wait_history("alice", limit, |h| {
+            h.iter().any(|m| m["id"] == waiting.as_str())
+        })
+        .unwrap();
+    assert_eq!(h.len(), 1, "{h:?}");
+    // Delivered, it now expires like any other message, on both sides.
+    wait_gone(&bob, "alice", &waiting, limit);
+    wait_gone(&alice, "bob", &waiting, limit);
+}
