@@ -149,9 +149,7 @@ impl DirectoryClient {
         directory_key: SigningPublicKey,
         local: &AgreementKeyPair,
     ) -> Result<DirectoryClient, ClientError> {
-        let expected = directory_key
-            .to_agreement_public()
-            .map_err(|e| ClientError::Local(format!("pinned directory key: {e}")))?;
+        let expected = Self::expected_key(&directory_key)?;
         let channel = smvs_transport::connect(
             addr,
             local,
@@ -159,16 +157,50 @@ impl DirectoryClient {
             Some(&expected),
         )
         .await?;
+        Ok(Self::over(channel, directory_key))
+    }
+
+    /// As [`DirectoryClient::connect`], over a TCP stream already opened (through a SOCKS5
+    /// proxy, say); `addr` is only for messages.
+    pub async fn connect_over(
+        tcp: tokio::net::TcpStream,
+        addr: &str,
+        directory_key: SigningPublicKey,
+        local: &AgreementKeyPair,
+    ) -> Result<DirectoryClient, ClientError> {
+        let expected = Self::expected_key(&directory_key)?;
+        let channel = smvs_transport::connect_over(
+            tcp,
+            addr,
+            local,
+            smvs_transport::DIRECTORY_PROLOGUE,
+            Some(&expected),
+        )
+        .await?;
+        Ok(Self::over(channel, directory_key))
+    }
+
+    /// The Noise key the directory must present: the X25519 form of its signing key.
+    fn expected_key(directory_key: &SigningPublicKey) -> Result<AgreementPublicKey, ClientError> {
+        directory_key
+            .to_agreement_public()
+            .map_err(|e| ClientError::Local(format!("pinned directory key: {e}")))
+    }
+
+    fn over(
+        channel: smvs_transport::SecureChannel,
+        directory_key: SigningPublicKey,
+    ) -> DirectoryClient {
         let (system, directory) = smvs_transport::rpc::client::<directory::Client>(channel);
         tokio::task::spawn_local(async move {
             if let Err(e) = system.await {
                 tracing::debug!(error = %e, "directory connection ended");
             }
         });
-        Ok(DirectoryClient {
+        DirectoryClient {
             directory,
             directory_key,
-        })
+        }
     }
 
     pub fn directory_key(&self) -> SigningPublicKey {

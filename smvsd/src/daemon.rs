@@ -134,6 +134,7 @@ impl Host {
             DirectoryConfig {
                 address: config.directory.clone(),
                 key: config.directory_key,
+                socks5_proxy: config.socks5_proxy.clone(),
             },
             transport.clone(),
             keyguard.clone(),

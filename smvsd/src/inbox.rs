@@ -68,6 +68,30 @@ pub struct ReceiptData {
     pub tag: Vec<u8>,
 }
 
+/// How many senders one link may still make us look up in the directory. Each link gets its
+/// own (see `api::peer`); a link that names many users runs out and hears "later".
+pub struct LookupBudget {
+    left: std::cell::Cell<usize>,
+}
+
+impl LookupBudget {
+    pub fn new(lookups: usize) -> LookupBudget {
+        LookupBudget {
+            left: std::cell::Cell::new(lookups),
+        }
+    }
+
+    /// Takes one look-up; false when none is left.
+    fn take(&self) -> bool {
+        let left = self.left.get();
+        if left == 0 {
+            return false;
+        }
+        self.left.set(left - 1);
+        true
+    }
+}
+
 /// The rules the inbox applies.
 #[derive(Debug, Clone, Copy)]
 pub struct InboxSettings {
@@ -171,6 +195,7 @@ impl Inbox {
         &self,
         remote_key: AgreementPublicKey,
         env: EnvelopeData,
+        lookups: &LookupBudget,
     ) -> Result<ReceiptData, IncomingError> {
         let me = self
             .trust
@@ -199,14 +224,30 @@ impl Inbox {
         }
         // In contacts-only mode, someone we never wrote to is a request: held until we answer.
         let request = self.settings.contacts_only && known.as_ref().is_none_or(|c| c.request);
-        // The cached record may predate a move or a new key: on a mismatch, ask again.
+        // The pinned host key first: a link that presents the key we pinned for this sender
+        // costs no directory look-up beyond the shared record cache. A sender we never pinned,
+        // or one whose host key is not the pinned one, is looked up, within the link's budget.
+        let pinned = known
+            .as_ref()
+            .is_some_and(|c| c.transport_key == remote_key);
+        if !pinned && !lookups.take() {
+            tracing::debug!(peer = %sender, "a link asked for more directory look-ups than it may");
+            return Err(IncomingError::Later(
+                "this link named too many senders; open another later".into(),
+            ));
+        }
+        // The cached record may predate a move or a new key: on a mismatch, ask again, at
+        // most once per sender in a while (trust keeps the pace), else "later".
         let checked = match self
             .check_sender(&sender, &remote_key, false, request)
             .await
         {
-            Err(SenderCheck::WrongKey) => {
+            Err(SenderCheck::WrongKey) if self.trust.may_refresh(&sender) => {
                 self.check_sender(&sender, &remote_key, true, request).await
             }
+            Err(SenderCheck::WrongKey) => Err(SenderCheck::Other(IncomingError::Later(
+                "the sender's host key is checked again in a few seconds".into(),
+            ))),
             other => other,
         };
         let mut contact = checked.map_err(|e| match e {

@@ -286,9 +286,14 @@ async fn delivery_task(outbox: Rc<OutboxState>, peer: Username, wake: Rc<Notify>
     let mut delays = backoff(retry_max);
     // The link stays up between bursts; a failure drops it and the next round reconnects.
     let mut link: Option<Link> = None;
+    // After a failed round the peer's record is asked for anew (the peer may have moved, or
+    // left the directory), at the pace trust allows.
+    let mut failed = false;
     loop {
-        match stream_outbox(&outbox, &peer, &mut link).await {
+        let fresh = failed && outbox.trust.may_refresh(&peer);
+        match stream_outbox(&outbox, &peer, &mut link, fresh).await {
             Ok(()) => {
+                failed = false;
                 delays = backoff(retry_max);
                 // The outbox is empty: wait for new work (or look again now and then).
                 tokio::select! {
@@ -298,6 +303,7 @@ async fn delivery_task(outbox: Rc<OutboxState>, peer: Username, wake: Rc<Notify>
             }
             Err(e) => {
                 link = None;
+                failed = true;
                 let delay = delays.next().unwrap_or(retry_max);
                 tracing::debug!(%peer, error = %e, ?delay, "delivery failed; will retry");
                 tokio::time::sleep(delay).await;
@@ -369,6 +375,7 @@ async fn stream_outbox(
     outbox: &Rc<OutboxState>,
     peer: &Username,
     link: &mut Option<Link>,
+    fresh: bool,
 ) -> Result<(), DeliveryError> {
     let storage = &outbox.storage;
     let mut pending: VecDeque<(i64, StoredMessage)> = storage
@@ -380,7 +387,7 @@ async fn stream_outbox(
         return Ok(());
     }
     let me = outbox.trust.me()?;
-    let contact = match outbox.trust.trusted_contact(peer, false, false).await {
+    let contact = match outbox.trust.trusted_contact(peer, fresh, false).await {
         Ok((contact, _)) => contact,
         Err(e) if e.code == ErrorCode::UnknownUser => {
             // Never registered, or deregistered since: nobody will ever take these.

@@ -37,8 +37,15 @@ use crate::storage::Storage;
 
 /// How long a directory call may take before the link is considered dead.
 const DIRECTORY_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a directory answer is reused before asking again.
-const RECORD_TTL: Duration = Duration::from_secs(30);
+/// How long a directory answer is reused before asking again. Records are signed, so a cached
+/// one is as good as a new one until the user moves or changes keys, which is noticed sooner
+/// when it matters: a link that presents another key, or a delivery that failed, asks again
+/// (see [`Trust::may_refresh`]). Look-ups are few, so the directory learns little about who
+/// talks to whom.
+const RECORD_TTL: Duration = Duration::from_secs(600);
+/// The least time between two directory look-ups of one user, however often a peer or a
+/// failing delivery asks for a fresh one.
+const MIN_REFRESH: Duration = Duration::from_secs(5);
 
 /// This host's own user, once registered.
 #[derive(Debug, Clone)]
@@ -47,11 +54,13 @@ pub struct Me {
     pub identity: IdentityBundle,
 }
 
-/// Where the directory is and which key it must present.
+/// Where the directory is, which key it must present, and how to reach it.
 #[derive(Debug, Clone)]
 pub struct DirectoryConfig {
     pub address: String,
     pub key: SigningPublicKey,
+    /// Reach it through this SOCKS5 proxy, as other hosts are reached.
+    pub socks5_proxy: Option<String>,
 }
 
 /// What `verify` found.
@@ -150,6 +159,27 @@ pub fn judge(stored: Option<Contact>, record: &VerifiedRecord, request: bool) ->
         return Judgement::Update(contact);
     }
     Judgement::Unchanged(contact)
+}
+
+/// A TCP stream to `address` (HOST:PORT) through the SOCKS5 proxy, which resolves the name.
+async fn socks5_connect(
+    proxy: &str,
+    address: &str,
+) -> Result<tokio::net::TcpStream, smvs_directory::ClientError> {
+    let failed = |why: String| {
+        smvs_directory::ClientError::Local(format!(
+            "SOCKS5 proxy {proxy} cannot reach the directory at {address}: {why}"
+        ))
+    };
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| failed("the address has no port".into()))?;
+    let port: u16 = port.parse().map_err(|_| failed("bad port".into()))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(tokio_socks::tcp::Socks5Stream::connect(proxy, (host, port))
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .into_inner())
 }
 
 impl Trust {
@@ -288,8 +318,21 @@ impl Trust {
             return Ok(d.clone());
         }
         let address = &self.directory_config.address;
-        let connecting =
-            DirectoryClient::connect(address, self.directory_config.key, &self.transport);
+        // Each directory link shows a throwaway Noise key, never the host's transport key: a
+        // look-up names nobody, so the directory cannot keep a log of which host asked about
+        // whom. (Registration is authenticated by the identity's signature, not by the link.)
+        let throwaway = AgreementKeyPair::generate().map_err(HostError::internal)?;
+        let key = self.directory_config.key;
+        let proxy = self.directory_config.socks5_proxy.clone();
+        let connecting = async move {
+            match proxy {
+                None => DirectoryClient::connect(address, key, &throwaway).await,
+                Some(proxy) => {
+                    let tcp = socks5_connect(&proxy, address).await?;
+                    DirectoryClient::connect_over(tcp, address, key, &throwaway).await
+                }
+            }
+        };
         let client = tokio::time::timeout(DIRECTORY_TIMEOUT, connecting)
             .await
             .map_err(|_| {
@@ -316,7 +359,16 @@ impl Trust {
         }
     }
 
-    /// The directory's signed record for `peer` (cached briefly unless `fresh`).
+    /// Whether a fresh look-up of `peer` may be made now: the cached record is older than
+    /// [`MIN_REFRESH`] (or there is none).
+    pub fn may_refresh(&self, peer: &Username) -> bool {
+        self.records
+            .borrow()
+            .get(peer)
+            .is_none_or(|(_, at)| at.elapsed() >= MIN_REFRESH)
+    }
+
+    /// The directory's signed record for `peer` (cached for [`RECORD_TTL`] unless `fresh`).
     pub async fn lookup(&self, peer: &Username, fresh: bool) -> Result<VerifiedRecord, HostError> {
         if !fresh {
             if let Some((record, at)) = self.records.borrow().get(peer) {

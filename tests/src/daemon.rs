@@ -93,10 +93,14 @@ impl Daemon {
                         return Ok(daemon);
                     }
                 }
+                // A signal for the test process (a child of another test ending, say) interrupts
+                // the wait; that is no reason to give up on the daemon.
                 Err(e)
                     if matches!(
                         e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
                     ) => {}
                 Err(e) => return Err(e.into()),
             }

@@ -183,18 +183,22 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
             .await
             .unwrap();
         let mid = MessageId::random();
-        refused(
-            deliver(
-                &mlink,
-                &RawEnvelope {
-                    id: mid,
-                    sender: "alice".into(),
-                    recipient: "bob".into(),
-                    sealed: seal(keys, mid, "alice", "bob", "impostor"),
-                },
-            )
-            .await,
-        );
+        let e = deliver(
+            &mlink,
+            &RawEnvelope {
+                id: mid,
+                sender: "alice".into(),
+                recipient: "bob".into(),
+                sealed: seal(keys, mid, "alice", "bob", "impostor"),
+            },
+        )
+        .await
+        .expect_err("an impostor's envelope is not taken")
+        .to_string();
+        // Refused once bob's host has asked the directory again; until then (it asks at most
+        // every few seconds per sender, so impostors cannot make it ask on every envelope),
+        // "later". Either way nothing is stored (checked below).
+        assert!(e.contains("refused:") || e.contains("later:"), "{e}");
     });
 
     let history = bob.history("alice").unwrap();
@@ -439,4 +443,54 @@ fn message_text_never_reaches_the_disk_in_clear() {
             wal.display()
         );
     }
+}
+
+/// Review finding 4: every sender a link names that the host has not pinned with the link's
+/// key costs a directory look-up, so one link may make only a few; then it hears "later",
+/// and the host's directory budget is not spent on made-up names.
+#[test]
+fn one_link_cannot_make_the_host_look_up_many_senders() {
+    let (rt, dir) = runtime_and_directory().unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    bob.register().unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let directory = dir.client().await.unwrap();
+        let bob_transport = directory
+            .lookup(&Username::parse("bob").unwrap())
+            .await
+            .unwrap()
+            .user
+            .transport_key;
+        let claims = |link_no: usize, i: usize| RawEnvelope {
+            id: MessageId::random(),
+            sender: format!("ghost{link_no}-{i}"),
+            recipient: "bob".into(),
+            sealed: vec![0; 600],
+        };
+        let key = AgreementKeyPair::generate().unwrap();
+        let first = link(&bob, &key, &bob_transport).await.unwrap();
+        let budget = smvsd::api::peer::MAX_LOOKUPS_PER_LINK;
+        for i in 0..budget {
+            let e = deliver(&first, &claims(1, i))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("refused: unknown sender"), "{i}: {e}");
+        }
+        let e = deliver(&first, &claims(1, budget))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("later:") && e.contains("too many senders"),
+            "{e}"
+        );
+        // Another link has its own budget.
+        let second = link(&bob, &key, &bob_transport).await.unwrap();
+        let e = deliver(&second, &claims(2, 0))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("refused: unknown sender"), "{e}");
+    });
 }

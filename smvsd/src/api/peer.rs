@@ -37,6 +37,13 @@ const MAX_LINK_MESSAGE: usize = 512 * 1024;
 const MAX_ENVELOPES_IN_FLIGHT: usize = 4096;
 /// Sealed bytes one link may have in handling at once.
 const MAX_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
+/// Sealed bytes all links together may have in handling at once. Without it, 1024 links of
+/// 32 MiB each could make the host hold 32 GiB.
+const MAX_BYTES_IN_FLIGHT_ALL: usize = 256 * 1024 * 1024;
+/// Senders one link may make the host look up in the directory (a sender not yet pinned, or
+/// whose pinned host key differs from the link's). A real host speaks for one user; a link that
+/// names many users is trying to spend our directory budget.
+pub const MAX_LOOKUPS_PER_LINK: usize = 8;
 
 /// Serves the peer port until the task is dropped. `transport` is the host's Noise key;
 /// a link with nothing in handling for `idle_limit` is closed.
@@ -48,6 +55,7 @@ pub async fn serve(
 ) {
     let budget = std::sync::Arc::new(Semaphore::new(MAX_PEER_CONNECTIONS));
     let per_address: Rc<RefCell<HashMap<IpAddr, usize>>> = Rc::default();
+    let all_bytes: Rc<Cell<usize>> = Rc::default();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -61,11 +69,11 @@ pub async fn serve(
             tracing::warn!(%peer, "peer connection limit reached; closing a new connection");
             continue;
         };
-        let Some(address_slot) = AddressSlot::take(&per_address, peer.ip()) else {
+        let Some(address_slot) = AddressSlot::take(&per_address, address_group(peer.ip())) else {
             tracing::warn!(%peer, "too many connections from one address; closing a new one");
             continue;
         };
-        let (transport, inbox) = (transport.clone(), inbox.clone());
+        let (transport, inbox, all_bytes) = (transport.clone(), inbox.clone(), all_bytes.clone());
         tokio::task::spawn_local(async move {
             match smvs_transport::accept(
                 tcp,
@@ -83,6 +91,8 @@ pub async fn serve(
                     });
                     let link: host_link::Client = capnp_rpc::new_client(HostLinkRpc {
                         inbox,
+                        all_bytes,
+                        lookups: Rc::new(crate::inbox::LookupBudget::new(MAX_LOOKUPS_PER_LINK)),
                         remote_key,
                         activity: activity.clone(),
                     });
@@ -164,8 +174,36 @@ struct Activity {
 
 struct HostLinkRpc {
     inbox: Rc<Inbox>,
+    /// Sealed bytes in handling on all links together.
+    all_bytes: Rc<Cell<usize>>,
+    /// This link's directory look-ups left.
+    lookups: Rc<crate::inbox::LookupBudget>,
     remote_key: smvs_crypto::AgreementPublicKey,
     activity: Rc<Activity>,
+}
+
+/// Releases the host-wide byte budget when an envelope's handling ends, however it ends.
+struct AllBytes<'a>(&'a Cell<usize>, usize);
+
+impl Drop for AllBytes<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(self.1));
+    }
+}
+
+/// What counts as one address for the per-address limit: an IPv4 address, or an IPv6 /64
+/// (one host is usually given a whole /64, so counting single IPv6 addresses limits nothing).
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            for s in &mut segments[4..] {
+                *s = 0;
+            }
+            IpAddr::V6(std::net::Ipv6Addr::from(segments))
+        }
+        v4 => v4,
+    }
 }
 
 /// Releases a link's budget when an envelope's handling ends, however it ends.
@@ -230,9 +268,18 @@ impl HostLinkRpc {
                 "too many envelopes in flight on this link".into(),
             ));
         }
+        if self.all_bytes.get() + size > MAX_BYTES_IN_FLIGHT_ALL {
+            return Err(IncomingError::Later(
+                "the host has too much in handling; try again soon".into(),
+            ));
+        }
         self.activity.in_flight.set((n + 1, bytes + size));
+        self.all_bytes.set(self.all_bytes.get() + size);
         let _budget = Budget(&self.activity.in_flight, size);
-        self.inbox.accept(self.remote_key, envelope).await
+        let _all = AllBytes(&self.all_bytes, size);
+        self.inbox
+            .accept(self.remote_key, envelope, &self.lookups)
+            .await
     }
 }
 
@@ -258,4 +305,41 @@ fn read_envelope(params: host_link::DeliverParams) -> Result<EnvelopeData, Incom
         session_version: e.get_session_version(),
         sealed: sealed.to_vec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ipv6_peers_are_counted_per_slash_64_and_ipv4_per_address() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_group(a), address_group(b));
+        assert_ne!(address_group(a), address_group(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(address_group(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(
+            address_group(mapped),
+            v4,
+            "an IPv4 address written as IPv6 is that IPv4"
+        );
+        let table = Rc::default();
+        let slots: Vec<_> = (0..MAX_CONNECTIONS_PER_ADDRESS)
+            .map(|i| {
+                let ip: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
+                AddressSlot::take(&table, address_group(ip)).unwrap()
+            })
+            .collect();
+        assert!(
+            AddressSlot::take(&table, address_group(a)).is_none(),
+            "the /64 is full"
+        );
+        assert!(AddressSlot::take(&table, address_group(c)).is_some());
+        drop(slots);
+        assert!(AddressSlot::take(&table, address_group(a)).is_some());
+    }
 }
