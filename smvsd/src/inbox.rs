@@ -337,9 +337,16 @@ impl Inbox {
             .storage
             .store_incoming(message, move || drop(turn))
             .await?;
-        if let Arrival::Stored(integrity) = arrival {
-            self.stored(&sender, id, inner.time, &payload, integrity)
-                .await?;
+        match arrival {
+            Arrival::Stored(integrity) => {
+                self.stored(&sender, id, inner.time, &payload, integrity)
+                    .await?
+            }
+            Arrival::Duplicate => {}
+            Arrival::Collision => {
+                tracing::warn!(peer = %sender, "refused an envelope whose id is one of our own messages");
+                return Err(refused("the message id is taken in this conversation"));
+            }
         }
         receipt(&keys)
     }

@@ -31,7 +31,7 @@ use crate::model::{
 use crate::outbox::Outbox;
 use crate::session::MAX_TEXT_BYTES;
 use crate::sessions::Sessions;
-use crate::storage::{ConversationSummary, Storage};
+use crate::storage::{ConversationSummary, Storage, StorageError};
 use crate::trust::{Trust, Verification};
 
 /// Requests waiting for the façade before senders are made to wait.
@@ -211,7 +211,14 @@ command!(Delete => u32, |o, m| {
     if m.everywhere {
         o.trust.check_can_send(&m.peer).await?;
     }
-    let n = o.storage.delete(&m.peer, m.id, None).await?;
+    // A checkpoint a reader held back means the rows are gone but their old pages are not
+    // yet wiped: the rest (the event, the request to the peer) still happens, then the user
+    // hears it.
+    let (n, unwiped) = match o.storage.delete(&m.peer, m.id, None).await {
+        Ok(n) => (n, None),
+        Err(e @ StorageError::CheckpointBusy) => (0, Some(e)),
+        Err(e) => return Err(e.into()),
+    };
     o.events.publish(HostEvent::Deleted {
         id: m.id,
         peer: m.peer.clone(),
@@ -220,7 +227,10 @@ command!(Delete => u32, |o, m| {
         let ids = m.id.into_iter().collect();
         o.outbox.queue(&m.peer, Payload::Delete(ids)).await?;
     }
-    Ok(n)
+    match unwiped {
+        Some(e) => Err(e.into()),
+        None => Ok(n),
+    }
 });
 
 /// `expire USER SECONDS`: disappearing messages, on both hosts.

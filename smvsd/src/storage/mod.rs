@@ -44,12 +44,18 @@ pub enum StorageError {
     Gone,
     #[error("database: {0}")]
     Migration(String),
+    #[error("another reader holds the database: deleted messages are gone from it, but their old pages are not yet wiped from the write-ahead log (they will be at the next checkpoint)")]
+    CheckpointBusy,
 }
 
 /// What a device hears when storage fails: a full disk is said plainly (`storage`); anything
 /// else is internal, with the details in the log.
 impl From<StorageError> for HostError {
     fn from(e: StorageError) -> Self {
+        if matches!(e, StorageError::CheckpointBusy) {
+            tracing::error!(error = %e, "a deletion could not be wiped from the WAL yet");
+            return HostError::new(ErrorCode::Storage, e.to_string());
+        }
         if e.is_disk_full() {
             tracing::error!(error = %e, "storage is full");
             return HostError::new(
@@ -262,6 +268,9 @@ fn key_from_hex(h: &str) -> Result<AgreementPublicKey> {
 pub enum Arrival {
     Stored(Integrity),
     Duplicate,
+    /// The id is one of our own outgoing messages in this conversation: refused, so that no
+    /// peer can make one id name two messages (and have `delete --id` remove ours).
+    Collision,
 }
 
 /// A summary line of `conversations`.
@@ -600,6 +609,15 @@ impl Storage {
                     if seen {
                         return Ok(Arrival::Duplicate);
                     }
+                    let ours: bool = cached_row(
+                        c,
+                        "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 0)",
+                        params![tag, &msg.id.0[..]],
+                        |r| r.get(0),
+                    )?;
+                    if ours {
+                        return Ok(Arrival::Collision);
+                    }
                     let sealed_last: Vec<u8> = cached_row(
                         c,
                         "SELECT last_recv_hash FROM conversations WHERE tag = ?1",
@@ -841,11 +859,19 @@ impl Storage {
         Ok(deleted)
     }
 
-    /// Copies the WAL into the database and truncates it to zero bytes.
+    /// Copies the WAL into the database and truncates it to zero bytes, so no page a
+    /// deletion freed survives in the WAL. Another reader of the file (a backup, say) can hold
+    /// the checkpoint back: SQLite's busy handler waits for it (the connection's 5 s busy
+    /// timeout), and if it still cannot finish, the error says so (the deletion happened; its
+    /// pages are wiped at the next checkpoint) instead of the result being ignored.
     pub async fn checkpoint(&self) -> Result<()> {
         self.worker
             .call_alone(|c| -> Result<()> {
-                cached_row(c, "PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+                // (busy, frames in the WAL, frames copied): busy means a reader held it.
+                let busy: i64 = cached_row(c, "PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+                if busy != 0 {
+                    return Err(StorageError::CheckpointBusy);
+                }
                 Ok(())
             })
             .await

@@ -581,3 +581,53 @@ fn failed_messages_keep_their_reason_and_unknown_stored_values_are_errors() {
         );
     });
 }
+
+#[test]
+fn an_incoming_id_that_is_one_of_ours_is_refused_and_changes_nothing() {
+    run(async {
+        let (_dir, s) = open();
+        let (alice, bob) = (name("alice"), name("bob"));
+        let ours = s
+            .queue_outgoing(&bob, &alice, Payload::Text("mine".into()))
+            .await
+            .unwrap();
+        // Alice's host sends a message under the id of bob's own message to her.
+        let mut theirs = incoming("alice", "bob", now_ms(), "same id", &[]);
+        theirs.id = ours.id;
+        assert_eq!(arrive(&s, &theirs).await, Arrival::Collision);
+        let history = s.history(&alice, 0).await.unwrap();
+        assert_eq!(texts(&history), vec!["mine".to_string()]);
+        // So deleting that id deletes exactly one message: ours.
+        assert_eq!(s.delete(&alice, Some(ours.id), None).await.unwrap(), 1);
+    });
+}
+
+#[test]
+fn a_checkpoint_another_reader_holds_back_is_reported_not_ignored() {
+    run(async {
+        let (dir, s) = open();
+        let (alice, bob) = (name("alice"), name("bob"));
+        let m = s
+            .queue_outgoing(&bob, &alice, Payload::Text("to be wiped".into()))
+            .await
+            .unwrap();
+        // A reader (a backup tool, say) holds a snapshot of the database open.
+        let reader = Connection::open(dir.path().join("host.db")).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM messages;")
+            .unwrap();
+        let err = s.delete(&alice, Some(m.id), None).await.unwrap_err();
+        assert!(matches!(err, StorageError::CheckpointBusy), "{err}");
+        assert!(
+            HostError::from(err).message.contains("not yet wiped"),
+            "the device hears what happened"
+        );
+        // The message is gone all the same, and once the reader lets go the WAL is wiped.
+        assert!(s.history(&alice, 0).await.unwrap().is_empty());
+        reader.execute_batch("COMMIT").unwrap();
+        drop(reader);
+        s.checkpoint().await.unwrap();
+        let wal = std::fs::metadata(dir.path().join("host.db-wal")).map(|m| m.len());
+        assert_eq!(wal.unwrap_or(0), 0, "the WAL is truncated");
+    });
+}
