@@ -65,6 +65,14 @@ struct Verification {
   transcriptHash @1 :Text;      # hex; matches on both sides when both saw the same history
   keyChanged @2 :Bool;
   accepted @3 :Bool;            # a changed key was accepted by this call
+  # The signed directory record the host acted on for this contact (the pinned one), so the
+  # user can show others what the directory said: the record's bytes, the directory's
+  # Ed25519 signature over them, the directory's key, and when it was issued (Unix ms).
+  # Empty for a contact pinned before hosts kept records.
+  record @4 :Data;
+  recordSignature @5 :Data;
+  directoryKey @6 :Data;
+  recordIssuedAt @7 :Int64;
 }
 
 struct Event {
@@ -76,6 +84,9 @@ struct Event {
     deleted @4 :MessageRef;     # id empty: the whole conversation
     callIncoming @5 :CallEvent; # a call rings (answer with answerCall, refuse with hangupCall)
     callState @6 :CallEvent;    # a call became active or ended
+    directoryAlarm @7 :Text;    # the contact whose record the directory served is older than
+                                # one it served before (a rollback): nothing is sent to them
+                                # on the strength of it
   }
   struct MessageRef {
     id @0 :Data;

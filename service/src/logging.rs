@@ -55,6 +55,12 @@ pub const KEY_CHANGED: SecurityEvent = SecurityEvent {
     message_id: "ecc3af3146fa48cbaf5907f12bb3dca7",
 };
 
+/// The directory served a user's record with a lower serial than one it served before.
+pub const DIRECTORY_ROLLBACK: SecurityEvent = SecurityEvent {
+    name: "directory-rollback",
+    message_id: "5b0f3c9e8d2a4e61a7c4f0b2d9e8a613",
+};
+
 /// A peer host's envelope or connection was refused (its key is not the sender's, or blocked).
 pub const PEER_REFUSED: SecurityEvent = SecurityEvent {
     name: "peer-refused",
@@ -80,7 +86,8 @@ pub const LOCAL_CLIENT_REFUSED: SecurityEvent = SecurityEvent {
 };
 
 /// Every security event, for tests and documentation.
-pub const SECURITY_EVENTS: [SecurityEvent; 5] = [
+pub const SECURITY_EVENTS: [SecurityEvent; 6] = [
+    DIRECTORY_ROLLBACK,
     KEY_CHANGED,
     PEER_REFUSED,
     KEYGUARD_REFUSAL,

@@ -118,6 +118,23 @@ pub struct VerificationView {
     pub key_changed: bool,
     /// A changed key was accepted by this call.
     pub accepted: bool,
+    /// The signed directory record the pinned key came from (hex), so it can be shown to
+    /// others and checked against the directory's key; `None` for contacts pinned before hosts
+    /// kept records.
+    pub record: Option<SignedRecordView>,
+}
+
+/// A directory's signed statement, as the host kept it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignedRecordView {
+    /// The record's bytes (Cap'n Proto `UserRecord`), hex.
+    pub record: String,
+    /// The directory's Ed25519 signature over them, hex.
+    pub signature: String,
+    /// The directory's Ed25519 key, hex.
+    pub directory_key: String,
+    /// Unix ms.
+    pub issued_at: i64,
 }
 
 /// One event from a subscription.
@@ -157,6 +174,11 @@ pub enum EventView {
     CallIncoming(CallEventView),
     /// A call rings at the peer, became active, or ended (`reason` says why).
     CallState(CallEventView),
+    /// The directory served an older record of `peer` than before.
+    DirectoryAlarm {
+        #[serde(serialize_with = "as_display")]
+        peer: Username,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -405,6 +427,19 @@ impl VerificationView {
             transcript_hash: text("transcript hash", r.get_transcript_hash())?,
             key_changed: r.get_key_changed(),
             accepted: r.get_accepted(),
+            record: {
+                let record = r.get_record()?;
+                (!record.is_empty())
+                    .then(|| -> Result<SignedRecordView, CtlError> {
+                        Ok(SignedRecordView {
+                            record: hex::encode(record),
+                            signature: hex::encode(r.get_record_signature()?),
+                            directory_key: hex::encode(r.get_directory_key()?),
+                            issued_at: r.get_record_issued_at(),
+                        })
+                    })
+                    .transpose()?
+            },
         })
     }
 }
@@ -529,6 +564,9 @@ impl EventView {
             }
             event::CallIncoming(c) => EventView::CallIncoming(CallEventView::read(c?)?),
             event::CallState(c) => EventView::CallState(CallEventView::read(c?)?),
+            event::DirectoryAlarm(peer) => EventView::DirectoryAlarm {
+                peer: username("peer", peer)?,
+            },
         }))
     }
 }

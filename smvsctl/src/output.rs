@@ -377,6 +377,9 @@ pub fn event_text(e: &EventView) -> String {
         EventView::KeyChanged { peer } => {
             format!("key-changed {peer} (compare safety numbers: smvsctl verify {peer})")
         }
+        EventView::DirectoryAlarm { peer } => format!(
+            "directory-alarm {peer} (the directory served an older record than before; smvsctl verify {peer} --json shows the one kept)"
+        ),
         EventView::IntegrityProblem { id, peer, time } => format!(
             "integrity {peer} {} {id} (a message is missing or out of order)",
             rfc3339_utc(*time)
@@ -723,6 +726,7 @@ mod tests {
             transcript_hash: "abcd".into(),
             key_changed: false,
             accepted: false,
+            record: None,
         };
         let text = verification_text(&v);
         assert_eq!(
@@ -746,7 +750,7 @@ mod tests {
         assert_eq!(
             json_value(&to_json(&v).unwrap()),
             json!({"user": "bob", "safety_number": digits, "transcript_hash": "abcd",
-                   "key_changed": false, "accepted": false})
+                   "key_changed": false, "accepted": false, "record": null})
         );
     }
 

@@ -32,7 +32,7 @@ use smvs_schema::{canonical, ErrorCode, HostAddress, Username};
 
 use crate::error::HostError;
 use crate::events::Events;
-use crate::model::{Contact, HostEvent, PendingKey, Status};
+use crate::model::{Contact, Evidence, HostEvent, PendingKey, Status};
 use crate::storage::Storage;
 
 /// How long a directory call may take before the link is considered dead.
@@ -70,6 +70,8 @@ pub struct Verification {
     pub transcript_hash: String,
     pub key_changed: bool,
     pub accepted: bool,
+    /// The signed record the pinned identity came from, to show others.
+    pub evidence: Option<Evidence>,
 }
 
 pub struct Trust {
@@ -126,6 +128,9 @@ pub enum Judgement {
     /// accepts it. `first_seen` is false when that same change is already pending (nothing to
     /// write, no second alarm).
     KeyChanged { contact: Contact, first_seen: bool },
+    /// The same identity at a lower serial than we acted on: the directory re-served an old
+    /// record. The pinned contact is kept as it is, and the alarm is raised.
+    Rollback(Contact),
 }
 
 /// The trust rules, as a pure function of what we stored and what the directory says.
@@ -150,13 +155,18 @@ pub fn judge(stored: Option<Contact>, record: &VerifiedRecord, request: bool) ->
             first_seen,
         };
     }
-    // A record older than what we pinned (a replay, or a lagging directory) changes nothing.
     if user.serial > contact.serial {
         contact.transport_key = user.transport_key;
         contact.host_address = user.host_address.clone();
         contact.serial = user.serial;
         contact.pending = None;
+        contact.evidence = Some(Evidence::of(record));
         return Judgement::Update(contact);
+    }
+    // A record older than one the directory served before changes nothing, and is an alarm.
+    // (Serial 0 is what accepting a changed key leaves, to take whatever comes next.)
+    if user.serial < contact.serial {
+        return Judgement::Rollback(contact);
     }
     Judgement::Unchanged(contact)
 }
@@ -424,6 +434,12 @@ impl Trust {
         let stored = self.contact(peer).await?;
         let contact = match judge(stored, &record, request) {
             Judgement::Unchanged(contact) => contact,
+            Judgement::Rollback(contact) => {
+                smvs_service::security_event!(error, smvs_service::logging::DIRECTORY_ROLLBACK, peer = %peer, served = record.user.serial, before = contact.serial, "the directory served an older record of a contact than before; keeping the newer one");
+                self.events
+                    .publish(HostEvent::DirectoryAlarm { peer: peer.clone() });
+                contact
+            }
             Judgement::Pin(contact) | Judgement::Update(contact) => {
                 self.put_contact(contact.clone()).await?;
                 contact
@@ -502,6 +518,7 @@ impl Trust {
             transcript_hash: hex::encode(transcript_hash),
             key_changed: contact.pending.is_some(),
             accepted,
+            evidence: contact.evidence.clone(),
         })
     }
 
@@ -635,8 +652,16 @@ mod tests {
         let replayed = record("bob", id, 2, "10.9.9.9:1");
         assert_eq!(
             judge(Some(pinned.clone()), &replayed, false),
+            Judgement::Rollback(pinned.clone()),
+            "an older record is an alarm and changes nothing"
+        );
+        let same = record("bob", id, 3, "127.0.0.2:7421");
+        assert_eq!(
+            judge(Some(pinned.clone()), &same, false),
             Judgement::Unchanged(pinned)
         );
+        // What a newer record says is kept as evidence.
+        assert_eq!(c.evidence, Some(Evidence::of(&moved)));
     }
 
     #[test]

@@ -372,3 +372,47 @@ fn the_hash_chain_marks_gaps_and_late_messages() {
         }
     }
 }
+
+/// Review finding 8: a host keeps the signed directory record it pinned a contact from, and
+/// `verify --json` exports it, so a user can prove what the directory said: the signature
+/// checks out under the directory's key and the record names the contact, while an altered
+/// record does not.
+#[test]
+fn verify_exports_the_signed_record_the_contact_was_pinned_from() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    alice.send("bob", "hello").unwrap();
+    let v = alice.ctl_json(&["verify", "bob"]).unwrap();
+    let record = &v["record"];
+    assert_eq!(record["directory_key"], dir.key.to_hex().as_str(), "{v}");
+    let bytes = hex::decode(record["record"].as_str().unwrap()).unwrap();
+    let signature = hex::decode(record["signature"].as_str().unwrap()).unwrap();
+    let check = |bytes: &[u8]| {
+        let mut message = capnp::message::Builder::new_default();
+        let mut signed =
+            message.init_root::<smvs_schema::common_capnp::signed_record::Builder<'_>>();
+        signed.set_record(bytes);
+        signed.set_signature(&signature);
+        smvs_directory::record::verify_record(
+            signed.into_reader(),
+            &dir.key,
+            Some(&Username::parse("bob").unwrap()),
+        )
+    };
+    let verified = check(&bytes).unwrap();
+    // It is bob's identity, the one whose safety number verify shows.
+    let fingerprint = smvs_crypto::fingerprint("bob", &verified.user.identity).unwrap();
+    let contacts = alice.ctl_json(&["contacts"]).unwrap();
+    assert_eq!(contacts[0]["fingerprint"], fingerprint.as_str());
+    assert!(record["issued_at"].as_i64().unwrap() > 0);
+    let mut altered = bytes.clone();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    assert!(
+        check(&altered).is_err(),
+        "an altered record does not verify"
+    );
+}

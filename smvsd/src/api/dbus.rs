@@ -552,6 +552,10 @@ impl Daemon1 {
     #[zbus(signal)]
     async fn key_changed(emitter: &SignalEmitter<'_>, peer: &str) -> zbus::Result<()>;
 
+    /// The directory served `peer`'s record older than one it served before.
+    #[zbus(signal)]
+    async fn directory_alarm(emitter: &SignalEmitter<'_>, peer: &str) -> zbus::Result<()>;
+
     #[zbus(signal)]
     async fn integrity_problem(
         emitter: &SignalEmitter<'_>,
@@ -669,6 +673,13 @@ async fn forward(
                     desktop_notify(&connection, "Security: key changed", &body).await;
                 }
                 Daemon1::key_changed(&emitter, peer.as_str()).await
+            }
+            HostEvent::DirectoryAlarm { peer } => {
+                if notify != NotifyMode::Off {
+                    let body = format!("The directory served an old record of {peer}. Compare safety numbers before you write again.");
+                    desktop_notify(&connection, "Security: directory alarm", &body).await;
+                }
+                Daemon1::directory_alarm(&emitter, peer.as_str()).await
             }
             HostEvent::IntegrityProblem { id, peer, .. } => {
                 Daemon1::integrity_problem(&emitter, &id.to_hex(), peer.as_str()).await

@@ -362,6 +362,12 @@ impl host::Server for HostRpc {
         b.set_transcript_hash(&v.transcript_hash);
         b.set_key_changed(v.key_changed);
         b.set_accepted(v.accepted);
+        if let Some(e) = &v.evidence {
+            b.set_record(&e.record_bytes);
+            b.set_record_signature(&e.signature);
+            b.set_directory_key(&e.directory_key);
+            b.set_record_issued_at(e.issued_at);
+        }
         Ok(())
     }
 
@@ -511,6 +517,10 @@ fn write_event(b: event::Builder<'_>, e: &HostEvent) {
         HostEvent::KeyChanged { peer } => {
             let mut b = b;
             b.set_key_changed(peer.as_str());
+        }
+        HostEvent::DirectoryAlarm { peer } => {
+            let mut b = b;
+            b.set_directory_alarm(peer.as_str());
         }
         HostEvent::Deleted { id, peer } => {
             let mut r = b.init_deleted();

@@ -20,6 +20,30 @@ pub struct Contact {
     pub pending: Option<PendingKey>,
     /// Not a contact yet: first heard from while contacts-only mode was on.
     pub request: bool,
+    /// The signed directory record this contact was pinned or last updated from: evidence of
+    /// what the directory said, which anyone with its key can check.
+    pub evidence: Option<Evidence>,
+}
+
+/// A directory's signed statement about a user, kept as it came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    pub record_bytes: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub directory_key: [u8; 32],
+    /// Unix ms.
+    pub issued_at: i64,
+}
+
+impl Evidence {
+    pub fn of(record: &VerifiedRecord) -> Evidence {
+        Evidence {
+            record_bytes: record.record_bytes.clone(),
+            signature: record.signature.as_bytes().to_vec(),
+            directory_key: *record.directory_key.as_bytes(),
+            issued_at: record.issued_at,
+        }
+    }
 }
 
 /// A changed identity (and the host key that came with it), waiting for the user.
@@ -41,6 +65,7 @@ impl Contact {
             blocked: false,
             pending: None,
             request,
+            evidence: Some(Evidence::of(record)),
         }
     }
 

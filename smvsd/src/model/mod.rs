@@ -7,7 +7,7 @@ pub mod contact;
 use smvs_schema::Username;
 
 pub use calls::{CallId, CallInfo, CallSignal, CallState, Media, SignalKind};
-pub use contact::{Contact, PendingKey};
+pub use contact::{Contact, Evidence, PendingKey};
 pub use smvs_schema::{Integrity, MessageId, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +137,10 @@ pub enum HostEvent {
         status: Status,
     },
     KeyChanged {
+        peer: Username,
+    },
+    /// The directory served `peer`'s record with a lower serial than before (a rollback).
+    DirectoryAlarm {
         peer: Username,
     },
     IntegrityProblem {

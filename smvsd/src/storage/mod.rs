@@ -28,8 +28,8 @@ pub use crypt::AtRest;
 
 use crate::error::{HostError, IncomingError};
 use crate::model::{
-    message_hash, Contact, Direction, FailReason, Integrity, MessageId, Payload, PendingKey,
-    Status, StoredMessage,
+    message_hash, Contact, Direction, Evidence, FailReason, Integrity, MessageId, Payload,
+    PendingKey, Status, StoredMessage,
 };
 
 #[derive(Debug, Error)]
@@ -208,6 +208,17 @@ struct ContactRecord {
     pending_identity: Option<String>,
     pending_transport_key: Option<String>,
     request: bool,
+    /// Hex of the record, its signature and the directory's key (absent in older rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    evidence: Option<EvidenceRecord>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EvidenceRecord {
+    record: String,
+    signature: String,
+    directory_key: String,
+    issued_at: i64,
 }
 
 impl ContactRecord {
@@ -225,6 +236,12 @@ impl ContactRecord {
                 .map(|p| hex::encode(p.identity.to_bytes())),
             pending_transport_key: c.pending.as_ref().map(|p| p.transport_key.to_hex()),
             request: c.request,
+            evidence: c.evidence.as_ref().map(|e| EvidenceRecord {
+                record: hex::encode(&e.record_bytes),
+                signature: hex::encode(&e.signature),
+                directory_key: hex::encode(e.directory_key),
+                issued_at: e.issued_at,
+            }),
         }
     }
 
@@ -248,6 +265,20 @@ impl ContactRecord {
             blocked: self.blocked,
             pending,
             request: self.request,
+            evidence: self
+                .evidence
+                .map(|e| -> Result<Evidence> {
+                    let bytes = |h: &str| hex::decode(h).map_err(|_| corrupt("evidence"));
+                    Ok(Evidence {
+                        record_bytes: bytes(&e.record)?,
+                        signature: bytes(&e.signature)?,
+                        directory_key: bytes(&e.directory_key)?
+                            .try_into()
+                            .map_err(|_| corrupt("evidence key"))?,
+                        issued_at: e.issued_at,
+                    })
+                })
+                .transpose()?,
         })
     }
 }
