@@ -106,7 +106,7 @@ impl Host {
         let storage_key = keyguard.derive_storage_key().await.map_err(kg_err)?;
         let storage = Storage::open(&state.join("host.db"), storage_key)?;
         let me = registered_user(&storage, &keyguard, &config).await?;
-        let keyguard = Rc::new(keyguard);
+        let keyguard = Rc::new(crate::guard::Guard::new(keyguard));
 
         let listen_error = |what: String| move |source| DaemonError::Listen { what, source };
         let peer_listener = tokio::net::TcpListener::bind(config.listen)

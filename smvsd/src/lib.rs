@@ -4,14 +4,15 @@
 //! Noise + Cap'n Proto, keeps them while those hosts are away, and serves the user's devices on
 //! a Unix socket and D-Bus. The identity's secret keys stay in smvs-keyguard.
 //!
-//! Layers (bottom to top): model, error | config, cli, session, storage, events, trust, sessions, outbox, calls, inbox, commands, api, daemon
+//! Layers (bottom to top): model, error | config, cli, session, storage | guard, events, trust, sessions, outbox, calls, inbox, commands, api, daemon
 //!
 //! Each module names only modules below it (a test in `smvs-tests` checks this line against the
 //! imports, and fails on an import that points up or sideways):
 //! - [`model`]: the vocabulary — ids, statuses, contacts, calls, events. Plain data.
 //! - [`error`], [`config`]: errors as devices and peers see them; settings. [`cli`] above them.
 //! - [`session`]: pure sealing and opening of envelopes, and the inner message's wire codec.
-//! - [`storage`]: the encrypted database, on its own thread.
+//! - [`storage`]: the encrypted database, on its own thread; [`guard`]: the key guard link,
+//!   made again when the key guard comes back.
 //! - [`events`]: the device hub, and the handle owners publish through.
 //! - The owners, each the only one to change its state: [`trust`] (our user, the directory,
 //!   pinned contacts), [`sessions`] (session keys), [`outbox`] (delivery and "sent"),
@@ -31,6 +32,8 @@ pub mod error;
 pub mod session;
 
 pub mod storage;
+
+pub mod guard;
 
 pub mod events;
 

@@ -11,19 +11,19 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use smvs_crypto::IdentityBundle;
-use smvs_keyguard::client::KeyguardClient;
 use smvs_schema::Username;
 
 use crate::error::HostError;
+use crate::guard::Guard;
 use crate::session::{self, SessionKeys};
 
 pub struct Sessions {
-    keyguard: Rc<KeyguardClient>,
+    keyguard: Rc<Guard>,
     keys: RefCell<HashMap<Username, (IdentityBundle, Rc<SessionKeys>)>>,
 }
 
 impl Sessions {
-    pub fn new(keyguard: Rc<KeyguardClient>) -> Sessions {
+    pub fn new(keyguard: Rc<Guard>) -> Sessions {
         Sessions {
             keyguard,
             keys: RefCell::new(HashMap::new()),

@@ -27,11 +27,11 @@ use std::time::{Duration, Instant};
 
 use smvs_crypto::{AgreementKeyPair, IdentityBundle, SignContext, SigningPublicKey};
 use smvs_directory::{DirectoryClient, Registration, VerifiedRecord};
-use smvs_keyguard::client::KeyguardClient;
 use smvs_schema::{canonical, ErrorCode, HostAddress, Username};
 
 use crate::error::HostError;
 use crate::events::Events;
+use crate::guard::Guard;
 use crate::model::{Contact, Evidence, HostEvent, PendingKey, Status};
 use crate::storage::Storage;
 
@@ -78,7 +78,7 @@ pub struct Trust {
     directory_config: DirectoryConfig,
     /// The host's Noise key: certified at registration, and what directory links present.
     transport: Rc<AgreementKeyPair>,
-    keyguard: Rc<KeyguardClient>,
+    keyguard: Rc<Guard>,
     storage: Storage,
     events: Events,
     me: RefCell<Option<Me>>,
@@ -196,7 +196,7 @@ impl Trust {
     pub fn new(
         directory_config: DirectoryConfig,
         transport: Rc<AgreementKeyPair>,
-        keyguard: Rc<KeyguardClient>,
+        keyguard: Rc<Guard>,
         storage: Storage,
         events: Events,
         me: Option<Me>,

@@ -136,6 +136,11 @@ impl Daemon {
 
     /// SIGKILL, as a crash or the OOM killer would, and waits for the process to be gone.
     pub fn kill(mut self) -> anyhow::Result<()> {
+        self.crash()
+    }
+
+    /// As [`Daemon::kill`], keeping the `Daemon` (its log stays readable).
+    pub fn crash(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
             child.kill()?;
             child.wait()?;

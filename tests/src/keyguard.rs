@@ -73,6 +73,20 @@ impl KeyguardProcess {
         Self::start_in(dir, extra)
     }
 
+    /// Kills keyguard with SIGKILL, as a crash would (its socket file stays behind).
+    pub fn crash(&mut self) -> anyhow::Result<()> {
+        self.daemon.crash()
+    }
+
+    /// Starts keyguard again on the same key directory and socket, after [`Self::crash`].
+    pub fn start_again(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        let mut args = server_args(&self.key_dir, &self.socket);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let log = self.dir.path().join("keyguard-again.log");
+        self.daemon = Daemon::start("smvs-keyguard", &binary("smvs-keyguard")?, &args, &log, &[])?;
+        Ok(())
+    }
+
     /// A client connected as the test's own uid. Call inside a `LocalSet`.
     pub async fn client(&self) -> anyhow::Result<KeyguardClient> {
         KeyguardClient::connect(&self.socket)

@@ -372,3 +372,49 @@ fn messages_queued_for_a_contact_who_deregisters_fail_with_the_reason() {
     let late = history.iter().find(|m| m["id"] == late.as_str()).unwrap();
     assert_eq!(late["reason"], "unknown-user", "{late}");
 }
+
+/// Hardening: the key guard dies while smvsd runs (a crash; its socket stays behind). The host
+/// says so clearly, keeps serving what does not need the key guard, keeps the message it
+/// accepted, and carries on once the key guard is back — without a restart of smvsd.
+#[test]
+fn a_key_guard_that_dies_and_comes_back_is_used_again_without_a_restart() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    let smvsd_pid = alice.pid();
+
+    alice.keyguard.crash().unwrap();
+    // Writing to bob for the first time needs the key guard (the session keys come from the
+    // identity); the message is taken all the same, and waits.
+    let id = alice.send("bob", "while the key guard is down").unwrap();
+    let status = alice.ctl_json(&["status"]).unwrap();
+    assert_eq!(status["queued"], 1, "{status}");
+    assert!(alice
+        .history("bob")
+        .unwrap()
+        .iter()
+        .all(|m| m["status"] == "queued"));
+    // Something that needs the key guard now fails, naming it.
+    let out = alice.ctl(&["register", "alice2"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let logs = alice.logs();
+    assert!(
+        logs.contains("key guard connection was lost") || logs.contains("keyguard at"),
+        "the log says what is wrong:\n{logs}"
+    );
+
+    alice.keyguard.start_again(&[]).unwrap();
+    let history = alice
+        .wait_history("bob", Duration::from_secs(30), |h| {
+            h.iter()
+                .any(|m| m["id"] == id.as_str() && m["status"] == "delivered")
+        })
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+    assert_eq!(alice.pid(), smvsd_pid, "smvsd was not restarted");
+    assert!(alice.logs().contains("connected to the key guard again"));
+}

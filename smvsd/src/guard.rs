@@ -1,0 +1,107 @@
+//! The link to the key guard, made again when the key guard went away.
+//!
+//! The key guard may be restarted (an upgrade, a crash) while smvsd runs. Every call here goes
+//! over the current connection; a call that finds the connection gone drops it, connects again
+//! and tries once more, so the host carries on without a restart once the key guard is back.
+//! Until then the call fails with the key guard's own error (which names its socket), and the
+//! host keeps serving everything that does not need the key guard: messages stay queued, reads
+//! work.
+//!
+//! Owns: the one connection. Serializes: nothing needs to; two calls that both find the link
+//! gone both reconnect, and the second connection replaces the first.
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Duration;
+
+use smvs_crypto::{AeadKey, AgreementPublicKey, IdentityBundle, SignContext, Signature};
+use smvs_keyguard::client::{KeyguardClient, KeyguardError};
+
+/// How long connecting to the key guard may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Guard {
+    path: PathBuf,
+    client: RefCell<Option<Rc<KeyguardClient>>>,
+}
+
+/// Whether `e` means the connection is gone (as opposed to a refusal of the request).
+fn link_lost(e: &KeyguardError) -> bool {
+    matches!(
+        e,
+        KeyguardError::Disconnected { .. }
+            | KeyguardError::Rpc { .. }
+            | KeyguardError::Connect { .. }
+    )
+}
+
+impl Guard {
+    pub fn new(client: KeyguardClient) -> Guard {
+        Guard {
+            path: client.path().to_owned(),
+            client: RefCell::new(Some(Rc::new(client))),
+        }
+    }
+
+    async fn client(&self) -> Result<Rc<KeyguardClient>, KeyguardError> {
+        if let Some(c) = self.client.borrow().as_ref() {
+            return Ok(c.clone());
+        }
+        let connecting = KeyguardClient::connect(&self.path);
+        let client = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(connected) => Rc::new(connected?),
+            Err(_) => {
+                return Err(KeyguardError::Connect {
+                    path: self.path.clone(),
+                    source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+                })
+            }
+        };
+        tracing::info!(keyguard = %self.path.display(), "connected to the key guard again");
+        *self.client.borrow_mut() = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Runs `call` on the connection; if the connection turns out to be gone, once more on a
+    /// new one.
+    async fn with_client<T, F, Fut>(&self, call: F) -> Result<T, KeyguardError>
+    where
+        F: Fn(Rc<KeyguardClient>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, KeyguardError>>,
+    {
+        let first = call(self.client().await?).await;
+        match first {
+            Err(e) if link_lost(&e) => {
+                tracing::warn!(error = %e, "the key guard connection was lost; connecting again");
+                self.client.borrow_mut().take();
+                call(self.client().await?).await
+            }
+            other => other,
+        }
+    }
+
+    pub async fn create_identity(&self) -> Result<IdentityBundle, KeyguardError> {
+        self.with_client(|c| async move { c.create_identity().await })
+            .await
+    }
+
+    pub async fn sign(
+        &self,
+        context: SignContext,
+        message: &[u8],
+    ) -> Result<Signature, KeyguardError> {
+        self.with_client(|c| async move { c.sign(context, message).await })
+            .await
+    }
+
+    pub async fn derive_shared_key(
+        &self,
+        peer: &AgreementPublicKey,
+        salt: &[u8],
+        info: &[u8],
+    ) -> Result<AeadKey, KeyguardError> {
+        self.with_client(|c| async move { c.derive_shared_key(peer, salt, info).await })
+            .await
+    }
+}
