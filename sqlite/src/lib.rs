@@ -28,14 +28,26 @@ struct Job {
 }
 
 /// The storage thread stopped, or could not commit (the caller must treat the request as not
-/// done).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerGone;
+/// done). `disk_full` says the commit failed because the disk (or the database's quota) is
+/// full, which the caller may tell its user in plain words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerGone {
+    pub disk_full: bool,
+}
 
 impl std::fmt::Display for WorkerGone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the storage thread stopped or could not commit")
+        if self.disk_full {
+            f.write_str("the database could not commit: the disk is full")
+        } else {
+            f.write_str("the storage thread stopped or could not commit")
+        }
     }
+}
+
+/// Whether `e` is SQLite saying the disk (or its quota) is full.
+fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 impl std::error::Error for WorkerGone {}
@@ -44,16 +56,24 @@ impl std::error::Error for WorkerGone {}
 #[derive(Clone)]
 pub struct SqliteWorker {
     jobs: mpsc::Sender<Job>,
+    /// Set by the storage thread when its last failed commit failed for a full disk, before it
+    /// drops that batch's replies; cleared by the next commit that succeeds.
+    disk_full: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SqliteWorker {
     /// Moves `conn` to a new thread named `name`, with room for `queue` waiting jobs.
     pub fn start(conn: Connection, name: &str, queue: usize) -> std::io::Result<SqliteWorker> {
         let (tx, rx) = mpsc::channel(queue.max(1));
+        let disk_full = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = disk_full.clone();
         std::thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || run(conn, rx))?;
-        Ok(SqliteWorker { jobs: tx })
+            .spawn(move || run(conn, rx, &flag))?;
+        Ok(SqliteWorker {
+            jobs: tx,
+            disk_full,
+        })
     }
 
     /// Runs `f` on the storage thread inside the current batch's transaction and returns its
@@ -120,13 +140,18 @@ impl SqliteWorker {
         self.jobs
             .send(Job { work, alone })
             .await
-            .map_err(|_| E::from(WorkerGone))?;
+            .map_err(|_| E::from(WorkerGone::default()))?;
         queued();
-        answer.await.map_err(|_| E::from(WorkerGone))?
+        answer.await.map_err(|_| {
+            E::from(WorkerGone {
+                disk_full: self.disk_full.load(std::sync::atomic::Ordering::SeqCst),
+            })
+        })?
     }
 }
 
-fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
+fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, disk_full: &std::sync::atomic::AtomicBool) {
+    use std::sync::atomic::Ordering;
     let mut waiting: Option<Job> = None;
     loop {
         let first = match waiting.take() {
@@ -180,9 +205,11 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>) {
         if let Err(e) = conn.execute_batch("COMMIT") {
             tracing::error!(error = %e, "database: commit failed; the batch is not stored");
             let _ = conn.execute_batch("ROLLBACK");
+            disk_full.store(is_disk_full(&e), Ordering::SeqCst);
             // Dropping the replies tells every caller WorkerGone: nothing claims success.
             continue;
         }
+        disk_full.store(false, Ordering::SeqCst);
         for reply in replies {
             reply();
         }

@@ -418,3 +418,120 @@ fn a_key_guard_that_dies_and_comes_back_is_used_again_without_a_restart() {
     assert_eq!(alice.pid(), smvsd_pid, "smvsd was not restarted");
     assert!(alice.logs().contains("connected to the key guard again"));
 }
+
+/// A tmpfs of `size` mounted on a fresh private directory, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::Builder::new()
+            .prefix("smvs-disk-")
+            .tempdir()
+            .unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs (this test needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    /// Fills the disk with one file, up to the last byte it takes.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while file.write_all(&chunk).is_ok() {}
+        let small = vec![0u8; 512];
+        while file.write_all(&small).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Hardening: the host's state on a disk that fills up. `send` fails with a clear error once
+/// the disk is full and nothing half-written stays; everything accepted before is kept and
+/// delivered; reads keep working; once space is freed, sends work again. No restart.
+#[test]
+fn a_full_disk_refuses_sends_clearly_keeps_what_was_accepted_and_recovers() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    alice.send("bob", "before").unwrap();
+    bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+    // Alice's state moves to a 4 MiB disk; bob goes away, so what she sends stays queued.
+    alice.stop().unwrap();
+    bob.stop().unwrap();
+    let disk = SmallDisk::mount("4m");
+    for entry in std::fs::read_dir(&alice.state_dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), disk.dir.path().join(entry.file_name())).unwrap();
+    }
+    alice.state_dir = disk.dir.path().to_path_buf();
+    alice.start_again().unwrap();
+    let queued_before = alice.send("bob", "queued before the disk filled").unwrap();
+
+    let filler = disk.fill();
+    let mut refused = None;
+    for i in 0..50 {
+        let out = alice
+            .ctl(&["send", "bob", &format!("{i} {}", "x".repeat(4000))])
+            .unwrap();
+        if !out.status.success() {
+            refused = Some(out);
+            break;
+        }
+    }
+    let refused = refused.expect("a send fails once the disk is full");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("disk is full"), "{stderr}");
+    // Reads are served, and what was accepted is there.
+    let history = alice.history("bob").unwrap();
+    assert!(history.iter().any(|m| m["id"] == queued_before.as_str()));
+    let accepted: Vec<String> = history.iter().map(|m| m["id"].to_string()).collect();
+
+    // Space comes back: sends work again, and everything accepted reaches bob once.
+    std::fs::remove_file(filler).unwrap();
+    let after = alice.send("bob", "after the disk was freed").unwrap();
+    bob.start_again().unwrap();
+    let got = bob
+        .wait_history("alice", Duration::from_secs(60), |h| {
+            h.iter().any(|m| m["id"] == after.as_str())
+        })
+        .unwrap();
+    for id in &accepted {
+        assert_eq!(
+            got.iter().filter(|m| m["id"].to_string() == *id).count(),
+            1,
+            "{id} reached bob once"
+        );
+    }
+    assert!(alice.is_running(), "smvsd kept running");
+    alice.stop().unwrap();
+}

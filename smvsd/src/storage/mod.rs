@@ -46,6 +46,8 @@ pub enum StorageError {
     Migration(String),
     #[error("another reader holds the database: deleted messages are gone from it, but their old pages are not yet wiped from the write-ahead log (they will be at the next checkpoint)")]
     CheckpointBusy,
+    #[error("the disk is full: nothing of the request was stored")]
+    DiskFull,
 }
 
 /// What a device hears when storage fails: a full disk is said plainly (`storage`); anything
@@ -78,14 +80,23 @@ impl From<StorageError> for IncomingError {
 impl StorageError {
     /// The disk (or the database's quota) is full: nothing of the job was written.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::DiskFull)
+        match self {
+            StorageError::DiskFull => true,
+            StorageError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
     }
 }
 
 impl From<smvs_sqlite::WorkerGone> for StorageError {
-    fn from(_: smvs_sqlite::WorkerGone) -> Self {
-        StorageError::Gone
+    fn from(e: smvs_sqlite::WorkerGone) -> Self {
+        if e.disk_full {
+            StorageError::DiskFull
+        } else {
+            StorageError::Gone
+        }
     }
 }
 
