@@ -514,7 +514,10 @@ fn a_full_disk_refuses_sends_clearly_keeps_what_was_accepted_and_recovers() {
     // Reads are served, and what was accepted is there.
     let history = alice.history("bob").unwrap();
     assert!(history.iter().any(|m| m["id"] == queued_before.as_str()));
-    let accepted: Vec<String> = history.iter().map(|m| m["id"].to_string()).collect();
+    let accepted: Vec<String> = history
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
 
     // Space comes back: sends work again, and everything accepted reaches bob once.
     std::fs::remove_file(filler).unwrap();
@@ -527,7 +530,7 @@ fn a_full_disk_refuses_sends_clearly_keeps_what_was_accepted_and_recovers() {
         .unwrap();
     for id in &accepted {
         assert_eq!(
-            got.iter().filter(|m| m["id"].to_string() == *id).count(),
+            got.iter().filter(|m| m["id"] == id.as_str()).count(),
             1,
             "{id} reached bob once"
         );
