@@ -900,9 +900,9 @@ impl Storage {
         let mut hashes: Vec<[u8; 32]> = history
             .iter()
             .map(|m| message_hash(&m.id, &m.from, &m.to, m.time, &m.prev_hash, &m.payload))
-            .collect();
+            .collect::<std::result::Result<_, _>>()?;
         hashes.sort_unstable();
-        Ok(smvs_crypto::blake2b_256(&hashes.concat()))
+        Ok(smvs_crypto::blake2b_256(&hashes.concat())?)
     }
 }
 
@@ -925,7 +925,7 @@ fn named_by_a_gap(c: &Connection, key: &AeadKey, tag: &[u8], msg: &StoredMessage
         msg.time,
         &msg.prev_hash,
         &msg.payload,
-    );
+    )?;
     let mut stmt = c.prepare_cached(
         "SELECT id, direction, status, integrity, sealed, reason FROM messages
          WHERE tag = ?1 AND direction = 1 AND integrity = ?2 ORDER BY seq DESC LIMIT ?3",
@@ -1006,7 +1006,7 @@ fn insert_message(
         msg.time,
         &msg.prev_hash,
         &msg.payload,
-    );
+    )?;
     c.prepare_cached(
         "INSERT INTO messages (tag, id, direction, status, integrity, stored_at, hash, sealed, control)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
