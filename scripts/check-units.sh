@@ -6,7 +6,8 @@
 #      unit (--user cannot take --root: its ExecStart= paths are mapped into the tree instead).
 #   2. `systemd-analyze security --offline=true` gives an overall exposure of at most 2.0 for
 #      smvsd.service and at most 1.0 for smvs-keyguard.service (both printed).
-#   3. As root: systemd-sysusers and systemd-tmpfiles --create applied to the tree make the
+#   3. Every unit, system and user, sets LimitCORE=0: the processes hold keys and plaintext.
+#   4. As root: systemd-sysusers and systemd-tmpfiles --create applied to the tree make the
 #      users every unit names, and the state and runtime directories with the right owners
 #      and modes.
 #
@@ -90,7 +91,13 @@ for pair in "smvsd.service $MAX_EXPOSURE_SMVSD" "smvs-keyguard.service $MAX_EXPO
     fi
 done
 
-# 3. sysusers and tmpfiles, applied to the tree (chown needs root).
+# 3. no core files
+for f in "$units"/*.service "$user_units"/*.service; do
+    grep -qx 'LimitCORE=0' "$f" || fail "$(basename "$(dirname "$f")")/$(basename "$f") lacks LimitCORE=0"
+done
+pass "LimitCORE=0 in every unit: $(cd "$units" && echo *.service) user/{$(cd "$user_units" && echo *.service | tr ' ' ,)}"
+
+# 4. sysusers and tmpfiles, applied to the tree (chown needs root).
 if [[ $(id -u) -ne 0 ]]; then
     echo "check-units: skipped sysusers/tmpfiles (needs root)"
     echo "check-units: $passed passed, 0 failed, 1 skipped"

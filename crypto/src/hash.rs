@@ -53,14 +53,13 @@ pub fn blake2b(
 }
 
 /// Unkeyed 256-bit BLAKE2b of one byte string.
-pub fn blake2b_256(data: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    // 32 bytes and no key are always in range, so this cannot fail once libsodium is up; a
-    // failed init leaves the all-zero value, which no caller treats as a valid digest of data.
-    if let Ok(v) = blake2b(32, None, &[data]) {
-        out.copy_from_slice(&v);
-    }
-    out
+///
+/// It fails when libsodium does (its initialisation, above all). A placeholder value instead
+/// would be the same for every input: two token digests would match, two messages would chain
+/// alike. So there is no digest without the hash.
+pub fn blake2b_256(data: &[u8]) -> Result<[u8; 32], CryptoError> {
+    let v = blake2b(32, None, &[data])?;
+    <[u8; 32]>::try_from(v.as_slice()).map_err(|_| CryptoError::Kdf("BLAKE2b output length"))
 }
 
 /// An HKDF-SHA256 pseudorandom key (the output of extract).
@@ -164,6 +163,18 @@ mod tests {
             hex::encode(out),
             "ba80a53f981c4d0d6a2797b69f12f6e94c212f14685ac4b74b12bb6fdbffa2d17d87c5392aab792dc252d5de4533cc9518d38aa8dbf1925ab92386edd4009923"
         );
+    }
+
+    /// BLAKE2b-256("abc") (the RFC 7693 reference code with a 32-byte output), as a `Result`:
+    /// a failure is an error the caller must handle, never a digest.
+    #[test]
+    fn blake2b_256_is_a_result_and_the_right_digest() {
+        let digest: Result<[u8; 32], CryptoError> = blake2b_256(b"abc");
+        assert_eq!(
+            hex::encode(digest.unwrap()),
+            "bddd813c634239723171ef3fee98579b94964e3bb1cb3e427262c8c068d52319"
+        );
+        assert_ne!(blake2b_256(b"").unwrap(), [0u8; 32]);
     }
 
     #[test]

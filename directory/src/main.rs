@@ -33,6 +33,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    // Before the signing key is read.
+    smvs_service::harden::no_core_dumps()?;
     let config = DirectoryConfig {
         listen: cli.listen,
         db: cli.db,

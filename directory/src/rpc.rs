@@ -49,6 +49,12 @@ fn host_address(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<HostAddress
         .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))
 }
 
+/// The digest a token is stored and looked up by. A hashing failure refuses the request: a
+/// placeholder digest would be the same for every token.
+fn digest(token: &[u8]) -> Result<[u8; 32], Refusal> {
+    blake2b_256(token).map_err(Refusal::internal)
+}
+
 fn store_refusal(e: StoreError) -> Refusal {
     match e {
         StoreError::Taken => Refusal::new(ErrorCode::Taken, "username is already registered"),
@@ -225,7 +231,7 @@ impl directory::Server for DirectoryRpc {
             Some(user) => {
                 self.shared
                     .store
-                    .put_token(blake2b_256(&token), &name, expires_at, now)
+                    .put_token(digest(&token)?, &name, expires_at, now)
                     .await
                     .map_err(store_refusal)?;
                 seal(&user.identity.agreement_key, &plaintext)
@@ -235,7 +241,7 @@ impl directory::Server for DirectoryRpc {
                 // time): the digest of a token nobody will ever see, which expires unused.
                 self.shared
                     .store
-                    .put_token(blake2b_256(&random_array::<32>()), &name, expires_at, now)
+                    .put_token(digest(&random_array::<32>())?, &name, expires_at, now)
                     .await
                     .map_err(store_refusal)?;
                 let throwaway = AgreementKeyPair::generate().map_err(Refusal::internal)?;
@@ -263,7 +269,7 @@ impl directory::Server for DirectoryRpc {
         let valid = self
             .shared
             .store
-            .take_token(blake2b_256(&token), &name, now_ms())
+            .take_token(digest(&token)?, &name, now_ms())
             .await
             .map_err(store_refusal)?;
         if !valid {

@@ -8,6 +8,11 @@ use smvsd::cli::{settle, Cli};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     smvs_service::logging::init();
+    // Before the storage key, session keys or any plaintext can be in memory.
+    if let Err(e) = smvs_service::harden::no_core_dumps() {
+        eprintln!("smvsd: {e}");
+        return ExitCode::from(1);
+    }
     let config = match settle(cli) {
         Ok(c) => c,
         Err(e) => {

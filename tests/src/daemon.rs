@@ -189,3 +189,32 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// Checks that process `pid` cannot leave a core file: its core file size limit is 0 (soft and
+/// hard), and it is non-dumpable. The kernel has no `/proc` line for "dumpable"; what it shows
+/// is that a non-dumpable process's `/proc/PID` belongs to root. That is only visible when the
+/// process runs as another uid, so for a process running as root only the limit is checked.
+pub fn check_no_core_dumps(pid: u32) -> anyhow::Result<()> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .ok_or_else(|| anyhow!("no core limit in /proc/{pid}/limits:\n{limits}"))?;
+    // "Max core file size  <soft>  <hard>  bytes"
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    if fields.get(4..6) != Some(&["0", "0"][..]) {
+        bail!("process {pid} may dump core: {core}");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uid: u32 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().next())
+        .ok_or_else(|| anyhow!("no Uid line in /proc/{pid}/status"))?
+        .parse()?;
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(format!("/proc/{pid}"))?);
+    if uid != 0 && owner != 0 {
+        bail!("process {pid} (uid {uid}) is dumpable: /proc/{pid} belongs to uid {owner}");
+    }
+    Ok(())
+}

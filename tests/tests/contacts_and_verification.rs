@@ -215,6 +215,7 @@ impl Link {
             &self.prev,
             &Payload::Text(self.text.clone()),
         )
+        .unwrap()
         .to_vec()
     }
 

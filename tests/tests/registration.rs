@@ -241,7 +241,7 @@ async fn tokens_are_single_use_and_bound_to_the_user(backend: Backend) {
     // Expired tokens are refused at the store (the 60 s clock is not waited for here).
     let store = Store::open(&dir.db).await.unwrap();
     let name = Username::parse("alice").unwrap();
-    let digest = smvs_crypto::blake2b_256(b"an old token");
+    let digest = smvs_crypto::blake2b_256(b"an old token").unwrap();
     store
         .put_token(digest, &name, now - 1, now - 60_000)
         .await
@@ -637,7 +637,7 @@ async fn suite(store: Store) {
 
     // Tokens: single use, bound to the user, expiry honoured.
     let now = smvs_directory::clock::now_ms();
-    let t = smvs_crypto::blake2b_256(b"token");
+    let t = smvs_crypto::blake2b_256(b"token").unwrap();
     store.put_token(t, &name, now + 60_000, now).await.unwrap();
     assert!(!store
         .take_token(t, &Username::parse("bob").unwrap(), now)
@@ -646,7 +646,7 @@ async fn suite(store: Store) {
     // Presented for the wrong user it is refused and stays for its owner.
     assert!(store.take_token(t, &name, now).await.unwrap());
     assert!(!store.take_token(t, &name, now).await.unwrap());
-    let old = smvs_crypto::blake2b_256(b"old");
+    let old = smvs_crypto::blake2b_256(b"old").unwrap();
     store
         .put_token(old, &name, now - 1, now - 61_000)
         .await
@@ -654,7 +654,7 @@ async fn suite(store: Store) {
     assert!(!store.take_token(old, &name, now).await.unwrap());
     store
         .put_token(
-            smvs_crypto::blake2b_256(b"pending"),
+            smvs_crypto::blake2b_256(b"pending").unwrap(),
             &name,
             now + 60_000,
             now,

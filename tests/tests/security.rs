@@ -2,7 +2,8 @@
 //! tampered, replayed and oversized envelopes change nothing (the test plays alice's host and
 //! talks raw `HostLink` to bob's); garbage on the local socket and the peer port never crashes
 //! the host; idle links are closed and one address cannot take every slot; the local socket
-//! refuses a uid that is not allowed; message text never reaches the disk in clear.
+//! refuses a uid that is not allowed; message text never reaches the disk in clear; no process
+//! that holds a key can leave a core file; the host's database files are the user's alone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 use smvs_crypto::{AeadKey, AgreementKeyPair};
 use smvs_schema::Username;
 use smvs_tests::conversation::body;
+use smvs_tests::daemon::check_no_core_dumps;
 use smvs_tests::impersonate::{self, deliver, link, play_host, text_message, RawEnvelope, Receipt};
 use smvs_tests::other_uid::{Access, OtherUid};
 use smvs_tests::runtime::runtime_and_directory;
@@ -361,6 +363,43 @@ fn the_local_socket_refuses_a_uid_that_is_not_allowed() {
     assert!(bob.logs().contains("uid=65534"));
     // The allowed uid is still served.
     assert!(bob.ctl_json(&["status"]).is_ok());
+}
+
+#[test]
+fn no_process_that_holds_a_key_can_dump_core() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let processes = [
+        ("smvs-directory", dir.daemon.pid().unwrap()),
+        ("smvsd", alice.pid().unwrap()),
+        ("smvs-keyguard", alice.keyguard.daemon.pid().unwrap()),
+    ];
+    for (name, pid) in processes {
+        if let Err(e) = check_no_core_dumps(pid) {
+            panic!("{name}: {e}");
+        }
+    }
+}
+
+#[test]
+fn the_host_database_files_are_private() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    alice.register().unwrap();
+    let mut loose = Vec::new();
+    for entry in std::fs::read_dir(&alice.state_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_file() && mode != 0o600 {
+            loose.push(format!("{} {mode:o}", path.display()));
+        }
+    }
+    assert_eq!(loose, Vec::<String>::new());
+    // The files the check is about were there to be checked.
+    for name in ["host.db", "host.db-wal", "host.db-shm"] {
+        assert!(alice.state_dir.join(name).is_file(), "{name}");
+    }
 }
 
 /// Every file under `dirs` that contains `needle`.

@@ -8,7 +8,9 @@
 //!   challenge from one process can be answered at another.
 //!
 //! Both keep exactly what `UserRecord` holds, plus pending authentication tokens (as BLAKE2b
-//! digests, never the tokens themselves). Deregistration deletes the row.
+//! digests, never the tokens themselves). Deregistration deletes the row but keeps the username
+//! with its last serial (`serial_floor`), so that a new registration of the name gets a higher
+//! serial: the name stays on disk.
 
 mod postgres;
 mod sqlite;

@@ -93,7 +93,7 @@ pub fn message_hash(
     time: i64,
     prev_hash: &[u8],
     payload: &Payload,
-) -> [u8; 32] {
+) -> Result<[u8; 32], smvs_crypto::CryptoError> {
     let mut buf = Vec::with_capacity(128);
     let mut var = |b: &[u8]| {
         buf.extend_from_slice(&(b.len() as u64).to_be_bytes());

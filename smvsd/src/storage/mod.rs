@@ -48,6 +48,11 @@ pub enum StorageError {
     CheckpointBusy,
     #[error("the disk is full: nothing of the request was stored")]
     DiskFull,
+    #[error("cannot make {path} private (mode 0600): {source}")]
+    Permissions {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What a device hears when storage fails: a full disk is said plainly (`storage`); anything
@@ -336,8 +341,14 @@ impl Storage {
     /// Opens (creating and migrating) the database at `path`, whose rows are sealed under
     /// `storage_key`.
     pub fn open(path: &Path, storage_key: AeadKey) -> Result<Storage> {
+        make_private(path, true)?;
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            make_private(Path::new(&side), false)?;
+        }
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -968,10 +979,42 @@ impl Storage {
         let mut hashes: Vec<[u8; 32]> = history
             .iter()
             .map(|m| message_hash(&m.id, &m.from, &m.to, m.time, &m.prev_hash, &m.payload))
-            .collect();
+            .collect::<std::result::Result<_, _>>()?;
         hashes.sort_unstable();
-        Ok(smvs_crypto::blake2b_256(&hashes.concat()))
+        Ok(smvs_crypto::blake2b_256(&hashes.concat())?)
     }
+}
+
+/// Makes the file at `path` mode 0600, creating it (empty, for SQLite to fill) if `create`.
+///
+/// SQLite creates its files with mode 0644 less the umask, and gives `-wal` and `-shm` the mode
+/// of the database file. So the database is created 0600 here, before SQLite opens it, whatever
+/// the umask, and its side files then follow; files an older version left readable are narrowed.
+/// The process umask is not changed instead: it is process-wide, and the local socket's group
+/// access depends on it.
+fn make_private(path: &Path, create: bool) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let failed = |source| StorageError::Permissions {
+        path: path.to_owned(),
+        source,
+    };
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .create(create)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(failed(e)),
+    };
+    let mode = file.metadata().map_err(failed)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// How many of the conversation's latest gap messages [`named_by_a_gap`] looks at.
@@ -993,7 +1036,7 @@ fn named_by_a_gap(c: &Connection, key: &AeadKey, tag: &[u8], msg: &StoredMessage
         msg.time,
         &msg.prev_hash,
         &msg.payload,
-    );
+    )?;
     let mut stmt = c.prepare_cached(
         "SELECT id, direction, status, integrity, sealed, reason FROM messages
          WHERE tag = ?1 AND direction = 1 AND integrity = ?2 ORDER BY seq DESC LIMIT ?3",
@@ -1074,7 +1117,7 @@ fn insert_message(
         msg.time,
         &msg.prev_hash,
         &msg.payload,
-    );
+    )?;
     c.prepare_cached(
         "INSERT INTO messages (tag, id, direction, status, integrity, stored_at, hash, sealed, control)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",

@@ -58,7 +58,9 @@ fn incoming(from: &str, to: &str, time: i64, text: &str, prev: &[u8]) -> StoredM
 
 /// The chain hash of `m`, which its successor names as `prev_hash`.
 fn hash(m: &StoredMessage) -> Vec<u8> {
-    message_hash(&m.id, &m.from, &m.to, m.time, &m.prev_hash, &m.payload).to_vec()
+    message_hash(&m.id, &m.from, &m.to, m.time, &m.prev_hash, &m.payload)
+        .unwrap()
+        .to_vec()
 }
 
 async fn arrive(storage: &Storage, m: &StoredMessage) -> Arrival {
