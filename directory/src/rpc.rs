@@ -67,7 +67,7 @@ fn check_timestamp(timestamp: i64) -> Result<(), Refusal> {
 }
 
 /// The keys of a registration or rotation request, each checked against the identity.
-fn read_keys(
+pub(crate) fn read_keys(
     name: &Username,
     identity: capnp::Result<smvs_schema::common_capnp::identity_bundle::Reader<'_>>,
     transport: capnp::Result<smvs_schema::common_capnp::transport_key::Reader<'_>>,
@@ -107,45 +107,53 @@ impl DirectoryRpc {
     }
 
     fn check_registration(&self, req: register_request::Reader<'_>) -> Result<UserRecord, Refusal> {
-        let name = username(req.get_username())?;
-        let host = host_address(req.get_host_address())?;
-        let (identity, transport_key, certificate) =
-            read_keys(&name, req.get_identity(), req.get_transport())?;
-        let timestamp = req.get_timestamp();
-        check_timestamp(timestamp)?;
-        let signature = Signature::from_bytes(data("signature", req.get_signature())?)
-            .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
-        let fields = RegistrationFields {
-            directory_key: &self.shared.key.public(),
-            username: &name,
-            identity: &identity,
-            transport_key: &transport_key,
-            transport_certificate: certificate.as_bytes(),
-            host_address: Some(&host),
-            timestamp,
-        };
-        identity
-            .signing_key
-            .verify(
-                SignContext::DirectoryRegistration,
-                &fields.to_bytes(),
-                &signature,
-            )
-            .map_err(|_| {
-                Refusal::new(
-                    ErrorCode::BadSignature,
-                    "registration is not signed by the identity",
-                )
-            })?;
-        Ok(UserRecord {
-            username: name,
-            identity,
-            transport_key,
-            transport_certificate: certificate,
-            host_address: host,
-            serial: 0,
-        })
+        check_registration(&self.shared.key.public(), req)
     }
+}
+
+/// Reads and checks a registration request for the directory whose key is `directory_key`.
+pub fn check_registration(
+    directory_key: &SigningPublicKey,
+    req: register_request::Reader<'_>,
+) -> Result<UserRecord, Refusal> {
+    let name = username(req.get_username())?;
+    let host = host_address(req.get_host_address())?;
+    let (identity, transport_key, certificate) =
+        read_keys(&name, req.get_identity(), req.get_transport())?;
+    let timestamp = req.get_timestamp();
+    check_timestamp(timestamp)?;
+    let signature = Signature::from_bytes(data("signature", req.get_signature())?)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+    let fields = RegistrationFields {
+        directory_key,
+        username: &name,
+        identity: &identity,
+        transport_key: &transport_key,
+        transport_certificate: certificate.as_bytes(),
+        host_address: Some(&host),
+        timestamp,
+    };
+    identity
+        .signing_key
+        .verify(
+            SignContext::DirectoryRegistration,
+            &fields.to_bytes(),
+            &signature,
+        )
+        .map_err(|_| {
+            Refusal::new(
+                ErrorCode::BadSignature,
+                "registration is not signed by the identity",
+            )
+        })?;
+    Ok(UserRecord {
+        username: name,
+        identity,
+        transport_key,
+        transport_certificate: certificate,
+        host_address: host,
+        serial: 0,
+    })
 }
 
 impl directory::Server for DirectoryRpc {
