@@ -57,7 +57,9 @@ fn store_refusal(e: StoreError) -> Refusal {
 }
 
 fn check_timestamp(timestamp: i64) -> Result<(), Refusal> {
-    if (now_ms() - timestamp).abs() > MAX_CLOCK_SKEW_MS {
+    // abs_diff: a timestamp far from now (i64::MIN) must not overflow the subtraction, which
+    // panics in a debug build and, wrapped, passes the check in a release one.
+    if now_ms().abs_diff(timestamp) > MAX_CLOCK_SKEW_MS.unsigned_abs() {
         return Err(Refusal::new(
             ErrorCode::Stale,
             "request timestamp is more than 5 minutes from the directory's clock",
@@ -461,5 +463,42 @@ impl session::Server for SessionRpc {
         self.alive.set(false);
         tracing::debug!(username = %self.username, "deregistered");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_far_from_now_are_stale_not_an_overflow() {
+        for far in [
+            i64::MIN,
+            i64::MIN + 1,
+            i64::MAX,
+            0,
+            now_ms() - MAX_CLOCK_SKEW_MS - 1,
+        ] {
+            let refused = check_timestamp(far).err().map(|r| r.code);
+            assert_eq!(refused, Some(ErrorCode::Stale), "{far}");
+        }
+        assert!(check_timestamp(now_ms()).is_ok());
+    }
+
+    /// The input the directory_request fuzz target crashed on: a registration whose keys
+    /// verify and whose timestamp made `now - timestamp` overflow.
+    #[test]
+    fn the_fuzzers_timestamp_overflow_is_a_stale_refusal() {
+        let input =
+            include_bytes!("../../fuzz/corpus/directory_request/regression-timestamp-overflow");
+        let mut slice = &input[1..];
+        let message =
+            capnp::serialize::read_message(&mut slice, smvs_schema::reader_options()).unwrap();
+        let params = message
+            .get_root::<directory::register_params::Reader<'_>>()
+            .unwrap();
+        let key = smvs_crypto::SigningKeyPair::generate().unwrap().public();
+        let refused = check_registration(&key, params.get_request().unwrap()).err();
+        assert_eq!(refused.map(|r| r.code), Some(ErrorCode::Stale));
     }
 }
