@@ -4,6 +4,8 @@
 #   make test   build the binaries, then run the whole workspace test suite
 #               against a throw-away PostgreSQL server (scripts/with-postgres.sh)
 #
+#   make fuzz   run every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 60) each
+#
 # Other targets: build (default), deps, bench, lint, clean, release, install, uninstall.
 # System packages are installed by scripts/deps.sh (needs root if any are missing).
 #
@@ -47,7 +49,7 @@ INSTALL_VARS = DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BUILD='$(BUILD)' BINDIR='
 	FISHCOMPDIR='$(FISHCOMPDIR)' CARGO='$(CARGO)'
 
 .DEFAULT_GOAL := build
-.PHONY: deps build test demo bench lint clean release install uninstall
+.PHONY: deps build test demo bench lint fuzz clean release install uninstall
 
 deps:
 	bash scripts/deps.sh
@@ -84,6 +86,19 @@ bench: deps
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets $(LOCKED) -- -D warnings
+
+# Each target runs on a scratch copy of its committed corpus (fuzz/corpus/<target>), so what
+# libFuzzer adds stays out of the repository; crashes land in fuzz/artifacts/<target>/ and fail
+# the run (reproduce one with `cargo +nightly fuzz run <target> <file>`). No sanitizer by
+# default: the only unsafe code is smvs-crypto's calls into libsodium, which ASan would not
+# instrument, and without it each target runs several times faster. FUZZ_SANITIZER=address
+# turns it back on.
+FUZZ_SECONDS ?= 60
+FUZZ_SANITIZER ?= none
+FUZZ_TARGETS ?= $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs)))
+fuzz:
+	FUZZ_SECONDS='$(FUZZ_SECONDS)' FUZZ_SANITIZER='$(FUZZ_SANITIZER)' \
+		bash scripts/fuzz.sh $(FUZZ_TARGETS)
 
 clean:
 	$(CARGO) clean

@@ -39,6 +39,26 @@ mod state;
 #[cfg(feature = "server")]
 pub mod store;
 
+/// What the fuzz targets in `fuzz/` drive: the server's reading of requests. Public (and
+/// hidden) only so that the fuzzers run the handlers' own code rather than a copy of it.
+#[cfg(feature = "server")]
+#[doc(hidden)]
+pub mod fuzzing {
+    use smvs_schema::directory_capnp::rotate_request;
+    use smvs_schema::Username;
+
+    pub use crate::rpc::check_registration;
+
+    /// The keys of a rotation request, read and checked as `rotateKeys` does before it asks the
+    /// store for the current identity.
+    pub fn check_rotation_keys(
+        username: &Username,
+        req: rotate_request::Reader<'_>,
+    ) -> Result<(), crate::Refusal> {
+        crate::rpc::read_keys(username, req.get_identity(), req.get_transport()).map(|_| ())
+    }
+}
+
 pub use client::{DirectoryClient, DirectorySession, Registration, Rotation};
 pub use config::{DirectoryConfig, LimitConfig};
 pub use error::{ClientError, ErrorCode, Refusal};

@@ -63,7 +63,9 @@ fn store_refusal(e: StoreError) -> Refusal {
 }
 
 fn check_timestamp(timestamp: i64) -> Result<(), Refusal> {
-    if (now_ms() - timestamp).abs() > MAX_CLOCK_SKEW_MS {
+    // abs_diff: a timestamp far from now (i64::MIN) must not overflow the subtraction, which
+    // panics in a debug build and, wrapped, passes the check in a release one.
+    if now_ms().abs_diff(timestamp) > MAX_CLOCK_SKEW_MS.unsigned_abs() {
         return Err(Refusal::new(
             ErrorCode::Stale,
             "request timestamp is more than 5 minutes from the directory's clock",
@@ -73,7 +75,7 @@ fn check_timestamp(timestamp: i64) -> Result<(), Refusal> {
 }
 
 /// The keys of a registration or rotation request, each checked against the identity.
-fn read_keys(
+pub(crate) fn read_keys(
     name: &Username,
     identity: capnp::Result<smvs_schema::common_capnp::identity_bundle::Reader<'_>>,
     transport: capnp::Result<smvs_schema::common_capnp::transport_key::Reader<'_>>,
@@ -113,45 +115,53 @@ impl DirectoryRpc {
     }
 
     fn check_registration(&self, req: register_request::Reader<'_>) -> Result<UserRecord, Refusal> {
-        let name = username(req.get_username())?;
-        let host = host_address(req.get_host_address())?;
-        let (identity, transport_key, certificate) =
-            read_keys(&name, req.get_identity(), req.get_transport())?;
-        let timestamp = req.get_timestamp();
-        check_timestamp(timestamp)?;
-        let signature = Signature::from_bytes(data("signature", req.get_signature())?)
-            .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
-        let fields = RegistrationFields {
-            directory_key: &self.shared.key.public(),
-            username: &name,
-            identity: &identity,
-            transport_key: &transport_key,
-            transport_certificate: certificate.as_bytes(),
-            host_address: Some(&host),
-            timestamp,
-        };
-        identity
-            .signing_key
-            .verify(
-                SignContext::DirectoryRegistration,
-                &fields.to_bytes(),
-                &signature,
-            )
-            .map_err(|_| {
-                Refusal::new(
-                    ErrorCode::BadSignature,
-                    "registration is not signed by the identity",
-                )
-            })?;
-        Ok(UserRecord {
-            username: name,
-            identity,
-            transport_key,
-            transport_certificate: certificate,
-            host_address: host,
-            serial: 0,
-        })
+        check_registration(&self.shared.key.public(), req)
     }
+}
+
+/// Reads and checks a registration request for the directory whose key is `directory_key`.
+pub fn check_registration(
+    directory_key: &SigningPublicKey,
+    req: register_request::Reader<'_>,
+) -> Result<UserRecord, Refusal> {
+    let name = username(req.get_username())?;
+    let host = host_address(req.get_host_address())?;
+    let (identity, transport_key, certificate) =
+        read_keys(&name, req.get_identity(), req.get_transport())?;
+    let timestamp = req.get_timestamp();
+    check_timestamp(timestamp)?;
+    let signature = Signature::from_bytes(data("signature", req.get_signature())?)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
+    let fields = RegistrationFields {
+        directory_key,
+        username: &name,
+        identity: &identity,
+        transport_key: &transport_key,
+        transport_certificate: certificate.as_bytes(),
+        host_address: Some(&host),
+        timestamp,
+    };
+    identity
+        .signing_key
+        .verify(
+            SignContext::DirectoryRegistration,
+            &fields.to_bytes(),
+            &signature,
+        )
+        .map_err(|_| {
+            Refusal::new(
+                ErrorCode::BadSignature,
+                "registration is not signed by the identity",
+            )
+        })?;
+    Ok(UserRecord {
+        username: name,
+        identity,
+        transport_key,
+        transport_certificate: certificate,
+        host_address: host,
+        serial: 0,
+    })
 }
 
 impl directory::Server for DirectoryRpc {
@@ -459,5 +469,42 @@ impl session::Server for SessionRpc {
         self.alive.set(false);
         tracing::debug!(username = %self.username, "deregistered");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_far_from_now_are_stale_not_an_overflow() {
+        for far in [
+            i64::MIN,
+            i64::MIN + 1,
+            i64::MAX,
+            0,
+            now_ms() - MAX_CLOCK_SKEW_MS - 1,
+        ] {
+            let refused = check_timestamp(far).err().map(|r| r.code);
+            assert_eq!(refused, Some(ErrorCode::Stale), "{far}");
+        }
+        assert!(check_timestamp(now_ms()).is_ok());
+    }
+
+    /// The input the directory_request fuzz target crashed on: a registration whose keys
+    /// verify and whose timestamp made `now - timestamp` overflow.
+    #[test]
+    fn the_fuzzers_timestamp_overflow_is_a_stale_refusal() {
+        let input =
+            include_bytes!("../../fuzz/corpus/directory_request/regression-timestamp-overflow");
+        let mut slice = &input[1..];
+        let message =
+            capnp::serialize::read_message(&mut slice, smvs_schema::reader_options()).unwrap();
+        let params = message
+            .get_root::<directory::register_params::Reader<'_>>()
+            .unwrap();
+        let key = smvs_crypto::SigningKeyPair::generate().unwrap().public();
+        let refused = check_registration(&key, params.get_request().unwrap()).err();
+        assert_eq!(refused.map(|r| r.code), Some(ErrorCode::Stale));
     }
 }

@@ -32,4 +32,6 @@ mod server;
 pub use client::{KeyguardClient, KeyguardError};
 pub use keydir::KeyDirError;
 pub use purpose::{context_for, purpose_for};
+#[doc(hidden)]
+pub use rpc::fuzzing;
 pub use server::{KeyguardConfig, KeyguardServer, ServerError, DEFAULT_MAX_CONNECTIONS};

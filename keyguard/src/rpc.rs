@@ -8,7 +8,10 @@ use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
 
-use smvs_crypto::{hkdf_sha256, AeadKey, AgreementPublicKey, IdentityBundle, IdentityKeys};
+use smvs_crypto::{
+    hkdf_sha256, AeadKey, AgreementPublicKey, IdentityBundle, IdentityKeys, SignContext, Signature,
+    Zeroizing,
+};
 use smvs_schema::common_capnp::identity_bundle;
 use smvs_schema::keyguard_capnp::keyguard;
 
@@ -108,6 +111,122 @@ fn write_bundle(mut b: identity_bundle::Builder<'_>, bundle: &IdentityBundle) {
     b.set_agreement_signature(bundle.agreement_signature.as_bytes());
 }
 
+/// A `sign` request as read from the wire.
+struct SignRequest<'a> {
+    context: SignContext,
+    message: &'a [u8],
+}
+
+impl<'a> SignRequest<'a> {
+    fn read(params: keyguard::sign_params::Reader<'a>) -> Result<Self, capnp::Error> {
+        let purpose = params
+            .get_purpose()
+            .map_err(|_| refuse("unknown signing purpose"))?;
+        Ok(SignRequest {
+            context: context_for(purpose),
+            message: params.get_message()?,
+        })
+    }
+
+    fn answer(&self, id: &IdentityKeys) -> Signature {
+        id.signing.sign(self.context, self.message)
+    }
+}
+
+fn open_sealed(id: &IdentityKeys, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, capnp::Error> {
+    id.agreement
+        .open_sealed(sealed)
+        .map_err(|e| refuse(format!("cannot open the sealed box: {e}")))
+}
+
+/// A `deriveSharedKey` request as read from the wire, its sizes checked.
+struct DeriveRequest<'a> {
+    peer: AgreementPublicKey,
+    salt: &'a [u8],
+    info: &'a [u8],
+}
+
+impl<'a> DeriveRequest<'a> {
+    fn read(params: keyguard::derive_shared_key_params::Reader<'a>) -> Result<Self, capnp::Error> {
+        let salt = params.get_salt()?;
+        let info = params.get_info()?;
+        if info.is_empty() {
+            return Err(refuse(
+                "info must not be empty: it names what the derived key is for",
+            ));
+        }
+        if info.len() > MAX_INFO_LEN {
+            return Err(refuse(format!(
+                "info is {} bytes; at most {MAX_INFO_LEN} are allowed",
+                info.len()
+            )));
+        }
+        if salt.len() > MAX_SALT_LEN {
+            return Err(refuse(format!(
+                "salt is {} bytes; at most {MAX_SALT_LEN} are allowed",
+                salt.len()
+            )));
+        }
+        let peer = AgreementPublicKey::from_bytes(params.get_peer_agreement_key()?)
+            .map_err(|e| refuse(format!("peer agreement key: {e}")))?;
+        Ok(DeriveRequest { peer, salt, info })
+    }
+
+    fn answer(&self, id: &IdentityKeys) -> Result<Zeroizing<Vec<u8>>, capnp::Error> {
+        let shared = id
+            .agreement
+            .agree(&self.peer)
+            .map_err(|e| refuse(format!("peer agreement key: {e}")))?;
+        hkdf_sha256(self.salt, shared.expose(), self.info, 32).map_err(|e| {
+            tracing::error!(error = %e, "HKDF failed");
+            refuse("key derivation failed")
+        })
+    }
+}
+
+/// What the fuzz targets in `fuzz/` drive: the requests that take input, read from one Cap'n
+/// Proto message and answered with `id` exactly as the handlers below do. Public (and hidden)
+/// only so that the fuzzers run this code rather than a copy of it.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// The methods of `Keyguard` that take parameters.
+    #[derive(Debug, Clone, Copy)]
+    pub enum Method {
+        Sign,
+        OpenSealed,
+        DeriveSharedKey,
+    }
+
+    /// Reads `message` (with the peer-facing reader limits) as `method`'s parameters and
+    /// answers it.
+    pub fn answer(
+        id: &IdentityKeys,
+        method: Method,
+        message: &[u8],
+    ) -> Result<Vec<u8>, capnp::Error> {
+        // Read into owned segments, as the RPC layer reads a call off the socket.
+        let mut slice = message;
+        let message = capnp::serialize::read_message(&mut slice, smvs_schema::reader_options())?;
+        Ok(match method {
+            Method::Sign => {
+                let params = message.get_root::<keyguard::sign_params::Reader<'_>>()?;
+                SignRequest::read(params)?.answer(id).as_bytes().to_vec()
+            }
+            Method::OpenSealed => {
+                let params = message.get_root::<keyguard::open_sealed_params::Reader<'_>>()?;
+                open_sealed(id, params.get_sealed()?)?.to_vec()
+            }
+            Method::DeriveSharedKey => {
+                let params =
+                    message.get_root::<keyguard::derive_shared_key_params::Reader<'_>>()?;
+                DeriveRequest::read(params)?.answer(id)?.to_vec()
+            }
+        })
+    }
+}
+
 pub(crate) struct KeyguardRpc {
     vault: Rc<Vault>,
     peer: Peer,
@@ -163,15 +282,9 @@ impl keyguard::Server for KeyguardRpc {
         mut results: keyguard::SignResults,
     ) -> Result<(), capnp::Error> {
         let params = params.get()?;
-        let purpose = params
-            .get_purpose()
-            .map_err(|_| refuse("unknown signing purpose"))?;
-        let message = params.get_message()?;
-        let context = context_for(purpose);
-        let signature = self
-            .vault
-            .with_identity(|id| id.signing.sign(context, message))?;
-        tracing::debug!(peer = %self.peer, context = context.label(), "signed");
+        let request = SignRequest::read(params)?;
+        let signature = self.vault.with_identity(|id| request.answer(id))?;
+        tracing::debug!(peer = %self.peer, context = request.context.label(), "signed");
         results.get().set_signature(signature.as_bytes());
         Ok(())
     }
@@ -182,10 +295,7 @@ impl keyguard::Server for KeyguardRpc {
         mut results: keyguard::OpenSealedResults,
     ) -> Result<(), capnp::Error> {
         let sealed = params.get()?.get_sealed()?;
-        let plaintext = self
-            .vault
-            .with_identity(|id| id.agreement.open_sealed(sealed))?
-            .map_err(|e| refuse(format!("cannot open the sealed box: {e}")))?;
+        let plaintext = self.vault.with_identity(|id| open_sealed(id, sealed))??;
         results.get().set_plaintext(&plaintext);
         Ok(())
     }
@@ -195,36 +305,8 @@ impl keyguard::Server for KeyguardRpc {
         params: keyguard::DeriveSharedKeyParams,
         mut results: keyguard::DeriveSharedKeyResults,
     ) -> Result<(), capnp::Error> {
-        let params = params.get()?;
-        let salt = params.get_salt()?;
-        let info = params.get_info()?;
-        if info.is_empty() {
-            return Err(refuse(
-                "info must not be empty: it names what the derived key is for",
-            ));
-        }
-        if info.len() > MAX_INFO_LEN {
-            return Err(refuse(format!(
-                "info is {} bytes; at most {MAX_INFO_LEN} are allowed",
-                info.len()
-            )));
-        }
-        if salt.len() > MAX_SALT_LEN {
-            return Err(refuse(format!(
-                "salt is {} bytes; at most {MAX_SALT_LEN} are allowed",
-                salt.len()
-            )));
-        }
-        let peer = AgreementPublicKey::from_bytes(params.get_peer_agreement_key()?)
-            .map_err(|e| refuse(format!("peer agreement key: {e}")))?;
-        let shared = self
-            .vault
-            .with_identity(|id| id.agreement.agree(&peer))?
-            .map_err(|e| refuse(format!("peer agreement key: {e}")))?;
-        let key = hkdf_sha256(salt, shared.expose(), info, 32).map_err(|e| {
-            tracing::error!(error = %e, "HKDF failed");
-            refuse("key derivation failed")
-        })?;
+        let request = DeriveRequest::read(params.get()?)?;
+        let key = self.vault.with_identity(|id| request.answer(id))??;
         results.get().set_key(&key);
         Ok(())
     }

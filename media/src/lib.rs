@@ -29,3 +29,35 @@ pub use plugins::{check_devices, check_plugins, debian_package, gstreamer_versio
 pub use probe::GlassToGlass;
 pub use session::MediaSession;
 pub use stats::{CallStats, RtpStreamStats, JITTER_BUFFER_MS};
+
+/// What the fuzz targets in `fuzz/` drive beyond [`wire`]: the consent state machine fed hellos
+/// as the receive thread feeds it. Public (and hidden) only so that the fuzzers run the crate's
+/// own code rather than a copy of it.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::time::{Duration, Instant};
+
+    use crate::consent::Consent;
+    use crate::wire::Hello;
+
+    /// Decodes each packet as a hello and hands the ones that decode to one [`Consent`], the
+    /// clock moving by each packet's `step`; returns how many gave consent.
+    pub fn hellos<'a>(packets: impl IntoIterator<Item = (Duration, &'a [u8])>) -> usize {
+        let mut now = Instant::now();
+        let mut consent = Consent::new(now);
+        let mut granted = 0;
+        for (step, packet) in packets {
+            now = now.checked_add(step).unwrap_or(now);
+            if let Ok(hello) = Hello::decode(packet) {
+                consent.heard(now);
+                if consent.hello(&hello) {
+                    granted += 1;
+                }
+            }
+            consent.expire(now);
+            let _ = consent.next_hello();
+            let _ = consent.hello_to_send(now);
+        }
+        granted
+    }
+}

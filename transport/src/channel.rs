@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use smvs_crypto::noise::{Handshake, NoiseReceiver, NoiseSender, MAX_MESSAGE_LEN, MAX_PAYLOAD_LEN};
 use smvs_crypto::{constant_time_eq, AgreementKeyPair, AgreementPublicKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::TransportError;
@@ -110,30 +109,16 @@ async fn establish(
     let mut read = BufReader::new(read);
     let fail = |reason: String| TransportError::Handshake { peer, reason };
 
-    let run = async {
-        while !handshake.is_finished() {
-            if handshake.is_my_turn() {
-                let msg = handshake.write_message().map_err(|e| fail(e.to_string()))?;
-                write_frame(&mut write, &msg)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
-            } else {
-                let msg = read_frame(&mut read)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
-                handshake
-                    .read_message(&msg)
-                    .map_err(|e| fail(e.to_string()))?;
-            }
-        }
-        Ok::<(), TransportError>(())
-    };
-    tokio::time::timeout(timeout, run)
-        .await
-        .map_err(|_| TransportError::HandshakeTimeout {
-            peer,
-            secs: timeout.as_secs(),
-        })??;
+    tokio::time::timeout(
+        timeout,
+        run_handshake(&mut handshake, &mut read, &mut write),
+    )
+    .await
+    .map_err(|_| TransportError::HandshakeTimeout {
+        peer,
+        secs: timeout.as_secs(),
+    })?
+    .map_err(fail)?;
 
     let (remote_key, sender, receiver) = handshake
         .into_transport()
@@ -149,14 +134,32 @@ async fn establish(
     })
 }
 
-async fn read_frame(read: &mut BufReader<OwnedReadHalf>) -> std::io::Result<Vec<u8>> {
+/// Exchanges handshake messages, one frame each, until the handshake is finished.
+async fn run_handshake(
+    handshake: &mut Handshake,
+    read: &mut (impl AsyncRead + Unpin),
+    write: &mut (impl AsyncWrite + Unpin),
+) -> Result<(), String> {
+    while !handshake.is_finished() {
+        if handshake.is_my_turn() {
+            let msg = handshake.write_message().map_err(|e| e.to_string())?;
+            write_frame(write, &msg).await.map_err(|e| e.to_string())?;
+        } else {
+            let msg = read_frame(read).await.map_err(|e| e.to_string())?;
+            handshake.read_message(&msg).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+async fn read_frame(read: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Vec<u8>> {
     let len = usize::from(read.read_u16().await?);
     let mut buf = vec![0u8; len];
     read.read_exact(&mut buf).await?;
     Ok(buf)
 }
 
-async fn write_frame(write: &mut OwnedWriteHalf, msg: &[u8]) -> std::io::Result<()> {
+async fn write_frame(write: &mut (impl AsyncWrite + Unpin), msg: &[u8]) -> std::io::Result<()> {
     let len = u16::try_from(msg.len()).map_err(|_| std::io::Error::other("frame too large"))?;
     let mut out = Vec::with_capacity(2 + msg.len());
     out.extend_from_slice(&len.to_be_bytes());
@@ -167,9 +170,9 @@ async fn write_frame(write: &mut OwnedWriteHalf, msg: &[u8]) -> std::io::Result<
 /// TCP → decrypt → pipe. Any bad frame ends the connection: Noise nonces make a lost or altered
 /// frame unrecoverable, and a peer that sends one is not worth talking to.
 async fn reader_pump(
-    mut read: BufReader<OwnedReadHalf>,
+    mut read: impl AsyncRead + Unpin,
     mut receiver: NoiseReceiver,
-    mut pipe: tokio::io::WriteHalf<DuplexStream>,
+    mut pipe: impl AsyncWrite + Unpin,
     peer: SocketAddr,
 ) {
     let mut plain = Vec::with_capacity(MAX_MESSAGE_LEN);
@@ -200,7 +203,7 @@ async fn reader_pump(
 async fn writer_pump(
     mut pipe: tokio::io::ReadHalf<DuplexStream>,
     mut sender: NoiseSender,
-    mut write: OwnedWriteHalf,
+    mut write: impl AsyncWrite + Unpin,
     peer: SocketAddr,
 ) {
     let mut plain = vec![0u8; PIPE_BYTES];
@@ -227,6 +230,34 @@ async fn writer_pump(
         }
     }
     let _ = write.shutdown().await;
+}
+
+/// What the fuzz targets in `fuzz/` drive: the responder's handshake and the reader pump, fed
+/// bytes as a peer would send them. Public (and hidden) only so that the fuzzers run this
+/// module's code rather than a copy of it.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// The responder's side of the handshake over `input` (what the peer sent); what we would
+    /// answer is discarded. Ok when the bytes completed the handshake.
+    pub async fn respond(
+        local: &AgreementKeyPair,
+        prologue: &[u8],
+        input: &[u8],
+    ) -> Result<(), String> {
+        let mut handshake = Handshake::responder(local, prologue).map_err(|e| e.to_string())?;
+        let mut read = input;
+        run_handshake(&mut handshake, &mut read, &mut tokio::io::sink()).await
+    }
+
+    /// The reader pump of an established link over `input`: returns the plaintext it forwards.
+    pub async fn read_frames(receiver: NoiseReceiver, input: &[u8]) -> Vec<u8> {
+        let mut plain = Vec::new();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        reader_pump(input, receiver, &mut plain, peer).await;
+        plain
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ mod channel;
 mod error;
 pub mod rpc;
 
+#[doc(hidden)]
+pub use channel::fuzzing;
 pub use channel::{accept, connect, connect_over, SecureChannel, HANDSHAKE_TIMEOUT};
 pub use error::TransportError;
 

@@ -285,8 +285,19 @@ impl HostLinkRpc {
 
 /// The envelope as plain data, or why it is refused as it stands.
 fn read_envelope(params: host_link::DeliverParams) -> Result<EnvelopeData, IncomingError> {
+    let params = params
+        .get()
+        .map_err(|e| IncomingError::Refused(format!("malformed envelope: {e}")))?;
+    envelope_data(params)
+}
+
+/// The reading half of [`read_envelope`], over the parameters as read from the wire. Public
+/// (and hidden) only so that the fuzz targets in `fuzz/` run this code rather than a copy.
+#[doc(hidden)]
+pub fn envelope_data(
+    params: host_link::deliver_params::Reader<'_>,
+) -> Result<EnvelopeData, IncomingError> {
     let malformed = |e: capnp::Error| IncomingError::Refused(format!("malformed envelope: {e}"));
-    let params = params.get().map_err(malformed)?;
     let e = params.get_envelope().map_err(malformed)?;
     let sealed = e.get_sealed().map_err(malformed)?;
     if sealed.len() > MAX_SEALED {

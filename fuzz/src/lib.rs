@@ -1,0 +1,25 @@
+//! What the fuzz targets share: the fixed keys (in `keys.rs`, shared with the seed test) and
+//! reading one Cap'n Proto message with the limits every peer-facing SMVS reader uses.
+
+mod keys;
+
+pub use keys::*;
+
+use capnp::message::Reader;
+use capnp::serialize::OwnedSegments;
+
+/// One Cap'n Proto message, read as the RPC layer reads a call off a link (into owned,
+/// aligned segments; a fuzzer's input after a leading mode byte is not 8-byte aligned, which a
+/// flat-slice reader would refuse before looking at it) with the peer-facing limits.
+pub fn read_message(bytes: &[u8]) -> Option<Reader<OwnedSegments>> {
+    let mut slice = bytes;
+    capnp::serialize::read_message(&mut slice, smvs_schema::reader_options()).ok()
+}
+
+/// The runtime the async readers (the transport's) run on: one thread, as in the daemons.
+pub fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => unreachable!("no tokio runtime: {e}"),
+    }
+}
