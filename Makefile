@@ -81,11 +81,12 @@ bench: deps
 	$(CARGO) build --release --workspace --bins $(LOCKED)
 	bash scripts/with-postgres.sh $(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-messages
-	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-calls
+	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --features bench-baseline --bin smvs-bench-calls
 
 lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets $(LOCKED) -- -D warnings
+	$(CARGO) clippy -p smvs-tests --features bench-baseline --bin smvs-bench-calls $(LOCKED) -- -D warnings
 
 # Each target runs on a scratch copy of its committed corpus (fuzz/corpus/<target>), so what
 # libFuzzer adds stays out of the repository; crashes land in fuzz/artifacts/<target>/ and fail

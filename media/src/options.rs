@@ -52,9 +52,11 @@ pub struct MediaOptions {
     /// [`Sink::Null`] it also makes the video sink wait for each frame's presentation time, as
     /// a display does (without the probe a null sink discards frames on arrival).
     pub latency_probe: bool,
-    /// Seal every packet (always true in a real call). `false` exists only so the benchmark can
-    /// measure the same pipeline without the AEAD: packets then travel in clear, unauthenticated.
-    #[doc(hidden)]
+    /// Seal every packet. Only the benchmark's baseline (the cargo feature `bench-baseline`,
+    /// which only `smvs-bench-calls` turns on) can set it to false, to measure the same pipeline
+    /// without the AEAD: packets then travel in clear, unauthenticated. Without the feature the
+    /// field does not exist, so no caller (smvsctl, a device) can turn encryption off.
+    #[cfg(feature = "bench-baseline")]
     pub encrypt: bool,
 }
 
@@ -72,12 +74,26 @@ impl Default for MediaOptions {
             video_kbps: 1000,
             audio_kbps: 32,
             latency_probe: false,
+            #[cfg(feature = "bench-baseline")]
             encrypt: true,
         }
     }
 }
 
 impl MediaOptions {
+    /// Whether packets are sealed: always, unless the benchmark's baseline asked otherwise.
+    /// Outside that build, encryption cannot be turned off:
+    ///
+    /// ```compile_fail
+    /// let clear = smvs_media::MediaOptions { encrypt: false, ..Default::default() };
+    /// ```
+    pub fn encrypted(&self) -> bool {
+        #[cfg(feature = "bench-baseline")]
+        return self.encrypt;
+        #[cfg(not(feature = "bench-baseline"))]
+        true
+    }
+
     pub(crate) fn validate(&self) -> Result<(), MediaError> {
         let bad = |what: String| Err(MediaError::Options(what));
         if self.video != VideoSource::None {

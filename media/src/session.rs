@@ -381,7 +381,7 @@ impl MediaSession {
     /// Starts the call's media.
     ///
     /// `socket` is already bound (its local address was advertised to the peer); `peer` is
-    /// where to send. Every packet is sealed with `keys` (unless `options.encrypt` is false).
+    /// where to send. Every packet is sealed with `keys` (unless the benchmark's baseline turned `encrypt` off).
     /// Only small hellos go to `peer` until the peer there answers one (see
     /// [`crate::wire::Hello`]); the media produced meanwhile is held, up to about two seconds
     /// of it, and sent then.
@@ -407,7 +407,7 @@ impl MediaSession {
             })?;
         let socket = Arc::new(socket);
         let MediaKeys { send, recv } = keys;
-        let (send_key, recv_key) = if options.encrypt {
+        let (send_key, recv_key) = if options.encrypted() {
             (Some(send), Some(recv))
         } else {
             (None, None)
@@ -628,7 +628,7 @@ impl MediaSession {
         let audio = rtp_session_stats(&self.rtpbin, 1, AUDIO_CLOCK_RATE);
         self.shared.counters.snapshot(
             self.started.elapsed(),
-            self.options.encrypt,
+            self.options.encrypted(),
             video,
             audio,
             self.frames_presented(),
@@ -664,7 +664,7 @@ impl MediaSession {
         let consent_ms = self.consent_ms();
         self.shared.counters.snapshot(
             elapsed,
-            self.options.encrypt,
+            self.options.encrypted(),
             video,
             audio,
             presented,
