@@ -10,7 +10,7 @@
 //!        rtpbin recv_rtp_src_0_* -> rtpvp8depay -> vp8dec -> I420 [-> queue] -> videoconvert -> "vsink"
 //!        rtpbin recv_rtp_src_1_* -> rtpopusdepay -> opusdec -> audioconvert -> audioresample -> sink
 //! ```
-//! Session 0 is video, session 1 audio. The appsinks and appsrcs are where [`crate::session`]
+//! Session 0 is video, session 1 audio. The appsinks and appsrcs are where the session module
 //! seals and opens packets.
 
 use crate::options::{AudioSource, MediaOptions, Sink, VideoSource};
