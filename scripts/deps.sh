@@ -20,6 +20,8 @@ PACKAGES=(
     gstreamer1.0-tools
     # Basic system tools used by the scripts and tests (ss, ps/pkill, runuser, TLS roots)
     iproute2 procps util-linux ca-certificates
+    # Packet filtering inside the test's own network namespaces (black holes, loss)
+    iptables
     # systemd-analyze, systemd-sysusers and systemd-tmpfiles check the units (check-units.sh);
     # man, which systemd-analyze verify runs to find each Documentation=man: page
     systemd man-db

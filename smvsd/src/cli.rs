@@ -10,6 +10,10 @@ use smvs_crypto::SigningPublicKey;
 
 use crate::config::{Config, FileConfig};
 
+/// The default cap on the wait between delivery attempts: one probe per half minute per
+/// unreachable peer is cheap, and a healed path is used again within it.
+const DEFAULT_RETRY_MAX_SECONDS: u64 = 30;
+
 #[derive(Parser)]
 #[command(
     name = "smvsd",
@@ -44,7 +48,8 @@ pub struct Cli {
     /// A local uid allowed on the socket besides root and the daemon's own (repeatable).
     #[arg(long = "allow-uid")]
     pub allow_uid: Vec<u32>,
-    /// The longest wait between delivery attempts to an unreachable host, in seconds.
+    /// The longest wait between delivery attempts to an unreachable host, in seconds; once the
+    /// path is back, queued messages move within about this long [default: 30].
     #[arg(long)]
     pub retry_max_seconds: Option<u64>,
     /// How long an outgoing call rings before it ends unanswered, in seconds [default: 30].
@@ -119,7 +124,7 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         retry_max: Duration::from_secs(
             cli.retry_max_seconds
                 .or(file.retry_max_seconds)
-                .unwrap_or(60)
+                .unwrap_or(DEFAULT_RETRY_MAX_SECONDS)
                 .max(1),
         ),
         ring_timeout: Duration::from_secs(

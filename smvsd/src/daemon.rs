@@ -167,6 +167,7 @@ impl Host {
             storage.clone(),
             events.clone(),
             calls.clone(),
+            outbox.clone(),
             InboxSettings {
                 contacts_only: config.contacts_only,
                 honour_remote_delete: config.honour_remote_delete,

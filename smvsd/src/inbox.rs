@@ -33,6 +33,7 @@ use crate::model::{
     Contact, Direction, FailReason, HostEvent, Integrity, MessageId, Payload, SignalKind, Status,
     StoredMessage,
 };
+use crate::outbox::Outbox;
 use crate::session::{self, Content, Header};
 use crate::sessions::Sessions;
 use crate::storage::{Arrival, Storage};
@@ -107,6 +108,8 @@ pub struct Inbox {
     storage: Storage,
     events: Events,
     calls: Addr<CallManager>,
+    /// Told when a peer's envelope opens: their host reaches us, so ours may reach theirs.
+    outbox: Outbox,
     settings: InboxSettings,
     arrival_order: RefCell<HashMap<Username, Arc<tokio::sync::Mutex<()>>>>,
     unknown_senders: RefCell<HashMap<Username, Instant>>,
@@ -139,6 +142,7 @@ impl Inbox {
         storage: Storage,
         events: Events,
         calls: Addr<CallManager>,
+        outbox: Outbox,
         settings: InboxSettings,
     ) -> Inbox {
         Inbox {
@@ -147,6 +151,7 @@ impl Inbox {
             storage,
             events,
             calls,
+            outbox,
             settings,
             arrival_order: RefCell::new(HashMap::new()),
             unknown_senders: RefCell::new(HashMap::new()),
@@ -284,6 +289,8 @@ impl Inbox {
         if inner.id != id || inner.from != sender || inner.to != me.username {
             return Err(refused("envelope header and content disagree"));
         }
+        // It opened under the session keys, so the sender's host really reached us.
+        self.outbox.peer_reached_us(&sender);
         let receipt = |keys: &session::SessionKeys| -> Result<ReceiptData, IncomingError> {
             let stored_at = crate::model::now_ms();
             let tag = session::receipt_tag(keys, &id, &me.username, stored_at)

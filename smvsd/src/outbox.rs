@@ -7,7 +7,7 @@
 //!                                                                                ─► link (pinned transport key)
 //!                                                                                ─► deliver × N, pipelined
 //!                                                                                ─► receipts ─► delivered / failed
-//!                                                                          on a broken link: back off (exponential, jitter)
+//!                                                                          on a broken or silent link: back off (exponential, jitter)
 //!  calls ──send_now──► Outbox ──► one fresh link, one envelope, its receipt (never stored)
 //! ```
 //!
@@ -22,6 +22,14 @@
 //! capability in order, and the receiving host queues them for storage in that order. The
 //! outbox lives in storage, so a restart loses nothing: at start-up every peer with queued
 //! messages gets a kick.
+//!
+//! A path that stops carrying packets (a black hole, a host that is stopped) does not fail: TCP
+//! just waits. So nothing here waits on the network without a bound: opening a link may take
+//! [`CONNECT_TIMEOUT`], and a link on which the peer answers no envelope for
+//! [`RECEIPT_TIMEOUT`] is dropped. A failed round is retried after an exponential backoff
+//! capped at `retry_max` (jitter never takes it past the cap), and at once when the peer's host
+//! reaches us (its path is back). So once a path heals, the backlog moves within `retry_max`
+//! plus one connect, however long the outage was.
 //!
 //! Nothing is retried for ever: a recipient the directory does not know (never registered, or
 //! deregistered since) fails everything queued for them, with that reason; an envelope the
@@ -53,6 +61,15 @@ use crate::trust::Trust;
 pub const WINDOW: u32 = 2048;
 /// How long reaching the peer's host and handing it a call signal may take.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a link may take: TCP (or SOCKS5) and the Noise handshake. Without it a
+/// black-holed path holds a delivery round until the kernel gives up, about two minutes.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the peer's host may leave the oldest envelope in flight unanswered before the link
+/// is taken for dead. Envelopes are answered in order as they are stored, and the largest is
+/// 128 KiB, so a healthy host answers well within this even on a slow link; a stopped host or
+/// a black-holed path never does. (A resend after a false alarm is harmless: the receiving
+/// host recognises the id and answers with a receipt again.)
+pub const RECEIPT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How the outbox reaches other hosts.
 #[derive(Debug, Clone)]
@@ -76,8 +93,8 @@ struct OutboxState {
     events: Events,
     transport: Rc<AgreementKeyPair>,
     settings: OutboxSettings,
-    /// The wake-up of each peer's delivery task.
-    links: RefCell<HashMap<Username, Rc<Notify>>>,
+    /// Each peer's delivery task, by its wake-ups.
+    links: RefCell<HashMap<Username, Rc<Wake>>>,
     /// Outgoing messages handed to the peer's host and waiting for a receipt.
     sent: RefCell<HashSet<MessageId>>,
 }
@@ -116,6 +133,19 @@ enum DeliveryError {
     BadReceipt,
     #[error("the peer's host said later: {0}")]
     Later(String),
+    #[error("the peer's host did not answer within {} s", .0.as_secs())]
+    Silent(Duration),
+}
+
+/// How a peer's delivery task is woken.
+#[derive(Default)]
+struct Wake {
+    /// There is new work (a message was queued).
+    work: Notify,
+    /// The peer's host has just reached us, so the path to it works again: a task waiting out
+    /// a backoff tries now. (Woken with `notify_waiters`: a task that is not waiting is not
+    /// told, so this never cuts a later backoff short.)
+    path_back: Notify,
 }
 
 /// What the peer's host answered to one envelope.
@@ -194,15 +224,23 @@ impl Outbox {
     /// Wakes `peer`'s delivery task (starting it the first time).
     pub fn kick(&self, peer: &Username) {
         if let Some(wake) = self.inner.links.borrow().get(peer) {
-            wake.notify_one();
+            wake.work.notify_one();
             return;
         }
-        let wake = Rc::new(Notify::new());
+        let wake = Rc::new(Wake::default());
         self.inner
             .links
             .borrow_mut()
             .insert(peer.clone(), wake.clone());
         tokio::task::spawn_local(delivery_task(self.inner.clone(), peer.clone(), wake));
+    }
+
+    /// `peer`'s host has just delivered to us (an envelope that opened under its session
+    /// keys, so it is really theirs): if messages for them wait out a backoff, send them now.
+    pub fn peer_reached_us(&self, peer: &Username) {
+        if let Some(wake) = self.inner.links.borrow().get(peer) {
+            wake.path_back.notify_waiters();
+        }
     }
 
     /// Shows messages that are on their way as "sent" (the status disk holds is "queued").
@@ -272,16 +310,22 @@ impl Outbox {
     }
 }
 
+/// The waits between failed rounds: exponential from 250 ms, capped at `max`, each drawn from
+/// the upper half of its step so that hosts do not retry in lockstep. (backon's own jitter
+/// adds up to a whole step on top, which would take the wait to twice the cap.)
 fn backoff(max: Duration) -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))
         .with_max_delay(max)
-        .with_jitter()
         .without_max_times()
         .build()
+        .map(|step| {
+            let [r] = smvs_crypto::random_array::<1>();
+            step.mul_f64(0.5 + f64::from(r) / 510.0)
+        })
 }
 
-async fn delivery_task(outbox: Rc<OutboxState>, peer: Username, wake: Rc<Notify>) {
+async fn delivery_task(outbox: Rc<OutboxState>, peer: Username, wake: Rc<Wake>) {
     let retry_max = outbox.settings.retry_max;
     let mut delays = backoff(retry_max);
     // The link stays up between bursts; a failure drops it and the next round reconnects.
@@ -297,7 +341,7 @@ async fn delivery_task(outbox: Rc<OutboxState>, peer: Username, wake: Rc<Notify>
                 delays = backoff(retry_max);
                 // The outbox is empty: wait for new work (or look again now and then).
                 tokio::select! {
-                    _ = wake.notified() => {}
+                    _ = wake.work.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(60)) => {}
                 }
             }
@@ -306,7 +350,12 @@ async fn delivery_task(outbox: Rc<OutboxState>, peer: Username, wake: Rc<Notify>
                 failed = true;
                 let delay = delays.next().unwrap_or(retry_max);
                 tracing::debug!(%peer, error = %e, ?delay, "delivery failed; will retry");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = wake.path_back.notified() => {
+                        tracing::debug!(%peer, "the peer's host reached us; retrying now");
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
             }
         }
     }
@@ -318,6 +367,15 @@ type Link = smvs_transport::rpc::Link<host_link::Client>;
 /// Opens a link to `contact`'s host: its pinned transport key, directly or through the
 /// SOCKS5 proxy.
 async fn connect(
+    outbox: &OutboxState,
+    contact: &crate::model::Contact,
+) -> Result<Link, DeliveryError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, open_link(outbox, contact))
+        .await
+        .unwrap_or(Err(DeliveryError::Silent(CONNECT_TIMEOUT)))
+}
+
+async fn open_link(
     outbox: &OutboxState,
     contact: &crate::model::Contact,
 ) -> Result<Link, DeliveryError> {
@@ -464,9 +522,10 @@ async fn stream_outbox(
             publish_all(outbox, peer, changed, Status::Delivered);
             return Ok(());
         };
-        let answer = match promise.await {
-            Ok(response) => read_answer(&keys, &id, peer, &response),
-            Err(e) => Err(DeliveryError::Rpc(e)),
+        let answer = match tokio::time::timeout(RECEIPT_TIMEOUT, promise).await {
+            Ok(Ok(response)) => read_answer(&keys, &id, peer, &response),
+            Ok(Err(e)) => Err(DeliveryError::Rpc(e)),
+            Err(_) => Err(DeliveryError::Silent(RECEIPT_TIMEOUT)),
         };
         match answer {
             Ok(Answer::Stored) => delivered.push(id),
@@ -615,5 +674,25 @@ fn publish_all(outbox: &OutboxState, peer: &Username, ids: Vec<MessageId>, statu
             peer: peer.clone(),
             status,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_jitter_never_passes_it() {
+        let max = Duration::from_secs(30);
+        let delays: Vec<Duration> = backoff(max).take(40).collect();
+        assert!(delays[0] >= Duration::from_millis(125) && delays[0] <= Duration::from_millis(250));
+        assert!(delays.iter().all(|d| *d <= max), "{delays:?}");
+        // Once at the cap, every wait is in its upper half: a healed path is tried within the
+        // cap, and hosts do not retry in lockstep.
+        assert!(delays[20..].iter().all(|d| *d >= max / 2), "{delays:?}");
+        assert!(
+            delays[20..].windows(2).any(|w| w[0] != w[1]),
+            "no jitter: {delays:?}"
+        );
     }
 }

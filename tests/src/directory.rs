@@ -54,15 +54,40 @@ impl DirectoryProcess {
         db: String,
         extra: &[&str],
     ) -> anyhow::Result<DirectoryProcess> {
+        Self::launch(dir, db, "127.0.0.1", Vec::new(), extra)
+    }
+
+    /// A directory with SQLite inside `site`'s network namespace, on its address.
+    pub fn start_in(site: &crate::netns::Site, extra: &[&str]) -> anyhow::Result<DirectoryProcess> {
+        let dir = tempfile::Builder::new().prefix("smvs-dir-").tempdir()?;
+        let db = format!("sqlite:{}", dir.path().join("directory.db").display());
+        Self::launch(dir, db, site.ip, site.exec_prefix(), extra)
+    }
+
+    fn launch(
+        dir: TempDir,
+        db: String,
+        ip: &str,
+        netns_exec: Vec<String>,
+        extra: &[&str],
+    ) -> anyhow::Result<DirectoryProcess> {
         let key_file = dir.path().join("directory.key");
-        let mut args: Vec<String> = vec![
+        let mut args: Vec<String> = netns_exec;
+        let program = if args.is_empty() {
+            binary("smvs-directory")?
+        } else {
+            // `ip netns exec NAME smvs-directory …`
+            args.push(binary("smvs-directory")?.display().to_string());
+            PathBuf::from("ip")
+        };
+        args.extend([
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            format!("{ip}:0"),
             "--db".into(),
             db.clone(),
             "--key-file".into(),
             key_file.display().to_string(),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.path().join(format!(
             "directory-{}.log",
@@ -71,13 +96,7 @@ impl DirectoryProcess {
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>()
         ));
-        let daemon = Daemon::start(
-            "smvs-directory",
-            &binary("smvs-directory")?,
-            &args,
-            &log,
-            &[],
-        )?;
+        let daemon = Daemon::start("smvs-directory", &program, &args, &log, &[])?;
         let addr: SocketAddr = daemon
             .status
             .strip_prefix("listening on ")

@@ -28,6 +28,8 @@ pub struct HostProcess {
     directory_key: String,
     extra: Vec<String>,
     env: Vec<(String, String)>,
+    /// `ip netns exec NAME` when smvsd runs in a network namespace of the test's.
+    netns_exec: Vec<String>,
     starts: u32,
 }
 
@@ -57,6 +59,27 @@ impl HostProcess {
         ip: &str,
         extra: &[&str],
     ) -> anyhow::Result<HostProcess> {
+        Self::start_with(name, directory, ip, Vec::new(), extra)
+    }
+
+    /// [`HostProcess::start`] with smvsd inside `site`'s network namespace, on its address.
+    /// (keyguard and the local socket are Unix sockets, so they work across namespaces.)
+    pub fn start_in(
+        site: &crate::netns::Site,
+        name: &str,
+        directory: &DirectoryProcess,
+        extra: &[&str],
+    ) -> anyhow::Result<HostProcess> {
+        Self::start_with(name, directory, site.ip, site.exec_prefix(), extra)
+    }
+
+    fn start_with(
+        name: &str,
+        directory: &DirectoryProcess,
+        ip: &str,
+        netns_exec: Vec<String>,
+        extra: &[&str],
+    ) -> anyhow::Result<HostProcess> {
         let keyguard = KeyguardProcess::start(&[])?;
         let root = tempfile::Builder::new()
             .prefix(&format!("smvs-host-{name}-"))
@@ -74,6 +97,7 @@ impl HostProcess {
             directory_key: directory.key.to_hex(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
+            netns_exec,
             starts: 0,
         };
         host.start_again()?;
@@ -119,9 +143,18 @@ impl HostProcess {
             .iter()
             .map(|(k, v)| (k.as_str(), v.clone()))
             .collect();
+        let mut program = binary("smvsd")?;
+        if !self.netns_exec.is_empty() {
+            // `ip netns exec` execs smvsd in place: the pid is smvsd's.
+            args.insert(0, program.display().to_string());
+            for (i, word) in self.netns_exec.iter().enumerate() {
+                args.insert(i, word.clone());
+            }
+            program = PathBuf::from("ip");
+        }
         let daemon = Daemon::start(
             &format!("smvsd ({})", self.name),
-            &binary("smvsd")?,
+            &program,
             &args,
             &log,
             &env,

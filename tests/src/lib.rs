@@ -11,6 +11,7 @@ pub mod host;
 pub mod impersonate;
 pub mod keyguard;
 pub mod layering;
+pub mod netns;
 pub mod other_uid;
 pub mod postgres;
 pub mod runtime;
