@@ -3,6 +3,7 @@
 fn main() {
     let files = [
         "common.capnp",
+        "device.capnp",
         "directory.capnp",
         "host.capnp",
         "keyguard.capnp",

@@ -195,4 +195,33 @@ interface Host {
   calls @16 () -> (calls :List(CallInfo));
   registerCallAgent @17 (agent :CallAgent) -> (registration :Subscription);
   # While registered, D-Bus PlaceCall/AnswerCall are handed to this agent.
+
+  # Linked devices (the device port). Local clients and admin devices only.
+  devices @18 () -> (devices :List(Device));
+  linkDevice @19 (name :Text) -> (link :DeviceLink);
+  # A one-time pairing code for a new device to be called `name`.
+  revokeDevice @20 (name :Text) -> (device :Device);
+  # Forgets the device and cuts its open connections.
+}
+
+struct Device {
+  name @0 :Text;
+  fingerprint @1 :Text;
+  # Of the device's Noise key, as `smvsctl pair` shows it on the device.
+  admin @2 :Bool;
+  pairedAt @3 :Int64;
+  lastSeen @4 :Int64;
+  # Unix ms of its last connection; 0: never connected since pairing.
+  lastAddress @5 :Text;
+  connected @6 :Bool;
+}
+
+struct DeviceLink {
+  code @0 :Text;
+  # NN-DDDD-DDDD, to type on the new device; single use.
+  expiresAt @1 :Int64;
+  deviceAddress @2 :Text;
+  # Where the device port listens (as this host knows it; behind NAT, use the public one).
+  hostFingerprint @3 :Text;
+  # Of the host's device-port key, which the new device pins.
 }

@@ -23,6 +23,8 @@ pub enum CryptoError {
     Kdf(&'static str),
     #[error("noise transport: {0}")]
     Noise(String),
+    #[error("pairing: {0}")]
+    Pairing(&'static str),
 }
 
 pub(crate) fn check_len(

@@ -16,6 +16,7 @@ mod hash;
 mod identity;
 mod keys;
 pub mod noise;
+mod pake;
 mod sealed;
 mod sodium;
 
@@ -28,6 +29,7 @@ pub use keys::{
     AgreementKeyPair, AgreementPublicKey, SharedSecret, SignContext, Signature, SigningKeyPair,
     SigningPublicKey, SigningSeed, AGREEMENT_KEY_LEN, SIGNATURE_LEN, SIGNING_KEY_LEN,
 };
+pub use pake::{Pairing, PairingKey, PairingRole};
 pub use sealed::{seal, SEAL_OVERHEAD};
 pub use sodium::{constant_time_eq, init, random_array, random_bytes};
 

@@ -28,6 +28,7 @@ macro_rules! generated {
 }
 
 generated!(common_capnp, "common_capnp.rs");
+generated!(device_capnp, "device_capnp.rs");
 generated!(directory_capnp, "directory_capnp.rs");
 generated!(host_capnp, "host_capnp.rs");
 generated!(keyguard_capnp, "keyguard_capnp.rs");

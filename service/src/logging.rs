@@ -85,14 +85,22 @@ pub const LOCAL_CLIENT_REFUSED: SecurityEvent = SecurityEvent {
     message_id: "34b5c5e1b7b24ff2bc67023511f530b1",
 };
 
+/// A device on the device port was refused: its key is not paired (or was revoked), or a
+/// pairing attempt failed (wrong, used or expired code).
+pub const DEVICE_REFUSED: SecurityEvent = SecurityEvent {
+    name: "device-refused",
+    message_id: "56cd87ed9ad0471e8889023309f7fe98",
+};
+
 /// Every security event, for tests and documentation.
-pub const SECURITY_EVENTS: [SecurityEvent; 6] = [
+pub const SECURITY_EVENTS: [SecurityEvent; 7] = [
     DIRECTORY_ROLLBACK,
     KEY_CHANGED,
     PEER_REFUSED,
     KEYGUARD_REFUSAL,
     DIRECTORY_KEY_MISMATCH,
     LOCAL_CLIENT_REFUSED,
+    DEVICE_REFUSED,
 ];
 
 /// Logs a security event: `security_event!(LEVEL, EVENT, fields…, "message")`, where LEVEL is

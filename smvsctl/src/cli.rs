@@ -27,6 +27,16 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
+    /// Use the host this machine is paired with, over its device port at HOST[:PORT] (or where
+    /// it was paired, with `--host paired`) [default: $SMVS_HOST]
+    #[arg(
+        long,
+        global = true,
+        value_name = "HOST[:PORT]",
+        conflicts_with = "socket"
+    )]
+    pub host: Option<String>,
+
     /// Print JSON for programs instead of text (one object per command; one per line for watch)
     #[arg(long, global = true)]
     pub json: bool,
@@ -196,6 +206,29 @@ pub enum Command {
     #[command(after_help = "Example:\n  smvsctl --json calls")]
     Calls,
 
+    /// Pair this machine with your host, using a code from `smvsctl devices link`
+    #[command(
+        after_help = "Example:\n  smvsctl pair home.example:7422 42-1234-5678 --name laptop\n\nThe device key is kept in $XDG_CONFIG_HOME/smvs/device.key (0600) and the host's key is pinned in host.toml beside it; the history stays on the host. Afterwards use --host (or $SMVS_HOST) with any command."
+    )]
+    Pair {
+        /// The host's device port, HOST[:PORT] (port 7422 if left out)
+        host: String,
+        /// The code `devices link` printed, NN-DDDD-DDDD
+        code: String,
+        /// A name for this device [default: the one given to `devices link`]
+        #[arg(long)]
+        name: Option<String>,
+    },
+
+    /// List the devices paired with your host; link a new one; revoke one
+    #[command(
+        after_help = "Examples:\n  smvsctl devices\n  smvsctl devices link --name laptop\n  smvsctl devices revoke laptop"
+    )]
+    Devices {
+        #[command(subcommand)]
+        action: Option<DevicesAction>,
+    },
+
     /// Make messages with USER disappear SECONDS after they are sent (0 turns it off)
     #[command(after_help = "Examples:\n  smvsctl expire bob 86400\n  smvsctl expire bob 0")]
     Expire {
@@ -203,6 +236,21 @@ pub enum Command {
         user: Username,
         /// Lifetime of each message in seconds; 0 turns disappearing messages off
         seconds: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum DevicesAction {
+    /// Print a one-time code (10 minutes) for a new machine to pair with
+    Link {
+        /// The new device's name
+        #[arg(long)]
+        name: String,
+    },
+    /// Forget a device: its open connections end at once and its key is refused afterwards
+    Revoke {
+        /// The device's name as `devices` lists it
+        name: String,
     },
 }
 
@@ -287,6 +335,28 @@ impl Cli {
             Some(path) => path.clone(),
             None => default_socket(),
         }
+    }
+
+    /// The paired host to use over its device port, if this command goes there: `--host`, else
+    /// `$SMVS_HOST`, else the remembered pairing when there is no local socket to use. `paired`
+    /// means "where it was paired".
+    pub fn remote_host(&self) -> Option<String> {
+        if let Some(host) = &self.host {
+            return Some(host.clone());
+        }
+        if self.socket.is_some() {
+            return None;
+        }
+        if let Some(host) = std::env::var("SMVS_HOST").ok().filter(|h| !h.is_empty()) {
+            return Some(host);
+        }
+        let local_socket = std::env::var_os("SMVS_SOCKET").is_some_and(|s| !s.is_empty())
+            || default_socket().exists();
+        let paired = crate::remote::config_dir()
+            .ok()
+            .and_then(|dir| crate::remote::paired_host(&dir).ok().flatten())
+            .is_some();
+        (!local_socket && paired).then(|| "paired".to_string())
     }
 }
 

@@ -404,6 +404,44 @@ impl ConversationView {
     }
 }
 
+/// A device paired with the host (`devices`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceView {
+    pub name: String,
+    pub fingerprint: String,
+    pub admin: bool,
+    /// Unix milliseconds.
+    pub paired_at: i64,
+    /// Unix milliseconds of its last connection; 0: never since pairing.
+    pub last_seen: i64,
+    pub last_address: String,
+    pub connected: bool,
+}
+
+impl DeviceView {
+    pub fn read(r: smvs_schema::local_capnp::device::Reader<'_>) -> Result<Self, CtlError> {
+        Ok(DeviceView {
+            name: text("device name", r.get_name())?,
+            fingerprint: text("fingerprint", r.get_fingerprint())?,
+            admin: r.get_admin(),
+            paired_at: r.get_paired_at(),
+            last_seen: r.get_last_seen(),
+            last_address: text("address", r.get_last_address())?,
+            connected: r.get_connected(),
+        })
+    }
+}
+
+/// A pairing code for a new device (`devices link`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceLinkView {
+    pub code: String,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+    pub device_address: String,
+    pub host_fingerprint: String,
+}
+
 impl ContactView {
     pub fn read(r: smvs_schema::local_capnp::contact::Reader<'_>) -> Result<Self, CtlError> {
         Ok(ContactView {
@@ -592,6 +630,25 @@ pub async fn connect(path: &Path) -> Result<HostClient, CtlError> {
             source,
         })?;
     let (system, host) = smvs_transport::rpc::local_client::<host::Client>(stream);
+    Ok(start(system, host, path.to_owned()))
+}
+
+/// Connects to the host this machine is paired with, over its device port (at `address`, or
+/// where it was paired). Must be called inside a `tokio::task::LocalSet`.
+pub async fn connect_device(address: Option<&str>) -> Result<HostClient, CtlError> {
+    let (system, host, pairing) = crate::remote::connect(address).await?;
+    let client = start(system, host, pairing);
+    // The host lets a paired key in or refuses it here, before any other request.
+    client.status().await?;
+    Ok(client)
+}
+
+/// Drives the RPC system on the LocalSet and wraps its bootstrap.
+fn start(
+    system: capnp_rpc::RpcSystem<capnp_rpc::rpc_twoparty_capnp::Side>,
+    host: host::Client,
+    path: PathBuf,
+) -> HostClient {
     let (closed_tx, closed) = watch::channel(None);
     tokio::task::spawn_local(async move {
         let reason = match system.await {
@@ -601,11 +658,7 @@ pub async fn connect(path: &Path) -> Result<HostClient, CtlError> {
         // Nobody may be waiting for the reason any more; that is fine.
         let _ = closed_tx.send(Some(reason));
     });
-    Ok(HostClient {
-        host,
-        path: path.to_owned(),
-        closed,
-    })
+    HostClient { host, path, closed }
 }
 
 /// Keeps a subscription alive; dropping it ends the subscription (smvsd stops calling the sink).
@@ -642,7 +695,7 @@ impl event_sink::Server for Sink {
 }
 
 impl HostClient {
-    /// The socket this client is connected to.
+    /// The socket this client is connected to (for a linked device: its pairing file).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -750,6 +803,36 @@ impl HostClient {
             .iter()
             .map(ContactView::read)
             .collect()
+    }
+
+    pub async fn devices(&self) -> Result<Vec<DeviceView>, CtlError> {
+        let answer = self.host.devices_request().send().promise.await?;
+        answer
+            .get()?
+            .get_devices()?
+            .iter()
+            .map(DeviceView::read)
+            .collect()
+    }
+
+    pub async fn link_device(&self, name: &str) -> Result<DeviceLinkView, CtlError> {
+        let mut request = self.host.link_device_request();
+        request.get().set_name(name);
+        let answer = request.send().promise.await?;
+        let link = answer.get()?.get_link()?;
+        Ok(DeviceLinkView {
+            code: text("code", link.get_code())?,
+            expires_at: link.get_expires_at(),
+            device_address: text("address", link.get_device_address())?,
+            host_fingerprint: text("fingerprint", link.get_host_fingerprint())?,
+        })
+    }
+
+    pub async fn revoke_device(&self, name: &str) -> Result<DeviceView, CtlError> {
+        let mut request = self.host.revoke_device_request();
+        request.get().set_name(name);
+        let answer = request.send().promise.await?;
+        DeviceView::read(answer.get()?.get_device()?)
     }
 
     pub async fn block(&self, user: &Username) -> Result<(), CtlError> {

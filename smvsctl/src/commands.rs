@@ -18,7 +18,7 @@ pub const MAX_STDIN_BODY: usize = smvs_schema::MAX_MESSAGE_BYTES;
 
 /// Writes one rendered answer and a newline, and flushes, so a reader on a pipe sees each line
 /// as soon as it is complete.
-fn emit(out: &mut dyn Write, text: &str) -> Result<(), CtlError> {
+pub(crate) fn emit(out: &mut dyn Write, text: &str) -> Result<(), CtlError> {
     writeln!(out, "{text}").map_err(CtlError::output)?;
     out.flush().map_err(CtlError::output)
 }
@@ -85,6 +85,9 @@ pub async fn execute(
         Command::Block { user } => block(host, format, out, user, true).await,
         Command::Unblock { user } => block(host, format, out, user, false).await,
         Command::Contacts => contacts(host, format, out).await,
+        Command::Devices { action } => devices(host, format, out, action.as_ref()).await,
+        // Pairing needs no host connection; `run` does it before connecting.
+        Command::Pair { .. } => Err(CtlError::Local("pair runs on its own".into())),
         Command::Verify {
             user,
             accept_new_key,
@@ -274,6 +277,35 @@ pub async fn contacts(
         out,
         &output::render(format, contacts.as_slice(), output::contacts_text)?,
     )
+}
+
+pub async fn devices(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+    action: Option<&crate::cli::DevicesAction>,
+) -> Result<(), CtlError> {
+    use crate::cli::DevicesAction;
+    let text = match action {
+        None => {
+            let devices = host.devices().await?;
+            output::render(format, devices.as_slice(), output::devices_text)?
+        }
+        Some(DevicesAction::Link { name }) => {
+            let link = host.link_device(name).await?;
+            output::render(format, &link, output::device_link_text)?
+        }
+        Some(DevicesAction::Revoke { name }) => {
+            let device = host.revoke_device(name).await?;
+            output::render(format, &device, |d| {
+                format!(
+                    "revoked {}: its connections are cut",
+                    output::clean(&d.name)
+                )
+            })?
+        }
+    };
+    emit(out, &text)
 }
 
 pub async fn verify(

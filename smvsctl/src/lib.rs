@@ -17,6 +17,7 @@ pub mod client;
 pub mod commands;
 pub mod error;
 pub mod output;
+pub mod remote;
 
 use std::future::Future;
 
@@ -56,7 +57,23 @@ pub fn run(mut cli: Cli) -> Result<(), CtlError> {
         {
             return agent::run(*preview, bus == "session", &socket, media, stop).await;
         }
-        let host = client::connect(&socket).await?;
+        if let Command::Pair { host, code, name } = &cli.command {
+            let paired = remote::pair(host, code, name.as_deref()).await?;
+            let text = output::render(format, &paired, output::paired_text)?;
+            return commands::emit(&mut out, &text);
+        }
+        let host = match cli.remote_host() {
+            Some(address) => {
+                if matches!(cli.command, Command::Agent { .. }) {
+                    return Err(CtlError::Local(
+                        "the agent runs beside the host for now; --host is not supported for it yet"
+                            .into(),
+                    ));
+                }
+                client::connect_device((address != "paired").then_some(address.as_str())).await?
+            }
+            None => client::connect(&socket).await?,
+        };
         commands::execute(&host, &cli.command, format, &mut out, stop).await
     })
 }

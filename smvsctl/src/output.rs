@@ -449,6 +449,69 @@ pub fn call_end_text(peer: &str, reason: &str) -> String {
 }
 
 /// Renders a value that has both shapes.
+pub fn devices_text(devices: &[crate::client::DeviceView]) -> String {
+    if devices.is_empty() {
+        return "no linked devices (pair one: `smvsctl devices link --name laptop`)".to_string();
+    }
+    let width = devices.iter().map(|d| d.name.len()).max().unwrap_or(0);
+    devices
+        .iter()
+        .map(|d| {
+            let seen = if d.connected {
+                format!("connected from {}", clean(&d.last_address))
+            } else if d.last_seen == 0 {
+                "never connected".to_string()
+            } else {
+                format!(
+                    "last seen {} from {}",
+                    rfc3339_utc(d.last_seen),
+                    clean(&d.last_address)
+                )
+            };
+            let admin = if d.admin { "  (admin)" } else { "" };
+            format!(
+                "{:width$}  {}  {seen}{admin}",
+                clean(&d.name),
+                clean(&d.fingerprint)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+pub fn device_link_text(link: &crate::client::DeviceLinkView) -> String {
+    format!(
+        "On the new machine, run:\n\n  smvsctl pair {} {}\n\nThe code works once, for 10 minutes (until {}). The host's key fingerprint,\nwhich `pair` shows too, is {}.\n\n{}",
+        clean(&link.device_address),
+        clean(&link.code),
+        rfc3339_utc(link.expires_at),
+        clean(&link.host_fingerprint),
+        qr_text(&format!("smvs-pair:{}/{}", link.device_address, link.code)),
+    )
+}
+
+pub fn paired_text(p: &crate::remote::Paired) -> String {
+    format!(
+        "paired as {}{} with the host at {}\nhost key fingerprint {} (compare it with what `devices link` printed)\nthis device's fingerprint {}",
+        clean(&p.name),
+        if p.admin { " (admin)" } else { "" },
+        clean(&p.address),
+        clean(&p.host_fingerprint),
+        clean(&p.device_fingerprint)
+    )
+}
+
+/// A QR code of `text` for a terminal (two rows per character), or nothing if it does not fit.
+fn qr_text(text: &str) -> String {
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => code
+            .render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build(),
+        Err(_) => String::new(),
+    }
+}
+
 pub fn render<T: Serialize + ?Sized>(
     format: Format,
     value: &T,

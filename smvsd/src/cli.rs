@@ -13,6 +13,8 @@ use crate::config::{Config, FileConfig};
 /// The default cap on the wait between delivery attempts: one probe per half minute per
 /// unreachable peer is cheap, and a healed path is used again within it.
 const DEFAULT_RETRY_MAX_SECONDS: u64 = 30;
+/// The device port's default port (the peer port's is 7421).
+pub const DEFAULT_DEVICE_PORT: u16 = 7422;
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +35,14 @@ pub struct Cli {
     /// Address other hosts connect to.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Where the user's devices on other machines connect (the device port), or `none`
+    /// [default: the peer port's address, port 7422].
+    #[arg(long, value_name = "ADDR|none")]
+    pub device_listen: Option<String>,
+    /// How long a pairing code from `smvsctl devices link` is good for, in seconds
+    /// [default: 600].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub pairing_code_seconds: Option<u64>,
     /// Address published in the directory, if not the listen address (a proxy or onion name).
     #[arg(long)]
     pub public_address: Option<String>,
@@ -97,6 +107,18 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         .or(file.public_address)
         .map(|a| smvs_schema::HostAddress::parse(&a).map_err(|e| e.to_string()))
         .transpose()?;
+    let listen = cli
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7421)));
+    let device_listen = match cli.device_listen.or(file.device_listen).as_deref() {
+        Some("none") => None,
+        Some(addr) => Some(
+            addr.parse::<SocketAddr>()
+                .map_err(|e| format!("--device-listen {addr:?}: {e} (an IP:PORT, or none)"))?,
+        ),
+        None => Some(SocketAddr::new(listen.ip(), DEFAULT_DEVICE_PORT)),
+    };
     let mut allowed = file.allowed_uids.unwrap_or_default();
     allowed.extend(cli.allow_uid);
     Ok(Config {
@@ -105,10 +127,14 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
             .or(file.state_dir)
             .ok_or_else(|| need("state-dir"))?,
         socket: cli.socket.or(file.socket).ok_or_else(|| need("socket"))?,
-        listen: cli
-            .listen
-            .or(file.listen)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7421))),
+        listen,
+        device_listen,
+        pairing_code_lifetime: Duration::from_secs(
+            cli.pairing_code_seconds
+                .or(file.pairing_code_seconds)
+                .unwrap_or(600)
+                .clamp(1, 3600),
+        ),
         public_address,
         directory: cli
             .directory

@@ -15,6 +15,8 @@ pub struct FileConfig {
     pub state_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
+    pub device_listen: Option<String>,
+    pub pairing_code_seconds: Option<u64>,
     pub public_address: Option<String>,
     pub directory: Option<String>,
     pub directory_key: Option<String>,
@@ -44,6 +46,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub listen: SocketAddr,
+    /// The device port (None: no device on another machine can connect).
+    pub device_listen: Option<SocketAddr>,
+    /// How long a pairing code from `devices link` is good for.
+    pub pairing_code_lifetime: Duration,
     /// The address published in the directory (default: the listen address).
     pub public_address: Option<HostAddress>,
     pub directory: String,

@@ -24,10 +24,12 @@ use smvs_keyguard::client::KeyguardClient;
 use smvs_schema::Username;
 use thiserror::Error;
 
+use crate::api::device::DeviceApi;
 use crate::api::local::LocalApi;
 use crate::calls::{CallContext, CallManager};
 use crate::commands::{Commands, Owners};
 use crate::config::Config;
+use crate::devices::Devices;
 use crate::events::{DeviceHub, Events};
 use crate::inbox::{Inbox, InboxSettings};
 use crate::outbox::{Outbox, OutboxSettings};
@@ -68,6 +70,8 @@ pub enum DaemonError {
 /// A running host: its listeners, owners and tasks, all on the current (actix) thread.
 pub struct Host {
     peer_addr: std::net::SocketAddr,
+    /// The device port's address, when it has one.
+    device_addr: Option<std::net::SocketAddr>,
     socket_path: std::path::PathBuf,
     storage: Storage,
     /// The accept loops and timers; aborted by [`Host::shutdown`].
@@ -115,6 +119,19 @@ impl Host {
         let peer_addr = peer_listener
             .local_addr()
             .map_err(listen_error(config.listen.to_string()))?;
+        let device_listener = match config.device_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(listen_error(format!("{addr} (the device port)")))?,
+            ),
+            None => None,
+        };
+        let device_addr = device_listener
+            .as_ref()
+            .map(|l| l.local_addr())
+            .transpose()
+            .map_err(listen_error("the device port".into()))?;
         let local_listener = crate::api::local::bind(&config.socket)
             .map_err(listen_error(config.socket.display().to_string()))?;
         // An OS-chosen port is only known now.
@@ -173,7 +190,20 @@ impl Host {
                 honour_remote_delete: config.honour_remote_delete,
             },
         ));
+        let devices = Rc::new(
+            Devices::load(
+                storage.clone(),
+                transport.public(),
+                config.pairing_code_lifetime,
+            )
+            .await
+            .map_err(|e| DaemonError::Inconsistent(format!("the device list: {e}")))?,
+        );
+        if let Some(addr) = device_addr {
+            devices.set_address(addr.to_string());
+        }
         let commands = Commands::new(Owners {
+            devices: devices.clone(),
             trust,
             sessions,
             outbox: outbox.clone(),
@@ -188,7 +218,7 @@ impl Host {
         let mut tasks = vec![
             tokio::task::spawn_local(crate::api::peer::serve(
                 peer_listener,
-                transport,
+                transport.clone(),
                 inbox,
                 config.peer_idle,
             )),
@@ -202,6 +232,17 @@ impl Host {
             ),
             tokio::task::spawn_local(expire_loop(storage.clone())),
         ];
+        if let Some(listener) = device_listener {
+            tasks.push(tokio::task::spawn_local(
+                DeviceApi {
+                    commands: commands.clone(),
+                    hub: hub.clone(),
+                    devices,
+                    transport,
+                }
+                .serve(listener),
+            ));
+        }
         for peer in storage.peers_with_outbox().await? {
             outbox.kick(&peer);
         }
@@ -230,6 +271,7 @@ impl Host {
         tracing::info!(listen = %peer_addr, socket = %config.socket.display(), "host serving");
         Ok(Host {
             peer_addr,
+            device_addr,
             socket_path: config.socket,
             storage,
             tasks,
@@ -244,8 +286,12 @@ impl Host {
 
     /// What systemd's status line says while the host serves.
     pub fn status(&self) -> String {
+        let devices = match self.device_addr {
+            Some(addr) => format!("devices on {addr}"),
+            None => "no device port".into(),
+        };
         format!(
-            "listening on {}; socket {}",
+            "listening on {}; socket {}; {devices}",
             self.peer_addr,
             self.socket_path.display()
         )

@@ -24,6 +24,8 @@ pub struct HostProcess {
     pub socket: PathBuf,
     /// Fixed after the first start, so the address in the directory stays right across restarts.
     pub listen: SocketAddr,
+    /// The device port; fixed after the first start too, so paired devices find it again.
+    pub device_listen: SocketAddr,
     directory: String,
     directory_key: String,
     extra: Vec<String>,
@@ -93,6 +95,7 @@ impl HostProcess {
             socket: root.path().join("run").join("smvsd.sock"),
             root,
             listen: format!("{ip}:0").parse()?,
+            device_listen: format!("{ip}:0").parse()?,
             directory: directory.addr.to_string(),
             directory_key: directory.key.to_hex(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -126,6 +129,8 @@ impl HostProcess {
             self.socket.display().to_string(),
             "--listen".into(),
             self.listen.to_string(),
+            "--device-listen".into(),
+            self.device_listen.to_string(),
             "--directory".into(),
             self.directory.clone(),
             "--directory-key".into(),
@@ -165,6 +170,12 @@ impl HostProcess {
             .and_then(|s| s.split(';').next())
             .ok_or_else(|| anyhow!("unexpected status {:?}", daemon.status))?;
         self.listen = addr.parse()?;
+        let devices = daemon
+            .status
+            .split("; ")
+            .find_map(|part| part.strip_prefix("devices on "))
+            .ok_or_else(|| anyhow!("no device port in status {:?}", daemon.status))?;
+        self.device_listen = devices.parse()?;
         self.daemon = Some(daemon);
         Ok(())
     }

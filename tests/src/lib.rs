@@ -6,6 +6,7 @@ pub mod child;
 pub mod conversation;
 pub mod daemon;
 pub mod dbus;
+pub mod device;
 pub mod directory;
 pub mod host;
 pub mod impersonate;

@@ -176,6 +176,17 @@ impl TwoSites {
     }
 }
 
+impl TwoSites {
+    /// From site b, only TCP to `port` reaches site a; everything else b sends is dropped.
+    pub fn only_port_from_b_to_a(&self, port: &str) -> anyhow::Result<()> {
+        let b = &self.b;
+        b.iptables(&[
+            "-A", "OUTPUT", "-o", &b.veth, "-p", "tcp", "--dport", port, "-j", "ACCEPT",
+        ])?;
+        b.iptables(&["-A", "OUTPUT", "-o", &b.veth, "-j", "DROP"])
+    }
+}
+
 impl Drop for TwoSites {
     fn drop(&mut self) {
         for site in [&self.a, &self.b] {

@@ -32,9 +32,18 @@ pub struct Watch {
 impl Watch {
     /// Starts watching and returns once the subscription is live (a marker event came through).
     pub fn start(host: &HostProcess) -> anyhow::Result<Watch> {
-        let mut child = host
-            .ctl_command(&["--json", "watch"])?
+        Self::start_with(host.ctl_command(&["--json", "watch"])?, host)
+    }
+
+    /// Starts `watch`, a `smvsctl --json watch` of some device of `host`'s user (a linked device
+    /// over the device port, say), and returns once its subscription is live.
+    pub fn start_with(
+        mut watch: std::process::Command,
+        host: &HostProcess,
+    ) -> anyhow::Result<Watch> {
+        let mut child = watch
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()?;
         let stdout = child
             .stdout
@@ -141,6 +150,28 @@ impl Watch {
             }
         }
         Ok(self.seen.clone())
+    }
+}
+
+impl Watch {
+    /// Waits up to `limit` for the watcher to end on its own; its exit status, or `None`.
+    pub fn ended_within(
+        &mut self,
+        limit: Duration,
+    ) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + limit;
+        let Some(child) = self.child.as_mut() else {
+            bail!("{}'s watcher was already reaped", self.host);
+        };
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

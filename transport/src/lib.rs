@@ -24,3 +24,5 @@ pub use error::TransportError;
 pub const DIRECTORY_PROLOGUE: &[u8] = b"smvs-directory-v1";
 /// Prologue of host-to-host links.
 pub const HOST_PROLOGUE: &[u8] = b"smvs-host-v1";
+/// The prologue of a device's link to its own host (the device port).
+pub const DEVICE_PROLOGUE: &[u8] = b"smvs-device-v1";

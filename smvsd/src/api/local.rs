@@ -19,8 +19,9 @@ use tokio::sync::mpsc;
 use super::local_calls;
 use crate::commands::{
     parse_user, Commands, Contacts, Conversations, Delete, Expire, GetMessage, History, HostStatus,
-    Register, SendText, SetBlocked, Verify,
+    LinkDevice, ListDevices, Register, RevokeDevice, SendText, SetBlocked, Verify,
 };
+use crate::devices::Device;
 use crate::error::HostError;
 use crate::events::{DeviceHub, Subscribe, DEVICE_QUEUE};
 use crate::model::{CallInfo, HostEvent, Integrity, MessageId, Payload, Status, StoredMessage};
@@ -97,10 +98,8 @@ impl LocalApi {
             };
             let api = me.clone();
             tokio::task::spawn_local(async move {
-                let host: host::Client = capnp_rpc::new_client(HostRpc {
-                    commands: api.commands.clone(),
-                    hub: api.hub.clone(),
-                });
+                // A local client is the host's own user: it may manage devices.
+                let host = host_api(api.commands.clone(), api.hub.clone(), true);
                 if let Err(e) = smvs_transport::rpc::local_server(stream, host.client).await {
                     tracing::debug!(error = %e, "local client connection ended");
                 }
@@ -113,6 +112,21 @@ impl LocalApi {
 struct HostRpc {
     commands: Addr<Commands>,
     hub: Addr<DeviceHub>,
+    /// May list, link and revoke devices.
+    admin: bool,
+}
+
+/// The local API for one client (the Unix socket, or a paired device's link).
+pub(super) fn host_api(
+    commands: Addr<Commands>,
+    hub: Addr<DeviceHub>,
+    admin: bool,
+) -> host::Client {
+    capnp_rpc::new_client(HostRpc {
+        commands,
+        hub,
+        admin,
+    })
 }
 
 fn text<'a>(t: capnp::Result<capnp::text::Reader<'a>>) -> Result<&'a str, capnp::Error> {
@@ -447,6 +461,74 @@ impl host::Server for HostRpc {
     ) -> Result<(), capnp::Error> {
         local_calls::register_agent(&self.commands, params, results).await
     }
+
+    async fn devices(
+        self: Rc<Self>,
+        _: host::DevicesParams,
+        mut results: host::DevicesResults,
+    ) -> Result<(), capnp::Error> {
+        let devices = mailbox(self.commands.send(ListDevices { admin: self.admin }).await)??;
+        let mut list = results.get().init_devices(len(devices.len())?);
+        for (i, (device, connected)) in devices.iter().enumerate() {
+            write_device(list.reborrow().get(len(i)?), device, *connected);
+        }
+        Ok(())
+    }
+
+    async fn link_device(
+        self: Rc<Self>,
+        params: host::LinkDeviceParams,
+        mut results: host::LinkDeviceResults,
+    ) -> Result<(), capnp::Error> {
+        let name = text(params.get()?.get_name())?.to_owned();
+        let link = mailbox(
+            self.commands
+                .send(LinkDevice {
+                    admin: self.admin,
+                    name,
+                })
+                .await,
+        )??;
+        let mut b = results.get().init_link();
+        b.set_code(link.code.as_str());
+        b.set_expires_at(link.expires_at);
+        b.set_device_address(&link.device_address);
+        b.set_host_fingerprint(&link.host_fingerprint);
+        Ok(())
+    }
+
+    async fn revoke_device(
+        self: Rc<Self>,
+        params: host::RevokeDeviceParams,
+        mut results: host::RevokeDeviceResults,
+    ) -> Result<(), capnp::Error> {
+        let name = text(params.get()?.get_name())?.to_owned();
+        let device = mailbox(
+            self.commands
+                .send(RevokeDevice {
+                    admin: self.admin,
+                    name,
+                })
+                .await,
+        )??;
+        write_device(results.get().init_device(), &device, false);
+        Ok(())
+    }
+}
+
+/// A list length for Cap'n Proto (which counts in u32).
+fn len(n: usize) -> Result<u32, capnp::Error> {
+    u32::try_from(n).map_err(|_| HostError::internal("list too long").into())
+}
+
+fn write_device(mut b: smvs_schema::local_capnp::device::Builder<'_>, d: &Device, connected: bool) {
+    b.set_name(&d.name);
+    b.set_fingerprint(d.fingerprint());
+    b.set_admin(d.admin);
+    b.set_paired_at(d.paired_at);
+    b.set_last_seen(d.last_seen);
+    b.set_last_address(&d.last_address);
+    b.set_connected(connected);
 }
 
 struct SubscriptionRpc {

@@ -5,9 +5,12 @@
 //! - [`local`]: the Unix socket (Cap'n Proto `Host`, `schema/local.capnp`), with its call part in
 //!   `local_calls`;
 //! - [`dbus`]: `org.smvs.Daemon1` on the system or session bus;
-//! - [`peer`]: the peer port, where other hosts deliver envelopes (`schema/host.capnp`).
+//! - [`peer`]: the peer port, where other hosts deliver envelopes (`schema/host.capnp`);
+//! - [`device`]: the device port, where the user's devices on other machines pair and then use
+//!   the same API as the socket (`schema/device.capnp`).
 
 pub mod dbus;
+pub mod device;
 pub mod local;
 mod local_calls;
 pub mod peer;

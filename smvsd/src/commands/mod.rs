@@ -23,6 +23,7 @@ use smvs_schema::{ErrorCode, HostAddress, Username};
 use tokio::sync::mpsc;
 
 use crate::calls::{self, AgentRequest, CallManager, DeviceNotice};
+use crate::devices::{Device, Devices, LinkCode};
 use crate::error::HostError;
 use crate::events::Events;
 use crate::model::{
@@ -50,6 +51,7 @@ pub struct Owners {
     pub storage: Storage,
     pub calls: Addr<CallManager>,
     pub events: Events,
+    pub devices: Rc<Devices>,
     /// The address published in the directory.
     pub host_address: HostAddress,
 }
@@ -411,4 +413,60 @@ command!(AnswerViaAgent => CallId, |o, AnswerViaAgent(id)| {
         .send(calls::ViaAgent { place: None, answer: Some(id) })
         .await
         .map_err(|_| HostError::shutting_down())?
+});
+
+// ----- linked devices -----
+
+/// Who asks for a device-management command: only local clients and admin devices may.
+fn admin_only(admin: bool) -> Result<(), HostError> {
+    if admin {
+        Ok(())
+    } else {
+        Err(HostError::new(
+            ErrorCode::NotAllowed,
+            "only an admin device (or the host's own socket) manages devices",
+        ))
+    }
+}
+
+/// `devices`: the paired devices and whether each is connected.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(Device, bool)>, HostError>")]
+pub struct ListDevices {
+    pub admin: bool,
+}
+
+command!(ListDevices => Vec<(Device, bool)>, |o, m| {
+    admin_only(m.admin)?;
+    Ok(o.devices.list())
+});
+
+/// `devices link --name NAME`: a pairing code.
+#[derive(Message)]
+#[rtype(result = "Result<LinkCode, HostError>")]
+pub struct LinkDevice {
+    pub admin: bool,
+    pub name: String,
+}
+
+command!(LinkDevice => LinkCode, |o, m| {
+    admin_only(m.admin)?;
+    let code = o.devices.link(&m.name)?;
+    tracing::info!(device = %m.name, "made a pairing code for a new device");
+    Ok(code)
+});
+
+/// `devices revoke NAME`.
+#[derive(Message)]
+#[rtype(result = "Result<Device, HostError>")]
+pub struct RevokeDevice {
+    pub admin: bool,
+    pub name: String,
+}
+
+command!(RevokeDevice => Device, |o, m| {
+    admin_only(m.admin)?;
+    let device = o.devices.revoke(&m.name).await?;
+    tracing::info!(device = %device.name, "revoked a device");
+    Ok(device)
 });

@@ -1,0 +1,298 @@
+//! Linked devices: alice's machines that use her host over its device port (Noise, then the same
+//! API as the socket), paired with a one-time code (SPAKE2), listed and revoked. Real processes:
+//! the directory, two hosts, and `smvsctl` as a device with its own config directory, one of
+//! them in a network namespace of its own that reaches the host only through the device port.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use smvs_tests::conversation::body;
+use smvs_tests::device::DeviceProcess;
+use smvs_tests::netns::TwoSites;
+use smvs_tests::watch::Watch;
+use smvs_tests::{DirectoryProcess, HostProcess};
+
+/// The journal MESSAGE_ID of a refused device (service/src/logging.rs).
+const DEVICE_REFUSED_ID: &str = "56cd87ed9ad0471e8889023309f7fe98";
+
+/// `devices link --name NAME` on alice's own socket: the code and the device port.
+fn link_code(alice: &HostProcess, name: &str) -> (String, String) {
+    let link = alice
+        .ctl_json(&["devices", "link", "--name", name])
+        .unwrap();
+    (
+        link["code"].as_str().unwrap().to_owned(),
+        link["device_address"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn refused(out: &std::process::Output) -> String {
+    assert!(!out.status.success(), "expected a refusal, got {out:?}");
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_paired_device_uses_the_host_over_the_device_port_until_it_is_revoked() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+
+    let (code, address) = link_code(&alice, "laptop");
+    assert_eq!(address, alice.device_listen.to_string());
+    let text = alice
+        .ctl_ok(&["devices", "link", "--name", "desk"])
+        .unwrap();
+    assert!(text.contains("smvsctl pair"), "{text}");
+    let laptop = DeviceProcess::new("laptop", &address).unwrap();
+    let paired = laptop.pair(&code).unwrap();
+    assert!(paired.status.success(), "{paired:?}");
+    let paired: serde_json::Value = serde_json::from_slice(&paired.stdout).unwrap();
+    assert_eq!(paired["name"], "laptop");
+    assert_eq!(
+        paired["admin"], true,
+        "the first device paired manages the others"
+    );
+
+    // The device holds its key (0600) and the pinned host, nothing else.
+    let mut kept: Vec<String> = std::fs::read_dir(laptop.config_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["device.key", "host.toml"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(laptop.config_dir().join("device.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Everything a local device can do, over the device port.
+    let who = laptop.ctl_json(&["whoami"]).unwrap();
+    assert_eq!(who["username"], "alice");
+    let mut watch =
+        Watch::start_with(laptop.command(&["--json", "watch"]).unwrap(), &alice).unwrap();
+    let id = laptop
+        .ctl_ok(&["send", "bob", "from alice's laptop"])
+        .unwrap();
+    let id = id.trim();
+    bob.wait_history("alice", Duration::from_secs(30), |h| {
+        h.iter().any(|m| body(m) == "from alice's laptop")
+    })
+    .unwrap();
+    // The host's own history (the local socket) has it as alice's.
+    let mine = alice.history("bob").unwrap();
+    assert!(mine.iter().any(|m| m["id"] == id && m["from"] == "alice"));
+    bob.send("alice", "hi laptop").unwrap();
+    watch
+        .wait_for("bob's message", |e| {
+            e["event"] == "message_received" && e["peer"] == "bob"
+        })
+        .unwrap();
+    let on_laptop = laptop.ctl_json(&["history", "bob"]).unwrap();
+    let bodies: Vec<&str> = on_laptop
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["from alice's laptop", "hi laptop"]);
+
+    // alice lists her devices: the laptop, connected now (its watch is open).
+    let devices = alice.ctl_json(&["devices"]).unwrap();
+    let devices = devices.as_array().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0]["name"], "laptop");
+    assert_eq!(devices[0]["connected"], true);
+    assert_eq!(devices[0]["fingerprint"], paired["device_fingerprint"]);
+
+    // Revoked: the open watch ends at once, and the next connection is refused.
+    let revoked_at = Instant::now();
+    alice.ctl_ok(&["devices", "revoke", "laptop"]).unwrap();
+    let ended = watch.ended_within(Duration::from_secs(10)).unwrap();
+    let took = revoked_at.elapsed();
+    assert!(
+        ended.is_some(),
+        "the revoked device's watch stream is still open"
+    );
+    eprintln!(
+        "the revoked device's watch ended {:.0} ms after the revoke",
+        took.as_secs_f64() * 1000.0
+    );
+    let again = refused(&laptop.ctl(&["status"]).unwrap());
+    assert!(again.contains("not paired"), "{again}");
+    assert!(
+        alice.logs().contains(DEVICE_REFUSED_ID),
+        "no refusal with its MESSAGE_ID in the log"
+    );
+    assert_eq!(alice.ctl_json(&["devices"]).unwrap(), serde_json::json!([]));
+}
+
+#[test]
+fn pairing_refuses_wrong_expired_and_reused_codes_and_keys_that_were_never_paired() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice =
+        HostProcess::start("alice", &dir, "127.0.0.1", &["--pairing-code-seconds", "3"]).unwrap();
+    alice.register().unwrap();
+
+    let mut codes = Vec::new();
+    // Three wrong tries burn the code: the right one fails after them.
+    let (code, address) = link_code(&alice, "laptop");
+    codes.push(code.clone());
+    let (nameplate, secret) = code.split_once('-').unwrap();
+    let wrong_secret = if secret.starts_with('0') {
+        "1111-1111"
+    } else {
+        "0000-0000"
+    };
+    let laptop = DeviceProcess::new("laptop", &address).unwrap();
+    for _ in 0..3 {
+        let e = refused(&laptop.pair(&format!("{nameplate}-{wrong_secret}")).unwrap());
+        assert!(e.contains("pairing failed"), "{e}");
+    }
+    let e = refused(&laptop.pair(&code).unwrap());
+    assert!(e.contains("pairing failed"), "{e}");
+    assert!(!laptop.config_dir().join("host.toml").exists());
+
+    // A used code does not work twice.
+    let (code, _) = link_code(&alice, "laptop");
+    codes.push(code.clone());
+    assert!(laptop.pair(&code).unwrap().status.success());
+    let desk = DeviceProcess::new("desk", &address).unwrap();
+    let e = refused(&desk.pair(&code).unwrap());
+    assert!(e.contains("pairing failed"), "{e}");
+
+    // An expired code does not work (this host's codes last 3 s).
+    let (code, _) = link_code(&alice, "desk");
+    codes.push(code.clone());
+    std::thread::sleep(Duration::from_secs(4));
+    refused(&desk.pair(&code).unwrap());
+
+    // A key that was never paired is refused before any API call: here it even holds the
+    // paired laptop's host.toml, only not its key.
+    std::fs::create_dir_all(desk.config_dir()).unwrap();
+    std::fs::copy(
+        laptop.config_dir().join("host.toml"),
+        desk.config_dir().join("host.toml"),
+    )
+    .unwrap();
+    let e = refused(&desk.ctl(&["status"]).unwrap());
+    assert!(e.contains("not paired"), "{e}");
+    let e = refused(&desk.ctl(&["send", "alice", "hello"]).unwrap());
+    assert!(e.contains("not paired"), "{e}");
+    let logs = alice.logs();
+    assert!(logs.contains(DEVICE_REFUSED_ID));
+    assert!(laptop.ctl_ok(&["status"]).is_ok());
+    assert_eq!(
+        alice
+            .ctl_json(&["devices"])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // No code ever reaches a log or a state file.
+    for c in &codes {
+        let secret = c.split_once('-').unwrap().1;
+        assert!(!logs.contains(secret), "a pairing code is in the log");
+        for entry in walk(&alice.state_dir) {
+            let bytes = std::fs::read(&entry).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a pairing code is in {}",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_second_device_is_no_admin_and_a_device_in_its_own_namespace_reaches_only_the_device_port() {
+    // alice's host in namespace a; her desk in namespace b, where the only way to the host is
+    // the device port (the test drops everything else bound for site a).
+    let sites = TwoSites::new().unwrap();
+    let dir = DirectoryProcess::start_in(&sites.a, &[]).unwrap();
+    let alice = HostProcess::start_in(&sites.a, "alice", &dir, &[]).unwrap();
+    alice.register().unwrap();
+    let port = alice.device_listen.port().to_string();
+    sites.only_port_from_b_to_a(&port).unwrap();
+
+    let (code, address) = link_code(&alice, "laptop");
+    let laptop = DeviceProcess::new_in(&sites.b, "laptop", &address).unwrap();
+    assert!(laptop.pair(&code).unwrap().status.success());
+    let (code, _) = link_code(&alice, "desk");
+    let desk = DeviceProcess::new_in(&sites.b, "desk", &address).unwrap();
+    let paired = desk.pair(&code).unwrap();
+    assert!(paired.status.success(), "{paired:?}");
+    let paired: serde_json::Value = serde_json::from_slice(&paired.stdout).unwrap();
+    assert_eq!(paired["admin"], false);
+    // The desk uses the API, but may not manage devices; the laptop (admin) may.
+    assert_eq!(desk.ctl_json(&["whoami"]).unwrap()["username"], "alice");
+    let e = refused(&desk.ctl(&["devices", "revoke", "laptop"]).unwrap());
+    assert!(e.contains("admin"), "{e}");
+    let listed = laptop.ctl_json(&["devices"]).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    laptop.ctl_ok(&["devices", "revoke", "desk"]).unwrap();
+    refused(&desk.ctl(&["whoami"]).unwrap());
+}
+
+#[test]
+fn garbage_and_half_handshakes_on_the_device_port_never_crash_the_host() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    alice.register().unwrap();
+    let port = alice.device_listen;
+    let mut junk = [0u8; 4096];
+    for (i, b) in junk.iter_mut().enumerate() {
+        *b = (i * 131 % 251) as u8;
+    }
+    for attempt in 0..20 {
+        let mut tcp = TcpStream::connect(port).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match attempt % 4 {
+            // Garbage.
+            0 => {
+                let _ = tcp.write_all(&junk);
+            }
+            // A huge frame length, then nothing.
+            1 => {
+                let _ = tcp.write_all(&[0xff, 0xff]);
+            }
+            // Half a handshake: the first bytes of a message, then silence.
+            2 => {
+                let _ = tcp.write_all(&[0x00, 0x20, 1, 2, 3]);
+            }
+            // Connect and close at once.
+            _ => {}
+        }
+        let mut sink = [0u8; 64];
+        let _ = tcp.read(&mut sink);
+    }
+    alice.ctl_ok(&["status"]).unwrap();
+    let (code, address) = link_code(&alice, "laptop");
+    let laptop = DeviceProcess::new("laptop", &address).unwrap();
+    assert!(laptop.pair(&code).unwrap().status.success());
+    assert_eq!(laptop.ctl_json(&["whoami"]).unwrap()["username"], "alice");
+}
