@@ -142,6 +142,12 @@ impl Host {
             events.clone(),
             me,
         ));
+        // Renewal at start, before READY: a host that was off past its certificate's expiry
+        // is reachable again as soon as it says it serves. Bounded (the directory may be down),
+        // and never fatal: the loop below tries again.
+        if let Err(e) = trust.renew_if_due().await {
+            tracing::warn!(error = %e, "cannot renew the transport certificate now; trying again later");
+        }
         let sessions = Rc::new(Sessions::new(keyguard));
         let outbox = Outbox::new(
             trust.clone(),
@@ -172,6 +178,7 @@ impl Host {
                 honour_remote_delete: config.honour_remote_delete,
             },
         ));
+        let renewals = trust.clone();
         let commands = Commands::new(Owners {
             trust,
             sessions,
@@ -200,6 +207,7 @@ impl Host {
                 .serve(local_listener),
             ),
             tokio::task::spawn_local(expire_loop(storage.clone())),
+            tokio::task::spawn_local(renew_loop(renewals)),
         ];
         for peer in storage.peers_with_outbox().await? {
             outbox.kick(&peer);
@@ -272,6 +280,19 @@ impl Host {
         }
         if let Err(e) = self.storage.checkpoint().await {
             tracing::warn!(error = %e, "the last checkpoint failed; the WAL is replayed at the next start");
+        }
+    }
+}
+
+/// Renews the transport certificate when it is due (see [`Trust::renew_if_due`]).
+async fn renew_loop(trust: Rc<Trust>) {
+    let mut tick = tokio::time::interval(crate::trust::RENEW_CHECK);
+    // The first tick is immediate, and start-up has just checked.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = trust.renew_if_due().await {
+            tracing::warn!(error = %e, "cannot renew the transport certificate now; trying again later");
         }
     }
 }
