@@ -730,4 +730,47 @@ mod tests {
         );
         fs::remove_dir_all(&root).unwrap();
     }
+
+    /// Root rotates for the key directory's owner: what it writes belongs to the owner, so
+    /// keyguard (running as the owner) can read it. Only meaningful as root.
+    #[test]
+    fn root_acting_for_the_owner_leaves_the_owners_files() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        const NOBODY: u32 = 65534;
+        let root = scratch();
+        let path = root.join("keys");
+        KeyDir::open(&path).unwrap().create_identity().unwrap();
+        for entry in fs::read_dir(&path).unwrap() {
+            std::os::unix::fs::chown(entry.unwrap().path(), Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+        // keyguard itself, as root, refuses a directory it does not own ...
+        assert!(matches!(
+            KeyDir::open(&path),
+            Err(KeyDirError::DirWrongOwner { .. })
+        ));
+        // ... the operator, as root, acts for the owner.
+        let operator = KeyDir::open_as_operator(&path, OperatorLock::Exclusive).unwrap();
+        let new = IdentityKeys::generate().unwrap();
+        operator.stage_rotation(&new).unwrap();
+        assert_eq!(
+            fs::metadata(path.join(ROTATION_FILE)).unwrap().uid(),
+            NOBODY
+        );
+        assert_eq!(operator.finish_rotation().unwrap().bundle(), new.bundle());
+        for name in [SIGNING_FILE, AGREEMENT_FILE] {
+            let meta = fs::metadata(path.join(name)).unwrap();
+            assert_eq!(
+                (meta.uid(), meta.permissions().mode() & 0o777),
+                (NOBODY, 0o600)
+            );
+        }
+        assert_eq!(
+            operator.load_identity().unwrap().unwrap().bundle(),
+            new.bundle()
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
 }

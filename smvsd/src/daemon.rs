@@ -145,8 +145,15 @@ impl Host {
         // Renewal at start, before READY: a host that was off past its certificate's expiry
         // is reachable again as soon as it says it serves. Bounded (the directory may be down),
         // and never fatal: the loop below tries again.
-        if let Err(e) = trust.renew_if_due().await {
-            tracing::warn!(error = %e, "cannot renew the transport certificate now; trying again later");
+        match tokio::time::timeout(START_RENEWAL_TIMEOUT, trust.renew_if_due()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot renew the transport certificate now; trying again later")
+            }
+            Err(_) => tracing::warn!(
+                "the directory did not answer the renewal of the transport certificate within {} s; trying again later",
+                START_RENEWAL_TIMEOUT.as_secs()
+            ),
         }
         let sessions = Rc::new(Sessions::new(keyguard));
         let outbox = Outbox::new(
@@ -284,6 +291,10 @@ impl Host {
     }
 }
 
+/// How long start-up waits for the renewal of the transport certificate: a directory that does
+/// not answer must not keep the host from serving what needs no directory.
+const START_RENEWAL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Renews the transport certificate when it is due (see [`Trust::renew_if_due`]).
 async fn renew_loop(trust: Rc<Trust>) {
     let mut tick = tokio::time::interval(crate::trust::RENEW_CHECK);
@@ -291,8 +302,15 @@ async fn renew_loop(trust: Rc<Trust>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        if let Err(e) = trust.renew_if_due().await {
-            tracing::warn!(error = %e, "cannot renew the transport certificate now; trying again later");
+        match tokio::time::timeout(START_RENEWAL_TIMEOUT, trust.renew_if_due()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot renew the transport certificate now; trying again later")
+            }
+            Err(_) => tracing::warn!(
+                "the directory did not answer the renewal of the transport certificate within {} s; trying again later",
+                START_RENEWAL_TIMEOUT.as_secs()
+            ),
         }
     }
 }
