@@ -14,6 +14,9 @@ struct TransportKey {
   # The static X25519 key of a host's Noise transport, vouched for by the user's identity.
   key @0 :Data;                 # 32 bytes.
   certificate @1 :Data;         # identity signature (context transport-certificate), see smvs-schema::canonical.
+  notAfter @2 :Int64;           # Unix ms after which the certificate is void; signed by `certificate`.
+                                # Made by keyguard (now + 30 days); hosts renew it at start and when
+                                # half of it is left. 0 (a record from before expiry existed) is void.
 }
 
 struct DirectoryRecord {

@@ -35,8 +35,15 @@ interface Session {
   # The rights of one authenticated user, for as long as the connection lasts.
   updateHostAddress @0 (hostAddress :Text) -> (record :Common.SignedRecord);
   rotateKeys @1 (request :RotateRequest) -> (record :Common.SignedRecord);
-  deregister @2 () -> ();
+  deregister @2 (timestamp :Int64, serial :UInt64, signature :Data) -> ();
   # Deletes the record (a real delete, not a flag). The session is useless afterwards.
+  # Logging in is not enough: `signature` is the identity's (context deregistration) over
+  # smvs-schema::canonical::deregistration, naming this directory, the user, the record's
+  # current serial and a timestamp within 5 minutes, so it cannot be replayed. Only the
+  # operator's `smvs-keyguard deregister` makes it; keyguard's socket never does.
+  renewTransport @3 (transport :Common.TransportKey) -> (record :Common.SignedRecord);
+  # Replaces the transport key and its certificate (a later notAfter), certified by the
+  # current identity. What a host does at start and before its certificate expires.
 }
 
 struct RotateRequest {
@@ -44,4 +51,5 @@ struct RotateRequest {
   transport @1 :Common.TransportKey;    # the new transport key, certified by the new identity
   timestamp @2 :Int64;
   signature @3 :Data;                   # the OLD identity's signature (context key-rotation).
+  # Only the operator's `smvs-keyguard rotate` makes it; keyguard's socket never does.
 }

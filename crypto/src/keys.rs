@@ -32,6 +32,9 @@ pub enum SignContext {
     DirectoryRecord,
     /// An old identity authorising its replacement.
     KeyRotation,
+    /// An identity asking its directory to delete its record. Made only by the operator's
+    /// `smvs-keyguard deregister`, never over keyguard's socket.
+    Deregistration,
     /// A message envelope between hosts.
     Envelope,
     /// A delivery receipt between hosts.
@@ -46,6 +49,7 @@ impl SignContext {
             SignContext::DirectoryRegistration => "directory-registration",
             SignContext::DirectoryRecord => "directory-record",
             SignContext::KeyRotation => "key-rotation",
+            SignContext::Deregistration => "deregistration",
             SignContext::Envelope => "envelope",
             SignContext::Receipt => "receipt",
         }

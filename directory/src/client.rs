@@ -14,7 +14,9 @@ use smvs_schema::{HostAddress, Username};
 use zeroize::Zeroizing;
 
 use crate::error::ClientError;
-use crate::record::{verify_record, write_identity, write_transport, VerifiedRecord};
+use crate::record::{
+    verify_record, write_identity, write_transport, TransportCertificate, VerifiedRecord,
+};
 
 /// A registration request, signed by the identity it registers.
 #[derive(Debug, Clone)]
@@ -23,14 +25,15 @@ pub struct Registration {
     pub identity: IdentityBundle,
     pub transport_key: AgreementPublicKey,
     pub transport_certificate: Signature,
+    pub transport_not_after: i64,
     pub host_address: HostAddress,
     pub timestamp: i64,
     pub signature: Signature,
 }
 
 impl Registration {
-    /// The bytes the identity must sign (context `DirectoryRegistration`); smvsd has keyguard
-    /// sign them.
+    /// The bytes the identity must sign (context `DirectoryRegistration`); keyguard builds and
+    /// signs them itself (`signRegistration`).
     pub fn signed_bytes(&self, directory_key: &SigningPublicKey) -> Vec<u8> {
         RegistrationFields {
             directory_key,
@@ -38,14 +41,56 @@ impl Registration {
             identity: &self.identity,
             transport_key: &self.transport_key,
             transport_certificate: self.transport_certificate.as_bytes(),
+            transport_not_after: self.transport_not_after,
             host_address: Some(&self.host_address),
             timestamp: self.timestamp,
         }
         .to_bytes()
     }
 
-    /// Builds and signs a registration with identity keys held in this process (tests, demo,
-    /// benchmarks).
+    /// Reads a registration request off the wire (keyguard's answer to `signRegistration`),
+    /// checking lengths and that the identity bundle verifies; the directory checks the rest.
+    pub fn read(
+        r: smvs_schema::directory_capnp::register_request::Reader<'_>,
+    ) -> Result<Registration, String> {
+        let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, String> {
+            t.map_err(|e| e.to_string())?
+                .to_string()
+                .map_err(|e| e.to_string())
+        };
+        let transport = TransportCertificate::read(r.get_transport().map_err(|e| e.to_string())?)?;
+        Ok(Registration {
+            username: Username::parse(&text(r.get_username())?).map_err(|e| e.to_string())?,
+            identity: crate::record::read_identity(r.get_identity().map_err(|e| e.to_string())?)?,
+            transport_key: transport.key,
+            transport_certificate: transport.certificate,
+            transport_not_after: transport.not_after,
+            host_address: HostAddress::parse(&text(r.get_host_address())?)
+                .map_err(|e| e.to_string())?,
+            timestamp: r.get_timestamp(),
+            signature: Signature::from_bytes(r.get_signature().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?,
+        })
+    }
+
+    /// Writes the request (what keyguard answers `signRegistration` with).
+    pub fn write(&self, mut r: smvs_schema::directory_capnp::register_request::Builder<'_>) {
+        r.set_username(self.username.as_str());
+        write_identity(r.reborrow().init_identity(), &self.identity);
+        write_transport(
+            r.reborrow().init_transport(),
+            &self.transport_key,
+            &self.transport_certificate,
+            self.transport_not_after,
+        );
+        r.set_host_address(self.host_address.as_str());
+        r.set_timestamp(self.timestamp);
+        r.set_signature(self.signature.as_bytes());
+    }
+
+    /// Builds and signs a registration with identity keys held in this process (keyguard,
+    /// tests, demo, benchmarks). The transport certificate is valid for the standard lifetime
+    /// from `timestamp`.
     pub fn sign_locally(
         directory_key: &SigningPublicKey,
         username: Username,
@@ -54,32 +99,47 @@ impl Registration {
         host_address: HostAddress,
         timestamp: i64,
     ) -> Registration {
-        let transport_certificate = identity.signing.sign(
-            SignContext::TransportCertificate,
-            &canonical::transport_certificate(&username, &transport_key),
-        );
-        let bundle = identity.bundle();
-        let bytes = RegistrationFields {
-            directory_key,
-            username: &username,
-            identity: &bundle,
-            transport_key: &transport_key,
-            transport_certificate: transport_certificate.as_bytes(),
-            host_address: Some(&host_address),
-            timestamp,
-        }
-        .to_bytes();
-        Registration {
-            signature: identity
-                .signing
-                .sign(SignContext::DirectoryRegistration, &bytes),
-            username,
-            identity: bundle,
+        let transport = TransportCertificate::sign_locally(
+            identity,
+            &username,
             transport_key,
-            transport_certificate,
+            timestamp.saturating_add(canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS),
+        );
+        Self::sign_with_certificate(
+            directory_key,
+            username,
+            identity,
+            transport,
             host_address,
             timestamp,
-        }
+        )
+    }
+
+    /// As [`Registration::sign_locally`], with a transport certificate made elsewhere (an
+    /// expired one, in tests).
+    pub fn sign_with_certificate(
+        directory_key: &SigningPublicKey,
+        username: Username,
+        identity: &IdentityKeys,
+        transport: TransportCertificate,
+        host_address: HostAddress,
+        timestamp: i64,
+    ) -> Registration {
+        let mut registration = Registration {
+            signature: transport.certificate,
+            username,
+            identity: identity.bundle(),
+            transport_key: transport.key,
+            transport_certificate: transport.certificate,
+            transport_not_after: transport.not_after,
+            host_address,
+            timestamp,
+        };
+        registration.signature = identity.signing.sign(
+            SignContext::DirectoryRegistration,
+            &registration.signed_bytes(directory_key),
+        );
+        registration
     }
 }
 
@@ -89,11 +149,15 @@ pub struct Rotation {
     pub identity: IdentityBundle,
     pub transport_key: AgreementPublicKey,
     pub transport_certificate: Signature,
+    pub transport_not_after: i64,
     pub timestamp: i64,
     pub signature: Signature,
 }
 
 impl Rotation {
+    /// Signs a rotation from `old` to `new` with both held in this process: the operator's
+    /// `smvs-keyguard rotate` (which reads the key files itself) and tests. Keyguard's socket
+    /// never makes one.
     pub fn sign_locally(
         directory_key: &SigningPublicKey,
         username: &Username,
@@ -102,27 +166,61 @@ impl Rotation {
         transport_key: AgreementPublicKey,
         timestamp: i64,
     ) -> Rotation {
-        let transport_certificate = new.signing.sign(
-            SignContext::TransportCertificate,
-            &canonical::transport_certificate(username, &transport_key),
+        let transport = TransportCertificate::sign_locally(
+            new,
+            username,
+            transport_key,
+            timestamp.saturating_add(canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS),
         );
         let identity = new.bundle();
         let bytes = RegistrationFields {
             directory_key,
             username,
             identity: &identity,
-            transport_key: &transport_key,
-            transport_certificate: transport_certificate.as_bytes(),
+            transport_key: &transport.key,
+            transport_certificate: transport.certificate.as_bytes(),
+            transport_not_after: transport.not_after,
             host_address: None,
             timestamp,
         }
         .to_bytes();
         Rotation {
             identity,
-            transport_key,
-            transport_certificate,
+            transport_key: transport.key,
+            transport_certificate: transport.certificate,
+            transport_not_after: transport.not_after,
             timestamp,
             signature: old.signing.sign(SignContext::KeyRotation, &bytes),
+        }
+    }
+}
+
+/// A deregistration, signed by the identity being removed (see
+/// `smvs_schema::canonical::deregistration`).
+#[derive(Debug, Clone)]
+pub struct Deregistration {
+    pub serial: u64,
+    pub timestamp: i64,
+    pub signature: Signature,
+}
+
+impl Deregistration {
+    /// Signs the deletion of `username`'s record as it stands at `serial`, with the identity
+    /// held in this process (the operator's `smvs-keyguard deregister`, tests).
+    pub fn sign_locally(
+        directory_key: &SigningPublicKey,
+        username: &Username,
+        identity: &IdentityKeys,
+        serial: u64,
+        timestamp: i64,
+    ) -> Deregistration {
+        Deregistration {
+            serial,
+            timestamp,
+            signature: identity.signing.sign(
+                SignContext::Deregistration,
+                &canonical::deregistration(directory_key, username, serial, timestamp),
+            ),
         }
     }
 }
@@ -238,6 +336,7 @@ impl DirectoryClient {
                 r.reborrow().init_transport(),
                 &reg.transport_key,
                 &reg.transport_certificate,
+                reg.transport_not_after,
             );
             r.set_host_address(host_address);
             r.set_timestamp(reg.timestamp);
@@ -261,6 +360,21 @@ impl DirectoryClient {
             &self.directory_key,
             Some(username),
         )
+    }
+
+    /// As [`DirectoryClient::lookup`], but a record whose transport certificate expired is
+    /// still returned (the rest is checked as always): its owner may still rotate or
+    /// deregister it. Never use it to reach someone.
+    pub async fn lookup_for_owner(
+        &self,
+        username: &Username,
+    ) -> Result<VerifiedRecord, ClientError> {
+        let mut request = self.directory.lookup_request();
+        request.get().set_username(username.as_str());
+        let response = request.send().promise.await?;
+        let signed = response.get()?.get_record()?;
+        crate::record::verify_record_at(signed, &self.directory_key, Some(username), i64::MIN)
+            .map_err(ClientError::Verification)
     }
 
     /// Asks for a sealed token (step one of logging in).
@@ -290,8 +404,29 @@ impl DirectoryClient {
         })
     }
 
-    /// The whole login: challenge, open the sealed token with `open` (keyguard in smvsd), check
-    /// that it names this directory and user, and hand it back.
+    /// The whole login with the token opened elsewhere: challenge, have `open` turn the sealed
+    /// token into the 32-byte token (keyguard's `openLoginToken`, which checks that it names
+    /// this directory and user), and hand it back.
+    pub async fn login_with<F, Fut, E>(
+        &self,
+        username: &Username,
+        open: F,
+    ) -> Result<DirectorySession, ClientError>
+    where
+        F: FnOnce(Vec<u8>) -> Fut,
+        Fut: std::future::Future<Output = Result<[u8; 32], E>>,
+        E: std::fmt::Display,
+    {
+        let sealed = self.challenge(username.as_str()).await?;
+        let token = open(sealed).await.map_err(|e| {
+            ClientError::Local(format!("cannot open the directory's login token: {e}"))
+        })?;
+        self.authenticate(username.as_str(), &token).await
+    }
+
+    /// The whole login: challenge, open the sealed token with `open` (the identity's agreement
+    /// key, held in this process), check that it names this directory and user, and hand it
+    /// back.
     pub async fn login(
         &self,
         username: &Username,
@@ -344,6 +479,7 @@ impl DirectorySession {
                 r.reborrow().init_transport(),
                 &rotation.transport_key,
                 &rotation.transport_certificate,
+                rotation.transport_not_after,
             );
             r.set_timestamp(rotation.timestamp);
             r.set_signature(rotation.signature.as_bytes());
@@ -356,8 +492,32 @@ impl DirectorySession {
         )
     }
 
-    pub async fn deregister(&self) -> Result<(), ClientError> {
-        self.session.deregister_request().send().promise.await?;
+    /// Replaces the transport key and certificate (a renewal, made by keyguard's
+    /// `certifyTransport`).
+    pub async fn renew_transport(
+        &self,
+        transport: &TransportCertificate,
+    ) -> Result<VerifiedRecord, ClientError> {
+        let mut request = self.session.renew_transport_request();
+        transport.write(request.get().init_transport());
+        let response = request.send().promise.await?;
+        check(
+            response.get()?.get_record(),
+            &self.directory_key,
+            Some(&self.username),
+        )
+    }
+
+    /// Deletes the record; `deregistration` must be signed by the identity.
+    pub async fn deregister(&self, deregistration: &Deregistration) -> Result<(), ClientError> {
+        let mut request = self.session.deregister_request();
+        {
+            let mut r = request.get();
+            r.set_timestamp(deregistration.timestamp);
+            r.set_serial(deregistration.serial);
+            r.set_signature(deregistration.signature.as_bytes());
+        }
+        request.send().promise.await?;
         Ok(())
     }
 }

@@ -20,12 +20,14 @@ pub struct UserRecord {
     pub identity: IdentityBundle,
     pub transport_key: AgreementPublicKey,
     pub transport_certificate: Signature,
+    /// Unix ms after which the transport certificate is void (signed by it).
+    pub transport_not_after: i64,
     pub host_address: HostAddress,
     pub serial: u64,
 }
 
-/// A record whose directory signature, identity binding and transport certificate have all
-/// been checked.
+/// A record whose directory signature, identity binding and transport certificate (signature
+/// and expiry) have all been checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedRecord {
     pub user: UserRecord,
@@ -51,27 +53,106 @@ pub(crate) fn read_identity(r: identity_bundle::Reader<'_>) -> Result<IdentityBu
     .map_err(|e| e.to_string())
 }
 
+/// A transport key with the identity's certificate for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportCertificate {
+    pub key: AgreementPublicKey,
+    pub certificate: Signature,
+    /// Unix ms after which the certificate is void.
+    pub not_after: i64,
+}
+
+impl TransportCertificate {
+    /// Reads one off the wire (lengths checked, the signature not yet).
+    pub fn read(r: transport_key::Reader<'_>) -> Result<Self, String> {
+        Ok(TransportCertificate {
+            key: AgreementPublicKey::from_bytes(r.get_key().map_err(|e| e.to_string())?)
+                .map_err(|e| format!("transport key: {e}"))?,
+            certificate: Signature::from_bytes(r.get_certificate().map_err(|e| e.to_string())?)
+                .map_err(|e| format!("transport certificate: {e}"))?,
+            not_after: r.get_not_after(),
+        })
+    }
+
+    pub fn write(&self, b: transport_key::Builder<'_>) {
+        write_transport(b, &self.key, &self.certificate, self.not_after)
+    }
+
+    /// Makes one with identity keys held in this process (operator commands, tests).
+    pub fn sign_locally(
+        identity: &smvs_crypto::IdentityKeys,
+        username: &Username,
+        key: AgreementPublicKey,
+        not_after: i64,
+    ) -> Self {
+        TransportCertificate {
+            key,
+            certificate: identity.signing.sign(
+                SignContext::TransportCertificate,
+                &canonical::transport_certificate(username, &key, not_after),
+            ),
+            not_after,
+        }
+    }
+}
+
 pub(crate) fn write_transport(
     mut b: transport_key::Builder<'_>,
     key: &AgreementPublicKey,
     cert: &Signature,
+    not_after: i64,
 ) {
     b.set_key(key.as_bytes());
     b.set_certificate(cert.as_bytes());
+    b.set_not_after(not_after);
 }
 
-/// Checks that `identity` vouches for `key` as `username`'s transport key.
+/// Why a transport certificate is not good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertificateProblem {
+    /// Not signed by the identity for this user, key and expiry.
+    NotCertified,
+    /// Signed, but its time is over.
+    Expired { not_after: i64 },
+}
+
+impl std::fmt::Display for CertificateProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CertificateProblem::NotCertified => {
+                f.write_str("the transport key is not certified by the identity")
+            }
+            CertificateProblem::Expired { not_after } => write!(
+                f,
+                "the transport key's certificate expired at {not_after} (Unix ms); its host \
+                 renews it when it starts"
+            ),
+        }
+    }
+}
+
+/// Checks that `identity` vouches for `key` as `username`'s transport key until `not_after`,
+/// and that `now` (Unix ms) is not past it.
 pub fn verify_transport_certificate(
     username: &Username,
     identity: &IdentityBundle,
     key: &AgreementPublicKey,
     cert: &Signature,
-) -> Result<(), smvs_crypto::CryptoError> {
-    identity.signing_key.verify(
-        SignContext::TransportCertificate,
-        &canonical::transport_certificate(username, key),
-        cert,
-    )
+    not_after: i64,
+    now: i64,
+) -> Result<(), CertificateProblem> {
+    identity
+        .signing_key
+        .verify(
+            SignContext::TransportCertificate,
+            &canonical::transport_certificate(username, key, not_after),
+            cert,
+        )
+        .map_err(|_| CertificateProblem::NotCertified)?;
+    if now > not_after {
+        return Err(CertificateProblem::Expired { not_after });
+    }
+    Ok(())
 }
 
 /// Serializes and signs `user` as issued now.
@@ -91,6 +172,7 @@ pub fn sign_record(
             r.reborrow().init_transport(),
             &user.transport_key,
             &user.transport_certificate,
+            user.transport_not_after,
         );
         r.set_host_address(user.host_address.as_str());
         r.set_serial(user.serial);
@@ -104,11 +186,22 @@ pub fn sign_record(
     out.set_signature(signature.as_bytes());
 }
 
-/// Checks a signed record against the pinned directory key and the name that was asked for.
+/// Checks a signed record against the pinned directory key and the name that was asked for,
+/// now: a record whose transport certificate expired is refused.
 pub fn verify_record(
     signed: signed_record::Reader<'_>,
     directory_key: &SigningPublicKey,
     expected: Option<&Username>,
+) -> Result<VerifiedRecord, String> {
+    verify_record_at(signed, directory_key, expected, crate::clock::now_ms())
+}
+
+/// [`verify_record`] at the given time (Unix ms).
+pub fn verify_record_at(
+    signed: signed_record::Reader<'_>,
+    directory_key: &SigningPublicKey,
+    expected: Option<&Username>,
+    now: i64,
 ) -> Result<VerifiedRecord, String> {
     let bytes = signed.get_record().map_err(|e| e.to_string())?;
     let signature = Signature::from_bytes(signed.get_signature().map_err(|e| e.to_string())?)
@@ -143,23 +236,25 @@ pub fn verify_record(
         return Err("the record names another directory".into());
     }
     let identity = read_identity(r.get_identity().map_err(|e| e.to_string())?)?;
-    let transport = r.get_transport().map_err(|e| e.to_string())?;
-    let transport_key =
-        AgreementPublicKey::from_bytes(transport.get_key().map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    let transport_certificate =
-        Signature::from_bytes(transport.get_certificate().map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    verify_transport_certificate(&username, &identity, &transport_key, &transport_certificate)
-        .map_err(|_| "the transport key is not certified by the identity".to_string())?;
+    let transport = TransportCertificate::read(r.get_transport().map_err(|e| e.to_string())?)?;
+    verify_transport_certificate(
+        &username,
+        &identity,
+        &transport.key,
+        &transport.certificate,
+        transport.not_after,
+        now,
+    )
+    .map_err(|problem| problem.to_string())?;
     let host_address =
         HostAddress::parse(&text(r.get_host_address())?).map_err(|e| e.to_string())?;
     Ok(VerifiedRecord {
         user: UserRecord {
             username,
             identity,
-            transport_key,
-            transport_certificate,
+            transport_key: transport.key,
+            transport_certificate: transport.certificate,
+            transport_not_after: transport.not_after,
             host_address,
             serial: r.get_serial(),
         },
@@ -178,6 +273,7 @@ impl VerifiedRecord {
             "signing_key": self.user.identity.signing_key.to_hex(),
             "agreement_key": self.user.identity.agreement_key.to_hex(),
             "transport_key": self.user.transport_key.to_hex(),
+            "transport_not_after_ms": self.user.transport_not_after,
             "host_address": self.user.host_address.as_str(),
             "serial": self.user.serial,
             "issued_at_ms": self.issued_at,

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smvs_crypto::{
-    blake2b_256, random_array, seal, AgreementKeyPair, AgreementPublicKey, IdentityBundle,
-    SignContext, Signature, SigningPublicKey,
+    blake2b_256, random_array, seal, AgreementKeyPair, IdentityBundle, SignContext, Signature,
+    SigningPublicKey,
 };
 use smvs_schema::canonical::{self, RegistrationFields};
 use smvs_schema::directory_capnp::{directory, register_request, rotate_request, session};
@@ -18,7 +18,10 @@ use smvs_schema::{HostAddress, Username};
 
 use crate::clock::now_ms;
 use crate::error::{ErrorCode, Refusal};
-use crate::record::{read_identity, sign_record, verify_transport_certificate, UserRecord};
+use crate::record::{
+    read_identity, sign_record, verify_transport_certificate, CertificateProblem,
+    TransportCertificate, UserRecord,
+};
 use crate::state::Shared;
 use crate::store::{NewKeys, StoreError};
 
@@ -79,7 +82,7 @@ pub(crate) fn read_keys(
     name: &Username,
     identity: capnp::Result<smvs_schema::common_capnp::identity_bundle::Reader<'_>>,
     transport: capnp::Result<smvs_schema::common_capnp::transport_key::Reader<'_>>,
-) -> Result<(IdentityBundle, AgreementPublicKey, Signature), Refusal> {
+) -> Result<(IdentityBundle, TransportCertificate), Refusal> {
     let identity =
         identity.map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("identity: {e}")))?;
     let identity = read_identity(identity).map_err(|e| {
@@ -88,20 +91,53 @@ pub(crate) fn read_keys(
             format!("identity keys do not verify: {e}"),
         )
     })?;
+    let transport = read_transport(name, &identity, transport)?;
+    Ok((identity, transport))
+}
+
+/// A transport key and its certificate, checked against `identity` and the clock: signed,
+/// not expired, and not valid for longer than keyguard ever makes one (plus clock skew).
+pub(crate) fn read_transport(
+    name: &Username,
+    identity: &IdentityBundle,
+    transport: capnp::Result<smvs_schema::common_capnp::transport_key::Reader<'_>>,
+) -> Result<TransportCertificate, Refusal> {
     let transport = transport
         .map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("transport key: {e}")))?;
-    let transport_key = AgreementPublicKey::from_bytes(data("transport key", transport.get_key())?)
-        .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
-    let certificate =
-        Signature::from_bytes(data("transport certificate", transport.get_certificate())?)
-            .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
-    verify_transport_certificate(name, &identity, &transport_key, &certificate).map_err(|_| {
-        Refusal::new(
+    let transport = TransportCertificate::read(transport)
+        .map_err(|e| Refusal::new(ErrorCode::BadRequest, e))?;
+    let now = now_ms();
+    verify_transport_certificate(
+        name,
+        identity,
+        &transport.key,
+        &transport.certificate,
+        transport.not_after,
+        now,
+    )
+    .map_err(|problem| match problem {
+        CertificateProblem::NotCertified => Refusal::new(
             ErrorCode::BadSignature,
             "transport key is not certified by the identity",
-        )
+        ),
+        CertificateProblem::Expired { .. } => Refusal::new(
+            ErrorCode::Stale,
+            "the transport key's certificate has expired",
+        ),
     })?;
-    Ok((identity, transport_key, certificate))
+    let longest = now
+        .saturating_add(canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS)
+        .saturating_add(MAX_CLOCK_SKEW_MS);
+    if transport.not_after > longest {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!(
+                "the transport key's certificate is valid for longer than {} days",
+                canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS / 86_400_000
+            ),
+        ));
+    }
+    Ok(transport)
 }
 
 pub(crate) struct DirectoryRpc {
@@ -126,18 +162,19 @@ pub fn check_registration(
 ) -> Result<UserRecord, Refusal> {
     let name = username(req.get_username())?;
     let host = host_address(req.get_host_address())?;
-    let (identity, transport_key, certificate) =
-        read_keys(&name, req.get_identity(), req.get_transport())?;
+    // The clock first: it costs nothing, and a stale request needs no signature checked.
     let timestamp = req.get_timestamp();
     check_timestamp(timestamp)?;
+    let (identity, transport) = read_keys(&name, req.get_identity(), req.get_transport())?;
     let signature = Signature::from_bytes(data("signature", req.get_signature())?)
         .map_err(|e| Refusal::new(ErrorCode::BadRequest, e.to_string()))?;
     let fields = RegistrationFields {
         directory_key,
         username: &name,
         identity: &identity,
-        transport_key: &transport_key,
-        transport_certificate: certificate.as_bytes(),
+        transport_key: &transport.key,
+        transport_certificate: transport.certificate.as_bytes(),
+        transport_not_after: transport.not_after,
         host_address: Some(&host),
         timestamp,
     };
@@ -157,8 +194,9 @@ pub fn check_registration(
     Ok(UserRecord {
         username: name,
         identity,
-        transport_key,
-        transport_certificate: certificate,
+        transport_key: transport.key,
+        transport_certificate: transport.certificate,
+        transport_not_after: transport.not_after,
         host_address: host,
         serial: 0,
     })
@@ -358,7 +396,7 @@ impl SessionRpc {
     }
 
     async fn check_rotation(&self, req: rotate_request::Reader<'_>) -> Result<NewKeys, Refusal> {
-        let (identity, transport_key, certificate) =
+        let (identity, transport) =
             read_keys(&self.username, req.get_identity(), req.get_transport())?;
         let timestamp = req.get_timestamp();
         check_timestamp(timestamp)?;
@@ -375,8 +413,9 @@ impl SessionRpc {
             directory_key: &self.shared.key.public(),
             username: &self.username,
             identity: &identity,
-            transport_key: &transport_key,
-            transport_certificate: certificate.as_bytes(),
+            transport_key: &transport.key,
+            transport_certificate: transport.certificate.as_bytes(),
+            transport_not_after: transport.not_after,
             host_address: None,
             timestamp,
         };
@@ -390,10 +429,59 @@ impl SessionRpc {
                 )
             })?;
         Ok(NewKeys {
+            current: old.identity.signing_key,
             identity,
-            transport_key,
-            transport_certificate: certificate,
+            transport_key: transport.key,
+            transport_certificate: transport.certificate,
+            transport_not_after: transport.not_after,
         })
+    }
+
+    /// A deregistration must be signed by the current identity, for this directory, this
+    /// user, the record's current serial and a fresh timestamp: a session alone (which whoever
+    /// can open the login token gets) is not enough.
+    async fn check_deregistration(
+        &self,
+        params: session::deregister_params::Reader<'_>,
+    ) -> Result<(), Refusal> {
+        let timestamp = params.get_timestamp();
+        check_timestamp(timestamp)?;
+        let signature =
+            Signature::from_bytes(data("signature", params.get_signature())?).map_err(|e| {
+                Refusal::new(
+                    ErrorCode::BadSignature,
+                    format!("deregistration needs the identity's signature: {e}"),
+                )
+            })?;
+        let current = self
+            .shared
+            .store
+            .get_user(&self.username)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| self.gone())?;
+        if params.get_serial() != current.serial {
+            return Err(Refusal::new(
+                ErrorCode::Stale,
+                "the deregistration names another serial than the record's current one",
+            ));
+        }
+        let bytes = canonical::deregistration(
+            &self.shared.key.public(),
+            &self.username,
+            current.serial,
+            timestamp,
+        );
+        current
+            .identity
+            .signing_key
+            .verify(SignContext::Deregistration, &bytes, &signature)
+            .map_err(|_| {
+                Refusal::new(
+                    ErrorCode::BadSignature,
+                    "deregistration is not signed by the current identity",
+                )
+            })
     }
 }
 
@@ -455,12 +543,57 @@ impl session::Server for SessionRpc {
         Ok(())
     }
 
+    async fn renew_transport(
+        self: Rc<Self>,
+        params: session::RenewTransportParams,
+        mut results: session::RenewTransportResults,
+    ) -> Result<(), capnp::Error> {
+        self.check().await?;
+        let current = self
+            .shared
+            .store
+            .get_user(&self.username)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| self.gone())?;
+        let transport = read_transport(
+            &self.username,
+            &current.identity,
+            params.get()?.get_transport(),
+        )?;
+        let user = self
+            .shared
+            .store
+            .replace_keys(
+                &self.username,
+                NewKeys {
+                    current: current.identity.signing_key,
+                    identity: current.identity,
+                    transport_key: transport.key,
+                    transport_certificate: transport.certificate,
+                    transport_not_after: transport.not_after,
+                },
+            )
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| self.gone())?;
+        tracing::debug!(username = %self.username, not_after = transport.not_after, "transport certificate renewed");
+        sign_record(
+            &self.shared.key,
+            &user,
+            now_ms(),
+            results.get().init_record(),
+        );
+        Ok(())
+    }
+
     async fn deregister(
         self: Rc<Self>,
-        _: session::DeregisterParams,
+        params: session::DeregisterParams,
         _: session::DeregisterResults,
     ) -> Result<(), capnp::Error> {
         self.check().await?;
+        self.check_deregistration(params.get()?).await?;
         self.shared
             .store
             .delete_user(&self.username)
@@ -492,7 +625,8 @@ mod tests {
     }
 
     /// The input the directory_request fuzz target crashed on: a registration whose keys
-    /// verify and whose timestamp made `now - timestamp` overflow.
+    /// verified (under the certificate format of the time) and whose timestamp made
+    /// `now - timestamp` overflow. The timestamp is now checked first.
     #[test]
     fn the_fuzzers_timestamp_overflow_is_a_stale_refusal() {
         let input =

@@ -90,5 +90,8 @@ mod tests {
         // Subcommands have pages of their own.
         assert!(out.path().join("man1/smvsctl-send.1").exists());
         assert!(out.path().join("man1/smvs-directory-pubkey.1").exists());
+        // The operator's commands are documented too.
+        assert!(out.path().join("man1/smvs-keyguard-rotate.1").exists());
+        assert!(out.path().join("man1/smvs-keyguard-deregister.1").exists());
     }
 }

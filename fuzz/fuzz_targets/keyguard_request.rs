@@ -1,6 +1,7 @@
-//! The keyguard's requests that take input (`keyguard.capnp`: `sign`, `openSealed`,
-//! `deriveSharedKey`), read and answered by the keyguard's own code with a fixed identity.
-//! First byte modulo 3 picks the method; the rest is its parameters as one message.
+//! The keyguard's requests that take input (`keyguard.capnp`: `sign`, `openLoginToken`,
+//! `deriveSharedKey`, `certifyTransport`, `signRegistration`), read and answered by the
+//! keyguard's own code with a fixed identity. First byte modulo 5 picks the method; the rest is
+//! its parameters as one message.
 
 #![no_main]
 
@@ -16,10 +17,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((method, rest)) = data.split_first() else {
         return;
     };
-    let method = match method % 3 {
+    let method = match method % 5 {
         0 => Method::Sign,
-        1 => Method::OpenSealed,
-        _ => Method::DeriveSharedKey,
+        1 => Method::OpenLoginToken,
+        2 => Method::DeriveSharedKey,
+        3 => Method::CertifyTransport,
+        _ => Method::SignRegistration,
     };
     IDENTITY.with(|id| {
         let _ = answer(id, method, rest);

@@ -49,4 +49,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Operator: replace the identity with a new one, at the directory and in the key
+    /// directory. Run as root or the key directory's owner, with keyguard and smvsd stopped;
+    /// start both again afterwards. Contacts see a changed key.
+    Rotate(OperatorArgs),
+    /// Operator: delete the user's record at the directory, signed by the identity. Run as
+    /// root or the key directory's owner; keyguard may keep running.
+    Deregister(OperatorArgs),
+}
+
+/// What the operator commands are told: the keys, the name, and the directory.
+#[derive(clap::Args)]
+pub struct OperatorArgs {
+    /// The key directory keyguard serves (read directly, not through its socket).
+    #[arg(long)]
+    pub key_dir: PathBuf,
+    /// The username the identity is registered as.
+    #[arg(long)]
+    pub username: String,
+    /// The directory, HOST:PORT.
+    #[arg(long)]
+    pub directory: String,
+    /// The directory's public key (hex), as pinned in smvsd's config.
+    #[arg(long)]
+    pub directory_key: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -1,4 +1,5 @@
-//! The keyguard client: what smvsd uses to have its identity sign, open sealed boxes and derive
+//! The keyguard client: what smvsd uses to have its identity sign envelopes and receipts,
+//! certify its transport key, sign its registration, open directory login tokens and derive
 //! keys, and what `smvs-keyguard check` uses to test access.
 //!
 //! Cap'n Proto capabilities are `!Send`: create and use a [`KeyguardClient`] inside a
@@ -10,9 +11,13 @@
 
 use std::path::{Path, PathBuf};
 
-use smvs_crypto::{AeadKey, AgreementPublicKey, IdentityBundle, SignContext, Signature, Zeroizing};
+use smvs_crypto::{
+    AeadKey, AgreementPublicKey, IdentityBundle, SignContext, Signature, SigningPublicKey,
+};
+use smvs_directory::{Registration, TransportCertificate};
 use smvs_schema::common_capnp::identity_bundle;
 use smvs_schema::keyguard_capnp::keyguard;
+use smvs_schema::{HostAddress, Username};
 use thiserror::Error;
 
 use crate::purpose::purpose_for;
@@ -138,8 +143,8 @@ impl KeyguardClient {
         self.read_bundle(OP, bundle)
     }
 
-    /// Has the identity sign `message` for `context`. Contexts keyguard never signs for
-    /// (`IdentityAgreementKey`, `DirectoryRecord`) are refused here, without a request.
+    /// Has the identity sign `message` for `context`: envelopes and receipts only. Other
+    /// contexts are refused here, without a request (keyguard would refuse them too).
     pub async fn sign(
         &self,
         context: SignContext,
@@ -164,21 +169,98 @@ impl KeyguardClient {
         Signature::from_bytes(bytes).map_err(|e| self.bad_answer(OP, e))
     }
 
-    /// Opens a sealed box addressed to the identity's agreement key.
-    pub async fn open_sealed(&self, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyguardError> {
-        const OP: &str = "openSealed";
-        let mut request = self.keyguard.open_sealed_request();
-        request.get().set_sealed(sealed);
+    /// Opens a directory's login challenge: keyguard answers with the 32-byte token only when
+    /// the sealed box holds an unexpired login token of `directory_key` for `username`.
+    pub async fn open_login_token(
+        &self,
+        directory_key: &SigningPublicKey,
+        username: &Username,
+        sealed: &[u8],
+    ) -> Result<[u8; 32], KeyguardError> {
+        const OP: &str = "openLoginToken";
+        let mut request = self.keyguard.open_login_token_request();
+        {
+            let mut r = request.get();
+            r.set_directory_key(directory_key.as_bytes());
+            r.set_username(username.as_str());
+            r.set_sealed_token(sealed);
+        }
         let response = request
             .send()
             .promise
             .await
             .map_err(|e| self.rpc_error(OP, e))?;
-        let plaintext = response
+        let token = response
             .get()
-            .and_then(|r| r.get_plaintext())
+            .and_then(|r| r.get_token())
             .map_err(|e| self.rpc_error(OP, e))?;
-        Ok(Zeroizing::new(plaintext.to_vec()))
+        token
+            .try_into()
+            .map_err(|_| self.bad_answer(OP, format!("a token of {} bytes", token.len())))
+    }
+
+    /// The identity's certificate for `transport_key` as `username`'s, valid for keyguard's
+    /// fixed lifetime from now. Checked before it is handed back.
+    pub async fn certify_transport(
+        &self,
+        username: &Username,
+        transport_key: &AgreementPublicKey,
+    ) -> Result<TransportCertificate, KeyguardError> {
+        const OP: &str = "certifyTransport";
+        let mut request = self.keyguard.certify_transport_request();
+        request.get().set_username(username.as_str());
+        request.get().set_transport_key(transport_key.as_bytes());
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let transport = response
+            .get()
+            .and_then(|r| r.get_transport())
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let cert = TransportCertificate::read(transport).map_err(|e| self.bad_answer(OP, e))?;
+        if cert.key != *transport_key {
+            return Err(self.bad_answer(OP, "a certificate for another key"));
+        }
+        Ok(cert)
+    }
+
+    /// A registration of keyguard's identity as `username` at the directory whose key is
+    /// `directory_key`, built and signed by keyguard.
+    pub async fn sign_registration(
+        &self,
+        directory_key: &SigningPublicKey,
+        username: &Username,
+        transport_key: &AgreementPublicKey,
+        host_address: &HostAddress,
+    ) -> Result<Registration, KeyguardError> {
+        const OP: &str = "signRegistration";
+        let mut request = self.keyguard.sign_registration_request();
+        {
+            let mut r = request.get();
+            r.set_directory_key(directory_key.as_bytes());
+            r.set_username(username.as_str());
+            r.set_transport_key(transport_key.as_bytes());
+            r.set_host_address(host_address.as_str());
+        }
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let answer = response
+            .get()
+            .and_then(|r| r.get_request())
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let registration = Registration::read(answer).map_err(|e| self.bad_answer(OP, e))?;
+        if &registration.username != username
+            || registration.transport_key != *transport_key
+            || &registration.host_address != host_address
+        {
+            return Err(self.bad_answer(OP, "a registration of something else"));
+        }
+        Ok(registration)
     }
 
     /// HKDF-SHA256(salt, X25519(identity agreement secret, `peer`), info): a 32-byte key.

@@ -7,7 +7,19 @@
 //!    identity.agree   32 bytes, 0600: the X25519 secret      ┘ .agree first, then .sign
 //!    storage.secret   32 bytes, 0600: random, written at first start; the storage key is
 //!                     derived from it and it never leaves this process
+//!    identity.rotating  64 bytes, 0600, only while `smvs-keyguard rotate` runs (or after it
+//!                     was interrupted): the new seed and agreement secret
 //! ```
+//!
+//! The operator commands (`smvs-keyguard rotate` and `deregister`) open the directory with
+//! [`KeyDir::open_as_operator`]: as its owner or as root, never creating it. `rotate` takes the
+//! lock too, so it runs only while keyguard is stopped: a running keyguard would go on signing
+//! with the replaced identity. It writes the new identity to `identity.rotating` first, asks the
+//! directory, and only once the directory took it replaces `identity.agree` and
+//! `identity.sign` (each atomically) and removes `identity.rotating`. While that file exists
+//! keyguard refuses to start and running `rotate` again finishes (or, when the directory never
+//! took it, retries) the rotation; a refusal by the directory removes it, leaving the old
+//! identity as it was.
 //!
 //! Each file is written atomically (a 0600 temporary file, fsync, rename, fsync of the
 //! directory; `smvs_service::keyfile::load_or_create`) and never overwritten. An identity exists
@@ -16,7 +28,7 @@
 //! key without its agreement key) means the directory was damaged, and start-up stops.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -36,6 +48,9 @@ pub const AGREEMENT_FILE: &str = "identity.agree";
 pub const STORAGE_FILE: &str = "storage.secret";
 /// Every key file holds exactly this many bytes.
 pub const KEY_FILE_LEN: usize = 32;
+/// A rotation in progress: the new seed, then the new agreement secret.
+pub const ROTATION_FILE: &str = "identity.rotating";
+const ROTATION_FILE_LEN: usize = 2 * KEY_FILE_LEN;
 
 /// What can be wrong with the key directory or a file in it. Every variant names the path, and
 /// the permission errors say how to fix them.
@@ -62,6 +77,16 @@ pub enum KeyDirError {
     #[error("key directory {path} is in use by another smvs-keyguard")]
     InUse { path: PathBuf },
     #[error(
+        "key directory {path} is in use by a running smvs-keyguard; stop it (and the smvsd it \
+         serves) first, and start both again afterwards"
+    )]
+    KeyguardRunning { path: PathBuf },
+    #[error(
+        "key directory {dir} holds {ROTATION_FILE}: a key rotation was interrupted; run \
+         `smvs-keyguard rotate` with the same arguments again to finish it"
+    )]
+    RotationPending { dir: PathBuf },
+    #[error(
         "key file {path} is readable or writable by others (mode {mode:03o}); \
          run `chmod 600 {path}`"
     )]
@@ -73,8 +98,12 @@ pub enum KeyDirError {
     FileWrongOwner { path: PathBuf, owner: u32, me: u32 },
     #[error("key file {path} is not a regular file")]
     NotAFile { path: PathBuf },
-    #[error("key file {path} holds {got} bytes, expected {KEY_FILE_LEN}")]
-    WrongSize { path: PathBuf, got: u64 },
+    #[error("key file {path} holds {got} bytes, expected {expected}")]
+    WrongSize {
+        path: PathBuf,
+        got: u64,
+        expected: usize,
+    },
     #[error("{action} key file {path}: {source}")]
     FileIo {
         path: PathBuf,
@@ -98,23 +127,30 @@ pub enum KeyDirError {
     },
 }
 
-/// An open, checked and locked key directory.
+/// An open, checked (and, for keyguard and `rotate`, locked) key directory.
 #[derive(Debug)]
 pub struct KeyDir {
     path: PathBuf,
+    /// The uid that owns the directory, and must own every key file in it.
+    owner: u32,
     /// Held for the life of the process: a second keyguard on the same directory could create a
-    /// second identity.
-    _lock: Flock<File>,
+    /// second identity, and a rotation under a running keyguard would leave it signing with
+    /// the old one.
+    _lock: Option<Flock<File>>,
+}
+
+/// Whether an operator command locks the key directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OperatorLock {
+    /// Reading only (`deregister`): keyguard may keep running.
+    None,
+    /// Changing keys (`rotate`): keyguard must be stopped.
+    Exclusive,
 }
 
 impl KeyDir {
     /// Creates `path` (0700) if absent, checks that only this uid can use it, and locks it.
     pub fn open(path: &Path) -> Result<KeyDir, KeyDirError> {
-        let dir_io = |action, source| KeyDirError::DirIo {
-            path: path.to_owned(),
-            action,
-            source,
-        };
         match fs::metadata(path) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -122,11 +158,83 @@ impl KeyDir {
                     .recursive(true)
                     .mode(0o700)
                     .create(path)
-                    .map_err(|e| dir_io("creating", e))?;
+                    .map_err(|e| KeyDirError::DirIo {
+                        path: path.to_owned(),
+                        action: "creating",
+                        source: e,
+                    })?;
                 tracing::info!(path = %path.display(), "created the key directory");
             }
-            Err(e) => return Err(dir_io("inspecting", e)),
+            Err(e) => {
+                return Err(KeyDirError::DirIo {
+                    path: path.to_owned(),
+                    action: "inspecting",
+                    source: e,
+                })
+            }
         }
+        let me = nix::unistd::geteuid().as_raw();
+        let (dir, owner) = Self::checked(path, |owner| owner == me)?;
+        let lock = match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(KeyDirError::InUse {
+                    path: path.to_owned(),
+                })
+            }
+            Err((_, errno)) => {
+                return Err(KeyDirError::DirIo {
+                    path: path.to_owned(),
+                    action: "locking",
+                    source: errno.into(),
+                })
+            }
+        };
+        Ok(KeyDir {
+            path: path.to_owned(),
+            owner,
+            _lock: Some(lock),
+        })
+    }
+
+    /// Opens an existing key directory for an operator command, run by the directory's owner
+    /// or by root (who then acts for the owner: files it writes are given to the owner).
+    pub fn open_as_operator(path: &Path, lock: OperatorLock) -> Result<KeyDir, KeyDirError> {
+        let me = nix::unistd::geteuid().as_raw();
+        let (dir, owner) = Self::checked(path, |owner| owner == me || me == 0)?;
+        let lock = match lock {
+            OperatorLock::None => None,
+            OperatorLock::Exclusive => match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => Some(lock),
+                Err((_, Errno::EWOULDBLOCK)) => {
+                    return Err(KeyDirError::KeyguardRunning {
+                        path: path.to_owned(),
+                    })
+                }
+                Err((_, errno)) => {
+                    return Err(KeyDirError::DirIo {
+                        path: path.to_owned(),
+                        action: "locking",
+                        source: errno.into(),
+                    })
+                }
+            },
+        };
+        Ok(KeyDir {
+            path: path.to_owned(),
+            owner,
+            _lock: lock,
+        })
+    }
+
+    /// Opens the directory and checks it: a directory, 0700 or stricter, owned by a uid
+    /// `owner_ok` accepts. Returns the open handle and the owner.
+    fn checked(path: &Path, owner_ok: impl Fn(u32) -> bool) -> Result<(File, u32), KeyDirError> {
+        let dir_io = |action, source| KeyDirError::DirIo {
+            path: path.to_owned(),
+            action,
+            source,
+        };
         let dir = File::open(path).map_err(|e| dir_io("opening", e))?;
         // Checked on the open handle, so what is checked is what is locked and used.
         let meta = dir.metadata().map_err(|e| dir_io("inspecting", e))?;
@@ -142,27 +250,14 @@ impl KeyDir {
                 mode,
             });
         }
-        let me = nix::unistd::geteuid().as_raw();
-        if meta.uid() != me {
+        if !owner_ok(meta.uid()) {
             return Err(KeyDirError::DirWrongOwner {
                 path: path.to_owned(),
                 owner: meta.uid(),
-                me,
+                me: nix::unistd::geteuid().as_raw(),
             });
         }
-        let lock = match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, Errno::EWOULDBLOCK)) => {
-                return Err(KeyDirError::InUse {
-                    path: path.to_owned(),
-                })
-            }
-            Err((_, errno)) => return Err(dir_io("locking", errno.into())),
-        };
-        Ok(KeyDir {
-            path: path.to_owned(),
-            _lock: lock,
-        })
+        Ok((dir, meta.uid()))
     }
 
     pub fn path(&self) -> &Path {
@@ -173,6 +268,14 @@ impl KeyDir {
     /// regular file (symlinks included), is not 0600 or stricter, is owned by another uid, or is
     /// not exactly 32 bytes.
     pub fn read(&self, name: &str) -> Result<Option<Zeroizing<[u8; KEY_FILE_LEN]>>, KeyDirError> {
+        self.read_n::<KEY_FILE_LEN>(name)
+    }
+
+    /// [`KeyDir::read`] for a file of `N` bytes.
+    fn read_n<const N: usize>(
+        &self,
+        name: &str,
+    ) -> Result<Option<Zeroizing<[u8; N]>>, KeyDirError> {
         let path = self.path.join(name);
         let file_io = |action, source| KeyDirError::FileIo {
             path: path.clone(),
@@ -199,22 +302,22 @@ impl KeyDir {
         if mode & 0o077 != 0 {
             return Err(KeyDirError::FileTooOpen { path, mode });
         }
-        let me = nix::unistd::geteuid().as_raw();
-        if meta.uid() != me {
+        if meta.uid() != self.owner {
             return Err(KeyDirError::FileWrongOwner {
                 path,
                 owner: meta.uid(),
-                me,
+                me: self.owner,
             });
         }
-        if meta.len() != KEY_FILE_LEN as u64 {
+        if meta.len() != N as u64 {
             return Err(KeyDirError::WrongSize {
                 path,
                 got: meta.len(),
+                expected: N,
             });
         }
         // A fixed-size buffer: no reallocation can leave a copy of the secret behind.
-        let mut bytes = Zeroizing::new([0u8; KEY_FILE_LEN]);
+        let mut bytes = Zeroizing::new([0u8; N]);
         file.read_exact(&mut bytes[..])
             .map_err(|e| file_io("reading", e))?;
         Ok(Some(bytes))
@@ -236,6 +339,7 @@ impl KeyDir {
             return Err(KeyDirError::WrongSize {
                 path,
                 got: written.len() as u64,
+                expected: KEY_FILE_LEN,
             });
         }
         bytes.copy_from_slice(&written);
@@ -252,8 +356,19 @@ impl KeyDir {
     }
 
     /// The identity, if one has been created. A leftover `identity.agree` without
-    /// `identity.sign` is checked but not an identity.
+    /// `identity.sign` is checked but not an identity. Refused while a rotation is pending.
     pub fn load_identity(&self) -> Result<Option<IdentityKeys>, KeyDirError> {
+        if self.rotation_pending()? {
+            return Err(KeyDirError::RotationPending {
+                dir: self.path.clone(),
+            });
+        }
+        self.load_current_identity()
+    }
+
+    /// The identity in `identity.sign` and `identity.agree`, whether or not a rotation is
+    /// pending (for `rotate`, which finishes it).
+    pub fn load_current_identity(&self) -> Result<Option<IdentityKeys>, KeyDirError> {
         let agreement = self.read(AGREEMENT_FILE)?;
         let Some(seed) = self.read(SIGNING_FILE)? else {
             return Ok(None);
@@ -286,6 +401,129 @@ impl KeyDir {
         self.identity_from(&seed, &agreement)
     }
 
+    fn rotation_pending(&self) -> Result<bool, KeyDirError> {
+        match fs::symlink_metadata(self.path.join(ROTATION_FILE)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(KeyDirError::FileIo {
+                path: self.path.join(ROTATION_FILE),
+                action: "inspecting",
+                source,
+            }),
+        }
+    }
+
+    /// The new identity of a rotation in progress, if there is one.
+    pub fn staged_rotation(&self) -> Result<Option<IdentityKeys>, KeyDirError> {
+        let Some(bytes) = self.read_n::<ROTATION_FILE_LEN>(ROTATION_FILE)? else {
+            return Ok(None);
+        };
+        let (seed, agreement) = bytes.split_at(KEY_FILE_LEN);
+        let mut seed_arr = Zeroizing::new([0u8; KEY_FILE_LEN]);
+        let mut agreement_arr = Zeroizing::new([0u8; KEY_FILE_LEN]);
+        seed_arr.copy_from_slice(seed);
+        agreement_arr.copy_from_slice(agreement);
+        self.identity_from_file(ROTATION_FILE, &seed_arr, &agreement_arr)
+            .map(Some)
+    }
+
+    /// Writes `new` as the identity a rotation is moving to (atomically, before the directory
+    /// is asked).
+    pub fn stage_rotation(&self, new: &IdentityKeys) -> Result<(), KeyDirError> {
+        let mut bytes = Zeroizing::new([0u8; ROTATION_FILE_LEN]);
+        bytes[..KEY_FILE_LEN].copy_from_slice(new.signing.seed().expose());
+        bytes[KEY_FILE_LEN..].copy_from_slice(new.agreement.expose_secret());
+        self.replace_file(ROTATION_FILE, &bytes[..])
+    }
+
+    /// Makes the staged identity the identity: `identity.agree`, then `identity.sign`, each
+    /// replaced atomically, then `identity.rotating` removed. Each step can be repeated, so an
+    /// interrupted finish is finished by running it again.
+    pub fn finish_rotation(&self) -> Result<IdentityKeys, KeyDirError> {
+        let Some(new) = self.staged_rotation()? else {
+            return Err(KeyDirError::FileIo {
+                path: self.path.join(ROTATION_FILE),
+                action: "finishing the rotation from",
+                source: std::io::ErrorKind::NotFound.into(),
+            });
+        };
+        self.replace_file(AGREEMENT_FILE, &new.agreement.expose_secret()[..])?;
+        self.replace_file(SIGNING_FILE, &new.signing.seed().expose()[..])?;
+        self.remove_file(ROTATION_FILE)?;
+        Ok(new)
+    }
+
+    /// Forgets a staged rotation the directory refused: the identity stays as it was.
+    pub fn abandon_rotation(&self) -> Result<(), KeyDirError> {
+        self.remove_file(ROTATION_FILE)
+    }
+
+    /// Writes `bytes` to `name` atomically: a 0600 temporary file owned by the directory's
+    /// owner, synced, renamed over `name`, and the directory synced. On failure the temporary
+    /// file is removed and `name` is as it was.
+    fn replace_file(&self, name: &str, bytes: &[u8]) -> Result<(), KeyDirError> {
+        let path = self.path.join(name);
+        let tmp = self.path.join(format!("{name}.tmp"));
+        let file_io = |action, source| KeyDirError::FileIo {
+            path: tmp.clone(),
+            action,
+            source,
+        };
+        match fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(file_io("removing a stale", e)),
+        }
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(OFlag::O_NOFOLLOW.bits() | OFlag::O_CLOEXEC.bits())
+                .open(&tmp)
+                .map_err(|e| file_io("creating", e))?;
+            if nix::unistd::geteuid().as_raw() != self.owner {
+                // Root acting for the owner: keyguard (the owner) must be able to read it.
+                nix::unistd::fchown(&file, Some(self.owner.into()), None)
+                    .map_err(|e| file_io("giving to the key directory's owner", e.into()))?;
+            }
+            file.write_all(bytes).map_err(|e| file_io("writing", e))?;
+            file.sync_all().map_err(|e| file_io("syncing", e))?;
+            fs::rename(&tmp, &path).map_err(|e| file_io("renaming into place", e))
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
+        self.sync_dir()
+    }
+
+    fn remove_file(&self, name: &str) -> Result<(), KeyDirError> {
+        let path = self.path.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(KeyDirError::FileIo {
+                    path,
+                    action: "removing",
+                    source,
+                })
+            }
+        }
+        self.sync_dir()
+    }
+
+    fn sync_dir(&self) -> Result<(), KeyDirError> {
+        File::open(&self.path)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| KeyDirError::DirIo {
+                path: self.path.clone(),
+                action: "syncing",
+                source,
+            })
+    }
+
     fn identity_from(
         &self,
         seed: &[u8; KEY_FILE_LEN],
@@ -300,6 +538,25 @@ impl KeyDir {
             .map_err(bad(SIGNING_FILE))?;
         let agreement =
             AgreementKeyPair::from_secret_bytes(agreement).map_err(bad(AGREEMENT_FILE))?;
+        Ok(IdentityKeys { signing, agreement })
+    }
+
+    /// [`KeyDir::identity_from`] for both halves read from the one file `name`.
+    fn identity_from_file(
+        &self,
+        name: &str,
+        seed: &[u8; KEY_FILE_LEN],
+        agreement: &[u8; KEY_FILE_LEN],
+    ) -> Result<IdentityKeys, KeyDirError> {
+        let path = self.path.join(name);
+        let bad = |source| KeyDirError::BadKey {
+            path: path.clone(),
+            source,
+        };
+        let signing = SigningSeed::from_bytes(seed)
+            .and_then(|seed| SigningKeyPair::from_seed(&seed))
+            .map_err(bad)?;
+        let agreement = AgreementKeyPair::from_secret_bytes(agreement).map_err(bad)?;
         Ok(IdentityKeys { signing, agreement })
     }
 }
@@ -400,6 +657,120 @@ mod tests {
             dir.load_identity(),
             Err(KeyDirError::Incomplete { .. })
         ));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_rotation_is_staged_then_finished_and_keyguard_waits_for_it() {
+        let root = scratch();
+        let path = root.join("keys");
+        let dir = KeyDir::open(&path).unwrap();
+        let old = dir.create_identity().unwrap();
+        drop(dir);
+        // An operator opens it while no keyguard runs; while one does, it is refused.
+        let keyguard = KeyDir::open(&path).unwrap();
+        assert!(matches!(
+            KeyDir::open_as_operator(&path, OperatorLock::Exclusive),
+            Err(KeyDirError::KeyguardRunning { .. })
+        ));
+        let reader = KeyDir::open_as_operator(&path, OperatorLock::None).unwrap();
+        assert_eq!(
+            reader.load_identity().unwrap().unwrap().bundle(),
+            old.bundle()
+        );
+        drop((keyguard, reader));
+
+        let operator = KeyDir::open_as_operator(&path, OperatorLock::Exclusive).unwrap();
+        let new = IdentityKeys::generate().unwrap();
+        operator.stage_rotation(&new).unwrap();
+        let staged = fs::metadata(path.join(ROTATION_FILE)).unwrap();
+        assert_eq!(staged.permissions().mode() & 0o777, 0o600);
+        assert_eq!(staged.len(), 64);
+        // While it is staged, the identity is the old one, and keyguard would not start.
+        assert_eq!(
+            operator.staged_rotation().unwrap().unwrap().bundle(),
+            new.bundle()
+        );
+        assert_eq!(
+            operator.load_current_identity().unwrap().unwrap().bundle(),
+            old.bundle()
+        );
+        assert!(matches!(
+            operator.load_identity(),
+            Err(KeyDirError::RotationPending { .. })
+        ));
+        // A crash half-way through finishing (the agreement key replaced, the signing key not)
+        // is finished by finishing again.
+        operator
+            .replace_file(AGREEMENT_FILE, &new.agreement.expose_secret()[..])
+            .unwrap();
+        let finished = operator.finish_rotation().unwrap();
+        assert_eq!(finished.bundle(), new.bundle());
+        assert!(!path.join(ROTATION_FILE).exists());
+        assert_eq!(
+            operator.load_identity().unwrap().unwrap().bundle(),
+            new.bundle()
+        );
+        // Nothing is left behind but the identity's two key files.
+        let mut names: Vec<_> = fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, [AGREEMENT_FILE, SIGNING_FILE]);
+
+        // A rotation the directory refused leaves the identity as it was.
+        operator
+            .stage_rotation(&IdentityKeys::generate().unwrap())
+            .unwrap();
+        operator.abandon_rotation().unwrap();
+        assert_eq!(
+            operator.load_identity().unwrap().unwrap().bundle(),
+            new.bundle()
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Root rotates for the key directory's owner: what it writes belongs to the owner, so
+    /// keyguard (running as the owner) can read it. Only meaningful as root.
+    #[test]
+    fn root_acting_for_the_owner_leaves_the_owners_files() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        const NOBODY: u32 = 65534;
+        let root = scratch();
+        let path = root.join("keys");
+        KeyDir::open(&path).unwrap().create_identity().unwrap();
+        for entry in fs::read_dir(&path).unwrap() {
+            std::os::unix::fs::chown(entry.unwrap().path(), Some(NOBODY), Some(NOBODY)).unwrap();
+        }
+        std::os::unix::fs::chown(&path, Some(NOBODY), Some(NOBODY)).unwrap();
+        // keyguard itself, as root, refuses a directory it does not own ...
+        assert!(matches!(
+            KeyDir::open(&path),
+            Err(KeyDirError::DirWrongOwner { .. })
+        ));
+        // ... the operator, as root, acts for the owner.
+        let operator = KeyDir::open_as_operator(&path, OperatorLock::Exclusive).unwrap();
+        let new = IdentityKeys::generate().unwrap();
+        operator.stage_rotation(&new).unwrap();
+        assert_eq!(
+            fs::metadata(path.join(ROTATION_FILE)).unwrap().uid(),
+            NOBODY
+        );
+        assert_eq!(operator.finish_rotation().unwrap().bundle(), new.bundle());
+        for name in [SIGNING_FILE, AGREEMENT_FILE] {
+            let meta = fs::metadata(path.join(name)).unwrap();
+            assert_eq!(
+                (meta.uid(), meta.permissions().mode() & 0o777),
+                (NOBODY, 0o600)
+            );
+        }
+        assert_eq!(
+            operator.load_identity().unwrap().unwrap().bundle(),
+            new.bundle()
+        );
         fs::remove_dir_all(&root).unwrap();
     }
 }

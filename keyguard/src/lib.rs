@@ -5,9 +5,12 @@
 //!                                             │ yes (at most N at once)
 //!                                             ▼
 //!                                  KeyguardRpc (one per connection) ──► Vault ──► key directory
-//!                                     sign / open / derive                 (identity.sign,
-//!                                                                            identity.agree,
-//!                                                                            storage.secret)
+//!                       sign (envelope, receipt) / certify transport /       (identity.sign,
+//!                       sign registration / open login token / derive         identity.agree,
+//!                                                                             storage.secret)
+//!
+//!  operator (root or key owner) ── smvs-keyguard rotate | deregister ──► key directory (direct)
+//!                                                                   └──► directory (login, signed)
 //! ```
 //!
 //! - [`harden`]: what the process does before it reads any key (no core dumps, not
@@ -16,15 +19,21 @@
 //! - [`KeyguardServer`]: binds the socket and serves the `Keyguard` interface of
 //!   `schema/keyguard.capnp` on the caller's `LocalSet` (`bind`, `shutdown`, `join`).
 //! - [`client::KeyguardClient`]: what smvsd (and `smvs-keyguard check`) uses to talk to it.
+//! - [`operator`]: `smvs-keyguard rotate` and `deregister`, which read the key files
+//!   themselves and talk to the directory; never reachable through the socket.
 //! - [`cli`]: the command line of the `smvs-keyguard` binary.
 //!
-//! No operation returns a secret key: callers get public keys, signatures, opened plaintexts and
-//! keys derived through HKDF. The secrets stay in smvs-crypto's zeroizing types in this process.
+//! No operation returns a secret key, and every one is bound to a purpose: callers get public
+//! keys, signatures over envelopes and receipts, a transport certificate and a registration
+//! that keyguard builds itself, the token inside a directory login challenge (and nothing else
+//! it could open), and keys derived through HKDF. The secrets stay in smvs-crypto's zeroizing
+//! types in this process.
 
 pub mod cli;
 pub mod client;
 pub mod harden;
 pub mod keydir;
+pub mod operator;
 mod purpose;
 mod rpc;
 mod server;

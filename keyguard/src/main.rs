@@ -4,7 +4,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use smvs_keyguard::cli::{Cli, Command};
+use smvs_keyguard::cli::{Cli, Command, OperatorArgs};
+use smvs_keyguard::operator::{self, Target};
 use smvs_keyguard::{KeyguardClient, KeyguardConfig, KeyguardServer};
 
 fn main() -> ExitCode {
@@ -21,11 +22,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let local = tokio::task::LocalSet::new();
-    if let Some(Command::Check { socket, json }) = cli.command {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        return local.block_on(&runtime, check(&socket, json));
+    match cli.command {
+        Some(Command::Check { socket, json }) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            return local.block_on(&runtime, check(&socket, json));
+        }
+        Some(Command::Rotate(args)) => return operator(OperatorCommand::Rotate, args),
+        Some(Command::Deregister(args)) => return operator(OperatorCommand::Deregister, args),
+        None => {}
     }
     // Before anything else, and above all before any key is read.
     smvs_keyguard::harden::harden_process()?;
@@ -75,6 +81,70 @@ async fn check(socket: &Path, json: bool) -> anyhow::Result<()> {
             })
         ),
         (None, true) => println!("{}", serde_json::json!({ "exists": false })),
+    }
+    Ok(())
+}
+
+enum OperatorCommand {
+    Rotate,
+    Deregister,
+}
+
+/// `smvs-keyguard rotate | deregister`: reads the key files itself, so it hardens itself as
+/// keyguard does before reading them.
+fn operator(command: OperatorCommand, args: OperatorArgs) -> anyhow::Result<()> {
+    smvs_keyguard::harden::harden_process()?;
+    smvs_crypto::init()?;
+    let target = Target {
+        key_dir: args.key_dir,
+        username: smvs_schema::Username::parse(&args.username)
+            .map_err(|e| anyhow::anyhow!("--username: {e}"))?,
+        directory: args.directory,
+        directory_key: smvs_crypto::SigningPublicKey::from_hex(&args.directory_key)
+            .map_err(|e| anyhow::anyhow!("--directory-key: {e}"))?,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    match command {
+        OperatorCommand::Rotate => {
+            let rotated = local.block_on(&runtime, operator::rotate(&target))?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "username": target.username.as_str(),
+                        "old_signing_key": rotated.old.signing_key.to_hex(),
+                        "signing_key": rotated.new.signing_key.to_hex(),
+                        "agreement_key": rotated.new.agreement_key.to_hex(),
+                        "serial": rotated.record.user.serial,
+                    })
+                );
+            } else {
+                println!(
+                    "rotated {}: signing key {} (was {}); start smvs-keyguard and smvsd again",
+                    target.username,
+                    rotated.new.signing_key.to_hex(),
+                    rotated.old.signing_key.to_hex()
+                );
+            }
+        }
+        OperatorCommand::Deregister => {
+            let serial = local.block_on(&runtime, operator::deregister(&target))?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "username": target.username.as_str(),
+                        "deregistered": true,
+                        "serial": serial,
+                    })
+                );
+            } else {
+                println!("deregistered {} at {}", target.username, target.directory);
+            }
+        }
     }
     Ok(())
 }

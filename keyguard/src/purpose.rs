@@ -1,34 +1,42 @@
-//! Which signatures keyguard makes. The wire names a `SignPurpose`; each maps to exactly one
-//! smvs-crypto `SignContext`, so the label inside the signed bytes is chosen here, never by the
-//! caller.
+//! Which generic signatures keyguard makes. The wire names a `SignPurpose`; each one keyguard
+//! serves maps to exactly one smvs-crypto `SignContext`, so the label inside the signed bytes is
+//! chosen here, never by the caller.
 //!
-//! Two contexts are deliberately absent: `IdentityAgreementKey` (a caller that could have the
-//! identity vouch for an arbitrary X25519 key could impersonate the user to anyone who seals to
-//! that key) and `DirectoryRecord` (only a directory signs records).
+//! Only the host-to-host statements are generic: envelopes and receipts. Everything the
+//! directory acts on is built by keyguard itself (`certifyTransport`, `signRegistration`) or
+//! made only by the operator (`KeyRotation`, `Deregistration`: `smvs-keyguard rotate` and
+//! `deregister`, which read the key files themselves). `IdentityAgreementKey` (a caller that
+//! could have the identity vouch for an arbitrary X25519 key could impersonate the user to
+//! anyone who seals to that key) and `DirectoryRecord` (only a directory signs records) are
+//! never signed at all.
 
 use smvs_crypto::SignContext;
 use smvs_schema::keyguard_capnp::SignPurpose;
 
-/// The context a signature for `purpose` is made under.
-pub fn context_for(purpose: SignPurpose) -> SignContext {
+/// The context a signature for `purpose` is made under, or `None` for a retired purpose that
+/// keyguard refuses.
+pub fn context_for(purpose: SignPurpose) -> Option<SignContext> {
     match purpose {
-        SignPurpose::TransportCertificate => SignContext::TransportCertificate,
-        SignPurpose::DirectoryRegistration => SignContext::DirectoryRegistration,
-        SignPurpose::KeyRotation => SignContext::KeyRotation,
-        SignPurpose::Envelope => SignContext::Envelope,
-        SignPurpose::Receipt => SignContext::Receipt,
+        SignPurpose::Envelope => Some(SignContext::Envelope),
+        SignPurpose::Receipt => Some(SignContext::Receipt),
+        SignPurpose::RetiredTransportCertificate
+        | SignPurpose::RetiredDirectoryRegistration
+        | SignPurpose::RetiredKeyRotation => None,
     }
 }
 
-/// The purpose to ask keyguard for, or `None` for a context keyguard does not sign.
+/// The purpose to ask keyguard for, or `None` for a context keyguard does not sign over its
+/// socket.
 pub fn purpose_for(context: SignContext) -> Option<SignPurpose> {
     match context {
-        SignContext::TransportCertificate => Some(SignPurpose::TransportCertificate),
-        SignContext::DirectoryRegistration => Some(SignPurpose::DirectoryRegistration),
-        SignContext::KeyRotation => Some(SignPurpose::KeyRotation),
         SignContext::Envelope => Some(SignPurpose::Envelope),
         SignContext::Receipt => Some(SignPurpose::Receipt),
-        SignContext::IdentityAgreementKey | SignContext::DirectoryRecord => None,
+        SignContext::TransportCertificate
+        | SignContext::DirectoryRegistration
+        | SignContext::KeyRotation
+        | SignContext::Deregistration
+        | SignContext::IdentityAgreementKey
+        | SignContext::DirectoryRecord => None,
     }
 }
 
@@ -37,17 +45,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn purposes_round_trip_and_identity_contexts_are_refused() {
-        for purpose in [
-            SignPurpose::TransportCertificate,
-            SignPurpose::DirectoryRegistration,
-            SignPurpose::KeyRotation,
-            SignPurpose::Envelope,
-            SignPurpose::Receipt,
-        ] {
-            assert_eq!(purpose_for(context_for(purpose)), Some(purpose));
+    fn only_envelopes_and_receipts_are_signed() {
+        for purpose in [SignPurpose::Envelope, SignPurpose::Receipt] {
+            let context = context_for(purpose).unwrap();
+            assert_eq!(purpose_for(context), Some(purpose));
         }
-        assert_eq!(purpose_for(SignContext::IdentityAgreementKey), None);
-        assert_eq!(purpose_for(SignContext::DirectoryRecord), None);
+        for retired in [
+            SignPurpose::RetiredTransportCertificate,
+            SignPurpose::RetiredDirectoryRegistration,
+            SignPurpose::RetiredKeyRotation,
+        ] {
+            assert_eq!(context_for(retired), None);
+        }
+        for refused in [
+            SignContext::TransportCertificate,
+            SignContext::DirectoryRegistration,
+            SignContext::KeyRotation,
+            SignContext::Deregistration,
+            SignContext::IdentityAgreementKey,
+            SignContext::DirectoryRecord,
+        ] {
+            assert_eq!(purpose_for(refused), None);
+        }
     }
 }

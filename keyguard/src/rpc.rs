@@ -10,10 +10,14 @@ use std::rc::Rc;
 
 use smvs_crypto::{
     hkdf_sha256, AeadKey, AgreementPublicKey, IdentityBundle, IdentityKeys, SignContext, Signature,
-    Zeroizing,
+    SigningPublicKey, Zeroizing,
 };
+use smvs_directory::clock::now_ms;
+use smvs_directory::{Registration, TransportCertificate};
+use smvs_schema::canonical::{self, TRANSPORT_CERTIFICATE_LIFETIME_MS};
 use smvs_schema::common_capnp::identity_bundle;
 use smvs_schema::keyguard_capnp::keyguard;
+use smvs_schema::{HostAddress, Username};
 
 use crate::keydir::{KeyDir, KeyDirError};
 use crate::purpose::context_for;
@@ -122,8 +126,15 @@ impl<'a> SignRequest<'a> {
         let purpose = params
             .get_purpose()
             .map_err(|_| refuse("unknown signing purpose"))?;
+        let context = context_for(purpose).ok_or_else(|| {
+            refuse(
+                "keyguard signs only envelopes and receipts: transport certificates and \
+                 registrations are built by certifyTransport and signRegistration, and key \
+                 rotations only by the operator (`smvs-keyguard rotate`)",
+            )
+        })?;
         Ok(SignRequest {
-            context: context_for(purpose),
+            context,
             message: params.get_message()?,
         })
     }
@@ -133,10 +144,125 @@ impl<'a> SignRequest<'a> {
     }
 }
 
-fn open_sealed(id: &IdentityKeys, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, capnp::Error> {
-    id.agreement
-        .open_sealed(sealed)
-        .map_err(|e| refuse(format!("cannot open the sealed box: {e}")))
+fn read_username(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<Username, capnp::Error> {
+    let text = t?.to_str().map_err(|_| refuse("username is not UTF-8"))?;
+    Username::parse(text).map_err(|e| refuse(format!("username: {e}")))
+}
+
+fn read_transport_key(bytes: capnp::Result<&[u8]>) -> Result<AgreementPublicKey, capnp::Error> {
+    AgreementPublicKey::from_bytes(bytes?).map_err(|e| refuse(format!("transport key: {e}")))
+}
+
+fn read_directory_key(bytes: capnp::Result<&[u8]>) -> Result<SigningPublicKey, capnp::Error> {
+    SigningPublicKey::from_bytes(bytes?).map_err(|e| refuse(format!("directory key: {e}")))
+}
+
+/// The certificate keyguard makes for a transport key: the expiry is keyguard's own clock plus
+/// the fixed lifetime, whatever the caller would like.
+fn certify(
+    id: &IdentityKeys,
+    username: &Username,
+    key: AgreementPublicKey,
+) -> TransportCertificate {
+    let not_after = now_ms().saturating_add(TRANSPORT_CERTIFICATE_LIFETIME_MS);
+    TransportCertificate::sign_locally(id, username, key, not_after)
+}
+
+/// A `certifyTransport` request as read from the wire.
+struct CertifyRequest {
+    username: Username,
+    transport_key: AgreementPublicKey,
+}
+
+impl CertifyRequest {
+    fn read(params: keyguard::certify_transport_params::Reader<'_>) -> Result<Self, capnp::Error> {
+        Ok(CertifyRequest {
+            username: read_username(params.get_username())?,
+            transport_key: read_transport_key(params.get_transport_key())?,
+        })
+    }
+
+    fn answer(&self, id: &IdentityKeys) -> TransportCertificate {
+        certify(id, &self.username, self.transport_key)
+    }
+}
+
+/// A `signRegistration` request as read from the wire. What it is signed into is built here:
+/// the identity is keyguard's own, the certificate and the timestamp keyguard's.
+struct RegistrationRequest {
+    directory_key: SigningPublicKey,
+    username: Username,
+    transport_key: AgreementPublicKey,
+    host_address: HostAddress,
+}
+
+impl RegistrationRequest {
+    fn read(params: keyguard::sign_registration_params::Reader<'_>) -> Result<Self, capnp::Error> {
+        let host = params
+            .get_host_address()?
+            .to_str()
+            .map_err(|_| refuse("host address is not UTF-8"))?;
+        Ok(RegistrationRequest {
+            directory_key: read_directory_key(params.get_directory_key())?,
+            username: read_username(params.get_username())?,
+            transport_key: read_transport_key(params.get_transport_key())?,
+            host_address: HostAddress::parse(host)
+                .map_err(|e| refuse(format!("host address: {e}")))?,
+        })
+    }
+
+    fn answer(&self, id: &IdentityKeys) -> Registration {
+        let timestamp = now_ms();
+        Registration::sign_with_certificate(
+            &self.directory_key,
+            self.username.clone(),
+            id,
+            certify(id, &self.username, self.transport_key),
+            self.host_address.clone(),
+            timestamp,
+        )
+    }
+}
+
+/// An `openLoginToken` request as read from the wire.
+struct LoginTokenRequest<'a> {
+    directory_key: SigningPublicKey,
+    username: Username,
+    sealed: &'a [u8],
+}
+
+impl<'a> LoginTokenRequest<'a> {
+    fn read(params: keyguard::open_login_token_params::Reader<'a>) -> Result<Self, capnp::Error> {
+        Ok(LoginTokenRequest {
+            directory_key: read_directory_key(params.get_directory_key())?,
+            username: read_username(params.get_username())?,
+            sealed: params.get_sealed_token()?,
+        })
+    }
+
+    /// Opens the box, and answers only with the token, only when the plaintext is an
+    /// unexpired login token of that directory for that user: keyguard opens nothing else.
+    fn answer(&self, id: &IdentityKeys) -> Result<[u8; 32], capnp::Error> {
+        let plaintext = id
+            .agreement
+            .open_sealed(self.sealed)
+            .map_err(|_| refuse("not a login token sealed to this identity"))?;
+        let (expires_at, token) =
+            canonical::parse_auth_token(&plaintext, &self.directory_key, &self.username)
+                .ok_or_else(|| {
+                    refuse(format!(
+                        "the sealed box is not a login token of directory {} for {}",
+                        self.directory_key.to_hex(),
+                        self.username
+                    ))
+                })?;
+        if expires_at < now_ms() {
+            return Err(refuse(
+                "the login token has expired; ask the directory again",
+            ));
+        }
+        Ok(token)
+    }
 }
 
 /// A `deriveSharedKey` request as read from the wire, its sizes checked.
@@ -195,8 +321,10 @@ pub mod fuzzing {
     #[derive(Debug, Clone, Copy)]
     pub enum Method {
         Sign,
-        OpenSealed,
+        OpenLoginToken,
         DeriveSharedKey,
+        CertifyTransport,
+        SignRegistration,
     }
 
     /// Reads `message` (with the peer-facing reader limits) as `method`'s parameters and
@@ -214,9 +342,21 @@ pub mod fuzzing {
                 let params = message.get_root::<keyguard::sign_params::Reader<'_>>()?;
                 SignRequest::read(params)?.answer(id).as_bytes().to_vec()
             }
-            Method::OpenSealed => {
-                let params = message.get_root::<keyguard::open_sealed_params::Reader<'_>>()?;
-                open_sealed(id, params.get_sealed()?)?.to_vec()
+            Method::OpenLoginToken => {
+                let params = message.get_root::<keyguard::open_login_token_params::Reader<'_>>()?;
+                LoginTokenRequest::read(params)?.answer(id)?.to_vec()
+            }
+            Method::CertifyTransport => {
+                let params =
+                    message.get_root::<keyguard::certify_transport_params::Reader<'_>>()?;
+                let cert = CertifyRequest::read(params)?.answer(id);
+                cert.certificate.as_bytes().to_vec()
+            }
+            Method::SignRegistration => {
+                let params =
+                    message.get_root::<keyguard::sign_registration_params::Reader<'_>>()?;
+                let registration = RegistrationRequest::read(params)?.answer(id);
+                registration.signature.as_bytes().to_vec()
             }
             Method::DeriveSharedKey => {
                 let params =
@@ -289,14 +429,51 @@ impl keyguard::Server for KeyguardRpc {
         Ok(())
     }
 
-    async fn open_sealed(
+    // `retiredOpenSealed` is not implemented: the default answer is "unimplemented".
+
+    async fn open_login_token(
         self: Rc<Self>,
-        params: keyguard::OpenSealedParams,
-        mut results: keyguard::OpenSealedResults,
+        params: keyguard::OpenLoginTokenParams,
+        mut results: keyguard::OpenLoginTokenResults,
     ) -> Result<(), capnp::Error> {
-        let sealed = params.get()?.get_sealed()?;
-        let plaintext = self.vault.with_identity(|id| open_sealed(id, sealed))??;
-        results.get().set_plaintext(&plaintext);
+        let request = LoginTokenRequest::read(params.get()?)?;
+        let token = self.vault.with_identity(|id| request.answer(id))??;
+        tracing::debug!(peer = %self.peer, username = %request.username, "opened a login token");
+        results.get().set_token(&token);
+        Ok(())
+    }
+
+    async fn certify_transport(
+        self: Rc<Self>,
+        params: keyguard::CertifyTransportParams,
+        mut results: keyguard::CertifyTransportResults,
+    ) -> Result<(), capnp::Error> {
+        let request = CertifyRequest::read(params.get()?)?;
+        let cert = self.vault.with_identity(|id| request.answer(id))?;
+        tracing::info!(
+            peer = %self.peer,
+            username = %request.username,
+            transport_key = %cert.key.to_hex(),
+            not_after = cert.not_after,
+            "certified a transport key"
+        );
+        cert.write(results.get().init_transport());
+        Ok(())
+    }
+
+    async fn sign_registration(
+        self: Rc<Self>,
+        params: keyguard::SignRegistrationParams,
+        mut results: keyguard::SignRegistrationResults,
+    ) -> Result<(), capnp::Error> {
+        let request = RegistrationRequest::read(params.get()?)?;
+        let registration = self.vault.with_identity(|id| request.answer(id))?;
+        tracing::info!(
+            peer = %self.peer,
+            username = %request.username,
+            "signed a registration"
+        );
+        registration.write(results.get().init_request());
         Ok(())
     }
 

@@ -29,11 +29,47 @@ impl Canon {
     }
 }
 
-/// What an identity signs to vouch for its host's transport key.
-pub fn transport_certificate(username: &Username, transport_key: &AgreementPublicKey) -> Vec<u8> {
+/// How long a transport certificate is valid: keyguard makes every one valid for exactly this
+/// long from its own clock, and a directory refuses one that claims longer.
+///
+/// Why 30 days: the certificate is what lets a transport key speak for the user, so its
+/// lifetime bounds how long a key that leaked (a copied state directory, a host retired without
+/// deregistering) stays usable after its owner moved on. A host renews at every start and when
+/// half the lifetime is left, so a running host keeps 15 days of slack for a directory or
+/// keyguard outage; a host that was off for longer than 30 days renews when it starts, before
+/// anyone could reach it anyway. Much shorter would make a week-long directory outage take
+/// every host off the map; much longer would make the expiry meaningless.
+pub const TRANSPORT_CERTIFICATE_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
+
+/// What an identity signs to vouch for its host's transport key until `not_after` (Unix ms).
+pub fn transport_certificate(
+    username: &Username,
+    transport_key: &AgreementPublicKey,
+    not_after: i64,
+) -> Vec<u8> {
     Canon::new()
+        .fixed(b"smvs-transport-certificate-v2")
         .var(username.as_str().as_bytes())
         .fixed(transport_key.as_bytes())
+        .int(not_after)
+        .0
+}
+
+/// What an identity signs (context deregistration) to have `directory_key`'s directory delete
+/// `username`'s record, as it stands at `serial`, at `timestamp` (Unix ms): a signature for one
+/// directory, one record and one moment, so it can be neither moved nor replayed.
+pub fn deregistration(
+    directory_key: &SigningPublicKey,
+    username: &Username,
+    serial: u64,
+    timestamp: i64,
+) -> Vec<u8> {
+    Canon::new()
+        .fixed(b"smvs-deregistration-v1")
+        .fixed(directory_key.as_bytes())
+        .var(username.as_str().as_bytes())
+        .fixed(&serial.to_be_bytes())
+        .int(timestamp)
         .0
 }
 
@@ -44,6 +80,7 @@ pub struct RegistrationFields<'a> {
     pub identity: &'a IdentityBundle,
     pub transport_key: &'a AgreementPublicKey,
     pub transport_certificate: &'a [u8],
+    pub transport_not_after: i64,
     pub host_address: Option<&'a HostAddress>,
     pub timestamp: i64,
 }
@@ -56,6 +93,7 @@ impl RegistrationFields<'_> {
             .fixed(&self.identity.to_bytes())
             .fixed(self.transport_key.as_bytes())
             .var(self.transport_certificate)
+            .int(self.transport_not_after)
             .var(
                 self.host_address
                     .map(|h| h.as_str())
@@ -131,8 +169,8 @@ mod tests {
         let u2 = Username::parse("abcd").unwrap();
         let key = smvs_crypto::AgreementKeyPair::generate().unwrap().public();
         assert_ne!(
-            transport_certificate(&u1, &key),
-            transport_certificate(&u2, &key)
+            transport_certificate(&u1, &key, 1),
+            transport_certificate(&u2, &key, 1)
         );
     }
 }

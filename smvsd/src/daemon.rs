@@ -159,6 +159,19 @@ impl Host {
             events.clone(),
             me,
         ));
+        // Renewal at start, before READY: a host that was off past its certificate's expiry
+        // is reachable again as soon as it says it serves. Bounded (the directory may be down),
+        // and never fatal: the loop below tries again.
+        match tokio::time::timeout(START_RENEWAL_TIMEOUT, trust.renew_if_due()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot renew the transport certificate now; trying again later")
+            }
+            Err(_) => tracing::warn!(
+                "the directory did not answer the renewal of the transport certificate within {} s; trying again later",
+                START_RENEWAL_TIMEOUT.as_secs()
+            ),
+        }
         let sessions = Rc::new(Sessions::new(keyguard));
         let outbox = Outbox::new(
             trust.clone(),
@@ -190,6 +203,7 @@ impl Host {
                 honour_remote_delete: config.honour_remote_delete,
             },
         ));
+        let renewals = trust.clone();
         let devices = Rc::new(
             Devices::load(
                 storage.clone(),
@@ -231,6 +245,7 @@ impl Host {
                 .serve(local_listener),
             ),
             tokio::task::spawn_local(expire_loop(storage.clone())),
+            tokio::task::spawn_local(renew_loop(renewals)),
         ];
         if let Some(listener) = device_listener {
             tasks.push(tokio::task::spawn_local(
@@ -319,6 +334,30 @@ impl Host {
         }
         if let Err(e) = self.storage.checkpoint().await {
             tracing::warn!(error = %e, "the last checkpoint failed; the WAL is replayed at the next start");
+        }
+    }
+}
+
+/// How long start-up waits for the renewal of the transport certificate: a directory that does
+/// not answer must not keep the host from serving what needs no directory.
+const START_RENEWAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Renews the transport certificate when it is due (see [`Trust::renew_if_due`]).
+async fn renew_loop(trust: Rc<Trust>) {
+    let mut tick = tokio::time::interval(crate::trust::RENEW_CHECK);
+    // The first tick is immediate, and start-up has just checked.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match tokio::time::timeout(START_RENEWAL_TIMEOUT, trust.renew_if_due()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot renew the transport certificate now; trying again later")
+            }
+            Err(_) => tracing::warn!(
+                "the directory did not answer the renewal of the transport certificate within {} s; trying again later",
+                START_RENEWAL_TIMEOUT.as_secs()
+            ),
         }
     }
 }

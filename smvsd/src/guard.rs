@@ -15,8 +15,12 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
-use smvs_crypto::{AeadKey, AgreementPublicKey, IdentityBundle, SignContext, Signature};
+use smvs_crypto::{
+    AeadKey, AgreementPublicKey, IdentityBundle, SignContext, Signature, SigningPublicKey,
+};
+use smvs_directory::{Registration, TransportCertificate};
 use smvs_keyguard::client::{KeyguardClient, KeyguardError};
+use smvs_schema::{HostAddress, Username};
 
 /// How long connecting to the key guard may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,6 +97,41 @@ impl Guard {
     ) -> Result<Signature, KeyguardError> {
         self.with_client(|c| async move { c.sign(context, message).await })
             .await
+    }
+
+    pub async fn certify_transport(
+        &self,
+        username: &Username,
+        transport_key: &AgreementPublicKey,
+    ) -> Result<TransportCertificate, KeyguardError> {
+        self.with_client(|c| async move { c.certify_transport(username, transport_key).await })
+            .await
+    }
+
+    pub async fn sign_registration(
+        &self,
+        directory_key: &SigningPublicKey,
+        username: &Username,
+        transport_key: &AgreementPublicKey,
+        host_address: &HostAddress,
+    ) -> Result<Registration, KeyguardError> {
+        self.with_client(|c| async move {
+            c.sign_registration(directory_key, username, transport_key, host_address)
+                .await
+        })
+        .await
+    }
+
+    pub async fn open_login_token(
+        &self,
+        directory_key: &SigningPublicKey,
+        username: &Username,
+        sealed: &[u8],
+    ) -> Result<[u8; 32], KeyguardError> {
+        self.with_client(
+            |c| async move { c.open_login_token(directory_key, username, sealed).await },
+        )
+        .await
     }
 
     pub async fn derive_shared_key(

@@ -25,9 +25,10 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use smvs_crypto::{AgreementKeyPair, IdentityBundle, SignContext, SigningPublicKey};
-use smvs_directory::{DirectoryClient, Registration, VerifiedRecord};
-use smvs_schema::{canonical, ErrorCode, HostAddress, Username};
+use smvs_crypto::{AgreementKeyPair, IdentityBundle, SigningPublicKey};
+use smvs_directory::{DirectoryClient, VerifiedRecord};
+use smvs_schema::canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS;
+use smvs_schema::{ErrorCode, HostAddress, Username};
 
 use crate::error::HostError;
 use crate::events::Events;
@@ -46,6 +47,9 @@ const RECORD_TTL: Duration = Duration::from_secs(600);
 /// The least time between two directory look-ups of one user, however often a peer or a
 /// failing delivery asks for a fresh one.
 const MIN_REFRESH: Duration = Duration::from_secs(5);
+/// How often smvsd checks whether its transport certificate is due for renewal (besides at
+/// start). Renewal is due with half the lifetime (15 days) left, so an hour is plenty.
+pub const RENEW_CHECK: Duration = Duration::from_secs(3600);
 
 /// This host's own user, once registered.
 #[derive(Debug, Clone)]
@@ -524,8 +528,91 @@ impl Trust {
 
     // ----- registration -----
 
-    /// Registers `username` at the directory: keyguard makes the identity, certifies our
-    /// transport key and signs the request.
+    /// Renews our registration's transport certificate when it is due: less than half its
+    /// lifetime left, or the record names another transport key than ours. Logs in with the
+    /// token keyguard opens, has keyguard certify our transport key anew, and hands it to the
+    /// directory. Returns the new expiry, or `None` when nothing was due (or we are not
+    /// registered). smvsd runs this at start and every [`RENEW_CHECK`] after.
+    pub async fn renew_if_due(&self) -> Result<Option<i64>, HostError> {
+        let Some(me) = self.registered() else {
+            return Ok(None);
+        };
+        let address = self.directory_config.address.clone();
+        let renewing = self.renew(&me);
+        match tokio::time::timeout(DIRECTORY_TIMEOUT, renewing).await {
+            Ok(result) => result,
+            Err(_) => {
+                *self.directory.borrow_mut() = None;
+                Err(HostError::new(
+                    ErrorCode::Directory,
+                    format!(
+                        "renewing the transport certificate: the directory at {address} did \
+                         not answer within {} s",
+                        DIRECTORY_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
+        }
+    }
+
+    async fn renew(&self, me: &Me) -> Result<Option<i64>, HostError> {
+        let directory = self.directory().await?;
+        let failed = |e: smvs_directory::ClientError| {
+            self.directory_failed(&e);
+            HostError::from(e)
+        };
+        let record = directory
+            .lookup_for_owner(&me.username)
+            .await
+            .map_err(failed)?;
+        if record.user.identity != me.identity {
+            return Err(HostError::new(
+                ErrorCode::Directory,
+                format!(
+                    "the directory's record of {} holds another identity than keyguard's; \
+                     was it rotated without restarting smvsd?",
+                    me.username
+                ),
+            ));
+        }
+        let transport_key = self.transport.public();
+        let left = record
+            .user
+            .transport_not_after
+            .saturating_sub(crate::model::now_ms());
+        if record.user.transport_key == transport_key
+            && left > TRANSPORT_CERTIFICATE_LIFETIME_MS / 2
+        {
+            return Ok(None);
+        }
+        let key = self.directory_config.key;
+        let keyguard = self.keyguard.clone();
+        let username = me.username.clone();
+        let session = directory
+            .login_with(&me.username, |sealed| async move {
+                keyguard.open_login_token(&key, &username, &sealed).await
+            })
+            .await
+            .map_err(failed)?;
+        let certificate = self
+            .keyguard
+            .certify_transport(&me.username, &transport_key)
+            .await?;
+        let record = session
+            .renew_transport(&certificate)
+            .await
+            .map_err(failed)?;
+        self.records.borrow_mut().remove(&me.username);
+        tracing::info!(
+            not_after = record.user.transport_not_after,
+            serial = record.user.serial,
+            "renewed the transport certificate"
+        );
+        Ok(Some(record.user.transport_not_after))
+    }
+
+    /// Registers `username` at the directory: keyguard makes the identity, and builds and signs
+    /// the request (with a fresh certificate for our transport key).
     pub async fn register(
         &self,
         username: Username,
@@ -539,27 +626,20 @@ impl Trust {
         }
         let identity = self.keyguard.create_identity().await?;
         let transport_key = self.transport.public();
-        let certificate = self
+        let registration = self
             .keyguard
-            .sign(
-                SignContext::TransportCertificate,
-                &canonical::transport_certificate(&username, &transport_key),
+            .sign_registration(
+                &self.directory_config.key,
+                &username,
+                &transport_key,
+                &host_address,
             )
             .await?;
-        let mut registration = Registration {
-            username: username.clone(),
-            identity,
-            transport_key,
-            transport_certificate: certificate,
-            host_address,
-            timestamp: crate::model::now_ms(),
-            signature: certificate,
-        };
-        let bytes = registration.signed_bytes(&self.directory_config.key);
-        registration.signature = self
-            .keyguard
-            .sign(SignContext::DirectoryRegistration, &bytes)
-            .await?;
+        if registration.identity != identity {
+            return Err(HostError::internal(
+                "keyguard signed a registration of another identity than it created",
+            ));
+        }
         let directory = self.directory().await?;
         if let Err(e) = directory.register(&registration).await {
             self.directory_failed(&e);
@@ -611,6 +691,7 @@ mod tests {
                 identity,
                 transport_key: transport,
                 transport_certificate: Signature::from_bytes(&[0; 64]).unwrap(),
+                transport_not_after: i64::MAX,
                 host_address: HostAddress::parse(address).unwrap(),
                 serial,
             },

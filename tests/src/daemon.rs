@@ -150,6 +150,11 @@ impl Daemon {
 
     /// SIGTERM, then waits (up to 30 s) for the exit status.
     pub fn stop(mut self) -> anyhow::Result<ExitStatus> {
+        self.stop_in_place()
+    }
+
+    /// As [`Daemon::stop`], keeping the `Daemon` (its log stays readable).
+    pub fn stop_in_place(&mut self) -> anyhow::Result<ExitStatus> {
         self.signal(Signal::SIGTERM)?;
         let mut child = self
             .child

@@ -36,21 +36,58 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
-    /// Logs this host's user in at `dir` with its keyguard and deletes the record, as if the
-    /// user had lost the device and started over (or left).
+    /// Deletes this host's user's record at `dir` with the operator's command
+    /// (`smvs-keyguard deregister`, reading the key files as their owner), as if the user had
+    /// lost the device and started over (or left). Keyguard's socket cannot do this.
     pub fn deregister_at(&self, dir: &DirectoryProcess) -> anyhow::Result<()> {
-        crate::runtime::run_local(async {
-            let client = dir.client().await?;
-            let keyguard = self.keyguard.client().await?;
-            let name = smvs_schema::Username::parse(&self.name)?;
-            let sealed = client.challenge(name.as_str()).await?;
-            let plain = keyguard.open_sealed(&sealed).await?;
-            let (_, token) = smvs_schema::canonical::parse_auth_token(&plain, &dir.key, &name)
-                .ok_or_else(|| anyhow!("the directory's login token does not parse"))?;
-            let session = client.authenticate(name.as_str(), &token).await?;
-            session.deregister().await?;
-            anyhow::Ok(())
-        })?
+        let out = self
+            .keyguard
+            .operator_command(
+                "deregister",
+                &self.name,
+                &dir.addr.to_string(),
+                &dir.key.to_hex(),
+            )?
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "smvs-keyguard deregister {} failed ({}): {}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Rotates this host's identity with the operator's command, as the README says: stop
+    /// smvsd and keyguard, `smvs-keyguard rotate`, start both again. Returns the command's JSON.
+    pub fn rotate_at(&mut self, dir: &DirectoryProcess) -> anyhow::Result<serde_json::Value> {
+        if self.is_running() {
+            self.stop()?;
+        }
+        self.keyguard.stop()?;
+        let out = self
+            .keyguard
+            .operator_command(
+                "rotate",
+                &self.name,
+                &dir.addr.to_string(),
+                &dir.key.to_hex(),
+            )?
+            .arg("--json")
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "smvs-keyguard rotate {} failed ({}): {}",
+                self.name,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        self.keyguard.start_again(&[])?;
+        self.start_again()?;
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// Starts keyguard and smvsd for `name`, listening on `ip` (a 127.0.0.0/8 address) with a

@@ -87,6 +87,36 @@ impl KeyguardProcess {
         Ok(())
     }
 
+    /// Stops keyguard with SIGTERM (cleanly) and keeps its key directory, for
+    /// [`Self::start_again`].
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let status = self.daemon.stop_in_place()?;
+        if !status.success() {
+            bail!("keyguard did not stop cleanly: {status}");
+        }
+        Ok(())
+    }
+
+    /// `smvs-keyguard SUBCOMMAND --key-dir … --username USER --directory ADDR
+    /// --directory-key KEY`: an operator command (`rotate`, `deregister`) on this key
+    /// directory.
+    pub fn operator_command(
+        &self,
+        subcommand: &str,
+        username: &str,
+        directory: &str,
+        directory_key: &str,
+    ) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(binary("smvs-keyguard")?);
+        cmd.arg(subcommand)
+            .arg("--key-dir")
+            .arg(&self.key_dir)
+            .args(["--username", username, "--directory", directory])
+            .args(["--directory-key", directory_key])
+            .env_remove("RUST_LOG");
+        Ok(cmd)
+    }
+
     /// A client connected as the test's own uid. Call inside a `LocalSet`.
     pub async fn client(&self) -> anyhow::Result<KeyguardClient> {
         KeyguardClient::connect(&self.socket)

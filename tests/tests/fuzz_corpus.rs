@@ -141,20 +141,27 @@ fn deliver(inner: &Inner) -> Vec<u8> {
     words(&message)
 }
 
-/// Alice's identity (the fuzzers' fixed one) and her transport key, certified.
-fn alice_record() -> UserRecord {
+/// A fixed expiry far ahead (2100-01-01), for seeds that must stay valid: a record a host
+/// checks today. (A registration's certificate cannot be: the directory refuses one longer than
+/// 30 days, so that seed's expires with its timestamp, and its check allows that.)
+const FAR_NOT_AFTER: i64 = 4_102_444_800_000;
+
+/// Alice's identity (the fuzzers' fixed one) and her transport key, certified until
+/// `not_after`.
+fn alice_record(not_after: i64) -> UserRecord {
     let identity = keys::identity();
     let transport_key = keys::peer_transport_key().public();
     let username = name("alice");
     let transport_certificate = identity.signing.sign(
         SignContext::TransportCertificate,
-        &canonical::transport_certificate(&username, &transport_key),
+        &canonical::transport_certificate(&username, &transport_key, not_after),
     );
     UserRecord {
         username,
         identity: identity.bundle(),
         transport_key,
         transport_certificate,
+        transport_not_after: not_after,
         host_address: HostAddress::parse("127.0.0.1:7421").unwrap(),
         serial: 3,
     }
@@ -191,7 +198,7 @@ fn seeds() -> Seeds {
     let mut message = capnp::message::Builder::new_default();
     sign_record(
         &directory_key,
-        &alice_record(),
+        &alice_record(FAR_NOT_AFTER),
         1_700_000_000_000,
         message.init_root::<signed_record::Builder<'_>>(),
     );
@@ -205,14 +212,15 @@ fn seeds() -> Seeds {
     seeds.push(("directory_record", "record", [&[1][..], &record].concat()));
 
     // A registration as a host sends it, and a rotation to the same keys.
-    let user = alice_record();
     let timestamp = smvs_directory::clock::now_ms();
+    let user = alice_record(timestamp + canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS);
     let fields = RegistrationFields {
         directory_key: &directory_key.public(),
         username: &user.username,
         identity: &user.identity,
         transport_key: &user.transport_key,
         transport_certificate: user.transport_certificate.as_bytes(),
+        transport_not_after: user.transport_not_after,
         host_address: Some(&user.host_address),
         timestamp,
     };
@@ -233,6 +241,7 @@ fn seeds() -> Seeds {
         let mut t = r.reborrow().init_transport();
         t.set_key(user.transport_key.as_bytes());
         t.set_certificate(user.transport_certificate.as_bytes());
+        t.set_not_after(user.transport_not_after);
         r.set_host_address(user.host_address.as_str());
         r.set_timestamp(timestamp);
         r.set_signature(signature.as_bytes());
@@ -254,6 +263,7 @@ fn seeds() -> Seeds {
         let mut t = r.reborrow().init_transport();
         t.set_key(user.transport_key.as_bytes());
         t.set_certificate(user.transport_certificate.as_bytes());
+        t.set_not_after(user.transport_not_after);
         r.set_timestamp(timestamp);
         r.set_signature(&[0; 64]);
     }
@@ -263,8 +273,8 @@ fn seeds() -> Seeds {
         [&[1][..], &words(&message)].concat(),
     ));
 
-    // Keyguard: what smvsd asks when it seals a receipt, opens a directory token and derives
-    // a contact key.
+    // Keyguard: what smvsd asks when it seals a receipt, opens a directory login token,
+    // derives a contact key, renews its transport certificate and registers.
     let mut message = capnp::message::Builder::new_default();
     {
         let mut p = message.init_root::<keyguard::sign_params::Builder<'_>>();
@@ -276,15 +286,50 @@ fn seeds() -> Seeds {
         "sign",
         [&[0][..], &words(&message)].concat(),
     ));
-    let token = smvs_crypto::seal(&identity.agreement.public(), &[8; 32]).unwrap();
+    // The directory's challenge, as it seals it (with an expiry far ahead, so the seed stays
+    // an accepted token).
+    let plaintext = canonical::auth_token_plaintext(
+        &directory_key.public(),
+        &name("alice"),
+        FAR_NOT_AFTER,
+        &[8; 32],
+    );
+    let token = smvs_crypto::seal(&identity.agreement.public(), &plaintext).unwrap();
     let mut message = capnp::message::Builder::new_default();
-    message
-        .init_root::<keyguard::open_sealed_params::Builder<'_>>()
-        .set_sealed(&token);
+    {
+        let mut p = message.init_root::<keyguard::open_login_token_params::Builder<'_>>();
+        p.set_directory_key(directory_key.public().as_bytes());
+        p.set_username("alice");
+        p.set_sealed_token(&token);
+    }
     seeds.push((
         "keyguard_request",
-        "open-sealed",
+        "open-login-token",
         [&[1][..], &words(&message)].concat(),
+    ));
+    let mut message = capnp::message::Builder::new_default();
+    {
+        let mut p = message.init_root::<keyguard::certify_transport_params::Builder<'_>>();
+        p.set_username("alice");
+        p.set_transport_key(user.transport_key.as_bytes());
+    }
+    seeds.push((
+        "keyguard_request",
+        "certify-transport",
+        [&[3][..], &words(&message)].concat(),
+    ));
+    let mut message = capnp::message::Builder::new_default();
+    {
+        let mut p = message.init_root::<keyguard::sign_registration_params::Builder<'_>>();
+        p.set_directory_key(directory_key.public().as_bytes());
+        p.set_username("alice");
+        p.set_transport_key(user.transport_key.as_bytes());
+        p.set_host_address("127.0.0.1:7421");
+    }
+    seeds.push((
+        "keyguard_request",
+        "sign-registration",
+        [&[4][..], &words(&message)].concat(),
     ));
     let bob = AgreementKeyPair::from_secret_bytes(&[0x77; 32]).unwrap();
     let mut message = capnp::message::Builder::new_default();
@@ -471,8 +516,13 @@ fn check(target: &str, bytes: &[u8]) -> Result<(), String> {
             }
         }
         "keyguard_request" => {
-            let method = [Method::Sign, Method::OpenSealed, Method::DeriveSharedKey]
-                [usize::from(*first % 3)];
+            let method = [
+                Method::Sign,
+                Method::OpenLoginToken,
+                Method::DeriveSharedKey,
+                Method::CertifyTransport,
+                Method::SignRegistration,
+            ][usize::from(*first % 5)];
             answer(&keys::identity(), method, rest)
                 .map(|_| ())
                 .map_err(|e| e.to_string())

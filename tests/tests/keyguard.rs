@@ -1,5 +1,8 @@
-//! smvs-keyguard as a real process: identities, signatures, sealed boxes and derived keys through
-//! its real client; refusals of other uids, loose permissions and malformed input; hardening.
+//! smvs-keyguard as a real process: identities, signatures, login tokens, transport
+//! certificates, registrations and derived keys through its real client; what a holder of the
+//! socket can no longer get (rotations, deregistrations, arbitrary sealed boxes); the
+//! operator's commands; refusals of other uids, loose permissions and malformed input;
+//! hardening.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
@@ -10,32 +13,32 @@ use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use smvs_crypto::{hkdf_sha256, seal, AgreementKeyPair, AgreementPublicKey, SignContext};
+use smvs_crypto::{
+    hkdf_sha256, seal, AgreementKeyPair, AgreementPublicKey, SignContext, SigningKeyPair,
+};
 use smvs_keyguard::keydir::{AGREEMENT_FILE, SIGNING_FILE, STORAGE_FILE};
 use smvs_keyguard::KeyguardError;
+use smvs_schema::keyguard_capnp::SignPurpose;
+use smvs_schema::{canonical, HostAddress, Username};
 use smvs_tests::daemon::binary;
 use smvs_tests::keyguard::{server_args, temp_dir};
 use smvs_tests::other_uid::{is_root, OtherUid};
 use smvs_tests::runtime::run_local;
-use smvs_tests::KeyguardProcess;
+use smvs_tests::{Backend, DirectoryProcess, HostProcess, KeyguardProcess};
 
 /// The uid and gid of `nobody` on Debian.
 const NOBODY: u32 = 65534;
 
-const SIGNED_CONTEXTS: [SignContext; 5] = [
-    SignContext::TransportCertificate,
-    SignContext::DirectoryRegistration,
-    SignContext::KeyRotation,
-    SignContext::Envelope,
-    SignContext::Receipt,
-];
+/// What keyguard signs over its socket: host-to-host statements only.
+const SIGNED_CONTEXTS: [SignContext; 2] = [SignContext::Envelope, SignContext::Receipt];
 
-const ALL_CONTEXTS: [SignContext; 7] = [
+const ALL_CONTEXTS: [SignContext; 8] = [
     SignContext::IdentityAgreementKey,
     SignContext::TransportCertificate,
     SignContext::DirectoryRegistration,
     SignContext::DirectoryRecord,
     SignContext::KeyRotation,
+    SignContext::Deregistration,
     SignContext::Envelope,
     SignContext::Receipt,
 ];
@@ -61,8 +64,10 @@ fn identity_is_made_once_and_its_keys_work() {
             client.sign(SignContext::Envelope, b"m").await,
             "no identity: register first",
         );
+        let dir_key = SigningKeyPair::generate().unwrap().public();
+        let alice = Username::parse("alice").unwrap();
         refused(
-            client.open_sealed(&[0u8; 64]).await,
+            client.open_login_token(&dir_key, &alice, &[0u8; 64]).await,
             "no identity: register first",
         );
         let stranger = AgreementKeyPair::generate().unwrap();
@@ -106,28 +111,124 @@ fn identity_is_made_once_and_its_keys_work() {
                 );
             }
         }
-        // The identity never vouches for another key, and never signs as a directory.
-        for context in [
-            SignContext::IdentityAgreementKey,
-            SignContext::DirectoryRecord,
-        ] {
+        // Nothing else is signed on request: not what the directory acts on, not another key,
+        // not a directory's record. The typed client refuses without asking ...
+        for context in ALL_CONTEXTS
+            .into_iter()
+            .filter(|c| !SIGNED_CONTEXTS.contains(c))
+        {
             assert!(matches!(
                 client.sign(context, b"x").await,
                 Err(KeyguardError::UnsupportedContext { .. })
             ));
         }
+        // ... and keyguard refuses the retired purposes when asked raw.
+        for retired in [
+            SignPurpose::RetiredTransportCertificate,
+            SignPurpose::RetiredDirectoryRegistration,
+            SignPurpose::RetiredKeyRotation,
+        ] {
+            let mut request = client.capability().sign_request();
+            request.get().set_purpose(retired);
+            request.get().set_message(b"x");
+            let err = request.send().promise.await.err().unwrap();
+            assert!(
+                err.to_string()
+                    .contains("signs only envelopes and receipts"),
+                "{err}"
+            );
+        }
 
-        // Sealed boxes to the identity open; boxes to another key do not.
-        let sealed = seal(&bundle.agreement_key, b"sealed token").unwrap();
+        // A login token of this directory for this user opens to its token and nothing else;
+        // a token for another user or directory, an expired one, a box to another key and any
+        // other sealed box are refused (and nothing of their content comes back).
+        let now = smvs_directory::clock::now_ms();
+        let token = [42u8; 32];
+        let plaintext = canonical::auth_token_plaintext(&dir_key, &alice, now + 60_000, &token);
+        let sealed = seal(&bundle.agreement_key, &plaintext).unwrap();
         assert_eq!(
-            &client.open_sealed(&sealed).await.unwrap()[..],
-            b"sealed token"
+            client
+                .open_login_token(&dir_key, &alice, &sealed)
+                .await
+                .unwrap(),
+            token
         );
-        let elsewhere = seal(&stranger.public(), b"not for keyguard").unwrap();
+        let bob = Username::parse("bob").unwrap();
         refused(
-            client.open_sealed(&elsewhere).await,
-            "cannot open the sealed box",
+            client.open_login_token(&dir_key, &bob, &sealed).await,
+            "is not a login token of directory",
         );
+        let other_dir = SigningKeyPair::generate().unwrap().public();
+        refused(
+            client.open_login_token(&other_dir, &alice, &sealed).await,
+            "is not a login token of directory",
+        );
+        let expired = canonical::auth_token_plaintext(&dir_key, &alice, now - 1, &token);
+        let expired = seal(&bundle.agreement_key, &expired).unwrap();
+        refused(
+            client.open_login_token(&dir_key, &alice, &expired).await,
+            "expired",
+        );
+        let secret = seal(&bundle.agreement_key, b"a secret that is no token").unwrap();
+        refused(
+            client.open_login_token(&dir_key, &alice, &secret).await,
+            "is not a login token",
+        );
+        let elsewhere = seal(&stranger.public(), &plaintext).unwrap();
+        refused(
+            client.open_login_token(&dir_key, &alice, &elsewhere).await,
+            "not a login token sealed to this identity",
+        );
+        // The method that opened any sealed box is gone.
+        let mut request = client.capability().retired_open_sealed_request();
+        request.get().set_sealed(&secret);
+        let err = request.send().promise.await.err().unwrap();
+        assert_eq!(err.kind, capnp::ErrorKind::Unimplemented, "{err}");
+
+        // A transport certificate is keyguard's, with keyguard's expiry.
+        let transport = AgreementKeyPair::generate().unwrap().public();
+        let before = smvs_directory::clock::now_ms();
+        let cert = client.certify_transport(&alice, &transport).await.unwrap();
+        let after = smvs_directory::clock::now_ms();
+        let lifetime = canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS;
+        assert!((before + lifetime..=after + lifetime).contains(&cert.not_after));
+        smvs_directory::record::verify_transport_certificate(
+            &alice,
+            &bundle,
+            &transport,
+            &cert.certificate,
+            cert.not_after,
+            after,
+        )
+        .unwrap();
+        // And so is a registration: of its own identity, signed for the directory named.
+        let host = HostAddress::parse("127.0.0.1:7421").unwrap();
+        let registration = client
+            .sign_registration(&dir_key, &alice, &transport, &host)
+            .await
+            .unwrap();
+        assert_eq!(registration.identity, bundle);
+        bundle
+            .signing_key
+            .verify(
+                SignContext::DirectoryRegistration,
+                &registration.signed_bytes(&dir_key),
+                &registration.signature,
+            )
+            .unwrap();
+        // Wrong lengths and bad names are refused, raw.
+        let mut request = client.capability().certify_transport_request();
+        request.get().set_username("alice");
+        request.get().set_transport_key(&[9u8; 31]);
+        let err = request.send().promise.await.err().unwrap();
+        assert!(err.to_string().contains("transport key"), "{err}");
+        let mut request = client.capability().sign_registration_request();
+        request.get().set_directory_key(dir_key.as_bytes());
+        request.get().set_username("not a name!");
+        request.get().set_transport_key(transport.as_bytes());
+        request.get().set_host_address("127.0.0.1:7421");
+        let err = request.send().promise.await.err().unwrap();
+        assert!(err.to_string().contains("username"), "{err}");
 
         // The shared key is what the peer computes on its side.
         let peer = AgreementKeyPair::generate().unwrap();
@@ -542,4 +643,196 @@ fn the_process_is_hardened() {
         assert!(!kg.daemon.log_text().contains("cannot lock memory"));
     }
     kg.daemon.stop().unwrap();
+}
+
+// ----- finding 3 of the review: whoever holds keyguard's socket (smvsd, or in per-user mode
+// any process of the user) cannot take the username over. Rotation and deregistration are the
+// operator's, with the key files.
+
+fn code<T>(r: Result<T, smvs_directory::ClientError>) -> smvs_directory::ErrorCode {
+    match r {
+        Ok(_) => panic!("expected a refusal"),
+        Err(e) => e.code().unwrap_or_else(|| panic!("not a refusal: {e}")),
+    }
+}
+
+#[test]
+fn a_process_holding_the_socket_cannot_rotate_deregister_or_open_other_boxes() {
+    use smvs_directory::{Deregistration, ErrorCode, Rotation};
+    run_local(async {
+        let dir = DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap();
+        let kg = KeyguardProcess::start(&[]).unwrap();
+        // What smvsd holds: a connection to the socket, as an allowed uid.
+        let client = kg.client().await.unwrap();
+        let alice = Username::parse("alice").unwrap();
+        let bundle = client.create_identity().await.unwrap();
+        let transport = AgreementKeyPair::generate().unwrap().public();
+        let host = HostAddress::parse("127.0.0.1:7421").unwrap();
+        let registration = client
+            .sign_registration(&dir.key, &alice, &transport, &host)
+            .await
+            .unwrap();
+        let directory = dir.client().await.unwrap();
+        let registered = directory.register(&registration).await.unwrap();
+        assert_eq!(registered.user.identity, bundle);
+
+        // No key-rotation and no deregistration signature, typed or raw.
+        for context in [SignContext::KeyRotation, SignContext::Deregistration] {
+            assert!(matches!(
+                client.sign(context, b"x").await,
+                Err(KeyguardError::UnsupportedContext { .. })
+            ));
+        }
+        let mut request = client.capability().sign_request();
+        request.get().set_purpose(SignPurpose::RetiredKeyRotation);
+        request.get().set_message(b"rotation");
+        assert!(request.send().promise.await.is_err());
+
+        // The directory's challenge cannot be opened as a plain sealed box any more ...
+        let sealed = directory.challenge("alice").await.unwrap();
+        let mut request = client.capability().retired_open_sealed_request();
+        request.get().set_sealed(&sealed);
+        let err = request.send().promise.await.err().unwrap();
+        assert_eq!(err.kind, capnp::ErrorKind::Unimplemented, "{err}");
+        // ... nor can any other box sealed to the identity.
+        let other = seal(&bundle.agreement_key, b"sealed to alice, not a token").unwrap();
+        refused(
+            client.open_login_token(&dir.key, &alice, &other).await,
+            "is not a login token",
+        );
+
+        // Logging in still works (smvsd renews its certificate that way) ...
+        let session = directory
+            .login_with(&alice, |sealed| {
+                let client = &client;
+                let (key, alice) = (dir.key, alice.clone());
+                async move { client.open_login_token(&key, &alice, &sealed).await }
+            })
+            .await
+            .unwrap();
+        // ... but the session cannot deregister with any signature the socket gives ...
+        let serial = registered.user.serial;
+        let now = smvs_directory::clock::now_ms();
+        let bytes = canonical::deregistration(&dir.key, &alice, serial, now);
+        for context in SIGNED_CONTEXTS {
+            let signature = client.sign(context, &bytes).await.unwrap();
+            let forged = Deregistration {
+                serial,
+                timestamp: now,
+                signature,
+            };
+            assert_eq!(
+                code(session.deregister(&forged).await),
+                ErrorCode::BadSignature
+            );
+        }
+        // ... nor rotate the identity away to one the attacker holds.
+        let theirs = smvs_crypto::IdentityKeys::generate().unwrap();
+        let mut rotation =
+            Rotation::sign_locally(&dir.key, &alice, &theirs, &theirs, transport, now);
+        let bytes = canonical::RegistrationFields {
+            directory_key: &dir.key,
+            username: &alice,
+            identity: &rotation.identity,
+            transport_key: &rotation.transport_key,
+            transport_certificate: rotation.transport_certificate.as_bytes(),
+            transport_not_after: rotation.transport_not_after,
+            host_address: None,
+            timestamp: now,
+        }
+        .to_bytes();
+        for context in SIGNED_CONTEXTS {
+            rotation.signature = client.sign(context, &bytes).await.unwrap();
+            assert_eq!(
+                code(session.rotate_keys(&rotation).await),
+                ErrorCode::BadSignature
+            );
+        }
+        // The record is as it was.
+        let now_seen = directory.lookup(&alice).await.unwrap();
+        assert_eq!(now_seen.user.identity, bundle);
+        assert_eq!(now_seen.user.serial, serial);
+        dir.daemon.stop().unwrap();
+    })
+    .unwrap();
+}
+
+#[test]
+fn the_operator_rotates_and_deregisters_and_contacts_see_the_new_key() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    alice.send("bob", "before").unwrap();
+    bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+    let before = alice.ctl_json(&["whoami"]).unwrap()["fingerprint"].clone();
+    let (addr, key) = (dir.addr.to_string(), dir.key.to_hex());
+
+    // With keyguard running, rotating is refused and nothing changes.
+    let out = alice
+        .keyguard
+        .operator_command("rotate", "alice", &addr, &key)
+        .unwrap()
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("running smvs-keyguard"), "{stderr}");
+    assert!(!alice.keyguard.key_dir.join("identity.rotating").exists());
+    // A name this identity does not hold is refused too.
+    let out = alice
+        .keyguard
+        .operator_command("deregister", "bob", &addr, &key)
+        .unwrap()
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not this key directory's"), "{stderr}");
+
+    // Stop smvsd and keyguard, rotate, start both: the host runs on the new identity.
+    let rotated = alice.rotate_at(&dir).unwrap();
+    assert_ne!(rotated["signing_key"], rotated["old_signing_key"]);
+    assert!(!alice.keyguard.key_dir.join("identity.rotating").exists());
+    let after = alice.ctl_json(&["whoami"]).unwrap()["fingerprint"].clone();
+    assert_ne!(before, after);
+    let record = run_local(async {
+        let client = dir.client().await.unwrap();
+        client
+            .lookup(&Username::parse("alice").unwrap())
+            .await
+            .unwrap()
+    })
+    .unwrap();
+    assert_eq!(
+        record.user.identity.signing_key.to_hex(),
+        rotated["signing_key"].as_str().unwrap()
+    );
+
+    // Bob sees a changed key, by the existing rules: refused until he accepts it.
+    let verify = bob.ctl_json(&["verify", "alice"]).unwrap();
+    assert_eq!(verify["key_changed"], true, "{verify}");
+    let out = bob.ctl(&["send", "alice", "to the new key?"]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    bob.ctl_ok(&["verify", "alice", "--accept-new-key"])
+        .unwrap();
+    bob.send("alice", "to the new key").unwrap();
+    alice
+        .wait_history("bob", Duration::from_secs(30), |h| {
+            h.iter().any(|m| m["body"] == "to the new key")
+        })
+        .unwrap();
+
+    // Deregistering is the operator's too, with keyguard running.
+    alice.deregister_at(&dir).unwrap();
+    run_local(async {
+        let client = dir.client().await.unwrap();
+        let gone = client.lookup(&Username::parse("alice").unwrap()).await;
+        assert_eq!(code(gone), smvs_directory::ErrorCode::NotFound);
+    })
+    .unwrap();
+    let again = alice.deregister_at(&dir).unwrap_err().to_string();
+    assert!(again.contains("no user named alice"), "{again}");
 }

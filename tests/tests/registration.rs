@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use smvs_crypto::{AgreementKeyPair, IdentityKeys, SignContext, Signature};
 use smvs_directory::store::{NewKeys, Store, StoreError};
-use smvs_directory::{ErrorCode, Registration, Rotation, UserRecord};
+use smvs_directory::{
+    Deregistration, ErrorCode, Registration, Rotation, TransportCertificate, UserRecord,
+};
 use smvs_schema::{canonical, HostAddress, Username};
 use smvs_tests::daemon::binary;
 use smvs_tests::directory::pubkey;
@@ -157,7 +159,44 @@ async fn login_update_rotate_deregister(backend: Backend) {
         "{err:#}"
     );
 
-    session.deregister().await.unwrap();
+    // Deregistration needs the current identity's signature over this directory, the name,
+    // the current serial and a fresh time; a session alone is not enough.
+    let now = smvs_directory::clock::now_ms();
+    let serial = rotated.user.serial;
+    let by_old =
+        Deregistration::sign_locally(&dir.key, &alice.username, &alice.identity, serial, now);
+    assert_eq!(
+        code(session.deregister(&by_old).await),
+        ErrorCode::BadSignature
+    );
+    let old_serial =
+        Deregistration::sign_locally(&dir.key, &alice.username, &new_identity, serial - 1, now);
+    assert_eq!(
+        code(session.deregister(&old_serial).await),
+        ErrorCode::Stale
+    );
+    let stale = Deregistration::sign_locally(
+        &dir.key,
+        &alice.username,
+        &new_identity,
+        serial,
+        now - 3_600_000,
+    );
+    assert_eq!(code(session.deregister(&stale).await), ErrorCode::Stale);
+    let other_dir = smvs_crypto::SigningKeyPair::generate().unwrap().public();
+    let elsewhere =
+        Deregistration::sign_locally(&other_dir, &alice.username, &new_identity, serial, now);
+    assert_eq!(
+        code(session.deregister(&elsewhere).await),
+        ErrorCode::BadSignature
+    );
+    assert_eq!(
+        client.lookup(&alice.username).await.unwrap().user.serial,
+        serial
+    );
+    let signed =
+        Deregistration::sign_locally(&dir.key, &alice.username, &new_identity, serial, now);
+    session.deregister(&signed).await.unwrap();
     assert_eq!(
         code(client.lookup(&alice.username).await),
         ErrorCode::NotFound
@@ -459,7 +498,15 @@ fn two_directory_processes_share_one_postgres() {
             smvs_schema::canonical::parse_auth_token(&plaintext, &first.key, &alice.username)
                 .unwrap();
         let session = b.authenticate("alice", &token).await.unwrap();
-        session.deregister().await.unwrap();
+        let serial = b.lookup(&alice.username).await.unwrap().user.serial;
+        let deregistration = Deregistration::sign_locally(
+            &first.key,
+            &alice.username,
+            &alice.identity,
+            serial,
+            smvs_directory::clock::now_ms(),
+        );
+        session.deregister(&deregistration).await.unwrap();
         assert_eq!(code(a.lookup(&alice.username).await), ErrorCode::NotFound);
         second.daemon.stop().unwrap();
         first.daemon.stop().unwrap();
@@ -474,7 +521,11 @@ async fn a_session_dies_with_the_identity_that_opened_it(backend: Backend) {
     client.register(&old.registration(&dir.key)).await.unwrap();
     let stale = old.login(&client).await.unwrap();
     let other = old.login(&client).await.unwrap();
-    other.deregister().await.unwrap();
+    let serial = client.lookup(&old.username).await.unwrap().user.serial;
+    let now = smvs_directory::clock::now_ms();
+    let deregistration =
+        Deregistration::sign_locally(&dir.key, &old.username, &old.identity, serial, now);
+    other.deregister(&deregistration).await.unwrap();
     // Someone else registers the freed name; the old owner's remaining session cannot touch it.
     let new = TestUser::new("alice", "127.0.0.5:7421").unwrap();
     client.register(&new.registration(&dir.key)).await.unwrap();
@@ -483,7 +534,10 @@ async fn a_session_dies_with_the_identity_that_opened_it(backend: Backend) {
         code(stale.update_host_address(&moved).await),
         ErrorCode::AuthFailed
     );
-    assert_eq!(code(stale.deregister().await), ErrorCode::AuthFailed);
+    assert_eq!(
+        code(stale.deregister(&deregistration).await),
+        ErrorCode::AuthFailed
+    );
     assert_eq!(
         client
             .lookup(&new.username)
@@ -589,11 +643,13 @@ fn user(name: &str) -> UserRecord {
     let username = Username::parse(name).unwrap();
     let identity = IdentityKeys::generate().unwrap();
     let transport = AgreementKeyPair::generate().unwrap().public();
+    let not_after = smvs_directory::clock::now_ms() + canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS;
     UserRecord {
         transport_certificate: identity.signing.sign(
             SignContext::TransportCertificate,
-            &canonical::transport_certificate(&username, &transport),
+            &canonical::transport_certificate(&username, &transport, not_after),
         ),
+        transport_not_after: not_after,
         username,
         identity: identity.bundle(),
         transport_key: transport,
@@ -626,12 +682,23 @@ async fn suite(store: Store) {
 
     let fresh = user("alice");
     let keys = NewKeys {
+        current: stored.identity.signing_key,
         identity: fresh.identity,
         transport_key: fresh.transport_key,
         transport_certificate: fresh.transport_certificate,
+        transport_not_after: fresh.transport_not_after,
     };
+    // A change that raced with another (the identity it replaces is gone) changes nothing.
+    let raced = NewKeys {
+        current: fresh.identity.signing_key,
+        ..keys.clone()
+    };
+    assert!(store.replace_keys(&name, raced).await.unwrap().is_none());
+    assert_eq!(store.get_user(&name).await.unwrap().unwrap(), moved);
     let rotated = store.replace_keys(&name, keys).await.unwrap().unwrap();
     assert_eq!(rotated.identity, fresh.identity);
+    assert_eq!(rotated.transport_not_after, fresh.transport_not_after);
+    assert_eq!(store.get_user(&name).await.unwrap().unwrap(), rotated);
     assert_eq!(rotated.host_address, host);
     assert!(rotated.serial > moved.serial);
 
@@ -725,4 +792,195 @@ fn a_registration_the_directory_took_but_the_host_never_saved_is_finished_on_ret
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ----- transport certificates expire (finding 7 of the review) -----
+
+/// The identity keys in a keyguard key directory, read as the operator would.
+fn identity_in(key_dir: &std::path::Path) -> IdentityKeys {
+    let seed = std::fs::read(key_dir.join("identity.sign")).unwrap();
+    let agreement = std::fs::read(key_dir.join("identity.agree")).unwrap();
+    IdentityKeys {
+        signing: smvs_crypto::SigningKeyPair::from_seed(
+            &smvs_crypto::SigningSeed::from_bytes(&seed).unwrap(),
+        )
+        .unwrap(),
+        agreement: AgreementKeyPair::from_secret_bytes(&agreement).unwrap(),
+    }
+}
+
+async fn expired_and_overlong_certificates_are_refused(backend: Backend) {
+    let dir = DirectoryProcess::start(backend, &[]).await.unwrap();
+    let client = dir.client().await.unwrap();
+    let alice = TestUser::new("alice", "127.0.0.1:7421").unwrap();
+    let now = smvs_directory::clock::now_ms();
+    let lifetime = canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS;
+    let with_expiry = |not_after: i64| {
+        Registration::sign_with_certificate(
+            &dir.key,
+            alice.username.clone(),
+            &alice.identity,
+            TransportCertificate::sign_locally(
+                &alice.identity,
+                &alice.username,
+                alice.transport.public(),
+                not_after,
+            ),
+            alice.host.clone(),
+            now,
+        )
+    };
+    // Expired: refused, as stale.
+    let refused = client.register(&with_expiry(now - 1)).await;
+    assert_eq!(code(refused), ErrorCode::Stale);
+    // Valid for longer than keyguard ever makes one: refused.
+    let refused = client
+        .register(&with_expiry(now + lifetime + 3_600_000))
+        .await;
+    assert_eq!(code(refused), ErrorCode::BadRequest);
+    // An expiry that is not the one signed: refused.
+    let mut moved = with_expiry(now + lifetime);
+    moved.transport_not_after += 1;
+    assert_eq!(code(client.register(&moved).await), ErrorCode::BadSignature);
+    assert_eq!(
+        Store::open(&dir.db)
+            .await
+            .unwrap()
+            .counts()
+            .await
+            .unwrap()
+            .0,
+        0
+    );
+    // A good one is taken, and a renewal in a session moves the expiry.
+    let first = client.register(&with_expiry(now + lifetime)).await.unwrap();
+    assert_eq!(first.user.transport_not_after, now + lifetime);
+    let session = alice.login(&client).await.unwrap();
+    let expired = TransportCertificate::sign_locally(
+        &alice.identity,
+        &alice.username,
+        alice.transport.public(),
+        now - 1,
+    );
+    assert_eq!(
+        code(session.renew_transport(&expired).await),
+        ErrorCode::Stale
+    );
+    let stranger = IdentityKeys::generate().unwrap();
+    let not_ours = TransportCertificate::sign_locally(
+        &stranger,
+        &alice.username,
+        alice.transport.public(),
+        now + lifetime,
+    );
+    assert_eq!(
+        code(session.renew_transport(&not_ours).await),
+        ErrorCode::BadSignature
+    );
+    let renewed_at = smvs_directory::clock::now_ms() + lifetime;
+    let renewal = TransportCertificate::sign_locally(
+        &alice.identity,
+        &alice.username,
+        alice.transport.public(),
+        renewed_at,
+    );
+    let renewed = session.renew_transport(&renewal).await.unwrap();
+    assert_eq!(renewed.user.transport_not_after, renewed_at);
+    assert!(renewed.user.serial > first.user.serial);
+    assert_eq!(renewed.user.identity, alice.identity.bundle());
+    dir.daemon.stop().unwrap();
+}
+
+#[test]
+fn expired_and_overlong_certificates_are_refused_sqlite() {
+    run_local(expired_and_overlong_certificates_are_refused(
+        Backend::Sqlite,
+    ))
+    .unwrap();
+}
+
+#[test]
+fn expired_and_overlong_certificates_are_refused_postgres() {
+    run_local(expired_and_overlong_certificates_are_refused(
+        Backend::Postgres,
+    ))
+    .unwrap();
+}
+
+/// A host that was off past its certificate's expiry: others refuse its record (with a clear
+/// reason), and it renews the certificate through keyguard when it starts again.
+#[test]
+fn hosts_refuse_an_expired_certificate_and_its_owner_renews_it_at_start() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    let bob_name = Username::parse("bob").unwrap();
+    let lookup = |owner: bool| {
+        run_local(async {
+            let client = dir.client().await.unwrap();
+            if owner {
+                client.lookup_for_owner(&bob_name).await
+            } else {
+                client.lookup(&bob_name).await
+            }
+        })
+        .unwrap()
+    };
+    let registered = lookup(false).unwrap();
+    let lifetime = canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS;
+    assert!(registered.user.transport_not_after > smvs_directory::clock::now_ms() + lifetime / 2);
+
+    // Bob's host goes away, and its certificate's time runs out (written into the directory's
+    // database as the passing of 30 days would leave it: certified by bob's identity, expired).
+    bob.stop().unwrap();
+    let identity = identity_in(&bob.keyguard.key_dir);
+    let expired = TransportCertificate::sign_locally(
+        &identity,
+        &bob_name,
+        registered.user.transport_key,
+        smvs_directory::clock::now_ms() - 1,
+    );
+    let db = dir.db.strip_prefix("sqlite:").unwrap();
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    let changed = conn
+        .execute(
+            "UPDATE users SET transport_certificate = ?1, transport_not_after = ?2 WHERE username = 'bob'",
+            rusqlite::params![&expired.certificate.as_bytes()[..], expired.not_after],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+
+    // The directory still serves it (signed), but no host takes it.
+    let err = lookup(false).unwrap_err().to_string();
+    assert!(err.contains("expired"), "{err}");
+    assert_eq!(
+        lookup(true).unwrap().user.transport_not_after,
+        expired.not_after
+    );
+    let out = alice.ctl(&["verify", "bob"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("expired"), "{stderr}");
+    let queued = alice.send("bob", "while expired").unwrap();
+
+    // Bob's host starts again: before it says it serves, it has renewed its certificate.
+    bob.start_again().unwrap();
+    let renewed = lookup(false).unwrap();
+    assert!(renewed.user.transport_not_after > smvs_directory::clock::now_ms() + lifetime / 2);
+    assert!(renewed.user.serial > registered.user.serial);
+    assert_eq!(renewed.user.identity, registered.user.identity);
+    assert_eq!(renewed.user.transport_key, registered.user.transport_key);
+    // And what waited is delivered.
+    bob.wait_history("alice", Duration::from_secs(60), |h| {
+        h.iter().any(|m| m["id"] == queued.as_str())
+    })
+    .unwrap();
+    // A restart with plenty of time left renews nothing.
+    bob.stop().unwrap();
+    bob.start_again().unwrap();
+    assert_eq!(lookup(false).unwrap().user.serial, renewed.user.serial);
 }

@@ -15,7 +15,7 @@
 mod postgres;
 mod sqlite;
 
-use smvs_crypto::{AgreementPublicKey, IdentityBundle, Signature};
+use smvs_crypto::{AgreementPublicKey, IdentityBundle, Signature, SigningPublicKey};
 use smvs_schema::{HostAddress, Username};
 use thiserror::Error;
 
@@ -156,12 +156,16 @@ impl Store {
     }
 }
 
-/// Replacement keys for a rotation.
+/// Replacement keys for a rotation or a renewal of the transport certificate.
 #[derive(Debug, Clone)]
 pub struct NewKeys {
+    /// The identity the row must still hold: the one that signed the rotation, or the one
+    /// that certified the renewed transport key. A change that raced with another finds none.
+    pub current: SigningPublicKey,
     pub identity: IdentityBundle,
     pub transport_key: AgreementPublicKey,
     pub transport_certificate: Signature,
+    pub transport_not_after: i64,
 }
 
 /// The next serial: strictly above the old one and never below the clock, so serials keep
@@ -183,6 +187,7 @@ pub(crate) fn row_to_record(
     agreement_signature: &[u8],
     transport_key: &[u8],
     transport_certificate: &[u8],
+    transport_not_after: i64,
     host_address: &str,
     serial: i64,
 ) -> Result<UserRecord, StoreError> {
@@ -194,6 +199,7 @@ pub(crate) fn row_to_record(
         transport_key: AgreementPublicKey::from_bytes(transport_key).map_err(|e| corrupt(&e))?,
         transport_certificate: Signature::from_bytes(transport_certificate)
             .map_err(|e| corrupt(&e))?,
+        transport_not_after,
         host_address: HostAddress::parse(host_address).map_err(|e| corrupt(&e))?,
         serial: u64::try_from(serial).map_err(|e| corrupt(&e))?,
     })

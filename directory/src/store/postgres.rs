@@ -40,6 +40,9 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX auth_tokens_expiry ON auth_tokens (expires_at);
     CREATE TABLE serial_floor (username TEXT PRIMARY KEY, serial BIGINT NOT NULL);",
+    // 2: transport certificates expire. Rows from before carry 0, which no host accepts: their
+    // hosts renew at their next start.
+    "ALTER TABLE users ADD COLUMN transport_not_after BIGINT NOT NULL DEFAULT 0;",
 ];
 
 /// Arbitrary constant naming the advisory lock that serialises migrations between processes.
@@ -167,7 +170,9 @@ impl PgStore {
         let serial = next_serial(floor.map(|s| s as u64), crate::clock::now_ms());
         let inserted = c
             .execute(
-                "INSERT INTO users VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (username) DO NOTHING",
+                "INSERT INTO users (username, signing_key, agreement_key, agreement_signature,
+                    transport_key, transport_certificate, host_address, serial, transport_not_after)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (username) DO NOTHING",
                 &[
                     &user.username.as_str(),
                     &&user.identity.signing_key.as_bytes()[..],
@@ -177,6 +182,7 @@ impl PgStore {
                     &&user.transport_certificate.as_bytes()[..],
                     &user.host_address.as_str(),
                     &(serial as i64),
+                    &user.transport_not_after,
                 ],
             )
             .await?;
@@ -191,7 +197,8 @@ impl PgStore {
             .client()
             .query_opt(
                 "SELECT username, signing_key, agreement_key, agreement_signature, transport_key,
-                        transport_certificate, host_address, serial FROM users WHERE username = $1",
+                        transport_certificate, transport_not_after, host_address, serial
+                 FROM users WHERE username = $1",
                 &[&name.as_str()],
             )
             .await?;
@@ -205,6 +212,7 @@ impl PgStore {
                 r.get(5),
                 r.get(6),
                 r.get(7),
+                r.get(8),
             )
         })
         .transpose()
@@ -241,8 +249,9 @@ impl PgStore {
             .client()
             .query_opt(
                 "UPDATE users SET signing_key = $2, agreement_key = $3, agreement_signature = $4,
-                    transport_key = $5, transport_certificate = $6, serial = GREATEST(serial + 1, $7)
-                 WHERE username = $1 RETURNING serial",
+                    transport_key = $5, transport_certificate = $6, serial = GREATEST(serial + 1, $7),
+                    transport_not_after = $8
+                 WHERE username = $1 AND signing_key = $9 RETURNING serial",
                 &[
                     &name.as_str(),
                     &&keys.identity.signing_key.as_bytes()[..],
@@ -251,6 +260,8 @@ impl PgStore {
                     &&keys.transport_key.as_bytes()[..],
                     &&keys.transport_certificate.as_bytes()[..],
                     &now,
+                    &keys.transport_not_after,
+                    &&keys.current.as_bytes()[..],
                 ],
             )
             .await?;

@@ -37,6 +37,9 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX auth_tokens_expiry ON auth_tokens (expires_at);
     CREATE TABLE serial_floor (username TEXT PRIMARY KEY NOT NULL, serial INTEGER NOT NULL) STRICT;",
+    // 2: transport certificates expire. Rows from before carry 0, which no host accepts: their
+    // hosts renew at their next start.
+    "ALTER TABLE users ADD COLUMN transport_not_after INTEGER NOT NULL DEFAULT 0;",
 ];
 
 impl SqliteStore {
@@ -68,11 +71,17 @@ impl SqliteStore {
     pub async fn insert_user(&self, user: UserRecord) -> Result<UserRecord, StoreError> {
         self.call(move |c| {
             let floor: Option<i64> = c
-                .query_row("SELECT serial FROM serial_floor WHERE username = ?1", [user.username.as_str()], |r| r.get(0))
+                .query_row(
+                    "SELECT serial FROM serial_floor WHERE username = ?1",
+                    [user.username.as_str()],
+                    |r| r.get(0),
+                )
                 .optional()?;
             let serial = next_serial(floor.map(|s| s as u64), now_ms());
             let inserted = c.execute(
-                "INSERT INTO users VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (username) DO NOTHING",
+                "INSERT INTO users (username, signing_key, agreement_key, agreement_signature,
+                    transport_key, transport_certificate, host_address, serial, transport_not_after)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (username) DO NOTHING",
                 params![
                     user.username.as_str(),
                     &user.identity.signing_key.as_bytes()[..],
@@ -82,6 +91,7 @@ impl SqliteStore {
                     &user.transport_certificate.as_bytes()[..],
                     user.host_address.as_str(),
                     serial as i64,
+                    user.transport_not_after,
                 ],
             )?;
             if inserted == 0 {
@@ -128,11 +138,17 @@ impl SqliteStore {
     ) -> Result<Option<UserRecord>, StoreError> {
         let name = name.clone();
         self.call(move |c| {
-            let Some(old) = get(c, &name)? else { return Ok(None) };
+            let Some(old) = get(c, &name)? else {
+                return Ok(None);
+            };
+            if old.identity.signing_key != keys.current {
+                return Ok(None);
+            }
             let serial = next_serial(Some(old.serial), now_ms());
             c.execute(
                 "UPDATE users SET signing_key = ?2, agreement_key = ?3, agreement_signature = ?4,
-                    transport_key = ?5, transport_certificate = ?6, serial = ?7 WHERE username = ?1",
+                    transport_key = ?5, transport_certificate = ?6, serial = ?7,
+                    transport_not_after = ?8 WHERE username = ?1",
                 params![
                     name.as_str(),
                     &keys.identity.signing_key.as_bytes()[..],
@@ -141,12 +157,14 @@ impl SqliteStore {
                     &keys.transport_key.as_bytes()[..],
                     &keys.transport_certificate.as_bytes()[..],
                     serial as i64,
+                    keys.transport_not_after,
                 ],
             )?;
             Ok(Some(UserRecord {
                 identity: keys.identity,
                 transport_key: keys.transport_key,
                 transport_certificate: keys.transport_certificate,
+                transport_not_after: keys.transport_not_after,
                 serial,
                 ..old
             }))
@@ -223,7 +241,8 @@ impl SqliteStore {
 fn get(c: &Connection, name: &Username) -> Result<Option<UserRecord>, StoreError> {
     let mut stmt = c.prepare_cached(
         "SELECT username, signing_key, agreement_key, agreement_signature, transport_key,
-                transport_certificate, host_address, serial FROM users WHERE username = ?1",
+                transport_certificate, transport_not_after, host_address, serial
+         FROM users WHERE username = ?1",
     )?;
     let row = stmt
         .query_row([name.as_str()], |r| {
@@ -234,13 +253,16 @@ fn get(c: &Connection, name: &Username) -> Result<Option<UserRecord>, StoreError
                 r.get::<_, Vec<u8>>(3)?,
                 r.get::<_, Vec<u8>>(4)?,
                 r.get::<_, Vec<u8>>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, i64>(7)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, i64>(8)?,
             ))
         })
         .optional()?;
-    row.map(|(u, sk, ak, asig, tk, tc, h, s)| row_to_record(&u, &sk, &ak, &asig, &tk, &tc, &h, s))
-        .transpose()
+    row.map(|(u, sk, ak, asig, tk, tc, na, h, s)| {
+        row_to_record(&u, &sk, &ak, &asig, &tk, &tc, na, &h, s)
+    })
+    .transpose()
 }
 
 fn now_ms() -> i64 {
