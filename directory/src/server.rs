@@ -110,6 +110,7 @@ impl DirectoryServer {
             limits: Limits::new(config.limits),
             connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
             handshake_timeout: config.handshake_timeout,
+            allow_private_host_addresses: config.allow_private_host_addresses,
         });
         let (stop, stopped) = watch::channel(false);
         let count = if config.workers == 0 {

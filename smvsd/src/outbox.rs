@@ -326,7 +326,8 @@ async fn connect(
     let transport = &outbox.transport;
     let channel = match &outbox.settings.socks5_proxy {
         None => {
-            smvs_transport::connect(
+            smvs_transport::connect_within(
+                outbox.trust.own_kind(),
                 address,
                 transport,
                 smvs_transport::HOST_PROLOGUE,

@@ -48,11 +48,29 @@ impl DirectoryProcess {
     }
 
     /// Starts a directory on an existing database and key (a second process behind one
-    /// PostgreSQL, or a restart).
+    /// PostgreSQL, or a restart). Like every directory the harness starts, it takes loopback
+    /// host addresses (`--allow-private-host-addresses`): the tests' hosts live on 127.x.
     pub fn start_with(
         dir: TempDir,
         db: String,
         extra: &[&str],
+    ) -> anyhow::Result<DirectoryProcess> {
+        Self::start_with_policy(dir, db, extra, true)
+    }
+
+    /// A directory as an operator starts it by default, which refuses host addresses of a
+    /// local kind (loopback, private, …), on SQLite.
+    pub async fn start_public_only(extra: &[&str]) -> anyhow::Result<DirectoryProcess> {
+        let dir = tempfile::Builder::new().prefix("smvs-dir-").tempdir()?;
+        let db = format!("sqlite:{}", dir.path().join("directory.db").display());
+        Self::start_with_policy(dir, db, extra, false)
+    }
+
+    fn start_with_policy(
+        dir: TempDir,
+        db: String,
+        extra: &[&str],
+        allow_private_host_addresses: bool,
     ) -> anyhow::Result<DirectoryProcess> {
         let key_file = dir.path().join("directory.key");
         let mut args: Vec<String> = vec![
@@ -63,6 +81,9 @@ impl DirectoryProcess {
             "--key-file".into(),
             key_file.display().to_string(),
         ];
+        if allow_private_host_addresses {
+            args.push("--allow-private-host-addresses".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.path().join(format!(
             "directory-{}.log",

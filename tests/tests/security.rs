@@ -17,8 +17,8 @@ use smvs_tests::conversation::body;
 use smvs_tests::daemon::check_no_core_dumps;
 use smvs_tests::impersonate::{self, deliver, link, play_host, text_message, RawEnvelope, Receipt};
 use smvs_tests::other_uid::{Access, OtherUid};
-use smvs_tests::runtime::runtime_and_directory;
-use smvs_tests::{DirectoryProcess, HostProcess};
+use smvs_tests::runtime::{runtime, runtime_and_directory};
+use smvs_tests::{DirectoryProcess, HostProcess, TestUser};
 use smvsd::model::MessageId;
 use smvsd::session::SessionKeys;
 
@@ -532,4 +532,129 @@ fn one_link_cannot_make_the_host_look_up_many_senders() {
             .to_string();
         assert!(e.contains("refused: unknown sender"), "{e}");
     });
+}
+
+/// The code a directory refusal carries (panics on success or on a broken link).
+fn refusal<T>(r: Result<T, smvs_directory::ClientError>) -> smvs_directory::ErrorCode {
+    match r {
+        Ok(_) => panic!("expected a refusal"),
+        Err(e) => e.code().unwrap_or_else(|| panic!("not a refusal: {e}")),
+    }
+}
+
+/// Review finding 7 (host addresses): a directory started as an operator would start it
+/// refuses host addresses of a local kind (loopback, private, link-local, shared, unusable),
+/// at registration and when a host moves, with `address-refused` and a sentence that says
+/// how to allow them; public ones it takes. (Every other test's directory is started with
+/// `--allow-private-host-addresses`: their hosts live on 127.x.)
+#[test]
+fn a_directory_refuses_local_host_addresses_unless_started_for_a_lan() {
+    let rt = runtime().unwrap();
+    let strict = rt
+        .block_on(DirectoryProcess::start_public_only(&[]))
+        .unwrap();
+    let alice = HostProcess::start("alice", &strict, "127.0.0.1", &[]).unwrap();
+    let out = alice.ctl(&["register", "alice"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("address-refused:")
+            && stderr.contains("loopback")
+            && stderr.contains("--allow-private-host-addresses"),
+        "{stderr}"
+    );
+    assert!(
+        alice.ctl(&["whoami"]).unwrap().status.code() == Some(1),
+        "a refused registration leaves the host unregistered"
+    );
+
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        use smvs_directory::ErrorCode;
+        let client = strict.client().await.unwrap();
+        for (i, host) in [
+            "10.0.0.5:7421",
+            "192.168.1.20:7421",
+            "[fd00::1]:7421",
+            "169.254.3.3:7421",
+            "[fe80::1]:7421",
+            "100.64.0.1:7421",
+            "[::ffff:172.16.0.9]:7421",
+            "localhost:7421",
+            "0.0.0.0:7421",
+            "[::1]:7421",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let user = TestUser::new(&format!("local{i}"), host).unwrap();
+            assert_eq!(
+                refusal(client.register(&user.registration(&strict.key)).await),
+                ErrorCode::AddressRefused,
+                "{host}"
+            );
+        }
+        // Public addresses (documentation ranges: registered as data, never connected to).
+        let carol = TestUser::new("carol", "203.0.113.7:7421").unwrap();
+        client
+            .register(&carol.registration(&strict.key))
+            .await
+            .unwrap();
+        let session = carol.login(&client).await.unwrap();
+        let private = smvs_schema::HostAddress::parse("192.168.1.2:7421").unwrap();
+        assert_eq!(
+            refusal(session.update_host_address(&private).await),
+            ErrorCode::AddressRefused
+        );
+        let public = smvs_schema::HostAddress::parse("[2001:db8::7]:7421").unwrap();
+        session.update_host_address(&public).await.unwrap();
+        let record = client.lookup(&carol.username).await.unwrap();
+        assert_eq!(record.user.host_address, public);
+    });
+}
+
+/// Review finding 7 (host addresses): a host whose own address is public does not connect to
+/// a contact whose record names a loopback or private address (else a stranger could make it
+/// connect to services on its own machine or network, with a message or a missed call): the
+/// send is refused at once with `address-refused`, and nothing is queued. The contact is still
+/// pinned and can be verified: only connecting is refused.
+#[test]
+fn a_host_on_a_public_address_does_not_connect_to_a_local_one() {
+    let (rt, dir) = runtime_and_directory().unwrap();
+    // alice publishes a documentation address; nobody connects to it (nobody writes to her).
+    let alice = HostProcess::start(
+        "alice",
+        &dir,
+        "127.0.0.1",
+        &["--public-address", "203.0.113.5:7421"],
+    )
+    .unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    // dave's record names a private address: data only, registered by the test.
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let client = dir.client().await.unwrap();
+        let dave = TestUser::new("dave", "10.1.2.3:7421").unwrap();
+        client.register(&dave.registration(&dir.key)).await.unwrap();
+    });
+    for (peer, kind) in [("bob", "loopback"), ("dave", "private")] {
+        let out = alice.ctl(&["send", peer, "hello"]).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{peer}: {stderr}");
+        assert!(
+            stderr.contains(kind) && stderr.contains("refusing to connect"),
+            "{peer}: {stderr}"
+        );
+        // The code scripts branch on, as the local API carries it.
+        let code = tokio::task::LocalSet::new().block_on(&rt, async {
+            let host = smvsctl::client::connect(&alice.socket).await.unwrap();
+            let to = Username::parse(peer).unwrap();
+            host.send(&to, "hello").await.unwrap_err().code()
+        });
+        assert_eq!(code, Some(smvs_schema::ErrorCode::AddressRefused), "{peer}");
+        assert!(alice.history(peer).unwrap().is_empty(), "{peer}: queued");
+        // Pinned all the same, and verifiable (verify connects nowhere).
+        alice.ctl_ok(&["verify", peer]).unwrap();
+    }
+    assert!(bob.history("alice").unwrap().is_empty());
 }
