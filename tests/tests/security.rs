@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use smvs_crypto::{AeadKey, AgreementKeyPair};
@@ -657,4 +658,117 @@ fn a_host_on_a_public_address_does_not_connect_to_a_local_one() {
         alice.ctl_ok(&["verify", peer]).unwrap();
     }
     assert!(bob.history("alice").unwrap().is_empty());
+}
+
+/// A directory in front of the real one, for watching what hosts show it: a Noise responder
+/// with the real directory's key (the test holds its key file), which records the static key
+/// every initiator presents, then relays the decrypted stream to the real directory over a
+/// link of its own. Sending on `cut` closes every relayed link (the host sees its directory
+/// connection drop, as when a directory restarts).
+async fn recording_directory(
+    listener: tokio::net::TcpListener,
+    real: std::net::SocketAddr,
+    noise: Arc<AgreementKeyPair>,
+    seen: Arc<Mutex<Vec<smvs_crypto::AgreementPublicKey>>>,
+    cut: tokio::sync::watch::Receiver<u32>,
+) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let (noise, seen, mut cut) = (noise.clone(), seen.clone(), cut.clone());
+        tokio::spawn(async move {
+            cut.mark_unchanged();
+            let mut down = smvs_transport::accept(
+                tcp,
+                &noise,
+                smvs_transport::DIRECTORY_PROLOGUE,
+                smvs_transport::HANDSHAKE_TIMEOUT,
+            )
+            .await
+            .ok()?;
+            seen.lock().unwrap().push(down.remote_key);
+            let mut up = smvs_transport::connect(
+                real,
+                &AgreementKeyPair::generate().ok()?,
+                smvs_transport::DIRECTORY_PROLOGUE,
+                Some(&noise.public()),
+            )
+            .await
+            .ok()?;
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut down.stream, &mut up.stream) => {}
+                _ = cut.changed() => {}
+            }
+            Some(())
+        });
+    }
+}
+
+/// Review finding 5: the directory cannot keep an attributable log of who looks up whom,
+/// because a host's directory links never show its transport key (the key its record
+/// publishes, which the directory could tie to the user): each connection shows a throwaway
+/// Noise key of its own. Seen from a directory that records the initiator key of every link.
+#[test]
+fn directory_lookups_show_a_throwaway_key_never_the_hosts_transport_key() {
+    let (rt, dir) = runtime_and_directory().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    let alice_transport = tokio::task::LocalSet::new().block_on(&rt, async {
+        let client = dir.client().await.unwrap();
+        let alice = Username::parse("alice").unwrap();
+        client.lookup(&alice).await.unwrap().user.transport_key
+    });
+
+    let noise = Arc::new(
+        smvs_directory::load_key(&dir.key_file)
+            .unwrap()
+            .to_agreement_keypair()
+            .unwrap(),
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (cut, cut_rx) = tokio::sync::watch::channel(0u32);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let relay = listener.local_addr().unwrap();
+    rt.spawn(recording_directory(
+        listener,
+        dir.addr,
+        noise,
+        seen.clone(),
+        cut_rx,
+    ));
+    alice.stop().unwrap();
+    alice.use_directory_at(relay);
+    alice.start_again().unwrap();
+
+    // `verify` looks the contact up afresh: one look-up on alice's directory link.
+    alice.ctl_ok(&["verify", "bob"]).unwrap();
+    let first: Vec<_> = seen.lock().unwrap().clone();
+    assert!(!first.is_empty(), "the look-up went through the relay");
+
+    // The directory link drops; the next look-up makes a new one. (The first try after the
+    // drop may still meet the dead link and fail; the host then reconnects.)
+    cut.send_modify(|n| *n += 1);
+    let again = (0..3).any(|_| alice.ctl(&["verify", "bob"]).unwrap().status.success());
+    assert!(again, "{}", alice.logs());
+    let all: Vec<_> = seen.lock().unwrap().clone();
+    assert!(
+        all.len() > first.len(),
+        "the second look-up came on a new link"
+    );
+
+    let (before, after) = (first.last().unwrap(), all.last().unwrap());
+    assert_ne!(before, after, "two links showed the same key");
+    for key in &all {
+        assert_ne!(
+            *key, alice_transport,
+            "a directory link showed the transport key"
+        );
+    }
+    let distinct: std::collections::HashSet<_> = all.iter().map(|k| k.to_hex()).collect();
+    assert_eq!(distinct.len(), all.len(), "every link has a key of its own");
 }
