@@ -770,6 +770,37 @@ mod tests {
     }
 
     #[test]
+    fn contacts_on_a_local_network_are_connected_to_only_from_that_network() {
+        let bob = Username::parse("bob").unwrap();
+        let at = |s: &str| HostAddress::parse(s).unwrap();
+        let refused = |ours: &str, theirs: &str| {
+            may_connect(&at(ours), &bob, &at(theirs))
+                .err()
+                .map(|e| e.code)
+        };
+        assert_eq!(refused("127.0.0.1:1", "127.0.0.2:7421"), None);
+        assert_eq!(refused("10.0.0.9:7421", "192.168.1.1:7421"), None);
+        assert_eq!(refused("10.0.0.9:7421", "203.0.113.1:7421"), None);
+        for (ours, theirs) in [
+            ("203.0.113.5:7421", "127.0.0.2:7421"),
+            ("203.0.113.5:7421", "localhost:7421"),
+            ("203.0.113.5:7421", "[fd00::1]:7421"),
+            ("127.0.0.1:7421", "10.0.0.1:7421"),
+            ("127.0.0.1:7421", "0.0.0.0:7421"),
+            // Our own address as a name says nothing: taken as public.
+            ("me.example:7421", "10.0.0.1:7421"),
+        ] {
+            assert_eq!(
+                refused(ours, theirs),
+                Some(ErrorCode::AddressRefused),
+                "{ours} -> {theirs}"
+            );
+        }
+        // A contact's name is judged when resolved, at connect time.
+        assert_eq!(refused("203.0.113.5:7421", "bob.example:7421"), None);
+    }
+
+    #[test]
     fn blocked_contacts_and_unaccepted_keys_cannot_be_written_to() {
         let bob = Username::parse("bob").unwrap();
         assert!(may_send(&bob, None).is_ok(), "a stranger may be written to");
