@@ -2,7 +2,7 @@
 # The directory protocol (smvs-directory), spoken over the Noise transport on port 7420.
 # Errors come back as Cap'n Proto exceptions whose description starts with a stable code:
 # "invalid-username:", "taken:", "not-found:", "auth-failed:", "rate-limited:", "bad-signature:",
-# "bad-request:", "stale:", "internal:".
+# "bad-request:", "stale:", "address-refused:", "internal:".
 
 using Common = import "common.capnp";
 

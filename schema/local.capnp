@@ -4,7 +4,7 @@
 # are smvs_schema::ErrorCode (schema/src/vocab.rs), which smvsd, smvsctl and the D-Bus error
 # names share: bad-request, not-registered, already-registered, taken, unknown-user,
 # key-changed, blocked, too-large, directory, keyguard, proxy, not-found, busy, offline,
-# refused, no-device, ended, storage, internal.
+# refused, no-device, ended, storage, not-allowed, address-refused, internal.
 
 struct Message {
   id @0 :Data;                  # 16 bytes

@@ -44,6 +44,12 @@ pub struct Cli {
     /// Worker threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Accept host addresses on loopback, link-local, private (RFC 1918, fc00::/7) or shared
+    /// (100.64/10) networks: for a directory that serves one LAN, or a test. Without it they
+    /// are refused, so that nobody can point other users' hosts at services on their own
+    /// machines or networks.
+    #[arg(long)]
+    pub allow_private_host_addresses: bool,
 }
 
 #[derive(Subcommand)]

@@ -19,6 +19,10 @@ pub struct DirectoryConfig {
     pub max_connections: usize,
     /// Worker threads (0: one per core).
     pub workers: usize,
+    /// Take host addresses of a local kind (loopback, link-local, private, shared, see
+    /// `smvs_schema::AddressKind`): for a directory that serves one LAN, or a test on
+    /// loopback. Off, such a registration or address update is refused (`address-refused`).
+    pub allow_private_host_addresses: bool,
 }
 
 /// Limits as configured (flags of `smvs-directory`).

@@ -16,11 +16,14 @@ pub enum ErrorCode {
     BadSignature,
     BadRequest,
     Stale,
+    /// The host address is of a local kind (loopback, private, …) and this directory takes
+    /// only public ones (`--allow-private-host-addresses` lifts that, for a LAN or a test).
+    AddressRefused,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::InvalidUsername,
         ErrorCode::Taken,
         ErrorCode::NotFound,
@@ -29,6 +32,7 @@ impl ErrorCode {
         ErrorCode::BadSignature,
         ErrorCode::BadRequest,
         ErrorCode::Stale,
+        ErrorCode::AddressRefused,
         ErrorCode::Internal,
     ];
 
@@ -42,6 +46,7 @@ impl ErrorCode {
             ErrorCode::BadSignature => "bad-signature",
             ErrorCode::BadRequest => "bad-request",
             ErrorCode::Stale => "stale",
+            ErrorCode::AddressRefused => "address-refused",
             ErrorCode::Internal => "internal",
         }
     }

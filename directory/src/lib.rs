@@ -66,4 +66,4 @@ pub use record::{CertificateProblem, TransportCertificate, UserRecord, VerifiedR
 #[cfg(feature = "server")]
 pub use rpc::{MAX_CLOCK_SKEW_MS, SESSION_LIFETIME, TOKEN_LIFETIME_MS};
 #[cfg(feature = "server")]
-pub use server::{load_key, DirectoryServer, ServerError};
+pub use server::{load_key, load_keys, DirectoryServer, ServerError};

@@ -47,6 +47,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         handshake_timeout: Duration::from_secs(cli.handshake_timeout),
         max_connections: cli.max_connections,
         workers: cli.workers,
+        allow_private_host_addresses: cli.allow_private_host_addresses,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

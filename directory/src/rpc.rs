@@ -214,6 +214,7 @@ impl directory::Server for DirectoryRpc {
             let req = params.get_request()?;
             self.check_registration(req)?
         };
+        self.shared.check_host_address(&user.host_address)?;
         self.shared.limits.registration(self.peer)?;
         let stored = self
             .shared
@@ -493,6 +494,7 @@ impl session::Server for SessionRpc {
     ) -> Result<(), capnp::Error> {
         self.check().await?;
         let host = host_address(params.get()?.get_host_address())?;
+        self.shared.check_host_address(&host)?;
         let user = self
             .shared
             .store

@@ -24,7 +24,7 @@ use crate::config::DirectoryConfig;
 use crate::limits::Limits;
 use crate::rpc::DirectoryRpc;
 use crate::state::Shared;
-use crate::store::{Store, StoreError};
+use crate::store::{NameKey, Store, StoreError};
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -50,13 +50,23 @@ pub enum ServerError {
 
 /// Loads the directory's signing key from `path`, creating it (0600) when absent.
 pub fn load_key(path: &std::path::Path) -> Result<SigningKeyPair, ServerError> {
+    Ok(load_keys(path)?.0)
+}
+
+/// [`load_key`], and the key deregistered names are kept under, derived from the same seed
+/// (see [`NameKey`]): whoever has the key file has both, and nothing else needs keeping.
+pub fn load_keys(path: &std::path::Path) -> Result<(SigningKeyPair, NameKey), ServerError> {
     let (seed, created) = smvs_service::keyfile::load_or_create(path, 32, || {
         zeroize::Zeroizing::new(SigningSeed::generate().expose().to_vec())
     })?;
     if created {
         tracing::info!(path = %path.display(), "created a new directory key");
     }
-    Ok(SigningKeyPair::from_seed(&SigningSeed::from_bytes(&seed)?)?)
+    let names = NameKey::derive(&seed)?;
+    Ok((
+        SigningKeyPair::from_seed(&SigningSeed::from_bytes(&seed)?)?,
+        names,
+    ))
 }
 
 /// A running directory.
@@ -77,9 +87,9 @@ impl DirectoryServer {
             db: redact_db_url(&config.db),
             source,
         })?;
-        let key = load_key(&config.key_file)?;
+        let (key, names) = load_keys(&config.key_file)?;
         let noise_key = key.to_agreement_keypair()?;
-        let store = Store::open(&config.db)
+        let store = Store::open(&config.db, names)
             .await
             .map_err(|source| ServerError::Store {
                 db: redact_db_url(&config.db),
@@ -110,6 +120,7 @@ impl DirectoryServer {
             limits: Limits::new(config.limits),
             connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
             handshake_timeout: config.handshake_timeout,
+            allow_private_host_addresses: config.allow_private_host_addresses,
         });
         let (stop, stopped) = watch::channel(false);
         let count = if config.workers == 0 {

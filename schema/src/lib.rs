@@ -1,7 +1,8 @@
 //! The SMVS wire contract.
 //!
 //! - The Cap'n Proto schemas in this folder and the Rust generated from them (`*_capnp`).
-//! - [`types`]: names that are parsed once at the edge (`Username`, `HostAddress`).
+//! - [`types`]: names that are parsed once at the edge (`Username`, `HostAddress`), and the
+//!   rule about which kinds of address a peer may point us at (`AddressKind`).
 //! - [`vocab`]: what the host, the command line and D-Bus share: ids, statuses, error codes.
 //! - [`canonical`]: the exact byte strings that identities and directories sign, so that a
 //!   signature never depends on how a Cap'n Proto message happened to be laid out.
@@ -34,7 +35,7 @@ generated!(host_capnp, "host_capnp.rs");
 generated!(keyguard_capnp, "keyguard_capnp.rs");
 generated!(local_capnp, "local_capnp.rs");
 
-pub use types::{HostAddress, NameError, Username};
+pub use types::{AddressKind, HostAddress, NameError, Username};
 pub use vocab::{CallId, CallState, ErrorCode, IdError, Integrity, MessageId, Status};
 
 /// The most a single incoming Cap'n Proto message may make a reader walk: 4 MiB.

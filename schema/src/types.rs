@@ -1,6 +1,7 @@
 //! Validated names. Parse, don't validate: once a `Username` exists it is well-formed.
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::str::FromStr;
 
 use thiserror::Error;
@@ -105,6 +106,130 @@ impl HostAddress {
     }
 }
 
+impl HostAddress {
+    /// The host part as an IP address, when it is written as one (`192.0.2.1:7421`,
+    /// `[2001:db8::1]:7421`); `None` for a name, which only resolving can turn into addresses.
+    /// An IPv4 address written as IPv6 (`[::ffff:10.0.0.1]`) is the IPv4 address it is.
+    pub fn ip(&self) -> Option<IpAddr> {
+        let (host, _) = self.0.rsplit_once(':')?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+    }
+
+    /// The kind of network the address is on: [`AddressKind::of`] its IP, loopback for
+    /// `localhost` and names under `.localhost` (which always resolve to loopback, RFC 6761),
+    /// or `None` for any other name, whose addresses only resolving can tell.
+    pub fn kind(&self) -> Option<AddressKind> {
+        if let Some(ip) = self.ip() {
+            return Some(AddressKind::of(ip));
+        }
+        let (host, _) = self.0.rsplit_once(':')?;
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        (host == "localhost" || host.ends_with(".localhost")).then_some(AddressKind::Loopback)
+    }
+}
+
+/// What kind of network an IP address belongs to, for the one rule about where a peer may
+/// send us: a host address or a call's media address of a local kind (loopback, link-local,
+/// private, shared) is only followed by someone on that same kind of network. A stranger who
+/// publishes `127.0.0.1:22` as their host, or offers media at `192.168.1.1`, would otherwise
+/// make a host or a device on the internet send to a service on its own machine or LAN.
+///
+/// IPv4 and IPv6 share a kind where they mean the same (`127.0.0.1` and `::1` are both
+/// loopback; RFC 1918 and unique-local `fc00::/7` are both private).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressKind {
+    /// Anything not below: reachable across the internet, as far as an address can say.
+    /// (Documentation ranges such as `192.0.2.0/24` count as public: they are not local.)
+    Public,
+    /// `127.0.0.0/8`, `::1`: this machine.
+    Loopback,
+    /// `169.254.0.0/16`, `fe80::/10`: this link only.
+    LinkLocal,
+    /// RFC 1918 (`10/8`, `172.16/12`, `192.168/16`), unique-local `fc00::/7` and the
+    /// deprecated site-local `fec0::/10`: a private network.
+    Private,
+    /// `100.64.0.0/10` (RFC 6598): a carrier-grade NAT's shared space, or an overlay network.
+    Shared,
+    /// Never a place to send to: unspecified (`0.0.0.0`, `::`, which reach this machine),
+    /// `0.0.0.0/8`, multicast, broadcast, and the reserved `240.0.0.0/4`.
+    Unusable,
+}
+
+impl AddressKind {
+    /// The kind of `ip`. IPv4 written as IPv6 (`::ffff:a.b.c.d`) and IPv4 behind the NAT64
+    /// prefix (`64:ff9b::a.b.c.d`, which a NAT64 gateway turns back into `a.b.c.d`) are judged
+    /// as the IPv4 address they carry.
+    pub fn of(ip: IpAddr) -> AddressKind {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Self::of_v4(v4),
+            IpAddr::V6(v6) => {
+                let s = v6.segments();
+                if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                    let o = v6.octets();
+                    return Self::of_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+                }
+                if v6.is_unspecified() || v6.is_multicast() {
+                    AddressKind::Unusable
+                } else if v6.is_loopback() {
+                    AddressKind::Loopback
+                } else if s[0] & 0xffc0 == 0xfe80 {
+                    AddressKind::LinkLocal
+                } else if s[0] & 0xfe00 == 0xfc00 || s[0] & 0xffc0 == 0xfec0 {
+                    AddressKind::Private
+                } else {
+                    AddressKind::Public
+                }
+            }
+        }
+    }
+
+    fn of_v4(v4: Ipv4Addr) -> AddressKind {
+        let [a, b, ..] = v4.octets();
+        if a == 0 || v4.is_multicast() || v4.is_broadcast() || a >= 240 {
+            AddressKind::Unusable
+        } else if v4.is_loopback() {
+            AddressKind::Loopback
+        } else if v4.is_link_local() {
+            AddressKind::LinkLocal
+        } else if v4.is_private() {
+            AddressKind::Private
+        } else if a == 100 && (64..128).contains(&b) {
+            AddressKind::Shared
+        } else {
+            AddressKind::Public
+        }
+    }
+
+    /// The rule: whether someone whose own address is of kind `self` may send to an address of
+    /// kind `theirs`. Public addresses may always be reached, unusable ones never, and a local
+    /// kind only from that same kind.
+    pub fn may_reach(self, theirs: AddressKind) -> bool {
+        match theirs {
+            AddressKind::Public => true,
+            AddressKind::Unusable => false,
+            local => self == local,
+        }
+    }
+
+    /// How the kind reads in an error message ("a loopback address").
+    pub fn describe(self) -> &'static str {
+        match self {
+            AddressKind::Public => "a public address",
+            AddressKind::Loopback => "a loopback address (this machine)",
+            AddressKind::LinkLocal => "a link-local address",
+            AddressKind::Private => "a private-network address",
+            AddressKind::Shared => "a shared (carrier-grade NAT) address",
+            AddressKind::Unusable => {
+                "an address nothing can be sent to (unspecified, multicast, broadcast or reserved)"
+            }
+        }
+    }
+}
+
 impl FromStr for HostAddress {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -170,5 +295,68 @@ mod tests {
         ] {
             assert!(HostAddress::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn address_kinds() {
+        use AddressKind::*;
+        for (ip, kind) in [
+            ("192.0.2.7", Public),
+            ("203.0.113.9", Public),
+            ("8.8.8.8", Public),
+            ("2001:db8::1", Public),
+            ("127.0.0.1", Loopback),
+            ("127.3.4.5", Loopback),
+            ("::1", Loopback),
+            ("::ffff:127.0.0.1", Loopback),
+            ("169.254.1.1", LinkLocal),
+            ("fe80::1", LinkLocal),
+            ("10.1.2.3", Private),
+            ("172.16.0.1", Private),
+            ("172.31.255.255", Private),
+            ("192.168.1.1", Private),
+            ("fd00::1", Private),
+            ("fc00::1", Private),
+            ("64:ff9b::10.0.0.1", Private),
+            ("::ffff:192.168.0.1", Private),
+            ("100.64.0.1", Shared),
+            ("100.127.255.255", Shared),
+            ("100.128.0.1", Public),
+            ("172.32.0.1", Public),
+            ("0.0.0.0", Unusable),
+            ("0.1.2.3", Unusable),
+            ("::", Unusable),
+            ("224.0.0.1", Unusable),
+            ("ff02::1", Unusable),
+            ("255.255.255.255", Unusable),
+            ("240.0.0.1", Unusable),
+        ] {
+            assert_eq!(AddressKind::of(ip.parse().unwrap()), kind, "{ip}");
+        }
+    }
+
+    #[test]
+    fn local_kinds_are_reached_only_from_the_same_kind() {
+        use AddressKind::*;
+        let all = [Public, Loopback, LinkLocal, Private, Shared, Unusable];
+        for ours in all {
+            assert!(ours.may_reach(Public), "{ours:?}");
+            assert!(!ours.may_reach(Unusable), "{ours:?}");
+            for theirs in [Loopback, LinkLocal, Private, Shared] {
+                assert_eq!(
+                    ours.may_reach(theirs),
+                    ours == theirs,
+                    "{ours:?} {theirs:?}"
+                );
+            }
+        }
+        let host = |s: &str| HostAddress::parse(s).unwrap();
+        assert_eq!(host("127.0.0.2:7421").kind(), Some(Loopback));
+        assert_eq!(host("[fd00::5]:7421").kind(), Some(Private));
+        assert_eq!(host("[::ffff:10.0.0.1]:1").kind(), Some(Private));
+        assert_eq!(host("localhost:7421").kind(), Some(Loopback));
+        assert_eq!(host("a.LOCALHOST:7421").kind(), Some(Loopback));
+        assert_eq!(host("example.org:7421").kind(), None);
+        assert_eq!(host("abcdefghijklmnop.onion:7421").kind(), None);
     }
 }

@@ -266,6 +266,9 @@ error_codes! {
     Storage = "storage",
     /// The caller's uid is not one the host serves (D-Bus; the socket closes instead).
     NotAllowed = "not-allowed",
+    /// The peer's host address is of a kind this host does not connect to (loopback,
+    /// link-local, private, … while this host's own address is not of that kind).
+    AddressRefused = "address-refused",
     /// Something in the host went wrong; its log says what.
     Internal = "internal",
 }

@@ -22,7 +22,7 @@ use smvs_crypto::AgreementKeyPair;
 use smvs_media::{
     AudioSource, KeyInputs, MediaKeys, MediaOptions, MediaSession, Role, Sink, VideoSource,
 };
-use smvs_schema::Username;
+use smvs_schema::{AddressKind, Username};
 use tokio::sync::mpsc;
 
 use crate::cli::{AudioArg, MediaArgs, SinkArg, VideoArg};
@@ -112,13 +112,19 @@ async fn endpoint(host: &HostClient, args: &MediaArgs) -> Result<Endpoint, CtlEr
     })
 }
 
-/// A peer may only name a loopback address for its media when we are on loopback too: else it
-/// would point our media at a service on this machine.
+/// A peer may only name a media address of a local kind (loopback, link-local, private,
+/// shared) when ours is of that same kind: else it would point our media at a service on this
+/// machine or our network. The rule is `AddressKind::may_reach`, the one hosts apply to each
+/// other's host addresses.
 fn check_peer_address(endpoint: &Endpoint, peer: &CallMediaView) -> Result<(), CtlError> {
-    if peer.address.ip().is_loopback() && !endpoint.media.address.ip().is_loopback() {
+    let ours = AddressKind::of(endpoint.media.address.ip());
+    let theirs = AddressKind::of(peer.address.ip());
+    if !ours.may_reach(theirs) {
         return Err(CtlError::Protocol(format!(
-            "the other side asked for media at {}, an address on this machine; refused",
-            peer.address
+            "the other side asked for media at {}, {}, which this device (at {}) does not send to; refused",
+            peer.address,
+            theirs.describe(),
+            endpoint.media.address.ip()
         )));
     }
     Ok(())

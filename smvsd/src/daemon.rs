@@ -154,6 +154,7 @@ impl Host {
                 socks5_proxy: config.socks5_proxy.clone(),
             },
             transport.clone(),
+            host_address.clone(),
             keyguard.clone(),
             storage.clone(),
             events.clone(),

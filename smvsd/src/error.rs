@@ -53,6 +53,9 @@ impl From<smvs_directory::ClientError> for HostError {
             Some(smvs_directory::ErrorCode::NotFound) => {
                 HostError::new(ErrorCode::UnknownUser, e.to_string())
             }
+            Some(smvs_directory::ErrorCode::AddressRefused) => {
+                HostError::new(ErrorCode::AddressRefused, e.to_string())
+            }
             _ => HostError::new(ErrorCode::Directory, e.to_string()),
         }
     }

@@ -430,7 +430,7 @@ impl Inbox {
         if &record.user.transport_key != remote_key {
             return Err(SenderCheck::WrongKey);
         }
-        match self.trust.trusted_contact(sender, false, request).await {
+        match self.trust.pinned_contact(sender, false, request).await {
             Ok((contact, _)) => Ok(contact),
             Err(e) if e.code == ErrorCode::KeyChanged => {
                 Err(SenderCheck::Other(IncomingError::Later(

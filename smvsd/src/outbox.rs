@@ -384,7 +384,8 @@ async fn open_link(
     let transport = &outbox.transport;
     let channel = match &outbox.settings.socks5_proxy {
         None => {
-            smvs_transport::connect(
+            smvs_transport::connect_within(
+                outbox.trust.own_kind(),
                 address,
                 transport,
                 smvs_transport::HOST_PROLOGUE,

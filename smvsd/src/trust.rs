@@ -13,7 +13,12 @@
 //! - trust on first use pins the identity the directory shows;
 //! - a different identity later is recorded as pending, raises `KeyChanged` once, and every
 //!   send to that contact is refused until the user accepts it (after seeing its safety number);
-//! - a blocked contact is refused before anything of theirs is decrypted.
+//! - a blocked contact is refused before anything of theirs is decrypted;
+//! - a contact whose host address is of a local kind (loopback, private, …) is not connected
+//!   to unless this host's own address is of that same kind ([`may_connect`]): whoever
+//!   connects to a contact's host (the outbox, the call manager) gets it through
+//!   [`Trust::trusted_contact`], which applies the rule; only the inbox, which answers on the
+//!   link the peer opened, uses [`Trust::pinned_contact`], which does not.
 //!
 //! Serializes: it lives on the main thread; each method finishes its cache change before it
 //! awaits storage, so a reader that runs meanwhile sees the new state (storage runs writes in
@@ -28,7 +33,7 @@ use std::time::{Duration, Instant};
 use smvs_crypto::{AgreementKeyPair, IdentityBundle, SigningPublicKey};
 use smvs_directory::{DirectoryClient, VerifiedRecord};
 use smvs_schema::canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS;
-use smvs_schema::{ErrorCode, HostAddress, Username};
+use smvs_schema::{AddressKind, ErrorCode, HostAddress, Username};
 
 use crate::error::HostError;
 use crate::events::Events;
@@ -80,8 +85,11 @@ pub struct Verification {
 
 pub struct Trust {
     directory_config: DirectoryConfig,
-    /// The host's Noise key: certified at registration, and what directory links present.
+    /// The host's Noise key: certified at registration. Directory links never present it
+    /// (each shows a throwaway key, see [`Trust::directory`]).
     transport: Rc<AgreementKeyPair>,
+    /// The address this host publishes: what [`may_connect`] compares a contact's with.
+    host_address: HostAddress,
     keyguard: Rc<Guard>,
     storage: Storage,
     events: Events,
@@ -117,6 +125,35 @@ pub fn may_send(to: &Username, contact: Option<&Contact>) -> Result<(), HostErro
         }
     }
     Ok(())
+}
+
+/// The kind of network this host is on, as far as its published address says: a name (other
+/// than `localhost`) says nothing, and is taken as public, the strictest choice.
+pub fn own_kind(ours: &HostAddress) -> AddressKind {
+    ours.kind().unwrap_or(AddressKind::Public)
+}
+
+/// Whether this host (published as `ours`) may connect to `peer`'s host at `theirs`: the
+/// address rule of [`AddressKind::may_reach`], for an address written as an IP (or
+/// `localhost`). A name is judged when it is resolved, at connect time (`smvs_transport`
+/// checks every address it resolves to against [`own_kind`]); through a SOCKS5 proxy the proxy
+/// resolves it, and its own policy applies.
+pub fn may_connect(
+    ours: &HostAddress,
+    peer: &Username,
+    theirs: &HostAddress,
+) -> Result<(), HostError> {
+    let mine = own_kind(ours);
+    match theirs.kind() {
+        Some(kind) if !mine.may_reach(kind) => Err(HostError::new(
+            ErrorCode::AddressRefused,
+            format!(
+                "{peer}'s host address {theirs} is {}, and this host (published as {ours}) is not on such a network; refusing to connect there",
+                kind.describe()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// What a directory record means for what we pinned.
@@ -200,6 +237,7 @@ impl Trust {
     pub fn new(
         directory_config: DirectoryConfig,
         transport: Rc<AgreementKeyPair>,
+        host_address: HostAddress,
         keyguard: Rc<Guard>,
         storage: Storage,
         events: Events,
@@ -208,6 +246,7 @@ impl Trust {
         Trust {
             directory_config,
             transport,
+            host_address,
             keyguard,
             storage,
             events,
@@ -235,6 +274,12 @@ impl Trust {
 
     pub fn directory_address(&self) -> &str {
         &self.directory_config.address
+    }
+
+    /// The kind of network this host is on ([`own_kind`] of its published address): the
+    /// addresses a contact's host name resolves to must be reachable from it.
+    pub fn own_kind(&self) -> AddressKind {
+        own_kind(&self.host_address)
     }
 
     // ----- contacts -----
@@ -274,9 +319,15 @@ impl Trust {
         Ok(())
     }
 
-    /// Refuses sending to a blocked contact or one whose changed key is not accepted yet.
+    /// Refuses sending to a blocked contact, one whose changed key is not accepted yet, or one
+    /// whose host address this host does not connect to ([`may_connect`]).
     pub async fn check_can_send(&self, to: &Username) -> Result<(), HostError> {
-        may_send(to, self.contact(to).await?.as_ref())
+        let contact = self.contact(to).await?;
+        may_send(to, contact.as_ref())?;
+        match contact {
+            Some(contact) => may_connect(&self.host_address, to, &contact.host_address),
+            None => Ok(()),
+        }
     }
 
     /// Writing to (or calling) someone who wrote first in contacts-only mode accepts them:
@@ -424,11 +475,28 @@ impl Trust {
         }
     }
 
+    /// [`Trust::pinned_contact`] for whoever will connect to the contact's host (the outbox,
+    /// the call manager): also refuses a host address this host does not connect to
+    /// ([`may_connect`], `address-refused`). The contact is pinned all the same: the identity
+    /// is what it is, wherever its host is.
+    pub async fn trusted_contact(
+        &self,
+        peer: &Username,
+        fresh: bool,
+        request: bool,
+    ) -> Result<(Contact, VerifiedRecord), HostError> {
+        let (contact, record) = self.pinned_contact(peer, fresh, request).await?;
+        may_connect(&self.host_address, peer, &contact.host_address)?;
+        Ok((contact, record))
+    }
+
     /// The pinned contact for `peer`, checked against the directory's current record (cached
     /// unless `fresh`). First contact pins the identity (trust on first use), marked as a
     /// message request when `request` is set. A different identity is recorded as pending,
-    /// raises a KeyChanged event once, and is an error until accepted.
-    pub async fn trusted_contact(
+    /// raises a KeyChanged event once, and is an error until accepted. The host address is
+    /// not judged here: this is for checking a sender on the link it opened (the inbox) and
+    /// for `verify`, which connect nowhere.
+    pub async fn pinned_contact(
         &self,
         peer: &Username,
         fresh: bool,
@@ -477,7 +545,7 @@ impl Trust {
     ) -> Result<Verification, HostError> {
         let me = self.me()?;
         // Refresh from the directory, so a key change is noticed here too.
-        let mut contact = match self.trusted_contact(peer, true, false).await {
+        let mut contact = match self.pinned_contact(peer, true, false).await {
             Ok((contact, _)) => contact,
             Err(e) if e.code == ErrorCode::KeyChanged => self
                 .contact(peer)
@@ -780,6 +848,37 @@ mod tests {
             panic!("a third identity alarms again")
         };
         assert_eq!(c.pending.unwrap().identity, third.user.identity);
+    }
+
+    #[test]
+    fn contacts_on_a_local_network_are_connected_to_only_from_that_network() {
+        let bob = Username::parse("bob").unwrap();
+        let at = |s: &str| HostAddress::parse(s).unwrap();
+        let refused = |ours: &str, theirs: &str| {
+            may_connect(&at(ours), &bob, &at(theirs))
+                .err()
+                .map(|e| e.code)
+        };
+        assert_eq!(refused("127.0.0.1:1", "127.0.0.2:7421"), None);
+        assert_eq!(refused("10.0.0.9:7421", "192.168.1.1:7421"), None);
+        assert_eq!(refused("10.0.0.9:7421", "203.0.113.1:7421"), None);
+        for (ours, theirs) in [
+            ("203.0.113.5:7421", "127.0.0.2:7421"),
+            ("203.0.113.5:7421", "localhost:7421"),
+            ("203.0.113.5:7421", "[fd00::1]:7421"),
+            ("127.0.0.1:7421", "10.0.0.1:7421"),
+            ("127.0.0.1:7421", "0.0.0.0:7421"),
+            // Our own address as a name says nothing: taken as public.
+            ("me.example:7421", "10.0.0.1:7421"),
+        ] {
+            assert_eq!(
+                refused(ours, theirs),
+                Some(ErrorCode::AddressRefused),
+                "{ours} -> {theirs}"
+            );
+        }
+        // A contact's name is judged when resolved, at connect time.
+        assert_eq!(refused("203.0.113.5:7421", "bob.example:7421"), None);
     }
 
     #[test]

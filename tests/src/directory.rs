@@ -48,20 +48,29 @@ impl DirectoryProcess {
     }
 
     /// Starts a directory on an existing database and key (a second process behind one
-    /// PostgreSQL, or a restart).
+    /// PostgreSQL, or a restart). Like every directory the harness starts, it takes loopback
+    /// host addresses (`--allow-private-host-addresses`): the tests' hosts live on 127.x.
     pub fn start_with(
         dir: TempDir,
         db: String,
         extra: &[&str],
     ) -> anyhow::Result<DirectoryProcess> {
-        Self::launch(dir, db, "127.0.0.1", Vec::new(), extra)
+        Self::launch(dir, db, "127.0.0.1", Vec::new(), extra, true)
     }
 
-    /// A directory with SQLite inside `site`'s network namespace, on its address.
+    /// A directory as an operator starts it by default, which refuses host addresses of a
+    /// local kind (loopback, private, …), on SQLite.
+    pub async fn start_public_only(extra: &[&str]) -> anyhow::Result<DirectoryProcess> {
+        let dir = tempfile::Builder::new().prefix("smvs-dir-").tempdir()?;
+        let db = format!("sqlite:{}", dir.path().join("directory.db").display());
+        Self::launch(dir, db, "127.0.0.1", Vec::new(), extra, false)
+    }
+
+    /// A directory with SQLite inside `site`'s network namespace, on its (private) address.
     pub fn start_in(site: &crate::netns::Site, extra: &[&str]) -> anyhow::Result<DirectoryProcess> {
         let dir = tempfile::Builder::new().prefix("smvs-dir-").tempdir()?;
         let db = format!("sqlite:{}", dir.path().join("directory.db").display());
-        Self::launch(dir, db, site.ip, site.exec_prefix(), extra)
+        Self::launch(dir, db, site.ip, site.exec_prefix(), extra, true)
     }
 
     fn launch(
@@ -70,6 +79,7 @@ impl DirectoryProcess {
         ip: &str,
         netns_exec: Vec<String>,
         extra: &[&str],
+        allow_private_host_addresses: bool,
     ) -> anyhow::Result<DirectoryProcess> {
         let key_file = dir.path().join("directory.key");
         let mut args: Vec<String> = netns_exec;
@@ -88,6 +98,9 @@ impl DirectoryProcess {
             "--key-file".into(),
             key_file.display().to_string(),
         ]);
+        if allow_private_host_addresses {
+            args.push("--allow-private-host-addresses".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.path().join(format!(
             "directory-{}.log",
@@ -111,6 +124,13 @@ impl DirectoryProcess {
             dir,
             key_file,
         })
+    }
+
+    /// This directory's store, opened as the directory opens it (the key deregistered names
+    /// are kept under comes from the key file).
+    pub async fn store(&self) -> anyhow::Result<smvs_directory::store::Store> {
+        let (_, names) = smvs_directory::load_keys(&self.key_file)?;
+        Ok(smvs_directory::store::Store::open(&self.db, names).await?)
     }
 
     /// A client with a fresh transport key, pinned to this directory.

@@ -149,6 +149,12 @@ impl HostProcess {
         self.env.push((key.to_owned(), value.to_owned()));
     }
 
+    /// Points the next `start_again` at a directory at `addr` (a relay in front of the real
+    /// one, say); the pinned directory key stays.
+    pub fn use_directory_at(&mut self, addr: SocketAddr) {
+        self.directory = addr.to_string();
+    }
+
     /// Adds flags for the next `start_again`.
     pub fn add_flags(&mut self, flags: &[&str]) {
         self.extra.extend(flags.iter().map(|s| s.to_string()));

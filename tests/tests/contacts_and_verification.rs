@@ -417,3 +417,98 @@ fn verify_exports_the_signed_record_the_contact_was_pinned_from() {
         "an altered record does not verify"
     );
 }
+
+/// The serial of the signed record `verify USER --json` exports (the one the contact is
+/// pinned from), checked under the directory's key.
+fn pinned_serial(host: &HostProcess, peer: &str, dir: &DirectoryProcess) -> u64 {
+    let v = host.ctl_json(&["verify", peer]).unwrap();
+    let record = &v["record"];
+    let bytes = hex::decode(record["record"].as_str().unwrap()).unwrap();
+    let signature = hex::decode(record["signature"].as_str().unwrap()).unwrap();
+    let mut message = capnp::message::Builder::new_default();
+    let mut signed = message.init_root::<smvs_schema::common_capnp::signed_record::Builder<'_>>();
+    signed.set_record(&bytes);
+    signed.set_signature(&signature);
+    smvs_directory::record::verify_record(
+        signed.into_reader(),
+        &dir.key,
+        Some(&Username::parse(peer).unwrap()),
+    )
+    .unwrap()
+    .user
+    .serial
+}
+
+/// Review finding 8: a directory that serves a contact's record at a lower serial than the
+/// host acted on before (a directory restored from an old backup, or one that lies) changes
+/// nothing (the newer record stays pinned and exported) and raises the alarm: a
+/// `directory_alarm` event on every device and a journal entry with its MESSAGE_ID. The old
+/// directory here is real: the same key file over a snapshot of the database taken before
+/// bob's record moved on.
+#[test]
+fn a_directory_that_serves_an_older_record_raises_the_alarm_and_changes_nothing() {
+    let (rt, dir) = runtime_and_directory().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+
+    // The directory as it is now, kept for later: its key file and a snapshot of its database.
+    let snapshot = tempfile::Builder::new()
+        .prefix("smvs-dir-old-")
+        .tempdir()
+        .unwrap();
+    std::fs::copy(&dir.key_file, snapshot.path().join("directory.key")).unwrap();
+    let old_db = snapshot.path().join("directory.db");
+    let live = rusqlite::Connection::open(dir.db.strip_prefix("sqlite:").unwrap()).unwrap();
+    live.execute("VACUUM INTO ?1", [old_db.to_str().unwrap()])
+        .unwrap();
+    drop(live);
+
+    // bob's record moves on (same address, a new serial), and alice acts on the new one.
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let client = dir.client().await.unwrap();
+        let keyguard = bob.keyguard.client().await.unwrap();
+        let name = Username::parse("bob").unwrap();
+        let sealed = client.challenge(name.as_str()).await.unwrap();
+        let token = keyguard
+            .open_login_token(&dir.key, &name, &sealed)
+            .await
+            .unwrap();
+        let session = client.authenticate(name.as_str(), &token).await.unwrap();
+        let current = client.lookup(&name).await.unwrap().user.host_address;
+        session.update_host_address(&current).await.unwrap();
+    });
+    let newer = pinned_serial(&alice, "bob", &dir);
+
+    // The old directory answers alice from now on.
+    let old = DirectoryProcess::start_with(snapshot, format!("sqlite:{}", old_db.display()), &[])
+        .unwrap();
+    assert_eq!(
+        old.key, dir.key,
+        "the same directory, as far as hosts can tell"
+    );
+    alice.stop().unwrap();
+    alice.use_directory_at(old.addr);
+    alice.start_again().unwrap();
+    let mut watch = Watch::start(&alice).unwrap();
+
+    // `verify` looks bob up afresh: the older record is refused as news, and the alarm rings.
+    assert_eq!(
+        pinned_serial(&alice, "bob", &dir),
+        newer,
+        "the newer record stays"
+    );
+    let alarm = watch
+        .wait_for("a directory alarm", |e| e["event"] == "directory_alarm")
+        .unwrap();
+    assert_eq!(alarm["peer"], "bob", "{alarm}");
+    let logs = alice.logs();
+    assert!(
+        logs.contains("5b0f3c9e8d2a4e61a7c4f0b2d9e8a613") && logs.contains("directory-rollback"),
+        "{logs}"
+    );
+    // Writing to bob still works, on the kept record.
+    alice.send("bob", "still here").unwrap();
+    bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
+}

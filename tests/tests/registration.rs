@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use smvs_crypto::{AgreementKeyPair, IdentityKeys, SignContext, Signature};
-use smvs_directory::store::{NewKeys, Store, StoreError};
+use smvs_directory::store::{NameKey, NewKeys, Store, StoreError};
 use smvs_directory::{
     Deregistration, ErrorCode, Registration, Rotation, TransportCertificate, UserRecord,
 };
@@ -37,6 +37,8 @@ both_backends!(
     garbage_on_the_wire_does_not_disturb_others,
     rate_limits_say_when_to_retry,
     a_session_dies_with_the_identity_that_opened_it,
+    deregistration_leaves_no_trace_of_the_name,
+    serial_floors_of_an_older_directory_are_hashed_on_open,
 );
 
 fn code<T>(r: Result<T, smvs_directory::ClientError>) -> ErrorCode {
@@ -99,7 +101,7 @@ async fn register_and_lookup(backend: Backend) {
     .unwrap();
     assert!(err.to_string().contains("not the pinned key"), "{err}");
 
-    let (users, _) = Store::open(&dir.db).await.unwrap().counts().await.unwrap();
+    let (users, _) = dir.store().await.unwrap().counts().await.unwrap();
     assert_eq!(users, 2);
     let status = dir.daemon.stop().unwrap();
     assert!(status.success(), "{status}");
@@ -206,10 +208,7 @@ async fn login_update_rotate_deregister(backend: Backend) {
         ErrorCode::AuthFailed
     );
     // Deleted, not flagged: no row and no token remain.
-    assert_eq!(
-        Store::open(&dir.db).await.unwrap().counts().await.unwrap(),
-        (0, 0)
-    );
+    assert_eq!(dir.store().await.unwrap().counts().await.unwrap(), (0, 0));
 
     // The name can be registered again, and its serial still grows (stale answers stay
     // detectable).
@@ -278,7 +277,7 @@ async fn tokens_are_single_use_and_bound_to_the_user(backend: Backend) {
     );
 
     // Expired tokens are refused at the store (the 60 s clock is not waited for here).
-    let store = Store::open(&dir.db).await.unwrap();
+    let store = dir.store().await.unwrap();
     let name = Username::parse("alice").unwrap();
     let digest = smvs_crypto::blake2b_256(b"an old token").unwrap();
     store
@@ -353,7 +352,7 @@ async fn bad_registrations_change_nothing(backend: Backend) {
     assert_eq!(code(refused), ErrorCode::BadRequest);
 
     // Nothing was written by any of them; the good one still works afterwards.
-    let store = Store::open(&dir.db).await.unwrap();
+    let store = dir.store().await.unwrap();
     assert_eq!(store.counts().await.unwrap().0, 0);
     client.register(&good).await.unwrap();
     assert_eq!(store.counts().await.unwrap().0, 1);
@@ -434,16 +433,7 @@ async fn garbage_on_the_wire_does_not_disturb_others(backend: Backend) {
         fresh.lookup(&alice.username).await.unwrap().user.username,
         alice.username
     );
-    assert_eq!(
-        Store::open(&dir.db)
-            .await
-            .unwrap()
-            .counts()
-            .await
-            .unwrap()
-            .0,
-        1
-    );
+    assert_eq!(dir.store().await.unwrap().counts().await.unwrap().0, 1);
     assert!(dir.daemon.stop().unwrap().success());
 }
 
@@ -658,6 +648,11 @@ fn user(name: &str) -> UserRecord {
     }
 }
 
+/// A name key for a store opened without a directory.
+fn names() -> NameKey {
+    NameKey::derive(&[7; 32]).unwrap()
+}
+
 async fn suite(store: Store) {
     let alice = user("alice");
     let name = alice.username.clone();
@@ -744,17 +739,17 @@ async fn suite(store: Store) {
 async fn sqlite_store() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}", dir.path().join("d.db").display());
-    suite(Store::open(&url).await.unwrap()).await;
+    suite(Store::open(&url, names()).await.unwrap()).await;
     // Reopening runs no migration twice and keeps the data.
-    let reopened = Store::open(&url).await.unwrap();
+    let reopened = Store::open(&url, names()).await.unwrap();
     assert_eq!(reopened.counts().await.unwrap().0, 1);
 }
 
 #[tokio::test]
 async fn postgres_store() {
     let url = smvs_tests::postgres::fresh_database().await.unwrap();
-    suite(Store::open(&url).await.unwrap()).await;
-    let reopened = Store::open(&url).await.unwrap();
+    suite(Store::open(&url, names()).await.unwrap()).await;
+    let reopened = Store::open(&url, names()).await.unwrap();
     assert_eq!(reopened.counts().await.unwrap().0, 1);
 }
 
@@ -762,7 +757,7 @@ async fn postgres_store() {
 async fn bad_database_urls_are_refused() {
     for bad in ["", "mysql://x", "sqlite:", "/tmp/x.db"] {
         assert!(
-            matches!(Store::open(bad).await, Err(StoreError::BadUrl(_))),
+            matches!(Store::open(bad, names()).await, Err(StoreError::BadUrl(_))),
             "{bad}"
         );
     }
@@ -843,7 +838,7 @@ async fn expired_and_overlong_certificates_are_refused(backend: Backend) {
     moved.transport_not_after += 1;
     assert_eq!(code(client.register(&moved).await), ErrorCode::BadSignature);
     assert_eq!(
-        Store::open(&dir.db)
+        Store::open(&dir.db, names())
             .await
             .unwrap()
             .counts()
@@ -983,4 +978,180 @@ fn hosts_refuse_an_expired_certificate_and_its_owner_renews_it_at_start() {
     bob.stop().unwrap();
     bob.start_again().unwrap();
     assert_eq!(lookup(false).unwrap().user.serial, renewed.user.serial);
+}
+
+/// A name no other test uses, to look for in the raw store.
+const TRACED: &str = "zelda.was-here";
+
+/// Whether the store at `db` holds `needle` anywhere: for SQLite, the raw bytes of the
+/// database file and its WAL; for PostgreSQL, every row of every table, as text (deleted
+/// tuples stay in PostgreSQL's heap files until vacuum reclaims them, which the README says).
+async fn store_holds(db: &str, needle: &str) -> bool {
+    if let Some(path) = db.strip_prefix("sqlite:") {
+        let mut bytes = std::fs::read(path).unwrap();
+        if let Ok(wal) = std::fs::read(format!("{path}-wal")) {
+            bytes.extend_from_slice(&wal);
+        }
+        return bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    }
+    let (client, connection) = tokio_postgres::connect(db, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::task::spawn_local(connection);
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut found = false;
+    for table in tables {
+        for row in client
+            .query(&format!("SELECT t::text FROM {table} t"), &[])
+            .await
+            .unwrap()
+        {
+            found |= row.get::<_, String>(0).contains(needle);
+        }
+    }
+    drop(client);
+    let _ = driver.await;
+    found
+}
+
+/// Runs one statement on the store at `db` behind the directory's back (`$1`, `$2`, … in
+/// PostgreSQL's style; SQLite reads them too).
+async fn raw_execute(db: &str, sql: &str, serial: i64, name: &str) {
+    if let Some(path) = db.strip_prefix("sqlite:") {
+        let c = rusqlite::Connection::open(path).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c.execute(sql, rusqlite::params![serial, name]).unwrap();
+        return;
+    }
+    let (client, connection) = tokio_postgres::connect(db, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let driver = tokio::task::spawn_local(connection);
+    client.execute(sql, &[&serial, &name]).await.unwrap();
+    drop(client);
+    let _ = driver.await;
+}
+
+/// Review finding 7 (deregistered names): after deregistration the store holds no trace of
+/// the name (only a keyed hash of it, with its serial), and a new registration of the name
+/// still gets a higher serial, even when the old serial ran far ahead of the clock (a
+/// directory whose clock was set back), so that only the kept floor can keep it above.
+async fn deregistration_leaves_no_trace_of_the_name(backend: Backend) {
+    let dir = DirectoryProcess::start(backend, &[]).await.unwrap();
+    let client = dir.client().await.unwrap();
+    let zelda = TestUser::new(TRACED, "127.0.0.1:7421").unwrap();
+    let first = client
+        .register(&zelda.registration(&dir.key))
+        .await
+        .unwrap();
+    let ahead = i64::try_from(first.user.serial).unwrap() + 10_000_000_000;
+    raw_execute(
+        &dir.db,
+        "UPDATE users SET serial = $1 WHERE username = $2",
+        ahead,
+        TRACED,
+    )
+    .await;
+    assert!(store_holds(&dir.db, TRACED).await, "the check can see it");
+    let session = zelda.login(&client).await.unwrap();
+    let deregistration = Deregistration::sign_locally(
+        &dir.key,
+        &zelda.username,
+        &zelda.identity,
+        u64::try_from(ahead).unwrap(),
+        smvs_directory::clock::now_ms(),
+    );
+    session.deregister(&deregistration).await.unwrap();
+    assert_eq!(
+        code(client.lookup(&zelda.username).await),
+        ErrorCode::NotFound
+    );
+    assert!(
+        !store_holds(&dir.db, TRACED).await,
+        "the deregistered name is still in the store"
+    );
+
+    let again = TestUser::new(TRACED, "127.0.0.1:7421").unwrap();
+    let fresh = client
+        .register(&again.registration(&dir.key))
+        .await
+        .unwrap();
+    assert!(
+        fresh.user.serial > u64::try_from(ahead).unwrap(),
+        "{} is not above the old serial {ahead}",
+        fresh.user.serial
+    );
+    dir.daemon.stop().unwrap();
+}
+
+/// A database a version-1 directory wrote (deregistered names in clear in `serial_floor`) is
+/// migrated when opened: the names become keyed hashes, the old table goes, and the floor
+/// still holds for a new registration of the name.
+async fn serial_floors_of_an_older_directory_are_hashed_on_open(backend: Backend) {
+    let (db, _dir) = match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let db = format!("sqlite:{}", dir.path().join("d.db").display());
+            (db, Some(dir))
+        }
+        Backend::Postgres => (smvs_tests::postgres::fresh_database().await.unwrap(), None),
+    };
+    // Version 1's tables, as that version made them, and one deregistered name.
+    const V1: &str = "CREATE TABLE users (username TEXT PRIMARY KEY, signing_key BYTEA NOT NULL,
+            agreement_key BYTEA NOT NULL, agreement_signature BYTEA NOT NULL,
+            transport_key BYTEA NOT NULL, transport_certificate BYTEA NOT NULL,
+            host_address TEXT NOT NULL, serial BIGINT NOT NULL);
+        CREATE TABLE auth_tokens (digest BYTEA PRIMARY KEY, username TEXT NOT NULL,
+            expires_at BIGINT NOT NULL);
+        CREATE INDEX auth_tokens_expiry ON auth_tokens (expires_at);
+        CREATE TABLE serial_floor (username TEXT PRIMARY KEY, serial BIGINT NOT NULL);";
+    let ahead = smvs_directory::clock::now_ms() + 10_000_000_000;
+    match db.strip_prefix("sqlite:") {
+        Some(path) => {
+            let c = rusqlite::Connection::open(path).unwrap();
+            c.pragma_update(None, "journal_mode", "WAL").unwrap();
+            c.execute_batch(&V1.replace("BYTEA", "BLOB")).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+        }
+        None => {
+            let (client, connection) = tokio_postgres::connect(&db, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let driver = tokio::task::spawn_local(connection);
+            client
+                .batch_execute(&format!(
+                    "{V1} CREATE TABLE schema_version (version BIGINT NOT NULL);
+                     INSERT INTO schema_version VALUES (1);"
+                ))
+                .await
+                .unwrap();
+            drop(client);
+            let _ = driver.await;
+        }
+    }
+    raw_execute(
+        &db,
+        "INSERT INTO serial_floor (serial, username) VALUES ($1, $2)",
+        ahead,
+        TRACED,
+    )
+    .await;
+    assert!(store_holds(&db, TRACED).await);
+
+    let store = Store::open(&db, names()).await.unwrap();
+    assert!(
+        !store_holds(&db, TRACED).await,
+        "the old floor's name is still in the store"
+    );
+    let again = store.insert_user(user(TRACED)).await.unwrap();
+    assert!(again.serial > u64::try_from(ahead).unwrap());
 }

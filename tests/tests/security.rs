@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use smvs_crypto::{AeadKey, AgreementKeyPair};
@@ -17,8 +18,8 @@ use smvs_tests::conversation::body;
 use smvs_tests::daemon::check_no_core_dumps;
 use smvs_tests::impersonate::{self, deliver, link, play_host, text_message, RawEnvelope, Receipt};
 use smvs_tests::other_uid::{Access, OtherUid};
-use smvs_tests::runtime::runtime_and_directory;
-use smvs_tests::{DirectoryProcess, HostProcess};
+use smvs_tests::runtime::{runtime, runtime_and_directory};
+use smvs_tests::{DirectoryProcess, HostProcess, TestUser};
 use smvsd::model::MessageId;
 use smvsd::session::SessionKeys;
 
@@ -532,4 +533,242 @@ fn one_link_cannot_make_the_host_look_up_many_senders() {
             .to_string();
         assert!(e.contains("refused: unknown sender"), "{e}");
     });
+}
+
+/// The code a directory refusal carries (panics on success or on a broken link).
+fn refusal<T>(r: Result<T, smvs_directory::ClientError>) -> smvs_directory::ErrorCode {
+    match r {
+        Ok(_) => panic!("expected a refusal"),
+        Err(e) => e.code().unwrap_or_else(|| panic!("not a refusal: {e}")),
+    }
+}
+
+/// Review finding 7 (host addresses): a directory started as an operator would start it
+/// refuses host addresses of a local kind (loopback, private, link-local, shared, unusable),
+/// at registration and when a host moves, with `address-refused` and a sentence that says
+/// how to allow them; public ones it takes. (Every other test's directory is started with
+/// `--allow-private-host-addresses`: their hosts live on 127.x.)
+#[test]
+fn a_directory_refuses_local_host_addresses_unless_started_for_a_lan() {
+    let rt = runtime().unwrap();
+    let strict = rt
+        .block_on(DirectoryProcess::start_public_only(&[]))
+        .unwrap();
+    let alice = HostProcess::start("alice", &strict, "127.0.0.1", &[]).unwrap();
+    let out = alice.ctl(&["register", "alice"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("address-refused:")
+            && stderr.contains("loopback")
+            && stderr.contains("--allow-private-host-addresses"),
+        "{stderr}"
+    );
+    assert!(
+        alice.ctl(&["whoami"]).unwrap().status.code() == Some(1),
+        "a refused registration leaves the host unregistered"
+    );
+
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        use smvs_directory::ErrorCode;
+        let client = strict.client().await.unwrap();
+        for (i, host) in [
+            "10.0.0.5:7421",
+            "192.168.1.20:7421",
+            "[fd00::1]:7421",
+            "169.254.3.3:7421",
+            "[fe80::1]:7421",
+            "100.64.0.1:7421",
+            "[::ffff:172.16.0.9]:7421",
+            "localhost:7421",
+            "0.0.0.0:7421",
+            "[::1]:7421",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let user = TestUser::new(&format!("local{i}"), host).unwrap();
+            assert_eq!(
+                refusal(client.register(&user.registration(&strict.key)).await),
+                ErrorCode::AddressRefused,
+                "{host}"
+            );
+        }
+        // Public addresses (documentation ranges: registered as data, never connected to).
+        let carol = TestUser::new("carol", "203.0.113.7:7421").unwrap();
+        client
+            .register(&carol.registration(&strict.key))
+            .await
+            .unwrap();
+        let session = carol.login(&client).await.unwrap();
+        let private = smvs_schema::HostAddress::parse("192.168.1.2:7421").unwrap();
+        assert_eq!(
+            refusal(session.update_host_address(&private).await),
+            ErrorCode::AddressRefused
+        );
+        let public = smvs_schema::HostAddress::parse("[2001:db8::7]:7421").unwrap();
+        session.update_host_address(&public).await.unwrap();
+        let record = client.lookup(&carol.username).await.unwrap();
+        assert_eq!(record.user.host_address, public);
+    });
+}
+
+/// Review finding 7 (host addresses): a host whose own address is public does not connect to
+/// a contact whose record names a loopback or private address (else a stranger could make it
+/// connect to services on its own machine or network, with a message or a missed call): the
+/// send is refused at once with `address-refused`, and nothing is queued. The contact is still
+/// pinned and can be verified: only connecting is refused.
+#[test]
+fn a_host_on_a_public_address_does_not_connect_to_a_local_one() {
+    let (rt, dir) = runtime_and_directory().unwrap();
+    // alice publishes a documentation address; nobody connects to it (nobody writes to her).
+    let alice = HostProcess::start(
+        "alice",
+        &dir,
+        "127.0.0.1",
+        &["--public-address", "203.0.113.5:7421"],
+    )
+    .unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    // dave's record names a private address: data only, registered by the test.
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let client = dir.client().await.unwrap();
+        let dave = TestUser::new("dave", "10.1.2.3:7421").unwrap();
+        client.register(&dave.registration(&dir.key)).await.unwrap();
+    });
+    for (peer, kind) in [("bob", "loopback"), ("dave", "private")] {
+        let out = alice.ctl(&["send", peer, "hello"]).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{peer}: {stderr}");
+        assert!(
+            stderr.contains(kind) && stderr.contains("refusing to connect"),
+            "{peer}: {stderr}"
+        );
+        // The code scripts branch on, as the local API carries it.
+        let code = tokio::task::LocalSet::new().block_on(&rt, async {
+            let host = smvsctl::client::connect(&alice.socket).await.unwrap();
+            let to = Username::parse(peer).unwrap();
+            host.send(&to, "hello").await.unwrap_err().code()
+        });
+        assert_eq!(code, Some(smvs_schema::ErrorCode::AddressRefused), "{peer}");
+        assert!(alice.history(peer).unwrap().is_empty(), "{peer}: queued");
+        // Pinned all the same, and verifiable (verify connects nowhere).
+        alice.ctl_ok(&["verify", peer]).unwrap();
+    }
+    assert!(bob.history("alice").unwrap().is_empty());
+}
+
+/// A directory in front of the real one, for watching what hosts show it: a Noise responder
+/// with the real directory's key (the test holds its key file), which records the static key
+/// every initiator presents, then relays the decrypted stream to the real directory over a
+/// link of its own. Sending on `cut` closes every relayed link (the host sees its directory
+/// connection drop, as when a directory restarts).
+async fn recording_directory(
+    listener: tokio::net::TcpListener,
+    real: std::net::SocketAddr,
+    noise: Arc<AgreementKeyPair>,
+    seen: Arc<Mutex<Vec<smvs_crypto::AgreementPublicKey>>>,
+    cut: tokio::sync::watch::Receiver<u32>,
+) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let (noise, seen, mut cut) = (noise.clone(), seen.clone(), cut.clone());
+        tokio::spawn(async move {
+            cut.mark_unchanged();
+            let mut down = smvs_transport::accept(
+                tcp,
+                &noise,
+                smvs_transport::DIRECTORY_PROLOGUE,
+                smvs_transport::HANDSHAKE_TIMEOUT,
+            )
+            .await
+            .ok()?;
+            seen.lock().unwrap().push(down.remote_key);
+            let mut up = smvs_transport::connect(
+                real,
+                &AgreementKeyPair::generate().ok()?,
+                smvs_transport::DIRECTORY_PROLOGUE,
+                Some(&noise.public()),
+            )
+            .await
+            .ok()?;
+            tokio::select! {
+                _ = tokio::io::copy_bidirectional(&mut down.stream, &mut up.stream) => {}
+                _ = cut.changed() => {}
+            }
+            Some(())
+        });
+    }
+}
+
+/// Review finding 5: the directory cannot keep an attributable log of who looks up whom,
+/// because a host's directory links never show its transport key (the key its record
+/// publishes, which the directory could tie to the user): each connection shows a throwaway
+/// Noise key of its own. Seen from a directory that records the initiator key of every link.
+#[test]
+fn directory_lookups_show_a_throwaway_key_never_the_hosts_transport_key() {
+    let (rt, dir) = runtime_and_directory().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    let alice_transport = tokio::task::LocalSet::new().block_on(&rt, async {
+        let client = dir.client().await.unwrap();
+        let alice = Username::parse("alice").unwrap();
+        client.lookup(&alice).await.unwrap().user.transport_key
+    });
+
+    let noise = Arc::new(
+        smvs_directory::load_key(&dir.key_file)
+            .unwrap()
+            .to_agreement_keypair()
+            .unwrap(),
+    );
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (cut, cut_rx) = tokio::sync::watch::channel(0u32);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let relay = listener.local_addr().unwrap();
+    rt.spawn(recording_directory(
+        listener,
+        dir.addr,
+        noise,
+        seen.clone(),
+        cut_rx,
+    ));
+    alice.stop().unwrap();
+    alice.use_directory_at(relay);
+    alice.start_again().unwrap();
+
+    // `verify` looks the contact up afresh: one look-up on alice's directory link.
+    alice.ctl_ok(&["verify", "bob"]).unwrap();
+    let first: Vec<_> = seen.lock().unwrap().clone();
+    assert!(!first.is_empty(), "the look-up went through the relay");
+
+    // The directory link drops; the next look-up makes a new one. (The first try after the
+    // drop may still meet the dead link and fail; the host then reconnects.)
+    cut.send_modify(|n| *n += 1);
+    let again = (0..3).any(|_| alice.ctl(&["verify", "bob"]).unwrap().status.success());
+    assert!(again, "{}", alice.logs());
+    let all: Vec<_> = seen.lock().unwrap().clone();
+    assert!(
+        all.len() > first.len(),
+        "the second look-up came on a new link"
+    );
+
+    let (before, after) = (first.last().unwrap(), all.last().unwrap());
+    assert_ne!(before, after, "two links showed the same key");
+    for key in &all {
+        assert_ne!(
+            *key, alice_transport,
+            "a directory link showed the transport key"
+        );
+    }
+    let distinct: std::collections::HashSet<_> = all.iter().map(|k| k.to_hex()).collect();
+    assert_eq!(distinct.len(), all.len(), "every link has a key of its own");
 }

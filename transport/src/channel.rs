@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use smvs_crypto::noise::{Handshake, NoiseReceiver, NoiseSender, MAX_MESSAGE_LEN, MAX_PAYLOAD_LEN};
 use smvs_crypto::{constant_time_eq, AgreementKeyPair, AgreementPublicKey};
+use smvs_schema::AddressKind;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
@@ -42,6 +43,53 @@ pub async fn connect(
             source,
         })?;
     connect_over(tcp, &shown, local, prologue, expected).await
+}
+
+/// [`connect`] to a peer whose address someone else chose (a contact's host, as the directory
+/// published it), from a host on a network of kind `ours`: the name is resolved once, and if
+/// any address it resolves to is of a kind `ours` may not reach ([`AddressKind::may_reach`]:
+/// loopback, link-local, private or shared unless `ours` is that kind too; unspecified or
+/// multicast never), nothing is connected to. Then the addresses are tried in order, those
+/// same addresses, so a name that resolves differently a moment later (DNS rebinding) cannot
+/// slip another address in between the check and the connection.
+pub async fn connect_within(
+    ours: AddressKind,
+    addr: &str,
+    local: &AgreementKeyPair,
+    prologue: &[u8],
+    expected: Option<&AgreementPublicKey>,
+) -> Result<SecureChannel, TransportError> {
+    let io = |action, source| TransportError::Io {
+        peer: addr.to_owned(),
+        action,
+        source,
+    };
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| io("resolving", e))?
+        .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+        .collect();
+    for a in &resolved {
+        let kind = AddressKind::of(a.ip());
+        if !ours.may_reach(kind) {
+            return Err(TransportError::AddressRefused {
+                peer: addr.to_owned(),
+                address: a.ip(),
+                kind: kind.describe(),
+            });
+        }
+    }
+    let mut last = std::io::Error::new(
+        std::io::ErrorKind::NotFound,
+        "the name resolves to no address",
+    );
+    for a in resolved {
+        match TcpStream::connect(a).await {
+            Ok(tcp) => return connect_over(tcp, addr, local, prologue, expected).await,
+            Err(e) => last = e,
+        }
+    }
+    Err(io("connecting to", last))
 }
 
 /// Runs the initiator's handshake over a TCP stream that is already connected (for example
@@ -356,5 +404,45 @@ mod tests {
             matches!(err, TransportError::HandshakeTimeout { .. }),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_a_local_kind_is_refused_before_connecting() {
+        let server_key = AgreementKeyPair::generate().unwrap();
+        let client_key = AgreementKeyPair::generate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let name = format!("localhost:{port}");
+        let expected = server_key.public();
+        for (ours, addr) in [
+            (AddressKind::Public, name.as_str()),
+            (AddressKind::Private, name.as_str()),
+            (AddressKind::Public, "10.0.0.1:9"),
+            (AddressKind::Loopback, "0.0.0.0:9"),
+        ] {
+            let refused = connect_within(ours, addr, &client_key, b"test", Some(&expected)).await;
+            assert!(
+                matches!(refused, Err(TransportError::AddressRefused { .. })),
+                "{ours:?} {addr}"
+            );
+        }
+        // From loopback, the same name is reached; and the first connection the listener sees
+        // is this one (had a refused attempt connected, its dead socket would come first and
+        // fail the handshake).
+        let (server, client) = tokio::join!(
+            async {
+                let (tcp, _) = listener.accept().await.unwrap();
+                accept(tcp, &server_key, b"test", HANDSHAKE_TIMEOUT).await
+            },
+            connect_within(
+                AddressKind::Loopback,
+                &name,
+                &client_key,
+                b"test",
+                Some(&expected)
+            )
+        );
+        assert_eq!(server.unwrap().remote_key, client_key.public());
+        assert_eq!(client.unwrap().remote_key, expected);
     }
 }

@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use thiserror::Error;
 
@@ -21,5 +21,12 @@ pub enum TransportError {
         peer: SocketAddr,
         presented: String,
         expected: String,
+    },
+    #[error("{peer} resolves to {address}, {kind}, which this host does not connect to from where it is")]
+    AddressRefused {
+        peer: String,
+        address: IpAddr,
+        /// What kind of address it is, in words (`smvs_schema::AddressKind::describe`).
+        kind: &'static str,
     },
 }

@@ -17,7 +17,9 @@ pub mod rpc;
 
 #[doc(hidden)]
 pub use channel::fuzzing;
-pub use channel::{accept, connect, connect_over, SecureChannel, HANDSHAKE_TIMEOUT};
+pub use channel::{
+    accept, connect, connect_over, connect_within, SecureChannel, HANDSHAKE_TIMEOUT,
+};
 pub use error::TransportError;
 
 /// Prologue of directory links: both sides must agree on it or the handshake fails.

@@ -8,14 +8,17 @@
 //!   challenge from one process can be answered at another.
 //!
 //! Both keep exactly what `UserRecord` holds, plus pending authentication tokens (as BLAKE2b
-//! digests, never the tokens themselves). Deregistration deletes the row but keeps the username
-//! with its last serial (`serial_floor`), so that a new registration of the name gets a higher
-//! serial: the name stays on disk.
+//! digests, never the tokens themselves). Deregistration deletes the row and the user's
+//! tokens, and keeps only a keyed hash of the name with its last serial (`deregistered`), so
+//! that a new registration of the name gets a higher serial (a stale record stays detectable)
+//! while the name itself leaves the store: see [`NameKey`].
 
 mod postgres;
 mod sqlite;
 
-use smvs_crypto::{AgreementPublicKey, IdentityBundle, Signature, SigningPublicKey};
+use smvs_crypto::{
+    AgreementPublicKey, CryptoError, IdentityBundle, Signature, SigningPublicKey, Zeroizing,
+};
 use smvs_schema::{HostAddress, Username};
 use thiserror::Error;
 
@@ -37,6 +40,42 @@ pub enum StoreError {
     Stopped,
     #[error("database schema version {found} is newer than this program knows ({known})")]
     TooNew { found: i64, known: i64 },
+    #[error("hashing a name: {0}")]
+    Crypto(#[from] CryptoError),
+}
+
+/// The key deregistered names are kept under: a keyed BLAKE2b-256 (libsodium's
+/// `crypto_generichash`) of the name, so the store can still answer "was this name registered
+/// before, and at which serial?" for whoever asks with the name, but holds nothing that gives
+/// the name back, not even to a dictionary attack, without the key.
+///
+/// The key is derived from the directory's signing-key seed (HKDF-SHA256, salt
+/// `smvs-directory-v1`, info `deregistered names`): it lives wherever the signing key lives,
+/// every process that shares a database and a key file computes the same one, and a new
+/// signing key (a new directory, to hosts) starts a new set of floors.
+pub struct NameKey(Zeroizing<Vec<u8>>);
+
+impl NameKey {
+    /// The key for the directory whose signing-key seed is `seed`.
+    pub fn derive(seed: &[u8]) -> Result<NameKey, CryptoError> {
+        Ok(NameKey(smvs_crypto::hkdf_sha256(
+            b"smvs-directory-v1",
+            seed,
+            b"deregistered names",
+            32,
+        )?))
+    }
+
+    /// The keyed hash a deregistered `name` is kept as.
+    pub fn hash(&self, name: &str) -> Result<Vec<u8>, CryptoError> {
+        smvs_crypto::blake2b(32, Some(&self.0), &[name.as_bytes()])
+    }
+}
+
+impl std::fmt::Debug for NameKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NameKey(…)")
+    }
 }
 
 /// A storage backend, chosen by URL.
@@ -67,11 +106,15 @@ pub enum DbUrl {
 }
 
 impl Store {
-    /// Opens (creating and migrating as needed) the database at `url`.
-    pub async fn open(url: &str) -> Result<Store, StoreError> {
+    /// Opens (creating and migrating as needed) the database at `url`; deregistered names
+    /// are kept under `names`.
+    pub async fn open(url: &str, names: NameKey) -> Result<Store, StoreError> {
+        let names = std::sync::Arc::new(names);
         match parse_url(url)? {
-            DbUrl::Sqlite(path) => Ok(Store::Sqlite(sqlite::SqliteStore::open(&path)?)),
-            DbUrl::Postgres(url) => Ok(Store::Postgres(postgres::PgStore::open(&url).await?)),
+            DbUrl::Sqlite(path) => Ok(Store::Sqlite(sqlite::SqliteStore::open(&path, names)?)),
+            DbUrl::Postgres(url) => {
+                Ok(Store::Postgres(postgres::PgStore::open(&url, names).await?))
+            }
         }
     }
 
@@ -111,7 +154,8 @@ impl Store {
         }
     }
 
-    /// Deletes the user's record and pending tokens. Returns whether there was one.
+    /// Deletes the user's record and pending tokens, keeping only the keyed hash of the name
+    /// with its last serial. Returns whether there was one.
     pub async fn delete_user(&self, name: &Username) -> Result<bool, StoreError> {
         match self {
             Store::Sqlite(s) => s.delete_user(name).await,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use smvs_schema::{HostAddress, Username};
 use tokio_postgres::{Client, NoTls};
 
-use super::{next_serial, row_to_record, NewKeys, StoreError};
+use super::{next_serial, row_to_record, NameKey, NewKeys, StoreError};
 use crate::record::UserRecord;
 
 const CONNECTIONS: usize = 4;
@@ -19,6 +19,7 @@ const CONNECTIONS: usize = 4;
 pub struct PgStore {
     clients: Arc<Vec<Client>>,
     next: Arc<AtomicUsize>,
+    names: Arc<NameKey>,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -43,13 +44,20 @@ const MIGRATIONS: &[&str] = &[
     // 2: transport certificates expire. Rows from before carry 0, which no host accepts: their
     // hosts renew at their next start.
     "ALTER TABLE users ADD COLUMN transport_not_after BIGINT NOT NULL DEFAULT 0;",
+    // 3: a deregistered name is kept only as its keyed hash (NameKey), with its last serial.
+    // The plain names of version 1 are hashed and moved in the same transaction
+    // (`PgStore::hash_old_floors`), then their table is dropped.
+    "CREATE TABLE deregistered (name_hash BYTEA PRIMARY KEY, serial BIGINT NOT NULL);",
 ];
+
+/// The migration after whose SQL [`PgStore::hash_old_floors`] runs.
+const HASHED_NAMES: usize = 3;
 
 /// Arbitrary constant naming the advisory lock that serialises migrations between processes.
 const MIGRATION_LOCK: i64 = 0x534d_5653_4449_5201;
 
 impl PgStore {
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    pub async fn open(url: &str, names: Arc<NameKey>) -> Result<Self, StoreError> {
         let url = url.to_owned();
         let (tx, rx) = tokio::sync::oneshot::channel();
         // The connections' I/O futures run on this thread's runtime, so the store works from
@@ -97,6 +105,7 @@ impl PgStore {
         let store = PgStore {
             clients: Arc::new(clients),
             next: Arc::new(AtomicUsize::new(0)),
+            names,
         };
         store.migrate().await?;
         Ok(store)
@@ -136,16 +145,19 @@ impl PgStore {
                 c.batch_execute("BEGIN").await?;
                 let step = async {
                     c.batch_execute(sql).await?;
+                    if i + 1 == HASHED_NAMES {
+                        self.hash_old_floors(c).await?;
+                    }
                     c.execute("UPDATE schema_version SET version = $1", &[&(i as i64 + 1)])
                         .await?;
-                    Ok::<(), tokio_postgres::Error>(())
+                    Ok::<(), StoreError>(())
                 }
                 .await;
                 match step {
                     Ok(()) => c.batch_execute("COMMIT").await?,
                     Err(e) => {
                         let _ = c.batch_execute("ROLLBACK").await;
-                        return Err(e.into());
+                        return Err(e);
                     }
                 }
             }
@@ -158,12 +170,31 @@ impl PgStore {
         result
     }
 
+    /// Migration 3's data step: the plain names of `serial_floor` become keyed hashes in
+    /// `deregistered` (the higher serial wins), and the old table goes.
+    async fn hash_old_floors(&self, c: &Client) -> Result<(), StoreError> {
+        for row in c
+            .query("SELECT username, serial FROM serial_floor", &[])
+            .await?
+        {
+            let (name, serial): (String, i64) = (row.get(0), row.get(1));
+            c.execute(
+                "INSERT INTO deregistered VALUES ($1, $2)
+                 ON CONFLICT (name_hash) DO UPDATE SET serial = GREATEST(deregistered.serial, excluded.serial)",
+                &[&self.names.hash(&name)?, &serial],
+            )
+            .await?;
+        }
+        c.batch_execute("DROP TABLE serial_floor").await?;
+        Ok(())
+    }
+
     pub async fn insert_user(&self, user: UserRecord) -> Result<UserRecord, StoreError> {
         let c = self.client();
         let floor: Option<i64> = c
             .query_opt(
-                "SELECT serial FROM serial_floor WHERE username = $1",
-                &[&user.username.as_str()],
+                "SELECT serial FROM deregistered WHERE name_hash = $1",
+                &[&self.names.hash(user.username.as_str())?],
             )
             .await?
             .map(|r| r.get(0));
@@ -273,15 +304,16 @@ impl PgStore {
 
     pub async fn delete_user(&self, name: &Username) -> Result<bool, StoreError> {
         let c = self.client();
-        // One statement: delete the row, keep only its serial as the floor, drop its tokens.
+        // One statement: delete the row, keep only the keyed hash of the name with its serial
+        // as the floor, drop its tokens.
         let row = c
             .query_opt(
-                "WITH gone AS (DELETE FROM users WHERE username = $1 RETURNING username, serial),
-                      floor AS (INSERT INTO serial_floor SELECT username, serial FROM gone
-                                ON CONFLICT (username) DO UPDATE SET serial = excluded.serial),
+                "WITH gone AS (DELETE FROM users WHERE username = $1 RETURNING serial),
+                      floor AS (INSERT INTO deregistered SELECT $2, serial FROM gone
+                                ON CONFLICT (name_hash) DO UPDATE SET serial = excluded.serial),
                       tokens AS (DELETE FROM auth_tokens WHERE username = $1)
                  SELECT count(*) FROM gone",
-                &[&name.as_str()],
+                &[&name.as_str(), &self.names.hash(name.as_str())?],
             )
             .await?;
         Ok(row.is_some_and(|r| r.get::<_, i64>(0) > 0))

@@ -3,12 +3,13 @@
 //! answered only after their batch commits.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use smvs_schema::{HostAddress, Username};
 use smvs_sqlite::SqliteWorker;
 
-use super::{next_serial, row_to_record, NewKeys, StoreError};
+use super::{next_serial, row_to_record, NameKey, NewKeys, StoreError};
 use crate::record::UserRecord;
 
 const QUEUE_DEPTH: usize = 4096;
@@ -16,6 +17,7 @@ const QUEUE_DEPTH: usize = 4096;
 #[derive(Clone)]
 pub struct SqliteStore {
     worker: SqliteWorker,
+    names: Arc<NameKey>,
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -40,25 +42,43 @@ const MIGRATIONS: &[&str] = &[
     // 2: transport certificates expire. Rows from before carry 0, which no host accepts: their
     // hosts renew at their next start.
     "ALTER TABLE users ADD COLUMN transport_not_after INTEGER NOT NULL DEFAULT 0;",
+    // 3: a deregistered name is kept only as its keyed hash (NameKey), with its last serial;
+    // the plain names of version 1 are hashed by the function `open` registers.
+    "CREATE TABLE deregistered (name_hash BLOB PRIMARY KEY NOT NULL, serial INTEGER NOT NULL) STRICT;
+    INSERT INTO deregistered SELECT smvs_name_hash(username), serial FROM serial_floor;
+    DROP TABLE serial_floor;",
 ];
 
 impl SqliteStore {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub fn open(path: &Path, names: Arc<NameKey>) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let key = names.clone();
+        conn.create_scalar_function(
+            "smvs_name_hash",
+            1,
+            rusqlite::functions::FunctionFlags::SQLITE_UTF8
+                | rusqlite::functions::FunctionFlags::SQLITE_DETERMINISTIC,
+            move |ctx| {
+                key.hash(&ctx.get::<String>(0)?)
+                    .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))
+            },
+        )?;
         smvs_sqlite::migrate(&mut conn, MIGRATIONS).map_err(|e| match e {
             smvs_sqlite::MigrationError::Sqlite(e) => StoreError::Sqlite(e),
             smvs_sqlite::MigrationError::TooNew { found, known } => {
                 StoreError::TooNew { found, known }
             }
         })?;
+        // Migration 2 dropped plain names whose old pages may sit in the WAL.
+        checkpoint(&conn)?;
         let worker = SqliteWorker::start(conn, "directory-sqlite", QUEUE_DEPTH)
             .map_err(|e| StoreError::Corrupt(format!("cannot start the storage thread: {e}")))?;
-        Ok(SqliteStore { worker })
+        Ok(SqliteStore { worker, names })
     }
 
     async fn call<T: Send + 'static>(
@@ -69,11 +89,12 @@ impl SqliteStore {
     }
 
     pub async fn insert_user(&self, user: UserRecord) -> Result<UserRecord, StoreError> {
+        let name_hash = self.names.hash(user.username.as_str())?;
         self.call(move |c| {
             let floor: Option<i64> = c
                 .query_row(
-                    "SELECT serial FROM serial_floor WHERE username = ?1",
-                    [user.username.as_str()],
+                    "SELECT serial FROM deregistered WHERE name_hash = ?1",
+                    [&name_hash],
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -174,19 +195,28 @@ impl SqliteStore {
 
     pub async fn delete_user(&self, name: &Username) -> Result<bool, StoreError> {
         let name = name.clone();
-        self.call(move |c| {
-            let Some(old) = get(c, &name)? else { return Ok(false) };
-            // Only the serial survives (no key, no address), so a later registration of the
-            // same name still gets a higher serial and stale answers stay detectable.
-            c.execute(
-                "INSERT INTO serial_floor VALUES (?1, ?2) ON CONFLICT (username) DO UPDATE SET serial = excluded.serial",
-                params![name.as_str(), old.serial as i64],
-            )?;
-            c.execute("DELETE FROM users WHERE username = ?1", [name.as_str()])?;
-            c.execute("DELETE FROM auth_tokens WHERE username = ?1", [name.as_str()])?;
-            Ok(true)
-        })
-        .await
+        let name_hash = self.names.hash(name.as_str())?;
+        let deleted = self
+            .call(move |c| {
+                let Some(old) = get(c, &name)? else { return Ok(false) };
+                // Only the keyed hash of the name and its serial survive (no key, no address),
+                // so a later registration of the same name still gets a higher serial and
+                // stale answers stay detectable.
+                c.execute(
+                    "INSERT INTO deregistered VALUES (?1, ?2) ON CONFLICT (name_hash) DO UPDATE SET serial = excluded.serial",
+                    params![name_hash, old.serial as i64],
+                )?;
+                c.execute("DELETE FROM users WHERE username = ?1", [name.as_str()])?;
+                c.execute("DELETE FROM auth_tokens WHERE username = ?1", [name.as_str()])?;
+                Ok(true)
+            })
+            .await?;
+        if deleted {
+            // `secure_delete` zeroes the row in the database file; the WAL still holds the
+            // pages the registration wrote, until a checkpoint copies and truncates it.
+            self.worker.call_alone(checkpoint).await?;
+        }
+        Ok(deleted)
     }
 
     pub async fn put_token(
@@ -263,6 +293,17 @@ fn get(c: &Connection, name: &Username) -> Result<Option<UserRecord>, StoreError
         row_to_record(&u, &sk, &ak, &asig, &tk, &tc, na, &h, s)
     })
     .transpose()
+}
+
+/// Copies the WAL into the database and truncates it, so no old page (a deleted name, say)
+/// survives there. Another reader holding it back is logged: the rows are gone all the same,
+/// and their pages go at the next checkpoint.
+fn checkpoint(c: &Connection) -> Result<(), StoreError> {
+    let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+    if busy != 0 {
+        tracing::warn!("another reader holds the directory database: deleted rows are gone, but their old pages stay in the WAL until the next checkpoint");
+    }
+    Ok(())
 }
 
 fn now_ms() -> i64 {

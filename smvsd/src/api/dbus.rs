@@ -60,6 +60,7 @@ pub enum Daemon1Error {
     Ended(String),
     Storage(String),
     NotAllowed(String),
+    AddressRefused(String),
     Internal(String),
 }
 
@@ -88,6 +89,7 @@ impl From<HostError> for Daemon1Error {
             ErrorCode::Ended => Daemon1Error::Ended(m),
             ErrorCode::Storage => Daemon1Error::Storage(m),
             ErrorCode::NotAllowed => Daemon1Error::NotAllowed(m),
+            ErrorCode::AddressRefused => Daemon1Error::AddressRefused(m),
             ErrorCode::Internal => Daemon1Error::Internal(m),
         }
     }

@@ -1,6 +1,9 @@
 //! Encryption at rest. Nothing a person wrote, and no contact's name, is stored in clear:
 //!
 //! - a conversation is found by its *tag*, a keyed BLAKE2b of the peer's name;
+//! - a deleted received message leaves a tombstone of keyed BLAKE2b marks (of its tag and id,
+//!   and of its chain hash), under a key of their own, so nobody who lacks the storage key can
+//!   confirm from the file that a given message was received;
 //! - each conversation has its own random key, stored only wrapped by the storage key (which
 //!   comes from smvs-keyguard at start-up and is never written by smvsd); deleting or
 //!   overwriting the wrapped key destroys the conversation (crypto-shredding);
@@ -15,6 +18,7 @@ pub struct AtRest {
     storage: AeadKey,
     tag_key: Zeroizing<Vec<u8>>,
     chain_key: Zeroizing<Vec<u8>>,
+    tombstone_key: Zeroizing<Vec<u8>>,
 }
 
 impl AtRest {
@@ -27,11 +31,35 @@ impl AtRest {
         )?;
         let chain_key =
             smvs_crypto::hkdf_sha256(b"smvs-storage-v1", storage.expose(), b"chain hashes", 32)?;
+        let tombstone_key =
+            smvs_crypto::hkdf_sha256(b"smvs-storage-v1", storage.expose(), b"tombstones", 32)?;
         Ok(AtRest {
             storage,
             tag_key,
             chain_key,
+            tombstone_key,
         })
+    }
+
+    /// What a tombstone keeps of a deleted received message's id: a keyed BLAKE2b-256
+    /// (libsodium's `crypto_generichash` with a key HKDF-derived from the storage key) of its
+    /// conversation tag and id. A late resend of the message is still recognised (it hashes
+    /// alike), but whoever holds the database file, even knowing the id, cannot tell that
+    /// the message was here: without the storage key the mark is just 32 random-looking bytes.
+    pub fn tombstone_mark(&self, tag: &[u8], id: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        smvs_crypto::blake2b(32, Some(&self.tombstone_key), &[b"id\0", tag, id])
+    }
+
+    /// What a tombstone keeps of a deleted received message's place in the sender's hash
+    /// chain: a keyed BLAKE2b-256 of its conversation tag and its stored chain hash
+    /// ([`AtRest::chain_tag`]), under the tombstone key. A message that names the deleted one
+    /// as its predecessor still finds it, so a deletion does not turn a late message into a
+    /// gap. Empty in, empty out (no predecessor), as for `chain_tag`.
+    pub fn tombstone_chain(&self, tag: &[u8], chain_tag: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        if chain_tag.is_empty() {
+            return Ok(Vec::new());
+        }
+        smvs_crypto::blake2b(32, Some(&self.tombstone_key), &[b"chain\0", tag, chain_tag])
     }
 
     /// The conversation tag of `peer` (16 bytes).

@@ -7,9 +7,10 @@
 //!
 //! What is on disk (see `crypt` for how): conversations (tag, sealed peer name, wrapped key,
 //! hash-chain heads, expiry), messages (tag, id, direction, status, integrity, whether it is a
-//! control message, sealed content), contacts (tag, sealed record), settings (sealed). The
-//! outbox is the set of outgoing messages whose status is queued or sent. WAL mode,
-//! `synchronous=FULL`, `secure_delete=ON`.
+//! control message, sealed content), contacts (tag, sealed record), settings (sealed),
+//! tombstones of deleted received messages for 7 days (keyed marks only: no tag, no id, no
+//! chain hash). The outbox is the set of outgoing messages whose status is queued or sent. WAL
+//! mode, `synchronous=FULL`, `secure_delete=ON`.
 
 mod crypt;
 
@@ -157,9 +158,60 @@ const MIGRATIONS: &[&str] = &[
     -- 3: why an outgoing message failed (a FailReason code; empty unless failed).
     ALTER TABLE messages ADD COLUMN reason TEXT NOT NULL DEFAULT '';
 ",
+    "
+    -- 4: tombstones keep keyed marks, not the conversation tag and the plain id: with the id
+    -- (which the sender, and whoever saw the envelope, knows) the old row confirmed for a week
+    -- that the deleted message had been here. The marks are keyed BLAKE2b under a key derived
+    -- from the storage key (AtRest::tombstone_mark, AtRest::tombstone_chain), computed by SQL
+    -- functions `Storage::open` registers; `chain` also keeps the deleted message's place in
+    -- the sender's hash chain (empty for rows from before, whose chain hash is gone).
+    CREATE TABLE tombstones_keyed (
+        mark BLOB PRIMARY KEY NOT NULL,
+        chain BLOB NOT NULL,
+        deleted_at INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    INSERT OR IGNORE INTO tombstones_keyed (mark, chain, deleted_at)
+        SELECT smvs_tombstone_mark(tag, id), x'', deleted_at FROM tombstones;
+    DROP TRIGGER messages_tombstone;
+    DROP TABLE tombstones;
+    ALTER TABLE tombstones_keyed RENAME TO tombstones;
+    CREATE INDEX tombstones_chain ON tombstones (chain);
+    CREATE TRIGGER messages_tombstone AFTER DELETE ON messages WHEN OLD.direction = 1
+    BEGIN
+        INSERT OR IGNORE INTO tombstones (mark, chain, deleted_at)
+        VALUES (smvs_tombstone_mark(OLD.tag, OLD.id), smvs_tombstone_chain(OLD.tag, OLD.hash),
+                CAST(strftime('%s', 'now') AS INTEGER) * 1000);
+    END;
+",
 ];
 
-/// How long the id of a deleted received message is remembered (see migration 2).
+/// Registers the SQL functions the tombstone trigger and migration 4 call: the keyed marks of
+/// [`AtRest::tombstone_mark`] and [`AtRest::tombstone_chain`]. They read nothing but their
+/// arguments and have no side effect (`INNOCUOUS`, so the trigger may call them whatever the
+/// `trusted_schema` setting); the key stays in this process.
+fn register_tombstone_functions(conn: &Connection, keys: &Arc<AtRest>) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    let flags = FunctionFlags::SQLITE_UTF8
+        | FunctionFlags::SQLITE_DETERMINISTIC
+        | FunctionFlags::SQLITE_INNOCUOUS;
+    let blob = |ctx: &rusqlite::functions::Context<'_>, i: usize| -> rusqlite::Result<Vec<u8>> {
+        ctx.get::<Vec<u8>>(i)
+    };
+    let user_error = |e: smvs_crypto::CryptoError| rusqlite::Error::UserFunctionError(Box::new(e));
+    let k = keys.clone();
+    conn.create_scalar_function("smvs_tombstone_mark", 2, flags, move |ctx| {
+        k.tombstone_mark(&blob(ctx, 0)?, &blob(ctx, 1)?)
+            .map_err(user_error)
+    })?;
+    let k = keys.clone();
+    conn.create_scalar_function("smvs_tombstone_chain", 2, flags, move |ctx| {
+        k.tombstone_chain(&blob(ctx, 0)?, &blob(ctx, 1)?)
+            .map_err(user_error)
+    })?;
+    Ok(())
+}
+
+/// How long the mark of a deleted received message is remembered (see migrations 2 and 4).
 const TOMBSTONE_DAYS: i64 = 7;
 
 /// The sealed content of a message row.
@@ -357,14 +409,19 @@ impl Storage {
         conn.pragma_update(None, "cache_size", -32768)?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let keys = Arc::new(AtRest::new(storage_key)?);
+        register_tombstone_functions(&conn, &keys)?;
         smvs_sqlite::migrate(&mut conn, MIGRATIONS)
             .map_err(|e| StorageError::Migration(e.to_string()))?;
+        // A migration may have dropped rows (the plain tombstones of migration 4) whose old
+        // pages still sit in the WAL: wipe it now, as after every deletion.
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            tracing::warn!("{}", StorageError::CheckpointBusy);
+        }
         let worker = SqliteWorker::start(conn, "smvsd-storage", 8192)
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        Ok(Storage {
-            worker,
-            keys: Arc::new(AtRest::new(storage_key)?),
-        })
+        Ok(Storage { worker, keys })
     }
 
     async fn call<T: Send + 'static>(
@@ -655,8 +712,8 @@ impl Storage {
                     let seen: bool = cached_row(
                         c,
                         "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 1)
-                             OR EXISTS (SELECT 1 FROM tombstones WHERE tag = ?1 AND id = ?2)",
-                        params![tag, &msg.id.0[..]],
+                             OR EXISTS (SELECT 1 FROM tombstones WHERE mark = ?3)",
+                        params![tag, &msg.id.0[..], k.tombstone_mark(&tag, &msg.id.0)?],
                         |r| r.get(0),
                     )?;
                     if seen {
@@ -685,17 +742,19 @@ impl Storage {
                             Integrity::Ok
                         }
                     } else {
-                        // Is the predecessor something we already have, or does a stored
+                        // Is the predecessor something we already have (or had, and deleted:
+                        // its tombstone keeps its place in the chain), or does a stored
                         // message name this one as its predecessor (an older message arriving
                         // late), or is it something we never saw (a gap)? Only a gap moves the
                         // head; a late message must not pull the chain back.
-                        let known: Option<i64> = cached_row(c,
-                        "SELECT seq FROM messages WHERE tag = ?1 AND direction = 1 AND hash = ?2",
-                        params![tag, k.chain_tag(&msg.prev_hash)?],
+                        let prev = k.chain_tag(&msg.prev_hash)?;
+                        let known: bool = cached_row(c,
+                        "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND direction = 1 AND hash = ?2)
+                             OR EXISTS (SELECT 1 FROM tombstones WHERE chain = ?3 AND chain != x'')",
+                        params![tag, prev, k.tombstone_chain(&tag, &prev)?],
                         |r| r.get(0),
-                    )
-                    .optional()?;
-                        if known.is_some() || named_by_a_gap(c, &key, &tag, &msg)? {
+                    )?;
+                        if known || named_by_a_gap(c, &key, &tag, &msg)? {
                             Integrity::OutOfOrder
                         } else {
                             Integrity::Gap

@@ -633,3 +633,82 @@ fn a_checkpoint_another_reader_holds_back_is_reported_not_ignored() {
         assert_eq!(wal.unwrap_or(0), 0, "the WAL is truncated");
     });
 }
+
+/// Review finding 7 (tombstones): a deleted received message leaves neither its id nor its
+/// chain hash (plain, or as the keyed form the messages table stored) anywhere in the raw
+/// bytes of the database and its WAL, yet a resend is still a duplicate and the hash chain
+/// still knows where the deleted message stood.
+#[test]
+fn a_deleted_received_message_leaves_neither_its_id_nor_its_chain_hash_on_disk() {
+    run(async {
+        let (dir, s) = open();
+        let bob = name("bob");
+        let m1 = incoming("bob", "alice", 1, "one", &[]);
+        let m2 = incoming("bob", "alice", 2, "two", &hash(&m1));
+        let m3 = incoming("bob", "alice", 3, "three", &hash(&m2));
+        for m in [&m1, &m2, &m3] {
+            assert!(matches!(arrive(&s, m).await, Arrival::Stored(_)));
+        }
+        let stored_chain = s.keys.chain_tag(&hash(&m2)).unwrap();
+        assert!(contains(&on_disk(&dir), &m2.id.0), "the id is there first");
+
+        assert_eq!(s.delete(&bob, Some(m2.id), None).await.unwrap(), 1);
+        let disk = on_disk(&dir);
+        assert!(
+            !contains(&disk, &m2.id.0),
+            "the deleted message's id is on disk"
+        );
+        assert!(!contains(&disk, &hash(&m2)), "its chain hash is on disk");
+        assert!(
+            !contains(&disk, &stored_chain),
+            "its keyed chain hash is on disk"
+        );
+
+        // A resend is still a duplicate.
+        assert_eq!(arrive(&s, &m2).await, Arrival::Duplicate);
+        // A message that names the deleted one as its predecessor (the sender's host forked
+        // its chain, say) is out of order, as it would be had nothing been deleted: it must
+        // not count as a gap and pull the head back.
+        let fork = incoming("bob", "alice", 4, "fork", &hash(&m2));
+        assert_eq!(
+            arrive(&s, &fork).await,
+            Arrival::Stored(Integrity::OutOfOrder)
+        );
+        let m4 = incoming("bob", "alice", 5, "four", &hash(&m3));
+        assert_eq!(arrive(&s, &m4).await, Arrival::Stored(Integrity::Ok));
+    });
+}
+
+/// Tombstones written by a version before migration 4 (conversation tag and plain id) are
+/// turned into keyed marks when the database is opened: the plain ids are gone from the
+/// file, and a resend of one of those messages is still a duplicate.
+#[test]
+fn plain_tombstones_from_before_are_keyed_on_open() {
+    run(async {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("host.db");
+        let key = AeadKey::generate();
+        let old = incoming("bob", "alice", 1, "deleted long ago", &[]);
+        {
+            let keys = AtRest::new(AeadKey::from_bytes(key.expose()).unwrap()).unwrap();
+            let tag = keys.tag(&name("bob")).unwrap();
+            let mut c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "journal_mode", "WAL").unwrap();
+            c.pragma_update(None, "secure_delete", "ON").unwrap();
+            smvs_sqlite::migrate(&mut c, &MIGRATIONS[..4]).unwrap();
+            c.execute(
+                "INSERT INTO tombstones (tag, id, deleted_at) VALUES (?1, ?2, ?3)",
+                params![tag, &old.id.0[..], now_ms()],
+            )
+            .unwrap();
+        }
+        assert!(contains(&on_disk(&dir), &old.id.0));
+
+        let s = Storage::open(&path, key).unwrap();
+        assert!(
+            !contains(&on_disk(&dir), &old.id.0),
+            "the plain id is still on disk after the migration"
+        );
+        assert_eq!(arrive(&s, &old).await, Arrival::Duplicate);
+    });
+}
