@@ -87,6 +87,8 @@ struct Event {
     directoryAlarm @7 :Text;    # the contact whose record the directory served is older than
                                 # one it served before (a rollback): nothing is sent to them
                                 # on the strength of it
+    deviceLinked @8 :Text;      # a device was paired with this host (its name)
+    deviceRevoked @9 :Text;     # a device was revoked: its connections are cut
   }
   struct MessageRef {
     id @0 :Data;

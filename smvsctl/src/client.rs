@@ -179,6 +179,10 @@ pub enum EventView {
         #[serde(serialize_with = "as_display")]
         peer: Username,
     },
+    /// A device was paired with the host.
+    DeviceLinked { name: String },
+    /// A device was revoked.
+    DeviceRevoked { name: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -604,6 +608,12 @@ impl EventView {
             event::CallState(c) => EventView::CallState(CallEventView::read(c?)?),
             event::DirectoryAlarm(peer) => EventView::DirectoryAlarm {
                 peer: username("peer", peer)?,
+            },
+            event::DeviceLinked(name) => EventView::DeviceLinked {
+                name: text("device name", name)?,
+            },
+            event::DeviceRevoked(name) => EventView::DeviceRevoked {
+                name: text("device name", name)?,
             },
         }))
     }

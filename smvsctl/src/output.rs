@@ -380,6 +380,8 @@ pub fn event_text(e: &EventView) -> String {
         EventView::DirectoryAlarm { peer } => format!(
             "directory-alarm {peer} (the directory served an older record than before; smvsctl verify {peer} --json shows the one kept)"
         ),
+        EventView::DeviceLinked { name } => format!("device-linked {}", clean(name)),
+        EventView::DeviceRevoked { name } => format!("device-revoked {}", clean(name)),
         EventView::IntegrityProblem { id, peer, time } => format!(
             "integrity {peer} {} {id} (a message is missing or out of order)",
             rfc3339_utc(*time)

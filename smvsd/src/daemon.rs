@@ -208,6 +208,7 @@ impl Host {
         let devices = Rc::new(
             Devices::load(
                 storage.clone(),
+                events.clone(),
                 transport.public(),
                 config.pairing_code_lifetime,
             )

@@ -28,7 +28,8 @@ use smvs_crypto::{AgreementPublicKey, Pairing, PairingKey, PairingRole, Zeroizin
 use tokio::sync::watch;
 
 use crate::error::HostError;
-use crate::model::now_ms;
+use crate::events::Events;
+use crate::model::{now_ms, HostEvent};
 use crate::storage::Storage;
 
 /// How long a pairing code is good for, unless configured otherwise.
@@ -107,6 +108,8 @@ pub struct LinkCode {
 
 pub struct Devices {
     storage: Storage,
+    /// The user's other devices hear of every device linked or revoked.
+    events: Events,
     list: RefCell<Vec<Device>>,
     pending: RefCell<HashMap<String, PendingCode>>,
     /// Per device key: a switch each open link watches; flipped on revoke.
@@ -138,6 +141,7 @@ fn pairing_failed() -> HostError {
 impl Devices {
     pub async fn load(
         storage: Storage,
+        events: Events,
         host_key: AgreementPublicKey,
         code_lifetime: Duration,
     ) -> Result<Devices, HostError> {
@@ -148,6 +152,7 @@ impl Devices {
         };
         Ok(Devices {
             storage,
+            events,
             list: RefCell::new(list),
             pending: RefCell::default(),
             cut: RefCell::default(),
@@ -328,6 +333,9 @@ impl Devices {
             self.list.borrow_mut().retain(|d| d.key != device.key);
             return Err(e);
         }
+        self.events.publish(HostEvent::DeviceLinked {
+            name: device.name.clone(),
+        });
         Ok(device)
     }
 
@@ -388,10 +396,14 @@ impl Devices {
             let _ = cut.send(true);
         }
         if let Err(e) = self.save().await {
-            // Not revoked on disk: put it back so the list says the truth.
+            // Not revoked on disk: put it back so the list says the truth. (Its links are cut
+            // all the same; it may connect again.)
             self.list.borrow_mut().push(removed);
             return Err(e);
         }
+        self.events.publish(HostEvent::DeviceRevoked {
+            name: removed.name.clone(),
+        });
         Ok(removed)
     }
 }

@@ -834,3 +834,54 @@ fn signals_reach_only_the_group_and_callers_are_held_to_allowed_uids() {
     assert!(err.contains("Access denied"), "{err}");
     assert!(bob.logs().contains("refused a D-Bus caller"));
 }
+
+/// Linked devices over D-Bus: `LinkDevice` gives a code a device pairs with, `Devices` lists
+/// it, `RevokeDevice` cuts it off, and `DeviceLinked` / `DeviceRevoked` tell the desktop (the
+/// code itself is never in a signal).
+#[test]
+fn devices_are_linked_listed_and_revoked_over_dbus_with_signals() {
+    let (rt, dir) = runtime_and_directory().unwrap();
+    ensure_daemon_user();
+    let bus = TestBus::system_like(ROOT_OWNS).unwrap();
+    let alice = host_on_bus("alice", &dir, "127.0.0.1", &bus);
+    alice.register().unwrap();
+    rt.block_on(async {
+        let (_connection, proxy) = daemon_proxy(&bus.address).await;
+        let mut linked = proxy.receive_signal("DeviceLinked").await.unwrap();
+        let mut revoked = proxy.receive_signal("DeviceRevoked").await.unwrap();
+        let (code, address, fingerprint, expires): (String, String, String, i64) =
+            proxy.call("LinkDevice", &("laptop",)).await.unwrap();
+        assert_eq!(address, alice.device_listen.to_string());
+        assert!(!fingerprint.is_empty() && expires > 0);
+        let laptop = smvs_tests::device::DeviceProcess::new("laptop", &address).unwrap();
+        let paired = laptop.pair(&code).unwrap();
+        assert!(paired.status.success(), "{paired:?}");
+        let signal = tokio::time::timeout(Duration::from_secs(30), linked.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let (name,): (String,) = signal.body().deserialize().unwrap();
+        assert_eq!(name, "laptop");
+        let devices: Vec<(String, String, bool, i64, i64, String, bool)> =
+            proxy.call("Devices", &()).await.unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].0, "laptop");
+        assert!(devices[0].2, "the first device is an admin");
+        let () = proxy.call("RevokeDevice", &("laptop",)).await.unwrap();
+        let signal = tokio::time::timeout(Duration::from_secs(30), revoked.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let (name,): (String,) = signal.body().deserialize().unwrap();
+        assert_eq!(name, "laptop");
+        let err = proxy
+            .call::<_, _, ()>("RevokeDevice", &("laptop",))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("org.smvs.Daemon1.Error.NotFound"),
+            "{err}"
+        );
+        assert!(!laptop.ctl(&["status"]).unwrap().status.success());
+    });
+}

@@ -49,11 +49,18 @@ fn a_paired_device_uses_the_host_over_the_device_port_until_it_is_revoked() {
         .ctl_ok(&["devices", "link", "--name", "desk"])
         .unwrap();
     assert!(text.contains("smvsctl pair"), "{text}");
+    // alice's other devices hear of each device linked and revoked.
+    let mut on_host = Watch::start(&alice).unwrap();
     let laptop = DeviceProcess::new("laptop", &address).unwrap();
     let paired = laptop.pair(&code).unwrap();
     assert!(paired.status.success(), "{paired:?}");
     let paired: serde_json::Value = serde_json::from_slice(&paired.stdout).unwrap();
     assert_eq!(paired["name"], "laptop");
+    on_host
+        .wait_for("device_linked", |e| {
+            e["event"] == "device_linked" && e["name"] == "laptop"
+        })
+        .unwrap();
     assert_eq!(
         paired["admin"], true,
         "the first device paired manages the others"

@@ -25,7 +25,8 @@ use smvs_schema::ErrorCode;
 
 use crate::commands::{
     parse_user, AnswerViaAgent, Commands, Contacts, Conversations, Delete, GetMessage, Hangup,
-    History, HostStatus, ListCalls, PlaceViaAgent, Register, SendText, SetBlocked, Status, Verify,
+    History, HostStatus, LinkDevice, ListCalls, ListDevices, PlaceViaAgent, Register, RevokeDevice,
+    SendText, SetBlocked, Status, Verify,
 };
 use crate::config::{BusKind, NotifyMode};
 use crate::error::HostError;
@@ -139,6 +140,10 @@ fn user(name: &str) -> Result<smvs_schema::Username, Daemon1Error> {
 
 /// A call on D-Bus: (id, peer, outgoing, state, reason, video, audio, since in Unix ms).
 pub type CallTuple = (String, String, bool, String, String, bool, bool, i64);
+
+/// A device on D-Bus: (name, fingerprint, admin, paired at, last seen, last address,
+/// connected), times in Unix ms.
+pub type DeviceTuple = (String, String, bool, i64, i64, String, bool);
 
 fn call_tuple(c: &CallInfo) -> CallTuple {
     (
@@ -491,6 +496,70 @@ impl Daemon1 {
             .collect())
     }
 
+    /// The devices paired with this host. (Callers on the bus are the host's own users, as on
+    /// the socket: they may manage devices.)
+    async fn devices(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+    ) -> Result<Vec<DeviceTuple>, Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        Ok(self
+            .commands
+            .send(ListDevices { admin: true })
+            .await??
+            .into_iter()
+            .map(|(d, connected)| {
+                let fingerprint = d.fingerprint();
+                (
+                    d.name,
+                    fingerprint,
+                    d.admin,
+                    d.paired_at,
+                    d.last_seen,
+                    d.last_address,
+                    connected,
+                )
+            })
+            .collect())
+    }
+
+    /// A one-time pairing code for a new device called `name`: (code, device port address,
+    /// host key fingerprint, expiry in Unix ms). The code is for the person at the bus's end;
+    /// it is never broadcast.
+    async fn link_device(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        name: String,
+    ) -> Result<(String, String, String, i64), Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let link = self
+            .commands
+            .send(LinkDevice { admin: true, name })
+            .await??;
+        Ok((
+            link.code.to_string(),
+            link.device_address,
+            link.host_fingerprint,
+            link.expires_at,
+        ))
+    }
+
+    /// Forgets the device called `name` and cuts its connections.
+    async fn revoke_device(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        name: String,
+    ) -> Result<(), Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        self.commands
+            .send(RevokeDevice { admin: true, name })
+            .await??;
+        Ok(())
+    }
+
     #[zbus(property)]
     async fn username(
         &self,
@@ -582,6 +651,14 @@ impl Daemon1 {
         state: &str,
         reason: &str,
     ) -> zbus::Result<()>;
+
+    /// A device was paired with this host (its name).
+    #[zbus(signal)]
+    async fn device_linked(emitter: &SignalEmitter<'_>, name: &str) -> zbus::Result<()>;
+
+    /// A device was revoked (its name); its connections are cut.
+    #[zbus(signal)]
+    async fn device_revoked(emitter: &SignalEmitter<'_>, name: &str) -> zbus::Result<()>;
 
     #[zbus(signal)]
     async fn message_deleted(emitter: &SignalEmitter<'_>, id: &str, peer: &str)
@@ -683,6 +760,14 @@ async fn forward(
                 }
                 Daemon1::directory_alarm(&emitter, peer.as_str()).await
             }
+            HostEvent::DeviceLinked { name } => {
+                if notify != NotifyMode::Off {
+                    let body = format!("A new device, {name}, can now read and send as you.");
+                    desktop_notify(&connection, "Security: device linked", &body).await;
+                }
+                Daemon1::device_linked(&emitter, name).await
+            }
+            HostEvent::DeviceRevoked { name } => Daemon1::device_revoked(&emitter, name).await,
             HostEvent::IntegrityProblem { id, peer, .. } => {
                 Daemon1::integrity_problem(&emitter, &id.to_hex(), peer.as_str()).await
             }

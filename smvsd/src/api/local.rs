@@ -611,6 +611,14 @@ fn write_event(b: event::Builder<'_>, e: &HostEvent) {
             }
             r.set_peer(peer.as_str());
         }
+        HostEvent::DeviceLinked { name } => {
+            let mut b = b;
+            b.set_device_linked(name);
+        }
+        HostEvent::DeviceRevoked { name } => {
+            let mut b = b;
+            b.set_device_revoked(name);
+        }
         HostEvent::CallIncoming(info) => write_call_event(b.init_call_incoming(), info),
         HostEvent::CallState(info) => write_call_event(b.init_call_state(), info),
     }

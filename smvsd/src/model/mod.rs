@@ -152,6 +152,14 @@ pub enum HostEvent {
         id: Option<MessageId>,
         peer: Username,
     },
+    /// A device was paired with this host (its name).
+    DeviceLinked {
+        name: String,
+    },
+    /// A device was revoked (its name); its links are cut.
+    DeviceRevoked {
+        name: String,
+    },
     /// A call rings here.
     CallIncoming(CallInfo),
     /// A call rings at the peer (outgoing), became active, or ended.
