@@ -50,6 +50,7 @@ struct Conversation {
   messages @1 :UInt32;
   lastTime @2 :Int64;
   expireSeconds @3 :UInt32;     # 0: messages do not expire
+  unread @4 :UInt32;            # received and not yet read on any device
 }
 
 struct Contact {
@@ -89,6 +90,7 @@ struct Event {
                                 # on the strength of it
     deviceLinked @8 :Text;      # a device was paired with this host (its name)
     deviceRevoked @9 :Text;     # a device was revoked: its connections are cut
+    read @10 :Text;             # the conversation with this peer was read on some device
   }
   struct MessageRef {
     id @0 :Data;
@@ -204,6 +206,9 @@ interface Host {
   # A one-time pairing code for a new device to be called `name`.
   revokeDevice @20 (name :Text) -> (device :Device);
   # Forgets the device and cuts its open connections.
+
+  markRead @21 (peer :Text) -> (wasUnread :UInt32);
+  # Everything received from `peer` so far is read, on every device (a `read` event tells them).
 }
 
 struct Device {

@@ -73,6 +73,13 @@ pub enum Command {
         text: String,
     },
 
+    /// Mark everything USER sent so far as read, on all your devices
+    #[command(after_help = "Example:\n  smvsctl read bob")]
+    Read {
+        /// The other user of the conversation
+        user: Username,
+    },
+
     /// Show the messages exchanged with USER, oldest first
     #[command(after_help = "Example:\n  smvsctl history bob --limit 20")]
     History {

@@ -86,6 +86,8 @@ pub struct ConversationView {
     #[serde(serialize_with = "as_display")]
     pub peer: Username,
     pub messages: u32,
+    /// Received and not yet read on any of the user's devices.
+    pub unread: u32,
     /// Unix milliseconds of the newest message.
     pub last_time: i64,
     /// 0: messages do not expire.
@@ -176,6 +178,11 @@ pub enum EventView {
     CallState(CallEventView),
     /// The directory served an older record of `peer` than before.
     DirectoryAlarm {
+        #[serde(serialize_with = "as_display")]
+        peer: Username,
+    },
+    /// The conversation with `peer` was read on one of the user's devices.
+    Read {
         #[serde(serialize_with = "as_display")]
         peer: Username,
     },
@@ -402,6 +409,7 @@ impl ConversationView {
         Ok(ConversationView {
             peer: username("conversation peer", r.get_peer())?,
             messages: r.get_messages(),
+            unread: r.get_unread(),
             last_time: r.get_last_time(),
             expire_seconds: r.get_expire_seconds(),
         })
@@ -609,6 +617,9 @@ impl EventView {
             event::DirectoryAlarm(peer) => EventView::DirectoryAlarm {
                 peer: username("peer", peer)?,
             },
+            event::Read(peer) => EventView::Read {
+                peer: username("peer", peer)?,
+            },
             event::DeviceLinked(name) => EventView::DeviceLinked {
                 name: text("device name", name)?,
             },
@@ -803,6 +814,14 @@ impl HostClient {
             .iter()
             .map(ConversationView::read)
             .collect()
+    }
+
+    /// Marks `peer`'s messages read; how many were unread.
+    pub async fn mark_read(&self, peer: &Username) -> Result<u32, CtlError> {
+        let mut request = self.host.mark_read_request();
+        request.get().set_peer(peer.as_str());
+        let answer = request.send().promise.await?;
+        Ok(answer.get()?.get_was_unread())
     }
 
     pub async fn contacts(&self) -> Result<Vec<ContactView>, CtlError> {

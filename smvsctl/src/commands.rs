@@ -70,6 +70,15 @@ pub async fn execute(
         Command::Send { user, text } => send(host, format, out, user, text).await,
         Command::History { user, limit } => history(host, format, out, user, *limit).await,
         Command::Conversations => conversations(host, format, out).await,
+        Command::Read { user } => {
+            let was = host.mark_read(user).await?;
+            let text = output::render(
+                format,
+                &serde_json::json!({ "peer": user.as_str(), "was_unread": was }),
+                |_| format!("{} read ({} were unread)", user, was),
+            )?;
+            emit(out, &text)
+        }
         Command::Watch { count } => watch(host, format, out, *count, stop).await,
         // The agent speaks D-Bus, not the socket; `run` starts it before connecting here.
         Command::Agent {

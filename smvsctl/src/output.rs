@@ -238,8 +238,13 @@ pub fn conversations_text(conversations: &[ConversationView]) -> String {
                     human_duration(c.expire_seconds)
                 )
             };
+            let unread = if c.unread == 0 {
+                String::new()
+            } else {
+                format!("  ({} unread)", c.unread)
+            };
             format!(
-                "{:width$}  {:>14}  last {}{expiry}",
+                "{:width$}  {:>14}  last {}{unread}{expiry}",
                 c.peer.as_str(),
                 plural(c.messages, "message", "messages"),
                 rfc3339_utc(c.last_time),
@@ -380,6 +385,7 @@ pub fn event_text(e: &EventView) -> String {
         EventView::DirectoryAlarm { peer } => format!(
             "directory-alarm {peer} (the directory served an older record than before; smvsctl verify {peer} --json shows the one kept)"
         ),
+        EventView::Read { peer } => format!("read {peer}"),
         EventView::DeviceLinked { name } => format!("device-linked {}", clean(name)),
         EventView::DeviceRevoked { name } => format!("device-revoked {}", clean(name)),
         EventView::IntegrityProblem { id, peer, time } => format!(
@@ -724,12 +730,14 @@ mod tests {
             ConversationView {
                 peer: name("bob"),
                 messages: 1,
+                unread: 0,
                 last_time: 0,
                 expire_seconds: 0,
             },
             ConversationView {
                 peer: name("carol.k"),
                 messages: 12,
+                unread: 2,
                 last_time: 1_700_000_000_123,
                 expire_seconds: 3600,
             },
@@ -742,13 +750,13 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "carol.k     12 messages  last 2023-11-14T22:13:20.123Z  messages disappear after 1h"
+            "carol.k     12 messages  last 2023-11-14T22:13:20.123Z  (2 unread)  messages disappear after 1h"
         );
         assert_eq!(conversations_text(&[]), "no conversations");
         assert_eq!(
             json_value(&to_json(&c).unwrap())[1],
-            json!({"peer": "carol.k", "messages": 12, "last_time": 1_700_000_000_123_i64,
-                   "expire_seconds": 3600})
+            json!({"peer": "carol.k", "messages": 12, "unread": 2,
+                   "last_time": 1_700_000_000_123_i64, "expire_seconds": 3600})
         );
     }
 

@@ -303,3 +303,74 @@ fn garbage_and_half_handshakes_on_the_device_port_never_crash_the_host() {
     assert!(laptop.pair(&code).unwrap().status.success());
     assert_eq!(laptop.ctl_json(&["whoami"]).unwrap()["username"], "alice");
 }
+
+#[test]
+fn what_one_device_sends_or_reads_shows_on_the_others() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    let mut devices = Vec::new();
+    for name in ["laptop", "desk"] {
+        let (code, address) = link_code(&alice, name);
+        let device = DeviceProcess::new(name, &address).unwrap();
+        assert!(device.pair(&code).unwrap().status.success());
+        devices.push(device);
+    }
+    let (laptop, desk) = (&devices[0], &devices[1]);
+    let mut on_desk =
+        Watch::start_with(desk.command(&["--json", "watch"]).unwrap(), &alice).unwrap();
+
+    // Sent from the laptop: on the desk's watch at once, and in its history as alice's.
+    let id = laptop
+        .ctl_ok(&["send", "bob", "sent from the laptop"])
+        .unwrap();
+    let id = id.trim().to_owned();
+    on_desk
+        .wait_for("the laptop's message", |e| {
+            e["event"] == "message_status" && e["id"] == id.as_str() && e["peer"] == "bob"
+        })
+        .unwrap();
+    let history = desk.ctl_json(&["history", "bob"]).unwrap();
+    let mine = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id.as_str())
+        .expect("the laptop's message in the desk's history");
+    assert_eq!(mine["from"], "alice");
+    assert_eq!(body(mine), "sent from the laptop");
+
+    // bob writes three; both devices count them unread; reading on the laptop clears the desk.
+    for i in 0..3 {
+        bob.send("alice", &format!("unread {i}")).unwrap();
+    }
+    let unread = |device: &DeviceProcess| -> u64 {
+        let convs = device.ctl_json(&["conversations"]).unwrap();
+        convs.as_array().unwrap()[0]["unread"].as_u64().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while unread(desk) < 3 {
+        assert!(Instant::now() < deadline, "bob's messages never arrived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(unread(laptop), 3);
+    let read = laptop.ctl_json(&["read", "bob"]).unwrap();
+    assert_eq!(read["was_unread"], 3);
+    on_desk
+        .wait_for("the read", |e| e["event"] == "read" && e["peer"] == "bob")
+        .unwrap();
+    assert_eq!(unread(desk), 0);
+    assert_eq!(unread(laptop), 0);
+    // A new message is unread again.
+    bob.send("alice", "one more").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while unread(desk) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "bob's last message never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

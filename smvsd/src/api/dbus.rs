@@ -25,8 +25,8 @@ use smvs_schema::ErrorCode;
 
 use crate::commands::{
     parse_user, AnswerViaAgent, Commands, Contacts, Conversations, Delete, GetMessage, Hangup,
-    History, HostStatus, LinkDevice, ListCalls, ListDevices, PlaceViaAgent, Register, RevokeDevice,
-    SendText, SetBlocked, Status, Verify,
+    History, HostStatus, LinkDevice, ListCalls, ListDevices, MarkRead, PlaceViaAgent, Register,
+    RevokeDevice, SendText, SetBlocked, Status, Verify,
 };
 use crate::config::{BusKind, NotifyMode};
 use crate::error::HostError;
@@ -496,6 +496,19 @@ impl Daemon1 {
             .collect())
     }
 
+    /// Marks everything received from `peer` so far as read, on every device; returns how
+    /// many messages were unread.
+    async fn mark_read(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        peer: String,
+    ) -> Result<u32, Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let peer = user(&peer)?;
+        Ok(self.commands.send(MarkRead { peer }).await??)
+    }
+
     /// The devices paired with this host. (Callers on the bus are the host's own users, as on
     /// the socket: they may manage devices.)
     async fn devices(
@@ -652,6 +665,10 @@ impl Daemon1 {
         reason: &str,
     ) -> zbus::Result<()>;
 
+    /// The conversation with `peer` was read on one of the user's devices.
+    #[zbus(signal)]
+    async fn conversation_read(emitter: &SignalEmitter<'_>, peer: &str) -> zbus::Result<()>;
+
     /// A device was paired with this host (its name).
     #[zbus(signal)]
     async fn device_linked(emitter: &SignalEmitter<'_>, name: &str) -> zbus::Result<()>;
@@ -768,6 +785,7 @@ async fn forward(
                 Daemon1::device_linked(&emitter, name).await
             }
             HostEvent::DeviceRevoked { name } => Daemon1::device_revoked(&emitter, name).await,
+            HostEvent::Read { peer } => Daemon1::conversation_read(&emitter, peer.as_str()).await,
             HostEvent::IntegrityProblem { id, peer, .. } => {
                 Daemon1::integrity_problem(&emitter, &id.to_hex(), peer.as_str()).await
             }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use super::local_calls;
 use crate::commands::{
     parse_user, Commands, Contacts, Conversations, Delete, Expire, GetMessage, History, HostStatus,
-    LinkDevice, ListDevices, Register, RevokeDevice, SendText, SetBlocked, Verify,
+    LinkDevice, ListDevices, MarkRead, Register, RevokeDevice, SendText, SetBlocked, Verify,
 };
 use crate::devices::Device;
 use crate::error::HostError;
@@ -314,7 +314,19 @@ impl host::Server for HostRpc {
             b.set_messages(c.messages);
             b.set_last_time(c.last_time);
             b.set_expire_seconds(c.expire_seconds);
+            b.set_unread(c.unread);
         }
+        Ok(())
+    }
+
+    async fn mark_read(
+        self: Rc<Self>,
+        params: host::MarkReadParams,
+        mut results: host::MarkReadResults,
+    ) -> Result<(), capnp::Error> {
+        let peer = user(params.get()?.get_peer())?;
+        let was = mailbox(self.commands.send(MarkRead { peer }).await)??;
+        results.get().set_was_unread(was);
         Ok(())
     }
 
@@ -610,6 +622,10 @@ fn write_event(b: event::Builder<'_>, e: &HostEvent) {
                 r.set_id(&id.0);
             }
             r.set_peer(peer.as_str());
+        }
+        HostEvent::Read { peer } => {
+            let mut b = b;
+            b.set_read(peer.as_str());
         }
         HostEvent::DeviceLinked { name } => {
             let mut b = b;

@@ -197,6 +197,19 @@ command!(Conversations => Vec<ConversationSummary>, |o, _m| {
     Ok(o.storage.conversations().await?)
 });
 
+/// `read USER`: everything received from USER so far is read, on every device.
+#[derive(Message)]
+#[rtype(result = "Result<u32, HostError>")]
+pub struct MarkRead {
+    pub peer: Username,
+}
+
+command!(MarkRead => u32, |o, m| {
+    let was_unread = o.storage.mark_read(&m.peer).await?;
+    o.events.publish(HostEvent::Read { peer: m.peer });
+    Ok(was_unread)
+});
+
 /// `delete USER [--id ID] [--everywhere]`: how many messages were deleted here.
 #[derive(Message)]
 #[rtype(result = "Result<u32, HostError>")]

@@ -152,6 +152,10 @@ pub enum HostEvent {
         id: Option<MessageId>,
         peer: Username,
     },
+    /// The conversation with `peer` was read on one of the user's devices.
+    Read {
+        peer: Username,
+    },
     /// A device was paired with this host (its name).
     DeviceLinked {
         name: String,

@@ -183,6 +183,13 @@ const MIGRATIONS: &[&str] = &[
                 CAST(strftime('%s', 'now') AS INTEGER) * 1000);
     END;
 ",
+    "
+    -- 5: read state, shared by all the user's devices: received messages up to this seq are
+    -- read. What was there before this migration counts as read.
+    ALTER TABLE conversations ADD COLUMN read_upto INTEGER NOT NULL DEFAULT 0;
+    UPDATE conversations SET read_upto =
+        coalesce((SELECT max(seq) FROM messages m WHERE m.tag = conversations.tag), 0);
+",
 ];
 
 /// Registers the SQL functions the tombstone trigger and migration 4 call: the keyed marks of
@@ -377,6 +384,8 @@ pub enum Arrival {
 pub struct ConversationSummary {
     pub peer: Username,
     pub messages: u32,
+    /// Received messages not yet marked read (on any device).
+    pub unread: u32,
     pub last_time: i64,
     pub expire_seconds: u32,
 }
@@ -823,9 +832,11 @@ impl Storage {
             // A conversation with neither messages nor a setting (deleted, or only control
             // messages so far) is not shown.
             let mut stmt = c.prepare_cached(
-                "SELECT tag, sealed_peer, expire_seconds, n, last_at FROM (
+                "SELECT tag, sealed_peer, expire_seconds, n, last_at, unread FROM (
                     SELECT c.tag, c.sealed_peer, c.expire_seconds,
                         (SELECT count(*) FROM messages m WHERE m.tag = c.tag AND m.control = 0) AS n,
+                        (SELECT count(*) FROM messages m WHERE m.tag = c.tag AND m.control = 0
+                            AND m.direction = 1 AND m.seq > c.read_upto) AS unread,
                         (SELECT max(stored_at) FROM messages m WHERE m.tag = c.tag AND m.control = 0) AS last_at
                     FROM conversations c)
                  WHERE n > 0 OR expire_seconds > 0",
@@ -837,20 +848,47 @@ impl Storage {
                     r.get::<_, i64>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, i64>(5)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (tag, sealed, expire, count, last) = row?;
+                let (tag, sealed, expire, count, last, unread) = row?;
                 out.push(ConversationSummary {
                     peer: peer_name(k, &tag, &sealed)?,
                     messages: u32::try_from(count).unwrap_or(u32::MAX),
+                    unread: u32::try_from(unread).unwrap_or(u32::MAX),
                     last_time: last.unwrap_or(0),
                     expire_seconds: u32::try_from(expire).unwrap_or(0),
                 });
             }
             out.sort_by_key(|c| std::cmp::Reverse(c.last_time));
             Ok(out)
+        })
+        .await
+    }
+
+    /// Marks everything received from `peer` so far as read; returns how many messages were
+    /// unread. (No conversation: nothing to mark, 0.)
+    pub async fn mark_read(&self, peer: &Username) -> Result<u32> {
+        let peer = peer.clone();
+        self.call(move |c, k| {
+            let tag = k.tag(&peer)?;
+            let unread: i64 = cached_row(
+                c,
+                "SELECT count(*) FROM messages m, conversations c WHERE c.tag = ?1 AND m.tag = c.tag
+                    AND m.control = 0 AND m.direction = 1 AND m.seq > c.read_upto",
+                [&tag],
+                |r| r.get(0),
+            )?;
+            cached_exec(
+                c,
+                "UPDATE conversations SET read_upto =
+                    coalesce((SELECT max(seq) FROM messages WHERE tag = ?1), read_upto)
+                 WHERE tag = ?1",
+                [&tag],
+            )?;
+            Ok(u32::try_from(unread).unwrap_or(u32::MAX))
         })
         .await
     }
