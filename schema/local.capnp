@@ -225,7 +225,7 @@ struct Device {
 
 struct DeviceLink {
   code @0 :Text;
-  # NN-DDDD-DDDD, to type on the new device; single use.
+  # NNN-DDDD-DDDD, to type on the new device; single use.
   expiresAt @1 :Int64;
   deviceAddress @2 :Text;
   # Where the device port listens (as this host knows it; behind NAT, use the public one).

@@ -215,12 +215,13 @@ pub enum Command {
 
     /// Pair this machine with your host, using a code from `smvsctl devices link`
     #[command(
-        after_help = "Example:\n  smvsctl pair home.example:7422 42-1234-5678 --name laptop\n\nThe device key is kept in $XDG_CONFIG_HOME/smvs/device.key (0600) and the host's key is pinned in host.toml beside it; the history stays on the host. Afterwards use --host (or $SMVS_HOST) with any command."
+        after_help = "Example:\n  smvsctl pair home.example:7422 427-1234-5678 --name laptop\n\nThe device key is kept in $XDG_CONFIG_HOME/smvs/device.key (0600) and the host's key is pinned in host.toml beside it; the history stays on the host. Afterwards use --host (or $SMVS_HOST) with any command."
     )]
     Pair {
         /// The host's device port, HOST[:PORT] (port 7422 if left out)
         host: String,
-        /// The code `devices link` printed, NN-DDDD-DDDD
+        /// The code `devices link` printed, NNN-DDDD-DDDD; `-` reads it from stdin (so that it is
+        /// not in the process list or the shell history)
         code: String,
         /// A name for this device [default: the one given to `devices link`]
         #[arg(long)]
@@ -363,7 +364,12 @@ impl Cli {
             .ok()
             .and_then(|dir| crate::remote::paired_host(&dir).ok().flatten())
             .is_some();
-        (!local_socket && paired).then(|| "paired".to_string())
+        let remote = !local_socket && paired;
+        if remote {
+            // Not silently: this goes to another machine (see --host).
+            eprintln!("smvsctl: no local smvsd socket; using the host this machine is paired with");
+        }
+        remote.then(|| "paired".to_string())
     }
 }
 

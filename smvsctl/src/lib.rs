@@ -58,7 +58,12 @@ pub fn run(mut cli: Cli) -> Result<(), CtlError> {
             return agent::run(*preview, bus == "session", &socket, media, stop).await;
         }
         if let Command::Pair { host, code, name } = &cli.command {
-            let paired = remote::pair(host, code, name.as_deref()).await?;
+            let code = if code == "-" {
+                commands::read_body("-", std::io::stdin().lock())?
+            } else {
+                code.clone()
+            };
+            let paired = remote::pair(host, &code, name.as_deref()).await?;
             let text = output::render(format, &paired, output::paired_text)?;
             return commands::emit(&mut out, &text);
         }

@@ -140,7 +140,7 @@ pub async fn pair(address: &str, code: &str, name: Option<&str>) -> Result<Paire
         .trim()
         .split_once('-')
         .filter(|(n, s)| !n.is_empty() && !s.is_empty())
-        .ok_or_else(|| local("a pairing code looks like 42-1234-5678 (from `smvsctl devices link` on a device of yours)"))?;
+        .ok_or_else(|| local("a pairing code looks like 427-1234-5678 (from `smvsctl devices link` on a device of yours)"))?;
     let dir = config_dir()?;
     let key = device_key(&dir)?;
     let address = with_default_port(address);
@@ -162,15 +162,27 @@ pub async fn pair(address: &str, code: &str, name: Option<&str>) -> Result<Paire
         let _ = system.await;
     });
 
-    let (run, ours) = Pairing::start(PairingRole::Device, nameplate.as_bytes(), secret.as_bytes());
-    let mut request = gate.pair_request();
-    {
-        let mut p = request.get();
-        p.set_nameplate(nameplate);
-        p.set_name(name.unwrap_or(""));
-        p.set_message(&ours);
-    }
-    let answer = request.send().promise.await?;
+    // The host runs one pairing at a time (a busy host has spent nothing of the code): wait
+    // and ask again, for a few seconds.
+    let mut waits = 0;
+    let (run, answer) = loop {
+        let (run, ours) =
+            Pairing::start(PairingRole::Device, nameplate.as_bytes(), secret.as_bytes());
+        let mut request = gate.pair_request();
+        {
+            let mut p = request.get();
+            p.set_nameplate(nameplate);
+            p.set_name(name.unwrap_or(""));
+            p.set_message(&ours);
+        }
+        match request.send().promise.await.map_err(CtlError::from) {
+            Err(e) if e.code() == Some(crate::error::ErrorCode::Busy) && waits < 20 => {
+                waits += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            }
+            other => break (run, other?),
+        }
+    };
     let answer = answer.get()?;
     let pairing_key = run.finish(answer.get_message()?).map_err(local)?;
     pairing_key

@@ -12,7 +12,7 @@
 //! a cut-off switch for each open device link. Serializes: a single-threaded object on the main
 //! arbiter; each method call is one step, and no step awaits while holding a borrow.
 //!
-//! A code is `NN-DDDD-DDDD`: a nameplate (which pending code this is, sent in the clear) and
+//! A code is `NNN-DDDD-DDDD`: a nameplate (which pending code this is, sent in the clear) and
 //! eight secret digits, the SPAKE2 password. Each `pair` call spends one of its three runs,
 //! right or wrong, so an attacker gets three guesses at 10^8 per code; a confirmed pairing or
 //! the third run burns it.
@@ -38,6 +38,9 @@ pub const CODE_LIFETIME: Duration = Duration::from_secs(600);
 pub const CODE_RUNS: u8 = 3;
 /// Codes pending at once.
 const MAX_PENDING: usize = 16;
+/// The least time between two pairing runs, host-wide: a stranger cannot spend every code's
+/// runs in a burst (and a person typing a code never notices).
+const PAIR_INTERVAL: Duration = Duration::from_millis(500);
 /// The most devices one host pairs.
 pub const MAX_DEVICES: usize = 64;
 /// Settings row of the device list.
@@ -81,15 +84,22 @@ pub fn key_fingerprint(hex_key: &str) -> String {
 
 /// A code that was printed and not yet used.
 struct PendingCode {
+    /// Which code this is: a nameplate may be reused once its code is gone, and a run must
+    /// only ever use up its own code.
+    id: u64,
     secret: Zeroizing<String>,
     name: String,
     expires: Instant,
     runs_left: u8,
+    /// The device it pairs becomes an admin: only for a code made by the host's own user (the
+    /// socket or D-Bus) while no admin device exists.
+    grants_admin: bool,
 }
 
 /// A pairing run between `pair` and `confirm` on one link.
 pub struct PairingRun {
     nameplate: String,
+    code: u64,
     name: String,
     key: PairingKey,
     device: AgreementPublicKey,
@@ -97,7 +107,7 @@ pub struct PairingRun {
 
 /// What `devices link` prints.
 pub struct LinkCode {
-    /// The whole code, to read out: `NN-DDDD-DDDD`.
+    /// The whole code, to read out: `NNN-DDDD-DDDD`.
     pub code: Zeroizing<String>,
     pub expires_at: i64,
     /// Where the device port listens.
@@ -120,6 +130,8 @@ pub struct Devices {
     host_key: AgreementPublicKey,
     /// Where the device port listens (known once it is bound).
     address: RefCell<String>,
+    /// When the last pairing run started.
+    last_pair: std::cell::Cell<Option<Instant>>,
     code_lifetime: Duration,
 }
 
@@ -159,6 +171,7 @@ impl Devices {
             open: RefCell::default(),
             host_key,
             address: RefCell::default(),
+            last_pair: std::cell::Cell::new(None),
             code_lifetime,
         })
     }
@@ -184,8 +197,9 @@ impl Devices {
             .collect()
     }
 
-    /// Makes a pairing code for a device to be called `name`.
-    pub fn link(&self, name: &str) -> Result<LinkCode, HostError> {
+    /// Makes a pairing code for a device to be called `name`. `local`: asked for by the host's
+    /// own user (the socket or D-Bus) rather than by a linked device.
+    pub fn link(&self, name: &str, local: bool) -> Result<LinkCode, HostError> {
         check_name(name)?;
         if self.list.borrow().iter().any(|d| d.name == name) {
             return Err(HostError::bad_request(format!(
@@ -210,8 +224,8 @@ impl Devices {
             ));
         }
         let nameplate = loop {
-            let [r] = smvs_crypto::random_array::<1>();
-            let candidate = format!("{}", 10 + u32::from(r) % 90);
+            let r = u16::from_le_bytes(smvs_crypto::random_array::<2>());
+            let candidate = format!("{}", 100 + u32::from(r) % 900);
             if !pending.contains_key(&candidate) {
                 break candidate;
             }
@@ -234,6 +248,8 @@ impl Devices {
         pending.insert(
             nameplate,
             PendingCode {
+                id: u64::from_le_bytes(smvs_crypto::random_array::<8>()),
+                grants_admin: local && !self.list.borrow().iter().any(|d| d.admin),
                 secret: Zeroizing::new(secret),
                 name: name.to_owned(),
                 expires: Instant::now() + self.code_lifetime,
@@ -258,6 +274,19 @@ impl Devices {
         name: &str,
         message: &[u8],
     ) -> Result<(PairingRun, Vec<u8>, Vec<u8>), HostError> {
+        let now = Instant::now();
+        if self
+            .last_pair
+            .get()
+            .is_some_and(|at| now.duration_since(at) < PAIR_INTERVAL)
+        {
+            // Not a try at any code: nothing is spent.
+            return Err(HostError::new(
+                smvs_schema::ErrorCode::Busy,
+                "another pairing is under way; try again in a moment",
+            ));
+        }
+        self.last_pair.set(Some(now));
         let mut pending = self.pending.borrow_mut();
         let Some(code) = pending.get_mut(nameplate) else {
             return Err(pairing_failed());
@@ -289,6 +318,7 @@ impl Devices {
         Ok((
             PairingRun {
                 nameplate: nameplate.to_owned(),
+                code: code.id,
                 name,
                 key,
                 device,
@@ -303,25 +333,40 @@ impl Devices {
         run.key
             .check(PairingRole::Device, &self.host_key, &run.device, tag)
             .map_err(|_| pairing_failed())?;
-        // The code is used up even if storing fails below: a code works once.
-        if self.pending.borrow_mut().remove(&run.nameplate).is_none() {
-            // Expired or burnt by other runs since step one.
-            return Err(pairing_failed());
-        }
         let key = run.device.to_hex();
+        if self
+            .list
+            .borrow()
+            .iter()
+            .any(|d| d.name == run.name || d.key == key)
+        {
+            return Err(HostError::bad_request(format!(
+                "a device named {} (or with this key) is already paired",
+                run.name
+            )));
+        }
+        // This run's own code, still pending and not expired; it is used up now even if
+        // storing fails below: a code works once.
+        let grants_admin = {
+            let mut pending = self.pending.borrow_mut();
+            match pending.get(&run.nameplate) {
+                Some(code) if code.id == run.code && code.expires > Instant::now() => {
+                    let grants_admin = code.grants_admin;
+                    pending.remove(&run.nameplate);
+                    grants_admin
+                }
+                // Expired, or burnt by other runs (or revoked) since step one.
+                _ => return Err(pairing_failed()),
+            }
+        };
         let device = {
             let mut list = self.list.borrow_mut();
-            if list.iter().any(|d| d.name == run.name || d.key == key) {
-                return Err(HostError::bad_request(format!(
-                    "a device named {} (or with this key) is already paired",
-                    run.name
-                )));
-            }
             let device = Device {
                 name: run.name,
                 key,
-                // The first device paired manages the others.
-                admin: list.is_empty(),
+                // The first device the host's own user links manages the others; a device
+                // linked by a device never does.
+                admin: grants_admin && !list.iter().any(|d| d.admin),
                 paired_at: now_ms(),
                 last_seen: 0,
                 last_address: String::new(),
@@ -395,6 +440,9 @@ impl Devices {
         if let Some(cut) = self.cut.borrow_mut().remove(&removed.key) {
             let _ = cut.send(true);
         }
+        // Codes still pending may have been made by the revoked device (a stolen laptop):
+        // none of them may be used any more.
+        self.pending.borrow_mut().clear();
         if let Err(e) = self.save().await {
             // Not revoked on disk: put it back so the list says the truth. (Its links are cut
             // all the same; it may connect again.)

@@ -146,7 +146,13 @@ struct Wake {
     /// a backoff tries now. (Woken with `notify_waiters`: a task that is not waiting is not
     /// told, so this never cuts a later backoff short.)
     path_back: Notify,
+    /// When `path_back` last woke the task: at most once per [`PATH_BACK_INTERVAL`], so a
+    /// peer's envelopes cannot turn our backoff into one connection attempt each.
+    path_back_at: std::cell::Cell<Option<std::time::Instant>>,
 }
+
+/// The least time between two early retries caused by a peer reaching us.
+const PATH_BACK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the peer's host answered to one envelope.
 enum Answer {
@@ -239,6 +245,15 @@ impl Outbox {
     /// keys, so it is really theirs): if messages for them wait out a backoff, send them now.
     pub fn peer_reached_us(&self, peer: &Username) {
         if let Some(wake) = self.inner.links.borrow().get(peer) {
+            let now = std::time::Instant::now();
+            if wake
+                .path_back_at
+                .get()
+                .is_some_and(|at| now.duration_since(at) < PATH_BACK_INTERVAL)
+            {
+                return;
+            }
+            wake.path_back_at.set(Some(now));
             wake.path_back.notify_waiters();
         }
     }

@@ -262,6 +262,31 @@ fn a_second_device_is_no_admin_and_a_device_in_its_own_namespace_reaches_only_th
     assert_eq!(listed.as_array().unwrap().len(), 2);
     laptop.ctl_ok(&["devices", "revoke", "desk"]).unwrap();
     refused(&desk.ctl(&["whoami"]).unwrap());
+
+    // A code made by a device pairs no admin; and when its maker is revoked (a stolen laptop),
+    // no pending code works any more.
+    let spare_code = laptop
+        .ctl_json(&["devices", "link", "--name", "spare"])
+        .unwrap()["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (other_code, _) = link_code(&alice, "other");
+    alice.ctl_ok(&["devices", "revoke", "laptop"]).unwrap();
+    let spare = DeviceProcess::new_in(&sites.b, "spare", &address).unwrap();
+    let e = refused(&spare.pair(&spare_code).unwrap());
+    assert!(e.contains("pairing failed"), "{e}");
+    std::thread::sleep(Duration::from_millis(600));
+    let other = DeviceProcess::new_in(&sites.b, "other", &address).unwrap();
+    let e = refused(&other.pair(&other_code).unwrap());
+    assert!(e.contains("pairing failed"), "{e}");
+    // A fresh code from the host's own user, with no admin left, pairs an admin again.
+    let (code, _) = link_code(&alice, "spare");
+    std::thread::sleep(Duration::from_millis(600));
+    let paired = spare.pair(&code).unwrap();
+    assert!(paired.status.success(), "{paired:?}");
+    let paired: serde_json::Value = serde_json::from_slice(&paired.stdout).unwrap();
+    assert_eq!(paired["admin"], true);
 }
 
 #[test]

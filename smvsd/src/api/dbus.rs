@@ -549,7 +549,11 @@ impl Daemon1 {
         self.check_caller(bus, Some(&header)).await?;
         let link = self
             .commands
-            .send(LinkDevice { admin: true, name })
+            .send(LinkDevice {
+                admin: true,
+                local: true,
+                name,
+            })
             .await??;
         Ok((
             link.code.to_string(),

@@ -32,9 +32,13 @@ use crate::events::DeviceHub;
 /// Device links served at once.
 pub const MAX_DEVICE_CONNECTIONS: usize = 256;
 /// Device links one address may hold at once (a device keeps one or two: a watch and a call).
+/// IPv6 addresses count per /48 here: one site, where a stranger can have many /64s.
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
-/// How long a link may take to be let in (paired device) or to pair.
-pub const GATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Links not yet let in (handshaking, pairing, or refused and closing), host-wide: strangers
+/// share these and cannot take the slots of paired devices.
+pub const MAX_WAITING: usize = 32;
+/// How long a link may take to be let in (a paired device asks at once) or to pair.
+pub const GATE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a refused link stays open so that the refusal is read.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
@@ -49,6 +53,7 @@ impl DeviceApi {
     pub async fn serve(self, listener: TcpListener) {
         let budget = std::sync::Arc::new(Semaphore::new(MAX_DEVICE_CONNECTIONS));
         let per_address: Rc<RefCell<HashMap<IpAddr, usize>>> = Rc::default();
+        let waiting: Rc<std::cell::Cell<usize>> = Rc::default();
         let me = Rc::new(self);
         loop {
             let (tcp, from) = match listener.accept().await {
@@ -63,7 +68,11 @@ impl DeviceApi {
                 tracing::warn!(%from, "device connection limit reached; closing a new connection");
                 continue;
             };
-            let group = address_group(from.ip());
+            if waiting.get() >= MAX_WAITING {
+                tracing::debug!(%from, "too many device links waiting to be let in; closing a new one");
+                continue;
+            }
+            let group = site_group(from.ip());
             {
                 let mut table = per_address.borrow_mut();
                 let n = table.entry(group).or_insert(0);
@@ -74,8 +83,9 @@ impl DeviceApi {
                 *n += 1;
             }
             let (api, per_address) = (me.clone(), per_address.clone());
+            let waiting_slot = WaitingSlot::take(&waiting);
             tokio::task::spawn_local(async move {
-                api.one_link(tcp, from).await;
+                api.one_link(tcp, from, waiting_slot).await;
                 let mut table = per_address.borrow_mut();
                 if let Some(n) = table.get_mut(&group) {
                     *n -= 1;
@@ -88,7 +98,12 @@ impl DeviceApi {
         }
     }
 
-    async fn one_link(self: Rc<Self>, tcp: tokio::net::TcpStream, from: std::net::SocketAddr) {
+    async fn one_link(
+        self: Rc<Self>,
+        tcp: tokio::net::TcpStream,
+        from: std::net::SocketAddr,
+        waiting: WaitingSlot,
+    ) {
         let channel = match smvs_transport::accept(
             tcp,
             &self.transport,
@@ -112,6 +127,9 @@ impl DeviceApi {
             from,
             run: RefCell::new(None),
             pairs: std::cell::Cell::new(0),
+            busy: std::cell::Cell::new(0),
+            refused: std::cell::Cell::new(false),
+            waiting: RefCell::new(Some(waiting)),
             admitted: RefCell::new(None),
             close: close_tx,
         });
@@ -163,6 +181,34 @@ impl DeviceApi {
     }
 }
 
+/// One link counted against [`MAX_WAITING`] until it is let in or closed.
+struct WaitingSlot(Rc<std::cell::Cell<usize>>);
+
+impl WaitingSlot {
+    fn take(count: &Rc<std::cell::Cell<usize>>) -> WaitingSlot {
+        count.set(count.get() + 1);
+        WaitingSlot(count.clone())
+    }
+}
+
+impl Drop for WaitingSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// The group an address counts in for the per-address limit: IPv4 per address, IPv6 per /48.
+fn site_group(ip: IpAddr) -> IpAddr {
+    match address_group(ip) {
+        IpAddr::V6(v6) => {
+            let mut octets = v6.octets();
+            octets[6..].fill(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(octets))
+        }
+        v4 => v4,
+    }
+}
+
 /// What the link's task should do about closing.
 #[derive(Clone)]
 enum Closing {
@@ -180,8 +226,13 @@ struct Gate {
     from: std::net::SocketAddr,
     /// Between `pair` and `confirm`.
     run: RefCell<Option<PairingRun>>,
-    /// `pair` calls on this link so far.
+    /// `pair` calls on this link so far, and how many of them heard "busy".
     pairs: std::cell::Cell<u8>,
+    busy: std::cell::Cell<u8>,
+    /// This link's key was refused: later calls are refused without another log line.
+    refused: std::cell::Cell<bool>,
+    /// Held until the link is let in.
+    waiting: RefCell<Option<WaitingSlot>>,
     /// Held while the link is let in (counts it as connected).
     admitted: RefCell<Option<DeviceLinkGuard>>,
     close: watch::Sender<Closing>,
@@ -197,9 +248,13 @@ impl device_gate::Server for Gate {
         _: device_gate::HostParams,
         mut results: device_gate::HostResults,
     ) -> Result<(), capnp::Error> {
+        if self.refused.get() {
+            return Err(refused("refused"));
+        }
         let (device, guard) = match self.api.devices.authorize(&self.device_key, self.from) {
             Ok(admitted) => admitted,
             Err(e) => {
+                self.refused.set(true);
                 smvs_service::security_event!(
                     warn,
                     smvs_service::logging::DEVICE_REFUSED,
@@ -214,10 +269,12 @@ impl device_gate::Server for Gate {
         tracing::info!(device = %device.name, from = %self.from, "a device connected");
         let _ = self.close.send(Closing::WhenCut(guard.cut.clone()));
         *self.admitted.borrow_mut() = Some(guard);
+        self.waiting.borrow_mut().take();
         let host = host_api(
             self.api.commands.clone(),
             self.api.hub.clone(),
             device.admin,
+            false,
         );
         results.get().set_host(host);
         Ok(())
@@ -228,9 +285,12 @@ impl device_gate::Server for Gate {
         params: device_gate::PairParams,
         mut results: device_gate::PairResults,
     ) -> Result<(), capnp::Error> {
-        // A link gets as many pairing runs as a code has; then it must go.
+        // A link gets as many pairing runs as a code has (and a few dozen "busy" answers);
+        // then it must go.
         self.pairs.set(self.pairs.get().saturating_add(1));
-        if self.pairs.get() > crate::devices::CODE_RUNS {
+        if self.pairs.get() > crate::devices::CODE_RUNS.saturating_add(self.busy.get())
+            || self.busy.get() > 50
+        {
             let _ = self.close.send(Closing::Now);
             return Err(refused("too many pairing attempts on one connection"));
         }
@@ -251,6 +311,11 @@ impl device_gate::Server for Gate {
             .pair(self.device_key, &nameplate, &name, &message);
         let (run, ours, tag) = match outcome {
             Ok(step) => step,
+            Err(e) if e.code == smvs_schema::ErrorCode::Busy => {
+                // Nothing was tried: it does not count as a run.
+                self.busy.set(self.busy.get().saturating_add(1));
+                return Err(e.into());
+            }
             Err(e) => {
                 smvs_service::security_event!(
                     warn,

@@ -99,7 +99,7 @@ impl LocalApi {
             let api = me.clone();
             tokio::task::spawn_local(async move {
                 // A local client is the host's own user: it may manage devices.
-                let host = host_api(api.commands.clone(), api.hub.clone(), true);
+                let host = host_api(api.commands.clone(), api.hub.clone(), true, true);
                 if let Err(e) = smvs_transport::rpc::local_server(stream, host.client).await {
                     tracing::debug!(error = %e, "local client connection ended");
                 }
@@ -114,6 +114,8 @@ struct HostRpc {
     hub: Addr<DeviceHub>,
     /// May list, link and revoke devices.
     admin: bool,
+    /// The host's own socket (not a linked device's link).
+    local: bool,
 }
 
 /// The local API for one client (the Unix socket, or a paired device's link).
@@ -121,11 +123,13 @@ pub(super) fn host_api(
     commands: Addr<Commands>,
     hub: Addr<DeviceHub>,
     admin: bool,
+    local: bool,
 ) -> host::Client {
     capnp_rpc::new_client(HostRpc {
         commands,
         hub,
         admin,
+        local,
     })
 }
 
@@ -471,6 +475,15 @@ impl host::Server for HostRpc {
         params: host::RegisterCallAgentParams,
         results: host::RegisterCallAgentResults,
     ) -> Result<(), capnp::Error> {
+        if !self.local {
+            // A linked device taking over the agent would run the desktop's calls elsewhere;
+            // calls on linked devices are not built yet.
+            return Err(HostError::new(
+                smvs_schema::ErrorCode::NotAllowed,
+                "a linked device cannot be the call agent (yet)",
+            )
+            .into());
+        }
         local_calls::register_agent(&self.commands, params, results).await
     }
 
@@ -497,6 +510,7 @@ impl host::Server for HostRpc {
             self.commands
                 .send(LinkDevice {
                     admin: self.admin,
+                    local: self.local,
                     name,
                 })
                 .await,

@@ -459,12 +459,14 @@ command!(ListDevices => Vec<(Device, bool)>, |o, m| {
 #[rtype(result = "Result<LinkCode, HostError>")]
 pub struct LinkDevice {
     pub admin: bool,
+    /// Asked by the host's own user (socket or D-Bus), not by a linked device.
+    pub local: bool,
     pub name: String,
 }
 
 command!(LinkDevice => LinkCode, |o, m| {
     admin_only(m.admin)?;
-    let code = o.devices.link(&m.name)?;
+    let code = o.devices.link(&m.name, m.local)?;
     tracing::info!(device = %m.name, "made a pairing code for a new device");
     Ok(code)
 });
