@@ -94,6 +94,7 @@ enum OperatorCommand {
 /// keyguard does before reading them.
 fn operator(command: OperatorCommand, args: OperatorArgs) -> anyhow::Result<()> {
     smvs_keyguard::harden::harden_process()?;
+    operator::become_owner_of(&args.key_dir)?;
     smvs_crypto::init()?;
     let target = Target {
         key_dir: args.key_dir,

@@ -43,6 +43,8 @@ pub struct Target {
 pub enum OperatorError {
     #[error(transparent)]
     KeyDir(#[from] KeyDirError),
+    #[error("{0}")]
+    Privileges(String),
     #[error("key directory {0} holds no identity")]
     NoIdentity(PathBuf),
     #[error("{action} at the directory {directory}: {source}")]
@@ -113,6 +115,45 @@ impl Target {
 
 /// Deletes `target.username`'s record at the directory, signed by the identity in the key
 /// directory. Keyguard may keep running (this only reads the key files).
+/// Root acting for a key directory it does not own becomes its owner (groups, gid, uid) before
+/// reading or writing anything there. Otherwise an owner who swaps the directory for a symlink
+/// during the command (the key directory of a per-user host sits in their home) could have
+/// root write, and hand them, a file anywhere. As the owner, this command can do nothing the
+/// owner could not. A key directory that is itself a symlink is refused when run as root.
+pub fn become_owner_of(key_dir: &std::path::Path) -> Result<(), OperatorError> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid, User};
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let refuse = |why: String| OperatorError::Privileges(why);
+    let meta = std::fs::symlink_metadata(key_dir)
+        .map_err(|e| refuse(format!("{}: {e}", key_dir.display())))?;
+    if meta.file_type().is_symlink() {
+        return Err(refuse(format!(
+            "{} is a symbolic link; as root, give the key directory's real path",
+            key_dir.display()
+        )));
+    }
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    let uid = Uid::from_raw(meta.uid());
+    let gid = User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or(Gid::from_raw(meta.gid()), |u| u.gid);
+    setgroups(&[])
+        .and_then(|()| setresgid(gid, gid, gid))
+        .and_then(|()| setresuid(uid, uid, uid))
+        .map_err(|e| {
+            refuse(format!(
+                "becoming uid {uid}, the key directory's owner: {e}"
+            ))
+        })?;
+    Ok(())
+}
+
 pub async fn deregister(target: &Target) -> Result<u64, OperatorError> {
     let dir = KeyDir::open_as_operator(&target.key_dir, OperatorLock::None)?;
     let identity = dir

@@ -836,3 +836,45 @@ fn the_operator_rotates_and_deregisters_and_contacts_see_the_new_key() {
     let again = alice.deregister_at(&dir).unwrap_err().to_string();
     assert!(again.contains("no user named alice"), "{again}");
 }
+
+/// Root running an operator command for a key directory it does not own acts as that owner
+/// (review finding: a per-user key directory sits in its owner's home, where the owner could
+/// swap it for a symlink mid-command and have root write a file of theirs anywhere). Shown
+/// here: a directory owned by `nobody` under a root-only parent, which root could read but
+/// `nobody` cannot reach, fails with "Permission denied"; and a symlinked key directory is
+/// refused outright.
+#[test]
+fn root_acts_as_the_key_directorys_owner_and_refuses_a_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::Builder::new()
+        .prefix("smvs-kg-root-only-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let key_dir = parent.path().join("keys");
+    std::fs::create_dir(&key_dir).unwrap();
+    std::fs::set_permissions(&key_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    nix::unistd::chown(&key_dir, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    let run = |dir: &std::path::Path| {
+        Command::new(binary("smvs-keyguard").unwrap())
+            .args(["deregister", "--key-dir"])
+            .arg(dir)
+            .args(["--username", "alice", "--directory", "127.0.0.1:9"])
+            .args(["--directory-key", &"00".repeat(32)])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    };
+    let out = run(&key_dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+
+    let link = parent.path().join("link");
+    std::os::unix::fs::symlink(&key_dir, &link).unwrap();
+    let out = run(&link);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+}
