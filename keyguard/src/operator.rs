@@ -120,6 +120,7 @@ impl Target {
 /// during the command (the key directory of a per-user host sits in their home) could have
 /// root write, and hand them, a file anywhere. As the owner, this command can do nothing the
 /// owner could not. A key directory that is itself a symlink is refused when run as root.
+#[allow(clippy::result_large_err)] // the error of every operator step; returned once per run
 pub fn become_owner_of(key_dir: &std::path::Path) -> Result<(), OperatorError> {
     use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid, User};
     use std::os::unix::fs::MetadataExt;

@@ -160,17 +160,26 @@ pub enum AddressKind {
 }
 
 impl AddressKind {
-    /// The kind of `ip`. IPv4 written as IPv6 (`::ffff:a.b.c.d`) and IPv4 behind the NAT64
-    /// prefix (`64:ff9b::a.b.c.d`, which a NAT64 gateway turns back into `a.b.c.d`) are judged
-    /// as the IPv4 address they carry.
+    /// The kind of `ip`. IPv6 that carries an IPv4 address a gateway may turn back into
+    /// `a.b.c.d` is judged as that IPv4 address: mapped (`::ffff:a.b.c.d`), compatible
+    /// (`::a.b.c.d`), SIIT (`::ffff:0:a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d` and the local-use
+    /// `64:ff9b:1::/48`) and 6to4 (`2002:AABB:CCDD::`).
     pub fn of(ip: IpAddr) -> AddressKind {
         match ip.to_canonical() {
             IpAddr::V4(v4) => Self::of_v4(v4),
             IpAddr::V6(v6) => {
                 let s = v6.segments();
-                if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                    let o = v6.octets();
-                    return Self::of_v4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+                let o = v6.octets();
+                let low_v4 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+                let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..3] == [0x64, 0xff9b, 1];
+                let compatible =
+                    s[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified();
+                let siit = s[..6] == [0, 0, 0, 0, 0xffff, 0];
+                if nat64 || compatible || siit {
+                    return Self::of_v4(low_v4);
+                }
+                if s[0] == 0x2002 {
+                    return Self::of_v4(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
                 }
                 if v6.is_unspecified() || v6.is_multicast() {
                     AddressKind::Unusable
@@ -189,13 +198,21 @@ impl AddressKind {
 
     fn of_v4(v4: Ipv4Addr) -> AddressKind {
         let [a, b, ..] = v4.octets();
-        if a == 0 || v4.is_multicast() || v4.is_broadcast() || a >= 240 {
+        let c = v4.octets()[2];
+        // 192.0.0.0/24: IETF protocol assignments; nothing a host lives on.
+        if a == 0
+            || v4.is_multicast()
+            || v4.is_broadcast()
+            || a >= 240
+            || (a == 192 && b == 0 && c == 0)
+        {
             AddressKind::Unusable
         } else if v4.is_loopback() {
             AddressKind::Loopback
         } else if v4.is_link_local() {
             AddressKind::LinkLocal
-        } else if v4.is_private() {
+        } else if v4.is_private() || (a == 198 && (b == 18 || b == 19)) {
+            // 198.18.0.0/15 is for benchmarking networks: as local as a private one.
             AddressKind::Private
         } else if a == 100 && (64..128).contains(&b) {
             AddressKind::Shared
@@ -330,6 +347,17 @@ mod tests {
             ("ff02::1", Unusable),
             ("255.255.255.255", Unusable),
             ("240.0.0.1", Unusable),
+            // IPv6 forms that carry an IPv4 address a gateway turns back into it.
+            ("::127.0.0.1", Loopback),
+            ("::ffff:0:10.0.0.1", Private),
+            ("64:ff9b:1::10.0.0.1", Private),
+            ("2002:7f00:1::1", Loopback),
+            ("2002:0a00:0001::", Private),
+            ("2002:0808:0808::1", Public),
+            ("192.0.0.8", Unusable),
+            ("198.18.0.1", Private),
+            ("198.19.255.1", Private),
+            ("198.20.0.1", Public),
         ] {
             assert_eq!(AddressKind::of(ip.parse().unwrap()), kind, "{ip}");
         }

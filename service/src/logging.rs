@@ -92,8 +92,16 @@ pub const DEVICE_REFUSED: SecurityEvent = SecurityEvent {
     message_id: "56cd87ed9ad0471e8889023309f7fe98",
 };
 
+/// The directory's record of this host's own user named another host address or transport
+/// key than this host's (someone with a login published theirs); the host published its own
+/// again.
+pub const OWN_RECORD_CHANGED: SecurityEvent = SecurityEvent {
+    name: "own-record-changed",
+    message_id: "d0e2632d591d4e35a05b9df55580ad55",
+};
+
 /// Every security event, for tests and documentation.
-pub const SECURITY_EVENTS: [SecurityEvent; 7] = [
+pub const SECURITY_EVENTS: [SecurityEvent; 8] = [
     DIRECTORY_ROLLBACK,
     KEY_CHANGED,
     PEER_REFUSED,
@@ -101,6 +109,7 @@ pub const SECURITY_EVENTS: [SecurityEvent; 7] = [
     DIRECTORY_KEY_MISMATCH,
     LOCAL_CLIENT_REFUSED,
     DEVICE_REFUSED,
+    OWN_RECORD_CHANGED,
 ];
 
 /// Logs a security event: `security_event!(LEVEL, EVENT, fields…, "message")`, where LEVEL is

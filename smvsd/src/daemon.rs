@@ -152,6 +152,7 @@ impl Host {
                 address: config.directory.clone(),
                 key: config.directory_key,
                 socks5_proxy: config.socks5_proxy.clone(),
+                host_address: host_address.clone(),
             },
             transport.clone(),
             host_address.clone(),

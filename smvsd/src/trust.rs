@@ -70,6 +70,8 @@ pub struct DirectoryConfig {
     pub key: SigningPublicKey,
     /// Reach it through this SOCKS5 proxy, as other hosts are reached.
     pub socks5_proxy: Option<String>,
+    /// The address this host publishes there.
+    pub host_address: HostAddress,
 }
 
 /// What `verify` found.
@@ -648,10 +650,26 @@ impl Trust {
             .user
             .transport_not_after
             .saturating_sub(crate::model::now_ms());
+        let ours = &self.directory_config.host_address;
+        let address_moved = &record.user.host_address != ours;
         if record.user.transport_key == transport_key
             && left > TRANSPORT_CERTIFICATE_LIFETIME_MS / 2
+            && !address_moved
         {
             return Ok(None);
+        }
+        if address_moved || record.user.transport_key != transport_key {
+            // Someone who could log in as us (a process that held keyguard's socket) may have
+            // pointed our contacts elsewhere; or the configuration changed. Either way the
+            // record must say what this host is, and the operator should know.
+            smvs_service::security_event!(
+                warn,
+                smvs_service::logging::OWN_RECORD_CHANGED,
+                published_address = %record.user.host_address,
+                our_address = %ours,
+                same_transport_key = record.user.transport_key == transport_key,
+                "the directory's record of this host's user does not name this host; publishing ours again"
+            );
         }
         let key = self.directory_config.key;
         let keyguard = self.keyguard.clone();
@@ -666,10 +684,13 @@ impl Trust {
             .keyguard
             .certify_transport(&me.username, &transport_key)
             .await?;
-        let record = session
+        let mut record = session
             .renew_transport(&certificate)
             .await
             .map_err(failed)?;
+        if &record.user.host_address != ours {
+            record = session.update_host_address(ours).await.map_err(failed)?;
+        }
         self.records.borrow_mut().remove(&me.username);
         tracing::info!(
             not_after = record.user.transport_not_after,

@@ -16,7 +16,7 @@ use smvs_tests::watch::Watch;
 use smvs_tests::{DirectoryProcess, HostProcess};
 
 /// The journal MESSAGE_ID of a refused device (service/src/logging.rs).
-const DEVICE_REFUSED_ID: &str = "56cd87ed9ad0471e8889023309f7fe98";
+const DEVICE_REFUSED_ID: &str = smvs_service::logging::DEVICE_REFUSED.message_id;
 
 /// `devices link --name NAME` on alice's own socket: the code and the device port.
 fn link_code(alice: &HostProcess, name: &str) -> (String, String) {

@@ -1155,3 +1155,51 @@ async fn serial_floors_of_an_older_directory_are_hashed_on_open(backend: Backend
     let again = store.insert_user(user(TRACED)).await.unwrap();
     assert!(again.serial > u64::try_from(ahead).unwrap());
 }
+
+/// Review finding: a process that held keyguard's socket can log in as the user and point the
+/// record at another host address. The host notices at its next renewal check (start, then
+/// hourly), logs a security event and publishes its own address again.
+#[test]
+fn a_host_puts_back_its_own_address_when_the_record_was_pointed_elsewhere() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    alice.register().unwrap();
+    let name = Username::parse("alice").unwrap();
+    let ours = alice.listen.to_string();
+    let elsewhere = HostAddress::parse("127.0.0.9:7421").unwrap();
+    run_local(async {
+        let client = dir.client().await.unwrap();
+        let keyguard = alice.keyguard.client().await.unwrap();
+        let sealed = client.challenge(name.as_str()).await.unwrap();
+        let token = keyguard
+            .open_login_token(&dir.key, &name, &sealed)
+            .await
+            .unwrap();
+        let session = client.authenticate(name.as_str(), &token).await.unwrap();
+        session.update_host_address(&elsewhere).await.unwrap();
+    })
+    .unwrap();
+    let published = || {
+        run_local(async {
+            let client = dir.client().await.unwrap();
+            client
+                .lookup(&name)
+                .await
+                .unwrap()
+                .user
+                .host_address
+                .to_string()
+        })
+        .unwrap()
+    };
+    assert_eq!(published(), elsewhere.to_string());
+    alice.stop().unwrap();
+    alice.start_again().unwrap();
+    assert_eq!(published(), ours);
+    assert!(
+        alice
+            .logs()
+            .contains(smvs_service::logging::OWN_RECORD_CHANGED.message_id),
+        "no security event for the moved record"
+    );
+}

@@ -14,6 +14,10 @@ use crate::TransportError;
 /// How long a peer may take (by default) to complete the handshake before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a TCP connect to one of several addresses a name resolves to may take before the
+/// next address is tried.
+const NEXT_ADDRESS_AFTER: Duration = Duration::from_secs(3);
+
 /// Size of the in-memory pipe between the pumps and the RPC layer, per direction.
 const PIPE_BYTES: usize = 256 * 1024;
 
@@ -83,8 +87,21 @@ pub async fn connect_within(
         std::io::ErrorKind::NotFound,
         "the name resolves to no address",
     );
-    for a in resolved {
-        match TcpStream::connect(a).await {
+    let count = resolved.len();
+    for (i, a) in resolved.into_iter().enumerate() {
+        // An address that is silently dropped must not use up the caller's whole time limit
+        // while the next one would answer (an IPv6 path that is down, say): every address but
+        // the last gets a few seconds.
+        let connecting = TcpStream::connect(a);
+        let connected = if i + 1 < count {
+            match tokio::time::timeout(NEXT_ADDRESS_AFTER, connecting).await {
+                Ok(result) => result,
+                Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut)),
+            }
+        } else {
+            connecting.await
+        };
+        match connected {
             Ok(tcp) => return connect_over(tcp, addr, local, prologue, expected).await,
             Err(e) => last = e,
         }
