@@ -37,6 +37,11 @@ pub struct Cli {
     )]
     pub host: Option<String>,
 
+    /// Reach the paired host through this SOCKS5 proxy, HOST:PORT (e.g. Tor at 127.0.0.1:9050,
+    /// for a host published as an onion name); `pair` remembers it for later connections
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub socks5_proxy: Option<String>,
+
     /// Print JSON for programs instead of text (one object per command; one per line for watch)
     #[arg(long, global = true)]
     pub json: bool,

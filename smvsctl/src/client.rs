@@ -656,8 +656,11 @@ pub async fn connect(path: &Path) -> Result<HostClient, CtlError> {
 
 /// Connects to the host this machine is paired with, over its device port (at `address`, or
 /// where it was paired). Must be called inside a `tokio::task::LocalSet`.
-pub async fn connect_device(address: Option<&str>) -> Result<HostClient, CtlError> {
-    let (system, host, pairing) = crate::remote::connect(address).await?;
+pub async fn connect_device(
+    address: Option<&str>,
+    proxy: Option<&str>,
+) -> Result<HostClient, CtlError> {
+    let (system, host, pairing) = crate::remote::connect(address, proxy).await?;
     let client = start(system, host, pairing);
     // The host lets a paired key in or refuses it here, before any other request.
     client.status().await?;

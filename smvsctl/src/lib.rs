@@ -63,7 +63,8 @@ pub fn run(mut cli: Cli) -> Result<(), CtlError> {
             } else {
                 code.clone()
             };
-            let paired = remote::pair(host, &code, name.as_deref()).await?;
+            let paired =
+                remote::pair(host, &code, name.as_deref(), cli.socks5_proxy.as_deref()).await?;
             let text = output::render(format, &paired, output::paired_text)?;
             return commands::emit(&mut out, &text);
         }
@@ -75,7 +76,11 @@ pub fn run(mut cli: Cli) -> Result<(), CtlError> {
                             .into(),
                     ));
                 }
-                client::connect_device((address != "paired").then_some(address.as_str())).await?
+                client::connect_device(
+                    (address != "paired").then_some(address.as_str()),
+                    cli.socks5_proxy.as_deref(),
+                )
+                .await?
             }
             None => client::connect(&socket).await?,
         };

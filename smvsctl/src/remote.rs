@@ -27,6 +27,9 @@ pub struct PairedHost {
     pub host_key: String,
     /// This device's name at the host.
     pub name: String,
+    /// The SOCKS5 proxy it was paired through, used again unless another is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socks5_proxy: Option<String>,
 }
 
 /// Where this device keeps its key and pairing: `$XDG_CONFIG_HOME/smvs`, else `~/.config/smvs`.
@@ -110,6 +113,51 @@ pub fn with_default_port(address: &str) -> String {
     }
 }
 
+/// Opens the Noise link to a host's device port at `address` (HOST:PORT), directly or through
+/// a SOCKS5 proxy, which then resolves the name (an onion name, say).
+async fn open(
+    address: &str,
+    key: &AgreementKeyPair,
+    expected: Option<&AgreementPublicKey>,
+    proxy: Option<&str>,
+) -> Result<smvs_transport::SecureChannel, CtlError> {
+    let opened = match proxy {
+        None => {
+            smvs_transport::connect(address, key, smvs_transport::DEVICE_PROLOGUE, expected).await
+        }
+        Some(proxy) => {
+            let (host, port) = address
+                .rsplit_once(':')
+                .and_then(|(h, p)| {
+                    let host = h.trim_start_matches('[').trim_end_matches(']');
+                    Some((host, p.parse::<u16>().ok()?))
+                })
+                .ok_or_else(|| local(format!("{address} is not HOST:PORT")))?;
+            let tcp = tokio_socks::tcp::Socks5Stream::connect(proxy, (host, port))
+                .await
+                .map_err(|e| {
+                    local(format!(
+                        "the SOCKS5 proxy {proxy} cannot reach {address}: {e}"
+                    ))
+                })?
+                .into_inner();
+            smvs_transport::connect_over(
+                tcp,
+                address,
+                key,
+                smvs_transport::DEVICE_PROLOGUE,
+                expected,
+            )
+            .await
+        }
+    };
+    opened.map_err(|e| {
+        local(format!(
+            "cannot reach the host's device port at {address}: {e}"
+        ))
+    })
+}
+
 /// What pairing gave.
 #[derive(Debug, Serialize)]
 pub struct Paired {
@@ -135,7 +183,12 @@ pub fn key_fingerprint(key: &AgreementPublicKey) -> String {
 }
 
 /// `smvsctl pair HOST[:PORT] CODE [--name NAME]`: pairs this machine with the host.
-pub async fn pair(address: &str, code: &str, name: Option<&str>) -> Result<Paired, CtlError> {
+pub async fn pair(
+    address: &str,
+    code: &str,
+    name: Option<&str>,
+    proxy: Option<&str>,
+) -> Result<Paired, CtlError> {
     let (nameplate, secret) = code
         .trim()
         .split_once('-')
@@ -144,18 +197,7 @@ pub async fn pair(address: &str, code: &str, name: Option<&str>) -> Result<Paire
     let dir = config_dir()?;
     let key = device_key(&dir)?;
     let address = with_default_port(address);
-    let channel = smvs_transport::connect(
-        address.as_str(),
-        &key,
-        smvs_transport::DEVICE_PROLOGUE,
-        None,
-    )
-    .await
-    .map_err(|e| {
-        local(format!(
-            "cannot reach the host's device port at {address}: {e}"
-        ))
-    })?;
+    let channel = open(&address, &key, None, proxy).await?;
     let host_key = channel.remote_key;
     let (system, gate) = smvs_transport::rpc::client::<device_gate::Client>(channel);
     tokio::task::spawn_local(async move {
@@ -207,6 +249,7 @@ pub async fn pair(address: &str, code: &str, name: Option<&str>) -> Result<Paire
             address: address.clone(),
             host_key: host_key.to_hex(),
             name: name.clone(),
+            socks5_proxy: proxy.map(str::to_owned),
         },
     )?;
     Ok(Paired {
@@ -222,6 +265,7 @@ pub async fn pair(address: &str, code: &str, name: Option<&str>) -> Result<Paire
 /// returns the RPC system to drive and the host's API. The host must present the pinned key.
 pub async fn connect(
     address: Option<&str>,
+    proxy: Option<&str>,
 ) -> Result<
     (
         capnp_rpc::RpcSystem<capnp_rpc::rpc_twoparty_capnp::Side>,
@@ -243,14 +287,8 @@ pub async fn connect(
         .ok_or_else(|| local("host.toml: host_key is not a 32-byte key in hex"))?;
     let key = device_key(&dir)?;
     let address = with_default_port(address.unwrap_or(&paired.address));
-    let channel = smvs_transport::connect(
-        address.as_str(),
-        &key,
-        smvs_transport::DEVICE_PROLOGUE,
-        Some(&host_key),
-    )
-    .await
-    .map_err(|e| local(format!("cannot reach your host at {address}: {e}")))?;
+    let proxy = proxy.or(paired.socks5_proxy.as_deref());
+    let channel = open(&address, &key, Some(&host_key), proxy).await?;
     let (system, gate) = smvs_transport::rpc::client::<device_gate::Client>(channel);
     // Pipelined: the API is asked for and used in the same round trip.
     let host = gate.host_request().send().pipeline.get_host();

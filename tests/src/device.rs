@@ -59,7 +59,7 @@ impl DeviceProcess {
             cmd.args(&self.netns_exec).arg(smvsctl);
             cmd
         };
-        if args.first() != Some(&"pair") {
+        if !args.contains(&"pair") {
             cmd.arg("--host").arg(&self.host);
         }
         cmd.args(args)

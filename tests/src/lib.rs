@@ -16,6 +16,7 @@ pub mod netns;
 pub mod other_uid;
 pub mod postgres;
 pub mod runtime;
+pub mod socks;
 pub mod watch;
 
 pub use daemon::Daemon;

@@ -399,3 +399,32 @@ fn what_one_device_sends_or_reads_shows_on_the_others() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_device_reaches_a_host_published_as_an_onion_name_through_a_socks5_proxy() {
+    let (rt, dir) = smvs_tests::runtime::runtime_and_directory().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    alice.register().unwrap();
+    // Only the proxy knows where the onion name is (the host's device port).
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let proxy = listener.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    rt.spawn(smvs_tests::socks::socks5_proxy(
+        listener,
+        alice.device_listen,
+        seen.clone(),
+    ));
+    let onion = format!("alicedevices.onion:{}", alice.device_listen.port());
+    let (code, _) = link_code(&alice, "laptop");
+    let laptop = DeviceProcess::new("laptop", &onion).unwrap();
+    let paired = laptop
+        .ctl(&["--json", "--socks5-proxy", &proxy, "pair", &onion, &code, "--name", "laptop"])
+        .unwrap();
+    assert!(paired.status.success(), "{paired:?}");
+    // Later connections use the proxy remembered at pairing.
+    assert_eq!(laptop.ctl_json(&["whoami"]).unwrap()["username"], "alice");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, [onion.clone(), onion], "the proxy resolved the name both times");
+}
