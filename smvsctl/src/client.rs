@@ -660,7 +660,18 @@ pub async fn connect_device(
     address: Option<&str>,
     proxy: Option<&str>,
 ) -> Result<HostClient, CtlError> {
-    let (system, host, pairing) = crate::remote::connect(address, proxy).await?;
+    let dir = crate::remote::config_dir()?;
+    connect_device_from(&dir, address, proxy).await
+}
+
+/// [`connect_device`] with the device's key and pairing in `dir` (a program that acts as
+/// several devices: tests, benchmarks).
+pub async fn connect_device_from(
+    dir: &Path,
+    address: Option<&str>,
+    proxy: Option<&str>,
+) -> Result<HostClient, CtlError> {
+    let (system, host, pairing) = crate::remote::connect_from(dir, address, proxy).await?;
     let client = start(system, host, pairing);
     // The host lets a paired key in or refuses it here, before any other request.
     client.status().await?;

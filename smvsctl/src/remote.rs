@@ -263,18 +263,24 @@ pub async fn pair(
 
 /// Opens the link to the paired host (at `address` if given, else where it was paired) and
 /// returns the RPC system to drive and the host's API. The host must present the pinned key.
-pub async fn connect(
+pub async fn connect(address: Option<&str>, proxy: Option<&str>) -> Result<Connected, CtlError> {
+    connect_from(&config_dir()?, address, proxy).await
+}
+
+/// An open link to the paired host: the RPC system to drive, the API, the pairing file.
+pub type Connected = (
+    capnp_rpc::RpcSystem<capnp_rpc::rpc_twoparty_capnp::Side>,
+    smvs_schema::local_capnp::host::Client,
+    PathBuf,
+);
+
+/// [`connect`] with the device's files in `dir` (a program acting as several devices).
+pub async fn connect_from(
+    dir: &Path,
     address: Option<&str>,
     proxy: Option<&str>,
-) -> Result<
-    (
-        capnp_rpc::RpcSystem<capnp_rpc::rpc_twoparty_capnp::Side>,
-        smvs_schema::local_capnp::host::Client,
-        PathBuf,
-    ),
-    CtlError,
-> {
-    let dir = config_dir()?;
+) -> Result<Connected, CtlError> {
+    let dir = dir.to_owned();
     let paired = paired_host(&dir)?.ok_or_else(|| {
         local(format!(
             "this machine is not paired with a host ({} has no host.toml): run `smvsctl pair HOST CODE` first",

@@ -420,11 +420,60 @@ fn a_device_reaches_a_host_published_as_an_onion_name_through_a_socks5_proxy() {
     let (code, _) = link_code(&alice, "laptop");
     let laptop = DeviceProcess::new("laptop", &onion).unwrap();
     let paired = laptop
-        .ctl(&["--json", "--socks5-proxy", &proxy, "pair", &onion, &code, "--name", "laptop"])
+        .ctl(&[
+            "--json",
+            "--socks5-proxy",
+            &proxy,
+            "pair",
+            &onion,
+            &code,
+            "--name",
+            "laptop",
+        ])
         .unwrap();
     assert!(paired.status.success(), "{paired:?}");
     // Later connections use the proxy remembered at pairing.
     assert_eq!(laptop.ctl_json(&["whoami"]).unwrap()["username"], "alice");
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen, [onion.clone(), onion], "the proxy resolved the name both times");
+    assert_eq!(
+        seen,
+        [onion.clone(), onion],
+        "the proxy resolved the name both times"
+    );
+}
+
+#[test]
+fn a_device_that_asks_too_fast_is_slowed_down_and_the_host_serves_on() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    alice.register().unwrap();
+    let (code, address) = link_code(&alice, "laptop");
+    let laptop = DeviceProcess::new("laptop", &address).unwrap();
+    assert!(laptop.pair(&code).unwrap().status.success());
+    let config = laptop.config_dir();
+    let (served, slowed) = smvs_tests::runtime::run_local(async {
+        let client = smvsctl::client::connect_device_from(&config, Some(&address), None)
+            .await
+            .unwrap();
+        // 600 requests at once on one link: more than the burst a device is allowed.
+        let answers = futures::future::join_all((0..600).map(|_| client.status())).await;
+        let slowed = answers
+            .iter()
+            .filter(|a| matches!(a, Err(e) if e.code() == Some(smvsctl::ErrorCode::Busy)))
+            .count();
+        let served = answers.iter().filter(|a| a.is_ok()).count();
+        (served, slowed)
+    })
+    .unwrap();
+    assert!(served >= 200, "the burst is served: {served}");
+    assert!(slowed > 0, "nothing was slowed down ({served} served)");
+    assert_eq!(
+        served + slowed,
+        600,
+        "every answer is a status or 'slow down'"
+    );
+    // The host serves everyone else as before, and the device again after a pause.
+    alice.ctl_ok(&["status"]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(laptop.ctl_json(&["whoami"]).unwrap()["username"], "alice");
 }

@@ -116,6 +116,57 @@ struct HostRpc {
     admin: bool,
     /// The host's own socket (not a linked device's link).
     local: bool,
+    /// A linked device's requests are metered; the socket's are not (its users are the
+    /// host's own, checked by uid).
+    budget: Option<RequestBudget>,
+}
+
+/// A linked device link's request budget: a burst of [`DEVICE_BURST`] requests, refilled at
+/// [`DEVICE_RATE`] a second. Far above what a person's device asks (a history page, a send),
+/// far below what would let one stolen device keep the host busy.
+pub(super) struct RequestBudget {
+    tokens: std::cell::Cell<f64>,
+    last: std::cell::Cell<std::time::Instant>,
+}
+
+const DEVICE_BURST: f64 = 200.0;
+const DEVICE_RATE: f64 = 100.0;
+
+impl RequestBudget {
+    fn new() -> RequestBudget {
+        RequestBudget {
+            tokens: std::cell::Cell::new(DEVICE_BURST),
+            last: std::cell::Cell::new(std::time::Instant::now()),
+        }
+    }
+
+    fn take(&self) -> bool {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.last.get()).as_secs_f64() * DEVICE_RATE;
+        self.last.set(now);
+        let tokens = (self.tokens.get() + refill).min(DEVICE_BURST);
+        if tokens >= 1.0 {
+            self.tokens.set(tokens - 1.0);
+            true
+        } else {
+            self.tokens.set(tokens);
+            false
+        }
+    }
+}
+
+impl HostRpc {
+    /// Spends one request of a linked device's budget; refuses when it is spent.
+    fn admit(&self) -> Result<(), capnp::Error> {
+        match &self.budget {
+            Some(budget) if !budget.take() => Err(HostError::new(
+                smvs_schema::ErrorCode::Busy,
+                "too many requests from this device; slow down",
+            )
+            .into()),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The local API for one client (the Unix socket, or a paired device's link).
@@ -130,6 +181,7 @@ pub(super) fn host_api(
         hub,
         admin,
         local,
+        budget: (!local).then(RequestBudget::new),
     })
 }
 
@@ -207,6 +259,7 @@ impl host::Server for HostRpc {
         _: host::StatusParams,
         mut results: host::StatusResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let status = mailbox(self.commands.send(crate::commands::Status).await)??;
         write_status(results.get().init_status(), &status);
         Ok(())
@@ -217,6 +270,7 @@ impl host::Server for HostRpc {
         params: host::RegisterParams,
         mut results: host::RegisterResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let name = user(params.get()?.get_username())?;
         let status = mailbox(self.commands.send(Register(name)).await)??;
         write_status(results.get().init_status(), &status);
@@ -228,6 +282,7 @@ impl host::Server for HostRpc {
         params: host::SendParams,
         mut results: host::SendResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let (to, body) = {
             let p = params.get()?;
             (user(p.get_to())?, text(p.get_body())?.to_owned())
@@ -242,6 +297,7 @@ impl host::Server for HostRpc {
         params: host::HistoryParams,
         mut results: host::HistoryResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let (peer, limit) = {
             let p = params.get()?;
             (user(p.get_peer())?, p.get_limit())
@@ -278,6 +334,7 @@ impl host::Server for HostRpc {
         params: host::MessageParams,
         mut results: host::MessageResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let (peer, id) = {
             let p = params.get()?;
             (user(p.get_peer())?, id(p.get_id()?)?)
@@ -292,6 +349,7 @@ impl host::Server for HostRpc {
         params: host::SubscribeParams,
         mut results: host::SubscribeResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let sink = params.get()?.get_sink()?;
         let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
         mailbox(self.hub.send(Subscribe(tx)).await)?;
@@ -308,6 +366,7 @@ impl host::Server for HostRpc {
         _: host::ConversationsParams,
         mut results: host::ConversationsResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let all = mailbox(self.commands.send(Conversations).await)??;
         let mut list = results
             .get()
@@ -328,6 +387,7 @@ impl host::Server for HostRpc {
         params: host::MarkReadParams,
         mut results: host::MarkReadResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let peer = user(params.get()?.get_peer())?;
         let was = mailbox(self.commands.send(MarkRead { peer }).await)??;
         results.get().set_was_unread(was);
@@ -339,6 +399,7 @@ impl host::Server for HostRpc {
         _: host::ContactsParams,
         mut results: host::ContactsResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let all = mailbox(self.commands.send(Contacts).await)??;
         let mut list = results.get().init_contacts(super::list_len(all.len())?);
         for (i, c) in (0..).zip(all.iter()) {
@@ -357,6 +418,7 @@ impl host::Server for HostRpc {
         params: host::BlockParams,
         _: host::BlockResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let user = user(params.get()?.get_user())?;
         self.set_blocked(user, true).await
     }
@@ -366,6 +428,7 @@ impl host::Server for HostRpc {
         params: host::UnblockParams,
         _: host::UnblockResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let user = user(params.get()?.get_user())?;
         self.set_blocked(user, false).await
     }
@@ -375,6 +438,7 @@ impl host::Server for HostRpc {
         params: host::VerifyParams,
         mut results: host::VerifyResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let (user, accept_new_key) = {
             let p = params.get()?;
             (user(p.get_user())?, p.get_accept_new_key())
@@ -406,6 +470,7 @@ impl host::Server for HostRpc {
         params: host::DeleteParams,
         mut results: host::DeleteResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let (peer, id, everywhere) = {
             let p = params.get()?;
             let raw = p.get_id()?;
@@ -430,6 +495,7 @@ impl host::Server for HostRpc {
         params: host::ExpireParams,
         _: host::ExpireResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let (peer, seconds) = {
             let p = params.get()?;
             (user(p.get_peer())?, p.get_seconds())
@@ -443,6 +509,7 @@ impl host::Server for HostRpc {
         params: host::PlaceCallParams,
         results: host::PlaceCallResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         local_calls::place(&self.commands, params, results).await
     }
 
@@ -451,6 +518,7 @@ impl host::Server for HostRpc {
         params: host::AnswerCallParams,
         results: host::AnswerCallResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         local_calls::answer(&self.commands, params, results).await
     }
 
@@ -459,6 +527,7 @@ impl host::Server for HostRpc {
         params: host::HangupCallParams,
         _: host::HangupCallResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         local_calls::hangup(&self.commands, params).await
     }
 
@@ -467,6 +536,7 @@ impl host::Server for HostRpc {
         _: host::CallsParams,
         results: host::CallsResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         local_calls::list(&self.commands, results).await
     }
 
@@ -475,6 +545,7 @@ impl host::Server for HostRpc {
         params: host::RegisterCallAgentParams,
         results: host::RegisterCallAgentResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         if !self.local {
             // A linked device taking over the agent would run the desktop's calls elsewhere;
             // calls on linked devices are not built yet.
@@ -492,6 +563,7 @@ impl host::Server for HostRpc {
         _: host::DevicesParams,
         mut results: host::DevicesResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let devices = mailbox(self.commands.send(ListDevices { admin: self.admin }).await)??;
         let mut list = results.get().init_devices(len(devices.len())?);
         for (i, (device, connected)) in devices.iter().enumerate() {
@@ -505,6 +577,7 @@ impl host::Server for HostRpc {
         params: host::LinkDeviceParams,
         mut results: host::LinkDeviceResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let name = text(params.get()?.get_name())?.to_owned();
         let link = mailbox(
             self.commands
@@ -528,6 +601,7 @@ impl host::Server for HostRpc {
         params: host::RevokeDeviceParams,
         mut results: host::RevokeDeviceResults,
     ) -> Result<(), capnp::Error> {
+        self.admit()?;
         let name = text(params.get()?.get_name())?.to_owned();
         let device = mailbox(
             self.commands
