@@ -35,6 +35,19 @@ pub fn fingerprint(username: &str, identity: &IdentityBundle) -> Result<String, 
     Ok(out)
 }
 
+/// What a person compares for a Noise key of a linked device's link (the device's, or its
+/// host's device-port key): BLAKE2b-128 in eight groups of four hex digits. The host and the
+/// device must show the same, so it is made here once.
+pub fn link_key_fingerprint(key: &crate::AgreementPublicKey) -> Result<String, CryptoError> {
+    let digest = blake2b(16, None, &[b"smvs device key", key.as_bytes()])?;
+    Ok(hex::encode(digest)
+        .as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(" "))
+}
+
 /// The 60-digit safety number of a conversation between two users, in 12 groups of five.
 /// The same for both sides: the two fingerprints are put in a fixed order.
 pub fn safety_number(

@@ -172,14 +172,7 @@ pub struct Paired {
 
 /// A short fingerprint of a Noise key, the same as smvsd shows (BLAKE2b-128, in groups).
 pub fn key_fingerprint(key: &AgreementPublicKey) -> String {
-    let digest =
-        smvs_crypto::blake2b(16, None, &[b"smvs device key", key.as_bytes()]).unwrap_or_default();
-    hex::encode(digest)
-        .as_bytes()
-        .chunks(4)
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
+    smvs_crypto::link_key_fingerprint(key).unwrap_or_default()
 }
 
 /// `smvsctl pair HOST[:PORT] CODE [--name NAME]`: pairs this machine with the host.

@@ -164,16 +164,7 @@ impl Host {
         // Renewal at start, before READY: a host that was off past its certificate's expiry
         // is reachable again as soon as it says it serves. Bounded (the directory may be down),
         // and never fatal: the loop below tries again.
-        match tokio::time::timeout(START_RENEWAL_TIMEOUT, trust.renew_if_due()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot renew the transport certificate now; trying again later")
-            }
-            Err(_) => tracing::warn!(
-                "the directory did not answer the renewal of the transport certificate within {} s; trying again later",
-                START_RENEWAL_TIMEOUT.as_secs()
-            ),
-        }
+        renew_once(&trust).await;
         let sessions = Rc::new(Sessions::new(keyguard));
         let outbox = Outbox::new(
             trust.clone(),
@@ -345,6 +336,21 @@ impl Host {
 /// not answer must not keep the host from serving what needs no directory.
 const START_RENEWAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// One renewal check (and, when due, renewal) of the transport certificate, bounded in time;
+/// a failure is logged and left for the next check.
+async fn renew_once(trust: &Trust) {
+    match tokio::time::timeout(START_RENEWAL_TIMEOUT, trust.renew_if_due()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot renew the transport certificate now; trying again later")
+        }
+        Err(_) => tracing::warn!(
+            "the directory did not answer the renewal of the transport certificate within {} s; trying again later",
+            START_RENEWAL_TIMEOUT.as_secs()
+        ),
+    }
+}
+
 /// Renews the transport certificate when it is due (see [`Trust::renew_if_due`]).
 async fn renew_loop(trust: Rc<Trust>) {
     let mut tick = tokio::time::interval(crate::trust::RENEW_CHECK);
@@ -352,16 +358,7 @@ async fn renew_loop(trust: Rc<Trust>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        match tokio::time::timeout(START_RENEWAL_TIMEOUT, trust.renew_if_due()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot renew the transport certificate now; trying again later")
-            }
-            Err(_) => tracing::warn!(
-                "the directory did not answer the renewal of the transport certificate within {} s; trying again later",
-                START_RENEWAL_TIMEOUT.as_secs()
-            ),
-        }
+        renew_once(&trust).await;
     }
 }
 

@@ -68,18 +68,14 @@ impl Device {
     }
 }
 
-/// A short, readable fingerprint of a Noise key given in hex.
+/// A short, readable fingerprint of a Noise key given in hex (empty for a malformed one,
+/// which the stored list never holds).
 pub fn key_fingerprint(hex_key: &str) -> String {
-    let digest = hex::decode(hex_key)
+    hex::decode(hex_key)
         .ok()
-        .and_then(|k| smvs_crypto::blake2b(16, None, &[b"smvs device key", &k]).ok())
-        .unwrap_or_default();
-    hex::encode(digest)
-        .as_bytes()
-        .chunks(4)
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect::<Vec<_>>()
-        .join(" ")
+        .and_then(|k| AgreementPublicKey::from_bytes(&k).ok())
+        .and_then(|k| smvs_crypto::link_key_fingerprint(&k).ok())
+        .unwrap_or_default()
 }
 
 /// A code that was printed and not yet used.
