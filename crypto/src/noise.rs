@@ -70,6 +70,14 @@ impl Handshake {
         self.state.is_my_turn()
     }
 
+    /// The peer's static key, once a handshake message has carried it (for the initiator of
+    /// XX: after the second message, before it sends its own in the third).
+    pub fn remote_static(&self) -> Option<AgreementPublicKey> {
+        self.state
+            .get_remote_static()
+            .and_then(|k| AgreementPublicKey::from_bytes(k).ok())
+    }
+
     /// Produces the next handshake message (with an empty payload).
     pub fn write_message(&mut self) -> Result<Vec<u8>, CryptoError> {
         let mut buf = vec![0u8; MAX_MESSAGE_LEN];

@@ -128,7 +128,7 @@ pub async fn connect_over(
             peer,
             reason: e.to_string(),
         })?;
-    let channel = establish(tcp, peer, handshake, HANDSHAKE_TIMEOUT).await?;
+    let channel = establish(tcp, peer, handshake, HANDSHAKE_TIMEOUT, expected).await?;
     if let Some(expected) = expected {
         if !constant_time_eq(channel.remote_key.as_bytes(), expected.as_bytes()) {
             return Err(TransportError::KeyMismatch {
@@ -159,7 +159,7 @@ pub async fn accept(
             peer,
             reason: e.to_string(),
         })?;
-    establish(tcp, peer, handshake, timeout).await
+    establish(tcp, peer, handshake, timeout, None).await
 }
 
 async fn establish(
@@ -167,6 +167,7 @@ async fn establish(
     peer: SocketAddr,
     mut handshake: Handshake,
     timeout: Duration,
+    expected: Option<&AgreementPublicKey>,
 ) -> Result<SecureChannel, TransportError> {
     // Small RPC messages must leave at once; the writer pump already coalesces.
     let _ = tcp.set_nodelay(true);
@@ -174,16 +175,28 @@ async fn establish(
     let mut read = BufReader::new(read);
     let fail = |reason: String| TransportError::Handshake { peer, reason };
 
-    tokio::time::timeout(
+    match tokio::time::timeout(
         timeout,
-        run_handshake(&mut handshake, &mut read, &mut write),
+        run_handshake(&mut handshake, &mut read, &mut write, expected),
     )
     .await
-    .map_err(|_| TransportError::HandshakeTimeout {
-        peer,
-        secs: timeout.as_secs(),
-    })?
-    .map_err(fail)?;
+    {
+        Err(_) => {
+            return Err(TransportError::HandshakeTimeout {
+                peer,
+                secs: timeout.as_secs(),
+            })
+        }
+        Ok(Err(HandshakeFailure::Broken(reason))) => return Err(fail(reason)),
+        Ok(Err(HandshakeFailure::NotPinned(presented))) => {
+            return Err(TransportError::KeyMismatch {
+                peer,
+                presented: presented.to_hex(),
+                expected: expected.map(|k| k.to_hex()).unwrap_or_default(),
+            })
+        }
+        Ok(Ok(())) => {}
+    }
 
     let (remote_key, sender, receiver) = handshake
         .into_transport()
@@ -200,18 +213,34 @@ async fn establish(
 }
 
 /// Exchanges handshake messages, one frame each, until the handshake is finished.
+/// Why a handshake did not finish.
+enum HandshakeFailure {
+    Broken(String),
+    /// The peer showed another static key than the pinned one; ours was never sent.
+    NotPinned(AgreementPublicKey),
+}
+
 async fn run_handshake(
     handshake: &mut Handshake,
     read: &mut (impl AsyncRead + Unpin),
     write: &mut (impl AsyncWrite + Unpin),
-) -> Result<(), String> {
+    expected: Option<&AgreementPublicKey>,
+) -> Result<(), HandshakeFailure> {
+    let broken = |e: &dyn std::fmt::Display| HandshakeFailure::Broken(e.to_string());
     while !handshake.is_finished() {
         if handshake.is_my_turn() {
-            let msg = handshake.write_message().map_err(|e| e.to_string())?;
-            write_frame(write, &msg).await.map_err(|e| e.to_string())?;
+            let msg = handshake.write_message().map_err(|e| broken(&e))?;
+            write_frame(write, &msg).await.map_err(|e| broken(&e))?;
         } else {
-            let msg = read_frame(read).await.map_err(|e| e.to_string())?;
-            handshake.read_message(&msg).map_err(|e| e.to_string())?;
+            let msg = read_frame(read).await.map_err(|e| broken(&e))?;
+            handshake.read_message(&msg).map_err(|e| broken(&e))?;
+            // Checked as soon as the peer's key is known: an impostor must not learn ours
+            // (it would identify us across networks), so we stop before sending it.
+            if let (Some(expected), Some(theirs)) = (expected, handshake.remote_static()) {
+                if !constant_time_eq(theirs.as_bytes(), expected.as_bytes()) {
+                    return Err(HandshakeFailure::NotPinned(theirs));
+                }
+            }
         }
     }
     Ok(())
@@ -313,7 +342,12 @@ pub mod fuzzing {
     ) -> Result<(), String> {
         let mut handshake = Handshake::responder(local, prologue).map_err(|e| e.to_string())?;
         let mut read = input;
-        run_handshake(&mut handshake, &mut read, &mut tokio::io::sink()).await
+        run_handshake(&mut handshake, &mut read, &mut tokio::io::sink(), None)
+            .await
+            .map_err(|e| match e {
+                HandshakeFailure::Broken(reason) => reason,
+                HandshakeFailure::NotPinned(key) => format!("not the pinned key: {}", key.to_hex()),
+            })
     }
 
     /// The reader pump of an established link over `input`: returns the plaintext it forwards.
@@ -390,8 +424,10 @@ mod tests {
     #[tokio::test]
     async fn a_pinned_key_that_differs_is_refused() {
         let other = AgreementKeyPair::generate().unwrap().public();
-        let (_server, client, _, _) = pair(Some(other)).await;
+        let (server, client, _, _) = pair(Some(other)).await;
         assert!(matches!(client, Err(TransportError::KeyMismatch { .. })));
+        // The initiator stopped before its third message: the impostor never learnt its key.
+        assert!(server.is_err(), "the responder finished the handshake");
     }
 
     #[tokio::test]
