@@ -195,6 +195,10 @@ pub fn message_text(m: &MessageView) -> String {
             m.to
         )),
         "refused" => out.push_str(&format!("\n  ! not delivered: {}'s host refused it", m.to)),
+        "address-refused" => out.push_str(&format!(
+            "\n  ! not delivered: {}'s host address is of a kind this host does not connect to (loopback or private)",
+            m.to
+        )),
         other => out.push_str(&format!("\n  ! not delivered: {}", clean(other))),
     }
     if m.body.is_empty() {

@@ -463,13 +463,19 @@ async fn stream_outbox(
     let me = outbox.trust.me()?;
     let contact = match outbox.trust.trusted_contact(peer, fresh, false).await {
         Ok((contact, _)) => contact,
-        Err(e) if e.code == ErrorCode::UnknownUser => {
-            // Never registered, or deregistered since: nobody will ever take these.
+        Err(e) if e.code == ErrorCode::UnknownUser || e.code == ErrorCode::AddressRefused => {
+            // Never registered, or deregistered since; or their record names an address this
+            // host never connects to: nobody will take these, so they fail rather than wait.
+            let reason = if e.code == ErrorCode::UnknownUser {
+                FailReason::UnknownUser
+            } else {
+                FailReason::AddressRefused
+            };
             let failed = storage
-                .fail_outbox(peer, FailReason::UnknownUser)
+                .fail_outbox(peer, reason)
                 .await
                 .map_err(HostError::from)?;
-            tracing::info!(%peer, failed = failed.len(), "the directory does not know the recipient; their queued messages failed");
+            tracing::info!(%peer, failed = failed.len(), reason = reason.as_str(), "the recipient cannot be reached at all; their queued messages failed");
             forget_sent(outbox, &failed);
             publish_all(outbox, peer, failed, Status::Failed);
             return Ok(());

@@ -51,6 +51,9 @@ pub enum FailReason {
     UnknownUser,
     /// The recipient's host refused it and said never to retry.
     Refused,
+    /// The recipient's host address is of a kind this host does not connect to (loopback,
+    /// private, … while ours is not).
+    AddressRefused,
 }
 
 impl FailReason {
@@ -59,6 +62,7 @@ impl FailReason {
             FailReason::None => "",
             FailReason::UnknownUser => "unknown-user",
             FailReason::Refused => "refused",
+            FailReason::AddressRefused => "address-refused",
         }
     }
 
@@ -67,6 +71,7 @@ impl FailReason {
             FailReason::None,
             FailReason::UnknownUser,
             FailReason::Refused,
+            FailReason::AddressRefused,
         ]
         .into_iter()
         .find(|r| r.as_str() == text)
@@ -80,6 +85,9 @@ impl FailReason {
                 "the directory does not know the recipient (not registered, or deregistered)"
             }
             FailReason::Refused => "the recipient's host refused it",
+            FailReason::AddressRefused => {
+                "the recipient's host address is of a kind this host does not connect to"
+            }
         }
     }
 }
