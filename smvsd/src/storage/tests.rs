@@ -571,6 +571,19 @@ fn failed_messages_keep_their_reason_and_unknown_stored_values_are_errors() {
                 (Status::Failed, FailReason::UnknownUser),
             ]
         );
+        // A record that comes to name an address this host never connects to.
+        storage
+            .queue_outgoing(&alice, &bob, Payload::Text("m3".into()))
+            .await
+            .unwrap();
+        let gone = storage
+            .fail_outbox(&bob, FailReason::AddressRefused)
+            .await
+            .unwrap();
+        assert_eq!(gone.len(), 1);
+        let history = storage.history(&bob, 0).await.unwrap();
+        assert_eq!(history[3].reason, FailReason::AddressRefused);
+        assert_eq!(history[3].reason.as_str(), "address-refused");
         // A status no version ever wrote is an error when read, not a guess.
         let db = Connection::open(dir.path().join("host.db")).unwrap();
         db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
