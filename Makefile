@@ -81,6 +81,7 @@ bench: deps
 	$(CARGO) build --release --workspace --bins $(LOCKED)
 	bash scripts/with-postgres.sh $(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-messages
+	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-devices
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --features bench-baseline --bin smvs-bench-calls
 
 lint: deps
