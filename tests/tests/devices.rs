@@ -144,8 +144,13 @@ fn a_paired_device_uses_the_host_over_the_device_port_until_it_is_revoked() {
 #[test]
 fn pairing_refuses_wrong_expired_and_reused_codes_and_keys_that_were_never_paired() {
     let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
-    let alice =
-        HostProcess::start("alice", &dir, "127.0.0.1", &["--pairing-code-seconds", "3"]).unwrap();
+    let alice = HostProcess::start(
+        "alice",
+        &dir,
+        "127.0.0.1",
+        &["--pairing-code-seconds", "10"],
+    )
+    .unwrap();
     alice.register().unwrap();
 
     let mut codes = Vec::new();
@@ -175,10 +180,11 @@ fn pairing_refuses_wrong_expired_and_reused_codes_and_keys_that_were_never_paire
     let e = refused(&desk.pair(&code).unwrap());
     assert!(e.contains("pairing failed"), "{e}");
 
-    // An expired code does not work (this host's codes last 3 s).
+    // An expired code does not work. (This host's codes last 10 s: long enough for the
+    // pairings above even on a loaded machine.)
     let (code, _) = link_code(&alice, "desk");
     codes.push(code.clone());
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(Duration::from_secs(11));
     refused(&desk.pair(&code).unwrap());
 
     // A key that was never paired is refused before any API call: here it even holds the
