@@ -126,21 +126,13 @@ async fn open(
             smvs_transport::connect(address, key, smvs_transport::DEVICE_PROLOGUE, expected).await
         }
         Some(proxy) => {
-            let (host, port) = address
-                .rsplit_once(':')
-                .and_then(|(h, p)| {
-                    let host = h.trim_start_matches('[').trim_end_matches(']');
-                    Some((host, p.parse::<u16>().ok()?))
-                })
-                .ok_or_else(|| local(format!("{address} is not HOST:PORT")))?;
-            let tcp = tokio_socks::tcp::Socks5Stream::connect(proxy, (host, port))
+            let tcp = smvs_transport::socks5_tcp(proxy, address)
                 .await
                 .map_err(|e| {
                     local(format!(
                         "the SOCKS5 proxy {proxy} cannot reach {address}: {e}"
                     ))
-                })?
-                .into_inner();
+                })?;
             smvs_transport::connect_over(
                 tcp,
                 address,

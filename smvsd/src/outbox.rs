@@ -410,16 +410,14 @@ async fn open_link(
         }
         Some(proxy) => {
             // The proxy resolves the name (an onion address, say); we only hand it the text.
-            let (host, port) = split_address(address)?;
-            let tcp = tokio_socks::tcp::Socks5Stream::connect(proxy.as_str(), (host, port))
+            let tcp = smvs_transport::socks5_tcp(proxy, address)
                 .await
                 .map_err(|e| {
                     HostError::new(
                         ErrorCode::Proxy,
                         format!("SOCKS5 proxy {proxy} cannot reach {address}: {e}"),
                     )
-                })?
-                .into_inner();
+                })?;
             smvs_transport::connect_over(
                 tcp,
                 address,
@@ -431,15 +429,6 @@ async fn open_link(
         }
     };
     Ok(Link::open(channel))
-}
-
-/// Splits a host address into host (without IPv6 brackets) and port.
-fn split_address(address: &str) -> Result<(&str, u16), HostError> {
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| HostError::internal(format!("stored host address {address} has no port")))?;
-    let port = port.parse().map_err(HostError::internal)?;
-    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
 /// Connects to the peer's host and streams the outbox to it until the outbox is empty:

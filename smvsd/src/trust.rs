@@ -224,15 +224,9 @@ async fn socks5_connect(
             "SOCKS5 proxy {proxy} cannot reach the directory at {address}: {why}"
         ))
     };
-    let (host, port) = address
-        .rsplit_once(':')
-        .ok_or_else(|| failed("the address has no port".into()))?;
-    let port: u16 = port.parse().map_err(|_| failed("bad port".into()))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    Ok(tokio_socks::tcp::Socks5Stream::connect(proxy, (host, port))
+    smvs_transport::socks5_tcp(proxy, address)
         .await
-        .map_err(|e| failed(e.to_string()))?
-        .into_inner())
+        .map_err(failed)
 }
 
 impl Trust {

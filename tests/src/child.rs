@@ -6,6 +6,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
+/// The stdout of a finished `smvsctl ARGS` run by `who`, or an error with its stderr when it
+/// exited non-zero.
+pub fn ctl_stdout(out: Output, args: &[&str], who: &str) -> anyhow::Result<String> {
+    if !out.status.success() {
+        bail!(
+            "smvsctl {} on {who} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 /// Waits for `child` and returns its output; kills it and fails (with what it wrote to stderr,
 /// if that was piped) when it has not finished within `limit`, so a missing event fails the
 /// test instead of hanging it.

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
-use anyhow::bail;
 use tempfile::TempDir;
 
 use crate::daemon::binary;
@@ -76,17 +75,7 @@ impl DeviceProcess {
 
     /// Runs smvsctl and returns stdout, failing with stderr when it exits non-zero.
     pub fn ctl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.ctl(args)?;
-        if !out.status.success() {
-            bail!(
-                "smvsctl {} on device {} failed ({}): {}",
-                args.join(" "),
-                self.name,
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8(out.stdout)?)
+        crate::child::ctl_stdout(self.ctl(args)?, args, &format!("device {}", self.name))
     }
 
     pub fn ctl_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {

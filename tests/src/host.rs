@@ -299,17 +299,7 @@ impl HostProcess {
 
     /// Runs smvsctl and returns stdout, failing with stderr when it exits non-zero.
     pub fn ctl_ok(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.ctl(args)?;
-        if !out.status.success() {
-            bail!(
-                "smvsctl {} on {} failed ({}): {}",
-                args.join(" "),
-                self.name,
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8(out.stdout)?)
+        crate::child::ctl_stdout(self.ctl(args)?, args, &self.name)
     }
 
     /// Runs `smvsctl --json ARGS` and parses its output.

@@ -14,6 +14,7 @@
 mod channel;
 mod error;
 pub mod rpc;
+mod socks;
 
 #[doc(hidden)]
 pub use channel::fuzzing;
@@ -21,6 +22,7 @@ pub use channel::{
     accept, connect, connect_over, connect_within, SecureChannel, HANDSHAKE_TIMEOUT,
 };
 pub use error::TransportError;
+pub use socks::socks5_tcp;
 
 /// Prologue of directory links: both sides must agree on it or the handshake fails.
 pub const DIRECTORY_PROLOGUE: &[u8] = b"smvs-directory-v1";

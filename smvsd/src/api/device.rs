@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use super::local::host_api;
-use super::peer::{address_group, HANDSHAKE_TIMEOUT};
+use super::peer::{address_group, AddressSlot, HANDSHAKE_TIMEOUT};
 use crate::commands::Commands;
 use crate::devices::{DeviceLinkGuard, Devices, PairingRun};
 use crate::events::DeviceHub;
@@ -72,27 +72,19 @@ impl DeviceApi {
                 tracing::debug!(%from, "too many device links waiting to be let in; closing a new one");
                 continue;
             }
-            let group = site_group(from.ip());
-            {
-                let mut table = per_address.borrow_mut();
-                let n = table.entry(group).or_insert(0);
-                if *n >= MAX_CONNECTIONS_PER_ADDRESS {
-                    tracing::warn!(%from, "too many device connections from one address; closing a new one");
-                    continue;
-                }
-                *n += 1;
-            }
-            let (api, per_address) = (me.clone(), per_address.clone());
+            let Some(address_slot) = AddressSlot::take(
+                &per_address,
+                site_group(from.ip()),
+                MAX_CONNECTIONS_PER_ADDRESS,
+            ) else {
+                tracing::warn!(%from, "too many device connections from one address; closing a new one");
+                continue;
+            };
+            let api = me.clone();
             let waiting_slot = WaitingSlot::take(&waiting);
             tokio::task::spawn_local(async move {
                 api.one_link(tcp, from, waiting_slot).await;
-                let mut table = per_address.borrow_mut();
-                if let Some(n) = table.get_mut(&group) {
-                    *n -= 1;
-                    if *n == 0 {
-                        table.remove(&group);
-                    }
-                }
+                drop(address_slot);
                 drop(permit);
             });
         }

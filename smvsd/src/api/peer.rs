@@ -69,7 +69,11 @@ pub async fn serve(
             tracing::warn!(%peer, "peer connection limit reached; closing a new connection");
             continue;
         };
-        let Some(address_slot) = AddressSlot::take(&per_address, address_group(peer.ip())) else {
+        let Some(address_slot) = AddressSlot::take(
+            &per_address,
+            address_group(peer.ip()),
+            MAX_CONNECTIONS_PER_ADDRESS,
+        ) else {
             tracing::warn!(%peer, "too many connections from one address; closing a new one");
             continue;
         };
@@ -130,16 +134,21 @@ pub async fn serve(
 }
 
 /// One connection's count against its address's limit, given back when dropped.
-struct AddressSlot {
+pub(super) struct AddressSlot {
     table: Rc<RefCell<HashMap<IpAddr, usize>>>,
     address: IpAddr,
 }
 
 impl AddressSlot {
-    fn take(table: &Rc<RefCell<HashMap<IpAddr, usize>>>, address: IpAddr) -> Option<AddressSlot> {
+    /// A slot for `address` (already grouped), if it holds fewer than `limit`.
+    pub(super) fn take(
+        table: &Rc<RefCell<HashMap<IpAddr, usize>>>,
+        address: IpAddr,
+        limit: usize,
+    ) -> Option<AddressSlot> {
         let mut t = table.borrow_mut();
         let n = t.entry(address).or_insert(0);
-        if *n >= MAX_CONNECTIONS_PER_ADDRESS {
+        if *n >= limit {
             return None;
         }
         *n += 1;
@@ -342,15 +351,15 @@ mod tests {
         let slots: Vec<_> = (0..MAX_CONNECTIONS_PER_ADDRESS)
             .map(|i| {
                 let ip: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
-                AddressSlot::take(&table, address_group(ip)).unwrap()
+                AddressSlot::take(&table, address_group(ip), MAX_CONNECTIONS_PER_ADDRESS).unwrap()
             })
             .collect();
         assert!(
-            AddressSlot::take(&table, address_group(a)).is_none(),
+            AddressSlot::take(&table, address_group(a), MAX_CONNECTIONS_PER_ADDRESS).is_none(),
             "the /64 is full"
         );
-        assert!(AddressSlot::take(&table, address_group(c)).is_some());
+        assert!(AddressSlot::take(&table, address_group(c), MAX_CONNECTIONS_PER_ADDRESS).is_some());
         drop(slots);
-        assert!(AddressSlot::take(&table, address_group(a)).is_some());
+        assert!(AddressSlot::take(&table, address_group(a), MAX_CONNECTIONS_PER_ADDRESS).is_some());
     }
 }
