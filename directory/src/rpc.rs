@@ -222,7 +222,8 @@ impl directory::Server for DirectoryRpc {
             .insert_user(user)
             .await
             .map_err(store_refusal)?;
-        tracing::debug!(username = %stored.username, "registered");
+        // No name in the log: a deregistered name must leave no trace (it is kept only as a keyed hash).
+        tracing::debug!("a user registered");
         sign_record(
             &self.shared.key,
             &stored,
@@ -579,7 +580,10 @@ impl session::Server for SessionRpc {
             .await
             .map_err(store_refusal)?
             .ok_or_else(|| self.gone())?;
-        tracing::debug!(username = %self.username, not_after = transport.not_after, "transport certificate renewed");
+        tracing::debug!(
+            not_after = transport.not_after,
+            "a transport certificate was renewed"
+        );
         sign_record(
             &self.shared.key,
             &user,
@@ -602,7 +606,7 @@ impl session::Server for SessionRpc {
             .await
             .map_err(store_refusal)?;
         self.alive.set(false);
-        tracing::debug!(username = %self.username, "deregistered");
+        tracing::debug!("a user deregistered");
         Ok(())
     }
 }
