@@ -24,7 +24,9 @@ use crate::commands::{
 use crate::devices::Device;
 use crate::error::HostError;
 use crate::events::{DeviceHub, Subscribe, DEVICE_QUEUE};
-use crate::model::{CallInfo, HostEvent, Integrity, MessageId, Payload, Status, StoredMessage};
+use crate::model::{
+    Answerer, CallInfo, HostEvent, Integrity, MessageId, Payload, Status, StoredMessage, Viewer,
+};
 
 /// Local clients served at once.
 pub const MAX_LOCAL_CLIENTS: usize = 256;
@@ -119,7 +121,12 @@ struct HostRpc {
     /// A linked device's requests are metered; the socket's are not (its users are the
     /// host's own, checked by uid).
     budget: Option<RequestBudget>,
+    /// This connection among the user's clients (which one picked up a call that rang on all).
+    client: u64,
 }
+
+/// Numbers the connections, for [`HostRpc::client`].
+static NEXT_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A linked device link's request budget: a burst of [`DEVICE_BURST`] requests, refilled at
 /// [`DEVICE_RATE`] a second. Far above what a person's device asks (a history page, a send),
@@ -182,6 +189,7 @@ pub(super) fn host_api(
         admin,
         local,
         budget: (!local).then(RequestBudget::new),
+        client: NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     })
 }
 
@@ -354,7 +362,8 @@ impl host::Server for HostRpc {
         let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
         mailbox(self.hub.send(Subscribe(tx)).await)?;
         let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
-        tokio::task::spawn_local(forward_events(rx, sink, cancelled));
+        let viewer = Viewer::Client(self.client);
+        tokio::task::spawn_local(forward_events(rx, sink, cancelled, viewer));
         results
             .get()
             .set_subscription(capnp_rpc::new_client(SubscriptionRpc { _cancel: cancel }));
@@ -519,7 +528,11 @@ impl host::Server for HostRpc {
         results: host::AnswerCallResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        local_calls::answer(&self.commands, params, results).await
+        let by = Answerer {
+            client: self.client,
+            linked_device: !self.local,
+        };
+        local_calls::answer(&self.commands, by, params, results).await
     }
 
     async fn hangup_call(
@@ -537,7 +550,7 @@ impl host::Server for HostRpc {
         results: host::CallsResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        local_calls::list(&self.commands, results).await
+        local_calls::list(&self.commands, Viewer::Client(self.client), results).await
     }
 
     async fn register_call_agent(
@@ -547,11 +560,12 @@ impl host::Server for HostRpc {
     ) -> Result<(), capnp::Error> {
         self.admit()?;
         if !self.local {
-            // A linked device taking over the agent would run the desktop's calls elsewhere;
-            // calls on linked devices are not built yet.
+            // The call agent runs the calls the host machine's desktop starts over D-Bus; a
+            // linked device taking that over would run them on another machine. Calls ring on
+            // a linked device all the same, and it answers them itself (answerCall).
             return Err(HostError::new(
                 smvs_schema::ErrorCode::NotAllowed,
-                "a linked device cannot be the call agent (yet)",
+                "a linked device does not run the host's D-Bus calls; calls ring on it and it answers them itself",
             )
             .into());
         }
@@ -646,11 +660,12 @@ async fn forward_events(
     mut rx: mpsc::Receiver<HostEvent>,
     sink: event_sink::Client,
     mut cancelled: tokio::sync::oneshot::Receiver<()>,
+    viewer: Viewer,
 ) {
     let mut in_flight = std::collections::VecDeque::with_capacity(EVENTS_IN_FLIGHT);
     loop {
         let event = tokio::select! {
-            event = rx.recv() => match event { Some(e) => e, None => return },
+            event = rx.recv() => match event { Some(e) => e.seen_by(viewer), None => return },
             _ = &mut cancelled => return,
         };
         let mut request = sink.event_request();
