@@ -618,8 +618,7 @@ fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
     let mut laptop_agent =
         AgentProcess::start(&rt, laptop.command(&agent_args).unwrap(), "connected").unwrap();
 
-    // bob calls alice: both agents ring, with Answer and Decline. bob hangs up (SIGINT) once
-    // the test has seen what it must while the call runs.
+    // bob calls alice: both agents ring, with Answer and Decline.
     let mut call_args = vec!["call", "alice", "--stats"];
     call_args.extend(TEST_MEDIA);
     let caller = spawn(&bob, &call_args);
@@ -661,14 +660,14 @@ fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
     let active = wait_call(&alice, "active");
     assert_eq!(active["id"], call_id.as_str());
 
-    // Five seconds of conversation, then bob hangs up.
+    // Five seconds of conversation; then alice hangs up from the host's own socket, a
+    // device that does not run the call.
     std::thread::sleep(Duration::from_secs(5));
-    let bob_pid = nix::unistd::Pid::from_raw(i32::try_from(caller.id()).unwrap());
-    nix::sys::signal::kill(bob_pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    alice.ctl_ok(&["hangup"]).unwrap();
     let caller = json(&finish(caller, LIMIT).unwrap(), "bob");
     let callee = agent_report(&mut laptop_agent);
-    assert_eq!(caller["ended"], "hangup", "{caller}");
-    assert_eq!(callee["ended"], "remote-hangup", "{callee}");
+    assert_eq!(caller["ended"], "remote-hangup", "{caller}");
+    assert_eq!(callee["ended"], "hangup", "{callee}");
     check_media_both_ways(&caller, &callee);
     eprintln!(
         "bob → laptop: {} of {} frames decoded; laptop → bob: {} of {}",
@@ -691,6 +690,31 @@ fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
     assert_ne!(laptop_ip, alice.listen.ip(), "{callee}");
     assert_eq!(caller["peer_media_address"], callee["media_address"]);
     assert_eq!(media_ip(&caller, "media_address").to_string(), "127.0.0.2");
+
+    // Declined on one device: it stops ringing on the others.
+    let mut call_args = vec!["call", "alice"];
+    call_args.extend(TEST_MEDIA);
+    let caller = spawn(&bob, &call_args);
+    // A new ring is a new notification.
+    let (first_desktop, first_laptop) = (on_desktop.id, on_laptop.id);
+    let on_desktop = desktop_agent
+        .wait_notification(|n| ringing(n) && n.id != first_desktop)
+        .unwrap();
+    let on_laptop = laptop_agent
+        .wait_notification(|n| ringing(n) && n.id != first_laptop)
+        .unwrap();
+    rt.block_on(desktop_agent.desktop.press(on_desktop.id, "decline"))
+        .unwrap();
+    let out = finish(caller, LIMIT).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("alice declined the call"),
+        "{}",
+        stderr(&out)
+    );
+    laptop_agent
+        .wait_notification(|n| n.id == on_laptop.id && n.body == "The call from bob was declined")
+        .unwrap();
 
     // A call placed from the laptop works the same way, from its own address.
     let mut answer_args = vec!["answer", "--wait", "30", "--stats"];

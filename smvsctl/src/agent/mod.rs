@@ -105,6 +105,15 @@ pub enum News {
 /// The reason smvsd gives a ringing device when another of the user's devices picked up.
 const ANSWERED_ELSEWHERE: &str = "answered-elsewhere";
 
+/// Why a call that rang here stopped ringing, as the callee sees it.
+fn ring_end_text(peer: &Username, reason: &str) -> String {
+    match reason {
+        "declined" => format!("The call from {peer} was declined"),
+        "missed" | "no-answer" | "remote-hangup" => format!("Missed call from {peer}"),
+        other => crate::output::call_end_text(peer.as_str(), other),
+    }
+}
+
 /// The calls this agent knows of.
 #[derive(Default)]
 struct Calls {
@@ -232,7 +241,7 @@ impl Agent {
             CallState::Active if mine => format!("In a call with {peer}"),
             // Any other answer this agent did not give is another device's.
             CallState::Active => elsewhere,
-            _ => crate::output::call_end_text(peer.as_str(), reason),
+            _ => ring_end_text(peer, reason),
         };
         self.desktop
             .notify(ring.notification, "SMVS call", &body, &[])
