@@ -19,6 +19,7 @@ use smvs_tests::child::finish;
 use smvs_tests::dbus::{ensure_daemon_user, host_on_bus, Shown, TestBus, ROOT_OWNS};
 use smvs_tests::device::DeviceProcess;
 use smvs_tests::runtime::runtime_and_directory;
+use smvs_tests::watch::Watch;
 use smvs_tests::{DirectoryProcess, HostProcess};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -618,6 +619,9 @@ fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
     let mut laptop_agent =
         AgentProcess::start(&rt, laptop.command(&agent_args).unwrap(), "connected").unwrap();
 
+    // A watch on the host's socket: the Cap'n Proto events every device gets.
+    let mut watch = Watch::start(&alice).unwrap();
+
     // bob calls alice: both agents ring, with Answer and Decline.
     let mut call_args = vec!["call", "alice", "--stats"];
     call_args.extend(TEST_MEDIA);
@@ -646,6 +650,12 @@ fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
     assert!(stopped.actions.is_empty(), "{stopped:?}");
     laptop_agent
         .wait_notification(|n| n.id == on_laptop.id && n.body == "In a call with bob")
+        .unwrap();
+    watch
+        .wait_for("the call answered elsewhere", |e| {
+            e["event"] == "call_state" && e["state"] == "active"
+        })
+        .map(|e| assert_eq!(e["reason"], "answered-elsewhere", "{e}"))
         .unwrap();
     // A second answer, from the host's own socket, is refused: it does not steal the call.
     let mut again = vec!["answer", call_id.as_str()];
