@@ -819,4 +819,46 @@ mod tests {
         assert!(t.may_ring(&mallory));
         assert_eq!(t.rings.len(), 1, "aged-out peers are forgotten");
     }
+
+    #[test]
+    fn an_answer_after_another_device_picked_up_is_refused_as_answered_elsewhere() {
+        let mut t = Table::default();
+        let id = CallId([3; 16]);
+        assert_eq!(not_ringing(&t, None).code, ErrorCode::NotFound);
+        t.calls.insert(
+            id,
+            Call {
+                info: CallInfo {
+                    id,
+                    peer: Username::parse("bob").unwrap(),
+                    outgoing: false,
+                    state: CallState::Active,
+                    reason: String::new(),
+                    caller_identity: Vec::new(),
+                    callee_identity: Vec::new(),
+                    peer_media: None,
+                    video: true,
+                    audio: true,
+                    since: 0,
+                    answered_by: Some(Answerer {
+                        client: 1,
+                        linked_device: true,
+                    }),
+                },
+                device: None,
+            },
+        );
+        for asked in [None, Some(id)] {
+            let refused = not_ringing(&t, asked);
+            assert_eq!(refused.code, ErrorCode::Busy);
+            assert!(
+                refused.message.contains("answered on another device"),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(
+            not_ringing(&t, Some(CallId([4; 16]))).code,
+            ErrorCode::NotFound
+        );
+    }
 }
