@@ -91,7 +91,14 @@ struct Event {
     deviceLinked @8 :Text;      # a device was paired with this host (its name)
     deviceRevoked @9 :Text;     # a device was revoked: its connections are cut
     read @10 :Text;             # the conversation with this peer was read on some device
+    messageSent @11 :MessageRef;  # the user wrote a message to `peer` on one of their devices
+                                  # (queued in the outbox; its status changes follow)
+    resync @12 :Void;           # events this device had not seen are gone from the log (older
+                                # than it keeps): re-read conversations and history
   }
+  seq @13 :UInt64;              # the event's place in the host's event log (1, 2, ...); a
+                                # device's cursor is the last seq it has taken in; 0: resync
+  replayed @14 :Bool;           # from the log, for a device that was away (not live)
   struct MessageRef {
     id @0 :Data;
     peer @1 :Text;
@@ -173,10 +180,20 @@ interface Host {
   register @1 (username :Text) -> (status :HostStatus);
   send @2 (to :Text, body :Text) -> (id :Data);
   # Returns once the message is durably queued.
-  history @3 (peer :Text, limit :UInt32) -> (messages :List(Message), more :Bool);
-  # Oldest first; the last `limit` messages (0: as many as fit). One answer carries at most
-  # about 3 MiB of text: `more` says older messages were left out.
-  subscribe @4 (sink :EventSink) -> (subscription :Subscription);
+  history @3 (peer :Text, limit :UInt32, before :Data) -> (messages :List(Message), more :Bool);
+  # Oldest first; the last `limit` messages (0: as many as fit) before the message `before`
+  # (empty: the newest), so a device pages back with the first id it has. `more`: older
+  # messages exist. One answer carries at most about 3 MiB of text.
+  subscribe @4 (sink :EventSink, since :UInt64, cursor :Text) -> (subscription :Subscription);
+  # Events go to `sink` in log order (`Event.seq`), each once. Where the stream starts:
+  # - `cursor` set: after this device's cursor of that name, which the host keeps and moves to
+  #   every event the sink has answered (answer after the event is safely handled). A cursor
+  #   the device never used starts at the log's head (live). A remote device's cursors are its
+  #   own (revoking it deletes them); the Unix socket's clients share theirs.
+  # - else `since` > 0: after that seq;
+  # - else: live events only.
+  # Missed events come first (`replayed`), then live ones. A stream that cannot start where
+  # asked (those events were pruned from the log) begins with `resync`.
   conversations @5 () -> (conversations :List(Conversation));
   contacts @6 () -> (contacts :List(Contact));
   block @7 (user :Text) -> ();

@@ -86,13 +86,18 @@ pub enum Command {
     },
 
     /// Show the messages exchanged with USER, oldest first
-    #[command(after_help = "Example:\n  smvsctl history bob --limit 20")]
+    #[command(
+        after_help = "Examples:\n  smvsctl history bob --limit 20\n  smvsctl history bob --limit 20 --before ID   (the page before: ID is the first one shown)"
+    )]
     History {
         /// The other user of the conversation
         user: Username,
         /// Only the last N messages (0: all)
         #[arg(long, value_name = "N", default_value_t = 0)]
         limit: u32,
+        /// Only messages older than the message ID (to page back)
+        #[arg(long, value_name = "ID")]
+        before: Option<MessageId>,
     },
 
     /// List conversations: peer, message count, last message, disappearing-message timer
@@ -101,13 +106,26 @@ pub enum Command {
 
     /// Print events (new messages, status changes, key changes, deletions) as they happen
     #[command(
-        after_help = "Examples:\n  smvsctl watch\n  smvsctl --json watch --count 1\n\nOne line per event. Runs until SIGINT/SIGTERM (exit 0), until --count events were \
-                      printed (exit 0), or until smvsd closes the connection (exit 1)."
+        after_help = "Examples:\n  smvsctl watch\n  smvsctl --json watch --count 1\n  smvsctl --host paired watch\n  smvsctl watch --cursor mine\n\n\
+                      One line per event. Runs until SIGINT/SIGTERM (exit 0), until --count events were \
+                      printed (exit 0), or until smvsd closes the connection (exit 1). On a linked device (--host), the watch \
+                      resumes where this device's last watch stopped: what happened meanwhile comes first (\"replayed\": true in --json), \
+                      each event once. With --json every line carries the event's \"seq\" in the host's log."
     )]
     Watch {
         /// Exit after N events
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         count: Option<u64>,
+        /// Start after this event (the `seq` of a --json line): what came since, then live
+        #[arg(long, value_name = "SEQ", conflicts_with_all = ["cursor", "live"])]
+        since: Option<u64>,
+        /// Resume from the cursor of this name, which the host keeps for this device and moves
+        /// past each event once it is printed (default with --host: "watch")
+        #[arg(long, value_name = "NAME", conflicts_with = "live")]
+        cursor: Option<String>,
+        /// Live events only (the default on the host's own socket)
+        #[arg(long)]
+        live: bool,
     },
 
     /// Run in your desktop session: turn your host's news into desktop notifications
@@ -456,7 +474,17 @@ mod tests {
         let cli = parse(&["expire", "bob", "0"]).unwrap();
         assert!(matches!(cli.command, Command::Expire { seconds: 0, .. }));
         let cli = parse(&["watch", "--count", "3"]).unwrap();
-        assert_eq!(cli.command, Command::Watch { count: Some(3) });
+        assert_eq!(
+            cli.command,
+            Command::Watch {
+                count: Some(3),
+                since: None,
+                cursor: None,
+                live: false
+            }
+        );
+        assert!(parse(&["watch", "--since", "3", "--live"]).is_err());
+        assert!(parse(&["watch", "--cursor", "a", "--since", "3"]).is_err());
         for simple in ["whoami", "status", "conversations", "contacts"] {
             assert!(parse(&[simple]).is_ok(), "{simple}");
         }

@@ -149,6 +149,13 @@ pub enum EventView {
         peer: Username,
         time: i64,
     },
+    /// The user wrote a message to `peer`, on this device or another of theirs.
+    MessageSent {
+        id: MessageId,
+        #[serde(serialize_with = "as_display")]
+        peer: Username,
+        time: i64,
+    },
     MessageStatus {
         id: MessageId,
         #[serde(serialize_with = "as_display")]
@@ -190,6 +197,47 @@ pub enum EventView {
     DeviceLinked { name: String },
     /// A device was revoked.
     DeviceRevoked { name: String },
+    /// Events this device had not seen are gone from the host's log (it was away longer than
+    /// the log keeps them): re-read conversations and history.
+    Resync,
+}
+
+/// One event of a subscription with its place in the host's event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoggedEvent {
+    /// The event's seq in the host's log (0 for a resync).
+    pub seq: u64,
+    /// From the log, for a device that was away (not live).
+    pub replayed: bool,
+    #[serde(flatten)]
+    pub event: EventView,
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Live events only.
+    Live,
+    /// After this seq of the host's log.
+    After(u64),
+    /// After this device's cursor of that name, which the host keeps and moves as the
+    /// subscriber hands events back as handled ([`Delivered::handled`]).
+    Cursor(String),
+}
+
+/// An event that the host waits to hear was handled before it moves the device's cursor.
+#[derive(Debug)]
+pub struct Delivered {
+    pub event: LoggedEvent,
+    handled: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Delivered {
+    /// The event is safely handled (printed, shown): the host may move the cursor past it.
+    /// Dropping a `Delivered` unhandled ends the stream there instead.
+    pub fn handled(self) {
+        let _ = self.handled.send(());
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -580,6 +628,15 @@ impl EventView {
                     time: m.get_time(),
                 }
             }
+            event::MessageSent(m) => {
+                let m = m?;
+                EventView::MessageSent {
+                    id: message_id("message id", m.get_id())?,
+                    peer: username("peer", m.get_peer())?,
+                    time: m.get_time(),
+                }
+            }
+            event::Resync(()) => EventView::Resync,
             event::MessageStatus(s) => {
                 let s = s?;
                 EventView::MessageStatus {
@@ -725,9 +782,15 @@ pub struct Subscription {
     _subscription: subscription::Client,
 }
 
-/// The `EventSink` smvsd calls: parses each event and queues it for the watcher.
-struct Sink {
-    events: mpsc::Sender<Result<EventView, CtlError>>,
+/// The `EventSink` smvsd calls: parses each event and queues it for the watcher; answers at
+/// once (`Live`), or once the watcher has handled it (`Acknowledged`).
+enum Sink {
+    Live(mpsc::Sender<Result<EventView, CtlError>>),
+    Acknowledged(mpsc::Sender<Result<Delivered, CtlError>>),
+}
+
+fn watcher_stopped<T>(_: T) -> capnp::Error {
+    capnp::Error::failed("the watcher has stopped".to_string())
 }
 
 impl event_sink::Server for Sink {
@@ -737,19 +800,36 @@ impl event_sink::Server for Sink {
         _results: event_sink::EventResults,
     ) -> Result<(), capnp::Error> {
         // A malformed event still reaches the watcher, as an error, so it can say what broke.
-        let parsed = params
-            .get()
-            .and_then(|p| p.get_event())
+        let event = params.get().and_then(|p| p.get_event());
+        let (seq, replayed) = event
+            .as_ref()
+            .map_or((0, false), |e| (e.get_seq(), e.get_replayed()));
+        let parsed = event
             .map_err(CtlError::from)
             .and_then(EventView::read)
             .transpose();
+        // A kind of event this smvsctl does not know (a newer smvsd) is skipped, and taken.
         let Some(parsed) = parsed else {
             return Ok(());
         };
-        self.events
-            .send(parsed)
-            .await
-            .map_err(|_| capnp::Error::failed("the watcher has stopped".to_string()))
+        match &*self {
+            Sink::Live(events) => events.send(parsed).await.map_err(watcher_stopped),
+            Sink::Acknowledged(events) => {
+                let (handled, done) = tokio::sync::oneshot::channel();
+                let delivered = parsed.map(|event| Delivered {
+                    event: LoggedEvent {
+                        seq,
+                        replayed,
+                        event,
+                    },
+                    handled,
+                });
+                events.send(delivered).await.map_err(watcher_stopped)?;
+                // Not handled (the watcher stopped first): not taken, so the host's cursor
+                // stays before it.
+                done.await.map_err(watcher_stopped)
+            }
+        }
     }
 }
 
@@ -762,6 +842,11 @@ impl HostClient {
     /// How this client reaches its host.
     pub fn link(&self) -> Link {
         self.link
+    }
+
+    /// Whether this is a linked device's link over the network (not the host's own socket).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.link, Link::Device { .. })
     }
 
     /// Resolves, with the reason, once the connection to smvsd has ended.
@@ -801,25 +886,41 @@ impl HostClient {
 
     /// Oldest first; the last `limit` messages (0: all).
     pub async fn history(&self, peer: &Username, limit: u32) -> Result<Vec<MessageView>, CtlError> {
+        let (messages, more) = self.history_page(peer, limit, None).await?;
+        if more && limit == 0 {
+            // The daemon caps one answer (about 3 MiB of text); say so rather than pretend.
+            eprintln!(
+                "smvsctl: older messages were left out; use --limit and --before to page through them"
+            );
+        }
+        Ok(messages)
+    }
+
+    /// One page of history: the last `limit` messages before the message `before` (None: the
+    /// newest), oldest first, and whether older ones exist.
+    pub async fn history_page(
+        &self,
+        peer: &Username,
+        limit: u32,
+        before: Option<&MessageId>,
+    ) -> Result<(Vec<MessageView>, bool), CtlError> {
         let mut request = self.host.history_request();
         {
             let mut params = request.get();
             params.set_peer(peer.as_str());
             params.set_limit(limit);
+            if let Some(before) = before {
+                params.set_before(before.as_bytes());
+            }
         }
         let answer = request.send().promise.await?;
         let answer = answer.get()?;
-        if answer.get_more() {
-            // The daemon caps one answer (about 3 MiB of text); say so rather than pretend.
-            eprintln!(
-                "smvsctl: older messages were left out; use --limit to choose how many to show"
-            );
-        }
-        answer
+        let messages = answer
             .get_messages()?
             .iter()
             .map(MessageView::read)
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((messages, answer.get_more()))
     }
 
     /// One message.
@@ -834,15 +935,37 @@ impl HostClient {
         MessageView::read(answer.get()?.get_message()?)
     }
 
-    /// Subscribes to events: each one arrives on `events` (a malformed one as an error). Events
-    /// flow until the returned [`Subscription`] is dropped or the connection ends.
+    /// Subscribes to live events: each one arrives on `events` (a malformed one as an error).
+    /// Events flow until the returned [`Subscription`] is dropped or the connection ends.
     pub async fn subscribe(
         &self,
         events: mpsc::Sender<Result<EventView, CtlError>>,
     ) -> Result<Subscription, CtlError> {
-        let sink: event_sink::Client = capnp_rpc::new_client(Sink { events });
+        self.subscribe_with(Sink::Live(events), &Start::Live).await
+    }
+
+    /// Subscribes from `start`: what was missed first, then live events. The host waits for
+    /// each [`Delivered`] to be handled before it counts it taken (and moves a cursor).
+    pub async fn subscribe_from(
+        &self,
+        start: &Start,
+        events: mpsc::Sender<Result<Delivered, CtlError>>,
+    ) -> Result<Subscription, CtlError> {
+        self.subscribe_with(Sink::Acknowledged(events), start).await
+    }
+
+    async fn subscribe_with(&self, sink: Sink, start: &Start) -> Result<Subscription, CtlError> {
+        let sink: event_sink::Client = capnp_rpc::new_client(sink);
         let mut request = self.host.subscribe_request();
-        request.get().set_sink(sink);
+        {
+            let mut params = request.get();
+            params.set_sink(sink);
+            match start {
+                Start::Live => {}
+                Start::After(seq) => params.set_since(*seq),
+                Start::Cursor(name) => params.set_cursor(name),
+            }
+        }
         let answer = request.send().promise.await?;
         Ok(Subscription {
             _subscription: answer.get()?.get_subscription()?,

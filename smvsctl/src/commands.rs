@@ -8,7 +8,7 @@ use smvs_schema::Username;
 use tokio::sync::mpsc;
 
 use crate::cli::Command;
-use crate::client::{CallId, HostClient, MessageId, EVENT_QUEUE};
+use crate::client::{CallId, HostClient, MessageId, Start, EVENT_QUEUE};
 use crate::error::{CtlError, ErrorCode};
 use crate::output::{self, Format};
 
@@ -68,7 +68,11 @@ pub async fn execute(
         Command::Whoami => whoami(host, format, out).await,
         Command::Status => status(host, format, out).await,
         Command::Send { user, text } => send(host, format, out, user, text).await,
-        Command::History { user, limit } => history(host, format, out, user, *limit).await,
+        Command::History {
+            user,
+            limit,
+            before,
+        } => history(host, format, out, user, *limit, before.as_ref()).await,
         Command::Conversations => conversations(host, format, out).await,
         Command::Read { user } => {
             let was = host.mark_read(user).await?;
@@ -79,7 +83,21 @@ pub async fn execute(
             )?;
             emit(out, &text)
         }
-        Command::Watch { count } => watch(host, format, out, *count, stop).await,
+        Command::Watch {
+            count,
+            since,
+            cursor,
+            live,
+        } => {
+            let start = match (since, cursor) {
+                (Some(seq), _) => Start::After(*seq),
+                (None, Some(name)) => Start::Cursor(name.clone()),
+                // A linked device comes and goes: by default it resumes where it was.
+                (None, None) if host.is_remote() && !live => Start::Cursor("watch".into()),
+                (None, None) => Start::Live,
+            };
+            watch(host, format, out, *count, &start, stop).await
+        }
         // The agent keeps (and remakes) its own connections; `run` starts it before connecting
         // here. Given a connection, it is the agent beside that host.
         Command::Agent {
@@ -186,8 +204,12 @@ pub async fn history(
     out: &mut dyn Write,
     peer: &Username,
     limit: u32,
+    before: Option<&MessageId>,
 ) -> Result<(), CtlError> {
-    let messages = host.history(peer, limit).await?;
+    let messages = match before {
+        None => host.history(peer, limit).await?,
+        Some(before) => host.history_page(peer, limit, Some(before)).await?.0,
+    };
     emit(
         out,
         &output::render(format, messages.as_slice(), |m| {
@@ -210,16 +232,19 @@ pub async fn conversations(
 
 /// Prints events as they come, one line each, until `count` were printed, `stop` resolves (both
 /// exit 0), or the connection ends (an error: whoever relies on the stream must know it broke).
+/// Each event is handed back as handled only once its line is written, so a cursor never
+/// passes an event that was not printed.
 pub async fn watch(
     host: &HostClient,
     format: Format,
     out: &mut dyn Write,
     count: Option<u64>,
+    start: &Start,
     stop: impl Future<Output = ()>,
 ) -> Result<(), CtlError> {
     let (events_tx, mut events) = mpsc::channel(EVENT_QUEUE);
     // Held until we return: dropping it ends the subscription.
-    let _subscription = host.subscribe(events_tx).await?;
+    let _subscription = host.subscribe_from(start, events_tx).await?;
     tokio::pin!(stop);
     let mut printed = 0u64;
     while count.is_none_or(|n| printed < n) {
@@ -230,12 +255,13 @@ pub async fn watch(
                 let Some(event) = event else {
                     return Err(CtlError::Disconnected("smvsd ended the subscription".to_string()));
                 };
-                let event = event?;
+                let delivered = event?;
                 let line = match format {
-                    Format::Text => output::event_text(&event),
-                    Format::Json => output::to_json(&event)?,
+                    Format::Text => output::event_text(&delivered.event.event),
+                    Format::Json => output::to_json(&delivered.event)?,
                 };
                 emit(out, &line)?;
+                delivered.handled();
                 printed += 1;
             }
             () = &mut stop => return Ok(()),

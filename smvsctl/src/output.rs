@@ -390,6 +390,10 @@ pub fn event_text(e: &EventView) -> String {
             "directory-alarm {peer} (the directory served an older record than before; smvsctl verify {peer} --json shows the one kept)"
         ),
         EventView::Read { peer } => format!("read {peer}"),
+        EventView::MessageSent { id, peer, time } => {
+            format!("sent {peer} {} {id}", rfc3339_utc(*time))
+        }
+        EventView::Resync => "resync (events this device missed are no longer kept by the host: re-read conversations and history)".to_string(),
         EventView::DeviceLinked { name } => format!("device-linked {}", clean(name)),
         EventView::DeviceRevoked { name } => format!("device-revoked {}", clean(name)),
         EventView::IntegrityProblem { id, peer, time } => format!(

@@ -15,6 +15,7 @@ use std::rc::Rc;
 use capnp::capability::Rc as CapRc;
 use smvs_schema::local_capnp::{event, event_sink, host, message, subscription};
 use smvs_schema::Username;
+use smvsctl::client::Start;
 use smvsctl::{commands, CtlError, ErrorCode, Format, MessageId};
 use tokio::sync::Notify;
 
@@ -318,7 +319,7 @@ async fn send_returns_the_id_and_history_renders_it() {
         );
 
         let mut out = Vec::new();
-        commands::history(&host, Format::Text, &mut out, &name("bob"), 2)
+        commands::history(&host, Format::Text, &mut out, &name("bob"), 2, None)
             .await
             .unwrap();
         let out = text(out);
@@ -342,7 +343,7 @@ async fn send_returns_the_id_and_history_renders_it() {
         );
 
         let mut out = Vec::new();
-        commands::history(&host, Format::Json, &mut out, &name("bob"), 0)
+        commands::history(&host, Format::Json, &mut out, &name("bob"), 0, None)
             .await
             .unwrap();
         let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -418,6 +419,7 @@ async fn watch_prints_one_line_per_event_and_stops_after_count() {
             Format::Json,
             &mut out,
             Some(3),
+            &Start::Live,
             std::future::pending(),
         )
         .await
@@ -431,16 +433,19 @@ async fn watch_prints_one_line_per_event_and_stops_after_count() {
             events,
             vec![
                 serde_json::json!({"event": "message_received", "id": "01".repeat(16),
-                                   "peer": "bob", "time": 1_700_000_000_123_i64}),
+                                   "peer": "bob", "time": 1_700_000_000_123_i64,
+                                   "seq": 0, "replayed": false}),
                 serde_json::json!({"event": "message_status", "id": "ab".repeat(16),
-                                   "peer": "bob", "status": "delivered"}),
-                serde_json::json!({"event": "key_changed", "peer": "carol"}),
+                                   "peer": "bob", "status": "delivered",
+                                   "seq": 0, "replayed": false}),
+                serde_json::json!({"event": "key_changed", "peer": "carol",
+                                   "seq": 0, "replayed": false}),
             ]
         );
 
         // A stop (SIGINT/SIGTERM in the binary) ends the watch successfully.
         let mut out = Vec::new();
-        commands::watch(&host, Format::Text, &mut out, None, async {})
+        commands::watch(&host, Format::Text, &mut out, None, &Start::Live, async {})
             .await
             .unwrap();
     })
@@ -452,9 +457,16 @@ async fn watch_fails_when_smvsd_closes_the_connection() {
     with_fake_host_hanging_up(true, |path| async move {
         let host = smvsctl::connect(&path).await.unwrap();
         let mut out = Vec::new();
-        let e = commands::watch(&host, Format::Text, &mut out, None, std::future::pending())
-            .await
-            .unwrap_err();
+        let e = commands::watch(
+            &host,
+            Format::Text,
+            &mut out,
+            None,
+            &Start::Live,
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err();
         // Every event that arrived was printed before the close was reported.
         assert_eq!(text(out).lines().count(), 3);
         assert!(matches!(e, CtlError::Disconnected(_)), "{e:?}");
@@ -508,9 +520,16 @@ async fn a_daemon_that_hangs_up_is_an_error() {
 
             let host = smvsctl::connect(&path).await.unwrap();
             let mut out = Vec::new();
-            let e = commands::watch(&host, Format::Text, &mut out, None, std::future::pending())
-                .await
-                .unwrap_err();
+            let e = commands::watch(
+                &host,
+                Format::Text,
+                &mut out,
+                None,
+                &Start::Live,
+                std::future::pending(),
+            )
+            .await
+            .unwrap_err();
             assert!(matches!(e, CtlError::Disconnected(_)), "{e:?}");
         })
         .await;

@@ -145,7 +145,8 @@ impl Host {
         allowed.push(nix::unistd::geteuid().as_raw());
 
         // The owners, bottom up.
-        let hub = DeviceHub::default().start();
+        let log = storage.event_log_state().await?;
+        let hub = DeviceHub::new(storage.clone(), log).start();
         let events = Events::new(hub.clone().recipient());
         let trust = Rc::new(Trust::new(
             DirectoryConfig {

@@ -78,6 +78,11 @@ pub fn key_fingerprint(hex_key: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Who owns a linked device's event cursors (see `events::Cursor`): its key.
+pub fn cursor_owner(hex_key: &str) -> String {
+    format!("device:{hex_key}")
+}
+
 /// A code that was printed and not yet used.
 struct PendingCode {
     /// Which code this is: a nameplate may be reused once its code is gone, and a run must
@@ -444,6 +449,14 @@ impl Devices {
             // all the same; it may connect again.)
             self.list.borrow_mut().push(removed);
             return Err(e);
+        }
+        // Where it was in the event log goes too: nothing is kept for it any more.
+        if let Err(e) = self
+            .storage
+            .forget_cursors(cursor_owner(&removed.key))
+            .await
+        {
+            tracing::warn!(error = %e, "a revoked device's event cursors could not be deleted");
         }
         self.events.publish(HostEvent::DeviceRevoked {
             name: removed.name.clone(),

@@ -218,10 +218,11 @@ impl Outbox {
             .storage
             .queue_outgoing(&me.username, to, payload)
             .await?;
-        self.inner.events.publish(HostEvent::MessageStatus {
+        // Every device of the user sees it, as written by the user.
+        self.inner.events.publish(HostEvent::MessageSent {
             id: stored.id,
             peer: to.clone(),
-            status: Status::Queued,
+            time: stored.time,
         });
         self.kick(to);
         Ok(stored)

@@ -154,6 +154,38 @@ impl Watch {
 }
 
 impl Watch {
+    /// Ends the watcher as a person or a supervisor would (SIGTERM) and waits for it: the
+    /// watch exits 0 after what it printed. Returns every event it printed.
+    pub fn terminate(mut self) -> anyhow::Result<Vec<Value>> {
+        let Some(mut child) = self.child.take() else {
+            bail!("{}'s watcher was already reaped", self.host);
+        };
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("{}'s watcher ended with {status} on SIGTERM", self.host);
+        }
+        while let Ok(Ok(event)) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(event);
+        }
+        Ok(std::mem::take(&mut self.seen))
+    }
+
+    /// Kills the watcher with SIGKILL (a crash, a power cut) and waits for it. Returns every
+    /// event it printed.
+    pub fn kill(mut self) -> anyhow::Result<Vec<Value>> {
+        let Some(mut child) = self.child.take() else {
+            bail!("{}'s watcher was already reaped", self.host);
+        };
+        child.kill()?;
+        child.wait()?;
+        while let Ok(Ok(event)) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(event);
+        }
+        Ok(std::mem::take(&mut self.seen))
+    }
+
     /// Waits up to `limit` for the watcher to end on its own; its exit status, or `None`.
     pub fn ended_within(
         &mut self,

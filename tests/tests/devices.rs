@@ -360,7 +360,7 @@ fn what_one_device_sends_or_reads_shows_on_the_others() {
     let id = id.trim().to_owned();
     on_desk
         .wait_for("the laptop's message", |e| {
-            e["event"] == "message_status" && e["id"] == id.as_str() && e["peer"] == "bob"
+            e["event"] == "message_sent" && e["id"] == id.as_str() && e["peer"] == "bob"
         })
         .unwrap();
     let history = desk.ctl_json(&["history", "bob"]).unwrap();
@@ -404,6 +404,40 @@ fn what_one_device_sends_or_reads_shows_on_the_others() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // History pages back from any device: two at a time, each page before the first one.
+    let page = |device: &DeviceProcess, before: Option<&str>| -> Vec<String> {
+        let mut args = vec!["history", "bob", "--limit", "2"];
+        if let Some(id) = before {
+            args.extend(["--before", id]);
+        }
+        let page = device.ctl_json(&args).unwrap();
+        page.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| format!("{} {}", m["id"].as_str().unwrap(), body(m)))
+            .collect()
+    };
+    let id_of = |line: &String| line.split(' ').next().unwrap().to_owned();
+    let texts = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| l.split_once(' ').unwrap().1.to_owned())
+            .collect()
+    };
+    let newest = page(desk, None);
+    assert_eq!(texts(&newest), ["unread 2", "one more"]);
+    let older = page(laptop, Some(&id_of(&newest[0])));
+    assert_eq!(texts(&older), ["unread 0", "unread 1"]);
+    let oldest = page(desk, Some(&id_of(&older[0])));
+    assert_eq!(texts(&oldest), ["sent from the laptop"]);
+    assert!(page(desk, Some(&id_of(&oldest[0]))).is_empty());
+    let e = refused(
+        &desk
+            .ctl(&["history", "bob", "--before", &"0".repeat(32)])
+            .unwrap(),
+    );
+    assert!(e.contains("no message"), "{e}");
 }
 
 #[test]
@@ -483,6 +517,167 @@ fn a_device_that_asks_too_fast_is_slowed_down_and_the_host_serves_on() {
     alice.ctl_ok(&["status"]).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(laptop.ctl_json(&["whoami"]).unwrap()["username"], "alice");
+}
+
+/// The ids of the `message_received` events from `peer` in `events`, in order.
+fn received_from(events: &[serde_json::Value], peer: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "message_received" && e["peer"] == peer)
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until `watch` has shown every id in `ids` (or fails), then reads up to now.
+fn wait_for_all(watch: &mut Watch, alice: &HostProcess, ids: &[String]) -> Vec<serde_json::Value> {
+    for id in ids {
+        watch
+            .wait_for("one of bob's messages", |e| {
+                e["event"] == "message_received" && e["id"] == id.as_str()
+            })
+            .unwrap();
+    }
+    watch.everything_so_far(alice).unwrap()
+}
+
+#[test]
+fn every_device_of_alice_shows_each_of_bobs_50_messages_once() {
+    // alice's host and bob's in namespace a; her desk in namespace b, which reaches the host
+    // only through the device port; her laptop in namespace a; and her host's own socket.
+    let sites = TwoSites::new().unwrap();
+    let dir = DirectoryProcess::start_in(&sites.a, &[]).unwrap();
+    let alice = HostProcess::start_in(&sites.a, "alice", &dir, &[]).unwrap();
+    let bob = HostProcess::start_in(&sites.a, "bob", &dir, &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    sites
+        .only_port_from_b_to_a(&alice.device_listen.port().to_string())
+        .unwrap();
+    let (code, address) = link_code(&alice, "laptop");
+    let laptop = DeviceProcess::new_in(&sites.a, "laptop", &address).unwrap();
+    assert!(laptop.pair(&code).unwrap().status.success());
+    let (code, _) = link_code(&alice, "desk");
+    let desk = DeviceProcess::new_in(&sites.b, "desk", &address).unwrap();
+    assert!(desk.pair(&code).unwrap().status.success());
+
+    let mut watches = vec![
+        ("socket", Watch::start(&alice).unwrap()),
+        (
+            "laptop",
+            Watch::start_with(laptop.command(&["--json", "watch"]).unwrap(), &alice).unwrap(),
+        ),
+        (
+            "desk",
+            Watch::start_with(desk.command(&["--json", "watch"]).unwrap(), &alice).unwrap(),
+        ),
+    ];
+    let ids: Vec<String> = (0..50)
+        .map(|i| bob.send("alice", &format!("message {i}")).unwrap())
+        .collect();
+    for (device, watch) in &mut watches {
+        let seen = wait_for_all(watch, &alice, &ids);
+        assert_eq!(
+            received_from(&seen, "bob"),
+            ids,
+            "{device}: each of bob's 50 messages once, in order"
+        );
+        // Every event has its place in the log, each seq once, rising.
+        let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{device}: {seqs:?}");
+    }
+}
+
+/// bob sends `n` messages; their ids.
+fn bob_sends(bob: &HostProcess, n: usize, what: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| bob.send("alice", &format!("{what} {i}")).unwrap())
+        .collect()
+}
+
+/// Starts the laptop's watch, which resumes from its cursor on alice's host.
+fn laptop_watch(laptop: &DeviceProcess, alice: &HostProcess) -> Watch {
+    Watch::start_with(laptop.command(&["--json", "watch"]).unwrap(), alice).unwrap()
+}
+
+/// Brings the laptop's watch up to date and makes sure the host has its answers for every
+/// message: a marker is printed only after the events before it were handled, and a second
+/// one after the first was answered. (Only markers can come twice.)
+fn settle(watch: &mut Watch, alice: &HostProcess) {
+    watch.everything_so_far(alice).unwrap();
+    watch.everything_so_far(alice).unwrap();
+}
+
+#[test]
+fn a_device_that_was_away_gets_exactly_what_it_missed_across_a_host_restart_and_a_kill() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    let (code, address) = link_code(&alice, "laptop");
+    let laptop = DeviceProcess::new("laptop", &address).unwrap();
+    assert!(laptop.pair(&code).unwrap().status.success());
+
+    // Online: the laptop sees bob's first five live.
+    let mut watch = laptop_watch(&laptop, &alice);
+    let before = bob_sends(&bob, 5, "before");
+    let seen = wait_for_all(&mut watch, &alice, &before);
+    assert!(seen
+        .iter()
+        .filter(|e| e["event"] == "message_received")
+        .all(|e| e["replayed"] == false));
+    settle(&mut watch, &alice);
+    // The laptop goes away (its watch is stopped); 10 come, alice's host restarts, 10 more.
+    let printed = watch.terminate().unwrap();
+    assert_eq!(received_from(&printed, "bob"), before);
+    let mut missed = bob_sends(&bob, 10, "while away");
+    alice.stop().unwrap();
+    alice.start_again().unwrap();
+    missed.extend(bob_sends(&bob, 10, "after the restart"));
+    alice
+        .wait_history("bob", Duration::from_secs(60), |h| h.len() == 25)
+        .unwrap();
+
+    // Back: exactly the 20 it missed, replayed, then live events.
+    let mut watch = laptop_watch(&laptop, &alice);
+    let seen = wait_for_all(&mut watch, &alice, &missed);
+    assert_eq!(
+        received_from(&seen, "bob"),
+        missed,
+        "the 20 missed, once each"
+    );
+    assert!(seen
+        .iter()
+        .filter(|e| e["event"] == "message_received")
+        .all(|e| e["replayed"] == true));
+    let live = bob_sends(&bob, 1, "live");
+    let seen = wait_for_all(&mut watch, &alice, &live);
+    let last = seen.iter().find(|e| e["id"] == live[0].as_str()).unwrap();
+    assert_eq!(last["replayed"], false);
+    let mut expected = missed.clone();
+    expected.extend(live.iter().cloned());
+    assert_eq!(received_from(&seen, "bob"), expected);
+    settle(&mut watch, &alice);
+
+    // The same with the laptop's watch killed (SIGKILL): the host keeps its place all the same.
+    watch.kill().unwrap();
+    let missed = bob_sends(&bob, 20, "after the kill");
+    alice
+        .wait_history("bob", Duration::from_secs(60), |h| h.len() == 46)
+        .unwrap();
+    let mut watch = laptop_watch(&laptop, &alice);
+    let seen = wait_for_all(&mut watch, &alice, &missed);
+    assert_eq!(
+        received_from(&seen, "bob"),
+        missed,
+        "the 20 missed, once each"
+    );
+    let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // The host's own socket keeps no cursor unless asked: a plain watch there is live only.
+    let mut on_host = Watch::start(&alice).unwrap();
+    let seen = on_host.everything_so_far(&alice).unwrap();
+    assert!(received_from(&seen, "bob").is_empty(), "{seen:?}");
 }
 
 /// `smvsctl agent` on a linked device: the host's events over the device link, desktop

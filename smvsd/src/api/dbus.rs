@@ -30,7 +30,7 @@ use crate::commands::{
 };
 use crate::config::{BusKind, NotifyMode};
 use crate::error::HostError;
-use crate::events::{DeviceHub, Subscribe, DEVICE_QUEUE};
+use crate::events::{DeviceHub, Feed, Logged, DEVICE_QUEUE};
 use crate::model::{CallId, CallInfo, HostEvent, MessageId, Payload, StoredMessage, Viewer};
 
 pub const BUS_NAME: &str = "org.smvs.Daemon1";
@@ -249,7 +249,15 @@ impl Daemon1 {
     ) -> Result<Vec<MessageTuple>, Daemon1Error> {
         self.check_caller(bus, Some(&header)).await?;
         let peer = user(&peer)?;
-        let messages = self.commands.send(History { peer, limit }).await??;
+        let messages = self
+            .commands
+            .send(History {
+                peer,
+                limit,
+                before: None,
+            })
+            .await??
+            .messages;
         Ok(messages.iter().map(tuple).collect())
     }
 
@@ -717,7 +725,10 @@ pub async fn start(
         .await
         .map_err(|e| format!("{kind:?} bus: {e}"))?;
     let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
-    hub.send(Subscribe(tx)).await.map_err(|e| e.to_string())?;
+    // Live only: D-Bus signals are for whoever listens now.
+    crate::events::join(&hub, None, tx)
+        .await
+        .map_err(|e| e.to_string())?;
     let notify = if kind == BusKind::Session {
         notify
     } else {
@@ -732,7 +743,7 @@ const PROPERTY_REFRESH: Duration = Duration::from_millis(200);
 
 async fn forward(
     connection: zbus::Connection,
-    mut events: mpsc::Receiver<HostEvent>,
+    mut events: mpsc::Receiver<Feed>,
     commands: Addr<Commands>,
     state: Arc<Mutex<HostStatus>>,
     notify: NotifyMode,
@@ -750,13 +761,27 @@ async fn forward(
     };
     let emitter = iface.signal_emitter().clone();
     let mut refreshed = Instant::now() - PROPERTY_REFRESH;
-    while let Some(event) = events.recv().await {
+    while let Some(feed) = events.recv().await {
+        let Feed::Event(logged) = feed else {
+            continue;
+        };
+        let Logged { event, .. } = *logged;
         let sent = match &event {
             HostEvent::MessageReceived { id, peer, time } => {
                 if notify != NotifyMode::Off {
                     notify_message(&connection, &commands, notify, peer, *id).await;
                 }
                 Daemon1::message_received(&emitter, &id.to_hex(), peer.as_str(), *time).await
+            }
+            // On D-Bus, a message written on one of the user's devices is one queued.
+            HostEvent::MessageSent { id, peer, .. } => {
+                Daemon1::message_status_changed(
+                    &emitter,
+                    &id.to_hex(),
+                    peer.as_str(),
+                    crate::model::Status::Queued.as_str(),
+                )
+                .await
             }
             HostEvent::MessageStatus { id, peer, status } => {
                 Daemon1::message_status_changed(

@@ -266,7 +266,7 @@ impl device_gate::Server for Gate {
             self.api.commands.clone(),
             self.api.hub.clone(),
             device.admin,
-            false,
+            Some(crate::devices::cursor_owner(&self.device_key.to_hex())),
         );
         results.get().set_host(host);
         Ok(())

@@ -23,7 +23,7 @@ use crate::commands::{
 };
 use crate::devices::Device;
 use crate::error::HostError;
-use crate::events::{DeviceHub, Subscribe, DEVICE_QUEUE};
+use crate::events::{Cursor, DeviceHub, Feed, JoinError, DEVICE_QUEUE};
 use crate::model::{
     Answerer, CallInfo, HostEvent, Integrity, MessageId, Payload, Status, StoredMessage, Viewer,
 };
@@ -101,7 +101,7 @@ impl LocalApi {
             let api = me.clone();
             tokio::task::spawn_local(async move {
                 // A local client is the host's own user: it may manage devices.
-                let host = host_api(api.commands.clone(), api.hub.clone(), true, true);
+                let host = host_api(api.commands.clone(), api.hub.clone(), true, None);
                 if let Err(e) = smvs_transport::rpc::local_server(stream, host.client).await {
                     tracing::debug!(error = %e, "local client connection ended");
                 }
@@ -118,6 +118,8 @@ struct HostRpc {
     admin: bool,
     /// The host's own socket (not a linked device's link).
     local: bool,
+    /// Whose event cursors these are: [`LOCAL_CURSORS`], or a linked device's key.
+    device: String,
     /// A linked device's requests are metered; the socket's are not (its users are the
     /// host's own, checked by uid).
     budget: Option<RequestBudget>,
@@ -176,18 +178,24 @@ impl HostRpc {
     }
 }
 
-/// The local API for one client (the Unix socket, or a paired device's link).
+/// The owner of the Unix socket clients' event cursors (they share them).
+pub(super) const LOCAL_CURSORS: &str = "local";
+
+/// The local API for one client: the Unix socket (`device: None`), or a paired device's link
+/// (`device`: its key, which owns its event cursors).
 pub(super) fn host_api(
     commands: Addr<Commands>,
     hub: Addr<DeviceHub>,
     admin: bool,
-    local: bool,
+    device: Option<String>,
 ) -> host::Client {
+    let local = device.is_none();
     capnp_rpc::new_client(HostRpc {
         commands,
         hub,
         admin,
         local,
+        device: device.unwrap_or_else(|| LOCAL_CURSORS.to_string()),
         budget: (!local).then(RequestBudget::new),
         client: NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     })
@@ -306,11 +314,26 @@ impl host::Server for HostRpc {
         mut results: host::HistoryResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let (peer, limit) = {
+        let (peer, limit, before) = {
             let p = params.get()?;
-            (user(p.get_peer())?, p.get_limit())
+            let before = p.get_before()?;
+            let before = if before.is_empty() {
+                None
+            } else {
+                Some(id(before)?)
+            };
+            (user(p.get_peer())?, p.get_limit(), before)
         };
-        let mut messages = mailbox(self.commands.send(History { peer, limit }).await)??;
+        let page = mailbox(
+            self.commands
+                .send(History {
+                    peer,
+                    limit,
+                    before,
+                })
+                .await,
+        )??;
+        let mut messages = page.messages;
         // Keep the newest messages that fit in one answer (well under the 4 MiB reader limit).
         let mut budget = HISTORY_ANSWER_BYTES;
         let keep = messages
@@ -326,7 +349,7 @@ impl host::Server for HostRpc {
                 budget > 0
             })
             .count();
-        let more = keep < messages.len();
+        let more = page.older || keep < messages.len();
         messages.drain(..messages.len() - keep);
         let mut r = results.get();
         r.set_more(more);
@@ -358,12 +381,36 @@ impl host::Server for HostRpc {
         mut results: host::SubscribeResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let sink = params.get()?.get_sink()?;
+        let (sink, since, cursor) = {
+            let p = params.get()?;
+            (
+                p.get_sink()?,
+                p.get_since(),
+                text(p.get_cursor())?.to_owned(),
+            )
+        };
+        let cursor = if cursor.is_empty() {
+            None
+        } else {
+            if cursor.len() > 64 || cursor.chars().any(char::is_control) {
+                return Err(HostError::bad_request(
+                    "a cursor name is at most 64 characters, with no control characters",
+                )
+                .into());
+            }
+            let opened = Cursor::open(&self.hub, self.device.clone(), cursor).await;
+            Some(opened.map_err(HostError::internal)?)
+        };
+        let since = match &cursor {
+            Some(cursor) => Some(cursor.position()),
+            None => (since > 0).then_some(since),
+        };
         let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
-        mailbox(self.hub.send(Subscribe(tx)).await)?;
         let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+        let hub = self.hub.clone();
+        let join = async move { crate::events::join(&hub, since, tx).await };
         let viewer = Viewer::Client(self.client);
-        tokio::task::spawn_local(forward_events(rx, sink, cancelled, viewer));
+        tokio::task::spawn_local(forward_events(rx, join, sink, cursor, cancelled, viewer));
         results
             .get()
             .set_subscription(capnp_rpc::new_client(SubscriptionRpc { _cancel: cancel }));
@@ -656,37 +703,85 @@ impl subscription::Server for SubscriptionRpc {}
 /// capability arrive in order, so pipelining keeps the order and saves a round trip per event.
 const EVENTS_IN_FLIGHT: usize = 64;
 
+/// Joins the hub (reading what the device missed from the log, through `join`) and forwards
+/// the device's queue to its sink, up to [`EVENTS_IN_FLIGHT`] unanswered. Each answer of the
+/// sink moves `cursor` to that event; answers already in when the stream ends count too.
 async fn forward_events(
-    mut rx: mpsc::Receiver<HostEvent>,
+    mut rx: mpsc::Receiver<Feed>,
+    join: impl std::future::Future<Output = Result<u64, JoinError>>,
     sink: event_sink::Client,
+    mut cursor: Option<Cursor>,
     mut cancelled: tokio::sync::oneshot::Receiver<()>,
     viewer: Viewer,
 ) {
-    let mut in_flight = std::collections::VecDeque::with_capacity(EVENTS_IN_FLIGHT);
+    tokio::pin!(join);
+    let mut joined = false;
+    type Answer = capnp::capability::Promise<
+        capnp::capability::Response<event_sink::event_results::Owned>,
+        capnp::Error,
+    >;
+    let mut in_flight: std::collections::VecDeque<(u64, Answer)> =
+        std::collections::VecDeque::with_capacity(EVENTS_IN_FLIGHT);
+    // (A resync, seq 0, moves nothing: the events after it do.)
+    let mut answered = |seq: u64| {
+        if let (Some(cursor), true) = (cursor.as_mut(), seq > 0) {
+            cursor.acked(seq);
+        }
+    };
     loop {
-        let event = tokio::select! {
-            event = rx.recv() => match event { Some(e) => e.seen_by(viewer), None => return },
-            _ = &mut cancelled => return,
-        };
-        let mut request = sink.event_request();
-        write_event(request.get().init_event(), &event);
-        in_flight.push_back(request.send().promise);
-        if in_flight.len() >= EVENTS_IN_FLIGHT {
-            if let Some(oldest) = in_flight.pop_front() {
-                if oldest.await.is_err() {
+        tokio::select! {
+            biased;
+            _ = &mut cancelled => break,
+            result = &mut join, if !joined => {
+                joined = true;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "a device's event stream could not start");
+                    break;
+                }
+            }
+            answer = async {
+                match in_flight.front_mut() {
+                    Some((_, answer)) => answer.await,
+                    None => std::future::pending().await,
+                }
+            }, if !in_flight.is_empty() =>
+            {
+                let Some((seq, _)) = in_flight.pop_front() else { break };
+                if answer.is_err() {
+                    // The device refused it or is gone: the stream ends before it.
                     return;
                 }
+                answered(seq);
+            }
+            feed = rx.recv(), if in_flight.len() < EVENTS_IN_FLIGHT => {
+                let Some(feed) = feed else { break };
+                let mut request = sink.event_request();
+                let seq = write_feed(request.get().init_event(), &feed, viewer);
+                in_flight.push_back((seq, request.send().promise));
             }
         }
-        // Reap answers that are already in, so a dead device is noticed early.
-        while in_flight.len() > 1 {
-            match futures::FutureExt::now_or_never(&mut in_flight[0]) {
-                Some(Ok(_)) => {
-                    in_flight.pop_front();
-                }
-                Some(Err(_)) => return,
-                None => break,
-            }
+    }
+    while let Some((seq, answer)) = in_flight.front_mut() {
+        match futures::FutureExt::now_or_never(answer) {
+            Some(Ok(_)) => answered(*seq),
+            _ => break,
+        }
+        in_flight.pop_front();
+    }
+}
+
+/// Writes one item of a device's queue, as `viewer` sees it; returns its seq (0 for a resync).
+fn write_feed(mut b: event::Builder<'_>, feed: &Feed, viewer: Viewer) -> u64 {
+    match feed {
+        Feed::Event(logged) => {
+            b.set_seq(logged.seq);
+            b.set_replayed(logged.replayed);
+            write_event(b, &logged.event.seen_by(viewer));
+            logged.seq
+        }
+        Feed::Resync => {
+            b.set_resync(());
+            0
         }
     }
 }
@@ -701,6 +796,12 @@ fn write_event(b: event::Builder<'_>, e: &HostEvent) {
         }
         HostEvent::IntegrityProblem { id, peer, time } => {
             let mut r = b.init_integrity_problem();
+            r.set_id(&id.0);
+            r.set_peer(peer.as_str());
+            r.set_time(*time);
+        }
+        HostEvent::MessageSent { id, peer, time } => {
+            let mut r = b.init_message_sent();
             r.set_id(&id.0);
             r.set_peer(peer.as_str());
             r.set_time(*time);

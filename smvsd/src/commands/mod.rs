@@ -32,7 +32,7 @@ use crate::model::{
 use crate::outbox::Outbox;
 use crate::session::MAX_TEXT_BYTES;
 use crate::sessions::Sessions;
-use crate::storage::{ConversationSummary, Storage, StorageError};
+use crate::storage::{ConversationSummary, HistoryPage, Storage, StorageError};
 use crate::trust::{Trust, Verification};
 
 /// Requests waiting for the façade before senders are made to wait.
@@ -157,18 +157,25 @@ command!(SendText => MessageId, |o, m| {
     Ok(o.outbox.queue(&m.to, Payload::Text(m.body)).await?.id)
 });
 
-/// The last `limit` messages with a peer (0: all), oldest first, with live statuses.
+/// The last `limit` messages with a peer (0: all) before the message `before` (None: the
+/// newest), oldest first, with live statuses.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<StoredMessage>, HostError>")]
+#[rtype(result = "Result<HistoryPage, HostError>")]
 pub struct History {
     pub peer: Username,
     pub limit: u32,
+    pub before: Option<MessageId>,
 }
 
-command!(History => Vec<StoredMessage>, |o, m| {
-    let mut messages = o.storage.history(&m.peer, m.limit).await?;
-    o.outbox.overlay(&mut messages);
-    Ok(messages)
+command!(History => HistoryPage, |o, m| {
+    let Some(mut page) = o.storage.history_page(&m.peer, m.limit, m.before).await? else {
+        return Err(HostError::new(
+            ErrorCode::NotFound,
+            format!("there is no message {} with {} to page back from", m.before.map(|id| id.to_hex()).unwrap_or_default(), m.peer),
+        ));
+    };
+    o.outbox.overlay(&mut page.messages);
+    Ok(page)
 });
 
 /// One message, text included (events never carry text).

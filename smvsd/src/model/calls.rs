@@ -97,10 +97,15 @@ pub struct CallInfo {
 /// device's link. Every device may ring; the first to pick up takes the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Answerer {
-    /// Unique per connection for the life of this smvsd.
+    /// Unique per connection for the life of this smvsd (from 1); [`Answerer::EARLIER`] for
+    /// one read back from the event log, which no connection now is.
     pub client: u64,
     /// A linked device (another machine), not the host's own socket.
     pub linked_device: bool,
+}
+
+impl Answerer {
+    pub const EARLIER: u64 = 0;
 }
 
 /// Who is told about a call: one client connection, or the host machine's desktop (D-Bus).
@@ -132,10 +137,12 @@ impl CallInfo {
 
 impl super::HostEvent {
     /// The event as `viewer` sees it (see [`CallInfo::seen_by`]); others are the same for all.
-    pub fn seen_by(self, viewer: Viewer) -> super::HostEvent {
+    pub fn seen_by(&self, viewer: Viewer) -> std::borrow::Cow<'_, super::HostEvent> {
         match self {
-            super::HostEvent::CallState(info) => super::HostEvent::CallState(info.seen_by(viewer)),
-            other => other,
+            super::HostEvent::CallState(info) if info.answered_by.is_some() => {
+                std::borrow::Cow::Owned(super::HostEvent::CallState(info.clone().seen_by(viewer)))
+            }
+            other => std::borrow::Cow::Borrowed(other),
         }
     }
 }

@@ -142,6 +142,12 @@ pub enum HostEvent {
         peer: Username,
         time: i64,
     },
+    /// The user wrote a message to `peer` on one of their devices (it is queued).
+    MessageSent {
+        id: MessageId,
+        peer: Username,
+        time: i64,
+    },
     MessageStatus {
         id: MessageId,
         peer: Username,
@@ -179,6 +185,35 @@ pub enum HostEvent {
     CallIncoming(CallInfo),
     /// A call rings at the peer (outgoing), became active, or ended.
     CallState(CallInfo),
+}
+
+impl HostEvent {
+    /// The conversation the event is about, if any.
+    pub fn peer(&self) -> Option<&Username> {
+        match self {
+            HostEvent::MessageReceived { peer, .. }
+            | HostEvent::MessageSent { peer, .. }
+            | HostEvent::MessageStatus { peer, .. }
+            | HostEvent::KeyChanged { peer }
+            | HostEvent::DirectoryAlarm { peer }
+            | HostEvent::IntegrityProblem { peer, .. }
+            | HostEvent::Deleted { peer, .. }
+            | HostEvent::Read { peer } => Some(peer),
+            HostEvent::CallIncoming(info) | HostEvent::CallState(info) => Some(&info.peer),
+            HostEvent::DeviceLinked { .. } | HostEvent::DeviceRevoked { .. } => None,
+        }
+    }
+
+    /// The message the event is about, if it is about one that exists (a deletion is not).
+    pub fn message(&self) -> Option<&MessageId> {
+        match self {
+            HostEvent::MessageReceived { id, .. }
+            | HostEvent::MessageSent { id, .. }
+            | HostEvent::MessageStatus { id, .. }
+            | HostEvent::IntegrityProblem { id, .. } => Some(id),
+            _ => None,
+        }
+    }
 }
 
 pub fn now_ms() -> i64 {

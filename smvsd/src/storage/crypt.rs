@@ -67,6 +67,27 @@ impl AtRest {
         smvs_crypto::blake2b(16, Some(&self.tag_key), &[peer.as_str().as_bytes()])
     }
 
+    /// What the event log's cursor table keeps of a device (`device`) and of one of its
+    /// cursors (`device`, `name`): keyed BLAKE2b-128 under the tag key, so the file does not say
+    /// which devices read the log. (The tag key's other input, a peer's name, never holds a NUL.)
+    pub fn cursor_marks(
+        &self,
+        device: &str,
+        name: &str,
+    ) -> Result<(Vec<u8>, Vec<u8>), CryptoError> {
+        let device_mark = smvs_crypto::blake2b(
+            16,
+            Some(&self.tag_key),
+            &[b"cursor-device\0", device.as_bytes()],
+        )?;
+        let name_mark = smvs_crypto::blake2b(
+            16,
+            Some(&self.tag_key),
+            &[b"cursor\0", device.as_bytes(), b"\0", name.as_bytes()],
+        )?;
+        Ok((device_mark, name_mark))
+    }
+
     fn ad(kind: &str, tag: &[u8], extra: &[u8]) -> Vec<u8> {
         let mut ad = Vec::with_capacity(kind.len() + tag.len() + extra.len() + 2);
         ad.extend_from_slice(kind.as_bytes());

@@ -13,6 +13,7 @@
 //! mode, `synchronous=FULL`, `secure_delete=ON`.
 
 mod crypt;
+mod event_log;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use smvs_sqlite::SqliteWorker;
 use thiserror::Error;
 
 pub use crypt::AtRest;
+pub use event_log::{EventLogState, EventPage, EVENT_LOG_DAYS, EVENT_LOG_MAX};
 
 use crate::error::{HostError, IncomingError};
 use crate::model::{
@@ -189,6 +191,39 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE conversations ADD COLUMN read_upto INTEGER NOT NULL DEFAULT 0;
     UPDATE conversations SET read_upto =
         coalesce((SELECT max(seq) FROM messages m WHERE m.tag = conversations.tag), 0);
+",
+    "
+    -- 6: the event log every device reads with a cursor (see event_log.rs). One sealed row per
+    -- event; `tag` is the conversation's (NULL for events of no conversation), `mark` the
+    -- message's keyed mark (the same function as its tombstone's; NULL for events of no
+    -- message), so that deleting a message or a conversation deletes what the log says of it.
+    -- `event_log` keeps the newest seq ever given out (which deletions must not lower) and
+    -- where pruning has reached.
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY NOT NULL,
+        at INTEGER NOT NULL,
+        tag BLOB,
+        mark BLOB,
+        sealed BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX events_tag ON events (tag) WHERE tag IS NOT NULL;
+    CREATE INDEX events_mark ON events (mark) WHERE mark IS NOT NULL;
+    CREATE TABLE event_log (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        head INTEGER NOT NULL,
+        pruned_upto INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO event_log VALUES (1, 0, 0);
+    CREATE TABLE cursors (
+        device BLOB NOT NULL,
+        name BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        PRIMARY KEY (device, name)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TRIGGER messages_events AFTER DELETE ON messages
+    BEGIN
+        DELETE FROM events WHERE mark = smvs_tombstone_mark(OLD.tag, OLD.id);
+    END;
 ",
 ];
 
@@ -377,6 +412,15 @@ pub enum Arrival {
     /// The id is one of our own outgoing messages in this conversation: refused, so that no
     /// peer can make one id name two messages (and have `delete --id` remove ours).
     Collision,
+}
+
+/// One page of a conversation's history.
+#[derive(Debug, Default)]
+pub struct HistoryPage {
+    /// Oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// Older messages exist (ask again with the first one as `before`).
+    pub older: bool,
 }
 
 /// A summary line of `conversations`.
@@ -787,25 +831,71 @@ impl Storage {
 
     /// The last `limit` messages with `peer` (0: all), oldest first. Control messages
     /// (deletions, expiry settings) are not part of history.
+    /// The last `limit` messages with `peer` (0: all), oldest first.
     pub async fn history(&self, peer: &Username, limit: u32) -> Result<Vec<StoredMessage>> {
+        Ok(self
+            .history_page(peer, limit, None)
+            .await?
+            .map(|page| page.messages)
+            .unwrap_or_default())
+    }
+
+    /// One page of history, oldest first: the last `limit` messages (0: all) before the
+    /// message `before` (None: the newest). Only that page is read and decrypted. `None`: there
+    /// is no message `before` (deleted meanwhile, say).
+    pub async fn history_page(
+        &self,
+        peer: &Username,
+        limit: u32,
+        before: Option<MessageId>,
+    ) -> Result<Option<HistoryPage>> {
         let peer = peer.clone();
         self.call(move |c, k| {
             let Some((tag, key)) = conversation(c, k, &peer, false)? else {
-                return Ok(Vec::new());
+                return Ok(before.is_none().then(HistoryPage::default));
             };
-            let limit = if limit == 0 { i64::MAX } else { i64::from(limit) };
-            let mut all = read_messages(
-                c,
-                &key,
-                &tag,
-                &peer,
-                "SELECT id, direction, status, integrity, sealed, reason FROM messages WHERE tag = ?1 ORDER BY seq DESC",
-                i64::MAX,
+            let below: i64 = match before {
+                None => i64::MAX,
+                Some(id) => {
+                    let seq: Option<i64> = cached_row(
+                        c,
+                        "SELECT min(seq) FROM messages WHERE tag = ?1 AND id = ?2 AND control = 0",
+                        params![tag, &id.0[..]],
+                        |r| r.get(0),
+                    )?;
+                    match seq {
+                        Some(seq) => seq,
+                        None => return Ok(None),
+                    }
+                }
+            };
+            // One more than asked for says whether older ones exist.
+            let want = if limit == 0 {
+                i64::MAX
+            } else {
+                i64::from(limit) + 1
+            };
+            let mut stmt = c.prepare_cached(
+                "SELECT id, direction, status, integrity, sealed, reason FROM messages
+                 WHERE tag = ?1 AND control = 0 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
             )?;
-            all.retain(|m| matches!(m.payload, Payload::Text(_)));
-            all.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-            all.reverse();
-            Ok(all)
+            let rows = stmt
+                .query_map(params![tag, below, want], row_tuple)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut messages = rows
+                .into_iter()
+                .map(|row| decode_row(&key, &tag, &peer, row))
+                .collect::<Result<Vec<_>>>()?;
+            let older = limit != 0 && messages.len() > limit as usize;
+            messages.truncate(if limit == 0 {
+                usize::MAX
+            } else {
+                limit as usize
+            });
+            // Rows from before migration 1 may be control messages not marked as such.
+            messages.retain(|m| matches!(m.payload, Payload::Text(_)));
+            messages.reverse();
+            Ok(Some(HistoryPage { messages, older }))
         })
         .await
     }
@@ -955,6 +1045,8 @@ impl Storage {
                             |r| r.get(0),
                         )?;
                         cached_exec(c, "DELETE FROM messages WHERE tag = ?1", [&tag])?;
+                        // And everything the event log says of the conversation.
+                        cached_exec(c, "DELETE FROM events WHERE tag = ?1", [&tag])?;
                         // The key is destroyed by overwriting it with a new one, but the row
                         // stays: its hash-chain heads belong to the two users' chains, not to
                         // the history. Dropping them made our next message look like a first
@@ -1059,6 +1151,7 @@ impl Storage {
                     "DELETE FROM tombstones WHERE deleted_at < ?1",
                     [now - TOMBSTONE_DAYS * 24 * 3600 * 1000],
                 )?;
+                event_log::prune_by_age(c, now)?;
                 // More than 4 billion queued messages reads as u32::MAX (a count for display).
                 Ok(u32::try_from(n).unwrap_or(u32::MAX))
             })
@@ -1277,27 +1370,6 @@ fn decode_row(
             Direction::In
         },
     })
-}
-
-fn read_messages(
-    c: &Connection,
-    key: &AeadKey,
-    tag: &[u8],
-    peer: &Username,
-    sql: &str,
-    limit: i64,
-) -> Result<Vec<StoredMessage>> {
-    let mut stmt = c.prepare_cached(sql)?;
-    let rows = if sql.contains("?2") {
-        stmt.query_map(params![tag, limit], row_tuple)?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-    } else {
-        stmt.query_map(params![tag], row_tuple)?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-    };
-    rows.into_iter()
-        .map(|row| decode_row(key, tag, peer, row))
-        .collect()
 }
 
 fn get_contact(c: &Connection, k: &AtRest, peer: &Username) -> Result<Option<Contact>> {

@@ -725,3 +725,132 @@ fn plain_tombstones_from_before_are_keyed_on_open() {
         assert_eq!(arrive(&s, &old).await, Arrival::Duplicate);
     });
 }
+
+#[test]
+fn the_event_log_is_sealed_and_forgets_what_a_deletion_deletes() {
+    use crate::model::HostEvent;
+    run(async {
+        let (dir, s) = open();
+        let bob = name("bob");
+        let m1 = incoming("bob", "alice", now_ms(), "one", &[]);
+        let m2 = incoming("bob", "alice", now_ms(), "two", &hash(&m1));
+        let m3 = incoming("carol", "alice", now_ms(), "three", &[]);
+        let mut events = Vec::new();
+        for m in [&m1, &m2, &m3] {
+            arrive(&s, m).await;
+            events.push(HostEvent::MessageReceived {
+                id: m.id,
+                peer: m.peer.clone(),
+                time: m.time,
+            });
+        }
+        events.push(HostEvent::KeyChanged { peer: bob.clone() });
+        events.push(HostEvent::DeviceLinked {
+            name: "laptop".into(),
+        });
+        for (seq, e) in (1..).zip(&events) {
+            s.append_event(seq, now_ms(), e.clone()).await.unwrap();
+        }
+        let page = s.events_after(0, 5, 100).await.unwrap();
+        assert!(page.complete && !page.pruned);
+        let got: Vec<HostEvent> = page.events.iter().map(|(_, e)| e.clone()).collect();
+        assert_eq!(got, events);
+        assert_eq!(
+            page.events.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        // Paged: two at a time.
+        let page = s.events_after(1, 5, 2).await.unwrap();
+        assert!(!page.complete);
+        assert_eq!(page.events.len(), 2);
+        assert_eq!(page.events[0].0, 2);
+        // Sealed: no id, no name in the file.
+        s.checkpoint().await.unwrap();
+        let disk = on_disk(&dir);
+        assert!(!contains(&disk, m3.id.to_hex().as_bytes()));
+        assert!(!contains(&disk, b"laptop"));
+
+        // Deleting a message deletes what the log says of it; deleting the conversation, the
+        // rest of bob's. carol's and the device's stay, and the head does not go back.
+        s.delete(&bob, Some(m1.id), None).await.unwrap();
+        let left = s.events_after(0, 5, 100).await.unwrap();
+        assert_eq!(
+            left.events.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            [2, 3, 4, 5]
+        );
+        s.delete(&bob, None, None).await.unwrap();
+        let left = s.events_after(0, 5, 100).await.unwrap();
+        assert_eq!(
+            left.events.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+            [3, 5]
+        );
+        assert!(
+            !left.pruned,
+            "deleted is not pruned: nothing a device must resync for"
+        );
+        assert_eq!(s.event_log_state().await.unwrap().head, 5);
+    });
+}
+
+#[test]
+fn old_events_are_pruned_and_a_reader_from_before_is_told() {
+    use crate::model::HostEvent;
+    run(async {
+        let (_dir, s) = open();
+        let event = |n: usize| HostEvent::DeviceRevoked {
+            name: format!("device {n}"),
+        };
+        let old = now_ms() - (EVENT_LOG_DAYS + 1) * DAY_MS;
+        for seq in 1..=3u64 {
+            s.append_event(seq, old, event(seq as usize)).await.unwrap();
+        }
+        s.append_event(4, now_ms(), event(4)).await.unwrap();
+        s.expire(now_ms()).await.unwrap();
+        let state = s.event_log_state().await.unwrap();
+        assert_eq!((state.head, state.pruned_upto), (4, 3));
+        let page = s.events_after(1, 4, 100).await.unwrap();
+        assert!(page.pruned, "events after 1 were pruned");
+        assert_eq!(page.events, vec![(4, event(4))]);
+        assert!(!s.events_after(3, 4, 100).await.unwrap().pruned);
+    });
+}
+
+#[test]
+fn cursors_are_kept_per_device_and_forgotten_with_it() {
+    run(async {
+        let (dir, s) = open();
+        let (laptop, desk) = ("device:aa".to_string(), "device:bb".to_string());
+        assert_eq!(
+            s.cursor(laptop.clone(), "watch".into()).await.unwrap(),
+            None
+        );
+        s.set_cursor(laptop.clone(), "watch".into(), 7)
+            .await
+            .unwrap();
+        s.set_cursor(laptop.clone(), "agent".into(), 3)
+            .await
+            .unwrap();
+        s.set_cursor(desk.clone(), "watch".into(), 9).await.unwrap();
+        s.set_cursor(laptop.clone(), "watch".into(), 8)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.cursor(laptop.clone(), "watch".into()).await.unwrap(),
+            Some(8)
+        );
+        assert_eq!(
+            s.cursor(desk.clone(), "watch".into()).await.unwrap(),
+            Some(9)
+        );
+        s.forget_cursors(laptop.clone()).await.unwrap();
+        assert_eq!(
+            s.cursor(laptop.clone(), "watch".into()).await.unwrap(),
+            None
+        );
+        assert_eq!(s.cursor(laptop, "agent".into()).await.unwrap(), None);
+        assert_eq!(s.cursor(desk, "watch".into()).await.unwrap(), Some(9));
+        // Keyed: the file does not name the devices or the cursors.
+        s.checkpoint().await.unwrap();
+        assert!(!contains(&on_disk(&dir), b"device:bb"));
+    });
+}

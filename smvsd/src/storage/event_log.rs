@@ -1,0 +1,441 @@
+//! The event log: every event devices hear, in order, sealed, so a device that was away (a
+//! suspended laptop, a host restart in between) gets exactly what it missed. The device hub
+//! (`events`) gives out the seqs and appends; devices read after their cursor.
+//!
+//! What a row keeps is what the live event carried: ids, names, times, statuses, never message
+//! text. It goes when:
+//! - the message it is about is deleted or expires (trigger `messages_events`, by the message's
+//!   keyed mark), or the whole conversation is deleted (by its tag);
+//! - it is older than [`EVENT_LOG_DAYS`], or more than [`EVENT_LOG_MAX`] newer events exist.
+//!
+//! A device whose cursor is older than what pruning removed is told to resync.
+
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+use smvs_schema::Username;
+
+use super::{cached_exec, cached_row, Result, Storage, StorageError};
+use crate::model::{Answerer, CallId, CallInfo, CallState, HostEvent, MessageId, Status};
+
+/// Events older than this are pruned (by the hourly expiry run).
+pub const EVENT_LOG_DAYS: i64 = 30;
+/// The most events the log keeps; older ones are pruned as new ones come.
+pub const EVENT_LOG_MAX: u64 = 100_000;
+/// Count pruning runs once per this many appends.
+const PRUNE_EVERY: u64 = 1024;
+
+/// The log's newest seq and how far pruning has removed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLogState {
+    /// The newest seq ever given out (0: none yet).
+    pub head: u64,
+    /// Every event up to this seq is gone, pruned or deleted.
+    pub pruned_upto: u64,
+}
+
+/// One page of the log, oldest first.
+#[derive(Debug)]
+pub struct EventPage {
+    pub events: Vec<(u64, HostEvent)>,
+    /// Whether events after the asked-for seq were pruned (the reader missed some for good).
+    pub pruned: bool,
+    /// Whether the page reached `upto` (nothing more to read up to it).
+    pub complete: bool,
+}
+
+impl Storage {
+    pub async fn event_log_state(&self) -> Result<EventLogState> {
+        self.call(|c, _| state(c)).await
+    }
+
+    /// Appends the event `seq` (which the hub gives out in order). Every [`PRUNE_EVERY`]
+    /// appends, what is past [`EVENT_LOG_MAX`] is pruned in the same transaction.
+    pub async fn append_event(&self, seq: u64, at: i64, event: HostEvent) -> Result<()> {
+        self.call(move |c, k| {
+            let tag = event.peer().map(|p| k.tag(p)).transpose()?;
+            let mark = match (&tag, event.message()) {
+                (Some(tag), Some(id)) => Some(k.tombstone_mark(tag, &id.0)?),
+                _ => None,
+            };
+            let record = serde_json::to_vec(&EventRecord::from(&event))
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            let sealed = k.seal("event", &seq.to_be_bytes(), &record)?;
+            let seq = sql_seq(seq)?;
+            cached_exec(
+                c,
+                "INSERT INTO events (seq, at, tag, mark, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![seq, at, tag, mark, sealed],
+            )?;
+            cached_exec(
+                c,
+                "UPDATE event_log SET head = max(head, ?1) WHERE id = 1",
+                [seq],
+            )?;
+            if seq as u64 % PRUNE_EVERY == 0 {
+                if let Some(upto) = (seq as u64).checked_sub(EVENT_LOG_MAX) {
+                    prune_upto(c, sql_seq(upto)?)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Up to `limit` events after `since` and no later than `upto`, oldest first.
+    pub async fn events_after(&self, since: u64, upto: u64, limit: usize) -> Result<EventPage> {
+        self.call(move |c, k| {
+            let log = state(c)?;
+            let mut statement = c.prepare_cached(
+                "SELECT seq, sealed FROM events WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = statement.query_map(
+                params![
+                    sql_seq(since)?,
+                    sql_seq(upto)?,
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+            )?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (seq, sealed) = row?;
+                let seq = seq as u64;
+                let record = k.open("event", &seq.to_be_bytes(), &sealed)?;
+                let record: EventRecord = serde_json::from_slice(&record)
+                    .map_err(|e| StorageError::Corrupt(format!("event {seq}: {e}")))?;
+                events.push((seq, record.into_event()?));
+            }
+            Ok(EventPage {
+                complete: events.len() < limit,
+                events,
+                pruned: since < log.pruned_upto,
+            })
+        })
+        .await
+    }
+
+    /// The seq where `device`'s cursor `name` stands, if it was ever saved.
+    pub async fn cursor(&self, device: String, name: String) -> Result<Option<u64>> {
+        self.call(move |c, k| {
+            let (device, name) = k.cursor_marks(&device, &name)?;
+            let seq: Option<i64> = rusqlite::OptionalExtension::optional(cached_row(
+                c,
+                "SELECT seq FROM cursors WHERE device = ?1 AND name = ?2",
+                params![device, name],
+                |r| r.get(0),
+            ))?;
+            Ok(seq.map(|s| s as u64))
+        })
+        .await
+    }
+
+    pub async fn set_cursor(&self, device: String, name: String, seq: u64) -> Result<()> {
+        self.call(move |c, k| {
+            let (device, name) = k.cursor_marks(&device, &name)?;
+            cached_exec(
+                c,
+                "INSERT INTO cursors (device, name, seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (device, name) DO UPDATE SET seq = excluded.seq",
+                params![device, name, sql_seq(seq)?],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes every cursor of `device` (a revoked device).
+    pub async fn forget_cursors(&self, device: String) -> Result<()> {
+        self.call(move |c, k| {
+            let (device, _) = k.cursor_marks(&device, "")?;
+            cached_exec(c, "DELETE FROM cursors WHERE device = ?1", [device])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn sql_seq(seq: u64) -> Result<i64> {
+    i64::try_from(seq).map_err(|_| StorageError::Corrupt("event seq out of range".into()))
+}
+
+fn state(c: &Connection) -> Result<EventLogState> {
+    let (head, pruned_upto): (i64, i64) = cached_row(
+        c,
+        "SELECT head, pruned_upto FROM event_log WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(EventLogState {
+        head: head.max(0) as u64,
+        pruned_upto: pruned_upto.max(0) as u64,
+    })
+}
+
+fn prune_upto(c: &Connection, upto: i64) -> Result<()> {
+    cached_exec(c, "DELETE FROM events WHERE seq <= ?1", [upto])?;
+    cached_exec(
+        c,
+        "UPDATE event_log SET pruned_upto = max(pruned_upto, ?1) WHERE id = 1",
+        [upto],
+    )?;
+    Ok(())
+}
+
+/// Prunes events older than [`EVENT_LOG_DAYS`] (part of the expiry run).
+pub(super) fn prune_by_age(c: &Connection, now: i64) -> Result<()> {
+    let oldest_kept = now - EVENT_LOG_DAYS * 24 * 3600 * 1000;
+    let upto: Option<i64> = cached_row(
+        c,
+        "SELECT max(seq) FROM events WHERE at < ?1",
+        [oldest_kept],
+        |r| r.get(0),
+    )?;
+    if let Some(upto) = upto {
+        prune_upto(c, upto)?;
+    }
+    Ok(())
+}
+
+/// An event as it is sealed in the log (JSON; ids in hex).
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum EventRecord {
+    MessageReceived {
+        id: String,
+        peer: String,
+        time: i64,
+    },
+    MessageSent {
+        id: String,
+        peer: String,
+        time: i64,
+    },
+    MessageStatus {
+        id: String,
+        peer: String,
+        status: i64,
+    },
+    KeyChanged {
+        peer: String,
+    },
+    DirectoryAlarm {
+        peer: String,
+    },
+    IntegrityProblem {
+        id: String,
+        peer: String,
+        time: i64,
+    },
+    Deleted {
+        id: Option<String>,
+        peer: String,
+    },
+    Read {
+        peer: String,
+    },
+    DeviceLinked {
+        name: String,
+    },
+    DeviceRevoked {
+        name: String,
+    },
+    CallIncoming(CallRecord),
+    CallState(CallRecord),
+}
+
+/// What the log keeps of a call event: what devices were told (not the media set-up, which
+/// is of no use once the moment has passed).
+#[derive(Serialize, Deserialize)]
+struct CallRecord {
+    id: String,
+    peer: String,
+    outgoing: bool,
+    state: String,
+    reason: String,
+    video: bool,
+    audio: bool,
+    since: i64,
+    /// Picked up on one of the user's devices: whether that was a linked device. (Which
+    /// connection it was means nothing once read back, so every reader is told "elsewhere".)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    answered_on_linked_device: Option<bool>,
+}
+
+impl From<&CallInfo> for CallRecord {
+    fn from(c: &CallInfo) -> Self {
+        CallRecord {
+            id: c.id.to_hex(),
+            peer: c.peer.to_string(),
+            outgoing: c.outgoing,
+            state: c.state.as_str().to_string(),
+            reason: c.reason.clone(),
+            video: c.video,
+            audio: c.audio,
+            since: c.since,
+            answered_on_linked_device: c.answered_by.map(|a| a.linked_device),
+        }
+    }
+}
+
+impl CallRecord {
+    fn into_info(self) -> Result<CallInfo> {
+        let state = match self.state.as_str() {
+            "ringing" => CallState::Ringing,
+            "active" => CallState::Active,
+            "ended" => CallState::Ended,
+            _ => return Err(corrupt("call state")),
+        };
+        Ok(CallInfo {
+            id: self.id.parse::<CallId>().map_err(|_| corrupt("call id"))?,
+            peer: user(&self.peer)?,
+            outgoing: self.outgoing,
+            state,
+            reason: self.reason,
+            caller_identity: Vec::new(),
+            callee_identity: Vec::new(),
+            peer_media: None,
+            video: self.video,
+            audio: self.audio,
+            since: self.since,
+            answered_by: self
+                .answered_on_linked_device
+                .map(|linked_device| Answerer {
+                    client: Answerer::EARLIER,
+                    linked_device,
+                }),
+        })
+    }
+}
+
+fn corrupt(what: &str) -> StorageError {
+    StorageError::Corrupt(format!("event {what}"))
+}
+
+fn user(name: &str) -> Result<Username> {
+    Username::parse(name).map_err(|_| corrupt("peer"))
+}
+
+fn message_id(hex: &str) -> Result<MessageId> {
+    hex.parse().map_err(|_| corrupt("message id"))
+}
+
+impl From<&HostEvent> for EventRecord {
+    fn from(e: &HostEvent) -> Self {
+        match e {
+            HostEvent::MessageReceived { id, peer, time } => EventRecord::MessageReceived {
+                id: id.to_hex(),
+                peer: peer.to_string(),
+                time: *time,
+            },
+            HostEvent::MessageSent { id, peer, time } => EventRecord::MessageSent {
+                id: id.to_hex(),
+                peer: peer.to_string(),
+                time: *time,
+            },
+            HostEvent::MessageStatus { id, peer, status } => EventRecord::MessageStatus {
+                id: id.to_hex(),
+                peer: peer.to_string(),
+                status: *status as i64,
+            },
+            HostEvent::KeyChanged { peer } => EventRecord::KeyChanged {
+                peer: peer.to_string(),
+            },
+            HostEvent::DirectoryAlarm { peer } => EventRecord::DirectoryAlarm {
+                peer: peer.to_string(),
+            },
+            HostEvent::IntegrityProblem { id, peer, time } => EventRecord::IntegrityProblem {
+                id: id.to_hex(),
+                peer: peer.to_string(),
+                time: *time,
+            },
+            HostEvent::Deleted { id, peer } => EventRecord::Deleted {
+                id: id.map(|i| i.to_hex()),
+                peer: peer.to_string(),
+            },
+            HostEvent::Read { peer } => EventRecord::Read {
+                peer: peer.to_string(),
+            },
+            HostEvent::DeviceLinked { name } => EventRecord::DeviceLinked { name: name.clone() },
+            HostEvent::DeviceRevoked { name } => EventRecord::DeviceRevoked { name: name.clone() },
+            HostEvent::CallIncoming(info) => EventRecord::CallIncoming(info.into()),
+            HostEvent::CallState(info) => EventRecord::CallState(info.into()),
+        }
+    }
+}
+
+impl EventRecord {
+    fn into_event(self) -> Result<HostEvent> {
+        Ok(match self {
+            EventRecord::MessageReceived { id, peer, time } => HostEvent::MessageReceived {
+                id: message_id(&id)?,
+                peer: user(&peer)?,
+                time,
+            },
+            EventRecord::MessageSent { id, peer, time } => HostEvent::MessageSent {
+                id: message_id(&id)?,
+                peer: user(&peer)?,
+                time,
+            },
+            EventRecord::MessageStatus { id, peer, status } => HostEvent::MessageStatus {
+                id: message_id(&id)?,
+                peer: user(&peer)?,
+                status: Status::from_i64(status).ok_or_else(|| corrupt("status"))?,
+            },
+            EventRecord::KeyChanged { peer } => HostEvent::KeyChanged { peer: user(&peer)? },
+            EventRecord::DirectoryAlarm { peer } => {
+                HostEvent::DirectoryAlarm { peer: user(&peer)? }
+            }
+            EventRecord::IntegrityProblem { id, peer, time } => HostEvent::IntegrityProblem {
+                id: message_id(&id)?,
+                peer: user(&peer)?,
+                time,
+            },
+            EventRecord::Deleted { id, peer } => HostEvent::Deleted {
+                id: id.as_deref().map(message_id).transpose()?,
+                peer: user(&peer)?,
+            },
+            EventRecord::Read { peer } => HostEvent::Read { peer: user(&peer)? },
+            EventRecord::DeviceLinked { name } => HostEvent::DeviceLinked { name },
+            EventRecord::DeviceRevoked { name } => HostEvent::DeviceRevoked { name },
+            EventRecord::CallIncoming(c) => HostEvent::CallIncoming(c.into_info()?),
+            EventRecord::CallState(c) => HostEvent::CallState(c.into_info()?),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::model::{Viewer, ANSWERED_ELSEWHERE};
+
+    #[test]
+    fn a_call_picked_up_on_some_device_reads_back_as_answered_elsewhere() {
+        let info = CallInfo {
+            id: CallId::from_slice(&[5; 16]).unwrap(),
+            peer: Username::parse("bob").unwrap(),
+            outgoing: false,
+            state: CallState::Active,
+            reason: String::new(),
+            caller_identity: Vec::new(),
+            callee_identity: Vec::new(),
+            peer_media: None,
+            video: true,
+            audio: true,
+            since: 1,
+            answered_by: Some(Answerer {
+                client: 7,
+                linked_device: true,
+            }),
+        };
+        let record = EventRecord::from(&HostEvent::CallState(info));
+        let HostEvent::CallState(back) = record.into_event().unwrap() else {
+            panic!("not a call state");
+        };
+        let by = back.answered_by.unwrap();
+        assert_eq!((by.client, by.linked_device), (Answerer::EARLIER, true));
+        // The connection that picked up is gone once the event is read back: every device
+        // that replays it stops ringing.
+        assert_eq!(back.seen_by(Viewer::Client(7)).reason, ANSWERED_ELSEWHERE);
+    }
+}
