@@ -135,7 +135,7 @@ pub enum Command {
                       bus. It is also the device that runs calls placed or answered over D-Bus (PlaceCall, AnswerCall): it registers with smvsd's socket \
                       and runs their media here (camera, microphone and window by default). On a linked device (--host, $SMVS_HOST, or the host this \
                       machine is paired with when there is no local smvsd) it takes the host's events over the device link instead, and reconnects \
-                      after the link drops (waits of 1 s doubling to 30 s); what arrived meanwhile is shown as one summary. A call that rings shows \
+                      after the link drops (waits of 1 s doubling to 30 s), resuming from the device's cursor `agent`: what arrived meanwhile is shown as one summary. A call that rings shows \
                       Answer and Decline; the first of your devices to answer takes the call, the others say it was answered elsewhere. \
                       Runs until SIGINT/SIGTERM. Installed as the systemd --user unit smvsctl-agent.service."
     )]

@@ -2,16 +2,20 @@
 //! the old one drops (suspend and resume, a network change, the host restarting).
 //!
 //! ```text
-//!  connect ─► subscribe ─► unread counts ─► (after a reconnect) one summary notification
-//!     ▲        └─► events ─► notifications, until the link drops or a heartbeat goes unanswered
+//!  connect ─► subscribe from the device's cursor `agent` ─► replayed events ─► one summary
+//!     ▲                                                  └─► live events ─► notifications,
+//!     │                                     until the link drops or a heartbeat goes unanswered
 //!     └──── backoff: 1 s, doubling to 30 s, each wait jittered ◄──┘
 //! ```
 //!
-//! What arrived while the link was down is not notified message by message: the agent
-//! compares each conversation's unread count with what it knew, and shows one notification
-//! ("3 new messages from alice, bob while you were away").
+//! The host keeps the cursor and moves it as the agent hands each event back as handled, so
+//! after a gap the agent gets exactly what it missed (`replayed`), then live events. What it
+//! missed is not notified message by message: the messages are summed up in one notification
+//! ("3 new messages from alice, bob while you were away"), shown when the first live event
+//! comes or the replay has gone quiet. A cursor the agent never used starts at the host's
+//! head, so its first start replays nothing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
@@ -20,8 +24,13 @@ use smvs_schema::Username;
 use tokio::sync::mpsc;
 
 use super::{Agent, News};
-use crate::client::{EventView, HostClient, Subscription};
+use crate::client::{Delivered, EventView, HostClient, Start, Subscription};
 use crate::error::CtlError;
+
+/// The agent's cursor in the host's event log (each device has its own of that name).
+const CURSOR: &str = "agent";
+/// How long the replay may pause before what was missed is summed up.
+const REPLAY_QUIET: Duration = Duration::from_secs(2);
 
 /// The first wait before trying again, and the longest.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -61,56 +70,57 @@ impl Backoff {
     }
 }
 
-/// Unread messages per conversation, as last known.
-type Unread = HashMap<Username, u32>;
+/// What arrived while the agent was away: messages per peer, in name order.
+#[derive(Default)]
+pub struct Missed {
+    from: BTreeMap<String, (Username, u32)>,
+}
 
-/// What arrived since `before`: (messages, from whom), the peers in name order.
-pub fn missed(before: &Unread, now: &Unread) -> (u32, Vec<Username>) {
-    let mut from = BTreeMap::new();
-    for (peer, count) in now {
-        let new = count.saturating_sub(before.get(peer).copied().unwrap_or(0));
-        if new > 0 {
-            from.insert(peer.as_str().to_owned(), (peer.clone(), new));
-        }
+impl Missed {
+    pub fn add(&mut self, peer: &Username) {
+        self.from
+            .entry(peer.as_str().to_owned())
+            .or_insert_with(|| (peer.clone(), 0))
+            .1 += 1;
     }
-    let total = from.values().map(|(_, n)| n).sum();
-    (total, from.into_values().map(|(peer, _)| peer).collect())
+
+    pub fn is_empty(&self) -> bool {
+        self.from.is_empty()
+    }
+
+    /// The one notification's text, and a fresh start.
+    pub fn take_summary(&mut self) -> Option<String> {
+        if self.from.is_empty() {
+            return None;
+        }
+        let from = std::mem::take(&mut self.from);
+        let total: u32 = from.values().map(|(_, n)| n).sum();
+        let names: Vec<&str> = from.values().map(|(peer, _)| peer.as_str()).collect();
+        let noun = if total == 1 { "message" } else { "messages" };
+        Some(format!(
+            "{total} new {noun} from {} while you were away",
+            names.join(", ")
+        ))
+    }
 }
 
-/// The one notification for what arrived while away.
-pub fn summary(total: u32, from: &[Username]) -> String {
-    let names: Vec<&str> = from.iter().map(Username::as_str).collect();
-    let noun = if total == 1 { "message" } else { "messages" };
-    format!(
-        "{total} new {noun} from {} while you were away",
-        names.join(", ")
-    )
-}
-
-/// One live link: the client, its event stream, and the unread counts when it opened.
+/// One live link: the client and its event stream.
 struct Link {
     host: Rc<HostClient>,
     _subscription: Subscription,
-    events: mpsc::Receiver<Result<EventView, CtlError>>,
-    unread: Unread,
+    events: mpsc::Receiver<Result<Delivered, CtlError>>,
 }
 
 async fn open(address: Option<&str>, proxy: Option<&str>) -> Result<Link, CtlError> {
     let host = Rc::new(crate::client::connect_device(address, proxy).await?);
     let (tx, events) = mpsc::channel(crate::client::EVENT_QUEUE);
-    // Subscribed before counting, so nothing falls between the count and the stream.
-    let subscription = host.subscribe(tx).await?;
-    let unread = host
-        .conversations()
-        .await?
-        .into_iter()
-        .map(|c| (c.peer, c.unread))
-        .collect();
+    let subscription = host
+        .subscribe_from(&Start::Cursor(CURSOR.into()), tx)
+        .await?;
     Ok(Link {
         host,
         _subscription: subscription,
         events,
-        unread,
     })
 }
 
@@ -134,8 +144,9 @@ pub async fn run(
         .map(crate::remote::with_default_port)
         .unwrap_or(paired.address);
     let mut backoff = Backoff::new();
-    // Unread counts as of the last event seen; None until the first link.
-    let mut known: Option<Unread> = None;
+    // The last seq handled: a host that crashed may replay the last moment's events again
+    // (it saves cursors every half second), and seqs are never reused.
+    let mut seen = 0;
     loop {
         let opened = tokio::select! {
             _ = &mut stop => return Ok(()),
@@ -144,24 +155,13 @@ pub async fn run(
         match opened {
             Ok(mut link) => {
                 backoff.reset();
-                if let Some(before) = &known {
-                    let (total, from) = missed(before, &link.unread);
-                    if total > 0 {
-                        agent
-                            .desktop
-                            .notify(0, "SMVS", &summary(total, &from), &[])
-                            .await;
-                    }
-                }
                 agent.set_host(Some(link.host.clone()));
                 // Supervisors and tests wait for this line.
                 println!(
                     "smvsctl agent: connected to the host at {shown}; relaying its events to desktop notifications"
                 );
                 let _ = std::io::Write::flush(&mut std::io::stdout());
-                let mut unread = std::mem::take(&mut link.unread);
-                let why = serve(&agent, &mut link, &mut unread, &mut stop).await;
-                known = Some(unread);
+                let why = serve(&agent, &mut link, &mut seen, &mut stop).await;
                 agent.set_host(None);
                 match why {
                     None => return Ok(()),
@@ -179,12 +179,13 @@ pub async fn run(
     }
 }
 
-/// Relays one link's events until it drops (`Some(why)`) or `stop` (`None`), keeping `unread`
-/// up to date.
+/// Relays one link's events until it drops (`Some(why)`) or `stop` (`None`). Each event is
+/// handed back as handled once notified (or, replayed, counted in the summary), so the host's
+/// cursor moves past it; one seen before (up to `seen`) is handed back at once.
 async fn serve(
     agent: &Rc<Agent>,
     link: &mut Link,
-    unread: &mut Unread,
+    seen: &mut u64,
     stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Option<String> {
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -194,8 +195,11 @@ async fn serve(
         let host = host.clone();
         async move { host.message(&from, &id).await.ok().map(|m| m.body) }
     };
+    let mut missed = Missed::default();
+    let quiet = tokio::time::sleep(REPLAY_QUIET);
+    tokio::pin!(quiet);
     loop {
-        let event = tokio::select! {
+        let delivered = tokio::select! {
             _ = stop.as_mut() => return None,
             reason = host.closed() => return Some(reason),
             _ = heartbeat.tick() => {
@@ -205,8 +209,12 @@ async fn serve(
                     Err(_) => return Some("the host stopped answering".into()),
                 }
             }
-            event = link.events.recv() => match event {
-                Some(Ok(event)) => event,
+            _ = &mut quiet, if !missed.is_empty() => {
+                summarise(agent, &mut missed).await;
+                continue;
+            }
+            delivered = link.events.recv() => match delivered {
+                Some(Ok(delivered)) => delivered,
                 Some(Err(e)) => {
                     eprintln!("smvsctl agent: an event could not be read: {e}");
                     continue;
@@ -214,36 +222,71 @@ async fn serve(
                 None => return Some("the host ended the subscription".into()),
             },
         };
+        let (seq, replayed) = (delivered.event.seq, delivered.event.replayed);
+        if seq != 0 {
+            if seq <= *seen {
+                delivered.handled();
+                continue;
+            }
+            *seen = seq;
+        }
+        let event = delivered.event.event.clone();
+        if replayed {
+            // Gathered, not shown one by one; the summary comes when the replay goes quiet.
+            quiet
+                .as_mut()
+                .reset(tokio::time::Instant::now() + REPLAY_QUIET);
+            if let EventView::MessageReceived { peer, .. } = &event {
+                missed.add(peer);
+                delivered.handled();
+                continue;
+            }
+        } else {
+            // The first live event: the replay is over.
+            summarise(agent, &mut missed).await;
+        }
         let news = match event {
-            EventView::MessageReceived { id, peer, .. } => {
-                *unread.entry(peer.clone()).or_default() += 1;
-                News::Message { id, from: peer }
-            }
-            EventView::Read { peer } => {
-                unread.insert(peer, 0);
-                continue;
-            }
-            EventView::Deleted { id: None, peer, .. } => {
-                unread.remove(&peer);
-                continue;
-            }
-            EventView::KeyChanged { peer } => News::KeyChanged(peer),
-            EventView::DeviceLinked { name } => News::DeviceLinked(name),
-            EventView::CallIncoming(c) => News::Ringing {
+            EventView::MessageReceived { id, peer, .. } => Some(News::Message { id, from: peer }),
+            EventView::KeyChanged { peer } => Some(News::KeyChanged(peer)),
+            EventView::DeviceLinked { name } => Some(News::DeviceLinked(name)),
+            // A call that rang while the agent was away has stopped ringing by now.
+            EventView::CallIncoming(c) if !replayed => Some(News::Ringing {
                 id: c.id,
                 peer: c.peer,
                 video: c.video,
                 audio: c.audio,
-            },
-            EventView::CallState(c) => News::Call {
+            }),
+            EventView::CallState(c) => Some(News::Call {
                 id: c.id,
                 peer: c.peer,
                 state: c.state,
                 reason: c.reason,
-            },
-            _ => continue,
+            }),
+            EventView::Resync => {
+                agent
+                    .desktop
+                    .notify(
+                        0,
+                        "SMVS",
+                        "You were away longer than your host keeps a record of: open your conversations to catch up",
+                        &[],
+                    )
+                    .await;
+                None
+            }
+            _ => None,
         };
-        agent.tell(news, preview).await;
+        if let Some(news) = news {
+            agent.tell(news, preview).await;
+        }
+        delivered.handled();
+    }
+}
+
+/// Shows what was missed, if anything, as one notification.
+async fn summarise(agent: &Agent, missed: &mut Missed) {
+    if let Some(text) = missed.take_summary() {
+        agent.desktop.notify(0, "SMVS", &text, &[]).await;
     }
 }
 
@@ -268,15 +311,20 @@ mod tests {
     #[test]
     fn what_arrived_while_away_is_one_summary() {
         let user = |n: &str| Username::parse(n).unwrap();
-        let before: Unread = [(user("alice"), 1), (user("carol"), 2)].into();
-        let now: Unread = [(user("alice"), 4), (user("bob"), 2), (user("carol"), 0)].into();
-        let (total, from) = missed(&before, &now);
-        assert_eq!(total, 5);
-        assert_eq!(from, [user("alice"), user("bob")]);
+        let mut missed = Missed::default();
+        assert_eq!(missed.take_summary(), None);
+        for peer in ["bob", "alice", "bob", "alice", "alice"] {
+            missed.add(&user(peer));
+        }
         assert_eq!(
-            summary(total, &from),
+            missed.take_summary().unwrap(),
             "5 new messages from alice, bob while you were away"
         );
-        assert_eq!(missed(&now, &now).0, 0);
+        assert!(missed.is_empty());
+        missed.add(&user("carol"));
+        assert_eq!(
+            missed.take_summary().unwrap(),
+            "1 new message from carol while you were away"
+        );
     }
 }
