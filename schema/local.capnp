@@ -122,7 +122,9 @@ struct CallEvent {
   peer @1 :Text;
   state @2 :CallState;
   reason @3 :Text;              # why it ended: hangup, remote-hangup, declined, busy, no-answer,
-                                # missed, refused, offline, device-gone, failed
+                                # missed, refused, offline, device-gone, failed; or, for an
+                                # incoming call that became active, answered-elsewhere: another
+                                # of the user's devices picked it up (this one stops ringing)
   video @4 :Bool;               # what the caller offered
   audio @5 :Bool;
   outgoing @6 :Bool;
@@ -210,7 +212,8 @@ interface Host {
   answerCall @14 (id :Data, media :CallMedia, device :CallDevice)
       -> (call :CallInfo, control :CallControl);
   # Picks up a ringing incoming call (id empty: the one that rings); `call.peerMedia` is the
-  # caller's offer.
+  # caller's offer. The call rings on every device; the first to answer takes it, and a later
+  # answer is refused (busy: "answered on another device").
   hangupCall @15 (id :Data) -> ();
   # Ends a call (id empty: the current one); a ringing incoming call is declined.
   calls @16 () -> (calls :List(CallInfo));

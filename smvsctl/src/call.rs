@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::{AudioArg, MediaArgs, SinkArg, VideoArg};
 use crate::client::{
-    CallId, CallMediaView, CallNotice, CallState, DeviceCall, EventView, HostClient,
+    CallId, CallMediaView, CallNotice, CallState, DeviceCall, EventView, HostClient, Link,
 };
 use crate::error::CtlError;
 use crate::output::{self, Format};
@@ -75,20 +75,7 @@ async fn endpoint(host: &HostClient, args: &MediaArgs) -> Result<Endpoint, CtlEr
     smvs_media::check_devices(&options).map_err(|e| CtlError::Local(e.to_string()))?;
     let ip = match args.media_address {
         Some(ip) => ip,
-        None => {
-            let status = host.status().await?;
-            let published = status.host_address.clone().unwrap_or_default();
-            published
-                .parse::<SocketAddr>()
-                .map(|a| a.ip())
-                .ok()
-                .filter(|ip: &IpAddr| !ip.is_unspecified())
-                .ok_or_else(|| {
-                    CtlError::Local(format!(
-                        "this host's published address {published:?} is not an IP address; say where to receive media with --media-address IP"
-                    ))
-                })?
-        }
+        None => default_media_ip(host).await?,
     };
     let socket = UdpSocket::bind((ip, 0)).map_err(|source| CtlError::Io {
         what: "cannot open a UDP socket for the call's media",
@@ -110,6 +97,34 @@ async fn endpoint(host: &HostClient, args: &MediaArgs) -> Result<Endpoint, CtlEr
         key,
         options,
     })
+}
+
+/// Where this device receives media unless `--media-address` says: beside the host (the Unix
+/// socket), the host's published IP; on a linked device, its own end of the link to the host
+/// (the address the host sees it at), since the media goes straight to this machine.
+async fn default_media_ip(host: &HostClient) -> Result<IpAddr, CtlError> {
+    match host.link() {
+        Link::Device {
+            local_ip: Some(ip),
+        } => Ok(ip),
+        Link::Device { local_ip: None } => Err(CtlError::Local(
+            "this device reaches its host through a proxy, so it has no address of its own the other side could send media to; say where to receive media with --media-address IP".into(),
+        )),
+        Link::Socket => {
+            let status = host.status().await?;
+            let published = status.host_address.clone().unwrap_or_default();
+            published
+                .parse::<SocketAddr>()
+                .map(|a| a.ip())
+                .ok()
+                .filter(|ip: &IpAddr| !ip.is_unspecified())
+                .ok_or_else(|| {
+                    CtlError::Local(format!(
+                        "this host's published address {published:?} is not an IP address; say where to receive media with --media-address IP"
+                    ))
+                })
+        }
+    }
 }
 
 /// A peer may only name a media address of a local kind (loopback, link-local, private,
@@ -278,11 +293,12 @@ async fn ringing(
     } else {
         Some(host.subscribe(tx).await?)
     };
+    // A call another device picked up is asked for all the same: smvsd then says so.
     if let Some(call) = host
         .calls()
         .await?
         .into_iter()
-        .find(|c| !c.outgoing && c.state == CallState::Ringing && wanted(&c.id))
+        .find(|c| !c.outgoing && c.state != CallState::Ended && wanted(&c.id))
     {
         return Ok(call.id);
     }
@@ -320,6 +336,9 @@ struct CallReport {
     #[serde(serialize_with = "crate::client::as_display")]
     peer: Username,
     outgoing: bool,
+    /// Where this device received the call's media, and where it sent its own.
+    media_address: SocketAddr,
+    peer_media_address: SocketAddr,
     /// hangup (we ended it), remote-hangup, failed, or what smvsd said
     ended: String,
     duration_s: f64,
@@ -347,6 +366,7 @@ pub async fn run(
     }
     let keys = keys(&endpoint, &call, role, &peer_media)?;
     let peer = call.call.peer.clone();
+    let media_address = endpoint.media.address;
     let session = MediaSession::start(endpoint.socket, peer_media.address, keys, endpoint.options)
         .map_err(|e| CtlError::Local(format!("cannot start the call's media: {e}")))?;
     if format == Format::Text && !args.stats {
@@ -390,6 +410,8 @@ pub async fn run(
         call_id: call.call.id,
         peer: peer.clone(),
         outgoing: call.call.outgoing,
+        media_address,
+        peer_media_address: peer_media.address,
         ended: reason.clone(),
         duration_s,
         stats: args.stats.then_some(stats),

@@ -128,13 +128,16 @@ pub enum Command {
         live: bool,
     },
 
-    /// Run in your desktop session: turn smvsd's D-Bus signals into desktop notifications
+    /// Run in your desktop session: turn your host's news into desktop notifications
     #[command(
-        after_help = "Examples:\n  smvsctl agent\n  smvsctl agent --preview\n\nListens on the system bus (DBUS_SYSTEM_BUS_ADDRESS, or --bus session for a per-user smvsd) for \
-                      org.smvs.Daemon1's MessageReceived and KeyChanged, and raises org.freedesktop.Notifications on the session \
+        after_help = "Examples:\n  smvsctl agent\n  smvsctl agent --preview\n  smvsctl --host home.example:7422 agent\n\nBeside the host, listens on the system bus (DBUS_SYSTEM_BUS_ADDRESS, or --bus session for a per-user smvsd) for \
+                      org.smvs.Daemon1's MessageReceived, KeyChanged and call signals, and raises org.freedesktop.Notifications on the session \
                       bus. It is also the device that runs calls placed or answered over D-Bus (PlaceCall, AnswerCall): it registers with smvsd's socket \
-                      and runs their media here (camera, microphone and window by default). Runs until SIGINT/SIGTERM. Installed as the systemd --user unit \
-                      smvsctl-agent.service."
+                      and runs their media here (camera, microphone and window by default). On a linked device (--host, $SMVS_HOST, or the host this \
+                      machine is paired with when there is no local smvsd) it takes the host's events over the device link instead, and reconnects \
+                      after the link drops (waits of 1 s doubling to 30 s), resuming from the device's cursor `agent`: what arrived meanwhile is shown as one summary. A call that rings shows \
+                      Answer and Decline; the first of your devices to answer takes the call, the others say it was answered elsewhere. \
+                      Runs until SIGINT/SIGTERM. Installed as the systemd --user unit smvsctl-agent.service."
     )]
     Agent {
         /// Show the start of each message (fetched with GetMessage, which the bus policy guards)
@@ -143,7 +146,7 @@ pub enum Command {
         /// Where smvsd's D-Bus service is: system (a system service) or session
         #[arg(long, default_value = "system", value_parser = ["system", "session"])]
         bus: String,
-        /// How calls placed or answered over D-Bus run here
+        /// How the calls answered or placed here run
         #[command(flatten)]
         media: MediaArgs,
     },
@@ -331,7 +334,8 @@ pub struct MediaArgs {
     /// Print the call's statistics as JSON when it ends
     #[arg(long)]
     pub stats: bool,
-    /// The IP address to receive media on [default: the IP of this host's published address]
+    /// The IP address to receive media on [default: beside the host, the IP of its published
+    /// address; on a device linked with --host, this machine's address on its link to the host]
     #[arg(long, value_name = "IP")]
     pub media_address: Option<std::net::IpAddr>,
     /// Video size to send, WIDTHxHEIGHT

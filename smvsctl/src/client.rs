@@ -694,10 +694,19 @@ impl EventView {
 pub struct HostClient {
     host: host::Client,
     path: PathBuf,
-    /// A linked device's link to its host over the network (not the host's own socket).
-    remote: bool,
     /// Becomes `Some(reason)` when the RPC system stops (smvsd closed the connection, or it broke).
     closed: watch::Receiver<Option<String>>,
+    link: Link,
+}
+
+/// How a client reaches its host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// smvsd's Unix socket, on this machine.
+    Socket,
+    /// A linked device's link over the device port from another machine; `local_ip` is this
+    /// end's address on a direct link (where the host sees the device), none through a proxy.
+    Device { local_ip: Option<std::net::IpAddr> },
 }
 
 /// Connects to smvsd at `path`. Must be called inside a `tokio::task::LocalSet`: the RPC system
@@ -710,7 +719,7 @@ pub async fn connect(path: &Path) -> Result<HostClient, CtlError> {
             source,
         })?;
     let (system, host) = smvs_transport::rpc::local_client::<host::Client>(stream);
-    Ok(start(system, host, path.to_owned()))
+    Ok(start(system, host, path.to_owned(), Link::Socket))
 }
 
 /// Connects to the host this machine is paired with, over its device port (at `address`, or
@@ -730,9 +739,15 @@ pub async fn connect_device_from(
     address: Option<&str>,
     proxy: Option<&str>,
 ) -> Result<HostClient, CtlError> {
-    let (system, host, pairing) = crate::remote::connect_from(dir, address, proxy).await?;
-    let mut client = start(system, host, pairing);
-    client.remote = true;
+    let link = crate::remote::connect_from(dir, address, proxy).await?;
+    let client = start(
+        link.system,
+        link.host,
+        link.pairing,
+        Link::Device {
+            local_ip: link.local_ip,
+        },
+    );
     // The host lets a paired key in or refuses it here, before any other request.
     client.status().await?;
     Ok(client)
@@ -743,6 +758,7 @@ fn start(
     system: capnp_rpc::RpcSystem<capnp_rpc::rpc_twoparty_capnp::Side>,
     host: host::Client,
     path: PathBuf,
+    link: Link,
 ) -> HostClient {
     let (closed_tx, closed) = watch::channel(None);
     tokio::task::spawn_local(async move {
@@ -756,8 +772,8 @@ fn start(
     HostClient {
         host,
         path,
-        remote: false,
         closed,
+        link,
     }
 }
 
@@ -823,9 +839,14 @@ impl HostClient {
         &self.path
     }
 
+    /// How this client reaches its host.
+    pub fn link(&self) -> Link {
+        self.link
+    }
+
     /// Whether this is a linked device's link over the network (not the host's own socket).
     pub fn is_remote(&self) -> bool {
-        self.remote
+        matches!(self.link, Link::Device { .. })
     }
 
     /// Resolves, with the reason, once the connection to smvsd has ended.

@@ -98,12 +98,19 @@ pub async fn execute(
             };
             watch(host, format, out, *count, &start, stop).await
         }
-        // The agent speaks D-Bus, not the socket; `run` starts it before connecting here.
+        // The agent keeps (and remakes) its own connections; `run` starts it before connecting
+        // here. Given a connection, it is the agent beside that host.
         Command::Agent {
             preview,
             bus,
             media,
-        } => crate::agent::run(*preview, bus == "session", host.path(), media, stop).await,
+        } => {
+            let reach = crate::agent::Reach::Local {
+                socket: host.path(),
+                session: bus == "session",
+            };
+            crate::agent::run(reach, *preview, media, stop).await
+        }
         Command::Delete {
             user,
             id,

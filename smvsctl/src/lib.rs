@@ -55,7 +55,17 @@ pub fn run(mut cli: Cli) -> Result<(), CtlError> {
             media,
         } = &cli.command
         {
-            return agent::run(*preview, bus == "session", &socket, media, stop).await;
+            let reach = match cli.remote_host() {
+                Some(address) => agent::Reach::Remote {
+                    address: (address != "paired").then_some(address),
+                    proxy: cli.socks5_proxy.clone(),
+                },
+                None => agent::Reach::Local {
+                    socket: &socket,
+                    session: bus == "session",
+                },
+            };
+            return agent::run(reach, *preview, media, stop).await;
         }
         if let Command::Pair { host, code, name } = &cli.command {
             let code = if code == "-" {
@@ -70,12 +80,6 @@ pub fn run(mut cli: Cli) -> Result<(), CtlError> {
         }
         let host = match cli.remote_host() {
             Some(address) => {
-                if matches!(cli.command, Command::Agent { .. }) {
-                    return Err(CtlError::Local(
-                        "the agent runs beside the host for now; --host is not supported for it yet"
-                            .into(),
-                    ));
-                }
                 client::connect_device(
                     (address != "paired").then_some(address.as_str()),
                     cli.socks5_proxy.as_deref(),

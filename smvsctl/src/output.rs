@@ -416,6 +416,12 @@ pub fn event_text(e: &EventView) -> String {
         EventView::CallState(c) if c.state == CallState::Ended => {
             format!("call-ended {} {} {}", c.peer, c.id, c.reason)
         }
+        EventView::CallState(c) if c.reason == "answered-elsewhere" => format!(
+            "call-{} {} {} (answered on another device)",
+            c.state.as_str(),
+            c.peer,
+            c.id
+        ),
         EventView::CallState(c) => format!("call-{} {} {}", c.state.as_str(), c.peer, c.id),
     }
 }

@@ -9,6 +9,7 @@
 //! The device keeps nothing else: no history, no contacts. Everything is asked of the host, so
 //! revoking the device takes the history away from it.
 
+use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -115,15 +116,31 @@ pub fn with_default_port(address: &str) -> String {
 
 /// Opens the Noise link to a host's device port at `address` (HOST:PORT), directly or through
 /// a SOCKS5 proxy, which then resolves the name (an onion name, say).
+/// Also returns the IP this end of a direct link has (the address the host sees it from);
+/// none through a proxy, where the host sees the proxy's.
 async fn open(
     address: &str,
     key: &AgreementKeyPair,
     expected: Option<&AgreementPublicKey>,
     proxy: Option<&str>,
-) -> Result<smvs_transport::SecureChannel, CtlError> {
+) -> Result<(smvs_transport::SecureChannel, Option<IpAddr>), CtlError> {
+    let mut local_ip = None;
     let opened = match proxy {
         None => {
-            smvs_transport::connect(address, key, smvs_transport::DEVICE_PROLOGUE, expected).await
+            let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| {
+                local(format!(
+                    "cannot reach the host's device port at {address}: {e}"
+                ))
+            })?;
+            local_ip = tcp.local_addr().ok().map(|a| a.ip());
+            smvs_transport::connect_over(
+                tcp,
+                address,
+                key,
+                smvs_transport::DEVICE_PROLOGUE,
+                expected,
+            )
+            .await
         }
         Some(proxy) => {
             let tcp = smvs_transport::socks5_tcp(proxy, address)
@@ -143,11 +160,12 @@ async fn open(
             .await
         }
     };
-    opened.map_err(|e| {
+    let channel = opened.map_err(|e| {
         local(format!(
             "cannot reach the host's device port at {address}: {e}"
         ))
-    })
+    })?;
+    Ok((channel, local_ip))
 }
 
 /// What pairing gave.
@@ -182,7 +200,7 @@ pub async fn pair(
     let dir = config_dir()?;
     let key = device_key(&dir)?;
     let address = with_default_port(address);
-    let channel = open(&address, &key, None, proxy).await?;
+    let (channel, _) = open(&address, &key, None, proxy).await?;
     let host_key = channel.remote_key;
     let (system, gate) = smvs_transport::rpc::client::<device_gate::Client>(channel);
     tokio::task::spawn_local(async move {
@@ -252,12 +270,16 @@ pub async fn connect(address: Option<&str>, proxy: Option<&str>) -> Result<Conne
     connect_from(&config_dir()?, address, proxy).await
 }
 
-/// An open link to the paired host: the RPC system to drive, the API, the pairing file.
-pub type Connected = (
-    capnp_rpc::RpcSystem<capnp_rpc::rpc_twoparty_capnp::Side>,
-    smvs_schema::local_capnp::host::Client,
-    PathBuf,
-);
+/// An open link to the paired host.
+pub struct Connected {
+    /// The RPC system, to drive.
+    pub system: capnp_rpc::RpcSystem<capnp_rpc::rpc_twoparty_capnp::Side>,
+    pub host: smvs_schema::local_capnp::host::Client,
+    /// The pairing file.
+    pub pairing: PathBuf,
+    /// This end's IP on a direct link (see [`open`]).
+    pub local_ip: Option<IpAddr>,
+}
 
 /// [`connect`] with the device's files in `dir` (a program acting as several devices).
 pub async fn connect_from(
@@ -279,11 +301,16 @@ pub async fn connect_from(
     let key = device_key(&dir)?;
     let address = with_default_port(address.unwrap_or(&paired.address));
     let proxy = proxy.or(paired.socks5_proxy.as_deref());
-    let channel = open(&address, &key, Some(&host_key), proxy).await?;
+    let (channel, local_ip) = open(&address, &key, Some(&host_key), proxy).await?;
     let (system, gate) = smvs_transport::rpc::client::<device_gate::Client>(channel);
     // Pipelined: the API is asked for and used in the same round trip.
     let host = gate.host_request().send().pipeline.get_host();
-    Ok((system, host, dir.join("host.toml")))
+    Ok(Connected {
+        system,
+        host,
+        pairing: dir.join("host.toml"),
+        local_ip,
+    })
 }
 
 #[cfg(test)]

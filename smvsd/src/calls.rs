@@ -31,7 +31,9 @@ use smvs_schema::ErrorCode;
 
 use crate::error::{HostError, IncomingError};
 use crate::events::Events;
-use crate::model::{now_ms, CallId, CallInfo, CallSignal, CallState, HostEvent, Media, SignalKind};
+use crate::model::{
+    now_ms, Answerer, CallId, CallInfo, CallSignal, CallState, HostEvent, Media, SignalKind,
+};
 use crate::outbox::{Outbox, SendFailure};
 use crate::trust::Trust;
 
@@ -261,6 +263,7 @@ impl Handler<PlaceCall> for CallManager {
                 video: msg.media.video,
                 audio: msg.media.audio,
                 since: now_ms(),
+                answered_by: None,
             };
             let token = {
                 let mut t = table.borrow_mut();
@@ -353,6 +356,28 @@ pub struct AnswerCall {
     pub id: Option<CallId>,
     pub media: Media,
     pub device: mpsc::UnboundedSender<DeviceNotice>,
+    /// The client picking up: the other devices that rang are told it was answered elsewhere.
+    pub by: Answerer,
+}
+
+/// Why `id` (or, `None`, any incoming call) cannot be picked up: it is not ringing. The call
+/// rang on every device, and one of them took it: say so, rather than "not found", so the
+/// device that lost the race knows what happened.
+fn not_ringing(t: &Table, id: Option<CallId>) -> HostError {
+    let taken = t.calls.values().find(|c| {
+        !c.info.outgoing && c.info.state == CallState::Active && id.is_none_or(|id| id == c.info.id)
+    });
+    match (taken, id) {
+        (Some(call), _) => HostError::new(
+            ErrorCode::Busy,
+            format!(
+                "the call from {} was answered on another device",
+                call.info.peer
+            ),
+        ),
+        (None, Some(id)) => HostError::new(ErrorCode::NotFound, format!("no call {id} is ringing")),
+        (None, None) => HostError::new(ErrorCode::NotFound, "no call is ringing"),
+    }
 }
 
 impl Handler<AnswerCall> for CallManager {
@@ -363,22 +388,23 @@ impl Handler<AnswerCall> for CallManager {
             let (info, token) = {
                 let mut t = table.borrow_mut();
                 let token = t.token();
-                let call = t
+                let ringing = t
                     .calls
-                    .values_mut()
+                    .values()
                     .find(|c| {
                         !c.info.outgoing
                             && c.info.state == CallState::Ringing
                             && msg.id.is_none_or(|id| id == c.info.id)
                     })
-                    .ok_or_else(|| match msg.id {
-                        Some(id) => {
-                            HostError::new(ErrorCode::NotFound, format!("no call {id} is ringing"))
-                        }
-                        None => HostError::new(ErrorCode::NotFound, "no call is ringing"),
-                    })?;
+                    .map(|c| c.info.id);
+                let Some(call) = ringing.and_then(|id| t.calls.get_mut(&id)) else {
+                    return Err(not_ringing(&t, msg.id));
+                };
+                // Active at once, in this one handler: a second device's answer, handled next,
+                // finds it taken.
                 call.info.state = CallState::Active;
                 call.info.since = now_ms();
+                call.info.answered_by = Some(msg.by);
                 watch_device(manager, &msg.device, call.info.id, token);
                 call.device = Some((token, msg.device));
                 (call.info.clone(), token)
@@ -619,6 +645,7 @@ impl CallManager {
             audio: media.audio,
             peer_media: Some(media),
             since: now_ms(),
+            answered_by: None,
         };
         if busy {
             tracing::info!(call = %id, peer = %from, "a call came in during another; answered busy");
@@ -791,5 +818,47 @@ mod tests {
         }
         assert!(t.may_ring(&mallory));
         assert_eq!(t.rings.len(), 1, "aged-out peers are forgotten");
+    }
+
+    #[test]
+    fn an_answer_after_another_device_picked_up_is_refused_as_answered_elsewhere() {
+        let mut t = Table::default();
+        let id = CallId([3; 16]);
+        assert_eq!(not_ringing(&t, None).code, ErrorCode::NotFound);
+        t.calls.insert(
+            id,
+            Call {
+                info: CallInfo {
+                    id,
+                    peer: Username::parse("bob").unwrap(),
+                    outgoing: false,
+                    state: CallState::Active,
+                    reason: String::new(),
+                    caller_identity: Vec::new(),
+                    callee_identity: Vec::new(),
+                    peer_media: None,
+                    video: true,
+                    audio: true,
+                    since: 0,
+                    answered_by: Some(Answerer {
+                        client: 1,
+                        linked_device: true,
+                    }),
+                },
+                device: None,
+            },
+        );
+        for asked in [None, Some(id)] {
+            let refused = not_ringing(&t, asked);
+            assert_eq!(refused.code, ErrorCode::Busy);
+            assert!(
+                refused.message.contains("answered on another device"),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(
+            not_ringing(&t, Some(CallId([4; 16]))).code,
+            ErrorCode::NotFound
+        );
     }
 }

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use tempfile::TempDir;
 
+use crate::directory::DirectoryProcess;
+use crate::host::HostProcess;
 use crate::other_uid::{Access, OtherUid};
 
 pub struct TestBus {
@@ -159,31 +161,58 @@ impl Drop for TestBus {
     }
 }
 
-/// Every notification the fake server was asked to show: (summary, body).
-type Shown = Arc<Mutex<Vec<(String, String)>>>;
+/// One notification the fake server was asked to show (or to update: `id` is then the one it
+/// replaced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    pub id: u32,
+    pub summary: String,
+    pub body: String,
+    /// The buttons' action keys (without their labels).
+    pub actions: Vec<String>,
+}
+
+/// Every notification the fake server was asked to show, in order.
+type ShownLog = Arc<Mutex<Vec<Shown>>>;
 
 /// A stand-in for the desktop's notification daemon: records every Notify.
 struct FakeNotifications {
-    shown: Shown,
+    shown: ShownLog,
+    next_id: u32,
 }
 
 #[zbus::interface(name = "org.freedesktop.Notifications")]
 impl FakeNotifications {
     #[allow(clippy::too_many_arguments)]
     fn notify(
-        &self,
+        &mut self,
         _app_name: String,
-        _replaces_id: u32,
+        replaces_id: u32,
         _app_icon: String,
         summary: String,
         body: String,
-        _actions: Vec<String>,
+        actions: Vec<String>,
         _hints: std::collections::HashMap<String, zbus::OwnedVariant>,
         _expire_timeout: i32,
     ) -> u32 {
-        let mut shown = self.shown.lock().unwrap_or_else(PoisonError::into_inner);
-        shown.push((summary, body));
-        u32::try_from(shown.len()).unwrap_or(u32::MAX)
+        let id = if replaces_id != 0 {
+            replaces_id
+        } else {
+            self.next_id += 1;
+            self.next_id
+        };
+        // The list alternates action keys and their labels.
+        let actions = actions.iter().step_by(2).cloned().collect();
+        self.shown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Shown {
+                id,
+                summary,
+                body,
+                actions,
+            });
+        id
     }
 }
 
@@ -191,28 +220,26 @@ impl FakeNotifications {
 /// lives. The connection runs on the runtime it was built on, which must keep running (see
 /// [`crate::runtime::runtime`]) while the test waits.
 pub struct NotificationServer {
-    _connection: zbus::Connection,
-    shown: Shown,
+    connection: zbus::Connection,
+    shown: ShownLog,
 }
 
 impl NotificationServer {
     pub async fn start(bus: &TestBus) -> anyhow::Result<NotificationServer> {
-        let shown = Shown::default();
+        let shown = ShownLog::default();
         let connection = zbus::connection::Builder::address(bus.address.as_str())
             .name("org.freedesktop.Notifications")
             .serve_at(
                 "/org/freedesktop/Notifications",
                 FakeNotifications {
                     shown: shown.clone(),
+                    next_id: 0,
                 },
             )
             .build()
             .await
             .context("serving the fake notification daemon")?;
-        Ok(NotificationServer {
-            _connection: connection,
-            shown,
-        })
+        Ok(NotificationServer { connection, shown })
     }
 
     /// Waits (up to `limit`) for the first notification; `still_going` is asked in between and
@@ -220,24 +247,121 @@ impl NotificationServer {
     pub fn wait_first(
         &self,
         limit: Duration,
-        mut still_going: impl FnMut() -> anyhow::Result<()>,
+        still_going: impl FnMut() -> anyhow::Result<()>,
     ) -> anyhow::Result<(String, String)> {
+        let first = self.wait_for(limit, |_| true, still_going)?;
+        Ok((first.summary, first.body))
+    }
+
+    /// Waits (up to `limit`) for a notification that `what` accepts, as
+    /// [`NotificationServer::wait_first`] does.
+    pub fn wait_for(
+        &self,
+        limit: Duration,
+        what: impl Fn(&Shown) -> bool,
+        mut still_going: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<Shown> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(first) = self
-                .shown
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .first()
-                .cloned()
-            {
-                return Ok(first);
+            if let Some(found) = self.all().into_iter().find(|s| what(s)) {
+                return Ok(found);
             }
             if Instant::now() > deadline {
-                bail!("no notification within {limit:?}");
+                bail!(
+                    "no such notification within {limit:?}; shown: {:?}",
+                    self.all()
+                );
             }
             still_going()?;
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+
+    /// Every notification shown so far, in order.
+    pub fn all(&self) -> Vec<Shown> {
+        self.shown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The user presses the button `action` on notification `id` (the ActionInvoked signal
+    /// the desktop sends).
+    pub async fn press(&self, id: u32, action: &str) -> anyhow::Result<()> {
+        self.connection
+            .emit_signal(
+                None::<&str>,
+                "/org/freedesktop/Notifications",
+                "org.freedesktop.Notifications",
+                "ActionInvoked",
+                &(id, action),
+            )
+            .await
+            .context("emitting ActionInvoked")
+    }
+}
+
+/// Tests run smvsd as root, so root may own the name on the test buses (in production the
+/// policy lets only the user smvsd own it).
+pub const ROOT_OWNS: &str = r#"<policy user="root"><allow own="org.smvs.Daemon1"/></policy>"#;
+
+/// Creates the system user `name` (in `groups`, if any) unless it exists. The daemon's user
+/// must exist for the shipped policy to mean anything (make install's sysusers.d creates it on
+/// a real system); the policy tests also need a member of group `smvs`.
+pub fn ensure_system_user(name: &str, groups: Option<&str>) {
+    let exists = Command::new("id")
+        .arg(name)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !exists {
+        let mut useradd = Command::new("useradd");
+        useradd.args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ]);
+        if let Some(groups) = groups {
+            useradd.args(["-G", groups]);
+        }
+        let _ = useradd.arg(name).status();
+    }
+}
+
+pub fn ensure_daemon_user() {
+    ensure_system_user("smvsd", None);
+}
+
+/// `name`'s host (smvsd and keyguard) on `ip`, serving `org.smvs.Daemon1` on `bus`.
+pub fn host_on_bus(
+    name: &str,
+    dir: &DirectoryProcess,
+    ip: &str,
+    bus: &TestBus,
+) -> anyhow::Result<HostProcess> {
+    host_on_bus_allowing(name, dir, ip, bus, &[])
+}
+
+/// As [`host_on_bus`], with these users allowed besides root (smvsd holds D-Bus callers to
+/// the same allowed uids as its socket).
+pub fn host_on_bus_allowing(
+    name: &str,
+    dir: &DirectoryProcess,
+    ip: &str,
+    bus: &TestBus,
+    users: &[&str],
+) -> anyhow::Result<HostProcess> {
+    let mut host = HostProcess::start(name, dir, ip, &[])?;
+    host.stop()?;
+    for user in users {
+        let uid = nix::unistd::User::from_name(user)?
+            .ok_or_else(|| anyhow!("no user {user}"))?
+            .uid;
+        host.add_flags(&["--allow-uid", &uid.to_string()]);
+    }
+    host.add_flags(&["--dbus", "system"]);
+    host.add_env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address);
+    host.start_again()?;
+    Ok(host)
 }

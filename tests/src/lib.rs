@@ -2,6 +2,7 @@
 //! started as processes on loopback ports the OS picks, readiness learned from the same
 //! `NOTIFY_SOCKET` protocol systemd uses (never a sleep), logs kept and shown on failure.
 
+pub mod agent;
 pub mod child;
 pub mod conversation;
 pub mod daemon;

@@ -14,7 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use smvs_tests::agent::AgentProcess;
 use smvs_tests::child::finish;
+use smvs_tests::dbus::{ensure_daemon_user, host_on_bus, Shown, TestBus, ROOT_OWNS};
+use smvs_tests::device::DeviceProcess;
+use smvs_tests::runtime::runtime_and_directory;
+use smvs_tests::watch::Watch;
 use smvs_tests::{DirectoryProcess, HostProcess};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -556,5 +561,188 @@ fn calls_end_with_clear_reasons() {
         stderr(&out).contains("bob cannot be reached"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// The IP of a media address in a call report.
+fn media_ip(report: &Value, field: &str) -> std::net::IpAddr {
+    report[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} in {report}"))
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .ip()
+}
+
+/// The call report (`--stats` JSON) an agent printed.
+fn agent_report(agent: &mut AgentProcess) -> Value {
+    let line = agent
+        .wait_line(LIMIT, |l| l.starts_with('{') && l.contains("\"stats\""))
+        .unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+/// Calls ring on all of alice's devices: her agent beside the host (D-Bus, the socket) and
+/// the agent on her laptop, a linked device (the device port). The laptop answers on its
+/// notification; the desktop stops ringing and says the call was answered elsewhere, and the
+/// host refuses a second answer. The media runs between bob's device and the laptop's own
+/// address, not its host's. Then the laptop places a call itself.
+#[test]
+fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
+    ensure_daemon_user();
+    let (rt, dir) = runtime_and_directory().unwrap();
+    let system = TestBus::system_like(ROOT_OWNS).unwrap();
+    // alice's host on 127.0.0.3; her laptop reaches it from 127.0.0.1 (the source address
+    // loopback picks), an address of its own, as a machine of its own would have.
+    let alice = host_on_bus("alice", &dir, "127.0.0.3", &system).unwrap();
+    alice.register().unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    bob.register().unwrap();
+    alice.send("bob", "hello").unwrap();
+    bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
+
+    let link = alice
+        .ctl_json(&["devices", "link", "--name", "laptop"])
+        .unwrap();
+    let laptop = DeviceProcess::new("laptop", link["device_address"].as_str().unwrap()).unwrap();
+    let paired = laptop.pair(link["code"].as_str().unwrap()).unwrap();
+    assert!(paired.status.success(), "{paired:?}");
+
+    let mut agent_args = vec!["agent"];
+    agent_args.extend(TEST_MEDIA);
+    agent_args.push("--stats");
+    let mut desktop_agent = {
+        let mut cmd = alice.ctl_command(&agent_args).unwrap();
+        cmd.env("DBUS_SYSTEM_BUS_ADDRESS", &system.address);
+        AgentProcess::start(&rt, cmd, "relaying").unwrap()
+    };
+    let mut laptop_agent =
+        AgentProcess::start(&rt, laptop.command(&agent_args).unwrap(), "connected").unwrap();
+
+    // A watch on the host's socket: the Cap'n Proto events every device gets.
+    let mut watch = Watch::start(&alice).unwrap();
+
+    // bob calls alice: both agents ring, with Answer and Decline.
+    let mut call_args = vec!["call", "alice", "--stats"];
+    call_args.extend(TEST_MEDIA);
+    let caller = spawn(&bob, &call_args);
+    let ringing = |n: &Shown| n.summary == "SMVS call" && n.body.starts_with("bob is calling");
+    let on_desktop = desktop_agent.wait_notification(ringing).unwrap();
+    let on_laptop = laptop_agent.wait_notification(ringing).unwrap();
+    for ring in [&on_desktop, &on_laptop] {
+        assert_eq!(ring.actions, ["answer", "decline"], "{ring:?}");
+    }
+    let call_id = on_laptop
+        .body
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_owned();
+
+    // The laptop answers; the desktop stops ringing and says why.
+    rt.block_on(laptop_agent.desktop.press(on_laptop.id, "answer"))
+        .unwrap();
+    let stopped = desktop_agent
+        .wait_notification(|n| n.id == on_desktop.id && n != &on_desktop)
+        .unwrap();
+    assert!(stopped.body.contains("answered elsewhere"), "{stopped:?}");
+    assert!(stopped.actions.is_empty(), "{stopped:?}");
+    laptop_agent
+        .wait_notification(|n| n.id == on_laptop.id && n.body == "In a call with bob")
+        .unwrap();
+    watch
+        .wait_for("the call answered elsewhere", |e| {
+            e["event"] == "call_state" && e["state"] == "active"
+        })
+        .map(|e| assert_eq!(e["reason"], "answered-elsewhere", "{e}"))
+        .unwrap();
+    // A second answer, from the host's own socket, is refused: it does not steal the call.
+    let mut again = vec!["answer", call_id.as_str()];
+    again.extend(TEST_MEDIA);
+    let out = alice.ctl(&again).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("answered on another device"),
+        "{}",
+        stderr(&out)
+    );
+    let active = wait_call(&alice, "active");
+    assert_eq!(active["id"], call_id.as_str());
+
+    // Five seconds of conversation; then alice hangs up from the host's own socket, a
+    // device that does not run the call.
+    std::thread::sleep(Duration::from_secs(5));
+    alice.ctl_ok(&["hangup"]).unwrap();
+    let caller = json(&finish(caller, LIMIT).unwrap(), "bob");
+    let callee = agent_report(&mut laptop_agent);
+    assert_eq!(caller["ended"], "remote-hangup", "{caller}");
+    assert_eq!(callee["ended"], "hangup", "{callee}");
+    check_media_both_ways(&caller, &callee);
+    eprintln!(
+        "bob → laptop: {} of {} frames decoded; laptop → bob: {} of {}",
+        callee["stats"]["video_frames_decoded"],
+        caller["stats"]["video_frames_sent"],
+        caller["stats"]["video_frames_decoded"],
+        callee["stats"]["video_frames_sent"]
+    );
+
+    // The media went to the laptop's own address — where the host sees the laptop — not to
+    // the host's published one.
+    let devices = alice.ctl_json(&["devices"]).unwrap();
+    let seen_at: std::net::SocketAddr = devices[0]["last_address"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let laptop_ip = media_ip(&callee, "media_address");
+    assert_eq!(laptop_ip, seen_at.ip(), "{callee} {devices}");
+    assert_ne!(laptop_ip, alice.listen.ip(), "{callee}");
+    assert_eq!(caller["peer_media_address"], callee["media_address"]);
+    assert_eq!(media_ip(&caller, "media_address").to_string(), "127.0.0.2");
+
+    // Declined on one device: it stops ringing on the others.
+    let mut call_args = vec!["call", "alice"];
+    call_args.extend(TEST_MEDIA);
+    let caller = spawn(&bob, &call_args);
+    // A new ring is a new notification.
+    let (first_desktop, first_laptop) = (on_desktop.id, on_laptop.id);
+    let on_desktop = desktop_agent
+        .wait_notification(|n| ringing(n) && n.id != first_desktop)
+        .unwrap();
+    let on_laptop = laptop_agent
+        .wait_notification(|n| ringing(n) && n.id != first_laptop)
+        .unwrap();
+    rt.block_on(desktop_agent.desktop.press(on_desktop.id, "decline"))
+        .unwrap();
+    let out = finish(caller, LIMIT).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("alice declined the call"),
+        "{}",
+        stderr(&out)
+    );
+    laptop_agent
+        .wait_notification(|n| n.id == on_laptop.id && n.body == "The call from bob was declined")
+        .unwrap();
+
+    // A call placed from the laptop works the same way, from its own address.
+    let mut answer_args = vec!["answer", "--wait", "30", "--stats"];
+    answer_args.extend(TEST_MEDIA);
+    let callee = spawn(&bob, &answer_args);
+    let mut call_args = vec!["call", "bob", "--duration", "5", "--stats"];
+    call_args.extend(TEST_MEDIA);
+    let out = finish(laptop.spawn(&call_args).unwrap(), LIMIT).unwrap();
+    let caller = json(&out, "laptop");
+    let callee = json(&finish(callee, LIMIT).unwrap(), "bob");
+    check_media_both_ways(&caller, &callee);
+    assert_eq!(media_ip(&caller, "media_address"), laptop_ip, "{caller}");
+    assert_eq!(callee["peer_media_address"], caller["media_address"]);
+    eprintln!(
+        "laptop → bob: {} of {} frames decoded; bob → laptop: {} of {}",
+        callee["stats"]["video_frames_decoded"],
+        caller["stats"]["video_frames_sent"],
+        caller["stats"]["video_frames_decoded"],
+        callee["stats"]["video_frames_sent"]
     );
 }

@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use smvs_tests::child::KillOnDrop;
-use smvs_tests::dbus::{repo_root, NotificationServer, TestBus};
+use smvs_tests::dbus::{
+    ensure_daemon_user, ensure_system_user, host_on_bus, host_on_bus_allowing, repo_root,
+    NotificationServer, TestBus, ROOT_OWNS,
+};
 use smvs_tests::runtime::runtime_and_directory;
 use smvs_tests::{DirectoryProcess, HostProcess};
-
-/// Tests run smvsd as root, so root may own the name on the test buses (in production the
-/// policy lets only the user smvsd own it).
-const ROOT_OWNS: &str = r#"<policy user="root"><allow own="org.smvs.Daemon1"/></policy>"#;
 
 fn busctl(address: &str, args: &[&str]) -> std::process::Output {
     Command::new("busctl")
@@ -39,59 +38,6 @@ fn call(address: &str, method: &str, signature: &str, args: &[&str]) -> std::pro
     busctl(address, &all)
 }
 
-/// Creates the system user `name` (in `groups`, if any) unless it exists. The daemon's user
-/// must exist for the shipped policy to mean anything (make install's sysusers.d creates it on
-/// a real system); the policy tests also need a member of group `smvs`.
-fn ensure_system_user(name: &str, groups: Option<&str>) {
-    let exists = Command::new("id")
-        .arg(name)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !exists {
-        let mut useradd = Command::new("useradd");
-        useradd.args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-        ]);
-        if let Some(groups) = groups {
-            useradd.args(["-G", groups]);
-        }
-        let _ = useradd.arg(name).status();
-    }
-}
-
-fn ensure_daemon_user() {
-    ensure_system_user("smvsd", None);
-}
-
-fn host_on_bus(name: &str, dir: &DirectoryProcess, ip: &str, bus: &TestBus) -> HostProcess {
-    host_on_bus_allowing(name, dir, ip, bus, &[])
-}
-
-/// As [`host_on_bus`], with these users allowed besides root (smvsd holds D-Bus callers to
-/// the same allowed uids as its socket).
-fn host_on_bus_allowing(
-    name: &str,
-    dir: &DirectoryProcess,
-    ip: &str,
-    bus: &TestBus,
-    users: &[&str],
-) -> HostProcess {
-    let mut host = HostProcess::start(name, dir, ip, &[]).unwrap();
-    host.stop().unwrap();
-    for user in users {
-        let uid = nix::unistd::User::from_name(user).unwrap().unwrap().uid;
-        host.add_flags(&["--allow-uid", &uid.to_string()]);
-    }
-    host.add_flags(&["--dbus", "system"]);
-    host.add_env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address);
-    host.start_again().unwrap();
-    host
-}
-
 /// A user in group `smvs`, and one outside it, for the policy checks.
 fn ensure_users() -> (&'static str, &'static str) {
     let _ = Command::new("groupadd").args(["-f", "smvs"]).status();
@@ -109,8 +55,8 @@ fn busctl_send_on_alices_bus_raises_message_received_on_bobs_bus() {
     ensure_daemon_user();
     let alice_bus = TestBus::system_like(ROOT_OWNS).unwrap();
     let bob_bus = TestBus::system_like(ROOT_OWNS).unwrap();
-    let alice = host_on_bus("alice", &dir, "127.0.0.1", &alice_bus);
-    let bob = host_on_bus("bob", &dir, "127.0.0.2", &bob_bus);
+    let alice = host_on_bus("alice", &dir, "127.0.0.1", &alice_bus).unwrap();
+    let bob = host_on_bus("bob", &dir, "127.0.0.2", &bob_bus).unwrap();
     let out = call(&alice_bus.address, "Register", "s", &["alice"]);
     assert!(
         out.status.success(),
@@ -197,7 +143,7 @@ fn the_policy_lets_group_smvs_in_and_keeps_everyone_else_out() {
     let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     ensure_daemon_user();
     let bus = TestBus::system_like(ROOT_OWNS).unwrap();
-    let bob = host_on_bus_allowing("bob", &dir, "127.0.0.2", &bus, &[member]);
+    let bob = host_on_bus_allowing("bob", &dir, "127.0.0.2", &bus, &[member]).unwrap();
     bob.register().unwrap();
     let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     alice.register().unwrap();
@@ -267,7 +213,7 @@ fn the_live_interface_matches_the_shipped_introspection_xml() {
     let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     ensure_daemon_user();
     let bus = TestBus::system_like(ROOT_OWNS).unwrap();
-    let _bob = host_on_bus("bob", &dir, "127.0.0.2", &bus);
+    let _bob = host_on_bus("bob", &dir, "127.0.0.2", &bus).unwrap();
     let out = busctl(
         &bus.address,
         &[
@@ -329,7 +275,7 @@ fn smvsctl_agent_turns_message_received_into_a_desktop_notification() {
     let (rt, dir) = runtime_and_directory().unwrap();
     let system = TestBus::system_like(ROOT_OWNS).unwrap();
     let session = TestBus::session_like().unwrap();
-    let bob = host_on_bus("bob", &dir, "127.0.0.2", &system);
+    let bob = host_on_bus("bob", &dir, "127.0.0.2", &system).unwrap();
     bob.register().unwrap();
     let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     alice.register().unwrap();
@@ -414,7 +360,7 @@ fn calls_over_dbus_run_in_the_agent() {
     let (rt, dir) = runtime_and_directory().unwrap();
     let system = TestBus::system_like(ROOT_OWNS).unwrap();
     let session = TestBus::session_like().unwrap();
-    let alice = host_on_bus("alice", &dir, "127.0.0.1", &system);
+    let alice = host_on_bus("alice", &dir, "127.0.0.1", &system).unwrap();
     alice.register().unwrap();
     let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     bob.register().unwrap();
@@ -640,7 +586,7 @@ fn the_socket_and_dbus_refuse_the_same_request_with_the_same_code() {
     let (rt, dir) = runtime_and_directory().unwrap();
     ensure_daemon_user();
     let bus = TestBus::system_like(ROOT_OWNS).unwrap();
-    let alice = host_on_bus("alice", &dir, "127.0.0.1", &bus);
+    let alice = host_on_bus("alice", &dir, "127.0.0.1", &bus).unwrap();
     alice.register().unwrap();
     let name = |n: &str| smvs_schema::Username::parse(n).unwrap();
     let unknown_id = smvs_schema::MessageId::random();
@@ -780,7 +726,7 @@ fn signals_reach_only_the_group_and_callers_are_held_to_allowed_uids() {
     let (_rt, dir) = runtime_and_directory().unwrap();
     ensure_daemon_user();
     let bus = TestBus::system_like(ROOT_OWNS).unwrap();
-    let bob = host_on_bus("bob", &dir, "127.0.0.2", &bus);
+    let bob = host_on_bus("bob", &dir, "127.0.0.2", &bus).unwrap();
     bob.register().unwrap();
     let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     alice.register().unwrap();
@@ -843,7 +789,7 @@ fn devices_are_linked_listed_and_revoked_over_dbus_with_signals() {
     let (rt, dir) = runtime_and_directory().unwrap();
     ensure_daemon_user();
     let bus = TestBus::system_like(ROOT_OWNS).unwrap();
-    let alice = host_on_bus("alice", &dir, "127.0.0.1", &bus);
+    let alice = host_on_bus("alice", &dir, "127.0.0.1", &bus).unwrap();
     alice.register().unwrap();
     rt.block_on(async {
         let (_connection, proxy) = daemon_proxy(&bus.address).await;

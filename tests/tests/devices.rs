@@ -679,3 +679,72 @@ fn a_device_that_was_away_gets_exactly_what_it_missed_across_a_host_restart_and_
     let seen = on_host.everything_so_far(&alice).unwrap();
     assert!(received_from(&seen, "bob").is_empty(), "{seen:?}");
 }
+
+/// `smvsctl agent` on a linked device: the host's events over the device link, desktop
+/// notifications on its own session bus. Its host is killed and comes back: the agent
+/// reconnects by itself, shows what arrived meanwhile as one summary, and notifies again.
+#[test]
+fn an_agent_on_a_linked_device_reconnects_and_summarises_what_it_missed() {
+    let (rt, dir) = smvs_tests::runtime::runtime_and_directory().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    let (code, address) = link_code(&alice, "laptop");
+    let laptop = DeviceProcess::new("laptop", &address).unwrap();
+    assert!(laptop.pair(&code).unwrap().status.success());
+
+    let mut agent = smvs_tests::agent::AgentProcess::start(
+        &rt,
+        laptop.command(&["agent"]).unwrap(),
+        "connected",
+    )
+    .unwrap();
+    let from_bob = |n: &smvs_tests::dbus::Shown| n.body == "New message from bob";
+    bob.send("alice", "before").unwrap();
+    agent.wait_notification(from_bob).unwrap();
+
+    // The host dies; it comes back on another device port first, so the messages bob sends
+    // meanwhile are all in before the agent can reach it again.
+    alice.kill().unwrap();
+    let device_port = alice.device_listen;
+    alice.device_listen = "127.0.0.1:0".parse().unwrap();
+    alice.start_again().unwrap();
+    for i in 0..3 {
+        bob.send("alice", &format!("while away {i}")).unwrap();
+    }
+    alice
+        .wait_history("bob", Duration::from_secs(60), |h| h.len() == 4)
+        .unwrap();
+    alice.stop().unwrap();
+    alice.device_listen = device_port;
+    alice.start_again().unwrap();
+
+    // Back: one summary, then live notifications again.
+    agent
+        .wait_line(Duration::from_secs(120), |l| l.contains("connected"))
+        .unwrap();
+    let summary = agent
+        .wait_notification(|n| n.body.contains("while you were away"))
+        .unwrap();
+    assert_eq!(
+        summary.body, "3 new messages from bob while you were away",
+        "{summary:?}"
+    );
+    bob.send("alice", "after").unwrap();
+    let shown = || agent.desktop.all();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shown().iter().filter(|n| from_bob(n)).count() < 2 {
+        assert!(Instant::now() < deadline, "{:?}", shown());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Not a storm: the three messages were in the summary only, and the live one came after it.
+    let all = shown();
+    let singles: Vec<usize> = (0..all.len()).filter(|&i| from_bob(&all[i])).collect();
+    let summary_at = all.iter().position(|n| n == &summary).unwrap();
+    assert_eq!(singles.len(), 2, "{all:?}");
+    assert!(
+        singles[0] < summary_at && summary_at < singles[1],
+        "{all:?}"
+    );
+}

@@ -31,7 +31,7 @@ use crate::commands::{
 use crate::config::{BusKind, NotifyMode};
 use crate::error::HostError;
 use crate::events::{DeviceHub, Feed, Logged, DEVICE_QUEUE};
-use crate::model::{CallId, CallInfo, HostEvent, MessageId, Payload, StoredMessage};
+use crate::model::{CallId, CallInfo, HostEvent, MessageId, Payload, StoredMessage, Viewer};
 
 pub const BUS_NAME: &str = "org.smvs.Daemon1";
 pub const OBJECT_PATH: &str = "/org/smvs/Daemon1";
@@ -499,8 +499,8 @@ impl Daemon1 {
             .commands
             .send(ListCalls)
             .await??
-            .iter()
-            .map(call_tuple)
+            .into_iter()
+            .map(|c| call_tuple(&c.seen_by(Viewer::HostDesktop)))
             .collect())
     }
 
@@ -837,6 +837,7 @@ async fn forward(
                 .await
             }
             HostEvent::CallState(call) => {
+                let call = call.clone().seen_by(Viewer::HostDesktop);
                 Daemon1::call_state_changed(
                     &emitter,
                     &call.id.to_hex(),

@@ -24,7 +24,9 @@ use crate::commands::{
 use crate::devices::Device;
 use crate::error::HostError;
 use crate::events::{Cursor, DeviceHub, Feed, JoinError, DEVICE_QUEUE};
-use crate::model::{CallInfo, HostEvent, Integrity, MessageId, Payload, Status, StoredMessage};
+use crate::model::{
+    Answerer, CallInfo, HostEvent, Integrity, MessageId, Payload, Status, StoredMessage, Viewer,
+};
 
 /// Local clients served at once.
 pub const MAX_LOCAL_CLIENTS: usize = 256;
@@ -121,7 +123,12 @@ struct HostRpc {
     /// A linked device's requests are metered; the socket's are not (its users are the
     /// host's own, checked by uid).
     budget: Option<RequestBudget>,
+    /// This connection among the user's clients (which one picked up a call that rang on all).
+    client: u64,
 }
+
+/// Numbers the connections, for [`HostRpc::client`].
+static NEXT_CLIENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A linked device link's request budget: a burst of [`DEVICE_BURST`] requests, refilled at
 /// [`DEVICE_RATE`] a second. Far above what a person's device asks (a history page, a send),
@@ -190,6 +197,7 @@ pub(super) fn host_api(
         local,
         device: device.unwrap_or_else(|| LOCAL_CURSORS.to_string()),
         budget: (!local).then(RequestBudget::new),
+        client: NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     })
 }
 
@@ -401,7 +409,8 @@ impl host::Server for HostRpc {
         let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
         let hub = self.hub.clone();
         let join = async move { crate::events::join(&hub, since, tx).await };
-        tokio::task::spawn_local(forward_events(rx, join, sink, cursor, cancelled));
+        let viewer = Viewer::Client(self.client);
+        tokio::task::spawn_local(forward_events(rx, join, sink, cursor, cancelled, viewer));
         results
             .get()
             .set_subscription(capnp_rpc::new_client(SubscriptionRpc { _cancel: cancel }));
@@ -566,7 +575,11 @@ impl host::Server for HostRpc {
         results: host::AnswerCallResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        local_calls::answer(&self.commands, params, results).await
+        let by = Answerer {
+            client: self.client,
+            linked_device: !self.local,
+        };
+        local_calls::answer(&self.commands, by, params, results).await
     }
 
     async fn hangup_call(
@@ -584,7 +597,7 @@ impl host::Server for HostRpc {
         results: host::CallsResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        local_calls::list(&self.commands, results).await
+        local_calls::list(&self.commands, Viewer::Client(self.client), results).await
     }
 
     async fn register_call_agent(
@@ -594,11 +607,12 @@ impl host::Server for HostRpc {
     ) -> Result<(), capnp::Error> {
         self.admit()?;
         if !self.local {
-            // A linked device taking over the agent would run the desktop's calls elsewhere;
-            // calls on linked devices are not built yet.
+            // The call agent runs the calls the host machine's desktop starts over D-Bus; a
+            // linked device taking that over would run them on another machine. Calls ring on
+            // a linked device all the same, and it answers them itself (answerCall).
             return Err(HostError::new(
                 smvs_schema::ErrorCode::NotAllowed,
-                "a linked device cannot be the call agent (yet)",
+                "a linked device does not run the host's D-Bus calls; calls ring on it and it answers them itself",
             )
             .into());
         }
@@ -698,6 +712,7 @@ async fn forward_events(
     sink: event_sink::Client,
     mut cursor: Option<Cursor>,
     mut cancelled: tokio::sync::oneshot::Receiver<()>,
+    viewer: Viewer,
 ) {
     tokio::pin!(join);
     let mut joined = false;
@@ -741,7 +756,7 @@ async fn forward_events(
             feed = rx.recv(), if in_flight.len() < EVENTS_IN_FLIGHT => {
                 let Some(feed) = feed else { break };
                 let mut request = sink.event_request();
-                let seq = write_feed(request.get().init_event(), &feed);
+                let seq = write_feed(request.get().init_event(), &feed, viewer);
                 in_flight.push_back((seq, request.send().promise));
             }
         }
@@ -755,13 +770,13 @@ async fn forward_events(
     }
 }
 
-/// Writes one item of a device's queue; returns its seq (0 for a resync).
-fn write_feed(mut b: event::Builder<'_>, feed: &Feed) -> u64 {
+/// Writes one item of a device's queue, as `viewer` sees it; returns its seq (0 for a resync).
+fn write_feed(mut b: event::Builder<'_>, feed: &Feed, viewer: Viewer) -> u64 {
     match feed {
         Feed::Event(logged) => {
             b.set_seq(logged.seq);
             b.set_replayed(logged.replayed);
-            write_event(b, &logged.event);
+            write_event(b, &logged.event.seen_by(viewer));
             logged.seq
         }
         Feed::Resync => {

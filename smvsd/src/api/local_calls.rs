@@ -20,7 +20,7 @@ use crate::commands::{
     parse_user, AnswerCall, Commands, Hangup, ListCalls, PlaceCall, RegisterAgent, UnregisterAgent,
 };
 use crate::error::HostError;
-use crate::model::{CallId, CallInfo, CallState, Media};
+use crate::model::{Answerer, CallId, CallInfo, CallState, Media, Viewer};
 
 fn mailbox<T>(r: Result<T, actix::MailboxError>) -> Result<T, capnp::Error> {
     r.map_err(|_| HostError::shutting_down().into())
@@ -176,6 +176,7 @@ pub async fn place(
 
 pub async fn answer(
     calls: &Addr<Commands>,
+    by: Answerer,
     params: host::AnswerCallParams,
     mut results: host::AnswerCallResults,
 ) -> Result<(), capnp::Error> {
@@ -194,6 +195,7 @@ pub async fn answer(
                 id,
                 media,
                 device: tx,
+                by,
             })
             .await,
     )??;
@@ -223,12 +225,13 @@ pub async fn hangup(
 
 pub async fn list(
     calls: &Addr<Commands>,
+    viewer: Viewer,
     mut results: host::CallsResults,
 ) -> Result<(), capnp::Error> {
     let all = mailbox(calls.send(ListCalls).await)??;
     let mut list = results.get().init_calls(super::list_len(all.len())?);
-    for (i, info) in (0..).zip(all.iter()) {
-        write_info(list.reborrow().get(i), info);
+    for (i, info) in (0..).zip(all) {
+        write_info(list.reborrow().get(i), &info.seen_by(viewer));
     }
     Ok(())
 }

@@ -338,11 +338,12 @@ pub struct AnswerCall {
     pub id: Option<CallId>,
     pub media: Media,
     pub device: mpsc::UnboundedSender<DeviceNotice>,
+    pub by: crate::model::Answerer,
 }
 
 command!(AnswerCall => (CallInfo, u64), |o, m| {
     o.calls
-        .send(calls::AnswerCall { id: m.id, media: m.media, device: m.device })
+        .send(calls::AnswerCall { id: m.id, media: m.media, device: m.device, by: m.by })
         .await
         .map_err(|_| HostError::shutting_down())?
 });

@@ -89,6 +89,62 @@ pub struct CallInfo {
     pub audio: bool,
     /// Unix ms the call entered its state.
     pub since: i64,
+    /// Which of the user's clients picked up an incoming call (None: not picked up here).
+    pub answered_by: Option<Answerer>,
+}
+
+/// One of the user's clients that can pick up a call: a connection to the socket or a linked
+/// device's link. Every device may ring; the first to pick up takes the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answerer {
+    /// Unique per connection for the life of this smvsd (from 1); [`Answerer::EARLIER`] for
+    /// one read back from the event log, which no connection now is.
+    pub client: u64,
+    /// A linked device (another machine), not the host's own socket.
+    pub linked_device: bool,
+}
+
+impl Answerer {
+    pub const EARLIER: u64 = 0;
+}
+
+/// Who is told about a call: one client connection, or the host machine's desktop (D-Bus).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Viewer {
+    Client(u64),
+    HostDesktop,
+}
+
+/// The reason a ringing device that did not pick up is told.
+pub const ANSWERED_ELSEWHERE: &str = "answered-elsewhere";
+
+impl CallInfo {
+    /// The call as `viewer` sees it: an incoming call another client picked up is
+    /// "answered-elsewhere" (for the host's desktop, only one a linked device picked up), so the
+    /// devices that rang with it stop ringing and say so.
+    pub fn seen_by(mut self, viewer: Viewer) -> CallInfo {
+        let elsewhere = match (self.answered_by, viewer) {
+            (Some(by), Viewer::Client(client)) => by.client != client,
+            (Some(by), Viewer::HostDesktop) => by.linked_device,
+            (None, _) => false,
+        };
+        if elsewhere && self.state == CallState::Active {
+            self.reason = ANSWERED_ELSEWHERE.to_string();
+        }
+        self
+    }
+}
+
+impl super::HostEvent {
+    /// The event as `viewer` sees it (see [`CallInfo::seen_by`]); others are the same for all.
+    pub fn seen_by(&self, viewer: Viewer) -> std::borrow::Cow<'_, super::HostEvent> {
+        match self {
+            super::HostEvent::CallState(info) if info.answered_by.is_some() => {
+                std::borrow::Cow::Owned(super::HostEvent::CallState(info.clone().seen_by(viewer)))
+            }
+            other => std::borrow::Cow::Borrowed(other),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -114,5 +170,51 @@ mod tests {
         assert_eq!(mapped.address.to_string(), "192.0.2.1:5000");
         assert!(Media::parse(&key, "127.0.0.2:5000", false, true).is_ok());
         assert!(Media::parse(&[7u8; 31], "127.0.0.2:5000", false, true).is_err());
+    }
+
+    #[test]
+    fn a_call_picked_up_on_one_device_is_answered_elsewhere_for_the_others() {
+        let info = CallInfo {
+            id: CallId([1; 16]),
+            peer: Username::parse("bob").unwrap(),
+            outgoing: false,
+            state: CallState::Active,
+            reason: String::new(),
+            caller_identity: Vec::new(),
+            callee_identity: Vec::new(),
+            peer_media: None,
+            video: true,
+            audio: true,
+            since: 0,
+            answered_by: Some(Answerer {
+                client: 7,
+                linked_device: true,
+            }),
+        };
+        assert_eq!(info.clone().seen_by(Viewer::Client(7)).reason, "");
+        assert_eq!(
+            info.clone().seen_by(Viewer::Client(8)).reason,
+            ANSWERED_ELSEWHERE
+        );
+        assert_eq!(
+            info.clone().seen_by(Viewer::HostDesktop).reason,
+            ANSWERED_ELSEWHERE
+        );
+        // Picked up on the host's own machine: not "elsewhere" for its desktop.
+        let local = CallInfo {
+            answered_by: Some(Answerer {
+                client: 7,
+                linked_device: false,
+            }),
+            ..info.clone()
+        };
+        assert_eq!(local.seen_by(Viewer::HostDesktop).reason, "");
+        // Once it ends, every device hears the same reason.
+        let ended = CallInfo {
+            state: CallState::Ended,
+            reason: "remote-hangup".into(),
+            ..info
+        };
+        assert_eq!(ended.seen_by(Viewer::Client(8)).reason, "remote-hangup");
     }
 }

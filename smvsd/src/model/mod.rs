@@ -6,7 +6,10 @@ pub mod contact;
 
 use smvs_schema::Username;
 
-pub use calls::{CallId, CallInfo, CallSignal, CallState, Media, SignalKind};
+pub use calls::{
+    Answerer, CallId, CallInfo, CallSignal, CallState, Media, SignalKind, Viewer,
+    ANSWERED_ELSEWHERE,
+};
 pub use contact::{Contact, Evidence, PendingKey};
 pub use smvs_schema::{Integrity, MessageId, Status};
 

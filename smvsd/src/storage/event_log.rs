@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use smvs_schema::Username;
 
 use super::{cached_exec, cached_row, Result, Storage, StorageError};
-use crate::model::{CallId, CallInfo, CallState, HostEvent, MessageId, Status};
+use crate::model::{Answerer, CallId, CallInfo, CallState, HostEvent, MessageId, Status};
 
 /// Events older than this are pruned (by the hourly expiry run).
 pub const EVENT_LOG_DAYS: i64 = 30;
@@ -255,6 +255,10 @@ struct CallRecord {
     video: bool,
     audio: bool,
     since: i64,
+    /// Picked up on one of the user's devices: whether that was a linked device. (Which
+    /// connection it was means nothing once read back, so every reader is told "elsewhere".)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    answered_on_linked_device: Option<bool>,
 }
 
 impl From<&CallInfo> for CallRecord {
@@ -268,6 +272,7 @@ impl From<&CallInfo> for CallRecord {
             video: c.video,
             audio: c.audio,
             since: c.since,
+            answered_on_linked_device: c.answered_by.map(|a| a.linked_device),
         }
     }
 }
@@ -292,6 +297,12 @@ impl CallRecord {
             video: self.video,
             audio: self.audio,
             since: self.since,
+            answered_by: self
+                .answered_on_linked_device
+                .map(|linked_device| Answerer {
+                    client: Answerer::EARLIER,
+                    linked_device,
+                }),
         })
     }
 }
@@ -389,5 +400,42 @@ impl EventRecord {
             EventRecord::CallIncoming(c) => HostEvent::CallIncoming(c.into_info()?),
             EventRecord::CallState(c) => HostEvent::CallState(c.into_info()?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::model::{Viewer, ANSWERED_ELSEWHERE};
+
+    #[test]
+    fn a_call_picked_up_on_some_device_reads_back_as_answered_elsewhere() {
+        let info = CallInfo {
+            id: CallId::from_slice(&[5; 16]).unwrap(),
+            peer: Username::parse("bob").unwrap(),
+            outgoing: false,
+            state: CallState::Active,
+            reason: String::new(),
+            caller_identity: Vec::new(),
+            callee_identity: Vec::new(),
+            peer_media: None,
+            video: true,
+            audio: true,
+            since: 1,
+            answered_by: Some(Answerer {
+                client: 7,
+                linked_device: true,
+            }),
+        };
+        let record = EventRecord::from(&HostEvent::CallState(info));
+        let HostEvent::CallState(back) = record.into_event().unwrap() else {
+            panic!("not a call state");
+        };
+        let by = back.answered_by.unwrap();
+        assert_eq!((by.client, by.linked_device), (Answerer::EARLIER, true));
+        // The connection that picked up is gone once the event is read back: every device
+        // that replays it stops ringing.
+        assert_eq!(back.seen_by(Viewer::Client(7)).reason, ANSWERED_ELSEWHERE);
     }
 }
