@@ -170,6 +170,9 @@ interface CallAgent {
 
 interface EventSink {
   event @0 (event :Event) -> ();
+  ended @1 (reason :Text) -> ();
+  # The host ended the stream (the device fell too far behind, another stream took over its
+  # cursor, ...): subscribe again, from the cursor, to go on.
 }
 
 interface Subscription {}

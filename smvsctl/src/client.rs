@@ -794,6 +794,26 @@ fn watcher_stopped<T>(_: T) -> capnp::Error {
 }
 
 impl event_sink::Server for Sink {
+    async fn ended(
+        self: capnp::capability::Rc<Self>,
+        params: event_sink::EndedParams,
+        _: event_sink::EndedResults,
+    ) -> Result<(), capnp::Error> {
+        let reason = params
+            .get()
+            .and_then(|p| p.get_reason())
+            .ok()
+            .and_then(|r| r.to_str().ok().map(str::to_owned))
+            .unwrap_or_default();
+        let ended = CtlError::Disconnected(format!("smvsd ended the event stream: {reason}"));
+        // Whoever watches hears it as the end of the stream (and may subscribe again).
+        let _ = match &*self {
+            Sink::Live(events) => events.send(Err(ended)).await.is_ok(),
+            Sink::Acknowledged(events) => events.send(Err(ended)).await.is_ok(),
+        };
+        Ok(())
+    }
+
     async fn event(
         self: capnp::capability::Rc<Self>,
         params: event_sink::EventParams,

@@ -23,20 +23,27 @@
 //! A device that stops draining its queue is dropped rather than allowed to hold the host
 //! back. Events carry ids and names, never message text.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
-use tokio::sync::mpsc;
+use smvs_schema::Username;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::model::{now_ms, HostEvent};
+use crate::model::{now_ms, HostEvent, MessageId};
 use crate::storage::{EventLogState, Storage};
 
 /// Events a device may have waiting before it is considered stuck.
 pub const DEVICE_QUEUE: usize = 4096;
 /// The newest events kept in memory for devices that come back after a short absence.
 const RECENT: usize = 2048;
+/// Room a device's queue must have, beyond what is replayed into it, when it goes live.
+const HEADROOM: usize = 1024;
 /// Events one read of the log returns.
 const PAGE: usize = 256;
+/// Named cursors one device may keep on the host.
+pub const MAX_CURSORS: u64 = 16;
+/// How long a cursor's new stream waits for the old one (taken over) to save where it got.
+const TAKEOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One event as devices get it: its place in the log, and whether it is replayed (the device
 /// was away when it happened) or live.
@@ -51,8 +58,9 @@ pub struct Logged {
 #[derive(Debug, Clone)]
 pub enum Feed {
     Event(Box<Logged>),
-    /// Events after the device's position are gone from the log (pruned, or the log is newer
-    /// than the position): it should re-read its state. The events that follow are complete.
+    /// Events after the device's position are gone from the log (pruned, the log is newer
+    /// than the position, or one could not be written): it should re-read its state. The
+    /// events that follow are complete.
     Resync,
 }
 
@@ -60,10 +68,13 @@ pub enum Feed {
 #[rtype(result = "()")]
 pub struct Publish(pub HostEvent);
 
-/// The append of event `seq` (and every one before it) is over.
+/// The append of event `seq` is over (`written`: it is in the log).
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Committed(u64);
+struct Appended {
+    seq: u64,
+    written: bool,
+}
 
 /// Subscribes `feed`: live events only (`since: None`), or the events after `since` and then
 /// live ones. Use [`join`], which also reads what is no longer in memory.
@@ -76,10 +87,11 @@ struct Subscribe {
 
 enum Joined {
     /// Subscribed; what came after `since` is in the queue or on its way. `head`: the newest
-    /// seq given out.
+    /// seq sent out.
     Live { head: u64 },
-    /// `since` is older than what the hub has in memory: read the log after it, up to `head`,
-    /// and ask again. The feed was not subscribed.
+    /// `since` is older than what the hub has in memory, or the queue has no room for the
+    /// replay: read the log after it, up to `head`, make room, and ask again. The feed was not
+    /// subscribed.
     Behind { head: u64 },
 }
 
@@ -88,6 +100,43 @@ enum Joined {
 #[rtype(result = "(Storage, u64)")]
 struct LogAccess;
 
+/// Claims a device's cursor for a new stream; an older stream on it is told to stop, and the
+/// claimant waits for it (`previous`) before it reads the position.
+#[derive(Message)]
+#[rtype(result = "Claim")]
+struct ClaimCursor {
+    key: (String, String),
+}
+
+struct Claim {
+    generation: u64,
+    stop: oneshot::Receiver<()>,
+    /// Sent when the new stream has saved and closed (to whoever takes it over next).
+    closed: oneshot::Sender<()>,
+    previous: Option<oneshot::Receiver<()>>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ReleaseCursor {
+    key: (String, String),
+    generation: u64,
+}
+
+/// A stream open on a cursor: how to stop it, and how to hear that it has saved and closed.
+struct OpenCursor {
+    generation: u64,
+    stop: oneshot::Sender<()>,
+    closed: oneshot::Receiver<()>,
+}
+
+/// An event that has its seq and waits for its append.
+struct Pending {
+    seq: u64,
+    event: HostEvent,
+    written: Option<bool>,
+}
+
 pub struct DeviceHub {
     storage: Storage,
     devices: Vec<mpsc::Sender<Feed>>,
@@ -95,10 +144,13 @@ pub struct DeviceHub {
     next: u64,
     /// Every event up to this seq has been appended (or failed to be) and sent out.
     committed: u64,
-    /// Given a seq, not yet appended.
-    pending: VecDeque<(u64, HostEvent)>,
-    /// The newest committed events, in order, without gaps.
+    /// Given a seq, waiting for the append, in seq order.
+    pending: VecDeque<Pending>,
+    /// The newest committed events, in order (gaps where deletions took some).
     recent: VecDeque<(u64, HostEvent)>,
+    /// Cursors with a stream open, by (device, name).
+    cursors: HashMap<(String, String), OpenCursor>,
+    generations: u64,
 }
 
 impl DeviceHub {
@@ -111,6 +163,8 @@ impl DeviceHub {
             committed: log.head,
             pending: VecDeque::new(),
             recent: VecDeque::with_capacity(RECENT),
+            cursors: HashMap::new(),
+            generations: 0,
         }
     }
 
@@ -119,11 +173,20 @@ impl DeviceHub {
             .retain(|device| match device.try_send(feed.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!("a device is not reading its events; unsubscribing it");
+                    tracing::warn!("a device is not reading its events; ending its stream");
                     false
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
+    }
+
+    /// What a deletion takes away is no longer replayed from memory either (the log's rows
+    /// went with the deletion itself).
+    fn forget_deleted(&mut self, id: Option<&MessageId>, peer: &Username) {
+        self.recent.retain(|(_, e)| {
+            let about = e.peer() == Some(peer);
+            !(about && (id.is_none() || e.message() == id))
+        });
     }
 }
 
@@ -140,42 +203,64 @@ impl Handler<Publish> for DeviceHub {
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
         let seq = self.next;
         self.next += 1;
-        self.pending.push_back((seq, msg.0.clone()));
+        if let HostEvent::Deleted { id, peer } = &msg.0 {
+            self.forget_deleted(id.as_ref(), peer);
+        }
+        self.pending.push_back(Pending {
+            seq,
+            event: msg.0.clone(),
+            written: None,
+        });
         let storage = self.storage.clone();
         let hub = ctx.address();
-        // The storage thread runs appends in the order they are asked for, so when this one
-        // is over, so is every earlier one.
         actix::spawn(async move {
-            if let Err(e) = storage.append_event(seq, now_ms(), msg.0).await {
-                // Devices still get it live; one that is away when it happens will not.
-                tracing::error!(error = %e, seq, "an event could not be written to the event log");
-            }
-            hub.do_send(Committed(seq));
+            let written = match storage.append_event(seq, now_ms(), msg.0).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, seq, "an event could not be written to the event log");
+                    false
+                }
+            };
+            hub.do_send(Appended { seq, written });
         });
     }
 }
 
-impl Handler<Committed> for DeviceHub {
+impl Handler<Appended> for DeviceHub {
     type Result = ();
-    fn handle(&mut self, msg: Committed, _: &mut Self::Context) {
-        self.committed = self.committed.max(msg.0);
-        while self
-            .pending
-            .front()
-            .is_some_and(|(seq, _)| *seq <= self.committed)
-        {
-            let Some((seq, event)) = self.pending.pop_front() else {
+    fn handle(&mut self, msg: Appended, _: &mut Self::Context) {
+        let Some(first) = self.pending.front().map(|p| p.seq) else {
+            return;
+        };
+        let at = usize::try_from(msg.seq.saturating_sub(first)).unwrap_or(usize::MAX);
+        if let Some(p) = self.pending.get_mut(at).filter(|p| p.seq == msg.seq) {
+            p.written = Some(msg.written);
+        }
+        // Out in seq order, each once its own append is over.
+        let mut lost = false;
+        while self.pending.front().is_some_and(|p| p.written.is_some()) {
+            let Some(p) = self.pending.pop_front() else {
                 break;
             };
+            self.committed = p.seq;
+            if p.written != Some(true) {
+                // Not in the log: nobody gets it, so no device holds a seq that a restart
+                // could give to another event; the ones listening re-read their state.
+                lost = true;
+                continue;
+            }
             self.send_out(Feed::Event(Box::new(Logged {
-                seq,
-                event: event.clone(),
+                seq: p.seq,
+                event: p.event.clone(),
                 replayed: false,
             })));
             if self.recent.len() == RECENT {
                 self.recent.pop_front();
             }
-            self.recent.push_back((seq, event));
+            self.recent.push_back((p.seq, p.event));
+        }
+        if lost {
+            self.send_out(Feed::Resync);
         }
     }
 }
@@ -190,25 +275,29 @@ impl Handler<Subscribe> for DeviceHub {
         };
         if since >= self.next {
             // A position this log never gave out: the log was replaced (a new database).
-            let _ = msg.feed.try_send(Feed::Resync);
+            if msg.feed.try_send(Feed::Resync).is_err() {
+                return MessageResult(Joined::Behind { head });
+            }
             self.devices.push(msg.feed);
             return MessageResult(Joined::Live { head });
         }
         if since < head {
             let oldest = self.recent.front().map_or(head + 1, |(seq, _)| *seq);
-            if since + 1 < oldest {
+            let replay = self.recent.iter().filter(|(seq, _)| *seq > since);
+            // The queue must take the replay and leave room for live events; else the device
+            // reads the log and makes room first.
+            if since + 1 < oldest || msg.feed.capacity() < replay.clone().count() + HEADROOM {
                 return MessageResult(Joined::Behind { head });
             }
-            for (seq, event) in self.recent.iter().filter(|(seq, _)| *seq > since) {
+            for (seq, event) in replay {
                 let replayed = Feed::Event(Box::new(Logged {
                     seq: *seq,
                     event: event.clone(),
                     replayed: true,
                 }));
-                // A new queue holds DEVICE_QUEUE > RECENT events; one that is full was not
-                // read from, and is dropped below like any stuck device.
                 if msg.feed.try_send(replayed).is_err() {
-                    return MessageResult(Joined::Live { head });
+                    // Checked above; a queue that closed meanwhile is simply gone.
+                    return MessageResult(Joined::Behind { head });
                 }
             }
         }
@@ -224,6 +313,49 @@ impl Handler<LogAccess> for DeviceHub {
     }
 }
 
+impl Handler<ClaimCursor> for DeviceHub {
+    type Result = MessageResult<ClaimCursor>;
+    fn handle(&mut self, msg: ClaimCursor, _: &mut Self::Context) -> Self::Result {
+        self.generations += 1;
+        let generation = self.generations;
+        let (stop_tx, stop) = oneshot::channel();
+        let (closed_tx, closed) = oneshot::channel();
+        let previous = self
+            .cursors
+            .insert(
+                msg.key,
+                OpenCursor {
+                    generation,
+                    stop: stop_tx,
+                    closed,
+                },
+            )
+            .map(|old| {
+                let _ = old.stop.send(());
+                old.closed
+            });
+        MessageResult(Claim {
+            generation,
+            stop,
+            closed: closed_tx,
+            previous,
+        })
+    }
+}
+
+impl Handler<ReleaseCursor> for DeviceHub {
+    type Result = ();
+    fn handle(&mut self, msg: ReleaseCursor, _: &mut Self::Context) {
+        if self
+            .cursors
+            .get(&msg.key)
+            .is_some_and(|c| c.generation == msg.generation)
+        {
+            self.cursors.remove(&msg.key);
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     #[error("the device hub stopped")]
@@ -232,6 +364,10 @@ pub enum JoinError {
     Closed,
     #[error("reading the event log failed: {0}")]
     Log(#[from] crate::storage::StorageError),
+    #[error(
+        "this device already keeps {MAX_CURSORS} cursors on the host; reuse one of their names"
+    )]
+    TooManyCursors,
 }
 
 impl From<actix::MailboxError> for JoinError {
@@ -287,15 +423,28 @@ pub async fn join(
             }
         }
         since = Some(from);
+        // Wait until the device has taken in enough of what it was sent for the hub's replay
+        // from memory and some live events to fit.
+        drop(
+            feed.reserve_many(RECENT + HEADROOM)
+                .await
+                .map_err(|_| JoinError::Closed)?,
+        );
     }
 }
 
 /// A device's named position in the event log, which the host keeps for it: the device
-/// takes events in, answers each once it has handled it, and the cursor moves to it.
+/// takes events in, answers each once it has handled it, and the cursor moves to it. One
+/// stream at a time: a new one on the same cursor (the device reconnected before the host
+/// noticed the old link was dead) takes it over, after the old one has saved where it got.
 pub struct Cursor {
+    hub: actix::Addr<DeviceHub>,
     storage: Storage,
-    device: String,
-    name: String,
+    key: (String, String),
+    generation: u64,
+    /// Fires when another stream takes this cursor over.
+    stop: Option<oneshot::Receiver<()>>,
+    closed: Option<oneshot::Sender<()>>,
     /// The last seq the device answered.
     acked: u64,
     saved: u64,
@@ -309,30 +458,43 @@ const CURSOR_SAVE: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Cursor {
     /// `device`'s cursor `name`: where it stands, or (never used) the log's head, saved so that
-    /// what happens from now on is kept for it.
+    /// what happens from now on is kept for it. Refused past [`MAX_CURSORS`] names.
     pub async fn open(
         hub: &actix::Addr<DeviceHub>,
         device: String,
         name: String,
     ) -> Result<Cursor, JoinError> {
+        let key = (device, name);
+        let claim = hub.send(ClaimCursor { key: key.clone() }).await?;
+        let mut cursor = Cursor {
+            hub: hub.clone(),
+            storage: hub.send(LogAccess).await?.0,
+            key,
+            generation: claim.generation,
+            stop: Some(claim.stop),
+            closed: Some(claim.closed),
+            acked: 0,
+            saved: 0,
+            saved_at: std::time::Instant::now(),
+        };
+        if let Some(previous) = claim.previous {
+            // Its last answers first; a stream that hangs does not hold this one up for long.
+            let _ = tokio::time::timeout(TAKEOVER_WAIT, previous).await;
+        }
         let (storage, head) = hub.send(LogAccess).await?;
-        let acked = match storage.cursor(device.clone(), name.clone()).await? {
+        let (device, name) = cursor.key.clone();
+        cursor.acked = match storage.cursor(device.clone(), name.clone()).await? {
             Some(seq) => seq,
             None => {
-                storage
-                    .set_cursor(device.clone(), name.clone(), head)
-                    .await?;
+                if storage.cursor_count(device.clone()).await? >= MAX_CURSORS {
+                    return Err(JoinError::TooManyCursors);
+                }
+                storage.create_cursor(device, name, head).await?;
                 head
             }
         };
-        Ok(Cursor {
-            storage,
-            device,
-            name,
-            acked,
-            saved: acked,
-            saved_at: std::time::Instant::now(),
-        })
+        cursor.saved = cursor.acked;
+        Ok(cursor)
     }
 
     /// Where the stream starts: after this seq.
@@ -340,39 +502,62 @@ impl Cursor {
         self.acked
     }
 
+    /// What fires when another stream takes this cursor over (once; the stream waits on it).
+    pub fn take_stop(&mut self) -> Option<oneshot::Receiver<()>> {
+        self.stop.take()
+    }
+
     /// The device has handled event `seq` (answers come in order; after a resync, a seq may
     /// be lower than the last one: the log was replaced).
     pub fn acked(&mut self, seq: u64) {
         self.acked = seq;
         if self.saved_at.elapsed() >= CURSOR_SAVE {
-            self.spawn_save();
+            self.saved = self.acked;
+            self.saved_at = std::time::Instant::now();
+            let (storage, (device, name), seq) = (self.storage.clone(), self.key.clone(), seq);
+            actix::spawn(async move {
+                if let Err(e) = storage.set_cursor(device, name, seq).await {
+                    tracing::warn!(error = %e, "a device's event cursor could not be saved");
+                }
+            });
         }
     }
 
-    fn spawn_save(&mut self) {
-        if self.acked == self.saved {
-            return;
-        }
-        self.saved = self.acked;
-        self.saved_at = std::time::Instant::now();
-        let (storage, device, name, seq) = (
-            self.storage.clone(),
-            self.device.clone(),
-            self.name.clone(),
-            self.acked,
-        );
-        actix::spawn(async move {
-            if let Err(e) = storage.set_cursor(device, name, seq).await {
+    /// The stream ended: saves where the device got, then lets a stream that takes the
+    /// cursor over go on.
+    pub async fn close(mut self) {
+        if self.acked != self.saved {
+            let (device, name) = self.key.clone();
+            if let Err(e) = self.storage.set_cursor(device, name, self.acked).await {
                 tracing::warn!(error = %e, "a device's event cursor could not be saved");
             }
-        });
+            self.saved = self.acked;
+        }
+        self.release();
+    }
+
+    fn release(&mut self) {
+        if let Some(closed) = self.closed.take() {
+            let _ = closed.send(());
+            self.hub.do_send(ReleaseCursor {
+                key: self.key.clone(),
+                generation: self.generation,
+            });
+        }
     }
 }
 
 impl Drop for Cursor {
-    /// The stream ended (the device left, or its link broke): save where it got to.
+    /// Dropped without [`Cursor::close`] (its task was cancelled): save in the background.
     fn drop(&mut self) {
-        self.spawn_save();
+        if self.closed.is_some() && self.acked != self.saved {
+            let (storage, (device, name), seq) =
+                (self.storage.clone(), self.key.clone(), self.acked);
+            actix::spawn(async move {
+                let _ = storage.set_cursor(device, name, seq).await;
+            });
+        }
+        self.release();
     }
 }
 

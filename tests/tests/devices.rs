@@ -748,3 +748,62 @@ fn an_agent_on_a_linked_device_reconnects_and_summarises_what_it_missed() {
         "{all:?}"
     );
 }
+
+#[test]
+fn a_device_away_for_more_than_the_host_keeps_in_memory_gets_it_all_from_the_log() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    let (code, address) = link_code(&alice, "laptop");
+    let laptop = DeviceProcess::new("laptop", &address).unwrap();
+    assert!(laptop.pair(&code).unwrap().status.success());
+    let mut watch = laptop_watch(&laptop, &alice);
+    settle(&mut watch, &alice);
+
+    // One stream per cursor: a second watch of the laptop takes the cursor over, and the first
+    // hears that it ended and why (so an agent would subscribe again).
+    let mut second = laptop_watch(&laptop, &alice);
+    let status = watch.ended_within(Duration::from_secs(30)).unwrap();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(1),
+        "the first watch ends"
+    );
+    drop(watch);
+    settle(&mut second, &alice);
+    let printed = second.terminate().unwrap();
+    assert!(received_from(&printed, "bob").is_empty());
+
+    // Away while 3,000 of bob's messages come: more than the host replays from memory.
+    const MISSED: usize = 3000;
+    let missed: Vec<String> = smvs_tests::runtime::run_local(async {
+        let bob = smvsctl::client::connect(&bob.socket).await.unwrap();
+        let alice = smvs_schema::Username::parse("alice").unwrap();
+        let mut ids = Vec::with_capacity(MISSED);
+        for i in 0..MISSED {
+            ids.push(
+                bob.send(&alice, &format!("m{i}"))
+                    .await
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        ids
+    })
+    .unwrap();
+    alice
+        .wait_history("bob", Duration::from_secs(120), |h| h.len() == MISSED)
+        .unwrap();
+    let mut watch = laptop_watch(&laptop, &alice);
+    let seen = wait_for_all(&mut watch, &alice, &missed);
+    assert_eq!(
+        received_from(&seen, "bob"),
+        missed,
+        "all 3,000, once each, in order"
+    );
+    let live = bob_sends(&bob, 1, "live");
+    let seen = wait_for_all(&mut watch, &alice, &live);
+    assert_eq!(received_from(&seen, "bob").len(), MISSED + 1);
+}

@@ -215,6 +215,8 @@ async fn serve(
             }
             delivered = link.events.recv() => match delivered {
                 Some(Ok(delivered)) => delivered,
+                // The host ended the stream (it fell behind, say): subscribe again.
+                Some(Err(CtlError::Disconnected(reason))) => return Some(reason),
                 Some(Err(e)) => {
                     eprintln!("smvsctl agent: an event could not be read: {e}");
                     continue;

@@ -125,6 +125,8 @@ struct HostRpc {
     budget: Option<RequestBudget>,
     /// This connection among the user's clients (which one picked up a call that rang on all).
     client: u64,
+    /// Event streams open on this connection.
+    streams: Rc<std::cell::Cell<usize>>,
 }
 
 /// Numbers the connections, for [`HostRpc::client`].
@@ -198,6 +200,7 @@ pub(super) fn host_api(
         device: device.unwrap_or_else(|| LOCAL_CURSORS.to_string()),
         budget: (!local).then(RequestBudget::new),
         client: NEXT_CLIENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        streams: Rc::default(),
     })
 }
 
@@ -389,6 +392,13 @@ impl host::Server for HostRpc {
                 text(p.get_cursor())?.to_owned(),
             )
         };
+        let Some(slot) = StreamSlot::take(&self.streams) else {
+            return Err(HostError::new(
+                smvs_schema::ErrorCode::Busy,
+                format!("one connection has at most {STREAMS_PER_LINK} event streams open"),
+            )
+            .into());
+        };
         let cursor = if cursor.is_empty() {
             None
         } else {
@@ -398,8 +408,13 @@ impl host::Server for HostRpc {
                 )
                 .into());
             }
-            let opened = Cursor::open(&self.hub, self.device.clone(), cursor).await;
-            Some(opened.map_err(HostError::internal)?)
+            match Cursor::open(&self.hub, self.device.clone(), cursor).await {
+                Ok(cursor) => Some(cursor),
+                Err(e @ JoinError::TooManyCursors) => {
+                    return Err(HostError::new(smvs_schema::ErrorCode::Busy, e.to_string()).into())
+                }
+                Err(e) => return Err(HostError::internal(e).into()),
+            }
         };
         let since = match &cursor {
             Some(cursor) => Some(cursor.position()),
@@ -410,7 +425,9 @@ impl host::Server for HostRpc {
         let hub = self.hub.clone();
         let join = async move { crate::events::join(&hub, since, tx).await };
         let viewer = Viewer::Client(self.client);
-        tokio::task::spawn_local(forward_events(rx, join, sink, cursor, cancelled, viewer));
+        tokio::task::spawn_local(forward_events(
+            rx, join, sink, cursor, cancelled, viewer, slot,
+        ));
         results
             .get()
             .set_subscription(capnp_rpc::new_client(SubscriptionRpc { _cancel: cancel }));
@@ -703,9 +720,36 @@ impl subscription::Server for SubscriptionRpc {}
 /// capability arrive in order, so pipelining keeps the order and saves a round trip per event.
 const EVENTS_IN_FLIGHT: usize = 64;
 
+/// How long the oldest event sent to a device may go unanswered before its stream is ended
+/// (a device that takes nothing in holds a queue, and the log's pages, for nothing).
+const SINK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Event streams one connection may have open at once.
+const STREAMS_PER_LINK: usize = 4;
+
+/// Counts a connection's open streams; dropping it (the stream's task ends) counts one less.
+struct StreamSlot(Rc<std::cell::Cell<usize>>);
+
+impl StreamSlot {
+    fn take(open: &Rc<std::cell::Cell<usize>>) -> Option<StreamSlot> {
+        (open.get() < STREAMS_PER_LINK).then(|| {
+            open.set(open.get() + 1);
+            StreamSlot(open.clone())
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
 /// Joins the hub (reading what the device missed from the log, through `join`) and forwards
 /// the device's queue to its sink, up to [`EVENTS_IN_FLIGHT`] unanswered. Each answer of the
-/// sink moves `cursor` to that event; answers already in when the stream ends count too.
+/// sink moves `cursor` to that event; answers already in when the stream ends count too, and
+/// the cursor is saved before the task ends. When the host ends the stream (not the device),
+/// the sink hears why (`ended`), so the device can subscribe again from its cursor.
 async fn forward_events(
     mut rx: mpsc::Receiver<Feed>,
     join: impl std::future::Future<Output = Result<u64, JoinError>>,
@@ -713,6 +757,7 @@ async fn forward_events(
     mut cursor: Option<Cursor>,
     mut cancelled: tokio::sync::oneshot::Receiver<()>,
     viewer: Viewer,
+    _slot: StreamSlot,
 ) {
     tokio::pin!(join);
     let mut joined = false;
@@ -720,53 +765,97 @@ async fn forward_events(
         capnp::capability::Response<event_sink::event_results::Owned>,
         capnp::Error,
     >;
-    let mut in_flight: std::collections::VecDeque<(u64, Answer)> =
+    let mut in_flight: std::collections::VecDeque<(u64, tokio::time::Instant, Answer)> =
         std::collections::VecDeque::with_capacity(EVENTS_IN_FLIGHT);
-    // (A resync, seq 0, moves nothing: the events after it do.)
-    let mut answered = |seq: u64| {
-        if let (Some(cursor), true) = (cursor.as_mut(), seq > 0) {
-            cursor.acked(seq);
+    let stop = cursor.as_mut().and_then(Cursor::take_stop);
+    let mut taken_over = std::pin::pin!(async move {
+        // Only a sent stop counts: a dropped one means the hub is gone, and nothing takes over.
+        if let Some(stop) = stop {
+            if stop.await.is_ok() {
+                return;
+            }
         }
-    };
+        std::future::pending::<()>().await
+    });
+    // Why the host ended the stream; None: the device did (or its link broke).
+    let mut ended: Option<String> = None;
+    let mut answers: Vec<u64> = Vec::new();
     loop {
+        let patience = in_flight.front().map(|(_, sent, _)| *sent + SINK_PATIENCE);
         tokio::select! {
             biased;
             _ = &mut cancelled => break,
+            () = &mut taken_over => {
+                ended = Some("another stream of this device took over its cursor".into());
+                break;
+            }
             result = &mut join, if !joined => {
                 joined = true;
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "a device's event stream could not start");
+                    ended = Some(format!("the stream could not start: {e}"));
                     break;
                 }
             }
+            () = async {
+                match patience {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                ended = Some("events went unanswered too long".into());
+                break;
+            }
             answer = async {
                 match in_flight.front_mut() {
-                    Some((_, answer)) => answer.await,
+                    Some((_, _, answer)) => answer.await,
                     None => std::future::pending().await,
                 }
             }, if !in_flight.is_empty() =>
             {
-                let Some((seq, _)) = in_flight.pop_front() else { break };
+                let Some((seq, _, _)) = in_flight.pop_front() else { break };
                 if answer.is_err() {
                     // The device refused it or is gone: the stream ends before it.
-                    return;
+                    in_flight.clear();
+                    break;
                 }
-                answered(seq);
+                answers.push(seq);
             }
             feed = rx.recv(), if in_flight.len() < EVENTS_IN_FLIGHT => {
-                let Some(feed) = feed else { break };
+                let Some(feed) = feed else {
+                    ended = Some("the device fell too far behind".into());
+                    break;
+                };
                 let mut request = sink.event_request();
                 let seq = write_feed(request.get().init_event(), &feed, viewer);
-                in_flight.push_back((seq, request.send().promise));
+                in_flight.push_back((seq, tokio::time::Instant::now(), request.send().promise));
+            }
+        }
+        // (A resync, seq 0, moves nothing: the events after it do.)
+        if let Some(c) = cursor.as_mut() {
+            for seq in answers.drain(..).filter(|seq| *seq > 0) {
+                c.acked(seq);
             }
         }
     }
-    while let Some((seq, answer)) = in_flight.front_mut() {
+    while let Some((seq, _, answer)) = in_flight.front_mut() {
         match futures::FutureExt::now_or_never(answer) {
-            Some(Ok(_)) => answered(*seq),
+            Some(Ok(_)) => answers.push(*seq),
             _ => break,
         }
         in_flight.pop_front();
+    }
+    if let Some(mut c) = cursor {
+        for seq in answers.drain(..).filter(|seq| *seq > 0) {
+            c.acked(seq);
+        }
+        c.close().await;
+    }
+    if let Some(reason) = ended {
+        let mut request = sink.ended_request();
+        request.get().set_reason(&reason);
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), request.send().promise).await;
     }
 }
 

@@ -23,6 +23,7 @@ pub const EVENT_LOG_DAYS: i64 = 30;
 pub const EVENT_LOG_MAX: u64 = 100_000;
 /// Count pruning runs once per this many appends.
 const PRUNE_EVERY: u64 = 1024;
+const DAY_MS: i64 = 24 * 3600 * 1000;
 
 /// The log's newest seq and how far pruning has removed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,26 +51,54 @@ impl Storage {
 
     /// Appends the event `seq` (which the hub gives out in order). Every [`PRUNE_EVERY`]
     /// appends, what is past [`EVENT_LOG_MAX`] is pruned in the same transaction.
+    ///
+    /// The row keeps its day, not its time (pruning needs no more), and never an earlier day
+    /// than the row before it, so a clock that was wrong once cannot prune everything after.
+    /// An event about a message that is gone by the time it is written (deleted between the
+    /// change and its append) is not written: the deletion already took what the log had of it.
     pub async fn append_event(&self, seq: u64, at: i64, event: HostEvent) -> Result<()> {
         self.call(move |c, k| {
-            let tag = event.peer().map(|p| k.tag(p)).transpose()?;
-            let mark = match (&tag, event.message()) {
-                (Some(tag), Some(id)) => Some(k.tombstone_mark(tag, &id.0)?),
-                _ => None,
+            // A deleted conversation's event names no tag: nothing links it to the rows that
+            // went with the deletion, and it goes with age.
+            let tag = match &event {
+                HostEvent::Deleted { id: None, .. } => None,
+                _ => event.peer().map(|p| k.tag(p)).transpose()?,
             };
-            let record = serde_json::to_vec(&EventRecord::from(&event))
-                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-            let sealed = k.seal("event", &seq.to_be_bytes(), &record)?;
+            let (mark, gone) = match (&tag, event.message()) {
+                (Some(tag), Some(id)) => {
+                    let exists: bool = cached_row(
+                        c,
+                        "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND id = ?2)",
+                        params![tag, &id.0[..]],
+                        |r| r.get(0),
+                    )?;
+                    (Some(k.tombstone_mark(tag, &id.0)?), !exists)
+                }
+                _ => (None, false),
+            };
             let seq = sql_seq(seq)?;
-            cached_exec(
-                c,
-                "INSERT INTO events (seq, at, tag, mark, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![seq, at, tag, mark, sealed],
-            )?;
             cached_exec(
                 c,
                 "UPDATE event_log SET head = max(head, ?1) WHERE id = 1",
                 [seq],
+            )?;
+            if gone {
+                return Ok(());
+            }
+            let record = serde_json::to_vec(&EventRecord::from(&event))
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            let sealed = k.seal("event", &(seq as u64).to_be_bytes(), &record)?;
+            let day = at - at.rem_euclid(DAY_MS);
+            cached_exec(
+                c,
+                "INSERT INTO events (seq, at, tag, mark, sealed)
+                 VALUES (?1, max(?2, (SELECT last_at FROM event_log WHERE id = 1)), ?3, ?4, ?5)",
+                params![seq, day, tag, mark, sealed],
+            )?;
+            cached_exec(
+                c,
+                "UPDATE event_log SET last_at = max(last_at, ?1) WHERE id = 1",
+                [day],
             )?;
             if seq as u64 % PRUNE_EVERY == 0 {
                 if let Some(upto) = (seq as u64).checked_sub(EVENT_LOG_MAX) {
@@ -129,16 +158,46 @@ impl Storage {
         .await
     }
 
+    /// Makes `device`'s cursor `name`, at `seq` (an existing one stays where it is).
+    pub async fn create_cursor(&self, device: String, name: String, seq: u64) -> Result<()> {
+        self.call(move |c, k| {
+            let (device, name) = k.cursor_marks(&device, &name)?;
+            cached_exec(
+                c,
+                "INSERT OR IGNORE INTO cursors (device, name, seq) VALUES (?1, ?2, ?3)",
+                params![device, name, sql_seq(seq)?],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Moves an existing cursor. One that is gone (its device was revoked meanwhile) stays
+    /// gone: a late save from a stream that was just cut must not bring it back.
     pub async fn set_cursor(&self, device: String, name: String, seq: u64) -> Result<()> {
         self.call(move |c, k| {
             let (device, name) = k.cursor_marks(&device, &name)?;
             cached_exec(
                 c,
-                "INSERT INTO cursors (device, name, seq) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (device, name) DO UPDATE SET seq = excluded.seq",
+                "UPDATE cursors SET seq = ?3 WHERE device = ?1 AND name = ?2",
                 params![device, name, sql_seq(seq)?],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// How many cursors `device` keeps.
+    pub async fn cursor_count(&self, device: String) -> Result<u64> {
+        self.call(move |c, k| {
+            let (device, _) = k.cursor_marks(&device, "")?;
+            let n: i64 = cached_row(
+                c,
+                "SELECT count(*) FROM cursors WHERE device = ?1",
+                [device],
+                |r| r.get(0),
+            )?;
+            Ok(n.max(0) as u64)
         })
         .await
     }
@@ -183,7 +242,7 @@ fn prune_upto(c: &Connection, upto: i64) -> Result<()> {
 
 /// Prunes events older than [`EVENT_LOG_DAYS`] (part of the expiry run).
 pub(super) fn prune_by_age(c: &Connection, now: i64) -> Result<()> {
-    let oldest_kept = now - EVENT_LOG_DAYS * 24 * 3600 * 1000;
+    let oldest_kept = now - EVENT_LOG_DAYS * DAY_MS;
     let upto: Option<i64> = cached_row(
         c,
         "SELECT max(seq) FROM events WHERE at < ?1",

@@ -197,8 +197,8 @@ const MIGRATIONS: &[&str] = &[
     -- event; `tag` is the conversation's (NULL for events of no conversation), `mark` the
     -- message's keyed mark (the same function as its tombstone's; NULL for events of no
     -- message), so that deleting a message or a conversation deletes what the log says of it.
-    -- `event_log` keeps the newest seq ever given out (which deletions must not lower) and
-    -- where pruning has reached.
+    -- `event_log` keeps the newest seq ever given out (which deletions must not lower), where
+    -- pruning has reached, and the newest row's day. `at` is a day (Unix ms at 00:00 UTC).
     CREATE TABLE events (
         seq INTEGER PRIMARY KEY NOT NULL,
         at INTEGER NOT NULL,
@@ -211,9 +211,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE event_log (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         head INTEGER NOT NULL,
-        pruned_upto INTEGER NOT NULL
+        pruned_upto INTEGER NOT NULL,
+        last_at INTEGER NOT NULL
     ) STRICT;
-    INSERT INTO event_log VALUES (1, 0, 0);
+    INSERT INTO event_log VALUES (1, 0, 0, 0);
     CREATE TABLE cursors (
         device BLOB NOT NULL,
         name BLOB NOT NULL,

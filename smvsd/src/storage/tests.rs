@@ -789,6 +789,21 @@ fn the_event_log_is_sealed_and_forgets_what_a_deletion_deletes() {
             "deleted is not pruned: nothing a device must resync for"
         );
         assert_eq!(s.event_log_state().await.unwrap().head, 5);
+        // An event about a message deleted before its append is not written (the head moves).
+        s.append_event(
+            6,
+            now_ms(),
+            HostEvent::MessageStatus {
+                id: m2.id,
+                peer: bob.clone(),
+                status: Status::Received,
+            },
+        )
+        .await
+        .unwrap();
+        let left = s.events_after(0, 6, 100).await.unwrap();
+        assert_eq!(left.events.len(), 2);
+        assert_eq!(s.event_log_state().await.unwrap().head, 6);
     });
 }
 
@@ -824,16 +839,32 @@ fn cursors_are_kept_per_device_and_forgotten_with_it() {
             s.cursor(laptop.clone(), "watch".into()).await.unwrap(),
             None
         );
-        s.set_cursor(laptop.clone(), "watch".into(), 7)
+        // Moving a cursor that was never made makes none.
+        s.set_cursor(laptop.clone(), "watch".into(), 5)
             .await
             .unwrap();
-        s.set_cursor(laptop.clone(), "agent".into(), 3)
+        assert_eq!(s.cursor_count(laptop.clone()).await.unwrap(), 0);
+        s.create_cursor(laptop.clone(), "watch".into(), 7)
             .await
             .unwrap();
-        s.set_cursor(desk.clone(), "watch".into(), 9).await.unwrap();
+        s.create_cursor(laptop.clone(), "agent".into(), 3)
+            .await
+            .unwrap();
+        s.create_cursor(desk.clone(), "watch".into(), 9)
+            .await
+            .unwrap();
+        // Made again: stays where it is.
+        s.create_cursor(laptop.clone(), "watch".into(), 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.cursor(laptop.clone(), "watch".into()).await.unwrap(),
+            Some(7)
+        );
         s.set_cursor(laptop.clone(), "watch".into(), 8)
             .await
             .unwrap();
+        assert_eq!(s.cursor_count(laptop.clone()).await.unwrap(), 2);
         assert_eq!(
             s.cursor(laptop.clone(), "watch".into()).await.unwrap(),
             Some(8)
@@ -847,6 +878,11 @@ fn cursors_are_kept_per_device_and_forgotten_with_it() {
             s.cursor(laptop.clone(), "watch".into()).await.unwrap(),
             None
         );
+        // A late save from a stream that was just cut does not bring it back.
+        s.set_cursor(laptop.clone(), "watch".into(), 10)
+            .await
+            .unwrap();
+        assert_eq!(s.cursor_count(laptop.clone()).await.unwrap(), 0);
         assert_eq!(s.cursor(laptop, "agent".into()).await.unwrap(), None);
         assert_eq!(s.cursor(desk, "watch".into()).await.unwrap(), Some(9));
         // Keyed: the file does not name the devices or the cursors.
