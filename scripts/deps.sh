@@ -18,6 +18,11 @@ PACKAGES=(
     libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
     gstreamer1.0-tools
+    # What a call on a desktop needs: X11 and GL video windows (waylandsink alone, in
+    # plugins-bad, cannot show video on an X session), and the sound server's elements
+    gstreamer1.0-x gstreamer1.0-gl gstreamer1.0-alsa gstreamer1.0-pulseaudio
+    # A virtual X display and xwininfo, for the test of the call window
+    xvfb x11-utils
     # Basic system tools used by the scripts and tests (ss, ps/pkill, runuser, TLS roots)
     iproute2 procps util-linux ca-certificates
     # Packet filtering inside the test's own network namespaces (black holes, loss)

@@ -52,6 +52,9 @@ pub struct MediaOptions {
     /// [`Sink::Null`] it also makes the video sink wait for each frame's presentation time, as
     /// a display does (without the probe a null sink discards frames on arrival).
     pub latency_probe: bool,
+    /// The video window's title ([`Sink::Window`]), e.g. "SMVS — call with bob". Letters,
+    /// digits, spaces and `.-_—` are kept; anything else is left out.
+    pub window_title: Option<String>,
     /// Seal every packet. Only the benchmark's baseline (the cargo feature `bench-baseline`,
     /// which only `smvs-bench-calls` turns on) can set it to false, to measure the same pipeline
     /// without the AEAD: packets then travel in clear, unauthenticated. Without the feature the
@@ -74,6 +77,7 @@ impl Default for MediaOptions {
             video_kbps: 1000,
             audio_kbps: 32,
             latency_probe: false,
+            window_title: None,
             #[cfg(feature = "bench-baseline")]
             encrypt: true,
         }

@@ -56,6 +56,16 @@ fn appsink(name: &str) -> String {
     format!("appsink name={name} sync=false async=false emit-signals=false")
 }
 
+/// A window title as the pipeline description can carry it: letters, digits, spaces and
+/// `.-_—` (a username is `[a-z0-9._-]`), nothing that could end the quoting.
+pub(crate) fn window_title(title: &str) -> String {
+    title
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '.' | '-' | '_' | '—'))
+        .take(120)
+        .collect()
+}
+
 /// `window_sink` is the video sink element used when `options.sink` is [`Sink::Window`].
 pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
     let (w, h, fps) = (options.width, options.height, options.fps);
@@ -99,7 +109,17 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
     d.push(format!("rtpbin.send_rtcp_src_1 ! {}", appsink("artcp_out")));
 
     let (vsink, asink) = match options.sink {
-        Sink::Window => (format!("{window_sink} name={VIDEO_SINK}"), "autoaudiosink"),
+        // The window sinks (ximagesink, xvimagesink) name their window after the stream's
+        // title tag, which taginject sets.
+        Sink::Window => (
+            match options.window_title.as_deref().map(window_title) {
+                Some(title) if !title.is_empty() => format!(
+                    "taginject tags=\"title=\\\"{title}\\\"\" ! {window_sink} name={VIDEO_SINK}"
+                ),
+                _ => format!("{window_sink} name={VIDEO_SINK}"),
+            },
+            "autoaudiosink",
+        ),
         // With the latency probe the video sink behaves as a display: it holds each frame until
         // its running time plus the pipeline latency (sync=true) and renders it then, where the
         // probe reads the stamp (handoff). It has no QoS, so late frames are rendered late, not
@@ -242,5 +262,43 @@ mod tests {
             "ximagesink",
         );
         assert!(d.contains("videoconvert name=vconvert ! ximagesink name=vsink"));
+        let d = describe(
+            &MediaOptions {
+                sink: Sink::Window,
+                window_title: Some("SMVS — call with bob\" ! filesink location=/x".into()),
+                ..MediaOptions::default()
+            },
+            "ximagesink",
+        );
+        assert!(
+            d.contains(r#"taginject tags="title=\"SMVS — call with bob  filesink locationx\"" ! ximagesink name=vsink"#),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn a_titled_window_pipeline_parses() {
+        gstreamer::init().unwrap();
+        if gstreamer::ElementFactory::find("taginject").is_none() {
+            panic!("taginject (gstreamer1.0-plugins-good) is missing: run make deps");
+        }
+        let d = describe(
+            &MediaOptions {
+                sink: Sink::Window,
+                window_title: Some("SMVS — call with bob".into()),
+                ..MediaOptions::default()
+            },
+            "fakesink",
+        );
+        let pipeline = gstreamer::parse::launch(&d).unwrap();
+        let bin = pipeline.downcast::<gstreamer::Bin>().unwrap();
+        use gstreamer::prelude::*;
+        let inject = bin
+            .iterate_recurse()
+            .into_iter()
+            .flatten()
+            .find(|e| e.factory().is_some_and(|f| f.name() == "taginject"))
+            .expect("a taginject element");
+        drop(inject);
     }
 }

@@ -367,7 +367,9 @@ pub async fn run(
     let keys = keys(&endpoint, &call, role, &peer_media)?;
     let peer = call.call.peer.clone();
     let media_address = endpoint.media.address;
-    let session = MediaSession::start(endpoint.socket, peer_media.address, keys, endpoint.options)
+    let mut options = endpoint.options;
+    options.window_title = Some(format!("SMVS — call with {peer}"));
+    let session = MediaSession::start(endpoint.socket, peer_media.address, keys, options)
         .map_err(|e| CtlError::Local(format!("cannot start the call's media: {e}")))?;
     if format == Format::Text && !args.stats {
         eprintln!("smvsctl: in a call with {peer} (call {})", call.call.id);

@@ -746,3 +746,191 @@ fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
         callee["stats"]["video_frames_sent"]
     );
 }
+
+/// A virtual X display (Xvfb) for the duration of a test.
+struct VirtualDisplay {
+    child: Child,
+    name: String,
+}
+
+impl VirtualDisplay {
+    fn start() -> VirtualDisplay {
+        // A display number no other X server holds.
+        let n = (200 + std::process::id() % 600..1000)
+            .find(|n| {
+                !std::path::Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                    && !std::path::Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            })
+            .unwrap();
+        let name = format!(":{n}");
+        let log = tempfile::tempfile().unwrap();
+        let child = std::process::Command::new("Xvfb")
+            .args([
+                name.as_str(),
+                "-screen",
+                "0",
+                "800x600x24",
+                "-nolisten",
+                "tcp",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("Xvfb (make deps installs xvfb)");
+        let deadline = Instant::now() + LIMIT;
+        let display = VirtualDisplay { child, name };
+        // Up once a client gets an answer (the socket appears before the server accepts).
+        loop {
+            let probe = std::process::Command::new("xwininfo")
+                .args(["-root", "-display", &display.name])
+                .output()
+                .expect("xwininfo (make deps installs x11-utils)");
+            if probe.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Xvfb {} never came up",
+                display.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        display
+    }
+
+    /// The names of the windows on the display.
+    fn window_names(&self) -> String {
+        let out = std::process::Command::new("xwininfo")
+            .args(["-root", "-tree", "-display", &self.name])
+            .output()
+            .expect("xwininfo (make deps installs x11-utils)");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+impl Drop for VirtualDisplay {
+    fn drop(&mut self) {
+        // SIGTERM: Xvfb removes its socket and lock file.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A GStreamer plugin directory with every system plugin but the ones named: symlinks, so a
+/// process pointed at it (GST_PLUGIN_SYSTEM_PATH_1_0, and a registry of its own) sees the
+/// machine as if those packages were not installed.
+fn plugins_without(leave_out: &[&str]) -> tempfile::TempDir {
+    let system = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("gstreamer-1.0"))
+        .find(|p| p.join("libgstcoreelements.so").exists())
+        .expect("the system's GStreamer plugin directory");
+    let dir = tempfile::tempdir().unwrap();
+    for plugin in std::fs::read_dir(&system).unwrap().flatten() {
+        let name = plugin.file_name();
+        if !leave_out.iter().any(|l| name.to_string_lossy() == *l) {
+            std::os::unix::fs::symlink(plugin.path(), dir.path().join(&name)).unwrap();
+        }
+    }
+    dir
+}
+
+#[test]
+fn a_call_window_is_named_after_the_call_and_a_missing_window_sink_names_its_package() {
+    let display = VirtualDisplay::start();
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let hs = hosts(
+        &dir,
+        &[("alice", "127.0.0.1", &[]), ("bob", "127.0.0.2", &[])],
+    );
+    let (alice, bob) = (&hs[0], &hs[1]);
+
+    // The first GStreamer process after plugins change rebuilds the registry, loading every
+    // plugin (GL's prints on stderr as it loads): done here, so that what bob's answer prints
+    // is its own.
+    let _ = std::process::Command::new("gst-inspect-1.0")
+        .arg("ximagesink")
+        .env("DISPLAY", &display.name)
+        .output();
+    // bob answers into a window on the display; alice calls with test sources.
+    let mut callee = bob
+        .ctl_command(&[
+            "answer", "--wait", "30", "--video", "test", "--audio", "test", "--sink", "window",
+        ])
+        .unwrap()
+        .env("DISPLAY", &display.name)
+        .env_remove("WAYLAND_DISPLAY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut call_args = vec!["call", "bob", "--duration", "5"];
+    call_args.extend(TEST_MEDIA);
+    let caller = spawn(alice, &call_args);
+    let deadline = Instant::now() + LIMIT;
+    let titled = loop {
+        let names = display.window_names();
+        if names.contains("\"SMVS — call with alice") {
+            break names;
+        }
+        if Instant::now() >= deadline {
+            let _ = callee.kill();
+            let out = callee.wait_with_output().unwrap();
+            panic!(
+                "no window named after the call: {names}\nbob's answer: {}",
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "{}",
+        titled
+            .lines()
+            .find(|l| l.contains("SMVS"))
+            .unwrap_or_default()
+    );
+    let caller = caller.wait_with_output().unwrap();
+    assert!(caller.status.success(), "{}", stderr(&caller));
+    let callee = callee.wait_with_output().unwrap();
+    assert!(callee.status.success(), "{}", stderr(&callee));
+    // Choosing the window printed nothing (no GL or Wayland probing on an X display, which
+    // says "XDG_RUNTIME_DIR is invalid"). (The sound output, autoaudiosink, may complain on a
+    // machine with no sound device; that is not the window's doing.)
+    let noise = stderr(&callee);
+    assert!(!noise.contains("XDG_RUNTIME_DIR"), "{noise}");
+
+    // Without gstreamer1.0-x and gstreamer1.0-gl (only plugins-bad's waylandsink, as on a
+    // fresh Debian desktop), a call with a window fails at once, naming the package.
+    let plugins = plugins_without(&[
+        "libgstximagesink.so",
+        "libgstxvimagesink.so",
+        "libgstopengl.so",
+    ]);
+    let registry = tempfile::tempdir().unwrap();
+    let out = alice
+        .ctl_command(&[
+            "call", "bob", "--video", "test", "--audio", "test", "--sink", "window",
+        ])
+        .unwrap()
+        .env("DISPLAY", &display.name)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("GST_PLUGIN_SYSTEM_PATH_1_0", plugins.path())
+        .env("GST_REGISTRY_1_0", registry.path().join("registry.bin"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("gstreamer1.0-x"), "{e}");
+    assert!(no_calls(alice), "nothing rang");
+}
