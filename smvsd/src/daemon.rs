@@ -74,6 +74,9 @@ pub struct Host {
     device_addr: Option<std::net::SocketAddr>,
     socket_path: std::path::PathBuf,
     storage: Storage,
+    /// Drained before the last checkpoint, so that no event of a change made before the stop
+    /// is missing from the event log.
+    hub: actix::Addr<DeviceHub>,
     /// The accept loops and timers; aborted by [`Host::shutdown`].
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Kept for as long as the host runs: dropping the connection leaves the bus.
@@ -258,7 +261,7 @@ impl Host {
         }
         let bus = match config.dbus {
             Some(kind) => Some(
-                crate::api::dbus::start(kind, config.notifications, commands, hub, allowed)
+                crate::api::dbus::start(kind, config.notifications, commands, hub.clone(), allowed)
                     .await
                     .map_err(DaemonError::Dbus)?,
             ),
@@ -284,6 +287,7 @@ impl Host {
             device_addr,
             socket_path: config.socket,
             storage,
+            hub,
             tasks,
             bus: std::cell::RefCell::new(bus),
         })
@@ -327,6 +331,10 @@ impl Host {
         for task in self.tasks {
             let _ = task.await;
         }
+        // Links still open finish what they were doing (an envelope being stored publishes
+        // its event after the store): the hub appends everything published until it has been
+        // quiet a moment, within a bound.
+        crate::events::drain(&self.hub).await;
         if let Err(e) = self.storage.checkpoint().await {
             tracing::warn!(error = %e, "the last checkpoint failed; the WAL is replayed at the next start");
         }

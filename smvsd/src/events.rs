@@ -151,6 +151,7 @@ pub struct DeviceHub {
     /// Cursors with a stream open, by (device, name).
     cursors: HashMap<(String, String), OpenCursor>,
     generations: u64,
+    last_publish: std::time::Instant,
 }
 
 impl DeviceHub {
@@ -165,6 +166,7 @@ impl DeviceHub {
             recent: VecDeque::with_capacity(RECENT),
             cursors: HashMap::new(),
             generations: 0,
+            last_publish: std::time::Instant::now(),
         }
     }
 
@@ -203,6 +205,7 @@ impl Handler<Publish> for DeviceHub {
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
         let seq = self.next;
         self.next += 1;
+        self.last_publish = std::time::Instant::now();
         if let HostEvent::Deleted { id, peer } = &msg.0 {
             self.forget_deleted(id.as_ref(), peer);
         }
@@ -354,6 +357,38 @@ impl Handler<ReleaseCursor> for DeviceHub {
             self.cursors.remove(&msg.key);
         }
     }
+}
+
+/// Whether every event published so far has been appended, and how long ago the last one
+/// was published.
+#[derive(Message)]
+#[rtype(result = "(bool, std::time::Duration)")]
+struct Drained;
+
+impl Handler<Drained> for DeviceHub {
+    type Result = MessageResult<Drained>;
+    fn handle(&mut self, _: Drained, _: &mut Self::Context) -> Self::Result {
+        MessageResult((self.pending.is_empty(), self.last_publish.elapsed()))
+    }
+}
+
+/// How long the hub must have been quiet, everything appended, for a stopping host to go on.
+const DRAIN_QUIET: std::time::Duration = std::time::Duration::from_millis(300);
+/// The most a stopping host waits for that.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits, on a stopping host, until every event published has been appended and none has come
+/// for [`DRAIN_QUIET`] (the last envelopes being stored publish theirs), or [`DRAIN_LIMIT`].
+pub async fn drain(hub: &actix::Addr<DeviceHub>) {
+    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+    while tokio::time::Instant::now() < deadline {
+        match hub.send(Drained).await {
+            Ok((true, quiet)) if quiet >= DRAIN_QUIET => return,
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            Err(_) => return,
+        }
+    }
+    tracing::warn!("events were still being published as the host stopped");
 }
 
 #[derive(Debug, thiserror::Error)]
