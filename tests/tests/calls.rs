@@ -772,6 +772,9 @@ impl VirtualDisplay {
                 "800x600x24",
                 "-nolisten",
                 "tcp",
+                // An X server resets when its last client leaves, refusing connections for a
+                // moment; a desktop's never does (its window manager stays), nor may this one.
+                "-noreset",
             ])
             .stdout(std::process::Stdio::null())
             .stderr(log)
