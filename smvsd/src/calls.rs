@@ -828,23 +828,7 @@ mod tests {
         t.calls.insert(
             id,
             Call {
-                info: CallInfo {
-                    id,
-                    peer: Username::parse("bob").unwrap(),
-                    outgoing: false,
-                    state: CallState::Active,
-                    reason: String::new(),
-                    caller_identity: Vec::new(),
-                    callee_identity: Vec::new(),
-                    peer_media: None,
-                    video: true,
-                    audio: true,
-                    since: 0,
-                    answered_by: Some(Answerer {
-                        client: 1,
-                        linked_device: true,
-                    }),
-                },
+                info: CallInfo::answered_on_a_linked_device(id, 1),
                 device: None,
             },
         );

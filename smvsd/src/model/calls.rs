@@ -148,6 +148,31 @@ impl super::HostEvent {
 }
 
 #[cfg(test)]
+impl CallInfo {
+    /// An incoming video call from bob, active since 0, picked up by connection `client` on a
+    /// linked device: the fixture the tests of several modules start from.
+    pub(crate) fn answered_on_a_linked_device(id: CallId, client: u64) -> CallInfo {
+        CallInfo {
+            id,
+            peer: Username::parse("bob").expect("a valid name"),
+            outgoing: false,
+            state: CallState::Active,
+            reason: String::new(),
+            caller_identity: Vec::new(),
+            callee_identity: Vec::new(),
+            peer_media: None,
+            video: true,
+            audio: true,
+            since: 0,
+            answered_by: Some(Answerer {
+                client,
+                linked_device: true,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
@@ -174,23 +199,7 @@ mod tests {
 
     #[test]
     fn a_call_picked_up_on_one_device_is_answered_elsewhere_for_the_others() {
-        let info = CallInfo {
-            id: CallId([1; 16]),
-            peer: Username::parse("bob").unwrap(),
-            outgoing: false,
-            state: CallState::Active,
-            reason: String::new(),
-            caller_identity: Vec::new(),
-            callee_identity: Vec::new(),
-            peer_media: None,
-            video: true,
-            audio: true,
-            since: 0,
-            answered_by: Some(Answerer {
-                client: 7,
-                linked_device: true,
-            }),
-        };
+        let info = CallInfo::answered_on_a_linked_device(CallId([1; 16]), 7);
         assert_eq!(info.clone().seen_by(Viewer::Client(7)).reason, "");
         assert_eq!(
             info.clone().seen_by(Viewer::Client(8)).reason,

@@ -470,23 +470,7 @@ mod tests {
 
     #[test]
     fn a_call_picked_up_on_some_device_reads_back_as_answered_elsewhere() {
-        let info = CallInfo {
-            id: CallId::from_slice(&[5; 16]).unwrap(),
-            peer: Username::parse("bob").unwrap(),
-            outgoing: false,
-            state: CallState::Active,
-            reason: String::new(),
-            caller_identity: Vec::new(),
-            callee_identity: Vec::new(),
-            peer_media: None,
-            video: true,
-            audio: true,
-            since: 1,
-            answered_by: Some(Answerer {
-                client: 7,
-                linked_device: true,
-            }),
-        };
+        let info = CallInfo::answered_on_a_linked_device(CallId([5; 16]), 7);
         let record = EventRecord::from(&HostEvent::CallState(info));
         let HostEvent::CallState(back) = record.into_event().unwrap() else {
             panic!("not a call state");
