@@ -151,6 +151,12 @@ impl Host {
         let log = storage.event_log_state().await?;
         let hub = DeviceHub::new(storage.clone(), log).start();
         let events = Events::new(hub.clone().recipient());
+        // A host that stopped hard may have stored messages whose events it never logged:
+        // devices hear of them now (in the order they were stored).
+        for (peer, id, time) in storage.unannounced_received().await? {
+            tracing::info!("announcing a message stored just before the host stopped");
+            events.publish(crate::model::HostEvent::MessageReceived { id, peer, time });
+        }
         let trust = Rc::new(Trust::new(
             DirectoryConfig {
                 address: config.directory.clone(),

@@ -807,3 +807,43 @@ fn a_device_away_for_more_than_the_host_keeps_in_memory_gets_it_all_from_the_log
     let seen = wait_for_all(&mut watch, &alice, &live);
     assert_eq!(received_from(&seen, "bob").len(), MISSED + 1);
 }
+
+#[test]
+fn a_message_stored_just_before_a_hard_stop_is_announced_when_the_host_is_back() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    let (code, address) = link_code(&alice, "laptop");
+    let laptop = DeviceProcess::new("laptop", &address).unwrap();
+    assert!(laptop.pair(&code).unwrap().status.success());
+    let mut watch = laptop_watch(&laptop, &alice);
+    settle(&mut watch, &alice);
+    watch.terminate().unwrap();
+
+    // bob's message is stored, and then the host dies before its event is in the log: made
+    // here by killing it and taking that event out of the log (the state a SIGKILL between
+    // the store and the append leaves).
+    let id = bob.send("alice", "the last one").unwrap();
+    alice
+        .wait_history("bob", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+    alice.kill().unwrap();
+    {
+        let db = rusqlite::Connection::open(alice.state_dir.join("host.db")).unwrap();
+        let gone = db
+            .execute(
+                "DELETE FROM events WHERE seq = (SELECT max(seq) FROM events WHERE mark IS NOT NULL)",
+                [],
+            )
+            .unwrap();
+        assert_eq!(gone, 1);
+    }
+    alice.start_again().unwrap();
+
+    // The laptop comes back and hears of it, once.
+    let mut watch = laptop_watch(&laptop, &alice);
+    let seen = wait_for_all(&mut watch, &alice, std::slice::from_ref(&id));
+    assert_eq!(received_from(&seen, "bob"), [id]);
+}

@@ -213,6 +213,52 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Received messages the event log says nothing of: what a host that stopped hard
+    /// (SIGKILL, a power cut) stored in its last moment, after which it could not append the
+    /// event. Oldest first: (peer, id, time). Only messages stored since the day of the newest
+    /// logged event are looked at, so pruned events do not count as missing.
+    pub async fn unannounced_received(&self) -> Result<Vec<(Username, MessageId, i64)>> {
+        self.call(|c, k| {
+            let mut statement = c.prepare_cached(
+                "SELECT c.tag, c.sealed_peer, m.id, m.direction, m.status, m.integrity, m.sealed, m.reason
+                 FROM messages m JOIN conversations c ON c.tag = m.tag
+                 WHERE m.direction = 1 AND m.control = 0 AND m.status = 3
+                   AND m.stored_at >= (SELECT last_at FROM event_log WHERE id = 1)
+                   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.mark = smvs_tombstone_mark(m.tag, m.id))
+                 ORDER BY m.seq",
+            )?;
+            let rows = statement
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        (
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                            r.get(6)?,
+                            r.get(7)?,
+                        ),
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (tag, sealed_peer, row) in rows {
+                let peer = super::peer_name(k, &tag, &sealed_peer)?;
+                let Some((_, key)) = super::conversation(c, k, &peer, false)? else {
+                    continue;
+                };
+                let message = super::decode_row(&key, &tag, &peer, row)?;
+                out.push((peer, message.id, message.time));
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 fn sql_seq(seq: u64) -> Result<i64> {
     i64::try_from(seq).map_err(|_| StorageError::Corrupt("event seq out of range".into()))
 }

@@ -214,7 +214,8 @@ const MIGRATIONS: &[&str] = &[
         pruned_upto INTEGER NOT NULL,
         last_at INTEGER NOT NULL
     ) STRICT;
-    INSERT INTO event_log VALUES (1, 0, 0, 0);
+    -- (last_at starts now: what was received before the log existed is not announced again.)
+    INSERT INTO event_log VALUES (1, 0, 0, CAST(strftime('%s', 'now') AS INTEGER) * 1000);
     CREATE TABLE cursors (
         device BLOB NOT NULL,
         name BLOB NOT NULL,

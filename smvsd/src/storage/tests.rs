@@ -815,18 +815,27 @@ fn old_events_are_pruned_and_a_reader_from_before_is_told() {
         let event = |n: usize| HostEvent::DeviceRevoked {
             name: format!("device {n}"),
         };
-        let old = now_ms() - (EVENT_LOG_DAYS + 1) * DAY_MS;
+        // Three events today; a month and a day later, a fourth, and the expiry run.
         for seq in 1..=3u64 {
-            s.append_event(seq, old, event(seq as usize)).await.unwrap();
+            s.append_event(seq, now_ms(), event(seq as usize))
+                .await
+                .unwrap();
         }
-        s.append_event(4, now_ms(), event(4)).await.unwrap();
-        s.expire(now_ms()).await.unwrap();
+        let later = now_ms() + (EVENT_LOG_DAYS + 1) * DAY_MS;
+        s.append_event(4, later, event(4)).await.unwrap();
+        s.expire(later).await.unwrap();
         let state = s.event_log_state().await.unwrap();
         assert_eq!((state.head, state.pruned_upto), (4, 3));
         let page = s.events_after(1, 4, 100).await.unwrap();
         assert!(page.pruned, "events after 1 were pruned");
         assert_eq!(page.events, vec![(4, event(4))]);
         assert!(!s.events_after(3, 4, 100).await.unwrap().pruned);
+        // A clock that goes back does not date a new row before the newest one.
+        s.append_event(5, now_ms() - 400 * DAY_MS, event(5))
+            .await
+            .unwrap();
+        s.expire(later).await.unwrap();
+        assert_eq!(s.events_after(3, 5, 100).await.unwrap().events.len(), 2);
     });
 }
 
@@ -888,5 +897,49 @@ fn cursors_are_kept_per_device_and_forgotten_with_it() {
         // Keyed: the file does not name the devices or the cursors.
         s.checkpoint().await.unwrap();
         assert!(!contains(&on_disk(&dir), b"device:bb"));
+    });
+}
+
+#[test]
+fn received_messages_without_an_event_are_found_for_announcing() {
+    use crate::model::HostEvent;
+    run(async {
+        let (_dir, s) = open();
+        let m1 = incoming("bob", "alice", now_ms(), "logged", &[]);
+        let m2 = incoming(
+            "bob",
+            "alice",
+            now_ms(),
+            "stored as the host died",
+            &hash(&m1),
+        );
+        arrive(&s, &m1).await;
+        arrive(&s, &m2).await;
+        s.append_event(
+            1,
+            now_ms(),
+            HostEvent::MessageReceived {
+                id: m1.id,
+                peer: m1.peer.clone(),
+                time: m1.time,
+            },
+        )
+        .await
+        .unwrap();
+        let missing = s.unannounced_received().await.unwrap();
+        assert_eq!(missing, vec![(name("bob"), m2.id, m2.time)]);
+        // Announced (any event about it counts): nothing is missing any more.
+        s.append_event(
+            2,
+            now_ms(),
+            HostEvent::MessageReceived {
+                id: m2.id,
+                peer: m2.peer.clone(),
+                time: m2.time,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(s.unannounced_received().await.unwrap().is_empty());
     });
 }
