@@ -124,23 +124,16 @@ async fn open(
     expected: Option<&AgreementPublicKey>,
     proxy: Option<&str>,
 ) -> Result<(smvs_transport::SecureChannel, Option<IpAddr>), CtlError> {
-    let mut local_ip = None;
-    let opened = match proxy {
+    // Through a proxy the device has no address of its own to offer for media.
+    let (tcp, local_ip) = match proxy {
         None => {
             let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| {
                 local(format!(
                     "cannot reach the host's device port at {address}: {e}"
                 ))
             })?;
-            local_ip = tcp.local_addr().ok().map(|a| a.ip());
-            smvs_transport::connect_over(
-                tcp,
-                address,
-                key,
-                smvs_transport::DEVICE_PROLOGUE,
-                expected,
-            )
-            .await
+            let local_ip = tcp.local_addr().ok().map(|a| a.ip());
+            (tcp, local_ip)
         }
         Some(proxy) => {
             let tcp = smvs_transport::socks5_tcp(proxy, address)
@@ -150,16 +143,12 @@ async fn open(
                         "the SOCKS5 proxy {proxy} cannot reach {address}: {e}"
                     ))
                 })?;
-            smvs_transport::connect_over(
-                tcp,
-                address,
-                key,
-                smvs_transport::DEVICE_PROLOGUE,
-                expected,
-            )
-            .await
+            (tcp, None)
         }
     };
+    let opened =
+        smvs_transport::connect_over(tcp, address, key, smvs_transport::DEVICE_PROLOGUE, expected)
+            .await;
     let channel = opened.map_err(|e| {
         local(format!(
             "cannot reach the host's device port at {address}: {e}"

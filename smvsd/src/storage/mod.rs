@@ -27,7 +27,7 @@ use smvs_sqlite::SqliteWorker;
 use thiserror::Error;
 
 pub use crypt::AtRest;
-pub use event_log::{EventLogState, EventPage, EVENT_LOG_DAYS, EVENT_LOG_MAX};
+pub use event_log::{EventLogState, EVENT_LOG_DAYS};
 
 use crate::error::{HostError, IncomingError};
 use crate::model::{
