@@ -829,13 +829,34 @@ fn a_message_stored_just_before_a_hard_stop_is_announced_when_the_host_is_back()
     // bob's message is stored, and then the host dies before its event is in the log: made
     // here by killing it and taking that event out of the log (the state a SIGKILL between
     // the store and the append leaves).
+    let db_path = alice.state_dir.join("host.db");
+    let message_events = || -> i64 {
+        let db = rusqlite::Connection::open(&db_path).unwrap();
+        db.query_row(
+            "SELECT count(*) FROM events WHERE mark IS NOT NULL",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    let before = message_events();
     let id = bob.send("alice", "the last one").unwrap();
     alice
         .wait_history("bob", Duration::from_secs(30), |h| h.len() == 1)
         .unwrap();
+    // The hub appends the event just after the store: wait for it, so the kill below
+    // leaves the log with the event that the test then takes out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while message_events() == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message's event never reached the log"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     alice.kill().unwrap();
     {
-        let db = rusqlite::Connection::open(alice.state_dir.join("host.db")).unwrap();
+        let db = rusqlite::Connection::open(&db_path).unwrap();
         let gone = db
             .execute(
                 "DELETE FROM events WHERE seq = (SELECT max(seq) FROM events WHERE mark IS NOT NULL)",
