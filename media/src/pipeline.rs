@@ -66,6 +66,18 @@ pub(crate) fn window_title(title: &str) -> String {
         .collect()
 }
 
+/// The caps of the peer's video RTP. `rtcp-fb-nack-pli` is what makes rtpsession turn a
+/// keyframe request from the depayloader into an RTCP PLI to the sender; without it the request
+/// is silently dropped. (With `rtcp-fb-ccm-fir` too it would send FIR, which the depayloader's
+/// all-headers requests select; PLI is the repair request.)
+pub(crate) fn video_receive_caps() -> String {
+    format!(
+        "application/x-rtp,media=(string)video,clock-rate=(int){VIDEO_CLOCK_RATE},\
+         encoding-name=(string)VP8,payload=(int){VIDEO_PT},rtcp-fb-nack=(boolean)true,\
+         rtcp-fb-nack-pli=(boolean)true"
+    )
+}
+
 /// `window_sink` is the video sink element used when `options.sink` is [`Sink::Window`].
 pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
     let (w, h, fps) = (options.width, options.height, options.fps);
@@ -77,20 +89,11 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
     )];
 
     // Receive: four appsrcs into rtpbin, depayload+decode chains linked on pad-added.
-    d.push(format!(
-        "{} ! rtpbin.recv_rtp_sink_0",
-        appsrc(
-            "vrtp_in",
-            &format!(
-                "application/x-rtp,media=(string)video,clock-rate=(int){VIDEO_CLOCK_RATE},\
-                 encoding-name=(string)VP8,payload=(int){VIDEO_PT}"
-            )
-        )
-    ));
-    d.push(format!(
-        "{} ! rtpbin.recv_rtcp_sink_0",
-        appsrc("vrtcp_in", "application/x-rtcp")
-    ));
+    // Session 0 (video) is linked to rtpbin in code, after the retransmission handlers are
+    // connected (see `repair::link_video_session`): rtpbin asks for them when it makes the
+    // session, which a link here would do during parsing.
+    d.push(appsrc("vrtp_in", &video_receive_caps()));
+    d.push(appsrc("vrtcp_in", "application/x-rtcp"));
     d.push(format!(
         "{} ! rtpbin.recv_rtp_sink_1",
         appsrc(
@@ -105,7 +108,7 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
         "{} ! rtpbin.recv_rtcp_sink_1",
         appsrc("artcp_in", "application/x-rtcp")
     ));
-    d.push(format!("rtpbin.send_rtcp_src_0 ! {}", appsink("vrtcp_out")));
+    d.push(appsink("vrtcp_out"));
     d.push(format!("rtpbin.send_rtcp_src_1 ! {}", appsink("artcp_out")));
 
     let (vsink, asink) = match options.sink {
@@ -176,8 +179,7 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
                token-partitions={partitions} buffer-size=1000 buffer-initial-size=500 \
                buffer-optimal-size=600 undershoot=100 overshoot=15 min-quantizer=2 max-quantizer=56 \
              ! rtpvp8pay name=vpay pt={VIDEO_PT} mtu={RTP_MTU} picture-id-mode=15-bit \
-             ! rtpbin.send_rtp_sink_0 \
-             rtpbin.send_rtp_src_0 ! {sink}",
+             {sink}",
             vbps = u64::from(options.video_kbps) * 1000,
             kf = 2 * fps,
             sink = appsink("vrtp_out"),

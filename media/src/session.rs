@@ -22,15 +22,16 @@ use crate::consent::{Consent, Held};
 use crate::options::{MediaOptions, Sink};
 use crate::pipeline::{describe, AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, VIDEO_CONVERT, VIDEO_SINK};
 use crate::probe::{self, Histogram};
-use crate::stats::{add, bump, frames_rendered, rtp_session_stats, CallStats, Counters};
+use crate::repair::Repair;
+use crate::stats::{
+    add, bump, frames_rendered, rtp_session_stats, CallStats, Counters, FreezeMeter,
+    PipelineFigures,
+};
 use crate::wire::{self, Hello, Replay, ReplayWindow, Stream, WireError};
 use crate::{MediaError, MediaKeys};
 
 /// How long the receive thread blocks in `recv_from`, i.e. the longest `stop` waits for it.
 const RECV_TIMEOUT: Duration = Duration::from_millis(100);
-/// RTCP report interval floor (RFC 3550 allows a reduced minimum; 5 s would leave a short call
-/// without a round-trip time).
-const RTCP_MIN_INTERVAL_NS: u64 = 1_000_000_000;
 const MAX_DATAGRAM: usize = 65_536;
 
 /// State shared with the streaming threads and the receive thread.
@@ -135,6 +136,7 @@ impl Sender {
 pub struct MediaSession {
     pipeline: gst::Pipeline,
     rtpbin: gst::Element,
+    repair: Repair,
     shared: Arc<Shared>,
     receiver: Option<JoinHandle<()>>,
     started: Instant,
@@ -423,10 +425,16 @@ impl MediaSession {
             .map_err(|_| MediaError::Pipeline("the description did not give a pipeline".into()))?;
         let shared = Arc::new(Shared::default());
         let rtpbin = element(&pipeline, "rtpbin")?;
+        let repair = crate::repair::connect(&rtpbin)?;
+        crate::repair::link_video_session(&pipeline)?;
+        if let Ok(mut freezes) = shared.counters.freezes.lock() {
+            *freezes = FreezeMeter::new(options.fps);
+        }
 
         let session = MediaSession {
             pipeline: pipeline.clone(),
             rtpbin: rtpbin.clone(),
+            repair,
             shared: Arc::clone(&shared),
             receiver: None,
             started: Instant::now(),
@@ -485,7 +493,7 @@ impl MediaSession {
             pipeline: pipeline.downgrade(),
             consent: Consent::new(session.started),
             sender,
-            ssrc: [None; 2],
+            ssrc: [None; 3],
             read_timeout: RECV_TIMEOUT,
         };
         session.receiver = Some(
@@ -563,6 +571,15 @@ impl MediaSession {
         });
         let vdec = element(pipeline, "vdec")?;
         count_buffers(&pad(&vdec, "src")?, shared, |c| &c.video_frames_decoded);
+        {
+            let shared = Arc::clone(shared);
+            pad(&vdec, "src")?.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                if let Ok(mut freezes) = shared.counters.freezes.lock() {
+                    freezes.frame(Instant::now());
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
         count_buffers(&pad(&element(pipeline, "adec")?, "src")?, shared, |c| {
             &c.audio_packets_decoded
         });
@@ -605,35 +622,27 @@ impl MediaSession {
             }
         });
 
-        for id in 0u32..2 {
-            if glib::subclass::signal::SignalId::lookup("get-internal-session", self.rtpbin.type_())
-                .is_some()
-            {
-                if let Some(session) = self
-                    .rtpbin
-                    .emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
-                {
-                    if session.find_property("rtcp-min-interval").is_some() {
-                        session.set_property("rtcp-min-interval", RTCP_MIN_INTERVAL_NS);
-                    }
-                }
-            }
-        }
+        crate::repair::tune_sessions(&self.rtpbin, &self.options);
         Ok(sender)
     }
 
     /// A live snapshot of the call's statistics.
     pub fn stats(&self) -> CallStats {
-        let video = rtp_session_stats(&self.rtpbin, 0, VIDEO_CLOCK_RATE);
-        let audio = rtp_session_stats(&self.rtpbin, 1, AUDIO_CLOCK_RATE);
         self.shared.counters.snapshot(
             self.started.elapsed(),
             self.options.encrypted(),
-            video,
-            audio,
-            self.frames_presented(),
-            self.consent_ms(),
+            self.pipeline_figures(),
         )
+    }
+
+    fn pipeline_figures(&self) -> PipelineFigures {
+        PipelineFigures {
+            video: rtp_session_stats(&self.rtpbin, 0, VIDEO_CLOCK_RATE),
+            audio: rtp_session_stats(&self.rtpbin, 1, AUDIO_CLOCK_RATE),
+            video_frames_presented: self.frames_presented(),
+            consent_ms: self.consent_ms(),
+            repair: self.repair.stats(&self.pipeline, &self.rtpbin),
+        }
     }
 
     fn consent_ms(&self) -> Option<f64> {
@@ -656,20 +665,14 @@ impl MediaSession {
     /// Stops the media: pipeline to NULL, receive thread joined, socket and pipeline released.
     /// Returns the final statistics.
     pub fn stop(mut self) -> CallStats {
-        let video = rtp_session_stats(&self.rtpbin, 0, VIDEO_CLOCK_RATE);
-        let audio = rtp_session_stats(&self.rtpbin, 1, AUDIO_CLOCK_RATE);
-        let presented = self.frames_presented();
+        let mut figures = self.pipeline_figures();
         let elapsed = self.started.elapsed();
         self.shutdown();
-        let consent_ms = self.consent_ms();
-        self.shared.counters.snapshot(
-            elapsed,
-            self.options.encrypted(),
-            video,
-            audio,
-            presented,
-            consent_ms,
-        )
+        // Consent may have come while the figures were read.
+        figures.consent_ms = self.consent_ms();
+        self.shared
+            .counters
+            .snapshot(elapsed, self.options.encrypted(), figures)
     }
 
     fn shutdown(&mut self) {
@@ -728,18 +731,20 @@ struct Receiver {
     pipeline: glib::WeakRef<gst::Pipeline>,
     consent: Consent,
     sender: Arc<Sender>,
-    /// The SSRC of the peer's video and audio RTP: the first one seen on each stream.
-    ssrc: [Option<u32>; 2],
+    /// The SSRC of the peer's video, audio and video retransmission RTP: the first one seen
+    /// on each.
+    ssrc: [Option<u32>; 3],
     read_timeout: Duration,
 }
 
-/// The SSRC of an RTP packet (version 2, at least a fixed header).
-fn rtp_ssrc(packet: &[u8]) -> Option<u32> {
+/// The payload type and SSRC of an RTP packet (version 2, at least a fixed header).
+fn rtp_pt_ssrc(packet: &[u8]) -> Option<(u32, u32)> {
     if packet.first()? >> 6 != 2 {
         return None;
     }
+    let pt = u32::from(packet.get(1)? & 0x7f);
     let bytes: [u8; 4] = packet.get(8..12)?.try_into().ok()?;
-    Some(u32::from_be_bytes(bytes))
+    Some((pt, u32::from_be_bytes(bytes)))
 }
 
 impl Receiver {
@@ -827,8 +832,14 @@ impl Receiver {
         // rtpbin would build a receive chain (jitter buffer, depayloader pad) for every new
         // SSRC: keep to the first one seen on each stream.
         if let Some(i) = pin {
-            let Some(ssrc) = rtp_ssrc(&opened.packet) else {
+            let Some((pt, ssrc)) = rtp_pt_ssrc(&opened.packet) else {
                 return bump(&c.malformed);
+            };
+            // Retransmissions come from their own SSRC (RFC 4588): pinned apart.
+            let i = if i == 0 && pt == crate::repair::VIDEO_RTX_PT {
+                2
+            } else {
+                i
             };
             match self.ssrc.get_mut(i) {
                 Some(slot @ None) => *slot = Some(ssrc),
@@ -915,7 +926,7 @@ mod tests {
             pipeline: pipeline.downgrade(),
             consent: Consent::new(Instant::now()),
             sender: Arc::clone(&sender),
-            ssrc: [None; 2],
+            ssrc: [None; 3],
             read_timeout: RECV_TIMEOUT,
         };
         let c = &shared.counters;

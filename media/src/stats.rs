@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use gstreamer as gst;
-use gstreamer::glib;
 use gstreamer::prelude::*;
 
 use crate::probe::{GlassToGlass, Histogram};
+use crate::repair::RepairStats;
 
 /// The jitter buffer latency configured on `rtpbin`, in milliseconds.
 pub const JITTER_BUFFER_MS: u32 = 50;
@@ -44,6 +44,59 @@ pub(crate) struct Counters {
     pub presented_latency: Mutex<Histogram>,
     /// Capture to decoded picture (out of `vp8dec`): `decode_latency_ms`.
     pub decoded_latency: Mutex<Histogram>,
+    /// Gaps between decoded video frames.
+    pub freezes: Mutex<FreezeMeter>,
+}
+
+/// Video freezes as WebRTC counts them (`freezeCount`, `totalFreezesDuration`): a gap between
+/// two decoded frames longer than three frame intervals and longer than a frame interval plus
+/// 150 ms, measured against the nominal frame rate.
+#[derive(Debug, Default)]
+pub(crate) struct FreezeMeter {
+    threshold: Duration,
+    last: Option<std::time::Instant>,
+    figures: Freezes,
+}
+
+/// Video freezes seen by the receiver (see [`FreezeMeter`]). The wait for the first frame is
+/// not a freeze; the time after the last one is not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Freezes {
+    pub count: u64,
+    pub total_ms: f64,
+    pub longest_ms: f64,
+}
+
+impl FreezeMeter {
+    pub(crate) fn new(fps: u32) -> FreezeMeter {
+        let interval = Duration::from_secs(1) / fps.max(1);
+        FreezeMeter {
+            threshold: (interval * 3).max(interval + Duration::from_millis(150)),
+            ..FreezeMeter::default()
+        }
+    }
+
+    pub(crate) fn frame(&mut self, at: std::time::Instant) {
+        if let Some(last) = self.last.replace(at) {
+            let gap = at.saturating_duration_since(last);
+            if gap > self.threshold {
+                let ms = gap.as_secs_f64() * 1000.0;
+                self.figures.count += 1;
+                self.figures.total_ms += ms;
+                self.figures.longest_ms = self.figures.longest_ms.max(ms);
+            }
+        }
+    }
+}
+
+/// What a snapshot reads from the pipeline itself rather than from the counters.
+#[derive(Debug, Default)]
+pub(crate) struct PipelineFigures {
+    pub video: RtpStreamStats,
+    pub audio: RtpStreamStats,
+    pub video_frames_presented: u64,
+    pub consent_ms: Option<f64>,
+    pub repair: RepairStats,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -160,6 +213,10 @@ pub struct CallStats {
     /// Time spent sealing and opening datagrams, in nanoseconds (framing copies included).
     pub seal_ns: u64,
     pub open_ns: u64,
+    /// Loss repair: NACKs, retransmissions, keyframe requests.
+    pub repair: RepairStats,
+    /// Gaps in the decoded video longer than a glitch.
+    pub freezes: Freezes,
 }
 
 fn kbps(bytes: u64, secs: f64) -> f64 {
@@ -175,11 +232,15 @@ impl Counters {
         &self,
         elapsed: Duration,
         encrypted: bool,
-        video: RtpStreamStats,
-        audio: RtpStreamStats,
-        video_frames_presented: u64,
-        consent_ms: Option<f64>,
+        figures: PipelineFigures,
     ) -> CallStats {
+        let PipelineFigures {
+            video,
+            audio,
+            video_frames_presented,
+            consent_ms,
+            repair,
+        } = figures;
         let secs = elapsed.as_secs_f64();
         let decoded = get(&self.video_frames_decoded);
         let rtt_ms = video.rtt_ms.or(audio.rtt_ms);
@@ -225,6 +286,8 @@ impl Counters {
             decode_latency_ms: summary(&self.decoded_latency),
             seal_ns: get(&self.seal_ns),
             open_ns: get(&self.open_ns),
+            repair,
+            freezes: self.freezes.lock().map(|f| f.figures).unwrap_or_default(),
         }
     }
 }
@@ -249,27 +312,8 @@ pub(crate) fn rtp_session_stats(
     default_clock_rate: i32,
 ) -> RtpStreamStats {
     let mut out = RtpStreamStats::default();
-    if glib::subclass::signal::SignalId::lookup("get-internal-session", rtpbin.type_()).is_none() {
-        return out;
-    }
-    let Some(session) = rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
-    else {
-        return out;
-    };
-    if session.find_property("stats").is_none() {
-        return out;
-    }
-    let Ok(stats) = session.property_value("stats").get::<gst::Structure>() else {
-        return out;
-    };
-    let Ok(sources) = stats.get::<glib::ValueArray>("source-stats") else {
-        return out;
-    };
     let mut jitter_max: Option<f64> = None;
-    for value in sources.iter() {
-        let Ok(s) = value.get::<gst::Structure>() else {
-            continue;
-        };
+    for s in crate::repair::session_sources(rtpbin, id) {
         // Receiver-report blocks about our own stream show up on the peer's source (GStreamer
         // 1.22) or on our internal one (older releases): take the round trip from either.
         if s.get::<bool>("have-rb").unwrap_or(false) {

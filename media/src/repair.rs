@@ -1,0 +1,323 @@
+//! Loss repair for the video session: retransmission on NACK (RFC 4588 RTX through rtpbin's
+//! aux sender and receiver) and the jitter buffer settings that ask for it.
+//!
+//! The retransmitted packets take the same path as the rest: out of `send_rtp_src_0` into the
+//! sealing appsink, in through the receive thread's replay check. rtpbin asks for the aux
+//! elements when it creates session 0, so the handlers are connected first and the session's
+//! pads are linked afterwards, here, rather than in the pipeline description.
+
+use std::sync::{Arc, Mutex};
+
+use gstreamer as gst;
+use gstreamer::glib;
+use gstreamer::prelude::*;
+
+use crate::pipeline::{AUDIO_CLOCK_RATE, AUDIO_PT, VIDEO_CLOCK_RATE, VIDEO_PT};
+use crate::{MediaError, MediaOptions};
+
+/// The payload type of video retransmissions (RFC 4588 "rtx", apt=96).
+pub(crate) const VIDEO_RTX_PT: u32 = 97;
+/// How long the sender keeps packets it may be asked to resend: well past the jitter buffer's
+/// latency plus a round trip on any path a call survives.
+const RTX_KEEP_MS: u32 = 1000;
+
+fn pt_map() -> gst::Structure {
+    gst::Structure::builder("application/x-rtp-pt-map")
+        .field(VIDEO_PT.to_string(), VIDEO_RTX_PT)
+        .build()
+}
+
+/// A bin with `element` between ghost pads `sink_0` and `src_0`, as rtpbin's aux contract asks.
+fn aux_bin(name: &str, element: &gst::Element) -> Option<gst::Element> {
+    let bin = gst::Bin::with_name(name);
+    bin.add(element).ok()?;
+    let sink = gst::GhostPad::builder_with_target(&element.static_pad("sink")?)
+        .ok()?
+        .name("sink_0")
+        .build();
+    let src = gst::GhostPad::builder_with_target(&element.static_pad("src")?)
+        .ok()?
+        .name("src_0")
+        .build();
+    bin.add_pad(&sink).ok()?;
+    bin.add_pad(&src).ok()?;
+    Some(bin.upcast())
+}
+
+/// The caps rtpbin asks for when a payload type first shows up (`request-pt-map`).
+fn pt_caps(pt: u32) -> Option<gst::Caps> {
+    let caps = match pt {
+        VIDEO_PT => gst::Caps::builder("application/x-rtp")
+            .field("media", "video")
+            .field("clock-rate", VIDEO_CLOCK_RATE)
+            .field("encoding-name", "VP8")
+            .field("rtcp-fb-nack", true)
+            .field("rtcp-fb-nack-pli", true)
+            .build(),
+        VIDEO_RTX_PT => gst::Caps::builder("application/x-rtp")
+            .field("media", "video")
+            .field("clock-rate", VIDEO_CLOCK_RATE)
+            .field("encoding-name", "RTX")
+            .field("apt", VIDEO_PT as i32)
+            .build(),
+        AUDIO_PT => gst::Caps::builder("application/x-rtp")
+            .field("media", "audio")
+            .field("clock-rate", AUDIO_CLOCK_RATE)
+            .field("encoding-name", "OPUS")
+            .build(),
+        _ => return None,
+    };
+    Some(caps)
+}
+
+const RTX_SENDER: &str = "vrtx_sender";
+const RTX_RECEIVER: &str = "vrtx_receiver";
+
+/// What loss repair did in a call, one endpoint's view. "Sent" and "received" are about
+/// requests and repairs this endpoint sent or got.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RepairStats {
+    /// RTCP NACK packets (each may name several lost packets) sent to the peer and received.
+    pub nacks_sent: u64,
+    pub nacks_received: u64,
+    /// Keyframe requests (RTCP PLI and FIR) sent to the peer and received from it.
+    pub keyframe_requests_sent: u64,
+    pub keyframe_requests_received: u64,
+    /// Video packets our jitter buffer asked to have resent, and how many of those came back in
+    /// time.
+    pub retransmissions_requested: u64,
+    pub retransmissions_recovered: u64,
+    /// Packets we resent at the peer's request.
+    pub retransmissions_sent: u64,
+    /// Video packets the jitter buffer gave up on (lost for good, or too late).
+    pub video_packets_lost: u64,
+}
+
+/// The repair side of a running pipeline: where to read its statistics.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Repair {
+    /// Session 0's jitter buffers: the peer's video SSRC has one, and rtpbin makes another for
+    /// its retransmission SSRC when that SSRC's RTCP reports arrive (it never gets RTP).
+    video_jitterbuffers: Arc<Mutex<Vec<glib::WeakRef<gst::Element>>>>,
+}
+
+fn uint_property(element: &gst::Element, name: &str) -> u64 {
+    if element.find_property(name).is_none() {
+        return 0;
+    }
+    let value = element.property_value(name);
+    value
+        .get::<u32>()
+        .map(u64::from)
+        .or_else(|_| value.get::<u64>())
+        .unwrap_or(0)
+}
+
+impl Repair {
+    pub(crate) fn stats(&self, pipeline: &gst::Pipeline, rtpbin: &gst::Element) -> RepairStats {
+        let mut out = RepairStats::default();
+        if let Some(tx) = pipeline.by_name(RTX_SENDER) {
+            out.retransmissions_sent = uint_property(&tx, "num-rtx-packets");
+        }
+        let jitterbuffers: Vec<gst::Element> = self
+            .video_jitterbuffers
+            .lock()
+            .map(|all| all.iter().filter_map(|w| w.upgrade()).collect())
+            .unwrap_or_default();
+        for jb in jitterbuffers {
+            if jb.find_property("stats").is_none() {
+                continue;
+            }
+            if let Ok(s) = jb.property_value("stats").get::<gst::Structure>() {
+                let get = |f: &str| s.get::<u64>(f).unwrap_or(0);
+                out.retransmissions_requested += get("rtx-count");
+                out.retransmissions_recovered += get("rtx-success-count");
+                out.video_packets_lost += get("num-lost") + get("num-late");
+            }
+        }
+        for source in session_sources(rtpbin, 0) {
+            let get = |f: &str| u64::from(source.get::<u32>(f).unwrap_or(0));
+            out.nacks_sent += get("sent-nack-count");
+            out.nacks_received += get("recv-nack-count");
+            out.keyframe_requests_sent += get("sent-pli-count") + get("sent-fir-count");
+            out.keyframe_requests_received += get("recv-pli-count") + get("recv-fir-count");
+        }
+        out
+    }
+}
+
+/// The per-source statistics of rtpbin's session `id`.
+pub(crate) fn session_sources(rtpbin: &gst::Element, id: u32) -> Vec<gst::Structure> {
+    if glib::subclass::signal::SignalId::lookup("get-internal-session", rtpbin.type_()).is_none() {
+        return Vec::new();
+    }
+    let Some(session) = rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
+    else {
+        return Vec::new();
+    };
+    if session.find_property("stats").is_none() {
+        return Vec::new();
+    }
+    let Ok(stats) = session.property_value("stats").get::<gst::Structure>() else {
+        return Vec::new();
+    };
+    let Ok(sources) = stats.get::<glib::ValueArray>("source-stats") else {
+        return Vec::new();
+    };
+    sources
+        .iter()
+        .filter_map(|v| v.get::<gst::Structure>().ok())
+        .collect()
+}
+
+/// Connects the retransmission handlers to `rtpbin`. Must run before session 0 exists.
+pub(crate) fn connect(rtpbin: &gst::Element) -> Result<Repair, MediaError> {
+    let repair = Repair::default();
+    let missing = |what: &str| MediaError::Pipeline(format!("rtpbin has no `{what}` signal"));
+    for signal in [
+        "request-aux-sender",
+        "request-aux-receiver",
+        "new-jitterbuffer",
+        "request-pt-map",
+    ] {
+        if glib::subclass::signal::SignalId::lookup(signal, rtpbin.type_()).is_none() {
+            return Err(missing(signal));
+        }
+    }
+    // Signals with a return value must always get one (glib panics on none): an element or
+    // caps, or a typed None.
+    let session_of = |args: &[glib::Value]| args.get(1).and_then(|v| v.get::<u32>().ok());
+    rtpbin.connect("request-aux-sender", false, move |args| {
+        let aux = (session_of(args) == Some(0))
+            .then(|| {
+                let rtx = gst::ElementFactory::make("rtprtxsend")
+                    .name(RTX_SENDER)
+                    .property("payload-type-map", pt_map())
+                    .property("max-size-time", RTX_KEEP_MS)
+                    .property("max-size-packets", 0u32)
+                    .build()
+                    .ok()?;
+                aux_bin("vrtx_send", &rtx)
+            })
+            .flatten();
+        Some(aux.to_value())
+    });
+    rtpbin.connect("request-aux-receiver", false, move |args| {
+        let aux = (session_of(args) == Some(0))
+            .then(|| {
+                // rtprtxreceive's map goes the same way as rtprtxsend's: original -> rtx.
+                let rtx = gst::ElementFactory::make("rtprtxreceive")
+                    .name(RTX_RECEIVER)
+                    .property("payload-type-map", pt_map())
+                    .build()
+                    .ok()?;
+                aux_bin("vrtx_receive", &rtx)
+            })
+            .flatten();
+        Some(aux.to_value())
+    });
+    let video_jitterbuffers = Arc::clone(&repair.video_jitterbuffers);
+    rtpbin.connect("new-jitterbuffer", false, move |args| {
+        let jitterbuffer = args.get(1)?.get::<gst::Element>().ok()?;
+        let session = args.get(2)?.get::<u32>().ok()?;
+        // Only video asks for retransmissions: Opus conceals a lost 20 ms packet better than
+        // it could wait for one.
+        // Lost-packet events: the depayloader learns of a loss as soon as the jitter buffer
+        // gives up, and the Opus decoder conceals or recovers (in-band FEC) the gap.
+        jitterbuffer.set_property("do-lost", true);
+        if session == 0 {
+            jitterbuffer.set_property("do-retransmission", true);
+            if let Ok(mut all) = video_jitterbuffers.lock() {
+                all.push(jitterbuffer.downgrade());
+            }
+        }
+        None
+    });
+    rtpbin.connect("request-pt-map", false, |args| {
+        let caps = args
+            .get(2)
+            .and_then(|v| v.get::<u32>().ok())
+            .and_then(pt_caps);
+        Some(caps.to_value())
+    });
+    Ok(repair)
+}
+
+fn link(pipeline: &gst::Pipeline, from: (&str, &str), to: (&str, &str)) -> Result<(), MediaError> {
+    let element = |name: &str| {
+        pipeline.by_name(name).ok_or_else(|| {
+            MediaError::Pipeline(format!("element `{name}` is missing from the pipeline"))
+        })
+    };
+    element(from.0)?
+        .link_pads(Some(from.1), &element(to.0)?, Some(to.1))
+        .map_err(|e| {
+            MediaError::Pipeline(format!(
+                "linking {}.{} to {}.{}: {e}",
+                from.0, from.1, to.0, to.1
+            ))
+        })
+}
+
+/// Links session 0's pads: the receive inputs and RTCP output always, the send side when the
+/// pipeline has a video send branch (`vpay`).
+pub(crate) fn link_video_session(pipeline: &gst::Pipeline) -> Result<(), MediaError> {
+    link(pipeline, ("vrtp_in", "src"), ("rtpbin", "recv_rtp_sink_0"))?;
+    link(
+        pipeline,
+        ("vrtcp_in", "src"),
+        ("rtpbin", "recv_rtcp_sink_0"),
+    )?;
+    link(
+        pipeline,
+        ("rtpbin", "send_rtcp_src_0"),
+        ("vrtcp_out", "sink"),
+    )?;
+    if pipeline.by_name("vpay").is_some() {
+        link(pipeline, ("vpay", "src"), ("rtpbin", "send_rtp_sink_0"))?;
+        link(pipeline, ("rtpbin", "send_rtp_src_0"), ("vrtp_out", "sink"))?;
+    }
+    Ok(())
+}
+
+/// Regular RTCP report interval floor (RFC 3550 allows a reduced minimum; 5 s would leave a
+/// short call without a round-trip time). Under AVPF no early feedback (NACK, PLI) may go
+/// before the first regular report, which comes at 0.5-1.5 times this interval into the call.
+const RTCP_MIN_INTERVAL_NS: u64 = 200_000_000;
+/// The share of a session's bandwidth RTCP may use. Early feedback may go once per
+/// bandwidth-derived report interval (RFC 4585 T_rr): with the RFC 3550 default of 5% and the
+/// four sources of a video session (each side's media and retransmission SSRCs), that interval
+/// is about a second at 1 Mbit/s, and a lost packet's NACK or a keyframe request waits for it.
+/// 10% of the video's bitrate gives intervals of tens of milliseconds.
+const VIDEO_RTCP_FRACTION: f64 = 0.10;
+
+/// RTCP settings of both sessions: report interval floor, and each session's bandwidth (from
+/// the configured bitrates, rather than rtpsession's estimate, which starts at 64 kbit/s).
+pub(crate) fn tune_sessions(rtpbin: &gst::Element, options: &MediaOptions) {
+    if glib::subclass::signal::SignalId::lookup("get-internal-session", rtpbin.type_()).is_none() {
+        return;
+    }
+    for (id, bits_per_s, fraction) in [
+        (
+            0u32,
+            f64::from(options.video_kbps) * 1000.0,
+            VIDEO_RTCP_FRACTION,
+        ),
+        (1u32, f64::from(options.audio_kbps) * 1000.0, 0.05),
+    ] {
+        let Some(session) =
+            rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
+        else {
+            continue;
+        };
+        if session.find_property("rtcp-min-interval").is_some() {
+            session.set_property("rtcp-min-interval", RTCP_MIN_INTERVAL_NS);
+        }
+        if session.find_property("bandwidth").is_some() {
+            session.set_property("bandwidth", bits_per_s);
+        }
+        if session.find_property("rtcp-fraction").is_some() {
+            session.set_property("rtcp-fraction", fraction);
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! Calls over a lossy link: alice's host and device in one network namespace, bob's in another,
+//! joined by a veth pair that drops a random share of packets (iptables `statistic`) in both
+//! directions. Repair (NACK and retransmission, keyframe requests) must keep the video going.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use smvs_tests::netns::{Site, TwoSites};
+use smvs_tests::{DirectoryProcess, HostProcess};
+
+const TEST_MEDIA: [&str; 6] = ["--video", "test", "--audio", "test", "--sink", "null"];
+
+/// `smvsctl` of `host`, run inside `site`'s namespace (where the device's media socket lives).
+fn device(site: &Site, host: &HostProcess, args: &[&str]) -> Command {
+    let ctl = host.ctl_command(args).unwrap();
+    let mut cmd = Command::new("ip");
+    cmd.args(site.exec_prefix())
+        .arg(ctl.get_program())
+        .args(ctl.get_args())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn json(out: &Output, who: &str) -> Value {
+    assert!(
+        out.status.success(),
+        "{who}: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What one side of a call received of the other's media.
+#[derive(Debug)]
+struct Leg {
+    frames_decoded: u64,
+    frames_sent: u64,
+    longest_freeze_ms: f64,
+}
+
+impl Leg {
+    fn from(sender: &Value, receiver: &Value) -> Leg {
+        Leg {
+            frames_decoded: receiver["stats"]["video_frames_decoded"].as_u64().unwrap(),
+            frames_sent: sender["stats"]["video_frames_sent"].as_u64().unwrap(),
+            longest_freeze_ms: receiver["stats"]["freezes"]["longest_ms"].as_f64().unwrap(),
+        }
+    }
+
+    fn video_share(&self) -> f64 {
+        self.frames_decoded as f64 / self.frames_sent.max(1) as f64
+    }
+}
+
+/// One 8-second call with test sources: (alice→bob, bob→alice).
+fn call(sites: &TwoSites, alice: &HostProcess, bob: &HostProcess) -> [Leg; 2] {
+    let mut answer = vec!["answer", "--wait", "30", "--stats"];
+    answer.extend(TEST_MEDIA);
+    let callee = device(&sites.b, bob, &answer).spawn().unwrap();
+    let mut place = vec!["call", "bob", "--duration", "8", "--stats"];
+    place.extend(TEST_MEDIA);
+    let caller = device(&sites.a, alice, &place).spawn().unwrap();
+    let caller = json(&caller.wait_with_output().unwrap(), "alice");
+    let callee = json(&callee.wait_with_output().unwrap(), "bob");
+    for (who, v) in [("alice", &caller), ("bob", &callee)] {
+        eprintln!(
+            "{who}: repair {} freezes {}",
+            v["stats"]["repair"], v["stats"]["freezes"],
+        );
+    }
+    [Leg::from(&caller, &callee), Leg::from(&callee, &caller)]
+}
+
+/// The thresholds: the share of frames decoded at each random loss rate.
+const VIDEO_KEPT: [(f64, f64); 3] = [(0.01, 0.95), (0.03, 0.90), (0.10, 0.70)];
+
+#[test]
+fn calls_survive_random_loss() {
+    let sites = TwoSites::new().unwrap();
+    let dir = DirectoryProcess::start_in(&sites.a, &[]).unwrap();
+    let alice = HostProcess::start_in(&sites.a, "alice", &dir, &[]).unwrap();
+    let bob = HostProcess::start_in(&sites.b, "bob", &dir, &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    alice.send("bob", "hello").unwrap();
+    bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
+        .unwrap();
+    for (loss, kept) in VIDEO_KEPT {
+        sites.lossy(loss, true).unwrap();
+        let legs = call(&sites, &alice, &bob);
+        sites.lossy(loss, false).unwrap();
+        for (leg, way) in legs.iter().zip(["alice→bob", "bob→alice"]) {
+            eprintln!("loss {loss}: {way} {leg:?}");
+            assert!(
+                leg.video_share() >= kept,
+                "{:.0}% loss, {way}: {} of {} frames decoded, under {:.0}%",
+                loss * 100.0,
+                leg.frames_decoded,
+                leg.frames_sent,
+                kept * 100.0
+            );
+            if loss <= 0.03 {
+                assert!(
+                    leg.longest_freeze_ms < 1000.0,
+                    "{:.0}% loss, {way}: a {:.0} ms freeze",
+                    loss * 100.0,
+                    leg.longest_freeze_ms
+                );
+            }
+        }
+    }
+}
