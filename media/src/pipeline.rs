@@ -21,6 +21,10 @@ pub(crate) const VIDEO_PT: u32 = 96;
 pub(crate) const VIDEO_SINK: &str = "vsink";
 pub(crate) const VIDEO_CONVERT: &str = "vconvert";
 pub(crate) const AUDIO_PT: u32 = 111;
+/// The loss Opus plans its in-band FEC for: each packet carries a low-bitrate copy of the one
+/// before (SILK LBRR), so a single lost packet is rebuilt from the next. Opus adds that copy
+/// only when this is above zero.
+pub(crate) const AUDIO_EXPECTED_LOSS_PERCENT: u32 = 10;
 pub(crate) const VIDEO_CLOCK_RATE: i32 = 90_000;
 pub(crate) const AUDIO_CLOCK_RATE: i32 = 48_000;
 /// RTP packet size limit: sealed datagrams stay well under a 1280-byte IPv6 minimum MTU path
@@ -152,7 +156,7 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
          {vqueue}! videoconvert name={VIDEO_CONVERT} ! {vsink}"
     ));
     d.push(format!(
-        "rtpopusdepay name=adepay ! opusdec name=adec ! audioconvert ! audioresample ! {asink}"
+        "rtpopusdepay name=adepay ! opusdec name=adec plc=true use-inband-fec=true ! audioconvert ! audioresample ! {asink}"
     ));
 
     // Send video.
@@ -198,6 +202,7 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
         d.push(format!(
             "{asrc} ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=1 \
              ! opusenc name=aenc bitrate={abps} bitrate-type=cbr frame-size=20 audio-type=voice dtx=false \
+               inband-fec=true packet-loss-percentage={AUDIO_EXPECTED_LOSS_PERCENT} \
              ! rtpopuspay name=apay pt={AUDIO_PT} mtu={RTP_MTU} \
              ! rtpbin.send_rtp_sink_1 \
              rtpbin.send_rtp_src_1 ! {sink}",

@@ -1,5 +1,6 @@
 //! Loss repair for the video session: retransmission on NACK (RFC 4588 RTX through rtpbin's
-//! aux sender and receiver) and the jitter buffer settings that ask for it.
+//! aux sender and receiver), the jitter buffer settings that ask for it, and the [`Adapter`]
+//! that gives the jitter buffer more time while the path loses packets.
 //!
 //! The retransmitted packets take the same path as the rest: out of `send_rtp_src_0` into the
 //! sealing appsink, in through the receive thread's replay check. rtpbin asks for the aux
@@ -289,7 +290,7 @@ const RTCP_MIN_INTERVAL_NS: u64 = 200_000_000;
 /// four sources of a video session (each side's media and retransmission SSRCs), that interval
 /// is about a second at 1 Mbit/s, and a lost packet's NACK or a keyframe request waits for it.
 /// 10% of the video's bitrate gives intervals of tens of milliseconds.
-const VIDEO_RTCP_FRACTION: f64 = 0.10;
+const VIDEO_RTCP_FRACTION: f64 = 0.30;
 
 /// RTCP settings of both sessions: report interval floor, and each session's bandwidth (from
 /// the configured bitrates, rather than rtpsession's estimate, which starts at 64 kbit/s).
@@ -319,5 +320,103 @@ pub(crate) fn tune_sessions(rtpbin: &gst::Element, options: &MediaOptions) {
         if session.find_property("rtcp-fraction").is_some() {
             session.set_property("rtcp-fraction", fraction);
         }
+    }
+}
+
+/// How often the [`Adapter`] looks at the peer's reports.
+const ADAPT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// The jitter buffer latency while the peer's video arrives with loss: room for a NACK, its
+/// retransmission and a retry or two, on top of the round trip.
+const LOSSY_LATENCY_MS: u32 = 120;
+/// The most the adapter lets the jitter buffer wait.
+const MAX_LATENCY_MS: u32 = 400;
+/// Loss (of the peer's video, as we receive it) above which the jitter buffer waits longer.
+const LOSSY: f64 = 0.01;
+/// How long the path must stay clean before the jitter buffer goes back to its low latency.
+const LATENCY_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The jitter buffer latency for what we see of the path: the low default on a clean path; on
+/// a lossy one, enough to ask for a lost packet again once or twice, and at least two round
+/// trips.
+fn latency_for(loss: f64, rtt_ms: Option<f64>) -> u32 {
+    if loss < LOSSY {
+        return crate::stats::JITTER_BUFFER_MS;
+    }
+    let rtt = rtt_ms.unwrap_or(0.0).clamp(0.0, f64::from(MAX_LATENCY_MS)) as u32;
+    (LOSSY_LATENCY_MS + 2 * rtt).min(MAX_LATENCY_MS)
+}
+
+/// Adapts repair to the path, from the receive thread: our jitter buffer's latency from the
+/// loss we see in the peer's video.
+#[derive(Debug)]
+pub(crate) struct Adapter {
+    next: std::time::Instant,
+    latency_ms: u32,
+    latency_since: std::time::Instant,
+    /// The peer's video as last counted: (received, lost).
+    counted: (u64, i64),
+}
+
+impl Adapter {
+    pub(crate) fn new(now: std::time::Instant) -> Adapter {
+        Adapter {
+            next: now + ADAPT_EVERY,
+            latency_ms: crate::stats::JITTER_BUFFER_MS,
+            latency_since: now,
+            counted: (0, 0),
+        }
+    }
+
+    pub(crate) fn tick(&mut self, now: std::time::Instant, pipeline: &gst::Pipeline) {
+        if now < self.next {
+            return;
+        }
+        self.next = now + ADAPT_EVERY;
+        let Some(rtpbin) = pipeline.by_name("rtpbin") else {
+            return;
+        };
+        self.adapt_latency(now, &rtpbin);
+    }
+
+    /// Our jitter buffer: longer at once when the peer's video arrives with loss, back to the
+    /// default once the path has been clean for a while.
+    fn adapt_latency(&mut self, now: std::time::Instant, rtpbin: &gst::Element) {
+        let video = crate::stats::rtp_session_stats(rtpbin, 0, crate::pipeline::VIDEO_CLOCK_RATE);
+        let received = video.packets_received.saturating_sub(self.counted.0);
+        let lost = u64::try_from(video.packets_lost.saturating_sub(self.counted.1)).unwrap_or(0);
+        self.counted = (video.packets_received, video.packets_lost);
+        let expected = received + lost;
+        if expected == 0 {
+            return;
+        }
+        let wanted = latency_for(lost as f64 / expected as f64, video.rtt_ms);
+        let next = if wanted >= self.latency_ms {
+            if wanted > crate::stats::JITTER_BUFFER_MS {
+                self.latency_since = now;
+            }
+            wanted
+        } else if now.saturating_duration_since(self.latency_since) >= LATENCY_HOLD {
+            wanted
+        } else {
+            self.latency_ms
+        };
+        if next != self.latency_ms {
+            rtpbin.set_property("latency", next);
+            self.latency_ms = next;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_jitter_buffer_waits_longer_only_on_a_lossy_path() {
+        assert_eq!(latency_for(0.0, None), crate::stats::JITTER_BUFFER_MS);
+        assert_eq!(latency_for(0.009, Some(80.0)), crate::stats::JITTER_BUFFER_MS);
+        assert_eq!(latency_for(0.05, None), LOSSY_LATENCY_MS);
+        assert_eq!(latency_for(0.05, Some(30.0)), LOSSY_LATENCY_MS + 60);
+        assert_eq!(latency_for(0.2, Some(900.0)), MAX_LATENCY_MS);
     }
 }

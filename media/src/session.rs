@@ -495,6 +495,7 @@ impl MediaSession {
             sender,
             ssrc: [None; 3],
             read_timeout: RECV_TIMEOUT,
+            adapter: crate::repair::Adapter::new(session.started),
         };
         session.receiver = Some(
             std::thread::Builder::new()
@@ -583,6 +584,22 @@ impl MediaSession {
         count_buffers(&pad(&element(pipeline, "adec")?, "src")?, shared, |c| {
             &c.audio_packets_decoded
         });
+        {
+            let shared = Arc::clone(shared);
+            pad(&element(pipeline, "adepay")?, "sink")?.add_probe(
+                gst::PadProbeType::BUFFER,
+                move |_, info| {
+                    if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data {
+                        if let Some(seq) = rtp_seq(buffer) {
+                            if let Ok(mut audio) = shared.counters.audio.lock() {
+                                audio.packet(seq);
+                            }
+                        }
+                    }
+                    gst::PadProbeReturn::Ok
+                },
+            );
+        }
 
         // Latency probe.
         if self.options.latency_probe {
@@ -731,10 +748,18 @@ struct Receiver {
     pipeline: glib::WeakRef<gst::Pipeline>,
     consent: Consent,
     sender: Arc<Sender>,
+    adapter: crate::repair::Adapter,
     /// The SSRC of the peer's video, audio and video retransmission RTP: the first one seen
     /// on each.
     ssrc: [Option<u32>; 3],
     read_timeout: Duration,
+}
+
+/// The sequence number of the RTP packet in `buffer`.
+fn rtp_seq(buffer: &gst::BufferRef) -> Option<u16> {
+    let map = buffer.map_readable().ok()?;
+    let bytes: [u8; 2] = map.get(2..4)?.try_into().ok()?;
+    (map.first()? >> 6 == 2).then_some(u16::from_be_bytes(bytes))
 }
 
 /// The payload type and SSRC of an RTP packet (version 2, at least a fixed header).
@@ -751,10 +776,11 @@ impl Receiver {
     fn run(mut self) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         while !self.shared.stop.load(Ordering::Relaxed) {
-            if self.shared.latency_changed.swap(false, Ordering::Relaxed) {
-                if let Some(p) = self.pipeline.upgrade() {
+            if let Some(p) = self.pipeline.upgrade() {
+                if self.shared.latency_changed.swap(false, Ordering::Relaxed) {
                     let _ = p.recalculate_latency();
                 }
+                self.adapter.tick(Instant::now(), &p);
             }
             self.consent_tick();
             match self.socket.recv_from(&mut buf) {
@@ -928,6 +954,7 @@ mod tests {
             sender: Arc::clone(&sender),
             ssrc: [None; 3],
             read_timeout: RECV_TIMEOUT,
+            adapter: crate::repair::Adapter::new(Instant::now()),
         };
         let c = &shared.counters;
         let mut seq = 0;

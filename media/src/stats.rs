@@ -46,6 +46,8 @@ pub(crate) struct Counters {
     pub decoded_latency: Mutex<Histogram>,
     /// Gaps between decoded video frames.
     pub freezes: Mutex<FreezeMeter>,
+    /// The peer's audio packets: arrived, lost, rebuilt.
+    pub audio: Mutex<AudioLossMeter>,
 }
 
 /// Video freezes as WebRTC counts them (`freezeCount`, `totalFreezesDuration`): a gap between
@@ -86,6 +88,33 @@ impl FreezeMeter {
                 self.figures.longest_ms = self.figures.longest_ms.max(ms);
             }
         }
+    }
+}
+
+/// The peer's audio as the depayloader sees it, from the RTP sequence numbers the jitter buffer
+/// lets through in order: every gap was lost (the jitter buffer gave up on it), and the last
+/// packet of each gap is rebuilt from the in-band FEC of the packet after it.
+#[derive(Debug, Default)]
+pub(crate) struct AudioLossMeter {
+    last_seq: Option<u16>,
+    pub received: u64,
+    pub lost: u64,
+    pub recovered: u64,
+}
+
+impl AudioLossMeter {
+    pub(crate) fn packet(&mut self, seq: u16) {
+        if let Some(last) = self.last_seq {
+            let gap = seq.wrapping_sub(last).wrapping_sub(1);
+            // A jump of more than half the sequence space is a late or repeated packet, which
+            // the jitter buffer should not let through; not a gap.
+            if gap > 0 && gap < 0x8000 {
+                self.lost += u64::from(gap);
+                self.recovered += 1;
+            }
+        }
+        self.last_seq = Some(seq);
+        self.received += 1;
     }
 }
 
@@ -147,8 +176,14 @@ pub struct CallStats {
     pub video_frames_presented: u64,
     /// Opus packets out of our encoder.
     pub audio_packets_sent: u64,
-    /// Audio buffers out of our Opus decoder.
+    /// Audio buffers out of our Opus decoder, concealed losses included.
     pub audio_packets_decoded: u64,
+    /// The peer's Opus packets that reached our decoder (in time, retransmitted or not).
+    pub audio_packets_received: u64,
+    /// The peer's Opus packets lost for good, and those of them rebuilt from the next packet's
+    /// in-band FEC; the rest were concealed (PLC).
+    pub audio_packets_lost: u64,
+    pub audio_packets_recovered: u64,
     /// Datagrams and their bytes (framing and tag included) sent to the peer.
     pub packets_sent: u64,
     pub bytes_sent: u64,
@@ -259,6 +294,9 @@ impl Counters {
             video_frames_presented,
             audio_packets_sent: get(&self.audio_packets_sent),
             audio_packets_decoded: get(&self.audio_packets_decoded),
+            audio_packets_received: self.audio.lock().map_or(0, |a| a.received),
+            audio_packets_lost: self.audio.lock().map_or(0, |a| a.lost),
+            audio_packets_recovered: self.audio.lock().map_or(0, |a| a.recovered),
             packets_sent: get(&self.packets_sent),
             bytes_sent: get(&self.bytes_sent),
             send_errors: get(&self.send_errors),
@@ -344,4 +382,35 @@ pub(crate) fn rtp_session_stats(
     }
     out.jitter_ms = jitter_max;
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audio_gaps_count_as_lost_and_their_last_packet_as_recovered() {
+        let mut m = AudioLossMeter::default();
+        for seq in [65533u16, 65534, 0, 1, 4, 5, 6, 8] {
+            m.packet(seq);
+        }
+        // Gaps: 65535 (one lost), 2-3 (two lost), 7 (one lost).
+        assert_eq!((m.received, m.lost, m.recovered), (8, 4, 3));
+        // A packet from the past is not a gap.
+        m.packet(3);
+        assert_eq!((m.lost, m.recovered), (4, 3));
+    }
+
+    #[test]
+    fn a_freeze_is_a_gap_over_three_frames_and_150_ms() {
+        let mut f = FreezeMeter::new(30);
+        let t0 = std::time::Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        for at in [0, 33, 66, 200, 233, 500, 533] {
+            f.frame(ms(at));
+        }
+        // 66 -> 200 is 134 ms: under 183 ms; 233 -> 500 is a freeze.
+        assert_eq!(f.figures.count, 1);
+        assert_eq!(f.figures.longest_ms, 267.0);
+    }
 }
