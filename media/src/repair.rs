@@ -286,10 +286,12 @@ pub(crate) fn link_video_session(pipeline: &gst::Pipeline) -> Result<(), MediaEr
 /// before the first regular report, which comes at 0.5-1.5 times this interval into the call.
 const RTCP_MIN_INTERVAL_NS: u64 = 200_000_000;
 /// The share of a session's bandwidth RTCP may use. Early feedback may go once per
-/// bandwidth-derived report interval (RFC 4585 T_rr): with the RFC 3550 default of 5% and the
-/// four sources of a video session (each side's media and retransmission SSRCs), that interval
-/// is about a second at 1 Mbit/s, and a lost packet's NACK or a keyframe request waits for it.
-/// 10% of the video's bitrate gives intervals of tens of milliseconds.
+/// bandwidth-derived report interval (RFC 4585 T_rr): with the RFC 3550 default of 5% of
+/// rtpsession's starting estimate (64 kbit/s) and the four sources of a video session (each
+/// side's media and retransmission SSRCs), that interval is about a second, and a lost packet's
+/// NACK or a keyframe request waits for it. 30% of the video's bitrate gives a few tens of
+/// milliseconds, so a NACK and its retry fit in the jitter buffer's wait. The bytes stay few:
+/// regular reports keep the 200 ms floor, and early packets go only when there is loss.
 const VIDEO_RTCP_FRACTION: f64 = 0.30;
 
 /// RTCP settings of both sessions: report interval floor, and each session's bandwidth (from
