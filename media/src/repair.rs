@@ -416,7 +416,10 @@ mod tests {
     #[test]
     fn the_jitter_buffer_waits_longer_only_on_a_lossy_path() {
         assert_eq!(latency_for(0.0, None), crate::stats::JITTER_BUFFER_MS);
-        assert_eq!(latency_for(0.009, Some(80.0)), crate::stats::JITTER_BUFFER_MS);
+        assert_eq!(
+            latency_for(0.009, Some(80.0)),
+            crate::stats::JITTER_BUFFER_MS
+        );
         assert_eq!(latency_for(0.05, None), LOSSY_LATENCY_MS);
         assert_eq!(latency_for(0.05, Some(30.0)), LOSSY_LATENCY_MS + 60);
         assert_eq!(latency_for(0.2, Some(900.0)), MAX_LATENCY_MS);

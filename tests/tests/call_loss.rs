@@ -70,16 +70,25 @@ impl Leg {
     }
 }
 
-/// One 8-second call with test sources: (alice→bob, bob→alice).
-fn call(sites: &TwoSites, alice: &HostProcess, bob: &HostProcess) -> [Leg; 2] {
-    // Both sides stop sending after 8 s of their own: a hang-up crossing the lossy link may
+/// One call of `secs` seconds with test sources: (alice→bob, bob→alice). `meanwhile` runs
+/// once both sides are started.
+fn call(
+    sites: &TwoSites,
+    alice: &HostProcess,
+    bob: &HostProcess,
+    secs: u32,
+    meanwhile: impl FnOnce(),
+) -> [Leg; 2] {
+    // Both sides stop sending after `secs` of their own: a hang-up crossing the lossy link may
     // take a while, and what one side sends after the other stopped is not a lost frame.
-    let mut answer = vec!["answer", "--wait", "30", "--duration", "8", "--stats"];
+    let secs = secs.to_string();
+    let mut answer = vec!["answer", "--wait", "30", "--duration", &secs, "--stats"];
     answer.extend(TEST_MEDIA);
     let callee = device(&sites.b, bob, &answer).spawn().unwrap();
-    let mut place = vec!["call", "bob", "--duration", "8", "--stats"];
+    let mut place = vec!["call", "bob", "--duration", &secs, "--stats"];
     place.extend(TEST_MEDIA);
     let caller = device(&sites.a, alice, &place).spawn().unwrap();
+    meanwhile();
     let caller = json(&caller.wait_with_output().unwrap(), "alice");
     let callee = json(&callee.wait_with_output().unwrap(), "bob");
     for (who, v) in [("alice", &caller), ("bob", &callee)] {
@@ -94,9 +103,8 @@ fn call(sites: &TwoSites, alice: &HostProcess, bob: &HostProcess) -> [Leg; 2] {
 /// The thresholds: the share of frames decoded at each random loss rate.
 const VIDEO_KEPT: [(f64, f64); 3] = [(0.01, 0.95), (0.03, 0.90), (0.10, 0.70)];
 
-#[test]
-fn calls_survive_random_loss() {
-    let sites = TwoSites::new().unwrap();
+/// alice and bob, each with a host on their own site, who have written to each other.
+fn alice_and_bob(sites: &TwoSites) -> (DirectoryProcess, HostProcess, HostProcess) {
     let dir = DirectoryProcess::start_in(&sites.a, &[]).unwrap();
     let alice = HostProcess::start_in(&sites.a, "alice", &dir, &[]).unwrap();
     let bob = HostProcess::start_in(&sites.b, "bob", &dir, &[]).unwrap();
@@ -105,9 +113,44 @@ fn calls_survive_random_loss() {
     alice.send("bob", "hello").unwrap();
     bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
         .unwrap();
+    (dir, alice, bob)
+}
+
+#[test]
+fn video_comes_back_within_a_second_of_a_two_second_outage() {
+    let sites = TwoSites::new().unwrap();
+    let (_dir, alice, bob) = alice_and_bob(&sites);
+    const OUTAGE: Duration = Duration::from_secs(2);
+    let legs = call(&sites, &alice, &bob, 10, || {
+        // Mid-call: the ring and answer take well under a second on this link.
+        std::thread::sleep(Duration::from_secs(4));
+        sites.black_hole(true).unwrap();
+        std::thread::sleep(OUTAGE);
+        sites.black_hole(false).unwrap();
+    });
+    for (leg, way) in legs.iter().zip(["alice→bob", "bob→alice"]) {
+        eprintln!("outage: {way} {leg:?}");
+        // The outage is the longest freeze: from the last frame before it to the first after
+        // it, i.e. the outage itself plus the time to recover.
+        assert!(
+            leg.longest_freeze_ms >= OUTAGE.as_millis() as f64 - 100.0,
+            "{way}: the outage did not show as a freeze ({leg:?})"
+        );
+        assert!(
+            leg.longest_freeze_ms < (OUTAGE.as_millis() + 1000) as f64,
+            "{way}: video came back {:.0} ms after the link did",
+            leg.longest_freeze_ms - OUTAGE.as_millis() as f64
+        );
+    }
+}
+
+#[test]
+fn calls_survive_random_loss() {
+    let sites = TwoSites::new().unwrap();
+    let (_dir, alice, bob) = alice_and_bob(&sites);
     for (loss, kept) in VIDEO_KEPT {
         sites.lossy(loss, true).unwrap();
-        let legs = call(&sites, &alice, &bob);
+        let legs = call(&sites, &alice, &bob, 8, || {});
         sites.lossy(loss, false).unwrap();
         for (leg, way) in legs.iter().zip(["alice→bob", "bob→alice"]) {
             eprintln!("loss {loss}: {way} {leg:?}");
