@@ -28,9 +28,8 @@ pub use keys::{derive_media_keys, KeyInputs, MediaKeys, Role};
 pub use options::{AudioSource, MediaOptions, Sink, VideoSource};
 pub use plugins::{check_devices, check_plugins, debian_package, gstreamer_version};
 pub use probe::GlassToGlass;
-pub use repair::RepairStats;
 pub use session::MediaSession;
-pub use stats::{CallStats, Freezes, RtpStreamStats, JITTER_BUFFER_MS};
+pub use stats::{CallStats, Freezes, RepairStats, RtpStreamStats, JITTER_BUFFER_MS};
 
 /// What the fuzz targets in `fuzz/` drive beyond [`wire`]: the consent state machine fed hellos
 /// as the receive thread feeds it. Public (and hidden) only so that the fuzzers run the crate's

@@ -17,6 +17,10 @@ use crate::options::{AudioSource, MediaOptions, Sink, VideoSource};
 use crate::stats::JITTER_BUFFER_MS;
 
 pub(crate) const VIDEO_PT: u32 = 96;
+/// rtpbin makes at most this many streams (each a jitter buffer and its threads) per session:
+/// the peer's media SSRC and its retransmission SSRC. RTCP is not SSRC-pinned, and without a
+/// bound a peer sending reports from ever new SSRCs would make ever more.
+pub(crate) const MAX_STREAMS: u32 = 2;
 /// The receive video branch's sink and the converter in front of it.
 pub(crate) const VIDEO_SINK: &str = "vsink";
 pub(crate) const VIDEO_CONVERT: &str = "vconvert";
@@ -89,7 +93,7 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
     // AVPF: receivers ask for a keyframe (RTCP PLI) when packets are lost, instead of waiting
     // up to two seconds for the next one.
     let mut d = vec![format!(
-        "rtpbin name=rtpbin latency={JITTER_BUFFER_MS} rtp-profile=avpf"
+        "rtpbin name=rtpbin latency={JITTER_BUFFER_MS} rtp-profile=avpf max-streams={MAX_STREAMS}"
     )];
 
     // Receive: four appsrcs into rtpbin, depayload+decode chains linked on pad-added.

@@ -13,7 +13,8 @@ use gstreamer as gst;
 use gstreamer::glib;
 use gstreamer::prelude::*;
 
-use crate::pipeline::{AUDIO_CLOCK_RATE, AUDIO_PT, VIDEO_CLOCK_RATE, VIDEO_PT};
+use crate::pipeline::{AUDIO_CLOCK_RATE, AUDIO_PT, MAX_STREAMS, VIDEO_CLOCK_RATE, VIDEO_PT};
+use crate::stats::{session_sources, RepairStats, JITTER_BUFFER_MS};
 use crate::{MediaError, MediaOptions};
 
 /// The payload type of video retransmissions (RFC 4588 "rtx", apt=96).
@@ -46,22 +47,22 @@ fn aux_bin(name: &str, element: &gst::Element) -> Option<gst::Element> {
 }
 
 /// The caps rtpbin asks for when a payload type first shows up (`request-pt-map`).
-fn pt_caps(pt: u32) -> Option<gst::Caps> {
-    let caps = match pt {
-        VIDEO_PT => gst::Caps::builder("application/x-rtp")
+fn pt_caps(session: u32, pt: u32) -> Option<gst::Caps> {
+    let caps = match (session, pt) {
+        (0, VIDEO_PT) => gst::Caps::builder("application/x-rtp")
             .field("media", "video")
             .field("clock-rate", VIDEO_CLOCK_RATE)
             .field("encoding-name", "VP8")
             .field("rtcp-fb-nack", true)
             .field("rtcp-fb-nack-pli", true)
             .build(),
-        VIDEO_RTX_PT => gst::Caps::builder("application/x-rtp")
+        (0, VIDEO_RTX_PT) => gst::Caps::builder("application/x-rtp")
             .field("media", "video")
             .field("clock-rate", VIDEO_CLOCK_RATE)
             .field("encoding-name", "RTX")
             .field("apt", VIDEO_PT as i32)
             .build(),
-        AUDIO_PT => gst::Caps::builder("application/x-rtp")
+        (1, AUDIO_PT) => gst::Caps::builder("application/x-rtp")
             .field("media", "audio")
             .field("clock-rate", AUDIO_CLOCK_RATE)
             .field("encoding-name", "OPUS")
@@ -74,24 +75,58 @@ fn pt_caps(pt: u32) -> Option<gst::Caps> {
 const RTX_SENDER: &str = "vrtx_sender";
 const RTX_RECEIVER: &str = "vrtx_receiver";
 
-/// What loss repair did in a call, one endpoint's view. "Sent" and "received" are about
-/// requests and repairs this endpoint sent or got.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct RepairStats {
-    /// RTCP NACK packets (each may name several lost packets) sent to the peer and received.
-    pub nacks_sent: u64,
-    pub nacks_received: u64,
-    /// Keyframe requests (RTCP PLI and FIR) sent to the peer and received from it.
-    pub keyframe_requests_sent: u64,
-    pub keyframe_requests_received: u64,
-    /// Video packets our jitter buffer asked to have resent, and how many of those came back in
-    /// time.
-    pub retransmissions_requested: u64,
-    pub retransmissions_recovered: u64,
-    /// Packets we resent at the peer's request.
-    pub retransmissions_sent: u64,
-    /// Video packets the jitter buffer gave up on (lost for good, or too late).
-    pub video_packets_lost: u64,
+/// How long a packet once resent is not resent again: a repeated request within it is the
+/// same loss asked for twice in one burst (or a peer naming one packet over and over). Short,
+/// so a retry after a lost resend (a round trip later) still goes.
+const RESEND_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Bounds what the peer can make us resend. rtpsession turns every NACK entry into resend
+/// requests without limit, and GStreamer 1.22's rtprtxsend queues a copy for each: an
+/// authenticated peer repeating one packet in a NACK could make us queue hundreds of megabytes.
+/// A packet is resent at most once per [`RESEND_AGAIN_AFTER`], and resends are held to a
+/// token bucket of half the video bitrate (one second of burst).
+#[derive(Debug)]
+struct RtxBudget {
+    per_second: f64,
+    tokens: f64,
+    at: std::time::Instant,
+    recent: std::collections::VecDeque<(u32, std::time::Instant)>,
+}
+
+impl RtxBudget {
+    fn new(video_kbps: u32, now: std::time::Instant) -> RtxBudget {
+        let per_second =
+            (f64::from(video_kbps) * 1000.0 / 8.0 / 2.0 / f64::from(crate::pipeline::RTP_MTU))
+                .max(20.0);
+        RtxBudget {
+            per_second,
+            tokens: per_second,
+            at: now,
+            recent: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn allow(&mut self, seqnum: u32, now: std::time::Instant) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= RESEND_AGAIN_AFTER)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.iter().any(|(seq, _)| *seq == seqnum) {
+            return false;
+        }
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        self.at = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        self.recent.push_back((seqnum, now));
+        true
+    }
 }
 
 /// The repair side of a running pipeline: where to read its statistics.
@@ -100,6 +135,8 @@ pub(crate) struct Repair {
     /// Session 0's jitter buffers: the peer's video SSRC has one, and rtpbin makes another for
     /// its retransmission SSRC when that SSRC's RTCP reports arrive (it never gets RTP).
     video_jitterbuffers: Arc<Mutex<Vec<glib::WeakRef<gst::Element>>>>,
+    /// Resend requests from the peer refused by the [`RtxBudget`].
+    retransmissions_refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn uint_property(element: &gst::Element, name: &str) -> u64 {
@@ -115,17 +152,22 @@ fn uint_property(element: &gst::Element, name: &str) -> u64 {
 }
 
 impl Repair {
+    fn video_jitterbuffers(&self) -> Vec<gst::Element> {
+        self.video_jitterbuffers
+            .lock()
+            .map(|all| all.iter().filter_map(|w| w.upgrade()).collect())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn stats(&self, pipeline: &gst::Pipeline, rtpbin: &gst::Element) -> RepairStats {
         let mut out = RepairStats::default();
         if let Some(tx) = pipeline.by_name(RTX_SENDER) {
             out.retransmissions_sent = uint_property(&tx, "num-rtx-packets");
         }
-        let jitterbuffers: Vec<gst::Element> = self
-            .video_jitterbuffers
-            .lock()
-            .map(|all| all.iter().filter_map(|w| w.upgrade()).collect())
-            .unwrap_or_default();
-        for jb in jitterbuffers {
+        out.retransmission_requests_refused = self
+            .retransmissions_refused
+            .load(std::sync::atomic::Ordering::Relaxed);
+        for jb in self.video_jitterbuffers() {
             if jb.find_property("stats").is_none() {
                 continue;
             }
@@ -147,33 +189,10 @@ impl Repair {
     }
 }
 
-/// The per-source statistics of rtpbin's session `id`.
-pub(crate) fn session_sources(rtpbin: &gst::Element, id: u32) -> Vec<gst::Structure> {
-    if glib::subclass::signal::SignalId::lookup("get-internal-session", rtpbin.type_()).is_none() {
-        return Vec::new();
-    }
-    let Some(session) = rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
-    else {
-        return Vec::new();
-    };
-    if session.find_property("stats").is_none() {
-        return Vec::new();
-    }
-    let Ok(stats) = session.property_value("stats").get::<gst::Structure>() else {
-        return Vec::new();
-    };
-    let Ok(sources) = stats.get::<glib::ValueArray>("source-stats") else {
-        return Vec::new();
-    };
-    sources
-        .iter()
-        .filter_map(|v| v.get::<gst::Structure>().ok())
-        .collect()
-}
-
 /// Connects the retransmission handlers to `rtpbin`. Must run before session 0 exists.
-pub(crate) fn connect(rtpbin: &gst::Element) -> Result<Repair, MediaError> {
+pub(crate) fn connect(rtpbin: &gst::Element, video_kbps: u32) -> Result<Repair, MediaError> {
     let repair = Repair::default();
+    let refused = Arc::clone(&repair.retransmissions_refused);
     let missing = |what: &str| MediaError::Pipeline(format!("rtpbin has no `{what}` signal"));
     for signal in [
         "request-aux-sender",
@@ -198,6 +217,33 @@ pub(crate) fn connect(rtpbin: &gst::Element) -> Result<Repair, MediaError> {
                     .property("max-size-packets", 0u32)
                     .build()
                     .ok()?;
+                let budget = Mutex::new(RtxBudget::new(video_kbps, std::time::Instant::now()));
+                let refused = Arc::clone(&refused);
+                rtx.static_pad("src")?.add_probe(
+                    gst::PadProbeType::EVENT_UPSTREAM,
+                    move |_, info| {
+                        let Some(gst::PadProbeData::Event(event)) = &info.data else {
+                            return gst::PadProbeReturn::Ok;
+                        };
+                        let Some(seqnum) = event
+                            .structure()
+                            .filter(|s| s.name() == "GstRTPRetransmissionRequest")
+                            .and_then(|s| s.get::<u32>("seqnum").ok())
+                        else {
+                            return gst::PadProbeReturn::Ok;
+                        };
+                        let allowed = budget
+                            .lock()
+                            .map(|mut b| b.allow(seqnum, std::time::Instant::now()))
+                            .unwrap_or(false);
+                        if allowed {
+                            gst::PadProbeReturn::Ok
+                        } else {
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            gst::PadProbeReturn::Drop
+                        }
+                    },
+                );
                 aux_bin("vrtx_send", &rtx)
             })
             .flatten();
@@ -229,16 +275,19 @@ pub(crate) fn connect(rtpbin: &gst::Element) -> Result<Repair, MediaError> {
         if session == 0 {
             jitterbuffer.set_property("do-retransmission", true);
             if let Ok(mut all) = video_jitterbuffers.lock() {
-                all.push(jitterbuffer.downgrade());
+                all.retain(|w| w.upgrade().is_some());
+                if all.len() < MAX_STREAMS as usize {
+                    all.push(jitterbuffer.downgrade());
+                }
             }
         }
         None
     });
-    rtpbin.connect("request-pt-map", false, |args| {
-        let caps = args
-            .get(2)
-            .and_then(|v| v.get::<u32>().ok())
-            .and_then(pt_caps);
+    rtpbin.connect("request-pt-map", false, move |args| {
+        let pt = args.get(2).and_then(|v| v.get::<u32>().ok());
+        let caps = session_of(args)
+            .zip(pt)
+            .and_then(|(session, pt)| pt_caps(session, pt));
         Some(caps.to_value())
     });
     Ok(repair)
@@ -342,16 +391,21 @@ const LATENCY_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 /// trips.
 fn latency_for(loss: f64, rtt_ms: Option<f64>) -> u32 {
     if loss < LOSSY {
-        return crate::stats::JITTER_BUFFER_MS;
+        return JITTER_BUFFER_MS;
     }
     let rtt = rtt_ms.unwrap_or(0.0).clamp(0.0, f64::from(MAX_LATENCY_MS)) as u32;
-    (LOSSY_LATENCY_MS + 2 * rtt).min(MAX_LATENCY_MS)
+    // In steps of 20 ms, so a round trip that creeps does not re-time the pipeline each tick.
+    (LOSSY_LATENCY_MS + (2 * rtt).div_ceil(LATENCY_STEP_MS) * LATENCY_STEP_MS).min(MAX_LATENCY_MS)
 }
 
-/// Adapts repair to the path, from the receive thread: our jitter buffer's latency from the
-/// loss we see in the peer's video.
+const LATENCY_STEP_MS: u32 = 20;
+
+/// Adapts repair to the path, from the receive thread: our video jitter buffer's latency from
+/// the loss we see in the peer's video. Audio keeps its latency: Opus conceals, it does not
+/// wait for resends.
 #[derive(Debug)]
 pub(crate) struct Adapter {
+    repair: Repair,
     next: std::time::Instant,
     latency_ms: u32,
     latency_since: std::time::Instant,
@@ -360,10 +414,11 @@ pub(crate) struct Adapter {
 }
 
 impl Adapter {
-    pub(crate) fn new(now: std::time::Instant) -> Adapter {
+    pub(crate) fn new(now: std::time::Instant, repair: Repair) -> Adapter {
         Adapter {
+            repair,
             next: now + ADAPT_EVERY,
-            latency_ms: crate::stats::JITTER_BUFFER_MS,
+            latency_ms: JITTER_BUFFER_MS,
             latency_since: now,
             counted: (0, 0),
         }
@@ -377,12 +432,17 @@ impl Adapter {
         let Some(rtpbin) = pipeline.by_name("rtpbin") else {
             return;
         };
-        self.adapt_latency(now, &rtpbin);
+        self.adapt_latency(now, pipeline, &rtpbin);
     }
 
     /// Our jitter buffer: longer at once when the peer's video arrives with loss, back to the
     /// default once the path has been clean for a while.
-    fn adapt_latency(&mut self, now: std::time::Instant, rtpbin: &gst::Element) {
+    fn adapt_latency(
+        &mut self,
+        now: std::time::Instant,
+        pipeline: &gst::Pipeline,
+        rtpbin: &gst::Element,
+    ) {
         let video = crate::stats::rtp_session_stats(rtpbin, 0, crate::pipeline::VIDEO_CLOCK_RATE);
         let received = video.packets_received.saturating_sub(self.counted.0);
         let lost = u64::try_from(video.packets_lost.saturating_sub(self.counted.1)).unwrap_or(0);
@@ -393,7 +453,7 @@ impl Adapter {
         }
         let wanted = latency_for(lost as f64 / expected as f64, video.rtt_ms);
         let next = if wanted >= self.latency_ms {
-            if wanted > crate::stats::JITTER_BUFFER_MS {
+            if wanted > JITTER_BUFFER_MS {
                 self.latency_since = now;
             }
             wanted
@@ -403,7 +463,10 @@ impl Adapter {
             self.latency_ms
         };
         if next != self.latency_ms {
-            rtpbin.set_property("latency", next);
+            for jb in self.repair.video_jitterbuffers() {
+                jb.set_property("latency", next);
+            }
+            let _ = pipeline.recalculate_latency();
             self.latency_ms = next;
         }
     }
@@ -414,14 +477,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_jitter_buffer_waits_longer_only_on_a_lossy_path() {
-        assert_eq!(latency_for(0.0, None), crate::stats::JITTER_BUFFER_MS);
-        assert_eq!(
-            latency_for(0.009, Some(80.0)),
-            crate::stats::JITTER_BUFFER_MS
+    fn resends_are_once_per_packet_and_within_budget() {
+        let t0 = std::time::Instant::now();
+        let ms = |n| t0 + std::time::Duration::from_millis(n);
+        // 1000 kbit/s: 52 resends a second.
+        let mut b = RtxBudget::new(1000, t0);
+        assert!(b.allow(7, ms(0)));
+        assert!(!b.allow(7, ms(5)), "the same packet again at once");
+        assert!(
+            b.allow(7, ms(150)),
+            "again once the first resend had time to arrive"
         );
+        let allowed = (100..400).filter(|&seq| b.allow(seq, ms(200))).count();
+        assert_eq!(
+            allowed, 52,
+            "the bucket's second of burst (it refilled meanwhile)"
+        );
+        assert!(!b.allow(1000, ms(200)));
+        assert!(b.allow(1000, ms(230)), "it refills");
+    }
+
+    #[test]
+    fn the_jitter_buffer_waits_longer_only_on_a_lossy_path() {
+        assert_eq!(latency_for(0.0, None), JITTER_BUFFER_MS);
+        assert_eq!(latency_for(0.009, Some(80.0)), JITTER_BUFFER_MS);
         assert_eq!(latency_for(0.05, None), LOSSY_LATENCY_MS);
         assert_eq!(latency_for(0.05, Some(30.0)), LOSSY_LATENCY_MS + 60);
+        assert_eq!(latency_for(0.05, Some(31.0)), LOSSY_LATENCY_MS + 80);
         assert_eq!(latency_for(0.2, Some(900.0)), MAX_LATENCY_MS);
     }
 }

@@ -33,6 +33,8 @@ use crate::{MediaError, MediaKeys};
 /// How long the receive thread blocks in `recv_from`, i.e. the longest `stop` waits for it.
 const RECV_TIMEOUT: Duration = Duration::from_millis(100);
 const MAX_DATAGRAM: usize = 65_536;
+/// The largest RTCP compound packet accepted from the peer.
+const MAX_RTCP: usize = 1500;
 
 /// State shared with the streaming threads and the receive thread.
 #[derive(Debug, Default)]
@@ -425,7 +427,7 @@ impl MediaSession {
             .map_err(|_| MediaError::Pipeline("the description did not give a pipeline".into()))?;
         let shared = Arc::new(Shared::default());
         let rtpbin = element(&pipeline, "rtpbin")?;
-        let repair = crate::repair::connect(&rtpbin)?;
+        let repair = crate::repair::connect(&rtpbin, options.video_kbps)?;
         crate::repair::link_video_session(&pipeline)?;
         if let Ok(mut freezes) = shared.counters.freezes.lock() {
             *freezes = FreezeMeter::new(options.fps);
@@ -495,7 +497,7 @@ impl MediaSession {
             sender,
             ssrc: [None; 3],
             read_timeout: RECV_TIMEOUT,
-            adapter: crate::repair::Adapter::new(session.started),
+            adapter: crate::repair::Adapter::new(session.started, session.repair.clone()),
         };
         session.receiver = Some(
             std::thread::Builder::new()
@@ -590,9 +592,9 @@ impl MediaSession {
                 gst::PadProbeType::BUFFER,
                 move |_, info| {
                     if let Some(gst::PadProbeData::Buffer(buffer)) = &info.data {
-                        if let Some(seq) = rtp_seq(buffer) {
+                        if let Some((seq, fec)) = opus_packet(buffer) {
                             if let Ok(mut audio) = shared.counters.audio.lock() {
-                                audio.packet(seq);
+                                audio.packet(seq, fec);
                             }
                         }
                     }
@@ -755,11 +757,23 @@ struct Receiver {
     read_timeout: Duration,
 }
 
-/// The sequence number of the RTP packet in `buffer`.
-fn rtp_seq(buffer: &gst::BufferRef) -> Option<u16> {
+/// The sequence number of the Opus RTP packet in `buffer`, and whether its Opus frame can carry
+/// in-band FEC for the packet before it: only SILK and hybrid modes have it (TOC configurations
+/// 0-15, RFC 6716 section 3.1), not CELT-only.
+fn opus_packet(buffer: &gst::BufferRef) -> Option<(u16, bool)> {
     let map = buffer.map_readable().ok()?;
-    let bytes: [u8; 2] = map.get(2..4)?.try_into().ok()?;
-    (map.first()? >> 6 == 2).then_some(u16::from_be_bytes(bytes))
+    let first = *map.first()?;
+    if first >> 6 != 2 {
+        return None;
+    }
+    let seq = u16::from_be_bytes(map.get(2..4)?.try_into().ok()?);
+    let mut payload = 12 + 4 * usize::from(first & 0x0f);
+    if first & 0x10 != 0 {
+        let words = u16::from_be_bytes(map.get(payload + 2..payload + 4)?.try_into().ok()?);
+        payload += 4 + 4 * usize::from(words);
+    }
+    let toc = *map.get(payload)?;
+    Some((seq, toc >> 3 < 16))
 }
 
 /// The payload type and SSRC of an RTP packet (version 2, at least a fixed header).
@@ -837,6 +851,13 @@ impl Receiver {
         bump(&c.packets_received);
         add(&c.bytes_received, datagram.len() as u64);
         self.consent.heard(Instant::now());
+        // Our RTCP is a few hundred bytes; a bigger compound is nothing we send, and a peer's
+        // outsized NACK list would only make rtpsession queue resends for every entry.
+        if matches!(opened.stream, Stream::VideoRtcp | Stream::AudioRtcp)
+            && opened.packet.len() > MAX_RTCP
+        {
+            return bump(&c.malformed);
+        }
         let (input, pin) = match opened.stream {
             Stream::VideoRtp => (&self.inputs.vrtp, Some(0)),
             Stream::VideoRtcp => (&self.inputs.vrtcp, None),
@@ -954,7 +975,7 @@ mod tests {
             sender: Arc::clone(&sender),
             ssrc: [None; 3],
             read_timeout: RECV_TIMEOUT,
-            adapter: crate::repair::Adapter::new(Instant::now()),
+            adapter: crate::repair::Adapter::new(Instant::now(), Repair::default()),
         };
         let c = &shared.counters;
         let mut seq = 0;

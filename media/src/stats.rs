@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use gstreamer as gst;
+use gstreamer::glib;
 use gstreamer::prelude::*;
 
 use crate::probe::{GlassToGlass, Histogram};
-use crate::repair::RepairStats;
 
 /// The jitter buffer latency configured on `rtpbin`, in milliseconds.
 pub const JITTER_BUFFER_MS: u32 = 50;
@@ -93,7 +93,8 @@ impl FreezeMeter {
 
 /// The peer's audio as the depayloader sees it, from the RTP sequence numbers the jitter buffer
 /// lets through in order: every gap was lost (the jitter buffer gave up on it), and the last
-/// packet of each gap is rebuilt from the in-band FEC of the packet after it.
+/// packet of each gap is rebuilt from the in-band FEC of the packet after it when that packet's
+/// mode carries FEC.
 #[derive(Debug, Default)]
 pub(crate) struct AudioLossMeter {
     last_seq: Option<u16>,
@@ -102,19 +103,27 @@ pub(crate) struct AudioLossMeter {
     pub recovered: u64,
 }
 
+/// A forward jump longer than this (2 s of 20-ms packets) is the stream starting over, not loss.
+const AUDIO_RESYNC: u16 = 100;
+
 impl AudioLossMeter {
-    pub(crate) fn packet(&mut self, seq: u16) {
+    /// A packet `seq`; `fec` when it can carry FEC for the one before it.
+    pub(crate) fn packet(&mut self, seq: u16, fec: bool) {
+        self.received += 1;
         if let Some(last) = self.last_seq {
-            let gap = seq.wrapping_sub(last).wrapping_sub(1);
-            // A jump of more than half the sequence space is a late or repeated packet, which
-            // the jitter buffer should not let through; not a gap.
-            if gap > 0 && gap < 0x8000 {
+            let step = seq.wrapping_sub(last);
+            // Late or repeated (the jitter buffer should let neither through): counted as
+            // received, and the sequence stays where it was.
+            if step == 0 || step >= 0x8000 {
+                return;
+            }
+            let gap = step - 1;
+            if gap > 0 && gap <= AUDIO_RESYNC {
                 self.lost += u64::from(gap);
-                self.recovered += 1;
+                self.recovered += u64::from(fec);
             }
         }
         self.last_seq = Some(seq);
-        self.received += 1;
     }
 }
 
@@ -343,6 +352,53 @@ pub(crate) fn frames_rendered(sink: &gst::Element) -> u64 {
         .unwrap_or(0)
 }
 
+/// What loss repair did in a call, one endpoint's view. "Sent" and "received" are about
+/// requests and repairs this endpoint sent or got.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct RepairStats {
+    /// RTCP NACK packets (each may name several lost packets) sent to the peer and received.
+    pub nacks_sent: u64,
+    pub nacks_received: u64,
+    /// Keyframe requests (RTCP PLI and FIR) sent to the peer and received from it.
+    pub keyframe_requests_sent: u64,
+    pub keyframe_requests_received: u64,
+    /// Video packets our jitter buffer asked to have resent, and how many of those came back in
+    /// time.
+    pub retransmissions_requested: u64,
+    pub retransmissions_recovered: u64,
+    /// Packets we resent at the peer's request.
+    pub retransmissions_sent: u64,
+    /// Video packets the jitter buffer gave up on (lost for good, or too late).
+    pub video_packets_lost: u64,
+    /// Resend requests from the peer we refused: the same packet again within 100 ms, or over
+    /// the resend budget (half the video bitrate).
+    pub retransmission_requests_refused: u64,
+}
+
+/// The per-source statistics of rtpbin's session `id`.
+pub(crate) fn session_sources(rtpbin: &gst::Element, id: u32) -> Vec<gst::Structure> {
+    if glib::subclass::signal::SignalId::lookup("get-internal-session", rtpbin.type_()).is_none() {
+        return Vec::new();
+    }
+    let Some(session) = rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
+    else {
+        return Vec::new();
+    };
+    if session.find_property("stats").is_none() {
+        return Vec::new();
+    }
+    let Ok(stats) = session.property_value("stats").get::<gst::Structure>() else {
+        return Vec::new();
+    };
+    let Ok(sources) = stats.get::<glib::ValueArray>("source-stats") else {
+        return Vec::new();
+    };
+    sources
+        .iter()
+        .filter_map(|v| v.get::<gst::Structure>().ok())
+        .collect()
+}
+
 /// Reads session `id`'s source statistics from `rtpbin`.
 pub(crate) fn rtp_session_stats(
     rtpbin: &gst::Element,
@@ -351,7 +407,7 @@ pub(crate) fn rtp_session_stats(
 ) -> RtpStreamStats {
     let mut out = RtpStreamStats::default();
     let mut jitter_max: Option<f64> = None;
-    for s in crate::repair::session_sources(rtpbin, id) {
+    for s in session_sources(rtpbin, id) {
         // Receiver-report blocks about our own stream show up on the peer's source (GStreamer
         // 1.22) or on our internal one (older releases): take the round trip from either.
         if s.get::<bool>("have-rb").unwrap_or(false) {
@@ -392,13 +448,18 @@ mod tests {
     fn audio_gaps_count_as_lost_and_their_last_packet_as_recovered() {
         let mut m = AudioLossMeter::default();
         for seq in [65533u16, 65534, 0, 1, 4, 5, 6, 8] {
-            m.packet(seq);
+            m.packet(seq, true);
         }
         // Gaps: 65535 (one lost), 2-3 (two lost), 7 (one lost).
         assert_eq!((m.received, m.lost, m.recovered), (8, 4, 3));
-        // A packet from the past is not a gap.
-        m.packet(3);
-        assert_eq!((m.lost, m.recovered), (4, 3));
+        // A packet from the past is not a gap, and the next one is counted once.
+        m.packet(3, true);
+        m.packet(10, true);
+        assert_eq!((m.lost, m.recovered), (5, 4));
+        // A CELT-only packet carries no FEC; a jump of more than 100 is a restart.
+        m.packet(12, false);
+        m.packet(500, true);
+        assert_eq!((m.received, m.lost, m.recovered), (12, 6, 4));
     }
 
     #[test]
