@@ -18,6 +18,7 @@ mod options;
 mod pipeline;
 mod plugins;
 pub mod probe;
+mod rate;
 mod repair;
 mod session;
 mod stats;
@@ -29,7 +30,7 @@ pub use options::{AudioSource, MediaOptions, Sink, VideoSource};
 pub use plugins::{check_devices, check_plugins, debian_package, gstreamer_version};
 pub use probe::GlassToGlass;
 pub use session::MediaSession;
-pub use stats::{CallStats, Freezes, RepairStats, RtpStreamStats, JITTER_BUFFER_MS};
+pub use stats::{CallStats, Freezes, RateChange, RepairStats, RtpStreamStats, JITTER_BUFFER_MS};
 
 /// What the fuzz targets in `fuzz/` drive beyond [`wire`]: the consent state machine fed hellos
 /// as the receive thread feeds it. Public (and hidden) only so that the fuzzers run the crate's

@@ -35,6 +35,14 @@ pub(crate) const AUDIO_CLOCK_RATE: i32 = 48_000;
 /// once the 26 bytes of framing and tag and the IP/UDP headers are added.
 pub(crate) const RTP_MTU: u32 = 1200;
 
+/// The largest keyframe, in percent of an average frame: libwebrtc's rule (half the optimal
+/// buffer, 600 ms, times the frame rate / 10, i.e. 900% at 30 fps). An unbounded keyframe is
+/// a burst that overflows a slow link's queue, and its loss asks for another keyframe.
+const MAX_INTRA_PERCENT: u32 = 900;
+/// Keyframe requests closer than this to the last one are served by that one: a peer (or a
+/// bad link) asking for one on every frame would otherwise get nothing but keyframes.
+const KEYFRAME_REQUEST_GAP_NS: u64 = 250_000_000;
+
 /// Encoder threads as libwebrtc's VP8 wrapper picks them from picture size and core count.
 pub(crate) fn vp8_threads(width: u32, height: u32, cores: usize) -> usize {
     let pixels = u64::from(width) * u64::from(height);
@@ -83,6 +91,30 @@ pub(crate) fn video_receive_caps() -> String {
         "application/x-rtp,media=(string)video,clock-rate=(int){VIDEO_CLOCK_RATE},\
          encoding-name=(string)VP8,payload=(int){VIDEO_PT},rtcp-fb-nack=(boolean)true,\
          rtcp-fb-nack-pli=(boolean)true"
+    )
+}
+
+/// The VP8 encoder, named `venc`, set up as libwebrtc sets up libvpx for real-time calls:
+/// constant bitrate with a one-second buffer, no look-ahead, error resilience, and frame
+/// dropping (`dropframe-threshold`, libwebrtc's 30): below the bitrate a picture needs at its
+/// quantizer ceiling the encoder skips frames rather than overshoot, so a lowered target (bandwidth
+/// adaptation) is met.
+pub(crate) fn video_encoder(options: &MediaOptions, cores: usize) -> String {
+    let threads = vp8_threads(options.width, options.height, cores);
+    let partitions = match threads {
+        1 => 0,
+        2 => 1,
+        _ => 2,
+    };
+    format!(
+        "vp8enc name=venc deadline=1 cpu-used=-6 end-usage=cbr target-bitrate={vbps} \
+         error-resilient=default keyframe-max-dist={kf} lag-in-frames=0 threads={threads} \
+         token-partitions={partitions} buffer-size=1000 buffer-initial-size=500 \
+         buffer-optimal-size=600 undershoot=100 overshoot=15 min-quantizer=2 max-quantizer=56 \
+         dropframe-threshold=30 max-intra-bitrate={MAX_INTRA_PERCENT} \
+         min-force-key-unit-interval={KEYFRAME_REQUEST_GAP_NS}",
+        vbps = u64::from(options.video_kbps) * 1000,
+        kf = 2 * options.fps,
     )
 }
 
@@ -173,23 +205,13 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
         VideoSource::None => None,
     };
     if let Some(vsrc) = vsrc {
-        let threads = vp8_threads(w, h, cores);
-        let partitions = match threads {
-            1 => 0,
-            2 => 1,
-            _ => 2,
-        };
         d.push(format!(
             "{vsrc} ! capsfilter name=vcaps caps=\"video/x-raw,format=I420,width={w},height={h},\
              framerate={fps}/1\" \
-             ! vp8enc name=venc deadline=1 cpu-used=-6 end-usage=cbr target-bitrate={vbps} \
-               error-resilient=default keyframe-max-dist={kf} lag-in-frames=0 threads={threads} \
-               token-partitions={partitions} buffer-size=1000 buffer-initial-size=500 \
-               buffer-optimal-size=600 undershoot=100 overshoot=15 min-quantizer=2 max-quantizer=56 \
+             ! {} \
              ! rtpvp8pay name=vpay pt={VIDEO_PT} mtu={RTP_MTU} picture-id-mode=15-bit \
              {sink}",
-            vbps = u64::from(options.video_kbps) * 1000,
-            kf = 2 * fps,
+            video_encoder(options, cores),
             sink = appsink("vrtp_out"),
         ));
     }

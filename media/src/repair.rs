@@ -7,6 +7,7 @@
 //! elements when it creates session 0, so the handlers are connected first and the session's
 //! pads are linked afterwards, here, rather than in the pipeline description.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gstreamer as gst;
@@ -84,26 +85,37 @@ const RESEND_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis
 /// requests without limit, and GStreamer 1.22's rtprtxsend queues a copy for each: an
 /// authenticated peer repeating one packet in a NACK could make us queue hundreds of megabytes.
 /// A packet is resent at most once per [`RESEND_AGAIN_AFTER`], and resends are held to a
-/// token bucket of half the video bitrate (one second of burst).
+/// token bucket of [`RESEND_SHARE`] of the video's current target bitrate (one second of burst,
+/// at least [`RESEND_FLOOR`] a second): on a congested path resends must not crowd out the
+/// video they repair.
 #[derive(Debug)]
 struct RtxBudget {
-    per_second: f64,
+    target_kbps: Arc<AtomicU32>,
     tokens: f64,
     at: std::time::Instant,
     recent: std::collections::VecDeque<(u32, std::time::Instant)>,
 }
 
+/// The share of the video target bitrate resends may take.
+const RESEND_SHARE: f64 = 0.3;
+/// Resends a second allowed whatever the target.
+const RESEND_FLOOR: f64 = 5.0;
+
 impl RtxBudget {
-    fn new(video_kbps: u32, now: std::time::Instant) -> RtxBudget {
-        let per_second =
-            (f64::from(video_kbps) * 1000.0 / 8.0 / 2.0 / f64::from(crate::pipeline::RTP_MTU))
-                .max(20.0);
-        RtxBudget {
-            per_second,
-            tokens: per_second,
+    fn new(target_kbps: Arc<AtomicU32>, now: std::time::Instant) -> RtxBudget {
+        let mut budget = RtxBudget {
+            target_kbps,
+            tokens: 0.0,
             at: now,
             recent: std::collections::VecDeque::new(),
-        }
+        };
+        budget.tokens = budget.per_second();
+        budget
+    }
+
+    fn per_second(&self) -> f64 {
+        let kbps = f64::from(self.target_kbps.load(Ordering::Relaxed));
+        (kbps * 1000.0 / 8.0 * RESEND_SHARE / f64::from(crate::pipeline::RTP_MTU)).max(RESEND_FLOOR)
     }
 
     fn allow(&mut self, seqnum: u32, now: std::time::Instant) -> bool {
@@ -118,7 +130,8 @@ impl RtxBudget {
             return false;
         }
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.per_second).min(self.per_second);
+        let per_second = self.per_second();
+        self.tokens = (self.tokens + elapsed * per_second).min(per_second);
         self.at = now;
         if self.tokens < 1.0 {
             return false;
@@ -137,6 +150,34 @@ pub(crate) struct Repair {
     video_jitterbuffers: Arc<Mutex<Vec<glib::WeakRef<gst::Element>>>>,
     /// Resend requests from the peer refused by the [`RtxBudget`].
     retransmissions_refused: Arc<std::sync::atomic::AtomicU64>,
+    /// The video bitrate targets the [`Adapter`] set.
+    rate_log: Arc<Mutex<RateLog>>,
+    /// The video's target bitrate now, kbit/s, for the [`RtxBudget`].
+    target_kbps: Arc<AtomicU32>,
+}
+
+/// The video send bitrate over the call: the target now and its changes.
+#[derive(Debug, Default)]
+struct RateLog {
+    now_kbps: Option<u32>,
+    changes: Vec<crate::stats::RateChange>,
+}
+
+/// The changes a call's statistics keep: the first ones and then the latest (a call of hours on
+/// a varying path changes its rate thousands of times).
+const RATE_CHANGES_KEPT: usize = 256;
+
+impl RateLog {
+    fn push(&mut self, at: std::time::Duration, kbps: u32) {
+        self.now_kbps = Some(kbps);
+        if self.changes.len() >= RATE_CHANGES_KEPT {
+            self.changes.remove(RATE_CHANGES_KEPT / 2);
+        }
+        self.changes.push(crate::stats::RateChange {
+            at_s: (at.as_secs_f64() * 10.0).round() / 10.0,
+            kbps,
+        });
+    }
 }
 
 fn uint_property(element: &gst::Element, name: &str) -> u64 {
@@ -164,9 +205,11 @@ impl Repair {
         if let Some(tx) = pipeline.by_name(RTX_SENDER) {
             out.retransmissions_sent = uint_property(&tx, "num-rtx-packets");
         }
-        out.retransmission_requests_refused = self
-            .retransmissions_refused
-            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Ok(log) = self.rate_log.lock() {
+            out.video_target_kbps = log.now_kbps;
+            out.video_target_changes = log.changes.clone();
+        }
+        out.retransmission_requests_refused = self.retransmissions_refused.load(Ordering::Relaxed);
         for jb in self.video_jitterbuffers() {
             if jb.find_property("stats").is_none() {
                 continue;
@@ -192,6 +235,8 @@ impl Repair {
 /// Connects the retransmission handlers to `rtpbin`. Must run before session 0 exists.
 pub(crate) fn connect(rtpbin: &gst::Element, video_kbps: u32) -> Result<Repair, MediaError> {
     let repair = Repair::default();
+    repair.target_kbps.store(video_kbps, Ordering::Relaxed);
+    let target_kbps = Arc::clone(&repair.target_kbps);
     let refused = Arc::clone(&repair.retransmissions_refused);
     let missing = |what: &str| MediaError::Pipeline(format!("rtpbin has no `{what}` signal"));
     for signal in [
@@ -217,7 +262,10 @@ pub(crate) fn connect(rtpbin: &gst::Element, video_kbps: u32) -> Result<Repair, 
                     .property("max-size-packets", 0u32)
                     .build()
                     .ok()?;
-                let budget = Mutex::new(RtxBudget::new(video_kbps, std::time::Instant::now()));
+                let budget = Mutex::new(RtxBudget::new(
+                    Arc::clone(&target_kbps),
+                    std::time::Instant::now(),
+                ));
                 let refused = Arc::clone(&refused);
                 rtx.static_pad("src")?.add_probe(
                     gst::PadProbeType::EVENT_UPSTREAM,
@@ -239,7 +287,7 @@ pub(crate) fn connect(rtpbin: &gst::Element, video_kbps: u32) -> Result<Repair, 
                         if allowed {
                             gst::PadProbeReturn::Ok
                         } else {
-                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            refused.fetch_add(1, Ordering::Relaxed);
                             gst::PadProbeReturn::Drop
                         }
                     },
@@ -376,6 +424,9 @@ pub(crate) fn tune_sessions(rtpbin: &gst::Element, options: &MediaOptions) {
 
 /// How often the [`Adapter`] looks at the peer's reports.
 const ADAPT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often the [`Adapter`] looks for a new receiver report about our video: each one is
+/// acted on as it comes (the RTCP interval is a few hundred milliseconds).
+const RATE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 /// The jitter buffer latency while the peer's video arrives with loss: room for a NACK, its
 /// retransmission and a retry or two, on top of the round trip.
 const LOSSY_LATENCY_MS: u32 = 120;
@@ -406,33 +457,132 @@ const LATENCY_STEP_MS: u32 = 20;
 #[derive(Debug)]
 pub(crate) struct Adapter {
     repair: Repair,
+    started: std::time::Instant,
+    /// The video send rate, when this end sends video.
+    rate: Option<crate::rate::RateControl>,
+    /// Our video's SSRC, and the peer's latest report block about it.
+    media_ssrc: Option<u32>,
+    last_block: Option<crate::rate::Block>,
+    /// The block the last rate decision used, with when it was made and our video datagrams
+    /// and bytes sent by then.
+    used_block: Option<(crate::rate::Block, std::time::Instant, u64, u64)>,
     next: std::time::Instant,
+    next_rate: std::time::Instant,
     latency_ms: u32,
     latency_since: std::time::Instant,
-    /// The peer's video as last counted: (received, lost).
+    /// The peer's video as last counted: (received, lost), and packets too late.
     counted: (u64, i64),
+    late: u64,
 }
 
 impl Adapter {
-    pub(crate) fn new(now: std::time::Instant, repair: Repair) -> Adapter {
+    /// `video_kbps` is the configured video bitrate when this end sends video.
+    pub(crate) fn new(now: std::time::Instant, repair: Repair, video_kbps: Option<u32>) -> Adapter {
         Adapter {
             repair,
+            started: now,
+            rate: video_kbps.map(crate::rate::RateControl::new),
+            media_ssrc: None,
+            last_block: None,
+            used_block: None,
             next: now + ADAPT_EVERY,
+            next_rate: now + RATE_EVERY,
             latency_ms: JITTER_BUFFER_MS,
             latency_since: now,
             counted: (0, 0),
+            late: 0,
         }
     }
 
-    pub(crate) fn tick(&mut self, now: std::time::Instant, pipeline: &gst::Pipeline) {
+    pub(crate) fn tick(
+        &mut self,
+        now: std::time::Instant,
+        pipeline: &gst::Pipeline,
+        counters: &crate::stats::Counters,
+    ) {
+        if now >= self.next_rate {
+            self.next_rate = now + RATE_EVERY;
+            if let Some(rtpbin) = pipeline.by_name("rtpbin") {
+                self.adapt_rate(now, pipeline, &rtpbin, counters);
+            }
+        }
         if now < self.next {
             return;
         }
         self.next = now + ADAPT_EVERY;
-        let Some(rtpbin) = pipeline.by_name("rtpbin") else {
+        if let Some(rtpbin) = pipeline.by_name("rtpbin") {
+            self.adapt_latency(now, pipeline, &rtpbin);
+        }
+    }
+
+    /// A video RTCP packet from the peer (the receive thread hands each one over).
+    pub(crate) fn video_rtcp(&mut self, packet: &[u8]) {
+        if let Some(block) = self
+            .media_ssrc
+            .and_then(|ssrc| crate::rate::report_block(packet, ssrc))
+        {
+            self.last_block = Some(block);
+        }
+    }
+
+    /// Our video bitrate, from the peer's receiver reports (see [`crate::rate`]).
+    fn adapt_rate(
+        &mut self,
+        now: std::time::Instant,
+        pipeline: &gst::Pipeline,
+        rtpbin: &gst::Element,
+        counters: &crate::stats::Counters,
+    ) {
+        let Some(rate) = self.rate.as_mut() else {
             return;
         };
-        self.adapt_latency(now, pipeline, &rtpbin);
+        // Read each time: the payloader may pick its SSRC only once its caps are settled.
+        self.media_ssrc = pipeline
+            .by_name("vpay")
+            .and_then(|p| crate::rate::media_ssrc(&p));
+        let Some(block) = self.last_block else {
+            return;
+        };
+        let sent = (
+            counters.video_rtp_sent.load(Ordering::Relaxed),
+            counters.video_rtp_bytes_sent.load(Ordering::Relaxed),
+        );
+        // What reached the peer between the block used last time and this one: its packets
+        // at the size of what we sent meanwhile.
+        let delivered_kbps = self.used_block.and_then(|(before, at, packets, bytes)| {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            let sent_packets = sent.0.saturating_sub(packets);
+            (secs > 0.0 && sent_packets > 0 && block.highest_seq != before.highest_seq).then(|| {
+                let size = sent.1.saturating_sub(bytes) as f64 / sent_packets as f64;
+                block.delivered_since(&before) as f64 * size * 8.0 / secs / 1000.0
+            })
+        });
+        if self
+            .used_block
+            .is_none_or(|(b, ..)| b.highest_seq != block.highest_seq)
+        {
+            self.used_block = Some((block, now, sent.0, sent.1));
+        }
+        let report = crate::rate::Report {
+            loss: block.loss,
+            rtt_ms: crate::rate::round_trip_ms(rtpbin, 0),
+            highest_seq: block.highest_seq,
+            delivered_kbps,
+        };
+        let Some(kbps) = rate.report(report, now) else {
+            return;
+        };
+        if let Some(encoder) = pipeline.by_name("venc") {
+            encoder.set_property(
+                "target-bitrate",
+                i32::try_from(kbps * 1000).unwrap_or(i32::MAX),
+            );
+        }
+        set_session_bandwidth(rtpbin, 0, f64::from(kbps) * 1000.0);
+        self.repair.target_kbps.store(kbps, Ordering::Relaxed);
+        if let Ok(mut log) = self.repair.rate_log.lock() {
+            log.push(now.saturating_duration_since(self.started), kbps);
+        }
     }
 
     /// Our jitter buffer: longer at once when the peer's video arrives with loss, back to the
@@ -444,9 +594,21 @@ impl Adapter {
         rtpbin: &gst::Element,
     ) {
         let video = crate::stats::rtp_session_stats(rtpbin, 0, crate::pipeline::VIDEO_CLOCK_RATE);
+        // Packets that came too late for the jitter buffer are as lost to the picture as those
+        // that never came: a queue building on the path shows first as these.
+        let late: u64 = self
+            .repair
+            .video_jitterbuffers()
+            .iter()
+            .filter(|jb| jb.find_property("stats").is_some())
+            .filter_map(|jb| jb.property_value("stats").get::<gst::Structure>().ok())
+            .map(|s| s.get::<u64>("num-late").unwrap_or(0))
+            .sum();
         let received = video.packets_received.saturating_sub(self.counted.0);
-        let lost = u64::try_from(video.packets_lost.saturating_sub(self.counted.1)).unwrap_or(0);
+        let lost = u64::try_from(video.packets_lost.saturating_sub(self.counted.1)).unwrap_or(0)
+            + late.saturating_sub(self.late);
         self.counted = (video.packets_received, video.packets_lost);
+        self.late = late;
         let expected = received + lost;
         if expected == 0 {
             return;
@@ -472,6 +634,17 @@ impl Adapter {
     }
 }
 
+/// Sets session `id`'s bandwidth (bits/s), from which RTCP's share is reckoned.
+fn set_session_bandwidth(rtpbin: &gst::Element, id: u32, bits_per_s: f64) {
+    let Some(session) = rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
+    else {
+        return;
+    };
+    if session.find_property("bandwidth").is_some() {
+        session.set_property("bandwidth", bits_per_s);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,8 +653,9 @@ mod tests {
     fn resends_are_once_per_packet_and_within_budget() {
         let t0 = std::time::Instant::now();
         let ms = |n| t0 + std::time::Duration::from_millis(n);
-        // 1000 kbit/s: 52 resends a second.
-        let mut b = RtxBudget::new(1000, t0);
+        // 1000 kbit/s: 31 resends a second.
+        let target = Arc::new(AtomicU32::new(1000));
+        let mut b = RtxBudget::new(Arc::clone(&target), t0);
         assert!(b.allow(7, ms(0)));
         assert!(!b.allow(7, ms(5)), "the same packet again at once");
         assert!(
@@ -490,11 +664,15 @@ mod tests {
         );
         let allowed = (100..400).filter(|&seq| b.allow(seq, ms(200))).count();
         assert_eq!(
-            allowed, 52,
+            allowed, 31,
             "the bucket's second of burst (it refilled meanwhile)"
         );
         assert!(!b.allow(1000, ms(200)));
-        assert!(b.allow(1000, ms(230)), "it refills");
+        assert!(b.allow(1000, ms(240)), "it refills");
+        // The target falls to 100 kbit/s: the floor of 5 a second.
+        target.store(100, Ordering::Relaxed);
+        assert!(!b.allow(1001, ms(300)));
+        assert!(b.allow(1001, ms(500)));
     }
 
     #[test]

@@ -127,6 +127,10 @@ impl Sender {
             Ok(n) => {
                 bump(&c.packets_sent);
                 add(&c.bytes_sent, n as u64);
+                if stream == Stream::VideoRtp {
+                    bump(&c.video_rtp_sent);
+                    add(&c.video_rtp_bytes_sent, n as u64);
+                }
             }
             // The peer may not be listening yet or any more (ICMP unreachable): count and go on.
             Err(_) => bump(&c.send_errors),
@@ -497,7 +501,11 @@ impl MediaSession {
             sender,
             ssrc: [None; 3],
             read_timeout: RECV_TIMEOUT,
-            adapter: crate::repair::Adapter::new(session.started, session.repair.clone()),
+            adapter: crate::repair::Adapter::new(
+                session.started,
+                session.repair.clone(),
+                (options.video != crate::options::VideoSource::None).then_some(options.video_kbps),
+            ),
         };
         session.receiver = Some(
             std::thread::Builder::new()
@@ -794,7 +802,7 @@ impl Receiver {
                 if self.shared.latency_changed.swap(false, Ordering::Relaxed) {
                     let _ = p.recalculate_latency();
                 }
-                self.adapter.tick(Instant::now(), &p);
+                self.adapter.tick(Instant::now(), &p, &self.shared.counters);
             }
             self.consent_tick();
             match self.socket.recv_from(&mut buf) {
@@ -857,6 +865,9 @@ impl Receiver {
             && opened.packet.len() > MAX_RTCP
         {
             return bump(&c.malformed);
+        }
+        if opened.stream == Stream::VideoRtcp {
+            self.adapter.video_rtcp(&opened.packet);
         }
         let (input, pin) = match opened.stream {
             Stream::VideoRtp => (&self.inputs.vrtp, Some(0)),
@@ -975,7 +986,7 @@ mod tests {
             sender: Arc::clone(&sender),
             ssrc: [None; 3],
             read_timeout: RECV_TIMEOUT,
-            adapter: crate::repair::Adapter::new(Instant::now(), Repair::default()),
+            adapter: crate::repair::Adapter::new(Instant::now(), Repair::default(), None),
         };
         let c = &shared.counters;
         let mut seq = 0;

@@ -40,6 +40,10 @@ pub(crate) struct Counters {
     pub consent_lost: AtomicU64,
     pub ssrc_rejected: AtomicU64,
     pub receive_queue_dropped: AtomicU64,
+    /// Video RTP datagrams sent and their bytes (retransmissions included): what the peer's
+    /// reports of packets received are turned into a bitrate with.
+    pub video_rtp_sent: AtomicU64,
+    pub video_rtp_bytes_sent: AtomicU64,
     /// Capture to presentation (the video sink's clock deadline): `glass_to_glass_ms`.
     pub presented_latency: Mutex<Histogram>,
     /// Capture to decoded picture (out of `vp8dec`): `decode_latency_ms`.
@@ -370,6 +374,11 @@ pub struct RepairStats {
     pub retransmissions_sent: u64,
     /// Video packets the jitter buffer gave up on (lost for good, or too late).
     pub video_packets_lost: u64,
+    /// The video bitrate we send at now (bandwidth adaptation), kbit/s; None until the first
+    /// change from the configured bitrate.
+    pub video_target_kbps: Option<u32>,
+    /// Each change of that target: seconds into the call and the new kbit/s.
+    pub video_target_changes: Vec<RateChange>,
     /// Resend requests from the peer we refused: the same packet again within 100 ms, or over
     /// the resend budget (half the video bitrate).
     pub retransmission_requests_refused: u64,
@@ -397,6 +406,13 @@ pub(crate) fn session_sources(rtpbin: &gst::Element, id: u32) -> Vec<gst::Struct
         .iter()
         .filter_map(|v| v.get::<gst::Structure>().ok())
         .collect()
+}
+
+/// A change of the video send bitrate.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct RateChange {
+    pub at_s: f64,
+    pub kbps: u32,
 }
 
 /// Reads session `id`'s source statistics from `rtpbin`.

@@ -177,6 +177,42 @@ impl TwoSites {
 }
 
 impl TwoSites {
+    /// Caps what site a sends to site b at `kbit` kbit/s (a token bucket filter on a's end of
+    /// the veth, with 50 ms of queue: beyond that packets drop, as at a real bottleneck), or
+    /// takes the cap off (`None`).
+    pub fn cap_a_to_b(&self, kbit: Option<u32>) -> anyhow::Result<()> {
+        let a = &self.a;
+        match kbit {
+            Some(kbit) => run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &a.netns,
+                    "tc",
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    &a.veth,
+                    "root",
+                    "tbf",
+                    "rate",
+                    &format!("{kbit}kbit"),
+                    "burst",
+                    "16kb",
+                    "latency",
+                    "50ms",
+                ],
+            ),
+            None => run(
+                "ip",
+                &[
+                    "netns", "exec", &a.netns, "tc", "qdisc", "del", "dev", &a.veth, "root",
+                ],
+            ),
+        }
+    }
+
     /// From site b, only TCP to `port` reaches site a; everything else b sends is dropped.
     pub fn only_port_from_b_to_a(&self, port: &str) -> anyhow::Result<()> {
         let b = &self.b;

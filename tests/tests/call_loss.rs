@@ -91,6 +91,18 @@ fn call(
     secs: u32,
     meanwhile: impl FnOnce(),
 ) -> [Leg; 2] {
+    let (caller, callee) = call_stats(sites, alice, bob, secs, meanwhile);
+    [Leg::from(&caller, &callee), Leg::from(&callee, &caller)]
+}
+
+/// As [`call`], the whole `--stats` output of (alice, bob).
+fn call_stats(
+    sites: &TwoSites,
+    alice: &HostProcess,
+    bob: &HostProcess,
+    secs: u32,
+    meanwhile: impl FnOnce(),
+) -> (Value, Value) {
     // Both sides stop sending after `secs` of their own: a hang-up crossing the lossy link may
     // take a while, and what one side sends after the other stopped is not a lost frame.
     let secs = secs.to_string();
@@ -109,7 +121,7 @@ fn call(
             v["stats"]["repair"], v["stats"]["freezes"],
         );
     }
-    [Leg::from(&caller, &callee), Leg::from(&callee, &caller)]
+    (caller, callee)
 }
 
 /// The thresholds: the share of frames decoded at each random loss rate.
@@ -212,4 +224,59 @@ fn calls_survive_random_loss() {
             }
         }
     }
+}
+
+#[test]
+fn the_video_fits_a_500_kbit_link_and_comes_back_up_when_it_is_lifted() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let sites = TwoSites::new().unwrap();
+    let (_dir, alice, bob) = alice_and_bob(&sites);
+    const CAP_KBIT: u32 = 500;
+    let spawned = std::time::Instant::now();
+    let mut capped_at = Duration::ZERO;
+    let mut lifted_at = Duration::ZERO;
+    let (caller, callee) = call_stats(&sites, &alice, &bob, 30, || {
+        std::thread::sleep(Duration::from_secs(3));
+        sites.cap_a_to_b(Some(CAP_KBIT)).unwrap();
+        capped_at = spawned.elapsed();
+        std::thread::sleep(Duration::from_secs(10));
+        sites.cap_a_to_b(None).unwrap();
+        lifted_at = spawned.elapsed();
+    });
+    let leg = Leg::from(&caller, &callee);
+    let changes: Vec<(f64, u64)> = caller["stats"]["repair"]["video_target_changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["at_s"].as_f64().unwrap(), c["kbps"].as_u64().unwrap()))
+        .collect();
+    eprintln!("cap at {capped_at:?}, lifted at {lifted_at:?}: {changes:?}\n{leg:?}\nalice sent {} kbit/s, bob video {}", caller["stats"]["bitrate_sent_kbps"], callee["stats"]["video"]);
+    // Times in the statistics count from the start of alice's media, a little after the spawn
+    // the cap times count from: a change at_s into the call happened at most at_s after it.
+    let fits = u64::from(CAP_KBIT) - 100; // room for audio, RTCP and packet overhead
+    let fitted = changes
+        .iter()
+        .find(|(at, kbps)| *at >= capped_at.as_secs_f64() - 1.0 && *kbps <= fits)
+        .unwrap_or_else(|| panic!("the target never went under {fits} kbit/s: {changes:?}"));
+    assert!(
+        fitted.0 <= capped_at.as_secs_f64() + 5.0,
+        "the video took {:.1} s to fit the link",
+        fitted.0 - capped_at.as_secs_f64()
+    );
+    let top_after = changes
+        .iter()
+        .filter(|(at, _)| *at >= lifted_at.as_secs_f64() - 1.0)
+        .map(|(_, kbps)| *kbps)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        top_after >= 900,
+        "the bitrate did not come back up after the cap was lifted: {changes:?}"
+    );
+    assert!(
+        leg.video_share() >= 0.90,
+        "{} of {} frames decoded through the capped link",
+        leg.frames_decoded,
+        leg.frames_sent
+    );
 }
