@@ -15,6 +15,7 @@ mod consent;
 mod error;
 mod keys;
 mod options;
+mod opus;
 mod pipeline;
 mod plugins;
 pub mod probe;

@@ -61,6 +61,12 @@ pub struct MediaOptions {
     /// field does not exist, so no caller (smvsctl, a device) can turn encryption off.
     #[cfg(feature = "bench-baseline")]
     pub encrypt: bool,
+    /// Loss repair and bandwidth adaptation (retransmission, keyframe requests, Opus in-band
+    /// FEC, the adaptive jitter buffer, the rate controller and the encoder settings they rely
+    /// on). Only the benchmark's baseline turns it off, to measure the call pipeline as it was
+    /// before them side by side; as with `encrypt`, no other caller can.
+    #[cfg(feature = "bench-baseline")]
+    pub repair: bool,
 }
 
 impl Default for MediaOptions {
@@ -80,6 +86,8 @@ impl Default for MediaOptions {
             window_title: None,
             #[cfg(feature = "bench-baseline")]
             encrypt: true,
+            #[cfg(feature = "bench-baseline")]
+            repair: true,
         }
     }
 }
@@ -94,6 +102,15 @@ impl MediaOptions {
     pub fn encrypted(&self) -> bool {
         #[cfg(feature = "bench-baseline")]
         return self.encrypt;
+        #[cfg(not(feature = "bench-baseline"))]
+        true
+    }
+
+    /// Whether loss repair and bandwidth adaptation run: always, unless the benchmark's
+    /// baseline asked otherwise.
+    pub(crate) fn repaired(&self) -> bool {
+        #[cfg(feature = "bench-baseline")]
+        return self.repair;
         #[cfg(not(feature = "bench-baseline"))]
         true
     }

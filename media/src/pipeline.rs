@@ -25,10 +25,10 @@ pub(crate) const MAX_STREAMS: u32 = 2;
 pub(crate) const VIDEO_SINK: &str = "vsink";
 pub(crate) const VIDEO_CONVERT: &str = "vconvert";
 pub(crate) const AUDIO_PT: u32 = 111;
-/// The loss Opus plans its in-band FEC for: each packet carries a low-bitrate copy of the one
-/// before (SILK LBRR), so a single lost packet is rebuilt from the next. Opus adds that copy
-/// only when this is above zero.
-pub(crate) const AUDIO_EXPECTED_LOSS_PERCENT: u32 = 10;
+/// The loss Opus plans its in-band FEC for when a call starts, percent: FEC is on from the
+/// first packet, and the adapter turns it off after a stretch without loss (it costs CPU; see
+/// `repair::Adapter`).
+pub(crate) const AUDIO_FEC_START_PERCENT: i32 = 10;
 pub(crate) const VIDEO_CLOCK_RATE: i32 = 90_000;
 pub(crate) const AUDIO_CLOCK_RATE: i32 = 48_000;
 /// RTP packet size limit: sealed datagrams stay well under a 1280-byte IPv6 minimum MTU path
@@ -86,19 +86,22 @@ pub(crate) fn window_title(title: &str) -> String {
 /// keyframe request from the depayloader into an RTCP PLI to the sender; without it the request
 /// is silently dropped. (With `rtcp-fb-ccm-fir` too it would send FIR, which the depayloader's
 /// all-headers requests select; PLI is the repair request.)
-pub(crate) fn video_receive_caps() -> String {
+pub(crate) fn video_receive_caps(repaired: bool) -> String {
+    let feedback = if repaired {
+        ",rtcp-fb-nack=(boolean)true,rtcp-fb-nack-pli=(boolean)true"
+    } else {
+        ""
+    };
     format!(
         "application/x-rtp,media=(string)video,clock-rate=(int){VIDEO_CLOCK_RATE},\
-         encoding-name=(string)VP8,payload=(int){VIDEO_PT},rtcp-fb-nack=(boolean)true,\
-         rtcp-fb-nack-pli=(boolean)true"
+         encoding-name=(string)VP8,payload=(int){VIDEO_PT}{feedback}"
     )
 }
 
 /// The VP8 encoder, named `venc`, set up as libwebrtc sets up libvpx for real-time calls:
-/// constant bitrate with a one-second buffer, no look-ahead, error resilience, and frame
-/// dropping (`dropframe-threshold`, libwebrtc's 30): below the bitrate a picture needs at its
-/// quantizer ceiling the encoder skips frames rather than overshoot, so a lowered target (bandwidth
-/// adaptation) is met.
+/// constant bitrate with a one-second buffer, no look-ahead, error resilience. Frame dropping
+/// is off at the configured bitrate (every frame is sent, as before bandwidth adaptation) and
+/// turned on by [`crate::rate::apply_target`] while the target is below it.
 pub(crate) fn video_encoder(options: &MediaOptions, cores: usize) -> String {
     let threads = vp8_threads(options.width, options.height, cores);
     let partitions = match threads {
@@ -110,11 +113,17 @@ pub(crate) fn video_encoder(options: &MediaOptions, cores: usize) -> String {
         "vp8enc name=venc deadline=1 cpu-used=-6 end-usage=cbr target-bitrate={vbps} \
          error-resilient=default keyframe-max-dist={kf} lag-in-frames=0 threads={threads} \
          token-partitions={partitions} buffer-size=1000 buffer-initial-size=500 \
-         buffer-optimal-size=600 undershoot=100 overshoot=15 min-quantizer=2 max-quantizer=56 \
-         dropframe-threshold=30 max-intra-bitrate={MAX_INTRA_PERCENT} \
-         min-force-key-unit-interval={KEYFRAME_REQUEST_GAP_NS}",
+         buffer-optimal-size=600 undershoot=100 overshoot=15 min-quantizer=2 max-quantizer=56{adaptive}",
         vbps = u64::from(options.video_kbps) * 1000,
         kf = 2 * options.fps,
+        adaptive = if options.repaired() {
+            format!(
+                " max-intra-bitrate={MAX_INTRA_PERCENT} \
+                 min-force-key-unit-interval={KEYFRAME_REQUEST_GAP_NS}"
+            )
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -132,7 +141,7 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
     // Session 0 (video) is linked to rtpbin in code, after the retransmission handlers are
     // connected (see `repair::link_video_session`): rtpbin asks for them when it makes the
     // session, which a link here would do during parsing.
-    d.push(appsrc("vrtp_in", &video_receive_caps()));
+    d.push(appsrc("vrtp_in", &video_receive_caps(options.repaired())));
     d.push(appsrc("vrtcp_in", "application/x-rtcp"));
     d.push(format!(
         "{} ! rtpbin.recv_rtp_sink_1",
@@ -191,8 +200,13 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
         "rtpvp8depay name=vdepay request-keyframe=true wait-for-keyframe=true ! vp8dec name=vdec ! capsfilter caps=video/x-raw,format=I420 \
          {vqueue}! videoconvert name={VIDEO_CONVERT} ! {vsink}"
     ));
+    let opus_repair = if options.repaired() {
+        "plc=true use-inband-fec=true "
+    } else {
+        ""
+    };
     d.push(format!(
-        "rtpopusdepay name=adepay ! opusdec name=adec plc=true use-inband-fec=true ! audioconvert ! audioresample ! {asink}"
+        "rtpopusdepay name=adepay ! opusdec name=adec {opus_repair}! audioconvert ! audioresample ! {asink}"
     ));
 
     // Send video.
@@ -224,11 +238,16 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
         AudioSource::Mic => Some("autoaudiosrc"),
         AudioSource::None => None,
     };
+    let opus_fec = if options.repaired() {
+        format!("inband-fec=true packet-loss-percentage={AUDIO_FEC_START_PERCENT}")
+    } else {
+        String::new()
+    };
     if let Some(asrc) = asrc {
         d.push(format!(
             "{asrc} ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=1 \
              ! opusenc name=aenc bitrate={abps} bitrate-type=cbr frame-size=20 audio-type=voice dtx=false \
-               inband-fec=true packet-loss-percentage={AUDIO_EXPECTED_LOSS_PERCENT} \
+               {opus_fec} \
              ! rtpopuspay name=apay pt={AUDIO_PT} mtu={RTP_MTU} \
              ! rtpbin.send_rtp_sink_1 \
              rtpbin.send_rtp_src_1 ! {sink}",

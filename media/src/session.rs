@@ -431,7 +431,11 @@ impl MediaSession {
             .map_err(|_| MediaError::Pipeline("the description did not give a pipeline".into()))?;
         let shared = Arc::new(Shared::default());
         let rtpbin = element(&pipeline, "rtpbin")?;
-        let repair = crate::repair::connect(&rtpbin, options.video_kbps)?;
+        let repair = if options.repaired() {
+            crate::repair::connect(&rtpbin, options.video_kbps)?
+        } else {
+            Repair::default()
+        };
         crate::repair::link_video_session(&pipeline)?;
         if let Ok(mut freezes) = shared.counters.freezes.lock() {
             *freezes = FreezeMeter::new(options.fps);
@@ -505,6 +509,7 @@ impl MediaSession {
                 session.started,
                 session.repair.clone(),
                 (options.video != crate::options::VideoSource::None).then_some(options.video_kbps),
+                options.repaired(),
             ),
         };
         session.receiver = Some(
@@ -765,9 +770,8 @@ struct Receiver {
     read_timeout: Duration,
 }
 
-/// The sequence number of the Opus RTP packet in `buffer`, and whether its Opus frame can carry
-/// in-band FEC for the packet before it: only SILK and hybrid modes have it (TOC configurations
-/// 0-15, RFC 6716 section 3.1), not CELT-only.
+/// The sequence number of the Opus RTP packet in `buffer`, and whether its Opus frame carries
+/// in-band FEC for the packet before it (see [`crate::opus`]).
 fn opus_packet(buffer: &gst::BufferRef) -> Option<(u16, bool)> {
     let map = buffer.map_readable().ok()?;
     let first = *map.first()?;
@@ -780,8 +784,7 @@ fn opus_packet(buffer: &gst::BufferRef) -> Option<(u16, bool)> {
         let words = u16::from_be_bytes(map.get(payload + 2..payload + 4)?.try_into().ok()?);
         payload += 4 + 4 * usize::from(words);
     }
-    let toc = *map.get(payload)?;
-    Some((seq, toc >> 3 < 16))
+    Some((seq, crate::opus::carries_fec(map.get(payload..)?)))
 }
 
 /// The payload type and SSRC of an RTP packet (version 2, at least a fixed header).
@@ -986,7 +989,7 @@ mod tests {
             sender: Arc::clone(&sender),
             ssrc: [None; 3],
             read_timeout: RECV_TIMEOUT,
-            adapter: crate::repair::Adapter::new(Instant::now(), Repair::default(), None),
+            adapter: crate::repair::Adapter::new(Instant::now(), Repair::default(), None, true),
         };
         let c = &shared.counters;
         let mut seq = 0;

@@ -97,8 +97,8 @@ impl FreezeMeter {
 
 /// The peer's audio as the depayloader sees it, from the RTP sequence numbers the jitter buffer
 /// lets through in order: every gap was lost (the jitter buffer gave up on it), and the last
-/// packet of each gap is rebuilt from the in-band FEC of the packet after it when that packet's
-/// mode carries FEC.
+/// packet of each gap is rebuilt from the in-band FEC of the packet after it when that packet
+/// carries an LBRR frame (see [`crate::opus`]).
 #[derive(Debug, Default)]
 pub(crate) struct AudioLossMeter {
     last_seq: Option<u16>,
@@ -111,7 +111,7 @@ pub(crate) struct AudioLossMeter {
 const AUDIO_RESYNC: u16 = 100;
 
 impl AudioLossMeter {
-    /// A packet `seq`; `fec` when it can carry FEC for the one before it.
+    /// A packet `seq`; `fec` when it carries FEC for the one before it.
     pub(crate) fn packet(&mut self, seq: u16, fec: bool) {
         self.received += 1;
         if let Some(last) = self.last_seq {
@@ -379,6 +379,9 @@ pub struct RepairStats {
     pub video_target_kbps: Option<u32>,
     /// Each change of that target: seconds into the call and the new kbit/s.
     pub video_target_changes: Vec<RateChange>,
+    /// The loss our Opus in-band FEC is planned for now, percent; 0 while it is off (it is on
+    /// only while the peer reports audio loss).
+    pub audio_fec_percent: u32,
     /// Resend requests from the peer we refused: the same packet again within 100 ms, or over
     /// the resend budget (half the video bitrate).
     pub retransmission_requests_refused: u64,
@@ -472,7 +475,7 @@ mod tests {
         m.packet(3, true);
         m.packet(10, true);
         assert_eq!((m.lost, m.recovered), (5, 4));
-        // A CELT-only packet carries no FEC; a jump of more than 100 is a restart.
+        // A packet without FEC rebuilds nothing; a jump of more than 100 is a restart.
         m.packet(12, false);
         m.packet(500, true);
         assert_eq!((m.received, m.lost, m.recovered), (12, 6, 4));

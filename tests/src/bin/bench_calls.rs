@@ -14,7 +14,11 @@
 //!     latency from the probe (capture to presentation: with the probe on, the null video sink
 //!     holds each frame until its presentation time as a display does) and capture to decoded
 //!     picture, frames decoded / presented / sent;
-//! (b) 1280x720@30 both ways: the CPU of one endpoint (the caller), encrypted vs not.
+//! (b) 1280x720@30 both ways: the CPU of one endpoint (the caller), encrypted vs not;
+//! (c) 640x480@30 through a relay in the parent that drops a random share of datagrams both
+//!     ways (0, 1, 3, 10%): frames decoded and freezes, with loss repair and bandwidth
+//!     adaptation and without them (`repair: false`, the pipeline as it was before), side by
+//!     side in the same run.
 //!
 //! Prints a Markdown table for BENCHMARKS.md. `--seconds N` (default 20) sets each run's length.
 
@@ -22,6 +26,8 @@ use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -32,6 +38,9 @@ use smvs_media::{derive_media_keys, KeyInputs, MediaOptions, MediaSession, Role}
 
 const SEED_ENV: &str = "SMVS_BENCH_CALL_SEED";
 const DEFAULT_SECONDS: u64 = 20;
+/// The loss table's runs: random loss both ways, and each run's length (as the call_loss test).
+const LOSSES: [f64; 4] = [0.0, 0.01, 0.03, 0.10];
+const LOSSY_SECONDS: u64 = 8;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -89,6 +98,7 @@ fn endpoint(args: &[String]) -> anyhow::Result<()> {
     let height: u32 = flag(args, "--height")?.parse()?;
     let seconds: f64 = flag(args, "--seconds")?.parse()?;
     let encrypt: bool = flag(args, "--encrypt")?.parse()?;
+    let repair: bool = flag(args, "--repair")?.parse()?;
     let seed = hex::decode(std::env::var(SEED_ENV).context(SEED_ENV)?)?;
 
     // The parent's socket arrives as stdin.
@@ -121,6 +131,7 @@ fn endpoint(args: &[String]) -> anyhow::Result<()> {
         },
         latency_probe: true,
         encrypt,
+        repair,
         ..MediaOptions::default()
     };
     let session = MediaSession::start(socket, peer, keys, options)?;
@@ -177,11 +188,86 @@ struct Run {
     callee: Side,
 }
 
+/// Forwards datagrams between the two endpoints, each way on its own thread, dropping each
+/// with probability `loss`. The endpoints send to the relay's two sockets instead of to each
+/// other (the media does not check where datagrams come from, only that they open).
+struct Relay {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Returns the relay and the addresses the caller (`a`) and callee (`b`) should send to.
+    fn start(
+        a: SocketAddr,
+        b: SocketAddr,
+        loss: f64,
+    ) -> anyhow::Result<(Relay, SocketAddr, SocketAddr)> {
+        let for_a = UdpSocket::bind("127.0.0.1:0")?;
+        let for_b = UdpSocket::bind("127.0.0.1:0")?;
+        let (to_a_addr, to_b_addr) = (for_a.local_addr()?, for_b.local_addr()?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (from, to, dest) in [
+            (for_a.try_clone()?, for_b.try_clone()?, b),
+            (for_b, for_a, a),
+        ] {
+            from.set_read_timeout(Some(Duration::from_millis(50)))?;
+            let stop = Arc::clone(&stop);
+            let mut rng = u64::from_le_bytes(smvs_crypto::random_array()) | 1;
+            threads.push(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(n) = from.recv(&mut buf) else { continue };
+                    // xorshift64: a uniform draw in [0, 1).
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    if (rng >> 11) as f64 / (1u64 << 53) as f64 >= loss {
+                        let _ = to.send_to(&buf[..n], dest);
+                    }
+                }
+            }));
+        }
+        Ok((Relay { stop, threads }, to_a_addr, to_b_addr))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 fn run(width: u32, height: u32, seconds: u64, encrypt: bool) -> anyhow::Result<Run> {
+    run_with(width, height, seconds, encrypt, true, None)
+}
+
+/// One run; `loss` puts a [`Relay`] dropping that share between the endpoints.
+fn run_with(
+    width: u32,
+    height: u32,
+    seconds: u64,
+    encrypt: bool,
+    repair: bool,
+    loss: Option<f64>,
+) -> anyhow::Result<Run> {
     let seed: [u8; 32] = smvs_crypto::random_array();
     let a = UdpSocket::bind("127.0.0.1:0")?;
     let b = UdpSocket::bind("127.0.0.1:0")?;
-    let (aa, ab) = (a.local_addr()?, b.local_addr()?);
+    let (mut aa, mut ab) = (a.local_addr()?, b.local_addr()?);
+    let _relay = match loss {
+        Some(loss) => {
+            let (relay, for_a, for_b) = Relay::start(aa, ab, loss)?;
+            // The caller sends to the relay's socket for it, which forwards to the callee.
+            (ab, aa) = (for_a, for_b);
+            Some(relay)
+        }
+        None => None,
+    };
     let exe = std::env::current_exe()?;
     let spawn = |role: &str, socket: UdpSocket, peer: SocketAddr| {
         Command::new(&exe)
@@ -197,6 +283,8 @@ fn run(width: u32, height: u32, seconds: u64, encrypt: bool) -> anyhow::Result<R
                 &seconds.to_string(),
                 "--encrypt",
                 &encrypt.to_string(),
+                "--repair",
+                &repair.to_string(),
             ])
             .env(SEED_ENV, hex::encode(seed))
             .stdin(Stdio::from(OwnedFd::from(socket)))
@@ -284,9 +372,24 @@ fn callers(runs: &[Run], encrypt: bool) -> impl Iterator<Item = &Side> {
 
 fn parent(seconds: u64) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    eprintln!("smvs-bench-calls: 8 runs of {seconds} s");
+    eprintln!("smvs-bench-calls: 8 runs of {seconds} s, then 8 lossy runs of {LOSSY_SECONDS} s");
     let vga = abba(640, 480, seconds)?;
     let hd = abba(1280, 720, seconds)?;
+    let mut lossy = Vec::new();
+    for loss in LOSSES {
+        for repair in [false, true] {
+            eprintln!(
+                "  640x480@30 through {:.0}% loss, {} ...",
+                loss * 100.0,
+                if repair { "repaired" } else { "as before" }
+            );
+            lossy.push((
+                loss,
+                repair,
+                run_with(640, 480, LOSSY_SECONDS, true, repair, Some(loss))?,
+            ));
+        }
+    }
 
     let pct = |it: &mut dyn Iterator<Item = &Side>| mean(it.map(Side::cpu_pct));
     let vga_enc = pct(&mut sides(&vga, true));
@@ -428,5 +531,49 @@ fn parent(seconds: u64) -> anyhow::Result<()> {
         },
         jb = smvs_media::JITTER_BUFFER_MS,
     );
+    println!();
+    println!(
+        "Through random loss (a relay in the benchmark drops that share of datagrams both ways), \
+         {LOSSY_SECONDS}-s calls at 640x480@30, encrypted: the pipeline as it was before loss \
+         repair and bandwidth adaptation, and as it is now, in the same run. Frames decoded of \
+         those sent, summed over both directions; freezes as WebRTC counts them (a gap between \
+         decoded frames over three frame intervals and 150 ms), total and longest, summed and \
+         worst over both receivers; CPU per endpoint as above (mean of the two).\n"
+    );
+    println!("| loss | before: frames decoded / sent | before: freezes total / longest | before: CPU | now: frames decoded / sent | now: freezes total / longest | now: CPU |");
+    println!("|--:|--:|--:|--:|--:|--:|--:|");
+    for loss in LOSSES {
+        let cells: Vec<String> = [false, true]
+            .iter()
+            .flat_map(|&repair| {
+                let r = lossy
+                    .iter()
+                    .find(|(l, p, _)| *l == loss && *p == repair)
+                    .map(|(_, _, r)| r);
+                let cpu = r.map_or(0.0, |r| (r.caller.cpu_pct() + r.callee.cpu_pct()) / 2.0);
+                let (dec, sent, total, longest) = r.map_or((0.0, 0.0, 0.0, 0.0), |r| {
+                    let freeze = |s: &Side, k: &str| {
+                        s.stats
+                            .get("freezes")
+                            .and_then(|f| f.get(k))
+                            .and_then(Value::as_f64)
+                            .unwrap_or(0.0)
+                    };
+                    (
+                        r.caller.num("video_frames_decoded") + r.callee.num("video_frames_decoded"),
+                        r.caller.num("video_frames_sent") + r.callee.num("video_frames_sent"),
+                        freeze(&r.caller, "total_ms") + freeze(&r.callee, "total_ms"),
+                        freeze(&r.caller, "longest_ms").max(freeze(&r.callee, "longest_ms")),
+                    )
+                });
+                [
+                    format!("{dec:.0} / {sent:.0} ({:.0}%)", dec / sent.max(1.0) * 100.0),
+                    format!("{total:.0} / {longest:.0} ms"),
+                    format!("{cpu:.1}%"),
+                ]
+            })
+            .collect();
+        println!("| {:.0}% | {} |", loss * 100.0, cells.join(" | "));
+    }
     Ok(())
 }
