@@ -15,7 +15,7 @@ use gstreamer::glib;
 use gstreamer::prelude::*;
 
 use crate::pipeline::{AUDIO_CLOCK_RATE, AUDIO_PT, MAX_STREAMS, VIDEO_CLOCK_RATE, VIDEO_PT};
-use crate::stats::{session_sources, RepairStats, JITTER_BUFFER_MS};
+use crate::stats::{internal_session, session_sources, RepairStats, JITTER_BUFFER_MS};
 use crate::{MediaError, MediaOptions};
 
 /// The payload type of video retransmissions (RFC 4588 "rtx", apt=96).
@@ -201,6 +201,15 @@ impl Repair {
             .unwrap_or_default()
     }
 
+    /// The `stats` of each video jitter buffer.
+    fn video_jitterbuffer_stats(&self) -> Vec<gst::Structure> {
+        self.video_jitterbuffers()
+            .iter()
+            .filter(|jb| jb.find_property("stats").is_some())
+            .filter_map(|jb| jb.property_value("stats").get::<gst::Structure>().ok())
+            .collect()
+    }
+
     pub(crate) fn stats(&self, pipeline: &gst::Pipeline, rtpbin: &gst::Element) -> RepairStats {
         let mut out = RepairStats::default();
         if let Some(tx) = pipeline.by_name(RTX_SENDER) {
@@ -212,16 +221,11 @@ impl Repair {
             out.audio_fec_percent = log.audio_fec_percent;
         }
         out.retransmission_requests_refused = self.retransmissions_refused.load(Ordering::Relaxed);
-        for jb in self.video_jitterbuffers() {
-            if jb.find_property("stats").is_none() {
-                continue;
-            }
-            if let Ok(s) = jb.property_value("stats").get::<gst::Structure>() {
-                let get = |f: &str| s.get::<u64>(f).unwrap_or(0);
-                out.retransmissions_requested += get("rtx-count");
-                out.retransmissions_recovered += get("rtx-success-count");
-                out.video_packets_lost += get("num-lost") + get("num-late");
-            }
+        for s in self.video_jitterbuffer_stats() {
+            let get = |f: &str| s.get::<u64>(f).unwrap_or(0);
+            out.retransmissions_requested += get("rtx-count");
+            out.retransmissions_recovered += get("rtx-success-count");
+            out.video_packets_lost += get("num-lost") + get("num-late");
         }
         for source in session_sources(rtpbin, 0) {
             let get = |f: &str| u64::from(source.get::<u32>(f).unwrap_or(0));
@@ -396,15 +400,10 @@ const VIDEO_RTCP_FRACTION: f64 = 0.30;
 /// RTCP settings of both sessions: report interval floor, and each session's bandwidth (from
 /// the configured bitrates, rather than rtpsession's estimate, which starts at 64 kbit/s).
 pub(crate) fn tune_sessions(rtpbin: &gst::Element, options: &MediaOptions) {
-    if glib::subclass::signal::SignalId::lookup("get-internal-session", rtpbin.type_()).is_none() {
-        return;
-    }
     if !options.repaired() {
         // The benchmark's baseline: the report floor the pipeline had before repair (1 s).
         for id in 0u32..2 {
-            if let Some(session) =
-                rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
-            {
+            if let Some(session) = internal_session(rtpbin, id) {
                 session.set_property("rtcp-min-interval", 1_000_000_000u64);
             }
         }
@@ -418,17 +417,13 @@ pub(crate) fn tune_sessions(rtpbin: &gst::Element, options: &MediaOptions) {
         ),
         (1u32, f64::from(options.audio_kbps) * 1000.0, 0.05),
     ] {
-        let Some(session) =
-            rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
-        else {
+        let Some(session) = internal_session(rtpbin, id) else {
             continue;
         };
         if session.find_property("rtcp-min-interval").is_some() {
             session.set_property("rtcp-min-interval", RTCP_MIN_INTERVAL_NS);
         }
-        if session.find_property("bandwidth").is_some() {
-            session.set_property("bandwidth", bits_per_s);
-        }
+        set_session_bandwidth(rtpbin, id, bits_per_s);
         if session.find_property("rtcp-fraction").is_some() {
             session.set_property("rtcp-fraction", fraction);
         }
@@ -671,10 +666,8 @@ impl Adapter {
         // that never came: a queue building on the path shows first as these.
         let late: u64 = self
             .repair
-            .video_jitterbuffers()
+            .video_jitterbuffer_stats()
             .iter()
-            .filter(|jb| jb.find_property("stats").is_some())
-            .filter_map(|jb| jb.property_value("stats").get::<gst::Structure>().ok())
             .map(|s| s.get::<u64>("num-late").unwrap_or(0))
             .sum();
         let received = video.packets_received.saturating_sub(self.counted.0);
@@ -709,8 +702,7 @@ impl Adapter {
 
 /// Sets session `id`'s bandwidth (bits/s), from which RTCP's share is reckoned.
 fn set_session_bandwidth(rtpbin: &gst::Element, id: u32, bits_per_s: f64) {
-    let Some(session) = rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
-    else {
+    let Some(session) = internal_session(rtpbin, id) else {
         return;
     };
     if session.find_property("bandwidth").is_some() {

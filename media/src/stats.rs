@@ -387,13 +387,15 @@ pub struct RepairStats {
     pub retransmission_requests_refused: u64,
 }
 
+/// rtpbin's internal session `id` (the RTPSession object, with its RTCP settings and stats).
+pub(crate) fn internal_session(rtpbin: &gst::Element, id: u32) -> Option<glib::Object> {
+    glib::subclass::signal::SignalId::lookup("get-internal-session", rtpbin.type_())?;
+    rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
+}
+
 /// The per-source statistics of rtpbin's session `id`.
 pub(crate) fn session_sources(rtpbin: &gst::Element, id: u32) -> Vec<gst::Structure> {
-    if glib::subclass::signal::SignalId::lookup("get-internal-session", rtpbin.type_()).is_none() {
-        return Vec::new();
-    }
-    let Some(session) = rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
-    else {
+    let Some(session) = internal_session(rtpbin, id) else {
         return Vec::new();
     };
     if session.find_property("stats").is_none() {

@@ -6,6 +6,20 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
+/// The JSON a finished `smvsctl ... --json`/`--stats` run by `who` printed, or an error with
+/// its stderr when it exited non-zero (or its stdout when that is not JSON).
+pub fn json_stdout(out: &Output, who: &str) -> anyhow::Result<serde_json::Value> {
+    if !out.status.success() {
+        bail!(
+            "{who}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| anyhow::anyhow!("{who}: {e} in {:?}", String::from_utf8_lossy(&out.stdout)))
+}
+
 /// The stdout of a finished `smvsctl ARGS` run by `who`, or an error with its stderr when it
 /// exited non-zero.
 pub fn ctl_stdout(out: Output, args: &[&str], who: &str) -> anyhow::Result<String> {

@@ -4,10 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use smvs_tests::child::json_stdout;
 use smvs_tests::netns::{Site, TwoSites};
 use smvs_tests::{DirectoryProcess, HostProcess};
 
@@ -23,16 +24,6 @@ fn device(site: &Site, host: &HostProcess, args: &[&str]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
-}
-
-fn json(out: &Output, who: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{who}: {} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// What one side of a call received of the other's media.
@@ -113,8 +104,8 @@ fn call_stats(
     place.extend(TEST_MEDIA);
     let caller = device(&sites.a, alice, &place).spawn().unwrap();
     meanwhile();
-    let caller = json(&caller.wait_with_output().unwrap(), "alice");
-    let callee = json(&callee.wait_with_output().unwrap(), "bob");
+    let caller = json_stdout(&caller.wait_with_output().unwrap(), "alice").unwrap();
+    let callee = json_stdout(&callee.wait_with_output().unwrap(), "bob").unwrap();
     for (who, v) in [("alice", &caller), ("bob", &callee)] {
         eprintln!(
             "{who}: repair {} freezes {}",

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use smvs_tests::agent::AgentProcess;
-use smvs_tests::child::finish;
+use smvs_tests::child::{finish, json_stdout};
 use smvs_tests::dbus::{ensure_daemon_user, host_on_bus, Shown, TestBus, ROOT_OWNS};
 use smvs_tests::device::DeviceProcess;
 use smvs_tests::runtime::runtime_and_directory;
@@ -48,17 +48,6 @@ fn hosts(dir: &DirectoryProcess, who: &[(&str, &str, &[&str])]) -> Vec<HostProce
 
 fn spawn(host: &HostProcess, args: &[&str]) -> Child {
     host.ctl_spawn(args).unwrap()
-}
-
-fn json(out: &Output, who: &str) -> Value {
-    assert!(
-        out.status.success(),
-        "{who}: {} {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{who}: {e} in {:?}", String::from_utf8_lossy(&out.stdout)))
 }
 
 fn stderr(out: &Output) -> String {
@@ -167,8 +156,8 @@ fn a_five_second_call_both_ways_while_messages_flow() {
         sent.push(bob.send("alice", &format!("and back {i}")).unwrap());
         std::thread::sleep(Duration::from_millis(200));
     }
-    let caller = json(&finish(caller, LIMIT).unwrap(), "caller");
-    let callee = json(&finish(callee, LIMIT).unwrap(), "callee");
+    let caller = json_stdout(&finish(caller, LIMIT).unwrap(), "caller").unwrap();
+    let callee = json_stdout(&finish(callee, LIMIT).unwrap(), "callee").unwrap();
 
     assert_eq!(caller["peer"], "bob");
     assert_eq!(caller["ended"], "hangup", "{caller}");
@@ -350,8 +339,8 @@ fn media_on_the_wire_is_sealed_and_altered_or_replayed_packets_are_dropped() {
     attacker.send_to(&altered, to_bob).unwrap();
     attacker.send_to(&original, to_bob).unwrap();
 
-    let caller = json(&finish(caller, LIMIT).unwrap(), "caller");
-    let callee = json(&finish(callee, LIMIT).unwrap(), "callee");
+    let caller = json_stdout(&finish(caller, LIMIT).unwrap(), "caller").unwrap();
+    let callee = json_stdout(&finish(callee, LIMIT).unwrap(), "callee").unwrap();
     let packets = capture.stop();
 
     // Nothing decodable on the wire: no RTP header (version 2) opens any datagram, and the
@@ -674,7 +663,7 @@ fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
     // device that does not run the call.
     std::thread::sleep(Duration::from_secs(5));
     alice.ctl_ok(&["hangup"]).unwrap();
-    let caller = json(&finish(caller, LIMIT).unwrap(), "bob");
+    let caller = json_stdout(&finish(caller, LIMIT).unwrap(), "bob").unwrap();
     let callee = agent_report(&mut laptop_agent);
     assert_eq!(caller["ended"], "remote-hangup", "{caller}");
     assert_eq!(callee["ended"], "hangup", "{callee}");
@@ -733,8 +722,8 @@ fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
     let mut call_args = vec!["call", "bob", "--duration", "5", "--stats"];
     call_args.extend(TEST_MEDIA);
     let out = finish(laptop.spawn(&call_args).unwrap(), LIMIT).unwrap();
-    let caller = json(&out, "laptop");
-    let callee = json(&finish(callee, LIMIT).unwrap(), "bob");
+    let caller = json_stdout(&out, "laptop").unwrap();
+    let callee = json_stdout(&finish(callee, LIMIT).unwrap(), "bob").unwrap();
     check_media_both_ways(&caller, &callee);
     assert_eq!(media_ip(&caller, "media_address"), laptop_ip, "{caller}");
     assert_eq!(callee["peer_media_address"], caller["media_address"]);

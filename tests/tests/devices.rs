@@ -539,6 +539,14 @@ fn sorted(ids: &[String]) -> Vec<String> {
 }
 
 /// Waits until `watch` has shown every id in `ids` (or fails), then reads up to now.
+/// `seen` shows each of bob's messages `ids` once, and every event has its place in the log:
+/// each seq once, rising.
+fn each_once_in_log_order(seen: &[serde_json::Value], ids: &[String], what: &str) {
+    assert_eq!(received_from(seen, "bob"), sorted(ids), "{what}, once each");
+    let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{what}: {seqs:?}");
+}
+
 fn wait_for_all(watch: &mut Watch, alice: &HostProcess, ids: &[String]) -> Vec<serde_json::Value> {
     for id in ids {
         watch
@@ -586,14 +594,7 @@ fn every_device_of_alice_shows_each_of_bobs_50_messages_once() {
         .collect();
     for (device, watch) in &mut watches {
         let seen = wait_for_all(watch, &alice, &ids);
-        assert_eq!(
-            received_from(&seen, "bob"),
-            sorted(&ids),
-            "{device}: each of bob's 50 messages once"
-        );
-        // Every event has its place in the log, each seq once, rising.
-        let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{device}: {seqs:?}");
+        each_once_in_log_order(&seen, &ids, &format!("{device}: each of bob's 50 messages"));
     }
 }
 
@@ -683,13 +684,7 @@ fn a_device_that_was_away_gets_exactly_what_it_missed_across_a_host_restart_and_
         .unwrap();
     let mut watch = laptop_watch(&laptop, &alice);
     let seen = wait_for_all(&mut watch, &alice, &missed);
-    assert_eq!(
-        received_from(&seen, "bob"),
-        sorted(&missed),
-        "the 20 missed, once each"
-    );
-    let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    each_once_in_log_order(&seen, &missed, "the 20 missed");
     // The host's own socket keeps no cursor unless asked: a plain watch there is live only.
     let mut on_host = Watch::start(&alice).unwrap();
     let seen = on_host.everything_so_far(&alice).unwrap();
@@ -807,13 +802,7 @@ fn a_device_away_for_more_than_the_host_keeps_in_memory_gets_it_all_from_the_log
         .unwrap();
     let mut watch = laptop_watch(&laptop, &alice);
     let seen = wait_for_all(&mut watch, &alice, &missed);
-    assert_eq!(
-        received_from(&seen, "bob"),
-        sorted(&missed),
-        "all 3,000, once each"
-    );
-    let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in the log's order");
+    each_once_in_log_order(&seen, &missed, "all 3,000");
     let live = bob_sends(&bob, 1, "live");
     let seen = wait_for_all(&mut watch, &alice, &live);
     assert_eq!(received_from(&seen, "bob").len(), MISSED + 1);
