@@ -96,6 +96,16 @@ mod tests {
 
     /// Opus packets from GStreamer's opusenc, as the call pipeline makes them.
     fn encode(fec: bool) -> Vec<Vec<u8>> {
+        encode_planning_for(if fec {
+            crate::pipeline::AUDIO_FEC_START_PERCENT
+        } else {
+            0
+        })
+    }
+
+    /// As [`encode`], with FEC planned for `loss_percent` (none at 0).
+    fn encode_planning_for(loss_percent: i32) -> Vec<Vec<u8>> {
+        let fec = loss_percent > 0;
         crate::plugins::init().unwrap();
         let pipeline = gst::parse::launch(&format!(
             "audiotestsrc num-buffers=100 wave=sine freq=440 samplesperbuffer=960 \
@@ -103,7 +113,7 @@ mod tests {
              ! opusenc bitrate=32000 bitrate-type=cbr frame-size=20 audio-type=voice dtx=false \
                inband-fec={fec} packet-loss-percentage={} \
              ! fakesink name=out signal-handoffs=true sync=false",
-            if fec { 10 } else { 0 }
+            loss_percent
         ))
         .unwrap()
         .downcast::<gst::Pipeline>()
@@ -149,5 +159,13 @@ mod tests {
         // Nothing to read, or not a mono SILK frame.
         assert!(!carries_fec(&[]));
         assert!(!carries_fec(&[0xfc, 0xff, 0xff]));
+    }
+
+    /// Why the adapter never plans for less than `AUDIO_FEC_START_PERCENT`: told of a little
+    /// loss, the encoder codes this tone as CELT and the "FEC" is in no packet.
+    #[test]
+    fn a_little_planned_loss_gives_no_fec_at_all() {
+        let low = encode_planning_for(5);
+        assert_eq!(low.iter().filter(|p| carries_fec(p)).count(), 0);
     }
 }

@@ -27,7 +27,9 @@ pub(crate) const VIDEO_CONVERT: &str = "vconvert";
 pub(crate) const AUDIO_PT: u32 = 111;
 /// The loss Opus plans its in-band FEC for when a call starts, percent: FEC is on from the
 /// first packet, and the adapter turns it off after a stretch without loss (it costs CPU; see
-/// `repair::Adapter`).
+/// `repair::Adapter`). It is also the least the adapter ever plans for: told of less than 8%,
+/// libopus 1.3 codes a 440 Hz tone at 32 kbit/s as CELT, which carries no FEC at all
+/// (measured: 5% → 0 of 101 packets with FEC, 8% → 100 of 101; see `opus::tests`).
 pub(crate) const AUDIO_FEC_START_PERCENT: i32 = 10;
 pub(crate) const VIDEO_CLOCK_RATE: i32 = 90_000;
 pub(crate) const AUDIO_CLOCK_RATE: i32 = 48_000;

@@ -567,8 +567,9 @@ impl Adapter {
             .map_or(0.0, |f| f64::from(f) / 256.0);
         let expected = if loss >= AUDIO_FEC_LOSS {
             self.audio_fec_since = now;
-            // What Opus plans its FEC for: the loss seen, at least 5%, at most 50%.
-            (loss * 100.0).ceil().clamp(5.0, 50.0) as i32
+            // What Opus plans its FEC for: the loss seen, at most 50%, and never so little
+            // that the encoder leaves SILK for CELT and sends no FEC.
+            ((loss * 100.0).ceil() as i32).clamp(crate::pipeline::AUDIO_FEC_START_PERCENT, 50)
         } else if self.audio_fec > 0
             && now.saturating_duration_since(self.audio_fec_since) < AUDIO_FEC_HOLD
         {
