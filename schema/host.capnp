@@ -70,8 +70,17 @@ struct CallSignal {
   }
   struct Media {
     publicKey @0 :Data;         # the endpoint's fresh X25519 key for this call (32 bytes)
-    address @1 :Text;           # IP:port where the endpoint receives its media (UDP)
+    address @1 :Text;           # IP:port where the endpoint receives its media (UDP); empty
+                                # when the sender's side relays only and hides it
     video @2 :Bool;             # it sends video
     audio @3 :Bool;             # it sends audio
+    reflexive @4 :Text;         # IP:port the endpoint's NAT shows the world (its host answered
+                                # by STUN); empty when none or hidden
+    relay @5 :Text;             # IP:port of the sender's host's call port, which relays this
+                                # call's sealed media; empty when it offers no relay
+    relayAlloc @6 :Data;        # the relay allocation there (8 bytes): what to name in the
+                                # relay frames sent to it
+    relayOnly @7 :Bool;         # the sender's side relays only (its addresses are hidden): no
+                                # need to send it yours
   }
 }

@@ -43,6 +43,8 @@ struct HostStatus {
   directory @4 :Text;           # directory address
   version @5 :Text;
   fingerprint @6 :Text;         # of our own identity
+  callPort @7 :Text;            # IP:port of the host's call port (UDP): STUN for this device's
+                                # NAT address, and the relay; empty when the host has none
 }
 
 struct Conversation {
@@ -132,9 +134,22 @@ struct CallEvent {
 
 struct CallMedia {
   publicKey @0 :Data;           # the device's fresh X25519 key for this call (32 bytes)
-  address @1 :Text;             # IP:port where the device receives the call's media (UDP)
+  address @1 :Text;             # IP:port where the device receives the call's media (UDP);
+                                # empty in the peer's media when relaying hides it
   video @2 :Bool;               # the device sends video
   audio @3 :Bool;               # the device sends audio
+  reflexive @4 :Text;           # IP:port the device's NAT shows the world (from the host's
+                                # STUN answer); empty when the same as `address`, or hidden
+  relayOnly @5 :Bool;           # ours: relay this call only and hide this device's addresses
+                                # (`smvsctl call --relay`); the peer's: it does so
+}
+
+struct CallRelay {
+  # This device's side of the call's relay on its own host: send the call's sealed datagrams
+  # to `address` framed for `alloc`, after claiming it with `token` (smvs_transport::callport).
+  address @0 :Text;             # IP:port of the host's call port
+  alloc @1 :Data;               # 8 bytes
+  token @2 :Data;               # 16 bytes, secret
 }
 
 struct CallInfo {
@@ -209,11 +224,11 @@ interface Host {
   message @12 (peer :Text, id :Data) -> (message :Message);
   # One message, e.g. after a MessageReceived event.
   placeCall @13 (peer :Text, media :CallMedia, device :CallDevice)
-      -> (call :CallInfo, control :CallControl);
+      -> (call :CallInfo, control :CallControl, relay :CallRelay);
   # Rings the peer; returns once the peer's host has the offer (state ringing). The answer or
   # the end comes to `device`.
   answerCall @14 (id :Data, media :CallMedia, device :CallDevice)
-      -> (call :CallInfo, control :CallControl);
+      -> (call :CallInfo, control :CallControl, relay :CallRelay);
   # Picks up a ringing incoming call (id empty: the one that rings); `call.peerMedia` is the
   # caller's offer. The call rings on every device; the first to answer takes it, and a later
   # answer is refused (busy: "answered on another device").

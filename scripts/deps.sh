@@ -25,8 +25,9 @@ PACKAGES=(
     xvfb x11-utils
     # Basic system tools used by the scripts and tests (ss, ps/pkill, runuser, TLS roots)
     iproute2 procps util-linux ca-certificates
-    # Packet filtering inside the test's own network namespaces (black holes, loss)
-    iptables
+    # Packet filtering inside the test's own network namespaces (black holes, loss, NAT), and
+    # the packet capture that shows what a device's link carried
+    iptables tcpdump
     # systemd-analyze, systemd-sysusers and systemd-tmpfiles check the units (check-units.sh);
     # man, which systemd-analyze verify runs to find each Documentation=man: page
     systemd man-db

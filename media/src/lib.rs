@@ -20,47 +20,68 @@ mod pipeline;
 mod plugins;
 pub mod probe;
 mod rate;
+mod reach;
 mod repair;
 mod session;
 mod stats;
 pub mod wire;
 
+pub use consent::PathKind;
 pub use error::MediaError;
 pub use keys::{derive_media_keys, KeyInputs, MediaKeys, Role};
 pub use options::{AudioSource, MediaOptions, Sink, VideoSource};
 pub use plugins::{check_devices, check_plugins, debian_package, gstreamer_version};
 pub use probe::GlassToGlass;
+pub use reach::{PeerCandidate, Reach, RelayGrant};
 pub use session::MediaSession;
-pub use stats::{CallStats, Freezes, RateChange, RepairStats, RtpStreamStats, JITTER_BUFFER_MS};
+pub use stats::{
+    CallStats, Freezes, PathChange, RateChange, RepairStats, RtpStreamStats, JITTER_BUFFER_MS,
+    PATH_CHANGES_KEPT,
+};
 
-/// What the fuzz targets in `fuzz/` drive beyond [`wire`]: the consent state machine fed hellos
-/// as the receive thread feeds it. Public (and hidden) only so that the fuzzers run the crate's
-/// own code rather than a copy of it.
+/// What the fuzz targets in `fuzz/` drive beyond [`wire`]: the path checks fed hellos as the
+/// receive thread feeds them. Public (and hidden) only so that the fuzzers run the crate's own
+/// code rather than a copy of it.
 #[doc(hidden)]
 pub mod fuzzing {
+    use std::net::SocketAddr;
     use std::time::{Duration, Instant};
 
-    use crate::consent::Consent;
+    use crate::consent::{Change, Path, PathKind, Paths};
     use crate::wire::Hello;
 
-    /// Decodes each packet as a hello and hands the ones that decode to one [`Consent`], the
-    /// clock moving by each packet's `step`; returns how many gave consent.
+    /// Decodes each packet as a hello and hands the ones that decode to one [`Paths`] (which
+    /// knows one direct path and the relay), the clock moving by each packet's `step`; the
+    /// path each arrives on is picked by the step's milliseconds. Returns how many times a
+    /// path was chosen.
     pub fn hellos<'a>(packets: impl IntoIterator<Item = (Duration, &'a [u8])>) -> usize {
         let mut now = Instant::now();
-        let mut consent = Consent::new(now);
-        let mut granted = 0;
+        let known = SocketAddr::from(([192, 0, 2, 1], 7000));
+        let mut paths = Paths::new(
+            &[
+                (Path::Direct(known), PathKind::Direct),
+                (Path::Relayed, PathKind::Relayed),
+            ],
+            false,
+            now,
+        );
+        let mut chosen = 0;
         for (step, packet) in packets {
             now = now.checked_add(step).unwrap_or(now);
+            let path = match step.as_millis() % 3 {
+                0 => Path::Direct(known),
+                1 => Path::Relayed,
+                n => Path::Direct(SocketAddr::from(([192, 0, 2, 2], n as u16))),
+            };
             if let Ok(hello) = Hello::decode(packet) {
-                consent.heard(now);
-                if consent.hello(&hello) {
-                    granted += 1;
+                if let Some(Change::Chosen(..)) = paths.hello(path, &hello, now) {
+                    chosen += 1;
                 }
             }
-            consent.expire(now);
-            let _ = consent.next_hello();
-            let _ = consent.hello_to_send(now);
+            let _ = paths.tick(now);
+            let _ = paths.next_hello(now);
+            while paths.hello_to_send(now).is_some() {}
         }
-        granted
+        chosen
     }
 }

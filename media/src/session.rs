@@ -2,9 +2,11 @@
 //! packet and send it from the streaming thread, and the receive thread that opens datagrams,
 //! drops replays and feeds the pipeline.
 //!
-//! Nothing but hellos goes to the peer's address until the peer has echoed our challenge
-//! ([`crate::consent`]): until then the send callbacks hold RTP back and drop RTCP, and the
-//! receive thread, which also runs the hello schedule, flushes the held RTP when consent comes.
+//! Nothing but hellos goes to any of the peer's addresses until the peer has echoed a challenge
+//! sent there ([`crate::consent`]): until then the send callbacks hold RTP back and drop RTCP,
+//! and the receive thread, which also runs the checks of every path, flushes the held RTP when
+//! a path is chosen. Media then goes on the chosen path: straight to an address, or framed for
+//! our host's relay ([`crate::reach`]).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,13 +20,14 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use smvs_crypto::AeadKey;
 
-use crate::consent::{Consent, Held};
+use crate::consent::{Change, Held, Path, Paths};
 use crate::options::{MediaOptions, Sink};
 use crate::pipeline::{describe, AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, VIDEO_CONVERT, VIDEO_SINK};
 use crate::probe::{self, Histogram};
+use crate::reach::{relay_frame, FromRelay, Reach, RelayLink};
 use crate::repair::Repair;
 use crate::stats::{
-    add, bump, frames_rendered, rtp_session_stats, CallStats, Counters, FreezeMeter,
+    add, bump, frames_rendered, rtp_session_stats, CallStats, Counters, FreezeMeter, PathChange,
     PipelineFigures,
 };
 use crate::wire::{self, Hello, Replay, ReplayWindow, Stream, WireError};
@@ -51,7 +54,10 @@ struct Shared {
 /// consent.
 struct Sender {
     socket: Arc<UdpSocket>,
-    peer: SocketAddr,
+    /// The path media goes on (meaningful while `consented`).
+    route: Mutex<Path>,
+    /// Our relay: its address and the allocation media through it is framed for.
+    relay: Option<(SocketAddr, smvs_transport::callport::AllocId)>,
     key: Option<AeadKey>,
     seq: AtomicU64,
     shared: Arc<Shared>,
@@ -87,9 +93,14 @@ impl Sender {
         }
     }
 
-    /// The peer consents: send what was held, in order, then everything as it comes.
-    fn grant(&self) {
+    /// The peer consents on `path`: send what was held, in order, then everything as it
+    /// comes (on a change of path, only the route changes).
+    fn grant(&self, path: Path) {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        *self.route.lock().unwrap_or_else(PoisonError::into_inner) = path;
+        if self.consented.load(Ordering::Acquire) {
+            return;
+        }
         let now = Instant::now();
         if let Ok(mut at) = self.shared.consent_at.lock() {
             at.get_or_insert(now);
@@ -108,12 +119,17 @@ impl Sender {
         self.consented.store(false, Ordering::Release);
     }
 
-    fn hello(&self, hello: &Hello) {
+    fn hello(&self, path: Path, hello: &Hello) {
         bump(&self.shared.counters.hellos_sent);
-        self.send(Stream::Hello, &hello.encode());
+        self.send_on(path, Stream::Hello, &hello.encode());
     }
 
     fn send(&self, stream: Stream, packet: &[u8]) {
+        let route = *self.route.lock().unwrap_or_else(PoisonError::into_inner);
+        self.send_on(route, stream, packet);
+    }
+
+    fn send_on(&self, path: Path, stream: Stream, packet: &[u8]) {
         let c = &self.shared.counters;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
@@ -123,7 +139,15 @@ impl Sender {
             bump(&c.send_errors);
             return;
         };
-        match self.socket.send_to(&datagram, self.peer) {
+        let sent = match (path, self.relay) {
+            (Path::Direct(to), _) => self.socket.send_to(&datagram, to),
+            (Path::Relayed, Some((relay, alloc))) => self
+                .socket
+                .send_to(&relay_frame(alloc, &datagram), relay)
+                .map(|_| datagram.len()),
+            (Path::Relayed, None) => return bump(&c.send_errors),
+        };
+        match sent {
             Ok(n) => {
                 bump(&c.packets_sent);
                 add(&c.bytes_sent, n as u64);
@@ -386,16 +410,27 @@ fn message_text(msg: &gst::MessageRef) -> Option<String> {
 }
 
 impl MediaSession {
-    /// Starts the call's media.
-    ///
-    /// `socket` is already bound (its local address was advertised to the peer); `peer` is
-    /// where to send. Every packet is sealed with `keys` (unless the benchmark's baseline turned `encrypt` off).
-    /// Only small hellos go to `peer` until the peer there answers one (see
-    /// [`crate::wire::Hello`]); the media produced meanwhile is held, up to about two seconds
-    /// of it, and sent then.
+    /// Starts the call's media, straight to `peer` and nowhere else: [`MediaSession::start_on`]
+    /// with [`Reach::direct`].
     pub fn start(
         socket: UdpSocket,
         peer: SocketAddr,
+        keys: MediaKeys,
+        options: MediaOptions,
+    ) -> Result<MediaSession, MediaError> {
+        MediaSession::start_on(socket, Reach::direct(peer), keys, options)
+    }
+
+    /// Starts the call's media.
+    ///
+    /// `socket` is already bound (its address, and what its NAT makes of it, were advertised
+    /// to the peer); `reach` says where the peer may be. Every packet is sealed with `keys`
+    /// (unless the benchmark's baseline turned `encrypt` off). Only small hellos go anywhere
+    /// until the peer answers one on some path (see [`crate::wire::Hello`]); the media
+    /// produced meanwhile is held, up to about two seconds of it, and sent then.
+    pub fn start_on(
+        socket: UdpSocket,
+        reach: Reach,
         keys: MediaKeys,
         options: MediaOptions,
     ) -> Result<MediaSession, MediaError> {
@@ -452,7 +487,8 @@ impl MediaSession {
             stopped: false,
         };
         // From here on, dropping `session` on an error tears the pipeline down.
-        let sender = session.wire_up(&socket, peer, send_key)?;
+        let relay = reach.relay.as_ref().map(|g| (g.address, g.alloc));
+        let sender = session.wire_up(&socket, relay, send_key)?;
         let mut session = session;
 
         let bus = pipeline
@@ -501,7 +537,12 @@ impl MediaSession {
             inputs,
             shared: Arc::clone(&shared),
             pipeline: pipeline.downgrade(),
-            consent: Consent::new(session.started),
+            paths: Paths::new(&reach.paths(), reach.behind_nat, session.started),
+            relay: reach
+                .relay
+                .clone()
+                .map(|grant| RelayLink::new(grant, session.started)),
+            started: session.started,
             sender,
             ssrc: [None; 3],
             read_timeout: RECV_TIMEOUT,
@@ -526,14 +567,15 @@ impl MediaSession {
     fn wire_up(
         &self,
         socket: &Arc<UdpSocket>,
-        peer: SocketAddr,
+        relay: Option<(SocketAddr, smvs_transport::callport::AllocId)>,
         key: Option<AeadKey>,
     ) -> Result<Arc<Sender>, MediaError> {
         let pipeline = &self.pipeline;
         let shared = &self.shared;
         let sender = Arc::new(Sender {
             socket: Arc::clone(socket),
-            peer,
+            route: Mutex::new(Path::Relayed),
+            relay,
             key,
             seq: AtomicU64::new(0),
             shared: Arc::clone(shared),
@@ -761,7 +803,9 @@ struct Receiver {
     inputs: Inputs,
     shared: Arc<Shared>,
     pipeline: glib::WeakRef<gst::Pipeline>,
-    consent: Consent,
+    paths: Paths,
+    relay: Option<RelayLink>,
+    started: Instant,
     sender: Arc<Sender>,
     adapter: crate::repair::Adapter,
     /// The SSRC of the peer's video, audio and video retransmission RTP: the first one seen
@@ -809,9 +853,24 @@ impl Receiver {
             }
             self.consent_tick();
             match self.socket.recv_from(&mut buf) {
-                Ok((n, _from)) => {
-                    if let Some(datagram) = buf.get(..n) {
-                        self.handle(datagram);
+                Ok((n, from)) => {
+                    let Some(datagram) = buf.get(..n) else {
+                        continue;
+                    };
+                    match self.relay.as_mut() {
+                        Some(relay) if relay.address() == from => match relay.open(datagram) {
+                            FromRelay::Data(payload) => {
+                                let payload = payload.to_vec();
+                                self.handle(&payload, Path::Relayed);
+                            }
+                            FromRelay::Bound => self
+                                .shared
+                                .counters
+                                .relay_bound
+                                .store(true, Ordering::Relaxed),
+                            FromRelay::Other => bump(&self.shared.counters.malformed),
+                        },
+                        _ => self.handle(datagram, Path::Direct(from)),
                     }
                 }
                 // Timeouts (to notice `stop`, send hellos), ICMP errors from a peer not yet
@@ -821,18 +880,26 @@ impl Receiver {
         }
     }
 
-    /// Consent upkeep: withdraws it after the peer's silence, sends the hello due, and wakes
-    /// the thread in time for the next one.
+    /// Path upkeep: moves media off a path that stopped answering or withdraws consent, sends
+    /// the checks and relay binds due, and wakes the thread in time for the next one.
     fn consent_tick(&mut self) {
         let now = Instant::now();
-        if self.consent.expire(now) {
-            self.sender.revoke();
-            bump(&self.shared.counters.consent_lost);
+        if let Some(change) = self.paths.tick(now) {
+            self.apply(change, now);
         }
-        if let Some(hello) = self.consent.hello_to_send(now) {
-            self.sender.hello(&hello);
+        while let Some((path, hello)) = self.paths.hello_to_send(now) {
+            self.sender.hello(path, &hello);
         }
-        let timeout = self.consent.next_hello().map_or(RECV_TIMEOUT, |due| {
+        if let Some(relay) = self.relay.as_mut() {
+            if let Some(bind) = relay.bind_to_send(now) {
+                let _ = self.socket.send_to(&bind, relay.address());
+            }
+        }
+        let mut due = self.paths.next_hello(now);
+        if let Some(relay) = &self.relay {
+            due = Some(due.map_or(relay.next_bind(), |d| d.min(relay.next_bind())));
+        }
+        let timeout = due.map_or(RECV_TIMEOUT, |due| {
             due.saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(1), RECV_TIMEOUT)
         });
@@ -841,7 +908,29 @@ impl Receiver {
         }
     }
 
-    fn handle(&mut self, datagram: &[u8]) {
+    /// A new sending path, or none.
+    fn apply(&mut self, change: Change, now: Instant) {
+        let kind = match change {
+            Change::Chosen(path, kind) => {
+                self.sender.grant(path);
+                Some(kind)
+            }
+            Change::Lost => {
+                self.sender.revoke();
+                bump(&self.shared.counters.consent_lost);
+                None
+            }
+        };
+        if let Ok(mut log) = self.shared.counters.paths.lock() {
+            log.record(PathChange {
+                at_s: (now.saturating_duration_since(self.started).as_secs_f64() * 10.0).round()
+                    / 10.0,
+                path: kind,
+            });
+        }
+    }
+
+    fn handle(&mut self, datagram: &[u8], path: Path) {
         let c = &self.shared.counters;
         let seq = match wire::sequence(datagram) {
             Ok(seq) => seq,
@@ -861,7 +950,6 @@ impl Receiver {
         self.window.accept(seq);
         bump(&c.packets_received);
         add(&c.bytes_received, datagram.len() as u64);
-        self.consent.heard(Instant::now());
         // Our RTCP is a few hundred bytes; a bigger compound is nothing we send, and a peer's
         // outsized NACK list would only make rtpsession queue resends for every entry.
         if matches!(opened.stream, Stream::VideoRtcp | Stream::AudioRtcp)
@@ -881,8 +969,9 @@ impl Receiver {
                 bump(&c.hellos_received);
                 match Hello::decode(&opened.packet) {
                     Ok(hello) => {
-                        if self.consent.hello(&hello) {
-                            self.sender.grant();
+                        let now = Instant::now();
+                        if let Some(change) = self.paths.hello(path, &hello, now) {
+                            self.apply(change, now);
                         }
                     }
                     Err(_) => bump(&c.malformed),
@@ -964,6 +1053,7 @@ mod tests {
         };
         let ours = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer_addr = peer.local_addr().unwrap();
         peer.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let send_key = AeadKey::from_bytes(&[1; 32]).unwrap();
@@ -971,7 +1061,8 @@ mod tests {
         let shared = Arc::new(Shared::default());
         let sender = Arc::new(Sender {
             socket: Arc::clone(&ours),
-            peer: peer.local_addr().unwrap(),
+            route: Mutex::new(Path::Relayed),
+            relay: None,
             key: Some(AeadKey::from_bytes(&[1; 32]).unwrap()),
             seq: AtomicU64::new(0),
             shared: Arc::clone(&shared),
@@ -985,7 +1076,13 @@ mod tests {
             inputs,
             shared: Arc::clone(&shared),
             pipeline: pipeline.downgrade(),
-            consent: Consent::new(Instant::now()),
+            paths: Paths::new(
+                &[(Path::Direct(peer_addr), crate::consent::PathKind::Direct)],
+                false,
+                Instant::now(),
+            ),
+            relay: None,
+            started: Instant::now(),
             sender: Arc::clone(&sender),
             ssrc: [None; 3],
             read_timeout: RECV_TIMEOUT,
@@ -995,7 +1092,10 @@ mod tests {
         let mut seq = 0;
         let mut deliver = |rx: &mut Receiver, stream: Stream, packet: &[u8]| {
             seq += 1;
-            rx.handle(&wire::seal(Some(&recv_key), seq, stream, packet).unwrap());
+            rx.handle(
+                &wire::seal(Some(&recv_key), seq, stream, packet).unwrap(),
+                Path::Direct(peer_addr),
+            );
         };
 
         // Before consent: RTP held, RTCP dropped, nothing on the wire.
@@ -1016,8 +1116,11 @@ mod tests {
         };
         deliver(&mut rx, Stream::Hello, &hello.encode());
         assert!(!sender.consented.load(Ordering::Relaxed));
-        // The echo does: what was held goes out, in order, then the rest as it comes.
-        hello.echo = Some(rx.consent.challenge());
+        // The echo of a check sent there does: what was held goes out, in order, then the rest
+        // as it comes.
+        let (path, check) = rx.paths.hello_to_send(Instant::now()).unwrap();
+        assert_eq!(path, Path::Direct(peer_addr));
+        hello.echo = Some(check.challenge);
         deliver(&mut rx, Stream::Hello, &hello.encode());
         assert!(sender.consented.load(Ordering::Relaxed));
         sender.send_media(Stream::VideoRtcp, &[0x80, 200, 0, 1, 0, 0, 0, 7]);

@@ -9,6 +9,7 @@ use gstreamer as gst;
 use gstreamer::glib;
 use gstreamer::prelude::*;
 
+use crate::consent::PathKind;
 use crate::probe::{GlassToGlass, Histogram};
 
 /// The jitter buffer latency configured on `rtpbin`, in milliseconds.
@@ -52,6 +53,40 @@ pub(crate) struct Counters {
     pub freezes: Mutex<FreezeMeter>,
     /// The peer's audio packets: arrived, lost, rebuilt.
     pub audio: Mutex<AudioLossMeter>,
+    /// Our host's relay answered our bind.
+    pub relay_bound: std::sync::atomic::AtomicBool,
+    /// The path our media goes on, and its changes.
+    pub paths: Mutex<PathLog>,
+}
+
+/// One change of the path our media goes on.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct PathChange {
+    /// Seconds since the media started, to a tenth.
+    pub at_s: f64,
+    /// The new path; None when consent was lost and media is held.
+    pub path: Option<PathKind>,
+}
+
+/// The path now and how it changed: at most [`PATH_CHANGES_KEPT`] changes, the first ones and
+/// the latest.
+#[derive(Debug, Default)]
+pub(crate) struct PathLog {
+    pub current: Option<PathKind>,
+    pub changes: Vec<PathChange>,
+}
+
+/// Changes of path kept in the statistics.
+pub const PATH_CHANGES_KEPT: usize = 32;
+
+impl PathLog {
+    pub(crate) fn record(&mut self, change: PathChange) {
+        self.current = change.path;
+        if self.changes.len() >= PATH_CHANGES_KEPT {
+            self.changes.remove(PATH_CHANGES_KEPT / 2);
+        }
+        self.changes.push(change);
+    }
 }
 
 /// Video freezes as WebRTC counts them (`freezeCount`, `totalFreezesDuration`): a gap between
@@ -226,8 +261,16 @@ pub struct CallStats {
     pub held_dropped: u64,
     /// RTCP packets not sent for lack of consent.
     pub rtcp_withheld: u64,
-    /// Times consent lapsed (10 s without an authenticated datagram from the peer).
+    /// Times consent lapsed (10 s without an echo of our checks on any path).
     pub consent_lost: u64,
+    /// The path our media goes on now: `direct` (between the two devices' own addresses),
+    /// `reflexive` (straight, through a NAT), `relayed` (through both users' hosts); None while
+    /// no path is confirmed.
+    pub path: Option<PathKind>,
+    /// Each change of path, first ones and latest (see [`PATH_CHANGES_KEPT`]).
+    pub path_changes: Vec<PathChange>,
+    /// Our host's relay answered our claim on the call's allocation.
+    pub relay_bound: bool,
     /// Authenticated RTP packets dropped for an SSRC other than the first one seen on their
     /// stream (video or audio).
     pub ssrc_rejected: u64,
@@ -327,6 +370,13 @@ impl Counters {
             held_dropped: get(&self.held_dropped),
             rtcp_withheld: get(&self.rtcp_withheld),
             consent_lost: get(&self.consent_lost),
+            path: self.paths.lock().ok().and_then(|p| p.current),
+            path_changes: self
+                .paths
+                .lock()
+                .map(|p| p.changes.clone())
+                .unwrap_or_default(),
+            relay_bound: self.relay_bound.load(Ordering::Relaxed),
             ssrc_rejected: get(&self.ssrc_rejected),
             receive_queue_dropped: get(&self.receive_queue_dropped),
             video,

@@ -10,7 +10,11 @@
 //! ```
 //!
 //! smvsd carries only the two endpoints' call keys and addresses; the media never passes
-//! through it, the directory or the message path.
+//! through it, the directory or the message path, except through the two hosts' call ports
+//! when the devices cannot reach each other or must not learn each other's addresses
+//! (`--relay`): then each host forwards sealed datagrams it cannot read. Before ringing, the
+//! device asks its host's call port what its NAT makes of its address (STUN), and offers that
+//! too; the media session checks every path and takes the most direct that works.
 
 use std::future::Future;
 use std::io::Write;
@@ -20,7 +24,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use smvs_crypto::AgreementKeyPair;
 use smvs_media::{
-    AudioSource, KeyInputs, MediaKeys, MediaOptions, MediaSession, Role, Sink, VideoSource,
+    AudioSource, KeyInputs, MediaKeys, MediaOptions, MediaSession, PeerCandidate, Reach, Role,
+    Sink, VideoSource,
 };
 use smvs_schema::{AddressKind, Username};
 use tokio::sync::mpsc;
@@ -34,6 +39,10 @@ use crate::output::{self, Format};
 
 /// How often the runner looks at the pipeline for errors.
 const MEDIA_CHECK: Duration = Duration::from_millis(200);
+/// A STUN request to the host's call port is sent this many times...
+const STUN_TRIES: u32 = 3;
+/// ... waiting this long for each answer.
+const STUN_WAIT: Duration = Duration::from_millis(300);
 
 pub fn media_options(args: &MediaArgs) -> MediaOptions {
     MediaOptions {
@@ -64,6 +73,8 @@ pub struct Endpoint {
     socket: UdpSocket,
     key: AgreementKeyPair,
     media: CallMediaView,
+    /// Where the media socket is bound (what `media.address` says).
+    local: SocketAddr,
     options: MediaOptions,
 }
 
@@ -73,9 +84,10 @@ async fn endpoint(host: &HostClient, args: &MediaArgs) -> Result<Endpoint, CtlEr
     let options = media_options(args);
     smvs_media::check_plugins(&options).map_err(|e| CtlError::Local(e.to_string()))?;
     smvs_media::check_devices(&options).map_err(|e| CtlError::Local(e.to_string()))?;
+    let status = host.status().await?;
     let ip = match args.media_address {
         Some(ip) => ip,
-        None => default_media_ip(host).await?,
+        None => default_media_ip(host, &status)?,
     };
     let socket = UdpSocket::bind((ip, 0)).map_err(|source| CtlError::Io {
         what: "cannot open a UDP socket for the call's media",
@@ -86,23 +98,76 @@ async fn endpoint(host: &HostClient, args: &MediaArgs) -> Result<Endpoint, CtlEr
         source,
     })?;
     let key = AgreementKeyPair::generate().map_err(|e| CtlError::Local(e.to_string()))?;
+    // Relayed only, the NAT's address would not be used (nor told).
+    let reflexive = match (&status.call_port, args.relay) {
+        (Some(port), false) => reflexive_address(&socket, port).await,
+        _ => None,
+    }
+    .filter(|mapped| *mapped != address);
     Ok(Endpoint {
         media: CallMediaView {
             public_key: *key.public().as_bytes(),
-            address,
+            address: Some(address),
+            reflexive,
+            relay_only: args.relay,
             video: options.video != VideoSource::None,
             audio: options.audio != AudioSource::None,
         },
+        local: address,
         socket,
         key,
         options,
     })
 }
 
+/// What the host's call port sees this socket's datagrams come from (STUN, RFC 8489): the
+/// address its NAT shows the world, if it answers in time. Nothing else is read from the
+/// socket meanwhile (the call has not started).
+async fn reflexive_address(socket: &UdpSocket, call_port: &str) -> Option<SocketAddr> {
+    let server: SocketAddr = call_port.parse().ok()?;
+    let socket = socket.try_clone().ok()?;
+    tokio::task::spawn_blocking(move || {
+        use smvs_transport::callport::Frame;
+        let transaction: [u8; 12] = smvs_crypto::random_array();
+        let mut request = Vec::new();
+        Frame::BindingRequest { transaction }.encode(&mut request);
+        socket.set_read_timeout(Some(STUN_WAIT)).ok()?;
+        let mut buf = [0u8; 512];
+        for _ in 0..STUN_TRIES {
+            socket.send_to(&request, server).ok()?;
+            let deadline = Instant::now() + STUN_WAIT;
+            while Instant::now() < deadline {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    break;
+                };
+                if from != server {
+                    continue;
+                }
+                if let Ok(Frame::BindingResponse {
+                    transaction: t,
+                    mapped,
+                }) = Frame::decode(buf.get(..n)?)
+                {
+                    if t == transaction {
+                        return Some(mapped);
+                    }
+                }
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
 /// Where this device receives media unless `--media-address` says: beside the host (the Unix
 /// socket), the host's published IP; on a linked device, its own end of the link to the host
 /// (the address the host sees it at), since the media goes straight to this machine.
-async fn default_media_ip(host: &HostClient) -> Result<IpAddr, CtlError> {
+fn default_media_ip(
+    host: &HostClient,
+    status: &crate::client::HostStatus,
+) -> Result<IpAddr, CtlError> {
     match host.link() {
         Link::Device {
             local_ip: Some(ip),
@@ -111,7 +176,6 @@ async fn default_media_ip(host: &HostClient) -> Result<IpAddr, CtlError> {
             "this device reaches its host through a proxy, so it has no address of its own the other side could send media to; say where to receive media with --media-address IP".into(),
         )),
         Link::Socket => {
-            let status = host.status().await?;
             let published = status.host_address.clone().unwrap_or_default();
             published
                 .parse::<SocketAddr>()
@@ -127,22 +191,45 @@ async fn default_media_ip(host: &HostClient) -> Result<IpAddr, CtlError> {
     }
 }
 
+/// Where the media may go: the peer's addresses (none when this call is relayed only) and our
+/// host's relay.
+///
 /// A peer may only name a media address of a local kind (loopback, link-local, private,
-/// shared) when ours is of that same kind: else it would point our media at a service on this
+/// shared) when ours is of that same kind: else it would point our checks at a service on this
 /// machine or our network. The rule is `AddressKind::may_reach`, the one hosts apply to each
-/// other's host addresses.
-fn check_peer_address(endpoint: &Endpoint, peer: &CallMediaView) -> Result<(), CtlError> {
-    let ours = AddressKind::of(endpoint.media.address.ip());
-    let theirs = AddressKind::of(peer.address.ip());
-    if !ours.may_reach(theirs) {
-        return Err(CtlError::Protocol(format!(
-            "the other side asked for media at {}, {}, which this device (at {}) does not send to; refused",
-            peer.address,
-            theirs.describe(),
-            endpoint.media.address.ip()
-        )));
+/// other's host addresses. Such an address is left out; with nothing left and no relay, the
+/// call is refused.
+fn reach(endpoint: &Endpoint, call: &DeviceCall, peer: &CallMediaView) -> Result<Reach, CtlError> {
+    let ours = AddressKind::of(endpoint.local.ip());
+    let mut refused = None;
+    let mut candidates = Vec::new();
+    if !endpoint.media.relay_only {
+        for (address, reflexive) in [(peer.address, false), (peer.reflexive, true)] {
+            let Some(address) = address else { continue };
+            let theirs = AddressKind::of(address.ip());
+            if ours.may_reach(theirs) {
+                candidates.push(PeerCandidate { address, reflexive });
+            } else {
+                refused = Some(format!(
+                    "the other side asked for media at {address}, {}, which this device (at {}) does not send to",
+                    theirs.describe(),
+                    endpoint.local.ip()
+                ));
+            }
+        }
     }
-    Ok(())
+    if candidates.is_empty() && call.relay.is_none() {
+        return Err(CtlError::Protocol(match (refused, endpoint.media.relay_only) {
+            (Some(why), _) => format!("{why}; refused"),
+            (None, true) => "this call is to be relayed, and the host gave no relay (is its call port on? `call_listen`)".into(),
+            (None, false) => "the other side named no address this device could send to, and the host gave no relay".into(),
+        }));
+    }
+    Ok(Reach {
+        peer: candidates,
+        relay: call.relay.clone(),
+        behind_nat: endpoint.media.reflexive.is_some(),
+    })
 }
 
 fn keys(
@@ -336,9 +423,13 @@ struct CallReport {
     #[serde(serialize_with = "crate::client::as_display")]
     peer: Username,
     outgoing: bool,
-    /// Where this device received the call's media, and where it sent its own.
+    /// Where this device received the call's media, and the other device's own address when
+    /// it was told (not when either side relays only).
     media_address: SocketAddr,
-    peer_media_address: SocketAddr,
+    peer_media_address: Option<SocketAddr>,
+    /// What this device's NAT showed the world, per its host's STUN answer (None: no NAT seen,
+    /// or relayed only).
+    reflexive_address: Option<SocketAddr>,
     /// hangup (we ended it), remote-hangup, failed, or what smvsd said
     ended: String,
     duration_s: f64,
@@ -360,16 +451,20 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> Result<(), CtlError> {
     tokio::pin!(stop);
-    if let Err(e) = check_peer_address(&endpoint, &peer_media) {
-        let _ = call.hangup().await;
-        return Err(e);
-    }
+    let reach = match reach(&endpoint, &call, &peer_media) {
+        Ok(reach) => reach,
+        Err(e) => {
+            let _ = call.hangup().await;
+            return Err(e);
+        }
+    };
     let keys = keys(&endpoint, &call, role, &peer_media)?;
     let peer = call.call.peer.clone();
-    let media_address = endpoint.media.address;
+    let media_address = endpoint.local;
+    let endpoint_reflexive = endpoint.media.reflexive;
     let mut options = endpoint.options;
     options.window_title = Some(format!("SMVS — call with {peer}"));
-    let session = MediaSession::start(endpoint.socket, peer_media.address, keys, options)
+    let session = MediaSession::start_on(endpoint.socket, reach, keys, options)
         .map_err(|e| CtlError::Local(format!("cannot start the call's media: {e}")))?;
     if format == Format::Text && !args.stats {
         eprintln!("smvsctl: in a call with {peer} (call {})", call.call.id);
@@ -414,6 +509,7 @@ pub async fn run(
         outgoing: call.call.outgoing,
         media_address,
         peer_media_address: peer_media.address,
+        reflexive_address: endpoint_reflexive,
         ended: reason.clone(),
         duration_s,
         stats: args.stats.then_some(stats),

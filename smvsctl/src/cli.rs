@@ -348,6 +348,11 @@ pub struct MediaArgs {
     /// received: glass-to-glass latency in --stats, valid when both ends share a clock
     #[arg(long)]
     pub latency_probe: bool,
+    /// Relay this call through the two users' hosts only: neither device learns the other's
+    /// address, even when a direct path exists (the host's `relay_calls` does this for every
+    /// call)
+    #[arg(long)]
+    pub relay: bool,
 }
 
 fn parse_size(text: &str) -> Result<(u32, u32), String> {

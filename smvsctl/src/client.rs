@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Serialize, Serializer};
 use smvs_schema::local_capnp::{
-    call_agent, call_control, call_device, call_event, call_info, call_media, event, event_sink,
-    host, message, subscription,
+    call_agent, call_control, call_device, call_event, call_info, call_media, call_relay, event,
+    event_sink, host, message, subscription,
 };
 use smvs_schema::Username;
 use tokio::sync::{mpsc, watch};
@@ -61,6 +61,8 @@ pub struct HostStatus {
     /// Outgoing messages not yet delivered.
     pub queued: u32,
     pub version: String,
+    /// Where this device reaches the host's call port (STUN and the call relay, UDP).
+    pub call_port: Option<String>,
 }
 
 /// One stored message.
@@ -258,7 +260,12 @@ pub struct CallEventView {
 pub struct CallMediaView {
     #[serde(serialize_with = "as_hex")]
     pub public_key: [u8; 32],
-    pub address: std::net::SocketAddr,
+    /// The endpoint's own address; None in the peer's media when relaying hides it.
+    pub address: Option<std::net::SocketAddr>,
+    /// What the endpoint's NAT shows the world.
+    pub reflexive: Option<std::net::SocketAddr>,
+    /// Ours: relay only and hide this device's addresses; the peer's: it does so.
+    pub relay_only: bool,
     pub video: bool,
     pub audio: bool,
 }
@@ -326,6 +333,8 @@ pub struct DeviceCall {
     pub call: CallView,
     pub notices: mpsc::UnboundedReceiver<CallNotice>,
     pub control: call_control::Client,
+    /// This device's side of the call's relay on its host, if it gave one.
+    pub relay: Option<smvs_media::RelayGrant>,
 }
 
 impl Device {
@@ -340,12 +349,14 @@ impl DeviceCall {
     fn read(
         call: call_info::Reader<'_>,
         control: call_control::Client,
+        relay: Option<call_relay::Reader<'_>>,
         notices: mpsc::UnboundedReceiver<CallNotice>,
     ) -> Result<DeviceCall, CtlError> {
         Ok(DeviceCall {
             call: CallView::read(call)?,
             notices,
             control,
+            relay: relay.map(read_relay).transpose()?,
         })
     }
 
@@ -433,6 +444,7 @@ impl HostStatus {
             directory: text("directory", r.get_directory())?,
             queued: r.get_queued(),
             version: text("version", r.get_version())?,
+            call_port: optional_text("call port", r.get_call_port())?,
         })
     }
 }
@@ -542,26 +554,58 @@ impl VerificationView {
     }
 }
 
+/// An optional IP:port (empty: none).
+fn optional_addr(
+    what: &str,
+    t: capnp::Result<capnp::text::Reader<'_>>,
+) -> Result<Option<std::net::SocketAddr>, CtlError> {
+    optional_text(what, t)?
+        .map(|a| {
+            a.parse()
+                .map_err(|_| CtlError::Protocol(format!("{what} {a:?} is not IP:port")))
+        })
+        .transpose()
+}
+
+fn read_relay(r: call_relay::Reader<'_>) -> Result<smvs_media::RelayGrant, CtlError> {
+    let address = text("relay address", r.get_address())?;
+    Ok(smvs_media::RelayGrant {
+        address: address
+            .parse()
+            .map_err(|_| CtlError::Protocol(format!("relay address {address:?} is not IP:port")))?,
+        alloc: r
+            .get_alloc()?
+            .try_into()
+            .map_err(|_| CtlError::Protocol("a relay allocation is 8 bytes".into()))?,
+        token: r
+            .get_token()?
+            .try_into()
+            .map_err(|_| CtlError::Protocol("a relay token is 16 bytes".into()))?,
+    })
+}
+
 impl CallMediaView {
     pub fn read(r: call_media::Reader<'_>) -> Result<Self, CtlError> {
         let key = r.get_public_key()?;
         let public_key: [u8; 32] = key.try_into().map_err(|_| {
             CtlError::Protocol(format!("a call key is {} bytes, not 32", key.len()))
         })?;
-        let address = text("media address", r.get_address())?;
         Ok(CallMediaView {
             public_key,
-            address: address.parse().map_err(|_| {
-                CtlError::Protocol(format!("media address {address:?} is not IP:port"))
-            })?,
+            address: optional_addr("media address", r.get_address())?,
+            reflexive: optional_addr("reflexive media address", r.get_reflexive())?,
+            relay_only: r.get_relay_only(),
             video: r.get_video(),
             audio: r.get_audio(),
         })
     }
 
     fn write(&self, mut b: call_media::Builder<'_>) {
+        let text = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
         b.set_public_key(&self.public_key);
-        b.set_address(self.address.to_string());
+        b.set_address(text(self.address));
+        b.set_reflexive(text(self.reflexive));
+        b.set_relay_only(self.relay_only);
         b.set_video(self.video);
         b.set_audio(self.audio);
     }
@@ -1117,7 +1161,8 @@ impl HostClient {
         }
         let answer = request.send().promise.await?;
         let answer = answer.get()?;
-        DeviceCall::read(answer.get_call()?, answer.get_control()?, notices)
+        let relay = answer.has_relay().then(|| answer.get_relay()).transpose()?;
+        DeviceCall::read(answer.get_call()?, answer.get_control()?, relay, notices)
     }
 
     /// Picks up a ringing call (`None`: the one that rings); the answer's `peer_media` is the
@@ -1137,7 +1182,8 @@ impl HostClient {
         }
         let answer = request.send().promise.await?;
         let answer = answer.get()?;
-        DeviceCall::read(answer.get_call()?, answer.get_control()?, notices)
+        let relay = answer.has_relay().then(|| answer.get_relay()).transpose()?;
+        DeviceCall::read(answer.get_call()?, answer.get_control()?, relay, notices)
     }
 
     /// Ends a call (`None`: the current one); a ringing incoming call is declined.

@@ -136,6 +136,7 @@ pub fn status_text(s: &HostStatus) -> String {
             )
         ),
         format!("queued:       {}", s.queued),
+        format!("call port:    {}", or_dash(s.call_port.as_deref())),
         format!("version:      {}", clean(&s.version)),
     ]
     .join("\n")
@@ -581,6 +582,7 @@ mod tests {
             directory: "127.0.0.1:7420".into(),
             queued: 2,
             version: "0.1.0".into(),
+            call_port: Some("127.0.0.1:7423".into()),
         }
     }
 
@@ -653,7 +655,7 @@ mod tests {
             json!({
                 "username": "alice", "registered": true, "fingerprint": "ab12 cd34",
                 "host_address": "127.0.0.1:7421", "directory": "127.0.0.1:7420",
-                "queued": 2, "version": "0.1.0"
+                "queued": 2, "version": "0.1.0", "call_port": "127.0.0.1:7423"
             })
         );
         assert_eq!(

@@ -9,8 +9,13 @@
 //! A host has at most one call at a time: a second offer is answered "busy". A call rings for
 //! `--ring-seconds` (30 s by default); then the caller's host ends it ("no-answer") and tells the callee's host.
 //! Signals are sealed envelopes between the two identities (`session::codec`), sent at once
-//! through [`Outbox::send_now`]; they are never stored. The media itself runs in the devices and never passes through here: the host only
-//! carries each device's fresh X25519 key and UDP address to the other side.
+//! through [`Outbox::send_now`]; they are never stored. The media itself runs in the devices and
+//! never passes through here: the host only carries each device's fresh X25519 key and UDP
+//! addresses to the other side, and gives each call an allocation on its call port
+//! ([`crate::relay`]), which forwards the call's sealed datagrams between its own device and the
+//! peer host's allocation when the devices cannot reach each other, or must not learn each
+//! other's addresses (relay only: `relay_calls`, or the device asked). Then the host takes its
+//! device's addresses out of what it sends, and the peer's out of what its devices see.
 //!
 //! Owns: the call table (every call ringing or active, the device running each, the registered
 //! call agent, recent rings per peer). Who may ask: devices through the command façade (place,
@@ -34,7 +39,9 @@ use crate::events::Events;
 use crate::model::{
     now_ms, Answerer, CallId, CallInfo, CallSignal, CallState, HostEvent, Media, SignalKind,
 };
+use crate::model::{DeviceCall, RelayGrant, RelayPoint};
 use crate::outbox::{Outbox, SendFailure};
+use crate::relay::CallPort;
 use crate::trust::Trust;
 
 /// The callee's host rings a little longer than its own `--ring-seconds`, so the caller's
@@ -55,6 +62,11 @@ pub struct CallContext {
     pub events: Events,
     /// How long an outgoing call rings before it ends unanswered.
     pub ring_timeout: Duration,
+    /// The call port that relays calls, and the address peers' hosts and our devices reach it
+    /// at; None: calls go without a relay.
+    pub relays: Option<(CallPort, std::net::SocketAddr)>,
+    /// Every call relayed only, our devices' addresses never sent (config `relay_calls`).
+    pub relay_calls: bool,
 }
 
 /// What the device running a call's media hears.
@@ -83,6 +95,63 @@ struct Call {
     /// The device running this call's media, and its token (so a device that left cannot end
     /// a call another device took over).
     device: Option<(u64, mpsc::UnboundedSender<DeviceNotice>)>,
+    /// Our call port's allocation for this call, released when it ends.
+    relay: Option<[u8; 8]>,
+    /// The peer host's relay point, from its offer or answer.
+    peer_relay: Option<RelayPoint>,
+    /// Our side relays only: our devices' addresses stay here, and they are not told the
+    /// peer's.
+    relay_only: bool,
+}
+
+/// A relay allocation for a new call on our call port, with the point the peer's host is told
+/// and the grant our device is given. None when there is no call port, or no allocation left
+/// (the call goes without one), unless `required`: then that is an error.
+fn allocate(
+    core: &CallContext,
+    required: bool,
+) -> Result<Option<(RelayPoint, RelayGrant)>, HostError> {
+    let refused = |why: String| {
+        HostError::new(
+            ErrorCode::Refused,
+            format!("this call must be relayed, and {why}"),
+        )
+    };
+    let Some((port, public)) = &core.relays else {
+        return match required {
+            true => Err(refused(
+                "this host has no call port to relay it (`call_listen`)".into(),
+            )),
+            false => Ok(None),
+        };
+    };
+    match port.allocate() {
+        Ok(grant) => Ok(Some((
+            RelayPoint {
+                address: *public,
+                alloc: grant.alloc,
+            },
+            RelayGrant {
+                address: *public,
+                alloc: grant.alloc,
+                token: grant.token,
+            },
+        ))),
+        Err(e) if required => Err(refused(format!("the call port cannot: {e}"))),
+        Err(e) => {
+            tracing::warn!(error = %e, "a call goes without a relay");
+            Ok(None)
+        }
+    }
+}
+
+/// Joins our allocation to the peer host's, so the call port forwards between them.
+fn connect_relay(core: &CallContext, ours: Option<[u8; 8]>, theirs: Option<RelayPoint>) {
+    if let (Some((port, _)), Some(ours), Some(theirs)) = (&core.relays, ours, theirs) {
+        if let Err(e) = port.connect(ours, theirs.address, theirs.alloc) {
+            tracing::warn!(error = %e, "the call's relay could not be joined to the peer's");
+        }
+    }
 }
 
 #[derive(Default)]
@@ -168,6 +237,9 @@ impl Actor for CallManager {
 /// Ends a call here: takes it out of the table, tells its device and everyone listening.
 fn end(core: &CallContext, table: &RefCell<Table>, id: &CallId, reason: &str) -> Option<CallInfo> {
     let call = table.borrow_mut().calls.remove(id)?;
+    if let (Some((port, _)), Some(alloc)) = (&core.relays, call.relay) {
+        port.release(alloc);
+    }
     let mut info = call.info;
     info.state = CallState::Ended;
     info.reason = reason.to_string();
@@ -215,7 +287,7 @@ fn failure(peer: &Username, e: SendFailure) -> HostError {
 
 /// A device places a call.
 #[derive(Message)]
-#[rtype(result = "Result<(CallInfo, u64), HostError>")]
+#[rtype(result = "Result<DeviceCall, HostError>")]
 pub struct PlaceCall {
     pub peer: Username,
     pub media: Media,
@@ -223,7 +295,7 @@ pub struct PlaceCall {
 }
 
 impl Handler<PlaceCall> for CallManager {
-    type Result = ResponseFuture<Result<(CallInfo, u64), HostError>>;
+    type Result = ResponseFuture<Result<DeviceCall, HostError>>;
     fn handle(&mut self, msg: PlaceCall, ctx: &mut Self::Context) -> Self::Result {
         let (core, table, manager) = (self.core.clone(), self.table.clone(), ctx.address());
         Box::pin(async move {
@@ -250,6 +322,8 @@ impl Handler<PlaceCall> for CallManager {
                 core.trust.accept_request(&peer).await?;
             }
             let callee = contact.identity;
+            let relay_only = core.relay_calls || msg.media.relay_only;
+            let relay = allocate(&core, relay_only)?;
             let id = CallId::random();
             let info = CallInfo {
                 id,
@@ -281,14 +355,22 @@ impl Handler<PlaceCall> for CallManager {
                     Call {
                         info: info.clone(),
                         device: Some((token, msg.device)),
+                        relay: relay.as_ref().map(|(point, _)| point.alloc),
+                        peer_relay: None,
+                        relay_only,
                     },
                 );
                 token
             };
+            let mut media = msg.media;
+            media.relay = relay.as_ref().map(|(point, _)| *point);
+            if relay_only {
+                media = media.hidden();
+            }
             let offer = CallSignal {
                 call_id: id,
                 kind: SignalKind::Offer,
-                media: Some(msg.media),
+                media: Some(media),
             };
             let hangup = CallSignal {
                 call_id: id,
@@ -296,7 +378,10 @@ impl Handler<PlaceCall> for CallManager {
                 media: None,
             };
             if let Err(e) = core.outbox.send_now(&peer, offer).await {
-                table.borrow_mut().calls.remove(&id);
+                let gone = table.borrow_mut().calls.remove(&id);
+                if let (Some((port, _)), Some(alloc)) = (&core.relays, gone.and_then(|c| c.relay)) {
+                    port.release(alloc);
+                }
                 tracing::info!(call = %id, %peer, error = %e, "a call could not ring");
                 if matches!(e, SendFailure::Offline(_)) {
                     // The offer may have arrived even so (a late answer): make sure it stops.
@@ -344,14 +429,18 @@ impl Handler<PlaceCall> for CallManager {
                     }
                 }
             });
-            Ok((info, token))
+            Ok(DeviceCall {
+                info,
+                token,
+                relay: relay.map(|(_, grant)| grant),
+            })
         })
     }
 }
 
 /// A device picks up a ringing call (`None`: the one that rings).
 #[derive(Message)]
-#[rtype(result = "Result<(CallInfo, u64), HostError>")]
+#[rtype(result = "Result<DeviceCall, HostError>")]
 pub struct AnswerCall {
     pub id: Option<CallId>,
     pub media: Media,
@@ -381,11 +470,11 @@ fn not_ringing(t: &Table, id: Option<CallId>) -> HostError {
 }
 
 impl Handler<AnswerCall> for CallManager {
-    type Result = ResponseFuture<Result<(CallInfo, u64), HostError>>;
+    type Result = ResponseFuture<Result<DeviceCall, HostError>>;
     fn handle(&mut self, msg: AnswerCall, ctx: &mut Self::Context) -> Self::Result {
         let (core, table, manager) = (self.core.clone(), self.table.clone(), ctx.address());
         Box::pin(async move {
-            let (info, token) = {
+            let (info, token, relay, relay_only) = {
                 let mut t = table.borrow_mut();
                 let token = t.token();
                 let ringing = t
@@ -400,6 +489,17 @@ impl Handler<AnswerCall> for CallManager {
                 let Some(call) = ringing.and_then(|id| t.calls.get_mut(&id)) else {
                     return Err(not_ringing(&t, msg.id));
                 };
+                // Relayed only when we say so, or when the caller does: it will not use our
+                // addresses, so they need not leave this host either.
+                let caller_hides = call.info.peer_media.as_ref().is_some_and(|m| m.relay_only);
+                let relay_only = call.relay_only || msg.media.relay_only || caller_hides;
+                let relay = allocate(&core, relay_only)?;
+                call.relay = relay.as_ref().map(|(point, _)| point.alloc);
+                call.relay_only = relay_only;
+                if relay_only {
+                    call.info.peer_media = call.info.peer_media.take().map(|m| m.hidden());
+                }
+                connect_relay(&core, call.relay, call.peer_relay);
                 // Active at once, in this one handler: a second device's answer, handled next,
                 // finds it taken.
                 call.info.state = CallState::Active;
@@ -407,12 +507,17 @@ impl Handler<AnswerCall> for CallManager {
                 call.info.answered_by = Some(msg.by);
                 watch_device(manager, &msg.device, call.info.id, token);
                 call.device = Some((token, msg.device));
-                (call.info.clone(), token)
+                (call.info.clone(), token, relay, relay_only)
             };
+            let mut media = msg.media;
+            media.relay = relay.as_ref().map(|(point, _)| *point);
+            if relay_only {
+                media = media.hidden();
+            }
             let answer = CallSignal {
                 call_id: info.id,
                 kind: SignalKind::Answer,
-                media: Some(msg.media),
+                media: Some(media),
             };
             if let Err(e) = core.outbox.send_now(&info.peer, answer).await {
                 let (reason, error) = match e {
@@ -432,9 +537,13 @@ impl Handler<AnswerCall> for CallManager {
             if !table.borrow().calls.contains_key(&info.id) {
                 return Err(HostError::new(ErrorCode::Ended, "the caller hung up"));
             }
-            tracing::info!(call = %info.id, peer = %info.peer, "call answered");
+            tracing::info!(call = %info.id, peer = %info.peer, relay_only, "call answered");
             core.events.publish(HostEvent::CallState(info.clone()));
-            Ok((info, token))
+            Ok(DeviceCall {
+                info,
+                token,
+                relay: relay.map(|(_, grant)| grant),
+            })
         })
     }
 }
@@ -568,9 +677,12 @@ impl Handler<SignalIn> for CallManager {
                     };
                     call.info.state = CallState::Active;
                     call.info.since = now_ms();
-                    call.info.peer_media = Some(media.clone());
+                    call.peer_relay = media.relay;
+                    connect_relay(core, call.relay, call.peer_relay);
+                    let seen = media.for_our_device(call.relay_only);
+                    call.info.peer_media = Some(seen.clone());
                     if let Some((_, device)) = &call.device {
-                        let _ = device.send(DeviceNotice::Answered(media));
+                        let _ = device.send(DeviceNotice::Answered(seen));
                     }
                     call.info.clone()
                 };
@@ -643,7 +755,7 @@ impl CallManager {
             callee_identity: me.identity.to_bytes().to_vec(),
             video: media.video,
             audio: media.audio,
-            peer_media: Some(media),
+            peer_media: Some(media.for_our_device(self.core.relay_calls)),
             since: now_ms(),
             answered_by: None,
         };
@@ -661,6 +773,9 @@ impl CallManager {
             Call {
                 info: info.clone(),
                 device: None,
+                relay: None,
+                peer_relay: media.relay,
+                relay_only: self.core.relay_calls,
             },
         );
         tracing::info!(call = %id, peer = %from, "incoming call");
@@ -830,6 +945,9 @@ mod tests {
             Call {
                 info: CallInfo::answered_on_a_linked_device(id, 1),
                 device: None,
+                relay: None,
+                peer_relay: None,
+                relay_only: false,
             },
         );
         for asked in [None, Some(id)] {

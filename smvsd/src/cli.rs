@@ -8,13 +8,15 @@ use std::time::Duration;
 use clap::Parser;
 use smvs_crypto::SigningPublicKey;
 
-use crate::config::{Config, FileConfig};
+use crate::config::{Config, FileConfig, DEFAULT_RELAY_KBPS};
 
 /// The default cap on the wait between delivery attempts: one probe per half minute per
 /// unreachable peer is cheap, and a healed path is used again within it.
 const DEFAULT_RETRY_MAX_SECONDS: u64 = 30;
 /// The device port's default port (the peer port's is 7421).
 pub const DEFAULT_DEVICE_PORT: u16 = 7422;
+/// The call port's default port (UDP: STUN and the relay of call media).
+pub const DEFAULT_CALL_PORT: u16 = 7423;
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +41,13 @@ pub struct Cli {
     /// [default: the peer port's address, port 7422].
     #[arg(long, value_name = "ADDR|none")]
     pub device_listen: Option<String>,
+    /// The call port (UDP): STUN for the user's devices and the relay of their calls' sealed
+    /// media, or `none` [default: the peer port's IP, port 7423].
+    #[arg(long, value_name = "ADDR|none")]
+    pub call_listen: Option<String>,
+    /// The relay's cap per relayed call, both directions together, in kbit/s [default: 4000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub relay_kbps: Option<u32>,
     /// How long a pairing code from `smvsctl devices link` is good for, in seconds
     /// [default: 600].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -78,6 +87,10 @@ pub struct Cli {
     /// Hold messages from users who are not contacts yet, as requests.
     #[arg(long)]
     pub contacts_only: bool,
+    /// Relay every call through the call port, and never tell the other side the addresses of
+    /// this user's devices (nor them the other side's).
+    #[arg(long)]
+    pub relay_calls: bool,
     /// Serve org.smvs.Daemon1 on the system bus, the session bus, or not at all.
     #[arg(long, value_parser = ["system", "session", "none"])]
     pub dbus: Option<String>,
@@ -119,6 +132,14 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         ),
         None => Some(SocketAddr::new(listen.ip(), DEFAULT_DEVICE_PORT)),
     };
+    let call_listen = match cli.call_listen.or(file.call_listen).as_deref() {
+        Some("none") => None,
+        Some(addr) => Some(
+            addr.parse::<SocketAddr>()
+                .map_err(|e| format!("--call-listen {addr:?}: {e} (an IP:PORT, or none)"))?,
+        ),
+        None => Some(SocketAddr::new(listen.ip(), DEFAULT_CALL_PORT)),
+    };
     let mut allowed = file.allowed_uids.unwrap_or_default();
     allowed.extend(cli.allow_uid);
     Ok(Config {
@@ -129,6 +150,12 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         socket: cli.socket.or(file.socket).ok_or_else(|| need("socket"))?,
         listen,
         device_listen,
+        call_listen,
+        relay_kbps: cli
+            .relay_kbps
+            .or(file.relay_kbps)
+            .unwrap_or(DEFAULT_RELAY_KBPS)
+            .max(1),
         pairing_code_lifetime: Duration::from_secs(
             cli.pairing_code_seconds
                 .or(file.pairing_code_seconds)
@@ -169,6 +196,7 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
             && file.honour_remote_delete.unwrap_or(true),
         socks5_proxy: cli.socks5_proxy.or(file.socks5_proxy),
         contacts_only: cli.contacts_only || file.contacts_only.unwrap_or(false),
+        relay_calls: cli.relay_calls || file.relay_calls.unwrap_or(false),
         dbus: match cli.dbus.or(file.dbus).as_deref() {
             None | Some("none") => None,
             Some("system") => Some(crate::config::BusKind::System),
@@ -190,4 +218,49 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
             }
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn settle_args(extra: &[&str]) -> Result<Config, String> {
+        let mut args = vec![
+            "smvsd",
+            "--state-dir",
+            "/tmp/s",
+            "--socket",
+            "/tmp/s.sock",
+            "--directory",
+            "127.0.0.1:7420",
+            "--directory-key",
+            KEY,
+            "--keyguard-socket",
+            "/tmp/k.sock",
+        ];
+        args.extend_from_slice(extra);
+        settle(Cli::try_parse_from(args).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn the_call_port_defaults_to_the_peer_ip_on_7423() {
+        let config = settle_args(&["--listen", "10.1.2.3:7421"]).unwrap();
+        assert_eq!(config.call_listen, Some("10.1.2.3:7423".parse().unwrap()));
+        assert_eq!(config.device_listen, Some("10.1.2.3:7422".parse().unwrap()));
+        assert_eq!(config.relay_kbps, DEFAULT_RELAY_KBPS);
+    }
+
+    #[test]
+    fn the_call_port_can_be_moved_or_turned_off() {
+        let config = settle_args(&["--call-listen", "127.0.0.1:0", "--relay-kbps", "500"]).unwrap();
+        assert_eq!(config.call_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(config.relay_kbps, 500);
+        let config = settle_args(&["--call-listen", "none"]).unwrap();
+        assert_eq!(config.call_listen, None);
+        let error = settle_args(&["--call-listen", "nowhere"]).unwrap_err();
+        assert!(error.contains("--call-listen"), "{error}");
+        assert!(settle_args(&["--relay-kbps", "0"]).is_err());
+    }
 }

@@ -8,6 +8,9 @@ use serde::Deserialize;
 use smvs_crypto::SigningPublicKey;
 use smvs_schema::HostAddress;
 
+/// The relay's default cap per relayed call leg, both directions together, in kbit/s.
+pub const DEFAULT_RELAY_KBPS: u32 = 4000;
+
 /// The `smvsd.toml` file. Every field is optional; flags win over the file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,6 +19,8 @@ pub struct FileConfig {
     pub socket: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
     pub device_listen: Option<String>,
+    pub call_listen: Option<String>,
+    pub relay_kbps: Option<u32>,
     pub pairing_code_seconds: Option<u64>,
     pub public_address: Option<String>,
     pub directory: Option<String>,
@@ -29,6 +34,7 @@ pub struct FileConfig {
     pub honour_remote_delete: Option<bool>,
     pub socks5_proxy: Option<String>,
     pub contacts_only: Option<bool>,
+    pub relay_calls: Option<bool>,
     pub notifications: Option<String>,
 }
 
@@ -48,6 +54,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The device port (None: no device on another machine can connect).
     pub device_listen: Option<SocketAddr>,
+    /// The call port (UDP: STUN for devices and the relay of call media; None: off).
+    pub call_listen: Option<SocketAddr>,
+    /// The relay's cap per allocation, both directions together, in kbit/s.
+    pub relay_kbps: u32,
     /// How long a pairing code from `devices link` is good for.
     pub pairing_code_lifetime: Duration,
     /// The address published in the directory (default: the listen address).
@@ -70,6 +80,8 @@ pub struct Config {
     pub socks5_proxy: Option<String>,
     /// Hold messages from users who are not contacts yet as requests.
     pub contacts_only: bool,
+    /// Relay every call; this user's devices' addresses never leave the host.
+    pub relay_calls: bool,
     /// Serve `org.smvs.Daemon1` on this bus (None: no D-Bus).
     pub dbus: Option<BusKind>,
     /// Desktop notifications raised by the daemon itself (session bus only).

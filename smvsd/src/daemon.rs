@@ -33,6 +33,7 @@ use crate::devices::Devices;
 use crate::events::{DeviceHub, Events};
 use crate::inbox::{Inbox, InboxSettings};
 use crate::outbox::{Outbox, OutboxSettings};
+use crate::relay::{CallPort, RelayLimits};
 use crate::sessions::Sessions;
 use crate::storage::Storage;
 use crate::trust::{DirectoryConfig, Me, Trust};
@@ -72,6 +73,9 @@ pub struct Host {
     peer_addr: std::net::SocketAddr,
     /// The device port's address, when it has one.
     device_addr: Option<std::net::SocketAddr>,
+    /// The call port (STUN and the media relay), when it has one; closed by
+    /// [`Host::shutdown`].
+    call_port: Option<CallPort>,
     socket_path: std::path::PathBuf,
     storage: Storage,
     /// Drained before the last checkpoint, so that no event of a change made before the stop
@@ -135,6 +139,20 @@ impl Host {
             .map(|l| l.local_addr())
             .transpose()
             .map_err(listen_error("the device port".into()))?;
+        let call_port = match config.call_listen {
+            Some(addr) => Some(
+                CallPort::bind(
+                    addr,
+                    RelayLimits {
+                        kbps: config.relay_kbps,
+                        ..RelayLimits::default()
+                    },
+                )
+                .await
+                .map_err(listen_error(format!("{addr} (the call port, udp)")))?,
+            ),
+            None => None,
+        };
         let local_listener = crate::api::local::bind(&config.socket)
             .map_err(listen_error(config.socket.display().to_string()))?;
         // An OS-chosen port is only known now.
@@ -187,11 +205,16 @@ impl Host {
                 socks5_proxy: config.socks5_proxy.clone(),
             },
         );
+        let call_address = call_port
+            .as_ref()
+            .and_then(|port| relay_address(port.local_addr(), &host_address));
         let calls = CallManager::new(CallContext {
             trust: trust.clone(),
             outbox: outbox.clone(),
             events: events.clone(),
             ring_timeout: config.ring_timeout,
+            relays: call_port.clone().zip(call_address),
+            relay_calls: config.relay_calls,
         })
         .start();
         let inbox = Rc::new(Inbox::new(
@@ -229,6 +252,7 @@ impl Host {
             calls,
             events,
             host_address,
+            call_address,
         })
         .start();
 
@@ -287,10 +311,14 @@ impl Host {
                 }
             }));
         }
+        if let Some(port) = &call_port {
+            tracing::info!(addr = %port.local_addr(), "call port serving (STUN and the media relay, udp)");
+        }
         tracing::info!(listen = %peer_addr, socket = %config.socket.display(), "host serving");
         Ok(Host {
             peer_addr,
             device_addr,
+            call_port,
             socket_path: config.socket,
             storage,
             hub,
@@ -304,24 +332,38 @@ impl Host {
         self.peer_addr
     }
 
+    /// The call port (STUN and the media relay), when the host has one: a handle that stays
+    /// usable until the host shuts down.
+    pub fn call_port(&self) -> Option<CallPort> {
+        self.call_port.clone()
+    }
+
     /// What systemd's status line says while the host serves.
     pub fn status(&self) -> String {
         let devices = match self.device_addr {
             Some(addr) => format!("devices on {addr}"),
             None => "no device port".into(),
         };
+        let calls = match &self.call_port {
+            Some(port) => format!("calls on {}", port.local_addr()),
+            None => "no call port".into(),
+        };
         format!(
-            "listening on {}; socket {}; {devices}",
+            "listening on {}; socket {}; {devices}; {calls}",
             self.peer_addr,
             self.socket_path.display()
         )
     }
 
-    /// Stage 1 of the drain: stop accepting (peer port, local socket, D-Bus) and stop the
-    /// timers. Connections already open finish what they are doing while [`Host::join`] runs.
+    /// Stage 1 of the drain: stop accepting (peer port, local socket, D-Bus), close the call
+    /// port and stop the timers. Connections already open finish what they are doing while
+    /// [`Host::join`] runs.
     pub fn shutdown(&self) {
         for task in &self.tasks {
             task.abort();
+        }
+        if let Some(port) = &self.call_port {
+            port.close();
         }
         self.bus.borrow_mut().take();
         let _ = std::fs::remove_file(&self.socket_path);
@@ -458,6 +500,32 @@ async fn expire_loop(storage: Storage) {
         tick.tick().await;
         if let Err(e) = storage.expire(crate::model::now_ms()).await {
             tracing::error!(error = %e, "expiring messages failed");
+        }
+    }
+}
+
+/// Where peers' hosts and our devices reach the call port: its own address, or, when it
+/// listens on every address, the published host address's IP with its port. None when that is
+/// a name: calls then go without a relay (and devices learn no NAT address), and the log says
+/// how to fix it.
+fn relay_address(
+    bound: std::net::SocketAddr,
+    published: &smvs_schema::HostAddress,
+) -> Option<std::net::SocketAddr> {
+    if !bound.ip().is_unspecified() {
+        return Some(bound);
+    }
+    let host = published.as_str().rsplit_once(':').map(|(h, _)| h)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => Some(std::net::SocketAddr::new(ip, bound.port())),
+        Err(_) => {
+            tracing::warn!(
+                published = %published.as_str(),
+                "the call port listens on every address and the published address is a name: \
+                 calls go without a relay; set call_listen to the public IP and port"
+            );
+            None
         }
     }
 }

@@ -4,7 +4,7 @@
 //! Noise + Cap'n Proto, keeps them while those hosts are away, and serves the user's devices on
 //! a Unix socket and D-Bus. The identity's secret keys stay in smvs-keyguard.
 //!
-//! Layers (bottom to top): model, error | config, cli, session, storage | guard, events, trust, sessions, outbox, calls, inbox, devices, commands, api, daemon
+//! Layers (bottom to top): model, error | config, cli, session, storage | guard, events, trust, sessions, outbox, relay, calls, inbox, devices, commands, api, daemon
 //!
 //! Each module names only modules below it (a test in `smvs-tests` checks this line against the
 //! imports, and fails on an import that points up or sideways):
@@ -16,9 +16,10 @@
 //! - [`events`]: the device hub, and the handle owners publish through.
 //! - The owners, each the only one to change its state: [`trust`] (our user, the directory,
 //!   pinned contacts), [`sessions`] (session keys), [`outbox`] (delivery and "sent"),
-//!   [`calls`] (the call table; an actor), [`inbox`] (arrival order of incoming envelopes),
-//!   [`devices`] (paired devices, pairing codes, open device links).
-//!   Owners other than the actors are single-threaded objects on the main arbiter: a method
+//!   [`relay`] (the call port: STUN for devices and the relay of sealed call media; a task of
+//!   its own owns the UDP socket), [`calls`] (the call table; an actor), [`inbox`] (arrival
+//!   order of incoming envelopes), [`devices`] (paired devices, pairing codes, open device links).
+//!   Owners other than the actors and the relay are single-threaded objects on the main arbiter: a method
 //!   call is the message, and their state is private to them.
 //! - [`commands`]: the one façade every device request goes through.
 //! - [`api`]: the edges (Unix socket, D-Bus, peer port, device port), which only translate.
@@ -43,6 +44,8 @@ pub mod trust;
 pub mod sessions;
 
 pub mod outbox;
+
+pub mod relay;
 
 pub mod calls;
 

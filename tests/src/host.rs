@@ -26,6 +26,9 @@ pub struct HostProcess {
     pub listen: SocketAddr,
     /// The device port; fixed after the first start too, so paired devices find it again.
     pub device_listen: SocketAddr,
+    /// The call port (UDP: STUN and the media relay); port 0 at the first start, so that
+    /// tests on one IP never collide on the default port, then fixed like the others.
+    pub call_listen: SocketAddr,
     directory: String,
     directory_key: String,
     extra: Vec<String>,
@@ -133,6 +136,7 @@ impl HostProcess {
             root,
             listen: format!("{ip}:0").parse()?,
             device_listen: format!("{ip}:0").parse()?,
+            call_listen: format!("{ip}:0").parse()?,
             directory: directory.addr.to_string(),
             directory_key: directory.key.to_hex(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -174,6 +178,8 @@ impl HostProcess {
             self.listen.to_string(),
             "--device-listen".into(),
             self.device_listen.to_string(),
+            "--call-listen".into(),
+            self.call_listen.to_string(),
             "--directory".into(),
             self.directory.clone(),
             "--directory-key".into(),
@@ -219,6 +225,12 @@ impl HostProcess {
             .find_map(|part| part.strip_prefix("devices on "))
             .ok_or_else(|| anyhow!("no device port in status {:?}", daemon.status))?;
         self.device_listen = devices.parse()?;
+        let calls = daemon
+            .status
+            .split("; ")
+            .find_map(|part| part.strip_prefix("calls on "))
+            .ok_or_else(|| anyhow!("no call port in status {:?}", daemon.status))?;
+        self.call_listen = calls.parse()?;
         self.daemon = Some(daemon);
         Ok(())
     }

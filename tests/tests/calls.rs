@@ -115,6 +115,14 @@ fn check_media_both_ways(caller: &Value, callee: &Value) {
     ] {
         let sent = from["stats"]["video_frames_sent"].as_u64().unwrap();
         let decoded = to["stats"]["video_frames_decoded"].as_u64().unwrap();
+        eprintln!(
+            "{name}: {decoded} of {sent} frames decoded; sender's path {}, {}; held {} dropped {}; receiver's freezes {}",
+            from["stats"]["path_changes"],
+            from["stats"]["consent_ms"],
+            from["stats"]["held_packets"],
+            from["stats"]["held_dropped"],
+            to["stats"]["freezes"]
+        );
         assert!(sent >= 100, "{name}: only {sent} frames sent in a 5 s call");
         assert!(
             decoded as f64 >= 0.9 * sent as f64,

@@ -1,7 +1,8 @@
 //! The seed corpora of the fuzz targets in `fuzz/`, made from real traffic: a real Noise first
 //! message, a real sealed envelope, a real signed directory record and registration, real
-//! keyguard and local-API requests, sealed media packets and consent hellos, each made by the
-//! code that makes them in the daemons, under the fuzz targets' fixed keys.
+//! keyguard and local-API requests, sealed media packets and consent hellos, call-port frames
+//! (and a third-party STUN client's request, RFC 5769's), each made by the code that makes
+//! them in the daemons, under the fuzz targets' fixed keys.
 //!
 //! With `SMVS_WRITE_FUZZ_CORPUS=1` the test (re)writes `fuzz/corpus/<target>/`. Either way it
 //! then reads every committed seed back through the code its target drives and checks that it
@@ -27,6 +28,7 @@ use smvs_schema::host_capnp::host_link;
 use smvs_schema::keyguard_capnp::{keyguard, SignPurpose};
 use smvs_schema::local_capnp::host;
 use smvs_schema::{CallId, HostAddress, MessageId, Username};
+use smvs_transport::callport::{Frame, ALLOC_ID_LEN, RELAY_TOKEN_LEN};
 use smvsd::model::{CallSignal, Media, Payload, SignalKind};
 use smvsd::session::{self, Content, Header, Inner, SessionKeys};
 
@@ -420,6 +422,69 @@ fn seeds() -> Seeds {
         script.extend_from_slice(&hello);
     }
     seeds.push(("media_hello", "three-hellos", script));
+
+    // The call port: scripts of `[from][len][datagram]` (from: 0 the device, 1 the peer relay,
+    // 2 a stranger; +4: the target puts in the real allocation id and token).
+    let step = |script: &mut Vec<u8>, from: u8, frame: &[u8]| {
+        script.extend_from_slice(&[from, u8::try_from(frame.len()).unwrap()]);
+        script.extend_from_slice(frame);
+    };
+    let encode = |frame: Frame<'_>| {
+        let mut out = Vec::new();
+        frame.try_encode(&mut out).unwrap();
+        out
+    };
+    let mut script = Vec::new();
+    step(
+        &mut script,
+        2,
+        &encode(Frame::BindingRequest {
+            transaction: [0x11; 12],
+        }),
+    );
+    // RFC 5769 §2.1: an ICE agent's request, with SOFTWARE, PRIORITY, ICE-CONTROLLED,
+    // USERNAME, MESSAGE-INTEGRITY and FINGERPRINT.
+    step(
+        &mut script,
+        0,
+        &hex::decode(concat!(
+            "000100582112a442b7e7a701bc34d686fa87dfae",
+            "802200105354554e20746573742063",
+            "6c69656e74002400046e0001ff80290008932ff9b151263b36",
+            "000600096576746a3a68367659202020",
+            "000800149aeaa70cbfd8cb56781ef2b5b2d3f249c1b571a2",
+            "80280004e57a3bcf"
+        ))
+        .unwrap(),
+    );
+    seeds.push(("callport_frame", "stun", script));
+    let sealed = wire::seal(Some(&key), 4, Stream::VideoRtp, &rtp).unwrap();
+    let mut script = Vec::new();
+    step(
+        &mut script,
+        4,
+        &encode(Frame::Bind {
+            alloc: [0; ALLOC_ID_LEN],
+            token: [0; RELAY_TOKEN_LEN],
+        }),
+    );
+    step(
+        &mut script,
+        4,
+        &encode(Frame::Data {
+            alloc: [0; ALLOC_ID_LEN],
+            payload: &sealed,
+        }),
+    );
+    step(
+        &mut script,
+        5,
+        &encode(Frame::Forward {
+            alloc: [0; ALLOC_ID_LEN],
+            payload: &sealed,
+        }),
+    );
+    seeds.push(("callport_frame", "relay", script));
     seeds
 }
 
@@ -577,6 +642,15 @@ fn check(target: &str, bytes: &[u8]) -> Result<(), String> {
                 let (packet, tail) = tail.split_at(usize::from(*len));
                 script = tail;
                 Hello::decode(packet).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        "callport_frame" => {
+            let mut script = bytes;
+            while let [_, len, tail @ ..] = script {
+                let (datagram, tail) = tail.split_at(usize::from(*len));
+                script = tail;
+                Frame::decode(datagram).map_err(|e| e.to_string())?;
             }
             Ok(())
         }

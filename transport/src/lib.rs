@@ -10,7 +10,11 @@
 //! Cap'n Proto's own message size is capped separately by `smvs_schema::reader_options`. The
 //! layer above decides which remote static keys it accepts: `connect` can pin one; `accept`
 //! reports the one it saw.
+//!
+//! [`callport`] is the other wire a host speaks: the UDP datagrams of its call port (STUN
+//! Binding for devices, and the relay of sealed call media), as a pure codec.
 
+pub mod callport;
 mod channel;
 mod error;
 pub mod rpc;

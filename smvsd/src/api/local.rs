@@ -270,6 +270,9 @@ fn write_status(mut s: smvs_schema::local_capnp::host_status::Builder<'_>, statu
     if let Some(fingerprint) = &status.fingerprint {
         s.set_fingerprint(fingerprint);
     }
+    if let Some(call_port) = &status.call_port {
+        s.set_call_port(call_port);
+    }
 }
 
 impl host::Server for HostRpc {

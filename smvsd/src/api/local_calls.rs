@@ -10,7 +10,9 @@
 use std::rc::Rc;
 
 use actix::Addr;
-use smvs_schema::local_capnp::{call_control, call_device, call_info, call_media, host};
+use smvs_schema::local_capnp::{
+    call_control, call_device, call_info, call_media, call_relay, host,
+};
 use tokio::sync::mpsc;
 
 use smvs_schema::ErrorCode;
@@ -20,26 +22,46 @@ use crate::commands::{
     parse_user, AnswerCall, Commands, Hangup, ListCalls, PlaceCall, RegisterAgent, UnregisterAgent,
 };
 use crate::error::HostError;
-use crate::model::{Answerer, CallId, CallInfo, CallState, Media, Viewer};
+use crate::model::{Answerer, CallId, CallInfo, CallState, DeviceCall, Media, RelayGrant, Viewer};
 
 fn mailbox<T>(r: Result<T, actix::MailboxError>) -> Result<T, capnp::Error> {
     r.map_err(|_| HostError::shutting_down().into())
 }
 
+/// A device's media set-up. Its own address is required (its host decides whether the peer
+/// sees it); the NAT's address is optional.
 pub fn read_media(m: call_media::Reader<'_>) -> Result<Media, capnp::Error> {
-    let address = m
-        .get_address()?
-        .to_str()
-        .map_err(|_| HostError::bad_request("media address is not UTF-8"))?;
-    Media::parse(m.get_public_key()?, address, m.get_video(), m.get_audio())
-        .map_err(|e| HostError::bad_request(e).into())
+    let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, capnp::Error> {
+        t?.to_str()
+            .map(str::to_owned)
+            .map_err(|_| HostError::bad_request("media address is not UTF-8").into())
+    };
+    let address = text(m.get_address())?;
+    if address.is_empty() {
+        return Err(HostError::bad_request("the device's media address is missing").into());
+    }
+    let reflexive = text(m.get_reflexive())?;
+    let mut media = Media::parse(m.get_public_key()?, &address, m.get_video(), m.get_audio())
+        .and_then(|media| media.with_reflexive(&reflexive))
+        .map_err(HostError::bad_request)?;
+    media.relay_only = m.get_relay_only();
+    Ok(media)
 }
 
 fn write_media(mut b: call_media::Builder<'_>, m: &Media) {
+    let text = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
     b.set_public_key(&m.public_key);
-    b.set_address(m.address.to_string());
+    b.set_address(text(m.address));
+    b.set_reflexive(text(m.reflexive));
+    b.set_relay_only(m.relay_only);
     b.set_video(m.video);
     b.set_audio(m.audio);
+}
+
+fn write_relay(mut b: call_relay::Builder<'_>, relay: &RelayGrant) {
+    b.set_address(relay.address.to_string());
+    b.set_alloc(&relay.alloc);
+    b.set_token(&relay.token);
 }
 
 pub fn call_state(s: CallState) -> smvs_schema::local_capnp::CallState {
@@ -158,7 +180,7 @@ pub async fn place(
         (peer, read_media(p.get_media()?)?, p.get_device()?)
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let (info, token) = mailbox(
+    let DeviceCall { info, token, relay } = mailbox(
         calls
             .send(PlaceCall {
                 peer,
@@ -171,6 +193,9 @@ pub async fn place(
     let mut r = results.get();
     write_info(r.reborrow().init_call(), &info);
     r.set_control(control(calls, &info, token));
+    if let Some(relay) = &relay {
+        write_relay(r.reborrow().init_relay(), relay);
+    }
     Ok(())
 }
 
@@ -189,7 +214,7 @@ pub async fn answer(
         )
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let (info, token) = mailbox(
+    let DeviceCall { info, token, relay } = mailbox(
         calls
             .send(AnswerCall {
                 id,
@@ -203,6 +228,9 @@ pub async fn answer(
     let mut r = results.get();
     write_info(r.reborrow().init_call(), &info);
     r.set_control(control(calls, &info, token));
+    if let Some(relay) = &relay {
+        write_relay(r.reborrow().init_relay(), relay);
+    }
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use crate::devices::{Device, Devices, LinkCode};
 use crate::error::HostError;
 use crate::events::Events;
 use crate::model::{
-    CallId, CallInfo, Contact, HostEvent, Media, MessageId, Payload, StoredMessage,
+    CallId, CallInfo, Contact, DeviceCall, HostEvent, Media, MessageId, Payload, StoredMessage,
 };
 use crate::outbox::Outbox;
 use crate::session::MAX_TEXT_BYTES;
@@ -54,6 +54,8 @@ pub struct Owners {
     pub devices: Rc<Devices>,
     /// The address published in the directory.
     pub host_address: HostAddress,
+    /// Where devices reach the call port (STUN and the relay), if the host has one.
+    pub call_address: Option<std::net::SocketAddr>,
 }
 
 pub struct Commands {
@@ -101,6 +103,8 @@ pub struct HostStatus {
     pub directory: String,
     pub queued: u32,
     pub version: &'static str,
+    /// Where devices reach the call port, if the host has one.
+    pub call_port: Option<String>,
 }
 
 #[derive(Message)]
@@ -119,6 +123,7 @@ async fn status(o: &Owners) -> Result<HostStatus, HostError> {
         directory: o.trust.directory_address().to_owned(),
         queued: o.storage.queued_count().await?,
         version: env!("CARGO_PKG_VERSION"),
+        call_port: o.call_address.map(|a| a.to_string()),
     })
 }
 
@@ -315,16 +320,16 @@ command!(Verify => Verification, |o, m| {
 
 // ----- calls (the call manager owns them; these are its requests as devices make them) -----
 
-/// A device places a call; the reply is the call and the device's token.
+/// A device places a call; the reply is the call, the device's token and its relay.
 #[derive(Message)]
-#[rtype(result = "Result<(CallInfo, u64), HostError>")]
+#[rtype(result = "Result<DeviceCall, HostError>")]
 pub struct PlaceCall {
     pub peer: Username,
     pub media: Media,
     pub device: mpsc::UnboundedSender<DeviceNotice>,
 }
 
-command!(PlaceCall => (CallInfo, u64), |o, m| {
+command!(PlaceCall => DeviceCall, |o, m| {
     o.calls
         .send(calls::PlaceCall { peer: m.peer, media: m.media, device: m.device })
         .await
@@ -333,7 +338,7 @@ command!(PlaceCall => (CallInfo, u64), |o, m| {
 
 /// A device picks up a ringing call (`None`: the one that rings).
 #[derive(Message)]
-#[rtype(result = "Result<(CallInfo, u64), HostError>")]
+#[rtype(result = "Result<DeviceCall, HostError>")]
 pub struct AnswerCall {
     pub id: Option<CallId>,
     pub media: Media,
@@ -341,7 +346,7 @@ pub struct AnswerCall {
     pub by: crate::model::Answerer,
 }
 
-command!(AnswerCall => (CallInfo, u64), |o, m| {
+command!(AnswerCall => DeviceCall, |o, m| {
     o.calls
         .send(calls::AnswerCall { id: m.id, media: m.media, device: m.device, by: m.by })
         .await

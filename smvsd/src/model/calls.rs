@@ -27,18 +27,58 @@ pub struct CallSignal {
     pub media: Option<Media>,
 }
 
-/// One endpoint's half of the media set-up: where it listens and its fresh call key.
+/// One endpoint's half of the media set-up: its fresh call key, and where it can be reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Media {
     pub public_key: [u8; 32],
-    pub address: SocketAddr,
+    /// The device's own address; None when its side relays only and hides it.
+    pub address: Option<SocketAddr>,
+    /// The address the device's NAT shows the world (its host answered by STUN); None when
+    /// there is none or it is hidden.
+    pub reflexive: Option<SocketAddr>,
+    /// The sending host's relay for this call (between hosts only: devices are never told the
+    /// other side's).
+    pub relay: Option<RelayPoint>,
+    /// The sender's side relays only and hides its addresses.
+    pub relay_only: bool,
     pub video: bool,
     pub audio: bool,
 }
 
+/// A host's relay for one call: its call port and the allocation to name there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayPoint {
+    pub address: SocketAddr,
+    pub alloc: [u8; 8],
+}
+
+/// Checks a media address a device or a peer sent: a literal IP:port (no names to resolve, no
+/// port 0) that can receive datagrams.
+fn media_address(what: &str, address: &str) -> Result<SocketAddr, String> {
+    let parsed: SocketAddr = address
+        .parse()
+        .map_err(|_| format!("{what} {address:?} is not IP:port"))?;
+    // An IPv4 address written as IPv6 (::ffff:a.b.c.d) is judged as the IPv4 it is.
+    let parsed = SocketAddr::new(parsed.ip().to_canonical(), parsed.port());
+    let broadcast = matches!(parsed.ip(), std::net::IpAddr::V4(v4) if v4.is_broadcast());
+    if parsed.port() == 0 || parsed.ip().is_unspecified() || parsed.ip().is_multicast() || broadcast
+    {
+        return Err(format!("{what} {parsed} cannot receive media"));
+    }
+    Ok(parsed)
+}
+
+/// An optional address: empty is none.
+fn optional_address(what: &str, address: &str) -> Result<Option<SocketAddr>, String> {
+    if address.is_empty() {
+        return Ok(None);
+    }
+    media_address(what, address).map(Some)
+}
+
 impl Media {
-    /// Checks what a device or a peer sent: a 32-byte key and a literal IP:port (no names to
-    /// resolve, no port 0).
+    /// Checks what a device or a peer sent: a 32-byte key, and an address (empty: hidden).
+    /// The optional parts follow with [`Media::with_reflexive`] and [`Media::with_relay`].
     pub fn parse(
         public_key: &[u8],
         address: &str,
@@ -48,26 +88,88 @@ impl Media {
         let public_key: [u8; 32] = public_key
             .try_into()
             .map_err(|_| "a call key is 32 bytes".to_string())?;
-        let address: SocketAddr = address
-            .parse()
-            .map_err(|_| format!("media address {address:?} is not IP:port"))?;
-        // An IPv4 address written as IPv6 (::ffff:a.b.c.d) is judged as the IPv4 it is.
-        let address = SocketAddr::new(address.ip().to_canonical(), address.port());
-        let broadcast = matches!(address.ip(), std::net::IpAddr::V4(v4) if v4.is_broadcast());
-        if address.port() == 0
-            || address.ip().is_unspecified()
-            || address.ip().is_multicast()
-            || broadcast
-        {
-            return Err(format!("media address {address} cannot receive media"));
-        }
         Ok(Media {
             public_key,
-            address,
+            address: optional_address("media address", address)?,
+            reflexive: None,
+            relay: None,
+            relay_only: false,
             video,
             audio,
         })
     }
+
+    /// The NAT's address, as sent (empty: none).
+    pub fn with_reflexive(mut self, reflexive: &str) -> Result<Media, String> {
+        self.reflexive = optional_address("reflexive media address", reflexive)?;
+        Ok(self)
+    }
+
+    /// The sending host's relay point, as sent (empty address: none).
+    pub fn with_relay(mut self, address: &str, alloc: &[u8]) -> Result<Media, String> {
+        let Some(address) = optional_address("relay address", address)? else {
+            return Ok(self);
+        };
+        let alloc = alloc
+            .try_into()
+            .map_err(|_| "a relay allocation is 8 bytes".to_string())?;
+        self.relay = Some(RelayPoint { address, alloc });
+        Ok(self)
+    }
+
+    /// Refuses a media set-up that gives the other side no way to reach it.
+    pub fn reachable(self) -> Result<Media, String> {
+        if self.address.is_none() && self.reflexive.is_none() && self.relay.is_none() {
+            return Err("the media names no address and no relay".into());
+        }
+        Ok(self)
+    }
+
+    /// Without the device's addresses: its side relays only.
+    pub fn hidden(mut self) -> Media {
+        self.address = None;
+        self.reflexive = None;
+        self.relay_only = true;
+        self
+    }
+
+    /// What one of our devices is told of the peer's media: never the peer host's relay point
+    /// (the device sends through its own host), and no addresses when our side relays only.
+    pub fn for_our_device(&self, relay_only: bool) -> Media {
+        let mut m = self.clone();
+        m.relay = None;
+        if relay_only {
+            m.address = None;
+            m.reflexive = None;
+        }
+        m
+    }
+}
+
+/// A device's side of its own host's relay for one call: where to send, the allocation to
+/// name, and the secret that claims it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RelayGrant {
+    pub address: SocketAddr,
+    pub alloc: [u8; 8],
+    pub token: [u8; 16],
+}
+
+impl std::fmt::Debug for RelayGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayGrant")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the device that places or answers a call gets back: the call, the device's token for
+/// it, and its relay (None when the host has none to give).
+#[derive(Debug, Clone)]
+pub struct DeviceCall {
+    pub info: CallInfo,
+    pub token: u64,
+    pub relay: Option<RelayGrant>,
 }
 
 /// What devices and D-Bus are told about a call.
@@ -191,10 +293,37 @@ mod tests {
         ] {
             assert!(Media::parse(&key, bad, true, true).is_err(), "{bad}");
         }
+        for bad in ["0.0.0.0:5000", "127.0.0.1:0", "example.org:5000"] {
+            let m = Media::parse(&key, "", true, true).unwrap();
+            assert!(m.clone().with_reflexive(bad).is_err(), "{bad}");
+            assert!(m.with_relay(bad, &[1; 8]).is_err(), "{bad}");
+        }
         let mapped = Media::parse(&key, "[::ffff:192.0.2.1]:5000", true, true).unwrap();
-        assert_eq!(mapped.address.to_string(), "192.0.2.1:5000");
+        assert_eq!(mapped.address.unwrap().to_string(), "192.0.2.1:5000");
         assert!(Media::parse(&key, "127.0.0.2:5000", false, true).is_ok());
         assert!(Media::parse(&[7u8; 31], "127.0.0.2:5000", false, true).is_err());
+        // Hidden: no address at all is fine when there is a relay, not otherwise.
+        let hidden = Media::parse(&key, "", true, true).unwrap();
+        assert!(hidden.clone().reachable().is_err());
+        assert!(hidden
+            .clone()
+            .with_relay("192.0.2.9:7423", &[1; 7])
+            .is_err());
+        let relayed = hidden.with_relay("192.0.2.9:7423", &[1; 8]).unwrap();
+        assert!(relayed.clone().reachable().is_ok());
+        // Our devices never see the peer's relay point, nor its addresses when we relay only.
+        let full = Media::parse(&key, "192.0.2.1:5000", true, true)
+            .unwrap()
+            .with_reflexive("198.51.100.1:6000")
+            .unwrap()
+            .with_relay("192.0.2.9:7423", &[1; 8])
+            .unwrap();
+        let seen = full.for_our_device(false);
+        assert!(seen.relay.is_none() && seen.address.is_some() && seen.reflexive.is_some());
+        let seen = full.for_our_device(true);
+        assert!(seen.address.is_none() && seen.reflexive.is_none());
+        let hidden = full.hidden();
+        assert!(hidden.relay_only && hidden.address.is_none() && hidden.relay.is_some());
     }
 
     #[test]

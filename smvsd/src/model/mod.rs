@@ -7,8 +7,8 @@ pub mod contact;
 use smvs_schema::Username;
 
 pub use calls::{
-    Answerer, CallId, CallInfo, CallSignal, CallState, Media, SignalKind, Viewer,
-    ANSWERED_ELSEWHERE,
+    Answerer, CallId, CallInfo, CallSignal, CallState, DeviceCall, Media, RelayGrant, RelayPoint,
+    SignalKind, Viewer, ANSWERED_ELSEWHERE,
 };
 pub use contact::{Contact, Evidence, PendingKey};
 pub use smvs_schema::{Integrity, MessageId, Status};

@@ -124,7 +124,14 @@ fn write_signal(signal: &CallSignal, mut b: call_signal::Builder<'_>) {
     if let Some(media) = &signal.media {
         let mut m = b.init_media();
         m.set_public_key(&media.public_key);
-        m.set_address(media.address.to_string());
+        let text = |a: Option<std::net::SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        m.set_address(text(media.address));
+        m.set_reflexive(text(media.reflexive));
+        if let Some(relay) = &media.relay {
+            m.set_relay(relay.address.to_string());
+            m.set_relay_alloc(&relay.alloc);
+        }
+        m.set_relay_only(media.relay_only);
         m.set_video(media.video);
         m.set_audio(media.audio);
     }
@@ -147,17 +154,25 @@ fn read_signal(r: call_signal::Reader<'_>) -> Result<CallSignal, String> {
     };
     let media = if matches!(kind, SignalKind::Offer | SignalKind::Answer) {
         let m = r.get_media().map_err(bad)?;
-        let address = m
-            .get_address()
-            .map_err(bad)?
-            .to_str()
-            .map_err(|_| "media address is not UTF-8".to_string())?;
-        Some(Media::parse(
+        let text = |t: capnp::Result<capnp::text::Reader<'_>>, what: &str| {
+            t.map_err(bad)?
+                .to_str()
+                .map(str::to_owned)
+                .map_err(|_| format!("{what} is not UTF-8"))
+        };
+        let mut media = Media::parse(
             m.get_public_key().map_err(bad)?,
-            address,
+            &text(m.get_address(), "media address")?,
             m.get_video(),
             m.get_audio(),
-        )?)
+        )?
+        .with_reflexive(&text(m.get_reflexive(), "reflexive media address")?)?
+        .with_relay(
+            &text(m.get_relay(), "relay address")?,
+            m.get_relay_alloc().map_err(bad)?,
+        )?;
+        media.relay_only = m.get_relay_only();
+        Some(media.reachable()?)
     } else {
         None
     };
