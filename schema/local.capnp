@@ -150,6 +150,8 @@ struct CallRelay {
   address @0 :Text;             # IP:port of the host's call port
   alloc @1 :Data;               # 8 bytes
   token @2 :Data;               # 16 bytes, secret
+  relayOnly @3 :Bool;           # this call is relayed only (this device asked, the host's
+                                # relay_calls, or the other side's): take no other path
 }
 
 struct CallInfo {

@@ -2,21 +2,26 @@
 //! user's device or the peer host's relay can send it. The input is a script of datagrams,
 //! each decoded (what decodes must encode back to a datagram that decodes to the same frame)
 //! and handed to a relay table with one allocation, connected to a peer relay and bound to a
-//! device, as the call port's task hands it what it receives. Whatever the relay sends must be
-//! a frame, and go only to the datagram's source (a STUN answer, `Bound`), the bound device
-//! (`Data`) or the peer relay (`Forward`).
+//! device (through the whole `BindRequest`, `Challenge`, `Bind` exchange), as the call port's
+//! task hands it what it receives. Whatever the relay sends must be a frame, and go only to
+//! the datagram's source (a STUN answer, a `Challenge` no longer than its request, `Bound`),
+//! the bound device (`Data`) or the peer relay (`Forward`).
 //!
 //! Script step: `[from][len][len bytes]`; `from % 3`: 0 the device, 1 the peer relay, 2 a
 //! stranger. Bit 2 of `from` set: the allocation id at bytes 1..9 of a relay frame is replaced
-//! by the real one, and a `Bind`'s token by the real token, so that the fuzzer reaches the
-//! paths behind them.
+//! by the real one, and a `Bind` (41 bytes or more) is completed as the device would for its
+//! source: the nonce the port would challenge that source with now, and its proof under the
+//! real token; so that the fuzzer reaches the paths behind them (`from` 6 is the device so, 4
+//! the peer relay, 5 a stranger).
 
 #![no_main]
 
 use std::net::SocketAddr;
 
 use libfuzzer_sys::fuzz_target;
-use smvs_transport::callport::{Frame, ALLOC_ID_LEN, RELAY_TOKEN_LEN, TAG_BIND};
+use smvs_transport::callport::{
+    bind_proof, Frame, ALLOC_ID_LEN, BIND_LEN, BIND_NONCE_LEN, BIND_PROOF_LEN, TAG_BIND,
+};
 use smvsd::relay::fuzzing::Table;
 use smvsd::relay::RelayLimits;
 
@@ -62,9 +67,24 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let mut out = Vec::new();
-    let mut bind = vec![TAG_BIND];
-    bind.extend_from_slice(&grant.alloc);
-    bind.extend_from_slice(&grant.token);
+    let mut request = Vec::new();
+    Frame::BindRequest { alloc: grant.alloc }.encode(&mut request);
+    if table.handle(&request, device, &mut out) != Some(device) {
+        return;
+    }
+    let Ok(Frame::Challenge { alloc, nonce }) = Frame::decode(&out) else {
+        return;
+    };
+    let Some(proof) = bind_proof(&grant.token, &alloc, &nonce) else {
+        return;
+    };
+    let mut bind = Vec::new();
+    Frame::Bind {
+        alloc,
+        nonce,
+        proof,
+    }
+    .encode(&mut bind);
     if table.handle(&bind, device, &mut out) != Some(device) {
         return;
     }
@@ -79,9 +99,15 @@ fuzz_target!(|data: &[u8]| {
         let mut datagram = datagram.to_vec();
         if from & 4 != 0 && datagram.len() > ALLOC_ID_LEN {
             datagram[1..=ALLOC_ID_LEN].copy_from_slice(&grant.alloc);
-            if datagram[0] == TAG_BIND && datagram.len() >= 1 + ALLOC_ID_LEN + RELAY_TOKEN_LEN {
-                datagram[1 + ALLOC_ID_LEN..1 + ALLOC_ID_LEN + RELAY_TOKEN_LEN]
-                    .copy_from_slice(&grant.token);
+            if datagram[0] == TAG_BIND && datagram.len() >= BIND_LEN {
+                if let Some(nonce) = table.challenge(&grant.alloc, source) {
+                    if let Some(proof) = bind_proof(&grant.token, &grant.alloc, &nonce) {
+                        let at = 1 + ALLOC_ID_LEN;
+                        datagram[at..at + BIND_NONCE_LEN].copy_from_slice(&nonce);
+                        let at = at + BIND_NONCE_LEN;
+                        datagram[at..at + BIND_PROOF_LEN].copy_from_slice(&proof);
+                    }
+                }
             }
         }
         check_codec(&datagram);
@@ -89,6 +115,13 @@ fuzz_target!(|data: &[u8]| {
             match Frame::decode(&out) {
                 Ok(Frame::BindingResponse { mapped, .. }) => {
                     assert_eq!((to, mapped), (source, source));
+                }
+                Ok(Frame::Challenge { .. }) => {
+                    assert_eq!(to, source);
+                    assert!(
+                        out.len() <= datagram.len(),
+                        "a challenge longer than its request"
+                    );
                 }
                 Ok(Frame::Bound { .. }) => {
                     assert_eq!(to, source);

@@ -152,11 +152,18 @@ pub(crate) struct Paths {
     /// Paths the peer's hellos came from without being one we knew of are "reflexive"; when
     /// we are behind a NAT ourselves, every direct path is.
     behind_nat: bool,
+    /// The call is relayed only: no straight path is ever added, whatever the peer sends.
+    relay_only: bool,
 }
 
 impl Paths {
     /// `known`: the paths to check from the start, with their kind.
-    pub(crate) fn new(known: &[(Path, PathKind)], behind_nat: bool, now: Instant) -> Paths {
+    pub(crate) fn new(
+        known: &[(Path, PathKind)],
+        behind_nat: bool,
+        relay_only: bool,
+        now: Instant,
+    ) -> Paths {
         let mut paths = Paths {
             paths: Vec::new(),
             pending: VecDeque::new(),
@@ -164,6 +171,7 @@ impl Paths {
             first_confirmed: None,
             pace: now,
             behind_nat,
+            relay_only,
         };
         for &(path, kind) in known {
             paths.add(path, kind, now);
@@ -175,14 +183,14 @@ impl Paths {
         if let Some(i) = self.paths.iter().position(|p| p.path == path) {
             return Some(i);
         }
-        if self.paths.len() >= MAX_PATHS {
+        if self.relay_only && path != Path::Relayed {
             return None;
         }
         let kind = match (path, self.behind_nat) {
             (Path::Direct(_), true) => kind.min(PathKind::Reflexive),
             _ => kind,
         };
-        self.paths.push(PathState {
+        let state = PathState {
             path,
             kind,
             peer_challenge: None,
@@ -190,8 +198,25 @@ impl Paths {
             confirmed: None,
             last_check: None,
             checking_since: now,
-        });
-        Some(self.paths.len() - 1)
+        };
+        if self.paths.len() < MAX_PATHS {
+            self.paths.push(state);
+            return Some(self.paths.len() - 1);
+        }
+        // Full: a path that never answered and is given up makes room (the peer's NAT may
+        // have moved it to a new port, which must not find the table full for good).
+        let chosen = self.chosen;
+        let i = (0..self.paths.len()).find(|&i| {
+            Some(i) != chosen
+                && self
+                    .paths
+                    .get(i)
+                    .is_some_and(|p| p.confirmed.is_none() && p.given_up(now))
+        })?;
+        let old = self.paths.get(i)?.path;
+        self.pending.retain(|(_, p, _)| *p != old);
+        *self.paths.get_mut(i)? = state;
+        Some(i)
     }
 
     /// The path media goes on, if one is chosen.
@@ -476,6 +501,7 @@ mod tests {
                 (Path::Relayed, PathKind::Relayed),
             ],
             false,
+            false,
             t0,
         );
         let b = Paths::new(
@@ -484,6 +510,7 @@ mod tests {
                 (Path::Direct(addr(10)), PathKind::Reflexive),
                 (Path::Relayed, PathKind::Relayed),
             ],
+            false,
             false,
             t0,
         );
@@ -554,6 +581,7 @@ mod tests {
                     (Path::Relayed, PathKind::Relayed),
                 ],
                 false,
+                false,
                 t0,
             ),
             b: Paths::new(
@@ -561,6 +589,7 @@ mod tests {
                     (Path::Direct(addr(1)), PathKind::Direct),
                     (Path::Relayed, PathKind::Relayed),
                 ],
+                false,
                 false,
                 t0,
             ),
@@ -589,9 +618,10 @@ mod tests {
                     (Path::Relayed, PathKind::Relayed),
                 ],
                 false,
+                false,
                 t0,
             ),
-            b: Paths::new(&[(Path::Relayed, PathKind::Relayed)], false, t0),
+            b: Paths::new(&[(Path::Relayed, PathKind::Relayed)], false, false, t0),
             changes: [vec![], vec![]],
             hellos: [0, 0],
         };
@@ -622,6 +652,7 @@ mod tests {
                 (Path::Direct(addr(2)), PathKind::Direct),
                 (Path::Relayed, PathKind::Relayed),
             ],
+            false,
             false,
             t0,
         );
@@ -657,7 +688,12 @@ mod tests {
     #[test]
     fn hellos_to_an_address_that_never_answers_back_off_and_are_paced() {
         let t0 = Instant::now();
-        let mut a = Paths::new(&[(Path::Direct(addr(2)), PathKind::Direct)], false, t0);
+        let mut a = Paths::new(
+            &[(Path::Direct(addr(2)), PathKind::Direct)],
+            false,
+            false,
+            t0,
+        );
         let mut sent = 0;
         let mut now = t0;
         while now < t0 + Duration::from_secs(10) {
@@ -670,7 +706,7 @@ mod tests {
         assert_eq!(sent, 10 + 9);
 
         // A peer asking all the time gets one answer per gap, after a burst.
-        let mut a = Paths::new(&[], false, t0);
+        let mut a = Paths::new(&[], false, false, t0);
         let ask = Hello {
             seeking: true,
             challenge: [2; CHALLENGE_LEN],
@@ -692,7 +728,12 @@ mod tests {
     #[test]
     fn paths_are_bounded_and_behind_a_nat_nothing_is_direct() {
         let t0 = Instant::now();
-        let mut a = Paths::new(&[(Path::Direct(addr(2)), PathKind::Direct)], true, t0);
+        let mut a = Paths::new(
+            &[(Path::Direct(addr(2)), PathKind::Direct)],
+            true,
+            false,
+            t0,
+        );
         let hi = Hello {
             seeking: true,
             challenge: [2; CHALLENGE_LEN],
@@ -703,12 +744,45 @@ mod tests {
         }
         assert_eq!(a.paths.len(), MAX_PATHS);
         assert!(a.paths.iter().all(|p| p.kind == PathKind::Reflexive));
+        // Once they are given up, a new source takes the place of one that never answered.
+        let later = t0 + CHECK_GIVE_UP + MS;
+        assert!(a.hello(Path::Direct(addr(7)), &hi, later).is_none());
+        assert_eq!(a.paths.len(), MAX_PATHS);
+        assert!(a.paths.iter().any(|p| p.path == Path::Direct(addr(7))));
         for _ in 0..1000 {
             if let Some((_, h)) = a.hello_to_send(t0 + Duration::from_secs(1)) {
                 assert!(h.echo.is_some() || h.seeking);
             }
         }
         assert!(a.pending.len() <= MAX_PENDING);
+    }
+
+    #[test]
+    fn relayed_only_no_straight_path_is_ever_taken() {
+        let t0 = Instant::now();
+        let mut a = Paths::new(&[(Path::Relayed, PathKind::Relayed)], false, true, t0);
+        let hi = Hello {
+            seeking: true,
+            challenge: [2; CHALLENGE_LEN],
+            echo: None,
+        };
+        // The peer's hellos from its own address open nothing, and are not even answered.
+        assert_eq!(a.hello(Path::Direct(addr(9)), &hi, t0), None);
+        assert_eq!(a.paths.len(), 1);
+        let (path, check) = a.hello_to_send(t0).unwrap();
+        assert_eq!(path, Path::Relayed);
+        let echo = Hello {
+            seeking: false,
+            challenge: [3; CHALLENGE_LEN],
+            echo: Some(check.challenge),
+        };
+        assert_eq!(
+            a.hello(Path::Relayed, &echo, t0 + MS),
+            Some(Change::Chosen(Path::Relayed, PathKind::Relayed))
+        );
+        while let Some((path, _)) = a.hello_to_send(t0 + Duration::from_secs(1)) {
+            assert_eq!(path, Path::Relayed);
+        }
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub mod fuzzing {
                 (Path::Relayed, PathKind::Relayed),
             ],
             false,
+            false,
             now,
         );
         let mut chosen = 0;

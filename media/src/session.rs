@@ -537,7 +537,13 @@ impl MediaSession {
             inputs,
             shared: Arc::clone(&shared),
             pipeline: pipeline.downgrade(),
-            paths: Paths::new(&reach.paths(), reach.behind_nat, session.started),
+            paths: Paths::new(
+                &reach.paths(),
+                reach.behind_nat,
+                reach.relay_only,
+                session.started,
+            ),
+            relay_only: reach.relay_only,
             relay: reach
                 .relay
                 .clone()
@@ -805,6 +811,8 @@ struct Receiver {
     pipeline: glib::WeakRef<gst::Pipeline>,
     paths: Paths,
     relay: Option<RelayLink>,
+    /// Only the relay is listened to.
+    relay_only: bool,
     started: Instant,
     sender: Arc<Sender>,
     adapter: crate::repair::Adapter,
@@ -868,8 +876,14 @@ impl Receiver {
                                 .counters
                                 .relay_bound
                                 .store(true, Ordering::Relaxed),
+                            FromRelay::Reply(answer) => {
+                                let _ = self.socket.send_to(&answer, from);
+                            }
                             FromRelay::Other => bump(&self.shared.counters.malformed),
                         },
+                        // Relayed only, nothing straight is taken in: what comes from elsewhere
+                        // is dropped unopened (and never answered).
+                        _ if self.relay_only => bump(&self.shared.counters.malformed),
                         _ => self.handle(datagram, Path::Direct(from)),
                     }
                 }
@@ -1079,9 +1093,11 @@ mod tests {
             paths: Paths::new(
                 &[(Path::Direct(peer_addr), crate::consent::PathKind::Direct)],
                 false,
+                false,
                 Instant::now(),
             ),
             relay: None,
+            relay_only: false,
             started: Instant::now(),
             sender: Arc::clone(&sender),
             ssrc: [None; 3],

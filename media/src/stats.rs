@@ -246,7 +246,8 @@ pub struct CallStats {
     pub auth_failed: u64,
     /// Datagrams dropped: already accepted, or older than the replay window.
     pub replayed: u64,
-    /// Datagrams dropped: not our framing at all.
+    /// Datagrams dropped: not our framing at all, or, in a call relayed only, not from our
+    /// relay.
     pub malformed: u64,
     /// Milliseconds from the start of the media (as `duration_s`) until the peer first echoed
     /// our hello's challenge, i.e. until we could send it media; None while it never has.

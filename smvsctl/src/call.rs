@@ -201,9 +201,10 @@ fn default_media_ip(
 /// call is refused.
 fn reach(endpoint: &Endpoint, call: &DeviceCall, peer: &CallMediaView) -> Result<Reach, CtlError> {
     let ours = AddressKind::of(endpoint.local.ip());
+    let relay_only = endpoint.media.relay_only || call.relay_only;
     let mut refused = None;
     let mut candidates = Vec::new();
-    if !endpoint.media.relay_only {
+    if !relay_only {
         for (address, reflexive) in [(peer.address, false), (peer.reflexive, true)] {
             let Some(address) = address else { continue };
             let theirs = AddressKind::of(address.ip());
@@ -219,7 +220,7 @@ fn reach(endpoint: &Endpoint, call: &DeviceCall, peer: &CallMediaView) -> Result
         }
     }
     if candidates.is_empty() && call.relay.is_none() {
-        return Err(CtlError::Protocol(match (refused, endpoint.media.relay_only) {
+        return Err(CtlError::Protocol(match (refused, relay_only) {
             (Some(why), _) => format!("{why}; refused"),
             (None, true) => "this call is to be relayed, and the host gave no relay (is its call port on? `call_listen`)".into(),
             (None, false) => "the other side named no address this device could send to, and the host gave no relay".into(),
@@ -229,6 +230,7 @@ fn reach(endpoint: &Endpoint, call: &DeviceCall, peer: &CallMediaView) -> Result
         peer: candidates,
         relay: call.relay.clone(),
         behind_nat: endpoint.media.reflexive.is_some(),
+        relay_only,
     })
 }
 

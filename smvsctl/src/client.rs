@@ -335,6 +335,8 @@ pub struct DeviceCall {
     pub control: call_control::Client,
     /// This device's side of the call's relay on its host, if it gave one.
     pub relay: Option<smvs_media::RelayGrant>,
+    /// The host says the call is relayed only: take no other path.
+    pub relay_only: bool,
 }
 
 impl Device {
@@ -356,6 +358,7 @@ impl DeviceCall {
             call: CallView::read(call)?,
             notices,
             control,
+            relay_only: relay.as_ref().is_some_and(|r| r.get_relay_only()),
             relay: relay.map(read_relay).transpose()?,
         })
     }

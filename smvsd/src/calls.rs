@@ -29,7 +29,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, ResponseFuture};
-use smvs_schema::Username;
+use smvs_schema::{AddressKind, Username};
 use tokio::sync::{mpsc, oneshot};
 
 use smvs_schema::ErrorCode;
@@ -97,8 +97,9 @@ struct Call {
     device: Option<(u64, mpsc::UnboundedSender<DeviceNotice>)>,
     /// Our call port's allocation for this call, released when it ends.
     relay: Option<[u8; 8]>,
-    /// The peer host's relay point, from its offer or answer.
-    peer_relay: Option<RelayPoint>,
+    /// The peer's media set-up as its host sent it (its addresses and relay point): only the
+    /// device running the call is given the addresses, never the call's published info.
+    peer_media: Option<Media>,
     /// Our side relays only: our devices' addresses stay here, and they are not told the
     /// peer's.
     relay_only: bool,
@@ -145,12 +146,25 @@ fn allocate(
     }
 }
 
-/// Joins our allocation to the peer host's, so the call port forwards between them.
+/// Joins our allocation to the peer host's, so the call port forwards between them. The peer
+/// names its relay point, so the rule hosts apply to each other's addresses applies: no
+/// loopback, private or link-local address unless our call port's is of that kind too (else
+/// our host would send to services beside it), and never our own call port.
 fn connect_relay(core: &CallContext, ours: Option<[u8; 8]>, theirs: Option<RelayPoint>) {
-    if let (Some((port, _)), Some(ours), Some(theirs)) = (&core.relays, ours, theirs) {
-        if let Err(e) = port.connect(ours, theirs.address, theirs.alloc) {
-            tracing::warn!(error = %e, "the call's relay could not be joined to the peer's");
-        }
+    let (Some((port, public)), Some(ours), Some(theirs)) = (&core.relays, ours, theirs) else {
+        return;
+    };
+    let kind = AddressKind::of(theirs.address.ip());
+    if theirs.address == *public || !AddressKind::of(public.ip()).may_reach(kind) {
+        tracing::info!(
+            relay = %theirs.address,
+            "the peer named a relay this host does not send to ({}); the call goes without it",
+            kind.describe()
+        );
+        return;
+    }
+    if let Err(e) = port.connect(ours, theirs.address, theirs.alloc) {
+        tracing::warn!(error = %e, "the call's relay could not be joined to the peer's");
     }
 }
 
@@ -323,7 +337,6 @@ impl Handler<PlaceCall> for CallManager {
             }
             let callee = contact.identity;
             let relay_only = core.relay_calls || msg.media.relay_only;
-            let relay = allocate(&core, relay_only)?;
             let id = CallId::random();
             let info = CallInfo {
                 id,
@@ -339,7 +352,7 @@ impl Handler<PlaceCall> for CallManager {
                 since: now_ms(),
                 answered_by: None,
             };
-            let token = {
+            let (token, relay) = {
                 let mut t = table.borrow_mut();
                 // Checked again: another call may have started during the look-up.
                 if let Some(current) = t.current() {
@@ -348,6 +361,8 @@ impl Handler<PlaceCall> for CallManager {
                         format!("already in a call with {}", current.info.peer),
                     ));
                 }
+                // Allocated only once the call is sure to be in the table, which releases it.
+                let relay = allocate(&core, relay_only)?;
                 let token = t.token();
                 watch_device(manager, &msg.device, id, token);
                 t.calls.insert(
@@ -356,11 +371,11 @@ impl Handler<PlaceCall> for CallManager {
                         info: info.clone(),
                         device: Some((token, msg.device)),
                         relay: relay.as_ref().map(|(point, _)| point.alloc),
-                        peer_relay: None,
+                        peer_media: None,
                         relay_only,
                     },
                 );
-                token
+                (token, relay)
             };
             let mut media = msg.media;
             media.relay = relay.as_ref().map(|(point, _)| *point);
@@ -433,6 +448,7 @@ impl Handler<PlaceCall> for CallManager {
                 info,
                 token,
                 relay: relay.map(|(_, grant)| grant),
+                relay_only,
             })
         })
     }
@@ -474,7 +490,7 @@ impl Handler<AnswerCall> for CallManager {
     fn handle(&mut self, msg: AnswerCall, ctx: &mut Self::Context) -> Self::Result {
         let (core, table, manager) = (self.core.clone(), self.table.clone(), ctx.address());
         Box::pin(async move {
-            let (info, token, relay, relay_only) = {
+            let (info, token, relay, relay_only, seen) = {
                 let mut t = table.borrow_mut();
                 let token = t.token();
                 let ringing = t
@@ -491,15 +507,20 @@ impl Handler<AnswerCall> for CallManager {
                 };
                 // Relayed only when we say so, or when the caller does: it will not use our
                 // addresses, so they need not leave this host either.
-                let caller_hides = call.info.peer_media.as_ref().is_some_and(|m| m.relay_only);
+                let caller_hides = call.peer_media.as_ref().is_some_and(|m| m.relay_only);
                 let relay_only = call.relay_only || msg.media.relay_only || caller_hides;
                 let relay = allocate(&core, relay_only)?;
                 call.relay = relay.as_ref().map(|(point, _)| point.alloc);
                 call.relay_only = relay_only;
-                if relay_only {
-                    call.info.peer_media = call.info.peer_media.take().map(|m| m.hidden());
-                }
-                connect_relay(&core, call.relay, call.peer_relay);
+                connect_relay(
+                    &core,
+                    call.relay,
+                    call.peer_media.as_ref().and_then(|m| m.relay),
+                );
+                let seen = call
+                    .peer_media
+                    .as_ref()
+                    .map(|m| m.for_our_device(relay_only));
                 // Active at once, in this one handler: a second device's answer, handled next,
                 // finds it taken.
                 call.info.state = CallState::Active;
@@ -507,7 +528,7 @@ impl Handler<AnswerCall> for CallManager {
                 call.info.answered_by = Some(msg.by);
                 watch_device(manager, &msg.device, call.info.id, token);
                 call.device = Some((token, msg.device));
-                (call.info.clone(), token, relay, relay_only)
+                (call.info.clone(), token, relay, relay_only, seen)
             };
             let mut media = msg.media;
             media.relay = relay.as_ref().map(|(point, _)| *point);
@@ -539,10 +560,14 @@ impl Handler<AnswerCall> for CallManager {
             }
             tracing::info!(call = %info.id, peer = %info.peer, relay_only, "call answered");
             core.events.publish(HostEvent::CallState(info.clone()));
+            // The device that answered, alone, is told where the caller can be reached.
+            let mut info = info;
+            info.peer_media = seen;
             Ok(DeviceCall {
                 info,
                 token,
                 relay: relay.map(|(_, grant)| grant),
+                relay_only,
             })
         })
     }
@@ -677,10 +702,12 @@ impl Handler<SignalIn> for CallManager {
                     };
                     call.info.state = CallState::Active;
                     call.info.since = now_ms();
-                    call.peer_relay = media.relay;
-                    connect_relay(core, call.relay, call.peer_relay);
+                    connect_relay(core, call.relay, media.relay);
+                    // The running device is told where the callee can be reached; the call's
+                    // info, which every device can list, is not.
                     let seen = media.for_our_device(call.relay_only);
-                    call.info.peer_media = Some(seen.clone());
+                    call.info.peer_media = Some(media.for_our_device(true));
+                    call.peer_media = Some(media);
                     if let Some((_, device)) = &call.device {
                         let _ = device.send(DeviceNotice::Answered(seen));
                     }
@@ -755,7 +782,9 @@ impl CallManager {
             callee_identity: me.identity.to_bytes().to_vec(),
             video: media.video,
             audio: media.audio,
-            peer_media: Some(media.for_our_device(self.core.relay_calls)),
+            // Every device hears of the ring; none is told where the caller can be reached
+            // (the one that answers is, unless the call is relayed only).
+            peer_media: Some(media.for_our_device(true)),
             since: now_ms(),
             answered_by: None,
         };
@@ -774,7 +803,7 @@ impl CallManager {
                 info: info.clone(),
                 device: None,
                 relay: None,
-                peer_relay: media.relay,
+                peer_media: Some(media),
                 relay_only: self.core.relay_calls,
             },
         );
@@ -946,7 +975,7 @@ mod tests {
                 info: CallInfo::answered_on_a_linked_device(id, 1),
                 device: None,
                 relay: None,
-                peer_relay: None,
+                peer_media: None,
                 relay_only: false,
             },
         );

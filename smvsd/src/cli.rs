@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use smvs_crypto::SigningPublicKey;
 
-use crate::config::{Config, FileConfig, DEFAULT_RELAY_KBPS};
+use crate::config::{Config, FileConfig, DEFAULT_RELAY_KBPS, MIN_RELAY_KBPS};
 
 /// The default cap on the wait between delivery attempts: one probe per half minute per
 /// unreachable peer is cheap, and a healed path is used again within it.
@@ -45,8 +45,9 @@ pub struct Cli {
     /// media, or `none` [default: the peer port's IP, port 7423].
     #[arg(long, value_name = "ADDR|none")]
     pub call_listen: Option<String>,
-    /// The relay's cap per relayed call, both directions together, in kbit/s [default: 4000].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    /// The relay's cap per relayed call, both directions together, in kbit/s, at least 256
+    /// [default: 4000].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(i64::from(MIN_RELAY_KBPS)..))]
     pub relay_kbps: Option<u32>,
     /// How long a pairing code from `smvsctl devices link` is good for, in seconds
     /// [default: 600].
@@ -140,6 +141,14 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         ),
         None => Some(SocketAddr::new(listen.ip(), DEFAULT_CALL_PORT)),
     };
+    let relay_kbps = match cli.relay_kbps.or(file.relay_kbps) {
+        Some(kbps) if kbps < MIN_RELAY_KBPS => {
+            return Err(format!(
+                "relay_kbps must be at least {MIN_RELAY_KBPS} (kbit/s), not {kbps}"
+            ))
+        }
+        kbps => kbps.unwrap_or(DEFAULT_RELAY_KBPS),
+    };
     let mut allowed = file.allowed_uids.unwrap_or_default();
     allowed.extend(cli.allow_uid);
     Ok(Config {
@@ -151,11 +160,7 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         listen,
         device_listen,
         call_listen,
-        relay_kbps: cli
-            .relay_kbps
-            .or(file.relay_kbps)
-            .unwrap_or(DEFAULT_RELAY_KBPS)
-            .max(1),
+        relay_kbps,
         pairing_code_lifetime: Duration::from_secs(
             cli.pairing_code_seconds
                 .or(file.pairing_code_seconds)
@@ -262,5 +267,28 @@ mod tests {
         let error = settle_args(&["--call-listen", "nowhere"]).unwrap_err();
         assert!(error.contains("--call-listen"), "{error}");
         assert!(settle_args(&["--relay-kbps", "0"]).is_err());
+        assert!(settle_args(&["--relay-kbps", "255"]).is_err());
+        assert_eq!(
+            settle_args(&["--relay-kbps", "256"]).unwrap().relay_kbps,
+            MIN_RELAY_KBPS
+        );
+    }
+
+    #[test]
+    fn a_relay_cap_under_256_in_the_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("smvsd.toml");
+        let path_arg = path.to_str().unwrap();
+        std::fs::write(&path, "relay_kbps = 100\n").unwrap();
+        let error = settle_args(&["--config", path_arg]).unwrap_err();
+        assert!(error.contains("relay_kbps must be at least 256"), "{error}");
+        // A flag overrides the file, as everywhere.
+        let config = settle_args(&["--config", path_arg, "--relay-kbps", "300"]).unwrap();
+        assert_eq!(config.relay_kbps, 300);
+        std::fs::write(&path, "relay_kbps = 256\n").unwrap();
+        assert_eq!(
+            settle_args(&["--config", path_arg]).unwrap().relay_kbps,
+            256
+        );
     }
 }

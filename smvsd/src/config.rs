@@ -10,6 +10,9 @@ use smvs_schema::HostAddress;
 
 /// The relay's default cap per relayed call leg, both directions together, in kbit/s.
 pub const DEFAULT_RELAY_KBPS: u32 = 4000;
+/// The smallest relay cap allowed: below it not even an audio call with a little video fits,
+/// and a call would only fail in a way that looks like a broken network.
+pub const MIN_RELAY_KBPS: u32 = 256;
 
 /// The `smvsd.toml` file. Every field is optional; flags win over the file.
 #[derive(Debug, Default, Deserialize)]

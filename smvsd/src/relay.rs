@@ -5,42 +5,66 @@
 //! ```text
 //!  device A ──Data{a}──► [A's CallPort] ──Forward{b}──► [B's CallPort] ──Data{b}──► device B
 //!  device A ◄─Data{a}─── [A's CallPort] ◄─Forward{a}─── [B's CallPort] ◄─Data{b}─── device B
+//!
+//!  device S ──BindRequest{a}─────────────► [A's CallPort]
+//!  device S ◄─Challenge{a, nonce(a, S, t)}─ [A's CallPort]   (charged to the STUN bucket)
+//!  device S ──Bind{a, nonce, proof}───────► [A's CallPort]   (proof = bind_proof(token, a, nonce))
+//!  device S ◄─Bound{a}────────────────────── [A's CallPort]   (a's device is now S)
 //! ```
 //!
 //! The frames are `smvs_transport::callport`'s. Whoever sets a call up (the calls actor)
 //! [`CallPort::allocate`]s a leg, hands the grant's id and token to its own user's device
 //! (inside the sealed call signalling), and [`CallPort::connect`]s the leg to the peer host's
-//! relay allocation once it knows it. The device claims the leg with `Bind{alloc, token}` from
-//! the address it will send from (a later bind from another address moves it: NAT rebinding).
+//! relay allocation once it knows it. The device claims the leg from the address it will send
+//! from (a later bind from another address moves it: NAT rebinding), without ever sending the
+//! token: it asks with `BindRequest{alloc}`, the port answers `Challenge{alloc, nonce}` to the
+//! address the request came from, and the device answers `Bind{alloc, nonce, proof}` with
+//! `proof = bind_proof(token, alloc, nonce)` (keyed BLAKE2b). The nonce is stateless: BLAKE2b
+//! keyed with a random secret of this port's, of the allocation, the source address and the
+//! current [`CHALLENGE_EPOCH`]; a `Bind` takes only from the address its nonce was made for,
+//! in that epoch or the one before (so a nonce is good for 10–20 s). A `Bind` sniffed on the
+//! way and replayed from another address (to point the relayed media at a victim) is refused;
+//! replayed from the same address within its 20 s it binds the address already bound. Nothing
+//! is stored for a challenge, so `BindRequest`s cannot grow memory; each `Challenge` (as long
+//! as the request, so no amplification) is charged to the same global bucket as the STUN
+//! answers, so spoofed requests cannot make the port a reflector either.
 //!
 //! An allocation only ever talks to two addresses: the device bound to it and the one peer
 //! relay it was connected to. `Data{alloc}` from the bound device goes to the peer relay as
 //! `Forward{peer_alloc}`; `Forward{alloc}` from exactly the peer relay goes to the device as
-//! `Data{alloc}`. Everything else is dropped and counted, never answered (except STUN, bounded
-//! by a global token bucket so that the port is no amplifier). Each allocation has a byte rate
-//! cap (both directions together); allocations with no packet for [`RelayLimits::idle`] are
-//! released; at most [`RelayLimits::max_allocations`] exist at once. So nothing from the network
-//! grows memory, and nothing from the network can panic the task.
+//! `Data{alloc}`. Everything else is dropped and counted, never answered (except STUN and
+//! challenges, bounded by a global token bucket so that the port is no amplifier, and an
+//! accepted `Bind`). Each allocation has a byte rate cap (both directions together);
+//! allocations with no packet for [`RelayLimits::idle`] (a `BindRequest` does not count) are
+//! released; at most [`RelayLimits::max_allocations`] exist at once. So nothing from the
+//! network grows memory, and nothing from the network can panic the task.
 //!
-//! Owns: the socket (in its own tokio task) and the allocation table (behind a mutex the task
+//! Owns: the socket (in its own tokio task), the allocation table (behind a mutex the task
 //! and the handles share; held only for the bookkeeping of one datagram, never across an
-//! `.await`). Logs never carry packet contents or tokens.
+//! `.await`) and the challenge secret. Logs never carry packet contents, tokens, nonces or
+//! proofs.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use smvs_transport::callport::{AllocId, Frame, RelayToken};
+use smvs_crypto::Zeroizing;
+use smvs_transport::callport::{bind_proof, AllocId, Frame, RelayToken, BIND_NONCE_LEN};
 use thiserror::Error;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// STUN answers per second, over all sources.
+/// Answers to strangers (STUN answers and challenges together) per second, over all sources.
 const STUN_PER_SECOND: f64 = 100.0;
-/// STUN answers that may go out at once.
+/// Answers to strangers that may go out at once.
 const STUN_BURST: f64 = 20.0;
+/// A challenge's nonce is made for one of these; a `Bind` may carry the nonce of the current
+/// one or of the one before.
+pub const CHALLENGE_EPOCH: Duration = Duration::from_secs(10);
+/// What the nonce's BLAKE2b starts with.
+const CHALLENGE_LABEL: &[u8] = b"smvs call-port challenge v1";
 /// The smallest byte burst an allocation is allowed, whatever its rate.
 const MIN_BURST_BYTES: f64 = 64.0 * 1024.0;
 /// The burst an allocation is allowed, in time at its rate.
@@ -121,9 +145,17 @@ pub struct AllocationStats {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortStats {
     pub stun_answered: u64,
-    /// Binding requests not answered because of the global rate limit.
+    /// Binding requests not answered because of the global rate limit on answers to
+    /// strangers (which challenges share).
     pub stun_refused: u64,
-    /// Binds with an unknown allocation or a wrong token.
+    /// `Challenge`s sent, one per `BindRequest` for an allocation of ours.
+    pub challenges_sent: u64,
+    /// `BindRequest`s for an allocation of ours not answered because of the global rate limit
+    /// on answers to strangers (which STUN shares).
+    pub challenges_refused: u64,
+    /// `BindRequest`s for an unknown allocation, and `Bind`s with an unknown allocation, a
+    /// nonce not made for their source address in this epoch or the one before, or a wrong
+    /// proof.
     pub binds_refused: u64,
     /// Allocations released because nothing passed through them for the idle time.
     pub released_idle: u64,
@@ -152,6 +184,10 @@ impl Drop for Handle {
 struct Shared {
     local: SocketAddr,
     limits: RelayLimits,
+    /// The key of the challenges' nonces, made at start and never shown.
+    secret: Zeroizing<[u8; 32]>,
+    /// Epochs ([`CHALLENGE_EPOCH`]) are counted from here.
+    origin: Instant,
     state: Mutex<State>,
     stop: watch::Sender<bool>,
 }
@@ -308,13 +344,16 @@ impl CallPort {
 impl Shared {
     fn new(local: SocketAddr, limits: RelayLimits) -> (Arc<Shared>, watch::Receiver<bool>) {
         let (stop, stopped) = watch::channel(false);
+        let origin = Instant::now();
         let shared = Arc::new(Shared {
             local,
             limits,
+            secret: Zeroizing::new(smvs_crypto::random_array()),
+            origin,
             state: Mutex::new(State {
                 closed: false,
                 allocations: HashMap::new(),
-                stun: Bucket::new(STUN_PER_SECOND, STUN_BURST, Instant::now()),
+                stun: Bucket::new(STUN_PER_SECOND, STUN_BURST, origin),
                 stats: PortStats::default(),
             }),
             stop,
@@ -418,6 +457,66 @@ impl Shared {
         state.stats.released_idle += released as u64;
     }
 
+    /// The epoch ([`CHALLENGE_EPOCH`]) `now` is in.
+    fn epoch(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_secs() / CHALLENGE_EPOCH.as_secs()
+    }
+
+    /// The nonce of a challenge for `alloc` sent to `to` (canonical) in `epoch`: BLAKE2b-128
+    /// keyed with the port's secret. `None` only when libsodium fails.
+    fn nonce(&self, alloc: &AllocId, to: SocketAddr, epoch: u64) -> Option<[u8; BIND_NONCE_LEN]> {
+        // [family][16 address bytes, an IPv4 address in the first 4][port]: one length for
+        // every address, so that no two (address, epoch) pairs read alike.
+        let mut address = [0u8; 19];
+        match to.ip() {
+            IpAddr::V4(ip) => {
+                address[0] = 4;
+                address[1..5].copy_from_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                address[0] = 6;
+                address[1..17].copy_from_slice(&ip.octets());
+            }
+        }
+        address[17..].copy_from_slice(&to.port().to_be_bytes());
+        let mac = smvs_crypto::blake2b(
+            BIND_NONCE_LEN,
+            Some(&self.secret[..]),
+            &[CHALLENGE_LABEL, alloc, &address, &epoch.to_be_bytes()],
+        )
+        .ok()?;
+        <[u8; BIND_NONCE_LEN]>::try_from(mac.as_slice()).ok()
+    }
+
+    /// Whether `nonce` was made for a challenge for `alloc` sent to `from` (canonical) in the
+    /// epoch of `now` or the one before; compared in constant time.
+    fn nonce_is_fresh(
+        &self,
+        alloc: &AllocId,
+        from: SocketAddr,
+        nonce: &[u8; BIND_NONCE_LEN],
+        now: Instant,
+    ) -> bool {
+        let epoch = self.epoch(now);
+        let matches = |epoch: u64| {
+            self.nonce(alloc, from, epoch)
+                .is_some_and(|made| smvs_crypto::constant_time_eq(&made, nonce))
+        };
+        // Both compared, whichever matches.
+        let current = matches(epoch);
+        let previous = epoch.checked_sub(1).is_some_and(matches);
+        current | previous
+    }
+
+    /// Counts a refused `BindRequest` or `Bind`, and logs now and then.
+    fn refuse_bind(state: &mut State, why: &'static str) {
+        state.stats.binds_refused += 1;
+        let refused = state.stats.binds_refused;
+        if refused.is_power_of_two() {
+            tracing::debug!(refused, why, "refused a relay bind");
+        }
+    }
+
     /// What to do with one datagram from `from`: the answer or relayed frame is written to
     /// `out`, and its destination returned; `None` drops the datagram.
     fn handle(
@@ -452,22 +551,47 @@ impl Shared {
                 .encode(out);
                 Some(from)
             }
-            Frame::Bind { alloc, token } => {
-                let allocation = state
-                    .allocations
-                    .get_mut(&alloc)
-                    .filter(|a| smvs_crypto::constant_time_eq(&a.token, &token));
-                let Some(allocation) = allocation else {
-                    state.stats.binds_refused += 1;
-                    let refused = state.stats.binds_refused;
-                    if refused.is_power_of_two() {
-                        tracing::debug!(
-                            refused,
-                            "refused a relay bind (unknown allocation or wrong token)"
-                        );
-                    }
+            Frame::BindRequest { alloc } => {
+                if !state.allocations.contains_key(&alloc) {
+                    Self::refuse_bind(state, "a bind request for an unknown allocation");
+                    return None;
+                }
+                // The source may be forged: the answer is one to a stranger.
+                if !state.stun.take(1.0, now) {
+                    state.stats.challenges_refused += 1;
+                    return None;
+                }
+                let Some(nonce) = self.nonce(&alloc, from, self.epoch(now)) else {
+                    state.stats.dropped += 1;
                     return None;
                 };
+                state.stats.challenges_sent += 1;
+                Frame::Challenge { alloc, nonce }.encode(out);
+                Some(from)
+            }
+            Frame::Bind {
+                alloc,
+                nonce,
+                proof,
+            } => {
+                let fresh = self.nonce_is_fresh(&alloc, from, &nonce, now);
+                let Some(allocation) = state.allocations.get_mut(&alloc) else {
+                    Self::refuse_bind(state, "a bind for an unknown allocation");
+                    return None;
+                };
+                let proven = bind_proof(&allocation.token, &alloc, &nonce)
+                    .is_some_and(|expected| smvs_crypto::constant_time_eq(&expected, &proof));
+                if !(fresh && proven) {
+                    Self::refuse_bind(
+                        state,
+                        if fresh {
+                            "a wrong proof"
+                        } else {
+                            "a nonce not made for this address, or too old"
+                        },
+                    );
+                    return None;
+                }
                 allocation.last_seen = now;
                 if allocation.device != Some(from) {
                     tracing::debug!(
@@ -533,7 +657,7 @@ impl Shared {
                 Frame::Data { alloc, payload }.encode(out);
                 Some(device)
             }
-            Frame::BindingResponse { .. } | Frame::Bound { .. } => {
+            Frame::BindingResponse { .. } | Frame::Bound { .. } | Frame::Challenge { .. } => {
                 state.stats.dropped += 1;
                 None
             }
@@ -598,7 +722,7 @@ pub mod fuzzing {
     use std::net::SocketAddr;
     use std::sync::Arc;
 
-    use smvs_transport::callport::AllocId;
+    use smvs_transport::callport::{AllocId, BIND_NONCE_LEN};
     use tokio::time::Instant;
 
     use super::{Grant, RelayError, RelayLimits, Shared};
@@ -628,6 +752,15 @@ pub mod fuzzing {
             self.shared.connect(alloc, peer_relay, peer_alloc)
         }
 
+        /// The nonce the port would put in a challenge for `alloc` sent to `to` now (what a
+        /// `BindRequest` from `to` would be answered with, without the rate limit), so that a
+        /// fuzz target can complete a `Bind` without a round trip.
+        pub fn challenge(&self, alloc: &AllocId, to: SocketAddr) -> Option<[u8; BIND_NONCE_LEN]> {
+            let to = super::canonical(to);
+            self.shared
+                .nonce(alloc, to, self.shared.epoch(Instant::now()))
+        }
+
         /// One datagram from `from`: what the port would send (written to `out`) and where,
         /// or `None` when it drops it.
         pub fn handle(
@@ -649,7 +782,7 @@ pub mod fuzzing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smvs_transport::callport::{ALLOC_ID_LEN, RELAY_TOKEN_LEN};
+    use smvs_transport::callport::{ALLOC_ID_LEN, BIND_PROOF_LEN, CHALLENGE_LEN, RELAY_TOKEN_LEN};
 
     /// Long enough for a datagram on loopback; what has not come by then is dropped.
     const QUIET: Duration = Duration::from_millis(300);
@@ -685,23 +818,68 @@ mod tests {
         Some((buf, from))
     }
 
-    /// Binds `device` to `grant` on `port` and waits for `Bound`.
-    async fn bind_device(device: &UdpSocket, port: &CallPort, grant: &Grant) {
-        send(
-            device,
-            port.local_addr(),
-            Frame::Bind {
-                alloc: grant.alloc,
-                token: grant.token,
-            },
-        )
-        .await;
+    /// The challenge `port` answers a `BindRequest` for `alloc` from `device` with.
+    async fn challenge(
+        device: &UdpSocket,
+        port: &CallPort,
+        alloc: AllocId,
+    ) -> [u8; BIND_NONCE_LEN] {
+        send(device, port.local_addr(), Frame::BindRequest { alloc }).await;
+        let (bytes, from) = recv(device).await.expect("no Challenge");
+        assert_eq!(from, port.local_addr());
+        assert_eq!(bytes.len(), CHALLENGE_LEN, "as long as the request");
+        match Frame::decode(&bytes).unwrap() {
+            Frame::Challenge { alloc: a, nonce } if a == alloc => nonce,
+            other => panic!("{other:?} instead of a Challenge"),
+        }
+    }
+
+    /// Binds `device` to `grant` on `port` as a device does (`BindRequest`, `Challenge`,
+    /// `Bind`) and waits for `Bound`; returns the `Bind` as it went on the wire.
+    async fn bind_device(device: &UdpSocket, port: &CallPort, grant: &Grant) -> Vec<u8> {
+        let nonce = challenge(device, port, grant.alloc).await;
+        let mut bind = Vec::new();
+        Frame::Bind {
+            alloc: grant.alloc,
+            nonce,
+            proof: bind_proof(&grant.token, &grant.alloc, &nonce).unwrap(),
+        }
+        .encode(&mut bind);
+        device.send_to(&bind, port.local_addr()).await.unwrap();
         let (bytes, from) = recv(device).await.expect("no Bound");
         assert_eq!(from, port.local_addr());
         assert_eq!(
             Frame::decode(&bytes).unwrap(),
             Frame::Bound { alloc: grant.alloc }
         );
+        bind
+    }
+
+    /// A call port's table without its socket and task, for tests that set the clock: what it
+    /// sends for `frame` from `from` at `now`, and where.
+    fn handle_at(
+        shared: &Shared,
+        frame: Frame<'_>,
+        from: &str,
+        now: Instant,
+    ) -> Option<(Frame<'static>, SocketAddr)> {
+        let mut datagram = Vec::new();
+        frame.try_encode(&mut datagram).unwrap();
+        let mut out = Vec::new();
+        let to = shared.handle(&datagram, from.parse().unwrap(), now, &mut out)?;
+        let frame = match Frame::decode(&out).unwrap() {
+            Frame::BindingResponse {
+                transaction,
+                mapped,
+            } => Frame::BindingResponse {
+                transaction,
+                mapped,
+            },
+            Frame::Challenge { alloc, nonce } => Frame::Challenge { alloc, nonce },
+            Frame::Bound { alloc } => Frame::Bound { alloc },
+            other => panic!("unexpected {other:?}"),
+        };
+        Some((frame, to))
     }
 
     /// Two hosts' call ports, each with one allocation connected to the other's, and a device
@@ -858,33 +1036,243 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_wrong_token_or_unknown_allocation_is_refused() {
+    async fn a_wrong_proof_or_unknown_allocation_is_refused() {
         let port = port(limits()).await;
         let grant = port.allocate().unwrap();
         let device = socket().await;
-        let mut token = grant.token;
-        token[RELAY_TOKEN_LEN - 1] ^= 1;
-        send(
-            &device,
-            port.local_addr(),
-            Frame::Bind {
-                alloc: grant.alloc,
-                token,
-            },
-        )
-        .await;
-        send(
-            &device,
-            port.local_addr(),
-            Frame::Bind {
-                alloc: [0xFF; ALLOC_ID_LEN],
-                token: grant.token,
-            },
-        )
-        .await;
+        let nonce = challenge(&device, &port, grant.alloc).await;
+        // A proof under another token, a proof with a bit flipped, the right proof for an
+        // allocation that is not there.
+        let mut other_token = grant.token;
+        other_token[RELAY_TOKEN_LEN - 1] ^= 1;
+        let right = bind_proof(&grant.token, &grant.alloc, &nonce).unwrap();
+        let mut flipped = right;
+        flipped[0] ^= 0x80;
+        for (alloc, proof) in [
+            (
+                grant.alloc,
+                bind_proof(&other_token, &grant.alloc, &nonce).unwrap(),
+            ),
+            (grant.alloc, flipped),
+            ([0xFF; ALLOC_ID_LEN], right),
+        ] {
+            send(
+                &device,
+                port.local_addr(),
+                Frame::Bind {
+                    alloc,
+                    nonce,
+                    proof,
+                },
+            )
+            .await;
+        }
         assert!(recv(&device).await.is_none(), "a refused bind is answered");
-        assert_eq!(port.stats().binds_refused, 2);
+        assert_eq!(port.stats().binds_refused, 3);
         assert!(!port.allocations()[0].device_bound);
+    }
+
+    #[tokio::test]
+    async fn a_bind_request_for_an_unknown_allocation_gets_nothing() {
+        let port = port(limits()).await;
+        port.allocate().unwrap();
+        let stranger = socket().await;
+        send(
+            &stranger,
+            port.local_addr(),
+            Frame::BindRequest {
+                alloc: [0xFF; ALLOC_ID_LEN],
+            },
+        )
+        .await;
+        assert!(recv(&stranger).await.is_none(), "a stranger got an answer");
+        let stats = port.stats();
+        assert_eq!((stats.binds_refused, stats.challenges_sent), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_sniffed_bind_replayed_from_another_address_does_not_move_the_allocation() {
+        let c = call(limits()).await;
+        // What an attacker on the way saw of device A's bind: no token in it.
+        let sniffed = bind_device(&c.device_a, &c.a, &c.grant_a).await;
+        assert!(!sniffed
+            .windows(RELAY_TOKEN_LEN)
+            .any(|w| w == c.grant_a.token));
+        let refused = c.a.stats().binds_refused;
+        // Replayed from the victim's address (here a socket of the victim's own), it moves
+        // nothing and is not answered.
+        let victim = socket().await;
+        victim.send_to(&sniffed, c.a.local_addr()).await.unwrap();
+        assert!(recv(&victim).await.is_none(), "the victim got an answer");
+        assert_eq!(c.a.stats().binds_refused, refused + 1);
+        // B's media still goes to A's device, none of it to the victim, and A's device is
+        // still the one A's relay takes media from.
+        let payload = media(7, 300);
+        assert!(
+            relays(
+                &c.device_b,
+                &c.b,
+                c.grant_b.alloc,
+                &payload,
+                &c.device_a,
+                &c.a,
+                c.grant_a.alloc
+            )
+            .await
+        );
+        assert!(recv(&victim).await.is_none(), "media went to the victim");
+        assert!(
+            relays(
+                &c.device_a,
+                &c.a,
+                c.grant_a.alloc,
+                &payload,
+                &c.device_b,
+                &c.b,
+                c.grant_b.alloc
+            )
+            .await
+        );
+        // Replayed from the device's own address, it binds that address again, nothing more.
+        c.device_a
+            .send_to(&sniffed, c.a.local_addr())
+            .await
+            .unwrap();
+        let (bytes, _) = recv(&c.device_a).await.expect("no Bound");
+        assert_eq!(
+            Frame::decode(&bytes).unwrap(),
+            Frame::Bound {
+                alloc: c.grant_a.alloc
+            }
+        );
+        assert!(
+            relays(
+                &c.device_b,
+                &c.b,
+                c.grant_b.alloc,
+                &payload,
+                &c.device_a,
+                &c.a,
+                c.grant_a.alloc
+            )
+            .await
+        );
+        assert!(recv(&victim).await.is_none());
+    }
+
+    #[test]
+    fn a_bind_with_a_stale_or_foreign_nonce_or_a_wrong_proof_is_refused() {
+        let (shared, _stopped) = Shared::new("192.0.2.1:7423".parse().unwrap(), limits());
+        let at = |secs: f64| shared.origin + Duration::from_secs_f64(secs);
+        let grant = shared.allocate().unwrap();
+        let alloc = grant.alloc;
+        let (device, other_port, other_ip) = (
+            "198.51.100.7:40000",
+            "198.51.100.7:40001",
+            "198.51.100.8:40000",
+        );
+        let challenge = |from: &str, now: Instant| match handle_at(
+            &shared,
+            Frame::BindRequest { alloc },
+            from,
+            now,
+        ) {
+            Some((Frame::Challenge { alloc: a, nonce }, to)) => {
+                assert_eq!((a, to), (alloc, canonical(from.parse().unwrap())));
+                nonce
+            }
+            other => panic!("{other:?} instead of a challenge"),
+        };
+        let proof = |nonce: &[u8; BIND_NONCE_LEN]| bind_proof(&grant.token, &alloc, nonce).unwrap();
+        let bind = |nonce, proof, from: &str, now| {
+            handle_at(
+                &shared,
+                Frame::Bind {
+                    alloc,
+                    nonce,
+                    proof,
+                },
+                from,
+                now,
+            )
+        };
+        let bound = |from: &str| Some((Frame::Bound { alloc }, from.parse().unwrap()));
+
+        let nonce = challenge(device, at(1.0));
+        // Stateless: the same nonce for the same allocation and address all epoch long
+        // (an IPv4-mapped source is the IPv4 address), another one for any other address.
+        assert_eq!(challenge(device, at(9.9)), nonce);
+        assert_eq!(challenge("[::ffff:198.51.100.7]:40000", at(2.0)), nonce);
+        assert_ne!(challenge(other_port, at(1.0)), nonce);
+        assert_ne!(challenge(other_ip, at(1.0)), nonce);
+
+        // The nonce of another address; a wrong proof; a proof under another token.
+        assert_eq!(bind(nonce, proof(&nonce), other_port, at(1.0)), None);
+        assert_eq!(bind(nonce, proof(&nonce), other_ip, at(1.0)), None);
+        let mut flipped = proof(&nonce);
+        flipped[BIND_PROOF_LEN - 1] ^= 1;
+        assert_eq!(bind(nonce, flipped, device, at(1.0)), None);
+        let other_token = bind_proof(&[0; RELAY_TOKEN_LEN], &alloc, &nonce).unwrap();
+        assert_eq!(bind(nonce, other_token, device, at(1.0)), None);
+        // A nonce nobody made, with its right proof.
+        let made_up = [0x5A; BIND_NONCE_LEN];
+        assert_eq!(bind(made_up, proof(&made_up), device, at(1.0)), None);
+        assert_eq!(shared.lock().stats.binds_refused, 5);
+        assert!(shared.lock().allocations[&alloc].device.is_none());
+
+        // Good in its epoch and the next...
+        assert_eq!(bind(nonce, proof(&nonce), device, at(1.0)), bound(device));
+        assert_eq!(bind(nonce, proof(&nonce), device, at(19.9)), bound(device));
+        // ... not after.
+        assert_eq!(bind(nonce, proof(&nonce), device, at(20.0)), None);
+        assert_eq!(shared.lock().stats.binds_refused, 6);
+        // A device that moved asks again from where it is now, and moves.
+        let fresh = challenge(other_ip, at(20.0));
+        assert_eq!(
+            bind(fresh, proof(&fresh), other_ip, at(20.0)),
+            bound(other_ip)
+        );
+        assert_eq!(
+            shared.lock().allocations[&alloc].device,
+            Some(other_ip.parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn challenges_are_rate_limited_with_stun() {
+        let (shared, _stopped) = Shared::new("192.0.2.1:7423".parse().unwrap(), limits());
+        let t0 = shared.origin;
+        let alloc = shared.allocate().unwrap().alloc;
+        let stranger = "203.0.113.5:999";
+        let stun = |i: u8, now| {
+            handle_at(
+                &shared,
+                Frame::BindingRequest {
+                    transaction: [i; 12],
+                },
+                stranger,
+                now,
+            )
+        };
+        let request = |now| handle_at(&shared, Frame::BindRequest { alloc }, stranger, now);
+        // STUN takes the whole burst, and then there is no challenge either...
+        for i in 0..20 {
+            assert!(stun(i, t0).is_some());
+        }
+        assert!(request(t0).is_none());
+        assert!(stun(20, t0).is_none());
+        // ... until the bucket refills (100 a second): 15 ms later, one answer, whichever.
+        let later = t0 + Duration::from_millis(15);
+        assert!(request(later).is_some());
+        assert!(stun(21, later).is_none());
+        // Requests (forged ones as well) take the whole burst the same way.
+        let later = t0 + Duration::from_secs(1);
+        let answered = (0..25).filter(|_| request(later).is_some()).count();
+        assert_eq!(answered, 20);
+        assert!(stun(22, later).is_none());
+        let stats = shared.lock().stats.clone();
+        assert_eq!((stats.stun_answered, stats.stun_refused), (20, 3));
+        assert_eq!((stats.challenges_sent, stats.challenges_refused), (21, 6));
     }
 
     #[tokio::test]

@@ -28,7 +28,7 @@ use smvs_schema::host_capnp::host_link;
 use smvs_schema::keyguard_capnp::{keyguard, SignPurpose};
 use smvs_schema::local_capnp::host;
 use smvs_schema::{CallId, HostAddress, MessageId, Username};
-use smvs_transport::callport::{Frame, ALLOC_ID_LEN, RELAY_TOKEN_LEN};
+use smvs_transport::callport::{Frame, ALLOC_ID_LEN, BIND_NONCE_LEN, BIND_PROOF_LEN};
 use smvsd::model::{CallSignal, Media, Payload, SignalKind};
 use smvsd::session::{self, Content, Header, Inner, SessionKeys};
 
@@ -423,8 +423,11 @@ fn seeds() -> Seeds {
     }
     seeds.push(("media_hello", "three-hellos", script));
 
-    // The call port: scripts of `[from][len][datagram]` (from: 0 the device, 1 the peer relay,
-    // 2 a stranger; +4: the target puts in the real allocation id and token).
+    // The call port: scripts of `[from][len][datagram]` (`from % 3`: 0 the device, 1 the peer
+    // relay, 2 a stranger; with bit 2 (4) set the target puts in the real allocation id, and
+    // completes a `Bind` with the nonce it would challenge that source with and the proof under
+    // the real token: 6 is the device so, 4 the peer relay, 5 a stranger).
+    let (device, peer, stranger) = (6, 4, 5);
     let step = |script: &mut Vec<u8>, from: u8, frame: &[u8]| {
         script.extend_from_slice(&[from, u8::try_from(frame.len()).unwrap()]);
         script.extend_from_slice(frame);
@@ -459,31 +462,32 @@ fn seeds() -> Seeds {
     );
     seeds.push(("callport_frame", "stun", script));
     let sealed = wire::seal(Some(&key), 4, Stream::VideoRtp, &rtp).unwrap();
+    let bind_request = encode(Frame::BindRequest {
+        alloc: [0; ALLOC_ID_LEN],
+    });
+    let bind = encode(Frame::Bind {
+        alloc: [0; ALLOC_ID_LEN],
+        nonce: [0; BIND_NONCE_LEN],
+        proof: [0; BIND_PROOF_LEN],
+    });
+    let data = encode(Frame::Data {
+        alloc: [0; ALLOC_ID_LEN],
+        payload: &sealed,
+    });
+    let forward = encode(Frame::Forward {
+        alloc: [0; ALLOC_ID_LEN],
+        payload: &sealed,
+    });
     let mut script = Vec::new();
-    step(
-        &mut script,
-        4,
-        &encode(Frame::Bind {
-            alloc: [0; ALLOC_ID_LEN],
-            token: [0; RELAY_TOKEN_LEN],
-        }),
-    );
-    step(
-        &mut script,
-        4,
-        &encode(Frame::Data {
-            alloc: [0; ALLOC_ID_LEN],
-            payload: &sealed,
-        }),
-    );
-    step(
-        &mut script,
-        5,
-        &encode(Frame::Forward {
-            alloc: [0; ALLOC_ID_LEN],
-            payload: &sealed,
-        }),
-    );
+    // The device binds, sends media out and gets media in...
+    step(&mut script, device, &bind_request);
+    step(&mut script, device, &bind);
+    step(&mut script, device, &data);
+    step(&mut script, peer, &forward);
+    // ... and moves (a NAT rebinding), and the media follows it.
+    step(&mut script, stranger, &bind_request);
+    step(&mut script, stranger, &bind);
+    step(&mut script, peer, &forward);
     seeds.push(("callport_frame", "relay", script));
     seeds
 }
@@ -647,10 +651,15 @@ fn check(target: &str, bytes: &[u8]) -> Result<(), String> {
         }
         "callport_frame" => {
             let mut script = bytes;
-            while let [_, len, tail @ ..] = script {
+            while let [from, len, tail @ ..] = script {
                 let (datagram, tail) = tail.split_at(usize::from(*len));
                 script = tail;
-                Frame::decode(datagram).map_err(|e| e.to_string())?;
+                let frame = Frame::decode(datagram).map_err(|e| e.to_string())?;
+                // No seed can hold a nonce the port would take (its secret is made at start):
+                // a Bind reaches the bound paths only when the target completes it.
+                if matches!(frame, Frame::Bind { .. }) && from & 4 == 0 {
+                    return Err("a Bind step without bit 2 of `from` is always refused".into());
+                }
             }
             Ok(())
         }

@@ -10,8 +10,10 @@
 //!  device A ──Data{a}──► host A's call port ──Forward{b}──► host B's call port ──Data{b}──► device B
 //!  device A ◄─Data{a}─── host A's call port ◄─Forward{a}─── host B's call port ◄─Data{b}─── device B
 //!
-//!  device ──Bind{alloc, token}──► its host          (the host records the device's address)
-//!  device ◄──────Bound{alloc}──── its host
+//!  device ──BindRequest{alloc}──────────► its host
+//!  device ◄─Challenge{alloc, nonce}─────── its host   (the nonce names the address it went to)
+//!  device ──Bind{alloc, nonce, proof}────► its host   (the host records the device's address)
+//!  device ◄─Bound{alloc}─────────────────── its host
 //!  anyone ──STUN Binding request──► a call port ──Binding response (XOR-MAPPED-ADDRESS)──► anyone
 //! ```
 //!
@@ -19,18 +21,26 @@
 //! |------------------|------------|------------------------------------------|---------------|
 //! | Binding request  | `0x00`     | STUN header (RFC 8489), type `0x0001`    | device → host |
 //! | Binding response | `0x01`     | STUN type `0x0101` + XOR-MAPPED-ADDRESS  | host → device |
-//! | `Bind`           | `0xC1`     | `[0xC1][alloc 8][token 16]`              | device → host |
+//! | `BindRequest`    | `0xC1`     | `[0xC1][alloc 8][16 zero bytes]`         | device → host |
 //! | `Bound`          | `0xC2`     | `[0xC2][alloc 8]`                        | host → device |
+//! | `Challenge`      | `0xC3`     | `[0xC3][alloc 8][nonce 16]`              | host → device |
 //! | `Data`           | `0xC4`     | `[0xC4][alloc 8][sealed media datagram]` | device ↔ host |
 //! | `Forward`        | `0xC5`     | `[0xC5][alloc 8][sealed media datagram]` | host → host   |
+//! | `Bind`           | `0xC6`     | `[0xC6][alloc 8][nonce 16][proof 16]`    | device → host |
 //!
-//! An allocation (`alloc`) is the host's name for one relayed call leg; the token is the secret
-//! the host gave its own user's device (through the call signalling) to claim it. `Forward`
-//! names the *receiving* host's allocation.
+//! An allocation (`alloc`) is the host's name for one relayed call leg; its token is the secret
+//! the host gave its own user's device (through the call signalling) to claim it. The token
+//! never goes on the wire: the device proves it knows it with [`bind_proof`], a keyed BLAKE2b
+//! of the allocation and the nonce of a `Challenge` the host sent to the address the device
+//! asked from (return routability: a `Bind` only takes from the address its nonce was sent to,
+//! so a `Bind` sniffed on the way and replayed from elsewhere moves nothing). A `BindRequest`
+//! is padded to the length of the `Challenge` it asks for, so that the port answers no more
+//! bytes than it is sent; decoding requires the padding to be zeros (one encoding per frame).
+//! `Forward` names the *receiving* host's allocation.
 //!
 //! Telling them apart: a STUN message starts with two zero bits (first byte `0x00`–`0x3F`) and
 //! carries the magic cookie `0x2112A442` at bytes 4–8; the relay tags all have the top bits
-//! `11` (`0xC1`–`0xC5`), so they can never be read as STUN or the other way round, nor taken
+//! `11` (`0xC1`–`0xC6`), so they can never be read as STUN or the other way round, nor taken
 //! for RTP or RTCP in clear (top bits `10`, RFC 9443) by whoever watches the wire. A sealed
 //! media datagram starts with `0x01` (like a STUN response's first byte), but then its STUN
 //! "type" would be `0x01` followed by the top byte of a 64-bit sequence number, never `0x0101`
@@ -48,8 +58,13 @@ pub const ALLOC_ID_LEN: usize = 8;
 pub const RELAY_TOKEN_LEN: usize = 16;
 /// A host's name for one relayed call leg.
 pub type AllocId = [u8; ALLOC_ID_LEN];
-/// The secret a device presents to claim its allocation.
+/// The secret a device proves it knows to claim its allocation (see [`bind_proof`]); it never
+/// goes on the wire.
 pub type RelayToken = [u8; RELAY_TOKEN_LEN];
+/// Length of a [`Frame::Challenge`]'s nonce.
+pub const BIND_NONCE_LEN: usize = 16;
+/// Length of a [`Frame::Bind`]'s proof.
+pub const BIND_PROOF_LEN: usize = 16;
 /// Length of a STUN transaction id.
 pub const TRANSACTION_LEN: usize = 12;
 
@@ -63,14 +78,18 @@ const ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
 const FAMILY_IPV4: u8 = 0x01;
 const FAMILY_IPV6: u8 = 0x02;
 
-/// First byte of [`Frame::Bind`].
-pub const TAG_BIND: u8 = 0xC1;
+/// First byte of [`Frame::BindRequest`].
+pub const TAG_BIND_REQUEST: u8 = 0xC1;
 /// First byte of [`Frame::Bound`].
 pub const TAG_BOUND: u8 = 0xC2;
+/// First byte of [`Frame::Challenge`].
+pub const TAG_CHALLENGE: u8 = 0xC3;
 /// First byte of [`Frame::Data`].
 pub const TAG_DATA: u8 = 0xC4;
 /// First byte of [`Frame::Forward`].
 pub const TAG_FORWARD: u8 = 0xC5;
+/// First byte of [`Frame::Bind`].
+pub const TAG_BIND: u8 = 0xC6;
 
 /// The largest UDP payload over IPv4 (65,535 − 8 − 20).
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -80,8 +99,32 @@ pub const RELAY_HEADER_LEN: usize = 1 + ALLOC_ID_LEN;
 /// [`MAX_DATAGRAM`]. Decoding refuses more, and empty payloads.
 pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - RELAY_HEADER_LEN;
 
-const BIND_LEN: usize = 1 + ALLOC_ID_LEN + RELAY_TOKEN_LEN;
+/// Length of a [`Frame::Challenge`], and of the [`Frame::BindRequest`] that asks for one.
+pub const CHALLENGE_LEN: usize = 1 + ALLOC_ID_LEN + BIND_NONCE_LEN;
+/// Length of a [`Frame::Bind`].
+pub const BIND_LEN: usize = 1 + ALLOC_ID_LEN + BIND_NONCE_LEN + BIND_PROOF_LEN;
 const BOUND_LEN: usize = 1 + ALLOC_ID_LEN;
+
+/// What [`bind_proof`]'s BLAKE2b starts with, so that the proof can be taken for nothing else
+/// keyed with the token.
+const BIND_PROOF_LABEL: &[u8] = b"smvs call-port bind v1";
+
+/// What a device sends in a [`Frame::Bind`] to show that it knows its allocation's `token`,
+/// for the `nonce` its host's [`Frame::Challenge`] carried: BLAKE2b-128 keyed with the token,
+/// of a fixed label, the allocation id and the nonce. `None` only when libsodium fails.
+pub fn bind_proof(
+    token: &RelayToken,
+    alloc: &AllocId,
+    nonce: &[u8; BIND_NONCE_LEN],
+) -> Option<[u8; BIND_PROOF_LEN]> {
+    let mac = smvs_crypto::blake2b(
+        BIND_PROOF_LEN,
+        Some(token),
+        &[BIND_PROOF_LABEL, alloc, nonce],
+    )
+    .ok()?;
+    <[u8; BIND_PROOF_LEN]>::try_from(mac.as_slice()).ok()
+}
 
 /// One call-port datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +139,22 @@ pub enum Frame<'a> {
         transaction: [u8; TRANSACTION_LEN],
         mapped: SocketAddr,
     },
-    /// device → host: the device claims allocation `alloc`; the host records its address.
-    Bind { alloc: AllocId, token: RelayToken },
+    /// device → host: the device asks for a [`Frame::Challenge`] to claim allocation `alloc`
+    /// from the address it sends from. Padded with zeros to the challenge's length.
+    BindRequest { alloc: AllocId },
+    /// host → whoever sent a `BindRequest` for an allocation it has: the nonce to prove the
+    /// token with, good only from the address it was sent to, for a few seconds.
+    Challenge {
+        alloc: AllocId,
+        nonce: [u8; BIND_NONCE_LEN],
+    },
+    /// device → host: the device claims allocation `alloc` with the challenge's `nonce` and
+    /// `proof` = [`bind_proof`]`(token, alloc, nonce)`; the host records its address.
+    Bind {
+        alloc: AllocId,
+        nonce: [u8; BIND_NONCE_LEN],
+        proof: [u8; BIND_PROOF_LEN],
+    },
     /// host → device: the bind took.
     Bound { alloc: AllocId },
     /// device ↔ host: one sealed media datagram through the allocation.
@@ -119,6 +176,8 @@ pub enum CallPortError {
         len: usize,
         expected: usize,
     },
+    #[error("{what} frame's padding is not all zeros")]
+    NonZeroPadding { what: &'static str },
     #[error("{what} frame carries no payload")]
     EmptyPayload { what: &'static str },
     #[error("{what} payload of {len} bytes is over the limit of {MAX_PAYLOAD}")]
@@ -153,10 +212,30 @@ impl<'a> Frame<'a> {
             return decode_stun(datagram);
         }
         match tag {
+            TAG_BIND_REQUEST => {
+                let d = exact::<CHALLENGE_LEN>(datagram, "BindRequest")?;
+                let (alloc, padding) = d[1..].split_at(ALLOC_ID_LEN);
+                if padding.iter().any(|&b| b != 0) {
+                    return Err(CallPortError::NonZeroPadding {
+                        what: "BindRequest",
+                    });
+                }
+                Ok(Frame::BindRequest { alloc: take(alloc) })
+            }
+            TAG_CHALLENGE => {
+                let d = exact::<CHALLENGE_LEN>(datagram, "Challenge")?;
+                Ok(Frame::Challenge {
+                    alloc: take(&d[1..]),
+                    nonce: take(&d[1 + ALLOC_ID_LEN..]),
+                })
+            }
             TAG_BIND => {
-                let (alloc, token) = exact::<BIND_LEN>(datagram, "Bind")
-                    .map(|d| (take(&d[1..]), take(&d[1 + ALLOC_ID_LEN..])))?;
-                Ok(Frame::Bind { alloc, token })
+                let d = exact::<BIND_LEN>(datagram, "Bind")?;
+                Ok(Frame::Bind {
+                    alloc: take(&d[1..]),
+                    nonce: take(&d[1 + ALLOC_ID_LEN..]),
+                    proof: take(&d[1 + ALLOC_ID_LEN + BIND_NONCE_LEN..]),
+                })
             }
             TAG_BOUND => {
                 let alloc = exact::<BOUND_LEN>(datagram, "Bound").map(|d| take(&d[1..]))?;
@@ -226,10 +305,25 @@ impl<'a> Frame<'a> {
                     }
                 }
             }
-            Frame::Bind { alloc, token } => {
+            Frame::BindRequest { alloc } => {
+                out.push(TAG_BIND_REQUEST);
+                out.extend_from_slice(alloc);
+                out.extend_from_slice(&[0; BIND_NONCE_LEN]);
+            }
+            Frame::Challenge { alloc, nonce } => {
+                out.push(TAG_CHALLENGE);
+                out.extend_from_slice(alloc);
+                out.extend_from_slice(nonce);
+            }
+            Frame::Bind {
+                alloc,
+                nonce,
+                proof,
+            } => {
                 out.push(TAG_BIND);
                 out.extend_from_slice(alloc);
-                out.extend_from_slice(token);
+                out.extend_from_slice(nonce);
+                out.extend_from_slice(proof);
             }
             Frame::Bound { alloc } => {
                 out.push(TAG_BOUND);
@@ -490,9 +584,17 @@ mod tests {
                     .parse()
                     .unwrap(),
             }),
+            round_trip(Frame::BindRequest {
+                alloc: [1; ALLOC_ID_LEN],
+            }),
+            round_trip(Frame::Challenge {
+                alloc: [1; ALLOC_ID_LEN],
+                nonce: [6; BIND_NONCE_LEN],
+            }),
             round_trip(Frame::Bind {
                 alloc: [1; ALLOC_ID_LEN],
-                token: [2; RELAY_TOKEN_LEN],
+                nonce: [6; BIND_NONCE_LEN],
+                proof: [2; BIND_PROOF_LEN],
             }),
             round_trip(Frame::Bound {
                 alloc: [3; ALLOC_ID_LEN],
@@ -514,10 +616,64 @@ mod tests {
         assert_eq!(frames[0].len(), STUN_HEADER_LEN);
         assert_eq!(frames[1].len(), STUN_HEADER_LEN + 12);
         assert_eq!(frames[2].len(), STUN_HEADER_LEN + 24);
-        assert_eq!(frames[3].len(), 25);
-        assert_eq!(frames[4].len(), 9);
-        assert_eq!(frames[5][0], TAG_DATA);
-        assert_eq!(frames[6][0], TAG_FORWARD);
+        assert_eq!(
+            frames[3],
+            [&[TAG_BIND_REQUEST][..], &[1; 8], &[0; 16]].concat()
+        );
+        assert_eq!(
+            frames[4],
+            [&[TAG_CHALLENGE][..], &[1; 8], &[6; 16]].concat()
+        );
+        assert_eq!(
+            frames[5],
+            [&[TAG_BIND][..], &[1; 8], &[6; 16], &[2; 16]].concat()
+        );
+        assert_eq!(frames[3].len(), CHALLENGE_LEN);
+        assert_eq!(frames[4].len(), 25);
+        assert_eq!(frames[5].len(), BIND_LEN);
+        assert_eq!(BIND_LEN, 41);
+        assert_eq!(frames[6].len(), 9);
+        assert_eq!(frames[7][0], TAG_DATA);
+        assert_eq!(frames[8][0], TAG_FORWARD);
+        // Every relay tag has the top bits 11: never STUN, never RTP/RTCP in clear.
+        for frame in &frames[3..] {
+            assert_eq!(frame[0] & 0xC0, 0xC0, "{frame:02x?}");
+        }
+    }
+
+    #[test]
+    fn a_bind_request_is_as_long_as_the_challenge_and_padded_with_zeros() {
+        let mut request = Vec::new();
+        Frame::BindRequest { alloc: [7; 8] }.encode(&mut request);
+        let mut challenge = Vec::new();
+        Frame::Challenge {
+            alloc: [7; 8],
+            nonce: [0xFF; 16],
+        }
+        .encode(&mut challenge);
+        assert_eq!(request.len(), challenge.len(), "the port is no amplifier");
+        for at in 1 + ALLOC_ID_LEN..CHALLENGE_LEN {
+            let mut bad = request.clone();
+            bad[at] = 1;
+            assert_eq!(
+                Frame::decode(&bad),
+                Err(CallPortError::NonZeroPadding {
+                    what: "BindRequest"
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn the_bind_proof_is_keyed_blake2b_of_the_label_allocation_and_nonce() {
+        // Python: hashlib.blake2b(b"smvs call-port bind v1" + bytes([1] * 8) + bytes([3] * 16),
+        //                         key=bytes([2] * 16), digest_size=16)
+        let proof = bind_proof(&[2; 16], &[1; 8], &[3; 16]).unwrap();
+        assert_eq!(proof[..], hex("09706eaa35094e414c541020afb65f9c")[..]);
+        // Every input counts.
+        assert_ne!(bind_proof(&[4; 16], &[1; 8], &[3; 16]).unwrap(), proof);
+        assert_ne!(bind_proof(&[2; 16], &[5; 8], &[3; 16]).unwrap(), proof);
+        assert_ne!(bind_proof(&[2; 16], &[1; 8], &[6; 16]).unwrap(), proof);
     }
 
     #[test]
@@ -589,7 +745,8 @@ mod tests {
 
     #[test]
     fn extra_bytes_and_bad_stun_are_errors() {
-        for bytes in every_frame().iter().take(5) {
+        // Every frame but Data and Forward (whose payload may be longer) has one length.
+        for bytes in every_frame().iter().take(7) {
             let mut longer = bytes.clone();
             longer.push(0);
             assert!(Frame::decode(&longer).is_err(), "{longer:02x?}");
@@ -648,10 +805,12 @@ mod tests {
         bad.extend([0, 0]);
         assert_eq!(Frame::decode(&bad), Err(CallPortError::StunUnaligned(2)));
         assert_eq!(Frame::decode(&[]), Err(CallPortError::Empty));
-        assert_eq!(
-            Frame::decode(&[0xC3, 0, 0]),
-            Err(CallPortError::UnknownTag(0xC3))
-        );
+        for tag in [0x40, 0x80, 0xC0, 0xC7, 0xFF] {
+            assert_eq!(
+                Frame::decode(&[tag, 0, 0]),
+                Err(CallPortError::UnknownTag(tag))
+            );
+        }
     }
 
     #[test]

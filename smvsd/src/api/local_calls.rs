@@ -58,10 +58,11 @@ fn write_media(mut b: call_media::Builder<'_>, m: &Media) {
     b.set_audio(m.audio);
 }
 
-fn write_relay(mut b: call_relay::Builder<'_>, relay: &RelayGrant) {
+fn write_relay(mut b: call_relay::Builder<'_>, relay: &RelayGrant, relay_only: bool) {
     b.set_address(relay.address.to_string());
     b.set_alloc(&relay.alloc);
     b.set_token(&relay.token);
+    b.set_relay_only(relay_only);
 }
 
 pub fn call_state(s: CallState) -> smvs_schema::local_capnp::CallState {
@@ -180,7 +181,12 @@ pub async fn place(
         (peer, read_media(p.get_media()?)?, p.get_device()?)
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let DeviceCall { info, token, relay } = mailbox(
+    let DeviceCall {
+        info,
+        token,
+        relay,
+        relay_only,
+    } = mailbox(
         calls
             .send(PlaceCall {
                 peer,
@@ -194,7 +200,7 @@ pub async fn place(
     write_info(r.reborrow().init_call(), &info);
     r.set_control(control(calls, &info, token));
     if let Some(relay) = &relay {
-        write_relay(r.reborrow().init_relay(), relay);
+        write_relay(r.reborrow().init_relay(), relay, relay_only);
     }
     Ok(())
 }
@@ -214,7 +220,12 @@ pub async fn answer(
         )
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let DeviceCall { info, token, relay } = mailbox(
+    let DeviceCall {
+        info,
+        token,
+        relay,
+        relay_only,
+    } = mailbox(
         calls
             .send(AnswerCall {
                 id,
@@ -229,7 +240,7 @@ pub async fn answer(
     write_info(r.reborrow().init_call(), &info);
     r.set_control(control(calls, &info, token));
     if let Some(relay) = &relay {
-        write_relay(r.reborrow().init_relay(), relay);
+        write_relay(r.reborrow().init_relay(), relay, relay_only);
     }
     Ok(())
 }

@@ -170,6 +170,8 @@ pub struct DeviceCall {
     pub info: CallInfo,
     pub token: u64,
     pub relay: Option<RelayGrant>,
+    /// The call is relayed only: the device takes no other path.
+    pub relay_only: bool,
 }
 
 /// What devices and D-Bus are told about a call.
