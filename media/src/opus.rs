@@ -97,7 +97,7 @@ mod tests {
     /// Opus packets from GStreamer's opusenc, as the call pipeline makes them.
     fn encode(fec: bool) -> Vec<Vec<u8>> {
         encode_planning_for(if fec {
-            crate::pipeline::AUDIO_FEC_START_PERCENT
+            crate::pipeline::AUDIO_FEC_MIN_PERCENT
         } else {
             0
         })
@@ -161,7 +161,7 @@ mod tests {
         assert!(!carries_fec(&[0xfc, 0xff, 0xff]));
     }
 
-    /// Why the adapter never plans for less than `AUDIO_FEC_START_PERCENT`: told of a little
+    /// Why the adapter never plans for less than `AUDIO_FEC_MIN_PERCENT`: told of a little
     /// loss, the encoder codes this tone as CELT and the "FEC" is in no packet.
     #[test]
     fn a_little_planned_loss_gives_no_fec_at_all() {

@@ -25,12 +25,12 @@ pub(crate) const MAX_STREAMS: u32 = 2;
 pub(crate) const VIDEO_SINK: &str = "vsink";
 pub(crate) const VIDEO_CONVERT: &str = "vconvert";
 pub(crate) const AUDIO_PT: u32 = 111;
-/// The loss Opus plans its in-band FEC for when a call starts, percent: FEC is on from the
-/// first packet, and the adapter turns it off after a stretch without loss (it costs CPU; see
-/// `repair::Adapter`). It is also the least the adapter ever plans for: told of less than 8%,
-/// libopus 1.3 codes a 440 Hz tone at 32 kbit/s as CELT, which carries no FEC at all
-/// (measured: 5% → 0 of 101 packets with FEC, 8% → 100 of 101; see `opus::tests`).
-pub(crate) const AUDIO_FEC_START_PERCENT: i32 = 10;
+/// The least loss Opus plans its in-band FEC for once the peer reports audio loss, percent
+/// (FEC is off in a clean call, as WebRTC leaves it: it costs CPU; see `repair::Adapter`).
+/// Told of less than 8%, libopus 1.3 codes a 440 Hz tone at 32 kbit/s as CELT, which carries
+/// no FEC at all (measured: 5% → 0 of 101 packets with FEC, 8% → 100 of 101; see
+/// `opus::tests`).
+pub(crate) const AUDIO_FEC_MIN_PERCENT: i32 = 10;
 pub(crate) const VIDEO_CLOCK_RATE: i32 = 90_000;
 pub(crate) const AUDIO_CLOCK_RATE: i32 = 48_000;
 /// RTP packet size limit: sealed datagrams stay well under a 1280-byte IPv6 minimum MTU path
@@ -240,11 +240,8 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
         AudioSource::Mic => Some("autoaudiosrc"),
         AudioSource::None => None,
     };
-    let opus_fec = if options.repaired() {
-        format!("inband-fec=true packet-loss-percentage={AUDIO_FEC_START_PERCENT}")
-    } else {
-        String::new()
-    };
+    // Off until the peer reports loss (the adapter turns it on); the baseline never has it.
+    let opus_fec = "inband-fec=false packet-loss-percentage=0";
     if let Some(asrc) = asrc {
         d.push(format!(
             "{asrc} ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=1 \

@@ -8,7 +8,15 @@
 //! * a round trip that grows 100 ms or more over the least seen means a queue is building on
 //!   the path: the target falls by 15% before the queue overflows into loss; with 10% loss or
 //!   more on top, the path is a bottleneck and the target goes at once to a little under what
-//!   got through, (1 - loss) x 0.9.
+//!   got through, (1 - loss) x 0.9;
+//! * 20% loss or more is a bottleneck too, queue or not: a link capped by a short buffer (a
+//!   token bucket with 50 ms of queue, a busy Wi-Fi) drops before the round trip can grow 100
+//!   ms, and halving by half the loss rate, report after report, leaves the video undecodable
+//!   for seconds while it overshoots;
+//! * what got through at a bottleneck is remembered for [`CEILING_HOLD`]: near it the target
+//!   grows by 3% a second, not 15% (GCC's additive increase near the link's capacity), so it
+//!   does not overshoot again and again; past it by a tenth, or after the hold, the path has
+//!   room again and growth is fast.
 //!
 //! Audio keeps its constant bitrate: the video gets what is left, so audio is protected first.
 //! Where the picture cannot be coded that small, the encoder lowers the frame rate itself
@@ -25,6 +33,12 @@ use crate::stats::session_sources;
 pub(crate) const MIN_KBPS: u32 = 80;
 /// A queue building on the path: the round trip this far over the least one seen.
 const QUEUE_DELAY_MS: f64 = 100.0;
+/// Loss this heavy is a bottleneck, not a noisy link.
+const HEAVY_LOSS: f64 = 0.20;
+/// How long a bottleneck's rate is remembered.
+const CEILING_HOLD: Duration = Duration::from_secs(8);
+/// Growth near a remembered bottleneck: 3% a second.
+const GROWTH_NEAR_CEILING_PER_S: f64 = 1.03;
 
 /// What a receiver report says about our video.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +62,8 @@ pub(crate) struct RateControl {
     /// When the target last went down, and when growth was last reckoned.
     last_down: Option<Instant>,
     grown_at: Option<Instant>,
+    /// What got through at the last bottleneck, kbit/s, and when.
+    ceiling: Option<(f64, Instant)>,
 }
 
 /// After a decrease, the queue it answered takes a while to drain, and the reports still show
@@ -68,6 +84,7 @@ impl RateControl {
             last_report: None,
             last_down: None,
             grown_at: None,
+            ceiling: None,
         }
     }
 
@@ -101,13 +118,17 @@ impl RateControl {
         // A queue (with or without loss) is a bottleneck: what got through is about what the
         // path carries, so go to a little under that (GCC's 0.85 of the received rate). Loss
         // without a queue is a noisy link: down by half the loss rate.
-        let down = if queued {
+        let down = if queued || loss >= HEAVY_LOSS {
             let through = report
                 .delivered_kbps
                 .filter(|d| d.is_finite() && *d > 0.0)
-                .unwrap_or(self.target_kbps);
-            // At most halved at once: a report window is short and its count noisy.
-            Some((0.85 * through).clamp(self.target_kbps * 0.5, self.target_kbps * 0.85))
+                .unwrap_or(self.target_kbps * (1.0 - loss));
+            self.ceiling = Some((through, now));
+            // At most halved at once (a report window is short and its count noisy), unless the
+            // loss is heavy: then the count is no noise, and every report spent over the
+            // bottleneck is a second of video the peer cannot decode.
+            let floor = if loss >= HEAVY_LOSS { 0.25 } else { 0.5 };
+            Some((0.85 * through).clamp(self.target_kbps * floor, self.target_kbps * 0.85))
         } else if loss >= 0.10 {
             Some(self.target_kbps * (1.0 - 0.5 * loss))
         } else {
@@ -120,9 +141,22 @@ impl RateControl {
             }
             self.grown_at = None;
         } else if loss < 0.02 && since_down.is_none_or(|d| d >= HOLD_AFTER_DOWN) {
+            if let Some((ceiling, set)) = self.ceiling {
+                if now.saturating_duration_since(set) >= CEILING_HOLD
+                    || self.target_kbps >= 1.1 * ceiling
+                {
+                    self.ceiling = None;
+                }
+            }
+            let growth = match self.ceiling {
+                Some((ceiling, _)) if self.target_kbps >= 0.85 * ceiling => {
+                    GROWTH_NEAR_CEILING_PER_S
+                }
+                _ => GROWTH_PER_S,
+            };
             if let Some(at) = self.grown_at {
                 let secs = now.saturating_duration_since(at).as_secs_f64().min(1.0);
-                self.target_kbps *= GROWTH_PER_S.powf(secs);
+                self.target_kbps *= growth.powf(secs);
             }
             self.grown_at = Some(now);
         } else {
@@ -266,13 +300,15 @@ mod tests {
         };
         // Clean at the top: stays at the most it may use.
         assert_eq!(feed(&mut c, 250, 0.0), None);
-        // 40% loss on a noisy link: down by a fifth, at most once per 500 ms.
-        assert_eq!(feed(&mut c, 250, 0.4), Some(800));
-        assert_eq!(feed(&mut c, 250, 0.4), None);
-        assert_eq!(feed(&mut c, 250, 0.4), Some(640));
+        // 15% loss on a noisy link: down by half that, at most once per 500 ms.
+        assert_eq!(feed(&mut c, 250, 0.15), Some(925));
+        assert_eq!(feed(&mut c, 250, 0.15), None);
+        assert_eq!(feed(&mut c, 250, 0.15), Some(856));
+        // 40% is a bottleneck: a little under what got through (0.6 of the target, here).
+        assert_eq!(feed(&mut c, 500, 0.4), Some(436));
         // Moderate loss holds.
         assert_eq!(feed(&mut c, 250, 0.05), None);
-        // Clean again: held for a second after the last decrease, then 8% a second.
+        // Clean again: held for a second after the last decrease, then 15% a second.
         assert_eq!(feed(&mut c, 500, 0.0), None);
         assert_eq!(feed(&mut c, 250, 0.0), None);
         let mut secs = 0.0;
@@ -280,7 +316,9 @@ mod tests {
             feed(&mut c, 500, 0.0);
             secs += 0.5;
         }
-        assert!((3.0..=3.5).contains(&secs), "640 -> 1000 took {secs} s");
+        // Slowly near what got through at the bottleneck, for the 8 s it is remembered, then
+        // fast again.
+        assert!((10.5..=12.5).contains(&secs), "436 -> 1000 took {secs} s");
     }
 
     #[test]
@@ -294,12 +332,16 @@ mod tests {
         let (r, at) = t.next(250, 0.0, 130.0);
         assert_eq!(c.report(r, at), Some(850));
         // Loss behind a queue: 0.85 of what got through, but no lower than half at once.
-        let (mut r, at) = t.next(500, 0.5, 400.0);
+        let (mut r, at) = t.next(500, 0.15, 400.0);
         r.delivered_kbps = Some(400.0);
         assert_eq!(c.report(r, at), Some(425));
-        let (mut r, at) = t.next(500, 0.5, 400.0);
+        let (mut r, at) = t.next(500, 0.15, 400.0);
         r.delivered_kbps = Some(400.0);
         assert_eq!(c.report(r, at), Some(340));
+        // Heavy loss is no noise: down to a quarter at once.
+        let (mut r, at) = t.next(500, 0.5, 400.0);
+        r.delivered_kbps = Some(50.0);
+        assert_eq!(c.report(r, at), Some(85));
         let (r, at) = t.next(0, 0.5, 400.0);
         let again = Report {
             highest_seq: r.highest_seq - 1,

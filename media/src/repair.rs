@@ -513,7 +513,7 @@ impl Adapter {
             next_rate: now + RATE_EVERY,
             latency_ms: JITTER_BUFFER_MS,
             latency_since: now,
-            audio_fec: crate::pipeline::AUDIO_FEC_START_PERCENT,
+            audio_fec: 0,
             audio_fec_since: now,
             counted: (0, 0),
             late: 0,
@@ -545,11 +545,11 @@ impl Adapter {
         }
     }
 
-    /// Opus in-band FEC: on from the start of the call and while the peer reports audio loss,
-    /// off after [`AUDIO_FEC_HOLD`] without. Each packet then carries a low-rate copy of the
-    /// one before (SILK LBRR), so a lost packet is rebuilt from the next; it costs an endpoint
-    /// about a third more CPU on this pipeline (measured: 20% -> 28% of a core at 640x480),
-    /// which a clean call should not pay for long.
+    /// Opus in-band FEC: on while the peer reports audio loss (from its first report of it,
+    /// about a second into a lossy call), off after [`AUDIO_FEC_HOLD`] without. Each packet
+    /// then carries a low-rate copy of the one before (SILK LBRR), so a lost packet is rebuilt
+    /// from the next; it costs an endpoint about a third more CPU on this pipeline (measured:
+    /// 20% -> 28% of a core at 640x480), which a clean call does not pay.
     fn adapt_audio_fec(
         &mut self,
         now: std::time::Instant,
@@ -569,7 +569,7 @@ impl Adapter {
             self.audio_fec_since = now;
             // What Opus plans its FEC for: the loss seen, at most 50%, and never so little
             // that the encoder leaves SILK for CELT and sends no FEC.
-            ((loss * 100.0).ceil() as i32).clamp(crate::pipeline::AUDIO_FEC_START_PERCENT, 50)
+            ((loss * 100.0).ceil() as i32).clamp(crate::pipeline::AUDIO_FEC_MIN_PERCENT, 50)
         } else if self.audio_fec > 0
             && now.saturating_duration_since(self.audio_fec_since) < AUDIO_FEC_HOLD
         {

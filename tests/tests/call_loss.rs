@@ -242,6 +242,12 @@ fn the_video_fits_a_500_kbit_link_and_comes_back_up_when_it_is_lifted() {
         .map(|c| (c["at_s"].as_f64().unwrap(), c["kbps"].as_u64().unwrap()))
         .collect();
     eprintln!("cap at {capped_at:?}, lifted at {lifted_at:?}: {changes:?}\n{leg:?}\nalice sent {} kbit/s, bob video {}", caller["stats"]["bitrate_sent_kbps"], callee["stats"]["video"]);
+    eprintln!(
+        "alice's path {} (consent lost {}), bob's freezes {}",
+        caller["stats"]["path_changes"],
+        caller["stats"]["consent_lost"],
+        callee["stats"]["freezes"]
+    );
     // Times in the statistics count from the start of alice's media, a little after the spawn
     // the cap times count from: a change at_s into the call happened at most at_s after it.
     let fits = u64::from(CAP_KBIT) - 100; // room for audio, RTCP and packet overhead
