@@ -605,57 +605,10 @@ impl Shared {
                 Some(from)
             }
             Frame::Data { alloc, payload } => {
-                let Some(allocation) = state.allocations.get_mut(&alloc) else {
-                    state.stats.dropped += 1;
-                    return None;
-                };
-                let (Some(device), Some((peer_relay, peer_alloc))) =
-                    (allocation.device, allocation.peer)
-                else {
-                    state.stats.dropped += 1;
-                    return None;
-                };
-                if device != from {
-                    state.stats.dropped += 1;
-                    return None;
-                }
-                allocation.last_seen = now;
-                if !allocation.bucket.take(payload.len() as f64, now) {
-                    allocation.dropped_over_cap += 1;
-                    return None;
-                }
-                allocation.packets_to_peer += 1;
-                allocation.bytes_to_peer += payload.len() as u64;
-                Frame::Forward {
-                    alloc: peer_alloc,
-                    payload,
-                }
-                .encode(out);
-                Some(peer_relay)
+                relay_one(state, alloc, payload, from, Leg::ToPeer, now, out)
             }
             Frame::Forward { alloc, payload } => {
-                let Some(allocation) = state.allocations.get_mut(&alloc) else {
-                    state.stats.dropped += 1;
-                    return None;
-                };
-                let (Some(device), Some((peer_relay, _))) = (allocation.device, allocation.peer)
-                else {
-                    state.stats.dropped += 1;
-                    return None;
-                };
-                if peer_relay != from {
-                    state.stats.dropped += 1;
-                    return None;
-                }
-                allocation.last_seen = now;
-                if !allocation.bucket.take(payload.len() as f64, now) {
-                    allocation.dropped_over_cap += 1;
-                    return None;
-                }
-                allocation.packets_to_device += 1;
-                allocation.bytes_to_device += payload.len() as u64;
-                Frame::Data { alloc, payload }.encode(out);
-                Some(device)
+                relay_one(state, alloc, payload, from, Leg::ToDevice, now, out)
             }
             Frame::BindingResponse { .. } | Frame::Bound { .. } | Frame::Challenge { .. } => {
                 state.stats.dropped += 1;
@@ -713,6 +666,68 @@ async fn serve(socket: UdpSocket, shared: Arc<Shared>, mut stopped: watch::Recei
         }
     }
     tracing::debug!(addr = %shared.local, "call port stopped");
+}
+
+/// Which way a relayed datagram goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leg {
+    /// `Data` from the bound device, out as `Forward` to the peer's relay.
+    ToPeer,
+    /// `Forward` from the peer's relay, out as `Data` to the bound device.
+    ToDevice,
+}
+
+/// One relayed datagram for allocation `alloc`: only from the party that leg comes from, only
+/// once the allocation is bound and connected, and within its rate cap. The frame to send is
+/// written to `out`; its destination returned.
+fn relay_one(
+    state: &mut State,
+    alloc: AllocId,
+    payload: &[u8],
+    from: SocketAddr,
+    leg: Leg,
+    now: Instant,
+    out: &mut Vec<u8>,
+) -> Option<SocketAddr> {
+    let Some(allocation) = state.allocations.get_mut(&alloc) else {
+        state.stats.dropped += 1;
+        return None;
+    };
+    let (Some(device), Some((peer_relay, peer_alloc))) = (allocation.device, allocation.peer)
+    else {
+        state.stats.dropped += 1;
+        return None;
+    };
+    let (source, to) = match leg {
+        Leg::ToPeer => (device, peer_relay),
+        Leg::ToDevice => (peer_relay, device),
+    };
+    if source != from {
+        state.stats.dropped += 1;
+        return None;
+    }
+    allocation.last_seen = now;
+    if !allocation.bucket.take(payload.len() as f64, now) {
+        allocation.dropped_over_cap += 1;
+        return None;
+    }
+    match leg {
+        Leg::ToPeer => {
+            allocation.packets_to_peer += 1;
+            allocation.bytes_to_peer += payload.len() as u64;
+            Frame::Forward {
+                alloc: peer_alloc,
+                payload,
+            }
+            .encode(out);
+        }
+        Leg::ToDevice => {
+            allocation.packets_to_device += 1;
+            allocation.bytes_to_device += payload.len() as u64;
+            Frame::Data { alloc, payload }.encode(out);
+        }
+    }
+    Some(to)
 }
 
 /// The relay's decisions without a socket or a task, for the fuzz target (`fuzz/`): the same
