@@ -82,5 +82,8 @@ struct CallSignal {
                                 # relay frames sent to it
     relayOnly @7 :Bool;         # the sender's side relays only (its addresses are hidden): no
                                 # need to send it yours
+    kem @8 :Data;               # the post-quantum half of the call's keys (X-Wing): in an offer
+                                # the caller's fresh public key (1216 bytes), in an answer the
+                                # callee's encapsulation to it (1120 bytes)
   }
 }

@@ -142,6 +142,8 @@ struct CallMedia {
                                 # STUN answer); empty when the same as `address`, or hidden
   relayOnly @5 :Bool;           # ours: relay this call only and hide this device's addresses
                                 # (`smvsctl call --relay`); the peer's: it does so
+  kem @6 :Data;                 # X-Wing: placing a call, the device's fresh public key (1216
+                                # bytes); answering, its encapsulation to the caller's (1120)
 }
 
 struct CallRelay {

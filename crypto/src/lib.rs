@@ -14,6 +14,7 @@ mod error;
 mod fingerprint;
 mod hash;
 mod identity;
+mod kem;
 mod keys;
 pub mod noise;
 mod pake;
@@ -25,6 +26,12 @@ pub use error::CryptoError;
 pub use fingerprint::{fingerprint, link_key_fingerprint, safety_number};
 pub use hash::{blake2b, blake2b_256, hkdf_sha256, hkdf_sha256_expand, hkdf_sha256_extract, Prk};
 pub use identity::{IdentityBundle, IdentityKeys};
+pub use kem::{
+    KemSharedSecret, MlKemCiphertext, MlKemKeyPair, MlKemPublicKey, XWingCiphertext, XWingKeyPair,
+    XWingPublicKey, KEM_SHARED_SECRET_LEN, MLKEM_CIPHERTEXT_LEN, MLKEM_ENC_RANDOMNESS_LEN,
+    MLKEM_PUBLIC_KEY_LEN, MLKEM_SECRET_KEY_LEN, MLKEM_SEED_LEN, XWING_CIPHERTEXT_LEN,
+    XWING_ENC_RANDOMNESS_LEN, XWING_PUBLIC_KEY_LEN, XWING_SECRET_KEY_LEN, XWING_SEED_LEN,
+};
 pub use keys::{
     AgreementKeyPair, AgreementPublicKey, SharedSecret, SignContext, Signature, SigningKeyPair,
     SigningPublicKey, SigningSeed, AGREEMENT_KEY_LEN, SIGNATURE_LEN, SIGNING_KEY_LEN,

@@ -12,7 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use smvs_schema::local_capnp::{call_media, host};
 use smvs_schema::{CallId, MessageId};
 use smvsd::commands::parse_user;
-use smvsd::model::Media;
+use smvsd::model::{Media, SignalKind};
 
 type Text<'a> = capnp::Result<capnp::text::Reader<'a>>;
 
@@ -24,7 +24,7 @@ fn text(t: Text<'_>) -> Option<()> {
     t.ok()?.to_str().ok().map(|_| ())
 }
 
-fn media(m: capnp::Result<call_media::Reader<'_>>) -> Option<()> {
+fn media(m: capnp::Result<call_media::Reader<'_>>, kind: SignalKind) -> Option<()> {
     let m = m.ok()?;
     let address = m.get_address().ok()?.to_str().ok()?;
     Media::parse(
@@ -33,6 +33,7 @@ fn media(m: capnp::Result<call_media::Reader<'_>>) -> Option<()> {
         m.get_video(),
         m.get_audio(),
     )
+    .and_then(|media| media.with_kem(kind, m.get_kem().unwrap_or_default()))
     .ok()
     .map(|_| ())
 }
@@ -98,12 +99,12 @@ fn read(method: u8, bytes: &[u8]) -> Option<()> {
         9 => {
             let p = params!(message, place_call_params);
             user(p.get_peer())?;
-            media(p.get_media())
+            media(p.get_media(), SignalKind::Offer)
         }
         10 => {
             let p = params!(message, answer_call_params);
             call_id(p.get_id())?;
-            media(p.get_media())
+            media(p.get_media(), SignalKind::Answer)
         }
         _ => call_id(params!(message, hangup_call_params).get_id()),
     }

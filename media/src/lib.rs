@@ -1,6 +1,7 @@
 //! The media of an SMVS call: VP8 video and Opus audio over RTP with GStreamer's `rtpbin`,
 //! every RTP and RTCP packet sealed with XChaCha20-Poly1305 under keys derived from the call's
-//! X25519 exchange, all four streams multiplexed on one UDP socket per endpoint.
+//! X25519 exchange and X-Wing encapsulation, all four streams multiplexed on one UDP socket per
+//! endpoint.
 //!
 //! * [`derive_media_keys`] turns the call's ephemeral keys into one key per direction;
 //! * [`check_plugins`] says which Debian package to install when an element is missing;

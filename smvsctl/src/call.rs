@@ -1,12 +1,14 @@
 //! Calls: this process as the device that runs a call's media.
 //!
 //! ```text
-//!  call USER ─► check plugins ─► bind UDP, fresh X25519 ─► placeCall (smvsd rings the peer)
-//!            ◄─ answered(peer's key, address) ◄─ smvsd ◄─ peer's host
-//!            ─► media keys (HKDF over the X25519 of the two call keys, bound to the call id and
-//!               both identities) ─► smvs-media: VP8/Opus RTP, sealed per packet, UDP to the peer
+//!  call USER ─► check plugins ─► bind UDP, fresh X25519 and X-Wing keys ─► placeCall (smvsd
+//!               rings the peer)
+//!            ◄─ answered(peer's X25519 key, X-Wing encapsulation, address) ◄─ smvsd ◄─ peer's host
+//!            ─► media keys (HKDF over the X25519 of the two call keys and the X-Wing secret,
+//!               bound to the call id, both identities and the exchange; `smvs_media::keys`)
+//!            ─► smvs-media: VP8/Opus RTP, sealed per packet, UDP to the peer
 //!            ─► until --duration, SIGINT/SIGTERM or the peer's hang-up ─► stats
-//!  answer    ─► the same, with the caller's offer from the ringing call
+//!  answer    ─► the same, encapsulating to the X-Wing key of the caller's offer
 //! ```
 //!
 //! smvsd carries only the two endpoints' call keys and addresses; the media never passes
@@ -22,7 +24,9 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use smvs_crypto::AgreementKeyPair;
+use smvs_crypto::{
+    AgreementKeyPair, KemSharedSecret, XWingCiphertext, XWingKeyPair, XWingPublicKey,
+};
 use smvs_media::{
     AudioSource, KeyInputs, MediaKeys, MediaOptions, MediaSession, PeerCandidate, Reach, Role,
     Sink, VideoSource,
@@ -68,19 +72,44 @@ pub fn media_options(args: &MediaArgs) -> MediaOptions {
     }
 }
 
-/// A device ready to take part in a call: its socket, its call key, and what it tells the peer.
+/// A device ready to take part in a call: its socket, its call keys, and what it tells the peer.
 pub struct Endpoint {
     socket: UdpSocket,
     key: AgreementKeyPair,
+    kem: CallKem,
     media: CallMediaView,
     /// Where the media socket is bound (what `media.address` says).
     local: SocketAddr,
     options: MediaOptions,
 }
 
+/// This device's side of the call's X-Wing exchange, which makes the media keys post-quantum.
+enum CallKem {
+    /// Placing the call: a fresh key pair, whose public half the offer carries; the answer
+    /// brings the callee's encapsulation to it.
+    Caller(XWingKeyPair),
+    /// Answering: the secret this device encapsulated to the caller's key (the answer carries
+    /// the ciphertext), and that key as the offer gave it.
+    Callee {
+        secret: KemSharedSecret,
+        caller_public: XWingPublicKey,
+        ciphertext: XWingCiphertext,
+    },
+}
+
+impl CallKem {
+    /// What the offer or answer carries.
+    fn wire(&self) -> Vec<u8> {
+        match self {
+            CallKem::Caller(pair) => pair.public().as_bytes().to_vec(),
+            CallKem::Callee { ciphertext, .. } => ciphertext.as_bytes().to_vec(),
+        }
+    }
+}
+
 /// Checks the GStreamer elements and opens the devices first (a missing plugin, camera or
 /// display is reported before anyone rings), then binds the media socket and makes the call key.
-async fn endpoint(host: &HostClient, args: &MediaArgs) -> Result<Endpoint, CtlError> {
+async fn endpoint(host: &HostClient, args: &MediaArgs, kem: CallKem) -> Result<Endpoint, CtlError> {
     let options = media_options(args);
     smvs_media::check_plugins(&options).map_err(|e| CtlError::Local(e.to_string()))?;
     smvs_media::check_devices(&options).map_err(|e| CtlError::Local(e.to_string()))?;
@@ -112,10 +141,12 @@ async fn endpoint(host: &HostClient, args: &MediaArgs) -> Result<Endpoint, CtlEr
             relay_only: args.relay,
             video: options.video != VideoSource::None,
             audio: options.audio != AudioSource::None,
+            kem: kem.wire(),
         },
         local: address,
         socket,
         key,
+        kem,
         options,
     })
 }
@@ -247,8 +278,44 @@ fn keys(
         Role::Caller => (&ours, &theirs),
         Role::Callee => (&theirs, &ours),
     };
+    let decapsulated;
+    let (kem_secret, caller_kem_public, callee_kem_ciphertext) = match (&endpoint.kem, role) {
+        (CallKem::Caller(pair), Role::Caller) => {
+            let ciphertext = XWingCiphertext::from_bytes(&peer.kem).map_err(|e| {
+                CtlError::Protocol(format!("the answer's X-Wing encapsulation: {e}"))
+            })?;
+            decapsulated = pair.decapsulate(&ciphertext).map_err(|e| {
+                CtlError::Local(format!(
+                    "cannot open the answer's X-Wing encapsulation: {e}"
+                ))
+            })?;
+            (&decapsulated, pair.public().as_bytes(), peer.kem.as_slice())
+        }
+        (
+            CallKem::Callee {
+                secret,
+                caller_public,
+                ciphertext,
+            },
+            Role::Callee,
+        ) => {
+            // The offer smvsd hands back with the answer must be the one encapsulated to.
+            if peer.kem.as_slice() != caller_public.as_bytes() {
+                return Err(CtlError::Protocol(
+                    "the caller's X-Wing key changed between ringing and answering".into(),
+                ));
+            }
+            (secret, caller_public.as_bytes(), &ciphertext.as_bytes()[..])
+        }
+        _ => {
+            return Err(CtlError::Local(
+                "a call endpoint used in the wrong role".into(),
+            ))
+        }
+    };
     smvs_media::derive_media_keys(
         &endpoint.key,
+        kem_secret,
         role,
         &KeyInputs {
             call_id: call.call.id.as_bytes(),
@@ -256,6 +323,8 @@ fn keys(
             callee_identity: &call.call.callee_identity,
             caller_public,
             callee_public,
+            caller_kem_public,
+            callee_kem_ciphertext,
         },
     )
     .map_err(|e| CtlError::Local(format!("cannot derive the call's media keys: {e}")))
@@ -306,7 +375,8 @@ pub async fn ring(
     user: &Username,
     args: &MediaArgs,
 ) -> Result<(DeviceCall, Endpoint), CtlError> {
-    let endpoint = endpoint(host, args).await?;
+    let kem = XWingKeyPair::generate().map_err(|e| CtlError::Local(e.to_string()))?;
+    let endpoint = endpoint(host, args, CallKem::Caller(kem)).await?;
     let call = host.place_call(user, &endpoint.media).await?;
     Ok((call, endpoint))
 }
@@ -329,7 +399,27 @@ pub async fn pick_up(
     id: &CallId,
     args: &MediaArgs,
 ) -> Result<(DeviceCall, Endpoint, CallMediaView), CtlError> {
-    let endpoint = endpoint(host, args).await?;
+    let offered = host
+        .calls()
+        .await?
+        .into_iter()
+        .find(|c| &c.id == id && !c.outgoing)
+        .and_then(|c| c.peer_media)
+        .ok_or_else(|| CtlError::Refused {
+            code: Some(crate::error::ErrorCode::NotFound),
+            message: format!("no call {id} is ringing"),
+        })?;
+    let caller_public = XWingPublicKey::from_bytes(&offered.kem)
+        .map_err(|e| CtlError::Protocol(format!("the offer's X-Wing call key: {e}")))?;
+    let (ciphertext, secret) = caller_public
+        .encapsulate()
+        .map_err(|e| CtlError::Protocol(format!("the offer's X-Wing call key: {e}")))?;
+    let kem = CallKem::Callee {
+        secret,
+        caller_public,
+        ciphertext,
+    };
+    let endpoint = endpoint(host, args, kem).await?;
     let call = host.answer_call(Some(id), &endpoint.media).await?;
     let peer_media = call
         .call

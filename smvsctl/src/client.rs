@@ -268,6 +268,10 @@ pub struct CallMediaView {
     pub relay_only: bool,
     pub video: bool,
     pub audio: bool,
+    /// The X-Wing half of the call's keys: the caller's public key in an offer, the callee's
+    /// encapsulation in an answer. Not printed: it is 1 KiB of key material nobody reads.
+    #[serde(skip)]
+    pub kem: Vec<u8>,
 }
 
 /// A call as smvsd describes it.
@@ -600,6 +604,7 @@ impl CallMediaView {
             relay_only: r.get_relay_only(),
             video: r.get_video(),
             audio: r.get_audio(),
+            kem: r.get_kem()?.to_vec(),
         })
     }
 
@@ -609,6 +614,7 @@ impl CallMediaView {
         b.set_address(text(self.address));
         b.set_reflexive(text(self.reflexive));
         b.set_relay_only(self.relay_only);
+        b.set_kem(&self.kem);
         b.set_video(self.video);
         b.set_audio(self.audio);
     }

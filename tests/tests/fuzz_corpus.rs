@@ -91,7 +91,10 @@ fn inners() -> Vec<(&'static str, Inner)> {
         prev_hash: vec![9; 32],
         content,
     };
-    let media = Media::parse(&[5; 32], "127.0.0.1:40000", true, true).unwrap();
+    let media = Media::parse(&[5; 32], "127.0.0.1:40000", true, true)
+        .unwrap()
+        .with_kem(SignalKind::Offer, &[6; smvs_crypto::XWING_PUBLIC_KEY_LEN])
+        .unwrap();
     vec![
         (
             "text",
@@ -385,6 +388,7 @@ fn seeds() -> Seeds {
         p.set_peer("bob");
         let mut media = p.init_media();
         media.set_public_key(&[5; 32]);
+        media.set_kem(&[6; smvs_crypto::XWING_PUBLIC_KEY_LEN]);
         media.set_address("127.0.0.1:40000");
         media.set_video(true);
         media.set_audio(true);
@@ -622,7 +626,8 @@ fn check(target: &str, bytes: &[u8]) -> Result<(), String> {
                         address.to_str().map_err(|e| e.to_string())?,
                         m.get_video(),
                         m.get_audio(),
-                    )?;
+                    )?
+                    .with_kem(SignalKind::Offer, m.get_kem().map_err(|e| e.to_string())?)?;
                     p.get_peer()
                 }
                 other => return Err(format!("no seed check for method {other}")),

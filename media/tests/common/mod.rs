@@ -5,21 +5,31 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use smvs_crypto::AgreementKeyPair;
+use smvs_crypto::{AgreementKeyPair, KemSharedSecret, XWingCiphertext, XWingKeyPair};
 use smvs_media::{
     derive_media_keys, CallStats, KeyInputs, MediaKeys, MediaOptions, MediaSession, Role,
 };
 
+/// One call's key exchange: both X25519 keys, the caller's X-Wing key and the callee's
+/// encapsulation to it.
 pub struct CallKeys {
     pub caller: AgreementKeyPair,
     pub callee: AgreementKeyPair,
+    caller_kem: XWingKeyPair,
+    ciphertext: XWingCiphertext,
+    callee_kem_secret: KemSharedSecret,
 }
 
 impl CallKeys {
     pub fn new() -> Self {
+        let caller_kem = XWingKeyPair::generate().unwrap();
+        let (ciphertext, callee_kem_secret) = caller_kem.public().encapsulate().unwrap();
         CallKeys {
             caller: AgreementKeyPair::generate().unwrap(),
             callee: AgreementKeyPair::generate().unwrap(),
+            caller_kem,
+            ciphertext,
+            callee_kem_secret,
         }
     }
 
@@ -31,12 +41,18 @@ impl CallKeys {
             callee_identity: b"bob-identity-key",
             caller_public: &a,
             callee_public: &b,
+            caller_kem_public: self.caller_kem.public().as_bytes(),
+            callee_kem_ciphertext: self.ciphertext.as_bytes(),
         };
-        let ours = match role {
-            Role::Caller => &self.caller,
-            Role::Callee => &self.callee,
-        };
-        derive_media_keys(ours, role, &inputs).unwrap()
+        match role {
+            Role::Caller => {
+                let kem = self.caller_kem.decapsulate(&self.ciphertext).unwrap();
+                derive_media_keys(&self.caller, &kem, role, &inputs).unwrap()
+            }
+            Role::Callee => {
+                derive_media_keys(&self.callee, &self.callee_kem_secret, role, &inputs).unwrap()
+            }
+        }
     }
 }
 

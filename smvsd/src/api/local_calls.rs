@@ -22,7 +22,9 @@ use crate::commands::{
     parse_user, AnswerCall, Commands, Hangup, ListCalls, PlaceCall, RegisterAgent, UnregisterAgent,
 };
 use crate::error::HostError;
-use crate::model::{Answerer, CallId, CallInfo, CallState, DeviceCall, Media, RelayGrant, Viewer};
+use crate::model::{
+    Answerer, CallId, CallInfo, CallState, DeviceCall, Media, RelayGrant, SignalKind, Viewer,
+};
 
 fn mailbox<T>(r: Result<T, actix::MailboxError>) -> Result<T, capnp::Error> {
     r.map_err(|_| HostError::shutting_down().into())
@@ -30,7 +32,7 @@ fn mailbox<T>(r: Result<T, actix::MailboxError>) -> Result<T, capnp::Error> {
 
 /// A device's media set-up. Its own address is required (its host decides whether the peer
 /// sees it); the NAT's address is optional.
-pub fn read_media(m: call_media::Reader<'_>) -> Result<Media, capnp::Error> {
+pub fn read_media(m: call_media::Reader<'_>, kind: SignalKind) -> Result<Media, capnp::Error> {
     let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, capnp::Error> {
         t?.to_str()
             .map(str::to_owned)
@@ -41,8 +43,10 @@ pub fn read_media(m: call_media::Reader<'_>) -> Result<Media, capnp::Error> {
         return Err(HostError::bad_request("the device's media address is missing").into());
     }
     let reflexive = text(m.get_reflexive())?;
+    let kem = m.get_kem()?;
     let mut media = Media::parse(m.get_public_key()?, &address, m.get_video(), m.get_audio())
         .and_then(|media| media.with_reflexive(&reflexive))
+        .and_then(|media| media.with_kem(kind, kem))
         .map_err(HostError::bad_request)?;
     media.relay_only = m.get_relay_only();
     Ok(media)
@@ -54,6 +58,7 @@ fn write_media(mut b: call_media::Builder<'_>, m: &Media) {
     b.set_address(text(m.address));
     b.set_reflexive(text(m.reflexive));
     b.set_relay_only(m.relay_only);
+    b.set_kem(&m.kem);
     b.set_video(m.video);
     b.set_audio(m.audio);
 }
@@ -178,7 +183,11 @@ pub async fn place(
                 .to_str()
                 .map_err(|_| HostError::bad_request("text is not UTF-8"))?,
         )?;
-        (peer, read_media(p.get_media()?)?, p.get_device()?)
+        (
+            peer,
+            read_media(p.get_media()?, SignalKind::Offer)?,
+            p.get_device()?,
+        )
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let DeviceCall {
@@ -215,7 +224,7 @@ pub async fn answer(
         let p = params.get()?;
         (
             call_id(p.get_id()?)?,
-            read_media(p.get_media()?)?,
+            read_media(p.get_media()?, SignalKind::Answer)?,
             p.get_device()?,
         )
     };

@@ -43,6 +43,10 @@ pub struct Media {
     pub relay_only: bool,
     pub video: bool,
     pub audio: bool,
+    /// The post-quantum half of the call's key exchange (X-Wing): in an offer the caller's
+    /// fresh public key, in an answer the callee's encapsulation to it. The hosts only carry
+    /// it; the devices derive the media keys.
+    pub kem: Vec<u8>,
 }
 
 /// A host's relay for one call: its call port and the allocation to name there.
@@ -96,7 +100,30 @@ impl Media {
             relay_only: false,
             video,
             audio,
+            kem: Vec::new(),
         })
+    }
+
+    /// The X-Wing half, as sent: a public key in an offer, a ciphertext in an answer.
+    pub fn with_kem(mut self, kind: SignalKind, kem: &[u8]) -> Result<Media, String> {
+        let expected = match kind {
+            SignalKind::Offer => smvs_crypto::XWING_PUBLIC_KEY_LEN,
+            SignalKind::Answer => smvs_crypto::XWING_CIPHERTEXT_LEN,
+            _ => return Err("only an offer or an answer carries media".into()),
+        };
+        if kem.len() != expected {
+            return Err(format!(
+                "the call's X-Wing {} is {expected} bytes, not {}",
+                if kind == SignalKind::Offer {
+                    "key"
+                } else {
+                    "encapsulation"
+                },
+                kem.len()
+            ));
+        }
+        self.kem = kem.to_vec();
+        Ok(self)
     }
 
     /// The NAT's address, as sent (empty: none).
@@ -326,6 +353,24 @@ mod tests {
         assert!(seen.address.is_none() && seen.reflexive.is_none());
         let hidden = full.hidden();
         assert!(hidden.relay_only && hidden.address.is_none() && hidden.relay.is_some());
+    }
+
+    #[test]
+    fn an_offer_carries_an_x_wing_key_and_an_answer_an_encapsulation() {
+        let m = Media::parse(&[7u8; 32], "192.0.2.1:5000", true, true).unwrap();
+        let key = [1u8; smvs_crypto::XWING_PUBLIC_KEY_LEN];
+        let ciphertext = [2u8; smvs_crypto::XWING_CIPHERTEXT_LEN];
+        assert!(m.clone().with_kem(SignalKind::Offer, &key).is_ok());
+        assert!(m.clone().with_kem(SignalKind::Answer, &ciphertext).is_ok());
+        // Missing (an old device) or swapped: refused, never a call without the KEM half.
+        for (kind, bad) in [
+            (SignalKind::Offer, &[][..]),
+            (SignalKind::Offer, &ciphertext[..]),
+            (SignalKind::Answer, &key[..]),
+            (SignalKind::Hangup, &key[..]),
+        ] {
+            assert!(m.clone().with_kem(kind, bad).is_err(), "{kind:?} {}", bad.len());
+        }
     }
 
     #[test]

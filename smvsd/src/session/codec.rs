@@ -132,6 +132,7 @@ fn write_signal(signal: &CallSignal, mut b: call_signal::Builder<'_>) {
             m.set_relay_alloc(&relay.alloc);
         }
         m.set_relay_only(media.relay_only);
+        m.set_kem(&media.kem);
         m.set_video(media.video);
         m.set_audio(media.audio);
     }
@@ -170,7 +171,8 @@ fn read_signal(r: call_signal::Reader<'_>) -> Result<CallSignal, String> {
         .with_relay(
             &text(m.get_relay(), "relay address")?,
             m.get_relay_alloc().map_err(bad)?,
-        )?;
+        )?
+        .with_kem(kind, m.get_kem().map_err(bad)?)?;
         media.relay_only = m.get_relay_only();
         Some(media.reachable()?)
     } else {

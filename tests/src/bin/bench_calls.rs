@@ -33,7 +33,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use nix::sys::resource::{getrusage, UsageWho};
 use serde_json::{json, Value};
-use smvs_crypto::{hkdf_sha256, AgreementKeyPair};
+use smvs_crypto::{hkdf_sha256, AgreementKeyPair, XWingKeyPair};
 use smvs_media::{derive_media_keys, KeyInputs, MediaOptions, MediaSession, Role};
 
 const SEED_ENV: &str = "SMVS_BENCH_CALL_SEED";
@@ -106,19 +106,28 @@ fn endpoint(args: &[String]) -> anyhow::Result<()> {
     let caller = keypair(&seed, b"caller")?;
     let callee = keypair(&seed, b"callee")?;
     let (caller_public, callee_public) = (caller.public(), callee.public());
+    // The X-Wing half, as both ends of a real call hold it: the caller's key pair, the
+    // callee's encapsulation (made deterministic from the seed so both processes agree).
+    let caller_kem =
+        XWingKeyPair::from_seed(&hkdf_sha256(b"smvs-bench-calls", &seed, b"caller-kem", 32)?)?;
+    let randomness = hkdf_sha256(b"smvs-bench-calls", &seed, b"callee-kem", 64)?;
+    let (ciphertext, callee_kem_secret) =
+        caller_kem.public().encapsulate_deterministic(&randomness)?;
     let inputs = KeyInputs {
         call_id: b"bench-call",
         caller_identity: b"bench-caller-identity",
         callee_identity: b"bench-callee-identity",
         caller_public: &caller_public,
         callee_public: &callee_public,
+        caller_kem_public: caller_kem.public().as_bytes(),
+        callee_kem_ciphertext: ciphertext.as_bytes(),
     };
-    let ours = if role == Role::Caller {
-        &caller
+    let keys = if role == Role::Caller {
+        let kem = caller_kem.decapsulate(&ciphertext)?;
+        derive_media_keys(&caller, &kem, role, &inputs)?
     } else {
-        &callee
+        derive_media_keys(&callee, &callee_kem_secret, role, &inputs)?
     };
-    let keys = derive_media_keys(ours, role, &inputs)?;
     let options = MediaOptions {
         width,
         height,
