@@ -86,8 +86,10 @@ macro_rules! kem {
                 Ok(($ciphertext(ct), KemSharedSecret(ss)))
             }
 
-            /// Encapsulation with caller-chosen randomness: for known-answer tests and frozen
-            /// protocol vectors only. Reusing `randomness` reuses the shared secret.
+            /// Encapsulation with caller-supplied randomness, which must be fresh from a CSPRNG
+            /// for every call (reusing it reuses the shared secret). The session protocol draws
+            /// all its randomness from one source so that its vectors can be frozen; the
+            /// known-answer tests use it too.
             pub fn encapsulate_deterministic(
                 &self,
                 randomness: &[u8],

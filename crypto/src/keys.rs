@@ -39,6 +39,12 @@ pub enum SignContext {
     Envelope,
     /// A delivery receipt between hosts.
     Receipt,
+    /// An identity's Ed25519 key vouching for its X-Wing key (session v2), as published in
+    /// the directory.
+    IdentityKemKey,
+    /// An identity's Ed25519 key vouching for a medium-term session prekey (session v2: an
+    /// X25519 key and an X-Wing key, with an id and an expiry).
+    SessionPrekey,
 }
 
 impl SignContext {
@@ -52,6 +58,8 @@ impl SignContext {
             SignContext::Deregistration => "deregistration",
             SignContext::Envelope => "envelope",
             SignContext::Receipt => "receipt",
+            SignContext::IdentityKemKey => "identity-kem-key",
+            SignContext::SessionPrekey => "session-prekey",
         }
     }
 

@@ -24,7 +24,10 @@ mod sodium;
 pub use aead::{aead_decrypt, aead_encrypt, AeadKey, AEAD_NONCE_LEN, AEAD_TAG_LEN};
 pub use error::CryptoError;
 pub use fingerprint::{fingerprint, link_key_fingerprint, safety_number};
-pub use hash::{blake2b, blake2b_256, hkdf_sha256, hkdf_sha256_expand, hkdf_sha256_extract, Prk};
+pub use hash::{
+    blake2b, blake2b_256, hkdf_sha256, hkdf_sha256_expand, hkdf_sha256_extract, transcript_bound,
+    Prk,
+};
 pub use identity::{IdentityBundle, IdentityKeys};
 pub use kem::{
     KemSharedSecret, MlKemCiphertext, MlKemKeyPair, MlKemPublicKey, XWingCiphertext, XWingKeyPair,

@@ -36,6 +36,8 @@ pub fn purpose_for(context: SignContext) -> Option<SignPurpose> {
         | SignContext::KeyRotation
         | SignContext::Deregistration
         | SignContext::IdentityAgreementKey
+        | SignContext::IdentityKemKey
+        | SignContext::SessionPrekey
         | SignContext::DirectoryRecord => None,
     }
 }

@@ -369,7 +369,11 @@ mod tests {
             (SignalKind::Answer, &key[..]),
             (SignalKind::Hangup, &key[..]),
         ] {
-            assert!(m.clone().with_kem(kind, bad).is_err(), "{kind:?} {}", bad.len());
+            assert!(
+                m.clone().with_kem(kind, bad).is_err(),
+                "{kind:?} {}",
+                bad.len()
+            );
         }
     }
 

@@ -20,6 +20,11 @@
 //! size buckets, so the wire shows only the bucket, not the length of what was written.
 
 mod codec;
+pub mod fresh;
+pub mod handshake;
+pub mod ratchet;
+#[cfg(test)]
+mod v2_tests;
 
 use smvs_crypto::{AeadKey, CryptoError, IdentityBundle, Zeroizing};
 use smvs_schema::Username;
