@@ -45,4 +45,48 @@ interface Keyguard {
   openLoginToken @8 (directoryKey :Data, username :Text, sealedToken :Data) -> (token :Data);
   # Opens a directory's login challenge and hands back only the 32-byte token, and only when
   # the plaintext is an unexpired auth token of that directory for that user.
+
+  sessionKeys @9 () -> (kem :Data, kemSignature :Data, prekey :SignedPrekey);
+  # Session v2's public keys: the identity's X-Wing key (1216 bytes; made at first use) with
+  # the identity's signature binding it (context identity-kem-key), and the current signed
+  # prekey (made, and rotated when due, by keyguard itself). Public values only.
+  handshakeSecret @10 (operation :GuardOperation, component :HandshakeComponent,
+                       transcript :Data, prekey :UInt32, peer :Data, ciphertext :Data)
+      -> (value :Data);
+  # Uses one identity or prekey secret once for a session v2 handshake and returns only
+  # transcript_bound(label(component), transcript, secret): 32 bytes, never the raw X25519
+  # output or KEM secret. `operation` must serve `component` (smvs_crypto::HandshakeComponent::
+  # served_by); `peer` (32 bytes) is for the DH operations, `ciphertext` (1120) for the
+  # decapsulations, `prekey` names the prekey for the prekey operations.
+  rollbackCounter @11 (advance :Bool) -> (value :UInt64);
+  # A counter kept in keyguard's key directory that only goes up: smvsd records it beside its
+  # sessions, so a database restored from an older copy is recognised (its value is behind).
+}
+
+enum GuardOperation {
+  identityDh @0;
+  identityDecapsulate @1;
+  prekeyDh @2;
+  prekeyDecapsulate @3;
+}
+
+enum HandshakeComponent {
+  initiatorIdentityDh @0;
+  responderIdentityDh @1;
+  ephemeralDh @2;
+  responderIdentityKem @3;
+  initiatorEphemeralKem @4;
+  initiatorIdentityKem @5;
+  initiatorIdentityPrekeyDh @6;
+  ephemeralPrekeyDh @7;
+  responderPrekeyKem @8;
+}
+
+struct SignedPrekey {
+  id @0 :UInt32;                # never 0
+  expires @1 :Int64;            # Unix seconds; an initiator no longer uses it after this
+  dh @2 :Data;                  # X25519 public key (32 bytes)
+  kem @3 :Data;                 # X-Wing public key (1216 bytes)
+  signature @4 :Data;           # the identity's Ed25519 signature, context session-prekey,
+                                # over id || expires || dh || kem (big-endian integers)
 }

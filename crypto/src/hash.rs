@@ -123,27 +123,6 @@ pub fn hkdf_sha256(
     Ok(out)
 }
 
-/// A 32-byte key made from a raw agreement or KEM secret, bound to a handshake's transcript
-/// hash and to the purpose `label`:
-/// `HKDF-SHA256(salt = transcript_hash, ikm = secret, info = "SMVS-v2 bound " || label)`.
-///
-/// This is the only thing keyguard hands out for an identity or prekey secret: never the raw
-/// X25519 output or KEM shared secret, so what it returns is useless outside the one handshake
-/// (transcript) and the one role (label) it was asked for.
-pub fn transcript_bound(
-    label: &[u8],
-    transcript_hash: &[u8; 32],
-    secret: &[u8],
-) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
-    let mut info = Vec::with_capacity(14 + label.len());
-    info.extend_from_slice(b"SMVS-v2 bound ");
-    info.extend_from_slice(label);
-    let prk = hkdf_sha256_extract(transcript_hash, secret)?;
-    let mut out = Zeroizing::new([0u8; 32]);
-    hkdf_sha256_expand(&prk, &info, &mut out[..])?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 //! for by the first. The secret halves live only in smvs-keyguard; everyone else handles the
 //! public [`IdentityBundle`].
 
+use crate::kem::XWingPublicKey;
 use crate::keys::{
     AgreementKeyPair, AgreementPublicKey, SignContext, Signature, SigningKeyPair, SigningPublicKey,
     AGREEMENT_KEY_LEN, SIGNATURE_LEN, SIGNING_KEY_LEN,
@@ -93,6 +94,85 @@ impl IdentityBundle {
         out[64..].copy_from_slice(self.agreement_signature.as_bytes());
         out
     }
+}
+
+/// A signed medium-term prekey of session v2: an X25519 key and an X-Wing key with an id and
+/// an expiry, signed by the identity (context `SessionPrekey`). Made and rotated by keyguard,
+/// published in the directory record, used by an initiator whose peer's host is away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedPrekey {
+    /// Never 0.
+    pub id: u32,
+    /// Unix seconds after which an initiator no longer uses it.
+    pub expires: i64,
+    pub dh: AgreementPublicKey,
+    pub kem: XWingPublicKey,
+    pub signature: Signature,
+}
+
+impl SignedPrekey {
+    /// What the identity signs: id, expiry (both big-endian), both public keys.
+    pub fn signed_bytes(
+        id: u32,
+        expires: i64,
+        dh: &AgreementPublicKey,
+        kem: &XWingPublicKey,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + AGREEMENT_KEY_LEN + crate::XWING_PUBLIC_KEY_LEN);
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&expires.to_be_bytes());
+        out.extend_from_slice(dh.as_bytes());
+        out.extend_from_slice(kem.as_bytes());
+        out
+    }
+
+    /// Signs a prekey with the identity (keyguard only).
+    pub fn sign(
+        identity: &IdentityKeys,
+        id: u32,
+        expires: i64,
+        dh: AgreementPublicKey,
+        kem: XWingPublicKey,
+    ) -> SignedPrekey {
+        let signature = identity.signing.sign(
+            SignContext::SessionPrekey,
+            &SignedPrekey::signed_bytes(id, expires, &dh, &kem),
+        );
+        SignedPrekey {
+            id,
+            expires,
+            dh,
+            kem,
+            signature,
+        }
+    }
+
+    /// Checks that `identity` signed this prekey (not its expiry: that needs a clock).
+    pub fn verify(&self, identity: &IdentityBundle) -> Result<(), CryptoError> {
+        identity.signing_key.verify(
+            SignContext::SessionPrekey,
+            &SignedPrekey::signed_bytes(self.id, self.expires, &self.dh, &self.kem),
+            &self.signature,
+        )
+    }
+}
+
+/// The identity's signature binding its X-Wing key (context `IdentityKemKey`).
+pub fn sign_identity_kem(identity: &IdentityKeys, kem: &XWingPublicKey) -> Signature {
+    identity
+        .signing
+        .sign(SignContext::IdentityKemKey, kem.as_bytes())
+}
+
+/// Checks that `identity` vouches for the X-Wing key `kem`.
+pub fn verify_identity_kem(
+    identity: &IdentityBundle,
+    kem: &XWingPublicKey,
+    signature: &Signature,
+) -> Result<(), CryptoError> {
+    identity
+        .signing_key
+        .verify(SignContext::IdentityKemKey, kem.as_bytes(), signature)
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! `Debug` prints `[REDACTED]`; every non-zero libsodium return becomes a [`CryptoError`].
 
 mod aead;
+mod bound;
 mod error;
 mod fingerprint;
 mod hash;
@@ -22,13 +23,13 @@ mod sealed;
 mod sodium;
 
 pub use aead::{aead_decrypt, aead_encrypt, AeadKey, AEAD_NONCE_LEN, AEAD_TAG_LEN};
+pub use bound::{transcript_bound, GuardOperation, HandshakeComponent};
 pub use error::CryptoError;
 pub use fingerprint::{fingerprint, link_key_fingerprint, safety_number};
-pub use hash::{
-    blake2b, blake2b_256, hkdf_sha256, hkdf_sha256_expand, hkdf_sha256_extract, transcript_bound,
-    Prk,
+pub use hash::{blake2b, blake2b_256, hkdf_sha256, hkdf_sha256_expand, hkdf_sha256_extract, Prk};
+pub use identity::{
+    sign_identity_kem, verify_identity_kem, IdentityBundle, IdentityKeys, SignedPrekey,
 };
-pub use identity::{IdentityBundle, IdentityKeys};
 pub use kem::{
     KemSharedSecret, MlKemCiphertext, MlKemKeyPair, MlKemPublicKey, XWingCiphertext, XWingKeyPair,
     XWingPublicKey, KEM_SHARED_SECRET_LEN, MLKEM_CIPHERTEXT_LEN, MLKEM_ENC_RANDOMNESS_LEN,

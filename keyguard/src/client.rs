@@ -12,7 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use smvs_crypto::{
-    AeadKey, AgreementPublicKey, IdentityBundle, SignContext, Signature, SigningPublicKey,
+    AeadKey, AgreementPublicKey, GuardOperation, HandshakeComponent, IdentityBundle, SignContext,
+    Signature, SignedPrekey, SigningPublicKey, XWingPublicKey, Zeroizing,
 };
 use smvs_directory::{Registration, TransportCertificate};
 use smvs_schema::common_capnp::identity_bundle;
@@ -21,6 +22,28 @@ use smvs_schema::{HostAddress, Username};
 use thiserror::Error;
 
 use crate::purpose::purpose_for;
+
+/// Session v2's public keys as keyguard gives them (checked against the identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionPublicKeys {
+    pub kem: XWingPublicKey,
+    pub kem_signature: Signature,
+    pub prekey: SignedPrekey,
+}
+
+/// One handshake question for keyguard (see `smvs_crypto::HandshakeComponent`).
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeQuestion<'a> {
+    pub operation: GuardOperation,
+    pub component: HandshakeComponent,
+    pub transcript: &'a [u8; 32],
+    /// The prekey's id for the prekey operations; 0 otherwise.
+    pub prekey: u32,
+    /// The peer's X25519 key for the DH operations; empty otherwise.
+    pub peer: &'a [u8],
+    /// The X-Wing ciphertext for the decapsulations; empty otherwise.
+    pub ciphertext: &'a [u8],
+}
 
 /// What can go wrong talking to keyguard. Every variant says which keyguard (its socket) and,
 /// once connected, which operation.
@@ -289,6 +312,101 @@ impl KeyguardClient {
             .and_then(|r| r.get_key())
             .map_err(|e| self.rpc_error(OP, e))?;
         AeadKey::from_bytes(key).map_err(|e| self.bad_answer(OP, e))
+    }
+
+    /// Session v2's public keys: the identity's X-Wing key and its signature, and the current
+    /// signed prekey (keyguard rotates it when due). Checked against `identity` here, so a
+    /// caller never publishes a key its identity did not sign.
+    pub async fn session_keys(
+        &self,
+        identity: &IdentityBundle,
+    ) -> Result<SessionPublicKeys, KeyguardError> {
+        const OP: &str = "sessionKeys";
+        let response = self
+            .keyguard
+            .session_keys_request()
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let read = || -> Result<SessionPublicKeys, String> {
+            let r = response.get().map_err(|e| e.to_string())?;
+            let p = r.get_prekey().map_err(|e| e.to_string())?;
+            fn bytes(b: capnp::Result<&[u8]>) -> Result<&[u8], String> {
+                b.map_err(|e| e.to_string())
+            }
+            let keys = SessionPublicKeys {
+                kem: XWingPublicKey::from_bytes(bytes(r.get_kem())?).map_err(|e| e.to_string())?,
+                kem_signature: Signature::from_bytes(bytes(r.get_kem_signature())?)
+                    .map_err(|e| e.to_string())?,
+                prekey: SignedPrekey {
+                    id: p.get_id(),
+                    expires: p.get_expires(),
+                    dh: AgreementPublicKey::from_bytes(bytes(p.get_dh())?)
+                        .map_err(|e| e.to_string())?,
+                    kem: XWingPublicKey::from_bytes(bytes(p.get_kem())?)
+                        .map_err(|e| e.to_string())?,
+                    signature: Signature::from_bytes(bytes(p.get_signature())?)
+                        .map_err(|e| e.to_string())?,
+                },
+            };
+            smvs_crypto::verify_identity_kem(identity, &keys.kem, &keys.kem_signature)
+                .map_err(|e| e.to_string())?;
+            keys.prekey.verify(identity).map_err(|e| e.to_string())?;
+            Ok(keys)
+        };
+        read().map_err(|e| self.bad_answer(OP, e))
+    }
+
+    /// One handshake question (session v2): keyguard uses its identity or prekey secret once
+    /// and answers `transcript_bound(label(component), transcript, secret)`.
+    pub async fn handshake_secret(
+        &self,
+        question: &HandshakeQuestion<'_>,
+    ) -> Result<Zeroizing<[u8; 32]>, KeyguardError> {
+        const OP: &str = "handshakeSecret";
+        let mut request = self.keyguard.handshake_secret_request();
+        {
+            let mut r = request.get();
+            r.set_operation(crate::purpose::wire_operation(question.operation));
+            r.set_component(crate::purpose::wire_component(question.component));
+            r.set_transcript(question.transcript);
+            r.set_prekey(question.prekey);
+            r.set_peer(question.peer);
+            r.set_ciphertext(question.ciphertext);
+        }
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let value = response
+            .get()
+            .and_then(|r| r.get_value())
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        if value.len() != 32 {
+            return Err(self.bad_answer(OP, format!("{} bytes, not 32", value.len())));
+        }
+        out.copy_from_slice(value);
+        Ok(out)
+    }
+
+    /// The rollback counter; `advance` moves it up by one first (and keyguard has it on disk
+    /// before it answers).
+    pub async fn rollback_counter(&self, advance: bool) -> Result<u64, KeyguardError> {
+        const OP: &str = "rollbackCounter";
+        let mut request = self.keyguard.rollback_counter_request();
+        request.get().set_advance(advance);
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        response
+            .get()
+            .map(|r| r.get_value())
+            .map_err(|e| self.rpc_error(OP, e))
     }
 
     /// The key that wraps smvsd's per-conversation storage keys. The same on every call and

@@ -9,6 +9,12 @@
 //!                     derived from it and it never leaves this process
 //!    identity.rotating  64 bytes, 0600, only while `smvs-keyguard rotate` runs (or after it
 //!                     was interrupted): the new seed and agreement secret
+//!    identity.kem     32 bytes, 0600: the seed of the identity's X-Wing key (session v2),
+//!                     made at first use; removed by a rotation (the new identity makes its own)
+//!    session.prekeys  152 bytes, 0600: the current and the previous signed prekey (session
+//!                     v2), each id, expiry, X25519 secret and X-Wing seed; rewritten whole at
+//!                     each rotation, so a retired prekey's secrets are gone from the file
+//!    rollback.counter 8 bytes, 0600: a counter that only goes up (smvsd's rollback check)
 //! ```
 //!
 //! The operator commands (`smvs-keyguard rotate` and `deregister`) open the directory with
@@ -51,6 +57,15 @@ pub const KEY_FILE_LEN: usize = 32;
 /// A rotation in progress: the new seed, then the new agreement secret.
 pub const ROTATION_FILE: &str = "identity.rotating";
 const ROTATION_FILE_LEN: usize = 2 * KEY_FILE_LEN;
+/// The seed of the identity's X-Wing key.
+pub const KEM_FILE: &str = "identity.kem";
+/// The current and previous signed prekeys.
+pub const PREKEYS_FILE: &str = "session.prekeys";
+/// One prekey: id (u32), expiry (i64), X25519 secret, X-Wing seed.
+pub const PREKEY_SLOT_LEN: usize = 4 + 8 + KEY_FILE_LEN + KEY_FILE_LEN;
+pub const PREKEYS_FILE_LEN: usize = 2 * PREKEY_SLOT_LEN;
+/// The rollback counter (u64, big-endian).
+pub const COUNTER_FILE: &str = "rollback.counter";
 
 /// What can be wrong with the key directory or a file in it. Every variant names the path, and
 /// the permission errors say how to fix them.
@@ -449,8 +464,43 @@ impl KeyDir {
         };
         self.replace_file(AGREEMENT_FILE, &new.agreement.expose_secret()[..])?;
         self.replace_file(SIGNING_FILE, &new.signing.seed().expose()[..])?;
+        // The old identity's session keys go with it; the new one makes its own at first use.
+        self.remove_file(KEM_FILE)?;
+        self.remove_file(PREKEYS_FILE)?;
         self.remove_file(ROTATION_FILE)?;
         Ok(new)
+    }
+
+    /// The seed of the identity's X-Wing key, made (random) at first use.
+    pub fn identity_kem_seed(&self) -> Result<Zeroizing<[u8; KEY_FILE_LEN]>, KeyDirError> {
+        self.read_or_create(KEM_FILE, || {
+            let mut seed = Zeroizing::new(vec![0u8; KEY_FILE_LEN]);
+            smvs_crypto::random_bytes(&mut seed);
+            seed
+        })
+    }
+
+    /// The stored prekeys (two slots), if any were made.
+    pub fn prekeys(&self) -> Result<Option<Zeroizing<[u8; PREKEYS_FILE_LEN]>>, KeyDirError> {
+        self.read_n::<PREKEYS_FILE_LEN>(PREKEYS_FILE)
+    }
+
+    /// Replaces the stored prekeys (atomically).
+    pub fn write_prekeys(&self, slots: &[u8; PREKEYS_FILE_LEN]) -> Result<(), KeyDirError> {
+        self.replace_file(PREKEYS_FILE, slots)
+    }
+
+    /// The rollback counter (0 before its first advance).
+    pub fn counter(&self) -> Result<u64, KeyDirError> {
+        Ok(self
+            .read_n::<8>(COUNTER_FILE)?
+            .map(|b| u64::from_be_bytes(*b))
+            .unwrap_or(0))
+    }
+
+    /// Stores the rollback counter (atomically, synced before this returns).
+    pub fn write_counter(&self, value: u64) -> Result<(), KeyDirError> {
+        self.replace_file(COUNTER_FILE, &value.to_be_bytes())
     }
 
     /// Forgets a staged rotation the directory refused: the identity stays as it was.

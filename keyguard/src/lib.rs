@@ -37,8 +37,9 @@ pub mod operator;
 mod purpose;
 mod rpc;
 mod server;
+mod session_keys;
 
-pub use client::{KeyguardClient, KeyguardError};
+pub use client::{HandshakeQuestion, KeyguardClient, KeyguardError, SessionPublicKeys};
 pub use keydir::KeyDirError;
 pub use purpose::{context_for, purpose_for};
 #[doc(hidden)]

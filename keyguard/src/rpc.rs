@@ -21,6 +21,7 @@ use smvs_schema::{HostAddress, Username};
 
 use crate::keydir::{KeyDir, KeyDirError};
 use crate::purpose::context_for;
+use crate::session_keys::{HandshakeAsk, SessionSecrets};
 
 /// HKDF salt and info for the storage key. Changing either changes every user's storage key.
 const STORAGE_KEY_SALT: &[u8] = b"smvs-storage-key-v1";
@@ -47,6 +48,8 @@ impl Identity {
 pub(crate) struct Vault {
     dir: KeyDir,
     identity: RefCell<Option<Identity>>,
+    /// Session v2's secrets, loaded (or made) at their first use, after the identity.
+    session: RefCell<Option<SessionSecrets>>,
     storage_key: AeadKey,
 }
 
@@ -64,6 +67,7 @@ impl Vault {
         Ok(Vault {
             dir,
             identity: RefCell::new(identity),
+            session: RefCell::new(None),
             storage_key,
         })
     }
@@ -81,6 +85,28 @@ impl Vault {
         let bundle = identity.bundle;
         *self.identity.borrow_mut() = Some(identity);
         Ok((bundle, true))
+    }
+
+    /// Runs `f` on the identity and session v2's secrets (loading or making those first).
+    fn with_session<T>(
+        &self,
+        f: impl FnOnce(&IdentityKeys, &mut SessionSecrets) -> Result<T, capnp::Error>,
+    ) -> Result<T, capnp::Error> {
+        let identity = self.identity.borrow();
+        let Some(identity) = identity.as_ref() else {
+            return Err(refuse("no identity: register first"));
+        };
+        let mut session = self.session.borrow_mut();
+        if session.is_none() {
+            *session = Some(SessionSecrets::load(&self.dir).map_err(|e| {
+                tracing::error!(error = %e, "cannot load the session keys");
+                refuse(format!("cannot load the session keys: {e}"))
+            })?);
+        }
+        match session.as_mut() {
+            Some(session) => f(&identity.keys, session),
+            None => Err(refuse("no session keys")),
+        }
     }
 
     fn with_identity<T>(&self, f: impl FnOnce(&IdentityKeys) -> T) -> Result<T, capnp::Error> {
@@ -485,6 +511,81 @@ impl keyguard::Server for KeyguardRpc {
         let request = DeriveRequest::read(params.get()?)?;
         let key = self.vault.with_identity(|id| request.answer(id))??;
         results.get().set_key(&key);
+        Ok(())
+    }
+
+    async fn session_keys(
+        self: Rc<Self>,
+        _: keyguard::SessionKeysParams,
+        mut results: keyguard::SessionKeysResults,
+    ) -> Result<(), capnp::Error> {
+        let now_s = now_ms() / 1000;
+        let keys = self.vault.with_session(|identity, session| {
+            session
+                .public(&self.vault.dir, identity, now_s)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "cannot make the session keys");
+                    refuse(format!("cannot make the session keys: {e}"))
+                })
+        })?;
+        let mut r = results.get();
+        r.set_kem(keys.kem.as_bytes());
+        r.set_kem_signature(keys.kem_signature.as_bytes());
+        let mut p = r.init_prekey();
+        p.set_id(keys.prekey.id);
+        p.set_expires(keys.prekey.expires);
+        p.set_dh(keys.prekey.dh.as_bytes());
+        p.set_kem(keys.prekey.kem.as_bytes());
+        p.set_signature(keys.prekey.signature.as_bytes());
+        Ok(())
+    }
+
+    async fn handshake_secret(
+        self: Rc<Self>,
+        params: keyguard::HandshakeSecretParams,
+        mut results: keyguard::HandshakeSecretResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let operation = crate::purpose::operation(p.get_operation()?);
+        let component = crate::purpose::component(p.get_component()?);
+        let ask = HandshakeAsk::new(
+            operation,
+            component,
+            p.get_transcript()?,
+            p.get_prekey(),
+            p.get_peer()?,
+            p.get_ciphertext()?,
+        )
+        .map_err(refuse)?;
+        let value = self
+            .vault
+            .with_session(|identity, session| session.answer(identity, &ask).map_err(refuse))?;
+        tracing::debug!(peer = %self.peer, ?operation, ?component, "answered a handshake question");
+        results.get().set_value(&value[..]);
+        Ok(())
+    }
+
+    async fn rollback_counter(
+        self: Rc<Self>,
+        params: keyguard::RollbackCounterParams,
+        mut results: keyguard::RollbackCounterResults,
+    ) -> Result<(), capnp::Error> {
+        let advance = params.get()?.get_advance();
+        let dir = &self.vault.dir;
+        let value = dir
+            .counter()
+            .and_then(|now| {
+                if !advance {
+                    return Ok(now);
+                }
+                let next = now.saturating_add(1);
+                dir.write_counter(next).map(|()| next)
+            })
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read or advance the rollback counter");
+                refuse(format!("rollback counter: {e}"))
+            })?;
+        results.get().set_value(value);
         Ok(())
     }
 

@@ -12,13 +12,14 @@
 //! salt   = "smvs-call-v2" || call_id
 //! kem_th = BLAKE2b-256("smvs-call-v2 kem" || caller_kem_public || callee_kem_ciphertext)
 //! info_d = "smvs-call-v2 caller->callee" (or "... callee->caller")
-//!          || caller_identity || callee_identity || caller_public || callee_public || kem_th
+//!          || len32(caller_identity) || caller_identity || len32(callee_identity) || callee_identity
+//!          || caller_public || callee_public || kem_th
 //! key_d  = HKDF-SHA256(salt, shared || kem, info_d, 32)
 //! ```
 //! The caller sends with `caller->callee` and receives with `callee->caller`; the callee the
 //! reverse. Each key is unique per call and direction, so a packet sequence number is a unique
-//! nonce under it. The identities are concatenated without length prefixes; they are
-//! fixed-length public keys in SMVS, so the concatenation is unambiguous. Both secrets go into
+//! nonce under it. Each identity is prefixed with its length (u32, big-endian), so the two
+//! cannot trade bytes. Both secrets go into
 //! one HKDF input (a concatenation KEM combiner, as X-Wing itself and PQXDH do), so the keys
 //! stay secret while either X25519 or ML-KEM-768 holds; a recorded call cannot be opened later by
 //! breaking X25519 alone.
@@ -116,11 +117,18 @@ pub fn derive_media_keys(
     salt.extend_from_slice(inputs.call_id);
     let direction_key = |label: &[u8]| -> Result<AeadKey, MediaError> {
         let mut info = Vec::with_capacity(
-            label.len() + inputs.caller_identity.len() + inputs.callee_identity.len() + 96,
+            label.len() + inputs.caller_identity.len() + inputs.callee_identity.len() + 104,
         );
         info.extend_from_slice(label);
-        info.extend_from_slice(inputs.caller_identity);
-        info.extend_from_slice(inputs.callee_identity);
+        for identity in [inputs.caller_identity, inputs.callee_identity] {
+            // Length-prefixed: the two identities cannot trade bytes.
+            info.extend_from_slice(
+                &u32::try_from(identity.len())
+                    .unwrap_or(u32::MAX)
+                    .to_be_bytes(),
+            );
+            info.extend_from_slice(identity);
+        }
         info.extend_from_slice(inputs.caller_public.as_bytes());
         info.extend_from_slice(inputs.callee_public.as_bytes());
         info.extend_from_slice(&kem_transcript);
@@ -211,6 +219,7 @@ mod tests {
             (b"call-1", b"alicf", b"bob"),
             (b"call-1", b"alice", b"bob2"),
             (b"call-1", b"bob", b"alice"),
+            (b"call-1", b"alic", b"ebob"),
         ] {
             let (other, _) = keys(&c, id, a, b);
             assert_ne!(base.send.expose(), other.send.expose());

@@ -878,3 +878,190 @@ fn root_acts_as_the_key_directorys_owner_and_refuses_a_symlink() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("symbolic link"), "{stderr}");
 }
+
+/// Asks `client` every question of a pending session v2 handshake, as smvsd will.
+async fn answer_with(
+    client: &smvs_keyguard::KeyguardClient,
+    pending: &smvsd::session::handshake::Pending,
+) -> Result<Vec<smvs_crypto::Zeroizing<[u8; 32]>>, KeyguardError> {
+    use smvsd::session::handshake::GuardAsk;
+    let mut answers = Vec::new();
+    for ask in pending.asks() {
+        let (prekey, peer, ciphertext): (u32, &[u8], &[u8]) = match ask {
+            GuardAsk::IdentityDh { peer, .. } => (0, peer.as_bytes(), &[]),
+            GuardAsk::IdentityDecapsulate { ciphertext, .. } => (0, &[], ciphertext.as_bytes()),
+            GuardAsk::PrekeyDh { prekey, peer, .. } => (*prekey, peer.as_bytes(), &[]),
+            GuardAsk::PrekeyDecapsulate {
+                prekey, ciphertext, ..
+            } => (*prekey, &[], ciphertext.as_bytes()),
+        };
+        answers.push(
+            client
+                .handshake_secret(&smvs_keyguard::HandshakeQuestion {
+                    operation: ask.operation(),
+                    component: ask.component(),
+                    transcript: pending.transcript(),
+                    prekey,
+                    peer,
+                    ciphertext,
+                })
+                .await?,
+        );
+    }
+    Ok(answers)
+}
+
+/// Session v2 through two real keyguards: each publishes an X-Wing key and a prekey its
+/// identity signed, answers exactly the handshake questions (bound to the transcript, never the
+/// raw secret), keeps both across a restart, and keeps a counter that only goes up.
+#[test]
+fn two_keyguards_serve_session_v2_handshakes_and_nothing_else() {
+    use smvsd::session::fresh::OsFresh;
+    use smvsd::session::handshake::{self, Initiator, Party};
+    run_local(async {
+        let kg_a = KeyguardProcess::start(&[]).unwrap();
+        let mut kg_b = KeyguardProcess::start(&[]).unwrap();
+        let (a, b) = (kg_a.client().await.unwrap(), kg_b.client().await.unwrap());
+        let stranger = smvs_crypto::IdentityKeys::generate().unwrap().bundle();
+        refused(
+            a.session_keys(&stranger).await,
+            "no identity: register first",
+        );
+        let (bundle_a, bundle_b) = (
+            a.create_identity().await.unwrap(),
+            b.create_identity().await.unwrap(),
+        );
+        let (keys_a, keys_b) = (
+            a.session_keys(&bundle_a).await.unwrap(),
+            b.session_keys(&bundle_b).await.unwrap(),
+        );
+        let party = |name: &str, identity, kem: &smvs_crypto::XWingPublicKey| Party {
+            username: Username::parse(name).unwrap(),
+            identity,
+            kem: kem.clone(),
+        };
+        let (alice, bob) = (
+            party("alice", bundle_a, &keys_a.kem),
+            party("bob", bundle_b, &keys_b.kem),
+        );
+
+        // Interactive: two questions on each side.
+        let initiator = Initiator::start(alice.clone(), bob.clone(), &mut OsFresh).unwrap();
+        let (response, b_pending) =
+            handshake::respond(&bob, &alice, initiator.message(), &mut OsFresh).unwrap();
+        let a_pending = initiator.on_response(&response).unwrap();
+        let answers = answer_with(&a, &a_pending).await.unwrap();
+        let mut sa = a_pending.finish(answers, &mut OsFresh).unwrap();
+        let answers = answer_with(&b, &b_pending).await.unwrap();
+        let mut sb = b_pending.finish(answers, &mut OsFresh).unwrap();
+        let m = sa
+            .ratchet
+            .seal(b"ad", b"over two keyguards", &mut OsFresh)
+            .unwrap();
+        assert_eq!(
+            &sb.ratchet.open(b"ad", &m, &mut OsFresh).unwrap()[..],
+            b"over two keyguards"
+        );
+
+        // Prekey: bob's keyguard answers five questions, two with its prekey.
+        let now = smvs_directory::clock::now_ms() / 1000;
+        let verified = handshake::verify_prekey(&keys_b.prekey, &bob.identity, now).unwrap();
+        let (init, a_pending) =
+            handshake::initiate_with_prekey(&alice, &bob, verified, &mut OsFresh).unwrap();
+        let answers = answer_with(&a, &a_pending).await.unwrap();
+        let mut sa = a_pending.finish(answers, &mut OsFresh).unwrap();
+        let first = sa.ratchet.seal(b"ad", b"while away", &mut OsFresh).unwrap();
+        let b_pending = handshake::accept_prekey(&bob, &alice, &keys_b.prekey, &init).unwrap();
+        let answers = answer_with(&b, &b_pending).await.unwrap();
+        let mut sb = b_pending.finish(answers, &mut OsFresh).unwrap();
+        assert_eq!(
+            &sb.ratchet.open(b"ad", &first, &mut OsFresh).unwrap()[..],
+            b"while away"
+        );
+
+        // The answer is the transcript-bound value, not the raw X25519 output.
+        let ephemeral = AgreementKeyPair::generate().unwrap();
+        let ephemeral_public = ephemeral.public();
+        let transcript = [5u8; 32];
+        let question = smvs_keyguard::HandshakeQuestion {
+            operation: smvs_crypto::GuardOperation::IdentityDh,
+            component: smvs_crypto::HandshakeComponent::ResponderIdentityDh,
+            transcript: &transcript,
+            prekey: 0,
+            peer: ephemeral_public.as_bytes(),
+            ciphertext: &[],
+        };
+        let answer = b.handshake_secret(&question).await.unwrap();
+        let raw = ephemeral.agree(&bundle_b.agreement_key).unwrap();
+        assert_ne!(&answer[..], &raw.expose()[..]);
+        assert_eq!(
+            answer,
+            smvs_crypto::transcript_bound(question.component.label(), &transcript, raw.expose())
+                .unwrap()
+        );
+        // Refused: a role the operation does not serve, an ephemeral role, a prekey that was
+        // never made, a short transcript.
+        for (operation, component, prekey, why) in [
+            (
+                smvs_crypto::GuardOperation::IdentityDh,
+                smvs_crypto::HandshakeComponent::ResponderIdentityKem,
+                0,
+                "does not serve",
+            ),
+            (
+                smvs_crypto::GuardOperation::IdentityDh,
+                smvs_crypto::HandshakeComponent::EphemeralDh,
+                0,
+                "does not serve",
+            ),
+            (
+                smvs_crypto::GuardOperation::PrekeyDh,
+                smvs_crypto::HandshakeComponent::EphemeralPrekeyDh,
+                999,
+                "no prekey 999",
+            ),
+        ] {
+            refused(
+                b.handshake_secret(&smvs_keyguard::HandshakeQuestion {
+                    operation,
+                    component,
+                    prekey,
+                    ..question
+                })
+                .await,
+                why,
+            );
+        }
+        refused(
+            b.handshake_secret(&smvs_keyguard::HandshakeQuestion {
+                transcript: &[5u8; 32],
+                peer: &[1u8; 31],
+                ..question
+            })
+            .await,
+            "a peer key is 32 bytes",
+        );
+
+        // The counter only goes up, and it and the keys outlive a restart.
+        assert_eq!(b.rollback_counter(false).await.unwrap(), 0);
+        assert_eq!(b.rollback_counter(true).await.unwrap(), 1);
+        assert_eq!(b.rollback_counter(true).await.unwrap(), 2);
+        drop(b);
+        kg_b.stop().unwrap();
+        kg_b.start_again(&[]).unwrap();
+        let b = kg_b.client().await.unwrap();
+        assert_eq!(b.rollback_counter(false).await.unwrap(), 2);
+        assert_eq!(b.session_keys(&bundle_b).await.unwrap(), keys_b);
+        let mode = |name: &str| {
+            std::fs::metadata(kg_b.key_dir.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        for file in ["identity.kem", "session.prekeys", "rollback.counter"] {
+            assert_eq!(mode(file), 0o600, "{file}");
+        }
+    })
+    .unwrap();
+}

@@ -32,9 +32,9 @@
 
 use smvs_crypto::{
     blake2b, hkdf_sha256, transcript_bound, AgreementKeyPair, AgreementPublicKey, CryptoError,
-    IdentityBundle, MlKemKeyPair, MlKemPublicKey, SignContext, Signature, XWingCiphertext,
-    XWingKeyPair, XWingPublicKey, Zeroizing, MLKEM_PUBLIC_KEY_LEN, MLKEM_SEED_LEN,
-    XWING_CIPHERTEXT_LEN, XWING_ENC_RANDOMNESS_LEN, XWING_PUBLIC_KEY_LEN,
+    IdentityBundle, MlKemKeyPair, MlKemPublicKey, XWingCiphertext, XWingKeyPair, XWingPublicKey,
+    Zeroizing, MLKEM_PUBLIC_KEY_LEN, MLKEM_SEED_LEN, XWING_CIPHERTEXT_LEN,
+    XWING_ENC_RANDOMNESS_LEN, XWING_PUBLIC_KEY_LEN,
 };
 use smvs_schema::Username;
 
@@ -92,98 +92,39 @@ impl Party {
 }
 
 /// A signed medium-term prekey, as published in the directory record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Prekey {
-    pub id: u32,
-    /// Unix seconds after which an initiator no longer uses it.
-    pub expires: i64,
-    pub dh: AgreementPublicKey,
-    pub kem: XWingPublicKey,
-    /// The identity's Ed25519 signature over [`Prekey::signed_bytes`] (`SessionPrekey`).
-    pub signature: Signature,
+pub use smvs_crypto::SignedPrekey as Prekey;
+
+/// A peer's prekey that [`verify_prekey`] checked: the only kind an initiator uses.
+#[derive(Debug, Clone, Copy)]
+pub struct VerifiedPrekey<'a>(&'a Prekey);
+
+/// Checks a peer's prekey: signed by its identity, and not expired at `now` (Unix seconds).
+pub fn verify_prekey<'a>(
+    prekey: &'a Prekey,
+    identity: &IdentityBundle,
+    now: i64,
+) -> Result<VerifiedPrekey<'a>, HandshakeError> {
+    prekey
+        .verify(identity)
+        .map_err(|_| HandshakeError::PrekeySignature)?;
+    if now > prekey.expires {
+        return Err(HandshakeError::PrekeyExpired);
+    }
+    Ok(VerifiedPrekey(prekey))
 }
 
-impl Prekey {
-    /// What the identity signs: id, expiry, both public keys.
-    pub fn signed_bytes(
-        id: u32,
-        expires: i64,
-        dh: &AgreementPublicKey,
-        kem: &XWingPublicKey,
-    ) -> Vec<u8> {
-        let mut out = Vec::with_capacity(12 + 32 + XWING_PUBLIC_KEY_LEN);
-        out.extend_from_slice(&id.to_be_bytes());
-        out.extend_from_slice(&expires.to_be_bytes());
-        out.extend_from_slice(dh.as_bytes());
-        out.extend_from_slice(kem.as_bytes());
-        out
-    }
-
-    /// Checks the signature against `identity` and the expiry against `now` (Unix seconds).
-    pub fn verify(&self, identity: &IdentityBundle, now: i64) -> Result<(), HandshakeError> {
-        identity
-            .signing_key
-            .verify(
-                SignContext::SessionPrekey,
-                &Prekey::signed_bytes(self.id, self.expires, &self.dh, &self.kem),
-                &self.signature,
-            )
-            .map_err(|_| HandshakeError::PrekeySignature)?;
-        if now > self.expires {
-            return Err(HandshakeError::PrekeyExpired);
-        }
-        Ok(())
-    }
-
-    fn encode_into(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&Prekey::signed_bytes(
-            self.id,
-            self.expires,
-            &self.dh,
-            &self.kem,
-        ));
-        out.extend_from_slice(self.signature.as_bytes());
-    }
+/// What the transcript binds of a prekey: the signed bytes and the signature.
+fn encode_prekey(prekey: &Prekey, out: &mut Vec<u8>) {
+    out.extend_from_slice(&Prekey::signed_bytes(
+        prekey.id,
+        prekey.expires,
+        &prekey.dh,
+        &prekey.kem,
+    ));
+    out.extend_from_slice(prekey.signature.as_bytes());
 }
 
-/// The role of one secret in the handshake; its label is what keyguard binds the secret to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Component {
-    /// DH(IK_I, E_R)
-    InitiatorIdentityDh,
-    /// DH(E_I, IK_R)
-    ResponderIdentityDh,
-    /// DH(E_I, E_R)
-    EphemeralDh,
-    /// X-Wing to the responder's identity KEM key.
-    ResponderIdentityKem,
-    /// X-Wing to the initiator's fresh KEM key.
-    InitiatorEphemeralKem,
-    /// X-Wing to the initiator's identity KEM key.
-    InitiatorIdentityKem,
-    /// DH(IK_I, SPK_R)
-    InitiatorIdentityPrekeyDh,
-    /// DH(E_I, SPK_R)
-    EphemeralPrekeyDh,
-    /// X-Wing to the responder's prekey.
-    ResponderPrekeyKem,
-}
-
-impl Component {
-    pub fn label(self) -> &'static [u8] {
-        match self {
-            Component::InitiatorIdentityDh => b"dh initiator-identity responder-ephemeral",
-            Component::ResponderIdentityDh => b"dh initiator-ephemeral responder-identity",
-            Component::EphemeralDh => b"dh initiator-ephemeral responder-ephemeral",
-            Component::ResponderIdentityKem => b"kem responder-identity",
-            Component::InitiatorEphemeralKem => b"kem initiator-ephemeral",
-            Component::InitiatorIdentityKem => b"kem initiator-identity",
-            Component::InitiatorIdentityPrekeyDh => b"dh initiator-identity responder-prekey",
-            Component::EphemeralPrekeyDh => b"dh initiator-ephemeral responder-prekey",
-            Component::ResponderPrekeyKem => b"kem responder-prekey",
-        }
-    }
-}
+pub use smvs_crypto::HandshakeComponent as Component;
 
 const INTERACTIVE_ORDER: [Component; 6] = [
     Component::InitiatorIdentityDh,
@@ -231,6 +172,17 @@ pub enum GuardAsk {
 }
 
 impl GuardAsk {
+    /// The keyguard operation this asks for (keyguard checks that it serves the component).
+    pub fn operation(&self) -> smvs_crypto::GuardOperation {
+        use smvs_crypto::GuardOperation as Op;
+        match self {
+            GuardAsk::IdentityDh { .. } => Op::IdentityDh,
+            GuardAsk::IdentityDecapsulate { .. } => Op::IdentityDecapsulate,
+            GuardAsk::PrekeyDh { .. } => Op::PrekeyDh,
+            GuardAsk::PrekeyDecapsulate { .. } => Op::PrekeyDecapsulate,
+        }
+    }
+
     pub fn component(&self) -> Component {
         match self {
             GuardAsk::IdentityDh { component, .. }
@@ -242,6 +194,7 @@ impl GuardAsk {
 }
 
 /// The initiator's first ratchet keys (secret halves), announced in its handshake message.
+#[derive(Clone)]
 struct RatchetStart {
     dh: Zeroizing<[u8; 32]>,
     kem: Zeroizing<[u8; MLKEM_SEED_LEN]>,
@@ -427,8 +380,9 @@ impl Initiator {
         &self.message
     }
 
-    /// Reads the responder's answer; what is left needs keyguard.
-    pub fn on_response(self, response: &[u8]) -> Result<Pending, HandshakeError> {
+    /// Reads the responder's answer; what is left needs keyguard. The initiator stays as it
+    /// is, so a forged response that fails later does not spend it: the real one still can.
+    pub fn on_response(&self, response: &[u8]) -> Result<Pending, HandshakeError> {
         if response.len() != RESPONSE_LEN || response[0] != RESPONSE {
             return Err(HandshakeError::Malformed("not a handshake response"));
         }
@@ -479,7 +433,7 @@ impl Initiator {
             ],
             order: &INTERACTIVE_ORDER,
             local,
-            start: Start::Initiator(self.start),
+            start: Start::Initiator(self.start.clone()),
         })
     }
 }
@@ -565,14 +519,18 @@ pub fn respond(
 }
 
 /// The initiator's side of a prekey handshake (the responder's host is away): the message to
-/// send with the first ratchet message, and what is left, which needs keyguard. `prekey` must
-/// have been checked with [`Prekey::verify`].
+/// send with the first ratchet message, and what is left, which needs keyguard.
+///
+/// The message can be replayed (as in PQXDH without one-time prekeys): the responder keeps the
+/// transcripts of the prekey handshakes it accepted until the prekey is gone, and refuses a
+/// repeat ([`Established::transcript`] is that name).
 pub fn initiate_with_prekey(
     me: &Party,
     peer: &Party,
-    prekey: &Prekey,
+    prekey: VerifiedPrekey<'_>,
     fresh: &mut dyn Fresh,
 ) -> Result<(Vec<u8>, Pending), HandshakeError> {
+    let prekey = prekey.0;
     let ephemeral = fresh::x25519(fresh)?;
     let (to_identity, identity_kem) = encapsulate(&peer.kem, fresh)?;
     let (to_prekey, prekey_kem) = encapsulate(&prekey.kem, fresh)?;
@@ -586,7 +544,7 @@ pub fn initiate_with_prekey(
     start.encode_into(&mut message)?;
 
     let mut prekey_bytes = Vec::new();
-    prekey.encode_into(&mut prekey_bytes);
+    encode_prekey(prekey, &mut prekey_bytes);
     let th = transcript(INIT_PREKEY, me, peer, &[&prekey_bytes, &message])?;
     let local = vec![
         bind(
@@ -647,7 +605,7 @@ pub fn accept_prekey(
     let to_prekey = XWingCiphertext::from_bytes(take(XWING_CIPHERTEXT_LEN))?;
     let start = ratchet_start(take(RATCHET_START_LEN))?;
     let mut prekey_bytes = Vec::new();
-    prekey.encode_into(&mut prekey_bytes);
+    encode_prekey(prekey, &mut prekey_bytes);
     let th = transcript(INIT_PREKEY, peer, me, &[&prekey_bytes, init])?;
     Ok(Pending {
         transcript: th,

@@ -408,6 +408,16 @@ impl Ratchet {
             if self.retired.contains(&header.dh) {
                 return Err(RatchetError::Stale);
             }
+            // Both jumps together (the rest of the old chain, then into the new one) are within
+            // MAX_SKIP, checked before any key is made: a forged header costs little.
+            let old_jump = match self.recv_chain {
+                Some(_) => u64::from(header.pn.saturating_sub(self.nr)),
+                None => 0,
+            };
+            let jump = old_jump + u64::from(header.n);
+            if jump > u64::from(MAX_SKIP) {
+                return Err(RatchetError::TooFarAhead(jump));
+            }
             self.skip_until(header.pn)?;
             self.receiving_step(header)?;
             self.sending_step(&header.kem, fresh)?;
@@ -846,6 +856,24 @@ mod tests {
             open(&mut bob, &flag).unwrap_err(),
             RatchetError::Malformed(_)
         ));
+    }
+
+    /// The rest of the old chain and the jump into the new one count together: a forged
+    /// header cannot make us derive twice MAX_SKIP keys.
+    #[test]
+    fn both_jumps_of_a_step_count_against_one_cap() {
+        let (mut alice, mut bob) = pair();
+        open(&mut bob, &seal(&mut alice, "a")).unwrap();
+        let _lost: Vec<_> = (0..20).map(|_| seal(&mut alice, "lost")).collect();
+        open(&mut alice, &seal(&mut bob, "b")).unwrap();
+        skip_sending(&mut alice, MAX_SKIP - 10);
+        let m = seal(&mut alice, "far into the new chain");
+        let before = bob.to_bytes().unwrap();
+        assert_eq!(
+            open(&mut bob, &m).unwrap_err(),
+            RatchetError::TooFarAhead(u64::from(MAX_SKIP) + 10)
+        );
+        assert_eq!(bob.to_bytes().unwrap(), before);
     }
 
     #[test]

@@ -4,15 +4,16 @@
 //! end: a change to the construction changes them.
 
 use smvs_crypto::{
-    transcript_bound, AgreementKeyPair, IdentityKeys, SignContext, SigningKeyPair, SigningSeed,
-    XWingKeyPair, Zeroizing,
+    transcript_bound, AgreementKeyPair, IdentityKeys, SigningKeyPair, SigningSeed, XWingKeyPair,
+    Zeroizing,
 };
 use smvs_schema::Username;
 
 use super::fresh::{self, Fresh, OsFresh, SeededFresh};
 use super::handshake::{
-    accept_prekey, initiate_with_prekey, prekey_id, respond, Established, GuardAsk, HandshakeError,
-    Initiator, Party, Pending, Prekey, INTERACTIVE_INIT_LEN, PREKEY_INIT_LEN, RESPONSE_LEN,
+    accept_prekey, initiate_with_prekey, prekey_id, respond, verify_prekey, Established, GuardAsk,
+    HandshakeError, Initiator, Party, Pending, Prekey, INTERACTIVE_INIT_LEN, PREKEY_INIT_LEN,
+    RESPONSE_LEN,
 };
 use super::ratchet::RatchetError;
 
@@ -50,20 +51,10 @@ impl Guard {
         }
     }
 
-    /// Makes and signs a prekey, as keyguard's rotation will.
+    /// Makes and signs a prekey, as keyguard's rotation does.
     fn prekey(&mut self, id: u32, expires: i64, fresh: &mut dyn Fresh) -> Prekey {
         let (dh, kem) = (fresh::x25519(fresh).unwrap(), fresh::xwing(fresh).unwrap());
-        let signature = self.keys.signing.sign(
-            SignContext::SessionPrekey,
-            &Prekey::signed_bytes(id, expires, &dh.public(), kem.public()),
-        );
-        let prekey = Prekey {
-            id,
-            expires,
-            dh: dh.public(),
-            kem: kem.public().clone(),
-            signature,
-        };
+        let prekey = Prekey::sign(&self.keys, id, expires, dh.public(), kem.public().clone());
         self.prekeys.push((prekey.clone(), dh, kem));
         prekey
     }
@@ -73,6 +64,8 @@ impl Guard {
             .asks()
             .iter()
             .map(|ask| {
+                // Every question the handshake asks is one keyguard will answer.
+                assert!(ask.component().served_by(ask.operation()), "{ask:?}");
                 let prekey = |id: &u32| self.prekeys.iter().find(|p| p.0.id == *id).unwrap();
                 let raw: Vec<u8> = match ask {
                     GuardAsk::IdentityDh { peer, .. } => {
@@ -161,11 +154,11 @@ fn the_prekey_handshake_works_while_the_responder_is_away() {
     );
     bob.prekey(6, 2_000_000_000, &mut OsFresh);
     let prekey = bob.prekey(7, 2_000_000_000, &mut OsFresh);
-    prekey.verify(&bob.keys.bundle(), 1_900_000_000).unwrap();
+    let verified = verify_prekey(&prekey, &bob.keys.bundle(), 1_900_000_000).unwrap();
 
     // Alice: handshake and first message together; only one keyguard question.
     let (init, pending) =
-        initiate_with_prekey(&alice.party(), &bob.party(), &prekey, &mut OsFresh).unwrap();
+        initiate_with_prekey(&alice.party(), &bob.party(), verified, &mut OsFresh).unwrap();
     assert_eq!(init.len(), PREKEY_INIT_LEN);
     assert_eq!(pending.asks().len(), 1);
     let mut a = alice.finish(pending, &mut OsFresh);
@@ -208,23 +201,23 @@ fn a_prekey_must_be_signed_by_the_identity_and_unexpired() {
     );
     let prekey = bob.prekey(1, 1_000, &mut OsFresh);
     assert_eq!(
-        prekey.verify(&bob.keys.bundle(), 1_001).unwrap_err(),
+        verify_prekey(&prekey, &bob.keys.bundle(), 1_001).unwrap_err(),
         HandshakeError::PrekeyExpired
     );
     assert_eq!(
-        prekey.verify(&mallory.keys.bundle(), 999).unwrap_err(),
+        verify_prekey(&prekey, &mallory.keys.bundle(), 999).unwrap_err(),
         HandshakeError::PrekeySignature
     );
     let mut swapped = prekey.clone();
     swapped.dh = mallory.keys.agreement.public();
     assert_eq!(
-        swapped.verify(&bob.keys.bundle(), 999).unwrap_err(),
+        verify_prekey(&swapped, &bob.keys.bundle(), 999).unwrap_err(),
         HandshakeError::PrekeySignature
     );
     swapped = prekey.clone();
     swapped.expires += 1;
     assert_eq!(
-        swapped.verify(&bob.keys.bundle(), 999).unwrap_err(),
+        verify_prekey(&swapped, &bob.keys.bundle(), 999).unwrap_err(),
         HandshakeError::PrekeySignature
     );
 }
@@ -353,8 +346,9 @@ fn run_vectors() -> (String, String) {
     let interactive = digest_of(out);
 
     let prekey = bob.prekey(42, 2_000_000_000, &mut fb);
+    let verified = verify_prekey(&prekey, &bob.keys.bundle(), 1_900_000_000).unwrap();
     let (init, pending) =
-        initiate_with_prekey(&alice.party(), &bob.party(), &prekey, &mut fa).unwrap();
+        initiate_with_prekey(&alice.party(), &bob.party(), verified, &mut fa).unwrap();
     let mut a = alice.finish(pending, &mut fa);
     let first = a.ratchet.seal(AD, b"first", &mut fa).unwrap();
     let pending = accept_prekey(&bob.party(), &alice.party(), &prekey, &init).unwrap();
@@ -375,10 +369,10 @@ fn frozen_vectors() {
     assert_eq!(run_vectors(), (interactive.clone(), prekey.clone()));
     assert_eq!(
         interactive,
-        "e4c0ec9f3e043e95a09b97a6514bb40846b79a51c0d68be694294513fb9f35af"
+        "d4ce03f0a46ad7c728ac9f8066ccdda0e752bafb7550a80a14e923253f1e7b7f"
     );
     assert_eq!(
         prekey,
-        "8bd7e34a9f38f9ded00844e3716e1bc7d31f53112c6244982e3f0a52395623d5"
+        "7c1e3214f58ec743ceca68ff3375eefcbd1140ea49f4bc384cf2a6a8abbaf8c8"
     );
 }
