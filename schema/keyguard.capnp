@@ -13,22 +13,24 @@ using Common = import "common.capnp";
 using Directory = import "directory.capnp";
 
 enum SignPurpose {
-  # Only the last two are signed. The first three are retired (numbers are never reused):
-  # keyguard refuses them; use certifyTransport and signRegistration, and the operator
-  # commands for rotation.
+  # All retired (numbers are never reused): keyguard signs nothing on request. Transport
+  # certificates and registrations come from certifyTransport and signRegistration, rotations
+  # from the operator; envelopes and receipts were never signed (v1 seals and authenticates
+  # them with a key only the two identities derive), and session v2 is deniable: nothing a
+  # host sends another carries the identity's signature.
   retiredTransportCertificate @0;
   retiredDirectoryRegistration @1;
   retiredKeyRotation @2;
-  envelope @3;
-  receipt @4;
+  retiredEnvelope @3;
+  retiredReceipt @4;
 }
 
 interface Keyguard {
   publicKeys @0 () -> (identity :Common.IdentityBundle, exists :Bool);
   createIdentity @1 () -> (identity :Common.IdentityBundle);
   # Makes the identity keys if there are none yet; returns the existing ones otherwise.
-  sign @2 (purpose :SignPurpose, message :Data) -> (signature :Data);
-  # Envelopes and receipts between hosts only.
+  retiredSign @2 (purpose :SignPurpose, message :Data) -> (signature :Data);
+  # Retired with every purpose: keyguard answers "unimplemented".
   retiredOpenSealed @3 (sealed :Data) -> (plaintext :Data);
   # Retired: it opened any sealed box. Keyguard answers "unimplemented"; see openLoginToken.
   deriveSharedKey @4 (peerAgreementKey :Data, salt :Data, info :Data) -> (key :Data);

@@ -35,10 +35,6 @@ pub enum SignContext {
     /// An identity asking its directory to delete its record. Made only by the operator's
     /// `smvs-keyguard deregister`, never over keyguard's socket.
     Deregistration,
-    /// A message envelope between hosts.
-    Envelope,
-    /// A delivery receipt between hosts.
-    Receipt,
     /// An identity's Ed25519 key vouching for its X-Wing key (session v2), as published in
     /// the directory.
     IdentityKemKey,
@@ -56,8 +52,6 @@ impl SignContext {
             SignContext::DirectoryRecord => "directory-record",
             SignContext::KeyRotation => "key-rotation",
             SignContext::Deregistration => "deregistration",
-            SignContext::Envelope => "envelope",
-            SignContext::Receipt => "receipt",
             SignContext::IdentityKemKey => "identity-kem-key",
             SignContext::SessionPrekey => "session-prekey",
         }

@@ -1,4 +1,4 @@
-//! The keyguard's requests that take input (`keyguard.capnp`: `sign`, `openLoginToken`,
+//! The keyguard's requests that take input (`keyguard.capnp`: `handshakeSecret`, `openLoginToken`,
 //! `deriveSharedKey`, `certifyTransport`, `signRegistration`), read and answered by the
 //! keyguard's own code with a fixed identity. First byte modulo 5 picks the method; the rest is
 //! its parameters as one message.
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let method = match method % 5 {
-        0 => Method::Sign,
+        0 => Method::HandshakeSecret,
         1 => Method::OpenLoginToken,
         2 => Method::DeriveSharedKey,
         3 => Method::CertifyTransport,

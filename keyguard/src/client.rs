@@ -1,6 +1,6 @@
-//! The keyguard client: what smvsd uses to have its identity sign envelopes and receipts,
-//! certify its transport key, sign its registration, open directory login tokens and derive
-//! keys, and what `smvs-keyguard check` uses to test access.
+//! The keyguard client: what smvsd uses to have its identity certify its transport key, sign
+//! its registration, open directory login tokens, derive keys and answer session v2's
+//! handshake questions, and what `smvs-keyguard check` uses to test access.
 //!
 //! Cap'n Proto capabilities are `!Send`: create and use a [`KeyguardClient`] inside a
 //! `tokio::task::LocalSet` (the connection is driven by a task spawned there), and keep it on
@@ -12,16 +12,14 @@
 use std::path::{Path, PathBuf};
 
 use smvs_crypto::{
-    AeadKey, AgreementPublicKey, GuardOperation, HandshakeComponent, IdentityBundle, SignContext,
-    Signature, SignedPrekey, SigningPublicKey, XWingPublicKey, Zeroizing,
+    AeadKey, AgreementPublicKey, GuardOperation, HandshakeComponent, IdentityBundle, Signature,
+    SignedPrekey, SigningPublicKey, XWingPublicKey, Zeroizing,
 };
 use smvs_directory::{Registration, TransportCertificate};
 use smvs_schema::common_capnp::identity_bundle;
 use smvs_schema::keyguard_capnp::keyguard;
 use smvs_schema::{HostAddress, Username};
 use thiserror::Error;
-
-use crate::purpose::purpose_for;
 
 /// Session v2's public keys as keyguard gives them (checked against the identity).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,9 +82,6 @@ pub enum KeyguardError {
         operation: &'static str,
         what: String,
     },
-    /// Refused locally: keyguard never signs for this context (see `purpose_for`).
-    #[error("keyguard does not sign for context {context}")]
-    UnsupportedContext { context: &'static str },
 }
 
 /// A connection to keyguard.
@@ -164,32 +159,6 @@ impl KeyguardClient {
             .and_then(|r| r.get_identity())
             .map_err(|e| self.rpc_error(OP, e))?;
         self.read_bundle(OP, bundle)
-    }
-
-    /// Has the identity sign `message` for `context`: envelopes and receipts only. Other
-    /// contexts are refused here, without a request (keyguard would refuse them too).
-    pub async fn sign(
-        &self,
-        context: SignContext,
-        message: &[u8],
-    ) -> Result<Signature, KeyguardError> {
-        const OP: &str = "sign";
-        let purpose = purpose_for(context).ok_or(KeyguardError::UnsupportedContext {
-            context: context.label(),
-        })?;
-        let mut request = self.keyguard.sign_request();
-        request.get().set_purpose(purpose);
-        request.get().set_message(message);
-        let response = request
-            .send()
-            .promise
-            .await
-            .map_err(|e| self.rpc_error(OP, e))?;
-        let bytes = response
-            .get()
-            .and_then(|r| r.get_signature())
-            .map_err(|e| self.rpc_error(OP, e))?;
-        Signature::from_bytes(bytes).map_err(|e| self.bad_answer(OP, e))
     }
 
     /// Opens a directory's login challenge: keyguard answers with the 32-byte token only when

@@ -5,9 +5,10 @@
 //!                                             │ yes (at most N at once)
 //!                                             ▼
 //!                                  KeyguardRpc (one per connection) ──► Vault ──► key directory
-//!                       sign (envelope, receipt) / certify transport /       (identity.sign,
-//!                       sign registration / open login token / derive         identity.agree,
-//!                                                                             storage.secret)
+//!                       certify transport / sign registration /              (identity.sign,
+//!                       open login token / derive / session v2 keys and      identity.agree,
+//!                       handshake answers / rollback counter                 storage.secret,
+//!                                                                             identity.kem, …)
 //!
 //!  operator (root or key owner) ── smvs-keyguard rotate | deregister ──► key directory (direct)
 //!                                                                   └──► directory (login, signed)
@@ -24,10 +25,11 @@
 //! - [`cli`]: the command line of the `smvs-keyguard` binary.
 //!
 //! No operation returns a secret key, and every one is bound to a purpose: callers get public
-//! keys, signatures over envelopes and receipts, a transport certificate and a registration
-//! that keyguard builds itself, the token inside a directory login challenge (and nothing else
-//! it could open), and keys derived through HKDF. The secrets stay in smvs-crypto's zeroizing
-//! types in this process.
+//! keys, a transport certificate and a registration that keyguard builds itself, the token
+//! inside a directory login challenge (and nothing else it could open), keys derived through
+//! HKDF, and session v2's handshake answers, each bound to one transcript and one role
+//! ([`session_keys`]). Keyguard signs nothing on request. The secrets stay in smvs-crypto's
+//! zeroizing types in this process.
 
 pub mod cli;
 pub mod client;
@@ -37,11 +39,10 @@ pub mod operator;
 mod purpose;
 mod rpc;
 mod server;
-mod session_keys;
+pub mod session_keys;
 
 pub use client::{HandshakeQuestion, KeyguardClient, KeyguardError, SessionPublicKeys};
 pub use keydir::KeyDirError;
-pub use purpose::{context_for, purpose_for};
 #[doc(hidden)]
 pub use rpc::fuzzing;
 pub use server::{KeyguardConfig, KeyguardServer, ServerError, DEFAULT_MAX_CONNECTIONS};

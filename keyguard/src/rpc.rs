@@ -9,8 +9,8 @@ use std::fmt;
 use std::rc::Rc;
 
 use smvs_crypto::{
-    hkdf_sha256, AeadKey, AgreementPublicKey, IdentityBundle, IdentityKeys, SignContext, Signature,
-    SigningPublicKey, Zeroizing,
+    hkdf_sha256, AeadKey, AgreementPublicKey, IdentityBundle, IdentityKeys, SigningPublicKey,
+    Zeroizing,
 };
 use smvs_directory::clock::now_ms;
 use smvs_directory::{Registration, TransportCertificate};
@@ -20,7 +20,6 @@ use smvs_schema::keyguard_capnp::keyguard;
 use smvs_schema::{HostAddress, Username};
 
 use crate::keydir::{KeyDir, KeyDirError};
-use crate::purpose::context_for;
 use crate::session_keys::{HandshakeAsk, SessionSecrets};
 
 /// HKDF salt and info for the storage key. Changing either changes every user's storage key.
@@ -139,35 +138,6 @@ fn write_bundle(mut b: identity_bundle::Builder<'_>, bundle: &IdentityBundle) {
     b.set_signing_key(bundle.signing_key.as_bytes());
     b.set_agreement_key(bundle.agreement_key.as_bytes());
     b.set_agreement_signature(bundle.agreement_signature.as_bytes());
-}
-
-/// A `sign` request as read from the wire.
-struct SignRequest<'a> {
-    context: SignContext,
-    message: &'a [u8],
-}
-
-impl<'a> SignRequest<'a> {
-    fn read(params: keyguard::sign_params::Reader<'a>) -> Result<Self, capnp::Error> {
-        let purpose = params
-            .get_purpose()
-            .map_err(|_| refuse("unknown signing purpose"))?;
-        let context = context_for(purpose).ok_or_else(|| {
-            refuse(
-                "keyguard signs only envelopes and receipts: transport certificates and \
-                 registrations are built by certifyTransport and signRegistration, and key \
-                 rotations only by the operator (`smvs-keyguard rotate`)",
-            )
-        })?;
-        Ok(SignRequest {
-            context,
-            message: params.get_message()?,
-        })
-    }
-
-    fn answer(&self, id: &IdentityKeys) -> Signature {
-        id.signing.sign(self.context, self.message)
-    }
 }
 
 fn read_username(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<Username, capnp::Error> {
@@ -346,7 +316,7 @@ pub mod fuzzing {
     /// The methods of `Keyguard` that take parameters.
     #[derive(Debug, Clone, Copy)]
     pub enum Method {
-        Sign,
+        HandshakeSecret,
         OpenLoginToken,
         DeriveSharedKey,
         CertifyTransport,
@@ -364,9 +334,22 @@ pub mod fuzzing {
         let mut slice = message;
         let message = capnp::serialize::read_message(&mut slice, smvs_schema::reader_options())?;
         Ok(match method {
-            Method::Sign => {
-                let params = message.get_root::<keyguard::sign_params::Reader<'_>>()?;
-                SignRequest::read(params)?.answer(id).as_bytes().to_vec()
+            Method::HandshakeSecret => {
+                let p = message.get_root::<keyguard::handshake_secret_params::Reader<'_>>()?;
+                let ask = HandshakeAsk::new(
+                    crate::purpose::operation(p.get_operation()?),
+                    crate::purpose::component(p.get_component()?),
+                    p.get_transcript()?,
+                    p.get_prekey(),
+                    p.get_peer()?,
+                    p.get_ciphertext()?,
+                )
+                .map_err(refuse)?;
+                let value = SessionSecrets::without_prekeys(id)
+                    .map_err(|e| refuse(e.to_string()))?
+                    .answer(id, &ask)
+                    .map_err(refuse)?;
+                value.to_vec()
             }
             Method::OpenLoginToken => {
                 let params = message.get_root::<keyguard::open_login_token_params::Reader<'_>>()?;
@@ -442,19 +425,7 @@ impl keyguard::Server for KeyguardRpc {
         Ok(())
     }
 
-    async fn sign(
-        self: Rc<Self>,
-        params: keyguard::SignParams,
-        mut results: keyguard::SignResults,
-    ) -> Result<(), capnp::Error> {
-        let params = params.get()?;
-        let request = SignRequest::read(params)?;
-        let signature = self.vault.with_identity(|id| request.answer(id))?;
-        tracing::debug!(peer = %self.peer, context = request.context.label(), "signed");
-        results.get().set_signature(signature.as_bytes());
-        Ok(())
-    }
-
+    // `retiredSign` is not implemented either: keyguard signs nothing on request.
     // `retiredOpenSealed` is not implemented: the default answer is "unimplemented".
 
     async fn open_login_token(

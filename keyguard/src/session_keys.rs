@@ -114,6 +114,17 @@ impl SessionSecrets {
         Ok(SessionSecrets { kem, prekeys })
     }
 
+    /// Session secrets with an X-Wing key made from the identity and no prekeys: only for
+    /// the fuzz targets, which answer requests without a key directory.
+    pub(crate) fn without_prekeys(
+        identity: &IdentityKeys,
+    ) -> Result<SessionSecrets, smvs_crypto::CryptoError> {
+        Ok(SessionSecrets {
+            kem: XWingKeyPair::from_seed(identity.agreement.expose_secret())?,
+            prekeys: Vec::new(),
+        })
+    }
+
     fn store(&self, dir: &KeyDir) -> Result<(), KeyDirError> {
         let mut slots = Zeroizing::new([0u8; PREKEYS_FILE_LEN]);
         for (slot, prekey) in slots.chunks_exact_mut(PREKEY_SLOT_LEN).zip(&self.prekeys) {

@@ -15,9 +15,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 
-use smvs_crypto::{
-    AeadKey, AgreementPublicKey, IdentityBundle, SignContext, Signature, SigningPublicKey,
-};
+use smvs_crypto::{AeadKey, AgreementPublicKey, IdentityBundle, SigningPublicKey};
 use smvs_directory::{Registration, TransportCertificate};
 use smvs_keyguard::client::{KeyguardClient, KeyguardError};
 use smvs_schema::{HostAddress, Username};
@@ -87,15 +85,6 @@ impl Guard {
 
     pub async fn create_identity(&self) -> Result<IdentityBundle, KeyguardError> {
         self.with_client(|c| async move { c.create_identity().await })
-            .await
-    }
-
-    pub async fn sign(
-        &self,
-        context: SignContext,
-        message: &[u8],
-    ) -> Result<Signature, KeyguardError> {
-        self.with_client(|c| async move { c.sign(context, message).await })
             .await
     }
 

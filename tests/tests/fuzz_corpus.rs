@@ -25,7 +25,7 @@ use smvs_schema::canonical::{self, RegistrationFields};
 use smvs_schema::common_capnp::signed_record;
 use smvs_schema::directory_capnp::{directory, session as directory_session};
 use smvs_schema::host_capnp::host_link;
-use smvs_schema::keyguard_capnp::{keyguard, SignPurpose};
+use smvs_schema::keyguard_capnp::{self, keyguard};
 use smvs_schema::local_capnp::host;
 use smvs_schema::{CallId, HostAddress, MessageId, Username};
 use smvs_transport::callport::{Frame, ALLOC_ID_LEN, BIND_NONCE_LEN, BIND_PROOF_LEN};
@@ -278,17 +278,19 @@ fn seeds() -> Seeds {
         [&[1][..], &words(&message)].concat(),
     ));
 
-    // Keyguard: what smvsd asks when it seals a receipt, opens a directory login token,
+    // Keyguard: what smvsd asks in a session v2 handshake, opens a directory login token,
     // derives a contact key, renews its transport certificate and registers.
     let mut message = capnp::message::Builder::new_default();
     {
-        let mut p = message.init_root::<keyguard::sign_params::Builder<'_>>();
-        p.set_purpose(SignPurpose::Receipt);
-        p.set_message(b"receipt over id, recipient and time");
+        let mut p = message.init_root::<keyguard::handshake_secret_params::Builder<'_>>();
+        p.set_operation(keyguard_capnp::GuardOperation::IdentityDh);
+        p.set_component(keyguard_capnp::HandshakeComponent::ResponderIdentityDh);
+        p.set_transcript(&[3; 32]);
+        p.set_peer(AgreementKeyPair::generate().unwrap().public().as_bytes());
     }
     seeds.push((
         "keyguard_request",
-        "sign",
+        "handshake-secret",
         [&[0][..], &words(&message)].concat(),
     ));
     // The directory's challenge, as it seals it (with an expiry far ahead, so the seed stays
@@ -590,7 +592,7 @@ fn check(target: &str, bytes: &[u8]) -> Result<(), String> {
         }
         "keyguard_request" => {
             let method = [
-                Method::Sign,
+                Method::HandshakeSecret,
                 Method::OpenLoginToken,
                 Method::DeriveSharedKey,
                 Method::CertifyTransport,

@@ -29,19 +29,29 @@ use smvs_tests::{Backend, DirectoryProcess, HostProcess, KeyguardProcess};
 /// The uid and gid of `nobody` on Debian.
 const NOBODY: u32 = 65534;
 
-/// What keyguard signs over its socket: host-to-host statements only.
-const SIGNED_CONTEXTS: [SignContext; 2] = [SignContext::Envelope, SignContext::Receipt];
-
-const ALL_CONTEXTS: [SignContext; 8] = [
-    SignContext::IdentityAgreementKey,
-    SignContext::TransportCertificate,
-    SignContext::DirectoryRegistration,
-    SignContext::DirectoryRecord,
-    SignContext::KeyRotation,
-    SignContext::Deregistration,
-    SignContext::Envelope,
-    SignContext::Receipt,
+/// Every purpose the retired `sign` method ever had.
+const ALL_PURPOSES: [SignPurpose; 5] = [
+    SignPurpose::RetiredTransportCertificate,
+    SignPurpose::RetiredDirectoryRegistration,
+    SignPurpose::RetiredKeyRotation,
+    SignPurpose::RetiredEnvelope,
+    SignPurpose::RetiredReceipt,
 ];
+
+/// Asks the retired `sign` method, raw: keyguard answers "unimplemented" whatever the purpose.
+async fn sign_is_retired(client: &smvs_keyguard::KeyguardClient) {
+    for purpose in ALL_PURPOSES {
+        let mut request = client.capability().retired_sign_request();
+        request.get().set_purpose(purpose);
+        request.get().set_message(b"sign this");
+        let err = request.send().promise.await.err().unwrap();
+        assert_eq!(
+            err.kind,
+            capnp::ErrorKind::Unimplemented,
+            "{purpose:?}: {err}"
+        );
+    }
+}
 
 fn refused<T: std::fmt::Debug>(result: Result<T, KeyguardError>, wanted: &str) {
     match result {
@@ -60,10 +70,6 @@ fn identity_is_made_once_and_its_keys_work() {
         assert_eq!(client.public_keys().await.unwrap(), None);
 
         // Nothing that needs the identity works before it exists; the storage key does.
-        refused(
-            client.sign(SignContext::Envelope, b"m").await,
-            "no identity: register first",
-        );
         let dir_key = SigningKeyPair::generate().unwrap().public();
         let alice = Username::parse("alice").unwrap();
         refused(
@@ -90,54 +96,8 @@ fn identity_is_made_once_and_its_keys_work() {
         assert_eq!(client.create_identity().await.unwrap(), bundle);
         assert_eq!(other.public_keys().await.unwrap(), Some(bundle));
 
-        // Signatures verify under their own context and no other.
-        for context in SIGNED_CONTEXTS {
-            let signature = client.sign(context, b"the message").await.unwrap();
-            bundle
-                .signing_key
-                .verify(context, b"the message", &signature)
-                .unwrap();
-            assert!(bundle
-                .signing_key
-                .verify(context, b"the messagE", &signature)
-                .is_err());
-            for wrong in ALL_CONTEXTS.into_iter().filter(|c| *c != context) {
-                assert!(
-                    bundle
-                        .signing_key
-                        .verify(wrong, b"the message", &signature)
-                        .is_err(),
-                    "a {context:?} signature verified as {wrong:?}"
-                );
-            }
-        }
-        // Nothing else is signed on request: not what the directory acts on, not another key,
-        // not a directory's record. The typed client refuses without asking ...
-        for context in ALL_CONTEXTS
-            .into_iter()
-            .filter(|c| !SIGNED_CONTEXTS.contains(c))
-        {
-            assert!(matches!(
-                client.sign(context, b"x").await,
-                Err(KeyguardError::UnsupportedContext { .. })
-            ));
-        }
-        // ... and keyguard refuses the retired purposes when asked raw.
-        for retired in [
-            SignPurpose::RetiredTransportCertificate,
-            SignPurpose::RetiredDirectoryRegistration,
-            SignPurpose::RetiredKeyRotation,
-        ] {
-            let mut request = client.capability().sign_request();
-            request.get().set_purpose(retired);
-            request.get().set_message(b"x");
-            let err = request.send().promise.await.err().unwrap();
-            assert!(
-                err.to_string()
-                    .contains("signs only envelopes and receipts"),
-                "{err}"
-            );
-        }
+        // Keyguard signs nothing on request, for any purpose, with the identity made.
+        sign_is_retired(&client).await;
 
         // A login token of this directory for this user opens to its token and nothing else;
         // a token for another user or directory, an expired one, a box to another key and any
@@ -285,11 +245,7 @@ fn identity_is_made_once_and_its_keys_work() {
         assert_eq!(client.public_keys().await.unwrap(), Some(bundle));
         let again = client.derive_storage_key().await.unwrap();
         assert_eq!(again.expose(), storage_key.expose());
-        let resigned = client.sign(SignContext::Receipt, b"r").await.unwrap();
-        bundle
-            .signing_key
-            .verify(SignContext::Receipt, b"r", &resigned)
-            .unwrap();
+        sign_is_retired(&client).await;
 
         // No answer is a key file's content; every key file is private.
         let mut files = 0;
@@ -676,17 +632,8 @@ fn a_process_holding_the_socket_cannot_rotate_deregister_or_open_other_boxes() {
         let registered = directory.register(&registration).await.unwrap();
         assert_eq!(registered.user.identity, bundle);
 
-        // No key-rotation and no deregistration signature, typed or raw.
-        for context in [SignContext::KeyRotation, SignContext::Deregistration] {
-            assert!(matches!(
-                client.sign(context, b"x").await,
-                Err(KeyguardError::UnsupportedContext { .. })
-            ));
-        }
-        let mut request = client.capability().sign_request();
-        request.get().set_purpose(SignPurpose::RetiredKeyRotation);
-        request.get().set_message(b"rotation");
-        assert!(request.send().promise.await.is_err());
+        // No signature at all: no key rotation, no deregistration, nothing else.
+        sign_is_retired(&client).await;
 
         // The directory's challenge cannot be opened as a plain sealed box any more ...
         let sealed = directory.challenge("alice").await.unwrap();
@@ -710,44 +657,25 @@ fn a_process_holding_the_socket_cannot_rotate_deregister_or_open_other_boxes() {
             })
             .await
             .unwrap();
-        // ... but the session cannot deregister with any signature the socket gives ...
+        // ... but the session cannot deregister or rotate: that takes the identity's signature,
+        // which the socket never gives (above), and a made-up one is refused.
         let serial = registered.user.serial;
         let now = smvs_directory::clock::now_ms();
-        let bytes = canonical::deregistration(&dir.key, &alice, serial, now);
-        for context in SIGNED_CONTEXTS {
-            let signature = client.sign(context, &bytes).await.unwrap();
-            let forged = Deregistration {
-                serial,
-                timestamp: now,
-                signature,
-            };
-            assert_eq!(
-                code(session.deregister(&forged).await),
-                ErrorCode::BadSignature
-            );
-        }
-        // ... nor rotate the identity away to one the attacker holds.
-        let theirs = smvs_crypto::IdentityKeys::generate().unwrap();
-        let mut rotation =
-            Rotation::sign_locally(&dir.key, &alice, &theirs, &theirs, transport, now);
-        let bytes = canonical::RegistrationFields {
-            directory_key: &dir.key,
-            username: &alice,
-            identity: &rotation.identity,
-            transport_key: &rotation.transport_key,
-            transport_certificate: rotation.transport_certificate.as_bytes(),
-            transport_not_after: rotation.transport_not_after,
-            host_address: None,
+        let forged = Deregistration {
+            serial,
             timestamp: now,
-        }
-        .to_bytes();
-        for context in SIGNED_CONTEXTS {
-            rotation.signature = client.sign(context, &bytes).await.unwrap();
-            assert_eq!(
-                code(session.rotate_keys(&rotation).await),
-                ErrorCode::BadSignature
-            );
-        }
+            signature: smvs_crypto::Signature::from_bytes(&[7; 64]).unwrap(),
+        };
+        assert_eq!(
+            code(session.deregister(&forged).await),
+            ErrorCode::BadSignature
+        );
+        let theirs = smvs_crypto::IdentityKeys::generate().unwrap();
+        let rotation = Rotation::sign_locally(&dir.key, &alice, &theirs, &theirs, transport, now);
+        assert_eq!(
+            code(session.rotate_keys(&rotation).await),
+            ErrorCode::BadSignature
+        );
         // The record is as it was.
         let now_seen = directory.lookup(&alice).await.unwrap();
         assert_eq!(now_seen.user.identity, bundle);
