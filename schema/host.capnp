@@ -8,13 +8,34 @@ interface HostLink {
   deliver @0 (envelope :Envelope) -> (outcome :DeliveryOutcome);
   # Returns a receipt only once the receiving host has stored the envelope durably (or already
   # had it).
+  sessionKeys @1 () -> (kem :Data, kemSignature :Data);
+  # Session v2: this host's user's identity X-Wing key (1216 bytes) and the identity's
+  # signature over it (context identity-kem-key). Public; the caller checks the signature
+  # against the identity it pinned. A host without session v2 answers "unimplemented".
+  handshake @2 (sender :Text, init :Data, kem :Data, kemSignature :Data)
+      -> (outcome :HandshakeOutcome);
+  # Session v2's interactive handshake from `sender`'s host (docs/protocol.md, section 4):
+  # `init` is the initiator's first message, `kem` and `kemSignature` the sender's identity
+  # X-Wing key and its signature. The link's key must be the sender's host key, as for
+  # deliver. On success the responder has replaced any session it had with the sender.
+}
+
+struct HandshakeOutcome {
+  union {
+    response @0 :Data;          # the responder's message
+    refused @1 :Text;           # never (blocked, unknown, malformed, session v2 off here)
+    later @2 :Text;             # not now (a handshake of ours with the sender is under way, …)
+  }
 }
 
 struct DeliveryOutcome {
   union {
     receipt @0 :Receipt;        # stored: the sender marks it delivered
     refused @1 :Text;           # never retry this envelope (why, for the sender's log)
-    later @2 :Text;             # not now (directory unreachable, busy, key change pending, …)
+    later @2 :Text;             # not now (directory unreachable, busy, key change pending, …);
+                                # "session-reset: …" (session v2): the recipient has no session
+                                # of this id, or the envelope does not open in it; the sender
+                                # drops that session, makes a new one and sends again
   }
 }
 
@@ -25,8 +46,10 @@ struct Envelope {
   recipient @3 :Text;
   sessionVersion @4 :UInt16;    # which session-layer construction sealed `sealed`.
   sealed @5 :Data;              # session-layer ciphertext of an InnerMessage, padded to a size bucket.
-  signature @6 :Data;           # reserved for session versions that sign; empty in version 1,
-                                # whose AEAD key only the two identities can derive.
+  signature @6 :Data;           # reserved; always empty (no session version signs).
+  sessionId @7 :Data;           # session v2: the first 16 bytes of the session's transcript
+                                # hash, so that an envelope sealed under a session the
+                                # recipient has replaced is told apart from damage.
 }
 
 struct Receipt {

@@ -76,6 +76,8 @@ struct Verification {
   recordSignature @5 :Data;
   directoryKey @6 :Data;
   recordIssuedAt @7 :Int64;
+  sessionVersion @8 :UInt16;    # the session in use with this contact: 2 (forward-secret and
+                                # post-quantum) once one exists, else 1 (static keys)
 }
 
 struct Event {

@@ -122,6 +122,8 @@ pub struct VerificationView {
     pub key_changed: bool,
     /// A changed key was accepted by this call.
     pub accepted: bool,
+    /// The session in use with the contact: 2 (forward-secret, post-quantum) or 1.
+    pub session_version: u16,
     /// The signed directory record the pinned key came from (hex), so it can be shown to
     /// others and checked against the directory's key; `None` for contacts pinned before hosts
     /// kept records.
@@ -544,6 +546,7 @@ impl VerificationView {
             transcript_hash: text("transcript hash", r.get_transcript_hash())?,
             key_changed: r.get_key_changed(),
             accepted: r.get_accepted(),
+            session_version: r.get_session_version().max(1),
             record: {
                 let record = r.get_record()?;
                 (!record.is_empty())

@@ -318,6 +318,12 @@ pub fn verification_text(v: &VerificationView) -> String {
         out.push(format!("    {row}"));
     }
     out.push(format!("Transcript hash: {}", clean(&v.transcript_hash)));
+    out.push(match v.session_version {
+        2 => "Session: v2 (forward-secret ratchet, post-quantum keys)".to_string(),
+        n => format!(
+            "Session: v{n} (static keys; v2 starts with the next message both hosts exchange)"
+        ),
+    });
     out.join("\n")
 }
 
@@ -815,12 +821,13 @@ mod tests {
             transcript_hash: "abcd".into(),
             key_changed: false,
             accepted: false,
+            session_version: 2,
             record: None,
         };
         let text = verification_text(&v);
         assert_eq!(
             text,
-            "Safety number with bob:\n    11111 11111 11111 11111\n    11111 11111 11111 11111\n    11111 11111 11111 11111\nTranscript hash: abcd"
+            "Safety number with bob:\n    11111 11111 11111 11111\n    11111 11111 11111 11111\n    11111 11111 11111 11111\nTranscript hash: abcd\nSession: v2 (forward-secret ratchet, post-quantum keys)"
         );
         let refused = verification_text(&VerificationView {
             key_changed: true,
@@ -839,7 +846,8 @@ mod tests {
         assert_eq!(
             json_value(&to_json(&v).unwrap()),
             json!({"user": "bob", "safety_number": digits, "transcript_hash": "abcd",
-                   "key_changed": false, "accepted": false, "record": null})
+                   "key_changed": false, "accepted": false, "session_version": 2,
+                   "record": null})
         );
     }
 

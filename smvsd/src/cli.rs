@@ -92,6 +92,10 @@ pub struct Cli {
     /// this user's devices (nor them the other side's).
     #[arg(long)]
     pub relay_calls: bool,
+    /// The highest session version to speak with other hosts: 2 (the default) or 1 (as a host
+    /// from before session v2; a contact that has spoken v2 refuses it).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=2))]
+    pub max_session_version: Option<u16>,
     /// Serve org.smvs.Daemon1 on the system bus, the session bus, or not at all.
     #[arg(long, value_parser = ["system", "session", "none"])]
     pub dbus: Option<String>,
@@ -202,6 +206,12 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         socks5_proxy: cli.socks5_proxy.or(file.socks5_proxy),
         contacts_only: cli.contacts_only || file.contacts_only.unwrap_or(false),
         relay_calls: cli.relay_calls || file.relay_calls.unwrap_or(false),
+        max_session_version: match cli.max_session_version.or(file.max_session_version) {
+            // Session v2 (the `session` module is above this one).
+            None => 2,
+            Some(v @ 1..=2) => v,
+            Some(other) => return Err(format!("max_session_version must be 1 or 2, not {other}")),
+        },
         dbus: match cli.dbus.or(file.dbus).as_deref() {
             None | Some("none") => None,
             Some("system") => Some(crate::config::BusKind::System),

@@ -39,6 +39,7 @@ pub struct FileConfig {
     pub contacts_only: Option<bool>,
     pub relay_calls: Option<bool>,
     pub notifications: Option<String>,
+    pub max_session_version: Option<u16>,
 }
 
 impl FileConfig {
@@ -85,6 +86,9 @@ pub struct Config {
     pub contacts_only: bool,
     /// Relay every call; this user's devices' addresses never leave the host.
     pub relay_calls: bool,
+    /// The highest session version spoken: 2 (forward-secret, post-quantum) unless set to 1,
+    /// which makes the host speak as a v1-only host would (for a staged upgrade, and tests).
+    pub max_session_version: u16,
     /// Serve `org.smvs.Daemon1` on this bus (None: no D-Bus).
     pub dbus: Option<BusKind>,
     /// Desktop notifications raised by the daemon itself (session bus only).

@@ -193,7 +193,17 @@ impl Host {
         // is reachable again as soon as it says it serves. Bounded (the directory may be down),
         // and never fatal: the loop below tries again.
         renew_once(&trust).await;
-        let sessions = Rc::new(Sessions::new(keyguard));
+        let sessions = Rc::new(Sessions::new(
+            keyguard.clone(),
+            storage.clone(),
+            config.max_session_version,
+        ));
+        // A database restored from an older copy is caught here, before any ratchet is used.
+        sessions.check_rollback().await.map_err(|e| {
+            DaemonError::Inconsistent(format!(
+                "checking the database against the key guard's counter: {e}"
+            ))
+        })?;
         let outbox = Outbox::new(
             trust.clone(),
             sessions.clone(),

@@ -9,6 +9,10 @@
 use smvs_schema::ErrorCode;
 use thiserror::Error;
 
+/// How a host's "later" begins when the envelope's v2 session is not the one it has (or does
+/// not open in it): the sender makes a new session and sends again (`host.capnp`).
+pub const SESSION_RESET: &str = "session-reset";
+
 /// A failed local request. The code is what scripts branch on.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[error("{code}: {message}")]

@@ -132,4 +132,29 @@ impl Guard {
         self.with_client(|c| async move { c.derive_shared_key(peer, salt, info).await })
             .await
     }
+
+    /// Session v2's public keys of our identity (checked against it by the client).
+    pub async fn session_keys(
+        &self,
+        identity: &IdentityBundle,
+    ) -> Result<smvs_keyguard::SessionPublicKeys, KeyguardError> {
+        let identity = *identity;
+        self.with_client(|c| async move { c.session_keys(&identity).await })
+            .await
+    }
+
+    /// One session v2 handshake question.
+    pub async fn handshake_secret(
+        &self,
+        question: smvs_keyguard::HandshakeQuestion<'_>,
+    ) -> Result<smvs_crypto::Zeroizing<[u8; 32]>, KeyguardError> {
+        self.with_client(|c| async move { c.handshake_secret(&question).await })
+            .await
+    }
+
+    /// The rollback counter (moved up by one first when `advance`).
+    pub async fn rollback_counter(&self, advance: bool) -> Result<u64, KeyguardError> {
+        self.with_client(|c| async move { c.rollback_counter(advance).await })
+            .await
+    }
 }

@@ -34,8 +34,9 @@ use crate::model::{
     StoredMessage,
 };
 use crate::outbox::Outbox;
-use crate::session::{self, Content, Header};
-use crate::sessions::Sessions;
+use crate::session::fresh::OsFresh;
+use crate::session::{self, Content, Header, SessionV2};
+use crate::sessions::{ReceiptCheck, Sessions};
 use crate::storage::{Arrival, Storage};
 use crate::trust::Trust;
 
@@ -46,8 +47,8 @@ const UNKNOWN_SENDER_TTL: Duration = Duration::from_secs(30);
 const UNKNOWN_SENDERS_KEPT: usize = 4096;
 /// Per-sender arrival locks kept before unused ones are dropped.
 const ARRIVAL_LOCKS_KEPT: usize = 1024;
-/// The most a sealed envelope may be: the largest bucket plus nonce and tag.
-pub const MAX_SEALED: usize = 131072 + 24 + 16;
+/// The most a sealed envelope may be: session v2's largest bucket (v1's is 131072 + 40).
+pub const MAX_SEALED: usize = 135_168;
 
 /// An envelope as it arrived on a host link, as plain owned data.
 #[derive(Debug, Clone)]
@@ -57,7 +58,26 @@ pub struct EnvelopeData {
     pub sender: String,
     pub recipient: String,
     pub session_version: u16,
+    /// Session v2: the id of the session it was sealed under (empty for v1).
+    pub session_id: Vec<u8>,
     pub sealed: Vec<u8>,
+}
+
+/// A session v2 handshake as it arrived on a host link.
+#[derive(Debug, Clone)]
+pub struct HandshakeOffer {
+    pub sender: String,
+    pub init: Vec<u8>,
+    pub kem: Vec<u8>,
+    pub kem_signature: Vec<u8>,
+}
+
+/// An envelope opened by its session: the content (None: stored before), what authenticates
+/// the receipt, and for v2 the session as it is after opening (to be saved with the content).
+struct Opened {
+    content: Option<smvs_crypto::Zeroizing<Vec<u8>>>,
+    check: ReceiptCheck,
+    session: Option<SessionV2>,
 }
 
 /// What the receiving host signs for the sender.
@@ -206,7 +226,10 @@ impl Inbox {
             .trust
             .me()
             .map_err(|_| refused("this host has no user"))?;
-        if env.format != session::ENVELOPE_FORMAT || env.session_version != session::SESSION_V1 {
+        let v2 = env.session_version == session::SESSION_V2 && self.sessions.speaks_v2();
+        if env.format != session::ENVELOPE_FORMAT
+            || !(env.session_version == session::SESSION_V1 || v2)
+        {
             return Err(refused("unsupported envelope or session version"));
         }
         if env.sealed.len() > MAX_SEALED {
@@ -219,7 +242,220 @@ impl Inbox {
         let id = MessageId::from_slice(&env.id).ok_or_else(|| refused("bad message id"))?;
         // Envelopes from one sender are checked and queued for storage in arrival order.
         let turn = self.arrival_turn(&sender).await;
+        let (contact, request) = self.verified_sender(&sender, remote_key, lookups).await?;
+        // Session v2's state is ours from opening the envelope to storing what it held.
+        let _session_turn = if v2 {
+            Some(self.sessions.lock(&sender).await)
+        } else {
+            None
+        };
+        let header = Header {
+            id: &id,
+            sender: &sender,
+            recipient: &me.username,
+        };
+        let opened = if v2 {
+            self.open_v2(&sender, &header, &env).await?
+        } else {
+            // A contact that has spoken v2 with us never goes back to v1.
+            if self.sessions.speaks_v2()
+                && self
+                    .sessions
+                    .current(&sender)
+                    .await
+                    .map_err(busy_here)?
+                    .is_some()
+            {
+                smvs_service::security_event!(warn, smvs_service::logging::PEER_REFUSED, peer = %sender, "refused a session v1 envelope from a contact that speaks v2 (a downgrade)");
+                return Err(refused(
+                    "this contact speaks session v2 with us; a v1 envelope is a downgrade",
+                ));
+            }
+            let keys = self
+                .sessions
+                .keys(&me.identity, &sender, &contact.identity)
+                .await
+                .map_err(busy_here)?;
+            let content =
+                session::open(&keys, &header, &env.sealed).map_err(|e| refused(e.to_string()))?;
+            Opened {
+                content: Some(content),
+                check: ReceiptCheck::V1(keys),
+                session: None,
+            }
+        };
+        let receipt = |check: &ReceiptCheck| -> Result<ReceiptData, IncomingError> {
+            let stored_at = crate::model::now_ms();
+            let tag = check.tag(&id, &me.username, stored_at).map_err(busy_here)?;
+            Ok(ReceiptData {
+                id,
+                recipient: me.username.clone(),
+                stored_at,
+                tag,
+            })
+        };
+        let Some(content) = opened.content else {
+            // Stored before (a resend whose receipt was lost): the receipt again.
+            return receipt(&opened.check);
+        };
+        let inner = session::decode_inner(&content).map_err(|e| refused(e.to_string()))?;
+        if inner.id != id || inner.from != sender || inner.to != me.username {
+            return Err(refused("envelope header and content disagree"));
+        }
+        // It opened under the session keys, so the sender's host really reached us.
+        self.outbox.peer_reached_us(&sender);
+        let payload = match inner.content {
+            Content::Message(payload) => payload,
+            Content::Call(signal) => {
+                drop(turn);
+                // The ratchet moved: on disk before the signal is acted on.
+                if let Some(session) = opened.session {
+                    self.sessions
+                        .save(&sender, session)
+                        .await
+                        .map_err(busy_here)?;
+                }
+                // Someone we never answered does not get to ring us (their answer to our own
+                // call is fine: calling them accepted their request).
+                if request && signal.kind == SignalKind::Offer {
+                    return Err(refused("not accepted"));
+                }
+                self.calls
+                    .send(SignalIn {
+                        from: sender.clone(),
+                        from_identity: contact.identity.to_bytes().to_vec(),
+                        time: inner.time,
+                        signal,
+                    })
+                    .await
+                    .map_err(|_| IncomingError::Later("the host is shutting down".into()))??;
+                return receipt(&opened.check);
+            }
+        };
+        let message = StoredMessage {
+            id,
+            peer: sender.clone(),
+            from: sender.clone(),
+            to: me.username.clone(),
+            time: inner.time,
+            payload: payload.clone(),
+            prev_hash: inner.prev_hash,
+            status: if request {
+                Status::Held
+            } else {
+                Status::Received
+            },
+            reason: FailReason::None,
+            integrity: Integrity::Unchecked,
+            direction: Direction::In,
+        };
+        // The message and the ratchet that opened it go to disk in one transaction.
+        let write = match &opened.session {
+            Some(session) => Some(self.sessions.write(&sender, session).map_err(busy_here)?),
+            None => None,
+        };
+        let arrival = self
+            .storage
+            .store_incoming(message, write, move || drop(turn))
+            .await?;
+        if let Some(session) = opened.session {
+            self.sessions.saved(&sender, session);
+        }
+        match arrival {
+            Arrival::Stored(integrity) => {
+                self.stored(&sender, id, inner.time, &payload, integrity)
+                    .await?
+            }
+            Arrival::Duplicate => {}
+            Arrival::Collision => {
+                tracing::warn!(peer = %sender, "refused an envelope whose id is one of our own messages");
+                return Err(refused("the message id is taken in this conversation"));
+            }
+        }
+        receipt(&opened.check)
+    }
 
+    /// Our identity's X-Wing key and its signature, for a peer's host that will initiate
+    /// (`HostLink.sessionKeys`). Unimplemented when session v2 is off here, as on an old host.
+    pub async fn own_session_keys(
+        &self,
+    ) -> Result<(smvs_crypto::XWingPublicKey, smvs_crypto::Signature), HostError> {
+        if !self.sessions.speaks_v2() {
+            return Err(HostError::new(
+                ErrorCode::BadRequest,
+                "session v2 is off here",
+            ));
+        }
+        let me = self.trust.me()?;
+        let (party, signature) = self.sessions.own_party(&me.username, &me.identity).await?;
+        Ok((party.kem, signature))
+    }
+
+    /// Session v2's handshake from `sender`'s host (the link's key is `remote_key`): checked
+    /// as an envelope's sender is, then answered, and the new session replaces ours. While a
+    /// handshake of ours with the sender is under way (or its session is in use), "later".
+    pub async fn accept_handshake(
+        &self,
+        remote_key: AgreementPublicKey,
+        offer: HandshakeOffer,
+        lookups: &LookupBudget,
+    ) -> Result<Vec<u8>, IncomingError> {
+        if !self.sessions.speaks_v2() {
+            return Err(refused("session v2 is off here"));
+        }
+        let me = self
+            .trust
+            .me()
+            .map_err(|_| refused("this host has no user"))?;
+        let sender = Username::parse(&offer.sender).map_err(|e| refused(e.to_string()))?;
+        let turn = self.arrival_turn(&sender).await;
+        let (contact, _request) = self.verified_sender(&sender, remote_key, lookups).await?;
+        let kem = smvs_crypto::XWingPublicKey::from_bytes(&offer.kem)
+            .map_err(|e| refused(format!("X-Wing key: {e}")))?;
+        let signature = smvs_crypto::Signature::from_bytes(&offer.kem_signature)
+            .map_err(|e| refused(format!("X-Wing key signature: {e}")))?;
+        smvs_crypto::verify_identity_kem(&contact.identity, &kem, &signature)
+            .map_err(|_| refused("the X-Wing key is not signed by the sender's identity"))?;
+        let Some(_session_turn) = self.sessions.try_lock(&sender) else {
+            return Err(IncomingError::Later(
+                "a session handshake with you is under way here".into(),
+            ));
+        };
+        let (ours, _) = self
+            .sessions
+            .own_party(&me.username, &me.identity)
+            .await
+            .map_err(busy_here)?;
+        let theirs = crate::session::handshake::Party {
+            username: sender.clone(),
+            identity: contact.identity,
+            kem,
+        };
+        let response = self
+            .sessions
+            .respond(&ours, &theirs, &offer.init)
+            .await
+            .map_err(|e| {
+                if e.code == ErrorCode::BadRequest {
+                    refused(e.message)
+                } else {
+                    busy_here(e)
+                }
+            })?;
+        drop(turn);
+        Ok(response)
+    }
+
+    /// The sender's pinned contact, checked: not blocked, and `remote_key` (the link's) is the
+    /// host key the directory names for it (within the link's look-up budget). Also whether
+    /// it is a request (contacts-only mode, someone we never wrote to), marked as such.
+    async fn verified_sender(
+        &self,
+        sender: &Username,
+        remote_key: AgreementPublicKey,
+        lookups: &LookupBudget,
+    ) -> Result<(Contact, bool), IncomingError> {
+        let sender = sender.clone();
         // Blocked senders are turned away before anything is decrypted or stored. The answer
         // does not say why.
         let known = self.trust.contact(&sender).await.map_err(busy_here)?;
@@ -273,89 +509,46 @@ impl Inbox {
                 .await
                 .map_err(busy_here)?;
         }
-        let keys = self
-            .sessions
-            .keys(&me.identity, &sender, &contact.identity)
-            .await
-            .map_err(busy_here)?;
-        let header = Header {
-            id: &id,
-            sender: &sender,
-            recipient: &me.username,
+        Ok((contact, request))
+    }
+
+    /// Opens a session v2 envelope from `sender` (under its session lock). A message stored
+    /// before is not opened again (its ratchet key is spent): `content` is None. An envelope of
+    /// a session we do not have, or that does not open in ours, is answered "session-reset"
+    /// (the sender makes a new session and sends it again), so nothing accepted is lost.
+    async fn open_v2(
+        &self,
+        sender: &Username,
+        header: &Header<'_>,
+        env: &EnvelopeData,
+    ) -> Result<Opened, IncomingError> {
+        let reset =
+            |why: &str| IncomingError::Later(format!("{}: {why}", crate::error::SESSION_RESET));
+        let Some(mut session) = self.sessions.current(sender).await.map_err(busy_here)? else {
+            return Err(reset("no session with you here"));
         };
-        let content =
-            session::open(&keys, &header, &env.sealed).map_err(|e| refused(e.to_string()))?;
-        let inner = session::decode_inner(&content).map_err(|e| refused(e.to_string()))?;
-        if inner.id != id || inner.from != sender || inner.to != me.username {
-            return Err(refused("envelope header and content disagree"));
+        if env.session_id != session.id() {
+            return Err(reset("not the session we have with you"));
         }
-        // It opened under the session keys, so the sender's host really reached us.
-        self.outbox.peer_reached_us(&sender);
-        let receipt = |keys: &session::SessionKeys| -> Result<ReceiptData, IncomingError> {
-            let stored_at = crate::model::now_ms();
-            let tag = session::receipt_tag(keys, &id, &me.username, stored_at)
-                .map_err(|e| busy_here(HostError::internal(e)))?;
-            Ok(ReceiptData {
-                id,
-                recipient: me.username.clone(),
-                stored_at,
-                tag,
-            })
-        };
-        let payload = match inner.content {
-            Content::Message(payload) => payload,
-            Content::Call(signal) => {
-                drop(turn);
-                // Someone we never answered does not get to ring us (their answer to our own
-                // call is fine: calling them accepted their request).
-                if request && signal.kind == SignalKind::Offer {
-                    return Err(refused("not accepted"));
-                }
-                self.calls
-                    .send(SignalIn {
-                        from: sender.clone(),
-                        from_identity: contact.identity.to_bytes().to_vec(),
-                        time: inner.time,
-                        signal,
-                    })
-                    .await
-                    .map_err(|_| IncomingError::Later("the host is shutting down".into()))??;
-                return receipt(&keys);
-            }
-        };
-        let message = StoredMessage {
-            id,
-            peer: sender.clone(),
-            from: sender.clone(),
-            to: me.username.clone(),
-            time: inner.time,
-            payload: payload.clone(),
-            prev_hash: inner.prev_hash,
-            status: if request {
-                Status::Held
-            } else {
-                Status::Received
-            },
-            reason: FailReason::None,
-            integrity: Integrity::Unchecked,
-            direction: Direction::In,
-        };
-        let arrival = self
-            .storage
-            .store_incoming(message, move || drop(turn))
-            .await?;
-        match arrival {
-            Arrival::Stored(integrity) => {
-                self.stored(&sender, id, inner.time, &payload, integrity)
-                    .await?
-            }
-            Arrival::Duplicate => {}
-            Arrival::Collision => {
-                tracing::warn!(peer = %sender, "refused an envelope whose id is one of our own messages");
-                return Err(refused("the message id is taken in this conversation"));
-            }
+        if self.storage.has_incoming(sender, *header.id).await? {
+            return Ok(Opened {
+                content: None,
+                check: ReceiptCheck::V2(Rc::new(session)),
+                session: None,
+            });
         }
-        receipt(&keys)
+        let content = match session.open(header, &env.sealed, &mut OsFresh) {
+            Ok(content) => content,
+            Err(e) => {
+                tracing::info!(peer = %sender, error = %e, "a session v2 envelope did not open; asking for a new session");
+                return Err(reset("the envelope does not open in our session"));
+            }
+        };
+        Ok(Opened {
+            content: Some(content),
+            check: ReceiptCheck::V2(Rc::new(session.clone())),
+            session: Some(session),
+        })
     }
 
     /// What follows a newly stored message: events, and what a control message asks for.

@@ -10,13 +10,14 @@
 //! imports, and fails on an import that points up or sideways):
 //! - [`model`]: the vocabulary — ids, statuses, contacts, calls, events. Plain data.
 //! - [`error`], [`config`]: errors as devices and peers see them; settings. [`cli`] above them.
-//! - [`session`]: pure sealing and opening of envelopes, and the inner message's wire codec.
+//! - [`session`]: pure sealing and opening of envelopes (v1, and v2: handshake and ratchet), and
+//!   the inner message's wire codec.
 //! - [`storage`]: the encrypted database, on its own thread; [`guard`]: the key guard link,
 //!   made again when the key guard comes back.
 //! - [`events`]: the device hub, and the handle owners publish through.
 //! - The owners, each the only one to change its state: [`trust`] (our user, the directory,
-//!   pinned contacts), [`sessions`] (session keys), [`outbox`] (delivery and "sent"),
-//!   [`relay`] (the call port: STUN for devices and the relay of sealed call media; a task of
+//!   pinned contacts), [`sessions`] (session keys, v2 ratchets and handshakes), [`outbox`]
+//!   (delivery and "sent"), [`relay`] (the call port: STUN for devices and the relay of sealed call media; a task of
 //!   its own owns the UDP socket), [`calls`] (the call table; an actor), [`inbox`] (arrival
 //!   order of incoming envelopes), [`devices`] (paired devices, pairing codes, open device links).
 //!   Owners other than the actors and the relay are single-threaded objects on the main arbiter: a method

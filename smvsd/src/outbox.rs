@@ -3,8 +3,11 @@
 //! ```text
 //!  commands ──queue──► Outbox ──► storage (durable, status queued) ──kick──► delivery task for peer
 //!                                                                          loop: outbox rows ─► trust (pinned contact)
-//!                                                                                ─► sessions (keys) ─► seal
 //!                                                                                ─► link (pinned transport key)
+//!                                                                                ─► sessions: v2 (handshake
+//!                                                                                   on the link if none) or v1
+//!                                                                                ─► seal the batch (v2: state
+//!                                                                                   saved before it leaves)
 //!                                                                                ─► deliver × N, pipelined
 //!                                                                                ─► receipts ─► delivered / failed
 //!                                                                          on a broken or silent link: back off (exponential, jitter)
@@ -52,8 +55,8 @@ use crate::events::Events;
 use crate::model::{
     now_ms, CallSignal, FailReason, HostEvent, MessageId, Payload, Status, StoredMessage,
 };
-use crate::session::{self, Content, Header, Inner, SessionKeys};
-use crate::sessions::Sessions;
+use crate::session::{Content, Inner};
+use crate::sessions::{ReceiptCheck, SealError, SealedEnvelope, Sessions};
 use crate::storage::Storage;
 use crate::trust::Trust;
 
@@ -290,11 +293,6 @@ impl Outbox {
             .trusted_contact(peer, false, false)
             .await
             .map_err(SendFailure::Local)?;
-        let keys = inner
-            .sessions
-            .keys(&me.identity, peer, &contact.identity)
-            .await
-            .map_err(SendFailure::Local)?;
         let message = Inner {
             id: MessageId::random(),
             from: me.username.clone(),
@@ -309,16 +307,46 @@ impl Outbox {
             DeliveryError::Host(e) if e.code != ErrorCode::Proxy => SendFailure::Local(e),
             other => SendFailure::Offline(format!("cannot reach {peer}'s host: {other}")),
         })?;
-        let sent = deliver(link.client(), &keys, &message).map_err(SendFailure::Local)?;
-        let response = sent.await.map_err(|e| {
-            SendFailure::Offline(format!("{peer}'s host did not take the call: {}", e.extra))
-        })?;
-        match read_answer(&keys, &message.id, peer, &response) {
+        let sealer = inner
+            .sessions
+            .sealer(
+                &me.username,
+                &me.identity,
+                peer,
+                &contact.identity,
+                link.client(),
+            )
+            .await
+            .map_err(|e| SendFailure::Offline(e.to_string()))?;
+        let sealed = match inner
+            .sessions
+            .seal_all(&sealer, std::slice::from_ref(&message))
+            .await
+        {
+            Ok(mut sealed) => sealed
+                .pop()
+                .ok_or_else(|| SendFailure::Local(HostError::internal("nothing was sealed")))?,
+            Err(SealError::NoSession) => {
+                return Err(SendFailure::Offline(format!(
+                    "the session with {peer} was replaced just now; try again"
+                )))
+            }
+            Err(SealError::Host(e)) => return Err(SendFailure::Local(e)),
+        };
+        let response = send_sealed(link.client(), &message, &sealed)
+            .await
+            .map_err(|e| {
+                SendFailure::Offline(format!("{peer}'s host did not take the call: {}", e.extra))
+            })?;
+        match read_answer(&sealed.receipt, &message.id, peer, &response) {
             Ok(Answer::Stored) => Ok(()),
             Ok(Answer::Refused(why)) => Err(SendFailure::Refused(why)),
-            Ok(Answer::Later(why)) => Err(SendFailure::Offline(format!(
-                "{peer}'s host cannot take the call now: {why}"
-            ))),
+            Ok(Answer::Later(why)) => {
+                forget_reset_session(inner, peer, &sealed.receipt, &why).await;
+                Err(SendFailure::Offline(format!(
+                    "{peer}'s host cannot take the call now: {why}"
+                )))
+            }
             Err(e) => Err(SendFailure::Offline(format!(
                 "{peer}'s host answered badly: {e}"
             ))),
@@ -472,10 +500,6 @@ async fn stream_outbox(
         }
         Err(e) => return Err(e.into()),
     };
-    let keys = outbox
-        .sessions
-        .keys(&me.identity, peer, &contact.identity)
-        .await?;
     let client = match link {
         Some(open) => open.client().clone(),
         None => link
@@ -483,13 +507,19 @@ async fn stream_outbox(
             .client()
             .clone(),
     };
+    let sealer = outbox
+        .sessions
+        .sealer(&me.username, &me.identity, peer, &contact.identity, &client)
+        .await
+        .map_err(|e| DeliveryError::Later(e.to_string()))?;
 
     let mut in_flight = VecDeque::with_capacity(WINDOW as usize);
     let mut last_seq = 0;
     let mut delivered = Vec::new();
     loop {
         let mut sent_now = Vec::new();
-        while in_flight.len() < WINDOW as usize {
+        let mut batch = Vec::new();
+        while in_flight.len() + batch.len() < WINDOW as usize {
             let Some((seq, message)) = pending.pop_front() else {
                 break;
             };
@@ -497,15 +527,28 @@ async fn stream_outbox(
             if message.status == Status::Queued {
                 sent_now.push(message.id);
             }
-            let envelope = Inner {
+            batch.push(Inner {
                 id: message.id,
                 from: me.username.clone(),
                 to: peer.clone(),
                 time: message.time,
                 prev_hash: message.prev_hash.clone(),
                 content: Content::Message(message.payload.clone()),
-            };
-            in_flight.push_back((message.id, deliver(&client, &keys, &envelope)?));
+            });
+        }
+        // Sealed as a batch: for v2 the ratchet is on disk before the first of them leaves.
+        let sealed = match outbox.sessions.seal_all(&sealer, &batch).await {
+            Ok(sealed) => sealed,
+            Err(SealError::NoSession) => {
+                return Err(DeliveryError::Later(
+                    "the session was replaced; starting the round over".into(),
+                ))
+            }
+            Err(SealError::Host(e)) => return Err(e.into()),
+        };
+        for (envelope, sealed) in batch.iter().zip(sealed) {
+            let promise = send_sealed(&client, envelope, &sealed);
+            in_flight.push_back((envelope.id, (promise, sealed.receipt)));
         }
         if !sent_now.is_empty() {
             outbox.sent.borrow_mut().extend(sent_now.iter().copied());
@@ -522,7 +565,7 @@ async fn stream_outbox(
                 continue;
             }
         }
-        let Some((id, promise)) = in_flight.pop_front() else {
+        let Some((id, (promise, check))) = in_flight.pop_front() else {
             // Awaited, not spawned: the next round reads the outbox, and must not see these
             // again as undelivered (they would be sent twice).
             let ids = std::mem::take(&mut delivered);
@@ -535,7 +578,7 @@ async fn stream_outbox(
             return Ok(());
         };
         let answer = match tokio::time::timeout(RECEIPT_TIMEOUT, promise).await {
-            Ok(Ok(response)) => read_answer(&keys, &id, peer, &response),
+            Ok(Ok(response)) => read_answer(&check, &id, peer, &response),
             Ok(Err(e)) => Err(DeliveryError::Rpc(e)),
             Err(_) => Err(DeliveryError::Silent(RECEIPT_TIMEOUT)),
         };
@@ -548,6 +591,7 @@ async fn stream_outbox(
             Ok(Answer::Later(why)) => {
                 record_status(outbox, peer, delivered, Status::Delivered, FailReason::None);
                 give_up_round(outbox, id, &in_flight);
+                forget_reset_session(outbox, peer, &check, &why).await;
                 return Err(DeliveryError::Later(why));
             }
             Err(e) => {
@@ -574,36 +618,43 @@ type Delivery = capnp::capability::Promise<
     capnp::Error,
 >;
 
-/// Seals `inner` (from us to its recipient) into an envelope and hands it to the peer's host.
-fn deliver(
-    client: &host_link::Client,
-    keys: &SessionKeys,
-    inner: &Inner,
-) -> Result<Delivery, HostError> {
-    let (me, peer) = (&inner.from, &inner.to);
-    let header = Header {
-        id: &inner.id,
-        sender: me,
-        recipient: peer,
-    };
-    let sealed =
-        session::seal(keys, &header, &session::encode_inner(inner)).map_err(HostError::internal)?;
+/// Hands the sealed `inner` to the peer's host.
+fn send_sealed(client: &host_link::Client, inner: &Inner, sealed: &SealedEnvelope) -> Delivery {
     let mut request = client.deliver_request();
     {
         let mut e = request.get().init_envelope();
-        e.set_format_version(session::ENVELOPE_FORMAT);
+        e.set_format_version(crate::session::ENVELOPE_FORMAT);
         e.set_id(&inner.id.0);
-        e.set_sender(me.as_str());
-        e.set_recipient(peer.as_str());
-        e.set_session_version(session::SESSION_V1);
-        e.set_sealed(&sealed);
+        e.set_sender(inner.from.as_str());
+        e.set_recipient(inner.to.as_str());
+        e.set_session_version(sealed.version);
+        e.set_session_id(&sealed.session_id);
+        e.set_sealed(&sealed.sealed);
     }
-    Ok(request.send().promise)
+    request.send().promise
+}
+
+/// The peer's host no longer has the v2 session an envelope was sealed under
+/// ("session-reset"): forget it (if it is still ours), so that the next round makes a new one.
+async fn forget_reset_session(
+    outbox: &OutboxState,
+    peer: &Username,
+    check: &ReceiptCheck,
+    why: &str,
+) {
+    let Some(id) = check.session_id() else {
+        return;
+    };
+    if why.starts_with(crate::error::SESSION_RESET) {
+        if let Err(e) = outbox.sessions.forget_if(peer, id).await {
+            tracing::warn!(%peer, error = %e, "cannot forget a session the peer reset");
+        }
+    }
 }
 
 /// Reads the peer's answer: a receipt that must check out, a refusal, or "later".
 fn read_answer(
-    keys: &SessionKeys,
+    check: &ReceiptCheck,
     id: &MessageId,
     peer: &Username,
     response: &capnp::capability::Response<host_link::deliver_results::Owned>,
@@ -623,8 +674,7 @@ fn read_answer(
         .get_recipient()?
         .to_str()
         .map_err(|_| DeliveryError::BadReceipt)?;
-    let expected = session::receipt_tag(keys, id, peer, receipt.get_stored_at())
-        .map_err(HostError::internal)?;
+    let expected = check.tag(id, peer, receipt.get_stored_at())?;
     if receipt.get_id()? != id.0
         || recipient != peer.as_str()
         || !smvs_crypto::constant_time_eq(receipt.get_signature()?, &expected)

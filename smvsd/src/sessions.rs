@@ -1,36 +1,92 @@
-//! The session-key cache: the keys of session v1 shared with each contact's identity.
+//! The sessions owner: the keys each contact's envelopes are sealed with.
 //!
-//! Owns: one [`SessionKeys`] per contact, derived through keyguard the first time they are
-//! needed (keyguard stays off the per-message path), and dropped when the contact's pinned
-//! identity changes. Anyone may ask for keys; only [`Sessions::forget`] removes them.
-//! Serializes: nothing needs to: two concurrent first uses derive the same keys twice and the
-//! second insert wins, which is harmless. No borrow is held across the keyguard call.
+//! Owns: session v1's keys per contact (derived through keyguard the first time they are
+//! needed, and dropped when the contact's pinned identity changes), and session v2's state per
+//! contact (loaded from storage, changed only under the contact's lock, saved before anything
+//! sealed under it leaves the host or together with what it opened), and the handshakes that
+//! make v2 sessions.
+//!
+//! ```text
+//!  outbox: no session ─► link.sessionKeys ─► Initiator ─► link.handshake ─► keyguard (2) ─► save
+//!  inbox:  handshake  ─► respond ─► keyguard (2) ─► save (replacing ours) ─► response
+//!  start:  rollback counter: keyguard's ≠ the database's ─► forget every v2 session
+//! ```
+//!
+//! Serializes: each contact's v2 state has an async lock ([`Sessions::lock`]), held from
+//! loading the state to saving it (sealing a batch, opening an envelope, a handshake). A
+//! handshake asked for while ours with that contact is under way is answered "later"; the
+//! outbox's backoff (with jitter) settles who goes first. v1 keys need no lock: two first uses
+//! derive the same keys twice and the second insert wins.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
-use smvs_crypto::IdentityBundle;
+use smvs_crypto::{IdentityBundle, Signature, XWingPublicKey, Zeroizing};
+use smvs_schema::host_capnp::{handshake_outcome, host_link};
 use smvs_schema::Username;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::error::HostError;
 use crate::guard::Guard;
-use crate::session::{self, SessionKeys};
+use crate::session::fresh::OsFresh;
+use crate::session::handshake::{self, GuardAsk, Initiator, Party, Pending};
+use crate::session::{self, SessionKeys, SessionV2};
+use crate::storage::{SessionWrite, Storage};
+
+/// Why no v2 session could be made with a contact.
+#[derive(Debug)]
+pub enum HandshakeFailure {
+    /// The peer's host has no session v2 (it answered "unimplemented").
+    NotSpoken,
+    /// Not now (the peer is busy with a handshake of its own, keyguard is away, …).
+    Later(String),
+    /// Never (the peer refused, or answered something that does not check out).
+    Refused(String),
+}
+
+impl std::fmt::Display for HandshakeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeFailure::NotSpoken => f.write_str("the peer's host does not speak session v2"),
+            HandshakeFailure::Later(why) => write!(f, "session handshake, later: {why}"),
+            HandshakeFailure::Refused(why) => write!(f, "session handshake refused: {why}"),
+        }
+    }
+}
 
 pub struct Sessions {
     keyguard: Rc<Guard>,
+    storage: Storage,
+    /// The highest session version this host speaks (1 turns v2 off, as an old host).
+    max_version: u16,
     keys: RefCell<HashMap<Username, (IdentityBundle, Rc<SessionKeys>)>>,
+    v2: RefCell<HashMap<Username, SessionV2>>,
+    locks: RefCell<HashMap<Username, Arc<Mutex<()>>>>,
+    /// Our identity's X-Wing key and its signature, once asked for.
+    own_kem: RefCell<Option<(IdentityBundle, XWingPublicKey, Signature)>>,
 }
 
 impl Sessions {
-    pub fn new(keyguard: Rc<Guard>) -> Sessions {
+    pub fn new(keyguard: Rc<Guard>, storage: Storage, max_version: u16) -> Sessions {
         Sessions {
             keyguard,
+            storage,
+            max_version,
             keys: RefCell::new(HashMap::new()),
+            v2: RefCell::new(HashMap::new()),
+            locks: RefCell::new(HashMap::new()),
+            own_kem: RefCell::new(None),
         }
     }
 
-    /// The session keys between our identity `me` and `peer`'s pinned `identity`.
+    /// Whether this host speaks session v2.
+    pub fn speaks_v2(&self) -> bool {
+        self.max_version >= session::SESSION_V2
+    }
+
+    /// The session v1 keys between our identity `me` and `peer`'s pinned `identity`.
     pub async fn keys(
         &self,
         me: &IdentityBundle,
@@ -54,8 +110,440 @@ impl Sessions {
         Ok(keys)
     }
 
-    /// Drops the keys of `peer` (its pinned identity changed).
-    pub fn forget(&self, peer: &Username) {
+    /// Drops everything kept for `peer` (its pinned identity changed): v1 keys and the v2
+    /// session (a new identity needs a new handshake).
+    pub async fn forget(&self, peer: &Username) -> Result<(), HostError> {
         self.keys.borrow_mut().remove(peer);
+        let _turn = self.lock(peer).await;
+        self.v2.borrow_mut().remove(peer);
+        self.storage.forget_session(peer).await?;
+        Ok(())
+    }
+
+    /// Waits for `peer`'s v2 state to be ours.
+    pub async fn lock(&self, peer: &Username) -> OwnedMutexGuard<()> {
+        self.lock_of(peer).lock_owned().await
+    }
+
+    /// `peer`'s v2 state, if nobody else has it now.
+    pub fn try_lock(&self, peer: &Username) -> Option<OwnedMutexGuard<()>> {
+        self.lock_of(peer).try_lock_owned().ok()
+    }
+
+    fn lock_of(&self, peer: &Username) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.borrow_mut();
+        if locks.len() >= 4096 {
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        locks
+            .entry(peer.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(())))
+            .clone()
+    }
+
+    /// `peer`'s v2 session, if there is one (call under [`Sessions::lock`]).
+    pub async fn current(&self, peer: &Username) -> Result<Option<SessionV2>, HostError> {
+        if let Some(s) = self.v2.borrow().get(peer) {
+            return Ok(Some(s.clone()));
+        }
+        let Some(bytes) = self.storage.session(peer).await? else {
+            return Ok(None);
+        };
+        let s = SessionV2::from_bytes(&bytes).map_err(HostError::internal)?;
+        self.v2.borrow_mut().insert(peer.clone(), s.clone());
+        Ok(Some(s))
+    }
+
+    /// What to store for `peer`'s session `s` (with what it opened, or before what it sealed
+    /// leaves); then [`Sessions::saved`].
+    pub fn write(&self, peer: &Username, s: &SessionV2) -> Result<SessionWrite, HostError> {
+        Ok(SessionWrite {
+            peer: peer.clone(),
+            state: s.to_bytes().map_err(HostError::internal)?,
+        })
+    }
+
+    /// Records that `s` is stored as `peer`'s session.
+    pub fn saved(&self, peer: &Username, s: SessionV2) {
+        self.v2.borrow_mut().insert(peer.clone(), s);
+    }
+
+    /// Stores `s` as `peer`'s session (call under the lock).
+    pub async fn save(&self, peer: &Username, s: SessionV2) -> Result<(), HostError> {
+        self.storage.save_session(self.write(peer, &s)?).await?;
+        self.saved(peer, s);
+        Ok(())
+    }
+
+    /// Drops `peer`'s session if it is still the one named `id` (the peer no longer has it).
+    pub async fn forget_if(&self, peer: &Username, id: [u8; 16]) -> Result<(), HostError> {
+        let _turn = self.lock(peer).await;
+        if self.current(peer).await?.is_some_and(|s| s.id() == id) {
+            tracing::info!(%peer, "the peer's host has no longer our session; a new one is made");
+            self.v2.borrow_mut().remove(peer);
+            self.storage.forget_session(peer).await?;
+        }
+        Ok(())
+    }
+
+    /// Our complete identity for the handshake.
+    pub async fn own_party(
+        &self,
+        username: &Username,
+        identity: &IdentityBundle,
+    ) -> Result<(Party, Signature), HostError> {
+        let cached = self.own_kem.borrow().clone();
+        let (kem, signature) = match cached {
+            Some((bundle, kem, signature)) if &bundle == identity => (kem, signature),
+            _ => {
+                let keys = self.keyguard.session_keys(identity).await?;
+                *self.own_kem.borrow_mut() =
+                    Some((*identity, keys.kem.clone(), keys.kem_signature));
+                (keys.kem, keys.kem_signature)
+            }
+        };
+        Ok((
+            Party {
+                username: username.clone(),
+                identity: *identity,
+                kem,
+            },
+            signature,
+        ))
+    }
+
+    /// Asks keyguard every question of `pending`.
+    async fn answers(&self, pending: &Pending) -> Result<Vec<Zeroizing<[u8; 32]>>, HostError> {
+        let mut answers = Vec::with_capacity(pending.asks().len());
+        for ask in pending.asks() {
+            let (prekey, peer, ciphertext): (u32, &[u8], &[u8]) = match ask {
+                GuardAsk::IdentityDh { peer, .. } => (0, peer.as_bytes(), &[]),
+                GuardAsk::IdentityDecapsulate { ciphertext, .. } => (0, &[], ciphertext.as_bytes()),
+                GuardAsk::PrekeyDh { prekey, peer, .. } => (*prekey, peer.as_bytes(), &[]),
+                GuardAsk::PrekeyDecapsulate {
+                    prekey, ciphertext, ..
+                } => (*prekey, &[], ciphertext.as_bytes()),
+            };
+            answers.push(
+                self.keyguard
+                    .handshake_secret(smvs_keyguard::HandshakeQuestion {
+                        operation: ask.operation(),
+                        component: ask.component(),
+                        transcript: pending.transcript(),
+                        prekey,
+                        peer,
+                        ciphertext,
+                    })
+                    .await?,
+            );
+        }
+        Ok(answers)
+    }
+
+    /// Makes a v2 session with `peer` over `link` (we initiate) and stores it. Call under the
+    /// lock.
+    pub async fn initiate(
+        &self,
+        me: &Party,
+        my_kem_signature: &Signature,
+        peer: &Username,
+        identity: &IdentityBundle,
+        link: &host_link::Client,
+    ) -> Result<SessionV2, HandshakeFailure> {
+        let later = |e: HostError| HandshakeFailure::Later(e.message);
+        let keys = match link.session_keys_request().send().promise.await {
+            Ok(keys) => keys,
+            Err(e) if e.kind == capnp::ErrorKind::Unimplemented => {
+                return Err(HandshakeFailure::NotSpoken)
+            }
+            Err(e) if e.extra.contains("session v2 is off") => {
+                return Err(HandshakeFailure::NotSpoken)
+            }
+            Err(e) => return Err(HandshakeFailure::Later(e.to_string())),
+        };
+        let theirs = (|| -> Result<Party, String> {
+            let r = keys.get().map_err(|e| e.to_string())?;
+            let kem = XWingPublicKey::from_bytes(r.get_kem().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            let signature =
+                Signature::from_bytes(r.get_kem_signature().map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+            smvs_crypto::verify_identity_kem(identity, &kem, &signature)
+                .map_err(|_| "its X-Wing key is not signed by the pinned identity".to_string())?;
+            Ok(Party {
+                username: peer.clone(),
+                identity: *identity,
+                kem,
+            })
+        })()
+        .map_err(HandshakeFailure::Refused)?;
+        let initiator = Initiator::start(me.clone(), theirs, &mut OsFresh)
+            .map_err(|e| HandshakeFailure::Refused(e.to_string()))?;
+        let mut request = link.handshake_request();
+        {
+            let mut r = request.get();
+            r.set_sender(me.username.as_str());
+            r.set_init(initiator.message());
+            r.set_kem(me.kem.as_bytes());
+            r.set_kem_signature(my_kem_signature.as_bytes());
+        }
+        let answer = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| HandshakeFailure::Later(e.to_string()))?;
+        let outcome = answer
+            .get()
+            .and_then(|r| r.get_outcome())
+            .map_err(|e| HandshakeFailure::Refused(e.to_string()))?;
+        let text = |t: capnp::Result<capnp::text::Reader<'_>>| {
+            t.ok()
+                .and_then(|t| t.to_string().ok())
+                .unwrap_or_default()
+                .chars()
+                .take(200)
+                .collect::<String>()
+        };
+        let response = match outcome.which() {
+            Ok(handshake_outcome::Response(r)) => {
+                r.map_err(|e| HandshakeFailure::Refused(e.to_string()))?
+            }
+            Ok(handshake_outcome::Refused(why)) => {
+                return Err(HandshakeFailure::Refused(text(why)))
+            }
+            Ok(handshake_outcome::Later(why)) => return Err(HandshakeFailure::Later(text(why))),
+            Err(_) => return Err(HandshakeFailure::Refused("unknown outcome".into())),
+        };
+        let pending = initiator
+            .on_response(response)
+            .map_err(|e| HandshakeFailure::Refused(e.to_string()))?;
+        let answers = self.answers(&pending).await.map_err(later)?;
+        let session: SessionV2 = pending
+            .finish(answers, &mut OsFresh)
+            .map_err(|e| HandshakeFailure::Refused(e.to_string()))?
+            .into();
+        self.save(peer, session.clone()).await.map_err(later)?;
+        tracing::info!(%peer, "made a session v2 (we initiated)");
+        Ok(session)
+    }
+
+    /// Answers `peer`'s handshake `init` (its complete identity is `theirs`) and stores the
+    /// session, replacing any we had. Call under the lock.
+    pub async fn respond(
+        &self,
+        me: &Party,
+        theirs: &Party,
+        init: &[u8],
+    ) -> Result<Vec<u8>, HostError> {
+        let (response, pending) = handshake::respond(me, theirs, init, &mut OsFresh)
+            .map_err(|e| HostError::bad_request(e.to_string()))?;
+        let answers = self.answers(&pending).await?;
+        let session: SessionV2 = pending
+            .finish(answers, &mut OsFresh)
+            .map_err(|e| HostError::bad_request(e.to_string()))?
+            .into();
+        self.save(&theirs.username, session).await?;
+        tracing::info!(peer = %theirs.username, "made a session v2 (the peer initiated)");
+        Ok(response)
+    }
+
+    /// At start-up: if the database's rollback stamp is not keyguard's counter, the database
+    /// is older than the last run (restored from a copy) and its ratchets may be behind the
+    /// peers': every v2 session is forgotten, and each contact gets a new handshake. Then the
+    /// counter moves on, and the database is stamped with it.
+    pub async fn check_rollback(&self) -> Result<(), HostError> {
+        let counter = self.keyguard.rollback_counter(false).await?;
+        let stamp = self.storage.rollback_stamp().await?;
+        if stamp != counter {
+            let forgotten = self.storage.forget_sessions().await?;
+            self.v2.borrow_mut().clear();
+            tracing::warn!(
+                stamp,
+                counter,
+                forgotten,
+                "the database is older than the key guard's counter (restored from a copy?): every session v2 starts anew"
+            );
+        }
+        let next = self.keyguard.rollback_counter(true).await?;
+        self.storage.set_rollback_stamp(next).await?;
+        Ok(())
+    }
+}
+
+/// Which session seals for a peer in one delivery round.
+#[derive(Clone)]
+pub enum Sealer {
+    V1(Rc<SessionKeys>),
+    /// The peer's current v2 session, loaded afresh for every batch.
+    V2,
+}
+
+/// What checks the peer's receipt for an envelope: the receipt key of the session that sealed
+/// it (and, for v2, that session's id).
+#[derive(Clone)]
+pub enum ReceiptCheck {
+    V1(Rc<SessionKeys>),
+    V2(Rc<SessionV2>),
+}
+
+impl ReceiptCheck {
+    pub fn tag(
+        &self,
+        id: &crate::model::MessageId,
+        recipient: &Username,
+        stored_at: i64,
+    ) -> Result<Vec<u8>, HostError> {
+        match self {
+            ReceiptCheck::V1(keys) => session::receipt_tag(keys, id, recipient, stored_at),
+            ReceiptCheck::V2(s) => s.receipt_tag(id, recipient, stored_at),
+        }
+        .map_err(HostError::internal)
+    }
+
+    /// The v2 session the envelope was sealed under.
+    pub fn session_id(&self) -> Option<[u8; 16]> {
+        match self {
+            ReceiptCheck::V1(_) => None,
+            ReceiptCheck::V2(s) => Some(s.id()),
+        }
+    }
+}
+
+/// An envelope's sealed part, ready to go.
+pub struct SealedEnvelope {
+    pub version: u16,
+    /// v2: the session's id (empty for v1).
+    pub session_id: Vec<u8>,
+    pub sealed: Vec<u8>,
+    pub receipt: ReceiptCheck,
+}
+
+/// Why a batch could not be sealed.
+#[derive(Debug)]
+pub enum SealError {
+    /// The v2 session is gone (the peer asked for a new one): the round starts over.
+    NoSession,
+    Host(HostError),
+}
+
+impl From<HostError> for SealError {
+    fn from(e: HostError) -> Self {
+        SealError::Host(e)
+    }
+}
+
+impl Sessions {
+    /// Which session seals for `peer` (pinned `identity`) this round: its v2 session, made
+    /// over `link` when there is none yet; v1 when this host or the peer's does not speak v2.
+    pub async fn sealer(
+        &self,
+        me: &Username,
+        my_identity: &IdentityBundle,
+        peer: &Username,
+        identity: &IdentityBundle,
+        link: &host_link::Client,
+    ) -> Result<Sealer, HandshakeFailure> {
+        if !self.speaks_v2() {
+            return self.v1_sealer(my_identity, peer, identity).await;
+        }
+        let _turn = self.lock(peer).await;
+        if self
+            .current(peer)
+            .await
+            .map_err(|e| HandshakeFailure::Later(e.message))?
+            .is_some()
+        {
+            return Ok(Sealer::V2);
+        }
+        let (party, signature) = self
+            .own_party(me, my_identity)
+            .await
+            .map_err(|e| HandshakeFailure::Later(e.message))?;
+        match self
+            .initiate(&party, &signature, peer, identity, link)
+            .await
+        {
+            Ok(_) => Ok(Sealer::V2),
+            // An old host, and we never had a v2 session with it: v1 it is.
+            Err(HandshakeFailure::NotSpoken) => self.v1_sealer(my_identity, peer, identity).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn v1_sealer(
+        &self,
+        my_identity: &IdentityBundle,
+        peer: &Username,
+        identity: &IdentityBundle,
+    ) -> Result<Sealer, HandshakeFailure> {
+        self.keys(my_identity, peer, identity)
+            .await
+            .map(Sealer::V1)
+            .map_err(|e| HandshakeFailure::Later(e.message))
+    }
+
+    /// Seals `inners` (from us to `peer`) in order. For v2, under the peer's lock, with the
+    /// state saved before this returns: nothing sealed under a state leaves before it is on
+    /// disk.
+    pub async fn seal_all(
+        &self,
+        sealer: &Sealer,
+        inners: &[session::Inner],
+    ) -> Result<Vec<SealedEnvelope>, SealError> {
+        let header = |inner: &session::Inner| (inner.id, inner.from.clone(), inner.to.clone());
+        match sealer {
+            Sealer::V1(keys) => inners
+                .iter()
+                .map(|inner| {
+                    let (id, from, to) = header(inner);
+                    let h = session::Header {
+                        id: &id,
+                        sender: &from,
+                        recipient: &to,
+                    };
+                    let sealed = session::seal(keys, &h, &session::encode_inner(inner))
+                        .map_err(HostError::internal)?;
+                    Ok(SealedEnvelope {
+                        version: session::SESSION_V1,
+                        session_id: Vec::new(),
+                        sealed,
+                        receipt: ReceiptCheck::V1(keys.clone()),
+                    })
+                })
+                .collect(),
+            Sealer::V2 => {
+                let Some(peer) = inners.first().map(|i| i.to.clone()) else {
+                    return Ok(Vec::new());
+                };
+                let _turn = self.lock(&peer).await;
+                let Some(mut s) = self.current(&peer).await? else {
+                    return Err(SealError::NoSession);
+                };
+                let mut sealed = Vec::with_capacity(inners.len());
+                for inner in inners {
+                    let (id, from, to) = header(inner);
+                    let h = session::Header {
+                        id: &id,
+                        sender: &from,
+                        recipient: &to,
+                    };
+                    sealed.push(
+                        s.seal(&h, &session::encode_inner(inner), &mut OsFresh)
+                            .map_err(HostError::internal)?,
+                    );
+                }
+                self.save(&peer, s.clone()).await?;
+                let check = ReceiptCheck::V2(Rc::new(s.clone()));
+                Ok(sealed
+                    .into_iter()
+                    .map(|sealed| SealedEnvelope {
+                        version: session::SESSION_V2,
+                        session_id: s.id().to_vec(),
+                        sealed,
+                        receipt: check.clone(),
+                    })
+                    .collect())
+            }
+        }
     }
 }

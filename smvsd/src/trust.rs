@@ -83,6 +83,8 @@ pub struct Verification {
     pub accepted: bool,
     /// The signed record the pinned identity came from, to show others.
     pub evidence: Option<Evidence>,
+    /// The session version in use with the contact (filled in by the sessions owner).
+    pub session_version: u16,
 }
 
 pub struct Trust {
@@ -587,6 +589,7 @@ impl Trust {
             key_changed: contact.pending.is_some(),
             accepted,
             evidence: contact.evidence.clone(),
+            session_version: crate::session::SESSION_V1,
         })
     }
 

@@ -159,6 +159,11 @@ impl HostProcess {
         self.directory = addr.to_string();
     }
 
+    /// Removes `flag` (and nothing else) from the flags of the next `start_again`.
+    pub fn remove_flag(&mut self, flag: &str) {
+        self.extra.retain(|f| f != flag);
+    }
+
     /// Adds flags for the next `start_again`.
     pub fn add_flags(&mut self, flags: &[&str]) {
         self.extra.extend(flags.iter().map(|s| s.to_string()));

@@ -532,6 +532,7 @@ impl host::Server for HostRpc {
         b.set_transcript_hash(&v.transcript_hash);
         b.set_key_changed(v.key_changed);
         b.set_accepted(v.accepted);
+        b.set_session_version(v.session_version);
         if let Some(e) = &v.evidence {
             b.set_record(&e.record_bytes);
             b.set_record_signature(&e.signature);

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::error::IncomingError;
-use crate::inbox::{EnvelopeData, Inbox, MAX_SEALED};
+use crate::inbox::{EnvelopeData, HandshakeOffer, Inbox, MAX_SEALED};
 
 /// Peer connections served at once.
 pub const MAX_PEER_CONNECTIONS: usize = 1024;
@@ -260,6 +260,61 @@ impl host_link::Server for HostLinkRpc {
         answer(results.get().init_outcome(), result);
         Ok(())
     }
+
+    async fn session_keys(
+        self: Rc<Self>,
+        _: host_link::SessionKeysParams,
+        mut results: host_link::SessionKeysResults,
+    ) -> Result<(), capnp::Error> {
+        self.activity.last.set(Instant::now());
+        let (kem, signature) = self
+            .inbox
+            .own_session_keys()
+            .await
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let mut r = results.get();
+        r.set_kem(kem.as_bytes());
+        r.set_kem_signature(signature.as_bytes());
+        Ok(())
+    }
+
+    async fn handshake(
+        self: Rc<Self>,
+        params: host_link::HandshakeParams,
+        mut results: host_link::HandshakeResults,
+    ) -> Result<(), capnp::Error> {
+        self.activity.last.set(Instant::now());
+        let p = params.get()?;
+        let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, capnp::Error> {
+            Ok(t?.to_string().unwrap_or_default())
+        };
+        let offer = HandshakeOffer {
+            sender: text(p.get_sender())?,
+            init: p.get_init()?.to_vec(),
+            kem: p.get_kem()?.to_vec(),
+            kem_signature: p.get_kem_signature()?.to_vec(),
+        };
+        let outcome = results.get().init_outcome();
+        match self
+            .inbox
+            .accept_handshake(self.remote_key, offer, &self.lookups)
+            .await
+        {
+            Ok(response) => {
+                let mut o = outcome;
+                o.set_response(&response);
+            }
+            Err(IncomingError::Refused(why)) => {
+                let mut o = outcome;
+                o.set_refused(why);
+            }
+            Err(IncomingError::Later(why)) => {
+                let mut o = outcome;
+                o.set_later(why);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl HostLinkRpc {
@@ -323,6 +378,7 @@ pub fn envelope_data(
         sender: text(e.get_sender())?,
         recipient: text(e.get_recipient())?,
         session_version: e.get_session_version(),
+        session_id: e.get_session_id().map_err(malformed)?.to_vec(),
         sealed: sealed.to_vec(),
     })
 }

@@ -310,10 +310,13 @@ pub struct Verify {
 
 command!(Verify => Verification, |o, m| {
     let transcript = o.storage.transcript_hash(&m.user).await?;
-    let v = o.trust.verify(&m.user, m.accept_new_key, transcript).await?;
+    let mut v = o.trust.verify(&m.user, m.accept_new_key, transcript).await?;
     if v.accepted {
-        o.sessions.forget(&m.user);
+        o.sessions.forget(&m.user).await?;
         o.outbox.kick(&m.user);
+    }
+    if o.sessions.current(&m.user).await?.is_some() {
+        v.session_version = crate::session::SESSION_V2;
     }
     Ok(v)
 });

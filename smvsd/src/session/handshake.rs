@@ -43,6 +43,7 @@ use super::ratchet::{Ratchet, RatchetError};
 
 const TRANSCRIPT_LABEL: &[u8] = b"SMVS-v2 handshake";
 const SESSION_INFO: &[u8] = b"SMVS-v2 session";
+const RECEIPT_INFO: &[u8] = b"SMVS-v2 receipts";
 
 const INIT_INTERACTIVE: u8 = 1;
 const INIT_PREKEY: u8 = 2;
@@ -245,10 +246,12 @@ impl std::fmt::Debug for Pending {
     }
 }
 
-/// A finished handshake: the ratchet, and the transcript hash (the session's name).
+/// A finished handshake: the ratchet, the transcript hash (the session's name), and the key
+/// that authenticates delivery receipts in this session (`HKDF(TH, SK, "SMVS-v2 receipts")`).
 pub struct Established {
     pub ratchet: Ratchet,
     pub transcript: [u8; 32],
+    pub receipt_key: Zeroizing<[u8; 32]>,
 }
 
 impl Pending {
@@ -288,6 +291,8 @@ impl Pending {
         let okm = hkdf_sha256(&self.transcript, &ikm, SESSION_INFO, 32)?;
         let mut sk = Zeroizing::new([0u8; 32]);
         sk.copy_from_slice(&okm);
+        let mut receipt_key = Zeroizing::new([0u8; 32]);
+        receipt_key.copy_from_slice(&hkdf_sha256(&self.transcript, &sk[..], RECEIPT_INFO, 32)?);
         let ratchet = match self.start {
             Start::Initiator(start) => Ratchet::initiator(&sk, start.dh, start.kem)?,
             Start::Responder { dh, kem } => Ratchet::responder(&sk, dh, &kem, fresh)?,
@@ -295,6 +300,7 @@ impl Pending {
         Ok(Established {
             ratchet,
             transcript: self.transcript,
+            receipt_key,
         })
     }
 }

@@ -23,8 +23,11 @@ mod codec;
 pub mod fresh;
 pub mod handshake;
 pub mod ratchet;
+mod v2;
 #[cfg(test)]
 mod v2_tests;
+
+pub use v2::{SessionV2, SESSION_V2, V2_BUCKETS};
 
 use smvs_crypto::{AeadKey, CryptoError, IdentityBundle, Zeroizing};
 use smvs_schema::Username;
@@ -82,9 +85,14 @@ pub struct Header<'a> {
 
 impl Header<'_> {
     fn associated_data(&self) -> Vec<u8> {
+        self.associated_data_for(SESSION_V1)
+    }
+
+    /// The header as associated data, for session `version`.
+    fn associated_data_for(&self, version: u16) -> Vec<u8> {
         let mut ad = Vec::with_capacity(96);
         ad.extend_from_slice(&ENVELOPE_FORMAT.to_be_bytes());
-        ad.extend_from_slice(&SESSION_V1.to_be_bytes());
+        ad.extend_from_slice(&version.to_be_bytes());
         ad.extend_from_slice(&self.id.0);
         for name in [self.sender, self.recipient] {
             // A Username is at most 32 bytes, so its length always fits.
@@ -107,6 +115,8 @@ pub enum SessionError {
     Content(String),
     #[error("crypto: {0}")]
     Crypto(#[from] CryptoError),
+    #[error("session v2: {0}")]
+    Ratchet(ratchet::RatchetError),
 }
 
 fn pad(content: &[u8]) -> Result<Zeroizing<Vec<u8>>, SessionError> {
@@ -115,17 +125,27 @@ fn pad(content: &[u8]) -> Result<Zeroizing<Vec<u8>>, SessionError> {
         .copied()
         .find(|b| *b > content.len())
         .ok_or(SessionError::TooLarge(content.len()))?;
-    let mut out = Zeroizing::new(Vec::with_capacity(bucket));
-    out.extend_from_slice(content);
-    out.push(0x80);
-    out.resize(bucket, 0);
-    Ok(out)
+    Ok(pad_to(content, bucket))
 }
 
-fn unpad(mut padded: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, SessionError> {
+/// ISO/IEC 7816-4 padding of `content` to `len` bytes (`len` > `content.len()`).
+fn pad_to(content: &[u8], len: usize) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(len));
+    out.extend_from_slice(content);
+    out.push(0x80);
+    out.resize(len, 0);
+    out
+}
+
+fn unpad(padded: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, SessionError> {
     if !BUCKETS.contains(&padded.len()) {
         return Err(SessionError::Padding);
     }
+    strip_padding(padded)
+}
+
+/// Removes ISO/IEC 7816-4 padding.
+fn strip_padding(mut padded: Zeroizing<Vec<u8>>) -> Result<Zeroizing<Vec<u8>>, SessionError> {
     let end = padded
         .iter()
         .rposition(|b| *b != 0)
@@ -167,9 +187,19 @@ pub fn receipt_tag(
     recipient: &Username,
     stored_at: i64,
 ) -> Result<Vec<u8>, SessionError> {
+    receipt_mac(&keys.receipt, id, recipient, stored_at)
+}
+
+/// [`receipt_tag`] under any receipt key (v1's per contact, v2's per session).
+fn receipt_mac(
+    key: &[u8],
+    id: &MessageId,
+    recipient: &Username,
+    stored_at: i64,
+) -> Result<Vec<u8>, SessionError> {
     Ok(smvs_crypto::blake2b(
         32,
-        Some(&keys.receipt),
+        Some(key),
         &[
             b"smvs-receipt-v1",
             &id.0,

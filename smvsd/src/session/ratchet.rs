@@ -487,6 +487,15 @@ impl Ratchet {
         Ok(())
     }
 
+    /// The length of the header [`Ratchet::seal`] writes next.
+    pub fn next_header_len(&self) -> usize {
+        if self.kem_sent.is_some() {
+            HEADER_WITH_KEM_LEN
+        } else {
+            HEADER_LEN
+        }
+    }
+
     /// How many skipped message keys are kept.
     pub fn skipped_keys(&self) -> usize {
         self.skipped.len()

@@ -14,6 +14,7 @@
 
 mod crypt;
 mod event_log;
+mod sessions;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use thiserror::Error;
 
 pub use crypt::AtRest;
 pub use event_log::{EventLogState, EVENT_LOG_DAYS};
+pub use sessions::SessionWrite;
 
 use crate::error::{HostError, IncomingError};
 use crate::model::{
@@ -226,6 +228,11 @@ const MIGRATIONS: &[&str] = &[
     BEGIN
         DELETE FROM events WHERE mark = smvs_tombstone_mark(OLD.tag, OLD.id);
     END;
+",
+    "
+    -- 7: session v2's state per contact (storage/sessions.rs): the contact's tag and the state
+    -- sealed under the storage key.
+    CREATE TABLE sessions (tag BLOB PRIMARY KEY NOT NULL, sealed BLOB NOT NULL) STRICT;
 ",
 ];
 
@@ -751,9 +758,13 @@ impl Storage {
     /// Stores an incoming message unless it is already there (de-duplication by id), and
     /// checks it against the sender's hash chain. `queued` runs once the job has its place in
     /// the storage queue (see `SqliteWorker::call_then`).
+    ///
+    /// `session`, when given, is saved in the same transaction (session v2: the ratchet that
+    /// opened the message), whether the message is new or a duplicate.
     pub async fn store_incoming(
         &self,
         msg: StoredMessage,
+        session: Option<SessionWrite>,
         queued: impl FnOnce(),
     ) -> Result<Arrival> {
         let keys = self.keys.clone();
@@ -761,6 +772,9 @@ impl Storage {
             .call_then(
                 move |c| {
                     let k: &AtRest = &keys;
+                    if let Some(write) = &session {
+                        sessions::write_session(c, k, write)?;
+                    }
                     let (tag, key) = conversation(c, k, &msg.peer, true)?
                         .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
                     // Already here, or here once and deleted since (a tombstone).

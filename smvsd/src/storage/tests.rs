@@ -64,7 +64,10 @@ fn hash(m: &StoredMessage) -> Vec<u8> {
 }
 
 async fn arrive(storage: &Storage, m: &StoredMessage) -> Arrival {
-    storage.store_incoming(m.clone(), || {}).await.unwrap()
+    storage
+        .store_incoming(m.clone(), None, || {})
+        .await
+        .unwrap()
 }
 
 fn texts(history: &[StoredMessage]) -> Vec<String> {

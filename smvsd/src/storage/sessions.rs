@@ -1,0 +1,112 @@
+//! Session v2's per-contact state at rest: one sealed row per contact (`sessions`: the
+//! contact's tag and the state sealed under the storage key, naming the tag), and the rollback
+//! counter seen last (a setting).
+//!
+//! The state changes in the same transaction as what it was changed for: an incoming message
+//! is stored together with the ratchet that opened it ([`Storage::store_incoming`] takes it);
+//! an outgoing batch's ratchet is saved before any of its envelopes leaves.
+
+use rusqlite::{params, OptionalExtension};
+use smvs_crypto::Zeroizing;
+use smvs_schema::Username;
+
+use super::{cached_exec, cached_row, Result, Storage};
+use crate::model::MessageId;
+
+const SESSION_KIND: &str = "session-v2";
+/// The rollback counter the database was last stamped with.
+const COUNTER_SETTING: &str = "rollback-counter";
+
+/// A session state to save together with something else, for `peer`.
+pub struct SessionWrite {
+    pub peer: Username,
+    pub state: Zeroizing<Vec<u8>>,
+}
+
+pub(super) fn write_session(
+    c: &rusqlite::Connection,
+    k: &super::AtRest,
+    write: &SessionWrite,
+) -> Result<()> {
+    let tag = k.tag(&write.peer)?;
+    let sealed = k.seal(SESSION_KIND, &tag, &write.state)?;
+    cached_exec(
+        c,
+        "INSERT INTO sessions VALUES (?1, ?2) ON CONFLICT (tag) DO UPDATE SET sealed = excluded.sealed",
+        params![tag, sealed],
+    )?;
+    Ok(())
+}
+
+impl Storage {
+    /// `peer`'s stored session state, if there is one.
+    pub async fn session(&self, peer: &Username) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let peer = peer.clone();
+        self.call(move |c, k| {
+            let tag = k.tag(&peer)?;
+            let sealed: Option<Vec<u8>> = cached_row(
+                c,
+                "SELECT sealed FROM sessions WHERE tag = ?1",
+                [&tag],
+                |r| r.get(0),
+            )
+            .optional()?;
+            Ok(sealed.map(|s| k.open(SESSION_KIND, &tag, &s)).transpose()?)
+        })
+        .await
+    }
+
+    /// Saves a session state (before anything sealed under it leaves the host).
+    pub async fn save_session(&self, write: SessionWrite) -> Result<()> {
+        self.call(move |c, k| write_session(c, k, &write)).await
+    }
+
+    /// Forgets `peer`'s session state.
+    pub async fn forget_session(&self, peer: &Username) -> Result<()> {
+        let peer = peer.clone();
+        self.call(move |c, k| {
+            cached_exec(c, "DELETE FROM sessions WHERE tag = ?1", [k.tag(&peer)?])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets every session state (a rollback was detected: each contact gets a new
+    /// handshake). Returns how many there were.
+    pub async fn forget_sessions(&self) -> Result<usize> {
+        self.call(|c, _| Ok(cached_exec(c, "DELETE FROM sessions", [])?))
+            .await
+    }
+
+    /// Whether the message `id` from `peer` is stored, or was and was deleted (a tombstone):
+    /// checked before a ratchet is asked to open it again.
+    pub async fn has_incoming(&self, peer: &Username, id: MessageId) -> Result<bool> {
+        let peer = peer.clone();
+        self.call(move |c, k| {
+            let tag = k.tag(&peer)?;
+            Ok(cached_row(
+                c,
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 1)
+                     OR EXISTS (SELECT 1 FROM tombstones WHERE mark = ?3)",
+                params![tag, &id.0[..], k.tombstone_mark(&tag, &id.0)?],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// The rollback counter this database was last stamped with (0: never).
+    pub async fn rollback_stamp(&self) -> Result<u64> {
+        Ok(self
+            .setting(COUNTER_SETTING)
+            .await?
+            .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
+    pub async fn set_rollback_stamp(&self, value: u64) -> Result<()> {
+        self.set_setting(COUNTER_SETTING, value.to_be_bytes().to_vec())
+            .await
+    }
+}
