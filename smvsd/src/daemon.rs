@@ -256,7 +256,7 @@ impl Host {
         let commands = Commands::new(Owners {
             devices: devices.clone(),
             trust,
-            sessions,
+            sessions: sessions.clone(),
             outbox: outbox.clone(),
             storage: storage.clone(),
             calls,
@@ -284,6 +284,7 @@ impl Host {
             ),
             tokio::task::spawn_local(expire_loop(storage.clone())),
             tokio::task::spawn_local(renew_loop(renewals)),
+            tokio::task::spawn_local(restamp_loop(sessions.clone())),
         ];
         if let Some(listener) = device_listener {
             tasks.push(tokio::task::spawn_local(
@@ -426,6 +427,20 @@ async fn renew_loop(trust: Rc<Trust>) {
     loop {
         tick.tick().await;
         renew_once(&trust).await;
+    }
+}
+
+/// Moves the rollback counter on now and then (see [`Sessions::restamp`]), so that a copy of
+/// the database taken while the host runs is caught when it is restored.
+async fn restamp_loop(sessions: Rc<Sessions>) {
+    let mut tick = tokio::time::interval(crate::sessions::RESTAMP_EVERY);
+    // The first tick is immediate, and start-up has just stamped.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = sessions.restamp().await {
+            tracing::warn!(error = %e, "cannot move the rollback counter on; trying again later");
+        }
     }
 }
 

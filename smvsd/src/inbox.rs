@@ -226,7 +226,11 @@ impl Inbox {
             .trust
             .me()
             .map_err(|_| refused("this host has no user"))?;
-        let v2 = env.session_version == session::SESSION_V2 && self.sessions.speaks_v2();
+        if env.session_version == session::SESSION_V2 && !self.sessions.speaks_v2() {
+            // Kept at the sender: this host may speak v2 again (a staged upgrade rolled back).
+            return Err(IncomingError::Later("session v2 is off here".into()));
+        }
+        let v2 = env.session_version == session::SESSION_V2;
         if env.format != session::ENVELOPE_FORMAT
             || !(env.session_version == session::SESSION_V1 || v2)
         {
@@ -244,7 +248,7 @@ impl Inbox {
         let turn = self.arrival_turn(&sender).await;
         let (contact, request) = self.verified_sender(&sender, remote_key, lookups).await?;
         // Session v2's state is ours from opening the envelope to storing what it held.
-        let _session_turn = if v2 {
+        let session_turn = if v2 {
             Some(self.sessions.lock(&sender).await)
         } else {
             None
@@ -257,18 +261,14 @@ impl Inbox {
         let opened = if v2 {
             self.open_v2(&sender, &header, &env).await?
         } else {
-            // A contact that has spoken v2 with us never goes back to v1.
+            // A contact that has spoken v2 with us never goes back to v1. Not refused: kept at
+            // the sender, whose host may speak v2 again.
             if self.sessions.speaks_v2()
-                && self
-                    .sessions
-                    .current(&sender)
-                    .await
-                    .map_err(busy_here)?
-                    .is_some()
+                && self.sessions.spoke_v2(&sender).await.map_err(busy_here)?
             {
-                smvs_service::security_event!(warn, smvs_service::logging::PEER_REFUSED, peer = %sender, "refused a session v1 envelope from a contact that speaks v2 (a downgrade)");
-                return Err(refused(
-                    "this contact speaks session v2 with us; a v1 envelope is a downgrade",
+                smvs_service::security_event!(warn, smvs_service::logging::PEER_REFUSED, peer = %sender, "did not take a session v1 envelope from a contact that speaks v2 (a downgrade)");
+                return Err(IncomingError::Later(
+                    "this contact speaks session v2 with us; a v1 envelope is a downgrade".into(),
                 ));
             }
             let keys = self
@@ -349,18 +349,27 @@ impl Inbox {
             integrity: Integrity::Unchecked,
             direction: Direction::In,
         };
-        // The message and the ratchet that opened it go to disk in one transaction.
+        // The message and the ratchet that opened it go to disk in one transaction. The
+        // contact's state is the next envelope's as soon as the job has its place in the
+        // storage queue (jobs run in order): envelopes of one sender are committed in groups,
+        // not one fsync each. Should the job fail, the cache is dropped: the next reader reads
+        // the disk.
         let write = match &opened.session {
-            Some(session) => Some(self.sessions.write(&sender, session).map_err(busy_here)?),
+            Some(session) => {
+                let write = self.sessions.write(&sender, session).map_err(busy_here)?;
+                self.sessions.saved(&sender, session.clone());
+                Some(write)
+            }
             None => None,
         };
-        let arrival = self
+        let stored = self
             .storage
-            .store_incoming(message, write, move || drop(turn))
-            .await?;
-        if let Some(session) = opened.session {
-            self.sessions.saved(&sender, session);
+            .store_incoming(message, write, move || drop((turn, session_turn)))
+            .await;
+        if stored.is_err() && opened.session.is_some() {
+            self.sessions.drop_cached(&sender);
         }
+        let arrival = stored?;
         match arrival {
             Arrival::Stored(integrity) => {
                 self.stored(&sender, id, inner.time, &payload, integrity)
@@ -416,6 +425,11 @@ impl Inbox {
             .map_err(|e| refused(format!("X-Wing key signature: {e}")))?;
         smvs_crypto::verify_identity_kem(&contact.identity, &kem, &signature)
             .map_err(|_| refused("the X-Wing key is not signed by the sender's identity"))?;
+        if !self.sessions.may_try(&sender, true) {
+            return Err(IncomingError::Later(
+                "too many session handshakes from you lately".into(),
+            ));
+        }
         let Some(_session_turn) = self.sessions.try_lock(&sender) else {
             return Err(IncomingError::Later(
                 "a session handshake with you is under way here".into(),
@@ -533,20 +547,26 @@ impl Inbox {
         if self.storage.has_incoming(sender, *header.id).await? {
             return Ok(Opened {
                 content: None,
-                check: ReceiptCheck::V2(Rc::new(session)),
+                check: ReceiptCheck::V2(session.receipts()),
                 session: None,
             });
+        }
+        if !self.sessions.may_try(sender, false) {
+            return Err(IncomingError::Later(
+                "too many of your envelopes did not open lately".into(),
+            ));
         }
         let content = match session.open(header, &env.sealed, &mut OsFresh) {
             Ok(content) => content,
             Err(e) => {
+                self.sessions.may_try(sender, true);
                 tracing::info!(peer = %sender, error = %e, "a session v2 envelope did not open; asking for a new session");
                 return Err(reset("the envelope does not open in our session"));
             }
         };
         Ok(Opened {
             content: Some(content),
-            check: ReceiptCheck::V2(Rc::new(session.clone())),
+            check: ReceiptCheck::V2(session.receipts()),
             session: Some(session),
         })
     }

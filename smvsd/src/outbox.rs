@@ -56,7 +56,7 @@ use crate::model::{
     now_ms, CallSignal, FailReason, HostEvent, MessageId, Payload, Status, StoredMessage,
 };
 use crate::session::{Content, Inner};
-use crate::sessions::{ReceiptCheck, SealError, SealedEnvelope, Sessions};
+use crate::sessions::{HandshakeFailure, ReceiptCheck, SealError, SealedEnvelope, Sessions};
 use crate::storage::Storage;
 use crate::trust::Trust;
 
@@ -507,11 +507,26 @@ async fn stream_outbox(
             .client()
             .clone(),
     };
-    let sealer = outbox
+    let sealer = match outbox
         .sessions
         .sealer(&me.username, &me.identity, peer, &contact.identity, &client)
         .await
-        .map_err(|e| DeliveryError::Later(e.to_string()))?;
+    {
+        Ok(sealer) => sealer,
+        // The peer's host will not make a session with us (it blocked us, say): as when it
+        // refuses envelopes, what waits for it fails rather than waiting for ever.
+        Err(HandshakeFailure::Refused(why)) => {
+            tracing::warn!(%peer, reason = %why, "the peer's host refused a session; its queued messages failed");
+            let failed = storage
+                .fail_outbox(peer, FailReason::Refused)
+                .await
+                .map_err(HostError::from)?;
+            forget_sent(outbox, &failed);
+            publish_all(outbox, peer, failed, Status::Failed);
+            return Ok(());
+        }
+        Err(e) => return Err(DeliveryError::Later(e.to_string())),
+    };
 
     let mut in_flight = VecDeque::with_capacity(WINDOW as usize);
     let mut last_seq = 0;

@@ -56,6 +56,24 @@ impl std::fmt::Display for HandshakeFailure {
     }
 }
 
+/// Handshakes a peer may make us answer, and envelopes of theirs that may fail to open, in
+/// [`TROUBLE_WINDOW`]; past that they are answered "later" without the work (each costs
+/// keyguard calls, ML-KEM operations and up to [`crate::session::ratchet::MAX_SKIP`] key
+/// derivations).
+const TROUBLE_PER_WINDOW: u32 = 8;
+const TROUBLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often the database is stamped with a new rollback counter.
+pub const RESTAMP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// How long each handshake call to the peer's host may take (the contact's lock is held).
+const HANDSHAKE_RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A peer's words, for our log: cut short, control characters dropped.
+fn peer_text(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
 pub struct Sessions {
     keyguard: Rc<Guard>,
     storage: Storage,
@@ -66,6 +84,8 @@ pub struct Sessions {
     locks: RefCell<HashMap<Username, Arc<Mutex<()>>>>,
     /// Our identity's X-Wing key and its signature, once asked for.
     own_kem: RefCell<Option<(IdentityBundle, XWingPublicKey, Signature)>>,
+    /// Per peer: handshakes answered and envelopes that did not open, in the current window.
+    trouble: RefCell<HashMap<Username, (u32, std::time::Instant)>>,
 }
 
 impl Sessions {
@@ -78,7 +98,29 @@ impl Sessions {
             v2: RefCell::new(HashMap::new()),
             locks: RefCell::new(HashMap::new()),
             own_kem: RefCell::new(None),
+            trouble: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Whether `peer` may make us do costly session work now (a handshake, or trying an
+    /// envelope after failed ones); counts it when `counted`.
+    pub fn may_try(&self, peer: &Username, counted: bool) -> bool {
+        let now = std::time::Instant::now();
+        let mut trouble = self.trouble.borrow_mut();
+        if trouble.len() >= 4096 {
+            trouble.retain(|_, (_, since)| now.duration_since(*since) < TROUBLE_WINDOW);
+        }
+        let entry = trouble.entry(peer.clone()).or_insert((0, now));
+        if now.duration_since(entry.1) >= TROUBLE_WINDOW {
+            *entry = (0, now);
+        }
+        if entry.0 >= TROUBLE_PER_WINDOW {
+            return false;
+        }
+        if counted {
+            entry.0 += 1;
+        }
+        true
     }
 
     /// Whether this host speaks session v2.
@@ -116,7 +158,7 @@ impl Sessions {
         self.keys.borrow_mut().remove(peer);
         let _turn = self.lock(peer).await;
         self.v2.borrow_mut().remove(peer);
-        self.storage.forget_session(peer).await?;
+        self.storage.forget_session(peer, true).await?;
         Ok(())
     }
 
@@ -141,7 +183,9 @@ impl Sessions {
             .clone()
     }
 
-    /// `peer`'s v2 session, if there is one (call under [`Sessions::lock`]).
+    /// `peer`'s v2 session, if there is one (call under [`Sessions::lock`]: it fills the
+    /// cache). A stored state that does not read is forgotten (logged), so the contact gets a
+    /// new handshake rather than a stall.
     pub async fn current(&self, peer: &Username) -> Result<Option<SessionV2>, HostError> {
         if let Some(s) = self.v2.borrow().get(peer) {
             return Ok(Some(s.clone()));
@@ -149,9 +193,32 @@ impl Sessions {
         let Some(bytes) = self.storage.session(peer).await? else {
             return Ok(None);
         };
-        let s = SessionV2::from_bytes(&bytes).map_err(HostError::internal)?;
-        self.v2.borrow_mut().insert(peer.clone(), s.clone());
-        Ok(Some(s))
+        match SessionV2::from_bytes(&bytes) {
+            Ok(s) => {
+                self.v2.borrow_mut().insert(peer.clone(), s.clone());
+                Ok(Some(s))
+            }
+            Err(e) => {
+                tracing::error!(%peer, error = %e, "a stored session does not read; it is forgotten and a new one will be made");
+                self.storage.forget_session(peer, false).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Whether `peer` has spoken v2 with us: then it never gets or gives v1 again. Reads
+    /// without the lock, and never fills the cache.
+    pub async fn spoke_v2(&self, peer: &Username) -> Result<bool, HostError> {
+        if self.v2.borrow().contains_key(peer) {
+            return Ok(true);
+        }
+        Ok(self.storage.spoke_v2(peer).await?)
+    }
+
+    /// Drops `peer`'s cached state, so that the next reader reads what is on disk (after a
+    /// save that failed).
+    pub fn drop_cached(&self, peer: &Username) {
+        self.v2.borrow_mut().remove(peer);
     }
 
     /// What to store for `peer`'s session `s` (with what it opened, or before what it sealed
@@ -168,9 +235,12 @@ impl Sessions {
         self.v2.borrow_mut().insert(peer.clone(), s);
     }
 
-    /// Stores `s` as `peer`'s session (call under the lock).
+    /// Stores `s` as `peer`'s session (call under the lock). The cache holds nothing for the
+    /// peer while the write is under way: a cancelled save leaves the next reader on the disk.
     pub async fn save(&self, peer: &Username, s: SessionV2) -> Result<(), HostError> {
-        self.storage.save_session(self.write(peer, &s)?).await?;
+        let write = self.write(peer, &s)?;
+        self.drop_cached(peer);
+        self.storage.save_session(write).await?;
         self.saved(peer, s);
         Ok(())
     }
@@ -181,7 +251,7 @@ impl Sessions {
         if self.current(peer).await?.is_some_and(|s| s.id() == id) {
             tracing::info!(%peer, "the peer's host has no longer our session; a new one is made");
             self.v2.borrow_mut().remove(peer);
-            self.storage.forget_session(peer).await?;
+            self.storage.forget_session(peer, false).await?;
         }
         Ok(())
     }
@@ -251,15 +321,21 @@ impl Sessions {
         link: &host_link::Client,
     ) -> Result<SessionV2, HandshakeFailure> {
         let later = |e: HostError| HandshakeFailure::Later(e.message);
-        let keys = match link.session_keys_request().send().promise.await {
-            Ok(keys) => keys,
-            Err(e) if e.kind == capnp::ErrorKind::Unimplemented => {
+        let asked = link.session_keys_request().send().promise;
+        let keys = match tokio::time::timeout(HANDSHAKE_RPC_TIMEOUT, asked).await {
+            Err(_) => {
+                return Err(HandshakeFailure::Later(
+                    "the peer's host did not answer".into(),
+                ))
+            }
+            Ok(Ok(keys)) => keys,
+            Ok(Err(e)) if e.kind == capnp::ErrorKind::Unimplemented => {
                 return Err(HandshakeFailure::NotSpoken)
             }
-            Err(e) if e.extra.contains("session v2 is off") => {
+            Ok(Err(e)) if e.extra.contains("session v2 is off") => {
                 return Err(HandshakeFailure::NotSpoken)
             }
-            Err(e) => return Err(HandshakeFailure::Later(e.to_string())),
+            Ok(Err(e)) => return Err(HandshakeFailure::Later(peer_text(&e.to_string()))),
         };
         let theirs = (|| -> Result<Party, String> {
             let r = keys.get().map_err(|e| e.to_string())?;
@@ -287,11 +363,10 @@ impl Sessions {
             r.set_kem(me.kem.as_bytes());
             r.set_kem_signature(my_kem_signature.as_bytes());
         }
-        let answer = request
-            .send()
-            .promise
+        let answer = tokio::time::timeout(HANDSHAKE_RPC_TIMEOUT, request.send().promise)
             .await
-            .map_err(|e| HandshakeFailure::Later(e.to_string()))?;
+            .map_err(|_| HandshakeFailure::Later("the peer's host did not answer".into()))?
+            .map_err(|e| HandshakeFailure::Later(peer_text(&e.to_string())))?;
         let outcome = answer
             .get()
             .and_then(|r| r.get_outcome())
@@ -364,6 +439,14 @@ impl Sessions {
                 "the database is older than the key guard's counter (restored from a copy?): every session v2 starts anew"
             );
         }
+        self.restamp().await
+    }
+
+    /// Moves keyguard's counter on and stamps the database with it. Run at start and every
+    /// [`RESTAMP_EVERY`]: a copy of the database taken since the last stamp is caught when it
+    /// is restored. (A crash between the two steps costs new handshakes at the next start,
+    /// nothing else.)
+    pub async fn restamp(&self) -> Result<(), HostError> {
         let next = self.keyguard.rollback_counter(true).await?;
         self.storage.set_rollback_stamp(next).await?;
         Ok(())
@@ -383,7 +466,7 @@ pub enum Sealer {
 #[derive(Clone)]
 pub enum ReceiptCheck {
     V1(Rc<SessionKeys>),
-    V2(Rc<SessionV2>),
+    V2(session::V2Receipts),
 }
 
 impl ReceiptCheck {
@@ -395,7 +478,7 @@ impl ReceiptCheck {
     ) -> Result<Vec<u8>, HostError> {
         match self {
             ReceiptCheck::V1(keys) => session::receipt_tag(keys, id, recipient, stored_at),
-            ReceiptCheck::V2(s) => s.receipt_tag(id, recipient, stored_at),
+            ReceiptCheck::V2(r) => r.tag(id, recipient, stored_at),
         }
         .map_err(HostError::internal)
     }
@@ -404,7 +487,7 @@ impl ReceiptCheck {
     pub fn session_id(&self) -> Option<[u8; 16]> {
         match self {
             ReceiptCheck::V1(_) => None,
-            ReceiptCheck::V2(s) => Some(s.id()),
+            ReceiptCheck::V2(r) => Some(r.session),
         }
     }
 }
@@ -464,8 +547,21 @@ impl Sessions {
             .await
         {
             Ok(_) => Ok(Sealer::V2),
-            // An old host, and we never had a v2 session with it: v1 it is.
-            Err(HandshakeFailure::NotSpoken) => self.v1_sealer(my_identity, peer, identity).await,
+            // A host that does not speak v2, and never did with us: v1 it is. One that did
+            // gets nothing until it speaks v2 again (no downgrade); the messages wait.
+            Err(HandshakeFailure::NotSpoken) => {
+                if self
+                    .spoke_v2(peer)
+                    .await
+                    .map_err(|e| HandshakeFailure::Later(e.message))?
+                {
+                    tracing::warn!(%peer, "the peer's host no longer speaks session v2; nothing is sent in v1 (a downgrade)");
+                    return Err(HandshakeFailure::Later(
+                        "the peer's host no longer speaks session v2, and v1 is a downgrade".into(),
+                    ));
+                }
+                self.v1_sealer(my_identity, peer, identity).await
+            }
             Err(e) => Err(e),
         }
     }
@@ -533,7 +629,7 @@ impl Sessions {
                     );
                 }
                 self.save(&peer, s.clone()).await?;
-                let check = ReceiptCheck::V2(Rc::new(s.clone()));
+                let check = ReceiptCheck::V2(s.receipts());
                 Ok(sealed
                     .into_iter()
                     .map(|sealed| SealedEnvelope {

@@ -315,7 +315,7 @@ command!(Verify => Verification, |o, m| {
         o.sessions.forget(&m.user).await?;
         o.outbox.kick(&m.user);
     }
-    if o.sessions.current(&m.user).await?.is_some() {
+    if o.sessions.spoke_v2(&m.user).await? {
         v.session_version = crate::session::SESSION_V2;
     }
     Ok(v)

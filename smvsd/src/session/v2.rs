@@ -97,14 +97,13 @@ impl SessionV2 {
         Ok(content)
     }
 
-    /// The receipt authenticator of this session.
-    pub fn receipt_tag(
-        &self,
-        id: &MessageId,
-        recipient: &Username,
-        stored_at: i64,
-    ) -> Result<Vec<u8>, SessionError> {
-        receipt_mac(&self.receipt_key[..], id, recipient, stored_at)
+    /// What authenticates this session's receipts (kept while envelopes are in flight: the
+    /// session's id and receipt key, nothing of the ratchet).
+    pub fn receipts(&self) -> V2Receipts {
+        V2Receipts {
+            session: self.id(),
+            key: self.receipt_key.clone(),
+        }
     }
 
     pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, SessionError> {
@@ -131,6 +130,25 @@ impl SessionV2 {
             receipt_key,
             ratchet: Ratchet::from_bytes(&bytes[65..]).map_err(|_| bad())?,
         })
+    }
+}
+
+/// A v2 session's receipt key, and the session's id.
+#[derive(Clone)]
+pub struct V2Receipts {
+    pub session: [u8; 16],
+    key: Zeroizing<[u8; 32]>,
+}
+
+impl V2Receipts {
+    /// The receipt authenticator: BLAKE2b keyed with the receipt key over (id, recipient, time).
+    pub fn tag(
+        &self,
+        id: &MessageId,
+        recipient: &Username,
+        stored_at: i64,
+    ) -> Result<Vec<u8>, SessionError> {
+        receipt_mac(&self.key[..], id, recipient, stored_at)
     }
 }
 

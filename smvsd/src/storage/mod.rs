@@ -231,8 +231,10 @@ const MIGRATIONS: &[&str] = &[
 ",
     "
     -- 7: session v2's state per contact (storage/sessions.rs): the contact's tag and the state
-    -- sealed under the storage key.
+    -- sealed under the storage key; and the contacts that have spoken v2 with us (their tags),
+    -- which outlives a session that is forgotten: such a contact never gets v1 again.
     CREATE TABLE sessions (tag BLOB PRIMARY KEY NOT NULL, sealed BLOB NOT NULL) STRICT;
+    CREATE TABLE spoke_v2 (tag BLOB PRIMARY KEY NOT NULL) STRICT, WITHOUT ROWID;
 ",
 ];
 

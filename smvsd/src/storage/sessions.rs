@@ -35,6 +35,7 @@ pub(super) fn write_session(
         "INSERT INTO sessions VALUES (?1, ?2) ON CONFLICT (tag) DO UPDATE SET sealed = excluded.sealed",
         params![tag, sealed],
     )?;
+    cached_exec(c, "INSERT OR IGNORE INTO spoke_v2 VALUES (?1)", [&tag])?;
     Ok(())
 }
 
@@ -61,12 +62,31 @@ impl Storage {
         self.call(move |c, k| write_session(c, k, &write)).await
     }
 
-    /// Forgets `peer`'s session state.
-    pub async fn forget_session(&self, peer: &Username) -> Result<()> {
+    /// Forgets `peer`'s session state; with `everything`, also that it spoke v2 (its
+    /// identity changed: the new one starts afresh).
+    pub async fn forget_session(&self, peer: &Username, everything: bool) -> Result<()> {
         let peer = peer.clone();
         self.call(move |c, k| {
-            cached_exec(c, "DELETE FROM sessions WHERE tag = ?1", [k.tag(&peer)?])?;
+            let tag = k.tag(&peer)?;
+            cached_exec(c, "DELETE FROM sessions WHERE tag = ?1", [&tag])?;
+            if everything {
+                cached_exec(c, "DELETE FROM spoke_v2 WHERE tag = ?1", [&tag])?;
+            }
             Ok(())
+        })
+        .await
+    }
+
+    /// Whether `peer` has spoken session v2 with us (whether or not a session is kept now).
+    pub async fn spoke_v2(&self, peer: &Username) -> Result<bool> {
+        let peer = peer.clone();
+        self.call(move |c, k| {
+            Ok(cached_row(
+                c,
+                "SELECT EXISTS (SELECT 1 FROM spoke_v2 WHERE tag = ?1)",
+                [k.tag(&peer)?],
+                |r| r.get(0),
+            )?)
         })
         .await
     }
