@@ -526,8 +526,9 @@ impl Inbox {
         Ok((contact, request))
     }
 
-    /// Opens a session v2 envelope from `sender` (under its session lock). A message stored
-    /// before is not opened again (its ratchet key is spent): `content` is None. An envelope of
+    /// Opens a session v2 envelope from `sender` (under its session lock). The same envelope
+    /// again, of a message stored before, does not open (its ratchet key is spent): `content`
+    /// is None, and the receipt is given again. An envelope of
     /// a session we do not have, or that does not open in ours, is answered "session-reset"
     /// (the sender makes a new session and sends it again), so nothing accepted is lost.
     async fn open_v2(
@@ -544,13 +545,6 @@ impl Inbox {
         if env.session_id != session.id() {
             return Err(reset("not the session we have with you"));
         }
-        if self.storage.has_incoming(sender, *header.id).await? {
-            return Ok(Opened {
-                content: None,
-                check: ReceiptCheck::V2(session.receipts()),
-                session: None,
-            });
-        }
         if !self.sessions.may_try(sender, false) {
             return Err(IncomingError::Later(
                 "too many of your envelopes did not open lately".into(),
@@ -558,6 +552,18 @@ impl Inbox {
         }
         let content = match session.open(header, &env.sealed, &mut OsFresh) {
             Ok(content) => content,
+            // The same envelope again (its receipt was lost): its key is spent, so it does not
+            // open; if the message is stored, the receipt again. (A resend our hosts make is
+            // sealed anew and opens; storage then finds the duplicate.) Only this path asks
+            // storage before the message's own job, which would wait for the commits queued
+            // before it.
+            Err(_) if self.storage.has_incoming(sender, *header.id).await? => {
+                return Ok(Opened {
+                    content: None,
+                    check: ReceiptCheck::V2(session.receipts()),
+                    session: None,
+                });
+            }
             Err(e) => {
                 self.sessions.may_try(sender, true);
                 tracing::info!(peer = %sender, error = %e, "a session v2 envelope did not open; asking for a new session");

@@ -10,9 +10,48 @@
 //! fsync covers many requests (group commit) and nobody is told "done" before the data is on
 //! disk. A job that fails is rolled back to its own savepoint; the rest of the batch commits.
 //! The thread ends when every handle is dropped.
+//!
+//! A job may also [`defer_write`]: a write of a value that many jobs of a batch would each
+//! rewrite (a per-peer state, say) runs once, just before the batch commits, with the last
+//! job's value.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
+
+/// A write [`defer_write`] keeps until the transaction is about to commit.
+pub type DeferredWrite = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()>>;
+
+thread_local! {
+    /// The storage thread's deferred writes for the transaction under way, by key.
+    static DEFERRED: RefCell<HashMap<Vec<u8>, DeferredWrite>> = RefCell::new(HashMap::new());
+}
+
+/// From inside a job: runs `write` just before the job's transaction commits, in place of any
+/// write deferred under the same `key` earlier in that transaction. The write is part of the
+/// transaction: if the transaction does not commit, neither does the write (and every job of
+/// the batch hears "gone"). Call it last in a job, once the job can no longer fail.
+pub fn defer_write(key: Vec<u8>, write: DeferredWrite) {
+    DEFERRED.with(|d| {
+        d.borrow_mut().insert(key, write);
+    });
+}
+
+/// Runs the deferred writes (in no particular order: each key is a value of its own).
+fn run_deferred(conn: &Connection) -> rusqlite::Result<()> {
+    let writes: Vec<DeferredWrite> =
+        DEFERRED.with(|d| d.borrow_mut().drain().map(|(_, w)| w).collect());
+    for write in writes {
+        write(conn)?;
+    }
+    Ok(())
+}
+
+fn drop_deferred() {
+    DEFERRED.with(|d| d.borrow_mut().clear());
+}
 
 /// The most jobs one transaction takes.
 pub const MAX_BATCH: usize = 2048;
@@ -163,6 +202,10 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, disk_full: &std::sync::a
         };
         if first.alone {
             let (_, reply) = (first.work)(&conn);
+            if let Err(e) = run_deferred(&conn) {
+                tracing::error!(error = %e, "database: a deferred write failed");
+                continue;
+            }
             reply();
             continue;
         }
@@ -199,8 +242,14 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, disk_full: &std::sync::a
                     "database: a transaction was rolled back by SQLite; failing its requests"
                 );
                 replies.clear();
+                drop_deferred();
                 let _ = conn.execute_batch("BEGIN IMMEDIATE");
             }
+        }
+        if let Err(e) = run_deferred(&conn) {
+            tracing::error!(error = %e, "database: a deferred write failed; the batch is not stored");
+            let _ = conn.execute_batch("ROLLBACK");
+            continue;
         }
         if let Err(e) = conn.execute_batch("COMMIT") {
             tracing::error!(error = %e, "database: commit failed; the batch is not stored");
@@ -331,5 +380,77 @@ mod tests {
                 .await,
             Err(E::Sql(_))
         ));
+    }
+
+    /// Deferred writes of one key run once per transaction, with the last job's value, and
+    /// are part of it: a deferred write that fails takes the whole batch with it.
+    #[tokio::test]
+    async fn deferred_writes_run_once_per_transaction_with_the_last_value() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(
+            &mut conn,
+            &["CREATE TABLE state (k TEXT PRIMARY KEY, v INTEGER, writes INTEGER)"],
+        )
+        .unwrap();
+        let w = SqliteWorker::start(conn, "test-sqlite", 64).unwrap();
+        let mut calls = Vec::new();
+        for i in 0..50i64 {
+            let w = w.clone();
+            calls.push(tokio::spawn(async move {
+                w.call(move |_| -> Result<(), E> {
+                    defer_write(
+                        b"peer".to_vec(),
+                        Box::new(move |c| {
+                            c.execute(
+                                "INSERT INTO state VALUES ('peer', ?1, 1)
+                                 ON CONFLICT (k) DO UPDATE SET v = ?1, writes = writes + 1",
+                                [i],
+                            )
+                            .map(|_| ())
+                        }),
+                    );
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        for c in calls {
+            c.await.unwrap().unwrap();
+        }
+        let (v, writes): (i64, i64) = w
+            .call(|c| -> Result<(i64, i64), E> {
+                Ok(c.query_row("SELECT v, writes FROM state", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?)
+            })
+            .await
+            .unwrap();
+        // The jobs ran in order, so the last value is the last job's; fewer writes than jobs
+        // whenever jobs shared a batch (at least one write per batch).
+        assert_eq!(v, 49);
+        assert!((1..=50).contains(&writes), "{writes}");
+        // A failing deferred write: the job's caller hears "gone", and nothing of it stays.
+        let failed = w
+            .call(|c| -> Result<(), E> {
+                c.execute("INSERT INTO state VALUES ('other', 1, 1)", [])?;
+                defer_write(
+                    b"bad".to_vec(),
+                    Box::new(|c| c.execute_batch("INSERT INTO nope VALUES (1)")),
+                );
+                Ok(())
+            })
+            .await;
+        assert!(matches!(failed, Err(E::Gone)), "{failed:?}");
+        let others: i64 = w
+            .call(|c| -> Result<i64, E> {
+                Ok(
+                    c.query_row("SELECT count(*) FROM state WHERE k = 'other'", [], |r| {
+                        r.get(0)
+                    })?,
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(others, 0);
     }
 }

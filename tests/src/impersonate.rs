@@ -21,6 +21,9 @@ pub struct PlayedHost {
     pub keys: SessionKeys,
     /// `peer`'s host transport key, as its directory record states it.
     pub peer_transport: AgreementPublicKey,
+    /// Both identities, as the directory states them.
+    pub identity: smvs_crypto::IdentityBundle,
+    pub peer_identity: smvs_crypto::IdentityBundle,
 }
 
 /// Reads `me`'s transport key and derives the session keys with `peer` through `me`'s
@@ -50,7 +53,95 @@ pub async fn play_host(
         transport,
         keys: SessionKeys::from_shared(&shared)?,
         peer_transport: peer_record.user.transport_key,
+        identity: my_record.user.identity,
+        peer_identity: peer_record.user.identity,
     })
+}
+
+/// Plays `me`'s host in a session v2 handshake with the host behind `link` (whose user is
+/// `peer`): `me`'s keyguard answers the questions, as smvsd's would. The peer's host replaces
+/// its session with `me` by this one. Call inside a `LocalSet`.
+pub async fn v2_handshake(
+    me: &HostProcess,
+    peer: &str,
+    played: &PlayedHost,
+    link: &host_link::Client,
+) -> anyhow::Result<smvsd::session::SessionV2> {
+    use smvsd::session::fresh::OsFresh;
+    use smvsd::session::handshake::{GuardAsk, Initiator, Party};
+    let keyguard = me.keyguard.client().await?;
+    let mine = keyguard.session_keys(&played.identity).await?;
+    let theirs = link.session_keys_request().send().promise.await?;
+    let theirs = theirs.get()?;
+    let peer_kem = smvs_crypto::XWingPublicKey::from_bytes(theirs.get_kem()?)?;
+    let me_party = Party {
+        username: Username::parse(&me.name)?,
+        identity: played.identity,
+        kem: mine.kem.clone(),
+    };
+    let peer_party = Party {
+        username: Username::parse(peer)?,
+        identity: played.peer_identity,
+        kem: peer_kem,
+    };
+    let initiator = Initiator::start(me_party, peer_party, &mut OsFresh)?;
+    let mut request = link.handshake_request();
+    {
+        let mut r = request.get();
+        r.set_sender(&me.name);
+        r.set_init(initiator.message());
+        r.set_kem(mine.kem.as_bytes());
+        r.set_kem_signature(mine.kem_signature.as_bytes());
+    }
+    let answer = request.send().promise.await?;
+    let response = match answer.get()?.get_outcome()?.which() {
+        Ok(smvs_schema::host_capnp::handshake_outcome::Response(r)) => r?.to_vec(),
+        Ok(smvs_schema::host_capnp::handshake_outcome::Refused(why)) => {
+            anyhow::bail!("refused: {}", why?.to_str()?)
+        }
+        Ok(smvs_schema::host_capnp::handshake_outcome::Later(why)) => {
+            anyhow::bail!("later: {}", why?.to_str()?)
+        }
+        Err(e) => anyhow::bail!("unknown outcome {}", e.0),
+    };
+    let pending = initiator.on_response(&response)?;
+    let mut answers = Vec::new();
+    for ask in pending.asks() {
+        let (prekey, peer, ciphertext): (u32, &[u8], &[u8]) = match ask {
+            GuardAsk::IdentityDh { peer, .. } => (0, peer.as_bytes(), &[]),
+            GuardAsk::IdentityDecapsulate { ciphertext, .. } => (0, &[], ciphertext.as_bytes()),
+            GuardAsk::PrekeyDh { prekey, peer, .. } => (*prekey, peer.as_bytes(), &[]),
+            GuardAsk::PrekeyDecapsulate {
+                prekey, ciphertext, ..
+            } => (*prekey, &[], ciphertext.as_bytes()),
+        };
+        answers.push(
+            keyguard
+                .handshake_secret(&smvs_keyguard::HandshakeQuestion {
+                    operation: ask.operation(),
+                    component: ask.component(),
+                    transcript: pending.transcript(),
+                    prekey,
+                    peer,
+                    ciphertext,
+                })
+                .await?,
+        );
+    }
+    Ok(pending.finish(answers, &mut OsFresh)?.into())
+}
+
+/// `inner` sealed under the v2 session `session` (which moves on).
+pub fn seal_v2(session: &mut smvsd::session::SessionV2, inner: &Inner) -> anyhow::Result<Vec<u8>> {
+    Ok(session.seal(
+        &Header {
+            id: &inner.id,
+            sender: &inner.from,
+            recipient: &inner.to,
+        },
+        &session::encode_inner(inner),
+        &mut smvsd::session::fresh::OsFresh,
+    )?)
 }
 
 /// A raw `HostLink` to `peer`'s host, authenticated with `key` (whoever's it is), pinning
@@ -130,6 +221,24 @@ pub async fn deliver(
     link: &host_link::Client,
     envelope: &RawEnvelope,
 ) -> Result<Receipt, capnp::Error> {
+    deliver_as(link, envelope, session::SESSION_V1, &[]).await
+}
+
+/// [`deliver`] as a session v2 envelope of the session `session_id` names.
+pub async fn deliver_v2(
+    link: &host_link::Client,
+    envelope: &RawEnvelope,
+    session_id: &[u8],
+) -> Result<Receipt, capnp::Error> {
+    deliver_as(link, envelope, session::SESSION_V2, session_id).await
+}
+
+async fn deliver_as(
+    link: &host_link::Client,
+    envelope: &RawEnvelope,
+    version: u16,
+    session_id: &[u8],
+) -> Result<Receipt, capnp::Error> {
     let mut request = link.deliver_request();
     {
         let mut e = request.get().init_envelope();
@@ -137,7 +246,8 @@ pub async fn deliver(
         e.set_id(&envelope.id.0);
         e.set_sender(&envelope.sender);
         e.set_recipient(&envelope.recipient);
-        e.set_session_version(session::SESSION_V1);
+        e.set_session_version(version);
+        e.set_session_id(session_id);
         e.set_sealed(&envelope.sealed);
     }
     let response = request.send().promise.await?;

@@ -179,3 +179,135 @@ fn a_host_restored_from_an_older_copy_of_its_database_makes_new_sessions_and_los
         assert!(bob_has.contains(&format!("after the copy {i}")));
     }
 }
+
+/// The test plays alice's host (her transport key, her keyguard) and talks raw `HostLink` to
+/// bob's, in session v2: a good envelope is taken once however often it comes; a tampered one,
+/// one of another session, and a v1 one (a downgrade) are not taken, and bob's host says so
+/// without storing anything; handshakes past the limit are answered "later". Afterwards the
+/// real hosts talk again as if nothing happened.
+#[test]
+fn forged_replayed_and_downgraded_v2_envelopes_change_nothing() {
+    use smvs_tests::impersonate::{
+        self, deliver, deliver_v2, link, play_host, seal_v2, text_message, RawEnvelope,
+    };
+    use smvsd::model::MessageId;
+
+    let (rt, dir) = smvs_tests::runtime::runtime_and_directory().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    exchange(&alice, &bob, "hello");
+    alice.stop().unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let played = play_host(&dir, &alice, &bob).await.unwrap();
+        let link = link(&bob, &played.transport, &played.peer_transport)
+            .await
+            .unwrap();
+        let mut session = impersonate::v2_handshake(&alice, "bob", &played, &link)
+            .await
+            .unwrap();
+        let session_id = session.id();
+        let envelope = |session: &mut smvsd::session::SessionV2, text: &str| {
+            let id = MessageId::random();
+            let inner = text_message(id, "alice", "bob", 1, &[], text).unwrap();
+            RawEnvelope {
+                id,
+                sender: "alice".into(),
+                recipient: "bob".into(),
+                sealed: seal_v2(session, &inner).unwrap(),
+            }
+        };
+        let said = |r: Result<impersonate::Receipt, capnp::Error>, wanted: &str| {
+            let e = r.expect_err("must not be taken").to_string();
+            assert!(e.contains(wanted), "{e} (wanted {wanted:?})");
+        };
+
+        // Taken, once, however often it comes.
+        let good = envelope(&mut session, "raw v2 hello");
+        deliver_v2(&link, &good, &session_id).await.unwrap();
+        deliver_v2(&link, &good, &session_id).await.unwrap();
+        let count = |text: &str| {
+            texts(&bob.history("alice").unwrap())
+                .iter()
+                .filter(|t| *t == text)
+                .count()
+        };
+        assert_eq!(count("raw v2 hello"), 1);
+
+        // Tampered: not taken, and the sender is asked for a new session.
+        let mut tampered = envelope(&mut session, "tampered");
+        let last = tampered.sealed.len() - 1;
+        tampered.sealed[last] ^= 0x40;
+        said(
+            deliver_v2(&link, &tampered, &session_id).await,
+            "later: session-reset",
+        );
+        // Named for another session.
+        let other = envelope(&mut session, "other session");
+        said(
+            deliver_v2(&link, &other, &[9; 16]).await,
+            "later: session-reset",
+        );
+        // The session still works for what follows in it (nothing above moved bob's ratchet).
+        let after = envelope(&mut session, "still in step");
+        deliver_v2(&link, &after, &session_id).await.unwrap();
+        // A v1 envelope now is a downgrade: kept at the sender, not taken.
+        let id = MessageId::random();
+        let inner = text_message(id, "alice", "bob", 1, &[], "v1 again").unwrap();
+        said(
+            deliver(
+                &link,
+                &RawEnvelope {
+                    id,
+                    sender: "alice".into(),
+                    recipient: "bob".into(),
+                    sealed: impersonate::seal(&played.keys, &inner).unwrap(),
+                },
+            )
+            .await,
+            "downgrade",
+        );
+        // Oversized: refused before anything else.
+        said(
+            deliver_v2(
+                &link,
+                &RawEnvelope {
+                    id: MessageId::random(),
+                    sender: "alice".into(),
+                    recipient: "bob".into(),
+                    sealed: vec![0; 200_000],
+                },
+                &session_id,
+            )
+            .await,
+            "refused",
+        );
+        for text in ["tampered", "other session", "v1 again"] {
+            assert_eq!(count(text), 0, "{text}");
+        }
+        assert_eq!(count("still in step"), 1);
+
+        // Handshakes past the limit (8 in 10 s, the first one above included) are answered
+        // "later", without keyguard being asked.
+        let mut limited = None;
+        for _ in 0..10 {
+            if let Err(e) = impersonate::v2_handshake(&alice, "bob", &played, &link).await {
+                limited = Some(e.to_string());
+                break;
+            }
+        }
+        let limited = limited.expect("the handshakes were never limited");
+        assert!(limited.contains("too many session handshakes"), "{limited}");
+    });
+    // The real hosts carry on: bob's session is the test's last one, which alice's host does
+    // not have; the first envelope is answered "session-reset" and a new session is made.
+    alice.start_again().unwrap();
+    exchange(&alice, &bob, "after the impostor");
+    exchange(&bob, &alice, "and back");
+    assert!(
+        bob.logs().contains("did not take a session v1 envelope"),
+        "{}",
+        bob.logs()
+    );
+}

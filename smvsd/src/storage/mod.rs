@@ -773,74 +773,13 @@ impl Storage {
         self.worker
             .call_then(
                 move |c| {
-                    let k: &AtRest = &keys;
-                    if let Some(write) = &session {
-                        sessions::write_session(c, k, write)?;
+                    let arrival = store_incoming_in(c, &keys, msg)?;
+                    if let Some(write) = session {
+                        // Last in the job (it can no longer fail): one write of the peer's
+                        // state per transaction, however many of its messages it holds.
+                        sessions::defer_session_write(keys.clone(), write);
                     }
-                    let (tag, key) = conversation(c, k, &msg.peer, true)?
-                        .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
-                    // Already here, or here once and deleted since (a tombstone).
-                    let seen: bool = cached_row(
-                        c,
-                        "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 1)
-                             OR EXISTS (SELECT 1 FROM tombstones WHERE mark = ?3)",
-                        params![tag, &msg.id.0[..], k.tombstone_mark(&tag, &msg.id.0)?],
-                        |r| r.get(0),
-                    )?;
-                    if seen {
-                        return Ok(Arrival::Duplicate);
-                    }
-                    let ours: bool = cached_row(
-                        c,
-                        "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 0)",
-                        params![tag, &msg.id.0[..]],
-                        |r| r.get(0),
-                    )?;
-                    if ours {
-                        return Ok(Arrival::Collision);
-                    }
-                    let sealed_last: Vec<u8> = cached_row(
-                        c,
-                        "SELECT last_recv_hash FROM conversations WHERE tag = ?1",
-                        [&tag],
-                        |r| r.get(0),
-                    )?;
-                    let last = k.open_head(&tag, &sealed_last)?;
-                    let integrity = if msg.prev_hash == last {
-                        if last.is_empty() {
-                            Integrity::Unchecked
-                        } else {
-                            Integrity::Ok
-                        }
-                    } else {
-                        // Is the predecessor something we already have (or had, and deleted:
-                        // its tombstone keeps its place in the chain), or does a stored
-                        // message name this one as its predecessor (an older message arriving
-                        // late), or is it something we never saw (a gap)? Only a gap moves the
-                        // head; a late message must not pull the chain back.
-                        let prev = k.chain_tag(&msg.prev_hash)?;
-                        let known: bool = cached_row(c,
-                        "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND direction = 1 AND hash = ?2)
-                             OR EXISTS (SELECT 1 FROM tombstones WHERE chain = ?3 AND chain != x'')",
-                        params![tag, prev, k.tombstone_chain(&tag, &prev)?],
-                        |r| r.get(0),
-                    )?;
-                        if known || named_by_a_gap(c, &key, &tag, &msg)? {
-                            Integrity::OutOfOrder
-                        } else {
-                            Integrity::Gap
-                        }
-                    };
-                    let stored = StoredMessage { integrity, ..msg };
-                    let hash = insert_message(c, k, &tag, &key, &stored)?;
-                    if integrity != Integrity::OutOfOrder {
-                        cached_exec(
-                            c,
-                            "UPDATE conversations SET last_recv_hash = ?2 WHERE tag = ?1",
-                            params![tag, k.seal_head(&tag, &hash)?],
-                        )?;
-                    }
-                    Ok(Arrival::Stored(integrity))
+                    Ok(arrival)
                 },
                 queued,
             )
@@ -1266,6 +1205,76 @@ fn peer_name(k: &AtRest, tag: &[u8], sealed: &[u8]) -> Result<Username> {
 }
 
 /// The tag and key of the conversation with `peer`, created when `create` is set.
+/// [`Storage::store_incoming`]'s work on the storage thread.
+fn store_incoming_in(c: &Connection, keys: &Arc<AtRest>, msg: StoredMessage) -> Result<Arrival> {
+    let k: &AtRest = keys;
+    let (tag, key) = conversation(c, k, &msg.peer, true)?
+        .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
+    // Already here, or here once and deleted since (a tombstone).
+    let seen: bool = cached_row(
+        c,
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 1)
+             OR EXISTS (SELECT 1 FROM tombstones WHERE mark = ?3)",
+        params![tag, &msg.id.0[..], k.tombstone_mark(&tag, &msg.id.0)?],
+        |r| r.get(0),
+    )?;
+    if seen {
+        return Ok(Arrival::Duplicate);
+    }
+    let ours: bool = cached_row(
+        c,
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND id = ?2 AND direction = 0)",
+        params![tag, &msg.id.0[..]],
+        |r| r.get(0),
+    )?;
+    if ours {
+        return Ok(Arrival::Collision);
+    }
+    let sealed_last: Vec<u8> = cached_row(
+        c,
+        "SELECT last_recv_hash FROM conversations WHERE tag = ?1",
+        [&tag],
+        |r| r.get(0),
+    )?;
+    let last = k.open_head(&tag, &sealed_last)?;
+    let integrity = if msg.prev_hash == last {
+        if last.is_empty() {
+            Integrity::Unchecked
+        } else {
+            Integrity::Ok
+        }
+    } else {
+        // Is the predecessor something we already have (or had, and deleted:
+        // its tombstone keeps its place in the chain), or does a stored
+        // message name this one as its predecessor (an older message arriving
+        // late), or is it something we never saw (a gap)? Only a gap moves the
+        // head; a late message must not pull the chain back.
+        let prev = k.chain_tag(&msg.prev_hash)?;
+        let known: bool = cached_row(
+            c,
+            "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND direction = 1 AND hash = ?2)
+             OR EXISTS (SELECT 1 FROM tombstones WHERE chain = ?3 AND chain != x'')",
+            params![tag, prev, k.tombstone_chain(&tag, &prev)?],
+            |r| r.get(0),
+        )?;
+        if known || named_by_a_gap(c, &key, &tag, &msg)? {
+            Integrity::OutOfOrder
+        } else {
+            Integrity::Gap
+        }
+    };
+    let stored = StoredMessage { integrity, ..msg };
+    let hash = insert_message(c, k, &tag, &key, &stored)?;
+    if integrity != Integrity::OutOfOrder {
+        cached_exec(
+            c,
+            "UPDATE conversations SET last_recv_hash = ?2 WHERE tag = ?1",
+            params![tag, k.seal_head(&tag, &hash)?],
+        )?;
+    }
+    Ok(Arrival::Stored(integrity))
+}
+
 fn conversation(
     c: &Connection,
     k: &AtRest,

@@ -130,3 +130,18 @@ impl Storage {
             .await
     }
 }
+
+/// Defers `write` to the end of the storage thread's current transaction (in place of an
+/// earlier write of the same peer's state in it): see `smvs_sqlite::defer_write`.
+pub(super) fn defer_session_write(keys: std::sync::Arc<super::AtRest>, write: SessionWrite) {
+    let key = [b"session\0".as_slice(), write.peer.as_str().as_bytes()].concat();
+    smvs_sqlite::defer_write(
+        key,
+        Box::new(move |c| {
+            write_session(c, &keys, &write).map_err(|e| match e {
+                super::StorageError::Sqlite(e) => e,
+                other => rusqlite::Error::ToSqlConversionFailure(Box::new(other)),
+            })
+        }),
+    );
+}

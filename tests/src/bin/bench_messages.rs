@@ -49,8 +49,11 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let directory = runtime.block_on(DirectoryProcess::start(Backend::Sqlite, &[]))?;
-    let alice = HostProcess::start("alice", &directory, "127.0.0.1", &[])?;
-    let bob = HostProcess::start("bob", &directory, "127.0.0.2", &[])?;
+    // SMVS_BENCH_SESSION_VERSION=1 measures session v1 (static keys) for comparison.
+    let version = std::env::var("SMVS_BENCH_SESSION_VERSION").unwrap_or_else(|_| "2".into());
+    let flags = ["--max-session-version", version.as_str()];
+    let alice = HostProcess::start("alice", &directory, "127.0.0.1", &flags)?;
+    let bob = HostProcess::start("bob", &directory, "127.0.0.2", &flags)?;
     alice.register()?;
     bob.register()?;
     println!("SMVS messages: alice's host -> bob's host on loopback, release build, SQLite WAL synchronous=FULL on both hosts");
