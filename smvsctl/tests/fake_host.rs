@@ -206,6 +206,7 @@ impl host::Server for FakeHost {
         v.set_transcript_hash("c0ffee");
         v.set_key_changed(user == "carol");
         v.set_accepted(user == "carol" && accept);
+        v.set_session_version(2);
         Ok(())
     }
     // Everything else is left unimplemented: smvsctl must say the daemon does not support it.
@@ -404,7 +405,8 @@ async fn status_whoami_and_verify() {
         let out = text(out);
         assert!(out.starts_with("carol's identity key changed, and the new key is now accepted."));
         assert!(out.contains("    12345 67890 12345 67890\n"));
-        assert!(out.ends_with("Transcript hash: c0ffee\n"));
+        assert!(out.contains("Transcript hash: c0ffee\n"));
+        assert!(out.ends_with("Session: v2 (forward-secret ratchet, post-quantum keys)\n"));
     })
     .await;
 }

@@ -35,6 +35,22 @@ use crate::session::handshake::{self, GuardAsk, Initiator, Party, Pending};
 use crate::session::{self, SessionKeys, SessionV2};
 use crate::storage::{SessionWrite, Storage};
 
+/// Keyguard's question for `ask` of `pending`.
+pub fn question<'a>(
+    pending: &'a Pending,
+    ask: &'a GuardAsk,
+) -> smvs_keyguard::HandshakeQuestion<'a> {
+    let (prekey, peer, ciphertext) = ask.inputs();
+    smvs_keyguard::HandshakeQuestion {
+        operation: ask.operation(),
+        component: ask.component(),
+        transcript: pending.transcript(),
+        prekey,
+        peer,
+        ciphertext,
+    }
+}
+
 /// Why no v2 session could be made with a contact.
 #[derive(Debug)]
 pub enum HandshakeFailure {
@@ -286,24 +302,9 @@ impl Sessions {
     async fn answers(&self, pending: &Pending) -> Result<Vec<Zeroizing<[u8; 32]>>, HostError> {
         let mut answers = Vec::with_capacity(pending.asks().len());
         for ask in pending.asks() {
-            let (prekey, peer, ciphertext): (u32, &[u8], &[u8]) = match ask {
-                GuardAsk::IdentityDh { peer, .. } => (0, peer.as_bytes(), &[]),
-                GuardAsk::IdentityDecapsulate { ciphertext, .. } => (0, &[], ciphertext.as_bytes()),
-                GuardAsk::PrekeyDh { prekey, peer, .. } => (*prekey, peer.as_bytes(), &[]),
-                GuardAsk::PrekeyDecapsulate {
-                    prekey, ciphertext, ..
-                } => (*prekey, &[], ciphertext.as_bytes()),
-            };
             answers.push(
                 self.keyguard
-                    .handshake_secret(smvs_keyguard::HandshakeQuestion {
-                        operation: ask.operation(),
-                        component: ask.component(),
-                        transcript: pending.transcript(),
-                        prekey,
-                        peer,
-                        ciphertext,
-                    })
+                    .handshake_secret(question(pending, ask))
                     .await?,
             );
         }

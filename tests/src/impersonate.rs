@@ -68,7 +68,7 @@ pub async fn v2_handshake(
     link: &host_link::Client,
 ) -> anyhow::Result<smvsd::session::SessionV2> {
     use smvsd::session::fresh::OsFresh;
-    use smvsd::session::handshake::{GuardAsk, Initiator, Party};
+    use smvsd::session::handshake::{Initiator, Party};
     let keyguard = me.keyguard.client().await?;
     let mine = keyguard.session_keys(&played.identity).await?;
     let theirs = link.session_keys_request().send().promise.await?;
@@ -105,29 +105,7 @@ pub async fn v2_handshake(
         Err(e) => anyhow::bail!("unknown outcome {}", e.0),
     };
     let pending = initiator.on_response(&response)?;
-    let mut answers = Vec::new();
-    for ask in pending.asks() {
-        let (prekey, peer, ciphertext): (u32, &[u8], &[u8]) = match ask {
-            GuardAsk::IdentityDh { peer, .. } => (0, peer.as_bytes(), &[]),
-            GuardAsk::IdentityDecapsulate { ciphertext, .. } => (0, &[], ciphertext.as_bytes()),
-            GuardAsk::PrekeyDh { prekey, peer, .. } => (*prekey, peer.as_bytes(), &[]),
-            GuardAsk::PrekeyDecapsulate {
-                prekey, ciphertext, ..
-            } => (*prekey, &[], ciphertext.as_bytes()),
-        };
-        answers.push(
-            keyguard
-                .handshake_secret(&smvs_keyguard::HandshakeQuestion {
-                    operation: ask.operation(),
-                    component: ask.component(),
-                    transcript: pending.transcript(),
-                    prekey,
-                    peer,
-                    ciphertext,
-                })
-                .await?,
-        );
-    }
+    let answers = crate::keyguard::answer_handshake(&keyguard, &pending).await?;
     Ok(pending.finish(answers, &mut OsFresh)?.into())
 }
 

@@ -168,3 +168,19 @@ pub fn server_args(key_dir: &Path, socket: &Path) -> Vec<String> {
         nix::unistd::geteuid().as_raw().to_string(),
     ]
 }
+
+/// Asks `client` every question of a pending session v2 handshake, as smvsd does.
+pub async fn answer_handshake(
+    client: &smvs_keyguard::KeyguardClient,
+    pending: &smvsd::session::handshake::Pending,
+) -> Result<Vec<smvs_crypto::Zeroizing<[u8; 32]>>, smvs_keyguard::KeyguardError> {
+    let mut answers = Vec::new();
+    for ask in pending.asks() {
+        answers.push(
+            client
+                .handshake_secret(&smvsd::sessions::question(pending, ask))
+                .await?,
+        );
+    }
+    Ok(answers)
+}

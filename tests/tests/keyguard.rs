@@ -807,38 +807,6 @@ fn root_acts_as_the_key_directorys_owner_and_refuses_a_symlink() {
     assert!(stderr.contains("symbolic link"), "{stderr}");
 }
 
-/// Asks `client` every question of a pending session v2 handshake, as smvsd will.
-async fn answer_with(
-    client: &smvs_keyguard::KeyguardClient,
-    pending: &smvsd::session::handshake::Pending,
-) -> Result<Vec<smvs_crypto::Zeroizing<[u8; 32]>>, KeyguardError> {
-    use smvsd::session::handshake::GuardAsk;
-    let mut answers = Vec::new();
-    for ask in pending.asks() {
-        let (prekey, peer, ciphertext): (u32, &[u8], &[u8]) = match ask {
-            GuardAsk::IdentityDh { peer, .. } => (0, peer.as_bytes(), &[]),
-            GuardAsk::IdentityDecapsulate { ciphertext, .. } => (0, &[], ciphertext.as_bytes()),
-            GuardAsk::PrekeyDh { prekey, peer, .. } => (*prekey, peer.as_bytes(), &[]),
-            GuardAsk::PrekeyDecapsulate {
-                prekey, ciphertext, ..
-            } => (*prekey, &[], ciphertext.as_bytes()),
-        };
-        answers.push(
-            client
-                .handshake_secret(&smvs_keyguard::HandshakeQuestion {
-                    operation: ask.operation(),
-                    component: ask.component(),
-                    transcript: pending.transcript(),
-                    prekey,
-                    peer,
-                    ciphertext,
-                })
-                .await?,
-        );
-    }
-    Ok(answers)
-}
-
 /// Session v2 through two real keyguards: each publishes an X-Wing key and a prekey its
 /// identity signed, answers exactly the handshake questions (bound to the transcript, never the
 /// raw secret), keeps both across a restart, and keeps a counter that only goes up.
@@ -878,9 +846,13 @@ fn two_keyguards_serve_session_v2_handshakes_and_nothing_else() {
         let (response, b_pending) =
             handshake::respond(&bob, &alice, initiator.message(), &mut OsFresh).unwrap();
         let a_pending = initiator.on_response(&response).unwrap();
-        let answers = answer_with(&a, &a_pending).await.unwrap();
+        let answers = smvs_tests::keyguard::answer_handshake(&a, &a_pending)
+            .await
+            .unwrap();
         let mut sa = a_pending.finish(answers, &mut OsFresh).unwrap();
-        let answers = answer_with(&b, &b_pending).await.unwrap();
+        let answers = smvs_tests::keyguard::answer_handshake(&b, &b_pending)
+            .await
+            .unwrap();
         let mut sb = b_pending.finish(answers, &mut OsFresh).unwrap();
         let m = sa
             .ratchet
@@ -896,11 +868,15 @@ fn two_keyguards_serve_session_v2_handshakes_and_nothing_else() {
         let verified = handshake::verify_prekey(&keys_b.prekey, &bob.identity, now).unwrap();
         let (init, a_pending) =
             handshake::initiate_with_prekey(&alice, &bob, verified, &mut OsFresh).unwrap();
-        let answers = answer_with(&a, &a_pending).await.unwrap();
+        let answers = smvs_tests::keyguard::answer_handshake(&a, &a_pending)
+            .await
+            .unwrap();
         let mut sa = a_pending.finish(answers, &mut OsFresh).unwrap();
         let first = sa.ratchet.seal(b"ad", b"while away", &mut OsFresh).unwrap();
         let b_pending = handshake::accept_prekey(&bob, &alice, &keys_b.prekey, &init).unwrap();
-        let answers = answer_with(&b, &b_pending).await.unwrap();
+        let answers = smvs_tests::keyguard::answer_handshake(&b, &b_pending)
+            .await
+            .unwrap();
         let mut sb = b_pending.finish(answers, &mut OsFresh).unwrap();
         assert_eq!(
             &sb.ratchet.open(b"ad", &first, &mut OsFresh).unwrap()[..],

@@ -184,6 +184,19 @@ impl GuardAsk {
         }
     }
 
+    /// The question's inputs: the prekey's id (0 for the identity operations), the peer's
+    /// X25519 key (empty for the decapsulations), the X-Wing ciphertext (empty for the DHs).
+    pub fn inputs(&self) -> (u32, &[u8], &[u8]) {
+        match self {
+            GuardAsk::IdentityDh { peer, .. } => (0, peer.as_bytes(), &[]),
+            GuardAsk::IdentityDecapsulate { ciphertext, .. } => (0, &[], ciphertext.as_bytes()),
+            GuardAsk::PrekeyDh { prekey, peer, .. } => (*prekey, peer.as_bytes(), &[]),
+            GuardAsk::PrekeyDecapsulate {
+                prekey, ciphertext, ..
+            } => (*prekey, &[], ciphertext.as_bytes()),
+        }
+    }
+
     pub fn component(&self) -> Component {
         match self {
             GuardAsk::IdentityDh { component, .. }
