@@ -45,7 +45,7 @@ macro_rules! kem {
         $pk_len:ident = $pk_bytes:expr, $sk_len:ident = $sk_bytes:expr,
         $ct_len:ident = $ct_bytes:expr, $seed_len:ident = $seed_bytes:expr,
         $enc_rand_len:ident = $enc_rand_bytes:expr,
-        seed_keypair = $seed_keypair:path, enc = $enc:path,
+        seed_keypair = $seed_keypair:path,
         enc_deterministic = $enc_det:path, dec = $dec:path
     ) => {
         pub const $pk_len: usize = $pk_bytes;
@@ -70,20 +70,12 @@ macro_rules! kem {
                 &self.0
             }
 
-            /// Encapsulates a fresh shared secret to this key.
+            /// Encapsulates a fresh shared secret to this key (randomness from libsodium's
+            /// CSPRNG, as the library's own `enc` draws it).
             pub fn encapsulate(&self) -> Result<($ciphertext, KemSharedSecret), CryptoError> {
-                init()?;
-                let mut ct = Box::new([0u8; $ct_bytes]);
-                let mut ss = Zeroizing::new([0u8; KEM_SHARED_SECRET_LEN]);
-                // SAFETY: every buffer has the exact length libsodium's header names.
-                let rc = unsafe { $enc(ct.as_mut_ptr(), ss.as_mut_ptr(), self.0.as_ptr()) };
-                check(
-                    rc,
-                    CryptoError::InvalidKey {
-                        what: concat!($doc, " public key"),
-                    },
-                )?;
-                Ok(($ciphertext(ct), KemSharedSecret(ss)))
+                let mut randomness = Zeroizing::new([0u8; $enc_rand_bytes]);
+                crate::random_bytes(&mut randomness[..]);
+                self.encapsulate_deterministic(&randomness[..])
             }
 
             /// Encapsulation with caller-supplied randomness, which must be fresh from a CSPRNG
@@ -250,7 +242,6 @@ kem!(
     XWING_SEED_LEN = 32,
     XWING_ENC_RANDOMNESS_LEN = 64,
     seed_keypair = ffi::crypto_kem_xwing_seed_keypair,
-    enc = ffi::crypto_kem_xwing_enc,
     enc_deterministic = ffi::crypto_kem_xwing_enc_deterministic,
     dec = ffi::crypto_kem_xwing_dec
 );
@@ -266,7 +257,6 @@ kem!(
     MLKEM_SEED_LEN = 64,
     MLKEM_ENC_RANDOMNESS_LEN = 32,
     seed_keypair = ffi::crypto_kem_mlkem768_seed_keypair,
-    enc = ffi::crypto_kem_mlkem768_enc,
     enc_deterministic = ffi::crypto_kem_mlkem768_enc_deterministic,
     dec = ffi::crypto_kem_mlkem768_dec
 );

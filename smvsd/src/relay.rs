@@ -908,6 +908,36 @@ mod tests {
         device_b: UdpSocket,
     }
 
+    impl Call {
+        /// Whether `payload` from A's device reaches B's device through both relays.
+        async fn a_to_b(&self, payload: &[u8]) -> bool {
+            relays(
+                &self.device_a,
+                &self.a,
+                self.grant_a.alloc,
+                payload,
+                &self.device_b,
+                &self.b,
+                self.grant_b.alloc,
+            )
+            .await
+        }
+
+        /// The same the other way.
+        async fn b_to_a(&self, payload: &[u8]) -> bool {
+            relays(
+                &self.device_b,
+                &self.b,
+                self.grant_b.alloc,
+                payload,
+                &self.device_a,
+                &self.a,
+                self.grant_a.alloc,
+            )
+            .await
+        }
+    }
+
     async fn call(limits_a: RelayLimits) -> Call {
         let (a, b) = (port(limits_a).await, port(limits()).await);
         let (grant_a, grant_b) = (a.allocate().unwrap(), b.allocate().unwrap());
@@ -1016,30 +1046,8 @@ mod tests {
         let c = call(limits()).await;
         for seq in 0..5 {
             let payload = media(seq, 200);
-            assert!(
-                relays(
-                    &c.device_a,
-                    &c.a,
-                    c.grant_a.alloc,
-                    &payload,
-                    &c.device_b,
-                    &c.b,
-                    c.grant_b.alloc
-                )
-                .await
-            );
-            assert!(
-                relays(
-                    &c.device_b,
-                    &c.b,
-                    c.grant_b.alloc,
-                    &payload,
-                    &c.device_a,
-                    &c.a,
-                    c.grant_a.alloc
-                )
-                .await
-            );
+            assert!(c.a_to_b(&payload).await);
+            assert!(c.b_to_a(&payload).await);
         }
         let [a] = &c.a.allocations()[..] else {
             panic!("one allocation on A")
@@ -1123,31 +1131,9 @@ mod tests {
         // B's media still goes to A's device, none of it to the victim, and A's device is
         // still the one A's relay takes media from.
         let payload = media(7, 300);
-        assert!(
-            relays(
-                &c.device_b,
-                &c.b,
-                c.grant_b.alloc,
-                &payload,
-                &c.device_a,
-                &c.a,
-                c.grant_a.alloc
-            )
-            .await
-        );
+        assert!(c.b_to_a(&payload).await);
         assert!(recv(&victim).await.is_none(), "media went to the victim");
-        assert!(
-            relays(
-                &c.device_a,
-                &c.a,
-                c.grant_a.alloc,
-                &payload,
-                &c.device_b,
-                &c.b,
-                c.grant_b.alloc
-            )
-            .await
-        );
+        assert!(c.a_to_b(&payload).await);
         // Replayed from the device's own address, it binds that address again, nothing more.
         c.device_a
             .send_to(&sniffed, c.a.local_addr())
@@ -1160,18 +1146,7 @@ mod tests {
                 alloc: c.grant_a.alloc
             }
         );
-        assert!(
-            relays(
-                &c.device_b,
-                &c.b,
-                c.grant_b.alloc,
-                &payload,
-                &c.device_a,
-                &c.a,
-                c.grant_a.alloc
-            )
-            .await
-        );
+        assert!(c.b_to_a(&payload).await);
         assert!(recv(&victim).await.is_none());
     }
 
@@ -1332,18 +1307,7 @@ mod tests {
         ] {
             stranger.send_to(junk, c.a.local_addr()).await.unwrap();
         }
-        assert!(
-            relays(
-                &c.device_a,
-                &c.a,
-                c.grant_a.alloc,
-                &payload,
-                &c.device_b,
-                &c.b,
-                c.grant_b.alloc
-            )
-            .await
-        );
+        assert!(c.a_to_b(&payload).await);
     }
 
     #[tokio::test]
@@ -1387,18 +1351,7 @@ mod tests {
             .await
         );
         // The old address is no longer the device's.
-        assert!(
-            !relays(
-                &c.device_a,
-                &c.a,
-                c.grant_a.alloc,
-                &payload,
-                &c.device_b,
-                &c.b,
-                c.grant_b.alloc
-            )
-            .await
-        );
+        assert!(!c.a_to_b(&payload).await);
     }
 
     #[tokio::test]
@@ -1442,30 +1395,8 @@ mod tests {
         c.a.release(c.grant_a.alloc);
         assert!(c.a.allocations().is_empty());
         let payload = media(4, 100);
-        assert!(
-            !relays(
-                &c.device_a,
-                &c.a,
-                c.grant_a.alloc,
-                &payload,
-                &c.device_b,
-                &c.b,
-                c.grant_b.alloc
-            )
-            .await
-        );
-        assert!(
-            !relays(
-                &c.device_b,
-                &c.b,
-                c.grant_b.alloc,
-                &payload,
-                &c.device_a,
-                &c.a,
-                c.grant_a.alloc
-            )
-            .await
-        );
+        assert!(!c.a_to_b(&payload).await);
+        assert!(!c.b_to_a(&payload).await);
         assert_eq!(
             c.a.connect(c.grant_a.alloc, c.b.local_addr(), c.grant_b.alloc),
             Err(RelayError::Unknown(hex::encode(c.grant_a.alloc)))

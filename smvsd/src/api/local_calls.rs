@@ -30,6 +30,26 @@ fn mailbox<T>(r: Result<T, actix::MailboxError>) -> Result<T, capnp::Error> {
     r.map_err(|_| HostError::shutting_down().into())
 }
 
+/// Writes what placing and answering a call both hand the device (the results of
+/// `placeCall` and `answerCall` are different types of the same shape): the call, its control,
+/// and the device's relay when the host gives one.
+macro_rules! write_device_call {
+    ($results:expr, $calls:expr, $call:expr) => {{
+        let DeviceCall {
+            info,
+            token,
+            relay,
+            relay_only,
+        } = $call;
+        let mut r = $results.get();
+        write_info(r.reborrow().init_call(), &info);
+        r.set_control(control($calls, &info, token));
+        if let Some(relay) = &relay {
+            write_relay(r.reborrow().init_relay(), relay, relay_only);
+        }
+    }};
+}
+
 /// A device's media set-up. Its own address is required (its host decides whether the peer
 /// sees it); the NAT's address is optional.
 pub fn read_media(m: call_media::Reader<'_>, kind: SignalKind) -> Result<Media, capnp::Error> {
@@ -190,12 +210,7 @@ pub async fn place(
         )
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let DeviceCall {
-        info,
-        token,
-        relay,
-        relay_only,
-    } = mailbox(
+    let call = mailbox(
         calls
             .send(PlaceCall {
                 peer,
@@ -205,12 +220,7 @@ pub async fn place(
             .await,
     )??;
     forward_notices(rx, device);
-    let mut r = results.get();
-    write_info(r.reborrow().init_call(), &info);
-    r.set_control(control(calls, &info, token));
-    if let Some(relay) = &relay {
-        write_relay(r.reborrow().init_relay(), relay, relay_only);
-    }
+    write_device_call!(results, calls, call);
     Ok(())
 }
 
@@ -229,12 +239,7 @@ pub async fn answer(
         )
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let DeviceCall {
-        info,
-        token,
-        relay,
-        relay_only,
-    } = mailbox(
+    let call = mailbox(
         calls
             .send(AnswerCall {
                 id,
@@ -245,12 +250,7 @@ pub async fn answer(
             .await,
     )??;
     forward_notices(rx, device);
-    let mut r = results.get();
-    write_info(r.reborrow().init_call(), &info);
-    r.set_control(control(calls, &info, token));
-    if let Some(relay) = &relay {
-        write_relay(r.reborrow().init_relay(), relay, relay_only);
-    }
+    write_device_call!(results, calls, call);
     Ok(())
 }
 

@@ -228,7 +228,7 @@ impl Drop for Budget<'_> {
 
 /// Writes the typed answer to one envelope.
 fn answer(
-    outcome: delivery_outcome::Builder<'_>,
+    mut outcome: delivery_outcome::Builder<'_>,
     result: Result<crate::inbox::ReceiptData, IncomingError>,
 ) {
     match result {
@@ -239,14 +239,8 @@ fn answer(
             r.set_stored_at(receipt.stored_at);
             r.set_signature(&receipt.tag);
         }
-        Err(IncomingError::Refused(why)) => {
-            let mut o = outcome;
-            o.set_refused(why);
-        }
-        Err(IncomingError::Later(why)) => {
-            let mut o = outcome;
-            o.set_later(why);
-        }
+        Err(IncomingError::Refused(why)) => outcome.set_refused(why),
+        Err(IncomingError::Later(why)) => outcome.set_later(why),
     }
 }
 
@@ -294,24 +288,15 @@ impl host_link::Server for HostLinkRpc {
             kem: p.get_kem()?.to_vec(),
             kem_signature: p.get_kem_signature()?.to_vec(),
         };
-        let outcome = results.get().init_outcome();
-        match self
+        let answered = self
             .inbox
             .accept_handshake(self.remote_key, offer, &self.lookups)
-            .await
-        {
-            Ok(response) => {
-                let mut o = outcome;
-                o.set_response(&response);
-            }
-            Err(IncomingError::Refused(why)) => {
-                let mut o = outcome;
-                o.set_refused(why);
-            }
-            Err(IncomingError::Later(why)) => {
-                let mut o = outcome;
-                o.set_later(why);
-            }
+            .await;
+        let mut outcome = results.get().init_outcome();
+        match answered {
+            Ok(response) => outcome.set_response(&response),
+            Err(IncomingError::Refused(why)) => outcome.set_refused(why),
+            Err(IncomingError::Later(why)) => outcome.set_later(why),
         }
         Ok(())
     }
