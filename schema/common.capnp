@@ -29,6 +29,25 @@ struct DirectoryRecord {
   serial @5 :UInt64;            # grows with every change of this user's record, never goes back.
   issuedAt @6 :Int64;           # Unix time in milliseconds at which the directory signed this answer.
   directoryKey @7 :Data;        # Ed25519 public key of the directory that signed it.
+  sessionKeys @8 :SessionKeys;  # session v2's published keys; absent: a v1-only user.
+}
+
+struct SignedPrekey {
+  # A user's medium-term session v2 prekey (docs/protocol.md, 3.2), made by keyguard.
+  id @0 :UInt32;                # never 0
+  expires @1 :Int64;            # Unix seconds; an initiator no longer uses it after this
+  dh @2 :Data;                  # X25519 public key (32 bytes)
+  kem @3 :Data;                 # X-Wing public key (1216 bytes)
+  signature @4 :Data;           # the identity's Ed25519 signature, context session-prekey,
+                                # over id || expires || dh || kem (big-endian integers)
+}
+
+struct SessionKeys {
+  # What a user publishes for session v2 (docs/protocol.md, 3.4). The directory checks both
+  # signatures against the record's identity before publishing; hosts check them again.
+  kem @0 :Data;                 # the identity's X-Wing key, 1216 bytes
+  kemSignature @1 :Data;        # identity signature (context identity-kem-key) over kem
+  prekey @2 :SignedPrekey;      # the current signed prekey
 }
 
 struct SignedRecord {

@@ -44,6 +44,11 @@ interface Session {
   renewTransport @3 (transport :Common.TransportKey) -> (record :Common.SignedRecord);
   # Replaces the transport key and its certificate (a later notAfter), certified by the
   # current identity. What a host does at start and before its certificate expires.
+  publishSessionKeys @4 (keys :Common.SessionKeys) -> (record :Common.SignedRecord);
+  # Publishes session v2's keys (docs/protocol.md, 3.4): refused ("bad-signature:") unless the
+  # X-Wing key and the prekey are signed by the record's identity, and ("stale:") unless the
+  # prekey's expiry is ahead and at most 30 days away. What a host does at start and whenever
+  # keyguard rotates the prekey. A key rotation drops them (they were the old identity's).
 }
 
 struct RotateRequest {

@@ -50,6 +50,17 @@ struct Envelope {
   sessionId @7 :Data;           # session v2: the first 16 bytes of the session's transcript
                                 # hash, so that an envelope sealed under a session the
                                 # recipient has replaced is told apart from damage.
+  prekeyInit @8 :PrekeyInit;    # session v2, prekey mode: set on every envelope of a session
+                                # the sender made from the recipient's published prekey, until
+                                # the sender has opened a message of the recipient's in it.
+}
+
+struct PrekeyInit {
+  # A prekey-mode handshake Init (docs/protocol.md, 4.1) and the sender's identity X-Wing key
+  # with its signature (context identity-kem-key), checked against the pinned identity.
+  init @0 :Data;
+  kem @1 :Data;
+  kemSignature @2 :Data;
 }
 
 struct Receipt {

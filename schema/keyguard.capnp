@@ -48,10 +48,13 @@ interface Keyguard {
   # Opens a directory's login challenge and hands back only the 32-byte token, and only when
   # the plaintext is an unexpired auth token of that directory for that user.
 
-  sessionKeys @9 () -> (kem :Data, kemSignature :Data, prekey :SignedPrekey);
+  sessionKeys @9 () -> (kem :Data, kemSignature :Data, prekey :Common.SignedPrekey,
+                       previousPrekey :Common.SignedPrekey);
   # Session v2's public keys: the identity's X-Wing key (1216 bytes; made at first use) with
   # the identity's signature binding it (context identity-kem-key), and the current signed
-  # prekey (made, and rotated when due, by keyguard itself). Public values only.
+  # prekey (made, and rotated when due, by keyguard itself), and the previous prekey while
+  # keyguard still answers for it (absent otherwise; a responder needs its public half to
+  # accept an Init that names it). Public values only.
   handshakeSecret @10 (operation :GuardOperation, component :HandshakeComponent,
                        transcript :Data, prekey :UInt32, peer :Data, ciphertext :Data)
       -> (value :Data);
@@ -84,11 +87,3 @@ enum HandshakeComponent {
   responderPrekeyKem @8;
 }
 
-struct SignedPrekey {
-  id @0 :UInt32;                # never 0
-  expires @1 :Int64;            # Unix seconds; an initiator no longer uses it after this
-  dh @2 :Data;                  # X25519 public key (32 bytes)
-  kem @3 :Data;                 # X-Wing public key (1216 bytes)
-  signature @4 :Data;           # the identity's Ed25519 signature, context session-prekey,
-                                # over id || expires || dh || kem (big-endian integers)
-}

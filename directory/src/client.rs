@@ -508,6 +508,22 @@ impl DirectorySession {
         )
     }
 
+    /// Publishes session v2's keys (keyguard's `sessionKeys`); the directory checks their
+    /// signatures against the record's identity.
+    pub async fn publish_session_keys(
+        &self,
+        keys: &crate::record::PublishedSessionKeys,
+    ) -> Result<VerifiedRecord, ClientError> {
+        let mut request = self.session.publish_session_keys_request();
+        keys.write(request.get().init_keys());
+        let response = request.send().promise.await?;
+        check(
+            response.get()?.get_record(),
+            &self.directory_key,
+            Some(&self.username),
+        )
+    }
+
     /// Deletes the record; `deregistration` must be signed by the identity.
     pub async fn deregister(&self, deregistration: &Deregistration) -> Result<(), ClientError> {
         let mut request = self.session.deregister_request();

@@ -62,7 +62,9 @@ pub mod fuzzing {
 pub use client::{Deregistration, DirectoryClient, DirectorySession, Registration, Rotation};
 pub use config::{DirectoryConfig, LimitConfig};
 pub use error::{ClientError, ErrorCode, Refusal};
-pub use record::{CertificateProblem, TransportCertificate, UserRecord, VerifiedRecord};
+pub use record::{
+    CertificateProblem, PublishedSessionKeys, TransportCertificate, UserRecord, VerifiedRecord,
+};
 #[cfg(feature = "server")]
 pub use rpc::{MAX_CLOCK_SKEW_MS, SESSION_LIFETIME, TOKEN_LIFETIME_MS};
 #[cfg(feature = "server")]

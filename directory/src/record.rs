@@ -6,8 +6,11 @@
 use smvs_crypto::{
     AgreementPublicKey, IdentityBundle, SignContext, Signature, SigningKeyPair, SigningPublicKey,
 };
+use smvs_crypto::{SignedPrekey, XWingPublicKey};
 use smvs_schema::canonical;
-use smvs_schema::common_capnp::{directory_record, identity_bundle, signed_record, transport_key};
+use smvs_schema::common_capnp::{
+    directory_record, identity_bundle, session_keys, signed_prekey, signed_record, transport_key,
+};
 use smvs_schema::{HostAddress, Username};
 
 /// The record format this code writes and accepts.
@@ -24,6 +27,118 @@ pub struct UserRecord {
     pub transport_not_after: i64,
     pub host_address: HostAddress,
     pub serial: u64,
+    /// Session v2's published keys (checked against `identity`); `None`: a v1-only user.
+    pub session_keys: Option<PublishedSessionKeys>,
+}
+
+/// How far ahead a published prekey's expiry may be (keyguard's prekeys live 14 days).
+pub const PREKEY_MAX_AHEAD_S: i64 = 30 * 24 * 3600;
+
+/// Session v2's public keys as a record carries them (docs/protocol.md, 3.4): the identity's
+/// X-Wing key with the identity's signature, and the current signed prekey.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishedSessionKeys {
+    pub kem: XWingPublicKey,
+    pub kem_signature: Signature,
+    pub prekey: SignedPrekey,
+}
+
+/// Bytes of [`PublishedSessionKeys::to_bytes`]: kem, its signature, then the prekey's id,
+/// expiry, X25519 key, X-Wing key and signature.
+const SESSION_KEYS_LEN: usize = 1216 + 64 + 4 + 8 + 32 + 1216 + 64;
+
+impl PublishedSessionKeys {
+    /// Both signatures are `identity`'s (the prekey's expiry is not judged here).
+    pub fn verify(&self, identity: &IdentityBundle) -> Result<(), String> {
+        smvs_crypto::verify_identity_kem(identity, &self.kem, &self.kem_signature)
+            .map_err(|_| "the X-Wing key is not signed by the identity".to_string())?;
+        self.prekey
+            .verify(identity)
+            .map_err(|_| "the prekey is not signed by the identity".to_string())
+    }
+
+    /// Reads them off the wire (lengths checked, the signatures not yet).
+    pub fn read(r: session_keys::Reader<'_>) -> Result<Self, String> {
+        let p = r.get_prekey().map_err(|e| e.to_string())?;
+        Ok(PublishedSessionKeys {
+            kem: XWingPublicKey::from_bytes(r.get_kem().map_err(|e| e.to_string())?)
+                .map_err(|e| format!("X-Wing key: {e}"))?,
+            kem_signature: Signature::from_bytes(r.get_kem_signature().map_err(|e| e.to_string())?)
+                .map_err(|e| format!("X-Wing key signature: {e}"))?,
+            prekey: read_prekey(p)?,
+        })
+    }
+
+    pub fn write(&self, mut b: session_keys::Builder<'_>) {
+        b.set_kem(self.kem.as_bytes());
+        b.set_kem_signature(self.kem_signature.as_bytes());
+        write_prekey(b.init_prekey(), &self.prekey);
+    }
+
+    /// A flat encoding, for the directory's store.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(SESSION_KEYS_LEN);
+        out.extend_from_slice(self.kem.as_bytes());
+        out.extend_from_slice(self.kem_signature.as_bytes());
+        out.extend_from_slice(&self.prekey.id.to_be_bytes());
+        out.extend_from_slice(&self.prekey.expires.to_be_bytes());
+        out.extend_from_slice(self.prekey.dh.as_bytes());
+        out.extend_from_slice(self.prekey.kem.as_bytes());
+        out.extend_from_slice(self.prekey.signature.as_bytes());
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() != SESSION_KEYS_LEN {
+            return Err(format!("session keys of {} bytes", bytes.len()));
+        }
+        let mut at = 0;
+        let mut take = |n: usize| {
+            let part = &bytes[at..at + n];
+            at += n;
+            part
+        };
+        let kem = XWingPublicKey::from_bytes(take(1216)).map_err(|e| e.to_string())?;
+        let kem_signature = Signature::from_bytes(take(64)).map_err(|e| e.to_string())?;
+        let id = u32::from_be_bytes(take(4).try_into().map_err(|_| "id")?);
+        let expires = i64::from_be_bytes(take(8).try_into().map_err(|_| "expires")?);
+        let dh = AgreementPublicKey::from_bytes(take(32)).map_err(|e| e.to_string())?;
+        let prekey_kem = XWingPublicKey::from_bytes(take(1216)).map_err(|e| e.to_string())?;
+        let signature = Signature::from_bytes(take(64)).map_err(|e| e.to_string())?;
+        Ok(PublishedSessionKeys {
+            kem,
+            kem_signature,
+            prekey: SignedPrekey {
+                id,
+                expires,
+                dh,
+                kem: prekey_kem,
+                signature,
+            },
+        })
+    }
+}
+
+/// Reads a signed prekey off the wire (lengths checked, the signature not yet).
+pub fn read_prekey(p: signed_prekey::Reader<'_>) -> Result<SignedPrekey, String> {
+    Ok(SignedPrekey {
+        id: p.get_id(),
+        expires: p.get_expires(),
+        dh: AgreementPublicKey::from_bytes(p.get_dh().map_err(|e| e.to_string())?)
+            .map_err(|e| format!("prekey: {e}"))?,
+        kem: XWingPublicKey::from_bytes(p.get_kem().map_err(|e| e.to_string())?)
+            .map_err(|e| format!("prekey: {e}"))?,
+        signature: Signature::from_bytes(p.get_signature().map_err(|e| e.to_string())?)
+            .map_err(|e| format!("prekey: {e}"))?,
+    })
+}
+
+pub fn write_prekey(mut b: signed_prekey::Builder<'_>, prekey: &SignedPrekey) {
+    b.set_id(prekey.id);
+    b.set_expires(prekey.expires);
+    b.set_dh(prekey.dh.as_bytes());
+    b.set_kem(prekey.kem.as_bytes());
+    b.set_signature(prekey.signature.as_bytes());
 }
 
 /// A record whose directory signature, identity binding and transport certificate (signature
@@ -178,6 +293,9 @@ pub fn sign_record(
         r.set_serial(user.serial);
         r.set_issued_at(issued_at);
         r.set_directory_key(key.public().as_bytes());
+        if let Some(keys) = &user.session_keys {
+            keys.write(r.reborrow().init_session_keys());
+        }
     }
     let bytes = capnp::serialize::write_message_to_words(&message);
     let signature = key.sign(SignContext::DirectoryRecord, &bytes);
@@ -248,6 +366,15 @@ pub fn verify_record_at(
     .map_err(|problem| problem.to_string())?;
     let host_address =
         HostAddress::parse(&text(r.get_host_address())?).map_err(|e| e.to_string())?;
+    // Checked again here: a host trusts the directory for names and addresses, not for
+    // signatures it can check itself.
+    let session_keys = if r.has_session_keys() {
+        let keys = PublishedSessionKeys::read(r.get_session_keys().map_err(|e| e.to_string())?)?;
+        keys.verify(&identity)?;
+        Some(keys)
+    } else {
+        None
+    };
     Ok(VerifiedRecord {
         user: UserRecord {
             username,
@@ -257,6 +384,7 @@ pub fn verify_record_at(
             transport_not_after: transport.not_after,
             host_address,
             serial: r.get_serial(),
+            session_keys,
         },
         issued_at: r.get_issued_at(),
         directory_key: *directory_key,

@@ -20,7 +20,7 @@ use crate::clock::now_ms;
 use crate::error::{ErrorCode, Refusal};
 use crate::record::{
     read_identity, sign_record, verify_transport_certificate, CertificateProblem,
-    TransportCertificate, UserRecord,
+    PublishedSessionKeys, TransportCertificate, UserRecord, PREKEY_MAX_AHEAD_S,
 };
 use crate::state::Shared;
 use crate::store::{NewKeys, StoreError};
@@ -199,6 +199,7 @@ pub fn check_registration(
         transport_not_after: transport.not_after,
         host_address: host,
         serial: 0,
+        session_keys: None,
     })
 }
 
@@ -584,6 +585,51 @@ impl session::Server for SessionRpc {
             not_after = transport.not_after,
             "a transport certificate was renewed"
         );
+        sign_record(
+            &self.shared.key,
+            &user,
+            now_ms(),
+            results.get().init_record(),
+        );
+        Ok(())
+    }
+
+    async fn publish_session_keys(
+        self: Rc<Self>,
+        params: session::PublishSessionKeysParams,
+        mut results: session::PublishSessionKeysResults,
+    ) -> Result<(), capnp::Error> {
+        self.check().await?;
+        let current = self
+            .shared
+            .store
+            .get_user(&self.username)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| self.gone())?;
+        let keys = PublishedSessionKeys::read(params.get()?.get_keys()?)
+            .map_err(|e| Refusal::new(ErrorCode::BadRequest, e))?;
+        keys.verify(&current.identity)
+            .map_err(|e| Refusal::new(ErrorCode::BadSignature, e))?;
+        let now_s = now_ms() / 1000;
+        if keys.prekey.id == 0
+            || keys.prekey.expires < now_s
+            || keys.prekey.expires > now_s.saturating_add(PREKEY_MAX_AHEAD_S)
+        {
+            return Err(Refusal::new(
+                ErrorCode::Stale,
+                "the prekey has expired, or expires too far ahead, or has id 0",
+            )
+            .into());
+        }
+        let user = self
+            .shared
+            .store
+            .set_session_keys(&self.username, current.identity.signing_key, keys)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| self.gone())?;
+        tracing::debug!("session keys were published");
         sign_record(
             &self.shared.key,
             &user,

@@ -27,6 +27,8 @@ pub struct SessionPublicKeys {
     pub kem: XWingPublicKey,
     pub kem_signature: Signature,
     pub prekey: SignedPrekey,
+    /// The previous prekey, while keyguard still answers for it.
+    pub previous_prekey: Option<SignedPrekey>,
 }
 
 /// One handshake question for keyguard (see `smvs_crypto::HandshakeComponent`).
@@ -300,28 +302,29 @@ impl KeyguardClient {
             .map_err(|e| self.rpc_error(OP, e))?;
         let read = || -> Result<SessionPublicKeys, String> {
             let r = response.get().map_err(|e| e.to_string())?;
-            let p = r.get_prekey().map_err(|e| e.to_string())?;
             fn bytes(b: capnp::Result<&[u8]>) -> Result<&[u8], String> {
                 b.map_err(|e| e.to_string())
             }
+            let prekey = |p: capnp::Result<_>| {
+                smvs_directory::record::read_prekey(p.map_err(|e: capnp::Error| e.to_string())?)
+            };
             let keys = SessionPublicKeys {
                 kem: XWingPublicKey::from_bytes(bytes(r.get_kem())?).map_err(|e| e.to_string())?,
                 kem_signature: Signature::from_bytes(bytes(r.get_kem_signature())?)
                     .map_err(|e| e.to_string())?,
-                prekey: SignedPrekey {
-                    id: p.get_id(),
-                    expires: p.get_expires(),
-                    dh: AgreementPublicKey::from_bytes(bytes(p.get_dh())?)
-                        .map_err(|e| e.to_string())?,
-                    kem: XWingPublicKey::from_bytes(bytes(p.get_kem())?)
-                        .map_err(|e| e.to_string())?,
-                    signature: Signature::from_bytes(bytes(p.get_signature())?)
-                        .map_err(|e| e.to_string())?,
+                prekey: prekey(r.get_prekey())?,
+                previous_prekey: if r.has_previous_prekey() {
+                    Some(prekey(r.get_previous_prekey())?)
+                } else {
+                    None
                 },
             };
             smvs_crypto::verify_identity_kem(identity, &keys.kem, &keys.kem_signature)
                 .map_err(|e| e.to_string())?;
             keys.prekey.verify(identity).map_err(|e| e.to_string())?;
+            if let Some(previous) = &keys.previous_prekey {
+                previous.verify(identity).map_err(|e| e.to_string())?;
+            }
             Ok(keys)
         };
         read().map_err(|e| self.bad_answer(OP, e))

@@ -502,12 +502,10 @@ impl keyguard::Server for KeyguardRpc {
         let mut r = results.get();
         r.set_kem(keys.kem.as_bytes());
         r.set_kem_signature(keys.kem_signature.as_bytes());
-        let mut p = r.init_prekey();
-        p.set_id(keys.prekey.id);
-        p.set_expires(keys.prekey.expires);
-        p.set_dh(keys.prekey.dh.as_bytes());
-        p.set_kem(keys.prekey.kem.as_bytes());
-        p.set_signature(keys.prekey.signature.as_bytes());
+        smvs_directory::record::write_prekey(r.reborrow().init_prekey(), &keys.prekey);
+        if let Some(previous) = &keys.previous {
+            smvs_directory::record::write_prekey(r.init_previous_prekey(), previous);
+        }
         Ok(())
     }
 

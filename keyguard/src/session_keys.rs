@@ -70,6 +70,8 @@ pub(crate) struct PublicSessionKeys {
     pub kem: smvs_crypto::XWingPublicKey,
     pub kem_signature: Signature,
     pub prekey: SignedPrekey,
+    /// The previous prekey, while keyguard still answers for it.
+    pub previous: Option<SignedPrekey>,
 }
 
 /// Session v2's secrets of the identity. Made when first asked for (after the identity).
@@ -183,6 +185,7 @@ impl SessionSecrets {
             kem: self.kem.public().clone(),
             kem_signature: sign_identity_kem(identity, self.kem.public()),
             prekey: current.signed(identity),
+            previous: self.prekeys.get(1).map(|p| p.signed(identity)),
         })
     }
 

@@ -181,6 +181,7 @@ impl Host {
                 key: config.directory_key,
                 socks5_proxy: config.socks5_proxy.clone(),
                 host_address: host_address.clone(),
+                session_keys: config.max_session_version >= crate::session::SESSION_V2,
             },
             transport.clone(),
             host_address.clone(),

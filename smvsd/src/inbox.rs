@@ -61,6 +61,8 @@ pub struct EnvelopeData {
     /// Session v2: the id of the session it was sealed under (empty for v1).
     pub session_id: Vec<u8>,
     pub sealed: Vec<u8>,
+    /// Session v2, prekey mode: the sender's handshake, sent until we answer.
+    pub prekey_init: Option<session::PrekeyOffer>,
 }
 
 /// A session v2 handshake as it arrived on a host link.
@@ -78,6 +80,9 @@ struct Opened {
     content: Option<smvs_crypto::Zeroizing<Vec<u8>>>,
     check: ReceiptCheck,
     session: Option<SessionV2>,
+    /// The session came from a prekey handshake just accepted: its transcript, remembered
+    /// with it (see `SessionWrite::prekey_transcript`).
+    prekey_transcript: Option<([u8; 32], i64)>,
 }
 
 /// What the receiving host signs for the sender.
@@ -259,7 +264,7 @@ impl Inbox {
             recipient: &me.username,
         };
         let opened = if v2 {
-            self.open_v2(&sender, &header, &env).await?
+            self.open_v2(&me, &contact, &header, &env).await?
         } else {
             // A contact that has spoken v2 with us never goes back to v1. Not refused: kept at
             // the sender, whose host may speak v2 again.
@@ -282,6 +287,7 @@ impl Inbox {
                 content: Some(content),
                 check: ReceiptCheck::V1(keys),
                 session: None,
+                prekey_transcript: None,
             }
         };
         let receipt = |check: &ReceiptCheck| -> Result<ReceiptData, IncomingError> {
@@ -311,7 +317,7 @@ impl Inbox {
                 // The ratchet moved: on disk before the signal is acted on.
                 if let Some(session) = opened.session {
                     self.sessions
-                        .save(&sender, session)
+                        .save_with(&sender, session, opened.prekey_transcript)
                         .await
                         .map_err(busy_here)?;
                 }
@@ -356,7 +362,8 @@ impl Inbox {
         // the disk.
         let write = match &opened.session {
             Some(session) => {
-                let write = self.sessions.write(&sender, session).map_err(busy_here)?;
+                let mut write = self.sessions.write(&sender, session).map_err(busy_here)?;
+                write.prekey_transcript = opened.prekey_transcript;
                 self.sessions.saved(&sender, session.clone());
                 Some(write)
             }
@@ -531,20 +538,34 @@ impl Inbox {
     /// is None, and the receipt is given again. An envelope of
     /// a session we do not have, or that does not open in ours, is answered "session-reset"
     /// (the sender makes a new session and sends it again), so nothing accepted is lost.
+    ///
+    /// An envelope that carries a prekey handshake, of a session we do not have, makes that
+    /// session first ([`Inbox::accept_prekey`]); it is stored only if the envelope opens.
     async fn open_v2(
         &self,
-        sender: &Username,
+        me: &crate::trust::Me,
+        contact: &Contact,
         header: &Header<'_>,
         env: &EnvelopeData,
     ) -> Result<Opened, IncomingError> {
+        let sender = &contact.username;
         let reset =
             |why: &str| IncomingError::Later(format!("{}: {why}", crate::error::SESSION_RESET));
-        let Some(mut session) = self.sessions.current(sender).await.map_err(busy_here)? else {
-            return Err(reset("no session with you here"));
+        let current = self.sessions.current(sender).await.map_err(busy_here)?;
+        let (mut session, prekey_transcript) = match (current, &env.prekey_init) {
+            (Some(session), _) if env.session_id == session.id() => (session, None),
+            (_, Some(offer)) => {
+                let (session, seen) = self.accept_prekey(me, contact, offer).await?;
+                if env.session_id != session.id() {
+                    return Err(refused(
+                        "the envelope names another session than its prekey handshake",
+                    ));
+                }
+                (session, Some(seen))
+            }
+            (None, None) => return Err(reset("no session with you here")),
+            (Some(_), None) => return Err(reset("not the session we have with you")),
         };
-        if env.session_id != session.id() {
-            return Err(reset("not the session we have with you"));
-        }
         if !self.sessions.may_try(sender, false) {
             return Err(IncomingError::Later(
                 "too many of your envelopes did not open lately".into(),
@@ -562,6 +583,7 @@ impl Inbox {
                     content: None,
                     check: ReceiptCheck::V2(session.receipts()),
                     session: None,
+                    prekey_transcript: None,
                 });
             }
             Err(e) => {
@@ -574,7 +596,62 @@ impl Inbox {
             content: Some(content),
             check: ReceiptCheck::V2(session.receipts()),
             session: Some(session),
+            prekey_transcript,
         })
+    }
+
+    /// The session of `contact`'s prekey handshake `offer` (under its session lock): its
+    /// X-Wing key must be signed by the pinned identity, the handshake must name a prekey
+    /// keyguard still holds, and must not have been accepted before (a replay, or a resend of
+    /// a session since replaced here, is answered "session-reset": the sender makes a new
+    /// one). Costs keyguard five questions, so it counts against the sender's trouble budget.
+    async fn accept_prekey(
+        &self,
+        me: &crate::trust::Me,
+        contact: &Contact,
+        offer: &session::PrekeyOffer,
+    ) -> Result<(SessionV2, ([u8; 32], i64)), IncomingError> {
+        let sender = &contact.username;
+        let kem = smvs_crypto::XWingPublicKey::from_bytes(&offer.kem)
+            .map_err(|e| refused(format!("X-Wing key: {e}")))?;
+        let signature = smvs_crypto::Signature::from_bytes(&offer.kem_signature)
+            .map_err(|e| refused(format!("X-Wing key signature: {e}")))?;
+        smvs_crypto::verify_identity_kem(&contact.identity, &kem, &signature)
+            .map_err(|_| refused("the X-Wing key is not signed by the sender's identity"))?;
+        if !self.sessions.may_try(sender, true) {
+            return Err(IncomingError::Later(
+                "too many session handshakes from you lately".into(),
+            ));
+        }
+        let (ours, _) = self
+            .sessions
+            .own_party(&me.username, &me.identity)
+            .await
+            .map_err(busy_here)?;
+        let theirs = crate::session::handshake::Party {
+            username: sender.clone(),
+            identity: contact.identity,
+            kem,
+        };
+        match self
+            .sessions
+            .accept_prekey(&ours, &me.identity, &theirs, &offer.init)
+            .await
+        {
+            Ok(Some(accepted)) => {
+                tracing::info!(peer = %sender, "made a session v2 from our prekey (the peer initiated while we were away)");
+                Ok(accepted)
+            }
+            Ok(None) => {
+                smvs_service::security_event!(warn, smvs_service::logging::PEER_REFUSED, peer = %sender, "a prekey handshake accepted before came again (a replay, or a session replaced since)");
+                Err(IncomingError::Later(format!(
+                    "{}: this prekey handshake was used before",
+                    crate::error::SESSION_RESET
+                )))
+            }
+            Err(e) if e.code == ErrorCode::BadRequest => Err(refused(e.message)),
+            Err(e) => Err(busy_here(e)),
+        }
     }
 
     /// What follows a newly stored message: events, and what a control message asks for.

@@ -479,8 +479,8 @@ async fn stream_outbox(
         return Ok(());
     }
     let me = outbox.trust.me()?;
-    let contact = match outbox.trust.trusted_contact(peer, fresh, false).await {
-        Ok((contact, _)) => contact,
+    let (contact, record) = match outbox.trust.trusted_contact(peer, fresh, false).await {
+        Ok(found) => found,
         Err(e) if e.code == ErrorCode::UnknownUser || e.code == ErrorCode::AddressRefused => {
             // Never registered, or deregistered since; or their record names an address this
             // host never connects to: nobody will take these, so they fail rather than wait.
@@ -502,10 +502,13 @@ async fn stream_outbox(
     };
     let client = match link {
         Some(open) => open.client().clone(),
-        None => link
-            .insert(connect(outbox, &contact).await?)
-            .client()
-            .clone(),
+        None => match connect(outbox, &contact).await {
+            Ok(open) => link.insert(open).client().clone(),
+            Err(e) => {
+                prekey_session(outbox, &me, &contact, &record).await;
+                return Err(e);
+            }
+        },
     };
     let sealer = match outbox
         .sessions
@@ -627,6 +630,39 @@ async fn stream_outbox(
     }
 }
 
+/// The peer's host is away: if we have no v2 session with it, one is made from the prekey
+/// its record publishes (docs/protocol.md, 4.5), so that what waits goes in one flight when the
+/// host is back, with no handshake round trip first. Best effort: on any failure the next
+/// round tries again, and the interactive handshake remains once the host answers.
+async fn prekey_session(
+    outbox: &OutboxState,
+    me: &crate::trust::Me,
+    contact: &crate::model::Contact,
+    record: &smvs_directory::VerifiedRecord,
+) {
+    // The record's keys were checked against the record's identity: usable only when that is
+    // the identity we pinned (a changed key waits for the user).
+    let Some(keys) = record.user.session_keys.as_ref() else {
+        return;
+    };
+    if record.user.identity != contact.identity {
+        return;
+    }
+    if let Err(e) = outbox
+        .sessions
+        .initiate_with_prekey(
+            &me.username,
+            &me.identity,
+            &contact.username,
+            &contact.identity,
+            keys,
+        )
+        .await
+    {
+        tracing::info!(peer = %contact.username, error = %e, "cannot make a session from the peer's prekey now");
+    }
+}
+
 /// The answer to one `deliver`.
 type Delivery = capnp::capability::Promise<
     capnp::capability::Response<host_link::deliver_results::Owned>,
@@ -645,6 +681,12 @@ fn send_sealed(client: &host_link::Client, inner: &Inner, sealed: &SealedEnvelop
         e.set_session_version(sealed.version);
         e.set_session_id(&sealed.session_id);
         e.set_sealed(&sealed.sealed);
+        if let Some(offer) = &sealed.offer {
+            let mut p = e.init_prekey_init();
+            p.set_init(&offer.init);
+            p.set_kem(&offer.kem);
+            p.set_kem_signature(&offer.kem_signature);
+        }
     }
     request.send().promise
 }

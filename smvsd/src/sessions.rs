@@ -32,7 +32,7 @@ use crate::error::HostError;
 use crate::guard::Guard;
 use crate::session::fresh::OsFresh;
 use crate::session::handshake::{self, GuardAsk, Initiator, Party, Pending};
-use crate::session::{self, SessionKeys, SessionV2};
+use crate::session::{self, PrekeyOffer, SessionKeys, SessionV2};
 use crate::storage::{SessionWrite, Storage};
 
 /// Keyguard's question for `ask` of `pending`.
@@ -243,6 +243,7 @@ impl Sessions {
         Ok(SessionWrite {
             peer: peer.clone(),
             state: s.to_bytes().map_err(HostError::internal)?,
+            prekey_transcript: None,
         })
     }
 
@@ -254,7 +255,18 @@ impl Sessions {
     /// Stores `s` as `peer`'s session (call under the lock). The cache holds nothing for the
     /// peer while the write is under way: a cancelled save leaves the next reader on the disk.
     pub async fn save(&self, peer: &Username, s: SessionV2) -> Result<(), HostError> {
-        let write = self.write(peer, &s)?;
+        self.save_with(peer, s, None).await
+    }
+
+    /// [`Sessions::save`], remembering the prekey handshake the session came from.
+    pub async fn save_with(
+        &self,
+        peer: &Username,
+        s: SessionV2,
+        prekey_transcript: Option<([u8; 32], i64)>,
+    ) -> Result<(), HostError> {
+        let mut write = self.write(peer, &s)?;
+        write.prekey_transcript = prekey_transcript;
         self.drop_cached(peer);
         self.storage.save_session(write).await?;
         self.saved(peer, s);
@@ -423,6 +435,95 @@ impl Sessions {
         Ok(response)
     }
 
+    /// Makes a v2 session with `peer` from its published prekey (its host is away), unless
+    /// there is one already; stores it with the offer its envelopes will carry until the peer
+    /// answers. `keys` were checked against `identity` (the pinned one). Returns whether a
+    /// session was made.
+    pub async fn initiate_with_prekey(
+        &self,
+        me: &Username,
+        my_identity: &IdentityBundle,
+        peer: &Username,
+        identity: &IdentityBundle,
+        keys: &smvs_directory::PublishedSessionKeys,
+    ) -> Result<bool, HostError> {
+        if !self.speaks_v2() {
+            return Ok(false);
+        }
+        let _turn = self.lock(peer).await;
+        if self.current(peer).await?.is_some() {
+            return Ok(false);
+        }
+        let now_s = crate::model::now_ms() / 1000;
+        let prekey = match handshake::verify_prekey(&keys.prekey, identity, now_s) {
+            Ok(prekey) => prekey,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "the peer's published prekey cannot be used");
+                return Ok(false);
+            }
+        };
+        let (party, signature) = self.own_party(me, my_identity).await?;
+        let theirs = Party {
+            username: peer.clone(),
+            identity: *identity,
+            kem: keys.kem.clone(),
+        };
+        let (init, pending) =
+            handshake::initiate_with_prekey(&party, &theirs, prekey, &mut OsFresh)
+                .map_err(HostError::internal)?;
+        let answers = self.answers(&pending).await?;
+        let session = SessionV2::from(
+            pending
+                .finish(answers, &mut OsFresh)
+                .map_err(HostError::internal)?,
+        )
+        .with_offer(PrekeyOffer {
+            init,
+            kem: party.kem.as_bytes().to_vec(),
+            kem_signature: signature.as_bytes().to_vec(),
+        });
+        self.save(peer, session).await?;
+        tracing::info!(%peer, prekey = keys.prekey.id, "made a session v2 from the peer's prekey (its host is away)");
+        Ok(true)
+    }
+
+    /// Answers `theirs`'s prekey handshake `init` (it came with an envelope; the peer's X-Wing
+    /// key was checked against its pinned identity): the session, not yet stored, and what to
+    /// store with it so that the same handshake is refused if it comes again. Call under the
+    /// lock; `Ok(None)`: a handshake accepted before (a replay, or a resend of an envelope of a
+    /// session since replaced).
+    pub async fn accept_prekey(
+        &self,
+        me: &Party,
+        my_identity: &IdentityBundle,
+        theirs: &Party,
+        init: &[u8],
+    ) -> Result<Option<(SessionV2, ([u8; 32], i64))>, HostError> {
+        let id = handshake::prekey_id(init).map_err(|e| HostError::bad_request(e.to_string()))?;
+        let keys = self.keyguard.session_keys(my_identity).await?;
+        let Some(prekey) = std::iter::once(keys.prekey)
+            .chain(keys.previous_prekey)
+            .find(|p| p.id == id)
+        else {
+            return Err(HostError::bad_request(format!(
+                "the handshake names prekey {id}, which is no longer held here"
+            )));
+        };
+        let pending = handshake::accept_prekey(me, theirs, &prekey, init)
+            .map_err(|e| HostError::bad_request(e.to_string()))?;
+        let transcript = *pending.transcript();
+        if self.storage.prekey_transcript_seen(transcript).await? {
+            return Ok(None);
+        }
+        let answers = self.answers(&pending).await?;
+        let session: SessionV2 = pending
+            .finish(answers, &mut OsFresh)
+            .map_err(|e| HostError::bad_request(e.to_string()))?
+            .into();
+        // Kept a day past the prekey's expiry: keyguard answers for it no longer than that.
+        Ok(Some((session, (transcript, prekey.expires + 86_400))))
+    }
+
     /// At start-up: if the database's rollback stamp is not keyguard's counter, the database
     /// is older than the last run (restored from a copy) and its ratchets may be behind the
     /// peers': every v2 session is forgotten, and each contact gets a new handshake. Then the
@@ -500,6 +601,8 @@ pub struct SealedEnvelope {
     pub session_id: Vec<u8>,
     pub sealed: Vec<u8>,
     pub receipt: ReceiptCheck,
+    /// v2, prekey mode: the offer that goes with the envelope until the peer answers.
+    pub offer: Option<Rc<PrekeyOffer>>,
 }
 
 /// Why a batch could not be sealed.
@@ -605,6 +708,7 @@ impl Sessions {
                         session_id: Vec::new(),
                         sealed,
                         receipt: ReceiptCheck::V1(keys.clone()),
+                        offer: None,
                     })
                 })
                 .collect(),
@@ -631,6 +735,7 @@ impl Sessions {
                 }
                 self.save(&peer, s.clone()).await?;
                 let check = ReceiptCheck::V2(s.receipts());
+                let offer = s.offer().cloned().map(Rc::new);
                 Ok(sealed
                     .into_iter()
                     .map(|sealed| SealedEnvelope {
@@ -638,6 +743,7 @@ impl Sessions {
                         session_id: s.id().to_vec(),
                         sealed,
                         receipt: check.clone(),
+                        offer: offer.clone(),
                     })
                     .collect())
             }

@@ -72,6 +72,8 @@ pub struct DirectoryConfig {
     pub socks5_proxy: Option<String>,
     /// The address this host publishes there.
     pub host_address: HostAddress,
+    /// Publish session v2's keys (the X-Wing key and keyguard's current prekey) there.
+    pub session_keys: bool,
 }
 
 /// What `verify` found.
@@ -649,10 +651,22 @@ impl Trust {
             .saturating_sub(crate::model::now_ms());
         let ours = &self.directory_config.host_address;
         let address_moved = &record.user.host_address != ours;
-        if record.user.transport_key == transport_key
-            && left > TRANSPORT_CERTIFICATE_LIFETIME_MS / 2
-            && !address_moved
-        {
+        let transport_due = record.user.transport_key != transport_key
+            || left <= TRANSPORT_CERTIFICATE_LIFETIME_MS / 2;
+        // Keyguard rotates the prekey when asked after it is due: what it hands out now is
+        // what the record must carry (checked every RENEW_CHECK, well within a prekey's life).
+        let session_keys = if self.directory_config.session_keys {
+            let keys = self.keyguard.session_keys(&me.identity).await?;
+            Some(smvs_directory::PublishedSessionKeys {
+                kem: keys.kem,
+                kem_signature: keys.kem_signature,
+                prekey: keys.prekey,
+            })
+            .filter(|keys| record.user.session_keys.as_ref() != Some(keys))
+        } else {
+            None
+        };
+        if !transport_due && !address_moved && session_keys.is_none() {
             return Ok(None);
         }
         if address_moved || record.user.transport_key != transport_key {
@@ -677,23 +691,34 @@ impl Trust {
             })
             .await
             .map_err(failed)?;
-        let certificate = self
-            .keyguard
-            .certify_transport(&me.username, &transport_key)
-            .await?;
-        let mut record = session
-            .renew_transport(&certificate)
-            .await
-            .map_err(failed)?;
+        let mut record = record;
+        if transport_due {
+            let certificate = self
+                .keyguard
+                .certify_transport(&me.username, &transport_key)
+                .await?;
+            record = session
+                .renew_transport(&certificate)
+                .await
+                .map_err(failed)?;
+            tracing::info!(
+                not_after = record.user.transport_not_after,
+                serial = record.user.serial,
+                "renewed the transport certificate"
+            );
+        }
         if &record.user.host_address != ours {
             record = session.update_host_address(ours).await.map_err(failed)?;
         }
+        if let Some(keys) = session_keys {
+            record = session.publish_session_keys(&keys).await.map_err(failed)?;
+            tracing::info!(
+                prekey = keys.prekey.id,
+                serial = record.user.serial,
+                "published session v2 keys"
+            );
+        }
         self.records.borrow_mut().remove(&me.username);
-        tracing::info!(
-            not_after = record.user.transport_not_after,
-            serial = record.user.serial,
-            "renewed the transport certificate"
-        );
         Ok(Some(record.user.transport_not_after))
     }
 
@@ -780,6 +805,7 @@ mod tests {
                 transport_not_after: i64::MAX,
                 host_address: HostAddress::parse(address).unwrap(),
                 serial,
+                session_keys: None,
             },
             issued_at: 0,
             directory_key: SigningKeyPair::generate().unwrap().public(),

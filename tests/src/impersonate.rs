@@ -109,6 +109,47 @@ pub async fn v2_handshake(
     Ok(pending.finish(answers, &mut OsFresh)?.into())
 }
 
+/// Plays `me`'s host making a session v2 with `peer` from the prekey `peer`'s directory
+/// record publishes (prekey mode: no call to the peer's host). The session carries the offer
+/// its envelopes go with ([`deliver_v2_offered`]). Call inside a `LocalSet`.
+pub async fn v2_prekey_session(
+    dir: &DirectoryProcess,
+    me: &HostProcess,
+    peer: &str,
+    played: &PlayedHost,
+) -> anyhow::Result<smvsd::session::SessionV2> {
+    use smvsd::session::fresh::OsFresh;
+    use smvsd::session::handshake::{self, Party};
+    let record = dir.client().await?.lookup(&Username::parse(peer)?).await?;
+    let published = record
+        .user
+        .session_keys
+        .context("the peer's record publishes no session keys")?;
+    let keyguard = me.keyguard.client().await?;
+    let mine = keyguard.session_keys(&played.identity).await?;
+    let me_party = Party {
+        username: Username::parse(&me.name)?,
+        identity: played.identity,
+        kem: mine.kem.clone(),
+    };
+    let peer_party = Party {
+        username: Username::parse(peer)?,
+        identity: played.peer_identity,
+        kem: published.kem.clone(),
+    };
+    let now_s = smvsd::model::now_ms() / 1000;
+    let prekey = handshake::verify_prekey(&published.prekey, &played.peer_identity, now_s)?;
+    let (init, pending) =
+        handshake::initiate_with_prekey(&me_party, &peer_party, prekey, &mut OsFresh)?;
+    let answers = crate::keyguard::answer_handshake(&keyguard, &pending).await?;
+    let session: smvsd::session::SessionV2 = pending.finish(answers, &mut OsFresh)?.into();
+    Ok(session.with_offer(smvsd::session::PrekeyOffer {
+        init,
+        kem: mine.kem.as_bytes().to_vec(),
+        kem_signature: mine.kem_signature.as_bytes().to_vec(),
+    }))
+}
+
 /// `inner` sealed under the v2 session `session` (which moves on).
 pub fn seal_v2(session: &mut smvsd::session::SessionV2, inner: &Inner) -> anyhow::Result<Vec<u8>> {
     Ok(session.seal(
@@ -199,7 +240,7 @@ pub async fn deliver(
     link: &host_link::Client,
     envelope: &RawEnvelope,
 ) -> Result<Receipt, capnp::Error> {
-    deliver_as(link, envelope, session::SESSION_V1, &[]).await
+    deliver_as(link, envelope, session::SESSION_V1, &[], None).await
 }
 
 /// [`deliver`] as a session v2 envelope of the session `session_id` names.
@@ -208,7 +249,17 @@ pub async fn deliver_v2(
     envelope: &RawEnvelope,
     session_id: &[u8],
 ) -> Result<Receipt, capnp::Error> {
-    deliver_as(link, envelope, session::SESSION_V2, session_id).await
+    deliver_as(link, envelope, session::SESSION_V2, session_id, None).await
+}
+
+/// [`deliver_v2`] with a prekey handshake's offer beside the envelope.
+pub async fn deliver_v2_offered(
+    link: &host_link::Client,
+    envelope: &RawEnvelope,
+    session_id: &[u8],
+    offer: &session::PrekeyOffer,
+) -> Result<Receipt, capnp::Error> {
+    deliver_as(link, envelope, session::SESSION_V2, session_id, Some(offer)).await
 }
 
 async fn deliver_as(
@@ -216,6 +267,7 @@ async fn deliver_as(
     envelope: &RawEnvelope,
     version: u16,
     session_id: &[u8],
+    offer: Option<&session::PrekeyOffer>,
 ) -> Result<Receipt, capnp::Error> {
     let mut request = link.deliver_request();
     {
@@ -227,6 +279,12 @@ async fn deliver_as(
         e.set_session_version(version);
         e.set_session_id(session_id);
         e.set_sealed(&envelope.sealed);
+        if let Some(offer) = offer {
+            let mut p = e.init_prekey_init();
+            p.set_init(&offer.init);
+            p.set_kem(&offer.kem);
+            p.set_kem_signature(&offer.kem_signature);
+        }
     }
     let response = request.send().promise.await?;
     let receipt = match response.get()?.get_outcome()?.which() {

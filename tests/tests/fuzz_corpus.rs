@@ -169,6 +169,7 @@ fn alice_record(not_after: i64) -> UserRecord {
         transport_not_after: not_after,
         host_address: HostAddress::parse("127.0.0.1:7421").unwrap(),
         serial: 3,
+        session_keys: None,
     }
 }
 

@@ -645,6 +645,7 @@ fn user(name: &str) -> UserRecord {
         transport_key: transport,
         host_address: HostAddress::parse("127.0.0.1:7421").unwrap(),
         serial: 0,
+        session_keys: None,
     }
 }
 

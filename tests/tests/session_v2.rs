@@ -1,7 +1,8 @@
 //! Session v2 between real hosts: conversations move from v1 to v2 at the next message with
-//! their history kept, never go back to v1 (messages wait instead), and a host restored from
-//! an older copy of its database makes new sessions and loses no message sent after it is
-//! back.
+//! their history kept, never go back to v1 (messages wait instead); a first message to a
+//! host that is away is sealed under a session made from its published prekey, and a replay
+//! of that handshake is refused; and a host restored from an older copy of its database makes
+//! new sessions and loses no message sent after it is back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
@@ -310,4 +311,162 @@ fn forged_replayed_and_downgraded_v2_envelopes_change_nothing() {
         "{}",
         bob.logs()
     );
+}
+
+/// First contact while the recipient's host is away: alice's host makes the session from the
+/// prekey bob's record publishes, without bob's host, and her messages go in one flight when
+/// it is back (no interactive handshake either way). Bob's host makes the same session from
+/// its own prekey; once he has answered, the conversation carries on in it.
+#[test]
+fn a_first_message_to_a_host_that_is_away_goes_by_its_published_prekey() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    assert!(
+        bob.logs().contains("published session v2 keys"),
+        "{}",
+        bob.logs()
+    );
+    bob.stop().unwrap();
+
+    let first = alice.send("bob", "first, while you are away").unwrap();
+    let second = alice.send("bob", "second, still away").unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !alice
+        .logs()
+        .contains("made a session v2 from the peer's prekey")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no prekey session: {}",
+            alice.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The session exists before bob's host was ever reached.
+    assert_eq!(session_version(&alice, "bob"), 2);
+
+    bob.start_again().unwrap();
+    for id in [&first, &second] {
+        bob.wait_history("alice", WAIT, |h| h.iter().any(|m| m["id"] == id.as_str()))
+            .unwrap();
+        alice
+            .wait_history("bob", WAIT, |h| {
+                h.iter()
+                    .any(|m| m["id"] == id.as_str() && m["status"] == "delivered")
+            })
+            .unwrap();
+    }
+    assert!(
+        bob.logs().contains("made a session v2 from our prekey"),
+        "{}",
+        bob.logs()
+    );
+    exchange(&bob, &alice, "welcome back to me");
+    exchange(&alice, &bob, "third, in the same session");
+    // Neither host needed the interactive handshake.
+    for host in [&alice, &bob] {
+        let logs = host.logs();
+        assert!(!logs.contains("we initiated"), "{logs}");
+        assert!(!logs.contains("the peer initiated)"), "{logs}");
+    }
+    assert_eq!(session_version(&bob, "alice"), 2);
+    assert_eq!(
+        texts(&bob.history("alice").unwrap()),
+        [
+            "first, while you are away",
+            "second, still away",
+            "welcome back to me",
+            "third, in the same session"
+        ]
+    );
+}
+
+/// A prekey handshake can be replayed (there are no one-time prekeys), so bob's host keeps
+/// what it accepted: the test plays alice's host, sends a first message by bob's published
+/// prekey, moves bob's host to another session, and sends the first envelope again. It is not
+/// taken, and bob's session stays the newer one. A forged X-Wing key is refused.
+#[test]
+fn a_replayed_prekey_handshake_is_refused() {
+    use smvs_tests::impersonate::{
+        self, deliver_v2, deliver_v2_offered, link, play_host, seal_v2, text_message, RawEnvelope,
+    };
+    use smvsd::model::MessageId;
+
+    let (rt, dir) = smvs_tests::runtime::runtime_and_directory().unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    alice.stop().unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let played = play_host(&dir, &alice, &bob).await.unwrap();
+        let link = link(&bob, &played.transport, &played.peer_transport)
+            .await
+            .unwrap();
+        let envelope = |session: &mut smvsd::session::SessionV2, text: &str| {
+            let id = MessageId::random();
+            let inner = text_message(id, "alice", "bob", 1, &[], text).unwrap();
+            RawEnvelope {
+                id,
+                sender: "alice".into(),
+                recipient: "bob".into(),
+                sealed: seal_v2(session, &inner).unwrap(),
+            }
+        };
+        let count = |text: &str| {
+            texts(&bob.history("alice").unwrap())
+                .iter()
+                .filter(|t| *t == text)
+                .count()
+        };
+        let mut by_prekey = impersonate::v2_prekey_session(&dir, &alice, "bob", &played)
+            .await
+            .unwrap();
+        let offer = by_prekey.offer().unwrap().clone();
+        let prekey_id = by_prekey.id();
+
+        // A forged X-Wing key beside the handshake: refused, nothing stored.
+        let mut forged = offer.clone();
+        forged.kem[0] ^= 1;
+        let probe = envelope(&mut by_prekey.clone(), "forged key");
+        let e = deliver_v2_offered(&link, &probe, &prekey_id, &forged)
+            .await
+            .expect_err("a forged key must not be taken")
+            .to_string();
+        assert!(e.contains("refused"), "{e}");
+
+        let first = envelope(&mut by_prekey, "by prekey");
+        deliver_v2_offered(&link, &first, &prekey_id, &offer)
+            .await
+            .unwrap();
+        let again = envelope(&mut by_prekey, "by prekey, again in it");
+        deliver_v2_offered(&link, &again, &prekey_id, &offer)
+            .await
+            .unwrap();
+        assert_eq!(count("by prekey"), 1);
+        assert_eq!(count("by prekey, again in it"), 1);
+
+        // Bob's host moves to another session; then the first envelope comes again.
+        let mut interactive = impersonate::v2_handshake(&alice, "bob", &played, &link)
+            .await
+            .unwrap();
+        let e = deliver_v2_offered(&link, &first, &prekey_id, &offer)
+            .await
+            .expect_err("a replayed prekey handshake must not be taken")
+            .to_string();
+        assert!(e.contains("later: session-reset"), "{e}");
+        assert!(e.contains("used before"), "{e}");
+        assert_eq!(count("by prekey"), 1);
+        // Bob's session is still the interactive one.
+        let next = envelope(&mut interactive, "in the newer session");
+        deliver_v2(&link, &next, &interactive.id()).await.unwrap();
+        assert_eq!(count("in the newer session"), 1);
+        assert_eq!(count("forged key"), 0);
+    });
+    alice.start_again().unwrap();
+    exchange(&alice, &bob, "after the replay");
+    exchange(&bob, &alice, "and back");
 }

@@ -22,7 +22,7 @@ use smvs_crypto::{
 use smvs_schema::{HostAddress, Username};
 use thiserror::Error;
 
-use crate::record::UserRecord;
+use crate::record::{PublishedSessionKeys, UserRecord};
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -154,6 +154,20 @@ impl Store {
         }
     }
 
+    /// Publishes `name`'s session v2 keys (checked by the caller), if the record still holds
+    /// the identity `current` that signed them. A new serial.
+    pub async fn set_session_keys(
+        &self,
+        name: &Username,
+        current: SigningPublicKey,
+        keys: PublishedSessionKeys,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.set_session_keys(name, current, keys).await,
+            Store::Postgres(s) => s.set_session_keys(name, current, keys).await,
+        }
+    }
+
     /// Deletes the user's record and pending tokens, keeping only the keyed hash of the name
     /// with its last serial. Returns whether there was one.
     pub async fn delete_user(&self, name: &Username) -> Result<bool, StoreError> {
@@ -234,6 +248,7 @@ pub(crate) fn row_to_record(
     transport_not_after: i64,
     host_address: &str,
     serial: i64,
+    session_keys: Option<&[u8]>,
 ) -> Result<UserRecord, StoreError> {
     let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(format!("{username}: {e}"));
     Ok(UserRecord {
@@ -246,6 +261,10 @@ pub(crate) fn row_to_record(
         transport_not_after,
         host_address: HostAddress::parse(host_address).map_err(|e| corrupt(&e))?,
         serial: u64::try_from(serial).map_err(|e| corrupt(&e))?,
+        session_keys: session_keys
+            .map(PublishedSessionKeys::from_bytes)
+            .transpose()
+            .map_err(|e| corrupt(&e))?,
     })
 }
 

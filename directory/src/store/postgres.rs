@@ -11,7 +11,8 @@ use smvs_schema::{HostAddress, Username};
 use tokio_postgres::{Client, NoTls};
 
 use super::{next_serial, row_to_record, NameKey, NewKeys, StoreError};
-use crate::record::UserRecord;
+use crate::record::{PublishedSessionKeys, UserRecord};
+use smvs_crypto::SigningPublicKey;
 
 const CONNECTIONS: usize = 4;
 
@@ -48,6 +49,8 @@ const MIGRATIONS: &[&str] = &[
     // The plain names of version 1 are hashed and moved in the same transaction
     // (`PgStore::hash_old_floors`), then their table is dropped.
     "CREATE TABLE deregistered (name_hash BYTEA PRIMARY KEY, serial BIGINT NOT NULL);",
+    // 4: session v2's published keys (PublishedSessionKeys::to_bytes); NULL: none published.
+    "ALTER TABLE users ADD COLUMN session_keys BYTEA;",
 ];
 
 /// The migration after whose SQL [`PgStore::hash_old_floors`] runs.
@@ -228,7 +231,8 @@ impl PgStore {
             .client()
             .query_opt(
                 "SELECT username, signing_key, agreement_key, agreement_signature, transport_key,
-                        transport_certificate, transport_not_after, host_address, serial
+                        transport_certificate, transport_not_after, host_address, serial,
+                        session_keys
                  FROM users WHERE username = $1",
                 &[&name.as_str()],
             )
@@ -244,6 +248,7 @@ impl PgStore {
                 r.get(6),
                 r.get(7),
                 r.get(8),
+                r.get::<_, Option<&[u8]>>(9),
             )
         })
         .transpose()
@@ -281,7 +286,8 @@ impl PgStore {
             .query_opt(
                 "UPDATE users SET signing_key = $2, agreement_key = $3, agreement_signature = $4,
                     transport_key = $5, transport_certificate = $6, serial = GREATEST(serial + 1, $7),
-                    transport_not_after = $8
+                    transport_not_after = $8,
+                    session_keys = CASE WHEN signing_key = $2 THEN session_keys ELSE NULL END
                  WHERE username = $1 AND signing_key = $9 RETURNING serial",
                 &[
                     &name.as_str(),
@@ -293,6 +299,32 @@ impl PgStore {
                     &now,
                     &keys.transport_not_after,
                     &&keys.current.as_bytes()[..],
+                ],
+            )
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(_) => self.get_user(name).await,
+        }
+    }
+
+    pub async fn set_session_keys(
+        &self,
+        name: &Username,
+        current: SigningPublicKey,
+        keys: PublishedSessionKeys,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let now = crate::clock::now_ms();
+        let row = self
+            .client()
+            .query_opt(
+                "UPDATE users SET session_keys = $2, serial = GREATEST(serial + 1, $3)
+                 WHERE username = $1 AND signing_key = $4 RETURNING serial",
+                &[
+                    &name.as_str(),
+                    &keys.to_bytes(),
+                    &now,
+                    &&current.as_bytes()[..],
                 ],
             )
             .await?;

@@ -10,7 +10,8 @@ use smvs_schema::{HostAddress, Username};
 use smvs_sqlite::SqliteWorker;
 
 use super::{next_serial, row_to_record, NameKey, NewKeys, StoreError};
-use crate::record::UserRecord;
+use crate::record::{PublishedSessionKeys, UserRecord};
+use smvs_crypto::SigningPublicKey;
 
 const QUEUE_DEPTH: usize = 4096;
 
@@ -47,6 +48,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE deregistered (name_hash BLOB PRIMARY KEY NOT NULL, serial INTEGER NOT NULL) STRICT;
     INSERT INTO deregistered SELECT smvs_name_hash(username), serial FROM serial_floor;
     DROP TABLE serial_floor;",
+    // 4: session v2's published keys (PublishedSessionKeys::to_bytes); NULL: none published.
+    "ALTER TABLE users ADD COLUMN session_keys BLOB;",
 ];
 
 impl SqliteStore {
@@ -169,7 +172,9 @@ impl SqliteStore {
             c.execute(
                 "UPDATE users SET signing_key = ?2, agreement_key = ?3, agreement_signature = ?4,
                     transport_key = ?5, transport_certificate = ?6, serial = ?7,
-                    transport_not_after = ?8 WHERE username = ?1",
+                    transport_not_after = ?8,
+                    session_keys = CASE WHEN signing_key = ?2 THEN session_keys ELSE NULL END
+                 WHERE username = ?1",
                 params![
                     name.as_str(),
                     &keys.identity.signing_key.as_bytes()[..],
@@ -181,11 +186,46 @@ impl SqliteStore {
                     keys.transport_not_after,
                 ],
             )?;
+            // The published session keys were signed by the old identity.
+            let session_keys = if old.identity.signing_key == keys.identity.signing_key {
+                old.session_keys.clone()
+            } else {
+                None
+            };
             Ok(Some(UserRecord {
+                session_keys,
                 identity: keys.identity,
                 transport_key: keys.transport_key,
                 transport_certificate: keys.transport_certificate,
                 transport_not_after: keys.transport_not_after,
+                serial,
+                ..old
+            }))
+        })
+        .await
+    }
+
+    pub async fn set_session_keys(
+        &self,
+        name: &Username,
+        current: SigningPublicKey,
+        keys: PublishedSessionKeys,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let name = name.clone();
+        self.call(move |c| {
+            let Some(old) = get(c, &name)? else {
+                return Ok(None);
+            };
+            if old.identity.signing_key != current {
+                return Ok(None);
+            }
+            let serial = next_serial(Some(old.serial), now_ms());
+            c.execute(
+                "UPDATE users SET session_keys = ?2, serial = ?3 WHERE username = ?1",
+                params![name.as_str(), keys.to_bytes(), serial as i64],
+            )?;
+            Ok(Some(UserRecord {
+                session_keys: Some(keys),
                 serial,
                 ..old
             }))
@@ -271,7 +311,7 @@ impl SqliteStore {
 fn get(c: &Connection, name: &Username) -> Result<Option<UserRecord>, StoreError> {
     let mut stmt = c.prepare_cached(
         "SELECT username, signing_key, agreement_key, agreement_signature, transport_key,
-                transport_certificate, transport_not_after, host_address, serial
+                transport_certificate, transport_not_after, host_address, serial, session_keys
          FROM users WHERE username = ?1",
     )?;
     let row = stmt
@@ -286,11 +326,12 @@ fn get(c: &Connection, name: &Username) -> Result<Option<UserRecord>, StoreError
                 r.get::<_, i64>(6)?,
                 r.get::<_, String>(7)?,
                 r.get::<_, i64>(8)?,
+                r.get::<_, Option<Vec<u8>>>(9)?,
             ))
         })
         .optional()?;
-    row.map(|(u, sk, ak, asig, tk, tc, na, h, s)| {
-        row_to_record(&u, &sk, &ak, &asig, &tk, &tc, na, &h, s)
+    row.map(|(u, sk, ak, asig, tk, tc, na, h, s, keys)| {
+        row_to_record(&u, &sk, &ak, &asig, &tk, &tc, na, &h, s, keys.as_deref())
     })
     .transpose()
 }

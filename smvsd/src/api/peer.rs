@@ -365,6 +365,25 @@ pub fn envelope_data(
         session_version: e.get_session_version(),
         session_id: e.get_session_id().map_err(malformed)?.to_vec(),
         sealed: sealed.to_vec(),
+        prekey_init: if e.has_prekey_init() {
+            let p = e.get_prekey_init().map_err(malformed)?;
+            let offer = crate::session::PrekeyOffer {
+                init: p.get_init().map_err(malformed)?.to_vec(),
+                kem: p.get_kem().map_err(malformed)?.to_vec(),
+                kem_signature: p.get_kem_signature().map_err(malformed)?.to_vec(),
+            };
+            if offer.init.len() != crate::session::handshake::PREKEY_INIT_LEN
+                || offer.kem.len() != smvs_crypto::XWING_PUBLIC_KEY_LEN
+                || offer.kem_signature.len() != 64
+            {
+                return Err(IncomingError::Refused(
+                    "malformed envelope: a prekey handshake of the wrong size".into(),
+                ));
+            }
+            Some(offer)
+        } else {
+            None
+        },
     })
 }
 

@@ -136,6 +136,10 @@ pub struct Register(pub Username);
 
 command!(Register => HostStatus, |o, Register(name)| {
     o.trust.register(name, o.host_address.clone()).await?;
+    // Publishes session v2's keys now rather than at the next hourly check (best effort).
+    if let Err(e) = o.trust.renew_if_due().await {
+        tracing::warn!(error = %e, "cannot publish the session keys now; trying again later");
+    }
     status(&o).await
 });
 

@@ -27,7 +27,7 @@ mod v2;
 #[cfg(test)]
 mod v2_tests;
 
-pub use v2::{SessionV2, V2Receipts, SESSION_V2, V2_BUCKETS};
+pub use v2::{PrekeyOffer, SessionV2, V2Receipts, SESSION_V2, V2_BUCKETS};
 
 use smvs_crypto::{AeadKey, CryptoError, IdentityBundle, Zeroizing};
 use smvs_schema::Username;

@@ -24,6 +24,47 @@ pub const V2_BUCKETS: [usize; 5] = [2048, 4096, 8192, 32768, 135_168];
 /// The nonce and tag around the padded content.
 const AEAD_OVERHEAD: usize = 24 + 16;
 const STATE_VERSION: u8 = 2;
+/// A state that still carries its prekey offer (we initiated from the peer's prekey, and have
+/// not yet opened anything of theirs): `3 || transcript || receipt key || offer || ratchet`.
+const STATE_WITH_OFFER: u8 = 3;
+
+/// What a prekey-mode initiator sends beside each envelope until the responder has answered:
+/// the handshake Init and the initiator's identity X-Wing key with its signature
+/// (`Envelope.prekeyInit` on the wire).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrekeyOffer {
+    pub init: Vec<u8>,
+    pub kem: Vec<u8>,
+    pub kem_signature: Vec<u8>,
+}
+
+const OFFER_LEN: usize = super::handshake::PREKEY_INIT_LEN + 1216 + 64;
+
+impl PrekeyOffer {
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), SessionError> {
+        if self.init.len() + self.kem.len() + self.kem_signature.len() != OFFER_LEN
+            || self.kem.len() != 1216
+        {
+            return Err(SessionError::Content(
+                "a prekey offer of the wrong size".into(),
+            ));
+        }
+        out.extend_from_slice(&self.init);
+        out.extend_from_slice(&self.kem);
+        out.extend_from_slice(&self.kem_signature);
+        Ok(())
+    }
+
+    fn decode(bytes: &[u8]) -> PrekeyOffer {
+        let (init, rest) = bytes.split_at(super::handshake::PREKEY_INIT_LEN);
+        let (kem, kem_signature) = rest.split_at(1216);
+        PrekeyOffer {
+            init: init.to_vec(),
+            kem: kem.to_vec(),
+            kem_signature: kem_signature.to_vec(),
+        }
+    }
+}
 
 /// One contact's session v2.
 #[derive(Clone)]
@@ -32,6 +73,9 @@ pub struct SessionV2 {
     pub transcript: [u8; 32],
     receipt_key: Zeroizing<[u8; 32]>,
     ratchet: Ratchet,
+    /// Prekey mode, our side: the offer that goes with every envelope until the peer has
+    /// shown (by a message of theirs that opens) that it made the session too.
+    offer: Option<PrekeyOffer>,
 }
 
 impl From<Established> for SessionV2 {
@@ -40,11 +84,23 @@ impl From<Established> for SessionV2 {
             transcript: e.transcript,
             receipt_key: e.receipt_key,
             ratchet: e.ratchet,
+            offer: None,
         }
     }
 }
 
 impl SessionV2 {
+    /// A session we made from the peer's prekey: `offer` goes with its envelopes.
+    pub fn with_offer(mut self, offer: PrekeyOffer) -> SessionV2 {
+        self.offer = Some(offer);
+        self
+    }
+
+    /// The prekey offer to send with each envelope, while the peer has not answered.
+    pub fn offer(&self) -> Option<&PrekeyOffer> {
+        self.offer.as_ref()
+    }
+
     /// What envelopes name the session by (in clear, beside the sealed field): the first 16
     /// bytes of the transcript hash.
     pub fn id(&self) -> [u8; 16] {
@@ -94,6 +150,8 @@ impl SessionV2 {
             .map_err(ratchet_error)?;
         let content = strip_padding(padded)?;
         self.ratchet = next;
+        // The peer sealed this under the session: it has it, the offer is done.
+        self.offer = None;
         Ok(content)
     }
 
@@ -108,17 +166,30 @@ impl SessionV2 {
 
     pub fn to_bytes(&self) -> Result<Zeroizing<Vec<u8>>, SessionError> {
         let ratchet = self.ratchet.to_bytes().map_err(ratchet_error)?;
-        let mut out = Zeroizing::new(Vec::with_capacity(65 + ratchet.len()));
-        out.push(STATE_VERSION);
+        let mut out = Zeroizing::new(Vec::with_capacity(65 + OFFER_LEN + ratchet.len()));
+        out.push(if self.offer.is_some() {
+            STATE_WITH_OFFER
+        } else {
+            STATE_VERSION
+        });
         out.extend_from_slice(&self.transcript);
         out.extend_from_slice(&self.receipt_key[..]);
+        if let Some(offer) = &self.offer {
+            offer.encode_into(&mut out)?;
+        }
         out.extend_from_slice(&ratchet);
         Ok(out)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<SessionV2, SessionError> {
         let bad = || SessionError::Content("stored session state is malformed".into());
-        if bytes.len() < 65 || bytes[0] != STATE_VERSION {
+        let with_offer = match bytes.first() {
+            Some(&STATE_VERSION) => false,
+            Some(&STATE_WITH_OFFER) => true,
+            _ => return Err(bad()),
+        };
+        let ratchet_at = 65 + if with_offer { OFFER_LEN } else { 0 };
+        if bytes.len() < ratchet_at {
             return Err(bad());
         }
         let mut transcript = [0u8; 32];
@@ -128,7 +199,8 @@ impl SessionV2 {
         Ok(SessionV2 {
             transcript,
             receipt_key,
-            ratchet: Ratchet::from_bytes(&bytes[65..]).map_err(|_| bad())?,
+            ratchet: Ratchet::from_bytes(&bytes[ratchet_at..]).map_err(|_| bad())?,
+            offer: with_offer.then(|| PrekeyOffer::decode(&bytes[65..ratchet_at])),
         })
     }
 }
@@ -182,11 +254,59 @@ mod tests {
             transcript: [4; 32],
             receipt_key: Zeroizing::new([5; 32]),
             ratchet,
+            offer: None,
         };
         (
             session(Ratchet::initiator(&sk, dh, kem).unwrap()),
             session(Ratchet::responder(&sk, dh_public, &kem_public, &mut OsFresh).unwrap()),
         )
+    }
+
+    #[test]
+    fn a_prekey_offer_is_kept_in_the_state_until_a_message_of_the_peer_opens() {
+        let (alice, mut bob) = pair();
+        let offer = PrekeyOffer {
+            init: vec![2; super::super::handshake::PREKEY_INIT_LEN],
+            kem: vec![3; 1216],
+            kem_signature: vec![4; 64],
+        };
+        let mut alice = alice.with_offer(offer.clone());
+        let stored = SessionV2::from_bytes(&alice.to_bytes().unwrap()).unwrap();
+        assert_eq!(stored.offer(), Some(&offer));
+        assert_eq!(stored.id(), alice.id());
+        let (a, b) = (
+            Username::parse("alice").unwrap(),
+            Username::parse("bob").unwrap(),
+        );
+        let id = MessageId::random();
+        let to_bob = Header {
+            id: &id,
+            sender: &a,
+            recipient: &b,
+        };
+        let to_alice = Header {
+            id: &id,
+            sender: &b,
+            recipient: &a,
+        };
+        // Sealing does not end the offer; a message of the peer's that does not open neither.
+        let sealed = alice.seal(&to_bob, b"hi", &mut OsFresh).unwrap();
+        bob.open(&to_bob, &sealed, &mut OsFresh).unwrap();
+        assert!(alice.offer().is_some());
+        let answer = bob.seal(&to_alice, b"hello", &mut OsFresh).unwrap();
+        let mut damaged = answer.clone();
+        damaged[100] ^= 1;
+        assert!(alice.open(&to_alice, &damaged, &mut OsFresh).is_err());
+        assert!(alice.offer().is_some());
+        alice.open(&to_alice, &answer, &mut OsFresh).unwrap();
+        assert!(alice.offer().is_none());
+        // Stored without it, in the version-2 layout the frozen vectors use.
+        let bytes = alice.to_bytes().unwrap();
+        assert_eq!(bytes[0], STATE_VERSION);
+        assert!(SessionV2::from_bytes(&bytes).unwrap().offer().is_none());
+        // A state whose offer is cut short does not read.
+        let with = stored.to_bytes().unwrap();
+        assert!(SessionV2::from_bytes(&with[..65 + OFFER_LEN - 1]).is_err());
     }
 
     #[test]

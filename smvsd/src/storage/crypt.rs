@@ -62,6 +62,13 @@ impl AtRest {
         smvs_crypto::blake2b(32, Some(&self.tombstone_key), &[b"chain\0", tag, chain_tag])
     }
 
+    /// What the database keeps of an accepted prekey handshake's transcript hash: a keyed
+    /// BLAKE2b-256 under the tombstone key (its own domain), so the file alone does not link
+    /// a recorded handshake to this host.
+    pub fn prekey_mark(&self, transcript: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        smvs_crypto::blake2b(32, Some(&self.tombstone_key), &[b"prekey\0", transcript])
+    }
+
     /// The conversation tag of `peer` (16 bytes).
     pub fn tag(&self, peer: &Username) -> Result<Vec<u8>, CryptoError> {
         smvs_crypto::blake2b(16, Some(&self.tag_key), &[peer.as_str().as_bytes()])

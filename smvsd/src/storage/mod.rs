@@ -236,6 +236,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE sessions (tag BLOB PRIMARY KEY NOT NULL, sealed BLOB NOT NULL) STRICT;
     CREATE TABLE spoke_v2 (tag BLOB PRIMARY KEY NOT NULL) STRICT, WITHOUT ROWID;
 ",
+    "
+    -- 8: the prekey handshakes accepted (as keyed marks of their transcript hashes), kept
+    -- until their prekey is gone (Unix s), so that a replayed one is refused.
+    CREATE TABLE prekey_transcripts (mark BLOB PRIMARY KEY NOT NULL, until INTEGER NOT NULL) STRICT, WITHOUT ROWID;
+",
 ];
 
 /// Registers the SQL functions the tombstone trigger and migration 4 call: the keyed marks of
@@ -774,7 +779,12 @@ impl Storage {
             .call_then(
                 move |c| {
                     let arrival = store_incoming_in(c, &keys, msg)?;
-                    if let Some(write) = session {
+                    if let Some(mut write) = session {
+                        // Written now: a later deferred write of the same peer's state in
+                        // this transaction replaces this one, and would not carry it.
+                        if let Some(seen) = write.prekey_transcript.take() {
+                            sessions::remember_prekey_transcript(c, &keys, seen)?;
+                        }
                         // Last in the job (it can no longer fail): one write of the peer's
                         // state per transaction, however many of its messages it holds.
                         sessions::defer_session_write(keys.clone(), write);

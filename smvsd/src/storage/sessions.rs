@@ -21,6 +21,29 @@ const COUNTER_SETTING: &str = "rollback-counter";
 pub struct SessionWrite {
     pub peer: Username,
     pub state: Zeroizing<Vec<u8>>,
+    /// A prekey handshake this session came from (its transcript hash, and until when, Unix
+    /// s, a repeat of it must be refused): remembered with the state.
+    pub prekey_transcript: Option<([u8; 32], i64)>,
+}
+
+/// Remembers a prekey handshake's transcript until `until` (Unix s), as a keyed mark, and
+/// drops the marks whose time is over.
+pub(super) fn remember_prekey_transcript(
+    c: &rusqlite::Connection,
+    k: &super::AtRest,
+    (transcript, until): ([u8; 32], i64),
+) -> Result<()> {
+    cached_exec(
+        c,
+        "DELETE FROM prekey_transcripts WHERE until < ?1",
+        [crate::model::now_ms() / 1000],
+    )?;
+    cached_exec(
+        c,
+        "INSERT OR IGNORE INTO prekey_transcripts VALUES (?1, ?2)",
+        params![k.prekey_mark(&transcript)?, until],
+    )?;
+    Ok(())
 }
 
 pub(super) fn write_session(
@@ -36,6 +59,9 @@ pub(super) fn write_session(
         params![tag, sealed],
     )?;
     cached_exec(c, "INSERT OR IGNORE INTO spoke_v2 VALUES (?1)", [&tag])?;
+    if let Some(seen) = write.prekey_transcript {
+        remember_prekey_transcript(c, k, seen)?;
+    }
     Ok(())
 }
 
@@ -85,6 +111,20 @@ impl Storage {
                 c,
                 "SELECT EXISTS (SELECT 1 FROM spoke_v2 WHERE tag = ?1)",
                 [k.tag(&peer)?],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Whether a prekey handshake with this transcript hash was accepted before (and its
+    /// prekey may still be in use): then it is a replay.
+    pub async fn prekey_transcript_seen(&self, transcript: [u8; 32]) -> Result<bool> {
+        self.call(move |c, k| {
+            Ok(cached_row(
+                c,
+                "SELECT EXISTS (SELECT 1 FROM prekey_transcripts WHERE mark = ?1)",
+                [k.prekey_mark(&transcript)?],
                 |r| r.get(0),
             )?)
         })
