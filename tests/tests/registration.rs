@@ -39,6 +39,7 @@ both_backends!(
     a_session_dies_with_the_identity_that_opened_it,
     deregistration_leaves_no_trace_of_the_name,
     serial_floors_of_an_older_directory_are_hashed_on_open,
+    published_session_keys_are_checked_kept_and_dropped_at_rotation,
 );
 
 fn code<T>(r: Result<T, smvs_directory::ClientError>) -> ErrorCode {
@@ -1203,4 +1204,122 @@ fn a_host_puts_back_its_own_address_when_the_record_was_pointed_elsewhere() {
             .contains(smvs_service::logging::OWN_RECORD_CHANGED.message_id),
         "no security event for the moved record"
     );
+}
+
+/// Session v2's keys as keyguard would make them, signed by `identity`.
+fn session_keys(
+    identity: &IdentityKeys,
+    prekey_id: u32,
+    expires: i64,
+) -> smvs_directory::PublishedSessionKeys {
+    let kem = smvs_crypto::XWingKeyPair::generate().unwrap().public().clone();
+    smvs_directory::PublishedSessionKeys {
+        kem_signature: smvs_crypto::sign_identity_kem(identity, &kem),
+        kem,
+        prekey: smvs_crypto::SignedPrekey::sign(
+            identity,
+            prekey_id,
+            expires,
+            AgreementKeyPair::generate().unwrap().public(),
+            smvs_crypto::XWingKeyPair::generate().unwrap().public().clone(),
+        ),
+    }
+}
+
+/// Publishing session v2's keys: only keys the record's identity signed, with a prekey that
+/// has not expired and does not run too far ahead; a look-up shows them (checked again by the
+/// client); a renewal of the transport certificate keeps them; a key rotation drops them
+/// (they were the old identity's).
+async fn published_session_keys_are_checked_kept_and_dropped_at_rotation(backend: Backend) {
+    let dir = DirectoryProcess::start(backend, &[]).await.unwrap();
+    let client = dir.client().await.unwrap();
+    let alice = TestUser::new("alice", "127.0.0.1:7421").unwrap();
+    let first = client
+        .register(&alice.registration(&dir.key))
+        .await
+        .unwrap();
+    assert_eq!(first.user.session_keys, None);
+    let session = alice.login(&client).await.unwrap();
+    let now_s = smvs_directory::clock::now_ms() / 1000;
+    let week = 7 * 24 * 3600;
+
+    // Signed by someone else, or forged after signing: refused.
+    let stranger = IdentityKeys::generate().unwrap();
+    assert_eq!(
+        code(
+            session
+                .publish_session_keys(&session_keys(&stranger, 1, now_s + week))
+                .await
+        ),
+        ErrorCode::BadSignature
+    );
+    let mut moved = session_keys(&alice.identity, 1, now_s + week);
+    moved.prekey.expires += 1;
+    assert_eq!(
+        code(session.publish_session_keys(&moved).await),
+        ErrorCode::BadSignature
+    );
+    let mut other_kem = session_keys(&alice.identity, 1, now_s + week);
+    other_kem.kem = smvs_crypto::XWingKeyPair::generate().unwrap().public().clone();
+    assert_eq!(
+        code(session.publish_session_keys(&other_kem).await),
+        ErrorCode::BadSignature
+    );
+    // Expired, too far ahead, or id 0: refused as stale.
+    for (id, expires) in [(1, now_s - 1), (1, now_s + 40 * 24 * 3600), (0, now_s + week)] {
+        assert_eq!(
+            code(
+                session
+                    .publish_session_keys(&session_keys(&alice.identity, id, expires))
+                    .await
+            ),
+            ErrorCode::Stale
+        );
+    }
+    assert_eq!(
+        client.lookup(&alice.username).await.unwrap().user.session_keys,
+        None
+    );
+
+    // Good ones are published, with a new serial; a look-up shows them.
+    let keys = session_keys(&alice.identity, 1, now_s + week);
+    let published = session.publish_session_keys(&keys).await.unwrap();
+    assert_eq!(published.user.session_keys.as_ref(), Some(&keys));
+    assert!(published.user.serial > first.user.serial);
+    let seen = client.lookup(&alice.username).await.unwrap();
+    assert_eq!(seen.user.session_keys.as_ref(), Some(&keys));
+    // A new prekey replaces the old one.
+    let rotated_prekey = session_keys(&alice.identity, 2, now_s + 2 * week);
+    session.publish_session_keys(&rotated_prekey).await.unwrap();
+    assert_eq!(
+        client.lookup(&alice.username).await.unwrap().user.session_keys,
+        Some(rotated_prekey.clone())
+    );
+    // A renewal keeps them.
+    let renewal = TransportCertificate::sign_locally(
+        &alice.identity,
+        &alice.username,
+        alice.transport.public(),
+        smvs_directory::clock::now_ms() + canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS,
+    );
+    let renewed = session.renew_transport(&renewal).await.unwrap();
+    assert_eq!(renewed.user.session_keys, Some(rotated_prekey));
+
+    // A key rotation drops them.
+    let new_identity = IdentityKeys::generate().unwrap();
+    let rotation = Rotation::sign_locally(
+        &dir.key,
+        &alice.username,
+        &alice.identity,
+        &new_identity,
+        AgreementKeyPair::generate().unwrap().public(),
+        smvs_directory::clock::now_ms(),
+    );
+    let rotated = session.rotate_keys(&rotation).await.unwrap();
+    assert_eq!(rotated.user.session_keys, None);
+    assert_eq!(
+        client.lookup(&alice.username).await.unwrap().user.session_keys,
+        None
+    );
+    dir.daemon.stop().unwrap();
 }
