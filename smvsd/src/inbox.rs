@@ -36,7 +36,7 @@ use crate::model::{
 use crate::outbox::Outbox;
 use crate::session::fresh::OsFresh;
 use crate::session::{self, Content, Header, SessionV2};
-use crate::sessions::{ReceiptCheck, Sessions};
+use crate::sessions::{PrekeyAcceptance, ReceiptCheck, Sessions};
 use crate::storage::{Arrival, Storage};
 use crate::trust::Trust;
 
@@ -554,7 +554,10 @@ impl Inbox {
         let current = self.sessions.current(sender).await.map_err(busy_here)?;
         let (mut session, prekey_transcript) = match (current, &env.prekey_init) {
             (Some(session), _) if env.session_id == session.id() => (session, None),
-            (_, Some(offer)) => {
+            // A prekey handshake makes a session only where there is none: a live one is not
+            // replaced by an offer that may be older (the sender's host reaches us, and makes
+            // a new session interactively after the reset).
+            (None, Some(offer)) => {
                 let (session, seen) = self.accept_prekey(me, contact, offer).await?;
                 if env.session_id != session.id() {
                     return Err(refused(
@@ -564,7 +567,7 @@ impl Inbox {
                 (session, Some(seen))
             }
             (None, None) => return Err(reset("no session with you here")),
-            (Some(_), None) => return Err(reset("not the session we have with you")),
+            (Some(_), _) => return Err(reset("not the session we have with you")),
         };
         if !self.sessions.may_try(sender, false) {
             return Err(IncomingError::Later(
@@ -638,11 +641,16 @@ impl Inbox {
             .accept_prekey(&ours, &me.identity, &theirs, &offer.init)
             .await
         {
-            Ok(Some(accepted)) => {
+            Ok(PrekeyAcceptance::Made(session, seen)) => {
                 tracing::info!(peer = %sender, "made a session v2 from our prekey (the peer initiated while we were away)");
-                Ok(accepted)
+                Ok((*session, seen))
             }
-            Ok(None) => {
+            // Rotated out while the sender waited: it makes a new session (we answer now).
+            Ok(PrekeyAcceptance::Gone(id)) => Err(IncomingError::Later(format!(
+                "{}: the handshake names prekey {id}, which is no longer held here",
+                crate::error::SESSION_RESET
+            ))),
+            Ok(PrekeyAcceptance::Replayed) => {
                 smvs_service::security_event!(warn, smvs_service::logging::PEER_REFUSED, peer = %sender, "a prekey handshake accepted before came again (a replay, or a session replaced since)");
                 Err(IncomingError::Later(format!(
                     "{}: this prekey handshake was used before",

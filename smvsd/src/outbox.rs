@@ -702,7 +702,10 @@ async fn forget_reset_session(
     let Some(id) = check.session_id() else {
         return;
     };
-    if why.starts_with(crate::error::SESSION_RESET) {
+    // "Session v2 is off" there: the session goes too, and the next round finds out what the
+    // host speaks. If the peer ever answered in v2, the no-downgrade mark stays (messages
+    // wait); if it never did (a prekey session it did not take), v1 is no downgrade.
+    if why.starts_with(crate::error::SESSION_RESET) || why.contains("session v2 is off") {
         if let Err(e) = outbox.sessions.forget_if(peer, id).await {
             tracing::warn!(%peer, error = %e, "cannot forget a session the peer reset");
         }

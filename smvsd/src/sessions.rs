@@ -225,10 +225,25 @@ impl Sessions {
     /// Whether `peer` has spoken v2 with us: then it never gets or gives v1 again. Reads
     /// without the lock, and never fills the cache.
     pub async fn spoke_v2(&self, peer: &Username) -> Result<bool, HostError> {
-        if self.v2.borrow().contains_key(peer) {
+        // (A prekey session of ours the peer has not answered does not count.)
+        if self
+            .v2
+            .borrow()
+            .get(peer)
+            .is_some_and(|s| s.offer().is_none())
+        {
             return Ok(true);
         }
         Ok(self.storage.spoke_v2(peer).await?)
+    }
+
+    /// Whether envelopes to `peer` are sealed in v2 now: it has spoken v2 with us, or we hold
+    /// a session with it (one made from its prekey included, answered or not). For `verify`.
+    pub async fn uses_v2(&self, peer: &Username) -> Result<bool, HostError> {
+        if self.v2.borrow().contains_key(peer) || self.spoke_v2(peer).await? {
+            return Ok(true);
+        }
+        Ok(self.storage.session(peer).await?.is_some())
     }
 
     /// Drops `peer`'s cached state, so that the next reader reads what is on disk (after a
@@ -244,6 +259,7 @@ impl Sessions {
             peer: peer.clone(),
             state: s.to_bytes().map_err(HostError::internal)?,
             prekey_transcript: None,
+            confirmed: s.offer().is_none(),
         })
     }
 
@@ -490,30 +506,27 @@ impl Sessions {
     /// Answers `theirs`'s prekey handshake `init` (it came with an envelope; the peer's X-Wing
     /// key was checked against its pinned identity): the session, not yet stored, and what to
     /// store with it so that the same handshake is refused if it comes again. Call under the
-    /// lock; `Ok(None)`: a handshake accepted before (a replay, or a resend of an envelope of a
-    /// session since replaced).
+    /// lock.
     pub async fn accept_prekey(
         &self,
         me: &Party,
         my_identity: &IdentityBundle,
         theirs: &Party,
         init: &[u8],
-    ) -> Result<Option<(SessionV2, ([u8; 32], i64))>, HostError> {
+    ) -> Result<PrekeyAcceptance, HostError> {
         let id = handshake::prekey_id(init).map_err(|e| HostError::bad_request(e.to_string()))?;
         let keys = self.keyguard.session_keys(my_identity).await?;
         let Some(prekey) = std::iter::once(keys.prekey)
             .chain(keys.previous_prekey)
             .find(|p| p.id == id)
         else {
-            return Err(HostError::bad_request(format!(
-                "the handshake names prekey {id}, which is no longer held here"
-            )));
+            return Ok(PrekeyAcceptance::Gone(id));
         };
         let pending = handshake::accept_prekey(me, theirs, &prekey, init)
             .map_err(|e| HostError::bad_request(e.to_string()))?;
         let transcript = *pending.transcript();
         if self.storage.prekey_transcript_seen(transcript).await? {
-            return Ok(None);
+            return Ok(PrekeyAcceptance::Replayed);
         }
         let answers = self.answers(&pending).await?;
         let session: SessionV2 = pending
@@ -521,7 +534,10 @@ impl Sessions {
             .map_err(|e| HostError::bad_request(e.to_string()))?
             .into();
         // Kept a day past the prekey's expiry: keyguard answers for it no longer than that.
-        Ok(Some((session, (transcript, prekey.expires + 86_400))))
+        Ok(PrekeyAcceptance::Made(
+            Box::new(session),
+            (transcript, prekey.expires + 86_400),
+        ))
     }
 
     /// At start-up: if the database's rollback stamp is not keyguard's counter, the database
@@ -553,6 +569,16 @@ impl Sessions {
         self.storage.set_rollback_stamp(next).await?;
         Ok(())
     }
+}
+
+/// What came of a peer's prekey handshake.
+pub enum PrekeyAcceptance {
+    /// The session, not yet stored, and the transcript to remember with it (until, Unix s).
+    Made(Box<SessionV2>, ([u8; 32], i64)),
+    /// Accepted before: a replay, or an envelope of a session since forgotten here.
+    Replayed,
+    /// It names a prekey keyguard no longer holds (rotated out, or expired).
+    Gone(u32),
 }
 
 /// Which session seals for a peer in one delivery round.

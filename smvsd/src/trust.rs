@@ -655,14 +655,20 @@ impl Trust {
             || left <= TRANSPORT_CERTIFICATE_LIFETIME_MS / 2;
         // Keyguard rotates the prekey when asked after it is due: what it hands out now is
         // what the record must carry (checked every RENEW_CHECK, well within a prekey's life).
+        // A keyguard that cannot give them does not hold up the certificate's renewal.
         let session_keys = if self.directory_config.session_keys {
-            let keys = self.keyguard.session_keys(&me.identity).await?;
-            Some(smvs_directory::PublishedSessionKeys {
-                kem: keys.kem,
-                kem_signature: keys.kem_signature,
-                prekey: keys.prekey,
-            })
-            .filter(|keys| record.user.session_keys.as_ref() != Some(keys))
+            match self.keyguard.session_keys(&me.identity).await {
+                Ok(keys) => Some(smvs_directory::PublishedSessionKeys {
+                    kem: keys.kem,
+                    kem_signature: keys.kem_signature,
+                    prekey: keys.prekey,
+                })
+                .filter(|keys| record.user.session_keys.as_ref() != Some(keys)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot get the session keys to publish; trying again at the next check");
+                    None
+                }
+            }
         } else {
             None
         };
@@ -711,12 +717,20 @@ impl Trust {
             record = session.update_host_address(ours).await.map_err(failed)?;
         }
         if let Some(keys) = session_keys {
-            record = session.publish_session_keys(&keys).await.map_err(failed)?;
-            tracing::info!(
-                prekey = keys.prekey.id,
-                serial = record.user.serial,
-                "published session v2 keys"
-            );
+            // A directory that refuses them (an older one, say) leaves the rest done.
+            match session.publish_session_keys(&keys).await {
+                Ok(published) => {
+                    record = published;
+                    tracing::info!(
+                        prekey = keys.prekey.id,
+                        serial = record.user.serial,
+                        "published session v2 keys"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the directory did not take our session keys; trying again at the next check")
+                }
+            }
         }
         self.records.borrow_mut().remove(&me.username);
         Ok(Some(record.user.transport_not_after))

@@ -1212,7 +1212,10 @@ fn session_keys(
     prekey_id: u32,
     expires: i64,
 ) -> smvs_directory::PublishedSessionKeys {
-    let kem = smvs_crypto::XWingKeyPair::generate().unwrap().public().clone();
+    let kem = smvs_crypto::XWingKeyPair::generate()
+        .unwrap()
+        .public()
+        .clone();
     smvs_directory::PublishedSessionKeys {
         kem_signature: smvs_crypto::sign_identity_kem(identity, &kem),
         kem,
@@ -1221,7 +1224,10 @@ fn session_keys(
             prekey_id,
             expires,
             AgreementKeyPair::generate().unwrap().public(),
-            smvs_crypto::XWingKeyPair::generate().unwrap().public().clone(),
+            smvs_crypto::XWingKeyPair::generate()
+                .unwrap()
+                .public()
+                .clone(),
         ),
     }
 }
@@ -1260,13 +1266,20 @@ async fn published_session_keys_are_checked_kept_and_dropped_at_rotation(backend
         ErrorCode::BadSignature
     );
     let mut other_kem = session_keys(&alice.identity, 1, now_s + week);
-    other_kem.kem = smvs_crypto::XWingKeyPair::generate().unwrap().public().clone();
+    other_kem.kem = smvs_crypto::XWingKeyPair::generate()
+        .unwrap()
+        .public()
+        .clone();
     assert_eq!(
         code(session.publish_session_keys(&other_kem).await),
         ErrorCode::BadSignature
     );
     // Expired, too far ahead, or id 0: refused as stale.
-    for (id, expires) in [(1, now_s - 1), (1, now_s + 40 * 24 * 3600), (0, now_s + week)] {
+    for (id, expires) in [
+        (1, now_s - 1),
+        (1, now_s + 40 * 24 * 3600),
+        (0, now_s + week),
+    ] {
         assert_eq!(
             code(
                 session
@@ -1277,7 +1290,12 @@ async fn published_session_keys_are_checked_kept_and_dropped_at_rotation(backend
         );
     }
     assert_eq!(
-        client.lookup(&alice.username).await.unwrap().user.session_keys,
+        client
+            .lookup(&alice.username)
+            .await
+            .unwrap()
+            .user
+            .session_keys,
         None
     );
 
@@ -1292,7 +1310,12 @@ async fn published_session_keys_are_checked_kept_and_dropped_at_rotation(backend
     let rotated_prekey = session_keys(&alice.identity, 2, now_s + 2 * week);
     session.publish_session_keys(&rotated_prekey).await.unwrap();
     assert_eq!(
-        client.lookup(&alice.username).await.unwrap().user.session_keys,
+        client
+            .lookup(&alice.username)
+            .await
+            .unwrap()
+            .user
+            .session_keys,
         Some(rotated_prekey.clone())
     );
     // A renewal keeps them.
@@ -1318,7 +1341,12 @@ async fn published_session_keys_are_checked_kept_and_dropped_at_rotation(backend
     let rotated = session.rotate_keys(&rotation).await.unwrap();
     assert_eq!(rotated.user.session_keys, None);
     assert_eq!(
-        client.lookup(&alice.username).await.unwrap().user.session_keys,
+        client
+            .lookup(&alice.username)
+            .await
+            .unwrap()
+            .user
+            .session_keys,
         None
     );
     dir.daemon.stop().unwrap();

@@ -33,6 +33,38 @@ fn exchange(from: &HostProcess, to: &HostProcess, text: &str) {
     .unwrap();
 }
 
+/// Copies `host`'s database files (stop it first) into a new folder; returns where.
+fn copy_database(host: &HostProcess, name: &str) -> std::path::PathBuf {
+    let backup = host.root.path().join(name);
+    std::fs::create_dir(&backup).unwrap();
+    for file in database_files(host) {
+        std::fs::copy(&file, backup.join(file.file_name().unwrap())).unwrap();
+    }
+    backup
+}
+
+/// Puts the copy made by [`copy_database`] back in place of `host`'s database (stopped).
+fn restore_database(host: &HostProcess, backup: &std::path::Path) {
+    for file in database_files(host) {
+        std::fs::remove_file(file).unwrap();
+    }
+    for file in std::fs::read_dir(backup).unwrap() {
+        let file = file.unwrap().path();
+        std::fs::copy(&file, host.state_dir.join(file.file_name().unwrap())).unwrap();
+    }
+}
+
+fn database_files(host: &HostProcess) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(&host.state_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("host.db"))
+        })
+        .collect()
+}
+
 fn texts(history: &[serde_json::Value]) -> Vec<String> {
     history
         .iter()
@@ -127,19 +159,7 @@ fn a_host_restored_from_an_older_copy_of_its_database_makes_new_sessions_and_los
 
     // A copy of alice's database, taken while her host is stopped.
     alice.stop().unwrap();
-    let backup = alice.root.path().join("backup");
-    std::fs::create_dir(&backup).unwrap();
-    let database_files: Vec<_> = std::fs::read_dir(&alice.state_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("host.db"))
-        })
-        .collect();
-    for file in &database_files {
-        std::fs::copy(file, backup.join(file.file_name().unwrap())).unwrap();
-    }
+    let backup = copy_database(&alice, "backup");
     alice.start_again().unwrap();
     // The ratchets move on, on both sides.
     for i in 0..3 {
@@ -149,18 +169,7 @@ fn a_host_restored_from_an_older_copy_of_its_database_makes_new_sessions_and_los
 
     // Alice's host comes back on the old copy: its ratchets are behind bob's.
     alice.stop().unwrap();
-    for file in std::fs::read_dir(&alice.state_dir).unwrap() {
-        let path = file.unwrap().path();
-        if path
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("host.db"))
-        {
-            std::fs::remove_file(path).unwrap();
-        }
-    }
-    for file in &database_files {
-        std::fs::copy(backup.join(file.file_name().unwrap()), file).unwrap();
-    }
+    restore_database(&alice, &backup);
     alice.start_again().unwrap();
     assert!(
         alice.logs().contains("older than the key guard's counter"),
@@ -385,9 +394,12 @@ fn a_first_message_to_a_host_that_is_away_goes_by_its_published_prekey() {
 }
 
 /// A prekey handshake can be replayed (there are no one-time prekeys), so bob's host keeps
-/// what it accepted: the test plays alice's host, sends a first message by bob's published
-/// prekey, moves bob's host to another session, and sends the first envelope again. It is not
-/// taken, and bob's session stays the newer one. A forged X-Wing key is refused.
+/// what it accepted. The test plays alice's host and sends bob's first messages by his
+/// published prekey. Then bob's host comes back on a copy of its database (so it forgets its
+/// sessions, as after any restore) and the first envelope comes again: it is not taken. An
+/// offer never replaces a live session (the sender is answered "session-reset" and makes a new
+/// one); one naming a prekey bob's keyguard no longer holds is answered the same way; a forged
+/// X-Wing key is refused.
 #[test]
 fn a_replayed_prekey_handshake_is_refused() {
     use smvs_tests::impersonate::{
@@ -397,31 +409,37 @@ fn a_replayed_prekey_handshake_is_refused() {
 
     let (rt, dir) = smvs_tests::runtime::runtime_and_directory().unwrap();
     let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
-    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     alice.register().unwrap();
     bob.register().unwrap();
     alice.stop().unwrap();
-    tokio::task::LocalSet::new().block_on(&rt, async {
+    let envelope = |session: &mut smvsd::session::SessionV2, text: &str| {
+        let id = MessageId::random();
+        let inner = text_message(id, "alice", "bob", 1, &[], text).unwrap();
+        RawEnvelope {
+            id,
+            sender: "alice".into(),
+            recipient: "bob".into(),
+            sealed: seal_v2(session, &inner).unwrap(),
+        }
+    };
+    let count = |bob: &HostProcess, text: &str| {
+        texts(&bob.history("alice").unwrap())
+            .iter()
+            .filter(|t| *t == text)
+            .count()
+    };
+    let said = |r: Result<impersonate::Receipt, capnp::Error>, wanted: &[&str]| {
+        let e = r.expect_err("must not be taken").to_string();
+        for w in wanted {
+            assert!(e.contains(w), "{e} (wanted {w:?})");
+        }
+    };
+    let (first, offer, prekey_id) = tokio::task::LocalSet::new().block_on(&rt, async {
         let played = play_host(&dir, &alice, &bob).await.unwrap();
         let link = link(&bob, &played.transport, &played.peer_transport)
             .await
             .unwrap();
-        let envelope = |session: &mut smvsd::session::SessionV2, text: &str| {
-            let id = MessageId::random();
-            let inner = text_message(id, "alice", "bob", 1, &[], text).unwrap();
-            RawEnvelope {
-                id,
-                sender: "alice".into(),
-                recipient: "bob".into(),
-                sealed: seal_v2(session, &inner).unwrap(),
-            }
-        };
-        let count = |text: &str| {
-            texts(&bob.history("alice").unwrap())
-                .iter()
-                .filter(|t| *t == text)
-                .count()
-        };
         let mut by_prekey = impersonate::v2_prekey_session(&dir, &alice, "bob", &played)
             .await
             .unwrap();
@@ -432,11 +450,17 @@ fn a_replayed_prekey_handshake_is_refused() {
         let mut forged = offer.clone();
         forged.kem[0] ^= 1;
         let probe = envelope(&mut by_prekey.clone(), "forged key");
-        let e = deliver_v2_offered(&link, &probe, &prekey_id, &forged)
-            .await
-            .expect_err("a forged key must not be taken")
-            .to_string();
-        assert!(e.contains("refused"), "{e}");
+        said(
+            deliver_v2_offered(&link, &probe, &prekey_id, &forged).await,
+            &["refused"],
+        );
+        // A prekey bob's keyguard never held (or no longer holds): the sender starts over.
+        let mut gone = offer.clone();
+        gone.init[4] ^= 0x55;
+        said(
+            deliver_v2_offered(&link, &probe, &prekey_id, &gone).await,
+            &["later: session-reset", "no longer held"],
+        );
 
         let first = envelope(&mut by_prekey, "by prekey");
         deliver_v2_offered(&link, &first, &prekey_id, &offer)
@@ -446,25 +470,53 @@ fn a_replayed_prekey_handshake_is_refused() {
         deliver_v2_offered(&link, &again, &prekey_id, &offer)
             .await
             .unwrap();
-        assert_eq!(count("by prekey"), 1);
-        assert_eq!(count("by prekey, again in it"), 1);
+        assert_eq!(count(&bob, "by prekey"), 1);
+        assert_eq!(count(&bob, "by prekey, again in it"), 1);
+        assert_eq!(count(&bob, "forged key"), 0);
+        (first, offer, prekey_id)
+    });
 
-        // Bob's host moves to another session; then the first envelope comes again.
+    // Bob's host is restored from a copy taken after the handshake: it forgets its sessions,
+    // and keeps what it accepted.
+    bob.stop().unwrap();
+    let backup = copy_database(&bob, "backup");
+    bob.start_again().unwrap();
+    bob.stop().unwrap();
+    restore_database(&bob, &backup);
+    bob.start_again().unwrap();
+    assert!(
+        bob.logs().contains("older than the key guard's counter"),
+        "{}",
+        bob.logs()
+    );
+    tokio::task::LocalSet::new().block_on(&rt, async {
+        let played = play_host(&dir, &alice, &bob).await.unwrap();
+        let link = link(&bob, &played.transport, &played.peer_transport)
+            .await
+            .unwrap();
+        said(
+            deliver_v2_offered(&link, &first, &prekey_id, &offer).await,
+            &["later: session-reset", "used before"],
+        );
+        assert_eq!(count(&bob, "by prekey"), 1);
+
+        // A live session is not replaced by an offer.
         let mut interactive = impersonate::v2_handshake(&alice, "bob", &played, &link)
             .await
             .unwrap();
-        let e = deliver_v2_offered(&link, &first, &prekey_id, &offer)
+        let mut late = impersonate::v2_prekey_session(&dir, &alice, "bob", &played)
             .await
-            .expect_err("a replayed prekey handshake must not be taken")
-            .to_string();
-        assert!(e.contains("later: session-reset"), "{e}");
-        assert!(e.contains("used before"), "{e}");
-        assert_eq!(count("by prekey"), 1);
-        // Bob's session is still the interactive one.
-        let next = envelope(&mut interactive, "in the newer session");
+            .unwrap();
+        let late_offer = late.offer().unwrap().clone();
+        let late_envelope = envelope(&mut late, "a late offer");
+        said(
+            deliver_v2_offered(&link, &late_envelope, &late.id(), &late_offer).await,
+            &["later: session-reset", "not the session we have"],
+        );
+        let next = envelope(&mut interactive, "in the live session");
         deliver_v2(&link, &next, &interactive.id()).await.unwrap();
-        assert_eq!(count("in the newer session"), 1);
-        assert_eq!(count("forged key"), 0);
+        assert_eq!(count(&bob, "in the live session"), 1);
+        assert_eq!(count(&bob, "a late offer"), 0);
     });
     alice.start_again().unwrap();
     exchange(&alice, &bob, "after the replay");

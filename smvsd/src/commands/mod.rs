@@ -319,7 +319,7 @@ command!(Verify => Verification, |o, m| {
         o.sessions.forget(&m.user).await?;
         o.outbox.kick(&m.user);
     }
-    if o.sessions.spoke_v2(&m.user).await? {
+    if o.sessions.uses_v2(&m.user).await? {
         v.session_version = crate::session::SESSION_V2;
     }
     Ok(v)

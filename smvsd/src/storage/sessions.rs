@@ -24,6 +24,9 @@ pub struct SessionWrite {
     /// A prekey handshake this session came from (its transcript hash, and until when, Unix
     /// s, a repeat of it must be refused): remembered with the state.
     pub prekey_transcript: Option<([u8; 32], i64)>,
+    /// Both sides have the session (not a prekey session of ours the peer has not answered
+    /// yet): the peer has spoken v2 with us, for good.
+    pub confirmed: bool,
 }
 
 /// Remembers a prekey handshake's transcript until `until` (Unix s), as a keyed mark, and
@@ -58,7 +61,9 @@ pub(super) fn write_session(
         "INSERT INTO sessions VALUES (?1, ?2) ON CONFLICT (tag) DO UPDATE SET sealed = excluded.sealed",
         params![tag, sealed],
     )?;
-    cached_exec(c, "INSERT OR IGNORE INTO spoke_v2 VALUES (?1)", [&tag])?;
+    if write.confirmed {
+        cached_exec(c, "INSERT OR IGNORE INTO spoke_v2 VALUES (?1)", [&tag])?;
+    }
     if let Some(seen) = write.prekey_transcript {
         remember_prekey_transcript(c, k, seen)?;
     }
@@ -83,24 +88,47 @@ impl Storage {
         .await
     }
 
-    /// Saves a session state (before anything sealed under it leaves the host).
-    pub async fn save_session(&self, write: SessionWrite) -> Result<()> {
-        self.call(move |c, k| write_session(c, k, &write)).await
+    /// Saves a session state (before anything sealed under it leaves the host: the answer
+    /// comes after the commit). Deferred like the inbox's writes (see [`defer_session_write`]),
+    /// so that whichever of the peer's states comes last in a transaction is the one on disk.
+    pub async fn save_session(&self, mut write: SessionWrite) -> Result<()> {
+        let keys = self.keys.clone();
+        self.worker
+            .call(move |c| {
+                if let Some(seen) = write.prekey_transcript.take() {
+                    remember_prekey_transcript(c, &keys, seen)?;
+                }
+                defer_session_write(keys.clone(), write);
+                Ok(())
+            })
+            .await
     }
 
     /// Forgets `peer`'s session state; with `everything`, also that it spoke v2 (its
     /// identity changed: the new one starts afresh).
     pub async fn forget_session(&self, peer: &Username, everything: bool) -> Result<()> {
+        let keys = self.keys.clone();
         let peer = peer.clone();
-        self.call(move |c, k| {
-            let tag = k.tag(&peer)?;
-            cached_exec(c, "DELETE FROM sessions WHERE tag = ?1", [&tag])?;
-            if everything {
-                cached_exec(c, "DELETE FROM spoke_v2 WHERE tag = ?1", [&tag])?;
-            }
-            Ok(())
-        })
-        .await
+        self.worker
+            .call(move |_| {
+                let tag = keys.tag(&peer)?;
+                // In the same slot as a deferred save of the peer's state: whichever comes
+                // last in the transaction wins.
+                smvs_sqlite::defer_write(
+                    session_slot(&peer),
+                    Box::new(move |c| {
+                        c.prepare_cached("DELETE FROM sessions WHERE tag = ?1")?
+                            .execute([&tag])?;
+                        if everything {
+                            c.prepare_cached("DELETE FROM spoke_v2 WHERE tag = ?1")?
+                                .execute([&tag])?;
+                        }
+                        Ok(())
+                    }),
+                );
+                Ok(())
+            })
+            .await
     }
 
     /// Whether `peer` has spoken session v2 with us (whether or not a session is kept now).
@@ -171,12 +199,16 @@ impl Storage {
     }
 }
 
+/// The key of `peer`'s state among a transaction's deferred writes.
+fn session_slot(peer: &Username) -> Vec<u8> {
+    [b"session\0".as_slice(), peer.as_str().as_bytes()].concat()
+}
+
 /// Defers `write` to the end of the storage thread's current transaction (in place of an
 /// earlier write of the same peer's state in it): see `smvs_sqlite::defer_write`.
 pub(super) fn defer_session_write(keys: std::sync::Arc<super::AtRest>, write: SessionWrite) {
-    let key = [b"session\0".as_slice(), write.peer.as_str().as_bytes()].concat();
     smvs_sqlite::defer_write(
-        key,
+        session_slot(&write.peer),
         Box::new(move |c| {
             write_session(c, &keys, &write).map_err(|e| match e {
                 super::StorageError::Sqlite(e) => e,
