@@ -35,8 +35,9 @@ interface Keyguard {
   # Retired: it opened any sealed box. Keyguard answers "unimplemented"; see openLoginToken.
   deriveSharedKey @4 (peerAgreementKey :Data, salt :Data, info :Data) -> (key :Data);
   # HKDF-SHA256 over X25519(identity, peer): a 32-byte key, never the raw shared secret.
-  deriveStorageKey @5 () -> (key :Data);
-  # The key that wraps smvsd's per-conversation storage keys.
+  retiredDeriveStorageKey @5 () -> (key :Data);
+  # Retired with storage epochs (it handed out one storage key for ever): keyguard answers
+  # "unimplemented"; see storageKeys.
   certifyTransport @6 (username :Text, transportKey :Data) -> (transport :Common.TransportKey);
   # The identity's certificate for a host transport key, valid from now for keyguard's fixed
   # lifetime (the expiry is keyguard's choice, not the caller's).
@@ -66,6 +67,21 @@ interface Keyguard {
   rollbackCounter @11 (advance :Bool) -> (value :UInt64);
   # A counter kept in keyguard's key directory that only goes up: smvsd records it beside its
   # sessions, so a database restored from an older copy is recognised (its value is behind).
+  storageKeys @12 () -> (derived :Data, current :StorageEpoch, previous :StorageEpoch);
+  # smvsd's storage keys: `derived` (96 bytes: the conversation-tag, chain and tombstone keys,
+  # which never change), the current epoch's key that seals its database's values, and the
+  # previous epoch while it is not retired (absent otherwise).
+  newStorageEpoch @13 () -> (current :StorageEpoch, previous :StorageEpoch);
+  # Begins a new epoch with a fresh key; the current one becomes the previous. Refused while
+  # a previous epoch is not retired.
+  retireStorageEpoch @14 (epoch :UInt32) -> ();
+  # Destroys the previous epoch's key (smvsd has re-sealed everything under the current one
+  # and wiped its write-ahead log). The current epoch is never retired.
+}
+
+struct StorageEpoch {
+  id @0 :UInt32;                # counts up from 1
+  key @1 :Data;                 # 32 bytes (XChaCha20-Poly1305)
 }
 
 enum GuardOperation {

@@ -31,6 +31,34 @@ pub struct SessionPublicKeys {
     pub previous_prekey: Option<SignedPrekey>,
 }
 
+/// One storage epoch: its id and the key values are sealed under in it.
+pub struct StorageEpoch {
+    pub id: u32,
+    pub key: AeadKey,
+}
+
+/// What [`KeyguardClient::storage_keys`] answers.
+pub struct StorageKeys {
+    /// The conversation-tag, chain and tombstone keys (3 × 32 bytes), fixed.
+    pub derived: Zeroizing<Vec<u8>>,
+    pub current: StorageEpoch,
+    pub previous: Option<StorageEpoch>,
+}
+
+fn read_epoch(
+    r: capnp::Result<smvs_schema::keyguard_capnp::storage_epoch::Reader<'_>>,
+) -> Result<StorageEpoch, String> {
+    let r = r.map_err(|e| e.to_string())?;
+    if r.get_id() == 0 {
+        return Err("storage epoch 0".into());
+    }
+    Ok(StorageEpoch {
+        id: r.get_id(),
+        key: AeadKey::from_bytes(r.get_key().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?,
+    })
+}
+
 /// One handshake question for keyguard (see `smvs_crypto::HandshakeComponent`).
 #[derive(Debug, Clone, Copy)]
 pub struct HandshakeQuestion<'a> {
@@ -381,22 +409,65 @@ impl KeyguardClient {
             .map_err(|e| self.rpc_error(OP, e))
     }
 
-    /// The key that wraps smvsd's per-conversation storage keys. The same on every call and
-    /// across restarts of keyguard, for as long as its key directory is kept.
-    pub async fn derive_storage_key(&self) -> Result<AeadKey, KeyguardError> {
-        const OP: &str = "deriveStorageKey";
+    /// smvsd's storage keys: the fixed derived keys, the current storage epoch and the
+    /// previous one while it is not retired.
+    pub async fn storage_keys(&self) -> Result<StorageKeys, KeyguardError> {
+        const OP: &str = "storageKeys";
         let response = self
             .keyguard
-            .derive_storage_key_request()
+            .storage_keys_request()
             .send()
             .promise
             .await
             .map_err(|e| self.rpc_error(OP, e))?;
-        let key = response
-            .get()
-            .and_then(|r| r.get_key())
+        let read = || -> Result<StorageKeys, String> {
+            let r = response.get().map_err(|e| e.to_string())?;
+            let derived = r.get_derived().map_err(|e| e.to_string())?;
+            if derived.len() != 96 {
+                return Err(format!("derived keys of {} bytes", derived.len()));
+            }
+            Ok(StorageKeys {
+                derived: Zeroizing::new(derived.to_vec()),
+                current: read_epoch(r.get_current())?,
+                previous: if r.has_previous() {
+                    Some(read_epoch(r.get_previous())?)
+                } else {
+                    None
+                },
+            })
+        };
+        read().map_err(|e| self.bad_answer(OP, e))
+    }
+
+    /// Begins a new storage epoch; answers the epochs as [`KeyguardClient::storage_keys`]
+    /// would now. Refused while the previous epoch is not retired.
+    pub async fn new_storage_epoch(&self) -> Result<(StorageEpoch, StorageEpoch), KeyguardError> {
+        const OP: &str = "newStorageEpoch";
+        let response = self
+            .keyguard
+            .new_storage_epoch_request()
+            .send()
+            .promise
+            .await
             .map_err(|e| self.rpc_error(OP, e))?;
-        AeadKey::from_bytes(key).map_err(|e| self.bad_answer(OP, e))
+        let read = || -> Result<(StorageEpoch, StorageEpoch), String> {
+            let r = response.get().map_err(|e| e.to_string())?;
+            Ok((read_epoch(r.get_current())?, read_epoch(r.get_previous())?))
+        };
+        read().map_err(|e| self.bad_answer(OP, e))
+    }
+
+    /// Destroys storage epoch `id` (the previous one), once nothing is sealed under it.
+    pub async fn retire_storage_epoch(&self, id: u32) -> Result<(), KeyguardError> {
+        const OP: &str = "retireStorageEpoch";
+        let mut request = self.keyguard.retire_storage_epoch_request();
+        request.get().set_epoch(id);
+        request
+            .send()
+            .promise
+            .await
+            .map(|_| ())
+            .map_err(|e| self.rpc_error(OP, e))
     }
 
     fn read_bundle(

@@ -5,8 +5,12 @@
 //!  DIR/               0700, owned by this process's uid, locked (flock) while keyguard runs
 //!    identity.sign    32 bytes, 0600: the Ed25519 seed       ┐ written by createIdentity only,
 //!    identity.agree   32 bytes, 0600: the X25519 secret      ┘ .agree first, then .sign
-//!    storage.secret   32 bytes, 0600: random, written at first start; the storage key is
-//!                     derived from it and it never leaves this process
+//!    storage.derived  96 bytes, 0600: smvsd's conversation-tag, chain and tombstone keys
+//!    storage.epochs   72 bytes, 0600: the current storage epoch (id, secret) and the previous
+//!                     one until smvsd retires it (storage_epochs.rs); the epoch's key is
+//!                     derived from its secret, which never leaves this process
+//!    storage.secret   32 bytes: only in a key directory from before storage epochs, until
+//!                     the first start converts it into the two files above
 //!    identity.rotating  64 bytes, 0600, only while `smvs-keyguard rotate` runs (or after it
 //!                     was interrupted): the new seed and agreement secret
 //!    identity.kem     32 bytes, 0600: the seed of the identity's X-Wing key (session v2),
@@ -66,6 +70,15 @@ pub const PREKEY_SLOT_LEN: usize = 4 + 8 + KEY_FILE_LEN + KEY_FILE_LEN;
 pub const PREKEYS_FILE_LEN: usize = 2 * PREKEY_SLOT_LEN;
 /// The rollback counter (u64, big-endian).
 pub const COUNTER_FILE: &str = "rollback.counter";
+/// The keys smvsd derives its conversation tags, chain marks and tombstone marks with (three
+/// 32-byte keys); they do not change with the storage epoch.
+pub const STORAGE_DERIVED_FILE: &str = "storage.derived";
+pub const STORAGE_DERIVED_LEN: usize = 3 * KEY_FILE_LEN;
+/// The storage epochs: the current one, then the previous one until smvsd retires it.
+pub const STORAGE_EPOCHS_FILE: &str = "storage.epochs";
+/// One epoch: id (u32; 0 marks an empty slot) and its key.
+pub const STORAGE_EPOCH_SLOT_LEN: usize = 4 + KEY_FILE_LEN;
+pub const STORAGE_EPOCHS_LEN: usize = 2 * STORAGE_EPOCH_SLOT_LEN;
 
 /// What can be wrong with the key directory or a file in it. Every variant names the path, and
 /// the permission errors say how to fix them.
@@ -496,6 +509,47 @@ impl KeyDir {
             .read_n::<8>(COUNTER_FILE)?
             .map(|b| u64::from_be_bytes(*b))
             .unwrap_or(0))
+    }
+
+    /// The storage secret of a key directory from before storage epochs, if it is still there
+    /// (never created here).
+    pub fn legacy_storage_secret(
+        &self,
+    ) -> Result<Option<Zeroizing<[u8; KEY_FILE_LEN]>>, KeyDirError> {
+        self.read_n::<KEY_FILE_LEN>(STORAGE_FILE)
+    }
+
+    /// Removes the storage secret once its keys live in the epoch files.
+    pub fn remove_legacy_storage_secret(&self) -> Result<(), KeyDirError> {
+        self.remove_file(STORAGE_FILE)
+    }
+
+    pub fn storage_derived(
+        &self,
+    ) -> Result<Option<Zeroizing<[u8; STORAGE_DERIVED_LEN]>>, KeyDirError> {
+        self.read_n::<STORAGE_DERIVED_LEN>(STORAGE_DERIVED_FILE)
+    }
+
+    pub fn write_storage_derived(
+        &self,
+        bytes: &[u8; STORAGE_DERIVED_LEN],
+    ) -> Result<(), KeyDirError> {
+        self.replace_file(STORAGE_DERIVED_FILE, bytes)
+    }
+
+    pub fn storage_epochs(
+        &self,
+    ) -> Result<Option<Zeroizing<[u8; STORAGE_EPOCHS_LEN]>>, KeyDirError> {
+        self.read_n::<STORAGE_EPOCHS_LEN>(STORAGE_EPOCHS_FILE)
+    }
+
+    /// Replaces the epochs file whole (atomically): a retired epoch's key is not in the new
+    /// file.
+    pub fn write_storage_epochs(
+        &self,
+        bytes: &[u8; STORAGE_EPOCHS_LEN],
+    ) -> Result<(), KeyDirError> {
+        self.replace_file(STORAGE_EPOCHS_FILE, bytes)
     }
 
     /// Stores the rollback counter (atomically, synced before this returns).

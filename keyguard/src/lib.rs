@@ -7,7 +7,7 @@
 //!                                  KeyguardRpc (one per connection) ──► Vault ──► key directory
 //!                       certify transport / sign registration /              (identity.sign,
 //!                       open login token / derive / session v2 keys and      identity.agree,
-//!                       handshake answers / rollback counter                 storage.secret,
+//!                       handshake answers / rollback counter / storage       storage.epochs,
 //!                                                                             identity.kem, …)
 //!
 //!  operator (root or key owner) ── smvs-keyguard rotate | deregister ──► key directory (direct)
@@ -40,8 +40,11 @@ mod purpose;
 mod rpc;
 mod server;
 pub mod session_keys;
+mod storage_epochs;
 
-pub use client::{HandshakeQuestion, KeyguardClient, KeyguardError, SessionPublicKeys};
+pub use client::{
+    HandshakeQuestion, KeyguardClient, KeyguardError, SessionPublicKeys, StorageEpoch, StorageKeys,
+};
 pub use keydir::KeyDirError;
 #[doc(hidden)]
 pub use rpc::fuzzing;

@@ -9,8 +9,7 @@ use std::fmt;
 use std::rc::Rc;
 
 use smvs_crypto::{
-    hkdf_sha256, AeadKey, AgreementPublicKey, IdentityBundle, IdentityKeys, SigningPublicKey,
-    Zeroizing,
+    hkdf_sha256, AgreementPublicKey, IdentityBundle, IdentityKeys, SigningPublicKey, Zeroizing,
 };
 use smvs_directory::clock::now_ms;
 use smvs_directory::{Registration, TransportCertificate};
@@ -21,10 +20,9 @@ use smvs_schema::{HostAddress, Username};
 
 use crate::keydir::{KeyDir, KeyDirError};
 use crate::session_keys::{HandshakeAsk, SessionSecrets};
+use crate::storage_epochs::{Epoch, StorageEpochs};
 
 /// HKDF salt and info for the storage key. Changing either changes every user's storage key.
-const STORAGE_KEY_SALT: &[u8] = b"smvs-storage-key-v1";
-const STORAGE_KEY_INFO: &[u8] = b"storage";
 /// The largest salt and info `deriveSharedKey` takes. Real callers use a few dozen bytes.
 pub(crate) const MAX_SALT_LEN: usize = 1024;
 pub(crate) const MAX_INFO_LEN: usize = 1024;
@@ -49,25 +47,18 @@ pub(crate) struct Vault {
     identity: RefCell<Option<Identity>>,
     /// Session v2's secrets, loaded (or made) at their first use, after the identity.
     session: RefCell<Option<SessionSecrets>>,
-    storage_key: AeadKey,
+    storage: RefCell<StorageEpochs>,
 }
 
 impl Vault {
     pub(crate) fn open(dir: KeyDir) -> Result<Vault, KeyDirError> {
-        let secret = dir.storage_secret()?;
-        let storage_key = hkdf_sha256(STORAGE_KEY_SALT, &secret[..], STORAGE_KEY_INFO, 32)
-            .and_then(|bytes| AeadKey::from_bytes(&bytes))
-            .map_err(|source| KeyDirError::BadKey {
-                path: dir.path().join(crate::keydir::STORAGE_FILE),
-                source,
-            })?;
-        drop(secret);
+        let storage = RefCell::new(StorageEpochs::load(&dir)?);
         let identity = dir.load_identity()?.map(Identity::new);
         Ok(Vault {
             dir,
             identity: RefCell::new(identity),
             session: RefCell::new(None),
-            storage_key,
+            storage,
         })
     }
 
@@ -558,12 +549,59 @@ impl keyguard::Server for KeyguardRpc {
         Ok(())
     }
 
-    async fn derive_storage_key(
+    async fn storage_keys(
         self: Rc<Self>,
-        _: keyguard::DeriveStorageKeyParams,
-        mut results: keyguard::DeriveStorageKeyResults,
+        _: keyguard::StorageKeysParams,
+        mut results: keyguard::StorageKeysResults,
     ) -> Result<(), capnp::Error> {
-        results.get().set_key(self.vault.storage_key.expose());
+        let storage = self.vault.storage.borrow();
+        let mut r = results.get();
+        r.set_derived(&storage.derived[..]);
+        write_epoch(r.reborrow().init_current(), &storage.current)?;
+        if let Some(previous) = &storage.previous {
+            write_epoch(r.init_previous(), previous)?;
+        }
         Ok(())
     }
+
+    async fn new_storage_epoch(
+        self: Rc<Self>,
+        _: keyguard::NewStorageEpochParams,
+        mut results: keyguard::NewStorageEpochResults,
+    ) -> Result<(), capnp::Error> {
+        let mut storage = self.vault.storage.borrow_mut();
+        storage.begin_new(&self.vault.dir).map_err(refuse)?;
+        let mut r = results.get();
+        write_epoch(r.reborrow().init_current(), &storage.current)?;
+        if let Some(previous) = &storage.previous {
+            write_epoch(r.init_previous(), previous)?;
+        }
+        Ok(())
+    }
+
+    async fn retire_storage_epoch(
+        self: Rc<Self>,
+        params: keyguard::RetireStorageEpochParams,
+        _: keyguard::RetireStorageEpochResults,
+    ) -> Result<(), capnp::Error> {
+        let id = params.get()?.get_epoch();
+        self.vault
+            .storage
+            .borrow_mut()
+            .retire(&self.vault.dir, id)
+            .map_err(refuse)?;
+        Ok(())
+    }
+}
+
+fn write_epoch(
+    mut b: smvs_schema::keyguard_capnp::storage_epoch::Builder<'_>,
+    epoch: &Epoch,
+) -> Result<(), capnp::Error> {
+    b.set_id(epoch.id);
+    let key = epoch
+        .key()
+        .map_err(|e| capnp::Error::failed(format!("storage epoch key: {e}")))?;
+    b.set_key(&key[..]);
+    Ok(())
 }

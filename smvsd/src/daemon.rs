@@ -113,11 +113,19 @@ impl Host {
         let keyguard = KeyguardClient::connect(&config.keyguard_socket)
             .await
             .map_err(kg_err)?;
-        // The storage key exists only in memory here; keyguard derives it anew at every start.
-        let storage_key = keyguard.derive_storage_key().await.map_err(kg_err)?;
-        let storage = Storage::open(&state.join("host.db"), storage_key)?;
+        // The storage keys exist only in memory here; keyguard hands them out at every start.
+        let storage_keys = keyguard.storage_keys().await.map_err(kg_err)?;
+        let (storage, epoch_work) = Storage::open_with_epochs(
+            &state.join("host.db"),
+            crate::guard::epoch_keys(storage_keys),
+        )?;
         let me = registered_user(&storage, &keyguard, &config).await?;
         let keyguard = Rc::new(crate::guard::Guard::new(keyguard));
+        let epochs = crate::epochs::StorageEpochs::new(keyguard.clone(), storage.clone());
+        // A move to a new epoch that a crash cut short is finished before anything else.
+        if let Err(e) = epochs.finish(epoch_work).await {
+            tracing::warn!(error = %e, "cannot finish the move to the current storage epoch now; trying again at the next one");
+        }
 
         let listen_error = |what: String| move |source| DaemonError::Listen { what, source };
         let peer_listener = tokio::net::TcpListener::bind(config.listen)
@@ -229,12 +237,15 @@ impl Host {
         })
         .start();
         let inbox = Rc::new(Inbox::new(
-            trust.clone(),
-            sessions.clone(),
-            storage.clone(),
-            events.clone(),
-            calls.clone(),
-            outbox.clone(),
+            crate::inbox::InboxOwners {
+                trust: trust.clone(),
+                sessions: sessions.clone(),
+                storage: storage.clone(),
+                events: events.clone(),
+                calls: calls.clone(),
+                outbox: outbox.clone(),
+                epochs: epochs.clone(),
+            },
             InboxSettings {
                 contacts_only: config.contacts_only,
                 honour_remote_delete: config.honour_remote_delete,
@@ -260,6 +271,7 @@ impl Host {
             sessions: sessions.clone(),
             outbox: outbox.clone(),
             storage: storage.clone(),
+            epochs: epochs.clone(),
             calls,
             events,
             host_address,
@@ -286,6 +298,7 @@ impl Host {
             tokio::task::spawn_local(expire_loop(storage.clone())),
             tokio::task::spawn_local(renew_loop(renewals)),
             tokio::task::spawn_local(restamp_loop(sessions.clone())),
+            tokio::task::spawn_local(crate::epochs::rotate_loop(epochs)),
         ];
         if let Some(listener) = device_listener {
             tasks.push(tokio::task::spawn_local(

@@ -152,9 +152,45 @@ impl Guard {
             .await
     }
 
+    pub async fn storage_keys(&self) -> Result<smvs_keyguard::StorageKeys, KeyguardError> {
+        self.with_client(|c| async move { c.storage_keys().await })
+            .await
+    }
+
+    /// A new storage epoch: (current, previous).
+    pub async fn new_storage_epoch(
+        &self,
+    ) -> Result<(crate::storage::Epoch, crate::storage::Epoch), KeyguardError> {
+        let (current, previous) = self
+            .with_client(|c| async move { c.new_storage_epoch().await })
+            .await?;
+        Ok((epoch(current), epoch(previous)))
+    }
+
+    pub async fn retire_storage_epoch(&self, id: u32) -> Result<(), KeyguardError> {
+        self.with_client(|c| async move { c.retire_storage_epoch(id).await })
+            .await
+    }
+
     /// The rollback counter (moved up by one first when `advance`).
     pub async fn rollback_counter(&self, advance: bool) -> Result<u64, KeyguardError> {
         self.with_client(|c| async move { c.rollback_counter(advance).await })
             .await
+    }
+}
+
+fn epoch(e: smvs_keyguard::StorageEpoch) -> crate::storage::Epoch {
+    crate::storage::Epoch {
+        id: e.id,
+        key: e.key,
+    }
+}
+
+/// Keyguard's storage keys as storage takes them.
+pub fn epoch_keys(keys: smvs_keyguard::StorageKeys) -> crate::storage::EpochKeys {
+    crate::storage::EpochKeys {
+        derived: keys.derived,
+        current: epoch(keys.current),
+        previous: keys.previous.map(epoch),
     }
 }

@@ -138,6 +138,8 @@ pub struct Inbox {
     settings: InboxSettings,
     arrival_order: RefCell<HashMap<Username, Arc<tokio::sync::Mutex<()>>>>,
     unknown_senders: RefCell<HashMap<Username, Instant>>,
+    /// Moved on when the peer deletes a whole conversation here.
+    epochs: Rc<crate::epochs::StorageEpochs>,
 }
 
 /// A local failure while taking an envelope: the peer hears "later" and no more (our storage
@@ -151,6 +153,17 @@ fn refused(why: impl Into<String>) -> IncomingError {
     IncomingError::Refused(why.into())
 }
 
+/// The owners the inbox hands what arrives to.
+pub struct InboxOwners {
+    pub trust: Rc<Trust>,
+    pub sessions: Rc<Sessions>,
+    pub storage: Storage,
+    pub events: Events,
+    pub calls: Addr<CallManager>,
+    pub outbox: Outbox,
+    pub epochs: Rc<crate::epochs::StorageEpochs>,
+}
+
 /// Why a sender did not check out.
 enum SenderCheck {
     /// The directory does not know the name: asking again at once would not help.
@@ -161,15 +174,16 @@ enum SenderCheck {
 }
 
 impl Inbox {
-    pub fn new(
-        trust: Rc<Trust>,
-        sessions: Rc<Sessions>,
-        storage: Storage,
-        events: Events,
-        calls: Addr<CallManager>,
-        outbox: Outbox,
-        settings: InboxSettings,
-    ) -> Inbox {
+    pub fn new(owners: InboxOwners, settings: InboxSettings) -> Inbox {
+        let InboxOwners {
+            trust,
+            sessions,
+            storage,
+            events,
+            calls,
+            outbox,
+            epochs,
+        } = owners;
         Inbox {
             trust,
             sessions,
@@ -177,6 +191,7 @@ impl Inbox {
             events,
             calls,
             outbox,
+            epochs,
             settings,
             arrival_order: RefCell::new(HashMap::new()),
             unknown_senders: RefCell::new(HashMap::new()),
@@ -759,6 +774,7 @@ impl Inbox {
                 id: None,
                 peer: peer.clone(),
             });
+            self.epochs.kick();
         } else {
             // All in one storage job and one checkpoint, however many ids the request names;
             // only what was here is announced.

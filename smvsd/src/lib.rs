@@ -4,7 +4,7 @@
 //! Noise + Cap'n Proto, keeps them while those hosts are away, and serves the user's devices on
 //! a Unix socket and D-Bus. The identity's secret keys stay in smvs-keyguard.
 //!
-//! Layers (bottom to top): model, error | config, cli, session, storage | guard, events, trust, sessions, outbox, relay, calls, inbox, devices, commands, api, daemon
+//! Layers (bottom to top): model, error | config, cli, session, storage | guard, events, epochs, trust, sessions, outbox, relay, calls, inbox, devices, commands, api, daemon
 //!
 //! Each module names only modules below it (a test in `smvs-tests` checks this line against the
 //! imports, and fails on an import that points up or sideways):
@@ -15,6 +15,8 @@
 //! - [`storage`]: the encrypted database, on its own thread; [`guard`]: the key guard link,
 //!   made again when the key guard comes back.
 //! - [`events`]: the device hub, and the handle owners publish through.
+//! - [`epochs`]: the storage-epoch owner (the at-rest key moves on daily and after a whole
+//!   conversation is deleted; keyguard destroys the old one).
 //! - The owners, each the only one to change its state: [`trust`] (our user, the directory,
 //!   pinned contacts), [`sessions`] (session keys, v2 ratchets and handshakes), [`outbox`]
 //!   (delivery and "sent"), [`relay`] (the call port: STUN for devices and the relay of sealed call media; a task of
@@ -39,6 +41,8 @@ pub mod storage;
 pub mod guard;
 
 pub mod events;
+
+pub mod epochs;
 
 pub mod trust;
 

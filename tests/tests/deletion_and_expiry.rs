@@ -282,3 +282,120 @@ fn disappearing_messages_vanish_on_both_hosts_but_never_from_the_outbox() {
     wait_gone(&bob, "alice", &waiting, limit);
     wait_gone(&alice, "bob", &waiting, limit);
 }
+
+/// Copies `host`'s database files (stopped) into a new folder under its root; returns the
+/// database's path there.
+fn copy_database(host: &HostProcess, name: &str) -> std::path::PathBuf {
+    let copy = host.root.path().join(name);
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(&host.state_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("host.db"))
+        {
+            std::fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    copy.join("host.db")
+}
+
+/// Storage epochs: a copy of alice's database taken before she deleted her conversation with
+/// bob, and every storage key her key guard holds after that, do not open what was deleted in
+/// between, nor anything else in the copy. Before the deletion the same copy opened with the
+/// keys of then (so the test can fail). Her host goes on as before.
+#[test]
+fn a_copy_of_the_database_from_before_a_deleted_conversation_does_not_open_with_the_keys_of_after()
+{
+    use smvsd::storage::{AtRest, Epoch, EpochKeys, Storage, StorageError};
+
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let (mut alice, bob) = alice_and_bob(&dir, &[]).unwrap();
+    exchange_three(&alice, &bob).unwrap();
+    let bob_name = smvs_schema::Username::parse("bob").unwrap();
+    let storage_keys = |host: &HostProcess| {
+        smvs_tests::runtime::run_local(async {
+            let keys = host.keyguard.client().await?.storage_keys().await?;
+            Ok::<_, anyhow::Error>(EpochKeys {
+                derived: keys.derived,
+                current: Epoch {
+                    id: keys.current.id,
+                    key: keys.current.key,
+                },
+                previous: keys.previous.map(|p| Epoch {
+                    id: p.id,
+                    key: p.key,
+                }),
+            })
+        })
+        .unwrap()
+        .unwrap()
+    };
+
+    // The copy made today, and what it opens with today.
+    alice.stop().unwrap();
+    let copy = copy_database(&alice, "copy-today");
+    let probe = copy_database(&alice, "copy-probe");
+    alice.start_again().unwrap();
+    let before = storage_keys(&alice);
+    assert_eq!(before.current.id, 1);
+    let (opened, _) = Storage::open_with_epochs(&probe, before).unwrap();
+    let held = smvs_tests::runtime::run_local(async {
+        Ok::<_, anyhow::Error>(opened.history(&bob_name, 0).await?.len())
+    })
+    .unwrap()
+    .unwrap();
+    assert!(held >= 3, "the copy opens with the keys of today ({held})");
+    drop(opened);
+
+    // Alice deletes the whole conversation: the storage epoch moves on and the old one goes.
+    alice.ctl_json(&["delete", "bob"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !alice.logs().contains("moved to a new storage epoch") {
+        assert!(Instant::now() < deadline, "no new epoch: {}", alice.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = storage_keys(&alice);
+    assert_eq!(after.current.id, 2);
+    assert!(after.previous.is_none(), "the old epoch is destroyed");
+
+    // The thief: the copy of today, every key there is next month.
+    let raw = rusqlite::Connection::open(&copy).unwrap();
+    let wrapped: Vec<(Vec<u8>, Vec<u8>)> = raw
+        .prepare("SELECT tag, wrapped_key FROM conversations")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!wrapped.is_empty());
+    let thief = AtRest::with_epoch(
+        &after.derived,
+        1,
+        smvs_crypto::AeadKey::from_bytes(after.current.key.expose()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(thief.tag(&bob_name).unwrap(), wrapped[0].0, "the same tags");
+    for (tag, key) in &wrapped {
+        assert!(
+            thief.unwrap_conversation_key(tag, key).is_err(),
+            "a conversation key of the copy opened with a key of after"
+        );
+    }
+    drop(raw);
+    let e = Storage::open_with_epochs(&copy, after).err().unwrap();
+    assert!(matches!(e, StorageError::EpochGone { found: 1, .. }), "{e}");
+    assert!(e.to_string().contains("no longer holds"), "{e}");
+
+    // Alice's own database moved with her: it opens, and the conversation starts anew.
+    alice.stop().unwrap();
+    alice.start_again().unwrap();
+    assert!(alice.history("bob").unwrap().is_empty());
+    let id = alice.send("bob", "after the new epoch").unwrap();
+    alice
+        .wait_history("bob", Duration::from_secs(60), |h| {
+            h.iter()
+                .any(|m| m["id"] == id.as_str() && m["status"] == "delivered")
+        })
+        .unwrap();
+}

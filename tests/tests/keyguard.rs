@@ -16,7 +16,9 @@ use nix::sys::signal::Signal;
 use smvs_crypto::{
     hkdf_sha256, seal, AgreementKeyPair, AgreementPublicKey, SignContext, SigningKeyPair,
 };
-use smvs_keyguard::keydir::{AGREEMENT_FILE, SIGNING_FILE, STORAGE_FILE};
+use smvs_keyguard::keydir::{
+    AGREEMENT_FILE, SIGNING_FILE, STORAGE_DERIVED_FILE, STORAGE_EPOCHS_FILE,
+};
 use smvs_keyguard::KeyguardError;
 use smvs_schema::keyguard_capnp::SignPurpose;
 use smvs_schema::{canonical, HostAddress, Username};
@@ -83,7 +85,10 @@ fn identity_is_made_once_and_its_keys_work() {
                 .await,
             "no identity: register first",
         );
-        let storage_key = client.derive_storage_key().await.unwrap();
+        let storage_keys = client.storage_keys().await.unwrap();
+        assert_eq!(storage_keys.current.id, 1);
+        assert!(storage_keys.previous.is_none());
+        let storage_key = storage_keys.current.key;
         assert!(!kg.key_dir.join(SIGNING_FILE).exists());
         assert!(!kg.key_dir.join(AGREEMENT_FILE).exists());
 
@@ -243,23 +248,32 @@ fn identity_is_made_once_and_its_keys_work() {
         let kg = kg.restart(&[]).unwrap();
         let client = kg.client().await.unwrap();
         assert_eq!(client.public_keys().await.unwrap(), Some(bundle));
-        let again = client.derive_storage_key().await.unwrap();
-        assert_eq!(again.expose(), storage_key.expose());
+        let again = client.storage_keys().await.unwrap();
+        assert_eq!(again.current.key.expose(), storage_key.expose());
+        assert_eq!(again.derived, storage_keys.derived);
         sign_is_retired(&client).await;
 
-        // No answer is a key file's content; every key file is private.
+        // No secret answer is in a key file (the derived storage keys are kept as they are
+        // handed out: they only name rows); every key file is private.
         let mut files = 0;
         for entry in std::fs::read_dir(&kg.key_dir).unwrap() {
             let entry = entry.unwrap();
             let content = std::fs::read(entry.path()).unwrap();
-            assert_eq!(content.len(), 32);
-            assert_ne!(content[..], storage_key.expose()[..]);
-            assert_ne!(content[..], ours.expose()[..]);
+            let contains = |needle: &[u8]| content.windows(needle.len()).any(|w| w == needle);
+            assert!(
+                !contains(storage_key.expose()),
+                "{}",
+                entry.path().display()
+            );
+            assert!(!contains(ours.expose()), "{}", entry.path().display());
             let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", entry.path().display());
             files += 1;
         }
-        assert_eq!(files, 3, "identity.sign, identity.agree, storage.secret");
+        assert_eq!(
+            files, 4,
+            "identity.sign, identity.agree, storage.derived, storage.epochs"
+        );
         let dir_mode = std::fs::metadata(&kg.key_dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(dir_mode, 0o700);
 
@@ -354,7 +368,12 @@ fn loose_permissions_stop_start_up_with_the_fix() {
     assert!(err.contains("keys"), "{err}");
 
     // A key file others can read, whichever it is.
-    for name in [STORAGE_FILE, SIGNING_FILE, AGREEMENT_FILE] {
+    for name in [
+        STORAGE_DERIVED_FILE,
+        STORAGE_EPOCHS_FILE,
+        SIGNING_FILE,
+        AGREEMENT_FILE,
+    ] {
         let kg = KeyguardProcess::start(&[]).unwrap();
         run_local(async {
             kg.client().await.unwrap().create_identity().await.unwrap();

@@ -49,6 +49,7 @@ pub struct Owners {
     pub sessions: Rc<Sessions>,
     pub outbox: Outbox,
     pub storage: Storage,
+    pub epochs: Rc<crate::epochs::StorageEpochs>,
     pub calls: Addr<CallManager>,
     pub events: Events,
     pub devices: Rc<Devices>,
@@ -254,6 +255,11 @@ command!(Delete => u32, |o, m| {
         id: m.id,
         peer: m.peer.clone(),
     });
+    // A whole conversation gone: the storage epoch moves on, so that its key (and with it an
+    // older copy of the database) is destroyed.
+    if m.id.is_none() && unwiped.is_none() {
+        o.epochs.kick();
+    }
     if m.everywhere {
         let ids = m.id.into_iter().collect();
         o.outbox.queue(&m.peer, Payload::Delete(ids)).await?;

@@ -13,15 +13,56 @@
 use smvs_crypto::{AeadKey, CryptoError, Zeroizing};
 use smvs_schema::Username;
 
-/// The keys derived from the storage key.
+/// The storage keys: the current storage epoch's key, which seals values directly (and moves
+/// on at each new epoch, on the storage thread), and the fixed tag, chain and tombstone keys.
 pub struct AtRest {
-    storage: AeadKey,
+    epoch: std::sync::RwLock<(u32, AeadKey)>,
     tag_key: Zeroizing<Vec<u8>>,
     chain_key: Zeroizing<Vec<u8>>,
     tombstone_key: Zeroizing<Vec<u8>>,
 }
 
 impl AtRest {
+    /// The keys of storage epoch `epoch` (`key`), with the fixed keys keyguard keeps beside
+    /// the epochs (`derived`: tag, chain and tombstone keys, 32 bytes each).
+    pub fn with_epoch(derived: &[u8], epoch: u32, key: AeadKey) -> Result<AtRest, CryptoError> {
+        if derived.len() != 96 {
+            return Err(CryptoError::InvalidKey {
+                what: "derived storage keys",
+            });
+        }
+        Ok(AtRest {
+            epoch: std::sync::RwLock::new((epoch, key)),
+            tag_key: Zeroizing::new(derived[..32].to_vec()),
+            chain_key: Zeroizing::new(derived[32..64].to_vec()),
+            tombstone_key: Zeroizing::new(derived[64..].to_vec()),
+        })
+    }
+
+    /// The storage epoch values are sealed under now.
+    pub fn epoch(&self) -> u32 {
+        self.epoch.read().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// Moves on to epoch `id` (once everything is re-sealed under `key` and committed).
+    pub(super) fn set_epoch(&self, id: u32, key: AeadKey) {
+        *self.epoch.write().unwrap_or_else(|e| e.into_inner()) = (id, key);
+    }
+
+    /// A value sealed under the current epoch ([`AtRest::seal`]), sealed instead under `next`.
+    pub(super) fn reseal(
+        &self,
+        kind: &str,
+        tag: &[u8],
+        sealed: &[u8],
+        next: &AeadKey,
+    ) -> Result<Vec<u8>, CryptoError> {
+        let plain = self.open(kind, tag, sealed)?;
+        next.seal(&Self::ad(kind, tag, &[]), &plain)
+    }
+
+    /// The keys as they were before storage epochs: one storage key, sealing values directly
+    /// (epoch 1) and deriving the others (keyguard converts its files to the same keys).
     pub fn new(storage: AeadKey) -> Result<AtRest, CryptoError> {
         let tag_key = smvs_crypto::hkdf_sha256(
             b"smvs-storage-v1",
@@ -34,7 +75,7 @@ impl AtRest {
         let tombstone_key =
             smvs_crypto::hkdf_sha256(b"smvs-storage-v1", storage.expose(), b"tombstones", 32)?;
         Ok(AtRest {
-            storage,
+            epoch: std::sync::RwLock::new((1, storage)),
             tag_key,
             chain_key,
             tombstone_key,
@@ -107,7 +148,11 @@ impl AtRest {
 
     /// Seals a value under the storage key itself (peer names, wrapped keys, contacts, settings).
     pub fn seal(&self, kind: &str, tag: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.storage.seal(&Self::ad(kind, tag, &[]), plaintext)
+        self.epoch
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .seal(&Self::ad(kind, tag, &[]), plaintext)
     }
 
     pub fn open(
@@ -116,7 +161,11 @@ impl AtRest {
         tag: &[u8],
         sealed: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        self.storage.open(&Self::ad(kind, tag, &[]), sealed)
+        self.epoch
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .open(&Self::ad(kind, tag, &[]), sealed)
     }
 
     /// A message's chain hash as it is stored for look-ups: keyed, so that whoever holds the

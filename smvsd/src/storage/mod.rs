@@ -13,6 +13,7 @@
 //! mode, `synchronous=FULL`, `secure_delete=ON`.
 
 mod crypt;
+mod epochs;
 mod event_log;
 mod sessions;
 
@@ -28,6 +29,7 @@ use smvs_sqlite::SqliteWorker;
 use thiserror::Error;
 
 pub use crypt::AtRest;
+pub use epochs::{Epoch, EpochKeys, EpochWork};
 pub use event_log::{EventLogState, EVENT_LOG_DAYS};
 pub use sessions::SessionWrite;
 
@@ -53,6 +55,8 @@ pub enum StorageError {
     CheckpointBusy,
     #[error("the disk is full: nothing of the request was stored")]
     DiskFull,
+    #[error("the database is sealed under storage epoch {found}, which the key guard no longer holds (it holds {held}): it is older than the key guard's keys (a copy restored after they moved on?) and cannot be opened")]
+    EpochGone { found: u32, held: String },
     #[error("cannot make {path} private (mode 0600): {source}")]
     Permissions {
         path: std::path::PathBuf,
@@ -240,6 +244,11 @@ const MIGRATIONS: &[&str] = &[
     -- 8: the prekey handshakes accepted (as keyed marks of their transcript hashes), kept
     -- until their prekey is gone (Unix s), so that a replayed one is refused.
     CREATE TABLE prekey_transcripts (mark BLOB PRIMARY KEY NOT NULL, until INTEGER NOT NULL) STRICT, WITHOUT ROWID;
+",
+    "
+    -- 9: the storage epoch the database's sealed values are under (storage/epochs.rs), in
+    -- clear: it names a key, and is none. Written at the first open after this migration.
+    CREATE TABLE storage_epoch (one INTEGER PRIMARY KEY CHECK (one = 1), epoch INTEGER NOT NULL) STRICT;
 ",
 ];
 
@@ -460,8 +469,33 @@ type Result<T, E = StorageError> = std::result::Result<T, E>;
 
 impl Storage {
     /// Opens (creating and migrating) the database at `path`, whose rows are sealed under
-    /// `storage_key`.
+    /// `storage_key` as before storage epochs (epoch 1; for tests).
     pub fn open(path: &Path, storage_key: AeadKey) -> Result<Storage> {
+        let keys = AtRest::new(storage_key)?;
+        let (storage, _) = Self::open_keys(path, keys, None)?;
+        Ok(storage)
+    }
+
+    /// Opens the database at `path` with keyguard's storage keys: under the epoch it was left
+    /// in (the current one, or the previous one if a move was cut short). What is left to do
+    /// for the epochs is returned (see [`EpochWork`]).
+    pub fn open_with_epochs(path: &Path, keys: EpochKeys) -> Result<(Storage, EpochWork)> {
+        let found = epochs::stored_epoch(path)?;
+        let chosen = epochs::choose(found, &keys)?;
+        let at_rest = AtRest::with_epoch(&keys.derived, chosen.id, chosen.key)?;
+        let (storage, work) = Self::open_keys(path, at_rest, Some(keys.current.id))?;
+        let work = match (work, &keys.previous) {
+            (EpochWork::None, Some(previous)) => EpochWork::Retire(previous.id),
+            (work, _) => work,
+        };
+        Ok((storage, work))
+    }
+
+    fn open_keys(
+        path: &Path,
+        at_rest: AtRest,
+        current: Option<u32>,
+    ) -> Result<(Storage, EpochWork)> {
         make_private(path, true)?;
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -478,10 +512,11 @@ impl Storage {
         conn.pragma_update(None, "cache_size", -32768)?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let keys = Arc::new(AtRest::new(storage_key)?);
+        let keys = Arc::new(at_rest);
         register_tombstone_functions(&conn, &keys)?;
         smvs_sqlite::migrate(&mut conn, MIGRATIONS)
             .map_err(|e| StorageError::Migration(e.to_string()))?;
+        let work = epochs::settle_on_open(&conn, &keys, current)?;
         // A migration may have dropped rows (the plain tombstones of migration 4) whose old
         // pages still sit in the WAL: wipe it now, as after every deletion.
         let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
@@ -490,7 +525,7 @@ impl Storage {
         }
         let worker = SqliteWorker::start(conn, "smvsd-storage", 8192)
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        Ok(Storage { worker, keys })
+        Ok((Storage { worker, keys }, work))
     }
 
     async fn call<T: Send + 'static>(

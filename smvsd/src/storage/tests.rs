@@ -946,3 +946,155 @@ fn received_messages_without_an_event_are_found_for_announcing() {
         assert!(s.unannounced_received().await.unwrap().is_empty());
     });
 }
+
+fn epoch(id: u32, key: &AeadKey) -> Epoch {
+    Epoch {
+        id,
+        key: AeadKey::from_bytes(key.expose()).unwrap(),
+    }
+}
+
+fn epoch_keys(
+    derived: &[u8],
+    current: (u32, &AeadKey),
+    previous: Option<(u32, &AeadKey)>,
+) -> EpochKeys {
+    EpochKeys {
+        derived: Zeroizing::new(derived.to_vec()),
+        current: epoch(current.0, current.1),
+        previous: previous.map(|(id, key)| epoch(id, key)),
+    }
+}
+
+/// A move to a new epoch re-seals everything (history, settings, sessions, the event log stay
+/// readable; no value of before is left in the file or the WAL), records it, and the database
+/// then opens only with the new epoch's key. A move cut short (the database under the previous
+/// epoch) is reported on open, and a database under an epoch keyguard no longer holds does not
+/// open.
+#[test]
+fn a_move_to_a_new_epoch_reseals_everything_and_the_old_key_opens_nothing() {
+    run(async {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("host.db");
+        let derived = smvs_crypto::random_array::<96>();
+        let (one, two) = (AeadKey::generate(), AeadKey::generate());
+        let bob = name("bob");
+        let (s, work) =
+            Storage::open_with_epochs(&path, epoch_keys(&derived, (1, &one), None)).unwrap();
+        assert_eq!(work, EpochWork::None);
+        let m = incoming("bob", "alice", now_ms(), "kept across epochs", &[]);
+        arrive(&s, &m).await;
+        s.set_setting("me", b"alice".to_vec()).await.unwrap();
+        s.save_session(SessionWrite {
+            peer: bob.clone(),
+            state: Zeroizing::new(vec![2; 100]),
+            prekey_transcript: None,
+            confirmed: true,
+        })
+        .await
+        .unwrap();
+        let sealed_before: Vec<Vec<u8>> = {
+            let c = Connection::open(&path).unwrap();
+            let mut rows: Vec<Vec<u8>> = c
+                .prepare("SELECT wrapped_key FROM conversations UNION ALL SELECT sealed FROM settings UNION ALL SELECT sealed FROM sessions UNION ALL SELECT sealed FROM events")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap();
+            rows.retain(|r| !r.is_empty());
+            rows
+        };
+        assert!(sealed_before.len() >= 3, "{}", sealed_before.len());
+
+        // Cut short: keyguard began epoch 2, the database is still under 1.
+        drop(s);
+        let (s, work) =
+            Storage::open_with_epochs(&path, epoch_keys(&derived, (2, &two), Some((1, &one))))
+                .unwrap();
+        assert_eq!(work, EpochWork::Move { from: 1 });
+        assert_eq!(s.epoch(), 1);
+        let moved = s.move_to_epoch(epoch(2, &two)).await.unwrap();
+        assert!(moved >= sealed_before.len(), "{moved}");
+        assert_eq!(s.epoch(), 2);
+        assert_eq!(s.move_to_epoch(epoch(2, &two)).await.unwrap(), 0);
+        // Everything reads as before, under the new key.
+        let history = s.history(&bob, 0).await.unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            history[0].payload,
+            Payload::Text("kept across epochs".into())
+        );
+        assert_eq!(&s.setting("me").await.unwrap().unwrap()[..], b"alice");
+        assert_eq!(&s.session(&bob).await.unwrap().unwrap()[..], &[2; 100][..]);
+        let disk = on_disk(&dir);
+        for old in &sealed_before {
+            assert!(
+                !contains(&disk, old),
+                "a value sealed under epoch 1 is still on disk"
+            );
+        }
+        drop(s);
+
+        // Keyguard still holds epoch 1 (not retired yet): opening says so.
+        let (s, work) =
+            Storage::open_with_epochs(&path, epoch_keys(&derived, (2, &two), Some((1, &one))))
+                .unwrap();
+        assert_eq!(work, EpochWork::Retire(1));
+        drop(s);
+        // Under epoch 2 only now; keys of epoch 1 alone (an older keyguard, or a thief's
+        // copy of them) do not open it, and a database of epoch 1 does not open with epoch 3.
+        let e = Storage::open_with_epochs(&path, epoch_keys(&derived, (1, &one), None))
+            .err()
+            .unwrap();
+        assert!(matches!(e, StorageError::EpochGone { found: 2, .. }), "{e}");
+        let e =
+            Storage::open_with_epochs(&path, epoch_keys(&derived, (3, &AeadKey::generate()), None))
+                .err()
+                .unwrap();
+        assert!(matches!(e, StorageError::EpochGone { found: 2, .. }), "{e}");
+        let (s, work) =
+            Storage::open_with_epochs(&path, epoch_keys(&derived, (2, &two), None)).unwrap();
+        assert_eq!(work, EpochWork::None);
+        assert_eq!(s.history(&bob, 0).await.unwrap().len(), 1);
+    });
+}
+
+/// A database from before epochs (no epoch recorded) is under epoch 1: it opens with epoch 1
+/// and gets it recorded; with keyguard past epoch 1 it is refused rather than misread.
+#[test]
+fn a_database_from_before_epochs_is_epoch_1() {
+    run(async {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("host.db");
+        let key = AeadKey::generate();
+        let derived = {
+            // The derivations keyguard makes from an old storage key (storage_epochs.rs).
+            let mut d = Vec::new();
+            for label in [&b"conversation tags"[..], b"chain hashes", b"tombstones"] {
+                d.extend_from_slice(
+                    &smvs_crypto::hkdf_sha256(b"smvs-storage-v1", key.expose(), label, 32).unwrap(),
+                );
+            }
+            d
+        };
+        {
+            let s = Storage::open(&path, AeadKey::from_bytes(key.expose()).unwrap()).unwrap();
+            arrive(&s, &incoming("bob", "alice", now_ms(), "old", &[])).await;
+            // As a database from before epochs: no row.
+            s.worker
+                .call(|c| Ok::<_, StorageError>(c.execute("DELETE FROM storage_epoch", [])?))
+                .await
+                .unwrap();
+        }
+        let e =
+            Storage::open_with_epochs(&path, epoch_keys(&derived, (2, &AeadKey::generate()), None))
+                .err()
+                .unwrap();
+        assert!(matches!(e, StorageError::EpochGone { found: 1, .. }), "{e}");
+        let (s, _) =
+            Storage::open_with_epochs(&path, epoch_keys(&derived, (1, &key), None)).unwrap();
+        assert_eq!(s.epoch(), 1);
+        assert_eq!(s.history(&name("bob"), 0).await.unwrap().len(), 1);
+    });
+}
