@@ -117,7 +117,7 @@ impl Host {
         let storage_keys = keyguard.storage_keys().await.map_err(kg_err)?;
         let (storage, epoch_work) = Storage::open_with_epochs(
             &state.join("host.db"),
-            crate::guard::epoch_keys(storage_keys),
+            crate::epochs::epoch_keys(storage_keys),
         )?;
         let me = registered_user(&storage, &keyguard, &config).await?;
         let keyguard = Rc::new(crate::guard::Guard::new(keyguard));

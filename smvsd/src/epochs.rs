@@ -16,18 +16,41 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::model::now_ms;
+
 use crate::error::HostError;
 use crate::guard::Guard;
-use crate::storage::{Epoch, EpochWork, Storage};
+use crate::storage::{Epoch, EpochKeys, EpochWork, Storage};
 
-/// How often the storage epoch moves on by itself.
+fn epoch(e: smvs_keyguard::StorageEpoch) -> Epoch {
+    Epoch {
+        id: e.id,
+        key: e.key,
+    }
+}
+
+/// Keyguard's storage keys as storage takes them.
+pub fn epoch_keys(keys: smvs_keyguard::StorageKeys) -> EpochKeys {
+    EpochKeys {
+        derived: keys.derived,
+        current: epoch(keys.current),
+        previous: keys.previous.map(epoch),
+    }
+}
+
+/// How often the storage epoch moves on by itself (by the wall clock: a host that is
+/// restarted or suspended daily still moves on).
 pub const EPOCH_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// How often the time of the last move is looked at.
+const EPOCH_CHECK: Duration = Duration::from_secs(600);
 
 pub struct StorageEpochs {
     keyguard: Rc<Guard>,
     storage: Storage,
     turn: tokio::sync::Mutex<()>,
-    /// A rotation was asked for while one ran: one more follows it.
+    /// A kicked rotation is pending or running.
+    kicked: Cell<bool>,
+    /// A kick came while one was pending or running: one more follows it (never more).
     again: Cell<bool>,
 }
 
@@ -37,6 +60,7 @@ impl StorageEpochs {
             keyguard,
             storage,
             turn: tokio::sync::Mutex::new(()),
+            kicked: Cell::new(false),
             again: Cell::new(false),
         })
     }
@@ -95,7 +119,7 @@ impl StorageEpochs {
         }
         let (current, previous) = self.keyguard.new_storage_epoch().await?;
         let id = current.id;
-        let moved = self.storage.move_to_epoch(current).await?;
+        let moved = self.storage.move_to_epoch(epoch(current)).await?;
         self.keyguard.retire_storage_epoch(previous.id).await?;
         tracing::info!(
             epoch = id,
@@ -108,33 +132,49 @@ impl StorageEpochs {
     /// Starts a rotation in the background (after a whole conversation was deleted); a
     /// failure is logged and left for the next one.
     pub fn kick(self: &Rc<Self>) {
-        if self.turn.try_lock().is_err() {
+        if self.kicked.replace(true) {
             // The one under way may have re-sealed before the deletion: one more after it.
             self.again.set(true);
+            return;
         }
         let epochs = self.clone();
         tokio::task::spawn_local(async move {
             loop {
                 if let Err(e) = epochs.rotate().await {
-                    tracing::warn!(error = %e, "cannot move to a new storage epoch now; trying again at the next one");
+                    failed(&e);
                 }
                 if !epochs.again.replace(false) {
                     break;
                 }
             }
+            epochs.kicked.set(false);
         });
     }
 }
 
-/// Rotates every [`EPOCH_EVERY`].
+/// A move that failed: the previous epoch's key lives on until one succeeds.
+fn failed(e: &HostError) {
+    tracing::error!(error = %e, "cannot move to a new storage epoch; the previous epoch's key is not destroyed until a move succeeds");
+}
+
+/// Moves on whenever the last move is [`EPOCH_EVERY`] old by the wall clock (checked at start
+/// and every [`EPOCH_CHECK`]).
 pub async fn rotate_loop(epochs: Rc<StorageEpochs>) {
-    let mut tick = tokio::time::interval(EPOCH_EVERY);
-    // The first tick is immediate; the first rotation is a period after start.
-    tick.tick().await;
+    let mut tick = tokio::time::interval(EPOCH_CHECK);
     loop {
         tick.tick().await;
-        if let Err(e) = epochs.rotate().await {
-            tracing::warn!(error = %e, "cannot move to a new storage epoch now; trying again tomorrow");
+        let since = match epochs.storage.epoch_since().await {
+            Ok(since) => since,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read when the storage epoch last moved");
+                continue;
+            }
+        };
+        let every = i64::try_from(EPOCH_EVERY.as_millis()).unwrap_or(i64::MAX);
+        if now_ms().saturating_sub(since) >= every {
+            if let Err(e) = epochs.rotate().await {
+                failed(&e);
+            }
         }
     }
 }

@@ -160,11 +160,9 @@ impl Guard {
     /// A new storage epoch: (current, previous).
     pub async fn new_storage_epoch(
         &self,
-    ) -> Result<(crate::storage::Epoch, crate::storage::Epoch), KeyguardError> {
-        let (current, previous) = self
-            .with_client(|c| async move { c.new_storage_epoch().await })
-            .await?;
-        Ok((epoch(current), epoch(previous)))
+    ) -> Result<(smvs_keyguard::StorageEpoch, smvs_keyguard::StorageEpoch), KeyguardError> {
+        self.with_client(|c| async move { c.new_storage_epoch().await })
+            .await
     }
 
     pub async fn retire_storage_epoch(&self, id: u32) -> Result<(), KeyguardError> {
@@ -176,21 +174,5 @@ impl Guard {
     pub async fn rollback_counter(&self, advance: bool) -> Result<u64, KeyguardError> {
         self.with_client(|c| async move { c.rollback_counter(advance).await })
             .await
-    }
-}
-
-fn epoch(e: smvs_keyguard::StorageEpoch) -> crate::storage::Epoch {
-    crate::storage::Epoch {
-        id: e.id,
-        key: e.key,
-    }
-}
-
-/// Keyguard's storage keys as storage takes them.
-pub fn epoch_keys(keys: smvs_keyguard::StorageKeys) -> crate::storage::EpochKeys {
-    crate::storage::EpochKeys {
-        derived: keys.derived,
-        current: epoch(keys.current),
-        previous: keys.previous.map(epoch),
     }
 }

@@ -769,12 +769,17 @@ impl Inbox {
         request: MessageId,
     ) -> Result<(), IncomingError> {
         if ids.is_empty() {
-            self.storage.delete(peer, None, Some(request)).await?;
+            let deleted = self.storage.delete(peer, None, Some(request)).await;
+            // The key changed whether or not the WAL could be wiped at once (the move to a
+            // new epoch wipes it again); a request that found nothing moves nothing on.
+            if !matches!(deleted, Ok(0)) {
+                self.epochs.kick();
+            }
+            deleted?;
             self.events.publish(HostEvent::Deleted {
                 id: None,
                 peer: peer.clone(),
             });
-            self.epochs.kick();
         } else {
             // All in one storage job and one checkpoint, however many ids the request names;
             // only what was here is announced.

@@ -77,6 +77,9 @@ impl std::fmt::Display for HandshakeFailure {
 /// keyguard calls, ML-KEM operations and up to [`crate::session::ratchet::MAX_SKIP`] key
 /// derivations).
 const TROUBLE_PER_WINDOW: u32 = 8;
+/// The same, over all peers together: many hostile contacts do not multiply keyguard's work
+/// past this (honest handshakes then wait a window, as after "later").
+const ALL_TROUBLE_PER_WINDOW: u32 = 64;
 const TROUBLE_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How often the database is stamped with a new rollback counter.
@@ -102,6 +105,8 @@ pub struct Sessions {
     own_kem: RefCell<Option<(IdentityBundle, XWingPublicKey, Signature)>>,
     /// Per peer: handshakes answered and envelopes that did not open, in the current window.
     trouble: RefCell<HashMap<Username, (u32, std::time::Instant)>>,
+    /// The same, all peers together.
+    all_trouble: std::cell::Cell<(u32, std::time::Instant)>,
 }
 
 impl Sessions {
@@ -115,6 +120,7 @@ impl Sessions {
             locks: RefCell::new(HashMap::new()),
             own_kem: RefCell::new(None),
             trouble: RefCell::new(HashMap::new()),
+            all_trouble: std::cell::Cell::new((0, std::time::Instant::now())),
         }
     }
 
@@ -130,12 +136,21 @@ impl Sessions {
         if now.duration_since(entry.1) >= TROUBLE_WINDOW {
             *entry = (0, now);
         }
-        if entry.0 >= TROUBLE_PER_WINDOW {
+        let (mut all, mut since) = self.all_trouble.get();
+        if now.duration_since(since) >= TROUBLE_WINDOW {
+            (all, since) = (0, now);
+        }
+        // (The shared cap stops only new costly work, never the check before an envelope is
+        // opened: hostile contacts cannot hold up everyone's messages with it.)
+        if entry.0 >= TROUBLE_PER_WINDOW || counted && all >= ALL_TROUBLE_PER_WINDOW {
+            self.all_trouble.set((all, since));
             return false;
         }
         if counted {
             entry.0 += 1;
+            all += 1;
         }
+        self.all_trouble.set((all, since));
         true
     }
 

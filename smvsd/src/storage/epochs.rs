@@ -117,8 +117,8 @@ pub(super) fn settle_on_open(
             });
         }
         c.execute(
-            "INSERT INTO storage_epoch VALUES (1, ?1)",
-            [i64::from(keys.epoch())],
+            "INSERT INTO storage_epoch VALUES (1, ?1, ?2)",
+            params![i64::from(keys.epoch()), crate::model::now_ms()],
         )?;
     }
     let at = keys.epoch();
@@ -144,6 +144,12 @@ impl Storage {
         self.keys.epoch()
     }
 
+    /// When the database moved to its epoch (Unix ms, wall clock).
+    pub async fn epoch_since(&self) -> Result<i64> {
+        self.call(|c, _| Ok(c.query_row("SELECT since FROM storage_epoch", [], |r| r.get(0))?))
+            .await
+    }
+
     /// Re-seals every value sealed under the current epoch under `next` (epoch `id`), records
     /// the epoch, commits, and wipes the write-ahead log: all in one job that runs alone, so no
     /// other write sees a half-moved database. Returns how many values moved (0: already
@@ -157,7 +163,10 @@ impl Storage {
                 }
                 c.execute_batch("BEGIN IMMEDIATE")?;
                 let moved = reseal_all(c, &keys, &next.key).and_then(|moved| {
-                    c.execute("UPDATE storage_epoch SET epoch = ?1", [i64::from(next.id)])?;
+                    c.execute(
+                        "UPDATE storage_epoch SET epoch = ?1, since = ?2",
+                        params![i64::from(next.id), crate::model::now_ms()],
+                    )?;
                     c.execute_batch("COMMIT")?;
                     Ok(moved)
                 });

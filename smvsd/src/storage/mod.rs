@@ -55,7 +55,7 @@ pub enum StorageError {
     CheckpointBusy,
     #[error("the disk is full: nothing of the request was stored")]
     DiskFull,
-    #[error("the database is sealed under storage epoch {found}, which the key guard no longer holds (it holds {held}): it is older than the key guard's keys (a copy restored after they moved on?) and cannot be opened")]
+    #[error("the database is sealed under storage epoch {found}, which the key guard does not hold (it holds {held}): a copy from before the key guard moved on (whose key is destroyed), or a database of another key guard; it cannot be opened")]
     EpochGone { found: u32, held: String },
     #[error("cannot make {path} private (mode 0600): {source}")]
     Permissions {
@@ -248,7 +248,8 @@ const MIGRATIONS: &[&str] = &[
     "
     -- 9: the storage epoch the database's sealed values are under (storage/epochs.rs), in
     -- clear: it names a key, and is none. Written at the first open after this migration.
-    CREATE TABLE storage_epoch (one INTEGER PRIMARY KEY CHECK (one = 1), epoch INTEGER NOT NULL) STRICT;
+    -- `since`: when the database moved to it (Unix ms, wall clock), for the daily move.
+    CREATE TABLE storage_epoch (one INTEGER PRIMARY KEY CHECK (one = 1), epoch INTEGER NOT NULL, since INTEGER NOT NULL) STRICT;
 ",
 ];
 
@@ -1038,6 +1039,10 @@ impl Storage {
                             &format!("DELETE FROM messages WHERE {BEFORE}"),
                             params![tag, &request.0[..]],
                         )?;
+                        // The conversation's key is destroyed here too: what stays is sealed
+                        // again under a new one, so that the old key (in an older copy of the
+                        // database, and the epochs of before) opens nothing that was deleted.
+                        rekey_conversation(c, k, &tag)?;
                         n
                     }
                     (None, None) => {
@@ -1318,6 +1323,42 @@ fn store_incoming_in(c: &Connection, keys: &Arc<AtRest>, msg: StoredMessage) -> 
         )?;
     }
     Ok(Arrival::Stored(integrity))
+}
+
+/// Gives the conversation `tag` a new key: its remaining message rows are sealed again under
+/// it, and the old wrapped key is overwritten (nothing keeps it).
+fn rekey_conversation(c: &Connection, k: &AtRest, tag: &[u8]) -> Result<()> {
+    let Some(wrapped): Option<Vec<u8>> = cached_row(
+        c,
+        "SELECT wrapped_key FROM conversations WHERE tag = ?1",
+        [tag],
+        |r| r.get(0),
+    )
+    .optional()?
+    else {
+        return Ok(());
+    };
+    let old = k.unwrap_conversation_key(tag, &wrapped)?;
+    let (new, wrapped) = k.new_conversation_key(tag)?;
+    let rows: Vec<(i64, Vec<u8>, i64, Vec<u8>)> = c
+        .prepare_cached("SELECT seq, id, direction, sealed FROM messages WHERE tag = ?1")?
+        .query_map([tag], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (seq, id, direction, sealed) in rows {
+        let plain = AtRest::open_message(&old, tag, &id, direction, &sealed)?;
+        let sealed = AtRest::seal_message(&new, tag, &id, direction, &plain)?;
+        cached_exec(
+            c,
+            "UPDATE messages SET sealed = ?2 WHERE seq = ?1",
+            params![seq, sealed],
+        )?;
+    }
+    cached_exec(
+        c,
+        "UPDATE conversations SET wrapped_key = ?2 WHERE tag = ?1",
+        params![tag, wrapped],
+    )?;
+    Ok(())
 }
 
 fn conversation(

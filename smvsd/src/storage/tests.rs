@@ -985,6 +985,18 @@ fn a_move_to_a_new_epoch_reseals_everything_and_the_old_key_opens_nothing() {
         let m = incoming("bob", "alice", now_ms(), "kept across epochs", &[]);
         arrive(&s, &m).await;
         s.set_setting("me", b"alice".to_vec()).await.unwrap();
+        let contact = crate::model::Contact {
+            username: bob.clone(),
+            identity: smvs_crypto::IdentityKeys::generate().unwrap().bundle(),
+            transport_key: smvs_crypto::AgreementKeyPair::generate().unwrap().public(),
+            host_address: smvs_schema::HostAddress::parse("127.0.0.2:7421").unwrap(),
+            serial: 7,
+            blocked: false,
+            pending: None,
+            request: false,
+            evidence: None,
+        };
+        s.put_contact(contact.clone()).await.unwrap();
         s.save_session(SessionWrite {
             peer: bob.clone(),
             state: Zeroizing::new(vec![2; 100]),
@@ -996,7 +1008,12 @@ fn a_move_to_a_new_epoch_reseals_everything_and_the_old_key_opens_nothing() {
         let sealed_before: Vec<Vec<u8>> = {
             let c = Connection::open(&path).unwrap();
             let mut rows: Vec<Vec<u8>> = c
-                .prepare("SELECT wrapped_key FROM conversations UNION ALL SELECT sealed FROM settings UNION ALL SELECT sealed FROM sessions UNION ALL SELECT sealed FROM events")
+                .prepare(
+                    "SELECT wrapped_key FROM conversations UNION ALL SELECT sealed_peer FROM conversations
+                     UNION ALL SELECT last_recv_hash FROM conversations UNION ALL SELECT sealed FROM contacts
+                     UNION ALL SELECT sealed FROM settings UNION ALL SELECT sealed FROM sessions
+                     UNION ALL SELECT sealed FROM events",
+                )
                 .unwrap()
                 .query_map([], |r| r.get(0))
                 .unwrap()
@@ -1005,7 +1022,8 @@ fn a_move_to_a_new_epoch_reseals_everything_and_the_old_key_opens_nothing() {
             rows.retain(|r| !r.is_empty());
             rows
         };
-        assert!(sealed_before.len() >= 3, "{}", sealed_before.len());
+        // Wrapped key, peer name, chain head, contact, setting, session.
+        assert!(sealed_before.len() >= 6, "{}", sealed_before.len());
 
         // Cut short: keyguard began epoch 2, the database is still under 1.
         drop(s);
@@ -1027,6 +1045,11 @@ fn a_move_to_a_new_epoch_reseals_everything_and_the_old_key_opens_nothing() {
         );
         assert_eq!(&s.setting("me").await.unwrap().unwrap()[..], b"alice");
         assert_eq!(&s.session(&bob).await.unwrap().unwrap()[..], &[2; 100][..]);
+        assert_eq!(s.contact(&bob).await.unwrap(), Some(contact));
+        assert_eq!(s.conversations().await.unwrap()[0].peer, bob);
+        // The chain head moved too: the next message from bob is in order, not a gap.
+        let next = incoming("bob", "alice", now_ms(), "next", &hash(&m));
+        assert_eq!(arrive(&s, &next).await, Arrival::Stored(Integrity::Ok));
         let disk = on_disk(&dir);
         for old in &sealed_before {
             assert!(
@@ -1056,7 +1079,7 @@ fn a_move_to_a_new_epoch_reseals_everything_and_the_old_key_opens_nothing() {
         let (s, work) =
             Storage::open_with_epochs(&path, epoch_keys(&derived, (2, &two), None)).unwrap();
         assert_eq!(work, EpochWork::None);
-        assert_eq!(s.history(&bob, 0).await.unwrap().len(), 1);
+        assert_eq!(s.history(&bob, 0).await.unwrap().len(), 2);
     });
 }
 
@@ -1096,5 +1119,63 @@ fn a_database_from_before_epochs_is_epoch_1() {
             Storage::open_with_epochs(&path, epoch_keys(&derived, (1, &key), None)).unwrap();
         assert_eq!(s.epoch(), 1);
         assert_eq!(s.history(&name("bob"), 0).await.unwrap().len(), 1);
+    });
+}
+
+/// A peer's request to delete the whole conversation destroys the conversation's key, as the
+/// user's own does: what stays (the request's row, what came after it) is sealed again under a
+/// new key, and the old key, which an older copy of the database holds, opens none of it.
+#[test]
+fn a_peers_whole_conversation_delete_gives_the_conversation_a_new_key() {
+    run(async {
+        let (dir, s) = open();
+        let bob = name("bob");
+        let before = incoming("bob", "alice", now_ms(), "before the request", &[]);
+        arrive(&s, &before).await;
+        let mut request = incoming("bob", "alice", now_ms(), "", &hash(&before));
+        request.payload = Payload::Delete(Vec::new());
+        arrive(&s, &request).await;
+        let after = incoming(
+            "bob",
+            "alice",
+            now_ms(),
+            "after the request",
+            &hash(&request),
+        );
+        arrive(&s, &after).await;
+        let read = |what: &'static str| {
+            let c = Connection::open(dir.path().join("host.db")).unwrap();
+            c.query_row(what, [], |r| r.get::<_, Vec<u8>>(0)).unwrap()
+        };
+        let old_wrapped = read("SELECT wrapped_key FROM conversations");
+        let wrapped = old_wrapped.clone();
+        let old_key = s
+            .call(move |_, k| {
+                let tag = k.tag(&name("bob"))?;
+                Ok(k.unwrap_conversation_key(&tag, &wrapped)?)
+            })
+            .await
+            .unwrap();
+
+        assert_eq!(s.delete(&bob, None, Some(request.id)).await.unwrap(), 1);
+        let history = s.history(&bob, 0).await.unwrap();
+        assert_eq!(history.len(), 1);
+        assert_eq!(
+            history[0].payload,
+            Payload::Text("after the request".into())
+        );
+        assert_ne!(read("SELECT wrapped_key FROM conversations"), old_wrapped);
+        assert!(
+            !contains(&on_disk(&dir), &old_wrapped),
+            "the old wrapped key is still on disk"
+        );
+        let kept = read(
+            "SELECT sealed FROM messages WHERE id = x'' OR seq = (SELECT max(seq) FROM messages)",
+        );
+        let tag = s.call(|_, k| Ok(k.tag(&name("bob"))?)).await.unwrap();
+        assert!(
+            AtRest::open_message(&old_key, &tag, &after.id.0, 1, &kept).is_err(),
+            "the old key still opens what stayed"
+        );
     });
 }
