@@ -380,17 +380,21 @@ impl SessionRpc {
                 "session has ended; authenticate again",
             ));
         }
-        let current = self
-            .shared
-            .store
-            .get_user(&self.username)
-            .await
-            .map_err(store_refusal)?
-            .ok_or_else(|| self.gone())?;
+        let current = self.current_user().await?;
         if current.identity.signing_key != self.identity.get() {
             return Err(self.gone());
         }
         Ok(())
+    }
+
+    /// The record of the user this session acts for (gone: deregistered meanwhile).
+    async fn current_user(&self) -> Result<UserRecord, Refusal> {
+        self.shared
+            .store
+            .get_user(&self.username)
+            .await
+            .map_err(store_refusal)?
+            .ok_or_else(|| self.gone())
     }
 
     fn gone(&self) -> Refusal {
@@ -456,13 +460,7 @@ impl SessionRpc {
                     format!("deregistration needs the identity's signature: {e}"),
                 )
             })?;
-        let current = self
-            .shared
-            .store
-            .get_user(&self.username)
-            .await
-            .map_err(store_refusal)?
-            .ok_or_else(|| self.gone())?;
+        let current = self.current_user().await?;
         if params.get_serial() != current.serial {
             return Err(Refusal::new(
                 ErrorCode::Stale,
@@ -553,13 +551,7 @@ impl session::Server for SessionRpc {
         mut results: session::RenewTransportResults,
     ) -> Result<(), capnp::Error> {
         self.check().await?;
-        let current = self
-            .shared
-            .store
-            .get_user(&self.username)
-            .await
-            .map_err(store_refusal)?
-            .ok_or_else(|| self.gone())?;
+        let current = self.current_user().await?;
         let transport = read_transport(
             &self.username,
             &current.identity,
@@ -600,13 +592,7 @@ impl session::Server for SessionRpc {
         mut results: session::PublishSessionKeysResults,
     ) -> Result<(), capnp::Error> {
         self.check().await?;
-        let current = self
-            .shared
-            .store
-            .get_user(&self.username)
-            .await
-            .map_err(store_refusal)?
-            .ok_or_else(|| self.gone())?;
+        let current = self.current_user().await?;
         let keys = PublishedSessionKeys::read(params.get()?.get_keys()?)
             .map_err(|e| Refusal::new(ErrorCode::BadRequest, e))?;
         keys.verify(&current.identity)

@@ -441,17 +441,7 @@ impl Inbox {
         let sender = Username::parse(&offer.sender).map_err(|e| refused(e.to_string()))?;
         let turn = self.arrival_turn(&sender).await;
         let (contact, _request) = self.verified_sender(&sender, remote_key, lookups).await?;
-        let kem = smvs_crypto::XWingPublicKey::from_bytes(&offer.kem)
-            .map_err(|e| refused(format!("X-Wing key: {e}")))?;
-        let signature = smvs_crypto::Signature::from_bytes(&offer.kem_signature)
-            .map_err(|e| refused(format!("X-Wing key signature: {e}")))?;
-        smvs_crypto::verify_identity_kem(&contact.identity, &kem, &signature)
-            .map_err(|_| refused("the X-Wing key is not signed by the sender's identity"))?;
-        if !self.sessions.may_try(&sender, true) {
-            return Err(IncomingError::Later(
-                "too many session handshakes from you lately".into(),
-            ));
-        }
+        let theirs = self.their_party(&contact, &offer.kem, &offer.kem_signature)?;
         let Some(_session_turn) = self.sessions.try_lock(&sender) else {
             return Err(IncomingError::Later(
                 "a session handshake with you is under way here".into(),
@@ -462,11 +452,6 @@ impl Inbox {
             .own_party(&me.username, &me.identity)
             .await
             .map_err(busy_here)?;
-        let theirs = crate::session::handshake::Party {
-            username: sender.clone(),
-            identity: contact.identity,
-            kem,
-        };
         let response = self
             .sessions
             .respond(&ours, &theirs, &offer.init)
@@ -480,6 +465,33 @@ impl Inbox {
             })?;
         drop(turn);
         Ok(response)
+    }
+
+    /// The sender's complete identity for a handshake it started: its X-Wing key `kem` must be
+    /// signed by its pinned identity. The handshake counts against the sender's budget (and
+    /// everyone's): past it, "later" before any work.
+    fn their_party(
+        &self,
+        contact: &Contact,
+        kem: &[u8],
+        signature: &[u8],
+    ) -> Result<crate::session::handshake::Party, IncomingError> {
+        let kem = smvs_crypto::XWingPublicKey::from_bytes(kem)
+            .map_err(|e| refused(format!("X-Wing key: {e}")))?;
+        let signature = smvs_crypto::Signature::from_bytes(signature)
+            .map_err(|e| refused(format!("X-Wing key signature: {e}")))?;
+        smvs_crypto::verify_identity_kem(&contact.identity, &kem, &signature)
+            .map_err(|_| refused("the X-Wing key is not signed by the sender's identity"))?;
+        if !self.sessions.may_try(&contact.username, true) {
+            return Err(IncomingError::Later(
+                "too many session handshakes from you lately".into(),
+            ));
+        }
+        Ok(crate::session::handshake::Party {
+            username: contact.username.clone(),
+            identity: contact.identity,
+            kem,
+        })
     }
 
     /// The sender's pinned contact, checked: not blocked, and `remote_key` (the link's) is the
@@ -630,27 +642,12 @@ impl Inbox {
         offer: &session::PrekeyOffer,
     ) -> Result<(SessionV2, ([u8; 32], i64)), IncomingError> {
         let sender = &contact.username;
-        let kem = smvs_crypto::XWingPublicKey::from_bytes(&offer.kem)
-            .map_err(|e| refused(format!("X-Wing key: {e}")))?;
-        let signature = smvs_crypto::Signature::from_bytes(&offer.kem_signature)
-            .map_err(|e| refused(format!("X-Wing key signature: {e}")))?;
-        smvs_crypto::verify_identity_kem(&contact.identity, &kem, &signature)
-            .map_err(|_| refused("the X-Wing key is not signed by the sender's identity"))?;
-        if !self.sessions.may_try(sender, true) {
-            return Err(IncomingError::Later(
-                "too many session handshakes from you lately".into(),
-            ));
-        }
+        let theirs = self.their_party(contact, &offer.kem, &offer.kem_signature)?;
         let (ours, _) = self
             .sessions
             .own_party(&me.username, &me.identity)
             .await
             .map_err(busy_here)?;
-        let theirs = crate::session::handshake::Party {
-            username: sender.clone(),
-            identity: contact.identity,
-            kem,
-        };
         match self
             .sessions
             .accept_prekey(&ours, &me.identity, &theirs, &offer.init)

@@ -65,6 +65,22 @@ fn database_files(host: &HostProcess) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// A text from alice to bob, sealed under `session` (which moves on), as the test plays
+/// alice's host.
+fn alice_to_bob(
+    session: &mut smvsd::session::SessionV2,
+    text: &str,
+) -> smvs_tests::impersonate::RawEnvelope {
+    let id = smvsd::model::MessageId::random();
+    let inner = smvs_tests::impersonate::text_message(id, "alice", "bob", 1, &[], text).unwrap();
+    smvs_tests::impersonate::RawEnvelope {
+        id,
+        sender: "alice".into(),
+        recipient: "bob".into(),
+        sealed: smvs_tests::impersonate::seal_v2(session, &inner).unwrap(),
+    }
+}
+
 fn texts(history: &[serde_json::Value]) -> Vec<String> {
     history
         .iter()
@@ -198,7 +214,7 @@ fn a_host_restored_from_an_older_copy_of_its_database_makes_new_sessions_and_los
 #[test]
 fn forged_replayed_and_downgraded_v2_envelopes_change_nothing() {
     use smvs_tests::impersonate::{
-        self, deliver, deliver_v2, link, play_host, seal_v2, text_message, RawEnvelope,
+        self, deliver, deliver_v2, link, play_host, text_message, RawEnvelope,
     };
     use smvsd::model::MessageId;
 
@@ -218,16 +234,7 @@ fn forged_replayed_and_downgraded_v2_envelopes_change_nothing() {
             .await
             .unwrap();
         let session_id = session.id();
-        let envelope = |session: &mut smvsd::session::SessionV2, text: &str| {
-            let id = MessageId::random();
-            let inner = text_message(id, "alice", "bob", 1, &[], text).unwrap();
-            RawEnvelope {
-                id,
-                sender: "alice".into(),
-                recipient: "bob".into(),
-                sealed: seal_v2(session, &inner).unwrap(),
-            }
-        };
+        let envelope = alice_to_bob;
         let said = |r: Result<impersonate::Receipt, capnp::Error>, wanted: &str| {
             let e = r.expect_err("must not be taken").to_string();
             assert!(e.contains(wanted), "{e} (wanted {wanted:?})");
@@ -402,10 +409,7 @@ fn a_first_message_to_a_host_that_is_away_goes_by_its_published_prekey() {
 /// X-Wing key is refused.
 #[test]
 fn a_replayed_prekey_handshake_is_refused() {
-    use smvs_tests::impersonate::{
-        self, deliver_v2, deliver_v2_offered, link, play_host, seal_v2, text_message, RawEnvelope,
-    };
-    use smvsd::model::MessageId;
+    use smvs_tests::impersonate::{self, deliver_v2, deliver_v2_offered, link, play_host};
 
     let (rt, dir) = smvs_tests::runtime::runtime_and_directory().unwrap();
     let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
@@ -413,16 +417,7 @@ fn a_replayed_prekey_handshake_is_refused() {
     alice.register().unwrap();
     bob.register().unwrap();
     alice.stop().unwrap();
-    let envelope = |session: &mut smvsd::session::SessionV2, text: &str| {
-        let id = MessageId::random();
-        let inner = text_message(id, "alice", "bob", 1, &[], text).unwrap();
-        RawEnvelope {
-            id,
-            sender: "alice".into(),
-            recipient: "bob".into(),
-            sealed: seal_v2(session, &inner).unwrap(),
-        }
-    };
+    let envelope = alice_to_bob;
     let count = |bob: &HostProcess, text: &str| {
         texts(&bob.history("alice").unwrap())
             .iter()
@@ -521,4 +516,54 @@ fn a_replayed_prekey_handshake_is_refused() {
     alice.start_again().unwrap();
     exchange(&alice, &bob, "after the replay");
     exchange(&bob, &alice, "and back");
+}
+
+/// Both sides write at once when bob's host comes back: alice's messages wait under a session
+/// made from bob's prekey, and bob writes to her as soon as his host is up, before her host's
+/// next round. Whichever session wins (her prekey session, or his interactive one, which
+/// replaces hers), every message arrives, once, and the conversation goes on in one session.
+#[test]
+fn when_both_sides_write_as_the_host_comes_back_nothing_is_lost() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    bob.stop().unwrap();
+    let from_alice: Vec<String> = (0..3)
+        .map(|i| alice.send("bob", &format!("alice {i}")).unwrap())
+        .collect();
+    let deadline = std::time::Instant::now() + WAIT;
+    while !alice
+        .logs()
+        .contains("made a session v2 from the peer's prekey")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", alice.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bob.start_again().unwrap();
+    let from_bob: Vec<String> = (0..3)
+        .map(|i| bob.send("alice", &format!("bob {i}")).unwrap())
+        .collect();
+    for (host, peer, ids) in [(&alice, "bob", &from_alice), (&bob, "alice", &from_bob)] {
+        host.wait_history(peer, WAIT, |h| {
+            ids.iter().all(|id| {
+                h.iter()
+                    .any(|m| m["id"] == id.as_str() && m["status"] == "delivered")
+            })
+        })
+        .unwrap();
+    }
+    exchange(&alice, &bob, "and then, one session");
+    exchange(&bob, &alice, "and back");
+    for (host, peer) in [(&alice, "bob"), (&bob, "alice")] {
+        let got = texts(&host.history(peer).unwrap());
+        assert_eq!(got.len(), 8, "{got:?}");
+        for i in 0..3 {
+            let n = got.iter().filter(|t| **t == format!("alice {i}")).count();
+            assert_eq!(n, 1, "{got:?}");
+            let n = got.iter().filter(|t| **t == format!("bob {i}")).count();
+            assert_eq!(n, 1, "{got:?}");
+        }
+    }
 }
