@@ -93,6 +93,46 @@ fn peer_text(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(200).collect()
 }
 
+/// How much costly session work peers may cause: [`TROUBLE_PER_WINDOW`] per peer and
+/// [`ALL_TROUBLE_PER_WINDOW`] in all, per [`TROUBLE_WINDOW`].
+struct TroubleBudget {
+    per_peer: HashMap<Username, (u32, std::time::Instant)>,
+    all: (u32, std::time::Instant),
+}
+
+impl TroubleBudget {
+    fn new(now: std::time::Instant) -> TroubleBudget {
+        TroubleBudget {
+            per_peer: HashMap::new(),
+            all: (0, now),
+        }
+    }
+
+    fn may_try(&mut self, peer: &Username, counted: bool, now: std::time::Instant) -> bool {
+        if self.per_peer.len() >= 4096 {
+            self.per_peer
+                .retain(|_, (_, since)| now.duration_since(*since) < TROUBLE_WINDOW);
+        }
+        let entry = self.per_peer.entry(peer.clone()).or_insert((0, now));
+        if now.duration_since(entry.1) >= TROUBLE_WINDOW {
+            *entry = (0, now);
+        }
+        if now.duration_since(self.all.1) >= TROUBLE_WINDOW {
+            self.all = (0, now);
+        }
+        // (The shared cap stops only new costly work, never the check before an envelope is
+        // opened: hostile contacts cannot hold up everyone's messages with it.)
+        if entry.0 >= TROUBLE_PER_WINDOW || counted && self.all.0 >= ALL_TROUBLE_PER_WINDOW {
+            return false;
+        }
+        if counted {
+            entry.0 += 1;
+            self.all.0 += 1;
+        }
+        true
+    }
+}
+
 pub struct Sessions {
     keyguard: Rc<Guard>,
     storage: Storage,
@@ -103,10 +143,8 @@ pub struct Sessions {
     locks: RefCell<HashMap<Username, Arc<Mutex<()>>>>,
     /// Our identity's X-Wing key and its signature, once asked for.
     own_kem: RefCell<Option<(IdentityBundle, XWingPublicKey, Signature)>>,
-    /// Per peer: handshakes answered and envelopes that did not open, in the current window.
-    trouble: RefCell<HashMap<Username, (u32, std::time::Instant)>>,
-    /// The same, all peers together.
-    all_trouble: std::cell::Cell<(u32, std::time::Instant)>,
+    /// Handshakes answered and envelopes that did not open, per peer and in all.
+    trouble: RefCell<TroubleBudget>,
 }
 
 impl Sessions {
@@ -119,39 +157,16 @@ impl Sessions {
             v2: RefCell::new(HashMap::new()),
             locks: RefCell::new(HashMap::new()),
             own_kem: RefCell::new(None),
-            trouble: RefCell::new(HashMap::new()),
-            all_trouble: std::cell::Cell::new((0, std::time::Instant::now())),
+            trouble: RefCell::new(TroubleBudget::new(std::time::Instant::now())),
         }
     }
 
     /// Whether `peer` may make us do costly session work now (a handshake, or trying an
     /// envelope after failed ones); counts it when `counted`.
     pub fn may_try(&self, peer: &Username, counted: bool) -> bool {
-        let now = std::time::Instant::now();
-        let mut trouble = self.trouble.borrow_mut();
-        if trouble.len() >= 4096 {
-            trouble.retain(|_, (_, since)| now.duration_since(*since) < TROUBLE_WINDOW);
-        }
-        let entry = trouble.entry(peer.clone()).or_insert((0, now));
-        if now.duration_since(entry.1) >= TROUBLE_WINDOW {
-            *entry = (0, now);
-        }
-        let (mut all, mut since) = self.all_trouble.get();
-        if now.duration_since(since) >= TROUBLE_WINDOW {
-            (all, since) = (0, now);
-        }
-        // (The shared cap stops only new costly work, never the check before an envelope is
-        // opened: hostile contacts cannot hold up everyone's messages with it.)
-        if entry.0 >= TROUBLE_PER_WINDOW || counted && all >= ALL_TROUBLE_PER_WINDOW {
-            self.all_trouble.set((all, since));
-            return false;
-        }
-        if counted {
-            entry.0 += 1;
-            all += 1;
-        }
-        self.all_trouble.set((all, since));
-        true
+        self.trouble
+            .borrow_mut()
+            .may_try(peer, counted, std::time::Instant::now())
     }
 
     /// Whether this host speaks session v2.
@@ -789,5 +804,40 @@ impl Sessions {
                     .collect())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_trouble_budget_caps_each_peer_and_all_peers_and_renews_each_window() {
+        let start = std::time::Instant::now();
+        let mut budget = TroubleBudget::new(start);
+        let peer = |i: u32| Username::parse(&format!("peer{i}")).unwrap();
+        // 8 per peer.
+        for _ in 0..TROUBLE_PER_WINDOW {
+            assert!(budget.may_try(&peer(0), true, start));
+        }
+        assert!(!budget.may_try(&peer(0), true, start));
+        assert!(
+            !budget.may_try(&peer(0), false, start),
+            "past its own cap, not even a look"
+        );
+        // 64 in all: seven more peers' worth, then everyone's new work waits ...
+        for i in 1..8 {
+            for _ in 0..TROUBLE_PER_WINDOW {
+                assert!(budget.may_try(&peer(i), true, start));
+            }
+        }
+        assert!(!budget.may_try(&peer(100), true, start));
+        // ... but a peer within its own budget may still have its envelope opened.
+        assert!(budget.may_try(&peer(100), false, start));
+        // A new window: both caps start over.
+        let later = start + TROUBLE_WINDOW;
+        assert!(budget.may_try(&peer(0), true, later));
+        assert!(budget.may_try(&peer(100), true, later));
     }
 }
