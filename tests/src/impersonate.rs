@@ -68,22 +68,13 @@ pub async fn v2_handshake(
     link: &host_link::Client,
 ) -> anyhow::Result<smvsd::session::SessionV2> {
     use smvsd::session::fresh::OsFresh;
-    use smvsd::session::handshake::{Initiator, Party};
+    use smvsd::session::handshake::Initiator;
     let keyguard = me.keyguard.client().await?;
     let mine = keyguard.session_keys(&played.identity).await?;
     let theirs = link.session_keys_request().send().promise.await?;
     let theirs = theirs.get()?;
     let peer_kem = smvs_crypto::XWingPublicKey::from_bytes(theirs.get_kem()?)?;
-    let me_party = Party {
-        username: Username::parse(&me.name)?,
-        identity: played.identity,
-        kem: mine.kem.clone(),
-    };
-    let peer_party = Party {
-        username: Username::parse(peer)?,
-        identity: played.peer_identity,
-        kem: peer_kem,
-    };
+    let (me_party, peer_party) = parties(me, peer, played, &mine.kem, peer_kem)?;
     let initiator = Initiator::start(me_party, peer_party, &mut OsFresh)?;
     let mut request = link.handshake_request();
     {
@@ -119,7 +110,7 @@ pub async fn v2_prekey_session(
     played: &PlayedHost,
 ) -> anyhow::Result<smvsd::session::SessionV2> {
     use smvsd::session::fresh::OsFresh;
-    use smvsd::session::handshake::{self, Party};
+    use smvsd::session::handshake;
     let record = dir.client().await?.lookup(&Username::parse(peer)?).await?;
     let published = record
         .user
@@ -127,16 +118,7 @@ pub async fn v2_prekey_session(
         .context("the peer's record publishes no session keys")?;
     let keyguard = me.keyguard.client().await?;
     let mine = keyguard.session_keys(&played.identity).await?;
-    let me_party = Party {
-        username: Username::parse(&me.name)?,
-        identity: played.identity,
-        kem: mine.kem.clone(),
-    };
-    let peer_party = Party {
-        username: Username::parse(peer)?,
-        identity: played.peer_identity,
-        kem: published.kem.clone(),
-    };
+    let (me_party, peer_party) = parties(me, peer, played, &mine.kem, published.kem.clone())?;
     let now_s = smvsd::model::now_ms() / 1000;
     let prekey = handshake::verify_prekey(&published.prekey, &played.peer_identity, now_s)?;
     let (init, pending) =
@@ -148,6 +130,33 @@ pub async fn v2_prekey_session(
         kem: mine.kem.as_bytes().to_vec(),
         kem_signature: mine.kem_signature.as_bytes().to_vec(),
     }))
+}
+
+/// Both complete identities of a played handshake: `me`'s with its X-Wing key `mine`, the
+/// peer's with `peer_kem`.
+fn parties(
+    me: &HostProcess,
+    peer: &str,
+    played: &PlayedHost,
+    mine: &smvs_crypto::XWingPublicKey,
+    peer_kem: smvs_crypto::XWingPublicKey,
+) -> anyhow::Result<(
+    smvsd::session::handshake::Party,
+    smvsd::session::handshake::Party,
+)> {
+    use smvsd::session::handshake::Party;
+    Ok((
+        Party {
+            username: Username::parse(&me.name)?,
+            identity: played.identity,
+            kem: mine.clone(),
+        },
+        Party {
+            username: Username::parse(peer)?,
+            identity: played.peer_identity,
+            kem: peer_kem,
+        },
+    ))
 }
 
 /// `inner` sealed under the v2 session `session` (which moves on).

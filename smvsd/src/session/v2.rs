@@ -262,6 +262,34 @@ mod tests {
         )
     }
 
+    fn names() -> (Username, Username, MessageId) {
+        (
+            Username::parse("alice").unwrap(),
+            Username::parse("bob").unwrap(),
+            MessageId::random(),
+        )
+    }
+
+    /// The headers of one message id from `a` to `b`, and back.
+    fn headers<'a>(
+        a: &'a Username,
+        b: &'a Username,
+        id: &'a MessageId,
+    ) -> (Header<'a>, Header<'a>) {
+        (
+            Header {
+                id,
+                sender: a,
+                recipient: b,
+            },
+            Header {
+                id,
+                sender: b,
+                recipient: a,
+            },
+        )
+    }
+
     #[test]
     fn a_prekey_offer_is_kept_in_the_state_until_a_message_of_the_peer_opens() {
         let (alice, mut bob) = pair();
@@ -274,21 +302,8 @@ mod tests {
         let stored = SessionV2::from_bytes(&alice.to_bytes().unwrap()).unwrap();
         assert_eq!(stored.offer(), Some(&offer));
         assert_eq!(stored.id(), alice.id());
-        let (a, b) = (
-            Username::parse("alice").unwrap(),
-            Username::parse("bob").unwrap(),
-        );
-        let id = MessageId::random();
-        let to_bob = Header {
-            id: &id,
-            sender: &a,
-            recipient: &b,
-        };
-        let to_alice = Header {
-            id: &id,
-            sender: &b,
-            recipient: &a,
-        };
+        let (a, b, id) = names();
+        let (to_bob, to_alice) = headers(&a, &b, &id);
         // Sealing does not end the offer; a message of the peer's that does not open neither.
         let sealed = alice.seal(&to_bob, b"hi", &mut OsFresh).unwrap();
         bob.open(&to_bob, &sealed, &mut OsFresh).unwrap();
@@ -312,21 +327,8 @@ mod tests {
     #[test]
     fn the_whole_sealed_field_is_a_bucket_and_a_kem_step_stays_under_8192() {
         let (mut alice, mut bob) = pair();
-        let (a, b) = (
-            Username::parse("alice").unwrap(),
-            Username::parse("bob").unwrap(),
-        );
-        let id = MessageId::random();
-        let to_bob = Header {
-            id: &id,
-            sender: &a,
-            recipient: &b,
-        };
-        let to_alice = Header {
-            id: &id,
-            sender: &b,
-            recipient: &a,
-        };
+        let (a, b, id) = names();
+        let (to_bob, to_alice) = headers(&a, &b, &id);
         // The initiator's first chain has no KEM ciphertext: 2048. The responder's does: 4096.
         let short = alice.seal(&to_bob, b"hi", &mut OsFresh).unwrap();
         assert_eq!(short.len(), 2048);
