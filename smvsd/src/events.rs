@@ -68,11 +68,11 @@ pub enum Feed {
 #[rtype(result = "()")]
 pub struct Publish(pub HostEvent);
 
-/// The append of event `seq` is over (`written`: it is in the log).
+/// The append of the events `seqs` is over (`written`: they are in the log).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Appended {
-    seq: u64,
+    seqs: std::ops::RangeInclusive<u64>,
     written: bool,
 }
 
@@ -146,6 +146,9 @@ pub struct DeviceHub {
     committed: u64,
     /// Given a seq, waiting for the append, in seq order.
     pending: VecDeque<Pending>,
+    /// Published and not yet handed to storage: the next [`Flush`] appends them.
+    unwritten: Vec<(u64, i64, HostEvent)>,
+    flush_queued: bool,
     /// The newest committed events, in order (gaps where deletions took some).
     recent: VecDeque<(u64, HostEvent)>,
     /// Cursors with a stream open, by (device, name).
@@ -163,6 +166,8 @@ impl DeviceHub {
             next: log.head + 1,
             committed: log.head,
             pending: VecDeque::new(),
+            unwritten: Vec::new(),
+            flush_queued: false,
             recent: VecDeque::with_capacity(RECENT),
             cursors: HashMap::new(),
             generations: 0,
@@ -214,17 +219,43 @@ impl Handler<Publish> for DeviceHub {
             event: msg.0.clone(),
             written: None,
         });
+        self.unwritten.push((seq, now_ms(), msg.0));
+        if !self.flush_queued {
+            self.flush_queued = true;
+            ctx.notify(Flush);
+        }
+    }
+}
+
+/// Appends what was published since the last flush, in one storage job: the hub handles the
+/// publishes already in its mailbox first, so a burst of events costs one job, not one each.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl Handler<Flush> for DeviceHub {
+    type Result = ();
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
+        self.flush_queued = false;
+        let run = std::mem::take(&mut self.unwritten);
+        let Some(last) = run.last().map(|(seq, _, _)| *seq) else {
+            return;
+        };
+        let first = run[0].0;
         let storage = self.storage.clone();
         let hub = ctx.address();
         actix::spawn(async move {
-            let written = match storage.append_event(seq, now_ms(), msg.0).await {
+            let written = match storage.append_events(run).await {
                 Ok(()) => true,
                 Err(e) => {
-                    tracing::error!(error = %e, seq, "an event could not be written to the event log");
+                    tracing::error!(error = %e, first, last, "events could not be written to the event log");
                     false
                 }
             };
-            hub.do_send(Appended { seq, written });
+            hub.do_send(Appended {
+                seqs: first..=last,
+                written,
+            });
         });
     }
 }
@@ -235,8 +266,11 @@ impl Handler<Appended> for DeviceHub {
         let Some(first) = self.pending.front().map(|p| p.seq) else {
             return;
         };
-        let at = usize::try_from(msg.seq.saturating_sub(first)).unwrap_or(usize::MAX);
-        if let Some(p) = self.pending.get_mut(at).filter(|p| p.seq == msg.seq) {
+        let skip = usize::try_from(msg.seqs.start().saturating_sub(first)).unwrap_or(usize::MAX);
+        for p in self.pending.iter_mut().skip(skip) {
+            if !msg.seqs.contains(&p.seq) {
+                break;
+            }
             p.written = Some(msg.written);
         }
         // Out in seq order, each once its own append is over.

@@ -189,6 +189,12 @@ impl SqliteWorker {
     }
 }
 
+/// Runs one statement from the connection's statement cache: the savepoints around every job
+/// would otherwise be parsed again for each one.
+fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, disk_full: &std::sync::atomic::AtomicBool) {
     use std::sync::atomic::Ordering;
     let mut waiting: Option<Job> = None;
@@ -226,13 +232,12 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, disk_full: &std::sync::a
         }
         let mut replies = Vec::with_capacity(batch.len());
         for job in batch {
-            let _ = conn.execute_batch("SAVEPOINT job");
+            let _ = run_cached(&conn, "SAVEPOINT job");
             let (ok, reply) = job(&conn);
-            let _ = conn.execute_batch(if ok {
-                "RELEASE job"
-            } else {
-                "ROLLBACK TO job; RELEASE job"
-            });
+            if !ok {
+                let _ = run_cached(&conn, "ROLLBACK TO job");
+            }
+            let _ = run_cached(&conn, "RELEASE job");
             replies.push(reply);
             if conn.is_autocommit() {
                 // SQLite rolled the whole transaction back (disk full, I/O error): nothing of

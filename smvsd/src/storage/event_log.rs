@@ -57,54 +57,76 @@ impl Storage {
     /// An event about a message that is gone by the time it is written (deleted between the
     /// change and its append) is not written: the deletion already took what the log had of it.
     pub async fn append_event(&self, seq: u64, at: i64, event: HostEvent) -> Result<()> {
+        self.append_events(vec![(seq, at, event)]).await
+    }
+
+    /// Appends a run of events, `(seq, at, event)` in seq order, in one job: what
+    /// [`Storage::append_event`] does for each, with the log's row written once. All of them
+    /// are written or none is.
+    pub async fn append_events(&self, events: Vec<(u64, i64, HostEvent)>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
         self.call(move |c, k| {
-            // A deleted conversation's event names no tag: nothing links it to the rows that
-            // went with the deletion, and it goes with age.
-            let tag = match &event {
-                HostEvent::Deleted { id: None, .. } => None,
-                _ => event.peer().map(|p| k.tag(p)).transpose()?,
-            };
-            let (mark, gone) = match (&tag, event.message()) {
-                (Some(tag), Some(id)) => {
-                    let exists: bool = cached_row(
-                        c,
-                        "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND id = ?2)",
-                        params![tag, &id.0[..]],
-                        |r| r.get(0),
-                    )?;
-                    (Some(k.tombstone_mark(tag, &id.0)?), !exists)
+            let mut last_at: i64 =
+                cached_row(c, "SELECT last_at FROM event_log WHERE id = 1", [], |r| r.get(0))?;
+            let mut head = 0i64;
+            // Most runs are about one or two peers: their tags are computed once.
+            let mut tags: Vec<(Username, Vec<u8>)> = Vec::new();
+            for (seq, at, event) in &events {
+                let seq = sql_seq(*seq)?;
+                head = head.max(seq);
+                // A deleted conversation's event names no tag: nothing links it to the rows
+                // that went with the deletion, and it goes with age.
+                let tag = match event {
+                    HostEvent::Deleted { id: None, .. } => None,
+                    _ => match event.peer() {
+                        Some(p) => Some(match tags.iter().find(|(u, _)| u == p) {
+                            Some((_, tag)) => tag.clone(),
+                            None => {
+                                let tag = k.tag(p)?;
+                                tags.push((p.clone(), tag.clone()));
+                                tag
+                            }
+                        }),
+                        None => None,
+                    },
+                };
+                let mark = match (&tag, event.message()) {
+                    (Some(tag), Some(id)) => {
+                        let exists: bool = cached_row(
+                            c,
+                            "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND id = ?2)",
+                            params![tag, &id.0[..]],
+                            |r| r.get(0),
+                        )?;
+                        if !exists {
+                            continue;
+                        }
+                        Some(k.tombstone_mark(tag, &id.0)?)
+                    }
+                    _ => None,
+                };
+                let record = serde_json::to_vec(&EventRecord::from(event))
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+                let sealed = k.seal("event", &(seq as u64).to_be_bytes(), &record)?;
+                last_at = last_at.max(at - at.rem_euclid(DAY_MS));
+                cached_exec(
+                    c,
+                    "INSERT INTO events (seq, at, tag, mark, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![seq, last_at, tag, mark, sealed],
+                )?;
+                if seq as u64 % PRUNE_EVERY == 0 {
+                    if let Some(upto) = (seq as u64).checked_sub(EVENT_LOG_MAX) {
+                        prune_upto(c, sql_seq(upto)?)?;
+                    }
                 }
-                _ => (None, false),
-            };
-            let seq = sql_seq(seq)?;
-            cached_exec(
-                c,
-                "UPDATE event_log SET head = max(head, ?1) WHERE id = 1",
-                [seq],
-            )?;
-            if gone {
-                return Ok(());
             }
-            let record = serde_json::to_vec(&EventRecord::from(&event))
-                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-            let sealed = k.seal("event", &(seq as u64).to_be_bytes(), &record)?;
-            let day = at - at.rem_euclid(DAY_MS);
             cached_exec(
                 c,
-                "INSERT INTO events (seq, at, tag, mark, sealed)
-                 VALUES (?1, max(?2, (SELECT last_at FROM event_log WHERE id = 1)), ?3, ?4, ?5)",
-                params![seq, day, tag, mark, sealed],
+                "UPDATE event_log SET head = max(head, ?1), last_at = max(last_at, ?2) WHERE id = 1",
+                params![head, last_at],
             )?;
-            cached_exec(
-                c,
-                "UPDATE event_log SET last_at = max(last_at, ?1) WHERE id = 1",
-                [day],
-            )?;
-            if seq as u64 % PRUNE_EVERY == 0 {
-                if let Some(upto) = (seq as u64).checked_sub(EVENT_LOG_MAX) {
-                    prune_upto(c, sql_seq(upto)?)?;
-                }
-            }
             Ok(())
         })
         .await

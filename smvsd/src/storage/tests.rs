@@ -811,6 +811,45 @@ fn the_event_log_is_sealed_and_forgets_what_a_deletion_deletes() {
 }
 
 #[test]
+fn a_run_of_events_is_appended_in_one_job_as_each_would_be_alone() {
+    use crate::model::HostEvent;
+    run(async {
+        let (_dir, s) = open();
+        let bob = name("bob");
+        let kept = incoming("bob", "alice", now_ms(), "kept", &[]);
+        arrive(&s, &kept).await;
+        let gone = MessageId::random();
+        let later = now_ms() + (EVENT_LOG_DAYS + 1) * DAY_MS;
+        let status = |id| HostEvent::MessageStatus {
+            id,
+            peer: bob.clone(),
+            status: Status::Received,
+        };
+        // Seq 2 is about a message that is not (or no longer) there: not written, and the head
+        // still moves to the run's last seq. Seq 3 is dated a month later, seq 4 (a clock that
+        // went back) not before it.
+        let run_of = vec![
+            (1, now_ms(), status(kept.id)),
+            (2, now_ms(), status(gone)),
+            (3, later, HostEvent::KeyChanged { peer: bob.clone() }),
+            (4, now_ms(), HostEvent::KeyChanged { peer: bob.clone() }),
+        ];
+        s.append_events(run_of.clone()).await.unwrap();
+        let page = s.events_after(0, 4, 100).await.unwrap();
+        let expected: Vec<(u64, HostEvent)> = [0, 2, 3]
+            .into_iter()
+            .map(|i| (run_of[i].0, run_of[i].2.clone()))
+            .collect();
+        assert_eq!(page.events, expected);
+        assert_eq!(s.event_log_state().await.unwrap().head, 4);
+        // Seq 4 carries seq 3's later day: the expiry run a month on prunes neither.
+        s.expire(later).await.unwrap();
+        assert_eq!(s.events_after(2, 4, 100).await.unwrap().events.len(), 2);
+        assert!(s.append_events(Vec::new()).await.is_ok());
+    });
+}
+
+#[test]
 fn old_events_are_pruned_and_a_reader_from_before_is_told() {
     use crate::model::HostEvent;
     run(async {
