@@ -822,7 +822,7 @@ fn a_message_stored_just_before_a_hard_stop_is_announced_when_the_host_is_back()
     let message_events = || -> i64 {
         let db = rusqlite::Connection::open(&db_path).unwrap();
         db.query_row(
-            "SELECT count(*) FROM events WHERE mark IS NOT NULL",
+            "SELECT count(*) FROM events WHERE msg IS NOT NULL",
             [],
             |row| row.get(0),
         )
@@ -848,7 +848,7 @@ fn a_message_stored_just_before_a_hard_stop_is_announced_when_the_host_is_back()
         let db = rusqlite::Connection::open(&db_path).unwrap();
         let gone = db
             .execute(
-                "DELETE FROM events WHERE seq = (SELECT max(seq) FROM events WHERE mark IS NOT NULL)",
+                "DELETE FROM events WHERE seq = (SELECT max(seq) FROM events WHERE msg IS NOT NULL)",
                 [],
             )
             .unwrap();

@@ -5,12 +5,12 @@
 //! What a row keeps is what the live event carried: ids, names, times, statuses, never message
 //! text. It goes when:
 //! - the message it is about is deleted or expires (trigger `messages_events`, by the message's
-//!   keyed mark), or the whole conversation is deleted (by its tag);
+//!   row, `msg`), or the whole conversation is deleted (by its tag);
 //! - it is older than [`EVENT_LOG_DAYS`], or more than [`EVENT_LOG_MAX`] newer events exist.
 //!
 //! A device whose cursor is older than what pruning removed is told to resync.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use smvs_schema::Username;
 
@@ -92,18 +92,20 @@ impl Storage {
                         None => None,
                     },
                 };
-                let mark = match (&tag, event.message()) {
+                // The message's row: its events go when it goes.
+                let msg: Option<i64> = match (&tag, event.message()) {
                     (Some(tag), Some(id)) => {
-                        let exists: bool = cached_row(
+                        let row: Option<i64> = cached_row(
                             c,
-                            "SELECT EXISTS (SELECT 1 FROM messages WHERE tag = ?1 AND id = ?2)",
+                            "SELECT seq FROM messages WHERE tag = ?1 AND id = ?2",
                             params![tag, &id.0[..]],
                             |r| r.get(0),
-                        )?;
-                        if !exists {
+                        )
+                        .optional()?;
+                        if row.is_none() {
                             continue;
                         }
-                        Some(k.tombstone_mark(tag, &id.0)?)
+                        row
                     }
                     _ => None,
                 };
@@ -113,8 +115,8 @@ impl Storage {
                 last_at = last_at.max(at - at.rem_euclid(DAY_MS));
                 cached_exec(
                     c,
-                    "INSERT INTO events (seq, at, tag, mark, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![seq, last_at, tag, mark, sealed],
+                    "INSERT INTO events (seq, at, tag, msg, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![seq, last_at, tag, msg, sealed],
                 )?;
                 if seq as u64 % PRUNE_EVERY == 0 {
                     if let Some(upto) = (seq as u64).checked_sub(EVENT_LOG_MAX) {
@@ -247,7 +249,7 @@ impl Storage {
                  FROM messages m JOIN conversations c ON c.tag = m.tag
                  WHERE m.direction = 1 AND m.control = 0 AND m.status = 3
                    AND m.stored_at >= (SELECT last_at FROM event_log WHERE id = 1)
-                   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.mark = smvs_tombstone_mark(m.tag, m.id))
+                   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.msg = m.seq)
                  ORDER BY m.seq",
             )?;
             let rows = statement

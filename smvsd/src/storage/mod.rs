@@ -251,6 +251,27 @@ const MIGRATIONS: &[&str] = &[
     -- `since`: when the database moved to it (Unix ms, wall clock), for the daily move.
     CREATE TABLE storage_epoch (one INTEGER PRIMARY KEY CHECK (one = 1), epoch INTEGER NOT NULL, since INTEGER NOT NULL) STRICT;
 ",
+    "
+    -- 10: an event about a message names the message's row (`msg`, its seq) instead of its keyed
+    -- mark. The marks were random, so their index took a random page for every event; seqs
+    -- grow, so this index grows at its end. Deleting the message still deletes its events (the
+    -- trigger), so no row names a message that is gone.
+    ALTER TABLE events ADD COLUMN msg INTEGER;
+    CREATE TEMP TABLE message_marks AS
+        SELECT smvs_tombstone_mark(tag, id) AS mark, seq FROM messages;
+    CREATE INDEX temp.message_marks_mark ON message_marks (mark);
+    UPDATE events SET msg = (SELECT seq FROM temp.message_marks mm WHERE mm.mark = events.mark)
+        WHERE mark IS NOT NULL;
+    DROP TABLE temp.message_marks;
+    DROP TRIGGER messages_events;
+    DROP INDEX events_mark;
+    ALTER TABLE events DROP COLUMN mark;
+    CREATE INDEX events_msg ON events (msg) WHERE msg IS NOT NULL;
+    CREATE TRIGGER messages_events AFTER DELETE ON messages
+    BEGIN
+        DELETE FROM events WHERE msg = OLD.seq;
+    END;
+",
 ];
 
 /// Registers the SQL functions the tombstone trigger and migration 4 call: the keyed marks of

@@ -695,6 +695,60 @@ fn a_deleted_received_message_leaves_neither_its_id_nor_its_chain_hash_on_disk()
     });
 }
 
+/// Migration 10: events named their message by its keyed mark; they name its row now, and
+/// deleting the message still deletes them.
+#[test]
+fn events_of_a_message_name_its_row_after_the_migration() {
+    let keys = Arc::new(AtRest::new(AeadKey::generate()).unwrap());
+    let mut c = Connection::open_in_memory().unwrap();
+    register_tombstone_functions(&c, &keys).unwrap();
+    smvs_sqlite::migrate(&mut c, &MIGRATIONS[..10]).unwrap();
+    let tag = keys.tag(&name("bob")).unwrap();
+    c.execute(
+        "INSERT INTO conversations (tag, sealed_peer, wrapped_key) VALUES (?1, x'00', x'00')",
+        [&tag],
+    )
+    .unwrap();
+    for (seq, id) in [(7i64, [1u8; 16]), (8, [2u8; 16])] {
+        c.execute(
+            "INSERT INTO messages (seq, tag, id, direction, status, integrity, stored_at, hash, sealed)
+             VALUES (?1, ?2, ?3, 1, 3, 0, 0, x'', x'')",
+            params![seq, tag, &id[..]],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO events (seq, at, tag, mark, sealed)
+             VALUES (?1, 0, ?2, smvs_tombstone_mark(?2, ?3), x'')",
+            params![seq - 6, tag, &id[..]],
+        )
+        .unwrap();
+    }
+    c.execute(
+        "INSERT INTO events (seq, at, tag, mark, sealed) VALUES (3, 0, ?1, NULL, x'')",
+        [&tag],
+    )
+    .unwrap();
+
+    smvs_sqlite::migrate(&mut c, MIGRATIONS).unwrap();
+    let rows: Vec<(i64, Option<i64>)> = c
+        .prepare("SELECT seq, msg FROM events ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(rows, [(1, Some(7)), (2, Some(8)), (3, None)]);
+    c.execute("DELETE FROM messages WHERE seq = 7", []).unwrap();
+    let left: Vec<i64> = c
+        .prepare("SELECT seq FROM events ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(left, [2, 3]);
+}
+
 /// Tombstones written by a version before migration 4 (conversation tag and plain id) are
 /// turned into keyed marks when the database is opened: the plain ids are gone from the
 /// file, and a resend of one of those messages is still a duplicate.
