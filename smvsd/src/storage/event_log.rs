@@ -92,7 +92,9 @@ impl Storage {
                         None => None,
                     },
                 };
-                // The message's row: its events go when it goes.
+                // The message's row: its events go when it goes. (tag, id) names two rows only
+                // if a peer reused one of our ids in the other direction (new ones are refused as
+                // collisions); either row then does, as either mark did before.
                 let msg: Option<i64> = match (&tag, event.message()) {
                     (Some(tag), Some(id)) => {
                         let row: Option<i64> = cached_row(

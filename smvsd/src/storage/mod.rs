@@ -255,7 +255,10 @@ const MIGRATIONS: &[&str] = &[
     -- 10: an event about a message names the message's row (`msg`, its seq) instead of its keyed
     -- mark. The marks were random, so their index took a random page for every event; seqs
     -- grow, so this index grows at its end. Deleting the message still deletes its events (the
-    -- trigger), so no row names a message that is gone.
+    -- trigger), so no row names a message that is gone. What the file shows without the key:
+    -- before, the events of one message shared a mark; now they name its row, so which row's
+    -- events came in which order among all events is exact (their days only are kept, and the
+    -- row's status and direction were in the clear already).
     ALTER TABLE events ADD COLUMN msg INTEGER;
     CREATE TEMP TABLE message_marks AS
         SELECT smvs_tombstone_mark(tag, id) AS mark, seq FROM messages;
