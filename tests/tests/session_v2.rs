@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use smvs_tests::conversation::alice_and_bob;
 use smvs_tests::{DirectoryProcess, HostProcess};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -166,10 +167,7 @@ fn a_v1_conversation_moves_to_v2_keeps_its_history_and_never_goes_back() {
 #[test]
 fn a_host_restored_from_an_older_copy_of_its_database_makes_new_sessions_and_loses_nothing() {
     let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
-    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
-    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
-    alice.register().unwrap();
-    bob.register().unwrap();
+    let (mut alice, bob) = alice_and_bob(&dir, &[]).unwrap();
     exchange(&alice, &bob, "before the copy");
     exchange(&bob, &alice, "reply before the copy");
 
@@ -219,10 +217,7 @@ fn forged_replayed_and_downgraded_v2_envelopes_change_nothing() {
     use smvsd::model::MessageId;
 
     let (rt, dir) = smvs_tests::runtime::runtime_and_directory().unwrap();
-    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
-    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
-    alice.register().unwrap();
-    bob.register().unwrap();
+    let (mut alice, bob) = alice_and_bob(&dir, &[]).unwrap();
     exchange(&alice, &bob, "hello");
     alice.stop().unwrap();
     tokio::task::LocalSet::new().block_on(&rt, async {
@@ -336,10 +331,7 @@ fn forged_replayed_and_downgraded_v2_envelopes_change_nothing() {
 #[test]
 fn a_first_message_to_a_host_that_is_away_goes_by_its_published_prekey() {
     let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
-    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
-    let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
-    alice.register().unwrap();
-    bob.register().unwrap();
+    let (alice, mut bob) = alice_and_bob(&dir, &[]).unwrap();
     assert!(
         bob.logs().contains("published session v2 keys"),
         "{}",
@@ -412,10 +404,7 @@ fn a_replayed_prekey_handshake_is_refused() {
     use smvs_tests::impersonate::{self, deliver_v2, deliver_v2_offered, link, play_host};
 
     let (rt, dir) = smvs_tests::runtime::runtime_and_directory().unwrap();
-    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
-    let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
-    alice.register().unwrap();
-    bob.register().unwrap();
+    let (mut alice, mut bob) = alice_and_bob(&dir, &[]).unwrap();
     alice.stop().unwrap();
     let envelope = alice_to_bob;
     let count = |bob: &HostProcess, text: &str| {
@@ -525,10 +514,7 @@ fn a_replayed_prekey_handshake_is_refused() {
 #[test]
 fn when_both_sides_write_as_the_host_comes_back_nothing_is_lost() {
     let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
-    let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
-    let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
-    alice.register().unwrap();
-    bob.register().unwrap();
+    let (alice, mut bob) = alice_and_bob(&dir, &[]).unwrap();
     bob.stop().unwrap();
     let from_alice: Vec<String> = (0..3)
         .map(|i| alice.send("bob", &format!("alice {i}")).unwrap())

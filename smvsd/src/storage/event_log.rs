@@ -49,20 +49,20 @@ impl Storage {
         self.call(|c, _| state(c)).await
     }
 
-    /// Appends the event `seq` (which the hub gives out in order). Every [`PRUNE_EVERY`]
-    /// appends, what is past [`EVENT_LOG_MAX`] is pruned in the same transaction.
-    ///
-    /// The row keeps its day, not its time (pruning needs no more), and never an earlier day
-    /// than the row before it, so a clock that was wrong once cannot prune everything after.
-    /// An event about a message that is gone by the time it is written (deleted between the
-    /// change and its append) is not written: the deletion already took what the log had of it.
+    /// One event alone: [`Storage::append_events`] with a run of one.
+    #[cfg(test)]
     pub async fn append_event(&self, seq: u64, at: i64, event: HostEvent) -> Result<()> {
         self.append_events(vec![(seq, at, event)]).await
     }
 
-    /// Appends a run of events, `(seq, at, event)` in seq order, in one job: what
-    /// [`Storage::append_event`] does for each, with the log's row written once. All of them
-    /// are written or none is.
+    /// Appends a run of events, `(seq, at, event)` in seq order (the hub gives the seqs out),
+    /// in one job; all of them are written or none is. Every [`PRUNE_EVERY`] appends, what is
+    /// past [`EVENT_LOG_MAX`] is pruned in the same transaction.
+    ///
+    /// A row keeps its day, not its time (pruning needs no more), and never an earlier day
+    /// than the row before it, so a clock that was wrong once cannot prune everything after.
+    /// An event about a message that is gone by the time it is written (deleted between the
+    /// change and its append) is not written: the deletion already took what the log had of it.
     pub async fn append_events(&self, events: Vec<(u64, i64, HostEvent)>) -> Result<()> {
         if events.is_empty() {
             return Ok(());
