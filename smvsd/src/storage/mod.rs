@@ -1178,10 +1178,12 @@ impl Storage {
     pub async fn expire(&self, now: i64) -> Result<u32> {
         let n = self
             .call(move |c, _| {
+                // CROSS JOIN keeps the conversations outside: this runs every second, and
+                // with messages outside SQLite scanned every message of every conversation.
                 let n = cached_exec(
                     c,
                     "DELETE FROM messages WHERE seq IN (
-                        SELECT m.seq FROM messages m JOIN conversations c ON c.tag = m.tag
+                        SELECT m.seq FROM conversations c CROSS JOIN messages m ON m.tag = c.tag
                         WHERE c.expire_seconds > 0 AND m.stored_at + c.expire_seconds * 1000 <= ?1
                           AND NOT (m.direction = 0 AND m.status IN (0, 1)))",
                     [now],
