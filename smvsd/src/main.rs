@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use smvsd::cli::{settle, Cli};
 
+// See the workspace's Cargo.toml for why smvsd does not use the system allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     smvs_service::logging::init();
