@@ -63,6 +63,8 @@ impl Storage {
     /// than the row before it, so a clock that was wrong once cannot prune everything after.
     /// An event about a message that is gone by the time it is written (deleted between the
     /// change and its append) is not written: the deletion already took what the log had of it.
+    /// Nor is a `sent` status, which only the outbox's memory holds: a device back from an
+    /// absence reads the row's state, queued until the receipt makes it delivered.
     pub async fn append_events(&self, events: Vec<(u64, i64, HostEvent)>) -> Result<()> {
         if events.is_empty() {
             return Ok(());
@@ -76,6 +78,18 @@ impl Storage {
             for (seq, at, event) in &events {
                 let seq = sql_seq(*seq)?;
                 head = head.max(seq);
+                // "Sent" is kept in the outbox's memory only: the row stays queued until its
+                // receipt, and a restart forgets it. Devices hear it live; the log keeps what
+                // the row keeps (a third of an outgoing message's rows, for nothing).
+                if matches!(
+                    event,
+                    HostEvent::MessageStatus {
+                        status: Status::Sent,
+                        ..
+                    }
+                ) {
+                    continue;
+                }
                 // A deleted conversation's event names no tag: nothing links it to the rows
                 // that went with the deletion, and it goes with age.
                 let tag = match event {

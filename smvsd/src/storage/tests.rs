@@ -904,6 +904,34 @@ fn a_run_of_events_is_appended_in_one_job_as_each_would_be_alone() {
 }
 
 #[test]
+fn a_sent_status_is_heard_live_but_not_logged() {
+    use crate::model::HostEvent;
+    run(async {
+        let (_dir, s) = open();
+        let bob = name("bob");
+        let id = s
+            .queue_outgoing(&name("alice"), &bob, Payload::Text("hi".into()))
+            .await
+            .unwrap()
+            .id;
+        let status = |status| HostEvent::MessageStatus {
+            id,
+            peer: bob.clone(),
+            status,
+        };
+        s.append_events(vec![
+            (1, now_ms(), status(Status::Sent)),
+            (2, now_ms(), status(Status::Delivered)),
+        ])
+        .await
+        .unwrap();
+        let page = s.events_after(0, 2, 100).await.unwrap();
+        assert_eq!(page.events, [(2, status(Status::Delivered))]);
+        assert_eq!(s.event_log_state().await.unwrap().head, 2);
+    });
+}
+
+#[test]
 fn old_events_are_pruned_and_a_reader_from_before_is_told() {
     use crate::model::HostEvent;
     run(async {
