@@ -18,6 +18,11 @@ interface HostLink {
   # `init` is the initiator's first message, `kem` and `kemSignature` the sender's identity
   # X-Wing key and its signature. The link's key must be the sender's host key, as for
   # deliver. On success the responder has replaced any session it had with the sender.
+  deliverBatch @3 (envelopes :List(Envelope)) -> (outcomes :List(DeliveryOutcome));
+  # Several envelopes in one call, at most 256: `outcomes[i]` answers `envelopes[i]` exactly
+  # as `deliver` would have answered it alone (each is stored, refused or "later" on its own).
+  # A sender with a backlog uses it; a host that answers "unimplemented" (one from before it
+  # existed) is sent `deliver` for each envelope instead.
 }
 
 struct HandshakeOutcome {

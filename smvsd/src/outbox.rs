@@ -8,7 +8,8 @@
 //!                                                                                   on the link if none) or v1
 //!                                                                                ─► seal the batch (v2: state
 //!                                                                                   saved before it leaves)
-//!                                                                                ─► deliver × N, pipelined
+//!                                                                                ─► deliverBatch × N (or deliver),
+//!                                                                                   pipelined
 //!                                                                                ─► receipts ─► delivered / failed
 //!                                                                          on a broken or silent link: back off (exponential, jitter)
 //!  calls ──send_now──► Outbox ──► one fresh link, one envelope, its receipt (never stored)
@@ -62,6 +63,13 @@ use crate::trust::Trust;
 
 /// Envelopes in flight on one link at a time.
 pub const WINDOW: u32 = 2048;
+/// Envelopes in one `deliverBatch` call at most, and the bytes one call may carry (a link takes
+/// messages of up to 512 KiB, `api::peer` checks that this leaves half of it spare; the largest
+/// envelope is about 140 KB with a prekey offer). A backlog goes in calls of many envelopes: a
+/// call costs both hosts more than the envelope in it. The window is topped up when half of it
+/// is answered, so calls are full but for the last of a backlog.
+const BATCH_ENVELOPES: usize = 128;
+pub(crate) const BATCH_BYTES: usize = 256 * 1024;
 /// How long reaching the peer's host and handing it a call signal may take.
 const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening a link may take: TCP (or SOCKS5) and the Noise handshake. Without it a
@@ -100,6 +108,9 @@ struct OutboxState {
     links: RefCell<HashMap<Username, Rc<Wake>>>,
     /// Outgoing messages handed to the peer's host and waiting for a receipt.
     sent: RefCell<HashSet<MessageId>>,
+    /// Peers whose host answered `deliverBatch` with "unimplemented" (an older host): they
+    /// get `deliver` for each envelope until this host restarts.
+    no_batch: RefCell<HashSet<Username>>,
 }
 
 /// Why a call signal did not reach the peer's host.
@@ -138,6 +149,8 @@ enum DeliveryError {
     Later(String),
     #[error("the peer's host did not answer within {} s", .0.as_secs())]
     Silent(Duration),
+    #[error("the peer's host takes one envelope per call (it has no deliverBatch)")]
+    NoBatch,
 }
 
 /// How a peer's delivery task is woken.
@@ -183,6 +196,7 @@ impl Outbox {
                 settings,
                 links: RefCell::new(HashMap::new()),
                 sent: RefCell::new(HashSet::new()),
+                no_batch: RefCell::new(HashSet::new()),
             }),
         }
     }
@@ -333,12 +347,16 @@ impl Outbox {
             }
             Err(SealError::Host(e)) => return Err(SendFailure::Local(e)),
         };
-        let response = send_sealed(link.client(), &message, &sealed)
-            .await
-            .map_err(|e| {
-                SendFailure::Offline(format!("{peer}'s host did not take the call: {}", e.extra))
-            })?;
-        match read_answer(&sealed.receipt, &message.id, peer, &response) {
+        let mut request = link.client().deliver_request();
+        fill_envelope(request.get().init_envelope(), &message, &sealed);
+        let response = request.send().promise.await.map_err(|e| {
+            SendFailure::Offline(format!("{peer}'s host did not take the call: {}", e.extra))
+        })?;
+        let outcome = response
+            .get()
+            .and_then(|r| r.get_outcome())
+            .map_err(|e| SendFailure::Offline(format!("{peer}'s host answered badly: {e}")))?;
+        match read_answer(&sealed.receipt, &message.id, peer, outcome) {
             Ok(Answer::Stored) => Ok(()),
             Ok(Answer::Refused(why)) => Err(SendFailure::Refused(why)),
             Ok(Answer::Later(why)) => {
@@ -554,19 +572,19 @@ async fn stream_outbox(
                 content: Content::Message(message.payload.clone()),
             });
         }
-        // Sealed as a batch: for v2 the ratchet is on disk before the first of them leaves.
-        let sealed = match outbox.sessions.seal_all(&sealer, &batch).await {
-            Ok(sealed) => sealed,
-            Err(SealError::NoSession) => {
-                return Err(DeliveryError::Later(
-                    "the session was replaced; starting the round over".into(),
-                ))
-            }
-            Err(SealError::Host(e)) => return Err(e.into()),
-        };
-        for (envelope, sealed) in batch.iter().zip(sealed) {
-            let promise = send_sealed(&client, envelope, &sealed);
-            in_flight.push_back((envelope.id, (promise, sealed.receipt)));
+        if !batch.is_empty() {
+            // Sealed as a batch: for v2 the ratchet is on disk before the first of them leaves.
+            let sealed = match outbox.sessions.seal_all(&sealer, &batch).await {
+                Ok(sealed) => sealed,
+                Err(SealError::NoSession) => {
+                    return Err(DeliveryError::Later(
+                        "the session was replaced; starting the round over".into(),
+                    ))
+                }
+                Err(SealError::Host(e)) => return Err(e.into()),
+            };
+            let batching = !outbox.no_batch.borrow().contains(peer);
+            in_flight.extend(send_all(&client, &batch, sealed, batching));
         }
         if !sent_now.is_empty() {
             outbox.sent.borrow_mut().extend(sent_now.iter().copied());
@@ -595,11 +613,9 @@ async fn stream_outbox(
             publish_all(outbox, peer, changed, Status::Delivered);
             return Ok(());
         };
-        let answer = match tokio::time::timeout(RECEIPT_TIMEOUT, promise).await {
-            Ok(Ok(response)) => read_answer(&check, &id, peer, &response),
-            Ok(Err(e)) => Err(DeliveryError::Rpc(e)),
-            Err(_) => Err(DeliveryError::Silent(RECEIPT_TIMEOUT)),
-        };
+        let answer = tokio::time::timeout(RECEIPT_TIMEOUT, promise.answer(&check, &id, peer))
+            .await
+            .unwrap_or(Err(DeliveryError::Silent(RECEIPT_TIMEOUT)));
         match answer {
             Ok(Answer::Stored) => delivered.push(id),
             Ok(Answer::Refused(why)) => {
@@ -615,6 +631,10 @@ async fn stream_outbox(
             Err(e) => {
                 record_status(outbox, peer, delivered, Status::Delivered, FailReason::None);
                 give_up_round(outbox, id, &in_flight);
+                if matches!(e, DeliveryError::NoBatch) {
+                    tracing::info!(%peer, "the peer's host has no batch delivery (an older host); sending one envelope per call");
+                    outbox.no_batch.borrow_mut().insert(peer.clone());
+                }
                 return Err(e);
             }
         }
@@ -663,32 +683,152 @@ async fn prekey_session(
     }
 }
 
-/// The answer to one `deliver`.
-type Delivery = capnp::capability::Promise<
-    capnp::capability::Response<host_link::deliver_results::Owned>,
-    capnp::Error,
+/// Where one envelope's answer comes from: its own `deliver` call, or its place in a
+/// `deliverBatch` call that the envelopes of the batch share.
+enum Delivery {
+    One(
+        capnp::capability::Promise<
+            capnp::capability::Response<host_link::deliver_results::Owned>,
+            capnp::Error,
+        >,
+    ),
+    InBatch(BatchAnswer, u32),
+}
+
+type BatchAnswer = futures::future::Shared<
+    futures::future::LocalBoxFuture<
+        'static,
+        Result<
+            Rc<capnp::capability::Response<host_link::deliver_batch_results::Owned>>,
+            capnp::Error,
+        >,
+    >,
 >;
 
-/// Hands the sealed `inner` to the peer's host.
-fn send_sealed(client: &host_link::Client, inner: &Inner, sealed: &SealedEnvelope) -> Delivery {
-    let mut request = client.deliver_request();
-    {
-        let mut e = request.get().init_envelope();
-        e.set_format_version(crate::session::ENVELOPE_FORMAT);
-        e.set_id(&inner.id.0);
-        e.set_sender(inner.from.as_str());
-        e.set_recipient(inner.to.as_str());
-        e.set_session_version(sealed.version);
-        e.set_session_id(&sealed.session_id);
-        e.set_sealed(&sealed.sealed);
-        if let Some(offer) = &sealed.offer {
-            let mut p = e.init_prekey_init();
-            p.set_init(&offer.init);
-            p.set_kem(&offer.kem);
-            p.set_kem_signature(&offer.kem_signature);
+impl Delivery {
+    /// The peer's answer to the envelope `id`, its receipt checked.
+    async fn answer(
+        self,
+        check: &ReceiptCheck,
+        id: &MessageId,
+        peer: &Username,
+    ) -> Result<Answer, DeliveryError> {
+        match self {
+            Delivery::One(promise) => {
+                let response = promise.await?;
+                read_answer(check, id, peer, response.get()?.get_outcome()?)
+            }
+            Delivery::InBatch(batch, i) => {
+                let response = batch.await.map_err(|e| match e.kind {
+                    capnp::ErrorKind::Unimplemented => DeliveryError::NoBatch,
+                    _ => DeliveryError::Rpc(e),
+                })?;
+                let outcomes = response.get()?.get_outcomes()?;
+                if i >= outcomes.len() {
+                    return Err(DeliveryError::BadReceipt);
+                }
+                read_answer(check, id, peer, outcomes.get(i))
+            }
         }
     }
-    request.send().promise
+}
+
+/// Hands the sealed envelopes to the peer's host, in order: in `deliverBatch` calls of up to
+/// [`BATCH_ENVELOPES`] and [`BATCH_BYTES`] when `batching` (a lone envelope too: were it sent
+/// with `deliver`, a host without batches would store it before the batches it refused, out of
+/// order), else one `deliver` each.
+fn send_all(
+    client: &host_link::Client,
+    batch: &[Inner],
+    sealed: Vec<SealedEnvelope>,
+    batching: bool,
+) -> Vec<(MessageId, (Delivery, ReceiptCheck))> {
+    let mut out = Vec::with_capacity(batch.len());
+    let mut group: Vec<(&Inner, SealedEnvelope)> = Vec::new();
+    let mut bytes = 0;
+    for (inner, sealed) in batch.iter().zip(sealed) {
+        let size = wire_size(&sealed);
+        if !group.is_empty() && (group.len() == BATCH_ENVELOPES || bytes + size > BATCH_BYTES) {
+            send_group(client, std::mem::take(&mut group), batching, &mut out);
+            bytes = 0;
+        }
+        bytes += size;
+        group.push((inner, sealed));
+    }
+    send_group(client, group, batching, &mut out);
+    out
+}
+
+/// About what an envelope takes in a call: its sealed bytes, a prekey offer beside it (4.8 KB
+/// on every envelope of a session made from a prekey), and room for the ids, names and framing.
+fn wire_size(sealed: &SealedEnvelope) -> usize {
+    let offer = sealed
+        .offer
+        .as_ref()
+        .map_or(0, |o| o.init.len() + o.kem.len() + o.kem_signature.len());
+    sealed.sealed.len() + sealed.session_id.len() + offer + 256
+}
+
+fn send_group(
+    client: &host_link::Client,
+    group: Vec<(&Inner, SealedEnvelope)>,
+    batching: bool,
+    out: &mut Vec<(MessageId, (Delivery, ReceiptCheck))>,
+) {
+    if group.is_empty() {
+        return;
+    }
+    if !batching {
+        for (inner, sealed) in group {
+            let mut request = client.deliver_request();
+            fill_envelope(request.get().init_envelope(), inner, &sealed);
+            let delivery = Delivery::One(request.send().promise);
+            out.push((inner.id, (delivery, sealed.receipt)));
+        }
+        return;
+    }
+    use futures::FutureExt;
+    let mut request = client.deliver_batch_request();
+    {
+        let mut list = request
+            .get()
+            .init_envelopes(u32::try_from(group.len()).unwrap_or(u32::MAX));
+        for (i, (inner, sealed)) in (0u32..).zip(&group) {
+            fill_envelope(list.reborrow().get(i), inner, sealed);
+        }
+    }
+    let answer: BatchAnswer = request
+        .send()
+        .promise
+        .map(|r| r.map(Rc::new))
+        .boxed_local()
+        .shared();
+    for (i, (inner, sealed)) in (0u32..).zip(group) {
+        out.push((
+            inner.id,
+            (Delivery::InBatch(answer.clone(), i), sealed.receipt),
+        ));
+    }
+}
+
+fn fill_envelope(
+    mut e: smvs_schema::host_capnp::envelope::Builder<'_>,
+    inner: &Inner,
+    sealed: &SealedEnvelope,
+) {
+    e.set_format_version(crate::session::ENVELOPE_FORMAT);
+    e.set_id(&inner.id.0);
+    e.set_sender(inner.from.as_str());
+    e.set_recipient(inner.to.as_str());
+    e.set_session_version(sealed.version);
+    e.set_session_id(&sealed.session_id);
+    e.set_sealed(&sealed.sealed);
+    if let Some(offer) = &sealed.offer {
+        let mut p = e.init_prekey_init();
+        p.set_init(&offer.init);
+        p.set_kem(&offer.kem);
+        p.set_kem_signature(&offer.kem_signature);
+    }
 }
 
 /// The peer's host no longer has the v2 session an envelope was sealed under
@@ -717,14 +857,14 @@ fn read_answer(
     check: &ReceiptCheck,
     id: &MessageId,
     peer: &Username,
-    response: &capnp::capability::Response<host_link::deliver_results::Owned>,
+    outcome: delivery_outcome::Reader<'_>,
 ) -> Result<Answer, DeliveryError> {
     let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, DeliveryError> {
         // The peer's words, for our log only; cut short.
         let why = t?.to_string().unwrap_or_else(|_| "(not UTF-8)".into());
         Ok(why.chars().take(200).collect())
     };
-    let receipt = match response.get()?.get_outcome()?.which() {
+    let receipt = match outcome.which() {
         Ok(delivery_outcome::Receipt(receipt)) => receipt?,
         Ok(delivery_outcome::Refused(why)) => return Ok(Answer::Refused(text(why)?)),
         Ok(delivery_outcome::Later(why)) => return Ok(Answer::Later(text(why)?)),
@@ -802,6 +942,207 @@ fn publish_all(outbox: &OutboxState, peer: &Username, ids: Vec<MessageId>, statu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
+
+    /// A peer's host in-process: answers every envelope "refused: <its id in hex>", so a test
+    /// sees which answer went to which envelope; counts the calls of each kind. `batches: false`
+    /// plays a host from before `deliverBatch` (it answers "unimplemented").
+    struct FakeHost {
+        batches: bool,
+        singles: Cell<u32>,
+        batch_sizes: RefCell<Vec<u32>>,
+        /// Each batch call's parameters, in bytes as they crossed the link.
+        batch_bytes: RefCell<Vec<u64>>,
+    }
+
+    impl FakeHost {
+        fn new(batches: bool) -> Rc<FakeHost> {
+            Rc::new(FakeHost {
+                batches,
+                singles: Cell::new(0),
+                batch_sizes: RefCell::new(Vec::new()),
+                batch_bytes: RefCell::new(Vec::new()),
+            })
+        }
+    }
+
+    impl host_link::Server for FakeHost {
+        async fn deliver(
+            self: Rc<Self>,
+            params: host_link::DeliverParams,
+            mut results: host_link::DeliverResults,
+        ) -> Result<(), capnp::Error> {
+            self.singles.set(self.singles.get() + 1);
+            let id = hex::encode(params.get()?.get_envelope()?.get_id()?);
+            results.get().init_outcome().set_refused(id);
+            Ok(())
+        }
+
+        async fn deliver_batch(
+            self: Rc<Self>,
+            params: host_link::DeliverBatchParams,
+            mut results: host_link::DeliverBatchResults,
+        ) -> Result<(), capnp::Error> {
+            if !self.batches {
+                return Err(capnp::Error::unimplemented("deliverBatch".into()));
+            }
+            let envelopes = params.get()?.get_envelopes()?;
+            self.batch_sizes.borrow_mut().push(envelopes.len());
+            let words = params.get()?.total_size()?.word_count;
+            self.batch_bytes.borrow_mut().push(words * 8);
+            let mut outcomes = results.get().init_outcomes(envelopes.len());
+            for (i, e) in (0u32..).zip(envelopes.iter()) {
+                outcomes
+                    .reborrow()
+                    .get(i)
+                    .set_refused(hex::encode(e.get_id()?));
+            }
+            Ok(())
+        }
+    }
+
+    /// `n` envelopes for bob, each with `size` sealed bytes (not really sealed: the fake host
+    /// reads only ids).
+    fn envelopes(n: usize, size: usize) -> (Vec<Inner>, Vec<SealedEnvelope>) {
+        envelopes_offered(n, size, None)
+    }
+
+    /// [`envelopes`], each with `offer` beside it (prekey mode).
+    fn envelopes_offered(
+        n: usize,
+        size: usize,
+        offer: Option<Rc<crate::session::PrekeyOffer>>,
+    ) -> (Vec<Inner>, Vec<SealedEnvelope>) {
+        let keys = Rc::new(
+            crate::session::SessionKeys::from_shared(&smvs_crypto::AeadKey::generate()).unwrap(),
+        );
+        (0..n)
+            .map(|i| {
+                let inner = Inner {
+                    id: MessageId::random(),
+                    from: Username::parse("alice").unwrap(),
+                    to: Username::parse("bob").unwrap(),
+                    time: 1,
+                    prev_hash: Vec::new(),
+                    content: Content::Message(Payload::Text(format!("m{i}"))),
+                };
+                let sealed = SealedEnvelope {
+                    version: crate::session::SESSION_V1,
+                    session_id: Vec::new(),
+                    sealed: vec![0; size],
+                    receipt: ReceiptCheck::V1(keys.clone()),
+                    offer: offer.clone(),
+                };
+                (inner, sealed)
+            })
+            .unzip()
+    }
+
+    /// Sends through `send_all` and awaits every answer: the refusal's text (the id the fake
+    /// host saw) for each envelope, in order.
+    async fn answers(
+        host: &host_link::Client,
+        batch: &[Inner],
+        sealed: Vec<SealedEnvelope>,
+        batching: bool,
+    ) -> Vec<Result<String, String>> {
+        let bob = Username::parse("bob").unwrap();
+        let mut out = Vec::new();
+        for (id, (delivery, check)) in send_all(host, batch, sealed, batching) {
+            out.push(match delivery.answer(&check, &id, &bob).await {
+                Ok(Answer::Refused(seen)) => Ok(seen),
+                Ok(_) => Err("stored or later".into()),
+                Err(e) => Err(e.to_string()),
+            });
+        }
+        out
+    }
+
+    fn run_local<F: std::future::Future>(f: F) -> F::Output {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new().block_on(&rt, f)
+    }
+
+    #[test]
+    fn a_backlog_goes_in_batches_and_each_answer_finds_its_envelope() {
+        run_local(async {
+            let fake = FakeHost::new(true);
+            let host: host_link::Client = capnp_rpc::new_client_from_rc(fake.clone());
+            // 300 small envelopes: calls of 128, 128 and 44, answers in order.
+            let (batch, sealed) = envelopes(300, 100);
+            let got = answers(&host, &batch, sealed, true).await;
+            let expected: Vec<Result<String, String>> =
+                batch.iter().map(|m| Ok(hex::encode(m.id.0))).collect();
+            assert_eq!(got, expected);
+            assert_eq!(*fake.batch_sizes.borrow(), [128, 128, 44]);
+            assert_eq!(fake.singles.get(), 0);
+            // Large envelopes: no call carries more than BATCH_BYTES of them; the fifth goes
+            // alone, still in a batch (never a `deliver` while batching).
+            fake.batch_sizes.borrow_mut().clear();
+            let (batch, sealed) = envelopes(5, 100_000);
+            assert!(answers(&host, &batch, sealed, true)
+                .await
+                .iter()
+                .all(|a| a.is_ok()));
+            assert_eq!(*fake.batch_sizes.borrow(), [2, 2, 1]);
+            assert_eq!(fake.singles.get(), 0);
+        });
+    }
+
+    /// The worst common case: a backlog in prekey mode, where every envelope carries a 4.8 KB
+    /// offer beside the largest short-message bucket. Every call stays within what a link
+    /// takes (512 KiB), with room to spare.
+    #[test]
+    fn a_backlog_with_prekey_offers_goes_in_calls_a_link_takes() {
+        run_local(async {
+            let fake = FakeHost::new(true);
+            let host: host_link::Client = capnp_rpc::new_client_from_rc(fake.clone());
+            let offer = Rc::new(crate::session::PrekeyOffer {
+                init: vec![1; crate::session::handshake::PREKEY_INIT_LEN],
+                kem: vec![2; smvs_crypto::XWING_PUBLIC_KEY_LEN],
+                kem_signature: vec![3; 64],
+            });
+            let (batch, sealed) = envelopes_offered(300, 4096, Some(offer));
+            assert!(answers(&host, &batch, sealed, true)
+                .await
+                .iter()
+                .all(|a| a.is_ok()));
+            let sizes = fake.batch_sizes.borrow();
+            assert_eq!(sizes.iter().sum::<u32>(), 300);
+            assert!(
+                sizes.len() > 3,
+                "split by bytes, not only by count: {sizes:?}"
+            );
+            let bytes = fake.batch_bytes.borrow();
+            assert!(
+                bytes.iter().all(|b| *b as usize <= BATCH_BYTES + 64 * 1024),
+                "{bytes:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_host_without_batches_is_told_apart_and_sent_one_envelope_per_call() {
+        run_local(async {
+            let fake = FakeHost::new(false);
+            let host: host_link::Client = capnp_rpc::new_client_from_rc(fake.clone());
+            let (batch, sealed) = envelopes(3, 100);
+            let got = answers(&host, &batch, sealed, true).await;
+            let no_batch = DeliveryError::NoBatch.to_string();
+            assert_eq!(got, vec![Err(no_batch); 3]);
+            assert_eq!(fake.singles.get(), 0);
+            // What the outbox does next round for such a peer: one deliver each.
+            let (_, sealed) = envelopes(3, 100);
+            let got = answers(&host, &batch, sealed, false).await;
+            let expected: Vec<Result<String, String>> =
+                batch.iter().map(|m| Ok(hex::encode(m.id.0))).collect();
+            assert_eq!(got, expected);
+            assert_eq!(fake.singles.get(), 3);
+        });
+    }
 
     #[test]
     fn backoff_grows_to_the_cap_and_jitter_never_passes_it() {

@@ -271,6 +271,55 @@ pub async fn deliver_v2_offered(
     deliver_as(link, envelope, session::SESSION_V2, session_id, Some(offer)).await
 }
 
+/// Delivers `envelopes` (session v1, as [`deliver`]) in one `deliverBatch` call: the error is
+/// the call's (refused as a whole, or the broken link); else each envelope's answer in its
+/// place, rendered as [`deliver`] renders it.
+pub async fn deliver_batch(
+    link: &host_link::Client,
+    envelopes: &[RawEnvelope],
+) -> Result<Vec<Result<Receipt, capnp::Error>>, capnp::Error> {
+    let mut request = link.deliver_batch_request();
+    {
+        let mut list = request
+            .get()
+            .init_envelopes(u32::try_from(envelopes.len()).unwrap_or(u32::MAX));
+        for (i, envelope) in (0u32..).zip(envelopes) {
+            fill(
+                list.reborrow().get(i),
+                envelope,
+                session::SESSION_V1,
+                &[],
+                None,
+            );
+        }
+    }
+    let response = request.send().promise.await?;
+    let outcomes = response.get()?.get_outcomes()?;
+    Ok(outcomes.iter().map(read_outcome).collect())
+}
+
+fn fill(
+    mut e: smvs_schema::host_capnp::envelope::Builder<'_>,
+    envelope: &RawEnvelope,
+    version: u16,
+    session_id: &[u8],
+    offer: Option<&session::PrekeyOffer>,
+) {
+    e.set_format_version(session::ENVELOPE_FORMAT);
+    e.set_id(&envelope.id.0);
+    e.set_sender(&envelope.sender);
+    e.set_recipient(&envelope.recipient);
+    e.set_session_version(version);
+    e.set_session_id(session_id);
+    e.set_sealed(&envelope.sealed);
+    if let Some(offer) = offer {
+        let mut p = e.init_prekey_init();
+        p.set_init(&offer.init);
+        p.set_kem(&offer.kem);
+        p.set_kem_signature(&offer.kem_signature);
+    }
+}
+
 async fn deliver_as(
     link: &host_link::Client,
     envelope: &RawEnvelope,
@@ -279,24 +328,19 @@ async fn deliver_as(
     offer: Option<&session::PrekeyOffer>,
 ) -> Result<Receipt, capnp::Error> {
     let mut request = link.deliver_request();
-    {
-        let mut e = request.get().init_envelope();
-        e.set_format_version(session::ENVELOPE_FORMAT);
-        e.set_id(&envelope.id.0);
-        e.set_sender(&envelope.sender);
-        e.set_recipient(&envelope.recipient);
-        e.set_session_version(version);
-        e.set_session_id(session_id);
-        e.set_sealed(&envelope.sealed);
-        if let Some(offer) = offer {
-            let mut p = e.init_prekey_init();
-            p.set_init(&offer.init);
-            p.set_kem(&offer.kem);
-            p.set_kem_signature(&offer.kem_signature);
-        }
-    }
+    fill(
+        request.get().init_envelope(),
+        envelope,
+        version,
+        session_id,
+        offer,
+    );
     let response = request.send().promise.await?;
-    let receipt = match response.get()?.get_outcome()?.which() {
+    read_outcome(response.get()?.get_outcome()?)
+}
+
+fn read_outcome(outcome: delivery_outcome::Reader<'_>) -> Result<Receipt, capnp::Error> {
+    let receipt = match outcome.which() {
         Ok(delivery_outcome::Receipt(receipt)) => receipt?,
         Ok(delivery_outcome::Refused(why)) => {
             return Err(capnp::Error::failed(format!("refused: {}", why?.to_str()?)))

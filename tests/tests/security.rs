@@ -174,6 +174,46 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         .expect_err("not accepted")
         .to_string();
         assert!(e.contains("later:"), "{e}");
+        // In one deliverBatch call, each envelope is answered in its place as it would be
+        // alone: two stored, the tampered one between them refused.
+        let envelope = |text: &str| {
+            let id = MessageId::random();
+            RawEnvelope {
+                id,
+                sender: "alice".into(),
+                recipient: "bob".into(),
+                sealed: seal(keys, id, "alice", "bob", text),
+            }
+        };
+        let mut bad = envelope("tampered in a batch");
+        let last = bad.sealed.len() - 1;
+        bad.sealed[last] ^= 0x40;
+        let batch = [
+            envelope("first of a batch"),
+            bad,
+            envelope("last of a batch"),
+        ];
+        let answers = impersonate::deliver_batch(&link, &batch).await.unwrap();
+        assert_eq!(answers.len(), 3);
+        assert_eq!(answers[0].as_ref().unwrap().id, batch[0].id.0);
+        let e = answers[1].as_ref().expect_err("tampered").to_string();
+        assert!(e.contains("refused:"), "{e}");
+        assert_eq!(answers[2].as_ref().unwrap().id, batch[2].id.0);
+        let history = bob.history("alice").unwrap();
+        let texts: Vec<&str> = history.iter().map(body).collect();
+        assert!(
+            texts.ends_with(&["first of a batch", "last of a batch"]),
+            "{texts:?}"
+        );
+        // More than 256 in one call: refused as a whole, none of them stored.
+        let too_many: Vec<RawEnvelope> = (0..257).map(|_| envelope("one too many")).collect();
+        let e = impersonate::deliver_batch(&link, &too_many)
+            .await
+            .expect_err("too long a batch")
+            .to_string();
+        assert!(e.contains("more than 256"), "{e}");
+        assert_eq!(bob.history("alice").unwrap().len(), history.len());
+
         // Far past Cap'n Proto's 4 MiB reader limit: the link is dropped, nothing else.
         let huge = RawEnvelope {
             id: MessageId::random(),
@@ -215,8 +255,8 @@ fn forged_tampered_replayed_and_oversized_envelopes_change_nothing() {
         .collect();
     assert_eq!(
         bodies,
-        vec!["hello"],
-        "only the good envelope, once, and gone once deleted"
+        vec!["hello", "first of a batch", "last of a batch"],
+        "only the good envelopes, once, and the raw one gone once deleted"
     );
 }
 

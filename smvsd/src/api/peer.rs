@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use smvs_crypto::AgreementKeyPair;
-use smvs_schema::host_capnp::{delivery_outcome, host_link};
+use smvs_schema::host_capnp::{delivery_outcome, envelope, host_link};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -33,8 +33,12 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest message a host link accepts: the largest envelope and then some.
 const MAX_LINK_MESSAGE: usize = 512 * 1024;
+// A sender's batch (outbox) stays within half of it, whatever its estimate misses.
+const _: () = assert!(crate::outbox::BATCH_BYTES * 2 <= MAX_LINK_MESSAGE);
 /// Envelopes one link may have in handling at once (a sender's window is 2048).
 const MAX_ENVELOPES_IN_FLIGHT: usize = 4096;
+/// Envelopes one `deliverBatch` call may carry (`host.capnp`).
+pub const MAX_BATCH: u32 = 256;
 /// Sealed bytes one link may have in handling at once.
 const MAX_BYTES_IN_FLIGHT: usize = 32 * 1024 * 1024;
 /// Sealed bytes all links together may have in handling at once. Without it, 1024 links of
@@ -250,8 +254,45 @@ impl host_link::Server for HostLinkRpc {
         params: host_link::DeliverParams,
         mut results: host_link::DeliverResults,
     ) -> Result<(), capnp::Error> {
-        let result = self.take(params).await;
+        let result = match read_envelope(params) {
+            Ok(envelope) => self.take(envelope).await,
+            Err(refused) => Err(refused),
+        };
         answer(results.get().init_outcome(), result);
+        Ok(())
+    }
+
+    /// Each envelope as `deliver` would take it alone, all of them at once (as calls in flight
+    /// are): one call and one answer for many envelopes instead of one each.
+    async fn deliver_batch(
+        self: Rc<Self>,
+        params: host_link::DeliverBatchParams,
+        mut results: host_link::DeliverBatchResults,
+    ) -> Result<(), capnp::Error> {
+        let envelopes = params.get()?.get_envelopes()?;
+        if envelopes.len() > MAX_BATCH {
+            return Err(capnp::Error::failed(format!(
+                "more than {MAX_BATCH} envelopes in one batch"
+            )));
+        }
+        // Read now, while the message is at hand: the futures hold plain data only.
+        let handled = futures::future::join_all(envelopes.iter().map(|e| {
+            let read = envelope_fields(e);
+            let this = self.clone();
+            async move {
+                match read {
+                    Ok(envelope) => this.take(envelope).await,
+                    Err(refused) => Err(refused),
+                }
+            }
+        }))
+        .await;
+        let mut outcomes = results
+            .get()
+            .init_outcomes(u32::try_from(handled.len()).unwrap_or(MAX_BATCH));
+        for (i, result) in (0u32..).zip(handled) {
+            answer(outcomes.reborrow().get(i), result);
+        }
         Ok(())
     }
 
@@ -306,9 +347,8 @@ impl HostLinkRpc {
     /// One envelope through the link's budget to the inbox.
     async fn take(
         &self,
-        params: host_link::DeliverParams,
+        envelope: EnvelopeData,
     ) -> Result<crate::inbox::ReceiptData, IncomingError> {
-        let envelope = read_envelope(params)?;
         let size = envelope.sealed.len();
         self.activity.last.set(Instant::now());
         let (n, bytes) = self.activity.in_flight.get();
@@ -346,8 +386,15 @@ fn read_envelope(params: host_link::DeliverParams) -> Result<EnvelopeData, Incom
 pub fn envelope_data(
     params: host_link::deliver_params::Reader<'_>,
 ) -> Result<EnvelopeData, IncomingError> {
+    let e = params
+        .get_envelope()
+        .map_err(|e| IncomingError::Refused(format!("malformed envelope: {e}")))?;
+    envelope_fields(e)
+}
+
+/// One envelope's fields as plain data (from `deliver` or from one place of `deliverBatch`).
+fn envelope_fields(e: envelope::Reader<'_>) -> Result<EnvelopeData, IncomingError> {
     let malformed = |e: capnp::Error| IncomingError::Refused(format!("malformed envelope: {e}"));
-    let e = params.get_envelope().map_err(malformed)?;
     let sealed = e.get_sealed().map_err(malformed)?;
     if sealed.len() > MAX_SEALED {
         return Err(IncomingError::Refused("envelope too large".into()));
