@@ -126,6 +126,29 @@ fn inners() -> Vec<(&'static str, Inner)> {
 
 /// `deliver` parameters carrying `inner` sealed as alice's host seals it for bob.
 fn deliver(inner: &Inner) -> Vec<u8> {
+    let mut message = capnp::message::Builder::new_default();
+    fill_envelope(
+        message
+            .init_root::<host_link::deliver_params::Builder<'_>>()
+            .init_envelope(),
+        inner,
+    );
+    words(&message)
+}
+
+fn deliver_batch(inners: &[&Inner]) -> Vec<u8> {
+    let mut message = capnp::message::Builder::new_default();
+    let mut list = message
+        .init_root::<host_link::deliver_batch_params::Builder<'_>>()
+        .init_envelopes(u32::try_from(inners.len()).unwrap());
+    for (i, inner) in (0u32..).zip(inners) {
+        fill_envelope(list.reborrow().get(i), inner);
+    }
+    words(&message)
+}
+
+/// `inner` sealed under the fuzz targets' contact key, as a session v1 envelope.
+fn fill_envelope(mut e: smvs_schema::host_capnp::envelope::Builder<'_>, inner: &Inner) {
     let keys = SessionKeys::from_shared(&keys::session_key()).unwrap();
     let header = Header {
         id: &inner.id,
@@ -133,17 +156,12 @@ fn deliver(inner: &Inner) -> Vec<u8> {
         recipient: &inner.to,
     };
     let sealed = session::seal(&keys, &header, &session::encode_inner(inner)).unwrap();
-    let mut message = capnp::message::Builder::new_default();
-    let mut e = message
-        .init_root::<host_link::deliver_params::Builder<'_>>()
-        .init_envelope();
     e.set_format_version(session::ENVELOPE_FORMAT);
     e.set_id(&inner.id.0);
     e.set_sender(inner.from.as_str());
     e.set_recipient(inner.to.as_str());
     e.set_session_version(session::SESSION_V1);
     e.set_sealed(&sealed);
-    words(&message)
 }
 
 /// A fixed expiry far ahead (2100-01-01), for seeds that must stay valid: a record a host
@@ -198,6 +216,9 @@ fn seeds() -> Seeds {
         seeds.push(("host_deliver", kind, deliver(inner)));
         seeds.push(("session_inner", kind, session::encode_inner(inner).to_vec()));
     }
+    // Every kind of inner message in one batch, as a sender with a backlog sends them.
+    let all: Vec<&Inner> = inners.iter().map(|(_, i)| i).collect();
+    seeds.push(("host_deliver_batch", "backlog", deliver_batch(&all)));
 
     // A signed record as the directory answers a lookup, and its record bytes alone.
     let directory_key = keys::directory_key();
@@ -549,6 +570,32 @@ fn check(target: &str, bytes: &[u8]) -> Result<(), String> {
             session::decode_inner(&content)
                 .map(|_| ())
                 .map_err(|e| e.to_string())
+        }
+        "host_deliver_batch" => {
+            let message = read(bytes);
+            let params = message
+                .get_root::<host_link::deliver_batch_params::Reader<'_>>()
+                .map_err(|e| e.to_string())?;
+            let envelopes =
+                smvsd::api::peer::batch_envelope_data(params).map_err(|e| e.to_string())?;
+            if envelopes.len() < 2 {
+                return Err("a batch of fewer than two".into());
+            }
+            let keys = SessionKeys::from_shared(&keys::session_key()).unwrap();
+            for env in envelopes {
+                let env = env.map_err(|e| format!("{e:?}"))?;
+                let (sender, recipient) = (name(&env.sender), name(&env.recipient));
+                let id = MessageId::from_slice(&env.id).ok_or("bad id")?;
+                let header = Header {
+                    id: &id,
+                    sender: &sender,
+                    recipient: &recipient,
+                };
+                let content =
+                    session::open(&keys, &header, &env.sealed).map_err(|e| e.to_string())?;
+                session::decode_inner(&content).map_err(|e| e.to_string())?;
+            }
+            Ok(())
         }
         "session_inner" => session::decode_inner(bytes)
             .map(|_| ())

@@ -269,15 +269,9 @@ impl host_link::Server for HostLinkRpc {
         params: host_link::DeliverBatchParams,
         mut results: host_link::DeliverBatchResults,
     ) -> Result<(), capnp::Error> {
-        let envelopes = params.get()?.get_envelopes()?;
-        if envelopes.len() > MAX_BATCH {
-            return Err(capnp::Error::failed(format!(
-                "more than {MAX_BATCH} envelopes in one batch"
-            )));
-        }
         // Read now, while the message is at hand: the futures hold plain data only.
-        let handled = futures::future::join_all(envelopes.iter().map(|e| {
-            let read = envelope_fields(e);
+        let envelopes = batch_envelope_data(params.get()?)?;
+        let handled = futures::future::join_all(envelopes.into_iter().map(|read| {
             let this = self.clone();
             async move {
                 match read {
@@ -390,6 +384,22 @@ pub fn envelope_data(
         .get_envelope()
         .map_err(|e| IncomingError::Refused(format!("malformed envelope: {e}")))?;
     envelope_fields(e)
+}
+
+/// A `deliverBatch` call's envelopes as plain data, each read (or refused) on its own; the
+/// call as a whole is refused when its list is unreadable or longer than [`MAX_BATCH`]. Public
+/// (and hidden) for the fuzz targets, as [`envelope_data`].
+#[doc(hidden)]
+pub fn batch_envelope_data(
+    params: host_link::deliver_batch_params::Reader<'_>,
+) -> Result<Vec<Result<EnvelopeData, IncomingError>>, capnp::Error> {
+    let envelopes = params.get_envelopes()?;
+    if envelopes.len() > MAX_BATCH {
+        return Err(capnp::Error::failed(format!(
+            "more than {MAX_BATCH} envelopes in one batch"
+        )));
+    }
+    Ok(envelopes.iter().map(envelope_fields).collect())
 }
 
 /// One envelope's fields as plain data (from `deliver` or from one place of `deliverBatch`).
