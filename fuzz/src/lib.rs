@@ -23,3 +23,33 @@ pub fn runtime() -> tokio::runtime::Runtime {
         Err(e) => unreachable!("no tokio runtime: {e}"),
     }
 }
+
+thread_local! {
+    static CONTACT_KEYS: Option<smvsd::session::SessionKeys> =
+        smvsd::session::SessionKeys::from_shared(&session_key()).ok();
+}
+
+/// What the host-link targets do with an envelope the peer port read: the header checks the
+/// inbox makes before it opens anything, then the session layer's `open` (and, when it opens,
+/// `decode_inner`) under the fixed contact key.
+pub fn open_envelope(envelope: &smvsd::inbox::EnvelopeData) {
+    use smvs_schema::{MessageId, Username};
+    let (Ok(sender), Ok(recipient), Some(id)) = (
+        Username::parse(&envelope.sender),
+        Username::parse(&envelope.recipient),
+        MessageId::from_slice(&envelope.id),
+    ) else {
+        return;
+    };
+    let header = smvsd::session::Header {
+        id: &id,
+        sender: &sender,
+        recipient: &recipient,
+    };
+    CONTACT_KEYS.with(|keys| {
+        let Some(keys) = keys else { return };
+        if let Ok(content) = smvsd::session::open(keys, &header, &envelope.sealed) {
+            let _ = smvsd::session::decode_inner(&content);
+        }
+    });
+}

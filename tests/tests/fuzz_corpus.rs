@@ -557,19 +557,7 @@ fn check(target: &str, bytes: &[u8]) -> Result<(), String> {
             let params = message
                 .get_root::<host_link::deliver_params::Reader<'_>>()
                 .map_err(|e| e.to_string())?;
-            let env = smvsd::api::peer::envelope_data(params).map_err(|e| format!("{e:?}"))?;
-            let (sender, recipient) = (name(&env.sender), name(&env.recipient));
-            let id = MessageId::from_slice(&env.id).ok_or("bad id")?;
-            let header = Header {
-                id: &id,
-                sender: &sender,
-                recipient: &recipient,
-            };
-            let keys = SessionKeys::from_shared(&keys::session_key()).unwrap();
-            let content = session::open(&keys, &header, &env.sealed).map_err(|e| e.to_string())?;
-            session::decode_inner(&content)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            open_seed(&smvsd::api::peer::envelope_data(params).map_err(|e| format!("{e:?}"))?)
         }
         "host_deliver_batch" => {
             let message = read(bytes);
@@ -581,19 +569,8 @@ fn check(target: &str, bytes: &[u8]) -> Result<(), String> {
             if envelopes.len() < 2 {
                 return Err("a batch of fewer than two".into());
             }
-            let keys = SessionKeys::from_shared(&keys::session_key()).unwrap();
             for env in envelopes {
-                let env = env.map_err(|e| format!("{e:?}"))?;
-                let (sender, recipient) = (name(&env.sender), name(&env.recipient));
-                let id = MessageId::from_slice(&env.id).ok_or("bad id")?;
-                let header = Header {
-                    id: &id,
-                    sender: &sender,
-                    recipient: &recipient,
-                };
-                let content =
-                    session::open(&keys, &header, &env.sealed).map_err(|e| e.to_string())?;
-                session::decode_inner(&content).map_err(|e| e.to_string())?;
+                open_seed(&env.map_err(|e| format!("{e:?}"))?)?;
             }
             Ok(())
         }
@@ -720,6 +697,22 @@ fn check(target: &str, bytes: &[u8]) -> Result<(), String> {
         }
         other => Err(format!("no seed check for target {other}")),
     }
+}
+
+/// A host-link seed's envelope must open under the targets' contact key and decode.
+fn open_seed(env: &smvsd::inbox::EnvelopeData) -> Result<(), String> {
+    let (sender, recipient) = (name(&env.sender), name(&env.recipient));
+    let id = MessageId::from_slice(&env.id).ok_or("bad id")?;
+    let header = Header {
+        id: &id,
+        sender: &sender,
+        recipient: &recipient,
+    };
+    let keys = SessionKeys::from_shared(&keys::session_key()).unwrap();
+    let content = session::open(&keys, &header, &env.sealed).map_err(|e| e.to_string())?;
+    session::decode_inner(&content)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 #[test]
