@@ -502,7 +502,7 @@ impl Inbox {
         sender: &Username,
         remote_key: AgreementPublicKey,
         lookups: &LookupBudget,
-    ) -> Result<(Contact, bool), IncomingError> {
+    ) -> Result<(Rc<Contact>, bool), IncomingError> {
         let sender = sender.clone();
         // Blocked senders are turned away before anything is decrypted or stored. The answer
         // does not say why.
@@ -724,7 +724,7 @@ impl Inbox {
         remote_key: &AgreementPublicKey,
         fresh: bool,
         request: bool,
-    ) -> Result<Contact, SenderCheck> {
+    ) -> Result<Rc<Contact>, SenderCheck> {
         if self.recently_unknown(sender) {
             // Not refused: the name may have been registered since (its host will retry).
             return Err(SenderCheck::Other(IncomingError::Later(

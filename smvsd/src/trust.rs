@@ -101,8 +101,10 @@ pub struct Trust {
     events: Events,
     me: RefCell<Option<Me>>,
     directory: RefCell<Option<Rc<DirectoryClient>>>,
-    records: RefCell<HashMap<Username, (VerifiedRecord, Instant)>>,
-    contacts: RefCell<HashMap<Username, Contact>>,
+    /// Records and contacts are shared (`Rc`), not copied, with whoever asks: every arriving
+    /// envelope asks for both, and each holds a signed record of a few kilobytes.
+    records: RefCell<HashMap<Username, (Rc<VerifiedRecord>, Instant)>>,
+    contacts: RefCell<HashMap<Username, Rc<Contact>>>,
     /// The changed identity each contact's safety number was last shown for: only that
     /// identity may be accepted, so a key that changes again between `verify` and
     /// `verify --accept-new-key` is not accepted unseen.
@@ -167,8 +169,9 @@ pub fn may_connect(
 pub enum Judgement {
     /// First contact: pin the identity the directory shows (trust on first use).
     Pin(Contact),
-    /// Same identity, nothing new.
-    Unchanged(Contact),
+    /// Same identity, nothing new (the pinned contact as it is shared, not copied: this is
+    /// every arriving envelope's case).
+    Unchanged(Rc<Contact>),
     /// Same identity at a newer serial: a new host address or transport key, certified by it.
     Update(Contact),
     /// Another identity than the pinned one: recorded as pending; refused until the user
@@ -177,15 +180,26 @@ pub enum Judgement {
     KeyChanged { contact: Contact, first_seen: bool },
     /// The same identity at a lower serial than we acted on: the directory re-served an old
     /// record. The pinned contact is kept as it is, and the alarm is raised.
-    Rollback(Contact),
+    Rollback(Rc<Contact>),
 }
 
 /// The trust rules, as a pure function of what we stored and what the directory says.
-pub fn judge(stored: Option<Contact>, record: &VerifiedRecord, request: bool) -> Judgement {
-    let Some(mut contact) = stored else {
+pub fn judge(stored: Option<Rc<Contact>>, record: &VerifiedRecord, request: bool) -> Judgement {
+    let Some(shared) = stored else {
         return Judgement::Pin(Contact::from_record(record, request));
     };
     let user = &record.user;
+    // A record older than one the directory served before changes nothing, and is an alarm.
+    // (Serial 0 is what accepting a changed key leaves, to take whatever comes next.)
+    if shared.identity == user.identity {
+        if user.serial < shared.serial {
+            return Judgement::Rollback(shared);
+        }
+        if user.serial == shared.serial {
+            return Judgement::Unchanged(shared);
+        }
+    }
+    let mut contact = Rc::unwrap_or_clone(shared);
     if contact.identity != user.identity {
         let first_seen = contact
             .pending
@@ -202,20 +216,13 @@ pub fn judge(stored: Option<Contact>, record: &VerifiedRecord, request: bool) ->
             first_seen,
         };
     }
-    if user.serial > contact.serial {
-        contact.transport_key = user.transport_key;
-        contact.host_address = user.host_address.clone();
-        contact.serial = user.serial;
-        contact.pending = None;
-        contact.evidence = Some(Evidence::of(record));
-        return Judgement::Update(contact);
-    }
-    // A record older than one the directory served before changes nothing, and is an alarm.
-    // (Serial 0 is what accepting a changed key leaves, to take whatever comes next.)
-    if user.serial < contact.serial {
-        return Judgement::Rollback(contact);
-    }
-    Judgement::Unchanged(contact)
+    // The same identity at a newer serial.
+    contact.transport_key = user.transport_key;
+    contact.host_address = user.host_address.clone();
+    contact.serial = user.serial;
+    contact.pending = None;
+    contact.evidence = Some(Evidence::of(record));
+    Judgement::Update(contact)
 }
 
 /// A TCP stream to `address` (HOST:PORT) through the SOCKS5 proxy, which resolves the name.
@@ -285,11 +292,11 @@ impl Trust {
     // ----- contacts -----
 
     /// The stored contact for `peer` (cached; the cache is written through).
-    pub async fn contact(&self, peer: &Username) -> Result<Option<Contact>, HostError> {
+    pub async fn contact(&self, peer: &Username) -> Result<Option<Rc<Contact>>, HostError> {
         if let Some(c) = self.contacts.borrow().get(peer) {
             return Ok(Some(c.clone()));
         }
-        let stored = self.storage.contact(peer).await?;
+        let stored = self.storage.contact(peer).await?.map(Rc::new);
         if let Some(c) = &stored {
             self.contacts.borrow_mut().insert(peer.clone(), c.clone());
         }
@@ -307,7 +314,7 @@ impl Trust {
         let before = self
             .contacts
             .borrow_mut()
-            .insert(name.clone(), contact.clone());
+            .insert(name.clone(), Rc::new(contact.clone()));
         if let Err(e) = self.storage.put_contact(contact).await {
             let mut cache = self.contacts.borrow_mut();
             match before {
@@ -323,7 +330,7 @@ impl Trust {
     /// whose host address this host does not connect to ([`may_connect`]).
     pub async fn check_can_send(&self, to: &Username) -> Result<(), HostError> {
         let contact = self.contact(to).await?;
-        may_send(to, contact.as_ref())?;
+        may_send(to, contact.as_deref())?;
         match contact {
             Some(contact) => may_connect(&self.host_address, to, &contact.host_address),
             None => Ok(()),
@@ -333,12 +340,13 @@ impl Trust {
     /// Writing to (or calling) someone who wrote first in contacts-only mode accepts them:
     /// their held messages become ordinary received ones.
     pub async fn accept_request(&self, peer: &Username) -> Result<(), HostError> {
-        let Some(mut contact) = self.contact(peer).await? else {
+        let Some(contact) = self.contact(peer).await? else {
             return Ok(());
         };
         if !contact.request {
             return Ok(());
         }
+        let mut contact = Rc::unwrap_or_clone(contact);
         contact.request = false;
         self.put_contact(contact).await?;
         let released = self.storage.release_held(peer).await?;
@@ -354,10 +362,10 @@ impl Trust {
     }
 
     /// Marks `peer` as a message request (contacts-only mode), if it is not one already.
-    pub async fn mark_request(&self, contact: &mut Contact) -> Result<(), HostError> {
+    pub async fn mark_request(&self, contact: &mut Rc<Contact>) -> Result<(), HostError> {
         if !contact.request {
-            contact.request = true;
-            self.put_contact(contact.clone()).await?;
+            Rc::make_mut(contact).request = true;
+            self.put_contact(Contact::clone(contact)).await?;
         }
         Ok(())
     }
@@ -366,8 +374,8 @@ impl Trust {
     /// for that key even if they never wrote before.
     pub async fn set_blocked(&self, peer: &Username, blocked: bool) -> Result<(), HostError> {
         let mut contact = match self.contact(peer).await? {
-            Some(c) => c,
-            None => Contact::from_record(&self.lookup(peer, true).await?, false),
+            Some(c) => Rc::unwrap_or_clone(c),
+            None => Contact::from_record(&*self.lookup(peer, true).await?, false),
         };
         contact.blocked = blocked;
         self.put_contact(contact).await?;
@@ -434,7 +442,11 @@ impl Trust {
     }
 
     /// The directory's signed record for `peer` (cached for [`RECORD_TTL`] unless `fresh`).
-    pub async fn lookup(&self, peer: &Username, fresh: bool) -> Result<VerifiedRecord, HostError> {
+    pub async fn lookup(
+        &self,
+        peer: &Username,
+        fresh: bool,
+    ) -> Result<Rc<VerifiedRecord>, HostError> {
         if !fresh {
             if let Some((record, at)) = self.records.borrow().get(peer) {
                 if at.elapsed() < RECORD_TTL {
@@ -460,6 +472,7 @@ impl Trust {
         };
         match answer {
             Ok(record) => {
+                let record = Rc::new(record);
                 self.records
                     .borrow_mut()
                     .insert(peer.clone(), (record.clone(), Instant::now()));
@@ -484,7 +497,7 @@ impl Trust {
         peer: &Username,
         fresh: bool,
         request: bool,
-    ) -> Result<(Contact, VerifiedRecord), HostError> {
+    ) -> Result<(Rc<Contact>, Rc<VerifiedRecord>), HostError> {
         let (contact, record) = self.pinned_contact(peer, fresh, request).await?;
         may_connect(&self.host_address, peer, &contact.host_address)?;
         Ok((contact, record))
@@ -501,7 +514,7 @@ impl Trust {
         peer: &Username,
         fresh: bool,
         request: bool,
-    ) -> Result<(Contact, VerifiedRecord), HostError> {
+    ) -> Result<(Rc<Contact>, Rc<VerifiedRecord>), HostError> {
         let record = self.lookup(peer, fresh).await?;
         let stored = self.contact(peer).await?;
         let contact = match judge(stored, &record, request) {
@@ -514,7 +527,7 @@ impl Trust {
             }
             Judgement::Pin(contact) | Judgement::Update(contact) => {
                 self.put_contact(contact.clone()).await?;
-                contact
+                Rc::new(contact)
             }
             Judgement::KeyChanged {
                 contact,
@@ -545,14 +558,14 @@ impl Trust {
     ) -> Result<Verification, HostError> {
         let me = self.me()?;
         // Refresh from the directory, so a key change is noticed here too.
-        let mut contact = match self.pinned_contact(peer, true, false).await {
+        let mut contact = Rc::unwrap_or_clone(match self.pinned_contact(peer, true, false).await {
             Ok((contact, _)) => contact,
             Err(e) if e.code == ErrorCode::KeyChanged => self
                 .contact(peer)
                 .await?
                 .ok_or_else(|| HostError::internal("changed key without a contact"))?,
             Err(e) => return Err(e),
-        };
+        });
         let mut accepted = false;
         if let (Some(pending), true) = (contact.pending.clone(), accept_new_key) {
             // Only the key whose safety number the user was shown (and compared).
@@ -849,7 +862,10 @@ mod tests {
     #[test]
     fn a_newer_record_of_the_same_identity_moves_the_host_and_an_older_one_changes_nothing() {
         let id = identity();
-        let pinned = Contact::from_record(&record("bob", id, 3, "127.0.0.2:7421"), false);
+        let pinned = Rc::new(Contact::from_record(
+            &record("bob", id, 3, "127.0.0.2:7421"),
+            false,
+        ));
         let moved = record("bob", id, 4, "127.0.0.9:7000");
         let Judgement::Update(c) = judge(Some(pinned.clone()), &moved, false) else {
             panic!("a newer serial updates")
@@ -863,9 +879,12 @@ mod tests {
             "an older record is an alarm and changes nothing"
         );
         let same = record("bob", id, 3, "127.0.0.2:7421");
-        assert_eq!(
-            judge(Some(pinned.clone()), &same, false),
-            Judgement::Unchanged(pinned)
+        let Judgement::Unchanged(shared) = judge(Some(pinned.clone()), &same, false) else {
+            panic!("the same record changes nothing")
+        };
+        assert!(
+            Rc::ptr_eq(&shared, &pinned),
+            "an unchanged contact is shared, not copied"
         );
         // What a newer record says is kept as evidence.
         assert_eq!(c.evidence, Some(Evidence::of(&moved)));
@@ -873,7 +892,10 @@ mod tests {
 
     #[test]
     fn another_identity_is_pending_and_alarms_once() {
-        let pinned = Contact::from_record(&record("bob", identity(), 3, "127.0.0.2:7421"), false);
+        let pinned = Rc::new(Contact::from_record(
+            &record("bob", identity(), 3, "127.0.0.2:7421"),
+            false,
+        ));
         let changed = record("bob", identity(), 4, "127.0.0.2:7421");
         let Judgement::KeyChanged {
             contact,
@@ -888,7 +910,7 @@ mod tests {
         assert_eq!(pending.identity, changed.user.identity);
         assert!(may_send(&contact.username, Some(&contact)).is_err());
         // The same change again: no second alarm, nothing to write.
-        let again = judge(Some(contact.clone()), &changed, false);
+        let again = judge(Some(Rc::new(contact.clone())), &changed, false);
         assert_eq!(
             again,
             Judgement::KeyChanged {
@@ -901,7 +923,7 @@ mod tests {
         let Judgement::KeyChanged {
             contact: c,
             first_seen: true,
-        } = judge(Some(contact), &third, false)
+        } = judge(Some(Rc::new(contact)), &third, false)
         else {
             panic!("a third identity alarms again")
         };
