@@ -5,7 +5,8 @@
 //! What a row keeps is what the live event carried: ids, names, times, statuses, never message
 //! text. It goes when:
 //! - the message it is about is deleted or expires (trigger `messages_events`, by the message's
-//!   row, `msg`), or the whole conversation is deleted (by its tag);
+//!   row, `msg`), or the whole conversation is deleted (its messages' rows go, and the events of
+//!   no message go by the conversation's tag, which only they carry);
 //! - it is older than [`EVENT_LOG_DAYS`], or more than [`EVENT_LOG_MAX`] newer events exist.
 //!
 //! A device whose cursor is older than what pruning removed is told to resync.
@@ -129,6 +130,10 @@ impl Storage {
                     .map_err(|e| StorageError::Corrupt(e.to_string()))?;
                 let sealed = k.seal("event", &(seq as u64).to_be_bytes(), &record)?;
                 last_at = last_at.max(at - at.rem_euclid(DAY_MS));
+                // An event of a message names its row only: the row's deletion takes it, also
+                // when the whole conversation goes (the rows go first). Only events of no
+                // message carry the conversation's tag, and its index stays their size.
+                let tag = if msg.is_some() { None } else { tag };
                 cached_exec(
                     c,
                     "INSERT INTO events (seq, at, tag, msg, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
