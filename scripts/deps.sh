@@ -8,8 +8,9 @@ PACKAGES=(
     build-essential pkg-config
     # Cap'n Proto schema compiler (capnpc, used by schema/build.rs)
     capnproto
-    # SQLite (rusqlite) headers and CLI
-    libsqlite3-dev sqlite3
+    # The SQLite shell, for looking into a database by hand (the library is built in: rusqlite's
+    # bundled amalgamation, see .cargo/config.toml)
+    sqlite3
     # PostgreSQL server + client for the throw-away test server (scripts/with-postgres.sh)
     postgresql postgresql-client
     # D-Bus daemon and headers
