@@ -517,11 +517,12 @@ fn message_text_never_reaches_the_disk_in_clear() {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .unwrap();
-        // The messages, and what the event log says of them (every event with a tag here is
-        // about the one conversation).
+        // The messages, and what the event log says of them: events of a message name its
+        // row (`msg`), other events of a conversation its tag (here there is one conversation).
         let mut rows = db
             .prepare(
-                "SELECT sealed FROM messages UNION ALL SELECT sealed FROM events WHERE tag IS NOT NULL",
+                "SELECT sealed FROM messages
+                 UNION ALL SELECT sealed FROM events WHERE tag IS NOT NULL OR msg IS NOT NULL",
             )
             .unwrap();
         let sealed = rows

@@ -222,8 +222,9 @@ async fn measure(alice: &HostProcess) -> anyhow::Result<(f64, f64, f64)> {
 /// thousands of rows right after a burst of sends), and that walk runs on the storage thread
 /// the bench measures: polled every 2 ms, as it once was, it took a sixth of alice's storage
 /// thread, and every 20 ms still about a fifteenth. So the wait sleeps for about a third of the
-/// time the rest should take at the rate seen so far, and polls every 20 ms only near the end: a
-/// rate within 20 ms of the truth (about 1% of a run), for a few dozen polls a run.
+/// time the rest should take at the rate seen so far (at most half the time waited so far), and
+/// polls every 20 ms only near the end: a rate within 20 ms of the truth while the rate holds,
+/// for a dozen polls a run. Waiting too long can only make the rate look lower.
 async fn wait_drained(client: &HostClient) -> anyhow::Result<()> {
     const FINE: Duration = Duration::from_millis(20);
     let started = Instant::now();
@@ -239,11 +240,14 @@ async fn wait_drained(client: &HostClient) -> anyhow::Result<()> {
         let wait = if done == 0 {
             FINE
         } else {
-            // A third of the estimated rest (the rate may yet rise), never less than the
-            // fine step.
-            (elapsed.mul_f64(f64::from(queued) / f64::from(done)) / 3).max(FINE)
+            // A third of the estimated rest, and no more than half the time waited so far: a
+            // rate that rises (receipts came in bursts at first) is not slept through for
+            // long. Never less than the fine step.
+            (elapsed.mul_f64(f64::from(queued) / f64::from(done)) / 3)
+                .min(elapsed / 2)
+                .max(FINE)
         };
-        tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
+        tokio::time::sleep(wait).await;
         queued = client.status().await?.queued;
     }
     Ok(())
