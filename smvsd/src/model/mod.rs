@@ -204,6 +204,28 @@ impl HostEvent {
         }
     }
 
+    /// The message the event is about and the way it went, if the event is about one that
+    /// exists: a received message (and its integrity or a status only an incoming message
+    /// has), or one of ours.
+    pub fn message_row(&self) -> Option<(&MessageId, Direction)> {
+        match self {
+            HostEvent::MessageReceived { id, .. } | HostEvent::IntegrityProblem { id, .. } => {
+                Some((id, Direction::In))
+            }
+            HostEvent::MessageSent { id, .. } => Some((id, Direction::Out)),
+            HostEvent::MessageStatus { id, status, .. } => Some((
+                id,
+                match status {
+                    Status::Received | Status::Held => Direction::In,
+                    Status::Queued | Status::Sent | Status::Delivered | Status::Failed => {
+                        Direction::Out
+                    }
+                },
+            )),
+            _ => None,
+        }
+    }
+
     /// The message the event is about, if it is about one that exists (a deletion is not).
     pub fn message(&self) -> Option<&MessageId> {
         match self {

@@ -107,15 +107,15 @@ impl Storage {
                         None => None,
                     },
                 };
-                // The message's row: its events go when it goes. (tag, id) names two rows only
-                // if a peer reused one of our ids in the other direction (new ones are refused as
-                // collisions); either row then does, as either mark did before.
-                let msg: Option<i64> = match (&tag, event.message()) {
-                    (Some(tag), Some(id)) => {
+                // The message's row: its events go when it goes. (tag, id) names two rows if
+                // a peer reused one of our ids in the other direction (new ones are refused as
+                // collisions): the event's own direction says which.
+                let msg: Option<i64> = match (&tag, event.message_row()) {
+                    (Some(tag), Some((id, direction))) => {
                         let row: Option<i64> = cached_row(
                             c,
-                            "SELECT seq FROM messages WHERE tag = ?1 AND id = ?2",
-                            params![tag, &id.0[..]],
+                            "SELECT seq FROM messages WHERE tag = ?1 AND id = ?2 AND direction = ?3",
+                            params![tag, &id.0[..], direction as i64],
                             |r| r.get(0),
                         )
                         .optional()?;

@@ -903,6 +903,50 @@ fn a_run_of_events_is_appended_in_one_job_as_each_would_be_alone() {
     });
 }
 
+/// One id in both directions of a conversation (a peer reused one of ours, before such
+/// arrivals were refused as collisions): each event goes with the row of its own direction, so
+/// the peer's deletion of theirs takes what the log says of theirs, and nothing of ours.
+#[test]
+fn an_event_names_the_row_of_its_own_direction() {
+    use crate::model::HostEvent;
+    run(async {
+        let (dir, s) = open();
+        let bob = name("bob");
+        let ours = s
+            .queue_outgoing(&name("alice"), &bob, Payload::Text("ours".into()))
+            .await
+            .unwrap();
+        // Their message under the same id, as an older host could have stored it.
+        let c = Connection::open(dir.path().join("host.db")).unwrap();
+        c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        c.execute(
+            "INSERT INTO messages (tag, id, direction, status, integrity, stored_at, hash, sealed, control)
+             SELECT tag, id, 1, 3, 0, stored_at, hash, sealed, 0 FROM messages WHERE id = ?1",
+            [&ours.id.0[..]],
+        )
+        .unwrap();
+        drop(c);
+        let sent = HostEvent::MessageSent {
+            id: ours.id,
+            peer: bob.clone(),
+            time: ours.time,
+        };
+        let received = HostEvent::MessageReceived {
+            id: ours.id,
+            peer: bob.clone(),
+            time: ours.time,
+        };
+        s.append_events(vec![(1, now_ms(), sent.clone()), (2, now_ms(), received)])
+            .await
+            .unwrap();
+        assert_eq!(s.events_after(0, 2, 100).await.unwrap().events.len(), 2);
+        // bob deletes his: the log forgets his message, and keeps ours.
+        s.delete_from_peer(&bob, vec![ours.id]).await.unwrap();
+        let left = s.events_after(0, 2, 100).await.unwrap();
+        assert_eq!(left.events, [(1, sent)]);
+    });
+}
+
 #[test]
 fn a_sent_status_is_heard_live_but_not_logged() {
     use crate::model::HostEvent;
