@@ -903,6 +903,60 @@ fn a_run_of_events_is_appended_in_one_job_as_each_would_be_alone() {
     });
 }
 
+/// The conversation list: messages written by people (not control messages), unread ones
+/// since the last `read`, the newest time; a conversation with only a setting is listed, one
+/// with only control messages is not.
+#[test]
+fn conversations_count_messages_and_unread_ones() {
+    run(async {
+        let (_dir, s) = open();
+        let (bob, carol, dave) = (name("bob"), name("carol"), name("dave"));
+        let mut prev = Vec::new();
+        for i in 0..3 {
+            let m = incoming("bob", "alice", now_ms(), &format!("b{i}"), &prev);
+            prev = hash(&m);
+            arrive(&s, &m).await;
+        }
+        s.queue_outgoing(&name("alice"), &bob, Payload::Text("to bob".into()))
+            .await
+            .unwrap();
+        s.set_expiry(&carol, 60).await.unwrap();
+        let control = StoredMessage {
+            payload: Payload::Expire(30),
+            ..incoming("dave", "alice", now_ms(), "", &[])
+        };
+        arrive(&s, &control).await;
+        let listed = |all: Vec<ConversationSummary>| -> Vec<(String, u32, u32, bool, u32)> {
+            all.into_iter()
+                .map(|c| {
+                    (
+                        c.peer.to_string(),
+                        c.messages,
+                        c.unread,
+                        c.last_time > 0,
+                        c.expire_seconds,
+                    )
+                })
+                .collect()
+        };
+        let mut all = listed(s.conversations().await.unwrap());
+        all.sort();
+        assert_eq!(
+            all,
+            [
+                ("bob".to_string(), 4, 3, true, 0),
+                ("carol".to_string(), 0, 0, false, 60)
+            ]
+        );
+        assert_eq!(s.mark_read(&bob).await.unwrap(), 3);
+        let m = incoming("bob", "alice", now_ms(), "b3", &prev);
+        arrive(&s, &m).await;
+        let all = listed(s.conversations().await.unwrap());
+        assert!(all.contains(&("bob".to_string(), 5, 1, true, 0)), "{all:?}");
+        assert!(!all.iter().any(|c| c.0 == dave.as_str()));
+    });
+}
+
 /// One id in both directions of a conversation (a peer reused one of ours, before such
 /// arrivals were refused as collisions): each event goes with the row of its own direction, so
 /// the peer's deletion of theirs takes what the log says of theirs, and nothing of ours.
