@@ -307,15 +307,17 @@ impl Trust {
         Ok(self.storage.contacts().await?)
     }
 
-    async fn put_contact(&self, contact: Contact) -> Result<(), HostError> {
+    /// Stores `contact`; the cache then holds it as given (an `Rc` is shared, not copied).
+    async fn put_contact(&self, contact: impl Into<Rc<Contact>>) -> Result<(), HostError> {
+        let contact: Rc<Contact> = contact.into();
         let name = contact.username.clone();
         // The cache first: a reader that runs while the write is on its way must see the new
         // state (a block in progress must not be overwritten by a stale copy).
         let before = self
             .contacts
             .borrow_mut()
-            .insert(name.clone(), Rc::new(contact.clone()));
-        if let Err(e) = self.storage.put_contact(contact).await {
+            .insert(name.clone(), contact.clone());
+        if let Err(e) = self.storage.put_contact(Contact::clone(&contact)).await {
             let mut cache = self.contacts.borrow_mut();
             match before {
                 Some(old) => cache.insert(name, old),
@@ -365,7 +367,7 @@ impl Trust {
     pub async fn mark_request(&self, contact: &mut Rc<Contact>) -> Result<(), HostError> {
         if !contact.request {
             Rc::make_mut(contact).request = true;
-            self.put_contact(Contact::clone(contact)).await?;
+            self.put_contact(contact.clone()).await?;
         }
         Ok(())
     }
@@ -526,8 +528,9 @@ impl Trust {
                 contact
             }
             Judgement::Pin(contact) | Judgement::Update(contact) => {
+                let contact = Rc::new(contact);
                 self.put_contact(contact.clone()).await?;
-                Rc::new(contact)
+                contact
             }
             Judgement::KeyChanged {
                 contact,

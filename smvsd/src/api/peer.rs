@@ -254,10 +254,7 @@ impl host_link::Server for HostLinkRpc {
         params: host_link::DeliverParams,
         mut results: host_link::DeliverResults,
     ) -> Result<(), capnp::Error> {
-        let result = match read_envelope(params) {
-            Ok(envelope) => self.take(envelope).await,
-            Err(refused) => Err(refused),
-        };
+        let result = async { self.take(read_envelope(params)?).await }.await;
         answer(results.get().init_outcome(), result);
         Ok(())
     }
@@ -273,12 +270,7 @@ impl host_link::Server for HostLinkRpc {
         let envelopes = batch_envelope_data(params.get()?)?;
         let handled = futures::future::join_all(envelopes.into_iter().map(|read| {
             let this = self.clone();
-            async move {
-                match read {
-                    Ok(envelope) => this.take(envelope).await,
-                    Err(refused) => Err(refused),
-                }
-            }
+            async move { this.take(read?).await }
         }))
         .await;
         let mut outcomes = results

@@ -228,13 +228,7 @@ impl HostEvent {
 
     /// The message the event is about, if it is about one that exists (a deletion is not).
     pub fn message(&self) -> Option<&MessageId> {
-        match self {
-            HostEvent::MessageReceived { id, .. }
-            | HostEvent::MessageSent { id, .. }
-            | HostEvent::MessageStatus { id, .. }
-            | HostEvent::IntegrityProblem { id, .. } => Some(id),
-            _ => None,
-        }
+        self.message_row().map(|(id, _)| id)
     }
 }
 
