@@ -24,6 +24,8 @@ PACKAGES=(
     gstreamer1.0-x gstreamer1.0-gl gstreamer1.0-alsa gstreamer1.0-pulseaudio
     # A virtual X display and xwininfo, for the test of the call window
     xvfb x11-utils
+    # A real terminal for the tests of the full-screen client (`smvsctl chat`)
+    tmux
     # Basic system tools used by the scripts and tests (ss, ps/pkill, runuser, TLS roots)
     iproute2 procps util-linux ca-certificates
     # Packet filtering inside the test's own network namespaces (black holes, loss, NAT), and

@@ -25,6 +25,8 @@ pub(crate) const MAX_STREAMS: u32 = 2;
 pub(crate) const VIDEO_SINK: &str = "vsink";
 pub(crate) const VIDEO_CONVERT: &str = "vconvert";
 pub(crate) const AUDIO_PT: u32 = 111;
+/// The `volume` element right after the audio source: muting the microphone.
+pub(crate) const AUDIO_MUTE: &str = "amute";
 /// The least loss Opus plans its in-band FEC for once the peer reports audio loss, percent
 /// (FEC is off in a clean call, as WebRTC leaves it: it costs CPU; see `repair::Adapter`).
 /// Told of less than 8%, libopus 1.3 codes a 440 Hz tone at 32 kbit/s as CELT, which carries
@@ -232,7 +234,8 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
         ));
     }
 
-    // Send audio.
+    // Send audio. The volume element is the microphone's mute: silence keeps flowing, so the
+    // peer's jitter buffer and our bitrate adaptation see no gap.
     let asrc = match options.audio {
         AudioSource::Test => {
             Some("audiotestsrc is-live=true wave=sine freq=440 samplesperbuffer=960")
@@ -244,7 +247,8 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
     let opus_fec = "inband-fec=false packet-loss-percentage=0";
     if let Some(asrc) = asrc {
         d.push(format!(
-            "{asrc} ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=1 \
+            "{asrc} ! volume name={AUDIO_MUTE} ! audioconvert ! audioresample \
+             ! audio/x-raw,rate=48000,channels=1 \
              ! opusenc name=aenc bitrate={abps} bitrate-type=cbr frame-size=20 audio-type=voice dtx=false \
                {opus_fec} \
              ! rtpopuspay name=apay pt={AUDIO_PT} mtu={RTP_MTU} \

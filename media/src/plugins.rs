@@ -70,7 +70,7 @@ pub fn debian_package(element: &str) -> &'static str {
         "waylandsink" => "gstreamer1.0-plugins-bad",
         "fakesink" | "capsfilter" | "queue" | "identity" => CORE,
         // videotestsrc audiotestsrc opusenc opusdec appsrc appsink videoconvert videoscale
-        // videorate audioconvert audioresample
+        // videorate audioconvert audioresample volume
         _ => BASE,
     }
 }
@@ -114,7 +114,7 @@ pub(crate) fn needed_elements(options: &MediaOptions) -> Vec<&'static str> {
         AudioSource::None => {}
     }
     if options.audio != AudioSource::None {
-        e.extend(["opusenc", "rtpopuspay"]);
+        e.extend(["volume", "opusenc", "rtpopuspay"]);
     }
     e
 }

@@ -706,6 +706,25 @@ impl MediaSession {
         Ok(sender)
     }
 
+    /// Mutes or unmutes what we send of our audio (silence keeps flowing). Returns false when
+    /// the call sends no audio.
+    pub fn set_audio_muted(&self, muted: bool) -> bool {
+        match self.pipeline.by_name(crate::pipeline::AUDIO_MUTE) {
+            Some(volume) => {
+                volume.set_property("mute", muted);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether our audio is muted.
+    pub fn audio_muted(&self) -> bool {
+        self.pipeline
+            .by_name(crate::pipeline::AUDIO_MUTE)
+            .is_some_and(|volume| volume.property::<bool>("mute"))
+    }
+
     /// A live snapshot of the call's statistics.
     pub fn stats(&self) -> CallStats {
         self.shared.counters.snapshot(

@@ -38,6 +38,10 @@ generated!(local_capnp, "local_capnp.rs");
 pub use types::{AddressKind, HostAddress, NameError, Username};
 pub use vocab::{CallId, CallState, ErrorCode, IdError, Integrity, MessageId, Status};
 
+/// The largest text one message may carry (bytes of UTF-8): smvsd refuses more, and clients
+/// show the limit before sending.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+
 /// The most a single incoming Cap'n Proto message may make a reader walk: 4 MiB.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// The deepest nesting of structs and lists a reader accepts.

@@ -365,6 +365,7 @@ pub async fn place(
         format,
         out,
         stop,
+        None,
     )
     .await
 }
@@ -454,6 +455,7 @@ pub async fn answer(
         format,
         out,
         stop,
+        None,
     )
     .await
 }
@@ -508,6 +510,21 @@ async fn ringing(
     }
 }
 
+/// What a front end running a call in its own process (the chat) asks of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallCommand {
+    Hangup,
+    /// Mute (true) or unmute our microphone.
+    Mute(bool),
+}
+
+/// How a front end steers a running call and watches it: commands in, and a live snapshot of
+/// the statistics (and whether we are muted) out, refreshed every 200 ms.
+pub struct CallControl {
+    pub commands: mpsc::UnboundedReceiver<CallCommand>,
+    pub live: tokio::sync::watch::Sender<Option<(smvs_media::CallStats, bool)>>,
+}
+
 /// What `--stats` prints (and `--json` without it, minus the statistics).
 #[derive(Debug, Serialize)]
 struct CallReport {
@@ -529,6 +546,20 @@ struct CallReport {
     stats: Option<smvs_media::CallStats>,
 }
 
+/// The next command of a front end; never, without one (or once it is gone).
+async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<CallCommand>>) -> CallCommand {
+    match commands {
+        Some(rx) => match rx.recv().await {
+            Some(command) => command,
+            None => {
+                *commands = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs the media of an answered call until `--duration`, `stop`, the peer's hang-up or a media
 /// failure; hangs up if the end is ours; prints the report.
 #[allow(clippy::too_many_arguments)]
@@ -541,8 +572,13 @@ pub async fn run(
     format: Format,
     out: &mut dyn Write,
     stop: impl Future<Output = ()>,
+    control: Option<CallControl>,
 ) -> Result<(), CtlError> {
     tokio::pin!(stop);
+    let (mut commands, live) = match control {
+        Some(c) => (Some(c.commands), Some(c.live)),
+        None => (None, None),
+    };
     let reach = match reach(&endpoint, &call, &peer_media) {
         Ok(reach) => reach,
         Err(e) => {
@@ -580,10 +616,19 @@ pub async fn run(
                 Some(CallNotice::Answered(_)) => continue,
                 None => break ("disconnected".to_string(), false),
             },
+            command = next_command(&mut commands) => match command {
+                CallCommand::Hangup => break ("hangup".to_string(), true),
+                CallCommand::Mute(muted) => {
+                    session.set_audio_muted(muted);
+                }
+            },
             _ = check.tick() => {
                 if let Some(error) = session.error() {
                     failure = Some(error);
                     break ("failed".to_string(), true);
+                }
+                if let Some(live) = &live {
+                    live.send_replace(Some((session.stats(), session.audio_muted())));
                 }
             }
         }

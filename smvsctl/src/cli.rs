@@ -263,6 +263,26 @@ pub enum Command {
         action: Option<DevicesAction>,
     },
 
+    /// Chat in the terminal: conversations, live messages, verification and calls
+    #[command(
+        after_help = "Examples:\n  smvsctl chat\n  smvsctl chat bob\n  smvsctl --host paired chat\n  smvsctl chat bob --plain < lines.txt\n\n\
+                      Full screen: conversations on the left, the open chat on the right, a line to write \
+                      at the bottom; ? shows every key (vi-style letters and the arrow keys both work). NO_COLOR \
+                      turns colours off; every state is also a word or a symbol. --plain prints a line per \
+                      message or event and sends each line read from stdin, for screen readers and pipes. \
+                      Calls placed or answered here run their media in this process, as `smvsctl call` does."
+    )]
+    Chat {
+        /// Open the chat with USER at once
+        user: Option<Username>,
+        /// Lines instead of a full screen (screen readers, pipes)
+        #[arg(long)]
+        plain: bool,
+        /// How the calls placed or answered here run
+        #[command(flatten)]
+        media: MediaArgs,
+    },
+
     /// Make messages with USER disappear SECONDS after they are sent (0 turns it off)
     #[command(after_help = "Examples:\n  smvsctl expire bob 86400\n  smvsctl expire bob 0")]
     Expire {

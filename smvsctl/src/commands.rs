@@ -122,6 +122,8 @@ pub async fn execute(
         Command::Devices { action } => devices(host, format, out, action.as_ref()).await,
         // Pairing needs no host connection; `run` does it before connecting.
         Command::Pair { .. } => Err(CtlError::Local("pair runs on its own".into())),
+        // The chat owns its connection (it shares it with its calls); `run` starts it.
+        Command::Chat { .. } => Err(CtlError::Local("chat runs on its own".into())),
         Command::Verify {
             user,
             accept_new_key,

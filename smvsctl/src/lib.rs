@@ -12,6 +12,7 @@
 
 pub mod agent;
 pub mod call;
+pub mod chat;
 pub mod cli;
 pub mod client;
 pub mod commands;
@@ -88,6 +89,9 @@ pub fn run(mut cli: Cli) -> Result<(), CtlError> {
             }
             None => client::connect(&socket).await?,
         };
+        if let Command::Chat { user, plain, media } = &cli.command {
+            return chat::run(host, user.as_ref(), *plain, media, stop).await;
+        }
         commands::execute(&host, &cli.command, format, &mut out, stop).await
     })
 }
@@ -96,18 +100,20 @@ pub fn run(mut cli: Cli) -> Result<(), CtlError> {
 /// call is hung up); they are caught from before the
 /// subscription starts, so none is lost. Other commands keep the default (the signal kills).
 fn stop_signal(command: &Command) -> Result<impl Future<Output = ()>, CtlError> {
-    let signal = match command {
-        Command::Watch { .. }
-        | Command::Agent { .. }
-        | Command::Call { .. }
-        | Command::Answer { .. } => Some(smvs_service::signals::stop_signal().map_err(
-            |source| CtlError::Io {
-                what: "cannot listen for SIGINT/SIGTERM",
-                source,
-            },
-        )?),
-        _ => None,
-    };
+    let signal =
+        match command {
+            Command::Watch { .. }
+            | Command::Agent { .. }
+            | Command::Call { .. }
+            | Command::Answer { .. }
+            | Command::Chat { .. } => Some(smvs_service::signals::stop_signal().map_err(
+                |source| CtlError::Io {
+                    what: "cannot listen for SIGINT/SIGTERM",
+                    source,
+                },
+            )?),
+            _ => None,
+        };
     Ok(async move {
         match signal {
             Some(signal) => {

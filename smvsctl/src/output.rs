@@ -95,13 +95,14 @@ pub fn human_duration(seconds: u32) -> String {
     parts.join(" ")
 }
 
-/// A safety number as 12 groups of 5 digits, three rows of four, as Signal shows it. Anything
-/// that is not 60 digits is shown as it came.
+/// A safety number as 12 groups of 5 digits, three rows of four, as Signal shows it (however
+/// smvsd spaced it). Anything that is not 60 digits is shown as it came.
 pub fn safety_number_rows(number: &str) -> Vec<String> {
-    if number.len() != 60 || !number.bytes().all(|b| b.is_ascii_digit()) {
+    let digits: String = number.chars().filter(|c| *c != ' ').collect();
+    if digits.len() != 60 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return vec![clean(number)];
     }
-    let groups: Vec<&str> = (0..12).map(|i| &number[i * 5..i * 5 + 5]).collect();
+    let groups: Vec<&str> = (0..12).map(|i| &digits[i * 5..i * 5 + 5]).collect();
     groups.chunks(4).map(|row| row.join(" ")).collect()
 }
 
@@ -531,7 +532,7 @@ pub fn paired_text(p: &crate::remote::Paired) -> String {
 }
 
 /// A QR code of `text` for a terminal (two rows per character), or nothing if it does not fit.
-fn qr_text(text: &str) -> String {
+pub(crate) fn qr_text(text: &str) -> String {
     match qrcode::QrCode::new(text.as_bytes()) {
         Ok(code) => code
             .render::<qrcode::render::unicode::Dense1x2>()
@@ -639,6 +640,12 @@ mod tests {
             ]
         );
         assert_eq!(safety_number_rows("12345"), vec!["12345"]);
+        let spaced: Vec<String> = digits
+            .as_bytes()
+            .chunks(5)
+            .map(|g| String::from_utf8_lossy(g).into_owned())
+            .collect();
+        assert_eq!(safety_number_rows(&spaced.join(" ")), rows);
     }
 
     #[test]

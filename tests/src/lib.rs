@@ -18,6 +18,7 @@ pub mod other_uid;
 pub mod postgres;
 pub mod runtime;
 pub mod socks;
+pub mod tmux;
 pub mod watch;
 
 pub use daemon::Daemon;

@@ -67,6 +67,7 @@ fn spawn_media(
             Format::Text,
             &mut out,
             std::future::pending::<()>(),
+            None,
         )
         .await;
         if let Err(e) = result {

@@ -40,8 +40,7 @@ use crate::model::Payload;
 
 pub const ENVELOPE_FORMAT: u16 = 1;
 pub const SESSION_V1: u16 = 1;
-/// The largest text a message may carry.
-pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+pub use smvs_schema::MAX_TEXT_BYTES;
 /// Sealed sizes on the wire (before the AEAD's nonce and tag).
 const BUCKETS: [usize; 5] = [512, 2048, 8192, 32768, 131072];
 /// The info string of the keyguard agreement for session version 1.

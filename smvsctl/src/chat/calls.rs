@@ -1,0 +1,256 @@
+//! Calls placed or answered in the chat: their media runs in this process, on a task of its
+//! own (as `smvsctl call` runs it), steered by hang-up and mute commands; its statistics come
+//! back for the status line.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use smvs_media::{CallStats, Role};
+use smvs_schema::Username;
+use tokio::sync::{mpsc, watch};
+
+use super::app::{App, OurCall};
+use crate::call::{CallCommand, CallControl};
+use crate::cli::{AudioArg, MediaArgs, VideoArg};
+use crate::client::{CallId, HostClient};
+use crate::error::CtlError;
+use crate::output::Format;
+
+/// What the call's task reports.
+#[derive(Debug)]
+pub enum CallUpdate {
+    /// Ringing at the peer's devices.
+    Placed(CallId),
+    /// Answered: the media runs.
+    Talking,
+    /// Over; `Some` says what went wrong.
+    Ended(Option<String>),
+}
+
+type Live = watch::Receiver<Option<(CallStats, bool)>>;
+
+/// The one call this client runs at a time.
+pub struct Calls {
+    media: MediaArgs,
+    updates_tx: mpsc::UnboundedSender<CallUpdate>,
+    updates: mpsc::UnboundedReceiver<CallUpdate>,
+    commands: Option<mpsc::UnboundedSender<CallCommand>>,
+    live: Option<Live>,
+}
+
+impl Calls {
+    pub fn new(media: MediaArgs) -> Calls {
+        let (updates_tx, updates) = mpsc::unbounded_channel();
+        Calls {
+            media,
+            updates_tx,
+            updates,
+            commands: None,
+            live: None,
+        }
+    }
+
+    pub fn busy(&self) -> bool {
+        self.commands.is_some()
+    }
+
+    /// The media flags for a call with or without video.
+    fn media(&self, video: bool) -> MediaArgs {
+        let mut media = self.media.clone();
+        if !video {
+            media.video = VideoArg::None;
+        }
+        if media.audio == AudioArg::None && media.video == VideoArg::None {
+            media.audio = AudioArg::Mic;
+        }
+        media
+    }
+
+    fn control(&mut self) -> (mpsc::UnboundedReceiver<CallCommand>, CallControlParts) {
+        let (commands_tx, commands) = mpsc::unbounded_channel();
+        let (live_tx, live) = watch::channel(None);
+        self.commands = Some(commands_tx);
+        self.live = Some(live);
+        (
+            commands,
+            CallControlParts {
+                live: live_tx,
+                updates: self.updates_tx.clone(),
+            },
+        )
+    }
+
+    /// Rings `peer` and, once they answer, runs the call.
+    pub fn place(&mut self, app: &mut App, host: Rc<HostClient>, peer: Username, video: bool) {
+        let media = self.media(video);
+        app.call = Some(OurCall {
+            peer: peer.clone(),
+            id: None,
+            video: media.video != VideoArg::None,
+            since: None,
+            stats: None,
+            muted: false,
+            size: media.size,
+        });
+        let (mut commands, parts) = self.control();
+        tokio::task::spawn_local(async move {
+            let result: Result<(), CtlError> = async {
+                let (mut call, endpoint) = crate::call::ring(&host, &peer, &media).await?;
+                let _ = parts.updates.send(CallUpdate::Placed(call.call.id));
+                let peer_media = tokio::select! {
+                    answered = crate::call::wait_answer(&mut call, &peer) => answered?,
+                    _ = hang_up_asked(&mut commands) => {
+                        let _ = call.hangup().await;
+                        return Ok(());
+                    }
+                };
+                let _ = parts.updates.send(CallUpdate::Talking);
+                run(
+                    call,
+                    endpoint,
+                    peer_media,
+                    Role::Caller,
+                    &media,
+                    commands,
+                    parts.live,
+                )
+                .await
+            }
+            .await;
+            let _ = parts
+                .updates
+                .send(CallUpdate::Ended(result.err().map(|e| e.to_string())));
+        });
+    }
+
+    /// Picks up the ringing call `id` here and runs it.
+    pub fn answer(
+        &mut self,
+        app: &mut App,
+        host: Rc<HostClient>,
+        id: CallId,
+        peer: Username,
+        video: bool,
+    ) {
+        let media = self.media(video);
+        app.call = Some(OurCall {
+            peer,
+            id: Some(id),
+            video: media.video != VideoArg::None,
+            since: Some(Instant::now()),
+            stats: None,
+            muted: false,
+            size: media.size,
+        });
+        let (commands, parts) = self.control();
+        tokio::task::spawn_local(async move {
+            let result: Result<(), CtlError> = async {
+                let (call, endpoint, peer_media) = crate::call::pick_up(&host, &id, &media).await?;
+                let _ = parts.updates.send(CallUpdate::Talking);
+                run(
+                    call,
+                    endpoint,
+                    peer_media,
+                    Role::Callee,
+                    &media,
+                    commands,
+                    parts.live,
+                )
+                .await
+            }
+            .await;
+            let _ = parts
+                .updates
+                .send(CallUpdate::Ended(result.err().map(|e| e.to_string())));
+        });
+    }
+
+    pub fn command(&self, command: CallCommand) {
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(command);
+        }
+    }
+
+    /// The next report of the call's task (pending while there is none).
+    pub async fn next_update(&mut self) -> CallUpdate {
+        match self.updates.recv().await {
+            Some(update) => update,
+            // We hold a sender ourselves, so this never ends.
+            None => std::future::pending().await,
+        }
+    }
+
+    pub fn apply(&mut self, app: &mut App, update: CallUpdate) {
+        match update {
+            CallUpdate::Placed(id) => {
+                if let Some(call) = app.call.as_mut() {
+                    call.id = Some(id);
+                }
+            }
+            CallUpdate::Talking => {
+                if let Some(call) = app.call.as_mut() {
+                    call.since = Some(Instant::now());
+                }
+            }
+            CallUpdate::Ended(error) => {
+                self.commands = None;
+                self.live = None;
+                if let Some(call) = app.call.take() {
+                    match error {
+                        Some(e) => app.fail(&CtlError::Local(e)),
+                        None => app.say(format!("the call with {} ended", call.peer)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Copies the latest statistics into the status line.
+    pub fn refresh(&self, app: &mut App) {
+        if let (Some(live), Some(call)) = (&self.live, app.call.as_mut()) {
+            if let Some((stats, muted)) = live.borrow().clone() {
+                call.stats = Some(stats);
+                call.muted = muted;
+            }
+        }
+    }
+}
+
+struct CallControlParts {
+    live: watch::Sender<Option<(CallStats, bool)>>,
+    updates: mpsc::UnboundedSender<CallUpdate>,
+}
+
+/// Resolves when the user hangs up before the call was answered (or the chat is gone).
+async fn hang_up_asked(commands: &mut mpsc::UnboundedReceiver<CallCommand>) {
+    loop {
+        match commands.recv().await {
+            Some(CallCommand::Hangup) | None => return,
+            Some(CallCommand::Mute(_)) => continue,
+        }
+    }
+}
+
+async fn run(
+    call: crate::client::DeviceCall,
+    endpoint: crate::call::Endpoint,
+    peer_media: crate::client::CallMediaView,
+    role: Role,
+    media: &MediaArgs,
+    commands: mpsc::UnboundedReceiver<CallCommand>,
+    live: watch::Sender<Option<(CallStats, bool)>>,
+) -> Result<(), CtlError> {
+    // JSON to nowhere: nothing may be printed over the chat's screen.
+    crate::call::run(
+        call,
+        endpoint,
+        peer_media,
+        role,
+        media,
+        Format::Json,
+        &mut std::io::sink(),
+        std::future::pending::<()>(),
+        Some(CallControl { commands, live }),
+    )
+    .await
+}

@@ -1,0 +1,49 @@
+//! `smvsctl chat`: the interactive client, full-screen ([`tui`]) or as lines ([`plain`]).
+//!
+//! ```text
+//!  host events ──► App::apply ──┐           keys ──► keys::action ──► App / host requests
+//!  (live, same stream as every  ├─► view::draw (ratatui: only changed cells are written)
+//!   device; Resync reloads)     │
+//!  our call's stats (200 ms) ───┘
+//! ```
+//!
+//! It runs against the host's socket or, on a linked device, over the device link, with the
+//! same requests `smvsctl`'s other commands use.
+
+pub mod app;
+pub mod calls;
+pub mod keys;
+pub mod plain;
+pub mod text;
+pub mod tui;
+pub mod view;
+
+use std::future::Future;
+use std::rc::Rc;
+
+use smvs_schema::Username;
+
+use crate::cli::MediaArgs;
+use crate::client::HostClient;
+use crate::error::CtlError;
+
+/// `smvsctl chat [USER] [--plain]`.
+pub async fn run(
+    host: HostClient,
+    user: Option<&Username>,
+    plain: bool,
+    media: &MediaArgs,
+    stop: impl Future<Output = ()>,
+) -> Result<(), CtlError> {
+    let host = Rc::new(host);
+    if plain {
+        plain::run(&host, user, stop).await
+    } else {
+        tui::run(host, user, media, stop).await
+    }
+}
+
+/// Whether colours may be used: not when `NO_COLOR` is set to anything (no-color.org).
+pub fn colour_allowed() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
