@@ -82,6 +82,7 @@ bench: deps
 	bash scripts/with-postgres.sh $(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-messages
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-devices
+	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-chat
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --features bench-baseline --bin smvs-bench-calls
 
 lint: deps

@@ -247,8 +247,8 @@ pub(crate) fn describe(options: &MediaOptions, window_sink: &str) -> String {
     let opus_fec = "inband-fec=false packet-loss-percentage=0";
     if let Some(asrc) = asrc {
         d.push(format!(
-            "{asrc} ! volume name={AUDIO_MUTE} ! audioconvert ! audioresample \
-             ! audio/x-raw,rate=48000,channels=1 \
+            "{asrc} ! audioconvert ! audioresample ! audio/x-raw,rate=48000,channels=1 \
+             ! volume name={AUDIO_MUTE} \
              ! opusenc name=aenc bitrate={abps} bitrate-type=cbr frame-size=20 audio-type=voice dtx=false \
                {opus_fec} \
              ! rtpopuspay name=apay pt={AUDIO_PT} mtu={RTP_MTU} \

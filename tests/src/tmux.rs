@@ -71,14 +71,19 @@ impl Tmux {
         ];
         let mut new_session: Vec<&OsStr> = head.iter().map(OsStr::new).collect();
         new_session.extend(argv);
-        let mut cmd = tmux.command();
-        cmd.args(&new_session).env("TERM", "xterm-256color");
         // A server of our own: no user configuration, and the same terminal type everywhere.
+        // The pane stays after its command exits: set before the window exists, so that it
+        // holds from its first moment.
+        let mut cmd = tmux.command();
+        cmd.env("TERM", "xterm-256color").arg("start-server");
         cmd.arg(";")
             .args(["set-option", "-g", "remain-on-exit", "on"]);
-        cmd.arg(";")
-            .args(["set-option", "-g", "window-size", "manual"]);
+        cmd.arg(";").args(&new_session);
         run(cmd, "start tmux")?;
+        // The window keeps its size whatever attaches (a resize is the test's to make).
+        let mut cmd = tmux.command();
+        cmd.args(["set-option", "-g", "window-size", "manual"]);
+        run(cmd, "set the window size manual")?;
         Ok(tmux)
     }
 
@@ -170,6 +175,11 @@ impl Tmux {
         cmd.args(["display-message", "-p", "-t", &self.name, format]);
         let out = run(cmd, "read the pane's state")?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The pane's title (what an escape sequence such as OSC 0 would set).
+    pub fn title(&self) -> anyhow::Result<String> {
+        self.format("#{pane_title}")
     }
 
     /// Resizes the terminal.

@@ -19,6 +19,8 @@ use crate::error::{CtlError, ErrorCode};
 
 /// Messages read from the host at a time.
 pub const PAGE: u32 = 100;
+/// How often, at most, the conversation list is read again while events change it.
+pub const LIST_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where the keys go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +84,11 @@ impl Compose {
     pub fn insert(&mut self, c: char) {
         self.text.insert(self.cursor, c);
         self.cursor += c.len_utf8();
+    }
+
+    pub fn insert_str(&mut self, text: &str) {
+        self.text.insert_str(self.cursor, text);
+        self.cursor += text.len();
     }
 
     pub fn backspace(&mut self) {
@@ -170,6 +177,12 @@ pub struct App {
     pub colour: bool,
     /// Where the host is reached from: a linked device says so in the title.
     pub remote: bool,
+    /// The list's counts were changed from events since the host's were read: read again on
+    /// the next tick (see [`App::refresh_list`]).
+    pub list_dirty: bool,
+    last_list_read: Instant,
+    /// The size of the last frame drawn (columns, rows): whether the verification screen fit.
+    pub screen: std::cell::Cell<(u16, u16)>,
 }
 
 impl App {
@@ -188,6 +201,9 @@ impl App {
             call: None,
             colour,
             remote,
+            list_dirty: false,
+            last_list_read: Instant::now(),
+            screen: std::cell::Cell::new((0, 0)),
         }
     }
 
@@ -217,22 +233,93 @@ impl App {
         self.conversations.get(self.selected).map(|c| &c.peer)
     }
 
-    /// Reads the conversation list and contacts from the host (at start and after a resync).
+    /// Reads the conversation list, contacts and ringing calls from the host (at start and
+    /// after a resync).
     pub async fn reload(&mut self, host: &HostClient) -> Result<(), CtlError> {
-        let keep = self.selected_peer().cloned();
-        self.conversations = host.conversations().await?;
-        self.sort();
-        self.select_peer(keep.as_ref());
-        self.contacts = host
-            .contacts()
+        self.read_list(host).await?;
+        self.refresh_contacts(host).await?;
+        self.ringing = host
+            .calls()
             .await?
             .into_iter()
-            .map(|c| (c.username.clone(), c))
+            .filter(|c| !c.outgoing && c.state == CallState::Ringing)
+            .map(|c| CallEventView {
+                id: c.id,
+                video: c.peer_media.as_ref().is_none_or(|m| m.video),
+                audio: c.peer_media.as_ref().is_none_or(|m| m.audio),
+                peer: c.peer,
+                state: c.state,
+                reason: c.reason,
+                outgoing: false,
+            })
             .collect();
-        if let Some(peer) = self.open_peer().cloned() {
-            self.open_conversation(host, &peer).await?;
+        if let Some(open) = &self.open {
+            let peer = open.peer.clone();
+            let listed = self.conversations.iter().any(|c| c.peer == peer);
+            if listed || open.messages.is_empty() {
+                self.open_conversation(host, &peer).await?;
+            } else {
+                // Deleted meanwhile (the resync lost its event): not brought back.
+                self.open = None;
+                self.focus = Focus::List;
+            }
         }
         Ok(())
+    }
+
+    /// Reads the conversation list, keeping the selection (and a chat opened but not yet
+    /// written in).
+    async fn read_list(&mut self, host: &HostClient) -> Result<(), CtlError> {
+        let keep = self.selected_peer().cloned();
+        let mut conversations = host.conversations().await?;
+        if let Some(peer) = self.open_peer() {
+            if let Some(empty) = self
+                .conversations
+                .iter()
+                .find(|c| &c.peer == peer && !conversations.iter().any(|n| &n.peer == peer))
+            {
+                conversations.push(empty.clone());
+            }
+        }
+        self.conversations = conversations;
+        self.sort();
+        self.select_peer(keep.as_ref());
+        self.list_dirty = false;
+        self.last_list_read = Instant::now();
+        Ok(())
+    }
+
+    /// The counts in the list follow events at once, and are read again from the host at most
+    /// every [`LIST_REFRESH`] while events change them: an event that raced with the first
+    /// read is counted once, not twice.
+    pub async fn refresh_list(&mut self, host: &HostClient) -> Result<(), CtlError> {
+        if self.list_dirty && self.last_list_read.elapsed() >= LIST_REFRESH {
+            self.read_list(host).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes messages of the open chat off the screen once their conversation's timer has run
+    /// out (the host deletes them on its own clock; this follows it closely).
+    pub fn expire_shown(&mut self) {
+        let Some(peer) = self.open_peer().cloned() else {
+            return;
+        };
+        let seconds = self.expire_seconds(&peer);
+        if seconds == 0 {
+            return;
+        }
+        let cutoff = now_ms() - i64::from(seconds) * 1000;
+        let expired: Vec<MessageId> = self
+            .open
+            .iter()
+            .flat_map(|o| o.messages.iter())
+            .filter(|m| m.time <= cutoff)
+            .map(|m| m.id)
+            .collect();
+        for id in expired {
+            self.deleted(&peer, Some(&id));
+        }
     }
 
     fn sort(&mut self) {
@@ -276,11 +363,12 @@ impl App {
             );
         }
         self.select_peer(Some(peer));
-        self.mark_read(host).await
+        self.mark_read(host, false).await
     }
 
-    /// Marks the open conversation read (the host tells the user's other devices).
-    async fn mark_read(&mut self, host: &HostClient) -> Result<(), CtlError> {
+    /// Marks the open conversation read (the host tells the user's other devices): when it
+    /// shows unread messages, or always (`anyway`: a message just arrived into it).
+    async fn mark_read(&mut self, host: &HostClient, anyway: bool) -> Result<(), CtlError> {
         let Some(peer) = self.open_peer().cloned() else {
             return Ok(());
         };
@@ -289,7 +377,7 @@ impl App {
             .iter()
             .find(|c| c.peer == peer)
             .is_some_and(|c| c.unread > 0);
-        if unread {
+        if unread || anyway {
             host.mark_read(&peer).await?;
             if let Some(c) = self.conversations.iter_mut().find(|c| c.peer == peer) {
                 c.unread = 0;
@@ -308,7 +396,22 @@ impl App {
             return Ok(0);
         }
         let before = open.messages.first().map(|m| m.id);
-        let (older, more) = host.history_page(&open.peer, PAGE, before.as_ref()).await?;
+        let peer = open.peer.clone();
+        let (older, more) = match host.history_page(&peer, PAGE, before.as_ref()).await {
+            Ok(page) => page,
+            // The oldest shown is gone (expired or deleted): read from the newest page again.
+            Err(CtlError::Refused {
+                code: Some(ErrorCode::NotFound),
+                ..
+            }) => {
+                self.open_conversation(host, &peer).await?;
+                return Ok(0);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(open) = self.open.as_mut() else {
+            return Ok(0);
+        };
         let n = older.len();
         open.more = more && n > 0;
         open.messages.splice(0..0, older);
@@ -328,14 +431,16 @@ impl App {
         let Some(open) = self.open.as_ref() else {
             return Ok(());
         };
-        let last = open.messages.len().saturating_sub(1);
-        let current = open.selected.unwrap_or(last) as isize;
+        let current = open
+            .selected
+            .unwrap_or(open.messages.len().saturating_sub(1)) as isize;
         let mut target = current + delta;
         if target < 0 && open.more {
             let n = self.page_back(host).await? as isize;
             target += n;
         }
         if let Some(open) = self.open.as_mut() {
+            let last = open.messages.len().saturating_sub(1);
             // Down past the newest follows the newest again.
             if open.messages.is_empty() || (target >= last as isize && delta > 0) {
                 open.selected = None;
@@ -402,23 +507,12 @@ impl App {
             Err(e) => return Err(e),
         };
         if let Some(open) = self.open.as_mut() {
-            // Kept in time order: a message from another device may be older than the newest.
-            let at = open
-                .messages
-                .iter()
-                .rposition(|m| m.time <= message.time)
-                .map_or(0, |i| i + 1);
-            if at < open.messages.len() {
-                if let Some(s) = open.selected.as_mut() {
-                    if *s >= at {
-                        *s += 1;
-                    }
-                }
-            }
-            open.messages.insert(at, message);
+            // In the order the host stored them, which is the order it pages by: the time is
+            // the sender's word, shown but never sorted on.
+            open.messages.push(message);
         }
         if received {
-            self.mark_read(host).await?;
+            self.mark_read(host, true).await?;
         }
         Ok(())
     }
@@ -445,6 +539,7 @@ impl App {
         let keep = self.selected_peer().cloned();
         self.sort();
         self.select_peer(keep.as_ref());
+        self.list_dirty = true;
     }
 
     /// Applies one event of the host's stream.
@@ -473,6 +568,14 @@ impl App {
                 self.refresh_contacts(host).await?;
                 if let Some(c) = self.contacts.get_mut(&peer) {
                     c.key_changed = true;
+                }
+                // Numbers on screen for the old key are no longer the ones to compare.
+                if matches!(&self.overlay, Some(Overlay::Verify(v)) if v.user == peer) {
+                    self.overlay = None;
+                    self.notice = Some(Notice {
+                        text: format!("{peer}'s key changed again: v shows the new numbers"),
+                        error: true,
+                    });
                 }
             }
             EventView::Deleted { id, peer, .. } => self.deleted(&peer, id.as_ref()),
@@ -572,10 +675,15 @@ impl App {
                 if let Some(open) = self.open.as_mut().filter(|o| &o.peer == peer) {
                     if let Some(i) = open.messages.iter().position(|m| &m.id == id) {
                         open.messages.remove(i);
-                        open.selected = open
-                            .selected
-                            .filter(|_| !open.messages.is_empty())
-                            .map(|s| s.min(open.messages.len() - 1));
+                        // The chosen message stays chosen; if it was the one deleted, the one
+                        // before it is (never silently the next: a second `x` would delete a
+                        // message nobody chose).
+                        open.selected = match open.selected {
+                            _ if open.messages.is_empty() => None,
+                            Some(s) if s > i => Some(s - 1),
+                            Some(s) if s == i => Some(s.saturating_sub(1)),
+                            other => other,
+                        };
                     }
                 }
                 if let Some(c) = self.conversations.iter_mut().find(|c| &c.peer == peer) {

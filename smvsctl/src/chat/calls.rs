@@ -94,6 +94,7 @@ impl Calls {
         });
         let (mut commands, parts) = self.control();
         tokio::task::spawn_local(async move {
+            let guard = EndGuard(Some(parts.updates.clone()));
             let result: Result<(), CtlError> = async {
                 let (mut call, endpoint) = crate::call::ring(&host, &peer, &media).await?;
                 let _ = parts.updates.send(CallUpdate::Placed(call.call.id));
@@ -117,9 +118,7 @@ impl Calls {
                 .await
             }
             .await;
-            let _ = parts
-                .updates
-                .send(CallUpdate::Ended(result.err().map(|e| e.to_string())));
+            guard.ended(result);
         });
     }
 
@@ -144,6 +143,7 @@ impl Calls {
         });
         let (commands, parts) = self.control();
         tokio::task::spawn_local(async move {
+            let guard = EndGuard(Some(parts.updates.clone()));
             let result: Result<(), CtlError> = async {
                 let (call, endpoint, peer_media) = crate::call::pick_up(&host, &id, &media).await?;
                 let _ = parts.updates.send(CallUpdate::Talking);
@@ -159,9 +159,7 @@ impl Calls {
                 .await
             }
             .await;
-            let _ = parts
-                .updates
-                .send(CallUpdate::Ended(result.err().map(|e| e.to_string())));
+            guard.ended(result);
         });
     }
 
@@ -219,6 +217,28 @@ impl Calls {
 struct CallControlParts {
     live: watch::Sender<Option<(CallStats, bool)>>,
     updates: mpsc::UnboundedSender<CallUpdate>,
+}
+
+/// Tells the chat the call is over however its task ends: with its result, or, if the task
+/// never got to say (it panicked, or the runtime dropped it), that it stopped.
+struct EndGuard(Option<mpsc::UnboundedSender<CallUpdate>>);
+
+impl EndGuard {
+    fn ended(mut self, result: Result<(), CtlError>) {
+        if let Some(updates) = self.0.take() {
+            let _ = updates.send(CallUpdate::Ended(result.err().map(|e| e.to_string())));
+        }
+    }
+}
+
+impl Drop for EndGuard {
+    fn drop(&mut self) {
+        if let Some(updates) = self.0.take() {
+            let _ = updates.send(CallUpdate::Ended(Some(
+                "the call stopped unexpectedly".into(),
+            )));
+        }
+    }
 }
 
 /// Resolves when the user hangs up before the call was answered (or the chat is gone).

@@ -49,6 +49,8 @@ pub enum Action {
     Everywhere,
     /// In a prompt.
     Submit,
+    /// Draw the whole screen again (Ctrl-L).
+    Redraw,
     Nothing,
 }
 
@@ -113,9 +115,25 @@ pub fn action(key: KeyEvent, focus: Focus, overlay: Option<&Overlay>) -> Action 
             KeyCode::Char('e') if ctrl => Action::End,
             KeyCode::Char('u') if ctrl => Action::ClearLine,
             KeyCode::Tab => Action::Type(' '),
+            // The conversation scrolls while writing, as in every chat.
+            KeyCode::PageUp => Action::PageUp,
+            KeyCode::PageDown => Action::PageDown,
+            KeyCode::Char('l') if ctrl => Action::Redraw,
             KeyCode::Char(c) if !ctrl && !alt => Action::Type(c),
             _ => Action::Nothing,
         };
+    }
+    // Control and Alt with a letter never fall through to the plain letter's action (Ctrl-B
+    // must not unblock, Ctrl-E not hang up).
+    if let KeyCode::Char(c) = key.code {
+        if ctrl || alt {
+            return match c {
+                'u' if ctrl => Action::PageUp,
+                'd' if ctrl => Action::PageDown,
+                'l' if ctrl => Action::Redraw,
+                _ => Action::Nothing,
+            };
+        }
     }
     let in_list = focus == Focus::List;
     match key.code {
@@ -125,8 +143,6 @@ pub fn action(key: KeyEvent, focus: Focus, overlay: Option<&Overlay>) -> Action 
         KeyCode::Down | KeyCode::Char('j') => Action::Down,
         KeyCode::PageUp => Action::PageUp,
         KeyCode::PageDown => Action::PageDown,
-        KeyCode::Char('u') if ctrl => Action::PageUp,
-        KeyCode::Char('d') if ctrl => Action::PageDown,
         KeyCode::Char('g') | KeyCode::Home => Action::Oldest,
         KeyCode::Char('G') | KeyCode::End => Action::Newest,
         KeyCode::Tab => Action::ToggleFocus,
@@ -203,6 +219,20 @@ mod tests {
         );
         let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
         assert_eq!(action(ctrl_c, Focus::Compose, None), Action::Quit);
+        assert_eq!(
+            action(key(KeyCode::PageUp), Focus::Compose, None),
+            Action::PageUp
+        );
+    }
+
+    #[test]
+    fn control_letters_are_not_plain_letters() {
+        for c in ['b', 'e', 'x', 'D', 'a', 'q'] {
+            let ctrl = KeyEvent::new(KeyCode::Char(c), KeyModifiers::CONTROL);
+            assert_eq!(action(ctrl, Focus::Messages, None), Action::Nothing, "{c}");
+        }
+        let ctrl_l = KeyEvent::new(KeyCode::Char('l'), KeyModifiers::CONTROL);
+        assert_eq!(action(ctrl_l, Focus::List, None), Action::Redraw);
     }
 
     #[test]

@@ -36,10 +36,14 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> Result<(), CtlError> {
     let host = Rc::new(host);
+    // A chat's calls last until hung up, and report on its screen.
+    let mut media = media.clone();
+    media.duration = None;
+    media.stats = false;
     if plain {
         plain::run(&host, user, stop).await
     } else {
-        tui::run(host, user, media, stop).await
+        tui::run(host, user, &media, stop).await
     }
 }
 

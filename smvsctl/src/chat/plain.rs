@@ -38,6 +38,8 @@ struct Plain<'a> {
     host: &'a HostClient,
     me: String,
     peer: Option<Username>,
+    /// Whose safety number `/verify` printed last: `/accept` accepts only that contact's key.
+    verified: Option<Username>,
     out: std::io::Stdout,
 }
 
@@ -56,6 +58,7 @@ pub async fn run(
         host,
         me,
         peer: None,
+        verified: None,
         out: std::io::stdout(),
     };
     match user {
@@ -233,9 +236,15 @@ impl Plain<'_> {
                     if v.key_changed {
                         self.line("* the key changed: if the numbers match theirs, /accept")?;
                     }
+                    self.verified = Some(peer);
                 }
                 "/accept" => {
                     let peer = self.open_peer()?;
+                    if self.verified.as_ref() != Some(&peer) {
+                        return Err(CtlError::Local(format!(
+                            "/verify first: compare {peer}'s safety number, then /accept"
+                        )));
+                    }
                     let v = self.host.verify(&peer, true).await?;
                     if v.accepted {
                         self.line(&format!("* {peer}'s new key is accepted"))?;
@@ -312,7 +321,12 @@ impl Plain<'_> {
                 ))?;
             }
             EventView::MessageStatus { .. } => {}
-            EventView::KeyChanged { peer } => self.key_warning(&peer)?,
+            EventView::KeyChanged { peer } => {
+                if self.verified.as_ref() == Some(&peer) {
+                    self.verified = None;
+                }
+                self.key_warning(&peer)?
+            }
             EventView::IntegrityProblem { peer, .. } => {
                 self.line(&format!(
                     "* {peer}: a message arrived out of order, or one before it is missing"

@@ -21,17 +21,39 @@ use crate::client::{HostClient, EVENT_QUEUE};
 use crate::error::CtlError;
 
 /// The terminal, given back as it was found when this is dropped (also on an error).
+///
+/// While the screen is up, stderr goes to /dev/null: what libraries print there (GStreamer
+/// and ALSA warnings when a call starts) would be drawn over the chat and stay there. The
+/// chat shows its own errors on its notice line.
 struct Screen {
     terminal: ratatui::DefaultTerminal,
+    stderr: Option<std::os::fd::OwnedFd>,
 }
 
 impl Screen {
     fn start() -> Result<Screen, CtlError> {
-        let terminal = ratatui::try_init().map_err(|source| CtlError::Io {
-            what: "cannot set up the terminal",
+        let io = |what| move |source| CtlError::Io { what, source };
+        let stderr = quiet_stderr();
+        let terminal = match ratatui::try_init() {
+            Ok(terminal) => terminal,
+            Err(source) => {
+                ratatui::restore();
+                restore_stderr(stderr);
+                return Err(io("cannot set up the terminal")(source));
+            }
+        };
+        let screen = Screen { terminal, stderr };
+        // A paste arrives as one piece, newlines and all, not as keys (Enter would send).
+        crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste)
+            .map_err(io("cannot set up the terminal"))?;
+        Ok(screen)
+    }
+
+    fn clear(&mut self) -> Result<(), CtlError> {
+        self.terminal.clear().map_err(|source| CtlError::Io {
+            what: "cannot draw on the terminal",
             source,
-        })?;
-        Ok(Screen { terminal })
+        })
     }
 
     fn draw(&mut self, app: &App) -> Result<(), CtlError> {
@@ -47,13 +69,33 @@ impl Screen {
 
 impl Drop for Screen {
     fn drop(&mut self) {
+        let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableBracketedPaste);
         ratatui::restore();
+        restore_stderr(self.stderr.take());
+    }
+}
+
+/// Points stderr at /dev/null; returns the real one to put back.
+fn quiet_stderr() -> Option<std::os::fd::OwnedFd> {
+    let saved = nix::unistd::dup(std::io::stderr()).ok()?;
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .ok()?;
+    nix::unistd::dup2_stderr(null).ok()?;
+    Some(saved)
+}
+
+fn restore_stderr(saved: Option<std::os::fd::OwnedFd>) {
+    if let Some(saved) = saved {
+        let _ = nix::unistd::dup2_stderr(saved);
     }
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Go,
+    Redraw,
     Quit,
 }
 
@@ -97,10 +139,12 @@ pub async fn run(
                 Some(Ok(Event::Key(key))) => {
                     match handle_key(&mut app, &host, &mut calls, key).await {
                         Ok(Flow::Quit) => break Ok(()),
+                        Ok(Flow::Redraw) => screen.clear()?,
                         Ok(Flow::Go) => {}
                         Err(e) => app.fail(&e),
                     }
                 }
+                Some(Ok(Event::Paste(text))) => paste(&mut app, &text),
                 // A resize (or anything else) only needs drawing again.
                 Some(Ok(_)) => {}
                 Some(Err(source)) => break Err(CtlError::Io { what: "cannot read the terminal", source }),
@@ -116,16 +160,58 @@ pub async fn run(
                 None => break Err(CtlError::Disconnected("smvsd ended the event stream".into())),
             },
             update = calls.next_update() => calls.apply(&mut app, update),
-            _ = tick.tick() => calls.refresh(&mut app),
+            _ = tick.tick() => {
+                calls.refresh(&mut app);
+                app.expire_shown();
+                if let Err(e) = app.refresh_list(&host).await {
+                    app.fail(&e);
+                }
+            }
         }
     };
     if calls.busy() {
         // Hang up on the way out; give the task a moment to tell the host.
         calls.command(CallCommand::Hangup);
-        let _ = tokio::time::timeout(Duration::from_secs(2), calls.next_update()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while !matches!(
+                calls.next_update().await,
+                super::calls::CallUpdate::Ended(_)
+            ) {}
+        })
+        .await;
     }
     drop(screen);
     result
+}
+
+/// The longest compose text kept: a paste beyond it is cut (the host takes 64 KiB).
+const COMPOSE_MAX: usize = 4 * smvs_schema::MAX_TEXT_BYTES;
+
+/// A paste goes into the prompt or the compose box as one piece.
+fn paste(app: &mut App, text: &str) {
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
+    match app.overlay.as_mut() {
+        Some(Overlay::Prompt(_, input)) => {
+            input.extend(
+                text.chars()
+                    .filter(|c| !c.is_control())
+                    .take(64 - input.len().min(64)),
+            );
+        }
+        Some(_) => {}
+        None => {
+            let room = COMPOSE_MAX.saturating_sub(app.compose.text.len());
+            let mut cut = room.min(text.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            app.compose.insert_str(&text[..cut]);
+            app.focus = Focus::Compose;
+            if cut < text.len() {
+                app.say("the paste was cut: a message holds 64 KiB");
+            }
+        }
+    }
 }
 
 /// The peer a key is about: the open conversation, else the one chosen in the list.
@@ -149,6 +235,7 @@ async fn handle_key(
     match action {
         Action::Nothing => {}
         Action::Quit => return Ok(Flow::Quit),
+        Action::Redraw => return Ok(Flow::Redraw),
         Action::Help => app.overlay = Some(Overlay::Help),
         Action::Close => {
             if app.overlay.take().is_none() && app.focus == Focus::Messages {
@@ -208,7 +295,11 @@ async fn handle_key(
                     input.push(c);
                 }
             }
-            _ => app.compose.insert(c),
+            _ => {
+                if app.compose.text.len() < COMPOSE_MAX {
+                    app.compose.insert(c);
+                }
+            }
         },
         Action::NewLine => app.compose.insert('\n'),
         Action::Backspace => match app.overlay.as_mut() {
@@ -234,7 +325,7 @@ async fn handle_key(
         }
         Action::Submit => submit(app, host).await?,
         Action::DeleteMessage => {
-            if let Some(open) = &app.open {
+            if let Some(open) = app.open.as_ref().filter(|_| app.focus == Focus::Messages) {
                 let chosen = open.selected.or(open.messages.len().checked_sub(1));
                 if let Some(m) = chosen.and_then(|i| open.messages.get(i)) {
                     app.overlay = Some(Overlay::Confirm(Confirm::DeleteMessage(
@@ -310,7 +401,13 @@ async fn handle_key(
         Action::AcceptKey => {
             // Only from the verification screen, after its numbers were drawn.
             if let Some(Overlay::Verify(shown)) = &app.overlay {
-                if shown.key_changed {
+                if shown.key_changed && !view::verify_fits(shown, app.screen.get()) {
+                    app.fail(&CtlError::Local(
+                        "the numbers do not fit on this terminal: make it larger to compare \
+                         them before accepting"
+                            .into(),
+                    ));
+                } else if shown.key_changed {
                     let user = shown.user.clone();
                     let v = host.verify(&user, true).await?;
                     app.overlay = Some(Overlay::Verify(v));
@@ -350,9 +447,9 @@ async fn handle_key(
             }
         }
         Action::Mute => {
-            if let Some(call) = app.call.as_mut() {
-                call.muted = !call.muted;
-                calls.command(CallCommand::Mute(call.muted));
+            // Shown as muted once the call says so (its next snapshot), not before.
+            if let Some(call) = &app.call {
+                calls.command(CallCommand::Mute(!call.muted));
             }
         }
     }

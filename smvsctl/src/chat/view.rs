@@ -76,6 +76,7 @@ impl Theme {
 pub fn draw(frame: &mut Frame, app: &App) {
     let theme = Theme { colour: app.colour };
     let area = frame.area();
+    app.screen.set((area.width, area.height));
     let compose_rows = compose_rows(app, area.width.saturating_sub(2) as usize);
     let banner = u16::from(!app.ringing.is_empty());
     let call_line = if app.call.is_some() { 2 } else { 0 };
@@ -112,8 +113,13 @@ fn draw_banner(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
         1 => String::new(),
         n => format!(" (+{} more ringing)", n - 1),
     };
+    let first = if app.focus == Focus::Compose {
+        "Esc, then "
+    } else {
+        ""
+    };
     let line = format!(
-        "☎ RINGING: {} is calling ({kind}): a answer · d decline{more}",
+        "☎ RINGING: {} is calling ({kind}): {first}a answer · d decline{more}",
         call.peer
     );
     frame.render_widget(
@@ -286,6 +292,19 @@ fn conversation_title(app: &App) -> String {
         if c.request {
             parts.push("request".into());
         }
+    }
+    if let Some(selected) = open.selected {
+        // Where the chosen message is in the whole conversation (the host's count).
+        let total = app
+            .conversations
+            .iter()
+            .find(|c| c.peer == open.peer)
+            .map_or(open.messages.len(), |c| c.messages as usize);
+        let from_end = open.messages.len() - selected;
+        parts.push(format!(
+            "#{} of {total}",
+            total.saturating_sub(from_end) + 1
+        ));
     }
     let expire = app.expire_seconds(&open.peer);
     if expire > 0 {
@@ -487,11 +506,11 @@ fn message_block<'a>(
             let rest = shown[first.len()..].trim_start_matches(' ');
             let mut pieces = vec![first];
             if !rest.is_empty() {
-                pieces.extend(text::wrap(rest, width - indent));
+                pieces.extend(text::wrap(rest, width.saturating_sub(indent)));
             }
             pieces
         } else {
-            text::wrap(&shown, width - indent)
+            text::wrap(&shown, width.saturating_sub(indent))
         };
         body.append(&mut pieces);
         first_width = width;
@@ -512,6 +531,15 @@ fn message_block<'a>(
     body.truncate(MAX_MESSAGE_LINES);
     let name_style = if ours { theme.me() } else { theme.peer() };
     let status = if ours { status_mark(m) } else { None };
+    // The status goes after the text when it fits there, else on a line of its own.
+    let last_room = match body.len() {
+        1 => width.saturating_sub(prefix_width),
+        _ => width.saturating_sub(indent),
+    };
+    let status_fits = status.as_ref().is_none_or(|st| {
+        body.last()
+            .is_some_and(|l| text::width(l) + 1 + text::width(st) <= last_room)
+    });
     let count = body.len();
     for (i, piece) in body.into_iter().enumerate() {
         let mut spans = Vec::new();
@@ -526,7 +554,7 @@ fn message_block<'a>(
             spans.push(Span::raw(" ".repeat(indent)));
         }
         spans.push(Span::raw(piece));
-        if i + 1 == count && !cut {
+        if i + 1 == count && !cut && status_fits {
             if let Some(status) = &status {
                 spans.push(Span::raw(" "));
                 spans.push(Span::styled(status.clone(), status_style(m, theme)));
@@ -538,6 +566,14 @@ fn message_block<'a>(
         } else {
             line
         });
+    }
+    if !cut && !status_fits {
+        if let Some(status) = &status {
+            lines.push(Line::styled(
+                text::truncate(&format!("{}{status}", " ".repeat(indent)), width),
+                status_style(m, theme),
+            ));
+        }
     }
     if cut {
         let note = format!(
@@ -632,7 +668,7 @@ fn draw_compose(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     if focused {
         frame.set_cursor_position((
             inner.x + col.min(width.saturating_sub(1)) as u16,
-            inner.y + (row - first).min(rows.saturating_sub(1)) as u16,
+            inner.y + row.saturating_sub(first).min(rows.saturating_sub(1)) as u16,
         ));
     }
 }
@@ -744,6 +780,16 @@ pub fn help_lines<'a>() -> Vec<Line<'a>> {
     .collect()
 }
 
+/// Whether the verification screen of `v` fits a terminal of `size` (columns, rows) whole:
+/// a changed key is accepted only after its numbers were all on screen.
+pub fn verify_fits(v: &crate::client::VerificationView, size: (u16, u16)) -> bool {
+    let area = Rect::new(0, 0, size.0, size.1);
+    let theme = Theme { colour: false };
+    let lines = verify_lines(v, &theme, area);
+    let width = lines.iter().map(|l| l.width()).max().unwrap_or(0) + 2;
+    lines.len() + 2 <= size.1 as usize && width <= size.0 as usize
+}
+
 fn verify_lines<'a>(
     v: &crate::client::VerificationView,
     theme: &Theme,
@@ -825,6 +871,95 @@ fn confirm_lines<'a>(c: &Confirm) -> Vec<Line<'a>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::{ConversationView, MessageView};
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+    use smvs_schema::Username;
+
+    fn message(i: usize, from: &str, body: &str) -> MessageView {
+        MessageView {
+            id: crate::client::MessageId::from_slice(&[i as u8; 16]).unwrap(),
+            from: Username::parse(from).unwrap(),
+            to: Username::parse(if from == "alice" { "bob" } else { "alice" }).unwrap(),
+            time: 1_700_000_000_000 + i as i64 * 60_000,
+            status: if from == "alice" {
+                MessageStatus::Failed
+            } else {
+                MessageStatus::Received
+            },
+            reason: "unknown-user".into(),
+            integrity: if i == 2 {
+                Integrity::Gap
+            } else {
+                Integrity::Ok
+            },
+            body: body.into(),
+        }
+    }
+
+    /// An app with a bit of everything on screen: list, open chat, compose text, a ringing
+    /// call, our call, a notice.
+    fn busy_app() -> App {
+        let bob = Username::parse("bob").unwrap();
+        let mut app = App::new("alice".into(), false, true);
+        app.conversations = vec![ConversationView {
+            peer: bob.clone(),
+            messages: 3,
+            unread: 2,
+            last_time: 1_700_000_000_000,
+            expire_seconds: 3600,
+        }];
+        app.open = Some(super::super::app::Open {
+            peer: bob.clone(),
+            messages: vec![
+                message(1, "bob", "hi"),
+                message(2, "alice", &"long line ".repeat(50)),
+                message(3, "bob", "日本語\n\u{301}x\u{1b}[2J"),
+            ],
+            more: true,
+            selected: Some(1),
+        });
+        app.focus = Focus::Compose;
+        app.compose.text = "a\nb日本".into();
+        app.compose.cursor = app.compose.text.len();
+        app.say("something happened");
+        app
+    }
+
+    #[test]
+    fn any_terminal_size_draws_without_panicking() {
+        let app = busy_app();
+        for (w, h) in [
+            (1, 1),
+            (3, 3),
+            (10, 5),
+            (20, 8),
+            (80, 24),
+            (200, 60),
+            (5, 40),
+            (300, 2),
+        ] {
+            let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+            terminal.draw(|f| draw(f, &app)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_status_that_does_not_fit_after_the_text_gets_its_own_line() {
+        let app = busy_app();
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        terminal.draw(|f| draw(f, &app)).unwrap();
+        let screen: String = terminal
+            .backend()
+            .buffer()
+            .content()
+            .iter()
+            .map(|c| c.symbol())
+            .collect();
+        assert!(screen.contains("✗ failed: unknown-user"), "{screen}");
+        assert!(screen.contains("⚠ gap"), "{screen}");
+        assert!(screen.contains("disappearing 1h"), "{screen}");
+    }
 
     #[test]
     fn the_compose_cursor_follows_wrapping() {
