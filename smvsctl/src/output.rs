@@ -168,6 +168,23 @@ pub fn send_json(to: &str, id: &MessageId) -> serde_json::Value {
     json!({ "id": id, "to": to })
 }
 
+/// Why a message was not delivered, in words (None when it has no failure reason).
+pub fn failure_text(m: &MessageView) -> Option<String> {
+    Some(match m.reason.as_str() {
+        "" => return None,
+        "unknown-user" => format!(
+            "the directory does not know {} (not registered, or deregistered)",
+            m.to
+        ),
+        "refused" => format!("{}'s host refused it", m.to),
+        "address-refused" => format!(
+            "{}'s host address is of a kind this host does not connect to (loopback or private)",
+            m.to
+        ),
+        other => clean(other),
+    })
+}
+
 /// One message: a header line, then the body indented by four spaces, line by line.
 pub fn message_text(m: &MessageView) -> String {
     let mut out = format!(
@@ -190,18 +207,8 @@ pub fn message_text(m: &MessageView) -> String {
         )),
         Integrity::Ok | Integrity::Unchecked => {}
     }
-    match m.reason.as_str() {
-        "" => {}
-        "unknown-user" => out.push_str(&format!(
-            "\n  ! not delivered: the directory does not know {} (not registered, or deregistered)",
-            m.to
-        )),
-        "refused" => out.push_str(&format!("\n  ! not delivered: {}'s host refused it", m.to)),
-        "address-refused" => out.push_str(&format!(
-            "\n  ! not delivered: {}'s host address is of a kind this host does not connect to (loopback or private)",
-            m.to
-        )),
-        other => out.push_str(&format!("\n  ! not delivered: {}", clean(other))),
+    if let Some(why) = failure_text(m) {
+        out.push_str(&format!("\n  ! not delivered: {why}"));
     }
     if m.body.is_empty() {
         out.push_str("\n    (empty)");

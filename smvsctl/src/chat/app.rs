@@ -143,7 +143,9 @@ pub struct OurCall {
     pub peer: Username,
     pub id: Option<crate::client::CallId>,
     pub video: bool,
-    /// Ringing at the peer, or talking since.
+    /// We called (else we answered).
+    pub outgoing: bool,
+    /// None while it rings at the peer (or our answer is being set up); talking since.
     pub since: Option<Instant>,
     pub stats: Option<smvs_media::CallStats>,
     pub muted: bool,

@@ -128,9 +128,10 @@ impl Plain<'_> {
         let mut text_lines = m.body.split('\n').map(text::visible);
         let first = text_lines.next().unwrap_or_default();
         let status = match (ours, m.status) {
-            (true, MessageStatus::Failed) if !m.reason.is_empty() => {
-                format!(" (failed: {})", crate::output::clean(&m.reason))
-            }
+            (true, MessageStatus::Failed) if !m.reason.is_empty() => format!(
+                " (failed: {})",
+                crate::output::failure_text(m).unwrap_or_default()
+            ),
             (true, status) => format!(" ({})", status_word(status)),
             (false, _) => String::new(),
         };

@@ -13,9 +13,14 @@
 //!   suggests, and at most [`MAX_MARKS`] marks stack on one character (no "Zalgo" text
 //!   spilling over the lines around it).
 //!
-//! Widths are counted per grapheme with the same tables ratatui draws with, so a wrapped line
-//! never spills past its pane: East Asian wide characters take two cells.
+//! - emoji skin-tone modifiers are dropped too (terminals disagree on how wide the pair is),
+//!   and any grapheme still wider than two cells becomes `�`: nothing can be wider than the
+//!   widest letter, so wrapping always has room.
+//!
+//! Widths are counted per grapheme exactly as ratatui draws them ([`CellWidth`]), so a
+//! wrapped line never spills past its pane: East Asian wide characters take two cells.
 
+use ratatui::buffer::CellWidth;
 use unicode_segmentation::UnicodeSegmentation;
 use unicode_width::UnicodeWidthStr;
 
@@ -37,7 +42,7 @@ pub fn visible(line: &str) -> String {
             '\u{0}'..='\u{1f}' => char::from_u32(0x2400 + c as u32).unwrap_or(REPLACEMENT),
             '\u{7f}' => '\u{2421}',
             '\u{80}'..='\u{9f}' => REPLACEMENT,
-            c if is_variation_selector(c) => continue,
+            c if is_variation_selector(c) || is_skin_tone(c) => continue,
             c if is_bidi_control(c) || is_invisible(c) => REPLACEMENT,
             c => c,
         };
@@ -59,7 +64,16 @@ pub fn visible(line: &str) -> String {
             marks = (shown != ' ').then_some(0);
         }
     }
-    out
+    if out.graphemes(true).all(|g| grapheme_width(g) <= 2) {
+        return out;
+    }
+    out.graphemes(true)
+        .map(|g| if grapheme_width(g) <= 2 { g } else { "\u{FFFD}" })
+        .collect()
+}
+
+fn is_skin_tone(c: char) -> bool {
+    matches!(c, '\u{1F3FB}'..='\u{1F3FF}')
 }
 
 fn char_width(c: char) -> usize {
@@ -84,6 +98,15 @@ fn is_invisible(c: char) -> bool {
         c,
         '\u{00AD}'
             | '\u{034F}'
+            // Prepended concatenation marks: they join the grapheme after them, so a chain of
+            // them would make one arbitrarily wide grapheme.
+            | '\u{0600}'..='\u{0605}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08E2}'
+            | '\u{110BD}'
+            | '\u{110CD}'
             | '\u{115F}'
             | '\u{1160}'
             | '\u{17B4}'
@@ -104,7 +127,17 @@ fn is_invisible(c: char) -> bool {
 
 /// Cells `text` takes when drawn (as ratatui counts them: per grapheme).
 pub fn width(text: &str) -> usize {
-    text.graphemes(true).map(UnicodeWidthStr::width).sum()
+    text.graphemes(true).map(grapheme_width).sum()
+}
+
+fn grapheme_width(g: &str) -> usize {
+    // One byte: ASCII, one cell, as ratatui counts it (whose own check would refuse a control
+    // character here; text not yet made visible is measured too).
+    if g.len() == 1 {
+        1
+    } else {
+        usize::from(g.cell_width())
+    }
 }
 
 /// Splits an already [`visible`] line into pieces at most `width` cells wide: at the last space
@@ -117,7 +150,7 @@ pub fn wrap(line: &str, width: usize) -> Vec<String> {
     // Byte offset in `current` just after its last space, and the width up to it.
     let mut last_space: Option<(usize, usize)> = None;
     for g in line.graphemes(true) {
-        let w = UnicodeWidthStr::width(g);
+        let w = grapheme_width(g);
         while current_width + w > width && !current.is_empty() {
             match last_space {
                 Some((at, w_at)) if at < current.len() => {
@@ -157,7 +190,7 @@ pub fn wrap_hard(line: &str, width: usize) -> Vec<String> {
     let mut pieces = vec![String::new()];
     let mut used = 0;
     for g in line.graphemes(true) {
-        let w = UnicodeWidthStr::width(g);
+        let w = grapheme_width(g);
         if used + w > width {
             pieces.push(String::new());
             used = 0;
@@ -178,7 +211,7 @@ pub fn truncate(text: &str, width: usize) -> String {
     let mut out = String::new();
     let mut used = 0;
     for g in text.graphemes(true) {
-        let w = UnicodeWidthStr::width(g);
+        let w = grapheme_width(g);
         if used + w + 1 > width {
             break;
         }
@@ -227,6 +260,20 @@ mod tests {
     }
 
     #[test]
+    fn no_grapheme_is_wider_than_two_cells() {
+        // A chain of prepended concatenation marks, halfwidth sound marks, skin tones.
+        let text = format!("{}x ｶﾞﾞﾞﾞ 👍\u{1F3FD}", "\u{0600}".repeat(30));
+        let shown = visible(&text);
+        for g in shown.graphemes(true) {
+            assert!(grapheme_width(g) <= 2, "{g:?} in {shown:?}");
+        }
+        assert!(!shown.contains('\u{1F3FD}'));
+        for piece in wrap(&shown, 3) {
+            assert!(width(&piece) <= 3, "{piece:?}");
+        }
+    }
+
+    #[test]
     fn wide_characters_count_two_cells_and_never_straddle() {
         assert_eq!(width("日本"), 4);
         let pieces = wrap("日本語のテキスト", 5);
@@ -256,6 +303,12 @@ mod tests {
         let prefix = wrap_hard("ab日本c", 3);
         assert_eq!(prefix[..], all[..3]);
         assert_eq!(wrap_hard("", 3), vec![""]);
+    }
+
+    #[test]
+    fn raw_text_can_be_measured() {
+        assert_eq!(width("a\u{1b}[31m"), 6);
+        assert_eq!(wrap("\u{1b}\u{7}x", 2).concat(), "\u{1b}\u{7}x");
     }
 
     #[test]

@@ -22,12 +22,19 @@ use crate::error::CtlError;
 
 /// The terminal, given back as it was found when this is dropped (also on an error).
 ///
-/// While the screen is up, stderr goes to /dev/null: what libraries print there (GStreamer
-/// and ALSA warnings when a call starts) would be drawn over the chat and stay there. The
-/// chat shows its own errors on its notice line.
+/// While the screen is up, stderr goes to an unnamed temporary file: what libraries print
+/// there (GStreamer and ALSA warnings when a call starts) would be drawn over the chat and stay
+/// there. When the screen is given back (also while a panic unwinds), what was written there
+/// is printed on the real stderr, after the screen.
 struct Screen {
     terminal: ratatui::DefaultTerminal,
-    stderr: Option<std::os::fd::OwnedFd>,
+    stderr: Option<HeldStderr>,
+}
+
+/// The real stderr, and the file standing in for it.
+struct HeldStderr {
+    real: std::os::fd::OwnedFd,
+    file: std::fs::File,
 }
 
 impl Screen {
@@ -75,21 +82,39 @@ impl Drop for Screen {
     }
 }
 
-/// Points stderr at /dev/null; returns the real one to put back.
-fn quiet_stderr() -> Option<std::os::fd::OwnedFd> {
-    let saved = nix::unistd::dup(std::io::stderr()).ok()?;
-    let null = std::fs::OpenOptions::new()
+/// Points stderr at an unnamed temporary file (no name on disk, gone when closed); returns the
+/// real one to put back. None (stderr left alone) where no such file can be made.
+fn quiet_stderr() -> Option<HeldStderr> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
-        .open("/dev/null")
+        .mode(0o600)
+        .custom_flags(nix::libc::O_TMPFILE)
+        .open(std::env::temp_dir())
         .ok()?;
-    nix::unistd::dup2_stderr(null).ok()?;
-    Some(saved)
+    let real = nix::unistd::dup(std::io::stderr()).ok()?;
+    nix::unistd::dup2_stderr(&file).ok()?;
+    Some(HeldStderr { real, file })
 }
 
-fn restore_stderr(saved: Option<std::os::fd::OwnedFd>) {
-    if let Some(saved) = saved {
-        let _ = nix::unistd::dup2_stderr(saved);
+/// Puts the real stderr back and prints on it the last 16 KiB of what was written meanwhile.
+fn restore_stderr(held: Option<HeldStderr>) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    const KEPT: u64 = 16 * 1024;
+    let Some(HeldStderr { real, mut file }) = held else {
+        return;
+    };
+    if nix::unistd::dup2_stderr(real).is_err() {
+        return;
     }
+    let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
+    if len == 0 || file.seek(SeekFrom::Start(len.saturating_sub(KEPT))).is_err() {
+        return;
+    }
+    let mut text = Vec::new();
+    let _ = file.read_to_end(&mut text);
+    let _ = std::io::stderr().write_all(&text);
 }
 
 #[derive(Debug, PartialEq, Eq)]

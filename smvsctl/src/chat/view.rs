@@ -148,9 +148,13 @@ fn draw_call(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
             };
             (first, second)
         }
-        None => (
+        None if call.outgoing => (
             format!("☎ CALLING {}… · e hang up", call.peer),
             "  ringing at their devices".to_string(),
+        ),
+        None => (
+            format!("☎ ANSWERING {}… · e hang up", call.peer),
+            "  setting up the media".to_string(),
         ),
     };
     let style = theme.fg(Color::Green).add_modifier(Modifier::BOLD);
@@ -450,8 +454,10 @@ pub fn status_mark(m: &MessageView) -> Option<String> {
         MessageStatus::Queued => "◷ queued".to_string(),
         MessageStatus::Sent => "✓ sent".to_string(),
         MessageStatus::Delivered => "✓✓ delivered".to_string(),
-        MessageStatus::Failed if m.reason.is_empty() => "✗ failed".to_string(),
-        MessageStatus::Failed => format!("✗ failed: {}", output::clean(&m.reason)),
+        MessageStatus::Failed => match output::failure_text(m) {
+            Some(why) => format!("✗ failed: {why}"),
+            None => "✗ failed".to_string(),
+        },
         MessageStatus::Held => "⏸ held (key changed)".to_string(),
         MessageStatus::Received => return None,
     })
@@ -956,7 +962,10 @@ mod tests {
             .iter()
             .map(|c| c.symbol())
             .collect();
-        assert!(screen.contains("✗ failed: unknown-user"), "{screen}");
+        assert!(
+            screen.contains("✗ failed: the directory does not know bob"),
+            "{screen}"
+        );
         assert!(screen.contains("⚠ gap"), "{screen}");
         assert!(screen.contains("disappearing 1h"), "{screen}");
     }
