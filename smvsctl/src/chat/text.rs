@@ -68,7 +68,13 @@ pub fn visible(line: &str) -> String {
         return out;
     }
     out.graphemes(true)
-        .map(|g| if grapheme_width(g) <= 2 { g } else { "\u{FFFD}" })
+        .map(|g| {
+            if grapheme_width(g) <= 2 {
+                g
+            } else {
+                "\u{FFFD}"
+            }
+        })
         .collect()
 }
 
@@ -303,6 +309,79 @@ mod tests {
         let prefix = wrap_hard("ab日本c", 3);
         assert_eq!(prefix[..], all[..3]);
         assert_eq!(wrap_hard("", 3), vec![""]);
+    }
+
+    /// Random strings from a palette of troublemakers: whatever comes in, what `visible`
+    /// gives out has no control, bidi or invisible character and no grapheme wider than two
+    /// cells, and `wrap` keeps every piece within its width and loses no text.
+    #[test]
+    fn visible_text_and_its_wrapping_hold_for_random_hostile_input() {
+        const PALETTE: &[char] = &[
+            'a',
+            ' ',
+            '\u{1b}',
+            '[',
+            '\n',
+            '\r',
+            '\t',
+            '\u{7f}',
+            '\u{9b}',
+            '\u{202E}',
+            '\u{2067}',
+            '\u{200B}',
+            '\u{200D}',
+            '\u{FEFF}',
+            '\u{301}',
+            '\u{336}',
+            '\u{0600}',
+            '\u{FE0F}',
+            '\u{1F3FD}',
+            '👍',
+            '日',
+            'ｶ',
+            'ﾞ',
+            '\u{1160}',
+            '\u{E0041}',
+            'é',
+            '\u{FFFD}',
+            '\u{10FFFF}',
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..5_000 {
+            let len = (next() % 40) as usize;
+            let line: String = (0..len)
+                .map(|_| PALETTE[(next() % PALETTE.len() as u64) as usize])
+                .filter(|c| *c != '\n')
+                .collect();
+            let shown = visible(&line);
+            for c in shown.chars() {
+                assert!(!c.is_control(), "{c:?} from {line:?}");
+                assert!(
+                    !is_bidi_control(c) && !is_invisible(c),
+                    "{c:?} from {line:?}"
+                );
+            }
+            for g in shown.graphemes(true) {
+                assert!(grapheme_width(g) <= 2, "{g:?} from {line:?}");
+            }
+            let w = 1 + (next() % 12) as usize;
+            let pieces = wrap(&shown, w);
+            for p in &pieces {
+                assert!(width(p) <= w.max(2), "{p:?} wider than {w} from {line:?}");
+            }
+            let kept: String = pieces.concat().chars().filter(|c| *c != ' ').collect();
+            let all: String = shown.chars().filter(|c| *c != ' ').collect();
+            assert_eq!(kept, all, "{line:?}");
+            for p in wrap_hard(&shown, w) {
+                assert!(width(&p) <= w.max(2), "{p:?} from {line:?}");
+            }
+        }
     }
 
     #[test]

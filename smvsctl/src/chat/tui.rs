@@ -109,7 +109,11 @@ fn restore_stderr(held: Option<HeldStderr>) {
         return;
     }
     let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
-    if len == 0 || file.seek(SeekFrom::Start(len.saturating_sub(KEPT))).is_err() {
+    if len == 0
+        || file
+            .seek(SeekFrom::Start(len.saturating_sub(KEPT)))
+            .is_err()
+    {
         return;
     }
     let mut text = Vec::new();
