@@ -19,8 +19,10 @@ use crate::error::{CtlError, ErrorCode};
 
 /// Messages read from the host at a time.
 pub const PAGE: u32 = 100;
-/// How often, at most, the conversation list is read again while events change it.
+/// How long after a (re)load the conversation list is read once more.
 pub const LIST_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often the open chat is read again while it has disappearing messages.
+pub const EXPIRY_REREAD: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the keys go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +49,8 @@ pub enum Overlay {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Confirm {
-    DeleteMessage(Username, MessageId),
+    /// The message, and how it is shown in the question (time, who, its start).
+    DeleteMessage(Username, MessageId, String),
     DeleteConversation(Username),
     Block(Username),
 }
@@ -179,10 +182,11 @@ pub struct App {
     pub colour: bool,
     /// Where the host is reached from: a linked device says so in the title.
     pub remote: bool,
-    /// The list's counts were changed from events since the host's were read: read again on
-    /// the next tick (see [`App::refresh_list`]).
-    pub list_dirty: bool,
-    last_list_read: Instant,
+    /// When to read the list once more after a (re)load: see [`App::refresh_list`].
+    reread_list_at: Option<Instant>,
+    /// When the open chat, if it has disappearing messages, is read again: see
+    /// [`App::refresh_expiring`].
+    reread_open_at: Instant,
     /// The size of the last frame drawn (columns, rows): whether the verification screen fit.
     pub screen: std::cell::Cell<(u16, u16)>,
 }
@@ -203,8 +207,8 @@ impl App {
             call: None,
             colour,
             remote,
-            list_dirty: false,
-            last_list_read: Instant::now(),
+            reread_list_at: None,
+            reread_open_at: Instant::now(),
             screen: std::cell::Cell::new((0, 0)),
         }
     }
@@ -239,6 +243,7 @@ impl App {
     /// after a resync).
     pub async fn reload(&mut self, host: &HostClient) -> Result<(), CtlError> {
         self.read_list(host).await?;
+        self.reread_list_at = Some(Instant::now() + LIST_REFRESH);
         self.refresh_contacts(host).await?;
         self.ringing = host
             .calls()
@@ -269,16 +274,16 @@ impl App {
         Ok(())
     }
 
-    /// Reads the conversation list, keeping the selection (and a chat opened but not yet
-    /// written in).
+    /// Reads the conversation list, keeping the selection, and a chat opened but not yet
+    /// written in (only that: a chat the host no longer lists was deleted).
     async fn read_list(&mut self, host: &HostClient) -> Result<(), CtlError> {
         let keep = self.selected_peer().cloned();
         let mut conversations = host.conversations().await?;
-        if let Some(peer) = self.open_peer() {
+        if let Some(open) = self.open.as_ref().filter(|o| o.messages.is_empty()) {
             if let Some(empty) = self
                 .conversations
                 .iter()
-                .find(|c| &c.peer == peer && !conversations.iter().any(|n| &n.peer == peer))
+                .find(|c| c.peer == open.peer && !conversations.iter().any(|n| n.peer == open.peer))
             {
                 conversations.push(empty.clone());
             }
@@ -286,42 +291,46 @@ impl App {
         self.conversations = conversations;
         self.sort();
         self.select_peer(keep.as_ref());
-        self.list_dirty = false;
-        self.last_list_read = Instant::now();
         Ok(())
     }
 
-    /// The counts in the list follow events at once, and are read again from the host at most
-    /// every [`LIST_REFRESH`] while events change them: an event that raced with the first
-    /// read is counted once, not twice.
+    /// The counts in the list follow events from the moment the chat subscribed, which was
+    /// before the list was read: an event that raced with that read is counted twice. So the
+    /// list is read once more [`LIST_REFRESH`] after each (re)load, when those events are in.
     pub async fn refresh_list(&mut self, host: &HostClient) -> Result<(), CtlError> {
-        if self.list_dirty && self.last_list_read.elapsed() >= LIST_REFRESH {
+        if self.reread_list_at.is_some_and(|at| at <= Instant::now()) {
+            self.reread_list_at = None;
             self.read_list(host).await?;
         }
         Ok(())
     }
 
-    /// Takes messages of the open chat off the screen once their conversation's timer has run
-    /// out (the host deletes them on its own clock; this follows it closely).
-    pub fn expire_shown(&mut self) {
-        let Some(peer) = self.open_peer().cloned() else {
-            return;
+    /// Disappearing messages leave the host without an event. While the open chat has a timer
+    /// and shows its newest messages, its newest page is read again every
+    /// [`EXPIRY_REREAD`] (one indexed read of 100 rows), so expired messages leave the screen
+    /// when the host deleted them, by its clock and rules.
+    pub async fn refresh_expiring(&mut self, host: &HostClient) -> Result<(), CtlError> {
+        let Some(open) = &self.open else {
+            return Ok(());
         };
-        let seconds = self.expire_seconds(&peer);
-        if seconds == 0 {
-            return;
+        if open.selected.is_some()
+            || self.expire_seconds(&open.peer) == 0
+            || self.reread_open_at > Instant::now()
+        {
+            return Ok(());
         }
-        let cutoff = now_ms() - i64::from(seconds) * 1000;
-        let expired: Vec<MessageId> = self
+        self.reread_open_at = Instant::now() + EXPIRY_REREAD;
+        let peer = open.peer.clone();
+        let (messages, more) = host.history_page(&peer, PAGE, None).await?;
+        if let Some(open) = self
             .open
-            .iter()
-            .flat_map(|o| o.messages.iter())
-            .filter(|m| m.time <= cutoff)
-            .map(|m| m.id)
-            .collect();
-        for id in expired {
-            self.deleted(&peer, Some(&id));
+            .as_mut()
+            .filter(|o| o.peer == peer && o.selected.is_none())
+        {
+            open.messages = messages;
+            open.more = more;
         }
+        Ok(())
     }
 
     fn sort(&mut self) {
@@ -541,7 +550,6 @@ impl App {
         let keep = self.selected_peer().cloned();
         self.sort();
         self.select_peer(keep.as_ref());
-        self.list_dirty = true;
     }
 
     /// Applies one event of the host's stream.
@@ -674,22 +682,30 @@ impl App {
     fn deleted(&mut self, peer: &Username, id: Option<&MessageId>) {
         match id {
             Some(id) => {
+                let is_open = self.open_peer() == Some(peer);
+                let mut found = false;
                 if let Some(open) = self.open.as_mut().filter(|o| &o.peer == peer) {
                     if let Some(i) = open.messages.iter().position(|m| &m.id == id) {
+                        found = true;
                         open.messages.remove(i);
-                        // The chosen message stays chosen; if it was the one deleted, the one
-                        // before it is (never silently the next: a second `x` would delete a
-                        // message nobody chose).
+                        // The chosen message stays chosen. If it was the one deleted, the one
+                        // before it is; with none before, nothing is (the newest is followed):
+                        // never silently the next one, which a second `x` would delete.
                         open.selected = match open.selected {
                             _ if open.messages.is_empty() => None,
                             Some(s) if s > i => Some(s - 1),
-                            Some(s) if s == i => Some(s.saturating_sub(1)),
+                            Some(0) if i == 0 => None,
+                            Some(s) if s == i => Some(s - 1),
                             other => other,
                         };
                     }
                 }
-                if let Some(c) = self.conversations.iter_mut().find(|c| &c.peer == peer) {
-                    c.messages = c.messages.saturating_sub(1);
+                // Counted once: this device's own delete and the host's event of it both come
+                // here, and only the first finds the message.
+                if found || !is_open {
+                    if let Some(c) = self.conversations.iter_mut().find(|c| &c.peer == peer) {
+                        c.messages = c.messages.saturating_sub(1);
+                    }
                 }
             }
             None => {

@@ -36,6 +36,8 @@ pub struct Calls {
     updates: mpsc::UnboundedReceiver<CallUpdate>,
     commands: Option<mpsc::UnboundedSender<CallCommand>>,
     live: Option<Live>,
+    /// What the user last asked for (the screen shows what the call reports).
+    mute_wanted: bool,
 }
 
 impl Calls {
@@ -47,6 +49,7 @@ impl Calls {
             updates,
             commands: None,
             live: None,
+            mute_wanted: false,
         }
     }
 
@@ -71,6 +74,7 @@ impl Calls {
         let (live_tx, live) = watch::channel(None);
         self.commands = Some(commands_tx);
         self.live = Some(live);
+        self.mute_wanted = false;
         (
             commands,
             CallControlParts {
@@ -163,6 +167,12 @@ impl Calls {
             .await;
             guard.ended(result);
         });
+    }
+
+    /// Mutes or unmutes, against what was last asked (twice in a second is twice).
+    pub fn toggle_mute(&mut self) {
+        self.mute_wanted = !self.mute_wanted;
+        self.command(CallCommand::Mute(self.mute_wanted));
     }
 
     pub fn command(&self, command: CallCommand) {

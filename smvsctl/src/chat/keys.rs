@@ -64,6 +64,10 @@ pub fn action(key: KeyEvent, focus: Focus, overlay: Option<&Overlay>) -> Action 
     if ctrl && matches!(key.code, KeyCode::Char('c')) {
         return Action::Quit;
     }
+    // In a window over the rest, Control and Alt letters do nothing (Ctrl-Y must not confirm).
+    if overlay.is_some() && (ctrl || alt) && matches!(key.code, KeyCode::Char(_)) {
+        return Action::Nothing;
+    }
     match overlay {
         Some(Overlay::Help) => {
             return match key.code {

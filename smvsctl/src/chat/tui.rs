@@ -20,39 +20,47 @@ use crate::cli::MediaArgs;
 use crate::client::{HostClient, EVENT_QUEUE};
 use crate::error::CtlError;
 
-/// The terminal, given back as it was found when this is dropped (also on an error).
+/// The terminal, given back as it was found when this is dropped (also on an error, and while
+/// a panic of the chat's own task unwinds). Set up by hand rather than with `ratatui::init`,
+/// whose panic hook would give the terminal back on a panic of *any* thread or task (a call's
+/// media, say) while the chat goes on drawing.
 ///
-/// While the screen is up, stderr goes to an unnamed temporary file: what libraries print
-/// there (GStreamer and ALSA warnings when a call starts) would be drawn over the chat and stay
-/// there. When the screen is given back (also while a panic unwinds), what was written there
+/// While the screen is up, stderr goes to an unnamed temporary file (else /dev/null): what
+/// libraries print there (GStreamer and ALSA warnings when a call starts) would be drawn over
+/// the chat and stay there. When the screen is given back, the last of what was written there
 /// is printed on the real stderr, after the screen.
 struct Screen {
-    terminal: ratatui::DefaultTerminal,
+    terminal: ratatui::Terminal<ratatui::backend::CrosstermBackend<std::io::Stdout>>,
     stderr: Option<HeldStderr>,
 }
 
-/// The real stderr, and the file standing in for it.
+/// The real stderr, and the file standing in for it (None: /dev/null).
 struct HeldStderr {
     real: std::os::fd::OwnedFd,
-    file: std::fs::File,
+    file: Option<std::fs::File>,
 }
 
 impl Screen {
     fn start() -> Result<Screen, CtlError> {
         let io = |what| move |source| CtlError::Io { what, source };
-        let stderr = quiet_stderr();
-        let terminal = match ratatui::try_init() {
-            Ok(terminal) => terminal,
-            Err(source) => {
-                ratatui::restore();
-                restore_stderr(stderr);
-                return Err(io("cannot set up the terminal")(source));
-            }
+        crossterm::terminal::enable_raw_mode().map_err(io("cannot set up the terminal"))?;
+        // From here on, dropping the screen gives everything back.
+        let mut screen = Screen {
+            terminal: ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(
+                std::io::stdout(),
+            ))
+            .map_err(io("cannot set up the terminal"))?,
+            stderr: None,
         };
-        let screen = Screen { terminal, stderr };
         // A paste arrives as one piece, newlines and all, not as keys (Enter would send).
-        crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste)
-            .map_err(io("cannot set up the terminal"))?;
+        crossterm::execute!(
+            std::io::stdout(),
+            crossterm::terminal::EnterAlternateScreen,
+            crossterm::event::EnableBracketedPaste
+        )
+        .map_err(io("cannot set up the terminal"))?;
+        screen.stderr = quiet_stderr();
+        screen.clear()?;
         Ok(screen)
     }
 
@@ -76,25 +84,55 @@ impl Screen {
 
 impl Drop for Screen {
     fn drop(&mut self) {
-        let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableBracketedPaste);
-        ratatui::restore();
+        let _ = crossterm::execute!(
+            std::io::stdout(),
+            crossterm::event::DisableBracketedPaste,
+            crossterm::terminal::LeaveAlternateScreen,
+            crossterm::cursor::Show
+        );
+        let _ = crossterm::terminal::disable_raw_mode();
         restore_stderr(self.stderr.take());
     }
 }
 
-/// Points stderr at an unnamed temporary file (no name on disk, gone when closed); returns the
-/// real one to put back. None (stderr left alone) where no such file can be made.
+/// What stands in for stderr is emptied when it passes this (a long call with GStreamer's
+/// debug output on would fill a tmpfs).
+const STDERR_KEPT: u64 = 1024 * 1024;
+
+impl Screen {
+    /// Keeps the stand-in for stderr small.
+    fn trim_stderr(&self) {
+        if let Some(file) = self.stderr.as_ref().and_then(|h| h.file.as_ref()) {
+            if file.metadata().is_ok_and(|m| m.len() > STDERR_KEPT) {
+                let _ = file.set_len(0);
+            }
+        }
+    }
+}
+
+/// Points stderr at an unnamed temporary file (no name on disk, gone when closed), or at
+/// /dev/null where the temporary directory cannot hold one; returns the real one to put back.
 fn quiet_stderr() -> Option<HeldStderr> {
+    use std::os::fd::AsFd;
     use std::os::unix::fs::OpenOptionsExt;
+    // Appended to, so that emptying it (see `trim_stderr`) starts it over.
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .write(true)
+        .append(true)
         .mode(0o600)
         .custom_flags(nix::libc::O_TMPFILE)
         .open(std::env::temp_dir())
-        .ok()?;
-    let real = nix::unistd::dup(std::io::stderr()).ok()?;
-    nix::unistd::dup2_stderr(&file).ok()?;
+        .ok();
+    let stand_in = match &file {
+        Some(file) => file.try_clone().ok()?,
+        None => std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .ok()?,
+    };
+    // A copy closed on exec: no child (the GStreamer plugin scanner) inherits the terminal.
+    let real = std::io::stderr().as_fd().try_clone_to_owned().ok()?;
+    nix::unistd::dup2_stderr(&stand_in).ok()?;
     Some(HeldStderr { real, file })
 }
 
@@ -102,12 +140,15 @@ fn quiet_stderr() -> Option<HeldStderr> {
 fn restore_stderr(held: Option<HeldStderr>) {
     use std::io::{Read, Seek, SeekFrom, Write};
     const KEPT: u64 = 16 * 1024;
-    let Some(HeldStderr { real, mut file }) = held else {
+    let Some(HeldStderr { real, file }) = held else {
         return;
     };
     if nix::unistd::dup2_stderr(real).is_err() {
         return;
     }
+    let Some(mut file) = file else {
+        return;
+    };
     let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
     if len == 0
         || file
@@ -191,8 +232,11 @@ pub async fn run(
             update = calls.next_update() => calls.apply(&mut app, update),
             _ = tick.tick() => {
                 calls.refresh(&mut app);
-                app.expire_shown();
+                screen.trim_stderr();
                 if let Err(e) = app.refresh_list(&host).await {
+                    app.fail(&e);
+                }
+                if let Err(e) = app.refresh_expiring(&host).await {
                     app.fail(&e);
                 }
             }
@@ -213,6 +257,9 @@ pub async fn run(
     result
 }
 
+/// The longest prompt answer (a username, a duration), in bytes.
+const PROMPT_MAX: usize = 64;
+
 /// The longest compose text kept: a paste beyond it is cut (the host takes 64 KiB).
 const COMPOSE_MAX: usize = 4 * smvs_schema::MAX_TEXT_BYTES;
 
@@ -221,13 +268,15 @@ fn paste(app: &mut App, text: &str) {
     let text = text.replace("\r\n", "\n").replace('\r', "\n");
     match app.overlay.as_mut() {
         Some(Overlay::Prompt(_, input)) => {
-            input.extend(
-                text.chars()
-                    .filter(|c| !c.is_control())
-                    .take(64 - input.len().min(64)),
-            );
+            for c in text.chars().filter(|c| !c.is_control()) {
+                if input.len() + c.len_utf8() > PROMPT_MAX {
+                    break;
+                }
+                input.push(c);
+            }
         }
         Some(_) => {}
+        None if app.open.is_none() => app.say("open a chat before pasting into it"),
         None => {
             let room = COMPOSE_MAX.saturating_sub(app.compose.text.len());
             let mut cut = room.min(text.len());
@@ -237,7 +286,11 @@ fn paste(app: &mut App, text: &str) {
             app.compose.insert_str(&text[..cut]);
             app.focus = Focus::Compose;
             if cut < text.len() {
-                app.say("the paste was cut: a message holds 64 KiB");
+                app.say(format!(
+                    "the paste was cut at {} KiB (a message holds {} KiB)",
+                    COMPOSE_MAX / 1024,
+                    smvs_schema::MAX_TEXT_BYTES / 1024
+                ));
             }
         }
     }
@@ -320,7 +373,7 @@ async fn handle_key(
         Action::StopWriting => app.focus = Focus::Messages,
         Action::Type(c) => match app.overlay.as_mut() {
             Some(Overlay::Prompt(_, input)) => {
-                if input.len() < 64 {
+                if input.len() + c.len_utf8() <= PROMPT_MAX {
                     input.push(c);
                 }
             }
@@ -357,9 +410,21 @@ async fn handle_key(
             if let Some(open) = app.open.as_ref().filter(|_| app.focus == Focus::Messages) {
                 let chosen = open.selected.or(open.messages.len().checked_sub(1));
                 if let Some(m) = chosen.and_then(|i| open.messages.get(i)) {
+                    // The dialog shows which message: the time, who, and its start.
+                    let preview = format!(
+                        "({} {}: {})",
+                        view::local_time(m.time),
+                        if m.from.as_str() == app.me {
+                            "me"
+                        } else {
+                            m.from.as_str()
+                        },
+                        super::text::visible(m.body.lines().next().unwrap_or_default())
+                    );
                     app.overlay = Some(Overlay::Confirm(Confirm::DeleteMessage(
                         open.peer.clone(),
                         m.id,
+                        preview,
                     )));
                 }
             }
@@ -372,7 +437,7 @@ async fn handle_key(
         Action::Yes | Action::Everywhere => {
             let everywhere = action == Action::Everywhere;
             match app.overlay.take() {
-                Some(Overlay::Confirm(Confirm::DeleteMessage(peer, id))) => {
+                Some(Overlay::Confirm(Confirm::DeleteMessage(peer, id, _))) => {
                     host.delete(&peer, Some(&id), everywhere).await?;
                     app.apply(
                         host,
@@ -477,8 +542,8 @@ async fn handle_key(
         }
         Action::Mute => {
             // Shown as muted once the call says so (its next snapshot), not before.
-            if let Some(call) = &app.call {
-                calls.command(CallCommand::Mute(!call.muted));
+            if app.call.is_some() {
+                calls.toggle_mute();
             }
         }
     }

@@ -432,7 +432,7 @@ fn local_day(unix_ms: i64) -> String {
     }
 }
 
-fn local_time(unix_ms: i64) -> String {
+pub fn local_time(unix_ms: i64) -> String {
     match Local.timestamp_millis_opt(unix_ms).single() {
         Some(t) => t.format("%H:%M").to_string(),
         None => "--:--".to_string(),
@@ -502,7 +502,12 @@ fn message_block<'a>(
         2
     };
     let mut body: Vec<String> = Vec::new();
+    // A name so long that no text fits after it: the text starts on the next row.
     let mut first_width = width.saturating_sub(prefix_width);
+    let own_row = first_width < 8;
+    if own_row {
+        first_width = width.saturating_sub(indent);
+    }
     for raw in m.body.split('\n') {
         let shown = text::visible(raw);
         let mut pieces = if body.is_empty() {
@@ -539,7 +544,7 @@ fn message_block<'a>(
     let status = if ours { status_mark(m) } else { None };
     // The status goes after the text when it fits there, else on a line of its own.
     let last_room = match body.len() {
-        1 => width.saturating_sub(prefix_width),
+        1 if !own_row => width.saturating_sub(prefix_width),
         _ => width.saturating_sub(indent),
     };
     let status_fits = status.as_ref().is_none_or(|st| {
@@ -547,9 +552,23 @@ fn message_block<'a>(
             .is_some_and(|l| text::width(l) + 1 + text::width(st) <= last_room)
     });
     let count = body.len();
+    if own_row {
+        let header = Line::from(vec![
+            Span::styled(
+                format!("{}{} ", if selected { "›" } else { "" }, local_time(m.time)),
+                theme.dim(),
+            ),
+            Span::styled(format!("{who}:"), name_style),
+        ]);
+        lines.push(if selected {
+            header.style(theme.selected())
+        } else {
+            header
+        });
+    }
     for (i, piece) in body.into_iter().enumerate() {
         let mut spans = Vec::new();
-        if i == 0 {
+        if i == 0 && !own_row {
             spans.push(Span::styled(
                 format!("{}{} ", if selected { "›" } else { "" }, local_time(m.time)),
                 theme.dim(),
@@ -792,8 +811,14 @@ pub fn verify_fits(v: &crate::client::VerificationView, size: (u16, u16)) -> boo
     let area = Rect::new(0, 0, size.0, size.1);
     let theme = Theme { colour: false };
     let lines = verify_lines(v, &theme, area);
-    let width = lines.iter().map(|l| l.width()).max().unwrap_or(0) + 2;
-    lines.len() + 2 <= size.1 as usize && width <= size.0 as usize
+    // The number rows (the widest thing that must be whole) inside the popup's border.
+    let numbers = output::safety_number_rows(&v.safety_number)
+        .iter()
+        .map(|row| 4 + text::width(row))
+        .max()
+        .unwrap_or(0);
+    let warning = lines.iter().map(|l| l.width()).max().unwrap_or(0);
+    lines.len() + 2 <= size.1 as usize && numbers.max(warning.min(numbers)) + 2 <= size.0 as usize
 }
 
 fn verify_lines<'a>(
@@ -827,17 +852,17 @@ fn verify_lines<'a>(
             theme.fg(Color::Green),
         ));
     } else if v.key_changed {
-        lines.push(Line::styled(
-            format!(
-                "⚠ {}'s KEY CHANGED. Compare these numbers with {} in person or on a",
-                v.user, v.user
-            ),
-            theme.warning(),
-        ));
-        lines.push(Line::styled(
-            "  call; only if they match, press A to accept the new key.",
-            theme.warning(),
-        ));
+        let warning = format!(
+            "⚠ {}'s KEY CHANGED. Compare these numbers with {} in person or on a call; only if \
+             they match, press A to accept the new key.",
+            v.user, v.user
+        );
+        // Wrapped to the popup (its border and margin take four columns), so that it is read
+        // whole on any terminal the numbers fit.
+        let room = (area.width as usize).saturating_sub(4).clamp(20, 76);
+        for piece in text::wrap(&warning, room) {
+            lines.push(Line::styled(piece, theme.warning()));
+        }
     }
     let qr = output::qr_text(&format!("smvs-verify:{}:{}", v.user, v.safety_number));
     let qr_lines: Vec<&str> = qr.lines().collect();
@@ -854,8 +879,8 @@ fn verify_lines<'a>(
 
 fn confirm_lines<'a>(c: &Confirm) -> Vec<Line<'a>> {
     let text: Vec<String> = match c {
-        Confirm::DeleteMessage(peer, _) => vec![
-            "Delete the chosen message?".into(),
+        Confirm::DeleteMessage(peer, _, preview) => vec![
+            format!("Delete this message? {}", text::truncate(preview, 50)),
             "y: here, on all your devices.".into(),
             format!("e: everywhere: also asks {peer}'s host to delete it. Their host"),
             "   deletes it if it honours the request; a copy they made stays.".into(),
@@ -929,13 +954,59 @@ mod tests {
         app.compose.text = "a\nb日本".into();
         app.compose.cursor = app.compose.text.len();
         app.say("something happened");
+        let id = crate::client::CallId::from_slice(&[7; 16]).unwrap();
+        app.ringing = vec![crate::client::CallEventView {
+            id,
+            peer: Username::parse("carol-with-a-long-name").unwrap(),
+            state: crate::client::CallState::Ringing,
+            reason: String::new(),
+            video: true,
+            audio: true,
+            outgoing: false,
+        }];
+        app.call = Some(super::super::app::OurCall {
+            peer: bob,
+            id: Some(id),
+            video: true,
+            outgoing: true,
+            since: Some(std::time::Instant::now()),
+            stats: Some(smvs_media::CallStats::default()),
+            muted: true,
+            size: (640, 480),
+        });
         app
+    }
+
+    fn verification() -> crate::client::VerificationView {
+        crate::client::VerificationView {
+            user: Username::parse("a-very-long-user-name-of-32-char").unwrap(),
+            safety_number: "0123456789".repeat(6),
+            transcript_hash: "ab".repeat(32),
+            key_changed: true,
+            accepted: false,
+            session_version: 2,
+            record: None,
+        }
     }
 
     #[test]
     fn any_terminal_size_draws_without_panicking() {
-        let app = busy_app();
-        for (w, h) in [
+        let mut app = busy_app();
+        let bob = Username::parse("bob").unwrap();
+        let id = crate::client::MessageId::from_slice(&[1; 16]).unwrap();
+        let overlays = [
+            None,
+            Some(Overlay::Help),
+            Some(Overlay::Verify(verification())),
+            Some(Overlay::Confirm(Confirm::DeleteMessage(
+                bob.clone(),
+                id,
+                "(09:14 bob: hi)".into(),
+            ))),
+            Some(Overlay::Confirm(Confirm::DeleteConversation(bob))),
+            Some(Overlay::Prompt(Prompt::NewConversation, "日本".into())),
+        ];
+        let sizes = [
             (1, 1),
             (3, 3),
             (10, 5),
@@ -944,15 +1015,34 @@ mod tests {
             (200, 60),
             (5, 40),
             (300, 2),
-        ] {
-            let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
-            terminal.draw(|f| draw(f, &app)).unwrap();
+        ];
+        for overlay in overlays {
+            app.overlay = overlay;
+            for (w, h) in sizes {
+                let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+                terminal.draw(|f| draw(f, &app)).unwrap();
+            }
         }
     }
 
     #[test]
+    fn a_changed_key_can_be_accepted_where_the_numbers_fit_whatever_the_name() {
+        let v = verification();
+        assert!(verify_fits(&v, (80, 24)));
+        assert!(verify_fits(&v, (40, 20)));
+        assert!(verify_fits(&v, (29, 24)));
+        assert!(
+            !verify_fits(&v, (28, 24)),
+            "the number rows are 27 wide, in a border"
+        );
+        assert!(!verify_fits(&v, (80, 8)));
+    }
+
+    #[test]
     fn a_status_that_does_not_fit_after_the_text_gets_its_own_line() {
-        let app = busy_app();
+        let mut app = busy_app();
+        app.ringing.clear();
+        app.call = None;
         let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
         terminal.draw(|f| draw(f, &app)).unwrap();
         let screen: String = terminal

@@ -223,7 +223,11 @@ pub struct MarkRead {
 
 command!(MarkRead => u32, |o, m| {
     let was_unread = o.storage.mark_read(&m.peer).await?;
-    o.events.publish(HostEvent::Read { peer: m.peer });
+    // Nothing was unread: the other devices already show it read, and a chat open on several
+    // devices marks each arriving message read from each of them.
+    if was_unread > 0 {
+        o.events.publish(HostEvent::Read { peer: m.peer });
+    }
     Ok(was_unread)
 });
 

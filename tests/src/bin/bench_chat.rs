@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         // Page back: k moves one message up; a page of 100 is read as the top is passed.
         let t0 = Instant::now();
         // The title says where the chosen message is: `#N of TOTAL`.
-        let target = format!("#{} of {n}", n - PAGED_BACK);
+        let target = format!("#{} of {n}", n.saturating_sub(PAGED_BACK).max(1));
         for _ in 0..PAGED_BACK / 10 {
             opened.tmux.keys(&["PageUp"])?;
         }
