@@ -303,6 +303,61 @@ fn a_ringing_call_is_a_banner_and_is_answered_from_the_keyboard() {
         "{report}"
     );
     assert_ne!(report["ended"], "hangup", "{report}");
+
+    // A second call rings; d declines it, and alice hears so.
+    let caller = alice
+        .ctl_spawn(&[
+            "call", "bob", "--video", "none", "--audio", "test", "--sink", "null",
+        ])
+        .unwrap();
+    let screen = b.wait_text("RINGING").unwrap();
+    assert!(screen.contains("alice is calling (audio)"), "{screen}");
+    b.keys(&["d"]).unwrap();
+    b.wait_text("declined the call from alice").unwrap();
+    let out = finish(caller, LIMIT).unwrap();
+    assert!(!out.status.success(), "a declined call is not a success");
+    assert!(!b.screen().unwrap().contains("RINGING"));
+
+    // bob calls from the chat with alice: C places an audio call, alice answers elsewhere.
+    b.keys(&["Enter"]).unwrap();
+    b.wait_text("to alice: Enter sends").unwrap();
+    stop_writing(&b);
+    let answer = alice
+        .ctl_spawn(&[
+            "answer",
+            "--wait",
+            "30",
+            "--video",
+            "none",
+            "--audio",
+            "test",
+            "--sink",
+            "null",
+            "--duration",
+            "60",
+            "--stats",
+        ])
+        .unwrap();
+    b.keys(&["C"]).unwrap();
+    let screen = b.wait_text("IN CALL with alice").unwrap();
+    assert!(
+        !screen.contains("fps"),
+        "an audio call shows no video figures:\n{screen}"
+    );
+    b.wait_text("rtt ").unwrap();
+    b.keys(&["e"]).unwrap();
+    b.wait_text("the call with alice ended").unwrap();
+    let out = finish(answer, LIMIT).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["stats"]["audio_packets_decoded"].as_u64().unwrap() > 0,
+        "{report}"
+    );
 }
 
 /// What a hostile peer might send to break a terminal.
