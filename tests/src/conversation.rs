@@ -18,6 +18,33 @@ pub fn alice_and_bob(
     Ok((alice, bob))
 }
 
+/// Sends `to` n messages over `client` (`body(i)` each) with up to `in_flight` requests
+/// outstanding; returns once every one is durably queued.
+pub async fn send_many(
+    client: &std::rc::Rc<smvsctl::client::HostClient>,
+    to: &smvs_schema::Username,
+    n: usize,
+    in_flight: usize,
+    body: impl Fn(usize) -> String,
+) -> anyhow::Result<()> {
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..n {
+        let (client, to, text) = (client.clone(), to.clone(), body(i));
+        pending.push_back(tokio::task::spawn_local(async move {
+            client.send(&to, &text).await
+        }));
+        if pending.len() >= in_flight {
+            if let Some(first) = pending.pop_front() {
+                first.await??;
+            }
+        }
+    }
+    for p in pending {
+        p.await??;
+    }
+    Ok(())
+}
+
 /// The ids of a history, in order (`""` for a message without one).
 pub fn ids(history: &[Value]) -> Vec<&str> {
     history

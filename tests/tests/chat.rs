@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
 use smvs_tests::child::finish;
+use smvs_tests::conversation::alice_and_bob;
 use smvs_tests::device::DeviceProcess;
 use smvs_tests::tmux::Tmux;
 use smvs_tests::watch::LIMIT;
@@ -108,10 +109,7 @@ fn two_people_chat_live_and_see_their_messages_delivered() {
 
 /// alice and bob, registered, with one message from alice to bob (so each knows the other).
 fn pair(dir: &DirectoryProcess) -> (HostProcess, HostProcess) {
-    let alice = HostProcess::start("alice", dir, "127.0.0.1", &[]).unwrap();
-    let bob = HostProcess::start("bob", dir, "127.0.0.2", &[]).unwrap();
-    alice.register().unwrap();
-    bob.register().unwrap();
+    let (alice, bob) = alice_and_bob(dir, &[]).unwrap();
     alice.send("bob", "hello").unwrap();
     bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
     (alice, bob)

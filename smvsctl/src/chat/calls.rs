@@ -98,32 +98,28 @@ impl Calls {
             size: media.size,
         });
         let (mut commands, parts) = self.control();
-        tokio::task::spawn_local(async move {
-            let guard = EndGuard(Some(parts.updates.clone()));
-            let result: Result<(), CtlError> = async {
-                let (mut call, endpoint) = crate::call::ring(&host, &peer, &media).await?;
-                let _ = parts.updates.send(CallUpdate::Placed(call.call.id));
-                let peer_media = tokio::select! {
-                    answered = crate::call::wait_answer(&mut call, &peer) => answered?,
-                    _ = hang_up_asked(&mut commands) => {
-                        let _ = call.hangup().await;
-                        return Ok(());
-                    }
-                };
-                let _ = parts.updates.send(CallUpdate::Talking);
-                run(
-                    call,
-                    endpoint,
-                    peer_media,
-                    Role::Caller,
-                    &media,
-                    commands,
-                    parts.live,
-                )
-                .await
-            }
-            .await;
-            guard.ended(result);
+        let updates = parts.updates.clone();
+        spawn_call(updates, async move {
+            let (mut call, endpoint) = crate::call::ring(&host, &peer, &media).await?;
+            let _ = parts.updates.send(CallUpdate::Placed(call.call.id));
+            let peer_media = tokio::select! {
+                answered = crate::call::wait_answer(&mut call, &peer) => answered?,
+                _ = hang_up_asked(&mut commands) => {
+                    let _ = call.hangup().await;
+                    return Ok(());
+                }
+            };
+            let _ = parts.updates.send(CallUpdate::Talking);
+            run(
+                call,
+                endpoint,
+                peer_media,
+                Role::Caller,
+                &media,
+                commands,
+                parts.live,
+            )
+            .await
         });
     }
 
@@ -148,24 +144,20 @@ impl Calls {
             size: media.size,
         });
         let (commands, parts) = self.control();
-        tokio::task::spawn_local(async move {
-            let guard = EndGuard(Some(parts.updates.clone()));
-            let result: Result<(), CtlError> = async {
-                let (call, endpoint, peer_media) = crate::call::pick_up(&host, &id, &media).await?;
-                let _ = parts.updates.send(CallUpdate::Talking);
-                run(
-                    call,
-                    endpoint,
-                    peer_media,
-                    Role::Callee,
-                    &media,
-                    commands,
-                    parts.live,
-                )
-                .await
-            }
-            .await;
-            guard.ended(result);
+        let updates = parts.updates.clone();
+        spawn_call(updates, async move {
+            let (call, endpoint, peer_media) = crate::call::pick_up(&host, &id, &media).await?;
+            let _ = parts.updates.send(CallUpdate::Talking);
+            run(
+                call,
+                endpoint,
+                peer_media,
+                Role::Callee,
+                &media,
+                commands,
+                parts.live,
+            )
+            .await
         });
     }
 
@@ -251,6 +243,17 @@ impl Drop for EndGuard {
             )));
         }
     }
+}
+
+/// Runs a call's task; whatever way it ends, the chat hears [`CallUpdate::Ended`].
+fn spawn_call(
+    updates: mpsc::UnboundedSender<CallUpdate>,
+    call: impl std::future::Future<Output = Result<(), CtlError>> + 'static,
+) {
+    tokio::task::spawn_local(async move {
+        let guard = EndGuard(Some(updates));
+        guard.ended(call.await);
+    });
 }
 
 /// Resolves when the user hangs up before the call was answered (or the chat is gone).

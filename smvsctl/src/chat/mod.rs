@@ -47,6 +47,13 @@ pub async fn run(
     }
 }
 
+/// The user registered on the host (the chat's "me").
+async fn registered_user(host: &HostClient) -> Result<String, CtlError> {
+    host.status().await?.username.ok_or_else(|| {
+        CtlError::Local("no user is registered on this host yet: smvsctl register NAME".into())
+    })
+}
+
 /// Whether colours may be used: not when `NO_COLOR` is set to anything (no-color.org).
 pub fn colour_allowed() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())

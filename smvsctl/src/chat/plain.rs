@@ -48,10 +48,7 @@ pub async fn run(
     user: Option<&Username>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), CtlError> {
-    let status = host.status().await?;
-    let me = status.username.ok_or_else(|| {
-        CtlError::Local("no user is registered on this host yet: smvsctl register NAME".into())
-    })?;
+    let me = super::registered_user(host).await?;
     let (tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let _subscription = host.subscribe(tx).await?;
     let mut chat = Plain {

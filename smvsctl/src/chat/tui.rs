@@ -182,10 +182,7 @@ pub async fn run(
                 .into(),
         ));
     }
-    let status = host.status().await?;
-    let me = status.username.ok_or_else(|| {
-        CtlError::Local("no user is registered on this host yet: smvsctl register NAME".into())
-    })?;
+    let me = super::registered_user(&host).await?;
     // Subscribed before the state is read, so nothing that happens in between is missed.
     let (tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let _subscription = host.subscribe(tx).await?;

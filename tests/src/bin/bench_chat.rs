@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use smvs_schema::Username;
+use smvs_tests::conversation::send_many;
 use smvs_tests::tmux::Tmux;
 use smvs_tests::{Backend, DirectoryProcess, HostProcess};
 
@@ -143,21 +144,7 @@ fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
 async fn fill(from: &HostProcess, to: &str, n: usize) -> anyhow::Result<()> {
     let client = std::rc::Rc::new(smvsctl::client::connect(&from.socket).await?);
     let to = Username::parse(to)?;
-    let mut pending = std::collections::VecDeque::new();
-    for i in 0..n {
-        let (client, to) = (client.clone(), to.clone());
-        pending.push_back(tokio::task::spawn_local(async move {
-            client.send(&to, &format!("bench message {i}")).await
-        }));
-        if pending.len() >= IN_FLIGHT {
-            if let Some(first) = pending.pop_front() {
-                first.await??;
-            }
-        }
-    }
-    for p in pending {
-        p.await??;
-    }
+    send_many(&client, &to, n, IN_FLIGHT, |i| format!("bench message {i}")).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
     while client.status().await?.queued > 0 {
         if Instant::now() > deadline {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use smvs_schema::Username;
+use smvs_tests::conversation::send_many;
 use smvs_tests::{Backend, DirectoryProcess, HostProcess};
 use smvsctl::client::{EventView, HostClient, MessageStatus};
 
@@ -166,21 +167,10 @@ async fn measure(alice: &HostProcess) -> anyhow::Result<(f64, f64, f64)> {
 
     // Throughput: keep IN_FLIGHT sends outstanding on one connection.
     let started = Instant::now();
-    let mut pending = std::collections::VecDeque::new();
-    for i in 0..throughput_messages() {
-        let (client, bob) = (client.clone(), bob.clone());
-        pending.push_back(tokio::task::spawn_local(async move {
-            client.send(&bob, &format!("bench message {i}")).await
-        }));
-        if pending.len() >= IN_FLIGHT {
-            if let Some(first) = pending.pop_front() {
-                first.await??;
-            }
-        }
-    }
-    for p in pending {
-        p.await??;
-    }
+    send_many(&client, &bob, throughput_messages(), IN_FLIGHT, |i| {
+        format!("bench message {i}")
+    })
+    .await?;
     wait_drained(&client).await?;
     let rate = throughput_messages() as f64 / started.elapsed().as_secs_f64();
 
