@@ -182,6 +182,8 @@ pub struct App {
     pub colour: bool,
     /// Where the host is reached from: a linked device says so in the title.
     pub remote: bool,
+    /// The chat opened last is to be marked read once drawn.
+    read_pending: bool,
     /// When to read the list once more after a (re)load: see [`App::refresh_list`].
     reread_list_at: Option<Instant>,
     /// When the open chat, if it has disappearing messages, is read again: see
@@ -207,6 +209,7 @@ impl App {
             call: None,
             colour,
             remote,
+            read_pending: false,
             reread_list_at: None,
             reread_open_at: Instant::now(),
             screen: std::cell::Cell::new((0, 0)),
@@ -347,7 +350,9 @@ impl App {
             .min(self.conversations.len().saturating_sub(1));
     }
 
-    /// Opens the conversation with `peer`: its newest page, and marks it read on every device.
+    /// Opens the conversation with `peer`: its newest page. It is marked read on every device
+    /// once it has been drawn ([`App::mark_read_pending`]): the first screen does not wait for
+    /// the host to mark a long conversation's unread messages.
     pub async fn open_conversation(
         &mut self,
         host: &HostClient,
@@ -374,7 +379,17 @@ impl App {
             );
         }
         self.select_peer(Some(peer));
-        self.mark_read(host, false).await
+        self.read_pending = true;
+        Ok(())
+    }
+
+    /// Marks the chat opened last read, if that is still to be done; true when it was.
+    pub async fn mark_read_pending(&mut self, host: &HostClient) -> Result<bool, CtlError> {
+        if !std::mem::take(&mut self.read_pending) {
+            return Ok(false);
+        }
+        self.mark_read(host, false).await?;
+        Ok(true)
     }
 
     /// Marks the open conversation read (the host tells the user's other devices): when it

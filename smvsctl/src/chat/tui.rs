@@ -199,6 +199,12 @@ pub async fn run(
     tokio::pin!(stop);
     let result = loop {
         screen.draw(&app)?;
+        // A chat just opened is on the screen: now it is marked read (and drawn again).
+        match app.mark_read_pending(&host).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => app.fail(&e),
+        }
         tokio::select! {
             _ = &mut stop => break Ok(()),
             reason = host.closed() => break Err(CtlError::Disconnected(reason)),

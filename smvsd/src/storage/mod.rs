@@ -275,7 +275,19 @@ const MIGRATIONS: &[&str] = &[
         DELETE FROM events WHERE msg = OLD.seq;
     END;
 ",
+    "
+    -- 11: a page of history is a range of this index read backwards (the newest 101 before a
+    -- seq), not every message of the conversation found by tag and then sorted: 90 ms a page
+    -- at 100,000 messages, growing with the conversation, before; a few ms, whatever its size,
+    -- after. Each stored message adds one entry, at the end of its conversation's range.
+    CREATE INDEX messages_history ON messages (tag, control, seq);
+",
 ];
+
+/// A page of history: the newest `?3` messages of conversation `?1` below seq `?2`, read
+/// backwards along `messages_history` (migration 11).
+const HISTORY_PAGE: &str = "SELECT id, direction, status, integrity, sealed, reason FROM messages
+     WHERE tag = ?1 AND control = 0 AND seq < ?2 ORDER BY seq DESC LIMIT ?3";
 
 /// Registers the SQL functions the tombstone trigger and migration 4 call: the keyed marks of
 /// [`AtRest::tombstone_mark`] and [`AtRest::tombstone_chain`]. They read nothing but their
@@ -911,10 +923,7 @@ impl Storage {
             } else {
                 i64::from(limit) + 1
             };
-            let mut stmt = c.prepare_cached(
-                "SELECT id, direction, status, integrity, sealed, reason FROM messages
-                 WHERE tag = ?1 AND control = 0 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-            )?;
+            let mut stmt = c.prepare_cached(HISTORY_PAGE)?;
             let rows = stmt
                 .query_map(params![tag, below, want], row_tuple)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -695,6 +695,25 @@ fn a_deleted_received_message_leaves_neither_its_id_nor_its_chain_hash_on_disk()
     });
 }
 
+/// Migration 11: a page of history is read along an index, backwards, not sorted.
+#[test]
+fn a_page_of_history_is_a_range_of_an_index_not_a_sort() {
+    let keys = Arc::new(AtRest::new(AeadKey::generate()).unwrap());
+    let mut c = Connection::open_in_memory().unwrap();
+    register_tombstone_functions(&c, &keys).unwrap();
+    smvs_sqlite::migrate(&mut c, MIGRATIONS).unwrap();
+    let plan: Vec<String> = c
+        .prepare(&format!("EXPLAIN QUERY PLAN {HISTORY_PAGE}"))
+        .unwrap()
+        .query_map(params![&[1u8; 16][..], i64::MAX, 101], |r| r.get(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let plan = plan.join("; ");
+    assert!(plan.contains("messages_history"), "{plan}");
+    assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+}
+
 /// Migration 10: events named their message by its keyed mark; they name its row now, and
 /// deleting the message still deletes them.
 #[test]

@@ -49,6 +49,22 @@ fn main() -> anyhow::Result<()> {
     wait_for_messages(&bob, "carol", SMALL)?;
     println!("filled in {:.1} s", started.elapsed().as_secs_f64());
 
+    // What the client waits on, each read alone through smvsctl (a process start included).
+    for (what, args) in [
+        ("conversations", vec!["conversations"]),
+        (
+            "newest 100 with carol",
+            vec!["history", "carol", "--limit", "100"],
+        ),
+        (
+            "newest 100 with alice",
+            vec!["history", "alice", "--limit", "100"],
+        ),
+    ] {
+        let t0 = Instant::now();
+        bob.ctl_ok(&args)?;
+        println!("smvsctl {what}: {:.0} ms", ms(t0.elapsed()));
+    }
     let small = open(&bob, "carol")?;
     let (big, paging) = {
         let opened = open(&bob, "alice")?;
