@@ -458,7 +458,9 @@ pub fn status_mark(m: &MessageView) -> Option<String> {
             Some(why) => format!("✗ failed: {why}"),
             None => "✗ failed".to_string(),
         },
-        MessageStatus::Held => "⏸ held (key changed)".to_string(),
+        // Held until a changed key is accepted, or a request answered: the chat's header says
+        // which.
+        MessageStatus::Held => "⏸ held".to_string(),
         MessageStatus::Received => return None,
     })
 }
@@ -1023,6 +1025,35 @@ mod tests {
                 terminal.draw(|f| draw(f, &app)).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn a_tall_terminal_shows_the_safety_number_as_a_qr_code_too() {
+        let mut app = busy_app();
+        app.ringing.clear();
+        app.call = None;
+        app.overlay = Some(Overlay::Verify(verification()));
+        let screen = |w, h| {
+            let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+            terminal.draw(|f| draw(f, &app)).unwrap();
+            terminal
+                .backend()
+                .buffer()
+                .content()
+                .iter()
+                .map(|c| c.symbol().to_string())
+                .collect::<String>()
+        };
+        let tall = screen(100, 60);
+        assert!(tall.contains("01234 56789 01234 56789"), "{tall}");
+        assert!(
+            tall.contains('█') || tall.contains('▀'),
+            "no QR code:\n{tall}"
+        );
+        assert!(!tall.contains("taller terminal"), "{tall}");
+        let short = screen(80, 24);
+        assert!(short.contains("01234 56789 01234 56789"), "{short}");
+        assert!(short.contains("taller terminal"), "{short}");
     }
 
     #[test]
