@@ -79,7 +79,8 @@ pub fn run(mut cli: Cli) -> Result<(), CtlError> {
             let text = output::render(format, &paired, output::paired_text)?;
             return commands::emit(&mut out, &text);
         }
-        let host = match cli.remote_host() {
+        let remote_host = cli.remote_host();
+        let host = match remote_host.clone() {
             Some(address) => {
                 client::connect_device(
                     (address != "paired").then_some(address.as_str()),
@@ -90,7 +91,14 @@ pub fn run(mut cli: Cli) -> Result<(), CtlError> {
             None => client::connect(&socket).await?,
         };
         if let Command::Chat { user, plain, media } = &cli.command {
-            return chat::run(host, user.as_ref(), *plain, media, stop).await;
+            let reach = match remote_host {
+                Some(address) => chat::Reach::Device {
+                    address: (address != "paired").then_some(address),
+                    proxy: cli.socks5_proxy.clone(),
+                },
+                None => chat::Reach::Socket(socket.clone()),
+            };
+            return chat::run(host, &reach, user.as_ref(), *plain, media, stop).await;
         }
         commands::execute(&host, &cli.command, format, &mut out, stop).await
     })

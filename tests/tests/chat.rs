@@ -170,6 +170,26 @@ fn opening_a_chat_on_one_device_clears_its_unread_count_on_another() {
 }
 
 #[test]
+fn the_chat_connects_again_when_its_host_restarts() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let (mut alice, bob) = pair(&dir);
+    let a = chat(&alice, &["bob"], 80, 24);
+    a.wait_text("me: hello").unwrap();
+    alice.stop().unwrap();
+    a.wait_text("the host is unreachable").unwrap();
+    alice.start_again().unwrap();
+    a.wait_text("connected to the host again").unwrap();
+    // Live again: bob's next message shows, and the chat still sends.
+    bob.send("alice", "still there?").unwrap();
+    a.wait_text("bob: still there?").unwrap();
+    a.type_text("yes").unwrap();
+    a.keys(&["Enter"]).unwrap();
+    bob.wait_history("alice", LIMIT, |h| h.iter().any(|m| m["body"] == "yes"))
+        .unwrap();
+    assert_eq!(a.exit_status().unwrap(), None, "the chat is still running");
+}
+
+#[test]
 fn a_changed_key_is_a_warning_and_blocks_sending_until_accepted_on_the_verification_screen() {
     let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let (mut alice, bob) = pair(&dir);

@@ -20,6 +20,8 @@ mod desktop;
 mod local;
 mod remote;
 
+pub use remote::Backoff;
+
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

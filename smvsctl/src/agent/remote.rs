@@ -47,6 +47,12 @@ pub struct Backoff {
     next: Duration,
 }
 
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new()
+    }
+}
+
 impl Backoff {
     pub fn new() -> Backoff {
         Backoff { next: BACKOFF_MIN }
@@ -65,7 +71,7 @@ impl Backoff {
         half + Duration::from_millis(random % (spread + 1))
     }
 
-    fn next(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         self.next_with(u64::from_le_bytes(smvs_crypto::random_array::<8>()))
     }
 }
@@ -170,7 +176,7 @@ pub async fn run(
             }
             Err(e) => eprintln!("smvsctl agent: cannot reach the host: {e}"),
         }
-        let wait = backoff.next();
+        let wait = backoff.next_wait();
         eprintln!("smvsctl agent: trying again in {:.1} s", wait.as_secs_f64());
         tokio::select! {
             _ = &mut stop => return Ok(()),

@@ -27,9 +27,32 @@ use crate::cli::MediaArgs;
 use crate::client::HostClient;
 use crate::error::CtlError;
 
+/// How the chat reaches its host again when the connection breaks.
+pub enum Reach {
+    /// The host's Unix socket.
+    Socket(std::path::PathBuf),
+    /// Over the device port, as a linked device (`None`: where it was paired).
+    Device {
+        address: Option<String>,
+        proxy: Option<String>,
+    },
+}
+
+impl Reach {
+    pub async fn connect(&self) -> Result<HostClient, CtlError> {
+        match self {
+            Reach::Socket(path) => crate::client::connect(path).await,
+            Reach::Device { address, proxy } => {
+                crate::client::connect_device(address.as_deref(), proxy.as_deref()).await
+            }
+        }
+    }
+}
+
 /// `smvsctl chat [USER] [--plain]`.
 pub async fn run(
     host: HostClient,
+    reach: &Reach,
     user: Option<&Username>,
     plain: bool,
     media: &MediaArgs,
@@ -43,7 +66,7 @@ pub async fn run(
     if plain {
         plain::run(&host, user, stop).await
     } else {
-        tui::run(host, user, &media, stop).await
+        tui::run(host, reach, user, &media, stop).await
     }
 }
 

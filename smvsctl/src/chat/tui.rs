@@ -169,8 +169,17 @@ enum Flow {
     Quit,
 }
 
+/// What ended a stretch of the chat's loop.
+enum Stop {
+    /// The user quit, or a signal came: the chat ends with this.
+    End(Result<(), CtlError>),
+    /// The connection to the host broke: the chat tries again.
+    Lost(String),
+}
+
 pub async fn run(
     host: Rc<HostClient>,
+    reach: &super::Reach,
     user: Option<&Username>,
     media: &MediaArgs,
     stop: impl Future<Output = ()>,
@@ -182,10 +191,11 @@ pub async fn run(
                 .into(),
         ));
     }
+    let mut host = host;
     let me = super::registered_user(&host).await?;
     // Subscribed before the state is read, so nothing that happens in between is missed.
     let (tx, mut events) = mpsc::channel(EVENT_QUEUE);
-    let _subscription = host.subscribe(tx).await?;
+    let mut subscription = host.subscribe(tx).await?;
     let mut app = App::new(me, host.is_remote(), super::colour_allowed());
     app.reload(&host).await?;
     if let Some(user) = user {
@@ -195,56 +205,102 @@ pub async fn run(
     let mut calls = Calls::new(media.clone());
     let mut screen = Screen::start()?;
     let mut keys = EventStream::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
     tokio::pin!(stop);
     let result = loop {
-        screen.draw(&app)?;
-        // A chat just opened is on the screen: now it is marked read (and drawn again).
-        match app.mark_read_pending(&host).await {
-            Ok(true) => continue,
-            Ok(false) => {}
-            Err(e) => app.fail(&e),
-        }
-        tokio::select! {
-            _ = &mut stop => break Ok(()),
-            reason = host.closed() => break Err(CtlError::Disconnected(reason)),
-            key = keys.next() => match key {
-                Some(Ok(Event::Key(key))) => {
-                    match handle_key(&mut app, &host, &mut calls, key).await {
-                        Ok(Flow::Quit) => break Ok(()),
-                        Ok(Flow::Redraw) => screen.clear()?,
-                        Ok(Flow::Go) => {}
-                        Err(e) => app.fail(&e),
-                    }
-                }
-                Some(Ok(Event::Paste(text))) => paste(&mut app, &text),
-                // A resize (or anything else) only needs drawing again.
-                Some(Ok(_)) => {}
-                Some(Err(source)) => break Err(CtlError::Io { what: "cannot read the terminal", source }),
-                None => break Ok(()),
-            },
-            event = events.recv() => match event {
-                Some(Ok(event)) => {
-                    if let Err(e) = app.apply(&host, event).await {
-                        app.fail(&e);
-                    }
-                }
-                Some(Err(e)) => break Err(e),
-                None => break Err(CtlError::Disconnected("smvsd ended the event stream".into())),
-            },
-            update = calls.next_update() => calls.apply(&mut app, update),
-            _ = tick.tick() => {
-                calls.refresh(&mut app);
-                screen.trim_stderr();
-                if let Err(e) = app.refresh_list(&host).await {
-                    app.fail(&e);
-                }
-                if let Err(e) = app.refresh_expiring(&host).await {
-                    app.fail(&e);
+        let lost = match session(
+            &mut app,
+            &host,
+            &mut events,
+            &mut calls,
+            &mut screen,
+            &mut keys,
+            &mut stop,
+        )
+        .await
+        {
+            Stop::End(result) => break result,
+            Stop::Lost(reason) => reason,
+        };
+        // The link broke (the host restarted, the laptop slept, the network changed): try again,
+        // waiting 1 s doubling to 30 s, while q still quits.
+        let mut backoff = crate::agent::Backoff::new();
+        let mut why = lost;
+        let connected = loop {
+            let wait = backoff.next_wait();
+            app.notice = Some(super::app::Notice {
+                text: format!(
+                    "the host is unreachable ({}); trying again in {} s · q quits",
+                    crate::output::clean(&why),
+                    wait.as_secs().max(1)
+                ),
+                error: true,
+            });
+            screen.draw(&app)?;
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = &mut sleep => break,
+                    key = keys.next() => match key {
+                        Some(Ok(Event::Key(key)))
+                            if action(key, Focus::List, None) == Action::Quit => {
+                            return finish(calls, screen, Ok(())).await;
+                        }
+                        Some(Ok(_)) => screen.draw(&app)?,
+                        Some(Err(_)) | None => return finish(calls, screen, Ok(())).await,
+                    },
                 }
             }
+            if stop_now(&mut stop).await {
+                return finish(calls, screen, Ok(())).await;
+            }
+            match reconnect(reach).await {
+                Ok(again) => break again,
+                Err(e) => why = e.to_string(),
+            }
+        };
+        host = connected.0;
+        events = connected.1;
+        subscription = connected.2;
+        match app.reload(&host).await {
+            Ok(()) => app.say("connected to the host again"),
+            Err(e) => app.fail(&e),
         }
     };
+    drop(subscription);
+    finish(calls, screen, result).await
+}
+
+/// Whether the stop signal has come (without waiting for it).
+async fn stop_now(stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+    tokio::select! {
+        biased;
+        _ = stop.as_mut() => true,
+        _ = std::future::ready(()) => false,
+    }
+}
+
+type Connected = (
+    Rc<HostClient>,
+    mpsc::Receiver<Result<crate::client::EventView, CtlError>>,
+    crate::client::Subscription,
+);
+
+/// A new connection to the host, subscribed.
+async fn reconnect(reach: &super::Reach) -> Result<Connected, CtlError> {
+    let host = Rc::new(reach.connect().await?);
+    let (tx, events) = mpsc::channel(EVENT_QUEUE);
+    let subscription = host.subscribe(tx).await?;
+    Ok((host, events, subscription))
+}
+
+/// Hangs up a call still running, and gives the terminal back.
+async fn finish(
+    mut calls: Calls,
+    screen: Screen,
+    result: Result<(), CtlError>,
+) -> Result<(), CtlError> {
     if calls.busy() {
         // Hang up on the way out; give the task a moment to tell the host.
         calls.command(CallCommand::Hangup);
@@ -258,6 +314,92 @@ pub async fn run(
     }
     drop(screen);
     result
+}
+
+/// How often a quiet link to the host is checked, and how long it has to answer: a link that
+/// died without a word (a laptop that slept) is noticed within a minute.
+const HEARTBEAT: Duration = Duration::from_secs(30);
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The chat on one connection: until the user quits (or a signal), or the connection is lost.
+#[allow(clippy::too_many_arguments)]
+async fn session(
+    app: &mut App,
+    host: &Rc<HostClient>,
+    events: &mut mpsc::Receiver<Result<crate::client::EventView, CtlError>>,
+    calls: &mut Calls,
+    screen: &mut Screen,
+    keys: &mut EventStream,
+    stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Stop {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut heartbeat =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    loop {
+        if let Err(e) = screen.draw(app) {
+            return Stop::End(Err(e));
+        }
+        // A chat just opened is on the screen: now it is marked read (and drawn again).
+        match app.mark_read_pending(host).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => app.fail(&e),
+        }
+        tokio::select! {
+            _ = stop.as_mut() => return Stop::End(Ok(())),
+            reason = host.closed() => return Stop::Lost(reason),
+            key = keys.next() => match key {
+                Some(Ok(Event::Key(key))) => {
+                    match handle_key(app, host, calls, key).await {
+                        Ok(Flow::Quit) => return Stop::End(Ok(())),
+                        Ok(Flow::Redraw) => {
+                            if let Err(e) = screen.clear() {
+                                return Stop::End(Err(e));
+                            }
+                        }
+                        Ok(Flow::Go) => {}
+                        Err(CtlError::Disconnected(reason)) => return Stop::Lost(reason),
+                        Err(e) => app.fail(&e),
+                    }
+                }
+                Some(Ok(Event::Paste(text))) => paste(app, &text),
+                // A resize (or anything else) only needs drawing again.
+                Some(Ok(_)) => {}
+                Some(Err(source)) => {
+                    return Stop::End(Err(CtlError::Io { what: "cannot read the terminal", source }))
+                }
+                None => return Stop::End(Ok(())),
+            },
+            event = events.recv() => match event {
+                Some(Ok(event)) => match app.apply(host, event).await {
+                    Ok(()) => {}
+                    Err(CtlError::Disconnected(reason)) => return Stop::Lost(reason),
+                    Err(e) => app.fail(&e),
+                },
+                Some(Err(CtlError::Disconnected(reason))) => return Stop::Lost(reason),
+                Some(Err(e)) => app.fail(&e),
+                None => return Stop::Lost("smvsd ended the event stream".into()),
+            },
+            update = calls.next_update() => calls.apply(app, update),
+            _ = tick.tick() => {
+                calls.refresh(app);
+                screen.trim_stderr();
+                if let Err(e) = app.refresh_list(host).await {
+                    app.fail(&e);
+                }
+                if let Err(e) = app.refresh_expiring(host).await {
+                    app.fail(&e);
+                }
+            }
+            _ = heartbeat.tick() => {
+                match tokio::time::timeout(HEARTBEAT_TIMEOUT, host.status()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Stop::Lost(e.to_string()),
+                    Err(_) => return Stop::Lost("the host did not answer for 20 s".into()),
+                }
+            }
+        }
+    }
 }
 
 /// The longest prompt answer (a username, a duration), in bytes.
