@@ -753,6 +753,8 @@ pub struct HostClient {
     /// Becomes `Some(reason)` when the RPC system stops (smvsd closed the connection, or it broke).
     closed: watch::Receiver<Option<String>>,
     link: Link,
+    /// The task driving the RPC system: ending it closes the connection.
+    rpc: tokio::task::AbortHandle,
 }
 
 /// How a client reaches its host.
@@ -817,7 +819,7 @@ fn start(
     link: Link,
 ) -> HostClient {
     let (closed_tx, closed) = watch::channel(None);
-    tokio::task::spawn_local(async move {
+    let rpc = tokio::task::spawn_local(async move {
         let reason = match system.await {
             Err(e) if e.kind != capnp::ErrorKind::Disconnected => e.to_string(),
             _ => "smvsd closed the connection".to_string(),
@@ -830,6 +832,7 @@ fn start(
         path,
         closed,
         link,
+        rpc: rpc.abort_handle(),
     }
 }
 
@@ -923,6 +926,12 @@ impl HostClient {
     /// Whether this is a linked device's link over the network (not the host's own socket).
     pub fn is_remote(&self) -> bool {
         matches!(self.link, Link::Device { .. })
+    }
+
+    /// Closes the connection now (a client that gave up on it, to connect again): everything
+    /// still using it (a subscription, a call) ends.
+    pub fn disconnect(&self) {
+        self.rpc.abort();
     }
 
     /// Resolves, with the reason, once the connection to smvsd has ended.

@@ -187,6 +187,18 @@ fn the_chat_connects_again_when_its_host_restarts() {
     bob.wait_history("alice", LIMIT, |h| h.iter().any(|m| m["body"] == "yes"))
         .unwrap();
     assert_eq!(a.exit_status().unwrap(), None, "the chat is still running");
+    // Stopped while it waits for the host, it ends cleanly (and gives the terminal back).
+    alice.stop().unwrap();
+    a.wait_text("the host is unreachable").unwrap();
+    let pid = a.pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    a.wait_for("the chat to exit", |_| a.exit_status().unwrap().is_some())
+        .unwrap();
+    assert_eq!(a.exit_status().unwrap(), Some(0));
 }
 
 #[test]

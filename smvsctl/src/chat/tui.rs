@@ -206,7 +206,11 @@ pub async fn run(
     let mut screen = Screen::start()?;
     let mut keys = EventStream::new();
     tokio::pin!(stop);
+    // Kept across connections, and started over only once one has lasted: a host that takes
+    // a connection and drops it at once is not tried every second.
+    let mut backoff = crate::agent::Backoff::new();
     let result = loop {
+        let began = std::time::Instant::now();
         let lost = match session(
             &mut app,
             &host,
@@ -221,49 +225,57 @@ pub async fn run(
             Stop::End(result) => break result,
             Stop::Lost(reason) => reason,
         };
-        // The link broke (the host restarted, the laptop slept, the network changed): try again,
-        // waiting 1 s doubling to 30 s, while q still quits.
-        let mut backoff = crate::agent::Backoff::new();
+        // Whatever still uses the old connection (a call) ends with it.
+        host.disconnect();
+        if began.elapsed() >= STEADY {
+            backoff.reset();
+        }
+        // The link broke (the host restarted, the laptop slept, the network changed): try
+        // again, waiting 1 s doubling to 30 s; the quit keys and signals still end the chat.
         let mut why = lost;
         let connected = loop {
             let wait = backoff.next_wait();
             app.notice = Some(super::app::Notice {
                 text: format!(
-                    "the host is unreachable ({}); trying again in {} s · q quits",
+                    "the host is unreachable ({}); trying again in {} s · Ctrl-C quits",
                     crate::output::clean(&why),
-                    wait.as_secs().max(1)
+                    wait.as_secs_f64().ceil()
                 ),
                 error: true,
             });
-            screen.draw(&app)?;
-            let sleep = tokio::time::sleep(wait);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    _ = &mut sleep => break,
-                    key = keys.next() => match key {
-                        Some(Ok(Event::Key(key)))
-                            if action(key, Focus::List, None) == Action::Quit => {
-                            return finish(calls, screen, Ok(())).await;
-                        }
-                        Some(Ok(_)) => screen.draw(&app)?,
-                        Some(Err(_)) | None => return finish(calls, screen, Ok(())).await,
-                    },
+            if let Err(e) = screen.draw(&app) {
+                return finish(calls, screen, Err(e)).await;
+            }
+            let pause = tokio::time::sleep(wait);
+            tokio::pin!(pause);
+            if let Some(end) = outage(&app, &mut screen, &mut keys, &mut stop, &mut pause).await {
+                return finish(calls, screen, end).await;
+            }
+            app.say("connecting to the host…");
+            if let Err(e) = screen.draw(&app) {
+                return finish(calls, screen, Err(e)).await;
+            }
+            // Connecting, subscribing and reading the state again, within a limit, while the
+            // quit keys and signals still end the chat.
+            let attempt = tokio::time::timeout(CONNECT_LIMIT, reconnect(reach));
+            tokio::pin!(attempt);
+            let mut never = std::future::pending::<()>();
+            let attempted = tokio::select! {
+                attempted = &mut attempt => attempted,
+                end = outage(&app, &mut screen, &mut keys, &mut stop, &mut never) => {
+                    return finish(calls, screen, end.unwrap_or(Ok(()))).await;
                 }
-            }
-            if stop_now(&mut stop).await {
-                return finish(calls, screen, Ok(())).await;
-            }
-            match reconnect(reach).await {
-                Ok(again) => break again,
-                Err(e) => why = e.to_string(),
+            };
+            match attempted {
+                Ok(Ok(again)) => break again,
+                Ok(Err(e)) => why = e.to_string(),
+                Err(_) => why = format!("no answer within {} s", CONNECT_LIMIT.as_secs()),
             }
         };
         host = connected.0;
         events = connected.1;
         subscription = connected.2;
-        match app.reload(&host).await {
+        match within(app.reload(&host)).await {
             Ok(()) => app.say("connected to the host again"),
             Err(e) => app.fail(&e),
         }
@@ -272,12 +284,56 @@ pub async fn run(
     finish(calls, screen, result).await
 }
 
-/// Whether the stop signal has come (without waiting for it).
-async fn stop_now(stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
-    tokio::select! {
-        biased;
-        _ = stop.as_mut() => true,
-        _ = std::future::ready(()) => false,
+/// A connection that lasted this long starts the backoff over when it is lost.
+const STEADY: Duration = Duration::from_secs(60);
+/// How long connecting (with the subscription) may take before it counts as failed.
+const CONNECT_LIMIT: Duration = Duration::from_secs(30);
+/// How long one request to the host may take before the link counts as lost (a link that
+/// died without a word answers nothing, and TCP takes many minutes to say so).
+const REQUEST_LIMIT: Duration = Duration::from_secs(20);
+
+/// `request`, or the link counted as lost when it takes longer than [`REQUEST_LIMIT`].
+async fn within<T>(request: impl Future<Output = Result<T, CtlError>>) -> Result<T, CtlError> {
+    tokio::time::timeout(REQUEST_LIMIT, request)
+        .await
+        .unwrap_or_else(|_| {
+            Err(CtlError::Disconnected(format!(
+                "the host did not answer for {} s",
+                REQUEST_LIMIT.as_secs()
+            )))
+        })
+}
+
+/// Waits out `pause` while the host is away: keys still quit (Ctrl-C, or q outside the
+/// compose box) and a signal still ends the chat; other keys are not acted on. Some(end) when
+/// the chat is to end.
+async fn outage(
+    app: &App,
+    screen: &mut Screen,
+    keys: &mut EventStream,
+    stop: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    pause: &mut (impl Future<Output = ()> + Unpin),
+) -> Option<Result<(), CtlError>> {
+    loop {
+        tokio::select! {
+            _ = stop.as_mut() => return Some(Ok(())),
+            _ = &mut *pause => return None,
+            key = keys.next() => match key {
+                Some(Ok(Event::Key(key)))
+                    if action(key, app.focus, app.overlay.as_ref()) == Action::Quit => {
+                    return Some(Ok(()));
+                }
+                Some(Ok(_)) => {
+                    if let Err(e) = screen.draw(app) {
+                        return Some(Err(e));
+                    }
+                }
+                Some(Err(source)) => {
+                    return Some(Err(CtlError::Io { what: "cannot read the terminal", source }))
+                }
+                None => return Some(Ok(())),
+            },
+        }
     }
 }
 
@@ -316,10 +372,9 @@ async fn finish(
     result
 }
 
-/// How often a quiet link to the host is checked, and how long it has to answer: a link that
-/// died without a word (a laptop that slept) is noticed within a minute.
+/// How often a quiet link to the host is checked (it has [`REQUEST_LIMIT`] to answer): a link
+/// that died without a word (a laptop that slept) is noticed within a minute.
 const HEARTBEAT: Duration = Duration::from_secs(30);
-const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The chat on one connection: until the user quits (or a signal), or the connection is lost.
 #[allow(clippy::too_many_arguments)]
@@ -340,9 +395,10 @@ async fn session(
             return Stop::End(Err(e));
         }
         // A chat just opened is on the screen: now it is marked read (and drawn again).
-        match app.mark_read_pending(host).await {
+        match within(app.mark_read_pending(host)).await {
             Ok(true) => continue,
             Ok(false) => {}
+            Err(CtlError::Disconnected(reason)) => return Stop::Lost(reason),
             Err(e) => app.fail(&e),
         }
         tokio::select! {
@@ -350,7 +406,7 @@ async fn session(
             reason = host.closed() => return Stop::Lost(reason),
             key = keys.next() => match key {
                 Some(Ok(Event::Key(key))) => {
-                    match handle_key(app, host, calls, key).await {
+                    match within(handle_key(app, host, calls, key)).await {
                         Ok(Flow::Quit) => return Stop::End(Ok(())),
                         Ok(Flow::Redraw) => {
                             if let Err(e) = screen.clear() {
@@ -371,7 +427,7 @@ async fn session(
                 None => return Stop::End(Ok(())),
             },
             event = events.recv() => match event {
-                Some(Ok(event)) => match app.apply(host, event).await {
+                Some(Ok(event)) => match within(app.apply(host, event)).await {
                     Ok(()) => {}
                     Err(CtlError::Disconnected(reason)) => return Stop::Lost(reason),
                     Err(e) => app.fail(&e),
@@ -384,18 +440,23 @@ async fn session(
             _ = tick.tick() => {
                 calls.refresh(app);
                 screen.trim_stderr();
-                if let Err(e) = app.refresh_list(host).await {
-                    app.fail(&e);
-                }
-                if let Err(e) = app.refresh_expiring(host).await {
-                    app.fail(&e);
+                for refreshed in [
+                    within(app.refresh_list(host)).await,
+                    within(app.refresh_expiring(host)).await,
+                ] {
+                    match refreshed {
+                        Ok(()) => {}
+                        Err(CtlError::Disconnected(reason)) => return Stop::Lost(reason),
+                        Err(e) => app.fail(&e),
+                    }
                 }
             }
             _ = heartbeat.tick() => {
-                match tokio::time::timeout(HEARTBEAT_TIMEOUT, host.status()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Stop::Lost(e.to_string()),
-                    Err(_) => return Stop::Lost("the host did not answer for 20 s".into()),
+                match within(host.status()).await {
+                    Ok(_) => {}
+                    Err(CtlError::Disconnected(reason)) => return Stop::Lost(reason),
+                    // A refusal is an answer: the link is alive.
+                    Err(e) => app.fail(&e),
                 }
             }
         }
