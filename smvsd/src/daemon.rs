@@ -273,7 +273,7 @@ impl Host {
             storage: storage.clone(),
             epochs: epochs.clone(),
             calls,
-            events,
+            events: events.clone(),
             host_address,
             call_address,
         })
@@ -295,7 +295,7 @@ impl Host {
                 }
                 .serve(local_listener),
             ),
-            tokio::task::spawn_local(expire_loop(storage.clone())),
+            tokio::task::spawn_local(expire_loop(storage.clone(), events.clone())),
             tokio::task::spawn_local(renew_loop(renewals)),
             tokio::task::spawn_local(restamp_loop(sessions.clone())),
             tokio::task::spawn_local(crate::epochs::rotate_loop(epochs)),
@@ -532,13 +532,19 @@ pub async fn run(
     }
 }
 
-/// Disappearing messages: removes what has outlived its conversation's expiry.
-async fn expire_loop(storage: Storage) {
+/// Disappearing messages: removes what has outlived its conversation's expiry, and tells the
+/// user's devices of each message that went, as a deletion.
+async fn expire_loop(storage: Storage, events: Events) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        if let Err(e) = storage.expire(crate::model::now_ms()).await {
-            tracing::error!(error = %e, "expiring messages failed");
+        match storage.expire(crate::model::now_ms()).await {
+            Ok(gone) => {
+                for (peer, id) in gone {
+                    events.publish(crate::model::HostEvent::Deleted { id: Some(id), peer });
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "expiring messages failed"),
         }
     }
 }

@@ -170,6 +170,42 @@ fn opening_a_chat_on_one_device_clears_its_unread_count_on_another() {
 }
 
 #[test]
+fn disappearing_messages_are_set_from_the_chat_and_leave_it_when_they_expire() {
+    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let (alice, bob) = pair(&dir);
+    let b = chat(&bob, &["alice"], 80, 24);
+    b.wait_text("alice: hello").unwrap();
+    stop_writing(&b);
+    b.keys(&["t"]).unwrap();
+    b.wait_text("Messages disappear after").unwrap();
+    b.type_text("2s").unwrap();
+    b.keys(&["Enter"]).unwrap();
+    let screen = b
+        .wait_text("messages now disappear 2s after they are sent")
+        .unwrap();
+    assert!(screen.contains("disappearing 2s"), "{screen}");
+    // The setting reached alice's host; what she sends now shows, then leaves bob's screen
+    // when his host deletes it (its deletion event), with no key pressed.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while alice.ctl_json(&["conversations"]).unwrap()[0]["expire_seconds"] != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the setting never reached alice"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    alice.send("bob", "gone soon").unwrap();
+    b.wait_text("alice: gone soon").unwrap();
+    b.wait_for("the message to expire", |s| !s.contains("gone soon"))
+        .unwrap();
+    assert!(bob
+        .history("alice")
+        .unwrap()
+        .iter()
+        .all(|m| m["body"] != "gone soon"));
+}
+
+#[test]
 fn the_chat_connects_again_when_its_host_restarts() {
     let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let (mut alice, bob) = pair(&dir);

@@ -247,6 +247,16 @@ fn disappearing_messages_vanish_on_both_hosts_but_never_from_the_outbox() {
     }
     assert_eq!(alice.history("bob").unwrap(), Vec::<Value>::new());
     assert_eq!(bob.history("alice").unwrap(), Vec::<Value>::new());
+    // Each device heard of each message that expired, as a deletion.
+    for (watch, peer) in [(&mut alice_watch, "bob"), (&mut bob_watch, "alice")] {
+        for id in [&a1, &b1] {
+            watch
+                .wait_for("the expired message's deletion", |e| {
+                    e["event"] == "deleted" && e["id"] == id.as_str() && e["peer"] == peer
+                })
+                .unwrap();
+        }
+    }
 
     // A message waiting in the outbox does not expire: bob's host is down for longer than the
     // expiry, and the message still arrives when it is back.

@@ -21,8 +21,6 @@ use crate::error::{CtlError, ErrorCode};
 pub const PAGE: u32 = 100;
 /// How long after a (re)load the conversation list is read once more.
 pub const LIST_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
-/// How often the open chat is read again while it has disappearing messages.
-pub const EXPIRY_REREAD: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the keys go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,9 +184,6 @@ pub struct App {
     read_pending: bool,
     /// When to read the list once more after a (re)load: see [`App::refresh_list`].
     reread_list_at: Option<Instant>,
-    /// When the open chat, if it has disappearing messages, is read again: see
-    /// [`App::refresh_expiring`].
-    reread_open_at: Instant,
     /// The size of the last frame drawn (columns, rows): whether the verification screen fit.
     pub screen: std::cell::Cell<(u16, u16)>,
 }
@@ -211,7 +206,6 @@ impl App {
             remote,
             read_pending: false,
             reread_list_at: None,
-            reread_open_at: Instant::now(),
             screen: std::cell::Cell::new((0, 0)),
         }
     }
@@ -304,34 +298,6 @@ impl App {
         if self.reread_list_at.is_some_and(|at| at <= Instant::now()) {
             self.reread_list_at = None;
             self.read_list(host).await?;
-        }
-        Ok(())
-    }
-
-    /// Disappearing messages leave the host without an event. While the open chat has a timer
-    /// and shows its newest messages, its newest page is read again every
-    /// [`EXPIRY_REREAD`] (one indexed read of 100 rows), so expired messages leave the screen
-    /// when the host deleted them, by its clock and rules.
-    pub async fn refresh_expiring(&mut self, host: &HostClient) -> Result<(), CtlError> {
-        let Some(open) = &self.open else {
-            return Ok(());
-        };
-        if open.selected.is_some()
-            || self.expire_seconds(&open.peer) == 0
-            || self.reread_open_at > Instant::now()
-        {
-            return Ok(());
-        }
-        self.reread_open_at = Instant::now() + EXPIRY_REREAD;
-        let peer = open.peer.clone();
-        let (messages, more) = host.history_page(&peer, PAGE, None).await?;
-        if let Some(open) = self
-            .open
-            .as_mut()
-            .filter(|o| o.peer == peer && o.selected.is_none())
-        {
-            open.messages = messages;
-            open.more = more;
         }
         Ok(())
     }

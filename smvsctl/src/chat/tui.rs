@@ -440,15 +440,10 @@ async fn session(
             _ = tick.tick() => {
                 calls.refresh(app);
                 screen.trim_stderr();
-                for refreshed in [
-                    within(app.refresh_list(host)).await,
-                    within(app.refresh_expiring(host)).await,
-                ] {
-                    match refreshed {
-                        Ok(()) => {}
-                        Err(CtlError::Disconnected(reason)) => return Stop::Lost(reason),
-                        Err(e) => app.fail(&e),
-                    }
+                match within(app.refresh_list(host)).await {
+                    Ok(()) => {}
+                    Err(CtlError::Disconnected(reason)) => return Stop::Lost(reason),
+                    Err(e) => app.fail(&e),
                 }
             }
             _ = heartbeat.tick() => {

@@ -284,6 +284,9 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
+/// The most messages one run of [`Storage::expire`] deletes.
+pub const EXPIRE_BATCH: i64 = 1_000;
+
 /// A page of history: the newest `?3` messages of conversation `?1` below seq `?2`, read
 /// backwards along `messages_history` (migration 11).
 const HISTORY_PAGE: &str = "SELECT id, direction, status, integrity, sealed, reason FROM messages
@@ -1184,34 +1187,65 @@ impl Storage {
         .await
     }
 
-    /// Deletes every message older than its conversation's expiry. Returns how many went.
-    pub async fn expire(&self, now: i64) -> Result<u32> {
-        let n = self
-            .call(move |c, _| {
+    /// Deletes messages older than their conversation's expiry, at most [`EXPIRE_BATCH`] a
+    /// call (a timer set on a long conversation empties it over a few runs, each a short
+    /// job). Returns the (peer, id) of each text message that went, for devices to hear of.
+    pub async fn expire(&self, now: i64) -> Result<Vec<(Username, MessageId)>> {
+        let gone = self
+            .call(move |c, k| {
                 // CROSS JOIN keeps the conversations outside: this runs every second, and
                 // with messages outside SQLite scanned every message of every conversation.
-                let n = cached_exec(
-                    c,
-                    "DELETE FROM messages WHERE seq IN (
-                        SELECT m.seq FROM conversations c CROSS JOIN messages m ON m.tag = c.tag
-                        WHERE c.expire_seconds > 0 AND m.stored_at + c.expire_seconds * 1000 <= ?1
-                          AND NOT (m.direction = 0 AND m.status IN (0, 1)))",
-                    [now],
-                )?;
+                let rows = c
+                    .prepare_cached(
+                        "DELETE FROM messages WHERE seq IN (
+                            SELECT m.seq FROM conversations c CROSS JOIN messages m ON m.tag = c.tag
+                            WHERE c.expire_seconds > 0 AND m.stored_at + c.expire_seconds * 1000 <= ?1
+                              AND NOT (m.direction = 0 AND m.status IN (0, 1))
+                            LIMIT ?2)
+                         RETURNING tag, id, control",
+                    )?
+                    .query_map(params![now, EXPIRE_BATCH], |r| {
+                        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                let mut peers: std::collections::HashMap<Vec<u8>, Username> =
+                    std::collections::HashMap::new();
+                let mut gone = Vec::with_capacity(rows.len());
+                for (tag, id, control) in &rows {
+                    if *control != 0 {
+                        continue;
+                    }
+                    let peer = match peers.get(tag) {
+                        Some(peer) => peer.clone(),
+                        None => {
+                            let sealed: Vec<u8> = cached_row(
+                                c,
+                                "SELECT sealed_peer FROM conversations WHERE tag = ?1",
+                                [tag],
+                                |r| r.get(0),
+                            )?;
+                            let peer = peer_name(k, tag, &sealed)?;
+                            peers.insert(tag.clone(), peer.clone());
+                            peer
+                        }
+                    };
+                    let id = MessageId::from_slice(id)
+                        .ok_or_else(|| StorageError::Corrupt("message id".into()))?;
+                    gone.push((peer, id));
+                }
                 cached_exec(
                     c,
                     "DELETE FROM tombstones WHERE deleted_at < ?1",
                     [now - TOMBSTONE_DAYS * 24 * 3600 * 1000],
                 )?;
                 event_log::prune_by_age(c, now)?;
-                // More than 4 billion queued messages reads as u32::MAX (a count for display).
-                Ok(u32::try_from(n).unwrap_or(u32::MAX))
+                Ok((rows.len(), gone))
             })
             .await?;
-        if n > 0 {
+        if gone.0 > 0 {
             self.checkpoint().await?;
         }
-        Ok(n)
+        Ok(gone.1)
     }
 
     /// A hash of the conversation's text messages that both sides compute alike when they saw
