@@ -334,6 +334,18 @@ fn ended(peer: &Username, reason: &str) -> CtlError {
     CtlError::Local(output::call_end_text(peer.as_str(), reason))
 }
 
+/// `base`'s media flags, less what a call does not carry (no video, or no audio).
+pub fn media_for(base: &MediaArgs, video: bool, audio: bool) -> MediaArgs {
+    let mut media = base.clone();
+    if !video {
+        media.video = VideoArg::None;
+    }
+    if !audio {
+        media.audio = AudioArg::None;
+    }
+    media
+}
+
 /// `smvsctl call USER`.
 pub async fn place(
     host: &HostClient,

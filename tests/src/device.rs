@@ -93,6 +93,23 @@ impl DeviceProcess {
             .spawn()?)
     }
 
+    /// A new device `name`, linked on `host` (`devices link` on its socket) and paired.
+    pub fn linked(host: &crate::host::HostProcess, name: &str) -> anyhow::Result<DeviceProcess> {
+        let link = host.ctl_json(&["devices", "link", "--name", name])?;
+        let field = |key: &str| {
+            link[key]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow::anyhow!("no {key} in {link}"))
+        };
+        let device = DeviceProcess::new(name, &field("device_address")?)?;
+        let paired = device.pair(&field("code")?)?;
+        if !paired.status.success() {
+            anyhow::bail!("pairing {name}: {paired:?}");
+        }
+        Ok(device)
+    }
+
     /// Pairs with `code`.
     pub fn pair(&self, code: &str) -> anyhow::Result<Output> {
         self.ctl(&["--json", "pair", &self.host, code, "--name", &self.name])

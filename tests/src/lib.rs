@@ -22,6 +22,14 @@ pub mod tmux;
 pub mod watch;
 
 pub use daemon::Daemon;
+
+/// A count from the environment (a benchmark's size, for quick local runs), or `default`.
+pub fn count_from_env(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 pub use directory::{Backend, DirectoryProcess, TestUser};
 pub use host::HostProcess;
 pub use keyguard::KeyguardProcess;

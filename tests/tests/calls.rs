@@ -598,12 +598,7 @@ fn a_call_rings_on_every_device_and_the_first_to_answer_takes_it() {
     alice.send("bob", "hello").unwrap();
     bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
 
-    let link = alice
-        .ctl_json(&["devices", "link", "--name", "laptop"])
-        .unwrap();
-    let laptop = DeviceProcess::new("laptop", link["device_address"].as_str().unwrap()).unwrap();
-    let paired = laptop.pair(link["code"].as_str().unwrap()).unwrap();
-    assert!(paired.status.success(), "{paired:?}");
+    let laptop = DeviceProcess::linked(&alice, "laptop").unwrap();
 
     let mut agent_args = vec!["agent"];
     agent_args.extend(TEST_MEDIA);

@@ -119,12 +119,7 @@ fn pair(dir: &DirectoryProcess) -> (HostProcess, HostProcess) {
 fn opening_a_chat_on_one_device_clears_its_unread_count_on_another() {
     let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
     let (alice, bob) = pair(&dir);
-    let link = alice
-        .ctl_json(&["devices", "link", "--name", "laptop"])
-        .unwrap();
-    let laptop = DeviceProcess::new("laptop", link["device_address"].as_str().unwrap()).unwrap();
-    let paired = laptop.pair(link["code"].as_str().unwrap()).unwrap();
-    assert!(paired.status.success(), "{paired:?}");
+    let laptop = DeviceProcess::linked(&alice, "laptop").unwrap();
 
     bob.send("alice", "are you free tonight?").unwrap();
     bob.send("alice", "say when").unwrap();
@@ -156,15 +151,7 @@ fn opening_a_chat_on_one_device_clears_its_unread_count_on_another() {
     }
     // Events reach a device in the order they were published: once the laptop shows a device
     // linked after the read, it has applied the read.
-    let link = alice
-        .ctl_json(&["devices", "link", "--name", "desk"])
-        .unwrap();
-    let desk = DeviceProcess::new("desk", link["device_address"].as_str().unwrap()).unwrap();
-    assert!(desk
-        .pair(link["code"].as_str().unwrap())
-        .unwrap()
-        .status
-        .success());
+    DeviceProcess::linked(&alice, "desk").unwrap();
     let screen = on_laptop.wait_text("a device was linked: desk").unwrap();
     assert!(!screen.contains("1 new"), "{screen}");
 }
@@ -357,13 +344,7 @@ fn a_ringing_call_is_a_banner_and_is_answered_from_the_keyboard() {
     b.keys(&["e"]).unwrap();
     b.wait_for("the call to end", |s| !s.contains("IN CALL"))
         .unwrap();
-    let out = finish(caller, LIMIT).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = call_report(caller);
     assert!(
         report["stats"]["video_frames_decoded"].as_u64().unwrap() > 0,
         "{report}"
@@ -413,17 +394,22 @@ fn a_ringing_call_is_a_banner_and_is_answered_from_the_keyboard() {
     b.wait_text("rtt ").unwrap();
     b.keys(&["e"]).unwrap();
     b.wait_text("the call with alice ended").unwrap();
-    let out = finish(answer, LIMIT).unwrap();
+    let report = call_report(answer);
+    assert!(
+        report["stats"]["audio_packets_decoded"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+}
+
+/// The `--stats` report of a `call` or `answer` that ended well.
+fn call_report(child: std::process::Child) -> serde_json::Value {
+    let out = finish(child, LIMIT).unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(
-        report["stats"]["audio_packets_decoded"].as_u64().unwrap() > 0,
-        "{report}"
-    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// What a hostile peer might send to break a terminal.
@@ -453,19 +439,7 @@ fn hostile_text_cannot_move_the_cursor_recolour_or_break_the_layout() {
     b.wait_text("alice: hello").unwrap();
     let clean = b.screen().unwrap();
     for text in hostile_messages() {
-        let mut send = alice.ctl_command(&["send", "bob", "-"]).unwrap();
-        let mut child = send
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        assert!(finish(child, LIMIT).unwrap().status.success());
+        alice.send("bob", &text).unwrap();
     }
     let screen = b.wait_text("alice: after the flood").unwrap();
     keep_screen("bob-hostile-80x24", &screen);

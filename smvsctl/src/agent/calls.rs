@@ -8,22 +8,10 @@ use smvs_schema::local_capnp::call_agent;
 use smvs_schema::Username;
 
 use super::Agent;
-use crate::cli::{AudioArg, MediaArgs, VideoArg};
+use crate::cli::MediaArgs;
 use crate::client::{CallId, HostClient, Subscription};
 use crate::error::CtlError;
 use crate::output::Format;
-
-/// The agent's media flags, less what the call does not carry.
-fn media(base: &MediaArgs, video: bool, audio: bool) -> MediaArgs {
-    let mut media = base.clone();
-    if !video {
-        media.video = VideoArg::None;
-    }
-    if !audio {
-        media.audio = AudioArg::None;
-    }
-    media
-}
 
 /// Picks up the ringing call `id` on `host` and runs its media here. The call is marked as
 /// this agent's first, so its becoming active is not taken for another device's answer.
@@ -33,7 +21,7 @@ pub async fn answer(
     id: CallId,
     video: bool,
 ) -> Result<(), CtlError> {
-    let media = media(&agent.media, video, true);
+    let media = crate::call::media_for(&agent.media, video, true);
     agent.calls.borrow_mut().mine.insert(id);
     match crate::call::pick_up(host, &id, &media).await {
         Ok((call, endpoint, peer_media)) => {
@@ -118,7 +106,10 @@ impl call_agent::Server for CallAgent {
                 .map_err(|_| capnp::Error::failed("bad-request: peer is not UTF-8".into()))?;
             let peer = Username::parse(peer)
                 .map_err(|e| capnp::Error::failed(format!("bad-request: {e}")))?;
-            (peer, media(&agent.media, p.get_video(), p.get_audio()))
+            (
+                peer,
+                crate::call::media_for(&agent.media, p.get_video(), p.get_audio()),
+            )
         };
         let (mut call, endpoint) = crate::call::ring(&self.host, &peer, &media)
             .await

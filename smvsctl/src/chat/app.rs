@@ -178,8 +178,6 @@ pub struct App {
     pub call: Option<OurCall>,
     /// Draw with colours (false under NO_COLOR: words and symbols carry everything anyway).
     pub colour: bool,
-    /// Where the host is reached from: a linked device says so in the title.
-    pub remote: bool,
     /// The chat opened last is to be marked read once drawn.
     read_pending: bool,
     /// When to read the list once more after a (re)load: see [`App::refresh_list`].
@@ -189,7 +187,7 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(me: String, remote: bool, colour: bool) -> App {
+    pub fn new(me: String, colour: bool) -> App {
         App {
             me,
             conversations: Vec::new(),
@@ -203,24 +201,32 @@ impl App {
             ringing: Vec::new(),
             call: None,
             colour,
-            remote,
             read_pending: false,
             reread_list_at: None,
             screen: std::cell::Cell::new((0, 0)),
         }
     }
 
-    pub fn say(&mut self, text: impl Into<String>) {
-        self.notice = Some(Notice {
-            text: text.into(),
-            error: false,
-        });
+    /// Shows `text` on the notice line. Every notice is made visible here, whatever it holds
+    /// (a host's error text, a device's name, a call's end reason).
+    pub fn say(&mut self, text: impl AsRef<str>) {
+        self.notice(text, false);
+    }
+
+    /// Shows `text` on the notice line as a warning or an error.
+    pub fn warn(&mut self, text: impl AsRef<str>) {
+        self.notice(text, true);
     }
 
     pub fn fail(&mut self, error: &CtlError) {
+        self.warn(error.to_string());
+    }
+
+    fn notice(&mut self, text: impl AsRef<str>, error: bool) {
+        let text = text.as_ref().lines().collect::<Vec<_>>().join(" ");
         self.notice = Some(Notice {
-            text: crate::output::clean(&error.to_string()),
-            error: true,
+            text: super::text::visible(&text),
+            error,
         });
     }
 
@@ -563,10 +569,9 @@ impl App {
                 // Numbers on screen for the old key are no longer the ones to compare.
                 if matches!(&self.overlay, Some(Overlay::Verify(v)) if v.user == peer) {
                     self.overlay = None;
-                    self.notice = Some(Notice {
-                        text: format!("{peer}'s key changed again: v shows the new numbers"),
-                        error: true,
-                    });
+                    self.warn(format!(
+                        "{peer}'s key changed again: v shows the new numbers"
+                    ));
                 }
             }
             EventView::Deleted { id, peer, .. } => self.deleted(&peer, id.as_ref()),
@@ -594,25 +599,16 @@ impl App {
                 }
             }
             EventView::DirectoryAlarm { peer } => {
-                self.notice = Some(Notice {
-                    text: format!(
-                        "warning: the directory served an older record of {peer} than before \
+                self.warn(format!(
+                    "warning: the directory served an older record of {peer} than before \
                          (a rollback); it was refused"
-                    ),
-                    error: true,
-                });
+                ));
             }
             EventView::DeviceLinked { name } => {
-                self.say(format!(
-                    "a device was linked: {}",
-                    crate::output::clean(&name)
-                ));
+                self.say(format!("a device was linked: {}", name));
             }
             EventView::DeviceRevoked { name } => {
-                self.say(format!(
-                    "a device was revoked: {}",
-                    crate::output::clean(&name)
-                ));
+                self.say(format!("a device was revoked: {}", name));
             }
             EventView::Resync => {
                 self.reload(host).await?;

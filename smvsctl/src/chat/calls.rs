@@ -59,10 +59,8 @@ impl Calls {
 
     /// The media flags for a call with or without video.
     fn media(&self, video: bool) -> MediaArgs {
-        let mut media = self.media.clone();
-        if !video {
-            media.video = VideoArg::None;
-        }
+        let mut media = crate::call::media_for(&self.media, video, true);
+        // A call that would send nothing at all sends the microphone.
         if media.audio == AudioArg::None && media.video == VideoArg::None {
             media.audio = AudioArg::Mic;
         }

@@ -13,12 +13,12 @@ use std::future::Future;
 use std::io::Write;
 use std::rc::Rc;
 
-use chrono::{Local, TimeZone};
 use smvs_schema::{Username, MAX_TEXT_BYTES};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use super::text;
+use super::view::local_time;
 use crate::client::{EventView, HostClient, MessageStatus, MessageView, EVENT_QUEUE};
 use crate::error::{CtlError, ErrorCode};
 
@@ -74,37 +74,19 @@ pub async fn run(
                 match chat.input(&line).await {
                     Ok(true) => {}
                     Ok(false) => return Ok(()),
-                    Err(e) => chat.line(&format!("* error: {}", crate::output::clean(&e.to_string())))?,
+                    Err(e) => chat.line(&format!("* error: {}", text::visible(&e.to_string())))?,
                 }
             }
             event = events.recv() => match event {
                 Some(Ok(event)) => {
                     if let Err(e) = chat.event(event).await {
-                        chat.line(&format!("* error: {}", crate::output::clean(&e.to_string())))?;
+                        chat.line(&format!("* error: {}", text::visible(&e.to_string())))?;
                     }
                 }
                 Some(Err(e)) => return Err(e),
                 None => return Err(CtlError::Disconnected("smvsd ended the event stream".into())),
             },
         }
-    }
-}
-
-fn time(unix_ms: i64) -> String {
-    match Local.timestamp_millis_opt(unix_ms).single() {
-        Some(t) => t.format("%H:%M").to_string(),
-        None => "--:--".into(),
-    }
-}
-
-fn status_word(status: MessageStatus) -> &'static str {
-    match status {
-        MessageStatus::Queued => "queued",
-        MessageStatus::Sent => "sent",
-        MessageStatus::Delivered => "delivered",
-        MessageStatus::Failed => "failed",
-        MessageStatus::Held => "held",
-        MessageStatus::Received => "received",
     }
 }
 
@@ -129,7 +111,7 @@ impl Plain<'_> {
                 " (failed: {})",
                 crate::output::failure_text(m).unwrap_or_default()
             ),
-            (true, status) => format!(" ({})", status_word(status)),
+            (true, status) => format!(" ({})", status.as_str()),
             (false, _) => String::new(),
         };
         let integrity = crate::chat::view::integrity_mark(m)
@@ -143,7 +125,7 @@ impl Plain<'_> {
         };
         self.line(&format!(
             "[{}] {who}: {first}{first_status}{integrity}",
-            time(m.time)
+            local_time(m.time)
         ))?;
         let n = rest.len();
         for (i, line) in rest.into_iter().enumerate() {
@@ -229,7 +211,7 @@ impl Plain<'_> {
                     ))?;
                     self.line(&format!(
                         "* transcript hash: {}",
-                        crate::output::clean(&v.transcript_hash)
+                        text::visible(&v.transcript_hash)
                     ))?;
                     if v.key_changed {
                         self.line("* the key changed: if the numbers match theirs, /accept")?;
@@ -310,12 +292,12 @@ impl Plain<'_> {
             EventView::MessageSent { .. } => {}
             EventView::MessageStatus { id, peer, status } if is_open(&peer) => {
                 let when = match self.host.message(&peer, &id).await {
-                    Ok(m) => format!(" of {}", time(m.time)),
+                    Ok(m) => format!(" of {}", local_time(m.time)),
                     Err(_) => String::new(),
                 };
                 self.line(&format!(
                     "* your message{when} to {peer}: {}",
-                    status_word(status)
+                    status.as_str()
                 ))?;
             }
             EventView::MessageStatus { .. } => {}
@@ -353,7 +335,7 @@ impl Plain<'_> {
                     if call.reason.is_empty() {
                         String::new()
                     } else {
-                        format!(" ({})", crate::output::clean(&call.reason))
+                        format!(" ({})", text::visible(&call.reason))
                     }
                 ))?;
             }

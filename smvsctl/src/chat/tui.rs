@@ -196,7 +196,7 @@ pub async fn run(
     // Subscribed before the state is read, so nothing that happens in between is missed.
     let (tx, mut events) = mpsc::channel(EVENT_QUEUE);
     let mut subscription = host.subscribe(tx).await?;
-    let mut app = App::new(me, host.is_remote(), super::colour_allowed());
+    let mut app = App::new(me, super::colour_allowed());
     app.reload(&host).await?;
     if let Some(user) = user {
         app.open_conversation(&host, user).await?;
@@ -235,14 +235,10 @@ pub async fn run(
         let mut why = lost;
         let connected = loop {
             let wait = backoff.next_wait();
-            app.notice = Some(super::app::Notice {
-                text: format!(
-                    "the host is unreachable ({}); trying again in {} s · Ctrl-C quits",
-                    crate::output::clean(&why),
-                    wait.as_secs_f64().ceil()
-                ),
-                error: true,
-            });
+            app.warn(format!(
+                "the host is unreachable ({why}); trying again in {} s · Ctrl-C quits",
+                wait.as_secs_f64().ceil()
+            ));
             if let Err(e) = screen.draw(&app) {
                 return finish(calls, screen, Err(e)).await;
             }

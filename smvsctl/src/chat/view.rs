@@ -837,7 +837,7 @@ fn verify_lines<'a>(
     }
     lines.push(Line::from(format!(
         "Transcript hash: {}",
-        text::truncate(&output::clean(&v.transcript_hash), 40)
+        text::truncate(&text::visible(&v.transcript_hash), 40)
     )));
     lines.push(Line::from(format!(
         "Session: v{}{}",
@@ -934,7 +934,7 @@ mod tests {
     /// call, our call, a notice.
     fn busy_app() -> App {
         let bob = Username::parse("bob").unwrap();
-        let mut app = App::new("alice".into(), false, true);
+        let mut app = App::new("alice".into(), true);
         app.conversations = vec![ConversationView {
             peer: bob.clone(),
             messages: 3,

@@ -22,10 +22,7 @@ const IN_FLIGHT: usize = 2048;
 const PAGED_BACK: usize = 1_000;
 
 fn messages() -> usize {
-    std::env::var("SMVS_BENCH_CHAT_MESSAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(MESSAGES)
+    smvs_tests::count_from_env("SMVS_BENCH_CHAT_MESSAGES", MESSAGES)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -25,10 +25,7 @@ const MESSAGES: usize = 2_000;
 const IN_FLIGHT: usize = 256;
 
 fn messages() -> usize {
-    std::env::var("SMVS_BENCH_DEVICE_MESSAGES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(MESSAGES)
+    smvs_tests::count_from_env("SMVS_BENCH_DEVICE_MESSAGES", MESSAGES)
 }
 
 fn main() -> anyhow::Result<()> {

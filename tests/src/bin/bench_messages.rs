@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use smvs_schema::Username;
 use smvs_tests::conversation::send_many;
-use smvs_tests::{Backend, DirectoryProcess, HostProcess};
+use smvs_tests::{count_from_env, Backend, DirectoryProcess, HostProcess};
 use smvsctl::client::{EventView, HostClient, MessageStatus};
 
 const THROUGHPUT_MESSAGES: usize = 20_000;
@@ -26,23 +26,15 @@ const LATENCY_MESSAGES: usize = 2_000;
 const WARMUP: usize = 200;
 
 fn throughput_messages() -> usize {
-    count("SMVS_BENCH_MESSAGES", THROUGHPUT_MESSAGES)
+    count_from_env("SMVS_BENCH_MESSAGES", THROUGHPUT_MESSAGES)
 }
 
 fn latency_messages() -> usize {
-    count("SMVS_BENCH_LATENCY_MESSAGES", LATENCY_MESSAGES)
+    count_from_env("SMVS_BENCH_LATENCY_MESSAGES", LATENCY_MESSAGES)
 }
 
 fn skip_peer() -> bool {
     std::env::var_os("SMVS_BENCH_NO_PEER").is_some()
-}
-
-/// A count from the environment (for quick local runs), or the default.
-fn count(var: &str, default: usize) -> usize {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main() -> anyhow::Result<()> {
