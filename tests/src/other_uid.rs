@@ -211,8 +211,22 @@ impl CommandAs {
 
     /// Runs the command to the end. An error here means the program did not run at all, and
     /// says why; the program's own failures are in the returned output.
+    ///
+    /// "Text file busy" is tried again: the copy was just written, and a child that another
+    /// test thread forked meanwhile holds the written file open until it execs its own
+    /// program, a moment later (the fork and exec race every multi-threaded program that
+    /// writes an executable and runs it has).
     pub fn output(&mut self) -> anyhow::Result<Output> {
-        self.command.output().map_err(|e| self.not_started(e))
+        let mut tries = 0;
+        loop {
+            match self.command.output() {
+                Err(e) if e.raw_os_error() == Some(Errno::ETXTBSY as i32) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                result => return result.map_err(|e| self.not_started(e)),
+            }
+        }
     }
 
     fn not_started(&self, e: std::io::Error) -> anyhow::Error {
