@@ -61,6 +61,9 @@ struct Contact {
   blocked @2 :Bool;
   keyChanged @3 :Bool;          # the directory now shows another key; sends refused until accepted
   request @4 :Bool;             # not a contact yet: their messages are held (contacts-only mode)
+  alarm @5 :Text;               # set while the directories disagree about this user's key:
+                                # which directories showed which key; sends refused until the
+                                # user decides (verify with acceptNewKey or keepKey)
 }
 
 struct Verification {
@@ -78,6 +81,9 @@ struct Verification {
   recordIssuedAt @7 :Int64;
   sessionVersion @8 :UInt16;    # the session in use with this contact: 2 (forward-secret and
                                 # post-quantum) once one exists, else 1 (static keys)
+  alarm @9 :Text;               # as Contact.alarm
+  pinnedSafetyNumber @10 :Text; # while a key change is pending (keyChanged), the safety number
+                                # of the pinned identity (safetyNumber is the pending one's)
 }
 
 struct Event {
@@ -89,9 +95,10 @@ struct Event {
     deleted @4 :MessageRef;     # id empty: the whole conversation
     callIncoming @5 :CallEvent; # a call rings (answer with answerCall, refuse with hangupCall)
     callState @6 :CallEvent;    # a call became active or ended
-    directoryAlarm @7 :Text;    # the contact whose record the directory served is older than
-                                # one it served before (a rollback): nothing is sent to them
-                                # on the strength of it
+    directoryAlarm @7 :Text;    # the contact about whom the directories disagree (different
+                                # identity keys: nothing is sent until the user decides), or
+                                # whose record a directory served older than before (a
+                                # rollback: nothing is sent on the strength of it)
     deviceLinked @8 :Text;      # a device was paired with this host (its name)
     deviceRevoked @9 :Text;     # a device was revoked: its connections are cut
     read @10 :Text;             # the conversation with this peer was read on some device
@@ -222,7 +229,8 @@ interface Host {
   contacts @6 () -> (contacts :List(Contact));
   block @7 (user :Text) -> ();
   unblock @8 (user :Text) -> ();
-  verify @9 (user :Text, acceptNewKey :Bool) -> (verification :Verification);
+  verify @9 (user :Text, acceptNewKey :Bool, keepKey :Bool) -> (verification :Verification);
+                                # keepKey: stay with the pinned key and refuse the pending one
   delete @10 (peer :Text, id :Data, everywhere :Bool) -> (deleted :UInt32);
   # id empty: the whole conversation (its key is destroyed).
   expire @11 (peer :Text, seconds :UInt32) -> ();

@@ -247,6 +247,9 @@ error_codes! {
     UnknownUser = "unknown-user",
     /// The contact's identity key changed and is not accepted yet.
     KeyChanged = "key-changed",
+    /// The directories show different identity keys for the user; nothing is sent until the
+    /// user decides which (if any) is theirs.
+    DirectoriesDisagree = "directories-disagree",
     Blocked = "blocked",
     TooLarge = "too-large",
     /// The directory cannot be reached or refused.

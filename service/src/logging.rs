@@ -61,6 +61,13 @@ pub const DIRECTORY_ROLLBACK: SecurityEvent = SecurityEvent {
     message_id: "5b0f3c9e8d2a4e61a7c4f0b2d9e8a613",
 };
 
+/// Two directories showed different identity keys for one user (an equivocation): at least
+/// one of them lies, and nothing is sent to that user until the user decides.
+pub const DIRECTORY_EQUIVOCATION: SecurityEvent = SecurityEvent {
+    name: "directory-equivocation",
+    message_id: "7a3d95c2e0b84f1f9c6e2b5d8a41f307",
+};
+
 /// A peer host's envelope or connection was refused (its key is not the sender's, or blocked).
 pub const PEER_REFUSED: SecurityEvent = SecurityEvent {
     name: "peer-refused",
@@ -101,8 +108,9 @@ pub const OWN_RECORD_CHANGED: SecurityEvent = SecurityEvent {
 };
 
 /// Every security event, for tests and documentation.
-pub const SECURITY_EVENTS: [SecurityEvent; 8] = [
+pub const SECURITY_EVENTS: [SecurityEvent; 9] = [
     DIRECTORY_ROLLBACK,
+    DIRECTORY_EQUIVOCATION,
     KEY_CHANGED,
     PEER_REFUSED,
     KEYGUARD_REFUSAL,

@@ -193,8 +193,12 @@ pub enum Command {
         /// The contact to verify
         user: Username,
         /// Accept USER's new identity key after it changed
-        #[arg(long)]
+        #[arg(long, conflicts_with = "keep_key")]
         accept_new_key: bool,
+        /// Keep the pinned key and refuse the other one the directories show (after comparing
+        /// the pinned key's safety number with USER)
+        #[arg(long)]
+        keep_key: bool,
     },
 
     /// Call USER: video and audio straight between your device and theirs, end-to-end encrypted

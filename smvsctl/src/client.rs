@@ -107,6 +107,9 @@ pub struct ContactView {
     pub key_changed: bool,
     /// Not a contact yet: their messages are held.
     pub request: bool,
+    /// Set while the directories disagree about the contact's key: which showed which.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<String>,
 }
 
 /// The answer of `verify`.
@@ -122,6 +125,13 @@ pub struct VerificationView {
     pub key_changed: bool,
     /// A changed key was accepted by this call.
     pub accepted: bool,
+    /// Set while the directories disagree about the contact's key: which showed which.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alarm: Option<String>,
+    /// While a change is pending, the pinned key's safety number (`safety_number` is the
+    /// pending key's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pinned_safety_number: Option<String>,
     /// The session in use with the contact: 2 (forward-secret, post-quantum) or 1.
     pub session_version: u16,
     /// The signed directory record the pinned key came from (hex), so it can be shown to
@@ -523,6 +533,17 @@ pub struct DeviceLinkView {
     pub host_fingerprint: String,
 }
 
+/// What `verify` is to do about a changed identity key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChoice {
+    /// Only show the safety number(s).
+    Look,
+    /// Accept the new key (`--accept-new-key`).
+    Accept,
+    /// Keep the pinned key and refuse the other (`--keep-key`).
+    Keep,
+}
+
 impl ContactView {
     pub fn read(r: smvs_schema::local_capnp::contact::Reader<'_>) -> Result<Self, CtlError> {
         Ok(ContactView {
@@ -531,6 +552,7 @@ impl ContactView {
             blocked: r.get_blocked(),
             key_changed: r.get_key_changed(),
             request: r.get_request(),
+            alarm: optional_text("alarm", r.get_alarm())?,
         })
     }
 }
@@ -546,6 +568,11 @@ impl VerificationView {
             transcript_hash: text("transcript hash", r.get_transcript_hash())?,
             key_changed: r.get_key_changed(),
             accepted: r.get_accepted(),
+            alarm: optional_text("alarm", r.get_alarm())?,
+            pinned_safety_number: optional_text(
+                "pinned safety number",
+                r.get_pinned_safety_number(),
+            )?,
             session_version: r.get_session_version().max(1),
             record: {
                 let record = r.get_record()?;
@@ -1129,17 +1156,18 @@ impl HostClient {
         Ok(())
     }
 
-    /// The safety number with `user`; with `accept_new_key`, accepts a changed identity key.
+    /// The safety number with `user`, and the user's choice about a changed identity key.
     pub async fn verify(
         &self,
         user: &Username,
-        accept_new_key: bool,
+        choice: KeyChoice,
     ) -> Result<VerificationView, CtlError> {
         let mut request = self.host.verify_request();
         {
             let mut params = request.get();
             params.set_user(user.as_str());
-            params.set_accept_new_key(accept_new_key);
+            params.set_accept_new_key(choice == KeyChoice::Accept);
+            params.set_keep_key(choice == KeyChoice::Keep);
         }
         let answer = request.send().promise.await?;
         VerificationView::read(user.clone(), answer.get()?.get_verification()?)

@@ -8,7 +8,7 @@ use smvs_schema::Username;
 use tokio::sync::mpsc;
 
 use crate::cli::Command;
-use crate::client::{CallId, HostClient, MessageId, Start, EVENT_QUEUE};
+use crate::client::{CallId, HostClient, KeyChoice, MessageId, Start, EVENT_QUEUE};
 use crate::error::{CtlError, ErrorCode};
 use crate::output::{self, Format};
 
@@ -127,7 +127,15 @@ pub async fn execute(
         Command::Verify {
             user,
             accept_new_key,
-        } => verify(host, format, out, user, *accept_new_key).await,
+            keep_key,
+        } => {
+            let choice = match (accept_new_key, keep_key) {
+                (true, _) => KeyChoice::Accept,
+                (_, true) => KeyChoice::Keep,
+                _ => KeyChoice::Look,
+            };
+            verify(host, format, out, user, choice).await
+        }
         Command::Expire { user, seconds } => expire(host, format, out, user, *seconds).await,
         Command::Call { user, media } => {
             crate::call::place(host, user, media, format, out, stop).await
@@ -357,9 +365,9 @@ pub async fn verify(
     format: Format,
     out: &mut dyn Write,
     user: &Username,
-    accept_new_key: bool,
+    choice: KeyChoice,
 ) -> Result<(), CtlError> {
-    let verification = host.verify(user, accept_new_key).await?;
+    let verification = host.verify(user, choice).await?;
     emit(
         out,
         &output::render(format, &verification, output::verification_text)?,

@@ -289,16 +289,23 @@ pub fn contacts_text(contacts: &[ContactView]) -> String {
             if c.request {
                 flags.push("request");
             }
+            if c.alarm.is_some() {
+                flags.push("DIRECTORIES DISAGREE");
+            }
             let flags = if flags.is_empty() {
                 String::new()
             } else {
                 format!("  ({})", flags.join(", "))
             };
-            format!(
+            let mut line = format!(
                 "{:width$}  {}{flags}",
                 c.username.as_str(),
                 clean(&c.fingerprint)
-            )
+            );
+            if let Some(how) = &c.alarm {
+                line.push_str(&format!("\n{:width$}  {}", "", clean(how)));
+            }
+            line
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -308,6 +315,14 @@ pub fn verification_text(v: &VerificationView) -> String {
     let user = &v.user;
     let mut out = Vec::new();
     match (v.key_changed, v.accepted) {
+        (true, false) if v.alarm.is_some() => out.push(format!(
+            "ALARM: the directories disagree about {user}'s identity key ({}). At least one of \
+             them lies: messages to {user} are refused and messages from {user} are held.\n\
+             Compare both safety numbers below with {user} in person or over another channel. \
+             If the pinned one matches, run: smvsctl verify {user} --keep-key\n\
+             If the other one matches, run: smvsctl verify {user} --accept-new-key",
+            clean(v.alarm.as_deref().unwrap_or_default())
+        )),
         (true, true) => out.push(format!(
             "{user}'s identity key changed, and the new key is now accepted.\n\
              Compare the safety number below with {user} in person or over another channel."
@@ -321,7 +336,17 @@ pub fn verification_text(v: &VerificationView) -> String {
         (false, true) => out.push(format!("{user}'s key is accepted.")),
         (false, false) => {}
     }
-    out.push(format!("Safety number with {user}:"));
+    if let (true, Some(pinned)) = (v.key_changed, &v.pinned_safety_number) {
+        out.push(format!("Safety number of the key pinned for {user}:"));
+        for row in safety_number_rows(pinned) {
+            out.push(format!("    {row}"));
+        }
+        out.push(format!(
+            "Safety number of the other key now shown for {user}:"
+        ));
+    } else {
+        out.push(format!("Safety number with {user}:"));
+    }
     for row in safety_number_rows(&v.safety_number) {
         out.push(format!("    {row}"));
     }
@@ -402,7 +427,7 @@ pub fn event_text(e: &EventView) -> String {
             format!("key-changed {peer} (compare safety numbers: smvsctl verify {peer})")
         }
         EventView::DirectoryAlarm { peer } => format!(
-            "directory-alarm {peer} (the directory served an older record than before; smvsctl verify {peer} --json shows the one kept)"
+            "directory-alarm {peer} (the directories disagree about {peer}'s key, or one served an older record than before; smvsctl verify {peer} says which)"
         ),
         EventView::Read { peer } => format!("read {peer}"),
         EventView::MessageSent { id, peer, time } => {
@@ -805,6 +830,7 @@ mod tests {
                 blocked: false,
                 key_changed: false,
                 request: false,
+                alarm: None,
             },
             ContactView {
                 username: name("mallory"),
@@ -812,6 +838,7 @@ mod tests {
                 blocked: true,
                 key_changed: true,
                 request: true,
+                alarm: None,
             },
         ];
         assert_eq!(
@@ -835,6 +862,8 @@ mod tests {
             transcript_hash: "abcd".into(),
             key_changed: false,
             accepted: false,
+            alarm: None,
+            pinned_safety_number: None,
             session_version: 2,
             record: None,
         };
@@ -856,6 +885,24 @@ mod tests {
         });
         assert!(
             accepted.starts_with("bob's identity key changed, and the new key is now accepted.")
+        );
+        let alarm = verification_text(&VerificationView {
+            key_changed: true,
+            alarm: Some("default shows key 11; b shows key 22".into()),
+            pinned_safety_number: Some("2".repeat(60)),
+            ..v.clone()
+        });
+        assert!(alarm.starts_with(
+            "ALARM: the directories disagree about bob's identity key (default shows key 11; b shows key 22)"
+        ));
+        assert!(alarm.contains("smvsctl verify bob --keep-key"), "{alarm}");
+        assert!(
+            alarm.contains("Safety number of the key pinned for bob:\n    22222 22222"),
+            "{alarm}"
+        );
+        assert!(
+            alarm.contains("Safety number of the other key now shown for bob:\n    11111"),
+            "{alarm}"
         );
         assert_eq!(
             json_value(&to_json(&v).unwrap()),

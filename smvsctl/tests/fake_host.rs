@@ -15,7 +15,7 @@ use std::rc::Rc;
 use capnp::capability::Rc as CapRc;
 use smvs_schema::local_capnp::{event, event_sink, host, message, subscription};
 use smvs_schema::Username;
-use smvsctl::client::Start;
+use smvsctl::client::{KeyChoice, Start};
 use smvsctl::{commands, CtlError, ErrorCode, Format, MessageId};
 use tokio::sync::Notify;
 
@@ -399,9 +399,15 @@ async fn status_whoami_and_verify() {
         assert_eq!(text(out), "alice\nfingerprint: 05ab 77cd\n");
 
         let mut out = Vec::new();
-        commands::verify(&host, Format::Text, &mut out, &name("carol"), true)
-            .await
-            .unwrap();
+        commands::verify(
+            &host,
+            Format::Text,
+            &mut out,
+            &name("carol"),
+            KeyChoice::Accept,
+        )
+        .await
+        .unwrap();
         let out = text(out);
         assert!(out.starts_with("carol's identity key changed, and the new key is now accepted."));
         assert!(out.contains("    12345 67890 12345 67890\n"));

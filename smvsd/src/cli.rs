@@ -8,7 +8,10 @@ use std::time::Duration;
 use clap::Parser;
 use smvs_crypto::SigningPublicKey;
 
-use crate::config::{Config, FileConfig, DEFAULT_RELAY_KBPS, MIN_RELAY_KBPS};
+use crate::config::{
+    default_quorum, Config, DirectoryAnchor, FileConfig, DEFAULT_DIRECTORY, DEFAULT_RELAY_KBPS,
+    MIN_RELAY_KBPS,
+};
 
 /// The default cap on the wait between delivery attempts: one probe per half minute per
 /// unreachable peer is cheap, and a healed path is used again within it.
@@ -62,6 +65,14 @@ pub struct Cli {
     /// The directory's public key (hex), as `smvs-directory pubkey` prints it.
     #[arg(long)]
     pub directory_key: Option<String>,
+    /// Another directory to register with and ask, as NAME=HOST:PORT=KEY (repeatable; the
+    /// config file's `directories` are added to these).
+    #[arg(long = "also-directory", value_name = "NAME=ADDR=KEY")]
+    pub also_directory: Vec<String>,
+    /// How many directories must agree on a user's identity key before it is used
+    /// [default: a majority of them].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub quorum: Option<u64>,
     /// smvs-keyguard's socket.
     #[arg(long)]
     pub keyguard_socket: Option<PathBuf>,
@@ -120,6 +131,39 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         .directory_key
         .or(file.directory_key)
         .ok_or_else(|| need("directory-key"))?;
+    let mut directories = vec![DirectoryAnchor {
+        name: DEFAULT_DIRECTORY.into(),
+        address: cli
+            .directory
+            .or(file.directory)
+            .ok_or_else(|| need("directory"))?,
+        key: SigningPublicKey::from_hex(&directory_key)
+            .map_err(|e| format!("--directory-key: {e}"))?,
+    }];
+    for spec in &cli.also_directory {
+        let mut parts = spec.splitn(3, '=');
+        let (Some(name), Some(address), Some(key)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!(
+                "--also-directory {spec:?}: expected NAME=HOST:PORT=KEY"
+            ));
+        };
+        directories.push(anchor(name, address, key)?);
+    }
+    for d in file.directories.unwrap_or_default() {
+        directories.push(anchor(&d.name, &d.address, &d.key)?);
+    }
+    check_directories(&directories)?;
+    let quorum = match cli.quorum.map(|q| q as usize).or(file.quorum) {
+        None => default_quorum(directories.len()),
+        Some(q) if (1..=directories.len()).contains(&q) => q,
+        Some(q) => {
+            return Err(format!(
+                "quorum must be between 1 and the number of directories ({}), not {q}",
+                directories.len()
+            ))
+        }
+    };
     let public_address = cli
         .public_address
         .or(file.public_address)
@@ -172,12 +216,8 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
                 .clamp(1, 3600),
         ),
         public_address,
-        directory: cli
-            .directory
-            .or(file.directory)
-            .ok_or_else(|| need("directory"))?,
-        directory_key: SigningPublicKey::from_hex(&directory_key)
-            .map_err(|e| format!("--directory-key: {e}"))?,
+        directories,
+        quorum,
         keyguard_socket: cli
             .keyguard_socket
             .or(file.keyguard_socket)
@@ -233,6 +273,47 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
             }
         },
     })
+}
+
+/// A directory of the list, checked: a name of lowercase letters, digits and `-` (it is
+/// written after a user's name, `alice@NAME`), an address, a key.
+fn anchor(name: &str, address: &str, key: &str) -> Result<DirectoryAnchor, String> {
+    let name_ok = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !name_ok {
+        return Err(format!(
+            "directory name {name:?}: use 1 to 32 lowercase letters, digits and -"
+        ));
+    }
+    if address.is_empty() {
+        return Err(format!("directory {name}: no address"));
+    }
+    Ok(DirectoryAnchor {
+        name: name.into(),
+        address: address.into(),
+        key: SigningPublicKey::from_hex(key).map_err(|e| format!("directory {name}'s key: {e}"))?,
+    })
+}
+
+/// No two directories share a name or a key (the same directory twice would be two votes).
+fn check_directories(directories: &[DirectoryAnchor]) -> Result<(), String> {
+    for (i, a) in directories.iter().enumerate() {
+        for b in &directories[..i] {
+            if a.name == b.name {
+                return Err(format!("two directories are named {:?}", a.name));
+            }
+            if a.key == b.key {
+                return Err(format!(
+                    "directories {} and {} have the same key: one directory counts once",
+                    b.name, a.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -300,5 +381,52 @@ mod tests {
             settle_args(&["--config", path_arg]).unwrap().relay_kbps,
             256
         );
+    }
+
+    #[test]
+    fn several_directories_come_from_flags_and_the_file_with_a_majority_quorum() {
+        let one = settle_args(&[]).unwrap();
+        assert_eq!((one.directories.len(), one.quorum), (1, 1));
+        assert_eq!(one.directories[0].name, "default");
+        let b = format!("b=127.0.0.2:7420={}", "11".repeat(32));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("smvsd.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[[directories]]\nname = \"c\"\naddress = \"127.0.0.3:7420\"\nkey = \"{}\"\n",
+                "22".repeat(32)
+            ),
+        )
+        .unwrap();
+        let path_arg = path.to_str().unwrap();
+        let three = settle_args(&["--also-directory", &b, "--config", path_arg]).unwrap();
+        let names: Vec<_> = three.directories.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["default", "b", "c"]);
+        assert_eq!(three.quorum, 2, "a majority of three");
+        let all = settle_args(&["--also-directory", &b, "--quorum", "2"]).unwrap();
+        assert_eq!(all.quorum, 2);
+        for (args, says) in [
+            (
+                vec!["--also-directory", &b, "--quorum", "3"],
+                "quorum must be between 1 and",
+            ),
+            (
+                vec!["--also-directory", "b=127.0.0.2:7420"],
+                "NAME=HOST:PORT=KEY",
+            ),
+            (
+                vec!["--also-directory", &b, "--also-directory", &b],
+                "two directories are named",
+            ),
+        ] {
+            let error = settle_args(&args).unwrap_err();
+            assert!(error.contains(says), "{args:?}: {error}");
+        }
+        let same_key = format!("x=127.0.0.9:1={KEY}");
+        let error = settle_args(&["--also-directory", &same_key]).unwrap_err();
+        assert!(error.contains("the same key"), "{error}");
+        let bad_name = format!("Big=127.0.0.9:1={}", "33".repeat(32));
+        assert!(settle_args(&["--also-directory", &bad_name]).is_err());
     }
 }

@@ -28,6 +28,10 @@ pub struct FileConfig {
     pub public_address: Option<String>,
     pub directory: Option<String>,
     pub directory_key: Option<String>,
+    /// Further directories, each `{ name, address, key }`; the one above is `default`.
+    pub directories: Option<Vec<FileDirectory>>,
+    /// How many directories must agree on a user's identity before it is used.
+    pub quorum: Option<usize>,
     pub keyguard_socket: Option<PathBuf>,
     pub dbus: Option<String>,
     pub allowed_uids: Option<Vec<u32>>,
@@ -40,6 +44,15 @@ pub struct FileConfig {
     pub relay_calls: Option<bool>,
     pub notifications: Option<String>,
     pub max_session_version: Option<u16>,
+}
+
+/// One entry of `directories` in the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDirectory {
+    pub name: String,
+    pub address: String,
+    pub key: String,
 }
 
 impl FileConfig {
@@ -66,8 +79,10 @@ pub struct Config {
     pub pairing_code_lifetime: Duration,
     /// The address published in the directory (default: the listen address).
     pub public_address: Option<HostAddress>,
-    pub directory: String,
-    pub directory_key: SigningPublicKey,
+    /// The directories this host is registered with and asks, the default one first.
+    pub directories: Vec<DirectoryAnchor>,
+    /// How many of them must agree on a user's identity ([`default_quorum`] unless set).
+    pub quorum: usize,
     pub keyguard_socket: PathBuf,
     /// Local uids allowed on the socket (root and the daemon's own uid always are).
     pub allowed_uids: Vec<u32>,
@@ -93,6 +108,24 @@ pub struct Config {
     pub dbus: Option<BusKind>,
     /// Desktop notifications raised by the daemon itself (session bus only).
     pub notifications: NotifyMode,
+}
+
+/// A directory this host trusts: its name (`default` for the one of `directory`), where it
+/// is, and the key it signs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryAnchor {
+    pub name: String,
+    pub address: String,
+    pub key: SigningPublicKey,
+}
+
+/// The name of the directory given as `directory` / `--directory`.
+pub const DEFAULT_DIRECTORY: &str = "default";
+
+/// The quorum when none is set: a majority of the directories (1 of 1, 2 of 2 or 3, 3 of 4),
+/// so one lying directory is outvoted and one that is down stops nothing once there are three.
+pub fn default_quorum(directories: usize) -> usize {
+    directories / 2 + 1
 }
 
 /// Which bus to serve `org.smvs.Daemon1` on.

@@ -185,8 +185,8 @@ impl Host {
         }
         let trust = Rc::new(Trust::new(
             DirectoryConfig {
-                address: config.directory.clone(),
-                key: config.directory_key,
+                directories: config.directories.clone(),
+                quorum: config.quorum,
                 socks5_proxy: config.socks5_proxy.clone(),
                 host_address: host_address.clone(),
                 session_keys: config.max_session_version >= crate::session::SESSION_V2,

@@ -731,8 +731,8 @@ impl Inbox {
                 "the sender was not in the directory a moment ago".into(),
             )));
         }
-        let record = match self.trust.lookup(sender, fresh).await {
-            Ok(record) => record,
+        let answers = match self.trust.lookup(sender, fresh).await {
+            Ok(answers) => answers,
             Err(e) if e.code == ErrorCode::UnknownUser => {
                 self.note_unknown(sender);
                 return Err(SenderCheck::Unknown);
@@ -743,7 +743,13 @@ impl Inbox {
                 )))
             }
         };
-        if &record.user.transport_key != remote_key {
+        // When the directories agree, the link's key must be the one they vouch for; when
+        // they do not, one of them at least (judging below raises the alarm and refuses).
+        let vouched = match answers.agreed() {
+            Ok(record) => &record.user.transport_key == remote_key,
+            Err(_) => answers.names_transport_key(remote_key),
+        };
+        if !vouched {
             return Err(SenderCheck::WrongKey);
         }
         match self.trust.pinned_contact(sender, false, request).await {
@@ -751,6 +757,11 @@ impl Inbox {
             Err(e) if e.code == ErrorCode::KeyChanged => {
                 Err(SenderCheck::Other(IncomingError::Later(
                     "the sender's identity key changed and is not accepted yet".into(),
+                )))
+            }
+            Err(e) if e.code == ErrorCode::DirectoriesDisagree => {
+                Err(SenderCheck::Other(IncomingError::Later(
+                    "the directories disagree about the sender's identity key".into(),
                 )))
             }
             Err(_) => Err(SenderCheck::Other(IncomingError::Later(

@@ -633,7 +633,10 @@ fn the_socket_and_dbus_refuse_the_same_request_with_the_same_code() {
             ),
             (
                 "verify a name nobody registered",
-                socket.verify(&name("nosuchuser"), false).await.map(drop),
+                socket
+                    .verify(&name("nosuchuser"), smvsctl::client::KeyChoice::Look)
+                    .await
+                    .map(drop),
                 proxy
                     .call::<_, _, (String, String, bool, bool)>("Verify", &("nosuchuser", false))
                     .await

@@ -600,8 +600,8 @@ impl App {
             }
             EventView::DirectoryAlarm { peer } => {
                 self.warn(format!(
-                    "warning: the directory served an older record of {peer} than before \
-                         (a rollback); it was refused"
+                    "warning: the directories disagree about {peer}'s key, or one served an \
+                     older record than before; press v on {peer}'s chat to see which"
                 ));
             }
             EventView::DeviceLinked { name } => {

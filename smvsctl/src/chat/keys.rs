@@ -251,6 +251,8 @@ mod tests {
             transcript_hash: String::new(),
             key_changed: true,
             accepted: false,
+            alarm: None,
+            pinned_safety_number: None,
             session_version: 2,
             record: None,
         });

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::text;
 use super::view::local_time;
-use crate::client::{EventView, HostClient, MessageStatus, MessageView, EVENT_QUEUE};
+use crate::client::{EventView, HostClient, KeyChoice, MessageStatus, MessageView, EVENT_QUEUE};
 use crate::error::{CtlError, ErrorCode};
 
 /// Messages shown when a conversation is opened.
@@ -204,7 +204,7 @@ impl Plain<'_> {
                 }
                 "/verify" => {
                     let peer = self.open_peer()?;
-                    let v = self.host.verify(&peer, false).await?;
+                    let v = self.host.verify(&peer, KeyChoice::Look).await?;
                     self.line(&format!(
                         "* safety number with {peer}: {}",
                         crate::output::safety_number_rows(&v.safety_number).join("  ")
@@ -225,7 +225,7 @@ impl Plain<'_> {
                             "/verify first: compare {peer}'s safety number, then /accept"
                         )));
                     }
-                    let v = self.host.verify(&peer, true).await?;
+                    let v = self.host.verify(&peer, KeyChoice::Accept).await?;
                     if v.accepted {
                         self.line(&format!("* {peer}'s new key is accepted"))?;
                     } else {
@@ -341,7 +341,7 @@ impl Plain<'_> {
             }
             EventView::DirectoryAlarm { peer } => {
                 self.line(&format!(
-                    "* WARNING: the directory served an older record of {peer} (refused)"
+                    "* WARNING: the directories disagree about {peer}'s key, or one served an older record (/verify)"
                 ))?;
             }
             EventView::Read { .. }

@@ -17,7 +17,7 @@ use super::keys::{action, Action};
 use super::view;
 use crate::call::CallCommand;
 use crate::cli::MediaArgs;
-use crate::client::{HostClient, EVENT_QUEUE};
+use crate::client::{HostClient, KeyChoice, EVENT_QUEUE};
 use crate::error::CtlError;
 
 /// The terminal, given back as it was found when this is dropped (also on an error, and while
@@ -685,7 +685,7 @@ async fn handle_key(
         }
         Action::Verify => {
             if let Some(peer) = target(app) {
-                let v = host.verify(&peer, false).await?;
+                let v = host.verify(&peer, KeyChoice::Look).await?;
                 app.overlay = Some(Overlay::Verify(v));
             }
         }
@@ -700,7 +700,7 @@ async fn handle_key(
                     ));
                 } else if shown.key_changed {
                     let user = shown.user.clone();
-                    let v = host.verify(&user, true).await?;
+                    let v = host.verify(&user, KeyChoice::Accept).await?;
                     app.overlay = Some(Overlay::Verify(v));
                     app.reload(host).await?;
                     app.say(format!("{user}'s new key is accepted"));

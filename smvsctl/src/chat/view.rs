@@ -986,6 +986,8 @@ mod tests {
             transcript_hash: "ab".repeat(32),
             key_changed: true,
             accepted: false,
+            alarm: None,
+            pinned_safety_number: None,
             session_version: 2,
             record: None,
         }

@@ -32,6 +32,7 @@ use crate::config::{BusKind, NotifyMode};
 use crate::error::HostError;
 use crate::events::{DeviceHub, Feed, Logged, DEVICE_QUEUE};
 use crate::model::{CallId, CallInfo, HostEvent, MessageId, Payload, StoredMessage, Viewer};
+use crate::trust::KeyDecision;
 
 pub const BUS_NAME: &str = "org.smvs.Daemon1";
 pub const OBJECT_PATH: &str = "/org/smvs/Daemon1";
@@ -48,6 +49,7 @@ pub enum Daemon1Error {
     Taken(String),
     UnknownUser(String),
     KeyChanged(String),
+    DirectoriesDisagree(String),
     Blocked(String),
     TooLarge(String),
     Directory(String),
@@ -77,6 +79,7 @@ impl From<HostError> for Daemon1Error {
             ErrorCode::Taken => Daemon1Error::Taken(m),
             ErrorCode::UnknownUser => Daemon1Error::UnknownUser(m),
             ErrorCode::KeyChanged => Daemon1Error::KeyChanged(m),
+            ErrorCode::DirectoriesDisagree => Daemon1Error::DirectoriesDisagree(m),
             ErrorCode::Blocked => Daemon1Error::Blocked(m),
             ErrorCode::TooLarge => Daemon1Error::TooLarge(m),
             ErrorCode::Directory => Daemon1Error::Directory(m),
@@ -364,19 +367,37 @@ impl Daemon1 {
     ) -> Result<(String, String, bool, bool), Daemon1Error> {
         self.check_caller(bus, Some(&header)).await?;
         let user = self::user(&user)?;
-        let v = self
-            .commands
-            .send(Verify {
-                user,
-                accept_new_key,
-            })
-            .await??;
+        let decision = if accept_new_key {
+            KeyDecision::Accept
+        } else {
+            KeyDecision::Look
+        };
+        let v = self.commands.send(Verify { user, decision }).await??;
         Ok((
             v.safety_number,
             v.transcript_hash,
             v.key_changed,
             v.accepted,
         ))
+    }
+
+    /// Stays with `user`'s pinned key and refuses the pending one (`smvsctl verify USER
+    /// --keep-key`): what the directories showed instead is not heard again. Returns the
+    /// pinned key's safety number.
+    async fn keep_key(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        user: String,
+    ) -> Result<String, Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let user = self::user(&user)?;
+        let decision = KeyDecision::Keep;
+        Ok(self
+            .commands
+            .send(Verify { user, decision })
+            .await??
+            .safety_number)
     }
 
     /// Deletes one message (`id`) or the whole conversation (`id` empty); returns how many.

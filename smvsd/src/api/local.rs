@@ -27,6 +27,7 @@ use crate::events::{Cursor, DeviceHub, Feed, JoinError, DEVICE_QUEUE};
 use crate::model::{
     Answerer, CallInfo, HostEvent, Integrity, MessageId, Payload, Status, StoredMessage, Viewer,
 };
+use crate::trust::KeyDecision;
 
 /// Local clients served at once.
 pub const MAX_LOCAL_CLIENTS: usize = 256;
@@ -485,6 +486,9 @@ impl host::Server for HostRpc {
             b.set_blocked(c.blocked);
             b.set_key_changed(c.pending.is_some());
             b.set_request(c.request);
+            if let Some(how) = &c.alarm {
+                b.set_alarm(how);
+            }
         }
         Ok(())
     }
@@ -515,24 +519,34 @@ impl host::Server for HostRpc {
         mut results: host::VerifyResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        let (user, accept_new_key) = {
+        let (user, decision) = {
             let p = params.get()?;
-            (user(p.get_user())?, p.get_accept_new_key())
+            let decision = match (p.get_accept_new_key(), p.get_keep_key()) {
+                (false, false) => KeyDecision::Look,
+                (true, false) => KeyDecision::Accept,
+                (false, true) => KeyDecision::Keep,
+                (true, true) => {
+                    return Err(HostError::bad_request(
+                        "accept the new key or keep the pinned one, not both",
+                    )
+                    .into())
+                }
+            };
+            (user(p.get_user())?, decision)
         };
-        let v = mailbox(
-            self.commands
-                .send(Verify {
-                    user,
-                    accept_new_key,
-                })
-                .await,
-        )??;
+        let v = mailbox(self.commands.send(Verify { user, decision }).await)??;
         let mut b = results.get().init_verification();
         b.set_safety_number(&v.safety_number);
         b.set_transcript_hash(&v.transcript_hash);
         b.set_key_changed(v.key_changed);
         b.set_accepted(v.accepted);
         b.set_session_version(v.session_version);
+        if let Some(how) = &v.alarm {
+            b.set_alarm(how);
+        }
+        if let Some(number) = &v.pinned_safety_number {
+            b.set_pinned_safety_number(number);
+        }
         if let Some(e) = &v.evidence {
             b.set_record(&e.record_bytes);
             b.set_record_signature(&e.signature);

@@ -33,7 +33,7 @@ use crate::outbox::Outbox;
 use crate::session::MAX_TEXT_BYTES;
 use crate::sessions::Sessions;
 use crate::storage::{ConversationSummary, HistoryPage, Storage, StorageError};
-use crate::trust::{Trust, Verification};
+use crate::trust::{KeyDecision, Trust, Verification};
 
 /// Requests waiting for the façade before senders are made to wait.
 pub const MAILBOX: usize = 8192;
@@ -136,7 +136,7 @@ command!(Status => HostStatus, |o, _m| { status(&o).await });
 pub struct Register(pub Username);
 
 command!(Register => HostStatus, |o, Register(name)| {
-    o.trust.register(name, o.host_address.clone()).await?;
+    o.trust.register(name).await?;
     // Publishes session v2's keys now rather than at the next hourly check (best effort).
     if let Err(e) = o.trust.renew_if_due().await {
         tracing::warn!(error = %e, "cannot publish the session keys now; trying again later");
@@ -315,19 +315,22 @@ command!(SetBlocked => (), |o, m| {
     Ok(())
 });
 
-/// `verify USER [--accept-new-key]`.
+/// `verify USER [--accept-new-key | --keep-key]`.
 #[derive(Message)]
 #[rtype(result = "Result<Verification, HostError>")]
 pub struct Verify {
     pub user: Username,
-    pub accept_new_key: bool,
+    pub decision: KeyDecision,
 }
 
 command!(Verify => Verification, |o, m| {
     let transcript = o.storage.transcript_hash(&m.user).await?;
-    let mut v = o.trust.verify(&m.user, m.accept_new_key, transcript).await?;
+    let mut v = o.trust.verify(&m.user, m.decision, transcript).await?;
     if v.accepted {
         o.sessions.forget(&m.user).await?;
+    }
+    if m.decision != KeyDecision::Look && !v.key_changed {
+        // What waited for the user's decision may go now.
         o.outbox.kick(&m.user);
     }
     if o.sessions.uses_v2(&m.user).await? {

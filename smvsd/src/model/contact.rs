@@ -1,5 +1,7 @@
 //! A contact: another user as this host knows them, typed (no hex to re-parse).
 
+use std::collections::BTreeMap;
+
 use smvs_crypto::{AgreementPublicKey, IdentityBundle};
 use smvs_directory::VerifiedRecord;
 use smvs_schema::{HostAddress, Username};
@@ -15,15 +17,28 @@ pub struct Contact {
     pub host_address: HostAddress,
     /// The directory record's serial this was learnt from (only ever grows).
     pub serial: u64,
+    /// The newest serial each directory (by key) served for this user: a directory that
+    /// serves a lower one later re-served an old record. Serials are each directory's own.
+    pub serials: BTreeMap<[u8; 32], u64>,
     pub blocked: bool,
     /// A different identity the directory now shows, not yet accepted by the user.
     pub pending: Option<PendingKey>,
+    /// Set when the directories disagreed about the identity (an equivocation): which showed
+    /// which key. `pending` then holds the other identity, and nothing is sent until the user
+    /// accepts it or keeps the pinned one.
+    pub alarm: Option<String>,
+    /// Identities the user refused for this contact (`verify --keep-key`, or the losing side
+    /// of a decided alarm): a directory that shows one again is not heard (newest last).
+    pub refused: Vec<IdentityBundle>,
     /// Not a contact yet: first heard from while contacts-only mode was on.
     pub request: bool,
     /// The signed directory record this contact was pinned or last updated from: evidence of
     /// what the directory said, which anyone with its key can check.
     pub evidence: Option<Evidence>,
 }
+
+/// How many refused identities a contact remembers.
+pub const MAX_REFUSED: usize = 8;
 
 /// A directory's signed statement about a user, kept as it came.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,10 +77,35 @@ impl Contact {
             transport_key: record.user.transport_key,
             host_address: record.user.host_address.clone(),
             serial: record.user.serial,
+            serials: BTreeMap::from([(*record.directory_key.as_bytes(), record.user.serial)]),
             blocked: false,
             pending: None,
+            alarm: None,
+            refused: Vec::new(),
             request,
             evidence: Some(Evidence::of(record)),
+        }
+    }
+
+    /// The newest serial `directory` served for this user, as far as we know. (Contacts
+    /// stored before serials were kept per directory know only their evidence's.)
+    pub fn serial_from(&self, directory: &[u8; 32]) -> Option<u64> {
+        self.serials.get(directory).copied().or_else(|| {
+            self.evidence
+                .as_ref()
+                .filter(|e| &e.directory_key == directory && self.serials.is_empty())
+                .map(|_| self.serial)
+        })
+    }
+
+    /// Remembers that the user refused `identity` for this contact (at most
+    /// [`MAX_REFUSED`], the oldest forgotten first).
+    pub fn refuse(&mut self, identity: IdentityBundle) {
+        if !self.refused.contains(&identity) {
+            self.refused.push(identity);
+        }
+        if self.refused.len() > MAX_REFUSED {
+            self.refused.remove(0);
         }
     }
 

@@ -17,6 +17,7 @@ mod epochs;
 mod event_log;
 mod sessions;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -386,6 +387,14 @@ struct ContactRecord {
     /// Hex of the record, its signature and the directory's key (absent in older rows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     evidence: Option<EvidenceRecord>,
+    /// Directory key (hex) to the newest serial it served (absent in older rows).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    serials: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    alarm: Option<String>,
+    /// Refused identities (hex bundles).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    refused: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -417,6 +426,17 @@ impl ContactRecord {
                 directory_key: hex::encode(e.directory_key),
                 issued_at: e.issued_at,
             }),
+            serials: c
+                .serials
+                .iter()
+                .map(|(key, serial)| (hex::encode(key), *serial))
+                .collect(),
+            alarm: c.alarm.clone(),
+            refused: c
+                .refused
+                .iter()
+                .map(|id| hex::encode(id.to_bytes()))
+                .collect(),
         }
     }
 
@@ -437,8 +457,25 @@ impl ContactRecord {
             host_address: HostAddress::parse(&self.host_address)
                 .map_err(|_| corrupt("host address"))?,
             serial: self.serial,
+            serials: self
+                .serials
+                .iter()
+                .map(|(key, serial)| -> Result<([u8; 32], u64)> {
+                    let key = hex::decode(key)
+                        .ok()
+                        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                        .ok_or_else(|| corrupt("serial's directory key"))?;
+                    Ok((key, *serial))
+                })
+                .collect::<Result<_>>()?,
             blocked: self.blocked,
             pending,
+            alarm: self.alarm,
+            refused: self
+                .refused
+                .iter()
+                .map(|h| bundle_from_hex(h))
+                .collect::<Result<_>>()?,
             request: self.request,
             evidence: self
                 .evidence

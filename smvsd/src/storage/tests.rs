@@ -1237,8 +1237,11 @@ fn a_move_to_a_new_epoch_reseals_everything_and_the_old_key_opens_nothing() {
             transport_key: smvs_crypto::AgreementKeyPair::generate().unwrap().public(),
             host_address: smvs_schema::HostAddress::parse("127.0.0.2:7421").unwrap(),
             serial: 7,
+            serials: std::collections::BTreeMap::from([([9; 32], 7)]),
             blocked: false,
             pending: None,
+            alarm: Some("default shows key 00; b shows key 11".into()),
+            refused: vec![smvs_crypto::IdentityKeys::generate().unwrap().bundle()],
             request: false,
             evidence: None,
         };

@@ -1,0 +1,780 @@
+//! Trust: who we are, what the directory says about others, and which identity we pinned for
+//! each of them.
+//!
+//! ```text
+//!  commands / outbox / inbox / calls ──► Trust ──► directory (signed records, cached briefly)
+//!                                          └────► storage (contacts, sealed)
+//! ```
+//!
+//! Owns: this host's user ([`Me`]), the directory link, the record cache, the contacts cache
+//! (written through to storage), and which changed key's safety number the user was shown.
+//! Nobody else changes a contact: block, accept a request, accept a changed key and pin on
+//! first contact are all methods here, so the rules are written once:
+//! - trust on first use pins the identity the directory shows;
+//! - a different identity later is recorded as pending, raises `KeyChanged` once, and every
+//!   send to that contact is refused until the user accepts it (after seeing its safety number);
+//! - a blocked contact is refused before anything of theirs is decrypted;
+//! - a contact whose host address is of a local kind (loopback, private, …) is not connected
+//!   to unless this host's own address is of that same kind ([`may_connect`]): whoever
+//!   connects to a contact's host (the outbox, the call manager) gets it through
+//!   [`Trust::trusted_contact`], which applies the rule; only the inbox, which answers on the
+//!   link the peer opened, uses [`Trust::pinned_contact`], which does not.
+//!
+//! Serializes: it lives on the main thread; each method finishes its cache change before it
+//! awaits storage, so a reader that runs meanwhile sees the new state (storage runs writes in
+//! the order they are queued, so the disk ends in the same state). No borrow is held across an
+//! `.await`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use smvs_crypto::{AgreementKeyPair, IdentityBundle};
+use smvs_directory::VerifiedRecord;
+use smvs_schema::canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS;
+use smvs_schema::{AddressKind, ErrorCode, HostAddress, Username};
+
+use crate::config::DirectoryAnchor;
+use crate::error::HostError;
+use crate::events::Events;
+use crate::guard::Guard;
+use crate::model::{Contact, Evidence, HostEvent, Status};
+use crate::storage::Storage;
+
+mod directories;
+mod judge;
+
+use directories::{equivocation, lookup_all, DirectoryLink};
+pub use directories::{Answers, DIRECTORY_TIMEOUT};
+pub use judge::{judge, key_changed, may_connect, may_send, own_kind, Judgement};
+/// How long a directory answer is reused before asking again. Records are signed, so a cached
+/// one is as good as a new one until the user moves or changes keys, which is noticed sooner
+/// when it matters: a link that presents another key, or a delivery that failed, asks again
+/// (see [`Trust::may_refresh`]). Look-ups are few, so the directory learns little about who
+/// talks to whom.
+const RECORD_TTL: Duration = Duration::from_secs(600);
+/// The least time between two directory look-ups of one user, however often a peer or a
+/// failing delivery asks for a fresh one.
+const MIN_REFRESH: Duration = Duration::from_secs(5);
+/// How often smvsd checks whether its transport certificate is due for renewal (besides at
+/// start). Renewal is due with half the lifetime (15 days) left, so an hour is plenty.
+pub const RENEW_CHECK: Duration = Duration::from_secs(3600);
+
+/// This host's own user, once registered.
+#[derive(Debug, Clone)]
+pub struct Me {
+    pub username: Username,
+    pub identity: IdentityBundle,
+}
+
+/// The directories, which keys they must present, and how to reach them.
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    /// The default directory first.
+    pub directories: Vec<DirectoryAnchor>,
+    /// How many must agree on an identity.
+    pub quorum: usize,
+    /// Reach them through this SOCKS5 proxy, as other hosts are reached.
+    pub socks5_proxy: Option<String>,
+    /// The address this host publishes there.
+    pub host_address: HostAddress,
+    /// Publish session v2's keys (the X-Wing key and keyguard's current prekey) there.
+    pub session_keys: bool,
+}
+
+/// What the user decided about a contact's pending key, if anything (`verify`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDecision {
+    /// Only look: show the safety number(s).
+    Look,
+    /// Take the pending key (`--accept-new-key`).
+    Accept,
+    /// Stay with the pinned key and refuse the pending one (`--keep-key`).
+    Keep,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub safety_number: String,
+    pub transcript_hash: String,
+    pub key_changed: bool,
+    pub accepted: bool,
+    /// Set while the directories disagree about the contact: which showed which key.
+    pub alarm: Option<String>,
+    /// While a change is pending, the safety number of the identity pinned before it (the
+    /// one `--keep-key` keeps); `safety_number` is the pending one's.
+    pub pinned_safety_number: Option<String>,
+    /// The signed record the pinned identity came from, to show others.
+    pub evidence: Option<Evidence>,
+    /// The session version in use with the contact (filled in by the sessions owner).
+    pub session_version: u16,
+}
+
+pub struct Trust {
+    directory_config: DirectoryConfig,
+    /// One link per directory, in the configured order (the default one first).
+    links: Vec<DirectoryLink>,
+    /// The host's Noise key: certified at registration. Directory links never present it
+    /// (each shows a throwaway key, see [`directories`]).
+    transport: Rc<AgreementKeyPair>,
+    /// The address this host publishes: what [`may_connect`] compares a contact's with.
+    host_address: HostAddress,
+    keyguard: Rc<Guard>,
+    storage: Storage,
+    events: Events,
+    me: RefCell<Option<Me>>,
+    /// Answers and contacts are shared (`Rc`), not copied, with whoever asks: every arriving
+    /// envelope asks for both, and each holds signed records of a few kilobytes.
+    records: RefCell<HashMap<Username, (Rc<Answers>, Instant)>>,
+    contacts: RefCell<HashMap<Username, Rc<Contact>>>,
+    /// The changed identity each contact's safety number was last shown for: only that
+    /// identity may be accepted, so a key that changes again between `verify` and
+    /// `verify --accept-new-key` is not accepted unseen.
+    shown_pending: RefCell<HashMap<Username, IdentityBundle>>,
+}
+
+impl Trust {
+    pub fn new(
+        directory_config: DirectoryConfig,
+        transport: Rc<AgreementKeyPair>,
+        host_address: HostAddress,
+        keyguard: Rc<Guard>,
+        storage: Storage,
+        events: Events,
+        me: Option<Me>,
+    ) -> Trust {
+        let links = directory_config
+            .directories
+            .iter()
+            .map(|anchor| DirectoryLink::new(anchor.clone(), directory_config.socks5_proxy.clone()))
+            .collect();
+        Trust {
+            links,
+            directory_config,
+            transport,
+            host_address,
+            keyguard,
+            storage,
+            events,
+            me: RefCell::new(me),
+            records: RefCell::new(HashMap::new()),
+            contacts: RefCell::new(HashMap::new()),
+            shown_pending: RefCell::new(HashMap::new()),
+        }
+    }
+
+    pub fn me(&self) -> Result<Me, HostError> {
+        self.me.borrow().clone().ok_or_else(|| {
+            HostError::new(
+                ErrorCode::NotRegistered,
+                "this host has no user yet; run `smvsctl register NAME`",
+            )
+        })
+    }
+
+    /// This host's user, if registered.
+    pub fn registered(&self) -> Option<Me> {
+        self.me.borrow().clone()
+    }
+
+    /// The default directory's address.
+    pub fn directory_address(&self) -> &str {
+        &self.links[0].anchor.address
+    }
+
+    /// The kind of network this host is on ([`own_kind`] of its published address): the
+    /// addresses a contact's host name resolves to must be reachable from it.
+    pub fn own_kind(&self) -> AddressKind {
+        own_kind(&self.host_address)
+    }
+
+    // ----- contacts -----
+
+    /// The stored contact for `peer` (cached; the cache is written through).
+    pub async fn contact(&self, peer: &Username) -> Result<Option<Rc<Contact>>, HostError> {
+        if let Some(c) = self.contacts.borrow().get(peer) {
+            return Ok(Some(c.clone()));
+        }
+        let stored = self.storage.contact(peer).await?.map(Rc::new);
+        if let Some(c) = &stored {
+            self.contacts.borrow_mut().insert(peer.clone(), c.clone());
+        }
+        Ok(stored)
+    }
+
+    pub async fn contacts(&self) -> Result<Vec<Contact>, HostError> {
+        Ok(self.storage.contacts().await?)
+    }
+
+    /// Stores `contact`; the cache then holds it as given (an `Rc` is shared, not copied).
+    async fn put_contact(&self, contact: impl Into<Rc<Contact>>) -> Result<(), HostError> {
+        let contact: Rc<Contact> = contact.into();
+        let name = contact.username.clone();
+        // The cache first: a reader that runs while the write is on its way must see the new
+        // state (a block in progress must not be overwritten by a stale copy).
+        let before = self
+            .contacts
+            .borrow_mut()
+            .insert(name.clone(), contact.clone());
+        if let Err(e) = self.storage.put_contact(Contact::clone(&contact)).await {
+            let mut cache = self.contacts.borrow_mut();
+            match before {
+                Some(old) => cache.insert(name, old),
+                None => cache.remove(&name),
+            };
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Refuses sending to a blocked contact, one whose changed key is not accepted yet, or one
+    /// whose host address this host does not connect to ([`may_connect`]).
+    pub async fn check_can_send(&self, to: &Username) -> Result<(), HostError> {
+        let contact = self.contact(to).await?;
+        may_send(to, contact.as_deref())?;
+        match contact {
+            Some(contact) => may_connect(&self.host_address, to, &contact.host_address),
+            None => Ok(()),
+        }
+    }
+
+    /// Writing to (or calling) someone who wrote first in contacts-only mode accepts them:
+    /// their held messages become ordinary received ones.
+    pub async fn accept_request(&self, peer: &Username) -> Result<(), HostError> {
+        let Some(contact) = self.contact(peer).await? else {
+            return Ok(());
+        };
+        if !contact.request {
+            return Ok(());
+        }
+        let mut contact = Rc::unwrap_or_clone(contact);
+        contact.request = false;
+        self.put_contact(contact).await?;
+        let released = self.storage.release_held(peer).await?;
+        tracing::debug!(peer = %peer, released = released.len(), "accepted a message request");
+        for id in released {
+            self.events.publish(HostEvent::MessageStatus {
+                id,
+                peer: peer.clone(),
+                status: Status::Received,
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks `peer` as a message request (contacts-only mode), if it is not one already.
+    pub async fn mark_request(&self, contact: &mut Rc<Contact>) -> Result<(), HostError> {
+        if !contact.request {
+            Rc::make_mut(contact).request = true;
+            self.put_contact(contact.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// `block USER` / `unblock USER`: blocking pins the user's current key, so the block holds
+    /// for that key even if they never wrote before.
+    pub async fn set_blocked(&self, peer: &Username, blocked: bool) -> Result<(), HostError> {
+        let mut contact = match self.contact(peer).await? {
+            Some(c) => Rc::unwrap_or_clone(c),
+            // Pinned now, even while its key is in question: the block holds either way.
+            None => match self.pinned_contact(peer, true, false).await {
+                Ok((contact, _)) => Rc::unwrap_or_clone(contact),
+                Err(e)
+                    if matches!(
+                        e.code,
+                        ErrorCode::KeyChanged | ErrorCode::DirectoriesDisagree
+                    ) =>
+                {
+                    Rc::unwrap_or_clone(self.contact(peer).await?.ok_or(e)?)
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        contact.blocked = blocked;
+        self.put_contact(contact).await?;
+        tracing::info!(peer = %peer, blocked, "contact block changed");
+        Ok(())
+    }
+
+    // ----- the directories -----
+
+    /// Whether a fresh look-up of `peer` may be made now: the cached record is older than
+    /// [`MIN_REFRESH`] (or there is none).
+    pub fn may_refresh(&self, peer: &Username) -> bool {
+        self.records
+            .borrow()
+            .get(peer)
+            .is_none_or(|(_, at)| at.elapsed() >= MIN_REFRESH)
+    }
+
+    /// What the directories say about `peer` (cached for [`RECORD_TTL`] unless `fresh`): every
+    /// checked answer; [`Answers::agreed`] is the record, when they agree.
+    pub async fn lookup(&self, peer: &Username, fresh: bool) -> Result<Rc<Answers>, HostError> {
+        if !fresh {
+            if let Some((answers, at)) = self.records.borrow().get(peer) {
+                if at.elapsed() < RECORD_TTL {
+                    return Ok(answers.clone());
+                }
+            }
+        }
+        match lookup_all(&self.links, self.directory_config.quorum, peer).await {
+            Ok(answers) => {
+                let answers = Rc::new(answers);
+                self.records
+                    .borrow_mut()
+                    .insert(peer.clone(), (answers.clone(), Instant::now()));
+                Ok(answers)
+            }
+            Err(e) => {
+                if e.code == ErrorCode::UnknownUser {
+                    self.records.borrow_mut().remove(peer);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Trust::pinned_contact`] for whoever will connect to the contact's host (the outbox,
+    /// the call manager): also refuses a host address this host does not connect to
+    /// ([`may_connect`], `address-refused`). The contact is pinned all the same: the identity
+    /// is what it is, wherever its host is.
+    pub async fn trusted_contact(
+        &self,
+        peer: &Username,
+        fresh: bool,
+        request: bool,
+    ) -> Result<(Rc<Contact>, Rc<VerifiedRecord>), HostError> {
+        let (contact, record) = self.pinned_contact(peer, fresh, request).await?;
+        may_connect(&self.host_address, peer, &contact.host_address)?;
+        Ok((contact, record))
+    }
+
+    /// The pinned contact for `peer`, checked against the directory's current record (cached
+    /// unless `fresh`). First contact pins the identity (trust on first use), marked as a
+    /// message request when `request` is set. A different identity is recorded as pending,
+    /// raises a KeyChanged event once, and is an error until accepted. The host address is
+    /// not judged here: this is for checking a sender on the link it opened (the inbox) and
+    /// for `verify`, which connect nowhere.
+    pub async fn pinned_contact(
+        &self,
+        peer: &Username,
+        fresh: bool,
+        request: bool,
+    ) -> Result<(Rc<Contact>, Rc<VerifiedRecord>), HostError> {
+        let answers = self.lookup(peer, fresh).await?;
+        let stored = self.contact(peer).await?;
+        let contact = match judge(stored, &answers, request) {
+            Judgement::Unchanged(contact) => contact,
+            Judgement::Rollback {
+                contact,
+                directory,
+                served,
+                before,
+            } => {
+                smvs_service::security_event!(error, smvs_service::logging::DIRECTORY_ROLLBACK, peer = %peer, %directory, served, before, "a directory served an older record of a contact than before; keeping the newer one");
+                self.events
+                    .publish(HostEvent::DirectoryAlarm { peer: peer.clone() });
+                contact
+            }
+            Judgement::Pin(contact) | Judgement::Update(contact) => {
+                let contact = Rc::new(contact);
+                self.put_contact(contact.clone()).await?;
+                contact
+            }
+            Judgement::KeyChanged {
+                contact,
+                first_seen,
+            } => {
+                if first_seen {
+                    self.put_contact(contact).await?;
+                    smvs_service::security_event!(warn, smvs_service::logging::KEY_CHANGED, peer = %peer, "a contact's identity key changed; refusing until accepted");
+                    self.events
+                        .publish(HostEvent::KeyChanged { peer: peer.clone() });
+                }
+                return Err(key_changed(peer));
+            }
+            Judgement::Disagree {
+                contact,
+                first_seen,
+            } => {
+                let how = contact.alarm.clone().unwrap_or_default();
+                if first_seen {
+                    self.put_contact(contact).await?;
+                    smvs_service::security_event!(error, smvs_service::logging::DIRECTORY_EQUIVOCATION, peer = %peer, directories = %how, "the directories disagree about a contact's identity key; nothing is sent to them until the user decides");
+                    self.events
+                        .publish(HostEvent::DirectoryAlarm { peer: peer.clone() });
+                }
+                return Err(equivocation(peer, &how));
+            }
+            Judgement::TooFew(e) => return Err(e),
+        };
+        // The record the contact stands on: the first directory's that vouches for its
+        // identity (the user may have refused what others show).
+        let record = answers
+            .answers
+            .iter()
+            .find(|a| a.record.user.identity == contact.identity)
+            .map(|a| a.record.clone())
+            .ok_or_else(|| answers.too_few(0))?;
+        Ok((contact, record))
+    }
+
+    // ----- verification -----
+
+    /// `verify USER [--accept-new-key | --keep-key]`: the safety number of the identity to
+    /// compare (the changed one, while a change is pending, with the pinned one's beside it),
+    /// and, when asked, the user's decision:
+    /// - accept: takes the changed key whose safety number was shown last. When the
+    ///   directories disagreed, the identity given up is refused from then on. The caller
+    ///   drops the session keys of an accepted change.
+    /// - keep: stays with the pinned key, and refuses the changed one from then on (a
+    ///   directory that shows it again is not heard).
+    pub async fn verify(
+        &self,
+        peer: &Username,
+        decision: KeyDecision,
+        transcript_hash: [u8; 32],
+    ) -> Result<Verification, HostError> {
+        let me = self.me()?;
+        // Refresh from the directories, so a key change or a disagreement is noticed here too.
+        let mut contact = Rc::unwrap_or_clone(match self.pinned_contact(peer, true, false).await {
+            Ok((contact, _)) => contact,
+            Err(e)
+                if matches!(
+                    e.code,
+                    ErrorCode::KeyChanged | ErrorCode::DirectoriesDisagree
+                ) =>
+            {
+                self.contact(peer)
+                    .await?
+                    .ok_or_else(|| HostError::internal("changed key without a contact"))?
+            }
+            Err(e) => return Err(e),
+        });
+        let mut accepted = false;
+        match (contact.pending.clone(), decision) {
+            (_, KeyDecision::Look) => {}
+            (None, KeyDecision::Keep) => {
+                return Err(HostError::bad_request(format!(
+                    "no other key is pending for {peer}; there is nothing to keep the pinned one against"
+                )))
+            }
+            (None, KeyDecision::Accept) => {}
+            (Some(pending), KeyDecision::Keep) => {
+                contact.refuse(pending.identity);
+                contact.pending = None;
+                contact.alarm = None;
+                self.shown_pending.borrow_mut().remove(peer);
+                self.put_contact(contact.clone()).await?;
+                self.records.borrow_mut().remove(peer);
+                tracing::info!(peer = %peer, "kept a contact's pinned identity key and refused the other");
+            }
+            (Some(pending), KeyDecision::Accept) => {
+                // Only the key whose safety number the user was shown (and compared).
+                let shown = self.shown_pending.borrow_mut().remove(peer);
+                if shown != Some(pending.identity) {
+                    return Err(HostError::new(
+                        ErrorCode::KeyChanged,
+                        format!("{peer}'s new key has not been shown to you, or it changed again since: compare the safety number of `smvsctl verify {peer}` with {peer}, then accept"),
+                    ));
+                }
+                if contact.alarm.take().is_some() {
+                    // The directories disagreed and the user chose: the other side lied.
+                    let given_up = contact.identity;
+                    contact.refuse(given_up);
+                }
+                contact.refused.retain(|id| id != &pending.identity);
+                contact.identity = pending.identity;
+                contact.transport_key = pending.transport_key;
+                contact.pending = None;
+                // The next look-up refreshes host address and serials.
+                contact.serial = 0;
+                contact.serials.clear();
+                self.put_contact(contact.clone()).await?;
+                self.records.borrow_mut().remove(peer);
+                accepted = true;
+                tracing::info!(peer = %peer, "accepted a contact's new identity key");
+            }
+        }
+        let number = |identity: &IdentityBundle| {
+            smvs_crypto::safety_number(me.username.as_str(), &me.identity, peer.as_str(), identity)
+                .map_err(HostError::internal)
+        };
+        let (safety_number, pinned_safety_number) = match &contact.pending {
+            Some(pending) => {
+                self.shown_pending
+                    .borrow_mut()
+                    .insert(peer.clone(), pending.identity);
+                (number(&pending.identity)?, Some(number(&contact.identity)?))
+            }
+            None => (number(&contact.identity)?, None),
+        };
+        Ok(Verification {
+            safety_number,
+            transcript_hash: hex::encode(transcript_hash),
+            key_changed: contact.pending.is_some(),
+            accepted,
+            alarm: contact.alarm.clone(),
+            pinned_safety_number,
+            evidence: contact.evidence.clone(),
+            session_version: crate::session::SESSION_V1,
+        })
+    }
+
+    // ----- registration -----
+
+    /// Renews our registration's transport certificate when it is due: less than half its
+    /// lifetime left, or the record names another transport key than ours. Logs in with the
+    /// token keyguard opens, has keyguard certify our transport key anew, and hands it to the
+    /// directory. Returns the new expiry, or `None` when nothing was due (or we are not
+    /// registered). smvsd runs this at start and every [`RENEW_CHECK`] after.
+    pub async fn renew_if_due(&self) -> Result<Option<i64>, HostError> {
+        let Some(me) = self.registered() else {
+            return Ok(None);
+        };
+        let results = futures::future::join_all(self.links.iter().map(|link| async {
+            match tokio::time::timeout(DIRECTORY_TIMEOUT, self.renew_at(link, &me)).await {
+                Ok(result) => result,
+                Err(_) => Err(link.no_answer("renewing the registration")),
+            }
+        }))
+        .await;
+        self.records.borrow_mut().remove(&me.username);
+        // One directory that cannot be reached does not stop the others; only when none could
+        // be is it the caller's error.
+        let mut renewed = None;
+        let mut first_error = None;
+        let mut any_ok = false;
+        for (link, result) in self.links.iter().zip(results) {
+            match result {
+                Ok(expiry) => {
+                    any_ok = true;
+                    if let Some(expiry) = expiry {
+                        renewed = Some(renewed.map_or(expiry, |r: i64| r.min(expiry)));
+                    }
+                }
+                Err(e) => {
+                    if self.links.len() > 1 {
+                        tracing::warn!(directory = %link.name(), error = %e, "cannot renew the registration at this directory now; trying again at the next check");
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match (any_ok, first_error) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(renewed),
+        }
+    }
+
+    /// The renewal at one directory; a directory that has no record of us (added to the
+    /// configuration since we registered) is registered with now.
+    async fn renew_at(&self, link: &DirectoryLink, me: &Me) -> Result<Option<i64>, HostError> {
+        let directory = link.client().await?;
+        let failed = |e: smvs_directory::ClientError| {
+            link.failed(&e);
+            HostError::from(e)
+        };
+        let record = match directory.lookup_for_owner(&me.username).await {
+            Ok(record) => record,
+            Err(e) if e.code() == Some(smvs_directory::ErrorCode::NotFound) => {
+                let record = self.register_at(link, &me.username, &me.identity).await?;
+                return Ok(Some(record.user.transport_not_after));
+            }
+            Err(e) => return Err(failed(e)),
+        };
+        if record.user.identity != me.identity {
+            return Err(HostError::new(
+                ErrorCode::Directory,
+                format!(
+                    "the directory {}'s record of {} holds another identity than keyguard's; \
+                     was it rotated without restarting smvsd, or is the name someone else's there?",
+                    link.name(),
+                    me.username
+                ),
+            ));
+        }
+        let transport_key = self.transport.public();
+        let left = record
+            .user
+            .transport_not_after
+            .saturating_sub(crate::model::now_ms());
+        let ours = &self.directory_config.host_address;
+        let address_moved = &record.user.host_address != ours;
+        let transport_due = record.user.transport_key != transport_key
+            || left <= TRANSPORT_CERTIFICATE_LIFETIME_MS / 2;
+        // Keyguard rotates the prekey when asked after it is due: what it hands out now is
+        // what the record must carry (checked every RENEW_CHECK, well within a prekey's life).
+        // A keyguard that cannot give them does not hold up the certificate's renewal.
+        let session_keys = if self.directory_config.session_keys {
+            match self.keyguard.session_keys(&me.identity).await {
+                Ok(keys) => Some(smvs_directory::PublishedSessionKeys {
+                    kem: keys.kem,
+                    kem_signature: keys.kem_signature,
+                    prekey: keys.prekey,
+                })
+                .filter(|keys| record.user.session_keys.as_ref() != Some(keys)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot get the session keys to publish; trying again at the next check");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if !transport_due && !address_moved && session_keys.is_none() {
+            return Ok(None);
+        }
+        if address_moved || record.user.transport_key != transport_key {
+            // Someone who could log in as us (a process that held keyguard's socket) may have
+            // pointed our contacts elsewhere; or the configuration changed. Either way the
+            // record must say what this host is, and the operator should know.
+            smvs_service::security_event!(
+                warn,
+                smvs_service::logging::OWN_RECORD_CHANGED,
+                directory = %link.name(),
+                published_address = %record.user.host_address,
+                our_address = %ours,
+                same_transport_key = record.user.transport_key == transport_key,
+                "the directory's record of this host's user does not name this host; publishing ours again"
+            );
+        }
+        let key = link.anchor.key;
+        let keyguard = self.keyguard.clone();
+        let username = me.username.clone();
+        let session = directory
+            .login_with(&me.username, |sealed| async move {
+                keyguard.open_login_token(&key, &username, &sealed).await
+            })
+            .await
+            .map_err(failed)?;
+        let mut record = record;
+        if transport_due {
+            let certificate = self
+                .keyguard
+                .certify_transport(&me.username, &transport_key)
+                .await?;
+            record = session
+                .renew_transport(&certificate)
+                .await
+                .map_err(failed)?;
+            tracing::info!(
+                directory = %link.name(),
+                not_after = record.user.transport_not_after,
+                serial = record.user.serial,
+                "renewed the transport certificate"
+            );
+        }
+        if &record.user.host_address != ours {
+            record = session.update_host_address(ours).await.map_err(failed)?;
+        }
+        if let Some(keys) = session_keys {
+            // A directory that refuses them (an older one, say) leaves the rest done.
+            match session.publish_session_keys(&keys).await {
+                Ok(published) => {
+                    record = published;
+                    tracing::info!(
+                        directory = %link.name(),
+                        prekey = keys.prekey.id,
+                        serial = record.user.serial,
+                        "published session v2 keys"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(directory = %link.name(), error = %e, "the directory did not take our session keys; trying again at the next check")
+                }
+            }
+        }
+        Ok(Some(record.user.transport_not_after))
+    }
+
+    /// Registers `username` at every directory: keyguard makes the identity, and builds and
+    /// signs each request (with a fresh certificate for our transport key). The default
+    /// directory must take it; another that cannot be reached now is registered with at the
+    /// next renewal check, and one where the name is someone else's is logged (users there
+    /// find us only through the others).
+    pub async fn register(&self, username: Username) -> Result<Me, HostError> {
+        if let Some(me) = self.me.borrow().as_ref() {
+            return Err(HostError::new(
+                ErrorCode::AlreadyRegistered,
+                format!("this host is already registered as {}", me.username),
+            ));
+        }
+        let identity = self.keyguard.create_identity().await?;
+        self.register_at(&self.links[0], &username, &identity)
+            .await?;
+        for link in &self.links[1..] {
+            if let Err(e) = self.register_at(link, &username, &identity).await {
+                tracing::warn!(directory = %link.name(), error = %e, "cannot register at this directory now; trying again at the next renewal check");
+            }
+        }
+        self.storage
+            .set_setting("me", username.as_str().as_bytes().to_vec())
+            .await?;
+        let me = Me { username, identity };
+        *self.me.borrow_mut() = Some(me.clone());
+        tracing::info!(username = %me.username, directories = self.links.len(), "registered");
+        Ok(me)
+    }
+
+    /// Registers `username` with `identity` at one directory.
+    async fn register_at(
+        &self,
+        link: &DirectoryLink,
+        username: &Username,
+        identity: &IdentityBundle,
+    ) -> Result<VerifiedRecord, HostError> {
+        let transport_key = self.transport.public();
+        let registration = self
+            .keyguard
+            .sign_registration(
+                &link.anchor.key,
+                username,
+                &transport_key,
+                &self.directory_config.host_address,
+            )
+            .await?;
+        if &registration.identity != identity {
+            return Err(HostError::internal(
+                "keyguard signed a registration of another identity than it created",
+            ));
+        }
+        let directory = link.client().await?;
+        let registering = directory.register(&registration);
+        let e = match tokio::time::timeout(DIRECTORY_TIMEOUT, registering).await {
+            Err(_) => return Err(link.no_answer(&format!("registering {username}"))),
+            Ok(Ok(record)) => return Ok(record),
+            Ok(Err(e)) => e,
+        };
+        link.failed(&e);
+        match e.code() {
+            Some(smvs_directory::ErrorCode::Taken) => {
+                // Taken by ourselves, if the record holds our identity and our transport key:
+                // the directory took an earlier registration and this host stopped before
+                // saving it. Then finish that registration here.
+                match link.lookup(username).await {
+                    Ok(r)
+                        if &r.user.identity == identity
+                            && r.user.transport_key == transport_key =>
+                    {
+                        tracing::info!(%username, directory = %link.name(), "the directory already holds our registration");
+                        Ok(r)
+                    }
+                    _ => Err(HostError::new(
+                        ErrorCode::Taken,
+                        format!(
+                            "the name {username} is taken at the directory {}",
+                            link.name()
+                        ),
+                    )),
+                }
+            }
+            Some(smvs_directory::ErrorCode::InvalidUsername) => {
+                Err(HostError::bad_request(e.to_string()))
+            }
+            _ => Err(e.into()),
+        }
+    }
+}

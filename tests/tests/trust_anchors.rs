@@ -1,0 +1,215 @@
+//! Trust anchors that can be checked: a host registered with several directories, look-ups
+//! that ask them all and need a quorum to agree, and an alarm when they disagree. The lying
+//! directory here is a real one whose database was tampered with, as an attacker who owns the
+//! box would: bob's row carries another identity, with a transport certificate that identity
+//! really signed for the name bob (so every signature checks out, and only the other
+//! directories can tell).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+use smvs_crypto::{AgreementKeyPair, IdentityKeys};
+use smvs_directory::record::TransportCertificate;
+use smvs_schema::Username;
+use smvs_tests::runtime::{run_local, runtime};
+use smvs_tests::watch::{Watch, LIMIT};
+use smvs_tests::{Backend, DirectoryProcess, HostProcess};
+
+/// `--also-directory NAME=ADDR=KEY` for `dir`.
+fn also(name: &str, dir: &DirectoryProcess) -> [String; 2] {
+    [
+        "--also-directory".into(),
+        format!("{name}={}={}", dir.addr, dir.key.to_hex()),
+    ]
+}
+
+/// Rewrites `user`'s row in `dir`'s database to a new identity (with a transport certificate
+/// it signed for that name, and no session keys), as a directory that lies would serve it.
+/// Returns the forged identity's signing key (hex).
+fn forge_identity(dir: &DirectoryProcess, user: &str) -> String {
+    let forged = IdentityKeys::generate().unwrap();
+    let bundle = forged.bundle();
+    let transport = AgreementKeyPair::generate().unwrap().public();
+    let not_after = smvs_directory::clock::now_ms() + 24 * 3600 * 1000;
+    let certificate = TransportCertificate::sign_locally(
+        &forged,
+        &Username::parse(user).unwrap(),
+        transport,
+        not_after,
+    );
+    let db = rusqlite::Connection::open(dir.db.strip_prefix("sqlite:").unwrap()).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+    let changed = db
+        .execute(
+            "UPDATE users SET signing_key = ?1, agreement_key = ?2, agreement_signature = ?3,
+                 transport_key = ?4, transport_certificate = ?5, transport_not_after = ?6,
+                 session_keys = NULL, host_address = '127.0.0.66:7421'
+             WHERE username = ?7",
+            rusqlite::params![
+                bundle.signing_key.as_bytes().to_vec(),
+                bundle.agreement_key.as_bytes().to_vec(),
+                bundle.agreement_signature.as_bytes().to_vec(),
+                transport.as_bytes().to_vec(),
+                certificate.certificate.as_bytes().to_vec(),
+                not_after,
+                user
+            ],
+        )
+        .unwrap();
+    assert_eq!(changed, 1, "{user} has a row to tamper with");
+    bundle.signing_key.to_hex()
+}
+
+/// Whether `dir` holds a record of `user` with the identity `signing_key` (hex).
+fn holds(dir: &DirectoryProcess, user: &str, signing_key: &str) -> bool {
+    run_local(async {
+        let client = dir.client().await.unwrap();
+        match client.lookup(&Username::parse(user).unwrap()).await {
+            Ok(record) => record.user.identity.signing_key.to_hex() == signing_key,
+            Err(_) => false,
+        }
+    })
+    .unwrap()
+}
+
+/// Three directories, one of which lies about bob's identity key. alice's host asks all three
+/// with a quorum of two: it refuses the lie, raises the alarm (a journal entry with its
+/// MESSAGE_ID, a `directory_alarm` event, the contact marked in `contacts`), sends nothing to
+/// bob and takes nothing from him until alice decides. She compares the pinned key's safety
+/// number with bob's and keeps it; then messages flow both ways, the liar's key is not heard
+/// again, and the quorum still holds when a second directory goes away.
+#[test]
+fn a_quorum_of_directories_outvotes_one_that_lies_and_raises_the_alarm() {
+    let rt = runtime().unwrap();
+    let (a, b, c) = rt.block_on(async {
+        (
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+        )
+    });
+    let [b1, b2] = also("b", &b);
+    let [c1, c2] = also("c", &c);
+    let all_three = [b1.as_str(), b2.as_str(), c1.as_str(), c2.as_str()];
+
+    // alice registers with all three at once.
+    let mut alice_flags = all_three.to_vec();
+    alice_flags.extend(["--quorum", "2"]);
+    let mut alice = HostProcess::start("alice", &a, "127.0.0.1", &alice_flags).unwrap();
+    alice.register().unwrap();
+
+    // bob registers with the default directory only, then adds the other two: his host
+    // registers there by itself when it starts again.
+    let mut bob = HostProcess::start("bob", &a, "127.0.0.2", &[]).unwrap();
+    bob.register().unwrap();
+    let signing_key_at_a = |user: &str| {
+        run_local(async {
+            let client = a.client().await.unwrap();
+            let record = client.lookup(&Username::parse(user).unwrap()).await;
+            record.unwrap().user.identity.signing_key.to_hex()
+        })
+        .unwrap()
+    };
+    let bob_key = signing_key_at_a("bob");
+    let alice_key = signing_key_at_a("alice");
+    assert!(!holds(&b, "bob", &bob_key) && !holds(&c, "bob", &bob_key));
+    bob.stop().unwrap();
+    bob.add_flags(&all_three);
+    bob.start_again().unwrap();
+    for (name, dir) in [("a", &a), ("b", &b), ("c", &c)] {
+        assert!(holds(dir, "bob", &bob_key), "bob is registered at {name}");
+        assert!(
+            holds(dir, "alice", &alice_key),
+            "alice is registered at {name}"
+        );
+    }
+
+    // Directory c now lies about bob.
+    let forged = forge_identity(&c, "bob");
+    assert!(holds(&c, "bob", &forged));
+
+    let mut watch = Watch::start(&alice).unwrap();
+    let refused = alice.ctl(&["send", "bob", "are you there?"]).unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "nothing is sent while they disagree"
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("the directories disagree about bob's identity key"),
+        "{said}"
+    );
+    assert!(
+        said.contains("default, b show key") && said.contains("c shows key"),
+        "{said}"
+    );
+    let alarm = watch
+        .wait_for("a directory alarm", |e| e["event"] == "directory_alarm")
+        .unwrap();
+    assert_eq!(alarm["peer"], "bob", "{alarm}");
+    let logs = alice.logs();
+    assert!(
+        logs.contains("7a3d95c2e0b84f1f9c6e2b5d8a41f307")
+            && logs.contains("directory-equivocation"),
+        "{logs}"
+    );
+    let contacts = alice.ctl_json(&["contacts"]).unwrap();
+    let bob_contact = &contacts[0];
+    assert_eq!(bob_contact["username"], "bob");
+    let how = bob_contact["alarm"].as_str().unwrap();
+    assert!(
+        how.contains(&forged[..16]) && how.contains(&bob_key[..16]),
+        "{how}"
+    );
+    let text = alice.ctl_ok(&["contacts"]).unwrap();
+    assert!(text.contains("DIRECTORIES DISAGREE"), "{text}");
+
+    // bob writes meanwhile: alice's host holds it back (it cannot tell who bob is).
+    bob.send("alice", "from bob, while they disagree").unwrap();
+
+    // alice compares: the pinned key is the one bob's host knows as its own.
+    let shown = alice.ctl_json(&["verify", "bob"]).unwrap();
+    assert_eq!(shown["key_changed"], true, "{shown}");
+    let bob_side = bob.ctl_json(&["verify", "alice"]).unwrap();
+    assert_eq!(
+        shown["pinned_safety_number"], bob_side["safety_number"],
+        "the pinned key is bob's own"
+    );
+    assert_ne!(shown["safety_number"], bob_side["safety_number"]);
+    let text = alice.ctl_ok(&["verify", "bob"]).unwrap();
+    assert!(
+        text.starts_with("ALARM: the directories disagree"),
+        "{text}"
+    );
+
+    // She keeps it: bob's held message arrives, hers goes out, and the lie is not heard.
+    let kept = alice.ctl_json(&["verify", "bob", "--keep-key"]).unwrap();
+    assert_eq!(kept["key_changed"], false, "{kept}");
+    assert_eq!(kept["safety_number"], bob_side["safety_number"]);
+    alice.send("bob", "hello bob").unwrap();
+    bob.wait_history("alice", LIMIT, |h| {
+        h.iter().any(|m| m["body"] == "hello bob")
+    })
+    .unwrap();
+    alice
+        .wait_history("bob", LIMIT, |h| {
+            h.iter()
+                .any(|m| m["body"] == "from bob, while they disagree")
+        })
+        .unwrap();
+    let contacts = alice.ctl_json(&["contacts"]).unwrap();
+    assert!(contacts[0].get("alarm").is_none(), "{contacts}");
+    assert_eq!(contacts[0]["key_changed"], false);
+
+    // With b gone too, only a vouches for bob's key (c's is refused): short of the quorum,
+    // a fresh look-up gives no answer rather than one directory's.
+    drop(b);
+    let short = alice.ctl(&["verify", "bob"]).unwrap();
+    assert_eq!(short.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&short.stderr);
+    assert!(
+        said.contains("only 1 of the 3 directories vouched for bob, and 2 must"),
+        "{said}"
+    );
+    alice.stop().unwrap();
+}
