@@ -429,4 +429,30 @@ mod tests {
         let bad_name = format!("Big=127.0.0.9:1={}", "33".repeat(32));
         assert!(settle_args(&["--also-directory", &bad_name]).is_err());
     }
+
+    #[test]
+    fn the_shipped_config_takes_its_directories_example_when_uncommented() {
+        let shipped = include_str!("../../dist/config/smvsd.toml");
+        let key = "44".repeat(32);
+        let text: String = shipped
+            .lines()
+            .map(|line| {
+                let example = [
+                    "#[[directories]]",
+                    "#name =",
+                    "#address =",
+                    "#key =",
+                    "#quorum =",
+                ];
+                match example.iter().any(|p| line.starts_with(p)) {
+                    true => line[1..].replace("<64 hex digits>", &key) + "\n",
+                    false => format!("{line}\n"),
+                }
+            })
+            .collect();
+        let file: FileConfig = toml::from_str(&text).unwrap();
+        assert_eq!(file.quorum, Some(2));
+        let extra = file.directories.unwrap();
+        assert_eq!((extra.len(), extra[0].name.as_str()), (1, "second"));
+    }
 }
