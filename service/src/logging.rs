@@ -68,6 +68,13 @@ pub const DIRECTORY_EQUIVOCATION: SecurityEvent = SecurityEvent {
     message_id: "7a3d95c2e0b84f1f9c6e2b5d8a41f307",
 };
 
+/// A directory shows this host's own user with an identity key this host did not make: it
+/// lies about us to whoever asks (or someone took the name there).
+pub const OWN_KEY_FORGED: SecurityEvent = SecurityEvent {
+    name: "own-key-forged",
+    message_id: "3e9b0d6f4c21478a8e5f1a7c2b9d6e40",
+};
+
 /// A peer host's envelope or connection was refused (its key is not the sender's, or blocked).
 pub const PEER_REFUSED: SecurityEvent = SecurityEvent {
     name: "peer-refused",
@@ -108,9 +115,10 @@ pub const OWN_RECORD_CHANGED: SecurityEvent = SecurityEvent {
 };
 
 /// Every security event, for tests and documentation.
-pub const SECURITY_EVENTS: [SecurityEvent; 9] = [
+pub const SECURITY_EVENTS: [SecurityEvent; 10] = [
     DIRECTORY_ROLLBACK,
     DIRECTORY_EQUIVOCATION,
+    OWN_KEY_FORGED,
     KEY_CHANGED,
     PEER_REFUSED,
     KEYGUARD_REFUSAL,

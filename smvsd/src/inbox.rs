@@ -743,16 +743,30 @@ impl Inbox {
                 )))
             }
         };
-        // When the directories agree, the link's key must be the one they vouch for; when
-        // they do not, one of them at least (judging below raises the alarm and refuses).
-        let vouched = match answers.agreed() {
-            Ok(record) => &record.user.transport_key == remote_key,
-            Err(_) => answers.names_transport_key(remote_key),
-        };
-        if !vouched {
-            return Err(SenderCheck::WrongKey);
+        // When the directories agree, the link's key must be the one they vouch for. When
+        // they do not, a sender we never pinned leaves no trace (the user's own look-up
+        // raises the alarm); for a pinned one, judging below raises it, or finds the answers
+        // the user still hears in agreement.
+        match answers.agreed() {
+            Ok(record) if &record.user.transport_key != remote_key => {
+                return Err(SenderCheck::WrongKey)
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if !answers.names_transport_key(remote_key) {
+                    return Err(SenderCheck::WrongKey);
+                }
+                if self.trust.contact(sender).await.ok().flatten().is_none() {
+                    return Err(SenderCheck::Other(IncomingError::Later(e.message)));
+                }
+            }
         }
         match self.trust.pinned_contact(sender, false, request).await {
+            // The key must be one a directory vouches for with the identity that is pinned
+            // (not one it shows with an identity the user refused).
+            Ok((contact, _)) if !answers.vouches(&contact.identity, remote_key) => {
+                Err(SenderCheck::WrongKey)
+            }
             Ok((contact, _)) => Ok(contact),
             Err(e) if e.code == ErrorCode::KeyChanged => {
                 Err(SenderCheck::Other(IncomingError::Later(

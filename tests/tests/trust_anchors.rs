@@ -76,7 +76,8 @@ fn holds(dir: &DirectoryProcess, user: &str, signing_key: &str) -> bool {
 /// MESSAGE_ID, a `directory_alarm` event, the contact marked in `contacts`), sends nothing to
 /// bob and takes nothing from him until alice decides. She compares the pinned key's safety
 /// number with bob's and keeps it; then messages flow both ways, the liar's key is not heard
-/// again, and the quorum still holds when a second directory goes away.
+/// again. With a second directory gone, a host that never pinned bob pins nothing. bob's host, which looks
+/// its own name up at every directory, sees the key it never made.
 #[test]
 fn a_quorum_of_directories_outvotes_one_that_lies_and_raises_the_alarm() {
     let rt = runtime().unwrap();
@@ -126,6 +127,19 @@ fn a_quorum_of_directories_outvotes_one_that_lies_and_raises_the_alarm() {
     // Directory c now lies about bob.
     let forged = forge_identity(&c, "bob");
     assert!(holds(&c, "bob", &forged));
+    // bob's host looks its own name up at every renewal check (and at start): it sees the
+    // key it never made, and says so.
+    bob.stop().unwrap();
+    bob.start_again().unwrap();
+    let logs = bob.logs();
+    let forged_alarm = logs
+        .lines()
+        .find(|l| l.contains("3e9b0d6f4c21478a8e5f1a7c2b9d6e40"))
+        .unwrap_or_else(|| panic!("no own-key-forged alarm in {logs}"));
+    assert!(
+        forged_alarm.contains("directory=c") && forged_alarm.contains(&forged[..16]),
+        "{forged_alarm}"
+    );
 
     let mut watch = Watch::start(&alice).unwrap();
     let refused = alice.ctl(&["send", "bob", "are you there?"]).unwrap();
@@ -201,15 +215,29 @@ fn a_quorum_of_directories_outvotes_one_that_lies_and_raises_the_alarm() {
     assert!(contacts[0].get("alarm").is_none(), "{contacts}");
     assert_eq!(contacts[0]["key_changed"], false);
 
-    // With b gone too, only a vouches for bob's key (c's is refused): short of the quorum,
-    // a fresh look-up gives no answer rather than one directory's.
+    // carol, on the same three with a quorum of two, has never written to bob. With b gone
+    // too, only a vouches for bob's key (c shows another): short of the quorum, her host
+    // gives no answer rather than one directory's, and pins nothing.
+    let carol = HostProcess::start("carol", &a, "127.0.0.3", &alice_flags).unwrap();
+    carol.register().unwrap();
     drop(b);
-    let short = alice.ctl(&["verify", "bob"]).unwrap();
+    let short = carol.ctl(&["verify", "bob"]).unwrap();
     assert_eq!(short.status.code(), Some(1));
     let said = String::from_utf8_lossy(&short.stderr);
     assert!(
-        said.contains("only 1 of the 3 directories vouched for bob, and 2 must"),
+        said.contains("the directories disagree about bob's identity key"),
         "{said}"
     );
+    assert!(
+        said.contains("no key is shown by the 2 directories it takes to pin one"),
+        "{said}"
+    );
+    assert_eq!(
+        carol.ctl_json(&["contacts"]).unwrap(),
+        serde_json::json!([])
+    );
+    // alice, who pinned bob, still sees what she pinned.
+    let kept_again = alice.ctl_json(&["verify", "bob"]).unwrap();
+    assert_eq!(kept_again["safety_number"], bob_side["safety_number"]);
     alice.stop().unwrap();
 }

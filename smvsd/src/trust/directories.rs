@@ -200,6 +200,17 @@ impl Answers {
         HostError::new(ErrorCode::Directory, message)
     }
 
+    /// Whether an answer shows `identity` with `key` as the user's transport key.
+    pub fn vouches(
+        &self,
+        identity: &IdentityBundle,
+        key: &smvs_crypto::AgreementPublicKey,
+    ) -> bool {
+        self.answers
+            .iter()
+            .any(|a| &a.record.user.identity == identity && &a.record.user.transport_key == key)
+    }
+
     /// Whether any answer names `key` as the user's transport key (an arriving link's key is
     /// checked against this before anything is pinned).
     pub fn names_transport_key(&self, key: &smvs_crypto::AgreementPublicKey) -> bool {
@@ -256,6 +267,7 @@ pub async fn lookup_all(
     let mut answers = Vec::new();
     let mut failures = Vec::new();
     let mut unknown = None;
+    let mut unknowns = 0;
     let mut first_error = None;
     for (link, result) in links.iter().zip(results) {
         match result {
@@ -266,6 +278,7 @@ pub async fn lookup_all(
             Err(e) => {
                 failures.push(format!("{}: {}", link.anchor.name, e.message));
                 if e.code == ErrorCode::UnknownUser {
+                    unknowns += 1;
                     unknown.get_or_insert(e);
                 } else {
                     tracing::debug!(directory = %link.anchor.name, error = %e, "a directory gave no answer");
@@ -275,9 +288,17 @@ pub async fn lookup_all(
         }
     }
     if answers.is_empty() {
-        return Err(unknown.or(first_error).unwrap_or_else(|| {
-            HostError::new(ErrorCode::Directory, "no directory is configured")
-        }));
+        // "No such user" only when as many directories as it takes to vouch say so: one
+        // alone must not make a user unknown (queued messages to them fail for good).
+        return Err(match (unknown, first_error) {
+            (Some(unknown), _) if unknowns >= quorum => unknown,
+            (_, Some(e)) => e,
+            (Some(unknown), None) => HostError::new(ErrorCode::Directory, format!(
+                "only {unknowns} of the {} directories answered, saying they have no user {peer}, and {quorum} must: {}",
+                links.len(), unknown.message
+            )),
+            (None, None) => HostError::new(ErrorCode::Directory, "no directory is configured"),
+        });
     }
     Ok(Answers {
         user: peer.clone(),

@@ -69,77 +69,134 @@ pub fn may_connect(
 /// What the directories' answers mean for what we pinned.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Judgement {
-    /// First contact: pin the identity the directories show (trust on first use).
+    /// First contact: pin the identity a quorum of directories shows (trust on first use).
     Pin(Contact),
     /// Same identity, nothing new (the pinned contact as it is shared, not copied: this is
     /// every arriving envelope's case).
     Unchanged(Rc<Contact>),
-    /// Same identity at a newer serial: a new host address or transport key, certified by it.
+    /// Same identity, something new: a new host address or transport key certified by it, or
+    /// a directory's newer serial.
     Update(Contact),
     /// Another identity than the pinned one, shown by every directory that answered: recorded
     /// as pending; refused until the user accepts it. `first_seen` is false when that same
     /// change is already pending (nothing to write, no second alarm).
     KeyChanged { contact: Contact, first_seen: bool },
-    /// The same identity at a lower serial than that directory served before: it re-served
-    /// an old record. The pinned contact is kept as it is, and the alarm is raised.
-    Rollback {
-        contact: Rc<Contact>,
-        directory: String,
-        served: u64,
-        before: u64,
-    },
-    /// The directories show different identities (an equivocation): the other one is held as
-    /// pending with the alarm's description, and nothing is sent until the user decides.
-    /// `first_seen` as for `KeyChanged`.
+    /// The directories show different identities (an equivocation), or did since the user
+    /// last decided: the other one is held as pending with the alarm's description, and
+    /// nothing is sent until the user decides. `first_seen` as for `KeyChanged`.
     Disagree { contact: Contact, first_seen: bool },
-    /// Fewer directories than the quorum vouched for the identity: nothing is decided.
+    /// Fewer directories than the quorum vouched for one identity: nothing is decided.
     TooFew(HostError),
 }
 
+/// A directory that served a record older than one it served before (a rollback): the
+/// answer is not heard, and the alarm is raised.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rollback {
+    pub directory: String,
+    pub served: u64,
+    pub before: u64,
+}
+
 /// The trust rules, as a pure function of what we stored and what the directories say.
-/// Identities the user refused for this contact are not heard at all.
-pub fn judge(stored: Option<Rc<Contact>>, answers: &Answers, request: bool) -> Judgement {
-    let refused = |a: &&Answer| {
-        stored
-            .as_ref()
-            .is_some_and(|c| c.refused.contains(&a.record.user.identity))
-    };
-    let groups: Vec<Vec<&Answer>> = answers
-        .groups()
-        .into_iter()
-        .map(|g| g.into_iter().filter(|a| !refused(a)).collect::<Vec<_>>())
-        .filter(|g| !g.is_empty())
-        .collect();
-    if groups.len() > 1 {
-        return disagree(stored, &groups, request);
-    }
-    // (Directories that show only identities the user refused vouch for nobody.)
-    let Some(group) = groups.first().filter(|g| g.len() >= answers.quorum) else {
-        return Judgement::TooFew(answers.too_few(groups.first().map_or(0, Vec::len)));
-    };
-    let record = &*group[0].record;
-    let Some(shared) = stored else {
-        return Judgement::Pin(Contact::from_record(record, request));
-    };
-    let user = &record.user;
-    let directory = record.directory_key.as_bytes();
-    // A record older than one this directory served before changes nothing, and is an alarm.
-    // (No serial is what accepting a changed key leaves, to take whatever comes next.)
-    if shared.identity == user.identity {
-        match shared.serial_from(directory) {
-            Some(before) if user.serial < before => {
-                return Judgement::Rollback {
-                    contact: shared,
-                    directory: group[0].directory.clone(),
+/// Identities the user refused for this contact are not heard at all, nor is an answer older
+/// than one its directory served before (those are returned, to raise the alarm).
+pub fn judge(
+    stored: Option<Rc<Contact>>,
+    answers: &Answers,
+    request: bool,
+) -> (Judgement, Vec<Rollback>) {
+    let mut rollbacks = Vec::new();
+    let mut heard = |a: &&Answer| {
+        let Some(contact) = stored.as_ref() else {
+            return true;
+        };
+        let user = &a.record.user;
+        if contact.refused.contains(&user.identity) {
+            return false;
+        }
+        // (No serial is what accepting a changed key leaves, to take whatever comes next.)
+        match contact.serial_from(a.record.directory_key.as_bytes()) {
+            Some(before) if user.identity == contact.identity && user.serial < before => {
+                rollbacks.push(Rollback {
+                    directory: a.directory.clone(),
                     served: user.serial,
                     before,
-                }
+                });
+                false
             }
-            Some(before) if user.serial == before && shared.alarm.is_none() => {
-                return Judgement::Unchanged(shared)
-            }
-            _ => {}
+            _ => true,
         }
+    };
+    let mut groups: Vec<Vec<&Answer>> = Vec::new();
+    for group in answers.groups() {
+        let group: Vec<&Answer> = group.into_iter().filter(|a| heard(a)).collect();
+        if !group.is_empty() {
+            groups.push(group);
+        }
+    }
+    // (Still largest first: dropping answers may have changed the order.)
+    groups.sort_by_key(|g| std::cmp::Reverse(g.len()));
+    let judgement = judge_groups(stored, &groups, answers, request);
+    (judgement, rollbacks)
+}
+
+fn judge_groups(
+    stored: Option<Rc<Contact>>,
+    groups: &[Vec<&Answer>],
+    answers: &Answers,
+    request: bool,
+) -> Judgement {
+    // A contact under an alarm stays so until the user decides, whatever is said now.
+    if let Some(contact) = stored.as_ref().filter(|c| c.alarm.is_some()) {
+        if groups.len() < 2 {
+            return Judgement::Disagree {
+                contact: Contact::clone(contact),
+                first_seen: false,
+            };
+        }
+    }
+    if groups.len() > 1 {
+        return disagree(stored, groups, answers.quorum);
+    }
+    // (Directories that show only identities the user refused, or older records than they
+    // served before, vouch for nobody.)
+    let Some(group) = groups.first().filter(|g| g.len() >= answers.quorum) else {
+        return match stored {
+            // Too few to hear anything new from: what is pinned stands as it is.
+            Some(contact) => Judgement::Unchanged(contact),
+            None => Judgement::TooFew(answers.too_few(groups.first().map_or(0, Vec::len))),
+        };
+    };
+    // Of the records that agree, the one whose transport certificate runs longest: the
+    // identity signed it last, which no directory can forge (ties: the first configured).
+    let chosen = group
+        .iter()
+        .copied()
+        .reduce(|best, a| {
+            if a.record.user.transport_not_after > best.record.user.transport_not_after {
+                a
+            } else {
+                best
+            }
+        })
+        .unwrap_or(group[0]);
+    let record = &*chosen.record;
+    let Some(shared) = stored else {
+        let mut contact = Contact::from_record(record, request);
+        note_serials(&mut contact, group);
+        return Judgement::Pin(contact);
+    };
+    let user = &record.user;
+    let news = group.iter().any(|a| {
+        shared.serial_from(a.record.directory_key.as_bytes()) != Some(a.record.user.serial)
+    });
+    if shared.identity == user.identity
+        && !news
+        && shared.transport_key == user.transport_key
+        && shared.host_address == user.host_address
+    {
+        return Judgement::Unchanged(shared);
     }
     let mut contact = Rc::unwrap_or_clone(shared);
     if contact.identity != user.identity {
@@ -153,32 +210,49 @@ pub fn judge(stored: Option<Rc<Contact>>, answers: &Answers, request: bool) -> J
                 transport_key: user.transport_key,
             });
         }
-        // Every directory now agrees: whatever alarm there was is over, the change is not.
-        contact.alarm = None;
         return Judgement::KeyChanged {
             contact,
             first_seen,
         };
     }
-    // The same identity at a newer serial (or first heard of from this directory, or after
-    // the directories came to agree again).
+    // The same identity, with something new.
     contact.transport_key = user.transport_key;
     contact.host_address = user.host_address.clone();
     contact.serial = user.serial;
-    contact.serials.insert(*directory, user.serial);
+    note_serials(&mut contact, group);
     contact.pending = None;
-    contact.alarm = None;
     contact.evidence = Some(Evidence::of(record));
     Judgement::Update(contact)
 }
 
-/// The directories disagree: the pinned identity stays (or, at first contact, the largest
-/// group's is pinned), and the largest other group's is held as pending with the alarm.
-fn disagree(stored: Option<Rc<Contact>>, groups: &[Vec<&Answer>], request: bool) -> Judgement {
+/// Remembers the serial each directory of `group` served.
+fn note_serials(contact: &mut Contact, group: &[&Answer]) {
+    for a in group {
+        contact
+            .serials
+            .insert(*a.record.directory_key.as_bytes(), a.record.user.serial);
+    }
+}
+
+/// The directories disagree. A pinned contact keeps its identity, and the largest other
+/// group's is held as pending with the alarm. At first contact the largest group's identity
+/// is pinned (and the other held) only when a quorum shows it; otherwise nothing is pinned.
+fn disagree(stored: Option<Rc<Contact>>, groups: &[Vec<&Answer>], quorum: usize) -> Judgement {
     let how = describe(groups);
     let mut contact = match stored {
         Some(shared) => Rc::unwrap_or_clone(shared),
-        None => Contact::from_record(&groups[0][0].record, request),
+        None if groups[0].len() >= quorum => {
+            let mut contact = Contact::from_record(&groups[0][0].record, false);
+            note_serials(&mut contact, &groups[0]);
+            contact
+        }
+        None => {
+            let mut e = equivocation(&groups[0][0].record.user.username, &how);
+            e.message.push_str(&format!(
+                "; no key is shown by the {quorum} directories it takes to pin one"
+            ));
+            return Judgement::TooFew(e);
+        }
     };
     // Two groups show two identities, so one of them is not the pinned one.
     let other = groups
@@ -229,12 +303,12 @@ mod tests {
         serial: u64,
         address: &str,
     ) -> VerifiedRecord {
-        let transport = AgreementKeyPair::generate().unwrap().public();
         VerifiedRecord {
             user: UserRecord {
                 username: Username::parse(name).unwrap(),
                 identity,
-                transport_key: transport,
+                // One host key per user, as a user's directories all show (any key will do).
+                transport_key: identity.agreement_key,
                 transport_certificate: Signature::from_bytes(&[0; 64]).unwrap(),
                 transport_not_after: i64::MAX,
                 host_address: HostAddress::parse(address).unwrap(),
@@ -267,7 +341,16 @@ mod tests {
 
     /// One directory's answer, as a host with one directory hears it.
     fn judge(stored: Option<Rc<Contact>>, record: &VerifiedRecord, request: bool) -> Judgement {
-        super::judge(stored, &answers(1, &[record]), request)
+        super::judge(stored, &answers(1, &[record]), request).0
+    }
+
+    /// The judgement of several answers, with any rollback it found.
+    fn judge_all(
+        stored: Option<Rc<Contact>>,
+        quorum: usize,
+        records: &[&VerifiedRecord],
+    ) -> (Judgement, Vec<Rollback>) {
+        super::judge(stored, &answers(quorum, records), false)
     }
 
     fn identity() -> IdentityBundle {
@@ -302,15 +385,20 @@ mod tests {
         assert_eq!(c.host_address.as_str(), "127.0.0.9:7000");
         assert_eq!((c.serial, c.transport_key), (4, moved.user.transport_key));
         let replayed = record("bob", id, 2, "10.9.9.9:1");
+        let (judgement, rollbacks) = judge_all(Some(pinned.clone()), 1, &[&replayed]);
         assert_eq!(
-            judge(Some(pinned.clone()), &replayed, false),
-            Judgement::Rollback {
-                contact: pinned.clone(),
+            rollbacks,
+            [Rollback {
                 directory: "d1".into(),
                 served: 2,
                 before: 3
-            },
-            "an older record is an alarm and changes nothing"
+            }],
+            "an older record is an alarm"
+        );
+        assert_eq!(
+            judgement,
+            Judgement::Unchanged(pinned.clone()),
+            "and is not heard: what is pinned stands"
         );
         let same = record("bob", id, 3, "127.0.0.2:7421");
         let Judgement::Unchanged(shared) = judge(Some(pinned.clone()), &same, false) else {
@@ -425,12 +513,12 @@ mod tests {
             record_at(2, "bob", bob, 20, "127.0.0.2:7421"),
         );
         // Two of three agree: first contact pins the first directory's copy.
-        let Judgement::Pin(pinned) = super::judge(None, &answers(2, &[&a, &b]), false) else {
+        let Judgement::Pin(pinned) = judge_all(None, 2, &[&a, &b]).0 else {
             panic!("two agreeing answers meet a quorum of two")
         };
         assert_eq!(pinned.serial_from(dir(1).as_bytes()), Some(10));
         // One is not enough for a quorum of two.
-        let Judgement::TooFew(e) = super::judge(None, &answers(2, &[&b]), false) else {
+        let Judgement::TooFew(e) = judge_all(None, 2, &[&b]).0 else {
             panic!("one answer is short of the quorum")
         };
         assert!(e.message.contains("only 1 of the 1 directories"), "{e}");
@@ -440,7 +528,7 @@ mod tests {
         let Judgement::Disagree {
             contact,
             first_seen: true,
-        } = super::judge(None, &answers(2, &[&lie, &a, &b]), false)
+        } = judge_all(None, 2, &[&lie, &a, &b]).0
         else {
             panic!("a disagreement is an alarm")
         };
@@ -460,7 +548,7 @@ mod tests {
         assert_eq!(refused.code, ErrorCode::DirectoriesDisagree);
         // The same lie again: no second alarm.
         let contact = Rc::new(contact);
-        let again = super::judge(Some(contact.clone()), &answers(2, &[&lie, &a, &b]), false);
+        let again = judge_all(Some(contact.clone()), 2, &[&lie, &a, &b]).0;
         assert!(matches!(
             again,
             Judgement::Disagree {
@@ -474,18 +562,19 @@ mod tests {
         let lie_identity = kept.pending.take().unwrap().identity;
         kept.refuse(lie_identity);
         kept.alarm = None;
-        let Judgement::Unchanged(after) =
-            super::judge(Some(Rc::new(kept)), &answers(2, &[&lie, &a, &b]), false)
+        let Judgement::Unchanged(after) = judge_all(Some(Rc::new(kept)), 2, &[&lie, &a, &b]).0
         else {
             panic!("with the lie refused, the quorum agrees")
         };
         assert!(may_send(&after.username, Some(&after)).is_ok());
-        // Should the other directories now show the liar's key too, it is still not heard.
+        // Should another directory now show the liar's key too, it is still not heard, and
+        // one directory alone changes nothing.
         let lie_b = record_at(2, "bob", lie.user.identity, 40, "127.0.0.66:7421");
-        assert!(matches!(
-            super::judge(Some(after), &answers(2, &[&lie, &a, &lie_b]), false),
-            Judgement::TooFew(_)
-        ));
+        let moved_a = record_at(1, "bob", bob, 11, "127.0.0.99:7421");
+        assert_eq!(
+            judge_all(Some(after.clone()), 2, &[&lie, &moved_a, &lie_b]).0,
+            Judgement::Unchanged(after)
+        );
     }
 
     #[test]
@@ -500,15 +589,61 @@ mod tests {
         };
         assert_eq!(c.serial_from(dir(1).as_bytes()), Some(500));
         assert_eq!(c.serial_from(dir(2).as_bytes()), Some(7));
-        // But that directory going back is.
+        // But that directory going back is, and is not heard while the other agrees.
         let older = record_at(2, "bob", bob, 6, "127.0.0.2:7421");
-        assert!(matches!(
-            judge(Some(Rc::new(c)), &older, false),
-            Judgement::Rollback {
-                served: 6,
-                before: 7,
-                ..
+        let contact = Rc::new(c);
+        let (judgement, rollbacks) = judge_all(Some(contact.clone()), 1, &[&older, &at_one]);
+        assert_eq!(rollbacks.len(), 1);
+        assert_eq!((rollbacks[0].served, rollbacks[0].before), (6, 7));
+        assert_eq!(judgement, Judgement::Unchanged(contact));
+    }
+
+    #[test]
+    fn an_alarm_holds_until_the_user_decides_and_a_split_first_contact_pins_nothing() {
+        let bob = identity();
+        let (a, b) = (
+            record_at(1, "bob", bob, 10, "127.0.0.2:7421"),
+            record_at(2, "bob", bob, 20, "127.0.0.2:7421"),
+        );
+        let lie = record_at(3, "bob", identity(), 30, "127.0.0.66:7421");
+        // One against one with a quorum of two (the honest third is down): nothing pinned,
+        // whichever answered first.
+        for order in [[&lie, &a], [&a, &lie]] {
+            let (judgement, _) = judge_all(None, 2, &order);
+            let Judgement::TooFew(e) = judgement else {
+                panic!("no key has a quorum: {judgement:?}")
+            };
+            assert_eq!(e.code, ErrorCode::DirectoriesDisagree);
+        }
+        // Under an alarm, directories that agree again (the liar stopped answering) change
+        // nothing: the user decides.
+        let (Judgement::Disagree { contact, .. }, _) = judge_all(None, 2, &[&lie, &a, &b]) else {
+            panic!("a quorum against one is an alarm")
+        };
+        let contact = Rc::new(contact);
+        let (judgement, _) = judge_all(Some(contact.clone()), 2, &[&a, &b]);
+        assert_eq!(
+            judgement,
+            Judgement::Disagree {
+                contact: Contact::clone(&contact),
+                first_seen: false
             }
-        ));
+        );
+    }
+
+    #[test]
+    fn of_agreeing_records_the_freshest_certificate_is_taken() {
+        let bob = identity();
+        let mut old = record_at(1, "bob", bob, 10, "127.0.0.2:7421");
+        old.user.transport_not_after = 1_000;
+        let mut new = record_at(2, "bob", bob, 20, "127.0.0.3:7421");
+        new.user.transport_not_after = 2_000;
+        let (Judgement::Pin(c), _) = judge_all(None, 2, &[&old, &new]) else {
+            panic!("two agree")
+        };
+        assert_eq!(c.transport_key, new.user.transport_key);
+        assert_eq!(c.host_address.as_str(), "127.0.0.3:7421");
+        assert_eq!(c.serial_from(dir(1).as_bytes()), Some(10));
+        assert_eq!(c.serial_from(dir(2).as_bytes()), Some(20));
     }
 }

@@ -57,6 +57,8 @@ const RECORD_TTL: Duration = Duration::from_secs(600);
 /// The least time between two directory look-ups of one user, however often a peer or a
 /// failing delivery asks for a fresh one.
 const MIN_REFRESH: Duration = Duration::from_secs(5);
+/// The least time between two alarms of one kind about one contact.
+const ALARM_REPEAT: Duration = Duration::from_secs(600);
 /// How often smvsd checks whether its transport certificate is due for renewal (besides at
 /// start). Renewal is due with half the lifetime (15 days) left, so an hour is plenty.
 pub const RENEW_CHECK: Duration = Duration::from_secs(3600);
@@ -133,6 +135,8 @@ pub struct Trust {
     /// identity may be accepted, so a key that changes again between `verify` and
     /// `verify --accept-new-key` is not accepted unseen.
     shown_pending: RefCell<HashMap<Username, IdentityBundle>>,
+    /// When each kind of directory alarm was last raised for each contact.
+    alarms: RefCell<HashMap<(Username, &'static str), Instant>>,
 }
 
 impl Trust {
@@ -162,6 +166,7 @@ impl Trust {
             records: RefCell::new(HashMap::new()),
             contacts: RefCell::new(HashMap::new()),
             shown_pending: RefCell::new(HashMap::new()),
+            alarms: RefCell::new(HashMap::new()),
         }
     }
 
@@ -365,19 +370,16 @@ impl Trust {
     ) -> Result<(Rc<Contact>, Rc<VerifiedRecord>), HostError> {
         let answers = self.lookup(peer, fresh).await?;
         let stored = self.contact(peer).await?;
-        let contact = match judge(stored, &answers, request) {
-            Judgement::Unchanged(contact) => contact,
-            Judgement::Rollback {
-                contact,
-                directory,
-                served,
-                before,
-            } => {
-                smvs_service::security_event!(error, smvs_service::logging::DIRECTORY_ROLLBACK, peer = %peer, %directory, served, before, "a directory served an older record of a contact than before; keeping the newer one");
+        let (judgement, rollbacks) = judge(stored, &answers, request);
+        for r in rollbacks {
+            if self.may_alarm(peer, "rollback") {
+                smvs_service::security_event!(error, smvs_service::logging::DIRECTORY_ROLLBACK, peer = %peer, directory = %r.directory, served = r.served, before = r.before, "a directory served an older record of a contact than before; it is not heard");
                 self.events
                     .publish(HostEvent::DirectoryAlarm { peer: peer.clone() });
-                contact
             }
+        }
+        let contact = match judgement {
+            Judgement::Unchanged(contact) => contact,
             Judgement::Pin(contact) | Judgement::Update(contact) => {
                 let contact = Rc::new(contact);
                 self.put_contact(contact.clone()).await?;
@@ -402,13 +404,17 @@ impl Trust {
                 let how = contact.alarm.clone().unwrap_or_default();
                 if first_seen {
                     self.put_contact(contact).await?;
-                    smvs_service::security_event!(error, smvs_service::logging::DIRECTORY_EQUIVOCATION, peer = %peer, directories = %how, "the directories disagree about a contact's identity key; nothing is sent to them until the user decides");
-                    self.events
-                        .publish(HostEvent::DirectoryAlarm { peer: peer.clone() });
+                    self.equivocation_alarm(peer, &how);
                 }
                 return Err(equivocation(peer, &how));
             }
-            Judgement::TooFew(e) => return Err(e),
+            Judgement::TooFew(e) => {
+                if e.code == ErrorCode::DirectoriesDisagree {
+                    // First contact, and no key has a quorum: nothing to pin, but the alarm.
+                    self.equivocation_alarm(peer, &e.message);
+                }
+                return Err(e);
+            }
         };
         // The record the contact stands on: the first directory's that vouches for its
         // identity (the user may have refused what others show).
@@ -419,6 +425,29 @@ impl Trust {
             .map(|a| a.record.clone())
             .ok_or_else(|| answers.too_few(0))?;
         Ok((contact, record))
+    }
+
+    /// Whether an alarm of `kind` about `peer` may be raised now: at most one per
+    /// [`ALARM_REPEAT`], so a directory that lies on every look-up (with a new key each time,
+    /// say) does not flood the journal and every device.
+    fn may_alarm(&self, peer: &Username, kind: &'static str) -> bool {
+        let mut alarms = self.alarms.borrow_mut();
+        let key = (peer.clone(), kind);
+        match alarms.get(&key) {
+            Some(at) if at.elapsed() < ALARM_REPEAT => false,
+            _ => {
+                alarms.insert(key, Instant::now());
+                true
+            }
+        }
+    }
+
+    fn equivocation_alarm(&self, peer: &Username, how: &str) {
+        if self.may_alarm(peer, "equivocation") {
+            smvs_service::security_event!(error, smvs_service::logging::DIRECTORY_EQUIVOCATION, peer = %peer, directories = %how, "the directories disagree about a contact's identity key; nothing is sent to them until the user decides");
+            self.events
+                .publish(HostEvent::DirectoryAlarm { peer: peer.clone() });
+        }
     }
 
     // ----- verification -----
@@ -441,15 +470,17 @@ impl Trust {
         // Refresh from the directories, so a key change or a disagreement is noticed here too.
         let mut contact = Rc::unwrap_or_clone(match self.pinned_contact(peer, true, false).await {
             Ok((contact, _)) => contact,
+            // A change or an alarm pending: what is pinned is looked at and decided on.
             Err(e)
                 if matches!(
                     e.code,
                     ErrorCode::KeyChanged | ErrorCode::DirectoriesDisagree
                 ) =>
             {
-                self.contact(peer)
-                    .await?
-                    .ok_or_else(|| HostError::internal("changed key without a contact"))?
+                match self.contact(peer).await? {
+                    Some(contact) => contact,
+                    None => return Err(e),
+                }
             }
             Err(e) => return Err(e),
         });
@@ -463,6 +494,15 @@ impl Trust {
             }
             (None, KeyDecision::Accept) => {}
             (Some(pending), KeyDecision::Keep) => {
+                // Only against the key whose safety number the user was shown: refusing is
+                // for good, so not a key that arrived since.
+                let shown = self.shown_pending.borrow_mut().remove(peer);
+                if shown != Some(pending.identity) {
+                    return Err(HostError::new(
+                        ErrorCode::KeyChanged,
+                        format!("the key pending for {peer} has not been shown to you, or it changed again since: look with `smvsctl verify {peer}` first, then decide"),
+                    ));
+                }
                 contact.refuse(pending.identity);
                 contact.pending = None;
                 contact.alarm = None;
@@ -586,11 +626,18 @@ impl Trust {
             Err(e) => return Err(failed(e)),
         };
         if record.user.identity != me.identity {
+            // Each check is a look-up of our own name: a directory that shows others a key we
+            // never made is caught here, within a renewal check of it starting to.
+            smvs_service::security_event!(error, smvs_service::logging::OWN_KEY_FORGED, directory = %link.name(), shown_key = %directories::short_key(&record.user.identity), "a directory shows this host's user with an identity key this host did not make");
+            self.events.publish(HostEvent::DirectoryAlarm {
+                peer: me.username.clone(),
+            });
             return Err(HostError::new(
                 ErrorCode::Directory,
                 format!(
-                    "the directory {}'s record of {} holds another identity than keyguard's; \
-                     was it rotated without restarting smvsd, or is the name someone else's there?",
+                    "the directory {}'s record of {} holds another identity than keyguard's: \
+                     it shows others a key this host did not make (or the identity was rotated \
+                     without restarting smvsd)",
                     link.name(),
                     me.username
                 ),
