@@ -23,6 +23,12 @@ interface HostLink {
   # as `deliver` would have answered it alone (each is stored, refused or "later" on its own).
   # A sender with a backlog uses it; a host that answers "unimplemented" (one from before it
   # existed) is sent `deliver` for each envelope instead.
+  announceAddress @4 (username :Text, hostAddress :Text, issuedAt :Int64, signature :Data) -> ();
+  # `username`'s host is at `hostAddress` now: its identity's signature (context host-address,
+  # canonical::host_address_statement) as of `issuedAt` (Unix ms). Sent by a host that moved
+  # to each of its contacts' hosts, on a link whose key is its transport key; the receiver
+  # checks both against what it pinned and connects there from then on, with no directory
+  # look-up. Refused (an exception) when it does not check out or is not newer.
 }
 
 struct HandshakeOutcome {

@@ -77,6 +77,11 @@ interface Keyguard {
   retireStorageEpoch @14 (epoch :UInt32) -> ();
   # Destroys the previous epoch's key (smvsd has re-sealed everything under the current one
   # and wiped its write-ahead log). The current epoch is never retired.
+  signHostAddress @15 (username :Text, hostAddress :Text) -> (issuedAt :Int64, signature :Data);
+  # The identity's statement that `username`'s host is at `hostAddress` as of keyguard's clock
+  # (context host-address, canonical::host_address_statement): what a host that moved pushes
+  # to its contacts' hosts. It says where the host is, which the directory says to anyone
+  # anyway; nothing about messages.
 }
 
 struct StorageEpoch {

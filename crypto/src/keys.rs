@@ -41,6 +41,8 @@ pub enum SignContext {
     /// An identity's Ed25519 key vouching for a medium-term session prekey (session v2: an
     /// X25519 key and an X-Wing key, with an id and an expiry).
     SessionPrekey,
+    /// An identity stating where its host is now (pushed to contacts' hosts when it moves).
+    HostAddress,
 }
 
 impl SignContext {
@@ -54,6 +56,7 @@ impl SignContext {
             SignContext::Deregistration => "deregistration",
             SignContext::IdentityKemKey => "identity-kem-key",
             SignContext::SessionPrekey => "session-prekey",
+            SignContext::HostAddress => "host-address",
         }
     }
 

@@ -248,6 +248,29 @@ impl KeyguardClient {
         Ok(cert)
     }
 
+    /// The identity's statement that `username`'s host is at `address` now: (issued at, in
+    /// Unix ms, by keyguard's clock; the signature).
+    pub async fn sign_host_address(
+        &self,
+        username: &Username,
+        address: &HostAddress,
+    ) -> Result<(i64, Signature), KeyguardError> {
+        const OP: &str = "signHostAddress";
+        let mut request = self.keyguard.sign_host_address_request();
+        request.get().set_username(username.as_str());
+        request.get().set_host_address(address.as_str());
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let r = response.get().map_err(|e| self.rpc_error(OP, e))?;
+        let signature =
+            Signature::from_bytes(r.get_signature().map_err(|e| self.rpc_error(OP, e))?)
+                .map_err(|e| self.bad_answer(OP, e))?;
+        Ok((r.get_issued_at(), signature))
+    }
+
     /// A registration of keyguard's identity as `username` at the directory whose key is
     /// `directory_key`, built and signed by keyguard.
     pub async fn sign_registration(

@@ -9,7 +9,8 @@ use std::fmt;
 use std::rc::Rc;
 
 use smvs_crypto::{
-    hkdf_sha256, AgreementPublicKey, IdentityBundle, IdentityKeys, SigningPublicKey, Zeroizing,
+    hkdf_sha256, AgreementPublicKey, IdentityBundle, IdentityKeys, SignContext, SigningPublicKey,
+    Zeroizing,
 };
 use smvs_directory::clock::now_ms;
 use smvs_directory::{Registration, TransportCertificate};
@@ -446,6 +447,30 @@ impl keyguard::Server for KeyguardRpc {
             "certified a transport key"
         );
         cert.write(results.get().init_transport());
+        Ok(())
+    }
+
+    async fn sign_host_address(
+        self: Rc<Self>,
+        params: keyguard::SignHostAddressParams,
+        mut results: keyguard::SignHostAddressResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let username = read_username(p.get_username())?;
+        let host = p
+            .get_host_address()?
+            .to_str()
+            .map_err(|_| refuse("host address is not UTF-8"))?;
+        let address = HostAddress::parse(host).map_err(|e| refuse(format!("host address: {e}")))?;
+        let issued_at = now_ms();
+        let statement = canonical::host_address_statement(&username, &address, issued_at);
+        let signature = self
+            .vault
+            .with_identity(|id| id.signing.sign(SignContext::HostAddress, &statement))?;
+        tracing::info!(peer = %self.peer, %username, %address, "signed a host address");
+        let mut r = results.get();
+        r.set_issued_at(issued_at);
+        r.set_signature(signature.as_bytes());
         Ok(())
     }
 

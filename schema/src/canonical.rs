@@ -55,6 +55,21 @@ pub fn transport_certificate(
         .0
 }
 
+/// What an identity signs (context host-address) to state that `username`'s host is at
+/// `address`, as of `issued_at` (Unix ms): a newer statement replaces an older one.
+pub fn host_address_statement(
+    username: &Username,
+    address: &HostAddress,
+    issued_at: i64,
+) -> Vec<u8> {
+    Canon::new()
+        .fixed(b"smvs-host-address-v1")
+        .var(username.as_str().as_bytes())
+        .var(address.as_str().as_bytes())
+        .int(issued_at)
+        .0
+}
+
 /// What an identity signs (context deregistration) to have `directory_key`'s directory delete
 /// `username`'s record, as it stands at `serial`, at `timestamp` (Unix ms): a signature for one
 /// directory, one record and one moment, so it can be neither moved nor replayed.

@@ -224,6 +224,12 @@ impl Host {
                 socks5_proxy: config.socks5_proxy.clone(),
             },
         );
+        let announcer = announce_moves(
+            trust.clone(),
+            outbox.clone(),
+            storage.clone(),
+            host_address.clone(),
+        );
         let call_address = call_port
             .as_ref()
             .and_then(|port| relay_address(port.local_addr(), &host_address));
@@ -298,6 +304,7 @@ impl Host {
             tokio::task::spawn_local(expire_loop(storage.clone(), events.clone())),
             tokio::task::spawn_local(renew_loop(renewals)),
             tokio::task::spawn_local(restamp_loop(sessions.clone())),
+            tokio::task::spawn_local(announcer),
             tokio::task::spawn_local(crate::epochs::rotate_loop(epochs)),
         ];
         if let Some(listener) = device_listener {
@@ -430,6 +437,86 @@ async fn renew_once(trust: &Trust) {
             "the directory did not answer the renewal of the transport certificate within {} s; trying again later",
             START_RENEWAL_TIMEOUT.as_secs()
         ),
+    }
+}
+
+/// The setting that holds the address last announced to contacts' hosts.
+const ANNOUNCED_ADDRESS: &str = "announced_address";
+/// How long a host that moved keeps trying to tell a contact's host that is away.
+const ANNOUNCE_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// After this host's published address changed (a new IP or port, an onion name), tells
+/// every contact's host where it is now, signed by the identity: they follow without asking a
+/// directory (which learns it too, at renewal). Contacts that are away are tried again, with
+/// a backoff, for a day; the address counts as announced once every contact has it, and is
+/// announced again at the next start otherwise.
+async fn announce_moves(
+    trust: Rc<Trust>,
+    outbox: crate::outbox::Outbox,
+    storage: Storage,
+    address: smvs_schema::HostAddress,
+) {
+    if trust.registered().is_none() {
+        return;
+    }
+    let last = match storage.setting(ANNOUNCED_ADDRESS).await {
+        Ok(last) => last,
+        Err(e) => return tracing::warn!(error = %e, "cannot read the announced address"),
+    };
+    if last.as_deref().map(Vec::as_slice) == Some(address.as_str().as_bytes()) {
+        return;
+    }
+    let mut left: Vec<crate::model::Contact> = match trust.contacts().await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|c| !c.blocked && !c.request && c.pending.is_none())
+            .collect(),
+        Err(e) => {
+            return tracing::warn!(error = %e, "cannot list the contacts to announce our address to")
+        }
+    };
+    if !left.is_empty() {
+        let statement = match trust.sign_own_address().await {
+            Ok(statement) => statement,
+            Err(e) => {
+                return tracing::warn!(error = %e, "cannot have our new address signed; contacts will find it at the directory")
+            }
+        };
+        tracing::info!(%address, contacts = left.len(), "announcing this host's new address to its contacts' hosts");
+        let started = std::time::Instant::now();
+        let mut wait = Duration::from_secs(1);
+        loop {
+            let tries = futures::future::join_all(
+                left.iter().map(|c| outbox.announce_address(c, &statement)),
+            )
+            .await;
+            let mut still = Vec::new();
+            for (contact, result) in left.into_iter().zip(tries) {
+                if let Err(e) = result {
+                    tracing::debug!(peer = %contact.username, error = %e, "could not announce our address yet");
+                    still.push(contact);
+                }
+            }
+            left = still;
+            if left.is_empty() || started.elapsed() > ANNOUNCE_FOR {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(600));
+        }
+    }
+    if left.is_empty() {
+        if let Err(e) = storage
+            .set_setting(ANNOUNCED_ADDRESS, address.as_str().as_bytes().to_vec())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the announced address");
+        }
+    } else {
+        tracing::info!(
+            left = left.len(),
+            "some contacts' hosts did not take our new address; they will find it at the directory"
+        );
     }
 }
 

@@ -97,6 +97,16 @@ impl Guard {
             .await
     }
 
+    /// The identity's statement that `username`'s host is at `address` now.
+    pub async fn sign_host_address(
+        &self,
+        username: &Username,
+        address: &HostAddress,
+    ) -> Result<(i64, smvs_crypto::Signature), KeyguardError> {
+        self.with_client(|c| async move { c.sign_host_address(username, address).await })
+            .await
+    }
+
     pub async fn sign_registration(
         &self,
         directory_key: &SigningPublicKey,

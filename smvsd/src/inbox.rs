@@ -406,6 +406,26 @@ impl Inbox {
         receipt(&opened.check)
     }
 
+    /// `HostLink.announceAddress`: a contact's host moved (see [`Trust::address_announced`]).
+    /// What waits for that contact is tried at the new address at once.
+    pub async fn accept_address(
+        &self,
+        remote_key: &AgreementPublicKey,
+        peer: &Username,
+        address: smvs_schema::HostAddress,
+        issued_at: i64,
+        signature: &smvs_crypto::Signature,
+    ) -> Result<(), HostError> {
+        if self
+            .trust
+            .address_announced(remote_key, peer, address, issued_at, signature)
+            .await?
+        {
+            self.outbox.kick(peer);
+        }
+        Ok(())
+    }
+
     /// Our identity's X-Wing key and its signature, for a peer's host that will initiate
     /// (`HostLink.sessionKeys`). Unimplemented when session v2 is off here, as on an old host.
     pub async fn own_session_keys(
@@ -733,6 +753,15 @@ impl Inbox {
         }
         let answers = match self.trust.lookup(sender, fresh).await {
             Ok(answers) => answers,
+            // No directory can be reached: a contact we pinned is known by its host key.
+            Err(e) if e.code == ErrorCode::Directory => {
+                return match self.trust.contact_without_directory(sender).await {
+                    Ok(Some(contact)) if &contact.transport_key == remote_key => Ok(contact),
+                    _ => Err(SenderCheck::Other(IncomingError::Later(
+                        "the sender cannot be looked up now".into(),
+                    ))),
+                };
+            }
             Err(e) if e.code == ErrorCode::UnknownUser => {
                 self.note_unknown(sender);
                 return Err(SenderCheck::Unknown);

@@ -286,6 +286,41 @@ impl Outbox {
         }
     }
 
+    /// Tells `contact`'s host where this host is now (the identity's signed statement), on a
+    /// fresh link.
+    pub async fn announce_address(
+        &self,
+        contact: &crate::model::Contact,
+        statement: &(
+            Username,
+            smvs_schema::HostAddress,
+            i64,
+            smvs_crypto::Signature,
+        ),
+    ) -> Result<(), String> {
+        let (username, address, issued_at, signature) = statement;
+        let announcing = async {
+            let link = connect(&self.inner, contact)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut request = link.client().announce_address_request();
+            let mut p = request.get();
+            p.set_username(username.as_str());
+            p.set_host_address(address.as_str());
+            p.set_issued_at(*issued_at);
+            p.set_signature(signature.as_bytes());
+            request
+                .send()
+                .promise
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(SIGNAL_TIMEOUT, announcing)
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".into()))
+    }
+
     /// Seals `signal` for `peer` and hands it to the peer's host on a fresh link; returns once
     /// the peer's host has accepted it (its receipt checks out). Signals are never stored and
     /// never wait in the outbox: a ring that arrives an hour late is worse than none.
@@ -523,7 +558,9 @@ async fn stream_outbox(
         None => match connect(outbox, &contact).await {
             Ok(open) => link.insert(open).client().clone(),
             Err(e) => {
-                prekey_session(outbox, &me, &contact, &record).await;
+                if let Some(record) = &record {
+                    prekey_session(outbox, &me, &contact, record).await;
+                }
                 return Err(e);
             }
         },

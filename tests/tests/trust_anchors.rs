@@ -10,6 +10,7 @@
 use smvs_crypto::{AgreementKeyPair, IdentityKeys};
 use smvs_directory::record::TransportCertificate;
 use smvs_schema::Username;
+use smvs_tests::impersonate;
 use smvs_tests::runtime::{run_local, runtime};
 use smvs_tests::watch::{Watch, LIMIT};
 use smvs_tests::{Backend, DirectoryProcess, HostProcess};
@@ -240,4 +241,99 @@ fn a_quorum_of_directories_outvotes_one_that_lies_and_raises_the_alarm() {
     let kept_again = alice.ctl_json(&["verify", "bob"]).unwrap();
     assert_eq!(kept_again["safety_number"], bob_side["safety_number"]);
     alice.stop().unwrap();
+}
+
+/// A host that moves tells its contacts' hosts itself, signed by its identity: alice's host
+/// comes back on another port while the directory is gone altogether (so no look-up can have
+/// told anyone), and bob's next message reaches her there. A statement for alice that her
+/// identity did not sign, or that comes from another host, is refused.
+#[test]
+fn an_address_change_reaches_contacts_without_any_directory() {
+    let rt = runtime().unwrap();
+    let dir = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    alice.send("bob", "hi bob").unwrap();
+    bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
+    bob.send("alice", "hi alice").unwrap();
+    alice.wait_history("bob", LIMIT, |h| h.len() == 2).unwrap();
+    let old_port = alice.listen.port();
+
+    // Statements that do not check out are refused: one alice's identity did not sign (on a
+    // link with her host's key), and one from a host that is not hers.
+    let secret = std::fs::read(alice.state_dir.join("transport.key")).unwrap();
+    let alice_transport = AgreementKeyPair::from_secret_bytes(&secret).unwrap();
+    run_local(async {
+        let bob_key = dir
+            .client()
+            .await
+            .unwrap()
+            .lookup(&Username::parse("bob").unwrap())
+            .await
+            .unwrap()
+            .user
+            .transport_key;
+        let stranger = IdentityKeys::generate().unwrap();
+        let alice_name = Username::parse("alice").unwrap();
+        let elsewhere = smvs_schema::HostAddress::parse("127.0.0.66:7421").unwrap();
+        let now = smvs_directory::clock::now_ms();
+        let forged = stranger.signing.sign(
+            smvs_crypto::SignContext::HostAddress,
+            &smvs_schema::canonical::host_address_statement(&alice_name, &elsewhere, now),
+        );
+        let other_host = AgreementKeyPair::generate().unwrap();
+        for (key, says) in [
+            (&alice_transport, "not signed by the contact's identity"),
+            (&other_host, "not from the contact's host as pinned"),
+        ] {
+            let link = impersonate::link(&bob, key, &bob_key).await.unwrap();
+            let mut request = link.announce_address_request();
+            let mut p = request.get();
+            p.set_username("alice");
+            p.set_host_address(elsewhere.as_str());
+            p.set_issued_at(now);
+            p.set_signature(forged.as_bytes());
+            let refused = request.send().promise.await.map(drop).unwrap_err();
+            assert!(refused.to_string().contains(says), "{refused}");
+        }
+    })
+    .unwrap();
+
+    // The directory goes away for good; alice's host comes back on another port.
+    drop(dir);
+    alice.stop().unwrap();
+    alice.listen = "127.0.0.1:0".parse().unwrap();
+    alice.start_again().unwrap();
+    assert_ne!(alice.listen.port(), old_port);
+    let moved_to = alice.listen.to_string();
+
+    // bob's host hears it from alice's host, and its next message goes there.
+    let logs_say = |host: &HostProcess, what: &str| {
+        let deadline = std::time::Instant::now() + LIMIT;
+        while std::time::Instant::now() < deadline {
+            if host.logs().contains(what) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(
+        logs_say(&bob, "a contact's host announced its address"),
+        "{}",
+        bob.logs()
+    );
+    bob.send("alice", "found you").unwrap();
+    alice
+        .wait_history("bob", LIMIT, |h| h.iter().any(|m| m["body"] == "found you"))
+        .unwrap();
+    assert!(
+        bob.logs().contains("moved=true"),
+        "bob's host moved alice to {moved_to}: {}",
+        bob.logs()
+    );
 }

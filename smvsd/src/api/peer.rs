@@ -282,6 +282,35 @@ impl host_link::Server for HostLinkRpc {
         Ok(())
     }
 
+    async fn announce_address(
+        self: Rc<Self>,
+        params: host_link::AnnounceAddressParams,
+        _: host_link::AnnounceAddressResults,
+    ) -> Result<(), capnp::Error> {
+        self.activity.last.set(Instant::now());
+        let p = params.get()?;
+        let bad = |what: &str| capnp::Error::failed(format!("refused: {what}"));
+        let peer =
+            smvs_schema::Username::parse(p.get_username()?.to_str().map_err(|_| bad("name"))?)
+                .map_err(|_| bad("name"))?;
+        let address = smvs_schema::HostAddress::parse(
+            p.get_host_address()?.to_str().map_err(|_| bad("address"))?,
+        )
+        .map_err(|_| bad("address"))?;
+        let signature =
+            smvs_crypto::Signature::from_bytes(p.get_signature()?).map_err(|_| bad("signature"))?;
+        self.inbox
+            .accept_address(
+                &self.remote_key,
+                &peer,
+                address,
+                p.get_issued_at(),
+                &signature,
+            )
+            .await
+            .map_err(|e| capnp::Error::failed(e.to_string()))
+    }
+
     async fn session_keys(
         self: Rc<Self>,
         _: host_link::SessionKeysParams,

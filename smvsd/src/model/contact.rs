@@ -15,6 +15,10 @@ pub struct Contact {
     /// The key their host must present on a link (certified by the identity).
     pub transport_key: AgreementPublicKey,
     pub host_address: HostAddress,
+    /// When the identity itself stated `host_address` (Unix ms, its host's clock), pushed by
+    /// its host when it moved; 0 when the address came from a directory. A directory record
+    /// older than this (by its serial, the directory's clock) does not move it back.
+    pub address_signed_at: i64,
     /// The directory record's serial this was learnt from (only ever grows).
     pub serial: u64,
     /// The newest serial each directory (by key) served for this user: a directory that
@@ -76,6 +80,7 @@ impl Contact {
             identity: record.user.identity,
             transport_key: record.user.transport_key,
             host_address: record.user.host_address.clone(),
+            address_signed_at: 0,
             serial: record.user.serial,
             serials: BTreeMap::from([(*record.directory_key.as_bytes(), record.user.serial)]),
             blocked: false,

@@ -392,6 +392,8 @@ struct ContactRecord {
     serials: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     alarm: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    address_signed_at: i64,
     /// Refused identities (hex bundles).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     refused: Vec<String>,
@@ -432,6 +434,7 @@ impl ContactRecord {
                 .map(|(key, serial)| (hex::encode(key), *serial))
                 .collect(),
             alarm: c.alarm.clone(),
+            address_signed_at: c.address_signed_at,
             refused: c
                 .refused
                 .iter()
@@ -471,6 +474,7 @@ impl ContactRecord {
             blocked: self.blocked,
             pending,
             alarm: self.alarm,
+            address_signed_at: self.address_signed_at,
             refused: self
                 .refused
                 .iter()
@@ -493,6 +497,10 @@ impl ContactRecord {
                 .transpose()?,
         })
     }
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 fn bundle_from_hex(h: &str) -> Result<IdentityBundle> {

@@ -1236,6 +1236,7 @@ fn a_move_to_a_new_epoch_reseals_everything_and_the_old_key_opens_nothing() {
             identity: smvs_crypto::IdentityKeys::generate().unwrap().bundle(),
             transport_key: smvs_crypto::AgreementKeyPair::generate().unwrap().public(),
             host_address: smvs_schema::HostAddress::parse("127.0.0.2:7421").unwrap(),
+            address_signed_at: 1_700_000_000_000,
             serial: 7,
             serials: std::collections::BTreeMap::from([([9; 32], 7)]),
             blocked: false,

@@ -188,13 +188,16 @@ fn judge_groups(
         return Judgement::Pin(contact);
     };
     let user = &record.user;
+    // An address the identity stated later than this record was made stands.
+    let pushed_is_newer = shared.address_signed_at > i64::try_from(user.serial).unwrap_or(i64::MAX);
+    let same_address = pushed_is_newer || shared.host_address == user.host_address;
     let news = group.iter().any(|a| {
         shared.serial_from(a.record.directory_key.as_bytes()) != Some(a.record.user.serial)
     });
     if shared.identity == user.identity
         && !news
         && shared.transport_key == user.transport_key
-        && shared.host_address == user.host_address
+        && same_address
     {
         return Judgement::Unchanged(shared);
     }
@@ -217,7 +220,10 @@ fn judge_groups(
     }
     // The same identity, with something new.
     contact.transport_key = user.transport_key;
-    contact.host_address = user.host_address.clone();
+    if !pushed_is_newer {
+        contact.host_address = user.host_address.clone();
+        contact.address_signed_at = 0;
+    }
     contact.serial = user.serial;
     note_serials(&mut contact, group);
     contact.pending = None;

@@ -57,6 +57,8 @@ const RECORD_TTL: Duration = Duration::from_secs(600);
 /// The least time between two directory look-ups of one user, however often a peer or a
 /// failing delivery asks for a fresh one.
 const MIN_REFRESH: Duration = Duration::from_secs(5);
+/// How far ahead of our clock a contact's address statement may be dated.
+const MAX_CLOCK_AHEAD_MS: i64 = 5 * 60 * 1000;
 /// The least time between two alarms of one kind about one contact.
 const ALARM_REPEAT: Duration = Duration::from_secs(600);
 /// How often smvsd checks whether its transport certificate is due for renewal (besides at
@@ -350,7 +352,7 @@ impl Trust {
         peer: &Username,
         fresh: bool,
         request: bool,
-    ) -> Result<(Rc<Contact>, Rc<VerifiedRecord>), HostError> {
+    ) -> Result<(Rc<Contact>, Option<Rc<VerifiedRecord>>), HostError> {
         let (contact, record) = self.pinned_contact(peer, fresh, request).await?;
         may_connect(&self.host_address, peer, &contact.host_address)?;
         Ok((contact, record))
@@ -367,8 +369,20 @@ impl Trust {
         peer: &Username,
         fresh: bool,
         request: bool,
-    ) -> Result<(Rc<Contact>, Rc<VerifiedRecord>), HostError> {
-        let answers = self.lookup(peer, fresh).await?;
+    ) -> Result<(Rc<Contact>, Option<Rc<VerifiedRecord>>), HostError> {
+        let answers = match self.lookup(peer, fresh).await {
+            Ok(answers) => answers,
+            Err(e) if e.code == ErrorCode::Directory => {
+                return match self.contact_without_directory(peer).await? {
+                    Some(contact) => {
+                        tracing::debug!(peer = %peer, error = %e, "no directory answers; going on with the pinned contact");
+                        Ok((contact, None))
+                    }
+                    None => Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
         let stored = self.contact(peer).await?;
         let (judgement, rollbacks) = judge(stored, &answers, request);
         for r in rollbacks {
@@ -422,9 +436,21 @@ impl Trust {
             .answers
             .iter()
             .find(|a| a.record.user.identity == contact.identity)
-            .map(|a| a.record.clone())
-            .ok_or_else(|| answers.too_few(0))?;
+            .map(|a| a.record.clone());
         Ok((contact, record))
+    }
+
+    /// A pinned contact to go on with while no directory can be reached: known contacts need
+    /// no look-up (their hosts tell us when they move), unless a change or an alarm waits for
+    /// the user.
+    pub async fn contact_without_directory(
+        &self,
+        peer: &Username,
+    ) -> Result<Option<Rc<Contact>>, HostError> {
+        Ok(self
+            .contact(peer)
+            .await?
+            .filter(|c| c.pending.is_none() && c.alarm.is_none()))
     }
 
     /// Whether an alarm of `kind` about `peer` may be raised now: at most one per
@@ -448,6 +474,62 @@ impl Trust {
             self.events
                 .publish(HostEvent::DirectoryAlarm { peer: peer.clone() });
         }
+    }
+
+    // ----- addresses pushed by contacts' hosts -----
+
+    /// A contact's host says it moved: `address` as of `issued_at`, signed by the identity. It
+    /// must come on a link with the contact's pinned host key, be signed by the pinned
+    /// identity, be newer than what we have and not from the future. Then the contact's host
+    /// is there from now on, with no directory look-up. Returns whether anything changed.
+    pub async fn address_announced(
+        &self,
+        remote_key: &smvs_crypto::AgreementPublicKey,
+        peer: &Username,
+        address: HostAddress,
+        issued_at: i64,
+        signature: &smvs_crypto::Signature,
+    ) -> Result<bool, HostError> {
+        let refused = |why: &str| HostError::new(ErrorCode::Refused, why.to_owned());
+        let Some(contact) = self.contact(peer).await? else {
+            return Err(refused("not a contact"));
+        };
+        if contact.blocked || contact.pending.is_some() || &contact.transport_key != remote_key {
+            return Err(refused("not from the contact's host as pinned"));
+        }
+        let statement = smvs_schema::canonical::host_address_statement(peer, &address, issued_at);
+        contact
+            .identity
+            .signing_key
+            .verify(smvs_crypto::SignContext::HostAddress, &statement, signature)
+            .map_err(|_| refused("not signed by the contact's identity"))?;
+        if issued_at > crate::model::now_ms() + MAX_CLOCK_AHEAD_MS {
+            return Err(refused("stated in the future"));
+        }
+        if issued_at <= contact.address_signed_at {
+            return Ok(false);
+        }
+        let mut contact = Rc::unwrap_or_clone(contact);
+        let moved = contact.host_address != address;
+        contact.host_address = address;
+        contact.address_signed_at = issued_at;
+        self.put_contact(contact).await?;
+        tracing::info!(peer = %peer, moved, "a contact's host announced its address");
+        Ok(moved)
+    }
+
+    /// The statement pushed to contacts' hosts after this host moved: (its address, issued
+    /// at, the identity's signature).
+    pub async fn sign_own_address(
+        &self,
+    ) -> Result<(Username, HostAddress, i64, smvs_crypto::Signature), HostError> {
+        let me = self.me()?;
+        let address = self.directory_config.host_address.clone();
+        let (issued_at, signature) = self
+            .keyguard
+            .sign_host_address(&me.username, &address)
+            .await?;
+        Ok((me.username, address, issued_at, signature))
     }
 
     // ----- verification -----
