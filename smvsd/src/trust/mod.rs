@@ -286,7 +286,7 @@ impl Trust {
         let mut contact = match self.contact(peer).await? {
             Some(c) => Rc::unwrap_or_clone(c),
             // Pinned now, even while its key is in question: the block holds either way.
-            None => match self.pinned_contact(peer, true, false).await {
+            None => match self.judged_contact(peer, true, false, false).await {
                 Ok((contact, _)) => Rc::unwrap_or_clone(contact),
                 Err(e)
                     if matches!(
@@ -370,9 +370,21 @@ impl Trust {
         fresh: bool,
         request: bool,
     ) -> Result<(Rc<Contact>, Option<Rc<VerifiedRecord>>), HostError> {
+        self.judged_contact(peer, fresh, request, true).await
+    }
+
+    /// [`Trust::pinned_contact`]; with `offline_ok` false, no directory answering is an error
+    /// even for a pinned contact (`verify` says what the directories say now).
+    async fn judged_contact(
+        &self,
+        peer: &Username,
+        fresh: bool,
+        request: bool,
+        offline_ok: bool,
+    ) -> Result<(Rc<Contact>, Option<Rc<VerifiedRecord>>), HostError> {
         let answers = match self.lookup(peer, fresh).await {
             Ok(answers) => answers,
-            Err(e) if e.code == ErrorCode::Directory => {
+            Err(e) if e.code == ErrorCode::Directory && offline_ok => {
                 return match self.contact_without_directory(peer).await? {
                     Some(contact) => {
                         tracing::debug!(peer = %peer, error = %e, "no directory answers; going on with the pinned contact");
@@ -550,22 +562,23 @@ impl Trust {
     ) -> Result<Verification, HostError> {
         let me = self.me()?;
         // Refresh from the directories, so a key change or a disagreement is noticed here too.
-        let mut contact = Rc::unwrap_or_clone(match self.pinned_contact(peer, true, false).await {
-            Ok((contact, _)) => contact,
-            // A change or an alarm pending: what is pinned is looked at and decided on.
-            Err(e)
-                if matches!(
-                    e.code,
-                    ErrorCode::KeyChanged | ErrorCode::DirectoriesDisagree
-                ) =>
-            {
-                match self.contact(peer).await? {
-                    Some(contact) => contact,
-                    None => return Err(e),
+        let mut contact =
+            Rc::unwrap_or_clone(match self.judged_contact(peer, true, false, false).await {
+                Ok((contact, _)) => contact,
+                // A change or an alarm pending: what is pinned is looked at and decided on.
+                Err(e)
+                    if matches!(
+                        e.code,
+                        ErrorCode::KeyChanged | ErrorCode::DirectoriesDisagree
+                    ) =>
+                {
+                    match self.contact(peer).await? {
+                        Some(contact) => contact,
+                        None => return Err(e),
+                    }
                 }
-            }
-            Err(e) => return Err(e),
-        });
+                Err(e) => return Err(e),
+            });
         let mut accepted = false;
         match (contact.pending.clone(), decision) {
             (_, KeyDecision::Look) => {}
