@@ -93,6 +93,15 @@ struct InnerMessage {
     delete @6 :DeleteRequest;
     expire @7 :UInt32;          # disappearing-messages setting, seconds (0: off)
     call @8 :CallSignal;        # call signalling: handed to the call manager, never stored
+    introduction @9 :Introduction;  # the sender vouches for a third user's directory record
+  }
+  struct Introduction {
+    # A directory's signed record of another user, as the sender pinned it (`smvsctl introduce
+    # USER TO`): the receiver may pin that user from it, "introduced by" the sender, without
+    # asking any directory of its own.
+    record @0 :Data;            # the record's bytes, as the directory signed them
+    signature @1 :Data;         # the directory's signature over them
+    directoryKey @2 :Data;      # the directory's key (also named inside the record)
   }
   struct DeleteRequest {
     ids @0 :List(Data);         # empty: the whole conversation

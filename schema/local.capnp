@@ -61,6 +61,7 @@ struct Contact {
   blocked @2 :Bool;
   keyChanged @3 :Bool;          # the directory now shows another key; sends refused until accepted
   request @4 :Bool;             # not a contact yet: their messages are held (contacts-only mode)
+  introducedBy @6 :Text;        # the contact who introduced this user (empty: a directory did)
   alarm @5 :Text;               # set while the directories disagree about this user's key:
                                 # which directories showed which key; sends refused until the
                                 # user decides (verify with acceptNewKey or keepKey)
@@ -261,6 +262,9 @@ interface Host {
 
   markRead @21 (peer :Text) -> (wasUnread :UInt32);
   # Everything received from `peer` so far is read, on every device (a `read` event tells them).
+  introduce @22 (user :Text, to :Text) -> ();
+  # Sends `to` the directory's signed record of `user` as this host pinned it: `to`'s host may
+  # pin `user` from it, "introduced by" us, without asking a directory.
 }
 
 struct Device {

@@ -287,6 +287,18 @@ pub enum Command {
         media: MediaArgs,
     },
 
+    /// Hand TO the directory's signed record of USER, as your host pinned it: TO's host can
+    /// then reach USER without asking a directory (marked "introduced by" you there)
+    #[command(
+        after_help = "Example:\n  smvsctl introduce bob carol   # carol can now write to bob"
+    )]
+    Introduce {
+        /// The contact to introduce
+        user: Username,
+        /// Whom to introduce them to
+        to: Username,
+    },
+
     /// Make messages with USER disappear SECONDS after they are sent (0 turns it off)
     #[command(after_help = "Examples:\n  smvsctl expire bob 86400\n  smvsctl expire bob 0")]
     Expire {

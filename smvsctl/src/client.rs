@@ -110,6 +110,9 @@ pub struct ContactView {
     /// Set while the directories disagree about the contact's key: which showed which.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alarm: Option<String>,
+    /// The contact who introduced this one (None: pinned from a directory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub introduced_by: Option<String>,
 }
 
 /// The answer of `verify`.
@@ -553,6 +556,7 @@ impl ContactView {
             key_changed: r.get_key_changed(),
             request: r.get_request(),
             alarm: optional_text("alarm", r.get_alarm())?,
+            introduced_by: optional_text("introducer", r.get_introduced_by())?,
         })
     }
 }
@@ -1271,6 +1275,18 @@ impl HostClient {
     }
 
     /// Disappearing messages for the conversation with `peer`, on both hosts; 0 turns it off.
+    /// Sends `to` the signed record `user` is pinned from.
+    pub async fn introduce(&self, user: &Username, to: &Username) -> Result<(), CtlError> {
+        let mut request = self.host.introduce_request();
+        {
+            let mut params = request.get();
+            params.set_user(user.as_str());
+            params.set_to(to.as_str());
+        }
+        request.send().promise.await?;
+        Ok(())
+    }
+
     pub async fn expire(&self, peer: &Username, seconds: u32) -> Result<(), CtlError> {
         let mut request = self.host.expire_request();
         {

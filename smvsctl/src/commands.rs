@@ -137,6 +137,16 @@ pub async fn execute(
             verify(host, format, out, user, choice).await
         }
         Command::Expire { user, seconds } => expire(host, format, out, user, *seconds).await,
+        Command::Introduce { user, to } => {
+            host.introduce(user, to).await?;
+            let text = match format {
+                Format::Text => format!("introduced {user} to {to}"),
+                Format::Json => output::to_json(&serde_json::json!({
+                    "introduced": user.as_str(), "to": to.as_str()
+                }))?,
+            };
+            emit(out, &text)
+        }
         Command::Call { user, media } => {
             crate::call::place(host, user, media, format, out, stop).await
         }

@@ -292,6 +292,13 @@ pub fn contacts_text(contacts: &[ContactView]) -> String {
             if c.alarm.is_some() {
                 flags.push("DIRECTORIES DISAGREE");
             }
+            let introduced = c
+                .introduced_by
+                .as_ref()
+                .map(|by| format!("introduced by {}", clean(by)));
+            if let Some(by) = &introduced {
+                flags.push(by);
+            }
             let flags = if flags.is_empty() {
                 String::new()
             } else {
@@ -831,6 +838,7 @@ mod tests {
                 key_changed: false,
                 request: false,
                 alarm: None,
+                introduced_by: None,
             },
             ContactView {
                 username: name("mallory"),
@@ -839,6 +847,7 @@ mod tests {
                 key_changed: true,
                 request: true,
                 alarm: None,
+                introduced_by: None,
             },
         ];
         assert_eq!(

@@ -730,6 +730,12 @@ impl Inbox {
                     self.storage.set_expiry(sender, *seconds).await?
                 }
             }
+            Payload::Introduction(evidence) => {
+                // Stored already; an introduction that does not check out changes nothing.
+                if let Err(e) = self.trust.introduced(sender, evidence).await {
+                    tracing::info!(peer = %sender, error = %e, "an introduction was not taken");
+                }
+            }
         }
         Ok(())
     }
@@ -763,6 +769,19 @@ impl Inbox {
                 };
             }
             Err(e) if e.code == ErrorCode::UnknownUser => {
+                // Someone we were introduced to may be at a directory we do not use: their
+                // pinned host key is what we know them by.
+                if let Ok(Some(contact)) = self.trust.contact(sender).await {
+                    if contact.introduced_by.is_some()
+                        && contact.pending.is_none()
+                        && contact.alarm.is_none()
+                    {
+                        return match &contact.transport_key == remote_key {
+                            true => Ok(contact),
+                            false => Err(SenderCheck::WrongKey),
+                        };
+                    }
+                }
                 self.note_unknown(sender);
                 return Err(SenderCheck::Unknown);
             }

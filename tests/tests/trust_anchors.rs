@@ -337,3 +337,109 @@ fn an_address_change_reaches_contacts_without_any_directory() {
         bob.logs()
     );
 }
+
+/// Waits until `host`'s contacts satisfy `ok`, and returns them.
+fn wait_contacts(host: &HostProcess, ok: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let contacts = host.ctl_json(&["contacts"]).unwrap();
+        if ok(&contacts) {
+            return contacts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}'s contacts did not get there: {contacts}",
+            host.name
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Introductions: bob and carol use different directories, neither of which knows the other,
+/// and alice knows both. alice introduces them to each other with the signed records she
+/// pinned; they then write to each other with no directory of theirs knowing the other. When
+/// carol's directory later shows another key for the name bob, her host raises the
+/// equivocation alarm instead of taking it.
+#[test]
+fn an_introduction_lets_users_of_different_directories_meet_and_a_contradiction_alarms() {
+    let rt = runtime().unwrap();
+    let (a, b) = rt.block_on(async {
+        (
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+        )
+    });
+    let [b1, b2] = also("b", &b);
+    let alice = HostProcess::start("alice", &a, "127.0.0.1", &[&b1, &b2, "--quorum", "1"]).unwrap();
+    let bob = HostProcess::start("bob", &a, "127.0.0.2", &[]).unwrap();
+    let carol = HostProcess::start("carol", &b, "127.0.0.3", &[]).unwrap();
+    for host in [&alice, &bob, &carol] {
+        host.register().unwrap();
+    }
+    alice.send("bob", "hi bob").unwrap();
+    alice.send("carol", "hi carol").unwrap();
+    bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
+    carol
+        .wait_history("alice", LIMIT, |h| h.len() == 1)
+        .unwrap();
+    // Neither directory knows the other user.
+    let unknown = carol.ctl(&["send", "bob", "anyone?"]).unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+
+    alice.ctl_ok(&["introduce", "bob", "carol"]).unwrap();
+    alice.ctl_ok(&["introduce", "carol", "bob"]).unwrap();
+    let contacts = wait_contacts(&carol, |c| {
+        c.as_array().unwrap().iter().any(|c| c["username"] == "bob")
+    });
+    let pinned_bob = contacts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["username"] == "bob")
+        .unwrap()
+        .clone();
+    assert_eq!(pinned_bob["introduced_by"], "alice", "{pinned_bob}");
+    assert_eq!(
+        pinned_bob["fingerprint"],
+        alice
+            .ctl_json(&["contacts"])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["username"] == "bob")
+            .unwrap()["fingerprint"],
+        "carol pinned the key alice pinned"
+    );
+    wait_contacts(&bob, |c| {
+        c.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["username"] == "carol")
+    });
+    assert!(carol
+        .ctl_ok(&["contacts"])
+        .unwrap()
+        .contains("introduced by alice"));
+
+    carol.send("bob", "alice sent me").unwrap();
+    bob.wait_history("carol", LIMIT, |h| {
+        h.iter().any(|m| m["body"] == "alice sent me")
+    })
+    .unwrap();
+    bob.send("carol", "welcome").unwrap();
+    carol
+        .wait_history("bob", LIMIT, |h| h.iter().any(|m| m["body"] == "welcome"))
+        .unwrap();
+
+    // Someone else takes the name bob at carol's directory: her host does not follow it.
+    let impostor = HostProcess::start("bob", &b, "127.0.0.4", &[]).unwrap();
+    impostor.register().unwrap();
+    let shown = carol.ctl_json(&["verify", "bob"]).unwrap();
+    assert_eq!(shown["key_changed"], true, "{shown}");
+    let how = shown["alarm"].as_str().unwrap();
+    assert!(how.starts_with("alice introduced bob with key"), "{how}");
+    let refused = carol.ctl(&["send", "bob", "still you?"]).unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(carol.logs().contains("7a3d95c2e0b84f1f9c6e2b5d8a41f307"));
+}

@@ -25,8 +25,8 @@ use smvs_schema::ErrorCode;
 
 use crate::commands::{
     parse_user, AnswerViaAgent, Commands, Contacts, Conversations, Delete, GetMessage, Hangup,
-    History, HostStatus, LinkDevice, ListCalls, ListDevices, MarkRead, PlaceViaAgent, Register,
-    RevokeDevice, SendText, SetBlocked, Status, Verify,
+    History, HostStatus, Introduce, LinkDevice, ListCalls, ListDevices, MarkRead, PlaceViaAgent,
+    Register, RevokeDevice, SendText, SetBlocked, Status, Verify,
 };
 use crate::config::{BusKind, NotifyMode};
 use crate::error::HostError;
@@ -536,6 +536,19 @@ impl Daemon1 {
         self.check_caller(bus, Some(&header)).await?;
         let peer = user(&peer)?;
         Ok(self.commands.send(MarkRead { peer }).await??)
+    }
+
+    /// Sends `to` the signed record `user` is pinned from (`smvsctl introduce USER TO`).
+    async fn introduce(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        user: String,
+        to: String,
+    ) -> Result<(), Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let (user, to) = (self::user(&user)?, self::user(&to)?);
+        Ok(self.commands.send(Introduce { user, to }).await??)
     }
 
     /// The devices paired with this host. (Callers on the bus are the host's own users, as on

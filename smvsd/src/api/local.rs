@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use super::local_calls;
 use crate::commands::{
     parse_user, Commands, Contacts, Conversations, Delete, Expire, GetMessage, History, HostStatus,
-    LinkDevice, ListDevices, MarkRead, Register, RevokeDevice, SendText, SetBlocked, Verify,
+    Introduce, LinkDevice, ListDevices, MarkRead, Register, RevokeDevice, SendText, SetBlocked,
+    Verify,
 };
 use crate::devices::Device;
 use crate::error::HostError;
@@ -489,6 +490,9 @@ impl host::Server for HostRpc {
             if let Some(how) = &c.alarm {
                 b.set_alarm(how);
             }
+            if let Some(by) = &c.introduced_by {
+                b.set_introduced_by(by.as_str());
+            }
         }
         Ok(())
     }
@@ -592,6 +596,20 @@ impl host::Server for HostRpc {
             (user(p.get_peer())?, p.get_seconds())
         };
         mailbox(self.commands.send(Expire { peer, seconds }).await)??;
+        Ok(())
+    }
+
+    async fn introduce(
+        self: Rc<Self>,
+        params: host::IntroduceParams,
+        _: host::IntroduceResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        let (user, to) = {
+            let p = params.get()?;
+            (self::user(p.get_user())?, self::user(p.get_to())?)
+        };
+        mailbox(self.commands.send(Introduce { user, to }).await)??;
         Ok(())
     }
 

@@ -315,6 +315,25 @@ command!(SetBlocked => (), |o, m| {
     Ok(())
 });
 
+/// `introduce USER TO`: hands `to` the signed record we pinned `user` from.
+#[derive(Message)]
+#[rtype(result = "Result<(), HostError>")]
+pub struct Introduce {
+    pub user: Username,
+    pub to: Username,
+}
+
+command!(Introduce => (), |o, m| {
+    if m.user == m.to {
+        return Err(HostError::bad_request("introduce someone to someone else"));
+    }
+    let evidence = o.trust.introduction_of(&m.user).await?;
+    o.trust.check_can_send(&m.to).await?;
+    o.outbox.queue(&m.to, Payload::Introduction(evidence)).await?;
+    tracing::info!(user = %m.user, to = %m.to, "introduced a contact");
+    Ok(())
+});
+
 /// `verify USER [--accept-new-key | --keep-key]`.
 #[derive(Message)]
 #[rtype(result = "Result<Verification, HostError>")]

@@ -31,6 +31,8 @@ pub struct Contact {
     /// which key. `pending` then holds the other identity, and nothing is sent until the user
     /// accepts it or keeps the pinned one.
     pub alarm: Option<String>,
+    /// The contact whose introduction this one was pinned from (None: from a directory).
+    pub introduced_by: Option<Username>,
     /// Identities the user refused for this contact (`verify --keep-key`, or the losing side
     /// of a decided alarm): a directory that shows one again is not heard (newest last).
     pub refused: Vec<IdentityBundle>,
@@ -55,6 +57,19 @@ pub struct Evidence {
 }
 
 impl Evidence {
+    /// The record again, checked under the directory key it names (any directory: whoever
+    /// hands it on vouches for it), now.
+    pub fn verify(&self) -> Result<VerifiedRecord, String> {
+        let key = smvs_crypto::SigningPublicKey::from_bytes(&self.directory_key)
+            .map_err(|e| e.to_string())?;
+        let mut message = capnp::message::Builder::new_default();
+        let mut signed =
+            message.init_root::<smvs_schema::common_capnp::signed_record::Builder<'_>>();
+        signed.set_record(&self.record_bytes);
+        signed.set_signature(&self.signature);
+        smvs_directory::record::verify_record(signed.into_reader(), &key, None)
+    }
+
     pub fn of(record: &VerifiedRecord) -> Evidence {
         Evidence {
             record_bytes: record.record_bytes.clone(),
@@ -86,6 +101,7 @@ impl Contact {
             blocked: false,
             pending: None,
             alarm: None,
+            introduced_by: None,
             refused: Vec::new(),
             request,
             evidence: Some(Evidence::of(record)),

@@ -27,6 +27,8 @@ pub enum Payload {
     Delete(Vec<MessageId>),
     /// Disappearing messages for the conversation, in seconds (0: off).
     Expire(u32),
+    /// The sender vouches for a third user's signed directory record (`introduce`).
+    Introduction(Evidence),
 }
 
 /// A message as the host stores it and shows it.
@@ -129,6 +131,12 @@ pub fn message_hash(
         Payload::Expire(s) => {
             var(b"expire");
             var(&s.to_be_bytes());
+        }
+        Payload::Introduction(e) => {
+            var(b"introduction");
+            var(&e.record_bytes);
+            var(&e.signature);
+            var(&e.directory_key);
         }
     }
     smvs_crypto::blake2b_256(&buf)

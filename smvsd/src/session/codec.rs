@@ -48,6 +48,12 @@ pub fn encode_inner(inner: &Inner) -> Zeroizing<Vec<u8>> {
                 }
             }
             Content::Message(Payload::Expire(s)) => m.set_expire(*s),
+            Content::Message(Payload::Introduction(e)) => {
+                let mut i = m.init_introduction();
+                i.set_record(&e.record_bytes);
+                i.set_signature(&e.signature);
+                i.set_directory_key(&e.directory_key);
+            }
             Content::Call(signal) => write_signal(signal, m.init_call()),
         }
     }
@@ -96,6 +102,19 @@ pub fn decode_inner(bytes: &[u8]) -> Result<Inner, SessionError> {
             Content::Message(Payload::Delete(out))
         }
         inner_message::Which::Expire(s) => Content::Message(Payload::Expire(s)),
+        inner_message::Which::Introduction(i) => {
+            let i = i.map_err(bad)?;
+            Content::Message(Payload::Introduction(crate::model::Evidence {
+                record_bytes: i.get_record().map_err(bad)?.to_vec(),
+                signature: i.get_signature().map_err(bad)?.to_vec(),
+                directory_key: i
+                    .get_directory_key()
+                    .map_err(bad)?
+                    .try_into()
+                    .map_err(|_| SessionError::Content("bad directory key".into()))?,
+                issued_at: 0,
+            }))
+        }
         inner_message::Which::Call(c) => {
             Content::Call(read_signal(c.map_err(bad)?).map_err(SessionError::Content)?)
         }

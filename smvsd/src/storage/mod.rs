@@ -336,9 +336,20 @@ struct Content {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum ContentPayload {
-    Text { text: String },
-    Delete { ids: Vec<String> },
-    Expire { seconds: u32 },
+    Text {
+        text: String,
+    },
+    Delete {
+        ids: Vec<String>,
+    },
+    Expire {
+        seconds: u32,
+    },
+    Introduction {
+        record: String,
+        signature: String,
+        directory_key: String,
+    },
 }
 
 impl From<&Payload> for ContentPayload {
@@ -349,6 +360,11 @@ impl From<&Payload> for ContentPayload {
                 ids: ids.iter().map(|i| i.to_hex()).collect(),
             },
             Payload::Expire(s) => ContentPayload::Expire { seconds: *s },
+            Payload::Introduction(e) => ContentPayload::Introduction {
+                record: hex::encode(&e.record_bytes),
+                signature: hex::encode(&e.signature),
+                directory_key: hex::encode(e.directory_key),
+            },
         }
     }
 }
@@ -368,6 +384,23 @@ impl ContentPayload {
                     .collect::<Result<_, _>>()?,
             ),
             ContentPayload::Expire { seconds } => Payload::Expire(seconds),
+            ContentPayload::Introduction {
+                record,
+                signature,
+                directory_key,
+            } => {
+                let bytes = |h: &str| {
+                    hex::decode(h).map_err(|_| StorageError::Corrupt("introduction".into()))
+                };
+                Payload::Introduction(Evidence {
+                    record_bytes: bytes(&record)?,
+                    signature: bytes(&signature)?,
+                    directory_key: bytes(&directory_key)?
+                        .try_into()
+                        .map_err(|_| StorageError::Corrupt("introduction's key".into()))?,
+                    issued_at: 0,
+                })
+            }
         })
     }
 }
@@ -394,6 +427,8 @@ struct ContactRecord {
     alarm: Option<String>,
     #[serde(default, skip_serializing_if = "is_zero")]
     address_signed_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    introduced_by: Option<String>,
     /// Refused identities (hex bundles).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     refused: Vec<String>,
@@ -435,6 +470,7 @@ impl ContactRecord {
                 .collect(),
             alarm: c.alarm.clone(),
             address_signed_at: c.address_signed_at,
+            introduced_by: c.introduced_by.as_ref().map(|u| u.to_string()),
             refused: c
                 .refused
                 .iter()
@@ -475,6 +511,10 @@ impl ContactRecord {
             pending,
             alarm: self.alarm,
             address_signed_at: self.address_signed_at,
+            introduced_by: self
+                .introduced_by
+                .map(|u| Username::parse(&u).map_err(|_| corrupt("introducer")))
+                .transpose()?,
             refused: self
                 .refused
                 .iter()

@@ -1242,6 +1242,7 @@ fn a_move_to_a_new_epoch_reseals_everything_and_the_old_key_opens_nothing() {
             blocked: false,
             pending: None,
             alarm: Some("default shows key 00; b shows key 11".into()),
+            introduced_by: Some(name("carol")),
             refused: vec![smvs_crypto::IdentityKeys::generate().unwrap().bundle()],
             request: false,
             evidence: None,

@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use smvs_schema::{AddressKind, ErrorCode, HostAddress, Username};
 
-use super::directories::{describe, equivocation, Answer, Answers};
+use super::directories::{describe, equivocation, short_key, Answer, Answers};
 use crate::error::HostError;
 use crate::model::{Contact, Evidence, PendingKey};
 
@@ -202,6 +202,24 @@ fn judge_groups(
         return Judgement::Unchanged(shared);
     }
     let mut contact = Rc::unwrap_or_clone(shared);
+    if let (Some(by), true) = (&contact.introduced_by, contact.identity != user.identity) {
+        // Pinned from an introduction, and the directories show another key: one side lies.
+        let how = format!(
+            "{by} introduced {} with key {}; {}",
+            user.username,
+            short_key(&contact.identity),
+            describe(groups)
+        );
+        contact.pending = Some(PendingKey {
+            identity: user.identity,
+            transport_key: user.transport_key,
+        });
+        contact.alarm = Some(how);
+        return Judgement::Disagree {
+            contact,
+            first_seen: true,
+        };
+    }
     if contact.identity != user.identity {
         let first_seen = contact
             .pending

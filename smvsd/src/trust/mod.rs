@@ -384,7 +384,17 @@ impl Trust {
     ) -> Result<(Rc<Contact>, Option<Rc<VerifiedRecord>>), HostError> {
         let answers = match self.lookup(peer, fresh).await {
             Ok(answers) => answers,
-            Err(e) if e.code == ErrorCode::Directory && offline_ok => {
+            // No directory reached; or none knows a user we were introduced to (they may be
+            // at a directory we do not use).
+            Err(e)
+                if offline_ok
+                    && (e.code == ErrorCode::Directory
+                        || (e.code == ErrorCode::UnknownUser
+                            && self
+                                .contact(peer)
+                                .await?
+                                .is_some_and(|c| c.introduced_by.is_some()))) =>
+            {
                 return match self.contact_without_directory(peer).await? {
                     Some(contact) => {
                         tracing::debug!(peer = %peer, error = %e, "no directory answers; going on with the pinned contact");
@@ -542,6 +552,82 @@ impl Trust {
             .sign_host_address(&me.username, &address)
             .await?;
         Ok((me.username, address, issued_at, signature))
+    }
+
+    // ----- introductions -----
+
+    /// What `introduce USER TO` hands on: the signed record `user` is pinned from, when
+    /// nothing about them is in question.
+    pub async fn introduction_of(&self, user: &Username) -> Result<Evidence, HostError> {
+        let contact = self.contact(user).await?.ok_or_else(|| {
+            HostError::new(
+                ErrorCode::NotFound,
+                format!("{user} is not a contact here; write to them first"),
+            )
+        })?;
+        may_send(user, Some(&contact))?;
+        contact.evidence.clone().ok_or_else(|| {
+            HostError::new(
+                ErrorCode::NotFound,
+                format!("no signed record of {user} is kept here (pinned before hosts kept them)"),
+            )
+        })
+    }
+
+    /// `from` (a contact we accepted) introduces another user with a directory's signed
+    /// record. Someone we have not pinned is pinned from it, marked as introduced by `from`,
+    /// with no directory asked. Someone pinned with another identity raises the equivocation
+    /// alarm, as directories that disagree do. Introductions of ourselves or of `from` are
+    /// ignored.
+    pub async fn introduced(&self, from: &Username, evidence: &Evidence) -> Result<(), HostError> {
+        let introducer = self.contact(from).await?;
+        if !introducer.is_some_and(|c| !c.request && !c.blocked && c.pending.is_none()) {
+            tracing::info!(peer = %from, "ignored an introduction from someone who is not an accepted contact");
+            return Ok(());
+        }
+        let record = evidence.verify().map_err(|e| {
+            HostError::bad_request(format!(
+                "an introduction from {from} does not check out: {e}"
+            ))
+        })?;
+        let user = record.user.username.clone();
+        if self
+            .me
+            .borrow()
+            .as_ref()
+            .is_some_and(|m| m.username == user)
+            || &user == from
+        {
+            return Ok(());
+        }
+        match self.contact(&user).await? {
+            None => {
+                let mut contact = Contact::from_record(&record, false);
+                contact.introduced_by = Some(from.clone());
+                self.put_contact(contact).await?;
+                tracing::info!(peer = %user, introducer = %from, "pinned a user from an introduction");
+            }
+            Some(pinned) if pinned.identity == record.user.identity => {}
+            Some(pinned) => {
+                if pinned.pending.as_ref().map(|p| p.identity) == Some(record.user.identity) {
+                    return Ok(());
+                }
+                let how = format!(
+                    "{from} introduced {user} with key {}; the pinned key is {}",
+                    directories::short_key(&record.user.identity),
+                    directories::short_key(&pinned.identity)
+                );
+                let mut contact = Rc::unwrap_or_clone(pinned);
+                contact.pending = Some(crate::model::PendingKey {
+                    identity: record.user.identity,
+                    transport_key: record.user.transport_key,
+                });
+                contact.alarm = Some(how.clone());
+                self.put_contact(contact).await?;
+                self.equivocation_alarm(&user, &how);
+            }
+        }
+        Ok(())
     }
 
     // ----- verification -----
