@@ -440,10 +440,12 @@ async fn renew_once(trust: &Trust) {
     }
 }
 
-/// The setting that holds the address last announced to contacts' hosts.
-const ANNOUNCED_ADDRESS: &str = "announced_address";
+/// The setting that holds the address last announced to contacts' hosts (or registered with).
+pub const ANNOUNCED_ADDRESS: &str = "announced_address";
 /// How long a host that moved keeps trying to tell a contact's host that is away.
 const ANNOUNCE_FOR: Duration = Duration::from_secs(24 * 3600);
+/// How many contacts' hosts are told at once.
+const ANNOUNCE_AT_ONCE: usize = 16;
 
 /// After this host's published address changed (a new IP or port, an onion name), tells
 /// every contact's host where it is now, signed by the identity: they follow without asking a
@@ -456,6 +458,7 @@ async fn announce_moves(
     storage: Storage,
     address: smvs_schema::HostAddress,
 ) {
+    use futures::StreamExt;
     if trust.registered().is_none() {
         return;
     }
@@ -463,14 +466,29 @@ async fn announce_moves(
         Ok(last) => last,
         Err(e) => return tracing::warn!(error = %e, "cannot read the announced address"),
     };
-    if last.as_deref().map(Vec::as_slice) == Some(address.as_str().as_bytes()) {
-        return;
+    let record = || async {
+        if let Err(e) = storage
+            .set_setting(ANNOUNCED_ADDRESS, address.as_str().as_bytes().to_vec())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the announced address");
+        }
+    };
+    match last.as_deref().map(Vec::as_slice) {
+        Some(last) if last == address.as_str().as_bytes() => return,
+        // A host from before announcements: nothing is known to have moved.
+        None => return record().await,
+        Some(_) => {}
     }
-    let mut left: Vec<crate::model::Contact> = match trust.contacts().await {
-        Ok(all) => all
-            .into_iter()
+    // Whom to tell: every contact still eligible (not blocked, not a request, no change
+    // pending), read anew before each round, among those not told yet.
+    let eligible = |all: Vec<crate::model::Contact>| -> Vec<crate::model::Contact> {
+        all.into_iter()
             .filter(|c| !c.blocked && !c.request && c.pending.is_none())
-            .collect(),
+            .collect()
+    };
+    let mut left: Vec<crate::model::Contact> = match trust.contacts().await {
+        Ok(all) => eligible(all),
         Err(e) => {
             return tracing::warn!(error = %e, "cannot list the contacts to announce our address to")
         }
@@ -486,32 +504,46 @@ async fn announce_moves(
         let started = std::time::Instant::now();
         let mut wait = Duration::from_secs(1);
         loop {
-            let tries = futures::future::join_all(
-                left.iter().map(|c| outbox.announce_address(c, &statement)),
-            )
-            .await;
-            let mut still = Vec::new();
-            for (contact, result) in left.into_iter().zip(tries) {
-                if let Err(e) = result {
-                    tracing::debug!(peer = %contact.username, error = %e, "could not announce our address yet");
-                    still.push(contact);
-                }
-            }
-            left = still;
+            // A few links at a time, however many contacts there are.
+            let tries: Vec<_> = futures::stream::iter(left.iter())
+                .map(|c| async {
+                    (
+                        c.username.clone(),
+                        outbox.announce_address(c, &statement).await,
+                    )
+                })
+                .buffer_unordered(ANNOUNCE_AT_ONCE)
+                .collect()
+                .await;
+            let failed: std::collections::HashSet<_> = tries
+                .into_iter()
+                .filter_map(|(peer, result)| match result {
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "could not announce our address yet");
+                        Some(peer)
+                    }
+                })
+                .collect();
+            left.retain(|c| failed.contains(&c.username));
             if left.is_empty() || started.elapsed() > ANNOUNCE_FOR {
                 break;
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(600));
+            if let Ok(all) = trust.contacts().await {
+                left = eligible(all)
+                    .into_iter()
+                    .filter(|c| failed.contains(&c.username))
+                    .collect();
+            }
+            if left.is_empty() {
+                break;
+            }
         }
     }
     if left.is_empty() {
-        if let Err(e) = storage
-            .set_setting(ANNOUNCED_ADDRESS, address.as_str().as_bytes().to_vec())
-            .await
-        {
-            tracing::warn!(error = %e, "cannot record the announced address");
-        }
+        record().await;
     } else {
         tracing::info!(
             left = left.len(),

@@ -287,7 +287,7 @@ impl Outbox {
     }
 
     /// Tells `contact`'s host where this host is now (the identity's signed statement), on a
-    /// fresh link.
+    /// fresh link. `Ok(false)`: that host does not take statements (one from before them).
     pub async fn announce_address(
         &self,
         contact: &crate::model::Contact,
@@ -297,7 +297,7 @@ impl Outbox {
             i64,
             smvs_crypto::Signature,
         ),
-    ) -> Result<(), String> {
+    ) -> Result<bool, String> {
         let (username, address, issued_at, signature) = statement;
         let announcing = async {
             let link = connect(&self.inner, contact)
@@ -309,12 +309,11 @@ impl Outbox {
             p.set_host_address(address.as_str());
             p.set_issued_at(*issued_at);
             p.set_signature(signature.as_bytes());
-            request
-                .send()
-                .promise
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+            match request.send().promise.await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind == capnp::ErrorKind::Unimplemented => Ok(false),
+                Err(e) => Err(e.to_string()),
+            }
         };
         tokio::time::timeout(SIGNAL_TIMEOUT, announcing)
             .await

@@ -103,6 +103,7 @@ pub async fn serve(
                         lookups: Rc::new(crate::inbox::LookupBudget::new(MAX_LOOKUPS_PER_LINK)),
                         remote_key,
                         activity: activity.clone(),
+                        announced: Cell::new(false),
                     });
                     let system =
                         smvs_transport::rpc::serve_limited(channel, link.client, MAX_LINK_MESSAGE);
@@ -193,6 +194,9 @@ struct HostLinkRpc {
     lookups: Rc<crate::inbox::LookupBudget>,
     remote_key: smvs_crypto::AgreementPublicKey,
     activity: Rc<Activity>,
+    /// Whether this link has announced an address: one statement per link (a host that
+    /// moved opens a link for it), so that a link cannot keep storage busy with them.
+    announced: Cell<bool>,
 }
 
 /// Releases the host-wide byte budget when an envelope's handling ends, however it ends.
@@ -288,6 +292,9 @@ impl host_link::Server for HostLinkRpc {
         _: host_link::AnnounceAddressResults,
     ) -> Result<(), capnp::Error> {
         self.activity.last.set(Instant::now());
+        if self.announced.replace(true) {
+            return Err(capnp::Error::failed("refused".into()));
+        }
         let p = params.get()?;
         let bad = |what: &str| capnp::Error::failed(format!("refused: {what}"));
         let peer =

@@ -137,6 +137,13 @@ pub struct Register(pub Username);
 
 command!(Register => HostStatus, |o, Register(name)| {
     o.trust.register(name).await?;
+    // What contacts will know this host by: a later start elsewhere announces the move.
+    o.storage
+        .set_setting(
+            crate::daemon::ANNOUNCED_ADDRESS,
+            o.host_address.as_str().as_bytes().to_vec(),
+        )
+        .await?;
     // Publishes session v2's keys now rather than at the next hourly check (best effort).
     if let Err(e) = o.trust.renew_if_due().await {
         tracing::warn!(error = %e, "cannot publish the session keys now; trying again later");

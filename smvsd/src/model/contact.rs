@@ -16,8 +16,9 @@ pub struct Contact {
     pub transport_key: AgreementPublicKey,
     pub host_address: HostAddress,
     /// When the identity itself stated `host_address` (Unix ms, its host's clock), pushed by
-    /// its host when it moved; 0 when the address came from a directory. A directory record
-    /// older than this (by its serial, the directory's clock) does not move it back.
+    /// its host when it moved; when the address came from a directory, the serial of that
+    /// record (the directory's clock), or 0. A directory record older than a pushed statement
+    /// does not move the address back, and a statement not newer than this is not taken.
     pub address_signed_at: i64,
     /// The directory record's serial this was learnt from (only ever grows).
     pub serial: u64,

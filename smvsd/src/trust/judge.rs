@@ -240,7 +240,9 @@ fn judge_groups(
     contact.transport_key = user.transport_key;
     if !pushed_is_newer {
         contact.host_address = user.host_address.clone();
-        contact.address_signed_at = 0;
+        // A statement older than this record may not move the address back.
+        let serial = i64::try_from(user.serial).unwrap_or(i64::MAX);
+        contact.address_signed_at = contact.address_signed_at.max(serial);
     }
     contact.serial = user.serial;
     note_serials(&mut contact, group);

@@ -59,6 +59,9 @@ const RECORD_TTL: Duration = Duration::from_secs(600);
 const MIN_REFRESH: Duration = Duration::from_secs(5);
 /// How far ahead of our clock a contact's address statement may be dated.
 const MAX_CLOCK_AHEAD_MS: i64 = 5 * 60 * 1000;
+/// The least time between two address changes a contact's host announces (a host restarting
+/// twice in a row is caught up by the directory).
+const ADDRESS_CHANGE_EVERY: Duration = Duration::from_secs(30);
 /// The least time between two alarms of one kind about one contact.
 const ALARM_REPEAT: Duration = Duration::from_secs(600);
 /// How often smvsd checks whether its transport certificate is due for renewal (besides at
@@ -479,10 +482,14 @@ impl Trust {
     /// [`ALARM_REPEAT`], so a directory that lies on every look-up (with a new key each time,
     /// say) does not flood the journal and every device.
     fn may_alarm(&self, peer: &Username, kind: &'static str) -> bool {
+        let every = match kind {
+            "address change" => ADDRESS_CHANGE_EVERY,
+            _ => ALARM_REPEAT,
+        };
         let mut alarms = self.alarms.borrow_mut();
         let key = (peer.clone(), kind);
         match alarms.get(&key) {
-            Some(at) if at.elapsed() < ALARM_REPEAT => false,
+            Some(at) if at.elapsed() < every => false,
             _ => {
                 alarms.insert(key, Instant::now());
                 true
@@ -502,8 +509,12 @@ impl Trust {
 
     /// A contact's host says it moved: `address` as of `issued_at`, signed by the identity. It
     /// must come on a link with the contact's pinned host key, be signed by the pinned
-    /// identity, be newer than what we have and not from the future. Then the contact's host
-    /// is there from now on, with no directory look-up. Returns whether anything changed.
+    /// identity, be newer than what we have (a pushed statement's date, or the serial of the
+    /// directory record the address came from) and not from the future, name an address of a
+    /// kind this host connects to, and come at most once per [`ADDRESS_CHANGE_EVERY`]. Then
+    /// the contact's host is there from now on, with no directory look-up. Returns whether
+    /// anything changed. Every refusal reads the same to the peer ("refused"), so that the
+    /// call tells nobody whom this host knows; the log says why.
     pub async fn address_announced(
         &self,
         remote_key: &smvs_crypto::AgreementPublicKey,
@@ -512,7 +523,10 @@ impl Trust {
         issued_at: i64,
         signature: &smvs_crypto::Signature,
     ) -> Result<bool, HostError> {
-        let refused = |why: &str| HostError::new(ErrorCode::Refused, why.to_owned());
+        let refused = |why: &str| {
+            tracing::debug!(peer = %peer, why, "refused an address statement");
+            HostError::new(ErrorCode::Refused, "refused")
+        };
         let Some(contact) = self.contact(peer).await? else {
             return Err(refused("not a contact"));
         };
@@ -530,6 +544,14 @@ impl Trust {
         }
         if issued_at <= contact.address_signed_at {
             return Ok(false);
+        }
+        if may_connect(&self.host_address, peer, &address).is_err() {
+            return Err(refused(
+                "an address of a kind this host does not connect to",
+            ));
+        }
+        if !self.may_alarm(peer, "address change") {
+            return Err(refused("another address change came a moment ago"));
         }
         let mut contact = Rc::unwrap_or_clone(contact);
         let moved = contact.host_address != address;
@@ -710,6 +732,8 @@ impl Trust {
                 contact.identity = pending.identity;
                 contact.transport_key = pending.transport_key;
                 contact.pending = None;
+                // Nothing the old identity stated about its host counts any more.
+                contact.address_signed_at = 0;
                 // The next look-up refreshes host address and serials.
                 contact.serial = 0;
                 contact.serials.clear();
