@@ -50,6 +50,18 @@ struct SessionKeys {
   prekey @2 :SignedPrekey;      # the current signed prekey
 }
 
+struct MovedStatement {
+  # A user left one directory for another: the identity's signature (context directory-move,
+  # smvs-schema::canonical::directory_move) over the name, both directories' keys, the new
+  # one's address and the time. The old directory serves it in place of the user's record.
+  username @0 :Text;
+  fromDirectory @1 :Data;       # the key of the directory left
+  toDirectory @2 :Data;         # the key of the directory moved to
+  toAddress @3 :Text;           # where that one is (HOST:PORT)
+  issuedAt @4 :Int64;           # Unix ms
+  signature @5 :Data;
+}
+
 struct SignedRecord {
   record @0 :Data;              # A DirectoryRecord serialized as a single-segment Cap'n Proto message.
   signature @1 :Data;           # The directory's signature (context directory-record) over `record`.

@@ -10,7 +10,9 @@ interface Directory {
   register @0 (request :RegisterRequest) -> (record :Common.SignedRecord);
   # Creates a record. Only a username and keys are asked: no phone, no e-mail.
 
-  lookup @1 (username :Text) -> (record :Common.SignedRecord);
+  lookup @1 (username :Text) -> (record :Common.SignedRecord, moved :Common.MovedStatement);
+  # The user's signed record; or, for a user who moved to another directory, no record and
+  # the identity's signed statement of where to (`moved`).
 
   challenge @2 (username :Text) -> (sealedToken :Data);
   # A fresh single-use token sealed to the user's X25519 identity key. Unknown users get a
@@ -49,6 +51,11 @@ interface Session {
   # X-Wing key and the prekey are signed by the record's identity, and ("stale:") unless the
   # prekey's expiry is ahead and at most 30 days away. What a host does at start and whenever
   # keyguard rotates the prekey. A key rotation drops them (they were the old identity's).
+  leave @5 (statement :Common.MovedStatement) -> ();
+  # The user moves to another directory: `statement` must name this user and this directory
+  # as the one left, be signed by the record's identity and dated within 5 minutes. The record
+  # is deleted as by deregistration, and lookups of the name answer `moved` with the
+  # statement until the name is registered again.
 }
 
 struct RotateRequest {

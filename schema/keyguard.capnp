@@ -78,6 +78,10 @@ interface Keyguard {
   # Destroys the previous epoch's key (smvsd has re-sealed everything under the current one
   # and wiped its write-ahead log). The current epoch is never retired.
   signHostAddress @15 (username :Text, hostAddress :Text) -> (issuedAt :Int64, signature :Data);
+  signDirectoryMove @16 (username :Text, fromDirectory :Data, toDirectory :Data, toAddress :Text)
+      -> (issuedAt :Int64, signature :Data);
+  # The identity's statement that `username` leaves the directory `fromDirectory` for
+  # `toDirectory` at `toAddress`, as of keyguard's clock (context directory-move).
   # The identity's statement that `username`'s host is at `hostAddress` as of keyguard's clock
   # (context host-address, canonical::host_address_statement): what a host that moved pushes
   # to its contacts' hosts. It says where the host is, which the directory says to anyone

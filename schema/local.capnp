@@ -263,8 +263,22 @@ interface Host {
   markRead @21 (peer :Text) -> (wasUnread :UInt32);
   # Everything received from `peer` so far is read, on every device (a `read` event tells them).
   introduce @22 (user :Text, to :Text) -> ();
+  moveDirectory @23 (to :Text) -> (left :Text);
+  # Moves this host's user from its home directory (the first configured one it has not left)
+  # to the configured directory named `to`: registers there, and leaves the home directory
+  # with a statement the identity signs, which it serves to whoever looks the user up from
+  # then on. Returns the name of the directory left.
+  directories @24 () -> (directories :List(DirectoryInfo));
+  # The configured directories, in order.
   # Sends `to` the directory's signed record of `user` as this host pinned it: `to`'s host may
   # pin `user` from it, "introduced by" us, without asking a directory.
+}
+
+struct DirectoryInfo {
+  name @0 :Text;
+  address @1 :Text;
+  key @2 :Text;                 # hex
+  left @3 :Bool;                # this host's user moved away from it
 }
 
 struct Device {

@@ -43,6 +43,9 @@ pub enum SignContext {
     SessionPrekey,
     /// An identity stating where its host is now (pushed to contacts' hosts when it moves).
     HostAddress,
+    /// An identity leaving one directory for another (the "moved" statement the old one
+    /// serves from then on).
+    DirectoryMove,
 }
 
 impl SignContext {
@@ -57,6 +60,7 @@ impl SignContext {
             SignContext::IdentityKemKey => "identity-kem-key",
             SignContext::SessionPrekey => "session-prekey",
             SignContext::HostAddress => "host-address",
+            SignContext::DirectoryMove => "directory-move",
         }
     }
 

@@ -13,7 +13,7 @@ use smvs_schema::directory_capnp::{directory, session};
 use smvs_schema::{HostAddress, Username};
 use zeroize::Zeroizing;
 
-use crate::error::ClientError;
+use crate::error::{ClientError, ErrorCode};
 use crate::record::{
     verify_record, write_identity, write_transport, TransportCertificate, VerifiedRecord,
 };
@@ -239,6 +239,29 @@ fn check(
     verify_record(signed?, key, expected).map_err(ClientError::Verification)
 }
 
+/// What a directory answers for a name.
+#[derive(Debug, Clone)]
+// Short-lived (one per look-up, unpacked at once): boxing the record would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum LookupAnswer {
+    Record(VerifiedRecord),
+    /// The user moved to another directory; their identity signed where to.
+    Moved(crate::record::MovedStatement),
+}
+
+/// The error a plain look-up gives for a user who moved away.
+fn moved_away(moved: &crate::record::MovedStatement) -> ClientError {
+    ClientError::Refused {
+        code: ErrorCode::NotFound,
+        message: format!(
+            "{} moved to the directory at {} (key {})",
+            moved.username,
+            moved.to_address,
+            moved.to.to_hex()
+        ),
+    }
+}
+
 impl DirectoryClient {
     /// Connects to `addr` and proves, in the Noise handshake, that the server holds the private
     /// half of `directory_key`. `local` is this side's Noise static key (a host's transport key).
@@ -352,14 +375,30 @@ impl DirectoryClient {
 
     /// The signed record of `username`, checked against the pinned key.
     pub async fn lookup(&self, username: &Username) -> Result<VerifiedRecord, ClientError> {
+        match self.lookup_answer(username).await? {
+            LookupAnswer::Record(record) => Ok(record),
+            LookupAnswer::Moved(moved) => Err(moved_away(&moved)),
+        }
+    }
+
+    /// The user's record, or the statement of a user who moved to another directory (for
+    /// whoever pinned their identity to check and follow).
+    pub async fn lookup_answer(&self, username: &Username) -> Result<LookupAnswer, ClientError> {
         let mut request = self.directory.lookup_request();
         request.get().set_username(username.as_str());
         let response = request.send().promise.await?;
-        check(
-            response.get()?.get_record(),
-            &self.directory_key,
-            Some(username),
-        )
+        let r = response.get()?;
+        if r.has_moved() {
+            let moved = crate::record::MovedStatement::read(r.get_moved()?)
+                .map_err(ClientError::Verification)?;
+            if &moved.username != username || moved.from != self.directory_key {
+                return Err(ClientError::Verification(
+                    "a moved statement for another user or another directory".into(),
+                ));
+            }
+            return Ok(LookupAnswer::Moved(moved));
+        }
+        check(r.get_record(), &self.directory_key, Some(username)).map(LookupAnswer::Record)
     }
 
     /// As [`DirectoryClient::lookup`], but a record whose transport certificate expired is
@@ -525,6 +564,17 @@ impl DirectorySession {
     }
 
     /// Deletes the record; `deregistration` must be signed by the identity.
+    /// Leaves this directory for the one `statement` names (signed by the identity).
+    pub async fn leave(
+        &self,
+        statement: &crate::record::MovedStatement,
+    ) -> Result<(), ClientError> {
+        let mut request = self.session.leave_request();
+        statement.write(request.get().init_statement());
+        request.send().promise.await?;
+        Ok(())
+    }
+
     pub async fn deregister(&self, deregistration: &Deregistration) -> Result<(), ClientError> {
         let mut request = self.session.deregister_request();
         {

@@ -59,11 +59,14 @@ pub mod fuzzing {
     }
 }
 
-pub use client::{Deregistration, DirectoryClient, DirectorySession, Registration, Rotation};
+pub use client::{
+    Deregistration, DirectoryClient, DirectorySession, LookupAnswer, Registration, Rotation,
+};
 pub use config::{DirectoryConfig, LimitConfig};
 pub use error::{ClientError, ErrorCode, Refusal};
 pub use record::{
-    CertificateProblem, PublishedSessionKeys, TransportCertificate, UserRecord, VerifiedRecord,
+    CertificateProblem, MovedStatement, PublishedSessionKeys, TransportCertificate, UserRecord,
+    VerifiedRecord,
 };
 #[cfg(feature = "server")]
 pub use rpc::{MAX_CLOCK_SKEW_MS, SESSION_LIFETIME, TOKEN_LIFETIME_MS};

@@ -9,7 +9,8 @@ use smvs_crypto::{
 use smvs_crypto::{SignedPrekey, XWingPublicKey};
 use smvs_schema::canonical;
 use smvs_schema::common_capnp::{
-    directory_record, identity_bundle, session_keys, signed_prekey, signed_record, transport_key,
+    directory_record, identity_bundle, moved_statement, session_keys, signed_prekey, signed_record,
+    transport_key,
 };
 use smvs_schema::{HostAddress, Username};
 
@@ -413,4 +414,103 @@ impl VerifiedRecord {
 
 fn hex_sig(s: &Signature) -> String {
     s.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A user's statement that they left one directory for another (`Directory.lookup` answers
+/// it in place of the record). The signature is the identity's: only someone who pinned that
+/// identity can take it as the user's word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedStatement {
+    pub username: Username,
+    /// The key of the directory left.
+    pub from: SigningPublicKey,
+    /// The key of the directory moved to, and where it is (HOST:PORT).
+    pub to: SigningPublicKey,
+    pub to_address: String,
+    /// Unix ms.
+    pub issued_at: i64,
+    pub signature: Signature,
+}
+
+/// The longest directory address a statement may name.
+pub const MAX_DIRECTORY_ADDRESS: usize = 255;
+
+impl MovedStatement {
+    /// The bytes the identity signs.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        canonical::directory_move(
+            &self.username,
+            &self.from,
+            &self.to,
+            &self.to_address,
+            self.issued_at,
+        )
+    }
+
+    /// Whether `identity` made it.
+    pub fn verify(&self, identity: &IdentityBundle) -> Result<(), String> {
+        identity
+            .signing_key
+            .verify(
+                SignContext::DirectoryMove,
+                &self.signed_bytes(),
+                &self.signature,
+            )
+            .map_err(|_| "the moved statement is not signed by the identity".to_string())
+    }
+
+    /// Reads one off the wire (lengths checked, the signature not yet).
+    pub fn read(r: moved_statement::Reader<'_>) -> Result<Self, String> {
+        let e = |e: capnp::Error| e.to_string();
+        let name = r
+            .get_username()
+            .map_err(e)?
+            .to_str()
+            .map_err(|_| "name is not UTF-8")?;
+        let to_address = r
+            .get_to_address()
+            .map_err(e)?
+            .to_str()
+            .map_err(|_| "address is not UTF-8")?;
+        if to_address.is_empty() || to_address.len() > MAX_DIRECTORY_ADDRESS {
+            return Err("the new directory's address is empty or too long".into());
+        }
+        Ok(MovedStatement {
+            username: Username::parse(name).map_err(|e| e.to_string())?,
+            from: SigningPublicKey::from_bytes(r.get_from_directory().map_err(e)?)
+                .map_err(|e| e.to_string())?,
+            to: SigningPublicKey::from_bytes(r.get_to_directory().map_err(e)?)
+                .map_err(|e| e.to_string())?,
+            to_address: to_address.to_owned(),
+            issued_at: r.get_issued_at(),
+            signature: Signature::from_bytes(r.get_signature().map_err(e)?)
+                .map_err(|e| e.to_string())?,
+        })
+    }
+
+    pub fn write(&self, mut b: moved_statement::Builder<'_>) {
+        b.set_username(self.username.as_str());
+        b.set_from_directory(self.from.as_bytes());
+        b.set_to_directory(self.to.as_bytes());
+        b.set_to_address(self.to_address.as_str());
+        b.set_issued_at(self.issued_at);
+        b.set_signature(self.signature.as_bytes());
+    }
+
+    /// As a flat Cap'n Proto message, for the directory's store.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut message = capnp::message::Builder::new_default();
+        self.write(message.init_root());
+        capnp::serialize::write_message_to_words(&message)
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let mut slice = bytes;
+        let message = capnp::serialize::read_message_from_flat_slice(
+            &mut slice,
+            smvs_schema::reader_options(),
+        )
+        .map_err(|e| e.to_string())?;
+        Self::read(message.get_root().map_err(|e| e.to_string())?)
+    }
 }

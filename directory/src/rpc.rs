@@ -19,7 +19,7 @@ use smvs_schema::{HostAddress, Username};
 use crate::clock::now_ms;
 use crate::error::{ErrorCode, Refusal};
 use crate::record::{
-    read_identity, sign_record, verify_transport_certificate, CertificateProblem,
+    read_identity, sign_record, verify_transport_certificate, CertificateProblem, MovedStatement,
     PublishedSessionKeys, TransportCertificate, UserRecord, PREKEY_MAX_AHEAD_S,
 };
 use crate::state::Shared;
@@ -241,13 +241,30 @@ impl directory::Server for DirectoryRpc {
     ) -> Result<(), capnp::Error> {
         self.shared.limits.request(self.peer)?;
         let name = username(params.get()?.get_username())?;
-        let user = self
+        let Some(user) = self
             .shared
             .store
             .get_user(&name)
             .await
             .map_err(store_refusal)?
-            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no user named {name}")))?;
+        else {
+            // Someone who moved away: their own statement of where to.
+            let moved = self
+                .shared
+                .store
+                .get_moved(&name)
+                .await
+                .map_err(store_refusal)?;
+            let statement = moved
+                .map(|bytes| MovedStatement::from_bytes(&bytes))
+                .transpose()
+                .map_err(|e| Refusal::new(ErrorCode::Internal, format!("a stored statement: {e}")))?
+                .ok_or_else(|| {
+                    Refusal::new(ErrorCode::NotFound, format!("no user named {name}"))
+                })?;
+            statement.write(results.get().init_moved());
+            return Ok(());
+        };
         sign_record(
             &self.shared.key,
             &user,
@@ -486,6 +503,33 @@ impl SessionRpc {
     }
 }
 
+impl SessionRpc {
+    /// A `leave` request's statement, checked: this user, this directory as the one left,
+    /// another as the one moved to, dated within the clock skew, signed by the identity.
+    async fn check_leave(
+        &self,
+        params: session::leave_params::Reader<'_>,
+    ) -> Result<MovedStatement, Refusal> {
+        let bad = |why: String| Refusal::new(ErrorCode::BadRequest, why);
+        let statement =
+            MovedStatement::read(params.get_statement().map_err(|e| bad(e.to_string()))?)
+                .map_err(bad)?;
+        check_timestamp(statement.issued_at)?;
+        let own = self.shared.key.public();
+        if statement.username != self.username || statement.from != own || statement.to == own {
+            return Err(bad(
+                "the statement must name this user, this directory as the one left, and another"
+                    .into(),
+            ));
+        }
+        let current = self.current_user().await?;
+        statement
+            .verify(&current.identity)
+            .map_err(|e| Refusal::new(ErrorCode::BadSignature, e))?;
+        Ok(statement)
+    }
+}
+
 impl session::Server for SessionRpc {
     async fn update_host_address(
         self: Rc<Self>,
@@ -639,6 +683,27 @@ impl session::Server for SessionRpc {
             .map_err(store_refusal)?;
         self.alive.set(false);
         tracing::debug!("a user deregistered");
+        Ok(())
+    }
+
+    async fn leave(
+        self: Rc<Self>,
+        params: session::LeaveParams,
+        _: session::LeaveResults,
+    ) -> Result<(), capnp::Error> {
+        self.check().await?;
+        let statement = self.check_leave(params.get()?).await?;
+        let moved = self
+            .shared
+            .store
+            .move_user(&self.username, statement.to_bytes())
+            .await
+            .map_err(store_refusal)?;
+        if !moved {
+            return Err(Refusal::new(ErrorCode::NotFound, "no record to leave").into());
+        }
+        self.alive.set(false);
+        tracing::debug!("a user moved to another directory");
         Ok(())
     }
 }

@@ -271,6 +271,38 @@ impl KeyguardClient {
         Ok((r.get_issued_at(), signature))
     }
 
+    /// The identity's statement that `username` leaves the directory `from` for `to` at
+    /// `to_address`, now.
+    pub async fn sign_directory_move(
+        &self,
+        username: &Username,
+        from: &SigningPublicKey,
+        to: &SigningPublicKey,
+        to_address: &str,
+    ) -> Result<smvs_directory::MovedStatement, KeyguardError> {
+        const OP: &str = "signDirectoryMove";
+        let mut request = self.keyguard.sign_directory_move_request();
+        request.get().set_username(username.as_str());
+        request.get().set_from_directory(from.as_bytes());
+        request.get().set_to_directory(to.as_bytes());
+        request.get().set_to_address(to_address);
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let r = response.get().map_err(|e| self.rpc_error(OP, e))?;
+        Ok(smvs_directory::MovedStatement {
+            username: username.clone(),
+            from: *from,
+            to: *to,
+            to_address: to_address.to_owned(),
+            issued_at: r.get_issued_at(),
+            signature: Signature::from_bytes(r.get_signature().map_err(|e| self.rpc_error(OP, e))?)
+                .map_err(|e| self.bad_answer(OP, e))?,
+        })
+    }
+
     /// A registration of keyguard's identity as `username` at the directory whose key is
     /// `directory_key`, built and signed by keyguard.
     pub async fn sign_registration(

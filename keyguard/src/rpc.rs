@@ -474,6 +474,39 @@ impl keyguard::Server for KeyguardRpc {
         Ok(())
     }
 
+    async fn sign_directory_move(
+        self: Rc<Self>,
+        params: keyguard::SignDirectoryMoveParams,
+        mut results: keyguard::SignDirectoryMoveResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let username = read_username(p.get_username())?;
+        let from = read_directory_key(p.get_from_directory())?;
+        let to = read_directory_key(p.get_to_directory())?;
+        let to_address = p
+            .get_to_address()?
+            .to_str()
+            .map_err(|_| refuse("address is not UTF-8"))?;
+        if to_address.is_empty()
+            || to_address.len() > smvs_directory::record::MAX_DIRECTORY_ADDRESS
+            || from == to
+        {
+            return Err(refuse(
+                "a move names two different directories and an address",
+            ));
+        }
+        let issued_at = now_ms();
+        let statement = canonical::directory_move(&username, &from, &to, to_address, issued_at);
+        let signature = self
+            .vault
+            .with_identity(|id| id.signing.sign(SignContext::DirectoryMove, &statement))?;
+        tracing::info!(peer = %self.peer, %username, to = %to.to_hex(), "signed a move to another directory");
+        let mut r = results.get();
+        r.set_issued_at(issued_at);
+        r.set_signature(signature.as_bytes());
+        Ok(())
+    }
+
     async fn sign_registration(
         self: Rc<Self>,
         params: keyguard::SignRegistrationParams,

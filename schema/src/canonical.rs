@@ -70,6 +70,26 @@ pub fn host_address_statement(
         .0
 }
 
+/// What an identity signs (context directory-move) when `username` leaves the directory whose
+/// key is `from` for the one whose key is `to`, reached at `to_address`, at `issued_at` (Unix
+/// ms): the old directory serves it instead of a record from then on.
+pub fn directory_move(
+    username: &Username,
+    from: &SigningPublicKey,
+    to: &SigningPublicKey,
+    to_address: &str,
+    issued_at: i64,
+) -> Vec<u8> {
+    Canon::new()
+        .fixed(b"smvs-directory-move-v1")
+        .var(username.as_str().as_bytes())
+        .fixed(from.as_bytes())
+        .fixed(to.as_bytes())
+        .var(to_address.as_bytes())
+        .int(issued_at)
+        .0
+}
+
 /// What an identity signs (context deregistration) to have `directory_key`'s directory delete
 /// `username`'s record, as it stands at `serial`, at `timestamp` (Unix ms): a signature for one
 /// directory, one record and one moment, so it can be neither moved nor replayed.

@@ -267,6 +267,19 @@ pub enum Command {
         action: Option<DevicesAction>,
     },
 
+    /// The directories this host uses, and moving to another one
+    #[command(
+        after_help = "Examples:\n  smvsctl directory list\n  smvsctl directory move second\n\n\
+                      Directories are configured in smvsd.toml (`directory`, `[[directories]]`). `move` \
+                      registers at the named one and leaves the home directory (the first one not left yet) \
+                      with a statement your identity signs, which it serves from then on: contacts who \
+                      pinned you follow it without a key-change alarm."
+    )]
+    Directory {
+        #[command(subcommand)]
+        action: DirectoryAction,
+    },
+
     /// Chat in the terminal: conversations, live messages, verification and calls
     #[command(
         after_help = "Examples:\n  smvsctl chat\n  smvsctl chat bob\n  smvsctl --host paired chat\n  smvsctl chat bob --plain < lines.txt\n\n\
@@ -320,6 +333,17 @@ pub enum DevicesAction {
     /// Forget a device: its open connections end at once and its key is refused afterwards
     Revoke {
         /// The device's name as `devices` lists it
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum DirectoryAction {
+    /// The configured directories, and which this host's user left
+    List,
+    /// Move to the configured directory NAME, leaving a signed "moved" statement at the home one
+    Move {
+        /// The directory's name, as `directory list` shows it
         name: String,
     },
 }

@@ -536,6 +536,17 @@ pub struct DeviceLinkView {
     pub host_fingerprint: String,
 }
 
+/// A directory as `directory list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirectoryView {
+    pub name: String,
+    pub address: String,
+    /// Hex.
+    pub key: String,
+    /// This host's user moved away from it.
+    pub left: bool,
+}
+
 /// What `verify` is to do about a changed identity key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyChoice {
@@ -1275,6 +1286,30 @@ impl HostClient {
     }
 
     /// Disappearing messages for the conversation with `peer`, on both hosts; 0 turns it off.
+    /// The configured directories.
+    pub async fn directories(&self) -> Result<Vec<DirectoryView>, CtlError> {
+        let answer = self.host.directories_request().send().promise.await?;
+        let list = answer.get()?.get_directories()?;
+        list.iter()
+            .map(|d| {
+                Ok(DirectoryView {
+                    name: text("directory name", d.get_name())?,
+                    address: text("directory address", d.get_address())?,
+                    key: text("directory key", d.get_key())?,
+                    left: d.get_left(),
+                })
+            })
+            .collect()
+    }
+
+    /// Moves to the configured directory `to`; returns the name of the one left.
+    pub async fn move_directory(&self, to: &str) -> Result<String, CtlError> {
+        let mut request = self.host.move_directory_request();
+        request.get().set_to(to);
+        let answer = request.send().promise.await?;
+        text("directory name", answer.get()?.get_left())
+    }
+
     /// Sends `to` the signed record `user` is pinned from.
     pub async fn introduce(&self, user: &Username, to: &Username) -> Result<(), CtlError> {
         let mut request = self.host.introduce_request();

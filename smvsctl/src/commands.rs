@@ -137,6 +137,7 @@ pub async fn execute(
             verify(host, format, out, user, choice).await
         }
         Command::Expire { user, seconds } => expire(host, format, out, user, *seconds).await,
+        Command::Directory { action } => directory(host, format, out, action).await,
         Command::Introduce { user, to } => {
             host.introduce(user, to).await?;
             let text = match format {
@@ -365,6 +366,35 @@ pub async fn devices(
                     output::clean(&d.name)
                 )
             })?
+        }
+    };
+    emit(out, &text)
+}
+
+pub async fn directory(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+    action: &crate::cli::DirectoryAction,
+) -> Result<(), CtlError> {
+    use crate::cli::DirectoryAction;
+    let text = match action {
+        DirectoryAction::List => {
+            let all = host.directories().await?;
+            output::render(format, all.as_slice(), output::directories_text)?
+        }
+        DirectoryAction::Move { name } => {
+            let left = host.move_directory(name).await?;
+            match format {
+                Format::Text => format!(
+                    "moved to {}; {} now tells whoever looks you up where you went",
+                    output::clean(name),
+                    output::clean(&left)
+                ),
+                Format::Json => {
+                    output::to_json(&serde_json::json!({"moved_to": name, "left": left}))?
+                }
+            }
         }
     };
     emit(out, &text)

@@ -267,6 +267,22 @@ pub fn conversations_text(conversations: &[ConversationView]) -> String {
         .join("\n")
 }
 
+pub fn directories_text(directories: &[crate::client::DirectoryView]) -> String {
+    directories
+        .iter()
+        .map(|d| {
+            format!(
+                "{}  {}  {}{}",
+                clean(&d.name),
+                clean(&d.address),
+                clean(&d.key),
+                if d.left { "  (left)" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn contacts_text(contacts: &[ContactView]) -> String {
     if contacts.is_empty() {
         return "no contacts".to_string();

@@ -198,6 +198,13 @@ impl Host {
             events.clone(),
             me,
         ));
+        if let Some(left) = storage.setting(LEFT_DIRECTORIES).await? {
+            trust.set_left(
+                left.chunks_exact(32)
+                    .filter_map(|k| k.try_into().ok())
+                    .collect(),
+            );
+        }
         // Renewal at start, before READY: a host that was off past its certificate's expiry
         // is reachable again as soon as it says it serves. Bounded (the directory may be down),
         // and never fatal: the loop below tries again.
@@ -439,6 +446,9 @@ async fn renew_once(trust: &Trust) {
         ),
     }
 }
+
+/// The setting that holds the keys (32 bytes each) of the directories this host's user left.
+pub const LEFT_DIRECTORIES: &str = "left_directories";
 
 /// The setting that holds the address last announced to contacts' hosts (or registered with).
 pub const ANNOUNCED_ADDRESS: &str = "announced_address";

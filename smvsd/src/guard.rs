@@ -107,6 +107,20 @@ impl Guard {
             .await
     }
 
+    /// The identity's statement that `username` moves from directory `from` to `to`.
+    pub async fn sign_directory_move(
+        &self,
+        username: &Username,
+        from: &SigningPublicKey,
+        to: &SigningPublicKey,
+        to_address: &str,
+    ) -> Result<smvs_directory::MovedStatement, KeyguardError> {
+        self.with_client(
+            |c| async move { c.sign_directory_move(username, from, to, to_address).await },
+        )
+        .await
+    }
+
     pub async fn sign_registration(
         &self,
         directory_key: &SigningPublicKey,

@@ -40,6 +40,7 @@ both_backends!(
     deregistration_leaves_no_trace_of_the_name,
     serial_floors_of_an_older_directory_are_hashed_on_open,
     published_session_keys_are_checked_kept_and_dropped_at_rotation,
+    a_user_who_leaves_is_answered_with_their_signed_statement,
 );
 
 fn code<T>(r: Result<T, smvs_directory::ClientError>) -> ErrorCode {
@@ -1350,4 +1351,86 @@ async fn published_session_keys_are_checked_kept_and_dropped_at_rotation(backend
         None
     );
     dir.daemon.stop().unwrap();
+}
+
+/// `leave`: only a statement this user's identity signed, naming this directory as the one
+/// left and another as the new one, dated now, is taken; the record is then gone and look-ups
+/// answer with the statement (a plain look-up says where to), until the name is registered
+/// again.
+async fn a_user_who_leaves_is_answered_with_their_signed_statement(backend: Backend) {
+    let dir = DirectoryProcess::start(backend, &[]).await.unwrap();
+    let client = dir.client().await.unwrap();
+    let alice = TestUser::new("alice", "127.0.0.1:7421").unwrap();
+    client
+        .register(&alice.registration(&dir.key))
+        .await
+        .unwrap();
+    let elsewhere = smvs_crypto::SigningKeyPair::generate().unwrap().public();
+    let statement = |by: &IdentityKeys, from, to, issued_at| {
+        let mut s = smvs_directory::MovedStatement {
+            username: alice.username.clone(),
+            from,
+            to,
+            to_address: "127.0.0.9:7420".into(),
+            issued_at,
+            signature: Signature::from_bytes(&[0; 64]).unwrap(),
+        };
+        s.signature = by
+            .signing
+            .sign(SignContext::DirectoryMove, &s.signed_bytes());
+        s
+    };
+    let now = smvs_directory::clock::now_ms();
+    let session = alice.login(&client).await.unwrap();
+    let stranger = IdentityKeys::generate().unwrap();
+    for (bad, expected) in [
+        (
+            statement(&stranger, dir.key, elsewhere, now),
+            ErrorCode::BadSignature,
+        ),
+        (
+            statement(&alice.identity, elsewhere, dir.key, now),
+            ErrorCode::BadRequest,
+        ),
+        (
+            statement(&alice.identity, dir.key, dir.key, now),
+            ErrorCode::BadRequest,
+        ),
+        (
+            statement(&alice.identity, dir.key, elsewhere, now - 3_600_000),
+            ErrorCode::Stale,
+        ),
+    ] {
+        assert_eq!(code(session.leave(&bad).await), expected);
+    }
+    assert!(
+        client.lookup(&alice.username).await.is_ok(),
+        "nothing changed"
+    );
+
+    let good = statement(&alice.identity, dir.key, elsewhere, now);
+    session.leave(&good).await.unwrap();
+    match client.lookup_answer(&alice.username).await.unwrap() {
+        smvs_directory::LookupAnswer::Moved(served) => assert_eq!(served, good),
+        other => panic!("expected the statement, got {other:?}"),
+    }
+    let plain = client.lookup(&alice.username).await.unwrap_err();
+    assert_eq!(plain.code(), Some(ErrorCode::NotFound));
+    assert!(
+        plain
+            .to_string()
+            .contains("moved to the directory at 127.0.0.9:7420"),
+        "{plain}"
+    );
+
+    // The name registered again (by anyone): the forwarding ends.
+    let again = TestUser::new("alice", "127.0.0.2:7421").unwrap();
+    client
+        .register(&again.registration(&dir.key))
+        .await
+        .unwrap();
+    assert!(matches!(
+        client.lookup_answer(&alice.username).await.unwrap(),
+        smvs_directory::LookupAnswer::Record(_)
+    ));
 }

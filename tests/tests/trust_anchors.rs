@@ -461,3 +461,86 @@ fn an_introduction_lets_users_of_different_directories_meet_and_a_contradiction_
     assert_eq!(refused.status.code(), Some(1));
     assert!(carol.logs().contains("7a3d95c2e0b84f1f9c6e2b5d8a41f307"));
 }
+
+/// Moving to another directory: alice leaves directory a for b. a then answers "moved", with
+/// the statement her identity signed; bob, who uses only a and pinned alice, follows it to b
+/// and goes on writing to her with no key-change alarm. alice's host never registers at a
+/// again, even after a restart.
+#[test]
+fn a_user_moves_to_another_directory_and_contacts_follow_without_an_alarm() {
+    let rt = runtime().unwrap();
+    let (a, b) = rt.block_on(async {
+        (
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+        )
+    });
+    let [b1, b2] = also("second", &b);
+    let mut alice =
+        HostProcess::start("alice", &a, "127.0.0.1", &[&b1, &b2, "--quorum", "1"]).unwrap();
+    let bob = HostProcess::start("bob", &a, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    alice.send("bob", "hi").unwrap();
+    bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
+    let mut watch = Watch::start(&bob).unwrap();
+
+    let moved = alice.ctl_ok(&["directory", "move", "second"]).unwrap();
+    assert!(moved.contains("moved to second"), "{moved}");
+    let list = alice.ctl_json(&["directory", "list"]).unwrap();
+    assert_eq!(list[0]["name"], "default");
+    assert_eq!(list[0]["left"], true, "{list}");
+    assert_eq!(list[1]["left"], false, "{list}");
+
+    // a answers "moved", signed by alice's identity (as b's record of her shows it).
+    let check_moved = || {
+        run_local(async {
+            let alice_name = Username::parse("alice").unwrap();
+            let at_b = b.client().await.unwrap().lookup(&alice_name).await.unwrap();
+            let answer = a
+                .client()
+                .await
+                .unwrap()
+                .lookup_answer(&alice_name)
+                .await
+                .unwrap();
+            let smvs_directory::LookupAnswer::Moved(statement) = answer else {
+                panic!("a still serves a record of alice")
+            };
+            assert_eq!(statement.to, b.key);
+            assert_eq!(statement.to_address, b.addr.to_string());
+            statement.verify(&at_b.user.identity).unwrap();
+        })
+        .unwrap()
+    };
+    check_moved();
+
+    // bob looks alice up afresh: a sends him to b, and the key is the one he pinned.
+    let seen = bob.ctl_json(&["verify", "alice"]).unwrap();
+    assert_eq!(seen["key_changed"], false, "{seen}");
+    assert_eq!(
+        seen["record"]["directory_key"],
+        b.key.to_hex(),
+        "the record bob now holds is b's: {seen}"
+    );
+    bob.send("alice", "still reaching you").unwrap();
+    alice
+        .wait_history("bob", LIMIT, |h| {
+            h.iter().any(|m| m["body"] == "still reaching you")
+        })
+        .unwrap();
+    let events = watch.everything_so_far(&bob).unwrap();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["event"] != "key_changed" && e["event"] != "directory_alarm"),
+        "{events:?}"
+    );
+
+    // A restart (and its renewal check) does not register alice at a again.
+    alice.stop().unwrap();
+    alice.start_again().unwrap();
+    check_moved();
+    alice.send("bob", "after the restart").unwrap();
+    bob.wait_history("alice", LIMIT, |h| h.len() == 2).unwrap();
+}

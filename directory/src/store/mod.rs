@@ -177,6 +177,23 @@ impl Store {
         }
     }
 
+    /// The statement of a user who moved to another directory, if `name` is one.
+    pub async fn get_moved(&self, name: &Username) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.get_moved(name).await,
+            Store::Postgres(s) => s.get_moved(name).await,
+        }
+    }
+
+    /// Deletes the user's record as [`Store::delete_user`] does, and keeps `statement` (a
+    /// `MovedStatement`'s bytes) to answer look-ups of the name with. False: no such user.
+    pub async fn move_user(&self, name: &Username, statement: Vec<u8>) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.move_user(name, statement).await,
+            Store::Postgres(s) => s.move_user(name, statement).await,
+        }
+    }
+
     /// Remembers a token digest for `name` until `expires_at` (Unix ms); drops expired ones.
     pub async fn put_token(
         &self,

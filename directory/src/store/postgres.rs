@@ -51,6 +51,8 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE deregistered (name_hash BYTEA PRIMARY KEY, serial BIGINT NOT NULL);",
     // 4: session v2's published keys (PublishedSessionKeys::to_bytes); NULL: none published.
     "ALTER TABLE users ADD COLUMN session_keys BYTEA;",
+    // 5: users who moved to another directory (MovedStatement as a flat Cap'n Proto message).
+    "CREATE TABLE moved (username TEXT PRIMARY KEY, statement BYTEA NOT NULL);",
 ];
 
 /// The migration after whose SQL [`PgStore::hash_old_floors`] runs.
@@ -223,7 +225,43 @@ impl PgStore {
         if inserted == 0 {
             return Err(StoreError::Taken);
         }
+        // A new registration of the name ends the forwarding of whoever moved away.
+        c.execute(
+            "DELETE FROM moved WHERE username = $1",
+            &[&user.username.as_str()],
+        )
+        .await?;
         Ok(UserRecord { serial, ..user })
+    }
+
+    /// The statement of a user who moved away, if the name is one.
+    pub async fn get_moved(&self, name: &Username) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .client()
+            .query_opt(
+                "SELECT statement FROM moved WHERE username = $1",
+                &[&name.as_str()],
+            )
+            .await?
+            .map(|r| r.get(0)))
+    }
+
+    /// Deletes `name`'s record as deregistration does, and keeps `statement` to answer for it.
+    pub async fn move_user(&self, name: &Username, statement: Vec<u8>) -> Result<bool, StoreError> {
+        let row = self
+            .client()
+            .query_opt(
+                "WITH gone AS (DELETE FROM users WHERE username = $1 RETURNING serial),
+                      floor AS (INSERT INTO deregistered SELECT $2, serial FROM gone
+                                ON CONFLICT (name_hash) DO UPDATE SET serial = excluded.serial),
+                      tokens AS (DELETE FROM auth_tokens WHERE username = $1),
+                      kept AS (INSERT INTO moved SELECT $1, $3 FROM gone
+                               ON CONFLICT (username) DO UPDATE SET statement = excluded.statement)
+                 SELECT count(*) FROM gone",
+                &[&name.as_str(), &self.names.hash(name.as_str())?, &statement],
+            )
+            .await?;
+        Ok(row.is_some_and(|r| r.get::<_, i64>(0) > 0))
     }
 
     pub async fn get_user(&self, name: &Username) -> Result<Option<UserRecord>, StoreError> {

@@ -50,6 +50,9 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE serial_floor;",
     // 4: session v2's published keys (PublishedSessionKeys::to_bytes); NULL: none published.
     "ALTER TABLE users ADD COLUMN session_keys BLOB;",
+    // 5: users who moved to another directory: their signed statement (MovedStatement, as a
+    // flat Cap'n Proto message), served until the name is registered again.
+    "CREATE TABLE moved (username TEXT PRIMARY KEY NOT NULL, statement BLOB NOT NULL) STRICT;",
 ];
 
 impl SqliteStore {
@@ -121,6 +124,11 @@ impl SqliteStore {
             if inserted == 0 {
                 return Err(StoreError::Taken);
             }
+            // A new registration of the name ends the forwarding of whoever moved away.
+            c.execute(
+                "DELETE FROM moved WHERE username = ?1",
+                [user.username.as_str()],
+            )?;
             Ok(UserRecord { serial, ..user })
         })
         .await
@@ -129,6 +137,47 @@ impl SqliteStore {
     pub async fn get_user(&self, name: &Username) -> Result<Option<UserRecord>, StoreError> {
         let name = name.clone();
         self.call(move |c| get(c, &name)).await
+    }
+
+    /// The statement of a user who moved away, if the name is one.
+    pub async fn get_moved(&self, name: &Username) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = name.clone();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT statement FROM moved WHERE username = ?1",
+                [name.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Deletes `name`'s record as deregistration does, and keeps `statement` to answer for it.
+    /// False when there was no record.
+    pub async fn move_user(&self, name: &Username, statement: Vec<u8>) -> Result<bool, StoreError> {
+        let name = name.clone();
+        let name_hash = self.names.hash(name.as_str())?;
+        let moved = self
+            .call(move |c| {
+                let Some(old) = get(c, &name)? else { return Ok(false) };
+                c.execute(
+                    "INSERT INTO deregistered VALUES (?1, ?2) ON CONFLICT (name_hash) DO UPDATE SET serial = excluded.serial",
+                    params![name_hash, old.serial as i64],
+                )?;
+                c.execute("DELETE FROM users WHERE username = ?1", [name.as_str()])?;
+                c.execute("DELETE FROM auth_tokens WHERE username = ?1", [name.as_str()])?;
+                c.execute(
+                    "INSERT INTO moved VALUES (?1, ?2) ON CONFLICT (username) DO UPDATE SET statement = excluded.statement",
+                    params![name.as_str(), statement],
+                )?;
+                Ok(true)
+            })
+            .await?;
+        if moved {
+            self.worker.call_alone(checkpoint).await?;
+        }
+        Ok(moved)
     }
 
     pub async fn update_host(

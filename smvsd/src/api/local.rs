@@ -599,6 +599,40 @@ impl host::Server for HostRpc {
         Ok(())
     }
 
+    async fn move_directory(
+        self: Rc<Self>,
+        params: host::MoveDirectoryParams,
+        mut results: host::MoveDirectoryResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        let to = params
+            .get()?
+            .get_to()?
+            .to_string()
+            .map_err(|_| capnp::Error::from(HostError::bad_request("name is not UTF-8")))?;
+        let left = mailbox(self.commands.send(crate::commands::MoveDirectory(to)).await)??;
+        results.get().set_left(left);
+        Ok(())
+    }
+
+    async fn directories(
+        self: Rc<Self>,
+        _: host::DirectoriesParams,
+        mut results: host::DirectoriesResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        let all = mailbox(self.commands.send(crate::commands::ListDirectories).await)??;
+        let mut list = results.get().init_directories(super::list_len(all.len())?);
+        for (i, (name, address, key, left)) in (0..).zip(all.iter()) {
+            let mut b = list.reborrow().get(i);
+            b.set_name(name);
+            b.set_address(address);
+            b.set_key(key);
+            b.set_left(*left);
+        }
+        Ok(())
+    }
+
     async fn introduce(
         self: Rc<Self>,
         params: host::IntroduceParams,

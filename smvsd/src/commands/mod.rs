@@ -322,6 +322,29 @@ command!(SetBlocked => (), |o, m| {
     Ok(())
 });
 
+/// `directory move NAME`: leaves the home directory for the configured directory `NAME`.
+/// Returns the name of the directory left.
+#[derive(Message)]
+#[rtype(result = "Result<String, HostError>")]
+pub struct MoveDirectory(pub String);
+
+command!(MoveDirectory => String, |o, MoveDirectory(to)| {
+    let (from, left) = o.trust.move_directory(&to).await?;
+    o.storage
+        .set_setting(crate::daemon::LEFT_DIRECTORIES, left.concat())
+        .await?;
+    Ok(from)
+});
+
+/// `directory list`: (name, address, key, left) of every configured directory.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(String, String, String, bool)>, HostError>")]
+pub struct ListDirectories;
+
+command!(ListDirectories => Vec<(String, String, String, bool)>, |o, _m| {
+    Ok(o.trust.directories())
+});
+
 /// `introduce USER TO`: hands `to` the signed record we pinned `user` from.
 #[derive(Message)]
 #[rtype(result = "Result<(), HostError>")]

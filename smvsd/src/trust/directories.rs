@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use smvs_crypto::{AgreementKeyPair, IdentityBundle};
-use smvs_directory::{ClientError, DirectoryClient, VerifiedRecord};
+use smvs_directory::{ClientError, DirectoryClient, LookupAnswer, MovedStatement, VerifiedRecord};
 use smvs_schema::{ErrorCode, Username};
 
 use crate::config::DirectoryAnchor;
@@ -113,11 +113,11 @@ impl DirectoryLink {
         )
     }
 
-    /// This directory's signed record for `peer`.
-    pub async fn lookup(&self, peer: &Username) -> Result<VerifiedRecord, HostError> {
+    /// This directory's signed record for `peer`, or its statement of where `peer` moved.
+    pub async fn lookup(&self, peer: &Username) -> Result<LookupAnswer, HostError> {
         let client = self.client().await?;
         // A link that silently died would otherwise hold the caller until TCP gives up.
-        match tokio::time::timeout(DIRECTORY_TIMEOUT, client.lookup(peer)).await {
+        match tokio::time::timeout(DIRECTORY_TIMEOUT, client.lookup_answer(peer)).await {
             Err(_) => Err(self.no_answer(&format!("looking up {peer}"))),
             Ok(Ok(record)) => Ok(record),
             Ok(Err(e)) => {
@@ -152,6 +152,8 @@ pub struct Answers {
     pub asked: usize,
     /// Why the others gave none (one line each, with the directory's name).
     pub failures: Vec<String>,
+    /// Directories that answered that the user moved away, with the user's statement.
+    pub moved: Vec<(String, MovedStatement)>,
 }
 
 impl Answers {
@@ -265,16 +267,24 @@ pub async fn lookup_all(
 ) -> Result<Answers, HostError> {
     let results = futures::future::join_all(links.iter().map(|link| link.lookup(peer))).await;
     let mut answers = Vec::new();
+    let mut moved = Vec::new();
     let mut failures = Vec::new();
     let mut unknown = None;
     let mut unknowns = 0;
     let mut first_error = None;
     for (link, result) in links.iter().zip(results) {
         match result {
-            Ok(record) => answers.push(Answer {
+            Ok(LookupAnswer::Record(record)) => answers.push(Answer {
                 directory: link.anchor.name.clone(),
                 record: Rc::new(record),
             }),
+            Ok(LookupAnswer::Moved(statement)) => {
+                failures.push(format!(
+                    "{}: {peer} moved to the directory at {}",
+                    link.anchor.name, statement.to_address
+                ));
+                moved.push((link.anchor.name.clone(), statement));
+            }
             Err(e) => {
                 failures.push(format!("{}: {}", link.anchor.name, e.message));
                 if e.code == ErrorCode::UnknownUser {
@@ -286,6 +296,16 @@ pub async fn lookup_all(
                 }
             }
         }
+    }
+    if answers.is_empty() && !moved.is_empty() {
+        return Ok(Answers {
+            user: peer.clone(),
+            answers,
+            quorum,
+            asked: links.len(),
+            failures,
+            moved,
+        });
     }
     if answers.is_empty() {
         // "No such user" only when as many directories as it takes to vouch say so: one
@@ -306,5 +326,6 @@ pub async fn lookup_all(
         quorum,
         asked: links.len(),
         failures,
+        moved,
     })
 }

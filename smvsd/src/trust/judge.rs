@@ -362,6 +362,7 @@ mod tests {
             quorum,
             asked: records.len(),
             failures: Vec::new(),
+            moved: Vec::new(),
         }
     }
 

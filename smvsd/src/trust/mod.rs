@@ -142,6 +142,11 @@ pub struct Trust {
     shown_pending: RefCell<HashMap<Username, IdentityBundle>>,
     /// When each kind of directory alarm was last raised for each contact.
     alarms: RefCell<HashMap<(Username, &'static str), Instant>>,
+    /// Directories contacts moved to (by key), reached because their identity said so.
+    followed: RefCell<HashMap<[u8; 32], Rc<DirectoryLink>>>,
+    /// The keys of the directories this host's user left (`directory move`): asked about
+    /// others still, never registered with again.
+    left: RefCell<Vec<[u8; 32]>>,
 }
 
 impl Trust {
@@ -172,6 +177,8 @@ impl Trust {
             contacts: RefCell::new(HashMap::new()),
             shown_pending: RefCell::new(HashMap::new()),
             alarms: RefCell::new(HashMap::new()),
+            followed: RefCell::new(HashMap::new()),
+            left: RefCell::new(Vec::new()),
         }
     }
 
@@ -329,7 +336,11 @@ impl Trust {
                 }
             }
         }
-        match lookup_all(&self.links, self.directory_config.quorum, peer).await {
+        let found = match lookup_all(&self.links, self.directory_config.quorum, peer).await {
+            Ok(answers) if answers.answers.is_empty() => self.follow_move(peer, answers).await,
+            other => other,
+        };
+        match found {
             Ok(answers) => {
                 let answers = Rc::new(answers);
                 self.records
@@ -343,6 +354,66 @@ impl Trust {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Directories answered only that `peer` moved away. For a contact pinned here whose
+    /// pinned identity signed the statement, the directory it names is asked instead (that
+    /// directory is vouched for by the user, not by our configuration); its answer is then
+    /// judged as any other, against the pinned identity. Anyone else is unknown here.
+    async fn follow_move(&self, peer: &Username, answers: Answers) -> Result<Answers, HostError> {
+        let unknown = |why: String| HostError::new(ErrorCode::UnknownUser, why);
+        let Some((from, statement)) = answers.moved.first().cloned() else {
+            return Err(answers.too_few(0));
+        };
+        let Some(contact) = self.contact(peer).await? else {
+            return Err(unknown(format!(
+                "{peer} moved from the directory {from} to the one at {} (key {}); add it to \
+                 your directories to look {peer} up there",
+                statement.to_address,
+                statement.to.to_hex()
+            )));
+        };
+        if let Err(e) = statement.verify(&contact.identity) {
+            tracing::warn!(peer = %peer, directory = %from, error = %e, "a directory says a contact moved, with a statement the contact's identity did not sign");
+            return Err(answers.too_few(0));
+        }
+        let link = {
+            let mut followed = self.followed.borrow_mut();
+            followed
+                .entry(*statement.to.as_bytes())
+                .or_insert_with(|| {
+                    Rc::new(DirectoryLink::new(
+                        DirectoryAnchor {
+                            name: format!("{peer}'s new directory"),
+                            address: statement.to_address.clone(),
+                            key: statement.to,
+                        },
+                        self.directory_config.socks5_proxy.clone(),
+                    ))
+                })
+                .clone()
+        };
+        match link.lookup(peer).await? {
+            smvs_directory::LookupAnswer::Record(record) => {
+                tracing::debug!(peer = %peer, from = %from, to = %statement.to_address, "followed a contact to the directory they moved to");
+                Ok(Answers {
+                    user: peer.clone(),
+                    answers: vec![directories::Answer {
+                        directory: link.name().to_owned(),
+                        record: Rc::new(record),
+                    }],
+                    quorum: 1,
+                    asked: 1,
+                    failures: Vec::new(),
+                    moved: Vec::new(),
+                })
+            }
+            // Moved again: one step is followed per look-up, from what we were told.
+            smvs_directory::LookupAnswer::Moved(_) => Err(unknown(format!(
+                "{peer} moved on from the directory at {}",
+                statement.to_address
+            ))),
         }
     }
 
@@ -503,6 +574,91 @@ impl Trust {
             self.events
                 .publish(HostEvent::DirectoryAlarm { peer: peer.clone() });
         }
+    }
+
+    // ----- this host's directories -----
+
+    /// The directories this host's user left, as stored (`directory move`).
+    pub fn set_left(&self, keys: Vec<[u8; 32]>) {
+        *self.left.borrow_mut() = keys;
+    }
+
+    /// Every configured directory: (name, address, key, whether our user left it).
+    pub fn directories(&self) -> Vec<(String, String, String, bool)> {
+        let left = self.left.borrow();
+        self.links
+            .iter()
+            .map(|l| {
+                (
+                    l.anchor.name.clone(),
+                    l.anchor.address.clone(),
+                    l.anchor.key.to_hex(),
+                    left.contains(l.anchor.key.as_bytes()),
+                )
+            })
+            .collect()
+    }
+
+    /// `directory move NAME`: registers at the configured directory `to` (if not yet), and
+    /// leaves the first directory this user has not left yet (its home) with a statement the
+    /// identity signs, which that directory serves in place of the record from then on:
+    /// contacts who pinned us follow it there. Returns the names of the directory left and
+    /// the keys of every directory left so far (for the caller to store).
+    pub async fn move_directory(&self, to: &str) -> Result<(String, Vec<[u8; 32]>), HostError> {
+        let me = self.me()?;
+        let left = self.left.borrow().clone();
+        let home = self
+            .links
+            .iter()
+            .find(|l| !left.contains(l.anchor.key.as_bytes()))
+            .ok_or_else(|| HostError::bad_request("every configured directory has been left"))?;
+        let target = self.links.iter().find(|l| l.name() == to).ok_or_else(|| {
+            HostError::bad_request(format!(
+                "no directory named {to} is configured (`smvsctl directory list`)"
+            ))
+        })?;
+        if std::ptr::eq(home, target) || left.contains(target.anchor.key.as_bytes()) {
+            return Err(HostError::bad_request(format!(
+                "{to} is the directory being left, or one left before"
+            )));
+        }
+        match self.register_at(target, &me.username, &me.identity).await {
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+        let statement = self
+            .keyguard
+            .sign_directory_move(
+                &me.username,
+                &home.anchor.key,
+                &target.anchor.key,
+                &target.anchor.address,
+            )
+            .await?;
+        let directory = home.client().await?;
+        let key = home.anchor.key;
+        let keyguard = self.keyguard.clone();
+        let username = me.username.clone();
+        let leaving = async {
+            let session = directory
+                .login_with(&me.username, |sealed| async move {
+                    keyguard.open_login_token(&key, &username, &sealed).await
+                })
+                .await?;
+            session.leave(&statement).await
+        };
+        match tokio::time::timeout(DIRECTORY_TIMEOUT, leaving).await {
+            Err(_) => return Err(home.no_answer("leaving")),
+            Ok(Err(e)) => {
+                home.failed(&e);
+                return Err(e.into());
+            }
+            Ok(Ok(())) => {}
+        }
+        let mut left = self.left.borrow_mut();
+        left.push(*home.anchor.key.as_bytes());
+        tracing::info!(from = %home.name(), to = %target.name(), "moved to another directory");
+        Ok((home.name().to_owned(), left.clone()))
     }
 
     // ----- addresses pushed by contacts' hosts -----
@@ -779,7 +935,13 @@ impl Trust {
         let Some(me) = self.registered() else {
             return Ok(None);
         };
-        let results = futures::future::join_all(self.links.iter().map(|link| async {
+        let left = self.left.borrow().clone();
+        let home: Vec<&DirectoryLink> = self
+            .links
+            .iter()
+            .filter(|l| !left.contains(l.anchor.key.as_bytes()))
+            .collect();
+        let results = futures::future::join_all(home.iter().map(|link| async {
             match tokio::time::timeout(DIRECTORY_TIMEOUT, self.renew_at(link, &me)).await {
                 Ok(result) => result,
                 Err(_) => Err(link.no_answer("renewing the registration")),
@@ -792,7 +954,7 @@ impl Trust {
         let mut renewed = None;
         let mut first_error = None;
         let mut any_ok = false;
-        for (link, result) in self.links.iter().zip(results) {
+        for (link, result) in home.iter().zip(results) {
             match result {
                 Ok(expiry) => {
                     any_ok = true;
@@ -1007,7 +1169,7 @@ impl Trust {
                 // the directory took an earlier registration and this host stopped before
                 // saving it. Then finish that registration here.
                 match link.lookup(username).await {
-                    Ok(r)
+                    Ok(smvs_directory::LookupAnswer::Record(r))
                         if &r.user.identity == identity
                             && r.user.transport_key == transport_key =>
                     {
