@@ -198,7 +198,7 @@ impl Host {
             events.clone(),
             me,
         ));
-        if let Some(left) = storage.setting(LEFT_DIRECTORIES).await? {
+        if let Some(left) = storage.setting(crate::storage::LEFT_DIRECTORIES).await? {
             trust.set_left(
                 left.chunks_exact(32)
                     .filter_map(|k| k.try_into().ok())
@@ -447,11 +447,6 @@ async fn renew_once(trust: &Trust) {
     }
 }
 
-/// The setting that holds the keys (32 bytes each) of the directories this host's user left.
-pub const LEFT_DIRECTORIES: &str = "left_directories";
-
-/// The setting that holds the address last announced to contacts' hosts (or registered with).
-pub const ANNOUNCED_ADDRESS: &str = "announced_address";
 /// How long a host that moved keeps trying to tell a contact's host that is away.
 const ANNOUNCE_FOR: Duration = Duration::from_secs(24 * 3600);
 /// How many contacts' hosts are told at once.
@@ -472,13 +467,16 @@ async fn announce_moves(
     if trust.registered().is_none() {
         return;
     }
-    let last = match storage.setting(ANNOUNCED_ADDRESS).await {
+    let last = match storage.setting(crate::storage::ANNOUNCED_ADDRESS).await {
         Ok(last) => last,
         Err(e) => return tracing::warn!(error = %e, "cannot read the announced address"),
     };
     let record = || async {
         if let Err(e) = storage
-            .set_setting(ANNOUNCED_ADDRESS, address.as_str().as_bytes().to_vec())
+            .set_setting(
+                crate::storage::ANNOUNCED_ADDRESS,
+                address.as_str().as_bytes().to_vec(),
+            )
             .await
         {
             tracing::warn!(error = %e, "cannot record the announced address");

@@ -160,13 +160,9 @@ impl SqliteStore {
         let name_hash = self.names.hash(name.as_str())?;
         let moved = self
             .call(move |c| {
-                let Some(old) = get(c, &name)? else { return Ok(false) };
-                c.execute(
-                    "INSERT INTO deregistered VALUES (?1, ?2) ON CONFLICT (name_hash) DO UPDATE SET serial = excluded.serial",
-                    params![name_hash, old.serial as i64],
-                )?;
-                c.execute("DELETE FROM users WHERE username = ?1", [name.as_str()])?;
-                c.execute("DELETE FROM auth_tokens WHERE username = ?1", [name.as_str()])?;
+                if !drop_record(c, &name, &name_hash)? {
+                    return Ok(false);
+                }
                 c.execute(
                     "INSERT INTO moved VALUES (?1, ?2) ON CONFLICT (username) DO UPDATE SET statement = excluded.statement",
                     params![name.as_str(), statement],
@@ -286,19 +282,7 @@ impl SqliteStore {
         let name = name.clone();
         let name_hash = self.names.hash(name.as_str())?;
         let deleted = self
-            .call(move |c| {
-                let Some(old) = get(c, &name)? else { return Ok(false) };
-                // Only the keyed hash of the name and its serial survive (no key, no address),
-                // so a later registration of the same name still gets a higher serial and
-                // stale answers stay detectable.
-                c.execute(
-                    "INSERT INTO deregistered VALUES (?1, ?2) ON CONFLICT (name_hash) DO UPDATE SET serial = excluded.serial",
-                    params![name_hash, old.serial as i64],
-                )?;
-                c.execute("DELETE FROM users WHERE username = ?1", [name.as_str()])?;
-                c.execute("DELETE FROM auth_tokens WHERE username = ?1", [name.as_str()])?;
-                Ok(true)
-            })
+            .call(move |c| drop_record(c, &name, &name_hash))
             .await?;
         if deleted {
             // `secure_delete` zeroes the row in the database file; the WAL still holds the
@@ -355,6 +339,25 @@ impl SqliteStore {
         })
         .await
     }
+}
+
+/// Deletes `name`'s record and tokens, keeping only the keyed hash of the name with its last
+/// serial (no key, no address), so that a later registration of the same name still gets a
+/// higher serial and stale answers stay detectable. False: there was no record.
+fn drop_record(c: &Connection, name: &Username, name_hash: &[u8]) -> Result<bool, StoreError> {
+    let Some(old) = get(c, name)? else {
+        return Ok(false);
+    };
+    c.execute(
+        "INSERT INTO deregistered VALUES (?1, ?2) ON CONFLICT (name_hash) DO UPDATE SET serial = excluded.serial",
+        params![name_hash, old.serial as i64],
+    )?;
+    c.execute("DELETE FROM users WHERE username = ?1", [name.as_str()])?;
+    c.execute(
+        "DELETE FROM auth_tokens WHERE username = ?1",
+        [name.as_str()],
+    )?;
+    Ok(true)
 }
 
 fn get(c: &Connection, name: &Username) -> Result<Option<UserRecord>, StoreError> {

@@ -140,7 +140,7 @@ command!(Register => HostStatus, |o, Register(name)| {
     // What contacts will know this host by: a later start elsewhere announces the move.
     o.storage
         .set_setting(
-            crate::daemon::ANNOUNCED_ADDRESS,
+            crate::storage::ANNOUNCED_ADDRESS,
             o.host_address.as_str().as_bytes().to_vec(),
         )
         .await?;
@@ -331,7 +331,7 @@ pub struct MoveDirectory(pub String);
 command!(MoveDirectory => String, |o, MoveDirectory(to)| {
     let (from, left) = o.trust.move_directory(&to).await?;
     o.storage
-        .set_setting(crate::daemon::LEFT_DIRECTORIES, left.concat())
+        .set_setting(crate::storage::LEFT_DIRECTORIES, left.concat())
         .await?;
     Ok(from)
 });

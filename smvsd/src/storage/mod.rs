@@ -584,6 +584,11 @@ pub struct ConversationSummary {
     pub expire_seconds: u32,
 }
 
+/// The setting that holds the keys (32 bytes each) of the directories this host's user left.
+pub const LEFT_DIRECTORIES: &str = "left_directories";
+/// The setting that holds the address last announced to contacts' hosts (or registered with).
+pub const ANNOUNCED_ADDRESS: &str = "announced_address";
+
 #[derive(Clone)]
 pub struct Storage {
     worker: SqliteWorker,

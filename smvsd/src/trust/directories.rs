@@ -297,17 +297,9 @@ pub async fn lookup_all(
             }
         }
     }
-    if answers.is_empty() && !moved.is_empty() {
-        return Ok(Answers {
-            user: peer.clone(),
-            answers,
-            quorum,
-            asked: links.len(),
-            failures,
-            moved,
-        });
-    }
-    if answers.is_empty() {
+    // (Directories that say the user moved away are an answer too: whoever pinned the user
+    // may follow them.)
+    if answers.is_empty() && moved.is_empty() {
         // "No such user" only when as many directories as it takes to vouch say so: one
         // alone must not make a user unknown (queued messages to them fail for good).
         return Err(match (unknown, first_error) {
