@@ -38,6 +38,8 @@ pub enum Action {
     ToggleBlock,
     Verify,
     AcceptKey,
+    /// Keep the pinned key and refuse the other one (`verify --keep-key`).
+    KeepKey,
     CallVideo,
     CallAudio,
     Answer,
@@ -80,6 +82,7 @@ pub fn action(key: KeyEvent, focus: Focus, overlay: Option<&Overlay>) -> Action 
         Some(Overlay::Verify(_)) => {
             return match key.code {
                 KeyCode::Char('A') => Action::AcceptKey,
+                KeyCode::Char('K') => Action::KeepKey,
                 KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('v') => Action::Close,
                 _ => Action::Nothing,
             }
@@ -259,6 +262,10 @@ mod tests {
         assert_eq!(
             action(key(KeyCode::Char('A')), Focus::Messages, Some(&v)),
             Action::AcceptKey
+        );
+        assert_eq!(
+            action(key(KeyCode::Char('K')), Focus::Messages, Some(&v)),
+            Action::KeepKey
         );
     }
 }

@@ -707,6 +707,26 @@ async fn handle_key(
                 }
             }
         }
+        Action::KeepKey => {
+            // As accepting: only from the verification screen, with its numbers drawn whole.
+            if let Some(Overlay::Verify(shown)) = &app.overlay {
+                if shown.key_changed && !view::verify_fits(shown, app.screen.get()) {
+                    app.fail(&CtlError::Local(
+                        "the numbers do not fit on this terminal: make it larger to compare \
+                         them before deciding"
+                            .into(),
+                    ));
+                } else if shown.key_changed {
+                    let user = shown.user.clone();
+                    let v = host.verify(&user, KeyChoice::Keep).await?;
+                    app.overlay = Some(Overlay::Verify(v));
+                    app.reload(host).await?;
+                    app.say(format!(
+                        "kept the key pinned for {user}; the other one is refused"
+                    ));
+                }
+            }
+        }
         Action::CallVideo | Action::CallAudio => {
             if calls.busy() {
                 app.say("already in a call: e hangs it up");

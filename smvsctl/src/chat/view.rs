@@ -716,7 +716,9 @@ fn draw_notice(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
 fn draw_help_line(frame: &mut Frame, app: &App, theme: &Theme, area: Rect) {
     let keys = match (&app.overlay, app.focus) {
         (Some(Overlay::Help), _) => "Esc or ? close",
-        (Some(Overlay::Verify(v)), _) if v.key_changed => "A accept the new key · Esc close",
+        (Some(Overlay::Verify(v)), _) if v.key_changed => {
+            "A accept the other key · K keep the pinned one · Esc close"
+        }
         (Some(Overlay::Verify(_)), _) => "Esc close",
         (Some(Overlay::Confirm(_)), _) => "y yes · e everywhere · Esc no",
         (Some(Overlay::Prompt(..)), _) => "Enter done · Esc cancel",
@@ -796,6 +798,7 @@ pub fn help_lines<'a>() -> Vec<Line<'a>> {
         "Writing         Enter send · Alt-Enter or Ctrl-J new line · Esc stop",
         "Calls           c video call · C audio call · a answer · d decline",
         "                e hang up · m mute or unmute",
+        "Verifying       A accept the other key · K keep the pinned one (after comparing)",
         "Anywhere        ? this help · q or Ctrl-C quit",
         "",
         "Marks  ! key changed · ? request · x blocked · N new: unread",
@@ -828,7 +831,34 @@ fn verify_lines<'a>(
     theme: &Theme,
     area: Rect,
 ) -> Vec<Line<'a>> {
-    let mut lines = vec![Line::from("Safety number (the same on both phones):")];
+    let mut lines = Vec::new();
+    let room = (area.width as usize).saturating_sub(4).clamp(20, 76);
+    if let (true, Some(how)) = (v.key_changed, &v.alarm) {
+        let alarm = format!(
+            "⚠ ALARM: the directories disagree about {}'s key ({}). Compare both numbers with {} \
+             in person or on a call: K keeps the pinned key, A takes the other.",
+            v.user,
+            text::visible(how),
+            v.user
+        );
+        for piece in text::wrap(&alarm, room) {
+            lines.push(Line::styled(piece, theme.warning()));
+        }
+    }
+    // Under an alarm both keys are candidates, so both numbers are shown; after a plain key
+    // change, the new key's number is the one to compare (K keeps the old all the same).
+    if let (true, Some(pinned), Some(_)) = (v.key_changed, &v.pinned_safety_number, &v.alarm) {
+        lines.push(Line::from("Pinned key's safety number:"));
+        for row in output::safety_number_rows(pinned) {
+            lines.push(Line::styled(
+                format!("    {row}"),
+                Style::new().add_modifier(Modifier::BOLD),
+            ));
+        }
+        lines.push(Line::from("The other key's safety number:"));
+    } else {
+        lines.push(Line::from("Safety number (the same on both phones):"));
+    }
     for row in output::safety_number_rows(&v.safety_number) {
         lines.push(Line::styled(
             format!("    {row}"),
@@ -853,7 +883,7 @@ fn verify_lines<'a>(
             "✓ the new key is accepted",
             theme.fg(Color::Green),
         ));
-    } else if v.key_changed {
+    } else if v.key_changed && v.alarm.is_none() {
         let warning = format!(
             "⚠ {}'s KEY CHANGED. Compare these numbers with {} in person or on a call; only if \
              they match, press A to accept the new key.",
@@ -861,7 +891,6 @@ fn verify_lines<'a>(
         );
         // Wrapped to the popup (its border and margin take four columns), so that it is read
         // whole on any terminal the numbers fit.
-        let room = (area.width as usize).saturating_sub(4).clamp(20, 76);
         for piece in text::wrap(&warning, room) {
             lines.push(Line::styled(piece, theme.warning()));
         }
@@ -1002,6 +1031,13 @@ mod tests {
             None,
             Some(Overlay::Help),
             Some(Overlay::Verify(verification())),
+            Some(Overlay::Verify(crate::client::VerificationView {
+                alarm: Some(
+                    "default, b show key 0123456789abcdef; c shows key fedcba9876543210".into(),
+                ),
+                pinned_safety_number: Some("9876543210".repeat(6)),
+                ..verification()
+            })),
             Some(Overlay::Confirm(Confirm::DeleteMessage(
                 bob.clone(),
                 id,
@@ -1101,5 +1137,31 @@ mod tests {
         assert_eq!(compose_cursor("0123456789", 10, 10), (1, 0));
         assert_eq!(compose_cursor("ab\ncd", 4, 10), (1, 1));
         assert_eq!(compose_cursor("日本語日本", 15, 5), (2, 2));
+    }
+
+    #[test]
+    fn an_alarm_shows_both_numbers_and_both_choices() {
+        let v = crate::client::VerificationView {
+            alarm: Some("default shows key 0123456789abcdef; b shows key fedcba9876543210".into()),
+            pinned_safety_number: Some("9876543210".repeat(6)),
+            ..verification()
+        };
+        let theme = Theme { colour: false };
+        let lines: Vec<String> = verify_lines(&v, &theme, Rect::new(0, 0, 100, 60))
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        let all = lines.join("\n");
+        assert!(all.contains("ALARM: the directories disagree"), "{all}");
+        assert!(
+            all.contains("Pinned key's safety number:\n    98765 43210"),
+            "{all}"
+        );
+        assert!(
+            all.contains("The other key's safety number:\n    01234 56789"),
+            "{all}"
+        );
+        assert!(!all.contains("press A to accept the new key"), "{all}");
+        assert!(verify_fits(&v, (100, 60)));
     }
 }
