@@ -411,9 +411,20 @@ impl DirectoryClient {
         let mut request = self.directory.lookup_request();
         request.get().set_username(username.as_str());
         let response = request.send().promise.await?;
-        let signed = response.get()?.get_record()?;
-        crate::record::verify_record_at(signed, &self.directory_key, Some(username), i64::MIN)
-            .map_err(ClientError::Verification)
+        let r = response.get()?;
+        if r.has_moved() {
+            // Not "not found": the owner moved away from here (see `lookup_answer`).
+            return Err(ClientError::Verification(format!(
+                "{username} moved away from this directory"
+            )));
+        }
+        crate::record::verify_record_at(
+            r.get_record()?,
+            &self.directory_key,
+            Some(username),
+            i64::MIN,
+        )
+        .map_err(ClientError::Verification)
     }
 
     /// Asks for a sealed token (step one of logging in).

@@ -329,11 +329,7 @@ command!(SetBlocked => (), |o, m| {
 pub struct MoveDirectory(pub String);
 
 command!(MoveDirectory => String, |o, MoveDirectory(to)| {
-    let (from, left) = o.trust.move_directory(&to).await?;
-    o.storage
-        .set_setting(crate::storage::LEFT_DIRECTORIES, left.concat())
-        .await?;
-    Ok(from)
+    o.trust.move_directory(&to).await
 });
 
 /// `directory list`: (name, address, key, left) of every configured directory.

@@ -159,6 +159,35 @@ fn judge_groups(
     if groups.len() > 1 {
         return disagree(stored, groups, answers.quorum);
     }
+    // A key pinned from an introduction has no quorum behind it: any directory that shows
+    // another one contradicts it, however few.
+    if let Some(contact) = stored.as_ref().filter(|c| c.introduced_by.is_some()) {
+        if let Some(other) = groups
+            .iter()
+            .find(|g| g[0].record.user.identity != contact.identity)
+        {
+            let by = contact
+                .introduced_by
+                .clone()
+                .unwrap_or_else(|| contact.username.clone());
+            let mut contact = Contact::clone(contact);
+            let user = &other[0].record.user;
+            contact.alarm = Some(format!(
+                "{by} introduced {} with key {}; {}",
+                user.username,
+                short_key(&contact.identity),
+                describe(groups)
+            ));
+            contact.pending = Some(PendingKey {
+                identity: user.identity,
+                transport_key: user.transport_key,
+            });
+            return Judgement::Disagree {
+                contact,
+                first_seen: true,
+            };
+        }
+    }
     // (Directories that show only identities the user refused, or older records than they
     // served before, vouch for nobody.)
     let Some(group) = groups.first().filter(|g| g.len() >= answers.quorum) else {
@@ -202,24 +231,6 @@ fn judge_groups(
         return Judgement::Unchanged(shared);
     }
     let mut contact = Rc::unwrap_or_clone(shared);
-    if let (Some(by), true) = (&contact.introduced_by, contact.identity != user.identity) {
-        // Pinned from an introduction, and the directories show another key: one side lies.
-        let how = format!(
-            "{by} introduced {} with key {}; {}",
-            user.username,
-            short_key(&contact.identity),
-            describe(groups)
-        );
-        contact.pending = Some(PendingKey {
-            identity: user.identity,
-            transport_key: user.transport_key,
-        });
-        contact.alarm = Some(how);
-        return Judgement::Disagree {
-            contact,
-            first_seen: true,
-        };
-    }
     if contact.identity != user.identity {
         let first_seen = contact
             .pending

@@ -62,6 +62,11 @@ const MAX_CLOCK_AHEAD_MS: i64 = 5 * 60 * 1000;
 /// The least time between two address changes a contact's host announces (a host restarting
 /// twice in a row is caught up by the directory).
 const ADDRESS_CHANGE_EVERY: Duration = Duration::from_secs(30);
+/// A directory a contact moved to: its key and address.
+type FollowedDirectory = ([u8; 32], String);
+
+/// How many directories that contacts moved to are kept linked.
+const MAX_FOLLOWED: usize = 64;
 /// The least time between two alarms of one kind about one contact.
 const ALARM_REPEAT: Duration = Duration::from_secs(600);
 /// How often smvsd checks whether its transport certificate is due for renewal (besides at
@@ -142,8 +147,9 @@ pub struct Trust {
     shown_pending: RefCell<HashMap<Username, IdentityBundle>>,
     /// When each kind of directory alarm was last raised for each contact.
     alarms: RefCell<HashMap<(Username, &'static str), Instant>>,
-    /// Directories contacts moved to (by key), reached because their identity said so.
-    followed: RefCell<HashMap<[u8; 32], Rc<DirectoryLink>>>,
+    /// Directories contacts moved to (by key and address), reached because their identity
+    /// said so (at most [`MAX_FOLLOWED`]).
+    followed: RefCell<HashMap<FollowedDirectory, Rc<DirectoryLink>>>,
     /// The keys of the directories this host's user left (`directory move`): asked about
     /// others still, never registered with again.
     left: RefCell<Vec<[u8; 32]>>,
@@ -362,7 +368,17 @@ impl Trust {
     /// directory is vouched for by the user, not by our configuration); its answer is then
     /// judged as any other, against the pinned identity. Anyone else is unknown here.
     async fn follow_move(&self, peer: &Username, answers: Answers) -> Result<Answers, HostError> {
-        let unknown = |why: String| HostError::new(ErrorCode::UnknownUser, why);
+        // "No such user here" only when as many directories as vouch for a key say the user
+        // moved; fewer are an outage as far as queued messages go.
+        let enough = answers.moved.len() >= answers.quorum;
+        let unknown = |why: String| {
+            let code = if enough {
+                ErrorCode::UnknownUser
+            } else {
+                ErrorCode::Directory
+            };
+            HostError::new(code, why)
+        };
         let Some((from, statement)) = answers.moved.first().cloned() else {
             return Err(answers.too_few(0));
         };
@@ -374,14 +390,25 @@ impl Trust {
                 statement.to.to_hex()
             )));
         };
-        if let Err(e) = statement.verify(&contact.identity) {
-            tracing::warn!(peer = %peer, directory = %from, error = %e, "a directory says a contact moved, with a statement the contact's identity did not sign");
-            return Err(answers.too_few(0));
+        if statement.verify(&contact.identity).is_err() {
+            // Not the contact's word: a directory lies about them (not an outage, so the
+            // pinned contact is not gone on with).
+            let how =
+                format!("{from} says {peer} moved, with a statement the pinned key did not sign");
+            self.equivocation_alarm(peer, &how);
+            return Err(equivocation(peer, &how));
         }
+        // Only where this host connects to anyway (the rule for contacts' hosts).
+        let target = HostAddress::parse(&statement.to_address)
+            .map_err(|e| unknown(format!("{peer} moved to an address that is not one: {e}")))?;
+        may_connect(&self.host_address, peer, &target)?;
         let link = {
             let mut followed = self.followed.borrow_mut();
+            if followed.len() >= MAX_FOLLOWED {
+                followed.clear();
+            }
             followed
-                .entry(*statement.to.as_bytes())
+                .entry((*statement.to.as_bytes(), statement.to_address.clone()))
                 .or_insert_with(|| {
                     Rc::new(DirectoryLink::new(
                         DirectoryAnchor {
@@ -394,7 +421,14 @@ impl Trust {
                 })
                 .clone()
         };
-        match link.lookup(peer).await? {
+        let answer = link.lookup(peer).await.map_err(|mut e| {
+            // Whatever the directory moved to says, it is not a quorum's word.
+            if e.code == ErrorCode::UnknownUser {
+                e.code = ErrorCode::Directory;
+            }
+            e
+        })?;
+        match answer {
             smvs_directory::LookupAnswer::Record(record) => {
                 tracing::debug!(peer = %peer, from = %from, to = %statement.to_address, "followed a contact to the directory they moved to");
                 Ok(Answers {
@@ -410,10 +444,13 @@ impl Trust {
                 })
             }
             // Moved again: one step is followed per look-up, from what we were told.
-            smvs_directory::LookupAnswer::Moved(_) => Err(unknown(format!(
-                "{peer} moved on from the directory at {}",
-                statement.to_address
-            ))),
+            smvs_directory::LookupAnswer::Moved(_) => Err(HostError::new(
+                ErrorCode::Directory,
+                format!(
+                    "{peer} moved on from the directory at {}",
+                    statement.to_address
+                ),
+            )),
         }
     }
 
@@ -599,12 +636,28 @@ impl Trust {
             .collect()
     }
 
+    /// Notes (and stores) that our user left `link`'s directory.
+    async fn note_left(&self, link: &DirectoryLink) -> Result<(), HostError> {
+        let keys = {
+            let mut left = self.left.borrow_mut();
+            let key = *link.anchor.key.as_bytes();
+            if !left.contains(&key) {
+                left.push(key);
+            }
+            left.concat()
+        };
+        tracing::info!(directory = %link.name(), "this host's user left this directory");
+        self.storage
+            .set_setting(crate::storage::LEFT_DIRECTORIES, keys)
+            .await?;
+        Ok(())
+    }
+
     /// `directory move NAME`: registers at the configured directory `to` (if not yet), and
     /// leaves the first directory this user has not left yet (its home) with a statement the
     /// identity signs, which that directory serves in place of the record from then on:
-    /// contacts who pinned us follow it there. Returns the names of the directory left and
-    /// the keys of every directory left so far (for the caller to store).
-    pub async fn move_directory(&self, to: &str) -> Result<(String, Vec<[u8; 32]>), HostError> {
+    /// contacts who pinned us follow it there. Returns the name of the directory left.
+    pub async fn move_directory(&self, to: &str) -> Result<String, HostError> {
         let me = self.me()?;
         let left = self.left.borrow().clone();
         let home = self
@@ -655,10 +708,9 @@ impl Trust {
             }
             Ok(Ok(())) => {}
         }
-        let mut left = self.left.borrow_mut();
-        left.push(*home.anchor.key.as_bytes());
         tracing::info!(from = %home.name(), to = %target.name(), "moved to another directory");
-        Ok((home.name().to_owned(), left.clone()))
+        self.note_left(home).await?;
+        Ok(home.name().to_owned())
     }
 
     // ----- addresses pushed by contacts' hosts -----
@@ -780,28 +832,23 @@ impl Trust {
         }
         match self.contact(&user).await? {
             None => {
-                let mut contact = Contact::from_record(&record, false);
+                // Pinned as a request: in contacts-only mode what they send is held until the
+                // user answers, as from anyone the user never wrote to.
+                let mut contact = Contact::from_record(&record, true);
                 contact.introduced_by = Some(from.clone());
                 self.put_contact(contact).await?;
                 tracing::info!(peer = %user, introducer = %from, "pinned a user from an introduction");
             }
             Some(pinned) if pinned.identity == record.user.identity => {}
             Some(pinned) => {
-                if pinned.pending.as_ref().map(|p| p.identity) == Some(record.user.identity) {
-                    return Ok(());
-                }
+                // A contact's word does not unseat a pin (or a change the user is deciding
+                // on): it is an alarm to read, not a state that stops the conversation, so
+                // that a contact cannot freeze the user's conversations with made-up records.
                 let how = format!(
                     "{from} introduced {user} with key {}; the pinned key is {}",
                     directories::short_key(&record.user.identity),
                     directories::short_key(&pinned.identity)
                 );
-                let mut contact = Rc::unwrap_or_clone(pinned);
-                contact.pending = Some(crate::model::PendingKey {
-                    identity: record.user.identity,
-                    transport_key: record.user.transport_key,
-                });
-                contact.alarm = Some(how.clone());
-                self.put_contact(contact).await?;
                 self.equivocation_alarm(&user, &how);
             }
         }
@@ -888,8 +935,10 @@ impl Trust {
                 contact.identity = pending.identity;
                 contact.transport_key = pending.transport_key;
                 contact.pending = None;
-                // Nothing the old identity stated about its host counts any more.
+                // Nothing the old identity stated about its host counts any more, and the key
+                // is the directories' now, not the introducer's.
                 contact.address_signed_at = 0;
+                contact.introduced_by = None;
                 // The next look-up refreshes host address and serials.
                 contact.serial = 0;
                 contact.serials.clear();
@@ -990,7 +1039,21 @@ impl Trust {
                 let record = self.register_at(link, &me.username, &me.identity).await?;
                 return Ok(Some(record.user.transport_not_after));
             }
-            Err(e) => return Err(failed(e)),
+            Err(e) => {
+                // A directory we left whose answer never came back to us (or whose note was
+                // lost): it serves our own statement. Noted now, so it is never registered
+                // with again.
+                if let Ok(Ok(smvs_directory::LookupAnswer::Moved(statement))) =
+                    tokio::time::timeout(DIRECTORY_TIMEOUT, directory.lookup_answer(&me.username))
+                        .await
+                {
+                    if statement.verify(&me.identity).is_ok() {
+                        self.note_left(link).await?;
+                        return Ok(None);
+                    }
+                }
+                return Err(failed(e));
+            }
         };
         if record.user.identity != me.identity {
             // Each check is a look-up of our own name: a directory that shows others a key we
