@@ -204,11 +204,17 @@ impl PgStore {
             .await?
             .map(|r| r.get(0));
         let serial = next_serial(floor.map(|s| s as u64), crate::clock::now_ms());
-        let inserted = c
-            .execute(
-                "INSERT INTO users (username, signing_key, agreement_key, agreement_signature,
-                    transport_key, transport_certificate, host_address, serial, transport_not_after)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (username) DO NOTHING",
+        // One statement: the row goes in and, only then, the forwarding of whoever moved away
+        // under this name ends (a crash cannot leave one without the other).
+        let inserted: i64 = c
+            .query_one(
+                "WITH ins AS (
+                    INSERT INTO users (username, signing_key, agreement_key, agreement_signature,
+                        transport_key, transport_certificate, host_address, serial, transport_not_after)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (username) DO NOTHING
+                    RETURNING 1),
+                  gone AS (DELETE FROM moved WHERE username = $1 AND EXISTS (SELECT 1 FROM ins))
+                 SELECT count(*) FROM ins",
                 &[
                     &user.username.as_str(),
                     &&user.identity.signing_key.as_bytes()[..],
@@ -221,16 +227,11 @@ impl PgStore {
                     &user.transport_not_after,
                 ],
             )
-            .await?;
+            .await?
+            .get(0);
         if inserted == 0 {
             return Err(StoreError::Taken);
         }
-        // A new registration of the name ends the forwarding of whoever moved away.
-        c.execute(
-            "DELETE FROM moved WHERE username = $1",
-            &[&user.username.as_str()],
-        )
-        .await?;
         Ok(UserRecord { serial, ..user })
     }
 
