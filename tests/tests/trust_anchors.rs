@@ -10,6 +10,7 @@
 use smvs_crypto::{AgreementKeyPair, IdentityKeys};
 use smvs_directory::record::TransportCertificate;
 use smvs_schema::Username;
+use smvs_tests::dbus::TestBus;
 use smvs_tests::impersonate;
 use smvs_tests::runtime::{run_local, runtime};
 use smvs_tests::watch::{Watch, LIMIT};
@@ -98,6 +99,12 @@ fn a_quorum_of_directories_outvotes_one_that_lies_and_raises_the_alarm() {
     alice_flags.extend(["--quorum", "2"]);
     let mut alice = HostProcess::start("alice", &a, "127.0.0.1", &alice_flags).unwrap();
     alice.register().unwrap();
+    // alice's host also serves D-Bus (a session bus of the test's), for the same questions.
+    let session = TestBus::session_like().unwrap();
+    alice.stop().unwrap();
+    alice.add_flags(&["--dbus", "session", "--notifications", "off"]);
+    alice.add_env("DBUS_SESSION_BUS_ADDRESS", &session.address);
+    alice.start_again().unwrap();
 
     // bob registers with the default directory only, then adds the other two: his host
     // registers there by itself when it starts again.
@@ -196,6 +203,28 @@ fn a_quorum_of_directories_outvotes_one_that_lies_and_raises_the_alarm() {
         text.starts_with("ALARM: the directories disagree"),
         "{text}"
     );
+    // The same over D-Bus: KeyQuestion gives both numbers and why.
+    let asked = std::process::Command::new("busctl")
+        .arg(format!("--address={}", session.address))
+        .args([
+            "--json=short",
+            "call",
+            "org.smvs.Daemon1",
+            "/org/smvs/Daemon1",
+        ])
+        .args(["org.smvs.Daemon1", "KeyQuestion", "s", "bob"])
+        .output()
+        .unwrap();
+    assert!(
+        asked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&asked.stderr)
+    );
+    let asked: serde_json::Value = serde_json::from_slice(&asked.stdout).unwrap();
+    let data = &asked["data"];
+    assert_eq!(data[0], shown["safety_number"], "{asked}");
+    assert_eq!(data[1], bob_side["safety_number"], "{asked}");
+    assert!(data[2].as_str().unwrap().contains("c shows key"), "{asked}");
 
     // She keeps it: bob's held message arrives, hers goes out, and the lie is not heard.
     let kept = alice.ctl_json(&["verify", "bob", "--keep-key"]).unwrap();

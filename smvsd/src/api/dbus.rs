@@ -381,6 +381,29 @@ impl Daemon1 {
         ))
     }
 
+    /// What `verify` does not fit in its reply, for a key that is in question: (the pending
+    /// key's safety number, the pinned key's, why the directories disagree). Empty strings
+    /// when nothing is pending or there is no alarm. Looks the user up afresh, as `Verify`.
+    async fn key_question(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] bus: &zbus::Connection,
+        user: String,
+    ) -> Result<(String, String, String), Daemon1Error> {
+        self.check_caller(bus, Some(&header)).await?;
+        let user = self::user(&user)?;
+        let decision = KeyDecision::Look;
+        let v = self.commands.send(Verify { user, decision }).await??;
+        Ok(match v.key_changed {
+            true => (
+                v.safety_number,
+                v.pinned_safety_number.unwrap_or_default(),
+                v.alarm.unwrap_or_default(),
+            ),
+            false => Default::default(),
+        })
+    }
+
     /// Stays with `user`'s pinned key and refuses the pending one (`smvsctl verify USER
     /// --keep-key`): what the directories showed instead is not heard again. Returns the
     /// pinned key's safety number.
