@@ -32,6 +32,9 @@ pub struct Contact {
     /// which key. `pending` then holds the other identity, and nothing is sent until the user
     /// accepts it or keeps the pinned one.
     pub alarm: Option<String>,
+    /// When the newest statement of this contact's that said they moved to another directory
+    /// was made (Unix ms; 0: none followed): an older one is not followed again.
+    pub moved_at: i64,
     /// The contact whose introduction this one was pinned from (None: from a directory).
     pub introduced_by: Option<Username>,
     /// Identities the user refused for this contact (`verify --keep-key`, or the losing side
@@ -102,6 +105,7 @@ impl Contact {
             blocked: false,
             pending: None,
             alarm: None,
+            moved_at: 0,
             introduced_by: None,
             refused: Vec::new(),
             request,

@@ -429,6 +429,8 @@ struct ContactRecord {
     address_signed_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     introduced_by: Option<String>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    moved_at: i64,
     /// Refused identities (hex bundles).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     refused: Vec<String>,
@@ -471,6 +473,7 @@ impl ContactRecord {
             alarm: c.alarm.clone(),
             address_signed_at: c.address_signed_at,
             introduced_by: c.introduced_by.as_ref().map(|u| u.to_string()),
+            moved_at: c.moved_at,
             refused: c
                 .refused
                 .iter()
@@ -511,6 +514,7 @@ impl ContactRecord {
             pending,
             alarm: self.alarm,
             address_signed_at: self.address_signed_at,
+            moved_at: self.moved_at,
             introduced_by: self
                 .introduced_by
                 .map(|u| Username::parse(&u).map_err(|_| corrupt("introducer")))

@@ -1243,6 +1243,7 @@ fn a_move_to_a_new_epoch_reseals_everything_and_the_old_key_opens_nothing() {
             pending: None,
             alarm: Some("default shows key 00; b shows key 11".into()),
             introduced_by: Some(name("carol")),
+            moved_at: 1_700_000_000_001,
             refused: vec![smvs_crypto::IdentityKeys::generate().unwrap().bundle()],
             request: false,
             evidence: None,

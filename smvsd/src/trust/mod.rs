@@ -398,6 +398,20 @@ impl Trust {
             self.equivocation_alarm(peer, &how);
             return Err(equivocation(peer, &how));
         }
+        // A statement older than one followed before is a directory replaying history (the
+        // user has moved on since): not followed.
+        if statement.issued_at < contact.moved_at {
+            tracing::warn!(peer = %peer, directory = %from, "a directory served an older moved statement of a contact than one followed before");
+            return Err(HostError::new(
+                ErrorCode::Directory,
+                format!("{from} served an older statement of {peer}'s move than one seen before"),
+            ));
+        }
+        if statement.issued_at > contact.moved_at {
+            let mut newer = Rc::unwrap_or_clone(contact.clone());
+            newer.moved_at = statement.issued_at;
+            self.put_contact(newer).await?;
+        }
         // Only where this host connects to anyway (the rule for contacts' hosts).
         let target = HostAddress::parse(&statement.to_address)
             .map_err(|e| unknown(format!("{peer} moved to an address that is not one: {e}")))?;
@@ -1182,14 +1196,22 @@ impl Trust {
         let identity = self.keyguard.create_identity().await?;
         self.register_at(&self.links[0], &username, &identity)
             .await?;
-        for link in &self.links[1..] {
-            if let Err(e) = self.register_at(link, &username, &identity).await {
-                tracing::warn!(directory = %link.name(), error = %e, "cannot register at this directory now; trying again at the next renewal check");
-            }
-        }
+        // Saved as soon as the default directory has us: a host that stops now finishes the
+        // others at its next renewal check.
         self.storage
             .set_setting("me", username.as_str().as_bytes().to_vec())
             .await?;
+        let others = futures::future::join_all(
+            self.links[1..]
+                .iter()
+                .map(|link| self.register_at(link, &username, &identity)),
+        )
+        .await;
+        for (link, result) in self.links[1..].iter().zip(others) {
+            if let Err(e) = result {
+                tracing::warn!(directory = %link.name(), error = %e, "cannot register at this directory now; trying again at the next renewal check");
+            }
+        }
         let me = Me { username, identity };
         *self.me.borrow_mut() = Some(me.clone());
         tracing::info!(username = %me.username, directories = self.links.len(), "registered");
