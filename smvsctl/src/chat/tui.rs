@@ -689,44 +689,8 @@ async fn handle_key(
                 app.overlay = Some(Overlay::Verify(v));
             }
         }
-        Action::AcceptKey => {
-            // Only from the verification screen, after its numbers were drawn.
-            if let Some(Overlay::Verify(shown)) = &app.overlay {
-                if shown.key_changed && !view::verify_fits(shown, app.screen.get()) {
-                    app.fail(&CtlError::Local(
-                        "the numbers do not fit on this terminal: make it larger to compare \
-                         them before accepting"
-                            .into(),
-                    ));
-                } else if shown.key_changed {
-                    let user = shown.user.clone();
-                    let v = host.verify(&user, KeyChoice::Accept).await?;
-                    app.overlay = Some(Overlay::Verify(v));
-                    app.reload(host).await?;
-                    app.say(format!("{user}'s new key is accepted"));
-                }
-            }
-        }
-        Action::KeepKey => {
-            // As accepting: only from the verification screen, with its numbers drawn whole.
-            if let Some(Overlay::Verify(shown)) = &app.overlay {
-                if shown.key_changed && !view::verify_fits(shown, app.screen.get()) {
-                    app.fail(&CtlError::Local(
-                        "the numbers do not fit on this terminal: make it larger to compare \
-                         them before deciding"
-                            .into(),
-                    ));
-                } else if shown.key_changed {
-                    let user = shown.user.clone();
-                    let v = host.verify(&user, KeyChoice::Keep).await?;
-                    app.overlay = Some(Overlay::Verify(v));
-                    app.reload(host).await?;
-                    app.say(format!(
-                        "kept the key pinned for {user}; the other one is refused"
-                    ));
-                }
-            }
-        }
+        Action::AcceptKey => decide_key(app, host, KeyChoice::Accept).await?,
+        Action::KeepKey => decide_key(app, host, KeyChoice::Keep).await?,
         Action::CallVideo | Action::CallAudio => {
             if calls.busy() {
                 app.say("already in a call: e hangs it up");
@@ -765,6 +729,38 @@ async fn handle_key(
         }
     }
     Ok(Flow::Go)
+}
+
+/// `A` or `K` on the verification screen: accept the other key, or keep the pinned one. Only
+/// there, and only once its numbers were drawn whole (compared, not guessed at).
+async fn decide_key(
+    app: &mut App,
+    host: &Rc<HostClient>,
+    choice: KeyChoice,
+) -> Result<(), CtlError> {
+    let Some(Overlay::Verify(shown)) = &app.overlay else {
+        return Ok(());
+    };
+    if !shown.key_changed {
+        return Ok(());
+    }
+    if !view::verify_fits(shown, app.screen.get()) {
+        app.fail(&CtlError::Local(
+            "the numbers do not fit on this terminal: make it larger to compare them before \
+             deciding"
+                .into(),
+        ));
+        return Ok(());
+    }
+    let user = shown.user.clone();
+    let v = host.verify(&user, choice).await?;
+    app.overlay = Some(Overlay::Verify(v));
+    app.reload(host).await?;
+    app.say(match choice {
+        KeyChoice::Keep => format!("kept the key pinned for {user}; the other one is refused"),
+        _ => format!("{user}'s new key is accepted"),
+    });
+    Ok(())
 }
 
 async fn submit(app: &mut App, host: &Rc<HostClient>) -> Result<(), CtlError> {
