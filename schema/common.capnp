@@ -62,6 +62,17 @@ struct MovedStatement {
   signature @5 :Data;
 }
 
+struct LogHead {
+  # A directory's signature (context log-head, smvs-schema::canonical::log_head) over its key
+  # log at one epoch: the root hash of its Auditable Key Directory tree, and the VRF key that
+  # hides names in it (docs/protocol.md, 3.7).
+  directory @0 :Data;           # the directory's key
+  epoch @1 :UInt64;
+  rootHash @2 :Data;            # 32 bytes
+  vrfKey @3 :Data;              # 32 bytes
+  signature @4 :Data;
+}
+
 struct SignedRecord {
   record @0 :Data;              # A DirectoryRecord serialized as a single-segment Cap'n Proto message.
   signature @1 :Data;           # The directory's signature (context directory-record) over `record`.

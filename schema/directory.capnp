@@ -10,9 +10,12 @@ interface Directory {
   register @0 (request :RegisterRequest) -> (record :Common.SignedRecord);
   # Creates a record. Only a username and keys are asked: no phone, no e-mail.
 
-  lookup @1 (username :Text) -> (record :Common.SignedRecord, moved :Common.MovedStatement);
+  lookup @1 (username :Text) -> (record :Common.SignedRecord, moved :Common.MovedStatement,
+                                 head :Common.LogHead, proof :Data);
   # The user's signed record; or, for a user who moved to another directory, no record and
-  # the identity's signed statement of where to (`moved`).
+  # the identity's signed statement of where to (`moved`). `proof` (akd's LookupProof, in its
+  # protobuf encoding) shows that the name's latest version in the key log at `head` is this
+  # record's identity and serial, or this statement (docs/protocol.md, 3.7).
 
   challenge @2 (username :Text) -> (sealedToken :Data);
   # A fresh single-use token sealed to the user's X25519 identity key. Unknown users get a

@@ -46,6 +46,8 @@ pub enum SignContext {
     /// An identity leaving one directory for another (the "moved" statement the old one
     /// serves from then on).
     DirectoryMove,
+    /// A directory's head of its key log: an epoch's root hash and the log's VRF key.
+    LogHead,
 }
 
 impl SignContext {
@@ -61,6 +63,7 @@ impl SignContext {
             SignContext::SessionPrekey => "session-prekey",
             SignContext::HostAddress => "host-address",
             SignContext::DirectoryMove => "directory-move",
+            SignContext::LogHead => "log-head",
         }
     }
 

@@ -17,6 +17,7 @@ use crate::error::{ClientError, ErrorCode};
 use crate::record::{
     verify_record, write_identity, write_transport, TransportCertificate, VerifiedRecord,
 };
+use crate::transparency::{LogHead, LoggedValue};
 
 /// A registration request, signed by the identity it registers.
 #[derive(Debug, Clone)]
@@ -396,9 +397,43 @@ impl DirectoryClient {
                     "a moved statement for another user or another directory".into(),
                 ));
             }
+            let logged = LoggedValue::moved(&moved).map_err(ClientError::Verification)?;
+            self.check_logged(r, username, &logged)?;
             return Ok(LookupAnswer::Moved(moved));
         }
-        check(r.get_record(), &self.directory_key, Some(username)).map(LookupAnswer::Record)
+        let mut record = check(r.get_record(), &self.directory_key, Some(username))?;
+        record.log_head = Some(self.check_logged(r, username, &record.logged())?);
+        Ok(LookupAnswer::Record(record))
+    }
+
+    /// Checks a look-up answer's key-log proof: that the directory's signed head commits to
+    /// `logged` as `username`'s latest version. An answer without one is refused: every
+    /// directory keeps a log, and one that stops showing it is hiding something.
+    fn check_logged(
+        &self,
+        r: directory::lookup_results::Reader<'_>,
+        username: &Username,
+        logged: &LoggedValue,
+    ) -> Result<LogHead, ClientError> {
+        if !r.has_head() || !r.has_proof() {
+            return Err(ClientError::Verification(
+                "the answer carries no proof from the directory's key log".into(),
+            ));
+        }
+        let head = LogHead::read(r.get_head()?).map_err(ClientError::Verification)?;
+        head.verify(&self.directory_key)
+            .map_err(ClientError::Verification)?;
+        let (in_log, _version) =
+            crate::transparency::verify_lookup(&head, username, r.get_proof()?)
+                .map_err(ClientError::Verification)?;
+        if &in_log != logged {
+            return Err(ClientError::Verification(format!(
+                "the directory's key log shows another latest version of {username} than the \
+                 answer it gave ({}): a record it did not log, or an older one",
+                describe(&in_log)
+            )));
+        }
+        Ok(head)
     }
 
     /// As [`DirectoryClient::lookup`], but a record whose transport certificate expired is
@@ -418,13 +453,15 @@ impl DirectoryClient {
                 "{username} moved away from this directory"
             )));
         }
-        crate::record::verify_record_at(
+        let mut record = crate::record::verify_record_at(
             r.get_record()?,
             &self.directory_key,
             Some(username),
             i64::MIN,
         )
-        .map_err(ClientError::Verification)
+        .map_err(ClientError::Verification)?;
+        record.log_head = Some(self.check_logged(r, username, &record.logged())?);
+        Ok(record)
     }
 
     /// Asks for a sealed token (step one of logging in).
@@ -596,5 +633,14 @@ impl DirectorySession {
         }
         request.send().promise.await?;
         Ok(())
+    }
+}
+
+/// What the log shows, in words (no key material beyond a serial).
+fn describe(logged: &LoggedValue) -> String {
+    match logged {
+        LoggedValue::Record { serial, .. } => format!("a record at serial {serial}"),
+        LoggedValue::Gone => "deregistered".into(),
+        LoggedValue::Moved { .. } => "moved away".into(),
     }
 }

@@ -27,7 +27,10 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod record;
+pub mod transparency;
 
+#[cfg(feature = "server")]
+pub mod keylog;
 #[cfg(feature = "server")]
 pub mod limits;
 #[cfg(feature = "server")]
@@ -71,4 +74,4 @@ pub use record::{
 #[cfg(feature = "server")]
 pub use rpc::{MAX_CLOCK_SKEW_MS, SESSION_LIFETIME, TOKEN_LIFETIME_MS};
 #[cfg(feature = "server")]
-pub use server::{load_key, load_keys, DirectoryServer, ServerError};
+pub use server::{load_key, load_keys, DirectoryKeys, DirectoryServer, ServerError};

@@ -152,6 +152,9 @@ pub struct VerifiedRecord {
     /// The signed bytes and signature, to show to others or store as evidence.
     pub record_bytes: Vec<u8>,
     pub signature: Signature,
+    /// For a look-up's answer, the signed head of the directory's key log whose proof showed
+    /// this record as the name's latest version (`crate::transparency`).
+    pub log_head: Option<crate::transparency::LogHead>,
 }
 
 pub(crate) fn write_identity(mut b: identity_bundle::Builder<'_>, id: &IdentityBundle) {
@@ -391,10 +394,19 @@ pub fn verify_record_at(
         directory_key: *directory_key,
         record_bytes: bytes.to_vec(),
         signature,
+        log_head: None,
     })
 }
 
 impl VerifiedRecord {
+    /// What the directory's key log must hold as this record's version.
+    pub fn logged(&self) -> crate::transparency::LoggedValue {
+        crate::transparency::LoggedValue::Record {
+            identity: self.user.identity.signing_key,
+            serial: self.user.serial,
+        }
+    }
+
     /// A JSON view for people and scripts (`smvs-demo`, `smvsctl --json`).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({

@@ -24,6 +24,7 @@ use crate::record::{
 };
 use crate::state::Shared;
 use crate::store::{NewKeys, StoreError};
+use crate::transparency::{encode_lookup_proof, LoggedValue};
 
 /// How long a sealed token may be spent.
 pub const TOKEN_LIFETIME_MS: i64 = 60_000;
@@ -223,8 +224,10 @@ impl directory::Server for DirectoryRpc {
             .insert_user(user)
             .await
             .map_err(store_refusal)?;
-        // No name in the log: a deregistered name must leave no trace (it is kept only as a keyed hash).
+        // No name in the journal: a deregistered name must leave no trace (it is kept only as
+        // a keyed hash).
         tracing::debug!("a user registered");
+        self.shared.publish(&stored.username).await;
         sign_record(
             &self.shared.key,
             &stored,
@@ -262,15 +265,29 @@ impl directory::Server for DirectoryRpc {
                 .ok_or_else(|| {
                     Refusal::new(ErrorCode::NotFound, format!("no user named {name}"))
                 })?;
-            statement.write(results.get().init_moved());
+            let logged =
+                LoggedValue::moved(&statement).map_err(|e| Refusal::new(ErrorCode::Internal, e))?;
+            let (proof, head) = self.shared.prove(&name, &logged).await?;
+            let mut answer = results.get();
+            statement.write(answer.reborrow().init_moved());
+            head.write(answer.reborrow().init_head());
+            answer.set_proof(&encode_lookup_proof(&proof));
             return Ok(());
         };
+        let logged = LoggedValue::Record {
+            identity: user.identity.signing_key,
+            serial: user.serial,
+        };
+        let (proof, head) = self.shared.prove(&name, &logged).await?;
+        let mut answer = results.get();
         sign_record(
             &self.shared.key,
             &user,
             now_ms(),
-            results.get().init_record(),
+            answer.reborrow().init_record(),
         );
+        head.write(answer.reborrow().init_head());
+        answer.set_proof(&encode_lookup_proof(&proof));
         Ok(())
     }
 
@@ -546,6 +563,7 @@ impl session::Server for SessionRpc {
             .await
             .map_err(store_refusal)?
             .ok_or_else(|| self.gone())?;
+        self.shared.publish(&self.username).await;
         sign_record(
             &self.shared.key,
             &user,
@@ -580,6 +598,7 @@ impl session::Server for SessionRpc {
             username = %self.username,
             "identity keys rotated"
         );
+        self.shared.publish(&self.username).await;
         sign_record(
             &self.shared.key,
             &user,
@@ -621,6 +640,7 @@ impl session::Server for SessionRpc {
             not_after = transport.not_after,
             "a transport certificate was renewed"
         );
+        self.shared.publish(&self.username).await;
         sign_record(
             &self.shared.key,
             &user,
@@ -660,6 +680,7 @@ impl session::Server for SessionRpc {
             .map_err(store_refusal)?
             .ok_or_else(|| self.gone())?;
         tracing::debug!("session keys were published");
+        self.shared.publish(&self.username).await;
         sign_record(
             &self.shared.key,
             &user,
@@ -683,6 +704,7 @@ impl session::Server for SessionRpc {
             .map_err(store_refusal)?;
         self.alive.set(false);
         tracing::debug!("a user deregistered");
+        self.shared.publish(&self.username).await;
         Ok(())
     }
 
@@ -704,6 +726,7 @@ impl session::Server for SessionRpc {
         }
         self.alive.set(false);
         tracing::debug!("a user moved to another directory");
+        self.shared.publish(&self.username).await;
         Ok(())
     }
 }

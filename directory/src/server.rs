@@ -21,6 +21,8 @@ use thiserror::Error;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::DirectoryConfig;
+pub use crate::keylog::LogVrf;
+use crate::keylog::{KeyLog, LogError};
 use crate::limits::Limits;
 use crate::rpc::DirectoryRpc;
 use crate::state::Shared;
@@ -46,27 +48,38 @@ pub enum ServerError {
     },
     #[error("cannot start a worker thread: {0}")]
     Thread(std::io::Error),
+    #[error("{0}")]
+    KeyLog(LogError),
 }
 
 /// Loads the directory's signing key from `path`, creating it (0600) when absent.
 pub fn load_key(path: &std::path::Path) -> Result<SigningKeyPair, ServerError> {
-    Ok(load_keys(path)?.0)
+    Ok(load_keys(path)?.signing)
 }
 
-/// [`load_key`], and the key deregistered names are kept under, derived from the same seed
-/// (see [`NameKey`]): whoever has the key file has both, and nothing else needs keeping.
-pub fn load_keys(path: &std::path::Path) -> Result<(SigningKeyPair, NameKey), ServerError> {
+/// Everything a directory's key file holds: the signing key and what is derived from its seed.
+pub struct DirectoryKeys {
+    pub signing: SigningKeyPair,
+    /// The key deregistered names (and the key log's names) are kept under.
+    pub names: NameKey,
+    /// The key log's VRF key.
+    pub log_vrf: LogVrf,
+}
+
+/// [`load_key`], and the keys derived from the same seed (see [`NameKey`], [`LogVrf`]):
+/// whoever has the key file has them all, and nothing else needs keeping.
+pub fn load_keys(path: &std::path::Path) -> Result<DirectoryKeys, ServerError> {
     let (seed, created) = smvs_service::keyfile::load_or_create(path, 32, || {
         zeroize::Zeroizing::new(SigningSeed::generate().expose().to_vec())
     })?;
     if created {
         tracing::info!(path = %path.display(), "created a new directory key");
     }
-    let names = NameKey::derive(&seed)?;
-    Ok((
-        SigningKeyPair::from_seed(&SigningSeed::from_bytes(&seed)?)?,
-        names,
-    ))
+    Ok(DirectoryKeys {
+        signing: SigningKeyPair::from_seed(&SigningSeed::from_bytes(&seed)?)?,
+        names: NameKey::derive(&seed)?,
+        log_vrf: LogVrf::derive(&seed)?,
+    })
 }
 
 /// A running directory.
@@ -87,7 +100,11 @@ impl DirectoryServer {
             db: redact_db_url(&config.db),
             source,
         })?;
-        let (key, names) = load_keys(&config.key_file)?;
+        let DirectoryKeys {
+            signing: key,
+            names,
+            log_vrf,
+        } = load_keys(&config.key_file)?;
         let noise_key = key.to_agreement_keypair()?;
         let store = Store::open(&config.db, names)
             .await
@@ -95,6 +112,9 @@ impl DirectoryServer {
                 db: redact_db_url(&config.db),
                 source,
             })?;
+        let log = KeyLog::open(store.clone(), log_vrf)
+            .await
+            .map_err(ServerError::KeyLog)?;
         let listener =
             std::net::TcpListener::bind(config.listen).map_err(|source| ServerError::Listen {
                 addr: config.listen,
@@ -115,6 +135,7 @@ impl DirectoryServer {
         let public_key = key.public();
         let shared = Arc::new(Shared {
             store,
+            log,
             key,
             noise_key,
             limits: Limits::new(config.limits),

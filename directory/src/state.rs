@@ -12,12 +12,18 @@ use smvs_crypto::{AgreementKeyPair, SigningKeyPair};
 use smvs_schema::{AddressKind, HostAddress};
 use tokio::sync::Semaphore;
 
+use smvs_schema::Username;
+
 use crate::error::{ErrorCode, Refusal};
+use crate::keylog::KeyLog;
 use crate::limits::Limits;
 use crate::store::Store;
+use crate::transparency::{LogHead, LoggedValue};
 
 pub(crate) struct Shared {
     pub store: Store,
+    /// Every version of every record, with proofs (key transparency).
+    pub log: KeyLog,
     /// Signs every record the directory answers with.
     pub key: SigningKeyPair,
     /// The X25519 form of `key`, for the Noise handshake: one pinned key covers both.
@@ -31,6 +37,33 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Brings `name`'s version in the key log in step with the record just changed. A failure
+    /// leaves the change made (it is committed) and is only logged: the next look-up of the
+    /// name publishes it (`KeyLog::prove`).
+    pub async fn publish(&self, name: &Username) {
+        if let Err(e) = self.log.sync(name).await {
+            tracing::warn!(error = %e, "a changed record is not in the key log yet");
+        }
+    }
+
+    /// A proof that `name`'s latest version in the key log is `logged`, and the head it holds
+    /// against.
+    pub async fn prove(
+        &self,
+        name: &Username,
+        logged: &LoggedValue,
+    ) -> Result<(akd::LookupProof, LogHead), Refusal> {
+        let (proof, head) = self.log.prove(name, logged).await.map_err(|e| {
+            tracing::warn!(error = %e, "no key log proof for a look-up");
+            Refusal::new(
+                ErrorCode::Internal,
+                "the key log has no proof of this record yet; ask again",
+            )
+        })?;
+        let head = LogHead::sign(&self.key, head.0, head.1, self.log.vrf_key());
+        Ok((proof, head))
+    }
+
     /// Refuses a host address of a local kind (loopback, link-local, private, shared, or one
     /// nothing can be sent to) unless the directory serves a LAN or a test
     /// (`--allow-private-host-addresses`). Other users' hosts connect to what the directory

@@ -174,7 +174,10 @@ fn the_wire_carries_only_sealed_packets_and_tampering_and_replays_are_dropped() 
     let mut hellos = 0;
     for d in &recorded {
         assert_eq!(d[0], WIRE_VERSION, "not our framing");
-        assert!(!is_rtp(d, &[96, 97, 111]), "an RTP header in clear at offset 0");
+        assert!(
+            !is_rtp(d, &[96, 97, 111]),
+            "an RTP header in clear at offset 0"
+        );
         let opened = opener
             .open_received(d)
             .expect("every recorded datagram opens");

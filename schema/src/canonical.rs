@@ -90,6 +90,23 @@ pub fn directory_move(
         .0
 }
 
+/// What a directory signs (context log-head) to state that its key log stood at `root_hash`
+/// at `epoch`, with names hidden by the VRF key `vrf_key`.
+pub fn log_head(
+    directory: &SigningPublicKey,
+    epoch: u64,
+    root_hash: &[u8; 32],
+    vrf_key: &[u8; 32],
+) -> Vec<u8> {
+    Canon::new()
+        .fixed(b"smvs-log-head-v1")
+        .fixed(directory.as_bytes())
+        .fixed(&epoch.to_be_bytes())
+        .fixed(root_hash)
+        .fixed(vrf_key)
+        .0
+}
+
 /// What an identity signs (context deregistration) to have `directory_key`'s directory delete
 /// `username`'s record, as it stands at `serial`, at `timestamp` (Unix ms): a signature for one
 /// directory, one record and one moment, so it can be neither moved nor replayed.

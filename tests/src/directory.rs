@@ -129,8 +129,8 @@ impl DirectoryProcess {
     /// This directory's store, opened as the directory opens it (the key deregistered names
     /// are kept under comes from the key file).
     pub async fn store(&self) -> anyhow::Result<smvs_directory::store::Store> {
-        let (_, names) = smvs_directory::load_keys(&self.key_file)?;
-        Ok(smvs_directory::store::Store::open(&self.db, names).await?)
+        let keys = smvs_directory::load_keys(&self.key_file)?;
+        Ok(smvs_directory::store::Store::open(&self.db, keys.names).await?)
     }
 
     /// A client with a fresh transport key, pinned to this directory.

@@ -68,7 +68,12 @@ impl NameKey {
 
     /// The keyed hash a deregistered `name` is kept as.
     pub fn hash(&self, name: &str) -> Result<Vec<u8>, CryptoError> {
-        smvs_crypto::blake2b(32, Some(&self.0), &[name.as_bytes()])
+        self.hash_bytes(name.as_bytes())
+    }
+
+    /// The keyed hash of a name given as bytes (the key log's labels).
+    pub fn hash_bytes(&self, name: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        smvs_crypto::blake2b(32, Some(&self.0), &[name])
     }
 }
 
@@ -222,6 +227,52 @@ impl Store {
         }
     }
 
+    /// Writes one batch of the key log's records at once (one transaction): nodes by id, and
+    /// names' versions (see `keylog::storage`).
+    pub async fn log_put(
+        &self,
+        nodes: Vec<(Vec<u8>, Vec<u8>)>,
+        values: Vec<LogValueRow>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.log_put(nodes, values).await,
+            Store::Postgres(s) => s.log_put(nodes, values).await,
+        }
+    }
+
+    /// The key log's nodes with these ids, those that exist.
+    pub async fn log_nodes(&self, ids: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.log_nodes(ids).await,
+            Store::Postgres(s) => s.log_nodes(ids).await,
+        }
+    }
+
+    /// The stored versions of the key log's `label` that `which` asks for, oldest first.
+    pub async fn log_values(
+        &self,
+        label: Vec<u8>,
+        which: WhichVersion,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.log_values(label, which).await,
+            Store::Postgres(s) => s.log_values(label, which).await,
+        }
+    }
+
+    /// Runs `work` as the only publisher of the key log among the processes that share this
+    /// database: PostgreSQL's advisory lock on a connection kept for it. SQLite's database is
+    /// one process's, whose own mutex (in `KeyLog`) is enough.
+    pub async fn with_log_lock<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(work.await),
+            Store::Postgres(s) => s.with_log_lock(work).await,
+        }
+    }
+
     /// Counts rows, for tests and the demo: (users, pending tokens).
     pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
         match self {
@@ -229,6 +280,29 @@ impl Store {
             Store::Postgres(s) => s.counts().await,
         }
     }
+}
+
+/// One version of a name in the key log, as stored. `label` is the name as akd knows it; the
+/// store keeps only its keyed hash ([`NameKey`]).
+#[derive(Debug, Clone)]
+pub struct LogValueRow {
+    pub label: Vec<u8>,
+    pub epoch: u64,
+    pub version: u64,
+    /// The version's record, its name blanked.
+    pub record: Vec<u8>,
+}
+
+/// Which of a name's versions in the key log.
+#[derive(Debug, Clone, Copy)]
+pub enum WhichVersion {
+    All,
+    Version(u64),
+    Epoch(u64),
+    /// The latest at or before this epoch.
+    AtOrBefore(u64),
+    Latest,
+    First,
 }
 
 /// Replacement keys for a rotation or a renewal of the transport certificate.

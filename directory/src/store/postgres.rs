@@ -10,7 +10,7 @@ use std::sync::Arc;
 use smvs_schema::{HostAddress, Username};
 use tokio_postgres::{Client, NoTls};
 
-use super::{next_serial, row_to_record, NameKey, NewKeys, StoreError};
+use super::{next_serial, row_to_record, LogValueRow, NameKey, NewKeys, StoreError, WhichVersion};
 use crate::record::{PublishedSessionKeys, UserRecord};
 use smvs_crypto::SigningPublicKey;
 
@@ -19,6 +19,9 @@ const CONNECTIONS: usize = 4;
 #[derive(Clone)]
 pub struct PgStore {
     clients: Arc<Vec<Client>>,
+    /// A connection of its own for the key log's advisory lock, which belongs to the session
+    /// that took it: taken and released on this one, by one publisher at a time.
+    log_lock: Arc<tokio::sync::Mutex<Client>>,
     next: Arc<AtomicUsize>,
     names: Arc<NameKey>,
 }
@@ -53,6 +56,17 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE users ADD COLUMN session_keys BYTEA;",
     // 5: users who moved to another directory (MovedStatement as a flat Cap'n Proto message).
     "CREATE TABLE moved (username TEXT PRIMARY KEY, statement BYTEA NOT NULL);",
+    // 6: the key log (keylog): akd's nodes by id, and each name's versions by the name's keyed
+    // hash and epoch.
+    "CREATE TABLE log_nodes (id BYTEA PRIMARY KEY, record BYTEA NOT NULL);
+    CREATE TABLE log_values (
+        label BYTEA NOT NULL,
+        epoch BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        record BYTEA NOT NULL,
+        PRIMARY KEY (label, epoch)
+    );
+    CREATE INDEX log_values_version ON log_values (label, version);",
 ];
 
 /// The migration after whose SQL [`PgStore::hash_old_floors`] runs.
@@ -60,6 +74,8 @@ const HASHED_NAMES: usize = 3;
 
 /// Arbitrary constant naming the advisory lock that serialises migrations between processes.
 const MIGRATION_LOCK: i64 = 0x534d_5653_4449_5201;
+/// The advisory lock held by the one process publishing to the key log.
+const LOG_LOCK: i64 = 0x534d_5653_4449_5202;
 
 impl PgStore {
     pub async fn open(url: &str, names: Arc<NameKey>) -> Result<Self, StoreError> {
@@ -83,9 +99,9 @@ impl PgStore {
                     }
                 };
                 runtime.block_on(async move {
-                    let mut clients = Vec::with_capacity(CONNECTIONS);
-                    let mut drivers = Vec::with_capacity(CONNECTIONS);
-                    for _ in 0..CONNECTIONS {
+                    let mut clients = Vec::with_capacity(CONNECTIONS + 1);
+                    let mut drivers = Vec::with_capacity(CONNECTIONS + 1);
+                    for _ in 0..=CONNECTIONS {
                         match tokio_postgres::connect(&url, NoTls).await {
                             Ok((client, connection)) => {
                                 clients.push(client);
@@ -106,9 +122,11 @@ impl PgStore {
                 });
             })
             .map_err(|e| StoreError::Corrupt(format!("cannot start the postgres thread: {e}")))?;
-        let clients = rx.await.map_err(|_| StoreError::Stopped)??;
+        let mut clients = rx.await.map_err(|_| StoreError::Stopped)??;
+        let log_lock = clients.pop().ok_or(StoreError::Stopped)?;
         let store = PgStore {
             clients: Arc::new(clients),
+            log_lock: Arc::new(tokio::sync::Mutex::new(log_lock)),
             next: Arc::new(AtomicUsize::new(0)),
             names,
         };
@@ -422,6 +440,102 @@ impl PgStore {
             )
             .await?;
         Ok(row.is_some_and(|r| r.get::<_, i64>(0) >= now))
+    }
+
+    pub async fn with_log_lock<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, StoreError> {
+        let c = self.log_lock.lock().await;
+        c.execute("SELECT pg_advisory_lock($1)", &[&LOG_LOCK])
+            .await?;
+        let result = work.await;
+        c.execute("SELECT pg_advisory_unlock($1)", &[&LOG_LOCK])
+            .await?;
+        Ok(result)
+    }
+
+    /// One statement, so one transaction: an epoch is written whole or not at all.
+    pub async fn log_put(
+        &self,
+        nodes: Vec<(Vec<u8>, Vec<u8>)>,
+        values: Vec<LogValueRow>,
+    ) -> Result<(), StoreError> {
+        let (ids, records): (Vec<Vec<u8>>, Vec<Vec<u8>>) = nodes.into_iter().unzip();
+        let mut labels = Vec::with_capacity(values.len());
+        let mut epochs = Vec::with_capacity(values.len());
+        let mut versions = Vec::with_capacity(values.len());
+        let mut value_records = Vec::with_capacity(values.len());
+        for v in values {
+            labels.push(self.names.hash_bytes(&v.label)?);
+            epochs.push(v.epoch as i64);
+            versions.push(v.version as i64);
+            value_records.push(v.record);
+        }
+        self.client()
+            .execute(
+                "WITH nodes AS (
+                    INSERT INTO log_nodes (id, record)
+                    SELECT * FROM UNNEST($1::bytea[], $2::bytea[])
+                    ON CONFLICT (id) DO UPDATE SET record = excluded.record)
+                 INSERT INTO log_values (label, epoch, version, record)
+                 SELECT * FROM UNNEST($3::bytea[], $4::int8[], $5::int8[], $6::bytea[])
+                 ON CONFLICT (label, epoch) DO UPDATE
+                    SET version = excluded.version, record = excluded.record",
+                &[&ids, &records, &labels, &epochs, &versions, &value_records],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn log_nodes(&self, ids: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, StoreError> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT record FROM log_nodes WHERE id = ANY($1::bytea[])",
+                &[&ids],
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    pub async fn log_values(
+        &self,
+        label: Vec<u8>,
+        which: WhichVersion,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let label = self.names.hash_bytes(&label)?;
+        let (sql, arg): (&str, i64) = match which {
+            WhichVersion::All => (
+                "SELECT record FROM log_values WHERE label = $1 AND $2 = 0 ORDER BY epoch",
+                0,
+            ),
+            WhichVersion::Version(v) => (
+                "SELECT record FROM log_values WHERE label = $1 AND version = $2",
+                v as i64,
+            ),
+            WhichVersion::Epoch(e) => (
+                "SELECT record FROM log_values WHERE label = $1 AND epoch = $2",
+                e as i64,
+            ),
+            WhichVersion::AtOrBefore(e) => (
+                "SELECT record FROM log_values WHERE label = $1 AND epoch <= $2
+                 ORDER BY epoch DESC LIMIT 1",
+                e as i64,
+            ),
+            WhichVersion::Latest => (
+                "SELECT record FROM log_values WHERE label = $1 AND $2 = 0
+                 ORDER BY epoch DESC LIMIT 1",
+                0,
+            ),
+            WhichVersion::First => (
+                "SELECT record FROM log_values WHERE label = $1 AND $2 = 0
+                 ORDER BY epoch LIMIT 1",
+                0,
+            ),
+        };
+        let rows = self.client().query(sql, &[&label, &arg]).await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
     pub async fn counts(&self) -> Result<(u64, u64), StoreError> {

@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use smvs_schema::{HostAddress, Username};
 use smvs_sqlite::SqliteWorker;
 
-use super::{next_serial, row_to_record, NameKey, NewKeys, StoreError};
+use super::{next_serial, row_to_record, LogValueRow, NameKey, NewKeys, StoreError, WhichVersion};
 use crate::record::{PublishedSessionKeys, UserRecord};
 use smvs_crypto::SigningPublicKey;
 
@@ -53,6 +53,17 @@ const MIGRATIONS: &[&str] = &[
     // 5: users who moved to another directory: their signed statement (MovedStatement, as a
     // flat Cap'n Proto message), served until the name is registered again.
     "CREATE TABLE moved (username TEXT PRIMARY KEY NOT NULL, statement BLOB NOT NULL) STRICT;",
+    // 6: the key log (keylog): akd's nodes by id, and each name's versions by the name's keyed
+    // hash and epoch.
+    "CREATE TABLE log_nodes (id BLOB PRIMARY KEY NOT NULL, record BLOB NOT NULL) STRICT, WITHOUT ROWID;
+    CREATE TABLE log_values (
+        label BLOB NOT NULL,
+        epoch INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        record BLOB NOT NULL,
+        PRIMARY KEY (label, epoch)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX log_values_version ON log_values (label, version);",
 ];
 
 impl SqliteStore {
@@ -344,6 +355,98 @@ impl SqliteStore {
 /// Deletes `name`'s record and tokens, keeping only the keyed hash of the name with its last
 /// serial (no key, no address), so that a later registration of the same name still gets a
 /// higher serial and stale answers stay detectable. False: there was no record.
+impl SqliteStore {
+    pub async fn log_put(
+        &self,
+        nodes: Vec<(Vec<u8>, Vec<u8>)>,
+        values: Vec<LogValueRow>,
+    ) -> Result<(), StoreError> {
+        let values = values
+            .into_iter()
+            .map(|v| Ok((self.names.hash_bytes(&v.label)?, v)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // One job, one savepoint: an epoch is written whole or not at all.
+        self.call(move |c| {
+            let mut node = c.prepare_cached(
+                "INSERT INTO log_nodes (id, record) VALUES (?1, ?2)
+                     ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+            )?;
+            for (id, record) in &nodes {
+                node.execute(params![id, record])?;
+            }
+            let mut value = c.prepare_cached(
+                "INSERT INTO log_values (label, epoch, version, record) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (label, epoch) DO UPDATE
+                        SET version = excluded.version, record = excluded.record",
+            )?;
+            for (label, v) in &values {
+                value.execute(params![label, v.epoch as i64, v.version as i64, v.record])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn log_nodes(&self, ids: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.call(move |c| {
+            let mut get = c.prepare_cached("SELECT record FROM log_nodes WHERE id = ?1")?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in &ids {
+                if let Some(record) = get.query_row([id], |r| r.get(0)).optional()? {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn log_values(
+        &self,
+        label: Vec<u8>,
+        which: WhichVersion,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let label = self.names.hash_bytes(&label)?;
+        self.call(move |c| {
+            let (sql, arg) = match which {
+                WhichVersion::All => (
+                    "SELECT record FROM log_values WHERE label = ?1 AND ?2 = 0 ORDER BY epoch",
+                    0,
+                ),
+                WhichVersion::Version(v) => (
+                    "SELECT record FROM log_values WHERE label = ?1 AND version = ?2",
+                    v as i64,
+                ),
+                WhichVersion::Epoch(e) => (
+                    "SELECT record FROM log_values WHERE label = ?1 AND epoch = ?2",
+                    e as i64,
+                ),
+                WhichVersion::AtOrBefore(e) => (
+                    "SELECT record FROM log_values WHERE label = ?1 AND epoch <= ?2
+                     ORDER BY epoch DESC LIMIT 1",
+                    e as i64,
+                ),
+                WhichVersion::Latest => (
+                    "SELECT record FROM log_values WHERE label = ?1 AND ?2 = 0
+                     ORDER BY epoch DESC LIMIT 1",
+                    0,
+                ),
+                WhichVersion::First => (
+                    "SELECT record FROM log_values WHERE label = ?1 AND ?2 = 0
+                     ORDER BY epoch LIMIT 1",
+                    0,
+                ),
+            };
+            let mut query = c.prepare_cached(sql)?;
+            let rows = query
+                .query_map(params![label, arg], |r| r.get(0))?
+                .collect::<Result<Vec<Vec<u8>>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
 fn drop_record(c: &Connection, name: &Username, name_hash: &[u8]) -> Result<bool, StoreError> {
     let Some(old) = get(c, name)? else {
         return Ok(false);

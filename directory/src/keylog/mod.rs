@@ -1,0 +1,306 @@
+//! The directory's key log (key transparency): every version of every name's record goes into
+//! an Auditable Key Directory (`akd`), and every look-up answer carries a proof against a
+//! signed head. What the log holds and how a host checks it: [`crate::transparency`].
+//!
+//! The log is kept in step with the users table by [`KeyLog::sync`]: under the log's lock, it
+//! reads what the table says of a name now and publishes that as the name's next version if
+//! the log says otherwise. Every request that changes a record calls it before answering, and
+//! a look-up whose proof shows something else than the table (a change another process has not
+//! published yet, or one whose publication a crash cut off) calls it and proves again. So the
+//! log never needs a queue of its own, and heals by itself.
+//!
+//! One publisher at a time: in this process a mutex, across the processes that share a
+//! PostgreSQL database an advisory lock ([`Store::with_log_lock`]). A publication runs as a
+//! task of its own, so a request dropped half-way (its client went away) never leaves the lock
+//! held or the epoch half-written; an epoch is written in one transaction.
+
+mod storage;
+
+use std::sync::Arc;
+
+use akd::directory::Directory;
+use akd::ecvrf::{VRFKeyStorage, VrfError};
+use akd::storage::StorageManager;
+use akd::{AkdLabel, AkdValue, AzksParallelismConfig, EpochHash, LookupProof};
+use smvs_crypto::{CryptoError, Zeroizing};
+use smvs_schema::Username;
+
+use crate::record::MovedStatement;
+use crate::store::{Store, StoreError};
+use crate::transparency::{LogConfiguration, LoggedValue};
+
+pub use storage::LogStorage;
+
+/// The VRF key that hides names in the log: HKDF-SHA256 of the directory's key seed (salt
+/// `smvs-directory-v1`, info `key log vrf`), so it lives wherever the signing key lives and
+/// every process that shares a database and a key file has the same one.
+#[derive(Clone)]
+pub struct LogVrf(Arc<Zeroizing<Vec<u8>>>);
+
+impl LogVrf {
+    pub fn derive(seed: &[u8]) -> Result<LogVrf, CryptoError> {
+        Ok(LogVrf(Arc::new(smvs_crypto::hkdf_sha256(
+            b"smvs-directory-v1",
+            seed,
+            b"key log vrf",
+            32,
+        )?)))
+    }
+}
+
+impl std::fmt::Debug for LogVrf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogVrf(…)")
+    }
+}
+
+#[async_trait::async_trait]
+impl VRFKeyStorage for LogVrf {
+    async fn retrieve(&self) -> Result<Vec<u8>, VrfError> {
+        Ok(self.0.to_vec())
+    }
+}
+
+type LogDirectory = Directory<LogConfiguration, LogStorage, LogVrf>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("key log: {0}")]
+    Akd(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("key log: a publication task failed: {0}")]
+    Task(String),
+    #[error("key log: the record is older than its last logged version")]
+    Behind,
+}
+
+impl From<akd::errors::AkdError> for LogError {
+    fn from(e: akd::errors::AkdError) -> Self {
+        LogError::Akd(e.to_string())
+    }
+}
+
+/// The log, shared by every worker of one directory process.
+#[derive(Clone)]
+pub struct KeyLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    directory: LogDirectory,
+    store: Store,
+    vrf_key: [u8; 32],
+    /// One publication at a time in this process (the store's lock covers other processes).
+    publishing: tokio::sync::Mutex<()>,
+}
+
+impl KeyLog {
+    /// Opens the log kept in `store`, creating its empty tree the first time.
+    pub async fn open(store: Store, vrf: LogVrf) -> Result<KeyLog, LogError> {
+        let vrf_key = vrf
+            .get_vrf_public_key()
+            .await
+            .map_err(|e| LogError::Akd(e.to_string()))?
+            .to_bytes();
+        let manager = StorageManager::new_no_cache(LogStorage::new(store.clone()));
+        // Under the lock: two processes starting on an empty database must not both create a
+        // tree.
+        let directory = store
+            .with_log_lock(async {
+                LogDirectory::new(manager, vrf, AzksParallelismConfig::disabled()).await
+            })
+            .await??;
+        Ok(KeyLog {
+            inner: Arc::new(Inner {
+                directory,
+                store,
+                vrf_key,
+                publishing: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Makes the log's latest version of `name` say what the users table says now, publishing
+    /// a new epoch if it does not.
+    pub async fn sync(&self, name: &Username) -> Result<(), LogError> {
+        let inner = self.inner.clone();
+        let name = name.clone();
+        // A task of its own: see the module's comment.
+        tokio::spawn(async move { inner.sync(&name).await })
+            .await
+            .map_err(|e| LogError::Task(e.to_string()))?
+    }
+
+    /// A proof that `name`'s latest version is `expected`, and the epoch and root hash it
+    /// holds against. When the log says otherwise, it is brought in step with the users table first
+    /// ([`KeyLog::sync`]); if it still says otherwise, the table changed meanwhile and the
+    /// caller's `expected` is stale: an error, which the host asks again after.
+    pub async fn prove(
+        &self,
+        name: &Username,
+        expected: &LoggedValue,
+    ) -> Result<(LookupProof, EpochHash), LogError> {
+        let label = label(name);
+        let expected = expected.to_bytes();
+        if let Ok((proof, head)) = self.inner.directory.lookup(label.clone()).await {
+            if proof.value.0 == expected {
+                return Ok((proof, head));
+            }
+        }
+        self.sync(name).await?;
+        let (proof, head) = self.inner.directory.lookup(label).await?;
+        if proof.value.0 != expected {
+            return Err(LogError::Akd(
+                "the record changed while its proof was made".into(),
+            ));
+        }
+        Ok((proof, head))
+    }
+
+    /// The VRF key that hides names in the log (its public half).
+    pub fn vrf_key(&self) -> [u8; 32] {
+        self.inner.vrf_key
+    }
+}
+
+impl Inner {
+    async fn sync(&self, name: &Username) -> Result<(), LogError> {
+        let _one = self.publishing.lock().await;
+        self.store
+            .with_log_lock(async {
+                let now = self.current_value(name).await?;
+                let logged = self
+                    .directory
+                    .lookup(label(name))
+                    .await
+                    .ok()
+                    .map(|(proof, _)| proof.value.0);
+                let logged = logged
+                    .map(|bytes| LoggedValue::from_bytes(&bytes))
+                    .transpose()
+                    .map_err(LogError::Akd)?;
+                let publish = match (&now, &logged) {
+                    // Never logged and not there: nothing to say.
+                    (LoggedValue::Gone, None) => false,
+                    // Serials only grow: a table behind its own log was restored from an
+                    // older copy (or tampered with). Publishing it would serve an older
+                    // record as the newest; every look-up of the name fails instead, and the
+                    // operator is told.
+                    (
+                        LoggedValue::Record { serial: now, .. },
+                        Some(LoggedValue::Record { serial: was, .. }),
+                    ) if now < was => {
+                        tracing::error!(
+                            table_serial = now,
+                            logged_serial = was,
+                            "a record is older than its last version in the key log; not \
+                             publishing it (was the database restored from an older copy?)"
+                        );
+                        return Err(LogError::Behind);
+                    }
+                    (now, logged) => logged.as_ref() != Some(now),
+                };
+                if publish {
+                    self.directory
+                        .publish(vec![(label(name), AkdValue(now.to_bytes()))])
+                        .await?;
+                }
+                Ok::<(), LogError>(())
+            })
+            .await?
+    }
+
+    /// What the users table says of `name` now, as the log holds it.
+    async fn current_value(&self, name: &Username) -> Result<LoggedValue, LogError> {
+        if let Some(user) = self.store.get_user(name).await? {
+            return Ok(LoggedValue::Record {
+                identity: user.identity.signing_key,
+                serial: user.serial,
+            });
+        }
+        match self.store.get_moved(name).await? {
+            Some(bytes) => {
+                let statement = MovedStatement::from_bytes(&bytes)
+                    .map_err(|e| LogError::Akd(format!("a stored statement: {e}")))?;
+                LoggedValue::moved(&statement).map_err(LogError::Akd)
+            }
+            None => Ok(LoggedValue::Gone),
+        }
+    }
+}
+
+fn label(name: &Username) -> AkdLabel {
+    AkdLabel(name.as_str().as_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use akd::storage::memory::AsyncInMemoryDatabase;
+
+    use super::*;
+    use crate::transparency::{encode_lookup_proof, verify_lookup, LogHead};
+
+    type MemoryLog = Directory<LogConfiguration, AsyncInMemoryDatabase, LogVrf>;
+
+    fn record(serial: u64) -> LoggedValue {
+        LoggedValue::Record {
+            identity: smvs_crypto::SigningKeyPair::generate().unwrap().public(),
+            serial,
+        }
+    }
+
+    /// What a host checks, against what the directory's akd makes: the latest version is
+    /// proven, an older one or another name's is not, and a head for another epoch or root
+    /// fails.
+    #[tokio::test]
+    async fn a_lookup_proof_shows_the_latest_version_and_nothing_else() {
+        smvs_crypto::init().unwrap();
+        let vrf = LogVrf::derive(&[7; 32]).unwrap();
+        let vrf_key = vrf.get_vrf_public_key().await.unwrap().to_bytes();
+        let log = MemoryLog::new(
+            StorageManager::new_no_cache(AsyncInMemoryDatabase::new()),
+            vrf,
+            AzksParallelismConfig::disabled(),
+        )
+        .await
+        .unwrap();
+        let signer = smvs_crypto::SigningKeyPair::generate().unwrap();
+        let bob = Username::parse("bob").unwrap();
+        let carol = Username::parse("carol").unwrap();
+        let (first, second) = (record(10), record(11));
+        log.publish(vec![
+            (label(&bob), AkdValue(first.to_bytes())),
+            (label(&carol), AkdValue(record(3).to_bytes())),
+        ])
+        .await
+        .unwrap();
+        log.publish(vec![(label(&bob), AkdValue(second.to_bytes()))])
+            .await
+            .unwrap();
+
+        let (proof, at) = log.lookup(label(&bob)).await.unwrap();
+        let head = LogHead::sign(&signer, at.0, at.1, vrf_key);
+        head.verify(&signer.public()).unwrap();
+        let wire = encode_lookup_proof(&proof);
+        let (shown, version) = verify_lookup(&head, &bob, &wire).unwrap();
+        assert_eq!((shown, version), (second.clone(), 2));
+
+        // The same proof is no proof for another name, another root or a later epoch's head.
+        assert!(verify_lookup(&head, &carol, &wire).is_err());
+        let mut rerooted = head.clone();
+        rerooted.root_hash[5] ^= 1;
+        assert!(verify_lookup(&rerooted, &bob, &wire).is_err());
+        let mut other_vrf = head.clone();
+        other_vrf.vrf_key = LogVrf::derive(&[8; 32])
+            .unwrap()
+            .get_vrf_public_key()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(verify_lookup(&other_vrf, &bob, &wire).is_err());
+        // A proof cut short, or junk, is an error, not a panic.
+        assert!(verify_lookup(&head, &bob, &wire[..wire.len() / 2]).is_err());
+        assert!(verify_lookup(&head, &bob, &[0xff; 100]).is_err());
+    }
+}

@@ -1,0 +1,267 @@
+//! Key transparency, the part both sides share: what the directory's key log holds for a name,
+//! its signed head, and checking a look-up's proof against them.
+//!
+//! The log is WhatsApp's Auditable Key Directory (the `akd` crate on the directory, `akd_core`
+//! here): a Merkle tree whose leaves are hidden behind a VRF of the name, so the log shows
+//! neither names nor how many keys anyone has had. Each change of a name's record is a new
+//! *version* in a new *epoch*; the directory signs each epoch's root hash (a [`LogHead`]).
+//! A look-up answer carries a proof that the record it serves is the name's latest version in
+//! the log at that head: a directory that serves one record and logs another, or serves an
+//! older record than its latest (a serial rollback), is caught by the proof alone. A directory
+//! that logs a key the user never made is caught by the user's own host, which watches its
+//! name's versions; one that shows different logs to different people is caught when hosts
+//! compare heads.
+//!
+//! What a version's value holds ([`LoggedValue`]): the identity's signing key and the record's
+//! serial, not the whole record. The rest of a record is either signed by the identity itself
+//! (the transport certificate, session v2's keys) or only says where to knock (the address),
+//! and a name's serials are unique at one directory, so (identity, serial) pins the version.
+//!
+//! Proofs travel as akd's own protobuf encoding (`akd_core::proto`), which its conversions
+//! check field by field; any client or auditor that speaks akd can read them.
+
+use akd_core::ExperimentalConfiguration;
+use akd_core::{AkdLabel, DomainLabel, LookupProof};
+use protobuf::Message;
+use smvs_crypto::{SignContext, Signature, SigningPublicKey};
+use smvs_schema::common_capnp::log_head;
+use smvs_schema::Username;
+
+use crate::record::MovedStatement;
+
+/// The hash domain of SMVS directories' logs.
+#[derive(Clone)]
+pub struct SmvsLogDomain;
+
+impl DomainLabel for SmvsLogDomain {
+    fn domain_label() -> &'static [u8] {
+        b"smvs-directory-key-log-v1"
+    }
+}
+
+/// The log's configuration (hash, commitments, VRF inputs), the same on both sides.
+pub type LogConfiguration = ExperimentalConfiguration<SmvsLogDomain>;
+
+/// What one version of a name holds in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoggedValue {
+    /// A record of this identity at this serial.
+    Record {
+        identity: SigningPublicKey,
+        serial: u64,
+    },
+    /// The name was deregistered.
+    Gone,
+    /// The name's owner moved away: the BLAKE2b-256 of their statement's signed bytes.
+    Moved { statement: [u8; 32] },
+}
+
+const RECORD_TAG: u8 = 1;
+const GONE_TAG: u8 = 0;
+const MOVED_TAG: u8 = 2;
+
+impl LoggedValue {
+    /// The value logged for a moved statement.
+    pub fn moved(statement: &MovedStatement) -> Result<LoggedValue, String> {
+        let digest =
+            smvs_crypto::blake2b_256(&statement.signed_bytes()).map_err(|e| e.to_string())?;
+        Ok(LoggedValue::Moved { statement: digest })
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            LoggedValue::Record { identity, serial } => {
+                let mut out = Vec::with_capacity(41);
+                out.push(RECORD_TAG);
+                out.extend_from_slice(identity.as_bytes());
+                out.extend_from_slice(&serial.to_be_bytes());
+                out
+            }
+            LoggedValue::Gone => vec![GONE_TAG],
+            LoggedValue::Moved { statement } => {
+                let mut out = Vec::with_capacity(33);
+                out.push(MOVED_TAG);
+                out.extend_from_slice(statement);
+                out
+            }
+        }
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<LoggedValue, String> {
+        match bytes.split_first() {
+            Some((&RECORD_TAG, rest)) if rest.len() == 40 => Ok(LoggedValue::Record {
+                identity: SigningPublicKey::from_bytes(&rest[..32]).map_err(|e| e.to_string())?,
+                serial: u64::from_be_bytes(rest[32..].try_into().map_err(|_| "serial")?),
+            }),
+            Some((&GONE_TAG, [])) => Ok(LoggedValue::Gone),
+            Some((&MOVED_TAG, rest)) if rest.len() == 32 => Ok(LoggedValue::Moved {
+                statement: rest.try_into().map_err(|_| "statement")?,
+            }),
+            _ => Err(format!(
+                "a logged value of {} bytes in no known form",
+                bytes.len()
+            )),
+        }
+    }
+}
+
+/// The directory's signed statement of its log at one epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHead {
+    /// The directory that signed it.
+    pub directory: SigningPublicKey,
+    pub epoch: u64,
+    pub root_hash: [u8; 32],
+    /// The VRF key that hides names in this log (derived from the directory's key seed, so it
+    /// changes only with the directory's key).
+    pub vrf_key: [u8; 32],
+    pub signature: Signature,
+}
+
+impl LogHead {
+    /// Signs a head with the directory's key.
+    pub fn sign(
+        key: &smvs_crypto::SigningKeyPair,
+        epoch: u64,
+        root_hash: [u8; 32],
+        vrf_key: [u8; 32],
+    ) -> LogHead {
+        let directory = key.public();
+        let signature = key.sign(
+            SignContext::LogHead,
+            &smvs_schema::canonical::log_head(&directory, epoch, &root_hash, &vrf_key),
+        );
+        LogHead {
+            directory,
+            epoch,
+            root_hash,
+            vrf_key,
+            signature,
+        }
+    }
+
+    /// Checks the signature against the directory key `pinned`.
+    pub fn verify(&self, pinned: &SigningPublicKey) -> Result<(), String> {
+        if &self.directory != pinned {
+            return Err("a log head of another directory".into());
+        }
+        pinned
+            .verify(
+                SignContext::LogHead,
+                &smvs_schema::canonical::log_head(
+                    &self.directory,
+                    self.epoch,
+                    &self.root_hash,
+                    &self.vrf_key,
+                ),
+                &self.signature,
+            )
+            .map_err(|_| "the log head is not signed by the pinned directory key".to_string())
+    }
+
+    pub fn write(&self, mut b: log_head::Builder<'_>) {
+        b.set_directory(self.directory.as_bytes());
+        b.set_epoch(self.epoch);
+        b.set_root_hash(&self.root_hash);
+        b.set_vrf_key(&self.vrf_key);
+        b.set_signature(self.signature.as_bytes());
+    }
+
+    /// Reads one off the wire (lengths checked, the signature not yet).
+    pub fn read(r: log_head::Reader<'_>) -> Result<LogHead, String> {
+        let fixed = |bytes: capnp::Result<&[u8]>, what: &str| -> Result<[u8; 32], String> {
+            bytes
+                .map_err(|e| e.to_string())?
+                .try_into()
+                .map_err(|_| format!("a log head's {what} is not 32 bytes"))
+        };
+        Ok(LogHead {
+            directory: SigningPublicKey::from_bytes(r.get_directory().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?,
+            epoch: r.get_epoch(),
+            root_hash: fixed(r.get_root_hash(), "root hash")?,
+            vrf_key: fixed(r.get_vrf_key(), "VRF key")?,
+            signature: Signature::from_bytes(r.get_signature().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+/// A look-up proof in akd's protobuf encoding.
+pub fn encode_lookup_proof(proof: &LookupProof) -> Vec<u8> {
+    let spec = akd_core::proto::specs::types::LookupProof::from(proof);
+    // Writing to a vector fails only on a message over 2 GiB.
+    spec.write_to_bytes().unwrap_or_default()
+}
+
+/// The largest look-up proof accepted: a proof is a few paths of at most 256 siblings.
+const MAX_PROOF_BYTES: usize = 64 * 1024;
+
+/// Checks that `proof` (as sent) shows, in the log `head` commits to, that `name`'s latest
+/// version holds what it returns. The head's signature must have been checked already.
+pub fn verify_lookup(
+    head: &LogHead,
+    name: &Username,
+    proof: &[u8],
+) -> Result<(LoggedValue, u64), String> {
+    if proof.len() > MAX_PROOF_BYTES {
+        return Err(format!("a look-up proof of {} bytes", proof.len()));
+    }
+    let spec = akd_core::proto::specs::types::LookupProof::parse_from_bytes(proof)
+        .map_err(|e| format!("a look-up proof that does not parse: {e}"))?;
+    let proof = LookupProof::try_from(&spec)
+        .map_err(|e| format!("a look-up proof that does not parse: {e}"))?;
+    let result = akd_core::verify::lookup_verify::<LogConfiguration>(
+        &head.vrf_key,
+        head.root_hash,
+        head.epoch,
+        AkdLabel(name.as_str().as_bytes().to_vec()),
+        proof,
+    )
+    .map_err(|e| format!("the look-up proof does not hold: {e}"))?;
+    Ok((LoggedValue::from_bytes(&result.value)?, result.version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_values_round_trip_and_junk_is_refused() {
+        let identity = smvs_crypto::SigningKeyPair::generate().unwrap().public();
+        for value in [
+            LoggedValue::Record {
+                identity,
+                serial: u64::MAX - 3,
+            },
+            LoggedValue::Gone,
+            LoggedValue::Moved { statement: [7; 32] },
+        ] {
+            assert_eq!(LoggedValue::from_bytes(&value.to_bytes()), Ok(value));
+        }
+        for junk in [
+            &[][..],
+            &[1, 2, 3][..],
+            &[0, 0][..],
+            &[9; 41][..],
+            &[2; 32][..],
+        ] {
+            assert!(LoggedValue::from_bytes(junk).is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn a_head_verifies_only_under_its_directory_and_unchanged() {
+        let key = smvs_crypto::SigningKeyPair::generate().unwrap();
+        let head = LogHead::sign(&key, 9, [1; 32], [2; 32]);
+        head.verify(&key.public()).unwrap();
+        let other = smvs_crypto::SigningKeyPair::generate().unwrap().public();
+        assert!(head.verify(&other).is_err());
+        let mut moved = head.clone();
+        moved.epoch = 10;
+        assert!(moved.verify(&key.public()).is_err());
+        let mut rerooted = head;
+        rerooted.root_hash[0] ^= 1;
+        assert!(rerooted.verify(&key.public()).is_err());
+    }
+}
