@@ -59,6 +59,12 @@ interface Session {
   # as the one left, be signed by the record's identity and dated within 5 minutes. The record
   # is deleted as by deregistration, and lookups of the name answer `moved` with the
   # statement until the name is registered again.
+  keyHistory @6 () -> (head :Common.LogHead, proof :Data);
+  # Every version of this user's name in the directory's key log (akd's HistoryProof, in its
+  # protobuf encoding, for the complete history) at `head`. The owner's host checks that each
+  # version since its last check carries its own identity: a key it never made, logged even
+  # for a moment, shows here (docs/protocol.md, 3.7). Only the owner may ask: the history says
+  # when a record changed.
 }
 
 struct RotateRequest {

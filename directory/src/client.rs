@@ -17,7 +17,7 @@ use crate::error::{ClientError, ErrorCode};
 use crate::record::{
     verify_record, write_identity, write_transport, TransportCertificate, VerifiedRecord,
 };
-use crate::transparency::{LogHead, LoggedValue};
+use crate::transparency::{LogHead, LogPosition, LoggedValue, LoggedVersion};
 
 /// A registration request, signed by the identity it registers.
 #[derive(Debug, Clone)]
@@ -402,7 +402,7 @@ impl DirectoryClient {
             return Ok(LookupAnswer::Moved(moved));
         }
         let mut record = check(r.get_record(), &self.directory_key, Some(username))?;
-        record.log_head = Some(self.check_logged(r, username, &record.logged())?);
+        record.logged_at = Some(self.check_logged(r, username, &record.logged())?);
         Ok(LookupAnswer::Record(record))
     }
 
@@ -414,7 +414,7 @@ impl DirectoryClient {
         r: directory::lookup_results::Reader<'_>,
         username: &Username,
         logged: &LoggedValue,
-    ) -> Result<LogHead, ClientError> {
+    ) -> Result<LogPosition, ClientError> {
         if !r.has_head() || !r.has_proof() {
             return Err(ClientError::Verification(
                 "the answer carries no proof from the directory's key log".into(),
@@ -423,9 +423,8 @@ impl DirectoryClient {
         let head = LogHead::read(r.get_head()?).map_err(ClientError::Verification)?;
         head.verify(&self.directory_key)
             .map_err(ClientError::Verification)?;
-        let (in_log, _version) =
-            crate::transparency::verify_lookup(&head, username, r.get_proof()?)
-                .map_err(ClientError::Verification)?;
+        let (in_log, version) = crate::transparency::verify_lookup(&head, username, r.get_proof()?)
+            .map_err(ClientError::Verification)?;
         if &in_log != logged {
             return Err(ClientError::Verification(format!(
                 "the directory's key log shows another latest version of {username} than the \
@@ -433,7 +432,7 @@ impl DirectoryClient {
                 describe(&in_log)
             )));
         }
-        Ok(head)
+        Ok(LogPosition { head, version })
     }
 
     /// As [`DirectoryClient::lookup`], but a record whose transport certificate expired is
@@ -460,7 +459,7 @@ impl DirectoryClient {
             i64::MIN,
         )
         .map_err(ClientError::Verification)?;
-        record.log_head = Some(self.check_logged(r, username, &record.logged())?);
+        record.logged_at = Some(self.check_logged(r, username, &record.logged())?);
         Ok(record)
     }
 
@@ -611,7 +610,6 @@ impl DirectorySession {
         )
     }
 
-    /// Deletes the record; `deregistration` must be signed by the identity.
     /// Leaves this directory for the one `statement` names (signed by the identity).
     pub async fn leave(
         &self,
@@ -623,6 +621,25 @@ impl DirectorySession {
         Ok(())
     }
 
+    /// Every version of this user's name in the directory's key log, oldest first, and the
+    /// signed head the proof holds against (both checked).
+    pub async fn key_history(&self) -> Result<(LogHead, Vec<LoggedVersion>), ClientError> {
+        let response = self.session.key_history_request().send().promise.await?;
+        let r = response.get()?;
+        if !r.has_head() || !r.has_proof() {
+            return Err(ClientError::Verification(
+                "the answer carries no proof from the directory's key log".into(),
+            ));
+        }
+        let head = LogHead::read(r.get_head()?).map_err(ClientError::Verification)?;
+        head.verify(&self.directory_key)
+            .map_err(ClientError::Verification)?;
+        let versions = crate::transparency::verify_history(&head, &self.username, r.get_proof()?)
+            .map_err(ClientError::Verification)?;
+        Ok((head, versions))
+    }
+
+    /// Deletes the record; `deregistration` must be signed by the identity.
     pub async fn deregister(&self, deregistration: &Deregistration) -> Result<(), ClientError> {
         let mut request = self.session.deregister_request();
         {

@@ -152,9 +152,9 @@ pub struct VerifiedRecord {
     /// The signed bytes and signature, to show to others or store as evidence.
     pub record_bytes: Vec<u8>,
     pub signature: Signature,
-    /// For a look-up's answer, the signed head of the directory's key log whose proof showed
-    /// this record as the name's latest version (`crate::transparency`).
-    pub log_head: Option<crate::transparency::LogHead>,
+    /// For a look-up's answer, where the directory's key log holds this record as the name's
+    /// latest version: the signed head and the version number (`crate::transparency`).
+    pub logged_at: Option<crate::transparency::LogPosition>,
 }
 
 pub(crate) fn write_identity(mut b: identity_bundle::Builder<'_>, id: &IdentityBundle) {
@@ -394,7 +394,7 @@ pub fn verify_record_at(
         directory_key: *directory_key,
         record_bytes: bytes.to_vec(),
         signature,
-        log_head: None,
+        logged_at: None,
     })
 }
 

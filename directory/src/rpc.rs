@@ -24,7 +24,7 @@ use crate::record::{
 };
 use crate::state::Shared;
 use crate::store::{NewKeys, StoreError};
-use crate::transparency::{encode_lookup_proof, LoggedValue};
+use crate::transparency::{encode_history_proof, encode_lookup_proof, LoggedValue};
 
 /// How long a sealed token may be spent.
 pub const TOKEN_LIFETIME_MS: i64 = 60_000;
@@ -727,6 +727,19 @@ impl session::Server for SessionRpc {
         self.alive.set(false);
         tracing::debug!("a user moved to another directory");
         self.shared.publish(&self.username).await;
+        Ok(())
+    }
+
+    async fn key_history(
+        self: Rc<Self>,
+        _: session::KeyHistoryParams,
+        mut results: session::KeyHistoryResults,
+    ) -> Result<(), capnp::Error> {
+        self.check().await?;
+        let (proof, head) = self.shared.history(&self.username).await?;
+        let mut answer = results.get();
+        head.write(answer.reborrow().init_head());
+        answer.set_proof(&encode_history_proof(&proof));
         Ok(())
     }
 }

@@ -64,6 +64,19 @@ impl Shared {
         Ok((proof, head))
     }
 
+    /// A proof of every version of `name` in the key log, and the head it holds against.
+    pub async fn history(&self, name: &Username) -> Result<(akd::HistoryProof, LogHead), Refusal> {
+        let (proof, head) = self.log.history(name).await.map_err(|e| {
+            tracing::warn!(error = %e, "no key log history for an owner");
+            Refusal::new(
+                ErrorCode::Internal,
+                "the key log has no history of this name now; ask again",
+            )
+        })?;
+        let head = LogHead::sign(&self.key, head.0, head.1, self.log.vrf_key());
+        Ok((proof, head))
+    }
+
     /// Refuses a host address of a local kind (loopback, link-local, private, shared, or one
     /// nothing can be sent to) unless the directory serves a LAN or a test
     /// (`--allow-private-host-addresses`). Other users' hosts connect to what the directory

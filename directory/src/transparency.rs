@@ -6,11 +6,13 @@
 //! neither names nor how many keys anyone has had. Each change of a name's record is a new
 //! *version* in a new *epoch*; the directory signs each epoch's root hash (a [`LogHead`]).
 //! A look-up answer carries a proof that the record it serves is the name's latest version in
-//! the log at that head: a directory that serves one record and logs another, or serves an
-//! older record than its latest (a serial rollback), is caught by the proof alone. A directory
-//! that logs a key the user never made is caught by the user's own host, which watches its
-//! name's versions; one that shows different logs to different people is caught when hosts
-//! compare heads.
+//! the log at that head: a directory that serves one record and logs another, or an older
+//! record than the latest of the log it shows, is caught by the proof alone. A directory that
+//! logs a key the user never made is caught by the user's own host, which watches its name's
+//! versions (`keyHistory`). What the proof alone cannot show is that the head is the newest,
+//! or the same one everyone else is shown: a directory that signs an old head (its database
+//! rewound) or keeps a separate log for one victim is caught only by comparing heads over
+//! time and between hosts, which hosts do not do yet (docs/protocol.md, 3.7).
 //!
 //! What a version's value holds ([`LoggedValue`]): the identity's signing key and the record's
 //! serial, not the whole record. The rest of a record is either signed by the identity itself
@@ -20,8 +22,9 @@
 //! Proofs travel as akd's own protobuf encoding (`akd_core::proto`), which its conversions
 //! check field by field; any client or auditor that speaks akd can read them.
 
+use akd_core::verify::history::{HistoryParams, HistoryVerificationParams};
 use akd_core::ExperimentalConfiguration;
-use akd_core::{AkdLabel, DomainLabel, LookupProof};
+use akd_core::{AkdLabel, DomainLabel, HistoryProof, LookupProof};
 use protobuf::Message;
 use smvs_crypto::{SignContext, Signature, SigningPublicKey};
 use smvs_schema::common_capnp::log_head;
@@ -187,6 +190,14 @@ impl LogHead {
     }
 }
 
+/// Where a look-up's proof placed a record: the head it holds against, and the name's version
+/// number (how many changes the log holds of it, the record's included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPosition {
+    pub head: LogHead,
+    pub version: u64,
+}
+
 /// A look-up proof in akd's protobuf encoding.
 pub fn encode_lookup_proof(proof: &LookupProof) -> Vec<u8> {
     let spec = akd_core::proto::specs::types::LookupProof::from(proof);
@@ -211,15 +222,90 @@ pub fn verify_lookup(
         .map_err(|e| format!("a look-up proof that does not parse: {e}"))?;
     let proof = LookupProof::try_from(&spec)
         .map_err(|e| format!("a look-up proof that does not parse: {e}"))?;
-    let result = akd_core::verify::lookup_verify::<LogConfiguration>(
-        &head.vrf_key,
-        head.root_hash,
-        head.epoch,
-        AkdLabel(name.as_str().as_bytes().to_vec()),
-        proof,
-    )
+    // Versions start at 1; akd_core asserts (panics) on a 0 after the existence check, which
+    // a directory that makes its own head can pass.
+    if proof.version == 0 {
+        return Err("a look-up proof of version 0".into());
+    }
+    let result = without_panics(|| {
+        akd_core::verify::lookup_verify::<LogConfiguration>(
+            &head.vrf_key,
+            head.root_hash,
+            head.epoch,
+            AkdLabel(name.as_str().as_bytes().to_vec()),
+            proof,
+        )
+    })?
     .map_err(|e| format!("the look-up proof does not hold: {e}"))?;
     Ok((LoggedValue::from_bytes(&result.value)?, result.version))
+}
+
+/// Runs a proof check of akd_core's, whose input comes from a directory (perhaps one a contact
+/// runs): an assertion it trips is a refused proof, never a crashed host.
+fn without_panics<T>(check: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(check))
+        .map_err(|_| "a proof that trips the verifier's own checks".to_string())
+}
+
+/// A history proof in akd's protobuf encoding.
+pub fn encode_history_proof(proof: &HistoryProof) -> Vec<u8> {
+    let spec = akd_core::proto::specs::types::HistoryProof::from(proof);
+    spec.write_to_bytes().unwrap_or_default()
+}
+
+/// The largest history proof accepted. A version costs two membership proofs (about 1.5 KiB
+/// in a log of a million names); a host renews every 15 days, so this is decades of history.
+const MAX_HISTORY_BYTES: usize = 4 * 1024 * 1024;
+
+/// One version of a name, as its history proof shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedVersion {
+    pub version: u64,
+    /// The epoch the version was published in.
+    pub epoch: u64,
+    pub value: LoggedValue,
+}
+
+/// Checks that `proof` (as sent) shows, in the log `head` commits to, every version of
+/// `name`; returns them, oldest first. The head's signature must have been checked already.
+pub fn verify_history(
+    head: &LogHead,
+    name: &Username,
+    proof: &[u8],
+) -> Result<Vec<LoggedVersion>, String> {
+    if proof.len() > MAX_HISTORY_BYTES {
+        return Err(format!("a history proof of {} bytes", proof.len()));
+    }
+    let spec = akd_core::proto::specs::types::HistoryProof::parse_from_bytes(proof)
+        .map_err(|e| format!("a history proof that does not parse: {e}"))?;
+    let proof = HistoryProof::try_from(&spec)
+        .map_err(|e| format!("a history proof that does not parse: {e}"))?;
+    let results = without_panics(|| {
+        akd_core::verify::key_history_verify::<LogConfiguration>(
+            &head.vrf_key,
+            head.root_hash,
+            head.epoch,
+            AkdLabel(name.as_str().as_bytes().to_vec()),
+            proof,
+            HistoryVerificationParams::Default {
+                history_params: HistoryParams::Complete,
+            },
+        )
+    })?
+    .map_err(|e| format!("the history proof does not hold: {e}"))?;
+    let mut versions = results
+        .into_iter()
+        .map(|r| {
+            Ok(LoggedVersion {
+                version: r.version,
+                epoch: r.epoch,
+                value: LoggedValue::from_bytes(&r.value)?,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    // akd has checked that a complete history is versions 1..=n, newest first.
+    versions.sort_by_key(|v| v.version);
+    Ok(versions)
 }
 
 #[cfg(test)]

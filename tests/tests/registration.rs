@@ -124,6 +124,17 @@ async fn login_update_rotate_deregister(backend: Backend) {
     assert_eq!(moved.user.host_address, new_host);
     assert!(moved.user.serial > first.user.serial, "serial must grow");
 
+    // Each change is a version of the name in the key log, at a later epoch; a look-up's proof
+    // holds against the newest head, and the owner's history shows every version.
+    let seen = client.lookup(&alice.username).await.unwrap();
+    let at = seen.logged_at.expect("a look-up carries its log position");
+    assert_eq!(at.version, 2);
+    let (head, versions) = session.key_history().await.unwrap();
+    assert_eq!(head.epoch, at.head.epoch);
+    let logged: Vec<_> = versions.iter().map(|v| v.value.clone()).collect();
+    assert_eq!(logged, vec![first.logged(), moved.logged()]);
+    assert!(versions[0].epoch < versions[1].epoch && versions[1].epoch <= head.epoch);
+
     // A rotation signed by the wrong (new) key is refused; one signed by the old key is taken.
     let new_identity = IdentityKeys::generate().unwrap();
     let new_transport = AgreementKeyPair::generate().unwrap();
@@ -483,6 +494,29 @@ fn two_directory_processes_share_one_postgres() {
             b.lookup(&alice.username).await.unwrap().user.identity,
             alice.identity.bundle()
         );
+        // Both processes publish to one key log at once: every epoch is written by one of
+        // them, and every record is proven by either.
+        let users: Vec<TestUser> = (0..6)
+            .map(|i| TestUser::new(&format!("user{i}"), "127.0.0.1:7421").unwrap())
+            .collect();
+        let registered = futures::future::join_all(users.iter().enumerate().map(|(i, u)| {
+            let (client, key) = if i % 2 == 0 {
+                (&a, &first.key)
+            } else {
+                (&b, &second.key)
+            };
+            let request = u.registration(key);
+            async move { client.register(&request).await }
+        }))
+        .await;
+        for (user, record) in users.iter().zip(registered) {
+            let record = record.unwrap();
+            for client in [&a, &b] {
+                let seen = client.lookup(&user.username).await.unwrap();
+                assert_eq!(seen.logged(), record.logged());
+                assert_eq!(seen.logged_at.unwrap().version, 1);
+            }
+        }
         // A challenge issued by one process is answered at the other.
         let sealed = a.challenge("alice").await.unwrap();
         let plaintext = alice.identity.agreement.open_sealed(&sealed).unwrap();

@@ -573,3 +573,113 @@ fn a_user_moves_to_another_directory_and_contacts_follow_without_an_alarm() {
     alice.send("bob", "after the restart").unwrap();
     bob.wait_history("alice", LIMIT, |h| h.len() == 2).unwrap();
 }
+
+/// The key log's head and version for `user` at `dir`, and the identity served (hex).
+fn logged_at(dir: &DirectoryProcess, user: &str) -> (u64, u64, String) {
+    run_local(async {
+        let client = dir.client().await.unwrap();
+        let record = client
+            .lookup(&Username::parse(user).unwrap())
+            .await
+            .unwrap();
+        let at = record
+            .logged_at
+            .expect("a look-up answer carries its log position");
+        (
+            at.head.epoch,
+            at.version,
+            record.user.identity.signing_key.to_hex(),
+        )
+    })
+    .unwrap()
+}
+
+/// Waits until `host`'s logs hold `count` lines with `needle`; returns those lines.
+fn wait_log_lines(host: &HostProcess, needle: &str, count: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let lines: Vec<String> = host
+            .logs()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect();
+        if lines.len() >= count || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A directory whose database is tampered with shows alice a key bob never made, for as long
+/// as one look-up, and then serves bob's own record again: the look-up proof makes it log that
+/// key as a version of bob's name (each answer's head is a later epoch), and bob's host, which
+/// reads its name's history at its next check, finds it there and raises the alarm, once.
+#[test]
+fn a_key_shown_for_one_lookup_stays_in_the_log_and_its_owner_finds_it() {
+    let rt = runtime().unwrap();
+    let a = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    let mut bob = HostProcess::start("bob", &a, "127.0.0.2", &[]).unwrap();
+    bob.register().unwrap();
+    let (first_epoch, first_version, bob_key) = logged_at(&a, "bob");
+
+    // The attacker keeps bob's row aside, forges it, lets one look-up happen, and puts it back.
+    let db_path = a.db.strip_prefix("sqlite:").unwrap().to_owned();
+    let db = rusqlite::Connection::open(&db_path).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+    db.execute_batch("CREATE TABLE kept AS SELECT * FROM users WHERE username = 'bob'")
+        .unwrap();
+    let forged = forge_identity(&a, "bob");
+    let (forged_epoch, forged_version, shown) = logged_at(&a, "bob");
+    assert_eq!(shown, forged, "the tampered row is what a look-up serves");
+    assert!(forged_epoch > first_epoch && forged_version == first_version + 1);
+    db.execute_batch(
+        "BEGIN IMMEDIATE;
+         DELETE FROM users WHERE username = 'bob';
+         INSERT INTO users SELECT * FROM kept;
+         DROP TABLE kept;
+         COMMIT;",
+    )
+    .unwrap();
+    let (restored_epoch, restored_version, shown) = logged_at(&a, "bob");
+    assert_eq!(shown, bob_key, "bob's own record is served again");
+    assert!(restored_epoch > forged_epoch && restored_version == forged_version + 1);
+
+    // bob's host checks its name at start: the look-up shows its own key, the history does not.
+    bob.stop().unwrap();
+    bob.start_again().unwrap();
+    let alarms = wait_log_lines(&bob, "3e9b0d6f4c21478a8e5f1a7c2b9d6e40", 2);
+    let forged_line = alarms
+        .iter()
+        .find(|l| l.contains(&forged[..16]))
+        .unwrap_or_else(|| panic!("no alarm naming the forged key in {alarms:?}"));
+    assert!(
+        forged_line.contains(&format!("version={forged_version}"))
+            && forged_line.contains("key log"),
+        "{forged_line}"
+    );
+    // The record put back keeps the serial of the one before the forgery: an old record
+    // logged again as newer, which is an alarm too.
+    assert!(
+        alarms
+            .iter()
+            .any(|l| l.contains(&format!("version={restored_version}"))),
+        "{alarms:?}"
+    );
+    let raised = alarms.len();
+
+    // Checked up to its own latest version: a restart (whose start-up check is done when
+    // it is up) does not raise it again, and nothing was logged under the name meanwhile.
+    bob.stop().unwrap();
+    bob.start_again().unwrap();
+    let (_, version_now, _) = logged_at(&a, "bob");
+    assert_eq!(version_now, restored_version);
+    let logs = bob.logs();
+    assert_eq!(
+        logs.matches("3e9b0d6f4c21478a8e5f1a7c2b9d6e40").count(),
+        raised,
+        "{logs}"
+    );
+}

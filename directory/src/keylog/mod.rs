@@ -21,7 +21,9 @@ use std::sync::Arc;
 use akd::directory::Directory;
 use akd::ecvrf::{VRFKeyStorage, VrfError};
 use akd::storage::StorageManager;
-use akd::{AkdLabel, AkdValue, AzksParallelismConfig, EpochHash, LookupProof};
+use akd::{
+    AkdLabel, AkdValue, AzksParallelismConfig, EpochHash, HistoryParams, HistoryProof, LookupProof,
+};
 use smvs_crypto::{CryptoError, Zeroizing};
 use smvs_schema::Username;
 
@@ -76,8 +78,22 @@ pub enum LogError {
 }
 
 impl From<akd::errors::AkdError> for LogError {
+    /// akd's messages may hold the label (the username, in clear), and these errors are
+    /// logged: only the kind is kept, and our store's own message (which names no one).
     fn from(e: akd::errors::AkdError) -> Self {
-        LogError::Akd(e.to_string())
+        use akd::errors::{AkdError, StorageError};
+        LogError::Akd(match e {
+            AkdError::Storage(StorageError::Connection(store)) => format!("the store: {store}"),
+            AkdError::Storage(StorageError::NotFound(_)) => "a name or node not in the log".into(),
+            AkdError::Storage(_) => "a storage error".into(),
+            AkdError::TreeNode(_) => "a tree node error".into(),
+            AkdError::Directory(_) => "a directory error".into(),
+            AkdError::AzksErr(_) => "a tree error".into(),
+            AkdError::Vrf(_) => "a VRF error".into(),
+            AkdError::AuditErr(_) => "an audit error".into(),
+            AkdError::Parallelism(_) => "a parallelism error".into(),
+            AkdError::TestErr(_) => "a test error".into(),
+        })
     }
 }
 
@@ -89,6 +105,8 @@ pub struct KeyLog {
 
 struct Inner {
     directory: LogDirectory,
+    /// The same storage akd's directory writes through, for reading versions directly.
+    storage: LogStorage,
     store: Store,
     vrf_key: [u8; 32],
     /// One publication at a time in this process (the store's lock covers other processes).
@@ -114,6 +132,7 @@ impl KeyLog {
         Ok(KeyLog {
             inner: Arc::new(Inner {
                 directory,
+                storage: LogStorage::new(store.clone()),
                 store,
                 vrf_key,
                 publishing: tokio::sync::Mutex::new(()),
@@ -158,6 +177,18 @@ impl KeyLog {
         Ok((proof, head))
     }
 
+    /// A proof of every version of `name` in the log (for its owner's host to check), and the
+    /// epoch and root hash it holds against. The log is brought in step with the users table
+    /// first, so the history ends at the record the owner would be answered.
+    pub async fn history(&self, name: &Username) -> Result<(HistoryProof, EpochHash), LogError> {
+        self.sync(name).await?;
+        Ok(self
+            .inner
+            .directory
+            .key_history(&label(name), HistoryParams::Complete)
+            .await?)
+    }
+
     /// The VRF key that hides names in the log (its public half).
     pub fn vrf_key(&self) -> [u8; 32] {
         self.inner.vrf_key
@@ -170,36 +201,43 @@ impl Inner {
         self.store
             .with_log_lock(async {
                 let now = self.current_value(name).await?;
-                let logged = self
-                    .directory
-                    .lookup(label(name))
-                    .await
-                    .ok()
-                    .map(|(proof, _)| proof.value.0);
-                let logged = logged
-                    .map(|bytes| LoggedValue::from_bytes(&bytes))
-                    .transpose()
+                let history = self
+                    .storage
+                    .values(&label(name).0)
+                    .await?
+                    .iter()
+                    .map(|value| LoggedValue::from_bytes(&value.0))
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(LogError::Akd)?;
-                let publish = match (&now, &logged) {
+                // The highest serial any version ever had: a name's serials only grow.
+                let floor = history
+                    .iter()
+                    .filter_map(|v| match v {
+                        LoggedValue::Record { serial, .. } => Some(*serial),
+                        _ => None,
+                    })
+                    .max();
+                let logged = history.last();
+                let publish = match (&now, logged) {
                     // Never logged and not there: nothing to say.
                     (LoggedValue::Gone, None) => false,
-                    // Serials only grow: a table behind its own log was restored from an
-                    // older copy (or tampered with). Publishing it would serve an older
-                    // record as the newest; every look-up of the name fails instead, and the
-                    // operator is told.
-                    (
-                        LoggedValue::Record { serial: now, .. },
-                        Some(LoggedValue::Record { serial: was, .. }),
-                    ) if now < was => {
+                    // A table behind its own log was restored from an older copy (or
+                    // tampered with). Publishing it would serve an older record as the
+                    // newest (after a later version, or after the name was deregistered or
+                    // moved away); every look-up of the name fails instead, and the operator
+                    // is told.
+                    (LoggedValue::Record { serial: now, .. }, _)
+                        if floor.is_some_and(|was| *now < was) =>
+                    {
                         tracing::error!(
                             table_serial = now,
-                            logged_serial = was,
-                            "a record is older than its last version in the key log; not \
-                             publishing it (was the database restored from an older copy?)"
+                            logged_serial = floor,
+                            "a record is older than a version in the key log; not publishing \
+                             it (was the database restored from an older copy?)"
                         );
                         return Err(LogError::Behind);
                     }
-                    (now, logged) => logged.as_ref() != Some(now),
+                    (now, logged) => logged != Some(now),
                 };
                 if publish {
                     self.directory
@@ -239,7 +277,9 @@ mod tests {
     use akd::storage::memory::AsyncInMemoryDatabase;
 
     use super::*;
-    use crate::transparency::{encode_lookup_proof, verify_lookup, LogHead};
+    use crate::transparency::{
+        encode_history_proof, encode_lookup_proof, verify_history, verify_lookup, LogHead,
+    };
 
     type MemoryLog = Directory<LogConfiguration, AsyncInMemoryDatabase, LogVrf>;
 
@@ -302,5 +342,67 @@ mod tests {
         // A proof cut short, or junk, is an error, not a panic.
         assert!(verify_lookup(&head, &bob, &wire[..wire.len() / 2]).is_err());
         assert!(verify_lookup(&head, &bob, &[0xff; 100]).is_err());
+        // Version 0 (which akd_core asserts against) is refused, not a panic.
+        let mut zero = proof.clone();
+        zero.version = 0;
+        assert!(verify_lookup(&head, &bob, &encode_lookup_proof(&zero)).is_err());
+    }
+
+    /// The owner's view: every version, oldest first, with the epoch it was published in; a
+    /// proof that leaves a version out, or one shown against another name or root, fails.
+    #[tokio::test]
+    async fn a_history_proof_shows_every_version_in_order() {
+        smvs_crypto::init().unwrap();
+        let vrf = LogVrf::derive(&[9; 32]).unwrap();
+        let vrf_key = vrf.get_vrf_public_key().await.unwrap().to_bytes();
+        let log = MemoryLog::new(
+            StorageManager::new_no_cache(AsyncInMemoryDatabase::new()),
+            vrf,
+            AzksParallelismConfig::disabled(),
+        )
+        .await
+        .unwrap();
+        let signer = smvs_crypto::SigningKeyPair::generate().unwrap();
+        let bob = Username::parse("bob").unwrap();
+        let carol = Username::parse("carol").unwrap();
+        let values = [record(1), record(2), LoggedValue::Gone, record(1)];
+        for value in &values {
+            log.publish(vec![(label(&bob), AkdValue(value.to_bytes()))])
+                .await
+                .unwrap();
+            log.publish(vec![(label(&carol), AkdValue(record(7).to_bytes()))])
+                .await
+                .unwrap();
+        }
+        let (proof, at) = log
+            .key_history(&label(&bob), HistoryParams::Complete)
+            .await
+            .unwrap();
+        let head = LogHead::sign(&signer, at.0, at.1, vrf_key);
+        let wire = encode_history_proof(&proof);
+        let shown = verify_history(&head, &bob, &wire).unwrap();
+        assert_eq!(
+            shown.iter().map(|v| v.value.clone()).collect::<Vec<_>>(),
+            values.to_vec()
+        );
+        assert_eq!(
+            shown
+                .iter()
+                .map(|v| (v.version, v.epoch))
+                .collect::<Vec<_>>(),
+            vec![(1, 1), (2, 3), (3, 5), (4, 7)]
+        );
+
+        assert!(verify_history(&head, &carol, &wire).is_err());
+        let mut rerooted = head.clone();
+        rerooted.root_hash[0] ^= 1;
+        assert!(verify_history(&rerooted, &bob, &wire).is_err());
+        let mut short = proof.clone();
+        short.update_proofs.remove(1);
+        assert!(verify_history(&head, &bob, &encode_history_proof(&short)).is_err());
+        let mut recent = proof;
+        recent.update_proofs.truncate(2);
+        assert!(verify_history(&head, &bob, &encode_history_proof(&recent)).is_err());
+        assert!(verify_history(&head, &bob, &wire[..wire.len() / 2]).is_err());
     }
 }

@@ -62,6 +62,25 @@ impl LogStorage {
     }
 }
 
+impl LogStorage {
+    /// Every value `label` has had in the log, oldest first, read straight from the store: an
+    /// error here is the store's, never taken for "no versions" (akd's own look-up calls any
+    /// error "not found").
+    pub async fn values(&self, label: &[u8]) -> Result<Vec<AkdValue>, StoreError> {
+        let rows = self
+            .store
+            .log_values(label.to_vec(), WhichVersion::All)
+            .await?;
+        rows.iter()
+            .map(|bytes| {
+                postcard::from_bytes::<ValueState>(bytes)
+                    .map(|state| state.value)
+                    .map_err(|e| StoreError::Corrupt(format!("a key log version: {e}")))
+            })
+            .collect()
+    }
+}
+
 fn fault(e: StoreError) -> StorageError {
     StorageError::Connection(e.to_string())
 }
@@ -90,7 +109,13 @@ impl Database for LogStorage {
         // Keyed by id, so a record written twice in one batch is written once, as its last.
         let mut nodes = HashMap::new();
         let mut values = HashMap::new();
+        // The tree's root record names the epoch this batch completes: the store writes the
+        // batch only if its epoch is the one before (see `Store::log_put`).
+        let mut epoch = None;
         for record in records {
+            if let DbRecord::Azks(azks) = &record {
+                epoch = Some(azks.latest_epoch);
+            }
             match record {
                 DbRecord::ValueState(mut state) => {
                     let label = std::mem::take(&mut state.username.0);
@@ -114,7 +139,11 @@ impl Database for LogStorage {
             }
         }
         self.store
-            .log_put(nodes.into_iter().collect(), values.into_values().collect())
+            .log_put(
+                nodes.into_iter().collect(),
+                values.into_values().collect(),
+                epoch,
+            )
             .await
             .map_err(fault)
     }
@@ -123,7 +152,8 @@ impl Database for LogStorage {
         let mut found = self.batch_get::<St>(std::slice::from_ref(id)).await?;
         found
             .pop()
-            .ok_or_else(|| StorageError::NotFound(format!("{:?} {id:?}", St::data_type())))
+            // Not the id: a version's id holds the name in clear, and errors get logged.
+            .ok_or_else(|| StorageError::NotFound(format!("{:?}", St::data_type())))
     }
 
     async fn batch_get<St: Storable>(

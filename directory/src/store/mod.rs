@@ -42,6 +42,8 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("hashing a name: {0}")]
     Crypto(#[from] CryptoError),
+    #[error("the key log's epoch {0} was written by another publisher first")]
+    LogConflict(u64),
 }
 
 /// The key deregistered names are kept under: a keyed BLAKE2b-256 (libsodium's
@@ -233,10 +235,11 @@ impl Store {
         &self,
         nodes: Vec<(Vec<u8>, Vec<u8>)>,
         values: Vec<LogValueRow>,
+        epoch: Option<u64>,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(s) => s.log_put(nodes, values).await,
-            Store::Postgres(s) => s.log_put(nodes, values).await,
+            Store::Sqlite(s) => s.log_put(nodes, values, epoch).await,
+            Store::Postgres(s) => s.log_put(nodes, values, epoch).await,
         }
     }
 

@@ -67,6 +67,9 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (label, epoch)
     );
     CREATE INDEX log_values_version ON log_values (label, version);",
+    // 7: the key log's latest epoch, which each epoch's write moves on by one (compare and
+    // swap): two publishers can never both write an epoch N+1.
+    "CREATE TABLE log_epoch (one SMALLINT PRIMARY KEY CHECK (one = 0), epoch BIGINT NOT NULL);",
 ];
 
 /// The migration after whose SQL [`PgStore::hash_old_floors`] runs.
@@ -446,20 +449,31 @@ impl PgStore {
         &self,
         work: impl std::future::Future<Output = T>,
     ) -> Result<T, StoreError> {
+        use futures::FutureExt;
         let c = self.log_lock.lock().await;
         c.execute("SELECT pg_advisory_lock($1)", &[&LOG_LOCK])
             .await?;
-        let result = work.await;
-        c.execute("SELECT pg_advisory_unlock($1)", &[&LOG_LOCK])
-            .await?;
+        // A panic in `work` must not leave the lock held by this session for good (it is
+        // the server's, not this guard's): caught, unlocked, then carried on. A connection
+        // lost half-way frees the lock early; log_put's compare and swap then refuses the
+        // loser's epoch.
+        let result = std::panic::AssertUnwindSafe(work).catch_unwind().await;
+        let unlocked = c
+            .execute("SELECT pg_advisory_unlock($1)", &[&LOG_LOCK])
+            .await;
+        let result = result.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        unlocked?;
         Ok(result)
     }
 
-    /// One statement, so one transaction: an epoch is written whole or not at all.
+    /// One statement, so one transaction: an epoch is written whole or not at all, and only
+    /// if the stored epoch is the one before it (`epoch`, when the write carries the tree's
+    /// root record).
     pub async fn log_put(
         &self,
         nodes: Vec<(Vec<u8>, Vec<u8>)>,
         values: Vec<LogValueRow>,
+        epoch: Option<u64>,
     ) -> Result<(), StoreError> {
         let (ids, records): (Vec<Vec<u8>>, Vec<Vec<u8>>) = nodes.into_iter().unzip();
         let mut labels = Vec::with_capacity(values.len());
@@ -472,19 +486,44 @@ impl PgStore {
             versions.push(v.version as i64);
             value_records.push(v.record);
         }
-        self.client()
-            .execute(
-                "WITH nodes AS (
+        // `created` (epoch 0, the empty tree) and `moved` (epoch N from N-1) yield a row only
+        // if they swapped; the nodes and values are written only then. A write without the
+        // root record has nothing to swap ($7 is NULL) and goes through.
+        let epoch = epoch.map(|e| e as i64);
+        let row = self
+            .client()
+            .query_one(
+                "WITH created AS (
+                    INSERT INTO log_epoch (one, epoch) SELECT 0, 0 WHERE $7::int8 = 0
+                    ON CONFLICT (one) DO NOTHING RETURNING 1),
+                 moved AS (
+                    UPDATE log_epoch SET epoch = $7::int8
+                    WHERE $7::int8 > 0 AND epoch = $7::int8 - 1 RETURNING 1),
+                 go AS (SELECT 1 WHERE $7::int8 IS NULL
+                        OR EXISTS (SELECT 1 FROM created) OR EXISTS (SELECT 1 FROM moved)),
+                 nodes AS (
                     INSERT INTO log_nodes (id, record)
-                    SELECT * FROM UNNEST($1::bytea[], $2::bytea[])
-                    ON CONFLICT (id) DO UPDATE SET record = excluded.record)
-                 INSERT INTO log_values (label, epoch, version, record)
-                 SELECT * FROM UNNEST($3::bytea[], $4::int8[], $5::int8[], $6::bytea[])
-                 ON CONFLICT (label, epoch) DO UPDATE
-                    SET version = excluded.version, record = excluded.record",
-                &[&ids, &records, &labels, &epochs, &versions, &value_records],
+                    SELECT * FROM UNNEST($1::bytea[], $2::bytea[]) WHERE EXISTS (SELECT 1 FROM go)
+                    ON CONFLICT (id) DO UPDATE SET record = excluded.record),
+                 vals AS (
+                    INSERT INTO log_values (label, epoch, version, record)
+                    SELECT * FROM UNNEST($3::bytea[], $4::int8[], $5::int8[], $6::bytea[])
+                    WHERE EXISTS (SELECT 1 FROM go))
+                 SELECT EXISTS (SELECT 1 FROM go)",
+                &[
+                    &ids,
+                    &records,
+                    &labels,
+                    &epochs,
+                    &versions,
+                    &value_records,
+                    &epoch,
+                ],
             )
             .await?;
+        if !row.get::<_, bool>(0) {
+            return Err(StoreError::LogConflict(epoch.unwrap_or_default() as u64));
+        }
         Ok(())
     }
 
@@ -507,7 +546,7 @@ impl PgStore {
         let label = self.names.hash_bytes(&label)?;
         let (sql, arg): (&str, i64) = match which {
             WhichVersion::All => (
-                "SELECT record FROM log_values WHERE label = $1 AND $2 = 0 ORDER BY epoch",
+                "SELECT record FROM log_values WHERE label = $1 AND $2::int8 = 0 ORDER BY epoch",
                 0,
             ),
             WhichVersion::Version(v) => (
@@ -524,12 +563,12 @@ impl PgStore {
                 e as i64,
             ),
             WhichVersion::Latest => (
-                "SELECT record FROM log_values WHERE label = $1 AND $2 = 0
+                "SELECT record FROM log_values WHERE label = $1 AND $2::int8 = 0
                  ORDER BY epoch DESC LIMIT 1",
                 0,
             ),
             WhichVersion::First => (
-                "SELECT record FROM log_values WHERE label = $1 AND $2 = 0
+                "SELECT record FROM log_values WHERE label = $1 AND $2::int8 = 0
                  ORDER BY epoch LIMIT 1",
                 0,
             ),

@@ -64,6 +64,9 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (label, epoch)
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX log_values_version ON log_values (label, version);",
+    // 7: the key log's latest epoch, which each epoch's write moves on by one (compare and
+    // swap): two publishers can never both write an epoch N+1.
+    "CREATE TABLE log_epoch (one INTEGER PRIMARY KEY CHECK (one = 0), epoch INTEGER NOT NULL) STRICT;",
 ];
 
 impl SqliteStore {
@@ -352,14 +355,12 @@ impl SqliteStore {
     }
 }
 
-/// Deletes `name`'s record and tokens, keeping only the keyed hash of the name with its last
-/// serial (no key, no address), so that a later registration of the same name still gets a
-/// higher serial and stale answers stay detectable. False: there was no record.
 impl SqliteStore {
     pub async fn log_put(
         &self,
         nodes: Vec<(Vec<u8>, Vec<u8>)>,
         values: Vec<LogValueRow>,
+        epoch: Option<u64>,
     ) -> Result<(), StoreError> {
         let values = values
             .into_iter()
@@ -367,6 +368,21 @@ impl SqliteStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         // One job, one savepoint: an epoch is written whole or not at all.
         self.call(move |c| {
+            if let Some(epoch) = epoch {
+                let moved = match epoch {
+                    0 => c.execute(
+                        "INSERT INTO log_epoch VALUES (0, 0) ON CONFLICT (one) DO NOTHING",
+                        [],
+                    )?,
+                    _ => c.execute(
+                        "UPDATE log_epoch SET epoch = ?1 WHERE epoch = ?2",
+                        params![epoch as i64, (epoch - 1) as i64],
+                    )?,
+                };
+                if moved != 1 {
+                    return Err(StoreError::LogConflict(epoch));
+                }
+            }
             let mut node = c.prepare_cached(
                 "INSERT INTO log_nodes (id, record) VALUES (?1, ?2)
                      ON CONFLICT (id) DO UPDATE SET record = excluded.record",
@@ -375,9 +391,7 @@ impl SqliteStore {
                 node.execute(params![id, record])?;
             }
             let mut value = c.prepare_cached(
-                "INSERT INTO log_values (label, epoch, version, record) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (label, epoch) DO UPDATE
-                        SET version = excluded.version, record = excluded.record",
+                "INSERT INTO log_values (label, epoch, version, record) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for (label, v) in &values {
                 value.execute(params![label, v.epoch as i64, v.version as i64, v.record])?;

@@ -355,7 +355,7 @@ mod tests {
             issued_at: 0,
             directory_key: dir(directory),
             record_bytes: Vec::new(),
-            log_head: None,
+            logged_at: None,
             signature: Signature::from_bytes(&[0; 64]).unwrap(),
         }
     }

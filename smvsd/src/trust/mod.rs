@@ -44,6 +44,7 @@ use crate::storage::Storage;
 
 mod directories;
 mod judge;
+mod own_log;
 
 use directories::{equivocation, lookup_all, DirectoryLink};
 pub use directories::{Answers, DIRECTORY_TIMEOUT};
@@ -1115,7 +1116,21 @@ impl Trust {
         } else {
             None
         };
-        if !transport_due && !address_moved && session_keys.is_none() {
+        // Our name's versions in the directory's key log: judged when the look-up shows one
+        // we have not (own_log). A log now shorter than where we checked is a new log (the
+        // directory's database replaced) or a different one shown to us: said, and judged
+        // whole.
+        let checked = self.own_log_checked(link).await?;
+        let version = record.logged_at.as_ref().map(|at| at.version);
+        let checked = match (version, checked) {
+            (Some(now), Some(was)) if now < was => {
+                smvs_service::security_event!(warn, smvs_service::logging::OWN_RECORD_CHANGED, directory = %link.name(), version = now, checked_version = was, "the directory's key log holds fewer versions of this host's user than when last checked: its log was replaced");
+                None
+            }
+            (_, checked) => checked,
+        };
+        let history_due = version.is_some_and(|now| checked.is_none_or(|was| now > was));
+        if !transport_due && !address_moved && session_keys.is_none() && !history_due {
             return Ok(None);
         }
         if address_moved || record.user.transport_key != transport_key {
@@ -1141,6 +1156,12 @@ impl Trust {
             })
             .await
             .map_err(failed)?;
+        if history_due {
+            self.check_own_log(link, &session, me, checked).await?;
+        }
+        if !transport_due && !address_moved && session_keys.is_none() {
+            return Ok(None);
+        }
         let mut record = record;
         if transport_due {
             let certificate = self
