@@ -4,6 +4,8 @@
 # A refusal and a "try later" are typed answers (DeliveryOutcome); a Cap'n Proto exception means
 # the link itself failed and the envelope is resent on the next link.
 
+using Common = import "common.capnp";
+
 interface HostLink {
   deliver @0 (envelope :Envelope) -> (outcome :DeliveryOutcome);
   # Returns a receipt only once the receiving host has stored the envelope durably (or already
@@ -95,6 +97,10 @@ struct InnerMessage {
     call @8 :CallSignal;        # call signalling: handed to the call manager, never stored
     introduction @9 :Introduction;  # the sender vouches for a third user's directory record
   }
+  logHeads @10 :List(Common.LogHead);
+  # The last key log head the sender's host checked at each of its directories (the first
+  # message of a batch carries them): the receiver compares them with its own, so a directory
+  # that shows the two a different log is caught (docs/protocol.md, 3.7). At most 8 are read.
   struct Introduction {
     # A directory's signed record of another user, as the sender pinned it (`smvsctl introduce
     # USER TO`): the receiver may pin that user from it, "introduced by" the sender, without

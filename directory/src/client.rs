@@ -17,7 +17,7 @@ use crate::error::{ClientError, ErrorCode};
 use crate::record::{
     verify_record, write_identity, write_transport, TransportCertificate, VerifiedRecord,
 };
-use crate::transparency::{LogHead, LogPosition, LoggedValue, LoggedVersion};
+use crate::transparency::{LogChain, LogHead, LogPosition, LoggedValue, LoggedVersion};
 
 /// A registration request, signed by the identity it registers.
 #[derive(Debug, Clone)]
@@ -336,6 +336,34 @@ impl DirectoryClient {
         let key = SigningPublicKey::from_bytes(r.get_directory_key()?)
             .map_err(|e| ClientError::Verification(e.to_string()))?;
         Ok((key, r.get_time()))
+    }
+
+    /// The key log's roots from epoch `from` to a later signed head (at most 256 epochs on),
+    /// checked: the head is this directory's, and the append-only proof holds between them.
+    pub async fn log_consistency(&self, from: u64) -> Result<LogChain, ClientError> {
+        let mut request = self.directory.log_consistency_request();
+        request.get().set_from(from);
+        let response = request.send().promise.await?;
+        let r = response.get()?;
+        let head = LogHead::read(r.get_head()?).map_err(ClientError::Verification)?;
+        head.verify(&self.directory_key)
+            .map_err(ClientError::Verification)?;
+        let list = r.get_roots()?;
+        if u64::from(list.len()) > crate::transparency::MAX_CONSISTENCY_EPOCHS + 1 {
+            return Err(ClientError::Verification(format!(
+                "a consistency answer of {} roots",
+                list.len()
+            )));
+        }
+        let mut roots = Vec::with_capacity(list.len() as usize);
+        for root in list.iter() {
+            roots.push(<[u8; 32]>::try_from(root?).map_err(|_| {
+                ClientError::Verification("a log root that is not 32 bytes".into())
+            })?);
+        }
+        crate::transparency::verify_consistency(from, roots, head, r.get_proof()?)
+            .await
+            .map_err(ClientError::Verification)
     }
 
     pub async fn register(&self, reg: &Registration) -> Result<VerifiedRecord, ClientError> {

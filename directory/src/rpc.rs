@@ -24,7 +24,9 @@ use crate::record::{
 };
 use crate::state::Shared;
 use crate::store::{NewKeys, StoreError};
-use crate::transparency::{encode_history_proof, encode_lookup_proof, LoggedValue};
+use crate::transparency::{
+    encode_append_only_proof, encode_history_proof, encode_lookup_proof, LoggedValue,
+};
 
 /// How long a sealed token may be spent.
 pub const TOKEN_LIFETIME_MS: i64 = 60_000;
@@ -389,6 +391,26 @@ impl directory::Server for DirectoryRpc {
         r.set_directory_key(self.shared.key.public().as_bytes());
         r.set_server_version(env!("CARGO_PKG_VERSION"));
         r.set_time(now_ms());
+        Ok(())
+    }
+
+    async fn log_consistency(
+        self: Rc<Self>,
+        params: directory::LogConsistencyParams,
+        mut results: directory::LogConsistencyResults,
+    ) -> Result<(), capnp::Error> {
+        self.shared.limits.request(self.peer)?;
+        let from = params.get()?.get_from();
+        let (grown, head) = self.shared.consistency(from).await?;
+        let mut r = results.get();
+        head.write(r.reborrow().init_head());
+        let mut roots = r.reborrow().init_roots(grown.roots.len() as u32);
+        for (i, root) in (0..).zip(&grown.roots) {
+            roots.set(i, root);
+        }
+        if let Some(proof) = &grown.proof {
+            r.set_proof(&encode_append_only_proof(proof));
+        }
         Ok(())
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use smvs_schema::Username;
 
 use crate::error::{ErrorCode, Refusal};
-use crate::keylog::KeyLog;
+use crate::keylog::{Consistency, KeyLog, LogError};
 use crate::limits::Limits;
 use crate::store::Store;
 use crate::transparency::{LogHead, LoggedValue};
@@ -62,6 +62,25 @@ impl Shared {
         })?;
         let head = LogHead::sign(&self.key, head.0, head.1, self.log.vrf_key());
         Ok((proof, head))
+    }
+
+    /// The key log's growth from epoch `from` (see [`KeyLog::consistency`]), and the signed
+    /// head of the epoch it reaches.
+    pub async fn consistency(&self, from: u64) -> Result<(Consistency, LogHead), Refusal> {
+        let grown = self.log.consistency(from).await.map_err(|e| match e {
+            LogError::NoEpoch { .. } => Refusal::new(ErrorCode::BadRequest, e.to_string()),
+            e => {
+                tracing::warn!(error = %e, "no key log consistency proof");
+                Refusal::new(
+                    ErrorCode::Internal,
+                    "the key log has no consistency proof from that epoch now; ask again",
+                )
+            }
+        })?;
+        let end = grown.from + grown.roots.len() as u64 - 1;
+        let root = *grown.roots.last().unwrap_or(&[0; 32]);
+        let head = LogHead::sign(&self.key, end, root, self.log.vrf_key());
+        Ok((grown, head))
     }
 
     /// A proof of every version of `name` in the key log, and the head it holds against.

@@ -9,10 +9,11 @@
 //! the log at that head: a directory that serves one record and logs another, or an older
 //! record than the latest of the log it shows, is caught by the proof alone. A directory that
 //! logs a key the user never made is caught by the user's own host, which watches its name's
-//! versions (`keyHistory`). What the proof alone cannot show is that the head is the newest,
-//! or the same one everyone else is shown: a directory that signs an old head (its database
-//! rewound) or keeps a separate log for one victim is caught only by comparing heads over
-//! time and between hosts, which hosts do not do yet (docs/protocol.md, 3.7).
+//! versions (`keyHistory`). What the proof alone cannot show is that the head is on the same
+//! log everyone else is shown: a directory that rewinds its log or keeps a separate one for a
+//! victim is caught by comparing heads over time and between hosts, which hosts do with the
+//! directory's append-only proofs between epochs ([`verify_consistency`]; smvsd's
+//! `trust::log_heads`, docs/protocol.md, 3.7).
 //!
 //! What a version's value holds ([`LoggedValue`]): the identity's signing key and the record's
 //! serial, not the whole record. The rest of a record is either signed by the identity itself
@@ -24,7 +25,7 @@
 
 use akd_core::verify::history::{HistoryParams, HistoryVerificationParams};
 use akd_core::ExperimentalConfiguration;
-use akd_core::{AkdLabel, DomainLabel, HistoryProof, LookupProof};
+use akd_core::{AkdLabel, AppendOnlyProof, DomainLabel, HistoryProof, LookupProof};
 use protobuf::Message;
 use smvs_crypto::{SignContext, Signature, SigningPublicKey};
 use smvs_schema::common_capnp::log_head;
@@ -256,6 +257,82 @@ pub fn encode_history_proof(proof: &HistoryProof) -> Vec<u8> {
 /// The largest history proof accepted. A version costs two membership proofs (about 1.5 KiB
 /// in a log of a million names); a host renews every 15 days, so this is decades of history.
 const MAX_HISTORY_BYTES: usize = 4 * 1024 * 1024;
+
+/// An append-only proof in akd's protobuf encoding.
+pub fn encode_append_only_proof(proof: &AppendOnlyProof) -> Vec<u8> {
+    let spec = akd_core::proto::specs::types::AppendOnlyProof::from(proof);
+    spec.write_to_bytes().unwrap_or_default()
+}
+
+/// The most epochs one consistency answer may span (the directory's `MAX_CONSISTENCY_EPOCHS`).
+pub const MAX_CONSISTENCY_EPOCHS: u64 = 256;
+
+/// The largest append-only proof accepted: 256 epochs of one change each, a few KiB apiece.
+const MAX_APPEND_ONLY_BYTES: usize = 16 * 1024 * 1024;
+
+/// The key log's root hash at each epoch from `from` on, as a consistency answer showed them
+/// and its proof held: one log, grown by adding only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChain {
+    pub from: u64,
+    pub roots: Vec<[u8; 32]>,
+    /// The directory's signed head of the last epoch.
+    pub head: LogHead,
+}
+
+impl LogChain {
+    /// The last epoch the chain reaches.
+    pub fn end(&self) -> u64 {
+        self.from + self.roots.len() as u64 - 1
+    }
+
+    /// The root hash at `epoch`, if the chain spans it.
+    pub fn root_at(&self, epoch: u64) -> Option<&[u8; 32]> {
+        let i = usize::try_from(epoch.checked_sub(self.from)?).ok()?;
+        self.roots.get(i)
+    }
+}
+
+/// Checks a consistency answer (as sent) from epoch `from`: that `head` (whose signature must
+/// have been checked already) is the last of `roots`, one root per epoch from `from`, and that
+/// `proof` shows each epoch's tree grew from the one before by adding only.
+pub async fn verify_consistency(
+    from: u64,
+    roots: Vec<[u8; 32]>,
+    head: LogHead,
+    proof: &[u8],
+) -> Result<LogChain, String> {
+    if roots.is_empty() || roots.len() as u64 > MAX_CONSISTENCY_EPOCHS + 1 {
+        return Err(format!("a consistency answer of {} roots", roots.len()));
+    }
+    let chain = LogChain { from, roots, head };
+    if chain.head.epoch != chain.end() || chain.roots.last() != Some(&chain.head.root_hash) {
+        return Err("a consistency answer whose head is not its last root".into());
+    }
+    if chain.roots.len() == 1 {
+        return Ok(chain);
+    }
+    if proof.len() > MAX_APPEND_ONLY_BYTES {
+        return Err(format!("an append-only proof of {} bytes", proof.len()));
+    }
+    let spec = akd_core::proto::specs::types::AppendOnlyProof::parse_from_bytes(proof)
+        .map_err(|e| format!("an append-only proof that does not parse: {e}"))?;
+    let proof = AppendOnlyProof::try_from(&spec)
+        .map_err(|e| format!("an append-only proof that does not parse: {e}"))?;
+    // One step per epoch, in order from `from`: akd checks each step against the roots it is
+    // given, but not which epochs the steps say they are.
+    if !proof.epochs.iter().copied().eq(from..chain.end()) {
+        return Err("an append-only proof of other epochs than asked".into());
+    }
+    let hashes = chain.roots.clone();
+    let checked = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+        akd::auditor::audit_verify::<LogConfiguration>(hashes, proof),
+    ))
+    .await
+    .map_err(|_| "a proof that trips the verifier's own checks".to_string())?;
+    checked.map_err(|e| format!("the append-only proof does not hold: {e}"))?;
+    Ok(chain)
+}
 
 /// One version of a name, as its history proof shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -114,8 +114,16 @@ pub const OWN_RECORD_CHANGED: SecurityEvent = SecurityEvent {
     message_id: "d0e2632d591d4e35a05b9df55580ad55",
 };
 
+/// A directory's key log heads are not all on one log: a head this host was shown, or one a
+/// contact's host passed on, is not on the log the directory proves to this host (a split
+/// view), or the directory cannot prove its log grew from a head it signed (rewound).
+pub const LOG_SPLIT_VIEW: SecurityEvent = SecurityEvent {
+    name: "log-split-view",
+    message_id: "369a2ba63a004178f06e5802bcde61f1",
+};
+
 /// Every security event, for tests and documentation.
-pub const SECURITY_EVENTS: [SecurityEvent; 10] = [
+pub const SECURITY_EVENTS: [SecurityEvent; 11] = [
     DIRECTORY_ROLLBACK,
     DIRECTORY_EQUIVOCATION,
     OWN_KEY_FORGED,
@@ -126,6 +134,7 @@ pub const SECURITY_EVENTS: [SecurityEvent; 10] = [
     LOCAL_CLIENT_REFUSED,
     DEVICE_REFUSED,
     OWN_RECORD_CHANGED,
+    LOG_SPLIT_VIEW,
 ];
 
 /// Logs a security event: `security_event!(LEVEL, EVENT, fields…, "message")`, where LEVEL is

@@ -445,6 +445,13 @@ async fn renew_once(trust: &Trust) {
             START_RENEWAL_TIMEOUT.as_secs()
         ),
     }
+    // The heads the renewal's own look-ups brought, and any seen since the last check.
+    if tokio::time::timeout(START_RENEWAL_TIMEOUT, trust.check_log_heads())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the key log heads could not be checked in time; trying again later");
+    }
 }
 
 /// How long a host that moved keeps trying to tell a contact's host that is away.

@@ -325,6 +325,13 @@ impl Inbox {
         }
         // It opened under the session keys, so the sender's host really reached us.
         self.outbox.peer_reached_us(&sender);
+        // A contact's host passes on the key log heads it checked: compared with ours at once,
+        // off this path (a check asks the directory). Not from strangers, who could make us
+        // ask at will.
+        if !request && self.trust.heads_from_contact(&sender, &inner.log_heads) {
+            let trust = self.trust.clone();
+            tokio::task::spawn_local(async move { trust.check_log_heads().await });
+        }
         let payload = match inner.content {
             Content::Message(payload) => payload,
             Content::Call(signal) => {

@@ -348,6 +348,7 @@ impl Outbox {
             time: now_ms(),
             prev_hash: Vec::new(),
             content: Content::Call(signal),
+            log_heads: Vec::new(),
         };
         // One connection per signal, closed (the link dropped) once the signal is answered or
         // timed out: calls are rare, and a link kept open would outlive the call for nothing.
@@ -599,6 +600,13 @@ async fn stream_outbox(
             if message.status == Status::Queued {
                 sent_now.push(message.id);
             }
+            // The first of a batch carries our checked key log heads, for the peer's host to
+            // compare with its own (trust::log_heads).
+            let log_heads = if batch.is_empty() {
+                outbox.trust.heads_to_share()
+            } else {
+                Vec::new()
+            };
             batch.push(Inner {
                 id: message.id,
                 from: me.username.clone(),
@@ -606,6 +614,7 @@ async fn stream_outbox(
                 time: message.time,
                 prev_hash: message.prev_hash.clone(),
                 content: Content::Message(message.payload.clone()),
+                log_heads,
             });
         }
         if !batch.is_empty() {
@@ -1061,6 +1070,7 @@ mod tests {
                     time: 1,
                     prev_hash: Vec::new(),
                     content: Content::Message(Payload::Text(format!("m{i}"))),
+                    log_heads: Vec::new(),
                 };
                 let sealed = SealedEnvelope {
                     version: crate::session::SESSION_V1,

@@ -210,6 +210,7 @@ pub fn text_message(
         time,
         prev_hash: prev_hash.to_vec(),
         content: session::Content::Message(Payload::Text(text.into())),
+        log_heads: Vec::new(),
     })
 }
 

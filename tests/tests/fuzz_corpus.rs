@@ -90,6 +90,7 @@ fn inners() -> Vec<(&'static str, Inner)> {
         time: 1_700_000_000_000,
         prev_hash: vec![9; 32],
         content,
+        log_heads: Vec::new(),
     };
     let media = Media::parse(&[5; 32], "127.0.0.1:40000", true, true)
         .unwrap()

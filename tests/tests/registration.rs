@@ -134,6 +134,16 @@ async fn login_update_rotate_deregister(backend: Backend) {
     let logged: Vec<_> = versions.iter().map(|v| v.value.clone()).collect();
     assert_eq!(logged, vec![first.logged(), moved.logged()]);
     assert!(versions[0].epoch < versions[1].epoch && versions[1].epoch <= head.epoch);
+    // The log grew by adding only from the first version's epoch to now: every epoch's root
+    // is kept, and the heads seen are on it. An epoch not yet reached is refused.
+    let chain = client.log_consistency(versions[0].epoch).await.unwrap();
+    assert_eq!(chain.end(), head.epoch);
+    assert_eq!(chain.root_at(head.epoch), Some(&head.root_hash));
+    assert_eq!(chain.root_at(at.head.epoch), Some(&at.head.root_hash));
+    assert_eq!(
+        code(client.log_consistency(head.epoch + 5).await),
+        ErrorCode::BadRequest
+    );
 
     // A rotation signed by the wrong (new) key is refused; one signed by the old key is taken.
     let new_identity = IdentityKeys::generate().unwrap();

@@ -683,3 +683,87 @@ fn a_key_shown_for_one_lookup_stays_in_the_log_and_its_owner_finds_it() {
         "{logs}"
     );
 }
+
+/// Registers `name` at `dir` straight from the test (no host: a user others look up).
+fn register_plain(dir: &DirectoryProcess, name: &str) {
+    run_local(async {
+        let user = smvs_tests::TestUser::new(name, "127.0.0.3:7421").unwrap();
+        let client = dir.client().await.unwrap();
+        client.register(&user.registration(&dir.key)).await.unwrap();
+    })
+    .unwrap();
+}
+
+/// A directory that shows alice a log of its own (a split view: an attacker runs a copy of
+/// the directory, with its key, on a copy of its database, and points alice's host at it)
+/// serves her a key carol never made, with a proof that holds: alice's view alone cannot tell.
+/// bob's host, on the real log, passes the head it saw on inside its next message; alice's
+/// host asks its directory to prove that head is on the log it was shown, which it cannot,
+/// and raises the alarm (once), naming bob's host as where the head came from. Before the
+/// split, the heads the two hosts pass each other agree, and nothing is raised.
+#[test]
+fn a_directory_that_shows_one_user_a_log_of_its_own_is_caught_by_a_contacts_head() {
+    const SPLIT: &str = "369a2ba63a004178f06e5802bcde61f1";
+    let rt = runtime().unwrap();
+    let a = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    let mut alice = HostProcess::start("alice", &a, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &a, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    register_plain(&a, "carol");
+    alice.send("bob", "hi bob").unwrap();
+    bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
+    bob.send("alice", "hi alice").unwrap();
+    alice.wait_history("bob", LIMIT, |h| h.len() == 2).unwrap();
+    let agreed = wait_log_lines(&alice, "heads seen agree", 1);
+    assert!(
+        !agreed.is_empty(),
+        "alice's host checked bob's head: {}",
+        alice.logs()
+    );
+    assert!(!alice.logs().contains(SPLIT), "{}", alice.logs());
+
+    // The copy: the same key, the database as it is now, carol's row forged in it.
+    let fork_dir = tempfile::Builder::new()
+        .prefix("smvs-fork-")
+        .tempdir()
+        .unwrap();
+    std::fs::copy(&a.key_file, fork_dir.path().join("directory.key")).unwrap();
+    let fork_db = fork_dir.path().join("directory.db");
+    rusqlite::Connection::open(a.db.strip_prefix("sqlite:").unwrap())
+        .unwrap()
+        .execute("VACUUM INTO ?1", [fork_db.display().to_string()])
+        .unwrap();
+    let fork = DirectoryProcess::start_with(fork_dir, format!("sqlite:{}", fork_db.display()), &[])
+        .unwrap();
+    assert_eq!(fork.key, a.key);
+    let forged = forge_identity(&fork, "carol");
+    // The real log moves on (dave registers), and bob's host sees it (a look-up of dave).
+    register_plain(&a, "dave");
+    bob.send("dave", "hi dave").unwrap();
+
+    // alice's host now asks the copy: carol's forged record comes with a proof that holds.
+    alice.stop().unwrap();
+    alice.use_directory_at(fork.addr);
+    alice.start_again().unwrap();
+    alice.send("carol", "hi carol").unwrap();
+    let (_, _, shown) = logged_at(&fork, "carol");
+    assert_eq!(shown, forged);
+    assert!(!alice.logs().contains(SPLIT), "{}", alice.logs());
+
+    // bob writes; his host passes on the real log's head, and alice's host finds it is not
+    // on the log it was shown.
+    bob.send("alice", "still there?").unwrap();
+    alice.wait_history("bob", LIMIT, |h| h.len() == 3).unwrap();
+    let alarms = wait_log_lines(&alice, SPLIT, 1);
+    assert_eq!(alarms.len(), 1, "{}", alice.logs());
+    assert!(alarms[0].contains("bob's host"), "{}", alarms[0]);
+
+    // Raised once: the same head again is not news.
+    bob.send("alice", "and again").unwrap();
+    alice.wait_history("bob", LIMIT, |h| h.len() == 4).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(alice.logs().matches(SPLIT).count(), 1, "{}", alice.logs());
+}

@@ -29,7 +29,7 @@ use smvs_schema::Username;
 
 use crate::record::MovedStatement;
 use crate::store::{Store, StoreError};
-use crate::transparency::{LogConfiguration, LoggedValue};
+use crate::transparency::{LogConfiguration, LoggedValue, MAX_CONSISTENCY_EPOCHS};
 
 pub use storage::LogStorage;
 
@@ -75,6 +75,8 @@ pub enum LogError {
     Task(String),
     #[error("key log: the record is older than its last logged version")]
     Behind,
+    #[error("key log: epoch {asked} asked for, and the latest is {latest}")]
+    NoEpoch { asked: u64, latest: u64 },
 }
 
 impl From<akd::errors::AkdError> for LogError {
@@ -95,6 +97,14 @@ impl From<akd::errors::AkdError> for LogError {
             AkdError::TestErr(_) => "a test error".into(),
         })
     }
+}
+
+/// The log's growth from one epoch: the root hash of each epoch from `from` on, and the proof
+/// that each came from the one before by adding only (none when there is one root).
+pub struct Consistency {
+    pub from: u64,
+    pub roots: Vec<[u8; 32]>,
+    pub proof: Option<akd::AppendOnlyProof>,
 }
 
 /// The log, shared by every worker of one directory process.
@@ -187,6 +197,35 @@ impl KeyLog {
             .directory
             .key_history(&label(name), HistoryParams::Complete)
             .await?)
+    }
+
+    /// That the log grew from epoch `from` without changing anything it held then: akd's
+    /// append-only proof from `from` to at most [`MAX_CONSISTENCY_EPOCHS`] epochs later (the
+    /// latest when nearer; none when `from` is the latest), and the root hash of each epoch
+    /// from `from` to there. A host checks the heads it was shown against these roots.
+    pub async fn consistency(&self, from: u64) -> Result<Consistency, LogError> {
+        let EpochHash(latest, latest_root) = self.inner.directory.get_epoch_hash().await?;
+        if from > latest {
+            return Err(LogError::NoEpoch {
+                asked: from,
+                latest,
+            });
+        }
+        let end = latest.min(from.saturating_add(MAX_CONSISTENCY_EPOCHS));
+        let roots = self.inner.store.log_roots(from, end).await?;
+        if roots.len() as u64 != end - from + 1
+            || (end == latest && roots.last() != Some(&latest_root))
+        {
+            return Err(LogError::Akd(format!(
+                "the root hashes of epochs {from} to {end} are not all kept"
+            )));
+        }
+        let proof = if from < end {
+            Some(self.inner.directory.audit(from, end).await?)
+        } else {
+            None
+        };
+        Ok(Consistency { from, roots, proof })
     }
 
     /// The VRF key that hides names in the log (its public half).
@@ -346,6 +385,80 @@ mod tests {
         let mut zero = proof.clone();
         zero.version = 0;
         assert!(verify_lookup(&head, &bob, &encode_lookup_proof(&zero)).is_err());
+    }
+
+    /// An auditor's (and a host's) view between two heads: the roots of every epoch between
+    /// them and the append-only proof hold together; a root changed anywhere in the chain, or
+    /// the chain shifted to other epochs, does not.
+    #[tokio::test]
+    async fn a_consistency_proof_holds_only_for_the_log_it_was_made_from() {
+        smvs_crypto::init().unwrap();
+        let vrf = LogVrf::derive(&[7; 32]).unwrap();
+        let vrf_key = vrf.get_vrf_public_key().await.unwrap().to_bytes();
+        let log = MemoryLog::new(
+            StorageManager::new_no_cache(AsyncInMemoryDatabase::new()),
+            vrf,
+            AzksParallelismConfig::disabled(),
+        )
+        .await
+        .unwrap();
+        let signer = smvs_crypto::SigningKeyPair::generate().unwrap();
+        let mut roots = vec![log.get_epoch_hash().await.unwrap().1];
+        for (i, name) in ["bob", "carol", "bob", "dave"].iter().enumerate() {
+            let name = Username::parse(name).unwrap();
+            let at = log
+                .publish(vec![(
+                    label(&name),
+                    AkdValue(record(i as u64 + 1).to_bytes()),
+                )])
+                .await
+                .unwrap();
+            roots.push(at.1);
+        }
+        let wire = crate::transparency::encode_append_only_proof(&log.audit(1, 4).await.unwrap());
+        let head = |epoch: u64, root: [u8; 32]| LogHead::sign(&signer, epoch, root, vrf_key);
+        let chain = crate::transparency::verify_consistency(
+            1,
+            roots[1..].to_vec(),
+            head(4, roots[4]),
+            &wire,
+        )
+        .await
+        .unwrap();
+        assert_eq!((chain.end(), chain.root_at(2)), (4, Some(&roots[2])));
+        // Another root in the middle, a head that is not the last root, the same chain said to
+        // start elsewhere, or a cut proof: each is refused.
+        let mut forked = roots[1..].to_vec();
+        forked[1][0] ^= 1;
+        let check = |from: u64, roots: Vec<[u8; 32]>, head: LogHead, proof: Vec<u8>| async move {
+            crate::transparency::verify_consistency(from, roots, head, &proof).await
+        };
+        assert!(check(1, forked, head(4, roots[4]), wire.clone())
+            .await
+            .is_err());
+        assert!(
+            check(1, roots[1..].to_vec(), head(4, roots[3]), wire.clone())
+                .await
+                .is_err()
+        );
+        assert!(
+            check(0, roots[1..].to_vec(), head(3, roots[4]), wire.clone())
+                .await
+                .is_err()
+        );
+        assert!(check(
+            1,
+            roots[1..].to_vec(),
+            head(4, roots[4]),
+            wire[..wire.len() / 2].to_vec()
+        )
+        .await
+        .is_err());
+        // One root and no proof: the head alone.
+        let one = check(4, vec![roots[4]], head(4, roots[4]), Vec::new())
+            .await
+            .unwrap();
+        assert_eq!(one.end(), 4);
     }
 
     /// The owner's view: every version, oldest first, with the epoch it was published in; a

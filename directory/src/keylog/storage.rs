@@ -15,9 +15,11 @@ use akd::storage::types::{
     DbRecord, KeyData, StorageType, ValueState, ValueStateKey, ValueStateRetrievalFlag,
 };
 use akd::storage::{Database, DbSetState, Storable};
-use akd::{AkdLabel, AkdValue};
+use akd::{AkdLabel, AkdValue, NodeLabel};
+use akd_core::configuration::Configuration;
 
 use crate::store::{LogValueRow, Store, StoreError, WhichVersion};
+use crate::transparency::LogConfiguration;
 
 /// akd's [`Database`] over the directory's store.
 pub struct LogStorage {
@@ -112,9 +114,16 @@ impl Database for LogStorage {
         // The tree's root record names the epoch this batch completes: the store writes the
         // batch only if its epoch is the one before (see `Store::log_put`).
         let mut epoch = None;
+        let mut root = None;
         for record in records {
-            if let DbRecord::Azks(azks) = &record {
-                epoch = Some(azks.latest_epoch);
+            match &record {
+                DbRecord::Azks(azks) => epoch = Some(azks.latest_epoch),
+                DbRecord::TreeNode(node) if node.label == NodeLabel::root() => {
+                    root = Some(LogConfiguration::compute_root_hash_from_val(
+                        &node.latest_node.hash,
+                    ));
+                }
+                _ => {}
             }
             match record {
                 DbRecord::ValueState(mut state) => {
@@ -138,6 +147,19 @@ impl Database for LogStorage {
                 }
             }
         }
+        // The root hash is kept with its epoch, for consistency proofs between heads. Only
+        // the empty tree (epoch 0) is written without its root (akd writes them apart), and no
+        // head is ever shown for it.
+        let epoch = match (epoch, root) {
+            (None, _) => None,
+            (Some(epoch), Some(root)) => Some((epoch, Some(root))),
+            (Some(0), None) => Some((0, None)),
+            (Some(epoch), None) => {
+                return Err(StorageError::Other(format!(
+                    "epoch {epoch} written without the tree's root"
+                )))
+            }
+        };
         self.store
             .log_put(
                 nodes.into_iter().collect(),

@@ -230,12 +230,14 @@ impl Store {
     }
 
     /// Writes one batch of the key log's records at once (one transaction): nodes by id, and
-    /// names' versions (see `keylog::storage`).
+    /// names' versions (see `keylog::storage`). A batch that completes an epoch carries it and
+    /// its root hash (`epoch`; none for the empty tree): it is written only if the stored
+    /// epoch is the one before, and the root is kept with it.
     pub async fn log_put(
         &self,
         nodes: Vec<(Vec<u8>, Vec<u8>)>,
         values: Vec<LogValueRow>,
-        epoch: Option<u64>,
+        epoch: Option<(u64, Option<[u8; 32]>)>,
     ) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.log_put(nodes, values, epoch).await,
@@ -248,6 +250,15 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.log_nodes(ids).await,
             Store::Postgres(s) => s.log_nodes(ids).await,
+        }
+    }
+
+    /// The key log's root hashes of epochs `from..=to`, in order; fewer when some are not
+    /// kept (epochs written before roots were).
+    pub async fn log_roots(&self, from: u64, to: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.log_roots(from, to).await,
+            Store::Postgres(s) => s.log_roots(from, to).await,
         }
     }
 

@@ -70,6 +70,9 @@ const MIGRATIONS: &[&str] = &[
     // 7: the key log's latest epoch, which each epoch's write moves on by one (compare and
     // swap): two publishers can never both write an epoch N+1.
     "CREATE TABLE log_epoch (one SMALLINT PRIMARY KEY CHECK (one = 0), epoch BIGINT NOT NULL);",
+    // 8: each epoch's root hash, written with the epoch: what a consistency proof between two
+    // heads runs through (akd keeps only the latest root).
+    "CREATE TABLE log_roots (epoch BIGINT PRIMARY KEY, root BYTEA NOT NULL);",
 ];
 
 /// The migration after whose SQL [`PgStore::hash_old_floors`] runs.
@@ -473,7 +476,7 @@ impl PgStore {
         &self,
         nodes: Vec<(Vec<u8>, Vec<u8>)>,
         values: Vec<LogValueRow>,
-        epoch: Option<u64>,
+        epoch: Option<(u64, Option<[u8; 32]>)>,
     ) -> Result<(), StoreError> {
         let (ids, records): (Vec<Vec<u8>>, Vec<Vec<u8>>) = nodes.into_iter().unzip();
         let mut labels = Vec::with_capacity(values.len());
@@ -489,7 +492,8 @@ impl PgStore {
         // `created` (epoch 0, the empty tree) and `moved` (epoch N from N-1) yield a row only
         // if they swapped; the nodes and values are written only then. A write without the
         // root record has nothing to swap ($7 is NULL) and goes through.
-        let epoch = epoch.map(|e| e as i64);
+        let root = epoch.and_then(|(_, root)| root).map(|root| root.to_vec());
+        let epoch = epoch.map(|(e, _)| e as i64);
         let row = self
             .client()
             .query_one(
@@ -508,7 +512,11 @@ impl PgStore {
                  vals AS (
                     INSERT INTO log_values (label, epoch, version, record)
                     SELECT * FROM UNNEST($3::bytea[], $4::int8[], $5::int8[], $6::bytea[])
-                    WHERE EXISTS (SELECT 1 FROM go))
+                    WHERE EXISTS (SELECT 1 FROM go)),
+                 roots AS (
+                    INSERT INTO log_roots (epoch, root)
+                    SELECT $7::int8, $8::bytea WHERE $8::bytea IS NOT NULL
+                        AND EXISTS (SELECT 1 FROM go))
                  SELECT EXISTS (SELECT 1 FROM go)",
                 &[
                     &ids,
@@ -518,6 +526,7 @@ impl PgStore {
                     &versions,
                     &value_records,
                     &epoch,
+                    &root,
                 ],
             )
             .await?;
@@ -525,6 +534,22 @@ impl PgStore {
             return Err(StoreError::LogConflict(epoch.unwrap_or_default() as u64));
         }
         Ok(())
+    }
+
+    pub async fn log_roots(&self, from: u64, to: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT root FROM log_roots WHERE epoch BETWEEN $1 AND $2 ORDER BY epoch",
+                &[&(from as i64), &(to as i64)],
+            )
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                <[u8; 32]>::try_from(r.get::<_, Vec<u8>>(0).as_slice())
+                    .map_err(|_| StoreError::Corrupt("a key log root".into()))
+            })
+            .collect()
     }
 
     pub async fn log_nodes(&self, ids: Vec<Vec<u8>>) -> Result<Vec<Vec<u8>>, StoreError> {

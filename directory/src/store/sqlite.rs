@@ -67,6 +67,9 @@ const MIGRATIONS: &[&str] = &[
     // 7: the key log's latest epoch, which each epoch's write moves on by one (compare and
     // swap): two publishers can never both write an epoch N+1.
     "CREATE TABLE log_epoch (one INTEGER PRIMARY KEY CHECK (one = 0), epoch INTEGER NOT NULL) STRICT;",
+    // 8: each epoch's root hash, written with the epoch: what a consistency proof between two
+    // heads runs through (akd keeps only the latest root).
+    "CREATE TABLE log_roots (epoch INTEGER PRIMARY KEY NOT NULL, root BLOB NOT NULL) STRICT;",
 ];
 
 impl SqliteStore {
@@ -360,7 +363,7 @@ impl SqliteStore {
         &self,
         nodes: Vec<(Vec<u8>, Vec<u8>)>,
         values: Vec<LogValueRow>,
-        epoch: Option<u64>,
+        epoch: Option<(u64, Option<[u8; 32]>)>,
     ) -> Result<(), StoreError> {
         let values = values
             .into_iter()
@@ -368,7 +371,7 @@ impl SqliteStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         // One job, one savepoint: an epoch is written whole or not at all.
         self.call(move |c| {
-            if let Some(epoch) = epoch {
+            if let Some((epoch, root)) = epoch {
                 let moved = match epoch {
                     0 => c.execute(
                         "INSERT INTO log_epoch VALUES (0, 0) ON CONFLICT (one) DO NOTHING",
@@ -381,6 +384,12 @@ impl SqliteStore {
                 };
                 if moved != 1 {
                     return Err(StoreError::LogConflict(epoch));
+                }
+                if let Some(root) = root {
+                    c.execute(
+                        "INSERT INTO log_roots (epoch, root) VALUES (?1, ?2)",
+                        params![epoch as i64, &root[..]],
+                    )?;
                 }
             }
             let mut node = c.prepare_cached(
@@ -397,6 +406,25 @@ impl SqliteStore {
                 value.execute(params![label, v.epoch as i64, v.version as i64, v.record])?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    pub async fn log_roots(&self, from: u64, to: u64) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.call(move |c| {
+            let mut get = c.prepare_cached(
+                "SELECT root FROM log_roots WHERE epoch BETWEEN ?1 AND ?2 ORDER BY epoch",
+            )?;
+            let roots = get
+                .query_map(params![from as i64, to as i64], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            roots
+                .into_iter()
+                .map(|r| {
+                    <[u8; 32]>::try_from(r.as_slice())
+                        .map_err(|_| StoreError::Corrupt("a key log root".into()))
+                })
+                .collect()
         })
         .await
     }

@@ -2,11 +2,15 @@
 //! (`host.capnp`'s `InnerMessage`), call signals included.
 
 use smvs_crypto::Zeroizing;
+use smvs_directory::transparency::LogHead;
 use smvs_schema::host_capnp::{call_signal, inner_message};
 use smvs_schema::Username;
 
 use super::{SessionError, MAX_TEXT_BYTES};
 use crate::model::{CallId, CallSignal, Media, MessageId, Payload, SignalKind};
+
+/// How many key log heads one message may carry, and a receiver reads.
+pub const MAX_SHARED_HEADS: usize = 8;
 
 /// The decoded inner message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +21,8 @@ pub struct Inner {
     pub time: i64,
     pub prev_hash: Vec<u8>,
     pub content: Content,
+    /// The sender's host's last checked key log heads (see `trust::log_heads`).
+    pub log_heads: Vec<LogHead>,
 }
 
 /// What an envelope carries: a message the host stores, or a call signal it never stores.
@@ -35,6 +41,13 @@ pub fn encode_inner(inner: &Inner) -> Zeroizing<Vec<u8>> {
         m.set_to(inner.to.as_str());
         m.set_time(inner.time);
         m.set_prev_hash(&inner.prev_hash);
+        if !inner.log_heads.is_empty() {
+            let heads = &inner.log_heads[..inner.log_heads.len().min(MAX_SHARED_HEADS)];
+            let mut list = m.reborrow().init_log_heads(heads.len() as u32);
+            for (i, head) in (0..).zip(heads) {
+                head.write(list.reborrow().get(i));
+            }
+        }
         match &inner.content {
             Content::Message(Payload::Text(t)) => m.set_text(t),
             Content::Message(Payload::Delete(ids)) => {
@@ -119,6 +132,21 @@ pub fn decode_inner(bytes: &[u8]) -> Result<Inner, SessionError> {
             Content::Call(read_signal(c.map_err(bad)?).map_err(SessionError::Content)?)
         }
     };
+    // Heads are a hint to check, never a reason to refuse a message: one that does not read
+    // is left out.
+    let mut log_heads = Vec::new();
+    if m.has_log_heads() {
+        for head in m
+            .get_log_heads()
+            .map_err(bad)?
+            .iter()
+            .take(MAX_SHARED_HEADS)
+        {
+            if let Ok(head) = LogHead::read(head) {
+                log_heads.push(head);
+            }
+        }
+    }
     Ok(Inner {
         id: MessageId::from_slice(m.get_id().map_err(bad)?)
             .ok_or_else(|| SessionError::Content("bad id".into()))?,
@@ -127,6 +155,7 @@ pub fn decode_inner(bytes: &[u8]) -> Result<Inner, SessionError> {
         time: m.get_time(),
         prev_hash: m.get_prev_hash().map_err(bad)?.to_vec(),
         content,
+        log_heads,
     })
 }
 

@@ -32,7 +32,7 @@ pub use v2::{PrekeyOffer, SessionV2, V2Receipts, SESSION_V2, V2_BUCKETS};
 use smvs_crypto::{AeadKey, CryptoError, IdentityBundle, Zeroizing};
 use smvs_schema::Username;
 
-pub use codec::{decode_inner, encode_inner, Content, Inner};
+pub use codec::{decode_inner, encode_inner, Content, Inner, MAX_SHARED_HEADS};
 
 use crate::model::MessageId;
 #[cfg(test)]
@@ -236,6 +236,12 @@ mod tests {
             time: 5,
             prev_hash: vec![1; 32],
             content: Content::Message(Payload::Text("hi".into())),
+            log_heads: vec![smvs_directory::transparency::LogHead::sign(
+                &smvs_crypto::SigningKeyPair::generate().unwrap(),
+                3,
+                [1; 32],
+                [2; 32],
+            )],
         };
         let sealed = seal(&k, &h, &encode_inner(&inner)).unwrap();
         assert_eq!(

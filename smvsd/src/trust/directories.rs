@@ -22,6 +22,7 @@ use smvs_crypto::{AgreementKeyPair, IdentityBundle};
 use smvs_directory::{ClientError, DirectoryClient, LookupAnswer, MovedStatement, VerifiedRecord};
 use smvs_schema::{ErrorCode, Username};
 
+use super::log_heads::{HeadBook, HeadSource};
 use crate::config::DirectoryAnchor;
 use crate::error::HostError;
 
@@ -34,6 +35,8 @@ pub struct DirectoryLink {
     /// Reach it through this SOCKS5 proxy, as other hosts are reached.
     socks5_proxy: Option<String>,
     client: RefCell<Option<Rc<DirectoryClient>>>,
+    /// The key log heads this directory showed (or contacts passed on) since the last check.
+    pub heads: RefCell<HeadBook>,
 }
 
 impl DirectoryLink {
@@ -42,6 +45,7 @@ impl DirectoryLink {
             anchor,
             socks5_proxy,
             client: RefCell::new(None),
+            heads: RefCell::new(HeadBook::default()),
         }
     }
 
@@ -113,13 +117,27 @@ impl DirectoryLink {
         )
     }
 
+    /// Notes the log head a record was proven against, to compare at the next check.
+    pub fn saw(&self, record: &VerifiedRecord) {
+        if let Some(at) = &record.logged_at {
+            self.heads
+                .borrow_mut()
+                .saw(at.head.clone(), HeadSource::Lookup);
+        }
+    }
+
     /// This directory's signed record for `peer`, or its statement of where `peer` moved.
     pub async fn lookup(&self, peer: &Username) -> Result<LookupAnswer, HostError> {
         let client = self.client().await?;
         // A link that silently died would otherwise hold the caller until TCP gives up.
         match tokio::time::timeout(DIRECTORY_TIMEOUT, client.lookup_answer(peer)).await {
             Err(_) => Err(self.no_answer(&format!("looking up {peer}"))),
-            Ok(Ok(record)) => Ok(record),
+            Ok(Ok(answer)) => {
+                if let LookupAnswer::Record(record) = &answer {
+                    self.saw(record);
+                }
+                Ok(answer)
+            }
             Ok(Err(e)) => {
                 self.failed(&e);
                 let mut error = HostError::from(e);

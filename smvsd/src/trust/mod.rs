@@ -44,6 +44,7 @@ use crate::storage::Storage;
 
 mod directories;
 mod judge;
+mod log_heads;
 mod own_log;
 
 use directories::{equivocation, lookup_all, DirectoryLink};
@@ -1070,6 +1071,7 @@ impl Trust {
                 return Err(failed(e));
             }
         };
+        link.saw(&record);
         if record.user.identity != me.identity {
             // Each check is a look-up of our own name: a directory that shows others a key we
             // never made is caught here, within a renewal check of it starting to.
