@@ -425,7 +425,7 @@ impl DirectoryClient {
                     "a moved statement for another user or another directory".into(),
                 ));
             }
-            let logged = LoggedValue::moved(&moved).map_err(ClientError::Verification)?;
+            let logged = moved.logged().map_err(ClientError::Verification)?;
             self.check_logged(r, username, &logged)?;
             return Ok(LookupAnswer::Moved(moved));
         }

@@ -448,6 +448,12 @@ pub struct MovedStatement {
 pub const MAX_DIRECTORY_ADDRESS: usize = 255;
 
 impl MovedStatement {
+    /// What the key log holds for this statement: the BLAKE2b-256 of its signed bytes.
+    pub fn logged(&self) -> Result<crate::transparency::LoggedValue, String> {
+        let digest = smvs_crypto::blake2b_256(&self.signed_bytes()).map_err(|e| e.to_string())?;
+        Ok(crate::transparency::LoggedValue::Moved { statement: digest })
+    }
+
     /// The bytes the identity signs.
     pub fn signed_bytes(&self) -> Vec<u8> {
         canonical::directory_move(

@@ -267,8 +267,9 @@ impl directory::Server for DirectoryRpc {
                 .ok_or_else(|| {
                     Refusal::new(ErrorCode::NotFound, format!("no user named {name}"))
                 })?;
-            let logged =
-                LoggedValue::moved(&statement).map_err(|e| Refusal::new(ErrorCode::Internal, e))?;
+            let logged = statement
+                .logged()
+                .map_err(|e| Refusal::new(ErrorCode::Internal, e))?;
             let (proof, head) = self.shared.prove(&name, &logged).await?;
             let mut answer = results.get();
             statement.write(answer.reborrow().init_moved());

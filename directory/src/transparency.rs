@@ -31,8 +31,6 @@ use smvs_crypto::{SignContext, Signature, SigningPublicKey};
 use smvs_schema::common_capnp::log_head;
 use smvs_schema::Username;
 
-use crate::record::MovedStatement;
-
 /// The hash domain of SMVS directories' logs.
 #[derive(Clone)]
 pub struct SmvsLogDomain;
@@ -65,13 +63,6 @@ const GONE_TAG: u8 = 0;
 const MOVED_TAG: u8 = 2;
 
 impl LoggedValue {
-    /// The value logged for a moved statement.
-    pub fn moved(statement: &MovedStatement) -> Result<LoggedValue, String> {
-        let digest =
-            smvs_crypto::blake2b_256(&statement.signed_bytes()).map_err(|e| e.to_string())?;
-        Ok(LoggedValue::Moved { statement: digest })
-    }
-
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
             LoggedValue::Record { identity, serial } => {

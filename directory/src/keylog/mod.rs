@@ -300,7 +300,7 @@ impl Inner {
             Some(bytes) => {
                 let statement = MovedStatement::from_bytes(&bytes)
                     .map_err(|e| LogError::Akd(format!("a stored statement: {e}")))?;
-                LoggedValue::moved(&statement).map_err(LogError::Akd)
+                statement.logged().map_err(LogError::Akd)
             }
             None => Ok(LoggedValue::Gone),
         }
