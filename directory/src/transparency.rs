@@ -258,8 +258,10 @@ pub fn encode_append_only_proof(proof: &AppendOnlyProof) -> Vec<u8> {
 /// The most epochs one consistency answer may span (the directory's `MAX_CONSISTENCY_EPOCHS`).
 pub const MAX_CONSISTENCY_EPOCHS: u64 = 256;
 
-/// The largest append-only proof accepted: 256 epochs of one change each, a few KiB apiece.
+/// The largest append-only proof accepted: 256 epochs of one change each, a few KiB apiece
+/// (the paths to two new leaves), so at most 128 KiB an epoch and 16 MiB in all.
 const MAX_APPEND_ONLY_BYTES: usize = 16 * 1024 * 1024;
+const MAX_APPEND_ONLY_STEP_BYTES: usize = 128 * 1024;
 
 /// The key log's root hash at each epoch from `from` on, as a consistency answer showed them
 /// and its proof held: one log, grown by adding only.
@@ -274,7 +276,8 @@ pub struct LogChain {
 impl LogChain {
     /// The last epoch the chain reaches.
     pub fn end(&self) -> u64 {
-        self.from + self.roots.len() as u64 - 1
+        self.from
+            .saturating_add(self.roots.len().saturating_sub(1) as u64)
     }
 
     /// The root hash at `epoch`, if the chain spans it.
@@ -296,6 +299,11 @@ pub async fn verify_consistency(
     if roots.is_empty() || roots.len() as u64 > MAX_CONSISTENCY_EPOCHS + 1 {
         return Err(format!("a consistency answer of {} roots", roots.len()));
     }
+    if from.checked_add(roots.len() as u64).is_none() {
+        return Err(format!(
+            "a consistency answer from epoch {from} past the last epoch"
+        ));
+    }
     let chain = LogChain { from, roots, head };
     if chain.head.epoch != chain.end() || chain.roots.last() != Some(&chain.head.root_hash) {
         return Err("a consistency answer whose head is not its last root".into());
@@ -303,7 +311,8 @@ pub async fn verify_consistency(
     if chain.roots.len() == 1 {
         return Ok(chain);
     }
-    if proof.len() > MAX_APPEND_ONLY_BYTES {
+    let steps = chain.roots.len() - 1;
+    if proof.len() > MAX_APPEND_ONLY_BYTES.min(steps.saturating_mul(MAX_APPEND_ONLY_STEP_BYTES)) {
         return Err(format!("an append-only proof of {} bytes", proof.len()));
     }
     let spec = akd_core::proto::specs::types::AppendOnlyProof::parse_from_bytes(proof)

@@ -209,6 +209,7 @@ impl Host {
         // is reachable again as soon as it says it serves. Bounded (the directory may be down),
         // and never fatal: the loop below tries again.
         renew_once(&trust).await;
+        check_log_heads_soon(&trust);
         let sessions = Rc::new(Sessions::new(
             keyguard.clone(),
             storage.clone(),
@@ -445,13 +446,13 @@ async fn renew_once(trust: &Trust) {
             START_RENEWAL_TIMEOUT.as_secs()
         ),
     }
-    // The heads the renewal's own look-ups brought, and any seen since the last check.
-    if tokio::time::timeout(START_RENEWAL_TIMEOUT, trust.check_log_heads())
-        .await
-        .is_err()
-    {
-        tracing::warn!("the key log heads could not be checked in time; trying again later");
-    }
+}
+
+/// Checks the key log heads the renewal's own look-ups brought, and any seen since the last
+/// check, in a task of its own: a slow directory holds neither start-up nor the renewals.
+fn check_log_heads_soon(trust: &Rc<Trust>) {
+    let trust = trust.clone();
+    tokio::task::spawn_local(async move { trust.check_log_heads().await });
 }
 
 /// How long a host that moved keeps trying to tell a contact's host that is away.
@@ -575,6 +576,7 @@ async fn renew_loop(trust: Rc<Trust>) {
     loop {
         tick.tick().await;
         renew_once(&trust).await;
+        check_log_heads_soon(&trust);
     }
 }
 

@@ -780,6 +780,37 @@ async fn suite(store: Store) {
         again.serial > rotated.serial,
         "serials never go back, even after deletion"
     );
+
+    // The key log's epochs move on by one, each written whole with its root, or not at all.
+    let node = |id: u8| (vec![id], vec![id; 4]);
+    store
+        .log_put(vec![node(0)], Vec::new(), Some((0, None)))
+        .await
+        .unwrap();
+    store
+        .log_put(vec![node(1)], Vec::new(), Some((1, Some([1; 32]))))
+        .await
+        .unwrap();
+    for stale in [0, 1, 3] {
+        let root = (stale > 0).then_some([9; 32]);
+        assert!(
+            matches!(
+                store.log_put(vec![node(9)], Vec::new(), Some((stale, root))).await,
+                Err(StoreError::LogConflict(e)) if e == stale
+            ),
+            "epoch {stale} after 1"
+        );
+    }
+    assert!(store.log_nodes(vec![vec![9]]).await.unwrap().is_empty());
+    store
+        .log_put(vec![node(2)], Vec::new(), Some((2, Some([2; 32]))))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.log_roots(0, 5).await.unwrap(),
+        vec![[1; 32], [2; 32]],
+        "the empty tree's epoch has no root; a refused epoch left none"
+    );
 }
 
 #[tokio::test]

@@ -682,6 +682,8 @@ fn a_key_shown_for_one_lookup_stays_in_the_log_and_its_owner_finds_it() {
         raised,
         "{logs}"
     );
+    // One log throughout, however it lied: no split-view alarm.
+    assert!(!logs.contains("369a2ba63a004178f06e5802bcde61f1"), "{logs}");
 }
 
 /// Registers `name` at `dir` straight from the test (no host: a user others look up).

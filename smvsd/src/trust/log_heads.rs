@@ -52,13 +52,23 @@ pub struct HeadBook {
     /// to its contacts); after a restart, only its epoch and root until the next check.
     checked: Option<Checked>,
     loaded: bool,
-    pending: Vec<(LogHead, HeadSource)>,
+    pending: Vec<Pending>,
+    next_id: u64,
     checking: bool,
     /// The roots the last check proved (the last answer's), so a head already on them is not
     /// checked again.
     proven: Option<LogChain>,
     /// Heads already alarmed about (epoch, root): the alarm is raised once for each.
     refuted: Vec<(u64, [u8; 32])>,
+    /// Epochs the directory could not prove its log from: alarmed once each.
+    unprovable: Vec<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    id: u64,
+    head: LogHead,
+    source: HeadSource,
 }
 
 #[derive(Debug, Clone)]
@@ -79,7 +89,7 @@ impl HeadBook {
                 .proven
                 .as_ref()
                 .is_some_and(|chain| chain.root_at(head.epoch) == Some(&head.root_hash))
-            || self.pending.iter().any(|(h, _)| h == &head)
+            || self.pending.iter().any(|p| p.head == head)
             || self.refuted.contains(&(head.epoch, head.root_hash))
         {
             return;
@@ -87,19 +97,45 @@ impl HeadBook {
         if self.pending.len() >= MAX_PENDING {
             self.pending.remove(0);
         }
-        self.pending.push((head, source));
+        self.next_id += 1;
+        self.pending.push(Pending {
+            id: self.next_id,
+            head,
+            source,
+        });
     }
 }
 
-/// A head to judge: its epoch, its root hash, and where it came from.
-pub type SeenHead = (u64, [u8; 32], HeadSource);
+/// A head to judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenHead {
+    pub epoch: u64,
+    pub root: [u8; 32],
+    pub source: HeadSource,
+    /// Its entry among the pending heads (none for the last checked head, or the end of the
+    /// previous answer in one check).
+    id: Option<u64>,
+}
 
 /// A head that no single log holds with the others, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inconsistent {
-    pub epoch: u64,
-    pub source: HeadSource,
+    pub head: SeenHead,
     pub why: String,
+}
+
+impl Inconsistent {
+    pub fn new(head: &LogHead, source: HeadSource, why: String) -> Inconsistent {
+        Inconsistent {
+            head: SeenHead {
+                epoch: head.epoch,
+                root: head.root_hash,
+                source,
+                id: None,
+            },
+            why,
+        }
+    }
 }
 
 /// Judges `heads` against `chain`, the log the directory proved from the oldest of them: a
@@ -108,23 +144,30 @@ pub struct Inconsistent {
 pub fn judge_heads(chain: &LogChain, heads: Vec<SeenHead>) -> (Vec<Inconsistent>, Vec<SeenHead>) {
     let mut bad = Vec::new();
     let mut later = Vec::new();
-    for (epoch, root, source) in heads {
-        match chain.root_at(epoch) {
-            Some(proven) if proven == &root => {}
+    for head in heads {
+        match chain.root_at(head.epoch) {
+            Some(proven) if proven == &head.root => {}
             Some(_) => bad.push(Inconsistent {
-                epoch,
-                source,
+                head,
                 why: "another root than the directory's own log has at that epoch".into(),
             }),
-            None if epoch < chain.from => bad.push(Inconsistent {
-                epoch,
-                source,
+            None if head.epoch < chain.from => bad.push(Inconsistent {
+                head,
                 why: "older than where the log was proven from".into(),
             }),
-            None => later.push((epoch, root, source)),
+            None => later.push(head),
         }
     }
     (bad, later)
+}
+
+/// Clears a link's `checking` flag however its check ends (a timeout drops it mid-way).
+struct Checking<'a>(&'a DirectoryLink);
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        self.0.heads.borrow_mut().checking = false;
+    }
 }
 
 impl Trust {
@@ -160,8 +203,8 @@ impl Trust {
                 let seen = book
                     .pending
                     .iter()
-                    .filter(|(_, source)| source == &HeadSource::Lookup)
-                    .map(|(head, _)| head);
+                    .filter(|p| p.source == HeadSource::Lookup)
+                    .map(|p| &p.head);
                 checked
                     .into_iter()
                     .chain(seen)
@@ -190,30 +233,45 @@ impl Trust {
             }
             book.checking = true;
         }
-        let result = self.check_heads_once(link).await;
-        link.heads.borrow_mut().checking = false;
-        result
+        let _checking = Checking(link);
+        self.check_heads_once(link).await
+    }
+
+    /// Loads the head `link` was last checked up to, once.
+    async fn load_checked(&self, link: &DirectoryLink) -> Result<(), HostError> {
+        if link.heads.borrow().loaded {
+            return Ok(());
+        }
+        let stored = self.storage.setting(LOG_HEADS_CHECKED).await?;
+        let mut book = link.heads.borrow_mut();
+        if let Some((epoch, root)) = stored
+            .as_deref()
+            .and_then(|b| read_checked(b).get(link.anchor.key.as_bytes()).copied())
+        {
+            if book.checked.is_none() {
+                book.checked = Some(Checked {
+                    epoch,
+                    root,
+                    signed: None,
+                });
+            }
+        }
+        book.loaded = true;
+        Ok(())
+    }
+
+    /// The epoch `link`'s log was last proven up to by this host, if ever.
+    pub(super) async fn proven_epoch(
+        &self,
+        link: &DirectoryLink,
+    ) -> Result<Option<u64>, HostError> {
+        self.load_checked(link).await?;
+        Ok(link.heads.borrow().checked.as_ref().map(|c| c.epoch))
     }
 
     async fn check_heads_once(&self, link: &DirectoryLink) -> Result<(), HostError> {
-        if !link.heads.borrow().loaded {
-            let stored = self.storage.setting(LOG_HEADS_CHECKED).await?;
-            let mut book = link.heads.borrow_mut();
-            if let Some((epoch, root)) = stored
-                .as_deref()
-                .and_then(|b| read_checked(b).get(link.anchor.key.as_bytes()).copied())
-            {
-                if book.checked.is_none() {
-                    book.checked = Some(Checked {
-                        epoch,
-                        root,
-                        signed: None,
-                    });
-                }
-            }
-            book.loaded = true;
-        }
-        let (mut heads, taken) = {
+        self.load_checked(link).await?;
+        let mut heads = {
             let book = link.heads.borrow();
             if book.pending.is_empty() && book.checked.as_ref().is_some_and(|c| c.signed.is_some())
             {
@@ -222,59 +280,99 @@ impl Trust {
             let mut heads: Vec<SeenHead> = book
                 .pending
                 .iter()
-                .map(|(h, s)| (h.epoch, h.root_hash, s.clone()))
+                .map(|p| SeenHead {
+                    epoch: p.head.epoch,
+                    root: p.head.root_hash,
+                    source: p.source.clone(),
+                    id: Some(p.id),
+                })
                 .collect();
             if let Some(c) = &book.checked {
-                heads.push((c.epoch, c.root, HeadSource::Lookup));
+                heads.push(SeenHead {
+                    epoch: c.epoch,
+                    root: c.root,
+                    source: HeadSource::Lookup,
+                    id: None,
+                });
             }
-            (heads, book.pending.len())
+            heads
         };
-        let Some(mut from) = heads.iter().map(|(e, _, _)| *e).min() else {
+        let Some(mut from) = heads.iter().map(|h| h.epoch).min() else {
             return Ok(());
         };
         let client = link.client().await?;
-        let mut last = None;
+        // Pending heads judged (either way): dropped at the end; those not reached stay.
+        let mut judged: Vec<u64> = Vec::new();
+        let mut found_any = false;
+        let mut last: Option<LogChain> = None;
         for _ in 0..MAX_ROUNDS {
-            let chain = match tokio::time::timeout(DIRECTORY_TIMEOUT, client.log_consistency(from))
-                .await
-            {
-                Err(_) => return Err(link.no_answer("checking the key log")),
-                Ok(Ok(chain)) => chain,
-                // A log that cannot be proven from a head its directory signed: rewound, or
-                // forked. Every head from there on is in question.
-                Ok(Err(
-                    e @ (ClientError::Verification(_)
-                    | ClientError::Refused {
-                        code: ErrorCode::BadRequest,
-                        ..
-                    }),
-                )) => {
-                    link.failed(&e);
-                    let first = heads.iter().find(|(epoch, _, _)| *epoch == from);
-                    let source = first.map_or(HeadSource::Lookup, |(_, _, s)| s.clone());
-                    self.split_view(
-                        link,
-                        &Inconsistent {
-                            epoch: from,
-                            source,
-                            why: format!("the directory cannot prove its log grew from it: {e}"),
-                        },
-                    );
-                    self.forget_pending(link, taken);
-                    return Ok(());
-                }
-                Ok(Err(e)) => {
-                    link.failed(&e);
-                    return Err(HostError::from(e));
-                }
-            };
-            let (bad, later) = judge_heads(&chain, heads);
+            let chain =
+                match tokio::time::timeout(DIRECTORY_TIMEOUT, client.log_consistency(from)).await {
+                    Err(_) => return Err(link.no_answer("checking the key log")),
+                    Ok(Ok(chain)) => chain,
+                    // A log that cannot be proven from a head its directory signed: rewound, or
+                    // forked. Every head is in question; the alarm is raised once per epoch.
+                    Ok(Err(
+                        e @ (ClientError::Verification(_)
+                        | ClientError::Refused {
+                            code: ErrorCode::BadRequest,
+                            ..
+                        }),
+                    )) => {
+                        link.failed(&e);
+                        let seen_before = link.heads.borrow().unprovable.contains(&from);
+                        if !seen_before {
+                            link.heads.borrow_mut().unprovable.push(from);
+                            let head = heads.iter().find(|h| h.epoch == from).cloned().unwrap_or(
+                                SeenHead {
+                                    epoch: from,
+                                    root: [0; 32],
+                                    source: HeadSource::Lookup,
+                                    id: None,
+                                },
+                            );
+                            self.split_view(
+                                link,
+                                &Inconsistent {
+                                    head,
+                                    why: format!(
+                                        "the directory cannot prove its log grew from it: {e}"
+                                    ),
+                                },
+                            );
+                        }
+                        judged.extend(heads.iter().filter_map(|h| h.id));
+                        self.forget_pending(link, &judged);
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => {
+                        link.failed(&e);
+                        return Err(HostError::from(e));
+                    }
+                };
+            // One answer must go on from where the one before ended: the same root there.
+            if let Some(before) = &last {
+                heads.push(SeenHead {
+                    epoch: before.end(),
+                    root: before.head.root_hash,
+                    source: HeadSource::Lookup,
+                    id: None,
+                });
+            }
+            let (bad, later) = judge_heads(&chain, heads.clone());
+            judged.extend(
+                heads
+                    .iter()
+                    .filter(|h| !later.contains(h))
+                    .filter_map(|h| h.id),
+            );
             for inconsistent in &bad {
+                found_any = true;
                 self.split_view(link, inconsistent);
             }
             heads = later;
-            let reached_latest =
-                chain.end() < from + smvs_directory::transparency::MAX_CONSISTENCY_EPOCHS;
+            let reached_latest = chain.end()
+                < from.saturating_add(smvs_directory::transparency::MAX_CONSISTENCY_EPOCHS);
             from = chain.end();
             last = Some(chain);
             if heads.is_empty() {
@@ -282,12 +380,13 @@ impl Trust {
             }
             if reached_latest {
                 // The directory's latest is older than a head it signed.
-                for (epoch, _, source) in heads.drain(..) {
+                for head in heads.drain(..) {
+                    found_any = true;
+                    judged.extend(head.id);
                     self.split_view(
                         link,
                         &Inconsistent {
-                            epoch,
-                            source,
+                            head,
                             why: "newer than the directory's latest: its log was rewound".into(),
                         },
                     );
@@ -295,20 +394,32 @@ impl Trust {
                 break;
             }
         }
-        self.forget_pending(link, taken);
+        self.forget_pending(link, &judged);
         let Some(chain) = last else {
             return Ok(());
         };
         let head = chain.head.clone();
-        tracing::info!(directory = %link.name(), epoch = head.epoch, "the key log heads seen agree with the directory's log");
+        if !found_any {
+            tracing::info!(directory = %link.name(), epoch = head.epoch, "the key log heads seen agree with the directory's log");
+        }
+        // The checkpoint only moves forward (a check may have started from an older head).
+        let forward = link
+            .heads
+            .borrow()
+            .checked
+            .as_ref()
+            .is_none_or(|c| head.epoch >= c.epoch);
         {
             let mut book = link.heads.borrow_mut();
+            book.proven = Some(chain);
+            if !forward {
+                return Ok(());
+            }
             book.checked = Some(Checked {
                 epoch: head.epoch,
                 root: head.root_hash,
                 signed: Some(head.clone()),
             });
-            book.proven = Some(chain);
         }
         let mut all = match self.storage.setting(LOG_HEADS_CHECKED).await? {
             Some(bytes) => read_checked(&bytes),
@@ -321,34 +432,29 @@ impl Trust {
         Ok(())
     }
 
-    /// Drops the first `taken` pending heads (those one check judged; more may have come).
-    fn forget_pending(&self, link: &DirectoryLink, taken: usize) {
-        let mut book = link.heads.borrow_mut();
-        let taken = taken.min(book.pending.len());
-        book.pending.drain(..taken);
+    /// Drops the pending heads one check judged (more may have come meanwhile).
+    fn forget_pending(&self, link: &DirectoryLink, judged: &[u64]) {
+        link.heads
+            .borrow_mut()
+            .pending
+            .retain(|p| !judged.contains(&p.id));
     }
 
-    fn split_view(&self, link: &DirectoryLink, found: &Inconsistent) {
+    /// Raises the split-view alarm for one head, once.
+    pub(super) fn split_view(&self, link: &DirectoryLink, found: &Inconsistent) {
         {
             let mut book = link.heads.borrow_mut();
-            let root = book
-                .pending
-                .iter()
-                .find(|(h, s)| h.epoch == found.epoch && s == &found.source)
-                .map(|(h, _)| h.root_hash);
-            if let Some(root) = root {
-                if book.refuted.len() >= MAX_PENDING {
-                    book.refuted.remove(0);
-                }
-                book.refuted.push((found.epoch, root));
+            if book.refuted.len() >= MAX_PENDING {
+                book.refuted.remove(0);
             }
+            book.refuted.push((found.head.epoch, found.head.root));
         }
         let me = self.registered().map(|m| m.username);
-        let (source, peer) = match &found.source {
+        let (source, peer) = match &found.head.source {
             HeadSource::Lookup => ("this host's look-up".to_owned(), me),
             HeadSource::Contact(c) => (format!("{c}'s host"), Some(c.clone())),
         };
-        smvs_service::security_event!(error, smvs_service::logging::LOG_SPLIT_VIEW, directory = %link.name(), epoch = found.epoch, source = %source, why = %found.why, "a directory's key log heads are not all on one log: it shows someone a log of its own (a split view) or rewound it");
+        smvs_service::security_event!(error, smvs_service::logging::LOG_SPLIT_VIEW, directory = %link.name(), epoch = found.head.epoch, source = %source, why = %found.why, "a directory's key log heads are not all on one log: it shows someone a log of its own (a split view) or rewound it");
         if let Some(peer) = peer {
             self.events.publish(HostEvent::DirectoryAlarm { peer });
         }
@@ -389,28 +495,36 @@ mod tests {
         LogChain { from, roots, head }
     }
 
+    fn seen(epoch: u64, root: u8, source: &HeadSource) -> SeenHead {
+        SeenHead {
+            epoch,
+            root: [root; 32],
+            source: source.clone(),
+            id: None,
+        }
+    }
+
     #[test]
     fn heads_on_the_proven_log_pass_and_others_do_not() {
         smvs_crypto::init().unwrap();
         let proven = chain(5, vec![[5; 32], [6; 32], [7; 32]]);
         let bob = HeadSource::Contact(Username::parse("bob").unwrap());
+        let us = HeadSource::Lookup;
         let (bad, later) = judge_heads(
             &proven,
             vec![
-                (5, [5; 32], HeadSource::Lookup),
-                (6, [6; 32], bob.clone()),
-                (7, [9; 32], bob.clone()),
-                (4, [4; 32], HeadSource::Lookup),
-                (9, [9; 32], bob.clone()),
+                seen(5, 5, &us),
+                seen(6, 6, &bob),
+                seen(7, 9, &bob),
+                seen(4, 4, &us),
+                seen(9, 9, &bob),
             ],
         );
         assert_eq!(
-            bad.iter()
-                .map(|b| (b.epoch, b.source.clone()))
-                .collect::<Vec<_>>(),
-            vec![(7, bob.clone()), (4, HeadSource::Lookup)]
+            bad.iter().map(|b| b.head.clone()).collect::<Vec<_>>(),
+            vec![seen(7, 9, &bob), seen(4, 4, &us)]
         );
-        assert_eq!(later, vec![(9, [9; 32], bob)]);
+        assert_eq!(later, vec![seen(9, 9, &bob)]);
     }
 
     #[test]
@@ -424,7 +538,7 @@ mod tests {
             book.saw(head, HeadSource::Lookup);
         }
         assert_eq!(book.pending.len(), MAX_PENDING);
-        assert_eq!(book.pending[0].0.epoch, 3);
+        assert_eq!(book.pending[0].head.epoch, 3);
     }
 
     #[test]

@@ -1049,6 +1049,10 @@ impl Trust {
             link.failed(&e);
             HostError::from(e)
         };
+        // Read before the look-up: an answer from an older log than this host already proved
+        // is the directory going back (a check that ends while the look-up is in flight must
+        // not make an honest answer look old).
+        let proven = self.proven_epoch(link).await?;
         let record = match directory.lookup_for_owner(&me.username).await {
             Ok(record) => record,
             Err(e) if e.code() == Some(smvs_directory::ErrorCode::NotFound) => {
@@ -1072,6 +1076,18 @@ impl Trust {
             }
         };
         link.saw(&record);
+        if let (Some(at), Some(proven)) = (&record.logged_at, proven) {
+            if at.head.epoch < proven {
+                self.split_view(
+                    link,
+                    &log_heads::Inconsistent::new(
+                        &at.head,
+                        log_heads::HeadSource::Lookup,
+                        format!("this host's own look-up was answered from epoch {}, older than the {proven} it already proved: the directory went back", at.head.epoch),
+                    ),
+                );
+            }
+        }
         if record.user.identity != me.identity {
             // Each check is a look-up of our own name: a directory that shows others a key we
             // never made is caught here, within a renewal check of it starting to.
@@ -1159,7 +1175,10 @@ impl Trust {
             .await
             .map_err(failed)?;
         if history_due {
-            self.check_own_log(link, &session, me, checked).await?;
+            if let Some(at) = &record.logged_at {
+                self.check_own_log(link, &session, me, checked, at, &record.logged())
+                    .await?;
+            }
         }
         if !transport_due && !address_moved && session_keys.is_none() {
             return Ok(None);

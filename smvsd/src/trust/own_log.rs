@@ -11,10 +11,11 @@
 use std::collections::HashMap;
 
 use smvs_crypto::SigningPublicKey;
-use smvs_directory::transparency::{LoggedValue, LoggedVersion};
+use smvs_directory::transparency::{LogPosition, LoggedValue, LoggedVersion};
 use smvs_directory::DirectorySession;
 
 use super::directories::DirectoryLink;
+use super::log_heads::{HeadSource, Inconsistent};
 use super::{Me, Trust};
 use crate::error::HostError;
 use crate::model::HostEvent;
@@ -40,13 +41,17 @@ impl Trust {
     /// Asks `link`'s directory (through our `session` there) for our name's history, judges
     /// the versions after `checked`, raises the alarm for each one this host did not make, and
     /// moves the checkpoint on. A history that cannot be had or does not verify is a warning:
-    /// the next check asks again.
+    /// the next check asks again. The history must be of the same log as the look-up that
+    /// showed a new version (`at`, proving `logged`): as new or newer, and holding that
+    /// version; its head is compared with the others (`log_heads`).
     pub(super) async fn check_own_log(
         &self,
         link: &DirectoryLink,
         session: &DirectorySession,
         me: &Me,
         checked: Option<u64>,
+        at: &LogPosition,
+        logged: &LoggedValue,
     ) -> Result<(), HostError> {
         let (head, versions) = match session.key_history().await {
             Ok(history) => history,
@@ -55,6 +60,27 @@ impl Trust {
                 return Ok(());
             }
         };
+        link.heads
+            .borrow_mut()
+            .saw(head.clone(), HeadSource::Lookup);
+        let same_log = head.epoch >= at.head.epoch
+            && versions
+                .iter()
+                .any(|v| v.version == at.version && &v.value == logged);
+        if !same_log {
+            self.split_view(
+                link,
+                &Inconsistent::new(
+                    &head,
+                    HeadSource::Lookup,
+                    format!(
+                        "this user's history (epoch {}) is not of the log its look-up was proven in (epoch {}, version {})",
+                        head.epoch, at.head.epoch, at.version
+                    ),
+                ),
+            );
+            return Ok(());
+        }
         let identity = &me.identity.signing_key;
         for found in judge_history(&versions, checked, identity) {
             match found {
