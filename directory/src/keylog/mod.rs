@@ -119,8 +119,11 @@ struct Inner {
     storage: LogStorage,
     store: Store,
     vrf_key: [u8; 32],
-    /// One publication at a time in this process (the store's lock covers other processes).
-    publishing: tokio::sync::Mutex<()>,
+    /// Publishing writes (one at a time in this process; the store's lock covers other
+    /// processes); proofs read. akd serves reads from a publication's transaction before it
+    /// commits, so without this a proof could sign a head of an epoch not yet (or never)
+    /// stored.
+    publishing: tokio::sync::RwLock<()>,
 }
 
 impl KeyLog {
@@ -145,7 +148,7 @@ impl KeyLog {
                 storage: LogStorage::new(store.clone()),
                 store,
                 vrf_key,
-                publishing: tokio::sync::Mutex::new(()),
+                publishing: tokio::sync::RwLock::new(()),
             }),
         })
     }
@@ -172,12 +175,17 @@ impl KeyLog {
     ) -> Result<(LookupProof, EpochHash), LogError> {
         let label = label(name);
         let expected = expected.to_bytes();
-        if let Ok((proof, head)) = self.inner.directory.lookup(label.clone()).await {
+        let first = {
+            let _reading = self.inner.publishing.read().await;
+            self.inner.directory.lookup(label.clone()).await
+        };
+        if let Ok((proof, head)) = first {
             if proof.value.0 == expected {
                 return Ok((proof, head));
             }
         }
         self.sync(name).await?;
+        let _reading = self.inner.publishing.read().await;
         let (proof, head) = self.inner.directory.lookup(label).await?;
         if proof.value.0 != expected {
             return Err(LogError::Akd(
@@ -192,6 +200,7 @@ impl KeyLog {
     /// first, so the history ends at the record the owner would be answered.
     pub async fn history(&self, name: &Username) -> Result<(HistoryProof, EpochHash), LogError> {
         self.sync(name).await?;
+        let _reading = self.inner.publishing.read().await;
         Ok(self
             .inner
             .directory
@@ -204,6 +213,7 @@ impl KeyLog {
     /// latest when nearer; none when `from` is the latest), and the root hash of each epoch
     /// from `from` to there. A host checks the heads it was shown against these roots.
     pub async fn consistency(&self, from: u64) -> Result<Consistency, LogError> {
+        let _reading = self.inner.publishing.read().await;
         let EpochHash(latest, latest_root) = self.inner.directory.get_epoch_hash().await?;
         if from > latest {
             return Err(LogError::NoEpoch {
@@ -236,7 +246,7 @@ impl KeyLog {
 
 impl Inner {
     async fn sync(&self, name: &Username) -> Result<(), LogError> {
-        let _one = self.publishing.lock().await;
+        let _one = self.publishing.write().await;
         self.store
             .with_log_lock(async {
                 let now = self.current_value(name).await?;

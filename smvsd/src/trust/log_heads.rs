@@ -55,6 +55,8 @@ pub struct HeadBook {
     pending: Vec<Pending>,
     next_id: u64,
     checking: bool,
+    /// A check was asked for while one ran: run again when it ends.
+    again: bool,
     /// The roots the last check proved (the last answer's), so a head already on them is not
     /// checked again.
     proven: Option<LogChain>,
@@ -95,7 +97,13 @@ impl HeadBook {
             return;
         }
         if self.pending.len() >= MAX_PENDING {
-            self.pending.remove(0);
+            // Contacts' heads go first: a contact must not push out what this host saw itself.
+            let oldest = self
+                .pending
+                .iter()
+                .position(|p| p.source != HeadSource::Lookup)
+                .unwrap_or(0);
+            self.pending.remove(oldest);
         }
         self.next_id += 1;
         self.pending.push(Pending {
@@ -229,12 +237,21 @@ impl Trust {
         {
             let mut book = link.heads.borrow_mut();
             if book.checking {
+                book.again = true;
                 return Ok(());
             }
             book.checking = true;
         }
         let _checking = Checking(link);
-        self.check_heads_once(link).await
+        // Heads that came during a check (a contact's, say) are checked right after it.
+        for _ in 0..4 {
+            link.heads.borrow_mut().again = false;
+            self.check_heads_once(link).await?;
+            if !link.heads.borrow().again {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Loads the head `link` was last checked up to, once.
@@ -321,6 +338,15 @@ impl Trust {
                     )) => {
                         link.failed(&e);
                         let seen_before = link.heads.borrow().unprovable.contains(&from);
+                        // The baseline it cannot prove from is dropped, so that later checks
+                        // go on from the heads after it instead of failing here for ever.
+                        {
+                            let mut book = link.heads.borrow_mut();
+                            if book.checked.as_ref().is_some_and(|c| c.epoch == from) {
+                                book.checked = None;
+                                book.proven = None;
+                            }
+                        }
                         if !seen_before {
                             link.heads.borrow_mut().unprovable.push(from);
                             let head = heads.iter().find(|h| h.epoch == from).cloned().unwrap_or(
@@ -341,7 +367,12 @@ impl Trust {
                                 },
                             );
                         }
-                        judged.extend(heads.iter().filter_map(|h| h.id));
+                        judged.extend(
+                            heads
+                                .iter()
+                                .filter(|h| h.epoch == from)
+                                .filter_map(|h| h.id),
+                        );
                         self.forget_pending(link, &judged);
                         return Ok(());
                     }
@@ -444,10 +475,16 @@ impl Trust {
     pub(super) fn split_view(&self, link: &DirectoryLink, found: &Inconsistent) {
         {
             let mut book = link.heads.borrow_mut();
+            let key = (found.head.epoch, found.head.root);
+            book.pending
+                .retain(|p| (p.head.epoch, p.head.root_hash) != key);
+            if book.refuted.contains(&key) {
+                return;
+            }
             if book.refuted.len() >= MAX_PENDING {
                 book.refuted.remove(0);
             }
-            book.refuted.push((found.head.epoch, found.head.root));
+            book.refuted.push(key);
         }
         let me = self.registered().map(|m| m.username);
         let (source, peer) = match &found.head.source {

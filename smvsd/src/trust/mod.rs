@@ -1052,7 +1052,10 @@ impl Trust {
         // Read before the look-up: an answer from an older log than this host already proved
         // is the directory going back (a check that ends while the look-up is in flight must
         // not make an honest answer look old).
-        let proven = self.proven_epoch(link).await?;
+        let proven = self.proven_epoch(link).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the key log checkpoint");
+            None
+        });
         let record = match directory.lookup_for_owner(&me.username).await {
             Ok(record) => record,
             Err(e) if e.code() == Some(smvs_directory::ErrorCode::NotFound) => {
@@ -1075,7 +1078,10 @@ impl Trust {
                 return Err(failed(e));
             }
         };
-        link.saw(&record);
+        let older = matches!((&record.logged_at, proven), (Some(at), Some(proven)) if at.head.epoch < proven);
+        if !older {
+            link.saw(&record);
+        }
         if let (Some(at), Some(proven)) = (&record.logged_at, proven) {
             if at.head.epoch < proven {
                 self.split_view(

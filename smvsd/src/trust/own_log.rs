@@ -60,9 +60,6 @@ impl Trust {
                 return Ok(());
             }
         };
-        link.heads
-            .borrow_mut()
-            .saw(head.clone(), HeadSource::Lookup);
         let same_log = head.epoch >= at.head.epoch
             && versions
                 .iter()
@@ -81,6 +78,9 @@ impl Trust {
             );
             return Ok(());
         }
+        link.heads
+            .borrow_mut()
+            .saw(head.clone(), HeadSource::Lookup);
         let identity = &me.identity.signing_key;
         for found in judge_history(&versions, checked, identity) {
             match found {
