@@ -28,7 +28,7 @@ interface Directory {
 
   logConsistency @5 (from :UInt64) -> (head :Common.LogHead, roots :List(Data), proof :Data);
   # That the key log only grew since epoch `from`: the root hash of every epoch from `from` to
-  # `head`'s (at most 256 later), and akd's AppendOnlyProof between them (protobuf; empty when
+  # `head`'s (at most 64 later), and akd's AppendOnlyProof between them (protobuf; empty when
   # `from` is the latest). Hosts check the heads they saw, and those their contacts' hosts
   # sent them, against these roots: two heads that are not on one log are a split view
   # (docs/protocol.md, 3.7). Names nothing; anyone may ask.

@@ -338,7 +338,7 @@ impl DirectoryClient {
         Ok((key, r.get_time()))
     }
 
-    /// The key log's roots from epoch `from` to a later signed head (at most 256 epochs on),
+    /// The key log's roots from epoch `from` to a later signed head (at most 64 epochs on),
     /// checked: the head is this directory's, and the append-only proof holds between them.
     pub async fn log_consistency(&self, from: u64) -> Result<LogChain, ClientError> {
         let mut request = self.directory.log_consistency_request();

@@ -256,11 +256,11 @@ pub fn encode_append_only_proof(proof: &AppendOnlyProof) -> Vec<u8> {
 }
 
 /// The most epochs one consistency answer may span (the directory's `MAX_CONSISTENCY_EPOCHS`).
-pub const MAX_CONSISTENCY_EPOCHS: u64 = 256;
+pub const MAX_CONSISTENCY_EPOCHS: u64 = 64;
 
-/// The largest append-only proof accepted: 256 epochs of one change each, a few KiB apiece
-/// (the paths to two new leaves), so at most 128 KiB an epoch and 16 MiB in all.
-const MAX_APPEND_ONLY_BYTES: usize = 16 * 1024 * 1024;
+/// The largest append-only proof accepted: 64 epochs of one change each, a few KiB apiece
+/// (the paths to two new leaves), so at most 128 KiB an epoch and 8 MiB in all.
+const MAX_APPEND_ONLY_BYTES: usize = 8 * 1024 * 1024;
 const MAX_APPEND_ONLY_STEP_BYTES: usize = 128 * 1024;
 
 /// The key log's root hash at each epoch from `from` on, as a consistency answer showed them

@@ -769,3 +769,63 @@ fn a_directory_that_shows_one_user_a_log_of_its_own_is_caught_by_a_contacts_head
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(alice.logs().matches(SPLIT).count(), 1, "{}", alice.logs());
 }
+
+/// A check across more epochs than one consistency answer spans (256): alice's host proves
+/// the log from its last checkpoint in rounds, each answer going on from the root the one
+/// before ended on, and finds bob's head, 300 epochs on, on it: no alarm.
+#[test]
+fn heads_far_apart_are_checked_in_rounds_without_an_alarm() {
+    const SPLIT: &str = "369a2ba63a004178f06e5802bcde61f1";
+    let rt = runtime().unwrap();
+    let a = rt
+        .block_on(DirectoryProcess::start(
+            Backend::Sqlite,
+            &[
+                "--registrations-per-hour",
+                "100000000",
+                "--rate-per-ip",
+                "10000000",
+            ],
+        ))
+        .unwrap();
+    let alice = HostProcess::start("alice", &a, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &a, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    alice.send("bob", "hi bob").unwrap();
+    bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
+    bob.send("alice", "hi alice").unwrap();
+    alice.wait_history("bob", LIMIT, |h| h.len() == 2).unwrap();
+    assert_eq!(wait_log_lines(&alice, "heads seen agree", 1).len(), 1);
+
+    // 300 new epochs (a registration each), eight at a time.
+    run_local(async {
+        let client = a.client().await.unwrap();
+        let users: Vec<smvs_tests::TestUser> = (0..300)
+            .map(|i| smvs_tests::TestUser::new(&format!("user{i}"), "127.0.0.3:7421").unwrap())
+            .collect();
+        for chunk in users.chunks(8) {
+            futures::future::join_all(chunk.iter().map(|u| {
+                let request = u.registration(&a.key);
+                let client = &client;
+                async move { client.register(&request).await.unwrap() }
+            }))
+            .await;
+        }
+    })
+    .unwrap();
+    let (latest, _, _) = logged_at(&a, "user299");
+
+    // bob's host sees the latest head (a look-up), and passes it on.
+    bob.send("user299", "hi").unwrap();
+    bob.send("alice", "far ahead").unwrap();
+    alice.wait_history("bob", LIMIT, |h| h.len() == 3).unwrap();
+    let agreed = wait_log_lines(&alice, "heads seen agree", 2);
+    assert_eq!(agreed.len(), 2, "{}", alice.logs());
+    assert!(
+        agreed[1].contains(&format!("epoch={latest}")),
+        "proven up to the latest epoch {latest}: {}",
+        agreed[1]
+    );
+    assert!(!alice.logs().contains(SPLIT), "{}", alice.logs());
+}

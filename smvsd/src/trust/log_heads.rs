@@ -32,9 +32,9 @@ pub const LOG_HEADS_CHECKED: &str = "log_heads_checked";
 /// once when a contact's head arrives).
 const MAX_PENDING: usize = 64;
 
-/// How many consistency answers (256 epochs each) one check asks for before it stops and
+/// How many consistency answers (64 epochs each) one check asks for before it stops and
 /// goes on at the next.
-const MAX_ROUNDS: usize = 16;
+const MAX_ROUNDS: usize = 64;
 
 /// Where a head came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
