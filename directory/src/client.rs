@@ -345,9 +345,7 @@ impl DirectoryClient {
         request.get().set_from(from);
         let response = request.send().promise.await?;
         let r = response.get()?;
-        let head = LogHead::read(r.get_head()?).map_err(ClientError::Verification)?;
-        head.verify(&self.directory_key)
-            .map_err(ClientError::Verification)?;
+        let head = signed_head(r.get_head()?, &self.directory_key)?;
         let list = r.get_roots()?;
         if u64::from(list.len()) > crate::transparency::MAX_CONSISTENCY_EPOCHS + 1 {
             return Err(ClientError::Verification(format!(
@@ -448,9 +446,7 @@ impl DirectoryClient {
                 "the answer carries no proof from the directory's key log".into(),
             ));
         }
-        let head = LogHead::read(r.get_head()?).map_err(ClientError::Verification)?;
-        head.verify(&self.directory_key)
-            .map_err(ClientError::Verification)?;
+        let head = signed_head(r.get_head()?, &self.directory_key)?;
         let (in_log, version) = crate::transparency::verify_lookup(&head, username, r.get_proof()?)
             .map_err(ClientError::Verification)?;
         if &in_log != logged {
@@ -659,9 +655,7 @@ impl DirectorySession {
                 "the answer carries no proof from the directory's key log".into(),
             ));
         }
-        let head = LogHead::read(r.get_head()?).map_err(ClientError::Verification)?;
-        head.verify(&self.directory_key)
-            .map_err(ClientError::Verification)?;
+        let head = signed_head(r.get_head()?, &self.directory_key)?;
         let versions = crate::transparency::verify_history(&head, &self.username, r.get_proof()?)
             .map_err(ClientError::Verification)?;
         Ok((head, versions))
@@ -688,4 +682,15 @@ fn describe(logged: &LoggedValue) -> String {
         LoggedValue::Gone => "deregistered".into(),
         LoggedValue::Moved { .. } => "moved away".into(),
     }
+}
+
+/// A log head from an answer, signed by the pinned directory key.
+fn signed_head(
+    r: smvs_schema::common_capnp::log_head::Reader<'_>,
+    directory_key: &SigningPublicKey,
+) -> Result<LogHead, ClientError> {
+    let head = LogHead::read(r).map_err(ClientError::Verification)?;
+    head.verify(directory_key)
+        .map_err(ClientError::Verification)?;
+    Ok(head)
 }

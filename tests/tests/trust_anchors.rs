@@ -282,14 +282,7 @@ fn an_address_change_reaches_contacts_without_any_directory() {
     let dir = rt
         .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
         .unwrap();
-    let mut alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
-    let bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
-    alice.register().unwrap();
-    bob.register().unwrap();
-    alice.send("bob", "hi bob").unwrap();
-    bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
-    bob.send("alice", "hi alice").unwrap();
-    alice.wait_history("bob", LIMIT, |h| h.len() == 2).unwrap();
+    let (mut alice, bob) = talking(&dir);
     let old_port = alice.listen.port();
 
     // Statements that do not check out are refused: one alice's identity did not sign (on a
@@ -686,6 +679,17 @@ fn a_key_shown_for_one_lookup_stays_in_the_log_and_its_owner_finds_it() {
     assert!(!logs.contains("369a2ba63a004178f06e5802bcde61f1"), "{logs}");
 }
 
+/// alice (127.0.0.1) and bob (127.0.0.2), registered at `dir`, who have written to each
+/// other once each (so each is the other's accepted contact).
+fn talking(dir: &DirectoryProcess) -> (HostProcess, HostProcess) {
+    let (alice, bob) = smvs_tests::conversation::alice_and_bob(dir, &[]).unwrap();
+    alice.send("bob", "hi bob").unwrap();
+    bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
+    bob.send("alice", "hi alice").unwrap();
+    alice.wait_history("bob", LIMIT, |h| h.len() == 2).unwrap();
+    (alice, bob)
+}
+
 /// Registers `name` at `dir` straight from the test (no host: a user others look up).
 fn register_plain(dir: &DirectoryProcess, name: &str) {
     run_local(async {
@@ -710,15 +714,8 @@ fn a_directory_that_shows_one_user_a_log_of_its_own_is_caught_by_a_contacts_head
     let a = rt
         .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
         .unwrap();
-    let mut alice = HostProcess::start("alice", &a, "127.0.0.1", &[]).unwrap();
-    let bob = HostProcess::start("bob", &a, "127.0.0.2", &[]).unwrap();
-    alice.register().unwrap();
-    bob.register().unwrap();
+    let (mut alice, bob) = talking(&a);
     register_plain(&a, "carol");
-    alice.send("bob", "hi bob").unwrap();
-    bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
-    bob.send("alice", "hi alice").unwrap();
-    alice.wait_history("bob", LIMIT, |h| h.len() == 2).unwrap();
     let agreed = wait_log_lines(&alice, "heads seen agree", 1);
     assert!(
         !agreed.is_empty(),
@@ -788,14 +785,7 @@ fn heads_far_apart_are_checked_in_rounds_without_an_alarm() {
             ],
         ))
         .unwrap();
-    let alice = HostProcess::start("alice", &a, "127.0.0.1", &[]).unwrap();
-    let bob = HostProcess::start("bob", &a, "127.0.0.2", &[]).unwrap();
-    alice.register().unwrap();
-    bob.register().unwrap();
-    alice.send("bob", "hi bob").unwrap();
-    bob.wait_history("alice", LIMIT, |h| h.len() == 1).unwrap();
-    bob.send("alice", "hi alice").unwrap();
-    alice.wait_history("bob", LIMIT, |h| h.len() == 2).unwrap();
+    let (alice, bob) = talking(&a);
     assert_eq!(wait_log_lines(&alice, "heads seen agree", 1).len(), 1);
 
     // 300 new epochs (a registration each), eight at a time.

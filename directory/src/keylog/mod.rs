@@ -332,6 +332,21 @@ mod tests {
 
     type MemoryLog = Directory<LogConfiguration, AsyncInMemoryDatabase, LogVrf>;
 
+    /// An empty log in memory, and its VRF key.
+    async fn memory_log() -> (MemoryLog, [u8; 32]) {
+        smvs_crypto::init().unwrap();
+        let vrf = LogVrf::derive(&[7; 32]).unwrap();
+        let vrf_key = vrf.get_vrf_public_key().await.unwrap().to_bytes();
+        let log = MemoryLog::new(
+            StorageManager::new_no_cache(AsyncInMemoryDatabase::new()),
+            vrf,
+            AzksParallelismConfig::disabled(),
+        )
+        .await
+        .unwrap();
+        (log, vrf_key)
+    }
+
     fn record(serial: u64) -> LoggedValue {
         LoggedValue::Record {
             identity: smvs_crypto::SigningKeyPair::generate().unwrap().public(),
@@ -344,16 +359,7 @@ mod tests {
     /// fails.
     #[tokio::test]
     async fn a_lookup_proof_shows_the_latest_version_and_nothing_else() {
-        smvs_crypto::init().unwrap();
-        let vrf = LogVrf::derive(&[7; 32]).unwrap();
-        let vrf_key = vrf.get_vrf_public_key().await.unwrap().to_bytes();
-        let log = MemoryLog::new(
-            StorageManager::new_no_cache(AsyncInMemoryDatabase::new()),
-            vrf,
-            AzksParallelismConfig::disabled(),
-        )
-        .await
-        .unwrap();
+        let (log, vrf_key) = memory_log().await;
         let signer = smvs_crypto::SigningKeyPair::generate().unwrap();
         let bob = Username::parse("bob").unwrap();
         let carol = Username::parse("carol").unwrap();
@@ -402,16 +408,7 @@ mod tests {
     /// the chain shifted to other epochs, does not.
     #[tokio::test]
     async fn a_consistency_proof_holds_only_for_the_log_it_was_made_from() {
-        smvs_crypto::init().unwrap();
-        let vrf = LogVrf::derive(&[7; 32]).unwrap();
-        let vrf_key = vrf.get_vrf_public_key().await.unwrap().to_bytes();
-        let log = MemoryLog::new(
-            StorageManager::new_no_cache(AsyncInMemoryDatabase::new()),
-            vrf,
-            AzksParallelismConfig::disabled(),
-        )
-        .await
-        .unwrap();
+        let (log, vrf_key) = memory_log().await;
         let signer = smvs_crypto::SigningKeyPair::generate().unwrap();
         let mut roots = vec![log.get_epoch_hash().await.unwrap().1];
         for (i, name) in ["bob", "carol", "bob", "dave"].iter().enumerate() {
