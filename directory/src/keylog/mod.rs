@@ -472,16 +472,7 @@ mod tests {
     /// proof that leaves a version out, or one shown against another name or root, fails.
     #[tokio::test]
     async fn a_history_proof_shows_every_version_in_order() {
-        smvs_crypto::init().unwrap();
-        let vrf = LogVrf::derive(&[9; 32]).unwrap();
-        let vrf_key = vrf.get_vrf_public_key().await.unwrap().to_bytes();
-        let log = MemoryLog::new(
-            StorageManager::new_no_cache(AsyncInMemoryDatabase::new()),
-            vrf,
-            AzksParallelismConfig::disabled(),
-        )
-        .await
-        .unwrap();
+        let (log, vrf_key) = memory_log().await;
         let signer = smvs_crypto::SigningKeyPair::generate().unwrap();
         let bob = Username::parse("bob").unwrap();
         let carol = Username::parse("carol").unwrap();
