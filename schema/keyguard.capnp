@@ -86,6 +86,11 @@ interface Keyguard {
   # (context host-address, canonical::host_address_statement): what a host that moved pushes
   # to its contacts' hosts. It says where the host is, which the directory says to anyone
   # anyway; nothing about messages.
+  signDhtRecord @17 (record :Data, seq :Int64) -> (signature :Data);
+  # The identity's BEP 44 signature (smvs_crypto::dht_signable, salt smvs-host-record-v1) over
+  # `record`, the host's own record for the DHT at sequence `seq`. Keyguard signs only a record
+  # of its identity under the identity's address whose serial is `seq`
+  # (smvs_directory::record::check_own_dht_record).
 }
 
 struct StorageEpoch {

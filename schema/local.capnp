@@ -45,6 +45,8 @@ struct HostStatus {
   fingerprint @6 :Text;         # of our own identity
   callPort @7 :Text;            # IP:port of the host's call port (UDP): STUN for this device's
                                 # NAT address, and the relay; empty when the host has none
+  dhtNode @8 :Text;             # IP:port (UDP) of the host's node in the hosts' DHT; empty when
+                                # it is in none
 }
 
 struct Conversation {
@@ -270,6 +272,10 @@ interface Host {
   # then on. Returns the name of the directory left.
   directories @24 () -> (directories :List(DirectoryInfo));
   # The configured directories, in order.
+  registerInDht @25 () -> (status :HostStatus);
+  # Creates the identity (in keyguard) and registers this host's user in the hosts' DHT: the
+  # user's name is the identity address (smvs:…), and the record the identity signs is put
+  # there. Needs smvsd --dht.
   # Sends `to` the directory's signed record of `user` as this host pinned it: `to`'s host may
   # pin `user` from it, "introduced by" us, without asking a directory.
 }

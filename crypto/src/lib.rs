@@ -9,6 +9,7 @@
 //! Data flow: callers hand in bytes and typed keys; secrets stay inside zeroizing types whose
 //! `Debug` prints `[REDACTED]`; every non-zero libsodium return becomes a [`CryptoError`].
 
+mod address;
 mod aead;
 mod bound;
 mod error;
@@ -22,6 +23,10 @@ mod pake;
 mod sealed;
 mod sodium;
 
+pub use address::{
+    dht_signable, identity_address, parse_identity_address, DHT_RECORD_SALT, IDENTITY_ADDRESS_LEN,
+    IDENTITY_ADDRESS_PREFIX,
+};
 pub use aead::{aead_decrypt, aead_encrypt, AeadKey, AEAD_NONCE_LEN, AEAD_TAG_LEN};
 pub use bound::{transcript_bound, GuardOperation, HandshakeComponent};
 pub use error::CryptoError;

@@ -281,6 +281,15 @@ pub fn sign_record(
     issued_at: i64,
     out: signed_record::Builder<'_>,
 ) {
+    let bytes = encode_record(user, issued_at, &key.public());
+    let signature = key.sign(SignContext::DirectoryRecord, &bytes);
+    let mut out = out;
+    out.set_record(&bytes);
+    out.set_signature(signature.as_bytes());
+}
+
+/// `user` as record bytes, naming `signer` as the key that vouches for it.
+fn encode_record(user: &UserRecord, issued_at: i64, signer: &SigningPublicKey) -> Vec<u8> {
     let mut message = capnp::message::Builder::new_default();
     {
         let mut r = message.init_root::<directory_record::Builder<'_>>();
@@ -296,16 +305,12 @@ pub fn sign_record(
         r.set_host_address(user.host_address.as_str());
         r.set_serial(user.serial);
         r.set_issued_at(issued_at);
-        r.set_directory_key(key.public().as_bytes());
+        r.set_directory_key(signer.as_bytes());
         if let Some(keys) = &user.session_keys {
             keys.write(r.reborrow().init_session_keys());
         }
     }
-    let bytes = capnp::serialize::write_message_to_words(&message);
-    let signature = key.sign(SignContext::DirectoryRecord, &bytes);
-    let mut out = out;
-    out.set_record(&bytes);
-    out.set_signature(signature.as_bytes());
+    capnp::serialize::write_message_to_words(&message)
 }
 
 /// Checks a signed record against the pinned directory key and the name that was asked for,
@@ -331,6 +336,26 @@ pub fn verify_record_at(
     directory_key
         .verify(SignContext::DirectoryRecord, bytes, &signature)
         .map_err(|_| "the record is not signed by the pinned directory key".to_string())?;
+    let user = parse_record(bytes, directory_key, expected, now)?;
+    Ok(VerifiedRecord {
+        issued_at: user.1,
+        user: user.0,
+        directory_key: *directory_key,
+        record_bytes: bytes.to_vec(),
+        signature,
+        logged_at: None,
+    })
+}
+
+/// Reads record bytes whose signature was checked: the record must name `signer` and (when
+/// given) the name `expected`, and its transport certificate must hold at `now`. Returns the
+/// user and when the record was issued.
+fn parse_record(
+    bytes: &[u8],
+    signer_key: &SigningPublicKey,
+    expected: Option<&Username>,
+    now: i64,
+) -> Result<(UserRecord, i64), String> {
     let mut slice = bytes;
     let message =
         capnp::serialize::read_message_from_flat_slice(&mut slice, smvs_schema::reader_options())
@@ -354,7 +379,7 @@ pub fn verify_record_at(
     }
     let signer = SigningPublicKey::from_bytes(r.get_directory_key().map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
-    if &signer != directory_key {
+    if &signer != signer_key {
         return Err("the record names another directory".into());
     }
     let identity = read_identity(r.get_identity().map_err(|e| e.to_string())?)?;
@@ -379,8 +404,8 @@ pub fn verify_record_at(
     } else {
         None
     };
-    Ok(VerifiedRecord {
-        user: UserRecord {
+    Ok((
+        UserRecord {
             username,
             identity,
             transport_key: transport.key,
@@ -390,10 +415,92 @@ pub fn verify_record_at(
             serial: r.get_serial(),
             session_keys,
         },
-        issued_at: r.get_issued_at(),
-        directory_key: *directory_key,
-        record_bytes: bytes.to_vec(),
-        signature,
+        r.get_issued_at(),
+    ))
+}
+
+/// The most a BEP 44 value may hold: a host record in the DHT carries no session v2 keys
+/// (they are 2.5 kB), so a user found there speaks session v1.
+pub const MAX_DHT_RECORD: usize = 1000;
+
+/// A host's record for the DHT: `user` (without session keys) as record bytes that name the
+/// identity itself as the key vouching for them; the identity signs them with
+/// `SigningKeyPair::sign_dht_record` at sequence `user.serial`. The name must be the
+/// identity's address.
+pub fn dht_record_value(user: &UserRecord, issued_at: i64) -> Result<Vec<u8>, String> {
+    if user.username.as_str() != smvs_crypto::identity_address(&user.identity.signing_key) {
+        return Err("a DHT record is of the identity's own address".into());
+    }
+    let mut user = user.clone();
+    user.session_keys = None;
+    let bytes = encode_record(&user, issued_at, &user.identity.signing_key);
+    if bytes.len() > MAX_DHT_RECORD {
+        return Err(format!(
+            "a DHT record of {} bytes is more than {MAX_DHT_RECORD}",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
+}
+
+/// What keyguard checks before its identity signs `value` for the DHT at `seq`: the record
+/// is `identity`'s own, under its own address, with `seq` as its serial, and the transport
+/// certificate in it holds at `now` (keyguard made it). Keyguard signs nothing else this way.
+pub fn check_own_dht_record(
+    identity: &IdentityBundle,
+    value: &[u8],
+    seq: i64,
+    now: i64,
+) -> Result<UserRecord, String> {
+    if value.len() > MAX_DHT_RECORD {
+        return Err(format!("a DHT record of {} bytes", value.len()));
+    }
+    let name = Username::parse(&smvs_crypto::identity_address(&identity.signing_key))
+        .map_err(|e| e.to_string())?;
+    let (user, _) = parse_record(value, &identity.signing_key, Some(&name), now)?;
+    if &user.identity != identity {
+        return Err("the record holds another identity".into());
+    }
+    if i64::try_from(user.serial).ok() != Some(seq) || seq <= 0 {
+        return Err("the record's serial is not its sequence number".into());
+    }
+    Ok(user)
+}
+
+/// Checks a record found in the DHT for the identity address `name`, at `now`: the identity
+/// the address names signed it (BEP 44, at sequence `seq`), it is that identity's record of
+/// itself at that address, its serial is `seq`, and its transport certificate holds.
+pub fn verify_dht_record_at(
+    name: &Username,
+    value: &[u8],
+    seq: i64,
+    signature: &Signature,
+    now: i64,
+) -> Result<VerifiedRecord, String> {
+    let key = smvs_crypto::parse_identity_address(name.as_str()).map_err(|e| e.to_string())?;
+    if value.len() > MAX_DHT_RECORD {
+        return Err(format!("a DHT record of {} bytes", value.len()));
+    }
+    key.verify_dht_record(seq, value, signature)
+        .map_err(|_| format!("the record is not signed by the identity {name} names"))?;
+    let (user, issued_at) = parse_record(value, &key, Some(name), now)?;
+    if user.identity.signing_key != key {
+        return Err(format!(
+            "the record holds another identity than {name} names"
+        ));
+    }
+    if i64::try_from(user.serial).ok() != Some(seq) {
+        return Err(format!(
+            "the record's serial {} is not its sequence number {seq}",
+            user.serial
+        ));
+    }
+    Ok(VerifiedRecord {
+        user,
+        issued_at,
+        directory_key: key,
+        record_bytes: value.to_vec(),
+        signature: *signature,
         logged_at: None,
     })
 }
@@ -530,5 +637,62 @@ impl MovedStatement {
         )
         .map_err(|e| e.to_string())?;
         Self::read(message.get_root().map_err(|e| e.to_string())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smvs_crypto::{AgreementKeyPair, IdentityKeys};
+
+    fn dht_user(identity: &IdentityKeys, serial: u64) -> UserRecord {
+        let username =
+            Username::parse(&smvs_crypto::identity_address(&identity.signing.public())).unwrap();
+        let transport = AgreementKeyPair::generate().unwrap();
+        let cert = TransportCertificate::sign_locally(
+            identity,
+            &username,
+            transport.public(),
+            i64::MAX / 2,
+        );
+        UserRecord {
+            username,
+            identity: identity.bundle(),
+            transport_key: cert.key,
+            transport_certificate: cert.certificate,
+            transport_not_after: cert.not_after,
+            host_address: HostAddress::parse("127.0.0.9:7400").unwrap(),
+            serial,
+            session_keys: None,
+        }
+    }
+
+    #[test]
+    fn a_dht_record_holds_only_with_its_identitys_signature() {
+        let alice = IdentityKeys::generate().unwrap();
+        let user = dht_user(&alice, 42);
+        let value = dht_record_value(&user, 1000).unwrap();
+        assert!(value.len() <= MAX_DHT_RECORD);
+        let signature = alice.signing.sign_dht_record(42, &value);
+        let found = verify_dht_record_at(&user.username, &value, 42, &signature, 2000).unwrap();
+        assert!(check_own_dht_record(&alice.bundle(), &value, 42, 2000).is_ok());
+        assert!(check_own_dht_record(&alice.bundle(), &value, 41, 2000).is_err());
+        assert_eq!(found.user, user);
+        assert_eq!(found.directory_key, alice.signing.public());
+        // Another sequence number than the serial, or another identity's signature.
+        let at_43 = alice.signing.sign_dht_record(43, &value);
+        assert!(verify_dht_record_at(&user.username, &value, 43, &at_43, 2000).is_err());
+        let mallory = IdentityKeys::generate().unwrap();
+        let forged = mallory.signing.sign_dht_record(42, &value);
+        assert!(verify_dht_record_at(&user.username, &value, 42, &forged, 2000).is_err());
+        // Mallory's own record, asked for under alice's address.
+        let theirs = dht_user(&mallory, 42);
+        let value = dht_record_value(&theirs, 1000).unwrap();
+        let signature = mallory.signing.sign_dht_record(42, &value);
+        assert!(verify_dht_record_at(&user.username, &value, 42, &signature, 2000).is_err());
+        // A name that is not the identity's own address is not published.
+        let mut named = dht_user(&alice, 1);
+        named.username = Username::parse("alice").unwrap();
+        assert!(dht_record_value(&named, 1000).is_err());
     }
 }

@@ -45,9 +45,18 @@ fn data<'a>(what: &str, d: capnp::Result<&'a [u8]>) -> Result<&'a [u8], Refusal>
     d.map_err(|e| Refusal::new(ErrorCode::BadRequest, format!("{what}: {e}")))
 }
 
+/// A name this directory may hold: an identity address (`smvs:…`) is a name of the DHT's,
+/// which no directory hands out or answers for.
 fn username(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<Username, Refusal> {
-    Username::parse(text("username", t)?)
-        .map_err(|e| Refusal::new(ErrorCode::InvalidUsername, e.to_string()))
+    let name = Username::parse(text("username", t)?)
+        .map_err(|e| Refusal::new(ErrorCode::InvalidUsername, e.to_string()))?;
+    if name.is_identity_address() {
+        return Err(Refusal::new(
+            ErrorCode::InvalidUsername,
+            "an identity address (smvs:…) is found in the DHT, not registered at a directory",
+        ));
+    }
+    Ok(name)
 }
 
 fn host_address(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<HostAddress, Refusal> {

@@ -271,6 +271,26 @@ impl KeyguardClient {
         Ok((r.get_issued_at(), signature))
     }
 
+    /// The identity's signature over this host's record for the DHT at sequence `seq`.
+    pub async fn sign_dht_record(
+        &self,
+        record: &[u8],
+        seq: i64,
+    ) -> Result<Signature, KeyguardError> {
+        const OP: &str = "signDhtRecord";
+        let mut request = self.keyguard.sign_dht_record_request();
+        request.get().set_record(record);
+        request.get().set_seq(seq);
+        let response = request
+            .send()
+            .promise
+            .await
+            .map_err(|e| self.rpc_error(OP, e))?;
+        let r = response.get().map_err(|e| self.rpc_error(OP, e))?;
+        Signature::from_bytes(r.get_signature().map_err(|e| self.rpc_error(OP, e))?)
+            .map_err(|e| self.bad_answer(OP, e))
+    }
+
     /// The identity's statement that `username` leaves the directory `from` for `to` at
     /// `to_address`, now.
     pub async fn sign_directory_move(

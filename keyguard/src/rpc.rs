@@ -474,6 +474,24 @@ impl keyguard::Server for KeyguardRpc {
         Ok(())
     }
 
+    async fn sign_dht_record(
+        self: Rc<Self>,
+        params: keyguard::SignDhtRecordParams,
+        mut results: keyguard::SignDhtRecordResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get()?;
+        let record = p.get_record()?;
+        let seq = p.get_seq();
+        let signature = self.vault.with_identity(|id| {
+            smvs_directory::record::check_own_dht_record(&id.bundle(), record, seq, now_ms())
+                .map_err(|e| refuse(format!("not this identity's DHT record: {e}")))?;
+            Ok::<_, capnp::Error>(id.signing.sign_dht_record(seq, record))
+        })??;
+        tracing::info!(peer = %self.peer, seq, "signed the host's record for the DHT");
+        results.get().set_signature(signature.as_bytes());
+        Ok(())
+    }
+
     async fn sign_directory_move(
         self: Rc<Self>,
         params: keyguard::SignDirectoryMoveParams,

@@ -8,13 +8,16 @@ use thiserror::Error;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum NameError {
-    #[error("username must be 3 to 32 characters of a-z, 0-9, '.', '_' or '-' (got {0:?})")]
+    #[error("username must be 3 to 32 characters of a-z, 0-9, '.', '_' or '-', or an identity address smvs:… (got {0:?})")]
     Username(String),
     #[error("host address must be HOST:PORT with a port from 1 to 65535 (got {0:?})")]
     HostAddress(String),
 }
 
-/// A user's name: 3–32 characters of `[a-z0-9._-]`. The only thing SMVS ever asks about a user.
+/// A user's name: 3–32 characters of `[a-z0-9._-]`, given by a directory; or an identity
+/// address, `smvs:` and 56 characters of `[a-z2-7]` (the identity key and a checksum, see
+/// `smvs_crypto::identity_address`), which names a user found in the DHT and no directory
+/// hands out. The only thing SMVS ever asks about a user.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Username(String);
 
@@ -23,6 +26,9 @@ impl Username {
     pub const MAX_LEN: usize = 32;
 
     pub fn parse(text: &str) -> Result<Self, NameError> {
+        if Self::looks_like_identity_address(text) {
+            return Ok(Username(text.to_owned()));
+        }
         let ok_len = (Self::MIN_LEN..=Self::MAX_LEN).contains(&text.len());
         let ok_chars = text.bytes().all(|b| {
             b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
@@ -39,7 +45,27 @@ impl Username {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Whether this is an identity address (`smvs:…`) rather than a directory's name. Its
+    /// checksum and key are checked where it is resolved (`smvs_crypto::parse_identity_address`).
+    pub fn is_identity_address(&self) -> bool {
+        Self::looks_like_identity_address(&self.0)
+    }
+
+    fn looks_like_identity_address(text: &str) -> bool {
+        text.strip_prefix(IDENTITY_ADDRESS_PREFIX)
+            .is_some_and(|body| {
+                body.len() == IDENTITY_ADDRESS_BODY
+                    && body
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
+            })
+    }
 }
+
+/// What an identity address begins with, and how many characters follow.
+const IDENTITY_ADDRESS_PREFIX: &str = "smvs:";
+const IDENTITY_ADDRESS_BODY: usize = 56;
 
 impl FromStr for Username {
     type Err = NameError;
@@ -284,9 +310,17 @@ mod tests {
             "ålice",
             &"x".repeat(33),
             "bob\n",
+            "smvs:abc",
+            &format!("smvs:{}", "a".repeat(55)),
+            &format!("smvs:{}", "a".repeat(57)),
+            &format!("smvs:{}1", "a".repeat(55)),
+            &format!("SMVS:{}", "a".repeat(56)),
         ] {
             assert!(Username::parse(bad).is_err(), "{bad:?}");
         }
+        let address = Username::parse(&format!("smvs:{}27", "a".repeat(54))).unwrap();
+        assert!(address.is_identity_address());
+        assert!(!Username::parse("bob").unwrap().is_identity_address());
     }
 
     #[test]

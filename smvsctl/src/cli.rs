@@ -52,16 +52,26 @@ pub struct Cli {
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
-    /// Create your identity (keys made in keyguard) and register USERNAME at the directory
-    #[command(after_help = "Example:\n  smvsctl register alice")]
+    /// Create your identity (keys made in keyguard) and register USERNAME at the directory,
+    /// or (--dht) in the hosts' DHT, where your name is your identity address (smvs:…)
+    #[command(after_help = "Examples:\n  smvsctl register alice\n  smvsctl register --dht")]
     Register {
         /// 3 to 32 characters of a-z 0-9 . _ -
-        username: Username,
+        #[arg(required_unless_present = "dht", conflicts_with = "dht")]
+        username: Option<Username>,
+        /// Register in the hosts' DHT instead (smvsd --dht): no directory, no name to choose;
+        /// others find you by the identity address `whoami` shows
+        #[arg(long)]
+        dht: bool,
     },
 
-    /// Print your username and the fingerprint of your identity key
-    #[command(after_help = "Example:\n  smvsctl whoami")]
-    Whoami,
+    /// Print your username (or identity address) and the fingerprint of your identity key
+    #[command(after_help = "Examples:\n  smvsctl whoami\n  smvsctl whoami --qr")]
+    Whoami {
+        /// Also print it as a QR code (an identity address is long to type)
+        #[arg(long)]
+        qr: bool,
+    },
 
     /// Show the host's state: user, fingerprint, addresses, queued messages, version
     #[command(after_help = "Example:\n  smvsctl --json status")]

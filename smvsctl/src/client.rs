@@ -63,6 +63,8 @@ pub struct HostStatus {
     pub version: String,
     /// Where this device reaches the host's call port (STUN and the call relay, UDP).
     pub call_port: Option<String>,
+    /// The host's node in the hosts' DHT (UDP), when it is in one.
+    pub dht_node: Option<String>,
 }
 
 /// One stored message.
@@ -467,6 +469,7 @@ impl HostStatus {
             queued: r.get_queued(),
             version: text("version", r.get_version())?,
             call_port: optional_text("call port", r.get_call_port())?,
+            dht_node: optional_text("dht node", r.get_dht_node())?,
         })
     }
 }
@@ -992,6 +995,12 @@ impl HostClient {
     }
 
     /// Makes keys in keyguard and registers `username` at the directory.
+    /// Registers in the hosts' DHT: the name is the identity address the host makes.
+    pub async fn register_in_dht(&self) -> Result<HostStatus, CtlError> {
+        let answer = self.host.register_in_dht_request().send().promise.await?;
+        HostStatus::read(answer.get()?.get_status()?)
+    }
+
     pub async fn register(&self, username: &Username) -> Result<HostStatus, CtlError> {
         let mut request = self.host.register_request();
         request.get().set_username(username.as_str());

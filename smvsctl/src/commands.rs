@@ -64,8 +64,10 @@ pub async fn execute(
     stop: impl Future<Output = ()>,
 ) -> Result<(), CtlError> {
     match command {
-        Command::Register { username } => register(host, format, out, username).await,
-        Command::Whoami => whoami(host, format, out).await,
+        Command::Register { username, dht } => {
+            register(host, format, out, username.as_ref(), *dht).await
+        }
+        Command::Whoami { qr } => whoami(host, format, out, *qr).await,
         Command::Status => status(host, format, out).await,
         Command::Send { user, text } => send(host, format, out, user, text).await,
         Command::History {
@@ -165,9 +167,13 @@ pub async fn register(
     host: &HostClient,
     format: Format,
     out: &mut dyn Write,
-    username: &Username,
+    username: Option<&Username>,
+    dht: bool,
 ) -> Result<(), CtlError> {
-    let status = host.register(username).await?;
+    let status = match (username, dht) {
+        (Some(username), false) => host.register(username).await?,
+        _ => host.register_in_dht().await?,
+    };
     emit(
         out,
         &output::render(format, &status, output::register_text)?,
@@ -178,6 +184,7 @@ pub async fn whoami(
     host: &HostClient,
     format: Format,
     out: &mut dyn Write,
+    qr: bool,
 ) -> Result<(), CtlError> {
     let status = host.status().await?;
     let (Some(username), true) = (status.username.as_deref(), status.registered) else {
@@ -189,6 +196,7 @@ pub async fn whoami(
     };
     let fingerprint = status.fingerprint.as_deref().unwrap_or("");
     let text = match format {
+        Format::Text if qr => output::whoami_qr_text(username, fingerprint),
         Format::Text => output::whoami_text(username, fingerprint),
         Format::Json => output::to_json(&output::whoami_json(username, fingerprint))?,
     };

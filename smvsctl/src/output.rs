@@ -138,6 +138,7 @@ pub fn status_text(s: &HostStatus) -> String {
         ),
         format!("queued:       {}", s.queued),
         format!("call port:    {}", or_dash(s.call_port.as_deref())),
+        format!("dht node:     {}", or_dash(s.dht_node.as_deref())),
         format!("version:      {}", clean(&s.version)),
     ]
     .join("\n")
@@ -156,8 +157,22 @@ pub fn whoami_text(username: &str, fingerprint: &str) -> String {
     format!("{}\nfingerprint: {}", clean(username), clean(fingerprint))
 }
 
+/// `whoami --qr`: the name, and a QR code of it for a phone's camera (an identity address is
+/// 61 characters, not for reading aloud).
+pub fn whoami_qr_text(username: &str, fingerprint: &str) -> String {
+    format!(
+        "{}\n{}",
+        whoami_text(username, fingerprint),
+        qr_text(&clean(username))
+    )
+}
+
 pub fn whoami_json(username: &str, fingerprint: &str) -> serde_json::Value {
-    json!({ "username": username, "fingerprint": fingerprint })
+    json!({
+        "username": username,
+        "fingerprint": fingerprint,
+        "identity_address": username.starts_with("smvs:"),
+    })
 }
 
 pub fn send_text(id: &MessageId) -> String {
@@ -645,6 +660,7 @@ mod tests {
             queued: 2,
             version: "0.1.0".into(),
             call_port: Some("127.0.0.1:7423".into()),
+            dht_node: None,
         }
     }
 
@@ -723,7 +739,8 @@ mod tests {
             json!({
                 "username": "alice", "registered": true, "fingerprint": "ab12 cd34",
                 "host_address": "127.0.0.1:7421", "directory": "127.0.0.1:7420",
-                "queued": 2, "version": "0.1.0", "call_port": "127.0.0.1:7423"
+                "queued": 2, "version": "0.1.0", "call_port": "127.0.0.1:7423",
+                "dht_node": null
             })
         );
         assert_eq!(
@@ -738,7 +755,7 @@ mod tests {
         assert_eq!(whoami_text("alice", "ab12"), "alice\nfingerprint: ab12");
         assert_eq!(
             whoami_json("alice", "ab12"),
-            json!({"username": "alice", "fingerprint": "ab12"})
+            json!({"username": "alice", "fingerprint": "ab12", "identity_address": false})
         );
         assert_eq!(send_text(&id(1)), "01".repeat(16));
         assert_eq!(

@@ -393,7 +393,7 @@ async fn status_whoami_and_verify() {
         assert_eq!(status.queued, 1);
 
         let mut out = Vec::new();
-        commands::whoami(&host, Format::Text, &mut out)
+        commands::whoami(&host, Format::Text, &mut out, false)
             .await
             .unwrap();
         assert_eq!(text(out), "alice\nfingerprint: 05ab 77cd\n");

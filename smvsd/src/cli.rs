@@ -1,7 +1,7 @@
 //! The command line of `smvsd`, in the library so that man pages and shell completions can be
 //! generated from it.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,8 +9,8 @@ use clap::Parser;
 use smvs_crypto::SigningPublicKey;
 
 use crate::config::{
-    default_quorum, Config, DirectoryAnchor, FileConfig, DEFAULT_DIRECTORY, DEFAULT_RELAY_KBPS,
-    MIN_RELAY_KBPS,
+    default_quorum, Config, DhtConfig, DirectoryAnchor, FileConfig, DEFAULT_DIRECTORY,
+    DEFAULT_RELAY_KBPS, MIN_RELAY_KBPS,
 };
 
 /// The default cap on the wait between delivery attempts: one probe per half minute per
@@ -73,6 +73,22 @@ pub struct Cli {
     /// [default: a majority of them].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub quorum: Option<u64>,
+    /// Join the hosts' DHT: publish this host's record there (a user registered with
+    /// `smvsctl register --dht`) and find identity addresses (`smvs:…`) in it. With it, no
+    /// directory is needed.
+    #[arg(long)]
+    pub dht: bool,
+    /// The DHT's UDP address [default: the peer port's IP and port, so a contact's host
+    /// address is also its DHT node's].
+    #[arg(long, value_name = "IPV4:PORT")]
+    pub dht_listen: Option<SocketAddrV4>,
+    /// A DHT node to join through, HOST:PORT (repeatable; contacts' hosts are tried too).
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
+    pub dht_bootstrap: Vec<String>,
+    /// How often this host's record is published to the DHT again, in seconds [default: 1200;
+    /// nodes forget a record after two hours].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=7200))]
+    pub dht_republish_seconds: Option<u64>,
     /// smvs-keyguard's socket.
     #[arg(long)]
     pub keyguard_socket: Option<PathBuf>,
@@ -127,19 +143,21 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
             what.replace('-', "_")
         )
     };
-    let directory_key = cli
-        .directory_key
-        .or(file.directory_key)
-        .ok_or_else(|| need("directory-key"))?;
-    let mut directories = vec![DirectoryAnchor {
-        name: DEFAULT_DIRECTORY.into(),
-        address: cli
-            .directory
-            .or(file.directory)
-            .ok_or_else(|| need("directory"))?,
-        key: SigningPublicKey::from_hex(&directory_key)
-            .map_err(|e| format!("--directory-key: {e}"))?,
-    }];
+    let dht_on = cli.dht || file.dht.unwrap_or(false);
+    let directory = cli.directory.or(file.directory);
+    let directory_key = cli.directory_key.or(file.directory_key);
+    let mut directories = Vec::new();
+    match (directory, directory_key) {
+        (Some(address), Some(key)) => directories.push(DirectoryAnchor {
+            name: DEFAULT_DIRECTORY.into(),
+            address,
+            key: SigningPublicKey::from_hex(&key).map_err(|e| format!("--directory-key: {e}"))?,
+        }),
+        // A host in the DHT needs no directory.
+        (None, None) if dht_on => {}
+        (None, _) => return Err(need("directory")),
+        (_, None) => return Err(need("directory-key")),
+    }
     for spec in &cli.also_directory {
         let mut parts = spec.splitn(3, '=');
         let (Some(name), Some(address), Some(key)) = (parts.next(), parts.next(), parts.next())
@@ -153,9 +171,12 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
     for d in file.directories.unwrap_or_default() {
         directories.push(anchor(&d.name, &d.address, &d.key)?);
     }
+    if directories.is_empty() && !cli.also_directory.is_empty() {
+        return Err(need("directory"));
+    }
     check_directories(&directories)?;
     let quorum = match cli.quorum.map(|q| q as usize).or(file.quorum) {
-        None => default_quorum(directories.len()),
+        None => default_quorum(directories.len()).min(directories.len()),
         Some(q) if (1..=directories.len()).contains(&q) => q,
         Some(q) => {
             return Err(format!(
@@ -197,6 +218,26 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         }
         kbps => kbps.unwrap_or(DEFAULT_RELAY_KBPS),
     };
+    let dht = if dht_on {
+        let dht_listen = cli.dht_listen.or(file.dht_listen);
+        if dht_listen.is_none() && listen.is_ipv6() {
+            return Err("the DHT is IPv4: set --dht-listen (the peer port listens on IPv6)".into());
+        }
+        let mut bootstrap = file.dht_bootstrap.unwrap_or_default();
+        bootstrap.extend(cli.dht_bootstrap);
+        Some(DhtConfig {
+            listen: dht_listen,
+            bootstrap,
+            republish: Duration::from_secs(
+                cli.dht_republish_seconds
+                    .or(file.dht_republish_seconds)
+                    .unwrap_or(1200)
+                    .clamp(1, 7200),
+            ),
+        })
+    } else {
+        None
+    };
     let mut allowed = file.allowed_uids.unwrap_or_default();
     allowed.extend(cli.allow_uid);
     Ok(Config {
@@ -218,6 +259,7 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         public_address,
         directories,
         quorum,
+        dht,
         keyguard_socket: cli
             .keyguard_socket
             .or(file.keyguard_socket)

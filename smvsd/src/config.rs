@@ -32,6 +32,10 @@ pub struct FileConfig {
     pub directories: Option<Vec<FileDirectory>>,
     /// How many directories must agree on a user's identity before it is used.
     pub quorum: Option<usize>,
+    pub dht: Option<bool>,
+    pub dht_listen: Option<std::net::SocketAddrV4>,
+    pub dht_bootstrap: Option<Vec<String>>,
+    pub dht_republish_seconds: Option<u64>,
     pub keyguard_socket: Option<PathBuf>,
     pub dbus: Option<String>,
     pub allowed_uids: Option<Vec<u32>>,
@@ -83,6 +87,8 @@ pub struct Config {
     pub directories: Vec<DirectoryAnchor>,
     /// How many of them must agree on a user's identity ([`default_quorum`] unless set).
     pub quorum: usize,
+    /// The hosts' DHT, when this host is in it.
+    pub dht: Option<DhtConfig>,
     pub keyguard_socket: PathBuf,
     /// Local uids allowed on the socket (root and the daemon's own uid always are).
     pub allowed_uids: Vec<u32>,
@@ -117,6 +123,17 @@ pub struct DirectoryAnchor {
     pub name: String,
     pub address: String,
     pub key: SigningPublicKey,
+}
+
+/// This host's node in the hosts' DHT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhtConfig {
+    /// The UDP address it listens on (None: the peer port's, once bound).
+    pub listen: Option<std::net::SocketAddrV4>,
+    /// Nodes to join through (HOST:PORT).
+    pub bootstrap: Vec<String>,
+    /// How often this host's record is put again.
+    pub republish: Duration,
 }
 
 /// The name of the directory given as `directory` / `--directory`.

@@ -36,7 +36,7 @@ use crate::outbox::{Outbox, OutboxSettings};
 use crate::relay::{CallPort, RelayLimits};
 use crate::sessions::Sessions;
 use crate::storage::Storage;
-use crate::trust::{DirectoryConfig, Me, Trust};
+use crate::trust::{DhtNode, DirectoryConfig, Me, Trust};
 
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -76,6 +76,8 @@ pub struct Host {
     /// The call port (STUN and the media relay), when it has one; closed by
     /// [`Host::shutdown`].
     call_port: Option<CallPort>,
+    /// The DHT node's UDP address, when the host is in the DHT.
+    dht_addr: Option<std::net::SocketAddrV4>,
     socket_path: std::path::PathBuf,
     storage: Storage,
     /// Drained before the last checkpoint, so that no event of a change made before the stop
@@ -183,21 +185,29 @@ impl Host {
             tracing::info!("announcing a message stored just before the host stopped");
             events.publish(crate::model::HostEvent::MessageReceived { id, peer, time });
         }
-        let trust = Rc::new(Trust::new(
-            DirectoryConfig {
-                directories: config.directories.clone(),
-                quorum: config.quorum,
-                socks5_proxy: config.socks5_proxy.clone(),
-                host_address: host_address.clone(),
-                session_keys: config.max_session_version >= crate::session::SESSION_V2,
-            },
-            transport.clone(),
-            host_address.clone(),
-            keyguard.clone(),
-            storage.clone(),
-            events.clone(),
-            me,
-        ));
+        let dht = match &config.dht {
+            Some(dht) => Some(Rc::new(start_dht(dht, peer_addr, &storage).await?)),
+            None => None,
+        };
+        let dht_addr = dht.as_ref().map(|node| node.local_addr());
+        let trust = Rc::new(
+            Trust::new(
+                DirectoryConfig {
+                    directories: config.directories.clone(),
+                    quorum: config.quorum,
+                    socks5_proxy: config.socks5_proxy.clone(),
+                    host_address: host_address.clone(),
+                    session_keys: config.max_session_version >= crate::session::SESSION_V2,
+                },
+                transport.clone(),
+                host_address.clone(),
+                keyguard.clone(),
+                storage.clone(),
+                events.clone(),
+                me,
+            )
+            .with_dht(dht),
+        );
         if let Some(left) = storage.setting(crate::storage::LEFT_DIRECTORIES).await? {
             trust.set_left(
                 left.chunks_exact(32)
@@ -266,6 +276,7 @@ impl Host {
             },
         ));
         let renewals = trust.clone();
+        let republishing = trust.clone();
         let devices = Rc::new(
             Devices::load(
                 storage.clone(),
@@ -315,6 +326,12 @@ impl Host {
             tokio::task::spawn_local(announcer),
             tokio::task::spawn_local(crate::epochs::rotate_loop(epochs)),
         ];
+        if let Some(dht) = &config.dht {
+            tasks.push(tokio::task::spawn_local(republish_loop(
+                republishing,
+                dht.republish,
+            )));
+        }
         if let Some(listener) = device_listener {
             tasks.push(tokio::task::spawn_local(
                 DeviceApi {
@@ -359,6 +376,7 @@ impl Host {
             peer_addr,
             device_addr,
             call_port,
+            dht_addr,
             socket_path: config.socket,
             storage,
             hub,
@@ -388,8 +406,12 @@ impl Host {
             Some(port) => format!("calls on {}", port.local_addr()),
             None => "no call port".into(),
         };
+        let dht = match self.dht_addr {
+            Some(addr) => format!("; dht on {addr}"),
+            None => String::new(),
+        };
         format!(
-            "listening on {}; socket {}; {devices}; {calls}",
+            "listening on {}; socket {}; {devices}; {calls}{dht}",
             self.peer_addr,
             self.socket_path.display()
         )
@@ -577,6 +599,54 @@ async fn renew_loop(trust: Rc<Trust>) {
         tick.tick().await;
         renew_once(&trust).await;
         check_log_heads_soon(&trust);
+    }
+}
+
+/// Starts this host's DHT node: on the peer port's address (UDP) unless configured, joining
+/// through the configured nodes and the contacts' hosts (those at an IPv4 address: a name is
+/// not resolved while the host starts).
+async fn start_dht(
+    config: &crate::config::DhtConfig,
+    peer_addr: std::net::SocketAddr,
+    storage: &Storage,
+) -> Result<DhtNode, DaemonError> {
+    let listen = match (config.listen, peer_addr) {
+        (Some(addr), _) => addr,
+        (None, std::net::SocketAddr::V4(v4)) => v4,
+        (None, std::net::SocketAddr::V6(_)) => {
+            return Err(DaemonError::Inconsistent(
+                "the DHT is IPv4: set --dht-listen".into(),
+            ))
+        }
+    };
+    let contacts: Vec<String> = storage
+        .contacts()
+        .await?
+        .iter()
+        .map(|c| c.host_address.to_string())
+        .filter(|a| a.parse::<std::net::SocketAddrV4>().is_ok())
+        .collect();
+    DhtNode::start(config, listen, &contacts)
+        .await
+        .map_err(DaemonError::Inconsistent)
+}
+
+/// Puts this host's record in the DHT again every `every` (nodes forget records), when its
+/// user lives there.
+async fn republish_loop(trust: Rc<Trust>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    // The first tick is immediate, and start-up has just published.
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(me) = trust.registered() else {
+            continue;
+        };
+        if me.username.is_identity_address() {
+            if let Err(e) = trust.publish_in_dht(&me, true).await {
+                tracing::warn!(error = %e, "cannot publish this host's record in the DHT now");
+            }
+        }
     }
 }
 

@@ -107,6 +107,16 @@ impl Guard {
             .await
     }
 
+    /// The identity's signature over this host's record for the DHT at sequence `seq`.
+    pub async fn sign_dht_record(
+        &self,
+        record: &[u8],
+        seq: i64,
+    ) -> Result<smvs_crypto::Signature, KeyguardError> {
+        self.with_client(|c| async move { c.sign_dht_record(record, seq).await })
+            .await
+    }
+
     /// The identity's statement that `username` moves from directory `from` to `to`.
     pub async fn sign_directory_move(
         &self,

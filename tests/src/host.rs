@@ -29,8 +29,10 @@ pub struct HostProcess {
     /// The call port (UDP: STUN and the media relay); port 0 at the first start, so that
     /// tests on one IP never collide on the default port, then fixed like the others.
     pub call_listen: SocketAddr,
-    directory: String,
-    directory_key: String,
+    /// The default directory's address and key (hex); none for a host in the DHT alone.
+    directory: Option<(String, String)>,
+    /// The DHT node's address (UDP), when smvsd runs with `--dht`.
+    pub dht_node: Option<SocketAddr>,
     extra: Vec<String>,
     env: Vec<(String, String)>,
     /// `ip netns exec NAME` when smvsd runs in a network namespace of the test's.
@@ -115,9 +117,37 @@ impl HostProcess {
         Self::start_with(name, directory, site.ip, site.exec_prefix(), extra)
     }
 
+    /// Starts keyguard and smvsd for `name` in the hosts' DHT with no directory at all
+    /// (`--dht`), on `ip`, joining through `bootstrap` (DHT nodes, IP:PORT).
+    pub fn start_in_dht(
+        name: &str,
+        ip: &str,
+        bootstrap: &[SocketAddr],
+        extra: &[&str],
+    ) -> anyhow::Result<HostProcess> {
+        let mut flags: Vec<String> = vec!["--dht".into()];
+        for node in bootstrap {
+            flags.push("--dht-bootstrap".into());
+            flags.push(node.to_string());
+        }
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        Self::start_inner(name, None, ip, Vec::new(), &flags)
+    }
+
     fn start_with(
         name: &str,
         directory: &DirectoryProcess,
+        ip: &str,
+        netns_exec: Vec<String>,
+        extra: &[&str],
+    ) -> anyhow::Result<HostProcess> {
+        Self::start_inner(name, Some(directory), ip, netns_exec, extra)
+    }
+
+    fn start_inner(
+        name: &str,
+        directory: Option<&DirectoryProcess>,
         ip: &str,
         netns_exec: Vec<String>,
         extra: &[&str],
@@ -137,8 +167,8 @@ impl HostProcess {
             listen: format!("{ip}:0").parse()?,
             device_listen: format!("{ip}:0").parse()?,
             call_listen: format!("{ip}:0").parse()?,
-            directory: directory.addr.to_string(),
-            directory_key: directory.key.to_hex(),
+            directory: directory.map(|d| (d.addr.to_string(), d.key.to_hex())),
+            dht_node: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
             netns_exec,
@@ -156,7 +186,9 @@ impl HostProcess {
     /// Points the next `start_again` at a directory at `addr` (a relay in front of the real
     /// one, say); the pinned directory key stays.
     pub fn use_directory_at(&mut self, addr: SocketAddr) {
-        self.directory = addr.to_string();
+        if let Some((address, _)) = &mut self.directory {
+            *address = addr.to_string();
+        }
     }
 
     /// Removes `flag` (and nothing else) from the flags of the next `start_again`.
@@ -185,15 +217,19 @@ impl HostProcess {
             self.device_listen.to_string(),
             "--call-listen".into(),
             self.call_listen.to_string(),
-            "--directory".into(),
-            self.directory.clone(),
-            "--directory-key".into(),
-            self.directory_key.clone(),
             "--keyguard-socket".into(),
             self.keyguard.socket.display().to_string(),
             "--retry-max-seconds".into(),
             "1".into(),
         ];
+        if let Some((address, key)) = &self.directory {
+            args.extend([
+                "--directory".into(),
+                address.clone(),
+                "--directory-key".into(),
+                key.clone(),
+            ]);
+        }
         args.extend(self.extra.iter().cloned());
         self.starts += 1;
         let log = self.root.path().join(format!("smvsd-{}.log", self.starts));
@@ -236,6 +272,12 @@ impl HostProcess {
             .find_map(|part| part.strip_prefix("calls on "))
             .ok_or_else(|| anyhow!("no call port in status {:?}", daemon.status))?;
         self.call_listen = calls.parse()?;
+        self.dht_node = daemon
+            .status
+            .split("; ")
+            .find_map(|part| part.strip_prefix("dht on "))
+            .map(str::parse)
+            .transpose()?;
         self.daemon = Some(daemon);
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod conversation;
 pub mod daemon;
 pub mod dbus;
 pub mod device;
+pub mod dht_forger;
 pub mod directory;
 pub mod host;
 pub mod impersonate;

@@ -275,6 +275,9 @@ fn write_status(mut s: smvs_schema::local_capnp::host_status::Builder<'_>, statu
     if let Some(call_port) = &status.call_port {
         s.set_call_port(call_port);
     }
+    if let Some(node) = &status.dht_node {
+        s.set_dht_node(node);
+    }
 }
 
 impl host::Server for HostRpc {
@@ -612,6 +615,17 @@ impl host::Server for HostRpc {
             .map_err(|_| capnp::Error::from(HostError::bad_request("name is not UTF-8")))?;
         let left = mailbox(self.commands.send(crate::commands::MoveDirectory(to)).await)??;
         results.get().set_left(left);
+        Ok(())
+    }
+
+    async fn register_in_dht(
+        self: Rc<Self>,
+        _: host::RegisterInDhtParams,
+        mut results: host::RegisterInDhtResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        let status = mailbox(self.commands.send(crate::commands::RegisterInDht).await)??;
+        write_status(results.get().init_status(), &status);
         Ok(())
     }
 

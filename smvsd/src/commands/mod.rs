@@ -106,6 +106,8 @@ pub struct HostStatus {
     pub version: &'static str,
     /// Where devices reach the call port, if the host has one.
     pub call_port: Option<String>,
+    /// The host's DHT node (UDP), if it is in the DHT.
+    pub dht_node: Option<String>,
 }
 
 #[derive(Message)]
@@ -125,10 +127,27 @@ async fn status(o: &Owners) -> Result<HostStatus, HostError> {
         queued: o.storage.queued_count().await?,
         version: env!("CARGO_PKG_VERSION"),
         call_port: o.call_address.map(|a| a.to_string()),
+        dht_node: o.trust.dht().map(|node| node.local_addr().to_string()),
     })
 }
 
 command!(Status => HostStatus, |o, _m| { status(&o).await });
+
+/// `register --dht`: the user's name is the identity's address.
+#[derive(Message)]
+#[rtype(result = "Result<HostStatus, HostError>")]
+pub struct RegisterInDht;
+
+command!(RegisterInDht => HostStatus, |o, _m| {
+    o.trust.register_in_dht().await?;
+    o.storage
+        .set_setting(
+            crate::storage::ANNOUNCED_ADDRESS,
+            o.host_address.as_str().as_bytes().to_vec(),
+        )
+        .await?;
+    status(&o).await
+});
 
 /// `register USERNAME`.
 #[derive(Message)]

@@ -592,6 +592,9 @@ pub struct ConversationSummary {
 pub const LEFT_DIRECTORIES: &str = "left_directories";
 /// The setting that holds the address last announced to contacts' hosts (or registered with).
 pub const ANNOUNCED_ADDRESS: &str = "announced_address";
+/// The setting that holds the serial of this host's last record in the DHT (8 bytes, big
+/// endian): the next one is greater, across restarts.
+pub const DHT_SERIAL: &str = "dht_serial";
 
 #[derive(Clone)]
 pub struct Storage {

@@ -42,11 +42,13 @@ use crate::guard::Guard;
 use crate::model::{Contact, Evidence, HostEvent, Status};
 use crate::storage::Storage;
 
+mod dht;
 mod directories;
 mod judge;
 mod log_heads;
 mod own_log;
 
+pub use dht::DhtNode;
 use directories::{equivocation, lookup_all, DirectoryLink};
 pub use directories::{Answers, DIRECTORY_TIMEOUT};
 pub use judge::{judge, key_changed, may_connect, may_send, own_kind, Judgement};
@@ -155,6 +157,10 @@ pub struct Trust {
     /// The keys of the directories this host's user left (`directory move`): asked about
     /// others still, never registered with again.
     left: RefCell<Vec<[u8; 32]>>,
+    /// This host's node in the hosts' DHT, when it is in one.
+    dht: Option<Rc<DhtNode>>,
+    /// What this host last put in the DHT.
+    published: RefCell<Option<dht::DhtRecord>>,
 }
 
 impl Trust {
@@ -187,7 +193,15 @@ impl Trust {
             alarms: RefCell::new(HashMap::new()),
             followed: RefCell::new(HashMap::new()),
             left: RefCell::new(Vec::new()),
+            dht: None,
+            published: RefCell::new(None),
         }
+    }
+
+    /// In the hosts' DHT through `node`.
+    pub fn with_dht(mut self, node: Option<Rc<DhtNode>>) -> Trust {
+        self.dht = node;
+        self
     }
 
     pub fn me(&self) -> Result<Me, HostError> {
@@ -204,9 +218,14 @@ impl Trust {
         self.me.borrow().clone()
     }
 
-    /// The default directory's address.
+    /// The default directory's address (empty for a host with none, in the DHT).
     pub fn directory_address(&self) -> &str {
-        &self.links[0].anchor.address
+        self.links.first().map_or("", |l| l.anchor.address.as_str())
+    }
+
+    /// This host's DHT node, when it is in the hosts' DHT.
+    pub fn dht(&self) -> Option<&Rc<DhtNode>> {
+        self.dht.as_ref()
     }
 
     /// The kind of network this host is on ([`own_kind`] of its published address): the
@@ -343,6 +362,19 @@ impl Trust {
                     return Ok(answers.clone());
                 }
             }
+        }
+        if peer.is_identity_address() {
+            let answers = Rc::new(self.lookup_in_dht(peer).await?);
+            self.records
+                .borrow_mut()
+                .insert(peer.clone(), (answers.clone(), Instant::now()));
+            return Ok(answers);
+        }
+        if self.links.is_empty() {
+            return Err(HostError::new(
+                ErrorCode::UnknownUser,
+                format!("{peer}: this host has no directory to look names up in; write to an identity address (smvs:…)"),
+            ));
         }
         let found = match lookup_all(&self.links, self.directory_config.quorum, peer).await {
             Ok(answers) if answers.answers.is_empty() => self.follow_move(peer, answers).await,
@@ -1000,6 +1032,9 @@ impl Trust {
         let Some(me) = self.registered() else {
             return Ok(None);
         };
+        if me.username.is_identity_address() {
+            return self.publish_in_dht(&me, false).await;
+        }
         let left = self.left.borrow().clone();
         let home: Vec<&DirectoryLink> = self
             .links
@@ -1241,9 +1276,18 @@ impl Trust {
                 format!("this host is already registered as {}", me.username),
             ));
         }
+        if username.is_identity_address() {
+            return Err(HostError::bad_request(
+                "an identity address is not registered at a directory: `smvsctl register --dht`",
+            ));
+        }
+        let Some(default) = self.links.first() else {
+            return Err(HostError::bad_request(
+                "this host has no directory: register in the DHT (`smvsctl register --dht`)",
+            ));
+        };
         let identity = self.keyguard.create_identity().await?;
-        self.register_at(&self.links[0], &username, &identity)
-            .await?;
+        self.register_at(default, &username, &identity).await?;
         // Saved as soon as the default directory has us: a host that stops now finishes the
         // others at its next renewal check.
         self.storage

@@ -1,0 +1,324 @@
+//! This host's node in the hosts' DHT: where a user with no directory publishes the record
+//! its identity signed, and where others find it by the identity address (`smvs:…`).
+//!
+//! ```text
+//!  Trust::lookup(smvs:…) ──► DhtNode::find ──► mainline (UDP, its own thread) ──► other hosts
+//!  Trust::publish_in_dht ──► keyguard signs ──► DhtNode::put
+//! ```
+//!
+//! The engine is BitTorrent's Mainline DHT (the `mainline` crate), with BEP 44 mutable items:
+//! a node keeps an item only with a valid signature by the key it is stored under, and a
+//! look-up takes the highest sequence number among valid answers, so a node can neither forge
+//! a record nor, alone, hide a newer one. A record is found under SHA-1(identity key || salt);
+//! `smvs_directory::record::verify_dht_record_at` checks it again here (the address's key
+//! signed it, of itself, under that address, with its serial as the sequence), and the
+//! contact is then judged like a directory's answer (pinned identity, serial never back).
+//!
+//! Hosts form their own DHT: the bootstrap list comes from the configuration and from
+//! contacts' host addresses (a host's DHT node listens on its peer port's address, UDP, by
+//! default). The public BitTorrent DHT's routers are never asked.
+
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use mainline::async_dht::AsyncDht;
+use mainline::{Dht, MutableItem};
+use smvs_crypto::{Signature, DHT_RECORD_SALT};
+use smvs_directory::VerifiedRecord;
+use smvs_schema::{ErrorCode, Username};
+
+use crate::config::DhtConfig;
+use crate::error::HostError;
+
+/// How long a look-up or a put may take: a query waits for its slowest node up to the
+/// engine's request timeout each round, and dead nodes cost a timeout each.
+pub const DHT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One node of the hosts' DHT, serving others (server mode) and asking them.
+pub struct DhtNode {
+    dht: AsyncDht,
+    local: SocketAddrV4,
+}
+
+impl DhtNode {
+    /// Binds the node's UDP socket at `listen` and starts joining through `config.bootstrap`
+    /// and `more`
+    /// (contacts' hosts). Names that do not resolve are skipped; an empty list is allowed
+    /// (the first node of a DHT, which others join through).
+    pub async fn start(
+        config: &DhtConfig,
+        listen: SocketAddrV4,
+        more: &[String],
+    ) -> Result<DhtNode, String> {
+        let mut bootstrap: Vec<String> = config.bootstrap.clone();
+        for address in more {
+            if !bootstrap.contains(address) {
+                bootstrap.push(address.clone());
+            }
+        }
+        // Our own address is no bootstrap node.
+        let own = listen.to_string();
+        bootstrap.retain(|a| a != &own);
+        let dht = Dht::builder()
+            .server_mode()
+            // Always a list of ours (possibly empty): never the public DHT's routers.
+            .bootstrap(&bootstrap)
+            .bind_address(*listen.ip())
+            .port(listen.port())
+            .build()
+            .map_err(|e| format!("the DHT's UDP port {listen}: {e}"))?
+            .as_async();
+        let local = dht.info().await.local_addr();
+        tracing::info!(%local, bootstrap = bootstrap.len(), "joined the hosts' DHT");
+        Ok(DhtNode { dht, local })
+    }
+
+    /// Where the node listens (UDP).
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.local
+    }
+
+    /// The record the identity address `name` names, the newest the DHT holds, checked.
+    pub async fn find(&self, name: &Username) -> Result<VerifiedRecord, HostError> {
+        let key = smvs_crypto::parse_identity_address(name.as_str())
+            .map_err(|e| HostError::bad_request(format!("{name}: {e}")))?;
+        let search = self
+            .dht
+            .get_mutable_most_recent(key.as_bytes(), Some(DHT_RECORD_SALT));
+        let item = tokio::time::timeout(DHT_TIMEOUT, search)
+            .await
+            .map_err(|_| {
+                HostError::new(
+                    ErrorCode::Directory,
+                    format!(
+                        "the DHT did not answer about {name} within {} s",
+                        DHT_TIMEOUT.as_secs()
+                    ),
+                )
+            })?
+            .ok_or_else(|| {
+                HostError::new(
+                    ErrorCode::UnknownUser,
+                    format!("no host in the DHT holds a record of {name}"),
+                )
+            })?;
+        let signature = Signature::from_bytes(item.signature())
+            .map_err(|e| HostError::internal(e.to_string()))?;
+        smvs_directory::record::verify_dht_record_at(
+            name,
+            item.value(),
+            item.seq(),
+            &signature,
+            crate::model::now_ms(),
+        )
+        .map_err(|why| {
+            // The engine checked the signature; this is a record the identity itself signed
+            // that is not a host record of it (another program's, or a broken host's).
+            tracing::warn!(peer = %name, seq = item.seq(), why = %why, "the DHT's newest record of a user does not hold");
+            HostError::new(
+                ErrorCode::Directory,
+                format!("the DHT's record of {name} does not hold: {why}"),
+            )
+        })
+    }
+
+    /// Puts this host's record (its value, sequence and the identity's signature): the nodes
+    /// closest to it keep it. Returns how many took it.
+    pub async fn put(
+        &self,
+        identity: &smvs_crypto::SigningPublicKey,
+        value: &[u8],
+        seq: i64,
+        signature: &Signature,
+    ) -> Result<usize, HostError> {
+        let item = MutableItem::new_signed_unchecked(
+            *identity.as_bytes(),
+            *signature.as_bytes(),
+            value,
+            seq,
+            Some(DHT_RECORD_SALT),
+        );
+        let put = self.dht.put_mutable(item, None);
+        match tokio::time::timeout(DHT_TIMEOUT, put).await {
+            Ok(Ok(outcome)) => Ok(outcome.stored_at as usize),
+            Ok(Err(e)) => Err(HostError::new(
+                ErrorCode::Directory,
+                format!("no node of the DHT took this host's record: {e}"),
+            )),
+            Err(_) => Err(HostError::new(
+                ErrorCode::Directory,
+                format!(
+                    "the DHT did not take this host's record within {} s",
+                    DHT_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+}
+
+impl super::Trust {
+    /// What the DHT says about the identity address `peer`, as one answer (the identity's
+    /// own) that is judged like a directory's.
+    pub(super) async fn lookup_in_dht(&self, peer: &Username) -> Result<super::Answers, HostError> {
+        let Some(node) = &self.dht else {
+            return Err(HostError::new(
+                ErrorCode::UnknownUser,
+                format!("{peer} is an identity address, found in the hosts' DHT, and this host is not in it (smvsd --dht)"),
+            ));
+        };
+        let record = node.find(peer).await?;
+        tracing::debug!(peer = %peer, serial = record.user.serial, "found a record in the DHT");
+        Ok(super::Answers {
+            user: peer.clone(),
+            answers: vec![super::directories::Answer {
+                directory: DHT_ANSWER.into(),
+                record: std::rc::Rc::new(record),
+            }],
+            quorum: 1,
+            asked: 1,
+            failures: Vec::new(),
+            moved: Vec::new(),
+        })
+    }
+
+    /// Registers this host's user in the DHT: keyguard makes the identity, whose address is
+    /// the user's name, and signs the record that is put there. A DHT with no other node yet
+    /// takes the record at the next republish.
+    pub async fn register_in_dht(&self) -> Result<super::Me, HostError> {
+        if let Some(me) = self.me.borrow().as_ref() {
+            return Err(HostError::new(
+                ErrorCode::AlreadyRegistered,
+                format!("this host is already registered as {}", me.username),
+            ));
+        }
+        if self.dht.is_none() {
+            return Err(HostError::bad_request(
+                "this host is not in the DHT: start smvsd with --dht (or `dht = true`)",
+            ));
+        }
+        let identity = self.keyguard.create_identity().await?;
+        let username = Username::parse(&smvs_crypto::identity_address(&identity.signing_key))
+            .map_err(|e| HostError::internal(e.to_string()))?;
+        let me = super::Me { username, identity };
+        self.publish_in_dht(&me, true).await?;
+        self.storage
+            .set_setting("me", me.username.as_str().as_bytes().to_vec())
+            .await?;
+        *self.me.borrow_mut() = Some(me.clone());
+        tracing::info!(username = %me.username, "registered in the DHT");
+        Ok(me)
+    }
+
+    /// Keeps this host's record in the DHT current: a new one (a new transport certificate
+    /// from keyguard, the next serial, the identity's signature) when the transport key or
+    /// the address changed or the certificate is half through its life; put when new, or
+    /// when `put_anyway` (the republish timer: nodes forget records). A put that no node
+    /// takes is logged and tried again at the next republish. Returns the new certificate's
+    /// expiry when there is one.
+    pub async fn publish_in_dht(
+        &self,
+        me: &super::Me,
+        put_anyway: bool,
+    ) -> Result<Option<i64>, HostError> {
+        let Some(node) = self.dht.clone() else {
+            return Err(HostError::new(
+                ErrorCode::Directory,
+                "this host's user lives in the DHT, but the host is not in it (smvsd --dht)",
+            ));
+        };
+        let transport_key = self.transport.public();
+        let ours = self.directory_config.host_address.clone();
+        let now = crate::model::now_ms();
+        let current = self.published.borrow().clone();
+        let due = current.as_ref().is_none_or(|r| {
+            r.user.transport_key != transport_key
+                || r.user.host_address != ours
+                || r.user.transport_not_after - now
+                    <= smvs_schema::canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS / 2
+        });
+        let record = match current {
+            Some(record) if !due => {
+                if !put_anyway {
+                    return Ok(None);
+                }
+                record
+            }
+            _ => self.new_dht_record(me, &ours, now).await?,
+        };
+        let seq = record.user.serial as i64;
+        match node
+            .put(
+                &me.identity.signing_key,
+                &record.value,
+                seq,
+                &record.signature,
+            )
+            .await
+        {
+            Ok(nodes) => {
+                tracing::info!(serial = seq, nodes, "put this host's record in the DHT");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the DHT did not take this host's record now; trying again at the next republish");
+            }
+        }
+        let renewed = due.then_some(record.user.transport_not_after);
+        *self.published.borrow_mut() = Some(record);
+        Ok(renewed)
+    }
+
+    /// A new record of this host for the DHT, signed by keyguard, with a serial above every
+    /// one used before (stored first, so a crash never reuses one for other contents).
+    async fn new_dht_record(
+        &self,
+        me: &super::Me,
+        address: &smvs_schema::HostAddress,
+        now: i64,
+    ) -> Result<DhtRecord, HostError> {
+        let transport_key = self.transport.public();
+        let certificate = self
+            .keyguard
+            .certify_transport(&me.username, &transport_key)
+            .await?;
+        let last = self
+            .storage
+            .setting(crate::storage::DHT_SERIAL)
+            .await?
+            .and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
+            .map_or(0, u64::from_be_bytes);
+        let serial = (last + 1).max(u64::try_from(now).unwrap_or(0));
+        self.storage
+            .set_setting(crate::storage::DHT_SERIAL, serial.to_be_bytes().to_vec())
+            .await?;
+        let user = smvs_directory::UserRecord {
+            username: me.username.clone(),
+            identity: me.identity,
+            transport_key: certificate.key,
+            transport_certificate: certificate.certificate,
+            transport_not_after: certificate.not_after,
+            host_address: address.clone(),
+            serial,
+            session_keys: None,
+        };
+        let value =
+            smvs_directory::record::dht_record_value(&user, now).map_err(HostError::internal)?;
+        let signature = self.keyguard.sign_dht_record(&value, serial as i64).await?;
+        Ok(DhtRecord {
+            user,
+            value,
+            signature,
+        })
+    }
+}
+
+/// The name an answer from the DHT goes by where directories' names are shown.
+pub const DHT_ANSWER: &str = "dht";
+
+/// This host's record as put in the DHT: the value, its sequence (the serial) and the
+/// identity's signature.
+#[derive(Debug, Clone)]
+pub(super) struct DhtRecord {
+    pub user: smvs_directory::UserRecord,
+    pub value: Vec<u8>,
+    pub signature: Signature,
+}

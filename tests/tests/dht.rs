@@ -1,0 +1,138 @@
+//! No directory at all: hosts form a DHT of their own (BitTorrent's Mainline DHT, BEP 44
+//! signed records), publish the record their identity signs there, and find each other by
+//! identity address (`smvs:…`). Twenty real hosts on 127.0.78.x, each a keyguard and an
+//! smvsd started with `--dht` and no directory flag; then 30% of them killed; then a hostile
+//! node that answers every look-up of bob with a forged record.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use smvs_tests::dht_forger::DhtForger;
+use smvs_tests::watch::LIMIT;
+use smvs_tests::HostProcess;
+
+/// How many hosts form the DHT.
+const HOSTS: usize = 20;
+/// How many of them are killed (30%).
+const KILLED: usize = 6;
+
+fn ip(i: usize) -> String {
+    format!("127.0.78.{}", 10 + i)
+}
+
+/// `register --dht`: the identity address the host's user is known by.
+fn register_in_dht(host: &HostProcess) -> String {
+    let status = host.ctl_json(&["register", "--dht"]).unwrap();
+    let name = status["username"].as_str().unwrap().to_owned();
+    assert!(name.starts_with("smvs:") && name.len() == 61, "{status}");
+    name
+}
+
+/// Waits until `host` holds a message from `peer` with `text`.
+fn wait_message(host: &HostProcess, peer: &str, text: &str) {
+    host.wait_history(peer, LIMIT * 2, |h| {
+        h.iter().any(|m| m["body"].as_str() == Some(text))
+    })
+    .unwrap();
+}
+
+#[test]
+fn twenty_hosts_find_each_other_by_identity_address_with_no_directory_and_refuse_a_forgery() {
+    // The first host is the DHT's first node; every other joins through it and the second.
+    let mut hosts: Vec<HostProcess> = Vec::new();
+    for i in 0..HOSTS {
+        let bootstrap: Vec<SocketAddr> = hosts
+            .iter()
+            .take(2)
+            .map(|h| {
+                h.dht_node
+                    .expect("a host in the DHT says where its node is")
+            })
+            .collect();
+        hosts
+            .push(HostProcess::start_in_dht(&format!("node{i}"), &ip(i), &bootstrap, &[]).unwrap());
+    }
+    let (alice, bob, carol) = (&hosts[1], &hosts[2], &hosts[3]);
+    let alice_address = register_in_dht(alice);
+    let bob_address = register_in_dht(bob);
+    let carol_address = register_in_dht(carol);
+
+    // whoami shows the address and, asked, a QR code of it.
+    let whoami = bob.ctl_ok(&["whoami", "--qr"]).unwrap();
+    assert!(whoami.starts_with(&bob_address), "{whoami}");
+    assert!(whoami.contains('█'), "a QR code follows: {whoami}");
+    let json = bob.ctl_json(&["whoami"]).unwrap();
+    assert_eq!(json["identity_address"], true, "{json}");
+
+    // alice finds bob by his address alone; bob's host finds alice's the same way to check
+    // the sender, and answers.
+    alice
+        .send(&bob_address, "hello bob, found you in the DHT")
+        .unwrap();
+    wait_message(bob, &alice_address, "hello bob, found you in the DHT");
+    bob.send(&alice_address, "hello alice").unwrap();
+    wait_message(alice, &bob_address, "hello alice");
+    for host in [alice, bob] {
+        assert!(
+            !host.logs().contains("directory"),
+            "no directory is asked by {}:\n{}",
+            host.name,
+            host.logs()
+        );
+    }
+
+    // 30% of the nodes die, among them the first, which everyone joined through. carol, who
+    // never looked bob up, still finds him, and bob finds her.
+    let victims: Vec<usize> = std::iter::once(0).chain(5..5 + KILLED - 1).collect();
+    assert_eq!(victims.len(), KILLED);
+    for &i in &victims {
+        hosts[i].kill().unwrap();
+    }
+    let (alice, bob, carol) = (&hosts[1], &hosts[2], &hosts[3]);
+    carol
+        .send(&bob_address, "hello bob, after the churn")
+        .unwrap();
+    wait_message(bob, &carol_address, "hello bob, after the churn");
+    bob.send(&carol_address, "hello carol").unwrap();
+    wait_message(carol, &bob_address, "hello carol");
+
+    // A hostile node answers every look-up of bob with his record pointing elsewhere (an
+    // address of the same length, where the test listens), a higher sequence number and a
+    // signature bob's identity never made. dave joins the DHT through it alone.
+    let bob_key = smvs_crypto::parse_identity_address(&bob_address).unwrap();
+    let real = bob.listen.to_string();
+    let forged = real.replacen("127.0.78.12", "127.0.78.99", 1);
+    assert_ne!(real, forged);
+    let trap = TcpListener::bind(&forged).unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let live: Vec<SocketAddr> = hosts
+        .iter()
+        .filter(|h| h.is_running())
+        .map(|h| h.dht_node.unwrap())
+        .collect();
+    let forger =
+        DhtForger::start("127.0.78.98", &live, bob_key.as_bytes(), &real, &forged).unwrap();
+    let dave_bootstrap = [SocketAddr::V4(forger.addr)];
+    let dave = HostProcess::start_in_dht("dave", "127.0.78.40", &dave_bootstrap, &[]).unwrap();
+    let dave_address = register_in_dht(&dave);
+    dave.send(&bob_address, "hello bob, from dave").unwrap();
+    wait_message(bob, &dave_address, "hello bob, from dave");
+    assert!(
+        forger.forged_answers() > 0,
+        "the hostile node was asked for bob's record (else this proves nothing)"
+    );
+    assert!(
+        trap.accept().is_err(),
+        "nobody connected to the forged address"
+    );
+    // And the real record still stands for everyone: alice writes to bob again.
+    alice.send(&bob_address, "still you?").unwrap();
+    wait_message(bob, &alice_address, "still you?");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        trap.accept().is_err(),
+        "nobody connected to the forged address"
+    );
+}
