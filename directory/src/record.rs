@@ -383,6 +383,15 @@ fn parse_record(
         return Err("the record names another directory".into());
     }
     let identity = read_identity(r.get_identity().map_err(|e| e.to_string())?)?;
+    // An identity address is the identity: whoever signs the record (a directory, or anyone
+    // who introduces it), it must give the name the key the name holds.
+    if username.is_identity_address()
+        && smvs_crypto::parse_identity_address(username.as_str()).ok() != Some(identity.signing_key)
+    {
+        return Err(format!(
+            "the record gives {username} another identity than the one its address names"
+        ));
+    }
     let transport = TransportCertificate::read(r.get_transport().map_err(|e| e.to_string())?)?;
     verify_transport_certificate(
         &username,
@@ -422,6 +431,12 @@ fn parse_record(
 /// The most a BEP 44 value may hold: a host record in the DHT carries no session v2 keys
 /// (they are 2.5 kB), so a user found there speaks session v1.
 pub const MAX_DHT_RECORD: usize = 1000;
+
+/// How far ahead of the clock a DHT record's sequence (its serial, Unix ms) may be. Keyguard
+/// signs none further, and hosts refuse them: a record signed with a huge sequence would
+/// outrank every later one for good (nodes keep the highest), so a host that was broken into
+/// once could otherwise take its user's address away for ever.
+pub const MAX_DHT_SEQ_AHEAD_MS: i64 = 24 * 3600 * 1000;
 
 /// A host's record for the DHT: `user` (without session keys) as record bytes that name the
 /// identity itself as the key vouching for them; the identity signs them with
@@ -464,6 +479,11 @@ pub fn check_own_dht_record(
     if i64::try_from(user.serial).ok() != Some(seq) || seq <= 0 {
         return Err("the record's serial is not its sequence number".into());
     }
+    if seq > now.saturating_add(MAX_DHT_SEQ_AHEAD_MS) {
+        return Err(format!(
+            "the record's serial {seq} is more than a day ahead of the clock ({now})"
+        ));
+    }
     Ok(user)
 }
 
@@ -495,11 +515,64 @@ pub fn verify_dht_record_at(
             user.serial
         ));
     }
+    if seq > now.saturating_add(MAX_DHT_SEQ_AHEAD_MS) {
+        return Err(format!(
+            "the record's serial {seq} is more than a day ahead of this host's clock"
+        ));
+    }
     Ok(VerifiedRecord {
         user,
         issued_at,
         directory_key: key,
         record_bytes: value.to_vec(),
+        signature: *signature,
+        logged_at: None,
+    })
+}
+
+/// Checks signed record bytes kept as evidence or handed on in an introduction, at `now`:
+/// a record of an identity address is checked as the DHT's (the identity signed it, BEP 44),
+/// any other as a directory's, signed by `signer` (any directory: whoever hands it on vouches
+/// for it).
+pub fn verify_signed_record_at(
+    bytes: &[u8],
+    signature: &Signature,
+    signer: &SigningPublicKey,
+    now: i64,
+) -> Result<VerifiedRecord, String> {
+    let (username, serial) = {
+        let mut slice = bytes;
+        let message = capnp::serialize::read_message_from_flat_slice(
+            &mut slice,
+            smvs_schema::reader_options(),
+        )
+        .map_err(|e| e.to_string())?;
+        let r = message
+            .get_root::<directory_record::Reader<'_>>()
+            .map_err(|e| e.to_string())?;
+        let name = r
+            .get_username()
+            .map_err(|e| e.to_string())?
+            .to_string()
+            .map_err(|e| e.to_string())?;
+        (
+            Username::parse(&name).map_err(|e| e.to_string())?,
+            r.get_serial(),
+        )
+    };
+    if username.is_identity_address() {
+        let seq = i64::try_from(serial).map_err(|_| format!("a serial of {serial}"))?;
+        return verify_dht_record_at(&username, bytes, seq, signature, now);
+    }
+    signer
+        .verify(SignContext::DirectoryRecord, bytes, signature)
+        .map_err(|_| "the record is not signed by the directory it names".to_string())?;
+    let (user, issued_at) = parse_record(bytes, signer, None, now)?;
+    Ok(VerifiedRecord {
+        user,
+        issued_at,
+        directory_key: *signer,
+        record_bytes: bytes.to_vec(),
         signature: *signature,
         logged_at: None,
     })
@@ -694,5 +767,72 @@ mod tests {
         let mut named = dht_user(&alice, 1);
         named.username = Username::parse("alice").unwrap();
         assert!(dht_record_value(&named, 1000).is_err());
+    }
+
+    #[test]
+    fn a_dht_record_far_ahead_of_the_clock_is_neither_signed_nor_taken() {
+        let alice = IdentityKeys::generate().unwrap();
+        let now = 1_000_000;
+        let far = now + MAX_DHT_SEQ_AHEAD_MS + 1;
+        let user = dht_user(&alice, far as u64);
+        let value = dht_record_value(&user, now).unwrap();
+        assert!(check_own_dht_record(&alice.bundle(), &value, far, now).is_err());
+        let signature = alice.signing.sign_dht_record(far, &value);
+        assert!(verify_dht_record_at(&user.username, &value, far, &signature, now).is_err());
+        // A day later it is a record like any other.
+        assert!(verify_dht_record_at(&user.username, &value, far, &signature, far).is_ok());
+    }
+
+    #[test]
+    fn a_signed_record_gives_an_identity_address_only_its_own_key() {
+        let alice = IdentityKeys::generate().unwrap();
+        let mallory = IdentityKeys::generate().unwrap();
+        // A "directory" of mallory's signs a record that gives alice's address mallory's
+        // identity (as an introduction could carry it): refused, whoever signed it.
+        let mut forged = dht_user(&mallory, 5);
+        let alice_name =
+            Username::parse(&smvs_crypto::identity_address(&alice.signing.public())).unwrap();
+        let transport = AgreementKeyPair::generate().unwrap();
+        let cert = TransportCertificate::sign_locally(
+            &mallory,
+            &alice_name,
+            transport.public(),
+            i64::MAX / 2,
+        );
+        forged.username = alice_name.clone();
+        forged.transport_key = cert.key;
+        forged.transport_certificate = cert.certificate;
+        let directory = SigningKeyPair::generate().unwrap();
+        let bytes = encode_record(&forged, 1000, &directory.public());
+        let signature = directory.sign(SignContext::DirectoryRecord, &bytes);
+        // Kept or introduced: a record of an identity address holds only as the identity's own.
+        let refused = verify_signed_record_at(&bytes, &signature, &directory.public(), 2000);
+        assert!(refused.is_err());
+        // From a directory's look-up path: its signature holds, the identity does not.
+        let refused = parse_record(&bytes, &directory.public(), Some(&alice_name), 2000);
+        assert!(refused.unwrap_err().contains("another identity"));
+        // Alice's own DHT record, kept as evidence, checks out as hers.
+        let user = dht_user(&alice, 7);
+        let value = dht_record_value(&user, 1000).unwrap();
+        let signature = alice.signing.sign_dht_record(7, &value);
+        let kept = verify_signed_record_at(&value, &signature, &alice.signing.public(), 2000);
+        assert_eq!(kept.unwrap().user, user);
+        // An ordinary name's record signed by a directory still checks as before.
+        let mut bob = dht_user(&mallory, 9);
+        let bob_name = Username::parse("bob").unwrap();
+        let cert = TransportCertificate::sign_locally(
+            &mallory,
+            &bob_name,
+            transport.public(),
+            i64::MAX / 2,
+        );
+        bob.username = bob_name;
+        bob.transport_certificate = cert.certificate;
+        bob.transport_key = cert.key;
+        let bytes = encode_record(&bob, 1000, &directory.public());
+        let signature = directory.sign(SignContext::DirectoryRecord, &bytes);
+        assert!(verify_signed_record_at(&bytes, &signature, &directory.public(), 2000).is_ok());
+        let other = SigningKeyPair::generate().unwrap();
+        assert!(verify_signed_record_at(&bytes, &signature, &other.public(), 2000).is_err());
     }
 }

@@ -186,7 +186,9 @@ impl Host {
             events.publish(crate::model::HostEvent::MessageReceived { id, peer, time });
         }
         let dht = match &config.dht {
-            Some(dht) => Some(Rc::new(start_dht(dht, peer_addr, &storage).await?)),
+            Some(dht) => Some(Rc::new(
+                start_dht(dht, peer_addr, &host_address, &storage).await?,
+            )),
             None => None,
         };
         let dht_addr = dht.as_ref().map(|node| node.local_addr());
@@ -208,13 +210,10 @@ impl Host {
             )
             .with_dht(dht),
         );
-        if let Some(left) = storage.setting(crate::storage::LEFT_DIRECTORIES).await? {
-            trust.set_left(
-                left.chunks_exact(32)
-                    .filter_map(|k| k.try_into().ok())
-                    .collect(),
-            );
-        }
+        trust
+            .load_directory_changes()
+            .await
+            .map_err(|e| DaemonError::Inconsistent(e.to_string()))?;
         // Renewal at start, before READY: a host that was off past its certificate's expiry
         // is reachable again as soon as it says it serves. Bounded (the directory may be down),
         // and never fatal: the loop below tries again.
@@ -602,12 +601,19 @@ async fn renew_loop(trust: Rc<Trust>) {
     }
 }
 
+/// How many contacts' hosts a DHT node joins through, besides the configured nodes. Few: the
+/// engine asks every bootstrap node on each look-up while its table is small, and each one
+/// learns what is looked up.
+const MAX_CONTACT_BOOTSTRAP: usize = 8;
+
 /// Starts this host's DHT node: on the peer port's address (UDP) unless configured, joining
-/// through the configured nodes and the contacts' hosts (those at an IPv4 address: a name is
-/// not resolved while the host starts).
+/// through the configured nodes and a few contacts' hosts: accepted, unblocked contacts at
+/// an IPv4 address this host would connect to ([`crate::trust::may_connect`]), so that a
+/// stranger's record cannot point this host's DHT traffic anywhere.
 async fn start_dht(
     config: &crate::config::DhtConfig,
     peer_addr: std::net::SocketAddr,
+    host_address: &smvs_schema::HostAddress,
     storage: &Storage,
 ) -> Result<DhtNode, DaemonError> {
     let listen = match (config.listen, peer_addr) {
@@ -623,8 +629,11 @@ async fn start_dht(
         .contacts()
         .await?
         .iter()
+        .filter(|c| !c.blocked && !c.request && c.pending.is_none())
+        .filter(|c| crate::trust::may_connect(host_address, &c.username, &c.host_address).is_ok())
         .map(|c| c.host_address.to_string())
         .filter(|a| a.parse::<std::net::SocketAddrV4>().is_ok())
+        .take(MAX_CONTACT_BOOTSTRAP)
         .collect();
     DhtNode::start(config, listen, &contacts)
         .await

@@ -2,7 +2,8 @@
 //! signed records), publish the record their identity signs there, and find each other by
 //! identity address (`smvs:…`). Twenty real hosts on 127.0.78.x, each a keyguard and an
 //! smvsd started with `--dht` and no directory flag; then 30% of them killed; then a hostile
-//! node that answers every look-up of bob with a forged record.
+//! node that answers every look-up of bob with a forged record; last, an introduction of a
+//! DHT user, which carries the record her identity signed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step is a failed test
 
@@ -135,4 +136,29 @@ fn twenty_hosts_find_each_other_by_identity_address_with_no_directory_and_refuse
         trap.accept().is_err(),
         "nobody connected to the forged address"
     );
+
+    // bob introduces carol to dave (who wrote to bob, so bob is his contact): the record bob
+    // hands on is the one carol's identity signed for the DHT, and dave's host pins her from
+    // it, checked against the key her address names.
+    bob.ctl_ok(&["introduce", &carol_address, &dave_address])
+        .unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    let pinned = loop {
+        let contacts = dave.ctl_json(&["contacts"]).unwrap();
+        if let Some(c) = contacts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["username"] == carol_address.as_str())
+        {
+            break c.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dave never pinned carol: {contacts}\n{}",
+            dave.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(pinned["introduced_by"], bob_address.as_str(), "{pinned}");
 }

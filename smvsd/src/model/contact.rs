@@ -61,17 +61,20 @@ pub struct Evidence {
 }
 
 impl Evidence {
-    /// The record again, checked under the directory key it names (any directory: whoever
-    /// hands it on vouches for it), now.
+    /// The record again, checked now: a directory's under the directory key it names (any
+    /// directory: whoever hands it on vouches for it), a DHT record under the identity its
+    /// address names.
     pub fn verify(&self) -> Result<VerifiedRecord, String> {
         let key = smvs_crypto::SigningPublicKey::from_bytes(&self.directory_key)
             .map_err(|e| e.to_string())?;
-        let mut message = capnp::message::Builder::new_default();
-        let mut signed =
-            message.init_root::<smvs_schema::common_capnp::signed_record::Builder<'_>>();
-        signed.set_record(&self.record_bytes);
-        signed.set_signature(&self.signature);
-        smvs_directory::record::verify_record(signed.into_reader(), &key, None)
+        let signature =
+            smvs_crypto::Signature::from_bytes(&self.signature).map_err(|e| e.to_string())?;
+        smvs_directory::record::verify_signed_record_at(
+            &self.record_bytes,
+            &signature,
+            &key,
+            crate::model::now_ms(),
+        )
     }
 
     pub fn of(record: &VerifiedRecord) -> Evidence {

@@ -21,6 +21,7 @@
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
+use futures::StreamExt;
 use mainline::async_dht::AsyncDht;
 use mainline::{Dht, MutableItem};
 use smvs_crypto::{Signature, DHT_RECORD_SALT};
@@ -33,6 +34,8 @@ use crate::error::HostError;
 /// How long a look-up or a put may take: a query waits for its slowest node up to the
 /// engine's request timeout each round, and dead nodes cost a timeout each.
 pub const DHT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a bootstrap node's name may take to resolve when the node starts.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One node of the hosts' DHT, serving others (server mode) and asking them.
 pub struct DhtNode {
@@ -42,23 +45,43 @@ pub struct DhtNode {
 
 impl DhtNode {
     /// Binds the node's UDP socket at `listen` and starts joining through `config.bootstrap`
-    /// and `more`
-    /// (contacts' hosts). Names that do not resolve are skipped; an empty list is allowed
-    /// (the first node of a DHT, which others join through).
+    /// and `more` (contacts' hosts). Names are resolved here, each within
+    /// [`RESOLVE_TIMEOUT`] (IPv4 only); those that do not resolve are skipped. An empty list is
+    /// allowed (the first node of a DHT, which others join through).
     pub async fn start(
         config: &DhtConfig,
         listen: SocketAddrV4,
         more: &[String],
     ) -> Result<DhtNode, String> {
-        let mut bootstrap: Vec<String> = config.bootstrap.clone();
-        for address in more {
-            if !bootstrap.contains(address) {
-                bootstrap.push(address.clone());
+        let mut bootstrap: Vec<String> = Vec::new();
+        for entry in config.bootstrap.iter().chain(more) {
+            let found =
+                tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(entry.as_str()))
+                    .await;
+            let addresses: Vec<SocketAddrV4> = match found {
+                Ok(Ok(addresses)) => addresses
+                    .filter_map(|a| match a {
+                        std::net::SocketAddr::V4(v4) => Some(v4),
+                        std::net::SocketAddr::V6(_) => None,
+                    })
+                    .collect(),
+                Ok(Err(e)) => {
+                    tracing::warn!(node = %entry, error = %e, "a DHT bootstrap node does not resolve; skipped");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(node = %entry, "a DHT bootstrap node did not resolve in time; skipped");
+                    continue;
+                }
+            };
+            for address in addresses {
+                // Our own address is no bootstrap node.
+                let text = address.to_string();
+                if address != listen && !bootstrap.contains(&text) {
+                    bootstrap.push(text);
+                }
             }
         }
-        // Our own address is no bootstrap node.
-        let own = listen.to_string();
-        bootstrap.retain(|a| a != &own);
         let dht = Dht::builder()
             .server_mode()
             // Always a list of ours (possibly empty): never the public DHT's routers.
@@ -78,47 +101,73 @@ impl DhtNode {
         self.local
     }
 
-    /// The record the identity address `name` names, the newest the DHT holds, checked.
+    /// The record the identity address `name` names: the newest the DHT holds that checks
+    /// out. Every answer is checked, so a record the identity signed that does not hold (one
+    /// far ahead of the clock, or not a host record) does not hide an older good one.
     pub async fn find(&self, name: &Username) -> Result<VerifiedRecord, HostError> {
         let key = smvs_crypto::parse_identity_address(name.as_str())
             .map_err(|e| HostError::bad_request(format!("{name}: {e}")))?;
-        let search = self
+        let mut items = self
             .dht
-            .get_mutable_most_recent(key.as_bytes(), Some(DHT_RECORD_SALT));
-        let item = tokio::time::timeout(DHT_TIMEOUT, search)
-            .await
-            .map_err(|_| {
-                HostError::new(
-                    ErrorCode::Directory,
-                    format!(
-                        "the DHT did not answer about {name} within {} s",
-                        DHT_TIMEOUT.as_secs()
-                    ),
-                )
-            })?
-            .ok_or_else(|| {
-                HostError::new(
-                    ErrorCode::UnknownUser,
-                    format!("no host in the DHT holds a record of {name}"),
-                )
-            })?;
-        let signature = Signature::from_bytes(item.signature())
-            .map_err(|e| HostError::internal(e.to_string()))?;
-        smvs_directory::record::verify_dht_record_at(
-            name,
-            item.value(),
-            item.seq(),
-            &signature,
-            crate::model::now_ms(),
-        )
-        .map_err(|why| {
-            // The engine checked the signature; this is a record the identity itself signed
+            .get_mutable(key.as_bytes(), Some(DHT_RECORD_SALT), None);
+        let deadline = tokio::time::Instant::now() + DHT_TIMEOUT;
+        let now = crate::model::now_ms();
+        let mut best: Option<VerifiedRecord> = None;
+        let mut refused: Option<String> = None;
+        let mut timed_out = false;
+        loop {
+            let item = match tokio::time::timeout_at(deadline, items.next()).await {
+                Ok(Some(item)) => item,
+                Ok(None) => break,
+                Err(_) => {
+                    timed_out = true;
+                    break;
+                }
+            };
+            if best
+                .as_ref()
+                .is_some_and(|b| i64::try_from(b.user.serial).unwrap_or(i64::MAX) >= item.seq())
+            {
+                continue;
+            }
+            // The engine checked the signature; the identity may still have signed something
             // that is not a host record of it (another program's, or a broken host's).
-            tracing::warn!(peer = %name, seq = item.seq(), why = %why, "the DHT's newest record of a user does not hold");
-            HostError::new(
+            let Ok(signature) = Signature::from_bytes(item.signature()) else {
+                continue;
+            };
+            match smvs_directory::record::verify_dht_record_at(
+                name,
+                item.value(),
+                item.seq(),
+                &signature,
+                now,
+            ) {
+                Ok(record) => best = Some(record),
+                Err(why) => {
+                    tracing::warn!(peer = %name, seq = item.seq(), why = %why, "a record of a user in the DHT does not hold");
+                    refused = Some(why);
+                }
+            }
+        }
+        if let Some(record) = best {
+            return Ok(record);
+        }
+        Err(match (refused, timed_out) {
+            (Some(why), _) => HostError::new(
                 ErrorCode::Directory,
                 format!("the DHT's record of {name} does not hold: {why}"),
-            )
+            ),
+            (None, true) => HostError::new(
+                ErrorCode::Directory,
+                format!(
+                    "the DHT did not answer about {name} within {} s",
+                    DHT_TIMEOUT.as_secs()
+                ),
+            ),
+            (None, false) => HostError::new(
+                ErrorCode::UnknownUser,
+                format!("no host in the DHT holds a record of {name}"),
+            ),
         })
     }
 
@@ -245,7 +294,8 @@ impl super::Trust {
             }
             _ => self.new_dht_record(me, &ours, now).await?,
         };
-        let seq = record.user.serial as i64;
+        let seq =
+            i64::try_from(record.user.serial).map_err(|e| HostError::internal(e.to_string()))?;
         match node
             .put(
                 &me.identity.signing_key,
@@ -286,7 +336,11 @@ impl super::Trust {
             .await?
             .and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
             .map_or(0, u64::from_be_bytes);
-        let serial = (last + 1).max(u64::try_from(now).unwrap_or(0));
+        let serial = last
+            .checked_add(1)
+            .filter(|s| i64::try_from(*s).is_ok())
+            .ok_or_else(|| HostError::internal("the DHT serial in storage is at its end"))?
+            .max(u64::try_from(now).unwrap_or(0));
         self.storage
             .set_setting(crate::storage::DHT_SERIAL, serial.to_be_bytes().to_vec())
             .await?;
@@ -302,7 +356,9 @@ impl super::Trust {
         };
         let value =
             smvs_directory::record::dht_record_value(&user, now).map_err(HostError::internal)?;
-        let signature = self.keyguard.sign_dht_record(&value, serial as i64).await?;
+        // Below i64::MAX: checked above, and `now` is an i64.
+        let seq = i64::try_from(serial).map_err(|e| HostError::internal(e.to_string()))?;
+        let signature = self.keyguard.sign_dht_record(&value, seq).await?;
         Ok(DhtRecord {
             user,
             value,
