@@ -83,6 +83,7 @@ bench: deps
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-messages
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-devices
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-chat
+	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-dht
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --features bench-baseline --bin smvs-bench-calls
 
 lint: deps
