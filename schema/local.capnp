@@ -265,19 +265,27 @@ interface Host {
   markRead @21 (peer :Text) -> (wasUnread :UInt32);
   # Everything received from `peer` so far is read, on every device (a `read` event tells them).
   introduce @22 (user :Text, to :Text) -> ();
+  # Sends `to` the directory's signed record of `user` as this host pinned it: `to`'s host may
+  # pin `user` from it, "introduced by" us, without asking a directory.
   moveDirectory @23 (to :Text) -> (left :Text);
   # Moves this host's user from its home directory (the first configured one it has not left)
-  # to the configured directory named `to`: registers there, and leaves the home directory
+  # to the directory named `to` (configured or added): registers there, and leaves the home directory
   # with a statement the identity signs, which it serves to whoever looks the user up from
   # then on. Returns the name of the directory left.
   directories @24 () -> (directories :List(DirectoryInfo));
-  # The configured directories, in order.
+  # The directories in use, in order: the configured ones (less those removed), then those
+  # added.
   registerInDht @25 () -> (status :HostStatus);
   # Creates the identity (in keyguard) and registers this host's user in the hosts' DHT: the
   # user's name is the identity address (smvs:…), and the record the identity signs is put
   # there. Needs smvsd --dht.
-  # Sends `to` the directory's signed record of `user` as this host pinned it: `to`'s host may
-  # pin `user` from it, "introduced by" us, without asking a directory.
+  addDirectory @26 (name :Text, address :Text, key :Text) -> (directory :DirectoryInfo);
+  # Uses one more directory (`key` in hex), from now on and after restarts. It must answer
+  # now; a user registered at directories is registered there too.
+  removeDirectory @27 (name :Text) -> ();
+  # Stops using a directory (even a configured one, after restarts too). Refused when fewer
+  # directories than the quorum would be left, or none the user is registered at. The user's
+  # record there is not deleted (`moveDirectory` leaves with a statement instead).
 }
 
 struct DirectoryInfo {

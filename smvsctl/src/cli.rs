@@ -279,8 +279,9 @@ pub enum Command {
 
     /// The directories this host uses, and moving to another one
     #[command(
-        after_help = "Examples:\n  smvsctl directory list\n  smvsctl directory move second\n\n\
-                      Directories are configured in smvsd.toml (`directory`, `[[directories]]`). `move` \
+        after_help = "Examples:\n  smvsctl directory list\n  smvsctl directory add second dir2.example:7420 KEY\n  smvsctl directory move second\n  smvsctl directory remove default\n\n\
+                      Directories are configured in smvsd.toml (`directory`, `[[directories]]`); `add` and \
+                      `remove` change the list for good (kept by the host, on top of the file). `move` \
                       registers at the named one and leaves the home directory (the first one not left yet) \
                       with a statement your identity signs, which it serves from then on: contacts who \
                       pinned you follow it without a key-change alarm."
@@ -349,9 +350,23 @@ pub enum DevicesAction {
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum DirectoryAction {
-    /// The configured directories, and which this host's user left
+    /// The directories in use, and which this host's user left
     List,
-    /// Move to the configured directory NAME, leaving a signed "moved" statement at the home one
+    /// Use one more directory (it must answer now; you are registered there too)
+    Add {
+        /// A name for it: 1 to 32 lowercase letters, digits and -
+        name: String,
+        /// Its address, HOST:PORT
+        address: String,
+        /// Its key, in hex (`smvs-directory pubkey` prints it)
+        key: String,
+    },
+    /// Stop using a directory (your record there is not deleted: `move` leaves with a statement)
+    Remove {
+        /// The directory's name, as `directory list` shows it
+        name: String,
+    },
+    /// Move to the directory NAME (configured or added), leaving a signed "moved" statement at the home one
     Move {
         /// The directory's name, as `directory list` shows it
         name: String,

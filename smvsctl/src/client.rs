@@ -1311,7 +1311,39 @@ impl HostClient {
             .collect()
     }
 
-    /// Moves to the configured directory `to`; returns the name of the one left.
+    /// Uses one more directory; returns its entry.
+    pub async fn add_directory(
+        &self,
+        name: &str,
+        address: &str,
+        key: &str,
+    ) -> Result<DirectoryView, CtlError> {
+        let mut request = self.host.add_directory_request();
+        {
+            let mut p = request.get();
+            p.set_name(name);
+            p.set_address(address);
+            p.set_key(key);
+        }
+        let answer = request.send().promise.await?;
+        let d = answer.get()?.get_directory()?;
+        Ok(DirectoryView {
+            name: text("directory name", d.get_name())?,
+            address: text("directory address", d.get_address())?,
+            key: text("directory key", d.get_key())?,
+            left: d.get_left(),
+        })
+    }
+
+    /// Stops using the directory `name`.
+    pub async fn remove_directory(&self, name: &str) -> Result<(), CtlError> {
+        let mut request = self.host.remove_directory_request();
+        request.get().set_name(name);
+        request.send().promise.await?;
+        Ok(())
+    }
+
+    /// Moves to the directory `to`; returns the name of the one left.
     pub async fn move_directory(&self, to: &str) -> Result<String, CtlError> {
         let mut request = self.host.move_directory_request();
         request.get().set_to(to);

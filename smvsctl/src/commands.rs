@@ -391,6 +391,23 @@ pub async fn directory(
             let all = host.directories().await?;
             output::render(format, all.as_slice(), output::directories_text)?
         }
+        DirectoryAction::Add { name, address, key } => {
+            let added = host.add_directory(name, address, key).await?;
+            match format {
+                Format::Text => format!(
+                    "added {}; look-ups ask it from now on",
+                    output::directories_text(std::slice::from_ref(&added))
+                ),
+                Format::Json => output::to_json(&added)?,
+            }
+        }
+        DirectoryAction::Remove { name } => {
+            host.remove_directory(name).await?;
+            match format {
+                Format::Text => format!("removed {}", output::clean(name)),
+                Format::Json => output::to_json(&serde_json::json!({"removed": name}))?,
+            }
+        }
         DirectoryAction::Move { name } => {
             let left = host.move_directory(name).await?;
             match format {

@@ -319,7 +319,7 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
 
 /// A directory of the list, checked: a name of lowercase letters, digits and `-` (it is
 /// written after a user's name, `alice@NAME`), an address, a key.
-fn anchor(name: &str, address: &str, key: &str) -> Result<DirectoryAnchor, String> {
+pub(crate) fn anchor(name: &str, address: &str, key: &str) -> Result<DirectoryAnchor, String> {
     let name_ok = !name.is_empty()
         && name.len() <= 32
         && name

@@ -570,6 +570,160 @@ fn a_user_moves_to_another_directory_and_contacts_follow_without_an_alarm() {
     .unwrap();
 }
 
+/// `smvsctl directory add|remove` change the directories a running host uses, for good: the
+/// added one answers and alice is registered there at once; a wrong address, a name in use, a
+/// bad name are refused and change nothing; the configured default can be removed while
+/// another holds her, the last one cannot; after a restart the host still uses exactly the
+/// list she left it with, and bob, who knows only the added directory, reaches her (and she
+/// him) through it.
+#[test]
+fn directories_are_added_and_removed_at_run_time_and_stay_so_after_a_restart() {
+    let rt = runtime().unwrap();
+    let (a, b) = rt.block_on(async {
+        (
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+        )
+    });
+    let mut alice = HostProcess::start("alice", &a, "127.0.0.1", &[]).unwrap();
+    let bob = HostProcess::start("bob", &b, "127.0.0.2", &[]).unwrap();
+    alice.register().unwrap();
+    bob.register().unwrap();
+    let b_key = b.key.to_hex();
+    let b_addr = b.addr.to_string();
+    let at = |dir: &DirectoryProcess, user: &str| {
+        run_local(async {
+            dir.client()
+                .await
+                .unwrap()
+                .lookup(&Username::parse(user).unwrap())
+                .await
+                .is_ok()
+        })
+        .unwrap()
+    };
+    assert!(!at(&b, "alice"));
+    let names = |host: &HostProcess| -> Vec<String> {
+        let list = host.ctl_json(&["directory", "list"]).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let added = alice
+        .ctl_json(&["directory", "add", "second", &b_addr, &b_key])
+        .unwrap();
+    assert_eq!(added["name"], "second", "{added}");
+    assert_eq!(added["key"], b_key.as_str(), "{added}");
+    assert!(
+        at(&b, "alice"),
+        "alice is registered at the added directory"
+    );
+    assert_eq!(names(&alice), ["default", "second"]);
+
+    // Refused, each with a reason, and the list is unchanged.
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = unused.local_addr().unwrap().to_string();
+    drop(unused);
+    for (args, why) in [
+        (
+            vec![
+                "directory",
+                "add",
+                "third",
+                nowhere.as_str(),
+                b_key.as_str(),
+            ],
+            "in use",
+        ),
+        (
+            vec![
+                "directory",
+                "add",
+                "second",
+                nowhere.as_str(),
+                &"00".repeat(32),
+            ],
+            "in use",
+        ),
+        (
+            vec![
+                "directory",
+                "add",
+                "Third!",
+                nowhere.as_str(),
+                &"00".repeat(32),
+            ],
+            "lowercase",
+        ),
+        (
+            vec!["directory", "add", "third", nowhere.as_str(), "beef"],
+            "key",
+        ),
+        (
+            vec!["directory", "remove", "nosuch"],
+            "no directory named nosuch",
+        ),
+    ] {
+        let out = alice.ctl(&args).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{args:?}: {err}"
+        );
+    }
+    let a_key_other = smvs_crypto::SigningKeyPair::generate()
+        .unwrap()
+        .public()
+        .to_hex();
+    let out = alice
+        .ctl(&["directory", "add", "third", &nowhere, &a_key_other])
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a directory that does not answer is not added"
+    );
+    assert_eq!(names(&alice), ["default", "second"]);
+
+    // The configured default goes (second holds her too); the last one cannot.
+    let removed = alice.ctl_ok(&["directory", "remove", "default"]).unwrap();
+    assert!(removed.contains("removed default"), "{removed}");
+    assert_eq!(names(&alice), ["second"]);
+    let out = alice.ctl(&["directory", "remove", "second"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("second"), "{err}");
+    assert_eq!(names(&alice), ["second"]);
+
+    // A restart keeps the list as she left it, whatever the configuration says.
+    alice.stop().unwrap();
+    alice.start_again().unwrap();
+    assert_eq!(names(&alice), ["second"]);
+    // bob knows only b; alice now asks only b: they find each other there.
+    bob.send("alice", "found you at second").unwrap();
+    alice
+        .wait_history("bob", LIMIT, |h| {
+            h.iter().any(|m| m["body"] == "found you at second")
+        })
+        .unwrap();
+    alice.send("bob", "and I you").unwrap();
+    bob.wait_history("alice", LIMIT, |h| {
+        h.iter().any(|m| m["body"] == "and I you")
+    })
+    .unwrap();
+
+    // The default comes back when she adds it again, and stays after a restart.
+    let a_key = a.key.to_hex();
+    let a_addr = a.addr.to_string();
+    alice
+        .ctl_ok(&["directory", "add", "default", &a_addr, &a_key])
+        .unwrap();
+    alice.stop().unwrap();
+    alice.start_again().unwrap();
+    assert_eq!(names(&alice), ["default", "second"]);
+}
+
 /// The key log's head and version for `user` at `dir`, and the identity served (hex).
 fn logged_at(dir: &DirectoryProcess, user: &str) -> (u64, u64, String) {
     run_local(async {

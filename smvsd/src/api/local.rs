@@ -170,6 +170,20 @@ impl RequestBudget {
 
 impl HostRpc {
     /// Spends one request of a linked device's budget; refuses when it is spent.
+    /// Trust anchors are changed only by the host's own user (its socket) or an admin
+    /// device: a lost laptop must not be able to drop the honest directories.
+    fn admin_only(&self) -> Result<(), capnp::Error> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(HostError::new(
+                smvs_schema::ErrorCode::NotAllowed,
+                "only an admin device (or the host's own socket) changes the directories",
+            )
+            .into())
+        }
+    }
+
     fn admit(&self) -> Result<(), capnp::Error> {
         match &self.budget {
             Some(budget) if !budget.take() => Err(HostError::new(
@@ -608,6 +622,7 @@ impl host::Server for HostRpc {
         mut results: host::MoveDirectoryResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
+        self.admin_only()?;
         let to = params
             .get()?
             .get_to()?
@@ -644,6 +659,58 @@ impl host::Server for HostRpc {
             b.set_key(key);
             b.set_left(*left);
         }
+        Ok(())
+    }
+
+    async fn add_directory(
+        self: Rc<Self>,
+        params: host::AddDirectoryParams,
+        mut results: host::AddDirectoryResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        self.admin_only()?;
+        let (name, address, key) = {
+            let p = params.get()?;
+            let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, capnp::Error> {
+                t?.to_string()
+                    .map_err(|_| HostError::bad_request("text is not UTF-8").into())
+            };
+            (
+                text(p.get_name())?,
+                text(p.get_address())?,
+                text(p.get_key())?,
+            )
+        };
+        let (name, address, key, left) = mailbox(
+            self.commands
+                .send(crate::commands::AddDirectory { name, address, key })
+                .await,
+        )??;
+        let mut b = results.get().init_directory();
+        b.set_name(name);
+        b.set_address(address);
+        b.set_key(key);
+        b.set_left(left);
+        Ok(())
+    }
+
+    async fn remove_directory(
+        self: Rc<Self>,
+        params: host::RemoveDirectoryParams,
+        _: host::RemoveDirectoryResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        self.admin_only()?;
+        let name = params
+            .get()?
+            .get_name()?
+            .to_string()
+            .map_err(|_| capnp::Error::from(HostError::bad_request("name is not UTF-8")))?;
+        mailbox(
+            self.commands
+                .send(crate::commands::RemoveDirectory(name))
+                .await,
+        )??;
         Ok(())
     }
 

@@ -123,7 +123,7 @@ async fn status(o: &Owners) -> Result<HostStatus, HostError> {
         }),
         username: me.map(|m| m.username),
         host_address: o.host_address.to_string(),
-        directory: o.trust.directory_address().to_owned(),
+        directory: o.trust.directory_address(),
         queued: o.storage.queued_count().await?,
         version: env!("CARGO_PKG_VERSION"),
         call_port: o.call_address.map(|a| a.to_string()),
@@ -351,7 +351,29 @@ command!(MoveDirectory => String, |o, MoveDirectory(to)| {
     o.trust.move_directory(&to).await
 });
 
-/// `directory list`: (name, address, key, left) of every configured directory.
+/// `directory add NAME ADDRESS KEY`: one more directory. Returns its entry.
+#[derive(Message)]
+#[rtype(result = "Result<(String, String, String, bool), HostError>")]
+pub struct AddDirectory {
+    pub name: String,
+    pub address: String,
+    pub key: String,
+}
+
+command!(AddDirectory => (String, String, String, bool), |o, m| {
+    o.trust.add_directory(&m.name, &m.address, &m.key).await
+});
+
+/// `directory remove NAME`: one directory fewer.
+#[derive(Message)]
+#[rtype(result = "Result<(), HostError>")]
+pub struct RemoveDirectory(pub String);
+
+command!(RemoveDirectory => (), |o, RemoveDirectory(name)| {
+    o.trust.remove_directory(&name).await
+});
+
+/// `directory list`: (name, address, key, left) of every directory in use.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<(String, String, String, bool)>, HostError>")]
 pub struct ListDirectories;

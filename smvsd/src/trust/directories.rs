@@ -279,7 +279,7 @@ pub fn equivocation(peer: &Username, how: &str) -> HostError {
 /// anyone: `unknown-user` when every directory that answered said it has no such user,
 /// otherwise the first failure.
 pub async fn lookup_all(
-    links: &[DirectoryLink],
+    links: &[Rc<DirectoryLink>],
     quorum: usize,
     peer: &Username,
 ) -> Result<Answers, HostError> {

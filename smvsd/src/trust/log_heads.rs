@@ -184,7 +184,8 @@ impl Trust {
     pub fn heads_from_contact(&self, contact: &Username, heads: &[LogHead]) -> bool {
         let mut any = false;
         for head in heads.iter().take(MAX_SHARED_HEADS) {
-            let Some(link) = self.links.iter().find(|l| l.anchor.key == head.directory) else {
+            let links = self.links.borrow();
+            let Some(link) = links.iter().find(|l| l.anchor.key == head.directory) else {
                 continue;
             };
             if let Err(e) = head.verify(&link.anchor.key) {
@@ -204,6 +205,7 @@ impl Trust {
     /// against its own view of the log; a head passed on is signed, so it needs no trust in us.
     pub fn heads_to_share(&self) -> Vec<LogHead> {
         self.links
+            .borrow()
             .iter()
             .filter_map(|l| {
                 let book = l.heads.borrow();
@@ -226,8 +228,8 @@ impl Trust {
     /// Checks every directory's heads seen since its last check (see the module's comment).
     /// A directory that cannot be asked now is asked at the next check.
     pub async fn check_log_heads(&self) {
-        for link in &self.links {
-            if let Err(e) = self.check_heads_at(link).await {
+        for link in self.links() {
+            if let Err(e) = self.check_heads_at(&link).await {
                 tracing::warn!(directory = %link.name(), error = %e, "cannot check the key log heads now; trying again at the next check");
             }
         }

@@ -46,6 +46,7 @@ mod dht;
 mod directories;
 mod judge;
 mod log_heads;
+mod own_directories;
 mod own_log;
 
 pub use dht::DhtNode;
@@ -130,8 +131,9 @@ pub struct Verification {
 
 pub struct Trust {
     directory_config: DirectoryConfig,
-    /// One link per directory, in the configured order (the default one first).
-    links: Vec<DirectoryLink>,
+    /// One link per directory, in the configured order (the default one first), then those
+    /// added with `directory add`; changed only by [`own_directories`].
+    links: RefCell<Vec<Rc<DirectoryLink>>>,
     /// The host's Noise key: certified at registration. Directory links never present it
     /// (each shows a throwaway key, see [`directories`]).
     transport: Rc<AgreementKeyPair>,
@@ -176,10 +178,15 @@ impl Trust {
         let links = directory_config
             .directories
             .iter()
-            .map(|anchor| DirectoryLink::new(anchor.clone(), directory_config.socks5_proxy.clone()))
+            .map(|anchor| {
+                Rc::new(DirectoryLink::new(
+                    anchor.clone(),
+                    directory_config.socks5_proxy.clone(),
+                ))
+            })
             .collect();
         Trust {
-            links,
+            links: RefCell::new(links),
             directory_config,
             transport,
             host_address,
@@ -219,8 +226,23 @@ impl Trust {
     }
 
     /// The default directory's address (empty for a host with none, in the DHT).
-    pub fn directory_address(&self) -> &str {
-        self.links.first().map_or("", |l| l.anchor.address.as_str())
+    pub fn directory_address(&self) -> String {
+        self.links
+            .borrow()
+            .first()
+            .map_or_else(String::new, |l| l.anchor.address.clone())
+    }
+
+    /// How many directories must agree on an identity (at least one: a host that started
+    /// with none may have added some).
+    fn quorum(&self) -> usize {
+        self.directory_config.quorum.max(1)
+    }
+
+    /// The directories' links as they are now (a copy: the list may change while the caller
+    /// awaits).
+    fn links(&self) -> Vec<Rc<DirectoryLink>> {
+        self.links.borrow().clone()
     }
 
     /// This host's DHT node, when it is in the hosts' DHT.
@@ -370,13 +392,14 @@ impl Trust {
                 .insert(peer.clone(), (answers.clone(), Instant::now()));
             return Ok(answers);
         }
-        if self.links.is_empty() {
+        let links = self.links();
+        if links.is_empty() {
             return Err(HostError::new(
                 ErrorCode::UnknownUser,
                 format!("{peer}: this host has no directory to look names up in; write to an identity address (smvs:…)"),
             ));
         }
-        let found = match lookup_all(&self.links, self.directory_config.quorum, peer).await {
+        let found = match lookup_all(&links, self.quorum(), peer).await {
             Ok(answers) if answers.answers.is_empty() => self.follow_move(peer, answers).await,
             other => other,
         };
@@ -661,106 +684,6 @@ impl Trust {
         }
     }
 
-    // ----- this host's directories -----
-
-    /// The directories this host's user left, as stored (`directory move`).
-    pub fn set_left(&self, keys: Vec<[u8; 32]>) {
-        *self.left.borrow_mut() = keys;
-    }
-
-    /// Every configured directory: (name, address, key, whether our user left it).
-    pub fn directories(&self) -> Vec<(String, String, String, bool)> {
-        let left = self.left.borrow();
-        self.links
-            .iter()
-            .map(|l| {
-                (
-                    l.anchor.name.clone(),
-                    l.anchor.address.clone(),
-                    l.anchor.key.to_hex(),
-                    left.contains(l.anchor.key.as_bytes()),
-                )
-            })
-            .collect()
-    }
-
-    /// Notes (and stores) that our user left `link`'s directory.
-    async fn note_left(&self, link: &DirectoryLink) -> Result<(), HostError> {
-        let keys = {
-            let mut left = self.left.borrow_mut();
-            let key = *link.anchor.key.as_bytes();
-            if !left.contains(&key) {
-                left.push(key);
-            }
-            left.concat()
-        };
-        tracing::info!(directory = %link.name(), "this host's user left this directory");
-        self.storage
-            .set_setting(crate::storage::LEFT_DIRECTORIES, keys)
-            .await?;
-        Ok(())
-    }
-
-    /// `directory move NAME`: registers at the configured directory `to` (if not yet), and
-    /// leaves the first directory this user has not left yet (its home) with a statement the
-    /// identity signs, which that directory serves in place of the record from then on:
-    /// contacts who pinned us follow it there. Returns the name of the directory left.
-    pub async fn move_directory(&self, to: &str) -> Result<String, HostError> {
-        let me = self.me()?;
-        let left = self.left.borrow().clone();
-        let home = self
-            .links
-            .iter()
-            .find(|l| !left.contains(l.anchor.key.as_bytes()))
-            .ok_or_else(|| HostError::bad_request("every configured directory has been left"))?;
-        let target = self.links.iter().find(|l| l.name() == to).ok_or_else(|| {
-            HostError::bad_request(format!(
-                "no directory named {to} is configured (`smvsctl directory list`)"
-            ))
-        })?;
-        if std::ptr::eq(home, target) || left.contains(target.anchor.key.as_bytes()) {
-            return Err(HostError::bad_request(format!(
-                "{to} is the directory being left, or one left before"
-            )));
-        }
-        match self.register_at(target, &me.username, &me.identity).await {
-            Ok(_) => {}
-            Err(e) => return Err(e),
-        }
-        let statement = self
-            .keyguard
-            .sign_directory_move(
-                &me.username,
-                &home.anchor.key,
-                &target.anchor.key,
-                &target.anchor.address,
-            )
-            .await?;
-        let directory = home.client().await?;
-        let key = home.anchor.key;
-        let keyguard = self.keyguard.clone();
-        let username = me.username.clone();
-        let leaving = async {
-            let session = directory
-                .login_with(&me.username, |sealed| async move {
-                    keyguard.open_login_token(&key, &username, &sealed).await
-                })
-                .await?;
-            session.leave(&statement).await
-        };
-        match tokio::time::timeout(DIRECTORY_TIMEOUT, leaving).await {
-            Err(_) => return Err(home.no_answer("leaving")),
-            Ok(Err(e)) => {
-                home.failed(&e);
-                return Err(e.into());
-            }
-            Ok(Ok(())) => {}
-        }
-        tracing::info!(from = %home.name(), to = %target.name(), "moved to another directory");
-        self.note_left(home).await?;
-        Ok(home.name().to_owned())
-    }
-
     // ----- addresses pushed by contacts' hosts -----
 
     /// A contact's host says it moved: `address` as of `issued_at`, signed by the identity. It
@@ -1036,8 +959,8 @@ impl Trust {
             return self.publish_in_dht(&me, false).await;
         }
         let left = self.left.borrow().clone();
-        let home: Vec<&DirectoryLink> = self
-            .links
+        let all = self.links();
+        let home: Vec<&Rc<DirectoryLink>> = all
             .iter()
             .filter(|l| !left.contains(l.anchor.key.as_bytes()))
             .collect();
@@ -1063,7 +986,7 @@ impl Trust {
                     }
                 }
                 Err(e) => {
-                    if self.links.len() > 1 {
+                    if all.len() > 1 {
                         tracing::warn!(directory = %link.name(), error = %e, "cannot renew the registration at this directory now; trying again at the next check");
                     }
                     first_error.get_or_insert(e);
@@ -1281,7 +1204,8 @@ impl Trust {
                 "an identity address is not registered at a directory: `smvsctl register --dht`",
             ));
         }
-        let Some(default) = self.links.first() else {
+        let links = self.links();
+        let Some(default) = links.first() else {
             return Err(HostError::bad_request(
                 "this host has no directory: register in the DHT (`smvsctl register --dht`)",
             ));
@@ -1294,19 +1218,19 @@ impl Trust {
             .set_setting("me", username.as_str().as_bytes().to_vec())
             .await?;
         let others = futures::future::join_all(
-            self.links[1..]
+            links[1..]
                 .iter()
                 .map(|link| self.register_at(link, &username, &identity)),
         )
         .await;
-        for (link, result) in self.links[1..].iter().zip(others) {
+        for (link, result) in links[1..].iter().zip(others) {
             if let Err(e) = result {
                 tracing::warn!(directory = %link.name(), error = %e, "cannot register at this directory now; trying again at the next renewal check");
             }
         }
         let me = Me { username, identity };
         *self.me.borrow_mut() = Some(me.clone());
-        tracing::info!(username = %me.username, directories = self.links.len(), "registered");
+        tracing::info!(username = %me.username, directories = links.len(), "registered");
         Ok(me)
     }
 

@@ -1,0 +1,351 @@
+//! The directories this host uses, as the user changes them: `directory add` and `remove`
+//! (kept in storage, on top of the configuration, so a restart keeps them), and `directory
+//! move` (register at another, leave the home one with a statement the identity signs).
+//!
+//! The quorum stays as configured (a directory added later is one more voice, not a higher
+//! bar); a removal that would leave fewer directories than the quorum, or the user's home
+//! directory with no other, is refused. Removing a directory does not deregister the user
+//! there: their record stays until its transport certificate lapses (`directory move` leaves
+//! with a signed statement instead).
+
+use std::rc::Rc;
+
+use serde::{Deserialize, Serialize};
+
+use super::directories::DirectoryLink;
+use super::{Trust, DIRECTORY_TIMEOUT};
+use crate::error::HostError;
+
+/// A directory added with `directory add`, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AddedDirectory {
+    name: String,
+    address: String,
+    /// Hex.
+    key: String,
+}
+
+/// How many directories `directory add` takes, in all.
+pub const MAX_DIRECTORIES: usize = 16;
+
+fn keys_of(setting: Option<zeroize::Zeroizing<Vec<u8>>>) -> Vec<[u8; 32]> {
+    setting
+        .as_deref()
+        .map_or(&[][..], |v| v.as_slice())
+        .chunks_exact(32)
+        .filter_map(|k| k.try_into().ok())
+        .collect()
+}
+
+impl Trust {
+    /// Applies what the user changed since the configuration was written: the directories
+    /// left, removed and added (stored). Called once, at start.
+    pub async fn load_directory_changes(&self) -> Result<(), HostError> {
+        *self.left.borrow_mut() = keys_of(
+            self.storage
+                .setting(crate::storage::LEFT_DIRECTORIES)
+                .await?,
+        );
+        let removed = keys_of(
+            self.storage
+                .setting(crate::storage::REMOVED_DIRECTORIES)
+                .await?,
+        );
+        let added = self.added_directories().await?;
+        let mut links = self.links.borrow_mut();
+        links.retain(|l| {
+            let gone = removed.contains(l.anchor.key.as_bytes());
+            if gone {
+                tracing::info!(directory = %l.name(), "a configured directory the user removed is not used");
+            }
+            !gone
+        });
+        for a in added {
+            match crate::cli::anchor(&a.name, &a.address, &a.key) {
+                Ok(anchor)
+                    if !links
+                        .iter()
+                        .any(|l| l.anchor.name == anchor.name || l.anchor.key == anchor.key) =>
+                {
+                    links.push(Rc::new(DirectoryLink::new(
+                        anchor,
+                        self.directory_config.socks5_proxy.clone(),
+                    )));
+                }
+                Ok(_) => {
+                    tracing::warn!(directory = %a.name, "a directory added with `directory add` is now configured too (by name or key); the configured one is used");
+                }
+                Err(e) => {
+                    tracing::warn!(directory = %a.name, error = %e, "a stored directory does not read; skipped");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn added_directories(&self) -> Result<Vec<AddedDirectory>, HostError> {
+        Ok(
+            match self
+                .storage
+                .setting(crate::storage::ADDED_DIRECTORIES)
+                .await?
+            {
+                Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                    HostError::internal(format!("the stored added directories: {e}"))
+                })?,
+                None => Vec::new(),
+            },
+        )
+    }
+
+    /// Stores which directories were added and which configured ones removed, given the
+    /// links now in use.
+    async fn store_directory_changes(&self) -> Result<(), HostError> {
+        let links = self.links();
+        let configured = &self.directory_config.directories;
+        let added: Vec<AddedDirectory> = links
+            .iter()
+            .filter(|l| !configured.contains(&l.anchor))
+            .map(|l| AddedDirectory {
+                name: l.anchor.name.clone(),
+                address: l.anchor.address.clone(),
+                key: l.anchor.key.to_hex(),
+            })
+            .collect();
+        let removed: Vec<u8> = configured
+            .iter()
+            .filter(|c| !links.iter().any(|l| l.anchor.key == c.key))
+            .flat_map(|c| *c.key.as_bytes())
+            .collect();
+        let added = serde_json::to_vec(&added).map_err(|e| HostError::internal(e.to_string()))?;
+        self.storage
+            .set_setting(crate::storage::ADDED_DIRECTORIES, added)
+            .await?;
+        self.storage
+            .set_setting(crate::storage::REMOVED_DIRECTORIES, removed)
+            .await?;
+        Ok(())
+    }
+
+    /// `directory add NAME ADDRESS KEY`: uses one more directory from now on (and after a
+    /// restart). It must answer now, presenting `key`; a user registered at directories is
+    /// registered there too (a name taken there refuses the add). Returns its entry.
+    pub async fn add_directory(
+        &self,
+        name: &str,
+        address: &str,
+        key: &str,
+    ) -> Result<(String, String, String, bool), HostError> {
+        let anchor = crate::cli::anchor(name, address, key).map_err(HostError::bad_request)?;
+        if anchor.address.len() > smvs_directory::record::MAX_DIRECTORY_ADDRESS {
+            return Err(HostError::bad_request(format!(
+                "directory {name}: an address of at most {} bytes",
+                smvs_directory::record::MAX_DIRECTORY_ADDRESS
+            )));
+        }
+        {
+            let links = self.links.borrow();
+            if let Some(l) = links
+                .iter()
+                .find(|l| l.anchor.name == anchor.name || l.anchor.key == anchor.key)
+            {
+                return Err(HostError::bad_request(format!(
+                    "the directory {} is in use already (by that name or key)",
+                    l.name()
+                )));
+            }
+            if links.len() >= MAX_DIRECTORIES {
+                return Err(HostError::bad_request(format!(
+                    "{MAX_DIRECTORIES} directories are in use; remove one first"
+                )));
+            }
+        }
+        let link = Rc::new(DirectoryLink::new(
+            anchor,
+            self.directory_config.socks5_proxy.clone(),
+        ));
+        match self.registered() {
+            // Registered there now (renewal registers where it has no record of us).
+            Some(me) if !me.username.is_identity_address() => {
+                match tokio::time::timeout(DIRECTORY_TIMEOUT, self.renew_at(&link, &me)).await {
+                    Err(_) => return Err(link.no_answer("registering there")),
+                    Ok(Err(e)) => return Err(e),
+                    Ok(Ok(_)) => {}
+                }
+            }
+            // Only asked to answer: an address or key that is wrong fails here, not later.
+            _ => {
+                let reach = link.client();
+                match tokio::time::timeout(DIRECTORY_TIMEOUT, reach).await {
+                    Err(_) => return Err(link.no_answer("connecting")),
+                    Ok(Err(e)) => return Err(e),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        }
+        {
+            let mut links = self.links.borrow_mut();
+            // Another add of it may have finished while this one awaited.
+            if links
+                .iter()
+                .any(|l| l.anchor.name == link.anchor.name || l.anchor.key == link.anchor.key)
+            {
+                return Err(HostError::bad_request(format!(
+                    "the directory {} is in use already",
+                    link.name()
+                )));
+            }
+            links.push(link.clone());
+        }
+        self.records.borrow_mut().clear();
+        if let Err(e) = self.store_directory_changes().await {
+            // Not kept, so not used either.
+            self.links.borrow_mut().retain(|l| !Rc::ptr_eq(l, &link));
+            return Err(e);
+        }
+        tracing::info!(directory = %link.name(), address = %link.anchor.address, "added a directory");
+        let left = self.left.borrow().contains(link.anchor.key.as_bytes());
+        Ok((
+            link.anchor.name.clone(),
+            link.anchor.address.clone(),
+            link.anchor.key.to_hex(),
+            left,
+        ))
+    }
+
+    /// `directory remove NAME`: stops using a directory, for look-ups and registration, from
+    /// now on (and after a restart, even if the configuration names it).
+    pub async fn remove_directory(&self, name: &str) -> Result<(), HostError> {
+        let links = self.links();
+        let link = links.iter().find(|l| l.name() == name).ok_or_else(|| {
+            HostError::bad_request(format!(
+                "no directory named {name} is in use (`smvsctl directory list`)"
+            ))
+        })?;
+        let remaining = links.len() - 1;
+        let quorum = self.directory_config.quorum;
+        if remaining < quorum {
+            return Err(HostError::bad_request(format!(
+                "removing {name} would leave {remaining} directories, and {quorum} must agree on                  a user (lower the quorum in the configuration first)"
+            )));
+        }
+        if let Some(me) = self.registered() {
+            let left = self.left.borrow();
+            let home_elsewhere = links
+                .iter()
+                .any(|l| !Rc::ptr_eq(l, link) && !left.contains(l.anchor.key.as_bytes()));
+            if !me.username.is_identity_address() && !home_elsewhere {
+                return Err(HostError::bad_request(format!(
+                    "{name} is the only directory {} is registered at: add another and                      `smvsctl directory move` there first",
+                    me.username
+                )));
+            }
+        }
+        let at = links.iter().position(|l| Rc::ptr_eq(l, link)).unwrap_or(0);
+        self.links.borrow_mut().retain(|l| !Rc::ptr_eq(l, link));
+        self.records.borrow_mut().clear();
+        if let Err(e) = self.store_directory_changes().await {
+            // Not stored, so still in use, where it was.
+            let mut now = self.links.borrow_mut();
+            let at = at.min(now.len());
+            now.insert(at, link.clone());
+            return Err(e);
+        }
+        tracing::info!(directory = %name, "removed a directory");
+        Ok(())
+    }
+
+    /// Every directory in use: (name, address, key, whether our user left it).
+    pub fn directories(&self) -> Vec<(String, String, String, bool)> {
+        let left = self.left.borrow();
+        self.links
+            .borrow()
+            .iter()
+            .map(|l| {
+                (
+                    l.anchor.name.clone(),
+                    l.anchor.address.clone(),
+                    l.anchor.key.to_hex(),
+                    left.contains(l.anchor.key.as_bytes()),
+                )
+            })
+            .collect()
+    }
+
+    /// Notes (and stores) that our user left `link`'s directory.
+    pub(super) async fn note_left(&self, link: &DirectoryLink) -> Result<(), HostError> {
+        let keys = {
+            let mut left = self.left.borrow_mut();
+            let key = *link.anchor.key.as_bytes();
+            if !left.contains(&key) {
+                left.push(key);
+            }
+            left.concat()
+        };
+        tracing::info!(directory = %link.name(), "this host's user left this directory");
+        self.storage
+            .set_setting(crate::storage::LEFT_DIRECTORIES, keys)
+            .await?;
+        Ok(())
+    }
+
+    /// `directory move NAME`: registers at the configured directory `to` (if not yet), and
+    /// leaves the first directory this user has not left yet (its home) with a statement the
+    /// identity signs, which that directory serves in place of the record from then on:
+    /// contacts who pinned us follow it there. Returns the name of the directory left.
+    pub async fn move_directory(&self, to: &str) -> Result<String, HostError> {
+        let me = self.me()?;
+        let left = self.left.borrow().clone();
+        let links = self.links();
+        let home = links
+            .iter()
+            .find(|l| !left.contains(l.anchor.key.as_bytes()))
+            .ok_or_else(|| HostError::bad_request("every configured directory has been left"))?;
+        let target = links.iter().find(|l| l.name() == to).ok_or_else(|| {
+            HostError::bad_request(format!(
+                "no directory named {to} is in use (`smvsctl directory list`; `directory add` adds one)"
+            ))
+        })?;
+        if Rc::ptr_eq(home, target) || left.contains(target.anchor.key.as_bytes()) {
+            return Err(HostError::bad_request(format!(
+                "{to} is the directory being left, or one left before"
+            )));
+        }
+        match self.register_at(target, &me.username, &me.identity).await {
+            Ok(_) => {}
+            Err(e) => return Err(e),
+        }
+        let statement = self
+            .keyguard
+            .sign_directory_move(
+                &me.username,
+                &home.anchor.key,
+                &target.anchor.key,
+                &target.anchor.address,
+            )
+            .await?;
+        let directory = home.client().await?;
+        let key = home.anchor.key;
+        let keyguard = self.keyguard.clone();
+        let username = me.username.clone();
+        let leaving = async {
+            let session = directory
+                .login_with(&me.username, |sealed| async move {
+                    keyguard.open_login_token(&key, &username, &sealed).await
+                })
+                .await?;
+            session.leave(&statement).await
+        };
+        match tokio::time::timeout(DIRECTORY_TIMEOUT, leaving).await {
+            Err(_) => return Err(home.no_answer("leaving")),
+            Ok(Err(e)) => {
+                home.failed(&e);
+                return Err(e.into());
+            }
+            Ok(Ok(())) => {}
+        }
+        tracing::info!(from = %home.name(), to = %target.name(), "moved to another directory");
+        self.note_left(home).await?;
+        Ok(home.name().to_owned())
+    }
+}
