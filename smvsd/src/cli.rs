@@ -317,27 +317,9 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
     })
 }
 
-/// A directory of the list, checked: a name of lowercase letters, digits and `-` (it is
-/// written after a user's name, `alice@NAME`), an address, a key.
-pub(crate) fn anchor(name: &str, address: &str, key: &str) -> Result<DirectoryAnchor, String> {
-    let name_ok = !name.is_empty()
-        && name.len() <= 32
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if !name_ok {
-        return Err(format!(
-            "directory name {name:?}: use 1 to 32 lowercase letters, digits and -"
-        ));
-    }
-    if address.is_empty() {
-        return Err(format!("directory {name}: no address"));
-    }
-    Ok(DirectoryAnchor {
-        name: name.into(),
-        address: address.into(),
-        key: SigningPublicKey::from_hex(key).map_err(|e| format!("directory {name}'s key: {e}"))?,
-    })
+/// A directory of the list, checked ([`DirectoryAnchor::parse`]).
+fn anchor(name: &str, address: &str, key: &str) -> Result<DirectoryAnchor, String> {
+    DirectoryAnchor::parse(name, address, key)
 }
 
 /// No two directories share a name or a key (the same directory twice would be two votes).

@@ -125,6 +125,41 @@ pub struct DirectoryAnchor {
     pub key: SigningPublicKey,
 }
 
+/// The name the hosts' DHT goes by where the source of a record is shown (as directories go
+/// by theirs): no directory may take it.
+pub const DHT_SOURCE: &str = "dht";
+
+impl DirectoryAnchor {
+    /// A directory of the list, checked: a name of lowercase letters, digits and `-` (it is
+    /// written after a user's name, `alice@NAME`), not [`DHT_SOURCE`], an address, a key (hex).
+    pub fn parse(name: &str, address: &str, key: &str) -> Result<DirectoryAnchor, String> {
+        let name_ok = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !name_ok {
+            return Err(format!(
+                "directory name {name:?}: use 1 to 32 lowercase letters, digits and -"
+            ));
+        }
+        if name == DHT_SOURCE {
+            return Err(format!(
+            "directory name {name:?} is taken by the hosts' DHT (where it is shown as a source)"
+        ));
+        }
+        if address.is_empty() {
+            return Err(format!("directory {name}: no address"));
+        }
+        Ok(DirectoryAnchor {
+            name: name.into(),
+            address: address.into(),
+            key: SigningPublicKey::from_hex(key)
+                .map_err(|e| format!("directory {name}'s key: {e}"))?,
+        })
+    }
+}
+
 /// This host's node in the hosts' DHT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DhtConfig {

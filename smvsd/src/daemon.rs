@@ -629,7 +629,7 @@ async fn start_dht(
         .contacts()
         .await?
         .iter()
-        .filter(|c| !c.blocked && !c.request && c.pending.is_none())
+        .filter(|c| !c.blocked && !c.request && c.pending.is_none() && c.alarm.is_none())
         .filter(|c| crate::trust::may_connect(host_address, &c.username, &c.host_address).is_ok())
         .map(|c| c.host_address.to_string())
         .filter(|a| a.parse::<std::net::SocketAddrV4>().is_ok())

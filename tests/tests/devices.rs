@@ -264,6 +264,15 @@ fn a_second_device_is_no_admin_and_a_device_in_its_own_namespace_reaches_only_th
     assert_eq!(desk.ctl_json(&["whoami"]).unwrap()["username"], "alice");
     let e = refused(&desk.ctl(&["devices", "revoke", "laptop"]).unwrap());
     assert!(e.contains("admin"), "{e}");
+    // Nor trust anchors: the directories, or which key a contact has.
+    let e = refused(&desk.ctl(&["directory", "remove", "default"]).unwrap());
+    assert!(e.contains("admin"), "{e}");
+    let e = refused(&desk.ctl(&["verify", "bob", "--accept-new-key"]).unwrap());
+    assert!(e.contains("admin"), "{e}");
+    assert_eq!(
+        desk.ctl_json(&["directory", "list"]).unwrap()[0]["name"],
+        "default"
+    );
     let listed = laptop.ctl_json(&["devices"]).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 2);
     laptop.ctl_ok(&["devices", "revoke", "desk"]).unwrap();

@@ -693,7 +693,7 @@ fn directories_are_added_and_removed_at_run_time_and_stay_so_after_a_restart() {
     assert_eq!(names(&alice), ["second"]);
     let out = alice.ctl(&["directory", "remove", "second"]).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("second"), "{err}");
+    assert!(!out.status.success() && err.contains("must agree"), "{err}");
     assert_eq!(names(&alice), ["second"]);
 
     // A restart keeps the list as she left it, whatever the configuration says.
@@ -722,6 +722,43 @@ fn directories_are_added_and_removed_at_run_time_and_stay_so_after_a_restart() {
     alice.stop().unwrap();
     alice.start_again().unwrap();
     assert_eq!(names(&alice), ["default", "second"]);
+
+    // Once she moved from default to second, second is the one directory that holds her:
+    // removing it is refused (the quorum would allow it).
+    alice.ctl_ok(&["directory", "move", "second"]).unwrap();
+    let out = alice.ctl(&["directory", "remove", "second"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no other directory in use holds"),
+        "{err}"
+    );
+    assert_eq!(names(&alice), ["default", "second"]);
+
+    // A directory where her name is someone else's is not added, and that is no alarm
+    // about her own key.
+    let c = rt
+        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .unwrap();
+    let impostor = HostProcess::start("alice", &c, "127.0.0.3", &[]).unwrap();
+    impostor.register().unwrap();
+    let mut watch = Watch::start(&alice).unwrap();
+    let out = alice
+        .ctl(&[
+            "directory",
+            "add",
+            "third",
+            &c.addr.to_string(),
+            &c.key.to_hex(),
+        ])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("taken"), "{err}");
+    assert_eq!(names(&alice), ["default", "second"]);
+    let events = watch.everything_so_far(&alice).unwrap();
+    assert!(
+        events.iter().all(|e| e["event"] != "directory_alarm"),
+        "{events:?}"
+    );
 }
 
 /// The key log's head and version for `user` at `dir`, and the identity served (hex).

@@ -169,21 +169,23 @@ impl RequestBudget {
 }
 
 impl HostRpc {
-    /// Spends one request of a linked device's budget; refuses when it is spent.
-    /// Trust anchors are changed only by the host's own user (its socket) or an admin
-    /// device: a lost laptop must not be able to drop the honest directories.
-    fn admin_only(&self) -> Result<(), capnp::Error> {
+    /// Trust decisions (which directories, which key a contact has, the user's registration)
+    /// are made only by the host's own user (its socket) or an admin device: a lost laptop
+    /// must not be able to drop the honest directories or accept a forged key. `what` says
+    /// what was refused.
+    fn admin_only(&self, what: &str) -> Result<(), capnp::Error> {
         if self.admin {
             Ok(())
         } else {
             Err(HostError::new(
                 smvs_schema::ErrorCode::NotAllowed,
-                "only an admin device (or the host's own socket) changes the directories",
+                format!("only an admin device (or the host's own socket) {what}"),
             )
             .into())
         }
     }
 
+    /// Spends one request of a linked device's budget; refuses when it is spent.
     fn admit(&self) -> Result<(), capnp::Error> {
         match &self.budget {
             Some(budget) if !budget.take() => Err(HostError::new(
@@ -312,6 +314,7 @@ impl host::Server for HostRpc {
         mut results: host::RegisterResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
+        self.admin_only("registers the host's user")?;
         let name = user(params.get()?.get_username())?;
         let status = mailbox(self.commands.send(Register(name)).await)??;
         write_status(results.get().init_status(), &status);
@@ -555,6 +558,9 @@ impl host::Server for HostRpc {
             };
             (user(p.get_user())?, decision)
         };
+        if decision != KeyDecision::Look {
+            self.admin_only("accepts or keeps a contact's key")?;
+        }
         let v = mailbox(self.commands.send(Verify { user, decision }).await)??;
         let mut b = results.get().init_verification();
         b.set_safety_number(&v.safety_number);
@@ -622,7 +628,7 @@ impl host::Server for HostRpc {
         mut results: host::MoveDirectoryResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        self.admin_only()?;
+        self.admin_only("changes the directories")?;
         let to = params
             .get()?
             .get_to()?
@@ -639,6 +645,7 @@ impl host::Server for HostRpc {
         mut results: host::RegisterInDhtResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
+        self.admin_only("registers the host's user")?;
         let status = mailbox(self.commands.send(crate::commands::RegisterInDht).await)??;
         write_status(results.get().init_status(), &status);
         Ok(())
@@ -668,7 +675,7 @@ impl host::Server for HostRpc {
         mut results: host::AddDirectoryResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        self.admin_only()?;
+        self.admin_only("changes the directories")?;
         let (name, address, key) = {
             let p = params.get()?;
             let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, capnp::Error> {
@@ -700,7 +707,7 @@ impl host::Server for HostRpc {
         _: host::RemoveDirectoryResults,
     ) -> Result<(), capnp::Error> {
         self.admit()?;
-        self.admin_only()?;
+        self.admin_only("changes the directories")?;
         let name = params
             .get()?
             .get_name()?

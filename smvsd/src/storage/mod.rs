@@ -590,12 +590,10 @@ pub struct ConversationSummary {
 
 /// The setting that holds the keys (32 bytes each) of the directories this host's user left.
 pub const LEFT_DIRECTORIES: &str = "left_directories";
-/// The setting that holds the directories added with `directory add` (JSON: name, address,
-/// hex key), used on top of the configured ones.
-pub const ADDED_DIRECTORIES: &str = "added_directories";
-/// The setting that holds the keys (32 bytes each) of configured directories the user removed
-/// with `directory remove`: not used even though the configuration names them.
-pub const REMOVED_DIRECTORIES: &str = "removed_directories";
+/// The setting that holds what `directory add|remove` changed in the configured list (JSON:
+/// the directories added, by name, address and hex key; the hex keys of configured ones
+/// removed, not used even though the configuration names them).
+pub const DIRECTORY_CHANGES: &str = "directory_changes";
 /// The setting that holds the address last announced to contacts' hosts (or registered with).
 pub const ANNOUNCED_ADDRESS: &str = "announced_address";
 /// The setting that holds the serial of this host's last record in the DHT (8 bytes, big

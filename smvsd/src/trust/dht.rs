@@ -307,14 +307,19 @@ impl super::Trust {
         {
             Ok(nodes) => {
                 tracing::info!(serial = seq, nodes, "put this host's record in the DHT");
+                let renewed = due.then_some(record.user.transport_not_after);
+                *self.published.borrow_mut() = Some(record);
+                Ok(renewed)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "the DHT did not take this host's record now; trying again at the next republish");
+                // The next republish makes a new record, with a new serial: if the nodes hold
+                // a newer one (signed while this host was not itself, at most a day ahead of
+                // the clock), a serial from the clock passes it as soon as the clock does.
+                tracing::warn!(error = %e, "the DHT did not take this host's record now; a new one at the next republish");
+                *self.published.borrow_mut() = None;
+                Ok(due.then_some(record.user.transport_not_after))
             }
         }
-        let renewed = due.then_some(record.user.transport_not_after);
-        *self.published.borrow_mut() = Some(record);
-        Ok(renewed)
     }
 
     /// A new record of this host for the DHT, signed by keyguard, with a serial above every
@@ -368,7 +373,7 @@ impl super::Trust {
 }
 
 /// The name an answer from the DHT goes by where directories' names are shown.
-pub const DHT_ANSWER: &str = "dht";
+pub const DHT_ANSWER: &str = crate::config::DHT_SOURCE;
 
 /// This host's record as put in the DHT: the value, its sequence (the serial) and the
 /// identity's signature.

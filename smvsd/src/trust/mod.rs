@@ -49,7 +49,7 @@ mod log_heads;
 mod own_directories;
 mod own_log;
 
-pub use dht::DhtNode;
+pub use dht::{DhtNode, DHT_ANSWER};
 use directories::{equivocation, lookup_all, DirectoryLink};
 pub use directories::{Answers, DIRECTORY_TIMEOUT};
 pub use judge::{judge, key_changed, may_connect, may_send, own_kind, Judgement};
@@ -163,6 +163,8 @@ pub struct Trust {
     dht: Option<Rc<DhtNode>>,
     /// What this host last put in the DHT.
     published: RefCell<Option<dht::DhtRecord>>,
+    /// Held while the list of directories changes (`directory add|remove|move`).
+    directory_changes: tokio::sync::Mutex<()>,
 }
 
 impl Trust {
@@ -202,6 +204,7 @@ impl Trust {
             left: RefCell::new(Vec::new()),
             dht: None,
             published: RefCell::new(None),
+            directory_changes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -590,6 +593,13 @@ impl Trust {
         let stored = self.contact(peer).await?;
         let (judgement, rollbacks) = judge(stored, &answers, request);
         for r in rollbacks {
+            if r.directory == DHT_ANSWER {
+                // Nobody vouches for the DHT's answers as a directory does: a node that has
+                // not seen the newest record yet (churn, a look-up cut short) serves an older
+                // one. Not heard all the same, but no alarm.
+                tracing::info!(peer = %peer, served = r.served, before = r.before, "the DHT gave an older record of a contact than one seen before; not heard");
+                continue;
+            }
             if self.may_alarm(peer, "rollback") {
                 smvs_service::security_event!(error, smvs_service::logging::DIRECTORY_ROLLBACK, peer = %peer, directory = %r.directory, served = r.served, before = r.before, "a directory served an older record of a contact than before; it is not heard");
                 self.events

@@ -3,10 +3,11 @@
 //! move` (register at another, leave the home one with a statement the identity signs).
 //!
 //! The quorum stays as configured (a directory added later is one more voice, not a higher
-//! bar); a removal that would leave fewer directories than the quorum, or the user's home
-//! directory with no other, is refused. Removing a directory does not deregister the user
-//! there: their record stays until its transport certificate lapses (`directory move` leaves
-//! with a signed statement instead).
+//! bar); a removal that would leave fewer directories than the quorum, or no other directory
+//! that holds the user's record (asked at the time), is refused. Removing a directory does not
+//! deregister the user there: their record stays until its transport certificate lapses
+//! (`directory move` leaves with a signed statement instead). Changes of the list run one at a
+//! time, each after the one before has finished.
 
 use std::rc::Rc;
 
@@ -14,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::directories::DirectoryLink;
 use super::{Trust, DIRECTORY_TIMEOUT};
+use smvs_schema::HostAddress;
+
 use crate::error::HostError;
 
 /// A directory added with `directory add`, as stored.
@@ -23,6 +26,15 @@ struct AddedDirectory {
     address: String,
     /// Hex.
     key: String,
+}
+
+/// What the user changed in the configured list, stored as one setting (one write: never
+/// half of a change).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct DirectoryChanges {
+    added: Vec<AddedDirectory>,
+    /// Keys (hex) of configured directories the user removed.
+    removed: Vec<String>,
 }
 
 /// How many directories `directory add` takes, in all.
@@ -46,22 +58,25 @@ impl Trust {
                 .setting(crate::storage::LEFT_DIRECTORIES)
                 .await?,
         );
-        let removed = keys_of(
-            self.storage
-                .setting(crate::storage::REMOVED_DIRECTORIES)
-                .await?,
-        );
-        let added = self.added_directories().await?;
+        let changes: DirectoryChanges = match self
+            .storage
+            .setting(crate::storage::DIRECTORY_CHANGES)
+            .await?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| HostError::internal(format!("the stored directory changes: {e}")))?,
+            None => DirectoryChanges::default(),
+        };
         let mut links = self.links.borrow_mut();
         links.retain(|l| {
-            let gone = removed.contains(l.anchor.key.as_bytes());
+            let gone = changes.removed.contains(&l.anchor.key.to_hex());
             if gone {
                 tracing::info!(directory = %l.name(), "a configured directory the user removed is not used");
             }
             !gone
         });
-        for a in added {
-            match crate::cli::anchor(&a.name, &a.address, &a.key) {
+        for a in changes.added {
+            match crate::config::DirectoryAnchor::parse(&a.name, &a.address, &a.key) {
                 Ok(anchor)
                     if !links
                         .iter()
@@ -80,22 +95,15 @@ impl Trust {
                 }
             }
         }
+        let quorum = self.directory_config.quorum;
+        if links.len() < quorum {
+            tracing::warn!(
+                directories = links.len(),
+                quorum,
+                "fewer directories are in use than the quorum: no user can be looked up; lower the quorum or `smvsctl directory add` one"
+            );
+        }
         Ok(())
-    }
-
-    async fn added_directories(&self) -> Result<Vec<AddedDirectory>, HostError> {
-        Ok(
-            match self
-                .storage
-                .setting(crate::storage::ADDED_DIRECTORIES)
-                .await?
-            {
-                Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                    HostError::internal(format!("the stored added directories: {e}"))
-                })?,
-                None => Vec::new(),
-            },
-        )
     }
 
     /// Stores which directories were added and which configured ones removed, given the
@@ -103,46 +111,58 @@ impl Trust {
     async fn store_directory_changes(&self) -> Result<(), HostError> {
         let links = self.links();
         let configured = &self.directory_config.directories;
-        let added: Vec<AddedDirectory> = links
-            .iter()
-            .filter(|l| !configured.contains(&l.anchor))
-            .map(|l| AddedDirectory {
-                name: l.anchor.name.clone(),
-                address: l.anchor.address.clone(),
-                key: l.anchor.key.to_hex(),
-            })
-            .collect();
-        let removed: Vec<u8> = configured
-            .iter()
-            .filter(|c| !links.iter().any(|l| l.anchor.key == c.key))
-            .flat_map(|c| *c.key.as_bytes())
-            .collect();
-        let added = serde_json::to_vec(&added).map_err(|e| HostError::internal(e.to_string()))?;
+        let changes = DirectoryChanges {
+            added: links
+                .iter()
+                .filter(|l| !configured.contains(&l.anchor))
+                .map(|l| AddedDirectory {
+                    name: l.anchor.name.clone(),
+                    address: l.anchor.address.clone(),
+                    key: l.anchor.key.to_hex(),
+                })
+                .collect(),
+            removed: configured
+                .iter()
+                .filter(|c| !links.iter().any(|l| l.anchor.key == c.key))
+                .map(|c| c.key.to_hex())
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&changes).map_err(|e| HostError::internal(e.to_string()))?;
         self.storage
-            .set_setting(crate::storage::ADDED_DIRECTORIES, added)
-            .await?;
-        self.storage
-            .set_setting(crate::storage::REMOVED_DIRECTORIES, removed)
+            .set_setting(crate::storage::DIRECTORY_CHANGES, bytes)
             .await?;
         Ok(())
     }
 
     /// `directory add NAME ADDRESS KEY`: uses one more directory from now on (and after a
-    /// restart). It must answer now, presenting `key`; a user registered at directories is
-    /// registered there too (a name taken there refuses the add). Returns its entry.
+    /// restart). It must answer now, presenting `key`, at an address of a kind this host
+    /// connects to; a user registered at directories is registered there too (unless they
+    /// left it before), and a name taken there refuses the add. Returns its entry.
     pub async fn add_directory(
         &self,
         name: &str,
         address: &str,
         key: &str,
     ) -> Result<(String, String, String, bool), HostError> {
-        let anchor = crate::cli::anchor(name, address, key).map_err(HostError::bad_request)?;
-        if anchor.address.len() > smvs_directory::record::MAX_DIRECTORY_ADDRESS {
-            return Err(HostError::bad_request(format!(
-                "directory {name}: an address of at most {} bytes",
-                smvs_directory::record::MAX_DIRECTORY_ADDRESS
-            )));
+        let anchor = crate::config::DirectoryAnchor::parse(name, address, key)
+            .map_err(HostError::bad_request)?;
+        let parsed = HostAddress::parse(&anchor.address).map_err(|_| {
+            HostError::bad_request(format!(
+                "directory {name}: {:?} is not HOST:PORT",
+                anchor.address.chars().take(64).collect::<String>()
+            ))
+        })?;
+        if let Some(kind) = parsed.kind() {
+            if !super::own_kind(&self.host_address).may_reach(kind) {
+                return Err(HostError::bad_request(format!(
+                    "directory {name}: its address is {}, and this host (published as {}) is not on such a network",
+                    kind.describe(),
+                    self.host_address
+                )));
+            }
         }
+        // One change of the list at a time: each checks what the one before left.
+        let _changing = self.directory_changes.lock().await;
         {
             let links = self.links.borrow();
             if let Some(l) = links
@@ -164,17 +184,23 @@ impl Trust {
             anchor,
             self.directory_config.socks5_proxy.clone(),
         ));
-        match self.registered() {
-            // Registered there now (renewal registers where it has no record of us).
-            Some(me) if !me.username.is_identity_address() => {
-                match tokio::time::timeout(DIRECTORY_TIMEOUT, self.renew_at(&link, &me)).await {
+        let left = self.left.borrow().contains(link.anchor.key.as_bytes());
+        let registering = match self.registered() {
+            Some(me) if !me.username.is_identity_address() && !left => Some(me),
+            _ => None,
+        };
+        match registering {
+            // Registered there now; a name someone else holds there is refused.
+            Some(me) => {
+                let at = self.register_at(&link, &me.username, &me.identity);
+                match tokio::time::timeout(DIRECTORY_TIMEOUT, at).await {
                     Err(_) => return Err(link.no_answer("registering there")),
                     Ok(Err(e)) => return Err(e),
                     Ok(Ok(_)) => {}
                 }
             }
             // Only asked to answer: an address or key that is wrong fails here, not later.
-            _ => {
+            None => {
                 let reach = link.client();
                 match tokio::time::timeout(DIRECTORY_TIMEOUT, reach).await {
                     Err(_) => return Err(link.no_answer("connecting")),
@@ -183,28 +209,14 @@ impl Trust {
                 }
             }
         }
-        {
-            let mut links = self.links.borrow_mut();
-            // Another add of it may have finished while this one awaited.
-            if links
-                .iter()
-                .any(|l| l.anchor.name == link.anchor.name || l.anchor.key == link.anchor.key)
-            {
-                return Err(HostError::bad_request(format!(
-                    "the directory {} is in use already",
-                    link.name()
-                )));
-            }
-            links.push(link.clone());
-        }
+        self.links.borrow_mut().push(link.clone());
         self.records.borrow_mut().clear();
         if let Err(e) = self.store_directory_changes().await {
             // Not kept, so not used either.
             self.links.borrow_mut().retain(|l| !Rc::ptr_eq(l, &link));
             return Err(e);
         }
-        tracing::info!(directory = %link.name(), address = %link.anchor.address, "added a directory");
-        let left = self.left.borrow().contains(link.anchor.key.as_bytes());
+        tracing::info!(directory = %link.name(), "added a directory");
         Ok((
             link.anchor.name.clone(),
             link.anchor.address.clone(),
@@ -216,6 +228,7 @@ impl Trust {
     /// `directory remove NAME`: stops using a directory, for look-ups and registration, from
     /// now on (and after a restart, even if the configuration names it).
     pub async fn remove_directory(&self, name: &str) -> Result<(), HostError> {
+        let _changing = self.directory_changes.lock().await;
         let links = self.links();
         let link = links.iter().find(|l| l.name() == name).ok_or_else(|| {
             HostError::bad_request(format!(
@@ -226,17 +239,40 @@ impl Trust {
         let quorum = self.directory_config.quorum;
         if remaining < quorum {
             return Err(HostError::bad_request(format!(
-                "removing {name} would leave {remaining} directories, and {quorum} must agree on                  a user (lower the quorum in the configuration first)"
+                "removing {name} would leave {remaining} directories, and {quorum} must agree on \
+                 a user (lower the quorum in the configuration first)"
             )));
         }
-        if let Some(me) = self.registered() {
-            let left = self.left.borrow();
-            let home_elsewhere = links
+        if let Some(me) = self
+            .registered()
+            .filter(|me| !me.username.is_identity_address())
+        {
+            // Another directory must hold this user's record (asked now: one where the name
+            // was taken, or that lost the record, does not count).
+            let left = self.left.borrow().clone();
+            let others: Vec<&Rc<DirectoryLink>> = links
                 .iter()
-                .any(|l| !Rc::ptr_eq(l, link) && !left.contains(l.anchor.key.as_bytes()));
-            if !me.username.is_identity_address() && !home_elsewhere {
+                .filter(|l| !Rc::ptr_eq(l, link) && !left.contains(l.anchor.key.as_bytes()))
+                .collect();
+            let asked = futures::future::join_all(others.iter().map(|l| {
+                let asking = async {
+                    let client = l.client().await?;
+                    client
+                        .lookup_for_owner(&me.username)
+                        .await
+                        .map_err(HostError::from)
+                };
+                tokio::time::timeout(DIRECTORY_TIMEOUT, asking)
+            }))
+            .await;
+            let held = asked.into_iter().any(
+                |answer| matches!(answer, Ok(Ok(record)) if record.user.identity == me.identity),
+            );
+            if !held {
                 return Err(HostError::bad_request(format!(
-                    "{name} is the only directory {} is registered at: add another and                      `smvsctl directory move` there first",
+                    "no other directory in use holds {}'s record now: removing {name} would \
+                     leave them unregistered (add another and `smvsctl directory move` there \
+                     first)",
                     me.username
                 )));
             }
@@ -289,18 +325,19 @@ impl Trust {
         Ok(())
     }
 
-    /// `directory move NAME`: registers at the configured directory `to` (if not yet), and
+    /// `directory move NAME`: registers at the directory `to` (if not yet), and
     /// leaves the first directory this user has not left yet (its home) with a statement the
     /// identity signs, which that directory serves in place of the record from then on:
     /// contacts who pinned us follow it there. Returns the name of the directory left.
     pub async fn move_directory(&self, to: &str) -> Result<String, HostError> {
+        let _changing = self.directory_changes.lock().await;
         let me = self.me()?;
         let left = self.left.borrow().clone();
         let links = self.links();
         let home = links
             .iter()
             .find(|l| !left.contains(l.anchor.key.as_bytes()))
-            .ok_or_else(|| HostError::bad_request("every configured directory has been left"))?;
+            .ok_or_else(|| HostError::bad_request("every directory in use has been left"))?;
         let target = links.iter().find(|l| l.name() == to).ok_or_else(|| {
             HostError::bad_request(format!(
                 "no directory named {to} is in use (`smvsctl directory list`; `directory add` adds one)"
