@@ -52,8 +52,16 @@ fn twenty_hosts_find_each_other_by_identity_address_with_no_directory_and_refuse
                     .expect("a host in the DHT says where its node is")
             })
             .collect();
-        hosts
-            .push(HostProcess::start_in_dht(&format!("node{i}"), &ip(i), &bootstrap, &[]).unwrap());
+        // alice (host 1) republishes every 3 s: each time she first looks for a record of
+        // herself that she did not make, and must find none.
+        let extra: &[&str] = if i == 1 {
+            &["--dht-republish-seconds", "3"]
+        } else {
+            &[]
+        };
+        hosts.push(
+            HostProcess::start_in_dht(&format!("node{i}"), &ip(i), &bootstrap, extra).unwrap(),
+        );
     }
     let (alice, bob, carol) = (&hosts[1], &hosts[2], &hosts[3]);
     let alice_address = register_in_dht(alice);
@@ -161,4 +169,13 @@ fn twenty_hosts_find_each_other_by_identity_address_with_no_directory_and_refuse
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(pinned["introduced_by"], bob_address.as_str(), "{pinned}");
+
+    // alice republished all along, looking for records of herself first: her own are not
+    // taken for someone else's.
+    let logs = alice.logs();
+    assert!(
+        logs.matches("put this host's record in the DHT").count() >= 2,
+        "alice republished: {logs}"
+    );
+    assert!(!logs.contains("did not make"), "{logs}");
 }

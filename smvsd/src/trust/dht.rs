@@ -277,14 +277,21 @@ impl super::Trust {
         };
         let transport_key = self.transport.public();
         let ours = self.directory_config.host_address.clone();
+        // At each republish, first what the DHT holds of us (see `foreign_own_record`).
+        let foreign = if put_anyway {
+            self.foreign_own_record(&node, me).await?
+        } else {
+            None
+        };
         let now = crate::model::now_ms();
         let current = self.published.borrow().clone();
-        let due = current.as_ref().is_none_or(|r| {
-            r.user.transport_key != transport_key
-                || r.user.host_address != ours
-                || r.user.transport_not_after - now
-                    <= smvs_schema::canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS / 2
-        });
+        let due = foreign.is_some()
+            || current.as_ref().is_none_or(|r| {
+                r.user.transport_key != transport_key
+                    || r.user.host_address != ours
+                    || r.user.transport_not_after - now
+                        <= smvs_schema::canonical::TRANSPORT_CERTIFICATE_LIFETIME_MS / 2
+            });
         let record = match current {
             Some(record) if !due => {
                 if !put_anyway {
@@ -292,7 +299,7 @@ impl super::Trust {
                 }
                 record
             }
-            _ => self.new_dht_record(me, &ours, now).await?,
+            _ => self.new_dht_record(me, &ours, now, foreign).await?,
         };
         let seq =
             i64::try_from(record.user.serial).map_err(|e| HostError::internal(e.to_string()))?;
@@ -322,30 +329,74 @@ impl super::Trust {
         }
     }
 
+    /// A record of this host's user in the DHT that this host did not make: one that holds
+    /// (the identity signed it) with a serial above every one this host gave out (each is
+    /// stored before it is signed). The identity key, or keyguard, was used elsewhere, or the
+    /// storage was restored from an older copy: the alarm (`OWN_KEY_FORGED`, a
+    /// `DirectoryAlarm` about ourselves, at most every 10 minutes), and its serial, for ours
+    /// to pass. No record, or no answer, is nothing to say.
+    async fn foreign_own_record(
+        &self,
+        node: &DhtNode,
+        me: &super::Me,
+    ) -> Result<Option<u64>, HostError> {
+        let found = match node.find(&me.username).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::debug!(error = %e, "no record of this host's user in the DHT now");
+                return Ok(None);
+            }
+        };
+        let last = self.last_dht_serial().await?;
+        if found.user.serial <= last {
+            return Ok(None);
+        }
+        if self.may_alarm(&me.username, "own DHT record") {
+            smvs_service::security_event!(
+                error,
+                smvs_service::logging::OWN_KEY_FORGED,
+                serial = found.user.serial,
+                last_made_here = last,
+                address = %found.user.host_address,
+                same_transport_key = found.user.transport_key == self.transport.public(),
+                "the DHT holds a record of this host's user, signed by its identity, that this host did not make: the identity key was used elsewhere; publishing ours above it"
+            );
+            self.events
+                .publish(crate::model::HostEvent::DirectoryAlarm {
+                    peer: me.username.clone(),
+                });
+        }
+        Ok(Some(found.user.serial))
+    }
+
+    /// The serial of this host's last record in the DHT (0 before the first).
+    async fn last_dht_serial(&self) -> Result<u64, HostError> {
+        Ok(self
+            .storage
+            .setting(crate::storage::DHT_SERIAL)
+            .await?
+            .and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
     /// A new record of this host for the DHT, signed by keyguard, with a serial above every
-    /// one used before (stored first, so a crash never reuses one for other contents).
+    /// one used before and above `passing` (a record made elsewhere) when keyguard would sign
+    /// it (stored first, so a crash never reuses one for other contents).
     async fn new_dht_record(
         &self,
         me: &super::Me,
         address: &smvs_schema::HostAddress,
         now: i64,
+        passing: Option<u64>,
     ) -> Result<DhtRecord, HostError> {
         let transport_key = self.transport.public();
         let certificate = self
             .keyguard
             .certify_transport(&me.username, &transport_key)
             .await?;
-        let last = self
-            .storage
-            .setting(crate::storage::DHT_SERIAL)
-            .await?
-            .and_then(|b| <[u8; 8]>::try_from(&b[..]).ok())
-            .map_or(0, u64::from_be_bytes);
-        let serial = last
-            .checked_add(1)
-            .filter(|s| i64::try_from(*s).is_ok())
-            .ok_or_else(|| HostError::internal("the DHT serial in storage is at its end"))?
-            .max(u64::try_from(now).unwrap_or(0));
+        let last = self.last_dht_serial().await?;
+        let serial = next_dht_serial(last, now, passing)
+            .ok_or_else(|| HostError::internal("the DHT serial in storage is at its end"))?;
         self.storage
             .set_setting(crate::storage::DHT_SERIAL, serial.to_be_bytes().to_vec())
             .await?;
@@ -372,6 +423,20 @@ impl super::Trust {
     }
 }
 
+/// The serial of this host's next DHT record: above `last` (every one given out before), at
+/// least the clock (`now`, ms), and above `passing` (a record made elsewhere) as far as
+/// keyguard signs ([`smvs_directory::record::MAX_DHT_SEQ_AHEAD_MS`] ahead of the clock; a
+/// record further ahead is passed at a later republish). `None` at the end of the range.
+pub fn next_dht_serial(last: u64, now: i64, passing: Option<u64>) -> Option<u64> {
+    let now = u64::try_from(now).unwrap_or(0);
+    let ahead = u64::try_from(smvs_directory::record::MAX_DHT_SEQ_AHEAD_MS).unwrap_or(0);
+    let mut serial = last.checked_add(1)?.max(now);
+    if let Some(seen) = passing {
+        serial = serial.max(seen.saturating_add(1).min(now.saturating_add(ahead)));
+    }
+    i64::try_from(serial).is_ok().then_some(serial)
+}
+
 /// The name an answer from the DHT goes by where directories' names are shown.
 pub const DHT_ANSWER: &str = crate::config::DHT_SOURCE;
 
@@ -382,4 +447,26 @@ pub(super) struct DhtRecord {
     pub user: smvs_directory::UserRecord,
     pub value: Vec<u8>,
     pub signature: Signature,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_serial_grows_passes_a_foreign_one_and_stays_signable() {
+        let day = smvs_directory::record::MAX_DHT_SEQ_AHEAD_MS as u64;
+        // Above the last one and at least the clock.
+        assert_eq!(next_dht_serial(5, 1000, None), Some(1000));
+        assert_eq!(next_dht_serial(2000, 1000, None), Some(2001));
+        // Above a record made elsewhere...
+        assert_eq!(next_dht_serial(5, 1000, Some(5000)), Some(5001));
+        // ...as far as keyguard signs: a day ahead of the clock at most.
+        assert_eq!(next_dht_serial(5, 1000, Some(u64::MAX)), Some(1000 + day));
+        // Never below what was given out, whatever else.
+        assert_eq!(next_dht_serial(9000 + day, 1000, Some(3)), Some(9001 + day));
+        // The end of the range.
+        assert_eq!(next_dht_serial(i64::MAX as u64, 1000, None), None);
+        assert_eq!(next_dht_serial(u64::MAX, 1000, None), None);
+    }
 }
