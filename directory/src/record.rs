@@ -336,15 +336,39 @@ pub fn verify_record_at(
     directory_key
         .verify(SignContext::DirectoryRecord, bytes, &signature)
         .map_err(|_| "the record is not signed by the pinned directory key".to_string())?;
-    let user = parse_record(bytes, directory_key, expected, now)?;
+    signed_record_of(bytes, &signature, directory_key, expected, now)
+}
+
+/// A record whose signature by `signer` was checked, read ([`parse_record`]) and kept with
+/// that signature.
+fn signed_record_of(
+    bytes: &[u8],
+    signature: &Signature,
+    signer: &SigningPublicKey,
+    expected: Option<&Username>,
+    now: i64,
+) -> Result<VerifiedRecord, String> {
+    let (user, issued_at) = parse_record(bytes, signer, expected, now)?;
     Ok(VerifiedRecord {
-        issued_at: user.1,
-        user: user.0,
-        directory_key: *directory_key,
+        user,
+        issued_at,
+        directory_key: *signer,
         record_bytes: bytes.to_vec(),
-        signature,
+        signature: *signature,
         logged_at: None,
     })
+}
+
+/// Reads record bytes (a flat Cap'n Proto message) and hands `read` the record.
+fn read_record<T>(
+    bytes: &[u8],
+    read: impl FnOnce(directory_record::Reader<'_>) -> Result<T, String>,
+) -> Result<T, String> {
+    let mut slice = bytes;
+    let message =
+        capnp::serialize::read_message_from_flat_slice(&mut slice, smvs_schema::reader_options())
+            .map_err(|e| e.to_string())?;
+    read(message.get_root().map_err(|e| e.to_string())?)
 }
 
 /// Reads record bytes whose signature was checked: the record must name `signer` and (when
@@ -356,13 +380,16 @@ fn parse_record(
     expected: Option<&Username>,
     now: i64,
 ) -> Result<(UserRecord, i64), String> {
-    let mut slice = bytes;
-    let message =
-        capnp::serialize::read_message_from_flat_slice(&mut slice, smvs_schema::reader_options())
-            .map_err(|e| e.to_string())?;
-    let r = message
-        .get_root::<directory_record::Reader<'_>>()
-        .map_err(|e| e.to_string())?;
+    read_record(bytes, |r| read_user(r, signer_key, expected, now))
+}
+
+/// [`parse_record`] of a record read.
+fn read_user(
+    r: directory_record::Reader<'_>,
+    signer_key: &SigningPublicKey,
+    expected: Option<&Username>,
+    now: i64,
+) -> Result<(UserRecord, i64), String> {
     if r.get_format_version() != RECORD_FORMAT {
         return Err(format!("unknown record format {}", r.get_format_version()));
     }
@@ -503,7 +530,8 @@ pub fn verify_dht_record_at(
     }
     key.verify_dht_record(seq, value, signature)
         .map_err(|_| format!("the record is not signed by the identity {name} names"))?;
-    let (user, issued_at) = parse_record(value, &key, Some(name), now)?;
+    let record = signed_record_of(value, signature, &key, Some(name), now)?;
+    let user = &record.user;
     if user.identity.signing_key != key {
         return Err(format!(
             "the record holds another identity than {name} names"
@@ -520,14 +548,7 @@ pub fn verify_dht_record_at(
             "the record's serial {seq} is more than a day ahead of this host's clock"
         ));
     }
-    Ok(VerifiedRecord {
-        user,
-        issued_at,
-        directory_key: key,
-        record_bytes: value.to_vec(),
-        signature: *signature,
-        logged_at: None,
-    })
+    Ok(record)
 }
 
 /// Checks signed record bytes kept as evidence or handed on in an introduction, at `now`:
@@ -540,26 +561,17 @@ pub fn verify_signed_record_at(
     signer: &SigningPublicKey,
     now: i64,
 ) -> Result<VerifiedRecord, String> {
-    let (username, serial) = {
-        let mut slice = bytes;
-        let message = capnp::serialize::read_message_from_flat_slice(
-            &mut slice,
-            smvs_schema::reader_options(),
-        )
-        .map_err(|e| e.to_string())?;
-        let r = message
-            .get_root::<directory_record::Reader<'_>>()
-            .map_err(|e| e.to_string())?;
+    let (username, serial) = read_record(bytes, |r| {
         let name = r
             .get_username()
             .map_err(|e| e.to_string())?
-            .to_string()
+            .to_str()
             .map_err(|e| e.to_string())?;
-        (
-            Username::parse(&name).map_err(|e| e.to_string())?,
+        Ok((
+            Username::parse(name).map_err(|e| e.to_string())?,
             r.get_serial(),
-        )
-    };
+        ))
+    })?;
     if username.is_identity_address() {
         let seq = i64::try_from(serial).map_err(|_| format!("a serial of {serial}"))?;
         return verify_dht_record_at(&username, bytes, seq, signature, now);
@@ -567,15 +579,7 @@ pub fn verify_signed_record_at(
     signer
         .verify(SignContext::DirectoryRecord, bytes, signature)
         .map_err(|_| "the record is not signed by the directory it names".to_string())?;
-    let (user, issued_at) = parse_record(bytes, signer, None, now)?;
-    Ok(VerifiedRecord {
-        user,
-        issued_at,
-        directory_key: *signer,
-        record_bytes: bytes.to_vec(),
-        signature: *signature,
-        logged_at: None,
-    })
+    signed_record_of(bytes, signature, signer, None, now)
 }
 
 impl VerifiedRecord {

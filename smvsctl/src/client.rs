@@ -539,6 +539,17 @@ pub struct DeviceLinkView {
     pub host_fingerprint: String,
 }
 
+fn directory_view(
+    d: smvs_schema::local_capnp::directory_info::Reader<'_>,
+) -> Result<DirectoryView, CtlError> {
+    Ok(DirectoryView {
+        name: text("directory name", d.get_name())?,
+        address: text("directory address", d.get_address())?,
+        key: text("directory key", d.get_key())?,
+        left: d.get_left(),
+    })
+}
+
 /// A directory as `directory list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DirectoryView {
@@ -1299,16 +1310,7 @@ impl HostClient {
     pub async fn directories(&self) -> Result<Vec<DirectoryView>, CtlError> {
         let answer = self.host.directories_request().send().promise.await?;
         let list = answer.get()?.get_directories()?;
-        list.iter()
-            .map(|d| {
-                Ok(DirectoryView {
-                    name: text("directory name", d.get_name())?,
-                    address: text("directory address", d.get_address())?,
-                    key: text("directory key", d.get_key())?,
-                    left: d.get_left(),
-                })
-            })
-            .collect()
+        list.iter().map(directory_view).collect()
     }
 
     /// Uses one more directory; returns its entry.
@@ -1326,13 +1328,7 @@ impl HostClient {
             p.set_key(key);
         }
         let answer = request.send().promise.await?;
-        let d = answer.get()?.get_directory()?;
-        Ok(DirectoryView {
-            name: text("directory name", d.get_name())?,
-            address: text("directory address", d.get_address())?,
-            key: text("directory key", d.get_key())?,
-            left: d.get_left(),
-        })
+        directory_view(answer.get()?.get_directory()?)
     }
 
     /// Stops using the directory `name`.

@@ -578,13 +578,8 @@ fn a_user_moves_to_another_directory_and_contacts_follow_without_an_alarm() {
 /// him) through it.
 #[test]
 fn directories_are_added_and_removed_at_run_time_and_stay_so_after_a_restart() {
-    let rt = runtime().unwrap();
-    let (a, b) = rt.block_on(async {
-        (
-            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
-            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
-        )
-    });
+    let a = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let b = DirectoryProcess::start_sqlite_blocking().unwrap();
     let mut alice = HostProcess::start("alice", &a, "127.0.0.1", &[]).unwrap();
     let bob = HostProcess::start("bob", &b, "127.0.0.2", &[]).unwrap();
     alice.register().unwrap();
@@ -736,9 +731,7 @@ fn directories_are_added_and_removed_at_run_time_and_stay_so_after_a_restart() {
 
     // A directory where her name is someone else's is not added, and that is no alarm
     // about her own key.
-    let c = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
-        .unwrap();
+    let c = DirectoryProcess::start_sqlite_blocking().unwrap();
     let impostor = HostProcess::start("alice", &c, "127.0.0.3", &[]).unwrap();
     impostor.register().unwrap();
     let mut watch = Watch::start(&alice).unwrap();

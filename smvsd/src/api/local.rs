@@ -227,6 +227,16 @@ fn text<'a>(t: capnp::Result<capnp::text::Reader<'a>>) -> Result<&'a str, capnp:
         .map_err(|_| HostError::bad_request("text is not UTF-8").into())
 }
 
+fn write_directory(
+    mut b: smvs_schema::local_capnp::directory_info::Builder<'_>,
+    d: &crate::trust::DirectoryEntry,
+) {
+    b.set_name(&d.name);
+    b.set_address(&d.address);
+    b.set_key(&d.key);
+    b.set_left(d.left);
+}
+
 fn user(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<Username, capnp::Error> {
     Ok(parse_user(text(t)?)?)
 }
@@ -659,12 +669,8 @@ impl host::Server for HostRpc {
         self.admit()?;
         let all = mailbox(self.commands.send(crate::commands::ListDirectories).await)??;
         let mut list = results.get().init_directories(super::list_len(all.len())?);
-        for (i, (name, address, key, left)) in (0..).zip(all.iter()) {
-            let mut b = list.reborrow().get(i);
-            b.set_name(name);
-            b.set_address(address);
-            b.set_key(key);
-            b.set_left(*left);
+        for (i, d) in (0..).zip(all.iter()) {
+            write_directory(list.reborrow().get(i), d);
         }
         Ok(())
     }
@@ -678,26 +684,18 @@ impl host::Server for HostRpc {
         self.admin_only("changes the directories")?;
         let (name, address, key) = {
             let p = params.get()?;
-            let text = |t: capnp::Result<capnp::text::Reader<'_>>| -> Result<String, capnp::Error> {
-                t?.to_string()
-                    .map_err(|_| HostError::bad_request("text is not UTF-8").into())
-            };
             (
-                text(p.get_name())?,
-                text(p.get_address())?,
-                text(p.get_key())?,
+                text(p.get_name())?.to_owned(),
+                text(p.get_address())?.to_owned(),
+                text(p.get_key())?.to_owned(),
             )
         };
-        let (name, address, key, left) = mailbox(
+        let added = mailbox(
             self.commands
                 .send(crate::commands::AddDirectory { name, address, key })
                 .await,
         )??;
-        let mut b = results.get().init_directory();
-        b.set_name(name);
-        b.set_address(address);
-        b.set_key(key);
-        b.set_left(left);
+        write_directory(results.get().init_directory(), &added);
         Ok(())
     }
 
@@ -708,11 +706,7 @@ impl host::Server for HostRpc {
     ) -> Result<(), capnp::Error> {
         self.admit()?;
         self.admin_only("changes the directories")?;
-        let name = params
-            .get()?
-            .get_name()?
-            .to_string()
-            .map_err(|_| capnp::Error::from(HostError::bad_request("name is not UTF-8")))?;
+        let name = text(params.get()?.get_name())?.to_owned();
         mailbox(
             self.commands
                 .send(crate::commands::RemoveDirectory(name))

@@ -353,14 +353,14 @@ command!(MoveDirectory => String, |o, MoveDirectory(to)| {
 
 /// `directory add NAME ADDRESS KEY`: one more directory. Returns its entry.
 #[derive(Message)]
-#[rtype(result = "Result<(String, String, String, bool), HostError>")]
+#[rtype(result = "Result<crate::trust::DirectoryEntry, HostError>")]
 pub struct AddDirectory {
     pub name: String,
     pub address: String,
     pub key: String,
 }
 
-command!(AddDirectory => (String, String, String, bool), |o, m| {
+command!(AddDirectory => crate::trust::DirectoryEntry, |o, m| {
     o.trust.add_directory(&m.name, &m.address, &m.key).await
 });
 
@@ -373,12 +373,12 @@ command!(RemoveDirectory => (), |o, RemoveDirectory(name)| {
     o.trust.remove_directory(&name).await
 });
 
-/// `directory list`: (name, address, key, left) of every directory in use.
+/// `directory list`: every directory in use.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<(String, String, String, bool)>, HostError>")]
+#[rtype(result = "Result<Vec<crate::trust::DirectoryEntry>, HostError>")]
 pub struct ListDirectories;
 
-command!(ListDirectories => Vec<(String, String, String, bool)>, |o, _m| {
+command!(ListDirectories => Vec<crate::trust::DirectoryEntry>, |o, _m| {
     Ok(o.trust.directories())
 });
 

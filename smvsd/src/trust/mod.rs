@@ -53,6 +53,7 @@ pub use dht::{DhtNode, DHT_ANSWER};
 use directories::{equivocation, lookup_all, DirectoryLink};
 pub use directories::{Answers, DIRECTORY_TIMEOUT};
 pub use judge::{judge, key_changed, may_connect, may_send, own_kind, Judgement};
+pub use own_directories::DirectoryEntry;
 /// How long a directory answer is reused before asking again. Records are signed, so a cached
 /// one is as good as a new one until the user moves or changes keys, which is noticed sooner
 /// when it matters: a link that presents another key, or a delivery that failed, asks again

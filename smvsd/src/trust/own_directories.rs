@@ -37,6 +37,17 @@ struct DirectoryChanges {
     removed: Vec<String>,
 }
 
+/// A directory in use, as `directory list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryEntry {
+    pub name: String,
+    pub address: String,
+    /// Hex.
+    pub key: String,
+    /// This host's user moved away from it.
+    pub left: bool,
+}
+
 /// How many directories `directory add` takes, in all.
 pub const MAX_DIRECTORIES: usize = 16;
 
@@ -143,7 +154,7 @@ impl Trust {
         name: &str,
         address: &str,
         key: &str,
-    ) -> Result<(String, String, String, bool), HostError> {
+    ) -> Result<DirectoryEntry, HostError> {
         let anchor = crate::config::DirectoryAnchor::parse(name, address, key)
             .map_err(HostError::bad_request)?;
         let parsed = HostAddress::parse(&anchor.address).map_err(|_| {
@@ -217,12 +228,7 @@ impl Trust {
             return Err(e);
         }
         tracing::info!(directory = %link.name(), "added a directory");
-        Ok((
-            link.anchor.name.clone(),
-            link.anchor.address.clone(),
-            link.anchor.key.to_hex(),
-            left,
-        ))
+        Ok(self.entry(&link))
     }
 
     /// `directory remove NAME`: stops using a directory, for look-ups and registration, from
@@ -291,21 +297,18 @@ impl Trust {
         Ok(())
     }
 
-    /// Every directory in use: (name, address, key, whether our user left it).
-    pub fn directories(&self) -> Vec<(String, String, String, bool)> {
-        let left = self.left.borrow();
-        self.links
-            .borrow()
-            .iter()
-            .map(|l| {
-                (
-                    l.anchor.name.clone(),
-                    l.anchor.address.clone(),
-                    l.anchor.key.to_hex(),
-                    left.contains(l.anchor.key.as_bytes()),
-                )
-            })
-            .collect()
+    /// Every directory in use.
+    pub fn directories(&self) -> Vec<DirectoryEntry> {
+        self.links().iter().map(|l| self.entry(l)).collect()
+    }
+
+    fn entry(&self, link: &DirectoryLink) -> DirectoryEntry {
+        DirectoryEntry {
+            name: link.anchor.name.clone(),
+            address: link.anchor.address.clone(),
+            key: link.anchor.key.to_hex(),
+            left: self.left.borrow().contains(link.anchor.key.as_bytes()),
+        }
     }
 
     /// Notes (and stores) that our user left `link`'s directory.
