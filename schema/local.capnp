@@ -64,6 +64,7 @@ struct Contact {
   keyChanged @3 :Bool;          # the directory now shows another key; sends refused until accepted
   request @4 :Bool;             # not a contact yet: their messages are held (contacts-only mode)
   introducedBy @6 :Text;        # the contact who introduced this user (empty: a directory did)
+  petname @7 :Text;             # the user's own name for this identity address (empty: none)
   alarm @5 :Text;               # set while the directories disagree about this user's key:
                                 # which directories showed which key; sends refused until the
                                 # user decides (verify with acceptNewKey or keepKey)
@@ -286,6 +287,17 @@ interface Host {
   # Stops using a directory (even a configured one, after restarts too). Refused when fewer
   # directories than the quorum would be left, or none the user is registered at. The user's
   # record there is not deleted (`moveDirectory` leaves with a statement instead).
+  petnames @28 () -> (petnames :List(Petname));
+  addPetname @29 (name :Text, address :Text) -> (petname :Petname);
+  # Names an identity address (smvs:…) `name` on this host: every call that takes a user then
+  # takes `name` for it. Refused for a name a contact or the user goes by, or one that names
+  # another address; an address has one petname (a new one replaces it).
+  removePetname @30 (name :Text) -> ();
+}
+
+struct Petname {
+  name @0 :Text;
+  address @1 :Text;             # the identity address (smvs:…)
 }
 
 struct DirectoryInfo {

@@ -291,6 +291,18 @@ pub enum Command {
         action: DirectoryAction,
     },
 
+    /// Your own names for identity addresses (smvs:…): `send NAME` then writes to the address
+    #[command(
+        after_help = "Examples:\n  smvsctl petname add bob smvs:abcd…\n  smvsctl send bob 'hi'\n  smvsctl petname list\n  smvsctl petname remove bob\n\n\
+                      A petname is known to your host and its devices only; what is sent and pinned is \
+                      the address. It may not be a name a contact already goes by, and an address has one \
+                      petname (adding another replaces it)."
+    )]
+    Petname {
+        #[command(subcommand)]
+        action: PetnameAction,
+    },
+
     /// Chat in the terminal: conversations, live messages, verification and calls
     #[command(
         after_help = "Examples:\n  smvsctl chat\n  smvsctl chat bob\n  smvsctl --host paired chat\n  smvsctl chat bob --plain < lines.txt\n\n\
@@ -344,6 +356,24 @@ pub enum DevicesAction {
     /// Forget a device: its open connections end at once and its key is refused afterwards
     Revoke {
         /// The device's name as `devices` lists it
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum PetnameAction {
+    /// Every petname and the address it stands for
+    List,
+    /// Name the identity address ADDRESS NAME on this host
+    Add {
+        /// The petname: 3 to 32 of a-z, 0-9, '.', '_', '-'
+        name: String,
+        /// The identity address (smvs:…, as `smvsctl whoami` shows it on their side)
+        address: String,
+    },
+    /// Forget a petname (the contact stays, under its address)
+    Remove {
+        /// The petname
         name: String,
     },
 }

@@ -115,6 +115,9 @@ pub struct ContactView {
     /// The contact who introduced this one (None: pinned from a directory).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub introduced_by: Option<String>,
+    /// The user's own name for this identity address (`petname add`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub petname: Option<String>,
 }
 
 /// The answer of `verify`.
@@ -550,6 +553,21 @@ fn directory_view(
     })
 }
 
+fn petname_view(p: smvs_schema::local_capnp::petname::Reader<'_>) -> Result<PetnameView, CtlError> {
+    Ok(PetnameView {
+        name: text("petname", p.get_name())?,
+        address: text("identity address", p.get_address())?,
+    })
+}
+
+/// A petname as `petname list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PetnameView {
+    pub name: String,
+    /// The identity address (smvs:…) it stands for.
+    pub address: String,
+}
+
 /// A directory as `directory list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DirectoryView {
@@ -582,6 +600,7 @@ impl ContactView {
             request: r.get_request(),
             alarm: optional_text("alarm", r.get_alarm())?,
             introduced_by: optional_text("introducer", r.get_introduced_by())?,
+            petname: optional_text("petname", r.get_petname())?,
         })
     }
 }
@@ -1329,6 +1348,37 @@ impl HostClient {
         }
         let answer = request.send().promise.await?;
         directory_view(answer.get()?.get_directory()?)
+    }
+
+    /// Every petname the user gave.
+    pub async fn petnames(&self) -> Result<Vec<PetnameView>, CtlError> {
+        let answer = self.host.petnames_request().send().promise.await?;
+        answer
+            .get()?
+            .get_petnames()?
+            .iter()
+            .map(petname_view)
+            .collect()
+    }
+
+    /// Names the identity address `address` `name` on this host.
+    pub async fn add_petname(&self, name: &str, address: &str) -> Result<PetnameView, CtlError> {
+        let mut request = self.host.add_petname_request();
+        {
+            let mut p = request.get();
+            p.set_name(name);
+            p.set_address(address);
+        }
+        let answer = request.send().promise.await?;
+        petname_view(answer.get()?.get_petname()?)
+    }
+
+    /// Forgets the petname `name`.
+    pub async fn remove_petname(&self, name: &str) -> Result<(), CtlError> {
+        let mut request = self.host.remove_petname_request();
+        request.get().set_name(name);
+        request.send().promise.await?;
+        Ok(())
     }
 
     /// Stops using the directory `name`.

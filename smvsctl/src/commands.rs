@@ -140,6 +140,7 @@ pub async fn execute(
         }
         Command::Expire { user, seconds } => expire(host, format, out, user, *seconds).await,
         Command::Directory { action } => directory(host, format, out, action).await,
+        Command::Petname { action } => petname(host, format, out, action).await,
         Command::Introduce { user, to } => {
             host.introduce(user, to).await?;
             let text = match format {
@@ -419,6 +420,40 @@ pub async fn directory(
                 Format::Json => {
                     output::to_json(&serde_json::json!({"moved_to": name, "left": left}))?
                 }
+            }
+        }
+    };
+    emit(out, &text)
+}
+
+pub async fn petname(
+    host: &HostClient,
+    format: Format,
+    out: &mut dyn Write,
+    action: &crate::cli::PetnameAction,
+) -> Result<(), CtlError> {
+    use crate::cli::PetnameAction;
+    let text = match action {
+        PetnameAction::List => {
+            let all = host.petnames().await?;
+            output::render(format, all.as_slice(), output::petnames_text)?
+        }
+        PetnameAction::Add { name, address } => {
+            let added = host.add_petname(name, address).await?;
+            match format {
+                Format::Text => format!(
+                    "{} now means {}",
+                    output::clean(&added.name),
+                    output::clean(&added.address)
+                ),
+                Format::Json => output::to_json(&added)?,
+            }
+        }
+        PetnameAction::Remove { name } => {
+            host.remove_petname(name).await?;
+            match format {
+                Format::Text => format!("removed the petname {}", output::clean(name)),
+                Format::Json => output::to_json(&serde_json::json!({"removed": name}))?,
             }
         }
     };

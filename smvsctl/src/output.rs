@@ -298,6 +298,18 @@ pub fn directories_text(directories: &[crate::client::DirectoryView]) -> String 
         .join("\n")
 }
 
+pub fn petnames_text(petnames: &[crate::client::PetnameView]) -> String {
+    if petnames.is_empty() {
+        return "no petnames".to_string();
+    }
+    let width = petnames.iter().map(|p| p.name.len()).max().unwrap_or(0);
+    petnames
+        .iter()
+        .map(|p| format!("{:width$}  {}", clean(&p.name), clean(&p.address)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn contacts_text(contacts: &[ContactView]) -> String {
     if contacts.is_empty() {
         return "no contacts".to_string();
@@ -329,6 +341,10 @@ pub fn contacts_text(contacts: &[ContactView]) -> String {
                 .map(|by| format!("introduced by {}", clean(by)));
             if let Some(by) = &introduced {
                 flags.push(by);
+            }
+            let petname = c.petname.as_ref().map(|p| format!("petname {}", clean(p)));
+            if let Some(p) = &petname {
+                flags.push(p);
             }
             let flags = if flags.is_empty() {
                 String::new()
@@ -872,6 +888,7 @@ mod tests {
                 request: false,
                 alarm: None,
                 introduced_by: None,
+                petname: None,
             },
             ContactView {
                 username: name("mallory"),
@@ -881,6 +898,7 @@ mod tests {
                 request: true,
                 alarm: None,
                 introduced_by: None,
+                petname: None,
             },
         ];
         assert_eq!(

@@ -214,6 +214,10 @@ impl Host {
             .load_directory_changes()
             .await
             .map_err(|e| DaemonError::Inconsistent(e.to_string()))?;
+        trust
+            .load_petnames()
+            .await
+            .map_err(|e| DaemonError::Inconsistent(e.to_string()))?;
         // Renewal at start, before READY: a host that was off past its certificate's expiry
         // is reachable again as soon as it says it serves. Bounded (the directory may be down),
         // and never fatal: the loop below tries again.

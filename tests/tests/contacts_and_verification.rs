@@ -31,6 +31,21 @@ fn blocked_senders_and_changed_keys_are_refused() {
     bob.wait_history("alice", Duration::from_secs(30), |h| h.len() == 1)
         .unwrap();
 
+    // A petname may not hide a contact: "alice" already means alice here.
+    let someone = smvs_crypto::SigningKeyPair::generate().unwrap().public();
+    let address = smvs_crypto::identity_address(&someone);
+    let out = bob.ctl(&["petname", "add", "alice", &address]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("already a contact's name"),
+        "{stderr}"
+    );
+    let out = bob.ctl(&["petname", "add", "bob", &address]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("your own name"),
+        "{out:?}"
+    );
+
     // Blocked: refused before decryption, never stored; the sender sees it fail.
     bob.ctl_ok(&["block", "alice"]).unwrap();
     let contacts = bob.ctl_json(&["contacts"]).unwrap();

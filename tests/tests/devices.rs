@@ -269,6 +269,15 @@ fn a_second_device_is_no_admin_and_a_device_in_its_own_namespace_reaches_only_th
     assert!(e.contains("admin"), "{e}");
     let e = refused(&desk.ctl(&["verify", "bob", "--accept-new-key"]).unwrap());
     assert!(e.contains("admin"), "{e}");
+    // Nor petnames: they decide whom `send NAME` reaches.
+    let someone = smvs_crypto::SigningKeyPair::generate().unwrap().public();
+    let someone = smvs_crypto::identity_address(&someone);
+    let e = refused(&desk.ctl(&["petname", "add", "friend", &someone]).unwrap());
+    assert!(e.contains("admin"), "{e}");
+    assert_eq!(
+        desk.ctl_json(&["petname", "list"]).unwrap(),
+        serde_json::json!([])
+    );
     assert_eq!(
         desk.ctl_json(&["directory", "list"]).unwrap()[0]["name"],
         "default"

@@ -124,7 +124,7 @@ fn twenty_hosts_find_each_other_by_identity_address_with_no_directory_and_refuse
     let forger =
         DhtForger::start("127.0.78.98", &live, bob_key.as_bytes(), &real, &forged).unwrap();
     let dave_bootstrap = [SocketAddr::V4(forger.addr)];
-    let dave = HostProcess::start_in_dht("dave", "127.0.78.40", &dave_bootstrap, &[]).unwrap();
+    let mut dave = HostProcess::start_in_dht("dave", "127.0.78.40", &dave_bootstrap, &[]).unwrap();
     let dave_address = register_in_dht(&dave);
     dave.send(&bob_address, "hello bob, from dave").unwrap();
     wait_message(bob, &dave_address, "hello bob, from dave");
@@ -169,6 +169,76 @@ fn twenty_hosts_find_each_other_by_identity_address_with_no_directory_and_refuse
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(pinned["introduced_by"], bob_address.as_str(), "{pinned}");
+
+    // dave gives bob's address a petname and writes to "bobby": bob gets it from dave's
+    // address, and dave's contacts show the name beside it.
+    dave.ctl_ok(&["petname", "add", "bobby", &bob_address])
+        .unwrap();
+    dave.send("bobby", "hello bob, by your petname").unwrap();
+    wait_message(bob, &dave_address, "hello bob, by your petname");
+    let history = dave.history("bobby").unwrap();
+    assert!(
+        history.iter().all(|m| m["to"] == bob_address.as_str())
+            && history
+                .iter()
+                .any(|m| m["body"] == "hello bob, by your petname"),
+        "`history bobby` is the conversation with bob's address: {history:?}"
+    );
+    let contacts = dave.ctl_json(&["contacts"]).unwrap();
+    let named = contacts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["username"] == bob_address.as_str())
+        .unwrap();
+    assert_eq!(named["petname"], "bobby", "{contacts}");
+    // Bad petnames are refused, each with a reason, and change nothing.
+    let refusals: [(&[&str], &str); 5] = [
+        (
+            &["petname", "add", "bobby", &carol_address],
+            "already the petname of",
+        ),
+        (
+            &["petname", "add", &carol_address, &bob_address],
+            "not an address",
+        ),
+        (
+            &["petname", "add", "carol", "bob"],
+            "not an identity address",
+        ),
+        (&["petname", "add", "x", &carol_address], "3 to 32"),
+        (&["petname", "remove", "nobody"], "not a petname"),
+    ];
+    for (args, why) in refusals {
+        let out = dave.ctl(args).unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(why),
+            "{args:?} is refused ({why}): {stderr}"
+        );
+    }
+    // One petname per address: naming bob again replaces "bobby".
+    dave.ctl_ok(&["petname", "add", "bob", &bob_address])
+        .unwrap();
+    // The petnames outlive a restart.
+    dave.stop().unwrap();
+    dave.start_again().unwrap();
+    let petnames = dave.ctl_json(&["petname", "list"]).unwrap();
+    assert_eq!(
+        petnames,
+        serde_json::json!([{"name": "bob", "address": bob_address}]),
+        "{petnames}"
+    );
+    assert!(dave
+        .history("bob")
+        .unwrap()
+        .iter()
+        .any(|m| m["body"] == "hello bob, by your petname"));
+    dave.ctl_ok(&["petname", "remove", "bob"]).unwrap();
+    assert_eq!(
+        dave.ctl_json(&["petname", "list"]).unwrap(),
+        serde_json::json!([])
+    );
 
     // alice republished all along, looking for records of herself first: her own are not
     // taken for someone else's.

@@ -309,7 +309,7 @@ impl Daemon1 {
         let contacts = self.commands.send(Contacts).await??;
         Ok(contacts
             .into_iter()
-            .map(|c| {
+            .map(|(c, _petname)| {
                 let fingerprint = c.fingerprint();
                 let changed = c.pending.is_some();
                 (

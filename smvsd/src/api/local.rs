@@ -237,6 +237,11 @@ fn write_directory(
     b.set_left(d.left);
 }
 
+fn write_petname(mut b: smvs_schema::local_capnp::petname::Builder<'_>, p: &crate::trust::Petname) {
+    b.set_name(p.name.as_str());
+    b.set_address(p.address.as_str());
+}
+
 fn user(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<Username, capnp::Error> {
     Ok(parse_user(text(t)?)?)
 }
@@ -510,9 +515,12 @@ impl host::Server for HostRpc {
         self.admit()?;
         let all = mailbox(self.commands.send(Contacts).await)??;
         let mut list = results.get().init_contacts(super::list_len(all.len())?);
-        for (i, c) in (0..).zip(all.iter()) {
+        for (i, (c, petname)) in (0..).zip(all.iter()) {
             let mut b = list.reborrow().get(i);
             b.set_username(c.username.as_str());
+            if let Some(petname) = petname {
+                b.set_petname(petname.as_str());
+            }
             b.set_fingerprint(c.fingerprint());
             b.set_blocked(c.blocked);
             b.set_key_changed(c.pending.is_some());
@@ -710,6 +718,57 @@ impl host::Server for HostRpc {
         mailbox(
             self.commands
                 .send(crate::commands::RemoveDirectory(name))
+                .await,
+        )??;
+        Ok(())
+    }
+
+    async fn petnames(
+        self: Rc<Self>,
+        _: host::PetnamesParams,
+        mut results: host::PetnamesResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        let all = mailbox(self.commands.send(crate::commands::ListPetnames).await)??;
+        let mut list = results.get().init_petnames(super::list_len(all.len())?);
+        for (i, p) in (0..).zip(all.iter()) {
+            write_petname(list.reborrow().get(i), p);
+        }
+        Ok(())
+    }
+
+    async fn add_petname(
+        self: Rc<Self>,
+        params: host::AddPetnameParams,
+        mut results: host::AddPetnameResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        // A petname decides who `send NAME` reaches: a trust decision, as accepting a key is.
+        self.admin_only("names contacts")?;
+        let (name, address) = {
+            let p = params.get()?;
+            (user(p.get_name())?, user(p.get_address())?)
+        };
+        let added = mailbox(
+            self.commands
+                .send(crate::commands::AddPetname { name, address })
+                .await,
+        )??;
+        write_petname(results.get().init_petname(), &added);
+        Ok(())
+    }
+
+    async fn remove_petname(
+        self: Rc<Self>,
+        params: host::RemovePetnameParams,
+        _: host::RemovePetnameResults,
+    ) -> Result<(), capnp::Error> {
+        self.admit()?;
+        self.admin_only("names contacts")?;
+        let name = user(params.get()?.get_name())?;
+        mailbox(
+            self.commands
+                .send(crate::commands::RemovePetname(name))
                 .await,
         )??;
         Ok(())

@@ -181,6 +181,9 @@ pub struct SendText {
 }
 
 command!(SendText => MessageId, |o, m| {
+    // A petname given by a device means the address it stands for.
+    let mut m = m;
+    m.to = o.trust.resolve_name(m.to);
     if m.body.len() > MAX_TEXT_BYTES {
         return Err(HostError::new(
             ErrorCode::TooLarge,
@@ -204,6 +207,9 @@ pub struct History {
 }
 
 command!(History => HistoryPage, |o, m| {
+    // A petname given by a device means the address it stands for.
+    let mut m = m;
+    m.peer = o.trust.resolve_name(m.peer);
     let Some(mut page) = o.storage.history_page(&m.peer, m.limit, m.before).await? else {
         return Err(HostError::new(
             ErrorCode::NotFound,
@@ -223,6 +229,9 @@ pub struct GetMessage {
 }
 
 command!(GetMessage => StoredMessage, |o, m| {
+    // A petname given by a device means the address it stands for.
+    let mut m = m;
+    m.peer = o.trust.resolve_name(m.peer);
     let found = o.storage.message(&m.peer, m.id).await?;
     let mut found: Vec<StoredMessage> = found.into_iter().collect();
     o.outbox.overlay(&mut found);
@@ -248,6 +257,9 @@ pub struct MarkRead {
 }
 
 command!(MarkRead => u32, |o, m| {
+    // A petname given by a device means the address it stands for.
+    let mut m = m;
+    m.peer = o.trust.resolve_name(m.peer);
     let was_unread = o.storage.mark_read(&m.peer).await?;
     // Nothing was unread: the other devices already show it read, and a chat open on several
     // devices marks each arriving message read from each of them.
@@ -267,6 +279,9 @@ pub struct Delete {
 }
 
 command!(Delete => u32, |o, m| {
+    // A petname given by a device means the address it stands for.
+    let mut m = m;
+    m.peer = o.trust.resolve_name(m.peer);
     // If the request cannot go (blocked, changed key), nothing is deleted and the user is told
     // why. It is queued after the local delete, which would otherwise remove it from the
     // outbox along with the conversation.
@@ -310,6 +325,9 @@ pub struct Expire {
 }
 
 command!(Expire => (), |o, m| {
+    // A petname given by a device means the address it stands for.
+    let mut m = m;
+    m.peer = o.trust.resolve_name(m.peer);
     // Refuse before changing anything if the setting cannot reach the peer.
     o.trust.check_can_send(&m.peer).await?;
     o.storage.set_expiry(&m.peer, m.seconds).await?;
@@ -319,11 +337,18 @@ command!(Expire => (), |o, m| {
 
 // ----- contacts -----
 
+/// Every contact, with the petname the user gave it, if any.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Contact>, HostError>")]
+#[rtype(result = "Result<Vec<(Contact, Option<Username>)>, HostError>")]
 pub struct Contacts;
 
-command!(Contacts => Vec<Contact>, |o, _m| { o.trust.contacts().await });
+command!(Contacts => Vec<(Contact, Option<Username>)>, |o, _m| {
+    let all = o.trust.contacts().await?;
+    Ok(all.into_iter().map(|c| {
+        let petname = o.trust.petname_of(&c.username);
+        (c, petname)
+    }).collect())
+});
 
 /// `block USER` / `unblock USER`.
 #[derive(Message)]
@@ -334,6 +359,9 @@ pub struct SetBlocked {
 }
 
 command!(SetBlocked => (), |o, m| {
+    // A petname given by a device means the address it stands for.
+    let mut m = m;
+    m.user = o.trust.resolve_name(m.user);
     o.trust.set_blocked(&m.user, m.blocked).await?;
     if m.blocked {
         o.calls.do_send(calls::PeerBlocked(m.user));
@@ -382,6 +410,34 @@ command!(ListDirectories => Vec<crate::trust::DirectoryEntry>, |o, _m| {
     Ok(o.trust.directories())
 });
 
+/// `petname add NAME ADDRESS`: the user's own name for an identity address.
+#[derive(Message)]
+#[rtype(result = "Result<crate::trust::Petname, HostError>")]
+pub struct AddPetname {
+    pub name: Username,
+    pub address: Username,
+}
+
+command!(AddPetname => crate::trust::Petname, |o, m| {
+    o.trust.add_petname(&m.name, &m.address).await
+});
+
+/// `petname remove NAME`.
+#[derive(Message)]
+#[rtype(result = "Result<(), HostError>")]
+pub struct RemovePetname(pub Username);
+
+command!(RemovePetname => (), |o, RemovePetname(name)| {
+    o.trust.remove_petname(&name).await
+});
+
+/// `petname list`.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<crate::trust::Petname>, HostError>")]
+pub struct ListPetnames;
+
+command!(ListPetnames => Vec<crate::trust::Petname>, |o, _m| { Ok(o.trust.petnames()) });
+
 /// `introduce USER TO`: hands `to` the signed record we pinned `user` from.
 #[derive(Message)]
 #[rtype(result = "Result<(), HostError>")]
@@ -391,6 +447,10 @@ pub struct Introduce {
 }
 
 command!(Introduce => (), |o, m| {
+    // A petname given by a device means the address it stands for.
+    let mut m = m;
+    m.user = o.trust.resolve_name(m.user);
+    m.to = o.trust.resolve_name(m.to);
     if m.user == m.to {
         return Err(HostError::bad_request("introduce someone to someone else"));
     }
@@ -410,6 +470,9 @@ pub struct Verify {
 }
 
 command!(Verify => Verification, |o, m| {
+    // A petname given by a device means the address it stands for.
+    let mut m = m;
+    m.user = o.trust.resolve_name(m.user);
     let transcript = o.storage.transcript_hash(&m.user).await?;
     let mut v = o.trust.verify(&m.user, m.decision, transcript).await?;
     if v.accepted {
@@ -437,6 +500,9 @@ pub struct PlaceCall {
 }
 
 command!(PlaceCall => DeviceCall, |o, m| {
+    // A petname given by a device means the address it stands for.
+    let mut m = m;
+    m.peer = o.trust.resolve_name(m.peer);
     o.calls
         .send(calls::PlaceCall { peer: m.peer, media: m.media, device: m.device })
         .await
@@ -522,6 +588,9 @@ pub struct PlaceViaAgent {
 }
 
 command!(PlaceViaAgent => CallId, |o, m| {
+    // A petname given by a device means the address it stands for.
+    let mut m = m;
+    m.peer = o.trust.resolve_name(m.peer);
     o.calls
         .send(calls::ViaAgent { place: Some((m.peer, m.video, m.audio)), answer: None })
         .await

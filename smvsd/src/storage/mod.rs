@@ -594,6 +594,9 @@ pub const LEFT_DIRECTORIES: &str = "left_directories";
 /// the directories added, by name, address and hex key; the hex keys of configured ones
 /// removed, not used even though the configuration names them).
 pub const DIRECTORY_CHANGES: &str = "directory_changes";
+/// The setting that holds the user's petnames for identity addresses (JSON: petname to
+/// address).
+pub const PETNAMES: &str = "petnames";
 /// The setting that holds the address last announced to contacts' hosts (or registered with).
 pub const ANNOUNCED_ADDRESS: &str = "announced_address";
 /// The setting that holds the serial of this host's last record in the DHT (8 bytes, big

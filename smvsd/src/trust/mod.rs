@@ -48,12 +48,14 @@ mod judge;
 mod log_heads;
 mod own_directories;
 mod own_log;
+mod petnames;
 
 pub use dht::{DhtNode, DHT_ANSWER};
 use directories::{equivocation, lookup_all, DirectoryLink};
 pub use directories::{Answers, DIRECTORY_TIMEOUT};
 pub use judge::{judge, key_changed, may_connect, may_send, own_kind, Judgement};
 pub use own_directories::DirectoryEntry;
+pub use petnames::Petname;
 /// How long a directory answer is reused before asking again. Records are signed, so a cached
 /// one is as good as a new one until the user moves or changes keys, which is noticed sooner
 /// when it matters: a link that presents another key, or a delivery that failed, asks again
@@ -166,6 +168,10 @@ pub struct Trust {
     published: RefCell<Option<dht::DhtRecord>>,
     /// Held while the list of directories changes (`directory add|remove|move`).
     directory_changes: tokio::sync::Mutex<()>,
+    /// The user's petnames for identity addresses (petname to address).
+    petnames: RefCell<std::collections::BTreeMap<Username, Username>>,
+    /// Held while the petnames change.
+    petname_changes: tokio::sync::Mutex<()>,
 }
 
 impl Trust {
@@ -206,6 +212,8 @@ impl Trust {
             dht: None,
             published: RefCell::new(None),
             directory_changes: tokio::sync::Mutex::new(()),
+            petnames: RefCell::new(std::collections::BTreeMap::new()),
+            petname_changes: tokio::sync::Mutex::new(()),
         }
     }
 
