@@ -6,7 +6,10 @@
 #
 #   make fuzz   run every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 60) each
 #
-# Other targets: build (default), deps, bench, lint, clean, release, install, uninstall.
+# Other targets: build (default), deps, bench, lint, clean, release, install, uninstall, deb.
+#
+#   make deb     Debian packages smvs-host, smvs-directory and smvsctl in target/debian
+#                (scripts/deb.sh; release build; `apt install ./target/debian/smvs-host_*.deb`)
 # System packages are installed by scripts/deps.sh (needs root if any are missing).
 #
 #   make release && sudo make install    [PREFIX=/usr/local] [DESTDIR=] [BUILD=release|debug]
@@ -49,7 +52,7 @@ INSTALL_VARS = DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BUILD='$(BUILD)' BINDIR='
 	FISHCOMPDIR='$(FISHCOMPDIR)' CARGO='$(CARGO)'
 
 .DEFAULT_GOAL := build
-.PHONY: deps build test demo bench lint fuzz clean release install uninstall
+.PHONY: deps build test demo bench lint fuzz clean release install uninstall deb
 
 deps:
 	bash scripts/deps.sh
@@ -66,12 +69,17 @@ install:
 uninstall:
 	$(INSTALL_VARS) bash scripts/install.sh uninstall
 
+deb: deps
+	CARGO='$(CARGO)' BUILD=release bash scripts/deb.sh target/debian
+
 # Integration tests spawn the built binaries as processes, so build first. Then the installed
-# layout: install/uninstall into a temp DESTDIR, and the systemd units (verify, exposure).
+# layout: install/uninstall into a temp DESTDIR, the systemd units (verify, exposure), and
+# the Debian packages installed, removed and purged in a clean Debian 12 root (debootstrap).
 test: deps build
 	bash scripts/with-postgres.sh $(CARGO) test --workspace $(LOCKED)
 	MAKE='$(MAKE)' bash scripts/check-install.sh
 	MAKE='$(MAKE)' bash scripts/check-units.sh
+	CARGO='$(CARGO)' bash scripts/check-deb.sh
 
 demo: deps build
 	$(CARGO) run -q $(LOCKED) -p smvs-tests --bin smvs-demo

@@ -34,6 +34,8 @@ PACKAGES=(
     # systemd-analyze, systemd-sysusers and systemd-tmpfiles check the units (check-units.sh);
     # man, which systemd-analyze verify runs to find each Documentation=man: page
     systemd man-db
+    # make deb (dpkg-deb, dpkg-shlibdeps) and its test in a clean Debian root (check-deb.sh)
+    dpkg-dev debootstrap
 )
 
 # A Rust toolchain is required but never downloaded here.
