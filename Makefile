@@ -10,6 +10,8 @@
 #
 #   make deb     Debian packages smvs-host, smvs-directory and smvsctl in target/debian
 #                (scripts/deb.sh; release build; `apt install ./target/debian/smvs-host_*.deb`)
+#   make image   the host's container image smvs-host:VERSION, with podman, from Debian
+#                packages alone (scripts/image.sh; dist/container/)
 # System packages are installed by scripts/deps.sh (needs root if any are missing).
 #
 #   make release && sudo make install    [PREFIX=/usr/local] [DESTDIR=] [BUILD=release|debug]
@@ -52,7 +54,7 @@ INSTALL_VARS = DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BUILD='$(BUILD)' BINDIR='
 	FISHCOMPDIR='$(FISHCOMPDIR)' CARGO='$(CARGO)'
 
 .DEFAULT_GOAL := build
-.PHONY: deps build test demo bench lint fuzz clean release install uninstall deb
+.PHONY: deps build test demo bench lint fuzz clean release install uninstall deb image
 
 deps:
 	bash scripts/deps.sh
@@ -72,14 +74,19 @@ uninstall:
 deb: deps
 	CARGO='$(CARGO)' BUILD=release bash scripts/deb.sh target/debian
 
+image: deps
+	CARGO='$(CARGO)' BUILD=release bash scripts/image.sh
+
 # Integration tests spawn the built binaries as processes, so build first. Then the installed
 # layout: install/uninstall into a temp DESTDIR, the systemd units (verify, exposure), and
-# the Debian packages installed, removed and purged in a clean Debian 12 root (debootstrap).
+# the Debian packages installed, removed and purged in a clean Debian 12 root (debootstrap),
+# and the container image (built, inspected, and its filesystem run under chroot).
 test: deps build
 	bash scripts/with-postgres.sh $(CARGO) test --workspace $(LOCKED)
 	MAKE='$(MAKE)' bash scripts/check-install.sh
 	MAKE='$(MAKE)' bash scripts/check-units.sh
 	CARGO='$(CARGO)' bash scripts/check-deb.sh
+	CARGO='$(CARGO)' bash scripts/check-image.sh
 
 demo: deps build
 	$(CARGO) run -q $(LOCKED) -p smvs-tests --bin smvs-demo

@@ -28,13 +28,13 @@ if [[ $(id -u) -ne 0 ]]; then
     echo "check-deb: skipped (needs root: debootstrap and chroot)"
     exit 0
 fi
-command -v debootstrap >/dev/null || fail "debootstrap is missing (make deps installs it)"
+# shellcheck source=scripts/lib/debian-root.sh
+source scripts/lib/debian-root.sh
 
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/smvs-check-deb.XXXXXX")
 root=$work/root
 cleanup() {
-    umount "$root/proc" 2>/dev/null || true
-    rm -rf -- "$work"
+    remove_work "$work" "$root/proc"
 }
 trap cleanup EXIT
 
@@ -43,24 +43,13 @@ debs=("$work"/debs/*.deb)
 [[ ${#debs[@]} -eq 3 ]] || fail "make deb made ${#debs[@]} packages, not 3"
 pass "make deb built $(cd "$work/debs" && echo *.deb)"
 
-# The mirror: the one this machine's apt is set up with (deb822 or one-line sources).
-mirror=$(
-    {
-        grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources || true
-        grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list || true
-    } | awk '{print $2}' | grep -v security | head -n 1 || true
-)
-[[ -n "$mirror" ]] || fail "no Debian mirror in this machine's apt sources"
 log=$work/debootstrap.log
-debootstrap --variant=minbase bookworm "$root" "$mirror" >"$log" 2>&1 ||
-    fail "debootstrap:"$'\n'"$(tail -n 20 "$log")"
+debian_root "$root" "$log" || fail "a clean Debian 12 root:"$'\n'"$(tail -n 20 "$log")"
 mount -t proc proc "$root/proc"
 in_root() { chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive "$@"; }
 
 # The packages' dependencies first, so that what changes after is the packages' alone.
-deps=$(for d in "${debs[@]}"; do dpkg-deb -f "$d" Depends; done | tr ',' '\n' |
-    sed 's/(.*)//; s/|.*//; s/ //g' | grep -v '^$' | sort -u)
-in_root apt-get update -q >"$log" 2>&1 || fail "apt-get update in the root:"$'\n'"$(tail "$log")"
+deps=$(deb_depends "${debs[@]}")
 # shellcheck disable=SC2086 # one word per package
 in_root apt-get install -y -q --no-install-recommends $deps >"$log" 2>&1 ||
     fail "installing the dependencies ($deps):"$'\n'"$(tail -n 20 "$log")"

@@ -175,14 +175,18 @@ EOF
     shlibs=$(cd "$work/shlibs-$p" && dpkg-shlibdeps -O "${bins[@]}" 2>/dev/null |
         sed -n 's/^shlibs:Depends=//p')
     [[ -n "$shlibs" ]] || die "dpkg-shlibdeps found no dependencies for $p"
+    # systemd-sysusers and systemd-tmpfiles for the maintainer scripts: systemd's, or the
+    # standalone ones where systemd is not installed (a container image).
+    tools="systemd | systemd-standalone-sysusers, systemd | systemd-standalone-tmpfiles"
     case "$p" in
     smvs-host)
-        depends="$shlibs, systemd"
-        extra="Recommends: dbus
-Suggests: smvsctl"
+        # The shipped config serves org.smvs.Daemon1 on the system bus (dbus = "system"),
+        # which smvsd needs to start.
+        depends="$shlibs, $tools, default-dbus-system-bus | dbus-system-bus"
+        extra="Suggests: smvsctl"
         ;;
     smvs-directory)
-        depends="$shlibs, systemd"
+        depends="$shlibs, $tools"
         extra="Suggests: postgresql"
         ;;
     smvsctl)

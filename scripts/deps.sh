@@ -35,7 +35,9 @@ PACKAGES=(
     # man, which systemd-analyze verify runs to find each Documentation=man: page
     systemd man-db
     # make deb (dpkg-deb, dpkg-shlibdeps) and its test in a clean Debian root (check-deb.sh)
-    dpkg-dev debootstrap
+    dpkg-dev debootstrap debian-archive-keyring
+    # make image (podman builds the host's container image) and its test (check-image.sh)
+    podman
 )
 
 # A Rust toolchain is required but never downloaded here.

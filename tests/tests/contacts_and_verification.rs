@@ -46,6 +46,43 @@ fn blocked_senders_and_changed_keys_are_refused() {
         "{out:?}"
     );
 
+    // A petname that a directory user takes later means neither of them: bob names an
+    // address "carol", then the directory's carol writes to him.
+    bob.ctl_ok(&["petname", "add", "carol", &address]).unwrap();
+    let carol = HostProcess::start("carol", &dir, "127.0.0.4", &[]).unwrap();
+    carol.register().unwrap();
+    carol
+        .send("bob", "hello, I am the directory's carol")
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !bob
+        .ctl_json(&["contacts"])
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["username"] == "carol")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "carol's message never came"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = bob.ctl(&["send", "carol", "which carol?"]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("both your petname"),
+        "{stderr}"
+    );
+    bob.ctl_ok(&["petname", "remove", "carol"]).unwrap();
+    bob.send("carol", "hello carol").unwrap();
+    carol
+        .wait_history("bob", Duration::from_secs(30), |h| {
+            h.iter().any(|m| m["body"] == "hello carol")
+        })
+        .unwrap();
+
     // Blocked: refused before decryption, never stored; the sender sees it fail.
     bob.ctl_ok(&["block", "alice"]).unwrap();
     let contacts = bob.ctl_json(&["contacts"]).unwrap();

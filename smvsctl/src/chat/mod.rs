@@ -58,6 +58,20 @@ pub async fn run(
     media: &MediaArgs,
     stop: impl Future<Output = ()>,
 ) -> Result<(), CtlError> {
+    // A petname opens the conversation with the address it stands for: events name the
+    // address, and the chat follows them by it.
+    let resolved = match user {
+        Some(name) if !name.is_identity_address() => host
+            .petnames()
+            .await?
+            .into_iter()
+            .find(|p| p.name == name.as_str())
+            .map(|p| Username::parse(&p.address))
+            .transpose()
+            .map_err(|e| CtlError::Local(format!("the host named a bad address: {e}")))?,
+        _ => None,
+    };
+    let user = resolved.as_ref().or(user);
     let host = Rc::new(host);
     // A chat's calls last until hung up, and report on its screen.
     let mut media = media.clone();

@@ -155,6 +155,11 @@ command!(RegisterInDht => HostStatus, |o, _m| {
 pub struct Register(pub Username);
 
 command!(Register => HostStatus, |o, Register(name)| {
+    if o.trust.is_petname(&name) {
+        return Err(HostError::bad_request(format!(
+            "{name} is a petname here: remove it first (smvsctl petname remove {name})"
+        )));
+    }
     o.trust.register(name).await?;
     // What contacts will know this host by: a later start elsewhere announces the move.
     o.storage
@@ -183,7 +188,7 @@ pub struct SendText {
 command!(SendText => MessageId, |o, m| {
     // A petname given by a device means the address it stands for.
     let mut m = m;
-    m.to = o.trust.resolve_name(m.to);
+    m.to = o.trust.resolve_name(m.to).await?;
     if m.body.len() > MAX_TEXT_BYTES {
         return Err(HostError::new(
             ErrorCode::TooLarge,
@@ -209,7 +214,7 @@ pub struct History {
 command!(History => HistoryPage, |o, m| {
     // A petname given by a device means the address it stands for.
     let mut m = m;
-    m.peer = o.trust.resolve_name(m.peer);
+    m.peer = o.trust.resolve_name(m.peer).await?;
     let Some(mut page) = o.storage.history_page(&m.peer, m.limit, m.before).await? else {
         return Err(HostError::new(
             ErrorCode::NotFound,
@@ -231,7 +236,7 @@ pub struct GetMessage {
 command!(GetMessage => StoredMessage, |o, m| {
     // A petname given by a device means the address it stands for.
     let mut m = m;
-    m.peer = o.trust.resolve_name(m.peer);
+    m.peer = o.trust.resolve_name(m.peer).await?;
     let found = o.storage.message(&m.peer, m.id).await?;
     let mut found: Vec<StoredMessage> = found.into_iter().collect();
     o.outbox.overlay(&mut found);
@@ -259,7 +264,7 @@ pub struct MarkRead {
 command!(MarkRead => u32, |o, m| {
     // A petname given by a device means the address it stands for.
     let mut m = m;
-    m.peer = o.trust.resolve_name(m.peer);
+    m.peer = o.trust.resolve_name(m.peer).await?;
     let was_unread = o.storage.mark_read(&m.peer).await?;
     // Nothing was unread: the other devices already show it read, and a chat open on several
     // devices marks each arriving message read from each of them.
@@ -281,7 +286,7 @@ pub struct Delete {
 command!(Delete => u32, |o, m| {
     // A petname given by a device means the address it stands for.
     let mut m = m;
-    m.peer = o.trust.resolve_name(m.peer);
+    m.peer = o.trust.resolve_name(m.peer).await?;
     // If the request cannot go (blocked, changed key), nothing is deleted and the user is told
     // why. It is queued after the local delete, which would otherwise remove it from the
     // outbox along with the conversation.
@@ -327,7 +332,7 @@ pub struct Expire {
 command!(Expire => (), |o, m| {
     // A petname given by a device means the address it stands for.
     let mut m = m;
-    m.peer = o.trust.resolve_name(m.peer);
+    m.peer = o.trust.resolve_name(m.peer).await?;
     // Refuse before changing anything if the setting cannot reach the peer.
     o.trust.check_can_send(&m.peer).await?;
     o.storage.set_expiry(&m.peer, m.seconds).await?;
@@ -361,7 +366,7 @@ pub struct SetBlocked {
 command!(SetBlocked => (), |o, m| {
     // A petname given by a device means the address it stands for.
     let mut m = m;
-    m.user = o.trust.resolve_name(m.user);
+    m.user = o.trust.resolve_name(m.user).await?;
     o.trust.set_blocked(&m.user, m.blocked).await?;
     if m.blocked {
         o.calls.do_send(calls::PeerBlocked(m.user));
@@ -449,8 +454,8 @@ pub struct Introduce {
 command!(Introduce => (), |o, m| {
     // A petname given by a device means the address it stands for.
     let mut m = m;
-    m.user = o.trust.resolve_name(m.user);
-    m.to = o.trust.resolve_name(m.to);
+    m.user = o.trust.resolve_name(m.user).await?;
+    m.to = o.trust.resolve_name(m.to).await?;
     if m.user == m.to {
         return Err(HostError::bad_request("introduce someone to someone else"));
     }
@@ -472,7 +477,7 @@ pub struct Verify {
 command!(Verify => Verification, |o, m| {
     // A petname given by a device means the address it stands for.
     let mut m = m;
-    m.user = o.trust.resolve_name(m.user);
+    m.user = o.trust.resolve_name(m.user).await?;
     let transcript = o.storage.transcript_hash(&m.user).await?;
     let mut v = o.trust.verify(&m.user, m.decision, transcript).await?;
     if v.accepted {
@@ -502,7 +507,7 @@ pub struct PlaceCall {
 command!(PlaceCall => DeviceCall, |o, m| {
     // A petname given by a device means the address it stands for.
     let mut m = m;
-    m.peer = o.trust.resolve_name(m.peer);
+    m.peer = o.trust.resolve_name(m.peer).await?;
     o.calls
         .send(calls::PlaceCall { peer: m.peer, media: m.media, device: m.device })
         .await
@@ -590,7 +595,7 @@ pub struct PlaceViaAgent {
 command!(PlaceViaAgent => CallId, |o, m| {
     // A petname given by a device means the address it stands for.
     let mut m = m;
-    m.peer = o.trust.resolve_name(m.peer);
+    m.peer = o.trust.resolve_name(m.peer).await?;
     o.calls
         .send(calls::ViaAgent { place: Some((m.peer, m.video, m.audio)), answer: None })
         .await

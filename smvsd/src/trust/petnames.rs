@@ -6,7 +6,9 @@
 //! command façade, so what is stored, sent and pinned is always the address itself.
 //!
 //! A petname never hides someone: it may not be the name of a contact this host knows (nor
-//! the user's own), and one address has at most one petname. The list is one storage setting
+//! the user's own), a name that is both (a contact took it at a directory later) is refused
+//! until the user removes the petname or writes the address, and one address has at most one
+//! petname. The list is one storage setting
 //! (one write: never half of a change), loaded at start.
 
 use std::collections::BTreeMap;
@@ -37,11 +39,16 @@ impl Trust {
             };
         let mut petnames = self.petnames.borrow_mut();
         for (name, address) in stored {
+            // The rules `add_petname` keeps, again: a stored list that breaks them (edited,
+            // or damaged) must not send anyone's messages elsewhere.
             match (Username::parse(&name), Username::parse(&address)) {
-                (Ok(name), Ok(address)) => {
+                (Ok(name), Ok(address))
+                    if !name.is_identity_address()
+                        && smvs_crypto::parse_identity_address(address.as_str()).is_ok() =>
+                {
                     petnames.insert(name, address);
                 }
-                _ => tracing::warn!("a stored petname does not read; skipped"),
+                _ => tracing::warn!("a stored petname breaks the rules; skipped"),
             }
         }
         Ok(())
@@ -64,8 +71,23 @@ impl Trust {
     }
 
     /// The user a device meant by `name`: the address a petname stands for, else `name`.
-    pub fn resolve_name(&self, name: Username) -> Username {
-        self.petnames.borrow().get(&name).cloned().unwrap_or(name)
+    /// Refused when `name` is both a petname and the name of a contact this host knows (one
+    /// who took that name at a directory after the petname was given): neither is guessed.
+    pub async fn resolve_name(&self, name: Username) -> Result<Username, HostError> {
+        let Some(address) = self.petnames.borrow().get(&name).cloned() else {
+            return Ok(name);
+        };
+        if self.contact(&name).await?.is_some() {
+            return Err(HostError::bad_request(format!(
+                "{name} is both your petname for {address} and the name of a contact: write                  the address, or remove the petname (smvsctl petname remove {name})"
+            )));
+        }
+        Ok(address)
+    }
+
+    /// Whether `name` is a petname here.
+    pub fn is_petname(&self, name: &Username) -> bool {
+        self.petnames.borrow().contains_key(name)
     }
 
     /// The petname the user gave `address`, if any.
@@ -113,10 +135,19 @@ impl Trust {
         }
         smvs_crypto::parse_identity_address(address.as_str())
             .map_err(|e| HostError::bad_request(format!("{address}: {e}")))?;
-        if self.registered().is_some_and(|me| me.username == *name) {
-            return Err(HostError::bad_request(format!(
-                "{name} is your own name: pick another petname"
-            )));
+        // One change at a time: the list is read, checked, changed and stored whole.
+        let _changing = self.petname_changes.lock().await;
+        if let Some(me) = self.registered() {
+            if me.username == *name {
+                return Err(HostError::bad_request(format!(
+                    "{name} is your own name: pick another petname"
+                )));
+            }
+            if me.username == *address {
+                return Err(HostError::bad_request(
+                    "that is your own address: petnames are for others",
+                ));
+            }
         }
         if self.contact(name).await?.is_some() {
             return Err(HostError::bad_request(format!(
@@ -124,8 +155,6 @@ impl Trust {
                  `send {name}` keeps meaning them"
             )));
         }
-        // One change at a time: the list is read, changed and stored whole.
-        let _changing = self.petname_changes.lock().await;
         let mut next = self.petnames.borrow().clone();
         if let Some(other) = next.get(name) {
             if other != address {
