@@ -87,6 +87,7 @@ test: deps build
 	MAKE='$(MAKE)' bash scripts/check-units.sh
 	CARGO='$(CARGO)' bash scripts/check-deb.sh
 	CARGO='$(CARGO)' bash scripts/check-image.sh
+	bash scripts/check-hosting.sh
 
 demo: deps build
 	$(CARGO) run -q $(LOCKED) -p smvs-tests --bin smvs-demo
@@ -99,6 +100,7 @@ bench: deps
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-devices
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-chat
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-dht
+	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-density
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --features bench-baseline --bin smvs-bench-calls
 
 lint: deps

@@ -72,11 +72,11 @@ cp -- "${debs[@]}" "$root/debs/"
 in_root sh -c 'dpkg -i /debs/*.deb' >"$log" 2>&1 || fail "dpkg -i:"$'\n'"$(tail -n 30 "$log")"
 rm -rf -- "$root/debs"
 pass "the three packages install into a clean Debian 12 root"
-for prog in smvsd smvs-keyguard smvs-directory smvsctl; do
+for prog in smvsd smvs-keyguard smvs-hostctl smvs-directory smvsctl; do
     out=$(in_root "$prog" --help 2>&1) || fail "$prog --help failed:"$'\n'"$out"
     [[ "$out" == *Usage* ]] || fail "$prog --help printed no usage:"$'\n'"$out"
 done
-pass "smvsd, smvs-keyguard, smvs-directory and smvsctl run (--help)"
+pass "smvsd, smvs-keyguard, smvs-hostctl, smvs-directory and smvsctl run (--help)"
 for f in /usr/lib/systemd/system/smvsd.service /usr/lib/systemd/system/smvs-keyguard.service \
     /usr/lib/systemd/system/smvs-directory.service /usr/lib/systemd/user/smvsd.service \
     /usr/lib/systemd/user/smvsctl-agent.service /usr/lib/sysusers.d/smvs.conf \
@@ -85,7 +85,9 @@ for f in /usr/lib/systemd/system/smvsd.service /usr/lib/systemd/system/smvs-keyg
     /usr/share/dbus-1/system-services/org.smvs.Daemon1.service \
     /usr/share/man/man1/smvsd.1.gz /usr/share/man/man1/smvsctl.1.gz \
     /usr/share/man/man1/smvs-keyguard.1.gz /usr/share/man/man1/smvs-directory.1.gz \
-    /etc/smvs/smvsd.toml /usr/share/doc/smvs-host/copyright; do
+    /usr/share/man/man1/smvs-hostctl.1.gz /usr/lib/systemd/system/smvsd@.service \
+    /usr/lib/systemd/system/smvs-keyguard@.service /usr/lib/systemd/system/smvs-hosts.slice \
+    /etc/smvs/smvsd.toml /etc/smvs/hosting.toml /usr/share/doc/smvs-host/copyright; do
     [[ -f "$root$f" ]] || fail "$f is not installed"
 done
 grep -q '^ExecStart=/usr/bin/smvsd ' "$root/usr/lib/systemd/system/smvsd.service" ||
@@ -97,27 +99,34 @@ for u in smvsd smvs-keyguard smvs-directory; do
     in_root getent passwd "$u" >/dev/null || fail "no system user $u"
 done
 in_root getent group smvs >/dev/null || fail "no group smvs"
-for d in /var/lib/smvs:smvsd /var/lib/smvs-keyguard:smvs-keyguard \
-    /var/lib/smvs-directory:smvs-directory; do
-    got=$(in_root stat -c '%a %U' "${d%%:*}" 2>/dev/null) || fail "no ${d%%:*}"
-    [[ "$got" == "700 ${d##*:}" ]] || fail "${d%%:*} is $got, not 700 ${d##*:}"
+for d in /var/lib/smvs:700:smvsd /var/lib/smvs-keyguard:700:smvs-keyguard \
+    /var/lib/smvs-directory:700:smvs-directory /var/lib/smvs-hosts:711:root; do
+    IFS=: read -r path mode owner <<<"$d"
+    got=$(in_root stat -c '%a %U' "$path" 2>/dev/null) || fail "no $path"
+    [[ "$got" == "$mode $owner" ]] || fail "$path is $got, not $mode $owner"
 done
-pass "system users smvsd, smvs-keyguard, smvs-directory, group smvs; state directories 0700"
+pass "system users smvsd, smvs-keyguard, smvs-directory, group smvs; state directories 0700 (hosted hosts' root 0711)"
 if find "$root/etc/systemd" -name 'smvs*' 2>/dev/null | grep -q .; then
     fail "installing enabled a unit: $(find "$root/etc/systemd" -name 'smvs*')"
 fi
 pass "nothing was enabled or started"
 
-# A host's keys and messages, as if it had run.
+# A host's keys and messages, as if it had run, and a hosted user's (smvs-hostctl's layout).
 echo secret >"$root/var/lib/smvs-keyguard/identity.key"
 echo data >"$root/var/lib/smvs/host.db"
+mkdir -p "$root/var/lib/smvs-hosts/alice/keyguard" "$root/etc/smvs/hosts"
+echo secret >"$root/var/lib/smvs-hosts/alice/keyguard/identity.key"
+echo 'listen = "127.0.0.1:17421"' >"$root/etc/smvs/hosts/alice.toml"
 
 # 2. Remove: config and state stay, nothing else of the packages.
 in_root dpkg -r smvs-host smvs-directory smvsctl >"$log" 2>&1 ||
     fail "dpkg -r:"$'\n'"$(tail -n 20 "$log")"
 left=$(comm -13 <(echo "$before") <(snapshot))
-expected=$(printf '%s\n' /etc/smvs /etc/smvs/smvsd.toml /var/lib/smvs /var/lib/smvs/host.db \
-    /var/lib/smvs-directory /var/lib/smvs-keyguard /var/lib/smvs-keyguard/identity.key | sort)
+expected=$(printf '%s\n' /etc/smvs /etc/smvs/smvsd.toml /etc/smvs/hosting.toml \
+    /etc/smvs/hosts /etc/smvs/hosts/alice.toml /var/lib/smvs /var/lib/smvs/host.db \
+    /var/lib/smvs-directory /var/lib/smvs-keyguard /var/lib/smvs-keyguard/identity.key \
+    /var/lib/smvs-hosts /var/lib/smvs-hosts/alice /var/lib/smvs-hosts/alice/keyguard \
+    /var/lib/smvs-hosts/alice/keyguard/identity.key | sort)
 [[ "$left" == "$expected" ]] ||
     fail "after dpkg -r, what is left is not just the config and state:"$'\n'"$(diff <(echo "$expected") <(echo "$left") || true)"
 pass "dpkg -r leaves the config and the state, and nothing else"

@@ -30,8 +30,10 @@ run_make() {
 
 run_make install
 prefix=$root/usr/local
-for f in bin/smvsd bin/smvsctl bin/smvs-keyguard bin/smvs-directory \
+for f in bin/smvsd bin/smvsctl bin/smvs-keyguard bin/smvs-directory bin/smvs-hostctl \
     lib/systemd/system/smvsd.service lib/systemd/system/smvs-keyguard.service \
+    lib/systemd/system/smvsd@.service lib/systemd/system/smvs-keyguard@.service \
+    lib/systemd/system/smvs-hosts.slice share/man/man1/smvs-hostctl.1 \
     lib/systemd/system/smvs-directory.service lib/systemd/user/smvsd.service \
     lib/systemd/user/smvsctl-agent.service lib/sysusers.d/smvs.conf lib/tmpfiles.d/smvs.conf \
     share/man/man1/smvsd.1 share/man/man1/smvsctl.1 share/man/man1/smvs-keyguard.1 \
@@ -41,6 +43,7 @@ for f in bin/smvsd bin/smvsctl bin/smvs-keyguard bin/smvs-directory \
     [[ -f "$prefix/$f" ]] || fail "make install did not install \$(PREFIX)/$f"
 done
 [[ -f "$root/etc/smvs/smvsd.toml" ]] || fail "make install did not install /etc/smvs/smvsd.toml"
+[[ -f "$root/etc/smvs/hosting.toml" ]] || fail "make install did not install /etc/smvs/hosting.toml"
 if [[ -d dist/dbus ]]; then
     ls "$root"/etc/dbus-1/system.d/*.conf >/dev/null 2>&1 ||
         fail "make install did not install the D-Bus policy in /etc/dbus-1/system.d"

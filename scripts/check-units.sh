@@ -5,7 +5,8 @@
 #      so ExecStart= binaries and man pages are looked up in the installed tree) and every user
 #      unit (--user cannot take --root: its ExecStart= paths are mapped into the tree instead).
 #   2. `systemd-analyze security --offline=true` gives an overall exposure of at most 2.0 for
-#      smvsd.service and at most 1.0 for smvs-keyguard.service (both printed).
+#      smvsd.service and at most 1.0 for smvs-keyguard.service (both printed), and the same for
+#      an instance of each template (smvsd@.service, smvs-keyguard@.service: smvs-hostctl's).
 #   3. Every unit, system and user, sets LimitCORE=0: the processes hold keys and plaintext.
 #   4. As root: systemd-sysusers and systemd-tmpfiles --create applied to the tree make the
 #      users every unit names, and the state and runtime directories with the right owners
@@ -50,12 +51,12 @@ mkdir -p "$root/usr/lib/systemd"
 cp -a /usr/lib/systemd/system "$root/usr/lib/systemd/"
 
 # 1. verify: any output at all is a finding (unknown keys only warn and still exit 0).
-system_files=("$units"/*.service)
+system_files=("$units"/*.service "$units"/*.slice)
 if ! out=$(MANPATH=$man systemd-analyze verify --root="$root" "${system_files[@]}" 2>&1) ||
     [[ -n "$out" ]]; then
     fail "systemd-analyze verify of the system units:"$'\n'"$out"
 fi
-pass "systemd-analyze verify: clean: $(cd "$units" && echo *.service)"
+pass "systemd-analyze verify: clean: $(cd "$units" && echo *.service *.slice)"
 
 mapped=$work/user
 mkdir -p "$mapped" "$work/runtime"
@@ -78,7 +79,11 @@ exposure() {
     [[ -n "$level" ]] || fail "no 'Overall exposure level' in systemd-analyze security $1:"$'\n'"$out"
     echo "$level"
 }
+# A hosted user's instances (smvs-hostctl) must be as tight as the single units.
+ln -s smvsd@.service "$units/smvsd@check.service"
+ln -s smvs-keyguard@.service "$units/smvs-keyguard@check.service"
 for pair in "smvsd.service $MAX_EXPOSURE_SMVSD" "smvs-keyguard.service $MAX_EXPOSURE_KEYGUARD" \
+    "smvsd@check.service $MAX_EXPOSURE_SMVSD" "smvs-keyguard@check.service $MAX_EXPOSURE_KEYGUARD" \
     "smvs-directory.service -"; do
     read -r unit max <<<"$pair"
     level=$(exposure "$unit")
@@ -108,8 +113,12 @@ out=$(systemd-sysusers --root="$root" "$root/usr/local/lib/sysusers.d/smvs.conf"
     fail "systemd-sysusers:"$'\n'"$out"
 out=$(systemd-tmpfiles --root="$root" --create "$root/usr/local/lib/tmpfiles.d/smvs.conf" 2>&1) ||
     fail "systemd-tmpfiles --create:"$'\n'"$out"
-id_of() { awk -F: -v n="$2" '$1 == n { print $3 }' "$root/etc/$1"; }
+id_of() { # DB NAME: the id in the tree's passwd or group (root: 0, not in the tree)
+    if [[ "$2" == root ]]; then echo 0; else awk -F: -v n="$2" '$1 == n { print $3 }' "$root/etc/$1"; fi
+}
 for f in "$units"/*.service; do
+    # A template's users (smvsd-%i, …) are made by smvs-hostctl add, not sysusers.
+    [[ "$f" == *@* ]] && continue
     for key in User Group; do
         name=$(sed -n "s/^$key=//p" "$f")
         db=passwd
@@ -129,6 +138,8 @@ expect_dir /var/lib/smvs-keyguard 0700 smvs-keyguard smvs-keyguard
 expect_dir /var/lib/smvs-directory 0700 smvs-directory smvs-directory
 expect_dir /run/smvs 0750 smvsd smvs
 expect_dir /run/smvs-keyguard 0750 smvs-keyguard smvs-keyguard
+expect_dir /var/lib/smvs-hosts 0711 root root
+expect_dir /run/smvs-hosts 0711 root root
 grep -q '^smvs-keyguard:[^:]*:[^:]*:\(.*,\)\?smvsd\(,.*\)\?$' "$root/etc/group" ||
     fail "smvsd is not a member of group smvs-keyguard (it could not reach the keyguard socket)"
 pass "sysusers and tmpfiles: users smvsd, smvs-keyguard, smvs-directory, group smvs; state and runtime directories as expected"

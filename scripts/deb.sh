@@ -71,11 +71,19 @@ claims=(
     "smvs-host usr/share/*/smvs-keyguard"
     "smvs-host usr/share/*/_smvs-keyguard"
     "smvs-host usr/share/*/smvs-keyguard.fish"
+    "smvs-host usr/share/*/smvs-hostctl"
+    "smvs-host usr/share/*/_smvs-hostctl"
+    "smvs-host usr/share/*/smvs-hostctl.fish"
     "smvsctl usr/share/bash-completion/*"
     "smvsctl usr/share/zsh/*"
     "smvsctl usr/share/fish/*"
     "smvs-host usr/bin/smvsd"
     "smvs-host usr/bin/smvs-keyguard"
+    "smvs-host usr/bin/smvs-hostctl"
+    "smvs-host usr/lib/systemd/system/smvsd@.service"
+    "smvs-host usr/lib/systemd/system/smvs-keyguard@.service"
+    "smvs-host usr/lib/systemd/system/smvs-hosts.slice"
+    "smvs-host usr/share/man/man1/smvs-hostctl*.1"
     "smvs-host usr/lib/systemd/system/smvsd.service"
     "smvs-host usr/lib/systemd/system/smvs-keyguard.service"
     "smvs-host usr/lib/systemd/user/smvsd.service"
@@ -129,8 +137,12 @@ Description: SMVS host: a user's always-on messaging host and key guard
  fans them out to the user's devices. smvs-keyguard holds the identity's secret
  keys and signs and decrypts for it; the keys never leave it.
  .
- Installs systemd units (smvsd.service, smvs-keyguard.service and per-user
- ones), the system users, and the D-Bus policy. Nothing is started or enabled.
+ smvs-hostctl runs many users' hosts on one machine, each under its own
+ uids (smvsd@NAME and smvs-keyguard@NAME), for whoever hosts SMVS for others.
+ .
+ Installs systemd units (smvsd.service, smvs-keyguard.service, their per-user
+ and hosted (template) versions), the system users, and the D-Bus policy.
+ Nothing is started or enabled.
 EOF
         ;;
     smvs-directory) cat <<'EOF'

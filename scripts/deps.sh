@@ -38,6 +38,9 @@ PACKAGES=(
     dpkg-dev debootstrap debian-archive-keyring
     # make image (podman builds the host's container image) and its test (check-image.sh)
     podman
+    # systemd-nspawn boots a clean Debian root with its own systemd, where smvs-hostctl's test
+    # (check-hosting.sh) provisions hosted users' hosts as real units
+    systemd-container
 )
 
 # A Rust toolchain is required but never downloaded here.

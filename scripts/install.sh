@@ -46,7 +46,7 @@ BUILD=${BUILD:-release}
 CARGO=${CARGO:-cargo}
 MANIFEST=$PREFIX/share/smvs/install-manifest
 
-BINARIES=(smvsd smvsctl smvs-keyguard smvs-directory)
+BINARIES=(smvsd smvsctl smvs-keyguard smvs-directory smvs-hostctl)
 
 die() {
     echo "install: error: $*" >&2
@@ -208,7 +208,7 @@ for bin in "${BINARIES[@]}"; do
     put 0755 "$target/$bin" "$BINDIR/$bin"
 done
 
-for unit in dist/systemd/*.service; do
+for unit in dist/systemd/*.service dist/systemd/*.slice; do
     put 0644 "$(with_bindir "$unit")" "$UNITDIR/$(basename "$unit")"
 done
 for unit in dist/systemd/user/*.service; do

@@ -22,6 +22,7 @@ pub mod noise;
 mod pake;
 mod sealed;
 mod sodium;
+mod stream;
 
 pub use address::{
     dht_signable, identity_address, parse_identity_address, DHT_RECORD_SALT, IDENTITY_ADDRESS_LEN,
@@ -48,6 +49,10 @@ pub use keys::{
 pub use pake::{Pairing, PairingKey, PairingRole};
 pub use sealed::{seal, SEAL_OVERHEAD};
 pub use sodium::{constant_time_eq, init, random_array, random_bytes};
+pub use stream::{
+    PassphraseCost, PassphraseKey, StreamOpener, StreamSealer, PASSPHRASE_SALT_LEN,
+    STREAM_CHUNK_OVERHEAD, STREAM_HEADER_LEN,
+};
 
 /// Re-exported so that callers can name the wrapper types without depending on the crates.
 pub use secrecy::{ExposeSecret, SecretBox};

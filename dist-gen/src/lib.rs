@@ -22,6 +22,7 @@ pub fn commands() -> Vec<clap::Command> {
         smvsd::cli::Cli::command(),
         smvsctl::Cli::command(),
         smvs_keyguard::cli::Cli::command(),
+        smvs_hostctl::cli::Cli::command(),
         smvs_directory::cli::Cli::command(),
     ]
 }

@@ -1,4 +1,4 @@
-# Sourced by check-deb.sh and image.sh: a clean Debian 12 root from Debian's packages.
+# Sourced by check-deb.sh, check-hosting.sh and image.sh: a clean Debian 12 root from Debian's packages.
 
 # The Debian mirror this machine's apt is set up with (deb822 or one-line sources).
 debian_mirror() {
@@ -8,10 +8,11 @@ debian_mirror() {
     } | awk '{print $2}' | grep -v security | head -n 1 || true
 }
 
-# debian_root ROOT LOG: debootstrap a minbase bookworm into ROOT (logging to LOG), with its
-# package lists read. Returns non-zero, with LOG saying why, on failure.
+# debian_root ROOT LOG [PACKAGES]: debootstrap a minbase bookworm into ROOT (logging to LOG),
+# with PACKAGES (comma-separated) too, and its package lists read. Returns non-zero, with LOG
+# saying why, on failure.
 debian_root() {
-    local root=$1 log=$2 mirror
+    local root=$1 log=$2 include=${3:-} mirror
     mirror=$(debian_mirror)
     if [[ -z "$mirror" ]]; then
         echo "no Debian mirror in this machine's apt sources" >"$log"
@@ -28,7 +29,8 @@ debian_root() {
         echo "$keyring is missing (apt-get install debian-archive-keyring)" >"$log"
         return 1
     fi
-    debootstrap --variant=minbase --keyring="$keyring" bookworm "$root" "$mirror" >"$log" 2>&1 ||
+    debootstrap --variant=minbase --keyring="$keyring" ${include:+--include="$include"} \
+        bookworm "$root" "$mirror" >"$log" 2>&1 ||
         return 1
     chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin apt-get update -q >>"$log" 2>&1
 }
