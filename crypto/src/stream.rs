@@ -42,12 +42,14 @@ impl PassphraseCost {
         mem: ffi::crypto_pwhash_MEMLIMIT_INTERACTIVE as u64,
     };
 
-    /// Refuses what libsodium would (and a file asking for more than 4 GiB of memory: a
-    /// tampered header must not make the reader allocate whatever it says).
+    /// Refuses what libsodium would, and anything above its SENSITIVE limits (1 GiB, 4 passes):
+    /// the cost is read from a file's unauthenticated header, which must not make the reader
+    /// spend hours or whatever memory it names.
     fn check(&self) -> Result<(), CryptoError> {
-        let ops_ok =
-            self.ops >= ffi::crypto_pwhash_OPSLIMIT_MIN as u64 && self.ops <= u64::from(u32::MAX);
-        let mem_ok = self.mem >= ffi::crypto_pwhash_MEMLIMIT_MIN as u64 && self.mem <= 4 << 30;
+        let ops_ok = self.ops >= ffi::crypto_pwhash_OPSLIMIT_MIN as u64
+            && self.ops <= ffi::crypto_pwhash_OPSLIMIT_SENSITIVE as u64;
+        let mem_ok = self.mem >= ffi::crypto_pwhash_MEMLIMIT_MIN as u64
+            && self.mem <= ffi::crypto_pwhash_MEMLIMIT_SENSITIVE as u64;
         if ops_ok && mem_ok {
             Ok(())
         } else {
@@ -74,6 +76,8 @@ impl PassphraseKey {
     ) -> Result<Self, CryptoError> {
         init()?;
         cost.check()?;
+        let mem = usize::try_from(cost.mem)
+            .map_err(|_| CryptoError::Kdf("passphrase cost out of range"))?;
         let mut key = Box::new([0u8; STREAM_KEY_LEN]);
         // SAFETY: `key` is STREAM_KEY_LEN writable bytes, `passphrase` and `salt` are valid for
         // their lengths (the salt is crypto_pwhash_SALTBYTES long by its type); the limits
@@ -86,7 +90,7 @@ impl PassphraseKey {
                 passphrase.len() as u64,
                 salt.as_ptr(),
                 cost.ops,
-                cost.mem as usize,
+                mem,
                 ffi::crypto_pwhash_ALG_ARGON2ID13 as i32,
             )
         };
@@ -279,10 +283,14 @@ mod tests {
 
     #[test]
     fn absurd_costs_are_refused() {
-        let cost = PassphraseCost {
-            ops: 3,
-            mem: 1 << 40,
-        };
-        assert!(PassphraseKey::derive(b"x", &[0; PASSPHRASE_SALT_LEN], cost).is_err());
+        for (ops, mem) in [
+            (3, 1 << 40),
+            (3, (1 << 30) + 1),
+            (1 << 20, 1 << 26),
+            (0, 1 << 26),
+        ] {
+            let cost = PassphraseCost { ops, mem };
+            assert!(PassphraseKey::derive(b"x", &[0; PASSPHRASE_SALT_LEN], cost).is_err());
+        }
     }
 }

@@ -24,6 +24,15 @@ const REGISTER_LIMIT: Duration = Duration::from_secs(60);
 const LOCAL_LIMIT: Duration = Duration::from_secs(5);
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // One changing command at a time: two `add`s must not pick the same ports or name, nor a
+    // `backup` start a host that a `remove` is taking away.
+    let _lock = match cli.command {
+        Command::List { .. } => None,
+        _ => {
+            system::require_root()?;
+            Some(system::lock()?)
+        }
+    };
     match cli.command {
         Command::Add {
             name,
@@ -62,12 +71,27 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Whether anything of `name` is on this machine (its config, state or users).
+/// Whether anything of `name` is on this machine (its config, state, users or groups).
 fn exists(name: &HostName) -> anyhow::Result<bool> {
-    Ok(name.config_file().exists()
-        || name.state_dir().exists()
-        || system::user(&name.host_user())?.is_some()
-        || system::user(&name.keyguard_user())?.is_some())
+    let mut found = name.config_file().exists() || name.state_dir().exists();
+    for account in [name.host_user(), name.keyguard_user()] {
+        found |= system::user(&account)?.is_some() || system::group(&account)?.is_some();
+    }
+    Ok(found)
+}
+
+/// The error of a failed `add` or `restore`, after undoing what it made.
+fn undone(name: &HostName, what: &str, e: anyhow::Error, registered: bool) -> anyhow::Error {
+    let left = match destroy(name, false) {
+        Ok(()) => "nothing of it is left here".to_string(),
+        Err(undo) => format!("undoing it failed too ({undo:#}): smvs-hostctl remove {name}"),
+    };
+    let name_note = if registered {
+        "; the name stays registered at the directory, with keys that are now gone"
+    } else {
+        ""
+    };
+    e.context(format!("{what} {name} failed; {left}{name_note}"))
 }
 
 #[derive(Serialize)]
@@ -101,6 +125,7 @@ fn add(
     }
     system::make_roots()?;
     let ports = free_ports(&hosting, None)?;
+    let registered = std::cell::Cell::new(false);
     let result = (|| {
         let (_, host_gid) = provision(&name)?;
         system::write_config(
@@ -112,10 +137,12 @@ fn add(
         let (status, link) = host_api::with_host(&name.socket(), REGISTER_LIMIT, |host| {
             let username = username.clone();
             let device = device.to_owned();
+            let registered = &registered;
             async move {
                 let status = host_api::register(&host, &username)
                     .await
                     .with_context(|| format!("registering {username} at the directory"))?;
+                registered.set(true);
                 let link = host_api::link_device(&host, &device).await?;
                 Ok((status, link))
             }
@@ -124,12 +151,7 @@ fn add(
     })();
     let (status, link) = match result {
         Ok(done) => done,
-        Err(e) => {
-            if let Err(undo) = destroy(&name, false) {
-                eprintln!("smvs-hostctl: undoing the half-made {name} failed too: {undo:#}");
-            }
-            return Err(e.context(format!("adding {name} failed; nothing of it is left")));
-        }
+        Err(e) => return Err(undone(&name, "adding", e, registered.get())),
     };
     let added = Added {
         name: name.to_string(),
@@ -375,9 +397,16 @@ fn list(json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether a unit is active now.
-fn is_active(unit: &str) -> bool {
-    systemctl(&["is-active", "--quiet", unit]).is_ok()
+/// Whether a unit is active now, or on its way (starting, restarting).
+fn is_running(unit: &str) -> bool {
+    let state =
+        systemctl(&["show", "--property", "ActiveState", "--value", unit]).unwrap_or_default();
+    matches!(state.trim(), "active" | "activating" | "reloading")
+}
+
+/// Whether a unit is enabled (to run at boot).
+fn is_enabled(unit: &str) -> bool {
+    systemctl(&["is-enabled", "--quiet", unit]).is_ok()
 }
 
 fn backup(name: &str, file: &Path, passphrase_file: &Path) -> anyhow::Result<()> {
@@ -390,11 +419,24 @@ fn backup(name: &str, file: &Path, passphrase_file: &Path) -> anyhow::Result<()>
         bail!("{} exists: a backup never overwrites", file.display());
     }
     let passphrase = read_passphrase(passphrase_file)?;
-    let was_active = is_active(&name.host_unit()) || is_active(&name.keyguard_unit());
+    let restart = is_enabled(&name.host_unit())
+        || is_running(&name.host_unit())
+        || is_running(&name.keyguard_unit());
     // A consistent copy: nothing writes the database or the keys while it is read.
-    systemctl(&["stop", &name.host_unit(), &name.keyguard_unit()])?;
-    let written = write_backup(&name, file, &passphrase);
-    if was_active {
+    let written = systemctl(&["stop", &name.host_unit(), &name.keyguard_unit()])
+        .and_then(|_| {
+            for user in [name.host_user(), name.keyguard_user()] {
+                if let Some(u) = system::user(&user)? {
+                    let left = system::processes_of(u.uid.as_raw());
+                    if !left.is_empty() {
+                        bail!("processes of {user} still run after the stop: {left:?}");
+                    }
+                }
+            }
+            Ok(())
+        })
+        .and_then(|_| write_backup(&name, file, &passphrase));
+    if restart {
         if let Err(e) = start(&name) {
             eprintln!("smvs-hostctl: {name} did not start again after the backup: {e:#}");
         }
@@ -419,13 +461,14 @@ fn write_backup(name: &HostName, file: &Path, passphrase: &str) -> anyhow::Resul
             .and_then(|f| f.to_str())
             .unwrap_or("backup")
     ));
+    // Only a file this run made is ever removed.
+    let out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
     let result = (|| {
-        let out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
         let sealed = SealingWriter::new(
             std::io::BufWriter::new(out),
             passphrase,
@@ -434,18 +477,52 @@ fn write_backup(name: &HostName, file: &Path, passphrase: &str) -> anyhow::Resul
         let mut archive = tar::Builder::new(sealed);
         archive.follow_symlinks(false);
         archive.append_path_with_name(name.config_file(), "smvsd.toml")?;
-        archive.append_dir_all("host", name.host_state_dir())?;
-        archive.append_dir_all("keyguard", name.keyguard_state_dir())?;
+        append_tree(&mut archive, &name.host_state_dir(), Path::new("host"))?;
+        append_tree(
+            &mut archive,
+            &name.keyguard_state_dir(),
+            Path::new("keyguard"),
+        )?;
         let sealed = archive.into_inner()?;
         let out = sealed.finish()?.into_inner().map_err(|e| e.into_error())?;
         out.sync_all()?;
         // Fails if `file` appeared meanwhile: never overwrite.
         std::fs::hard_link(&tmp, file)
             .with_context(|| format!("cannot create {}", file.display()))?;
+        std::fs::File::open(dir)?.sync_all()?;
         anyhow::Ok(())
     })();
     let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// Adds `dir` as `name` and everything under it: directories and regular files only, as
+/// `restore` accepts (a host that planted a symlink, FIFO or socket in its state finds out at
+/// backup time, not when the backup is needed).
+fn append_tree<W: Write>(
+    archive: &mut tar::Builder<W>,
+    dir: &Path,
+    name: &Path,
+) -> anyhow::Result<()> {
+    archive.append_dir(name, dir)?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let inner = name.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            append_tree(archive, &path, &inner)?;
+        } else if kind.is_file() {
+            archive.append_path_with_name(&path, &inner)?;
+        } else {
+            bail!(
+                "{} is neither a file nor a directory: no backup holds it",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn restore(config: &Path, name: &str, file: &Path, passphrase_file: &Path) -> anyhow::Result<()> {
@@ -457,6 +534,7 @@ fn restore(config: &Path, name: &str, file: &Path, passphrase_file: &Path) -> an
     }
     let passphrase = read_passphrase(passphrase_file)?;
     system::make_roots()?;
+    // Also what an interrupted restore of this name left (it holds secret keys).
     let staging = PathBuf::from(STATE_ROOT).join(format!(".restore-{name}"));
     system::remove_tree(&staging)?;
     let root = (Uid::from_raw(0), Gid::from_raw(0));
@@ -472,16 +550,18 @@ fn restore(config: &Path, name: &str, file: &Path, passphrase_file: &Path) -> an
             ("host", name.host_state_dir(), host_gid),
             ("keyguard", name.keyguard_state_dir(), kg_gid),
         ] {
-            std::fs::remove_dir(&target)?;
-            std::fs::rename(staging.join(part), &target)?;
             let uid = match part {
                 "host" => system::user(&name.host_user())?,
                 _ => system::user(&name.keyguard_user())?,
             }
             .map(|u| u.uid)
             .context("the new user vanished")?;
-            system::chown_tree(&target, uid, gid)?;
-            std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            // Owners and modes are set inside the root-only staging directory, before the
+            // tree is moved where others can pass through.
+            let tree = staging.join(part);
+            system::own_private_tree(&tree, uid, gid)?;
+            std::fs::remove_dir(&target)?;
+            std::fs::rename(&tree, &target)?;
         }
         system::write_config(
             &name.config_file(),
@@ -492,25 +572,28 @@ fn restore(config: &Path, name: &str, file: &Path, passphrase_file: &Path) -> an
         let status = host_api::with_host(&name.socket(), LOCAL_LIMIT, |host| async move {
             host_api::status(&host).await
         })?;
-        anyhow::Ok((status, ports))
+        anyhow::Ok((status, ports, old != Some(ports)))
     })();
     let _ = system::remove_tree(&staging);
     match result {
-        Ok((status, ports)) => {
+        Ok((status, ports, moved)) => {
             println!(
-                "restored {name} as {} (peer port {}, device port {}); its devices stay paired",
+                "restored {name} as {} (peer port {}, device port {})",
                 status.username.as_deref().unwrap_or("an unregistered host"),
                 ports.peer,
                 ports.device
             );
+            if moved {
+                println!(
+                    "its old ports were taken: its devices must be told the new device port (smvsctl --host …:{})",
+                    ports.device
+                );
+            } else {
+                println!("its devices stay paired, at the same address");
+            }
             Ok(())
         }
-        Err(e) => {
-            if let Err(undo) = destroy(&name, false) {
-                eprintln!("smvs-hostctl: undoing the half-restored {name} failed too: {undo:#}");
-            }
-            Err(e.context(format!("restoring {name} failed; nothing of it is left")))
-        }
+        Err(e) => Err(undone(&name, "restoring", e, false)),
     }
 }
 
@@ -522,7 +605,8 @@ fn unpack(file: &Path, passphrase: &str, dir: &Path) -> anyhow::Result<()> {
     let mut reader = OpeningReader::new(std::io::BufReader::new(input), passphrase)?;
     {
         let mut archive = tar::Archive::new(&mut reader);
-        archive.set_preserve_permissions(true);
+        // Modes are not taken from the file: everything is made private below.
+        archive.set_preserve_permissions(false);
         archive.set_preserve_ownerships(false);
         archive.set_unpack_xattrs(false);
         for entry in archive.entries()? {

@@ -91,12 +91,13 @@ pub struct Ports {
 }
 
 impl Ports {
-    fn from_peer(peer: u16) -> Ports {
-        Ports {
+    /// The three ports from `peer` on; None past 65535.
+    fn from_peer(peer: u16) -> Option<Ports> {
+        Some(Ports {
             peer,
-            device: peer + 1,
-            call: peer + 2,
-        }
+            device: peer.checked_add(1)?,
+            call: peer.checked_add(2)?,
+        })
     }
 }
 
@@ -139,7 +140,7 @@ pub fn ports_of(config_text: &str) -> Option<Ports> {
     // Only `listen` matters here; the rest of the file is smvsd's to check.
     let table: toml::Table = toml::from_str(config_text).ok()?;
     let listen: Listen = toml::Value::Table(table).try_into().ok()?;
-    listen.listen.map(|a| Ports::from_peer(a.port()))
+    listen.listen.and_then(|a| Ports::from_peer(a.port()))
 }
 
 /// Every hosted host's name, from the configs in `/etc/smvs/hosts`.
@@ -179,9 +180,9 @@ pub fn free_ports(hosting: &HostingConfig, wanted: Option<Ports>) -> anyhow::Res
         }
     }
     for slot in 0..hosting.slots() {
-        let p = Ports::from_peer(hosting.slot_port(slot));
-        if usable(p) {
-            return Ok(p);
+        match Ports::from_peer(hosting.slot_port(slot)) {
+            Some(p) if usable(p) => return Ok(p),
+            _ => {}
         }
     }
     bail!(
@@ -216,7 +217,7 @@ mod tests {
     #[test]
     fn a_host_config_names_its_ports_and_reads_back() {
         let name = HostName::parse("alice").expect("name");
-        let ports = Ports::from_peer(17424);
+        let ports = Ports::from_peer(17424).expect("ports");
         let text = host_config(&hosting(), &name, ports);
         assert!(text.contains("listen = \"127.0.0.1:17424\""), "{text}");
         assert!(text.contains("public_address = \"hosting.example:17424\""));

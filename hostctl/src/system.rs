@@ -37,7 +37,7 @@ pub fn user(name: &str) -> anyhow::Result<Option<User>> {
     User::from_name(name).with_context(|| format!("looking up user {name}"))
 }
 
-fn group(name: &str) -> anyhow::Result<Option<Group>> {
+pub fn group(name: &str) -> anyhow::Result<Option<Group>> {
     Group::from_name(name).with_context(|| format!("looking up group {name}"))
 }
 
@@ -112,12 +112,8 @@ pub fn make_roots() -> anyhow::Result<()> {
         if let Some(parent) = Path::new(dir).parent() {
             std::fs::create_dir_all(parent)?;
         }
-        let mode = if dir == crate::layout::CONFIG_DIR {
-            0o755
-        } else {
-            0o711
-        };
-        make_dir(Path::new(dir), mode, root.0, root.1)?;
+        // Traversable (each host reads its own config or state below), not listable.
+        make_dir(Path::new(dir), 0o711, root.0, root.1)?;
     }
     Ok(())
 }
@@ -138,6 +134,43 @@ pub fn chown_tree(dir: &Path, uid: Uid, gid: Gid) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Hands a tree to `uid:gid` and makes it private: directories 0700, files 0600 (nothing
+/// executable, no setuid bits from wherever it came from). Symlinks are not followed.
+pub fn own_private_tree(dir: &Path, uid: Uid, gid: Gid) -> anyhow::Result<()> {
+    let meta = std::fs::symlink_metadata(dir)?;
+    let mode = if meta.is_dir() {
+        0o700
+    } else if meta.is_file() {
+        0o600
+    } else {
+        bail!("{} is neither a file nor a directory", dir.display());
+    };
+    // chown first: it would clear setuid bits anyway, and the mode below is final.
+    chown(dir, Some(uid), Some(gid)).with_context(|| format!("chown {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            own_private_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Holds `/run/smvs-hosts.lock` (exclusively) while it lives.
+pub fn lock() -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = "/run/smvs-hosts.lock";
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open {path}"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("cannot lock {path}: {e}"))
 }
 
 /// Removes a tree if it exists, never crossing into another file system.

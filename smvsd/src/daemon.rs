@@ -752,18 +752,34 @@ pub async fn run(
 }
 
 /// Disappearing messages: removes what has outlived its conversation's expiry, and tells the
-/// user's devices of each message that went, as a deletion.
+/// user's devices of each message that went, as a deletion. It looks every second while some
+/// conversation has a timer (asking again each minute whether one still has), and sleeps until a
+/// timer is set while none has: an idle host with no timers wakes for nothing (a hosting box
+/// runs hundreds of them).
 async fn expire_loop(storage: Storage, events: Events) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    const EVERY: Duration = Duration::from_secs(1);
+    const RECHECK: Duration = Duration::from_secs(60);
     loop {
-        tick.tick().await;
-        match storage.expire(crate::model::now_ms()).await {
-            Ok(gone) => {
-                for (peer, id) in gone {
-                    events.publish(crate::model::HostEvent::Deleted { id: Some(id), peer });
-                }
+        match storage.any_expiring().await {
+            Ok(false) => {
+                storage.expiry_set().await;
+                continue;
             }
+            Ok(true) => {}
             Err(e) => tracing::error!(error = %e, "expiring messages failed"),
+        }
+        let until = tokio::time::Instant::now() + RECHECK;
+        let mut tick = tokio::time::interval(EVERY);
+        while tokio::time::Instant::now() < until {
+            tick.tick().await;
+            match storage.expire(crate::model::now_ms()).await {
+                Ok(gone) => {
+                    for (peer, id) in gone {
+                        events.publish(crate::model::HostEvent::Deleted { id: Some(id), peer });
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "expiring messages failed"),
+            }
         }
     }
 }

@@ -442,6 +442,10 @@ impl Shared {
     }
 
     /// Releases the allocations idle for the idle time.
+    fn has_allocations(&self) -> bool {
+        !self.lock().allocations.is_empty()
+    }
+
     fn sweep(&self, now: Instant) {
         let idle = self.limits.idle;
         let mut state = self.lock();
@@ -638,7 +642,8 @@ async fn serve(socket: UdpSocket, shared: Arc<Shared>, mut stopped: watch::Recei
                     break;
                 }
             }
-            _ = sweep.tick() => shared.sweep(Instant::now()),
+            // Only while something could go idle: an idle host's call port wakes for nothing.
+            _ = sweep.tick(), if shared.has_allocations() => shared.sweep(Instant::now()),
             received = socket.recv_from(&mut buf) => match received {
                 Ok((n, from)) => {
                     let datagram = buf.get(..n).unwrap_or_default();

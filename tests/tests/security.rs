@@ -352,7 +352,7 @@ fn idle_links_are_closed_and_one_address_cannot_take_every_slot() {
             .unwrap();
         assert!(started.elapsed() >= Duration::from_secs(1));
 
-        // One address gets at most 32 connections at once; the next is turned away before
+        // One address gets at most MAX_CONNECTIONS_PER_ADDRESS connections at once; the next is turned away before
         // its handshake, while another address still gets in.
         let mut held = Vec::new();
         for _ in 0..smvsd::api::peer::MAX_CONNECTIONS_PER_ADDRESS {

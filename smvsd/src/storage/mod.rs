@@ -607,6 +607,9 @@ pub const DHT_SERIAL: &str = "dht_serial";
 pub struct Storage {
     worker: SqliteWorker,
     keys: Arc<AtRest>,
+    /// Told when a conversation's expiry is set, so that the expiry loop may sleep while no
+    /// conversation has one.
+    expiry_set: Arc<tokio::sync::Notify>,
 }
 
 type Result<T, E = StorageError> = std::result::Result<T, E>;
@@ -678,7 +681,14 @@ impl Storage {
         }
         let worker = SqliteWorker::start(conn, "smvsd-storage", 8192)
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        Ok((Storage { worker, keys }, work))
+        Ok((
+            Storage {
+                worker,
+                keys,
+                expiry_set: Arc::new(tokio::sync::Notify::new()),
+            },
+            work,
+        ))
     }
 
     async fn call<T: Send + 'static>(
@@ -1288,7 +1298,28 @@ impl Storage {
             )?;
             Ok(())
         })
+        .await?;
+        // A stored permit when nobody waits: the loop sees it on its next wait.
+        self.expiry_set.notify_one();
+        Ok(())
+    }
+
+    /// Whether any conversation has disappearing messages on.
+    pub async fn any_expiring(&self) -> Result<bool> {
+        self.call(|c, _| {
+            Ok(cached_row(
+                c,
+                "SELECT EXISTS(SELECT 1 FROM conversations WHERE expire_seconds > 0)",
+                [],
+                |r| r.get(0),
+            )?)
+        })
         .await
+    }
+
+    /// Resolves once a conversation's expiry has been set (since the last call).
+    pub async fn expiry_set(&self) {
+        self.expiry_set.notified().await
     }
 
     /// Deletes messages older than their conversation's expiry, at most [`EXPIRE_BATCH`] a
