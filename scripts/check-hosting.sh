@@ -260,6 +260,14 @@ if as smvsd-u01 perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Peer => $ARGV[
 fi
 pass "u02's uids cannot read u01's keys or database, list its directories, or connect to its sockets (u01's own can)"
 
+# A host owns its socket's directory: a link there to a neighbour's socket must not make root's
+# smvs-hostctl speak to the neighbour as if it were that host.
+as smvsd-u05 ln -sf /run/smvs-hosts/u06/host/smvsd.sock /run/smvs-hosts/u05/host/smvsd.sock ||
+    fail "u05's host could not replace its own socket (the check below would prove nothing)"
+row=$(in_box smvs-hostctl list --json | grep '"name":"u05"') || fail "list has no u05"
+[[ "$row" == *'"username":null'* ]] || fail "list followed u05's link to u06's socket: $row"
+pass "a host's link to a neighbour's socket is not followed: list checks who answers (SO_PEERCRED)"
+
 # --- 4. backup, remove, restore ---------------------------------------------------------------
 printf 'a passphrase for the test\n' >"$root/root/pass"
 printf 'not the passphrase at all\n' >"$root/root/wrong"

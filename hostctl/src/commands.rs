@@ -71,6 +71,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The uid `name`'s smvsd runs as.
+fn host_uid(name: &HostName) -> anyhow::Result<u32> {
+    system::user(&name.host_user())?
+        .map(|u| u.uid.as_raw())
+        .with_context(|| format!("no user {}", name.host_user()))
+}
+
 /// Whether anything of `name` is on this machine (its config, state, users or groups).
 fn exists(name: &HostName) -> anyhow::Result<bool> {
     let mut found = name.config_file().exists() || name.state_dir().exists();
@@ -134,19 +141,20 @@ fn add(
             host_gid,
         )?;
         start(&name)?;
-        let (status, link) = host_api::with_host(&name.socket(), REGISTER_LIMIT, |host| {
-            let username = username.clone();
-            let device = device.to_owned();
-            let registered = &registered;
-            async move {
-                let status = host_api::register(&host, &username)
-                    .await
-                    .with_context(|| format!("registering {username} at the directory"))?;
-                registered.set(true);
-                let link = host_api::link_device(&host, &device).await?;
-                Ok((status, link))
-            }
-        })?;
+        let (status, link) =
+            host_api::with_host(&name.socket(), host_uid(&name)?, REGISTER_LIMIT, |host| {
+                let username = username.clone();
+                let device = device.to_owned();
+                let registered = &registered;
+                async move {
+                    let status = host_api::register(&host, &username)
+                        .await
+                        .with_context(|| format!("registering {username} at the directory"))?;
+                    registered.set(true);
+                    let link = host_api::link_device(&host, &device).await?;
+                    Ok((status, link))
+                }
+            })?;
         anyhow::Ok((status, link))
     })();
     let (status, link) = match result {
@@ -341,10 +349,13 @@ fn list(json: bool) -> anyhow::Result<()> {
         };
         let state = get(0, "ActiveState");
         let status: Option<Status> = if state == "active" {
-            host_api::with_host(&name.socket(), LOCAL_LIMIT, |host| async move {
-                host_api::status(&host).await
-            })
-            .ok()
+            host_uid(name)
+                .and_then(|uid| {
+                    host_api::with_host(&name.socket(), uid, LOCAL_LIMIT, |host| async move {
+                        host_api::status(&host).await
+                    })
+                })
+                .ok()
         } else {
             None
         };
@@ -569,9 +580,12 @@ fn restore(config: &Path, name: &str, file: &Path, passphrase_file: &Path) -> an
             host_gid,
         )?;
         start(&name)?;
-        let status = host_api::with_host(&name.socket(), LOCAL_LIMIT, |host| async move {
-            host_api::status(&host).await
-        })?;
+        let status = host_api::with_host(
+            &name.socket(),
+            host_uid(&name)?,
+            LOCAL_LIMIT,
+            |host| async move { host_api::status(&host).await },
+        )?;
         anyhow::Ok((status, ports, old != Some(ports)))
     })();
     let _ = system::remove_tree(&staging);

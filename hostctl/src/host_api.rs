@@ -29,8 +29,10 @@ pub struct DeviceLink {
 }
 
 /// Runs `f` with a connection to the host at `socket`, on a one-thread runtime, within
-/// `limit` (a host that does not answer must not hang `list`).
-pub fn with_host<T, F, Fut>(socket: &Path, limit: Duration, f: F) -> anyhow::Result<T>
+/// `limit` (a host that does not answer must not hang `list`). The process that answers must
+/// run as `uid`: the socket's directory is the host's own, and a host could put a link to a
+/// neighbour's socket there, which root's connect would follow.
+pub fn with_host<T, F, Fut>(socket: &Path, uid: u32, limit: Duration, f: F) -> anyhow::Result<T>
 where
     F: FnOnce(host::Client) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
@@ -43,6 +45,13 @@ where
         let stream = tokio::net::UnixStream::connect(socket)
             .await
             .with_context(|| format!("cannot reach smvsd at {}", socket.display()))?;
+        let peer = stream.peer_cred()?.uid();
+        if peer != uid {
+            anyhow::bail!(
+                "{} is answered by uid {peer}, not the host's uid {uid}",
+                socket.display()
+            );
+        }
         let (system, client) = smvs_transport::rpc::local_client::<host::Client>(stream);
         let rpc = tokio::task::spawn_local(system);
         let answer = tokio::time::timeout(limit, f(client))
@@ -80,10 +89,23 @@ pub async fn status(host: &host::Client) -> anyhow::Result<Status> {
         .await
         .map_err(refusal)?;
     let s = answer.get()?.get_status()?;
+    // Printed to root's terminal: only a valid username, never a host's control characters.
+    let username = optional(s.get_username())?;
+    if let Some(name) = &username {
+        smvs_schema::Username::parse(name)
+            .map_err(|_| anyhow!("smvsd answered an invalid username"))?;
+    }
+    let fingerprint = optional(s.get_fingerprint())?;
+    if fingerprint
+        .as_deref()
+        .is_some_and(|f| !f.chars().all(|c| c.is_ascii_graphic() || c == ' '))
+    {
+        anyhow::bail!("smvsd answered an invalid fingerprint");
+    }
     Ok(Status {
-        username: optional(s.get_username())?,
+        username,
         registered: s.get_registered(),
-        fingerprint: optional(s.get_fingerprint())?,
+        fingerprint,
         queued: s.get_queued(),
     })
 }
