@@ -150,13 +150,18 @@ impl StreamSealer {
 
 impl Drop for StreamSealer {
     fn drop(&mut self) {
-        // SAFETY: the state is a plain struct we own; wipe its key material.
-        unsafe {
-            ffi::sodium_memzero(
-                (&mut *self.state as *mut ffi::crypto_secretstream_xchacha20poly1305_state).cast(),
-                std::mem::size_of::<ffi::crypto_secretstream_xchacha20poly1305_state>(),
-            )
-        }
+        wipe(&mut self.state);
+    }
+}
+
+/// Wipes a stream state's key material.
+fn wipe(state: &mut ffi::crypto_secretstream_xchacha20poly1305_state) {
+    // SAFETY: the state is a plain struct we hold exclusively; we zero exactly its bytes.
+    unsafe {
+        ffi::sodium_memzero(
+            (state as *mut ffi::crypto_secretstream_xchacha20poly1305_state).cast(),
+            std::mem::size_of::<ffi::crypto_secretstream_xchacha20poly1305_state>(),
+        )
     }
 }
 
@@ -223,13 +228,7 @@ impl StreamOpener {
 
 impl Drop for StreamOpener {
     fn drop(&mut self) {
-        // SAFETY: as in StreamSealer's drop.
-        unsafe {
-            ffi::sodium_memzero(
-                (&mut *self.state as *mut ffi::crypto_secretstream_xchacha20poly1305_state).cast(),
-                std::mem::size_of::<ffi::crypto_secretstream_xchacha20poly1305_state>(),
-            )
-        }
+        wipe(&mut self.state);
     }
 }
 

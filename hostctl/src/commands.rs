@@ -135,12 +135,7 @@ fn add(
     let registered = std::cell::Cell::new(false);
     let result = (|| {
         let (_, host_gid) = provision(&name)?;
-        system::write_config(
-            &name.config_file(),
-            &host_config(&hosting, &name, ports),
-            host_gid,
-        )?;
-        start(&name)?;
+        configure_and_start(&hosting, &name, ports, host_gid)?;
         let (status, link) =
             host_api::with_host(&name.socket(), host_uid(&name)?, REGISTER_LIMIT, |host| {
                 let username = username.clone();
@@ -209,6 +204,21 @@ fn provision(name: &HostName) -> anyhow::Result<(Gid, Gid)> {
     system::make_dir(&name.host_state_dir(), 0o700, host.uid, host.gid)?;
     system::make_dir(&name.keyguard_state_dir(), 0o700, kg.uid, kg.gid)?;
     Ok((kg.gid, host.gid))
+}
+
+/// Writes a provisioned host's config, then starts it.
+fn configure_and_start(
+    hosting: &HostingConfig,
+    name: &HostName,
+    ports: Ports,
+    host_gid: Gid,
+) -> anyhow::Result<()> {
+    system::write_config(
+        &name.config_file(),
+        &host_config(hosting, name, ports),
+        host_gid,
+    )?;
+    start(name)
 }
 
 /// Enables and starts the key guard and the host (both Type=notify: this returns once they
@@ -317,17 +327,23 @@ fn list(json: bool) -> anyhow::Result<()> {
     system::require_root()?;
     let names = hosted_names()?;
     let mut rows = Vec::new();
-    for name in &names {
+    // One `systemctl show` for every unit, host then key guard for each name in turn.
+    let units: Vec<String> = names
+        .iter()
+        .flat_map(|n| [n.host_unit(), n.keyguard_unit()])
+        .collect();
+    let props = if units.is_empty() {
+        Vec::new()
+    } else {
+        system::unit_properties(&units, &["ActiveState", "MemoryCurrent", "MainPID"])?
+    };
+    for (index, name) in names.iter().enumerate() {
         let ports: Option<Ports> = std::fs::read_to_string(name.config_file())
             .ok()
             .and_then(|t| ports_of(&t));
-        let props = system::unit_properties(
-            &[name.host_unit(), name.keyguard_unit()],
-            &["ActiveState", "MemoryCurrent", "MainPID"],
-        )?;
         let get = |i: usize, key: &str| {
             props
-                .get(i)
+                .get(2 * index + i)
                 .and_then(|m| m.get(key))
                 .cloned()
                 .unwrap_or_default()
@@ -574,12 +590,7 @@ fn restore(config: &Path, name: &str, file: &Path, passphrase_file: &Path) -> an
             std::fs::remove_dir(&target)?;
             std::fs::rename(&tree, &target)?;
         }
-        system::write_config(
-            &name.config_file(),
-            &host_config(&hosting, &name, ports),
-            host_gid,
-        )?;
-        start(&name)?;
+        configure_and_start(&hosting, &name, ports, host_gid)?;
         let status = host_api::with_host(
             &name.socket(),
             host_uid(&name)?,

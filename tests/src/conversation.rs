@@ -45,6 +45,33 @@ pub async fn send_many(
     Ok(())
 }
 
+/// Waits on a subscription's events until message `id` is `delivered` (30 s at most per event).
+pub async fn until_delivered(
+    events: &mut tokio::sync::mpsc::Receiver<
+        Result<smvsctl::client::EventView, smvsctl::error::CtlError>,
+    >,
+    id: &smvsctl::client::MessageId,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use smvsctl::client::{EventView, MessageStatus};
+    loop {
+        let event = tokio::time::timeout(LIMIT, events.recv())
+            .await
+            .context("no delivered event within 30 s")?
+            .context("event stream ended")??;
+        if let EventView::MessageStatus {
+            id: got,
+            status: MessageStatus::Delivered,
+            ..
+        } = event
+        {
+            if &got == id {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// The ids of a history, in order (`""` for a message without one).
 pub fn ids(history: &[Value]) -> Vec<&str> {
     history

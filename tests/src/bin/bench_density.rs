@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use smvs_schema::Username;
+use smvs_tests::conversation::until_delivered;
 use smvs_tests::{Backend, DirectoryProcess, HostProcess};
-use smvsctl::client::{EventView, HostClient, MessageStatus};
+use smvsctl::client::HostClient;
 
 /// The idle window measured.
 const IDLE_WINDOW: Duration = Duration::from_secs(30);
@@ -290,22 +291,7 @@ async fn traffic(
         let _subscription = clients[a].subscribe(tx).await?;
         let t0 = Instant::now();
         let id = clients[a].send(&names[b], &format!("latency {i}")).await?;
-        loop {
-            let event = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                .await
-                .context("no delivered event within 30 s")?
-                .context("event stream ended")??;
-            if let EventView::MessageStatus {
-                id: got,
-                status: MessageStatus::Delivered,
-                ..
-            } = event
-            {
-                if got == id {
-                    break;
-                }
-            }
-        }
+        until_delivered(&mut rx, &id).await?;
         samples.push(t0.elapsed());
     }
     samples.sort_unstable();

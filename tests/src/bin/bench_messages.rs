@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use smvs_schema::Username;
-use smvs_tests::conversation::send_many;
+use smvs_tests::conversation::{send_many, until_delivered};
 use smvs_tests::{count_from_env, Backend, DirectoryProcess, HostProcess};
-use smvsctl::client::{EventView, HostClient, MessageStatus};
+use smvsctl::client::HostClient;
 
 const THROUGHPUT_MESSAGES: usize = 20_000;
 const IN_FLIGHT: usize = 2048;
@@ -173,22 +173,7 @@ async fn measure(alice: &HostProcess) -> anyhow::Result<(f64, f64, f64)> {
     for i in 0..latency_messages() {
         let t0 = Instant::now();
         let id = client.send(&bob, &format!("latency {i}")).await?;
-        loop {
-            let event = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-                .await
-                .context("no delivered event within 30 s")?
-                .context("event stream ended")??;
-            if let EventView::MessageStatus {
-                id: got,
-                status: MessageStatus::Delivered,
-                ..
-            } = event
-            {
-                if got == id {
-                    break;
-                }
-            }
-        }
+        until_delivered(&mut rx, &id).await?;
         samples.push(t0.elapsed());
     }
     samples.sort_unstable();
