@@ -441,11 +441,12 @@ impl Shared {
         self.stop.send_replace(true);
     }
 
-    /// Releases the allocations idle for the idle time.
+    /// Whether any allocation is held (the sweep has nothing to do otherwise).
     fn has_allocations(&self) -> bool {
         !self.lock().allocations.is_empty()
     }
 
+    /// Releases the allocations idle for the idle time.
     fn sweep(&self, now: Instant) {
         let idle = self.limits.idle;
         let mut state = self.lock();
