@@ -137,9 +137,8 @@ pub fn ports_of(config_text: &str) -> Option<Ports> {
     struct Listen {
         listen: Option<SocketAddr>,
     }
-    // Only `listen` matters here; the rest of the file is smvsd's to check.
-    let table: toml::Table = toml::from_str(config_text).ok()?;
-    let listen: Listen = toml::Value::Table(table).try_into().ok()?;
+    // Only `listen` matters here (other keys are ignored); the rest is smvsd's to check.
+    let listen: Listen = toml::from_str(config_text).ok()?;
     listen.listen.and_then(|a| Ports::from_peer(a.port()))
 }
 
