@@ -305,6 +305,7 @@ struct DirectoryInfo {
   address @1 :Text;
   key @2 :Text;                 # hex
   left @3 :Bool;                # this host's user moved away from it
+  scoped @4 :Bool;              # a name space of its own: its users are written NAME@name
 }
 
 struct Device {

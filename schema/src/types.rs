@@ -10,6 +10,8 @@ use thiserror::Error;
 pub enum NameError {
     #[error("username must be 3 to 32 characters of a-z, 0-9, '.', '_' or '-', or an identity address smvs:… (got {0:?})")]
     Username(String),
+    #[error("a name at another directory is NAME@DIRECTORY, DIRECTORY being 1 to 32 characters of a-z, 0-9 and '-' (got {0:?})")]
+    Scope(String),
     #[error("host address must be HOST:PORT with a port from 1 to 65535 (got {0:?})")]
     HostAddress(String),
 }
@@ -18,6 +20,11 @@ pub enum NameError {
 /// address, `smvs:` and 56 characters of `[a-z2-7]` (the identity key and a checksum, see
 /// `smvs_crypto::identity_address`), which names a user found in the DHT and no directory
 /// hands out. The only thing SMVS ever asks about a user.
+///
+/// Locally (never on the wire) a name may carry a scope: `alice@work` is the user `alice` at
+/// the directory this host calls `work`, one outside the set asked for plain names (see
+/// [`Username::parse_local`]). Whatever is sent or signed names the user as their directory
+/// does, without the scope: [`Username::wire_str`].
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Username(String);
 
@@ -42,8 +49,48 @@ impl Username {
         }
     }
 
+    /// A name as a person or this host's own records write it: [`Username::parse`]'s, or
+    /// `NAME@DIRECTORY` for a name at one of this host's scoped directories (a directory's
+    /// local name: 1 to 32 of `[a-z0-9-]`). Never for what a peer or a directory sends.
+    pub fn parse_local(text: &str) -> Result<Self, NameError> {
+        let Some((name, scope)) = text.split_once('@') else {
+            return Username::parse(text);
+        };
+        let name = Username::parse(name)?;
+        let scope_ok = !scope.is_empty()
+            && scope.len() <= 32
+            && scope
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if name.is_identity_address() || !scope_ok {
+            return Err(NameError::Scope(text.chars().take(80).collect()));
+        }
+        Ok(Username(text.to_owned()))
+    }
+
+    /// `name` at the scoped directory `scope` (a name [`Username::parse_local`] takes).
+    pub fn scoped(name: &Username, scope: &str) -> Result<Self, NameError> {
+        Username::parse_local(&format!("{}@{scope}", name.wire_str()))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The name as the user's directory has it, which is what goes on the wire and into
+    /// everything signed or hashed: `alice` for `alice@work`.
+    pub fn wire_str(&self) -> &str {
+        self.0.split_once('@').map_or(&self.0, |(name, _)| name)
+    }
+
+    /// [`Username::wire_str`] as a name.
+    pub fn wire(&self) -> Username {
+        Username(self.wire_str().to_owned())
+    }
+
+    /// The directory a scoped name is at (`work` for `alice@work`); None for a plain name.
+    pub fn scope(&self) -> Option<&str> {
+        self.0.split_once('@').map(|(_, scope)| scope)
     }
 
     /// Whether this is an identity address (`smvs:…`) rather than a directory's name. Its
@@ -67,10 +114,11 @@ impl Username {
 const IDENTITY_ADDRESS_PREFIX: &str = "smvs:";
 const IDENTITY_ADDRESS_BODY: usize = 56;
 
+/// What a person types: a scoped name too ([`Username::parse_local`]).
 impl FromStr for Username {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Username::parse(s)
+        Username::parse_local(s)
     }
 }
 
@@ -297,6 +345,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn scoped_names() {
+        let scoped = Username::parse_local("alice@work-2").unwrap();
+        assert_eq!(scoped.wire_str(), "alice");
+        assert_eq!(scoped.wire(), Username::parse("alice").unwrap());
+        assert_eq!(scoped.scope(), Some("work-2"));
+        let plain = Username::parse_local("alice").unwrap();
+        assert_eq!((plain.wire_str(), plain.scope()), ("alice", None));
+        assert_eq!(
+            Username::scoped(&scoped, "home").unwrap().as_str(),
+            "alice@home"
+        );
+        // Never from the wire.
+        assert!(Username::parse("alice@work").is_err());
+        for bad in [
+            "alice@",
+            "@work",
+            "al@work",
+            "alice@Work",
+            "alice@w.k",
+            "alice@a@b",
+        ] {
+            assert!(Username::parse_local(bad).is_err(), "{bad:?}");
+        }
+        assert!(Username::parse_local(&format!("alice@{}", "w".repeat(33))).is_err());
+    }
+
+    #[test]
     fn usernames() {
         for good in ["bob", "alice.smith", "a_b-c.9", &"x".repeat(32)] {
             assert!(Username::parse(good).is_ok(), "{good}");
@@ -320,6 +395,7 @@ mod tests {
         }
         let address = Username::parse(&format!("smvs:{}27", "a".repeat(54))).unwrap();
         assert!(address.is_identity_address());
+        assert!(Username::parse_local(&format!("{address}@work")).is_err());
         assert!(!Username::parse("bob").unwrap().is_identity_address());
     }
 

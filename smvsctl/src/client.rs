@@ -411,7 +411,7 @@ fn optional_text(
 
 fn username(what: &str, t: capnp::Result<capnp::text::Reader<'_>>) -> Result<Username, CtlError> {
     let t = text(what, t)?;
-    Username::parse(&t).map_err(|e| CtlError::Protocol(format!("{what}: {e}")))
+    Username::parse_local(&t).map_err(|e| CtlError::Protocol(format!("{what}: {e}")))
 }
 
 fn message_id(what: &str, d: capnp::Result<&[u8]>) -> Result<MessageId, CtlError> {
@@ -550,6 +550,7 @@ fn directory_view(
         address: text("directory address", d.get_address())?,
         key: text("directory key", d.get_key())?,
         left: d.get_left(),
+        scoped: d.get_scoped(),
     })
 }
 
@@ -577,6 +578,8 @@ pub struct DirectoryView {
     pub key: String,
     /// This host's user moved away from it.
     pub left: bool,
+    /// Its users are written NAME@name.
+    pub scoped: bool,
 }
 
 /// What `verify` is to do about a changed identity key.

@@ -287,11 +287,16 @@ pub fn directories_text(directories: &[crate::client::DirectoryView]) -> String 
         .iter()
         .map(|d| {
             format!(
-                "{}  {}  {}{}",
+                "{}  {}  {}{}{}",
                 clean(&d.name),
                 clean(&d.address),
                 clean(&d.key),
-                if d.left { "  (left)" } else { "" }
+                if d.left { "  (left)" } else { "" },
+                if d.scoped {
+                    format!("  (scoped: its users are NAME@{})", clean(&d.name))
+                } else {
+                    String::new()
+                }
             )
         })
         .collect::<Vec<_>>()

@@ -69,6 +69,10 @@ pub struct Cli {
     /// config file's `directories` are added to these).
     #[arg(long = "also-directory", value_name = "NAME=ADDR=KEY")]
     pub also_directory: Vec<String>,
+    /// A directory whose users are written NAME@DIRECTORY (`alice@work`), as NAME=HOST:PORT=KEY
+    /// (repeatable): asked only for such names, not registered with, not in the quorum.
+    #[arg(long = "scoped-directory", value_name = "NAME=ADDR=KEY")]
+    pub scoped_directory: Vec<String>,
     /// How many directories must agree on a user's identity key before it is used
     /// [default: a majority of them].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -158,23 +162,32 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         (None, _) => return Err(need("directory")),
         (_, None) => return Err(need("directory-key")),
     }
-    for spec in &cli.also_directory {
+    let spec_anchor = |flag: &str, spec: &str| {
         let mut parts = spec.splitn(3, '=');
         let (Some(name), Some(address), Some(key)) = (parts.next(), parts.next(), parts.next())
         else {
-            return Err(format!(
-                "--also-directory {spec:?}: expected NAME=HOST:PORT=KEY"
-            ));
+            return Err(format!("--{flag} {spec:?}: expected NAME=HOST:PORT=KEY"));
         };
-        directories.push(anchor(name, address, key)?);
+        anchor(name, address, key)
+    };
+    for spec in &cli.also_directory {
+        directories.push(spec_anchor("also-directory", spec)?);
+    }
+    let mut scoped_directories = Vec::new();
+    for spec in &cli.scoped_directory {
+        scoped_directories.push(spec_anchor("scoped-directory", spec)?);
     }
     for d in file.directories.unwrap_or_default() {
-        directories.push(anchor(&d.name, &d.address, &d.key)?);
+        let anchor = anchor(&d.name, &d.address, &d.key)?;
+        match d.scoped {
+            Some(true) => scoped_directories.push(anchor),
+            _ => directories.push(anchor),
+        }
     }
     if directories.is_empty() && !cli.also_directory.is_empty() {
         return Err(need("directory"));
     }
-    check_directories(&directories)?;
+    check_directories(&[&directories[..], &scoped_directories[..]].concat())?;
     let quorum = match cli.quorum.map(|q| q as usize).or(file.quorum) {
         None => default_quorum(directories.len()).min(directories.len()),
         Some(q) if (1..=directories.len()).contains(&q) => q,
@@ -258,6 +271,7 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         ),
         public_address,
         directories,
+        scoped_directories,
         quorum,
         dht,
         keyguard_socket: cli
@@ -428,6 +442,17 @@ mod tests {
         let names: Vec<_> = three.directories.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["default", "b", "c"]);
         assert_eq!(three.quorum, 2, "a majority of three");
+        // A scoped directory is one more name space, not one more vote.
+        let d = format!("work=127.0.0.4:7420={}", "33".repeat(32));
+        let scoped = settle_args(&["--also-directory", &b, "--scoped-directory", &d]).unwrap();
+        assert_eq!((scoped.directories.len(), scoped.quorum), (2, 2));
+        assert_eq!(scoped.scoped_directories[0].name, "work");
+        let twice = format!("b=127.0.0.4:7420={}", "33".repeat(32));
+        assert!(
+            settle_args(&["--also-directory", &b, "--scoped-directory", &twice])
+                .unwrap_err()
+                .contains("two directories are named")
+        );
         let all = settle_args(&["--also-directory", &b, "--quorum", "2"]).unwrap();
         assert_eq!(all.quorum, 2);
         for (args, says) in [

@@ -57,6 +57,9 @@ pub struct FileDirectory {
     pub name: String,
     pub address: String,
     pub key: String,
+    /// Its users are written `NAME@name` and it is asked only for them: this host is not
+    /// registered there, and it does not vote on plain names.
+    pub scoped: Option<bool>,
 }
 
 impl FileConfig {
@@ -85,6 +88,8 @@ pub struct Config {
     pub public_address: Option<HostAddress>,
     /// The directories this host is registered with and asks, the default one first.
     pub directories: Vec<DirectoryAnchor>,
+    /// Directories whose users are written `alice@NAME`: asked only for such names.
+    pub scoped_directories: Vec<DirectoryAnchor>,
     /// How many of them must agree on a user's identity ([`default_quorum`] unless set).
     pub quorum: usize,
     /// The hosts' DHT, when this host is in it.

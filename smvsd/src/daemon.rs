@@ -196,6 +196,7 @@ impl Host {
             Trust::new(
                 DirectoryConfig {
                     directories: config.directories.clone(),
+                    scoped_directories: config.scoped_directories.clone(),
                     quorum: config.quorum,
                     socks5_proxy: config.socks5_proxy.clone(),
                     host_address: host_address.clone(),

@@ -267,6 +267,9 @@ impl Inbox {
         // Envelopes from one sender are checked and queued for storage in arrival order.
         let turn = self.arrival_turn(&sender).await;
         let (contact, request) = self.verified_sender(&sender, remote_key, lookups).await?;
+        // From here on the sender goes by the name this host knows them by (`bob@work` when
+        // bob is at a scoped directory).
+        let sender = contact.username.clone();
         // Session v2's state is ours from opening the envelope to storing what it held.
         let session_turn = if v2 {
             Some(self.sessions.lock(&sender).await)
@@ -320,7 +323,7 @@ impl Inbox {
             return receipt(&opened.check);
         };
         let inner = session::decode_inner(&content).map_err(|e| refused(e.to_string()))?;
-        if inner.id != id || inner.from != sender || inner.to != me.username {
+        if inner.id != id || inner.from.as_str() != sender.wire_str() || inner.to != me.username {
             return Err(refused("envelope header and content disagree"));
         }
         // It opened under the session keys, so the sender's host really reached us.
@@ -423,12 +426,13 @@ impl Inbox {
         issued_at: i64,
         signature: &smvs_crypto::Signature,
     ) -> Result<(), HostError> {
-        if self
+        // The contact's name here may be scoped (`bob@work`): what waits is queued under it.
+        if let Some(contact) = self
             .trust
             .address_announced(remote_key, peer, address, issued_at, signature)
             .await?
         {
-            self.outbox.kick(peer);
+            self.outbox.kick(&contact);
         }
         Ok(())
     }
@@ -468,6 +472,7 @@ impl Inbox {
         let sender = Username::parse(&offer.sender).map_err(|e| refused(e.to_string()))?;
         let turn = self.arrival_turn(&sender).await;
         let (contact, _request) = self.verified_sender(&sender, remote_key, lookups).await?;
+        let sender = contact.username.clone();
         let theirs = self.their_party(&contact, &offer.kem, &offer.kem_signature)?;
         let Some(_session_turn) = self.sessions.try_lock(&sender) else {
             return Err(IncomingError::Later(
@@ -521,10 +526,105 @@ impl Inbox {
         })
     }
 
+    /// The contact who sent under the name `sender` (as their directory has it) on a link
+    /// whose key is `remote_key`, checked by [`Inbox::verified_as`]. With scoped directories
+    /// one name may be several users here (`bob`, `bob@work`), told apart by the link's key:
+    /// the one pinned with it, else the one whose directory vouches for it.
+    ///
+    /// A host key proves nothing by being in a record (a certificate is the record's identity's
+    /// word, and anyone may name someone else's key), so a key that two of the names claim is
+    /// nobody's until it is not: refused when either is blocked, else "later", and nothing is
+    /// pinned meanwhile.
+    async fn verified_sender(
+        &self,
+        sender: &Username,
+        remote_key: AgreementPublicKey,
+        lookups: &LookupBudget,
+    ) -> Result<(Rc<Contact>, bool), IncomingError> {
+        let names = self.trust.local_names(sender);
+        if names.len() == 1 {
+            return self.verified_as(sender, remote_key, lookups).await;
+        }
+        let pinned = self
+            .trust
+            .pinned_with_key(sender, &remote_key)
+            .await
+            .map_err(busy_here)?;
+        match pinned.as_slice() {
+            [] => {}
+            [one] => return self.verified_as(&one.username, remote_key, lookups).await,
+            several => {
+                if several.iter().any(|c| c.blocked) {
+                    return Err(refused("not accepted"));
+                }
+                return Err(self.ambiguous(sender, "pinned"));
+            }
+        }
+        // Pinned under none of them: which directories vouch for the key, before anything is
+        // pinned. (The look-ups are the ones `verified_as` then reads from the cache.)
+        let mut vouching = Vec::new();
+        for name in &names {
+            if !lookups.take() {
+                return Err(IncomingError::Later(
+                    "this link named too many senders; open another later".into(),
+                ));
+            }
+            let vouches = |answers: &crate::trust::Answers| {
+                answers
+                    .agreed()
+                    .is_ok_and(|r| r.user.transport_key == remote_key)
+            };
+            let mut answers = self.trust.lookup(name, false).await;
+            // A contact's cached record may predate a new host key of theirs.
+            if answers.as_ref().is_ok_and(|a| !vouches(a))
+                && self.trust.may_refresh(name)
+                && matches!(self.trust.contact(name).await, Ok(Some(_)))
+            {
+                answers = self.trust.lookup(name, true).await;
+            }
+            if answers.is_ok_and(|a| vouches(&a)) {
+                vouching.push(name.clone());
+            }
+        }
+        match vouching.as_slice() {
+            [one] => {
+                self.verified_as(one, remote_key, &LookupBudget::new(1))
+                    .await
+            }
+            [] => {
+                // None: each is checked as ever, for the right answer (the record may be newer
+                // than the cache; a directory may be down, which is "later", never a refusal
+                // that would make the sender give the envelope up).
+                let budget = LookupBudget::new(names.len());
+                let (mut later, mut refusal) = (None, None);
+                for name in &names {
+                    match self.verified_as(name, remote_key, &budget).await {
+                        Ok(found) => return Ok(found),
+                        Err(e @ IncomingError::Later(_)) => later = later.or(Some(e)),
+                        Err(e) => refusal = refusal.or(Some(e)),
+                    }
+                }
+                Err(later
+                    .or(refusal)
+                    .unwrap_or_else(|| refused("unknown sender")))
+            }
+            _ => Err(self.ambiguous(sender, "vouched for")),
+        }
+    }
+
+    /// Two of the names `sender` may have here claim the link's key (see `verified_sender`).
+    fn ambiguous(&self, sender: &Username, how: &str) -> IncomingError {
+        smvs_service::security_event!(warn, smvs_service::logging::PEER_REFUSED, peer = %sender, how, "a host key is claimed by two users of this name at different directories; nothing is taken from it until one of them is removed or blocked");
+        IncomingError::Later(format!(
+            "the sending host's key is {how} for more than one user named {} here",
+            sender.wire_str()
+        ))
+    }
+
     /// The sender's pinned contact, checked: not blocked, and `remote_key` (the link's) is the
     /// host key the directory names for it (within the link's look-up budget). Also whether
     /// it is a request (contacts-only mode, someone we never wrote to), marked as such.
-    async fn verified_sender(
+    async fn verified_as(
         &self,
         sender: &Username,
         remote_key: AgreementPublicKey,

@@ -223,6 +223,8 @@ impl Outbox {
                         format!("there is no user {to} at the directory"),
                     ))
                 }
+                // A name that cannot be anyone's here (`alice@` a scope this host lacks).
+                Err(e) if e.code == ErrorCode::BadRequest => return Err(e),
                 Err(e) => {
                     tracing::debug!(peer = %to, error = %e, "queueing for a new contact without a look-up")
                 }
@@ -305,7 +307,7 @@ impl Outbox {
                 .map_err(|e| e.to_string())?;
             let mut request = link.client().announce_address_request();
             let mut p = request.get();
-            p.set_username(username.as_str());
+            p.set_username(username.wire_str());
             p.set_host_address(address.as_str());
             p.set_issued_at(*issued_at);
             p.set_signature(signature.as_bytes());
@@ -863,8 +865,8 @@ fn fill_envelope(
 ) {
     e.set_format_version(crate::session::ENVELOPE_FORMAT);
     e.set_id(&inner.id.0);
-    e.set_sender(inner.from.as_str());
-    e.set_recipient(inner.to.as_str());
+    e.set_sender(inner.from.wire_str());
+    e.set_recipient(inner.to.wire_str());
     e.set_session_version(sealed.version);
     e.set_session_id(&sealed.session_id);
     e.set_sealed(&sealed.sealed);
@@ -921,7 +923,7 @@ fn read_answer(
         .map_err(|_| DeliveryError::BadReceipt)?;
     let expected = check.tag(id, peer, receipt.get_stored_at())?;
     if receipt.get_id()? != id.0
-        || recipient != peer.as_str()
+        || recipient != peer.wire_str()
         || !smvs_crypto::constant_time_eq(receipt.get_signature()?, &expected)
     {
         return Err(DeliveryError::BadReceipt);

@@ -1006,3 +1006,232 @@ fn heads_far_apart_are_checked_in_rounds_without_an_alarm() {
     );
     assert!(!alice.logs().contains(SPLIT), "{}", alice.logs());
 }
+
+/// `--scoped-directory NAME=ADDR=KEY` for `dir`.
+fn scoped(name: &str, dir: &DirectoryProcess) -> [String; 2] {
+    [
+        "--scoped-directory".into(),
+        format!("{name}={}={}", dir.addr, dir.key.to_hex()),
+    ]
+}
+
+/// The safety number `host` shows for `peer`.
+fn safety_number(host: &HostProcess, peer: &str) -> String {
+    let shown = host.ctl_json(&["verify", peer]).unwrap();
+    shown["safety_number"].as_str().unwrap().to_owned()
+}
+
+/// Scoped names: two people called alice, one at directory a and one at b. bob (at a, with b
+/// as the scoped directory he calls `work`) writes to both, as `alice` and `alice@work`, and
+/// each gets only what was meant for her. b's alice knows a as `a`: bob is `bob@a` to her,
+/// next to a bob of her own directory, and each of her replies reaches the bob it names.
+/// Both ends of a scoped conversation show the same safety number (what is signed and hashed
+/// names users as their directories do), and the names survive a restart.
+#[test]
+fn scoped_names_tell_apart_users_of_the_same_name_at_different_directories() {
+    let rt = runtime().unwrap();
+    let (a, b) = rt.block_on(async {
+        (
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+        )
+    });
+    let [w1, w2] = scoped("work", &b);
+    let [a1, a2] = scoped("a", &a);
+    let alice_a = HostProcess::start("alice", &a, "127.0.0.1", &[]).unwrap();
+    let mut alice_b = HostProcess::start("alice", &b, "127.0.0.2", &[&a1, &a2]).unwrap();
+    let bob_a = HostProcess::start("bob", &a, "127.0.0.3", &[&w1, &w2]).unwrap();
+    let bob_b = HostProcess::start("bob", &b, "127.0.0.4", &[]).unwrap();
+    for host in [&alice_a, &alice_b, &bob_a, &bob_b] {
+        host.register().unwrap();
+    }
+    let listed = bob_a.ctl_json(&["directory", "list"]).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(
+        (listed[0]["name"].as_str(), listed[0]["scoped"].as_bool()),
+        (Some("default"), Some(false))
+    );
+    assert_eq!(
+        (listed[1]["name"].as_str(), listed[1]["scoped"].as_bool()),
+        (Some("work"), Some(true))
+    );
+    assert!(bob_a
+        .ctl_ok(&["directory", "list"])
+        .unwrap()
+        .contains("(scoped: its users are NAME@work)"));
+
+    bob_a.send("alice", "for alice at a").unwrap();
+    bob_a.send("alice@work", "for alice at work").unwrap();
+    alice_a
+        .wait_history("bob", LIMIT, |h| h.len() == 1)
+        .unwrap();
+    let at_b = alice_b
+        .wait_history("bob@a", LIMIT, |h| h.len() == 1)
+        .unwrap();
+    assert_eq!(at_b[0]["body"], "for alice at work");
+    assert_eq!(alice_a.history("bob").unwrap()[0]["body"], "for alice at a");
+    // b's own bob is plain bob to her, and a conversation apart.
+    bob_b.send("alice", "bob of b here").unwrap();
+    let plain = alice_b
+        .wait_history("bob", LIMIT, |h| h.len() == 1)
+        .unwrap();
+    assert_eq!(plain[0]["body"], "bob of b here");
+
+    // Replies go to the bob each name means (the host key of the link tells the two apart
+    // when a message comes back).
+    alice_b.send("bob@a", "hello bob of a").unwrap();
+    alice_b.send("bob", "hello bob of b").unwrap();
+    bob_a
+        .wait_history("alice@work", LIMIT, |h| h.len() == 2)
+        .unwrap();
+    bob_b
+        .wait_history("alice", LIMIT, |h| h.len() == 2)
+        .unwrap();
+    let bodies = |h: Vec<serde_json::Value>| -> Vec<String> {
+        h.iter()
+            .map(|m| m["body"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(bodies(bob_a.history("alice@work").unwrap()).contains(&"hello bob of a".into()));
+    assert_eq!(bodies(bob_a.history("alice").unwrap()), ["for alice at a"]);
+    assert!(bodies(bob_b.history("alice").unwrap()).contains(&"hello bob of b".into()));
+    bob_a.send("alice@work", "again").unwrap();
+    alice_b
+        .wait_history("bob@a", LIMIT, |h| h.len() == 3)
+        .unwrap();
+    assert_eq!(
+        alice_b.history("bob").unwrap().len(),
+        2,
+        "nothing of bob@a's in bob's"
+    );
+
+    // Each contact is its own pin, and the two ends agree on what they would compare.
+    let contacts = bob_a.ctl_json(&["contacts"]).unwrap();
+    let fingerprint = |name: &str| {
+        contacts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["username"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {contacts}"))["fingerprint"]
+            .clone()
+    };
+    assert_ne!(fingerprint("alice"), fingerprint("alice@work"));
+    assert_eq!(
+        safety_number(&bob_a, "alice@work"),
+        safety_number(&alice_b, "bob@a")
+    );
+    assert_eq!(
+        safety_number(&bob_b, "alice"),
+        safety_number(&alice_b, "bob")
+    );
+
+    // What cannot be: a scope this host does not have, one of its plain directories written
+    // as a scope, a scope on an identity address, registering under a scope.
+    let nowhere = bob_a.ctl(&["send", "alice@nowhere", "?"]).unwrap();
+    assert_eq!(nowhere.status.code(), Some(1));
+    let says = String::from_utf8_lossy(&nowhere.stderr);
+    assert!(says.contains("no scoped directory named nowhere"), "{says}");
+    let default = bob_a.ctl(&["send", "alice@default", "?"]).unwrap();
+    assert!(String::from_utf8_lossy(&default.stderr).contains("write alice without @default"));
+    let address = bob_a
+        .ctl(&["send", &format!("smvs:{}@work", "a".repeat(56)), "?"])
+        .unwrap();
+    assert_eq!(address.status.code(), Some(2), "refused as it is parsed");
+    let fresh = HostProcess::start("carol", &a, "127.0.0.5", &[&w1, &w2]).unwrap();
+    let scoped_register = fresh.ctl(&["register", "carol@work"]).unwrap();
+    assert!(String::from_utf8_lossy(&scoped_register.stderr).contains("never at a scoped one"));
+    // A host is not registered at its scoped directories.
+    fresh.register().unwrap();
+    let known = |dir: &DirectoryProcess| {
+        run_local(async {
+            dir.client()
+                .await
+                .unwrap()
+                .lookup(&Username::parse("carol").unwrap())
+                .await
+                .is_ok()
+        })
+        .unwrap()
+    };
+    assert!(known(&a) && !known(&b));
+
+    // After a restart the conversations are where they were.
+    alice_b.stop().unwrap();
+    alice_b.start_again().unwrap();
+    assert_eq!(alice_b.history("bob@a").unwrap().len(), 3);
+    assert_eq!(alice_b.history("bob").unwrap().len(), 2);
+}
+
+/// A host key proves nothing by being in a record: anyone may register a name with someone
+/// else's. Here plain `alice` at a is registered with the host key of `alice@work` (b's
+/// alice). When b's alice writes to bob, both names claim the key of her link: bob's host
+/// pins neither and answers "later" (so nothing is lost), until bob writes to `alice@work`
+/// himself; then her message arrives there, and plain `alice` is still nobody bob knows.
+#[test]
+fn a_host_key_claimed_under_two_names_is_taken_from_neither_until_one_is_pinned() {
+    let rt = runtime().unwrap();
+    let (a, b) = rt.block_on(async {
+        (
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+        )
+    });
+    let [w1, w2] = scoped("work", &b);
+    let [a1, a2] = scoped("a", &a);
+    let bob = HostProcess::start("bob", &a, "127.0.0.1", &[&w1, &w2]).unwrap();
+    let alice = HostProcess::start("alice", &b, "127.0.0.2", &[&a1, &a2]).unwrap();
+    bob.register().unwrap();
+    alice.register().unwrap();
+    run_local(async {
+        let theirs = b
+            .client()
+            .await
+            .unwrap()
+            .lookup(&Username::parse("alice").unwrap())
+            .await
+            .unwrap();
+        let squatter = smvs_directory::Registration::sign_locally(
+            &a.key,
+            Username::parse("alice").unwrap(),
+            &IdentityKeys::generate().unwrap(),
+            theirs.user.transport_key,
+            smvs_schema::HostAddress::parse("127.0.0.66:7421").unwrap(),
+            smvs_directory::clock::now_ms(),
+        );
+        a.client().await.unwrap().register(&squatter).await.unwrap();
+    })
+    .unwrap();
+
+    alice.send("bob@a", "from alice at work").unwrap();
+    let lines = wait_log_lines(&bob, "a host key is claimed by two users of this name", 1);
+    assert!(lines[0].contains("alice"), "{lines:?}");
+    assert!(
+        bob.ctl_json(&["contacts"])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "nothing pinned from an ambiguous key"
+    );
+    let queued = alice.history("bob@a").unwrap();
+    assert_eq!(
+        queued[0]["status"], "queued",
+        "kept, to try again: {queued:?}"
+    );
+
+    bob.send("alice@work", "hi alice at work").unwrap();
+    bob.wait_history("alice@work", LIMIT, |h| {
+        h.iter().any(|m| m["body"] == "from alice at work")
+    })
+    .unwrap();
+    let contacts = bob.ctl_json(&["contacts"]).unwrap();
+    let names: Vec<&str> = contacts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice@work"]);
+}

@@ -104,7 +104,7 @@ impl call_agent::Server for CallAgent {
                 .get_peer()?
                 .to_str()
                 .map_err(|_| capnp::Error::failed("bad-request: peer is not UTF-8".into()))?;
-            let peer = Username::parse(peer)
+            let peer = Username::parse_local(peer)
                 .map_err(|e| capnp::Error::failed(format!("bad-request: {e}")))?;
             (
                 peer,

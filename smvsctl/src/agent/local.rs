@@ -20,7 +20,7 @@ fn bus_error(what: &'static str) -> impl Fn(zbus::Error) -> CtlError {
 
 /// D-Bus names and ids as the agent's types; `None` for a malformed signal (skipped).
 fn user(name: &str) -> Option<Username> {
-    Username::parse(name).ok()
+    Username::parse_local(name).ok()
 }
 
 fn call_id(id: &str) -> Option<CallId> {

@@ -178,7 +178,7 @@ impl Plain<'_> {
                 "/help" => self.line(HELP)?,
                 "/open" => {
                     let user = words.next().unwrap_or_default();
-                    let user = Username::parse(user)
+                    let user = Username::parse_local(user)
                         .map_err(|e| CtlError::Local(format!("not a username: {e}")))?;
                     self.open(&user).await?;
                 }

@@ -769,7 +769,7 @@ async fn submit(app: &mut App, host: &Rc<HostClient>) -> Result<(), CtlError> {
     };
     match prompt {
         Prompt::NewConversation => {
-            let user = Username::parse(input.trim())
+            let user = Username::parse_local(input.trim())
                 .map_err(|e| CtlError::Local(format!("not a username: {e}")))?;
             app.open_conversation(host, &user).await?;
             app.focus = Focus::Compose;

@@ -235,6 +235,7 @@ fn write_directory(
     b.set_address(&d.address);
     b.set_key(&d.key);
     b.set_left(d.left);
+    b.set_scoped(d.scoped);
 }
 
 fn write_petname(mut b: smvs_schema::local_capnp::petname::Builder<'_>, p: &crate::trust::Petname) {

@@ -38,9 +38,9 @@ use crate::trust::{KeyDecision, Trust, Verification};
 /// Requests waiting for the façade before senders are made to wait.
 pub const MAILBOX: usize = 8192;
 
-/// A user name from a device, parsed at the edge.
+/// A user name from a device, parsed at the edge (`alice@work` too).
 pub fn parse_user(name: &str) -> Result<Username, HostError> {
-    Username::parse(name).map_err(|e| HostError::bad_request(e.to_string()))
+    Username::parse_local(name).map_err(|e| HostError::bad_request(e.to_string()))
 }
 
 /// The owners the façade asks.

@@ -113,8 +113,10 @@ pub fn message_hash(
         buf.extend_from_slice(b);
     };
     var(&id.0);
-    var(from.as_str().as_bytes());
-    var(to.as_str().as_bytes());
+    // As the directories name them: both ends hash the same bytes whatever scope each
+    // writes the other under.
+    var(from.wire_str().as_bytes());
+    var(to.wire_str().as_bytes());
     var(&time.to_be_bytes());
     var(prev_hash);
     match payload {

@@ -37,8 +37,8 @@ pub fn encode_inner(inner: &Inner) -> Zeroizing<Vec<u8>> {
     {
         let mut m = message.init_root::<inner_message::Builder<'_>>();
         m.set_id(&inner.id.0);
-        m.set_from(inner.from.as_str());
-        m.set_to(inner.to.as_str());
+        m.set_from(inner.from.wire_str());
+        m.set_to(inner.to.wire_str());
         m.set_time(inner.time);
         m.set_prev_hash(&inner.prev_hash);
         if !inner.log_heads.is_empty() {

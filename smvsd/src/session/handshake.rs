@@ -83,7 +83,7 @@ pub struct Party {
 
 impl Party {
     fn encode_into(&self, out: &mut Vec<u8>) {
-        let name = self.username.as_str().as_bytes();
+        let name = self.username.wire_str().as_bytes();
         // A Username is at most 32 bytes.
         out.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(name);

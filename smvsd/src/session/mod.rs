@@ -93,10 +93,12 @@ impl Header<'_> {
         ad.extend_from_slice(&ENVELOPE_FORMAT.to_be_bytes());
         ad.extend_from_slice(&version.to_be_bytes());
         ad.extend_from_slice(&self.id.0);
-        for name in [self.sender, self.recipient] {
-            // A Username is at most 32 bytes, so its length always fits.
-            ad.push(u8::try_from(name.as_str().len()).unwrap_or(u8::MAX));
-            ad.extend_from_slice(name.as_str().as_bytes());
+        // As the directories name them (never this host's scope, `alice@work`, which the
+        // other side does not know).
+        for name in [self.sender.wire_str(), self.recipient.wire_str()] {
+            // A wire name is at most 56 + 5 bytes, so its length always fits.
+            ad.push(u8::try_from(name.len()).unwrap_or(u8::MAX));
+            ad.extend_from_slice(name.as_bytes());
         }
         ad
     }
@@ -202,7 +204,7 @@ fn receipt_mac(
         &[
             b"smvs-receipt-v1",
             &id.0,
-            recipient.as_str().as_bytes(),
+            recipient.wire_str().as_bytes(),
             &stored_at.to_be_bytes(),
         ],
     )?)

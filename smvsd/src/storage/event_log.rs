@@ -474,7 +474,7 @@ fn corrupt(what: &str) -> StorageError {
 }
 
 fn user(name: &str) -> Result<Username> {
-    Username::parse(name).map_err(|_| corrupt("peer"))
+    Username::parse_local(name).map_err(|_| corrupt("peer"))
 }
 
 fn message_id(hex: &str) -> Result<MessageId> {

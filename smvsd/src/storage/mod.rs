@@ -493,7 +493,7 @@ impl ContactRecord {
             _ => return Err(corrupt("pending key")),
         };
         Ok(Contact {
-            username: Username::parse(&self.username).map_err(|_| corrupt("name"))?,
+            username: Username::parse_local(&self.username).map_err(|_| corrupt("name"))?,
             identity: bundle_from_hex(&self.identity)?,
             transport_key: key_from_hex(&self.transport_key)?,
             host_address: HostAddress::parse(&self.host_address)
@@ -517,7 +517,7 @@ impl ContactRecord {
             moved_at: self.moved_at,
             introduced_by: self
                 .introduced_by
-                .map(|u| Username::parse(&u).map_err(|_| corrupt("introducer")))
+                .map(|u| Username::parse_local(&u).map_err(|_| corrupt("introducer")))
                 .transpose()?,
             refused: self
                 .refused
@@ -1465,7 +1465,7 @@ fn peer_name(k: &AtRest, tag: &[u8], sealed: &[u8]) -> Result<Username> {
     let plain = k.open("peer", tag, sealed)?;
     let text =
         std::str::from_utf8(&plain).map_err(|_| StorageError::Corrupt("peer name".into()))?;
-    Username::parse(text).map_err(|e| StorageError::Corrupt(e.to_string()))
+    Username::parse_local(text).map_err(|e| StorageError::Corrupt(e.to_string()))
 }
 
 /// The tag and key of the conversation with `peer`, created when `create` is set.
@@ -1675,7 +1675,7 @@ fn decode_row(
     let plain = AtRest::open_message(key, tag, &id, direction, &sealed)?;
     let content: Content =
         serde_json::from_slice(&plain).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    let name = |s: &str| Username::parse(s).map_err(|e| StorageError::Corrupt(e.to_string()));
+    let name = |s: &str| Username::parse_local(s).map_err(|e| StorageError::Corrupt(e.to_string()));
     Ok(StoredMessage {
         id: MessageId::from_slice(&id).ok_or_else(|| StorageError::Corrupt("id".into()))?,
         peer: peer.clone(),

@@ -157,7 +157,7 @@ fn judge_groups(
         }
     }
     if groups.len() > 1 {
-        return disagree(stored, groups, answers.quorum);
+        return disagree(stored, groups, answers);
     }
     // A key pinned from an introduction has no quorum behind it: any directory that shows
     // another one contradicts it, however few.
@@ -213,6 +213,8 @@ fn judge_groups(
     let record = &*chosen.record;
     let Some(shared) = stored else {
         let mut contact = Contact::from_record(record, request);
+        // Under the name it is known by here (`alice@work` at a scoped directory).
+        contact.username = answers.user.clone();
         note_serials(&mut contact, group);
         return Judgement::Pin(contact);
     };
@@ -274,12 +276,14 @@ fn note_serials(contact: &mut Contact, group: &[&Answer]) {
 /// The directories disagree. A pinned contact keeps its identity, and the largest other
 /// group's is held as pending with the alarm. At first contact the largest group's identity
 /// is pinned (and the other held) only when a quorum shows it; otherwise nothing is pinned.
-fn disagree(stored: Option<Rc<Contact>>, groups: &[Vec<&Answer>], quorum: usize) -> Judgement {
+fn disagree(stored: Option<Rc<Contact>>, groups: &[Vec<&Answer>], answers: &Answers) -> Judgement {
+    let quorum = answers.quorum;
     let how = describe(groups);
     let mut contact = match stored {
         Some(shared) => Rc::unwrap_or_clone(shared),
         None if groups[0].len() >= quorum => {
             let mut contact = Contact::from_record(&groups[0][0].record, false);
+            contact.username = answers.user.clone();
             note_serials(&mut contact, &groups[0]);
             contact
         }

@@ -183,8 +183,8 @@ impl Trust {
     /// whose signature checks are noted for the next check. Whether any was.
     pub fn heads_from_contact(&self, contact: &Username, heads: &[LogHead]) -> bool {
         let mut any = false;
+        let links = self.checked_links();
         for head in heads.iter().take(MAX_SHARED_HEADS) {
-            let links = self.links.borrow();
             let Some(link) = links.iter().find(|l| l.anchor.key == head.directory) else {
                 continue;
             };
@@ -200,12 +200,12 @@ impl Trust {
         any
     }
 
-    /// The heads to pass on to a contact: each directory's newest this host saw itself (the
+    /// The heads to pass on to a contact: each (unscoped) directory's newest this host saw itself (the
     /// last checked one, or a newer one from a look-up since). The receiver checks them
     /// against its own view of the log; a head passed on is signed, so it needs no trust in us.
     pub fn heads_to_share(&self) -> Vec<LogHead> {
-        self.links
-            .borrow()
+        // Not the scoped directories': which of those this host uses is its own business.
+        self.links()
             .iter()
             .filter_map(|l| {
                 let book = l.heads.borrow();
@@ -228,7 +228,7 @@ impl Trust {
     /// Checks every directory's heads seen since its last check (see the module's comment).
     /// A directory that cannot be asked now is asked at the next check.
     pub async fn check_log_heads(&self) {
-        for link in self.links() {
+        for link in self.checked_links() {
             if let Err(e) = self.check_heads_at(&link).await {
                 tracing::warn!(directory = %link.name(), error = %e, "cannot check the key log heads now; trying again at the next check");
             }

@@ -93,6 +93,8 @@ pub struct Me {
 pub struct DirectoryConfig {
     /// The default directory first.
     pub directories: Vec<DirectoryAnchor>,
+    /// Directories asked only for names scoped to them (`alice@NAME`).
+    pub scoped_directories: Vec<DirectoryAnchor>,
     /// How many must agree on an identity.
     pub quorum: usize,
     /// Reach them through this SOCKS5 proxy, as other hosts are reached.
@@ -137,6 +139,8 @@ pub struct Trust {
     /// One link per directory, in the configured order (the default one first), then those
     /// added with `directory add`; changed only by [`own_directories`].
     links: RefCell<Vec<Rc<DirectoryLink>>>,
+    /// One link per scoped directory (`alice@NAME`), in the configured order.
+    scoped: Vec<Rc<DirectoryLink>>,
     /// The host's Noise key: certified at registration. Directory links never present it
     /// (each shows a throwaway key, see [`directories`]).
     transport: Rc<AgreementKeyPair>,
@@ -184,18 +188,22 @@ impl Trust {
         events: Events,
         me: Option<Me>,
     ) -> Trust {
-        let links = directory_config
-            .directories
-            .iter()
-            .map(|anchor| {
-                Rc::new(DirectoryLink::new(
-                    anchor.clone(),
-                    directory_config.socks5_proxy.clone(),
-                ))
-            })
-            .collect();
+        let links_to = |anchors: &[DirectoryAnchor]| -> Vec<Rc<DirectoryLink>> {
+            anchors
+                .iter()
+                .map(|anchor| {
+                    Rc::new(DirectoryLink::new(
+                        anchor.clone(),
+                        directory_config.socks5_proxy.clone(),
+                    ))
+                })
+                .collect()
+        };
+        let links = links_to(&directory_config.directories);
+        let scoped = links_to(&directory_config.scoped_directories);
         Trust {
             links: RefCell::new(links),
+            scoped,
             directory_config,
             transport,
             host_address,
@@ -397,6 +405,13 @@ impl Trust {
                 }
             }
         }
+        if let Some(scope) = peer.scope() {
+            let answers = Rc::new(self.lookup_scoped(peer, scope).await?);
+            self.records
+                .borrow_mut()
+                .insert(peer.clone(), (answers.clone(), Instant::now()));
+            return Ok(answers);
+        }
         if peer.is_identity_address() {
             let answers = Rc::new(self.lookup_in_dht(peer).await?);
             self.records
@@ -430,6 +445,107 @@ impl Trust {
                 Err(e)
             }
         }
+    }
+
+    /// What the scoped directory `scope` alone says about `peer` (`alice@scope`): its name
+    /// space is its own, so there is nothing to agree with. A user who moved away from it is
+    /// unknown there (the statement names where they went, to add as a directory).
+    async fn lookup_scoped(&self, peer: &Username, scope: &str) -> Result<Answers, HostError> {
+        let Some(link) = self.scoped_link(scope) else {
+            let why = if self.links().iter().any(|l| l.name() == scope) {
+                format!(
+                    "{scope} is a directory asked for plain names: write {} without @{scope}",
+                    peer.wire_str()
+                )
+            } else {
+                format!("{peer}: this host has no scoped directory named {scope} (`smvsd --scoped-directory`, or `scoped = true` in the config)")
+            };
+            // The name is what is wrong, not the user: said as it is.
+            return Err(HostError::bad_request(why));
+        };
+        let answer = link.lookup(&peer.wire()).await.inspect_err(|e| {
+            if e.code == ErrorCode::UnknownUser {
+                self.records.borrow_mut().remove(peer);
+            }
+        })?;
+        match answer {
+            smvs_directory::LookupAnswer::Record(record) => Ok(Answers {
+                user: peer.clone(),
+                answers: vec![directories::Answer {
+                    directory: link.name().to_owned(),
+                    record: Rc::new(record),
+                }],
+                quorum: 1,
+                asked: 1,
+                failures: Vec::new(),
+                moved: Vec::new(),
+            }),
+            smvs_directory::LookupAnswer::Moved(statement) => {
+                self.records.borrow_mut().remove(peer);
+                // A contact is not given up on one directory's word (their queued messages
+                // wait, and their host is still known by its pinned key); anyone else is
+                // unknown there.
+                let code = match self.contact(peer).await? {
+                    Some(_) => ErrorCode::Directory,
+                    None => ErrorCode::UnknownUser,
+                };
+                Err(HostError::new(
+                    code,
+                    format!(
+                        "{peer} moved from the directory {scope} to the one at {} (key {}): add \
+                         that one as a scoped directory to write to them there",
+                        statement.to_address,
+                        statement.to.to_hex()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Every directory whose key log this host checks: those asked for plain names, then
+    /// the scoped ones (a log is a log, whatever name space it serves).
+    fn checked_links(&self) -> Vec<Rc<DirectoryLink>> {
+        let mut links = self.links();
+        links.extend(self.scoped.iter().cloned());
+        links
+    }
+
+    /// The scoped directory this host calls `scope`.
+    pub fn scoped_link(&self, scope: &str) -> Option<Rc<DirectoryLink>> {
+        self.scoped.iter().find(|l| l.name() == scope).cloned()
+    }
+
+    /// The contacts among [`Trust::local_names`] of `name` pinned with the host key `key`: one
+    /// at most, unless a record names another user's host key (see `inbox`).
+    pub async fn pinned_with_key(
+        &self,
+        name: &Username,
+        key: &smvs_crypto::AgreementPublicKey,
+    ) -> Result<Vec<Rc<Contact>>, HostError> {
+        let mut pinned = Vec::new();
+        for name in self.local_names(name) {
+            if let Some(c) = self.contact(&name).await? {
+                if &c.transport_key == key {
+                    pinned.push(c);
+                }
+            }
+        }
+        Ok(pinned)
+    }
+
+    /// The names a user called `name` by their directory may have here, the plain one first,
+    /// then one per scoped directory (in the configured order): who sent under that name is
+    /// told by the host key their link shows (`inbox`).
+    pub fn local_names(&self, name: &Username) -> Vec<Username> {
+        let mut names = vec![name.clone()];
+        if !name.is_identity_address() && name.scope().is_none() {
+            names.extend(
+                self.scoped
+                    .iter()
+                    .filter_map(|link| Username::scoped(name, link.name()).ok()),
+            );
+        }
+        names
     }
 
     /// Directories answered only that `peer` moved away. For a contact pinned here whose
@@ -710,8 +826,8 @@ impl Trust {
     /// identity, be newer than what we have (a pushed statement's date, or the serial of the
     /// directory record the address came from) and not from the future, name an address of a
     /// kind this host connects to, and come at most once per [`ADDRESS_CHANGE_EVERY`]. Then
-    /// the contact's host is there from now on, with no directory look-up. Returns whether
-    /// anything changed. Every refusal reads the same to the peer ("refused"), so that the
+    /// the contact's host is there from now on, with no directory look-up. Returns the
+    /// contact's name here when anything changed. Every refusal reads the same to the peer ("refused"), so that the
     /// call tells nobody whom this host knows; the log says why.
     pub async fn address_announced(
         &self,
@@ -720,18 +836,29 @@ impl Trust {
         address: HostAddress,
         issued_at: i64,
         signature: &smvs_crypto::Signature,
-    ) -> Result<bool, HostError> {
+    ) -> Result<Option<Username>, HostError> {
         let refused = |why: &str| {
             tracing::debug!(peer = %peer, why, "refused an address statement");
             HostError::new(ErrorCode::Refused, "refused")
         };
-        let Some(contact) = self.contact(peer).await? else {
-            return Err(refused("not a contact"));
-        };
-        if contact.blocked || contact.pending.is_some() || &contact.transport_key != remote_key {
+        // `peer` is the name as the user's directory has it: the contact is the one of the
+        // names it may have here (`bob`, `bob@work`) pinned with the link's key, when only
+        // one is (see `inbox`).
+        let pinned = self.pinned_with_key(peer, remote_key).await?;
+        let [contact] = <[Rc<Contact>; 1]>::try_from(pinned).map_err(|pinned| {
+            refused(if pinned.is_empty() {
+                "not a contact, or not from the contact's host as pinned"
+            } else {
+                "the link's key is pinned for more than one user of that name"
+            })
+        })?;
+        if contact.blocked || contact.pending.is_some() {
             return Err(refused("not from the contact's host as pinned"));
         }
-        let statement = smvs_schema::canonical::host_address_statement(peer, &address, issued_at);
+        let statement =
+            smvs_schema::canonical::host_address_statement(&peer.wire(), &address, issued_at);
+        let contact_name = contact.username.clone();
+        let peer = &contact_name;
         contact
             .identity
             .signing_key
@@ -741,7 +868,7 @@ impl Trust {
             return Err(refused("stated in the future"));
         }
         if issued_at <= contact.address_signed_at {
-            return Ok(false);
+            return Ok(None);
         }
         if may_connect(&self.host_address, peer, &address).is_err() {
             return Err(refused(
@@ -757,7 +884,7 @@ impl Trust {
         contact.address_signed_at = issued_at;
         self.put_contact(contact).await?;
         tracing::info!(peer = %peer, moved, "a contact's host announced its address");
-        Ok(moved)
+        Ok(moved.then(|| contact_name.clone()))
     }
 
     /// The statement pushed to contacts' hosts after this host moved: (its address, issued
@@ -810,7 +937,17 @@ impl Trust {
                 "an introduction from {from} does not check out: {e}"
             ))
         })?;
-        let user = record.user.username.clone();
+        // Under the name this host gives users of that directory: `bob@work` when it is a
+        // scoped one (a directory not in use here at all leaves the plain name, as before).
+        let user = match self
+            .scoped
+            .iter()
+            .find(|l| l.anchor.key.as_bytes() == &evidence.directory_key)
+        {
+            Some(link) => Username::scoped(&record.user.username, link.name())
+                .map_err(|e| HostError::bad_request(e.to_string()))?,
+            None => record.user.username.clone(),
+        };
         if self
             .me
             .borrow()
@@ -821,10 +958,20 @@ impl Trust {
             return Ok(());
         }
         match self.contact(&user).await? {
+            None if self.contacts().await?.iter().any(|c| {
+                c.identity == record.user.identity || c.transport_key == record.user.transport_key
+            }) =>
+            {
+                // Someone pinned already, under another name (`bob@work` introduced as plain
+                // `bob`, say): a second name for one key would let that key speak as either,
+                // past a block of the other.
+                tracing::info!(peer = %user, introducer = %from, "ignored an introduction of a key pinned under another name");
+            }
             None => {
                 // Pinned as a request: in contacts-only mode what they send is held until the
                 // user answers, as from anyone the user never wrote to.
                 let mut contact = Contact::from_record(&record, true);
+                contact.username = user.clone();
                 contact.introduced_by = Some(from.clone());
                 self.put_contact(contact).await?;
                 tracing::info!(peer = %user, introducer = %from, "pinned a user from an introduction");
@@ -939,8 +1086,13 @@ impl Trust {
             }
         }
         let number = |identity: &IdentityBundle| {
-            smvs_crypto::safety_number(me.username.as_str(), &me.identity, peer.as_str(), identity)
-                .map_err(HostError::internal)
+            smvs_crypto::safety_number(
+                me.username.wire_str(),
+                &me.identity,
+                peer.wire_str(),
+                identity,
+            )
+            .map_err(HostError::internal)
         };
         let (safety_number, pinned_safety_number) = match &contact.pending {
             Some(pending) => {
@@ -1222,6 +1374,12 @@ impl Trust {
             return Err(HostError::bad_request(
                 "an identity address is not registered at a directory: `smvsctl register --dht`",
             ));
+        }
+        if let Some(scope) = username.scope() {
+            return Err(HostError::bad_request(format!(
+                "{username}: this host registers at its own directories, never at a scoped one;                  register as {} (or make {scope} one of the host's directories)",
+                username.wire_str()
+            )));
         }
         let links = self.links();
         let Some(default) = links.first() else {

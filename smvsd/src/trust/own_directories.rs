@@ -46,6 +46,8 @@ pub struct DirectoryEntry {
     pub key: String,
     /// This host's user moved away from it.
     pub left: bool,
+    /// A name space of its own (`alice@NAME`), asked only for names scoped to it.
+    pub scoped: bool,
 }
 
 /// How many directories `directory add` takes, in all.
@@ -178,6 +180,7 @@ impl Trust {
             let links = self.links.borrow();
             if let Some(l) = links
                 .iter()
+                .chain(&self.scoped)
                 .find(|l| l.anchor.name == anchor.name || l.anchor.key == anchor.key)
             {
                 return Err(HostError::bad_request(format!(
@@ -297,9 +300,14 @@ impl Trust {
         Ok(())
     }
 
-    /// Every directory in use.
+    /// Every directory in use, the scoped ones last.
     pub fn directories(&self) -> Vec<DirectoryEntry> {
-        self.links().iter().map(|l| self.entry(l)).collect()
+        let mut entries: Vec<DirectoryEntry> = self.links().iter().map(|l| self.entry(l)).collect();
+        entries.extend(self.scoped.iter().map(|l| DirectoryEntry {
+            scoped: true,
+            ..self.entry(l)
+        }));
+        entries
     }
 
     fn entry(&self, link: &DirectoryLink) -> DirectoryEntry {
@@ -308,6 +316,7 @@ impl Trust {
             address: link.anchor.address.clone(),
             key: link.anchor.key.to_hex(),
             left: self.left.borrow().contains(link.anchor.key.as_bytes()),
+            scoped: false,
         }
     }
 

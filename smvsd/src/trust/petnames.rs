@@ -122,7 +122,7 @@ impl Trust {
         name: &Username,
         address: &Username,
     ) -> Result<Petname, HostError> {
-        if name.is_identity_address() {
+        if name.is_identity_address() || name.scope().is_some() {
             return Err(HostError::bad_request(
                 "a petname is a short name (3 to 32 of a-z, 0-9, '.', '_', '-'), not an address",
             ));
