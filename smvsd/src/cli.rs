@@ -184,6 +184,12 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
             _ => directories.push(anchor),
         }
     }
+    if scoped_directories.len() > MAX_SCOPED_DIRECTORIES {
+        return Err(format!(
+            "at most {MAX_SCOPED_DIRECTORIES} scoped directories: a sender not pinned yet is \
+             looked up at each of them"
+        ));
+    }
     if directories.is_empty() && !cli.also_directory.is_empty() {
         return Err(need("directory"));
     }
@@ -331,6 +337,10 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
     })
 }
 
+/// How many scoped directories a host may have: a sender it has not pinned is looked up at
+/// each (and under the plain name), within a link's look-up budget (`api::peer`).
+pub const MAX_SCOPED_DIRECTORIES: usize = 3;
+
 /// A directory of the list, checked ([`DirectoryAnchor::parse`]).
 fn anchor(name: &str, address: &str, key: &str) -> Result<DirectoryAnchor, String> {
     DirectoryAnchor::parse(name, address, key)
@@ -447,6 +457,16 @@ mod tests {
         let scoped = settle_args(&["--also-directory", &b, "--scoped-directory", &d]).unwrap();
         assert_eq!((scoped.directories.len(), scoped.quorum), (2, 2));
         assert_eq!(scoped.scoped_directories[0].name, "work");
+        let many: Vec<String> = (0..4)
+            .flat_map(|i| {
+                [
+                    "--scoped-directory".to_owned(),
+                    format!("s{i}=127.0.0.4:7420={}", format!("4{i}").repeat(32)),
+                ]
+            })
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(settle_args(&many).unwrap_err().contains("at most 3 scoped"));
         let twice = format!("b=127.0.0.4:7420={}", "33".repeat(32));
         assert!(
             settle_args(&["--also-directory", &b, "--scoped-directory", &twice])
@@ -492,6 +512,7 @@ mod tests {
                     "#address =",
                     "#key =",
                     "#quorum =",
+                    "#scoped =",
                 ];
                 match example.iter().any(|p| line.starts_with(p)) {
                     true => line[1..].replace("<64 hex digits>", &key) + "\n",
@@ -502,6 +523,10 @@ mod tests {
         let file: FileConfig = toml::from_str(&text).unwrap();
         assert_eq!(file.quorum, Some(2));
         let extra = file.directories.unwrap();
-        assert_eq!((extra.len(), extra[0].name.as_str()), (1, "second"));
+        assert_eq!((extra.len(), extra[0].name.as_str()), (2, "second"));
+        assert_eq!(
+            (extra[1].name.as_str(), extra[1].scoped),
+            ("work", Some(true))
+        );
     }
 }

@@ -94,6 +94,18 @@ pub struct ReceiptData {
     pub tag: Vec<u8>,
 }
 
+/// What a name's directories say of an arriving link's host key (`Inbox::vouching`).
+enum Vouching {
+    /// Theirs, certified by this identity.
+    Yes(smvs_crypto::IdentityBundle),
+    /// They name another key.
+    OtherKey,
+    /// Nobody of that name there.
+    Unknown,
+    /// Cannot be told now (a directory down, directories that disagree, a record just asked).
+    Unsure,
+}
+
 /// How many senders one link may still make us look up in the directory. Each link gets its
 /// own (see `api::peer`); a link that names many users runs out and hears "later".
 pub struct LookupBudget {
@@ -560,55 +572,89 @@ impl Inbox {
                 return Err(self.ambiguous(sender, "pinned"));
             }
         }
-        // Pinned under none of them: which directories vouch for the key, before anything is
-        // pinned. (The look-ups are the ones `verified_as` then reads from the cache.)
+        // Pinned under none of them: what each one's directory says of the key, before
+        // anything is pinned. (The look-ups are the ones `verified_as` then reads from the
+        // cache; a name the directories did not know a moment ago is not asked again.)
         let mut vouching = Vec::new();
+        let mut unsure = false;
+        let mut someone_else = false;
+        let mut unknown_lately = false;
         for name in &names {
+            if self.recently_unknown(name) {
+                unknown_lately = true;
+                continue;
+            }
             if !lookups.take() {
                 return Err(IncomingError::Later(
                     "this link named too many senders; open another later".into(),
                 ));
             }
-            let vouches = |answers: &crate::trust::Answers| {
-                answers
-                    .agreed()
-                    .is_ok_and(|r| r.user.transport_key == remote_key)
-            };
-            let mut answers = self.trust.lookup(name, false).await;
-            // A contact's cached record may predate a new host key of theirs.
-            if answers.as_ref().is_ok_and(|a| !vouches(a))
-                && self.trust.may_refresh(name)
-                && matches!(self.trust.contact(name).await, Ok(Some(_)))
-            {
-                answers = self.trust.lookup(name, true).await;
-            }
-            if answers.is_ok_and(|a| vouches(&a)) {
-                vouching.push(name.clone());
+            match self.vouching(name, &remote_key).await {
+                Vouching::Yes(identity) => vouching.push((name.clone(), identity)),
+                Vouching::OtherKey => someone_else = true,
+                Vouching::Unknown => self.note_unknown(name),
+                Vouching::Unsure => unsure = true,
             }
         }
+        // A contact's own identity certifying the key settles it: nobody else can make that.
+        let mut proven = Vec::new();
+        for (name, identity) in &vouching {
+            let contact = self.trust.contact(name).await.map_err(busy_here)?;
+            if contact.is_some_and(|c| &c.identity == identity) {
+                proven.push(name.clone());
+            }
+        }
+        let budget = LookupBudget::new(1);
+        if let [one] = proven.as_slice() {
+            return self.verified_as(one, remote_key, &budget).await;
+        }
+        if unsure {
+            // One that cannot be checked now might be the sender: never a refusal (which
+            // would make the sender's host give the envelope up), nor a pin of another.
+            return Err(IncomingError::Later(
+                "the sender cannot be looked up now".into(),
+            ));
+        }
         match vouching.as_slice() {
-            [one] => {
-                self.verified_as(one, remote_key, &LookupBudget::new(1))
-                    .await
+            [(one, _)] => self.verified_as(one, remote_key, &budget).await,
+            [] if someone_else => {
+                smvs_service::security_event!(warn, smvs_service::logging::PEER_REFUSED, peer = %sender, "refused an envelope: the sending host's key is not the sender's");
+                Err(refused(
+                    "the sending host's key does not match the sender's directory record",
+                ))
             }
-            [] => {
-                // None: each is checked as ever, for the right answer (the record may be newer
-                // than the cache; a directory may be down, which is "later", never a refusal
-                // that would make the sender give the envelope up).
-                let budget = LookupBudget::new(names.len());
-                let (mut later, mut refusal) = (None, None);
-                for name in &names {
-                    match self.verified_as(name, remote_key, &budget).await {
-                        Ok(found) => return Ok(found),
-                        Err(e @ IncomingError::Later(_)) => later = later.or(Some(e)),
-                        Err(e) => refusal = refusal.or(Some(e)),
-                    }
-                }
-                Err(later
-                    .or(refusal)
-                    .unwrap_or_else(|| refused("unknown sender")))
-            }
+            // Not refused: the name may have been registered since (its host will retry).
+            [] if unknown_lately => Err(IncomingError::Later(
+                "the sender was not in the directory a moment ago".into(),
+            )),
+            [] => Err(refused("unknown sender")),
             _ => Err(self.ambiguous(sender, "vouched for")),
+        }
+    }
+
+    /// What `name`'s directories say of the host key `key` (see `verified_sender`). A record
+    /// that names another key is asked again when it may have changed since it was cached.
+    async fn vouching(&self, name: &Username, key: &AgreementPublicKey) -> Vouching {
+        let mut fresh = false;
+        loop {
+            let answers = match self.trust.lookup(name, fresh).await {
+                Ok(answers) => answers,
+                Err(e) if e.code == ErrorCode::UnknownUser || e.code == ErrorCode::BadRequest => {
+                    return Vouching::Unknown
+                }
+                Err(_) => return Vouching::Unsure,
+            };
+            match answers.agreed() {
+                Ok(record) if &record.user.transport_key == key => {
+                    return Vouching::Yes(record.user.identity)
+                }
+                Ok(_) if !fresh && self.trust.may_refresh(name) => fresh = true,
+                // Asked a moment ago: it may have changed since all the same.
+                Ok(_) if !fresh => return Vouching::Unsure,
+                Ok(_) => return Vouching::OtherKey,
+                // The directories disagree: the user's own look-up raises the alarm.
+                Err(_) => return Vouching::Unsure,
+            }
         }
     }
 

@@ -1234,4 +1234,19 @@ fn a_host_key_claimed_under_two_names_is_taken_from_neither_until_one_is_pinned(
         .map(|c| c["username"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["alice@work"]);
+    // Nor is the copy pinned when bob writes to it: its key is alice@work's.
+    let copy = bob.ctl(&["send", "alice", "who are you?"]).unwrap();
+    let says = String::from_utf8_lossy(&copy.stderr);
+    assert!(
+        says.contains("names the host key of your contact alice@work"),
+        "{says}"
+    );
+    assert_eq!(
+        bob.ctl_json(&["contacts"])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

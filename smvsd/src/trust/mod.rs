@@ -533,6 +533,25 @@ impl Trust {
         Ok(pinned)
     }
 
+    /// Whether `contact`'s host key or identity is pinned already under another of the names
+    /// its user may have here (`bob` for `bob@work`): a record that copies another user's
+    /// key is not pinned (see `inbox`).
+    async fn claimed_elsewhere(&self, contact: &Contact) -> Result<Option<Rc<Contact>>, HostError> {
+        for name in self.local_names(&contact.username.wire()) {
+            if name == contact.username {
+                continue;
+            }
+            if let Some(other) = self.contact(&name).await? {
+                if other.transport_key == contact.transport_key
+                    || other.identity == contact.identity
+                {
+                    return Ok(Some(other));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// The names a user called `name` by their directory may have here, the plain one first,
     /// then one per scoped directory (in the configured order): who sent under that name is
     /// told by the host key their link shows (`inbox`).
@@ -733,7 +752,23 @@ impl Trust {
         }
         let contact = match judgement {
             Judgement::Unchanged(contact) => contact,
-            Judgement::Pin(contact) | Judgement::Update(contact) => {
+            Judgement::Pin(contact) => {
+                if let Some(other) = self.claimed_elsewhere(&contact).await? {
+                    let why = if other.identity == contact.identity {
+                        format!(
+                            "{peer} is your contact {} (the same identity): write to {0}",
+                            other.username
+                        )
+                    } else {
+                        format!("{peer}'s record names the host key of your contact {}; not pinned (one of the two copies the other's)", other.username)
+                    };
+                    return Err(HostError::bad_request(why));
+                }
+                let contact = Rc::new(contact);
+                self.put_contact(contact.clone()).await?;
+                contact
+            }
+            Judgement::Update(contact) => {
                 let contact = Rc::new(contact);
                 self.put_contact(contact.clone()).await?;
                 contact
