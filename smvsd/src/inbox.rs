@@ -592,7 +592,13 @@ impl Inbox {
             match self.vouching(name, &remote_key).await {
                 Vouching::Yes(identity) => vouching.push((name.clone(), identity)),
                 Vouching::OtherKey => someone_else = true,
-                Vouching::Unknown => self.note_unknown(name),
+                // Not for a contact (one introduced may be at no directory of ours): anyone
+                // could then make the host turn that contact away for a while.
+                Vouching::Unknown => {
+                    if matches!(self.trust.contact(name).await, Ok(None)) {
+                        self.note_unknown(name);
+                    }
+                }
                 Vouching::Unsure => unsure = true,
             }
         }
@@ -604,29 +610,28 @@ impl Inbox {
                 proven.push(name.clone());
             }
         }
-        let budget = LookupBudget::new(1);
         if let [one] = proven.as_slice() {
-            return self.verified_as(one, remote_key, &budget).await;
+            return self.verified_as(one, remote_key, lookups).await;
         }
-        if unsure {
+        // A name not known a moment ago is not asked again so soon, so it cannot tell either.
+        if unsure || unknown_lately {
             // One that cannot be checked now might be the sender: never a refusal (which
             // would make the sender's host give the envelope up), nor a pin of another.
             return Err(IncomingError::Later(
                 "the sender cannot be looked up now".into(),
             ));
         }
+        // The same identity under two names is one user: the first name (the plain one) is
+        // theirs (a pin under the other is then refused, as the same identity).
+        let one_user = vouching.windows(2).all(|w| w[0].1 == w[1].1);
         match vouching.as_slice() {
-            [(one, _)] => self.verified_as(one, remote_key, &budget).await,
+            [(one, _), ..] if one_user => self.verified_as(one, remote_key, lookups).await,
             [] if someone_else => {
                 smvs_service::security_event!(warn, smvs_service::logging::PEER_REFUSED, peer = %sender, "refused an envelope: the sending host's key is not the sender's");
                 Err(refused(
                     "the sending host's key does not match the sender's directory record",
                 ))
             }
-            // Not refused: the name may have been registered since (its host will retry).
-            [] if unknown_lately => Err(IncomingError::Later(
-                "the sender was not in the directory a moment ago".into(),
-            )),
             [] => Err(refused("unknown sender")),
             _ => Err(self.ambiguous(sender, "vouched for")),
         }

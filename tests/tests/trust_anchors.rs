@@ -1015,6 +1015,14 @@ fn scoped(name: &str, dir: &DirectoryProcess) -> [String; 2] {
     ]
 }
 
+/// Directories a and b (SQLite).
+fn two_directories() -> (DirectoryProcess, DirectoryProcess) {
+    (
+        DirectoryProcess::start_sqlite_blocking().unwrap(),
+        DirectoryProcess::start_sqlite_blocking().unwrap(),
+    )
+}
+
 /// The safety number `host` shows for `peer`.
 fn safety_number(host: &HostProcess, peer: &str) -> String {
     let shown = host.ctl_json(&["verify", peer]).unwrap();
@@ -1029,13 +1037,7 @@ fn safety_number(host: &HostProcess, peer: &str) -> String {
 /// names users as their directories do), and the names survive a restart.
 #[test]
 fn scoped_names_tell_apart_users_of_the_same_name_at_different_directories() {
-    let rt = runtime().unwrap();
-    let (a, b) = rt.block_on(async {
-        (
-            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
-            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
-        )
-    });
+    let (a, b) = two_directories();
     let [w1, w2] = scoped("work", &b);
     let [a1, a2] = scoped("a", &a);
     let alice_a = HostProcess::start("alice", &a, "127.0.0.1", &[]).unwrap();
@@ -1171,13 +1173,7 @@ fn scoped_names_tell_apart_users_of_the_same_name_at_different_directories() {
 /// himself; then her message arrives there, and plain `alice` is still nobody bob knows.
 #[test]
 fn a_host_key_claimed_under_two_names_is_taken_from_neither_until_one_is_pinned() {
-    let rt = runtime().unwrap();
-    let (a, b) = rt.block_on(async {
-        (
-            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
-            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
-        )
-    });
+    let (a, b) = two_directories();
     let [w1, w2] = scoped("work", &b);
     let [a1, a2] = scoped("a", &a);
     let bob = HostProcess::start("bob", &a, "127.0.0.1", &[&w1, &w2]).unwrap();

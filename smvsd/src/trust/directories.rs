@@ -175,6 +175,22 @@ pub struct Answers {
 }
 
 impl Answers {
+    /// The one answer of the one directory asked (a scoped one, or one a contact moved to):
+    /// nothing to agree with.
+    pub fn only(user: &Username, directory: &str, record: VerifiedRecord) -> Answers {
+        Answers {
+            user: user.clone(),
+            answers: vec![Answer {
+                directory: directory.to_owned(),
+                record: Rc::new(record),
+            }],
+            quorum: 1,
+            asked: 1,
+            failures: Vec::new(),
+            moved: Vec::new(),
+        }
+    }
+
     /// The answers grouped by the identity they show, largest group first (the earlier
     /// configured directory first among equals), each group in the configured order.
     pub fn groups(&self) -> Vec<Vec<&Answer>> {

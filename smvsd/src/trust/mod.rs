@@ -469,17 +469,9 @@ impl Trust {
             }
         })?;
         match answer {
-            smvs_directory::LookupAnswer::Record(record) => Ok(Answers {
-                user: peer.clone(),
-                answers: vec![directories::Answer {
-                    directory: link.name().to_owned(),
-                    record: Rc::new(record),
-                }],
-                quorum: 1,
-                asked: 1,
-                failures: Vec::new(),
-                moved: Vec::new(),
-            }),
+            smvs_directory::LookupAnswer::Record(record) => {
+                Ok(Answers::only(peer, link.name(), record))
+            }
             smvs_directory::LookupAnswer::Moved(statement) => {
                 self.records.borrow_mut().remove(peer);
                 // A contact is not given up on one directory's word (their queued messages
@@ -533,18 +525,27 @@ impl Trust {
         Ok(pinned)
     }
 
-    /// Whether `contact`'s host key or identity is pinned already under another of the names
-    /// its user may have here (`bob` for `bob@work`): a record that copies another user's
-    /// key is not pinned (see `inbox`).
-    async fn claimed_elsewhere(&self, contact: &Contact) -> Result<Option<Rc<Contact>>, HostError> {
-        for name in self.local_names(&contact.username.wire()) {
-            if name == contact.username {
+    /// The contact, under another of the names `peer`'s user may have here (`bob` for
+    /// `bob@work`), whose host key or identity one of `answers` shows: a record that copies
+    /// another user's key is not pinned (see `inbox`).
+    async fn claimed_elsewhere(
+        &self,
+        peer: &Username,
+        answers: &Answers,
+    ) -> Result<Option<Rc<Contact>>, HostError> {
+        if peer.is_identity_address() {
+            return Ok(None);
+        }
+        for name in self.local_names(&peer.wire()) {
+            if &name == peer {
                 continue;
             }
             if let Some(other) = self.contact(&name).await? {
-                if other.transport_key == contact.transport_key
-                    || other.identity == contact.identity
-                {
+                let shown = answers.answers.iter().any(|a| {
+                    a.record.user.transport_key == other.transport_key
+                        || a.record.user.identity == other.identity
+                });
+                if shown {
                     return Ok(Some(other));
                 }
             }
@@ -649,17 +650,7 @@ impl Trust {
         match answer {
             smvs_directory::LookupAnswer::Record(record) => {
                 tracing::debug!(peer = %peer, from = %from, to = %statement.to_address, "followed a contact to the directory they moved to");
-                Ok(Answers {
-                    user: peer.clone(),
-                    answers: vec![directories::Answer {
-                        directory: link.name().to_owned(),
-                        record: Rc::new(record),
-                    }],
-                    quorum: 1,
-                    asked: 1,
-                    failures: Vec::new(),
-                    moved: Vec::new(),
-                })
+                Ok(Answers::only(peer, link.name(), record))
             }
             // Moved again: one step is followed per look-up, from what we were told.
             smvs_directory::LookupAnswer::Moved(_) => Err(HostError::new(
@@ -734,6 +725,9 @@ impl Trust {
             }
             Err(e) => return Err(e),
         };
+        // Asked before `stored` is read: nothing may be awaited between that read and the
+        // write below, or a block that lands meanwhile would be overwritten.
+        let elsewhere = self.claimed_elsewhere(peer, &answers).await?;
         let stored = self.contact(peer).await?;
         let (judgement, rollbacks) = judge(stored, &answers, request);
         for r in rollbacks {
@@ -753,7 +747,9 @@ impl Trust {
         let contact = match judgement {
             Judgement::Unchanged(contact) => contact,
             Judgement::Pin(contact) => {
-                if let Some(other) = self.claimed_elsewhere(&contact).await? {
+                if let Some(other) = elsewhere.filter(|o| {
+                    o.transport_key == contact.transport_key || o.identity == contact.identity
+                }) {
                     let why = if other.identity == contact.identity {
                         format!(
                             "{peer} is your contact {} (the same identity): write to {0}",
