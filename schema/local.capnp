@@ -280,7 +280,7 @@ interface Host {
   # Creates the identity (in keyguard) and registers this host's user in the hosts' DHT: the
   # user's name is the identity address (smvs:…), and the record the identity signs is put
   # there. Needs smvsd --dht.
-  addDirectory @26 (name :Text, address :Text, key :Text) -> (directory :DirectoryInfo);
+  addDirectory @26 (name :Text, address :Text, key :Text, scoped :Bool) -> (directory :DirectoryInfo);
   # Uses one more directory (`key` in hex), from now on and after restarts. It must answer
   # now; a user registered at directories is registered there too.
   removeDirectory @27 (name :Text) -> ();

@@ -390,6 +390,10 @@ pub enum DirectoryAction {
         address: String,
         /// Its key, in hex (`smvs-directory pubkey` prints it)
         key: String,
+        /// A name space of its own: its users are written NAME@name (`alice@work`); it is
+        /// asked only for those, you are not registered there, and it is not in the quorum
+        #[arg(long)]
+        scoped: bool,
     },
     /// Stop using a directory (your record there is not deleted: `move` leaves with a statement)
     Remove {

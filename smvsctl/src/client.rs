@@ -1341,6 +1341,7 @@ impl HostClient {
         name: &str,
         address: &str,
         key: &str,
+        scoped: bool,
     ) -> Result<DirectoryView, CtlError> {
         let mut request = self.host.add_directory_request();
         {
@@ -1348,6 +1349,7 @@ impl HostClient {
             p.set_name(name);
             p.set_address(address);
             p.set_key(key);
+            p.set_scoped(scoped);
         }
         let answer = request.send().promise.await?;
         directory_view(answer.get()?.get_directory()?)

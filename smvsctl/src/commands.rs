@@ -392,8 +392,13 @@ pub async fn directory(
             let all = host.directories().await?;
             output::render(format, all.as_slice(), output::directories_text)?
         }
-        DirectoryAction::Add { name, address, key } => {
-            let added = host.add_directory(name, address, key).await?;
+        DirectoryAction::Add {
+            name,
+            address,
+            key,
+            scoped,
+        } => {
+            let added = host.add_directory(name, address, key, *scoped).await?;
             match format {
                 Format::Text => format!(
                     "added {}; look-ups ask it from now on",

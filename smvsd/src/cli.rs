@@ -10,7 +10,7 @@ use smvs_crypto::SigningPublicKey;
 
 use crate::config::{
     default_quorum, Config, DhtConfig, DirectoryAnchor, FileConfig, DEFAULT_DIRECTORY,
-    DEFAULT_RELAY_KBPS, MIN_RELAY_KBPS,
+    DEFAULT_RELAY_KBPS, MAX_SCOPED_DIRECTORIES, MIN_RELAY_KBPS,
 };
 
 /// The default cap on the wait between delivery attempts: one probe per half minute per
@@ -336,10 +336,6 @@ pub fn settle(cli: Cli) -> Result<Config, String> {
         },
     })
 }
-
-/// How many scoped directories a host may have: a sender it has not pinned is looked up at
-/// each (and under the plain name), within a link's look-up budget (`api::peer`).
-pub const MAX_SCOPED_DIRECTORIES: usize = 3;
 
 /// A directory of the list, checked ([`DirectoryAnchor::parse`]).
 fn anchor(name: &str, address: &str, key: &str) -> Result<DirectoryAnchor, String> {

@@ -176,6 +176,10 @@ pub struct DhtConfig {
     pub republish: Duration,
 }
 
+/// How many scoped directories a host may have: a sender it has not pinned is looked up at
+/// each (and under the plain name), within a link's look-up budget (`api::peer`).
+pub const MAX_SCOPED_DIRECTORIES: usize = 3;
+
 /// The name of the directory given as `directory` / `--directory`.
 pub const DEFAULT_DIRECTORY: &str = "default";
 

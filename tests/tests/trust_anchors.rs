@@ -1246,3 +1246,72 @@ fn a_host_key_claimed_under_two_names_is_taken_from_neither_until_one_is_pinned(
         1
     );
 }
+
+/// A scoped directory added at run time (`directory add --scoped`) is asked for its names at
+/// once, is not registered with, stays after a restart, and is gone after `directory remove`
+/// (also after a restart): no new name there is taken, and what is written to a contact
+/// pinned there waits rather than reaching them.
+#[test]
+fn a_scoped_directory_is_added_and_removed_at_run_time() {
+    let (a, b) = two_directories();
+    let [a1, a2] = scoped("a", &a);
+    let mut alice = HostProcess::start("alice", &a, "127.0.0.1", &[]).unwrap();
+    let carol = HostProcess::start("carol", &b, "127.0.0.2", &[&a1, &a2]).unwrap();
+    alice.register().unwrap();
+    carol.register().unwrap();
+    let (addr, key) = (b.addr.to_string(), b.key.to_hex());
+    let added = alice
+        .ctl_json(&["directory", "add", "work", &addr, &key, "--scoped"])
+        .unwrap();
+    assert_eq!(added["scoped"], true, "{added}");
+    alice.send("carol@work", "one").unwrap();
+    carol
+        .wait_history("alice@a", LIMIT, |h| h.len() == 1)
+        .unwrap();
+    let at_b = run_local(async {
+        b.client()
+            .await
+            .unwrap()
+            .lookup(&Username::parse("alice").unwrap())
+            .await
+            .is_ok()
+    })
+    .unwrap();
+    assert!(!at_b, "not registered at a scoped directory");
+
+    alice.stop().unwrap();
+    alice.start_again().unwrap();
+    let listed = alice.ctl_json(&["directory", "list"]).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(listed[1]["name"], "work");
+    assert_eq!(listed[1]["scoped"], true);
+    alice.send("carol@work", "two").unwrap();
+    carol
+        .wait_history("alice@a", LIMIT, |h| h.len() == 2)
+        .unwrap();
+
+    alice.ctl_ok(&["directory", "remove", "work"]).unwrap();
+    for restart in [false, true] {
+        if restart {
+            alice.stop().unwrap();
+            alice.start_again().unwrap();
+        }
+        assert_eq!(
+            alice
+                .ctl_json(&["directory", "list"])
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        let gone = alice.ctl(&["send", "dave@work", "anyone?"]).unwrap();
+        let says = String::from_utf8_lossy(&gone.stderr);
+        assert!(says.contains("no scoped directory named work"), "{says}");
+    }
+    alice.send("carol@work", "three").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let waiting = alice.history("carol@work").unwrap();
+    assert_eq!(waiting.last().unwrap()["status"], "queued", "{waiting:?}");
+    assert_eq!(carol.history("alice@a").unwrap().len(), 2);
+}

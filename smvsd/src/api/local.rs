@@ -691,17 +691,23 @@ impl host::Server for HostRpc {
     ) -> Result<(), capnp::Error> {
         self.admit()?;
         self.admin_only("changes the directories")?;
-        let (name, address, key) = {
+        let (name, address, key, scoped) = {
             let p = params.get()?;
             (
                 text(p.get_name())?.to_owned(),
                 text(p.get_address())?.to_owned(),
                 text(p.get_key())?.to_owned(),
+                p.get_scoped(),
             )
         };
         let added = mailbox(
             self.commands
-                .send(crate::commands::AddDirectory { name, address, key })
+                .send(crate::commands::AddDirectory {
+                    name,
+                    address,
+                    key,
+                    scoped,
+                })
                 .await,
         )??;
         write_directory(results.get().init_directory(), &added);

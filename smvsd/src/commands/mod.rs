@@ -391,10 +391,12 @@ pub struct AddDirectory {
     pub name: String,
     pub address: String,
     pub key: String,
+    /// A name space of its own (`alice@NAME`).
+    pub scoped: bool,
 }
 
 command!(AddDirectory => crate::trust::DirectoryEntry, |o, m| {
-    o.trust.add_directory(&m.name, &m.address, &m.key).await
+    o.trust.add_directory(&m.name, &m.address, &m.key, m.scoped).await
 });
 
 /// `directory remove NAME`: one directory fewer.

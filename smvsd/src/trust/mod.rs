@@ -139,8 +139,9 @@ pub struct Trust {
     /// One link per directory, in the configured order (the default one first), then those
     /// added with `directory add`; changed only by [`own_directories`].
     links: RefCell<Vec<Rc<DirectoryLink>>>,
-    /// One link per scoped directory (`alice@NAME`), in the configured order.
-    scoped: Vec<Rc<DirectoryLink>>,
+    /// One link per scoped directory (`alice@NAME`), in the configured order, then those
+    /// added with `directory add --scoped`; changed only by [`own_directories`].
+    scoped: RefCell<Vec<Rc<DirectoryLink>>>,
     /// The host's Noise key: certified at registration. Directory links never present it
     /// (each shows a throwaway key, see [`directories`]).
     transport: Rc<AgreementKeyPair>,
@@ -203,7 +204,7 @@ impl Trust {
         let scoped = links_to(&directory_config.scoped_directories);
         Trust {
             links: RefCell::new(links),
-            scoped,
+            scoped: RefCell::new(scoped),
             directory_config,
             transport,
             host_address,
@@ -458,7 +459,7 @@ impl Trust {
                     peer.wire_str()
                 )
             } else {
-                format!("{peer}: this host has no scoped directory named {scope} (`smvsd --scoped-directory`, or `scoped = true` in the config)")
+                format!("{peer}: this host has no scoped directory named {scope} (`smvsctl directory add {scope} ADDRESS KEY --scoped`)")
             };
             // The name is what is wrong, not the user: said as it is.
             return Err(HostError::bad_request(why));
@@ -498,13 +499,22 @@ impl Trust {
     /// the scoped ones (a log is a log, whatever name space it serves).
     fn checked_links(&self) -> Vec<Rc<DirectoryLink>> {
         let mut links = self.links();
-        links.extend(self.scoped.iter().cloned());
+        links.extend(self.scoped_links());
         links
     }
 
     /// The scoped directory this host calls `scope`.
     pub fn scoped_link(&self, scope: &str) -> Option<Rc<DirectoryLink>> {
-        self.scoped.iter().find(|l| l.name() == scope).cloned()
+        self.scoped
+            .borrow()
+            .iter()
+            .find(|l| l.name() == scope)
+            .cloned()
+    }
+
+    /// The scoped directories' links as they are now (a copy, as [`Trust::links`]).
+    pub(super) fn scoped_links(&self) -> Vec<Rc<DirectoryLink>> {
+        self.scoped.borrow().clone()
     }
 
     /// The contacts among [`Trust::local_names`] of `name` pinned with the host key `key`: one
@@ -560,7 +570,7 @@ impl Trust {
         let mut names = vec![name.clone()];
         if !name.is_identity_address() && name.scope().is_none() {
             names.extend(
-                self.scoped
+                self.scoped_links()
                     .iter()
                     .filter_map(|link| Username::scoped(name, link.name()).ok()),
             );
@@ -971,7 +981,7 @@ impl Trust {
         // Under the name this host gives users of that directory: `bob@work` when it is a
         // scoped one (a directory not in use here at all leaves the plain name, as before).
         let user = match self
-            .scoped
+            .scoped_links()
             .iter()
             .find(|l| l.anchor.key.as_bytes() == &evidence.directory_key)
         {
@@ -1408,7 +1418,7 @@ impl Trust {
         }
         if let Some(scope) = username.scope() {
             return Err(HostError::bad_request(format!(
-                "{username}: this host registers at its own directories, never at a scoped one;                  register as {} (or make {scope} one of the host's directories)",
+                "{username}: this host registers at its own directories, never at a scoped one; register as {} (or make {scope} one of the host's directories)",
                 username.wire_str()
             )));
         }

@@ -26,6 +26,9 @@ struct AddedDirectory {
     address: String,
     /// Hex.
     key: String,
+    /// Added with `--scoped` (absent in what hosts before scoped names stored).
+    #[serde(default)]
+    scoped: bool,
 }
 
 /// What the user changed in the configured list, stored as one setting (one write: never
@@ -33,7 +36,7 @@ struct AddedDirectory {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct DirectoryChanges {
     added: Vec<AddedDirectory>,
-    /// Keys (hex) of configured directories the user removed.
+    /// Keys (hex) of configured directories the user removed (scoped ones too).
     removed: Vec<String>,
 }
 
@@ -81,24 +84,32 @@ impl Trust {
             None => DirectoryChanges::default(),
         };
         let mut links = self.links.borrow_mut();
-        links.retain(|l| {
-            let gone = changes.removed.contains(&l.anchor.key.to_hex());
-            if gone {
-                tracing::info!(directory = %l.name(), "a configured directory the user removed is not used");
-            }
-            !gone
-        });
+        let mut scoped = self.scoped.borrow_mut();
+        for list in [&mut *links, &mut *scoped] {
+            list.retain(|l| {
+                let gone = changes.removed.contains(&l.anchor.key.to_hex());
+                if gone {
+                    tracing::info!(directory = %l.name(), "a configured directory the user removed is not used");
+                }
+                !gone
+            });
+        }
         for a in changes.added {
             match crate::config::DirectoryAnchor::parse(&a.name, &a.address, &a.key) {
                 Ok(anchor)
                     if !links
                         .iter()
+                        .chain(scoped.iter())
                         .any(|l| l.anchor.name == anchor.name || l.anchor.key == anchor.key) =>
                 {
-                    links.push(Rc::new(DirectoryLink::new(
+                    let link = Rc::new(DirectoryLink::new(
                         anchor,
                         self.directory_config.socks5_proxy.clone(),
-                    )));
+                    ));
+                    match a.scoped {
+                        true => scoped.push(link),
+                        false => links.push(link),
+                    }
                 }
                 Ok(_) => {
                     tracing::warn!(directory = %a.name, "a directory added with `directory add` is now configured too (by name or key); the configured one is used");
@@ -122,24 +133,35 @@ impl Trust {
     /// Stores which directories were added and which configured ones removed, given the
     /// links now in use.
     async fn store_directory_changes(&self) -> Result<(), HostError> {
-        let links = self.links();
-        let configured = &self.directory_config.directories;
-        let changes = DirectoryChanges {
-            added: links
-                .iter()
-                .filter(|l| !configured.contains(&l.anchor))
-                .map(|l| AddedDirectory {
-                    name: l.anchor.name.clone(),
-                    address: l.anchor.address.clone(),
-                    key: l.anchor.key.to_hex(),
-                })
-                .collect(),
-            removed: configured
-                .iter()
-                .filter(|c| !links.iter().any(|l| l.anchor.key == c.key))
-                .map(|c| c.key.to_hex())
-                .collect(),
-        };
+        let mut added = Vec::new();
+        let mut removed = Vec::new();
+        for (links, configured, scoped) in [
+            (self.links(), &self.directory_config.directories, false),
+            (
+                self.scoped_links(),
+                &self.directory_config.scoped_directories,
+                true,
+            ),
+        ] {
+            added.extend(
+                links
+                    .iter()
+                    .filter(|l| !configured.contains(&l.anchor))
+                    .map(|l| AddedDirectory {
+                        name: l.anchor.name.clone(),
+                        address: l.anchor.address.clone(),
+                        key: l.anchor.key.to_hex(),
+                        scoped,
+                    }),
+            );
+            removed.extend(
+                configured
+                    .iter()
+                    .filter(|c| !links.iter().any(|l| l.anchor.key == c.key))
+                    .map(|c| c.key.to_hex()),
+            );
+        }
+        let changes = DirectoryChanges { added, removed };
         let bytes = serde_json::to_vec(&changes).map_err(|e| HostError::internal(e.to_string()))?;
         self.storage
             .set_setting(crate::storage::DIRECTORY_CHANGES, bytes)
@@ -156,6 +178,7 @@ impl Trust {
         name: &str,
         address: &str,
         key: &str,
+        scoped: bool,
     ) -> Result<DirectoryEntry, HostError> {
         let anchor = crate::config::DirectoryAnchor::parse(name, address, key)
             .map_err(HostError::bad_request)?;
@@ -178,14 +201,21 @@ impl Trust {
         let _changing = self.directory_changes.lock().await;
         {
             let links = self.links.borrow();
+            let scoped_now = self.scoped.borrow();
             if let Some(l) = links
                 .iter()
-                .chain(&self.scoped)
+                .chain(scoped_now.iter())
                 .find(|l| l.anchor.name == anchor.name || l.anchor.key == anchor.key)
             {
                 return Err(HostError::bad_request(format!(
                     "the directory {} is in use already (by that name or key)",
                     l.name()
+                )));
+            }
+            if scoped && scoped_now.len() >= crate::config::MAX_SCOPED_DIRECTORIES {
+                return Err(HostError::bad_request(format!(
+                    "{} scoped directories are in use; remove one first",
+                    crate::config::MAX_SCOPED_DIRECTORIES
                 )));
             }
             if links.len() >= MAX_DIRECTORIES {
@@ -199,8 +229,9 @@ impl Trust {
             self.directory_config.socks5_proxy.clone(),
         ));
         let left = self.left.borrow().contains(link.anchor.key.as_bytes());
+        // Never registered at a scoped directory: it is someone else's name space.
         let registering = match self.registered() {
-            Some(me) if !me.username.is_identity_address() && !left => Some(me),
+            Some(me) if !me.username.is_identity_address() && !left && !scoped => Some(me),
             _ => None,
         };
         match registering {
@@ -223,21 +254,45 @@ impl Trust {
                 }
             }
         }
-        self.links.borrow_mut().push(link.clone());
+        let list = if scoped { &self.scoped } else { &self.links };
+        list.borrow_mut().push(link.clone());
         self.records.borrow_mut().clear();
         if let Err(e) = self.store_directory_changes().await {
             // Not kept, so not used either.
-            self.links.borrow_mut().retain(|l| !Rc::ptr_eq(l, &link));
+            list.borrow_mut().retain(|l| !Rc::ptr_eq(l, &link));
             return Err(e);
         }
-        tracing::info!(directory = %link.name(), "added a directory");
-        Ok(self.entry(&link))
+        tracing::info!(directory = %link.name(), scoped, "added a directory");
+        Ok(DirectoryEntry {
+            scoped,
+            ..self.entry(&link)
+        })
     }
 
     /// `directory remove NAME`: stops using a directory, for look-ups and registration, from
     /// now on (and after a restart, even if the configuration names it).
     pub async fn remove_directory(&self, name: &str) -> Result<(), HostError> {
         let _changing = self.directory_changes.lock().await;
+        // A scoped one: no quorum or registration of ours hangs on it. Its users' pinned
+        // contacts stay; what waits for them waits until it is added again.
+        let scoped = self.scoped_link(name);
+        if let Some(link) = scoped {
+            let at = self
+                .scoped_links()
+                .iter()
+                .position(|l| Rc::ptr_eq(l, &link))
+                .unwrap_or(0);
+            self.scoped.borrow_mut().retain(|l| !Rc::ptr_eq(l, &link));
+            self.records.borrow_mut().clear();
+            if let Err(e) = self.store_directory_changes().await {
+                let mut now = self.scoped.borrow_mut();
+                let at = at.min(now.len());
+                now.insert(at, link);
+                return Err(e);
+            }
+            tracing::info!(directory = %name, "removed a scoped directory");
+            return Ok(());
+        }
         let links = self.links();
         let link = links.iter().find(|l| l.name() == name).ok_or_else(|| {
             HostError::bad_request(format!(
@@ -303,7 +358,7 @@ impl Trust {
     /// Every directory in use, the scoped ones last.
     pub fn directories(&self) -> Vec<DirectoryEntry> {
         let mut entries: Vec<DirectoryEntry> = self.links().iter().map(|l| self.entry(l)).collect();
-        entries.extend(self.scoped.iter().map(|l| DirectoryEntry {
+        entries.extend(self.scoped_links().iter().map(|l| DirectoryEntry {
             scoped: true,
             ..self.entry(l)
         }));
