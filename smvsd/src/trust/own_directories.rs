@@ -107,6 +107,10 @@ impl Trust {
                         self.directory_config.socks5_proxy.clone(),
                     ));
                     match a.scoped {
+                        // The configuration may have gained scoped ones since it was added.
+                        true if scoped.len() >= crate::config::MAX_SCOPED_DIRECTORIES => {
+                            tracing::warn!(directory = %a.name, "a scoped directory added with `directory add` is not used: the configuration names as many as a host may have");
+                        }
                         true => scoped.push(link),
                         false => links.push(link),
                     }
@@ -218,7 +222,7 @@ impl Trust {
                     crate::config::MAX_SCOPED_DIRECTORIES
                 )));
             }
-            if links.len() >= MAX_DIRECTORIES {
+            if !scoped && links.len() >= MAX_DIRECTORIES {
                 return Err(HostError::bad_request(format!(
                     "{MAX_DIRECTORIES} directories are in use; remove one first"
                 )));
@@ -257,11 +261,14 @@ impl Trust {
         let list = if scoped { &self.scoped } else { &self.links };
         list.borrow_mut().push(link.clone());
         self.records.borrow_mut().clear();
-        if let Err(e) = self.store_directory_changes().await {
+        let stored = self.store_directory_changes().await;
+        if stored.is_err() {
             // Not kept, so not used either.
             list.borrow_mut().retain(|l| !Rc::ptr_eq(l, &link));
-            return Err(e);
         }
+        // Again: a look-up that ran while the list was being stored answered from the old one.
+        self.records.borrow_mut().clear();
+        stored?;
         tracing::info!(directory = %link.name(), scoped, "added a directory");
         Ok(DirectoryEntry {
             scoped,
@@ -284,12 +291,15 @@ impl Trust {
                 .unwrap_or(0);
             self.scoped.borrow_mut().retain(|l| !Rc::ptr_eq(l, &link));
             self.records.borrow_mut().clear();
-            if let Err(e) = self.store_directory_changes().await {
+            let stored = self.store_directory_changes().await;
+            if stored.is_err() {
                 let mut now = self.scoped.borrow_mut();
                 let at = at.min(now.len());
                 now.insert(at, link);
-                return Err(e);
             }
+            // Again: a look-up that ran meanwhile may have cached a name of the one removed.
+            self.records.borrow_mut().clear();
+            stored?;
             tracing::info!(directory = %name, "removed a scoped directory");
             return Ok(());
         }
