@@ -50,6 +50,10 @@ pub struct Cli {
     /// machines or networks.
     #[arg(long)]
     pub allow_private_host_addresses: bool,
+    /// MiB of look-up answers kept in memory (records, signed log heads and proofs of the
+    /// latest epoch), so that a name asked for often costs no database read; 0 keeps none.
+    #[arg(long, default_value_t = 256)]
+    pub answer_cache_mib: usize,
 }
 
 #[derive(Subcommand)]

@@ -23,6 +23,9 @@ pub struct DirectoryConfig {
     /// `smvs_schema::AddressKind`): for a directory that serves one LAN, or a test on
     /// loopback. Off, such a registration or address update is refused (`address-refused`).
     pub allow_private_host_addresses: bool,
+    /// Bytes of look-up answers kept in memory (0: none; every look-up then reads the store and
+    /// makes its proof).
+    pub answer_cache_bytes: usize,
 }
 
 /// Limits as configured (flags of `smvs-directory`).

@@ -18,7 +18,8 @@
 //! - the client side, always built: [`client`] (what hosts use), [`cli`] (the binary's command
 //!   line, here so man pages can be generated without the server);
 //! - the server side, with `server`: [`limits`] (rate limits) and [`store`] (SQLite or
-//!   PostgreSQL), then `state` (what the workers share: store, keys, limits), then `rpc` (the
+//!   PostgreSQL), [`keylog`] (key transparency) and `answers` (look-up answers kept in
+//!   memory), then `state` (what the workers share: store, keys, limits), then `rpc` (the
 //!   protocol's handlers), and on top [`server`] (lifecycle and workers).
 
 pub mod cli;
@@ -29,6 +30,8 @@ pub mod error;
 pub mod record;
 pub mod transparency;
 
+#[cfg(feature = "server")]
+mod answers;
 #[cfg(feature = "server")]
 pub mod keylog;
 #[cfg(feature = "server")]

@@ -48,6 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         max_connections: cli.max_connections,
         workers: cli.workers,
         allow_private_host_addresses: cli.allow_private_host_addresses,
+        answer_cache_bytes: cli.answer_cache_mib.saturating_mul(1 << 20),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -281,11 +281,21 @@ pub fn sign_record(
     issued_at: i64,
     out: signed_record::Builder<'_>,
 ) {
-    let bytes = encode_record(user, issued_at, &key.public());
-    let signature = key.sign(SignContext::DirectoryRecord, &bytes);
+    let (bytes, signature) = signed_record(key, user, issued_at);
     let mut out = out;
     out.set_record(&bytes);
     out.set_signature(signature.as_bytes());
+}
+
+/// `user`'s record as of `issued_at`, as the directory signs it: the bytes and the signature.
+pub fn signed_record(
+    key: &SigningKeyPair,
+    user: &UserRecord,
+    issued_at: i64,
+) -> (Vec<u8>, Signature) {
+    let bytes = encode_record(user, issued_at, &key.public());
+    let signature = key.sign(SignContext::DirectoryRecord, &bytes);
+    (bytes, signature)
 }
 
 /// `user` as record bytes, naming `signer` as the key that vouches for it.

@@ -24,9 +24,7 @@ use crate::record::{
 };
 use crate::state::Shared;
 use crate::store::{NewKeys, StoreError};
-use crate::transparency::{
-    encode_append_only_proof, encode_history_proof, encode_lookup_proof, LoggedValue,
-};
+use crate::transparency::{encode_append_only_proof, encode_history_proof};
 
 /// How long a sealed token may be spent.
 pub const TOKEN_LIFETIME_MS: i64 = 60_000;
@@ -255,51 +253,8 @@ impl directory::Server for DirectoryRpc {
     ) -> Result<(), capnp::Error> {
         self.shared.limits.request(self.peer)?;
         let name = username(params.get()?.get_username())?;
-        let Some(user) = self
-            .shared
-            .store
-            .get_user(&name)
-            .await
-            .map_err(store_refusal)?
-        else {
-            // Someone who moved away: their own statement of where to.
-            let moved = self
-                .shared
-                .store
-                .get_moved(&name)
-                .await
-                .map_err(store_refusal)?;
-            let statement = moved
-                .map(|bytes| MovedStatement::from_bytes(&bytes))
-                .transpose()
-                .map_err(|e| Refusal::new(ErrorCode::Internal, format!("a stored statement: {e}")))?
-                .ok_or_else(|| {
-                    Refusal::new(ErrorCode::NotFound, format!("no user named {name}"))
-                })?;
-            let logged = statement
-                .logged()
-                .map_err(|e| Refusal::new(ErrorCode::Internal, e))?;
-            let (proof, head) = self.shared.prove(&name, &logged).await?;
-            let mut answer = results.get();
-            statement.write(answer.reborrow().init_moved());
-            head.write(answer.reborrow().init_head());
-            answer.set_proof(&encode_lookup_proof(&proof));
-            return Ok(());
-        };
-        let logged = LoggedValue::Record {
-            identity: user.identity.signing_key,
-            serial: user.serial,
-        };
-        let (proof, head) = self.shared.prove(&name, &logged).await?;
-        let mut answer = results.get();
-        sign_record(
-            &self.shared.key,
-            &user,
-            now_ms(),
-            answer.reborrow().init_record(),
-        );
-        head.write(answer.reborrow().init_head());
-        answer.set_proof(&encode_lookup_proof(&proof));
+        let answer = self.shared.answer(&name).await?;
+        answer.write(&name, results.get())?;
         Ok(())
     }
 

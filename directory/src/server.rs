@@ -20,6 +20,7 @@ use smvs_crypto::{SigningKeyPair, SigningPublicKey, SigningSeed};
 use thiserror::Error;
 use tokio::sync::{watch, Semaphore};
 
+use crate::answers::AnswerCache;
 use crate::config::DirectoryConfig;
 pub use crate::keylog::LogVrf;
 use crate::keylog::{KeyLog, LogError};
@@ -142,6 +143,8 @@ impl DirectoryServer {
             connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
             handshake_timeout: config.handshake_timeout,
             allow_private_host_addresses: config.allow_private_host_addresses,
+            answers: AnswerCache::new(config.answer_cache_bytes),
+            head: std::sync::Mutex::new(None),
         });
         let (stop, stopped) = watch::channel(false);
         let count = if config.workers == 0 {

@@ -5,7 +5,7 @@
 //! and runs the workers), so neither has to name the other to reach it. Everything here is
 //! `Send + Sync`: workers are threads, each with its own single-threaded runtime.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use smvs_crypto::{AgreementKeyPair, SigningKeyPair};
@@ -14,11 +14,15 @@ use tokio::sync::Semaphore;
 
 use smvs_schema::Username;
 
+use crate::answers::{Answer, AnswerCache};
+use crate::clock::now_ms;
 use crate::error::{ErrorCode, Refusal};
 use crate::keylog::{Consistency, KeyLog, LogError};
 use crate::limits::Limits;
+use crate::record::{signed_record, MovedStatement};
 use crate::store::Store;
-use crate::transparency::{LogHead, LoggedValue};
+use crate::store::StoreError;
+use crate::transparency::{encode_lookup_proof, LogHead, LoggedValue};
 
 pub(crate) struct Shared {
     pub store: Store,
@@ -34,6 +38,15 @@ pub(crate) struct Shared {
     pub handshake_timeout: Duration,
     /// `--allow-private-host-addresses`: see [`Shared::check_host_address`].
     pub allow_private_host_addresses: bool,
+    /// Look-up answers of the latest epoch ([`crate::answers`]).
+    pub answers: AnswerCache,
+    /// The head last signed: a head is signed once per epoch, not per answer.
+    pub head: Mutex<Option<LogHead>>,
+}
+
+fn store_refusal(e: StoreError) -> Refusal {
+    tracing::warn!(error = %e, "store error during a look-up");
+    Refusal::new(ErrorCode::Internal, "storage error")
 }
 
 impl Shared {
@@ -44,6 +57,81 @@ impl Shared {
         if let Err(e) = self.log.sync(name).await {
             tracing::warn!(error = %e, "a changed record is not in the key log yet");
         }
+        // A new epoch already retires the answer; when publishing failed there is none.
+        self.answers.forget(name);
+    }
+
+    /// What a look-up of `name` answers now: from memory while the log's latest epoch is the
+    /// one the kept answer was made at, else made afresh (and kept).
+    pub async fn answer(&self, name: &Username) -> Result<Arc<Answer>, Refusal> {
+        let latest = self.log.latest().await.map_err(|e| {
+            tracing::warn!(error = %e, "the key log's latest epoch cannot be read");
+            Refusal::new(
+                ErrorCode::Internal,
+                "the key log cannot be read now; ask again",
+            )
+        })?;
+        if let Some(answer) = self.answers.get(name, latest) {
+            return Ok(answer);
+        }
+        let answer = Arc::new(self.make_answer(name).await?);
+        // Kept at the epoch its proof holds against, which may be newer than `latest` (a
+        // change published meanwhile); a not-found, at the epoch read before it was found.
+        let epoch = answer.epoch().unwrap_or(latest);
+        self.answers.put(name, epoch, answer.clone());
+        Ok(answer)
+    }
+
+    async fn make_answer(&self, name: &Username) -> Result<Answer, Refusal> {
+        let Some(user) = self.store.get_user(name).await.map_err(store_refusal)? else {
+            // Someone who moved away: their own statement of where to.
+            let Some(moved) = self.store.get_moved(name).await.map_err(store_refusal)? else {
+                return Ok(Answer::NotFound);
+            };
+            let statement = MovedStatement::from_bytes(&moved).map_err(|e| {
+                Refusal::new(ErrorCode::Internal, format!("a stored statement: {e}"))
+            })?;
+            let logged = statement
+                .logged()
+                .map_err(|e| Refusal::new(ErrorCode::Internal, e))?;
+            let (proof, head) = self.prove(name, &logged).await?;
+            return Ok(Answer::Moved {
+                statement,
+                head,
+                proof: encode_lookup_proof(&proof),
+            });
+        };
+        let logged = LoggedValue::Record {
+            identity: user.identity.signing_key,
+            serial: user.serial,
+        };
+        let (proof, head) = self.prove(name, &logged).await?;
+        let (record, signature) = signed_record(&self.key, &user, now_ms());
+        Ok(Answer::Record {
+            record,
+            signature,
+            head,
+            proof: encode_lookup_proof(&proof),
+        })
+    }
+
+    /// The signed head of `epoch` and `root`: the one signed last when it is that one.
+    fn signed_head(&self, epoch: u64, root: [u8; 32]) -> LogHead {
+        let mut last = match self.head.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(head) = last.as_ref() {
+            if head.epoch == epoch && head.root_hash == root {
+                return head.clone();
+            }
+        }
+        let head = LogHead::sign(&self.key, epoch, root, self.log.vrf_key());
+        // Keep the newest: an older epoch is asked for only in passing.
+        if last.as_ref().is_none_or(|h| h.epoch <= epoch) {
+            *last = Some(head.clone());
+        }
+        head
     }
 
     /// A proof that `name`'s latest version in the key log is `logged`, and the head it holds
@@ -60,8 +148,7 @@ impl Shared {
                 "the key log has no proof of this record yet; ask again",
             )
         })?;
-        let head = LogHead::sign(&self.key, head.0, head.1, self.log.vrf_key());
-        Ok((proof, head))
+        Ok((proof, self.signed_head(head.0, head.1)))
     }
 
     /// The key log's growth from epoch `from` (see [`KeyLog::consistency`]), and the signed
@@ -79,8 +166,7 @@ impl Shared {
         })?;
         let end = grown.from + grown.roots.len() as u64 - 1;
         let root = *grown.roots.last().unwrap_or(&[0; 32]);
-        let head = LogHead::sign(&self.key, end, root, self.log.vrf_key());
-        Ok((grown, head))
+        Ok((grown, self.signed_head(end, root)))
     }
 
     /// A proof of every version of `name` in the key log, and the head it holds against.
@@ -92,8 +178,7 @@ impl Shared {
                 "the key log has no history of this name now; ask again",
             )
         })?;
-        let head = LogHead::sign(&self.key, head.0, head.1, self.log.vrf_key());
-        Ok((proof, head))
+        Ok((proof, self.signed_head(head.0, head.1)))
     }
 
     /// Refuses a host address of a local kind (loopback, link-local, private, shared, or one

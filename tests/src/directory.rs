@@ -41,10 +41,15 @@ impl DirectoryProcess {
 
     /// [`DirectoryProcess::start`] with SQLite, for callers outside any runtime.
     pub fn start_sqlite_blocking() -> anyhow::Result<DirectoryProcess> {
+        Self::start_sqlite_blocking_with(&[])
+    }
+
+    /// [`DirectoryProcess::start_sqlite_blocking`] with more flags.
+    pub fn start_sqlite_blocking_with(extra: &[&str]) -> anyhow::Result<DirectoryProcess> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        runtime.block_on(Self::start(Backend::Sqlite, &[]))
+        runtime.block_on(Self::start(Backend::Sqlite, extra))
     }
 
     /// Starts a directory on an existing database and key (a second process behind one

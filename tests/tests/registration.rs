@@ -118,6 +118,21 @@ async fn login_update_rotate_deregister(backend: Backend) {
         .await
         .unwrap();
 
+    // Answers the directory keeps in memory never outlive a change: alice's answer and a
+    // not-found for bob are asked for (and kept) before each changes.
+    let kept = client.lookup(&alice.username).await.unwrap();
+    assert_eq!(kept.logged_at.unwrap().version, 1);
+    let bob = TestUser::new("bob", "127.0.0.1:7421").unwrap();
+    assert_eq!(
+        code(client.lookup(&bob.username).await),
+        ErrorCode::NotFound
+    );
+    client.register(&bob.registration(&dir.key)).await.unwrap();
+    assert_eq!(
+        client.lookup(&bob.username).await.unwrap().user.identity,
+        bob.identity.bundle()
+    );
+
     let session = alice.login(&client).await.unwrap();
     let new_host = HostAddress::parse("127.0.0.1:17421").unwrap();
     let moved = session.update_host_address(&new_host).await.unwrap();
@@ -230,8 +245,8 @@ async fn login_update_rotate_deregister(backend: Backend) {
         code(session.update_host_address(&new_host).await),
         ErrorCode::AuthFailed
     );
-    // Deleted, not flagged: no row and no token remain.
-    assert_eq!(dir.store().await.unwrap().counts().await.unwrap(), (0, 0));
+    // Deleted, not flagged: no row and no token remain (bob's row is the one left).
+    assert_eq!(dir.store().await.unwrap().counts().await.unwrap(), (1, 0));
 
     // The name can be registered again, and its serial still grows (stale answers stay
     // detectable).
@@ -534,6 +549,25 @@ fn two_directory_processes_share_one_postgres() {
             smvs_schema::canonical::parse_auth_token(&plaintext, &first.key, &alice.username)
                 .unwrap();
         let session = b.authenticate("alice", &token).await.unwrap();
+
+        // What one process keeps in memory is never served after a change made at the other:
+        // b keeps alice's answer and a not-found for carol, then a changes both.
+        let before = b.lookup(&alice.username).await.unwrap();
+        let carol = TestUser::new("carol", "127.0.0.1:7421").unwrap();
+        assert_eq!(code(b.lookup(&carol.username).await), ErrorCode::NotFound);
+        let at_a = alice.login(&a).await.unwrap();
+        let new_host = HostAddress::parse("127.0.0.1:17421").unwrap();
+        let moved = at_a.update_host_address(&new_host).await.unwrap();
+        let after = b.lookup(&alice.username).await.unwrap();
+        assert_eq!(after.user.host_address, new_host);
+        assert_eq!(after.user.serial, moved.user.serial);
+        assert!(after.logged_at.unwrap().head.epoch > before.logged_at.unwrap().head.epoch);
+        a.register(&carol.registration(&first.key)).await.unwrap();
+        assert_eq!(
+            b.lookup(&carol.username).await.unwrap().user.identity,
+            carol.identity.bundle()
+        );
+
         let serial = b.lookup(&alice.username).await.unwrap().user.serial;
         let deregistration = Deregistration::sign_locally(
             &first.key,
@@ -984,7 +1018,11 @@ fn expired_and_overlong_certificates_are_refused_postgres() {
 /// reason), and it renews the certificate through keyguard when it starts again.
 #[test]
 fn hosts_refuse_an_expired_certificate_and_its_owner_renews_it_at_start() {
-    let dir = DirectoryProcess::start_sqlite_blocking().unwrap();
+    // The test changes the directory's database behind its back (below), so the directory
+    // keeps no answers in memory: with them, it would answer what it had before until the
+    // next epoch, as if the change had not been made (which in life it never is: an expiry
+    // comes with time, and the record in a kept answer expires as well).
+    let dir = DirectoryProcess::start_sqlite_blocking_with(&["--answer-cache-mib", "0"]).unwrap();
     let alice = HostProcess::start("alice", &dir, "127.0.0.1", &[]).unwrap();
     let mut bob = HostProcess::start("bob", &dir, "127.0.0.2", &[]).unwrap();
     alice.register().unwrap();

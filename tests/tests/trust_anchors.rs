@@ -27,6 +27,11 @@ fn also(name: &str, dir: &DirectoryProcess) -> [String; 2] {
 /// Rewrites `user`'s row in `dir`'s database to a new identity (with a transport certificate
 /// it signed for that name, and no session keys), as a directory that lies would serve it.
 /// Returns the forged identity's signing key (hex).
+/// Flags of a directory whose database a test tampers with while it runs (playing a directory
+/// that lies): it keeps no look-up answers in memory, or it would go on answering what it
+/// held before until its next epoch.
+const TAMPERED: &[&str] = &["--answer-cache-mib", "0"];
+
 fn forge_identity(dir: &DirectoryProcess, user: &str) -> String {
     let forged = IdentityKeys::generate().unwrap();
     let bundle = forged.bundle();
@@ -87,7 +92,9 @@ fn a_quorum_of_directories_outvotes_one_that_lies_and_raises_the_alarm() {
         (
             DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
             DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
-            DirectoryProcess::start(Backend::Sqlite, &[]).await.unwrap(),
+            DirectoryProcess::start(Backend::Sqlite, TAMPERED)
+                .await
+                .unwrap(),
         )
     });
     let [b1, b2] = also("b", &b);
@@ -799,7 +806,7 @@ fn wait_log_lines(host: &HostProcess, needle: &str, count: usize) -> Vec<String>
 fn a_key_shown_for_one_lookup_stays_in_the_log_and_its_owner_finds_it() {
     let rt = runtime().unwrap();
     let a = rt
-        .block_on(DirectoryProcess::start(Backend::Sqlite, &[]))
+        .block_on(DirectoryProcess::start(Backend::Sqlite, TAMPERED))
         .unwrap();
     let mut bob = HostProcess::start("bob", &a, "127.0.0.2", &[]).unwrap();
     bob.register().unwrap();
@@ -922,8 +929,9 @@ fn a_directory_that_shows_one_user_a_log_of_its_own_is_caught_by_a_contacts_head
         .unwrap()
         .execute("VACUUM INTO ?1", [fork_db.display().to_string()])
         .unwrap();
-    let fork = DirectoryProcess::start_with(fork_dir, format!("sqlite:{}", fork_db.display()), &[])
-        .unwrap();
+    let fork =
+        DirectoryProcess::start_with(fork_dir, format!("sqlite:{}", fork_db.display()), TAMPERED)
+            .unwrap();
     assert_eq!(fork.key, a.key);
     let forged = forge_identity(&fork, "carol");
     // The real log moves on (dave registers), and bob's host sees it (a look-up of dave).

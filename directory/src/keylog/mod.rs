@@ -16,13 +16,19 @@
 
 mod storage;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
 use akd::directory::Directory;
-use akd::ecvrf::{VRFKeyStorage, VrfError};
+use akd::ecvrf::{
+    Proof, VRFExpandedPrivateKey, VRFKeyStorage, VRFPrivateKey, VRFPublicKey, VrfError,
+};
 use akd::storage::StorageManager;
 use akd::{
-    AkdLabel, AkdValue, AzksParallelismConfig, EpochHash, HistoryParams, HistoryProof, LookupProof,
+    AkdLabel, AkdValue, AzksParallelismConfig, Configuration, EpochHash, HistoryParams,
+    HistoryProof, LookupProof, NodeLabel, VersionFreshness,
 };
 use smvs_crypto::{CryptoError, Zeroizing};
 use smvs_schema::Username;
@@ -36,17 +42,72 @@ pub use storage::LogStorage;
 /// The VRF key that hides names in the log: HKDF-SHA256 of the directory's key seed (salt
 /// `smvs-directory-v1`, info `key log vrf`), so it lives wherever the signing key lives and
 /// every process that shares a database and a key file has the same one.
+///
+/// akd's default methods derive the expanded key and the public key again for every label,
+/// and every look-up proof needs three VRF proofs (the version, its marker, the next version
+/// as stale): most of a proof's CPU. So the keys are derived once, and proofs are kept by the
+/// hashed VRF input. A VRF is deterministic, so a kept proof is the one that would be made; and
+/// a name's proofs do not change with the epoch, so they outlive the look-up answers of
+/// [`crate::answers`], which every new epoch retires.
 #[derive(Clone)]
-pub struct LogVrf(Arc<Zeroizing<Vec<u8>>>);
+pub struct LogVrf(Arc<VrfInner>);
+
+struct VrfInner {
+    seed: Zeroizing<Vec<u8>>,
+    private: VRFPrivateKey,
+    expanded: VRFExpandedPrivateKey,
+    public: VRFPublicKey,
+    /// Proofs (with the node label each gives) by hashed VRF input, at most [`VRF_PROOFS_KEPT`].
+    proofs: std::sync::Mutex<HashMap<Vec<u8>, (Proof, NodeLabel)>>,
+}
+
+/// VRF proofs kept (each about 200 bytes with its key): the three of each of this many
+/// names' latest versions.
+const VRF_PROOFS_KEPT: usize = 3 * 100_000;
 
 impl LogVrf {
     pub fn derive(seed: &[u8]) -> Result<LogVrf, CryptoError> {
-        Ok(LogVrf(Arc::new(smvs_crypto::hkdf_sha256(
-            b"smvs-directory-v1",
+        let seed = smvs_crypto::hkdf_sha256(b"smvs-directory-v1", seed, b"key log vrf", 32)?;
+        let private = VRFPrivateKey::try_from(&seed[..]).map_err(|_| CryptoError::InvalidKey {
+            what: "the key log's VRF key",
+        })?;
+        Ok(LogVrf(Arc::new(VrfInner {
+            expanded: VRFExpandedPrivateKey::from(&private),
+            public: VRFPublicKey::from(&private),
+            private,
             seed,
-            b"key log vrf",
-            32,
-        )?)))
+            proofs: std::sync::Mutex::default(),
+        })))
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, (Proof, NodeLabel)>> {
+        // Poisoned only by a panic elsewhere; the map itself is whole.
+        self.0.proofs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The proof for `label`'s `version` (fresh or stale), and its node label: kept, or made.
+    async fn proof<TC: Configuration>(
+        &self,
+        label: &AkdLabel,
+        freshness: VersionFreshness,
+        version: u64,
+    ) -> (Proof, NodeLabel) {
+        let input = TC::get_hash_from_label_input(label, freshness, version);
+        let found = self.kept().get(&input).copied();
+        if let Some(found) = found {
+            return found;
+        }
+        let proof = self.0.expanded.prove(&self.0.public, &input);
+        let node = self.get_node_label_from_vrf_proof(proof).await;
+        let mut proofs = self.kept();
+        if proofs.len() >= VRF_PROOFS_KEPT {
+            // Any one goes: the map's order is as good as random.
+            if let Some(victim) = proofs.keys().next().cloned() {
+                proofs.remove(&victim);
+            }
+        }
+        proofs.insert(input, (proof, node));
+        (proof, node)
     }
 }
 
@@ -59,11 +120,43 @@ impl std::fmt::Debug for LogVrf {
 #[async_trait::async_trait]
 impl VRFKeyStorage for LogVrf {
     async fn retrieve(&self) -> Result<Vec<u8>, VrfError> {
-        Ok(self.0.to_vec())
+        Ok(self.0.seed.to_vec())
+    }
+
+    async fn get_vrf_private_key(&self) -> Result<VRFPrivateKey, VrfError> {
+        Ok(self.0.private.clone())
+    }
+
+    async fn get_vrf_public_key(&self) -> Result<VRFPublicKey, VrfError> {
+        Ok(self.0.public.clone())
+    }
+
+    async fn get_node_label<TC: Configuration>(
+        &self,
+        label: &AkdLabel,
+        freshness: VersionFreshness,
+        version: u64,
+    ) -> Result<NodeLabel, VrfError> {
+        Ok(self.proof::<TC>(label, freshness, version).await.1)
+    }
+
+    async fn get_label_proof<TC: Configuration>(
+        &self,
+        label: &AkdLabel,
+        freshness: VersionFreshness,
+        version: u64,
+    ) -> Result<Proof, VrfError> {
+        Ok(self.proof::<TC>(label, freshness, version).await.0)
     }
 }
 
 type LogDirectory = Directory<LogConfiguration, LogStorage, LogVrf>;
+
+/// How long akd keeps a tree node it read, and how much it keeps (SQLite only, see
+/// [`KeyLog::open`]): nodes change only by this process's own publications, which write
+/// through the cache.
+const NODE_CACHE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+const NODE_CACHE_BYTES: usize = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -115,6 +208,8 @@ pub struct KeyLog {
 
 struct Inner {
     directory: LogDirectory,
+    /// akd's storage manager (the same one `directory` holds), to flush its node cache.
+    nodes: StorageManager<LogStorage>,
     /// The same storage akd's directory writes through, for reading versions directly.
     storage: LogStorage,
     store: Store,
@@ -124,6 +219,14 @@ struct Inner {
     /// commits, so without this a proof could sign a head of an epoch not yet (or never)
     /// stored.
     publishing: tokio::sync::RwLock<()>,
+    /// The latest epoch this process knows of: read at open, raised by every publication here
+    /// and (with a shared database) by every reading of the stored one.
+    known_epoch: AtomicU64,
+    /// Readings of the stored epoch (a shared database only): tickets handed out to askers and
+    /// readers in one sequence, and under the lock the ticket of the last reading made. See
+    /// [`KeyLog::latest`].
+    tickets: AtomicU64,
+    last_reading: tokio::sync::Mutex<u64>,
 }
 
 impl KeyLog {
@@ -134,7 +237,21 @@ impl KeyLog {
             .await
             .map_err(|e| LogError::Akd(e.to_string()))?
             .to_bytes();
-        let manager = StorageManager::new_no_cache(LogStorage::new(store.clone()));
+        // akd's node cache is written through by this process's publications only, so it is
+        // used only where no other process publishes (SQLite); behind a shared PostgreSQL
+        // every proof reads the tree from the database. A failed publication flushes it (akd
+        // fills it before the database write).
+        let manager = if store.is_shared() {
+            StorageManager::new_no_cache(LogStorage::new(store.clone()))
+        } else {
+            StorageManager::new(
+                LogStorage::new(store.clone()),
+                Some(NODE_CACHE_LIFETIME),
+                Some(NODE_CACHE_BYTES),
+                None,
+            )
+        };
+        let nodes = manager.clone();
         // Under the lock: two processes starting on an empty database must not both create a
         // tree.
         let directory = store
@@ -142,15 +259,48 @@ impl KeyLog {
                 LogDirectory::new(manager, vrf, AzksParallelismConfig::disabled()).await
             })
             .await??;
+        let EpochHash(epoch, _) = directory.get_epoch_hash().await?;
         Ok(KeyLog {
             inner: Arc::new(Inner {
                 directory,
+                nodes,
                 storage: LogStorage::new(store.clone()),
                 store,
                 vrf_key,
                 publishing: tokio::sync::RwLock::new(()),
+                known_epoch: AtomicU64::new(epoch),
+                tickets: AtomicU64::new(0),
+                last_reading: tokio::sync::Mutex::new(0),
             }),
         })
+    }
+
+    /// The log's latest epoch, as of some moment after this call began: what answers made
+    /// earlier must still hold against to be served ([`crate::answers`]).
+    ///
+    /// With SQLite the log is this process's alone, so what it published last is the answer,
+    /// without a query. With PostgreSQL other processes publish too, so the stored epoch is read;
+    /// one reading serves every caller that came before it began, so under load there is about
+    /// one query per round trip to the database, not one per look-up.
+    pub async fn latest(&self) -> Result<u64, LogError> {
+        let inner = &self.inner;
+        if !inner.store.is_shared() {
+            return Ok(inner.known_epoch.load(Ordering::Acquire));
+        }
+        let ticket = inner.tickets.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut last_reading = inner.last_reading.lock().await;
+        if *last_reading > ticket {
+            // A reading that began after this call did is done.
+            return Ok(inner.known_epoch.load(Ordering::Acquire));
+        }
+        let started = inner.tickets.fetch_add(1, Ordering::AcqRel) + 1;
+        let EpochHash(epoch, _) = {
+            let _reading = inner.publishing.read().await;
+            inner.directory.get_epoch_hash().await?
+        };
+        inner.known_epoch.fetch_max(epoch, Ordering::AcqRel);
+        *last_reading = started;
+        Ok(inner.known_epoch.load(Ordering::Acquire))
     }
 
     /// Makes the log's latest version of `name` say what the users table says now, publishing
@@ -289,9 +439,20 @@ impl Inner {
                     (now, logged) => logged != Some(now),
                 };
                 if publish {
-                    self.directory
+                    let published = self
+                        .directory
                         .publish(vec![(label(name), AkdValue(now.to_bytes()))])
-                        .await?;
+                        .await;
+                    match published {
+                        Ok(EpochHash(epoch, _)) => {
+                            self.known_epoch.fetch_max(epoch, Ordering::AcqRel);
+                        }
+                        Err(e) => {
+                            // The cache may hold what the database refused.
+                            self.nodes.flush_cache().await;
+                            return Err(e.into());
+                        }
+                    }
                 }
                 Ok::<(), LogError>(())
             })
@@ -352,6 +513,57 @@ mod tests {
             identity: smvs_crypto::SigningKeyPair::generate().unwrap().public(),
             serial,
         }
+    }
+
+    /// akd's own VRF over the same key: what `LogVrf` keeps must be what this makes.
+    #[derive(Clone)]
+    struct PlainVrf(Vec<u8>);
+
+    #[async_trait::async_trait]
+    impl VRFKeyStorage for PlainVrf {
+        async fn retrieve(&self) -> Result<Vec<u8>, VrfError> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn kept_vrf_proofs_are_the_ones_akd_makes() {
+        let vrf = LogVrf::derive(&[7; 32]).unwrap();
+        let plain = PlainVrf(vrf.retrieve().await.unwrap());
+        assert_eq!(
+            vrf.get_vrf_public_key().await.unwrap(),
+            plain.get_vrf_public_key().await.unwrap()
+        );
+        for round in 0..2 {
+            for (name, freshness, version) in [
+                ("bob", VersionFreshness::Fresh, 1),
+                ("bob", VersionFreshness::Stale, 1),
+                ("bob", VersionFreshness::Fresh, 2),
+                ("carol", VersionFreshness::Fresh, 1),
+            ] {
+                let label = AkdLabel(name.as_bytes().to_vec());
+                let kept = vrf
+                    .get_label_proof::<LogConfiguration>(&label, freshness, version)
+                    .await
+                    .unwrap();
+                let made = plain
+                    .get_label_proof::<LogConfiguration>(&label, freshness, version)
+                    .await
+                    .unwrap();
+                assert_eq!(kept.to_bytes(), made.to_bytes(), "round {round}");
+                assert_eq!(
+                    vrf.get_node_label::<LogConfiguration>(&label, freshness, version)
+                        .await
+                        .unwrap(),
+                    plain
+                        .get_node_label::<LogConfiguration>(&label, freshness, version)
+                        .await
+                        .unwrap(),
+                    "round {round}"
+                );
+            }
+        }
+        assert_eq!(vrf.kept().len(), 4);
     }
 
     /// What a host checks, against what the directory's akd makes: the latest version is

@@ -287,6 +287,12 @@ impl Store {
         }
     }
 
+    /// Whether other processes may write the same database (PostgreSQL): what this process
+    /// last wrote is then not necessarily the latest. A SQLite database has one process.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
     /// Counts rows, for tests and the demo: (users, pending tokens).
     pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
         match self {

@@ -1,15 +1,18 @@
-//! `make bench`: throughput of a real `smvs-directory` process, for SQLite and PostgreSQL.
+//! `make bench`: throughput of real `smvs-directory` processes, for SQLite and PostgreSQL.
 //!
 //! Measured per backend, each against a fresh directory with its rate limits raised out of the
 //! way:
 //! - registrations/s over 64 connections (signed requests built before the clock starts);
-//! - lookups/s over 1 connection (one request in flight) and over 64 connections (one in
-//!   flight on each), with latency percentiles;
+//! - look-ups/s, by the load generator `smvs-bench-lookups` run as a child process (so that
+//!   its CPU is counted apart and it can be pinned), closed-loop and open-loop, with the
+//!   directory's CPU and the client's beside every figure; on SQLite with the answer cache on
+//!   and off, and once with the directory in a network namespace of its own; on PostgreSQL
+//!   with 1, 2 and 4 directory processes sharing the database;
 //! - the time of a `challenge` for a registered and for an unknown username of the same length.
 //!
-//! Prints the machine it ran on, a table, and one JSON line per measurement (prefixed `json `).
-//! Client and server share this machine: the client is this one thread; the directory runs one
-//! worker thread per core.
+//! "Pinned" runs split the two cores: the client on CPU 0 (`taskset -c 0`), every directory
+//! process on CPU 1 (`taskset -a -p -c 1`); PostgreSQL is not pinned. Prints the machine it
+//! ran on, tables, and one JSON line per measurement (prefixed `json `).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -18,6 +21,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use smvs_crypto::SigningPublicKey;
 use smvs_directory::{DirectoryClient, Registration};
 use smvs_schema::Username;
 use smvs_tests::{Backend, DirectoryProcess, TestUser};
@@ -25,8 +29,10 @@ use smvs_tests::{Backend, DirectoryProcess, TestUser};
 /// Concurrent connections of the "many" measurements.
 const CONNECTIONS: usize = 64;
 const REGISTRATIONS: usize = 2_000;
-const LOOKUPS_ONE: usize = 5_000;
-const LOOKUPS_MANY: usize = 40_000;
+/// Seconds each look-up run is measured (after a second of warm-up).
+const LOAD_SECONDS: &str = "5";
+/// One answer in this many is checked in full by the load generator (signatures, proof).
+const CHECK_EVERY: &str = "100";
 /// Challenges per kind (registered, unknown), interleaved.
 const CHALLENGES: usize = 500;
 /// Untimed requests before each timed run (connections, caches, page cache).
@@ -268,31 +274,11 @@ fn name(prefix: char, i: usize) -> anyhow::Result<Username> {
     Ok(Username::parse(&format!("{prefix}{i:06}"))?)
 }
 
-async fn lookups(
-    clients: &[Rc<DirectoryClient>],
-    names: &Rc<Vec<Username>>,
-    total: usize,
-    seed: u64,
-) -> anyhow::Result<(Duration, Vec<Duration>)> {
-    let names = names.clone();
-    run(clients, total, move |client, i| {
-        let names = names.clone();
-        async move {
-            let name = names
-                .get(random_index(seed, i, names.len()))
-                .ok_or_else(|| anyhow!("no registered users"))?;
-            let record = client.lookup(name).await?;
-            if &record.user.username != name {
-                bail!("asked for {name}, got {}", record.user.username);
-            }
-            Ok(())
-        }
-    })
-    .await
-}
-
 /// Everything measured on one backend.
-async fn bench_backend(backend: Backend, label: &'static str) -> anyhow::Result<Vec<Measurement>> {
+async fn bench_backend(
+    backend: Backend,
+    label: &'static str,
+) -> anyhow::Result<(Vec<Measurement>, Vec<LoadRun>)> {
     let directory = DirectoryProcess::start(backend, DIRECTORY_FLAGS)
         .await
         .with_context(|| format!("starting the {label} directory"))?;
@@ -357,40 +343,7 @@ async fn bench_backend(backend: Backend, label: &'static str) -> anyhow::Result<
         cpu,
     });
 
-    // Lookups of random registered users.
-    let names: Rc<Vec<Username>> = Rc::new(
-        (0..REGISTRATIONS + WARMUP)
-            .map(|i| name('u', i))
-            .collect::<anyhow::Result<_>>()?,
-    );
     let seed = u64::from_le_bytes(smvs_crypto::random_array::<8>());
-    lookups(&one, &names, WARMUP, seed ^ 1).await?;
-    let before = CpuSnapshot::take(pid);
-    let (elapsed, latencies) = lookups(&one, &names, LOOKUPS_ONE, seed ^ 2).await?;
-    let cpu = CpuSnapshot::take(pid).since(&before, tps);
-    results.push(Measurement {
-        backend: label,
-        op: "lookup",
-        connections: 1,
-        ops: LOOKUPS_ONE,
-        elapsed,
-        latencies,
-        cpu,
-    });
-    lookups(&clients, &names, WARMUP * 4, seed ^ 3).await?;
-    let before = CpuSnapshot::take(pid);
-    let (elapsed, latencies) = lookups(&clients, &names, LOOKUPS_MANY, seed ^ 4).await?;
-    let cpu = CpuSnapshot::take(pid).since(&before, tps);
-    results.push(Measurement {
-        backend: label,
-        op: "lookup",
-        connections: CONNECTIONS,
-        ops: LOOKUPS_MANY,
-        elapsed,
-        latencies,
-        cpu,
-    });
-
     // Challenges over one connection, registered and unknown names alternating so that drift
     // affects both alike. Same length: "u000123" (registered) and "x000123" (never registered).
     let client = one.first().ok_or_else(|| anyhow!("no client"))?;
@@ -436,12 +389,14 @@ async fn bench_backend(backend: Backend, label: &'static str) -> anyhow::Result<
 
     drop(one);
     drop(clients);
-    let status = directory.daemon.stop()?;
-    if !status.success() {
-        bail!("[{label}] directory did not exit cleanly ({status})");
-    }
-    println!("[{label}] directory stopped ({status})");
-    Ok(results)
+
+    // Look-ups, by the load generator (see `lookup_runs`).
+    let users = REGISTRATIONS + WARMUP;
+    let runs = match backend {
+        Backend::Sqlite => sqlite_lookups(directory, users).await?,
+        Backend::Postgres => postgres_lookups(directory, users).await?,
+    };
+    Ok((results, runs))
 }
 
 /// The first line of a command's output, or "unknown".
@@ -510,19 +465,22 @@ async fn bench() -> anyhow::Result<()> {
         machine["loadavg_at_start"].as_str().unwrap_or_default(),
     );
     println!(
-        "client and server share this machine: the bench client is one thread, the directory \
-         runs {cores} worker threads (one per core) plus its storage thread"
+        "client and server share this machine: registrations and challenges come from this \
+         process (one thread), look-ups from the load generator smvs-bench-lookups; the \
+         directory runs {cores} worker threads (one per core) plus its storage thread"
     );
     println!("json {}", serde_json::json!({ "machine": machine }));
 
-    let mut all = bench_backend(Backend::Sqlite, "sqlite").await?;
+    let (mut all, mut runs) = bench_backend(Backend::Sqlite, "sqlite").await?;
     match std::env::var(smvs_tests::postgres::URL_VAR) {
         Ok(url) => {
             match postgres_settings(&url).await {
                 Ok(s) => println!("\npostgresql: {s}"),
                 Err(e) => println!("\npostgresql: settings unknown ({e:#})"),
             }
-            all.extend(bench_backend(Backend::Postgres, "postgres").await?);
+            let (more, more_runs) = bench_backend(Backend::Postgres, "postgres").await?;
+            all.extend(more);
+            runs.extend(more_runs);
         }
         Err(_) => println!(
             "\npostgres: SKIPPED because {} is not set (`make bench` sets it by starting a \
@@ -567,6 +525,7 @@ async fn bench() -> anyhow::Result<()> {
         "client%/dir%: CPU of the bench client / of the directory process, in % of one core; \
          busy%: the whole machine ({cores} cores = 100%)"
     );
+    print_load_runs(&runs);
     println!("\nchallenge timing, registered vs unknown username (same length, 1 connection):");
     for backend in ["sqlite", "postgres"] {
         let find = |op: &str| all.iter().find(|m| m.backend == backend && m.op == op);
@@ -597,5 +556,532 @@ async fn bench() -> anyhow::Result<()> {
     for m in &all {
         println!("json {}", m.json());
     }
+    for r in &runs {
+        println!("json {}", r.json());
+    }
     Ok(())
+}
+
+/// One run of the load generator, with both sides' CPU over its measured window.
+struct LoadRun {
+    backend: &'static str,
+    /// What differs between runs of one backend (cache, pinning, namespace).
+    setup: String,
+    processes: usize,
+    /// "closed" (one in flight per connection) or "open N/s".
+    mode: String,
+    connections: usize,
+    client_threads: usize,
+    answers: u64,
+    failures: u64,
+    seconds: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    /// Mean bytes of an answer's record and proof.
+    answer_bytes: u64,
+    /// In % of one core.
+    client_pct: f64,
+    directory_pct: f64,
+    postgres_pct: Option<f64>,
+    /// The whole machine, 100% = every core.
+    machine_pct: f64,
+}
+
+impl LoadRun {
+    fn per_second(&self) -> f64 {
+        self.answers as f64 / self.seconds.max(f64::MIN_POSITIVE)
+    }
+
+    /// Directory CPU per answer, in µs: what decides a box's capacity, whoever the client is.
+    fn directory_us(&self) -> f64 {
+        self.directory_pct / 100.0 * self.seconds / (self.answers.max(1) as f64) * 1e6
+    }
+
+    fn client_us(&self) -> f64 {
+        self.client_pct / 100.0 * self.seconds / (self.answers.max(1) as f64) * 1e6
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "bench": "smvs-directory-lookups",
+            "backend": self.backend,
+            "setup": self.setup,
+            "processes": self.processes,
+            "mode": self.mode,
+            "connections": self.connections,
+            "client_threads": self.client_threads,
+            "answers": self.answers,
+            "failures": self.failures,
+            "seconds": round3(self.seconds),
+            "ops_per_sec": round3(self.per_second()),
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "p999_ms": self.p999_ms,
+            "mean_answer_bytes": self.answer_bytes,
+            "client_cpu_pct": round3(self.client_pct),
+            "directory_cpu_pct": round3(self.directory_pct),
+            "postgres_cpu_pct": self.postgres_pct.map(round3),
+            "machine_busy_pct": round3(self.machine_pct),
+            "directory_us_per_lookup": round3(self.directory_us()),
+            "client_us_per_lookup": round3(self.client_us()),
+        })
+    }
+}
+
+/// How one load run is set up.
+struct LoadPlan<'a> {
+    backend: &'static str,
+    setup: String,
+    /// Directory processes: their addresses (connections are spread over them) and pids.
+    addrs: Vec<String>,
+    pids: Vec<u32>,
+    key: SigningPublicKey,
+    users: usize,
+    threads: usize,
+    connections: usize,
+    /// 0: closed loop.
+    rate: u64,
+    /// Run the client on CPU 0 (the directories were put on CPU 1).
+    pinned: bool,
+    /// Run the client in this network namespace.
+    netns: Option<&'a str>,
+}
+
+/// The pids of PostgreSQL's processes (the throw-away server and its backends).
+fn postgres_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .collect()
+}
+
+/// CPU ticks of these processes (all their threads), summed.
+fn ticks_of(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| process_ticks(&p.to_string()))
+        .sum()
+}
+
+/// Puts every thread of each process on CPU 1.
+fn pin_to_cpu1(pids: &[u32]) -> anyhow::Result<()> {
+    for pid in pids {
+        let status = Command::new("taskset")
+            .args(["-a", "-p", "-c", "1", &pid.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running taskset (util-linux)")?;
+        if !status.success() {
+            bail!("taskset could not pin process {pid}");
+        }
+    }
+    Ok(())
+}
+
+/// Lets each process run on every CPU again.
+fn unpin(pids: &[u32]) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for pid in pids {
+        let status = Command::new("taskset")
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                &format!("0-{}", cores - 1),
+                &pid.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("taskset could not unpin process {pid}");
+        }
+    }
+    Ok(())
+}
+
+/// The load generator's command line, behind `ip netns exec` and `taskset` as planned.
+fn load_command(plan: &LoadPlan<'_>, args: &[String]) -> anyhow::Result<Command> {
+    let generator = smvs_tests::daemon::binary("smvs-bench-lookups")?;
+    let mut line: Vec<String> = Vec::new();
+    if let Some(ns) = plan.netns {
+        line.extend(["ip", "netns", "exec", ns].map(String::from));
+    }
+    if plan.pinned {
+        line.extend(["taskset", "-c", "0"].map(String::from));
+    }
+    line.push(generator.display().to_string());
+    line.extend(args.iter().cloned());
+    let mut command = Command::new(&line[0]);
+    command.args(&line[1..]);
+    Ok(command)
+}
+
+/// Runs `register` or `warm` of the load generator against `addr` and returns how long it
+/// took.
+fn each_user(plan: &LoadPlan<'_>, what: &str, addr: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let status = load_command(
+        plan,
+        &[
+            what.into(),
+            addr.into(),
+            plan.key.to_hex(),
+            plan.users.to_string(),
+        ],
+    )?
+    .stdout(std::process::Stdio::null())
+    .status()?;
+    if !status.success() {
+        bail!("smvs-bench-lookups {what} failed ({status})");
+    }
+    Ok(t.elapsed())
+}
+
+/// Looks every user up once at each directory process, so that each has made (and kept)
+/// every answer before the timed runs, and says how long the first answers took (the
+/// first process's: the others may find the key log's nodes in the database's cache).
+fn warm(plan: &LoadPlan<'_>) -> anyhow::Result<()> {
+    let took = each_user(plan, "warm", &plan.addrs[0])?;
+    for addr in &plan.addrs[1..] {
+        each_user(plan, "warm", addr)?;
+    }
+    println!(
+        "[{}] {}: first look-up of each of {} users, answers made: {:.1} s, {:.0}/s (32 \
+         connections, not pinned)",
+        plan.backend,
+        plan.setup,
+        plan.users,
+        took.as_secs_f64(),
+        plan.users as f64 / took.as_secs_f64().max(f64::MIN_POSITIVE)
+    );
+    Ok(())
+}
+
+/// Runs the load generator once and reads both sides' CPU over its measured window.
+fn load_run(plan: &LoadPlan<'_>) -> anyhow::Result<LoadRun> {
+    use std::io::BufRead;
+    let args: Vec<String> = vec![
+        "load".into(),
+        plan.addrs.join(","),
+        plan.key.to_hex(),
+        plan.users.to_string(),
+        plan.threads.to_string(),
+        plan.connections.to_string(),
+        LOAD_SECONDS.into(),
+        plan.rate.to_string(),
+        CHECK_EVERY.into(),
+    ];
+    let mut child = load_command(plan, &args)?
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting smvs-bench-lookups")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let tps = ticks_per_second();
+    let postgres = if plan.backend == "postgres" {
+        postgres_pids()
+    } else {
+        Vec::new()
+    };
+    let snapshot = || {
+        (
+            Instant::now(),
+            ticks_of(&plan.pids),
+            ticks_of(&postgres),
+            machine_ticks(),
+        )
+    };
+    let mut window = (None, None);
+    let mut result = None;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        match line.as_str() {
+            "measuring" => window.0 = Some(snapshot()),
+            "measured" => window.1 = Some(snapshot()),
+            json => result = Some(serde_json::from_str::<serde_json::Value>(json)?),
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("smvs-bench-lookups failed ({status})");
+    }
+    let (Some(start), Some(end), Some(r)) = (window.0, window.1, result) else {
+        bail!("smvs-bench-lookups said too little");
+    };
+    let wall = (end.0 - start.0).as_secs_f64().max(f64::MIN_POSITIVE);
+    let pct = |a: u64, b: u64| a.saturating_sub(b) as f64 / tps / wall * 100.0;
+    let machine_pct = match (start.3, end.3) {
+        (Some((b0, t0)), Some((b1, t1))) => {
+            b1.saturating_sub(b0) as f64 / t1.saturating_sub(t0).max(1) as f64 * 100.0
+        }
+        _ => 0.0,
+    };
+    let number = |k: &str| r[k].as_f64().unwrap_or(0.0);
+    let seconds = number("seconds");
+    let run = LoadRun {
+        backend: plan.backend,
+        setup: plan.setup.clone(),
+        processes: plan.pids.len(),
+        mode: if plan.rate == 0 {
+            "closed".into()
+        } else {
+            format!("open {}/s", plan.rate)
+        },
+        connections: plan.connections,
+        client_threads: plan.threads,
+        answers: r["answers"].as_u64().unwrap_or(0),
+        failures: r["failures"].as_u64().unwrap_or(0),
+        seconds,
+        p50_ms: number("p50_ms"),
+        p99_ms: number("p99_ms"),
+        p999_ms: number("p999_ms"),
+        answer_bytes: r["mean_answer_bytes"].as_u64().unwrap_or(0),
+        client_pct: number("cpu_seconds") / seconds.max(f64::MIN_POSITIVE) * 100.0,
+        directory_pct: pct(end.1, start.1),
+        postgres_pct: (!postgres.is_empty()).then(|| pct(end.2, start.2)),
+        machine_pct,
+    };
+    if run.failures > 0 {
+        bail!(
+            "[{}] {} look-ups failed, the first: {}",
+            plan.setup,
+            run.failures,
+            r["first_failure"].as_str().unwrap_or("?")
+        );
+    }
+    println!(
+        "[{}] {} {}: {:.0} look-ups/s, p50 {:.3} ms, p99 {:.3} ms, client {:.0}%, directory {:.0}%",
+        run.backend,
+        run.setup,
+        run.mode,
+        run.per_second(),
+        run.p50_ms,
+        run.p99_ms,
+        run.client_pct,
+        run.directory_pct
+    );
+    Ok(run)
+}
+
+/// The closed-loop runs every setup gets: one connection (latency without load), then 64
+/// connections with the cores split (client CPU 0, directory CPU 1) and unsplit (the client
+/// with two threads). Pins and unpins `pids`.
+fn closed_runs(
+    backend: &'static str,
+    setup: &str,
+    addrs: Vec<String>,
+    pids: Vec<u32>,
+    key: SigningPublicKey,
+    users: usize,
+) -> anyhow::Result<Vec<LoadRun>> {
+    let plan = |setup: String, threads, connections, pinned| LoadPlan {
+        backend,
+        setup,
+        addrs: addrs.clone(),
+        pids: pids.clone(),
+        key,
+        users,
+        threads,
+        connections,
+        rate: 0,
+        pinned,
+        netns: None,
+    };
+    let mut runs = Vec::new();
+    warm(&plan(setup.to_owned(), 1, 1, false))?;
+    pin_to_cpu1(&pids)?;
+    runs.push(load_run(&plan(format!("{setup}, pinned"), 1, 1, true))?);
+    runs.push(load_run(&plan(
+        format!("{setup}, pinned"),
+        1,
+        CONNECTIONS,
+        true,
+    ))?);
+    unpin(&pids)?;
+    runs.push(load_run(&plan(
+        format!("{setup}, unpinned"),
+        2,
+        CONNECTIONS,
+        false,
+    ))?);
+    Ok(runs)
+}
+
+/// SQLite: the answer cache on (closed, then open-loop at half and nine tenths of the closed
+/// rate), the cache off, and the directory in a network namespace of its own.
+async fn sqlite_lookups(directory: DirectoryProcess, users: usize) -> anyhow::Result<Vec<LoadRun>> {
+    let pid = directory
+        .daemon
+        .pid()
+        .ok_or_else(|| anyhow!("no directory pid"))?;
+    let addrs = vec![directory.addr.to_string()];
+    let key = directory.key;
+    let mut runs = closed_runs(
+        "sqlite",
+        "answer cache",
+        addrs.clone(),
+        vec![pid],
+        key,
+        users,
+    )?;
+    let saturated = runs[1].per_second();
+    pin_to_cpu1(&[pid])?;
+    for share in [0.5, 0.9] {
+        runs.push(load_run(&LoadPlan {
+            backend: "sqlite",
+            setup: "answer cache, pinned".into(),
+            addrs: addrs.clone(),
+            pids: vec![pid],
+            key,
+            users,
+            threads: 1,
+            connections: CONNECTIONS,
+            rate: (saturated * share) as u64,
+            pinned: true,
+            netns: None,
+        })?);
+    }
+    // The same database without the cache: every look-up reads the store and makes its proof.
+    let DirectoryProcess {
+        daemon, dir, db, ..
+    } = directory;
+    let status = daemon.stop()?;
+    if !status.success() {
+        bail!("[sqlite] directory did not exit cleanly ({status})");
+    }
+    let mut flags = DIRECTORY_FLAGS.to_vec();
+    flags.extend(["--answer-cache-mib", "0"]);
+    let uncached = DirectoryProcess::start_with(dir, db, &flags)?;
+    let pid = uncached
+        .daemon
+        .pid()
+        .ok_or_else(|| anyhow!("no directory pid"))?;
+    runs.extend(closed_runs(
+        "sqlite",
+        "no answer cache",
+        vec![uncached.addr.to_string()],
+        vec![pid],
+        key,
+        users,
+    )?);
+    uncached.daemon.stop()?;
+
+    // A directory in a namespace of its own, the client in another, joined by a veth pair: the
+    // same path as between machines, without loopback's shortcuts.
+    let sites = smvs_tests::netns::TwoSites::new()?;
+    let remote = DirectoryProcess::start_in(&sites.a, DIRECTORY_FLAGS)?;
+    let pid = remote
+        .daemon
+        .pid()
+        .ok_or_else(|| anyhow!("no directory pid"))?;
+    let plan = LoadPlan {
+        backend: "sqlite",
+        setup: "answer cache, pinned, network namespace".into(),
+        addrs: vec![remote.addr.to_string()],
+        pids: vec![pid],
+        key: remote.key,
+        users,
+        threads: 1,
+        connections: CONNECTIONS,
+        rate: 0,
+        pinned: true,
+        netns: Some(&sites.b.netns),
+    };
+    each_user(&plan, "register", &plan.addrs[0])?;
+    warm(&plan)?;
+    pin_to_cpu1(&[pid])?;
+    runs.push(load_run(&plan)?);
+    remote.daemon.stop()?;
+    Ok(runs)
+}
+
+/// PostgreSQL: 1, 2 and 4 directory processes sharing the database (and the key file).
+async fn postgres_lookups(first: DirectoryProcess, users: usize) -> anyhow::Result<Vec<LoadRun>> {
+    let mut processes = vec![first];
+    let mut runs = Vec::new();
+    for count in [1usize, 2, 4] {
+        while processes.len() < count {
+            let dir = tempfile::Builder::new().prefix("smvs-dir-").tempdir()?;
+            std::fs::copy(&processes[0].key_file, dir.path().join("directory.key"))?;
+            let db = processes[0].db.clone();
+            processes.push(DirectoryProcess::start_with(dir, db, DIRECTORY_FLAGS)?);
+        }
+        let addrs = processes.iter().map(|p| p.addr.to_string()).collect();
+        let pids = processes
+            .iter()
+            .map(|p| p.daemon.pid().ok_or_else(|| anyhow!("no directory pid")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut more = closed_runs(
+            "postgres",
+            &format!("{count} process{}", if count == 1 { "" } else { "es" }),
+            addrs,
+            pids,
+            processes[0].key,
+            users,
+        )?;
+        if count > 1 {
+            // The one-connection run is the same whatever the count.
+            more.remove(0);
+        }
+        runs.extend(more);
+    }
+    for p in processes {
+        p.daemon.stop()?;
+    }
+    Ok(runs)
+}
+
+fn print_load_runs(runs: &[LoadRun]) {
+    println!(
+        "\nlook-ups (smvs-bench-lookups, {LOAD_SECONDS} s each after 1 s of warm-up; 1 answer in \
+         {CHECK_EVERY} checked in full by the client)"
+    );
+    println!(
+        "{:<9} {:<40} {:>3} {:>11} {:>5} {:>3} {:>8} {:>8} {:>8} {:>8} {:>7} {:>6} {:>5} {:>6} {:>8}",
+        "backend",
+        "setup",
+        "dir",
+        "mode",
+        "conns",
+        "thr",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "client%",
+        "dir%",
+        "pg%",
+        "busy%",
+        "dir µs/op"
+    );
+    for r in runs {
+        println!(
+            "{:<9} {:<40} {:>3} {:>11} {:>5} {:>3} {:>8.0} {:>8.3} {:>8.3} {:>8.3} {:>7.0} {:>6.0} {:>5} {:>6.0} {:>8.1}",
+            r.backend,
+            r.setup,
+            r.processes,
+            r.mode,
+            r.connections,
+            r.client_threads,
+            r.per_second(),
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.client_pct,
+            r.directory_pct,
+            pct(r.postgres_pct),
+            r.machine_pct,
+            r.directory_us(),
+        );
+    }
+    println!(
+        "client%/dir%/pg%: CPU of the load generator / of the directory processes / of \
+         PostgreSQL, in % of one core; busy%: the whole machine; dir µs/op: directory CPU per \
+         answer"
+    );
 }
