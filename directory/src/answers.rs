@@ -2,16 +2,20 @@
 //! and no signature.
 //!
 //! An answer (the signed record or moved statement, the signed log head and the proof) is kept
-//! with the epoch its proof holds against, and served only while that epoch is still the log's
-//! latest ([`crate::keylog::KeyLog::latest`]): every change of a record publishes a new epoch,
-//! so an answer can never outlive the record it shows, and a host never gets a proof older than
-//! a head it may already have seen (it alarms on that, for its own name). A record is signed
-//! once, when its answer is made, rather than per look-up; so is a head, once per epoch.
+//! with its generation: the log's latest epoch and the count of record changes when it was
+//! made ([`crate::keylog::KeyLog::latest`]). It is served only while both are unchanged: every
+//! change of a record moves the count (in the changing transaction, with PostgreSQL; by this
+//! process, with SQLite, whose database no other process writes) and publishes a new epoch, so
+//! an answer never outlives the record it shows, even when a change's publication failed; and
+//! a host never gets a proof older than a head it may already have seen (it alarms on that,
+//! for its own name). A record is signed once, when its answer is made, rather than per
+//! look-up; so is a head, once per epoch.
 //!
-//! Bounded in bytes ([`AnswerCache::new`]); when full, answers of older epochs go first, then
-//! any. Sharded by name so the workers seldom wait on one another.
+//! Bounded in bytes ([`AnswerCache::new`]); answers of an older generation are dropped when a
+//! newer one is put, and when full the oldest put goes first. Sharded by name so the workers
+//! seldom wait on one another.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
@@ -51,18 +55,15 @@ impl Answer {
         }
     }
 
-    /// Roughly what it holds in memory, for the cache's budget.
-    fn size(&self, name: &Username) -> usize {
-        const OVERHEAD: usize = 160;
-        OVERHEAD
-            + name.as_str().len()
-            + match self {
-                Answer::Record { record, proof, .. } => record.len() + proof.len(),
-                Answer::Moved {
-                    statement, proof, ..
-                } => statement.to_address.len() + proof.len() + 128,
-                Answer::NotFound => 0,
-            }
+    /// What it holds on the heap, for the cache's budget.
+    fn heap_size(&self) -> usize {
+        match self {
+            Answer::Record { record, proof, .. } => record.len() + proof.len(),
+            Answer::Moved {
+                statement, proof, ..
+            } => statement.username.as_str().len() + statement.to_address.len() + proof.len(),
+            Answer::NotFound => 0,
+        }
     }
 
     /// Writes it into a look-up's results; a not-found is the refusal the client is given.
@@ -104,7 +105,12 @@ impl Answer {
     }
 }
 
-/// Answers by name, each valid at one epoch.
+/// What an answer was made at: the log's epoch and the count of record changes
+/// ([`crate::keylog::KeyLog::latest`], plus this process's own count). Both only grow, so a
+/// newer generation is greater in both or equal in one.
+pub(crate) type Generation = (u64, u64);
+
+/// Answers by name, each valid at one generation.
 pub(crate) struct AnswerCache {
     shards: Vec<Mutex<Shard>>,
     hasher: std::collections::hash_map::RandomState,
@@ -114,13 +120,17 @@ pub(crate) struct AnswerCache {
 
 #[derive(Default)]
 struct Shard {
+    /// The newest generation put here: answers of an older one are never served again, so
+    /// they are dropped all at once when a newer one comes, and not kept when they come late.
+    generation: Generation,
     entries: HashMap<Username, Kept>,
+    /// Names in the order they were put, for eviction (first in, first out); a name may be
+    /// here more than once, or no longer in `entries`, and is then skipped.
+    order: VecDeque<Username>,
     bytes: usize,
 }
 
 struct Kept {
-    /// The latest epoch when the answer was made (a not-found's too).
-    epoch: u64,
     answer: Arc<Answer>,
     size: usize,
 }
@@ -137,46 +147,58 @@ impl AnswerCache {
         }
     }
 
+    /// Whether it keeps nothing (`--answer-cache-mib 0`).
+    pub fn is_off(&self) -> bool {
+        self.shard_budget == 0
+    }
+
     fn shard(&self, name: &Username) -> std::sync::MutexGuard<'_, Shard> {
         let i = (self.hasher.hash_one(name) as usize) % SHARDS;
         // A poisoned shard only means a panic elsewhere while it was held; its map is whole
-        // (every change below is one call that cannot panic half-way).
+        // (nothing below can panic half-way through a change).
         match self.shards[i].lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// `name`'s answer if it was made at `epoch`.
-    pub fn get(&self, name: &Username, epoch: u64) -> Option<Arc<Answer>> {
+    /// `name`'s answer if it was made at `generation`.
+    pub fn get(&self, name: &Username, generation: Generation) -> Option<Arc<Answer>> {
         let shard = self.shard(name);
-        shard
-            .entries
-            .get(name)
-            .filter(|kept| kept.epoch == epoch)
-            .map(|kept| kept.answer.clone())
+        if shard.generation != generation {
+            return None;
+        }
+        shard.entries.get(name).map(|kept| kept.answer.clone())
     }
 
-    /// Keeps `answer` as `name`'s at `epoch`, making room if it must.
-    pub fn put(&self, name: &Username, epoch: u64, answer: Arc<Answer>) {
-        let size = answer.size(name);
+    /// Keeps `answer` as `name`'s at `generation`, making room if it must.
+    pub fn put(&self, name: &Username, generation: Generation, answer: Arc<Answer>) {
+        // What it holds: the entry, the answer, the name twice (the map's key and the order's).
+        let size = std::mem::size_of::<(Username, Kept)>()
+            + std::mem::size_of::<Answer>()
+            + 2 * (name.as_str().len() + std::mem::size_of::<Username>())
+            + answer.heap_size();
         if size > self.shard_budget {
             return;
         }
         let mut shard = self.shard(name);
-        if let Some(old) = shard.entries.remove(name) {
+        let current = shard.generation;
+        if generation.0 < current.0 || generation.1 < current.1 {
+            // Made before something newer was seen: it will never be asked for.
+            return;
+        }
+        if generation != current {
+            shard.generation = generation;
+            shard.entries.clear();
+            shard.order.clear();
+            shard.bytes = 0;
+        }
+        let again = shard.entries.remove(name);
+        if let Some(old) = &again {
             shard.bytes -= old.size;
         }
-        if shard.bytes + size > self.shard_budget {
-            // Older epochs' answers first: they are never served again.
-            let before = shard.entries.len();
-            shard.entries.retain(|_, kept| kept.epoch >= epoch);
-            if shard.entries.len() != before {
-                shard.bytes = shard.entries.values().map(|k| k.size).sum();
-            }
-        }
         while shard.bytes + size > self.shard_budget {
-            let Some(victim) = shard.entries.keys().next().cloned() else {
+            let Some(victim) = shard.order.pop_front() else {
                 break;
             };
             if let Some(old) = shard.entries.remove(&victim) {
@@ -184,14 +206,23 @@ impl AnswerCache {
             }
         }
         shard.bytes += size;
-        shard.entries.insert(
-            name.clone(),
-            Kept {
-                epoch,
-                answer,
-                size,
-            },
-        );
+        if again.is_none() {
+            shard.order.push_back(name.clone());
+        }
+        shard.entries.insert(name.clone(), Kept { answer, size });
+        // Forgotten names leave stale places in the order (and a name forgotten and put again,
+        // two): keep it from growing past twice what the map holds.
+        if shard.order.len() > 2 * shard.entries.len() + 16 {
+            let Shard { order, entries, .. } = &mut *shard;
+            let mut seen = std::collections::HashSet::new();
+            let mut kept: Vec<Username> = order
+                .drain(..)
+                .rev()
+                .filter(|n| entries.contains_key(n) && seen.insert(n.clone()))
+                .collect();
+            kept.reverse();
+            order.extend(kept);
+        }
     }
 
     /// Drops `name`'s answer (its record just changed here).
@@ -212,48 +243,69 @@ mod tests {
     }
 
     #[test]
-    fn an_answer_is_served_only_at_its_epoch_and_until_forgotten() {
+    fn an_answer_is_served_only_at_its_generation_and_until_forgotten() {
         let cache = AnswerCache::new(1 << 20);
         let alice = name(1);
-        cache.put(&alice, 7, Arc::new(Answer::NotFound));
-        assert!(cache.get(&alice, 7).is_some());
-        assert!(cache.get(&alice, 8).is_none());
-        assert!(cache.get(&alice, 6).is_none());
-        assert!(cache.get(&name(2), 7).is_none());
+        cache.put(&alice, (7, 3), Arc::new(Answer::NotFound));
+        assert!(cache.get(&alice, (7, 3)).is_some());
+        // Another epoch, or a record changed since (the count moved), misses.
+        assert!(cache.get(&alice, (8, 3)).is_none());
+        assert!(cache.get(&alice, (7, 4)).is_none());
+        assert!(cache.get(&alice, (6, 3)).is_none());
+        assert!(cache.get(&name(2), (7, 3)).is_none());
         cache.forget(&alice);
-        assert!(cache.get(&alice, 7).is_none());
+        assert!(cache.get(&alice, (7, 3)).is_none());
+        // An answer made before a newer generation was seen is not kept at all.
+        cache.put(&alice, (7, 4), Arc::new(Answer::NotFound));
+        cache.put(&alice, (7, 3), Arc::new(Answer::NotFound));
+        assert!(cache.get(&alice, (7, 3)).is_none());
+        assert!(cache.get(&alice, (7, 4)).is_some());
     }
 
     #[test]
-    fn the_budget_holds_and_older_epochs_go_first() {
-        let cache = AnswerCache::new(SHARDS * 2_000);
+    fn the_budget_holds_and_the_oldest_goes_first() {
+        let cache = AnswerCache::new(SHARDS * 4_000);
         for i in 0..1_000 {
-            cache.put(&name(i), 1, Arc::new(Answer::NotFound));
+            cache.put(&name(i), (1, 0), Arc::new(Answer::NotFound));
         }
         for shard in &cache.shards {
             let shard = shard.lock().unwrap();
-            assert!(shard.bytes <= 2_000, "{}", shard.bytes);
+            assert!(shard.bytes <= 4_000, "{}", shard.bytes);
             assert_eq!(
                 shard.bytes,
                 shard.entries.values().map(|k| k.size).sum::<usize>()
             );
+            assert!(shard.order.len() <= 2 * shard.entries.len() + 16);
         }
-        let kept_at_1 = (0..1_000)
-            .filter(|&i| cache.get(&name(i), 1).is_some())
+        // The last ones put are there; the first ones went.
+        assert!(cache.get(&name(999), (1, 0)).is_some());
+        let kept = (0..1_000)
+            .filter(|&i| cache.get(&name(i), (1, 0)).is_some())
             .count();
-        assert!(kept_at_1 > 0 && kept_at_1 < 1_000, "{kept_at_1}");
-        // A newer epoch's answers push out the older ones before each other.
-        // (40 over 16 shards of room for about 12 each.)
-        for i in 1_000..1_040 {
-            cache.put(&name(i), 2, Arc::new(Answer::NotFound));
+        assert!(kept > 0 && kept < 1_000, "{kept}");
+        assert!(cache.get(&name(0), (1, 0)).is_none());
+        // Putting, and forgetting and putting, the same names over and over keeps the order
+        // bounded.
+        for _ in 0..100 {
+            cache.put(&name(999), (1, 0), Arc::new(Answer::NotFound));
+            cache.forget(&name(998));
+            cache.put(&name(998), (1, 0), Arc::new(Answer::NotFound));
         }
-        let kept_at_2 = (1_000..1_040)
-            .filter(|&i| cache.get(&name(i), 2).is_some())
+        for shard in &cache.shards {
+            let shard = shard.lock().unwrap();
+            assert!(shard.order.len() <= 2 * shard.entries.len() + 16);
+        }
+        // A newer generation drops the older answers at once.
+        cache.put(&name(999), (2, 0), Arc::new(Answer::NotFound));
+        assert!(cache.get(&name(999), (2, 0)).is_some());
+        let at_1 = (0..1_000)
+            .filter(|&i| cache.get(&name(i), (1, 0)).is_some())
             .count();
-        assert_eq!(kept_at_2, 40);
-        // Nothing bigger than a shard is kept, and a zero budget keeps nothing.
+        assert!(at_1 < kept, "{at_1} of {kept}");
+        // A zero budget keeps nothing.
         let none = AnswerCache::new(0);
-        none.put(&name(1), 1, Arc::new(Answer::NotFound));
-        assert!(none.get(&name(1), 1).is_none());
+        assert!(none.is_off());
+        none.put(&name(1), (1, 0), Arc::new(Answer::NotFound));
+        assert!(none.get(&name(1), (1, 0)).is_none());
     }
 }

@@ -89,6 +89,8 @@ pub struct DirectoryServer {
     public_key: SigningPublicKey,
     stop: watch::Sender<bool>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    /// Held while serving a SQLite database (see [`lock_sqlite`]).
+    _db_lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 impl DirectoryServer {
@@ -113,6 +115,7 @@ impl DirectoryServer {
                 db: redact_db_url(&config.db),
                 source,
             })?;
+        let db_lock = lock_sqlite(&config.db)?;
         let log = KeyLog::open(store.clone(), log_vrf)
             .await
             .map_err(ServerError::KeyLog)?;
@@ -145,6 +148,7 @@ impl DirectoryServer {
             allow_private_host_addresses: config.allow_private_host_addresses,
             answers: AnswerCache::new(config.answer_cache_bytes),
             head: std::sync::Mutex::new(None),
+            changes: std::sync::atomic::AtomicU64::new(0),
         });
         let (stop, stopped) = watch::channel(false);
         let count = if config.workers == 0 {
@@ -171,6 +175,7 @@ impl DirectoryServer {
             public_key,
             stop,
             workers,
+            _db_lock: db_lock,
         })
     }
 
@@ -213,6 +218,31 @@ impl smvs_service::lifecycle::Server for DirectoryServer {
 
     async fn join(self) {
         DirectoryServer::join(self).await
+    }
+}
+
+/// A SQLite database is served by one process: what it keeps in memory (the key log's latest
+/// epoch, its tree nodes, look-up answers) is right only if nobody else writes the file. An
+/// exclusive `flock` on the database file, held while serving, makes a second process fail
+/// at start rather than fork the log (SQLite's own locks are `fcntl` locks, which this does not
+/// touch, so tools can still read the file).
+fn lock_sqlite(url: &str) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, ServerError> {
+    let Ok(crate::store::DbUrl::Sqlite(path)) = crate::store::parse_url(url) else {
+        return Ok(None);
+    };
+    let refuse = |why: String| ServerError::Store {
+        db: redact_db_url(url),
+        source: StoreError::Locked(why),
+    };
+    let file = std::fs::File::open(&path).map_err(|e| refuse(e.to_string()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => Ok(Some(locked)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(refuse(
+            "another smvs-directory process is serving it (one SQLite database, one process; \
+             several processes share a PostgreSQL database)"
+                .into(),
+        )),
+        Err((_, e)) => Err(refuse(e.to_string())),
     }
 }
 

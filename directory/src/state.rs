@@ -5,6 +5,7 @@
 //! and runs the workers), so neither has to name the other to reach it. Everything here is
 //! `Send + Sync`: workers are threads, each with its own single-threaded runtime.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ pub(crate) struct Shared {
     pub answers: AnswerCache,
     /// The head last signed: a head is signed once per epoch, not per answer.
     pub head: Mutex<Option<LogHead>>,
+    /// Record changes this process made (counted after each one's commit, before its
+    /// publication): with the store's own count, what kept answers are checked against.
+    pub changes: AtomicU64,
 }
 
 fn store_refusal(e: StoreError) -> Refusal {
@@ -54,31 +58,42 @@ impl Shared {
     /// leaves the change made (it is committed) and is only logged: the next look-up of the
     /// name publishes it (`KeyLog::prove`).
     pub async fn publish(&self, name: &Username) {
+        self.changes.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = self.log.sync(name).await {
             tracing::warn!(error = %e, "a changed record is not in the key log yet");
         }
-        // A new epoch already retires the answer; when publishing failed there is none.
+        // A new epoch already retires the answer; when publishing failed there is none, but the
+        // count of changes (moved first) does.
         self.answers.forget(name);
     }
 
-    /// What a look-up of `name` answers now: from memory while the log's latest epoch is the
-    /// one the kept answer was made at, else made afresh (and kept).
+    /// What a look-up of `name` answers now: from memory while neither the log's latest epoch
+    /// nor the count of record changes moved since the kept answer was made, else made afresh
+    /// (and kept).
     pub async fn answer(&self, name: &Username) -> Result<Arc<Answer>, Refusal> {
-        let latest = self.log.latest().await.map_err(|e| {
+        if self.answers.is_off() {
+            return Ok(Arc::new(self.make_answer(name).await?));
+        }
+        let (epoch, changes) = self.log.latest().await.map_err(|e| {
             tracing::warn!(error = %e, "the key log's latest epoch cannot be read");
             Refusal::new(
                 ErrorCode::Internal,
                 "the key log cannot be read now; ask again",
             )
         })?;
-        if let Some(answer) = self.answers.get(name, latest) {
+        // Read after the store's count: a change this process makes is counted after its
+        // commit, so an answer made from the store as it was before is kept under a count
+        // that is already past.
+        let changes = changes + self.changes.load(Ordering::Acquire);
+        if let Some(answer) = self.answers.get(name, (epoch, changes)) {
             return Ok(answer);
         }
         let answer = Arc::new(self.make_answer(name).await?);
-        // Kept at the epoch its proof holds against, which may be newer than `latest` (a
-        // change published meanwhile); a not-found, at the epoch read before it was found.
-        let epoch = answer.epoch().unwrap_or(latest);
-        self.answers.put(name, epoch, answer.clone());
+        // Kept at the epoch its proof holds against, which may be newer than `epoch` (a change
+        // published meanwhile, which moved the count as well); a not-found at the epoch read
+        // before it was found.
+        let made_at = answer.epoch().unwrap_or(epoch);
+        self.answers.put(name, (made_at, changes), answer.clone());
         Ok(answer)
     }
 

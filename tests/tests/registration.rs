@@ -497,6 +497,35 @@ async fn rate_limits_say_when_to_retry(backend: Backend) {
     dir.daemon.stop().unwrap();
 }
 
+/// One SQLite database, one process: what a directory keeps in memory holds only if nobody else
+/// writes the file, so a second process on it refuses to start, and says why.
+#[test]
+fn a_second_directory_process_on_one_sqlite_database_refuses_to_start() {
+    let first = DirectoryProcess::start_sqlite_blocking().unwrap();
+    let dir2 = tempfile::Builder::new()
+        .prefix("smvs-dir-")
+        .tempdir()
+        .unwrap();
+    std::fs::copy(&first.key_file, dir2.path().join("directory.key")).unwrap();
+    let second = DirectoryProcess::start_with(dir2, first.db.clone(), &[]);
+    let err = format!(
+        "{:#}",
+        second.err().expect("a second process on one SQLite file")
+    );
+    assert!(err.contains("another smvs-directory process"), "{err}");
+    // The first one still answers.
+    run_local(async {
+        let client = first.client().await.unwrap();
+        let alice = TestUser::new("alice", "127.0.0.1:7421").unwrap();
+        client
+            .register(&alice.registration(&first.key))
+            .await
+            .unwrap();
+    })
+    .unwrap();
+    first.daemon.stop().unwrap();
+}
+
 #[test]
 fn two_directory_processes_share_one_postgres() {
     run_local(async {

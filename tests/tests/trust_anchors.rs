@@ -24,14 +24,14 @@ fn also(name: &str, dir: &DirectoryProcess) -> [String; 2] {
     ]
 }
 
-/// Rewrites `user`'s row in `dir`'s database to a new identity (with a transport certificate
-/// it signed for that name, and no session keys), as a directory that lies would serve it.
-/// Returns the forged identity's signing key (hex).
 /// Flags of a directory whose database a test tampers with while it runs (playing a directory
 /// that lies): it keeps no look-up answers in memory, or it would go on answering what it
 /// held before until its next epoch.
 const TAMPERED: &[&str] = &["--answer-cache-mib", "0"];
 
+/// Rewrites `user`'s row in `dir`'s database to a new identity (with a transport certificate
+/// it signed for that name, and no session keys), as a directory that lies would serve it.
+/// Returns the forged identity's signing key (hex).
 fn forge_identity(dir: &DirectoryProcess, user: &str) -> String {
     let forged = IdentityKeys::generate().unwrap();
     let bundle = forged.bundle();

@@ -101,10 +101,9 @@ impl LogVrf {
         let node = self.get_node_label_from_vrf_proof(proof).await;
         let mut proofs = self.kept();
         if proofs.len() >= VRF_PROOFS_KEPT {
-            // Any one goes: the map's order is as good as random.
-            if let Some(victim) = proofs.keys().next().cloned() {
-                proofs.remove(&victim);
-            }
+            // Full: start again (once per so many proofs made, so cheap on the whole; the
+            // names asked for since fill it again).
+            proofs.clear();
         }
         proofs.insert(input, (proof, node));
         (proof, node)
@@ -222,6 +221,8 @@ struct Inner {
     /// The latest epoch this process knows of: read at open, raised by every publication here
     /// and (with a shared database) by every reading of the stored one.
     known_epoch: AtomicU64,
+    /// The store's count of record changes last read (a shared database only).
+    known_changes: AtomicU64,
     /// Readings of the stored epoch (a shared database only): tickets handed out to askers and
     /// readers in one sequence, and under the lock the ticket of the last reading made. See
     /// [`KeyLog::latest`].
@@ -269,38 +270,53 @@ impl KeyLog {
                 vrf_key,
                 publishing: tokio::sync::RwLock::new(()),
                 known_epoch: AtomicU64::new(epoch),
+                known_changes: AtomicU64::new(0),
                 tickets: AtomicU64::new(0),
                 last_reading: tokio::sync::Mutex::new(0),
             }),
         })
     }
 
-    /// The log's latest epoch, as of some moment after this call began: what answers made
-    /// earlier must still hold against to be served ([`crate::answers`]).
+    /// The log's latest epoch and the store's count of record changes (0 with SQLite), as of
+    /// some moment after this call began: what answers made earlier must still hold against to
+    /// be served ([`crate::answers`]).
     ///
     /// With SQLite the log is this process's alone, so what it published last is the answer,
-    /// without a query. With PostgreSQL other processes publish too, so the stored epoch is read;
-    /// one reading serves every caller that came before it began, so under load there is about
-    /// one query per round trip to the database, not one per look-up.
-    pub async fn latest(&self) -> Result<u64, LogError> {
+    /// without a query (its own record changes it counts itself). With PostgreSQL other
+    /// processes change records and publish too, so both are read from the database
+    /// ([`Store::freshness`]); one reading serves every caller that came before it began, so
+    /// under load there is about one query per round trip to the database, not one per look-up.
+    pub async fn latest(&self) -> Result<(u64, u64), LogError> {
         let inner = &self.inner;
+        let known = || {
+            (
+                inner.known_epoch.load(Ordering::Acquire),
+                inner.known_changes.load(Ordering::Acquire),
+            )
+        };
         if !inner.store.is_shared() {
-            return Ok(inner.known_epoch.load(Ordering::Acquire));
+            return Ok(known());
         }
         let ticket = inner.tickets.fetch_add(1, Ordering::AcqRel) + 1;
         let mut last_reading = inner.last_reading.lock().await;
         if *last_reading > ticket {
             // A reading that began after this call did is done.
-            return Ok(inner.known_epoch.load(Ordering::Acquire));
+            return Ok(known());
         }
         let started = inner.tickets.fetch_add(1, Ordering::AcqRel) + 1;
-        let EpochHash(epoch, _) = {
-            let _reading = inner.publishing.read().await;
-            inner.directory.get_epoch_hash().await?
+        let (epoch, changes) = match inner.store.freshness().await? {
+            Some((Some(epoch), changes)) => (epoch, changes),
+            // A log from before its epoch was stored apart: akd's own record of it.
+            Some((None, changes)) => {
+                let _reading = inner.publishing.read().await;
+                (inner.directory.get_epoch_hash().await?.0, changes)
+            }
+            None => return Ok(known()),
         };
         inner.known_epoch.fetch_max(epoch, Ordering::AcqRel);
+        inner.known_changes.fetch_max(changes, Ordering::AcqRel);
         *last_reading = started;
-        Ok(inner.known_epoch.load(Ordering::Acquire))
+        Ok(known())
     }
 
     /// Makes the log's latest version of `name` say what the users table says now, publishing
@@ -448,8 +464,13 @@ impl Inner {
                             self.known_epoch.fetch_max(epoch, Ordering::AcqRel);
                         }
                         Err(e) => {
-                            // The cache may hold what the database refused.
+                            // The cache may hold what the database refused; and akd fails
+                            // some publications after their commit (reading the new root), so
+                            // the epoch may have moved all the same.
                             self.nodes.flush_cache().await;
+                            if let Ok(EpochHash(epoch, _)) = self.directory.get_epoch_hash().await {
+                                self.known_epoch.fetch_max(epoch, Ordering::AcqRel);
+                            }
                             return Err(e.into());
                         }
                     }

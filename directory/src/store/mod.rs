@@ -44,6 +44,8 @@ pub enum StoreError {
     Crypto(#[from] CryptoError),
     #[error("the key log's epoch {0} was written by another publisher first")]
     LogConflict(u64),
+    #[error("cannot be served: {0}")]
+    Locked(String),
 }
 
 /// The key deregistered names are kept under: a keyed BLAKE2b-256 (libsodium's
@@ -250,6 +252,16 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.log_nodes(ids).await,
             Store::Postgres(s) => s.log_nodes(ids).await,
+        }
+    }
+
+    /// With a shared database (PostgreSQL), the key log's latest epoch as stored (none if not
+    /// kept yet) and a count of record changes that only grows: what other processes did. A
+    /// SQLite database has one process, which knows both without asking: `None`.
+    pub async fn freshness(&self) -> Result<Option<(Option<u64>, u64)>, StoreError> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(s) => Ok(Some(s.freshness().await?)),
         }
     }
 

@@ -73,6 +73,18 @@ const MIGRATIONS: &[&str] = &[
     // 8: each epoch's root hash, written with the epoch: what a consistency proof between two
     // heads runs through (akd keeps only the latest root).
     "CREATE TABLE log_roots (epoch BIGINT PRIMARY KEY, root BYTEA NOT NULL);",
+    // 9: a count of the statements that changed a record (users, moved), kept by triggers in
+    // the changing transaction itself: a process that keeps answers in memory serves one only
+    // while neither this nor the log's epoch moved (see `Store::freshness`), even when a
+    // change's publication to the log failed, or was never made because its process died.
+    "CREATE TABLE record_changes (one SMALLINT PRIMARY KEY CHECK (one = 0), count BIGINT NOT NULL);
+    INSERT INTO record_changes VALUES (0, 0);
+    CREATE FUNCTION smvs_count_record_change() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN UPDATE record_changes SET count = count + 1; RETURN NULL; END $$;
+    CREATE TRIGGER users_changed AFTER INSERT OR UPDATE OR DELETE ON users
+        FOR EACH STATEMENT EXECUTE FUNCTION smvs_count_record_change();
+    CREATE TRIGGER moved_changed AFTER INSERT OR UPDATE OR DELETE ON moved
+        FOR EACH STATEMENT EXECUTE FUNCTION smvs_count_record_change();",
 ];
 
 /// The migration after whose SQL [`PgStore::hash_old_floors`] runs.
@@ -600,6 +612,22 @@ impl PgStore {
         };
         let rows = self.client().query(sql, &[&label, &arg]).await?;
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The key log's latest epoch as stored (none before the first epoch written since
+    /// migration 7), and the count of record changes.
+    pub async fn freshness(&self) -> Result<(Option<u64>, u64), StoreError> {
+        let row = self
+            .client()
+            .query_one(
+                "SELECT (SELECT epoch FROM log_epoch), (SELECT count FROM record_changes)",
+                &[],
+            )
+            .await?;
+        Ok((
+            row.get::<_, Option<i64>>(0).map(|e| e as u64),
+            row.get::<_, Option<i64>>(1).unwrap_or(0) as u64,
+        ))
     }
 
     pub async fn counts(&self) -> Result<(u64, u64), StoreError> {
