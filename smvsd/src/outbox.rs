@@ -108,6 +108,11 @@ struct OutboxState {
     links: RefCell<HashMap<Username, Rc<Wake>>>,
     /// Outgoing messages handed to the peer's host and waiting for a receipt.
     sent: RefCell<HashSet<MessageId>>,
+    /// Outgoing messages whose receipt is in hand and told to devices, while their status is
+    /// written: the write follows the news rather than holding it up (a crash between the two
+    /// sends the message again after the restart; the peer's host knows the id and answers
+    /// with a receipt again).
+    delivering: RefCell<HashSet<MessageId>>,
     /// Peers whose host answered `deliverBatch` with "unimplemented" (an older host): they
     /// get `deliver` for each envelope until this host restarts.
     no_batch: RefCell<HashSet<Username>>,
@@ -196,6 +201,7 @@ impl Outbox {
                 settings,
                 links: RefCell::new(HashMap::new()),
                 sent: RefCell::new(HashSet::new()),
+                delivering: RefCell::new(HashSet::new()),
                 no_batch: RefCell::new(HashSet::new()),
             }),
         }
@@ -278,12 +284,18 @@ impl Outbox {
         }
     }
 
-    /// Shows messages that are on their way as "sent" (the status disk holds is "queued").
+    /// Shows messages that are on their way as "sent", and those whose receipt is in hand as
+    /// "delivered" (the status disk holds is "queued" until it is written).
     pub fn overlay(&self, messages: &mut [StoredMessage]) {
         let sent = self.inner.sent.borrow();
+        let delivering = self.inner.delivering.borrow();
         for m in messages {
-            if m.status == Status::Queued && sent.contains(&m.id) {
-                m.status = Status::Sent;
+            if m.status == Status::Queued {
+                if delivering.contains(&m.id) {
+                    m.status = Status::Delivered;
+                } else if sent.contains(&m.id) {
+                    m.status = Status::Sent;
+                }
             }
         }
     }
@@ -652,31 +664,33 @@ async fn stream_outbox(
             // Awaited, not spawned: the next round reads the outbox, and must not see these
             // again as undelivered (they would be sent twice).
             let ids = std::mem::take(&mut delivered);
-            forget_sent(outbox, &ids);
-            let changed = storage
-                .set_outgoing_status(peer, ids, Status::Delivered)
-                .await
-                .map_err(HostError::from)?;
-            publish_all(outbox, peer, changed, Status::Delivered);
+            let written = storage
+                .set_outgoing_status(peer, ids.clone(), Status::Delivered)
+                .await;
+            forget_delivering(outbox, &ids);
+            written.map_err(HostError::from)?;
             return Ok(());
         };
         let answer = tokio::time::timeout(RECEIPT_TIMEOUT, promise.answer(&check, &id, peer))
             .await
             .unwrap_or(Err(DeliveryError::Silent(RECEIPT_TIMEOUT)));
         match answer {
-            Ok(Answer::Stored) => delivered.push(id),
+            Ok(Answer::Stored) => {
+                receipt_in_hand(outbox, peer, id);
+                delivered.push(id);
+            }
             Ok(Answer::Refused(why)) => {
                 tracing::warn!(%peer, id = %id, reason = %why, "the peer's host refused a message; it will not be retried");
-                record_status(outbox, peer, vec![id], Status::Failed, FailReason::Refused);
+                record_failed(outbox, peer, vec![id], FailReason::Refused);
             }
             Ok(Answer::Later(why)) => {
-                record_status(outbox, peer, delivered, Status::Delivered, FailReason::None);
+                record_delivered(outbox, peer, delivered);
                 give_up_round(outbox, id, &in_flight);
                 forget_reset_session(outbox, peer, &check, &why).await;
                 return Err(DeliveryError::Later(why));
             }
             Err(e) => {
-                record_status(outbox, peer, delivered, Status::Delivered, FailReason::None);
+                record_delivered(outbox, peer, delivered);
                 give_up_round(outbox, id, &in_flight);
                 if matches!(e, DeliveryError::NoBatch) {
                     tracing::info!(%peer, "the peer's host has no batch delivery (an older host); sending one envelope per call");
@@ -686,13 +700,7 @@ async fn stream_outbox(
             }
         }
         if delivered.len() >= WINDOW as usize / 2 {
-            record_status(
-                outbox,
-                peer,
-                std::mem::take(&mut delivered),
-                Status::Delivered,
-                FailReason::None,
-            );
+            record_delivered(outbox, peer, std::mem::take(&mut delivered));
         }
     }
 }
@@ -949,13 +957,47 @@ fn give_up_round<T>(
     forget_sent(outbox, &ids);
 }
 
-/// Writes statuses and tells devices, without holding up the link. Storage runs jobs in the
-/// order they are queued, and a delivered message is never set back to sent.
-fn record_status(
+/// The peer's host has stored `id` (its receipt checked out): devices are told now, and the
+/// status is written after ([`OutboxState::delivering`]), off the path a message waits on.
+fn receipt_in_hand(outbox: &OutboxState, peer: &Username, id: MessageId) {
+    outbox.sent.borrow_mut().remove(&id);
+    outbox.delivering.borrow_mut().insert(id);
+    publish_all(outbox, peer, vec![id], Status::Delivered);
+}
+
+fn forget_delivering(outbox: &OutboxState, ids: &[MessageId]) {
+    let mut delivering = outbox.delivering.borrow_mut();
+    for id in ids {
+        delivering.remove(id);
+    }
+}
+
+/// Writes the statuses of messages whose receipts are in hand (devices were told on each
+/// receipt), without holding up the link. Storage runs jobs in the order they are queued, and
+/// a delivered message is never set back to sent.
+fn record_delivered(outbox: &Rc<OutboxState>, peer: &Username, ids: Vec<MessageId>) {
+    if ids.is_empty() {
+        return;
+    }
+    let (outbox, peer) = (outbox.clone(), peer.clone());
+    tokio::task::spawn_local(async move {
+        let written = outbox
+            .storage
+            .set_outgoing_status(&peer, ids.clone(), Status::Delivered)
+            .await;
+        forget_delivering(&outbox, &ids);
+        if let Err(e) = written {
+            tracing::error!(error = %e, "recording delivery statuses failed");
+        }
+    });
+}
+
+/// Writes that the peer's host refused these messages and tells devices, without holding up
+/// the link.
+fn record_failed(
     outbox: &Rc<OutboxState>,
     peer: &Username,
     ids: Vec<MessageId>,
-    status: Status,
     reason: FailReason,
 ) {
     if ids.is_empty() {
@@ -964,13 +1006,8 @@ fn record_status(
     forget_sent(outbox, &ids);
     let (outbox, peer) = (outbox.clone(), peer.clone());
     tokio::task::spawn_local(async move {
-        let written = if status == Status::Failed {
-            outbox.storage.set_failed(&peer, ids, reason).await
-        } else {
-            outbox.storage.set_outgoing_status(&peer, ids, status).await
-        };
-        match written {
-            Ok(changed) => publish_all(&outbox, &peer, changed, status),
+        match outbox.storage.set_failed(&peer, ids, reason).await {
+            Ok(changed) => publish_all(&outbox, &peer, changed, Status::Failed),
             Err(e) => tracing::error!(error = %e, "recording delivery statuses failed"),
         }
     });
