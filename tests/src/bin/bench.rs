@@ -912,7 +912,7 @@ fn closed_runs(
     Ok(runs)
 }
 
-/// SQLite: the answer cache on (closed, then open-loop at half and nine tenths of the closed
+/// SQLite: the answer cache on (closed, then open-loop at half and four fifths of the closed
 /// rate), the cache off, and the directory in a network namespace of its own.
 async fn sqlite_lookups(directory: DirectoryProcess, users: usize) -> anyhow::Result<Vec<LoadRun>> {
     let pid = directory
@@ -931,7 +931,7 @@ async fn sqlite_lookups(directory: DirectoryProcess, users: usize) -> anyhow::Re
     )?;
     let saturated = runs[1].per_second();
     pin_to_cpu1(&[pid])?;
-    for share in [0.5, 0.9] {
+    for share in [0.5, 0.8] {
         runs.push(load_run(&LoadPlan {
             backend: "sqlite",
             setup: "answer cache, pinned".into(),

@@ -347,6 +347,10 @@ async fn run_thread(
             let due = begin + interval.mul_f64(sent as f64);
             if due > Instant::now() {
                 tokio::time::sleep_until(due.into()).await;
+            } else if sent % 16 == 0 {
+                // Behind schedule: the requests already spawned must get to run (and be
+                // sent) too, or a client that falls behind stops sending altogether.
+                tokio::task::yield_now().await;
             }
             let client = clients[(sent as usize) % clients.len()].clone();
             inflight.push(tokio::task::spawn_local(ask(client, due)));
