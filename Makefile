@@ -54,7 +54,7 @@ INSTALL_VARS = DESTDIR='$(DESTDIR)' PREFIX='$(PREFIX)' BUILD='$(BUILD)' BINDIR='
 	FISHCOMPDIR='$(FISHCOMPDIR)' CARGO='$(CARGO)'
 
 .DEFAULT_GOAL := build
-.PHONY: deps build test demo bench lint fuzz clean release install uninstall deb image
+.PHONY: deps build test demo bench lint fuzz clean release install uninstall deb image profile-directory
 
 deps:
 	bash scripts/deps.sh
@@ -102,6 +102,11 @@ bench: deps
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-dht
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-density
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --features bench-baseline --bin smvs-bench-calls
+
+# Where a directory's CPU goes per look-up (BENCHMARKS.md); needs perf (linux-perf).
+profile-directory: deps
+	$(CARGO) build --release --workspace --bins $(LOCKED)
+	bash scripts/profile-directory.sh
 
 lint: deps
 	$(CARGO) fmt --all -- --check

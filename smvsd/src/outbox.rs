@@ -300,6 +300,13 @@ impl Outbox {
         }
     }
 
+    /// A message deleted here: it is no longer shown as on its way, and its receipt, if one
+    /// still comes, is not announced.
+    pub fn forget(&self, id: MessageId) {
+        self.inner.sent.borrow_mut().remove(&id);
+        self.inner.delivering.borrow_mut().remove(&id);
+    }
+
     /// Tells `contact`'s host where this host is now (the identity's signed statement), on a
     /// fresh link. `Ok(false)`: that host does not take statements (one from before them).
     pub async fn announce_address(
@@ -529,12 +536,30 @@ async fn open_link(
 
 /// Connects to the peer's host and streams the outbox to it until the outbox is empty:
 /// up to [`WINDOW`] envelopes in flight, topped up from storage as receipts come back, so the
-/// link never idles between batches. Statuses are written off the critical path.
+/// link never idles between batches. Statuses are written off the critical path; whatever
+/// ends the round, the receipts in hand are written before it returns.
 async fn stream_outbox(
     outbox: &Rc<OutboxState>,
     peer: &Username,
     link: &mut Option<Link>,
     fresh: bool,
+) -> Result<(), DeliveryError> {
+    let mut delivered = Vec::new();
+    let result = stream_round(outbox, peer, link, fresh, &mut delivered).await;
+    if !delivered.is_empty() {
+        write_delivered(outbox, peer, delivered).await;
+    }
+    result
+}
+
+/// [`stream_outbox`]'s work; `delivered` gathers the ids whose receipts are in hand and whose
+/// status is not written yet.
+async fn stream_round(
+    outbox: &Rc<OutboxState>,
+    peer: &Username,
+    link: &mut Option<Link>,
+    fresh: bool,
+    delivered: &mut Vec<MessageId>,
 ) -> Result<(), DeliveryError> {
     let storage = &outbox.storage;
     let mut pending: VecDeque<(i64, StoredMessage)> = storage
@@ -602,7 +627,6 @@ async fn stream_outbox(
 
     let mut in_flight = VecDeque::with_capacity(WINDOW as usize);
     let mut last_seq = 0;
-    let mut delivered = Vec::new();
     loop {
         let mut sent_now = Vec::new();
         let mut batch = Vec::new();
@@ -611,8 +635,16 @@ async fn stream_outbox(
                 break;
             };
             last_seq = seq;
+            if outbox.delivering.borrow().contains(&message.id) {
+                // Its receipt came in an earlier round whose write did not land: not sent
+                // again, written now.
+                delivered.push(message.id);
+                continue;
+            }
             if message.status == Status::Queued {
                 sent_now.push(message.id);
+            } else {
+                outbox.sent.borrow_mut().insert(message.id);
             }
             // The first of a batch carries our checked key log heads, for the peer's host to
             // compare with its own (trust::log_heads).
@@ -661,14 +693,8 @@ async fn stream_outbox(
             }
         }
         let Some((id, (promise, check))) = in_flight.pop_front() else {
-            // Awaited, not spawned: the next round reads the outbox, and must not see these
-            // again as undelivered (they would be sent twice).
-            let ids = std::mem::take(&mut delivered);
-            let written = storage
-                .set_outgoing_status(peer, ids.clone(), Status::Delivered)
-                .await;
-            forget_delivering(outbox, &ids);
-            written.map_err(HostError::from)?;
+            // Written by `stream_outbox`, awaited: the next round reads the outbox, and must
+            // not see these again as undelivered (they would be sent twice).
             return Ok(());
         };
         let answer = tokio::time::timeout(RECEIPT_TIMEOUT, promise.answer(&check, &id, peer))
@@ -684,13 +710,11 @@ async fn stream_outbox(
                 record_failed(outbox, peer, vec![id], FailReason::Refused);
             }
             Ok(Answer::Later(why)) => {
-                record_delivered(outbox, peer, delivered);
                 give_up_round(outbox, id, &in_flight);
                 forget_reset_session(outbox, peer, &check, &why).await;
                 return Err(DeliveryError::Later(why));
             }
             Err(e) => {
-                record_delivered(outbox, peer, delivered);
                 give_up_round(outbox, id, &in_flight);
                 if matches!(e, DeliveryError::NoBatch) {
                     tracing::info!(%peer, "the peer's host has no batch delivery (an older host); sending one envelope per call");
@@ -700,7 +724,7 @@ async fn stream_outbox(
             }
         }
         if delivered.len() >= WINDOW as usize / 2 {
-            record_delivered(outbox, peer, std::mem::take(&mut delivered));
+            record_delivered(outbox, peer, std::mem::take(delivered));
         }
     }
 }
@@ -958,11 +982,27 @@ fn give_up_round<T>(
 }
 
 /// The peer's host has stored `id` (its receipt checked out): devices are told now, and the
-/// status is written after ([`OutboxState::delivering`]), off the path a message waits on.
+/// status is written after ([`OutboxState::delivering`]), off the path a message waits on. A
+/// message deleted while on its way ([`Outbox::forget`]) is not announced.
 fn receipt_in_hand(outbox: &OutboxState, peer: &Username, id: MessageId) {
-    outbox.sent.borrow_mut().remove(&id);
-    outbox.delivering.borrow_mut().insert(id);
-    publish_all(outbox, peer, vec![id], Status::Delivered);
+    if outbox.sent.borrow_mut().remove(&id) {
+        outbox.delivering.borrow_mut().insert(id);
+        publish_all(outbox, peer, vec![id], Status::Delivered);
+    }
+}
+
+/// Writes that these ids were delivered, and stops showing them from memory once it is
+/// written. A failed write keeps them shown as delivered: the next round finds them in the
+/// outbox and writes them again rather than sending them.
+async fn write_delivered(outbox: &OutboxState, peer: &Username, ids: Vec<MessageId>) {
+    match outbox
+        .storage
+        .set_outgoing_status(peer, ids.clone(), Status::Delivered)
+        .await
+    {
+        Ok(_) => forget_delivering(outbox, &ids),
+        Err(e) => tracing::error!(error = %e, "recording delivery statuses failed"),
+    }
 }
 
 fn forget_delivering(outbox: &OutboxState, ids: &[MessageId]) {
@@ -980,16 +1020,7 @@ fn record_delivered(outbox: &Rc<OutboxState>, peer: &Username, ids: Vec<MessageI
         return;
     }
     let (outbox, peer) = (outbox.clone(), peer.clone());
-    tokio::task::spawn_local(async move {
-        let written = outbox
-            .storage
-            .set_outgoing_status(&peer, ids.clone(), Status::Delivered)
-            .await;
-        forget_delivering(&outbox, &ids);
-        if let Err(e) = written {
-            tracing::error!(error = %e, "recording delivery statuses failed");
-        }
-    });
+    tokio::task::spawn_local(async move { write_delivered(&outbox, &peer, ids).await });
 }
 
 /// Writes that the peer's host refused these messages and tells devices, without holding up

@@ -301,6 +301,9 @@ command!(Delete => u32, |o, m| {
         Err(e @ StorageError::CheckpointBusy) => (0, Some(e)),
         Err(e) => return Err(e.into()),
     };
+    if let Some(id) = m.id {
+        o.outbox.forget(id);
+    }
     o.events.publish(HostEvent::Deleted {
         id: m.id,
         peer: m.peer.clone(),
