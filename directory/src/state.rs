@@ -22,7 +22,6 @@ use crate::keylog::{Consistency, KeyLog, LogError};
 use crate::limits::Limits;
 use crate::record::{signed_record, MovedStatement};
 use crate::store::Store;
-use crate::store::StoreError;
 use crate::transparency::{encode_lookup_proof, LogHead, LoggedValue};
 
 pub(crate) struct Shared {
@@ -46,11 +45,6 @@ pub(crate) struct Shared {
     /// Record changes this process made (counted after each one's commit, before its
     /// publication): with the store's own count, what kept answers are checked against.
     pub changes: AtomicU64,
-}
-
-fn store_refusal(e: StoreError) -> Refusal {
-    tracing::warn!(error = %e, "store error during a look-up");
-    Refusal::new(ErrorCode::Internal, "storage error")
 }
 
 impl Shared {
@@ -98,9 +92,14 @@ impl Shared {
     }
 
     async fn make_answer(&self, name: &Username) -> Result<Answer, Refusal> {
-        let Some(user) = self.store.get_user(name).await.map_err(store_refusal)? else {
+        let Some(user) = self.store.get_user(name).await.map_err(Refusal::internal)? else {
             // Someone who moved away: their own statement of where to.
-            let Some(moved) = self.store.get_moved(name).await.map_err(store_refusal)? else {
+            let Some(moved) = self
+                .store
+                .get_moved(name)
+                .await
+                .map_err(Refusal::internal)?
+            else {
                 return Ok(Answer::NotFound);
             };
             let statement = MovedStatement::from_bytes(&moved).map_err(|e| {

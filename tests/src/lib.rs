@@ -14,6 +14,7 @@ pub mod host;
 pub mod impersonate;
 pub mod keyguard;
 pub mod layering;
+pub mod measure;
 pub mod netns;
 pub mod other_uid;
 pub mod postgres;

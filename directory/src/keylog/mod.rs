@@ -47,8 +47,8 @@ pub use storage::LogStorage;
 /// and every look-up proof needs three VRF proofs (the version, its marker, the next version
 /// as stale): most of a proof's CPU. So the keys are derived once, and proofs are kept by the
 /// hashed VRF input. A VRF is deterministic, so a kept proof is the one that would be made; and
-/// a name's proofs do not change with the epoch, so they outlive the look-up answers of
-/// [`crate::answers`], which every new epoch retires.
+/// a name's proofs do not change with the epoch, so they outlive the look-up answers kept in
+/// memory, which every new epoch retires.
 #[derive(Clone)]
 pub struct LogVrf(Arc<VrfInner>);
 
@@ -278,8 +278,8 @@ impl KeyLog {
     }
 
     /// The log's latest epoch and the store's count of record changes (0 with SQLite), as of
-    /// some moment after this call began: what answers made earlier must still hold against to
-    /// be served ([`crate::answers`]).
+    /// some moment after this call began: what look-up answers kept in memory must still hold
+    /// against to be served.
     ///
     /// With SQLite the log is this process's alone, so what it published last is the answer,
     /// without a query (its own record changes it counts itself). With PostgreSQL other

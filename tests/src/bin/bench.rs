@@ -24,6 +24,7 @@ use anyhow::{anyhow, bail, Context};
 use smvs_crypto::SigningPublicKey;
 use smvs_directory::{DirectoryClient, Registration};
 use smvs_schema::Username;
+use smvs_tests::measure::{mix, process_ticks};
 use smvs_tests::{Backend, DirectoryProcess, TestUser};
 
 /// Concurrent connections of the "many" measurements.
@@ -120,16 +121,6 @@ struct CpuSnapshot {
     machine: Option<(u64, u64)>,
 }
 
-fn process_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3, utime 14 and stime 15.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
 fn machine_ticks() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
@@ -198,14 +189,6 @@ fn mean(values: &[Duration]) -> Duration {
         return Duration::ZERO;
     }
     values.iter().sum::<Duration>() / u32::try_from(values.len()).unwrap_or(u32::MAX)
-}
-
-/// A cheap, well-mixed hash (splitmix64): which registered user the i-th lookup asks for.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 fn random_index(seed: u64, i: usize, n: usize) -> usize {
@@ -669,40 +652,30 @@ fn ticks_of(pids: &[u32]) -> u64 {
         .sum()
 }
 
-/// Puts every thread of each process on CPU 1.
-fn pin_to_cpu1(pids: &[u32]) -> anyhow::Result<()> {
+/// Lets every thread of each process run only on `cpus` (a taskset list, `1` or `0-1`).
+fn pin(pids: &[u32], cpus: &str) -> anyhow::Result<()> {
     for pid in pids {
         let status = Command::new("taskset")
-            .args(["-a", "-p", "-c", "1", &pid.to_string()])
+            .args(["-a", "-p", "-c", cpus, &pid.to_string()])
             .stdout(std::process::Stdio::null())
             .status()
             .context("running taskset (util-linux)")?;
         if !status.success() {
-            bail!("taskset could not pin process {pid}");
+            bail!("taskset could not put process {pid} on CPUs {cpus}");
         }
     }
     Ok(())
 }
 
+/// Puts every thread of each process on CPU 1.
+fn pin_to_cpu1(pids: &[u32]) -> anyhow::Result<()> {
+    pin(pids, "1")
+}
+
 /// Lets each process run on every CPU again.
 fn unpin(pids: &[u32]) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for pid in pids {
-        let status = Command::new("taskset")
-            .args([
-                "-a",
-                "-p",
-                "-c",
-                &format!("0-{}", cores - 1),
-                &pid.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .status()?;
-        if !status.success() {
-            bail!("taskset could not unpin process {pid}");
-        }
-    }
-    Ok(())
+    pin(pids, &format!("0-{}", cores - 1))
 }
 
 /// The load generator's command line, behind `ip netns exec` and `taskset` as planned.

@@ -33,6 +33,7 @@ use anyhow::{anyhow, bail, Context};
 use smvs_crypto::{AgreementKeyPair, SigningPublicKey};
 use smvs_directory::DirectoryClient;
 use smvs_schema::Username;
+use smvs_tests::measure::{mix, process_ticks};
 use smvs_tests::TestUser;
 
 const WARMUP: Duration = Duration::from_secs(1);
@@ -237,24 +238,8 @@ fn load(load: Load) -> anyhow::Result<()> {
 
 /// This process's user and system CPU so far, every thread.
 fn cpu_seconds() -> f64 {
-    let ticks = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0);
     // Linux's USER_HZ is 100 on every architecture this runs on.
-    ticks as f64 / 100.0
-}
-
-/// A cheap, well-mixed hash (splitmix64): which user a request asks for.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    process_ticks("self").unwrap_or(0) as f64 / 100.0
 }
 
 async fn run_thread(
