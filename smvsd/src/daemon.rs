@@ -178,12 +178,20 @@ impl Host {
         // The owners, bottom up.
         let log = storage.event_log_state().await?;
         let hub = DeviceHub::new(storage.clone(), log).start();
-        let events = Events::new(hub.clone().recipient());
-        // A host that stopped hard may have stored messages whose events it never logged:
-        // devices hear of them now (in the order they were stored).
-        for (peer, id, time) in storage.unannounced_received().await? {
+        let events = Events::new(&hub);
+        // A host that stopped hard may have stored messages whose events it never logged (or
+        // logged lazily, and lost to a power cut): devices hear of them now, in the order they
+        // were stored.
+        for (peer, id, time, direction) in storage.unannounced_messages().await? {
             tracing::info!("announcing a message stored just before the host stopped");
-            events.publish(crate::model::HostEvent::MessageReceived { id, peer, time });
+            events.publish(match direction {
+                crate::model::Direction::In => {
+                    crate::model::HostEvent::MessageReceived { id, peer, time }
+                }
+                crate::model::Direction::Out => {
+                    crate::model::HostEvent::MessageSent { id, peer, time }
+                }
+            });
         }
         let dht = match &config.dht {
             Some(dht) => Some(Rc::new(

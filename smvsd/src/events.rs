@@ -29,8 +29,9 @@ use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult};
 use smvs_schema::Username;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::model::Status;
 use crate::model::{now_ms, HostEvent, MessageId};
-use crate::storage::{EventLogState, Storage};
+use crate::storage::{EventLogState, Storage, LAZY_ROOM};
 
 /// Events a device may have waiting before it is considered stuck.
 pub const DEVICE_QUEUE: usize = 4096;
@@ -74,6 +75,8 @@ pub struct Publish(pub HostEvent);
 struct Appended {
     seqs: std::ops::RangeInclusive<u64>,
     written: bool,
+    /// A durable append's reservation for lazy ones (see [`DeviceHub::reserved`]).
+    reserved: Option<u64>,
 }
 
 /// Subscribes `feed`: live events only (`since: None`), or the events after `since` and then
@@ -144,6 +147,9 @@ pub struct DeviceHub {
     next: u64,
     /// Every event up to this seq has been appended (or failed to be) and sent out.
     committed: u64,
+    /// Seqs up to here are reserved on disk by a durable append: events among them that a
+    /// restart makes true again may be appended lazily (no fsync before devices hear them).
+    reserved: u64,
     /// Given a seq, waiting for the append, in seq order.
     pending: VecDeque<Pending>,
     /// Published and not yet handed to storage: the next [`Flush`] appends them.
@@ -155,6 +161,8 @@ pub struct DeviceHub {
     cursors: HashMap<(String, String), OpenCursor>,
     generations: u64,
     last_publish: std::time::Instant,
+    /// [`AllAppended`]s waiting, each for the seq up to which it waits.
+    appended_waiters: Vec<(u64, Option<oneshot::Sender<()>>)>,
 }
 
 impl DeviceHub {
@@ -163,8 +171,11 @@ impl DeviceHub {
         DeviceHub {
             storage,
             devices: Vec::new(),
-            next: log.head + 1,
-            committed: log.head,
+            // Past the reservation too: a lazy append a power cut took may have given out seqs
+            // beyond the head.
+            next: log.head.max(log.reserved) + 1,
+            committed: log.head.max(log.reserved),
+            reserved: log.reserved,
             pending: VecDeque::new(),
             unwritten: Vec::new(),
             flush_queued: false,
@@ -172,6 +183,7 @@ impl DeviceHub {
             cursors: HashMap::new(),
             generations: 0,
             last_publish: std::time::Instant::now(),
+            appended_waiters: Vec::new(),
         }
     }
 
@@ -227,6 +239,23 @@ impl Handler<Publish> for DeviceHub {
     }
 }
 
+/// Whether an event is one a restart makes true again should a power cut take it from the log:
+/// a message stored, sent or received (the daemon announces stored messages the log lacks
+/// when it starts: `Storage::unannounced_messages`), delivered (its status write is lazy too;
+/// the message goes out again and its receipt comes back) or on its way (a status the log does
+/// not keep). Its append then needs no fsync of its own: the message's own commit was durable.
+fn redone_after_restart(event: &HostEvent) -> bool {
+    matches!(
+        event,
+        HostEvent::MessageSent { .. }
+            | HostEvent::MessageReceived { .. }
+            | HostEvent::MessageStatus {
+                status: Status::Delivered | Status::Sent,
+                ..
+            }
+    )
+}
+
 /// Appends what was published since the last flush, in one storage job: the hub handles the
 /// publishes already in its mailbox first, so a burst of events costs one job, not one each.
 #[derive(Message)]
@@ -242,10 +271,16 @@ impl Handler<Flush> for DeviceHub {
             return;
         };
         let first = run[0].0;
+        let lazy = last <= self.reserved && run.iter().all(|(_, _, e)| redone_after_restart(e));
         let storage = self.storage.clone();
         let hub = ctx.address();
         actix::spawn(async move {
-            let written = match storage.append_events(run).await {
+            let appended = if lazy {
+                storage.append_events_lazily(run).await
+            } else {
+                storage.append_events(run).await
+            };
+            let written = match appended {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::error!(error = %e, first, last, "events could not be written to the event log");
@@ -255,6 +290,7 @@ impl Handler<Flush> for DeviceHub {
             hub.do_send(Appended {
                 seqs: first..=last,
                 written,
+                reserved: (written && !lazy).then(|| last.saturating_add(LAZY_ROOM)),
             });
         });
     }
@@ -263,6 +299,9 @@ impl Handler<Flush> for DeviceHub {
 impl Handler<Appended> for DeviceHub {
     type Result = ();
     fn handle(&mut self, msg: Appended, _: &mut Self::Context) {
+        if let Some(reserved) = msg.reserved {
+            self.reserved = self.reserved.max(reserved);
+        }
         let Some(first) = self.pending.front().map(|p| p.seq) else {
             return;
         };
@@ -298,6 +337,33 @@ impl Handler<Appended> for DeviceHub {
         }
         if lost {
             self.send_out(Feed::Resync);
+        }
+        let committed = self.committed;
+        self.appended_waiters.retain_mut(|(upto, waiter)| {
+            if *upto > committed {
+                return true;
+            }
+            if let Some(waiter) = waiter.take() {
+                let _ = waiter.send(());
+            }
+            false
+        });
+    }
+}
+
+/// Answers once every event published before it has been appended (or failed to be).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct AllAppended(oneshot::Sender<()>);
+
+impl Handler<AllAppended> for DeviceHub {
+    type Result = ();
+    fn handle(&mut self, msg: AllAppended, _: &mut Self::Context) {
+        let upto = self.next - 1;
+        if self.committed >= upto {
+            let _ = msg.0.send(());
+        } else {
+            self.appended_waiters.push((upto, Some(msg.0)));
         }
     }
 }
@@ -634,11 +700,26 @@ impl Drop for Cursor {
 #[derive(Clone)]
 pub struct Events {
     hub: actix::Recipient<Publish>,
+    appended: actix::Recipient<AllAppended>,
 }
 
 impl Events {
-    pub fn new(hub: actix::Recipient<Publish>) -> Events {
-        Events { hub }
+    pub fn new(hub: &actix::Addr<DeviceHub>) -> Events {
+        Events {
+            hub: hub.clone().recipient(),
+            appended: hub.clone().recipient(),
+        }
+    }
+
+    /// Returns once every event published before the call is in the log (or failed to be): a
+    /// write that must not reach the disk before an event about it follows this. (The log's
+    /// commits and the write's are in that order in the write-ahead log, so the write's, if
+    /// durable, carries the event's to the disk too.)
+    pub async fn all_appended(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.appended.try_send(AllAppended(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Tells devices. A full hub drops the event (and says so) rather than hold the host up.

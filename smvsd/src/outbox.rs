@@ -57,7 +57,9 @@ use crate::model::{
     now_ms, CallSignal, FailReason, HostEvent, MessageId, Payload, Status, StoredMessage,
 };
 use crate::session::{Content, Inner};
-use crate::sessions::{HandshakeFailure, ReceiptCheck, SealError, SealedEnvelope, Sessions};
+use crate::sessions::{
+    seal_queued, HandshakeFailure, ReceiptCheck, SealError, SealedEnvelope, Sealer, Sessions,
+};
 use crate::storage::Storage;
 use crate::trust::Trust;
 
@@ -116,7 +118,18 @@ struct OutboxState {
     /// Peers whose host answered `deliverBatch` with "unimplemented" (an older host): they
     /// get `deliver` for each envelope until this host restarts.
     no_batch: RefCell<HashSet<Username>>,
+    /// Envelopes sealed as their messages were queued (one commit for the message and the
+    /// ratchet), by peer and message, until delivery sends them. One that is not used (its
+    /// session was replaced, the round failed after sending it) only costs its message key:
+    /// the message is sealed again under the ratchet's next one.
+    presealed: RefCell<HashMap<Username, HashMap<MessageId, SealedEnvelope>>>,
 }
+
+/// The most envelopes sealed at queue time that wait for one peer; past it, messages are
+/// sealed on delivery. Sealing ahead is for the next message or few: a burst is sealed as a
+/// batch on delivery anyway, and every envelope left unused is a key the peer skips (its
+/// ratchet keeps 2,000).
+const MAX_PRESEALED: usize = 64;
 
 /// Why a call signal did not reach the peer's host.
 #[derive(Debug)]
@@ -203,6 +216,7 @@ impl Outbox {
                 sent: RefCell::new(HashSet::new()),
                 delivering: RefCell::new(HashSet::new()),
                 no_batch: RefCell::new(HashSet::new()),
+                presealed: RefCell::new(HashMap::new()),
             }),
         }
     }
@@ -238,11 +252,7 @@ impl Outbox {
         }
         trust.check_can_send(to).await?;
         trust.accept_request(to).await?;
-        let stored = self
-            .inner
-            .storage
-            .queue_outgoing(&me.username, to, payload)
-            .await?;
+        let stored = self.store_and_seal(&me.username, to, payload).await?;
         // Every device of the user sees it, as written by the user.
         self.inner.events.publish(HostEvent::MessageSent {
             id: stored.id,
@@ -250,6 +260,50 @@ impl Outbox {
             time: stored.time,
         });
         self.kick(to);
+        Ok(stored)
+    }
+
+    /// Stores the message in the outbox; with a confirmed v2 session in memory, it is sealed
+    /// in the same storage job, so that one commit (the outbox's) holds the message and the
+    /// ratchet, and delivery sends it as it is.
+    async fn store_and_seal(
+        &self,
+        me: &Username,
+        to: &Username,
+        payload: Payload,
+    ) -> Result<StoredMessage, HostError> {
+        let state = &self.inner;
+        let waiting = state.presealed.borrow().get(to).map_or(0, HashMap::len);
+        let session = if waiting < MAX_PRESEALED {
+            state.sessions.for_queue_seal(to)
+        } else {
+            None
+        };
+        let Some((_turn, session)) = session else {
+            return Ok(state.storage.queue_outgoing(me, to, payload).await?);
+        };
+        // As the first of a delivery batch does: the checked key log heads, for the peer's host
+        // to compare (only when nothing sealed before waits, not on every envelope of a burst).
+        let log_heads = if waiting == 0 {
+            state.trust.heads_to_share()
+        } else {
+            Vec::new()
+        };
+        let (stored, sealed) = state
+            .storage
+            .queue_outgoing_sealed(me, to, payload, move |message| {
+                seal_queued(session, message, log_heads)
+            })
+            .await?;
+        if let Some(sealed) = sealed {
+            state
+                .presealed
+                .borrow_mut()
+                .entry(to.clone())
+                .or_default()
+                .insert(stored.id, sealed.envelope());
+            state.sessions.saved(to, sealed.session);
+        }
         Ok(stored)
     }
 
@@ -305,6 +359,9 @@ impl Outbox {
     pub fn forget(&self, id: MessageId) {
         self.inner.sent.borrow_mut().remove(&id);
         self.inner.delivering.borrow_mut().remove(&id);
+        for envelopes in self.inner.presealed.borrow_mut().values_mut() {
+            envelopes.remove(&id);
+        }
     }
 
     /// Tells `contact`'s host where this host is now (the identity's signed statement), on a
@@ -567,6 +624,11 @@ async fn stream_round(
         .await
         .map_err(HostError::from)?
         .into();
+    // Envelopes sealed ahead for messages no longer among the first that wait (deleted,
+    // expired) go.
+    if let Some(envelopes) = outbox.presealed.borrow_mut().get_mut(peer) {
+        envelopes.retain(|id, _| pending.iter().any(|(_, m)| &m.id == id));
+    }
     if pending.is_empty() {
         return Ok(());
     }
@@ -630,6 +692,7 @@ async fn stream_round(
     loop {
         let mut sent_now = Vec::new();
         let mut batch = Vec::new();
+        let mut presealed = Vec::new();
         while in_flight.len() + batch.len() < WINDOW as usize {
             let Some((seq, message)) = pending.pop_front() else {
                 break;
@@ -653,6 +716,7 @@ async fn stream_round(
             } else {
                 Vec::new()
             };
+            presealed.push(take_presealed(outbox, peer, &sealer, &message.id));
             batch.push(Inner {
                 id: message.id,
                 from: me.username.clone(),
@@ -664,15 +728,25 @@ async fn stream_round(
             });
         }
         if !batch.is_empty() {
-            // Sealed as a batch: for v2 the ratchet is on disk before the first of them leaves.
-            let sealed = match outbox.sessions.seal_all(&sealer, &batch).await {
-                Ok(sealed) => sealed,
-                Err(SealError::NoSession) => {
-                    return Err(DeliveryError::Later(
-                        "the session was replaced; starting the round over".into(),
-                    ))
+            let sealed = if presealed.iter().all(Option::is_some) {
+                // Sealed as they were queued, with the ratchet in the same commit.
+                presealed.into_iter().flatten().collect()
+            } else {
+                // Sealed as a batch: for v2 the ratchet is on disk before the first of them
+                // leaves. Envelopes sealed at queue time, among them or still waiting, are
+                // never sent now: their keys are older than these, and the peer's ratchet
+                // keeps only so many skipped keys. The peer skips them once, when the next
+                // envelope arrives.
+                outbox.presealed.borrow_mut().remove(peer);
+                match outbox.sessions.seal_all(&sealer, &batch).await {
+                    Ok(sealed) => sealed,
+                    Err(SealError::NoSession) => {
+                        return Err(DeliveryError::Later(
+                            "the session was replaced; starting the round over".into(),
+                        ))
+                    }
+                    Err(SealError::Host(e)) => return Err(e.into()),
                 }
-                Err(SealError::Host(e)) => return Err(e.into()),
             };
             let batching = !outbox.no_batch.borrow().contains(peer);
             in_flight.extend(send_all(&client, &batch, sealed, batching));
@@ -727,6 +801,25 @@ async fn stream_round(
             record_delivered(outbox, peer, std::mem::take(delivered));
         }
     }
+}
+
+/// The envelope sealed for message `id` as it was queued, if there is one and it was sealed
+/// under the session delivery uses now (taken either way: an envelope is sent at most once as
+/// it was sealed; a resend is sealed anew).
+fn take_presealed(
+    outbox: &OutboxState,
+    peer: &Username,
+    sealer: &Sealer,
+    id: &MessageId,
+) -> Option<SealedEnvelope> {
+    let envelope = outbox.presealed.borrow_mut().get_mut(peer)?.remove(id)?;
+    let current = match sealer {
+        Sealer::V2 => outbox.sessions.current_id(peer),
+        Sealer::V1(_) => None,
+    };
+    current
+        .is_some_and(|current| envelope.session_id == current)
+        .then_some(envelope)
 }
 
 /// The peer's host is away: if we have no v2 session with it, one is made from the prekey
@@ -995,11 +1088,11 @@ fn receipt_in_hand(outbox: &OutboxState, peer: &Username, id: MessageId) {
 /// written. A failed write keeps them shown as delivered: the next round finds them in the
 /// outbox and writes them again rather than sending them.
 async fn write_delivered(outbox: &OutboxState, peer: &Username, ids: Vec<MessageId>) {
-    match outbox
-        .storage
-        .set_outgoing_status(peer, ids.clone(), Status::Delivered)
-        .await
-    {
+    // After the Delivered events' appends: both are lazy, and should the status write share a
+    // durable commit, the events must be on disk with it (devices catching up from the log
+    // would never hear of a status that a power cut left without its event).
+    outbox.events.all_appended().await;
+    match outbox.storage.record_delivered(peer, ids.clone()).await {
         Ok(_) => forget_delivering(outbox, &ids),
         Err(e) => tracing::error!(error = %e, "recording delivery statuses failed"),
     }

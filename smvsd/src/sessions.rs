@@ -293,6 +293,31 @@ impl Sessions {
         })
     }
 
+    /// For sealing a message as it is queued (`Outbox::queue`): `peer`'s confirmed v2 session,
+    /// from memory, with its lock, which the caller holds until the message and the state
+    /// that sealed it are stored (and then [`Sessions::saved`]). `None` when there is no such
+    /// session in memory, or someone has the lock: the message is then sealed on delivery, as
+    /// before. (Waiting would make a burst of sends commit one by one, each holding the lock
+    /// across its commit, instead of sharing commits.)
+    pub fn for_queue_seal(&self, peer: &Username) -> Option<(OwnedMutexGuard<()>, SessionV2)> {
+        if self.max_version < session::SESSION_V2 {
+            return None;
+        }
+        let turn = self.try_lock(peer)?;
+        let s = self
+            .v2
+            .borrow()
+            .get(peer)
+            .filter(|s| s.offer().is_none())
+            .cloned()?;
+        Some((turn, s))
+    }
+
+    /// The id of `peer`'s v2 session in memory, if any.
+    pub fn current_id(&self, peer: &Username) -> Option<[u8; 16]> {
+        self.v2.borrow().get(peer).map(|s| s.id())
+    }
+
     /// Records that `s` is stored as `peer`'s session.
     pub fn saved(&self, peer: &Username, s: SessionV2) {
         self.v2.borrow_mut().insert(peer.clone(), s);
@@ -805,6 +830,61 @@ impl Sessions {
             }
         }
     }
+}
+
+/// A message sealed as it was queued: what goes out, and the session state that sealed it.
+pub struct QueueSealed {
+    pub sealed: Vec<u8>,
+    pub session: SessionV2,
+}
+
+impl QueueSealed {
+    /// The envelope to send (the session is confirmed: no prekey offer goes with it).
+    pub fn envelope(&self) -> SealedEnvelope {
+        SealedEnvelope {
+            version: session::SESSION_V2,
+            session_id: self.session.id().to_vec(),
+            sealed: self.sealed.clone(),
+            receipt: ReceiptCheck::V2(self.session.receipts()),
+            offer: None,
+        }
+    }
+}
+
+/// On the storage thread, in the job that queues `message`: seals it under `s` (as delivery
+/// would, carrying `log_heads`), and gives the state to store with it. `None` if sealing fails
+/// (the message is then sealed on delivery).
+pub fn seal_queued(
+    mut s: SessionV2,
+    message: &crate::model::StoredMessage,
+    log_heads: Vec<smvs_directory::transparency::LogHead>,
+) -> Option<(QueueSealed, SessionWrite)> {
+    let inner = session::Inner {
+        id: message.id,
+        from: message.from.clone(),
+        to: message.to.clone(),
+        time: message.time,
+        prev_hash: message.prev_hash.clone(),
+        content: session::Content::Message(message.payload.clone()),
+        log_heads,
+    };
+    let header = session::Header {
+        id: &inner.id,
+        sender: &inner.from,
+        recipient: &inner.to,
+    };
+    let sealed = s
+        .seal(&header, &session::encode_inner(&inner), &mut OsFresh)
+        .inspect_err(|e| tracing::warn!(error = %e, "sealing a message as it was queued failed; it is sealed on delivery"))
+        .ok()?;
+    let state = s.to_bytes().ok()?;
+    let write = SessionWrite {
+        peer: message.peer.clone(),
+        state,
+        prekey_transcript: None,
+        confirmed: true,
+    };
+    Some((QueueSealed { sealed, session: s }, write))
 }
 
 #[cfg(test)]

@@ -11,6 +11,10 @@
 //! disk. A job that fails is rolled back to its own savepoint; the rest of the batch commits.
 //! The thread ends when every handle is dropped.
 //!
+//! A job sent with [`SqliteWorker::call_lazy`] (a write a restart can redo, or a read) does not
+//! need that fsync: a batch of only such jobs commits without one, and reaches the disk with the
+//! next durable commit (the write-ahead log keeps commits in order).
+//!
 //! A job may also [`defer_write`]: a write of a value that many jobs of a batch would each
 //! rewrite (a per-peer state, say) runs once, just before the batch commits, with the last
 //! job's value.
@@ -61,6 +65,9 @@ type Work = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 
 struct Job {
     work: Work,
+    /// Must be on disk before its reply (the default). A batch of only lazy jobs commits
+    /// without an fsync: it reaches the disk with the next durable commit.
+    durable: bool,
     /// Runs alone, outside any transaction (e.g. `PRAGMA wal_checkpoint`), after the batch
     /// before it has committed.
     alone: bool,
@@ -125,7 +132,23 @@ impl SqliteWorker {
         T: Send + 'static,
         E: From<WorkerGone> + Send + 'static,
     {
-        self.submit(f, false, || ()).await
+        self.submit(f, false, true, || ()).await
+    }
+
+    /// Like [`SqliteWorker::call`] for a write that may be lost to a power cut (not to a crash
+    /// of the process): its batch commits without an fsync when no job in it needs one, and
+    /// reaches the disk with the next durable commit. For writes a restart can redo, such as
+    /// a status that a retried exchange would set again, and for reads (which have nothing to
+    /// make durable, and would otherwise make their batch wait for an fsync).
+    pub async fn call_lazy<T, E>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<WorkerGone> + Send + 'static,
+    {
+        self.submit(f, false, false, || ()).await
     }
 
     /// Like [`SqliteWorker::call`], and calls `queued` as soon as the job has its place in the
@@ -141,7 +164,7 @@ impl SqliteWorker {
         T: Send + 'static,
         E: From<WorkerGone> + Send + 'static,
     {
-        self.submit(f, false, queued).await
+        self.submit(f, false, true, queued).await
     }
 
     /// Runs `f` on its own, outside any transaction: for statements SQLite refuses inside one,
@@ -154,13 +177,14 @@ impl SqliteWorker {
         T: Send + 'static,
         E: From<WorkerGone> + Send + 'static,
     {
-        self.submit(f, true, || ()).await
+        self.submit(f, true, true, || ()).await
     }
 
     async fn submit<T, E>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, E> + Send + 'static,
         alone: bool,
+        durable: bool,
         queued: impl FnOnce(),
     ) -> Result<T, E>
     where
@@ -177,7 +201,11 @@ impl SqliteWorker {
             (ok, send)
         });
         self.jobs
-            .send(Job { work, alone })
+            .send(Job {
+                work,
+                alone,
+                durable,
+            })
             .await
             .map_err(|_| E::from(WorkerGone::default()))?;
         queued();
@@ -195,8 +223,31 @@ fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+/// `PRAGMA synchronous` for batches of lazy jobs: NORMAL, which in WAL mode skips the fsync
+/// at commit but still syncs the log's header when it starts over and around checkpoints (OFF
+/// would not, and a power cut could then replay an old log over newer pages). A commit that
+/// skips its fsync is still appended after every earlier one, and the next fsynced commit
+/// carries it to the disk.
+const LAZY_SYNCHRONOUS: i64 = 1;
+
+/// Sets `PRAGMA synchronous` (outside a transaction: SQLite refuses it inside one).
+fn set_synchronous(conn: &Connection, level: i64) -> bool {
+    conn.pragma_update(None, "synchronous", level)
+        .inspect_err(|e| tracing::error!(error = %e, "database: cannot switch the commit mode"))
+        .is_ok()
+}
+
 fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, disk_full: &std::sync::atomic::AtomicBool) {
     use std::sync::atomic::Ordering;
+    // The connection's own level. Unknown, or no stricter than the lazy one: every batch
+    // commits with it, lazy ones too.
+    let own = conn
+        .query_row("PRAGMA synchronous", [], |r| r.get::<_, i64>(0))
+        .inspect_err(|e| tracing::error!(error = %e, "database: cannot read the commit mode"))
+        .ok()
+        .filter(|&level| level > LAZY_SYNCHRONOUS);
+    // A lazy batch whose level could not be put back: no durable batch runs until it is.
+    let mut restore_owed = false;
     let mut waiting: Option<Job> = None;
     loop {
         let first = match waiting.take() {
@@ -206,6 +257,13 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, disk_full: &std::sync::a
                 None => break,
             },
         };
+        if let (true, Some(level)) = (restore_owed, own) {
+            if !set_synchronous(&conn, level) {
+                // Dropping the job tells its caller WorkerGone: nothing claims durability.
+                continue;
+            }
+            restore_owed = false;
+        }
         if first.alone {
             let (_, reply) = (first.work)(&conn);
             if let Err(e) = run_deferred(&conn) {
@@ -215,25 +273,35 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, disk_full: &std::sync::a
             reply();
             continue;
         }
-        let mut batch = vec![first.work];
+        let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
                 Ok(job) if job.alone => {
                     waiting = Some(job);
                     break;
                 }
-                Ok(job) => batch.push(job.work),
+                Ok(job) => batch.push(job),
                 Err(_) => break,
             }
         }
+        // Whether the commit may skip its fsync, decided before the transaction begins (SQLite
+        // will not change it inside one): no job asked for it, and the level was switched.
+        let lazy = own.is_some()
+            && !batch.iter().any(|job| job.durable)
+            && set_synchronous(&conn, LAZY_SYNCHRONOUS);
+        let restore = |conn: &Connection| match own {
+            Some(level) if lazy => !set_synchronous(conn, level),
+            _ => false,
+        };
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
             tracing::error!(error = %e, "database: cannot begin a transaction; dropping a batch");
+            restore_owed |= restore(&conn);
             continue;
         }
         let mut replies = Vec::with_capacity(batch.len());
         for job in batch {
             let _ = run_cached(&conn, "SAVEPOINT job");
-            let (ok, reply) = job(&conn);
+            let (ok, reply) = (job.work)(&conn);
             if !ok {
                 let _ = run_cached(&conn, "ROLLBACK TO job");
             }
@@ -251,15 +319,24 @@ fn run(conn: Connection, mut jobs: mpsc::Receiver<Job>, disk_full: &std::sync::a
                 let _ = conn.execute_batch("BEGIN IMMEDIATE");
             }
         }
-        if let Err(e) = run_deferred(&conn) {
-            tracing::error!(error = %e, "database: a deferred write failed; the batch is not stored");
-            let _ = conn.execute_batch("ROLLBACK");
-            continue;
-        }
-        if let Err(e) = conn.execute_batch("COMMIT") {
-            tracing::error!(error = %e, "database: commit failed; the batch is not stored");
-            let _ = conn.execute_batch("ROLLBACK");
-            disk_full.store(is_disk_full(&e), Ordering::SeqCst);
+        let committed = match run_deferred(&conn) {
+            Err(e) => {
+                tracing::error!(error = %e, "database: a deferred write failed; the batch is not stored");
+                let _ = conn.execute_batch("ROLLBACK");
+                false
+            }
+            Ok(()) => match conn.execute_batch("COMMIT") {
+                Err(e) => {
+                    tracing::error!(error = %e, "database: commit failed; the batch is not stored");
+                    let _ = conn.execute_batch("ROLLBACK");
+                    disk_full.store(is_disk_full(&e), Ordering::SeqCst);
+                    false
+                }
+                Ok(()) => true,
+            },
+        };
+        restore_owed |= restore(&conn);
+        if !committed {
             // Dropping the replies tells every caller WorkerGone: nothing claims success.
             continue;
         }
@@ -385,6 +462,85 @@ mod tests {
                 .await,
             Err(E::Sql(_))
         ));
+    }
+
+    fn sync_settings(c: &Connection) -> rusqlite::Result<(i64, i64)> {
+        Ok((
+            c.query_row("PRAGMA synchronous", [], |r| r.get(0))?,
+            c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?,
+        ))
+    }
+
+    /// A batch of lazy jobs commits with synchronous=NORMAL (automatic checkpoints as they
+    /// were), and the connection's own level comes back after it; a batch with one durable job
+    /// in it is durable, lazy jobs and all.
+    #[tokio::test]
+    async fn lazy_batches_skip_the_fsync_and_durable_jobs_keep_it() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "synchronous", "FULL").unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 8192)
+            .unwrap();
+        let w = SqliteWorker::start(conn, "test-sqlite", 16).unwrap();
+        let lazy = w
+            .call_lazy(|c| -> Result<_, E> { Ok(sync_settings(c)?) })
+            .await
+            .unwrap();
+        assert_eq!(
+            lazy,
+            (1, 8192),
+            "alone, a lazy job commits without an fsync"
+        );
+        let durable = w
+            .call(|c| -> Result<_, E> { Ok(sync_settings(c)?) })
+            .await
+            .unwrap();
+        assert_eq!(durable, (2, 8192), "the connection's own settings are back");
+
+        // Hold the thread, queue a lazy and a durable job behind it: they share a batch.
+        let (hold, held) = std::sync::mpsc::channel::<()>();
+        let holding = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.call(move |_| -> Result<(), E> {
+                    let _ = held.recv();
+                    Ok(())
+                })
+                .await
+            })
+        };
+        let (queued_tx, queued_rx) = oneshot::channel();
+        let mixed_lazy = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.call_lazy(|c| -> Result<_, E> { Ok(sync_settings(c)?) })
+                    .await
+            })
+        };
+        let mixed_durable = {
+            let w = w.clone();
+            tokio::spawn(async move {
+                w.call_then(
+                    |c| -> Result<_, E> { Ok(sync_settings(c)?) },
+                    move || {
+                        let _ = queued_tx.send(());
+                    },
+                )
+                .await
+            })
+        };
+        queued_rx.await.unwrap();
+        // Both queued (in either order) while the thread is held: they make one batch.
+        while w.jobs.capacity() > 16 - 2 {
+            tokio::task::yield_now().await;
+        }
+        hold.send(()).unwrap();
+        holding.await.unwrap().unwrap();
+        assert_eq!(mixed_durable.await.unwrap().unwrap(), (2, 8192));
+        assert_eq!(
+            mixed_lazy.await.unwrap().unwrap(),
+            (2, 8192),
+            "in a batch with a durable job, a lazy one waits for the fsync too"
+        );
     }
 
     /// Deferred writes of one key run once per transaction, with the last job's value, and

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use smvs_schema::Username;
 
 use super::{cached_exec, cached_row, Result, Storage, StorageError};
-use crate::model::{Answerer, CallId, CallInfo, CallState, HostEvent, MessageId, Status};
+use crate::model::{
+    Answerer, CallId, CallInfo, CallState, Direction, HostEvent, MessageId, Status,
+};
 
 /// Events older than this are pruned (by the hourly expiry run).
 pub const EVENT_LOG_DAYS: i64 = 30;
@@ -25,6 +27,10 @@ pub const EVENT_LOG_MAX: u64 = 100_000;
 /// Count pruning runs once per this many appends.
 const PRUNE_EVERY: u64 = 1024;
 const DAY_MS: i64 = 24 * 3600 * 1000;
+/// Seqs each durable append reserves past its own for lazy appends (see
+/// [`Storage::append_events_lazily`]): a restart numbers on after the reservation, so a seq that
+/// a device saw from a lazy append a power cut then took is never given to another event.
+pub const LAZY_ROOM: u64 = 4096;
 
 /// The log's newest seq and how far pruning has removed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +39,8 @@ pub struct EventLogState {
     pub head: u64,
     /// Every event up to this seq is gone, pruned or deleted.
     pub pruned_upto: u64,
+    /// Seqs up to here may have been given out by lazy appends: numbering goes on after it.
+    pub reserved: u64,
 }
 
 /// One page of the log, oldest first.
@@ -66,93 +74,27 @@ impl Storage {
     /// change and its append) is not written: the deletion already took what the log had of it.
     /// Nor is a `sent` status, which only the outbox's memory holds: a device back from an
     /// absence reads the row's state, queued until the receipt makes it delivered.
+    ///
+    /// The append is durable, and reserves [`LAZY_ROOM`] seqs past the run's last for lazy
+    /// appends.
     pub async fn append_events(&self, events: Vec<(u64, i64, HostEvent)>) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
-        self.call(move |c, k| {
-            let mut last_at: i64 =
-                cached_row(c, "SELECT last_at FROM event_log WHERE id = 1", [], |r| r.get(0))?;
-            let mut head = 0i64;
-            // Most runs are about one or two peers: their tags are computed once.
-            let mut tags: Vec<(Username, Vec<u8>)> = Vec::new();
-            for (seq, at, event) in &events {
-                let seq = sql_seq(*seq)?;
-                head = head.max(seq);
-                // "Sent" is kept in the outbox's memory only: the row stays queued until its
-                // receipt, and a restart forgets it. Devices hear it live; the log keeps what
-                // the row keeps (a third of an outgoing message's rows, for nothing).
-                if matches!(
-                    event,
-                    HostEvent::MessageStatus {
-                        status: Status::Sent,
-                        ..
-                    }
-                ) {
-                    continue;
-                }
-                // A deleted conversation's event names no tag: nothing links it to the rows
-                // that went with the deletion, and it goes with age.
-                let tag = match event {
-                    HostEvent::Deleted { id: None, .. } => None,
-                    _ => match event.peer() {
-                        Some(p) => Some(match tags.iter().find(|(u, _)| u == p) {
-                            Some((_, tag)) => tag.clone(),
-                            None => {
-                                let tag = k.tag(p)?;
-                                tags.push((p.clone(), tag.clone()));
-                                tag
-                            }
-                        }),
-                        None => None,
-                    },
-                };
-                // The message's row: its events go when it goes. (tag, id) names two rows if
-                // a peer reused one of our ids in the other direction (new ones are refused as
-                // collisions): the event's own direction says which.
-                let msg: Option<i64> = match (&tag, event.message_row()) {
-                    (Some(tag), Some((id, direction))) => {
-                        let row: Option<i64> = cached_row(
-                            c,
-                            "SELECT seq FROM messages WHERE tag = ?1 AND id = ?2 AND direction = ?3",
-                            params![tag, &id.0[..], direction as i64],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                        if row.is_none() {
-                            continue;
-                        }
-                        row
-                    }
-                    _ => None,
-                };
-                let record = serde_json::to_vec(&EventRecord::from(event))
-                    .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-                let sealed = k.seal("event", &(seq as u64).to_be_bytes(), &record)?;
-                last_at = last_at.max(at - at.rem_euclid(DAY_MS));
-                // An event of a message names its row only: the row's deletion takes it, also
-                // when the whole conversation goes (the rows go first). Only events of no
-                // message carry the conversation's tag, and its index stays their size.
-                let tag = if msg.is_some() { None } else { tag };
-                cached_exec(
-                    c,
-                    "INSERT INTO events (seq, at, tag, msg, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![seq, last_at, tag, msg, sealed],
-                )?;
-                if seq as u64 % PRUNE_EVERY == 0 {
-                    if let Some(upto) = (seq as u64).checked_sub(EVENT_LOG_MAX) {
-                        prune_upto(c, sql_seq(upto)?)?;
-                    }
-                }
-            }
-            cached_exec(
-                c,
-                "UPDATE event_log SET head = max(head, ?1), last_at = max(last_at, ?2) WHERE id = 1",
-                params![head, last_at],
-            )?;
-            Ok(())
-        })
-        .await
+        self.call(move |c, k| append(c, k, &events, true)).await
+    }
+
+    /// [`Storage::append_events`] with a commit that skips the fsync (see
+    /// `SqliteWorker::call_lazy`), for events a restart makes true again when a power cut takes
+    /// them: a delivery status (the message goes out again and its receipt comes back), or one
+    /// the log does not keep. Every seq in the run must be within the reservation of an
+    /// earlier durable append.
+    pub async fn append_events_lazily(&self, events: Vec<(u64, i64, HostEvent)>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        self.call_lazy(move |c, k| append(c, k, &events, false))
+            .await
     }
 
     /// Up to `limit` events after `since` and no later than `upto`, oldest first.
@@ -259,16 +201,18 @@ impl Storage {
 }
 
 impl Storage {
-    /// Received messages the event log says nothing of: what a host that stopped hard
-    /// (SIGKILL, a power cut) stored in its last moment, after which it could not append the
-    /// event. Oldest first: (peer, id, time). Only messages stored since the day of the newest
-    /// logged event are looked at, so pruned events do not count as missing.
-    pub async fn unannounced_received(&self) -> Result<Vec<(Username, MessageId, i64)>> {
+    /// Messages received or sent that the event log says nothing of: what a host that stopped
+    /// hard (SIGKILL) stored in its last moment, after which it could not append the event, or
+    /// whose event a power cut took (message events are appended lazily: see
+    /// `events::redone_after_restart`). Oldest first: (peer, id, time, direction). Only
+    /// messages stored since the day of the newest logged event are looked at, so pruned
+    /// events do not count as missing.
+    pub async fn unannounced_messages(&self) -> Result<Vec<(Username, MessageId, i64, Direction)>> {
         self.call(|c, k| {
             let mut statement = c.prepare_cached(
                 "SELECT c.tag, c.sealed_peer, m.id, m.direction, m.status, m.integrity, m.sealed, m.reason
                  FROM messages m JOIN conversations c ON c.tag = m.tag
-                 WHERE m.direction = 1 AND m.control = 0 AND m.status = 3
+                 WHERE m.control = 0 AND (m.direction = 0 OR m.status IN (3, 5))
                    AND m.stored_at >= (SELECT last_at FROM event_log WHERE id = 1)
                    AND NOT EXISTS (SELECT 1 FROM events e WHERE e.msg = m.seq)
                  ORDER BY m.seq",
@@ -296,7 +240,7 @@ impl Storage {
                     continue;
                 };
                 let message = super::decode_row(&key, &tag, &peer, row)?;
-                out.push((peer, message.id, message.time));
+                out.push((peer, message.id, message.time, message.direction));
             }
             Ok(out)
         })
@@ -304,20 +248,118 @@ impl Storage {
     }
 }
 
+/// Appends `events` (see [`Storage::append_events`]); `reserve`: and reserves the lazy room.
+fn append(
+    c: &Connection,
+    k: &super::AtRest,
+    events: &[(u64, i64, HostEvent)],
+    reserve: bool,
+) -> Result<()> {
+    let mut last_at: i64 = cached_row(c, "SELECT last_at FROM event_log WHERE id = 1", [], |r| {
+        r.get(0)
+    })?;
+    let mut head = 0i64;
+    // Most runs are about one or two peers: their tags are computed once.
+    let mut tags: Vec<(Username, Vec<u8>)> = Vec::new();
+    for (seq, at, event) in events {
+        let seq = sql_seq(*seq)?;
+        head = head.max(seq);
+        // "Sent" is kept in the outbox's memory only: the row stays queued until its
+        // receipt, and a restart forgets it. Devices hear it live; the log keeps what
+        // the row keeps (a third of an outgoing message's rows, for nothing).
+        if matches!(
+            event,
+            HostEvent::MessageStatus {
+                status: Status::Sent,
+                ..
+            }
+        ) {
+            continue;
+        }
+        // A deleted conversation's event names no tag: nothing links it to the rows
+        // that went with the deletion, and it goes with age.
+        let tag = match event {
+            HostEvent::Deleted { id: None, .. } => None,
+            _ => match event.peer() {
+                Some(p) => Some(match tags.iter().find(|(u, _)| u == p) {
+                    Some((_, tag)) => tag.clone(),
+                    None => {
+                        let tag = k.tag(p)?;
+                        tags.push((p.clone(), tag.clone()));
+                        tag
+                    }
+                }),
+                None => None,
+            },
+        };
+        // The message's row: its events go when it goes. (tag, id) names two rows if
+        // a peer reused one of our ids in the other direction (new ones are refused as
+        // collisions): the event's own direction says which.
+        let msg: Option<i64> = match (&tag, event.message_row()) {
+            (Some(tag), Some((id, direction))) => {
+                let row: Option<i64> = cached_row(
+                    c,
+                    "SELECT seq FROM messages WHERE tag = ?1 AND id = ?2 AND direction = ?3",
+                    params![tag, &id.0[..], direction as i64],
+                    |r| r.get(0),
+                )
+                .optional()?;
+                if row.is_none() {
+                    continue;
+                }
+                row
+            }
+            _ => None,
+        };
+        let record = serde_json::to_vec(&EventRecord::from(event))
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let sealed = k.seal("event", &(seq as u64).to_be_bytes(), &record)?;
+        last_at = last_at.max(at - at.rem_euclid(DAY_MS));
+        // An event of a message names its row only: the row's deletion takes it, also
+        // when the whole conversation goes (the rows go first). Only events of no
+        // message carry the conversation's tag, and its index stays their size.
+        let tag = if msg.is_some() { None } else { tag };
+        cached_exec(
+            c,
+            "INSERT INTO events (seq, at, tag, msg, sealed) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![seq, last_at, tag, msg, sealed],
+        )?;
+        if seq as u64 % PRUNE_EVERY == 0 {
+            if let Some(upto) = (seq as u64).checked_sub(EVENT_LOG_MAX) {
+                prune_upto(c, sql_seq(upto)?)?;
+            }
+        }
+    }
+    cached_exec(
+        c,
+        "UPDATE event_log SET head = max(head, ?1), last_at = max(last_at, ?2) WHERE id = 1",
+        params![head, last_at],
+    )?;
+    if reserve {
+        cached_exec(
+            c,
+            "UPDATE event_log SET reserved = max(reserved, ?1) WHERE id = 1",
+            [head.saturating_add(LAZY_ROOM as i64)],
+        )?;
+    }
+    Ok(())
+}
+
 fn sql_seq(seq: u64) -> Result<i64> {
     i64::try_from(seq).map_err(|_| StorageError::Corrupt("event seq out of range".into()))
 }
 
 fn state(c: &Connection) -> Result<EventLogState> {
-    let (head, pruned_upto): (i64, i64) = cached_row(
+    let (head, pruned_upto, reserved): (i64, i64, i64) = cached_row(
         c,
-        "SELECT head, pruned_upto FROM event_log WHERE id = 1",
+        "SELECT head, pruned_upto, reserved FROM event_log WHERE id = 1",
         [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     Ok(EventLogState {
         head: head.max(0) as u64,
         pruned_upto: pruned_upto.max(0) as u64,
+        reserved: reserved.max(0) as u64,
     })
 }
 

@@ -31,7 +31,7 @@ use thiserror::Error;
 
 pub use crypt::AtRest;
 pub use epochs::{Epoch, EpochKeys, EpochWork};
-pub use event_log::{EventLogState, EVENT_LOG_DAYS};
+pub use event_log::{EventLogState, EVENT_LOG_DAYS, LAZY_ROOM};
 pub use sessions::SessionWrite;
 
 use crate::error::{HostError, IncomingError};
@@ -283,7 +283,51 @@ const MIGRATIONS: &[&str] = &[
     -- after. Each stored message adds one entry, at the end of its conversation's range.
     CREATE INDEX messages_history ON messages (tag, control, seq);
 ",
+    "
+    -- 12: the seqs the last durable event append reserved for lazy ones past its own
+    -- (event_log::LAZY_ROOM): the hub numbers on after them when it starts.
+    ALTER TABLE event_log ADD COLUMN reserved INTEGER NOT NULL DEFAULT 0;
+",
 ];
+
+/// Puts an outgoing message in `peer`'s outbox (see [`Storage::queue_outgoing`]).
+fn queue_outgoing_in(
+    c: &Connection,
+    k: &AtRest,
+    me: &Username,
+    peer: &Username,
+    payload: Payload,
+) -> Result<StoredMessage> {
+    let (tag, key) = conversation(c, k, peer, true)?
+        .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
+    let sealed_prev: Vec<u8> = cached_row(
+        c,
+        "SELECT last_sent_hash FROM conversations WHERE tag = ?1",
+        [&tag],
+        |r| r.get(0),
+    )?;
+    let prev = k.open_head(&tag, &sealed_prev)?;
+    let msg = StoredMessage {
+        id: MessageId::random(),
+        peer: peer.clone(),
+        from: me.clone(),
+        to: peer.clone(),
+        time: crate::model::now_ms(),
+        payload,
+        prev_hash: prev,
+        status: Status::Queued,
+        reason: FailReason::None,
+        integrity: Integrity::Unchecked,
+        direction: Direction::Out,
+    };
+    let hash = insert_message(c, k, &tag, &key, &msg)?;
+    cached_exec(
+        c,
+        "UPDATE conversations SET last_sent_hash = ?2 WHERE tag = ?1",
+        params![tag, k.seal_head(&tag, &hash)?],
+    )?;
+    Ok(msg)
+}
 
 /// The most messages one run of [`Storage::expire`] deletes.
 pub const EXPIRE_BATCH: i64 = 1_000;
@@ -699,6 +743,15 @@ impl Storage {
         self.worker.call(move |c| f(c, &keys)).await
     }
 
+    /// [`Storage::call`] for a write that may be lost to a power cut (`SqliteWorker::call_lazy`).
+    async fn call_lazy<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &AtRest) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let keys = self.keys.clone();
+        self.worker.call_lazy(move |c| f(c, &keys)).await
+    }
+
     // ----- settings -----
 
     pub async fn setting(&self, name: &'static str) -> Result<Option<Zeroizing<Vec<u8>>>> {
@@ -770,38 +823,35 @@ impl Storage {
         payload: Payload,
     ) -> Result<StoredMessage> {
         let (me, peer) = (me.clone(), peer.clone());
-        self.call(move |c, k| {
-            let (tag, key) = conversation(c, k, &peer, true)?
-                .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
-            let sealed_prev: Vec<u8> = cached_row(
-                c,
-                "SELECT last_sent_hash FROM conversations WHERE tag = ?1",
-                [&tag],
-                |r| r.get(0),
-            )?;
-            let prev = k.open_head(&tag, &sealed_prev)?;
-            let msg = StoredMessage {
-                id: MessageId::random(),
-                peer: peer.clone(),
-                from: me.clone(),
-                to: peer.clone(),
-                time: crate::model::now_ms(),
-                payload,
-                prev_hash: prev,
-                status: Status::Queued,
-                reason: FailReason::None,
-                integrity: Integrity::Unchecked,
-                direction: Direction::Out,
-            };
-            let hash = insert_message(c, k, &tag, &key, &msg)?;
-            cached_exec(
-                c,
-                "UPDATE conversations SET last_sent_hash = ?2 WHERE tag = ?1",
-                params![tag, k.seal_head(&tag, &hash)?],
-            )?;
-            Ok(msg)
-        })
-        .await
+        self.call(move |c, k| queue_outgoing_in(c, k, &me, &peer, payload))
+            .await
+    }
+
+    /// [`Storage::queue_outgoing`], and seals the message for the peer in the same transaction:
+    /// `seal` gets the stored message and gives what to send and the session state to save
+    /// with it (one commit for both), or `None` (then nothing but the message is written, and
+    /// it is sealed on delivery).
+    pub async fn queue_outgoing_sealed<T: Send + 'static>(
+        &self,
+        me: &Username,
+        peer: &Username,
+        payload: Payload,
+        seal: impl FnOnce(&StoredMessage) -> Option<(T, SessionWrite)> + Send + 'static,
+    ) -> Result<(StoredMessage, Option<T>)> {
+        let (me, peer) = (me.clone(), peer.clone());
+        let keys = self.keys.clone();
+        self.worker
+            .call(move |c| {
+                let msg = queue_outgoing_in(c, &keys, &me, &peer, payload)?;
+                let sealed = seal(&msg).map(|(sealed, write)| {
+                    // Last in the job (it can no longer fail): the state that sealed it is on
+                    // disk with the message, before anything sealed under it leaves.
+                    sessions::defer_session_write(keys.clone(), write);
+                    sealed
+                });
+                Ok((msg, sealed))
+            })
+            .await
     }
 
     /// The outbox of `peer` after position `after_seq` (0: from the start), oldest first,
@@ -813,7 +863,8 @@ impl Storage {
         limit: u32,
     ) -> Result<Vec<(i64, StoredMessage)>> {
         let peer = peer.clone();
-        self.call(move |c, k| {
+        // A read: lazy, so that it does not make the lazy writes of its batch wait for an fsync.
+        self.call_lazy(move |c, k| {
             let Some((tag, key)) = conversation(c, k, &peer, false)? else {
                 return Ok(Vec::new());
             };
@@ -902,7 +953,21 @@ impl Storage {
         ids: Vec<MessageId>,
         status: Status,
     ) -> Result<Vec<MessageId>> {
-        self.fail_or_set(peer, ids, status, FailReason::None).await
+        self.fail_or_set(peer, ids, status, FailReason::None, true)
+            .await
+    }
+
+    /// Marks outgoing messages delivered, with a commit that skips the fsync (see
+    /// `SqliteWorker::call_lazy`): the receipts were in hand, and should a power cut take the
+    /// write, the messages go out again, the peer's host knows their ids and sends receipts
+    /// again. Off the path of the next message, which would otherwise wait for this fsync.
+    pub async fn record_delivered(
+        &self,
+        peer: &Username,
+        ids: Vec<MessageId>,
+    ) -> Result<Vec<MessageId>> {
+        self.fail_or_set(peer, ids, Status::Delivered, FailReason::None, false)
+            .await
     }
 
     /// Marks outgoing messages failed, for `reason`. Returns the ids whose status changed.
@@ -912,7 +977,8 @@ impl Storage {
         ids: Vec<MessageId>,
         reason: FailReason,
     ) -> Result<Vec<MessageId>> {
-        self.fail_or_set(peer, ids, Status::Failed, reason).await
+        self.fail_or_set(peer, ids, Status::Failed, reason, true)
+            .await
     }
 
     /// Marks everything in `peer`'s outbox failed, for `reason`. Returns the ids.
@@ -942,9 +1008,12 @@ impl Storage {
         ids: Vec<MessageId>,
         status: Status,
         reason: FailReason,
+        durable: bool,
     ) -> Result<Vec<MessageId>> {
         let peer = peer.clone();
-        self.call(move |c, k| {
+        let keys = self.keys.clone();
+        let job = move |c: &Connection| {
+            let k = &keys;
             let tag = k.tag(&peer)?;
             let mut changed = Vec::new();
             let mut stmt = c.prepare_cached(
@@ -956,8 +1025,12 @@ impl Storage {
                 }
             }
             Ok(changed)
-        })
-        .await
+        };
+        if durable {
+            self.worker.call(job).await
+        } else {
+            self.worker.call_lazy(job).await
+        }
     }
 
     /// Stores an incoming message unless it is already there (de-duplication by id), and

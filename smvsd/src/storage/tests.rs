@@ -1175,8 +1175,8 @@ fn received_messages_without_an_event_are_found_for_announcing() {
         )
         .await
         .unwrap();
-        let missing = s.unannounced_received().await.unwrap();
-        assert_eq!(missing, vec![(name("bob"), m2.id, m2.time)]);
+        let missing = s.unannounced_messages().await.unwrap();
+        assert_eq!(missing, vec![(name("bob"), m2.id, m2.time, Direction::In)]);
         // Announced (any event about it counts): nothing is missing any more.
         s.append_event(
             2,
@@ -1189,7 +1189,51 @@ fn received_messages_without_an_event_are_found_for_announcing() {
         )
         .await
         .unwrap();
-        assert!(s.unannounced_received().await.unwrap().is_empty());
+        assert!(s.unannounced_messages().await.unwrap().is_empty());
+        // A message sent whose (lazily appended) event a power cut took is found too.
+        let sent = s
+            .queue_outgoing(&name("alice"), &name("bob"), Payload::Text("sent".into()))
+            .await
+            .unwrap();
+        let missing = s.unannounced_messages().await.unwrap();
+        assert_eq!(
+            missing,
+            vec![(name("bob"), sent.id, sent.time, Direction::Out)]
+        );
+        s.append_events_lazily(vec![(
+            3,
+            now_ms(),
+            HostEvent::MessageSent {
+                id: sent.id,
+                peer: name("bob"),
+                time: sent.time,
+            },
+        )])
+        .await
+        .unwrap();
+        assert!(s.unannounced_messages().await.unwrap().is_empty());
+    });
+}
+
+/// A durable append reserves seqs past its own for lazy appends, and the state says so (the
+/// hub numbers on after the reservation); a lazy append moves the head but reserves nothing.
+#[test]
+fn durable_event_appends_reserve_seqs_for_lazy_ones() {
+    use crate::model::HostEvent;
+    use crate::storage::LAZY_ROOM;
+    run(async {
+        let (_dir, s) = open();
+        let state = s.event_log_state().await.unwrap();
+        assert_eq!((state.head, state.reserved), (0, 0));
+        let alarm = |peer: &str| HostEvent::KeyChanged { peer: name(peer) };
+        s.append_event(1, now_ms(), alarm("bob")).await.unwrap();
+        let state = s.event_log_state().await.unwrap();
+        assert_eq!((state.head, state.reserved), (1, 1 + LAZY_ROOM));
+        s.append_events_lazily(vec![(2, now_ms(), alarm("carol"))])
+            .await
+            .unwrap();
+        let state = s.event_log_state().await.unwrap();
+        assert_eq!((state.head, state.reserved), (2, 1 + LAZY_ROOM));
     });
 }
 
