@@ -61,7 +61,7 @@ else
     PG_BASEBACKUP=$(command -v pg_basebackup || true)
 fi
 if [[ $replica -eq 1 && -z "$PG_BASEBACKUP" ]]; then
-    echo "with-postgres: error: pg_basebackup not found; run 'make deps' (Debian package 'postgresql')" >&2
+    echo "with-postgres: error: pg_basebackup not found; run 'make deps' (Debian package 'postgresql-client')" >&2
     exit 1
 fi
 if [[ -n "$bindir" && -x "$bindir/psql" ]]; then
