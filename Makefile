@@ -2,7 +2,8 @@
 #
 #   make demo   build everything and run the end-to-end demo (smvs-demo)
 #   make test   build the binaries, then run the whole workspace test suite
-#               against a throw-away PostgreSQL server (scripts/with-postgres.sh)
+#               against a throw-away PostgreSQL server and a streaming read replica
+#               of it (scripts/with-postgres.sh --replica)
 #
 #   make fuzz   run every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 60) each
 #
@@ -82,7 +83,7 @@ image: deps
 # the Debian packages installed, removed and purged in a clean Debian 12 root (debootstrap),
 # and the container image (built, inspected, and its filesystem run under chroot).
 test: deps build
-	bash scripts/with-postgres.sh $(CARGO) test --workspace $(LOCKED)
+	bash scripts/with-postgres.sh --replica $(CARGO) test --workspace $(LOCKED)
 	MAKE='$(MAKE)' bash scripts/check-install.sh
 	MAKE='$(MAKE)' bash scripts/check-units.sh
 	CARGO='$(CARGO)' bash scripts/check-deb.sh
@@ -95,7 +96,7 @@ demo: deps build
 # The benchmark spawns the release binaries, so build them first.
 bench: deps
 	$(CARGO) build --release --workspace --bins $(LOCKED)
-	bash scripts/with-postgres.sh $(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench
+	bash scripts/with-postgres.sh --replica $(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-messages
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-devices
 	$(CARGO) run -q --release $(LOCKED) -p smvs-tests --bin smvs-bench-chat

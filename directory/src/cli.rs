@@ -23,6 +23,15 @@ pub struct Cli {
     /// Database: sqlite:PATH or postgres://USER@HOST:PORT/DB
     #[arg(long, default_value = "sqlite:/var/lib/smvs-directory/directory.db")]
     pub db: String,
+    /// A streaming read replica of --db (PostgreSQL only: postgres://USER@HOST:PORT/DB, a
+    /// standby whose pg_is_in_recovery() is true, checked at start). Look-ups read it: the
+    /// record, the key log's latest epoch and count of changes, and the proof, all from the
+    /// replica, so a lagging replica answers with an older state that holds together.
+    /// Registrations, changes and everything that must read them back stay on --db. A user
+    /// who just registered or changed a record may be answered the state from before for as
+    /// long as the replica lags.
+    #[arg(long, value_name = "URL")]
+    pub db_replica: Option<String>,
     /// The directory's signing key (created 0600 when absent).
     #[arg(long, default_value = "/var/lib/smvs-directory/directory.key")]
     pub key_file: PathBuf,

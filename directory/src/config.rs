@@ -12,6 +12,11 @@ pub struct DirectoryConfig {
     pub listen: SocketAddr,
     /// `sqlite:PATH` or `postgres://…`.
     pub db: String,
+    /// `postgres://…` of a streaming read replica of `db` (PostgreSQL only), which look-ups
+    /// read: records, the key log's latest epoch and count of changes, and proofs. Writes, and
+    /// reads that must see them, stay on `db`. A look-up may show the state from before a
+    /// change for as long as the replica lags.
+    pub db_replica: Option<String>,
     pub key_file: PathBuf,
     pub limits: LimitConfig,
     pub handshake_timeout: Duration,

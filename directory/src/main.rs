@@ -38,6 +38,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let config = DirectoryConfig {
         listen: cli.listen,
         db: cli.db,
+        db_replica: cli.db_replica,
         key_file: cli.key_file,
         limits: LimitConfig {
             requests_per_second: cli.rate_per_ip,

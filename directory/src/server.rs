@@ -99,16 +99,37 @@ impl DirectoryServer {
     pub async fn bind(config: DirectoryConfig) -> Result<DirectoryServer, ServerError> {
         smvs_crypto::init()?;
         // Check the cheap things first, so a typo creates no key file.
-        crate::store::parse_url(&config.db).map_err(|source| ServerError::Store {
+        let db = crate::store::parse_url(&config.db).map_err(|source| ServerError::Store {
             db: redact_db_url(&config.db),
             source,
         })?;
+        if let Some(replica) = &config.db_replica {
+            let refused = |source| ServerError::Store {
+                db: redact_db_url(replica),
+                source,
+            };
+            if let crate::store::DbUrl::Sqlite(_) = db {
+                return Err(refused(StoreError::ReplicaOfSqlite));
+            }
+            crate::store::parse_url(replica).map_err(refused)?;
+        }
         let DirectoryKeys {
             signing: key,
             names,
             log_vrf,
         } = load_keys(&config.key_file)?;
         let noise_key = key.to_agreement_keypair()?;
+        let replica = match &config.db_replica {
+            None => None,
+            Some(url) => Some(
+                Store::open_replica(&config.db, url, names.clone())
+                    .await
+                    .map_err(|source| ServerError::Store {
+                        db: redact_db_url(url),
+                        source,
+                    })?,
+            ),
+        };
         let store = Store::open(&config.db, names)
             .await
             .map_err(|source| ServerError::Store {
@@ -116,7 +137,7 @@ impl DirectoryServer {
                 source,
             })?;
         let db_lock = lock_sqlite(&config.db)?;
-        let log = KeyLog::open(store.clone(), log_vrf)
+        let log = KeyLog::open_with_replica(store.clone(), replica.clone(), log_vrf)
             .await
             .map_err(ServerError::KeyLog)?;
         let listener =
@@ -138,6 +159,8 @@ impl DirectoryServer {
             })?;
         let public_key = key.public();
         let shared = Arc::new(Shared {
+            reads: replica.clone().unwrap_or_else(|| store.clone()),
+            replica: replica.is_some(),
             store,
             log,
             key,

@@ -25,7 +25,14 @@ use crate::store::Store;
 use crate::transparency::{encode_lookup_proof, LogHead, LoggedValue};
 
 pub(crate) struct Shared {
+    /// The database: every write, and every read that must see what was just written.
     pub store: Store,
+    /// Where look-ups read records: a streaming read replica of `store` (`--db-replica`), or
+    /// `store` itself. The key log reads the same one for look-ups' freshness and proofs.
+    pub reads: Store,
+    /// Whether `reads` is a replica: this process's own changes then do not move the
+    /// generation of kept answers (see [`Shared::answer`]).
+    pub replica: bool,
     /// Every version of every record, with proofs (key transparency).
     pub log: KeyLog,
     /// Signs every record the directory answers with.
@@ -78,7 +85,15 @@ impl Shared {
         // Read after the store's count: a change this process makes is counted after its
         // commit, so an answer made from the store as it was before is kept under a count
         // that is already past.
-        let changes = changes + self.changes.load(Ordering::Acquire);
+        //
+        // With a read replica the generation is the replica's alone, as the rows the answer is
+        // made from: a change made here moves it once the replica has replayed it, and until
+        // then the replica's (older, but whole) answer is served.
+        let changes = if self.replica {
+            changes
+        } else {
+            changes + self.changes.load(Ordering::Acquire)
+        };
         if let Some(answer) = self.answers.get(name, (epoch, changes)) {
             return Ok(answer);
         }
@@ -92,10 +107,10 @@ impl Shared {
     }
 
     async fn make_answer(&self, name: &Username) -> Result<Answer, Refusal> {
-        let Some(user) = self.store.get_user(name).await.map_err(Refusal::internal)? else {
+        let Some(user) = self.reads.get_user(name).await.map_err(Refusal::internal)? else {
             // Someone who moved away: their own statement of where to.
             let Some(moved) = self
-                .store
+                .reads
                 .get_moved(name)
                 .await
                 .map_err(Refusal::internal)?

@@ -13,6 +13,13 @@
 //! PostgreSQL database an advisory lock ([`Store::with_log_lock`]). A publication runs as a
 //! task of its own, so a request dropped half-way (its client went away) never leaves the lock
 //! held or the epoch half-written; an epoch is written in one transaction.
+//!
+//! With a streaming read replica (`--db-replica`), look-ups read the replica: the latest epoch
+//! and count of record changes ([`KeyLog::latest`]) and the proof ([`KeyLog::prove`]) both come
+//! from it, as the record does (`state`), so a replica that lags gives an older answer that
+//! holds together, never a new generation over old rows. Everything that writes, or must see
+//! what was just written (publishing, the owner's history, consistency proofs), stays on the
+//! primary; so does a proof whose record the replica's log does not show yet (see `prove`).
 
 mod storage;
 
@@ -150,6 +157,10 @@ impl VRFKeyStorage for LogVrf {
 }
 
 type LogDirectory = Directory<LogConfiguration, LogStorage, LogVrf>;
+type ReadDirectory = akd::directory::ReadOnlyDirectory<LogConfiguration, LogStorage, LogVrf>;
+
+/// How long [`KeyLog::open`] waits for a read replica to have replayed the log's tree.
+const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long akd keeps a tree node it read, and how much it keeps (SQLite only, see
 /// [`KeyLog::open`]): nodes change only by this process's own publications, which write
@@ -221,8 +232,11 @@ struct Inner {
     /// The latest epoch this process knows of: read at open, raised by every publication here
     /// and (with a shared database) by every reading of the stored one.
     known_epoch: AtomicU64,
-    /// The store's count of record changes last read (a shared database only).
+    /// The store's count of record changes last read (a shared database only; the replica's,
+    /// with one).
     known_changes: AtomicU64,
+    /// The read replica look-ups are served from, if there is one.
+    replica: Option<Replica>,
     /// Readings of the stored epoch (a shared database only): tickets handed out to askers and
     /// readers in one sequence, and under the lock the ticket of the last reading made. See
     /// [`KeyLog::latest`].
@@ -230,9 +244,32 @@ struct Inner {
     last_reading: tokio::sync::Mutex<u64>,
 }
 
+/// The log as a streaming read replica of the primary's database shows it.
+struct Replica {
+    /// akd over the replica: read only (akd's node cache off, as behind any shared database).
+    directory: ReadDirectory,
+    store: Store,
+    /// The latest epoch the replica was seen at: what [`KeyLog::latest`] gives with a replica
+    /// (never the primary's `known_epoch`, which may be ahead of the rows look-ups read).
+    epoch: AtomicU64,
+}
+
 impl KeyLog {
     /// Opens the log kept in `store`, creating its empty tree the first time.
     pub async fn open(store: Store, vrf: LogVrf) -> Result<KeyLog, LogError> {
+        Self::open_with_replica(store, None, vrf).await
+    }
+
+    /// [`KeyLog::open`], with look-ups' reads served by `replica` (a streaming read replica of
+    /// `store`'s PostgreSQL database, see [`Store::open_replica`]) when there is one. Waits (up
+    /// to a minute) for the replica to have replayed the log's tree, which a first start on an
+    /// empty database has only just written to the primary.
+    pub async fn open_with_replica(
+        store: Store,
+        replica: Option<Store>,
+        vrf: LogVrf,
+    ) -> Result<KeyLog, LogError> {
+        let reads_vrf = vrf.clone();
         let vrf_key = vrf
             .get_vrf_public_key()
             .await
@@ -261,6 +298,39 @@ impl KeyLog {
             })
             .await??;
         let EpochHash(epoch, _) = directory.get_epoch_hash().await?;
+        let replica = match replica {
+            None => None,
+            Some(replica_store) => {
+                let deadline = tokio::time::Instant::now() + REPLICA_WAIT;
+                let directory = loop {
+                    let manager =
+                        StorageManager::new_no_cache(LogStorage::new(replica_store.clone()));
+                    match ReadDirectory::new(
+                        manager,
+                        reads_vrf.clone(),
+                        AzksParallelismConfig::disabled(),
+                    )
+                    .await
+                    {
+                        Ok(directory) => break directory,
+                        Err(e) if tokio::time::Instant::now() >= deadline => {
+                            return Err(LogError::Akd(format!(
+                                "the read replica has not replayed the key log's tree within {}s: {}",
+                                REPLICA_WAIT.as_secs(),
+                                LogError::from(e)
+                            )));
+                        }
+                        Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                    }
+                };
+                let EpochHash(replica_epoch, _) = directory.get_epoch_hash().await?;
+                Some(Replica {
+                    directory,
+                    store: replica_store,
+                    epoch: AtomicU64::new(replica_epoch),
+                })
+            }
+        };
         Ok(KeyLog {
             inner: Arc::new(Inner {
                 directory,
@@ -271,6 +341,7 @@ impl KeyLog {
                 publishing: tokio::sync::RwLock::new(()),
                 known_epoch: AtomicU64::new(epoch),
                 known_changes: AtomicU64::new(0),
+                replica,
                 tickets: AtomicU64::new(0),
                 last_reading: tokio::sync::Mutex::new(0),
             }),
@@ -286,13 +357,15 @@ impl KeyLog {
     /// processes change records and publish too, so both are read from the database
     /// ([`Store::freshness`]); one reading serves every caller that came before it began, so
     /// under load there is about one query per round trip to the database, not one per look-up.
+    /// With a read replica both are the replica's, as the rows look-ups read there.
     pub async fn latest(&self) -> Result<(u64, u64), LogError> {
         let inner = &self.inner;
         let known = || {
-            (
-                inner.known_epoch.load(Ordering::Acquire),
-                inner.known_changes.load(Ordering::Acquire),
-            )
+            let epoch = match &inner.replica {
+                Some(replica) => replica.epoch.load(Ordering::Acquire),
+                None => inner.known_epoch.load(Ordering::Acquire),
+            };
+            (epoch, inner.known_changes.load(Ordering::Acquire))
         };
         if !inner.store.is_shared() {
             return Ok(known());
@@ -304,16 +377,23 @@ impl KeyLog {
             return Ok(known());
         }
         let started = inner.tickets.fetch_add(1, Ordering::AcqRel) + 1;
-        let (epoch, changes) = match inner.store.freshness().await? {
+        let reads = inner.replica.as_ref().map_or(&inner.store, |r| &r.store);
+        let (epoch, changes) = match reads.freshness().await? {
             Some((Some(epoch), changes)) => (epoch, changes),
             // A log from before its epoch was stored apart: akd's own record of it.
-            Some((None, changes)) => {
-                let _reading = inner.publishing.read().await;
-                (inner.directory.get_epoch_hash().await?.0, changes)
-            }
+            Some((None, changes)) => match &inner.replica {
+                Some(replica) => (replica.directory.get_epoch_hash().await?.0, changes),
+                None => {
+                    let _reading = inner.publishing.read().await;
+                    (inner.directory.get_epoch_hash().await?.0, changes)
+                }
+            },
             None => return Ok(known()),
         };
-        inner.known_epoch.fetch_max(epoch, Ordering::AcqRel);
+        match &inner.replica {
+            Some(replica) => replica.epoch.fetch_max(epoch, Ordering::AcqRel),
+            None => inner.known_epoch.fetch_max(epoch, Ordering::AcqRel),
+        };
         inner.known_changes.fetch_max(changes, Ordering::AcqRel);
         *last_reading = started;
         Ok(known())
@@ -334,6 +414,10 @@ impl KeyLog {
     /// holds against. When the log says otherwise, it is brought in step with the users table first
     /// ([`KeyLog::sync`]); if it still says otherwise, the table changed meanwhile and the
     /// caller's `expected` is stale: an error, which the host asks again after.
+    ///
+    /// With a read replica the proof is made there first; when the replica's log does not show
+    /// `expected` (a change it has not replayed the publication of, or one nobody published
+    /// yet), the log is brought in step on the primary and the proof made there, as without one.
     pub async fn prove(
         &self,
         name: &Username,
@@ -341,6 +425,13 @@ impl KeyLog {
     ) -> Result<(LookupProof, EpochHash), LogError> {
         let label = label(name);
         let expected = expected.to_bytes();
+        if let Some(replica) = &self.inner.replica {
+            if let Ok((proof, head)) = replica.directory.lookup(label.clone()).await {
+                if proof.value.0 == expected {
+                    return Ok((proof, head));
+                }
+            }
+        }
         let first = {
             let _reading = self.inner.publishing.read().await;
             self.inner.directory.lookup(label.clone()).await

@@ -46,6 +46,10 @@ pub enum StoreError {
     LogConflict(u64),
     #[error("cannot be served: {0}")]
     Locked(String),
+    #[error("a read replica must be a PostgreSQL server in recovery (a streaming standby), and pg_is_in_recovery() is false there: is this the primary?")]
+    NotReplica,
+    #[error("a read replica is for a PostgreSQL database; a SQLite database has no replica")]
+    ReplicaOfSqlite,
 }
 
 /// The key deregistered names are kept under: a keyed BLAKE2b-256 (libsodium's
@@ -57,6 +61,7 @@ pub enum StoreError {
 /// `smvs-directory-v1`, info `deregistered names`): it lives wherever the signing key lives,
 /// every process that shares a database and a key file computes the same one, and a new
 /// signing key (a new directory, to hosts) starts a new set of floors.
+#[derive(Clone)]
 pub struct NameKey(Zeroizing<Vec<u8>>);
 
 impl NameKey {
@@ -124,6 +129,25 @@ impl Store {
             DbUrl::Postgres(url) => {
                 Ok(Store::Postgres(postgres::PgStore::open(&url, names).await?))
             }
+        }
+    }
+
+    /// Opens a streaming read replica of the PostgreSQL database `primary` names, for look-ups
+    /// only (`--db-replica`): nothing is created, migrated or written there. Refused with a
+    /// SQLite primary, a URL that is not PostgreSQL's, or a server not in recovery.
+    pub async fn open_replica(
+        primary: &str,
+        url: &str,
+        names: NameKey,
+    ) -> Result<Store, StoreError> {
+        if let DbUrl::Sqlite(_) = parse_url(primary)? {
+            return Err(StoreError::ReplicaOfSqlite);
+        }
+        match parse_url(url)? {
+            DbUrl::Sqlite(_) => Err(StoreError::ReplicaOfSqlite),
+            DbUrl::Postgres(url) => Ok(Store::Postgres(
+                postgres::PgStore::open_replica(&url, std::sync::Arc::new(names)).await?,
+            )),
         }
     }
 

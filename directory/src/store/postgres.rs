@@ -97,6 +97,28 @@ const LOG_LOCK: i64 = 0x534d_5653_4449_5202;
 
 impl PgStore {
     pub async fn open(url: &str, names: Arc<NameKey>) -> Result<Self, StoreError> {
+        let store = Self::connect(url, names).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A streaming read replica of the database another `PgStore` opened (`--db-replica`):
+    /// connected only, never migrated or written. Refused unless the server is in recovery
+    /// (`pg_is_in_recovery()`), so that a primary given by mistake is not taken for one.
+    pub async fn open_replica(url: &str, names: Arc<NameKey>) -> Result<Self, StoreError> {
+        let store = Self::connect(url, names).await?;
+        let in_recovery: bool = store
+            .client()
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await?
+            .get(0);
+        if !in_recovery {
+            return Err(StoreError::NotReplica);
+        }
+        Ok(store)
+    }
+
+    async fn connect(url: &str, names: Arc<NameKey>) -> Result<Self, StoreError> {
         let url = url.to_owned();
         let (tx, rx) = tokio::sync::oneshot::channel();
         // The connections' I/O futures run on this thread's runtime, so the store works from
@@ -142,14 +164,12 @@ impl PgStore {
             .map_err(|e| StoreError::Corrupt(format!("cannot start the postgres thread: {e}")))?;
         let mut clients = rx.await.map_err(|_| StoreError::Stopped)??;
         let log_lock = clients.pop().ok_or(StoreError::Stopped)?;
-        let store = PgStore {
+        Ok(PgStore {
             clients: Arc::new(clients),
             log_lock: Arc::new(tokio::sync::Mutex::new(log_lock)),
             next: Arc::new(AtomicUsize::new(0)),
             names,
-        };
-        store.migrate().await?;
-        Ok(store)
+        })
     }
 
     fn client(&self) -> &Client {

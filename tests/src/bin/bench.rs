@@ -7,12 +7,17 @@
 //!   its CPU is counted apart and it can be pinned), closed-loop and open-loop, with the
 //!   directory's CPU and the client's beside every figure; on SQLite with the answer cache on
 //!   and off, and once with the directory in a network namespace of its own; on PostgreSQL
-//!   with 1, 2 and 4 directory processes sharing the database;
+//!   with 1, 2 and 4 directory processes sharing the database, then (when `make bench`'s
+//!   `scripts/with-postgres.sh --replica` started a streaming read replica) 1, 2 and 4
+//!   processes reading look-ups from the replica (`--db-replica`), the primary taking writes;
+//!   `pg%` then counts the replica's PostgreSQL processes too;
 //! - the time of a `challenge` for a registered and for an unknown username of the same length.
 //!
 //! "Pinned" runs split the two cores: the client on CPU 0 (`taskset -c 0`), every directory
 //! process on CPU 1 (`taskset -a -p -c 1`); PostgreSQL is not pinned. Prints the machine it
 //! ran on, tables, and one JSON line per measurement (prefixed `json `).
+//!
+//! `SMVS_BENCH_BACKENDS=postgres` measures PostgreSQL alone (default: `sqlite,postgres`).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -454,8 +459,16 @@ async fn bench() -> anyhow::Result<()> {
     );
     println!("json {}", serde_json::json!({ "machine": machine }));
 
-    let (mut all, mut runs) = bench_backend(Backend::Sqlite, "sqlite").await?;
+    let backends =
+        std::env::var("SMVS_BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+    let wanted = |b: &str| backends.split(',').any(|w| w.trim() == b);
+    let (mut all, mut runs) = if wanted("sqlite") {
+        bench_backend(Backend::Sqlite, "sqlite").await?
+    } else {
+        (Vec::new(), Vec::new())
+    };
     match std::env::var(smvs_tests::postgres::URL_VAR) {
+        Ok(_) if !wanted("postgres") => {}
         Ok(url) => {
             match postgres_settings(&url).await {
                 Ok(s) => println!("\npostgresql: {s}"),
@@ -999,6 +1012,56 @@ async fn postgres_lookups(first: DirectoryProcess, users: usize) -> anyhow::Resu
         )?;
         if count > 1 {
             // The one-connection run is the same whatever the count.
+            more.remove(0);
+        }
+        runs.extend(more);
+    }
+    let db = processes[0].db.clone();
+    let key = processes[0].key;
+    // The key file outlives the first process's directory, which goes with it.
+    let kept = tempfile::Builder::new().prefix("smvs-dir-key-").tempdir()?;
+    let key_file = kept.path().join("directory.key");
+    std::fs::copy(&processes[0].key_file, &key_file)?;
+    for p in processes {
+        p.daemon.stop()?;
+    }
+    let Some(replica) = smvs_tests::postgres::replica_of(&db) else {
+        println!(
+            "\n[postgres] replica runs SKIPPED because {} is not set (`make bench` starts a \
+             streaming read replica with scripts/with-postgres.sh --replica)",
+            smvs_tests::postgres::REPLICA_URL_VAR
+        );
+        return Ok(runs);
+    };
+    // The same database and users, the look-ups read from the replica once it has replayed
+    // every registration.
+    smvs_tests::postgres::wait_replayed(&db, &replica, Duration::from_secs(300)).await?;
+    let mut flags = DIRECTORY_FLAGS.to_vec();
+    flags.extend(["--db-replica", replica.as_str()]);
+    let mut processes: Vec<DirectoryProcess> = Vec::new();
+    for count in [1usize, 2, 4] {
+        while processes.len() < count {
+            let dir = tempfile::Builder::new().prefix("smvs-dir-").tempdir()?;
+            std::fs::copy(&key_file, dir.path().join("directory.key"))?;
+            processes.push(DirectoryProcess::start_with(dir, db.clone(), &flags)?);
+        }
+        let addrs = processes.iter().map(|p| p.addr.to_string()).collect();
+        let pids = processes
+            .iter()
+            .map(|p| p.daemon.pid().ok_or_else(|| anyhow!("no directory pid")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut more = closed_runs(
+            "postgres",
+            &format!(
+                "{count} process{}, read replica",
+                if count == 1 { "" } else { "es" }
+            ),
+            addrs,
+            pids,
+            key,
+            users,
+        )?;
+        if count > 1 {
             more.remove(0);
         }
         runs.extend(more);
