@@ -29,7 +29,8 @@ pub struct Cli {
     /// replica, so a lagging replica answers with an older state that holds together.
     /// Registrations, changes and everything that must read them back stay on --db. A user
     /// who just registered or changed a record may be answered the state from before for as
-    /// long as the replica lags.
+    /// long as the replica lags. Not yet for production: nothing bounds the lag, and a dropped
+    /// replica connection is not made again.
     #[arg(long, value_name = "URL")]
     pub db_replica: Option<String>,
     /// The directory's signing key (created 0600 when absent).

@@ -99,6 +99,20 @@ async fn host_of(db: &Client, name: &str) -> Option<String> {
     .map(|r| r.get(0))
 }
 
+/// Resumes the replica's replay when dropped (with psql: a drop cannot wait on the async
+/// client); resuming a replay that is not paused does nothing.
+struct ResumeReplay(String);
+
+impl Drop for ResumeReplay {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args(["-q", "-X", &self.0, "-c", "SELECT pg_wal_replay_resume()"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
 #[test]
 fn lookups_are_read_from_the_replica_and_writes_go_to_the_primary() {
     run_local(async {
@@ -147,6 +161,9 @@ fn lookups_are_read_from_the_replica_and_writes_go_to_the_primary() {
         // replica still succeeds (it is written to the primary, the replica being read only),
         // and is not found by look-ups at either process: they read the replica.
         caught_up(&primary, &standby).await;
+        // Should an assertion fail while replay is paused, it is resumed all the same: the
+        // other test of this file shares the replica.
+        let _resume = ResumeReplay(replica.clone());
         standby
             .execute("SELECT pg_wal_replay_pause()", &[])
             .await
