@@ -988,43 +988,19 @@ async fn sqlite_lookups(directory: DirectoryProcess, users: usize) -> anyhow::Re
 
 /// PostgreSQL: 1, 2 and 4 directory processes sharing the database (and the key file).
 async fn postgres_lookups(first: DirectoryProcess, users: usize) -> anyhow::Result<Vec<LoadRun>> {
-    let mut processes = vec![first];
-    let mut runs = Vec::new();
-    for count in [1usize, 2, 4] {
-        while processes.len() < count {
-            let dir = tempfile::Builder::new().prefix("smvs-dir-").tempdir()?;
-            std::fs::copy(&processes[0].key_file, dir.path().join("directory.key"))?;
-            let db = processes[0].db.clone();
-            processes.push(DirectoryProcess::start_with(dir, db, DIRECTORY_FLAGS)?);
-        }
-        let addrs = processes.iter().map(|p| p.addr.to_string()).collect();
-        let pids = processes
-            .iter()
-            .map(|p| p.daemon.pid().ok_or_else(|| anyhow!("no directory pid")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut more = closed_runs(
-            "postgres",
-            &format!("{count} process{}", if count == 1 { "" } else { "es" }),
-            addrs,
-            pids,
-            processes[0].key,
-            users,
-        )?;
-        if count > 1 {
-            // The one-connection run is the same whatever the count.
-            more.remove(0);
-        }
-        runs.extend(more);
-    }
-    let db = processes[0].db.clone();
-    let key = processes[0].key;
+    let db = first.db.clone();
+    let key = first.key;
     // The key file outlives the first process's directory, which goes with it.
     let kept = tempfile::Builder::new().prefix("smvs-dir-key-").tempdir()?;
     let key_file = kept.path().join("directory.key");
-    std::fs::copy(&processes[0].key_file, &key_file)?;
-    for p in processes {
-        p.daemon.stop()?;
-    }
+    std::fs::copy(&first.key_file, &key_file)?;
+    let group = ProcessGroup {
+        db: &db,
+        key_file: &key_file,
+        key,
+        users,
+    };
+    let mut runs = group.runs(vec![first], DIRECTORY_FLAGS, "")?;
     let Some(replica) = smvs_tests::postgres::replica_of(&db) else {
         println!(
             "\n[postgres] replica runs SKIPPED because {} is not set (`make bench` starts a \
@@ -1038,38 +1014,63 @@ async fn postgres_lookups(first: DirectoryProcess, users: usize) -> anyhow::Resu
     smvs_tests::postgres::wait_replayed(&db, &replica, Duration::from_secs(300)).await?;
     let mut flags = DIRECTORY_FLAGS.to_vec();
     flags.extend(["--db-replica", replica.as_str()]);
-    let mut processes: Vec<DirectoryProcess> = Vec::new();
-    for count in [1usize, 2, 4] {
-        while processes.len() < count {
-            let dir = tempfile::Builder::new().prefix("smvs-dir-").tempdir()?;
-            std::fs::copy(&key_file, dir.path().join("directory.key"))?;
-            processes.push(DirectoryProcess::start_with(dir, db.clone(), &flags)?);
-        }
-        let addrs = processes.iter().map(|p| p.addr.to_string()).collect();
-        let pids = processes
-            .iter()
-            .map(|p| p.daemon.pid().ok_or_else(|| anyhow!("no directory pid")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let mut more = closed_runs(
-            "postgres",
-            &format!(
-                "{count} process{}, read replica",
-                if count == 1 { "" } else { "es" }
-            ),
-            addrs,
-            pids,
-            key,
-            users,
-        )?;
-        if count > 1 {
-            more.remove(0);
-        }
-        runs.extend(more);
-    }
-    for p in processes {
-        p.daemon.stop()?;
-    }
+    runs.extend(group.runs(Vec::new(), &flags, ", read replica")?);
     Ok(runs)
+}
+
+/// Directory processes sharing one PostgreSQL database and key, run with 1, 2 and 4 of them.
+struct ProcessGroup<'a> {
+    db: &'a str,
+    key_file: &'a std::path::Path,
+    key: SigningPublicKey,
+    users: usize,
+}
+
+impl ProcessGroup<'_> {
+    /// Starts processes with `flags` beside `processes` up to 1, 2 and 4, measures each count
+    /// (rows named "N processes" and `label`), then stops them all.
+    fn runs(
+        &self,
+        mut processes: Vec<DirectoryProcess>,
+        flags: &[&str],
+        label: &str,
+    ) -> anyhow::Result<Vec<LoadRun>> {
+        let mut runs = Vec::new();
+        for count in [1usize, 2, 4] {
+            while processes.len() < count {
+                let dir = tempfile::Builder::new().prefix("smvs-dir-").tempdir()?;
+                std::fs::copy(self.key_file, dir.path().join("directory.key"))?;
+                processes.push(DirectoryProcess::start_with(
+                    dir,
+                    self.db.to_owned(),
+                    flags,
+                )?);
+            }
+            let addrs = processes.iter().map(|p| p.addr.to_string()).collect();
+            let pids = processes
+                .iter()
+                .map(|p| p.daemon.pid().ok_or_else(|| anyhow!("no directory pid")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let plural = if count == 1 { "" } else { "es" };
+            let mut more = closed_runs(
+                "postgres",
+                &format!("{count} process{plural}{label}"),
+                addrs,
+                pids,
+                self.key,
+                self.users,
+            )?;
+            if count > 1 {
+                // The one-connection run is the same whatever the count.
+                more.remove(0);
+            }
+            runs.extend(more);
+        }
+        for p in processes {
+            p.daemon.stop()?;
+        }
+        Ok(runs)
+    }
 }
 
 fn print_load_runs(runs: &[LoadRun]) {
