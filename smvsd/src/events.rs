@@ -14,7 +14,11 @@
 //! order they were published, numbered without gaps.
 //!
 //! An event goes out only once the log has it on disk: a seq a device has seen is never given
-//! to another event after a crash. A device that was away [`join`]s after the last seq it
+//! to another event after a crash. The exception is an event a restart makes true again (a
+//! message stored, sent or delivered) whose seq a durable append has reserved: it goes out as it
+//! is published, when every event before it is out, and its append follows without an fsync.
+//! A restart numbers past the reservation, and announces again what such an event said should a
+//! crash or power cut take it from the log. A device that was away [`join`]s after the last seq it
 //! took in: the hub replays the newest events from memory, or the device's task reads older
 //! ones from the log page by page and then joins again, so nothing is missed and nothing comes
 //! twice. A device keeps a named [`Cursor`] on the host when it wants the host to remember
@@ -61,7 +65,8 @@ pub enum Feed {
     Event(Box<Logged>),
     /// Events after the device's position are gone from the log (pruned, the log is newer
     /// than the position, or one could not be written): it should re-read its state. The
-    /// events that follow are complete.
+    /// events that follow are complete. (An event sent out ahead of its append that then
+    /// could not be written is followed by this too, perhaps after later events.)
     Resync,
 }
 
@@ -138,6 +143,8 @@ struct Pending {
     seq: u64,
     event: HostEvent,
     written: Option<bool>,
+    /// Sent out as it was published, before its append (see [`redone_after_restart`]).
+    out: bool,
 }
 
 pub struct DeviceHub {
@@ -147,6 +154,9 @@ pub struct DeviceHub {
     next: u64,
     /// Every event up to this seq has been appended (or failed to be) and sent out.
     committed: u64,
+    /// Every event up to this seq has been sent out or will never be (at least `committed`;
+    /// more when events went out before their appends).
+    sent: u64,
     /// Seqs up to here are reserved on disk by a durable append: events among them that a
     /// restart makes true again may be appended lazily (no fsync before devices hear them).
     reserved: u64,
@@ -155,6 +165,8 @@ pub struct DeviceHub {
     /// Published and not yet handed to storage: the next [`Flush`] appends them.
     unwritten: Vec<(u64, i64, HostEvent)>,
     flush_queued: bool,
+    /// A [`Flush`] is due in [`LAZY_APPEND_DELAY`] (only events already sent out wait).
+    flush_later: bool,
     /// The newest committed events, in order (gaps where deletions took some).
     recent: VecDeque<(u64, HostEvent)>,
     /// Cursors with a stream open, by (device, name).
@@ -175,16 +187,32 @@ impl DeviceHub {
             // beyond the head.
             next: log.head.max(log.reserved) + 1,
             committed: log.head.max(log.reserved),
+            sent: log.head.max(log.reserved),
             reserved: log.reserved,
             pending: VecDeque::new(),
             unwritten: Vec::new(),
             flush_queued: false,
+            flush_later: false,
             recent: VecDeque::with_capacity(RECENT),
             cursors: HashMap::new(),
             generations: 0,
             last_publish: std::time::Instant::now(),
             appended_waiters: Vec::new(),
         }
+    }
+
+    /// Sends a live event to every device and keeps it for those that come back soon.
+    fn give_out(&mut self, seq: u64, event: &HostEvent) {
+        self.send_out(Feed::Event(Box::new(Logged {
+            seq,
+            event: event.clone(),
+            replayed: false,
+        })));
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, event.clone()));
+        self.sent = self.sent.max(seq);
     }
 
     fn send_out(&mut self, feed: Feed) {
@@ -226,12 +254,41 @@ impl Handler<Publish> for DeviceHub {
         if let HostEvent::Deleted { id, peer } = &msg.0 {
             self.forget_deleted(id.as_ref(), peer);
         }
+        // Out now, ahead of its append, when a restart would make it true again, its seq is
+        // reserved on disk, and every event before it is out (devices see events in order).
+        // (Those sent early are always the first of `pending`.)
+        let out = seq <= self.reserved
+            && redone_after_restart(&msg.0)
+            && self.pending.back().is_none_or(|p| p.out);
+        if out {
+            self.give_out(seq, &msg.0);
+        }
         self.pending.push_back(Pending {
             seq,
             event: msg.0.clone(),
             written: None,
+            out,
         });
         self.unwritten.push((seq, now_ms(), msg.0));
+        if out {
+            // Devices have it; its append can wait for the others of the next moment (a
+            // message's sent, on-its-way and delivered events in one storage job).
+            if !self.flush_queued && !self.flush_later {
+                self.flush_later = true;
+                ctx.notify_later(Flush, LAZY_APPEND_DELAY);
+            }
+        } else {
+            self.flush_now(ctx);
+        }
+    }
+}
+
+/// How long the append of events already sent out may wait for more to share its job.
+const LAZY_APPEND_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
+
+impl DeviceHub {
+    /// Appends what is unwritten as soon as the mailbox's publishes are in.
+    fn flush_now(&mut self, ctx: &mut Context<Self>) {
         if !self.flush_queued {
             self.flush_queued = true;
             ctx.notify(Flush);
@@ -265,7 +322,9 @@ struct Flush;
 impl Handler<Flush> for DeviceHub {
     type Result = ();
     fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
+        // (A delayed flush that comes after an earlier one finds nothing, or the next run.)
         self.flush_queued = false;
+        self.flush_later = false;
         let run = std::mem::take(&mut self.unwritten);
         let Some(last) = run.last().map(|(seq, _, _)| *seq) else {
             return;
@@ -319,21 +378,17 @@ impl Handler<Appended> for DeviceHub {
                 break;
             };
             self.committed = p.seq;
+            self.sent = self.sent.max(p.seq);
             if p.written != Some(true) {
-                // Not in the log: nobody gets it, so no device holds a seq that a restart
-                // could give to another event; the ones listening re-read their state.
+                // Not in the log: nobody gets it (or, sent out early, its seq is reserved), so
+                // no device holds a seq that a restart could give to another event; the ones
+                // listening re-read their state.
                 lost = true;
                 continue;
             }
-            self.send_out(Feed::Event(Box::new(Logged {
-                seq: p.seq,
-                event: p.event.clone(),
-                replayed: false,
-            })));
-            if self.recent.len() == RECENT {
-                self.recent.pop_front();
+            if !p.out {
+                self.give_out(p.seq, &p.event);
             }
-            self.recent.push_back((p.seq, p.event));
         }
         if lost {
             self.send_out(Feed::Resync);
@@ -358,12 +413,16 @@ struct AllAppended(oneshot::Sender<()>);
 
 impl Handler<AllAppended> for DeviceHub {
     type Result = ();
-    fn handle(&mut self, msg: AllAppended, _: &mut Self::Context) {
+    fn handle(&mut self, msg: AllAppended, ctx: &mut Self::Context) {
         let upto = self.next - 1;
         if self.committed >= upto {
             let _ = msg.0.send(());
         } else {
             self.appended_waiters.push((upto, Some(msg.0)));
+            // Someone waits for them: no delay.
+            if !self.unwritten.is_empty() {
+                self.flush_now(ctx);
+            }
         }
     }
 }
@@ -371,10 +430,13 @@ impl Handler<AllAppended> for DeviceHub {
 impl Handler<Subscribe> for DeviceHub {
     type Result = MessageResult<Subscribe>;
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) -> Self::Result {
+        // The log can be read up to `head`; devices were given events up to `sent`, which
+        // may be further (events sent out before their appends), and are replayed from memory.
         let head = self.committed;
+        let sent = self.sent.max(head);
         let Some(since) = msg.since else {
             self.devices.push(msg.feed);
-            return MessageResult(Joined::Live { head });
+            return MessageResult(Joined::Live { head: sent });
         };
         if since >= self.next {
             // A position this log never gave out: the log was replaced (a new database).
@@ -382,10 +444,10 @@ impl Handler<Subscribe> for DeviceHub {
                 return MessageResult(Joined::Behind { head });
             }
             self.devices.push(msg.feed);
-            return MessageResult(Joined::Live { head });
+            return MessageResult(Joined::Live { head: sent });
         }
-        if since < head {
-            let oldest = self.recent.front().map_or(head + 1, |(seq, _)| *seq);
+        if since < sent {
+            let oldest = self.recent.front().map_or(sent + 1, |(seq, _)| *seq);
             let replay = self.recent.iter().filter(|(seq, _)| *seq > since);
             // The queue must take the replay and leave room for live events; else the device
             // reads the log and makes room first.
@@ -405,7 +467,7 @@ impl Handler<Subscribe> for DeviceHub {
             }
         }
         self.devices.push(msg.feed);
-        MessageResult(Joined::Live { head })
+        MessageResult(Joined::Live { head: sent })
     }
 }
 
@@ -552,8 +614,9 @@ pub async fn join(
                 from = seq;
             }
             if page.complete {
-                // Up to `head`, what is not in the log was deleted.
-                from = head;
+                // Up to `head`, what is not in the log was deleted. (A device may stand past
+                // `head`, on events sent out ahead of their appends: it keeps its place.)
+                from = from.max(head);
                 break;
             }
         }
@@ -727,5 +790,112 @@ impl Events {
         if self.hub.try_send(Publish(event)).is_err() {
             tracing::warn!("device hub is full; an event was dropped");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix::Actor;
+    use std::time::Duration;
+
+    fn peer() -> Username {
+        Username::parse("bob").unwrap()
+    }
+
+    fn sent(id: MessageId) -> HostEvent {
+        HostEvent::MessageSent {
+            id,
+            peer: peer(),
+            time: 1,
+        }
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Feed>) -> Option<(u64, HostEvent)> {
+        match tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            Ok(Some(Feed::Event(logged))) => Some((logged.seq, logged.event)),
+            Ok(Some(Feed::Resync)) => panic!("unexpected resync"),
+            Ok(None) | Err(_) => None,
+        }
+    }
+
+    /// An event a restart makes true again, with its seq reserved, reaches devices while its
+    /// append still waits (the storage thread is held); an event that is not such waits for
+    /// its append, and so does everything published after it: devices see all in order.
+    #[test]
+    fn reserved_message_events_go_out_before_their_appends_and_in_order() {
+        actix::System::new().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = Storage::open(
+                &dir.path().join("host.db"),
+                smvs_crypto::AeadKey::generate(),
+            )
+            .unwrap();
+            let log = storage.event_log_state().await.unwrap();
+            let hub = DeviceHub::new(storage.clone(), log).start();
+            // Message events are logged only while their messages exist.
+            let me = Username::parse("alice").unwrap();
+            let mut ids = Vec::new();
+            for text in ["one", "two"] {
+                let payload = crate::model::Payload::Text(text.into());
+                ids.push(
+                    storage
+                        .queue_outgoing(&me, &peer(), payload)
+                        .await
+                        .unwrap()
+                        .id,
+                );
+            }
+            let events = Events::new(&hub);
+            let (tx, mut rx) = mpsc::channel(DEVICE_QUEUE);
+            join(&hub, None, tx).await.unwrap();
+
+            // A durable append reserves seqs for the lazy ones after it.
+            events.publish(HostEvent::KeyChanged { peer: peer() });
+            events.all_appended().await;
+            let (first, _) = next(&mut rx).await.unwrap();
+
+            // Hold the storage thread: no append can land.
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            let held_storage = storage.clone();
+            let holding = tokio::task::spawn_local(async move {
+                held_storage
+                    .call_for_tests(move |_| {
+                        held.recv().ok();
+                        Ok(())
+                    })
+                    .await
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+
+            let a = ids[0];
+            events.publish(sent(a));
+            assert_eq!(next(&mut rx).await, Some((first + 1, sent(a))));
+            // Not redone after a restart: waits for its append, and what follows waits too.
+            events.publish(HostEvent::KeyChanged { peer: peer() });
+            let b = ids[1];
+            events.publish(sent(b));
+            assert_eq!(next(&mut rx).await, None);
+
+            release.send(()).unwrap();
+            holding.await.unwrap().unwrap();
+            assert_eq!(
+                next(&mut rx).await,
+                Some((first + 2, HostEvent::KeyChanged { peer: peer() }))
+            );
+            assert_eq!(next(&mut rx).await, Some((first + 3, sent(b))));
+
+            // All of them are in the log, and a device back from where it left off gets
+            // only what came after.
+            events.all_appended().await;
+            let page = storage.events_after(first, first + 3, 16).await.unwrap();
+            let seqs: Vec<u64> = page.events.iter().map(|(seq, _)| *seq).collect();
+            assert_eq!(seqs, vec![first + 1, first + 2, first + 3]);
+            let (tx, mut again) = mpsc::channel(DEVICE_QUEUE);
+            join(&hub, Some(first + 1), tx).await.unwrap();
+            assert_eq!(next(&mut again).await.map(|(seq, _)| seq), Some(first + 2));
+            assert_eq!(next(&mut again).await.map(|(seq, _)| seq), Some(first + 3));
+            assert_eq!(next(&mut again).await, None);
+        });
     }
 }

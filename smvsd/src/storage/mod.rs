@@ -290,14 +290,15 @@ const MIGRATIONS: &[&str] = &[
 ",
 ];
 
-/// Puts an outgoing message in `peer`'s outbox (see [`Storage::queue_outgoing`]).
+/// Puts an outgoing message in `peer`'s outbox (see [`Storage::queue_outgoing`]); gives its
+/// position in the outbox too.
 fn queue_outgoing_in(
     c: &Connection,
     k: &AtRest,
     me: &Username,
     peer: &Username,
     payload: Payload,
-) -> Result<StoredMessage> {
+) -> Result<(i64, StoredMessage)> {
     let (tag, key) = conversation(c, k, peer, true)?
         .ok_or_else(|| StorageError::Corrupt("conversation".into()))?;
     let sealed_prev: Vec<u8> = cached_row(
@@ -321,12 +322,13 @@ fn queue_outgoing_in(
         direction: Direction::Out,
     };
     let hash = insert_message(c, k, &tag, &key, &msg)?;
+    let seq = c.last_insert_rowid();
     cached_exec(
         c,
         "UPDATE conversations SET last_sent_hash = ?2 WHERE tag = ?1",
         params![tag, k.seal_head(&tag, &hash)?],
     )?;
-    Ok(msg)
+    Ok((seq, msg))
 }
 
 /// The most messages one run of [`Storage::expire`] deletes.
@@ -743,6 +745,15 @@ impl Storage {
         self.worker.call(move |c| f(c, &keys)).await
     }
 
+    /// A job of a test's own (to hold the storage thread, say).
+    #[cfg(test)]
+    pub(crate) async fn call_for_tests<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.call(move |c, _| f(c)).await
+    }
+
     /// [`Storage::call`] for a write that may be lost to a power cut (`SqliteWorker::call_lazy`).
     async fn call_lazy<T: Send + 'static>(
         &self,
@@ -823,33 +834,33 @@ impl Storage {
         payload: Payload,
     ) -> Result<StoredMessage> {
         let (me, peer) = (me.clone(), peer.clone());
-        self.call(move |c, k| queue_outgoing_in(c, k, &me, &peer, payload))
+        self.call(move |c, k| Ok(queue_outgoing_in(c, k, &me, &peer, payload)?.1))
             .await
     }
 
     /// [`Storage::queue_outgoing`], and seals the message for the peer in the same transaction:
     /// `seal` gets the stored message and gives what to send and the session state to save
     /// with it (one commit for both), or `None` (then nothing but the message is written, and
-    /// it is sealed on delivery).
+    /// it is sealed on delivery). Gives the message's position in the outbox too.
     pub async fn queue_outgoing_sealed<T: Send + 'static>(
         &self,
         me: &Username,
         peer: &Username,
         payload: Payload,
         seal: impl FnOnce(&StoredMessage) -> Option<(T, SessionWrite)> + Send + 'static,
-    ) -> Result<(StoredMessage, Option<T>)> {
+    ) -> Result<(i64, StoredMessage, Option<T>)> {
         let (me, peer) = (me.clone(), peer.clone());
         let keys = self.keys.clone();
         self.worker
             .call(move |c| {
-                let msg = queue_outgoing_in(c, &keys, &me, &peer, payload)?;
+                let (seq, msg) = queue_outgoing_in(c, &keys, &me, &peer, payload)?;
                 let sealed = seal(&msg).map(|(sealed, write)| {
                     // Last in the job (it can no longer fail): the state that sealed it is on
                     // disk with the message, before anything sealed under it leaves.
                     sessions::defer_session_write(keys.clone(), write);
                     sealed
                 });
-                Ok((msg, sealed))
+                Ok((seq, msg, sealed))
             })
             .await
     }
