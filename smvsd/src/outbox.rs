@@ -40,7 +40,7 @@
 //! peer's host refuses fails with "refused". Everything else (a host that is away, a directory
 //! that cannot be reached) is temporary and retried with backoff.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
@@ -176,13 +176,63 @@ enum DeliveryError {
 struct Wake {
     /// There is new work (a message was queued).
     work: Notify,
+    /// A message was queued since the delivery task last read the outbox: a round that read
+    /// to the end of it reads again only then, rather than after every receipt.
+    queued: Cell<bool>,
+    /// Messages queued since the last round, as they were stored, in no particular order.
+    handed: RefCell<Vec<(i64, StoredMessage)>>,
+    /// The last round ended with everything it read from the outbox answered and nothing
+    /// queued after its last read: from then on, what waits is what `handed` holds, and the
+    /// next round takes it from there rather than reading the outbox (one storage round trip
+    /// less before a message leaves). Anything that could leave the outbox and `handed` apart
+    /// (a failed status write, a message dropped on its way in) clears it.
+    caught_up: Cell<bool>,
+    /// The outbox and `handed` may disagree (a status write failed, a message was deleted or
+    /// dropped on its way in), whenever that happened: `caught_up` is not set again until a
+    /// round has read the whole outbox anew.
+    stale: Cell<bool>,
+    /// [`Outbox::queue`] calls for this peer between their storage job and handing the
+    /// message over: while there are any, a round reads the outbox (a message may be stored
+    /// and not yet handed).
+    queuing: Cell<u32>,
     /// The peer's host has just reached us, so the path to it works again: a task waiting out
     /// a backoff tries now. (Woken with `notify_waiters`: a task that is not waiting is not
     /// told, so this never cuts a later backoff short.)
     path_back: Notify,
     /// When `path_back` last woke the task: at most once per [`PATH_BACK_INTERVAL`], so a
     /// peer's envelopes cannot turn our backoff into one connection attempt each.
-    path_back_at: std::cell::Cell<Option<std::time::Instant>>,
+    path_back_at: Cell<Option<std::time::Instant>>,
+}
+
+/// A message on its way into the outbox, for [`Wake::queuing`]: handed over once stored, or,
+/// when the call ends before that, the next round reads the outbox.
+struct Handing {
+    wake: Rc<Wake>,
+    handed: bool,
+}
+
+impl Handing {
+    fn new(wake: Rc<Wake>) -> Handing {
+        wake.queuing.set(wake.queuing.get() + 1);
+        Handing {
+            wake,
+            handed: false,
+        }
+    }
+
+    fn hand(mut self, seq: i64, message: StoredMessage) {
+        self.wake.handed.borrow_mut().push((seq, message));
+        self.handed = true;
+    }
+}
+
+impl Drop for Handing {
+    fn drop(&mut self) {
+        self.wake.queuing.set(self.wake.queuing.get() - 1);
+        if !self.handed {
+            self.wake.stale.set(true);
+        }
+    }
 }
 
 /// The least time between two early retries caused by a peer reaching us.
@@ -252,7 +302,9 @@ impl Outbox {
         }
         trust.check_can_send(to).await?;
         trust.accept_request(to).await?;
-        let stored = self.store_and_seal(&me.username, to, payload).await?;
+        let handing = Handing::new(self.wake(to));
+        let (seq, stored) = self.store_and_seal(&me.username, to, payload).await?;
+        handing.hand(seq, stored.clone());
         // Every device of the user sees it, as written by the user.
         self.inner.events.publish(HostEvent::MessageSent {
             id: stored.id,
@@ -271,7 +323,7 @@ impl Outbox {
         me: &Username,
         to: &Username,
         payload: Payload,
-    ) -> Result<StoredMessage, HostError> {
+    ) -> Result<(i64, StoredMessage), HostError> {
         let state = &self.inner;
         let waiting = state.presealed.borrow().get(to).map_or(0, HashMap::len);
         let session = if waiting < MAX_PRESEALED {
@@ -280,7 +332,12 @@ impl Outbox {
             None
         };
         let Some((_turn, session)) = session else {
-            return Ok(state.storage.queue_outgoing(me, to, payload).await?);
+            let unsealed = |_: &StoredMessage| None::<((), crate::storage::SessionWrite)>;
+            let (seq, stored, _) = state
+                .storage
+                .queue_outgoing_sealed(me, to, payload, unsealed)
+                .await?;
+            return Ok((seq, stored));
         };
         // As the first of a delivery batch does: the checked key log heads, for the peer's host
         // to compare (only when nothing sealed before waits, not on every envelope of a burst).
@@ -289,7 +346,7 @@ impl Outbox {
         } else {
             Vec::new()
         };
-        let (stored, sealed) = state
+        let (seq, stored, sealed) = state
             .storage
             .queue_outgoing_sealed(me, to, payload, move |message| {
                 seal_queued(session, message, log_heads)
@@ -304,21 +361,36 @@ impl Outbox {
                 .insert(stored.id, sealed.envelope());
             state.sessions.saved(to, sealed.session);
         }
-        Ok(stored)
+        Ok((seq, stored))
     }
 
     /// Wakes `peer`'s delivery task (starting it the first time).
     pub fn kick(&self, peer: &Username) {
         if let Some(wake) = self.inner.links.borrow().get(peer) {
+            wake.queued.set(true);
             wake.work.notify_one();
             return;
+        }
+        self.wake(peer);
+    }
+
+    /// `peer`'s delivery task's wake-ups, starting the task the first time (it begins with a
+    /// round).
+    fn wake(&self, peer: &Username) -> Rc<Wake> {
+        if let Some(wake) = self.inner.links.borrow().get(peer) {
+            return wake.clone();
         }
         let wake = Rc::new(Wake::default());
         self.inner
             .links
             .borrow_mut()
             .insert(peer.clone(), wake.clone());
-        tokio::task::spawn_local(delivery_task(self.inner.clone(), peer.clone(), wake));
+        tokio::task::spawn_local(delivery_task(
+            self.inner.clone(),
+            peer.clone(),
+            wake.clone(),
+        ));
+        wake
     }
 
     /// `peer`'s host has just delivered to us (an envelope that opened under its session
@@ -354,9 +426,21 @@ impl Outbox {
         }
     }
 
-    /// A message deleted here: it is no longer shown as on its way, and its receipt, if one
-    /// still comes, is not announced.
-    pub fn forget(&self, id: MessageId) {
+    /// A message about to be deleted here (`id`), or `peer`'s whole conversation (`None`): it
+    /// is no longer shown as on its way, and its receipt, if one still comes, is not announced.
+    /// Called before the deletion's storage job is queued: the next delivery round reads the
+    /// outbox after that job, so it does not send what was deleted. (A round that read it
+    /// before may still send it.)
+    pub fn forget(&self, peer: &Username, id: Option<MessageId>) {
+        if let Some(wake) = self.inner.links.borrow().get(peer) {
+            wake.handed
+                .borrow_mut()
+                .retain(|(_, m)| id.is_some_and(|id| m.id != id));
+            wake.stale.set(true);
+        }
+        let Some(id) = id else {
+            return;
+        };
         self.inner.sent.borrow_mut().remove(&id);
         self.inner.delivering.borrow_mut().remove(&id);
         for envelopes in self.inner.presealed.borrow_mut().values_mut() {
@@ -510,7 +594,7 @@ async fn delivery_task(outbox: Rc<OutboxState>, peer: Username, wake: Rc<Wake>) 
     let mut failed = false;
     loop {
         let fresh = failed && outbox.trust.may_refresh(&peer);
-        match stream_outbox(&outbox, &peer, &mut link, fresh).await {
+        match stream_outbox(&outbox, &peer, &wake, &mut link, fresh).await {
             Ok(()) => {
                 failed = false;
                 delays = backoff(retry_max);
@@ -598,11 +682,12 @@ async fn open_link(
 async fn stream_outbox(
     outbox: &Rc<OutboxState>,
     peer: &Username,
+    wake: &Wake,
     link: &mut Option<Link>,
     fresh: bool,
 ) -> Result<(), DeliveryError> {
     let mut delivered = Vec::new();
-    let result = stream_round(outbox, peer, link, fresh, &mut delivered).await;
+    let result = stream_round(outbox, peer, wake, link, fresh, &mut delivered).await;
     if !delivered.is_empty() {
         write_delivered(outbox, peer, delivered).await;
     }
@@ -614,22 +699,42 @@ async fn stream_outbox(
 async fn stream_round(
     outbox: &Rc<OutboxState>,
     peer: &Username,
+    wake: &Wake,
     link: &mut Option<Link>,
     fresh: bool,
     delivered: &mut Vec<MessageId>,
 ) -> Result<(), DeliveryError> {
     let storage = &outbox.storage;
-    let mut pending: VecDeque<(i64, StoredMessage)> = storage
-        .outbox(peer, 0, WINDOW)
-        .await
-        .map_err(HostError::from)?
-        .into();
+    // Cleared before each read: a message queued after it is committed before its kick, so
+    // either the read sees it or the flag is set again. (What was handed over before a read
+    // is in it, or was in an earlier one.)
+    wake.queued.set(false);
+    let handed = wake.handed.take();
+    let caught_up = wake.caught_up.replace(false);
+    let mut pending: VecDeque<(i64, StoredMessage)> =
+        if caught_up && wake.queuing.get() == 0 && !handed.is_empty() {
+            // Everything before these was answered, and every message queued since was
+            // handed over: they are what the outbox holds, in the order it holds them.
+            let mut handed = handed;
+            handed.sort_unstable_by_key(|(seq, _)| *seq);
+            handed.into()
+        } else {
+            wake.stale.set(false);
+            storage
+                .outbox(peer, 0, WINDOW)
+                .await
+                .map_err(HostError::from)?
+                .into()
+        };
+    // The read reached the end of the outbox: what is there is in `pending`.
+    let mut read_to_end = pending.len() < WINDOW as usize;
     // Envelopes sealed ahead for messages no longer among the first that wait (deleted,
     // expired) go.
     if let Some(envelopes) = outbox.presealed.borrow_mut().get_mut(peer) {
         envelopes.retain(|id, _| pending.iter().any(|(_, m)| &m.id == id));
     }
     if pending.is_empty() {
+        caught_up_at_end(wake);
         return Ok(());
     }
     let me = outbox.trust.me()?;
@@ -755,12 +860,16 @@ async fn stream_round(
             outbox.sent.borrow_mut().extend(sent_now.iter().copied());
             publish_all(outbox, peer, sent_now, Status::Sent);
         }
-        if pending.is_empty() && in_flight.len() < WINDOW as usize / 2 {
+        let more_waits = !read_to_end || wake.queued.get();
+        if pending.is_empty() && in_flight.len() < WINDOW as usize / 2 && more_waits {
             let room = WINDOW - u32::try_from(in_flight.len()).unwrap_or(WINDOW);
+            wake.queued.set(false);
+            wake.handed.borrow_mut().clear();
             let more = storage
                 .outbox(peer, last_seq, room)
                 .await
                 .map_err(HostError::from)?;
+            read_to_end = more.len() < room as usize;
             if !more.is_empty() {
                 pending.extend(more);
                 continue;
@@ -769,6 +878,7 @@ async fn stream_round(
         let Some((id, (promise, check))) = in_flight.pop_front() else {
             // Written by `stream_outbox`, awaited: the next round reads the outbox, and must
             // not see these again as undelivered (they would be sent twice).
+            caught_up_at_end(wake);
             return Ok(());
         };
         let answer = tokio::time::timeout(RECEIPT_TIMEOUT, promise.answer(&check, &id, peer))
@@ -800,6 +910,16 @@ async fn stream_round(
         if delivered.len() >= WINDOW as usize / 2 {
             record_delivered(outbox, peer, std::mem::take(delivered));
         }
+    }
+}
+
+/// A round ends with everything it read answered: unless a message was queued since its last
+/// read, what the next round has to send is what is handed over from now on.
+fn caught_up_at_end(wake: &Wake) {
+    if !wake.queued.get() && !wake.stale.get() {
+        // Handed over before the last read, so stored before it: the read had them.
+        wake.handed.borrow_mut().clear();
+        wake.caught_up.set(true);
     }
 }
 
@@ -1094,7 +1214,19 @@ async fn write_delivered(outbox: &OutboxState, peer: &Username, ids: Vec<Message
     outbox.events.all_appended().await;
     match outbox.storage.record_delivered(peer, ids.clone()).await {
         Ok(_) => forget_delivering(outbox, &ids),
-        Err(e) => tracing::error!(error = %e, "recording delivery statuses failed"),
+        Err(e) => {
+            tracing::error!(error = %e, "recording delivery statuses failed");
+            read_outbox_again(outbox, peer);
+        }
+    }
+}
+
+/// A status write failed, so the outbox holds messages `peer`'s delivery task no longer
+/// knows of: a round reads the outbox before any takes what is handed over.
+fn read_outbox_again(outbox: &OutboxState, peer: &Username) {
+    if let Some(wake) = outbox.links.borrow().get(peer) {
+        wake.caught_up.set(false);
+        wake.stale.set(true);
     }
 }
 
@@ -1132,7 +1264,10 @@ fn record_failed(
     tokio::task::spawn_local(async move {
         match outbox.storage.set_failed(&peer, ids, reason).await {
             Ok(changed) => publish_all(&outbox, &peer, changed, Status::Failed),
-            Err(e) => tracing::error!(error = %e, "recording delivery statuses failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "recording delivery statuses failed");
+                read_outbox_again(&outbox, &peer);
+            }
         }
     });
 }

@@ -296,14 +296,13 @@ command!(Delete => u32, |o, m| {
     // A checkpoint a reader held back means the rows are gone but their old pages are not
     // yet wiped: the rest (the event, the request to the peer) still happens, then the user
     // hears it.
+    // Before the deletion's job: the outbox's next read comes after it.
+    o.outbox.forget(&m.peer, m.id);
     let (n, unwiped) = match o.storage.delete(&m.peer, m.id, None).await {
         Ok(n) => (n, None),
         Err(e @ StorageError::CheckpointBusy) => (0, Some(e)),
         Err(e) => return Err(e.into()),
     };
-    if let Some(id) = m.id {
-        o.outbox.forget(id);
-    }
     o.events.publish(HostEvent::Deleted {
         id: m.id,
         peer: m.peer.clone(),
