@@ -81,19 +81,23 @@ struct Checked {
 }
 
 impl HeadBook {
-    /// Notes a head (its signature already checked) to compare at the next check.
-    pub fn saw(&mut self, head: LogHead, source: HeadSource) {
-        if self
-            .checked
+    /// Whether `head` tells nothing new: it is the last checked one, on the log the last check
+    /// proved, waiting to be checked already, or alarmed about already.
+    fn knows(&self, head: &LogHead) -> bool {
+        self.checked
             .as_ref()
             .is_some_and(|c| c.epoch == head.epoch && c.root == head.root_hash)
             || self
                 .proven
                 .as_ref()
                 .is_some_and(|chain| chain.root_at(head.epoch) == Some(&head.root_hash))
-            || self.pending.iter().any(|p| p.head == head)
+            || self.pending.iter().any(|p| &p.head == head)
             || self.refuted.contains(&(head.epoch, head.root_hash))
-        {
+    }
+
+    /// Notes a head (its signature already checked) to compare at the next check.
+    pub fn saw(&mut self, head: LogHead, source: HeadSource) {
+        if self.knows(&head) {
             return;
         }
         if self.pending.len() >= MAX_PENDING {
@@ -180,11 +184,24 @@ impl Drop for Checking<'_> {
 
 impl Trust {
     /// Takes the heads a contact's host passed on: those of directories this host trusts
-    /// whose signature checks are noted for the next check. Whether any was.
+    /// whose signature checks are noted for the next check. Whether any was (the same heads
+    /// as that contact's last are not taken again: they were when they first came).
     pub fn heads_from_contact(&self, contact: &Username, heads: &[LogHead]) -> bool {
+        let heads = &heads[..heads.len().min(MAX_SHARED_HEADS)];
+        if heads.is_empty() {
+            return false;
+        }
+        // A contact's host passes its heads on with most envelopes, mostly the same ones.
+        {
+            let mut last = self.heads_from.borrow_mut();
+            if last.get(contact).is_some_and(|l| l.as_slice() == heads) {
+                return false;
+            }
+            last.insert(contact.clone(), heads.to_vec());
+        }
         let mut any = false;
         let links = self.checked_links();
-        for head in heads.iter().take(MAX_SHARED_HEADS) {
+        for head in heads {
             let Some(link) = links.iter().find(|l| l.anchor.key == head.directory) else {
                 continue;
             };

@@ -177,6 +177,9 @@ pub struct Trust {
     petnames: RefCell<std::collections::BTreeMap<Username, Username>>,
     /// Held while the petnames change.
     petname_changes: tokio::sync::Mutex<()>,
+    /// The key log heads each contact's host passed on last (see `log_heads`): the same again
+    /// is not news, and costs no signature check.
+    heads_from: RefCell<HashMap<Username, Vec<smvs_directory::transparency::LogHead>>>,
 }
 
 impl Trust {
@@ -223,6 +226,7 @@ impl Trust {
             directory_changes: tokio::sync::Mutex::new(()),
             petnames: RefCell::new(std::collections::BTreeMap::new()),
             petname_changes: tokio::sync::Mutex::new(()),
+            heads_from: RefCell::new(HashMap::new()),
         }
     }
 

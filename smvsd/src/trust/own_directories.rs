@@ -261,6 +261,8 @@ impl Trust {
         let list = if scoped { &self.scoped } else { &self.links };
         list.borrow_mut().push(link.clone());
         self.records.borrow_mut().clear();
+        // Contacts' heads for the new directory are taken from their next envelopes on.
+        self.heads_from.borrow_mut().clear();
         let stored = self.store_directory_changes().await;
         if stored.is_err() {
             // Not kept, so not used either.
