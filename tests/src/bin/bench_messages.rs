@@ -5,7 +5,10 @@
 //! - throughput: N messages sent with many requests in flight, from the first send until
 //!   alice's host holds a receipt for every one (bob's host stored each, alice's host recorded
 //!   the receipt);
-//! - latency: one message in flight, send → `delivered` event, p50 and p99.
+//! - latency: one message in flight, p50 and p99, two ways in the same loop: from the send
+//!   until a device of bob's host (the bench again, on bob's socket) sees it arrive, the path
+//!   the XMPP peer's figure measures (sender's client → server → recipient's client); and
+//!   until alice's host announces its `delivered` status, the round trip back to the sender.
 //!
 //! Then it runs the XMPP peer (`shared/peers/prosody-bench.sh`, prosody with its SQLite
 //! archive) in the same session and prints the ratio.
@@ -59,15 +62,23 @@ fn main() -> anyhow::Result<()> {
     );
 
     let local = tokio::task::LocalSet::new();
-    let (rate, p50, p99) = local.block_on(&runtime, measure(&alice))?;
+    let m = local.block_on(&runtime, measure(&alice, &bob))?;
+    let rate = m.rate;
+    let (p50, p99) = (m.arrived.0, m.arrived.1);
     println!("throughput: {} messages, {IN_FLIGHT} in flight: {rate:.0} messages/s (send -> receipt, durable on both hosts)", throughput_messages());
     println!(
-        "latency, one in flight ({} messages): p50 {p50:.3} ms, p99 {p99:.3} ms",
+        "latency, one in flight ({} messages): send -> bob's device sees it: p50 {p50:.3} ms, p99 {p99:.3} ms",
         latency_messages()
     );
     println!(
+        "latency, one in flight, round trip: send -> alice's device sees it delivered: p50 {:.3} ms, p99 {:.3} ms",
+        m.delivered.0, m.delivered.1
+    );
+    println!(
         "json {}",
-        serde_json::json!({"system": "smvs", "messages_per_s": rate, "p50_ms": p50, "p99_ms": p99,
+        serde_json::json!({"system": "smvs", "messages_per_s": rate,
+            "p50_ms": m.delivered.0, "p99_ms": m.delivered.1,
+            "arrived_p50_ms": p50, "arrived_p99_ms": p99,
             "messages": throughput_messages(), "in_flight": IN_FLIGHT})
     );
     let got = bob.ctl_json(&["conversations"])?[0]["messages"]
@@ -105,7 +116,8 @@ fn main() -> anyhow::Result<()> {
                     );
                     if let Some(peer_p50) = result.as_deref().and_then(|l| field(l, "p50_ms")) {
                         println!(
-                            "one in flight: SMVS p50 {p50:.3} ms vs prosody p50 {peer_p50:.3} ms"
+                            "one in flight, sender's client to recipient's client: SMVS p50 {p50:.3} ms vs prosody p50 {peer_p50:.3} ms (SMVS round trip to the sender's delivered: p50 {:.3} ms)",
+                            m.delivered.0
                         );
                     }
                 }
@@ -149,7 +161,14 @@ fn cpu_model() -> String {
         .unwrap_or_default()
 }
 
-async fn measure(alice: &HostProcess) -> anyhow::Result<(f64, f64, f64)> {
+/// What [`measure`] found: messages/s, and (p50, p99) in ms of the two latencies.
+struct Measured {
+    rate: f64,
+    arrived: (f64, f64),
+    delivered: (f64, f64),
+}
+
+async fn measure(alice: &HostProcess, bob_host: &HostProcess) -> anyhow::Result<Measured> {
     let client = Rc::new(smvsctl::client::connect(&alice.socket).await?);
     let bob = Username::parse("bob")?;
     for i in 0..WARMUP {
@@ -166,21 +185,59 @@ async fn measure(alice: &HostProcess) -> anyhow::Result<(f64, f64, f64)> {
     wait_drained(&client).await?;
     let rate = throughput_messages() as f64 / started.elapsed().as_secs_f64();
 
-    // Latency: one message in flight, until its `delivered` event.
+    // Latency: one message in flight, until bob's device sees it and until alice's sees its
+    // `delivered` event. Bob's events are stamped as they come, by a task of their own.
     let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
     let _subscription = client.subscribe(tx).await?;
-    let mut samples = Vec::with_capacity(latency_messages());
+    let bob_device = smvsctl::client::connect(&bob_host.socket).await?;
+    let (bob_tx, mut bob_rx) = tokio::sync::mpsc::channel(4096);
+    let _bob_subscription = bob_device.subscribe(bob_tx).await?;
+    // The subscription is answered before bob's hub has taken the feed in: a moment for that.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (arrived_tx, mut arrived_rx) = tokio::sync::mpsc::unbounded_channel();
+    let stamper = tokio::task::spawn_local(async move {
+        while let Some(event) = bob_rx.recv().await {
+            if let Ok(smvsctl::client::EventView::MessageReceived { id, .. }) = event {
+                if arrived_tx.send((id, Instant::now())).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut arrived = Vec::with_capacity(latency_messages());
+    let mut delivered = Vec::with_capacity(latency_messages());
     for i in 0..latency_messages() {
         let t0 = Instant::now();
         let id = client.send(&bob, &format!("latency {i}")).await?;
         until_delivered(&mut rx, &id).await?;
-        samples.push(t0.elapsed());
+        delivered.push(t0.elapsed());
+        loop {
+            let (got, at) = tokio::time::timeout(Duration::from_secs(30), arrived_rx.recv())
+                .await
+                .context("bob's device did not see a message within 30 s")?
+                .context("bob's event stream ended")?;
+            if got == id {
+                arrived.push(at.duration_since(t0));
+                break;
+            }
+        }
     }
+    stamper.abort();
+    Ok(Measured {
+        rate,
+        arrived: percentiles(&mut arrived),
+        delivered: percentiles(&mut delivered),
+    })
+}
+
+/// p50 and p99 of `samples`, in ms.
+fn percentiles(samples: &mut [Duration]) -> (f64, f64) {
     samples.sort_unstable();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let p50 = ms(samples[samples.len() / 2]);
-    let p99 = ms(samples[(samples.len() * 99) / 100]);
-    Ok((rate, p50, p99))
+    (
+        ms(samples[samples.len() / 2]),
+        ms(samples[(samples.len() * 99) / 100]),
+    )
 }
 
 /// Waits until alice's outbox is empty: every message has its receipt.
