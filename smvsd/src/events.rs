@@ -257,9 +257,12 @@ impl Handler<Publish> for DeviceHub {
         // Out now, ahead of its append, when a restart would make it true again, its seq is
         // reserved on disk, and every event before it is out (devices see events in order).
         // (Those sent early are always the first of `pending`.)
+        // At most what `recent` holds runs ahead of the appends, so a device that joins can be
+        // given everything after the log's head from memory.
         let out = seq <= self.reserved
             && redone_after_restart(&msg.0)
-            && self.pending.back().is_none_or(|p| p.out);
+            && self.pending.back().is_none_or(|p| p.out)
+            && self.sent.saturating_sub(self.committed) < RECENT as u64;
         if out {
             self.give_out(seq, &msg.0);
         }

@@ -32,6 +32,9 @@ pub const LOG_HEADS_CHECKED: &str = "log_heads_checked";
 /// once when a contact's head arrives).
 const MAX_PENDING: usize = 64;
 
+/// How many contacts' last heads are kept (past it, they are forgotten and checked again).
+const MAX_CONTACT_HEADS: usize = 4096;
+
 /// How many consistency answers (64 epochs each) one check asks for before it stops and
 /// goes on at the next.
 const MAX_ROUNDS: usize = 64;
@@ -95,10 +98,11 @@ impl HeadBook {
             || self.refuted.contains(&(head.epoch, head.root_hash))
     }
 
-    /// Notes a head (its signature already checked) to compare at the next check.
-    pub fn saw(&mut self, head: LogHead, source: HeadSource) {
+    /// Notes a head (its signature already checked) to compare at the next check; whether it
+    /// was news.
+    pub fn saw(&mut self, head: LogHead, source: HeadSource) -> bool {
         if self.knows(&head) {
-            return;
+            return false;
         }
         if self.pending.len() >= MAX_PENDING {
             // Contacts' heads go first: a contact must not push out what this host saw itself.
@@ -115,6 +119,7 @@ impl HeadBook {
             head,
             source,
         });
+        true
     }
 }
 
@@ -185,22 +190,36 @@ impl Drop for Checking<'_> {
 impl Trust {
     /// Takes the heads a contact's host passed on: those of directories this host trusts
     /// whose signature checks are noted for the next check. Whether any was (the same heads
-    /// as that contact's last are not taken again: they were when they first came).
+    /// as that contact's last again only when one of them is news once more: pushed out of
+    /// the unchecked ones before its check, say).
     pub fn heads_from_contact(&self, contact: &Username, heads: &[LogHead]) -> bool {
         let heads = &heads[..heads.len().min(MAX_SHARED_HEADS)];
         if heads.is_empty() {
             return false;
         }
-        // A contact's host passes its heads on with most envelopes, mostly the same ones.
+        let links = self.checked_links();
+        // A contact's host passes its heads on with most envelopes, mostly the same ones: their
+        // signatures were checked when they came first.
         {
             let mut last = self.heads_from.borrow_mut();
             if last.get(contact).is_some_and(|l| l.as_slice() == heads) {
-                return false;
+                let mut any = false;
+                for head in heads {
+                    if let Some(link) = links.iter().find(|l| l.anchor.key == head.directory) {
+                        any |= link
+                            .heads
+                            .borrow_mut()
+                            .saw(head.clone(), HeadSource::Contact(contact.clone()));
+                    }
+                }
+                return any;
+            }
+            if last.len() >= MAX_CONTACT_HEADS {
+                last.clear();
             }
             last.insert(contact.clone(), heads.to_vec());
         }
         let mut any = false;
-        let links = self.checked_links();
         for head in heads {
             let Some(link) = links.iter().find(|l| l.anchor.key == head.directory) else {
                 continue;
