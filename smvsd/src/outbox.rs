@@ -833,18 +833,21 @@ async fn stream_round(
             });
         }
         if !batch.is_empty() {
-            let sealed = if presealed.iter().all(Option::is_some) {
-                // Sealed as they were queued, with the ratchet in the same commit.
-                presealed.into_iter().flatten().collect()
-            } else {
+            // The first envelopes sealed as their messages were queued go as they are (with
+            // the ratchet in the same commit as the message); the rest are sealed now.
+            let ready = presealed.iter().take_while(|e| e.is_some()).count();
+            let mut sealed: Vec<SealedEnvelope> =
+                presealed.into_iter().flatten().take(ready).collect();
+            if ready < batch.len() {
                 // Sealed as a batch: for v2 the ratchet is on disk before the first of them
-                // leaves. Envelopes sealed at queue time, among them or still waiting, are
-                // never sent now: their keys are older than these, and the peer's ratchet
-                // keeps only so many skipped keys. The peer skips them once, when the next
-                // envelope arrives.
+                // leaves. Their keys come after every key sealed at queue time, so they follow
+                // the ones above in order. Envelopes sealed at queue time that are left (later
+                // in this batch, or still waiting) are never sent now: their keys are older
+                // than these, and the peer's ratchet keeps only so many skipped keys. The peer
+                // skips them once, when the next envelope arrives.
                 outbox.presealed.borrow_mut().remove(peer);
-                match outbox.sessions.seal_all(&sealer, &batch).await {
-                    Ok(sealed) => sealed,
+                match outbox.sessions.seal_all(&sealer, &batch[ready..]).await {
+                    Ok(rest) => sealed.extend(rest),
                     Err(SealError::NoSession) => {
                         return Err(DeliveryError::Later(
                             "the session was replaced; starting the round over".into(),
@@ -852,7 +855,7 @@ async fn stream_round(
                     }
                     Err(SealError::Host(e)) => return Err(e.into()),
                 }
-            };
+            }
             let batching = !outbox.no_batch.borrow().contains(peer);
             in_flight.extend(send_all(&client, &batch, sealed, batching));
         }
